@@ -1,0 +1,163 @@
+"""The trainer end to end on the embedded dataset: learning, exact resume, sharding, and failure handling."""
+
+import importlib.util
+import os
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from vidjax import checkpoint, config_lib, train
+from vidjax.metric_writer import read_metrics
+from vidjax.models import videomae
+
+
+def tiny_config(**overrides):
+    config = config_lib.trainer_config()
+    config.model_name = "videomae"
+    config.task = "pretrain"
+    config.model = videomae.default_config()
+    config.model.update(dict(variant="Mu/8", width=32, depth=2, num_heads=2, decoder_width=32, decoder_heads=2,
+                             decoder_depth=1, num_frames=4, image_size=32))
+    config.data = config_lib.synthetic_data(num_frames=4, image_size=32, num_train=64, num_eval=16)
+    config.batch_size = 8
+    config.total_steps = 12
+    config.optimizer.base_lr = 1e-3 * 256 / 8
+    config.optimizer.warmup_epochs = 0.25
+    config.log_every = 1
+    config.checkpoint_every = 4
+    config.eval_every = 0
+    config.figure = False
+    config.update(overrides)
+    return config
+
+
+def load_config(name, arg=None):
+    path = pathlib.Path(__file__).parent.parent / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def train_losses(workdir):
+    return {row["step"]: row["loss"] for row in read_metrics(workdir) if row["split"] == "train"}
+
+
+def test_pretraining_learns_and_writes_outputs(tmp_path):
+    """The runlocal recipe, shortened: the reconstruction loss falls well below the predict-the-mean level (~1)."""
+    config = load_config("videomae_k400", "runlocal")
+    config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = 250, 1, 125, 125
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == list(range(1, 251))
+    assert np.mean([losses[s] for s in range(241, 251)]) < 0.7 * losses[1], losses
+    rows = read_metrics(tmp_path)
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [125, 250]
+    assert evals[-1]["eval_loss"] < 0.8 < evals[0]["eval_loss"] + 0.2
+    assert {"loss", "lr", "grad_norm", "steps_per_s", "clips_per_s"} <= set(rows[-2])
+    assert result["eval_loss"] == evals[-1]["eval_loss"]
+    assert os.listdir(tmp_path / "tensorboard")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["125", "250"]
+    with open(tmp_path / "reconstruction.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # Re-running a finished job does not train again and leaves its outputs alone.
+    before = (tmp_path / "metrics.jsonl").read_text()
+    again = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert again == {"step": 250, "resumed": True, "trained": False}
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_exact_resume(tmp_path):
+    """N steps straight vs stopped after k and resumed: bit-identical losses for k+1..N."""
+    config = tiny_config(total_steps=12, checkpoint_every=4, keep_checkpoints=5)
+    devices = jax.devices()[:1]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train.train_and_evaluate(config, str(full), devices=devices)
+    # Stop after k=4: keep only what a run killed after its step-4 checkpoint would have left.
+    shutil.copytree(full, cut)
+    for step in ("8", "12"):
+        shutil.rmtree(cut / "checkpoints" / step)
+    result = train.train_and_evaluate(config, str(cut), devices=devices)
+    assert result["resumed"] and result["trained"]
+    a, b = train_losses(full), train_losses(cut)
+    assert sorted(b) == list(range(1, 13))  # rows after the restored step were replaced, not duplicated
+    for step in range(5, 13):
+        assert a[step] == b[step], (step, a[step], b[step])
+
+
+def test_sharded_run_matches_single_device(tmp_path):
+    config = tiny_config(total_steps=6, checkpoint_every=6)
+    train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+    sharded = tiny_config(total_steps=6, checkpoint_every=6)
+    sharded.mesh.data, sharded.mesh.fsdp, sharded.mesh.tensor = 2, 4, 1
+    assert jax.device_count() == 8
+    train.train_and_evaluate(sharded, str(tmp_path / "eight"))
+    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
+    for step in one:
+        np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+
+    # The parameters really are sharded: fsdp splits the embed axis 4 ways; batch splits over data x fsdp.
+    setup = train.build(sharded, 64)
+    state = setup.init_state()
+    fc1 = state["params"]["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
+    assert fc1.shape == (32, 128)
+    assert fc1.sharding.spec[0] == "fsdp"
+    assert {s.data.shape for s in fc1.addressable_shards} == {(8, 128)}
+    mu = optax.tree_utils.tree_get(state["opt_state"], "mu")["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"][
+        "kernel"]
+    assert mu.sharding == fc1.sharding  # optimizer moments follow their parameter
+    restored = checkpoint.Checkpointer(str(tmp_path / "eight")).restore(
+        6, checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+    assert {s.data.shape for s in restored["params"]["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]
+            ["kernel"].addressable_shards} == {(8, 128)}
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(total_steps=12, checkpoint_every=4)
+    real = train.make_train_step
+
+    def poisoned(config, setup):
+        step_fn = real(config, setup)
+
+        def wrapped(state, batch):
+            new_state, metrics = step_fn(state, batch)
+            if int(new_state["step"]) >= 6:  # from step 6 on the update diverges
+                new_state = jax.tree.map(lambda x: x * np.nan if x.dtype.kind == "f" else x, new_state)
+                metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+            return new_state, metrics
+        return wrapped
+
+    monkeypatch.setattr(train, "make_train_step", poisoned)
+    with pytest.raises(train.NonFiniteLossError, match=r"Loss became nan at step 6.*last good checkpoint is step 4"):
+        train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    setup = train.build(config, 64, train.sharding.create_mesh(config.mesh, jax.devices()[:1]))
+    state = checkpoint.Checkpointer(str(tmp_path)).restore(
+        4, checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+    assert int(state["step"]) == 4
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_config_mismatch_errors():
+    with pytest.raises(config_lib.ConfigError, match="does not match config.model.head"):
+        train.check_config(tiny_config(task="classification"))
+    bad = tiny_config()
+    bad.data.num_frames = 8
+    with pytest.raises(config_lib.ConfigError, match="config.data gives 8 frames"):
+        train.check_config(bad)
+    with pytest.raises(config_lib.ConfigError, match="needs 3 devices"):
+        train.sharding.create_mesh({"data": 3, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+
+
+def test_classification_task_trains(tmp_path):
+    config = tiny_config(task="classification", total_steps=8)
+    config.model.head = "classification"
+    config.model.num_classes = config.data.num_classes
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert 0.0 <= result["eval_accuracy"] <= 1.0 and np.isfinite(result["eval_loss"])

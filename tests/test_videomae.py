@@ -1,0 +1,122 @@
+"""VideoMAE model: shapes, tube masks, visible-only encoding, target normalisation, position table, variants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vidjax.config_lib import ConfigError
+from vidjax.data.pipeline import tube_mask
+from vidjax.models import get_model, layers, videomae
+
+
+def tiny_config(**overrides):
+    cfg = videomae.default_config()
+    cfg.update(dict(variant="Mu/8", width=32, depth=2, num_heads=2, decoder_width=16, decoder_heads=2,
+                    decoder_depth=1, num_frames=4, image_size=32))
+    cfg.update(overrides)
+    return cfg
+
+
+def build(cfg):
+    with nnx.use_eager_sharding(False):
+        return videomae.Model(cfg, rngs=nnx.Rngs(0))
+
+
+def masks(model, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(np.stack([tube_mask(rng, model.encoder.grid, 0.9) for _ in range(batch)]))
+
+
+def test_tube_mask_structure_and_count():
+    rng = np.random.default_rng(0)
+    grid = (8, 14, 14)  # the K400 ViT-B token grid: 16 frames / tubelet 2, 224 / 16
+    for _ in range(5):
+        mask = tube_mask(rng, grid, 0.9)
+        assert mask.shape == (8 * 14 * 14,) and mask.dtype == bool
+        per_time = mask.reshape(grid[0], -1)
+        assert (per_time == per_time[0]).all(), "tube masking repeats one spatial mask at every time index"
+        assert per_time[0].sum() == int(0.9 * 196) == 176
+        assert mask.sum() == 176 * 8  # 160 of 1568 tokens stay visible
+    assert not (tube_mask(np.random.default_rng(1), grid, 0.9) == tube_mask(np.random.default_rng(2), grid, 0.9)).all()
+
+
+def test_pretrain_shapes_and_finite_loss():
+    model = build(tiny_config())
+    assert model.num_masked == int(0.9 * 16) * 2 == 28
+    video = jax.random.normal(jax.random.key(0), (3, 4, 32, 32, 3))
+    out = model(video, masks(model, 3))
+    assert out["pred"].shape == out["target"].shape == (3, 28, 2 * 8 * 8 * 3)
+    assert out["masked_ids"].shape == (3, 28)
+    assert np.isfinite(float(out["loss"]))
+    np.testing.assert_allclose(float(out["loss"]), float(jnp.mean((out["pred"] - out["target"]) ** 2)), rtol=1e-6)
+
+
+def test_encoder_sees_only_visible_tokens():
+    model = build(tiny_config())
+    mask = masks(model, 2)
+    video = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
+    # Change only pixels under masked tokens: predictions must not move (targets do).
+    pixel_mask = np.asarray(mask).reshape(2, 2, 4, 4).repeat(2, 1).repeat(8, 2).repeat(8, 3)[..., None]
+    other = jnp.where(pixel_mask, video + 5.0, video)
+    a, b = model(video, mask), model(other, mask)
+    np.testing.assert_allclose(a["pred"], b["pred"], atol=1e-6)
+    assert not np.allclose(a["target"], b["target"])
+    # Changing a visible pixel does move them.
+    c = model(jnp.where(pixel_mask, video, video + 5.0), mask)
+    assert not np.allclose(a["pred"], c["pred"])
+
+
+def test_masked_ids_follow_the_mask_in_increasing_order():
+    model = build(tiny_config())
+    mask = masks(model, 2)
+    out = model(jnp.zeros((2, 4, 32, 32, 3)), mask)
+    for row, ids in zip(np.asarray(mask), np.asarray(out["masked_ids"])):
+        np.testing.assert_array_equal(ids, np.flatnonzero(row))
+
+
+def test_normalized_pixel_target_matches_reference_formula():
+    rng = np.random.default_rng(0)
+    video = rng.random((1, 4, 16, 16, 3)).astype(np.float32)
+    target = np.asarray(videomae.normalized_pixel_target(jnp.asarray(video), 2, 8))
+    # Token (t'=1, h'=0, w'=1): frames 2-3, rows 0-7, cols 8-15; pixels (t, h, w) x channel c.
+    patch = video[0, 2:4, 0:8, 8:16].reshape(-1, 3)
+    expected = (patch - patch.mean(0)) / (patch.std(0, ddof=1) + 1e-6)
+    np.testing.assert_allclose(target[0, 1 * 4 + 0 * 2 + 1], expected.reshape(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_sincos_table_layout():
+    table = layers.sincos_table(10, 8)
+    pos, j = 7, 5
+    angle = pos / 10000 ** (2 * (j // 2) / 8)
+    assert table[pos, j] == pytest.approx(np.cos(angle), abs=1e-6)  # odd column: cosine
+    assert table[pos, 4] == pytest.approx(np.sin(pos / 10000 ** (4 / 8)), abs=1e-6)  # even: sine
+
+
+def test_classification_head():
+    model = build(tiny_config(head="classification", num_classes=7))
+    logits = model(jnp.zeros((2, 4, 32, 32, 3)))["logits"]
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+
+
+def test_variants_and_errors():
+    assert layers.vit_dims("B/16") == dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
+    assert layers.vit_dims("S/16")["width"] == 384 and layers.vit_dims("L/16")["depth"] == 24
+    assert layers.vit_dims("H/14")["patch"] == 14
+    with pytest.raises(ConfigError, match="Unknown model variant 'X/16'"):
+        layers.parse_variant("X/16")
+    with pytest.raises(ConfigError, match="image size 30 is not divisible by 8"):
+        build(tiny_config(image_size=30))
+    with pytest.raises(ValueError, match="expects videos shaped"):
+        build(tiny_config())(jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((1, 32), bool))
+    with pytest.raises(ValueError, match="Unknown model_name 'videomea'"):
+        get_model("videomea")
+
+
+def test_parameter_count_matches_reference_vit_b():
+    cfg = videomae.default_config()  # B/16, 16 x 224, pre-training
+    abstract = nnx.eval_shape(lambda: build(cfg))
+    encoder = sum(x.size for x in jax.tree.leaves(nnx.state(abstract.encoder)))
+    # The reference ViT-B/16 VideoMAE encoder: 86.2M parameters (Conv3d 2x16x16 embed, 12 blocks, final norm).
+    assert encoder == 86_227_200

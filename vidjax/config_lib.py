@@ -1,0 +1,106 @@
+"""Config helpers: the strict `get_config(arg)` argument parser and the config blocks shared by configs/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+class ConfigError(ValueError):
+    """A config, flag or data setting that cannot work; the message says which and what to do."""
+
+
+def _convert(key: str, text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"Config argument {key}={text!r} must be a bool (True or False).")
+    for kind in (int, float):
+        if isinstance(default, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise ConfigError(f"Config argument {key}={text!r} must be {kind.__name__}.") from None
+    return text
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses the `:...` part of `--config=configs/x.py:variant=B/16,runlocal` against `defaults`.
+
+    Items are `key=value` or a bare `key` (meaning True, for bools only). Values take the type of their default;
+    an unknown key, a bare non-bool or an unparsable value raises ConfigError naming it.
+    """
+    parsed = dict(defaults)
+    for item in filter(None, (part.strip() for part in (arg or "").split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ConfigError(f"Unknown config argument {key!r}; valid arguments: {', '.join(sorted(defaults))}.")
+        if not sep:
+            if not isinstance(defaults[key], bool):
+                raise ConfigError(f"Config argument {key!r} needs a value: write {key}=VALUE.")
+            parsed[key] = True
+        else:
+            parsed[key] = _convert(key, value.strip(), defaults[key])
+    return ml_collections.ConfigDict(parsed)
+
+
+def trainer_config() -> ml_collections.ConfigDict:
+    """Defaults for everything the trainer reads outside `model` and `data`; configs override what they need."""
+    return ml_collections.ConfigDict(dict(
+        seed=0,
+        task="pretrain",  # pretrain | classification
+        batch_size=16,  # global, across all devices and processes
+        num_epochs=1.0,
+        total_steps=0,  # > 0 overrides num_epochs
+        optimizer=dict(
+            name="adamw",
+            base_lr=1.5e-4,  # scaled by batch_size / lr_batch_base, as in the reference
+            lr_batch_base=256,
+            b1=0.9, b2=0.95, weight_decay=0.05,
+            warmup_epochs=40.0,
+            min_lr=1e-5,
+            schedule="cosine",  # cosine | constant
+            grad_clip=0.0,  # 0 = no clipping
+            label_smoothing=0.0,
+        ),
+        log_every=50,
+        eval_every=0,  # 0 = only at the end
+        eval_batches=0,  # 0 = the whole eval split
+        checkpoint_every=1000,
+        keep_checkpoints=3,
+        figure=True,  # write a reconstruction figure at the end of pre-training
+        mesh=dict(data=-1, fsdp=1, tensor=1),
+        # Logical parameter axis -> mesh axis ("" = replicated). Activations' batch axis uses ("data", "fsdp").
+        sharding_rules=dict(embed="fsdp", decoder_embed="fsdp", mlp="tensor", heads="tensor", head_dim="",
+                            classes="", norm=""),
+    ))
+
+
+def synthetic_data(num_frames: int, image_size: int, num_classes: int = 8, num_train: int = 1024,
+                   num_eval: int = 256) -> ml_collections.ConfigDict:
+    """A `data` block on the embedded generated dataset (no files, no download)."""
+    return ml_collections.ConfigDict(dict(
+        source="synthetic", num_train=num_train, num_eval=num_eval, num_classes=num_classes,
+        num_frames=num_frames, image_size=image_size, sampling_rate=1,
+        train_csv="", eval_csv="", root="", short_side=0,
+        num_workers=0, seed=0,
+    ))
+
+
+def csv_data(train_csv: str, eval_csv: str, root: str, num_classes: int, num_frames: int, image_size: int,
+             sampling_rate: int) -> ml_collections.ConfigDict:
+    """A `data` block over VideoMAE-format CSV lists (`path label` per line) of video files."""
+    return ml_collections.ConfigDict(dict(
+        source="csv", num_train=0, num_eval=0, num_classes=num_classes,
+        num_frames=num_frames, image_size=image_size, sampling_rate=sampling_rate,
+        train_csv=train_csv, eval_csv=eval_csv, root=root, short_side=int(image_size * 256 / 224),
+        num_workers=8, seed=0,
+    ))

@@ -1,0 +1,1 @@
+"""Data sources, decoding, transforms and the grain input pipeline."""

@@ -1,0 +1,221 @@
+"""Transformer building blocks shared by vidjax's video models.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `head_dim`, ...); `vidjax.sharding` maps them to
+mesh axes with the rules in the config. Models are built with eager sharding off so that the same module code
+serves one CPU and a pod slice: shardings are applied by the trainer's jitted init.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vidjax.config_lib import ConfigError
+
+# ViT sizes: name -> (width, depth, heads). Ti/S/B/L/H as in the ViT and VideoMAE papers; "Mu" (micro) is
+# vidjax's own tiny size for laptop runs and tests.
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "Mu": (96, 4, 3),
+    "Ti": (192, 12, 3),
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "H": (1280, 32, 16),
+}
+
+_VARIANT_RE = re.compile(r"^([A-Za-z]+)/(\d+)$")
+
+
+def parse_variant(variant: str) -> tuple[str, int]:
+    """Splits a variant string such as "B/16" into (size name, patch size), with a clear error if malformed."""
+    match = _VARIANT_RE.match(str(variant).strip())
+    if not match or match.group(1) not in VIT_SIZES:
+        raise ConfigError(
+            f"Unknown model variant {variant!r}: expected SIZE/PATCH with SIZE one of "
+            f"{', '.join(VIT_SIZES)} and PATCH an integer, e.g. 'B/16'."
+        )
+    return match.group(1), int(match.group(2))
+
+
+@functools.lru_cache(maxsize=64)
+def sincos_table(num_positions: int, dim: int) -> np.ndarray:
+    """Fixed 1-D sin-cos position table (num_positions, dim), the layout of the VideoMAE reference.
+
+    Column j uses frequency 10000^(-2*(j//2)/dim); even columns hold the sine, odd columns the cosine.
+    Computed in float64 then cast, as the reference does, so converted checkpoints match bit for bit. Cached, and
+    read-only, because every forward pass asks for it.
+    """
+    position = np.arange(num_positions, dtype=np.float64)[:, None]
+    exponent = 2 * (np.arange(dim) // 2) / dim
+    angles = position / np.power(10000.0, exponent)[None, :]
+    table = np.empty_like(angles)
+    table[:, 0::2] = np.sin(angles[:, 0::2])
+    table[:, 1::2] = np.cos(angles[:, 1::2])
+    table = table.astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+_xavier = nnx.initializers.xavier_uniform()
+
+
+def _param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), out_sharding=tuple(names))
+
+
+class Dense(nnx.Module):
+    """Linear layer over the last axis with logical axis names on its kernel and bias."""
+
+    def __init__(self, in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, use_bias: bool = True,
+                 dtype=jnp.float32, kernel_init=_xavier, rngs: nnx.Rngs):
+        self.kernel = _param(rngs, kernel_init, (in_dim, out_dim), names)
+        self.bias = _param(rngs, nnx.initializers.zeros, (out_dim,), names[1:]) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 whatever the compute dtype, with a configurable epsilon."""
+
+    def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
+        self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",))
+        self.bias = _param(rngs, nnx.initializers.zeros, (dim,), ("norm",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with one fused qkv projection, through `jax.nn.dot_product_attention`.
+
+    `qkv_bias` selects the bias layout: "qv" (VideoMAE: q and v biases, k has none), "qkv" or "none".
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: str = "qv", dtype=jnp.float32,
+                 implementation: str | None = None, rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f"Attention width {dim} is not divisible by num_heads={num_heads}.")
+        head_dim = dim // num_heads
+        self.num_heads, self.head_dim = num_heads, head_dim
+        # xavier over the (dim, 3*dim) matrix, as the reference initialises its fused nn.Linear.
+        qkv = _xavier(rngs.params(), (dim, 3 * dim), jnp.float32).reshape(dim, 3, num_heads, head_dim)
+        self.qkv = nnx.Param(qkv, out_sharding=("embed", None, "heads", "head_dim"))
+        zeros = nnx.initializers.zeros
+        self.qkv_bias_kind = qkv_bias
+        if qkv_bias == "qv":
+            self.q_bias = _param(rngs, zeros, (num_heads, head_dim), ("heads", "head_dim"))
+            self.v_bias = _param(rngs, zeros, (num_heads, head_dim), ("heads", "head_dim"))
+        elif qkv_bias == "qkv":
+            self.qkv_b = _param(rngs, zeros, (3, num_heads, head_dim), (None, "heads", "head_dim"))
+        elif qkv_bias != "none":
+            raise ValueError(f"qkv_bias must be 'qv', 'qkv' or 'none', got {qkv_bias!r}.")
+        out = _xavier(rngs.params(), (dim, dim), jnp.float32).reshape(num_heads, head_dim, dim)
+        self.proj = nnx.Param(out, out_sharding=("heads", "head_dim", "embed"))
+        self.proj_bias = _param(rngs, zeros, (dim,), ("embed",))
+        self.dtype = dtype
+        self.implementation = implementation
+
+    def _bias(self) -> jax.Array | None:
+        if self.qkv_bias_kind == "qv":
+            return jnp.stack([self.q_bias[...], jnp.zeros_like(self.q_bias[...]), self.v_bias[...]])
+        if self.qkv_bias_kind == "qkv":
+            return self.qkv_b[...]
+        return None
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        dt = self.dtype
+        qkv = jnp.einsum("bld,dthk->tblhk", x_BLD.astype(dt), self.qkv[...].astype(dt))
+        bias = self._bias()
+        if bias is not None:
+            qkv = qkv + bias.astype(dt)[:, None, None]
+        out_BLHK = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], implementation=self.implementation)
+        return jnp.einsum("blhk,hkd->bld", out_BLHK, self.proj[...].astype(dt)) + self.proj_bias[...].astype(dt)
+
+
+class Mlp(nnx.Module):
+    """Two-layer MLP with exact (erf) GELU, as in the PyTorch references (Flax's default is the tanh form)."""
+
+    def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Stochastic depth: drops the whole residual branch per sample with probability `rate` (train only)."""
+    if rate == 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
+                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+        self.norm1 = LayerNorm(dim, eps, rngs=rngs)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=attention_impl,
+                              rngs=rngs)
+        self.norm2 = LayerNorm(dim, eps, rngs=rngs)
+        self.mlp = Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
+        self.drop_path = drop_path
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, rng_attn)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, rng_mlp)
+
+
+class Transformer(nnx.Module):
+    """A stack of `Block`s with linearly increasing drop-path rates, as in the ViT/VideoMAE references."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
+                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+        rates = np.linspace(0.0, drop_path, depth) if depth > 1 else np.array([drop_path])
+        self.blocks = nnx.List([
+            Block(dim, num_heads, mlp_dim, eps=eps, drop_path=float(r), qkv_bias=qkv_bias, dtype=dtype,
+                  attention_impl=attention_impl, rngs=rngs)
+            for r in rates
+        ])
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        for i, block in enumerate(self.blocks):
+            x = block(x, jax.random.fold_in(rng, i) if rng is not None else None)
+        return x
+
+
+def vit_dims(variant: str, width: int | None = None, depth: int | None = None,
+             num_heads: int | None = None, mlp_dim: int | None = None) -> dict[str, int]:
+    """Resolves (width, depth, heads, mlp_dim, patch) from a variant string and optional explicit overrides."""
+    size, patch = parse_variant(variant)
+    w, d, h = VIT_SIZES[size]
+    width, depth, num_heads = width or w, depth or d, num_heads or h
+    return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim or 4 * width, patch=patch)
+
+
+def num_patches(frames: int, size: int, tubelet: int, patch: int) -> tuple[int, int, int]:
+    """Token grid (t, h, w) for a clip, with an error naming the offending dimension if it does not divide."""
+    for name, value, div in (("frames", frames, tubelet), ("image size", size, patch)):
+        if value % div:
+            raise ConfigError(f"{name} {value} is not divisible by {div}; choose {name} as a multiple of {div}.")
+    return frames // tubelet, size // patch, size // patch
+

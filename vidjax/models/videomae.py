@@ -1,0 +1,181 @@
+"""VideoMAE: a ViT over tubelet tokens, pre-trained by reconstructing normalised pixels of tube-masked tokens.
+
+Layout and constants follow the reference (MCG-NJU/VideoMAE and its Hugging Face port): tubelet embedding as a
+linear map of (t, h, w, c)-ordered patch pixels (a Conv3d with stride = kernel), a fixed 1-D sin-cos position
+table over the flattened (t, h, w) token index, q/v attention biases without a k bias, exact GELU, and a
+decoder of its own width with its own position table. The encoder sees only the visible tokens.
+
+Inputs are channels-last float videos `(batch, frames, height, width, 3)`, already normalised with
+`config.pixel_mean/pixel_std`; masks are bool `(batch, tokens)` with True = masked and the same number of masked
+tokens in every sample (`Model.num_masked`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vidjax.models import layers
+from vidjax.patches import patchify
+
+# Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout).
+DECODER_SIZES: dict[str, tuple[int, int]] = {
+    "Mu": (64, 2), "Ti": (96, 3), "S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8),
+}
+
+
+def normalized_pixel_target(video_BTHWC: jax.Array, tubelet: int, patch: int, eps: float = 1e-6) -> jax.Array:
+    """Per-patch, per-channel normalised pixels (unbiased std + eps), flattened in (t, h, w, c) order."""
+    b = video_BTHWC.shape[0]
+    c = video_BTHWC.shape[-1]
+    x = patchify(video_BTHWC.astype(jnp.float32), tubelet, patch)
+    x = x.reshape(b, x.shape[1], -1, c)
+    mean = jnp.mean(x, axis=2, keepdims=True)
+    var = jnp.var(x, axis=2, keepdims=True, ddof=1)
+    return ((x - mean) / (jnp.sqrt(var) + eps)).reshape(b, x.shape[1], -1)
+
+
+def split_mask(mask_BN: jax.Array, num_masked: int) -> tuple[jax.Array, jax.Array]:
+    """Token indices (visible, masked), each in increasing order, from a bool mask with `num_masked` Trues."""
+    order = jnp.argsort(mask_BN, axis=1, stable=True)
+    n = mask_BN.shape[1]
+    return order[:, : n - num_masked], order[:, n - num_masked:]
+
+
+def _gather(x_BND: jax.Array, ids_BK: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x_BND, ids_BK[..., None], axis=1)
+
+
+class Encoder(nnx.Module):
+    """Tubelet embedding + sin-cos positions + transformer; runs on all tokens or on the visible ones only."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, final_norm: bool, rngs: nnx.Rngs):
+        dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+        self.width, self.patch, self.tubelet = dims["width"], dims["patch"], cfg.tubelet_size
+        self.grid = layers.num_patches(cfg.num_frames, cfg.image_size, self.tubelet, self.patch)
+        dtype = jnp.dtype(cfg.dtype)
+        patch_dim = self.tubelet * self.patch * self.patch * 3
+        # PyTorch's default Conv3d init (kaiming-uniform with a=sqrt(5)) is uniform with variance 1/(3*fan_in).
+        conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+        self.patch_embed = layers.Dense(patch_dim, self.width, (None, "embed"), dtype=dtype, kernel_init=conv_init,
+                                        rngs=rngs)
+        self.transformer = layers.Transformer(
+            self.width, dims["depth"], dims["num_heads"], dims["mlp_dim"], eps=cfg.ln_eps, drop_path=cfg.drop_path,
+            dtype=dtype, attention_impl=cfg.attention_impl or None, rngs=rngs)
+        self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs) if final_norm else None
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    def __call__(self, video_BTHWC: jax.Array, visible_ids: jax.Array | None = None,
+                 rng: jax.Array | None = None) -> jax.Array:
+        expected = (self.grid[0] * self.tubelet, self.grid[1] * self.patch, self.grid[2] * self.patch, 3)
+        if tuple(video_BTHWC.shape[1:]) != expected:
+            raise ValueError(f"VideoMAE expects videos shaped (batch, {', '.join(map(str, expected))}) "
+                             f"channels-last; got {tuple(video_BTHWC.shape)}.")
+        x = self.patch_embed(patchify(video_BTHWC, self.tubelet, self.patch))
+        x = x + jnp.asarray(layers.sincos_table(self.num_tokens, self.width)).astype(x.dtype)[None]
+        if visible_ids is not None:
+            x = _gather(x, visible_ids)
+        x = self.transformer(x, rng)
+        return self.norm(x) if self.norm is not None else x
+
+
+class Model(nnx.Module):
+    """VideoMAE with a pre-training decoder (`cfg.head == "pretrain"`) or a classification head ("classification").
+
+    Pre-training: `model(video, mask)` -> {"loss", "pred" (B, M, tubelet*p*p*3), "target" (same), "masked_ids"}.
+    Classification: `model(video)` -> {"logits" (B, num_classes)}; mean over tokens, then fc_norm, then the head.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        if cfg.head not in ("pretrain", "classification"):
+            raise ValueError(f"config.model.head must be 'pretrain' or 'classification', got {cfg.head!r}.")
+        self.head_kind = cfg.head
+        self.encoder = Encoder(cfg, final_norm=cfg.head == "pretrain", rngs=rngs)
+        width, dtype = self.encoder.width, jnp.dtype(cfg.dtype)
+        t, h, w = self.encoder.grid
+        self.pixel_mean = tuple(cfg.pixel_mean)
+        self.pixel_std = tuple(cfg.pixel_std)
+        if cfg.head == "pretrain":
+            self.num_masked = int(cfg.mask_ratio * h * w) * t
+            if not 0 < self.num_masked < self.encoder.num_tokens:
+                raise ValueError(f"mask_ratio {cfg.mask_ratio} masks {self.num_masked} of "
+                                 f"{self.encoder.num_tokens} tokens; choose a ratio that leaves some of each.")
+            size, _ = layers.parse_variant(cfg.variant)
+            dec_width, dec_heads = DECODER_SIZES[size]
+            dec_width, dec_heads = cfg.decoder_width or dec_width, cfg.decoder_heads or dec_heads
+            self.norm_pix_loss = cfg.norm_pix_loss
+            self.encoder_to_decoder = layers.Dense(width, dec_width, ("embed", "decoder_embed"), use_bias=False,
+                                                   dtype=dtype, rngs=rngs)
+            self.mask_token = nnx.Param(0.02 * jax.random.truncated_normal(rngs.params(), -2, 2, (dec_width,)),
+                                        out_sharding=("decoder_embed",))
+            self.decoder = layers.Transformer(dec_width, cfg.decoder_depth, dec_heads, 4 * dec_width,
+                                              eps=cfg.ln_eps, dtype=dtype, attention_impl=cfg.attention_impl or None,
+                                              rngs=rngs)
+            self.decoder_norm = layers.LayerNorm(dec_width, cfg.ln_eps, rngs=rngs)
+            out_dim = cfg.tubelet_size * self.encoder.patch ** 2 * 3
+            self.decoder_head = layers.Dense(dec_width, out_dim, ("decoder_embed", None), dtype=dtype, rngs=rngs)
+            self.dec_width = dec_width
+        else:
+            self.fc_norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
+            head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
+            self.head = layers.Dense(width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
+                                     rngs=rngs)
+
+    def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None
+                 ) -> dict[str, jax.Array]:
+        if self.head_kind == "classification":
+            x = self.encoder(video, rng=rng)
+            pooled = self.fc_norm(jnp.mean(x.astype(jnp.float32), axis=1))
+            return {"logits": self.head(pooled).astype(jnp.float32)}
+        if mask is None:
+            raise ValueError("The VideoMAE pre-training model needs a bool mask (batch, tokens), True = masked.")
+        visible_ids, masked_ids = split_mask(mask, self.num_masked)
+        x = self.encoder(video, visible_ids, rng)
+        x = self.encoder_to_decoder(x)
+        table = jnp.asarray(layers.sincos_table(self.encoder.num_tokens, self.dec_width)).astype(x.dtype)
+        x_vis = x + jnp.take(table, visible_ids, axis=0)
+        x_mask = self.mask_token[...].astype(x.dtype) + jnp.take(table, masked_ids, axis=0)
+        y = self.decoder(jnp.concatenate([x_vis, x_mask], axis=1))
+        pred = self.decoder_head(self.decoder_norm(y[:, -self.num_masked:])).astype(jnp.float32)
+        target = _gather(self.pixel_target(video), masked_ids)
+        loss = jnp.mean(jnp.square(pred - target))
+        return {"loss": loss, "pred": pred, "target": target, "masked_ids": masked_ids}
+
+    def unnormalize(self, video: jax.Array) -> jax.Array:
+        """Input-normalised video -> pixels in [0, 1]."""
+        mean = jnp.asarray(self.pixel_mean, jnp.float32)
+        std = jnp.asarray(self.pixel_std, jnp.float32)
+        return video.astype(jnp.float32) * std + mean
+
+    def pixel_target(self, video: jax.Array) -> jax.Array:
+        """Reconstruction target for every token: normalised patches, or raw [0, 1] patches without norm_pix_loss."""
+        pixels = self.unnormalize(video)
+        if self.norm_pix_loss:
+            return normalized_pixel_target(pixels, self.encoder.tubelet, self.encoder.patch)
+        return patchify(pixels, self.encoder.tubelet, self.encoder.patch)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The model block of a VideoMAE config; configs/ files start from it and set what the recipe says."""
+    return ml_collections.ConfigDict(dict(
+        variant="B/16",
+        width=0, depth=0, num_heads=0, mlp_dim=0,  # 0 = from the variant
+        num_frames=16, image_size=224, tubelet_size=2,
+        head="pretrain",
+        mask_ratio=0.9,
+        decoder_width=0, decoder_heads=0, decoder_depth=4,  # 0 = the reference's size for the variant
+        norm_pix_loss=True,
+        num_classes=400, head_init_scale=0.001,
+        ln_eps=1e-6,
+        drop_path=0.0,
+        dtype="float32",
+        attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
+        pixel_mean=(0.485, 0.456, 0.406),
+        pixel_std=(0.229, 0.224, 0.225),
+    ))

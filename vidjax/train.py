@@ -1,0 +1,307 @@
+"""The one trainer: pre-training and fine-tuning differ only in the model, loss, data and evals the config picks.
+
+Flow: input (fails fast on missing data) -> mesh -> model (abstract, then a jitted init straight into its
+shardings) -> checkpoint restore or init -> jitted, donated update step -> loop with one-step-late metrics,
+evals, checkpoints, and a reconstruction figure at the end of pre-training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vidjax import checkpoint, losses, optim, sharding, visualize_lib
+from vidjax.config_lib import ConfigError
+from vidjax.data import pipeline
+from vidjax.metric_writer import MetricWriter
+from vidjax.models import get_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss stops being finite; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from a config before the loop: shared by training, evaluation and benchmarks."""
+
+    mesh: jax.sharding.Mesh
+    model_module: object
+    graphdef: nnx.GraphDef
+    abstract_model: nnx.Module
+    tx: object
+    schedule: object
+    state_shardings: dict
+    abstract_state: dict
+    init_state: object  # () -> state, jitted with out_shardings
+    total_steps: int
+    steps_per_epoch: int
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Config mistakes that would otherwise surface late, named with the flag that fixes them."""
+    head = config.model.get("head", "pretrain")
+    if (config.task == "pretrain") != (head == "pretrain"):
+        raise ConfigError(f"config.task={config.task!r} does not match config.model.head={head!r}; "
+                          f"pre-training needs head='pretrain', fine-tuning head='classification'.")
+    if config.data.num_frames != config.model.num_frames or config.data.image_size != config.model.image_size:
+        raise ConfigError(
+            f"config.data gives {config.data.num_frames} frames of {config.data.image_size}px but config.model "
+            f"expects {config.model.num_frames} of {config.model.image_size}px; set both to the same values.")
+
+
+def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sharding.Mesh | None = None) -> Setup:
+    """Mesh, abstract model, optimizer, shardings and a jitted sharded init, without touching any device memory."""
+    mesh = mesh or sharding.create_mesh(config.mesh)
+    rules = sharding.rules_from_config(config)
+    model_module = get_model(config.model_name)
+
+    def make_model():
+        with nnx.use_eager_sharding(False):
+            return model_module.Model(config.model, rngs=nnx.Rngs(config.seed))
+
+    abstract_model = nnx.eval_shape(make_model)
+    graphdef, abstract_params_state = nnx.split(abstract_model)
+
+    steps_per_epoch = train_source_len // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"The training set has {train_source_len} examples, fewer than one batch of "
+                          f"config.batch_size={config.batch_size}; lower the batch size or add data.")
+    total_steps = config.total_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
+    warmup_steps = int(config.optimizer.warmup_epochs * steps_per_epoch)
+    schedule = optim.make_schedule(config, total_steps, warmup_steps)
+    tx = optim.make_optimizer(config, schedule)
+
+    def init_state():
+        params = nnx.to_pure_dict(nnx.state(make_model()))
+        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    abstract_state = jax.eval_shape(init_state)
+    params_sh = sharding.param_shardings(abstract_params_state, mesh, rules)
+    state_shardings = {
+        "params": params_sh,
+        "opt_state": sharding.opt_state_shardings(tx, abstract_state["opt_state"], params_sh, mesh),
+        "step": sharding.replicated(mesh),
+    }
+    return Setup(mesh=mesh, model_module=model_module, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
+                 schedule=schedule, state_shardings=state_shardings, abstract_state=abstract_state,
+                 init_state=jax.jit(init_state, out_shardings=state_shardings), total_steps=total_steps,
+                 steps_per_epoch=steps_per_epoch)
+
+
+def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
+    """The jitted update: normalise on device, loss and grads, optimizer update; the old state is donated."""
+    loss_fn = losses.get_loss_fn(config)
+    graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
+    mean, std, dtype = config.model.pixel_mean, config.model.pixel_std, jnp.dtype(config.model.dtype)
+    base_key = jax.random.key(config.seed)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(base_key, state["step"])
+        batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std, dtype))
+
+        def loss_of(params):
+            return loss_fn(nnx.merge(graphdef, params), batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {"params": jax.tree.map(jnp.add, state["params"], updates), "opt_state": opt_state,
+                     "step": state["step"] + 1}
+        metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
+                   "lr": schedule(state["step"]), **aux}
+        return new_state, metrics
+
+    batch_sh = sharding.batch_sharding(setup.mesh)
+    return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_sh),
+                   out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)), donate_argnums=0)
+
+
+def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
+    """Jitted eval over one batch: per-batch sums so batches can be pooled exactly."""
+    loss_fn = losses.get_loss_fn(config)
+    mean, std, dtype = config.model.pixel_mean, config.model.pixel_std, jnp.dtype(config.model.dtype)
+
+    def eval_step(params, batch):
+        batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std, dtype))
+        loss, aux = loss_fn(nnx.merge(setup.graphdef, params), batch, None)
+        return {"loss": loss, **aux}
+
+    return jax.jit(eval_step, in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)))
+
+
+def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid) -> dict[str, float]:
+    """Mean eval metrics over the eval split (or its first config.eval_batches batches)."""
+    ds = pipeline.make_dataset(config, "eval", eval_source, process_index=jax.process_index(),
+                               process_count=jax.process_count(), mask_grid=mask_grid)
+    batch_sh = sharding.batch_sharding(setup.mesh)
+    totals: dict[str, float] = {}
+    count = 0
+    for i, local in enumerate(ds):
+        if config.eval_batches and i >= config.eval_batches:
+            break
+        out = jax.device_get(eval_step(params, sharding.global_batch(local, batch_sh)))
+        for key, value in out.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+        count += 1
+    if count == 0:
+        raise ConfigError(f"The eval split has fewer examples than one batch of {config.batch_size}; "
+                          f"lower config.batch_size or enlarge the eval split.")
+    return {f"eval_{key}": value / count for key, value in totals.items()}
+
+
+def write_reconstruction_figure(config, setup: Setup, params, eval_source, mask_grid, path: str) -> None:
+    """Original / masked input / reconstruction of the first eval clip, as a PNG."""
+    ds = pipeline.make_dataset(config, "eval", eval_source, process_index=jax.process_index(),
+                               process_count=jax.process_count(), mask_grid=mask_grid)
+    local = next(iter(ds))
+    mean, std = config.model.pixel_mean, config.model.pixel_std
+
+    @jax.jit
+    def predict(params, video, mask):
+        model = nnx.merge(setup.graphdef, params)
+        return model(losses.normalize_video(video, mean, std), mask)
+
+    batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
+    out = jax.device_get(predict(params, batch["video"], batch["mask"]))
+    if jax.process_index() != 0:
+        return
+    encoder = setup.abstract_model.encoder
+    original = local["video"][0].astype(np.float32) / 255.0
+    recon = visualize_lib.reconstruct(original, out["pred"][0], out["masked_ids"][0], encoder.tubelet, encoder.patch,
+                                      norm_pix=config.model.norm_pix_loss)
+    masked = visualize_lib.mask_video(original, local["mask"][0].reshape(mask_grid), encoder.tubelet, encoder.patch)
+    title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {config.model.mask_ratio:.0%}; "
+             f"masked patches un-normalised with the true patch mean/std")
+    visualize_lib.reconstruction_figure(original, masked, recon, path, title=title)
+
+
+def _format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> dict:
+    """Runs (or resumes) the job described by `config` in `workdir`; returns the final metrics.
+
+    `devices` restricts the mesh to a subset of `jax.devices()` (all of them by default).
+    """
+    check_config(config)
+    # ---- input: built first, so a missing dataset fails in seconds, before anything is compiled ----
+    train_source = pipeline.make_source(config.data, "train")
+    eval_source = pipeline.make_source(config.data, "eval")
+
+    # ---- mesh, model, optimizer, shardings ----
+    mesh = sharding.create_mesh(config.mesh, devices)
+    pipeline.check_batch_size(config, jax.process_count(), mesh.size)
+    setup = build(config, len(train_source), mesh)
+    mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
+    num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
+    _log(f"{config.model_name} {config.model.variant} ({num_params / 1e6:.2f}M params) task={config.task}, "
+         f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
+         f"global batch {config.batch_size}, {setup.total_steps} steps ({setup.steps_per_epoch} per epoch), "
+         f"data={config.data.source} ({len(train_source)} train / {len(eval_source)} eval clips)")
+
+    # ---- checkpoint: resume if there is one ----
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    train_iter = iter(pipeline.make_dataset(config, "train", train_source, process_index=jax.process_index(),
+                                            process_count=jax.process_count(), mask_grid=mask_grid))
+    latest = ckpt.latest_step()
+    if latest is not None:
+        target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+        state = ckpt.restore(latest, target, train_iter)
+        _log(f"Resuming from checkpoint at step {latest} in {ckpt.path(latest)}")
+    else:
+        state = setup.init_state()
+    start_step = int(jax.device_get(state["step"]))
+    if start_step >= setup.total_steps:
+        _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "
+             f"Nothing to do (use a new --workdir, or raise --config.total_steps / num_epochs to train on).")
+        ckpt.close()
+        return {"step": start_step, "resumed": True, "trained": False}
+
+    # ---- update step, eval step ----
+    train_step = make_train_step(config, setup)
+    eval_step = make_eval_step(config, setup)
+    batch_sh = sharding.batch_sharding(mesh)
+    writer = MetricWriter(workdir, resume_step=start_step)
+
+    # ---- loop ----
+    first_loss = last_loss = None
+    last_good_step = latest
+    pending = None  # (step, device metrics): fetched one step late so the host never waits on the device
+    log_t, log_step = time.perf_counter(), start_step
+    summary: dict = {}
+
+    def handle(step: int, metrics) -> None:
+        nonlocal first_loss, last_loss, log_t, log_step
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(values["loss"]):
+            ckpt.wait()
+            where = (f"the last good checkpoint is step {last_good_step} in {ckpt.path(last_good_step)}"
+                     if last_good_step is not None else "no checkpoint was written")
+            raise NonFiniteLossError(
+                f"Loss became {values['loss']} at step {step}; stopping ({where}, left intact). Lower "
+                f"config.optimizer.base_lr, add config.optimizer.grad_clip, or check the input data.")
+        first_loss = values["loss"] if first_loss is None else first_loss
+        last_loss = values["loss"]
+        if step % config.log_every == 0 or step == start_step + 1 or step == setup.total_steps:
+            now = time.perf_counter()
+            steps_per_s = (step - log_step) / max(now - log_t, 1e-9) if step > start_step + 1 else 0.0
+            values.update(steps_per_s=steps_per_s, clips_per_s=steps_per_s * config.batch_size)
+            writer.write(step, values)
+            eta = (setup.total_steps - step) / steps_per_s if steps_per_s else float("nan")
+            _log(f"step {step:>6}/{setup.total_steps} | loss {values['loss']:.4f} | lr {values['lr']:.2e} | "
+                 f"{steps_per_s:6.2f} steps/s | {values['clips_per_s']:7.1f} clips/s | "
+                 f"ETA {_format_eta(eta) if math.isfinite(eta) else '--'}")
+            log_t, log_step = now, step
+
+    compile_t = time.perf_counter()
+    for step in range(start_step + 1, setup.total_steps + 1):
+        batch = sharding.global_batch(next(train_iter), batch_sh)
+        state, metrics = train_step(state, batch)
+        if step == start_step + 1:
+            jax.block_until_ready(metrics)
+            _log(f"First step (compilation included) took {time.perf_counter() - compile_t:.1f}s")
+            log_t = time.perf_counter()
+        if pending is not None:
+            handle(*pending)
+        pending = (step, metrics)
+        is_last = step == setup.total_steps
+        if step % config.checkpoint_every == 0 or is_last:
+            handle(*pending)  # never checkpoint a state whose loss was not finite
+            pending = None
+            ckpt.save(step, state, train_iter, config)
+            last_good_step = step
+        if (config.eval_every and step % config.eval_every == 0) or is_last:
+            summary = evaluate(config, setup, eval_step, state["params"], eval_source, mask_grid)
+            writer.write(step, summary, split="eval")
+            _log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    if pending is not None:
+        handle(*pending)
+
+    # ---- end: figure, summary ----
+    if config.task == "pretrain" and config.figure:
+        path = os.path.join(workdir, "reconstruction.png")
+        write_reconstruction_figure(config, setup, state["params"], eval_source, mask_grid, path)
+        _log(f"Wrote {path}")
+    ckpt.close()
+    writer.close()
+    _log(f"Done: train loss {first_loss:.4f} at step {start_step + 1} -> {last_loss:.4f} at step "
+         f"{setup.total_steps}; metrics in {writer.path}, checkpoints in {ckpt.directory}")
+    return {"step": setup.total_steps, "first_loss": first_loss, "last_loss": last_loss, "trained": True,
+            "resumed": latest is not None, **summary}
