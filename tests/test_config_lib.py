@@ -1,10 +1,10 @@
 """Strict config arguments, config files and their shared blocks."""
 
 import pytest
+from test_train import load_config
 
 from vidjax import config_lib
 from vidjax.config_lib import ConfigError
-from test_train import load_config
 
 
 def test_parse_arg_types_and_bare_flags():

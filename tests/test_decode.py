@@ -260,7 +260,7 @@ def test_random_flip():
     outcomes = [transforms.random_flip(video, rng) for _ in range(20)]
     flipped = [np.array_equal(out, video[:, :, ::-1]) for out in outcomes]
     kept = [np.array_equal(out, video) for out in outcomes]
-    assert all(f != k for f, k in zip(flipped, kept))
+    assert all(f != k for f, k in zip(flipped, kept, strict=False))
     assert any(flipped) and any(kept)
 
 

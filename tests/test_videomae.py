@@ -72,7 +72,7 @@ def test_masked_ids_follow_the_mask_in_increasing_order():
     model = build(tiny_config())
     mask = masks(model, 2)
     out = model(jnp.zeros((2, 4, 32, 32, 3)), mask)
-    for row, ids in zip(np.asarray(mask), np.asarray(out["masked_ids"])):
+    for row, ids in zip(np.asarray(mask), np.asarray(out["masked_ids"]), strict=False):
         np.testing.assert_array_equal(ids, np.flatnonzero(row))
 
 

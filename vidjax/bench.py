@@ -92,7 +92,9 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
 
         compiled = jax.jit(forward).lower(state["params"], batch["video"]).compile()
         params = state["params"]
-        step = lambda: compiled(params, batch["video"])  # noqa: E731
+
+        def step():
+            return compiled(params, batch["video"])
     else:
         compiled = train.make_train_step(config, setup).lower(state, batch).compile()
         holder = {"state": state}

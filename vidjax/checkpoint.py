@@ -14,6 +14,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+logger = logging.getLogger(__name__)
+
 
 class Checkpointer:
     """Saves and restores {state, data iterator, config} under `workdir/checkpoints/<step>`."""
@@ -39,7 +41,7 @@ class Checkpointer:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        logging.info("Restored checkpoint %d from %s", step, self.directory)
+        logger.info("Restored checkpoint %d from %s", step, self.directory)
         return restored["state"]
 
     def path(self, step: int) -> str:

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vidjax.config_lib import ConfigError
 
@@ -42,10 +43,10 @@ def create_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mes
 
 
 def logical_to_mesh(logical: P, shape: tuple[int, ...], rules: Mapping[str, str], mesh: Mesh) -> P:
-    """Maps a logical PartitionSpec to mesh axes; a dim stays replicated if its mesh axis is taken or does not divide."""
+    """Maps a logical PartitionSpec to mesh axes; a dim stays replicated if its axis is taken or does not divide it."""
     used: set[str] = set()
     out = []
-    for dim, name in zip(shape, tuple(logical) + (None,) * (len(shape) - len(logical))):
+    for dim, name in zip(shape, tuple(logical) + (None,) * (len(shape) - len(logical)), strict=True):
         axis = rules.get(name, "") if name else ""
         if axis and axis not in used and dim % mesh.shape[axis] == 0 and mesh.shape[axis] > 1:
             used.add(axis)

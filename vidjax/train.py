@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 import math
 import os
 import time
@@ -82,7 +81,7 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     if steps_per_epoch == 0:
         raise ConfigError(f"The training set has {train_source_len} examples, fewer than one batch of "
                           f"config.batch_size={config.batch_size}; lower the batch size or add data.")
-    total_steps = config.total_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
+    total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
     warmup_steps = int(config.optimizer.warmup_epochs * steps_per_epoch)
     schedule = optim.make_schedule(config, total_steps, warmup_steps)
     tx = optim.make_optimizer(config, schedule)
@@ -132,7 +131,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
 
 
 def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
-    """Jitted eval over one batch: per-batch sums so batches can be pooled exactly."""
+    """Jitted eval of one batch: mean metrics (batches are equal-sized, so their mean is the split mean)."""
     loss_fn = losses.get_loss_fn(config)
     mean, std, dtype = config.model.pixel_mean, config.model.pixel_std, jnp.dtype(config.model.dtype)
 

@@ -84,7 +84,7 @@ def reconstruction_figure(
     """
     videos = [
         _to_uint8(v, name)
-        for v, name in zip((original, masked, reconstruction), ("original", "masked", "reconstruction"))
+        for v, name in zip((original, masked, reconstruction), ("original", "masked", "reconstruction"), strict=False)
     ]
     shapes = {v.shape for v in videos}
     if len(shapes) != 1:
@@ -112,7 +112,7 @@ def reconstruction_figure(
     for col, frame_index in enumerate(columns):
         draw.text((label_w + col * (cell_w + _PAD), title_h + _PAD), f"frame {frame_index}",
                   fill="black", font=font)
-    for row, (label, video) in enumerate(zip(_ROW_LABELS, videos)):
+    for row, (label, video) in enumerate(zip(_ROW_LABELS, videos, strict=False)):
         y = top + row * (cell_h + _PAD)
         label_h = _text_size(draw, label, font)[1]
         draw.text((_PAD, y + (cell_h - label_h) // 2), label, fill="black", font=font)

@@ -23,6 +23,8 @@ from vidjax.data.synthetic import SyntheticVideoSource
 
 SPLITS = ("train", "eval")
 
+logger = logging.getLogger(__name__)
+
 
 def tube_mask(rng: np.random.Generator, grid: tuple[int, int, int], mask_ratio: float) -> np.ndarray:
     """Bool (t*h*w,) mask, True = masked: int(mask_ratio*h*w) spatial positions masked, the same at every t."""
@@ -74,7 +76,7 @@ class Preprocess:
                 video = decode.decode_clip(element["path"], self.num_frames, self.sampling_rate,
                                            rng if self.train else None)
             except decode.VideoDecodeError as err:
-                logging.warning("Skipping element %d: %s", int(element["index"]), err)
+                logger.warning("Skipping element %d: %s", int(element["index"]), err)
                 return None
             video = transforms.resize_short_side(video, self.short_side or self.image_size)
             if self.train:
