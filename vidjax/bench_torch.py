@@ -10,47 +10,22 @@ module imports fine without them, and only calling `time_torch` asks for the `vi
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from typing import Any
 
+from vidjax.models import layers, videomae
+
 MODES: tuple[str, ...] = ("pretrain", "finetune", "infer")
 
-# Encoder sizes: name -> (hidden, depth, heads), as in the ViT/VideoMAE papers and vidjax.models.layers.
-_ENCODER_SIZES: dict[str, tuple[int, int, int]] = {
-    "S": (384, 12, 6),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-    "H": (1280, 32, 16),
-}
-# Pre-training decoder: name -> (hidden, heads); the VideoMAE reference uses half the encoder width
-# (B/S) or 512/640 (L/H), always 4 blocks.
-_DECODER_SIZES: dict[str, tuple[int, int]] = {
-    "S": (192, 3),
-    "B": (384, 6),
-    "L": (512, 8),
-    "H": (640, 8),
-}
+# Sized from vidjax's own tables, so the two sides of the comparison cannot drift apart.
 _DECODER_DEPTH = 4
 _TUBELET = 2
-_VARIANT_RE = re.compile(r"^([A-Za-z]+)/(\d+)$")
 
 _INSTALL_HINT = (
     "the PyTorch reference benchmark needs torch and transformers: "
     "pip install torch transformers  (or: pip install 'vidjax[torch]')"
 )
-
-
-def _parse_variant(variant: str) -> tuple[str, int]:
-    """Splits "B/16" into ("B", 16); raises ValueError naming the bad value and the valid sizes."""
-    match = _VARIANT_RE.match(str(variant).strip())
-    if not match or match.group(1) not in _ENCODER_SIZES:
-        raise ValueError(
-            f"Unknown variant {variant!r} for the torch reference: expected SIZE/PATCH with SIZE one of "
-            f"{', '.join(_ENCODER_SIZES)} and PATCH an integer, e.g. 'B/16'."
-        )
-    return match.group(1), int(match.group(2))
 
 
 def _import_torch() -> tuple[Any, Any]:
@@ -118,7 +93,7 @@ def time_torch(
     # Validate before importing torch so bad arguments get a clear error even without torch installed.
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: expected one of {', '.join(MODES)}.")
-    size_name, patch = _parse_variant(variant)
+    size_name, patch = layers.parse_variant(variant)
     if frames < _TUBELET or frames % _TUBELET:
         raise ValueError(f"frames={frames} must be a positive multiple of the tubelet size {_TUBELET}.")
     if size < patch or size % patch:
@@ -141,7 +116,7 @@ def time_torch(
 
     torch, transformers = _import_torch()
 
-    hidden, depth, heads = _ENCODER_SIZES[size_name]
+    hidden, depth, heads = layers.VIT_SIZES[size_name]
     config_kwargs: dict[str, Any] = dict(
         image_size=size,
         patch_size=patch,
@@ -159,7 +134,7 @@ def time_torch(
         attention_probs_dropout_prob=0.0,
     )
     if mode == "pretrain":
-        dec_hidden, dec_heads = _DECODER_SIZES[size_name]
+        dec_hidden, dec_heads = videomae.DECODER_SIZES[size_name]
         config_kwargs.update(
             decoder_hidden_size=dec_hidden,
             decoder_num_hidden_layers=_DECODER_DEPTH,
