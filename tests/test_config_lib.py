@@ -38,9 +38,3 @@ def test_kinetics_recipe_is_the_published_one():
     local = load_config("videomae_k400", "runlocal")
     assert local.data.source == "synthetic" and local.model.image_size == local.data.image_size
 
-
-def test_configs_are_locked_against_typos():
-    config = load_config("videomae_k400")
-    config.lock()
-    with pytest.raises(AttributeError):
-        config.batchsize = 3

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -69,13 +70,16 @@ def test_pretraining_learns_and_writes_outputs(tmp_path):
     # Re-running a finished job does not train again and leaves its outputs alone.
     before = (tmp_path / "metrics.jsonl").read_text()
     again = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-    assert again == {"step": 250, "resumed": True, "trained": False}
+    assert {k: v for k, v in again.items() if k != "state"} == {"step": 250, "resumed": True, "trained": False}
+    assert int(again["state"]["step"]) == 250
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
-def test_exact_resume(tmp_path):
-    """N steps straight vs stopped after k and resumed: bit-identical losses for k+1..N."""
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_exact_resume(tmp_path, capsys, num_workers):
+    """N steps straight vs stopped after k and resumed: bit-identical losses for k+1..N (also with grain workers)."""
     config = tiny_config(total_steps=12, checkpoint_every=4, keep_checkpoints=5)
+    config.data.num_workers = num_workers
     devices = jax.devices()[:1]
     full, cut = tmp_path / "full", tmp_path / "cut"
     train.train_and_evaluate(config, str(full), devices=devices)
@@ -83,8 +87,10 @@ def test_exact_resume(tmp_path):
     shutil.copytree(full, cut)
     for step in ("8", "12"):
         shutil.rmtree(cut / "checkpoints" / step)
+    capsys.readouterr()
     result = train.train_and_evaluate(config, str(cut), devices=devices)
     assert result["resumed"] and result["trained"]
+    assert f"Resuming from checkpoint at step 4 in {cut / 'checkpoints' / '4'}" in capsys.readouterr().out
     a, b = train_losses(full), train_losses(cut)
     assert sorted(b) == list(range(1, 13))  # rows after the restored step were replaced, not duplicated
     for step in range(5, 13):
@@ -97,46 +103,50 @@ def test_sharded_run_matches_single_device(tmp_path):
     sharded = tiny_config(total_steps=6, checkpoint_every=6)
     sharded.mesh.data, sharded.mesh.fsdp, sharded.mesh.tensor = 2, 4, 1
     assert jax.device_count() == 8
-    train.train_and_evaluate(sharded, str(tmp_path / "eight"))
+    state = train.train_and_evaluate(sharded, str(tmp_path / "eight"))["state"]
     one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
     for step in one:
         np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
 
-    # The parameters really are sharded: fsdp splits the embed axis 4 ways; batch splits over data x fsdp.
-    setup = train.build(sharded, 64)
-    state = setup.init_state()
-    fc1 = state["params"]["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
-    assert fc1.shape == (32, 128)
-    assert fc1.sharding.spec[0] == "fsdp"
-    assert {s.data.shape for s in fc1.addressable_shards} == {(8, 128)}
-    mu = optax.tree_utils.tree_get(state["opt_state"], "mu")["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"][
-        "kernel"]
-    assert mu.sharding == fc1.sharding  # optimizer moments follow their parameter
-    restored = checkpoint.Checkpointer(str(tmp_path / "eight")).restore(
-        6, checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings))
-    assert {s.data.shape for s in restored["params"]["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]
-            ["kernel"].addressable_shards} == {(8, 128)}
+    # The trained parameters really are sharded: fsdp splits each embed axis 4 ways, over all 8 devices.
+    block = state["params"]["encoder"]["transformer"]["blocks"][0]
+    expected = {("mlp", "fc1", "kernel"): ((32, 128), (8, 128)), ("mlp", "fc2", "kernel"): ((128, 32), (128, 8)),
+                ("attn", "qkv"): ((32, 3, 2, 16), (8, 3, 2, 16)), ("attn", "proj"): ((2, 16, 32), (2, 16, 8))}
+    mu = optax.tree_utils.tree_get(state["opt_state"], "mu")["encoder"]["transformer"]["blocks"][0]
+    for path, (shape, shard) in expected.items():
+        param, moment = block, mu
+        for key in path:
+            param, moment = param[key], moment[key]
+        assert param.shape == shape and len(param.sharding.device_set) == 8
+        assert {s.data.shape for s in param.addressable_shards} == {shard}, path
+        assert moment.sharding == param.sharding  # optimizer moments follow their parameter
+    norm = block["norm1"]["scale"]
+    assert {s.data.shape for s in norm.addressable_shards} == {(32,)}  # norms stay replicated
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def nan_update_at(step):
+    """An optax stage that turns the update of `step` (1-based) into NaN, inside the jitted step."""
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        bad = state.count == step - 1
+        return (jax.tree.map(lambda u: jnp.where(bad, jnp.nan, u), updates),
+                optax.ScaleByScheduleState(count=state.count + 1))
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_diverged_update_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    """Step 8's loss is finite (computed before its update) but its update is NaN: step 8 must not be saved."""
     config = tiny_config(total_steps=12, checkpoint_every=4)
-    real = train.make_train_step
-
-    def poisoned(config, setup):
-        step_fn = real(config, setup)
-
-        def wrapped(state, batch):
-            new_state, metrics = step_fn(state, batch)
-            if int(new_state["step"]) >= 6:  # from step 6 on the update diverges
-                new_state = jax.tree.map(lambda x: x * np.nan if x.dtype.kind == "f" else x, new_state)
-                metrics = dict(metrics, loss=metrics["loss"] * np.nan)
-            return new_state, metrics
-        return wrapped
-
-    monkeypatch.setattr(train, "make_train_step", poisoned)
-    with pytest.raises(train.NonFiniteLossError, match=r"Loss became nan at step 6.*last good checkpoint is step 4"):
+    real = train.optim.make_optimizer
+    monkeypatch.setattr(train.optim, "make_optimizer", lambda c, s: optax.chain(real(c, s), nan_update_at(8)))
+    with pytest.raises(train.NonFiniteLossError,
+                       match=r"diverged at step 8: loss [0-9.]+,.*last good checkpoint is step 4"):
         train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    assert max(train_losses(tmp_path)) == 7  # the diverged step is not logged as a good one
     setup = train.build(config, 64, train.sharding.create_mesh(config.mesh, jax.devices()[:1]))
     state = checkpoint.Checkpointer(str(tmp_path)).restore(
         4, checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings))
@@ -158,6 +168,9 @@ def test_config_mismatch_errors():
 def test_classification_task_trains(tmp_path):
     config = tiny_config(task="classification", total_steps=8)
     config.model.head = "classification"
+    config.model.num_classes = 5
+    with pytest.raises(config_lib.ConfigError, match="config.data.num_classes=8 but config.model.num_classes=5"):
+        train.check_config(config)
     config.model.num_classes = config.data.num_classes
     result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert 0.0 <= result["eval_accuracy"] <= 1.0 and np.isfinite(result["eval_loss"])

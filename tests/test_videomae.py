@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vidjax import losses
 from vidjax.config_lib import ConfigError
 from vidjax.data.pipeline import tube_mask
 from vidjax.models import get_model, layers, videomae
@@ -106,7 +107,7 @@ def test_variants_and_errors():
     assert layers.vit_dims("H/14")["patch"] == 14
     with pytest.raises(ConfigError, match="Unknown model variant 'X/16'"):
         layers.parse_variant("X/16")
-    with pytest.raises(ConfigError, match="image size 30 is not divisible by 8"):
+    with pytest.raises(ConfigError, match="32x30|30x30 does not divide into tubelets of 2 frames and 8x8 patches"):
         build(tiny_config(image_size=30))
     with pytest.raises(ValueError, match="expects videos shaped"):
         build(tiny_config())(jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((1, 32), bool))
@@ -120,3 +121,23 @@ def test_parameter_count_matches_reference_vit_b():
     encoder = sum(x.size for x in jax.tree.leaves(nnx.state(abstract.encoder)))
     # The reference ViT-B/16 VideoMAE encoder: 86.2M parameters (Conv3d 2x16x16 embed, 12 blocks, final norm).
     assert encoder == 86_227_200
+
+
+def test_normalize_video_uses_the_model_preset():
+    video = np.zeros((1, 1, 2, 2, 3), np.uint8)
+    video[:, :, 1] = 255
+    mean, std = np.array(videomae.default_config().pixel_mean), np.array(videomae.default_config().pixel_std)
+    out = np.asarray(losses.normalize_video(jnp.asarray(video), mean, std))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0, 0, 0], -mean / std, rtol=1e-5)
+    np.testing.assert_allclose(out[0, 0, 1, 0], (1 - mean) / std, rtol=1e-5)
+
+
+def test_attention_has_q_and_v_biases_but_no_k_bias():
+    attn = build(tiny_config()).encoder.transformer.blocks[0].attn
+    attn.q_bias[...] = jnp.ones_like(attn.q_bias[...])
+    attn.v_bias[...] = jnp.ones_like(attn.v_bias[...])
+    bias = np.asarray(attn._bias())
+    assert bias.shape == (3, 2, 16)
+    assert (bias[0] == 1).all() and (bias[1] == 0).all() and (bias[2] == 1).all()
+    assert not hasattr(attn, "k_bias")

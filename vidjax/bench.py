@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 
 from absl import app, flags
@@ -88,7 +87,7 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
     if mode == "infer":
         def forward(params, video):
             model = nnx.merge(setup.graphdef, params)
-            return model(losses.normalize_video(video, m.pixel_mean, m.pixel_std, m.dtype))["logits"]
+            return model(losses.normalize_video(video, m.pixel_mean, m.pixel_std))["logits"]
 
         compiled = jax.jit(forward).lower(state["params"], batch["video"]).compile()
         params = state["params"]
@@ -140,4 +139,3 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     app.run(main)
-    sys.exit(0)

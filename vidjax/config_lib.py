@@ -90,7 +90,7 @@ def synthetic_data(num_frames: int, image_size: int, num_classes: int = 8, num_t
     return ml_collections.ConfigDict(dict(
         source="synthetic", num_train=num_train, num_eval=num_eval, num_classes=num_classes,
         num_frames=num_frames, image_size=image_size, sampling_rate=1,
-        train_csv="", eval_csv="", root="", short_side=0,
+        train_csv="", eval_csv="", root="", short_side=0, skip_missing=False,
         num_workers=0, seed=0,
     ))
 
@@ -102,5 +102,5 @@ def csv_data(train_csv: str, eval_csv: str, root: str, num_classes: int, num_fra
         source="csv", num_train=0, num_eval=0, num_classes=num_classes,
         num_frames=num_frames, image_size=image_size, sampling_rate=sampling_rate,
         train_csv=train_csv, eval_csv=eval_csv, root=root, short_side=int(image_size * 256 / 224),
-        num_workers=8, seed=0,
+        skip_missing=False, num_workers=8, seed=0,
     ))

@@ -14,11 +14,11 @@ from vidjax.config_lib import ConfigError
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def normalize_video(video_u8: jax.Array, mean, std, dtype=jnp.float32) -> jax.Array:
-    """uint8 pixels -> (x/255 - mean) / std, done on the device inside the jitted step."""
+def normalize_video(video_u8: jax.Array, mean, std) -> jax.Array:
+    """uint8 pixels -> float32 (x/255 - mean) / std, done on the device inside the jitted step."""
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
-    return ((video_u8.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
+    return (video_u8.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def masked_reconstruction(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:

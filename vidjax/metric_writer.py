@@ -23,14 +23,21 @@ class MetricWriter:
         self._truncate_after(resume_step)
         from tensorboardX import SummaryWriter  # imported here: only process 0 writes
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # purge_step drops TensorBoard points past the restored step, as _truncate_after does for the JSONL.
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
+        rows = []
         with open(self.path, encoding="utf-8") as f:
-            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        rows.append(line)
+                except json.JSONDecodeError:  # a line cut short when the previous run was killed
+                    continue
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(rows)

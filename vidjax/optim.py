@@ -29,9 +29,18 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int, warmup_st
     raise ConfigError(f"config.optimizer.schedule must be 'cosine' or 'constant', got {opt.schedule!r}.")
 
 
-def _decay_mask(params):
-    # Biases, norms and other 1-D parameters get no weight decay, as in the reference's parameter groups.
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+# Weight matrices decay; biases, norm scales, mask tokens and position tables do not, as in the reference's
+# parameter groups. Chosen by name, not rank: VideoMAE's q/v biases are stored (heads, head_dim).
+DECAYED_NAMES = frozenset({"kernel", "qkv", "proj"})
+
+
+def decay_mask(params):
+    """True for parameters that get weight decay (the last key of their path is in DECAYED_NAMES)."""
+    def decays(path, _):
+        last = path[-1]
+        return getattr(last, "key", getattr(last, "name", None)) in DECAYED_NAMES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -39,5 +48,5 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
     if opt.name != "adamw":
         raise ConfigError(f"config.optimizer.name must be 'adamw', got {opt.name!r}.")
     parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
-    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=_decay_mask))
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
     return optax.chain(*parts)

@@ -6,12 +6,16 @@ VideoMAE's tubelet embedding and of its reconstruction target.
 
 from __future__ import annotations
 
+from vidjax.config_lib import ConfigError
+
 
 def grid_shape(shape: tuple[int, ...], tubelet: int, patch: int) -> tuple[int, int, int]:
+    """Token grid (t', h', w') of a (frames, height, width) clip; an error names the size that does not divide."""
     t, h, w = shape
     if t % tubelet or h % patch or w % patch:
-        raise ValueError(
-            f"video of {t} frames at {h}x{w} does not divide into tubelet {tubelet} x patch {patch}"
+        raise ConfigError(
+            f"a video of {t} frames at {h}x{w} does not divide into tubelets of {tubelet} frames and "
+            f"{patch}x{patch} patches; choose frames as a multiple of {tubelet} and sizes as multiples of {patch}"
         )
     return t // tubelet, h // patch, w // patch
 

@@ -27,7 +27,7 @@ from vidjax.models import get_model
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when the loss stops being finite; the last good checkpoint is left as it was."""
+    """Raised when the loss, gradients or updated parameters stop being finite; the last good checkpoint stays."""
 
 
 @dataclasses.dataclass
@@ -35,7 +35,6 @@ class Setup:
     """Everything built from a config before the loop: shared by training, evaluation and benchmarks."""
 
     mesh: jax.sharding.Mesh
-    model_module: object
     graphdef: nnx.GraphDef
     abstract_model: nnx.Module
     tx: object
@@ -58,6 +57,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if (config.task == "pretrain") != (head == "pretrain"):
         raise ConfigError(f"config.task={config.task!r} does not match config.model.head={head!r}; "
                           f"pre-training needs head='pretrain', fine-tuning head='classification'.")
+    if config.task == "classification" and config.data.num_classes != config.model.num_classes:
+        raise ConfigError(f"config.data.num_classes={config.data.num_classes} but config.model.num_classes="
+                          f"{config.model.num_classes}; the head must have one output per class in the data.")
     if config.data.num_frames != config.model.num_frames or config.data.image_size != config.model.image_size:
         raise ConfigError(
             f"config.data gives {config.data.num_frames} frames of {config.data.image_size}px but config.model "
@@ -97,32 +99,41 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
         "opt_state": sharding.opt_state_shardings(tx, abstract_state["opt_state"], params_sh, mesh),
         "step": sharding.replicated(mesh),
     }
-    return Setup(mesh=mesh, model_module=model_module, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
+    return Setup(mesh=mesh, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
                  schedule=schedule, state_shardings=state_shardings, abstract_state=abstract_state,
                  init_state=jax.jit(init_state, out_shardings=state_shardings), total_steps=total_steps,
                  steps_per_epoch=steps_per_epoch)
 
 
 def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
-    """The jitted update: normalise on device, loss and grads, optimizer update; the old state is donated."""
+    """The jitted update: normalise on device, loss and grads, optimizer update; the old state is donated.
+
+    Videos enter the model in float32 (its layers cast to the compute dtype), so the reconstruction target is
+    never built from bf16-rounded pixels. `finite` covers the loss, the gradients and the updated parameters:
+    a loss is computed before its update, so a finite loss alone could hide a diverged state.
+    """
     loss_fn = losses.get_loss_fn(config)
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
-    mean, std, dtype = config.model.pixel_mean, config.model.pixel_std, jnp.dtype(config.model.dtype)
+    mean, std = config.model.pixel_mean, config.model.pixel_std
     base_key = jax.random.key(config.seed)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
-        batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std, dtype))
+        batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
 
         def loss_of(params):
             return loss_fn(nnx.merge(graphdef, params), batch, rng)
 
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {"params": jax.tree.map(jnp.add, state["params"], updates), "opt_state": opt_state,
-                     "step": state["step"] + 1}
-        metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
-                   "lr": schedule(state["step"]), **aux}
+        params = jax.tree.map(jnp.add, state["params"], updates)
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        for p in jax.tree.leaves(params):
+            finite &= jnp.all(jnp.isfinite(p))
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+                   "finite": finite.astype(jnp.float32), **aux}
         return new_state, metrics
 
     batch_sh = sharding.batch_sharding(setup.mesh)
@@ -131,16 +142,17 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
 
 
 def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
-    """Jitted eval of one batch: mean metrics (batches are equal-sized, so their mean is the split mean)."""
+    """Jitted eval of one batch: its mean metrics (eval splits are cut to whole batches, all of equal size)."""
     loss_fn = losses.get_loss_fn(config)
-    mean, std, dtype = config.model.pixel_mean, config.model.pixel_std, jnp.dtype(config.model.dtype)
+    mean, std = config.model.pixel_mean, config.model.pixel_std
 
     def eval_step(params, batch):
-        batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std, dtype))
+        batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
         loss, aux = loss_fn(nnx.merge(setup.graphdef, params), batch, None)
         return {"loss": loss, **aux}
 
-    return jax.jit(eval_step, in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)))
+    return jax.jit(eval_step, in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
+                   out_shardings=sharding.replicated(setup.mesh))
 
 
 def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid) -> dict[str, float]:
@@ -170,18 +182,19 @@ def write_reconstruction_figure(config, setup: Setup, params, eval_source, mask_
     local = next(iter(ds))
     mean, std = config.model.pixel_mean, config.model.pixel_std
 
-    @jax.jit
     def predict(params, video, mask):
-        model = nnx.merge(setup.graphdef, params)
-        return model(losses.normalize_video(video, mean, std), mask)
+        out = nnx.merge(setup.graphdef, params)(losses.normalize_video(video, mean, std), mask)
+        return {"pred": out["pred"][0], "masked_ids": out["masked_ids"][0]}
 
+    # Only clip 0 is returned, replicated, so every process can read it whatever the mesh.
+    predict = jax.jit(predict, out_shardings=sharding.replicated(setup.mesh))
     batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
     out = jax.device_get(predict(params, batch["video"], batch["mask"]))
     if jax.process_index() != 0:
         return
     encoder = setup.abstract_model.encoder
     original = local["video"][0].astype(np.float32) / 255.0
-    recon = visualize_lib.reconstruct(original, out["pred"][0], out["masked_ids"][0], encoder.tubelet, encoder.patch,
+    recon = visualize_lib.reconstruct(original, out["pred"], out["masked_ids"], encoder.tubelet, encoder.patch,
                                       norm_pix=config.model.norm_pix_loss)
     masked = visualize_lib.mask_video(original, local["mask"][0].reshape(mask_grid), encoder.tubelet, encoder.patch)
     title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {config.model.mask_ratio:.0%}; "
@@ -194,7 +207,9 @@ def _format_eta(seconds: float) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> dict:
-    """Runs (or resumes) the job described by `config` in `workdir`; returns the final metrics.
+    """Runs (or resumes) the job described by `config` in `workdir`.
+
+    Returns the final metrics, with the final train state under "state" (params, opt_state, step).
 
     `devices` restricts the mesh to a subset of `jax.devices()` (all of them by default).
     """
@@ -210,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
     num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
     _log(f"{config.model_name} {config.model.variant} ({num_params / 1e6:.2f}M params) task={config.task}, "
-         f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s), "
+         f"mesh {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} device(s), "
          f"global batch {config.batch_size}, {setup.total_steps} steps ({setup.steps_per_epoch} per epoch), "
          f"data={config.data.source} ({len(train_source)} train / {len(eval_source)} eval clips)")
 
@@ -231,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
         _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "
              f"Nothing to do (use a new --workdir, or raise --config.total_steps / num_epochs to train on).")
         ckpt.close()
-        return {"step": start_step, "resumed": True, "trained": False}
+        return {"step": start_step, "resumed": True, "trained": False, "state": state}
 
     # ---- update step, eval step ----
     train_step = make_train_step(config, setup)
@@ -249,13 +264,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     def handle(step: int, metrics) -> None:
         nonlocal first_loss, last_loss, log_t, log_step
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(values["loss"]):
+        if not values.pop("finite"):
             ckpt.wait()
             where = (f"the last good checkpoint is step {last_good_step} in {ckpt.path(last_good_step)}"
                      if last_good_step is not None else "no checkpoint was written")
             raise NonFiniteLossError(
-                f"Loss became {values['loss']} at step {step}; stopping ({where}, left intact). Lower "
-                f"config.optimizer.base_lr, add config.optimizer.grad_clip, or check the input data.")
+                f"Training diverged at step {step}: loss {values['loss']}, gradient norm {values['grad_norm']}, "
+                f"or the updated parameters are not finite. Stopping without saving ({where}, left intact). "
+                f"Lower config.optimizer.base_lr, set config.optimizer.grad_clip, or check the input data.")
         first_loss = values["loss"] if first_loss is None else first_loss
         last_loss = values["loss"]
         if step % config.log_every == 0 or step == start_step + 1 or step == setup.total_steps:
@@ -282,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
         pending = (step, metrics)
         is_last = step == setup.total_steps
         if step % config.checkpoint_every == 0 or is_last:
-            handle(*pending)  # never checkpoint a state whose loss was not finite
+            handle(*pending)  # never checkpoint a state that is not finite
             pending = None
             ckpt.save(step, state, train_iter, config)
             last_good_step = step
@@ -303,4 +319,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     _log(f"Done: train loss {first_loss:.4f} at step {start_step + 1} -> {last_loss:.4f} at step "
          f"{setup.total_steps}; metrics in {writer.path}, checkpoints in {ckpt.directory}")
     return {"step": setup.total_steps, "first_loss": first_loss, "last_loss": last_loss, "trained": True,
-            "resumed": latest is not None, **summary}
+            "resumed": latest is not None, "state": state, **summary}

@@ -1,6 +1,6 @@
 """The one input pipeline: source -> per-process slice -> shuffle/repeat -> decode + transforms + mask -> batch.
 
-Built on grain's Dataset API. Every random choice is seeded by (config seed, element index), so the same config
+Built on grain's Dataset API. Every random choice is seeded by (config seed, global element index), so the same config
 gives the same batches, and the iterator state saved with a checkpoint resumes mid-epoch exactly. Batches hold
 uint8 videos (normalised on the device, which moves a quarter of the bytes of float32), int32 labels, and for
 pre-training the bool tube mask. Elements that fail to decode are dropped with a warning, never stopping a run.
@@ -52,7 +52,14 @@ def make_source(data: ml_collections.ConfigDict, split: str):
                 f"(`path label` per line) with --config.data.{key}=/path/to/{split}.csv and set "
                 f"--config.data.root to the video folder; docs/datasets.md explains how to prepare Kinetics-400. "
                 f"To try vidjax without data, add :runlocal to --config (embedded generated dataset).")
-        return CsvVideoSource(path, root=data.root, num_classes=data.num_classes)
+        try:
+            return CsvVideoSource(path, root=data.root, num_classes=data.num_classes,
+                                  skip_missing=data.skip_missing)
+        except FileNotFoundError as err:
+            raise ConfigError(f"{err} (config.data.{key}: with --config.data.skip_missing=True vidjax trains on "
+                              f"the files that exist)") from err
+        except ValueError as err:
+            raise ConfigError(f"{err} (config.data.{key})") from err
     raise ConfigError(f"config.data.source must be 'synthetic' or 'csv', got {data.source!r}.")
 
 
@@ -83,7 +90,8 @@ class Preprocess:
                 video = transforms.random_flip(transforms.random_crop(video, self.image_size, rng), rng)
             else:
                 video = transforms.center_crop(video, self.image_size)
-        out = {"video": np.ascontiguousarray(video, dtype=np.uint8), "label": np.int32(element["label"])}
+        out = {"video": np.ascontiguousarray(video, dtype=np.uint8), "label": np.int32(element["label"]),
+               "index": np.int32(element["index"])}
         if self.mask_grid is not None:
             out["mask"] = tube_mask(rng, self.mask_grid, self.mask_ratio)
         return out
@@ -93,23 +101,38 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
                  process_count: int = 1, mask_grid: tuple[int, int, int] | None = None) -> grain.IterDataset:
     """Batched grain IterDataset of this process's share; infinite (reshuffled each epoch) for "train".
 
-    Evaluation uses fixed seeds and no shuffling, so eval batches are identical every time they are built.
+    Shuffling and every random draw are keyed by the *global* element index, and each process then takes every
+    process_count-th element: the shares are disjoint, and no two processes draw the same crops or masks.
+    Evaluation is unshuffled, with fixed seeds, and trimmed to whole global batches so that every process runs
+    the same number of eval steps.
     """
     data = config.data
     local_batch = config.batch_size // process_count
     train = split == "train"
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = grain.MapDataset.source(source)
     if train:
         ds = ds.shuffle(seed=data.seed + config.seed).repeat()
+    else:
+        ds = ds[: len(ds) - len(ds) % config.batch_size]
     preprocess = Preprocess(
         num_frames=data.num_frames, image_size=data.image_size, sampling_rate=data.sampling_rate,
         short_side=data.short_side, train=train, mask_grid=mask_grid,
         mask_ratio=config.model.get("mask_ratio", 0.0))
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
-    it = ds.to_iter_dataset().batch(local_batch, drop_remainder=True)
+    it = ds[process_index::process_count].to_iter_dataset().batch(local_batch, drop_remainder=True)
     if data.num_workers > 0:
+        _absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
     return it
+
+
+def _absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags; when vidjax is driven from Python (a notebook, a test) rather
+    # than `vidjax.main`, nothing has parsed them, and the workers would fail on start.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def check_batch_size(config: ml_collections.ConfigDict, process_count: int, num_devices: int) -> None:

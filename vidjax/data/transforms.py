@@ -1,12 +1,9 @@
-"""Numpy video transforms on uint8 (T, H, W, 3) clips: resizing, cropping, flipping, normalising."""
+"""Numpy video transforms on uint8 (T, H, W, 3) clips: resizing, cropping, flipping (normalising is on device)."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _check_video(video: np.ndarray) -> None:
@@ -69,17 +66,3 @@ def random_flip(video: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> 
     if rng.random() < p:
         return video[:, :, ::-1]
     return video
-
-
-def normalize(
-    video: np.ndarray,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-) -> np.ndarray:
-    """Maps uint8 pixels to float32 `(x / 255 - mean) / std`; mean and std are in [0, 1] units."""
-    _check_video(video)
-    mean_arr = np.asarray(mean, dtype=np.float32)
-    std_arr = np.asarray(std, dtype=np.float32)
-    # One multiply-add over the clip instead of three full-size passes.
-    scale = 1.0 / (255.0 * std_arr)
-    return video.astype(np.float32) * scale - mean_arr / std_arr

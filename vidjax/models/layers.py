@@ -140,11 +140,13 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         dt = self.dtype
-        qkv = jnp.einsum("bld,dthk->tblhk", x_BLD.astype(dt), self.qkv[...].astype(dt))
+        # (b, l, 3, h, k) keeps the projection a plain row-major x @ W; a (3, b, l, h, k) output costs a transpose.
+        qkv = jnp.einsum("bld,dthk->blthk", x_BLD.astype(dt), self.qkv[...].astype(dt))
         bias = self._bias()
         if bias is not None:
-            qkv = qkv + bias.astype(dt)[:, None, None]
-        out_BLHK = jax.nn.dot_product_attention(qkv[0], qkv[1], qkv[2], implementation=self.implementation)
+            qkv = qkv + bias.astype(dt)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out_BLHK = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return jnp.einsum("blhk,hkd->bld", out_BLHK, self.proj[...].astype(dt)) + self.proj_bias[...].astype(dt)
 
 
@@ -210,12 +212,4 @@ def vit_dims(variant: str, width: int | None = None, depth: int | None = None,
     w, d, h = VIT_SIZES[size]
     width, depth, num_heads = width or w, depth or d, num_heads or h
     return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim or 4 * width, patch=patch)
-
-
-def num_patches(frames: int, size: int, tubelet: int, patch: int) -> tuple[int, int, int]:
-    """Token grid (t, h, w) for a clip, with an error naming the offending dimension if it does not divide."""
-    for name, value, div in (("frames", frames, tubelet), ("image size", size, patch)):
-        if value % div:
-            raise ConfigError(f"{name} {value} is not divisible by {div}; choose {name} as a multiple of {div}.")
-    return frames // tubelet, size // patch, size // patch
 

@@ -18,7 +18,7 @@ import ml_collections
 from flax import nnx
 
 from vidjax.models import layers
-from vidjax.patches import patchify
+from vidjax.patches import grid_shape, patchify
 
 # Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout).
 DECODER_SIZES: dict[str, tuple[int, int]] = {
@@ -54,7 +54,7 @@ class Encoder(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, final_norm: bool, rngs: nnx.Rngs):
         dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
         self.width, self.patch, self.tubelet = dims["width"], dims["patch"], cfg.tubelet_size
-        self.grid = layers.num_patches(cfg.num_frames, cfg.image_size, self.tubelet, self.patch)
+        self.grid = grid_shape((cfg.num_frames, cfg.image_size, cfg.image_size), self.tubelet, self.patch)
         dtype = jnp.dtype(cfg.dtype)
         patch_dim = self.tubelet * self.patch * self.patch * 3
         # PyTorch's default Conv3d init (kaiming-uniform with a=sqrt(5)) is uniform with variance 1/(3*fan_in).
