@@ -1,4 +1,4 @@
-"""The one input pipeline: source -> per-process slice -> shuffle/repeat -> decode + transforms + mask -> batch.
+"""The one input pipeline: source -> shuffle/repeat -> decode + transforms + mask -> per-process slice -> batch.
 
 Built on grain's Dataset API. Every random choice is seeded by (config seed, global element index), so the same config
 gives the same batches, and the iterator state saved with a checkpoint resumes mid-epoch exactly. Batches hold
