@@ -1,6 +1,5 @@
 """The trainer end to end on the embedded dataset: learning, exact resume, sharding, and failure handling."""
 
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -37,11 +36,7 @@ def tiny_config(**overrides):
 
 
 def load_config(name, arg=None):
-    path = pathlib.Path(__file__).parent.parent / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_lib.load_config_file(str(pathlib.Path(__file__).parent.parent / "configs" / f"{name}.py"), arg)
 
 
 def train_losses(workdir):

@@ -79,8 +79,10 @@ def trainer_config() -> ml_collections.ConfigDict:
         figure=True,  # write a reconstruction figure at the end of pre-training
         mesh=dict(data=-1, fsdp=1, tensor=1),
         # Logical parameter axis -> mesh axis ("" = replicated). Activations' batch axis uses ("data", "fsdp").
+        # `inner` is a Mamba block's expanded channel axis, `state` its SSM state axis, `positions` the token axis
+        # of learned position tables.
         sharding_rules=dict(embed="fsdp", decoder_embed="fsdp", mlp="tensor", heads="tensor", head_dim="",
-                            classes="", norm=""),
+                            classes="", norm="", inner="tensor", state="", positions=""),
     ))
 
 
@@ -104,3 +106,18 @@ def csv_data(train_csv: str, eval_csv: str, root: str, num_classes: int, num_fra
         train_csv=train_csv, eval_csv=eval_csv, root=root, short_side=int(image_size * 256 / 224),
         skip_missing=False, num_workers=8, seed=0,
     ))
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, e.g. `load_config_file("configs/videomae_k400.py", "runlocal")`."""
+    import importlib.util
+    import pathlib
+
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Config file {path!r} does not exist; configs live in configs/, "
+                          f"e.g. configs/videomae_k400.py.")
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
