@@ -5,6 +5,12 @@ linear map of (t, h, w, c)-ordered patch pixels (a Conv3d with stride = kernel),
 table over the flattened (t, h, w) token index, q/v attention biases without a k bias, exact GELU, and a
 decoder of its own width with its own position table. The encoder sees only the visible tokens.
 
+Heads: "pretrain" (decoder + reconstruction loss), "classification" (mean over tokens then fc_norm when
+`use_mean_pooling`, else the first token after a final norm, as Hugging Face's `VideoMAEForVideoClassification`
+does) and "none" (the encoder alone, like `VideoMAEModel`). The encoder ends with a LayerNorm for pre-training and
+whenever mean pooling is off. Each LayerNorm's epsilon is a config key, because the original code (1e-6) and the
+Hugging Face port (1e-12 in blocks, PyTorch's 1e-5 for fc_norm and the decoder norm) differ.
+
 Inputs are channels-last float videos `(batch, frames, height, width, 3)`, already normalised with
 `config.pixel_mean/pixel_std`; masks are bool `(batch, tokens)` with True = masked and the same number of masked
 tokens in every sample (`Model.num_masked`).
@@ -63,7 +69,7 @@ class Encoder(nnx.Module):
                                         rngs=rngs)
         self.transformer = layers.Transformer(
             self.width, dims["depth"], dims["num_heads"], dims["mlp_dim"], eps=cfg.ln_eps, drop_path=cfg.drop_path,
-            dtype=dtype, attention_impl=cfg.attention_impl or None, rngs=rngs)
+            qkv_bias=cfg.qkv_bias, dtype=dtype, attention_impl=cfg.attention_impl or None, rngs=rngs)
         self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs) if final_norm else None
 
     @property
@@ -89,14 +95,16 @@ class Model(nnx.Module):
     """VideoMAE with a pre-training decoder (`cfg.head == "pretrain"`) or a classification head ("classification").
 
     Pre-training: `model(video, mask)` -> {"loss", "pred" (B, M, tubelet*p*p*3), "target" (same), "masked_ids"}.
-    Classification: `model(video)` -> {"logits" (B, num_classes)}; mean over tokens, then fc_norm, then the head.
+    Classification: `model(video)` -> {"logits" (B, num_classes), "last_hidden_state"}.
+    No head ("none"): `model(video)` -> {"last_hidden_state" (B, tokens, width)}.
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        if cfg.head not in ("pretrain", "classification"):
-            raise ValueError(f"config.model.head must be 'pretrain' or 'classification', got {cfg.head!r}.")
+        if cfg.head not in ("pretrain", "classification", "none"):
+            raise ValueError(f"config.model.head must be 'pretrain', 'classification' or 'none', got {cfg.head!r}.")
         self.head_kind = cfg.head
-        self.encoder = Encoder(cfg, final_norm=cfg.head == "pretrain", rngs=rngs)
+        self.use_mean_pooling = cfg.use_mean_pooling
+        self.encoder = Encoder(cfg, final_norm=cfg.head == "pretrain" or not cfg.use_mean_pooling, rngs=rngs)
         width, dtype = self.encoder.width, jnp.dtype(cfg.dtype)
         t, h, w = self.encoder.grid
         self.pixel_mean = tuple(cfg.pixel_mean)
@@ -114,38 +122,47 @@ class Model(nnx.Module):
                                                    dtype=dtype, rngs=rngs)
             self.mask_token = nnx.Param(0.02 * jax.random.truncated_normal(rngs.params(), -2, 2, (dec_width,)),
                                         out_sharding=("decoder_embed",))
-            self.decoder = layers.Transformer(dec_width, cfg.decoder_depth, dec_heads, 4 * dec_width,
-                                              eps=cfg.ln_eps, dtype=dtype, attention_impl=cfg.attention_impl or None,
-                                              rngs=rngs)
-            self.decoder_norm = layers.LayerNorm(dec_width, cfg.ln_eps, rngs=rngs)
+            self.decoder = layers.Transformer(dec_width, cfg.decoder_depth, dec_heads,
+                                              cfg.decoder_mlp_dim or 4 * dec_width, eps=cfg.ln_eps,
+                                              qkv_bias=cfg.qkv_bias, dtype=dtype,
+                                              attention_impl=cfg.attention_impl or None, rngs=rngs)
+            self.decoder_norm = layers.LayerNorm(dec_width, cfg.decoder_norm_eps or cfg.ln_eps, rngs=rngs)
             out_dim = cfg.tubelet_size * self.encoder.patch ** 2 * 3
             self.decoder_head = layers.Dense(dec_width, out_dim, ("decoder_embed", None), dtype=dtype, rngs=rngs)
             self.dec_width = dec_width
-        else:
-            self.fc_norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
+        elif cfg.head == "classification":
+            if cfg.use_mean_pooling:
+                self.fc_norm = layers.LayerNorm(width, cfg.fc_norm_eps or cfg.ln_eps, rngs=rngs)
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
             self.head = layers.Dense(width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
                                      rngs=rngs)
 
-    def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None
-                 ) -> dict[str, jax.Array]:
+    def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None,
+                 num_masked: int | None = None) -> dict[str, jax.Array]:
+        """`num_masked` overrides the config's count for masks made elsewhere (any positions, same count per row)."""
+        if self.head_kind == "none":
+            return {"last_hidden_state": self.encoder(video, rng=rng)}
         if self.head_kind == "classification":
             x = self.encoder(video, rng=rng)
-            pooled = self.fc_norm(jnp.mean(x.astype(jnp.float32), axis=1))
-            return {"logits": self.head(pooled).astype(jnp.float32)}
+            if self.use_mean_pooling:
+                pooled = self.fc_norm(jnp.mean(x.astype(jnp.float32), axis=1))
+            else:
+                pooled = x[:, 0].astype(jnp.float32)
+            return {"logits": self.head(pooled).astype(jnp.float32), "last_hidden_state": x}
         if mask is None:
             raise ValueError("The VideoMAE pre-training model needs a bool mask (batch, tokens), True = masked.")
-        visible_ids, masked_ids = split_mask(mask, self.num_masked)
-        x = self.encoder(video, visible_ids, rng)
-        x = self.encoder_to_decoder(x)
+        num_masked = self.num_masked if num_masked is None else num_masked
+        visible_ids, masked_ids = split_mask(mask, num_masked)
+        x_enc = self.encoder(video, visible_ids, rng)
+        x = self.encoder_to_decoder(x_enc)
         table = jnp.asarray(layers.sincos_table(self.encoder.num_tokens, self.dec_width)).astype(x.dtype)
         x_vis = x + jnp.take(table, visible_ids, axis=0)
         x_mask = self.mask_token[...].astype(x.dtype) + jnp.take(table, masked_ids, axis=0)
         y = self.decoder(jnp.concatenate([x_vis, x_mask], axis=1))
-        pred = self.decoder_head(self.decoder_norm(y[:, -self.num_masked:])).astype(jnp.float32)
+        pred = self.decoder_head(self.decoder_norm(y[:, -num_masked:])).astype(jnp.float32)
         target = _gather(self.pixel_target(video), masked_ids)
         loss = jnp.mean(jnp.square(pred - target))
-        return {"loss": loss, "pred": pred, "target": target, "masked_ids": masked_ids}
+        return {"loss": loss, "pred": pred, "target": target, "masked_ids": masked_ids, "last_hidden_state": x_enc}
 
     def unnormalize(self, video: jax.Array) -> jax.Array:
         """Input-normalised video -> pixels in [0, 1]."""
@@ -170,9 +187,14 @@ def default_config() -> ml_collections.ConfigDict:
         head="pretrain",
         mask_ratio=0.9,
         decoder_width=0, decoder_heads=0, decoder_depth=4,  # 0 = the reference's size for the variant
+        decoder_mlp_dim=0,  # 0 = 4 x decoder_width
         norm_pix_loss=True,
         num_classes=400, head_init_scale=0.001,
-        ln_eps=1e-6,
+        use_mean_pooling=True,  # classification: mean + fc_norm (True) or first token after a final norm (False)
+        qkv_bias="qv",  # "qv" (the reference: q and v biases, no k bias) or "none"
+        ln_eps=1e-6,  # blocks and the final encoder norm
+        fc_norm_eps=0.0,  # 0 = ln_eps
+        decoder_norm_eps=0.0,  # 0 = ln_eps
         drop_path=0.0,
         dtype="float32",
         attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one

@@ -1,0 +1,40 @@
+r"""Writes the golden-output parity fixtures: small random-weight reference models and their outputs.
+
+Needs torch and transformers (`pip install -e '.[torch]'`); run by hand, not in CI, and commit the result:
+  python scripts/make_parity_fixtures.py                       # every model, into tests/fixtures/parity/
+  python scripts/make_parity_fixtures.py --only videomae vivit
+
+Each model's maker lives in scripts/parity/<model>.py and writes cases out_dir/<case>/{source/, io.npz, case.json};
+tests/test_parity.py converts every case with vidjax and compares its outputs with io.npz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import shutil
+
+HERE = pathlib.Path(__file__).parent
+MAKERS = ("videomae", "timesformer", "vivit", "videomamba")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(HERE.parent / "tests" / "fixtures" / "parity"))
+    parser.add_argument("--only", nargs="*", default=list(MAKERS), choices=MAKERS)
+    args = parser.parse_args()
+    out = pathlib.Path(args.out)
+    for name in args.only:
+        spec = importlib.util.spec_from_file_location(f"parity_{name}", HERE / "parity" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for old in out.glob(f"{name}_*"):
+            shutil.rmtree(old)
+        out.mkdir(parents=True, exist_ok=True)
+        module.make(out)
+        print(f"{name}: {sorted(p.name for p in out.glob(f'{name}_*'))}")
+
+
+if __name__ == "__main__":
+    main()

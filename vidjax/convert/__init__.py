@@ -1,0 +1,1 @@
+"""Checkpoint conversion into vidjax: Hugging Face VideoMAE/TimeSformer/ViViT and official VideoMamba."""

@@ -1,0 +1,409 @@
+"""Pieces shared by the checkpoint converters: reading tensors without torch, checking and writing the result.
+
+A converter reads named tensors from a published checkpoint (`TensorSource`), maps each to a vidjax parameter in
+vidjax's layout, and returns a `Converted`. `write_converted` checks the parameters against the model its config
+builds (names and shapes) and writes an orbax checkpoint plus `vidjax.json` atomically: on any failure nothing is
+left at the destination.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import pickle
+import shutil
+import struct
+import uuid
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import ml_dtypes
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "vidjax-pretrained/1"
+META_FILE = "vidjax.json"
+PARAMS_DIR = "params"
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted: unsupported, incomplete or inconsistent. The message says which."""
+
+
+# ----------------------------------------------------------------------------------------------- reading tensors
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file (the format is an 8-byte header length, a JSON header, then the data)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ConversionError(f"{path} is not a safetensors file (only {len(raw)} bytes).")
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    try:
+        header = json.loads(raw[8:8 + header_len])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path} is not a readable safetensors file: bad header ({e}).") from e
+    data = memoryview(raw)[8 + header_len:]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ConversionError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which vidjax cannot read.")
+        start, end = info["data_offsets"]
+        if end > len(data):
+            raise ConversionError(f"{path} is truncated: tensor {name!r} ends at byte {end} of {len(data)}.")
+        tensors[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"])
+    return tensors
+
+
+_TORCH_STORAGES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _Opaque:
+    """Stands in for any non-tensor object in a torch checkpoint (argparse args, optimizer classes, ...)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Opaque()
+
+
+class _OrderedDict(dict):
+    """OrderedDict stand-in that accepts the attributes torch pickles onto state dicts (`_metadata`)."""
+
+
+def _rebuild_tensor(storage, offset, size, stride, *args):
+    return ("tensor", storage, offset, tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, *args):
+    return data
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Unpickles a torch zip checkpoint into numpy without importing torch, and without running its code."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(file)
+        self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, np.ndarray] = {}
+
+    def find_class(self, module: str, name: str):
+        if module == "collections" and name == "OrderedDict":
+            return _OrderedDict
+        if module.startswith("torch"):
+            if name in _TORCH_STORAGES:
+                return _TORCH_STORAGES[name]
+            if name in ("_rebuild_tensor_v2", "_rebuild_tensor", "_rebuild_tensor_v3"):
+                return _rebuild_tensor
+            if name == "_rebuild_parameter":
+                return _rebuild_parameter
+        if module == "builtins" and name in ("set", "frozenset", "tuple", "list", "dict", "slice"):
+            return getattr(builtins, name)
+        return _Opaque
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, _numel = pid
+        if kind != "storage":
+            raise ConversionError(f"Unexpected persistent id {kind!r} in torch checkpoint.")
+        dtype = storage_type if isinstance(storage_type, type) and storage_type in _TORCH_STORAGES.values() else None
+        if dtype is None:
+            raise ConversionError(f"Torch storage of type {storage_type!r} is not supported.")
+        if key not in self.storages:
+            raw = self.archive.read(f"{self.prefix}data/{key}")
+            self.storages[key] = np.frombuffer(raw, dtype=dtype)
+        return self.storages[key]
+
+
+def _materialise(obj):
+    if isinstance(obj, tuple) and len(obj) == 5 and obj[0] == "tensor":
+        _, storage, offset, size, stride = obj
+        if not size:
+            return np.array(storage[offset])
+        view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                               strides=[s * storage.itemsize for s in stride])
+        return np.array(view)
+    if isinstance(obj, dict):
+        return {k: _materialise(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_materialise(v) for v in obj)
+    return obj
+
+
+def read_torch_zip(path: str | os.PathLike) -> Any:
+    """The object saved by `torch.save` (zip format, torch >= 1.6), with tensors as numpy arrays. No torch needed."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ConversionError(f"{path} is not a torch zip checkpoint ({e}); files saved with the legacy "
+                              f"(pre-1.6) format need `torch.load` then `torch.save` once.") from e
+    with archive:
+        pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if not pkl:
+            raise ConversionError(f"{path} is a zip file without data.pkl; it is not a torch checkpoint.")
+        prefix = pkl[0][: -len("data.pkl")]
+        with archive.open(pkl[0]) as f:
+            try:
+                obj = _TorchUnpickler(f, archive, prefix).load()
+            except (pickle.UnpicklingError, EOFError, KeyError) as e:
+                raise ConversionError(f"{path} is damaged: cannot unpickle its data ({e}).") from e
+    return _materialise(obj)
+
+
+def _flatten_tensors(obj, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flatten_tensors(v, f"{prefix}{k}."))
+    elif isinstance(obj, np.ndarray):
+        out[prefix[:-1]] = obj
+    return out
+
+
+class TensorSource:
+    """Named tensors of one checkpoint, and a record of which were used, for complete and checked conversions."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], origin: str):
+        self.tensors = dict(tensors)
+        self.origin = origin
+        self.used: set[str] = set()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TensorSource:
+        """A .safetensors file, or a torch file (.bin/.pth/.pt, nested state dicts flattened with '.')."""
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ConversionError(f"Checkpoint file {path} does not exist.")
+        if path.suffix == ".safetensors":
+            return cls(read_safetensors(path), str(path))
+        return cls(_flatten_tensors(read_torch_zip(path)), str(path))
+
+    @classmethod
+    def from_hf_dir(cls, directory: str | os.PathLike) -> TensorSource:
+        """The weights of a Hugging Face `save_pretrained` directory (safetensors preferred, sharded or not)."""
+        directory = pathlib.Path(directory)
+        for index_name, reader in (("model.safetensors.index.json", read_safetensors),
+                                   ("pytorch_model.bin.index.json", lambda p: _flatten_tensors(read_torch_zip(p)))):
+            index = directory / index_name
+            if index.is_file():
+                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                tensors = {}
+                for name in files:
+                    if not (directory / name).is_file():
+                        raise ConversionError(f"{index} lists shard {name}, which is missing from {directory}.")
+                    tensors.update(reader(directory / name))
+                return cls(tensors, str(directory))
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (directory / name).is_file():
+                source = cls.from_file(directory / name)
+                return source
+        raise ConversionError(f"{directory} has no model.safetensors or pytorch_model.bin (or sharded index); "
+                              f"point --from-hf at the directory written by `save_pretrained`.")
+
+    def names(self) -> list[str]:
+        return sorted(self.tensors)
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def prefix_of(self, suffix: str) -> str:
+        """The key prefix ("", "videomae.", "model.", ...) under which `suffix` is stored in this checkpoint."""
+        matches = sorted((n[: -len(suffix)] for n in self.tensors if n.endswith(suffix)
+                          and (n == suffix or n[-len(suffix) - 1] == ".")), key=len)
+        if not matches:
+            raise ConversionError(f"{self.origin} has no tensor named '...{suffix}'; is this a checkpoint of the "
+                                  f"architecture it claims to be?")
+        return matches[0]
+
+    def take(self, name: str, shape: Sequence[int]) -> np.ndarray:
+        """Tensor `name` as float32, checked to have `shape`; the error names the tensor and both shapes."""
+        shape = tuple(int(s) for s in shape)
+        if name not in self.tensors:
+            raise ConversionError(f"{self.origin} is missing tensor {name!r} (expected shape {shape}).")
+        value = self.tensors[name]
+        if tuple(value.shape) != shape:
+            raise ConversionError(f"Tensor {name!r} in {self.origin} has shape {tuple(value.shape)}, but the "
+                                  f"model described by its config expects {shape}.")
+        self.used.add(name)
+        return np.asarray(value, dtype=np.float32)
+
+    def unused(self, ignore: Iterable[str] = ()) -> list[str]:
+        ignore = tuple(ignore)
+        return [n for n in self.names() if n not in self.used and not any(s in n for s in ignore)]
+
+
+# ------------------------------------------------------------------------------------------- converted models
+
+@dataclasses.dataclass
+class Converted:
+    """A checkpoint in vidjax terms: the model (name and config), its flat parameters, and how to feed it."""
+
+    model_name: str
+    model_config: ml_collections.ConfigDict
+    params: dict[str, np.ndarray]  # '/'-joined nnx pure-dict paths -> arrays in vidjax's layout
+    preprocessing: dict[str, Any]  # mean, std (input = (pixels/255 - mean)/std), num_frames, image_size
+    class_names: list[str] | None = None
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def path_key(path) -> str:
+    """'/'-joined string of a jax tree path of a pure dict (nnx.List indices become digits)."""
+    parts = []
+    for p in path:
+        if isinstance(p, jax.tree_util.DictKey):
+            parts.append(str(p.key))
+        elif isinstance(p, jax.tree_util.SequenceKey):
+            parts.append(str(p.idx))
+        else:
+            parts.append(str(getattr(p, "name", p)))
+    return "/".join(parts)
+
+
+def flatten_params(pure: Any) -> dict[str, Any]:
+    """Nested pure-dict parameters -> {'a/b/0/c': leaf}."""
+    return {path_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(pure)[0]}
+
+
+def abstract_params(model_name: str, model_config: ml_collections.ConfigDict) -> Any:
+    """The nested pure dict of `jax.ShapeDtypeStruct`s of the model `model_config` builds (nothing allocated)."""
+    from flax import nnx
+
+    from vidjax.models import get_model
+
+    module = get_model(model_name)
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: module.Model(model_config, rngs=nnx.Rngs(0)))
+    return nnx.to_pure_dict(nnx.state(model))  # the trainer's `params` tree has the same structure
+
+
+def unflatten_params(abstract: Any, flat: Mapping[str, np.ndarray], origin: str = "the converter") -> Any:
+    """Flat params -> the nested structure of `abstract`, checking that names and shapes match exactly."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    expected = {path_key(p): leaf for p, leaf in leaves}
+    missing = [k for k in expected if k not in flat]
+    extra = [k for k in flat if k not in expected]
+    if missing or extra:
+        raise ConversionError(f"Parameters from {origin} do not match the vidjax model: missing {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+                              f"{' ...' if len(extra) > 5 else ''}.")
+    out = []
+    for key, leaf in expected.items():
+        value = np.asarray(flat[key])
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise ConversionError(f"Parameter {key} from {origin} has shape {tuple(value.shape)}; the vidjax model "
+                                  f"expects {tuple(leaf.shape)}.")
+        out.append(value.astype(np.float32))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def resize_grid(table: np.ndarray, src_grid: Sequence[int], dst_grid: Sequence[int],
+                method: str = "linear") -> np.ndarray:
+    """Interpolates a learned table laid out over a grid: (prod(src_grid), D) -> (prod(dst_grid), D).
+
+    `method` is "nearest", "linear" (bi/trilinear) or "cubic" (bicubic), with half-pixel centres as PyTorch's
+    `F.interpolate(..., align_corners=False)` uses, except that "cubic" uses Keys' a=-0.5 (PyTorch uses -0.75).
+    """
+    src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
+    if src_grid == dst_grid:
+        return np.asarray(table)
+    dim = table.shape[-1]
+    grid = np.asarray(table, np.float32).reshape(*src_grid, dim)
+    resized = jax.image.resize(grid, (*dst_grid, dim), method=method, antialias=False)
+    return np.asarray(resized).reshape(-1, dim)
+
+
+def finalize(converted: Converted, src: TensorSource, **source_info: Any) -> Converted:
+    """Fills in what every converter shares: preprocessing sizes, provenance, and a warning for unread tensors."""
+    cfg = converted.model_config
+    converted.preprocessing = dict(converted.preprocessing)
+    converted.preprocessing.setdefault("num_frames", int(cfg.num_frames))
+    converted.preprocessing.setdefault("image_size", int(cfg.image_size))
+    converted.source = dict(path=src.origin, **source_info)
+    unused = src.unused(ignore=("position_ids", "num_batches_tracked"))
+    if unused:
+        logger.warning("%d tensor(s) of %s were not used by the conversion (e.g. %s); they have no counterpart "
+                       "in vidjax's %s.", len(unused), src.origin, ", ".join(unused[:5]), converted.model_name)
+    return converted
+
+
+def resize(converted: Converted, num_frames: int | None = None, image_size: int | None = None) -> Converted:
+    """The same checkpoint for another frame count and/or resolution: learned position tables interpolated."""
+    from vidjax.models import get_model
+
+    src_cfg = converted.model_config
+    dst_cfg = ml_collections.ConfigDict(src_cfg.to_dict())
+    dst_cfg.num_frames = int(num_frames or src_cfg.num_frames)
+    dst_cfg.image_size = int(image_size or src_cfg.image_size)
+    if (dst_cfg.num_frames, dst_cfg.image_size) == (src_cfg.num_frames, src_cfg.image_size):
+        return converted
+    module = get_model(converted.model_name)
+    params = converted.params
+    if hasattr(module, "resize_positions"):
+        params = module.resize_positions(dict(params), src_cfg, dst_cfg)
+    preprocessing = dict(converted.preprocessing, num_frames=dst_cfg.num_frames, image_size=dst_cfg.image_size)
+    logger.info("Resized %s from %d frames x %d px to %d x %d.", converted.model_name, src_cfg.num_frames,
+                src_cfg.image_size, dst_cfg.num_frames, dst_cfg.image_size)
+    return dataclasses.replace(converted, model_config=dst_cfg, params=params, preprocessing=preprocessing)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+def _config_to_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json())
+
+
+def write_converted(converted: Converted, dst: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
+    """Checks `converted` against its model and writes DST/{vidjax.json, params/} atomically."""
+    import orbax.checkpoint as ocp
+
+    dst = pathlib.Path(dst).absolute()
+    if dst.exists() and not overwrite and (dst.is_file() or any(dst.iterdir())):
+        raise ConversionError(f"{dst} already exists; choose another --out or pass --overwrite.")
+    abstract = abstract_params(converted.model_name, converted.model_config)
+    params = unflatten_params(abstract, converted.params, converted.source.get("path", "the checkpoint"))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / PARAMS_DIR, params)
+        checkpointer.wait_until_finished()
+        meta = dict(format=FORMAT, model_name=converted.model_name,
+                    model=_config_to_json(converted.model_config), preprocessing=converted.preprocessing,
+                    class_names=converted.class_names, source=converted.source)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        if dst.exists():
+            old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst

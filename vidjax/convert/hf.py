@@ -1,0 +1,55 @@
+"""Hugging Face `save_pretrained` directories -> vidjax: dispatch on config.json's `architectures`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+
+from vidjax.convert.common import ConversionError, Converted, TensorSource, finalize
+
+# Converter module per architecture (imported only when used).
+_CONVERTERS = {
+    "VideoMAEForPreTraining": "hf_videomae",
+    "VideoMAEForVideoClassification": "hf_videomae",
+    "VideoMAEModel": "hf_videomae",
+    "TimesformerForVideoClassification": "hf_timesformer",
+    "VivitForVideoClassification": "hf_vivit",
+}
+
+
+def supported() -> list[str]:
+    """The Hugging Face architectures vidjax converts."""
+    return sorted(_CONVERTERS)
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ConversionError(f"{path} is not valid JSON ({e}).") from e
+
+
+def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
+    """Reads config.json (+ preprocessor_config.json when present) and the weights, and maps them onto vidjax."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise ConversionError(f"--from-hf expects a directory written by `save_pretrained`; {directory} is not a "
+                              f"directory.")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"{directory} has no config.json; --from-hf expects a `save_pretrained` directory.")
+    hf = _read_json(config_path)
+    architectures = hf.get("architectures") or []
+    known = supported()
+    architecture = next((a for a in architectures if a in known), None)
+    if architecture is None:
+        raise ConversionError(f"{config_path} declares architectures {architectures} (model_type "
+                              f"{hf.get('model_type')!r}); vidjax converts {', '.join(known)}.")
+    module_name = _CONVERTERS[architecture]
+    processor = directory / "preprocessor_config.json"
+    if processor.is_file():
+        hf["_preprocessor_config"] = _read_json(processor)
+    src = TensorSource.from_hf_dir(directory)
+    converted = importlib.import_module(f"vidjax.convert.{module_name}").from_hf(hf, src, architecture)
+    return finalize(converted, src, format="huggingface", architecture=architecture)
