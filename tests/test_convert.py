@@ -152,3 +152,33 @@ def test_cli(tmp_path, capsys):
 def test_load_rejects_other_directories(tmp_path):
     with pytest.raises(ConversionError, match="not a converted checkpoint"):
         pretrained.load(tmp_path)
+
+
+def test_fine_tuning_starts_from_a_converted_checkpoint(tmp_path):
+    """config.init_from: encoder tensors copied, adapted to the config's clip; a head of another size starts fresh."""
+    import jax
+
+    from vidjax import config_lib, train
+    from vidjax.models import videomae
+
+    convert(from_hf=str(CLASSIFIER), out=str(tmp_path / "ckpt"))
+    config = config_lib.trainer_config()
+    config.model_name, config.task = "videomae", "classification"
+    config.model = videomae.default_config()
+    config.model.update(dict(variant="B/8", width=32, depth=2, num_heads=2, mlp_dim=64, num_frames=8, image_size=32,
+                             head="classification", num_classes=8, ln_eps=1e-6, fc_norm_eps=1e-5))
+    config.data = config_lib.synthetic_data(num_frames=8, image_size=32, num_train=32, num_eval=8)
+    config.batch_size, config.total_steps, config.figure, config.eval_every = 8, 2, False, 0
+    config.init_from = str(tmp_path / "ckpt")
+    result = train.train_and_evaluate(config, str(tmp_path / "work"), devices=jax.devices()[:2])
+    assert result["step"] == 2
+    source = pretrained.load(tmp_path / "ckpt")
+    setup = train.build(config, 32)
+    fresh = setup.init_state()["params"]
+    started, report = pretrained.init_from(config.init_from, "videomae", config.model, fresh)
+    assert sorted(report["fresh"]) == ["head/bias", "head/kernel"]
+    np.testing.assert_array_equal(np.asarray(started["encoder"]["transformer"]["blocks"][1]["attn"]["qkv"]),
+                                  np.asarray(source.params["encoder"]["transformer"]["blocks"][1]["attn"]["qkv"]))
+    config.model.width = 48
+    with pytest.raises(config_lib.ConfigError, match=r"parameter encoder/patch_embed/\w+ has shape"):
+        pretrained.init_from(config.init_from, "videomae", config.model, train.build(config, 32).init_state()["params"])

@@ -57,6 +57,7 @@ def trainer_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         seed=0,
         task="pretrain",  # pretrain | classification
+        init_from="",  # a `python -m vidjax.convert` output to start from (fine-tuning); "" = random init
         batch_size=16,  # global, across all devices and processes
         num_epochs=1.0,
         total_steps=0,  # > 0 overrides num_epochs

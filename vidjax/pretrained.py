@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
 from vidjax.models import get_model
@@ -111,12 +112,8 @@ def _restore_params(directory: pathlib.Path, abstract: Any) -> Any:
         return checkpointer.restore(directory, target)
 
 
-def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
-         dtype: str | None = None) -> Pretrained:
-    """Loads a `python -m vidjax.convert` output; optionally adapted to another clip length or resolution.
-
-    `dtype="bfloat16"` computes in bf16 (parameters stay float32).
-    """
+def _read(path: str | pathlib.Path) -> tuple[dict, common.Converted]:
+    """vidjax.json and the flat numpy parameters of a converted checkpoint."""
     path = pathlib.Path(path)
     meta_path = path / common.META_FILE
     if not meta_path.is_file():
@@ -130,18 +127,69 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
         raise ConversionError(f"{meta_path} has model keys {sorted(unknown)} that this vidjax version does not "
                               f"know; it was written by a newer vidjax.")
     config.update(meta["model"])
-    abstract = common.abstract_params(meta["model_name"], config)
-    params = _restore_params(path / common.PARAMS_DIR, abstract)
-    converted = common.Converted(meta["model_name"], config, common.flatten_params(params),
-                                 meta["preprocessing"], meta.get("class_names"), meta.get("source", {}))
+    params = _restore_params(path / common.PARAMS_DIR, common.abstract_params(meta["model_name"], config))
+    flat = {k: np.asarray(v) for k, v in common.flatten_params(params).items()}
+    return meta, common.Converted(meta["model_name"], config, flat, meta["preprocessing"], meta.get("class_names"),
+                                  meta.get("source", {}))
+
+
+def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
+         dtype: str | None = None) -> Pretrained:
+    """Loads a `python -m vidjax.convert` output; optionally adapted to another clip length or resolution.
+
+    `dtype="bfloat16"` computes in bf16 (parameters stay float32).
+    """
+    meta, converted = _read(path)
     if num_frames or image_size:
         converted = common.resize(converted, num_frames, image_size)
-        config = converted.model_config
-        params = common.unflatten_params(common.abstract_params(meta["model_name"], config), converted.params)
+    config = converted.model_config
     if dtype:
         config.dtype = dtype
+    params = common.unflatten_params(common.abstract_params(meta["model_name"], config), converted.params)
+    params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    module = get_model(meta["model_name"])
     with nnx.use_eager_sharding(False):
         abstract_model = nnx.eval_shape(lambda: module.Model(config, rngs=nnx.Rngs(0)))
     graphdef, _ = nnx.split(abstract_model)
     return Pretrained(meta["model_name"], config, dict(converted.preprocessing), converted.class_names, graphdef,
                       params)
+
+
+def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collections.ConfigDict, params: Any
+              ) -> tuple[Any, dict[str, list[str]]]:
+    """Fine-tuning start: `params` (a fresh, sharded model state) with every tensor the checkpoint has copied in.
+
+    The checkpoint is first adapted to `model_config`'s frames and resolution (position tables interpolated).
+    Tensors the checkpoint lacks (e.g. fc_norm after pre-training) and a head whose class count differs keep
+    their fresh initialisation; any other shape mismatch is an error naming the tensor. Returns the new params
+    and a report {"loaded": [...], "fresh": [...]}.
+    """
+    meta, converted = _read(path)
+    if meta["model_name"] != model_name:
+        raise ConfigError(f"config.init_from={str(path)!r} holds a {meta['model_name']} checkpoint, but "
+                          f"config.model_name is {model_name!r}.")
+    try:
+        converted = common.resize(converted, model_config.num_frames, model_config.image_size)
+    except ValueError as e:
+        raise ConfigError(f"config.init_from={str(path)!r} cannot be adapted to {model_config.num_frames} frames "
+                          f"x {model_config.image_size} px: {e}") from e
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    out, report = [], {"loaded": [], "fresh": []}
+    for key_path, fresh in leaves:
+        key = common.path_key(key_path)
+        value = converted.params.get(key)
+        is_head = key.split("/")[0] == "head"
+        if value is None or (is_head and value.shape != fresh.shape):
+            report["fresh"].append(key)
+            out.append(fresh)
+            continue
+        if value.shape != fresh.shape:
+            raise ConfigError(f"config.init_from={str(path)!r}: parameter {key} has shape {value.shape} in the "
+                              f"checkpoint but {fresh.shape} in the model config.model describes; use the same "
+                              f"variant/width/depth as the checkpoint.")
+        value = value.astype(fresh.dtype)
+        out.append(jax.make_array_from_callback(fresh.shape, fresh.sharding, lambda index, v=value: v[index]))
+        report["loaded"].append(key)
+    if not report["loaded"]:
+        raise ConfigError(f"config.init_from={str(path)!r} shares no parameter with the configured model.")
+    return jax.tree_util.tree_unflatten(treedef, out), report

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import checkpoint, losses, optim, sharding, visualize_lib
+from vidjax import checkpoint, losses, optim, pretrained, sharding, visualize_lib
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter
@@ -241,6 +241,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
         _log(f"Resuming from checkpoint at step {latest} in {ckpt.path(latest)}")
     else:
         state = setup.init_state()
+        if config.init_from:
+            params, report = pretrained.init_from(config.init_from, config.model_name, config.model, state["params"])
+            state = dict(state, params=params)
+            _log(f"Initialised {len(report['loaded'])} parameter tensors from {config.init_from}; "
+                 f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'})")
     start_step = int(jax.device_get(state["step"]))
     if start_step >= setup.total_steps:
         _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "
