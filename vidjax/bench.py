@@ -2,11 +2,17 @@
 
   python -m vidjax.bench --model=videomae --variant=S/16 --frames=16 --size=112 --batch=2 --mode=pretrain
   python -m vidjax.bench ... --compare=torch      # also times transformers' VideoMAE in the same process
+  python -m vidjax.bench --mode=mamba_block --variant=S/16 --frames=64 --size=224 --batch=1
+
 
 Pre-train and fine-tune time the trainer's own jitted update step (the code `vidjax.main` runs); infer times
 the jitted forward pass. The last line printed is one JSON object: seconds_per_step (median of the timed
 steps after warm-up), clips_per_s, compile_s, flops_per_step (XLA's cost analysis), and with --compare the
 PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster).
+
+`--mode=mamba_block` compares VideoMamba's chunked selective scan with one unchunked associative scan on a single
+bidirectional block of the variant's width: XLA's temporary memory for forward + backward at --frames (compiled
+only, nothing runs), and the forward + backward time at --time_frames. Ratios are chunked / unchunked.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ _VARIANT = flags.DEFINE_string("variant", "S/16", "Variant string, e.g. S/16, B/
 _FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip.")
 _SIZE = flags.DEFINE_integer("size", 112, "Frame height and width in pixels.")
 _BATCH = flags.DEFINE_integer("batch", 2, "Global batch size.")
-_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "finetune", "infer"], "What to time.")
+_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "finetune", "infer", "mamba_block"], "What to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 400, "Classes of the fine-tune/infer head.")
 _COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also time the PyTorch reference in the same run.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads for --compare=torch.")
+_TIME_FRAMES = flags.DEFINE_integer("time_frames", 8, "--mode=mamba_block: frames for the timing comparison.")
+_SCAN_CHUNK = flags.DEFINE_integer("scan_chunk", 0, "--mode=mamba_block: chunk length (0 = the model default).")
 
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
@@ -111,9 +119,63 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
             "flops_per_step": float(cost.get("flops", float("nan")))}
 
 
+def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_frames: int, steps: int, warmup: int,
+                      dtype: str, scan_chunk: int = 0) -> dict:
+    """Chunked vs unchunked selective scan in one bidirectional VideoMamba block: fwd+bwd memory and time."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vidjax.models import videomamba
+
+    cfg = videomamba.default_config()
+    cfg.variant = variant
+    width, patch = videomamba.dims(cfg)["width"], videomamba.dims(cfg)["patch"]
+    chunk = scan_chunk or cfg.scan_chunk
+
+    def tokens(n_frames: int) -> int:
+        return 1 + n_frames * (size // patch) ** 2
+
+    def measure(scan: str) -> dict:
+        with nnx.use_eager_sharding(False):
+            block = videomamba.Block(width, scan=scan, scan_chunk=chunk, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(block)
+
+        def loss(params, x_BLD):
+            hidden, _ = nnx.merge(graphdef, params)(x_BLD)
+            return jnp.sum(hidden.astype(jnp.float32))
+
+        grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        big = jax.ShapeDtypeStruct((batch, tokens(frames), width), jnp.float32)
+        memory = grad_fn.lower(params, big).compile().memory_analysis()
+        x = jax.random.normal(jax.random.key(0), (batch, tokens(time_frames), width), jnp.float32)
+        compiled = grad_fn.lower(params, x).compile()
+        seconds, _ = _median_time(lambda: compiled(params, x), steps, warmup)
+        return {"temp_bytes": int(memory.temp_size_in_bytes), "seconds_fwd_bwd": seconds}
+
+    result = {"width": width, "scan_chunk": chunk, "memory_tokens": tokens(frames), "time_tokens": tokens(time_frames),
+              "chunked": measure("chunked"), "associative": measure("associative")}
+    result["memory_ratio"] = result["chunked"]["temp_bytes"] / result["associative"]["temp_bytes"]
+    result["time_ratio"] = result["chunked"]["seconds_fwd_bwd"] / result["associative"]["seconds_fwd_bwd"]
+    return result
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MODE.value == "mamba_block":
+        result = {"mode": "mamba_block", "variant": _VARIANT.value, "frames": _FRAMES.value, "size": _SIZE.value,
+                  "batch": _BATCH.value, "time_frames": _TIME_FRAMES.value, "dtype": _DTYPE.value}
+        result.update(bench_mamba_block(_VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _TIME_FRAMES.value,
+                                        _STEPS.value, _WARMUP.value, _DTYPE.value, _SCAN_CHUNK.value))
+        for scan in ("chunked", "associative"):
+            print(f"{scan:>11}: fwd+bwd temp memory {result[scan]['temp_bytes'] / 2**20:.1f} MiB at "
+                  f"{result['memory_tokens']} tokens; {result[scan]['seconds_fwd_bwd'] * 1e3:.1f} ms at "
+                  f"{result['time_tokens']} tokens", flush=True)
+        print(f"chunked / associative: memory {result['memory_ratio']:.3f}, time {result['time_ratio']:.2f}",
+              flush=True)
+        print(json.dumps(result))
+        return
     config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
                           _DTYPE.value, _NUM_CLASSES.value)
     result = {"model": _MODEL.value, "variant": _VARIANT.value, "mode": _MODE.value, "frames": _FRAMES.value,

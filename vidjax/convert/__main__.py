@@ -2,8 +2,8 @@ r"""Converts published video-model checkpoints into vidjax checkpoints.
 
   python -m vidjax.convert --from-hf SRC --out DST
       SRC: a Hugging Face `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin) of
-      VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel, TimesformerForVideoClassification or
-      VivitForVideoClassification.
+      VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel, TimesformerForVideoClassification,
+      TimesformerModel, VivitForVideoClassification or VivitModel.
   python -m vidjax.convert --from-videomamba FILE --out DST
       FILE: an official VideoMamba checkpoint (.pth); its sizes are read from the tensor shapes.
 

@@ -14,7 +14,10 @@ _CONVERTERS = {
     "VideoMAEForVideoClassification": "hf_videomae",
     "VideoMAEModel": "hf_videomae",
     "TimesformerForVideoClassification": "hf_timesformer",
+    "TimesformerModel": "hf_timesformer",
+    "TimesformerModel": "hf_timesformer",
     "VivitForVideoClassification": "hf_vivit",
+    "VivitModel": "hf_vivit",
 }
 
 
