@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,13 +32,17 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
 _VARIANT_RE = re.compile(r"^([A-Za-z]+)/(\d+)$")
 
 
-def parse_variant(variant: str) -> tuple[str, int]:
-    """Splits a variant string such as "B/16" into (size name, patch size), with a clear error if malformed."""
+def parse_variant(variant: str, sizes: Mapping[str, object] = VIT_SIZES) -> tuple[str, int]:
+    """Splits a variant string such as "B/16" into (size name, patch size), with a clear error if malformed.
+
+    `sizes` is the table of valid size names: ViT sizes by default, another model family's table otherwise.
+    """
     match = _VARIANT_RE.match(str(variant).strip())
-    if not match or match.group(1) not in VIT_SIZES:
+    if not match or match.group(1) not in sizes:
+        example = f"{list(sizes)[len(sizes) // 2]}/16"  # a mid-size name: B/16 for ViT, S/16 for VideoMamba
         raise ConfigError(
             f"Unknown model variant {variant!r}: expected SIZE/PATCH with SIZE one of "
-            f"{', '.join(VIT_SIZES)} and PATCH an integer, e.g. 'B/16'."
+            f"{', '.join(sizes)} and PATCH an integer, e.g. '{example}'."
         )
     return match.group(1), int(match.group(2))
 
@@ -138,7 +142,8 @@ class Attention(nnx.Module):
             return self.qkv_b[...]
         return None
 
-    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    def __call__(self, x_BLD: jax.Array, attend=None) -> jax.Array:
+        """`attend(q, k, v) -> out`, all (b, l, heads, head_dim), replaces plain attention over l when given."""
         dt = self.dtype
         # (b, l, 3, h, k) keeps the projection a plain row-major x @ W; a (3, b, l, h, k) output costs a transpose.
         qkv = jnp.einsum("bld,dthk->blthk", x_BLD.astype(dt), self.qkv[...].astype(dt))
@@ -146,19 +151,28 @@ class Attention(nnx.Module):
         if bias is not None:
             qkv = qkv + bias.astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out_BLHK = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        if attend is None:
+            out_BLHK = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        else:
+            out_BLHK = attend(q, k, v)
         return jnp.einsum("blhk,hkd->bld", out_BLHK, self.proj[...].astype(dt)) + self.proj_bias[...].astype(dt)
 
 
 class Mlp(nnx.Module):
-    """Two-layer MLP with exact (erf) GELU, as in the PyTorch references (Flax's default is the tanh form)."""
+    """Two-layer MLP with exact (erf) GELU, as in the PyTorch references (Flax's default is the tanh form).
 
-    def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    `approximate_gelu=True` selects the tanh form, for checkpoints whose config says "gelu_new"/"gelu_fast"/
+    "gelu_pytorch_tanh".
+    """
+
+    def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, approximate_gelu: bool = False,
+                 rngs: nnx.Rngs):
         self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=self.approximate_gelu))
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -173,12 +187,13 @@ class Block(nnx.Module):
     """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
-                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None,
+                 approximate_gelu: bool = False, rngs: nnx.Rngs):
         self.norm1 = LayerNorm(dim, eps, rngs=rngs)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=attention_impl,
                               rngs=rngs)
         self.norm2 = LayerNorm(dim, eps, rngs=rngs)
-        self.mlp = Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
+        self.mlp = Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, rngs=rngs)
         self.drop_path = drop_path
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
@@ -191,11 +206,12 @@ class Transformer(nnx.Module):
     """A stack of `Block`s with linearly increasing drop-path rates, as in the ViT/VideoMAE references."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
-                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None,
+                 approximate_gelu: bool = False, rngs: nnx.Rngs):
         rates = np.linspace(0.0, drop_path, depth) if depth > 1 else np.array([drop_path])
         self.blocks = nnx.List([
             Block(dim, num_heads, mlp_dim, eps=eps, drop_path=float(r), qkv_bias=qkv_bias, dtype=dtype,
-                  attention_impl=attention_impl, rngs=rngs)
+                  attention_impl=attention_impl, approximate_gelu=approximate_gelu, rngs=rngs)
             for r in rates
         ])
 
