@@ -58,9 +58,12 @@ def assert_close(actual, expected, what: str, rtol: float = 1e-5, atol: float = 
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("full", [True, False])
-@pytest.mark.parametrize("length,chunk_size", [(64, 16), (50, 16), (7, 16)])
+# Lengths that are (64) and are not (50, 7) multiples of the chunk, each in both directions, with every option
+# (D, z, delta_bias, softplus) and with none: six cases cover each length/direction/options pair at least once.
+@pytest.mark.parametrize("length,chunk_size,full,reverse", [
+    (64, 16, True, False), (64, 16, False, True), (50, 16, True, True), (50, 16, False, False),
+    (7, 16, True, False), (7, 16, False, True),
+])
 def test_chunked_matches_sequential(length, chunk_size, full, reverse):
     inputs = make_inputs(length + 10 * full + reverse, 2, length, 8, 4, full=full)
     y_ref, g_ref = value_and_grads(selective_scan_sequential, inputs, delta_softplus=full, reverse=reverse)

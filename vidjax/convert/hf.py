@@ -15,7 +15,6 @@ _CONVERTERS = {
     "VideoMAEModel": "hf_videomae",
     "TimesformerForVideoClassification": "hf_timesformer",
     "TimesformerModel": "hf_timesformer",
-    "TimesformerModel": "hf_timesformer",
     "VivitForVideoClassification": "hf_vivit",
     "VivitModel": "hf_vivit",
 }

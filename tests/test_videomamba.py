@@ -1,0 +1,241 @@
+"""VideoMamba: shapes, the bidirectional mixer, scan variants, bf16, position resizing, conversion, training."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_train import load_config, train_losses
+
+from vidjax import train
+from vidjax.config_lib import ConfigError
+from vidjax.models import videomamba
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
+
+
+def tiny_config(**overrides):
+    cfg = videomamba.default_config()
+    cfg.update(dict(variant="Mu/8", width=32, depth=2, num_frames=4, image_size=32, num_classes=5, scan_chunk=8))
+    cfg.update(overrides)
+    return cfg
+
+
+def build(cfg, seed=0):
+    with nnx.use_eager_sharding(False):
+        return videomamba.Model(cfg, rngs=nnx.Rngs(seed))
+
+
+@nnx.jit
+def run(model, video_BTHWC):
+    return model(video_BTHWC)
+
+
+def video(batch=2, frames=4, size=32, seed=0):
+    return jax.random.normal(jax.random.key(seed), (batch, frames, size, size, 3))
+
+
+def test_shapes_heads_and_errors():
+    model = build(tiny_config())
+    out = run(model, video())
+    assert out["logits"].shape == (2, 5) and out["logits"].dtype == jnp.float32
+    assert out["last_hidden_state"].shape == (2, 1 + 4 * 4 * 4, 32)  # CLS + frames x 4 x 4 patches
+    backbone = run(build(tiny_config(head="none", tubelet_size=2)), video())
+    assert set(backbone) == {"last_hidden_state"} and backbone["last_hidden_state"].shape == (2, 1 + 2 * 16, 32)
+    with pytest.raises(ValueError, match=r"expects videos shaped \(batch, 4, 32, 32, 3\)"):
+        model.embed(video(frames=8))
+    with pytest.raises(ConfigError, match="Unknown model variant 'B/16'.*Mu, Ti, S, M"):
+        build(tiny_config(variant="B/16"))
+    with pytest.raises(ConfigError, match="scan must be one of chunked, associative, sequential"):
+        build(tiny_config(scan="parallel"))
+    with pytest.raises(ConfigError, match="'classification' or 'none'"):
+        build(tiny_config(head="pretrain"))
+
+
+def test_variant_sizes():
+    for variant, (width, depth) in {"Ti/16": (192, 24), "S/16": (384, 24), "M/16": (576, 32)}.items():
+        dims = videomamba.dims(tiny_config(variant=variant, width=0, depth=0))
+        assert (dims["width"], dims["depth"], dims["patch"]) == (width, depth, 16)
+        assert dims["d_inner"] == 2 * width and dims["dt_rank"] == -(-width // 16)
+
+
+def test_block_signature_and_reference_init():
+    with nnx.use_eager_sharding(False):
+        block = videomamba.Block(48, rngs=nnx.Rngs(0))
+    step = nnx.jit(lambda block, hidden, residual: block(hidden, residual))
+    hidden, residual = step(block, jax.random.normal(jax.random.key(0), (2, 21, 48)), None)
+    assert hidden.shape == residual.shape == (2, 21, 48) and residual.dtype == jnp.float32
+    _, residual2 = step(block, hidden, residual)
+    np.testing.assert_allclose(residual2, residual + hidden, rtol=1e-6)  # add -> norm -> mixer
+    branch = block.mixer.forward_branch
+    assert block.mixer.d_inner == 96 and branch.dt_rank == 3 and branch.d_state == 16
+    np.testing.assert_allclose(-np.exp(branch.A_log[...]), -np.broadcast_to(np.arange(1, 17), (96, 16)), rtol=1e-6)
+    np.testing.assert_array_equal(branch.D[...], 1.0)
+    dt = jax.nn.softplus(branch.dt_bias[...])
+    assert 0.001 - 1e-6 <= dt.min() and dt.max() <= 0.1 + 1e-6  # inverse softplus of dt in [1e-3, 0.1]
+
+
+def test_depthwise_conv_is_torch_causal_conv():
+    """y[t] = b + sum_k w[k] x[t-3+k]: Conv1d(padding=3) truncated to L; reverse = flip, conv, flip."""
+    with nnx.use_eager_sharding(False):
+        conv = videomamba.DepthwiseConv1d(6, 4, rngs=nnx.Rngs(0))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (2, 9, 6)))
+    w, b = np.asarray(conv.kernel[...]), np.asarray(conv.bias[...])
+    padded = np.pad(x, ((0, 0), (3, 0), (0, 0)))
+    expected = b + sum(w[k] * padded[:, k:k + 9] for k in range(4))
+    np.testing.assert_allclose(conv(jnp.asarray(x)), expected, rtol=1e-5, atol=1e-6)
+    flipped = np.asarray(conv(jnp.asarray(x[:, ::-1])))[:, ::-1]
+    np.testing.assert_allclose(conv(jnp.asarray(x), reverse=True), flipped, rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_mixer_is_forward_plus_flipped_backward():
+    """The reference: out_proj(branch_f(x, z) + flip(branch_b(flip(x), flip(z)))), a plain sum (no halving)."""
+    with nnx.use_eager_sharding(False):
+        mixer = videomamba.BiMamba(32, scan="chunked", scan_chunk=8, rngs=nnx.Rngs(0))
+    h = jax.random.normal(jax.random.key(2), (2, 21, 32))  # 21 tokens: chunks of 8 with a padded last one
+    x, z = mixer.in_proj(h)
+    seq = dict(reverse=False, scan="sequential", scan_chunk=0)
+    forward = mixer.forward_branch(x, z, **seq)
+    backward = jnp.flip(mixer.backward_branch(jnp.flip(x, 1), jnp.flip(z, 1), **seq), 1)
+    expected = mixer.out_proj(forward + backward)
+    np.testing.assert_allclose(mixer(h), expected, atol=1e-5, rtol=1e-5)
+    # The backward branch matters: the output is not the forward branch alone.
+    assert float(jnp.abs(mixer(h) - mixer.out_proj(forward)).max()) > 1e-2
+
+
+def test_scans_agree_on_the_model():
+    cfg = tiny_config(scan="sequential")
+    reference = run(build(cfg), video())
+    for scan in ("chunked", "associative"):
+        out = run(build(tiny_config(scan=scan)), video())
+        for key in ("logits", "last_hidden_state"):
+            np.testing.assert_allclose(out[key], reference[key], atol=1e-5, rtol=0, err_msg=f"{scan} {key}")
+
+
+def test_token_order_and_positions():
+    """CLS first with the spatial CLS row and no temporal row; patches frame by frame, (t, h, w)."""
+    model = build(tiny_config())
+    pos, temporal = model.pos_embed[...], model.temporal_pos_embedding[...]
+    model.temporal_pos_embedding[...] = jax.random.normal(jax.random.key(3), temporal.shape)
+    model.cls_token[...] = jax.random.normal(jax.random.key(4), model.cls_token.shape)
+    clip = video(batch=1)
+    tokens = model.embed(clip)
+    np.testing.assert_allclose(tokens[0, 0], model.cls_token[...] + pos[0], rtol=1e-6)
+    patches = model.patch_embed(clip[0, 2, 8:16, 16:24].reshape(1, -1))[0]  # frame 2, row 1, column 2
+    np.testing.assert_allclose(tokens[0, 1 + 2 * 16 + 1 * 4 + 2],
+                               patches + pos[1 + 1 * 4 + 2] + model.temporal_pos_embedding[...][2], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_bf16_compute_keeps_fp32_params():
+    cfg = tiny_config(dtype="bfloat16")
+    model = build(cfg)
+    params = nnx.state(model, nnx.Param)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    out = run(model, video())
+    assert out["logits"].dtype == jnp.float32
+    reference = run(build(tiny_config()), video())
+    assert np.isfinite(np.asarray(out["last_hidden_state"])).all()
+    np.testing.assert_allclose(out["logits"], reference["logits"], atol=0.15)
+
+    def loss(model):
+        return jnp.mean(model(video())["logits"] ** 2)
+
+    grads = nnx.jit(nnx.grad(loss))(model)
+    leaves = jax.tree.leaves(grads)
+    assert all(g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all() for g in leaves)
+
+
+def test_resize_positions_matches_reference_interpolation():
+    torch = pytest.importorskip("torch")
+    src_cfg = tiny_config()
+    params = {"pos_embed": np.random.default_rng(0).standard_normal((17, 32)).astype(np.float32),
+              "temporal_pos_embedding": np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32),
+              "other": np.ones(3, np.float32)}
+    same = videomamba.resize_positions(params, src_cfg, tiny_config())
+    assert all(same[k] is params[k] for k in params)
+
+    dst_cfg = tiny_config(num_frames=8, image_size=56)  # 4 -> 8 frames, 4x4 -> 7x7 patches
+    out = videomamba.resize_positions(params, src_cfg, dst_cfg)
+    assert out["pos_embed"].shape == (50, 32) and out["temporal_pos_embedding"].shape == (8, 32)
+    np.testing.assert_array_equal(out["pos_embed"][0], params["pos_embed"][0])  # the CLS row is kept
+    assert out["other"] is params["other"]
+    # What the reference's run_class_finetuning.py computes.
+    grid = torch.from_numpy(params["pos_embed"][1:]).reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+    spatial = torch.nn.functional.interpolate(grid, size=(7, 7), mode="bicubic", align_corners=False)
+    np.testing.assert_allclose(out["pos_embed"][1:], spatial.permute(0, 2, 3, 1).reshape(49, 32).numpy(),
+                               atol=1e-5)
+    temporal = torch.nn.functional.interpolate(torch.from_numpy(params["temporal_pos_embedding"]).T[None],
+                                               size=(8,), mode="linear", align_corners=False)
+    np.testing.assert_allclose(out["temporal_pos_embedding"], temporal[0].T.numpy(), atol=1e-5)
+    # The resized tables fit a model built for the new size.
+    model = build(dst_cfg)
+    assert model.pos_embed.shape == (50, 32) and model.temporal_pos_embedding.shape == (8, 32)
+
+
+@pytest.mark.skipif(not (FIXTURES / "videomamba_backbone_t2").is_dir(), reason="parity fixtures not generated")
+def test_converter_infers_the_config_from_shapes():
+    from vidjax.convert.common import TensorSource
+    from vidjax.convert.videomamba import from_videomamba
+
+    src = TensorSource.from_file(FIXTURES / "videomamba_backbone_t2" / "source" / "checkpoint.pth")
+    converted = from_videomamba(src)
+    cfg = converted.model_config
+    assert (cfg.width, cfg.depth, cfg.tubelet_size, cfg.num_frames, cfg.image_size) == (32, 2, 2, 8, 32)
+    assert cfg.head == "none" and cfg.variant.endswith("/8") and cfg.d_state == 16 and cfg.dt_rank == 2
+    assert converted.preprocessing["mean"] == [0.485, 0.456, 0.406]
+    assert not [n for n in src.unused() if n.startswith("module.")]  # every tensor of the model was mapped
+    image = from_videomamba(TensorSource.from_file(FIXTURES / "videomamba_image" / "source" / "checkpoint.pth"))
+    assert (image.model_config.num_frames, image.model_config.head) == (1, "classification")
+    np.testing.assert_array_equal(image.params["temporal_pos_embedding"], 0.0)
+
+
+def small_train_config(**overrides):
+    config = load_config("videomamba_k400", "runlocal")
+    config.model.update(dict(width=32, depth=2, num_frames=4, image_size=32, scan_chunk=16))
+    config.data.update(dict(num_frames=4, image_size=32, num_train=32, num_eval=32))
+    config.update(dict(batch_size=16, total_steps=40, log_every=1, eval_every=0, eval_batches=1,
+                       checkpoint_every=40, figure=False))
+    config.optimizer.base_lr = 2e-3 * 256 / 16  # peak lr 2e-3
+    config.optimizer.warmup_epochs = 2
+    config.update(overrides)
+    return config
+
+
+def test_runlocal_recipe_trains(tmp_path):
+    """40 steps over 32 clips (20 epochs): the model fits its training clips, the loss falls well below ln 8."""
+    config = small_train_config()
+    assert config.task == "classification" and config.model.head == "classification"
+    assert config.data.num_classes == config.model.num_classes == 8
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == list(range(1, 41))
+    first, last = np.mean([losses[s] for s in range(1, 5)]), np.mean([losses[s] for s in range(36, 41)])
+    assert first > 1.9 and last < 0.8 * first, losses  # from about ln(8) = 2.08 (chance over 8 classes)
+    assert 0.0 <= result["eval_accuracy"] <= 1.0
+
+
+def test_sharded_run_matches_single_device(tmp_path):
+    config = small_train_config(total_steps=5, checkpoint_every=5)
+    train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+    sharded = small_train_config(total_steps=5, checkpoint_every=5)
+    sharded.mesh.data, sharded.mesh.fsdp, sharded.mesh.tensor = 2, 2, 2
+    assert jax.device_count() == 8
+    state = train.train_and_evaluate(sharded, str(tmp_path / "eight"))["state"]
+    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
+    assert sorted(one) == sorted(eight) == list(range(1, 6))
+    for step in one:
+        np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+
+    # embed -> fsdp (2-way), inner (d_inner = 64) -> tensor (2-way); the state axis and norms stay whole.
+    mixer = state["params"]["layers"][0]["mixer"]
+    expected = {("in_proj", "kernel"): (16, 2, 32), ("out_proj", "kernel"): (32, 16),
+                ("forward_branch", "A_log"): (32, 16), ("backward_branch", "conv1d", "kernel"): (4, 32)}
+    for path, shard in expected.items():
+        param = mixer
+        for key in path:
+            param = param[key]
+        assert {s.data.shape for s in param.addressable_shards} == {shard}, path
+    assert {s.data.shape for s in state["params"]["norm_f"]["scale"].addressable_shards} == {(32,)}
