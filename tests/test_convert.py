@@ -182,3 +182,22 @@ def test_fine_tuning_starts_from_a_converted_checkpoint(tmp_path):
     config.model.width = 48
     with pytest.raises(config_lib.ConfigError, match=r"parameter encoder/patch_embed/\w+ has shape"):
         pretrained.init_from(config.init_from, "videomae", config.model, train.build(config, 32).init_state()["params"])
+
+
+@pytest.mark.parametrize("method,up,down", [
+    # torch.nn.functional.interpolate([0, 1, 4, 9], size=6 / size=3, align_corners=False), torch 2.13.
+    ("nearest", [0.0, 0.0, 1.0, 4.0, 4.0, 9.0], [0.0, 1.0, 4.0]),
+    ("linear", [0.0, 0.5, 1.5, 3.5, 6.5, 9.0], [0.166667, 2.5, 8.166668]),
+    ("cubic", [-0.086806, 0.21875, 1.430555, 3.152778, 6.78125, 9.434029], [0.091435, 2.125, 8.334492]),
+])
+def test_resize_grid_matches_pytorch_interpolate(method, up, down):
+    from vidjax.convert.common import resize_grid
+
+    table = np.array([0.0, 1.0, 4.0, 9.0], np.float32)[:, None] * np.array([[1.0, -2.0]], np.float32)
+    np.testing.assert_allclose(resize_grid(table, (4,), (6,), method), np.outer(up, [1, -2]), atol=1e-5)
+    np.testing.assert_allclose(resize_grid(table, (4,), (3,), method), np.outer(down, [1, -2]), atol=1e-5)
+    # Separable over a 2-D grid: resizing rows only leaves each column's 1-D result.
+    grid = np.repeat(table[:, None, :1], 3, axis=1).reshape(12, 1)
+    out = resize_grid(grid, (4, 3), (6, 3), method).reshape(6, 3)
+    np.testing.assert_allclose(out, np.repeat(np.asarray(up)[:, None], 3, axis=1), atol=1e-5)
+    assert resize_grid(table, (4,), (4,), method) is table

@@ -335,34 +335,6 @@ def token_grid(cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return grid_shape((cfg.num_frames, cfg.image_size, cfg.image_size), cfg.tubelet_size, dims(cfg)["patch"])
 
 
-def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
-    """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractional positions t: Keys' cubic with PyTorch's a."""
-    def near(x):  # |x| <= 1
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x):  # 1 < |x| < 2
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
-
-
-def torch_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) matrix of PyTorch's 1-D bicubic interpolation (align_corners=False, no antialias).
-
-    Source position (i + 0.5) * n_in / n_out - 0.5 with taps clamped to the border, as `F.interpolate(...,
-    mode="bicubic")` does separably over each axis; `vidjax.convert.common.resize_grid`'s "cubic" uses a=-0.5 and
-    would not reproduce the reference's resized tables.
-    """
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    base = np.floor(src)
-    weights = _cubic_weights(src - base)
-    matrix = np.zeros((n_out, n_in), np.float64)
-    for tap in range(4):
-        idx = np.clip(base.astype(np.int64) - 1 + tap, 0, n_in - 1)
-        np.add.at(matrix, (np.arange(n_out), idx), weights[:, tap])
-    return matrix
-
-
 def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDict,
                      dst: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """Params of a model built with `src` made valid for `dst`'s num_frames and/or image_size.
@@ -376,11 +348,9 @@ def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDi
     (t_src, h_src, w_src), (t_dst, h_dst, w_dst) = token_grid(src), token_grid(dst)
     out = dict(params)
     if (h_src, w_src) != (h_dst, w_dst):
-        table = np.asarray(params["pos_embed"], np.float64)
-        grid = table[1:].reshape(h_src, w_src, -1)
-        resized = np.einsum("ih,jw,hwd->ijd", torch_bicubic_matrix(h_src, h_dst), torch_bicubic_matrix(w_src, w_dst),
-                            grid)
-        out["pos_embed"] = np.concatenate([table[:1], resized.reshape(h_dst * w_dst, -1)]).astype(np.float32)
+        table = np.asarray(params["pos_embed"], np.float32)
+        resized = resize_grid(table[1:], (h_src, w_src), (h_dst, w_dst), "cubic")
+        out["pos_embed"] = np.concatenate([table[:1], resized])
     if t_src != t_dst:
         out["temporal_pos_embedding"] = resize_grid(params["temporal_pos_embedding"], (t_src,), (t_dst,), "linear")
     return out

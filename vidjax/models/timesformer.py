@@ -1,0 +1,219 @@
+"""TimeSformer: a ViT over per-frame patches with divided (time, then space), joint or space-only attention.
+
+Bertasius et al., "Is Space-Time Attention All You Need for Video Understanding?" (2021). Layout and constants
+follow the reference (facebookresearch/TimeSformer and its Hugging Face port): each frame is cut into patches by
+a linear map of (h, w, c)-ordered patch pixels (a Conv2d with stride = kernel); a learned CLS token and a learned
+spatial position table (CLS row first) are added per frame, then a learned time table per frame. Tokens are CLS
+followed by the patches in (h, w, t) order, time fastest: the order of the reference's `last_hidden_state`.
+
+Attention types (`config.attention_type`):
+- "divided_space_time": per block, temporal attention over the T tokens of each patch position (no CLS), through
+  `temporal_fc` (zero at init, so a fresh block starts as a plain ViT block), then spatial attention within each
+  frame with the CLS token repeated into every frame and its T outputs averaged back.
+- "joint_space_time": a plain ViT block over all 1 + H'W'T tokens.
+- "space_only": no time table; each frame runs through the blocks alone with its own CLS token and the frames'
+  token sequences are averaged before the final norm, as the official code does. (The Hugging Face port instead
+  returns one CLS/logits row per frame, shape (B*T, ...); vidjax keeps the official per-clip output.)
+
+Groups of tokens (per patch position over time, per frame over space) are folded into the batch axis of the
+shared `layers.Attention`, so every attention call is one batched op. Classification reads the CLS token after
+the final LayerNorm.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vidjax.models import layers
+from vidjax.patches import grid_shape, patchify
+
+ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+
+
+class Block(nnx.Module):
+    """One TimeSformer block; `__call__(x, num_frames, rng)` maps tokens (B', L, D) to the same shape.
+
+    "divided_space_time" reads the tokens as CLS + patches in (h, w, t) order with `num_frames` frames; the other
+    types attend over all L tokens (a whole clip for joint, one frame for space_only) and ignore `num_frames`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, attention_type: str, eps: float,
+                 drop_path: float, qkv_bias: str, approximate_gelu: bool, dtype, attention_impl: str | None,
+                 rngs: nnx.Rngs):
+        self.attention_type = attention_type
+        self.drop_path = drop_path
+        if attention_type == "divided_space_time":
+            self.temporal_norm = layers.LayerNorm(dim, eps, rngs=rngs)
+            self.temporal_attn = layers.Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype,
+                                                  implementation=attention_impl, rngs=rngs)
+            # Zero at init as in the reference, so the temporal branch starts as an identity residual and the
+            # block starts as the (image-pretrained) spatial ViT block.
+            self.temporal_fc = layers.Dense(dim, dim, ("embed", "embed"), dtype=dtype,
+                                            kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.norm1 = layers.LayerNorm(dim, eps, rngs=rngs)
+        self.attn = layers.Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=attention_impl,
+                                     rngs=rngs)
+        self.norm2 = layers.LayerNorm(dim, eps, rngs=rngs)
+        self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, rngs=rngs)
+
+    def _divided(self, x_BLD: jax.Array, num_frames: int, rng_t, rng_s) -> jax.Array:
+        b, _, d = x_BLD.shape
+        t = num_frames
+        cls_B1D = x_BLD[:, :1]
+        x_BPTD = x_BLD[:, 1:].reshape(b, -1, t, d)
+        p = x_BPTD.shape[1]
+        # Temporal attention: each patch position's T tokens form one group. Stochastic depth drops a whole
+        # sample's branch (the reference draws per patch position, an artefact of its reshape).
+        res_BPTD = self.temporal_attn(self.temporal_norm(x_BPTD.reshape(b * p, t, d))).reshape(b, p, t, d)
+        x_BPTD = x_BPTD + self.temporal_fc(layers.drop_path(res_BPTD, self.drop_path, rng_t))
+        # Spatial attention: each frame's patches with its own copy of the CLS token; the T CLS outputs are
+        # averaged back into the one CLS token.
+        frames_BTPD = jnp.swapaxes(x_BPTD, 1, 2)
+        cls_BT1D = jnp.broadcast_to(cls_B1D[:, None], (b, t, 1, d))
+        groups = jnp.concatenate([cls_BT1D, frames_BTPD], axis=2).reshape(b * t, 1 + p, d)
+        res_BTLD = self.attn(self.norm1(groups)).reshape(b, t, 1 + p, d)
+        res_BTLD = layers.drop_path(res_BTLD, self.drop_path, rng_s)
+        cls_B1D = cls_B1D + jnp.mean(res_BTLD[:, :, :1], axis=1)
+        x_BPTD = x_BPTD + jnp.swapaxes(res_BTLD[:, :, 1:], 1, 2)
+        return jnp.concatenate([cls_B1D, x_BPTD.reshape(b, p * t, d)], axis=1)
+
+    def __call__(self, x_BLD: jax.Array, num_frames: int, rng: jax.Array | None = None) -> jax.Array:
+        rng_t, rng_s, rng_mlp = jax.random.split(rng, 3) if rng is not None else (None, None, None)
+        if self.attention_type == "divided_space_time":
+            x_BLD = self._divided(x_BLD, num_frames, rng_t, rng_s)
+        else:
+            x_BLD = x_BLD + layers.drop_path(self.attn(self.norm1(x_BLD)), self.drop_path, rng_s)
+        return x_BLD + layers.drop_path(self.mlp(self.norm2(x_BLD)), self.drop_path, rng_mlp)
+
+
+class Model(nnx.Module):
+    """TimeSformer classifier (`cfg.head == "classification"`) or backbone (`"none"`).
+
+    `model(video)` -> {"last_hidden_state" (B, 1 + H'W'T, D) after the final norm (space_only: (B, 1 + H'W', D),
+    frame-averaged), and with a head "logits" (B, num_classes) float32 from the CLS token}.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        if cfg.attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"config.model.attention_type must be one of {', '.join(ATTENTION_TYPES)}; "
+                             f"got {cfg.attention_type!r}.")
+        if cfg.head not in ("classification", "none"):
+            raise ValueError(f"config.model.head must be 'classification' or 'none' for TimeSformer, "
+                             f"got {cfg.head!r}.")
+        dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+        self.width, self.patch = dims["width"], dims["patch"]
+        self.attention_type = cfg.attention_type
+        _, h, w = grid_shape((cfg.num_frames, cfg.image_size, cfg.image_size), 1, self.patch)
+        self.grid = (cfg.num_frames, h, w)
+        dtype = jnp.dtype(cfg.dtype)
+        # PyTorch's default Conv2d init (kaiming-uniform with a=sqrt(5)) is uniform with variance 1/(3*fan_in).
+        conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+        self.patch_embed = layers.Dense(self.patch * self.patch * 3, self.width, (None, "embed"), dtype=dtype,
+                                        kernel_init=conv_init, rngs=rngs)
+        table_init = nnx.initializers.truncated_normal(0.02)
+        self.cls_token = nnx.Param(table_init(rngs.params(), (self.width,)), out_sharding=("embed",))
+        self.pos_embed = nnx.Param(table_init(rngs.params(), (1 + h * w, self.width)),
+                                   out_sharding=("positions", "embed"))
+        if cfg.attention_type != "space_only":
+            # Zero at init, as in the reference: the model starts as the image model applied per frame.
+            self.time_embed = nnx.Param(jnp.zeros((cfg.num_frames, self.width)), out_sharding=("positions", "embed"))
+        rates = np.linspace(0.0, cfg.drop_path, dims["depth"]) if dims["depth"] > 1 else np.array([cfg.drop_path])
+        self.blocks = nnx.List([
+            Block(self.width, dims["num_heads"], dims["mlp_dim"], attention_type=cfg.attention_type, eps=cfg.ln_eps,
+                  drop_path=float(r), qkv_bias="qkv" if cfg.qkv_bias else "none",
+                  approximate_gelu=cfg.approximate_gelu, dtype=dtype, attention_impl=cfg.attention_impl or None,
+                  rngs=rngs)
+            for r in rates
+        ])
+        self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs)
+        if cfg.head == "classification":
+            head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
+            self.head = layers.Dense(self.width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
+                                     rngs=rngs)
+        else:
+            self.head = None
+
+    def embed(self, video_BTHWC: jax.Array) -> jax.Array:
+        """Patch, CLS, space and time embeddings: (B, 1 + H'W'T, D), or (B*T, 1 + H'W', D) for space_only."""
+        t, h, w = self.grid
+        expected = (t, h * self.patch, w * self.patch, 3)
+        if tuple(video_BTHWC.shape[1:]) != expected:
+            raise ValueError(f"TimeSformer expects videos shaped (batch, {', '.join(map(str, expected))}) "
+                             f"channels-last; got {tuple(video_BTHWC.shape)}. For another frame count or size, "
+                             f"build the model with that config and adapt the weights with resize_positions.")
+        b, d = video_BTHWC.shape[0], self.width
+        x_BTPD = self.patch_embed(patchify(video_BTHWC, 1, self.patch)).reshape(b, t, h * w, d)
+        pos = self.pos_embed[...].astype(x_BTPD.dtype)
+        x_BTPD = x_BTPD + pos[1:]
+        cls_D = self.cls_token[...].astype(x_BTPD.dtype) + pos[0]
+        if self.attention_type == "space_only":
+            cls_BT1D = jnp.broadcast_to(cls_D, (b, t, 1, d))
+            return jnp.concatenate([cls_BT1D, x_BTPD], axis=2).reshape(b * t, 1 + h * w, d)
+        x_BPTD = jnp.swapaxes(x_BTPD, 1, 2) + self.time_embed[...].astype(x_BTPD.dtype)
+        cls_B1D = jnp.broadcast_to(cls_D, (b, 1, d))
+        return jnp.concatenate([cls_B1D, x_BPTD.reshape(b, h * w * t, d)], axis=1)
+
+    def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None
+                 ) -> dict[str, jax.Array]:
+        if mask is not None:
+            raise ValueError("TimeSformer has no masked-token mode; call it without a mask.")
+        b, t = video.shape[0], self.grid[0]
+        x = self.embed(video)
+        for i, block in enumerate(self.blocks):
+            x = block(x, t, jax.random.fold_in(rng, i) if rng is not None else None)
+        if self.attention_type == "space_only":
+            # Frames were independent sequences so far; the official model averages them into one per clip.
+            x = jnp.mean(x.reshape(b, t, *x.shape[1:]).astype(jnp.float32), axis=1).astype(x.dtype)
+        x = self.norm(x)
+        out = {"last_hidden_state": x}
+        if self.head is not None:
+            out["logits"] = self.head(x[:, 0]).astype(jnp.float32)
+        return out
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The model block of a TimeSformer config; configs/ files start from it and set what the recipe says."""
+    return ml_collections.ConfigDict(dict(
+        variant="B/16",
+        width=0, depth=0, num_heads=0, mlp_dim=0,  # 0 = from the variant
+        num_frames=8, image_size=224,
+        attention_type="divided_space_time",
+        head="classification",
+        num_classes=400, head_init_scale=1.0,
+        qkv_bias=True,
+        ln_eps=1e-6,
+        approximate_gelu=False,  # True for checkpoints with hidden_act "gelu_new"/"gelu_fast"/"gelu_pytorch_tanh"
+        drop_path=0.0,
+        dtype="float32",
+        attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
+        pixel_mean=(0.485, 0.456, 0.406),
+        pixel_std=(0.229, 0.224, 0.225),
+    ))
+
+
+def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDict,
+                     dst: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """Adapts the learned tables of a model built with `src` to `dst`'s num_frames and image_size.
+
+    As the reference does when its input differs from its config: the spatial table (CLS row kept) is resized
+    over the patch grid and the time table over frames, both with PyTorch's legacy nearest rule. Other
+    parameters are returned unchanged; equal sizes return the tables unchanged.
+    """
+    from vidjax.convert.common import resize_grid
+
+    patch = layers.vit_dims(src.variant, src.width)["patch"]
+    if layers.vit_dims(dst.variant, dst.width)["patch"] != patch:
+        raise ValueError(f"resize_positions cannot change the patch size ({src.variant} -> {dst.variant}).")
+    _, sh, sw = grid_shape((src.num_frames, src.image_size, src.image_size), 1, patch)
+    _, dh, dw = grid_shape((dst.num_frames, dst.image_size, dst.image_size), 1, patch)
+    out = dict(params)
+    pos = np.asarray(params["pos_embed"])
+    if (sh, sw) != (dh, dw):
+        out["pos_embed"] = np.concatenate([pos[:1], resize_grid(pos[1:], (sh, sw), (dh, dw), "nearest")], axis=0)
+    if "time_embed" in params and src.num_frames != dst.num_frames:
+        out["time_embed"] = resize_grid(params["time_embed"], (src.num_frames,), (dst.num_frames,), "nearest")
+    return out
