@@ -52,17 +52,5 @@ def get_config(arg=None):
 
     if arg.runlocal:
         # Same job, shrunk: micro ViT on 8 x 32 x 32 clips of the embedded dataset (no files, no download).
-        config.model.variant = "Mu/8"
-        config.model.num_frames = 8
-        config.model.image_size = 32
-        config.data = config_lib.synthetic_data(num_frames=8, image_size=32, num_train=2048, num_eval=256)
-        config.batch_size = 32
-        config.num_epochs = 8
-        config.optimizer.base_lr = 1.5e-3 * 256 / 32  # peak lr 1.5e-3: tiny models take larger steps
-        config.optimizer.warmup_epochs = 1
-        config.optimizer.min_lr = 1e-5
-        config.log_every = 25
-        config.eval_every = 256
-        config.eval_batches = 0
-        config.checkpoint_every = 256
+        config_lib.runlocal(config, "Mu/8", peak_lr=1.5e-3)
     return config

@@ -1,7 +1,7 @@
 """Strict config arguments, config files and their shared blocks."""
 
 import pytest
-from test_train import load_config
+from helpers import load_config
 
 from vidjax import config_lib
 from vidjax.config_lib import ConfigError

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import assert_sharded_matches_single_device, load_config, train_losses
 
 from vidjax import config_lib, train
 from vidjax.convert import hf_timesformer
 from vidjax.convert.common import ConversionError, TensorSource, abstract_params, flatten_params, unflatten_params
-from vidjax.metric_writer import read_metrics
 from vidjax.models import timesformer
 
 T, SIZE, PATCH, WIDTH = 4, 32, 8, 32
@@ -219,14 +219,6 @@ def test_converter_reads_config_and_rejects_what_it_cannot_map():
 
 # ------------------------------------------------------------------------------------------------ training
 
-def load_config(name, arg=None):
-    return config_lib.load_config_file(str(pathlib.Path(__file__).parent.parent / "configs" / f"{name}.py"), arg)
-
-
-def train_losses(workdir):
-    return {row["step"]: row["loss"] for row in read_metrics(workdir) if row["split"] == "train"}
-
-
 def tiny_train_config(total_steps):
     """The runlocal recipe, shrunk further for a test: 2 blocks of width 32 on 4 x 32 x 32 clips.
 
@@ -260,16 +252,7 @@ def test_runlocal_trains_and_loss_falls(tmp_path):
 
 
 def test_sharded_run_matches_single_device(tmp_path):
-    config = tiny_train_config(total_steps=5)
-    train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
-    sharded = tiny_train_config(total_steps=5)
-    sharded.mesh.data, sharded.mesh.fsdp, sharded.mesh.tensor = 2, 2, 2
-    assert jax.device_count() == 8
-    state = train.train_and_evaluate(sharded, str(tmp_path / "eight"))["state"]
-    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
-    assert sorted(one) == sorted(eight) == list(range(1, 6))
-    for step in one:
-        np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+    state = assert_sharded_matches_single_device(lambda: tiny_train_config(total_steps=5), tmp_path)
     # The temporal attention is really split: heads over tensor, the embed axis over fsdp.
     qkv = state["params"]["blocks"][0]["temporal_attn"]["qkv"]
     assert qkv.shape == (WIDTH, 3, 2, 16) and len(qkv.sharding.device_set) == 8

@@ -1,7 +1,6 @@
 """The trainer end to end on the embedded dataset: learning, exact resume, sharding, and failure handling."""
 
 import os
-import pathlib
 import shutil
 
 import jax
@@ -9,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_sharded_matches_single_device, load_config, train_losses
 
 from vidjax import checkpoint, config_lib, train
 from vidjax.metric_writer import read_metrics
@@ -33,14 +33,6 @@ def tiny_config(**overrides):
     config.figure = False
     config.update(overrides)
     return config
-
-
-def load_config(name, arg=None):
-    return config_lib.load_config_file(str(pathlib.Path(__file__).parent.parent / "configs" / f"{name}.py"), arg)
-
-
-def train_losses(workdir):
-    return {row["step"]: row["loss"] for row in read_metrics(workdir) if row["split"] == "train"}
 
 
 def test_pretraining_learns_and_writes_outputs(tmp_path):
@@ -93,15 +85,8 @@ def test_exact_resume(tmp_path, capsys, num_workers):
 
 
 def test_sharded_run_matches_single_device(tmp_path):
-    config = tiny_config(total_steps=6, checkpoint_every=6)
-    train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
-    sharded = tiny_config(total_steps=6, checkpoint_every=6)
-    sharded.mesh.data, sharded.mesh.fsdp, sharded.mesh.tensor = 2, 4, 1
-    assert jax.device_count() == 8
-    state = train.train_and_evaluate(sharded, str(tmp_path / "eight"))["state"]
-    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
-    for step in one:
-        np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+    state = assert_sharded_matches_single_device(lambda: tiny_config(total_steps=6, checkpoint_every=6), tmp_path,
+                                                 mesh=(2, 4, 1))
 
     # The trained parameters really are sharded: fsdp splits each embed axis 4 ways, over all 8 devices.
     block = state["params"]["encoder"]["transformer"]["blocks"][0]

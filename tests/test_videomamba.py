@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import load_config, train_losses
+from helpers import assert_sharded_matches_single_device, load_config, train_losses
 
 from vidjax import train
 from vidjax.config_lib import ConfigError
@@ -218,16 +218,8 @@ def test_runlocal_recipe_trains(tmp_path):
 
 
 def test_sharded_run_matches_single_device(tmp_path):
-    config = small_train_config(total_steps=5, checkpoint_every=5)
-    train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
-    sharded = small_train_config(total_steps=5, checkpoint_every=5)
-    sharded.mesh.data, sharded.mesh.fsdp, sharded.mesh.tensor = 2, 2, 2
-    assert jax.device_count() == 8
-    state = train.train_and_evaluate(sharded, str(tmp_path / "eight"))["state"]
-    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
-    assert sorted(one) == sorted(eight) == list(range(1, 6))
-    for step in one:
-        np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+    state = assert_sharded_matches_single_device(lambda: small_train_config(total_steps=5, checkpoint_every=5),
+                                                 tmp_path)
 
     # embed -> fsdp (2-way), inner (d_inner = 64) -> tensor (2-way); the state axis and norms stay whole.
     mixer = state["params"]["layers"][0]["mixer"]

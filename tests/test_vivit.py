@@ -1,16 +1,15 @@
 """ViViT: the four model types, model 4's head split, 2D kernel inflation, position resizing, and training."""
 
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import assert_sharded_matches_single_device, load_config, train_losses
 
 from vidjax import config_lib, train
 from vidjax.convert import common
-from vidjax.metric_writer import read_metrics
 from vidjax.models import vivit
 from vidjax.patches import patchify
 
@@ -165,13 +164,8 @@ def test_resize_positions(model_type):
 
 # ---------------------------------------------------------------------------------------------------- training
 
-def load_config(arg):
-    path = pathlib.Path(__file__).parent.parent / "configs" / "vivit_k400.py"
-    return config_lib.load_config_file(str(path), arg)
-
-
 def tiny_train_config(model_type, *, total_steps, num_train=64, depth=2):
-    config = load_config(f"runlocal,model_type={model_type}")
+    config = load_config("vivit_k400", f"runlocal,model_type={model_type}")
     config.model.update(dict(TINY, head_init_scale=1.0, depth=depth))
     config.model.num_classes = config.data.num_classes
     config.data = config_lib.synthetic_data(num_frames=4, image_size=32, num_classes=config.data.num_classes,
@@ -184,23 +178,19 @@ def tiny_train_config(model_type, *, total_steps, num_train=64, depth=2):
     return config
 
 
-def train_losses(workdir):
-    return {row["step"]: row["loss"] for row in read_metrics(workdir) if row["split"] == "train"}
-
-
 def test_configs_resolve():
-    full = load_config(None)
+    full = load_config("vivit_k400")
     assert full.model.model_type == "factorised_encoder" and full.model.variant == "B/16x2"
     assert (full.model.num_frames, full.data.sampling_rate, full.model.image_size) == (32, 2, 224)
-    local = load_config("runlocal,model_type=factorised_dot_product")
+    local = load_config("vivit_k400", "runlocal,model_type=factorised_dot_product")
     assert local.task == "classification" and local.model.head == "classification"
     assert local.data.source == "synthetic" and local.data.num_classes == local.model.num_classes == 8
     train.check_config(local)
     build(local.model)
     with pytest.raises(config_lib.ConfigError, match="Unknown ViViT variant"):
-        load_config("variant=B/16")
+        load_config("vivit_k400", "variant=B/16")
     with pytest.raises(config_lib.ConfigError, match="choose one of"):
-        load_config("model_type=space_time")
+        load_config("vivit_k400", "model_type=space_time")
 
 
 def test_training_fits_the_embedded_dataset(tmp_path):
@@ -215,16 +205,8 @@ def test_training_fits_the_embedded_dataset(tmp_path):
 @pytest.mark.parametrize("model_type", vivit.MODEL_TYPES)
 def test_sharded_run_matches_single_device(tmp_path, model_type):
     """2 steps on one device and on a (data 2, fsdp 2, tensor 2) mesh of 8: the same losses."""
-    assert jax.device_count() == 8
-    config = tiny_train_config(model_type, total_steps=2, depth=1)  # one block per stack: compiles faster
-    train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
-    sharded = tiny_train_config(model_type, total_steps=2, depth=1)
-    sharded.mesh.data, sharded.mesh.fsdp, sharded.mesh.tensor = 2, 2, 2
-    result = train.train_and_evaluate(sharded, str(tmp_path / "eight"))
-    one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
-    assert sorted(one) == sorted(eight) == [1, 2]
-    for step in one:
-        np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
-    assert np.isfinite(result["eval_loss"])
-    pos = result["state"]["params"]["pos_embed"]
+    # One block per stack: compiles faster.
+    state = assert_sharded_matches_single_device(lambda: tiny_train_config(model_type, total_steps=2, depth=1),
+                                                 tmp_path)
+    pos = state["params"]["pos_embed"]
     assert len(pos.sharding.device_set) == 8  # the position table's embed axis is split by fsdp

@@ -98,6 +98,29 @@ def synthetic_data(num_frames: int, image_size: int, num_classes: int = 8, num_t
     ))
 
 
+def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *, num_frames: int = 8,
+             image_size: int = 32, batch_size: int = 32, num_epochs: float = 8) -> ml_collections.ConfigDict:
+    """Shrinks a recipe to its `runlocal` form: a micro model on the embedded dataset, a few minutes on a CPU.
+
+    The same for every model: 8 x 32 x 32 clips of the generated dataset's 8 classes (2048 train / 256 eval),
+    batch 32, 8 epochs, one warm-up epoch, logs every 25 steps, eval and checkpoint every 256. Tiny models take
+    larger steps, so the caller gives the peak learning rate.
+    """
+    config.model.variant = variant
+    config.model.num_frames, config.model.image_size = num_frames, image_size
+    if config.task == "classification":
+        config.model.num_classes = 8
+    config.model.drop_path = 0.0
+    config.data = synthetic_data(num_frames=num_frames, image_size=image_size, num_classes=8, num_train=2048,
+                                 num_eval=256)
+    config.batch_size, config.num_epochs = batch_size, num_epochs
+    config.optimizer.base_lr = peak_lr * config.optimizer.lr_batch_base / batch_size
+    config.optimizer.warmup_epochs = 1
+    config.optimizer.min_lr = 1e-5
+    config.log_every, config.eval_every, config.eval_batches, config.checkpoint_every = 25, 256, 0, 256
+    return config
+
+
 def csv_data(train_csv: str, eval_csv: str, root: str, num_classes: int, num_frames: int, image_size: int,
              sampling_rate: int) -> ml_collections.ConfigDict:
     """A `data` block over VideoMAE-format CSV lists (`path label` per line) of video files."""
