@@ -176,7 +176,7 @@ def test_fine_tuning_starts_from_a_converted_checkpoint(tmp_path):
     setup = train.build(config, 32)
     fresh = setup.init_state()["params"]
     started, report = pretrained.init_from(config.init_from, "videomae", config.model, fresh)
-    assert sorted(report["fresh"]) == ["head/bias", "head/kernel"]
+    assert sorted(report["fresh"]) == ["head/bias", "head/kernel"] and report["unused"] == []
     np.testing.assert_array_equal(np.asarray(started["encoder"]["transformer"]["blocks"][1]["attn"]["qkv"]),
                                   np.asarray(source.params["encoder"]["transformer"]["blocks"][1]["attn"]["qkv"]))
     config.model.width = 48
@@ -201,3 +201,23 @@ def test_resize_grid_matches_pytorch_interpolate(method, up, down):
     out = resize_grid(grid, (4, 3), (6, 3), method).reshape(6, 3)
     np.testing.assert_allclose(out, np.repeat(np.asarray(up)[:, None], 3, axis=1), atol=1e-5)
     assert resize_grid(table, (4,), (4,), method) is table
+
+
+def test_overwrite_only_replaces_a_conversion(tmp_path):
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    with pytest.raises(ConversionError, match="not a converted checkpoint"):
+        convert(from_hf=str(ENCODER), out=str(notes), overwrite=True)
+    assert (notes / "notes.txt").read_text() == "keep me"
+    # A conversion killed mid-write leaves a hidden temporary directory; the next one clears it.
+    (tmp_path / ".out.tmp-deadbeef" / "params").mkdir(parents=True)
+    convert(from_hf=str(ENCODER), out=str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]
+
+
+def test_cli_reports_impossible_sizes(tmp_path, capsys):
+    assert main(["--from-hf", str(ENCODER), "--out", str(tmp_path / "out"), "--image_size", "33"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "33" in err
+    assert not (tmp_path / "out").exists()

@@ -154,3 +154,13 @@ def test_classification_task_trains(tmp_path):
     config.model.num_classes = config.data.num_classes
     result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert 0.0 <= result["eval_accuracy"] <= 1.0 and np.isfinite(result["eval_loss"])
+
+
+def test_unmapped_logical_axis_is_an_error():
+    from jax.sharding import PartitionSpec as P
+
+    from vidjax import sharding
+
+    mesh = sharding.create_mesh({"data": -1}, jax.devices()[:1])
+    with pytest.raises(config_lib.ConfigError, match="logical axis 'experts'.*sharding_rules"):
+        sharding.logical_to_mesh(P("embed", "experts"), (4, 4), {"embed": "fsdp"}, mesh)

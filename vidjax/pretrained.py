@@ -104,10 +104,10 @@ class Pretrained:
 
 
 def _restore_params(directory: pathlib.Path, abstract: Any) -> Any:
+    """Host numpy arrays: every process can read them, and no device holds a second copy of the model."""
     import orbax.checkpoint as ocp
 
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(directory, target)
 
@@ -146,7 +146,7 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     if dtype:
         config.dtype = dtype
     params = common.unflatten_params(common.abstract_params(meta["model_name"], config), converted.params)
-    params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     module = get_model(meta["model_name"])
     with nnx.use_eager_sharding(False):
         abstract_model = nnx.eval_shape(lambda: module.Model(config, rngs=nnx.Rngs(0)))
@@ -162,7 +162,8 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
     The checkpoint is first adapted to `model_config`'s frames and resolution (position tables interpolated).
     Tensors the checkpoint lacks (e.g. fc_norm after pre-training) and a head whose class count differs keep
     their fresh initialisation; any other shape mismatch is an error naming the tensor. Returns the new params
-    and a report {"loaded": [...], "fresh": [...]}.
+    and a report {"loaded": [...], "fresh": [...], "unused": [...]} (unused: checkpoint tensors the configured
+    model has no place for, e.g. a pre-training decoder).
     """
     meta, converted = _read(path)
     if meta["model_name"] != model_name:
@@ -174,7 +175,7 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
         raise ConfigError(f"config.init_from={str(path)!r} cannot be adapted to {model_config.num_frames} frames "
                           f"x {model_config.image_size} px: {e}") from e
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    out, report = [], {"loaded": [], "fresh": []}
+    out, report = [], {"loaded": [], "fresh": [], "unused": []}
     for key_path, fresh in leaves:
         key = common.path_key(key_path)
         value = converted.params.get(key)
@@ -190,6 +191,7 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
         value = value.astype(fresh.dtype)
         out.append(jax.make_array_from_callback(fresh.shape, fresh.sharding, lambda index, v=value: v[index]))
         report["loaded"].append(key)
+    report["unused"] = sorted(set(converted.params) - set(report["loaded"]) - set(report["fresh"]))
     if not report["loaded"]:
         raise ConfigError(f"config.init_from={str(path)!r} shares no parameter with the configured model.")
     return jax.tree_util.tree_unflatten(treedef, out), report

@@ -47,6 +47,10 @@ def logical_to_mesh(logical: P, shape: tuple[int, ...], rules: Mapping[str, str]
     used: set[str] = set()
     out = []
     for dim, name in zip(shape, tuple(logical) + (None,) * (len(shape) - len(logical)), strict=True):
+        if name and name not in rules:
+            raise ConfigError(f"A parameter has logical axis {name!r}, which config.sharding_rules does not map; "
+                              f"give it a mesh axis (one of {MESH_AXES}, or '' to replicate) in the config's "
+                              f"sharding_rules (defaults: vidjax/config_lib.trainer_config).")
         axis = rules.get(name, "") if name else ""
         if axis and axis not in used and dim % mesh.shape[axis] == 0 and mesh.shape[axis] > 1:
             used.add(axis)

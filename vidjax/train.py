@@ -245,7 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
             params, report = pretrained.init_from(config.init_from, config.model_name, config.model, state["params"])
             state = dict(state, params=params)
             _log(f"Initialised {len(report['loaded'])} parameter tensors from {config.init_from}; "
-                 f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'})")
+                 f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'}); "
+                 f"{len(report['unused'])} checkpoint tensors unused ({', '.join(report['unused'][:6]) or 'none'})")
     start_step = int(jax.device_get(state["step"]))
     if start_step >= setup.total_steps:
         _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "

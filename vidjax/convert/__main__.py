@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         converted = convert(args.from_hf, args.from_videomamba, args.out, args.num_frames, args.image_size,
                             args.overwrite)
-    except (ConversionError, FileNotFoundError) as e:
+    except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = converted.model_config

@@ -68,7 +68,11 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         start, end = info["data_offsets"]
         if end > len(data):
             raise ConversionError(f"{path} is truncated: tensor {name!r} ends at byte {end} of {len(data)}.")
-        tensors[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"])
+        values = np.frombuffer(data[start:end], dtype=dtype)
+        if values.size != int(np.prod(info["shape"])):
+            raise ConversionError(f"{path} is damaged: tensor {name!r} has {values.size} values for shape "
+                                  f"{tuple(info['shape'])}.")
+        tensors[name] = values.reshape(info["shape"])
     return tensors
 
 
@@ -142,6 +146,10 @@ class _TorchUnpickler(pickle.Unpickler):
 def _materialise(obj):
     if isinstance(obj, tuple) and len(obj) == 5 and obj[0] == "tensor":
         _, storage, offset, size, stride = obj
+        if any(n < 0 for n in size) or any(st < 0 for st in stride) or offset < 0 or (
+                all(size) and offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) >= len(storage)):
+            raise ConversionError(f"A tensor of shape {tuple(size)} lies outside its storage of {len(storage)} "
+                                  f"elements: the checkpoint is damaged.")
         if not size:
             return np.array(storage[offset])
         view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
@@ -387,6 +395,11 @@ def finalize(converted: Converted, src: TensorSource, **source_info: Any) -> Con
     converted.preprocessing = dict(converted.preprocessing)
     converted.preprocessing.setdefault("num_frames", int(cfg.num_frames))
     converted.preprocessing.setdefault("image_size", int(cfg.image_size))
+    if cfg.get("head") != "pretrain" and "mean" in converted.preprocessing:
+        # The model config's normalisation is what fine-tuning from this checkpoint uses (the VideoMAE pre-training
+        # loss is the exception: it un-normalises with ImageNet statistics, as the reference does).
+        cfg.pixel_mean = tuple(float(v) for v in converted.preprocessing["mean"])
+        cfg.pixel_std = tuple(float(v) for v in converted.preprocessing["std"])
     converted.source = dict(path=src.origin, **source_info)
     unused = src.unused(ignore=("position_ids", "num_batches_tracked"))
     if unused:
@@ -426,8 +439,14 @@ def write_converted(converted: Converted, dst: str | os.PathLike, *, overwrite: 
     import orbax.checkpoint as ocp
 
     dst = pathlib.Path(dst).absolute()
-    if dst.exists() and not overwrite and (dst.is_file() or any(dst.iterdir())):
-        raise ConversionError(f"{dst} already exists; choose another --out or pass --overwrite.")
+    if dst.is_file() or (dst.is_dir() and any(dst.iterdir())):
+        if not overwrite:
+            raise ConversionError(f"{dst} already exists; choose another --out or pass --overwrite.")
+        if not (dst / META_FILE).is_file():
+            raise ConversionError(f"{dst} exists and is not a converted checkpoint (no {META_FILE}); --overwrite "
+                                  f"only replaces an earlier conversion. Choose another --out.")
+    for stale in dst.parent.glob(f".{dst.name}.tmp-*") if dst.parent.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)  # left by a conversion that was killed mid-write
     abstract = abstract_params(converted.model_name, converted.model_config)
     params = unflatten_params(abstract, converted.params, converted.source.get("path", "the checkpoint"))
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -444,7 +463,11 @@ def write_converted(converted: Converted, dst: str | os.PathLike, *, overwrite: 
         if dst.exists():
             old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
             dst.rename(old)
-            tmp.rename(dst)
+            try:
+                tmp.rename(dst)
+            except OSError:
+                old.rename(dst)  # put the previous conversion back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(dst)

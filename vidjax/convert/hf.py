@@ -49,9 +49,12 @@ def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
         raise ConversionError(f"{config_path} declares architectures {architectures} (model_type "
                               f"{hf.get('model_type')!r}); vidjax converts {', '.join(known)}.")
     module_name = _CONVERTERS[architecture]
-    processor = directory / "preprocessor_config.json"
-    if processor.is_file():
-        hf["_preprocessor_config"] = _read_json(processor)
+    # transformers 5 writes video processors to video_preprocessor_config.json, earlier versions to
+    # preprocessor_config.json; either says how the checkpoint's inputs were normalised.
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (directory / name).is_file():
+            hf["_preprocessor_config"] = _read_json(directory / name)
+            break
     src = TensorSource.from_hf_dir(directory)
     converted = importlib.import_module(f"vidjax.convert.{module_name}").from_hf(hf, src, architecture)
     return finalize(converted, src, format="huggingface", architecture=architecture)

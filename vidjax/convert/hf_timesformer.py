@@ -8,14 +8,15 @@ form come from the config, so converted models match the reference exactly.
 
 from __future__ import annotations
 
-import json
-import pathlib
+import logging
 from typing import Any
 
 import numpy as np
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource
 from vidjax.models import layers, timesformer
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("TimesformerForVideoClassification", "TimesformerModel")
 
@@ -27,7 +28,6 @@ _GELU_FORMS = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_fast
 # carries no processor config.
 _DEFAULT_MEAN = (0.485, 0.456, 0.406)
 _DEFAULT_STD = (0.229, 0.224, 0.225)
-_PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
 
 
 def _square(value: Any, name: str) -> int:
@@ -36,19 +36,6 @@ def _square(value: Any, name: str) -> int:
             raise ConversionError(f"TimeSformer config {name}={value}: vidjax supports square sizes only.")
         value = value[0]
     return int(value)
-
-
-def _processor_config(hf_config: dict, src: TensorSource) -> dict | None:
-    """The image/video processor config saved with the weights: the one vidjax.convert.hf attached to the config,
-    else a processor file next to the weights, else None."""
-    if "_preprocessor_config" in hf_config:
-        return hf_config["_preprocessor_config"]
-    origin = pathlib.Path(src.origin)
-    directory = origin if origin.is_dir() else origin.parent
-    for name in _PROCESSOR_FILES:
-        if (directory / name).is_file():
-            return json.loads((directory / name).read_text())
-    return None
 
 
 def _preprocessing(proc: dict | None) -> tuple[list[float], list[float]]:
@@ -134,6 +121,9 @@ def from_hf(hf_config: dict, src: TensorSource, architecture: str) -> Converted:
     if architecture not in ARCHITECTURES:
         raise ConversionError(f"hf_timesformer converts {', '.join(ARCHITECTURES)}, not {architecture!r}.")
     cfg, class_names = _model_config(hf_config, architecture)
+    if cfg.attention_type == "space_only":
+        logger.warning("TimeSformer space_only: vidjax averages the frames before the final norm and head, as the "
+                       "official code does; Hugging Face returns per-frame outputs (batch x frames) for this variant.")
     d, p, t = cfg.width, layers.parse_variant(cfg.variant)[1], cfg.num_frames
     grid = cfg.image_size // p
     pre = src.prefix_of("embeddings.cls_token")
@@ -166,7 +156,7 @@ def from_hf(hf_config: dict, src: TensorSource, architecture: str) -> Converted:
     if leftover:
         raise ConversionError(f"{src.origin} has tensors the {architecture} mapping does not use: {leftover[:8]}"
                               f"{' ...' if len(leftover) > 8 else ''}; is config.json the one of these weights?")
-    mean, std = _preprocessing(_processor_config(hf_config, src))
+    mean, std = _preprocessing(hf_config.get("_preprocessor_config"))
     return Converted(
         model_name="timesformer", model_config=cfg, params=params,
         preprocessing={"mean": mean, "std": std, "num_frames": t, "image_size": cfg.image_size},
