@@ -61,7 +61,12 @@ def test_undecodable_videos_are_skipped_not_fatal(tmp_path, caplog):
     config.data.update(dict(source="csv", train_csv=str(tmp_path / "train.csv"), eval_csv=str(tmp_path / "train.csv"),
                             root=str(tmp_path), num_classes=3, sampling_rate=2))
     out = batches(config, "eval", 0)
-    indices = sorted(np.concatenate([b["index"] for b in out]))
-    assert indices == [0, 1, 3, 4]  # clip 2 dropped; clip 5 would need a partner for a full batch
+    # Clip 2 is replaced by another clip drawn from its own seed; every batch stays full and the count is kept.
+    indices = np.concatenate([b["index"] for b in out])
+    assert len(indices) == 6 and 2 not in indices and set(indices) >= {0, 1, 3, 4, 5}
     assert all(b["video"].shape == (2, 4, 32, 32, 3) for b in out)
-    assert "clip2.mp4" in caplog.text
+    failures = np.concatenate([b["decode_failures"] for b in out])
+    assert failures.sum() == 1 and failures[2] == 1
+    assert "clip2.mp4" in caplog.text and "in its place" in caplog.text
+    again = batches(config, "eval", 0)
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in again]), indices)

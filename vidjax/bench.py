@@ -84,7 +84,8 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
     rng = np.random.default_rng(0)
     b, m = config.batch_size, config.model
     local = {"video": rng.integers(0, 256, (b, m.num_frames, m.image_size, m.image_size, 3), dtype=np.uint8),
-             "label": rng.integers(0, m.num_classes, (b,), dtype=np.int32)}
+             "label": rng.integers(0, m.num_classes, (b,), dtype=np.int32),
+             "decode_failures": np.zeros((b,), np.int32)}
     if mode == "pretrain":
         grid = setup.abstract_model.encoder.grid
         local["mask"] = np.stack([tube_mask(rng, grid, m.mask_ratio) for _ in range(b)])

@@ -87,15 +87,54 @@ def trainer_config() -> ml_collections.ConfigDict:
     ))
 
 
+def data_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `data` block: every source's and transform's keys, so any of them can be set on a locked config.
+
+    `source` picks the reader (docs/datasets.md has one section each):
+      synthetic      the embedded generated dataset (num_train / num_eval clips)
+      csv            train_csv / eval_csv lists (VideoMAE `path label`, or a header with path, label or labels,
+                     start, end and the `targets` columns), paths relative to `root`
+      folder         train_folder / eval_folder trees of class sub-folders
+      charades       Charades-style train_csv / eval_csv (id, actions `cNNN start end;...`), videos root/<id>.mp4
+      tfds           a prepared TFDS dataset tfds_name (splits train_split / eval_split) under tfds_data_dir
+      array_record   train_pack / eval_pack folders written by `python -m vidjax.data.pack`
+    """
+    block = ml_collections.ConfigDict(dict(
+        source="synthetic",
+        num_train=1024, num_eval=256,  # synthetic only
+        num_classes=8, num_frames=16, image_size=224, sampling_rate=1,
+        train_csv="", eval_csv="", root="",
+        train_folder="", eval_folder="",
+        train_pack="", eval_pack="",
+        tfds_name="", tfds_data_dir="", train_split="train", eval_split="test", video_key="video", label_key="label",
+        targets="",  # comma-separated regression columns of a csv list, e.g. "valence,arousal"
+        class_names_file="",  # one class name per line (Charades: its classes file)
+        skip_missing=False,  # False: listed files that do not exist stop the run at start-up
+        short_side=0,  # resize the short side to this before cropping (0 = image_size)
+        # Training augmentation.
+        train_crop="random",  # random | multi_scale (VideoMAE pre-training) | random_resized (fine-tuning)
+        crop_scales=(1.0, 0.875, 0.75, 0.66),  # multi_scale
+        flip=True,
+        rand_augment="",  # e.g. "rand-m7-n4-mstd0.5-inc1" (VideoMAE fine-tuning); "" = off
+        erase_prob=0.0,  # random erasing probability (VideoMAE fine-tuning: 0.25)
+        num_samples=1,  # repeated augmentation: clips per decoded video (batch_size counts clips)
+        # Evaluation views: clips (evenly spaced windows) x crops, predictions averaged over views.
+        test_num_clips=1, test_num_crops=1,
+        max_decode_attempts=5,  # a video that fails to decode is replaced by another, drawn by the seed
+        num_workers=0, seed=0,
+    ))
+    unknown = set(overrides) - set(block)
+    if unknown:
+        raise ConfigError(f"Unknown data config keys {sorted(unknown)}.")
+    block.update(overrides)
+    return block
+
+
 def synthetic_data(num_frames: int, image_size: int, num_classes: int = 8, num_train: int = 1024,
                    num_eval: int = 256) -> ml_collections.ConfigDict:
     """A `data` block on the embedded generated dataset (no files, no download)."""
-    return ml_collections.ConfigDict(dict(
-        source="synthetic", num_train=num_train, num_eval=num_eval, num_classes=num_classes,
-        num_frames=num_frames, image_size=image_size, sampling_rate=1,
-        train_csv="", eval_csv="", root="", short_side=0, skip_missing=False,
-        num_workers=0, seed=0,
-    ))
+    return data_config(source="synthetic", num_train=num_train, num_eval=num_eval, num_classes=num_classes,
+                       num_frames=num_frames, image_size=image_size, sampling_rate=1)
 
 
 def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *, num_frames: int = 8,
@@ -124,12 +163,9 @@ def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *,
 def csv_data(train_csv: str, eval_csv: str, root: str, num_classes: int, num_frames: int, image_size: int,
              sampling_rate: int) -> ml_collections.ConfigDict:
     """A `data` block over VideoMAE-format CSV lists (`path label` per line) of video files."""
-    return ml_collections.ConfigDict(dict(
-        source="csv", num_train=0, num_eval=0, num_classes=num_classes,
-        num_frames=num_frames, image_size=image_size, sampling_rate=sampling_rate,
-        train_csv=train_csv, eval_csv=eval_csv, root=root, short_side=int(image_size * 256 / 224),
-        skip_missing=False, num_workers=8, seed=0,
-    ))
+    return data_config(source="csv", num_train=0, num_eval=0, num_classes=num_classes, num_frames=num_frames,
+                       image_size=image_size, sampling_rate=sampling_rate, train_csv=train_csv, eval_csv=eval_csv,
+                       root=root, short_side=int(image_size * 256 / 224), num_workers=8)
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

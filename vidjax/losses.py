@@ -38,6 +38,20 @@ def make_classification(label_smoothing: float) -> LossFn:
     return classification
 
 
+def multiview_classification(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:
+    """Eval over several views per video (B, V, T, H, W, 3): softmax per view, probabilities averaged, then scored.
+
+    Averaging probabilities, not logits, is what the published test protocols do (VideoMAE: 5 clips x 3 crops).
+    """
+    video = batch["video"]
+    b, v = video.shape[:2]
+    logits = model(video.reshape(b * v, *video.shape[2:]), rng=rng)["logits"]
+    probs = jnp.mean(jax.nn.softmax(logits.reshape(b, v, -1), axis=-1), axis=1)
+    picked = jnp.take_along_axis(probs, batch["label"][:, None], axis=1)[:, 0]
+    loss = -jnp.mean(jnp.log(jnp.maximum(picked, 1e-12)))
+    return loss, {"accuracy": jnp.mean(jnp.argmax(probs, -1) == batch["label"])}
+
+
 def get_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
     """The loss of `config.task`; the trainer is otherwise the same for every task."""
     if config.task == "pretrain":

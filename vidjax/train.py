@@ -60,6 +60,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.task == "classification" and config.data.num_classes != config.model.num_classes:
         raise ConfigError(f"config.data.num_classes={config.data.num_classes} but config.model.num_classes="
                           f"{config.model.num_classes}; the head must have one output per class in the data.")
+    pipeline.check_data_config(config)
     if config.data.num_frames != config.model.num_frames or config.data.image_size != config.model.image_size:
         raise ConfigError(
             f"config.data gives {config.data.num_frames} frames of {config.data.image_size}px but config.model "
@@ -133,7 +134,8 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
         for p in jax.tree.leaves(params):
             finite &= jnp.all(jnp.isfinite(p))
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-                   "finite": finite.astype(jnp.float32), **aux}
+                   "finite": finite.astype(jnp.float32), "decode_failures": jnp.sum(batch["decode_failures"]),
+                   **aux}
         return new_state, metrics
 
     batch_sh = sharding.batch_sharding(setup.mesh)
@@ -148,7 +150,11 @@ def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
 
     def eval_step(params, batch):
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
-        loss, aux = loss_fn(nnx.merge(setup.graphdef, params), batch, None)
+        model = nnx.merge(setup.graphdef, params)
+        if batch["video"].ndim == 6:  # several views per video (config.data.test_num_clips x test_num_crops)
+            loss, aux = losses.multiview_classification(model, batch, None)
+        else:
+            loss, aux = loss_fn(model, batch, None)
         return {"loss": loss, **aux}
 
     return jax.jit(eval_step, in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
@@ -263,13 +269,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     # ---- loop ----
     first_loss = last_loss = None
     last_good_step = latest
+    decode_failures = 0
     pending = None  # (step, device metrics): fetched one step late so the host never waits on the device
     log_t, log_step = time.perf_counter(), start_step
     summary: dict = {}
 
     def handle(step: int, metrics) -> None:
-        nonlocal first_loss, last_loss, log_t, log_step
+        nonlocal first_loss, last_loss, log_t, log_step, decode_failures
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        decode_failures += int(values.pop("decode_failures"))
+        values["decode_failures"] = decode_failures  # videos replaced because they did not decode, this run
         if not values.pop("finite"):
             ckpt.wait()
             where = (f"the last good checkpoint is step {last_good_step} in {ckpt.path(last_good_step)}"
@@ -288,7 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
             eta = (setup.total_steps - step) / steps_per_s if steps_per_s else float("nan")
             _log(f"step {step:>6}/{setup.total_steps} | loss {values['loss']:.4f} | lr {values['lr']:.2e} | "
                  f"{steps_per_s:6.2f} steps/s | {values['clips_per_s']:7.1f} clips/s | "
-                 f"ETA {_format_eta(eta) if math.isfinite(eta) else '--'}")
+                 f"ETA {_format_eta(eta) if math.isfinite(eta) else '--'}"
+                 + (f" | {decode_failures} videos failed to decode" if decode_failures else ""))
             log_t, log_step = now, step
 
     compile_t = time.perf_counter()

@@ -1,19 +1,32 @@
-"""Video decoding with PyAV: frame-index sampling and clip decoding to uint8 RGB arrays."""
+"""Video decoding with PyAV: sample a clip's frame indices, seek to it, decode only up to its last frame.
+
+A clip is `num_frames` frames `sampling_rate` frames apart, in units of the stream's nominal frame rate: frame
+index k means the frame on screen at time k / fps after the stream start. Decoded frames are placed on that grid
+by their timestamps, so variable-frame-rate files and seeks that land on an earlier keyframe give the same frames
+as decoding the whole file from the start would.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
+import math
 import os
 from collections.abc import Sequence
+from fractions import Fraction
 
 import av
 import numpy as np
+from av.stream import Discard, Disposition
 
 logger = logging.getLogger(__name__)
 
+VideoSource = str | os.PathLike | bytes
+
 
 class VideoDecodeError(ValueError):
-    """A video file is missing, unreadable, corrupt or has no video stream."""
+    """A video is missing, unreadable, corrupt or has no video stream (`path` names it, `reason` says what)."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = os.fspath(path)
@@ -26,119 +39,390 @@ class VideoDecodeError(ValueError):
         return type(self), (self.path, self.reason)
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What `probe` reads from a video's headers and first frame.
+
+    `num_frames` is the container's frame count, or duration * fps where the container stores none (WebM/MKV);
+    width and height are the displayed size, after `rotation` (degrees counter-clockwise, as PyAV's
+    `VideoFrame.rotation`) is applied.
+    """
+
+    num_frames: int
+    fps: float
+    duration_s: float
+    width: int
+    height: int
+    rotation: int
+    codec: str
+    container: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A decoded clip: uint8 RGB `frames` (T, H, W, 3), their frame `indices` (T,) at `fps`, and the time span
+    [`start_s`, `end_s`) in seconds from the stream start that the sampled frames cover (first frame's time to
+    the last frame's time plus one frame period), e.g. for labels from annotated time spans. `num_decoded`
+    counts the frames the decoder produced for it, the clip's cost (benchmarks and tests read it)."""
+
+    frames: np.ndarray
+    indices: np.ndarray
+    fps: float
+    start_s: float
+    end_s: float
+    num_decoded: int
+
+
 def sample_indices(
     num_video_frames: int,
     num_frames: int,
     sampling_rate: int,
     rng: np.random.Generator | None,
+    *,
+    num_windows: int = 1,
+    window_index: int = 0,
 ) -> np.ndarray:
-    """Indices of `num_frames` frames spaced `sampling_rate` apart.
+    """Indices of `num_frames` frames spaced `sampling_rate` apart, in [0, num_video_frames).
 
-    The frames come from a window of `num_frames * sampling_rate` frames: at a random start
-    when `rng` is given (training), centred otherwise (evaluation). A video shorter than the
-    window starts at frame 0 and repeats its last frame for indices past its end, so short
-    clips still yield `num_frames` frames.
+    The frames come from a window of `num_frames * sampling_rate` frames. With `rng` (training) the window
+    starts at a uniformly random frame. Without it (testing) it is the `window_index`-th of `num_windows`
+    evenly spaced windows: one window is centred; several span the video, the first starting at frame 0 and
+    the last ending at the last frame (VideoMAE's and SlowFast's multi-view test sampling). A video shorter
+    than the window starts at frame 0 and its indices are clamped to the last frame, so the last frame repeats
+    to fill the clip.
     """
     if num_video_frames < 1:
         raise ValueError(f"cannot sample frames from a video with {num_video_frames} frames")
     if num_frames < 1 or sampling_rate < 1:
-        raise ValueError(
-            f"num_frames and sampling_rate must be >= 1, got {num_frames} and {sampling_rate}"
-        )
+        raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames} and {sampling_rate}")
+    if not 0 <= window_index < num_windows:
+        raise ValueError(f"window_index must be in [0, num_windows={num_windows}), got {window_index}")
     max_start = num_video_frames - num_frames * sampling_rate
     if max_start <= 0:
         start = 0
     elif rng is not None:
         start = int(rng.integers(0, max_start + 1))
-    else:
+    elif num_windows == 1:
         start = max_start // 2
+    else:
+        start = round(window_index * max_start / (num_windows - 1))
     indices = start + np.arange(num_frames, dtype=np.int64) * sampling_rate
     return np.minimum(indices, num_video_frames - 1)
 
 
 def decode_clip(
-    path: str | os.PathLike,
+    src: VideoSource,
     num_frames: int,
     sampling_rate: int,
     rng: np.random.Generator | None = None,
+    *,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    num_windows: int = 1,
+    window_index: int = 0,
+    short_side: int | None = None,
+    threads: int = 1,
+    name: str | None = None,
 ) -> np.ndarray:
-    """Decodes `num_frames` RGB frames, sampled as in `sample_indices`, from a video file.
+    """The uint8 RGB frames (num_frames, H, W, 3) of `read_clip(...)`; see there for the arguments."""
+    return read_clip(
+        src, num_frames, sampling_rate, rng, start_s=start_s, end_s=end_s, num_windows=num_windows,
+        window_index=window_index, short_side=short_side, threads=threads, name=name,
+    ).frames
 
-    Returns uint8 of shape (num_frames, H, W, 3). Decoding stops at the last sampled frame.
-    Raises VideoDecodeError for missing, unreadable or corrupt files and files without video.
+
+def read_clip(
+    src: VideoSource,
+    num_frames: int,
+    sampling_rate: int,
+    rng: np.random.Generator | None = None,
+    *,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    num_windows: int = 1,
+    window_index: int = 0,
+    short_side: int | None = None,
+    threads: int = 1,
+    name: str | None = None,
+) -> Clip:
+    """Decodes a clip sampled as in `sample_indices` from a video file path or its encoded bytes.
+
+    Frames are sampled from [start_s, end_s) seconds of the video when given (None or NaN: the start or end of
+    the video); a range past the video's end is clamped to its last frame. The decoder seeks to the keyframe
+    before the first sampled frame and stops after the last one, so the cost is the clip plus at most one
+    keyframe interval, whatever the video's length. Frames are rotated upright when the stream carries display
+    rotation (portrait phone videos), and resized in the colour conversion so the shorter side is `short_side`
+    (bilinear, same output size as `transforms.resize_short_side`) when given. Videos shorter than the window
+    repeat their last frame (see `sample_indices`). A header that promises more frames than decode
+    (truncated files) is handled by resampling against the frames that do decode, with a warning.
+
+    `threads` is FFmpeg's decoding threads for this call: keep 1 inside grain workers, where the workers
+    already occupy the cores; raise it only when decoding in a single process with idle cores.
+    `name` labels a bytes source in errors and warnings (e.g. its record key).
+    Raises VideoDecodeError for missing, unreadable or corrupt videos and files without a video stream.
     """
-    path = os.fspath(path)
-    total = _count_frames(path)
-    indices = sample_indices(total, num_frames, sampling_rate, rng)
-    frames, num_decoded = _decode_at(path, indices)
-    if frames is None:
-        # Container headers can overstate the frame count (truncated downloads, bad muxers);
-        # resample against the frames that really decode instead of failing the example.
-        if num_decoded == 0:
-            raise VideoDecodeError(path, f"header lists {total} frames but none decode")
-        logger.warning(
-            "video %s: header lists %d frames but only %d decode; sampling from those",
-            path, total, num_decoded,
-        )
-        indices = sample_indices(num_decoded, num_frames, sampling_rate, rng)
-        frames, _ = _decode_at(path, indices)
-        if frames is None:
-            raise VideoDecodeError(path, "decoded a different number of frames on a second pass")
-    return frames
-
-
-def _open(path: str) -> av.container.InputContainer:
-    try:
-        container = av.open(path)
-    except FileNotFoundError:
-        raise VideoDecodeError(path, "file does not exist") from None
-    except (av.FFmpegError, OSError) as e:
-        raise VideoDecodeError(path, f"cannot open ({e})") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(path, "file has no video stream")
-    return container
-
-
-def _count_frames(path: str) -> int:
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        if stream.frames > 0:
-            return stream.frames
-        # Matroska/WebM and some other containers do not store a frame count. Demuxing is
-        # far cheaper than decoding, and with one frame per packet the packet count is the
-        # frame count; `decode_clip` resamples if decoding later finds fewer frames.
-        try:
-            count = sum(1 for packet in container.demux(stream) if packet.size > 0)
-        except av.FFmpegError as e:
-            raise VideoDecodeError(path, f"cannot read packets ({e})") from e
-    if count == 0:
-        raise VideoDecodeError(path, "video stream has no frames")
-    return count
-
-
-def _decode_at(path: str, indices: Sequence[int]) -> tuple[np.ndarray | None, int]:
-    """Decodes the frames at `indices` (sorted, may repeat).
-
-    Returns (frames, frames decoded); frames is None when the stream ended before the
-    last index.
-    """
-    last = int(indices[-1])
-    wanted = set(int(i) for i in indices)
-    by_index: dict[int, np.ndarray] = {}
-    num_decoded = 0
-    with _open(path) as container:
-        stream = container.streams.video[0]
+    label = _label(src, name)
+    with _open(src, label) as container:
+        stream = _video_stream(container, label)
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        meta = _stream_meta(container, stream, label)
+        sample = (num_frames, sampling_rate, rng, num_windows, window_index)
+        indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
+        reader = _FrameReader(container, stream, meta, label)
+        chosen, covered = reader.frames_at(indices)
+        if chosen is None:
+            if covered == 0:
+                raise VideoDecodeError(label, f"expected {meta.num_frames} frames but none decode")
+            # Containers can overstate the frame count (truncated downloads, bad muxers, durations that
+            # include other streams); resample against the frames that really decode instead of failing.
+            log = logger.warning if meta.count_from_header else logger.debug
+            log("video %s: %s %d frames but only %d decode; sampling from those", label,
+                "header lists" if meta.count_from_header else "duration suggests", meta.num_frames, covered)
+            indices = _sample(covered, meta.fps, start_s, end_s, *sample, label)
+            chosen, _ = reader.frames_at(indices, rewind=True)
+            if chosen is None:
+                raise VideoDecodeError(label, "decoded a different number of frames on a second pass")
+        frames = _to_rgb(chosen, short_side)
+    fps = float(meta.fps)
+    return Clip(frames=frames, indices=indices, fps=fps, start_s=int(indices[0]) / fps,
+                end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
+
+
+def probe(src: VideoSource, *, name: str | None = None) -> VideoInfo:
+    """Reads a video's frame count, rate, duration, displayed size, rotation, codec and container.
+
+    Decodes only the first frame (for the rotation, and to check that the stream decodes at all).
+    Raises VideoDecodeError like `decode_clip`.
+    """
+    label = _label(src, name)
+    with _open(src, label) as container:
+        stream = _video_stream(container, label)
+        meta = _stream_meta(container, stream, label)
         try:
-            for frame in container.decode(stream):
-                if num_decoded in wanted:
-                    by_index[num_decoded] = frame.to_ndarray(format="rgb24")
-                num_decoded += 1
-                if num_decoded > last:
-                    break
+            first = next(iter(container.decode(stream)), None)
         except av.FFmpegError as e:
-            raise VideoDecodeError(path, f"corrupt data after frame {num_decoded} ({e})") from e
-    if num_decoded <= last:
-        return None, num_decoded
-    return np.stack([by_index[int(i)] for i in indices]), num_decoded
+            raise VideoDecodeError(label, f"corrupt data before the first frame ({e})") from e
+        if first is None:
+            raise VideoDecodeError(label, "video stream has no decodable frames")
+        rotation = _rotation(first)
+        width, height = (first.height, first.width) if rotation % 180 else (first.width, first.height)
+        return VideoInfo(
+            num_frames=meta.num_frames, fps=float(meta.fps), duration_s=float(meta.duration_s), width=width,
+            height=height, rotation=rotation, codec=stream.codec_context.name, container=container.format.name,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamMeta:
+    fps: Fraction
+    time_base: Fraction
+    start: Fraction  # stream start time in seconds: frame index 0 is shown from here
+    num_frames: int
+    count_from_header: bool
+    duration_s: Fraction
+
+
+def _label(src: VideoSource, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(src, bytes | bytearray | memoryview):
+        return f"<{len(src)} bytes in memory>"
+    return os.fspath(src)
+
+
+def _open(src: VideoSource, label: str) -> av.container.InputContainer:
+    try:
+        if isinstance(src, bytes | bytearray | memoryview):
+            return av.open(io.BytesIO(src))
+        return av.open(os.fspath(src))
+    except FileNotFoundError:
+        raise VideoDecodeError(label, "file does not exist") from None
+    except (av.FFmpegError, OSError) as e:
+        raise VideoDecodeError(label, f"cannot open ({e})") from e
+
+
+def _video_stream(container: av.container.InputContainer, label: str) -> av.video.stream.VideoStream:
+    """The first real video stream (not cover art); every other stream is discarded at the demuxer."""
+    videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    if not videos:
+        raise VideoDecodeError(label, "file has no video stream")
+    for stream in container.streams:
+        if stream is not videos[0]:
+            stream.discard = Discard.all
+    return videos[0]
+
+
+def _stream_meta(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 label: str) -> _StreamMeta:
+    fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not fps:
+        raise VideoDecodeError(label, "video stream has no frame rate")
+    fps = Fraction(fps)
+    time_base = Fraction(stream.time_base)
+    start = (stream.start_time or 0) * time_base
+    if stream.duration:
+        duration_s = stream.duration * time_base
+    elif container.duration:
+        duration_s = Fraction(container.duration, av.time_base)
+    else:
+        duration_s = None
+    if stream.frames > 0:
+        num_frames, from_header = stream.frames, True
+    elif duration_s:
+        # Matroska/WebM store no frame count; the duration and rate give it without reading the file. A count
+        # that overshoots is corrected by `read_clip` against the frames that decode.
+        num_frames, from_header = max(1, round(duration_s * fps)), False
+    else:
+        # No count and no duration (rare raw streams): demuxing, much cheaper than decoding, counts packets.
+        try:
+            num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            container.seek(0)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(label, f"cannot read packets ({e})") from e
+        from_header = False
+    if num_frames < 1:
+        raise VideoDecodeError(label, "video stream has no frames")
+    return _StreamMeta(fps=fps, time_base=time_base, start=start, num_frames=num_frames,
+                       count_from_header=from_header, duration_s=duration_s or Fraction(num_frames) / fps)
+
+
+def _sample(num_video_frames: int, fps: Fraction, start_s: float | None, end_s: float | None, num_frames: int,
+            sampling_rate: int, rng: np.random.Generator | None, num_windows: int, window_index: int,
+            label: str) -> np.ndarray:
+    """`sample_indices` within the frames shown in [start_s, end_s)."""
+    # Frame k is shown from k / fps; the small slack keeps e.g. 0.1 s at 30 fps on frame 3.
+    first, stop = 0, num_video_frames
+    if start_s is not None and not math.isnan(start_s):
+        first = math.ceil(start_s * float(fps) - 1e-6)
+    if end_s is not None and not math.isnan(end_s):
+        stop = min(stop, math.ceil(end_s * float(fps) - 1e-6))
+    if first >= num_video_frames:
+        logger.warning("video %s: start %.3f s is past its %d frames at %.3f fps; using its last frame",
+                       label, start_s, num_video_frames, float(fps))
+    first = min(max(first, 0), num_video_frames - 1)
+    stop = max(stop, first + 1)
+    indices = sample_indices(stop - first, num_frames, sampling_rate, rng, num_windows=num_windows,
+                             window_index=window_index)
+    return first + indices
+
+
+class _SeekMissed(Exception):
+    """The decoder's first frame after a seek lies past the first wanted frame, or carries no timestamp."""
+
+
+class _FrameReader:
+    """Decodes the frames at given indices from one open stream, counting the frames it decodes."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 meta: _StreamMeta, label: str):
+        self.container, self.stream, self.meta, self.label = container, stream, meta, label
+        self.num_decoded = 0
+
+    def frames_at(self, indices: Sequence[int], rewind: bool = False) -> tuple[list[av.VideoFrame] | None, int]:
+        """The decoded frames at `indices` (sorted, may repeat), one per index.
+
+        Returns (frames, frame slots covered); frames is None when the stream ended before the last index, and
+        the count is then how many frame slots (from index 0) the decoded frames cover. `rewind`: the stream
+        was read before (its decoder may have drained), so seek even when index 0 is wanted.
+        """
+        wanted = sorted(set(int(i) for i in indices))
+        if wanted[0] > 0:
+            target = self.meta.start + Fraction(wanted[0]) / self.meta.fps
+            try:
+                # backward=True: land on the last keyframe at or before the first wanted frame.
+                self.container.seek(math.floor(target / self.meta.time_base), stream=self.stream, backward=True)
+                chosen, covered = self._scan(wanted, seeked=True)
+            except (_SeekMissed, av.FFmpegError):
+                # Some indexes land past the target (or the format cannot seek): decode from the start instead.
+                self._rewind()
+                chosen, covered = self._scan(wanted, seeked=False)
+        else:
+            if rewind:
+                self._rewind()
+            chosen, covered = self._scan(wanted, seeked=False)
+        if chosen is None:
+            return None, covered
+        by_index = dict(zip(wanted, chosen, strict=True))
+        return [by_index[int(i)] for i in indices], covered
+
+    def _rewind(self) -> None:
+        try:
+            self.container.seek(0)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(self.label, f"cannot seek back to the start ({e})") from e
+
+    def _scan(self, wanted: list[int], seeked: bool) -> tuple[list[av.VideoFrame] | None, int]:
+        """Decodes forward from the current position; index k gets the last frame shown by time k / fps."""
+        meta = self.meta
+        period = 1 / meta.fps
+        # Half a frame of slack absorbs timestamp rounding (e.g. 1/30 s in a 1/12800 time base).
+        times = [meta.start + k * period + period / 2 for k in wanted]
+        chosen: list[av.VideoFrame] = []
+        prev: av.VideoFrame | None = None
+        prev_time = prev_end = None
+        try:
+            for frame in self.container.decode(self.stream):
+                self.num_decoded += 1
+                if frame.pts is not None:
+                    time = frame.pts * meta.time_base
+                elif prev_time is not None:
+                    time = prev_time + period
+                elif seeked:
+                    raise _SeekMissed
+                else:
+                    time = meta.start
+                if prev is None and seeked and time > times[0]:
+                    raise _SeekMissed
+                while len(chosen) < len(wanted) and time > times[len(chosen)]:
+                    # The first frame of an unseeked stream may start a little after index 0's time.
+                    chosen.append(prev if prev is not None else frame)
+                if len(chosen) == len(wanted):
+                    return chosen, len(wanted)
+                prev, prev_time = frame, time
+                prev_end = time + max((frame.duration or 0) * meta.time_base, period)
+        except av.FFmpegError as e:
+            where = "the first frame" if prev_time is None else f"frame {_index_at(prev_time, meta)}"
+            raise VideoDecodeError(self.label, f"corrupt data after {where} ({e})") from e
+        if prev is None:
+            return None, 0
+        # End of stream: the last frame stays on screen until prev_end, which may cover the remaining indices.
+        if prev_end > times[-1]:
+            chosen.extend([prev] * (len(wanted) - len(chosen)))
+            return chosen, len(wanted)
+        return None, max(1, round((prev_end - meta.start) * meta.fps))
+
+
+def _index_at(time: Fraction, meta: _StreamMeta) -> int:
+    return round((time - meta.start) * meta.fps)
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    """The frame's display rotation in degrees counter-clockwise, rounded to a multiple of 90, in (-180, 180]."""
+    return (0, 90, 180, -90)[round((frame.rotation or 0) / 90) % 4]
+
+
+def _to_rgb(frames: list[av.VideoFrame], short_side: int | None) -> np.ndarray:
+    """Converts frames (the same one may repeat) to upright uint8 RGB, resized to `short_side` if given."""
+    quarter_turns = round(_rotation(frames[0]) / 90) % 4
+    width, height = frames[0].width, frames[0].height
+    kwargs = {}
+    if short_side is not None:
+        # Compute the size in display orientation, with `transforms.resize_short_side`'s rounding, then convert
+        # at the coded orientation (rotation comes after scaling).
+        shown_h, shown_w = (width, height) if quarter_turns % 2 else (height, width)
+        if shown_h <= shown_w:
+            new_h, new_w = short_side, max(1, round(shown_w * short_side / shown_h))
+        else:
+            new_h, new_w = max(1, round(shown_h * short_side / shown_w)), short_side
+        coded_w, coded_h = (new_h, new_w) if quarter_turns % 2 else (new_w, new_h)
+        if (coded_w, coded_h) != (width, height):
+            kwargs = {"width": coded_w, "height": coded_h, "interpolation": "BILINEAR"}
+    converted: dict[int, np.ndarray] = {}
+    out = []
+    for frame in frames:
+        if id(frame) not in converted:
+            rgb = frame.to_ndarray(format="rgb24", **kwargs)
+            converted[id(frame)] = np.rot90(rgb, quarter_turns) if quarter_turns else rgb
+        out.append(converted[id(frame)])
+    return np.stack(out)
