@@ -34,25 +34,6 @@ from PIL import Image
 
 from vidjax.data import decode, transforms
 
-_DIR = flags.DEFINE_string("dir", os.path.join(os.environ.get("TMPDIR", "/tmp"), "vidjax_data_bench"),
-                           "Folder for the generated videos (reused across runs).")
-_VIDEOS = flags.DEFINE_integer("videos", 8, "Number of videos.")
-_SECONDS = flags.DEFINE_float("seconds", 10.0, "Length of each video.")
-_FPS = flags.DEFINE_integer("fps", 30, "Frame rate of the videos.")
-_WIDTH = flags.DEFINE_integer("width", 640, "Frame width.")
-_HEIGHT = flags.DEFINE_integer("height", 360, "Frame height.")
-_GOP = flags.DEFINE_integer("gop", 60, "Frames between keyframes (x264 may add more at scene cuts).")
-_FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip.")
-_RATE = flags.DEFINE_integer("sampling_rate", 4, "Frames between sampled frames.")
-_SHORT_SIDE = flags.DEFINE_integer("short_side", 256, "Short side after resizing.")
-_CROP = flags.DEFINE_integer("crop", 224, "Random crop size.")
-_CLIPS = flags.DEFINE_integer("clips", 64, "Timed clips per method and worker count (after warm-up).")
-_WORKERS = flags.DEFINE_list("workers", ["1", "2"], "Grain worker counts to time (0 = in this process).")
-_READ_THREADS = flags.DEFINE_integer("read_threads", 1, "grain.ReadOptions.num_threads: clips each process (worker, "
-                                     "or this one with 0 workers) decodes concurrently.")
-_METHODS = flags.DEFINE_list("methods", ["naive", "seek", "seek_sws"], "Methods to time.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the clip sampling.")
-
 METHODS = ("naive", "seek", "seek_sws")
 
 
@@ -231,19 +212,43 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def define_flags() -> None:
+    """The command line, defined only when this module is the program: `vidjax.bench` (importable in the same
+    process, e.g. by tests) defines flags of the same names."""
+    flags.DEFINE_string("dir", os.path.join(os.environ.get("TMPDIR", "/tmp"), "vidjax_data_bench"),
+                        "Folder for the generated videos (reused across runs).")
+    flags.DEFINE_integer("videos", 8, "Number of videos.")
+    flags.DEFINE_float("seconds", 10.0, "Length of each video.")
+    flags.DEFINE_integer("fps", 30, "Frame rate of the videos.")
+    flags.DEFINE_integer("width", 640, "Frame width.")
+    flags.DEFINE_integer("height", 360, "Frame height.")
+    flags.DEFINE_integer("gop", 60, "Frames between keyframes (x264 may add more at scene cuts).")
+    flags.DEFINE_integer("frames", 16, "Frames per clip.")
+    flags.DEFINE_integer("sampling_rate", 4, "Frames between sampled frames.")
+    flags.DEFINE_integer("short_side", 256, "Short side after resizing.")
+    flags.DEFINE_integer("crop", 224, "Random crop size.")
+    flags.DEFINE_integer("clips", 64, "Timed clips per method and worker count (after warm-up).")
+    flags.DEFINE_list("workers", ["1", "2"], "Grain worker counts to time (0 = in this process).")
+    flags.DEFINE_integer("read_threads", 1, "grain.ReadOptions.num_threads: clips each process (worker, "
+                         "or this one with 0 workers) decodes concurrently.")
+    flags.DEFINE_list("methods", ["naive", "seek", "seek_sws"], "Methods to time.")
+    flags.DEFINE_integer("seed", 0, "Seed of the clip sampling.")
+
+
 def main(argv: list[str]) -> None:
+    opts = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     start = time.perf_counter()
-    paths = make_videos(_DIR.value, _VIDEOS.value, _SECONDS.value, _FPS.value, _WIDTH.value, _HEIGHT.value,
-                        _GOP.value)
-    print(f"{len(paths)} videos in {_DIR.value} ({time.perf_counter() - start:.1f} s to make or find)")
-    recipe = Recipe(_FRAMES.value, _RATE.value, _SHORT_SIDE.value, _CROP.value)
-    result = run(paths, recipe, _METHODS.value, [int(n) for n in _WORKERS.value], _CLIPS.value, _READ_THREADS.value,
-                 _SEED.value)
+    paths = make_videos(opts.dir, opts.videos, opts.seconds, opts.fps, opts.width, opts.height, opts.gop)
+    print(f"{len(paths)} videos in {opts.dir} ({time.perf_counter() - start:.1f} s to make or find)")
+    recipe = Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop)
+    result = run(paths, recipe, opts.methods, [int(n) for n in opts.workers], opts.clips, opts.read_threads,
+                 opts.seed)
     print(format_table(result))
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -23,16 +23,6 @@ from ml_collections import config_flags
 from vidjax import config_lib
 from vidjax.data import decode, pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A vidjax config file (its config.data is checked).")
-_SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split of --config to check.")
-_CSV = flags.DEFINE_string("csv", None, "A video list to check instead of a config's data.")
-_ROOT = flags.DEFINE_string("root", "", "With --csv: folder that relative paths are joined to.")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", 16, "With --csv: frames per clip.")
-_SAMPLING_RATE = flags.DEFINE_integer("sampling_rate", 4, "With --csv: frame stride.")
-_SIZE = flags.DEFINE_integer("size", 224, "With --csv: crop size in pixels.")
-_WORKERS = flags.DEFINE_integer("workers", 1, "Processes decoding in parallel.")
-_QUIET = flags.DEFINE_bool("quiet", False, "Print only entries with a problem, and the totals.")
-
 USABLE = ("ok", "too short")
 
 
@@ -97,22 +87,36 @@ def run(data, split: str, workers: int = 1, quiet: bool = False, out=sys.stdout)
     return 0 if usable == total else 1
 
 
+def define_flags() -> None:
+    """The command line, defined only when this module is the program (others define flags of the same names)."""
+    config_flags.DEFINE_config_file("config", None, "A vidjax config file (its config.data is checked).")
+    flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split of --config to check.")
+    flags.DEFINE_string("csv", None, "A video list to check instead of a config's data.")
+    flags.DEFINE_string("root", "", "With --csv: folder that relative paths are joined to.")
+    flags.DEFINE_integer("num_frames", 16, "With --csv: frames per clip.")
+    flags.DEFINE_integer("sampling_rate", 4, "With --csv: frame stride.")
+    flags.DEFINE_integer("size", 224, "With --csv: crop size in pixels.")
+    flags.DEFINE_integer("workers", 1, "Videos decoded concurrently (threads: PyAV releases the GIL).")
+    flags.DEFINE_bool("quiet", False, "Print only entries with a problem, and the totals.")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    opts = flags.FLAGS
     logging.set_verbosity(logging.ERROR)  # the report says what failed; per-file warnings would repeat it
-    if (_CONFIG.value is None) == (_CSV.value is None):
+    if (opts.config is None) == (opts.csv is None):
         raise app.UsageError("Give exactly one of --config (check a config's data) or --csv (check a list).")
-    if _CSV.value:
-        data = config_lib.data_config(source="csv", train_csv=_CSV.value, eval_csv=_CSV.value, root=_ROOT.value,
+    if opts.csv:
+        data = config_lib.data_config(source="csv", train_csv=opts.csv, eval_csv=opts.csv, root=opts.root,
                                       num_classes=2**31 - 1,  # the doctor checks videos, not label ranges
-                                      num_frames=_NUM_FRAMES.value,
-                                      sampling_rate=_SAMPLING_RATE.value, image_size=_SIZE.value,
-                                      short_side=int(_SIZE.value * 256 / 224))
+                                      num_frames=opts.num_frames,
+                                      sampling_rate=opts.sampling_rate, image_size=opts.size,
+                                      short_side=int(opts.size * 256 / 224))
     else:
-        data = _CONFIG.value.data
+        data = opts.config.data
     try:
-        status = run(data, _SPLIT.value, _WORKERS.value, _QUIET.value)
+        status = run(data, opts.split, opts.workers, opts.quiet)
     except config_lib.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -120,4 +124,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
