@@ -39,6 +39,7 @@ class Pretrained:
     class_names: list[str] | None
     graphdef: Any
     params: Any
+    num_tokens: int | None = None  # tokens per clip of a masked model (the mask's second dimension)
 
     def __post_init__(self):
         graphdef = self.graphdef
@@ -80,19 +81,13 @@ class Pretrained:
         if mask is None:
             return self._forward(self.params, video, None, None)
         mask = np.asarray(mask, bool)
-        tokens = self.model_tokens()
+        tokens = self.num_tokens
         counts = mask.sum(axis=1) if mask.ndim == 2 else np.array([-1])
         if mask.shape != (video.shape[0], tokens) or counts.min() != counts.max() or not 0 < counts[0] < tokens:
             raise ValueError(f"The mask must be bool (batch, {tokens}) with the same number of masked (True) "
                              f"tokens in every row, some masked and some visible; got shape {mask.shape} with "
                              f"{sorted(set(counts.tolist()))} masked per row.")
         return self._forward(self.params, video, jnp.asarray(mask), int(counts[0]))
-
-    def model_tokens(self) -> int:
-        """Tokens per clip (the mask's second dimension)."""
-        c = self.config
-        patch = int(str(c.variant).split("/")[1])
-        return (c.num_frames // c.tubelet_size) * (c.image_size // patch) ** 2
 
     def __call__(self, video, mask=None):
         out = self.forward(video, mask)
@@ -145,14 +140,13 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     config = converted.model_config
     if dtype:
         config.dtype = dtype
-    params = common.unflatten_params(common.abstract_params(meta["model_name"], config), converted.params)
+    model = common.abstract_model(meta["model_name"], config)
+    num_tokens = getattr(getattr(model, "encoder", None), "num_tokens", None)
+    graphdef, abstract = nnx.split(model)
+    params = common.unflatten_params(nnx.to_pure_dict(abstract), converted.params)
     params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    module = get_model(meta["model_name"])
-    with nnx.use_eager_sharding(False):
-        abstract_model = nnx.eval_shape(lambda: module.Model(config, rngs=nnx.Rngs(0)))
-    graphdef, _ = nnx.split(abstract_model)
     return Pretrained(meta["model_name"], config, dict(converted.preprocessing), converted.class_names, graphdef,
-                      params)
+                      params, num_tokens)
 
 
 def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collections.ConfigDict, params: Any

@@ -296,16 +296,23 @@ def flatten_params(pure: Any) -> dict[str, Any]:
     return {path_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(pure)[0]}
 
 
-def abstract_params(model_name: str, model_config: ml_collections.ConfigDict) -> Any:
-    """The nested pure dict of `jax.ShapeDtypeStruct`s of the model `model_config` builds (nothing allocated)."""
+def abstract_model(model_name: str, model_config: ml_collections.ConfigDict) -> Any:
+    """The NNX module `model_config` builds, with `jax.ShapeDtypeStruct`s for arrays (nothing allocated)."""
     from flax import nnx
 
     from vidjax.models import get_model
 
     module = get_model(model_name)
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: module.Model(model_config, rngs=nnx.Rngs(0)))
-    return nnx.to_pure_dict(nnx.state(model))  # the trainer's `params` tree has the same structure
+        return nnx.eval_shape(lambda: module.Model(model_config, rngs=nnx.Rngs(0)))
+
+
+def abstract_params(model_name: str, model_config: ml_collections.ConfigDict) -> Any:
+    """The nested pure dict of `jax.ShapeDtypeStruct`s of the model `model_config` builds (nothing allocated)."""
+    from flax import nnx
+
+    # The trainer's `params` tree has the same structure.
+    return nnx.to_pure_dict(nnx.state(abstract_model(model_name, model_config)))
 
 
 def unflatten_params(abstract: Any, flat: Mapping[str, np.ndarray], origin: str = "the converter") -> Any:

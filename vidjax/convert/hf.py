@@ -8,21 +8,18 @@ import pathlib
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource, finalize
 
-# Converter module per architecture (imported only when used).
-_CONVERTERS = {
-    "VideoMAEForPreTraining": "hf_videomae",
-    "VideoMAEForVideoClassification": "hf_videomae",
-    "VideoMAEModel": "hf_videomae",
-    "TimesformerForVideoClassification": "hf_timesformer",
-    "TimesformerModel": "hf_timesformer",
-    "VivitForVideoClassification": "hf_vivit",
-    "VivitModel": "hf_vivit",
-}
+_MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit")  # each lists the architectures it takes
+
+
+def _converters() -> dict[str, str]:
+    """Architecture -> converter module, from each module's ARCHITECTURES."""
+    return {arch: name for name in _MODULES
+            for arch in importlib.import_module(f"vidjax.convert.{name}").ARCHITECTURES}
 
 
 def supported() -> list[str]:
     """The Hugging Face architectures vidjax converts."""
-    return sorted(_CONVERTERS)
+    return sorted(_converters())
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -43,12 +40,13 @@ def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
         raise ConversionError(f"{directory} has no config.json; --from-hf expects a `save_pretrained` directory.")
     hf = _read_json(config_path)
     architectures = hf.get("architectures") or []
-    known = supported()
-    architecture = next((a for a in architectures if a in known), None)
+    converters = _converters()
+    known = sorted(converters)
+    architecture = next((a for a in architectures if a in converters), None)
     if architecture is None:
         raise ConversionError(f"{config_path} declares architectures {architectures} (model_type "
                               f"{hf.get('model_type')!r}); vidjax converts {', '.join(known)}.")
-    module_name = _CONVERTERS[architecture]
+    module_name = converters[architecture]
     # transformers 5 writes video processors to video_preprocessor_config.json, earlier versions to
     # preprocessor_config.json; either says how the checkpoint's inputs were normalised.
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):

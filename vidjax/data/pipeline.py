@@ -148,7 +148,8 @@ class Preprocess:
         d = self.data
         size, short = d.image_size, d.short_side or d.image_size
         window = (np.nan, np.nan)
-        if "video" in element and element["video"].shape[1:3] == (size, size):
+        stored_clip = "video" in element and element["video"].shape[1:3] == (size, size)
+        if stored_clip:
             frames = element["video"]  # the embedded dataset: already the clip, at the model's size
             if frames.shape[0] != d.num_frames:
                 frames = frames[decode.sample_indices(len(frames), d.num_frames, d.sampling_rate,
@@ -173,7 +174,7 @@ class Preprocess:
                 window = (clip.start_s, clip.end_s) if window_index == 0 else (window[0], clip.end_s)
             views = np.stack(clips)
         if self.train:
-            if "video" in element and element["video"].shape[1:3] == (size, size):
+            if stored_clip:
                 video = views[0]  # the embedded dataset is not augmented
             elif d.num_samples > 1:
                 video = transforms.repeated_augment(views[0], self._augment, rng, num_samples=d.num_samples)
