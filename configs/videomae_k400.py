@@ -4,10 +4,22 @@ r"""VideoMAE ViT-B/16 pre-training on Kinetics-400: the published recipe (Tong e
 heads, normalised-pixel target, AdamW (0.9, 0.95) wd 0.05, lr 1.5e-4 x batch/256 with 40 warm-up epochs and
 cosine decay to 1e-5, 800 epochs at global batch 2048.
 
-Kinetics-400 (see docs/datasets.md for preparing the CSV lists):
+Data: the VideoMAE pipeline. Clips are decoded with the short side at 320 (the size VideoMAE's Kinetics copies
+were resized to), cut by multi-scale crop (scales 1, .875, .75, .66 of the short side) to 224, and flipped.
+
+Kinetics-400 from the official annotations (train.csv / validate.csv with label, youtube_id, time_start,
+time_end): scripts/make_kinetics_lists.py turns them into `path label` lists (class ids = sorted class names, the
+published checkpoints' order); docs/datasets.md walks through it. Then:
   python -m vidjax.main --config=configs/videomae_k400.py --workdir=/tmp/videomae_k400 \
     --config.data.train_csv=/data/k400/train.csv --config.data.eval_csv=/data/k400/val.csv \
     --config.data.root=/data/k400/videos
+Other sources, same flags style (docs/datasets.md has one section each):
+  class folders    --config.data.source=folder --config.data.train_folder=/data/k400/train ...eval_folder=...
+  ArrayRecord pack python -m vidjax.data.pack --csv=/data/k400/train.csv --root=/data/k400/videos --out=/data/k400/pack
+                   --config.data.source=array_record --config.data.train_pack=/data/k400/pack ...eval_pack=...
+  TFDS             --config.data.source=tfds --config.data.tfds_name=NAME --config.data.tfds_data_dir=DIR
+Check a dataset before a long run: python -m vidjax.data.check --config=configs/videomae_k400.py
+Decoding workers: --config.data.num_workers=N (grain processes per host; 8 by default).
 
 Other sizes: --config=configs/videomae_k400.py:variant=S/16 (S/16, B/16, L/16, H/16).
 
@@ -37,6 +49,7 @@ def get_config(arg=None):
     config.data = config_lib.csv_data(
         train_csv="/data/kinetics400/train.csv", eval_csv="/data/kinetics400/val.csv",
         root="/data/kinetics400/videos", num_classes=400, num_frames=16, image_size=224, sampling_rate=4)
+    config.data.update(short_side=320, train_crop="multi_scale")
 
     config.batch_size = 2048
     config.num_epochs = 800

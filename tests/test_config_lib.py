@@ -31,6 +31,9 @@ def test_kinetics_recipe_is_the_published_one():
     assert config.model.tubelet_size == 2 and config.model.mask_ratio == 0.9 and config.data.sampling_rate == 4
     assert (config.model.decoder_depth, config.model.decoder_width or 384) == (4, 384)
     assert config.model.norm_pix_loss and config.batch_size == 2048 and config.num_epochs == 800
+    data = config.data
+    assert (data.train_crop, tuple(data.crop_scales), data.flip) == ("multi_scale", (1.0, 0.875, 0.75, 0.66), True)
+    assert data.short_side == 320 and data.source == "csv" and data.num_classes == 400
     opt = config.optimizer
     assert (opt.b1, opt.b2, opt.weight_decay, opt.warmup_epochs, opt.min_lr) == (0.9, 0.95, 0.05, 40, 1e-5)
     assert opt.base_lr * config.batch_size / opt.lr_batch_base == pytest.approx(1.2e-3)  # 1.5e-4 x 2048/256

@@ -40,8 +40,8 @@ def _wrap(key: str, build):
     try:
         return build()
     except FileNotFoundError as err:
-        raise ConfigError(f"{err} (config.data.{key}; with --config.data.skip_missing=True vidjax trains on the "
-                          f"files that exist)") from err
+        raise ConfigError(f"{err} (config.data.{key}; the flag to skip them is --config.data.skip_missing=True)"
+                          ) from err
     except ValueError as err:
         raise ConfigError(f"{err} (config.data.{key})") from err
 
