@@ -3,16 +3,16 @@ r"""VideoMamba-S/16 fine-tuning on Kinetics-400: the published 8x224 recipe (Li 
 As the reference's videomamba/video_sm/exp/k400/videomamba_small/run_f8x224.sh with run_class_finetuning.py's
 defaults: 8 frames at 224 px, tubelet 1, patch 16, RMSNorm eps 1e-5 with a float32 residual, drop path 0.35,
 AdamW betas (0.9, 0.999), wd 0.05, 50 epochs with 5 linear warm-up epochs then cosine decay, label smoothing 0.1,
-ImageNet mean/std, bf16 compute. The reference steps on 8 GPUs x 64 videos, each sampled twice (repeated
-augmentation, num_sample 2), with lr 2e-4 x (512 x 2) / 256 = 8e-4 and min lr 1e-6 x 4 = 4e-6. vidjax draws each
-clip once, so this keeps the reference's steps per epoch (global batch 512) and its peak lr 8e-4.
+ImageNet mean/std, bf16 compute, mixup 0.8 / cutmix 1.0, RandAugment m7-n4, random erasing 0.25, random resized
+crop, layer-wise lr decay 0.75 (run_class_finetuning.py's default, which the script keeps), test views 4 clips x 3
+crops. The reference steps on 8 GPUs x 64 videos, each sampled twice (repeated augmentation, num_sample 2), with
+lr 2e-4 x (512 x 2) / 256 = 8e-4 and min lr 1e-6 x 4 = 4e-6; vidjax's batch counts clips, so batch 1024 with
+num_samples 2 is the same 512 videos a step and the same peak lr.
 
 What vidjax does not reproduce: the reference starts from its ImageNet-1k VideoMamba-S (convert it and pass
 --config.init_from, below), uses TSN-style sparse sampling (one frame per eighth of the video; here a fixed stride
-of 32 frames, about the same span on 10 s Kinetics clips), mixup 0.8 / cutmix 1.0, RandAugment m7-n4,
-random erasing 0.25, layer-wise lr decay 0.75 (run_class_finetuning.py's default, which the script keeps), and
-weight decay on A_log (the reference decays every tensor of rank >= 2 but the position tables; vidjax decays
-kernels only). Test views are 4 clips x 3 crops in the reference.
+of 32 frames, about the same span on 10 s Kinetics clips), and weight decay on A_log (the reference decays every
+tensor of rank >= 2 but the position tables; vidjax decays kernels only).
 
 Kinetics-400 (see docs/datasets.md for preparing the CSV lists), from the official ImageNet-1k weights:
   python -m vidjax.convert --from-videomamba videomamba_s16_in1k_res224.pth --out /ckpt/videomamba_s16_in1k
@@ -41,6 +41,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, variant="S/16", runlocal=False)
     size, _ = layers.parse_variant(arg.variant, videomamba.VIDEOMAMBA_SIZES)  # a typo'd variant fails here
     drop_path, epochs, weight_decay = RECIPES[size]
+    rand_augment = "rand-m5-n2-mstd0.5-inc1" if size in ("Mu", "Ti") else "rand-m7-n4-mstd0.5-inc1"
     config = config_lib.trainer_config()
     config.model_name = "videomamba"
     config.task = "classification"
@@ -58,10 +59,14 @@ def get_config(arg=None):
     config.data = config_lib.csv_data(
         train_csv="/data/kinetics400/train.csv", eval_csv="/data/kinetics400/val.csv",
         root="/data/kinetics400/videos", num_classes=400, num_frames=8, image_size=224, sampling_rate=32)
+    config.data.update(short_side=224, train_crop="random_resized", rand_augment=rand_augment, erase_prob=0.25,
+                       num_samples=2, test_num_clips=4, test_num_crops=3)
 
-    config.batch_size = 512
+    config.batch_size = 1024  # clips: 512 videos x num_samples 2
     config.num_epochs = epochs
-    config.optimizer.base_lr = 2e-4 * 2  # x num_sample 2: peak 8e-4 at batch 512, as the reference's scaling gives
+    config.optimizer.base_lr = 2e-4  # x 1024 / 256: peak 8e-4, as the reference's scaling gives
+    config.optimizer.layer_decay = 0.75
+    config.loss.mixup_alpha, config.loss.cutmix_alpha = 0.8, 1.0
     config.optimizer.b1, config.optimizer.b2 = 0.9, 0.999
     config.optimizer.weight_decay = weight_decay
     config.optimizer.warmup_epochs = 5
@@ -77,4 +82,5 @@ def get_config(arg=None):
         config_lib.runlocal(config, "Mu/8", peak_lr=1e-3)
         config.model.dtype = "float32"
         config.optimizer.label_smoothing = 0.0
+        config.loss.mixup_alpha = config.loss.cutmix_alpha = 0.0
     return config

@@ -11,10 +11,10 @@ import pytest
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def run_main(*args, timeout=120):
+def run_main(*args, timeout=120, module="vidjax.main"):
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "vidjax.main", *args], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     return proc, time.perf_counter() - start
 
@@ -49,3 +49,14 @@ def test_help_describes_the_flags():
     proc, _ = run_main("--help")
     assert proc.returncode == 0
     assert "--config" in proc.stdout and "--workdir" in proc.stdout and "runlocal" in proc.stdout
+
+
+def test_evaluate_command_flags():
+    proc, _ = run_main("--help", module="vidjax.evaluate")
+    assert proc.returncode == 0 and "--checkpoint" in proc.stdout and "--config" in proc.stdout
+    proc, _ = run_main("--config=configs/videomae_finetune_k400.py:runlocal", "--config.modle=1",
+                       "--checkpoint=/nonexistent", module="vidjax.evaluate")
+    assert proc.returncode == 2 and "modle" in proc.stderr and "python -m vidjax.evaluate --help" in proc.stderr
+    proc, _ = run_main("--config=configs/videomae_finetune_k400.py:runlocal", "--checkpoint=/nonexistent",
+                       module="vidjax.evaluate")
+    assert proc.returncode == 2 and "/nonexistent" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,11 +1,15 @@
-"""Optimizer recipe: which parameters decay, the warm-up + cosine schedule, the linear lr scaling rule."""
+"""Optimizer recipe: which parameters decay, the warm-up + cosine schedule, the linear lr scaling rule, layer decay."""
 
 import jax
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 from test_train import tiny_config
 
 from vidjax import optim, train
+from vidjax.config_lib import ConfigError
+from vidjax.models import timesformer, videomae, videomamba, vivit
 
 
 def test_weight_decay_only_on_weight_matrices():
@@ -31,3 +35,187 @@ def test_warmup_cosine_schedule_and_lr_scaling():
     assert (np.diff(lrs[:11]) > 0).all() and (np.diff(lrs[10:]) <= 1e-12).all()
     assert lrs[55] == pytest.approx(1e-5 + (3e-4 - 1e-5) / 2, rel=1e-4)  # cosine midpoint
     assert lrs[100] == pytest.approx(1e-5)
+
+
+# ---- layer-wise lr decay ----
+
+def tiny_params(family, **overrides):
+    """Abstract params of a tiny model (shapes only: layer ids read paths)."""
+    module = {"videomae": videomae, "timesformer": timesformer, "vivit": vivit, "videomamba": videomamba}[family]
+    cfg = module.default_config()
+    cfg.update(dict(variant="Mu/8x2" if family == "vivit" else "Mu/8", width=32, depth=2, num_frames=4,
+                    image_size=32, num_classes=5))
+    if family != "videomamba":
+        cfg.num_heads = 2
+    cfg.update(overrides)
+    with nnx.use_eager_sharding(False):
+        return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: module.Model(cfg, rngs=nnx.Rngs(0)))))
+
+
+def ids_by_group(params, groups):
+    """{group prefix: set of ids of the parameters under it}; fails if a parameter is under no listed group."""
+    ids, num_blocks = optim.layer_ids(params)
+    found = {}
+    for path, layer in jax.tree_util.tree_flatten_with_path(ids)[0]:
+        name = "/".join(str(k.key) for k in path)
+        group = [g for g in groups if name == g or name.startswith(g + "/")]
+        assert len(group) == 1, (name, group)
+        found.setdefault(group[0], set()).add(layer)
+    return found, num_blocks
+
+
+# Hand-listed: every top-level group of each family's tiny model (depth 2) and its layer id.
+LAYER_IDS = {
+    "videomae classification": (("videomae", dict(head="classification")), 2, {
+        "encoder/patch_embed": 0, "encoder/transformer/blocks/0": 1, "encoder/transformer/blocks/1": 2,
+        "fc_norm": 3, "head": 3}),
+    "videomae cls-token head": (("videomae", dict(head="classification", use_mean_pooling=False)), 2, {
+        "encoder/patch_embed": 0, "encoder/transformer/blocks/0": 1, "encoder/transformer/blocks/1": 2,
+        "encoder/norm": 3, "head": 3}),
+    "videomae pretrain": (("videomae", dict(head="pretrain", decoder_width=32, decoder_heads=2, decoder_depth=1)), 2, {
+        "encoder/patch_embed": 0, "encoder/transformer/blocks/0": 1, "encoder/transformer/blocks/1": 2,
+        "encoder/norm": 3, "encoder_to_decoder": 3, "mask_token": 3, "decoder/blocks/0": 3, "decoder_norm": 3,
+        "decoder_head": 3}),
+    "timesformer divided": (("timesformer", {}), 2, {
+        "patch_embed": 0, "cls_token": 0, "pos_embed": 0, "time_embed": 0, "blocks/0": 1, "blocks/1": 2,
+        "norm": 3, "head": 3}),
+    "timesformer space_only": (("timesformer", dict(attention_type="space_only")), 2, {
+        "patch_embed": 0, "cls_token": 0, "pos_embed": 0, "blocks/0": 1, "blocks/1": 2, "norm": 3, "head": 3}),
+    "vivit joint": (("vivit", {}), 2, {
+        "patch_embed": 0, "cls_token": 0, "pos_embed": 0, "transformer/blocks/0": 1, "transformer/blocks/1": 2,
+        "norm": 3, "head": 3}),
+    # Spatial blocks 1-2, then temporal blocks 3-4; what sits between the stacks takes the last spatial id.
+    "vivit factorised_encoder": (("vivit", dict(model_type="factorised_encoder", temporal_depth=2)), 4, {
+        "patch_embed": 0, "cls_token": 0, "pos_embed": 0, "transformer/blocks/0": 1, "transformer/blocks/1": 2,
+        "spatial_norm": 2, "temporal_cls_token": 2, "temporal_pos_embed": 2, "temporal_transformer/blocks/0": 3,
+        "temporal_transformer/blocks/1": 4, "norm": 5, "head": 5}),
+    "vivit factorised_self_attention": (("vivit", dict(model_type="factorised_self_attention")), 2, {
+        "patch_embed": 0, "pos_embed": 0, "blocks/0": 1, "blocks/1": 2, "norm": 3, "head": 3}),
+    "vivit factorised_dot_product": (("vivit", dict(model_type="factorised_dot_product")), 2, {
+        "patch_embed": 0, "pos_embed": 0, "blocks/0": 1, "blocks/1": 2, "norm": 3, "head": 3}),
+    "videomamba": (("videomamba", {}), 2, {
+        "patch_embed": 0, "cls_token": 0, "pos_embed": 0, "temporal_pos_embedding": 0, "layers/0": 1,
+        "layers/1": 2, "norm_f": 3, "head": 3}),
+    "videomamba backbone": (("videomamba", dict(head="none")), 2, {
+        "patch_embed": 0, "cls_token": 0, "pos_embed": 0, "temporal_pos_embedding": 0, "layers/0": 1,
+        "layers/1": 2, "norm_f": 3}),
+}
+
+
+@pytest.mark.parametrize("name", LAYER_IDS)
+def test_layer_ids_of_every_model_family(name):
+    (family, overrides), num_blocks, expected = LAYER_IDS[name]
+    found, blocks = ids_by_group(tiny_params(family, **overrides), expected)
+    assert blocks == num_blocks
+    assert found == {group: {layer} for group, layer in expected.items()}
+
+
+def test_layer_ids_accept_string_block_indices():
+    """A params tree restored from a checkpoint may carry its list indices as strings."""
+    params = tiny_params("timesformer")
+    params["blocks"] = {str(i): block for i, block in params["blocks"].items()}
+    found, _ = ids_by_group(params, ["patch_embed", "cls_token", "pos_embed", "time_embed", "blocks/0", "blocks/1",
+                                     "norm", "head"])
+    assert found["blocks/0"] == {1} and found["blocks/1"] == {2} and found["head"] == {3}
+
+
+def test_layer_decay_scales_values():
+    scales = optim.layer_decay_scales(tiny_params("vivit"), 0.5)
+    assert scales["patch_embed"]["kernel"] == scales["cls_token"] == scales["pos_embed"] == 0.5 ** 3
+    assert scales["transformer"]["blocks"][0]["attn"]["qkv"] == 0.5 ** 2
+    assert scales["transformer"]["blocks"][1]["mlp"]["fc1"]["bias"] == 0.5
+    assert scales["norm"]["scale"] == scales["head"]["kernel"] == 1.0
+    ones = optim.layer_decay_scales(tiny_params("videomamba"), 1.0)
+    assert set(jax.tree.leaves(ones)) == {1.0}
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\], got 1.5"):
+        optim.layer_decay_scales(tiny_params("videomamba"), 1.5)
+
+
+def test_unknown_layouts_raise():
+    params = tiny_params("videomae", head="classification")
+    params["adapter"] = {"kernel": np.zeros((2, 2))}
+    with pytest.raises(ValueError, match="no layer id for parameter adapter/kernel"):
+        optim.layer_ids(params)
+    with pytest.raises(ValueError, match="block lists \\[\\].*layer_decay=1.0"):
+        optim.layer_ids({"dense": {"kernel": np.zeros((2, 2))}})
+    with pytest.raises(ValueError, match="block lists \\[blocks, layers\\]"):
+        optim.layer_ids({"blocks": {0: {"w": np.zeros(1)}}, "layers": {0: {"w": np.zeros(1)}}})
+    with pytest.raises(ValueError, match="numbered \\[0, 2\\], not 0..1"):
+        optim.layer_ids({"blocks": {0: {"w": np.zeros(1)}, 2: {"w": np.zeros(1)}}})
+    with pytest.raises(ValueError, match="'attn' is not a block index"):
+        optim.layer_ids({"blocks": {"attn": {"w": np.zeros(1)}}})
+    # The temporal stack of a factorised encoder alone is not a known model.
+    with pytest.raises(ValueError, match="block lists \\[temporal_transformer/blocks\\]"):
+        optim.layer_ids({"temporal_transformer": {"blocks": {0: {"w": np.zeros(1)}}}})
+
+
+def _updates(tx, params, grads_per_step):
+    """The updates of successive steps, all at the same params (so runs with different lrs stay comparable)."""
+
+    def run(params, grads_per_step):
+        state, out = tx.init(params), []
+        for grads in grads_per_step:
+            updates, state = tx.update(grads, state, params)
+            out.append(updates)
+        return out
+
+    return jax.jit(run)(params, grads_per_step)
+
+
+def _tiny_finetune_setup(layer_decay):
+    """A trainer config, random params shaped as a tiny VideoMAE classifier's and two steps of random gradients."""
+    config = tiny_config()
+    config.optimizer.weight_decay = 0.05
+    with config.unlocked():
+        config.optimizer.layer_decay = layer_decay
+    shapes = tiny_params("videomae", head="classification")
+    rng = np.random.default_rng(0)
+    params, *grads = (jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), shapes) for _ in range(3))
+    return config, params, grads, optax.constant_schedule(1e-3)
+
+
+def test_layer_decay_one_matches_the_plain_optimizer():
+    config, params, grads, schedule = _tiny_finetune_setup(1.0)
+    opt = config.optimizer
+    plain = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=optim.decay_mask)
+    expected = _updates(plain, params, grads)
+    for tx in (optim.make_optimizer(config, schedule), optax.chain(plain, optim.scale_by_layer_decay(1.0))):
+        for got, want in zip(_updates(tx, params, grads), expected, strict=True):
+            jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_layer_decay_scales_the_whole_adamw_update():
+    """Head unscaled, block i by decay**(L-i), patch embedding by decay**(L+1): lr and weight decay together."""
+    decay, num_blocks = 0.5, 2
+    config, params, grads, schedule = _tiny_finetune_setup(1.0)
+    plain = _updates(optim.make_optimizer(config, schedule), params, grads)
+    with config.unlocked():
+        config.optimizer.layer_decay = decay
+    decayed = _updates(optim.make_optimizer(config, schedule), params, grads)
+    for got, want in zip(decayed, plain, strict=True):
+        np.testing.assert_array_equal(got["head"]["kernel"], want["head"]["kernel"])
+        np.testing.assert_array_equal(got["fc_norm"]["scale"], want["fc_norm"]["scale"])
+        np.testing.assert_allclose(got["encoder"]["patch_embed"]["kernel"],
+                                   decay ** (num_blocks + 1) * want["encoder"]["patch_embed"]["kernel"], rtol=1e-6)
+        for i in range(num_blocks):
+            got_block, want_block = (u["encoder"]["transformer"]["blocks"][i] for u in (got, want))
+            np.testing.assert_allclose(got_block["attn"]["qkv"], decay ** (num_blocks - i) * want_block["attn"]["qkv"],
+                                       rtol=1e-6)
+    # The weight-decay term is scaled too: with zero gradients the update is -lr * wd * p * scale.
+    zero = [jax.tree.map(np.zeros_like, params)]
+    (update,) = _updates(optim.make_optimizer(config, schedule), params, zero)
+    np.testing.assert_allclose(update["encoder"]["patch_embed"]["kernel"],
+                               -1e-3 * 0.05 * decay ** 3 * params["encoder"]["patch_embed"]["kernel"], rtol=1e-5)
+
+
+def test_layer_decay_config_is_checked_and_builds_a_trainer():
+    config = tiny_config()
+    with config.unlocked():
+        config.optimizer.layer_decay = 0.0
+    with pytest.raises(ConfigError, match=r"config.optimizer.layer_decay must be in \(0, 1\]"):
+        optim.make_optimizer(config, optax.constant_schedule(1e-3))
+    config.optimizer.layer_decay = 0.75
+    setup = train.build(config, 64, train.sharding.create_mesh(config.mesh, jax.devices()[:1]))
+    params = setup.abstract_state["params"]
+    updates, _ = jax.eval_shape(setup.tx.update, params, setup.abstract_state["opt_state"], params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)

@@ -1,12 +1,13 @@
 """Tests for the procedurally generated default dataset, vidjax.data.synthetic."""
 
+import hashlib
 import pickle
 
 import grain
 import numpy as np
 import pytest
 
-from vidjax.data.synthetic import SPLITS, SyntheticVideoSource, class_names
+from vidjax.data.synthetic import REGRESSION_TARGETS, SPLITS, SyntheticVideoSource, class_names
 
 
 def _object_masks(video: np.ndarray) -> np.ndarray:
@@ -141,8 +142,8 @@ def test_speed_band_gives_the_class_beyond_16():
         element = source[i]
         dx, dy = _velocity(element["video"])
         direction = round(np.arctan2(dy, dx) / (2 * np.pi) * 16) % 16
-        # Slow band covers speeds up to 0.041 of the side, fast from 0.05.
-        band = int(np.hypot(dx, dy) / 48 > 0.0455)
+        # Slow band covers speeds up to 0.085 of the side, fast from 0.10.
+        band = int(np.hypot(dx, dy) / 48 > 0.0925)
         hits.append(direction + 16 * band == element["label"])
     assert np.mean(hits) > 0.9
 
@@ -212,3 +213,218 @@ def test_works_as_a_grain_source_and_pickles():
         for element in (dataset[index], restored[index]):
             np.testing.assert_array_equal(element["video"], expected["video"])
             assert element["label"] == expected["label"] and element["index"] == expected["index"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task variants. The classification elements are pinned to their bytes: a change to them is deliberate.
+
+_CLASSIFICATION_PINS = [
+    (dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 0, 0, "e8feae2e77b9ac67", 1258224),
+    (dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 3, 3, "2a5c033f472bc24e", 1708640),
+    (dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 9, 1, "22d3cd4d6f0721b3", 1479849),
+    (
+        dict(num_examples=40, num_frames=3, height=17, width=23, num_classes=32, seed=5, split="validation"),
+        1, 1, "b23eb8560bb09849", 444416,
+    ),
+    (
+        dict(num_examples=40, num_frames=3, height=17, width=23, num_classes=32, seed=5, split="validation"),
+        38, 6, "824aec101386d6d8", 389457,
+    ),
+    (
+        dict(num_examples=5, num_frames=16, height=112, width=112, seed=2, split="test"),
+        4, 4, "5bd6ce774101f921", 79048137,
+    ),
+]
+
+
+@pytest.mark.parametrize("kwargs, index, label, digest, total", _CLASSIFICATION_PINS)
+def test_classification_elements_are_unchanged(kwargs, index, label, digest, total):
+    for source in (SyntheticVideoSource(**kwargs), SyntheticVideoSource(**kwargs, task="classification")):
+        element = source[index]
+        assert set(element) == {"video", "label", "index"}
+        assert element["label"] == label
+        assert hashlib.sha256(element["video"].tobytes()).hexdigest()[:16] == digest
+        assert int(element["video"].sum(dtype=np.int64)) == total
+
+
+def _corner_masks(video: np.ndarray) -> np.ndarray:
+    """(8, T, H, W) masks of the pixels near each corner of the RGB cube (bits r, g, b of 0..7)."""
+    bits = (np.arange(8)[:, None] >> np.arange(3)) & 1
+    high, low = video > 207, video < 48
+    return np.stack([np.where(b == 1, high, low).all(axis=-1) for b in bits])
+
+
+def _step(masks: np.ndarray) -> np.ndarray:
+    """Mean per-frame motion (dx right, dy up) in pixels of a (T, H, W) mask, robust to edge wrap-around."""
+    _, h, w = masks.shape
+    angles = _circular_centroids(masks)
+    steps = np.angle(np.exp(1j * np.diff(angles, axis=0))).mean(axis=0)
+    return np.array([steps[1] * w / (2 * np.pi), -steps[0] * h / (2 * np.pi)])
+
+
+@pytest.mark.parametrize("task, key, shape, dtype", [("multilabel", "labels", (6,), np.float32),
+                                                     ("regression", "targets", (2,), np.float32)])
+@pytest.mark.parametrize("num_frames, height, width", [(4, 32, 32), (1, 16, 16), (5, 17, 23), (2, 16, 64)])
+def test_variant_shapes_and_dtypes(task, key, shape, dtype, num_frames, height, width):
+    source = SyntheticVideoSource(9, num_frames=num_frames, height=height, width=width, num_classes=6, task=task)
+    for index in (0, 4, 8):
+        element = source[index]
+        assert set(element) == {"video", key, "index"}
+        assert element["video"].shape == (num_frames, height, width, 3) and element["video"].dtype == np.uint8
+        assert element[key].shape == shape and element[key].dtype == dtype
+        assert element["index"].dtype == np.int64 and element["index"] == index
+
+
+@pytest.mark.parametrize("task", ["multilabel", "regression"])
+def test_variants_are_deterministic_in_seed_split_and_index(task):
+    kwargs = dict(num_examples=6, num_frames=3, height=24, width=24, task=task)
+    key = "labels" if task == "multilabel" else "targets"
+    a = SyntheticVideoSource(**kwargs)
+    first = a[4]
+    a[1], a[5]  # Interleaved calls must not change later elements.
+    for element in (a[4], SyntheticVideoSource(**kwargs)[np.int64(4)]):
+        np.testing.assert_array_equal(element["video"], first["video"])
+        np.testing.assert_array_equal(element[key], first[key])
+    videos = {
+        (seed, split, index): SyntheticVideoSource(seed=seed, split=split, **kwargs)[index]["video"]
+        for seed in (0, 1)
+        for split in SPLITS
+        for index in (2, 3)
+    }
+    keys = list(videos)
+    for i, k in enumerate(keys):
+        for other in keys[i + 1 :]:
+            assert not np.array_equal(videos[k], videos[other]), (k, other)
+    # A variant is a different clip from the classification element of the same index.
+    assert not np.array_equal(a[4]["video"], SyntheticVideoSource(6, num_frames=3, height=24, width=24)[4]["video"])
+
+
+@pytest.mark.parametrize("num_classes, most", [(8, 3), (2, 2), (1, 1)])
+def test_multilabel_has_one_to_three_labels(num_classes, most):
+    source = SyntheticVideoSource(120, num_frames=1, height=16, width=16, num_classes=num_classes, task="multilabel")
+    labels = np.stack([source[i]["labels"] for i in range(len(source))])
+    assert set(np.unique(labels)) <= {0.0, 1.0}
+    counts = labels.sum(axis=1).astype(int)
+    assert set(counts) == set(range(1, most + 1))  # Every count from 1 to the most occurs.
+    assert (labels.sum(axis=0) > 0).all()  # And every class.
+
+
+def test_multilabel_objects_move_with_their_classes():
+    num_classes, size = 8, 64
+    source = SyntheticVideoSource(
+        150, num_frames=8, height=size, width=size, num_classes=num_classes, task="multilabel"
+    )
+    matches = []
+    for i in range(len(source)):
+        element = source[i]
+        masks = _corner_masks(element["video"])
+        # An object's colour shows in every frame; a stray background pixel near a corner colour does not add up.
+        present = [m for m in masks if m.sum(axis=(1, 2)).min() >= 10]
+        measured = set()
+        for mask in present:
+            dx, dy = _step(mask)
+            measured.add(round(np.arctan2(dy, dx) / (2 * np.pi) * num_classes) % num_classes)
+        matches.append(measured == set(np.flatnonzero(element["labels"])) and len(present) == element["labels"].sum())
+    assert np.mean(matches) > 0.95
+
+
+def _clean_render(monkeypatch) -> None:
+    """Renders the objects over a flat grey background without noise, drawing the same random numbers."""
+    background = SyntheticVideoSource._background
+    monkeypatch.setattr(SyntheticVideoSource, "_background", lambda self, rng: np.full_like(background(self, rng), 128))
+    monkeypatch.setattr(SyntheticVideoSource, "_add_noise", lambda self, rng, video: None)
+
+
+def _weighted_step(video: np.ndarray) -> np.ndarray:
+    """Per-frame motion (dx right, dy up) of the coverage-weighted centroid of the object on a flat grey clip."""
+    weights = np.abs(video.astype(np.float64) - 128).sum(axis=-1)
+    _, h, w = weights.shape
+    ys = np.exp(2j * np.pi * (np.arange(h) + 0.5) / h)
+    xs = np.exp(2j * np.pi * (np.arange(w) + 0.5) / w)
+    angles = np.stack(
+        [np.angle((weights.sum(axis=2) * ys).sum(axis=1)), np.angle((weights.sum(axis=1) * xs).sum(axis=1))]
+    )
+    steps = np.angle(np.exp(1j * np.diff(angles, axis=1)))
+    return np.stack([steps[1] * w, -steps[0] * h], axis=-1) / (2 * np.pi)
+
+
+def test_regression_targets_are_the_rendered_velocity(monkeypatch):
+    size, count = 48, 100
+    source = SyntheticVideoSource(count, num_frames=8, height=size, width=size, task="regression")
+    elements = [source[i] for i in range(count)]
+    targets = np.stack([e["targets"] for e in elements])
+    assert targets.dtype == np.float32 and np.abs(targets).max() <= 1.0
+    speeds = np.hypot(targets[:, 0], targets[:, 1])
+    # The whole speed range (0.05 to 0.15 of the side per frame) and every direction are used.
+    assert 1 / 3 - 1e-6 <= speeds.min() < 0.4 and 0.9 < speeds.max() <= 1.0
+    assert np.histogram(np.arctan2(targets[:, 1], targets[:, 0]), bins=4, range=(-np.pi, np.pi))[0].min() >= 10
+    max_speed = 0.15 * size
+    # The frames as served: the saturated object's centroid moves by the target.
+    measured = np.stack([_step(_object_masks(e["video"])) for e in elements]) / max_speed
+    np.testing.assert_allclose(measured, targets, atol=0.05)
+    # A clean render of the same elements: each frame-to-frame displacement is the target, to the accuracy of
+    # pixel sampling (0.04 is 0.15 px), and so, more closely, is their mean.
+    _clean_render(monkeypatch)
+    for element in elements:
+        clean = source[int(element["index"])]
+        np.testing.assert_array_equal(clean["targets"], element["targets"])
+        steps = _weighted_step(clean["video"]) / max_speed
+        np.testing.assert_allclose(steps, np.broadcast_to(element["targets"], steps.shape), atol=0.04)
+        np.testing.assert_allclose(steps.mean(axis=0), element["targets"], atol=0.006)
+
+
+def test_variant_targets_are_invisible_in_a_single_frame():
+    regression = SyntheticVideoSource(400, num_frames=4, height=32, width=32, task="regression")
+    elements = [regression[i] for i in range(len(regression))]
+    targets = np.stack([e["targets"] for e in elements])
+    still = np.stack([_first_frame_features(e["video"]) for e in elements])
+    motion = np.stack([_velocity(e["video"]) for e in elements])
+
+    def held_out_r2(features):
+        design = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+        coef = np.linalg.lstsq(design[:200], targets[:200], rcond=None)[0]
+        residual = targets[200:] - design[200:] @ coef
+        return 1 - (residual**2).sum() / ((targets[200:] - targets[200:].mean(axis=0)) ** 2).sum()
+
+    assert held_out_r2(still) < 0.1
+    assert held_out_r2(motion) > 0.9
+
+    # Which classes a multi-label clip holds: from one frame no better than chance, from the motion of its one object
+    # (clips with one object) near perfect.
+    multilabel = SyntheticVideoSource(1200, num_frames=4, height=32, width=32, num_classes=2, task="multilabel")
+    single = [e for e in (multilabel[i] for i in range(len(multilabel))) if e["labels"].sum() == 1]
+    labels = np.array([e["labels"].argmax() for e in single])
+    assert len(single) > 400
+    still = np.stack([_first_frame_features(e["video"]) for e in single])
+    motion = np.stack([_velocity(e["video"]) for e in single])
+    assert _nearest_centroid_accuracy(still, labels) < 0.65
+    assert _nearest_centroid_accuracy(motion, labels) > 0.95
+
+
+def test_variant_names_repr_and_unknown_task():
+    assert SyntheticVideoSource(3).class_names == class_names(8)
+    assert SyntheticVideoSource(3).target_names is None
+    multilabel = SyntheticVideoSource(3, num_classes=4, task="multilabel")
+    assert multilabel.class_names == ["move_right", "move_up", "move_left", "move_down"]
+    regression = SyntheticVideoSource(3, task="regression")
+    assert regression.class_names is None and regression.target_names == list(REGRESSION_TARGETS)
+    assert REGRESSION_TARGETS == ("velocity_x", "velocity_y")
+    assert repr(regression).endswith("split='train', task='regression')")
+    assert "task" not in repr(SyntheticVideoSource(3))  # Unchanged, so grain checkpoints still restore.
+    with pytest.raises(ValueError, match=r"task must be one of \('classification', 'multilabel', 'regression'\), "
+                                         r"got 'pretrain'"):
+        SyntheticVideoSource(3, task="pretrain")
+
+
+@pytest.mark.parametrize("task", ["multilabel", "regression"])
+def test_variants_work_as_grain_sources_and_pickle(task):
+    source = SyntheticVideoSource(8, num_frames=2, height=20, width=20, num_classes=5, seed=3, task=task)
+    key = "labels" if task == "multilabel" else "targets"
+    dataset = grain.MapDataset.source(source)
+    restored = pickle.loads(pickle.dumps(source))
+    assert repr(restored) == repr(source) and restored.task == task
+    for index in (0, 7):
+        expected = source[index]
+        for element in (dataset[index], restored[index]):
+            np.testing.assert_array_equal(element["video"], expected["video"])
+            np.testing.assert_array_equal(element[key], expected[key])

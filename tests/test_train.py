@@ -153,7 +153,7 @@ def test_classification_task_trains(tmp_path):
         train.check_config(config)
     config.model.num_classes = config.data.num_classes
     result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-    assert 0.0 <= result["eval_accuracy"] <= 1.0 and np.isfinite(result["eval_loss"])
+    assert 0.0 <= result["eval_top1"] <= 1.0 and np.isfinite(result["eval_loss"])
 
 
 def test_unmapped_logical_axis_is_an_error():

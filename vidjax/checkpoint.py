@@ -29,8 +29,12 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iterator: grain.DatasetIterator | None,
-             config: ml_collections.ConfigDict) -> None:
+             config: ml_collections.ConfigDict, metadata: dict | None = None) -> None:
+        """`metadata` (JSON: task, class and target names, preprocessing) is what inference reads beside the
+        weights (vidjax.pretrained.load)."""
         items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict())}
+        if metadata is not None:
+            items["metadata"] = ocp.args.JsonSave(metadata)
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)

@@ -56,8 +56,10 @@ def trainer_config() -> ml_collections.ConfigDict:
     """Defaults for everything the trainer reads outside `model` and `data`; configs override what they need."""
     return ml_collections.ConfigDict(dict(
         seed=0,
-        task="pretrain",  # pretrain | classification
-        init_from="",  # a `python -m vidjax.convert` output to start from (fine-tuning); "" = random init
+        task="pretrain",  # pretrain | classification | multilabel | regression
+        # Fine-tuning start: a vidjax training workdir (its latest checkpoint), one of its step folders, or a
+        # `python -m vidjax.convert` output; "" = random init.
+        init_from="",
         batch_size=16,  # global, across all devices and processes
         num_epochs=1.0,
         total_steps=0,  # > 0 overrides num_epochs
@@ -71,13 +73,25 @@ def trainer_config() -> ml_collections.ConfigDict:
             schedule="cosine",  # cosine | constant
             grad_clip=0.0,  # 0 = no clipping
             label_smoothing=0.0,
+            layer_decay=1.0,  # layer-wise lr decay (VideoMAE fine-tuning: 0.75); 1 = off
+            ema_decay=0.0,  # > 0 keeps an exponential moving average of the weights, used for evaluation
+        ),
+        # Fine-tuning losses. mixup / cutmix (timm semantics, batch mode) mix videos and their labels.
+        loss=dict(
+            mixup_alpha=0.0, cutmix_alpha=0.0,  # 0 = off (VideoMAE fine-tuning: 0.8 and 1.0)
+            mixup_prob=1.0, mixup_switch_prob=0.5,
+            # Imbalanced data: "" (off), "balanced" (inverse class frequency of the training set, or for
+            # multilabel the negatives / positives ratio of each class), or comma-separated values, one a class.
+            class_weights="",  # classification: weights of the cross-entropy per true class
+            pos_weight="",  # multilabel: weight of each class's positive term in the sigmoid BCE
+            regression="mse",  # regression loss: mse | ccc (1 - concordance correlation, averaged over targets)
         ),
         log_every=50,
         eval_every=0,  # 0 = only at the end
         eval_batches=0,  # 0 = the whole eval split
         checkpoint_every=1000,
         keep_checkpoints=3,
-        figure=True,  # write a reconstruction figure at the end of pre-training
+        figure=True,  # at the end: reconstruction.png (pre-training), confusion_matrix.png (classification)
         mesh=dict(data=-1, fsdp=1, tensor=1),
         # Logical parameter axis -> mesh axis ("" = replicated). Activations' batch axis uses ("data", "fsdp").
         # `inner` is a Mamba block's expanded channel axis, `state` its SSM state axis, `positions` the token axis
@@ -102,6 +116,7 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     block = ml_collections.ConfigDict(dict(
         source="synthetic",
         num_train=1024, num_eval=256,  # synthetic only
+        synthetic_task="classification",  # synthetic only: classification | multilabel | regression
         num_classes=8, num_frames=16, image_size=224, sampling_rate=1,
         train_csv="", eval_csv="", root="",
         train_folder="", eval_folder="",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import jax
 import ml_collections
 import optax
@@ -43,10 +46,161 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+# ---- layer-wise learning-rate decay (BEiT / VideoMAE fine-tuning) ----
+# Where each model family keeps its parameters, as paths in the params tree (`nnx.to_pure_dict(nnx.state(model))`).
+# A parameter matching none of these tables is an error: a new layout must be placed here, not guessed.
+
+# The lists of blocks of each model (paths of the lists; their entries are the block indices), in the order the
+# model runs them. ViViT's factorised encoder runs `transformer` (spatial) then `temporal_transformer`, counted as one
+# sequence of blocks.
+BLOCK_LAYOUTS: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("encoder", "transformer", "blocks"),),  # VideoMAE
+    (("transformer", "blocks"),),  # ViViT joint
+    (("transformer", "blocks"), ("temporal_transformer", "blocks")),  # ViViT factorised_encoder
+    (("blocks",),),  # TimeSformer; ViViT factorised_self_attention and factorised_dot_product
+    (("layers",),),  # VideoMamba
+)
+# Before the first block: layer id 0.
+EMBEDDING_PARAMS: tuple[tuple[str, ...], ...] = (
+    ("patch_embed",), ("cls_token",), ("pos_embed",),  # TimeSformer, ViViT, VideoMamba
+    ("time_embed",),  # TimeSformer
+    ("temporal_pos_embedding",),  # VideoMamba
+    ("encoder", "patch_embed"),  # VideoMAE (its position table is fixed sin-cos, not a parameter)
+)
+# Between two stacks (ViViT factorised_encoder): the spatial encoder's closing norm and the temporal encoder's own
+# CLS token and position table take the id of the last block before the stack they lead into, the slot just below
+# that stack's first block (as the embedding takes the slot below the first block).
+BETWEEN_STACK_PARAMS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("spatial_norm",): ("temporal_transformer", "blocks"),
+    ("temporal_cls_token",): ("temporal_transformer", "blocks"),
+    ("temporal_pos_embed",): ("temporal_transformer", "blocks"),
+}
+# After the last block: layer id L + 1 (scale 1). VideoMAE's pre-training decoder (mask token included) runs after
+# the encoder, so it counts here too.
+HEAD_PARAMS: tuple[tuple[str, ...], ...] = (
+    ("norm",), ("fc_norm",), ("head",), ("norm_f",), ("encoder", "norm"),
+    ("encoder_to_decoder",), ("mask_token",), ("decoder",), ("decoder_norm",), ("decoder_head",),
+)
+
+
+def _key_name(entry: Any) -> str | int:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return str(entry)
+
+
+def _starts_with(path: Sequence[str | int], prefix: tuple[str, ...]) -> bool:
+    return tuple(str(p) for p in path[:len(prefix)]) == prefix
+
+
+def _path_str(path: Sequence[str | int]) -> str:
+    return "/".join(map(str, path))
+
+
+def _block_index(path: tuple[str | int, ...], stack: tuple[str, ...]) -> int:
+    entry = path[len(stack)] if len(path) > len(stack) else None
+    try:
+        return int(entry)
+    except (TypeError, ValueError):
+        raise ValueError(f"Layer decay: parameter {_path_str(path)} is under the block list {_path_str(stack)} but "
+                         f"{entry!r} is not a block index; the params tree does not have the layout vidjax.optim "
+                         f"expects (see BLOCK_LAYOUTS there).") from None
+
+
+def layer_ids(params) -> tuple[Any, int]:
+    """(tree of int layer ids with the structure of `params`, L = number of blocks), as BEiT/VideoMAE number them.
+
+    0 for the embedding (everything before the first block), i + 1 for the i-th block of the model's block
+    sequence (stacks run one after the other count as one sequence), L + 1 for what follows the blocks (final
+    norm, fc_norm, head, a pre-training decoder). Only the tree's paths are read, so `params` may be abstract.
+    Raises ValueError for a parameter the layout tables above do not place, or for a tree without a known list of
+    blocks.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [tuple(_key_name(k) for k in path) for path, _ in flat]
+    known_stacks = dict.fromkeys(stack for layout in BLOCK_LAYOUTS for stack in layout)
+    found = tuple(stack for stack in known_stacks if any(_starts_with(p, stack) for p in paths))
+    layout = next((lay for lay in BLOCK_LAYOUTS if set(lay) == set(found)), None)
+    if layout is None:
+        raise ValueError(
+            f"Layer decay: the params tree has the block lists [{', '.join(map(_path_str, found))}], which is not "
+            f"the layout of a vidjax model (VideoMAE, TimeSformer, ViViT, VideoMamba: "
+            f"{'; '.join(', '.join(map(_path_str, lay)) for lay in BLOCK_LAYOUTS)}). Set "
+            f"config.optimizer.layer_decay=1.0, or add the model's layout to BLOCK_LAYOUTS in vidjax/optim.py.")
+    offsets, counts = {}, {}
+    for stack in layout:
+        indices = {_block_index(p, stack) for p in paths if _starts_with(p, stack)}
+        if indices != set(range(len(indices))):
+            raise ValueError(f"Layer decay: the blocks under {_path_str(stack)} are numbered {sorted(indices)}, "
+                             f"not 0..{len(indices) - 1}; the params tree is incomplete.")
+        offsets[stack], counts[stack] = sum(counts.values()), len(indices)
+    num_blocks = sum(counts.values())
+
+    def layer_id(path: tuple[str | int, ...]) -> int:
+        for stack in layout:
+            if _starts_with(path, stack):
+                return offsets[stack] + _block_index(path, stack) + 1
+        if any(_starts_with(path, prefix) for prefix in EMBEDDING_PARAMS):
+            return 0
+        for prefix, stack in BETWEEN_STACK_PARAMS.items():
+            if _starts_with(path, prefix) and stack in offsets:
+                return offsets[stack]
+        if any(_starts_with(path, prefix) for prefix in HEAD_PARAMS):
+            return num_blocks + 1
+        raise ValueError(f"Layer decay: no layer id for parameter {_path_str(path)}: it is not an embedding, block "
+                         f"or head parameter of a known layout. Place it in the tables of the layer-decay section "
+                         f"of vidjax/optim.py, or set config.optimizer.layer_decay=1.0.")
+
+    return jax.tree_util.tree_unflatten(treedef, [layer_id(p) for p in paths]), num_blocks
+
+
+def layer_decay_scales(params, decay: float):
+    """Learning-rate scale per parameter (a tree of floats like `params`): decay ** (L + 1 - layer id).
+
+    The head's scale is 1 and the patch embedding's decay ** (L + 1), as the VideoMAE/BEiT fine-tuning recipes
+    (`optim_factory.get_num_layer_for_vit`); decay 1.0 gives 1.0 everywhere.
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"Layer decay must be in (0, 1], got {decay}; 1.0 turns it off.")
+    ids, num_blocks = layer_ids(params)
+    return jax.tree.map(lambda i: float(decay ** (num_blocks + 1 - i)), ids)
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+    """Multiplies each update by its `layer_decay_scales`; stateless (scales come from the updates' paths).
+
+    An unknown parameter layout raises when the update is traced (the train step's compilation). `init` does not
+    look at the params: optax.tree_map_params calls it with a placeholder instead of a tree.
+    """
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        scales = layer_decay_scales(updates, decay)
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Clipping (if grad_clip > 0), AdamW with decay_mask, then the layer-decay scales (if layer_decay < 1).
+
+    The scales multiply the whole AdamW update, so a layer's learning rate and weight decay shrink together, as
+    the reference's per-layer `lr_scale` parameter groups do with PyTorch's AdamW.
+    """
     opt = config.optimizer
     if opt.name != "adamw":
         raise ConfigError(f"config.optimizer.name must be 'adamw', got {opt.name!r}.")
+    layer_decay = opt.layer_decay
+    if not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(f"config.optimizer.layer_decay must be in (0, 1] (1.0 = off; fine-tuning recipes use "
+                          f"values such as 0.75), got {layer_decay}.")
     parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
     parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+    if layer_decay < 1.0:
+        parts.append(scale_by_layer_decay(layer_decay))
     return optax.chain(*parts)

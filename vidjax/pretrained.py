@@ -1,21 +1,34 @@
-"""Ready-to-call models from converted checkpoints: `vidjax.pretrained.load(DST)`.
+"""Ready-to-call models from converted checkpoints and training runs: `vidjax.pretrained.load(PATH)`.
 
-    model = vidjax.pretrained.load("/ckpt/videomae-base-finetuned-kinetics")
-    video = model.preprocess(frames_uint8)          # (B, T, H, W, 3) uint8 -> normalised float32
-    logits = model(video)                           # classification checkpoints: (B, num_classes)
+    model = vidjax.pretrained.load("/ckpt/videomae-base-finetuned-kinetics")   # a `python -m vidjax.convert` output
+    model = vidjax.pretrained.load("/work/my_finetune")      # a training workdir: its latest checkpoint
+    model = vidjax.pretrained.load("/work/my_finetune/checkpoints/2000")       # or one step of it
+    views = model.read_views("clip.mp4")            # uint8 (views, T, H, W, 3), decoded as the checkpoint expects
+    video = model.preprocess(views)                 # -> normalised float32
+    logits = model(video)                           # checkpoints with a head: (B, num_outputs)
     out = model(video, mask)                        # VideoMAE pre-training: {"reconstruction", "loss"}
 
-`model.preprocessing` says what the checkpoint expects (mean/std, frames, image size) so callers need not guess;
-`model.class_names` holds the label names when the checkpoint has them. `model.forward(video, mask)` returns every
-output of the vidjax model (including "last_hidden_state"). The forward pass is jitted once per input shape.
+`model.preprocessing` says what the checkpoint expects (mean/std, frames, image size, short side, sampling rate) so
+callers need not guess; `model.task` is "pretrain", "classification", "multilabel", "regression" (None for a
+converted backbone), and `model.class_names` / `model.target_names` name the outputs when the checkpoint has them.
+`model.forward(video, mask)` returns every output of the vidjax model (including "last_hidden_state"). The forward
+pass is jitted once per architecture and input shape. `BatchRunner` runs a function of the model over many clips in
+fixed-size batches split over this host's devices (used by `vidjax.predict` and `vidjax.extract`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import logging
+import math
+import os
 import pathlib
-from typing import Any
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +36,27 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vidjax import config_lib, losses, sharding
 from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
+from vidjax.data import pipeline, sources
 from vidjax.models import get_model
+
+# A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
+DEFAULT_SAMPLING_RATE = 4
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_masked"))
+def _forward(params, video, mask, *, graphdef, num_masked):
+    # Module-level, with the graph static: every checkpoint of one architecture shares the compiled function.
+    model = nnx.merge(graphdef, params)
+    return model(video) if mask is None else model(video, mask, num_masked=num_masked)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "fn", "mean", "std"))
+def _apply_batch(params, video_u8, *, graphdef, fn, mean, std):
+    return fn(nnx.merge(graphdef, params), losses.normalize_video(video_u8, mean, std))
 
 
 @dataclasses.dataclass
@@ -40,28 +70,49 @@ class Pretrained:
     graphdef: Any
     params: Any
     num_tokens: int | None = None  # tokens per clip of a masked model (the mask's second dimension)
-
-    def __post_init__(self):
-        graphdef = self.graphdef
-
-        def forward(params, video, mask, num_masked):
-            model = nnx.merge(graphdef, params)
-            if mask is None:
-                return model(video)
-            return model(video, mask, num_masked=num_masked)
-
-        self._forward = jax.jit(forward, static_argnums=3)
+    task: str | None = None  # pretrain | classification | multilabel | regression; None: a converted backbone
+    target_names: list[str] | None = None  # regression outputs
+    sampling_rate: int | None = None  # frame stride of the clips it was trained on; None when not recorded
 
     @property
     def model(self) -> nnx.Module:
         """The vidjax NNX module holding these weights (for fine-tuning or inspection)."""
         return nnx.merge(self.graphdef, self.params)
 
+    @property
+    def has_head(self) -> bool:
+        """Whether the model maps a clip to outputs ("logits"): classification, multilabel or regression."""
+        return self.config.get("head") == "classification"
+
     def preprocess(self, frames: np.ndarray) -> jax.Array:
         """uint8 RGB frames (..., H, W, 3) -> float32 normalised as this checkpoint expects."""
-        mean = jnp.asarray(self.preprocessing["mean"], jnp.float32)
-        std = jnp.asarray(self.preprocessing["std"], jnp.float32)
-        return (jnp.asarray(frames, jnp.float32) / 255.0 - mean) / std
+        return losses.normalize_video(jnp.asarray(frames), self.preprocessing["mean"], self.preprocessing["std"])
+
+    def read_views(self, src: str | bytes, *, num_clips: int = 1, num_crops: int = 1, start_s: float | None = None,
+                   end_s: float | None = None, sampling_rate: int | None = None, name: str | None = None
+                   ) -> np.ndarray:
+        """uint8 views (num_clips * num_crops, T, S, S, 3) of a video file (or its bytes), clip-major.
+
+        Exactly the training pipeline's evaluation views (`pipeline.Preprocess`): `num_clips` evenly spaced windows
+        of T frames `sampling_rate` apart within [start_s, end_s) seconds (the whole video by default), each frame
+        resized to the checkpoint's short side, then the centre crop (`num_crops` 1) or `num_crops` crops spread
+        along the long side. Raises `vidjax.data.decode.VideoDecodeError` for a video that does not decode.
+        """
+        p = self.preprocessing
+        data = config_lib.data_config(
+            num_frames=int(p["num_frames"]), image_size=int(p["image_size"]), short_side=int(p["short_side"]),
+            sampling_rate=int(sampling_rate or self.sampling_rate or DEFAULT_SAMPLING_RATE),
+            test_num_clips=num_clips, test_num_crops=num_crops)
+        preprocess = pipeline.Preprocess(data=data, source=None, train=False, mask_grid=None, mask_ratio=0.0,
+                                         pixel_mean=tuple(p["mean"]), pixel_std=tuple(p["std"]))
+        element = {"index": np.int64(0), "start": np.nan if start_s is None else float(start_s),
+                   "end": np.nan if end_s is None else float(end_s)}
+        if isinstance(src, bytes | bytearray | memoryview):
+            element.update(data=bytes(src), source_path=name or f"<{len(src)} bytes>")
+        else:
+            element["path"] = str(src)
+        video = preprocess.load(element, np.random.default_rng(0))["video"]
+        return video if video.ndim == 5 else video[None]
 
     def _check(self, video) -> None:
         t, s = self.config.num_frames, self.config.image_size
@@ -79,7 +130,7 @@ class Pretrained:
                              "mask (batch, tokens), True = masked, the same count in every row.")
         video = jnp.asarray(video, jnp.float32)
         if mask is None:
-            return self._forward(self.params, video, None, None)
+            return _forward(self.params, video, None, graphdef=self.graphdef, num_masked=None)
         mask = np.asarray(mask, bool)
         tokens = self.num_tokens
         counts = mask.sum(axis=1) if mask.ndim == 2 else np.array([-1])
@@ -87,7 +138,7 @@ class Pretrained:
             raise ValueError(f"The mask must be bool (batch, {tokens}) with the same number of masked (True) "
                              f"tokens in every row, some masked and some visible; got shape {mask.shape} with "
                              f"{sorted(set(counts.tolist()))} masked per row.")
-        return self._forward(self.params, video, jnp.asarray(mask), int(counts[0]))
+        return _forward(self.params, video, jnp.asarray(mask), graphdef=self.graphdef, num_masked=int(counts[0]))
 
     def __call__(self, video, mask=None):
         out = self.forward(video, mask)
@@ -96,6 +147,85 @@ class Pretrained:
         if self.config.head == "classification":
             return out["logits"]
         return out["last_hidden_state"]
+
+
+class BatchRunner:
+    """`fn(model, video)` over many uint8 clips, in batches of a fixed size split over this host's devices.
+
+    Each batch is normalised on the device, sharded over a data mesh of `jax.local_devices()` (parameters
+    replicated) and run through one jitted function, so every batch reuses one compilation: the last batch is padded
+    with black clips, whose outputs are dropped. `batch_size` is rounded up to a multiple of the device count.
+    `fn` gets the NNX model and the normalised float32 video (B, T, H, W, 3) and returns one array with a leading
+    batch axis; the outputs come back as numpy rows, in order, whatever the batch size. The compiled function is
+    shared by runners of equal (architecture, `fn`, normalisation): give `fn` value equality (a module-level function
+    or a frozen dataclass) to reuse it.
+    """
+
+    def __init__(self, model: Pretrained, fn: Callable[[nnx.Module, jax.Array], jax.Array], batch_size: int,
+                 devices: list | None = None):
+        self.mesh = sharding.create_mesh({"data": -1}, devices or jax.local_devices())
+        self.batch_size = math.ceil(batch_size / self.mesh.size) * self.mesh.size
+        self._batch_sharding = sharding.batch_sharding(self.mesh)
+        self._params = jax.device_put(model.params, sharding.replicated(self.mesh))
+        self._static = dict(graphdef=model.graphdef, fn=fn, mean=tuple(map(float, model.preprocessing["mean"])),
+                            std=tuple(map(float, model.preprocessing["std"])))
+
+    def run(self, clips: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """One output row per uint8 clip (T, H, W, 3) of `clips` (any iterable, consumed batch by batch)."""
+        pending: list[np.ndarray] = []
+        for clip in clips:
+            pending.append(clip)
+            if len(pending) == self.batch_size:
+                yield from self._run(pending)
+                pending = []
+        if pending:
+            yield from self._run(pending)
+
+    def _run(self, clips: list[np.ndarray]) -> np.ndarray:
+        batch = np.zeros((self.batch_size, *clips[0].shape), np.uint8)
+        batch[: len(clips)] = np.stack(clips)
+        out = _apply_batch(self._params, jax.device_put(batch, self._batch_sharding), **self._static)
+        return np.asarray(jax.device_get(out))[: len(clips)]
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """A file to write whose contents replace `path` only when the block completes: never a partial file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loaded:
+    """What a checkpoint of either kind gives: the converted form plus the outputs' meaning."""
+
+    converted: common.Converted
+    task: str | None
+    target_names: list[str] | None
+    sampling_rate: int | None
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    # Orbax warns through absl that a bare item directory has no step metadata; restoring one item is intended.
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _restore_params(directory: pathlib.Path, abstract: Any) -> Any:
@@ -107,61 +237,167 @@ def _restore_params(directory: pathlib.Path, abstract: Any) -> Any:
         return checkpointer.restore(directory, target)
 
 
-def _read(path: str | pathlib.Path) -> tuple[dict, common.Converted]:
-    """vidjax.json and the flat numpy parameters of a converted checkpoint."""
-    path = pathlib.Path(path)
-    meta_path = path / common.META_FILE
-    if not meta_path.is_file():
-        raise ConversionError(f"{path} has no {common.META_FILE}; it is not a converted checkpoint. Convert one "
-                              f"with `python -m vidjax.convert --from-hf SRC --out {path}`.")
-    meta = json.loads(meta_path.read_text())
-    module = get_model(meta["model_name"])
-    config = module.default_config()
-    unknown = set(meta["model"]) - set(config)
+def _task_of_head(head: str | None) -> str | None:
+    return {"pretrain": "pretrain", "classification": "classification"}.get(head)
+
+
+def _model_config(model_name: str, model: dict, where: str) -> ml_collections.ConfigDict:
+    config = get_model(model_name).default_config()
+    unknown = set(model) - set(config)
     if unknown:
-        raise ConversionError(f"{meta_path} has model keys {sorted(unknown)} that this vidjax version does not "
+        raise ConversionError(f"{where} has model keys {sorted(unknown)} that this vidjax version does not "
                               f"know; it was written by a newer vidjax.")
-    config.update(meta["model"])
+    config.update(model)
+    return config
+
+
+def _read_converted(path: pathlib.Path) -> _Loaded:
+    """vidjax.json and the flat numpy parameters of a converted checkpoint."""
+    meta_path = path / common.META_FILE
+    meta = json.loads(meta_path.read_text())
+    config = _model_config(meta["model_name"], meta["model"], str(meta_path))
     params = _restore_params(path / common.PARAMS_DIR, common.abstract_params(meta["model_name"], config))
     flat = {k: np.asarray(v) for k, v in common.flatten_params(params).items()}
-    return meta, common.Converted(meta["model_name"], config, flat, meta["preprocessing"], meta.get("class_names"),
-                                  meta.get("source", {}))
+    preprocessing = dict(meta["preprocessing"])
+    preprocessing.setdefault("short_side", preprocessing.get("image_size", config.image_size))
+    converted = common.Converted(meta["model_name"], config, flat, preprocessing, meta.get("class_names"),
+                                 meta.get("source", {}))
+    rate = preprocessing.get("sampling_rate")
+    return _Loaded(converted, _task_of_head(config.head), None, int(rate) if rate else None)
+
+
+def latest_step_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+    """WORKDIR/checkpoints/<latest step>; orbax names finished steps by their number, in-progress ones otherwise."""
+    directory = pathlib.Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()] if directory.is_dir() else []
+    if not steps:
+        raise ConversionError(f"{workdir} is a training workdir without a finished checkpoint in {directory}; "
+                              f"train longer (config.checkpoint_every) or point at another run.")
+    return directory / str(max(steps))
+
+
+def _is_step_dir(path: pathlib.Path) -> bool:
+    return (path / "state").is_dir() and (path / "config").is_dir()
+
+
+def _read_json_item(step_dir: pathlib.Path, name: str) -> dict | None:
+    import orbax.checkpoint as ocp
+
+    if not (step_dir / name).is_dir():
+        return None
+    with _quiet_orbax(), ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(step_dir / name)
+
+
+def _read_training(step_dir: pathlib.Path) -> _Loaded:
+    """Params (EMA when saved) of one trainer checkpoint, with what its "metadata" item (or its config) says."""
+    import orbax.checkpoint as ocp
+
+    config = _read_json_item(step_dir, "config")
+    meta = _read_json_item(step_dir, "metadata") or {}
+    model_name = meta.get("model_name") or config["model_name"]
+    model_config = _model_config(model_name, config["model"], str(step_dir / "config"))
+    with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(step_dir / "state").item_metadata.tree
+    key = "ema_params" if "ema_params" in saved else "params"
+    abstract = common.abstract_params(model_name, model_config)
+    target = {key: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    try:
+        with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
+            params = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True))[key]
+    except (ValueError, KeyError) as e:
+        raise ConversionError(f"The parameters in {step_dir / 'state'} do not match the model its config "
+                              f"describes ({model_name}): {e}") from e
+    flat = {k: np.asarray(v) for k, v in common.flatten_params(params).items()}
+
+    data = config.get("data", {})
+    preprocessing = dict(meta.get("preprocessing") or {})
+    preprocessing.setdefault("mean", list(model_config.pixel_mean))
+    preprocessing.setdefault("std", list(model_config.pixel_std))
+    preprocessing.setdefault("num_frames", int(model_config.num_frames))
+    preprocessing.setdefault("image_size", int(model_config.image_size))
+    preprocessing.setdefault("sampling_rate", int(data.get("sampling_rate", 1)))
+    # The eval pipeline's resize: config.data.short_side, 0 meaning the crop size.
+    preprocessing.setdefault("short_side", int(data.get("short_side") or preprocessing["image_size"]))
+    task = meta.get("task") or config.get("task") or _task_of_head(model_config.head)
+    class_names = meta.get("class_names")
+    if class_names is None and not meta:  # written before checkpoints had metadata: the config may name a file
+        names_file = data.get("class_names_file")
+        if names_file and pathlib.Path(names_file).is_file():
+            class_names = sources.read_class_names(names_file)
+    target_names = meta.get("target_names")
+    if target_names is None and task == "regression" and data.get("targets"):
+        target_names = [t.strip() for t in data["targets"].split(",") if t.strip()]
+    converted = common.Converted(model_name, model_config, flat, preprocessing, class_names,
+                                 {"path": str(step_dir), "params": key})
+    return _Loaded(converted, task, target_names, int(preprocessing["sampling_rate"]))
+
+
+def _read(path: str | pathlib.Path) -> _Loaded:
+    """A converted checkpoint (DIR/vidjax.json), a training workdir (its latest step) or one step folder."""
+    path = pathlib.Path(path)
+    if (path / common.META_FILE).is_file():
+        return _read_converted(path)
+    if (path / "checkpoints").is_dir():
+        return _read_training(latest_step_dir(path))
+    if _is_step_dir(path):
+        return _read_training(path)
+    raise ConversionError(f"{path} is not a converted checkpoint (no {common.META_FILE}), a training workdir (no "
+                          f"checkpoints/) nor a training step folder (WORKDIR/checkpoints/<step> with state/ and "
+                          f"config/). Convert a published checkpoint with `python -m vidjax.convert --from-hf SRC "
+                          f"--out {path}`, or pass the --workdir of a training run.")
 
 
 def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
          dtype: str | None = None) -> Pretrained:
-    """Loads a `python -m vidjax.convert` output; optionally adapted to another clip length or resolution.
+    """Loads a `python -m vidjax.convert` output, a training workdir or a step folder of one.
 
-    `dtype="bfloat16"` computes in bf16 (parameters stay float32).
+    A training checkpoint gives its EMA parameters when it saved them, else its parameters; the optimizer state is
+    never read. Optionally adapted to another clip length or resolution; `dtype="bfloat16"` computes in bf16
+    (parameters stay float32).
     """
-    meta, converted = _read(path)
+    loaded = _read(path)
+    converted = loaded.converted
     if num_frames or image_size:
         converted = common.resize(converted, num_frames, image_size)
     config = converted.model_config
     if dtype:
         config.dtype = dtype
-    model = common.abstract_model(meta["model_name"], config)
+    model = common.abstract_model(converted.model_name, config)
     num_tokens = getattr(getattr(model, "encoder", None), "num_tokens", None)
     graphdef, abstract = nnx.split(model)
     params = common.unflatten_params(nnx.to_pure_dict(abstract), converted.params)
     params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    return Pretrained(meta["model_name"], config, dict(converted.preprocessing), converted.class_names, graphdef,
-                      params, num_tokens)
+    return Pretrained(converted.model_name, config, dict(converted.preprocessing), converted.class_names, graphdef,
+                      params, num_tokens, task=loaded.task, target_names=loaded.target_names,
+                      sampling_rate=loaded.sampling_rate)
+
+
+def load_for_command(path: str) -> Pretrained | None:
+    """`load(path)` for the command lines: None, after an `error: --checkpoint=PATH: why` line on stderr."""
+    try:
+        return load(path)
+    except (ConversionError, ConfigError, FileNotFoundError) as e:
+        print(f"error: --checkpoint={path}: {e}", file=sys.stderr)
+        return None
 
 
 def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collections.ConfigDict, params: Any
               ) -> tuple[Any, dict[str, list[str]]]:
     """Fine-tuning start: `params` (a fresh, sharded model state) with every tensor the checkpoint has copied in.
 
+    `path` is anything `load` takes (a converted checkpoint, or a training workdir such as a pre-training run).
     The checkpoint is first adapted to `model_config`'s frames and resolution (position tables interpolated).
     Tensors the checkpoint lacks (e.g. fc_norm after pre-training) and a head whose class count differs keep
     their fresh initialisation; any other shape mismatch is an error naming the tensor. Returns the new params
     and a report {"loaded": [...], "fresh": [...], "unused": [...]} (unused: checkpoint tensors the configured
     model has no place for, e.g. a pre-training decoder).
     """
-    meta, converted = _read(path)
-    if meta["model_name"] != model_name:
-        raise ConfigError(f"config.init_from={str(path)!r} holds a {meta['model_name']} checkpoint, but "
+    converted = _read(path).converted
+    if converted.model_name != model_name:
+        raise ConfigError(f"config.init_from={str(path)!r} holds a {converted.model_name} checkpoint, but "
                           f"config.model_name is {model_name!r}.")
     try:
         converted = common.resize(converted, model_config.num_frames, model_config.image_size)

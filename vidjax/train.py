@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import checkpoint, losses, optim, pretrained, sharding, visualize_lib
+from vidjax import checkpoint, losses, metrics, mixup, optim, pretrained, sharding, visualize_lib
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter
@@ -53,13 +53,27 @@ def _log(message: str) -> None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Config mistakes that would otherwise surface late, named with the flag that fixes them."""
+    losses.check_task(config.task)
     head = config.model.get("head", "pretrain")
     if (config.task == "pretrain") != (head == "pretrain"):
         raise ConfigError(f"config.task={config.task!r} does not match config.model.head={head!r}; "
-                          f"pre-training needs head='pretrain', fine-tuning head='classification'.")
-    if config.task == "classification" and config.data.num_classes != config.model.num_classes:
+                          f"pre-training needs head='pretrain'; classification, multilabel and regression "
+                          f"head='classification' (a linear head with one output per class or target).")
+    if config.task in ("classification", "multilabel") and config.data.num_classes != config.model.num_classes:
         raise ConfigError(f"config.data.num_classes={config.data.num_classes} but config.model.num_classes="
                           f"{config.model.num_classes}; the head must have one output per class in the data.")
+    if config.task == "regression":
+        names = pipeline.target_names(config.data)
+        if len(names) != config.model.num_classes:
+            raise ConfigError(f"config.task='regression' with {len(names)} targets ({', '.join(names)}) but "
+                              f"config.model.num_classes={config.model.num_classes}; set num_classes to the number "
+                              f"of regression targets (config.data.targets names them).")
+    mixing = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
+    if mixing and config.task not in ("classification", "multilabel"):
+        raise ConfigError(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to classification and "
+                          f"multilabel fine-tuning, not to task={config.task!r}; set them to 0.")
+    if not 0.0 <= config.optimizer.ema_decay < 1.0:
+        raise ConfigError(f"config.optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1) (0 = off).")
     pipeline.check_data_config(config)
     if config.data.num_frames != config.model.num_frames or config.data.image_size != config.model.image_size:
         raise ConfigError(
@@ -89,9 +103,14 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     schedule = optim.make_schedule(config, total_steps, warmup_steps)
     tx = optim.make_optimizer(config, schedule)
 
+    ema = config.optimizer.ema_decay > 0
+
     def init_state():
         params = nnx.to_pure_dict(nnx.state(make_model()))
-        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+        state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+        if ema:
+            state["ema_params"] = jax.tree.map(jnp.copy, params)
+        return state
 
     abstract_state = jax.eval_shape(init_state)
     params_sh = sharding.param_shardings(abstract_params_state, mesh, rules)
@@ -100,27 +119,42 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
         "opt_state": sharding.opt_state_shardings(tx, abstract_state["opt_state"], params_sh, mesh),
         "step": sharding.replicated(mesh),
     }
+    if ema:
+        state_shardings["ema_params"] = params_sh
     return Setup(mesh=mesh, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
                  schedule=schedule, state_shardings=state_shardings, abstract_state=abstract_state,
                  init_state=jax.jit(init_state, out_shardings=state_shardings), total_steps=total_steps,
                  steps_per_epoch=steps_per_epoch)
 
 
-def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
-    """The jitted update: normalise on device, loss and grads, optimizer update; the old state is donated.
+def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weights=None, pos_weight=None):
+    """The jitted update: normalise on device, mixup / cutmix, loss and grads, optimizer and EMA update; the old
+    state is donated.
 
     Videos enter the model in float32 (its layers cast to the compute dtype), so the reconstruction target is
     never built from bf16-rounded pixels. `finite` covers the loss, the gradients and the updated parameters:
     a loss is computed before its update, so a finite loss alone could hide a diverged state.
     """
-    loss_fn = losses.get_loss_fn(config)
+    loss_fn = losses.get_loss_fn(config, class_weights, pos_weight)
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
     mean, std = config.model.pixel_mean, config.model.pixel_std
     base_key = jax.random.key(config.seed)
+    mix = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
+    ema_decay = config.optimizer.ema_decay
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
+        if mix:
+            mix_rng, rng = jax.random.split(rng)
+            target = batch["label"] if config.task == "classification" else batch["labels"]
+            video, soft = mixup.mix(
+                mix_rng, batch["video"], target, mixup_alpha=config.loss.mixup_alpha,
+                cutmix_alpha=config.loss.cutmix_alpha, prob=config.loss.mixup_prob,
+                switch_prob=config.loss.mixup_switch_prob,
+                label_smoothing=config.optimizer.label_smoothing if config.task == "classification" else 0.0,
+                num_classes=config.model.num_classes)
+            batch = dict(batch, video=video, soft_targets=soft)
 
         def loss_of(params):
             return loss_fn(nnx.merge(graphdef, params), batch, rng)
@@ -129,14 +163,17 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(jnp.add, state["params"], updates)
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        if ema_decay:
+            new_state["ema_params"] = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                                   state["ema_params"], params)
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         for p in jax.tree.leaves(params):
             finite &= jnp.all(jnp.isfinite(p))
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+        step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
                    "finite": finite.astype(jnp.float32), "decode_failures": jnp.sum(batch["decode_failures"]),
                    **aux}
-        return new_state, metrics
+        return new_state, step_metrics
 
     batch_sh = sharding.batch_sharding(setup.mesh)
     return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_sh),
@@ -144,41 +181,59 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup):
 
 
 def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
-    """Jitted eval of one batch: its mean metrics (eval splits are cut to whole batches, all of equal size)."""
-    loss_fn = losses.get_loss_fn(config)
+    """Jitted eval of one batch: per-example scores, losses and targets (`losses.eval_outputs`), gathered
+    (replicated) so that every process can compute whole-split metrics."""
     mean, std = config.model.pixel_mean, config.model.pixel_std
 
     def eval_step(params, batch):
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
-        model = nnx.merge(setup.graphdef, params)
-        if batch["video"].ndim == 6:  # several views per video (config.data.test_num_clips x test_num_crops)
-            loss, aux = losses.multiview_classification(model, batch, None)
-        else:
-            loss, aux = loss_fn(model, batch, None)
-        return {"loss": loss, **aux}
+        return losses.eval_outputs(config, nnx.merge(setup.graphdef, params), batch)
 
     return jax.jit(eval_step, in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
                    out_shardings=sharding.replicated(setup.mesh))
 
 
-def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid) -> dict[str, float]:
-    """Mean eval metrics over the eval split (or its first config.eval_batches batches)."""
+def eval_params(state: dict) -> dict:
+    """The weights evaluations use: the EMA when the run keeps one (config.optimizer.ema_decay > 0)."""
+    return state.get("ema_params", state["params"])
+
+
+def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *, target_names=None,
+             outputs: dict | None = None) -> dict[str, float]:
+    """Whole-split eval metrics (or over the first config.eval_batches batches), as "eval_<name>".
+
+    pretrain: the mean masked-reconstruction loss. classification: loss, top1, top5, macro_f1. multilabel:
+    loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse. With `outputs` (a dict), the per-example
+    scores and targets are also left in it (for the confusion matrix).
+    """
     ds = pipeline.make_dataset(config, "eval", eval_source, process_index=jax.process_index(),
                                process_count=jax.process_count(), mask_grid=mask_grid)
     batch_sh = sharding.batch_sharding(setup.mesh)
-    totals: dict[str, float] = {}
+    gathered: dict[str, list] = {}
     count = 0
     for i, local in enumerate(ds):
         if config.eval_batches and i >= config.eval_batches:
             break
         out = jax.device_get(eval_step(params, sharding.global_batch(local, batch_sh)))
         for key, value in out.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
+            gathered.setdefault(key, []).append(np.asarray(value))
         count += 1
     if count == 0:
         raise ConfigError(f"The eval split has fewer examples than one batch of {config.batch_size}; "
                           f"lower config.batch_size or enlarge the eval split.")
-    return {f"eval_{key}": value / count for key, value in totals.items()}
+    if config.task == "pretrain":
+        return {"eval_loss": float(np.mean(gathered["loss"]))}
+    arrays = {key: np.concatenate(values) for key, values in gathered.items()}
+    scores, target = arrays["scores"], arrays[losses.TARGET_KEYS[config.task]]
+    if config.task == "classification":
+        result = metrics.classification_metrics(scores, target)
+    elif config.task == "multilabel":
+        result = metrics.multilabel_metrics(scores, target)
+    else:
+        result = metrics.regression_metrics(scores, target, target_names)
+    if outputs is not None:
+        outputs.update(arrays)
+    return {"eval_loss": float(arrays["loss"].mean()), **{f"eval_{k}": float(v) for k, v in result.items()}}
 
 
 def write_reconstruction_figure(config, setup: Setup, params, eval_source, mask_grid, path: str) -> None:
@@ -201,11 +256,27 @@ def write_reconstruction_figure(config, setup: Setup, params, eval_source, mask_
     encoder = setup.abstract_model.encoder
     original = local["video"][0].astype(np.float32) / 255.0
     recon = visualize_lib.reconstruct(original, out["pred"], out["masked_ids"], encoder.tubelet, encoder.patch,
-                                      norm_pix=config.model.norm_pix_loss)
+                                      norm_pix=config.model.norm_pix_loss, true_stats=False)
     masked = visualize_lib.mask_video(original, local["mask"][0].reshape(mask_grid), encoder.tubelet, encoder.patch)
     title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {config.model.mask_ratio:.0%}; "
-             f"masked patches un-normalised with the true patch mean/std")
+             f"{visualize_lib.stats_note(config.model.norm_pix_loss, False)}")
     visualize_lib.reconstruction_figure(original, masked, recon, path, title=title)
+
+
+def checkpoint_metadata(config: ml_collections.ConfigDict, train_source) -> dict:
+    """What inference needs besides the weights, saved with every checkpoint (the "metadata" item)."""
+    task = config.task
+    class_names = getattr(train_source, "class_names", None)
+    return {
+        "model_name": config.model_name,
+        "task": task,
+        "class_names": list(class_names) if class_names and task != "regression" else None,
+        "target_names": pipeline.target_names(config.data) if task == "regression" else None,
+        "preprocessing": {"mean": list(config.model.pixel_mean), "std": list(config.model.pixel_std),
+                          "num_frames": config.model.num_frames, "image_size": config.model.image_size,
+                          "sampling_rate": config.data.sampling_rate,
+                          "short_side": config.data.short_side or config.model.image_size},
+    }
 
 
 def _format_eta(seconds: float) -> str:
@@ -234,6 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
          f"mesh {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} device(s), "
          f"global batch {config.batch_size}, {setup.total_steps} steps ({setup.steps_per_epoch} per epoch), "
          f"data={config.data.source} ({len(train_source)} train / {len(eval_source)} eval clips)")
+    metadata = checkpoint_metadata(config, train_source)
+    class_weights, pos_weight = pipeline.loss_weights(config, train_source)
 
     # ---- checkpoint: resume if there is one ----
     os.makedirs(workdir, exist_ok=True)
@@ -250,6 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
         if config.init_from:
             params, report = pretrained.init_from(config.init_from, config.model_name, config.model, state["params"])
             state = dict(state, params=params)
+            if "ema_params" in state:
+                state["ema_params"] = jax.tree.map(jnp.copy, params)
             _log(f"Initialised {len(report['loaded'])} parameter tensors from {config.init_from}; "
                  f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'}); "
                  f"{len(report['unused'])} checkpoint tensors unused ({', '.join(report['unused'][:6]) or 'none'})")
@@ -261,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
         return {"step": start_step, "resumed": True, "trained": False, "state": state}
 
     # ---- update step, eval step ----
-    train_step = make_train_step(config, setup)
+    train_step = make_train_step(config, setup, class_weights, pos_weight)
     eval_step = make_eval_step(config, setup)
     batch_sh = sharding.batch_sharding(mesh)
     writer = MetricWriter(workdir, resume_step=start_step)
@@ -274,9 +349,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     log_t, log_step = time.perf_counter(), start_step
     summary: dict = {}
 
-    def handle(step: int, metrics) -> None:
+    def handle(step: int, step_metrics) -> None:
         nonlocal first_loss, last_loss, log_t, log_step, decode_failures
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         decode_failures += int(values.pop("decode_failures"))
         values["decode_failures"] = decode_failures  # videos replaced because they did not decode, this run
         if not values.pop("finite"):
@@ -304,24 +379,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     compile_t = time.perf_counter()
     for step in range(start_step + 1, setup.total_steps + 1):
         batch = sharding.global_batch(next(train_iter), batch_sh)
-        state, metrics = train_step(state, batch)
+        state, step_metrics = train_step(state, batch)
         if step == start_step + 1:
-            jax.block_until_ready(metrics)
+            jax.block_until_ready(step_metrics)
             _log(f"First step (compilation included) took {time.perf_counter() - compile_t:.1f}s")
             log_t = time.perf_counter()
         if pending is not None:
             handle(*pending)
-        pending = (step, metrics)
+        pending = (step, step_metrics)
         is_last = step == setup.total_steps
         if step % config.checkpoint_every == 0 or is_last:
             handle(*pending)  # never checkpoint a state that is not finite
             pending = None
-            ckpt.save(step, state, train_iter, config)
+            ckpt.save(step, state, train_iter, config, metadata)
             last_good_step = step
         if (config.eval_every and step % config.eval_every == 0) or is_last:
-            summary = evaluate(config, setup, eval_step, state["params"], eval_source, mask_grid)
+            outputs: dict = {}
+            summary = evaluate(config, setup, eval_step, eval_params(state), eval_source, mask_grid,
+                               target_names=metadata["target_names"], outputs=outputs)
             writer.write(step, summary, split="eval")
             _log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+            if config.task == "classification" and is_last and config.figure and jax.process_index() == 0:
+                path = os.path.join(workdir, "confusion_matrix.png")
+                metrics.confusion_matrix_figure(
+                    metrics.confusion_matrix(outputs["scores"], outputs["label"]), metadata["class_names"], path,
+                    title=f"{config.model_name} {config.model.variant}, step {step}, eval top-1 "
+                          f"{summary['eval_top1']:.3f}")
+                _log(f"Wrote {path}")
     if pending is not None:
         handle(*pending)
 

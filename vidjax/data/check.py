@@ -44,7 +44,7 @@ def check_element(preprocess: pipeline.Preprocess, element: dict) -> tuple[str, 
     name = element.get("source_path") if "data" in element else None
     try:
         info = decode.probe(src, name=name)
-        preprocess._load(element, np.random.default_rng(0))
+        preprocess.load(element, np.random.default_rng(0))
     except decode.VideoDecodeError as err:
         return classify(err), err.reason
     window = (d.num_frames - 1) * d.sampling_rate + 1

@@ -17,8 +17,7 @@ import ml_collections
 import numpy as np
 
 from vidjax.config_lib import ConfigError
-from vidjax.data import decode, sources, transforms
-from vidjax.data.synthetic import SyntheticVideoSource
+from vidjax.data import decode, sources, synthetic, transforms
 
 SPLITS = ("train", "eval")
 SOURCES = ("synthetic", "csv", "folder", "charades", "tfds", "array_record")
@@ -52,10 +51,10 @@ def make_source(data: ml_collections.ConfigDict, split: str):
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     train = split == "train"
     if data.source == "synthetic":
-        return SyntheticVideoSource(
+        return synthetic.SyntheticVideoSource(
             num_examples=data.num_train if train else data.num_eval, num_frames=data.num_frames,
             height=data.image_size, width=data.image_size, num_classes=data.num_classes, seed=data.seed,
-            split="train" if train else "validation")
+            split="train" if train else "validation", task=data.synthetic_task)
     class_names = data.class_names_file or None
     if data.source in ("csv", "charades"):
         key = "train_csv" if train else "eval_csv"
@@ -125,7 +124,7 @@ class Preprocess:
         failures = 0
         while True:
             try:
-                out = self._load(element, rng)
+                out = self.load(element, rng)
                 break
             except decode.VideoDecodeError as err:
                 failures += 1
@@ -144,7 +143,8 @@ class Preprocess:
         out["decode_failures"] = count if samples > 1 else np.int32(failures)
         return out
 
-    def _load(self, element: dict, rng: np.random.Generator) -> dict:
+    def load(self, element: dict, rng: np.random.Generator) -> dict:
+        """One element decoded and transformed, without the decode-failure substitution (raises VideoDecodeError)."""
         d = self.data
         size, short = d.image_size, d.short_side or d.image_size
         window = (np.nan, np.nan)
@@ -220,6 +220,62 @@ class Preprocess:
             if key in element:
                 out[key] = np.asarray(element[key], np.int32 if key == "label" else np.float32)
         return out
+
+
+def target_names(data: ml_collections.ConfigDict) -> list[str]:
+    """Names of the regression targets: config.data.targets (csv lists), or the embedded dataset's velocities."""
+    names = [t.strip() for t in data.targets.split(",") if t.strip()]
+    if not names and data.source == "synthetic" and data.synthetic_task == "regression":
+        names = list(synthetic.REGRESSION_TARGETS)
+    return names
+
+
+def _weights(spec: str, key: str, size: int, balanced) -> np.ndarray | None:
+    if not spec:
+        return None
+    if spec == "balanced":
+        return balanced()
+    try:
+        values = np.array([float(v) for v in spec.split(",")], np.float32)
+    except ValueError:
+        raise ConfigError(f"config.loss.{key}={spec!r}: give 'balanced' or {size} comma-separated numbers.") from None
+    if values.shape != (size,) or (values < 0).any():
+        raise ConfigError(f"config.loss.{key} has {values.size} values; give {size} non-negative numbers, one a "
+                          f"class, or 'balanced'.")
+    return values
+
+
+def loss_weights(config: ml_collections.ConfigDict, source) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(class_weights, pos_weight) from config.loss: explicit lists, or "balanced" from the training labels.
+
+    Balanced class weights are N / (C * count_c) (scikit-learn's "balanced"; classes with no example get 0);
+    balanced positive weights are negatives / positives per class (1 for a class with no positive). Both read
+    every training element once (file lists and folders: no video is decoded; packs and the embedded dataset
+    read or render every element, seconds for thousands).
+    """
+    c = config.data.num_classes
+    task = config.task
+    if config.loss.class_weights and task != "classification":
+        raise ConfigError(f"config.loss.class_weights applies to task='classification', not {task!r}.")
+    if config.loss.pos_weight and task != "multilabel":
+        raise ConfigError(f"config.loss.pos_weight applies to task='multilabel', not {task!r}.")
+
+    def label_matrix() -> np.ndarray:
+        key = "label" if task == "classification" else "labels"
+        rows = [source[i][key] for i in range(len(source))]
+        return np.eye(c, dtype=np.float64)[np.asarray(rows)] if key == "label" else np.asarray(rows, np.float64)
+
+    def balanced_classes() -> np.ndarray:
+        counts = label_matrix().sum(0)
+        return np.where(counts > 0, counts.sum() / (c * np.maximum(counts, 1)), 0.0).astype(np.float32)
+
+    def balanced_positives() -> np.ndarray:
+        labels = label_matrix()
+        pos = labels.sum(0)
+        return np.where(pos > 0, (len(labels) - pos) / np.maximum(pos, 1), 1.0).astype(np.float32)
+
+    return (_weights(config.loss.class_weights, "class_weights", c, balanced_classes),
+            _weights(config.loss.pos_weight, "pos_weight", c, balanced_positives))
 
 
 def check_data_config(config: ml_collections.ConfigDict) -> None:
