@@ -85,6 +85,22 @@ def test_extract_mean_pooling_is_the_classifier_input(tmp_path_factory, video_li
                                atol=1e-5)
 
 
+def test_extract_reads_only_a_rows_segment(tmp_path_factory, video_list, tmp_path):
+    workdir, _ = trained_workdir("classification", tmp_path_factory)
+    rows = ["path,label,start,end", "good0.mp4,1,0.0,0.3", "good0.mp4,1,,"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    assert extract.main([f"--checkpoint={workdir}", f"--csv={tmp_path / 'list.csv'}", f"--root={video_list}",
+                         f"--out={tmp_path / 'f.npz'}"]) == 0
+    features = read_npz(tmp_path / "f.npz")["features"]
+    model = pretrained.load(workdir)
+    segment = model.read_views(str(video_list / "good0.mp4"), start_s=0.0, end_s=0.3)
+    whole = model.read_views(str(video_list / "good0.mp4"))
+    assert not np.array_equal(segment, whole)
+    runner = pretrained.BatchRunner(model, extract.pool_fn(model, "mean"), 2)
+    expected = np.stack(list(runner.run([segment[0], whole[0]])))
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+
+
 def test_extract_cls_token(video_list, tmp_path):
     convert(from_hf=str(TIMESFORMER), out=str(tmp_path / "timesformer"))
     model = pretrained.load(tmp_path / "timesformer")

@@ -70,3 +70,14 @@ def test_undecodable_videos_are_skipped_not_fatal(tmp_path, caplog):
     assert "clip2.mp4" in caplog.text and "in its place" in caplog.text
     again = batches(config, "eval", 0)
     np.testing.assert_array_equal(np.concatenate([b["index"] for b in again]), indices)
+
+
+def test_task_eval_split_is_padded_to_whole_global_batches_and_marks_the_padding():
+    config = tiny_config(task="classification")
+    config.data.num_eval = 11  # global batch 8: padded to 16, 5 rows marked invalid
+    shares = [batches(config, "eval", 0, process_index=p, process_count=2) for p in range(2)]
+    assert [len(share) for share in shares] == [2, 2]
+    rows = [b for share in shares for b in share]
+    valid = np.concatenate([b["valid"] for b in rows])
+    index = np.concatenate([b["index"] for b in rows])
+    assert valid.sum() == 11 and sorted(index[valid]) == list(range(11))

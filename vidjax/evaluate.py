@@ -45,7 +45,7 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None) -> dict
     mesh = sharding.create_mesh(config.mesh)
     pipeline.check_batch_size(config, jax.process_count(), mesh.size)
     setup = train.build(config, max(len(eval_source), config.batch_size), mesh)
-    params, report = pretrained.init_from(checkpoint, config.model_name, config.model, setup.init_state()["params"])
+    params, report = pretrained.init_from(checkpoint, config.model_name, config.model, setup.init_params())
     if report["fresh"]:
         raise ConfigError(f"{checkpoint} has no trained values for {', '.join(report['fresh'][:6])}: the model "
                           f"config.model describes differs from the checkpoint's (e.g. a pre-training checkpoint "
@@ -56,7 +56,7 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None) -> dict
                              target_names=pipeline.target_names(config.data) or None, outputs=outputs)
     if out and jax.process_index() == 0:
         with pretrained.atomic_output(out) as f:
-            json.dump({"checkpoint": str(checkpoint), "num_examples": int(len(outputs.get("loss", []))),
+            json.dump({"checkpoint": str(checkpoint), "num_examples": len(outputs["loss"]) if outputs else None,
                        **summary}, f, indent=1)
         if config.task == "classification":
             names = getattr(eval_source, "class_names", None)

@@ -36,11 +36,11 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from vidjax import pretrained
+from vidjax import losses, pretrained
 from vidjax.data import decode, sources
 
 POOLS = ("mean", "cls", "tokens")
-_TARGET_KEYS = ("label", "labels", "targets")
+_TARGET_KEYS = tuple(losses.TARGET_KEYS.values())
 _PROGRESS_EVERY_S = 5.0
 
 
@@ -88,7 +88,10 @@ class _Decode:
     def __call__(self, element: dict) -> dict:
         out = {"element": element, "clip": None, "error": ""}
         try:
-            out["clip"] = self.model.read_views(element["path"], sampling_rate=self.sampling_rate)[0]
+            start, end = (float(element.get(k, np.nan)) for k in ("start", "end"))
+            out["clip"] = self.model.read_views(element["path"], sampling_rate=self.sampling_rate,
+                                                start_s=None if np.isnan(start) else start,
+                                                end_s=None if np.isnan(end) else end)[0]
         except decode.VideoDecodeError as e:
             out["error"] = str(e)
         return out

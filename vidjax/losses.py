@@ -88,12 +88,14 @@ def get_loss_fn(config: ml_collections.ConfigDict, class_weights: np.ndarray | N
                 targets = jax.nn.one_hot(label, logits.shape[-1])
                 if smoothing:
                     targets = optax.smooth_labels(targets, smoothing)
-            per_example = optax.softmax_cross_entropy(logits, targets)
             if cw is None:
-                loss = per_example.mean()
-            else:  # PyTorch's weighted mean: sum_i w_i l_i / sum_i w_i, w_i the weight of i's (soft) class
-                weights = targets @ cw
-                loss = jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1e-12)
+                loss = optax.softmax_cross_entropy(logits, targets).mean()
+            else:
+                # -sum_i sum_c w_c y_ic log p_ic / sum_i sum_c w_c y_ic: with one-hot targets PyTorch's weighted
+                # mean, sum_i w_(y_i) l_i / sum_i w_(y_i); smoothed or mixed targets weight each class's term.
+                weighted = targets * cw
+                nll = -jnp.sum(weighted * jax.nn.log_softmax(logits), axis=-1)
+                loss = jnp.sum(nll) / jnp.maximum(jnp.sum(weighted), 1e-12)
             return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == label)}
         if config.task == "multilabel":
             targets = batch.get("soft_targets", batch["labels"])
@@ -109,15 +111,17 @@ def get_loss_fn(config: ml_collections.ConfigDict, class_weights: np.ndarray | N
 def eval_outputs(config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
     """Per-example evaluation outputs of a normalised batch (one view (B, T, H, W, 3) or several (B, V, ...)).
 
-    Returns {"scores": (B, C or K), "loss": (B,)} and the batch's targets under their key. Over several views the
+    Returns {"scores": (B, C or K), "loss": (B,)}, the batch's targets under their key, and its "valid" and
+    "decode_failures" rows when it has them. Over several views the
     softmax probabilities (classification), sigmoid scores (multilabel) or values (regression) are averaged, as
     the published multi-view test protocols do (VideoMAE: 5 clips x 3 crops); the loss is then computed from the
     averaged scores. Pre-training returns {"loss": (,)} (the masked reconstruction loss of the batch).
     """
     check_task(config.task)
     video = batch["video"]
+    passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
     if config.task == "pretrain":
-        return {"loss": model(video, batch["mask"])["loss"]}
+        return {"loss": model(video, batch["mask"])["loss"], **passed}
     views = video.shape[1] if video.ndim == 6 else 1
     b = video.shape[0]
     logits = model(video.reshape(b * views, *video.shape[-4:]))["logits"].astype(jnp.float32)
@@ -135,4 +139,4 @@ def eval_outputs(config: ml_collections.ConfigDict, model, batch: dict) -> dict[
     else:
         scores = logits.mean(1)
         loss = jnp.mean(jnp.square(scores - target), axis=-1)
-    return {"scores": scores, "loss": loss, key: target}
+    return {"scores": scores, "loss": loss, key: target, **passed}

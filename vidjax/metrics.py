@@ -218,6 +218,17 @@ def cell_size(num_classes: int) -> int:
     return max(1, min(_MAX_CELL_PX // 2, _MAX_GRID_PX // num_classes))
 
 
+def task_metrics(task: str, scores, targets, target_names: Sequence[str] | None = None) -> dict[str, float]:
+    """The metrics of a fine-tuning task: classification, multilabel or regression (vidjax.losses.TASKS)."""
+    if task == "classification":
+        return classification_metrics(scores, targets)
+    if task == "multilabel":
+        return multilabel_metrics(scores, targets)
+    if task == "regression":
+        return regression_metrics(scores, targets, target_names)
+    raise ValueError(f"task must be classification, multilabel or regression, got {task!r}")
+
+
 def confusion_matrix_figure(cm, class_names: Sequence[str] | None, path: str | os.PathLike, title: str = "") -> None:
     """Writes a PNG of the confusion matrix `cm` (C, C) (rows = true, cols = predicted) to `path`, atomically.
 

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vidjax import metrics, pretrained
+from vidjax import losses, metrics, pretrained
 
 TASKS = ("classification", "multilabel", "regression")
-TARGET_KEY = {"classification": "label", "multilabel": "labels", "regression": "targets"}
+TARGET_KEY = losses.TARGET_KEYS
 PROBES = ("linear", "mlp")
 
 
@@ -126,11 +126,7 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
 
 def score(task: str, scores: np.ndarray, targets: np.ndarray, target_names: list[str] | None) -> dict[str, float]:
     """The task's metrics from `vidjax.metrics`."""
-    if task == "classification":
-        return metrics.classification_metrics(scores, targets)
-    if task == "multilabel":
-        return metrics.multilabel_metrics(scores, targets)
-    return metrics.regression_metrics(scores, targets, target_names)
+    return metrics.task_metrics(task, scores, targets, target_names)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -42,6 +42,7 @@ class Setup:
     state_shardings: dict
     abstract_state: dict
     init_state: object  # () -> state, jitted with out_shardings
+    init_params: object  # () -> fresh params alone (no optimizer state), jitted with out_shardings
     total_steps: int
     steps_per_epoch: int
 
@@ -68,6 +69,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.task='regression' with {len(names)} targets ({', '.join(names)}) but "
                               f"config.model.num_classes={config.model.num_classes}; set num_classes to the number "
                               f"of regression targets (config.data.targets names them).")
+    loss = config.loss
+    if min(loss.mixup_alpha, loss.cutmix_alpha) < 0 or not (0 <= loss.mixup_prob <= 1 and
+                                                           0 <= loss.mixup_switch_prob <= 1):
+        raise ConfigError(f"config.loss: mixup_alpha={loss.mixup_alpha} and cutmix_alpha={loss.cutmix_alpha} must be "
+                          f">= 0, mixup_prob={loss.mixup_prob} and mixup_switch_prob={loss.mixup_switch_prob} in "
+                          f"[0, 1].")
+    synthetic_task = config.data.synthetic_task
+    if config.data.source == "synthetic" and config.task != "pretrain" and synthetic_task != config.task:
+        raise ConfigError(f"config.task={config.task!r} trains on {losses.TARGET_KEYS[config.task]!r} targets, but "
+                          f"the embedded dataset gives {synthetic_task!r} ones: set "
+                          f"--config.data.synthetic_task={config.task}.")
     mixing = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
     if mixing and config.task not in ("classification", "multilabel"):
         raise ConfigError(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to classification and "
@@ -94,7 +106,9 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     abstract_model = nnx.eval_shape(make_model)
     graphdef, abstract_params_state = nnx.split(abstract_model)
 
-    steps_per_epoch = train_source_len // config.batch_size
+    # An epoch shows every training video once; with repeated augmentation a step holds batch_size / num_samples
+    # videos (batch_size counts clips).
+    steps_per_epoch = train_source_len // (config.batch_size // config.data.num_samples)
     if steps_per_epoch == 0:
         raise ConfigError(f"The training set has {train_source_len} examples, fewer than one batch of "
                           f"config.batch_size={config.batch_size}; lower the batch size or add data.")
@@ -123,7 +137,9 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
         state_shardings["ema_params"] = params_sh
     return Setup(mesh=mesh, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
                  schedule=schedule, state_shardings=state_shardings, abstract_state=abstract_state,
-                 init_state=jax.jit(init_state, out_shardings=state_shardings), total_steps=total_steps,
+                 init_state=jax.jit(init_state, out_shardings=state_shardings),
+                 init_params=jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model())), out_shardings=params_sh),
+                 total_steps=total_steps,
                  steps_per_epoch=steps_per_epoch)
 
 
@@ -203,8 +219,10 @@ def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *,
     """Whole-split eval metrics (or over the first config.eval_batches batches), as "eval_<name>".
 
     pretrain: the mean masked-reconstruction loss. classification: loss, top1, top5, macro_f1. multilabel:
-    loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse. With `outputs` (a dict), the per-example
-    scores and targets are also left in it (for the confusion matrix).
+    loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse. Always decode_failures: eval videos that
+    did not decode and were replaced by others (their scores stand in the metrics, so a count above 0 says the
+    split was not scored exactly as listed). With `outputs` (a dict), the per-example scores and targets are also
+    left in it (for the confusion matrix).
     """
     ds = pipeline.make_dataset(config, "eval", eval_source, process_index=jax.process_index(),
                                process_count=jax.process_count(), mask_grid=mask_grid)
@@ -221,19 +239,20 @@ def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *,
     if count == 0:
         raise ConfigError(f"The eval split has fewer examples than one batch of {config.batch_size}; "
                           f"lower config.batch_size or enlarge the eval split.")
+    failures = int(sum(np.sum(v) for v in gathered.get("decode_failures", [])))
     if config.task == "pretrain":
-        return {"eval_loss": float(np.mean(gathered["loss"]))}
+        return {"eval_loss": float(np.mean(gathered["loss"])), "eval_decode_failures": failures}
     arrays = {key: np.concatenate(values) for key, values in gathered.items()}
+    if "valid" in arrays:  # the padding that fills the last global batch
+        valid = arrays.pop("valid").astype(bool)
+        arrays = {key: value[valid] for key, value in arrays.items()}
+        failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else failures
     scores, target = arrays["scores"], arrays[losses.TARGET_KEYS[config.task]]
-    if config.task == "classification":
-        result = metrics.classification_metrics(scores, target)
-    elif config.task == "multilabel":
-        result = metrics.multilabel_metrics(scores, target)
-    else:
-        result = metrics.regression_metrics(scores, target, target_names)
+    result = metrics.task_metrics(config.task, scores, target, target_names)
     if outputs is not None:
         outputs.update(arrays)
-    return {"eval_loss": float(arrays["loss"].mean()), **{f"eval_{k}": float(v) for k, v in result.items()}}
+    return {"eval_loss": float(arrays["loss"].mean()), **{f"eval_{k}": float(v) for k, v in result.items()},
+            "eval_decode_failures": failures}
 
 
 def write_reconstruction_figure(config, setup: Setup, params, eval_source, mask_grid, path: str) -> None:
@@ -261,6 +280,19 @@ def write_reconstruction_figure(config, setup: Setup, params, eval_source, mask_
     title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {config.model.mask_ratio:.0%}; "
              f"{visualize_lib.stats_note(config.model.norm_pix_loss, False)}")
     visualize_lib.reconstruction_figure(original, masked, recon, path, title=title)
+
+
+def check_targets(config: ml_collections.ConfigDict, source) -> None:
+    """The training data carries what the task trains on (a list without a `labels` column cannot train multilabel)."""
+    if config.task == "pretrain" or not len(source):
+        return
+    key = losses.TARGET_KEYS[config.task]
+    element = source[0]
+    if key not in element:
+        have = [k for k in losses.TARGET_KEYS.values() if k in element or (k == "labels" and "spans" in element)]
+        raise ConfigError(f"config.task={config.task!r} trains on {key!r} targets, but config.data "
+                          f"(source={config.data.source!r}) gives {have or 'none'}: choose the task that matches the "
+                          f"data, or a list with that column (docs/datasets.md).")
 
 
 def checkpoint_metadata(config: ml_collections.ConfigDict, train_source) -> dict:
@@ -305,6 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
          f"mesh {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} device(s), "
          f"global batch {config.batch_size}, {setup.total_steps} steps ({setup.steps_per_epoch} per epoch), "
          f"data={config.data.source} ({len(train_source)} train / {len(eval_source)} eval clips)")
+    check_targets(config, train_source)
     metadata = checkpoint_metadata(config, train_source)
     class_weights, pos_weight = pipeline.loss_weights(config, train_source)
 
@@ -316,7 +349,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     latest = ckpt.latest_step()
     if latest is not None:
         target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-        state = ckpt.restore(latest, target, train_iter)
+        try:
+            state = ckpt.restore(latest, target, train_iter)
+        except (ValueError, KeyError) as err:
+            raise ConfigError(
+                f"The checkpoint at step {latest} in {ckpt.path(latest)} does not fit the train state this config "
+                f"builds ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Resuming needs the settings the "
+                f"run started with (model, config.optimizer.ema_decay on or off, layer_decay below 1 or not); to "
+                f"start over with new ones use a new --workdir, or --config.init_from={workdir} to fine-tune "
+                f"from it.") from err
         _log(f"Resuming from checkpoint at step {latest} in {ckpt.path(latest)}")
     else:
         state = setup.init_state()
@@ -412,7 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     # ---- end: figure, summary ----
     if config.task == "pretrain" and config.figure:
         path = os.path.join(workdir, "reconstruction.png")
-        write_reconstruction_figure(config, setup, state["params"], eval_source, mask_grid, path)
+        write_reconstruction_figure(config, setup, eval_params(state), eval_source, mask_grid, path)
         _log(f"Wrote {path}")
     ckpt.close()
     writer.close()

@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", metavar="VIDEO", help="the video file to reconstruct a clip of")
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a VideoMAE pre-training checkpoint")
-    parser.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.png and PREFIX.gif")
-    parser.add_argument("--mask_ratio", type=float, default=0.9,
+    parser.add_argument("--out", default="", metavar="PREFIX", help="writes PREFIX.png and PREFIX.gif (default: the "
+                        "video's name without its extension, in the current directory, + _reconstruction)")
+    parser.add_argument("--mask_ratio", "--mask-ratio", dest="mask_ratio", type=float, default=0.9,
                         help="fraction of each frame's patches hidden (default 0.9, as in pre-training)")
     parser.add_argument("--use_true_stats", action="store_true",
                         help="un-normalise with the hidden patches' true mean/std (peeks at them; the title says so)")
@@ -89,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --mask_ratio={args.mask_ratio} hides {hidden} of the {h * w} patches of each frame; choose a "
               f"ratio that hides some and leaves some visible (e.g. 0.9).", file=sys.stderr)
         return 2
+    out = args.out or os.path.splitext(os.path.basename(args.video))[0] + "_reconstruction"
     try:
-        result = render(model, args.video, args.out, mask_ratio=args.mask_ratio, use_true_stats=args.use_true_stats,
+        result = render(model, args.video, out, mask_ratio=args.mask_ratio, use_true_stats=args.use_true_stats,
                         seed=args.seed, frames=args.frames, fps=args.fps,
                         sampling_rate=args.sampling_rate or None)
     except decode.VideoDecodeError as e:

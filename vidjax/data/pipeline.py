@@ -122,6 +122,7 @@ class Preprocess:
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
+        valid = element.get("valid")
         while True:
             try:
                 out = self.load(element, rng)
@@ -141,6 +142,8 @@ class Preprocess:
         count = np.zeros(samples, np.int32)
         count[0] = failures  # one count per decoded video, not per augmented sample
         out["decode_failures"] = count if samples > 1 else np.int32(failures)
+        if valid is not None:
+            out["valid"] = valid
         return out
 
     def load(self, element: dict, rng: np.random.Generator) -> dict:
@@ -297,6 +300,25 @@ def check_data_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.data.erase_prob={d.erase_prob} must be in [0, 1].")
 
 
+class PaddedSource:
+    """An eval source padded to whole global batches: elements past its end repeat its first ones, marked
+    `valid` False, so every video is scored once and every process runs the same number of steps."""
+
+    def __init__(self, source, total: int):
+        self.source, self.total = source, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, index: int) -> dict:
+        element = dict(self.source[int(index) % len(self.source)])
+        element["valid"] = np.bool_(index < len(self.source))
+        return element
+
+    def __repr__(self) -> str:
+        return f"PaddedSource({self.source!r}, total={self.total})"
+
+
 def _flatten_samples(batch: dict) -> dict:
     """(videos, samples, ...) -> (videos * samples, ...): repeated augmentation's clips become batch rows."""
     k = batch["video"].shape[1]
@@ -315,19 +337,22 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
 
     Shuffling and every random draw are keyed by the *global* element index, and each process then takes every
     process_count-th element: the shares are disjoint, and no two processes draw the same crops or masks.
-    Evaluation is unshuffled, with fixed seeds, and trimmed to whole global batches so that every process runs
-    the same number of eval steps. With repeated augmentation (`num_samples` k) a training batch holds
+    Evaluation is unshuffled, with fixed seeds, and padded to whole global batches (rows marked `valid` False;
+    pre-training evals, a loss estimate, are trimmed instead) so that every process runs the same number of eval
+    steps and every video is scored once. With repeated augmentation (`num_samples` k) a training batch holds
     batch_size / k videos, each as k clips; with several eval views, eval videos are (views, T, H, W, 3).
     """
     data = config.data
     train = split == "train"
     samples = data.num_samples if train else 1
     local_batch = config.batch_size // process_count // samples
-    ds = grain.MapDataset.source(source)
     if train:
-        ds = ds.shuffle(seed=data.seed + config.seed).repeat()
-    else:
+        ds = grain.MapDataset.source(source).shuffle(seed=data.seed + config.seed).repeat()
+    elif config.task == "pretrain":
+        ds = grain.MapDataset.source(source)
         ds = ds[: len(ds) - len(ds) % config.batch_size]
+    else:
+        ds = grain.MapDataset.source(PaddedSource(source, -(-len(source) // config.batch_size) * config.batch_size))
     preprocess = Preprocess(data=data, source=source, train=train, mask_grid=mask_grid,
                             mask_ratio=config.model.get("mask_ratio", 0.0),
                             pixel_mean=tuple(config.model.pixel_mean), pixel_std=tuple(config.model.pixel_std))
