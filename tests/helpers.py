@@ -33,3 +33,52 @@ def assert_sharded_matches_single_device(make_config, tmp_path, mesh=(2, 2, 2)):
     for step in one:
         np.testing.assert_allclose(eight[step], one[step], rtol=1e-5, err_msg=f"step {step}")
     return state
+
+
+# Tiny model blocks, one per family, for the memory and strategy tests: width 32, 4 x 32 x 32 clips.
+TINY_MODELS = {
+    "videomae": dict(variant="Mu/8", width=32, depth=2, num_heads=2, decoder_width=32, decoder_heads=2,
+                     decoder_depth=1),
+    "timesformer": dict(variant="Mu/8", width=32, depth=2, num_heads=2, num_classes=8),
+    "vivit": dict(variant="Mu/8x2", width=32, depth=2, num_heads=2, mlp_dim=128, num_classes=8,
+                  head_init_scale=1.0),
+    "videomamba": dict(variant="Mu/8", width=32, depth=2, scan_chunk=16, num_classes=8),
+}
+
+
+def tiny_family_config(model_name, **model_overrides):
+    """A trainer config with a tiny `model_name` (VideoMAE pre-trains, the others classify), batch 8, 4 x 32 x 32."""
+    from vidjax.models import get_model
+
+    config = config_lib.trainer_config()
+    config.model_name = model_name
+    config.task = "pretrain" if model_name == "videomae" else "classification"
+    config.model = get_model(model_name).default_config()
+    config.model.update(dict(TINY_MODELS[model_name], num_frames=4, image_size=32, **model_overrides))
+    config.data = config_lib.synthetic_data(num_frames=4, image_size=32, num_train=64, num_eval=16)
+    config.batch_size = 8
+    config.total_steps = 8
+    config.optimizer.base_lr = 1e-3 * 256 / 8
+    config.optimizer.warmup_epochs = 0.125
+    return config
+
+
+def run_steps(config, devices, steps=2):
+    """`steps` updates of the trainer's jitted step on the first training batches, over a mesh of `devices`.
+
+    Returns (losses, final state). Lighter than `train.train_and_evaluate` (no checkpoints, evals or metric files).
+    """
+    from vidjax import sharding
+    from vidjax.data import pipeline
+
+    mesh = sharding.create_mesh(config.mesh, devices)
+    source = pipeline.make_source(config.data, "train")
+    setup = train.build(config, len(source), mesh)
+    mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
+    batches = iter(pipeline.make_dataset(config, "train", source, mask_grid=mask_grid))
+    step = train.make_train_step(config, setup)
+    state, batch_sh, losses = setup.init_state(), sharding.batch_sharding(mesh), []
+    for _ in range(steps):
+        state, metrics = step(state, sharding.global_batch(next(batches), batch_sh))
+        losses.append(float(metrics["loss"]))
+    return losses, state

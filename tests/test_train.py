@@ -118,8 +118,9 @@ def nan_update_at(step):
 
 
 def test_diverged_update_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    """Step 8's loss is finite (computed before its update) but its update is NaN: step 8 must not be saved."""
-    config = tiny_config(total_steps=12, checkpoint_every=4)
+    """Step 8's loss is finite (computed before its update) but its update is NaN: step 8 must not be saved.
+    max_skipped_steps=0 stops at the first such step (tests/test_faults.py covers skipping)."""
+    config = tiny_config(total_steps=12, checkpoint_every=4, max_skipped_steps=0)
     real = train.optim.make_optimizer
     monkeypatch.setattr(train.optim, "make_optimizer", lambda c, s: optax.chain(real(c, s), nan_update_at(8)))
     with pytest.raises(train.NonFiniteLossError,

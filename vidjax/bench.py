@@ -9,6 +9,10 @@ Pre-train and fine-tune time the trainer's own jitted update step (the code `vid
 the jitted forward pass. The last line printed is one JSON object: seconds_per_step (median of the timed
 steps after warm-up), clips_per_s, compile_s, flops_per_step (XLA's cost analysis), and with --compare the
 PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster).
+`temp_bytes` / `argument_bytes` are XLA's per-device memory figures for the compiled step; `--remat` and
+`--grad_accum` set the rematerialisation policy and the micro-batches per step, to trade time for memory:
+
+  python -m vidjax.bench --model=videomae --variant=S/16 --batch=8 --remat=full --grad_accum=2
 
 `--mode=mamba_block` compares VideoMamba's chunked selective scan with one unchunked associative scan on a single
 bidirectional block of the variant's width: XLA's temporary memory for forward + backward at --frames (compiled
@@ -37,10 +41,14 @@ _COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also time the PyTorch 
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads for --compare=torch.")
 _TIME_FRAMES = flags.DEFINE_integer("time_frames", 8, "--mode=mamba_block: frames for the timing comparison.")
 _SCAN_CHUNK = flags.DEFINE_integer("scan_chunk", 0, "--mode=mamba_block: chunk length (0 = the model default).")
+_REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots_saveable"],
+                           "Per-block rematerialisation (config.model.remat).")
+_GRAD_ACCUM = flags.DEFINE_integer("grad_accum", 1, "Micro-batches per step (config.grad_accum_steps); --batch is "
+                                                   "the global batch they split.")
 
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
-                 num_classes: int):
+                 num_classes: int, remat: str = "none", grad_accum: int = 1):
     """A trainer config for the benchmark workload (no data source is read)."""
     from vidjax import config_lib
     from vidjax.models import get_model
@@ -50,9 +58,11 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
     config.task = "pretrain" if mode == "pretrain" else "classification"
     config.model = get_model(model).default_config()
     config.model.update(dict(variant=variant, num_frames=frames, image_size=size, dtype=dtype,
-                             head="pretrain" if mode == "pretrain" else "classification", num_classes=num_classes))
+                             head="pretrain" if mode == "pretrain" else "classification", num_classes=num_classes,
+                             remat=remat))
     config.data = config_lib.synthetic_data(num_frames=frames, image_size=size, num_classes=num_classes)
     config.batch_size = batch
+    config.grad_accum_steps = grad_accum
     config.total_steps = 1000
     config.optimizer.warmup_epochs = 0
     return config
@@ -113,11 +123,16 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
+    memory = compiled.memory_analysis()
     seconds, times = _median_time(step, steps, warmup)
     return {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
             "devices": jax.device_count(), "seconds_per_step": seconds, "step_times": times,
             "clips_per_s": config.batch_size / seconds, "compile_s": compile_s,
-            "flops_per_step": float(cost.get("flops", float("nan")))}
+            "flops_per_step": float(cost.get("flops", float("nan"))),
+            # XLA's per-device figures for the compiled step: temporaries (activations, gradients in flight) and
+            # arguments (parameters, optimizer state, batch).
+            "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
+            "argument_bytes": int(memory.argument_size_in_bytes) if memory else None}
 
 
 def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_frames: int, steps: int, warmup: int,
@@ -178,12 +193,15 @@ def main(argv: list[str]) -> None:
         print(json.dumps(result))
         return
     config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
-                          _DTYPE.value, _NUM_CLASSES.value)
+                          _DTYPE.value, _NUM_CLASSES.value, _REMAT.value, _GRAD_ACCUM.value)
     result = {"model": _MODEL.value, "variant": _VARIANT.value, "mode": _MODE.value, "frames": _FRAMES.value,
-              "size": _SIZE.value, "batch": _BATCH.value, "dtype": _DTYPE.value}
+              "size": _SIZE.value, "batch": _BATCH.value, "dtype": _DTYPE.value, "remat": _REMAT.value,
+              "grad_accum": _GRAD_ACCUM.value}
     result.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value))
     print(f"vidjax: {result['seconds_per_step']:.4f} s/step, {result['clips_per_s']:.2f} clips/s, "
-          f"compile {result['compile_s']:.1f}s, {result['flops_per_step'] / 1e9:.1f} GFLOP/step", flush=True)
+          f"compile {result['compile_s']:.1f}s, {result['flops_per_step'] / 1e9:.1f} GFLOP/step"
+          + (f", temp memory {result['temp_bytes'] / 2**20:.1f} MiB" if result["temp_bytes"] is not None else ""),
+          flush=True)
     if _COMPARE.value == "torch":
         if _MODEL.value != "videomae":
             raise app.UsageError("--compare=torch is available for --model=videomae.")

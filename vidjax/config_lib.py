@@ -91,8 +91,22 @@ def trainer_config() -> ml_collections.ConfigDict:
         eval_batches=0,  # 0 = the whole eval split
         checkpoint_every=1000,
         keep_checkpoints=3,
+        # Faults. A step whose loss, gradients or updated parameters are not finite is skipped (parameters,
+        # optimizer and EMA state kept; counted as `skipped_steps` in the metrics); training stops with an error
+        # after more than max_skipped_steps in a row (0 = stop at the first).
+        max_skipped_steps=5,
+        # Loss-spike guard, off by default (factor 0): with factor > 1, a step whose loss exceeds factor x the
+        # running mean of accepted losses (an EMA with `decay`, bias-corrected, active once `min_steps` steps were
+        # accepted) is skipped and counted like a non-finite one. Resuming needs it on or off as the run started.
+        loss_spike=dict(factor=0.0, decay=0.99, min_steps=50),
         figure=True,  # at the end: reconstruction.png (pre-training), confusion_matrix.png (classification)
         mesh=dict(data=-1, fsdp=1, tensor=1),
+        # Memory. grad_accum_steps > 1 splits each global batch into that many micro-batches inside the jitted
+        # step (gradients averaged: the same update as one big batch, with a micro-batch's activation memory).
+        grad_accum_steps=1,
+        # Per-device memory the compiled train step may use, in GiB, checked before the first step;
+        # 0 = the limit the device reports (GPU / TPU; the CPU backend reports none and is not checked).
+        memory_limit_gb=0.0,
         # Logical parameter axis -> mesh axis ("" = replicated). Activations' batch axis uses ("data", "fsdp").
         # `inner` is a Mamba block's expanded channel axis, `state` its SSM state axis, `positions` the token axis
         # of learned position tables.

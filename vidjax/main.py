@@ -2,6 +2,9 @@
 
 Runs (or resumes) the job the config describes: pre-training or fine-tuning through the one trainer.
 Override any config value with `--config.KEY=VALUE`, e.g. `--config.batch_size=64`; an unknown key is an error.
+
+Exit codes: 0 done, 2 config or input error, 3 training diverged, 4 stopped by SIGTERM / SIGINT (preemption)
+after writing a checkpoint of the step it stopped at: re-run the same command to resume.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and figures; "
                                "re-running in the same directory resumes.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-host (vidjax/distributed.py): on a TPU pod slice, under SLURM or Open MPI these are detected; elsewhere give
+# all three on every process. Left unset on one machine, nothing is started.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator, the same on "
+                                   "every process (multi-process runs without a detected cluster).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part (1 = no distributed "
+                                      "start-up, also on a detected cluster).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes); 0 hosts the "
+                                   "coordinator.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list("local_device_ids", None, "Local device ids this process drives, e.g. 0 for "
+                                      "one process per GPU (default: all of the host's devices).")
 
 
 def main(argv: list[str]) -> int:
@@ -26,16 +39,23 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO; --verbosity=0 shows it
-    from vidjax import train  # imported here so that --help answers without loading jax
+    from vidjax import distributed, train  # imported here so that --help answers without loading jax
 
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        # Before anything touches a device: the distributed runtime must be up when the backend starts.
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None)
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except train.NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    if result.get("preempted"):
+        print(f"Stopped by {result['signal']} at step {result['step']} with its checkpoint written; run the same "
+              f"command again to resume.", file=sys.stderr)
+        return 4
     return 0
 
 

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import checkpoint, losses, metrics, mixup, optim, pretrained, sharding, visualize_lib
+from vidjax import checkpoint, losses, metrics, mixup, optim, preemption, pretrained, sharding, visualize_lib
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter
@@ -86,6 +86,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                           f"multilabel fine-tuning, not to task={config.task!r}; set them to 0.")
     if not 0.0 <= config.optimizer.ema_decay < 1.0:
         raise ConfigError(f"config.optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1) (0 = off).")
+    spike = config.loss_spike
+    if config.max_skipped_steps < 0 or not (spike.factor == 0 or spike.factor > 1) or not 0 < spike.decay < 1 \
+            or spike.min_steps < 1:
+        raise ConfigError(f"config.max_skipped_steps={config.max_skipped_steps} must be >= 0, config.loss_spike."
+                          f"factor={spike.factor} 0 (off) or > 1, loss_spike.decay={spike.decay} in (0, 1) and "
+                          f"loss_spike.min_steps={spike.min_steps} >= 1.")
     pipeline.check_data_config(config)
     if config.data.num_frames != config.model.num_frames or config.data.image_size != config.model.image_size:
         raise ConfigError(
@@ -124,6 +130,8 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
         state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
         if ema:
             state["ema_params"] = jax.tree.map(jnp.copy, params)
+        if config.loss_spike.factor:  # the loss-spike guard's running mean of accepted losses
+            state["loss_stats"] = {"ema": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)}
         return state
 
     abstract_state = jax.eval_shape(init_state)
@@ -135,6 +143,8 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     }
     if ema:
         state_shardings["ema_params"] = params_sh
+    if config.loss_spike.factor:
+        state_shardings["loss_stats"] = {"ema": sharding.replicated(mesh), "count": sharding.replicated(mesh)}
     return Setup(mesh=mesh, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
                  schedule=schedule, state_shardings=state_shardings, abstract_state=abstract_state,
                  init_state=jax.jit(init_state, out_shardings=state_shardings),
@@ -143,13 +153,120 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
                  steps_per_epoch=steps_per_epoch)
 
 
+# ---- memory: micro-batches, the mesh context of activation constraints, the compiled step's footprint ----
+
+def check_grad_accum(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+    """config.grad_accum_steps, once it is known to split the global batch into equal, evenly sharded micro-batches."""
+    k = config.grad_accum_steps
+    ways = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
+    if k < 1 or config.batch_size % (k * ways):
+        raise ConfigError(f"config.grad_accum_steps={k} must be >= 1 and split config.batch_size={config.batch_size} "
+                          f"into micro-batches that divide over the {ways} batch shards of the mesh (data x fsdp): "
+                          f"choose k with batch_size % (k * {ways}) == 0.")
+    return k
+
+
+def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: jax.Array, accum_steps: int,
+                   mesh: jax.sharding.Mesh):
+    """((loss, aux), grads) of the whole batch, computed over `accum_steps` micro-batches in a `lax.scan`.
+
+    Loss, metrics and gradients are the means over micro-batches: for losses that are means over equal-sized
+    examples (pre-training, classification without class weights, multilabel, MSE) that is one big batch's value;
+    class-weighted cross-entropy and the CCC loss are normalised per micro-batch instead. Micro-batch i gets the
+    random key fold_in(rng, i) (drop path differs from one big batch; nothing else is random here).
+    """
+    def loss_of(p, micro, key):
+        return loss_fn(nnx.merge(graphdef, p), micro, key)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+    if accum_steps == 1:
+        return grad_fn(params, batch, rng)
+    k = accum_steps
+    # Micro-batch i takes rows i, i + k, i + 2k, ...: every device's block of the batch holds an equal part of each
+    # micro-batch, so splitting moves no rows between devices.
+    stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+    micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+        jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), stacked), batch)
+
+    def body(total, xs):
+        i, mb = xs
+        out = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, total, out), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, rng))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    return jax.tree.map(lambda x: x / k, total)
+
+
+def in_mesh_context(fn, mesh: jax.sharding.Mesh):
+    """`fn` traced with `mesh` as the abstract mesh in context, so the models' `layers.shard_batch` constraints
+    apply."""
+    def wrapped(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return wrapped
+
+
+def memory_report(config: ml_collections.ConfigDict, compiled, device: jax.Device) -> dict[str, int]:
+    """Per-device bytes of a compiled step (XLA's memory analysis), logged; a ConfigError when they exceed the limit.
+
+    The limit is config.memory_limit_gb when above 0, else what the device reports (GPU / TPU `bytes_limit`; the
+    CPU backend reports none, and nothing is checked there).
+    """
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        _log("Memory analysis: not available on this backend.")
+        return {}
+    report = {f"{name}_bytes": int(getattr(analysis, f"{field}_size_in_bytes")) for name, field in
+              (("argument", "argument"), ("output", "output"), ("alias", "alias"), ("temp", "temp"),
+               ("code", "generated_code"))}
+    # Donated state is aliased: its outputs reuse the argument buffers.
+    report["total_bytes"] = (report["argument_bytes"] + report["output_bytes"] - report["alias_bytes"]
+                             + report["temp_bytes"] + report["code_bytes"])
+    limit = int(config.memory_limit_gb * 2**30) if config.memory_limit_gb > 0 else (
+        (device.memory_stats() or {}).get("bytes_limit", 0))
+    gib = 2**30
+    unaliased = report["output_bytes"] - report["alias_bytes"]
+    _log(f"Memory per device (train step): state and batch {report['argument_bytes'] / gib:.3f} GiB, temporaries "
+         f"{report['temp_bytes'] / gib:.3f} GiB, outputs not aliased {unaliased / gib:.3f} GiB; "
+         f"total {report['total_bytes'] / gib:.3f} GiB"
+         + (f" of {limit / gib:.2f} GiB" if limit else " (no device limit reported)"))
+    if limit and report["total_bytes"] > limit:
+        raise ConfigError(
+            f"The train step needs {report['total_bytes'] / gib:.2f} GiB per device ({report['temp_bytes'] / gib:.2f} "
+            f"GiB of temporaries) but {device.device_kind} has {limit / gib:.2f} GiB"
+            f"{' (config.memory_limit_gb)' if config.memory_limit_gb > 0 else ''}. To fit: raise "
+            f"config.grad_accum_steps (micro-batches), set config.model.remat='full' or 'dots_saveable', shard "
+            f"parameters with config.mesh.fsdp, use config.model.dtype='bfloat16', or lower config.batch_size.")
+    return report
+
+
+def compile_with_memory_check(config: ml_collections.ConfigDict, train_step):
+    """`train_step`, compiled ahead of time on its first call: the memory report (and check) comes before the first
+    step runs, and the step is compiled once."""
+    compiled = None
+
+    def step(state, batch):
+        nonlocal compiled
+        if compiled is None:
+            compiled = train_step.lower(state, batch).compile()
+            memory_report(config, compiled, jax.local_devices()[0])
+        return compiled(state, batch)
+
+    return step
+
+
 def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weights=None, pos_weight=None):
     """The jitted update: normalise on device, mixup / cutmix, loss and grads, optimizer and EMA update; the old
     state is donated.
 
     Videos enter the model in float32 (its layers cast to the compute dtype), so the reconstruction target is
     never built from bf16-rounded pixels. `finite` covers the loss, the gradients and the updated parameters:
-    a loss is computed before its update, so a finite loss alone could hide a diverged state.
+    a loss is computed before its update, so a finite loss alone could hide a diverged state. A step that is not
+    finite, or whose loss spikes (config.loss_spike), is skipped on device (`skipped` = 1 in its metrics); the
+    loop counts them and stops after config.max_skipped_steps in a row.
     """
     loss_fn = losses.get_loss_fn(config, class_weights, pos_weight)
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
@@ -157,6 +274,9 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     base_key = jax.random.key(config.seed)
     mix = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
     ema_decay = config.optimizer.ema_decay
+    spike_factor, spike_decay, spike_min_steps = (config.loss_spike.factor, config.loss_spike.decay,
+                                                  config.loss_spike.min_steps)
+    accum_steps = check_grad_accum(config, setup.mesh)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
@@ -172,10 +292,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
                 num_classes=config.model.num_classes)
             batch = dict(batch, video=video, soft_targets=soft)
 
-        def loss_of(params):
-            return loss_fn(nnx.merge(graphdef, params), batch, rng)
-
-        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        (loss, aux), grads = loss_and_grads(loss_fn, graphdef, state["params"], batch, rng, accum_steps, setup.mesh)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(jnp.add, state["params"], updates)
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
@@ -186,13 +303,24 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         for p in jax.tree.leaves(params):
             finite &= jnp.all(jnp.isfinite(p))
+        accept = finite
+        if spike_factor:
+            stats = state["loss_stats"]
+            running = stats["ema"] / jnp.maximum(1.0 - spike_decay ** stats["count"].astype(jnp.float32), 1e-12)
+            accept &= (stats["count"] < spike_min_steps) | (loss <= spike_factor * running)
+            new_state["loss_stats"] = {"ema": spike_decay * stats["ema"] + (1.0 - spike_decay) * loss,
+                                       "count": stats["count"] + 1}
+        # A rejected step is skipped: everything but the step counter keeps its old value, so the data order and
+        # the random keys of later steps are those of a run without the bad step (and resume stays exact).
+        new_state = {k: v if k == "step" else jax.tree.map(lambda new, old: jnp.where(accept, new, old), v, state[k])
+                     for k, v in new_state.items()}
         step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-                   "finite": finite.astype(jnp.float32), "decode_failures": jnp.sum(batch["decode_failures"]),
-                   **aux}
+                   "finite": finite.astype(jnp.float32), "skipped": 1.0 - accept.astype(jnp.float32),
+                   "decode_failures": jnp.sum(batch["decode_failures"]), **aux}
         return new_state, step_metrics
 
     batch_sh = sharding.batch_sharding(setup.mesh)
-    return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_sh),
+    return jax.jit(in_mesh_context(train_step, setup.mesh), in_shardings=(setup.state_shardings, batch_sh),
                    out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)), donate_argnums=0)
 
 
@@ -205,7 +333,8 @@ def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
         return losses.eval_outputs(config, nnx.merge(setup.graphdef, params), batch)
 
-    return jax.jit(eval_step, in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
+    return jax.jit(in_mesh_context(eval_step, setup.mesh),
+                   in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
                    out_shardings=sharding.replicated(setup.mesh))
 
 
@@ -321,7 +450,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     Returns the final metrics, with the final train state under "state" (params, opt_state, step).
 
     `devices` restricts the mesh to a subset of `jax.devices()` (all of them by default).
+
+    SIGTERM or SIGINT (vidjax.preemption) stops it at the next step boundary with a checkpoint of that step
+    written and waited for; it then returns {"preempted": True, "step": ..., "signal": ...} early, without evals.
     """
+    with preemption.StopOnSignal() as stop:
+        return _train_and_evaluate(config, workdir, devices, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None,
+                        stop: preemption.StopOnSignal) -> dict:
     check_config(config)
     # ---- input: built first, so a missing dataset fails in seconds, before anything is compiled ----
     train_source = pipeline.make_source(config.data, "train")
@@ -350,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     if latest is not None:
         target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
         try:
-            state = ckpt.restore(latest, target, train_iter)
+            latest, state = ckpt.restore_latest(target, train_iter)  # skips damaged steps, with a warning
         except (ValueError, KeyError) as err:
             raise ConfigError(
                 f"The checkpoint at step {latest} in {ckpt.path(latest)} does not fit the train state this config "
@@ -377,7 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
         return {"step": start_step, "resumed": True, "trained": False, "state": state}
 
     # ---- update step, eval step ----
-    train_step = make_train_step(config, setup, class_weights, pos_weight)
+    train_step = compile_with_memory_check(config, make_train_step(config, setup, class_weights, pos_weight))
     eval_step = make_eval_step(config, setup)
     batch_sh = sharding.batch_sharding(mesh)
     writer = MetricWriter(workdir, resume_step=start_step)
@@ -385,26 +523,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     # ---- loop ----
     first_loss = last_loss = None
     last_good_step = latest
-    decode_failures = 0
+    decode_failures = skipped_steps = skipped_in_a_row = 0
     pending = None  # (step, device metrics): fetched one step late so the host never waits on the device
     log_t, log_step = time.perf_counter(), start_step
     summary: dict = {}
 
     def handle(step: int, step_metrics) -> None:
-        nonlocal first_loss, last_loss, log_t, log_step, decode_failures
+        nonlocal first_loss, last_loss, log_t, log_step, decode_failures, skipped_steps, skipped_in_a_row
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         decode_failures += int(values.pop("decode_failures"))
         values["decode_failures"] = decode_failures  # videos replaced because they did not decode, this run
-        if not values.pop("finite"):
+        finite, skipped = values.pop("finite"), values.pop("skipped")
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+        skipped_steps += int(skipped)
+        values["skipped_steps"] = skipped_steps  # updates skipped (not finite, or a loss spike), this run
+        reason = ("the loss, gradient norm or updated parameters are not finite" if not finite else
+                  f"the loss spiked above {config.loss_spike.factor} x its running mean (config.loss_spike)")
+        if skipped_in_a_row > config.max_skipped_steps:
             ckpt.wait()
             where = (f"the last good checkpoint is step {last_good_step} in {ckpt.path(last_good_step)}"
                      if last_good_step is not None else "no checkpoint was written")
+            in_a_row = (f" ({skipped_in_a_row} steps in a row skipped, more than config.max_skipped_steps="
+                        f"{config.max_skipped_steps})" if config.max_skipped_steps else "")
             raise NonFiniteLossError(
-                f"Training diverged at step {step}: loss {values['loss']}, gradient norm {values['grad_norm']}, "
-                f"or the updated parameters are not finite. Stopping without saving ({where}, left intact). "
+                f"Training diverged at step {step}: loss {values['loss']}, gradient norm {values['grad_norm']}: "
+                f"{reason}{in_a_row}. Stopping without saving ({where}, left intact). "
                 f"Lower config.optimizer.base_lr, set config.optimizer.grad_clip, or check the input data.")
-        first_loss = values["loss"] if first_loss is None else first_loss
-        last_loss = values["loss"]
+        if skipped:
+            _log(f"step {step}: update skipped, {reason} (loss {values['loss']}, gradient norm "
+                 f"{values['grad_norm']}); {skipped_in_a_row} in a row, training stops after more than "
+                 f"config.max_skipped_steps={config.max_skipped_steps}")
+        else:
+            first_loss = values["loss"] if first_loss is None else first_loss
+            last_loss = values["loss"]
         if step % config.log_every == 0 or step == start_step + 1 or step == setup.total_steps:
             now = time.perf_counter()
             steps_per_s = (step - log_step) / max(now - log_t, 1e-9) if step > start_step + 1 else 0.0
@@ -429,11 +580,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
             handle(*pending)
         pending = (step, step_metrics)
         is_last = step == setup.total_steps
-        if step % config.checkpoint_every == 0 or is_last:
+        stopping = stop.requested(step)  # SIGTERM / SIGINT: checkpoint this step and return
+        if step % config.checkpoint_every == 0 or is_last or stopping:
             handle(*pending)  # never checkpoint a state that is not finite
             pending = None
             ckpt.save(step, state, train_iter, config, metadata)
             last_good_step = step
+        if stopping:
+            ckpt.close()  # waits until the checkpoint is complete
+            writer.close()
+            _log(f"Stopped by {stop.name} at step {step}/{setup.total_steps}: checkpoint written to "
+                 f"{ckpt.path(step)}. Run the same command again to resume from it.")
+            return {"step": step, "preempted": True, "signal": stop.name, "first_loss": first_loss,
+                    "last_loss": last_loss, "trained": True, "resumed": latest is not None, "state": state}
         if (config.eval_every and step % config.eval_every == 0) or is_last:
             outputs: dict = {}
             summary = evaluate(config, setup, eval_step, eval_params(state), eval_source, mask_grid,

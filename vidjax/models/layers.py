@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from vidjax.config_lib import ConfigError
+from vidjax.sharding import BATCH_AXES
 
 # ViT sizes: name -> (width, depth, heads). Ti/S/B/L/H as in the ViT and VideoMAE papers; "Mu" (micro) is
 # vidjax's own tiny size for laptop runs and tests.
@@ -27,6 +28,15 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "B": (768, 12, 12),
     "L": (1024, 24, 16),
     "H": (1280, 32, 16),
+}
+
+# config.model.remat -> what a block keeps for the backward pass: "none" keeps every activation (fastest, most
+# memory); "full" keeps only the block's input and recomputes the rest; "dots_saveable" keeps matmul outputs and
+# recomputes the cheap elementwise ops (norms, GELU, softmax) between them.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
 
 _VARIANT_RE = re.compile(r"^([A-Za-z]+)/(\d+)$")
@@ -183,6 +193,45 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def check_remat(remat: str) -> str:
+    """`remat` if it names a policy, else a ConfigError listing them."""
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"config.model.remat={remat!r}; choose one of {', '.join(REMAT_POLICIES)} (rematerialise "
+                          f"nothing, whole blocks, or everything but matrix multiplies).")
+    return remat
+
+
+def shard_batch(tree):
+    """Activations (batch first) constrained to the batch sharding over ("data", "fsdp") of the mesh in context.
+
+    Between blocks this keeps tokens split by batch where XLA could otherwise gather them after a tensor- or
+    fsdp-sharded matmul. A no-op outside a mesh context (single-device use, tests) or when the batch does not divide.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return tree
+    ways = int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+    def constrain(x):
+        if ways == 1 or x.ndim == 0 or x.shape[0] % ways:
+            return x
+        return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(BATCH_AXES))
+
+    return jax.tree.map(constrain, tree)
+
+
+def call_block(block: nnx.Module, remat: str, *args, **kwargs):
+    """`block(*args, **kwargs)` under the rematerialisation policy `remat`, its output batch-sharded (`shard_batch`).
+
+    `args` are the activations (arrays or None); `kwargs` are closed over: Python values such as frame counts, and
+    random keys, which carry no gradient.
+    """
+    if remat == "none":
+        return shard_batch(block(*args, **kwargs))
+    run = nnx.remat(lambda module, *a: module(*a, **kwargs), policy=REMAT_POLICIES[remat])
+    return shard_batch(run(block, *args))
+
+
 class Block(nnx.Module):
     """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
@@ -207,8 +256,9 @@ class Transformer(nnx.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
                  qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None,
-                 approximate_gelu: bool = False, rngs: nnx.Rngs):
+                 approximate_gelu: bool = False, remat: str = "none", rngs: nnx.Rngs):
         rates = np.linspace(0.0, drop_path, depth) if depth > 1 else np.array([drop_path])
+        self.remat = check_remat(remat)
         self.blocks = nnx.List([
             Block(dim, num_heads, mlp_dim, eps=eps, drop_path=float(r), qkv_bias=qkv_bias, dtype=dtype,
                   attention_impl=attention_impl, approximate_gelu=approximate_gelu, rngs=rngs)
@@ -217,7 +267,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         for i, block in enumerate(self.blocks):
-            x = block(x, jax.random.fold_in(rng, i) if rng is not None else None)
+            x = call_block(block, self.remat, x, jax.random.fold_in(rng, i) if rng is not None else None)
         return x
 
 

@@ -129,6 +129,7 @@ class Model(nnx.Module):
                   rngs=rngs)
             for r in rates
         ])
+        self.remat = layers.check_remat(cfg.remat)
         self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs)
         if cfg.head == "classification":
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
@@ -164,7 +165,8 @@ class Model(nnx.Module):
         b, t = video.shape[0], self.grid[0]
         x = self.embed(video)
         for i, block in enumerate(self.blocks):
-            x = block(x, t, jax.random.fold_in(rng, i) if rng is not None else None)
+            x = layers.call_block(block, self.remat, x, rng=jax.random.fold_in(rng, i) if rng is not None else None,
+                                  num_frames=t)
         if self.attention_type == "space_only":
             # Frames were independent sequences so far; the official model averages them into one per clip.
             x = jnp.mean(x.reshape(b, t, *x.shape[1:]).astype(jnp.float32), axis=1).astype(x.dtype)
@@ -189,6 +191,7 @@ def default_config() -> ml_collections.ConfigDict:
         approximate_gelu=False,  # True for checkpoints with hidden_act "gelu_new"/"gelu_fast"/"gelu_pytorch_tanh"
         drop_path=0.0,
         dtype="float32",
+        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
         attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),

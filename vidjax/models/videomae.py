@@ -69,7 +69,8 @@ class Encoder(nnx.Module):
                                         rngs=rngs)
         self.transformer = layers.Transformer(
             self.width, dims["depth"], dims["num_heads"], dims["mlp_dim"], eps=cfg.ln_eps, drop_path=cfg.drop_path,
-            qkv_bias=cfg.qkv_bias, dtype=dtype, attention_impl=cfg.attention_impl or None, rngs=rngs)
+            qkv_bias=cfg.qkv_bias, dtype=dtype, attention_impl=cfg.attention_impl or None, remat=cfg.remat,
+            rngs=rngs)
         self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs) if final_norm else None
 
     @property
@@ -125,7 +126,8 @@ class Model(nnx.Module):
             self.decoder = layers.Transformer(dec_width, cfg.decoder_depth, dec_heads,
                                               cfg.decoder_mlp_dim or 4 * dec_width, eps=cfg.ln_eps,
                                               qkv_bias=cfg.qkv_bias, dtype=dtype,
-                                              attention_impl=cfg.attention_impl or None, rngs=rngs)
+                                              attention_impl=cfg.attention_impl or None, remat=cfg.remat,
+                                              rngs=rngs)
             self.decoder_norm = layers.LayerNorm(dec_width, cfg.decoder_norm_eps or cfg.ln_eps, rngs=rngs)
             out_dim = cfg.tubelet_size * self.encoder.patch ** 2 * 3
             self.decoder_head = layers.Dense(dec_width, out_dim, ("decoder_embed", None), dtype=dtype, rngs=rngs)
@@ -197,6 +199,7 @@ def default_config() -> ml_collections.ConfigDict:
         decoder_norm_eps=0.0,  # 0 = ln_eps
         drop_path=0.0,
         dtype="float32",
+        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
         attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),

@@ -260,6 +260,7 @@ class Model(nnx.Module):
                   scan_chunk=cfg.scan_chunk, num_layers=depth, dtype=dtype, rngs=rngs)
             for i in range(depth)
         ])
+        self.remat = layers.check_remat(cfg.remat)
         self.final_drop_path = float(cfg.drop_path)
         self.norm_f = RMSNorm(self.width, cfg.rms_eps, rngs=rngs)
         self.residual_in_fp32 = cfg.residual_in_fp32
@@ -292,7 +293,8 @@ class Model(nnx.Module):
             raise ValueError("VideoMamba in vidjax has no masked pre-training; call it without a mask.")
         hidden, residual = self.embed(video), None
         for i, layer in enumerate(self.layers):
-            hidden, residual = layer(hidden, residual, jax.random.fold_in(rng, i) if rng is not None else None)
+            hidden, residual = layers.call_block(layer, self.remat, hidden, residual,
+                                                 jax.random.fold_in(rng, i) if rng is not None else None)
         final_rng = jax.random.fold_in(rng, len(self.layers)) if rng is not None else None
         residual = residual + layers.drop_path(hidden, self.final_drop_path, final_rng)
         if self.residual_in_fp32:
@@ -325,6 +327,7 @@ def default_config() -> ml_collections.ConfigDict:
         scan="chunked",  # chunked | associative (one scan over all tokens) | sequential (step by step, reference)
         scan_chunk=64,
         dtype="float32",  # compute dtype; parameters, the scan state and the residual stream stay float32
+        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM pod slice: the same command on every worker (host) of the slice.
+#
+#   TPU=my-v5e-32 ZONE=us-west4-a WORKDIR=gs://my-bucket/videomae_k400 \
+#     scripts/launch_tpu_pod.sh --config=configs/videomae_k400.py --config.batch_size=512
+#
+# Every worker runs `python -m vidjax.main` with the arguments given here. jax.distributed is detected (no
+# --coordinator_address needed): each host drives its local TPU chips, reads its own share of the data and writes its
+# own checkpoint shards, so WORKDIR must be storage every host sees (a gs:// bucket). Process 0 alone writes
+# metrics.jsonl, TensorBoard and figures. The default mesh (data=-1) is pure data parallel over all chips; for large
+# models use --config.mesh.fsdp=<chips per host> (parameters and optimizer state sharded over each host's chips,
+# which talk over ICI) and keep data for the rest.
+#
+# Preemption (spot / queued resources): the TPU VM receives SIGTERM; the run saves at the next step and exits.
+# Re-running this script with the same WORKDIR resumes.
+#
+# Set-up once per slice (same vidjax checkout at REPO on every worker):
+#   gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all \
+#     --command="git clone https://github.com/<you>/vidjax ~/vidjax && pip install -e ~/vidjax 'jax[tpu]'"
+set -euo pipefail
+
+: "${TPU:?set TPU to the TPU VM name}"
+: "${ZONE:?set ZONE to its zone}"
+: "${WORKDIR:?set WORKDIR to a gs:// path every worker can write}"
+REPO="${REPO:-~/vidjax}"
+
+args=$(printf ' %q' "$@")
+gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all \
+  --command="cd $REPO && python -m vidjax.main --workdir=$WORKDIR$args 2>&1 | tee -a ~/vidjax_train.log"

@@ -1,0 +1,180 @@
+"""Faults: preemption by SIGTERM, damaged checkpoints, skipped non-finite / spiking steps, restore onto other meshes."""
+
+import glob
+import itertools
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import train_losses
+from test_train import tiny_config
+
+from vidjax import checkpoint, train
+from vidjax.metric_writer import read_metrics
+
+TESTS = pathlib.Path(__file__).parent
+
+# The child trains through `python -m vidjax.main`'s main(), with each step's input slowed by 0.2 s, so that the
+# signal sent after its first step line reliably lands mid-run.
+CHILD = ("import sys, time; from vidjax import sharding; real = sharding.global_batch; "
+         "sharding.global_batch = lambda *a: (time.sleep(0.2), real(*a))[1]; "
+         "from absl import app; from vidjax import cli, main; "
+         "app.run(lambda argv: sys.exit(main.main(argv)), flags_parser=cli.parse_flags)")
+
+
+def test_sigterm_checkpoints_exits_4_and_resumes_exactly(tmp_path):
+    total = 12
+    config_file = tmp_path / "tiny.py"
+    config_file.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nfrom test_train import tiny_config\n\n\n"
+                           f"def get_config():\n    return tiny_config(total_steps={total}, checkpoint_every=1000)\n")
+    cut = tmp_path / "cut"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, f"--config={config_file}", f"--workdir={cut}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             cwd=TESTS.parent)
+    lines, sent = [], []
+
+    def read():  # signals right after the first step line, while the parent trains the reference run
+        for line in child.stdout:
+            lines.append(line)
+            if line.startswith("step ") and not sent:
+                child.send_signal(signal.SIGTERM)
+                sent.append(line)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    config = tiny_config(total_steps=total, checkpoint_every=1000)
+    train.train_and_evaluate(config, str(tmp_path / "full"), devices=jax.devices()[:1])
+    reader.join(timeout=300)
+    output = "".join(lines)
+    assert child.wait(timeout=60) == 4, output
+    stopped = [line for line in lines if line.startswith("Stopped by SIGTERM at step")]
+    assert stopped, output
+    step = int(stopped[0].split()[5].split("/")[0].rstrip(":"))
+    assert 1 < step < total, output  # stopped mid-run, after the step it was told at
+    assert sorted(os.listdir(cut / "checkpoints")) == [str(step)]
+    assert sorted(train_losses(cut)) == list(range(1, step + 1))
+
+    result = train.train_and_evaluate(config, str(cut), devices=jax.devices()[:1])
+    assert result["resumed"] and result["trained"] and not result.get("preempted")
+    full, resumed = train_losses(tmp_path / "full"), train_losses(cut)
+    assert sorted(resumed) == list(range(1, total + 1))
+    for s in range(1, total + 1):
+        assert full[s] == resumed[s], (s, full[s], resumed[s])  # bit for bit
+
+
+def garble(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(b"\x00garbled\xff" * 8)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_damaged_newest_checkpoint_is_skipped(tmp_path, capsys, caplog, damage):
+    """The newest step folder lost or garbled files after it was written: resume from the one before, warned."""
+    config = tiny_config(total_steps=8, checkpoint_every=4)
+    devices = jax.devices()[:1]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train.train_and_evaluate(config, str(full), devices=devices)
+    shutil.copytree(full, cut)
+    data_files = glob.glob(str(cut / "checkpoints" / "8" / "state" / "ocdbt.process_0" / "d" / "*"))
+    assert data_files
+    for path in data_files:
+        os.remove(path) if damage == "missing" else garble(path)
+    capsys.readouterr()
+    result = train.train_and_evaluate(config, str(cut), devices=devices)
+    assert result["resumed"] and result["step"] == 8
+    assert f"Resuming from checkpoint at step 4 in {cut / 'checkpoints' / '4'}" in capsys.readouterr().out
+    assert any(f"Checkpoint {cut / 'checkpoints' / '8'} is damaged and is skipped" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    assert sorted(os.listdir(cut / "corrupt_checkpoints")) == ["8"]  # kept aside for inspection
+    assert sorted(os.listdir(cut / "checkpoints")) == ["4", "8"]  # step 8 written again
+    a, b = train_losses(full), train_losses(cut)
+    for step in range(5, 9):
+        assert a[step] == b[step], (step, a[step], b[step])
+
+
+def scale_loss_at(monkeypatch, scales):
+    """Multiplies the loss of the steps in `scales` (1-based) inside the jitted step: NaN makes the loss and the
+    gradients non-finite, a large factor makes a finite spike."""
+    real_batch, real_loss_fn = train.sharding.global_batch, train.losses.get_loss_fn
+    calls = itertools.count(1)
+
+    def global_batch(local, batch_sharding):
+        scale = np.full(len(local["video"]), scales.get(next(calls), 1.0), np.float32)
+        return real_batch(dict(local, loss_scale=scale), batch_sharding)
+
+    def get_loss_fn(*args):
+        loss_fn = real_loss_fn(*args)
+
+        def scaled(model, batch, rng):
+            loss, aux = loss_fn(model, batch, rng)
+            return loss * jnp.mean(batch["loss_scale"]), aux
+        return scaled
+
+    monkeypatch.setattr(train.sharding, "global_batch", global_batch)
+    monkeypatch.setattr(train.losses, "get_loss_fn", get_loss_fn)
+
+
+def test_skipped_steps_are_counted_and_stop_after_max_in_a_row(tmp_path, monkeypatch):
+    """Non-finite steps 3, 7, 8, 9 and a loss spike at step 5: skipped with params and optimizer state kept;
+    with max_skipped_steps=2 the third in a row (step 9) stops training."""
+    config = tiny_config(total_steps=12, checkpoint_every=1, keep_checkpoints=12, max_skipped_steps=2)
+    config.loss_spike.update(factor=3.0, decay=0.9, min_steps=2)
+    nan = float("nan")
+    scale_loss_at(monkeypatch, {3: nan, 5: 10.0, 7: nan, 8: nan, 9: nan})
+    with pytest.raises(train.NonFiniteLossError, match=r"diverged at step 9: loss nan.*not finite \(3 steps in a row "
+                       r"skipped, more than config.max_skipped_steps=2\).*last good checkpoint is step 8"):
+        train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    rows = {r["step"]: r for r in read_metrics(tmp_path) if r["split"] == "train"}
+    assert sorted(rows) == list(range(1, 9))
+    assert [rows[s]["skipped_steps"] for s in range(1, 9)] == [0, 0, 1, 1, 2, 2, 3, 4]
+    assert rows[3]["loss"] == "nan" and rows[5]["loss"] > 3 * rows[4]["loss"]  # non-finite values as strings
+
+    setup = train.build(config, 64, train.sharding.create_mesh(config.mesh, jax.devices()[:1]))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=12)
+    target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+    states = {s: ckpt.restore(s, target) for s in (2, 3, 4, 5, 6, 8)}
+    same = jax.tree.map(np.array_equal, {k: v for k, v in states[2].items() if k != "step"},
+                        {k: v for k, v in states[3].items() if k != "step"})
+    assert all(jax.tree.leaves(same))  # a skipped step keeps params, optimizer state and the spike statistics
+    assert int(states[3]["step"]) == 3 and int(states[3]["loss_stats"]["count"]) == 2
+    assert not np.array_equal(states[4]["params"]["encoder"]["patch_embed"]["kernel"],
+                              states[3]["params"]["encoder"]["patch_embed"]["kernel"])
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, states[5]["params"], states[4]["params"])))  # spike
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, states[8]["params"], states[6]["params"])))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(states[8]["params"]))
+
+
+@pytest.mark.parametrize("devices,mesh", [(4, (1, 4, 1)), (1, (1, 1, 1))])
+def test_restore_onto_a_different_mesh(tmp_path_factory, devices, mesh):
+    """Saved on 8 devices with fsdp=4, restored on 4 (fsdp=4, then each device holds a quarter of every embed
+    axis) and on 1: the same parameters and optimizer state."""
+    workdir = tmp_path_factory.getbasetemp() / "saved_on_8"
+    if not workdir.exists():
+        config = tiny_config(total_steps=2, checkpoint_every=2)
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 4, 1
+        saved = train.train_and_evaluate(config, str(workdir))["state"]
+        np.savez(workdir / "state.npz", *[np.asarray(x) for x in jax.tree.leaves(saved)])
+    expected = np.load(workdir / "state.npz")
+    config = tiny_config()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+    setup = train.build(config, 64, train.sharding.create_mesh(config.mesh, jax.devices()[:devices]))
+    step, state = checkpoint.Checkpointer(str(workdir)).restore_latest(
+        checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+    assert step == 2
+    leaves = jax.tree.leaves(state)
+    assert len(leaves) == len(expected.files)
+    for i, leaf in enumerate(leaves):
+        np.testing.assert_array_equal(np.asarray(leaf), expected[f"arr_{i}"])
+    kernel = state["params"]["encoder"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
+    assert len(kernel.sharding.device_set) == devices
+    assert {s.data.shape for s in kernel.addressable_shards} == {(32 // mesh[1], 128)}

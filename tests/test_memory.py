@@ -1,0 +1,137 @@
+"""Memory controls: gradient accumulation equals one big batch, remat policies leave the maths unchanged for every
+model family, and the compiled step's memory is reported and checked before the first step."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import load_config, run_steps, tiny_family_config
+
+from vidjax import train
+from vidjax.config_lib import ConfigError
+from vidjax.models import get_model, layers
+
+FAMILIES = ("videomae", "timesformer", "vivit", "videomamba")
+
+
+def assert_trees_close(a, b, rtol):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    """Batch 8 in one piece vs 4 micro-batches of 2 (on a 2-way data mesh): same losses and parameters to 1e-5."""
+    one_losses, one = run_steps(tiny_family_config("videomae"), jax.devices()[:2], steps=2)
+    config = tiny_family_config("videomae")
+    config.grad_accum_steps = 4
+    accum_losses, accum = run_steps(config, jax.devices()[:2], steps=2)
+    np.testing.assert_allclose(accum_losses, one_losses, rtol=1e-5)
+    assert_trees_close(accum["params"], one["params"], rtol=1e-5)
+    assert_trees_close(accum["opt_state"], one["opt_state"], rtol=1e-5)
+
+
+def test_gradient_accumulation_must_divide_the_batch():
+    config = tiny_family_config("videomae")
+    mesh = train.sharding.create_mesh({"data": 2}, jax.devices()[:2])
+    for k in (3, 8, 0):  # 8 does not split over 2 shards: micro-batches of 1
+        config.grad_accum_steps = k
+        with pytest.raises(ConfigError, match=f"config.grad_accum_steps={k} must be >= 1 and split"):
+            train.check_grad_accum(config, mesh)
+
+
+def count_remat(model_name, remat):
+    """Rematerialised regions in the traced forward pass of a tiny `model_name` model."""
+    config = tiny_family_config(model_name, remat=remat)
+    with nnx.use_eager_sharding(False):
+        model = get_model(model_name).Model(config.model, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    video = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), np.float32)
+    mask = jax.ShapeDtypeStruct((2, model.encoder.num_tokens), bool) if model_name == "videomae" else None
+    jaxpr = jax.make_jaxpr(lambda s, v, m: nnx.merge(graphdef, s)(v, m))(state, video, mask)
+    return len(re.findall(r"\b(?:checkpoint|remat2)\[", str(jaxpr)))  # how jaxprs print jax.checkpoint
+
+
+@pytest.mark.parametrize("model_name", FAMILIES)
+def test_remat_is_per_block_and_trains_like_no_remat(model_name):
+    """Remat changes what is stored, not what is computed: two steps give the no-remat losses to 1e-5."""
+    depth = 2 + (model_name == "videomae")  # VideoMAE: 2 encoder blocks and 1 decoder block
+    inner = count_remat(model_name, "none")  # VideoMamba's chunked scan remats its own chunks
+    assert count_remat(model_name, "full") == count_remat(model_name, "dots_saveable") == inner + depth
+    reference, _ = run_steps(tiny_family_config(model_name), jax.devices()[:1])
+    remat, _ = run_steps(tiny_family_config(model_name, remat="full"), jax.devices()[:1])
+    np.testing.assert_allclose(remat, reference, rtol=1e-5)
+
+
+def test_dots_saveable_trains_like_no_remat():
+    reference, _ = run_steps(tiny_family_config("timesformer"), jax.devices()[:1])
+    remat, _ = run_steps(tiny_family_config("timesformer", remat="dots_saveable"), jax.devices()[:1])
+    np.testing.assert_allclose(remat, reference, rtol=1e-5)
+
+
+def test_unknown_remat_policy_is_a_config_error():
+    with pytest.raises(ConfigError, match="config.model.remat='some'; choose one of none, full, dots_saveable"):
+        layers.check_remat("some")
+
+
+def test_memory_reported_before_the_first_step_and_checked(tmp_path, capsys):
+    config = tiny_family_config("videomae")
+    config.update(total_steps=1, checkpoint_every=1, figure=False, eval_batches=1)
+    train.train_and_evaluate(config, str(tmp_path / "fits"), devices=jax.devices()[:1])
+    out = capsys.readouterr().out
+    report = out.index("Memory per device (train step): state and batch")
+    assert report < out.index("First step (compilation included)")
+    assert "(no device limit reported)" in out  # the CPU backend has no limit
+
+    config.memory_limit_gb = 1e-4  # about 100 KiB: the tiny model's state alone is larger
+    with pytest.raises(ConfigError, match=r"The train step needs [0-9.]+ GiB per device .* \(config.memory_limit_gb\)"
+                                          r"\. To fit: raise config.grad_accum_steps"):
+        train.train_and_evaluate(config, str(tmp_path / "small"), devices=jax.devices()[:1])
+    assert not (tmp_path / "small" / "checkpoints").exists() or not any((tmp_path / "small" / "checkpoints").iterdir())
+
+
+class FakeDevice:
+    """A device that reports a memory limit, as GPUs and TPUs do."""
+
+    device_kind = "Fake accelerator"
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def memory_stats(self):
+        return {"bytes_limit": self.limit}
+
+
+def test_memory_limit_reported_by_the_device():
+    config = tiny_family_config("timesformer")
+    setup = train.build(config, 64, train.sharding.create_mesh(config.mesh, jax.devices()[:1]))
+    state = jax.eval_shape(setup.init_state)
+    batch = {"video": jax.ShapeDtypeStruct((8, 4, 32, 32, 3), np.uint8),
+             "label": jax.ShapeDtypeStruct((8,), np.int32), "decode_failures": jax.ShapeDtypeStruct((8,), np.int32)}
+    compiled = train.make_train_step(config, setup).lower(state, batch).compile()
+    report = train.memory_report(config, compiled, FakeDevice(2**40))
+    assert report["total_bytes"] >= report["temp_bytes"] > 0 and report["argument_bytes"] > 0
+    with pytest.raises(ConfigError, match="but Fake accelerator has 0.00 GiB\\. To fit"):
+        train.memory_report(config, compiled, FakeDevice(1000))
+
+
+def test_recipes_accept_the_memory_keys():
+    config = load_config("videomae_k400", "runlocal")
+    config.model.remat, config.grad_accum_steps, config.memory_limit_gb = "full", 2, 16.0
+    train.check_config(config)
+
+
+def test_bench_reports_remat_grad_accum_and_memory():
+    """--remat / --grad_accum reach the benchmarked step; micro-batches shrink the compiled temporaries."""
+    from vidjax import bench
+
+    results = {}
+    for remat, accum in (("none", 1), ("full", 4)):
+        # Batch 32: 4 micro-batches of 8 over the 8 simulated devices.
+        config = bench.bench_config("videomae", "Mu/8", 4, 32, 32, "pretrain", "float32", 10, remat, accum)
+        assert config.model.remat == remat and config.grad_accum_steps == accum
+        results[accum] = bench.time_vidjax(config, "pretrain", steps=1, warmup=0)
+        assert results[accum]["seconds_per_step"] > 0 and results[accum]["argument_bytes"] > 0
+    assert 0 < results[4]["temp_bytes"] < results[1]["temp_bytes"]
