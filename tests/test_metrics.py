@@ -233,8 +233,11 @@ def test_confusion_matrix_figure_bad_inputs(tmp_path):
 
 def test_confusion_matrix_figure_failed_write_leaves_nothing(tmp_path, monkeypatch):
     def save_half_then_fail(self, fp, *args, **kwargs):
-        with open(fp, "wb") as f:
-            f.write(PNG_MAGIC)  # a partial file, as a full disk or a kill would leave
+        if hasattr(fp, "write"):
+            fp.write(PNG_MAGIC)  # a partial file, as a full disk or a kill would leave
+        else:
+            with open(fp, "wb") as f:
+                f.write(PNG_MAGIC)
         raise OSError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", save_half_then_fail)

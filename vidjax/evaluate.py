@@ -37,7 +37,7 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None) -> dict
     """The eval metrics of `checkpoint` on `config`'s eval split, over all devices (every process calls this)."""
     import jax
 
-    from vidjax import metrics, pretrained, sharding, train
+    from vidjax import fileio, metrics, pretrained, sharding, train
     from vidjax.data import pipeline
 
     train.check_config(config)
@@ -55,7 +55,7 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None) -> dict
     summary = train.evaluate(config, setup, train.make_eval_step(config, setup), params, eval_source, mask_grid,
                              target_names=pipeline.target_names(config.data) or None, outputs=outputs)
     if out and jax.process_index() == 0:
-        with pretrained.atomic_output(out) as f:
+        with fileio.atomic_output(out) as f:
             json.dump({"checkpoint": str(checkpoint), "num_examples": len(outputs["loss"]) if outputs else None,
                        **summary}, f, indent=1)
         if config.task == "classification":

@@ -36,7 +36,7 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from vidjax import losses, pretrained
+from vidjax import fileio, losses, pretrained
 from vidjax.data import decode, sources
 
 POOLS = ("mean", "cls", "tokens")
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         arrays["class_names"] = np.array(source.class_names)
     if targets:
         arrays["target_names"] = np.array(targets)
-    with pretrained.atomic_output(args.out, "wb") as f:
+    with fileio.atomic_output(args.out, "wb") as f:
         np.savez(f, **arrays)
     index = {"checkpoint": args.checkpoint, "model_name": model.model_name, "task": model.task, "pool": args.pool,
              "csv": os.path.abspath(args.csv), "root": args.root, "features_shape": list(arrays["features"].shape),
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                       for i, (j, p) in enumerate(zip(arrays["index"], arrays["paths"], strict=True))],
              "failed": failed}
     index_path = args.out[: -len(".npz")] + ".index.json"
-    with pretrained.atomic_output(index_path) as f:
+    with fileio.atomic_output(index_path) as f:
         json.dump(index, f, indent=1)
     print(f"Wrote {args.out}: features {tuple(arrays['features'].shape)} of {len(arrays['paths'])} videos "
           f"({args.pool} pooling){f', {len(failed)} failed (listed in the index)' if failed else ''}; "

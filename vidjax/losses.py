@@ -108,6 +108,15 @@ def get_loss_fn(config: ml_collections.ConfigDict, class_weights: np.ndarray | N
     return loss_fn
 
 
+def task_scores(task: str, logits: jax.Array) -> jax.Array:
+    """What a head's logits mean per task: softmax probabilities, per-class sigmoid scores, or the values."""
+    if task == "classification":
+        return jax.nn.softmax(logits, axis=-1)
+    if task == "multilabel":
+        return jax.nn.sigmoid(logits)
+    return logits
+
+
 def eval_outputs(config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
     """Per-example evaluation outputs of a normalised batch (one view (B, T, H, W, 3) or several (B, V, ...)).
 
@@ -128,15 +137,13 @@ def eval_outputs(config: ml_collections.ConfigDict, model, batch: dict) -> dict[
     logits = logits.reshape(b, views, -1)
     key = TARGET_KEYS[config.task]
     target = batch[key]
+    scores = task_scores(config.task, logits).mean(1)
     if config.task == "classification":
-        scores = jax.nn.softmax(logits, axis=-1).mean(1)
         picked = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
         loss = -jnp.log(jnp.maximum(picked, 1e-12))
     elif config.task == "multilabel":
-        scores = jax.nn.sigmoid(logits).mean(1)
         p = jnp.clip(scores, 1e-7, 1 - 1e-7)
         loss = -jnp.mean(target * jnp.log(p) + (1 - target) * jnp.log(1 - p), axis=-1)
     else:
-        scores = logits.mean(1)
         loss = jnp.mean(jnp.square(scores - target), axis=-1)
     return {"scores": scores, "loss": loss, key: target, **passed}

@@ -23,14 +23,14 @@ reconstructions).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
 
-import jax
 import numpy as np
 
-from vidjax import pretrained
+from vidjax import fileio, losses, pretrained
 from vidjax.data import decode
 
 
@@ -43,21 +43,18 @@ def output_names(model: pretrained.Pretrained) -> list[str]:
     return [f"{'target' if model.task == 'regression' else 'class'} {i}" for i in range(n)]
 
 
-def _probabilities(model, video):
-    return jax.nn.softmax(model(video)["logits"], axis=-1)
+@dataclasses.dataclass(frozen=True)
+class _Scores:
+    task: str
+
+    def __call__(self, model, video):
+        return losses.task_scores(self.task, model(video)["logits"])
 
 
-def _sigmoid_scores(model, video):
-    return jax.nn.sigmoid(model(video)["logits"])
-
-
-def _values(model, video):
-    return model(video)["logits"]
-
-
-def scores_fn(task: str):
-    """Per-clip scores from the model: class probabilities, per-class sigmoid scores, or the regressed values."""
-    return {"classification": _probabilities, "multilabel": _sigmoid_scores, "regression": _values}[task]
+def scores_fn(task: str) -> _Scores:
+    """Per-clip scores from the model (`losses.task_scores`): class probabilities, per-class sigmoid scores, or the
+    regressed values. A frozen dataclass, so every runner of a task shares one compilation."""
+    return _Scores(task)
 
 
 def sliding_windows(duration_s: float, window_s: float, stride_s: float) -> list[tuple[float, float]]:
@@ -205,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {start:.2f}-{end:.2f} s: {format_prediction(task, prediction)}", flush=True)
         report["videos"].append(entry)
     if args.json:
-        with pretrained.atomic_output(args.json) as f:
+        with fileio.atomic_output(args.json) as f:
             json.dump(report, f, indent=1)
     if failed:
         print(f"{failed} of {len(args.videos)} videos failed to decode.", file=sys.stderr)

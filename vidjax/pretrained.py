@@ -24,11 +24,10 @@ import functools
 import json
 import logging
 import math
-import os
 import pathlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +40,7 @@ from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline, sources
+from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
 from vidjax.models import get_model
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
@@ -186,21 +186,6 @@ class BatchRunner:
         batch[: len(clips)] = np.stack(clips)
         out = _apply_batch(self._params, jax.device_put(batch, self._batch_sharding), **self._static)
         return np.asarray(jax.device_get(out))[: len(clips)]
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """A file to write whose contents replace `path` only when the block completes: never a partial file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ------------------------------------------------------------------------------------------------ reading

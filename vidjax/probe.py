@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vidjax import losses, metrics, pretrained
+from vidjax import fileio, losses, metrics
 
 TASKS = ("classification", "multilabel", "regression")
 TARGET_KEY = losses.TARGET_KEYS
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stem = args.features[: -len(".npz")] if args.features.endswith(".npz") else args.features
     out = args.out or f"{stem}.probe.json"
-    with pretrained.atomic_output(out) as f:
+    with fileio.atomic_output(out) as f:
         json.dump(report, f, indent=1)
     scored = "--eval_features" if args.eval_features else f"{report['num_eval']} held-out rows"
     print(f"{args.probe} probe, {args.task}, {report['num_train']} training rows, scored on {scored}: "

@@ -14,6 +14,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from vidjax.fileio import atomic_output
 from vidjax.patches import grid_shape, patchify, unpatchify
 
 _MIN_CELL_HEIGHT = 96
@@ -143,16 +144,10 @@ def _three_videos(original, masked, reconstruction) -> list[np.ndarray]:
 
 
 def save_image(image: Image.Image, path: str | os.PathLike, **kwargs) -> None:
-    """Writes `path + ".tmp"` and renames it, so `path` is never a partial file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp_path = path + ".tmp"
-    try:
-        image.save(tmp_path, **kwargs)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    """Writes the image atomically (`fileio.atomic_output`): `path` is never a partial file."""
+    kwargs.setdefault("format", Image.registered_extensions()[os.path.splitext(os.fspath(path))[1].lower()])
+    with atomic_output(path, "wb") as f:
+        image.save(f, **kwargs)
 
 
 def reconstruction_figure(

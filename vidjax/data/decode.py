@@ -110,25 +110,10 @@ def sample_indices(
     return np.minimum(indices, num_video_frames - 1)
 
 
-def decode_clip(
-    src: VideoSource,
-    num_frames: int,
-    sampling_rate: int,
-    rng: np.random.Generator | None = None,
-    *,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    num_windows: int = 1,
-    window_index: int = 0,
-    short_side: int | None = None,
-    threads: int = 1,
-    name: str | None = None,
-) -> np.ndarray:
-    """The uint8 RGB frames (num_frames, H, W, 3) of `read_clip(...)`; see there for the arguments."""
-    return read_clip(
-        src, num_frames, sampling_rate, rng, start_s=start_s, end_s=end_s, num_windows=num_windows,
-        window_index=window_index, short_side=short_side, threads=threads, name=name,
-    ).frames
+def decode_clip(src: VideoSource, num_frames: int, sampling_rate: int, rng: np.random.Generator | None = None,
+                **options) -> np.ndarray:
+    """The uint8 RGB frames (num_frames, H, W, 3) of `read_clip(...)`; see there for the keyword options."""
+    return read_clip(src, num_frames, sampling_rate, rng, **options).frames
 
 
 def read_clip(
