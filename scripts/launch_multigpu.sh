@@ -8,8 +8,9 @@
 # --config.mesh.fsdp=-1 --config.mesh.data=1 (or tensor=2 for attention heads / MLP over NVLink pairs).
 #
 # With PROCS_PER_HOST=N the script instead starts N processes, one per GPU, joined by jax.distributed on a local
-# coordinator (the layout of multi-node jobs, handy to rehearse one on a single machine). Ctrl-C or SIGTERM stops
-# them all; each saves at its next step boundary.
+# coordinator (the layout of multi-node jobs, handy to rehearse one on a single machine). Ctrl-C or SIGTERM to this
+# script is passed on to every process as SIGTERM (they ignore the terminal's SIGINT, as background jobs of a
+# script do): they agree on a step, save it and exit 4.
 set -euo pipefail
 
 : "${WORKDIR:?set WORKDIR to the run directory}"
@@ -27,6 +28,15 @@ for ((i = 0; i < PROCS_PER_HOST; i++)); do
     --num_processes="$PROCS_PER_HOST" --process_id="$i" --local_device_ids="$i" "$@" &
   pids+=($!)
 done
+# A trapped signal cuts `wait` short (status > 128) while the process still saves: wait for it again until it has
+# exited, then keep its own exit code (4 after a stop by signal).
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]}"; do
+  while true; do
+    code=0
+    wait "$pid" || code=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  if ((code != 0)); then status=$code; fi
+done
 exit "$status"

@@ -11,8 +11,12 @@
 # models use --config.mesh.fsdp=<chips per host> (parameters and optimizer state sharded over each host's chips,
 # which talk over ICI) and keep data for the rest.
 #
-# Preemption (spot / queued resources): the TPU VM receives SIGTERM; the run saves at the next step and exits.
-# Re-running this script with the same WORKDIR resumes.
+# Preemption (spot / queued resources): every process on the TPU VMs receives SIGTERM; the processes agree on a step,
+# save it and exit 4. Re-running this script with the same WORKDIR resumes. The run writes its log to
+# ~/vidjax_train.log on each worker itself, under nohup, and this script only follows that file: a pipe to `tee`
+# would die with the same SIGTERM and fail the run's next print, and a dropped ssh connection would cut the run's
+# output (SIGPIPE) or hang it up (SIGHUP). Stop it by hand with SIGTERM, which also saves:
+#   gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="pkill -TERM -f vidjax.main"
 #
 # Set-up once per slice (same vidjax checkout at REPO on every worker):
 #   gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all \
@@ -25,5 +29,8 @@ set -euo pipefail
 REPO="${REPO:-~/vidjax}"
 
 args=$(printf ' %q' "$@")
+# \$ is expanded on the worker: the run's process id, so that `tail` follows until it ends and `wait` returns its
+# exit code (4 after a preemption).
 gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all \
-  --command="cd $REPO && python -m vidjax.main --workdir=$WORKDIR$args 2>&1 | tee -a ~/vidjax_train.log"
+  --command="cd $REPO && { nohup python -m vidjax.main --workdir=$WORKDIR$args >> ~/vidjax_train.log 2>&1 < /dev/null &
+    pid=\$!; tail -n 0 -F --pid=\$pid ~/vidjax_train.log; wait \$pid; }"

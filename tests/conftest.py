@@ -1,6 +1,8 @@
-"""Test set-up: 8 simulated CPU devices, set before jax initialises its backend."""
+"""Test set-up: 8 simulated CPU devices, set before jax initialises its backend; one compilation cache per run."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -9,6 +11,51 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+_jax_cache_dir = None
+
+
+def pytest_configure(config):
+    """A persistent compilation cache that lives for this test run only (this process: xdist workers have one
+    each): many tests build the same tiny configs, and on CPU compiling a train step takes far longer than running
+    it, so each distinct program compiles once. A hit loads the executable XLA compiled before, so what runs is
+    unchanged. Set here, before any test module is imported: jax decides whether to use the cache at its first
+    compilation."""
+    import jax
+
+    global _jax_cache_dir
+    _jax_cache_dir = tempfile.mkdtemp(prefix="vidjax-test-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", _jax_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_unconfigure(config):
+    if _jax_cache_dir:
+        shutil.rmtree(_jax_cache_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def generate_clips_once():
+    """The embedded dataset's clips, each generated on first use and then copied from memory, for this module.
+
+    A clip is a pure function of its source's settings and index (vidjax.data.synthetic), so the batches are the
+    ones the generator gives; long training runs read every clip many times, and generating them was a third of
+    each of their steps."""
+    from vidjax.data import synthetic
+
+    generate = synthetic.SyntheticVideoSource.__getitem__
+    clips: dict = {}
+
+    def getitem(self, index):
+        key = (repr(self), index)
+        if key not in clips:
+            clips[key] = generate(self, index)
+        return {k: v.copy() for k, v in clips[key].items()}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic.SyntheticVideoSource, "__getitem__", getitem)
+        yield
 
 
 @pytest.fixture(scope="session")

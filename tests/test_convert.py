@@ -170,18 +170,19 @@ def test_fine_tuning_starts_from_a_converted_checkpoint(tmp_path):
     config.data = config_lib.synthetic_data(num_frames=8, image_size=32, num_train=32, num_eval=8)
     config.batch_size, config.total_steps, config.figure, config.eval_every = 8, 2, False, 0
     config.init_from = str(tmp_path / "ckpt")
+    two_devices = train.sharding.create_mesh(config.mesh, jax.devices()[:2])
     result = train.train_and_evaluate(config, str(tmp_path / "work"), devices=jax.devices()[:2])
     assert result["step"] == 2
     source = pretrained.load(tmp_path / "ckpt")
-    setup = train.build(config, 32)
-    fresh = setup.init_state()["params"]
+    fresh = train.build(config, 32, two_devices).init_state()["params"]  # the trainer's init, compiled already
     started, report = pretrained.init_from(config.init_from, "videomae", config.model, fresh)
     assert sorted(report["fresh"]) == ["head/bias", "head/kernel"] and report["unused"] == []
     np.testing.assert_array_equal(np.asarray(started["encoder"]["transformer"]["blocks"][1]["attn"]["qkv"]),
                                   np.asarray(source.params["encoder"]["transformer"]["blocks"][1]["attn"]["qkv"]))
     config.model.width = 48
     with pytest.raises(config_lib.ConfigError, match=r"parameter encoder/patch_embed/\w+ has shape"):
-        pretrained.init_from(config.init_from, "videomae", config.model, train.build(config, 32).init_state()["params"])
+        pretrained.init_from(config.init_from, "videomae", config.model,
+                             train.build(config, 32, two_devices).init_state()["params"])
 
 
 @pytest.mark.parametrize("method,up,down", [

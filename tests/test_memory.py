@@ -129,9 +129,10 @@ def test_bench_reports_remat_grad_accum_and_memory():
 
     results = {}
     for remat, accum in (("none", 1), ("full", 4)):
-        # Batch 32: 4 micro-batches of 8 over the 8 simulated devices.
-        config = bench.bench_config("videomae", "Mu/8", 4, 32, 32, "pretrain", "float32", 10, remat, accum)
+        # Batch 32: 4 micro-batches of 8 over the 8 simulated devices; 8 x 64 x 64 clips, so that activations
+        # rather than the parameter-sized buffers dominate the temporaries.
+        config = bench.bench_config("videomae", "Mu/8", 8, 64, 32, "pretrain", "float32", 10, remat, accum)
         assert config.model.remat == remat and config.grad_accum_steps == accum
         results[accum] = bench.time_vidjax(config, "pretrain", steps=1, warmup=0)
         assert results[accum]["seconds_per_step"] > 0 and results[accum]["argument_bytes"] > 0
-    assert 0 < results[4]["temp_bytes"] < results[1]["temp_bytes"]
+    assert 0 < results[4]["temp_bytes"] < 0.6 * results[1]["temp_bytes"]

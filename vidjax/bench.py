@@ -9,10 +9,15 @@ Pre-train and fine-tune time the trainer's own jitted update step (the code `vid
 the jitted forward pass. The last line printed is one JSON object: seconds_per_step (median of the timed
 steps after warm-up), clips_per_s, compile_s, flops_per_step (XLA's cost analysis), and with --compare the
 PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster).
-`temp_bytes` / `argument_bytes` are XLA's per-device memory figures for the compiled step; `--remat` and
-`--grad_accum` set the rematerialisation policy and the micro-batches per step, to trade time for memory:
+`temp_bytes` / `argument_bytes` are XLA's per-device memory figures for the compiled step. The memory and
+compile-time controls each take a comma list, and the benchmark runs every combination in one process (so their
+ratios are comparable) and ends with a markdown table and {"rows": [...]}: `--dtype` (float32 | bfloat16 compute;
+parameters and optimizer state stay float32), `--remat` (none | full | dots_saveable per block), `--grad_accum`
+(micro-batches per step) and `--scan_layers` (false | true: one lax.scan over the blocks):
 
   python -m vidjax.bench --model=videomae --variant=S/16 --batch=8 --remat=full --grad_accum=2
+  python -m vidjax.bench --model=videomae --variant=B/16 --dtype=float32,bfloat16 --remat=none,full \
+      --scan_layers=false,true
 
 `--mode=mamba_block` compares VideoMamba's chunked selective scan with one unchunked associative scan on a single
 bidirectional block of the variant's width: XLA's temporary memory for forward + backward at --frames (compiled
@@ -35,20 +40,27 @@ _BATCH = flags.DEFINE_integer("batch", 2, "Global batch size.")
 _MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "finetune", "infer", "mamba_block"], "What to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
+_DTYPE = flags.DEFINE_list("dtype", ["float32"], "Compute dtype(s), float32 or bfloat16 (parameters and optimizer "
+                                                 "state stay float32).")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 400, "Classes of the fine-tune/infer head.")
 _COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also time the PyTorch reference in the same run.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads for --compare=torch.")
 _TIME_FRAMES = flags.DEFINE_integer("time_frames", 8, "--mode=mamba_block: frames for the timing comparison.")
 _SCAN_CHUNK = flags.DEFINE_integer("scan_chunk", 0, "--mode=mamba_block: chunk length (0 = the model default).")
-_REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "dots_saveable"],
-                           "Per-block rematerialisation (config.model.remat).")
-_GRAD_ACCUM = flags.DEFINE_integer("grad_accum", 1, "Micro-batches per step (config.grad_accum_steps); --batch is "
-                                                   "the global batch they split.")
+_REMAT = flags.DEFINE_list("remat", ["none"], "Per-block rematerialisation(s) (config.model.remat): none, full, "
+                                              "dots_saveable.")
+_GRAD_ACCUM = flags.DEFINE_list("grad_accum", ["1"], "Micro-batches per step (config.grad_accum_steps); --batch "
+                                                     "is the global batch they split.")
+_SCAN_LAYERS = flags.DEFINE_list("scan_layers", ["false"], "config.model.scan_layers: false (blocks unrolled) or "
+                                                           "true (one lax.scan over them).")
+
+# What each controllable option may be, to check --dtype/--remat/--grad_accum/--scan_layers before compiling.
+_CHOICES = {"dtype": ("float32", "bfloat16"), "remat": ("none", "full", "dots_saveable"),
+            "scan_layers": ("false", "true")}
 
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
-                 num_classes: int, remat: str = "none", grad_accum: int = 1):
+                 num_classes: int, remat: str = "none", grad_accum: int = 1, scan_layers: bool = False):
     """A trainer config for the benchmark workload (no data source is read)."""
     from vidjax import config_lib
     from vidjax.models import get_model
@@ -59,7 +71,7 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
     config.model = get_model(model).default_config()
     config.model.update(dict(variant=variant, num_frames=frames, image_size=size, dtype=dtype,
                              head="pretrain" if mode == "pretrain" else "classification", num_classes=num_classes,
-                             remat=remat))
+                             remat=remat, scan_layers=scan_layers))
     config.data = config_lib.synthetic_data(num_frames=frames, image_size=size, num_classes=num_classes)
     config.batch_size = batch
     config.grad_accum_steps = grad_accum
@@ -102,33 +114,45 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
     batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
     state = setup.init_state()
 
-    start = time.perf_counter()
-    if mode == "infer":
-        def forward(params, video):
-            model = nnx.merge(setup.graphdef, params)
-            return model(losses.normalize_video(video, m.pixel_mean, m.pixel_std))["logits"]
+    def lower(config, setup):
+        if mode == "infer":
+            def forward(params, video):
+                model = nnx.merge(setup.graphdef, params)
+                return model(losses.normalize_video(video, m.pixel_mean, m.pixel_std))["logits"]
 
-        compiled = jax.jit(forward).lower(state["params"], batch["video"]).compile()
+            return jax.jit(forward).lower(state["params"], batch["video"])
+        return train.make_train_step(config, setup).lower(state, batch)
+
+    start = time.perf_counter()
+    compiled = lower(config, setup).compile()
+    compile_s = time.perf_counter() - start
+    if mode == "infer":
         params = state["params"]
 
         def step():
             return compiled(params, batch["video"])
     else:
-        compiled = train.make_train_step(config, setup).lower(state, batch).compile()
         holder = {"state": state}
 
         def step():
             holder["state"], metrics = compiled(holder["state"], batch)
             return metrics
-    compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
+    cost, flops_source = compiled.cost_analysis(), "compiled step"
+    if m.get("scan_layers") or config.grad_accum_steps > 1:
+        # XLA's cost analysis counts a loop body once, not once per block or micro-batch: count the FLOPs of the
+        # same step without loops (blocks unrolled, one batch; same parameters) from its lowering, before
+        # optimisation, which is not compiled.
+        unrolled = config.copy_and_resolve_references()
+        unrolled.model.scan_layers, unrolled.grad_accum_steps = False, 1
+        cost = lower(unrolled, train.build(unrolled, config.batch_size, setup.mesh)).cost_analysis()
+        flops_source = "unrolled lowering"
     cost = cost[0] if isinstance(cost, list) else cost
     memory = compiled.memory_analysis()
     seconds, times = _median_time(step, steps, warmup)
     return {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
             "devices": jax.device_count(), "seconds_per_step": seconds, "step_times": times,
             "clips_per_s": config.batch_size / seconds, "compile_s": compile_s,
-            "flops_per_step": float(cost.get("flops", float("nan"))),
+            "flops_per_step": float(cost.get("flops", float("nan"))), "flops_source": flops_source,
             # XLA's per-device figures for the compiled step: temporaries (activations, gradients in flight) and
             # arguments (parameters, optimizer state, batch).
             "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
@@ -176,14 +200,60 @@ def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_fra
     return result
 
 
+def option_rows() -> list[dict]:
+    """Every combination of the comma-listed --dtype, --remat, --grad_accum and --scan_layers, checked."""
+    import itertools
+
+    values = {"dtype": _DTYPE.value, "remat": _REMAT.value, "grad_accum": _GRAD_ACCUM.value,
+              "scan_layers": _SCAN_LAYERS.value}
+    for name, choices in _CHOICES.items():
+        bad = [v for v in values[name] if v not in choices]
+        if bad or not values[name]:
+            raise app.UsageError(f"--{name}={','.join(values[name])}: each value must be one of {', '.join(choices)}.")
+    try:
+        values["grad_accum"] = [int(v) for v in values["grad_accum"]]
+        assert values["grad_accum"] and min(values["grad_accum"]) >= 1
+    except (ValueError, AssertionError):
+        raise app.UsageError(f"--grad_accum={','.join(map(str, _GRAD_ACCUM.value))}: give positive integers, "
+                             f"e.g. --grad_accum=1,2,4.") from None
+    values["scan_layers"] = [v == "true" for v in values["scan_layers"]]
+    return [dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())]
+
+
+def _row_line(row: dict) -> str:
+    line = (f"{row['seconds_per_step']:.4f} s/step, {row['clips_per_s']:.2f} clips/s, compile {row['compile_s']:.1f}s, "
+            f"{row['flops_per_step'] / 1e9:.1f} GFLOP/step")
+    return line + (f", temp memory {row['temp_bytes'] / 2**20:.1f} MiB" if row["temp_bytes"] is not None else "")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a markdown table, with step time and memory relative to the first row."""
+    lines = ["| dtype | remat | grad_accum | scan_layers | s/step | clips/s | compile s | temp MiB | args MiB | "
+             "time vs first | temp vs first |", "|" + " --- |" * 11]
+    first = rows[0]
+    for r in rows:
+        temp = r["temp_bytes"] / 2**20 if r["temp_bytes"] is not None else float("nan")
+        args = r["argument_bytes"] / 2**20 if r["argument_bytes"] is not None else float("nan")
+        temp_ratio = r["temp_bytes"] / first["temp_bytes"] if r["temp_bytes"] and first["temp_bytes"] else float("nan")
+        lines.append(f"| {r['dtype']} | {r['remat']} | {r['grad_accum']} | {str(r['scan_layers']).lower()} | "
+                     f"{r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | {r['compile_s']:.1f} | {temp:.1f} | "
+                     f"{args:.1f} | {r['seconds_per_step'] / first['seconds_per_step']:.2f} | {temp_ratio:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _MODE.value == "mamba_block":
+        rows = option_rows()
+        if len(rows) > 1:
+            raise app.UsageError("--mode=mamba_block takes one --dtype and no --remat/--grad_accum/--scan_layers "
+                                 "lists.")
+        dtype = rows[0]["dtype"]
         result = {"mode": "mamba_block", "variant": _VARIANT.value, "frames": _FRAMES.value, "size": _SIZE.value,
-                  "batch": _BATCH.value, "time_frames": _TIME_FRAMES.value, "dtype": _DTYPE.value}
+                  "batch": _BATCH.value, "time_frames": _TIME_FRAMES.value, "dtype": dtype}
         result.update(bench_mamba_block(_VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _TIME_FRAMES.value,
-                                        _STEPS.value, _WARMUP.value, _DTYPE.value, _SCAN_CHUNK.value))
+                                        _STEPS.value, _WARMUP.value, dtype, _SCAN_CHUNK.value))
         for scan in ("chunked", "associative"):
             print(f"{scan:>11}: fwd+bwd temp memory {result[scan]['temp_bytes'] / 2**20:.1f} MiB at "
                   f"{result['memory_tokens']} tokens; {result[scan]['seconds_fwd_bwd'] * 1e3:.1f} ms at "
@@ -192,16 +262,27 @@ def main(argv: list[str]) -> None:
               flush=True)
         print(json.dumps(result))
         return
-    config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
-                          _DTYPE.value, _NUM_CLASSES.value, _REMAT.value, _GRAD_ACCUM.value)
-    result = {"model": _MODEL.value, "variant": _VARIANT.value, "mode": _MODE.value, "frames": _FRAMES.value,
-              "size": _SIZE.value, "batch": _BATCH.value, "dtype": _DTYPE.value, "remat": _REMAT.value,
-              "grad_accum": _GRAD_ACCUM.value}
-    result.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value))
-    print(f"vidjax: {result['seconds_per_step']:.4f} s/step, {result['clips_per_s']:.2f} clips/s, "
-          f"compile {result['compile_s']:.1f}s, {result['flops_per_step'] / 1e9:.1f} GFLOP/step"
-          + (f", temp memory {result['temp_bytes'] / 2**20:.1f} MiB" if result["temp_bytes"] is not None else ""),
-          flush=True)
+    rows = option_rows()
+    if _COMPARE.value and len(rows) > 1:
+        raise app.UsageError("--compare=torch times one configuration: give single --dtype/--remat/--grad_accum/"
+                             "--scan_layers values.")
+    common = {"model": _MODEL.value, "variant": _VARIANT.value, "mode": _MODE.value, "frames": _FRAMES.value,
+              "size": _SIZE.value, "batch": _BATCH.value}
+    results = []
+    for options in rows:
+        config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
+                              options["dtype"], _NUM_CLASSES.value, options["remat"], options["grad_accum"],
+                              options["scan_layers"])
+        row = dict(common, **options)
+        row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value))
+        label = " ".join(f"{k}={str(v).lower()}" for k, v in options.items()) if len(rows) > 1 else ""
+        print(f"vidjax{' [' + label + ']' if label else ''}: {_row_line(row)}", flush=True)
+        results.append(row)
+    if len(results) > 1:
+        print(markdown_table(results), flush=True)
+        print(json.dumps({**common, "rows": results}))
+        return
+    result = results[0]
     if _COMPARE.value == "torch":
         if _MODEL.value != "videomae":
             raise app.UsageError("--compare=torch is available for --model=videomae.")

@@ -6,14 +6,22 @@ A step folder damaged afterwards (files lost or garbled by a copy, a full disk, 
 renames) is caught on restore: orbax fails to read it, or the state read back does not match the checksum saved
 beside it. `restore_latest` then moves it to `<workdir>/corrupt_checkpoints/` with a warning and uses the
 previous step.
+
+orbax runs a restore on a fresh asyncio event loop and closes it as soon as the first array read fails, with the
+other reads still in flight; each of those then reports back to the closed loop from a tensorstore thread, which
+Python prints as an ignored "RuntimeError: Event loop is closed" (one per array: hundreds under a damaged step).
+`restore` therefore gives orbax loops that let pending reads finish before closing (`_loops_that_finish_tasks`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
+import threading
 
 import grain
 import jax
@@ -28,6 +36,40 @@ logger = logging.getLogger(__name__)
 
 class CorruptCheckpointError(RuntimeError):
     """A step folder whose state does not read back as it was written."""
+
+
+class _LoopFinishingTasks(asyncio.SelectorEventLoop):
+    """An event loop that, closed with tasks still pending, first lets them finish (as `asyncio.run` would)."""
+
+    timeout_s = 60.0  # a read that hangs longer (an unreachable bucket) is cancelled instead
+
+    def close(self) -> None:
+        pending = [task for task in asyncio.all_tasks(self) if not task.done()]
+        if pending and not self.is_running() and not self.is_closed():
+            done, hanging = self.run_until_complete(asyncio.wait(pending, timeout=self.timeout_s))
+            for task in hanging:
+                task.cancel()
+            if hanging:
+                self.run_until_complete(asyncio.wait(hanging))
+            for task in done:  # their errors belong to the failed restore, already raised: consumed, not logged
+                if not task.cancelled():
+                    task.exception()
+        super().close()
+
+
+_loop_patch_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _loops_that_finish_tasks():
+    """Within: event loops made by `asyncio.new_event_loop` (how orbax runs a restore) finish their tasks on close."""
+    with _loop_patch_lock:
+        real = asyncio.new_event_loop
+        asyncio.new_event_loop = _LoopFinishingTasks
+        try:
+            yield
+        finally:
+            asyncio.new_event_loop = real
 
 
 @jax.jit
@@ -85,7 +127,8 @@ class Checkpointer:
         checked = os.path.isdir(os.path.join(self.path(step), "checksum"))
         if checked:
             items["checksum"] = ocp.args.JsonRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        with _loops_that_finish_tasks():
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         if checked and checksums(restored["state"]) != restored["checksum"]["state"]:
             raise CorruptCheckpointError(f"the state read from {self.path(step)} does not match the checksum saved "
                                          f"with it (garbled files)")

@@ -187,10 +187,13 @@ class Mlp(nnx.Module):
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Stochastic depth: drops the whole residual branch per sample with probability `rate` (train only)."""
-    if rate == 0.0 or rng is None:
+    if rng is None or (not isinstance(rate, jax.Array) and rate == 0.0):  # a traced rate comes from a layer scan
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    keep_prob = 1.0 - rate
+    keep = jax.random.bernoulli(rng, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+    if isinstance(keep_prob, jax.Array):
+        keep_prob = keep_prob.astype(x.dtype)  # a float32 rate must not promote bf16 activations
+    return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
 
 
 def check_remat(remat: str) -> str:
@@ -232,6 +235,68 @@ def call_block(block: nnx.Module, remat: str, *args, **kwargs):
     return shard_batch(run(block, *args))
 
 
+def _static_layout(block: nnx.Module) -> nnx.GraphDef:
+    """The block's graph and static attributes (widths, epsilons, dtypes ...), drop-path rate aside: what a layer
+    scan takes from the first block for all of them."""
+    rate = getattr(block, "drop_path", None)
+    if rate is None:
+        return nnx.graphdef(block)
+    block.drop_path = 0.0
+    try:
+        return nnx.graphdef(block)
+    finally:
+        block.drop_path = rate
+
+
+def run_blocks(blocks: Sequence[nnx.Module], carry, rng: jax.Array | None, *, remat: str = "none",
+               scan: bool = False, first_index: int = 0, **kwargs):
+    """Applies `blocks` in order: `carry = block(*carry, rng=fold_in(rng, first_index + i), **kwargs)`.
+
+    `carry` is one activation array or a tuple of them (a block then returns a tuple of the same structure).
+    `remat` is the per-block policy (`REMAT_POLICIES`). With `scan=False` the blocks are unrolled: XLA compiles
+    each of them. With `scan=True` (config.model.scan_layers) their parameters are stacked along a new leading axis
+    at call time and one `lax.scan` runs a single copy of the block over them, so XLA compiles one block whatever
+    the depth. The parameters keep their per-block layout, so checkpoints, converted weights and per-layer lr decay
+    are the same either way; the cost is one copy of the blocks' parameters per step. Per-block drop-path rates and
+    random keys are scanned along, so both modes compute the same thing. Scanning needs blocks of one kind and one
+    set of parameter shapes.
+    """
+    blocks = list(blocks)
+    single = not isinstance(carry, tuple)
+    carry = (carry,) if single else carry
+    if not scan or len(blocks) < 2:
+        for i, block in enumerate(blocks):
+            key = jax.random.fold_in(rng, first_index + i) if rng is not None else None
+            out = call_block(block, remat, *carry, rng=key, **kwargs)
+            carry = out if isinstance(out, tuple) else (out,)
+        return carry[0] if single else carry
+    graphdef, _ = nnx.split(blocks[0])
+    states = [nnx.state(block) for block in blocks]
+    layout = [(_static_layout(b), jax.tree.structure(s), [x.shape for x in jax.tree.leaves(s)])
+              for b, s in zip(blocks, states, strict=True)]
+    for i, block in enumerate(blocks):
+        if type(block) is not type(blocks[0]) or layout[i] != layout[0]:
+            raise ConfigError(f"config.model.scan_layers=True needs blocks of one kind, shape and setting, but block "
+                              f"{first_index + i} ({type(block).__name__}) differs from block {first_index}; "
+                              f"set config.model.scan_layers=False for this model.")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    rates = jnp.asarray([getattr(block, "drop_path", 0.0) for block in blocks], jnp.float32)
+    indices = jnp.arange(first_index, first_index + len(blocks))
+
+    def body(carry, xs):
+        state, rate, index = xs
+        block = nnx.merge(graphdef, state)
+        if hasattr(block, "drop_path"):
+            block.drop_path = nnx.data(rate)
+        out = block(*carry, rng=jax.random.fold_in(rng, index) if rng is not None else None, **kwargs)
+        return shard_batch(out if isinstance(out, tuple) else (out,)), None
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)  # CSE cannot cross a scan
+    carry, _ = jax.lax.scan(body, carry, (stacked, rates, indices))
+    return carry[0] if single else carry
+
+
 class Block(nnx.Module):
     """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
@@ -252,13 +317,17 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """A stack of `Block`s with linearly increasing drop-path rates, as in the ViT/VideoMAE references."""
+    """A stack of `Block`s with linearly increasing drop-path rates, as in the ViT/VideoMAE references.
+
+    `scan=True` runs them as one `lax.scan` (see `run_blocks`).
+    """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
                  qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None,
-                 approximate_gelu: bool = False, remat: str = "none", rngs: nnx.Rngs):
+                 approximate_gelu: bool = False, remat: str = "none", scan: bool = False, rngs: nnx.Rngs):
         rates = np.linspace(0.0, drop_path, depth) if depth > 1 else np.array([drop_path])
         self.remat = check_remat(remat)
+        self.scan = bool(scan)
         self.blocks = nnx.List([
             Block(dim, num_heads, mlp_dim, eps=eps, drop_path=float(r), qkv_bias=qkv_bias, dtype=dtype,
                   attention_impl=attention_impl, approximate_gelu=approximate_gelu, rngs=rngs)
@@ -266,9 +335,7 @@ class Transformer(nnx.Module):
         ])
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        for i, block in enumerate(self.blocks):
-            x = call_block(block, self.remat, x, jax.random.fold_in(rng, i) if rng is not None else None)
-        return x
+        return run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan)
 
 
 def vit_dims(variant: str, width: int | None = None, depth: int | None = None,

@@ -130,6 +130,7 @@ class Model(nnx.Module):
             for r in rates
         ])
         self.remat = layers.check_remat(cfg.remat)
+        self.scan_layers = bool(cfg.scan_layers)
         self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs)
         if cfg.head == "classification":
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
@@ -164,9 +165,7 @@ class Model(nnx.Module):
             raise ValueError("TimeSformer has no masked-token mode; call it without a mask.")
         b, t = video.shape[0], self.grid[0]
         x = self.embed(video)
-        for i, block in enumerate(self.blocks):
-            x = layers.call_block(block, self.remat, x, rng=jax.random.fold_in(rng, i) if rng is not None else None,
-                                  num_frames=t)
+        x = layers.run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan_layers, num_frames=t)
         if self.attention_type == "space_only":
             # Frames were independent sequences so far; the official model averages them into one per clip.
             x = jnp.mean(x.reshape(b, t, *x.shape[1:]).astype(jnp.float32), axis=1).astype(x.dtype)
@@ -192,6 +191,7 @@ def default_config() -> ml_collections.ConfigDict:
         drop_path=0.0,
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
+        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
         attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),

@@ -70,7 +70,7 @@ class Encoder(nnx.Module):
         self.transformer = layers.Transformer(
             self.width, dims["depth"], dims["num_heads"], dims["mlp_dim"], eps=cfg.ln_eps, drop_path=cfg.drop_path,
             qkv_bias=cfg.qkv_bias, dtype=dtype, attention_impl=cfg.attention_impl or None, remat=cfg.remat,
-            rngs=rngs)
+            scan=cfg.scan_layers, rngs=rngs)
         self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs) if final_norm else None
 
     @property
@@ -127,7 +127,7 @@ class Model(nnx.Module):
                                               cfg.decoder_mlp_dim or 4 * dec_width, eps=cfg.ln_eps,
                                               qkv_bias=cfg.qkv_bias, dtype=dtype,
                                               attention_impl=cfg.attention_impl or None, remat=cfg.remat,
-                                              rngs=rngs)
+                                              scan=cfg.scan_layers, rngs=rngs)
             self.decoder_norm = layers.LayerNorm(dec_width, cfg.decoder_norm_eps or cfg.ln_eps, rngs=rngs)
             out_dim = cfg.tubelet_size * self.encoder.patch ** 2 * 3
             self.decoder_head = layers.Dense(dec_width, out_dim, ("decoder_embed", None), dtype=dtype, rngs=rngs)
@@ -200,6 +200,7 @@ def default_config() -> ml_collections.ConfigDict:
         drop_path=0.0,
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
+        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
         attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),

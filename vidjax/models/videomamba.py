@@ -261,6 +261,7 @@ class Model(nnx.Module):
             for i in range(depth)
         ])
         self.remat = layers.check_remat(cfg.remat)
+        self.scan_layers = bool(cfg.scan_layers)
         self.final_drop_path = float(cfg.drop_path)
         self.norm_f = RMSNorm(self.width, cfg.rms_eps, rngs=rngs)
         self.residual_in_fp32 = cfg.residual_in_fp32
@@ -291,10 +292,10 @@ class Model(nnx.Module):
                  ) -> dict[str, jax.Array]:
         if mask is not None:
             raise ValueError("VideoMamba in vidjax has no masked pre-training; call it without a mask.")
-        hidden, residual = self.embed(video), None
-        for i, layer in enumerate(self.layers):
-            hidden, residual = layers.call_block(layer, self.remat, hidden, residual,
-                                                 jax.random.fold_in(rng, i) if rng is not None else None)
+        # The first layer takes the embeddings as its residual (no pair yet), so only the others are scanned.
+        hidden, residual = layers.run_blocks(self.layers[:1], (self.embed(video), None), rng, remat=self.remat)
+        hidden, residual = layers.run_blocks(self.layers[1:], (hidden, residual), rng, remat=self.remat,
+                                             scan=self.scan_layers, first_index=1)
         final_rng = jax.random.fold_in(rng, len(self.layers)) if rng is not None else None
         residual = residual + layers.drop_path(hidden, self.final_drop_path, final_rng)
         if self.residual_in_fp32:
@@ -328,6 +329,7 @@ def default_config() -> ml_collections.ConfigDict:
         scan_chunk=64,
         dtype="float32",  # compute dtype; parameters, the scan state and the residual stream stay float32
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
+        scan_layers=False,  # True: one lax.scan over layers 1.. (compiles one layer; same parameters and maths)
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -216,6 +216,7 @@ class Model(nnx.Module):
         stack = dict(eps=cfg.ln_eps, drop_path=cfg.drop_path, qkv_bias=cfg.qkv_bias, dtype=dtype,
                      attention_impl=cfg.attention_impl or None, approximate_gelu=cfg.approximate_gelu, rngs=rngs)
         self.remat = layers.check_remat(cfg.remat)
+        self.scan_layers = bool(cfg.scan_layers)
 
         # PyTorch's default Conv3d init (kaiming-uniform with a=sqrt(5)) is uniform with variance 1/(3*fan_in).
         conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -227,7 +228,7 @@ class Model(nnx.Module):
         self.pos_embed = _learned(rngs, (num_positions + token, width), ("positions", "embed"), 0.02)
         if cfg.model_type in ("joint", "factorised_encoder"):
             self.transformer = layers.Transformer(width, dims["depth"], dims["num_heads"], dims["mlp_dim"],
-                                                  remat=self.remat, **stack)
+                                                  remat=self.remat, scan=self.scan_layers, **stack)
         else:
             rates = np.linspace(0.0, cfg.drop_path, dims["depth"]) if dims["depth"] > 1 else [cfg.drop_path]
             stack.pop("drop_path")
@@ -248,7 +249,8 @@ class Model(nnx.Module):
             self.temporal_cls_token = nnx.Param(jnp.zeros((width,)), out_sharding=("embed",)) if token else None
             self.temporal_pos_embed = _learned(rngs, (t + token, width), ("positions", "embed"), 0.02)
             self.temporal_transformer = layers.Transformer(width, cfg.temporal_depth, dims["num_heads"],
-                                                           dims["mlp_dim"], remat=self.remat, **stack)
+                                                           dims["mlp_dim"], remat=self.remat, scan=self.scan_layers,
+                                                           **stack)
         self.norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
         if cfg.head == "classification":
             # head_init_scale 0 gives scenic's zero-initialised classifier.
@@ -280,9 +282,7 @@ class Model(nnx.Module):
             if self.model_type == "joint":
                 x = self.transformer(x, rng_a)
             else:
-                for i, block in enumerate(self.blocks):
-                    x = layers.call_block(block, self.remat, x,
-                                          jax.random.fold_in(rng_a, i) if rng_a is not None else None)
+                x = layers.run_blocks(self.blocks, x, rng_a, remat=self.remat, scan=self.scan_layers)
         x = self.norm(x)
         out = {"last_hidden_state": x}
         if self.head_kind == "classification":
@@ -339,6 +339,7 @@ def default_config() -> ml_collections.ConfigDict:
         drop_path=0.0,
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
+        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
         attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
         pixel_mean=(0.5, 0.5, 0.5),  # scenic's zero-centring: pixels scaled to [-1, 1]
         pixel_std=(0.5, 0.5, 0.5),
