@@ -15,8 +15,8 @@ before that step's checkpoint or eval, every process waits at a barrier of jax.d
 and then reads its key-value store for notices (host to host, no device work: the device keeps the steps already
 dispatched); a signalled process first posts a notice keyed by its step. All processes read the same notices, so
 all stop after the same step, each with the checkpoint of that step. Cost: two RPCs per step (a barrier and a
-read). The barrier also keeps the hosts' loops within a step of each other, which the collective train step does
-anyway.
+read), 0.9 ms per step measured with 2 local processes on a 2-core machine. The barrier also keeps the hosts'
+loops within a step of each other, which the collective train step does anyway.
 
 Why not jax's own preemption service (`multihost_utils.reached_preemption_sync_point`, which
 `jax.distributed.initialize` starts by default, on CPU too, installing a C++ SIGTERM handler that a thread polls
