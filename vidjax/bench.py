@@ -32,6 +32,8 @@ import time
 
 from absl import app, flags
 
+from vidjax.models.layers import REMAT_POLICIES
+
 _MODEL = flags.DEFINE_string("model", "videomae", "Model name (a module in vidjax.models).")
 _VARIANT = flags.DEFINE_string("variant", "S/16", "Variant string, e.g. S/16, B/16.")
 _FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip.")
@@ -55,7 +57,7 @@ _SCAN_LAYERS = flags.DEFINE_list("scan_layers", ["false"], "config.model.scan_la
                                                            "true (one lax.scan over them).")
 
 # What each controllable option may be, to check --dtype/--remat/--grad_accum/--scan_layers before compiling.
-_CHOICES = {"dtype": ("float32", "bfloat16"), "remat": ("none", "full", "dots_saveable"),
+_CHOICES = {"dtype": ("float32", "bfloat16"), "remat": tuple(REMAT_POLICIES),
             "scan_layers": ("false", "true")}
 
 
