@@ -32,14 +32,15 @@ from vidjax.models import layers, videomae
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, variant="B/16", runlocal=False)
-    layers.parse_variant(arg.variant)  # a typo'd variant fails here, naming itself
+    arg = config_lib.parse_arg(arg, variant="", runlocal=False)
+    variant = config_lib.recipe_variant(arg, "B/16", "Mu/8")
+    layers.parse_variant(variant)  # a typo'd variant fails here, naming itself
     config = config_lib.trainer_config()
     config.model_name = "videomae"
     config.task = "pretrain"
 
     config.model = videomae.default_config()
-    config.model.variant = arg.variant
+    config.model.variant = variant
     config.model.num_frames = 16
     config.model.image_size = 224
     config.model.mask_ratio = 0.9
@@ -65,5 +66,5 @@ def get_config(arg=None):
 
     if arg.runlocal:
         # Same job, shrunk: micro ViT on 8 x 32 x 32 clips of the embedded dataset (no files, no download).
-        config_lib.runlocal(config, "Mu/8", peak_lr=1.5e-3)
+        config_lib.runlocal(config, variant, peak_lr=1.5e-3)
     return config

@@ -30,6 +30,12 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+# The few-minute runs of the runlocal recipes (tests/test_recipe_*_learns.py) go first: `--dist loadfile` hands out
+# files in collection order, so started last they would run on after every other test has finished.
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.path.name.startswith("test_recipe_"))
+
+
 def pytest_unconfigure(config):
     if _jax_cache_dir:
         shutil.rmtree(_jax_cache_dir, ignore_errors=True)

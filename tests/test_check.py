@@ -49,4 +49,15 @@ def test_command_line_exit_zero_when_all_usable(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 entries: 1 ok, 1 too short" in result.stdout and "clips/s" in result.stdout
     bad = subprocess.run([sys.executable, "-m", "vidjax.data.check"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "exactly one of --config" in bad.stderr
+    assert bad.returncode == 2 and "exactly one of --config" in bad.stderr
+
+
+def test_command_line_checks_a_class_folder_tree(tmp_path):
+    for name, frames in (("jump/a.mp4", 20), ("run/b.mp4", 20)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        make_video(tmp_path / name, num_frames=frames)
+    (tmp_path / "run" / "c.mp4").write_text("not a video")
+    result = subprocess.run([sys.executable, "-m", "vidjax.data.check", f"--folder={tmp_path}", "--num_frames=4",
+                             "--sampling_rate=2", "--size=32"], capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3 entries: 2 ok" in result.stdout and "c.mp4" in result.stdout

@@ -49,6 +49,20 @@ def test_help_describes_the_flags():
     proc, _ = run_main("--help")
     assert proc.returncode == 0
     assert "--config" in proc.stdout and "--workdir" in proc.stdout and "runlocal" in proc.stdout
+    # It points to --print_config and to where the keys are documented.
+    assert "--print_config" in proc.stdout and "configs/" in proc.stdout and "README.md" in proc.stdout
+
+
+def test_print_config_shows_the_resolved_config_and_exits(tmp_path):
+    proc, seconds = run_main("--config=configs/videomae_k400.py:runlocal", "--config.batch_size=4",
+                             "--config.model.drop_path=0.05", "--print_config", f"--workdir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "batch_size: 4" in lines and "  drop_path: 0.05" in lines  # the overrides, applied
+    assert "  image_size: 32" in lines  # runlocal's size, not the full recipe's 224
+    assert not (tmp_path / "run").exists() and seconds < 60  # nothing trained, no workdir made
+    proc, _ = run_main("--config=configs/videomae_k400.py", "--print-config")  # no --workdir needed to look
+    assert proc.returncode == 0 and "train_csv: /data/kinetics400/train.csv" in proc.stdout
 
 
 def test_evaluate_command_flags():

@@ -41,3 +41,15 @@ def test_kinetics_recipe_is_the_published_one():
     local = load_config("videomae_k400", "runlocal")
     assert local.data.source == "synthetic" and local.model.image_size == local.data.image_size
 
+
+
+@pytest.mark.parametrize("name, full, local", [
+    ("videomae_k400", "B/16", "Mu/8"), ("videomae_finetune_k400", "B/16", "Mu/8"), ("timesformer_k400", "B/16", "Mu/8"),
+    ("vivit_k400", "B/16x2", "Mu/8x2"), ("videomamba_k400", "S/16", "Mu/8")])
+def test_variant_is_honoured_with_runlocal(name, full, local):
+    """`:runlocal,variant=X` trains X on the embedded dataset; without variant= each form keeps its own size."""
+    assert load_config(name).model.variant == full
+    assert load_config(name, "runlocal").model.variant == local
+    other = "S/16x2" if name == "vivit_k400" else "Ti/16"
+    config = load_config(name, f"runlocal,variant={other}")
+    assert config.model.variant == other and config.data.source == "synthetic"

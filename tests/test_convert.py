@@ -146,7 +146,7 @@ def test_cli(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
-    assert exit_info.value.code == 0 and "--from-videomamba" in capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--from_videomamba" in capsys.readouterr().out
 
 
 def test_load_rejects_other_directories(tmp_path):

@@ -248,7 +248,8 @@ def test_fine_tuning_on_a_folder_with_multi_view_eval(library, tmp_path):
 def test_source_errors_name_the_setting(library, tmp_path):
     config = config_for("folder", library)
     config.data.num_classes = 5
-    with pytest.raises(config_lib.ConfigError, match="3 class folders but config.data.num_classes=5"):
+    with pytest.raises(config_lib.ConfigError, match=r"3 class folders \(jump, run, walk\) but config.data."
+                                                     r"num_classes=5; set --config.data.num_classes=3"):
         pipeline.make_source(config.data, "train")
     listing = tmp_path / "list.txt"
     listing.write_text("jump/jump_0.mp4 0\nnope/a.mp4 1\nnope/b.mp4 2\n")

@@ -38,7 +38,9 @@ def test_extract_mean_and_tokens_with_failures(tmp_path_factory, video_list, tmp
     assert extract.main([*common, f"--out={tmp_path / 'mean.npz'}"]) == 1
     captured = capsys.readouterr()
     assert "2 failed (listed in the index)" in captured.out
-    assert "corrupt.mp4" in captured.err and "missing.mp4" in captured.err and "extract: 4/4 videos" in captured.err
+    # The progress line counts the missing video as the summary does: 5 listed, 2 failed.
+    assert "corrupt.mp4" in captured.err and "missing.mp4" in captured.err
+    assert "extract: 5/5 videos, 2 failed" in captured.err
     mean = read_npz(tmp_path / "mean.npz")
     assert mean["features"].shape == (3, 32) and mean["features"].dtype == np.float32
     assert [p.rsplit("/", 1)[1] for p in mean["paths"]] == ["good0.mp4", "good1.mp4", "good2.mp4"]
@@ -76,8 +78,9 @@ def test_extract_mean_pooling_is_the_classifier_input(tmp_path_factory, video_li
                          "--targets=speed,size", f"--out={tmp_path / 'f.npz'}"]) == 0
     out = read_npz(tmp_path / "f.npz")
     assert out["label"].tolist() == [3, 1] and out["target_names"].tolist() == ["speed", "size"]
-    np.testing.assert_allclose(out["targets"], [[0.5, 1.0], [-2.0, 0.25]])
     model = pretrained.load(workdir)
+    assert model.class_names and out["class_names"].tolist() == model.class_names  # the list names none
+    np.testing.assert_allclose(out["targets"], [[0.5, 1.0], [-2.0, 0.25]])
     views = np.concatenate([model.read_views(str(video_list / name)) for name in ("good0.mp4", "good2.mp4")])
     logits = np.asarray(model(model.preprocess(views)))
     head = model.params["head"]

@@ -265,6 +265,16 @@ def test_videomamba_recipe_uses_the_fine_tuning_options():
     train.check_config(local)
 
 
+def test_videomamba_runlocal_stops_at_once_without_pretrained_weights(tmp_path):
+    """From random weights a micro VideoMamba stays at chance on the embedded dataset: the recipe says what it needs
+    (a converted checkpoint for --config.init_from, and the command that makes one) before building anything."""
+    local = load_config("videomamba_k400", "runlocal")
+    with pytest.raises(config_lib.ConfigError, match=r"(?s)--from_videomamba .* --config.init_from=.*"
+                                                     r"--config.needs_init_from= to train from scratch anyway"):
+        train.train_and_evaluate(local, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 # End to end on the embedded dataset: pre-train, then fine-tune from that checkpoint, for each task.
 
 E2E_DATA = dict(num_train=2048, num_eval=256)
@@ -292,10 +302,7 @@ def finetune(task, init_from, workdir, steps, num_classes=8):
     return config, result
 
 
-def test_pretrain_then_finetune_classifies_well_above_chance(pretrained_run, tmp_path, capsys):
-    _, result = finetune("classification", pretrained_run, tmp_path, steps=800)
-    assert "Initialised" in capsys.readouterr().out  # the encoder came from the pre-training run
-    assert result["eval_top1"] >= 3 / 8, result  # 3x chance on the held-out split (8 motion directions)
+# Classification from a pre-training is tests/test_recipe_videomae_finetune_learns.py: the runlocal recipes themselves.
 
 
 def test_pretrain_then_finetune_multilabel_and_regression_beat_trivial_predictors(pretrained_run, tmp_path):

@@ -219,3 +219,53 @@ def test_layer_decay_config_is_checked_and_builds_a_trainer():
     params = setup.abstract_state["params"]
     updates, _ = jax.eval_shape(setup.tx.update, params, setup.abstract_state["opt_state"], params)
     assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+# ---- SGD (TimeSformer's recipe) and the step schedule ----
+
+def test_sgd_is_pytorch_nesterov_sgd_with_l2_weight_decay():
+    """Three steps against PyTorch's SGD update (dampening 0): g += wd * p (kernels only); buf = m * buf + g;
+    nesterov: p -= lr * (g + m * buf)."""
+    config, params, grads, schedule = _tiny_finetune_setup(1.0)
+    with config.unlocked():
+        config.optimizer.update(name="sgd", momentum=0.9, nesterov=True, weight_decay=1e-4)
+    tx = optim.make_optimizer(config, schedule)
+    state, p = tx.init(params), params
+    mask = optim.decay_mask(params)
+    ref_p = params
+    buf = jax.tree.map(np.zeros_like, params)
+    for g in grads + grads[:1]:
+        updates, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, updates)
+        g_wd = jax.tree.map(lambda gi, pi, m: gi + (1e-4 * pi if m else 0.0), g, ref_p, mask)
+        buf = jax.tree.map(lambda b, gi: 0.9 * b + gi, buf, g_wd)
+        ref_p = jax.tree.map(lambda pi, gi, b: pi - 1e-3 * (gi + 0.9 * b), ref_p, g_wd, buf)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p, ref_p)
+    with config.unlocked():
+        config.optimizer.name = "lamb"
+    with pytest.raises(ConfigError, match="config.optimizer.name must be one of adamw, sgd"):
+        optim.make_optimizer(config, schedule)
+
+
+def test_step_schedule_follows_epoch_boundaries_after_warmup():
+    config = tiny_config(batch_size=8)
+    config.optimizer.update(base_lr=0.005, lr_batch_base=8, schedule="steps", lr_steps=(11, 14),
+                            lr_step_scales=(0.1, 0.01))
+    schedule = optim.make_schedule(config, total_steps=150, warmup_steps=5, steps_per_epoch=10)
+    lrs = np.array([float(schedule(s)) for s in range(150)])
+    assert lrs[0] == 0 and lrs[5] == pytest.approx(0.005) and (np.diff(lrs[:6]) > 0).all()
+    np.testing.assert_allclose(lrs[[6, 109, 110, 139, 140, 149]], [5e-3, 5e-3, 5e-4, 5e-4, 5e-5, 5e-5], rtol=1e-6)
+    config.optimizer.lr_step_scales = (0.1,)
+    with pytest.raises(ConfigError, match="lr_steps .* and lr_step_scales .* of the same length"):
+        optim.make_schedule(config, total_steps=150, warmup_steps=0, steps_per_epoch=10)
+
+
+def test_timesformer_recipe_is_the_published_sgd_one():
+    from helpers import load_config
+
+    config = load_config("timesformer_k400")
+    opt = config.optimizer
+    assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay, opt.schedule) == ("sgd", 0.9, True, 1e-4, "steps")
+    assert optim.peak_lr(config) == pytest.approx(0.005) and config.batch_size == 8 and config.num_epochs == 15
+    assert tuple(opt.lr_steps) == (11, 14) and tuple(opt.lr_step_scales) == (0.1, 0.01) and opt.warmup_epochs == 0
+    train.build(config, 800, train.sharding.create_mesh(config.mesh, jax.devices()[:1]))  # builds as published

@@ -1,5 +1,7 @@
 """The grain input pipeline: determinism, per-process shares, even eval splits, bad videos dropped."""
 
+import logging
+
 import numpy as np
 from test_decode import make_video
 from test_train import tiny_config
@@ -70,6 +72,10 @@ def test_undecodable_videos_are_skipped_not_fatal(tmp_path, caplog):
     assert "clip2.mp4" in caplog.text and "in its place" in caplog.text
     again = batches(config, "eval", 0)
     np.testing.assert_array_equal(np.concatenate([b["index"] for b in again]), indices)
+    # The second pass (another epoch) counts the failure again but does not warn again about the same video.
+    assert np.concatenate([b["decode_failures"] for b in again]).sum() == 1
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "clip2.mp4" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
 def test_task_eval_split_is_padded_to_whole_global_batches_and_marks_the_padding():

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -54,6 +55,18 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def parse_output(text):
+    """predict's text output -> {video path: [(label, value), ...]} (the video-level lines, windows left out)."""
+    blocks, current = {}, None
+    for line in text.splitlines():
+        if not line.startswith(" "):
+            current = blocks.setdefault(line, [])
+        elif line.startswith("  ") and not line.startswith(("   ", "  window ", "  (")):
+            label, value = line.strip().rsplit(maxsplit=1)
+            current.append((label, float(value)))
+    return blocks
+
+
 def view_probabilities(model, path, **kwargs):
     views = model.read_views(path, **kwargs)
     return softmax(np.asarray(model(model.preprocess(views))))
@@ -104,14 +117,14 @@ def test_load_prefers_metadata_and_ema_params(cls_run, tmp_path):
 def test_predict_prints_top_k(cls_run, videos, capsys):
     workdir, _ = cls_run
     assert predict.main([f"--checkpoint={workdir}", videos["a"], videos["b"], "--top_k=5"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split(": ")[0] for line in lines] == [videos["a"], videos["b"]]
+    blocks = parse_output(capsys.readouterr().out)
+    assert list(blocks) == [videos["a"], videos["b"]]
     model = pretrained.load(workdir)
     names = predict.output_names(model)
-    for line, video in zip(lines, ("a", "b"), strict=True):
-        pairs = [item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", ")]
+    for video in ("a", "b"):
+        pairs = blocks[videos[video]]  # one `label  probability` line each
         assert len(pairs) == 5 and all(name in names for name, _ in pairs)
-        probs = [float(p) for _, p in pairs]
+        probs = [p for _, p in pairs]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-3
         expected = view_probabilities(model, videos[video])[0]
         best = int(np.argmax(expected))
@@ -142,7 +155,7 @@ def test_sliding_windows_json_and_batch_size_invariance(cls_run, videos, tmp_pat
                              f"--batch_size={batch_size}", f"--json={out}"]) == 0
         reports.append(json.loads(out.read_text()))
     text = capsys.readouterr().out
-    assert text.count("\n  ") == 2 * 3 and "  0.50-1.30 s: " in text
+    assert text.count("\n  window ") == 2 * 3 and "\n  window 0.50-1.30 s\n    move_" in text
     video = reports[0]["videos"][0]
     assert [(w["start_s"], w["end_s"]) for w in video["windows"]] == [(0.0, 0.8), (0.5, 1.3), (1.0, 1.8)]
     model = pretrained.load(workdir)
@@ -162,7 +175,7 @@ def test_a_corrupt_video_among_good_ones(cls_run, videos, tmp_path, capsys):
     code = predict.main([f"--checkpoint={workdir}", videos["a"], videos["bad"], videos["b"], f"--json={out}"])
     captured = capsys.readouterr()
     assert code == 1
-    assert [line.split(": ")[0] for line in captured.out.strip().splitlines()] == [videos["a"], videos["b"]]
+    assert list(parse_output(captured.out)) == [videos["a"], videos["b"]]
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and videos["bad"] in errors[0] and "cannot" in errors[0]
     assert "1 of 3 videos failed to decode" in captured.err
@@ -196,6 +209,21 @@ def test_not_a_checkpoint_exits_2(tmp_path, videos, capsys):
     assert f"--checkpoint={tmp_path}" in err and "not a converted checkpoint" in err and "training workdir" in err
 
 
+def test_json_on_stdout_for_scripts(cls_run, videos, capsys):
+    workdir, _ = cls_run
+    assert predict.main([f"--checkpoint={workdir}", videos["a"], "--top_k=2", "--json=-"]) == 0
+    report = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    assert report["videos"][0]["path"] == videos["a"] and len(report["videos"][0]["aggregate"]["top_k"]) == 2
+
+
+def test_a_raw_hugging_face_folder_gets_the_convert_command(videos, capsys):
+    source = pathlib.Path(__file__).parent / "fixtures" / "parity" / "videomae_classification_bin" / "source"
+    assert predict.main([f"--checkpoint={source}", videos["a"]]) == 2
+    err = capsys.readouterr().err
+    assert "is a Hugging Face checkpoint" in err and "Traceback" not in err
+    assert f"python -m vidjax.convert --from_hf {source} --out {source}_vidjax" in err
+
+
 def test_sliding_windows():
     assert predict.sliding_windows(2.0, 0.8, 0.5) == [(0.0, 0.8), (0.5, 1.3), (1.0, 1.8)]
     assert predict.sliding_windows(2.0, 1.0, 1.0) == [(0.0, 1.0), (1.0, 2.0)]
@@ -217,10 +245,10 @@ def test_multilabel_and_regression_predictions(cls_run, videos):
     described = predict.describe("multilabel", scores, names, 2, threshold)
     assert [r["index"] for r in described["above_threshold"]] == list(np.argsort(-scores, kind="stable")[:3])
     assert len(described["top_k"]) == 2
-    line = predict.format_prediction("multilabel", described)
-    assert line.count(", ") == 2 and names[int(np.argmax(scores))] in line
-    assert predict.format_prediction("multilabel", predict.describe("multilabel", scores, names, 2, 0.99)).startswith(
-        "no class scores >= 0.99 (highest: ")
+    lines = predict.format_prediction("multilabel", described)
+    assert len(lines) == 3 and lines[0].strip().rsplit(maxsplit=1)[0] == names[int(np.argmax(scores))]
+    lines = predict.format_prediction("multilabel", predict.describe("multilabel", scores, names, 2, 0.99))
+    assert lines[0] == "  (no class scores >= 0.99; the highest:)" and len(lines) == 3
 
     targets = [f"value_{i}" for i in range(8)]
     regression = dataclasses.replace(model, task="regression", target_names=targets)
@@ -229,7 +257,9 @@ def test_multilabel_and_regression_predictions(cls_run, videos):
     np.testing.assert_allclose(values, logits.mean(axis=0), atol=1e-6)
     described = predict.describe("regression", values, predict.output_names(regression), 5, 0.5)
     assert list(described["values"]) == targets
-    assert predict.format_prediction("regression", described).startswith(f"value_0 {values[0]:.4f}, value_1 ")
+    lines = predict.format_prediction("regression", described)
+    assert [line.split() for line in lines[:2]] == [["value_0", f"{values[0]:.4f}"], ["value_1", f"{values[1]:.4f}"]]
+    assert len(lines) == 8
 
 
 def test_init_from_a_pretraining_workdir(tmp_path_factory):

@@ -32,6 +32,8 @@ import time
 
 from absl import app, flags
 
+from vidjax import cli
+from vidjax.models import available
 from vidjax.models.layers import REMAT_POLICIES
 
 _MODEL = flags.DEFINE_string("model", "videomae", "Model name (a module in vidjax.models).")
@@ -243,9 +245,22 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_workload_flags() -> None:
+    """Raises app.UsageError for a model, size or step count that cannot be benchmarked, before anything compiles.
+    (A variant string is checked by the model itself: its ConfigError is reported the same way by `cli.run`.)"""
+    if _MODEL.value not in available():
+        raise app.UsageError(f"--model={_MODEL.value}: no such model; choose one of {', '.join(available())}.")
+    for flag in (_FRAMES, _SIZE, _BATCH, _STEPS, _TIME_FRAMES):
+        if flag.value < 1:
+            raise app.UsageError(f"--{flag.name}={flag.value} must be at least 1.")
+    if _WARMUP.value < 0 or _SCAN_CHUNK.value < 0:
+        raise app.UsageError("--warmup and --scan_chunk cannot be negative.")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    check_workload_flags()
     if _MODE.value == "mamba_block":
         rows = option_rows()
         if len(rows) > 1:
@@ -302,4 +317,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

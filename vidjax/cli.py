@@ -1,18 +1,83 @@
-"""Command-line plumbing shared by vidjax's absl programs (main, evaluate): one-line errors for bad flags."""
+"""Command-line plumbing shared by every vidjax command: one flag spelling, one-line errors, exit status 2.
+
+The absl programs (main, evaluate, bench, data.check, data.bench) start with `run(main)`, the argparse ones
+(predict, extract, visualize, probe, convert, data.pack) build an `ArgumentParser`. Either way a flag is spelled
+with underscores (`--num_classes`; the hyphenated `--num-classes` is accepted too), a config file may be given as
+`~/cfg.py`, and a mistake on the command line (unknown flag or config key, bad value, missing config file, a
+usage error raised by the program) is one `error:` line naming the fix plus a pointer to `--help`, with exit
+status 2, never a traceback or the whole help text.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from absl import flags
+from absl import app, flags, logging
+from ml_collections.config_flags import config_flags
 
 from vidjax.config_lib import ConfigError
 
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
 
 def _program(argv: list[str]) -> str:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.startswith("vidjax."):  # `python -m vidjax.data.check`: the module's own name
+        return spec.name.removesuffix(".__main__")
     name = os.path.basename(argv[0]) if argv else "main"
     return "vidjax." + (os.path.splitext(name)[0] if name.endswith(".py") and name != "__main__.py" else "main")
+
+
+def _fail(message: str, program: str) -> NoReturn:
+    print(f"error: {message}\nRun `python -m {program} --help` for the flags.", file=sys.stderr)
+    sys.exit(2)
+
+
+def canonical_flags(args: Sequence[str], is_flag: Callable[[str], bool]) -> list[str]:
+    """`--num-classes=3` -> `--num_classes=3` where the command defines `num_classes`: flags are spelled with
+    underscores in every command, and the hyphenated spelling a person may type still works. Arguments after `--`
+    and anything that is not a defined flag are left as they are."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        name, sep, value = arg[2:].partition("=")
+        if arg.startswith("--") and "-" in name and "." not in name and is_flag(name.replace("-", "_")):
+            arg = f"--{name.replace('-', '_')}{sep}{value}"
+        out.append(arg)
+    return out
+
+
+def _config_file_flags() -> set[str]:
+    return {name for name in flags.FLAGS
+            if isinstance(flags.FLAGS[name].parser, config_flags.ConfigFileFlagParser)}
+
+
+def _check_config_files(argv: list[str]) -> list[str]:
+    """`--config=PATH[:args]` with `~` expanded; a PATH that is not a file is a one-line error (config_flags would
+    defer it to a traceback at the first use of the config)."""
+    names = _config_file_flags()
+    out = list(argv)
+    for i, arg in enumerate(argv[1:], start=1):
+        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in names:
+            continue
+        if not sep:  # `--config PATH`
+            if i + 1 >= len(argv):
+                continue
+            i, value = i + 1, argv[i + 1]
+        path, colon, config_args = value.partition(":")
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            _fail(f"--{name}={value}: no such config file ({os.path.abspath(path)}). Give a config file, e.g. "
+                  f"--{name}=configs/videomae_k400.py:runlocal (the configs/ folder holds one per recipe, each "
+                  f"documented in its docstring).", _program(argv))
+        out[i] = f"--{name}={path}{colon}{config_args}" if sep else f"{path}{colon}{config_args}"
+    return out
 
 
 def describe_error(err: BaseException, argv: list[str]) -> str:
@@ -36,14 +101,48 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with config mistakes (unknown key, bad value, bad variant) as one-line errors (exit 2).
 
     Use as `app.run(main, flags_parser=parse_flags)`."""
+    argv = [argv[0], *canonical_flags(argv[1:], lambda name: name in flags.FLAGS)] if argv else argv
+    asks_help = any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:])
+    if not asks_help:
+        argv = _check_config_files(argv)
     try:
         return flags.FLAGS(argv)
-    except SystemExit:
-        # absl exits 1 after printing --help; asking for help is not a failure.
-        if any(a.split("=")[0] in ("--help", "-h", "-?", "--helpshort", "--helpfull") for a in argv[1:]):
-            sys.exit(0)
-        raise
+    except SystemExit as exit_:
+        # absl exits 1 after printing --help; asking for help is not a failure. Its other exits are flag errors.
+        sys.exit(0 if asks_help else 2 if exit_.code else exit_.code)
     except (flags.Error, KeyError, ValueError, AttributeError) as err:
-        print(f"error: {describe_error(err, argv)}\nRun `python -m {_program(argv)} --help` for the flags.",
-              file=sys.stderr)
-        sys.exit(2)
+        _fail(describe_error(err, argv), _program(argv))
+
+
+def run(main: Callable[[list[str]], int | None]) -> NoReturn:
+    """`app.run(main)` for a vidjax absl program: flags parsed by `parse_flags`, absl logging at WARNING unless
+    --verbosity is given; a `app.UsageError` or `ConfigError` escaping `main` is one `error:` line with exit 2
+    (absl would print the whole help after it); otherwise the exit status is what `main` returns."""
+    def wrapped(argv: list[str]) -> NoReturn:
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # jax and orbax log routine steps at INFO; --verbosity=0 shows them
+        try:
+            status = main(argv)
+        except (app.UsageError, ConfigError) as err:
+            _fail(str(err), _program(argv))
+        sys.exit(status or 0)
+
+    app.run(wrapped, flags_parser=parse_flags)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the vidjax commands: the module docstring shown as written, flags spelled with underscores
+    (hyphenated spellings accepted, see `canonical_flags`), and a bad command line answered like the absl
+    programs: one `error:` line and a pointer to --help, exit status 2 (argparse prints its usage block)."""
+
+    def __init__(self, prog: str, description: str | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(prog=prog, description=description, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(canonical_flags(args, lambda name: f"--{name}" in self._option_string_actions),
+                                        namespace)
+
+    def error(self, message: str) -> NoReturn:
+        _fail(message, self.prog.removeprefix("python -m "))

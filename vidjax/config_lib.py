@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import ml_collections
@@ -12,6 +13,43 @@ _FALSE = {"false", "0", "no"}
 
 class ConfigError(ValueError):
     """A config, flag or data setting that cannot work; the message says which and what to do."""
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One ConfigError for every problem found (none: nothing raised), so that one run shows all there is to fix."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems with the config, fix them all before the next run:\n"
+                          + "\n".join(f"  {i}. {problem}" for i, problem in enumerate(problems, 1)))
+
+
+def chosen(explicit_keys: Collection[str] | None, key: str) -> bool:
+    """Whether config key `key` (e.g. "model.width") is the user's own choice rather than a recipe default.
+
+    `explicit_keys` lists the keys set on the command line (`command_line_keys`); a key counts when it or a block
+    holding it is listed. None stands for a config built in Python: every value in it counts as chosen.
+    """
+    if explicit_keys is None:
+        return True
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in explicit_keys for i in range(1, len(parts) + 1))
+
+
+def command_line_keys(config_flag: Any) -> set[str]:
+    """The config keys a person set on the command line: each `--config.KEY=VALUE`, and `model.variant` when the
+    config argument names one (`--config=configs/x.py:variant=S/16`). `config_flag` is `flags.FLAGS["config"]`.
+
+    The trainer and `vidjax.evaluate` let these win over what a checkpoint or the data say (and report where they
+    disagree); the recipe's other values give way (`chosen`).
+    """
+    from ml_collections import config_flags
+
+    keys = set(config_flags.get_override_values(config_flag))
+    argument = (config_flag.config_filename or "").partition(":")[2]
+    if any(item.partition("=")[0].strip() == "variant" for item in argument.split(",")):
+        keys.add("model.variant")
+    return keys
 
 
 def _convert(key: str, text: str, default: Any) -> Any:
@@ -60,17 +98,22 @@ def trainer_config() -> ml_collections.ConfigDict:
         # Fine-tuning start: a vidjax training workdir (its latest checkpoint), one of its step folders, or a
         # `python -m vidjax.convert` output; "" = random init.
         init_from="",
+        # Non-empty for recipes that cannot start from random weights: why, and how to get a checkpoint. The trainer
+        # stops at start-up with this message when init_from is empty; set it to "" to train from scratch anyway.
+        needs_init_from="",
         batch_size=16,  # global, across all devices and processes
         num_epochs=1.0,
         total_steps=0,  # > 0 overrides num_epochs
         optimizer=dict(
-            name="adamw",
+            name="adamw",  # adamw | sgd (momentum, nesterov; L2 weight decay as PyTorch's SGD)
             base_lr=1.5e-4,  # scaled by batch_size / lr_batch_base, as in the reference
             lr_batch_base=256,
-            b1=0.9, b2=0.95, weight_decay=0.05,
+            b1=0.9, b2=0.95, weight_decay=0.05,  # b1, b2: adamw
+            momentum=0.9, nesterov=True,  # sgd
             warmup_epochs=40.0,
             min_lr=1e-5,
-            schedule="cosine",  # cosine | constant
+            schedule="cosine",  # cosine (to min_lr) | constant | steps (lr_steps / lr_step_scales)
+            lr_steps=(), lr_step_scales=(),  # steps: from epoch lr_steps[i] on, peak x lr_step_scales[i]
             grad_clip=0.0,  # 0 = no clipping
             label_smoothing=0.0,
             layer_decay=1.0,  # layer-wise lr decay (VideoMAE fine-tuning: 0.75); 1 = off
@@ -131,7 +174,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         source="synthetic",
         num_train=1024, num_eval=256,  # synthetic only
         synthetic_task="classification",  # synthetic only: classification | multilabel | regression
-        num_classes=8, num_frames=16, image_size=224, sampling_rate=1,
+        # Classes: 0 = the data's own count (class folders, a names file, a list's labels; the embedded dataset's 8),
+        # and the model's head follows it; a positive count must agree with the data.
+        num_classes=0, num_frames=16, image_size=224, sampling_rate=1,
         train_csv="", eval_csv="", root="",
         train_folder="", eval_folder="",
         train_pack="", eval_pack="",
@@ -166,13 +211,20 @@ def synthetic_data(num_frames: int, image_size: int, num_classes: int = 8, num_t
                        num_frames=num_frames, image_size=image_size, sampling_rate=1)
 
 
+def recipe_variant(arg: ml_collections.ConfigDict, full: str, local: str) -> str:
+    """The model variant of a recipe: the `variant=` config argument when given (with `runlocal` too, so that
+    `:runlocal,variant=S/16` trains that size on the embedded dataset), else the recipe's `full` size, or its `local`
+    micro size under `runlocal`. Configs declare `variant=""` in `parse_arg` for this."""
+    return arg.variant or (local if arg.runlocal else full)
+
+
 def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *, num_frames: int = 8,
              image_size: int = 32, batch_size: int = 32, num_epochs: float = 8) -> ml_collections.ConfigDict:
     """Shrinks a recipe to its `runlocal` form: a micro model on the embedded dataset, a few minutes on a CPU.
 
     The same for every model: 8 x 32 x 32 clips of the generated dataset's 8 classes (2048 train / 256 eval),
-    batch 32, 8 epochs, one warm-up epoch, logs every 25 steps, eval and checkpoint every 256. Tiny models take
-    larger steps, so the caller gives the peak learning rate.
+    batch 32, `num_epochs` epochs, one warm-up epoch, logs every 25 steps, eval and checkpoint every 256. Tiny models
+    take larger steps, so the caller gives the peak learning rate; `variant` is `recipe_variant`'s choice.
     """
     config.model.variant = variant
     config.model.num_frames, config.model.image_size = num_frames, image_size

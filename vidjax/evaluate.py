@@ -1,11 +1,18 @@
-"""Evaluate a checkpoint on a config's eval split: `python -m vidjax.evaluate --config=CONFIG --checkpoint=DIR`.
+"""Evaluate a checkpoint on an eval split: `python -m vidjax.evaluate --checkpoint=DIR [--config=CONFIG]`.
 
 DIR is a training workdir (its latest checkpoint; the EMA weights when the run kept them), one of its step
-folders, or a `python -m vidjax.convert` output. The config gives the model and the data, and any value can be
-overridden as for `vidjax.main`, e.g. the multi-view test:
+folders, or a `python -m vidjax.convert` output. A training checkpoint stores the config of its run, so alone it
+is scored on the eval split it was trained with, exactly as the trainer scored it; `--config.KEY=VALUE` changes any
+value of that config, as for `vidjax.main`, e.g. the multi-view test:
 
-  python -m vidjax.evaluate --config=configs/videomae_finetune_k400.py --checkpoint=/ckpt/videomae_b16_k400_ft \\
+  python -m vidjax.evaluate --checkpoint=/ckpt/videomae_b16_k400_ft \\
     --config.data.test_num_clips=5 --config.data.test_num_crops=3 --out=/ckpt/videomae_b16_k400_ft/test.json
+
+`--config=FILE` gives other data (and settings) to evaluate on; a converted checkpoint, which records no data,
+needs one. The model is always the checkpoint's: of the model keys only those set with --config.model.KEY count
+(the clip size, num_frames and image_size, with position tables interpolated; dtype; remat), and one that would
+change the trained model is an error naming both values. The data's class count (0, or not set on the command
+line) must match the checkpoint's head.
 
 Prints the task's metrics (classification: top1, top5, macro_f1; multilabel: mAP; regression: ccc per target,
 ccc_mean, mse; pre-training: the reconstruction loss) and with --out writes them as JSON (and, for
@@ -17,39 +24,116 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Collection
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vidjax.cli import parse_flags
-from vidjax.config_lib import ConfigError
+from vidjax.config_lib import ConfigError, chosen, command_line_keys, raise_problems
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "Config file (model and eval data), e.g. "
-                                    "configs/videomae_finetune_k400.py[:runlocal]", lock_config=True)
+    config_flags.DEFINE_config_file("config", None, "Config file giving the eval data (and settings), e.g. "
+                                    "configs/videomae_finetune_k400.py[:runlocal]; default: the config stored with "
+                                    "a training checkpoint", lock_config=True)
     flags.DEFINE_string("checkpoint", None, "Training workdir, step folder, or converted checkpoint to evaluate.")
     flags.DEFINE_string("out", None, "Write the metrics here as JSON (and the confusion matrix next to it).")
-    flags.mark_flags_as_required(["config", "checkpoint"])
+    flags.mark_flags_as_required(["checkpoint"])
 
 
-def evaluate_checkpoint(config, checkpoint: str, out: str | None = None) -> dict[str, float]:
-    """The eval metrics of `checkpoint` on `config`'s eval split, over all devices (every process calls this)."""
+def get_config(checkpoint: str):
+    """The config stored with training checkpoint `checkpoint`, as a config file's `get_config` gives one: what
+    `--config.KEY=VALUE` flags change when no --config is given (`stored_config_argv`)."""
+    from vidjax import pretrained
+    from vidjax.convert.common import ConversionError
+
+    try:
+        training = pretrained.read_config(checkpoint).training
+    except (ConversionError, FileNotFoundError) as err:
+        raise ConfigError(f"--checkpoint={checkpoint}: {err}") from err  # flag parsing reports a ConfigError alone
+    if training is None:
+        raise ConfigError(_NO_DATA.format(checkpoint=checkpoint))
+    return training
+
+
+_NO_DATA = ("--checkpoint={checkpoint} is a converted checkpoint: its vidjax.json records the model but no data to "
+            "evaluate on. Give the data with --config=FILE and its --config.data.* flags, e.g. "
+            "--config=configs/videomae_finetune_k400.py --config.data.eval_csv=/data/val.csv "
+            "--config.data.root=/data/videos (the model stays the checkpoint's).")
+
+
+def stored_config_argv(argv: list[str]) -> list[str]:
+    """`argv` with `--config=<this file>:CHECKPOINT` added when it has --config.KEY overrides but no --config, so
+    that the overrides apply to the config stored with the checkpoint."""
+    args = argv[1:]
+    has_config = any(a == "--config" or a.startswith("--config=") for a in args)
+    if has_config or not any(a.startswith("--config.") for a in args):
+        return argv
+    checkpoint = next((a.split("=", 1)[1] for a in args if a.startswith("--checkpoint=")), None)
+    if checkpoint is None and "--checkpoint" in args[:-1]:
+        checkpoint = args[args.index("--checkpoint") + 1]
+    if checkpoint is None:
+        return argv  # absl reports the missing --checkpoint
+    return [argv[0], f"--config={os.path.abspath(__file__)}:{checkpoint}", *args]
+
+
+def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
+                        explicit_keys: Collection[str] | None = None) -> dict[str, float]:
+    """The eval metrics of `checkpoint` on an eval split, over all devices (every process calls this).
+
+    `config` gives the data and settings; None: the config stored with a training checkpoint (`checkpoint` alone
+    then reproduces the run's final evaluation). `explicit_keys`: the config keys the user chose (the command line's
+    --config.KEY flags); the model, task and the data's clip size and class count follow the checkpoint where these
+    do not say otherwise (`resolve_config`). None: `config` is used as given.
+    """
     import jax
 
     from vidjax import fileio, metrics, pretrained, sharding, train
+    from vidjax.convert.common import ConversionError
     from vidjax.data import pipeline
 
-    train.check_config(config)
-    eval_source = pipeline.make_source(config.data, "eval")
-    mesh = sharding.create_mesh(config.mesh)
-    pipeline.check_batch_size(config, jax.process_count(), mesh.size)
+    where = f"--checkpoint={checkpoint}"
+    try:
+        stored = pretrained.read_config(checkpoint)
+    except (ConversionError, FileNotFoundError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+    if config is None:
+        if stored.training is None:
+            raise ConfigError(_NO_DATA.format(checkpoint=checkpoint))
+        config = stored.training
+    config = resolve_config(config, stored, explicit_keys, where)
+    problems = train.config_problems(config)
+    eval_source = None
+    try:
+        names = stored.class_names if config.task == "classification" else None
+        eval_source = pipeline.make_source(config.data, "eval", class_names=names)
+    except (ConfigError, FileNotFoundError) as err:
+        problems.append(str(err))
+    if eval_source is not None and config.task in ("classification", "multilabel"):
+        problems += _class_count_problems(config, eval_source, where)
+    mesh = None
+    try:
+        mesh = sharding.create_mesh(config.mesh)
+    except ConfigError as err:
+        problems.append(str(err))
+    if mesh is not None:
+        problems += pipeline.batch_size_problems(config, jax.process_count(), mesh.size,
+                                                 {"eval": len(eval_source)} if eval_source is not None else None)
+    raise_problems(problems)
     setup = train.build(config, max(len(eval_source), config.batch_size), mesh)
-    params, report = pretrained.init_from(checkpoint, config.model_name, config.model, setup.init_params())
+    params, report = pretrained.init_from(checkpoint, config.model_name, config.model, setup.init_params(),
+                                          flag="--checkpoint")
     if report["fresh"]:
-        raise ConfigError(f"{checkpoint} has no trained values for {', '.join(report['fresh'][:6])}: the model "
-                          f"config.model describes differs from the checkpoint's (e.g. a pre-training checkpoint "
-                          f"has no classification head). Evaluate the checkpoint the run wrote, with its config.")
+        differing = pretrained.model_differences(stored.model, config.model, pretrained.EVALUATION_KEYS)
+        raise ConfigError(
+            f"{where} has no trained values for {', '.join(report['fresh'][:6])}: "
+            + (f"the model config.model describes differs from the checkpoint's ("
+               f"{pretrained.format_differences(differing, 'config.model')}). " if differing else "")
+            + ("A pre-training checkpoint has no classification head: fine-tune it first (--config.init_from), "
+               "then evaluate that run." if stored.task == "pretrain" else
+               "Evaluate with the checkpoint's own model (leave config.model unset)."))
     mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
     outputs: dict = {}
     summary = train.evaluate(config, setup, train.make_eval_step(config, setup), params, eval_source, mask_grid,
@@ -66,6 +150,72 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None) -> dict
     return summary
 
 
+def resolve_config(config: ml_collections.ConfigDict, stored, explicit_keys: Collection[str] | None,
+                   where: str) -> ml_collections.ConfigDict:
+    """`config` for evaluating the checkpoint `stored` (`pretrained.read_config`) describes.
+
+    With `explicit_keys` (the command line's choices): the model is the checkpoint's (`pretrained.take_model`; of
+    its keys, chosen ones among `pretrained.EVALUATION_KEYS` count, and other chosen ones that differ are errors),
+    and so are the task and model name; the data's clip follows the model unless chosen; for data read from files
+    a class count not chosen is taken from the data and checked against the head (`_class_count_problems`); a batch
+    size not chosen is rounded up to split over the devices. Each of these is the trained run's, or what the
+    evaluation cannot change without changing the model. None: `config` as given.
+    """
+    import math
+
+    import jax
+
+    from vidjax import pretrained
+
+    config = config.copy_and_resolve_references()
+    if explicit_keys is None:
+        return config
+    problems = []
+    if config.model_name != stored.model_name and chosen(explicit_keys, "model_name"):
+        problems.append(f"{where} holds a {stored.model_name} checkpoint, but --config.model_name="
+                        f"{config.model_name}: drop that flag.")
+    try:
+        model, _ = pretrained.take_model(stored.model, config.model if config.model_name == stored.model_name else
+                                         ml_collections.ConfigDict(), explicit_keys, where,
+                                         free=pretrained.EVALUATION_KEYS)
+    except ConfigError as err:
+        problems.append(str(err))
+        model = stored.model
+    with config.unlocked():
+        config.model_name, config.model = stored.model_name, model
+    if stored.task and not chosen(explicit_keys, "task"):
+        config.task = stored.task
+    for key in ("num_frames", "image_size"):
+        if not chosen(explicit_keys, f"data.{key}"):
+            config.data[key] = config.model[key]
+    if config.data.source != "synthetic" and not chosen(explicit_keys, "data.num_classes"):
+        config.data.num_classes = 0  # taken from the data, then checked against the head
+    devices = jax.device_count()
+    if config.batch_size % devices and not chosen(explicit_keys, "batch_size"):
+        # The evaluation is the same whatever the batch (the last one is padded, the padding not scored).
+        config.batch_size = -(-config.batch_size // math.lcm(devices, jax.process_count())) * math.lcm(
+            devices, jax.process_count())
+    raise_problems(problems)
+    return config
+
+
+def _class_count_problems(config: ml_collections.ConfigDict, eval_source, where: str) -> list[str]:
+    """The eval data's classes against the checkpoint's head; config.data.num_classes 0 becomes the head's count."""
+    from vidjax.data import pipeline
+
+    head = config.model.num_classes
+    count, exact = pipeline.source_classes(eval_source)
+    if config.data.num_classes:
+        return []  # train.config_problems compares it with the head
+    config.data.num_classes = head
+    if count is not None and (count > head or (exact and count != head)):
+        names = getattr(eval_source, "class_names", None)
+        return [f"The eval data ({pipeline.describe_split(config.data, 'eval')}) has {count} classes"
+                + (f" ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else "")
+                + f" but {where} has a head of {head}: evaluate it on data with the classes it was trained on."]
+    return []
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -74,7 +224,9 @@ def main(argv: list[str]) -> int:
     from vidjax.convert.common import ConversionError
 
     try:
-        summary = evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.out)
+        # The flags a person typed (none without --config) are what may differ from the checkpoint's own config.
+        explicit = command_line_keys(flags.FLAGS["config"]) if flags.FLAGS.config is not None else set()
+        summary = evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.out, explicit)
     except (ConfigError, ConversionError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -84,4 +236,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=lambda argv: parse_flags(stored_config_argv(argv)))

@@ -18,9 +18,10 @@ A VideoMAE pre-training checkpoint runs its encoder on all tokens (no mask), aft
 
 Writes FILE.npz (atomically): `features` float32 (N, D) or (N, tokens, D), `paths` (N,), `index` (N,) (the
 video's position in the list, counting only files that exist), and `label` / `labels` / `targets` as the list has
-them, plus `class_names` / `target_names` when known; and FILE.index.json naming the checkpoint, pooling, rows and
-the videos that failed (missing or undecodable: reported, left out). Exit status 0, 1 when some videos failed (the
-others are still written), 2 for bad arguments.
+them, plus `class_names` (from --class_names_file, else the checkpoint's) / `target_names` when known; and
+FILE.index.json naming the checkpoint, pooling, rows and the videos that failed (missing or undecodable: reported,
+left out; the progress lines and the summary count them alike, out of every video the list names). Exit status
+0, 1 when some videos failed (the others are still written), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from vidjax import fileio, losses, pretrained
+from vidjax import cli, fileio, losses, pretrained
 from vidjax.data import decode, sources
 
 POOLS = ("mean", "cls", "tokens")
@@ -101,14 +102,20 @@ def extract(model: pretrained.Pretrained, source, *, pool: str = "mean", batch_s
             num_workers: int = 0, sampling_rate: int | None = None, log=None) -> tuple[dict, list[dict]]:
     """(arrays for the .npz, failures [{"path", "index", "error"}]) for every element of `source`, in order.
 
-    Failures and a progress line (every few seconds, and at the end) go to `log` (default stderr).
+    The listed files that do not exist (`source.missing_paths` of a source built with skip_missing) are failures
+    too (index None), so the counts cover every video the list names. Failures and a progress line (every few
+    seconds, and at the end) go to `log` (default stderr).
     """
     log = log or sys.stderr
     runner = pretrained.BatchRunner(model, pool_fn(model, pool), batch_size)
     read = grain.ReadOptions(num_threads=max(1, num_workers), prefetch_buffer_size=2 * runner.batch_size)
     decoded = grain.MapDataset.source(source).map(_Decode(model, sampling_rate)).to_iter_dataset(read)
     kept: list[dict] = []
-    failed: list[dict] = []
+    failed = [{"path": str(p), "index": None, "error": f"cannot decode video {str(p)!r}: file does not exist"}
+              for p in getattr(source, "missing_paths", [])]
+    for item in failed:
+        print(f"error: {item['error']}; left out", file=log)
+    missing, total = len(failed), len(source) + len(failed)
     start = last_report = time.perf_counter()
 
     def good_clips():
@@ -124,7 +131,7 @@ def extract(model: pretrained.Pretrained, source, *, pool: str = "mean", batch_s
             now = time.perf_counter()
             if now - last_report >= _PROGRESS_EVERY_S or done == len(source):
                 last_report = now
-                print(f"extract: {done}/{len(source)} videos, {len(failed)} failed, "
+                print(f"extract: {missing + done}/{total} videos, {len(failed)} failed, "
                       f"{done / max(now - start, 1e-9):.1f} videos/s", file=log, flush=True)
 
     rows = list(runner.run(good_clips()))
@@ -138,8 +145,7 @@ def extract(model: pretrained.Pretrained, source, *, pool: str = "mean", batch_s
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vidjax.extract", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser("python -m vidjax.extract", __doc__)
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint")
     parser.add_argument("--csv", required=True, metavar="LIST", help="video list (VideoMAE `path label` or header CSV)")
@@ -186,19 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    missing = [{"path": p, "index": None, "error": f"cannot decode video {p!r}: file does not exist"}
-               for p in source.missing_paths]
-    for item in missing:
-        print(f"error: {item['error']}; left out", file=sys.stderr)
     arrays, failed = extract(model, source, pool=args.pool, batch_size=args.batch_size, num_workers=args.num_workers,
                              sampling_rate=args.sampling_rate or None)
-    failed = missing + failed
     if not len(arrays["paths"]):
-        print(f"error: none of the {len(source) + len(missing)} videos of {args.csv} decoded; nothing written.",
-              file=sys.stderr)
+        print(f"error: none of the {len(source) + len(source.missing_paths)} videos of {args.csv} decoded; nothing "
+              f"written.", file=sys.stderr)
         return 1
-    if source.class_names:
-        arrays["class_names"] = np.array(source.class_names)
+    # The list's own names first; else the checkpoint's (its classes: the labels, when it was trained on such a
+    # list), unless a label lies beyond them.
+    class_names = source.class_names
+    if not class_names and model.class_names and int(arrays.get("label", np.zeros(1)).max()) < len(
+            model.class_names):
+        class_names = model.class_names
+    if class_names:
+        arrays["class_names"] = np.array(class_names)
     if targets:
         arrays["target_names"] = np.array(targets)
     with fileio.atomic_output(args.out, "wb") as f:

@@ -8,11 +8,17 @@ from collections.abc import Iterator
 from typing import IO
 
 
+def user_path(path: str | os.PathLike) -> str:
+    """A path as a person types it (relative, `./x`, `~/x`, a trailing slash, through a symlink) made absolute, with
+    `~` expanded: the form every loader, writer and orbax (which refuses relative paths) is given."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """A file to write whose contents replace `path` only when the block completes: never a partial file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    path = user_path(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, mode) as f:

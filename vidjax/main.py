@@ -2,6 +2,9 @@
 
 Runs (or resumes) the job the config describes: pre-training or fine-tuning through the one trainer.
 Override any config value with `--config.KEY=VALUE`, e.g. `--config.batch_size=64`; an unknown key is an error.
+`--print_config` prints the config as it resolves after the arguments and overrides, then exits without training
+(no --workdir needed). What each key means: the docstring of each file in configs/ (the recipe and its exact
+command), vidjax/config_lib.py (the trainer, optimizer and data keys), README.md and docs/datasets.md.
 
 Exit codes: 0 done, 2 config or input error, 3 training diverged, 4 stopped by SIGTERM / SIGINT (preemption)
 after writing a checkpoint of the step it stopped at: re-run the same command to resume.
@@ -11,17 +14,20 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from vidjax.cli import parse_flags
+from vidjax import cli, config_lib
 from vidjax.config_lib import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/videomae_k400.py:runlocal", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and figures; "
                                "re-running in the same directory resumes.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the config after the arguments and --config.KEY "
+                                  "overrides, and exit without training (the keys are documented in the configs/ "
+                                  "files' docstrings and vidjax/config_lib.py).")
+flags.mark_flags_as_required(["config"])
 # Multi-host (vidjax/distributed.py): on a TPU pod slice, under SLURM or Open MPI these are detected; elsewhere give
 # all three on every process. Left unset on one machine, nothing is started.
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator, the same on "
@@ -37,15 +43,21 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list("local_device_ids", None, "Local device id
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO; --verbosity=0 shows it
+    if _PRINT_CONFIG.value:
+        print(_CONFIG.value, end="")
+        return 0
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required: the folder for the run's checkpoints and metrics (re-using one "
+                             "resumes its run).")
     from vidjax import distributed, train  # imported here so that --help answers without loading jax
 
     try:
         # Before anything touches a device: the distributed runtime must be up when the backend starts.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None)
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        # The flags a person typed win over the init_from checkpoint's architecture and the data's class count.
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                          explicit_keys=config_lib.command_line_keys(flags.FLAGS["config"]))
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -60,4 +72,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+    cli.run(main)

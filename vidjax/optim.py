@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule from `config.optimizer`, as in the VideoMAE reference recipes."""
+"""Optimizer (AdamW or SGD with momentum) and learning-rate schedule from `config.optimizer`, as the reference recipes
+use them."""
 
 from __future__ import annotations
 
@@ -18,18 +19,40 @@ def peak_lr(config: ml_collections.ConfigDict) -> float:
     return opt.base_lr * config.batch_size / opt.lr_batch_base
 
 
-def make_schedule(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to the peak, then cosine down to min_lr (or constant) until total_steps."""
+SCHEDULES = ("cosine", "constant", "steps")
+
+
+def make_schedule(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int,
+                  steps_per_epoch: int = 1) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak, then one of `config.optimizer.schedule`:
+
+      cosine    cosine decay to min_lr at total_steps (VideoMAE, ViViT, VideoMamba)
+      constant  the peak until the end
+      steps     the peak times lr_step_scales[i] from epoch lr_steps[i] on (SlowFast / TimeSformer's
+                "steps_with_relative_lrs": steps (11, 14) with scales (0.1, 0.01) over 15 epochs)
+    """
     opt = config.optimizer
     lr = peak_lr(config)
     if opt.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
             decay_steps=max(total_steps, warmup_steps + 1), end_value=min(opt.min_lr, lr))
-    if opt.schedule == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
-                                     optax.constant_schedule(lr)], [warmup_steps])
-    raise ConfigError(f"config.optimizer.schedule must be 'cosine' or 'constant', got {opt.schedule!r}.")
+    if opt.schedule in ("constant", "steps"):
+        after_warmup = optax.constant_schedule(lr)
+        if opt.schedule == "steps":
+            epochs, scales = tuple(opt.lr_steps), tuple(opt.lr_step_scales)
+            if len(epochs) != len(scales) or list(epochs) != sorted(epochs) or any(e <= 0 for e in epochs) \
+                    or any(v <= 0 for v in scales):
+                raise ConfigError(f"config.optimizer.schedule='steps' needs lr_steps (epochs, increasing, > 0) and "
+                                  f"lr_step_scales (> 0) of the same length; got lr_steps={epochs}, "
+                                  f"lr_step_scales={scales}, e.g. lr_steps=(11, 14), lr_step_scales=(0.1, 0.01).")
+            boundaries = [round(e * steps_per_epoch) - warmup_steps for e in epochs]
+            after_warmup = optax.join_schedules(
+                [optax.constant_schedule(lr)] + [optax.constant_schedule(lr * v) for v in scales],
+                [max(b, 0) for b in boundaries])
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup_steps, 1)), after_warmup],
+                                    [warmup_steps])
+    raise ConfigError(f"config.optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {opt.schedule!r}.")
 
 
 # Weight matrices decay; biases, norm scales, mask tokens and position tables do not, as in the reference's
@@ -186,21 +209,36 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Clipping (if grad_clip > 0), AdamW with decay_mask, then the layer-decay scales (if layer_decay < 1).
+OPTIMIZERS = ("adamw", "sgd")
 
-    The scales multiply the whole AdamW update, so a layer's learning rate and weight decay shrink together, as
-    the reference's per-layer `lr_scale` parameter groups do with PyTorch's AdamW.
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Clipping (if grad_clip > 0), the optimizer, then the layer-decay scales (if layer_decay < 1).
+
+    adamw: AdamW (b1, b2, decoupled weight_decay on decay_mask), the VideoMAE / ViViT / VideoMamba recipes.
+    sgd: SGD with `momentum` (nesterov when `nesterov`, no dampening) and L2 weight decay added to the gradient
+    before the momentum (on decay_mask), as PyTorch's `torch.optim.SGD(..., weight_decay=, nesterov=)` that
+    TimeSformer's recipe (SlowFast's solver) uses.
+
+    The scales multiply the whole update, so a layer's learning rate and weight decay shrink together, as the
+    reference's per-layer `lr_scale` parameter groups do.
     """
     opt = config.optimizer
-    if opt.name != "adamw":
-        raise ConfigError(f"config.optimizer.name must be 'adamw', got {opt.name!r}.")
+    if opt.name not in OPTIMIZERS:
+        raise ConfigError(f"config.optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {opt.name!r}.")
     layer_decay = opt.layer_decay
     if not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"config.optimizer.layer_decay must be in (0, 1] (1.0 = off; fine-tuning recipes use "
                           f"values such as 0.75), got {layer_decay}.")
     parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
-    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+    if opt.name == "adamw":
+        parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+    else:
+        if not 0.0 <= opt.momentum < 1.0:
+            raise ConfigError(f"config.optimizer.momentum={opt.momentum} must be in [0, 1).")
+        if opt.weight_decay:
+            parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+        parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=bool(opt.nesterov)))
     if layer_decay < 1.0:
         parts.append(scale_by_layer_decay(layer_decay))
     return optax.chain(*parts)

@@ -9,12 +9,15 @@ a `python -m vidjax.convert` output. Each video is decoded and cropped exactly a
 (frames, sampling rate, short-side resize, centre crop): --num_clips evenly spaced clips x --num_crops crops along
 the long side, with the per-view probabilities (softmax; sigmoid for multi-label; raw values for regression)
 averaged. With --window the video is cut into windows of that many seconds, --stride seconds apart (starting at 0,
-as many as fit; a video shorter than one window is one window), each predicted the same way; the video-level line
-is the mean over windows. --json writes every prediction (full score vectors, top-k, per-window entries and the
-aggregate) to a file, atomically.
+as many as fit; a video shorter than one window is one window), each predicted the same way; the video-level lines
+show the mean over windows. --json writes every prediction (full score vectors, top-k, per-window entries and the
+aggregate) to a file, atomically; --json=- prints that JSON on stdout instead of the text, for scripts.
 
-Output: one line per video, `PATH: label probability, ...` (names from the checkpoint, else "class N"), then one
-indented line per window. A video that cannot be decoded gets one `error:` line on stderr and the others still run.
+Output: each video's path, then one indented line per label, `label  probability` (names from the checkpoint,
+else "class N"), best first: the --top_k classes; for multi-label the classes scoring at least --threshold (else a
+note and the --top_k highest); for regression one line per target and its value. With --window each window follows
+as `window START-END s` and its own indented lines. A video that cannot be decoded gets one `error:` line on
+stderr and the others still run.
 Exit status: 0 all videos predicted, 1 some failed, 2 bad arguments or a checkpoint without a head (a pre-training
 or backbone checkpoint: use `python -m vidjax.extract` for embeddings or `python -m vidjax.visualize` for
 reconstructions).
@@ -30,7 +33,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from vidjax import fileio, losses, pretrained
+from vidjax import cli, fileio, losses, pretrained
 from vidjax.data import decode
 
 
@@ -80,16 +83,20 @@ def describe(task: str, scores: np.ndarray, names: list[str], top_k: int, thresh
     return out
 
 
-def format_prediction(task: str, prediction: dict) -> str:
-    """The one-line text form of `describe`'s output."""
+def format_prediction(task: str, prediction: dict, indent: str = "  ") -> list[str]:
+    """The text form of `describe`'s output: one `label  value` line per label, names aligned, best first."""
+    note = []
     if task == "regression":
-        return ", ".join(f"{name} {value:.4f}" for name, value in prediction["values"].items())
-    if task == "classification":
-        return ", ".join(f"{r['label']} {r['probability']:.3f}" for r in prediction["top_k"])
-    if prediction["above_threshold"]:
-        return ", ".join(f"{r['label']} {r['score']:.3f}" for r in prediction["above_threshold"])
-    top = ", ".join(f"{r['label']} {r['score']:.3f}" for r in prediction["top_k"])
-    return f"no class scores >= {prediction['threshold']:g} (highest: {top})"
+        pairs = [(name, f"{value:.4f}") for name, value in prediction["values"].items()]
+    else:
+        key = "probability" if task == "classification" else "score"
+        ranked = prediction["top_k"] if task == "classification" else prediction["above_threshold"]
+        if task == "multilabel" and not ranked:
+            note = [f"{indent}(no class scores >= {prediction['threshold']:g}; the highest:)"]
+            ranked = prediction["top_k"]
+        pairs = [(r["label"], f"{r[key]:.3f}") for r in ranked]
+    width = max((len(name) for name, _ in pairs), default=0)
+    return note + [f"{indent}{name:<{width}}  {value}" for name, value in pairs]
 
 
 def predict_video(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str, *, num_clips: int = 1,
@@ -118,8 +125,7 @@ def predict_video(model: pretrained.Pretrained, runner: pretrained.BatchRunner, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vidjax.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser("python -m vidjax.predict", __doc__)
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to predict")
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint")
@@ -130,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="predict windows of this many seconds (default 0: one prediction per video)")
     parser.add_argument("--stride", type=float, default=0.0, metavar="SECONDS",
                         help="with --window: seconds between window starts (default: the window length)")
-    parser.add_argument("--json", default="", metavar="OUT.json", help="also write every prediction here")
+    parser.add_argument("--json", default="", metavar="OUT.json",
+                        help="also write every prediction here as JSON; - prints the JSON on stdout instead of text")
     parser.add_argument("--num_clips", type=int, default=1, help="evenly spaced clips per video/window (default 1)")
     parser.add_argument("--num_crops", type=int, default=1,
                         help="crops per clip along the long side (default 1: centre; the published tests use 3)")
@@ -193,15 +200,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         aggregate = describe(task, scores, names, args.top_k, args.threshold)
         entry = {"path": path, "error": None, "aggregate": aggregate}
-        print(f"{path}: {format_prediction(task, aggregate)}", flush=True)
+        text = [path, *format_prediction(task, aggregate)]
         if args.window:
             entry["windows"] = []
             for start, end, window_scores in windows:
                 prediction = describe(task, window_scores, names, args.top_k, args.threshold)
                 entry["windows"].append({"start_s": start, "end_s": end, "prediction": prediction})
-                print(f"  {start:.2f}-{end:.2f} s: {format_prediction(task, prediction)}", flush=True)
+                text += [f"  window {start:.2f}-{end:.2f} s", *format_prediction(task, prediction, indent="    ")]
+        if args.json != "-":
+            print("\n".join(text), flush=True)
         report["videos"].append(entry)
-    if args.json:
+    if args.json == "-":
+        print(json.dumps(report, indent=1))
+    elif args.json:
         with fileio.atomic_output(args.json) as f:
             json.dump(report, f, indent=1)
     if failed:

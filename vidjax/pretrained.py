@@ -26,7 +26,7 @@ import logging
 import math
 import pathlib
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import config_lib, losses, sharding
+from vidjax import config_lib, fileio, losses, sharding
 from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
@@ -253,7 +253,7 @@ def _read_converted(path: pathlib.Path) -> _Loaded:
 
 def latest_step_dir(workdir: str | pathlib.Path) -> pathlib.Path:
     """WORKDIR/checkpoints/<latest step>; orbax names finished steps by their number, in-progress ones otherwise."""
-    directory = pathlib.Path(workdir) / "checkpoints"
+    directory = pathlib.Path(fileio.user_path(workdir)) / "checkpoints"
     steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()] if directory.is_dir() else []
     if not steps:
         raise ConversionError(f"{workdir} is a training workdir without a finished checkpoint in {directory}; "
@@ -322,17 +322,22 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
 
 def _read(path: str | pathlib.Path) -> _Loaded:
     """A converted checkpoint (DIR/vidjax.json), a training workdir (its latest step) or one step folder."""
-    path = pathlib.Path(path)
+    path = pathlib.Path(fileio.user_path(path))
     if (path / common.META_FILE).is_file():
         return _read_converted(path)
     if (path / "checkpoints").is_dir():
         return _read_training(latest_step_dir(path))
     if _is_step_dir(path):
         return _read_training(path)
+    if (path / "config.json").is_file():
+        # Conversion writes a new folder (it refuses a non-empty --out): suggest one beside the download.
+        raise ConversionError(f"{path} is a Hugging Face checkpoint (config.json), not yet converted for vidjax. "
+                              f"Convert it once into a new folder with `python -m vidjax.convert --from_hf {path} "
+                              f"--out {path}_vidjax` and use that folder.")
     raise ConversionError(f"{path} is not a converted checkpoint (no {common.META_FILE}), a training workdir (no "
                           f"checkpoints/) nor a training step folder (WORKDIR/checkpoints/<step> with state/ and "
-                          f"config/). Convert a published checkpoint with `python -m vidjax.convert --from-hf SRC "
-                          f"--out {path}`, or pass the --workdir of a training run.")
+                          f"config/). Convert a published checkpoint into a new folder with `python -m "
+                          f"vidjax.convert --from_hf SRC --out NEW_DIR`, or pass the --workdir of a training run.")
 
 
 def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
@@ -369,28 +374,31 @@ def load_for_command(path: str) -> Pretrained | None:
         return None
 
 
-def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collections.ConfigDict, params: Any
-              ) -> tuple[Any, dict[str, list[str]]]:
+def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collections.ConfigDict, params: Any, *,
+              flag: str = "config.init_from") -> tuple[Any, dict[str, list[str]]]:
     """Fine-tuning start: `params` (a fresh, sharded model state) with every tensor the checkpoint has copied in.
 
     `path` is anything `load` takes (a converted checkpoint, or a training workdir such as a pre-training run).
     The checkpoint is first adapted to `model_config`'s frames and resolution (position tables interpolated).
     Tensors the checkpoint lacks (e.g. fc_norm after pre-training) and a head whose class count differs keep
-    their fresh initialisation; any other shape mismatch is an error naming the tensor. Returns the new params
-    and a report {"loaded": [...], "fresh": [...], "unused": [...]} (unused: checkpoint tensors the configured
-    model has no place for, e.g. a pre-training decoder).
+    their fresh initialisation; any other shape mismatch is an error listing every such tensor and every model
+    setting that differs from the checkpoint's. Returns the new params and a report {"loaded": [...], "fresh":
+    [...], "unused": [...]} (unused: checkpoint tensors the configured model has no place for, e.g. a pre-training
+    decoder). `flag` is how errors name `path` (evaluate's `--checkpoint`).
     """
+    where = f"{flag}={str(path)!r}"
     converted = _read(path).converted
     if converted.model_name != model_name:
-        raise ConfigError(f"config.init_from={str(path)!r} holds a {converted.model_name} checkpoint, but "
-                          f"config.model_name is {model_name!r}.")
+        raise ConfigError(f"{where} holds a {converted.model_name} checkpoint, but config.model_name is "
+                          f"{model_name!r}.")
     try:
         converted = common.resize(converted, model_config.num_frames, model_config.image_size)
     except ValueError as e:
-        raise ConfigError(f"config.init_from={str(path)!r} cannot be adapted to {model_config.num_frames} frames "
-                          f"x {model_config.image_size} px: {e}") from e
+        raise ConfigError(f"{where} cannot be adapted to {model_config.num_frames} frames x "
+                          f"{model_config.image_size} px: {e}") from e
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     out, report = [], {"loaded": [], "fresh": [], "unused": []}
+    mismatched = []
     for key_path, fresh in leaves:
         key = common.path_key(key_path)
         value = converted.params.get(key)
@@ -400,13 +408,149 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
             out.append(fresh)
             continue
         if value.shape != fresh.shape:
-            raise ConfigError(f"config.init_from={str(path)!r}: parameter {key} has shape {value.shape} in the "
-                              f"checkpoint but {fresh.shape} in the model config.model describes; use the same "
-                              f"variant/width/depth as the checkpoint.")
+            mismatched.append(f"{key} has shape {value.shape} in the checkpoint but {fresh.shape} in the model")
+            continue
         value = value.astype(fresh.dtype)
         out.append(jax.make_array_from_callback(fresh.shape, fresh.sharding, lambda index, v=value: v[index]))
         report["loaded"].append(key)
+    if mismatched:
+        differing = model_differences(converted.model_config, model_config, ARCHITECTURE_EXCLUDES)
+        raise ConfigError(
+            f"{where} does not fit the model config.model describes: parameter {'; '.join(mismatched[:4])}"
+            f"{f' (and {len(mismatched) - 4} more)' if len(mismatched) > 4 else ''}. "
+            + (f"The model settings that differ: {format_differences(differing, 'config.model')}. Use the "
+               f"checkpoint's values (leave them unset on the command line and the fine-tune takes them), or a "
+               f"checkpoint of this architecture." if differing else
+               "Use the variant, width and depth of the checkpoint."))
     report["unused"] = sorted(set(converted.params) - set(report["loaded"]) - set(report["fresh"]))
     if not report["loaded"]:
-        raise ConfigError(f"config.init_from={str(path)!r} shares no parameter with the configured model.")
+        raise ConfigError(f"{where} shares no parameter with the configured model.")
     return jax.tree_util.tree_unflatten(treedef, out), report
+
+
+# ------------------------------------------------------------------------------- the config a checkpoint records
+
+# Model keys a fine-tune decides for itself; every other key of a model block is architecture (variant, widths,
+# depth, heads, MLP, patch and tubelet, norms, biases, input normalisation), which a fine-tune takes from its
+# init_from checkpoint. Frames and resolution are adapted to (position tables interpolated), not taken.
+ARCHITECTURE_EXCLUDES = frozenset({
+    "num_frames", "image_size", "head", "num_classes", "head_init_scale", "head_dropout", "use_mean_pooling",
+    "drop_path", "mask_ratio", "norm_pix_loss", "position_init",
+    "dtype", "remat", "scan_layers", "scan", "scan_chunk", "attention_impl"})
+# Model keys an evaluation may set for a trained checkpoint: the clip it sees (position tables interpolated) and how
+# the computation runs; every other key is the checkpoint's.
+EVALUATION_KEYS = frozenset({"num_frames", "image_size", "drop_path", "head_dropout", "dtype", "remat",
+                             "scan_layers", "scan", "scan_chunk", "attention_impl"})
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """What a checkpoint records about the model (and the run) that made it, read without its weights."""
+
+    model_name: str
+    model: ml_collections.ConfigDict  # the model block, every key filled in
+    task: str | None  # pretrain | classification | multilabel | regression; None: a converted backbone
+    class_names: list[str] | None
+    training: ml_collections.ConfigDict | None  # the whole config of the run; None for a converted checkpoint
+
+
+def _as_config_value(value: Any) -> Any:
+    # JSON gives lists where the config had tuples; configs hold no lists.
+    if isinstance(value, list):
+        return tuple(_as_config_value(v) for v in value)
+    return value
+
+
+def _merge_saved(base: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(base.get(key), ml_collections.ConfigDict):
+            _merge_saved(base[key], value)
+        elif key in base:
+            base[key] = _as_config_value(value)
+        else:  # a key this vidjax version does not define: kept, so the config reads back as it was saved
+            with base.unlocked():
+                base[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else _as_config_value(value)
+
+
+def _training_config(saved: dict, model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a run saved, on today's defaults: keys added to vidjax since keep their default values."""
+    config = config_lib.trainer_config()
+    with config.unlocked():
+        config.model_name = saved["model_name"]
+        config.model = model_config
+        config.data = config_lib.data_config()
+    _merge_saved(config, {k: v for k, v in saved.items() if k != "model"})
+    config.lock()
+    return config
+
+
+def read_config(path: str | pathlib.Path) -> CheckpointConfig:
+    """The model, task and class names a checkpoint records and, for a training checkpoint, its whole config."""
+    path = pathlib.Path(fileio.user_path(path))
+    if (path / common.META_FILE).is_file():
+        meta = json.loads((path / common.META_FILE).read_text())
+        model = _model_config(meta["model_name"], meta["model"], str(path / common.META_FILE))
+        return CheckpointConfig(meta["model_name"], model, _task_of_head(model.head), meta.get("class_names"), None)
+    if (path / "checkpoints").is_dir() or _is_step_dir(path):
+        step_dir = latest_step_dir(path) if (path / "checkpoints").is_dir() else path
+        saved = _read_json_item(step_dir, "config")
+        meta = _read_json_item(step_dir, "metadata") or {}
+        model_name = meta.get("model_name") or saved["model_name"]
+        model = _model_config(model_name, saved["model"], str(step_dir / "config"))
+        task = meta.get("task") or saved.get("task") or _task_of_head(model.head)
+        training = _training_config({**saved, "model_name": model_name}, model.copy_and_resolve_references())
+        return CheckpointConfig(model_name, model, task, meta.get("class_names"), training)
+    # Anything else goes through the loaders' one reading of a path, which explains what a checkpoint may be.
+    loaded = _read(path)
+    converted = loaded.converted
+    return CheckpointConfig(converted.model_name, converted.model_config, loaded.task, converted.class_names, None)
+
+
+def _comparable(value: Any) -> Any:
+    return json.loads(json.dumps(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value))
+
+
+def model_differences(checkpoint_model: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                      excluded: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """{key: (checkpoint's value, model's value)} of the model keys (outside `excluded`) whose values differ."""
+    return {key: (checkpoint_model[key], model.get(key)) for key in checkpoint_model
+            if key not in excluded and _comparable(checkpoint_model[key]) != _comparable(model.get(key))}
+
+
+def format_differences(differences: dict[str, tuple[Any, Any]], prefix: str) -> str:
+    """'width: checkpoint 32, config.model.width 48; ...' for `model_differences`' answer."""
+    return "; ".join(f"{key}: checkpoint {theirs!r}, {prefix}.{key} {ours!r}" for key, (theirs, ours)
+                     in differences.items())
+
+
+def take_model(checkpoint_model: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+               explicit_keys: Collection[str] | None, where: str, *, keep: Collection[str] = (),
+               free: Collection[str] = (), prefix: str = "model"
+               ) -> tuple[ml_collections.ConfigDict, dict[str, tuple[Any, Any]]]:
+    """The model block to build for a checkpoint: the checkpoint's, with the caller's values where they count.
+
+    The caller's value of a key counts where the key is in `keep` (the caller decides it: a fine-tune's head, clip
+    and regularisation) or the user chose it (`config_lib.chosen(explicit_keys, f"{prefix}.KEY")`). A chosen value
+    outside `free` that differs from the checkpoint's is a conflict; all conflicts come out together in one
+    ConfigError naming both values of each. `explicit_keys` None (a config built in Python) returns `model` as
+    given: a mismatch in shapes is then `init_from`'s error. Returns (the model, {key: (checkpoint's value, the
+    value replaced)} of what was taken from the checkpoint).
+    """
+    if explicit_keys is None:
+        return model.copy_and_resolve_references(), {}
+
+    def mine(key: str) -> bool:
+        return key in keep or config_lib.chosen(explicit_keys, f"{prefix}.{key}")
+
+    differing = model_differences(checkpoint_model, model)
+    conflicts = {k: v for k, v in differing.items() if config_lib.chosen(explicit_keys, f"{prefix}.{k}")
+                 and k not in free and k not in keep}
+    if conflicts:
+        raise ConfigError(f"{where} holds a model that differs from what the command line sets: "
+                          f"{format_differences(conflicts, '--config.' + prefix)}. Drop those flags to take the "
+                          f"checkpoint's values, or use a checkpoint with these.")
+    result = checkpoint_model.copy_and_resolve_references()
+    for key in result:
+        if mine(key) and key in model:
+            result[key] = model[key]
+    return result, {k: v for k, v in differing.items() if not mine(k)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vidjax import fileio, losses, metrics
+from vidjax import cli, fileio, losses, metrics
 
 TASKS = ("classification", "multilabel", "regression")
 TARGET_KEY = losses.TARGET_KEYS
@@ -39,7 +40,7 @@ def load_split(path: str, task: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(features (N, D) float32, targets, names {"class_names", "target_names"}) of an extract output."""
     key = TARGET_KEY[task]
     try:
-        data = np.load(path)
+        data = np.load(os.path.expanduser(path))  # `~/feats.npz` as typed
     except (OSError, ValueError) as e:
         raise ProbeError(f"{path}: not a features file written by `python -m vidjax.extract` ({e}).") from e
     with data:
@@ -130,8 +131,7 @@ def score(task: str, scores: np.ndarray, targets: np.ndarray, target_names: list
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vidjax.probe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser("python -m vidjax.probe", __doc__)
     parser.add_argument("--features", required=True, metavar="FILE.npz", help="features from python -m vidjax.extract")
     parser.add_argument("--task", required=True, choices=TASKS, help="which targets to fit")
     parser.add_argument("--eval_features", default="", metavar="FILE2.npz",

@@ -12,6 +12,7 @@ import datetime
 import math
 import os
 import time
+from collections.abc import Collection
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import checkpoint, losses, metrics, mixup, optim, preemption, pretrained, sharding, visualize_lib
-from vidjax.config_lib import ConfigError
+from vidjax import checkpoint, fileio, losses, metrics, mixup, optim, preemption, pretrained, sharding, visualize_lib
+from vidjax.config_lib import ConfigError, chosen, raise_problems
+from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter
 from vidjax.models import get_model
@@ -52,51 +54,145 @@ def _log(message: str) -> None:
         print(message, flush=True)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Config mistakes that would otherwise surface late, named with the flag that fixes them."""
-    losses.check_task(config.task)
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Config mistakes that would otherwise surface late, each named with the flag that fixes it: all of them, so
+    that one run reports everything there is to fix."""
+    problems = []
+    try:
+        losses.check_task(config.task)
+        task_known = True
+    except ConfigError as err:
+        problems.append(str(err))
+        task_known = False
     head = config.model.get("head", "pretrain")
     if (config.task == "pretrain") != (head == "pretrain"):
-        raise ConfigError(f"config.task={config.task!r} does not match config.model.head={head!r}; "
-                          f"pre-training needs head='pretrain'; classification, multilabel and regression "
-                          f"head='classification' (a linear head with one output per class or target).")
-    if config.task in ("classification", "multilabel") and config.data.num_classes != config.model.num_classes:
-        raise ConfigError(f"config.data.num_classes={config.data.num_classes} but config.model.num_classes="
-                          f"{config.model.num_classes}; the head must have one output per class in the data.")
+        problems.append(f"config.task={config.task!r} does not match config.model.head={head!r}; "
+                        f"pre-training needs head='pretrain'; classification, multilabel and regression "
+                        f"head='classification' (a linear head with one output per class or target).")
+    # config.data.num_classes 0 is resolved from the data at start-up (`prepare`), and the head follows it.
+    if config.task in ("classification", "multilabel") and config.data.num_classes and \
+            config.data.num_classes != config.model.num_classes:
+        problems.append(f"config.data.num_classes={config.data.num_classes} but config.model.num_classes="
+                        f"{config.model.num_classes}; the head must have one output per class in the data (leave "
+                        f"config.data.num_classes at 0 to take the count from the data, and the head follows it).")
     if config.task == "regression":
         names = pipeline.target_names(config.data)
         if len(names) != config.model.num_classes:
-            raise ConfigError(f"config.task='regression' with {len(names)} targets ({', '.join(names)}) but "
-                              f"config.model.num_classes={config.model.num_classes}; set num_classes to the number "
-                              f"of regression targets (config.data.targets names them).")
+            problems.append(f"config.task='regression' with {len(names)} targets ({', '.join(names)}) but "
+                            f"config.model.num_classes={config.model.num_classes}; set num_classes to the number "
+                            f"of regression targets (config.data.targets names them).")
     loss = config.loss
     if min(loss.mixup_alpha, loss.cutmix_alpha) < 0 or not (0 <= loss.mixup_prob <= 1 and
                                                            0 <= loss.mixup_switch_prob <= 1):
-        raise ConfigError(f"config.loss: mixup_alpha={loss.mixup_alpha} and cutmix_alpha={loss.cutmix_alpha} must be "
-                          f">= 0, mixup_prob={loss.mixup_prob} and mixup_switch_prob={loss.mixup_switch_prob} in "
-                          f"[0, 1].")
+        problems.append(f"config.loss: mixup_alpha={loss.mixup_alpha} and cutmix_alpha={loss.cutmix_alpha} must be "
+                        f">= 0, mixup_prob={loss.mixup_prob} and mixup_switch_prob={loss.mixup_switch_prob} in "
+                        f"[0, 1].")
     synthetic_task = config.data.synthetic_task
-    if config.data.source == "synthetic" and config.task != "pretrain" and synthetic_task != config.task:
-        raise ConfigError(f"config.task={config.task!r} trains on {losses.TARGET_KEYS[config.task]!r} targets, but "
-                          f"the embedded dataset gives {synthetic_task!r} ones: set "
-                          f"--config.data.synthetic_task={config.task}.")
+    if task_known and config.data.source == "synthetic" and config.task != "pretrain" and \
+            synthetic_task != config.task:
+        problems.append(f"config.task={config.task!r} trains on {losses.TARGET_KEYS[config.task]!r} targets, but "
+                        f"the embedded dataset gives {synthetic_task!r} ones: set "
+                        f"--config.data.synthetic_task={config.task}.")
     mixing = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
     if mixing and config.task not in ("classification", "multilabel"):
-        raise ConfigError(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to classification and "
-                          f"multilabel fine-tuning, not to task={config.task!r}; set them to 0.")
+        problems.append(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to classification and "
+                        f"multilabel fine-tuning, not to task={config.task!r}; set them to 0.")
     if not 0.0 <= config.optimizer.ema_decay < 1.0:
-        raise ConfigError(f"config.optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1) (0 = off).")
+        problems.append(f"config.optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1) (0 = off).")
     spike = config.loss_spike
     if config.max_skipped_steps < 0 or not (spike.factor == 0 or spike.factor > 1) or not 0 < spike.decay < 1 \
             or spike.min_steps < 1:
-        raise ConfigError(f"config.max_skipped_steps={config.max_skipped_steps} must be >= 0, config.loss_spike."
-                          f"factor={spike.factor} 0 (off) or > 1, loss_spike.decay={spike.decay} in (0, 1) and "
-                          f"loss_spike.min_steps={spike.min_steps} >= 1.")
-    pipeline.check_data_config(config)
+        problems.append(f"config.max_skipped_steps={config.max_skipped_steps} must be >= 0, config.loss_spike."
+                        f"factor={spike.factor} 0 (off) or > 1, loss_spike.decay={spike.decay} in (0, 1) and "
+                        f"loss_spike.min_steps={spike.min_steps} >= 1.")
+    problems += pipeline.data_config_problems(config)
     if config.data.num_frames != config.model.num_frames or config.data.image_size != config.model.image_size:
-        raise ConfigError(
+        problems.append(
             f"config.data gives {config.data.num_frames} frames of {config.data.image_size}px but config.model "
             f"expects {config.model.num_frames} of {config.model.image_size}px; set both to the same values.")
+    return problems
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """`config_problems` as one ConfigError listing them all."""
+    raise_problems(config_problems(config))
+
+
+def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | None = None,
+            devices: list | None = None) -> tuple[ml_collections.ConfigDict, object, object, jax.sharding.Mesh]:
+    """Start-up: (config resolved against its init_from checkpoint and its data, train source, eval source, mesh).
+
+    Every problem found on the way (config values, missing data, class counts, batch size against the devices and
+    the data, an init_from checkpoint that conflicts) comes out together in one ConfigError, before anything is
+    compiled. `explicit_keys` are the config keys the user chose (`config_lib.command_line_keys`; None: a config
+    built in Python, all of whose values count as chosen). What was not chosen gives way:
+      - the model's architecture keys, to those of the config.init_from checkpoint (`pretrained.take_model`); a
+        chosen key that differs from the checkpoint's is a conflict;
+      - for data read from files, config.data.num_classes to the count the data shows;
+      - model.num_classes (the head), to the data's class count when that was taken from the data.
+    The caller's config is left unchanged.
+    """
+    config = config.copy_and_resolve_references()
+    problems = []
+    if config.init_from:
+        where = f"config.init_from={config.init_from!r}"
+        try:
+            stored = pretrained.read_config(config.init_from)
+            if stored.model_name != config.model_name:
+                raise ConfigError(f"{where} holds a {stored.model_name} checkpoint, but config.model_name is "
+                                  f"{config.model_name!r}: use the {stored.model_name} recipe, or a "
+                                  f"{config.model_name} checkpoint.")
+            config.model, taken = pretrained.take_model(stored.model, config.model, explicit_keys, where,
+                                                        keep=pretrained.ARCHITECTURE_EXCLUDES)
+            if taken:
+                _log(f"The model takes the architecture of {where}: " + ", ".join(
+                    f"{key} {ours!r} -> {theirs!r}" for key, (theirs, ours) in taken.items()))
+        except ConfigError as err:
+            problems.append(str(err))
+        except (ConversionError, FileNotFoundError) as err:
+            problems.append(f"{where}: {err}")
+    if config.data.source != "synthetic" and not chosen(explicit_keys, "data.num_classes"):
+        config.data.num_classes = 0  # a recipe's class count describes its own data, not the files given instead
+    # The head follows the data's class count, unless the user chose the head's (a Python config: unless the data's
+    # count is to be taken from the data, which its author could not know).
+    head_follows = explicit_keys is not None and not chosen(explicit_keys, "model.num_classes")
+    classifies = config.task in ("classification", "multilabel")
+    if classifies and head_follows and config.data.num_classes:
+        config.model.num_classes = config.data.num_classes
+    problems += config_problems(config)
+
+    split_sources = {}
+    for split in pipeline.SPLITS:
+        train_names = getattr(split_sources.get("train"), "class_names", None)
+        try:
+            split_sources[split] = pipeline.make_source(config.data, split, class_names=train_names)
+        except (ConfigError, FileNotFoundError) as err:
+            problems.append(str(err))
+    if len(split_sources) == len(pipeline.SPLITS) and classifies:
+        try:
+            inferred = not config.data.num_classes
+            config.data.num_classes = pipeline.resolve_num_classes(config.data, split_sources)
+            if inferred and config.model.num_classes != config.data.num_classes:
+                if explicit_keys is not None and not head_follows:
+                    problems.append(f"The data has {config.data.num_classes} classes but --config.model.num_classes="
+                                    f"{config.model.num_classes}: drop that flag (the head follows the data), or "
+                                    f"set --config.data.num_classes to say the data has more classes than it shows.")
+                else:
+                    _log(f"{config.data.num_classes} classes in the data: the head has one output each.")
+                    config.model.num_classes = config.data.num_classes
+        except ConfigError as err:
+            problems.append(str(err))
+
+    mesh = None
+    try:
+        mesh = sharding.create_mesh(config.mesh, devices)
+    except ConfigError as err:
+        problems.append(str(err))
+    if mesh is not None:
+        problems += pipeline.batch_size_problems(config, jax.process_count(), mesh.size,
+                                                 {split: len(source) for split, source in split_sources.items()})
+    raise_problems(problems)
+    return config, split_sources["train"], split_sources["eval"], mesh
 
 
 def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sharding.Mesh | None = None) -> Setup:
@@ -116,11 +212,14 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     # videos (batch_size counts clips).
     steps_per_epoch = train_source_len // (config.batch_size // config.data.num_samples)
     if steps_per_epoch == 0:
+        fits = pipeline.largest_batch_size(config, train_source_len, jax.process_count(), mesh.size)
         raise ConfigError(f"The training set has {train_source_len} examples, fewer than one batch of "
-                          f"config.batch_size={config.batch_size}; lower the batch size or add data.")
+                          f"config.batch_size={config.batch_size}; " + (
+                              f"the largest batch size that fits and splits over the {mesh.size} device(s) is "
+                              f"{fits}: --config.batch_size={fits}." if fits else "add data."))
     total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
     warmup_steps = int(config.optimizer.warmup_epochs * steps_per_epoch)
-    schedule = optim.make_schedule(config, total_steps, warmup_steps)
+    schedule = optim.make_schedule(config, total_steps, warmup_steps, steps_per_epoch)
     tx = optim.make_optimizer(config, schedule)
 
     ema = config.optimizer.ema_decay > 0
@@ -447,30 +546,32 @@ def _format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None,
+                       explicit_keys: Collection[str] | None = None) -> dict:
     """Runs (or resumes) the job described by `config` in `workdir`.
 
-    Returns the final metrics, with the final train state under "state" (params, opt_state, step).
+    Returns the final metrics, with the final train state under "state" (params, opt_state, step). The config the
+    run used (resolved at start-up: `prepare`) is the one its checkpoints store.
 
-    `devices` restricts the mesh to a subset of `jax.devices()` (all of them by default).
+    `devices` restricts the mesh to a subset of `jax.devices()` (all of them by default). `explicit_keys`: the config
+    keys the user chose (`vidjax.main` passes its --config.KEY flags); the others give way to the init_from
+    checkpoint's architecture and the data's class count (`prepare`). None: every value counts as chosen.
 
     SIGTERM or SIGINT (vidjax.preemption) stops it at the next step boundary with a checkpoint of that step
     written and waited for; it then returns {"preempted": True, "step": ..., "signal": ...} early, without evals.
     """
     with preemption.StopOnSignal() as stop:
-        return _train_and_evaluate(config, workdir, devices, stop)
+        return _train_and_evaluate(config, fileio.user_path(workdir), devices, stop, explicit_keys)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None,
-                        stop: preemption.StopOnSignal) -> dict:
-    check_config(config)
+                        stop: preemption.StopOnSignal, explicit_keys: Collection[str] | None) -> dict:
+    if config.get("needs_init_from") and not config.init_from:  # a recipe that cannot start from random weights
+        raise ConfigError(config.needs_init_from)
     # ---- input: built first, so a missing dataset fails in seconds, before anything is compiled ----
-    train_source = pipeline.make_source(config.data, "train")
-    eval_source = pipeline.make_source(config.data, "eval")
+    config, train_source, eval_source, mesh = prepare(config, explicit_keys, devices)
 
-    # ---- mesh, model, optimizer, shardings ----
-    mesh = sharding.create_mesh(config.mesh, devices)
-    pipeline.check_batch_size(config, jax.process_count(), mesh.size)
+    # ---- model, optimizer, shardings ----
     setup = build(config, len(train_source), mesh)
     mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
     num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))

@@ -25,18 +25,17 @@ import sys
 
 import numpy as np
 
-from vidjax import pretrained, visualize_lib
+from vidjax import cli, pretrained, visualize_lib
 from vidjax.data import decode, pipeline
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vidjax.visualize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser("python -m vidjax.visualize", __doc__)
     parser.add_argument("video", metavar="VIDEO", help="the video file to reconstruct a clip of")
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a VideoMAE pre-training checkpoint")
     parser.add_argument("--out", default="", metavar="PREFIX", help="writes PREFIX.png and PREFIX.gif (default: the "
                         "video's name without its extension, in the current directory, + _reconstruction)")
-    parser.add_argument("--mask_ratio", "--mask-ratio", dest="mask_ratio", type=float, default=0.9,
+    parser.add_argument("--mask_ratio", type=float, default=0.9,
                         help="fraction of each frame's patches hidden (default 0.9, as in pre-training)")
     parser.add_argument("--use_true_stats", action="store_true",
                         help="un-normalise with the hidden patches' true mean/std (peeks at them; the title says so)")

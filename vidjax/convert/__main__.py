@@ -1,10 +1,10 @@
 r"""Converts published video-model checkpoints into vidjax checkpoints.
 
-  python -m vidjax.convert --from-hf SRC --out DST
+  python -m vidjax.convert --from_hf SRC --out DST
       SRC: a Hugging Face `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin) of
       VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel, TimesformerForVideoClassification,
       TimesformerModel, VivitForVideoClassification or VivitModel.
-  python -m vidjax.convert --from-videomamba FILE --out DST
+  python -m vidjax.convert --from_videomamba FILE --out DST
       FILE: an official VideoMamba checkpoint (.pth); its sizes are read from the tensor shapes.
 
 Add --num_frames / --image_size to adapt the checkpoint to another clip length or resolution (learned position
@@ -19,15 +19,15 @@ import argparse
 import logging
 import sys
 
+from vidjax import cli
 from vidjax.convert.common import ConversionError, resize, write_converted
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vidjax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser("python -m vidjax.convert", __doc__)
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-hf", metavar="SRC", help="Hugging Face save_pretrained directory")
-    src.add_argument("--from-videomamba", metavar="FILE", help="official VideoMamba checkpoint file")
+    src.add_argument("--from_hf", metavar="SRC", help="Hugging Face save_pretrained directory")
+    src.add_argument("--from_videomamba", metavar="FILE", help="official VideoMamba checkpoint file")
     parser.add_argument("--out", required=True, metavar="DST", help="output directory (must not exist)")
     parser.add_argument("--num_frames", type=int, default=0, help="adapt to this many frames (0 = keep)")
     parser.add_argument("--image_size", type=int, default=0, help="adapt to this resolution (0 = keep)")

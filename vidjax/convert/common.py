@@ -203,7 +203,7 @@ class TensorSource:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TensorSource:
         """A .safetensors file, or a torch file (.bin/.pth/.pt, nested state dicts flattened with '.')."""
-        path = pathlib.Path(path)
+        path = pathlib.Path(path).expanduser()
         if not path.is_file():
             raise ConversionError(f"Checkpoint file {path} does not exist.")
         if path.suffix == ".safetensors":
@@ -230,7 +230,7 @@ class TensorSource:
                 source = cls.from_file(directory / name)
                 return source
         raise ConversionError(f"{directory} has no model.safetensors or pytorch_model.bin (or sharded index); "
-                              f"point --from-hf at the directory written by `save_pretrained`.")
+                              f"point --from_hf at the directory written by `save_pretrained`.")
 
     def names(self) -> list[str]:
         return sorted(self.tensors)
@@ -445,7 +445,7 @@ def write_converted(converted: Converted, dst: str | os.PathLike, *, overwrite: 
     """Checks `converted` against its model and writes DST/{vidjax.json, params/} atomically."""
     import orbax.checkpoint as ocp
 
-    dst = pathlib.Path(dst).absolute()
+    dst = pathlib.Path(dst).expanduser().absolute()
     if dst.is_file() or (dst.is_dir() and any(dst.iterdir())):
         if not overwrite:
             raise ConversionError(f"{dst} already exists; choose another --out or pass --overwrite.")

@@ -31,13 +31,13 @@ def _read_json(path: pathlib.Path) -> dict:
 
 def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
     """Reads config.json (+ preprocessor_config.json when present) and the weights, and maps them onto vidjax."""
-    directory = pathlib.Path(directory)
+    directory = pathlib.Path(directory).expanduser()
     if not directory.is_dir():
-        raise ConversionError(f"--from-hf expects a directory written by `save_pretrained`; {directory} is not a "
+        raise ConversionError(f"--from_hf expects a directory written by `save_pretrained`; {directory} is not a "
                               f"directory.")
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise ConversionError(f"{directory} has no config.json; --from-hf expects a `save_pretrained` directory.")
+        raise ConversionError(f"{directory} has no config.json; --from_hf expects a `save_pretrained` directory.")
     hf = _read_json(config_path)
     architectures = hf.get("architectures") or []
     converters = _converters()

@@ -32,6 +32,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from vidjax import cli
 from vidjax.data import decode, transforms
 
 METHODS = ("naive", "seek", "seek_sws")
@@ -251,4 +252,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -2,17 +2,20 @@ r"""Dataset doctor: decodes every entry of a dataset through the real pipeline a
 
   python -m vidjax.data.check --config=configs/videomae_k400.py --split=train
   python -m vidjax.data.check --csv=/data/k400/val.csv --root=/data/k400/videos --num_frames=16 --size=224
+  python -m vidjax.data.check --folder=/data/my_videos --num_frames=16 --size=224
 
 Each entry gets one line: ok, too short (and what the padding does), corrupt, unreadable or missing, with the
 reason. Then totals and clips/s. Exit status 0 when every entry is usable (ok or too short), 1 otherwise, 2 for a
 bad command line. With --config the entries, frames, sampling rate and sizes are the config's; --csv takes
-VideoMAE-format lists (or a header CSV) with --num_frames / --sampling_rate / --size as the configs default.
+VideoMAE-format lists (or a header CSV) and --folder a class-folder tree (ROOT/<class>/<video>), with
+--num_frames / --sampling_rate / --size as the configs default.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import sys
 import time
 
@@ -20,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vidjax import config_lib
+from vidjax import cli, config_lib
 from vidjax.data import decode, pipeline
 
 USABLE = ("ok", "too short")
@@ -92,37 +95,47 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "A vidjax config file (its config.data is checked).")
     flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split of --config to check.")
     flags.DEFINE_string("csv", None, "A video list to check instead of a config's data.")
+    flags.DEFINE_string("folder", None, "A class-folder tree ROOT/<class>/.../<video> to check instead of a "
+                        "config's data.")
     flags.DEFINE_string("root", "", "With --csv: folder that relative paths are joined to.")
-    flags.DEFINE_integer("num_frames", 16, "With --csv: frames per clip.")
-    flags.DEFINE_integer("sampling_rate", 4, "With --csv: frame stride.")
-    flags.DEFINE_integer("size", 224, "With --csv: crop size in pixels.")
+    flags.DEFINE_integer("num_frames", 16, "With --csv / --folder: frames per clip.")
+    flags.DEFINE_integer("sampling_rate", 4, "With --csv / --folder: frame stride.")
+    flags.DEFINE_integer("size", 224, "With --csv / --folder: crop size in pixels.")
     flags.DEFINE_integer("workers", 1, "Videos decoded concurrently (threads: PyAV releases the GIL).")
     flags.DEFINE_bool("quiet", False, "Print only entries with a problem, and the totals.")
 
 
-def main(argv: list[str]) -> None:
+def _data_of_flags(opts: flags.FlagValues) -> object:
+    """The config.data block that --csv or --folder with --num_frames / --sampling_rate / --size describe."""
+    for flag, is_there, what in (("csv", os.path.isfile, "a video list file"),
+                                 ("folder", os.path.isdir, "a folder of class sub-folders")):
+        if opts[flag].value is not None and not is_there(os.path.expanduser(opts[flag].value)):
+            raise app.UsageError(f"--{flag}={opts[flag].value}: no such {'file' if flag == 'csv' else 'folder'} "
+                                 f"({os.path.abspath(os.path.expanduser(opts[flag].value))}); give {what}.")
+    for flag in ("num_frames", "sampling_rate", "size"):
+        if opts[flag].value < 1:
+            raise app.UsageError(f"--{flag}={opts[flag].value} must be at least 1.")
+    shape = dict(num_frames=opts.num_frames, sampling_rate=opts.sampling_rate, image_size=opts.size,
+                 short_side=int(opts.size * 256 / 224))
+    if opts.csv:  # the doctor checks videos, not label ranges
+        return config_lib.data_config(source="csv", train_csv=opts.csv, eval_csv=opts.csv, root=opts.root,
+                                      num_classes=2**31 - 1, **shape)
+    return config_lib.data_config(source="folder", train_folder=opts.folder, eval_folder=opts.folder,
+                                  num_classes=0, **shape)  # 0: as many classes as the tree has folders
+
+
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     opts = flags.FLAGS
     logging.set_verbosity(logging.ERROR)  # the report says what failed; per-file warnings would repeat it
-    if (opts.config is None) == (opts.csv is None):
-        raise app.UsageError("Give exactly one of --config (check a config's data) or --csv (check a list).")
-    if opts.csv:
-        data = config_lib.data_config(source="csv", train_csv=opts.csv, eval_csv=opts.csv, root=opts.root,
-                                      num_classes=2**31 - 1,  # the doctor checks videos, not label ranges
-                                      num_frames=opts.num_frames,
-                                      sampling_rate=opts.sampling_rate, image_size=opts.size,
-                                      short_side=int(opts.size * 256 / 224))
-    else:
-        data = opts.config.data
-    try:
-        status = run(data, opts.split, opts.workers, opts.quiet)
-    except config_lib.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(status)
+    if sum(opts[flag].value is not None for flag in ("config", "csv", "folder")) != 1:
+        raise app.UsageError("Give exactly one of --config (check a config's data), --csv (check a video list) or "
+                             "--folder (check a class-folder tree).")
+    data = _data_of_flags(opts) if opts.config is None else opts.config.data
+    return run(data, opts.split, opts.workers, opts.quiet)  # a ConfigError is one line and exit 2 (cli.run)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -220,7 +220,7 @@ def _open(src: VideoSource, label: str) -> av.container.InputContainer:
     try:
         if isinstance(src, bytes | bytearray | memoryview):
             return av.open(io.BytesIO(src))
-        return av.open(os.fspath(src))
+        return av.open(os.path.expanduser(src))  # `~/clip.mp4` as typed: no shell expands it after `=`
     except FileNotFoundError:
         raise VideoDecodeError(label, "file does not exist") from None
     except (av.FFmpegError, OSError) as e:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import av
 import numpy as np
 
+from vidjax import cli
 from vidjax.data import sources
 
 BAD_FILES_NAME = "bad_files.tsv"
@@ -63,8 +64,7 @@ exit status: 0 every video was packed; 1 some videos were skipped (see bad_files
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vidjax.data.pack", description=_DESCRIPTION, epilog=_EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser("python -m vidjax.data.pack", _DESCRIPTION, epilog=_EPILOG)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--csv", metavar="LIST", help="video list: `path label` lines (VideoMAE) or comma-separated "
                       "with a header (path, label or labels, optional start/end and target columns)")
@@ -81,9 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                         "run (default: %(default)s)")
     parser.add_argument("--targets", nargs="+", default=[], metavar="COLUMN", help="regression target columns of "
                         "a header list, e.g. --targets valence arousal")
-    parser.add_argument("--num-classes", type=int, default=None, help="number of classes: checks label ranges; "
+    parser.add_argument("--num_classes", type=int, default=None, help="number of classes: checks label ranges; "
                         "needed for a multi-label `labels` column (Charades default: 157)")
-    parser.add_argument("--class-names", default=None, metavar="FILE", help="class names, one per line (for "
+    parser.add_argument("--class_names", default=None, metavar="FILE", help="class names, one per line (for "
                         "--charades: Charades_v1_classes.txt); stored in the manifest")
     return parser
 
@@ -189,6 +189,7 @@ def pack(args: argparse.Namespace) -> int:
                 "num_videos": len(entries) + len(source.missing_paths), "shards": names,
                 "class_names": source.class_names}
 
+    args.out = os.path.expanduser(args.out)
     os.makedirs(args.out, exist_ok=True)
     manifest_path = os.path.join(args.out, sources.MANIFEST_NAME)
     if os.path.isfile(manifest_path):

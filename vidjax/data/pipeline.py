@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import threading
+from collections.abc import Mapping, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
-from vidjax.config_lib import ConfigError
+from vidjax.config_lib import ConfigError, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 
 SPLITS = ("train", "eval")
@@ -24,6 +27,20 @@ SOURCES = ("synthetic", "csv", "folder", "charades", "tfds", "array_record")
 TRAIN_CROPS = ("random", "multi_scale", "random_resized")
 
 logger = logging.getLogger(__name__)
+
+# Videos this process has warned about: a broken file is named once, not again every epoch (or every eval) it comes
+# round; the decode_failures metric still counts each replacement.
+_warned_videos: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _first_failure(path: str) -> bool:
+    """True the first time this process sees `path` fail to decode."""
+    with _warned_lock:
+        if path in _warned_videos:
+            return False
+        _warned_videos.add(path)
+        return True
 
 
 def tube_mask(rng: np.random.Generator, grid: tuple[int, int, int], mask_ratio: float) -> np.ndarray:
@@ -45,45 +62,54 @@ def _wrap(key: str, build):
         raise ConfigError(f"{err} (config.data.{key})") from err
 
 
-def make_source(data: ml_collections.ConfigDict, split: str):
-    """The random-access source of one split, with an error naming the setting to fix when data is missing."""
+def make_source(data: ml_collections.ConfigDict, split: str, class_names: Sequence[str] | None = None):
+    """The random-access source of one split, with an error naming the setting to fix when data is missing.
+
+    config.data.num_classes 0 means "the data's own count" (`resolve_num_classes`): the embedded dataset's 8
+    classes, Charades' 157, or what class folders, a names file or a list's labels show. `class_names` orders the
+    class folders of a folder source (no class names file): give the training split's names to the eval split, or
+    a checkpoint's, so that a folder missing from one split cannot shift the labels of the others.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     train = split == "train"
     if data.source == "synthetic":
         return synthetic.SyntheticVideoSource(
             num_examples=data.num_train if train else data.num_eval, num_frames=data.num_frames,
-            height=data.image_size, width=data.image_size, num_classes=data.num_classes, seed=data.seed,
-            split="train" if train else "validation", task=data.synthetic_task)
-    class_names = data.class_names_file or None
+            height=data.image_size, width=data.image_size, num_classes=data.num_classes or synthetic.NUM_CLASSES,
+            seed=data.seed, split="train" if train else "validation", task=data.synthetic_task)
+    names_file = data.class_names_file or None
     if data.source in ("csv", "charades"):
         key = "train_csv" if train else "eval_csv"
         path = data[key]
-        if not path or not os.path.exists(path):
+        if not path or not os.path.exists(os.path.expanduser(path)):  # the sources expand `~` too
             raise ConfigError(
                 f"config.data.{key} = {path!r}: no such file. Point it at the {split} list with "
                 f"--config.data.{key}=/path/to/{split}.csv and set --config.data.root to the video folder; "
                 f"docs/datasets.md explains the formats and how to prepare Kinetics-400. To try vidjax without "
                 f"data, add :runlocal to --config (embedded generated dataset).")
         if data.source == "charades":
-            return _wrap(key, lambda: sources.CharadesSource(path, root=data.root, num_classes=data.num_classes,
-                                                             classes_file=class_names,
+            return _wrap(key, lambda: sources.CharadesSource(path, root=data.root,
+                                                             num_classes=data.num_classes or sources.CHARADES_CLASSES,
+                                                             classes_file=names_file,
                                                              skip_missing=data.skip_missing))
         targets = tuple(t.strip() for t in data.targets.split(",") if t.strip())
-        return _wrap(key, lambda: sources.CsvVideoSource(path, root=data.root, num_classes=data.num_classes,
+        return _wrap(key, lambda: sources.CsvVideoSource(path, root=data.root, num_classes=data.num_classes or None,
                                                          skip_missing=data.skip_missing, targets=targets,
-                                                         class_names_file=class_names))
+                                                         class_names_file=names_file))
     if data.source == "folder":
         key = "train_folder" if train else "eval_folder"
-        if not data[key] or not os.path.isdir(data[key]):
+        if not data[key] or not os.path.isdir(os.path.expanduser(data[key])):
             raise ConfigError(f"config.data.{key} = {data[key]!r}: no such folder; set --config.data.{key} to a "
                               f"folder of class sub-folders (root/<class>/<video>), see docs/datasets.md.")
-        names = sources.read_class_names(class_names) if class_names else None
+        names = sources.read_class_names(data.class_names_file) if data.class_names_file else class_names
         source = _wrap(key, lambda: sources.FolderVideoSource(data[key], class_names=names,
                                                               skip_missing=data.skip_missing))
-        if len(source.class_names) != data.num_classes:
-            raise ConfigError(f"config.data.{key} has {len(source.class_names)} class folders but "
-                              f"config.data.num_classes={data.num_classes}; set them to agree.")
+        if data.num_classes and len(source.class_names) != data.num_classes:
+            raise ConfigError(f"config.data.{key}={data[key]!r} has {len(source.class_names)} class folders "
+                              f"({_names(source.class_names)}) but config.data.num_classes={data.num_classes}; set "
+                              f"--config.data.num_classes={len(source.class_names)}, or 0 to take the count from "
+                              f"the data.")
         return source
     if data.source == "tfds":
         if not data.tfds_name:
@@ -94,12 +120,84 @@ def make_source(data: ml_collections.ConfigDict, split: str):
             label_key=data.label_key))
     if data.source == "array_record":
         key = "train_pack" if train else "eval_pack"
-        if not data[key] or not os.path.exists(data[key]):
+        if not data[key] or not os.path.exists(os.path.expanduser(data[key])):
             raise ConfigError(f"config.data.{key} = {data[key]!r}: no such pack; write one with "
                               f"`python -m vidjax.data.pack --csv LIST --out DIR` and point --config.data.{key} "
                               f"at DIR.")
         return _wrap(key, lambda: sources.ArrayRecordVideoSource(data[key]))
     raise ConfigError(f"config.data.source must be one of {', '.join(SOURCES)}; got {data.source!r}.")
+
+
+def _names(names: Sequence[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+# The setting that names each split's data, for messages.
+_SPLIT_KEYS = {"synthetic": ("num_train", "num_eval"), "csv": ("train_csv", "eval_csv"),
+               "charades": ("train_csv", "eval_csv"), "folder": ("train_folder", "eval_folder"),
+               "tfds": ("train_split", "eval_split"), "array_record": ("train_pack", "eval_pack")}
+
+
+def describe_split(data: ml_collections.ConfigDict, split: str) -> str:
+    """The setting that names a split's data, with its value, e.g. "config.data.train_folder='/data/train'"."""
+    key = _SPLIT_KEYS.get(data.source, ("source", "source"))[split == "eval"]
+    return f"config.data.{key}={data[key]!r}"
+
+
+def source_classes(source) -> tuple[int | None, bool]:
+    """(classes, exact) that `source`'s data shows: class names (class folders, a names file, a TFDS ClassLabel, a
+    pack's manifest, the embedded dataset's) give the exact count; a list's largest label + 1 is a lower bound, as a
+    split need not hold every class. (None, False) when the data does not tell (a pack without class names)."""
+    names = getattr(source, "class_names", None)
+    if names:
+        return len(names), True
+    count = getattr(source, "num_classes", None)
+    if count is None:
+        count = getattr(source, "_num_classes", None)  # Charades: the count it was built with
+        return count, count is not None
+    return int(count), False
+
+
+def resolve_num_classes(data: ml_collections.ConfigDict, split_sources: Mapping[str, object]) -> int:
+    """config.data.num_classes made concrete from the sources of the splits ({"train": ..., "eval": ...}, either).
+
+    A positive config.data.num_classes is kept, once every split's exact count agrees with it (a list's labels
+    were checked against it when it was read). 0 ("infer") takes the count the data shows: the splits' exact
+    counts, which must agree, or else the largest label + 1 over the lists. Raises ConfigError naming both values
+    of any disagreement.
+    """
+    shown = {split: source_classes(source) for split, source in split_sources.items()}
+    exact = {split: n for split, (n, is_exact) in shown.items() if n is not None and is_exact}
+    bounds = {split: n for split, (n, is_exact) in shown.items() if n is not None and not is_exact}
+
+    def described(split: str) -> str:
+        names = getattr(split_sources[split], "class_names", None)
+        listed = f" ({_names(names)})" if names else ""
+        return f"{describe_split(data, split)} shows {shown[split][0]} classes{listed}"
+
+    if data.num_classes:
+        wrong = [split for split, n in exact.items() if n != data.num_classes]
+        if wrong:
+            raise ConfigError(f"{'; '.join(described(split) for split in wrong)}, but config.data.num_classes="
+                              f"{data.num_classes}: set --config.data.num_classes={exact[wrong[0]]}, or 0 to take "
+                              f"the count from the data.")
+        return int(data.num_classes)
+    if len(set(exact.values())) > 1:
+        raise ConfigError(f"The splits disagree on the number of classes: {'; '.join(map(described, exact))}. "
+                          f"Give both splits the same classes (a class names file, config.data.class_names_file, "
+                          f"fixes their order), or set --config.data.num_classes.")
+    if exact:
+        count = next(iter(exact.values()))
+        above = [split for split, n in bounds.items() if n > count]
+        if above:
+            raise ConfigError(f"{described(next(iter(exact)))} but {describe_split(data, above[0])} has labels up "
+                              f"to {bounds[above[0]] - 1}; fix the list or the class names.")
+        return count
+    if bounds:
+        return max(bounds.values())
+    raise ConfigError(f"config.data.source={data.source!r} does not say how many classes it has ("
+                      f"{', '.join(describe_split(data, split) for split in split_sources)}); set "
+                      f"--config.data.num_classes, or config.data.class_names_file to a file naming them.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +227,17 @@ class Preprocess:
                 break
             except decode.VideoDecodeError as err:
                 failures += 1
+                first = _first_failure(err.path)
                 if failures >= self.data.max_decode_attempts or len(self.source) < 2:
-                    logger.error("Dropping element %d: %d videos in a row failed to decode, the last: %s",
-                                 int(element["index"]), failures, err)
+                    (logger.error if first else logger.debug)(
+                        "Dropping element %d: %d videos in a row failed to decode, the last: %s",
+                        int(element["index"]), failures, err)
                     return None
                 substitute = int(rng.integers(len(self.source) - 1))
                 substitute += substitute >= int(element["index"])  # never the video that just failed
-                logger.warning("Skipping element %d: %s; using element %d in its place",
-                               int(element["index"]), err, substitute)
+                (logger.warning if first else logger.debug)(
+                    "Skipping element %d: %s; using element %d in its place (each broken video is named once)",
+                    int(element["index"]), err, substitute)
                 element = self.source[substitute]
         samples = out["video"].shape[0] if out["video"].ndim == 5 and self.train else 1
         count = np.zeros(samples, np.int32)
@@ -281,23 +382,32 @@ def loss_weights(config: ml_collections.ConfigDict, source) -> tuple[np.ndarray 
             _weights(config.loss.pos_weight, "pos_weight", c, balanced_positives))
 
 
-def check_data_config(config: ml_collections.ConfigDict) -> None:
-    """Data settings that would only fail inside a worker, checked before anything is built."""
+def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Data settings that would only fail inside a worker, found before anything is built: every one of them."""
     d = config.data
+    problems = []
     if d.train_crop not in TRAIN_CROPS:
-        raise ConfigError(f"config.data.train_crop={d.train_crop!r}; choose one of {', '.join(TRAIN_CROPS)}.")
+        problems.append(f"config.data.train_crop={d.train_crop!r}; choose one of {', '.join(TRAIN_CROPS)}.")
     if d.rand_augment:
         try:
             transforms.parse_rand_augment(d.rand_augment)
         except ValueError as err:
-            raise ConfigError(f"config.data.rand_augment: {err}") from err
+            problems.append(f"config.data.rand_augment: {err}")
     if d.num_samples < 1 or config.batch_size % d.num_samples:
-        raise ConfigError(f"config.data.num_samples={d.num_samples} must be >= 1 and divide config.batch_size="
-                          f"{config.batch_size} (the batch counts clips: batch_size / num_samples videos a step).")
+        problems.append(f"config.data.num_samples={d.num_samples} must be >= 1 and divide config.batch_size="
+                        f"{config.batch_size} (the batch counts clips: batch_size / num_samples videos a step).")
     if d.test_num_clips < 1 or d.test_num_crops < 1:
-        raise ConfigError("config.data.test_num_clips and test_num_crops must be >= 1.")
+        problems.append("config.data.test_num_clips and test_num_crops must be >= 1.")
     if not 0.0 <= d.erase_prob <= 1.0:
-        raise ConfigError(f"config.data.erase_prob={d.erase_prob} must be in [0, 1].")
+        problems.append(f"config.data.erase_prob={d.erase_prob} must be in [0, 1].")
+    if d.num_classes < 0:
+        problems.append(f"config.data.num_classes={d.num_classes} must be >= 0 (0 = the data's own count).")
+    return problems
+
+
+def check_data_config(config: ml_collections.ConfigDict) -> None:
+    """`data_config_problems` as one ConfigError listing them all."""
+    raise_problems(data_config_problems(config))
 
 
 class PaddedSource:
@@ -378,8 +488,46 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def check_batch_size(config: ml_collections.ConfigDict, process_count: int, num_devices: int) -> None:
-    """Batch size errors before anything is compiled: it must split evenly over processes and devices."""
+def largest_batch_size(config: ml_collections.ConfigDict, num_videos: int, process_count: int,
+                       num_devices: int) -> int:
+    """The largest config.batch_size that `num_videos` videos fill at least once and that splits evenly over the
+    processes, the devices and the clips of a video (config.data.num_samples); 0 when none does."""
+    multiple = math.lcm(max(config.data.num_samples, 1), process_count, num_devices)
+    return num_videos * max(config.data.num_samples, 1) // multiple * multiple
+
+
+def batch_size_problems(config: ml_collections.ConfigDict, process_count: int, num_devices: int,
+                        split_sizes: Mapping[str, int] | None = None) -> list[str]:
+    """Batch size problems found before anything is compiled: the batch must split evenly over processes and
+    devices, and (given `split_sizes`, {"train": videos, ...}) the training split must fill one batch, as must a
+    pre-training eval split (trimmed to whole batches; other evals are padded). Each says the largest size that
+    fits."""
+    problems = []
     if config.batch_size % process_count or config.batch_size % num_devices:
-        raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by the number of processes "
-                          f"({process_count}) and of devices ({num_devices}).")
+        multiple = math.lcm(process_count, num_devices)
+        problems.append(f"config.batch_size={config.batch_size} must be divisible by the number of processes "
+                        f"({process_count}) and of devices ({num_devices}): use a multiple of {multiple}, e.g. "
+                        f"--config.batch_size={max(multiple, config.batch_size // multiple * multiple)}.")
+    samples = max(config.data.num_samples, 1)
+    for split, size in (split_sizes or {}).items():
+        if split == "eval" and config.task != "pretrain":
+            continue
+        videos_a_step = config.batch_size // samples if split == "train" else config.batch_size
+        if size >= videos_a_step:
+            continue
+        fits = largest_batch_size(config, size, process_count, num_devices) if split == "train" else \
+            size // math.lcm(process_count, num_devices) * math.lcm(process_count, num_devices)
+        advice = (f"the largest batch size that fits and splits over {num_devices} device(s) and {process_count} "
+                  f"process(es) is {fits}: --config.batch_size={fits}" if fits else
+                  f"no batch size that splits over {num_devices} device(s) fits: add videos, or run on fewer "
+                  f"devices")
+        clips = f" clips ({videos_a_step} videos x {samples} clips each)" if samples > 1 and split == "train" else ""
+        problems.append(f"The {split} split ({describe_split(config.data, split)}) has {size} videos, fewer than one "
+                        f"batch of config.batch_size={config.batch_size}{clips}; {advice}.")
+    return problems
+
+
+def check_batch_size(config: ml_collections.ConfigDict, process_count: int, num_devices: int,
+                     split_sizes: Mapping[str, int] | None = None) -> None:
+    """`batch_size_problems` as one ConfigError listing them all."""
+    raise_problems(batch_size_problems(config, process_count, num_devices, split_sizes))

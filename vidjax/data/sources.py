@@ -28,11 +28,12 @@ logger = logging.getLogger(__name__)
 
 _MAX_MISSING_SHOWN = 5
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+CHARADES_CLASSES = 157
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """Class names from a labels file, one per line, in class-index order (blank lines at the end are ignored)."""
-    path = os.fspath(path)
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class names file {path!r} does not exist")
     with open(path) as f:
@@ -144,8 +145,8 @@ class CsvVideoSource(_FileVideoSource):
         targets: Sequence[str] = (),
         class_names_file: str | os.PathLike | None = None,
     ):
-        self._csv_path = os.fspath(csv_path)
-        self._root = os.fspath(root)
+        self._csv_path = os.path.expanduser(csv_path)  # `~/list.csv` as typed: no shell expands it after `=`
+        self._root = os.path.expanduser(root)
         if isinstance(targets, str):
             raise TypeError(f"targets must be a sequence of column names, got the string {targets!r}")
         self._targets = tuple(targets)
@@ -155,6 +156,10 @@ class CsvVideoSource(_FileVideoSource):
         paths, fields = _read_list(self._csv_path, self._targets, num_classes)
         super().__init__([os.path.join(self._root, p) for p in paths], fields, f"listed in {self._csv_path}",
                          self._root, skip_missing, class_names)
+        # The classes this list shows when no count was given: a split need not hold every class, so its largest
+        # label + 1 is a lower bound (`pipeline.resolve_num_classes` takes the largest over the splits).
+        labels = self._fields.get("label")
+        self.num_classes = num_classes or (int(labels.max()) + 1 if labels is not None and len(labels) else None)
 
     def __repr__(self) -> str:
         # grain checkpoints compare this string to detect a changed source on restore.
@@ -299,7 +304,7 @@ class FolderVideoSource(_FileVideoSource):
         class_names: Sequence[str] | None = None,
         skip_missing: bool = False,
     ):
-        self._root = os.fspath(root)
+        self._root = os.path.expanduser(root)
         if not os.path.isdir(self._root):
             raise FileNotFoundError(f"video folder {self._root!r} does not exist or is not a directory")
         self._extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
@@ -363,19 +368,19 @@ class CharadesSource(_FileVideoSource):
         self,
         csv_path: str | os.PathLike,
         root: str | os.PathLike,
-        num_classes: int = 157,
+        num_classes: int = CHARADES_CLASSES,
         classes_file: str | os.PathLike | None = None,
         extension: str = ".mp4",
         skip_missing: bool = False,
     ):
-        self._csv_path = os.fspath(csv_path)
-        self._root = os.fspath(root)
+        self._csv_path = os.path.expanduser(csv_path)  # `~/list.csv` as typed: no shell expands it after `=`
+        self._root = os.path.expanduser(root)
         self._num_classes = num_classes
         if not os.path.isfile(self._csv_path):
             raise FileNotFoundError(f"Charades annotation file {self._csv_path!r} does not exist")
         class_names = None
         if classes_file is not None and os.fspath(classes_file):
-            class_names = _read_charades_classes(os.fspath(classes_file), num_classes)
+            class_names = _read_charades_classes(os.path.expanduser(classes_file), num_classes)
         ids, spans = _read_charades(self._csv_path, num_classes)
         labels = []
         for video_spans in spans:
@@ -575,7 +580,7 @@ class ArrayRecordVideoSource:
     def __init__(self, pattern_or_dir: str | os.PathLike):
         import grain
 
-        self._pattern = os.fspath(pattern_or_dir)
+        self._pattern = os.path.expanduser(pattern_or_dir)
         self.class_names = None
         if os.path.isdir(self._pattern):
             files = self._shards_in_folder()

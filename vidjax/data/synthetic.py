@@ -64,6 +64,7 @@ TASKS = ("classification", "multilabel", "regression")
 REGRESSION_TARGETS = ("velocity_x", "velocity_y")
 # Objects per multi-label clip: enough to need per-object motion, few enough that they rarely overlap.
 MAX_OBJECTS = 3
+NUM_CLASSES = 8  # the default: 8 motion directions at one speed (config.data.num_classes 0 means this)
 
 # Per-frame speed range, as a fraction of the shorter image side; split into bands with gaps
 # so that neighbouring speed classes stay separable.
@@ -159,7 +160,7 @@ class SyntheticVideoSource:
         num_frames: int = 16,
         height: int = 112,
         width: int = 112,
-        num_classes: int = 8,
+        num_classes: int = NUM_CLASSES,
         seed: int = 0,
         split: str = "train",
         task: str = "classification",

@@ -76,6 +76,35 @@ def sincos_table(num_positions: int, dim: int) -> np.ndarray:
     return table
 
 
+# How a model's learned position tables start (config.model.position_init); both stay learned parameters.
+POSITION_INITS = ("reference", "sincos")
+
+
+def position_init(kind: str, reference, leading: int = 0):
+    """The initializer of a learned position table (rows, dim): the published model's own (`reference`), or
+    "sincos": `leading` zero rows (CLS tokens) then the fixed sin-cos table of `sincos_table` over the other rows.
+
+    Why the choice: the references draw their tables N(0, 0.02) or start time tables at zero, which carries almost
+    no position or frame-order signal next to patch embeddings of unit scale. That is harmless when the spatial
+    table comes from an image checkpoint, but a video model trained from scratch then sees its frames as an
+    unordered set until the tables have grown, and motion direction (which needs frame order) stays unreadable:
+    the micro runlocal TimeSformer, ViViT and VideoMamba stayed at chance. A sin-cos start (VideoMAE's fixed
+    table, here only the start) gives order from the first step.
+    """
+    if kind not in POSITION_INITS:
+        raise ConfigError(f"config.model.position_init={kind!r}; choose one of {', '.join(POSITION_INITS)}.")
+    if kind == "reference":
+        return reference
+
+    def init(key, shape, dtype=jnp.float32):
+        del key  # deterministic
+        rows, dim = shape
+        table = np.concatenate([np.zeros((int(leading), dim), np.float32), sincos_table(rows - int(leading), dim)])
+        return jnp.asarray(table, dtype)
+
+    return init
+
+
 _xavier = nnx.initializers.xavier_uniform()
 
 

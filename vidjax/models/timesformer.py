@@ -116,11 +116,14 @@ class Model(nnx.Module):
                                         kernel_init=conv_init, rngs=rngs)
         table_init = nnx.initializers.truncated_normal(0.02)
         self.cls_token = nnx.Param(table_init(rngs.params(), (self.width,)), out_sharding=("embed",))
-        self.pos_embed = nnx.Param(table_init(rngs.params(), (1 + h * w, self.width)),
+        pos_init = layers.position_init(cfg.position_init, table_init, leading=1)
+        self.pos_embed = nnx.Param(pos_init(rngs.params(), (1 + h * w, self.width)),
                                    out_sharding=("positions", "embed"))
         if cfg.attention_type != "space_only":
-            # Zero at init, as in the reference: the model starts as the image model applied per frame.
-            self.time_embed = nnx.Param(jnp.zeros((cfg.num_frames, self.width)), out_sharding=("positions", "embed"))
+            # Zero at init in the reference: the model starts as the image model applied per frame.
+            time_init = layers.position_init(cfg.position_init, nnx.initializers.zeros)
+            self.time_embed = nnx.Param(time_init(None, (cfg.num_frames, self.width)),
+                                        out_sharding=("positions", "embed"))
         rates = np.linspace(0.0, cfg.drop_path, dims["depth"]) if dims["depth"] > 1 else np.array([cfg.drop_path])
         self.blocks = nnx.List([
             Block(self.width, dims["num_heads"], dims["mlp_dim"], attention_type=cfg.attention_type, eps=cfg.ln_eps,
@@ -185,6 +188,7 @@ def default_config() -> ml_collections.ConfigDict:
         attention_type="divided_space_time",
         head="classification",
         num_classes=400, head_init_scale=1.0,
+        position_init="reference",  # reference | sincos (layers.position_init: for training from scratch)
         qkv_bias=True,
         ln_eps=1e-6,
         approximate_gelu=False,  # True for checkpoints with hidden_act "gelu_new"/"gelu_fast"/"gelu_pytorch_tanh"

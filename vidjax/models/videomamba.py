@@ -247,9 +247,10 @@ class Model(nnx.Module):
                                         rngs=rngs)
         zeros = nnx.initializers.zeros
         self.cls_token = _param(rngs, zeros, (self.width,), ("embed",))
-        self.pos_embed = _param(rngs, nnx.initializers.truncated_normal(0.02), (1 + h * w, self.width),
-                                ("positions", "embed"))
-        self.temporal_pos_embedding = _param(rngs, zeros, (t, self.width), ("positions", "embed"))
+        self.pos_embed = _param(rngs, layers.position_init(cfg.position_init, nnx.initializers.truncated_normal(0.02),
+                                                           leading=1), (1 + h * w, self.width), ("positions", "embed"))
+        self.temporal_pos_embedding = _param(rngs, layers.position_init(cfg.position_init, zeros), (t, self.width),
+                                             ("positions", "embed"))
         # Reference drop-path schedule: layer i applies [0, linspace(0, rate, depth)...][i] to the incoming mixer
         # output, and the final add before norm_f applies the full rate to the last layer's output.
         depth = d["depth"]
@@ -319,6 +320,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_frames=8, image_size=224, tubelet_size=1,
         head="classification",  # classification | none (backbone: last_hidden_state only)
         num_classes=400, head_init_scale=1.0,  # head kernel ~ truncated normal(0.02 * scale), as the reference
+        position_init="reference",  # reference | sincos (layers.position_init: for training from scratch)
         head_dropout=0.0,  # the reference's fc_drop_rate
         drop_path=0.0,
         d_state=16, d_conv=4, expand=2,

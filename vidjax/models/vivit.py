@@ -176,8 +176,11 @@ class FactorisedDotProductBlock(layers.Block):
         return x + layers.drop_path(self.mlp(self.norm2(x)), self.drop_path, rng_mlp)
 
 
-def _learned(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str | None, ...], std: float) -> nnx.Param:
-    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), out_sharding=names)
+def _learned(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str | None, ...], std: float,
+             position_init: str, leading: int) -> nnx.Param:
+    init = layers.position_init(position_init, lambda key, shape: std * jax.random.normal(key, shape, jnp.float32),
+                                leading)
+    return nnx.Param(init(rngs.params(), shape), out_sharding=names)
 
 
 def _pool(x_BLD: jax.Array, classifier: str) -> jax.Array:
@@ -225,7 +228,8 @@ class Model(nnx.Module):
         self.cls_token = nnx.Param(jnp.zeros((width,)), out_sharding=("embed",)) if token else None
         # Model 2's spatial table covers one frame's patches; the others' cover every token of the clip.
         num_positions = h * w if cfg.model_type == "factorised_encoder" else t * h * w
-        self.pos_embed = _learned(rngs, (num_positions + token, width), ("positions", "embed"), 0.02)
+        self.pos_embed = _learned(rngs, (num_positions + token, width), ("positions", "embed"), 0.02,
+                                  cfg.position_init, token)
         if cfg.model_type in ("joint", "factorised_encoder"):
             self.transformer = layers.Transformer(width, dims["depth"], dims["num_heads"], dims["mlp_dim"],
                                                   remat=self.remat, scan=self.scan_layers, **stack)
@@ -247,7 +251,8 @@ class Model(nnx.Module):
         if cfg.model_type == "factorised_encoder":
             self.spatial_norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
             self.temporal_cls_token = nnx.Param(jnp.zeros((width,)), out_sharding=("embed",)) if token else None
-            self.temporal_pos_embed = _learned(rngs, (t + token, width), ("positions", "embed"), 0.02)
+            self.temporal_pos_embed = _learned(rngs, (t + token, width), ("positions", "embed"), 0.02,
+                                               cfg.position_init, token)
             self.temporal_transformer = layers.Transformer(width, cfg.temporal_depth, dims["num_heads"],
                                                            dims["mlp_dim"], remat=self.remat, scan=self.scan_layers,
                                                            **stack)
@@ -333,6 +338,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_frames=32, image_size=224,
         head="classification",
         num_classes=400, head_init_scale=0.0,  # 0 = zero-initialised classifier, as scenic
+        position_init="reference",  # reference (N(0, 0.02)) | sincos (layers.position_init: for training from scratch)
         qkv_bias="qkv",  # "qkv" or "none" (Hugging Face's qkv_bias=False)
         ln_eps=1e-6,
         approximate_gelu=True,  # tanh GELU (Flax's nn.gelu, HF "gelu_fast"); False = exact erf GELU
