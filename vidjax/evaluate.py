@@ -190,11 +190,10 @@ def resolve_config(config: ml_collections.ConfigDict, stored, explicit_keys: Col
             config.data[key] = config.model[key]
     if config.data.source != "synthetic" and not chosen(explicit_keys, "data.num_classes"):
         config.data.num_classes = 0  # taken from the data, then checked against the head
-    devices = jax.device_count()
-    if config.batch_size % devices and not chosen(explicit_keys, "batch_size"):
+    multiple = math.lcm(jax.device_count(), jax.process_count())
+    if config.batch_size % multiple and not chosen(explicit_keys, "batch_size"):
         # The evaluation is the same whatever the batch (the last one is padded, the padding not scored).
-        config.batch_size = -(-config.batch_size // math.lcm(devices, jax.process_count())) * math.lcm(
-            devices, jax.process_count())
+        config.batch_size = -(-config.batch_size // multiple) * multiple
     raise_problems(problems)
     return config
 

@@ -274,14 +274,21 @@ def _read_json_item(step_dir: pathlib.Path, name: str) -> dict | None:
         return checkpointer.restore(step_dir / name)
 
 
+def _read_step_config(step_dir: pathlib.Path) -> tuple[dict, dict, str, ml_collections.ConfigDict, str | None]:
+    """(saved config, metadata, model name, model block, task) of a trainer step folder: its "config" and "metadata"
+    items (the metadata wins where both say)."""
+    saved = _read_json_item(step_dir, "config")
+    meta = _read_json_item(step_dir, "metadata") or {}
+    model_name = meta.get("model_name") or saved["model_name"]
+    model = _model_config(model_name, saved["model"], str(step_dir / "config"))
+    return saved, meta, model_name, model, meta.get("task") or saved.get("task") or _task_of_head(model.head)
+
+
 def _read_training(step_dir: pathlib.Path) -> _Loaded:
     """Params (EMA when saved) of one trainer checkpoint, with what its "metadata" item (or its config) says."""
     import orbax.checkpoint as ocp
 
-    config = _read_json_item(step_dir, "config")
-    meta = _read_json_item(step_dir, "metadata") or {}
-    model_name = meta.get("model_name") or config["model_name"]
-    model_config = _model_config(model_name, config["model"], str(step_dir / "config"))
+    config, meta, model_name, model_config, task = _read_step_config(step_dir)
     with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
         saved = checkpointer.metadata(step_dir / "state").item_metadata.tree
     key = "ema_params" if "ema_params" in saved else "params"
@@ -306,7 +313,6 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
     preprocessing.setdefault("sampling_rate", int(data.get("sampling_rate", 1)))
     # The eval pipeline's resize: config.data.short_side, 0 meaning the crop size.
     preprocessing.setdefault("short_side", int(data.get("short_side") or preprocessing["image_size"]))
-    task = meta.get("task") or config.get("task") or _task_of_head(model_config.head)
     class_names = meta.get("class_names")
     if class_names is None and not meta:  # written before checkpoints had metadata: the config may name a file
         names_file = data.get("class_names_file")
@@ -493,11 +499,7 @@ def read_config(path: str | pathlib.Path) -> CheckpointConfig:
         return CheckpointConfig(meta["model_name"], model, _task_of_head(model.head), meta.get("class_names"), None)
     if (path / "checkpoints").is_dir() or _is_step_dir(path):
         step_dir = latest_step_dir(path) if (path / "checkpoints").is_dir() else path
-        saved = _read_json_item(step_dir, "config")
-        meta = _read_json_item(step_dir, "metadata") or {}
-        model_name = meta.get("model_name") or saved["model_name"]
-        model = _model_config(model_name, saved["model"], str(step_dir / "config"))
-        task = meta.get("task") or saved.get("task") or _task_of_head(model.head)
+        saved, meta, model_name, model, task = _read_step_config(step_dir)
         training = _training_config({**saved, "model_name": model_name}, model.copy_and_resolve_references())
         return CheckpointConfig(model_name, model, task, meta.get("class_names"), training)
     # Anything else goes through the loaders' one reading of a path, which explains what a checkpoint may be.
