@@ -137,15 +137,16 @@ def test_sigint_asks_once_then_interrupts_and_ignored_signals_stay_ignored():
 def scale_loss_at(monkeypatch, scales):
     """Multiplies the loss of the steps in `scales` (1-based) inside the jitted step: NaN makes the loss and the
     gradients non-finite, a large factor makes a finite spike."""
-    real_batch, real_loss_fn = train.sharding.global_batch, train.losses.get_loss_fn
+    task = type(train.tasks.get_task("pretrain"))
+    real_batch, real_loss_fn = train.sharding.global_batch, task.loss_fn
     calls = itertools.count(1)
 
     def global_batch(local, batch_sharding):
         scale = np.full(len(local["video"]), scales.get(next(calls), 1.0), np.float32)
         return real_batch(dict(local, loss_scale=scale), batch_sharding)
 
-    def get_loss_fn(*args):
-        loss_fn = real_loss_fn(*args)
+    def get_loss_fn(self, *args):
+        loss_fn = real_loss_fn(self, *args)
 
         def scaled(model, batch, rng):
             loss, aux = loss_fn(model, batch, rng)
@@ -153,7 +154,7 @@ def scale_loss_at(monkeypatch, scales):
         return scaled
 
     monkeypatch.setattr(train.sharding, "global_batch", global_batch)
-    monkeypatch.setattr(train.losses, "get_loss_fn", get_loss_fn)
+    monkeypatch.setattr(task, "loss_fn", get_loss_fn)
 
 
 def test_skipped_steps_are_counted_and_stop_after_max_in_a_row(tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ import pytest
 from helpers import load_config
 from test_train import tiny_config
 
-from vidjax import config_lib, losses, train
+from vidjax import config_lib, train
 from vidjax.data import pipeline
 from vidjax.metric_writer import read_metrics
+from vidjax.tasks import get_task
 
 
 def task_config(task, **overrides):
@@ -49,13 +50,13 @@ def test_losses_against_hand_computed_values():
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     label = np.array([0, 2])
     ce = -log_softmax[[0, 1], label]
-    loss, aux = losses.get_loss_fn(config_of("classification"))(FixedLogits(logits), {"video": video,
+    loss, aux = get_task("classification").loss_fn(config_of("classification"))(FixedLogits(logits), {"video": video,
                                                                                       "label": label}, None)
     np.testing.assert_allclose(loss, ce.mean(), rtol=1e-6)
     assert float(aux["accuracy"]) == 0.5
     # Class weights: PyTorch's weighted mean, sum_i w_(y_i) l_i / sum_i w_(y_i).
     weights = np.array([1.0, 1.0, 3.0], np.float32)
-    loss, _ = losses.get_loss_fn(config_of("classification"), class_weights=weights)(
+    loss, _ = get_task("classification").loss_fn(config_of("classification"), class_weights=weights)(
         FixedLogits(logits), {"video": video, "label": label}, None)
     np.testing.assert_allclose(loss, (ce[0] + 3 * ce[1]) / 4, rtol=1e-6)
 
@@ -64,7 +65,7 @@ def test_losses_against_hand_computed_values():
     sig = 1 / (1 + np.exp(-logits))
     pos_weight = np.array([2.0, 1.0, 0.5], np.float32)
     bce = -(pos_weight * labels * np.log(sig) + (1 - labels) * np.log(1 - sig))
-    loss, _ = losses.get_loss_fn(config_of("multilabel"), pos_weight=pos_weight)(
+    loss, _ = get_task("multilabel").loss_fn(config_of("multilabel"), pos_weight=pos_weight)(
         FixedLogits(logits), {"video": video, "labels": labels}, None)
     np.testing.assert_allclose(loss, bce.mean(), rtol=1e-5)
 
@@ -72,14 +73,15 @@ def test_losses_against_hand_computed_values():
     pred = np.array([[0.0, 1.0], [1.0, 3.0], [2.0, 2.0]])
     target = np.array([[0.5, 1.0], [1.0, 2.0], [1.5, 3.0]])
     batch = {"video": jnp.zeros((3, 1, 1, 1, 3)), "targets": target}
-    loss, aux = losses.get_loss_fn(config_of("regression"))(FixedLogits(pred), batch, None)
+    loss, aux = get_task("regression").loss_fn(config_of("regression"))(FixedLogits(pred), batch, None)
     np.testing.assert_allclose(loss, np.mean((pred - target) ** 2), rtol=1e-6)
 
     def ccc(p, t):
         return 2 * np.mean((p - p.mean()) * (t - t.mean())) / (p.var() + t.var() + (p.mean() - t.mean()) ** 2)
 
     expected_ccc = (ccc(pred[:, 0], target[:, 0]) + ccc(pred[:, 1], target[:, 1])) / 2
-    loss, aux = losses.get_loss_fn(config_of("regression", regression="ccc"))(FixedLogits(pred), batch, None)
+    ccc_loss = get_task("regression").loss_fn(config_of("regression", regression="ccc"))
+    loss, aux = ccc_loss(FixedLogits(pred), batch, None)
     np.testing.assert_allclose(loss, 1 - expected_ccc, rtol=1e-5)
     np.testing.assert_allclose(aux["ccc"], expected_ccc, rtol=1e-5)
 
@@ -89,16 +91,16 @@ def test_multi_view_eval_averages_probabilities_not_logits():
     # averaged logits would pick class 0.
     view_logits = np.array([[20.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 0.0]])
     batch = {"video": jnp.zeros((1, 3, 1, 1, 1, 3)), "label": np.array([2])}
-    out = losses.eval_outputs(config_of("classification"), FixedLogits(view_logits), batch)
+    out = get_task("classification").eval_outputs(config_of("classification"), FixedLogits(view_logits), batch)
     softmax = np.exp(view_logits) / np.exp(view_logits).sum(1, keepdims=True)
     np.testing.assert_allclose(out["scores"][0], softmax.mean(0), rtol=1e-6)
     np.testing.assert_allclose(out["loss"][0], -np.log(softmax.mean(0)[2]), rtol=1e-6)
     assert np.argmax(softmax.mean(0)) == 1 and np.argmax(view_logits.mean(0)) == 0
     assert out["label"].tolist() == [2]
-    multi = losses.eval_outputs(config_of("multilabel"), FixedLogits(view_logits),
+    multi = get_task("multilabel").eval_outputs(config_of("multilabel"), FixedLogits(view_logits),
                                 {"video": batch["video"], "labels": np.array([[1.0, 0.0, 0.0]])})
     np.testing.assert_allclose(multi["scores"][0], (1 / (1 + np.exp(-view_logits))).mean(0), rtol=1e-6)
-    reg = losses.eval_outputs(config_of("regression"), FixedLogits(view_logits),
+    reg = get_task("regression").eval_outputs(config_of("regression"), FixedLogits(view_logits),
                               {"video": batch["video"], "targets": np.zeros((1, 3))})
     np.testing.assert_allclose(reg["scores"][0], view_logits.mean(0), rtol=1e-6)
 
@@ -108,23 +110,23 @@ def test_balanced_and_explicit_weights():
     config.data.num_classes = 3
     config.loss.class_weights = "balanced"
     source = [{"label": np.int32(c)} for c in (0, 0, 0, 1)]  # class 2 has no example
-    class_weights, pos_weight = pipeline.loss_weights(config, source)
+    class_weights, pos_weight = get_task(config.task).loss_weights(config, source)
     np.testing.assert_allclose(class_weights, [4 / (3 * 3), 4 / (3 * 1), 0.0], rtol=1e-6)
     assert pos_weight is None
     config.loss.class_weights = "1,2,3"
-    np.testing.assert_array_equal(pipeline.loss_weights(config, source)[0], [1, 2, 3])
+    np.testing.assert_array_equal(get_task(config.task).loss_weights(config, source)[0], [1, 2, 3])
     for bad in ("1,2", "a,b,c", "1,-2,3"):
         config.loss.class_weights = bad
         with pytest.raises(config_lib.ConfigError, match="config.loss.class_weights"):
-            pipeline.loss_weights(config, source)
+            get_task(config.task).loss_weights(config, source)
     config = task_config("multilabel")
     config.data.num_classes = 3
     config.loss.pos_weight = "balanced"
     source = [{"labels": np.float32(v)} for v in ([1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0])]
-    np.testing.assert_allclose(pipeline.loss_weights(config, source)[1], [1 / 3, 3.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(get_task(config.task).loss_weights(config, source)[1], [1 / 3, 3.0, 1.0], rtol=1e-6)
     config.loss.class_weights = "balanced"
     with pytest.raises(config_lib.ConfigError, match="class_weights applies to task='classification'"):
-        pipeline.loss_weights(config, source)
+        get_task(config.task).loss_weights(config, source)
 
 
 def test_config_mistakes_are_named():

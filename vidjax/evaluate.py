@@ -90,7 +90,7 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
     """
     import jax
 
-    from vidjax import fileio, metrics, pretrained, sharding, train
+    from vidjax import fileio, pretrained, sharding, tasks, train
     from vidjax.convert.common import ConversionError
     from vidjax.data import pipeline
 
@@ -105,13 +105,16 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
         config = stored.training
     config = resolve_config(config, stored, explicit_keys, where)
     problems = train.config_problems(config)
+    if config.task not in tasks.available():
+        raise_problems(problems)
+    task = tasks.get_task(config.task)
     eval_source = None
     try:
-        names = stored.class_names if config.task == "classification" else None
+        names = stored.class_names if task.names_classes else None
         eval_source = pipeline.make_source(config.data, "eval", class_names=names)
     except (ConfigError, FileNotFoundError) as err:
         problems.append(str(err))
-    if eval_source is not None and config.task in ("classification", "multilabel"):
+    if eval_source is not None and task.counts_classes:
         problems += _class_count_problems(config, eval_source, where)
     mesh = None
     try:
@@ -132,9 +135,9 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
             + (f"the model config.model describes differs from the checkpoint's ("
                f"{pretrained.format_differences(differing, 'config.model')}). " if differing else "")
             + ("A pre-training checkpoint has no classification head: fine-tune it first (--config.init_from), "
-               "then evaluate that run." if stored.task == "pretrain" else
+               "then evaluate that run." if stored.model.get("head") == "pretrain" else
                "Evaluate with the checkpoint's own model (leave config.model unset)."))
-    mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
+    mask_grid = task.mask_grid(setup.abstract_model)
     outputs: dict = {}
     summary = train.evaluate(config, setup, train.make_eval_step(config, setup), params, eval_source, mask_grid,
                              target_names=pipeline.target_names(config.data) or None, outputs=outputs)
@@ -142,11 +145,8 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
         with fileio.atomic_output(out) as f:
             json.dump({"checkpoint": str(checkpoint), "num_examples": len(outputs["loss"]) if outputs else None,
                        **summary}, f, indent=1)
-        if config.task == "classification":
-            names = getattr(eval_source, "class_names", None)
-            metrics.confusion_matrix_figure(metrics.confusion_matrix(outputs["scores"], outputs["label"]), names,
-                                            os.path.splitext(out)[0] + ".png",
-                                            title=f"{checkpoint}: top-1 {summary['eval_top1']:.3f}")
+        task.evaluation_figure(outputs, summary, getattr(eval_source, "class_names", None),
+                               os.path.splitext(out)[0] + ".png", title=str(checkpoint))
     return summary
 
 

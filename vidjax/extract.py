@@ -37,11 +37,11 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from vidjax import cli, fileio, losses, pretrained
+from vidjax import cli, fileio, pretrained, tasks
 from vidjax.data import decode, sources
 
 POOLS = ("mean", "cls", "tokens")
-_TARGET_KEYS = tuple(losses.TARGET_KEYS.values())
+_TARGET_KEYS = tuple(dict.fromkeys(tasks.target_keys().values()))
 _PROGRESS_EVERY_S = 5.0
 
 

@@ -33,17 +33,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from vidjax import cli, fileio, losses, pretrained
+from vidjax import cli, fileio, pretrained, tasks
 from vidjax.data import decode
 
 
 def output_names(model: pretrained.Pretrained) -> list[str]:
     """Names of the model's outputs: the checkpoint's class or target names, else "class N" / "target N"."""
     n = int(model.config.num_classes)
-    names = model.target_names if model.task == "regression" else model.class_names
+    kind = tasks.get_task(model.task).output_kind
+    names = model.target_names if kind == "target" else model.class_names
     if names and len(names) == n:
         return list(names)
-    return [f"{'target' if model.task == 'regression' else 'class'} {i}" for i in range(n)]
+    return [f"{kind} {i}" for i in range(n)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +52,11 @@ class _Scores:
     task: str
 
     def __call__(self, model, video):
-        return losses.task_scores(self.task, model(video)["logits"])
+        return tasks.get_task(self.task).scores(model(video)["logits"])
 
 
 def scores_fn(task: str) -> _Scores:
-    """Per-clip scores from the model (`losses.task_scores`): class probabilities, per-class sigmoid scores, or the
+    """Per-clip scores from the model (`Task.scores`): class probabilities, per-class sigmoid scores, or the
     regressed values. A frozen dataclass, so every runner of a task shares one compilation."""
     return _Scores(task)
 
@@ -69,34 +70,14 @@ def sliding_windows(duration_s: float, window_s: float, stride_s: float) -> list
 
 
 def describe(task: str, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
-    """A JSON-able prediction from averaged scores (C,): full vector plus what the task reports."""
-    scores = np.asarray(scores, np.float64)
-    if task == "regression":
-        return {"values": {name: float(v) for name, v in zip(names, scores, strict=True)}}
-    key = "probability" if task == "classification" else "score"
-    order = np.argsort(-scores, kind="stable")
-    ranked = [{"label": names[i], "index": int(i), key: float(scores[i])} for i in order]
-    out = {"probabilities" if task == "classification" else "scores": scores.tolist(), "top_k": ranked[:top_k]}
-    if task == "multilabel":
-        out["threshold"] = threshold
-        out["above_threshold"] = [r for r in ranked if r["score"] >= threshold]
-    return out
+    """A JSON-able prediction from averaged scores (C,): the full vector plus what the task reports
+    (`Task.describe`)."""
+    return tasks.get_task(task).describe(scores, names, top_k, threshold)
 
 
 def format_prediction(task: str, prediction: dict, indent: str = "  ") -> list[str]:
     """The text form of `describe`'s output: one `label  value` line per label, names aligned, best first."""
-    note = []
-    if task == "regression":
-        pairs = [(name, f"{value:.4f}") for name, value in prediction["values"].items()]
-    else:
-        key = "probability" if task == "classification" else "score"
-        ranked = prediction["top_k"] if task == "classification" else prediction["above_threshold"]
-        if task == "multilabel" and not ranked:
-            note = [f"{indent}(no class scores >= {prediction['threshold']:g}; the highest:)"]
-            ranked = prediction["top_k"]
-        pairs = [(r["label"], f"{r[key]:.3f}") for r in ranked]
-    width = max((len(name) for name, _ in pairs), default=0)
-    return note + [f"{indent}{name:<{width}}  {value}" for name, value in pairs]
+    return tasks.get_task(task).format_prediction(prediction, indent)
 
 
 def predict_video(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str, *, num_clips: int = 1,

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vidjax import cli, fileio, losses, metrics
+from vidjax import cli, fileio, tasks
 
-TASKS = ("classification", "multilabel", "regression")
-TARGET_KEY = losses.TARGET_KEYS
+TASKS = tuple(name for name in tasks.available() if tasks.get_task(name).probes)  # the tasks a probe fits
+TARGET_KEY = {name: tasks.get_task(name).target_key for name in TASKS}
 PROBES = ("linear", "mlp")
 
 
@@ -74,14 +74,6 @@ def _apply(params: dict, x: jax.Array) -> jax.Array:
     return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
 
 
-def _loss(task: str, out: jax.Array, y: jax.Array) -> jax.Array:
-    if task == "classification":
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
-    if task == "multilabel":
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(out, y))
-    return jnp.mean(jnp.square(out - y))
-
-
 def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, *, num_outputs: int,
                 probe: str = "linear", hidden: int = 256, epochs: int = 100, lr: float = 1e-3,
                 weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0) -> np.ndarray:
@@ -93,8 +85,9 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std = np.where(std > 1e-6, std, 1.0)
     x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
-    y = np.asarray(y_train, np.int32 if task == "classification" else np.float32)
-    if task == "regression":
+    contract = tasks.get_task(task)
+    y = contract.probe_targets(y_train)
+    if contract.probe_standardises_targets:
         y_mean, y_std = y.mean(axis=0), y.std(axis=0)
         y_std = np.where(y_std > 1e-6, y_std, 1.0)
         y = (y - y_mean) / y_std
@@ -105,7 +98,7 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
 
     @jax.jit
     def step(params, opt_state, xb, yb):
-        loss, grads = jax.value_and_grad(lambda p: _loss(task, _apply(p, xb), yb))(params)
+        loss, grads = jax.value_and_grad(lambda p: contract.probe_loss(_apply(p, xb), yb))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -117,17 +110,13 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
         for start in range(0, n - batch + 1, batch):
             rows = order[start:start + batch]
             params, opt_state, _ = step(params, opt_state, x_train[rows], y[rows])
-    out = np.asarray(_apply(params, jnp.asarray(x_eval)))
-    if task == "classification":
-        return np.asarray(jax.nn.softmax(out, axis=-1))
-    if task == "multilabel":
-        return np.asarray(jax.nn.sigmoid(out))
-    return out * y_std + y_mean
+    scores = np.asarray(contract.scores(_apply(params, jnp.asarray(x_eval))))
+    return scores * y_std + y_mean if contract.probe_standardises_targets else scores
 
 
 def score(task: str, scores: np.ndarray, targets: np.ndarray, target_names: list[str] | None) -> dict[str, float]:
-    """The task's metrics from `vidjax.metrics`."""
-    return metrics.task_metrics(task, scores, targets, target_names)
+    """The task's metrics (`Task.task_metrics`, from `vidjax.metrics`)."""
+    return tasks.get_task(task).task_metrics(scores, targets, target_names)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
         x_train, y_train = features, targets
     else:
         x_train, y_train, x_eval, y_eval = _split(args, features, targets)
-    if args.task == "classification":
+    if targets.ndim == 1:  # class indices
         num_outputs = max(len(names.get("class_names", [])), int(max(y_train.max(), y_eval.max())) + 1)
     else:
         num_outputs = targets.shape[1]

@@ -20,12 +20,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import checkpoint, fileio, losses, metrics, mixup, optim, preemption, pretrained, sharding, visualize_lib
+from vidjax import checkpoint, fileio, losses, mixup, optim, preemption, pretrained, sharding, tasks
 from vidjax.config_lib import ConfigError, chosen, raise_problems
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter
 from vidjax.models import get_model
+from vidjax.tasks import base
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,28 +60,18 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     that one run reports everything there is to fix."""
     problems = []
     try:
-        losses.check_task(config.task)
-        task_known = True
+        task = tasks.get_task(config.task)
     except ConfigError as err:
         problems.append(str(err))
-        task_known = False
+        task = None
     head = config.model.get("head", "pretrain")
-    if (config.task == "pretrain") != (head == "pretrain"):
-        problems.append(f"config.task={config.task!r} does not match config.model.head={head!r}; "
-                        f"pre-training needs head='pretrain'; classification, multilabel and regression "
-                        f"head='classification' (a linear head with one output per class or target).")
-    # config.data.num_classes 0 is resolved from the data at start-up (`prepare`), and the head follows it.
-    if config.task in ("classification", "multilabel") and config.data.num_classes and \
-            config.data.num_classes != config.model.num_classes:
-        problems.append(f"config.data.num_classes={config.data.num_classes} but config.model.num_classes="
-                        f"{config.model.num_classes}; the head must have one output per class in the data (leave "
-                        f"config.data.num_classes at 0 to take the count from the data, and the head follows it).")
-    if config.task == "regression":
-        names = pipeline.target_names(config.data)
-        if len(names) != config.model.num_classes:
-            problems.append(f"config.task='regression' with {len(names)} targets ({', '.join(names)}) but "
-                            f"config.model.num_classes={config.model.num_classes}; set num_classes to the number "
-                            f"of regression targets (config.data.targets names them).")
+    if task is not None and task.head != head:
+        problems.append(f"config.task={config.task!r} does not match config.model.head={head!r}: that task trains "
+                        f"head={task.head!r}" + (" (a linear head with one output per class or target)"
+                                                  if task.head == "classification" else "")
+                        + f"; set --config.model.head={task.head}, or choose the task the head is for.")
+    if task is not None:
+        problems += task.config_problems(config)
     loss = config.loss
     if min(loss.mixup_alpha, loss.cutmix_alpha) < 0 or not (0 <= loss.mixup_prob <= 1 and
                                                            0 <= loss.mixup_switch_prob <= 1):
@@ -88,15 +79,16 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f">= 0, mixup_prob={loss.mixup_prob} and mixup_switch_prob={loss.mixup_switch_prob} in "
                         f"[0, 1].")
     synthetic_task = config.data.synthetic_task
-    if task_known and config.data.source == "synthetic" and config.task != "pretrain" and \
-            synthetic_task != config.task:
-        problems.append(f"config.task={config.task!r} trains on {losses.TARGET_KEYS[config.task]!r} targets, but "
+    if task is not None and config.data.source == "synthetic" and task.synthetic_task and \
+            synthetic_task != task.synthetic_task:
+        problems.append(f"config.task={config.task!r} trains on {task.target_key!r} targets, but "
                         f"the embedded dataset gives {synthetic_task!r} ones: set "
-                        f"--config.data.synthetic_task={config.task}.")
+                        f"--config.data.synthetic_task={task.synthetic_task}.")
     mixing = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
-    if mixing and config.task not in ("classification", "multilabel"):
-        problems.append(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to classification and "
-                        f"multilabel fine-tuning, not to task={config.task!r}; set them to 0.")
+    if mixing and task is not None and not task.mixes:
+        mixed = " and ".join(name for name in tasks.available() if tasks.get_task(name).mixes)
+        problems.append(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to {mixed} fine-tuning, not "
+                        f"to task={config.task!r}; set them to 0.")
     if not 0.0 <= config.optimizer.ema_decay < 1.0:
         problems.append(f"config.optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1) (0 = off).")
     spike = config.loss_spike
@@ -156,7 +148,7 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     # The head follows the data's class count, unless the user chose the head's (a Python config: unless the data's
     # count is to be taken from the data, which its author could not know).
     head_follows = explicit_keys is not None and not chosen(explicit_keys, "model.num_classes")
-    classifies = config.task in ("classification", "multilabel")
+    classifies = config.task in tasks.available() and tasks.get_task(config.task).counts_classes
     if classifies and head_follows and config.data.num_classes:
         config.model.num_classes = config.data.num_classes
     problems += config_problems(config)
@@ -367,7 +359,8 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     finite, or whose loss spikes (config.loss_spike), is skipped on device (`skipped` = 1 in its metrics); the
     loop counts them and stops after config.max_skipped_steps in a row.
     """
-    loss_fn = losses.get_loss_fn(config, class_weights, pos_weight)
+    task = tasks.get_task(config.task)
+    loss_fn = task.loss_fn(config, class_weights, pos_weight)
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
     mean, std = config.model.pixel_mean, config.model.pixel_std
     base_key = jax.random.key(config.seed)
@@ -382,12 +375,10 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
         if mix:
             mix_rng, rng = jax.random.split(rng)
-            target = batch["label"] if config.task == "classification" else batch["labels"]
             video, soft = mixup.mix(
-                mix_rng, batch["video"], target, mixup_alpha=config.loss.mixup_alpha,
+                mix_rng, batch["video"], batch[task.target_key], mixup_alpha=config.loss.mixup_alpha,
                 cutmix_alpha=config.loss.cutmix_alpha, prob=config.loss.mixup_prob,
-                switch_prob=config.loss.mixup_switch_prob,
-                label_smoothing=config.optimizer.label_smoothing if config.task == "classification" else 0.0,
+                switch_prob=config.loss.mixup_switch_prob, label_smoothing=task.mix_label_smoothing(config),
                 num_classes=config.model.num_classes)
             batch = dict(batch, video=video, soft_targets=soft)
 
@@ -427,13 +418,14 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
 
 
 def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
-    """Jitted eval of one batch: per-example scores, losses and targets (`losses.eval_outputs`), gathered
-    (replicated) so that every process can compute whole-split metrics."""
+    """Jitted eval of one batch: the task's per-example outputs (scores, losses, targets: `Task.eval_outputs`),
+    gathered (replicated) so that every process can compute whole-split metrics."""
     mean, std = config.model.pixel_mean, config.model.pixel_std
+    task = tasks.get_task(config.task)
 
     def eval_step(params, batch):
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
-        return losses.eval_outputs(config, nnx.merge(setup.graphdef, params), batch)
+        return task.eval_outputs(config, nnx.merge(setup.graphdef, params), batch)
 
     return jax.jit(in_mesh_context(eval_step, setup.mesh),
                    in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
@@ -449,11 +441,11 @@ def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *,
              outputs: dict | None = None) -> dict[str, float]:
     """Whole-split eval metrics (or over the first config.eval_batches batches), as "eval_<name>".
 
-    pretrain: the mean masked-reconstruction loss. classification: loss, top1, top5, macro_f1. multilabel:
-    loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse. Always decode_failures: eval videos that
-    did not decode and were replaced by others (their scores stand in the metrics, so a count above 0 says the
-    split was not scored exactly as listed). With `outputs` (a dict), the per-example scores and targets are also
-    left in it (for the confusion matrix).
+    The task's `split_metrics` (pretrain: the mean masked-reconstruction loss. classification: loss, top1, top5,
+    macro_f1. multilabel: loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse), then always
+    decode_failures: eval videos that did not decode and were replaced by others (their scores stand in the
+    metrics, so a count above 0 says the split was not scored exactly as listed). With `outputs` (a dict), the
+    per-example scores and targets are also left in it (for the confusion matrix).
     """
     ds = pipeline.make_dataset(config, "eval", eval_source, process_index=jax.process_index(),
                                process_count=jax.process_count(), mask_grid=mask_grid)
@@ -470,57 +462,27 @@ def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *,
     if count == 0:
         raise ConfigError(f"The eval split has fewer examples than one batch of {config.batch_size}; "
                           f"lower config.batch_size or enlarge the eval split.")
-    failures = int(sum(np.sum(v) for v in gathered.get("decode_failures", [])))
-    if config.task == "pretrain":
-        return {"eval_loss": float(np.mean(gathered["loss"])), "eval_decode_failures": failures}
-    arrays = {key: np.concatenate(values) for key, values in gathered.items()}
+    arrays = {key: np.concatenate([np.atleast_1d(v) for v in values]) for key, values in gathered.items()}
     if "valid" in arrays:  # the padding that fills the last global batch
         valid = arrays.pop("valid").astype(bool)
         arrays = {key: value[valid] for key, value in arrays.items()}
-        failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else failures
-    scores, target = arrays["scores"], arrays[losses.TARGET_KEYS[config.task]]
-    result = metrics.task_metrics(config.task, scores, target, target_names)
-    if outputs is not None:
+    failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else 0
+    task = tasks.get_task(config.task)
+    result = task.split_metrics(arrays, target_names)
+    if outputs is not None and task.pads_eval:  # per-example outputs (a trimmed eval's losses are per batch)
         outputs.update(arrays)
-    return {"eval_loss": float(arrays["loss"].mean()), **{f"eval_{k}": float(v) for k, v in result.items()},
-            "eval_decode_failures": failures}
-
-
-def write_reconstruction_figure(config, setup: Setup, params, eval_source, mask_grid, path: str) -> None:
-    """Original / masked input / reconstruction of the first eval clip, as a PNG."""
-    ds = pipeline.make_dataset(config, "eval", eval_source, process_index=jax.process_index(),
-                               process_count=jax.process_count(), mask_grid=mask_grid)
-    local = next(iter(ds))
-    mean, std = config.model.pixel_mean, config.model.pixel_std
-
-    def predict(params, video, mask):
-        out = nnx.merge(setup.graphdef, params)(losses.normalize_video(video, mean, std), mask)
-        return {"pred": out["pred"][0], "masked_ids": out["masked_ids"][0]}
-
-    # Only clip 0 is returned, replicated, so every process can read it whatever the mesh.
-    predict = jax.jit(predict, out_shardings=sharding.replicated(setup.mesh))
-    batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
-    out = jax.device_get(predict(params, batch["video"], batch["mask"]))
-    if jax.process_index() != 0:
-        return
-    encoder = setup.abstract_model.encoder
-    original = local["video"][0].astype(np.float32) / 255.0
-    recon = visualize_lib.reconstruct(original, out["pred"], out["masked_ids"], encoder.tubelet, encoder.patch,
-                                      norm_pix=config.model.norm_pix_loss, true_stats=False)
-    masked = visualize_lib.mask_video(original, local["mask"][0].reshape(mask_grid), encoder.tubelet, encoder.patch)
-    title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {config.model.mask_ratio:.0%}; "
-             f"{visualize_lib.stats_note(config.model.norm_pix_loss, False)}")
-    visualize_lib.reconstruction_figure(original, masked, recon, path, title=title)
+    return {**{f"eval_{k}": float(v) for k, v in result.items()}, "eval_decode_failures": failures}
 
 
 def check_targets(config: ml_collections.ConfigDict, source) -> None:
     """The training data carries what the task trains on (a list without a `labels` column cannot train multilabel)."""
-    if config.task == "pretrain" or not len(source):
+    key = tasks.get_task(config.task).target_key
+    if key is None or not len(source):
         return
-    key = losses.TARGET_KEYS[config.task]
     element = source[0]
     if key not in element:
-        have = [k for k in losses.TARGET_KEYS.values() if k in element or (k == "labels" and "spans" in element)]
+        known = dict.fromkeys(tasks.target_keys().values())
+        have = [k for k in known if k in element or (k == "labels" and "spans" in element)]
         raise ConfigError(f"config.task={config.task!r} trains on {key!r} targets, but config.data "
                           f"(source={config.data.source!r}) gives {have or 'none'}: choose the task that matches the "
                           f"data, or a list with that column (docs/datasets.md).")
@@ -528,13 +490,10 @@ def check_targets(config: ml_collections.ConfigDict, source) -> None:
 
 def checkpoint_metadata(config: ml_collections.ConfigDict, train_source) -> dict:
     """What inference needs besides the weights, saved with every checkpoint (the "metadata" item)."""
-    task = config.task
-    class_names = getattr(train_source, "class_names", None)
     return {
         "model_name": config.model_name,
-        "task": task,
-        "class_names": list(class_names) if class_names and task != "regression" else None,
-        "target_names": pipeline.target_names(config.data) if task == "regression" else None,
+        "task": config.task,
+        **tasks.get_task(config.task).metadata(config, train_source),
         "preprocessing": {"mean": list(config.model.pixel_mean), "std": list(config.model.pixel_std),
                           "num_frames": config.model.num_frames, "image_size": config.model.image_size,
                           "sampling_rate": config.data.sampling_rate,
@@ -573,7 +532,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
 
     # ---- model, optimizer, shardings ----
     setup = build(config, len(train_source), mesh)
-    mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
+    task = tasks.get_task(config.task)
+    mask_grid = task.mask_grid(setup.abstract_model)
     num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
     _log(f"{config.model_name} {config.model.variant} ({num_params / 1e6:.2f}M params) task={config.task}, "
          f"mesh {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} device(s), "
@@ -581,7 +541,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
          f"data={config.data.source} ({len(train_source)} train / {len(eval_source)} eval clips)")
     check_targets(config, train_source)
     metadata = checkpoint_metadata(config, train_source)
-    class_weights, pos_weight = pipeline.loss_weights(config, train_source)
+    class_weights, pos_weight = task.loss_weights(config, train_source)
 
     # ---- checkpoint: resume if there is one ----
     os.makedirs(workdir, exist_ok=True)
@@ -631,6 +591,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
     pending = None  # (step, device metrics): fetched one step late so the host never waits on the device
     log_t, log_step = time.perf_counter(), start_step
     summary: dict = {}
+    outputs: dict = {}  # the last eval's per-example outputs
 
     def handle(step: int, step_metrics) -> None:
         nonlocal first_loss, last_loss, log_t, log_step, decode_failures, skipped_steps, skipped_in_a_row
@@ -698,25 +659,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
             return {"step": step, "preempted": True, "signal": stop.name, "first_loss": first_loss,
                     "last_loss": last_loss, "trained": True, "resumed": latest is not None, "state": state}
         if (config.eval_every and step % config.eval_every == 0) or is_last:
-            outputs: dict = {}
+            outputs = {}
             summary = evaluate(config, setup, eval_step, eval_params(state), eval_source, mask_grid,
                                target_names=metadata["target_names"], outputs=outputs)
             writer.write(step, summary, split="eval")
             _log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
-            if config.task == "classification" and is_last and config.figure and jax.process_index() == 0:
-                path = os.path.join(workdir, "confusion_matrix.png")
-                metrics.confusion_matrix_figure(
-                    metrics.confusion_matrix(outputs["scores"], outputs["label"]), metadata["class_names"], path,
-                    title=f"{config.model_name} {config.model.variant}, step {step}, eval top-1 "
-                          f"{summary['eval_top1']:.3f}")
-                _log(f"Wrote {path}")
     if pending is not None:
         handle(*pending)
 
-    # ---- end: figure, summary ----
-    if config.task == "pretrain" and config.figure:
-        path = os.path.join(workdir, "reconstruction.png")
-        write_reconstruction_figure(config, setup, eval_params(state), eval_source, mask_grid, path)
+    # ---- end: the task's figures, summary ----
+    written = task.training_figures(base.TrainingEnd(
+        config=config, setup=setup, params=eval_params(state), eval_source=eval_source, mask_grid=mask_grid,
+        summary=summary, outputs=outputs, class_names=metadata["class_names"], workdir=workdir,
+        step=setup.total_steps))
+    for path in written:
         _log(f"Wrote {path}")
     ckpt.close()
     writer.close()

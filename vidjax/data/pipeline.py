@@ -19,6 +19,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from vidjax import tasks
 from vidjax.config_lib import ConfigError, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 
@@ -334,54 +335,6 @@ def target_names(data: ml_collections.ConfigDict) -> list[str]:
     return names
 
 
-def _weights(spec: str, key: str, size: int, balanced) -> np.ndarray | None:
-    if not spec:
-        return None
-    if spec == "balanced":
-        return balanced()
-    try:
-        values = np.array([float(v) for v in spec.split(",")], np.float32)
-    except ValueError:
-        raise ConfigError(f"config.loss.{key}={spec!r}: give 'balanced' or {size} comma-separated numbers.") from None
-    if values.shape != (size,) or (values < 0).any():
-        raise ConfigError(f"config.loss.{key} has {values.size} values; give {size} non-negative numbers, one a "
-                          f"class, or 'balanced'.")
-    return values
-
-
-def loss_weights(config: ml_collections.ConfigDict, source) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(class_weights, pos_weight) from config.loss: explicit lists, or "balanced" from the training labels.
-
-    Balanced class weights are N / (C * count_c) (scikit-learn's "balanced"; classes with no example get 0);
-    balanced positive weights are negatives / positives per class (1 for a class with no positive). Both read
-    every training element once (file lists and folders: no video is decoded; packs and the embedded dataset
-    read or render every element, seconds for thousands).
-    """
-    c = config.data.num_classes
-    task = config.task
-    if config.loss.class_weights and task != "classification":
-        raise ConfigError(f"config.loss.class_weights applies to task='classification', not {task!r}.")
-    if config.loss.pos_weight and task != "multilabel":
-        raise ConfigError(f"config.loss.pos_weight applies to task='multilabel', not {task!r}.")
-
-    def label_matrix() -> np.ndarray:
-        key = "label" if task == "classification" else "labels"
-        rows = [source[i][key] for i in range(len(source))]
-        return np.eye(c, dtype=np.float64)[np.asarray(rows)] if key == "label" else np.asarray(rows, np.float64)
-
-    def balanced_classes() -> np.ndarray:
-        counts = label_matrix().sum(0)
-        return np.where(counts > 0, counts.sum() / (c * np.maximum(counts, 1)), 0.0).astype(np.float32)
-
-    def balanced_positives() -> np.ndarray:
-        labels = label_matrix()
-        pos = labels.sum(0)
-        return np.where(pos > 0, (len(labels) - pos) / np.maximum(pos, 1), 1.0).astype(np.float32)
-
-    return (_weights(config.loss.class_weights, "class_weights", c, balanced_classes),
-            _weights(config.loss.pos_weight, "pos_weight", c, balanced_positives))
-
-
 def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
     """Data settings that would only fail inside a worker, found before anything is built: every one of them."""
     d = config.data
@@ -458,7 +411,7 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     local_batch = config.batch_size // process_count // samples
     if train:
         ds = grain.MapDataset.source(source).shuffle(seed=data.seed + config.seed).repeat()
-    elif config.task == "pretrain":
+    elif not tasks.get_task(config.task).pads_eval:
         ds = grain.MapDataset.source(source)
         ds = ds[: len(ds) - len(ds) % config.batch_size]
     else:
@@ -510,7 +463,7 @@ def batch_size_problems(config: ml_collections.ConfigDict, process_count: int, n
                         f"--config.batch_size={max(multiple, config.batch_size // multiple * multiple)}.")
     samples = max(config.data.num_samples, 1)
     for split, size in (split_sizes or {}).items():
-        if split == "eval" and config.task != "pretrain":
+        if split == "eval" and tasks.get_task(config.task).pads_eval:
             continue
         videos_a_step = config.batch_size // samples if split == "train" else config.batch_size
         if size >= videos_a_step:
