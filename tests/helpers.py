@@ -8,6 +8,10 @@ import numpy as np
 from vidjax import config_lib, train
 from vidjax.metric_writer import read_metrics
 
+# XLA flags of the commands tests run as child processes: tiny jobs, where compiling is most of the time, so their
+# generated code skips LLVM's optimisation passes (a tiny train step compiles in about half the time).
+COMMAND_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
 
 def load_config(name, arg=None):
     """`get_config(arg)` of configs/<name>.py."""

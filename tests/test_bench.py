@@ -10,6 +10,7 @@ import sys
 import pytest
 from absl import app, flags
 from absl.testing import flagsaver
+from helpers import COMMAND_XLA_FLAGS
 
 from vidjax import bench
 
@@ -64,7 +65,7 @@ def test_command_prints_json_last_line():
     proc = subprocess.run(
         [sys.executable, "-m", "vidjax.bench", "--variant=Mu/8", "--frames=4", "--size=32", "--batch=2",
          "--mode=pretrain", "--steps=2", "--warmup=1"],
-        cwd=root, env=dict(os.environ, XLA_FLAGS=""), capture_output=True, text=True, timeout=300)
+        cwd=root, env=dict(os.environ, XLA_FLAGS=COMMAND_XLA_FLAGS), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"seconds_per_step", "clips_per_s", "compile_s", "flops_per_step"} <= set(result)

@@ -15,7 +15,7 @@ import grain
 import jax
 import numpy as np
 import pytest
-from helpers import train_losses
+from helpers import COMMAND_XLA_FLAGS, train_losses
 from test_train import tiny_config
 
 from vidjax import checkpoint, distributed, train
@@ -23,10 +23,10 @@ from vidjax.config_lib import ConfigError
 
 REPO = pathlib.Path(__file__).parent.parent
 CHILD_TIMEOUT_S = 240
-# The children compile without LLVM's optimisation passes: they start in about half the time (the tiny train step
-# takes ~25 s to compile otherwise). Their losses are compared with each other's bit for bit, and with this
-# process's (compiled with the passes) to rtol 1e-5.
-CHILD_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# The children compile without LLVM's optimisation passes (helpers.COMMAND_XLA_FLAGS): they start in about half
+# the time. Their losses are compared with each other's bit for bit, and with this process's (compiled with the
+# passes) to rtol 1e-5.
+CHILD_XLA_FLAGS = COMMAND_XLA_FLAGS
 # 2 processes x 2 CPU devices, mesh data=2 x fsdp=2 spanning both: parameters and optimizer state are sharded across
 # the processes, so every checkpoint needs both of them.
 TWO_PROCESS_RUN = dict(total_steps=12, checkpoint_every=6, keep_checkpoints=5, mesh=dict(data=2, fsdp=2, tensor=1))

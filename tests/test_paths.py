@@ -15,6 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import COMMAND_XLA_FLAGS
 from test_predict import make_clip, trained_workdir
 
 from vidjax import evaluate, extract, predict, pretrained, visualize
@@ -101,7 +102,7 @@ def test_the_commands_from_a_shell(runs, tmp_path):
         "    config.model.depth, config.data.num_eval = 1, 8\n"
         "    config.model.head, config.model.num_classes = 'classification', config.data.num_classes\n"
         "    return config\n")
-    env = dict(os.environ, HOME=str(home), XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, HOME=str(home), XLA_FLAGS=COMMAND_XLA_FLAGS, JAX_PLATFORMS="cpu")
     commands = [
         ("vidjax.predict", "--checkpoint=~/ft/", "clip.mp4"),
         ("vidjax.predict", "--checkpoint=./tsf", "~/clip.mp4", "--sampling_rate=2"),

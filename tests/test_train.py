@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_sharded_matches_single_device, load_config, train_losses
+from helpers import assert_sharded_matches_single_device, train_losses
 
 from vidjax import checkpoint, config_lib, train
-from vidjax.metric_writer import read_metrics
 from vidjax.models import videomae
 
 
@@ -33,34 +32,6 @@ def tiny_config(**overrides):
     config.figure = False
     config.update(overrides)
     return config
-
-
-def test_pretraining_learns_and_writes_outputs(tmp_path, generate_clips_once):
-    """The runlocal recipe, shortened: the reconstruction loss falls well below the predict-the-mean level (~1)."""
-    config = load_config("videomae_k400", "runlocal")
-    # 200 steps: the last 10 train losses average about 0.54 x the first, the evals about 0.83 then 0.67.
-    config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = 200, 1, 100, 100
-    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-    losses = train_losses(tmp_path)
-    assert sorted(losses) == list(range(1, 201))
-    assert np.mean([losses[s] for s in range(191, 201)]) < 0.7 * losses[1], losses
-    rows = read_metrics(tmp_path)
-    evals = [r for r in rows if r["split"] == "eval"]
-    assert [r["step"] for r in evals] == [100, 200]
-    assert evals[-1]["eval_loss"] < 0.8 < evals[0]["eval_loss"] + 0.2
-    assert {"loss", "lr", "grad_norm", "steps_per_s", "clips_per_s"} <= set(rows[-2])
-    assert result["eval_loss"] == evals[-1]["eval_loss"]
-    assert os.listdir(tmp_path / "tensorboard")
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["100", "200"]
-    with open(tmp_path / "reconstruction.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-    # Re-running a finished job does not train again and leaves its outputs alone.
-    before = (tmp_path / "metrics.jsonl").read_text()
-    again = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-    assert {k: v for k, v in again.items() if k != "state"} == {"step": 200, "resumed": True, "trained": False}
-    assert int(again["state"]["step"]) == 200
-    assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
