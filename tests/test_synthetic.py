@@ -411,8 +411,8 @@ def test_variant_names_repr_and_unknown_task():
     assert REGRESSION_TARGETS == ("velocity_x", "velocity_y")
     assert repr(regression).endswith("split='train', task='regression')")
     assert "task" not in repr(SyntheticVideoSource(3))  # Unchanged, so grain checkpoints still restore.
-    with pytest.raises(ValueError, match=r"task must be one of \('classification', 'multilabel', 'regression'\), "
-                                         r"got 'pretrain'"):
+    with pytest.raises(ValueError, match=r"task must be one of \('classification', 'multilabel', 'regression', "
+                                         r"'captioning'\), got 'pretrain'"):
         SyntheticVideoSource(3, task="pretrain")
 
 

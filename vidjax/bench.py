@@ -33,10 +33,11 @@ import time
 from absl import app, flags
 
 from vidjax import cli
-from vidjax.models import available
+from vidjax.convert.common import is_video_config
+from vidjax.models import available, get_model
 from vidjax.models.layers import REMAT_POLICIES
 
-_MODEL = flags.DEFINE_string("model", "videomae", "Model name (a module in vidjax.models).")
+_MODEL = flags.DEFINE_string("model", "videomae", "Video model name (a module in vidjax.models that takes clips).")
 _VARIANT = flags.DEFINE_string("variant", "S/16", "Variant string, e.g. S/16, B/16.")
 _FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip.")
 _SIZE = flags.DEFINE_integer("size", 112, "Frame height and width in pixels.")
@@ -245,11 +246,17 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def video_models() -> list[str]:
+    """The models this benchmark times: those that take a clip (frames and image size in their config)."""
+    return [name for name in available() if is_video_config(get_model(name).default_config())]
+
+
 def check_workload_flags() -> None:
     """Raises app.UsageError for a model, size or step count that cannot be benchmarked, before anything compiles.
     (A variant string is checked by the model itself: its ConfigError is reported the same way by `cli.run`.)"""
-    if _MODEL.value not in available():
-        raise app.UsageError(f"--model={_MODEL.value}: no such model; choose one of {', '.join(available())}.")
+    models = video_models()
+    if _MODEL.value not in models:
+        raise app.UsageError(f"--model={_MODEL.value}: no such model; choose a video model: {', '.join(models)}.")
     for flag in (_FRAMES, _SIZE, _BATCH, _STEPS, _TIME_FRAMES):
         if flag.value < 1:
             raise app.UsageError(f"--{flag.name}={flag.value} must be at least 1.")

@@ -1,4 +1,4 @@
-"""Whole-split evaluation metrics for video classification, multi-label and regression tasks (numpy, host side).
+"""Whole-split evaluation metrics for video classification, multi-label, regression and captioning (numpy, host side).
 
 Every metric is computed over all examples of a split at once (never a mean of per-batch values), from scores
 (logits or probabilities: only their order matters) gathered on the host. Inputs may be lists or arrays.
@@ -16,12 +16,16 @@ Every metric is computed over all examples of a split at once (never a mean of p
 - CCC, Lin's concordance correlation coefficient per target (the affective-computing / AVEC protocol):
   2 cov(p, t) / (var(p) + var(t) + (mean(p) - mean(t))^2) with population (ddof=0) moments. 1 is perfect
   agreement, 0 for constant predictions; when both are constant and equal the denominator is 0 and CCC is 1.
+- Captioning (MSR-VTT / COCO protocol): BLEU-1..4, ROUGE-L and CIDEr-D exactly as pycocoevalcap computes them on
+  tokenised lower-case text; see `caption_scores`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -218,17 +222,6 @@ def cell_size(num_classes: int) -> int:
     return max(1, min(_MAX_CELL_PX // 2, _MAX_GRID_PX // num_classes))
 
 
-def task_metrics(task: str, scores, targets, target_names: Sequence[str] | None = None) -> dict[str, float]:
-    """The metrics of a fine-tuning task: classification, multilabel or regression (vidjax.losses.TASKS)."""
-    if task == "classification":
-        return classification_metrics(scores, targets)
-    if task == "multilabel":
-        return multilabel_metrics(scores, targets)
-    if task == "regression":
-        return regression_metrics(scores, targets, target_names)
-    raise ValueError(f"task must be classification, multilabel or regression, got {task!r}")
-
-
 def confusion_matrix_figure(cm, class_names: Sequence[str] | None, path: str | os.PathLike, title: str = "") -> None:
     """Writes a PNG of the confusion matrix `cm` (C, C) (rows = true, cols = predicted) to `path`, atomically.
 
@@ -287,3 +280,225 @@ def confusion_matrix_figure(cm, class_names: Sequence[str] | None, path: str | o
                           fill="white" if fraction[i, j] > 0.5 else "black", font=font)
 
     save_image(image, path, format="PNG")
+
+
+# ------------------------------------------------------------------------------------------------- captioning
+
+_CAPTION_MAX_N = 4  # BLEU-1..4, and CIDEr-D averages its 1- to 4-gram similarities
+_ROUGE_BETA = 1.2  # coco-caption's ROUGE-L weighs recall 1.2 times precision
+_CIDER_SIGMA = 6.0  # width of CIDEr-D's Gaussian penalty on the length difference, in words
+# coco-caption's BLEU adds these to each n-gram precision (numerator, denominator) and to the length ratio, so an
+# order with no match gives a tiny score instead of log(0). They are kept so the values agree with it: with no
+# 4-gram match BLEU-4 is still about (1e-15)^(1/4) = 6e-4 times the lower orders, not 0.
+_BLEU_TINY = 1e-15
+_BLEU_SMALL = 1e-9
+# Stanford's PTBTokenizer (which COCO runs before scoring) makes tokens of these wherever they stand and COCO then
+# drops them (PUNCTUATIONS: -LRB- -RRB- -LCB- -RCB- are the brackets, `` and '' the double quotes, ... and -- runs
+# of dots and dashes); a comma stays only inside a number such as 1,000.
+_SPLIT_PUNCTUATION = re.compile(r"""[(){}"?!;]|\.\.+|--+|,(?!\d)|(?<!\d),""")
+# Dropped at the ends of a word, kept inside one, as PTB keeps "t-shirt", "3.5", "10:30" and "o'clock" whole.
+_EDGE_PUNCTUATION = "'`.,:-"
+# PTB makes a token of these endings ("it's" -> "it 's", "can't" -> "ca n't") and COCO keeps them.
+_CLITICS = frozenset({"n't", "'s", "'re", "'ve", "'ll", "'d", "'m"})
+_CLITIC_WORD = re.compile(r"(.*\w)(n't|'s|'re|'ve|'ll|'d|'m)")
+_UNICODE_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
+
+def normalize_caption(text: str) -> str:
+    """`text` lower-cased and tokenised as COCO's PTBTokenizer + PUNCTUATIONS filter would leave it, space-joined.
+
+    A light approximation of that tokeniser (which needs Java): quotes, brackets and . ? ! , : ; - ' ` are removed
+    where PTB makes tokens of them (around words, runs such as "..." and "--"), kept inside a word ("t-shirt",
+    "3.5"); clitics become tokens as PTB makes them ("man's" -> "man 's", "don't" -> "do n't"); whitespace is
+    collapsed. Other characters are kept. Idempotent, so normalised text passes through unchanged.
+    """
+    tokens = []
+    for word in _SPLIT_PUNCTUATION.sub(" ", text.lower().translate(_UNICODE_QUOTES)).split():
+        word = word.rstrip(_EDGE_PUNCTUATION)
+        if word not in _CLITICS:  # a clitic already split off keeps its leading apostrophe
+            word = word.lstrip(_EDGE_PUNCTUATION)
+        clitic = _CLITIC_WORD.fullmatch(word)
+        if clitic:
+            tokens.extend(clitic.groups())
+        elif word:
+            tokens.append(word)
+    return " ".join(tokens)
+
+
+def _caption_words(predictions, references, normalize: bool) -> tuple[list[list[str]], list[list[list[str]]]]:
+    """Checked inputs as word lists: (N,) predictions and (N,) lists of >= 1 non-empty references."""
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise ValueError("predictions and references must be lists with one entry per item, got a single string; "
+                         "pass predictions=[caption, ...] and references=[[reference, ...], ...]")
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions but {len(references)} reference lists; pass one list "
+                         "of reference captions per prediction, in the same order")
+    if not predictions:
+        raise ValueError("no items to score: predictions and references are empty; caption metrics need at least one")
+    split = (lambda caption: normalize_caption(caption).split()) if normalize else str.split
+    hyps, refs = [], []
+    for i, (prediction, item_refs) in enumerate(zip(predictions, references, strict=True)):
+        if not isinstance(prediction, str):
+            raise ValueError(f"predictions[{i}] must be a string, got {type(prediction).__name__} {prediction!r}")
+        if isinstance(item_refs, str):
+            raise ValueError(f"references[{i}] is the string {item_refs!r}, not a list of reference captions; "
+                             "wrap it: references=[[caption], ...] for one reference per item")
+        item_refs = list(item_refs)
+        if not item_refs:
+            raise ValueError(f"references[{i}] is an empty list; every item needs at least one reference caption "
+                             "(leave items without references out of the evaluation)")
+        words = []
+        for j, ref in enumerate(item_refs):
+            if not isinstance(ref, str):
+                raise ValueError(f"references[{i}][{j}] must be a string, got {type(ref).__name__} {ref!r}")
+            words.append(split(ref))
+            if not words[-1]:
+                raise ValueError(f"references[{i}][{j}] = {ref!r} has no words"
+                                 f"{' after normalize_caption' if normalize else ''}; remove empty references")
+        hyps.append(split(prediction))
+        refs.append(words)
+    return hyps, refs
+
+
+def _ngram_counts(words: list[str]) -> Counter:
+    """Counts of the 1- to 4-grams of `words`, each a tuple of words."""
+    return Counter(tuple(words[i:i + n]) for n in range(1, _CAPTION_MAX_N + 1) for i in range(len(words) - n + 1))
+
+
+def _bleu(hyps: list[list[str]], hyp_counts: list[Counter], refs: list[list[list[str]]],
+          ref_counts: list[list[Counter]]) -> list[float]:
+    """Corpus BLEU-1..4: clipped n-gram matches and the closest reference lengths summed over all items first."""
+    matches, guesses = [0] * _CAPTION_MAX_N, [0] * _CAPTION_MAX_N
+    hyp_length = ref_length = 0
+    for hyp, counts, item_refs, item_ref_counts in zip(hyps, hyp_counts, refs, ref_counts, strict=True):
+        max_ref_counts = Counter()
+        for ref in item_ref_counts:
+            max_ref_counts |= ref  # `|` keeps the larger count: an n-gram is credited as often as one reference has it
+        for ngram, count in counts.items():
+            matches[len(ngram) - 1] += min(count, max_ref_counts[ngram])
+        for n in range(_CAPTION_MAX_N):
+            guesses[n] += max(0, len(hyp) - n)
+        hyp_length += len(hyp)
+        # The reference length closest to the prediction's, the shorter one on a tie.
+        ref_length += min((abs(len(ref) - len(hyp)), len(ref)) for ref in item_refs)[1]
+    ratio = (hyp_length + _BLEU_TINY) / (ref_length + _BLEU_SMALL)
+    brevity_penalty = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
+    scores, product = [], 1.0
+    for n in range(_CAPTION_MAX_N):
+        product *= (matches[n] + _BLEU_TINY) / (guesses[n] + _BLEU_SMALL)
+        scores.append(product ** (1 / (n + 1)) * brevity_penalty)
+    return scores
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence of two word lists (one DP row)."""
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diagonal = left = 0  # row[j - 1] before and after this pass
+        for j, y in enumerate(b, start=1):
+            above = row[j]
+            left = row[j] = diagonal + 1 if x == y else (above if above > left else left)
+            diagonal = above
+    return row[-1]
+
+
+def _rouge_l(hyp: list[str], refs: list[list[str]]) -> float:
+    """ROUGE-L F of one prediction: the best precision and the best recall over its references (not one pair)."""
+    if not hyp:
+        return 0.0
+    lcs = [_lcs_length(ref, hyp) for ref in refs]
+    precision = max(length / len(hyp) for length in lcs)
+    recall = max(length / len(ref) for length, ref in zip(lcs, refs, strict=True))
+    if precision == 0 or recall == 0:
+        return 0.0
+    return (1 + _ROUGE_BETA**2) * precision * recall / (recall + _ROUGE_BETA**2 * precision)
+
+
+def _cider_d(hyps: list[list[str]], hyp_counts: list[Counter], refs: list[list[list[str]]],
+             ref_counts: list[list[Counter]]) -> list[float]:
+    """CIDEr-D of each item, IDF taken over the items' references."""
+    document_frequency = Counter(ngram for item in ref_counts for ngram in set().union(*item))
+    log_items = math.log(len(hyps))
+    idf = {ngram: log_items - math.log(df) for ngram, df in document_frequency.items()}
+
+    def tf_idf(counts: Counter) -> tuple[list[dict], list[float]]:
+        vectors, sq_norms = [{} for _ in range(_CAPTION_MAX_N)], [0.0] * _CAPTION_MAX_N
+        for ngram, count in counts.items():
+            weight = count * idf.get(ngram, log_items)  # an n-gram no reference has counts as if one item had it
+            vectors[len(ngram) - 1][ngram] = weight
+            sq_norms[len(ngram) - 1] += weight * weight
+        return vectors, [math.sqrt(x) for x in sq_norms]
+
+    scores = []
+    for hyp, counts, item_refs, item_ref_counts in zip(hyps, hyp_counts, refs, ref_counts, strict=True):
+        hyp_vectors, hyp_norms = tf_idf(counts)
+        similarity = [0.0] * _CAPTION_MAX_N
+        for ref, ref_ngrams in zip(item_refs, item_ref_counts, strict=True):
+            ref_vectors, ref_norms = tf_idf(ref_ngrams)
+            # coco-caption measures length in bigrams; the difference is the same in words because references are
+            # never empty and an empty prediction has no n-grams (its similarity is 0 whatever the penalty).
+            penalty = math.exp(-((len(hyp) - len(ref)) ** 2) / (2 * _CIDER_SIGMA**2))
+            for n in range(_CAPTION_MAX_N):
+                ref_vector = ref_vectors[n]
+                # Clipping (the "D"): a prediction gains nothing by weighting an n-gram above the reference.
+                dot = sum(min(weight, ref_vector.get(g, 0.0)) * ref_vector.get(g, 0.0)
+                          for g, weight in hyp_vectors[n].items())
+                if hyp_norms[n] != 0 and ref_norms[n] != 0:
+                    dot /= hyp_norms[n] * ref_norms[n]
+                similarity[n] += dot * penalty
+        scores.append(10.0 * (sum(similarity) / _CAPTION_MAX_N) / len(item_refs))
+    return scores
+
+
+def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                   normalize: bool = True) -> dict[str, float]:
+    """{"bleu1".."bleu4", "rougeL", "cider"} of N predicted captions against N lists of reference captions.
+
+    The values are those of the COCO caption evaluation (pycocoevalcap's Bleu(4), Rouge() and Cider() scorers) on
+    the same tokenised lower-case text, computed over the whole split:
+    - BLEU-n (0-1), corpus level: clipped n-gram matches (a prediction n-gram counts at most as often as it occurs
+      in one reference) and n-gram counts are summed over all items, BLEU-n = (prod_{k<=n} p_k)^(1/n) times the
+      brevity penalty exp(1 - r/c) when c < r, with c the total prediction length and r the sum over items of the
+      reference length closest to the prediction's (the shorter on a tie: bleu_scorer's "closest"). Like
+      pycocoevalcap it adds 1e-15 to each match count and 1e-9 to each n-gram count, so an order with no match
+      makes the score small but not 0.
+    - ROUGE-L (0-1): per item F_beta (beta 1.2) of the best LCS precision and the best LCS recall over its
+      references, averaged over the items.
+    - CIDEr-D (0-10): per item the mean over n = 1..4 of the cosine similarities of TF-IDF n-gram vectors between
+      the prediction and each reference, the prediction's weights clipped at the reference's, times the Gaussian
+      length penalty exp(-(len_p - len_r)^2 / 72), averaged over its references, times 10; averaged over items.
+      IDF = log(N) - log(df), df = the number of items whose references hold the n-gram (at least 1). It needs
+      several items: with N = 1 every IDF is 0 and so is CIDEr-D.
+
+    Captions are split on whitespace; with `normalize` (the default) `normalize_caption` is applied first, so raw
+    captions can be passed and already-normalised ones are unchanged. Pass normalize=False to score text exactly
+    as given (e.g. the output of COCO's own PTBTokenizer). An empty prediction scores 0; every item needs at least
+    one reference and every reference at least one word (ValueError otherwise).
+    """
+    hyps, refs = _caption_words(predictions, references, normalize)
+    hyp_counts = [_ngram_counts(hyp) for hyp in hyps]
+    ref_counts = [[_ngram_counts(ref) for ref in item_refs] for item_refs in refs]
+    bleu = _bleu(hyps, hyp_counts, refs, ref_counts)
+    out = {f"bleu{n + 1}": float(score) for n, score in enumerate(bleu)}
+    out["rougeL"] = float(np.mean([_rouge_l(hyp, item_refs) for hyp, item_refs in zip(hyps, refs, strict=True)]))
+    out["cider"] = float(np.mean(_cider_d(hyps, hyp_counts, refs, ref_counts)))
+    return out
+
+
+def constant_caption(captions: Sequence[str], normalize: bool = True) -> str:
+    """The most frequent of `captions` (e.g. the training captions), the alphabetically first on a tie.
+
+    The baseline prediction for `eval_bleu4_constant`: the BLEU-4 of answering it for every item. Captions are
+    compared after `normalize_caption` (so "A dog runs." and "a dog runs" are one caption, returned normalised),
+    or with normalize=False as given up to runs of whitespace; captions without words are not counted.
+    """
+    if isinstance(captions, str):
+        raise ValueError(f"captions must be a list of captions, got the single string {captions!r}")
+    captions = list(captions)
+    counts = Counter(normalize_caption(c) if normalize else " ".join(c.split()) for c in captions)
+    counts.pop("", None)
+    if not counts:
+        raise ValueError(f"no caption with words among the {len(captions)} captions given; pass the training "
+                         "captions")
+    return min(counts, key=lambda caption: (-counts[caption], caption))

@@ -8,6 +8,11 @@
     logits = model(video)                           # checkpoints with a head: (B, num_outputs)
     out = model(video, mask)                        # VideoMAE pre-training: {"reconstruction", "loss"}
 
+A captioner (`vidjax.models.captioner`, e.g. a converted VisionEncoderDecoderModel) loads as a
+`PretrainedCaptioner`: `model(video, input_ids)` gives the decoder's logits, `model.generate(video,
+max_new_tokens=N)` caption token ids, `model.caption(video)` text when the checkpoint holds a tokenizer. A GPT-2
+loads as a `PretrainedText`, whose `.model` is the NNX GPT-2 (to start a captioner's decoder from).
+
 `model.preprocessing` says what the checkpoint expects (mean/std, frames, image size, short side, sampling rate) so
 callers need not guess; `model.task` is "pretrain", "classification", "multilabel", "regression" (None for a
 converted backbone), and `model.class_names` / `model.target_names` name the outputs when the checkpoint has them.
@@ -39,9 +44,10 @@ from vidjax import config_lib, fileio, losses, sharding
 from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
+from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
-from vidjax.models import get_model
+from vidjax.models import decoding, get_model
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
 DEFAULT_SAMPLING_RATE = 4
@@ -59,6 +65,45 @@ def _apply_batch(params, video_u8, *, graphdef, fn, mean, std):
     return fn(nnx.merge(graphdef, params), losses.normalize_video(video_u8, mean, std))
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _caption_forward(params, video, input_ids, attention_mask, *, graphdef):
+    return nnx.merge(graphdef, params)(video, input_ids, attention_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "num_beams", "length_penalty"))
+def _caption_generate(params, video, *, graphdef, max_new_tokens, num_beams, length_penalty):
+    return nnx.merge(graphdef, params).generate(video, max_new_tokens, num_beams, length_penalty)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _text_forward(params, input_ids, attention_mask, encoder_hidden_states, *, graphdef):
+    return nnx.merge(graphdef, params)(input_ids, attention_mask=attention_mask,
+                                        encoder_hidden_states=encoder_hidden_states)["logits"]
+
+
+def clip_spec(model_name: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """num_frames, image_size, mean, std of the clips a model takes (its config's); None for a text model."""
+    module = get_model(model_name)
+    if hasattr(module, "clip_spec"):  # a model around a video encoder (the captioner)
+        return module.clip_spec(config)
+    if not common.is_video_config(config):
+        return None
+    return dict(num_frames=int(config.num_frames), image_size=int(config.image_size),
+                mean=tuple(float(v) for v in config.pixel_mean), std=tuple(float(v) for v in config.pixel_std))
+
+
+def load_tokenizer(directory: pathlib.Path | None, where: str):
+    """The `vidjax.tokenizer.CaptionTokenizer` of a checkpoint's tokenizer/ folder; `where` names the checkpoint."""
+    if directory is None:
+        raise ValueError(f"{where} has no tokenizer: convert a directory holding one (`tokenizer.save_pretrained(SRC)` "
+                         f"beside the weights), or turn token ids into text yourself.")
+    try:
+        from vidjax.tokenizer import CaptionTokenizer
+    except ImportError as e:
+        raise ImportError(f"Decoding captions needs vidjax.tokenizer, which this installation lacks ({e}).") from e
+    return CaptionTokenizer.from_directory(directory)
+
+
 @dataclasses.dataclass
 class Pretrained:
     """A loaded checkpoint: call it on normalised float32 video (B, T, H, W, 3)."""
@@ -70,7 +115,7 @@ class Pretrained:
     graphdef: Any
     params: Any
     num_tokens: int | None = None  # tokens per clip of a masked model (the mask's second dimension)
-    task: str | None = None  # pretrain | classification | multilabel | regression; None: a converted backbone
+    task: str | None = None  # pretrain | classification | multilabel | regression | captioning; None: a backbone
     target_names: list[str] | None = None  # regression outputs
     sampling_rate: int | None = None  # frame stride of the clips it was trained on; None when not recorded
 
@@ -149,6 +194,97 @@ class Pretrained:
         return out["last_hidden_state"]
 
 
+@dataclasses.dataclass
+class PretrainedCaptioner(Pretrained):
+    """A loaded video captioner (`vidjax.models.captioner`): video in, caption tokens or text out.
+
+        logits = model(video, input_ids)                  # (B, L, vocab), as VisionEncoderDecoderModel's forward
+        tokens = model.generate(video, max_new_tokens=20)   # (B, 1 + 20), the start token first, pad after EOS
+        texts = model.caption(video)                      # needs a tokenizer in the checkpoint (DST/tokenizer/)
+
+    `video` is normalised float32 (B, num_frames, S, S, 3) (`preprocess` makes it from uint8 frames), num_frames
+    covering every chunk. Each function is jitted once per architecture, shapes and decoding settings.
+    """
+
+    tokenizer_dir: pathlib.Path | None = None
+
+    def _check(self, video) -> None:
+        t, s = self.preprocessing["num_frames"], self.preprocessing["image_size"]
+        if tuple(np.shape(video)[1:]) != (t, s, s, 3):
+            raise ValueError(f"This captioner takes video shaped (batch, {t}, {s}, {s}, 3) channels-last, "
+                             f"normalised with mean {self.preprocessing['mean']} and std "
+                             f"{self.preprocessing['std']}; got {tuple(np.shape(video))}.")
+
+    def forward(self, video, input_ids, attention_mask=None) -> dict[str, jax.Array]:
+        """Every output of the model: logits, the decoder's last_hidden_state and the visual tokens."""
+        self._check(video)
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or ids.shape[0] != np.shape(video)[0]:
+            raise ValueError(f"input_ids must be token ids (batch, length), one row per video; got shape "
+                             f"{ids.shape} for {np.shape(video)[0]} videos.")
+        mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        return _caption_forward(self.params, jnp.asarray(video, jnp.float32), jnp.asarray(ids, jnp.int32), mask,
+                                graphdef=self.graphdef)
+
+    def __call__(self, video, input_ids, attention_mask=None):
+        return self.forward(video, input_ids, attention_mask)["logits"]
+
+    def generate(self, video, *, max_new_tokens: int = 20, num_beams: int = 1, length_penalty: float = 1.0
+                 ) -> np.ndarray:
+        """Caption token ids (B, 1 + max_new_tokens): the start token, greedy (num_beams 1) or beam-search tokens,
+        pad after EOS (where Hugging Face's `generate` returns fewer columns once every row has ended)."""
+        self._check(video)
+        return np.asarray(_caption_generate(self.params, jnp.asarray(video, jnp.float32), graphdef=self.graphdef,
+                                            max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
+                                            length_penalty=float(length_penalty)))
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The checkpoint's `vidjax.tokenizer.CaptionTokenizer` (an error when it was saved without one)."""
+        return load_tokenizer(self.tokenizer_dir, f"This {self.model_name} checkpoint")
+
+    def caption(self, video, *, max_new_tokens: int = 20, num_beams: int = 1, length_penalty: float = 1.0
+                ) -> list[str]:
+        """One caption per video: the generated tokens after the start token, up to EOS, as text."""
+        tokenizer, eos = self.tokenizer, self.config.decoder.eos_token_id  # no tokenizer: fail before decoding
+        texts = []
+        for row in self.generate(video, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                 length_penalty=length_penalty)[:, 1:].tolist():
+            texts.append(tokenizer.decode(row[: row.index(eos)] if eos in row else row))
+        return texts
+
+
+@dataclasses.dataclass
+class PretrainedText:
+    """A loaded text model (GPT-2): `.model` is the NNX module; call it on token ids (B, L) for logits."""
+
+    model_name: str
+    config: ml_collections.ConfigDict
+    graphdef: Any
+    params: Any
+    tokenizer_dir: pathlib.Path | None = None  # DST/tokenizer/ when the conversion found one
+
+    @property
+    def model(self) -> nnx.Module:
+        """The vidjax NNX module holding these weights (e.g. to start a captioner's decoder)."""
+        return nnx.merge(self.graphdef, self.params)
+
+    def __call__(self, input_ids, attention_mask=None, encoder_hidden_states=None) -> jax.Array:
+        """float32 logits (B, L, vocab); `attention_mask` (B, L), 1 = token; encoder states for cross-attention."""
+        mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        enc = None if encoder_hidden_states is None else jnp.asarray(encoder_hidden_states, jnp.float32)
+        return _text_forward(self.params, jnp.asarray(input_ids, jnp.int32), mask, enc, graphdef=self.graphdef)
+
+    def generate(self, prompt_ids=None, *, max_new_tokens: int = 20, num_beams: int = 1,
+                 length_penalty: float = 1.0, encoder_hidden_states=None) -> np.ndarray:
+        """`vidjax.models.decoding`'s greedy (num_beams 1) or beam search: token ids (B, P + max_new_tokens)."""
+        search = dict(max_new_tokens=max_new_tokens, prompt_ids=prompt_ids, encoder_hidden_states=encoder_hidden_states)
+        if num_beams == 1:
+            return np.asarray(decoding.greedy(self.model, **search))
+        return np.asarray(decoding.beam_search(self.model, num_beams=num_beams, length_penalty=length_penalty,
+                                               **search)[0])
+
+
 class BatchRunner:
     """`fn(model, video)` over many uint8 clips, in batches of a fixed size split over this host's devices.
 
@@ -222,12 +358,18 @@ def _restore_params(directory: pathlib.Path, abstract: Any) -> Any:
         return checkpointer.restore(directory, target)
 
 
-def _task_of_head(head: str | None) -> str | None:
-    return {"pretrain": "pretrain", "classification": "classification"}.get(head)
+def _task_of(model_name: str, config: ml_collections.ConfigDict) -> str | None:
+    """The task a checkpoint's model does by itself: its head's, captioning for a captioner; None for a backbone
+    (or a text model)."""
+    if model_name == "captioner":
+        return "captioning"
+    return {"pretrain": "pretrain", "classification": "classification"}.get(config.get("head"))
 
 
 def _model_config(model_name: str, model: dict, where: str) -> ml_collections.ConfigDict:
-    config = get_model(model_name).default_config()
+    module = get_model(model_name)
+    # A captioner's encoder block is the config of the video model it names.
+    config = module.default_config(model["encoder_name"]) if "encoder_name" in model else module.default_config()
     unknown = set(model) - set(config)
     if unknown:
         raise ConversionError(f"{where} has model keys {sorted(unknown)} that this vidjax version does not "
@@ -244,11 +386,12 @@ def _read_converted(path: pathlib.Path) -> _Loaded:
     params = _restore_params(path / common.PARAMS_DIR, common.abstract_params(meta["model_name"], config))
     flat = {k: np.asarray(v) for k, v in common.flatten_params(params).items()}
     preprocessing = dict(meta["preprocessing"])
-    preprocessing.setdefault("short_side", preprocessing.get("image_size", config.image_size))
+    if "image_size" in preprocessing:
+        preprocessing.setdefault("short_side", preprocessing["image_size"])
     converted = common.Converted(meta["model_name"], config, flat, preprocessing, meta.get("class_names"),
                                  meta.get("source", {}))
     rate = preprocessing.get("sampling_rate")
-    return _Loaded(converted, _task_of_head(config.head), None, int(rate) if rate else None)
+    return _Loaded(converted, _task_of(meta["model_name"], config), None, int(rate) if rate else None)
 
 
 def latest_step_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -281,7 +424,7 @@ def _read_step_config(step_dir: pathlib.Path) -> tuple[dict, dict, str, ml_colle
     meta = _read_json_item(step_dir, "metadata") or {}
     model_name = meta.get("model_name") or saved["model_name"]
     model = _model_config(model_name, saved["model"], str(step_dir / "config"))
-    return saved, meta, model_name, model, meta.get("task") or saved.get("task") or _task_of_head(model.head)
+    return saved, meta, model_name, model, meta.get("task") or saved.get("task") or _task_of(model_name, model)
 
 
 def _read_training(step_dir: pathlib.Path) -> _Loaded:
@@ -306,13 +449,13 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
 
     data = config.get("data", {})
     preprocessing = dict(meta.get("preprocessing") or {})
-    preprocessing.setdefault("mean", list(model_config.pixel_mean))
-    preprocessing.setdefault("std", list(model_config.pixel_std))
-    preprocessing.setdefault("num_frames", int(model_config.num_frames))
-    preprocessing.setdefault("image_size", int(model_config.image_size))
-    preprocessing.setdefault("sampling_rate", int(data.get("sampling_rate", 1)))
-    # The eval pipeline's resize: config.data.short_side, 0 meaning the crop size.
-    preprocessing.setdefault("short_side", int(data.get("short_side") or preprocessing["image_size"]))
+    clips = clip_spec(model_name, model_config)
+    if clips is not None:
+        for key, value in clips.items():
+            preprocessing.setdefault(key, list(value) if isinstance(value, tuple) else value)
+        preprocessing.setdefault("sampling_rate", int(data.get("sampling_rate", 1)))
+        # The eval pipeline's resize: config.data.short_side, 0 meaning the crop size.
+        preprocessing.setdefault("short_side", int(data.get("short_side") or preprocessing["image_size"]))
     class_names = meta.get("class_names")
     if class_names is None and not meta:  # written before checkpoints had metadata: the config may name a file
         names_file = data.get("class_names_file")
@@ -323,7 +466,8 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
         target_names = [t.strip() for t in data["targets"].split(",") if t.strip()]
     converted = common.Converted(model_name, model_config, flat, preprocessing, class_names,
                                  {"path": str(step_dir), "params": key})
-    return _Loaded(converted, task, target_names, int(preprocessing["sampling_rate"]))
+    rate = preprocessing.get("sampling_rate")
+    return _Loaded(converted, task, target_names, int(rate) if rate else None)
 
 
 def _read(path: str | pathlib.Path) -> _Loaded:
@@ -346,13 +490,23 @@ def _read(path: str | pathlib.Path) -> _Loaded:
                           f"vidjax.convert --from_hf SRC --out NEW_DIR`, or pass the --workdir of a training run.")
 
 
+def _set_dtype(config: ml_collections.ConfigDict, dtype: str) -> None:
+    """The compute dtype of a model block and of the model blocks nested in it (a captioner's encoder, decoder)."""
+    if "dtype" in config:
+        config.dtype = dtype
+    for value in config.values():
+        if isinstance(value, ml_collections.ConfigDict):
+            _set_dtype(value, dtype)
+
+
 def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
-         dtype: str | None = None) -> Pretrained:
+         dtype: str | None = None) -> Pretrained | PretrainedCaptioner | PretrainedText:
     """Loads a `python -m vidjax.convert` output, a training workdir or a step folder of one.
 
     A training checkpoint gives its EMA parameters when it saved them, else its parameters; the optimizer state is
-    never read. Optionally adapted to another clip length or resolution; `dtype="bfloat16"` computes in bf16
-    (parameters stay float32).
+    never read. A video model's checkpoint can be adapted to another clip length or resolution; `dtype="bfloat16"`
+    computes in bf16 (parameters stay float32). A captioner gives a `PretrainedCaptioner`, a GPT-2 a
+    `PretrainedText`; every other model a `Pretrained`.
     """
     loaded = _read(path)
     converted = loaded.converted
@@ -360,24 +514,36 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
         converted = common.resize(converted, num_frames, image_size)
     config = converted.model_config
     if dtype:
-        config.dtype = dtype
+        _set_dtype(config, dtype)
     model = common.abstract_model(converted.model_name, config)
     num_tokens = getattr(getattr(model, "encoder", None), "num_tokens", None)
     graphdef, abstract = nnx.split(model)
     params = common.unflatten_params(nnx.to_pure_dict(abstract), converted.params)
     params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    return Pretrained(converted.model_name, config, dict(converted.preprocessing), converted.class_names, graphdef,
-                      params, num_tokens, task=loaded.task, target_names=loaded.target_names,
-                      sampling_rate=loaded.sampling_rate)
+    directory = pathlib.Path(fileio.user_path(path))
+    tokenizer_dir = directory / TOKENIZER_DIR if (directory / TOKENIZER_DIR).is_dir() else None
+    if clip_spec(converted.model_name, config) is None:
+        return PretrainedText(converted.model_name, config, graphdef, params, tokenizer_dir)
+    kind = PretrainedCaptioner if converted.model_name == "captioner" else Pretrained
+    extra = {"tokenizer_dir": tokenizer_dir} if kind is PretrainedCaptioner else {}
+    return kind(converted.model_name, config, dict(converted.preprocessing), converted.class_names, graphdef,
+                params, num_tokens, task=loaded.task, target_names=loaded.target_names,
+                sampling_rate=loaded.sampling_rate, **extra)
 
 
 def load_for_command(path: str) -> Pretrained | None:
-    """`load(path)` for the command lines: None, after an `error: --checkpoint=PATH: why` line on stderr."""
+    """`load(path)` of a model that takes video, for the command lines: None, after an `error: --checkpoint=PATH:
+    why` line on stderr."""
     try:
-        return load(path)
+        model = load(path)
     except (ConversionError, ConfigError, FileNotFoundError) as e:
         print(f"error: --checkpoint={path}: {e}", file=sys.stderr)
         return None
+    if isinstance(model, PretrainedText):
+        print(f"error: --checkpoint={path} holds a {model.model_name} text model, which takes no video; give a "
+              f"video model's checkpoint.", file=sys.stderr)
+        return None
+    return model
 
 
 def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collections.ConfigDict, params: Any, *,
@@ -385,7 +551,9 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
     """Fine-tuning start: `params` (a fresh, sharded model state) with every tensor the checkpoint has copied in.
 
     `path` is anything `load` takes (a converted checkpoint, or a training workdir such as a pre-training run).
-    The checkpoint is first adapted to `model_config`'s frames and resolution (position tables interpolated).
+    The checkpoint is first adapted to a video model's frames and resolution (position tables interpolated).
+    `params` may be one part of a larger model, with that part's name and config: a captioner's decoder
+    (`params["decoder"]`, "gpt2", `config.model.decoder`) started from a converted GPT-2, or its encoder.
     Tensors the checkpoint lacks (e.g. fc_norm after pre-training) and a head whose class count differs keep
     their fresh initialisation; any other shape mismatch is an error listing every such tensor and every model
     setting that differs from the checkpoint's. Returns the new params and a report {"loaded": [...], "fresh":
@@ -397,11 +565,12 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
     if converted.model_name != model_name:
         raise ConfigError(f"{where} holds a {converted.model_name} checkpoint, but config.model_name is "
                           f"{model_name!r}.")
-    try:
-        converted = common.resize(converted, model_config.num_frames, model_config.image_size)
-    except ValueError as e:
-        raise ConfigError(f"{where} cannot be adapted to {model_config.num_frames} frames x "
-                          f"{model_config.image_size} px: {e}") from e
+    if common.is_video_config(model_config):
+        try:
+            converted = common.resize(converted, model_config.num_frames, model_config.image_size)
+        except ValueError as e:
+            raise ConfigError(f"{where} cannot be adapted to {model_config.num_frames} frames x "
+                              f"{model_config.image_size} px: {e}") from e
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     out, report = [], {"loaded": [], "fresh": [], "unused": []}
     mismatched = []
@@ -455,7 +624,7 @@ class CheckpointConfig:
 
     model_name: str
     model: ml_collections.ConfigDict  # the model block, every key filled in
-    task: str | None  # pretrain | classification | multilabel | regression; None: a converted backbone
+    task: str | None  # pretrain | classification | multilabel | regression | captioning; None: a converted backbone
     class_names: list[str] | None
     training: ml_collections.ConfigDict | None  # the whole config of the run; None for a converted checkpoint
 
@@ -496,7 +665,8 @@ def read_config(path: str | pathlib.Path) -> CheckpointConfig:
     if (path / common.META_FILE).is_file():
         meta = json.loads((path / common.META_FILE).read_text())
         model = _model_config(meta["model_name"], meta["model"], str(path / common.META_FILE))
-        return CheckpointConfig(meta["model_name"], model, _task_of_head(model.head), meta.get("class_names"), None)
+        return CheckpointConfig(meta["model_name"], model, _task_of(meta["model_name"], model),
+                                meta.get("class_names"), None)
     if (path / "checkpoints").is_dir() or _is_step_dir(path):
         step_dir = latest_step_dir(path) if (path / "checkpoints").is_dir() else path
         saved, meta, model_name, model, task = _read_step_config(step_dir)

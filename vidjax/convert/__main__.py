@@ -1,16 +1,19 @@
-r"""Converts published video-model checkpoints into vidjax checkpoints.
+r"""Converts published video-model (and captioning) checkpoints into vidjax checkpoints.
 
   python -m vidjax.convert --from_hf SRC --out DST
       SRC: a Hugging Face `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin) of
       VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel, TimesformerForVideoClassification,
-      TimesformerModel, VivitForVideoClassification or VivitModel.
+      TimesformerModel, VivitForVideoClassification or VivitModel; GPT2LMHeadModel or GPT2Model (a captioner's
+      decoder, with or without cross-attention); or a VisionEncoderDecoderModel captioner whose encoder is a
+      VideoMAEModel or TimesformerModel and whose decoder a GPT2LMHeadModel. A tokenizer saved in SRC is copied to
+      DST/tokenizer/.
   python -m vidjax.convert --from_videomamba FILE --out DST
       FILE: an official VideoMamba checkpoint (.pth); its sizes are read from the tensor shapes.
 
-Add --num_frames / --image_size to adapt the checkpoint to another clip length or resolution (learned position
-embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config, preprocessing,
-class names); load it with `vidjax.pretrained.load(DST)`. Nothing is written to DST unless the conversion succeeds.
-No torch is needed, for safetensors or for torch zip files.
+Add --num_frames / --image_size to adapt a video model's checkpoint to another clip length or resolution (learned
+position embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config,
+preprocessing, class names); load it with `vidjax.pretrained.load(DST)`. Nothing is written to DST unless the
+conversion succeeds. No torch is needed, for safetensors or for torch zip files.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import sys
 
 from vidjax import cli
-from vidjax.convert.common import ConversionError, resize, write_converted
+from vidjax.convert.common import ConversionError, Converted, is_video_config, resize, write_converted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,12 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = converted.model_config
-    n = sum(v.size for v in converted.params.values())
-    print(f"Wrote {args.out}: {converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), "
-          f"{cfg.num_frames} frames x {cfg.image_size} px, input (pixels/255 - {converted.preprocessing['mean']}) / "
-          f"{converted.preprocessing['std']}.")
+    print(f"Wrote {args.out}: {summary(converted)}.")
     return 0
+
+
+def summary(converted: Converted) -> str:
+    """One line on what a conversion holds: the model, its size, and what it takes."""
+    cfg, pre = converted.model_config, converted.preprocessing
+    n = sum(v.size for v in converted.params.values())
+    video = (f"{pre['num_frames']} frames x {pre['image_size']} px, input (pixels/255 - {pre['mean']}) / {pre['std']}"
+             if "num_frames" in pre else "")
+    if is_video_config(cfg):
+        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}"
+    if converted.model_name == "captioner":
+        return (f"captioner ({cfg.encoder_name} encoder, GPT-2 decoder of {cfg.decoder.vocab_size} tokens, "
+                f"{n / 1e6:.2f}M params), {video}")
+    if converted.model_name == "gpt2":
+        return (f"gpt2 ({n / 1e6:.2f}M params, vocabulary {cfg.vocab_size}, width {cfg.width}, "
+                f"{'with' if cfg.add_cross_attention else 'without'} cross-attention)")
+    return f"{converted.model_name} ({n / 1e6:.2f}M params)"
 
 
 if __name__ == "__main__":

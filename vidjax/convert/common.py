@@ -199,6 +199,7 @@ class TensorSource:
         self.tensors = dict(tensors)
         self.origin = origin
         self.used: set[str] = set()
+        self._parent: tuple[TensorSource, str] | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TensorSource:
@@ -232,6 +233,21 @@ class TensorSource:
         raise ConversionError(f"{directory} has no model.safetensors or pytorch_model.bin (or sharded index); "
                               f"point --from_hf at the directory written by `save_pretrained`.")
 
+    def subset(self, prefix: str) -> TensorSource:
+        """The tensors whose names start with `prefix`, named without it (one part of a composite checkpoint, e.g.
+        a VisionEncoderDecoder's "encoder."). Tensors taken from the subset count as used here too."""
+        sub = TensorSource({n[len(prefix):]: v for n, v in self.tensors.items() if n.startswith(prefix)},
+                           f"{self.origin} ({prefix}*)")
+        sub._parent = (self, prefix)
+        return sub
+
+    def mark_used(self, name: str) -> None:
+        """Records tensor `name` as converted (or deliberately skipped), so `unused` does not report it."""
+        self.used.add(name)
+        if self._parent is not None:
+            parent, prefix = self._parent
+            parent.mark_used(prefix + name)
+
     def names(self) -> list[str]:
         return sorted(self.tensors)
 
@@ -256,7 +272,7 @@ class TensorSource:
         if tuple(value.shape) != shape:
             raise ConversionError(f"Tensor {name!r} in {self.origin} has shape {tuple(value.shape)}, but the "
                                   f"model described by its config expects {shape}.")
-        self.used.add(name)
+        self.mark_used(name)
         return np.asarray(value, dtype=np.float32)
 
     def unused(self, ignore: Iterable[str] = ()) -> list[str]:
@@ -276,6 +292,14 @@ class Converted:
     preprocessing: dict[str, Any]  # mean, std (input = (pixels/255 - mean)/std), num_frames, image_size
     class_names: list[str] | None = None
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Files written beside the parameters: path relative to the output directory -> file to copy (a tokenizer).
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def is_video_config(model_config: ml_collections.ConfigDict) -> bool:
+    """Whether a model block is a video model's own (frames, image size and normalisation at its top level), as
+    opposed to a text model's (GPT-2) or a composite one's (the captioner, whose encoder block is the video model)."""
+    return "num_frames" in model_config and "image_size" in model_config
 
 
 def path_key(path) -> str:
@@ -396,8 +420,9 @@ def resize_grid(table: np.ndarray, src_grid: Sequence[int], dst_grid: Sequence[i
     return grid.reshape(-1, table.shape[-1]).astype(table.dtype)
 
 
-def finalize(converted: Converted, src: TensorSource, **source_info: Any) -> Converted:
-    """Fills in what every converter shares: preprocessing sizes, provenance, and a warning for unread tensors."""
+def video_preprocessing(converted: Converted) -> Converted:
+    """A video model's preprocessing completed from its config (frames, image size), and its config's
+    normalisation set to the checkpoint's."""
     cfg = converted.model_config
     converted.preprocessing = dict(converted.preprocessing)
     converted.preprocessing.setdefault("num_frames", int(cfg.num_frames))
@@ -407,6 +432,14 @@ def finalize(converted: Converted, src: TensorSource, **source_info: Any) -> Con
         # loss is the exception: it un-normalises with ImageNet statistics, as the reference does).
         cfg.pixel_mean = tuple(float(v) for v in converted.preprocessing["mean"])
         cfg.pixel_std = tuple(float(v) for v in converted.preprocessing["std"])
+    return converted
+
+
+def finalize(converted: Converted, src: TensorSource, **source_info: Any) -> Converted:
+    """Fills in what every converter shares: preprocessing sizes (video models), provenance, and a warning for
+    unread tensors."""
+    if is_video_config(converted.model_config):
+        video_preprocessing(converted)
     converted.source = dict(path=src.origin, **source_info)
     unused = src.unused(ignore=("position_ids", "num_batches_tracked"))
     if unused:
@@ -420,6 +453,11 @@ def resize(converted: Converted, num_frames: int | None = None, image_size: int 
     from vidjax.models import get_model
 
     src_cfg = converted.model_config
+    if not is_video_config(src_cfg):
+        if num_frames or image_size:
+            raise ValueError(f"a {converted.model_name} checkpoint has no frame count or image size of its own to "
+                             f"adapt; convert it without --num_frames / --image_size.")
+        return converted
     dst_cfg = ml_collections.ConfigDict(src_cfg.to_dict())
     dst_cfg.num_frames = int(num_frames or src_cfg.num_frames)
     dst_cfg.image_size = int(image_size or src_cfg.image_size)
@@ -463,6 +501,9 @@ def write_converted(converted: Converted, dst: str | os.PathLike, *, overwrite: 
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / PARAMS_DIR, params)
         checkpointer.wait_until_finished()
+        for name, path in converted.files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp / name)
         meta = dict(format=FORMAT, model_name=converted.model_name,
                     model=_config_to_json(converted.model_config), preprocessing=converted.preprocessing,
                     class_names=converted.class_names, source=converted.source)

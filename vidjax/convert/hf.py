@@ -8,7 +8,12 @@ import pathlib
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource, finalize
 
-_MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit")  # each lists the architectures it takes
+_MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner")  # each lists its architectures
+# A tokenizer saved beside the weights (`tokenizer.save_pretrained(SRC)`): copied to DST/tokenizer/ as it is, in
+# transformers 5's format (tokenizer.json) and the classic GPT-2 one (vocab.json + merges.txt).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt")
+TOKENIZER_DIR = "tokenizer"
 
 
 def _converters() -> dict[str, str]:
@@ -30,7 +35,8 @@ def _read_json(path: pathlib.Path) -> dict:
 
 
 def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
-    """Reads config.json (+ preprocessor_config.json when present) and the weights, and maps them onto vidjax."""
+    """Reads config.json (+ preprocessor_config.json and generation_config.json when present) and the weights, and
+    maps them onto vidjax; tokenizer files in the directory are kept for DST/tokenizer/."""
     directory = pathlib.Path(directory).expanduser()
     if not directory.is_dir():
         raise ConversionError(f"--from_hf expects a directory written by `save_pretrained`; {directory} is not a "
@@ -53,6 +59,10 @@ def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
         if (directory / name).is_file():
             hf["_preprocessor_config"] = _read_json(directory / name)
             break
+    if (directory / "generation_config.json").is_file():  # the token ids `generate` uses
+        hf["_generation_config"] = _read_json(directory / "generation_config.json")
     src = TensorSource.from_hf_dir(directory)
     converted = importlib.import_module(f"vidjax.convert.{module_name}").from_hf(hf, src, architecture)
+    converted.files.update({f"{TOKENIZER_DIR}/{name}": str(directory / name) for name in TOKENIZER_FILES
+                            if (directory / name).is_file()})
     return finalize(converted, src, format="huggingface", architecture=architecture)

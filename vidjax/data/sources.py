@@ -3,8 +3,9 @@
 Every source follows one element contract: `__getitem__(i)` returns a dict with "index" (np.int64), the video as
 "path" (absolute file path), "data" (bytes of an encoded video file) or "video" (uint8 (T, H, W, 3) frames), and
 its targets: "label" (np.int32) for single-label data, "labels" (float32 multi-hot (num_classes,)) for multi-label
-data, "targets" (float32 (k,)) for regression; optionally "start"/"end" (float seconds, NaN = whole video) and, for
-Charades, "spans" (float32 (n, 3): class, start s, end s; `labels_from_spans` turns them into window labels).
+data, "targets" (float32 (k,)) for regression; optionally "start"/"end" (float seconds, NaN = whole video), for
+Charades "spans" (float32 (n, 3): class, start s, end s; `labels_from_spans` turns them into window labels), and, when
+a caption column is asked for, "captions" (a tuple of one or more non-empty reference captions, str).
 Sources expose `class_names` (list of names or None) and a `__repr__` naming their inputs, which grain checkpoints
 compare on restore. File-based sources check at start-up that every video exists: missing ones stop the run with
 their count and first paths, or are dropped with a warning when `skip_missing=True` (listed in `missing_paths`).
@@ -29,6 +30,11 @@ logger = logging.getLogger(__name__)
 _MAX_MISSING_SHOWN = 5
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 CHARADES_CLASSES = 157
+# Charades columns that hold captions: the script a video was acted from (one reference), and the descriptions
+# annotators wrote after watching it (several, separated by ';').
+CHARADES_CAPTION_COLUMNS = ("script", "descriptions")
+# Fields that stay per-video Python objects rather than being stacked into one array: ragged or text.
+_RAGGED_FIELDS = ("spans", "captions")
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
@@ -95,8 +101,9 @@ class _FileVideoSource:
         if not paths:
             raise ValueError(f"videos {where} (root {root!r}): no usable entries")
         self._paths = paths
-        # Stacked once here so that __getitem__ is a cheap slice; spans stay ragged (a list of (n, 3) arrays).
-        self._fields = {key: values if key == "spans" else np.asarray(values) for key, values in fields.items()}
+        # Stacked once here so that __getitem__ is a cheap slice; spans (a list of (n, 3) arrays) and captions (a list
+        # of tuples of str) stay ragged.
+        self._fields = {key: values if key in _RAGGED_FIELDS else np.asarray(values) for key, values in fields.items()}
         self.class_names = class_names
 
     def __len__(self) -> int:
@@ -108,6 +115,20 @@ class _FileVideoSource:
         for key, values in self._fields.items():
             element[key] = values[index]
         return element
+
+
+def _parse_captions(cell: str, where: str, column: str, several: bool = True) -> tuple[str, ...]:
+    """The reference captions in a list cell: ';'-separated references (one reference when not `several`), each
+    stripped and with runs of whitespace (line breaks in a quoted cell) made one space; empty ones are dropped.
+    A cell without any caption is an error naming `where` (file:line) and the column."""
+    parts = cell.split(";") if several else [cell]
+    captions = tuple(" ".join(part.split()) for part in parts)
+    captions = tuple(caption for caption in captions if caption)
+    if not captions:
+        raise ValueError(f"{where}: empty caption in column {column!r}; every video needs at least one caption "
+                         f"({'references separated by ' + repr(';') if several else 'one text'}): fill the cell or "
+                         "remove the row")
+    return captions
 
 
 def _resolve_class_names(class_names_file: str | os.PathLike | None, num_classes: int | None
@@ -130,10 +151,12 @@ class CsvVideoSource(_FileVideoSource):
         `labels` (multi-label: class ids separated by ';' or spaces, an empty cell means none), and/or the
         regression columns named in `targets`, e.g. `targets=("valence", "arousal")`. Optional `start`/`end`
         columns give a segment in seconds (empty = from the start / to the end). Other columns are ignored.
+        With `caption_column` (e.g. "caption"), that column holds each video's reference captions separated by
+        ';' (each stripped, empty ones dropped; a cell with none is an error), and label columns are optional.
     Relative paths are joined to `root`. Elements: "path", "index", and "label" (np.int32), "labels" (float32
     multi-hot, needs `num_classes` or `class_names_file`), "targets" (float32 (k,)), "start"/"end" (float64,
-    NaN = open) as the list provides. `class_names_file` holds one class name per line. Every malformed cell
-    is reported as file:line.
+    NaN = open), "captions" (tuple of str, with `caption_column`) as the list provides. `class_names_file` holds
+    one class name per line. Every malformed cell is reported as file:line.
     """
 
     def __init__(
@@ -144,16 +167,20 @@ class CsvVideoSource(_FileVideoSource):
         skip_missing: bool = False,
         targets: Sequence[str] = (),
         class_names_file: str | os.PathLike | None = None,
+        caption_column: str | None = None,
     ):
         self._csv_path = os.path.expanduser(csv_path)  # `~/list.csv` as typed: no shell expands it after `=`
         self._root = os.path.expanduser(root)
         if isinstance(targets, str):
             raise TypeError(f"targets must be a sequence of column names, got the string {targets!r}")
         self._targets = tuple(targets)
+        if caption_column is not None and not (isinstance(caption_column, str) and caption_column.strip()):
+            raise ValueError(f"caption_column must name a column (e.g. 'caption') or be None, got {caption_column!r}")
+        self._caption_column = caption_column.strip() if caption_column else None
         if not os.path.isfile(self._csv_path):
             raise FileNotFoundError(f"video list {self._csv_path!r} does not exist")
         class_names, num_classes = _resolve_class_names(class_names_file, num_classes)
-        paths, fields = _read_list(self._csv_path, self._targets, num_classes)
+        paths, fields = _read_list(self._csv_path, self._targets, num_classes, self._caption_column)
         super().__init__([os.path.join(self._root, p) for p in paths], fields, f"listed in {self._csv_path}",
                          self._root, skip_missing, class_names)
         # The classes this list shows when no count was given: a split need not hold every class, so its largest
@@ -164,6 +191,8 @@ class CsvVideoSource(_FileVideoSource):
     def __repr__(self) -> str:
         # grain checkpoints compare this string to detect a changed source on restore.
         targets = f", targets={self._targets!r}" if self._targets else ""
+        if self._caption_column:
+            targets += f", caption_column={self._caption_column!r}"
         return f"CsvVideoSource(csv_path={self._csv_path!r}, root={self._root!r}{targets}, len={len(self)})"
 
 
@@ -195,17 +224,20 @@ def _parse_float(text: str, what: str, csv_path: str, line_no: int) -> float:
     return value
 
 
-def _read_list(csv_path: str, targets: tuple[str, ...], num_classes: int | None
+def _read_list(csv_path: str, targets: tuple[str, ...], num_classes: int | None, caption_column: str | None = None
                ) -> tuple[list[str], dict[str, list]]:
-    """Paths and per-video fields ("label", "labels", "targets", "start", "end") of a list file."""
+    """Paths and per-video fields ("label", "labels", "targets", "start", "end", "captions") of a list file."""
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         lines = f.read().splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
     if start < len(lines) and _is_header(lines[start]):
-        return _read_header_csv(lines, start, csv_path, targets, num_classes)
+        return _read_header_csv(lines, start, csv_path, targets, num_classes, caption_column)
     if targets:
         raise ValueError(f"{csv_path}: regression targets {list(targets)} need a comma-separated list with a "
                          "header row naming 'path' and those columns")
+    if caption_column:
+        raise ValueError(f"{csv_path}: captions need a comma-separated list with a header row naming 'path' and "
+                         f"the caption column {caption_column!r}; this list has no header")
     paths, labels = [], []
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
@@ -223,7 +255,7 @@ def _read_list(csv_path: str, targets: tuple[str, ...], num_classes: int | None
 
 
 def _read_header_csv(lines: list[str], start: int, csv_path: str, targets: tuple[str, ...],
-                     num_classes: int | None) -> tuple[list[str], dict[str, list]]:
+                     num_classes: int | None, caption_column: str | None = None) -> tuple[list[str], dict[str, list]]:
     reader = csv.reader(lines[start:])
     header = [c.strip().lower() for c in next(reader)]
     where = f"{csv_path}:{start + 1}"
@@ -233,7 +265,12 @@ def _read_header_csv(lines: list[str], start: int, csv_path: str, targets: tuple
     unknown = [t for t in targets if t.lower() not in header]
     if unknown:
         raise ValueError(f"{where}: target columns {unknown} are not in the header {header}")
-    if "label" not in header and "labels" not in header and not targets:
+    caption_column = caption_column.lower() if caption_column else None
+    if caption_column and caption_column not in header:
+        raise ValueError(f"{where}: the caption column {caption_column!r} is not in the header; its columns are "
+                         f"{header}. Add a {caption_column!r} column of ';'-separated captions, or name the column "
+                         "that holds them")
+    if "label" not in header and "labels" not in header and not targets and not caption_column:
         raise ValueError(f"{where}: the header {header} has no 'label' or 'labels' column and no regression "
                          "targets were given (targets=(...) names the target columns)")
     if "labels" in header and num_classes is None:
@@ -244,6 +281,9 @@ def _read_header_csv(lines: list[str], start: int, csv_path: str, targets: tuple
     fields: dict[str, list] = {k: [] for k in ("label", "labels", "start", "end") if k in col}
     if targets:
         fields["targets"] = []
+    caption_col = header.index(caption_column) if caption_column else None
+    if caption_column:
+        fields["captions"] = []
     no_labels = 0
     for row in reader:
         line_no = start + reader.line_num
@@ -269,6 +309,8 @@ def _read_header_csv(lines: list[str], start: int, csv_path: str, targets: tuple
             values = [_parse_float(row[c], f"target {t!r}", csv_path, line_no)
                       for t, c in zip(targets, target_cols, strict=True)]
             fields["targets"].append(np.asarray(values, dtype=np.float32))
+        if caption_column:
+            fields["captions"].append(_parse_captions(row[caption_col], f"{csv_path}:{line_no}", caption_column))
         segment = {}
         for key in ("start", "end"):
             if key in col:
@@ -361,7 +403,9 @@ class CharadesSource(_FileVideoSource):
     actions. Videos are `root/<id><extension>`. Elements: "path", "index", "labels" (float32 multi-hot of every
     action in the video) and "spans" (float32 (n, 3): class, start s, end s) for window-level labels via
     `labels_from_spans`. `classes_file` is the official `Charades_v1_classes.txt` ("c000 Holding some clothes"
-    per line) and gives `class_names`.
+    per line) and gives `class_names`. `caption_column` ("script" or "descriptions", `CHARADES_CAPTION_COLUMNS`)
+    adds "captions", a tuple of str: the script as one reference, or the descriptions, ';'-separated, as several;
+    whitespace runs (line breaks) become one space, and a video without any is an error naming file and line.
     """
 
     def __init__(
@@ -372,16 +416,21 @@ class CharadesSource(_FileVideoSource):
         classes_file: str | os.PathLike | None = None,
         extension: str = ".mp4",
         skip_missing: bool = False,
+        caption_column: str | None = None,
     ):
         self._csv_path = os.path.expanduser(csv_path)  # `~/list.csv` as typed: no shell expands it after `=`
         self._root = os.path.expanduser(root)
         self._num_classes = num_classes
+        if caption_column is not None and caption_column not in CHARADES_CAPTION_COLUMNS:
+            raise ValueError(f"caption_column must be one of {CHARADES_CAPTION_COLUMNS} (or None), got "
+                             f"{caption_column!r}")
+        self._caption_column = caption_column
         if not os.path.isfile(self._csv_path):
             raise FileNotFoundError(f"Charades annotation file {self._csv_path!r} does not exist")
         class_names = None
         if classes_file is not None and os.fspath(classes_file):
             class_names = _read_charades_classes(os.path.expanduser(classes_file), num_classes)
-        ids, spans = _read_charades(self._csv_path, num_classes)
+        ids, spans, captions = _read_charades(self._csv_path, num_classes, caption_column)
         labels = []
         for video_spans in spans:
             multi_hot = np.zeros(num_classes, dtype=np.float32)
@@ -392,12 +441,15 @@ class CharadesSource(_FileVideoSource):
             logger.info("%s: %d of %d videos have no actions (all-zero labels)", self._csv_path, no_actions,
                         len(ids))
         paths = [os.path.join(self._root, video_id + extension) for video_id in ids]
-        super().__init__(paths, {"labels": labels, "spans": spans}, f"listed in {self._csv_path}", self._root,
-                         skip_missing, class_names)
+        fields = {"labels": labels, "spans": spans}
+        if caption_column:
+            fields["captions"] = captions
+        super().__init__(paths, fields, f"listed in {self._csv_path}", self._root, skip_missing, class_names)
 
     def __repr__(self) -> str:
+        captions = f", caption_column={self._caption_column!r}" if self._caption_column else ""
         return (f"CharadesSource(csv_path={self._csv_path!r}, root={self._root!r}, "
-                f"num_classes={self._num_classes}, len={len(self)})")
+                f"num_classes={self._num_classes}{captions}, len={len(self)})")
 
 
 def _read_charades_classes(path: str, num_classes: int) -> list[str]:
@@ -419,15 +471,22 @@ def _read_charades_classes(path: str, num_classes: int) -> list[str]:
     return [names[i] for i in range(num_classes)]
 
 
-def _read_charades(csv_path: str, num_classes: int) -> tuple[list[str], list[np.ndarray]]:
+def _read_charades(csv_path: str, num_classes: int, caption_column: str | None = None
+                   ) -> tuple[list[str], list[np.ndarray], list[tuple[str, ...]]]:
+    """Video ids, action spans and (with `caption_column`, else an empty list) captions of a Charades CSV."""
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = [c.strip().lower() for c in next(reader, [])]
         if "id" not in header or "actions" not in header:
             raise ValueError(f"{csv_path}:1: expected the Charades header with 'id' and 'actions' columns "
                              f"(Charades_v1_train.csv / Charades_v1_test.csv), got {header}")
+        if caption_column and caption_column not in header:
+            raise ValueError(f"{csv_path}:1: the caption column {caption_column!r} is not in the header; its columns "
+                             f"are {header}. The official Charades_v1_train.csv / _test.csv have 'script' and "
+                             "'descriptions'")
         id_col, actions_col = header.index("id"), header.index("actions")
-        ids, spans = [], []
+        caption_col = header.index(caption_column) if caption_column else None
+        ids, spans, captions = [], [], []
         line_end = reader.line_num
         for row in reader:
             # Quoted script/description cells may span several lines: report the row's first line.
@@ -442,9 +501,12 @@ def _read_charades(csv_path: str, num_classes: int) -> tuple[list[str], list[np.
                 raise ValueError(f"{csv_path}:{line_no}: empty id")
             ids.append(video_id)
             spans.append(_parse_actions(row[actions_col], csv_path, line_no, num_classes))
+            if caption_column:
+                captions.append(_parse_captions(row[caption_col], f"{csv_path}:{line_no}", caption_column,
+                                               several=caption_column == "descriptions"))
     if not ids:
         raise ValueError(f"Charades annotation file {csv_path} lists no videos")
-    return ids, spans
+    return ids, spans, captions
 
 
 def _parse_actions(cell: str, csv_path: str, line_no: int, num_classes: int) -> np.ndarray:

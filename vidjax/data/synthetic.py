@@ -27,7 +27,7 @@ single frame is uniform whatever the class, so a single frame carries no class i
 while the whole object is always rendered inside the frame (split across an edge at times).
 Appearance, background and start position are independent of the label; labels are
 ``index % num_classes``, so class counts over any source differ by at most one.
-That is the default task, "classification"; two variants carry other targets over the same background and noise.
+That is the default task, "classification"; three variants carry other targets over the same background and noise.
 
 Tasks. ``task`` picks what the motion encodes and which target the element carries:
 
@@ -42,6 +42,17 @@ Tasks. ``task`` picks what the motion encodes and which target the element carri
   over the whole speed range (0.05 to 0.15 of the shorter side per frame, all bands together); ``"targets"``
   float32 (2,) = (vx, vy) / max speed in [-1, 1], named ``REGRESSION_TARGETS``: the per-frame displacement in
   pixels, x to the right and y up, divided by 0.15 * min(height, width). ``num_classes`` is not used.
+* ``"captioning"``: one object whose every attribute can be said in words, and ``"captions"``, a tuple of
+  ``len(CAPTION_TEMPLATES)`` reference sentences saying it, e.g. "a small red disc moves up and to the left quickly
+  over diagonal stripes", plus ``"label"`` int32, the direction class. ``num_classes`` is the number of directions
+  and must be one of ``CAPTION_NUM_CLASSES`` (1, 2, 4, 8: multiples of 45 degrees, which have names;
+  `direction_name`). The attributes, each drawn independently: direction (the label, laid out as above), speed
+  ("slowly" / "quickly": the two bands of a two-band layout, 0.05 to 0.085 and 0.10 to 0.135 of the shorter side
+  per frame), size ("small" / "large": radius 0.07 to 0.09 or 0.12 to 0.14 of the shorter side), colour (one of the
+  eight corners of the RGB cube, jittered as above, named by ``CAPTION_COLOURS``), shape ("disc", "square",
+  "diamond") and the background grating's orientation ("horizontal", "vertical" or "diagonal" stripes). The
+  vocabulary is small (``caption_vocabulary``) and `caption_corpus` lists every sentence, for building a tokenizer
+  offline.
 
 Speeds. Objects move 0.05 to 0.15 of the shorter side per frame (1.6 to 4.8 px at 32 px). Slower objects, at
 most a pixel or two per frame, left the direction invisible to a micro ViT over 8 x 8 patches: a Mu-sized
@@ -60,7 +71,7 @@ MAX_SPEED_BANDS = 4
 MAX_CLASSES = MAX_DIRECTIONS * MAX_SPEED_BANDS
 MIN_SIZE = 16
 SPLITS = ("train", "validation", "test")
-TASKS = ("classification", "multilabel", "regression")
+TASKS = ("classification", "multilabel", "regression", "captioning")
 REGRESSION_TARGETS = ("velocity_x", "velocity_y")
 # Objects per multi-label clip: enough to need per-object motion, few enough that they rarely overlap.
 MAX_OBJECTS = 3
@@ -89,6 +100,37 @@ _COMPASS = {
     270: "down",
     315: "down_right",
 }
+# Stripe orientations of the background grating, as (cycles down, cycles across) per image side, and their names:
+# a grating whose phase changes across the image (x) only has vertical stripes.
+_GRATINGS = ((0, 1), (1, 0), (1, 1), (1, -1))
+_GRATING_NAMES = ("vertical", "horizontal", "diagonal", "diagonal")
+
+# The captioning variant: direction words per angle (degrees counter-clockwise from "right"), the colour of each
+# corner of the RGB cube (index bits r, g, b), the shape names (in `_Object.shape` order), sizes as ranges of the
+# radius over the shorter side, and speeds as the bands of a two-band layout.
+CAPTION_NUM_CLASSES = (1, 2, 4, 8)
+_DIRECTION_WORDS = {
+    0: "right",
+    45: "up and to the right",
+    90: "up",
+    135: "up and to the left",
+    180: "left",
+    225: "down and to the left",
+    270: "down",
+    315: "down and to the right",
+}
+CAPTION_COLOURS = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
+CAPTION_SHAPES = ("disc", "square", "diamond")
+_CAPTION_SIZES = {"small": (0.07, 0.09), "large": (0.12, 0.14)}
+_CAPTION_SPEEDS = (("slowly", "slow"), ("quickly", "fast"))  # (adverb, adjective) per band
+# Every template says every attribute, so a model trained on any one reference learns to say all of them.
+CAPTION_TEMPLATES = (
+    "a {size} {colour} {shape} moves {direction} {speed} over {stripes} stripes",
+    "a {speed_adjective} {size} {colour} {shape} moving {direction} on a background of {stripes} stripes",
+    "the {colour} {shape} is {size} and moves {speed} {direction} across {stripes} stripes",
+    "{stripes} stripes behind a {size} {colour} {shape} that moves {direction} {speed}",
+)
+
 _BAND_NAMES = {
     2: ("slow", "fast"),
     3: ("slow", "medium", "fast"),
@@ -126,6 +168,64 @@ def class_names(num_classes: int) -> list[str]:
     return names
 
 
+def direction_name(label: int, num_classes: int = NUM_CLASSES) -> str:
+    """The words for the direction of class ``label`` of the captioning variant, e.g. "up and to the left".
+
+    ``num_classes`` directions are laid out as in the class scheme (the module docstring); it must be one of
+    ``CAPTION_NUM_CLASSES``, whose directions fall on multiples of 45 degrees.
+    """
+    num_classes = _check_caption_classes(num_classes)
+    label = _check_int("label", label, 0, num_classes - 1)
+    return _DIRECTION_WORDS[360 * label // num_classes]
+
+
+def _check_caption_classes(num_classes: object) -> int:
+    num_classes = _check_int("num_classes", num_classes, 1, MAX_CLASSES)
+    if num_classes not in CAPTION_NUM_CLASSES:
+        raise ValueError(
+            f"the captioning variant names each of num_classes directions in words, which needs num_classes in "
+            f"{CAPTION_NUM_CLASSES} (directions at multiples of 45 degrees); got {num_classes}. Pass one of those.")
+    return num_classes
+
+
+class CaptionFacts(NamedTuple):
+    """What a captioning clip shows, in the words its captions use (see the module docstring)."""
+
+    direction: str
+    speed: str
+    size: str
+    colour: str
+    shape: str
+    stripes: str
+
+
+def caption_texts(facts: CaptionFacts) -> tuple[str, ...]:
+    """The reference captions of a clip showing ``facts``: one per template of ``CAPTION_TEMPLATES``."""
+    speed_adjective = dict(_CAPTION_SPEEDS)[facts.speed]
+    return tuple(template.format(speed_adjective=speed_adjective, **facts._asdict()) for template in CAPTION_TEMPLATES)
+
+
+def caption_corpus(num_classes: int = NUM_CLASSES) -> list[str]:
+    """Every caption the captioning variant with ``num_classes`` directions can produce, in a fixed order."""
+    num_classes = _check_caption_classes(num_classes)
+    corpus = []
+    for label in range(num_classes):
+        for speed, _ in _CAPTION_SPEEDS:
+            for size in _CAPTION_SIZES:
+                for colour in CAPTION_COLOURS:
+                    for shape in CAPTION_SHAPES:
+                        for stripes in dict.fromkeys(_GRATING_NAMES):
+                            facts = CaptionFacts(direction_name(label, num_classes), speed, size, colour, shape,
+                                                 stripes)
+                            corpus.extend(caption_texts(facts))
+    return corpus
+
+
+def caption_vocabulary() -> list[str]:
+    """The sorted words of every caption the captioning variant can produce (any ``num_classes``)."""
+    return sorted({word for caption in caption_corpus(max(CAPTION_NUM_CLASSES)) for word in caption.split()})
+
+
 def _periodic_taps(coords: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The two grid nodes around each of ``coords`` on a ring of ``cells``, and the linear weight."""
     lower = np.floor(coords)
@@ -150,7 +250,9 @@ class SyntheticVideoSource:
     """Random-access source (grain protocol) of procedurally generated clips whose targets are the motion.
 
     Elements are ``{"video": uint8 (num_frames, height, width, 3), "index": int64}`` plus, by ``task``,
-    ``"label"`` int32, ``"labels"`` float32 (num_classes,) or ``"targets"`` float32 (2,); deterministic in
+    ``"label"`` int32 (classification), ``"labels"`` float32 (num_classes,) (multilabel), ``"targets"`` float32
+    (2,) (regression), or ``"label"`` int32 (the direction class) and ``"captions"``, a tuple of
+    ``len(CAPTION_TEMPLATES)`` reference sentences (str) in template order (captioning); deterministic in
     ``(seed, split, index)``. ``class_names`` / ``target_names`` name the outputs (None where they do not apply).
     """
 
@@ -175,6 +277,8 @@ class SyntheticVideoSource:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}; pass one of those to SyntheticVideoSource.")
+        if task == "captioning":
+            _check_caption_classes(self.num_classes)
         self.split = split
         self.task = task
         self._split_id = SPLITS.index(split)
@@ -204,12 +308,20 @@ class SyntheticVideoSource:
                 f"index {index} is out of range for {self!r}; valid indices are 0..{self.num_examples - 1}."
             )
         rng = np.random.default_rng([self.seed, self._split_id, index])
-        video = self._background(rng)
+        if self.task == "captioning":
+            orientation = int(rng.integers(len(_GRATINGS)))  # a caption names it, so it is drawn up front
+            video = self._background(rng, orientation)
+        else:
+            video = self._background(rng)
         element = {"video": video}
         if self.task == "classification":
             label = index % self.num_classes
             self._draw_object(video, self._new_object(rng, *self._class_velocity(rng, label)))
             element["label"] = np.int32(label)
+        elif self.task == "captioning":
+            label = index % self.num_classes
+            element["label"] = np.int32(label)
+            element["captions"] = caption_texts(self._draw_captioned(rng, video, label, orientation))
         elif self.task == "multilabel":
             element["labels"] = self._draw_multilabel(rng, video)
         else:
@@ -221,8 +333,9 @@ class SyntheticVideoSource:
     # The whole clip stays uint8, with every value <= _MAX_CLEAN until the noise is added: at
     # these sizes the cost is memory traffic, four times lower than with a float32 clip.
 
-    def _background(self, rng: np.random.Generator) -> np.ndarray:
-        """Uint8 (T, H, W, 3) smooth periodic noise plus a grating, panning in a label-independent direction."""
+    def _background(self, rng: np.random.Generator, orientation: int | None = None) -> np.ndarray:
+        """Uint8 (T, H, W, 3) smooth periodic noise plus a grating, panning in a label-independent direction;
+        ``orientation`` fixes the grating's orientation (an index into ``_GRATINGS``), else it is drawn."""
         t, h, w = self.num_frames, self.height, self.width
         # Low-contrast and mid-grey, so that the saturated object always stands out.
         cells_y, cells_x = np.minimum(rng.integers(2, 7, size=2), [h // 4, w // 4])
@@ -238,7 +351,9 @@ class SyntheticVideoSource:
         # Whole cycles across each side keep it periodic, so panning wraps it like the noise.
         periods = [p for p in (4, 8, 16) if 2 * p <= min(h, w)] or [min(h, w) // 2]
         period = rng.choice(periods)
-        dir_y, dir_x = ((0, 1), (1, 0), (1, 1), (1, -1))[rng.integers(4)]
+        if orientation is None:
+            orientation = rng.integers(len(_GRATINGS))
+        dir_y, dir_x = _GRATINGS[orientation]
         cycles_y, cycles_x = dir_y * max(1, round(h / period)), dir_x * max(1, round(w / period))
         phase = (cycles_y * np.arange(h)[:, None] / h + cycles_x * np.arange(w)[None, :] / w) * 2 * np.pi
         grating = np.cos(phase + rng.uniform(0, 2 * np.pi))[:, :, None] * rng.uniform(0.08, 0.2, size=3) * 255
@@ -280,24 +395,47 @@ class SyntheticVideoSource:
         self._draw_object(video, self._new_object(rng, *(speed * min(self.height, self.width) * unit)))
         return (speed / hi * unit).astype(np.float32)
 
+    def _draw_captioned(self, rng: np.random.Generator, video: np.ndarray, label: int, orientation: int
+                        ) -> CaptionFacts:
+        """Draws the captioning variant's object moving in direction ``label``; returns what the clip shows."""
+        band, size, corner = rng.integers(len(_CAPTION_SPEEDS)), rng.integers(len(_CAPTION_SIZES)), rng.integers(8)
+        velocity = self._velocity(rng, label, self.num_classes, band, len(_CAPTION_SPEEDS))
+        size_name = list(_CAPTION_SIZES)[size]
+        side = min(self.height, self.width)
+        radius = np.clip(rng.uniform(*_CAPTION_SIZES[size_name]) * side, 2.0, side / 4)
+        obj = self._new_object(rng, *velocity, corner=(corner >> np.arange(3)) & 1, radius=radius)
+        self._draw_object(video, obj)
+        return CaptionFacts(direction=direction_name(label, self.num_classes), speed=_CAPTION_SPEEDS[band][0],
+                            size=size_name, colour=CAPTION_COLOURS[corner], shape=CAPTION_SHAPES[obj.shape],
+                            stripes=_GRATING_NAMES[orientation])
+
     def _class_velocity(self, rng: np.random.Generator, label: int) -> tuple[float, float]:
         """Per-frame velocity in pixels (x right, y up) of an object of class ``label``: its direction and band."""
+        return self._velocity(rng, label % self._num_directions, self._num_directions,
+                              label // self._num_directions, self._num_speed_bands)
+
+    def _velocity(self, rng: np.random.Generator, direction: int, num_directions: int, band: int,
+                  num_bands: int) -> tuple[float, float]:
+        """Per-frame velocity in pixels (x right, y up): direction ``direction`` of ``num_directions``, speed drawn
+        in band ``band`` of ``num_bands`` (the class scheme of the module docstring)."""
         side = min(self.height, self.width)
-        direction, band = label % self._num_directions, label // self._num_directions
-        angle = 2 * np.pi * direction / self._num_directions
+        angle = 2 * np.pi * direction / num_directions
         lo, hi = _SPEED_RANGE
-        band_width = (hi - lo) / self._num_speed_bands
+        band_width = (hi - lo) / num_bands
         band_lo = lo + band * band_width
         speed = rng.uniform(band_lo, band_lo + _SPEED_BAND_FILL * band_width) * side
         return speed * np.cos(angle), speed * np.sin(angle)
 
     def _new_object(
-        self, rng: np.random.Generator, velocity_x: float, velocity_y: float, corner: np.ndarray | None = None
+        self, rng: np.random.Generator, velocity_x: float, velocity_y: float, corner: np.ndarray | None = None,
+        radius: float | None = None,
     ) -> _Object:
-        """Draws a shape's appearance and start, independent of its motion; ``corner`` fixes its colour corner."""
+        """Draws a shape's appearance and start, independent of its motion; ``corner`` fixes its colour corner and
+        ``radius`` its size (in pixels)."""
         h, w = self.height, self.width
         side = min(h, w)
-        radius = np.clip(rng.uniform(0.07, 0.14) * side, 2.0, side / 4)
+        if radius is None:
+            radius = np.clip(rng.uniform(0.07, 0.14) * side, 2.0, side / 4)
         shape = rng.integers(3)
         if corner is None:
             corner = rng.integers(2, size=3)

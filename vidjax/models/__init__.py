@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from types import ModuleType
 
-_NOT_MODELS = {"layers"}
+_NOT_MODELS = {"layers", "decoding"}
 
 
 def available() -> list[str]:

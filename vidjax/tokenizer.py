@@ -1,0 +1,307 @@
+"""Caption tokenizers: Hugging Face tokenizer directories (GPT-2's byte-level BPE) and small word-level vocabularies.
+
+`CaptionTokenizer` wraps a `tokenizers.Tokenizer` (the Hugging Face `tokenizers` library, the optional extra
+`pip install 'vidjax[caption]'`) together with the ids a captioner needs: start (bos), end (eos), padding (pad) and
+unknown (unk). It reads
+
+* a Hugging Face tokenizer directory (`tokenizer.save_pretrained(DIR)`): `tokenizer.json`, or GPT-2's classic
+  `vocab.json` + `merges.txt` (byte-level BPE); the special tokens come from `tokenizer_config.json` /
+  `special_tokens_map.json` when present, else GPT-2's `<|endoftext|>`, which is then both bos and eos. GPT-2
+  has no padding token: pad is eos there, as Hugging Face's `generate` pads (the mask tells padding apart);
+* a directory written by `CaptionTokenizer.save` (`tokenizer.json` + `special_tokens.json`, which names the
+  special tokens and their ids);
+
+and builds a word-level tokenizer offline from caption text (`build_word_level`): lower-cased, split at whitespace
+and punctuation, with distinct special ids `<pad>` = 0, `<bos>` = 1, `<eos>` = 2, `<unk>` = 3 and the words after
+them, most frequent first. `encode` gives the plain token ids of a text (no special tokens); `encode_batch_padded`
+makes the decoder's training inputs, each caption as [bos] + tokens + [eos], cut to a fixed length and padded.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vidjax import fileio
+
+if TYPE_CHECKING:
+    import tokenizers
+
+TOKENIZER_FILE = "tokenizer.json"
+SPECIAL_TOKENS_FILE = "special_tokens.json"  # written by `CaptionTokenizer.save`
+GPT2_FILES = ("vocab.json", "merges.txt")
+_HF_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # special tokens of a Hugging Face directory
+GPT2_END_OF_TEXT = "<|endoftext|>"
+# The special tokens of `build_word_level`, in id order: pad = 0, bos = 1, eos = 2, unk = 3.
+WORD_LEVEL_SPECIALS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
+_ROLES = ("pad", "bos", "eos", "unk")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory that is missing, incomplete or unreadable, or a tokenizer without the ids it needs."""
+
+
+def _tokenizers():
+    """The `tokenizers` module, or an ImportError naming the extra that installs it."""
+    try:
+        import tokenizers
+    except ImportError as err:
+        raise ImportError("Caption tokenizers need the Hugging Face `tokenizers` library, which is not installed: "
+                          "pip install 'vidjax[caption]'") from err
+    return tokenizers
+
+
+class CaptionTokenizer:
+    """A `tokenizers.Tokenizer` with the special ids of caption decoding (see the module docstring).
+
+    Build one with `from_directory`, `build_word_level`, or from a `tokenizers.Tokenizer` and the special token
+    strings (`unk` may be None; `pad` None means eos). `bos_id`, `eos_id`, `pad_id` are ints; `unk_id` is an int or
+    None. `vocab_size` counts every id, added special tokens included.
+    """
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos: str, eos: str, pad: str | None = None,
+                 unk: str | None = None, where: str = "the tokenizer"):
+        self._tokenizer = tokenizer
+        self._tokens = {"bos": bos, "eos": eos, "pad": eos if pad is None else pad, "unk": unk}
+        ids = {}
+        for role, token in self._tokens.items():
+            if token is None:
+                ids[role] = None
+                continue
+            token_id = tokenizer.token_to_id(token)
+            if token_id is None:
+                raise TokenizerError(f"{where}: its {role} token {token!r} is not in the vocabulary; name a token "
+                                     "the tokenizer has")
+            ids[role] = token_id
+        self._ids = ids
+        # Registered as special, the tokens are never split when they occur in text, and decode can skip them.
+        tokenizer.add_special_tokens([t for t in self._tokens.values() if t is not None])
+
+    # ----------------------------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> CaptionTokenizer:
+        """Reads a Hugging Face tokenizer directory or one written by `save` (see the module docstring).
+
+        Raises TokenizerError naming the path when the directory is missing, holds none of the expected files, or
+        a file cannot be read; ImportError naming `pip install 'vidjax[caption]'` without the `tokenizers` library.
+        """
+        tk = _tokenizers()
+        directory = fileio.user_path(path)
+        expected = f"{TOKENIZER_FILE}, or {' + '.join(GPT2_FILES)} (GPT-2)"
+        if not os.path.isdir(directory):
+            what = "is a file, not a directory" if os.path.exists(directory) else "does not exist"
+            raise TokenizerError(f"tokenizer directory {directory} {what}; pass a directory holding {expected}")
+        tokenizer_file = os.path.join(directory, TOKENIZER_FILE)
+        vocab_file, merges_file = (os.path.join(directory, name) for name in GPT2_FILES)
+        hf_config = _read_hf_config(directory)
+        if os.path.isfile(tokenizer_file):
+            try:
+                tokenizer = tk.Tokenizer.from_file(tokenizer_file)
+            except Exception as err:  # the Rust library raises plain Exception on malformed files
+                raise TokenizerError(f"{tokenizer_file} is not a readable tokenizer file ({err}); write it with "
+                                     "`tokenizer.save_pretrained(DIR)` or CaptionTokenizer.save") from err
+        elif os.path.isfile(vocab_file) and os.path.isfile(merges_file):
+            tokenizer = _byte_level_bpe(tk, vocab_file, merges_file, bool(hf_config.get("add_prefix_space", False)))
+        else:
+            present = sorted(os.listdir(directory))
+            raise TokenizerError(f"tokenizer directory {directory} holds no tokenizer: expected {expected}, found "
+                                 f"{present or 'nothing'}")
+        specials_file = os.path.join(directory, SPECIAL_TOKENS_FILE)
+        where = f"the tokenizer in {directory}"
+        if os.path.isfile(specials_file):
+            tokens = _read_saved_specials(specials_file, tokenizer)
+        else:
+            tokens = {role: _token_text(hf_config.get(f"{role}_token"), directory) for role in _ROLES}
+            if tokens["bos"] is None and tokens["eos"] is None and tokenizer.token_to_id(GPT2_END_OF_TEXT) is not None:
+                tokens["bos"] = tokens["eos"] = GPT2_END_OF_TEXT
+            tokens["bos"] = tokens["bos"] or tokens["eos"]  # GPT-2 style: one end-of-text token starts and ends
+            tokens["eos"] = tokens["eos"] or tokens["bos"]
+            if tokens["bos"] is None:
+                raise TokenizerError(
+                    f"{where} names no start / end tokens: expected bos_token and eos_token in "
+                    f"{' or '.join(_HF_CONFIG_FILES)}, or GPT-2's {GPT2_END_OF_TEXT} in the vocabulary")
+        return cls(tokenizer, **tokens, where=where)
+
+    @classmethod
+    def build_word_level(cls, captions: Iterable[str], *, min_frequency: int = 1,
+                         max_vocab_size: int | None = None) -> CaptionTokenizer:
+        """A word-level tokenizer over the words of `captions`, built offline.
+
+        Text is lower-cased and split at whitespace and punctuation (each run of punctuation is a token). The ids
+        are `<pad>` 0, `<bos>` 1, `<eos>` 2, `<unk>` 3, then the words seen at least `min_frequency` times, most
+        frequent first (ties in alphabetical order, so the same captions always give the same ids), keeping at most
+        `max_vocab_size` ids in all. Words outside the vocabulary encode as `<unk>`.
+        """
+        tk = _tokenizers()
+        if min_frequency < 1:
+            raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+        specials = [WORD_LEVEL_SPECIALS[role] for role in _ROLES]
+        if max_vocab_size is not None and max_vocab_size <= len(specials):
+            raise ValueError(f"max_vocab_size must leave room for words after the {len(specials)} special tokens, "
+                             f"got {max_vocab_size}")
+        normalizer, pre_tokenizer = tk.normalizers.Lowercase(), tk.pre_tokenizers.Whitespace()
+        counts: collections.Counter[str] = collections.Counter()
+        for caption in captions:
+            if not isinstance(caption, str):
+                raise TypeError(f"captions must be strings, got {caption!r} of type {type(caption).__name__}")
+            counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption)))
+        words = sorted((w for w, n in counts.items() if n >= min_frequency and w not in specials),
+                       key=lambda w: (-counts[w], w))
+        if not words:
+            raise ValueError(f"no words to build a vocabulary from (min_frequency={min_frequency}); pass captions")
+        if max_vocab_size is not None:
+            words = words[: max_vocab_size - len(specials)]
+        vocab = {token: i for i, token in enumerate(specials + words)}
+        tokenizer = tk.Tokenizer(tk.models.WordLevel(vocab, unk_token=WORD_LEVEL_SPECIALS["unk"]))
+        tokenizer.normalizer = normalizer
+        tokenizer.pre_tokenizer = pre_tokenizer
+        # Words are joined with single spaces on decode (no decoder): "a dog , runs" for "A dog, runs".
+        return cls(tokenizer, **WORD_LEVEL_SPECIALS, where="the word-level tokenizer")
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes `tokenizer.json` and `special_tokens.json` (each special token and its id) to `directory`."""
+        directory = fileio.user_path(directory)
+        with fileio.atomic_output(os.path.join(directory, TOKENIZER_FILE)) as f:
+            f.write(self._tokenizer.to_str(pretty=True))
+        specials = {role: {"token": self._tokens[role], "id": self._ids[role]} for role in _ROLES}
+        with fileio.atomic_output(os.path.join(directory, SPECIAL_TOKENS_FILE)) as f:
+            json.dump(specials, f, indent=2)
+            f.write("\n")
+
+    # ------------------------------------------------------------------------------------------------ properties
+
+    @property
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        """The wrapped `tokenizers.Tokenizer`."""
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of ids, added tokens included: the size a decoder's output layer needs at least."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int:
+        return self._ids["bos"]
+
+    @property
+    def eos_id(self) -> int:
+        return self._ids["eos"]
+
+    @property
+    def pad_id(self) -> int:
+        return self._ids["pad"]
+
+    @property
+    def unk_id(self) -> int | None:
+        return self._ids["unk"]
+
+    def __repr__(self) -> str:
+        return (f"CaptionTokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
+                f"pad_id={self.pad_id}, unk_id={self.unk_id})")
+
+    # ---------------------------------------------------------------------------------------- encoding / decoding
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of `text`, without start or end tokens."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
+        """The text of `ids`; special tokens (bos, eos, pad, unk and any other the tokenizer marks) are left out
+        unless `skip_special_tokens` is False."""
+        return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+                                      skip_special_tokens=skip_special_tokens)
+
+    def encode_batch_padded(self, texts: Sequence[str], max_length: int
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decoder inputs for `texts`: each as [bos] + tokens + [eos], cut to `max_length`, padded with pad.
+
+        Returns (ids int32 (n, max_length), mask bool (n, max_length) True at real tokens, truncated bool (n,)
+        True where a caption did not fit and lost its end, eos included: such a row ends mid-caption, without an
+        eos to learn from, and callers count them to report).
+        """
+        if isinstance(texts, str):
+            raise TypeError(f"texts must be a sequence of strings, got the string {texts!r}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2 (a start and an end token), got {max_length}")
+        # One text at a time: `encode_batch` starts the library's thread pool, and a process that forks after
+        # using it (grain's worker processes) has its parallelism disabled with a warning.
+        ids = np.full((len(texts), max_length), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), max_length), bool)
+        truncated = np.zeros(len(texts), bool)
+        for row, text in enumerate(texts):
+            tokens = [self.bos_id, *self.encode(text), self.eos_id]
+            truncated[row] = len(tokens) > max_length
+            tokens = tokens[:max_length]
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = True
+        return ids, mask, truncated
+
+
+def _byte_level_bpe(tk, vocab_file: str, merges_file: str, add_prefix_space: bool) -> tokenizers.Tokenizer:
+    """GPT-2's tokenizer from its vocab.json + merges.txt, as Hugging Face's GPT2TokenizerFast assembles it."""
+    try:
+        model = tk.models.BPE.from_file(vocab_file, merges_file)
+    except Exception as err:  # the Rust library raises plain Exception on malformed files
+        raise TokenizerError(f"{vocab_file} + {merges_file} are not a readable BPE vocabulary ({err}); expected "
+                             "GPT-2's vocab.json (token -> id) and merges.txt (one merge 'a b' per line)") from err
+    tokenizer = tk.Tokenizer(model)
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tokenizer.decoder = tk.decoders.ByteLevel()
+    tokenizer.post_processor = tk.processors.ByteLevel(trim_offsets=False)
+    return tokenizer
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as err:
+        raise TokenizerError(f"{path} is not readable JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def _read_hf_config(directory: str) -> dict:
+    """The settings of a Hugging Face directory's tokenizer_config.json, special_tokens_map.json overriding."""
+    config: dict = {}
+    for name in _HF_CONFIG_FILES:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            config.update({k: v for k, v in _read_json(path).items() if v is not None})
+    return config
+
+
+def _token_text(value: object, directory: str) -> str | None:
+    """A special token as Hugging Face writes it: a string, or {"content": string, ...}; None when absent."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    if value is None or isinstance(value, str):
+        return value or None
+    raise TokenizerError(f"{directory}: a special token is {value!r}; expected a string or {{'content': string}}")
+
+
+def _read_saved_specials(path: str, tokenizer: tokenizers.Tokenizer) -> dict[str, str | None]:
+    """The special tokens of a `special_tokens.json`, each checked against the id it records."""
+    saved = _read_json(path)
+    tokens = {}
+    for role in _ROLES:
+        entry = saved.get(role)
+        if not isinstance(entry, dict) or "token" not in entry or "id" not in entry:
+            raise TokenizerError(f"{path}: expected {{'token': ..., 'id': ...}} for {role!r} (each of {_ROLES}), "
+                                 f"got {entry!r}; write the directory with CaptionTokenizer.save")
+        token, token_id = entry["token"], entry["id"]
+        if token is not None and tokenizer.token_to_id(token) != token_id:
+            raise TokenizerError(f"{path}: {role} token {token!r} has id {tokenizer.token_to_id(token)} in "
+                                 f"{TOKENIZER_FILE}, but {token_id} here; the two files do not belong together")
+        tokens[role] = token
+    if tokens["bos"] is None or tokens["eos"] is None:
+        raise TokenizerError(f"{path}: bos and eos tokens are required, got {tokens}")
+    return tokens
