@@ -26,6 +26,8 @@ def pytest_configure(config):
     compilation."""
     import jax
 
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's: keep the collection order (see below)
+        config.option.loadscopereorder = False
     global _jax_cache_dir
     _jax_cache_dir = tempfile.mkdtemp(prefix="vidjax-test-jax-cache-")
     jax.config.update("jax_compilation_cache_dir", _jax_cache_dir)
@@ -34,7 +36,9 @@ def pytest_configure(config):
 
 
 # The few-minute runs of the runlocal recipes (tests/test_recipe_*_learns.py) go first: `--dist loadfile` hands out
-# files in collection order, so started last they would run on after every other test has finished.
+# files in collection order, so started last they would run on after every other test has finished. pytest-xdist
+# (3.6 on) reorders files by their number of tests, most first, which put these one-test files last: one worker
+# then ran the recipes alone for the last quarter of an hour. Its reordering is turned off in pytest_configure.
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.path.name.startswith("test_recipe_"))
 

@@ -269,3 +269,143 @@ def test_timesformer_recipe_is_the_published_sgd_one():
     assert optim.peak_lr(config) == pytest.approx(0.005) and config.batch_size == 8 and config.num_epochs == 15
     assert tuple(opt.lr_steps) == (11, 14) and tuple(opt.lr_step_scales) == (0.1, 0.01) and opt.warmup_epochs == 0
     train.build(config, 800, train.sharding.create_mesh(config.mesh, jax.devices()[:1]))  # builds as published
+
+
+# ---- frozen parameters (a captioner's frozen encoder) and Adam's eps ----
+
+def tiny_captioner_config(freeze_encoder):
+    """A trainer config around a tiny captioner: a 2-block VideoMAE encoder on 4 x 32 x 32 clips, a linear projection
+    and a 1-block GPT-2 decoder of width 32 with a 50-token vocabulary."""
+    from vidjax import config_lib
+    from vidjax.models import captioner
+
+    config = config_lib.trainer_config()
+    config.model_name = "captioner"
+    config.model = captioner.default_config("videomae")
+    config.model.encoder.update(dict(variant="Mu/8", width=32, depth=2, num_heads=2, num_frames=4, image_size=32))
+    config.model.decoder.update(dict(vocab_size=50, n_positions=16, width=32, depth=1, num_heads=2))
+    config.model.update(dict(projection="linear", freeze_encoder=freeze_encoder))
+    config.data = config_lib.synthetic_data(num_frames=4, image_size=32)
+    config.batch_size = 8
+    return config
+
+
+def _random_like(tree, seed):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), tree)
+
+
+def _captioner_params_and_grads(config, steps):
+    """Random params shaped as `config`'s captioner and `steps` random gradients, non-zero for every parameter."""
+    shapes = train.build(config, 64, train.sharding.create_mesh(config.mesh, jax.devices()[:1])
+                         ).abstract_state["params"]
+    return _random_like(shapes, 0), [_random_like(shapes, 1 + i) for i in range(steps)]
+
+
+def _apply(tx, params, grads_per_step):
+    """(params after one update per gradient, final optimizer state)."""
+
+    def run(params, grads_per_step):
+        state = tx.init(params)
+        for grads in grads_per_step:
+            updates, state = tx.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        return params, state
+
+    return jax.jit(run)(params, grads_per_step)
+
+
+def test_frozen_encoder_gets_no_update_no_weight_decay_and_no_moments():
+    config = tiny_captioner_config(freeze_encoder=True)
+    config.optimizer.update(weight_decay=0.5, grad_clip=1.0)  # random gradients have norms far above 1: clipping acts
+    params, grads = _captioner_params_and_grads(config, steps=3)
+    # Encoder gradients 1x, 10x, 100x: a clip that counted them would scale each step's trained gradients by a very
+    # different factor (a constant factor would not show: Adam's update is nearly scale-free).
+    for i, g in enumerate(grads):
+        g["encoder"] = jax.tree.map(lambda x, i=i: x * 10.0 ** i, g["encoder"])
+    schedule = optax.constant_schedule(1e-2)
+    new, state = _apply(optim.make_optimizer(config, schedule), params, grads)
+
+    jax.tree.map(np.testing.assert_array_equal, new["encoder"], params["encoder"])
+    trained = {k: v for k, v in params.items() if k != "encoder"}
+    assert set(trained) == {"decoder", "enc_to_dec_proj"}
+    for path, moved in jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda a, b: bool((a != b).all()),
+                                                                         new, params))[0]:
+        assert moved != (path[0].key == "encoder"), path
+    # The trained part follows the same optimizer run on it alone: clipping measured its gradients only.
+    config.model.freeze_encoder = False
+    alone, _ = _apply(optim.make_optimizer(config, schedule), trained,
+                      [{k: v for k, v in g.items() if k != "encoder"} for g in grads])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 {k: v for k, v in new.items() if k != "encoder"}, alone)
+    # Adam's two moments are kept for the trained parameters alone; the rest of the state is step counts.
+    def nbytes(tree):
+        return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree) if np.ndim(x))
+
+    assert nbytes(state) == 2 * nbytes(trained) < nbytes(params)
+
+
+def test_without_frozen_parameters_the_optimizer_state_is_the_plain_adamw_one():
+    config = tiny_captioner_config(freeze_encoder=False)
+    params, _ = _captioner_params_and_grads(config, steps=0)
+    schedule = optax.constant_schedule(1e-3)
+    opt = config.optimizer
+    plain = optax.chain(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                                    mask=optim.decay_mask))
+    got = jax.eval_shape(optim.make_optimizer(config, schedule).init, params)
+    assert jax.tree.structure(got) == jax.tree.structure(jax.eval_shape(plain.init, params))
+    config.model.freeze_encoder = True
+    assert jax.tree.structure(jax.eval_shape(optim.make_optimizer(config, schedule).init, params)) != \
+        jax.tree.structure(got)
+
+
+def test_layer_decay_is_refused_for_a_captioner():
+    config = tiny_captioner_config(freeze_encoder=True)
+    config.optimizer.layer_decay = 0.75
+    with pytest.raises(ConfigError, match="layer_decay=0.75.*model_name='captioner' has no such layout"):
+        optim.make_optimizer(config, optax.constant_schedule(1e-3))
+
+
+def test_adam_eps_reaches_the_update():
+    """Adam's first step is -lr * g / (|g| + eps) (bias-corrected moments g and g**2): with |g| = 1e-6 eps matters."""
+    config = tiny_config()
+    assert config.optimizer.eps == 1e-8
+    config.optimizer.weight_decay = 0.0
+    params, grads = {"head": {"bias": np.zeros(3, np.float32)}}, {"head": {"bias": np.float32([1e-6, -1e-6, 2e-6])}}
+    g = grads["head"]["bias"].astype(np.float64)
+    for eps in (1e-8, 1e-3):
+        config.optimizer.eps = eps
+        tx = optim.make_optimizer(config, optax.constant_schedule(1e-3))
+        updates, _ = tx.update(grads, tx.init(params), params)
+        np.testing.assert_allclose(updates["head"]["bias"], -1e-3 * g / (np.abs(g) + eps), rtol=1e-5)
+
+
+def test_frozen_captioner_trainer_state_shards_and_checkpoints(tmp_path):
+    """train.build + init_state over 8 devices (fsdp 2): the frozen encoder's moments are MaskedNodes in the state
+    and in its shardings, the other moments are sharded as their parameter, and the state saves and restores."""
+    from vidjax import checkpoint
+
+    config = tiny_captioner_config(freeze_encoder=True)
+    config.mesh.fsdp = 2
+    setup = train.build(config, 64, train.sharding.create_mesh(config.mesh))
+    state = setup.init_state()
+    shardings = setup.state_shardings
+    assert jax.tree.structure(state) == jax.tree.structure(shardings)
+    for array, sharding in zip(jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True):
+        assert array.sharding == sharding
+    adam = state["opt_state"].inner_states[optim.TRAINED].inner_state[0][0]
+    adam_sh = shardings["opt_state"].inner_states[optim.TRAINED].inner_state[0][0]
+    for moments, moment_sh in ((adam.mu, adam_sh.mu), (adam.nu, adam_sh.nu)):
+        assert not jax.tree.leaves(moments["encoder"]) and not jax.tree.leaves(moment_sh["encoder"])
+        assert moment_sh["decoder"] == shardings["params"]["decoder"]
+    assert "fsdp" in shardings["params"]["decoder"]["wte"].spec  # the sharded case is exercised
+
+    checkpointer = checkpoint.Checkpointer(str(tmp_path))
+    checkpointer.save(0, state, None, config)
+    checkpointer.wait()
+    restored = checkpointer.restore(0, checkpoint.abstract_with_shardings(setup.abstract_state, shardings))
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert got.sharding == want.sharding
+    checkpointer.close()

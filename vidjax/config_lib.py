@@ -94,13 +94,16 @@ def trainer_config() -> ml_collections.ConfigDict:
     """Defaults for everything the trainer reads outside `model` and `data`; configs override what they need."""
     return ml_collections.ConfigDict(dict(
         seed=0,
-        task="pretrain",  # pretrain | classification | multilabel | regression
+        task="pretrain",  # pretrain | classification | multilabel | regression | captioning
         # Fine-tuning start: a vidjax training workdir (its latest checkpoint), one of its step folders, or a
         # `python -m vidjax.convert` output; "" = random init.
         init_from="",
         # Non-empty for recipes that cannot start from random weights: why, and how to get a checkpoint. The trainer
         # stops at start-up with this message when init_from is empty; set it to "" to train from scratch anyway.
         needs_init_from="",
+        # Captioning: a converted GPT-2 (`python -m vidjax.convert --from_hf gpt2 --out DST`) the captioner's decoder
+        # starts from; config.init_from then starts its encoder. "" = random init.
+        decoder_init="",
         batch_size=16,  # global, across all devices and processes
         num_epochs=1.0,
         total_steps=0,  # > 0 overrides num_epochs
@@ -109,6 +112,7 @@ def trainer_config() -> ml_collections.ConfigDict:
             base_lr=1.5e-4,  # scaled by batch_size / lr_batch_base, as in the reference
             lr_batch_base=256,
             b1=0.9, b2=0.95, weight_decay=0.05,  # b1, b2: adamw
+            eps=1e-8,  # adamw: added to the root of the second moment (optax's and PyTorch's default)
             momentum=0.9, nesterov=True,  # sgd
             warmup_epochs=40.0,
             min_lr=1e-5,
@@ -142,6 +146,10 @@ def trainer_config() -> ml_collections.ConfigDict:
         # running mean of accepted losses (an EMA with `decay`, bias-corrected, active once `min_steps` steps were
         # accepted) is skipped and counted like a non-finite one. Resuming needs it on or off as the run started.
         loss_spike=dict(factor=0.0, decay=0.99, min_steps=50),
+        # Captioning (task="captioning"): captions are cut to max_length tokens (start and end tokens included);
+        # evaluation writes max_length - 1 new tokens a video with num_beams beams (1 = greedy) and length_penalty,
+        # and the end of a run prints `samples` captions beside their references.
+        caption=dict(max_length=32, num_beams=1, length_penalty=1.0, samples=8),
         figure=True,  # at the end: reconstruction.png (pre-training), confusion_matrix.png (classification)
         mesh=dict(data=-1, fsdp=1, tensor=1),
         # Memory. grad_accum_steps > 1 splits each global batch into that many micro-batches inside the jitted
@@ -173,7 +181,7 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     block = ml_collections.ConfigDict(dict(
         source="synthetic",
         num_train=1024, num_eval=256,  # synthetic only
-        synthetic_task="classification",  # synthetic only: classification | multilabel | regression
+        synthetic_task="classification",  # synthetic only: classification | multilabel | regression | captioning
         # Classes: 0 = the data's own count (class folders, a names file, a list's labels; the embedded dataset's 8),
         # and the model's head follows it; a positive count must agree with the data.
         num_classes=0, num_frames=16, image_size=224, sampling_rate=1,
@@ -183,6 +191,10 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         tfds_name="", tfds_data_dir="", train_split="train", eval_split="test", video_key="video", label_key="label",
         targets="",  # comma-separated regression columns of a csv list, e.g. "valence,arousal"
         class_names_file="",  # one class name per line (Charades: its classes file)
+        # Captioning: the list column of each video's captions (csv: ';'-separated references; charades: script or
+        # descriptions), and the tokenizer: a Hugging Face tokenizer directory, or "" for a word-level one built from
+        # the training captions (saved into the run's WORKDIR/tokenizer either way).
+        caption_column="", tokenizer="",
         skip_missing=False,  # False: listed files that do not exist stop the run at start-up
         short_side=0,  # resize the short side to this before cropping (0 = image_size)
         # Training augmentation.
@@ -219,20 +231,26 @@ def recipe_variant(arg: ml_collections.ConfigDict, full: str, local: str) -> str
 
 
 def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *, num_frames: int = 8,
-             image_size: int = 32, batch_size: int = 32, num_epochs: float = 8) -> ml_collections.ConfigDict:
+             image_size: int = 32, batch_size: int = 32, num_epochs: float = 8,
+             video_model: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
     """Shrinks a recipe to its `runlocal` form: a micro model on the embedded dataset, a few minutes on a CPU.
 
     The same for every model: 8 x 32 x 32 clips of the generated dataset's 8 classes (2048 train / 256 eval),
     batch 32, `num_epochs` epochs, one warm-up epoch, logs every 25 steps, eval and checkpoint every 256. Tiny models
     take larger steps, so the caller gives the peak learning rate; `variant` is `recipe_variant`'s choice.
+    `video_model` is the block that holds the video model's size and clip (a captioner's encoder); None:
+    config.model. The data keeps the recipe's embedded-dataset variant (config.data.synthetic_task).
     """
-    config.model.variant = variant
-    config.model.num_frames, config.model.image_size = num_frames, image_size
+    video = config.model if video_model is None else video_model
+    video.variant = variant
+    video.num_frames, video.image_size = num_frames, image_size
     if config.task == "classification":
         config.model.num_classes = 8
-    config.model.drop_path = 0.0
+    video.drop_path = 0.0
+    synthetic_task = config.data.synthetic_task
     config.data = synthetic_data(num_frames=num_frames, image_size=image_size, num_classes=8, num_train=2048,
                                  num_eval=256)
+    config.data.synthetic_task = synthetic_task
     config.batch_size, config.num_epochs = batch_size, num_epochs
     config.optimizer.base_lr = peak_lr * config.optimizer.lr_batch_base / batch_size
     config.optimizer.warmup_epochs = 1

@@ -140,7 +140,9 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
     mask_grid = task.mask_grid(setup.abstract_model)
     outputs: dict = {}
     summary = train.evaluate(config, setup, train.make_eval_step(config, setup), params, eval_source, mask_grid,
-                             target_names=pipeline.target_names(config.data) or None, outputs=outputs)
+                             metadata={**(stored.metadata or {}),
+                                       "target_names": pipeline.target_names(config.data) or None},
+                             outputs=outputs)
     if out and jax.process_index() == 0:
         with fileio.atomic_output(out) as f:
             json.dump({"checkpoint": str(checkpoint), "num_examples": len(outputs["loss"]) if outputs else None,
@@ -166,6 +168,7 @@ def resolve_config(config: ml_collections.ConfigDict, stored, explicit_keys: Col
     import jax
 
     from vidjax import pretrained
+    from vidjax.models import clip_spec
 
     config = config.copy_and_resolve_references()
     if explicit_keys is None:
@@ -185,9 +188,10 @@ def resolve_config(config: ml_collections.ConfigDict, stored, explicit_keys: Col
         config.model_name, config.model = stored.model_name, model
     if stored.task and not chosen(explicit_keys, "task"):
         config.task = stored.task
+    clips = clip_spec(config.model_name, config.model)
     for key in ("num_frames", "image_size"):
         if not chosen(explicit_keys, f"data.{key}"):
-            config.data[key] = config.model[key]
+            config.data[key] = clips[key]
     if config.data.source != "synthetic" and not chosen(explicit_keys, "data.num_classes"):
         config.data.num_classes = 0  # taken from the data, then checked against the head
     multiple = math.lcm(jax.device_count(), jax.process_count())

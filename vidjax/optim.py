@@ -1,9 +1,9 @@
 """Optimizer (AdamW or SGD with momentum) and learning-rate schedule from `config.optimizer`, as the reference recipes
-use them."""
+use them; parameters the model keeps frozen get no update."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -11,6 +11,7 @@ import ml_collections
 import optax
 
 from vidjax.config_lib import ConfigError
+from vidjax.models import get_model
 
 
 def peak_lr(config: ml_collections.ConfigDict) -> float:
@@ -209,19 +210,56 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+# ---- frozen parameters ----
+
+FROZEN, TRAINED = "frozen", "train"  # the labels of optax.multi_transform's two branches
+
+
+def frozen_prefixes(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], ...]:
+    """Path prefixes (as key tuples) of the parameters the model `config` builds keeps fixed: what its module's
+    `frozen_prefixes(config.model)` names ('/'-joined, e.g. a captioner's frozen "encoder"); none for a model
+    module without that function."""
+    module = get_model(config.model_name)
+    names = module.frozen_prefixes(config.model) if hasattr(module, "frozen_prefixes") else ()
+    return tuple(tuple(name.split("/")) for name in names)
+
+
+def frozen_labels(prefixes: Sequence[tuple[str, ...]]) -> Callable[[Any], Any]:
+    """params -> tree of FROZEN / TRAINED like it: FROZEN where a parameter's path starts with one of `prefixes`."""
+
+    def labels(params):
+        def label(path, _):
+            keys = tuple(_key_name(k) for k in path)
+            return FROZEN if any(_starts_with(keys, prefix) for prefix in prefixes) else TRAINED
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return labels
+
+
 OPTIMIZERS = ("adamw", "sgd")
+# The model families whose parameter layouts the layer-decay tables above place. GPT-2 and the captioner (a video
+# encoder's blocks under "encoder/", a GPT-2 decoder's under "decoder/", neither at the root) have no single block
+# numbering for the BEiT recipe to follow, so layer decay is refused for them when the optimizer is made rather than
+# at the first step's compilation.
+LAYER_DECAY_MODELS = ("videomae", "timesformer", "vivit", "videomamba")
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
     """Clipping (if grad_clip > 0), the optimizer, then the layer-decay scales (if layer_decay < 1).
 
-    adamw: AdamW (b1, b2, decoupled weight_decay on decay_mask), the VideoMAE / ViViT / VideoMamba recipes.
+    adamw: AdamW (b1, b2, eps, decoupled weight_decay on decay_mask), the VideoMAE / ViViT / VideoMamba recipes.
     sgd: SGD with `momentum` (nesterov when `nesterov`, no dampening) and L2 weight decay added to the gradient
     before the momentum (on decay_mask), as PyTorch's `torch.optim.SGD(..., weight_decay=, nesterov=)` that
     TimeSformer's recipe (SlowFast's solver) uses.
 
     The scales multiply the whole update, so a layer's learning rate and weight decay shrink together, as the
     reference's per-layer `lr_scale` parameter groups do.
+
+    When the model keeps parameters frozen (`frozen_prefixes`), that chain is the TRAINED branch of an
+    `optax.multi_transform` whose FROZEN branch sets their updates to zero: they get no weight decay, the optimizer
+    keeps no moments for them (optax.MaskedNode placeholders in its state) and clipping measures the trained
+    gradients alone. Without frozen parameters the chain is returned as it is, so its state is unchanged.
     """
     opt = config.optimizer
     if opt.name not in OPTIMIZERS:
@@ -230,9 +268,15 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
     if not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"config.optimizer.layer_decay must be in (0, 1] (1.0 = off; fine-tuning recipes use "
                           f"values such as 0.75), got {layer_decay}.")
+    if layer_decay < 1.0 and config.model_name not in LAYER_DECAY_MODELS:
+        raise ConfigError(f"config.optimizer.layer_decay={layer_decay}: layer-wise lr decay numbers the blocks of "
+                          f"one video model ({', '.join(LAYER_DECAY_MODELS)}), and model_name="
+                          f"{config.model_name!r} has no such layout. Set config.optimizer.layer_decay=1.0 (a "
+                          f"captioner keeps its encoder fixed with config.model.freeze_encoder=True instead).")
     parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
     if opt.name == "adamw":
-        parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+        parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+                                 mask=decay_mask))
     else:
         if not 0.0 <= opt.momentum < 1.0:
             raise ConfigError(f"config.optimizer.momentum={opt.momentum} must be in [0, 1).")
@@ -241,4 +285,8 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
         parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=bool(opt.nesterov)))
     if layer_decay < 1.0:
         parts.append(scale_by_layer_decay(layer_decay))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    frozen = frozen_prefixes(config)
+    if not frozen:
+        return tx
+    return optax.multi_transform({TRAINED: tx, FROZEN: optax.set_to_zero()}, frozen_labels(frozen))

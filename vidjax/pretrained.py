@@ -47,7 +47,7 @@ from vidjax.convert.common import ConversionError
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
-from vidjax.models import decoding, get_model
+from vidjax.models import clip_spec, decoding, get_model
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
 DEFAULT_SAMPLING_RATE = 4
@@ -79,17 +79,6 @@ def _caption_generate(params, video, *, graphdef, max_new_tokens, num_beams, len
 def _text_forward(params, input_ids, attention_mask, encoder_hidden_states, *, graphdef):
     return nnx.merge(graphdef, params)(input_ids, attention_mask=attention_mask,
                                         encoder_hidden_states=encoder_hidden_states)["logits"]
-
-
-def clip_spec(model_name: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-    """num_frames, image_size, mean, std of the clips a model takes (its config's); None for a text model."""
-    module = get_model(model_name)
-    if hasattr(module, "clip_spec"):  # a model around a video encoder (the captioner)
-        return module.clip_spec(config)
-    if not common.is_video_config(config):
-        return None
-    return dict(num_frames=int(config.num_frames), image_size=int(config.image_size),
-                mean=tuple(float(v) for v in config.pixel_mean), std=tuple(float(v) for v in config.pixel_std))
 
 
 def load_tokenizer(directory: pathlib.Path | None, where: str):
@@ -146,7 +135,8 @@ class Pretrained:
         p = self.preprocessing
         data = config_lib.data_config(
             num_frames=int(p["num_frames"]), image_size=int(p["image_size"]), short_side=int(p["short_side"]),
-            sampling_rate=int(sampling_rate or self.sampling_rate or DEFAULT_SAMPLING_RATE),
+            sampling_rate=int(next(r for r in (sampling_rate, self.sampling_rate, DEFAULT_SAMPLING_RATE)
+                                   if r is not None)),
             test_num_clips=num_clips, test_num_crops=num_crops)
         preprocess = pipeline.Preprocess(data=data, source=None, train=False, mask_grid=None, mask_ratio=0.0,
                                          pixel_mean=tuple(p["mean"]), pixel_std=tuple(p["std"]))
@@ -246,12 +236,9 @@ class PretrainedCaptioner(Pretrained):
     def caption(self, video, *, max_new_tokens: int = 20, num_beams: int = 1, length_penalty: float = 1.0
                 ) -> list[str]:
         """One caption per video: the generated tokens after the start token, up to EOS, as text."""
-        tokenizer, eos = self.tokenizer, self.config.decoder.eos_token_id  # no tokenizer: fail before decoding
-        texts = []
-        for row in self.generate(video, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                 length_penalty=length_penalty)[:, 1:].tolist():
-            texts.append(tokenizer.decode(row[: row.index(eos)] if eos in row else row))
-        return texts
+        tokenizer = self.tokenizer  # no tokenizer: fail before decoding
+        ids = self.generate(video, max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty)
+        return tokenizer.decode_generated(ids, self.config.decoder.eos_token_id)
 
 
 @dataclasses.dataclass
@@ -467,7 +454,7 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
     converted = common.Converted(model_name, model_config, flat, preprocessing, class_names,
                                  {"path": str(step_dir), "params": key})
     rate = preprocessing.get("sampling_rate")
-    return _Loaded(converted, task, target_names, int(rate) if rate else None)
+    return _Loaded(converted, task, target_names, None if rate is None else int(rate))
 
 
 def _read(path: str | pathlib.Path) -> _Loaded:
@@ -627,6 +614,7 @@ class CheckpointConfig:
     task: str | None  # pretrain | classification | multilabel | regression | captioning; None: a converted backbone
     class_names: list[str] | None
     training: ml_collections.ConfigDict | None  # the whole config of the run; None for a converted checkpoint
+    metadata: dict | None = None  # a training checkpoint's "metadata" item (`train.checkpoint_metadata`)
 
 
 def _as_config_value(value: Any) -> Any:
@@ -671,7 +659,7 @@ def read_config(path: str | pathlib.Path) -> CheckpointConfig:
         step_dir = latest_step_dir(path) if (path / "checkpoints").is_dir() else path
         saved, meta, model_name, model, task = _read_step_config(step_dir)
         training = _training_config({**saved, "model_name": model_name}, model.copy_and_resolve_references())
-        return CheckpointConfig(model_name, model, task, meta.get("class_names"), training)
+        return CheckpointConfig(model_name, model, task, meta.get("class_names"), training, meta)
     # Anything else goes through the loaders' one reading of a path, which explains what a checkpoint may be.
     loaded = _read(path)
     converted = loaded.converted

@@ -69,9 +69,18 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Mapping[str, s
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, params_shardings, mesh: Mesh):
-    """Optimizer-state shardings: moments follow their parameter, everything else (counts) is replicated."""
-    return optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_opt_state, params_shardings,
-                                 transform_non_params=lambda _: replicated(mesh))
+    """Optimizer-state shardings: moments follow their parameter, everything else (counts) is replicated.
+
+    A parameter an optimizer branch does not own (optax.multi_transform: frozen parameters) has an
+    optax.MaskedNode in that branch's moments instead of an array; its sharding is that same MaskedNode, an empty
+    node, so the state and its shardings keep one tree structure.
+    """
+    def moment_sharding(moment, sharding):
+        return moment if isinstance(moment, optax.MaskedNode) else sharding
+
+    return optax.tree_map_params(tx, moment_sharding, abstract_opt_state, params_shardings,
+                                 transform_non_params=lambda _: replicated(mesh),
+                                 is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

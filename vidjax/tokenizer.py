@@ -218,6 +218,14 @@ class CaptionTokenizer:
         return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                       skip_special_tokens=skip_special_tokens)
 
+    def decode_generated(self, ids: np.ndarray, eos_id: int) -> list[str]:
+        """The text of each row of generated ids (B, 1 + new tokens): the tokens after the start token, up to the
+        first `eos_id` (the decoder's; -1 never stops)."""
+        texts = []
+        for row in np.asarray(ids)[:, 1:].tolist():
+            texts.append(self.decode(row[: row.index(eos_id)] if eos_id in row else row))
+        return texts
+
     def encode_batch_padded(self, texts: Sequence[str], max_length: int
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Decoder inputs for `texts`: each as [bos] + tokens + [eos], cut to `max_length`, padded with pad.

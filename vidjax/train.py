@@ -25,7 +25,7 @@ from vidjax.config_lib import ConfigError, chosen, raise_problems
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter
-from vidjax.models import get_model
+from vidjax.models import clip_spec, get_model
 from vidjax.tasks import base
 
 
@@ -65,7 +65,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(str(err))
         task = None
     head = config.model.get("head", "pretrain")
-    if task is not None and task.head != head:
+    if task is not None and task.head is not None and task.head != head:
         problems.append(f"config.task={config.task!r} does not match config.model.head={head!r}: that task trains "
                         f"head={task.head!r}" + (" (a linear head with one output per class or target)"
                                                   if task.head == "classification" else "")
@@ -98,11 +98,40 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"factor={spike.factor} 0 (off) or > 1, loss_spike.decay={spike.decay} in (0, 1) and "
                         f"loss_spike.min_steps={spike.min_steps} >= 1.")
     problems += pipeline.data_config_problems(config)
-    if config.data.num_frames != config.model.num_frames or config.data.image_size != config.model.image_size:
+    clips = _clips(config)
+    if clips is None:
+        problems.append(f"config.model_name={config.model_name!r} takes no video; the trainer trains video models.")
+    elif config.data.num_frames != clips["num_frames"] or config.data.image_size != clips["image_size"]:
         problems.append(
             f"config.data gives {config.data.num_frames} frames of {config.data.image_size}px but config.model "
-            f"expects {config.model.num_frames} of {config.model.image_size}px; set both to the same values.")
+            f"expects {clips['num_frames']} of {clips['image_size']}px; set both to the same values.")
     return problems
+
+
+def _clips(config: ml_collections.ConfigDict) -> dict | None:
+    """The clips config.model takes (`vidjax.models.clip_spec`); None for an unknown or non-video model."""
+    try:
+        return clip_spec(config.model_name, config.model)
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def _block(model: ml_collections.ConfigDict, path: tuple[str, ...]) -> ml_collections.ConfigDict:
+    for key in path:
+        model = model[key]
+    return model
+
+
+def _subtree(params: dict, path: tuple[str, ...]) -> dict:
+    for key in path:
+        params = params[key]
+    return params
+
+
+def _with_subtree(params: dict, path: tuple[str, ...], value) -> dict:
+    if not path:
+        return value
+    return {**params, path[0]: _with_subtree(params[path[0]], path[1:], value)}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -126,16 +155,25 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     """
     config = config.copy_and_resolve_references()
     problems = []
-    if config.init_from:
-        where = f"config.init_from={config.init_from!r}"
+    task = tasks.get_task(config.task) if config.task in tasks.available() else None
+    for target in task.init_targets(config) if task is not None else []:
+        where = f"{target.flag}={target.path!r}"
         try:
-            stored = pretrained.read_config(config.init_from)
-            if stored.model_name != config.model_name:
-                raise ConfigError(f"{where} holds a {stored.model_name} checkpoint, but config.model_name is "
-                                  f"{config.model_name!r}: use the {stored.model_name} recipe, or a "
-                                  f"{config.model_name} checkpoint.")
-            config.model, taken = pretrained.take_model(stored.model, config.model, explicit_keys, where,
-                                                        keep=pretrained.ARCHITECTURE_EXCLUDES)
+            stored = pretrained.read_config(target.path)
+            if stored.model_name != target.model_name:
+                raise ConfigError(
+                    f"{where} holds a {stored.model_name} checkpoint, but " + (
+                        f"config.model_name is {config.model_name!r}: use the {stored.model_name} recipe, or a "
+                        f"{config.model_name} checkpoint." if not target.block else
+                        f"config.{target.config_key} is a {target.model_name} block: give a {target.model_name} "
+                        f"checkpoint."))
+            block, taken = pretrained.take_model(stored.model, _block(config.model, target.block), explicit_keys,
+                                                 where, keep=target.keep or pretrained.ARCHITECTURE_EXCLUDES,
+                                                 prefix=target.config_key)
+            if target.block:
+                _block(config.model, target.block[:-1])[target.block[-1]] = block
+            else:
+                config.model = block
             if taken:
                 _log(f"The model takes the architecture of {where}: " + ", ".join(
                     f"{key} {ours!r} -> {theirs!r}" for key, (theirs, ours) in taken.items()))
@@ -160,6 +198,8 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
             split_sources[split] = pipeline.make_source(config.data, split, class_names=train_names)
         except (ConfigError, FileNotFoundError) as err:
             problems.append(str(err))
+    if task is not None and "train" in split_sources:
+        problems += task.resolve(config, split_sources["train"], explicit_keys)
     if len(split_sources) == len(pipeline.SPLITS) and classifies:
         try:
             inferred = not config.data.num_classes
@@ -362,7 +402,8 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     task = tasks.get_task(config.task)
     loss_fn = task.loss_fn(config, class_weights, pos_weight)
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
-    mean, std = config.model.pixel_mean, config.model.pixel_std
+    clips = clip_spec(config.model_name, config.model)
+    mean, std = clips["mean"], clips["std"]
     base_key = jax.random.key(config.seed)
     mix = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
     ema_decay = config.optimizer.ema_decay
@@ -420,7 +461,8 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
 def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
     """Jitted eval of one batch: the task's per-example outputs (scores, losses, targets: `Task.eval_outputs`),
     gathered (replicated) so that every process can compute whole-split metrics."""
-    mean, std = config.model.pixel_mean, config.model.pixel_std
+    clips = clip_spec(config.model_name, config.model)
+    mean, std = clips["mean"], clips["std"]
     task = tasks.get_task(config.task)
 
     def eval_step(params, batch):
@@ -437,7 +479,7 @@ def eval_params(state: dict) -> dict:
     return state.get("ema_params", state["params"])
 
 
-def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *, target_names=None,
+def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *, metadata: dict | None = None,
              outputs: dict | None = None) -> dict[str, float]:
     """Whole-split eval metrics (or over the first config.eval_batches batches), as "eval_<name>".
 
@@ -468,7 +510,7 @@ def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *,
         arrays = {key: value[valid] for key, value in arrays.items()}
     failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else 0
     task = tasks.get_task(config.task)
-    result = task.split_metrics(arrays, target_names)
+    result = task.split_metrics(arrays, base.SplitContext(config, eval_source, metadata or {}))
     if outputs is not None and task.pads_eval:  # per-example outputs (a trimmed eval's losses are per batch)
         outputs.update(arrays)
     return {**{f"eval_{k}": float(v) for k, v in result.items()}, "eval_decode_failures": failures}
@@ -490,14 +532,15 @@ def check_targets(config: ml_collections.ConfigDict, source) -> None:
 
 def checkpoint_metadata(config: ml_collections.ConfigDict, train_source) -> dict:
     """What inference needs besides the weights, saved with every checkpoint (the "metadata" item)."""
+    clips = clip_spec(config.model_name, config.model)
     return {
         "model_name": config.model_name,
         "task": config.task,
         **tasks.get_task(config.task).metadata(config, train_source),
-        "preprocessing": {"mean": list(config.model.pixel_mean), "std": list(config.model.pixel_std),
-                          "num_frames": config.model.num_frames, "image_size": config.model.image_size,
+        "preprocessing": {"mean": list(clips["mean"]), "std": list(clips["std"]),
+                          "num_frames": clips["num_frames"], "image_size": clips["image_size"],
                           "sampling_rate": config.data.sampling_rate,
-                          "short_side": config.data.short_side or config.model.image_size},
+                          "short_side": config.data.short_side or clips["image_size"]},
     }
 
 
@@ -535,7 +578,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
     task = tasks.get_task(config.task)
     mask_grid = task.mask_grid(setup.abstract_model)
     num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
-    _log(f"{config.model_name} {config.model.variant} ({num_params / 1e6:.2f}M params) task={config.task}, "
+    variant = config.model.get("variant") or (f"on {config.model.encoder_name} {config.model.encoder.variant}"
+                                               if "encoder_name" in config.model else "")
+    _log(f"{config.model_name} {variant} ({num_params / 1e6:.2f}M params) task={config.task}, "
          f"mesh {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} device(s), "
          f"global batch {config.batch_size}, {setup.total_steps} steps ({setup.steps_per_epoch} per epoch), "
          f"data={config.data.source} ({len(train_source)} train / {len(eval_source)} eval clips)")
@@ -545,6 +590,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
 
     # ---- checkpoint: resume if there is one ----
     os.makedirs(workdir, exist_ok=True)
+    task.write_assets(config, train_source, workdir)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     train_iter = iter(pipeline.make_dataset(config, "train", train_source, process_index=jax.process_index(),
                                             process_count=jax.process_count(), mask_grid=mask_grid))
@@ -563,14 +609,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
         _log(f"Resuming from checkpoint at step {latest} in {ckpt.path(latest)}")
     else:
         state = setup.init_state()
-        if config.init_from:
-            params, report = pretrained.init_from(config.init_from, config.model_name, config.model, state["params"])
-            state = dict(state, params=params)
-            if "ema_params" in state:
-                state["ema_params"] = jax.tree.map(jnp.copy, params)
-            _log(f"Initialised {len(report['loaded'])} parameter tensors from {config.init_from}; "
+        for target in task.init_targets(config):
+            part, report = pretrained.init_from(target.path, target.model_name, _block(config.model, target.block),
+                                                _subtree(state["params"], target.params), flag=target.flag)
+            state = dict(state, params=_with_subtree(state["params"], target.params, part))
+            _log(f"Initialised {len(report['loaded'])} parameter tensors"
+                 + (f" of {'/'.join(target.params)}/" if target.params else "") + f" from {target.path}; "
                  f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'}); "
                  f"{len(report['unused'])} checkpoint tensors unused ({', '.join(report['unused'][:6]) or 'none'})")
+        if "ema_params" in state and task.init_targets(config):
+            state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
     start_step = int(jax.device_get(state["step"]))
     if start_step >= setup.total_steps:
         _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "
@@ -661,7 +709,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
         if (config.eval_every and step % config.eval_every == 0) or is_last:
             outputs = {}
             summary = evaluate(config, setup, eval_step, eval_params(state), eval_source, mask_grid,
-                               target_names=metadata["target_names"], outputs=outputs)
+                               metadata=metadata, outputs=outputs)
             writer.write(step, summary, split="eval")
             _log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     if pending is not None:

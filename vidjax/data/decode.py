@@ -84,6 +84,10 @@ def sample_indices(
 ) -> np.ndarray:
     """Indices of `num_frames` frames spaced `sampling_rate` apart, in [0, num_video_frames).
 
+    `sampling_rate` 0 spreads the frames over the whole range instead (TSN's segments, for clips that stand for a
+    whole video or window, such as a caption's): the range is cut into `num_frames` equal segments and each frame
+    is a random one of its segment with `rng`, else the segment's middle one (every window then is the same).
+
     The frames come from a window of `num_frames * sampling_rate` frames. With `rng` (training) the window
     starts at a uniformly random frame. Without it (testing) it is the `window_index`-th of `num_windows`
     evenly spaced windows: one window is centred; several span the video, the first starting at frame 0 and
@@ -93,10 +97,16 @@ def sample_indices(
     """
     if num_video_frames < 1:
         raise ValueError(f"cannot sample frames from a video with {num_video_frames} frames")
-    if num_frames < 1 or sampling_rate < 1:
-        raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames} and {sampling_rate}")
+    if num_frames < 1 or sampling_rate < 0:
+        raise ValueError(f"num_frames must be >= 1 and sampling_rate >= 0 (0: spread over the video), got "
+                         f"{num_frames} and {sampling_rate}")
     if not 0 <= window_index < num_windows:
         raise ValueError(f"window_index must be in [0, num_windows={num_windows}), got {window_index}")
+    if sampling_rate == 0:
+        edges = np.arange(num_frames + 1) * (num_video_frames / num_frames)
+        offsets = rng.random(num_frames) if rng is not None else np.full(num_frames, 0.5)
+        indices = np.floor(edges[:-1] + offsets * (edges[1:] - edges[:-1])).astype(np.int64)
+        return np.minimum(indices, num_video_frames - 1)
     max_start = num_video_frames - num_frames * sampling_rate
     if max_start <= 0:
         start = 0

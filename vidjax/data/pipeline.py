@@ -22,6 +22,7 @@ import numpy as np
 from vidjax import tasks
 from vidjax.config_lib import ConfigError, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
+from vidjax.models import clip_spec
 
 SPLITS = ("train", "eval")
 SOURCES = ("synthetic", "csv", "folder", "charades", "tfds", "array_record")
@@ -93,11 +94,13 @@ def make_source(data: ml_collections.ConfigDict, split: str, class_names: Sequen
             return _wrap(key, lambda: sources.CharadesSource(path, root=data.root,
                                                              num_classes=data.num_classes or sources.CHARADES_CLASSES,
                                                              classes_file=names_file,
-                                                             skip_missing=data.skip_missing))
+                                                             skip_missing=data.skip_missing,
+                                                             caption_column=data.caption_column or None))
         targets = tuple(t.strip() for t in data.targets.split(",") if t.strip())
         return _wrap(key, lambda: sources.CsvVideoSource(path, root=data.root, num_classes=data.num_classes or None,
                                                          skip_missing=data.skip_missing, targets=targets,
-                                                         class_names_file=names_file))
+                                                         class_names_file=names_file,
+                                                         caption_column=data.caption_column or None))
     if data.source == "folder":
         key = "train_folder" if train else "eval_folder"
         if not data[key] or not os.path.isdir(os.path.expanduser(data[key])):
@@ -218,6 +221,7 @@ class Preprocess:
     mask_ratio: float
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
+    fields: object = None  # the task's per-element fields (`Task.element_fields`): (element, rng) -> dict
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
@@ -293,6 +297,8 @@ class Preprocess:
                 video = video[0]
         out = {"video": np.ascontiguousarray(video, dtype=np.uint8), "index": np.int32(element["index"])}
         out.update(self._targets(element, window))
+        if self.fields is not None:
+            out.update(self.fields(element, rng if self.train else None))
         if self.mask_grid is not None:
             if video.ndim == 5 and self.train:
                 out["mask"] = np.stack([tube_mask(rng, self.mask_grid, self.mask_ratio) for _ in video])
@@ -416,9 +422,10 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
         ds = ds[: len(ds) - len(ds) % config.batch_size]
     else:
         ds = grain.MapDataset.source(PaddedSource(source, -(-len(source) // config.batch_size) * config.batch_size))
+    clips = clip_spec(config.model_name, config.model)
     preprocess = Preprocess(data=data, source=source, train=train, mask_grid=mask_grid,
-                            mask_ratio=config.model.get("mask_ratio", 0.0),
-                            pixel_mean=tuple(config.model.pixel_mean), pixel_std=tuple(config.model.pixel_std))
+                            mask_ratio=config.model.get("mask_ratio", 0.0), pixel_mean=clips["mean"],
+                            pixel_std=clips["std"], fields=tasks.get_task(config.task).element_fields(config, train))
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.

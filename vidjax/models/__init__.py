@@ -1,7 +1,7 @@
 """Video models, looked up by name: `get_model("videomae")` imports `vidjax.models.videomae`.
 
 Every model module exposes the same contract: a `Model(cfg, rngs=...)` NNX module built from `config.model`,
-and `default_config()` giving that model's config block.
+and `default_config()` giving that model's config block. `clip_spec` says what clips a model takes.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from types import ModuleType
+from typing import Any
 
 _NOT_MODELS = {"layers", "decoding"}
 
@@ -23,3 +24,16 @@ def get_model(name: str) -> ModuleType:
     if name not in available():
         raise ValueError(f"Unknown model_name {name!r}; available models: {', '.join(available())}.")
     return importlib.import_module(f"vidjax.models.{name}")
+
+
+def clip_spec(name: str, cfg: Any) -> dict[str, Any] | None:
+    """num_frames, image_size, mean, std of the clips model `name` with config block `cfg` takes; None for a model
+    that takes no video (GPT-2). The trainer, the input pipeline and the loaders read clips from here: a video
+    model's block holds them at its top level, a model around a video encoder (the captioner) says them itself."""
+    module = get_model(name)
+    if hasattr(module, "clip_spec"):
+        return module.clip_spec(cfg)
+    if "num_frames" not in cfg or "image_size" not in cfg:
+        return None
+    return dict(num_frames=int(cfg.num_frames), image_size=int(cfg.image_size),
+                mean=tuple(float(v) for v in cfg.pixel_mean), std=tuple(float(v) for v in cfg.pixel_std))

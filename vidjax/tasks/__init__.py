@@ -1,6 +1,7 @@
 """Tasks, looked up by name like models: `get_task("classification")` is `vidjax.tasks.classification.TASK`.
 
-A task is what a run trains the model *for*: masked reconstruction, classes, multi-hot labels, regressed values.
+A task is what a run trains the model *for*: masked reconstruction, classes, multi-hot labels, regressed values,
+captions.
 Each module defines one `vidjax.tasks.base.Task` subclass and its instance `TASK`; the trainer, `evaluate`,
 `predict` and `probe` call that contract (what a batch must carry, the loss, per-batch eval outputs, whole-split
 metrics, checkpoint metadata, figures and how predictions read) instead of branching on `config.task`.
@@ -15,7 +16,7 @@ from vidjax.config_lib import ConfigError
 from vidjax.tasks.base import Task
 
 _NOT_TASKS = {"base"}
-_FIRST = ("pretrain", "classification", "multilabel", "regression")  # listed in this order, then the others
+_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning")  # listed in this order, then the others
 
 
 def available() -> list[str]:

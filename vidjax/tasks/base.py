@@ -4,11 +4,13 @@ A `Task` says, for one value of config.task:
   - what it needs: the model head it trains (`head`), the batch key of its targets (`target_key`), the embedded
     dataset variant that carries them (`synthetic_task`), whether the data's class count sizes its head
     (`counts_classes`), whether it takes mixup / cutmix (`mixes`), whether its eval split is padded to whole
-    batches with every video scored (`pads_eval`; else trimmed, a loss estimate), and the config mistakes only it
-    can see (`config_problems`);
+    batches with every video scored (`pads_eval`; else trimmed, a loss estimate), the config mistakes only it
+    can see (`config_problems`), what it settles from the data at start-up (`resolve`), the checkpoints a run
+    starts its parts from (`init_targets`), the per-element fields it adds in the input workers
+    (`element_fields`) and the files it keeps in the workdir (`write_assets`);
   - how it trains: `loss_weights` (class or positive weights from config.loss) and `loss_fn`;
-  - how it evaluates: `eval_outputs` of one batch on device, `split_metrics` of a whole split on the host, and the
-    figures a run or an evaluation leaves (`training_figures`, `evaluation_figure`);
+  - how it evaluates: `eval_outputs` of one batch on device, `split_metrics` of a whole split on the host (given a
+    `SplitContext`), and the figures a run or an evaluation leaves (`training_figures`, `evaluation_figure`);
   - what a checkpoint records for inference (`metadata`), and how `predict` and `probe` read its outputs
     (`scores`, `describe`, `format_prediction`, `probe_loss`).
 The trainer, `evaluate`, `predict` and `probe` call these and never branch on the task's name.
@@ -31,6 +33,35 @@ from vidjax.config_lib import ConfigError
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
+@dataclasses.dataclass(frozen=True)
+class InitTarget:
+    """A checkpoint a run starts (part of) its model from: `init_targets` lists them."""
+
+    flag: str  # the config key that names it, e.g. "config.init_from"
+    path: str  # what that key holds: anything `vidjax.pretrained.load` takes
+    model_name: str  # the model the checkpoint must hold
+    block: tuple[str, ...]  # where that model's config block is in config.model (() = config.model itself)
+    params: tuple[str, ...]  # where its parameters are in the model's (() = all of them)
+    # The block's keys the run decides rather than taking the checkpoint's (`pretrained.take_model`'s `keep`);
+    # None: `pretrained.ARCHITECTURE_EXCLUDES` (the head, the clip, regularisation and how it computes).
+    keep: frozenset[str] | None = None
+
+    @property
+    def config_key(self) -> str:
+        """The dotted config key of the block, e.g. "model.encoder"."""
+        return ".".join(("model", *self.block))
+
+
+@dataclasses.dataclass
+class SplitContext:
+    """What whole-split metrics may read besides the outputs: the run's config, the split's source and the
+    checkpoint metadata (`Task.metadata`, plus "target_names")."""
+
+    config: ml_collections.ConfigDict
+    source: Any
+    metadata: dict
+
+
 @dataclasses.dataclass
 class TrainingEnd:
     """What a task's end-of-training figures may draw on: the run's last eval and its model."""
@@ -51,7 +82,7 @@ class Task:
     """One value of config.task. Subclasses set the class attributes and override what differs."""
 
     name: str = ""
-    head: str = "classification"  # the config.model.head it trains
+    head: str | None = "classification"  # the config.model.head it trains; None: a model without one
     target_key: str | None = None  # the batch key of its targets; None: it has none
     synthetic_task: str | None = None  # the embedded dataset's variant that carries those targets
     counts_classes = False  # config.data.num_classes counts the head's outputs, and can be taken from the data
@@ -68,6 +99,25 @@ class Task:
     def mask_grid(self, model) -> tuple[int, int, int] | None:
         """The token grid the data pipeline draws masks over (masked pre-training); None: no masks."""
         return None
+
+    def init_targets(self, config: ml_collections.ConfigDict) -> list[InitTarget]:
+        """The checkpoints the run starts from: config.init_from, the whole model's, when set."""
+        if not config.init_from:
+            return []
+        return [InitTarget("config.init_from", config.init_from, config.model_name, (), ())]
+
+    def resolve(self, config: ml_collections.ConfigDict, train_source, explicit_keys) -> list[str]:
+        """Settles, in `config` (unlocked values only), what this task takes from its training data at start-up;
+        returns the problems found, each naming the flag that fixes it. `explicit_keys` as `train.prepare`."""
+        return []
+
+    def element_fields(self, config: ml_collections.ConfigDict, train: bool):
+        """A picklable `(element, rng) -> dict` run in the input workers on every element, whose fields join the
+        batch (rng is None for evaluation); None: nothing to add."""
+        return None
+
+    def write_assets(self, config: ml_collections.ConfigDict, train_source, workdir: str) -> None:
+        """Writes into `workdir` (process 0) what inference needs besides the checkpoint, pointing `config` at it."""
 
     # ---- training ----
     def loss_weights(self, config: ml_collections.ConfigDict, source) -> tuple[np.ndarray | None,
@@ -89,8 +139,7 @@ class Task:
         """Per-example outputs of one normalised batch, with its "valid" and "decode_failures" rows passed on."""
         raise NotImplementedError
 
-    def split_metrics(self, outputs: dict[str, np.ndarray], target_names: Sequence[str] | None
-                      ) -> dict[str, float]:
+    def split_metrics(self, outputs: dict[str, np.ndarray], context: SplitContext) -> dict[str, float]:
         """Whole-split metrics (names without the "eval_" prefix, "loss" first) from `eval_outputs` gathered over
         the split, padding rows removed."""
         raise NotImplementedError
@@ -183,9 +232,8 @@ class HeadTask(Task):
         """The task's metrics from whole-split scores and targets (`vidjax.metrics`)."""
         raise NotImplementedError
 
-    def split_metrics(self, outputs: dict[str, np.ndarray], target_names: Sequence[str] | None
-                      ) -> dict[str, float]:
-        result = self.task_metrics(outputs["scores"], outputs[self.target_key], target_names)
+    def split_metrics(self, outputs: dict[str, np.ndarray], context: SplitContext) -> dict[str, float]:
+        result = self.task_metrics(outputs["scores"], outputs[self.target_key], context.metadata.get("target_names"))
         return {"loss": float(outputs["loss"].mean()), **{k: float(v) for k, v in result.items()}}
 
     score_name = "score"  # one label's value in `describe`

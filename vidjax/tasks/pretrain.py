@@ -35,7 +35,7 @@ class Pretrain(base.Task):
         passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
         return {"loss": model(batch["video"], batch["mask"])["loss"], **passed}
 
-    def split_metrics(self, outputs: dict[str, np.ndarray], target_names=None) -> dict[str, float]:
+    def split_metrics(self, outputs: dict[str, np.ndarray], context: base.SplitContext) -> dict[str, float]:
         return {"loss": float(np.mean(outputs["loss"]))}
 
     def training_figures(self, end: base.TrainingEnd) -> list[str]:
