@@ -81,6 +81,7 @@ def get_config(arg=None):
                                     attn_dropout=0.0, resid_dropout=0.0)
         config.optimizer.update(b2=0.98, eps=1e-8, weight_decay=0.01, warmup_epochs=0.5)
         config.caption.update(max_length=24, num_beams=3, samples=8)
+        config.eval_every = 0  # beam search over the eval split once, at the end (the run is 512 steps)
         config.needs_init_from = (
             "configs/captioning_charades.py:runlocal captions with the frozen encoder of the runlocal VideoMAE "
             "fine-tune. Make it first: python -m vidjax.main --config=configs/videomae_k400.py:runlocal "

@@ -16,7 +16,7 @@ import pathlib
 import shutil
 
 HERE = pathlib.Path(__file__).parent
-MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner")
+MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt")
 
 
 def main() -> None:

@@ -15,22 +15,28 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-_jax_cache_dir = None
+_jax_cache_dir = None  # the compilation cache this process made (and removes at the end); None: it made none
+_SHARED_CACHE = "VIDJAX_TEST_JAX_CACHE"  # the controller's cache directory, inherited by the xdist workers
 
 
 def pytest_configure(config):
-    """A persistent compilation cache that lives for this test run only (this process: xdist workers have one
-    each): many tests build the same tiny configs, and on CPU compiling a train step takes far longer than running
-    it, so each distinct program compiles once. A hit loads the executable XLA compiled before, so what runs is
-    unchanged. Set here, before any test module is imported: jax decides whether to use the cache at its first
-    compilation."""
+    """A persistent compilation cache that lives for this test run only, shared by the xdist workers: many tests
+    build the same tiny configs, in files that run on either worker, and on CPU compiling a train step takes far
+    longer than running it, so each distinct program compiles once per run. A hit loads the executable XLA compiled
+    before (same flags, same simulated devices), so what runs is unchanged. The cache is bounded, which makes jax
+    lock it for each read and write: two processes never see one another's half-written entries. Set here, before
+    any test module is imported: jax decides whether to use the cache at its first compilation."""
     import jax
 
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's: keep the collection order (see below)
         config.option.loadscopereorder = False
     global _jax_cache_dir
-    _jax_cache_dir = tempfile.mkdtemp(prefix="vidjax-test-jax-cache-")
-    jax.config.update("jax_compilation_cache_dir", _jax_cache_dir)
+    directory = os.environ.get(_SHARED_CACHE)
+    if not directory:  # the controller (or a run without workers): the workers it starts inherit the variable
+        directory = _jax_cache_dir = tempfile.mkdtemp(prefix="vidjax-test-jax-cache-")
+        os.environ[_SHARED_CACHE] = directory
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_compilation_cache_max_size", 16 * 2**30)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
@@ -44,8 +50,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_unconfigure(config):
-    if _jax_cache_dir:
+    if _jax_cache_dir:  # the process that made it, after its workers have finished
         shutil.rmtree(_jax_cache_dir, ignore_errors=True)
+        os.environ.pop(_SHARED_CACHE, None)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,7 @@ def generate_clips_once():
         key = (repr(self), index)
         if key not in clips:
             clips[key] = generate(self, index)
-        return {k: v.copy() for k, v in clips[key].items()}
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in clips[key].items()}  # captions: tuples
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(synthetic.SyntheticVideoSource, "__getitem__", getitem)

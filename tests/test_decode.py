@@ -149,7 +149,7 @@ def test_sample_indices_exact_fit_and_short_video_repeat_last_frame():
     np.testing.assert_array_equal(sample_indices(1, 3, 1, None), [0, 0, 0])
 
 
-@pytest.mark.parametrize("args", [(0, 4, 2), (10, 0, 2), (10, 4, 0)])
+@pytest.mark.parametrize("args", [(0, 4, 2), (10, 0, 2), (10, 4, -1)])  # sampling_rate 0 spreads the frames
 def test_sample_indices_rejects_empty_inputs(args):
     with pytest.raises(ValueError):
         sample_indices(*args, None)

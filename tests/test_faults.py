@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import train_losses
+from helpers import COMMAND_XLA_FLAGS, train_losses
 from test_train import tiny_config
 
 from vidjax import checkpoint, preemption, train
@@ -77,16 +77,22 @@ def test_sigterm_checkpoints_exits_4_and_resumes_exactly(tmp_path):
     config_file = tmp_path / "tiny.py"
     config_file.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nfrom test_train import tiny_config\n\n\n"
                            f"def get_config():\n    return tiny_config(total_steps={total}, checkpoint_every=1000)\n")
-    cut = tmp_path / "cut"
-    # The child runs on one device with XLA's default flags. Given this process's flags instead (backend level 1),
-    # the resumed run's last loss differed from the uninterrupted run's in its last bit, run after run.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, f"--config={config_file}", f"--workdir={cut}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                             cwd=TESTS.parent)
+    # Every run is a child process of one make: one device, the same XLA flags. Runs compared bit for bit must be
+    # compiled alike; this process's 8 simulated devices and its flags once made the resumed run's last losses
+    # differ from an uninterrupted run here in their last bit.
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {COMMAND_XLA_FLAGS}",
+               JAX_PLATFORMS="cpu")
+
+    def start(workdir):
+        return subprocess.Popen([sys.executable, "-c", CHILD, f"--config={config_file}", f"--workdir={workdir}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=TESTS.parent)
+
+    cut, full = tmp_path / "cut", tmp_path / "full"
+    child, reference = start(cut), start(full)
     lines, sent = [], []
 
-    def read():  # signals right after the first step line, while the parent trains the reference run
+    def read():  # signals right after the first step line, while the reference run trains beside it
         for line in child.stdout:
             lines.append(line)
             if line.startswith("step ") and not sent:
@@ -95,8 +101,8 @@ def test_sigterm_checkpoints_exits_4_and_resumes_exactly(tmp_path):
 
     reader = threading.Thread(target=read)
     reader.start()
-    config = tiny_config(total_steps=total, checkpoint_every=1000)
-    train.train_and_evaluate(config, str(tmp_path / "full"), devices=jax.devices()[:1])
+    reference_output = reference.communicate(timeout=300)[0]
+    assert reference.returncode == 0, reference_output
     reader.join(timeout=300)
     output = "".join(lines)
     assert child.wait(timeout=60) == 4, output
@@ -107,12 +113,13 @@ def test_sigterm_checkpoints_exits_4_and_resumes_exactly(tmp_path):
     assert sorted(os.listdir(cut / "checkpoints")) == [str(step)]
     assert sorted(train_losses(cut)) == list(range(1, step + 1))
 
-    result = train.train_and_evaluate(config, str(cut), devices=jax.devices()[:1])
-    assert result["resumed"] and result["trained"] and not result.get("preempted")
-    full, resumed = train_losses(tmp_path / "full"), train_losses(cut)
-    assert sorted(resumed) == list(range(1, total + 1))
+    resume = start(cut)
+    resumed_output = resume.communicate(timeout=300)[0]
+    assert resume.returncode == 0 and f"Resuming from checkpoint at step {step}" in resumed_output, resumed_output
+    full_losses, resumed = train_losses(full), train_losses(cut)
+    assert sorted(resumed) == sorted(full_losses) == list(range(1, total + 1))
     for s in range(1, total + 1):
-        assert full[s] == resumed[s], (s, full[s], resumed[s])  # bit for bit
+        assert full_losses[s] == resumed[s], (s, full_losses[s], resumed[s])  # bit for bit
 
 
 def test_sigint_asks_once_then_interrupts_and_ignored_signals_stay_ignored():

@@ -1,8 +1,9 @@
 """Sharding strategies on 8 simulated devices for every model family: data parallel, fsdp and fsdp + tensor
 parallel each give the single-device losses to 1e-5, with the expected per-device parameter shards.
 
-The per-model tests (test_train, test_timesformer, test_vivit, test_videomamba) cover mixed meshes through the
-whole trainer; these cover each strategy on its own through the jitted step (one block per stack, two steps).
+test_train covers a mixed mesh through the whole trainer (checkpoints, evals) and test_vivit a mixed mesh for each
+ViViT model type; these cover each strategy on its own through the jitted step (one block per stack, two steps),
+with the expected per-device shards of each family's parameters.
 """
 
 import jax
@@ -18,8 +19,17 @@ STRATEGIES = {
     "fsdp": ((1, 8, 1), (4, 128), (4, 3, 2, 16)),
     "fsdp_tensor": ((1, 4, 2), (8, 64), (8, 3, 1, 16)),
 }
-# VideoMamba has no attention: its x/z input projection (32, 2, 128 inner channels) stands in, inner -> tensor.
-MAMBA_IN_PROJ = {"dp": (32, 2, 128), "fsdp": (4, 2, 128), "fsdp_tensor": (8, 2, 64)}
+# VideoMamba has no attention: its mixer's tensors stand in (128 inner channels): the x/z input projection and the
+# output projection (embed -> fsdp, inner -> tensor), a branch's A_log (inner, state: the state axis stays whole) and
+# its depthwise conv (taps, inner).
+MAMBA_MIXER = {
+    "dp": {("in_proj", "kernel"): (32, 2, 128), ("out_proj", "kernel"): (128, 32),
+           ("forward_branch", "A_log"): (128, 16), ("backward_branch", "conv1d", "kernel"): (4, 128)},
+    "fsdp": {("in_proj", "kernel"): (4, 2, 128), ("out_proj", "kernel"): (128, 4),
+             ("forward_branch", "A_log"): (128, 16), ("backward_branch", "conv1d", "kernel"): (4, 128)},
+    "fsdp_tensor": {("in_proj", "kernel"): (8, 2, 64), ("out_proj", "kernel"): (64, 8),
+                    ("forward_branch", "A_log"): (64, 16), ("backward_branch", "conv1d", "kernel"): (4, 64)},
+}
 
 BLOCK = {
     "videomae": ("encoder", "transformer", "blocks", 0),
@@ -51,9 +61,12 @@ def test_strategies_match_single_device(model_name):
         block = get(state["params"], BLOCK[model_name])
         mu = get(optax.tree_utils.tree_get(state["opt_state"], "mu"), BLOCK[model_name])
         if model_name == "videomamba":
-            checks = {("in_proj", "kernel"): MAMBA_IN_PROJ[name]}
+            checks = MAMBA_MIXER[name]
+            assert shard_shapes(state["params"]["norm_f"]["scale"]) == {(32,)}  # norms stay whole
         else:
             checks = {("mlp", "fc1", "kernel"): mlp_shard, ("attn", "qkv"): qkv_shard}
+            if model_name == "timesformer":  # the temporal attention is split like the spatial one
+                checks[("temporal_attn", "qkv")] = qkv_shard
         for path, shard in checks.items():
             param = get(block, path)
             assert shard_shapes(param) == {shard}, (model_name, name, path)

@@ -18,6 +18,9 @@ Every metric is computed over all examples of a split at once (never a mean of p
   agreement, 0 for constant predictions; when both are constant and equal the denominator is 0 and CCC is 1.
 - Captioning (MSR-VTT / COCO protocol): BLEU-1..4, ROUGE-L and CIDEr-D exactly as pycocoevalcap computes them on
   tokenised lower-case text; see `caption_scores`.
+- Weighted k-NN classification of frozen features (DINO / SVT protocol, DINO's eval_knn.py `knn_classifier`):
+  features L2-normalised, each test example's k most cosine-similar training examples vote for their class with
+  weight exp(similarity / T); the class scores are those summed votes. See `knn_classify`.
 """
 
 from __future__ import annotations
@@ -161,6 +164,58 @@ def mean_average_precision(scores, targets) -> float:
 def multilabel_metrics(scores, targets) -> dict[str, float]:
     """{"mAP"}: mean_average_precision of scores (N, C) against multi-hot targets (N, C)."""
     return {"mAP": mean_average_precision(scores, targets)}
+
+
+# ------------------------------------------------------------------------------------------- k-NN on features
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows at unit L2 norm, as `F.normalize(x, dim=1, p=2)` (the norm clamped to at least 1e-12)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_classify(train_features, train_labels, test_features, num_classes: int, k: int = 20,
+                 temperature: float = 0.07, chunk_size: int = 1024) -> np.ndarray:
+    """float64 (N_test, C) class scores of DINO's weighted k-NN classifier (eval_knn.py `knn_classifier`).
+
+    Features (N, D) are L2-normalised (DINO normalises them before calling its classifier); a test example's
+    scores are, for each class, the sum of exp(cos_sim / temperature) over those of its `k` nearest training
+    examples (highest cosine similarity) that carry that class. k=20 and temperature 0.07 are DINO's reported
+    setting (its --nb_knn default is 10, 20, 100, 200; --temperature 0.07, as in SVT's eval_knn.py). Test examples
+    are taken `chunk_size` at a time, so memory stays at chunk_size x N_train similarities.
+    """
+    train = _l2_normalize(_array(train_features, "train_features (N, D)", 2, np.float32))
+    test = _l2_normalize(_array(test_features, "test_features (N, D)", 2, np.float32))
+    labels = _array(train_labels, "train_labels (N,)", 1)
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(f"train_features {train.shape} and test_features {test.shape} must have the same width")
+    if labels.shape[0] != train.shape[0]:
+        raise ValueError(f"train_labels {labels.shape} and train_features {train.shape} must have the same number "
+                         f"of examples")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"train_labels must be integer classes in [0, {num_classes}); got dtype {labels.dtype}, "
+                         f"range [{labels.min()}, {labels.max()}]")
+    if not 1 <= k <= train.shape[0]:
+        raise ValueError(f"k={k} neighbours need 1 <= k <= the {train.shape[0]} training examples")
+    if temperature <= 0 or chunk_size < 1:
+        raise ValueError(f"knn_classify needs temperature > 0 and chunk_size >= 1; got {temperature}, {chunk_size}")
+    scores = np.zeros((test.shape[0], num_classes), np.float64)
+    for start in range(0, test.shape[0], chunk_size):
+        sim = test[start:start + chunk_size] @ train.T
+        # The k largest per row, in no particular order: the votes are summed, so their order does not matter.
+        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        weights = np.exp(np.take_along_axis(sim, nearest, axis=1).astype(np.float64) / temperature)
+        rows = np.broadcast_to(np.arange(nearest.shape[0])[:, None], nearest.shape)
+        np.add.at(scores[start:start + chunk_size], (rows, labels[nearest]), weights)
+    return scores
+
+
+def knn_top1(train_features, train_labels, test_features, test_labels, num_classes: int, k: int = 20,
+             temperature: float = 0.07) -> float:
+    """Top-1 accuracy (a fraction, where DINO prints a percentage) of `knn_classify`'s scores; ties go to the lower
+    class index, as in `top_k_accuracy`."""
+    scores = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
+    return top_k_accuracy(scores, test_labels, 1)
 
 
 # ------------------------------------------------------------------------------------------------- regression

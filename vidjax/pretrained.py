@@ -598,11 +598,11 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
 ARCHITECTURE_EXCLUDES = frozenset({
     "num_frames", "image_size", "head", "num_classes", "head_init_scale", "head_dropout", "use_mean_pooling",
     "drop_path", "mask_ratio", "norm_pix_loss", "position_init",
-    "dtype", "remat", "scan_layers", "scan", "scan_chunk", "attention_impl"})
+    "dtype", "remat", "scan_layers", "scan", "scan_chunk", "attention_impl", "resize_at_runtime"})
 # Model keys an evaluation may set for a trained checkpoint: the clip it sees (position tables interpolated) and how
 # the computation runs; every other key is the checkpoint's.
 EVALUATION_KEYS = frozenset({"num_frames", "image_size", "drop_path", "head_dropout", "dtype", "remat",
-                             "scan_layers", "scan", "scan_chunk", "attention_impl"})
+                             "scan_layers", "scan", "scan_chunk", "attention_impl", "resize_at_runtime"})
 
 
 @dataclasses.dataclass(frozen=True)

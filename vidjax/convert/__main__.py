@@ -9,6 +9,12 @@ r"""Converts published video-model (and captioning) checkpoints into vidjax chec
       DST/tokenizer/.
   python -m vidjax.convert --from_videomamba FILE --out DST
       FILE: an official VideoMamba checkpoint (.pth); its sizes are read from the tensor shapes.
+  python -m vidjax.convert --from_svt FILE --out DST
+      FILE: an SVT checkpoint (kahnchana/svt, a self-supervised TimeSformer): the released state dict
+      (kinetics400_vitb_ssl.pth: backbone.* and head.* tensors) or a train_ssl.py checkpoint (its teacher is
+      converted). Gives the TimeSformer backbone (head none; its CLS token is SVT's feature); the DINO projection
+      head serves SVT's training only and is left out. Sizes are read from the tensor shapes; a width that is no
+      ViT size also needs --num_heads.
 
 Add --num_frames / --image_size to adapt a video model's checkpoint to another clip length or resolution (learned
 position embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config,
@@ -31,20 +37,31 @@ def _parser() -> argparse.ArgumentParser:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--from_hf", metavar="SRC", help="Hugging Face save_pretrained directory")
     src.add_argument("--from_videomamba", metavar="FILE", help="official VideoMamba checkpoint file")
+    src.add_argument("--from_svt", metavar="FILE", help="SVT checkpoint file (released or a training checkpoint)")
     parser.add_argument("--out", required=True, metavar="DST", help="output directory (must not exist)")
     parser.add_argument("--num_frames", type=int, default=0, help="adapt to this many frames (0 = keep)")
     parser.add_argument("--image_size", type=int, default=0, help="adapt to this resolution (0 = keep)")
+    parser.add_argument("--num_heads", type=int, default=0,
+                        help="--from_svt: attention heads, for a width that is no ViT size (0 = the ViT size "
+                             "table's: 12 for ViT-B)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return parser
 
 
 def convert(from_hf: str | None = None, from_videomamba: str | None = None, out: str = "", num_frames: int = 0,
-            image_size: int = 0, overwrite: bool = False):
+            image_size: int = 0, overwrite: bool = False, from_svt: str | None = None, num_heads: int = 0
+            ) -> Converted:
     """Converts one checkpoint and writes it to `out`; returns the `Converted` that was written."""
+    if num_heads and not from_svt:
+        raise ConversionError("--num_heads applies to --from_svt only: the other sources record their head count.")
     if from_hf:
         from vidjax.convert.hf import convert_hf_dir
 
         converted = convert_hf_dir(from_hf)
+    elif from_svt:
+        from vidjax.convert.svt import convert_svt_file
+
+        converted = convert_svt_file(from_svt, num_heads or None)
     else:
         from vidjax.convert.common import TensorSource, finalize
         from vidjax.convert.videomamba import from_videomamba as convert_videomamba
@@ -65,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         converted = convert(args.from_hf, args.from_videomamba, args.out, args.num_frames, args.image_size,
-                            args.overwrite)
+                            args.overwrite, from_svt=args.from_svt, num_heads=args.num_heads)
     except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -80,7 +97,11 @@ def summary(converted: Converted) -> str:
     video = (f"{pre['num_frames']} frames x {pre['image_size']} px, input (pixels/255 - {pre['mean']}) / {pre['std']}"
              if "num_frames" in pre else "")
     if is_video_config(cfg):
-        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}"
+        skipped = converted.source.get("not_converted") or {}
+        left_out = (f"; not converted: {skipped['what']} ({len(skipped['tensors'])} tensors: "
+                    f"{', '.join(skipped['tensors'][:4])}{', ...' if len(skipped['tensors']) > 4 else ''})"
+                    if skipped else "")
+        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}{left_out}"
     if converted.model_name == "captioner":
         return (f"captioner ({cfg.encoder_name} encoder, GPT-2 decoder of {cfg.decoder.vocab_size} tokens, "
                 f"{n / 1e6:.2f}M params), {video}")

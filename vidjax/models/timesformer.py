@@ -18,6 +18,11 @@ Attention types (`config.attention_type`):
 Groups of tokens (per patch position over time, per frame over space) are folded into the batch axis of the
 shared `layers.Attention`, so every attention call is one batched op. Classification reads the CLS token after
 the final LayerNorm.
+
+Clips of another frame count or size than the config's are refused unless `config.resize_at_runtime` is set: then
+the position tables are resized to each clip inside `embed`, as SVT's TimeSformer does for its multi-crop views
+(the same nearest rule as `resize_positions`, so a model built at the clip's size with resized tables computes
+the same thing).
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class Model(nnx.Module):
         dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
         self.width, self.patch = dims["width"], dims["patch"]
         self.attention_type = cfg.attention_type
+        self.resize_at_runtime = bool(cfg.resize_at_runtime)
         _, h, w = grid_shape((cfg.num_frames, cfg.image_size, cfg.image_size), 1, self.patch)
         self.grid = (cfg.num_frames, h, w)
         dtype = jnp.dtype(cfg.dtype)
@@ -142,23 +148,53 @@ class Model(nnx.Module):
         else:
             self.head = None
 
+    def _position_tables(self, t: int, h: int, w: int) -> tuple[jax.Array, jax.Array | None]:
+        """The spatial table (1 + h*w, D) and the time table (t, D) (None for space_only) for a clip of t frames
+        and an h x w patch grid: the learned tables, resized by nearest when the grid differs from the config's.
+
+        SVT resizes with `F.interpolate(mode="nearest")` (its models/timesformer.py `forward_features`): the CLS row
+        is kept and the patch rows are resized over the grid. The source rows come from the same PyTorch rule as
+        `resize_positions`, so both paths pick the same rows; a gather of rows keeps the values exact.
+        """
+        from vidjax.convert.common import interpolation_matrix  # vidjax.convert imports the models
+
+        def rows(n_in: int, n_out: int) -> np.ndarray:
+            return interpolation_matrix(n_in, n_out, "nearest").argmax(axis=1)
+
+        t0, h0, w0 = self.grid
+        pos = self.pos_embed[...]
+        if (h, w) != (h0, w0):
+            patch_rows = (rows(h0, h)[:, None] * w0 + rows(w0, w)[None, :]).reshape(-1)
+            pos = jnp.concatenate([pos[:1], pos[1 + patch_rows]], axis=0)
+        if self.attention_type == "space_only":
+            return pos, None
+        time = self.time_embed[...]
+        return pos, (time if t == t0 else time[rows(t0, t)])
+
     def embed(self, video_BTHWC: jax.Array) -> jax.Array:
         """Patch, CLS, space and time embeddings: (B, 1 + H'W'T, D), or (B*T, 1 + H'W', D) for space_only."""
-        t, h, w = self.grid
-        expected = (t, h * self.patch, w * self.patch, 3)
-        if tuple(video_BTHWC.shape[1:]) != expected:
+        t0, h0, w0 = self.grid
+        expected = (t0, h0 * self.patch, w0 * self.patch, 3)
+        if not self.resize_at_runtime and tuple(video_BTHWC.shape[1:]) != expected:
             raise ValueError(f"TimeSformer expects videos shaped (batch, {', '.join(map(str, expected))}) "
                              f"channels-last; got {tuple(video_BTHWC.shape)}. For another frame count or size, "
-                             f"build the model with that config and adapt the weights with resize_positions.")
-        b, d = video_BTHWC.shape[0], self.width
+                             f"build the model with that config and adapt the weights with resize_positions, or "
+                             f"set config.model.resize_at_runtime=True to resize the position tables per clip.")
+        if video_BTHWC.ndim != 5 or video_BTHWC.shape[-1] != 3:
+            raise ValueError(f"TimeSformer expects RGB videos shaped (batch, frames, height, width, 3) channels-last; "
+                             f"got {tuple(video_BTHWC.shape)}.")
+        b, t, height, width, _ = video_BTHWC.shape
+        _, h, w = grid_shape((t, height, width), 1, self.patch)
+        d = self.width
         x_BTPD = self.patch_embed(patchify(video_BTHWC, 1, self.patch)).reshape(b, t, h * w, d)
-        pos = self.pos_embed[...].astype(x_BTPD.dtype)
+        pos, time = self._position_tables(t, h, w)
+        pos = pos.astype(x_BTPD.dtype)
         x_BTPD = x_BTPD + pos[1:]
         cls_D = self.cls_token[...].astype(x_BTPD.dtype) + pos[0]
         if self.attention_type == "space_only":
             cls_BT1D = jnp.broadcast_to(cls_D, (b, t, 1, d))
             return jnp.concatenate([cls_BT1D, x_BTPD], axis=2).reshape(b * t, 1 + h * w, d)
-        x_BPTD = jnp.swapaxes(x_BTPD, 1, 2) + self.time_embed[...].astype(x_BTPD.dtype)
+        x_BPTD = jnp.swapaxes(x_BTPD, 1, 2) + time.astype(x_BTPD.dtype)
         cls_B1D = jnp.broadcast_to(cls_D, (b, 1, d))
         return jnp.concatenate([cls_B1D, x_BPTD.reshape(b, h * w * t, d)], axis=1)
 
@@ -166,7 +202,7 @@ class Model(nnx.Module):
                  ) -> dict[str, jax.Array]:
         if mask is not None:
             raise ValueError("TimeSformer has no masked-token mode; call it without a mask.")
-        b, t = video.shape[0], self.grid[0]
+        b, t = video.shape[0], video.shape[1]
         x = self.embed(video)
         x = layers.run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan_layers, num_frames=t)
         if self.attention_type == "space_only":
@@ -185,6 +221,9 @@ def default_config() -> ml_collections.ConfigDict:
         variant="B/16",
         width=0, depth=0, num_heads=0, mlp_dim=0,  # 0 = from the variant
         num_frames=8, image_size=224,
+        # True: clips of any frame count and (patch-divisible) size are taken, the position tables resized to each
+        # by nearest (SVT's multi-crop views); False: another clip size is an error.
+        resize_at_runtime=False,
         attention_type="divided_space_time",
         head="classification",
         num_classes=400, head_init_scale=1.0,

@@ -16,7 +16,8 @@ from vidjax.config_lib import ConfigError
 from vidjax.tasks.base import Task
 
 _NOT_TASKS = {"base"}
-_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning")  # listed in this order, then the others
+# Listed in this order, then the others.
+_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning")
 
 
 def available() -> list[str]:
