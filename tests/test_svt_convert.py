@@ -40,7 +40,7 @@ class _TorchName:
         self.module, self.name = module, name
 
     def __call__(self, *args):  # pickle's REDUCE wants a callable; torch.load calls the real one
-        raise TypeError(f"{self.module}.{self.name} is a placeholder")
+        raise TypeError(f"{self.module}.{self.name} only names torch's object in the pickle; it is never called here")
 
 
 class _Storage:

@@ -147,15 +147,18 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     the data, an init_from checkpoint that conflicts) comes out together in one ConfigError, before anything is
     compiled. `explicit_keys` are the config keys the user chose (`config_lib.command_line_keys`; None: a config
     built in Python, all of whose values count as chosen). What was not chosen gives way:
-      - the model's architecture keys, to those of the config.init_from checkpoint (`pretrained.take_model`); a
+      - the model's architecture keys, to those of the checkpoints the task starts from (`Task.init_targets`:
+        config.init_from, and a captioner's config.decoder_init for its decoder block; `pretrained.take_model`); a
         chosen key that differs from the checkpoint's is a conflict;
+      - what the task settles from its training data (`Task.resolve`: a captioner's vocabulary and special ids
+        follow its tokenizer);
       - for data read from files, config.data.num_classes to the count the data shows;
       - model.num_classes (the head), to the data's class count when that was taken from the data.
     The caller's config is left unchanged.
     """
     config = config.copy_and_resolve_references()
     problems = []
-    task = tasks.get_task(config.task) if config.task in tasks.available() else None
+    task = tasks.find_task(config.task)
     for target in task.init_targets(config) if task is not None else []:
         where = f"{target.flag}={target.path!r}"
         try:
@@ -186,7 +189,7 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     # The head follows the data's class count, unless the user chose the head's (a Python config: unless the data's
     # count is to be taken from the data, which its author could not know).
     head_follows = explicit_keys is not None and not chosen(explicit_keys, "model.num_classes")
-    classifies = config.task in tasks.available() and tasks.get_task(config.task).counts_classes
+    classifies = task is not None and task.counts_classes
     if classifies and head_follows and config.data.num_classes:
         config.model.num_classes = config.data.num_classes
     problems += config_problems(config)

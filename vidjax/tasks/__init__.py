@@ -33,6 +33,11 @@ def get_task(name: str) -> Task:
     return importlib.import_module(f"vidjax.tasks.{name}").TASK
 
 
+def find_task(name: str) -> Task | None:
+    """The task called `name`, or None when there is none (config problems report the unknown name)."""
+    return get_task(name) if name in available() else None
+
+
 def target_keys() -> dict[str, str]:
     """Task name -> the batch key of its targets, for the tasks that have targets."""
     return {name: get_task(name).target_key for name in available() if get_task(name).target_key}
