@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import struct
 import uuid
@@ -250,6 +251,16 @@ class TensorSource:
 
     def names(self) -> list[str]:
         return sorted(self.tensors)
+
+    def stack_depth(self, prefix: str, stack: str, marker: str) -> int:
+        """How many numbered blocks `{prefix}{stack}.i.` hold, each recognised by its tensor `marker` (e.g.
+        "norm1.weight"); a ConversionError unless they are exactly 0 .. N-1, N >= 1."""
+        pattern = re.compile(re.escape(f"{prefix}{stack}.") + r"(\d+)\." + re.escape(marker))
+        ids = {int(m.group(1)) for n in self.tensors if (m := pattern.fullmatch(n))}
+        if not ids or ids != set(range(len(ids))):
+            raise ConversionError(f"{self.origin}: expected {stack}.0 .. {stack}.N-1, each with {marker}; found "
+                                  f"{stack} indices {sorted(ids)}.")
+        return len(ids)
 
     def has(self, name: str) -> bool:
         return name in self.tensors

@@ -27,7 +27,6 @@ tables with nearest interpolation, as SVT's `forward_features` does at run time.
 from __future__ import annotations
 
 import pathlib
-import re
 from typing import Any
 
 import numpy as np
@@ -139,12 +138,7 @@ def from_svt(src: TensorSource, num_heads: int | None = None) -> Converted:
         raise ConversionError(f"Tensor '{pre}pos_embed' in {src.origin} has shape {pos}; expected (1, 1 + n * n, "
                               f"{width}): a CLS row and a square grid of patch rows.")
     num_frames = _size_tensor(src, f"{pre}time_embed", 3, f"(1, frames, {width})")[1]
-    block_ids = {int(m.group(1)) for n in src.names()
-                 if (m := re.fullmatch(re.escape(pre) + r"blocks\.(\d+)\.norm1\.weight", n))}
-    depth = len(block_ids)
-    if not depth or block_ids != set(range(depth)):
-        raise ConversionError(f"{src.origin}: expected blocks.0 .. blocks.N-1, each with norm1.weight; found block "
-                              f"indices {sorted(block_ids)}.")
+    depth = src.stack_depth(pre, "blocks", "norm1.weight")
     mlp_dim = _size_tensor(src, f"{pre}blocks.0.mlp.fc1.weight", 2, f"(mlp_dim, {width})")[0]
     heads = _num_heads(width, num_heads, src.origin)
 

@@ -16,8 +16,6 @@ keeps its zero initialisation.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource
@@ -60,12 +58,7 @@ def from_videomamba(src: TensorSource) -> Converted:
     is_image = conv.ndim == 4
     width, patch = int(conv.shape[0]), int(conv.shape[-1])
     tubelet = 1 if is_image else int(conv.shape[2])
-    layer_ids = {int(m.group(1)) for n in src.names()
-                 if (m := re.fullmatch(re.escape(pre) + r"layers\.(\d+)\.norm\.weight", n))}
-    depth = len(layer_ids)
-    if not depth or layer_ids != set(range(depth)):
-        raise ConversionError(f"{src.origin}: expected layers.0 .. layers.N-1 (each with norm.weight); found layer "
-                              f"indices {sorted(layer_ids)}.")
+    depth = src.stack_depth(pre, "layers", "norm.weight")
     mixer = f"{pre}layers.0.mixer."
     for name in ("A_log", "A_b_log", "dt_proj.weight", "conv1d.weight"):
         if not src.has(mixer + name):
