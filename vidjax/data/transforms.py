@@ -1,4 +1,4 @@
-"""Video transforms on uint8 (T, H, W, 3) clips: crops, flips, RandAugment, erasing, test views, norm presets.
+"""Video transforms on uint8 (T, H, W, 3) clips: crops, flips, colour, RandAugment, erasing, test views, norms.
 
 Everything here runs in the grain workers on numpy arrays (PIL for resampling), and every random choice comes from
 the `np.random.Generator` passed in, so a clip's augmentation is a function of (seed, element index). Augmentations
@@ -10,6 +10,8 @@ Recipes (VideoMAE, MCG-NJU/VideoMAE):
   fine-tuning   `rand_augment` ("rand-m7-n4-mstd0.5-inc1") -> `random_resized_crop` -> `random_flip` (not for SSv2)
                 -> `random_erasing` (prob 0.25, "pixel"), with `repeated_augment` for `num_sample` 2.
   testing       `resize_short_side(crop size)` -> `multi_view(video, num_crops)` (3 crops along the long side).
+SVT's multi-view pre-training (`random_resized_crop` -> `random_flip` -> `color_jitter` -> `random_grayscale` per
+view) is put together in `vidjax.data.views`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from PIL import Image, ImageEnhance
 
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC}
+INTERPOLATIONS = tuple(_RESAMPLE)
 
 
 def _check_video(video: np.ndarray) -> None:
@@ -184,13 +187,16 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator, *
 
 
 def random_resized_crop(video: np.ndarray, size: int | tuple[int, int], rng: np.random.Generator, *,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
-    """One `random_resized_crop_box` for the clip, resized (bilinear, PIL's antialiased filter) to `size`."""
+                        scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        interpolation: str = "bilinear") -> np.ndarray:
+    """One `random_resized_crop_box` for the clip, resized to `size` with PIL's antialiased `interpolation`
+    ("bilinear" as VideoMAE; DINO and SVT use "bicubic")."""
     _check_video(video)
+    if interpolation not in _RESAMPLE:
+        raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {interpolation!r}")
     out_h, out_w = _crop_size(size)
     top, left, h, w = random_resized_crop_box(video.shape[1], video.shape[2], rng, scale=scale, ratio=ratio)
-    return _resize_frames(video[:, top : top + h, left : left + w], out_h, out_w)
+    return _resize_frames(video[:, top : top + h, left : left + w], out_h, out_w, _RESAMPLE[interpolation])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -458,6 +464,97 @@ def rand_augment(video: np.ndarray, config: RandAugmentConfig | str, rng: np.ran
         if config.magnitude_std > 0:
             magnitude = rng.normal(magnitude, config.magnitude_std)
         video = apply_augment_op(video, ops[op], magnitude, rng, interpolation=interpolation, fill=fill)
+    return video
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Colour jitter and grayscale (torchvision's ColorJitter and RandomGrayscale, as DINO and SVT use them).
+
+COLOR_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def color_jitter_ranges(brightness: float, contrast: float, saturation: float,
+                        hue: float = 0.0) -> dict[str, tuple[float, float]]:
+    """The factor range of each active jitter op (strength 0 is off), checking the strengths as torchvision does.
+
+    brightness, contrast, saturation: factors uniform in [max(0, 1 - x), 1 + x], x >= 0. hue: a shift of the hue
+    angle, in turns, uniform in [-x, x], 0 <= x <= 0.5.
+    """
+    ranges = {}
+    for name, strength in zip(COLOR_JITTER_OPS[:3], (brightness, contrast, saturation), strict=True):
+        if not strength >= 0:
+            raise ValueError(f"colour jitter {name} must be >= 0 (0: off), got {strength}")
+        if strength:
+            ranges[name] = (max(0.0, 1.0 - strength), 1.0 + strength)
+    if not 0 <= hue <= 0.5:
+        raise ValueError(f"colour jitter hue must be in [0, 0.5] (a fraction of the colour wheel; 0: off), got {hue}")
+    if hue:
+        ranges["hue"] = (-hue, hue)
+    return ranges
+
+
+def _shift_hue(video: np.ndarray, shift: float) -> np.ndarray:
+    # torchvision's adjust_hue on uint8 tensors: to [0, 1] floats, RGB -> HSV, hue + shift mod 1, HSV -> RGB, back
+    # to uint8 as convert_image_dtype does (x 255.999, truncated, so unshifted values come back exactly).
+    rgb = video.astype(np.float32) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(axis=-1)
+    chroma = v - rgb.min(axis=-1)
+    s = np.divide(chroma, v, out=np.zeros_like(v), where=v > 0)
+    safe = np.where(chroma > 0, chroma, 1.0)
+    h = np.select([chroma == 0, v == r, v == g], [0.0, (g - b) / safe, 2.0 + (b - r) / safe], 4.0 + (r - g) / safe)
+    h = np.mod(h / 6.0 + shift, 1.0) * 6.0
+    sector = np.floor(h)
+    f = h - sector
+    sector = sector.astype(np.int64) % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    # Per sector, the (r, g, b) taken from (v, p, q, t).
+    table = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
+    candidates = np.stack([v, p, q, t], axis=-1)
+    out = np.take_along_axis(candidates, table[sector], axis=-1)
+    return np.clip(out * 255.999, 0, 255).astype(np.uint8)
+
+
+def color_jitter(video: np.ndarray, rng: np.random.Generator, *, brightness: float, contrast: float,
+                 saturation: float, hue: float = 0.0) -> np.ndarray:
+    """torchvision's ColorJitter with one draw per clip: the active ops in a random order, each at its own factor.
+
+    brightness scales pixels by its factor; contrast blends with the clip's mean grey level; saturation blends with
+    each pixel's grey (ITU-R 601-2 luma); hue rotates the hue (see `color_jitter_ranges` for the factor ranges).
+    Every op saturates to [0, 255] and truncates to uint8, as torchvision does on uint8 tensors. The contrast grey
+    level is the mean over the whole clip so every frame gets the same mapping; torchvision, applied to a (T, C, H,
+    W) tensor, and SVT's SlowFast-style jitter take it per frame (they agree on a one-frame clip). SVT's own jitter
+    has no hue, and its grey weights are applied to channels in BGR order to RGB frames, swapping red and blue.
+    """
+    _check_uint8_video(video)
+    ranges = color_jitter_ranges(brightness, contrast, saturation, hue)
+    for op in rng.permutation(len(COLOR_JITTER_OPS)):
+        name = COLOR_JITTER_OPS[op]
+        if name not in ranges:
+            continue
+        factor = float(rng.uniform(*ranges[name]))
+        if name == "brightness":
+            video = _lut(video, _blend(0.0, _LEVELS.astype(np.uint8), factor))
+        elif name == "contrast":
+            video = _lut(video, _blend(float(_grey(video).mean()), _LEVELS.astype(np.uint8), factor))
+        elif name == "saturation":
+            video = _blend(_grey(video)[..., None], video, factor)
+        else:
+            video = _shift_hue(video, factor)
+    return video
+
+
+def grayscale(video: np.ndarray) -> np.ndarray:
+    """Each pixel's ITU-R 601-2 luma (PIL's "L" conversion), replicated to the 3 channels."""
+    _check_uint8_video(video)
+    return np.repeat(_grey(video)[..., None], 3, axis=-1)
+
+
+def random_grayscale(video: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """`grayscale` of the whole clip with probability `p` (torchvision's RandomGrayscale, one draw per clip)."""
+    _check_uint8_video(video)
+    if rng.random() < p:
+        return grayscale(video)
     return video
 
 
