@@ -53,3 +53,5 @@ def test_variant_is_honoured_with_runlocal(name, full, local):
     other = "S/16x2" if name == "vivit_k400" else "Ti/16"
     config = load_config(name, f"runlocal,variant={other}")
     assert config.model.variant == other and config.data.source == "synthetic"
+    if name in ("timesformer_k400", "vivit_k400"):  # the micro recipes are 2 blocks deep; a named variant keeps its own
+        assert load_config(name, "runlocal").model.depth == 2 and config.model.depth == 0

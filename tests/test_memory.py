@@ -1,5 +1,6 @@
-"""Memory controls: gradient accumulation equals one big batch, remat policies leave the maths unchanged for every
-model family, and the compiled step's memory is reported and checked before the first step."""
+"""Memory controls: gradient accumulation equals one big batch, remat policies rematerialise each block of every
+model family (and leave the maths unchanged: here for dots_saveable, in test_strategies for "full"), and the
+compiled step's memory is reported and checked before the first step."""
 
 import re
 
@@ -55,14 +56,12 @@ def count_remat(model_name, remat):
 
 
 @pytest.mark.parametrize("model_name", FAMILIES)
-def test_remat_is_per_block_and_trains_like_no_remat(model_name):
-    """Remat changes what is stored, not what is computed: two steps give the no-remat losses to 1e-5."""
+def test_remat_is_per_block(model_name):
+    """One rematerialised region per block under either policy. That "full" remat trains like no remat (losses to
+    1e-5) is checked for every family by test_strategies, whose fsdp + tensor runs rematerialise."""
     depth = 2 + (model_name == "videomae")  # VideoMAE: 2 encoder blocks and 1 decoder block
     inner = count_remat(model_name, "none")  # VideoMamba's chunked scan remats its own chunks
     assert count_remat(model_name, "full") == count_remat(model_name, "dots_saveable") == inner + depth
-    reference, _ = run_steps(tiny_family_config(model_name), jax.devices()[:1])
-    remat, _ = run_steps(tiny_family_config(model_name, remat="full"), jax.devices()[:1])
-    np.testing.assert_allclose(remat, reference, rtol=1e-5)
 
 
 def test_dots_saveable_trains_like_no_remat():

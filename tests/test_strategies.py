@@ -1,5 +1,7 @@
 """Sharding strategies on 8 simulated devices for every model family: data parallel, fsdp and fsdp + tensor
-parallel each give the single-device losses to 1e-5, with the expected per-device parameter shards.
+parallel each give the single-device losses to 1e-5, with the expected per-device parameter shards. The fsdp +
+tensor run also rematerialises every block (config.model.remat="full"): remat changes what is stored, not what is
+computed (test_memory counts the rematerialised regions).
 
 test_train covers a mixed mesh through the whole trainer (checkpoints, evals) and test_vivit a mixed mesh for each
 ViViT model type; these cover each strategy on its own through the jitted step (one block per stack, two steps),
@@ -56,6 +58,7 @@ def test_strategies_match_single_device(model_name):
     for name, (mesh, mlp_shard, qkv_shard) in STRATEGIES.items():
         config = tiny_family_config(model_name, **overrides)
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+        config.model.remat = "full" if name == "fsdp_tensor" else "none"
         losses, state = run_steps(config, jax.devices())
         np.testing.assert_allclose(losses, single, rtol=1e-5, err_msg=f"{model_name} {name}")
         block = get(state["params"], BLOCK[model_name])
