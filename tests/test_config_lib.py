@@ -55,3 +55,32 @@ def test_variant_is_honoured_with_runlocal(name, full, local):
     assert config.model.variant == other and config.data.source == "synthetic"
     if name in ("timesformer_k400", "vivit_k400"):  # the micro recipes are 2 blocks deep; a named variant keeps its own
         assert load_config(name, "runlocal").model.depth == 2 and config.model.depth == 0
+
+
+def test_svt_recipe_is_the_published_one():
+    """configs/svt_k400.py: SVT's 8x32 ViT-B/16 recipe and its views; :rand_fr the reference's frame counts;
+    :runlocal a micro model whose config has no problems."""
+    from vidjax import tasks, train
+
+    config = load_config("svt_k400")
+    bb = config.model.backbone
+    assert (bb.variant, bb.num_frames, bb.image_size, bb.qkv_bias, bb.ln_eps, bb.drop_path) == ("B/16", 8, 224, True,
+                                                                                                1e-6, 0.1)
+    assert (config.model.head_hidden_dim, config.model.head_bottleneck_dim, config.model.out_dim) == (2048, 256, 65536)
+    assert config.data.sampling_rate == 32 and config.batch_size == 32 and config.num_epochs == 20
+    opt = config.optimizer
+    assert opt.base_lr * config.batch_size / opt.lr_batch_base == pytest.approx(5e-4 * 32 / 256)
+    assert (opt.min_lr, opt.weight_decay, opt.weight_decay_end, opt.grad_clip, opt.grad_clip_mode) == (
+        1e-6, 0.04, 0.4, 3.0, "per_tensor")
+    s = config.svt
+    assert (s.teacher_temp, s.student_temp, s.center_momentum, s.teacher_momentum, s.freeze_last_layer_epochs) == (
+        0.04, 0.1, 0.9, 0.996, 1.0)
+    spec = tasks.get_task("svt").view_spec(config)
+    assert spec.view_frames == (8,) * 10 and (spec.global_size, spec.local_size) == (224, 96)
+    assert (spec.global_scale, spec.local_scale, spec.jitter_p, spec.grayscale_p) == ((0.4, 1.0), (0.05, 0.4), 0.8,
+                                                                                      0.2)
+    assert tasks.get_task("svt").view_spec(load_config("svt_k400", "rand_fr")).view_frames == (
+        4, 8, 2, 2, 4, 4, 8, 8, 16, 16)
+    local = load_config("svt_k400", "runlocal")
+    assert local.model.backbone.depth == 2 and local.data.source == "synthetic"
+    assert train.config_problems(local) == []

@@ -94,7 +94,8 @@ def test_diverged_update_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     max_skipped_steps=0 stops at the first such step (tests/test_faults.py covers skipping)."""
     config = tiny_config(total_steps=12, checkpoint_every=4, max_skipped_steps=0)
     real = train.optim.make_optimizer
-    monkeypatch.setattr(train.optim, "make_optimizer", lambda c, s: optax.chain(real(c, s), nan_update_at(8)))
+    monkeypatch.setattr(train.optim, "make_optimizer",
+                        lambda c, s, *rest: optax.chain(real(c, s, *rest), nan_update_at(8)))
     with pytest.raises(train.NonFiniteLossError,
                        match=r"diverged at step 8: loss [0-9.]+,.*last good checkpoint is step 4"):
         train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])

@@ -94,7 +94,7 @@ def trainer_config() -> ml_collections.ConfigDict:
     """Defaults for everything the trainer reads outside `model` and `data`; configs override what they need."""
     return ml_collections.ConfigDict(dict(
         seed=0,
-        task="pretrain",  # pretrain | classification | multilabel | regression | captioning
+        task="pretrain",  # pretrain | classification | multilabel | regression | captioning | svt
         # Fine-tuning start: a vidjax training workdir (its latest checkpoint), one of its step folders, or a
         # `python -m vidjax.convert` output; "" = random init.
         init_from="",
@@ -119,6 +119,8 @@ def trainer_config() -> ml_collections.ConfigDict:
             schedule="cosine",  # cosine (to min_lr) | constant | steps (lr_steps / lr_step_scales)
             lr_steps=(), lr_step_scales=(),  # steps: from epoch lr_steps[i] on, peak x lr_step_scales[i]
             grad_clip=0.0,  # 0 = no clipping
+            grad_clip_mode="global",  # global: one factor for all gradients | per_tensor: each on its own (SVT)
+            weight_decay_end=-1.0,  # adamw: >= 0 moves weight_decay to this along a cosine (SVT); < 0 constant
             label_smoothing=0.0,
             layer_decay=1.0,  # layer-wise lr decay (VideoMAE fine-tuning: 0.75); 1 = off
             ema_decay=0.0,  # > 0 keeps an exponential moving average of the weights, used for evaluation

@@ -108,10 +108,12 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
     if config.task not in tasks.available():
         raise_problems(problems)
     task = tasks.get_task(config.task)
-    eval_source = None
+    eval_source = train_source = None
     try:
         names = stored.class_names if task.names_classes else None
         eval_source = pipeline.make_source(config.data, "eval", class_names=names)
+        if task.reference_split:  # e.g. SVT's k-NN: the training split's features are its bank
+            train_source = pipeline.make_source(config.data, "train", class_names=names)
     except (ConfigError, FileNotFoundError) as err:
         problems.append(str(err))
     if eval_source is not None and task.counts_classes:
@@ -142,7 +144,7 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
     summary = train.evaluate(config, setup, train.make_eval_step(config, setup), params, eval_source, mask_grid,
                              metadata={**(stored.metadata or {}),
                                        "target_names": pipeline.target_names(config.data) or None},
-                             outputs=outputs)
+                             outputs=outputs, train_source=train_source)
     if out and jax.process_index() == 0:
         with fileio.atomic_output(out) as f:
             json.dump({"checkpoint": str(checkpoint), "num_examples": len(outputs["loss"]) if outputs else None,

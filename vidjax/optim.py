@@ -7,9 +7,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vidjax import losses
 from vidjax.config_lib import ConfigError
 from vidjax.models import get_model
 
@@ -245,10 +247,55 @@ OPTIMIZERS = ("adamw", "sgd")
 LAYER_DECAY_MODELS = ("videomae", "timesformer", "vivit", "videomamba")
 
 
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+GRAD_CLIP_MODES = ("global", "per_tensor")
+
+
+def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
+    """Clips each gradient tensor on its own to L2 norm `max_norm`: g * min(1, max_norm / (|g| + 1e-6)), DINO's and
+    SVT's `clip_gradients` (utils.py), where optax's `clip_by_global_norm` scales all of them by one factor."""
+    def update_fn(updates, state, params=None):
+        def clip(g):
+            norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+            return (g * jnp.minimum(1.0, max_norm / (norm + 1e-6))).astype(g.dtype)
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def add_scheduled_decayed_weights(schedule: optax.Schedule, mask) -> optax.GradientTransformation:
+    """`optax.add_decayed_weights` with a weight decay that follows `schedule(step)` (DINO / SVT: cosine from 0.04
+    to 0.4), on the parameters `mask` selects."""
+    def init_fn(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("add_scheduled_decayed_weights needs the parameters (tx.update(grads, state, params)).")
+        decay = schedule(state.count)
+        updates = jax.tree.map(lambda u, p: u + (decay * p).astype(u.dtype), updates, params)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.masked(optax.GradientTransformation(init_fn, update_fn), mask)
+
+
+def weight_decay_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule | None:
+    """The per-step weight decay when config.optimizer.weight_decay_end >= 0: cosine from weight_decay to it over
+    the run (DINO's `cosine_scheduler` without warm-up); None: the constant weight_decay."""
+    opt = config.optimizer
+    if opt.weight_decay_end < 0:
+        return None
+    return losses.cosine_schedule(opt.weight_decay, opt.weight_decay_end, max(total_steps, 1))
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   total_steps: int = 1) -> optax.GradientTransformation:
     """Clipping (if grad_clip > 0), the optimizer, then the layer-decay scales (if layer_decay < 1).
 
-    adamw: AdamW (b1, b2, eps, decoupled weight_decay on decay_mask), the VideoMAE / ViViT / VideoMamba recipes.
+    Clipping is of the gradients' global norm (grad_clip_mode "global") or of each tensor's own norm ("per_tensor",
+    DINO / SVT).
+    adamw: AdamW (b1, b2, eps, decoupled weight_decay on decay_mask), the VideoMAE / ViViT / VideoMamba recipes;
+    with weight_decay_end >= 0 the decay follows a cosine from weight_decay to it over `total_steps` (SVT).
     sgd: SGD with `momentum` (nesterov when `nesterov`, no dampening) and L2 weight decay added to the gradient
     before the momentum (on decay_mask), as PyTorch's `torch.optim.SGD(..., weight_decay=, nesterov=)` that
     TimeSformer's recipe (SlowFast's solver) uses.
@@ -273,8 +320,22 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
                           f"one video model ({', '.join(LAYER_DECAY_MODELS)}), and model_name="
                           f"{config.model_name!r} has no such layout. Set config.optimizer.layer_decay=1.0 (a "
                           f"captioner keeps its encoder fixed with config.model.freeze_encoder=True instead).")
-    parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
-    if opt.name == "adamw":
+    if opt.grad_clip_mode not in GRAD_CLIP_MODES:
+        raise ConfigError(f"config.optimizer.grad_clip_mode must be one of {', '.join(GRAD_CLIP_MODES)}, got "
+                          f"{opt.grad_clip_mode!r}.")
+    parts = []
+    if opt.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip_mode == "global"
+                     else clip_by_tensor_norm(opt.grad_clip))
+    decay_schedule = weight_decay_schedule(config, total_steps)
+    if decay_schedule is not None and opt.name != "adamw":
+        raise ConfigError(f"config.optimizer.weight_decay_end={opt.weight_decay_end}: a weight decay schedule is "
+                          f"AdamW's (SVT's recipe); set it to -1 (constant) for name={opt.name!r}.")
+    if opt.name == "adamw" and decay_schedule is not None:
+        # optax.adamw's chain, with the decay scheduled.
+        parts += [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+                  add_scheduled_decayed_weights(decay_schedule, decay_mask), optax.scale_by_learning_rate(schedule)]
+    elif opt.name == "adamw":
         parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
                                  mask=decay_mask))
     else:

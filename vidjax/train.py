@@ -24,7 +24,7 @@ from vidjax import checkpoint, fileio, losses, mixup, optim, preemption, pretrai
 from vidjax.config_lib import ConfigError, chosen, raise_problems
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
-from vidjax.metric_writer import MetricWriter
+from vidjax.metric_writer import MetricWriter, read_metrics
 from vidjax.models import clip_spec, get_model
 from vidjax.tasks import base
 
@@ -255,9 +255,10 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
     warmup_steps = int(config.optimizer.warmup_epochs * steps_per_epoch)
     schedule = optim.make_schedule(config, total_steps, warmup_steps, steps_per_epoch)
-    tx = optim.make_optimizer(config, schedule)
+    tx = optim.make_optimizer(config, schedule, total_steps)
 
-    ema = config.optimizer.ema_decay > 0
+    task = tasks.get_task(config.task)
+    ema = config.optimizer.ema_decay > 0 or task.ema_schedule(config, total_steps) is not None
 
     def init_state():
         params = nnx.to_pure_dict(nnx.state(make_model()))
@@ -266,6 +267,7 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
             state["ema_params"] = jax.tree.map(jnp.copy, params)
         if config.loss_spike.factor:  # the loss-spike guard's running mean of accepted losses
             state["loss_stats"] = {"ema": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)}
+        state.update(task.extra_state(config))
         return state
 
     abstract_state = jax.eval_shape(init_state)
@@ -279,6 +281,8 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
         state_shardings["ema_params"] = params_sh
     if config.loss_spike.factor:
         state_shardings["loss_stats"] = {"ema": sharding.replicated(mesh), "count": sharding.replicated(mesh)}
+    for key in abstract_state.keys() - state_shardings.keys():  # the task's extra state
+        state_shardings[key] = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state[key])
     return Setup(mesh=mesh, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
                  schedule=schedule, state_shardings=state_shardings, abstract_state=abstract_state,
                  init_state=jax.jit(init_state, out_shardings=state_shardings),
@@ -409,14 +413,18 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     mean, std = clips["mean"], clips["std"]
     base_key = jax.random.key(config.seed)
     mix = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
+    ema_schedule = task.ema_schedule(config, setup.total_steps)  # a teacher's momentum; None: the constant
     ema_decay = config.optimizer.ema_decay
+    video_keys = task.video_keys(config, train=True)
     spike_factor, spike_decay, spike_min_steps = (config.loss_spike.factor, config.loss_spike.decay,
                                                   config.loss_spike.min_steps)
     accum_steps = check_grad_accum(config, setup.mesh)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
-        batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
+        batch = dict(batch, **{key: losses.normalize_video(batch[key], mean, std) for key in video_keys})
+        fields, carry = task.before_update(config, setup, state, batch)
+        batch = dict(batch, **fields)
         if mix:
             mix_rng, rng = jax.random.split(rng)
             video, soft = mixup.mix(
@@ -427,12 +435,18 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
             batch = dict(batch, video=video, soft_targets=soft)
 
         (loss, aux), grads = loss_and_grads(loss_fn, graphdef, state["params"], batch, rng, accum_steps, setup.mesh)
+        grads = task.hold(config, setup, grads, state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        updates = task.hold(config, setup, updates, state["step"])  # no weight decay either
         params = jax.tree.map(jnp.add, state["params"], updates)
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-        if ema_decay:
-            new_state["ema_params"] = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+        if ema_schedule is not None or ema_decay:
+            decay = ema_schedule(state["step"]) if ema_schedule is not None else ema_decay
+            new_state["ema_params"] = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
                                                    state["ema_params"], params)
+        extra, extra_metrics = task.after_update(config, setup, state, new_state, carry)
+        new_state.update(extra)
+        aux = {**aux, **extra_metrics}
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         # One reduction over a stacked vector: a chain of per-leaf `&`s would be copied by XLA into the fusion of
         # every state leaf's select below (leaves x leaves operations; minutes of compile time for a ViT-L).
@@ -483,22 +497,43 @@ def eval_params(state: dict) -> dict:
 
 
 def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *, metadata: dict | None = None,
-             outputs: dict | None = None) -> dict[str, float]:
+             outputs: dict | None = None, train_source=None) -> dict[str, float]:
     """Whole-split eval metrics (or over the first config.eval_batches batches), as "eval_<name>".
 
     The task's `split_metrics` (pretrain: the mean masked-reconstruction loss. classification: loss, top1, top5,
-    macro_f1. multilabel: loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse), then always
-    decode_failures: eval videos that did not decode and were replaced by others (their scores stand in the
-    metrics, so a count above 0 says the split was not scored exactly as listed). With `outputs` (a dict), the
-    per-example scores and targets are also left in it (for the confusion matrix).
+    macro_f1. multilabel: loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse. svt: the k-NN's
+    knn_top1 and knn_top5), then always decode_failures: eval videos that did not decode and were replaced by others
+    (their scores stand in the metrics, so a count above 0 says the split was not scored exactly as listed). With
+    `outputs` (a dict), the per-example scores and targets are also left in it (for the confusion matrix).
+    A `Task.reference_split` task also gets the eval outputs of the whole `train_source` (read as an eval split:
+    centre views, no augmentation), e.g. the bank of a k-NN classifier.
     """
-    ds = pipeline.make_dataset(config, "eval", eval_source, process_index=jax.process_index(),
+    task = tasks.get_task(config.task)
+    arrays = split_outputs(config, setup, eval_step, params, eval_source, mask_grid, config.eval_batches)
+    reference = None
+    if task.reference_split:
+        if train_source is None:
+            raise ValueError(f"task {config.task!r} scores the eval split against the training split's outputs: "
+                             f"pass train_source.")
+        reference = split_outputs(config, setup, eval_step, params, train_source, mask_grid, 0)
+    failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else 0
+    result = task.split_metrics(arrays, base.SplitContext(config, eval_source, metadata or {}, reference))
+    if outputs is not None and task.pads_eval:  # per-example outputs (a trimmed eval's losses are per batch)
+        outputs.update(arrays)
+    return {**{f"eval_{k}": float(v) for k, v in result.items()}, "eval_decode_failures": failures}
+
+
+def split_outputs(config, setup: Setup, eval_step, params, source, mask_grid, max_batches: int
+                  ) -> dict[str, np.ndarray]:
+    """The eval step's outputs over `source` read as an eval split (the first `max_batches` batches; 0: all),
+    concatenated, with the padding rows that fill the last global batch removed."""
+    ds = pipeline.make_dataset(config, "eval", source, process_index=jax.process_index(),
                                process_count=jax.process_count(), mask_grid=mask_grid)
     batch_sh = sharding.batch_sharding(setup.mesh)
     gathered: dict[str, list] = {}
     count = 0
     for i, local in enumerate(ds):
-        if config.eval_batches and i >= config.eval_batches:
+        if max_batches and i >= max_batches:
             break
         out = jax.device_get(eval_step(params, sharding.global_batch(local, batch_sh)))
         for key, value in out.items():
@@ -511,12 +546,7 @@ def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *,
     if "valid" in arrays:  # the padding that fills the last global batch
         valid = arrays.pop("valid").astype(bool)
         arrays = {key: value[valid] for key, value in arrays.items()}
-    failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else 0
-    task = tasks.get_task(config.task)
-    result = task.split_metrics(arrays, base.SplitContext(config, eval_source, metadata or {}))
-    if outputs is not None and task.pads_eval:  # per-example outputs (a trimmed eval's losses are per batch)
-        outputs.update(arrays)
-    return {**{f"eval_{k}": float(v) for k, v in result.items()}, "eval_decode_failures": failures}
+    return arrays
 
 
 def check_targets(config: ml_collections.ConfigDict, source) -> None:
@@ -684,6 +714,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
                  + (f" | {decode_failures} videos failed to decode" if decode_failures else ""))
             log_t, log_step = now, step
 
+    init_summary: dict = {}  # the initial weights' eval metrics, "eval_<name>_init" (`Task.evaluates_init`)
+    if task.evaluates_init and latest is None:
+        init_summary = {f"{key}_init": value for key, value in evaluate(
+            config, setup, eval_step, eval_params(state), eval_source, mask_grid, metadata=metadata,
+            train_source=train_source).items() if key != "eval_decode_failures"}
+        writer.write(start_step, init_summary, split="eval")
+        _log("eval of the initial weights: " + ", ".join(f"{k} {v:.4f}" for k, v in init_summary.items()))
+    elif task.evaluates_init and os.path.exists(writer.path):  # resumed: as the run's start logged them
+        init_summary = {key: value for row in read_metrics(workdir) if row["step"] == 0 and row["split"] == "eval"
+                        for key, value in row.items() if key.endswith("_init")}
+
     compile_t = time.perf_counter()
     for step in range(start_step + 1, setup.total_steps + 1):
         batch = sharding.global_batch(next(train_iter), batch_sh)
@@ -712,7 +753,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
         if (config.eval_every and step % config.eval_every == 0) or is_last:
             outputs = {}
             summary = evaluate(config, setup, eval_step, eval_params(state), eval_source, mask_grid,
-                               metadata=metadata, outputs=outputs)
+                               metadata=metadata, outputs=outputs, train_source=train_source)
+            summary.update(init_summary)
             writer.write(step, summary, split="eval")
             _log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     if pending is not None:

@@ -13,7 +13,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import av
@@ -139,6 +139,7 @@ def read_clip(
     short_side: int | None = None,
     threads: int = 1,
     name: str | None = None,
+    select: Callable[[int], np.ndarray] | None = None,
 ) -> Clip:
     """Decodes a clip sampled as in `sample_indices` from a video file path or its encoded bytes.
 
@@ -154,6 +155,9 @@ def read_clip(
     `threads` is FFmpeg's decoding threads for this call: keep 1 inside grain workers, where the workers
     already occupy the cores; raise it only when decoding in a single process with idle cores.
     `name` labels a bytes source in errors and warnings (e.g. its record key).
+    `select(n)`, when given, replaces `sample_indices`: it gets the number of frames n in [start_s, end_s) and returns
+    the sorted indices (0..n-1) to decode, e.g. the frames of SVT's views (`vidjax.data.views`); num_frames,
+    sampling_rate, rng and the windows are then unused.
     Raises VideoDecodeError for missing, unreadable or corrupt videos and files without a video stream.
     """
     label = _label(src, name)
@@ -162,7 +166,7 @@ def read_clip(
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         meta = _stream_meta(container, stream, label)
-        sample = (num_frames, sampling_rate, rng, num_windows, window_index)
+        sample = (num_frames, sampling_rate, rng, num_windows, window_index, select)
         indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
         reader = _FrameReader(container, stream, meta, label)
         chosen, covered = reader.frames_at(indices)
@@ -284,8 +288,8 @@ def _stream_meta(container: av.container.InputContainer, stream: av.video.stream
 
 def _sample(num_video_frames: int, fps: Fraction, start_s: float | None, end_s: float | None, num_frames: int,
             sampling_rate: int, rng: np.random.Generator | None, num_windows: int, window_index: int,
-            label: str) -> np.ndarray:
-    """`sample_indices` within the frames shown in [start_s, end_s)."""
+            select: Callable[[int], np.ndarray] | None, label: str) -> np.ndarray:
+    """`sample_indices` (or `select`) within the frames shown in [start_s, end_s)."""
     # Frame k is shown from k / fps; the small slack keeps e.g. 0.1 s at 30 fps on frame 3.
     first, stop = 0, num_video_frames
     if start_s is not None and not math.isnan(start_s):
@@ -297,6 +301,8 @@ def _sample(num_video_frames: int, fps: Fraction, start_s: float | None, end_s: 
                        label, start_s, num_video_frames, float(fps))
     first = min(max(first, 0), num_video_frames - 1)
     stop = max(stop, first + 1)
+    if select is not None:
+        return first + np.asarray(select(stop - first), np.int64)
     indices = sample_indices(stop - first, num_frames, sampling_rate, rng, num_windows=num_windows,
                              window_index=window_index)
     return first + indices

@@ -22,6 +22,7 @@ import numpy as np
 from vidjax import tasks
 from vidjax.config_lib import ConfigError, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
+from vidjax.data import views as views_lib
 from vidjax.models import clip_spec
 
 SPLITS = ("train", "eval")
@@ -77,7 +78,8 @@ def make_source(data: ml_collections.ConfigDict, split: str, class_names: Sequen
     train = split == "train"
     if data.source == "synthetic":
         return synthetic.SyntheticVideoSource(
-            num_examples=data.num_train if train else data.num_eval, num_frames=data.num_frames,
+            # A clip window: num_frames at sampling_rate (1 in the runlocal recipes: the clip itself).
+            num_examples=data.num_train if train else data.num_eval, num_frames=data.num_frames * data.sampling_rate,
             height=data.image_size, width=data.image_size, num_classes=data.num_classes or synthetic.NUM_CLASSES,
             seed=data.seed, split="train" if train else "validation", task=data.synthetic_task)
     names_file = data.class_names_file or None
@@ -222,6 +224,7 @@ class Preprocess:
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
     fields: object = None  # the task's per-element fields (`Task.element_fields`): (element, rng) -> dict
+    views: views_lib.ViewSpec | None = None  # training elements as multiple views (`Task.view_spec`)
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
@@ -244,7 +247,8 @@ class Preprocess:
                     "Skipping element %d: %s; using element %d in its place (each broken video is named once)",
                     int(element["index"]), err, substitute)
                 element = self.source[substitute]
-        samples = out["video"].shape[0] if out["video"].ndim == 5 and self.train else 1
+        video = out.get("video")
+        samples = video.shape[0] if video is not None and video.ndim == 5 and self.train else 1
         count = np.zeros(samples, np.int32)
         count[0] = failures  # one count per decoded video, not per augmented sample
         out["decode_failures"] = count if samples > 1 else np.int32(failures)
@@ -255,6 +259,8 @@ class Preprocess:
     def load(self, element: dict, rng: np.random.Generator) -> dict:
         """One element decoded and transformed, without the decode-failure substitution (raises VideoDecodeError)."""
         d = self.data
+        if self.train and self.views is not None:
+            return self.load_views(element, rng)
         size, short = d.image_size, d.short_side or d.image_size
         window = (np.nan, np.nan)
         stored_clip = "video" in element and element["video"].shape[1:3] == (size, size)
@@ -304,6 +310,36 @@ class Preprocess:
                 out["mask"] = np.stack([tube_mask(rng, self.mask_grid, self.mask_ratio) for _ in video])
             else:
                 out["mask"] = tube_mask(rng, self.mask_grid, self.mask_ratio)
+        return out
+
+    def load_views(self, element: dict, rng: np.random.Generator) -> dict:
+        """A training element as the views of `self.views` ({group key: (views, T, size, size, 3)} uint8; see
+        `vidjax.data.views`): only the frames the views use are decoded (an in-memory video is used as it is)."""
+        spec = self.views
+        if "video" in element:
+            frames, frame_ids = element["video"], None
+            indices = views_lib.view_frame_indices(len(frames), spec, rng)
+        else:
+            src = element["path"] if "path" in element else element["data"]
+            start_s, end_s = float(element.get("start", np.nan)), float(element.get("end", np.nan))
+            chosen = {}
+
+            def select(num_video_frames: int) -> np.ndarray:
+                chosen["views"] = views_lib.view_frame_indices(num_video_frames, spec, rng)
+                return views_lib.frames_to_decode(chosen["views"])
+
+            clip = decode.read_clip(src, spec.num_frames, spec.sampling_rate,
+                                    start_s=None if np.isnan(start_s) else start_s,
+                                    end_s=None if np.isnan(end_s) else end_s,
+                                    short_side=self.data.short_side or self.data.image_size,
+                                    name=element.get("source_path") if "data" in element else None, select=select)
+            frames, indices = clip.frames, chosen["views"]
+            frame_ids = views_lib.frames_to_decode(indices)
+        out = views_lib.make_views(frames, indices, spec, rng, frame_ids=frame_ids)
+        out["index"] = np.int32(element["index"])
+        out.update(self._targets(element, (np.nan, np.nan)))
+        if self.fields is not None:
+            out.update(self.fields(element, rng))
         return out
 
     def _augment(self, video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -413,11 +449,12 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     """
     data = config.data
     train = split == "train"
+    task = tasks.get_task(config.task)
     samples = data.num_samples if train else 1
     local_batch = config.batch_size // process_count // samples
     if train:
         ds = grain.MapDataset.source(source).shuffle(seed=data.seed + config.seed).repeat()
-    elif not tasks.get_task(config.task).pads_eval:
+    elif not task.pads_eval:
         ds = grain.MapDataset.source(source)
         ds = ds[: len(ds) - len(ds) % config.batch_size]
     else:
@@ -425,7 +462,8 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     clips = clip_spec(config.model_name, config.model)
     preprocess = Preprocess(data=data, source=source, train=train, mask_grid=mask_grid,
                             mask_ratio=config.model.get("mask_ratio", 0.0), pixel_mean=clips["mean"],
-                            pixel_std=clips["std"], fields=tasks.get_task(config.task).element_fields(config, train))
+                            pixel_std=clips["std"], fields=task.element_fields(config, train),
+                            views=task.view_spec(config) if train else None)
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.

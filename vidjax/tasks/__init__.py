@@ -17,7 +17,7 @@ from vidjax.tasks.base import Task
 
 _NOT_TASKS = {"base"}
 # Listed in this order, then the others.
-_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning")
+_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning", "svt")
 
 
 def available() -> list[str]:

@@ -12,7 +12,13 @@ A `Task` says, for one value of config.task:
   - how it evaluates: `eval_outputs` of one batch on device, `split_metrics` of a whole split on the host (given a
     `SplitContext`), and the figures a run or an evaluation leaves (`training_figures`, `evaluation_figure`);
   - what a checkpoint records for inference (`metadata`), and how `predict` and `probe` read its outputs
-    (`scores`, `describe`, `format_prediction`, `probe_loss`).
+    (`scores`, `describe`, `format_prediction`, `probe_loss`);
+  - for self-supervised tasks that train on several views against a teacher (SVT): the views training elements
+    are cut into (`view_spec`) and the batch keys holding videos (`video_keys`), the momentum schedule of a
+    teacher kept as the EMA of the weights (`ema_schedule`), state beside parameters and optimizer (`extra_state`),
+    work on the device before the loss and after the update (`before_update`, `after_update`), parameters held
+    fixed for a while (`hold`), whole-split metrics that also need the training split's outputs
+    (`reference_split`), and an evaluation of the initial weights (`evaluates_init`).
 The trainer, `evaluate`, `predict` and `probe` call these and never branch on the task's name.
 """
 
@@ -54,12 +60,14 @@ class InitTarget:
 
 @dataclasses.dataclass
 class SplitContext:
-    """What whole-split metrics may read besides the outputs: the run's config, the split's source and the
-    checkpoint metadata (`Task.metadata`, plus "target_names")."""
+    """What whole-split metrics may read besides the outputs: the run's config, the split's source, the
+    checkpoint metadata (`Task.metadata`, plus "target_names") and, for `Task.reference_split` tasks, the training
+    split's outputs."""
 
     config: ml_collections.ConfigDict
     source: Any
     metadata: dict
+    reference: dict[str, np.ndarray] | None = None  # the training split's eval outputs (`Task.reference_split`)
 
 
 @dataclasses.dataclass
@@ -90,6 +98,9 @@ class Task:
     mixes = False  # mixup / cutmix (config.loss) apply
     pads_eval = True  # eval padded to whole batches, every video scored once; False: trimmed to whole batches
     output_kind = "class"  # what one model output is called in predictions ("class N" / "target N")
+    # `split_metrics` also gets the training split's eval outputs (SplitContext.reference; e.g. a k-NN's bank).
+    reference_split = False
+    evaluates_init = False  # a fresh run evaluates its initial weights once, logged as eval_<name>_init at step 0
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
@@ -119,7 +130,47 @@ class Task:
     def write_assets(self, config: ml_collections.ConfigDict, train_source, workdir: str) -> None:
         """Writes into `workdir` (process 0) what inference needs besides the checkpoint, pointing `config` at it."""
 
+    def view_spec(self, config: ml_collections.ConfigDict):
+        """The `vidjax.data.views.ViewSpec` training elements are cut into (their batch keys: `view_groups`), or
+        None: one clip a training element, under "video"."""
+        return None
+
+    def video_keys(self, config: ml_collections.ConfigDict, train: bool) -> tuple[str, ...]:
+        """The batch keys holding uint8 videos, normalised on the device before the loss or the eval outputs."""
+        spec = self.view_spec(config) if train else None
+        if spec is None:
+            return ("video",)
+        from vidjax.data import views
+
+        return tuple(group.key for group in views.view_groups(spec))
+
     # ---- training ----
+    def ema_schedule(self, config: ml_collections.ConfigDict, total_steps: int):
+        """step -> the momentum of state["ema_params"], an exponential moving average of the weights that evaluation
+        and checkpoints' users read (a self-distillation teacher); None: config.optimizer.ema_decay (0 = none)."""
+        return None
+
+    def extra_state(self, config: ml_collections.ConfigDict) -> dict:
+        """State the task keeps beside the parameters and the optimizer's (traced inside the jitted init; each value
+        replicated over the mesh), e.g. a running centre. Resuming restores it with the rest."""
+        return {}
+
+    def before_update(self, config: ml_collections.ConfigDict, setup, state: dict, batch: dict
+                      ) -> tuple[dict, dict]:
+        """On the device, before the loss: (fields added to the batch the loss sees, a carry for `after_update`).
+        `batch` holds the normalised videos; the fields must have the batch's leading axis (micro-batches split
+        them)."""
+        return {}, {}
+
+    def after_update(self, config: ml_collections.ConfigDict, setup, state: dict, new_state: dict, carry: dict
+                     ) -> tuple[dict, dict]:
+        """On the device, after the update: (new values of `extra_state`'s entries, scalar metrics to log)."""
+        return {}, {}
+
+    def hold(self, config: ml_collections.ConfigDict, setup, tree, step: jax.Array):
+        """The gradients (and then the updates) of a step, with those of parameters held fixed at `step` zeroed."""
+        return tree
+
     def loss_weights(self, config: ml_collections.ConfigDict, source) -> tuple[np.ndarray | None,
                                                                                np.ndarray | None]:
         """(class_weights, pos_weight) from config.loss; tasks that take neither refuse them."""
