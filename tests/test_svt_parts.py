@@ -269,15 +269,47 @@ def test_views_groups_by_shape_and_keeps_the_order(monkeypatch):
     model = random_params(abstract(svt, svt_config()), seed=10)
     views = [video(frames=4, size=32, seed=1), video(frames=2, size=16, seed=2), video(frames=4, size=32, seed=3)]
     alone = [svt_logits(model, v) for v in views]
-    calls = []
-    call = svt.Model.__call__
-    monkeypatch.setattr(svt.Model, "__call__", lambda self, v, **kw: calls.append(v.shape) or call(self, v, **kw))
+    calls, heads = [], []
+    call, head = timesformer.Model.__call__, svt.DINOHead.__call__
+    monkeypatch.setattr(timesformer.Model, "__call__",
+                        lambda self, v, **kw: calls.append(v.shape) or call(self, v, **kw))
+    monkeypatch.setattr(svt.DINOHead, "__call__", lambda self, x: heads.append(x.shape) or head(self, x))
     logits = nnx.jit(lambda m, vs: m.views(vs))(model, views)
-    # One call per shape, in order of first appearance: views 0 and 2 (4 frames of 32 px) go together.
+    # One backbone call per shape, in order of first appearance: views 0 and 2 (4 frames of 32 px) go together;
+    # then one head call over the CLS of all six rows, as the reference's MultiCropWrapper.
     assert calls == [(4, 4, 32, 32, 3), (2, 2, 16, 16, 3)]
+    assert heads == [(6, WIDTH)]
     assert len(logits) == len(views)
     for got, expected in zip(logits, alone, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_head_batch_norm_uses_the_statistics_of_every_view():
+    """head_use_bn (DINO's use_bn_in_head): BatchNorm1d in training mode after each hidden Linear, over the rows of
+    all the views together, so a view's logits depend on the other views; without it they do not."""
+    cfg = svt_config()
+    cfg.head_use_bn = True
+    model = random_params(abstract(svt, cfg), seed=11)
+    assert [tuple(n.scale.shape) for n in model.head.norms] == [(64,), (64,)]
+    x = np.random.default_rng(5).normal(size=(6, WIDTH)).astype(np.float32)
+    gelu = np.vectorize(lambda a: 0.5 * a * (1 + math.erf(a / math.sqrt(2))))
+    h = x.astype(np.float64)
+    for i, dense in enumerate(model.head.mlp):
+        if i:
+            norm = model.head.norms[i - 1]
+            mean, var = h.mean(axis=0), h.var(axis=0)  # biased variance, as BatchNorm1d normalises in training
+            h = gelu((h - mean) / np.sqrt(var + 1e-5) * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...]))
+        h = h @ np.asarray(dense.kernel[...], np.float64) + np.asarray(dense.bias[...], np.float64)
+    z = h / np.linalg.norm(h, axis=1, keepdims=True)
+    bottleneck = nnx.jit(lambda m, x: m.head.bottleneck(x))(model, jnp.asarray(x))
+    np.testing.assert_allclose(bottleneck, z, rtol=1e-4, atol=1e-5)
+
+    views = [video(frames=4, size=32, seed=1), video(frames=2, size=16, seed=2)]
+    together = nnx.jit(lambda m, vs: m.views(vs))(model, views)
+    assert not np.allclose(together[0], svt_logits(model, views[0]), atol=1e-3)  # the locals' rows take part
+    cls = jnp.concatenate([hidden(model.backbone, v)[:, 0] for v in views], axis=0)
+    expected = nnx.jit(lambda m, c: m.head(c))(model, cls)
+    np.testing.assert_allclose(jnp.concatenate(together, axis=0), expected, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------------- k-NN

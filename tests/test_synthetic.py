@@ -428,3 +428,51 @@ def test_variants_work_as_grain_sources_and_pickle(task):
         for element in (dataset[index], restored[index]):
             np.testing.assert_array_equal(element["video"], expected["video"])
             np.testing.assert_array_equal(element[key], expected[key])
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_looks_share_backgrounds_and_objects_across_labels_and_splits(monkeypatch, task):
+    """looks=N: every clip's background and object look (size, shape, colour) is one of N, in every split, each
+    look carrying many labels; the start and the motion stay the clip's own; looks=0 gives every clip its own."""
+    backgrounds, objects = [], []
+    background, new_object = SyntheticVideoSource._background, SyntheticVideoSource._new_object
+
+    def record_background(self, rng, orientation=None):
+        video = background(self, rng, orientation)
+        backgrounds.append(video.copy())  # the clip draws on `video` in place
+        return video
+
+    def record_object(self, *args, **kwargs):
+        objects.append(new_object(self, *args, **kwargs))
+        return objects[-1]
+
+    monkeypatch.setattr(SyntheticVideoSource, "_background", record_background)
+    monkeypatch.setattr(SyntheticVideoSource, "_new_object", record_object)
+
+    def looks_of(source):
+        backgrounds.clear(), objects.clear()
+        elements = [source[i] for i in range(len(source))]
+        keys = [(bg.tobytes(), o.radius, o.shape, o.colour.tobytes()) for bg, o in zip(backgrounds, objects)]
+        starts = {(o.start_y, o.start_x) for o in objects}
+        return keys, elements, starts
+
+    train, train_elements, starts = looks_of(SyntheticVideoSource(48, 4, 16, 16, task=task, looks=3))
+    validation, _, _ = looks_of(SyntheticVideoSource(24, 4, 16, 16, task=task, looks=3, split="validation"))
+    assert len(set(train)) == 3 and set(validation) <= set(train)
+    assert len(starts) == 48  # each clip starts somewhere of its own
+    if task == "classification":  # every look shows several directions: the look says nothing of the label
+        labels = [int(e["label"]) for e in train_elements]
+        for look in set(train):
+            assert len({label for key, label in zip(train, labels) if key == look}) >= 3
+    one, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, task=task, looks=1))
+    assert len(set(one)) == 1
+    own, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, task=task))
+    assert len(set(own)) == 8
+
+
+def test_looks_repr_and_bad_values():
+    assert repr(SyntheticVideoSource(3, looks=2)).endswith("split='train', looks=2)")
+    with pytest.raises(ValueError, match=r"looks must be >= 0, got -1"):
+        SyntheticVideoSource(3, looks=-1)
+    with pytest.raises(ValueError, match=r"looks=2 is for the one-object tasks .* not 'multilabel'"):
+        SyntheticVideoSource(3, task="multilabel", looks=2)

@@ -11,6 +11,15 @@ ReLU units (--probe=mlp). It is scored on --eval_features, or else on a held-out
 drawn by --seed, with the metrics of `vidjax.metrics`: classification top1 / top5 / macro_f1, multilabel mAP,
 regression ccc_<target> / ccc_mean / mse. The metrics are printed and written to --out (JSON, default
 FEATURES.probe.json). Exit status 0, 2 for bad arguments or features that do not fit the task.
+
+--probe=svm fits scikit-learn's SVC (classification; its one-vs-rest decision values are the scores) or one SVR
+per target (regression) on the standardised features, with --svm_kernel (linear or rbf) and --svm_c; multilabel
+is not supported by svm. --pca=K projects the features on K principal components fitted on the training rows
+only (after the held-out split), for every probe. --grid picks the learning rate (and --hidden for mlp), or C
+(and gamma for rbf), on a validation split of the training rows (the last 20% of an order drawn by --seed),
+prints the choice and retrains on all training rows with it. Classification also reports per-class precision,
+recall and F1 (a table, and `per_class` in --out). --probe=svm and --pca need scikit-learn
+(`pip install 'vidjax[probe]'`).
 """
 
 from __future__ import annotations
@@ -25,11 +34,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vidjax import cli, fileio, tasks
+from vidjax import cli, fileio, metrics, tasks
 
 TASKS = tuple(name for name in tasks.available() if tasks.get_task(name).probes)  # the tasks a probe fits
 TARGET_KEY = {name: tasks.get_task(name).target_key for name in TASKS}
-PROBES = ("linear", "mlp")
+PROBES = ("linear", "mlp", "svm")
+SVM_KERNELS = ("linear", "rbf")
+# --grid: the values tried. gamma is a multiple of 1 / (feature dim), the `scale` gamma of standardised features.
+GRID_LR = (1e-3, 1e-2, 1e-1)
+GRID_HIDDEN = (64, 256)
+GRID_C = (0.1, 1.0, 10.0, 100.0)
+GRID_GAMMA = (0.1, 1.0, 10.0)
+GRID_VALIDATION = 0.2  # fraction of the training rows --grid scores its candidates on
 
 
 class ProbeError(ValueError):
@@ -114,6 +130,86 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
     return scores * y_std + y_mean if contract.probe_standardises_targets else scores
 
 
+def _sklearn(what: str):
+    """The sklearn package, or a ProbeError naming the extra that installs it."""
+    try:
+        import sklearn.decomposition
+        import sklearn.svm
+    except ImportError as e:
+        raise ProbeError(f"{what} needs scikit-learn, which is not installed ({e}); "
+                         f"install it with `pip install 'vidjax[probe]'`.") from e
+    return sklearn
+
+
+def train_svm(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, *, num_outputs: int,
+              kernel: str = "linear", c: float = 1.0, gamma: float | str = "scale") -> np.ndarray:
+    """scikit-learn SVC (classification) or one SVR per target (regression) on standardised features; scores on
+    x_eval shaped as `train_probe`'s: (N, num_outputs) class scores (one-vs-rest decision values; classes absent
+    from the training rows score below every other) or values in the targets' units."""
+    sklearn = _sklearn("--probe=svm")
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std = np.where(std > 1e-6, std, 1.0)
+    x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
+    contract = tasks.get_task(task)
+    if contract.probe_standardises_targets:  # regression
+        y = np.asarray(y_train, np.float64).reshape(len(y_train), -1)
+        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
+        y_std = np.where(y_std > 1e-6, y_std, 1.0)
+        y = (y - y_mean) / y_std
+        pred = np.stack([sklearn.svm.SVR(kernel=kernel, C=c, gamma=gamma).fit(x_train, y[:, k]).predict(x_eval)
+                         for k in range(y.shape[1])], axis=1)
+        pred = pred * y_std + y_mean
+        return pred.reshape((len(x_eval), *np.shape(y_train)[1:])).astype(np.float32)
+    if np.ndim(y_train) != 1:
+        raise ProbeError(f"--probe=svm supports classification and regression only, not --task={task}; "
+                         f"use --probe=linear or --probe=mlp.")
+    labels = contract.probe_targets(y_train)
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise ProbeError(f"--probe=svm needs at least two classes among the training rows; they all have "
+                         f"class {classes.tolist()}.")
+    model = sklearn.svm.SVC(kernel=kernel, C=c, gamma=gamma, decision_function_shape="ovr").fit(x_train, labels)
+    decision = np.asarray(model.decision_function(x_eval), np.float64)
+    if decision.ndim == 1:  # two classes: positive means model.classes_[1]
+        decision = np.stack([-decision, decision], axis=1)
+    scores = np.full((len(x_eval), num_outputs), decision.min() - 1.0 if decision.size else -1.0)
+    scores[:, model.classes_] = decision
+    return scores
+
+
+def fit_pca(x_train: np.ndarray, x_eval: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, object]:
+    """(x_train, x_eval) projected on the first k principal components of x_train alone, and the fitted PCA."""
+    sklearn = _sklearn("--pca")
+    if k > min(x_train.shape):
+        raise ProbeError(f"--pca={k} exceeds the {len(x_train)} training rows or the feature dimension "
+                         f"{x_train.shape[1]}; choose at most {min(x_train.shape)}.")
+    pca = sklearn.decomposition.PCA(n_components=k, svd_solver="full").fit(x_train)
+    return pca.transform(x_train).astype(np.float32), pca.transform(x_eval).astype(np.float32), pca
+
+
+def per_class(scores: np.ndarray, labels: np.ndarray, class_names: list[str] | None) -> list[dict]:
+    """Precision, recall, F1 and support of each class present in the labels or the argmax predictions (from
+    `metrics.confusion_matrix`); a class never predicted has precision 0, one never present recall 0."""
+    cm = metrics.confusion_matrix(scores, labels)
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    rows = []
+    for c in np.flatnonzero((predicted + support) > 0):
+        name = class_names[c] if class_names and c < len(class_names) else str(c)
+        rows.append({"class": name, "precision": float(tp[c] / predicted[c]) if predicted[c] else 0.0,
+                     "recall": float(tp[c] / support[c]) if support[c] else 0.0,
+                     "f1": float(2 * tp[c] / (predicted[c] + support[c])), "support": int(support[c])})
+    return rows
+
+
+def per_class_table(rows: list[dict]) -> list[str]:
+    width = max([len("class")] + [len(r["class"]) for r in rows])
+    lines = [f"{'class':<{width}}  precision  recall      f1  support"]
+    lines += [f"{r['class']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}"
+              for r in rows]
+    return lines
+
+
 def score(task: str, scores: np.ndarray, targets: np.ndarray, target_names: list[str] | None) -> dict[str, float]:
     """The task's metrics (`Task.task_metrics`, from `vidjax.metrics`)."""
     return tasks.get_task(task).task_metrics(scores, targets, target_names)
@@ -125,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, choices=TASKS, help="which targets to fit")
     parser.add_argument("--eval_features", default="", metavar="FILE2.npz",
                         help="score on these features instead of a held-out part of --features")
-    parser.add_argument("--probe", default="linear", choices=PROBES, help="linear layer or 1-hidden-layer MLP")
+    parser.add_argument("--probe", default="linear", choices=PROBES, help="linear layer, 1-hidden-layer MLP or SVM")
     parser.add_argument("--hidden", type=int, default=256, help="--probe=mlp: hidden units (default 256)")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of rows held out (default 0.2)")
     parser.add_argument("--epochs", type=int, default=100, help="passes over the training rows (default 100)")
@@ -134,6 +230,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=256, help="rows per step (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split, init and batches")
     parser.add_argument("--out", default="", metavar="FILE.json", help="metrics JSON (default FEATURES.probe.json)")
+    parser.add_argument("--svm_kernel", default="linear", choices=SVM_KERNELS, help="--probe=svm: kernel (linear)")
+    parser.add_argument("--svm_c", type=float, default=1.0, help="--probe=svm: regularisation C (default 1.0)")
+    parser.add_argument("--pca", type=int, default=0, metavar="K",
+                        help="project on K principal components of the training rows first (default 0: off)")
+    parser.add_argument("--grid", action="store_true",
+                        help="choose lr (and --hidden), or C (and gamma), on a validation part of the training rows")
     return parser
 
 
@@ -145,6 +247,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--holdout={args.holdout} must be between 0 and 1 (or give --eval_features)."
     if args.lr <= 0 or args.weight_decay < 0:
         return "--lr must be positive and --weight_decay not negative."
+    if args.svm_c <= 0:
+        return f"--svm_c={args.svm_c} must be positive."
+    if args.pca < 0:
+        return f"--pca={args.pca} must be 0 (off) or a number of components."
     return None
 
 
@@ -174,17 +280,83 @@ def run(args: argparse.Namespace) -> dict:
         num_outputs = max(len(names.get("class_names", [])), int(max(y_train.max(), y_eval.max())) + 1)
     else:
         num_outputs = targets.shape[1]
-    scores = train_probe(args.task, x_train, y_train, x_eval, num_outputs=num_outputs, probe=args.probe,
-                         hidden=args.hidden, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                         batch_size=args.batch_size, seed=args.seed)
+    if args.pca:
+        x_train, x_eval, _ = fit_pca(x_train, x_eval, args.pca)
+    grid = _grid_search(args, x_train, y_train, num_outputs, names) if args.grid else None
+    setting = grid["chosen"] if grid else _default_setting(args)
+    scores = _fit(args, setting, x_train, y_train, x_eval, num_outputs)
     try:
         result = score(args.task, scores, y_eval, names.get("target_names"))
     except ValueError as e:
         raise ProbeError(f"cannot score the {len(y_eval)} evaluation rows: {e}") from e
-    return {"task": args.task, "probe": args.probe, "features": args.features,
-            "eval_features": args.eval_features or None, "holdout": None if args.eval_features else args.holdout,
-            "num_train": len(x_train), "num_eval": len(x_eval), "feature_dim": int(features.shape[1]),
-            "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "metrics": result}
+    report = {"task": args.task, "probe": args.probe, "features": args.features,
+              "eval_features": args.eval_features or None, "holdout": None if args.eval_features else args.holdout,
+              "num_train": len(x_train), "num_eval": len(x_eval), "feature_dim": int(features.shape[1]),
+              "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "metrics": result}
+    if args.probe == "svm":
+        report.update(svm_kernel=args.svm_kernel, svm_c=args.svm_c)
+    if args.pca:
+        report["pca"] = args.pca
+    if grid:
+        report["grid"] = grid
+    if np.ndim(y_eval) == 1:  # class indices
+        report["per_class"] = per_class(scores, y_eval, names.get("class_names"))
+    return report
+
+
+def _default_setting(args) -> dict:
+    if args.probe == "svm":
+        return {"C": args.svm_c} if args.svm_kernel == "linear" else {"C": args.svm_c, "gamma": "scale"}
+    return {"lr": args.lr, "hidden": args.hidden} if args.probe == "mlp" else {"lr": args.lr}
+
+
+def _fit(args, setting: dict, x_train, y_train, x_eval, num_outputs: int) -> np.ndarray:
+    """The probe's scores on x_eval, trained on (x_train, y_train) with the flags and `setting` over them."""
+    if args.probe == "svm":
+        return train_svm(args.task, x_train, y_train, x_eval, num_outputs=num_outputs, kernel=args.svm_kernel,
+                         c=setting["C"], gamma=setting.get("gamma", "scale"))
+    return train_probe(args.task, x_train, y_train, x_eval, num_outputs=num_outputs, probe=args.probe,
+                       hidden=setting.get("hidden", args.hidden), epochs=args.epochs, lr=setting["lr"],
+                       weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed)
+
+
+def _candidates(args, dim: int) -> list[dict]:
+    if args.probe == "svm":
+        if args.svm_kernel == "linear":
+            return [{"C": c} for c in GRID_C]
+        return [{"C": c, "gamma": g / dim} for c in GRID_C for g in GRID_GAMMA]
+    if args.probe == "mlp":
+        return [{"lr": lr, "hidden": h} for lr in GRID_LR for h in GRID_HIDDEN]
+    return [{"lr": lr} for lr in GRID_LR]
+
+
+def _grid_search(args, x_train, y_train, num_outputs: int, names: dict) -> dict:
+    """The candidate with the best validation metric (top1, mAP or ccc_mean; the first of equals), trained on the
+    first 80% and scored on the last 20% of the training rows in an order drawn by --seed (never the eval rows)."""
+    order = np.random.default_rng(args.seed).permutation(len(x_train))
+    n_val = int(round(GRID_VALIDATION * len(x_train)))
+    if n_val < 1 or n_val >= len(x_train):
+        raise ProbeError(f"--grid needs a validation part of the {len(x_train)} training rows: "
+                         f"{GRID_VALIDATION:.0%} of them leaves {n_val}; give more rows.")
+    fit_rows, val_rows = order[:-n_val], order[-n_val:]
+    tried, best = [], None
+    for setting in _candidates(args, x_train.shape[1]):
+        scores = _fit(args, setting, x_train[fit_rows], y_train[fit_rows], x_train[val_rows], num_outputs)
+        try:
+            result = score(args.task, scores, y_train[val_rows], names.get("target_names"))
+        except ValueError as e:
+            raise ProbeError(f"--grid cannot score its {n_val} validation rows: {e}") from e
+        metric = next(k for k in ("top1", "mAP", "ccc_mean") if k in result)
+        value = float("-inf") if np.isnan(result[metric]) else float(result[metric])
+        tried.append({**setting, metric: value})
+        if best is None or value > best[0]:
+            best = (value, setting, metric)
+    value, chosen, metric = best
+    return {"chosen": chosen, "metric": metric, "value": value, "num_validation": n_val, "tried": tried}
+
+
+def _setting_text(setting: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,9 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or f"{stem}.probe.json"
     with fileio.atomic_output(out) as f:
         json.dump(report, f, indent=1)
+    if "grid" in report:
+        grid = report["grid"]
+        print(f"grid: chose {_setting_text(grid['chosen'])} (validation {grid['metric']} {grid['value']:.4f} on "
+              f"{grid['num_validation']} of the training rows)")
     scored = "--eval_features" if args.eval_features else f"{report['num_eval']} held-out rows"
     print(f"{args.probe} probe, {args.task}, {report['num_train']} training rows, scored on {scored}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items()) + f"; written to {out}")
+    if report.get("per_class"):
+        print("\n".join(per_class_table(report["per_class"])))
     return 0
 
 

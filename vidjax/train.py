@@ -70,6 +70,10 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"head={task.head!r}" + (" (a linear head with one output per class or target)"
                                                   if task.head == "classification" else "")
                         + f"; set --config.model.head={task.head}, or choose the task the head is for.")
+    if task is not None and task.model_name and config.model_name != task.model_name:
+        problems.append(f"config.task={config.task!r} trains the {task.model_name} model, but config.model_name="
+                        f"{config.model_name!r}: set --config.model_name={task.model_name} with its model block "
+                        f"({task.recipe} is the recipe).")
     if task is not None:
         problems += task.config_problems(config)
     loss = config.loss

@@ -81,7 +81,8 @@ def make_source(data: ml_collections.ConfigDict, split: str, class_names: Sequen
             # A clip window: num_frames at sampling_rate (1 in the runlocal recipes: the clip itself).
             num_examples=data.num_train if train else data.num_eval, num_frames=data.num_frames * data.sampling_rate,
             height=data.image_size, width=data.image_size, num_classes=data.num_classes or synthetic.NUM_CLASSES,
-            seed=data.seed, split="train" if train else "validation", task=data.synthetic_task)
+            seed=data.seed, split="train" if train else "validation", task=data.synthetic_task,
+            looks=data.synthetic_looks)
     names_file = data.class_names_file or None
     if data.source in ("csv", "charades"):
         key = "train_csv" if train else "eval_csv"

@@ -72,6 +72,8 @@ MAX_CLASSES = MAX_DIRECTIONS * MAX_SPEED_BANDS
 MIN_SIZE = 16
 SPLITS = ("train", "validation", "test")
 TASKS = ("classification", "multilabel", "regression", "captioning")
+# The second word of the generators of the `looks` variant's fixed looks (seeded (seed, _LOOK_STREAM, look)).
+_LOOK_STREAM = 7919
 REGRESSION_TARGETS = ("velocity_x", "velocity_y")
 # Objects per multi-label clip: enough to need per-object motion, few enough that they rarely overlap.
 MAX_OBJECTS = 3
@@ -266,6 +268,7 @@ class SyntheticVideoSource:
         seed: int = 0,
         split: str = "train",
         task: str = "classification",
+        looks: int = 0,
     ):
         self.num_examples = _check_int("num_examples", num_examples, 1)
         self.num_frames = _check_int("num_frames", num_frames, 1)
@@ -279,6 +282,10 @@ class SyntheticVideoSource:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}; pass one of those to SyntheticVideoSource.")
         if task == "captioning":
             _check_caption_classes(self.num_classes)
+        self.looks = _check_int("looks", looks, 0)
+        if self.looks and task not in ("classification", "regression"):
+            raise ValueError(f"looks={looks} is for the one-object tasks (classification, regression), not {task!r}, "
+                             f"whose objects or captions need a look of their own per clip; use looks=0.")
         self.split = split
         self.task = task
         self._split_id = SPLITS.index(split)
@@ -293,10 +300,11 @@ class SyntheticVideoSource:
     def __repr__(self) -> str:
         # Grain checkpoints compare reprs on restore: the default task keeps the repr it always had.
         task = "" if self.task == "classification" else f", task={self.task!r}"
+        looks = f", looks={self.looks}" if self.looks else ""
         return (
             f"SyntheticVideoSource(num_examples={self.num_examples}, num_frames={self.num_frames}, "
             f"height={self.height}, width={self.width}, num_classes={self.num_classes}, "
-            f"seed={self.seed}, split={self.split!r}{task})"
+            f"seed={self.seed}, split={self.split!r}{task}{looks})"
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -308,15 +316,19 @@ class SyntheticVideoSource:
                 f"index {index} is out of range for {self!r}; valid indices are 0..{self.num_examples - 1}."
             )
         rng = np.random.default_rng([self.seed, self._split_id, index])
+        # With `looks` the background and the object's look are one of `looks` fixed ones, drawn by the clip's
+        # generator independently of its label, and then made by a generator of (seed, look) alone, the same in every
+        # split; the clip's own generator still draws the motion, the start and the noise.
+        look = np.random.default_rng([self.seed, _LOOK_STREAM, rng.integers(self.looks)]) if self.looks else rng
         if self.task == "captioning":
             orientation = int(rng.integers(len(_GRATINGS)))  # a caption names it, so it is drawn up front
             video = self._background(rng, orientation)
         else:
-            video = self._background(rng)
+            video = self._background(look)
         element = {"video": video}
         if self.task == "classification":
             label = index % self.num_classes
-            self._draw_object(video, self._new_object(rng, *self._class_velocity(rng, label)))
+            self._draw_object(video, self._new_object(rng, *self._class_velocity(rng, label), look=look))
             element["label"] = np.int32(label)
         elif self.task == "captioning":
             label = index % self.num_classes
@@ -325,7 +337,7 @@ class SyntheticVideoSource:
         elif self.task == "multilabel":
             element["labels"] = self._draw_multilabel(rng, video)
         else:
-            element["targets"] = self._draw_regression(rng, video)
+            element["targets"] = self._draw_regression(rng, video, look)
         self._add_noise(rng, video)
         element["index"] = np.int64(index)
         return element
@@ -386,13 +398,14 @@ class SyntheticVideoSource:
         labels[classes] = 1.0
         return labels
 
-    def _draw_regression(self, rng: np.random.Generator, video: np.ndarray) -> np.ndarray:
+    def _draw_regression(self, rng: np.random.Generator, video: np.ndarray, look: np.random.Generator
+                         ) -> np.ndarray:
         """Draws one object with a random velocity; returns it as float32 (vx, vy) / max speed."""
         lo, hi = _SPEED_RANGE
         angle = rng.uniform(0, 2 * np.pi)
         speed = rng.uniform(lo, hi)
         unit = np.array([np.cos(angle), np.sin(angle)])
-        self._draw_object(video, self._new_object(rng, *(speed * min(self.height, self.width) * unit)))
+        self._draw_object(video, self._new_object(rng, *(speed * min(self.height, self.width) * unit), look=look))
         return (speed / hi * unit).astype(np.float32)
 
     def _draw_captioned(self, rng: np.random.Generator, video: np.ndarray, label: int, orientation: int
@@ -428,19 +441,21 @@ class SyntheticVideoSource:
 
     def _new_object(
         self, rng: np.random.Generator, velocity_x: float, velocity_y: float, corner: np.ndarray | None = None,
-        radius: float | None = None,
+        radius: float | None = None, look: np.random.Generator | None = None,
     ) -> _Object:
         """Draws a shape's appearance and start, independent of its motion; ``corner`` fixes its colour corner and
-        ``radius`` its size (in pixels)."""
+        ``radius`` its size (in pixels); ``look`` draws the appearance (size, shape, colour) when given, else ``rng``
+        draws it; the start is always ``rng``'s."""
         h, w = self.height, self.width
         side = min(h, w)
+        look = rng if look is None else look
         if radius is None:
-            radius = np.clip(rng.uniform(0.07, 0.14) * side, 2.0, side / 4)
-        shape = rng.integers(3)
+            radius = np.clip(look.uniform(0.07, 0.14) * side, 2.0, side / 4)
+        shape = look.integers(3)
         if corner is None:
-            corner = rng.integers(2, size=3)
+            corner = look.integers(2, size=3)
         # A jittered corner of the RGB cube: every channel is far from the mid-grey background.
-        colour = (np.abs(corner - rng.uniform(0.0, 0.1, size=3)) * _MAX_CLEAN).astype(np.float32)
+        colour = (np.abs(corner - look.uniform(0.0, 0.1, size=3)) * _MAX_CLEAN).astype(np.float32)
         start_y, start_x = rng.uniform(0, [h, w])
         return _Object(velocity_x, velocity_y, radius, shape, colour, start_y, start_x)
 

@@ -50,6 +50,24 @@ class WeightNormDense(nnx.Module):
         return jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
 
 
+class BatchNorm(nnx.Module):
+    """Batch normalisation over the rows of a (B, D) batch with the batch's own statistics (PyTorch BatchNorm1d in
+    training mode, eps 1e-5), computed in float32: DINO's `use_bn_in_head`, whose student and teacher both run in
+    training mode. With a global (sharded) batch the statistics are the global batch's, as SyncBatchNorm's."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, *, rngs: nnx.Rngs):
+        self.scale = layers._param(rngs, nnx.initializers.ones, (dim,), ("mlp",))
+        self.bias = layers._param(rngs, nnx.initializers.zeros, (dim,), ("mlp",))
+        self.eps = eps
+
+    def __call__(self, x_BD: jax.Array) -> jax.Array:
+        x32 = x_BD.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=0, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=0, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(x_BD.dtype)
+
+
 class DINOHead(nnx.Module):
     """DINO's projection head: an MLP in_dim -> hidden_dim (x nlayers - 1) -> bottleneck_dim with exact GELU
     between layers, L2 normalisation, then a `WeightNormDense` to out_dim. `head(x_BD)` -> logits (B, out_dim)
@@ -62,7 +80,7 @@ class DINOHead(nnx.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, dtype=jnp.float32, rngs: nnx.Rngs):
+                 nlayers: int = 3, use_bn: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
         if nlayers < 1:
             raise ValueError(f"DINOHead needs nlayers >= 1 (the MLP's Linear layers), got {nlayers}.")
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
@@ -72,12 +90,17 @@ class DINOHead(nnx.Module):
             layers.Dense(d_in, d_out, axes, dtype=dtype, kernel_init=init, rngs=rngs)
             for d_in, d_out, axes in zip(dims[:-1], dims[1:], names, strict=True)
         ])
+        self.norms = nnx.List([BatchNorm(hidden_dim, rngs=rngs) for _ in range(nlayers - 1)]) if use_bn else None
         self.last_layer = WeightNormDense(bottleneck_dim, out_dim, dtype=dtype, rngs=rngs)
 
     def bottleneck(self, x_BD: jax.Array) -> jax.Array:
         """The MLP's output, L2-normalised per row as `F.normalize(x, dim=-1, p=2)`: (B, bottleneck_dim) float32."""
         for i, dense in enumerate(self.mlp):
-            x_BD = dense(x_BD if i == 0 else jax.nn.gelu(x_BD, approximate=False))  # torch nn.GELU is the erf form
+            if i:
+                if self.norms is not None:
+                    x_BD = self.norms[i - 1](x_BD)
+                x_BD = jax.nn.gelu(x_BD, approximate=False)  # torch nn.GELU is the erf form
+            x_BD = dense(x_BD)
         x_BD = x_BD.astype(jnp.float32)
         norm_B1 = jnp.linalg.norm(x_BD, axis=-1, keepdims=True)
         return x_BD / jnp.maximum(norm_B1, _NORMALIZE_EPS)
@@ -103,6 +126,7 @@ class Model(nnx.Module):
         self.backbone = timesformer.Model(cfg.backbone, rngs=rngs)
         self.head = DINOHead(self.backbone.width, int(cfg.out_dim), hidden_dim=int(cfg.head_hidden_dim),
                              bottleneck_dim=int(cfg.head_bottleneck_dim), nlayers=int(cfg.head_layers),
+                             use_bn=bool(cfg.get("head_use_bn", False)),
                              dtype=jnp.dtype(cfg.backbone.dtype), rngs=rngs)
 
     def __call__(self, video_BTHWC: jax.Array, *, rng: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -122,16 +146,24 @@ class Model(nnx.Module):
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, video in enumerate(videos):
             groups.setdefault(tuple(video.shape[1:]), []).append(i)
-        logits: list[jax.Array | None] = [None] * len(videos)
+        cls: list[jax.Array | None] = [None] * len(videos)
         for g, members in enumerate(groups.values()):
             key = jax.random.fold_in(rng, g) if rng is not None else None
-            out = self(jnp.concatenate([videos[i] for i in members], axis=0), rng=key)["logits"]
-            starts = [0]
-            for i in members:
-                starts.append(starts[-1] + videos[i].shape[0])
-            for i, start, end in zip(members, starts[:-1], starts[1:], strict=True):
-                logits[i] = out[start:end]
-        return logits
+            out = self.backbone(jnp.concatenate([videos[i] for i in members], axis=0), rng=key)
+            for i, rows in zip(members, _split_rows(out["last_hidden_state"][:, 0], members, videos), strict=True):
+                cls[i] = rows
+        # One head call over every view's CLS, as the reference's wrapper concatenates the backbone outputs before
+        # its head: the same values row by row, and batch-norm statistics (head_use_bn) over all the views.
+        return _split_rows(self.head(jnp.concatenate(cls, axis=0)), range(len(videos)), videos)
+
+
+def _split_rows(x: jax.Array, members, videos: Sequence[jax.Array]) -> list[jax.Array]:
+    """`x`'s rows cut into consecutive blocks of the batch sizes of `videos[i]` for i in `members`, in order."""
+    out, start = [], 0
+    for i in members:
+        out.append(x[start:start + videos[i].shape[0]])
+        start += videos[i].shape[0]
+    return out
 
 
 def clip_spec(cfg: ml_collections.ConfigDict) -> dict:
@@ -155,4 +187,5 @@ def default_config() -> ml_collections.ConfigDict:
         head_bottleneck_dim=256,
         out_dim=65536,
         head_layers=3,  # the head MLP's Linear layers (DINO's nlayers)
+        head_use_bn=False,  # DINO's use_bn_in_head: batch norm after each hidden Linear of the head
     ))

@@ -91,6 +91,9 @@ class Task:
 
     name: str = ""
     head: str | None = "classification"  # the config.model.head it trains; None: a model without one
+    # The config.model_name it trains, with its recipe, when only one model fits the task; None: any video model.
+    model_name: str | None = None
+    recipe: str = ""
     target_key: str | None = None  # the batch key of its targets; None: it has none
     synthetic_task: str | None = None  # the embedded dataset's variant that carries those targets
     counts_classes = False  # config.data.num_classes counts the head's outputs, and can be taken from the data

@@ -129,15 +129,12 @@ class Captioning(base.Task):
     head = None  # a captioner has no classification head
     target_key = "captions"
     synthetic_task = "captioning"
+    model_name, recipe = "captioner", "configs/captioning_charades.py"
     output_kind = "caption"
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
         problems = []
-        if config.model_name != "captioner":
-            problems.append(f"config.task='captioning' trains a captioner, but config.model_name="
-                            f"{config.model_name!r}: set --config.model_name=captioner (configs/captioning_charades.py "
-                            f"is the recipe).")
         source = config.data.source
         if source not in CAPTION_SOURCES:
             problems.append(f"config.data.source={source!r} has no captions; captions come from "

@@ -40,6 +40,7 @@ from vidjax.tasks import base
 class SVT(base.Task):
     name = "svt"
     head = None  # the model is `vidjax.models.svt` (backbone + DINO head), not a head choice of a video model
+    model_name, recipe = "svt", "configs/svt_k400.py"
     pads_eval = True
     reference_split = True
     evaluates_init = True
@@ -47,10 +48,6 @@ class SVT(base.Task):
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
         problems = []
-        if config.model_name != "svt":
-            problems.append(f"config.task='svt' trains the SVT network (backbone + DINO head), but "
-                            f"config.model_name={config.model_name!r}: set --config.model_name=svt with an SVT "
-                            f"model block (configs/svt_k400.py).")
         if "svt" not in config:
             problems.append("config.task='svt' needs a config.svt block (views, temperatures, momenta, k-NN): start "
                             "from configs/svt_k400.py.")
