@@ -153,6 +153,9 @@ def trainer_config() -> ml_collections.ConfigDict:
         # and the end of a run prints `samples` captions beside their references.
         caption=dict(max_length=32, num_beams=1, length_penalty=1.0, samples=8),
         figure=True,  # at the end: reconstruction.png (pre-training), confusion_matrix.png (classification)
+        # Weights & Biases (pip install 'vidjax[wandb]'): a project name sends the metrics there too; "" = off.
+        # mode: offline (files under WORKDIR/wandb, no network; `wandb sync` uploads them) | online | disabled.
+        wandb=dict(project="", entity="", name="", tags=(), mode="offline"),
         mesh=dict(data=-1, fsdp=1, tensor=1),
         # Memory. grad_accum_steps > 1 splits each global batch into that many micro-batches inside the jitted
         # step (gradients averaged: the same update as one big batch, with a micro-batch's activation memory).

@@ -12,6 +12,12 @@ drawn by --seed, with the metrics of `vidjax.metrics`: classification top1 / top
 regression ccc_<target> / ccc_mean / mse. The metrics are printed and written to --out (JSON, default
 FEATURES.probe.json). Exit status 0, 2 for bad arguments or features that do not fit the task.
 
+--probe=attentive takes the (N, tokens, D) features of `extract --pool=tokens` instead (and only those): each
+clip's tokens are averaged with learned weights, a softmax over the tokens of a linear score of each token (the
+captioner's `visual_tokens="pooled"`, `pool="scorer"` pooling), and a linear layer reads the average; pooling and
+layer train together, with the flags, loss and scoring of the linear probe. Features are standardised per
+dimension over all training tokens. --grid picks its learning rate; --pca does not apply to it.
+
 --probe=svm fits scikit-learn's SVC (classification; its one-vs-rest decision values are the scores) or one SVR
 per target (regression) on the standardised features, with --svm_kernel (linear or rbf) and --svm_c; multilabel
 is not supported by svm. --pca=K projects the features on K principal components fitted on the training rows
@@ -35,10 +41,11 @@ import numpy as np
 import optax
 
 from vidjax import cli, fileio, metrics, tasks
+from vidjax.models import layers
 
 TASKS = tuple(name for name in tasks.available() if tasks.get_task(name).probes)  # the tasks a probe fits
 TARGET_KEY = {name: tasks.get_task(name).target_key for name in TASKS}
-PROBES = ("linear", "mlp", "svm")
+PROBES = ("linear", "mlp", "svm", "attentive")
 SVM_KERNELS = ("linear", "rbf")
 # --grid: the values tried. gamma is a multiple of 1 / (feature dim), the `scale` gamma of standardised features.
 GRID_LR = (1e-3, 1e-2, 1e-1)
@@ -52,8 +59,9 @@ class ProbeError(ValueError):
     """Features or targets that cannot train the requested probe; the message says which flag or file."""
 
 
-def load_split(path: str, task: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features (N, D) float32, targets, names {"class_names", "target_names"}) of an extract output."""
+def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(features (N, D) float32, or (N, tokens, D) with `tokens` (--probe=attentive), targets, names
+    {"class_names", "target_names"}) of an extract output."""
     key = TARGET_KEY[task]
     try:
         data = np.load(os.path.expanduser(path))  # `~/feats.npz` as typed
@@ -63,7 +71,15 @@ def load_split(path: str, task: str) -> tuple[np.ndarray, np.ndarray, dict]:
         if "features" not in data:
             raise ProbeError(f"{path} has no `features` array; write it with `python -m vidjax.extract`.")
         features = np.asarray(data["features"], np.float32)
-        if features.ndim != 2:
+        if tokens and features.ndim != 3:
+            raise ProbeError(f"{path}: features are shaped {features.shape}; --probe=attentive pools each video's "
+                             f"tokens itself and takes (N, tokens, D) features: extract with --pool=tokens.")
+        if not tokens and features.ndim == 3:
+            raise ProbeError(f"{path}: features are shaped {features.shape}, every token of each video "
+                             f"(extract --pool=tokens); the probe takes one vector per video (N, D): use "
+                             f"--probe=attentive, which pools the tokens itself, or extract with --pool=mean or "
+                             f"--pool=cls.")
+        if not tokens and features.ndim != 2:
             raise ProbeError(f"{path}: features are shaped {features.shape}; the probe takes one vector per video "
                              f"(N, D): extract with --pool=mean or --pool=cls.")
         if key not in data:
@@ -78,13 +94,25 @@ def load_split(path: str, task: str) -> tuple[np.ndarray, np.ndarray, dict]:
 def _init(rng: np.random.Generator, probe: str, dim: int, hidden: int, out: int) -> dict:
     if probe == "linear":
         return {"w": np.zeros((dim, out), np.float32), "b": np.zeros(out, np.float32)}
+    if probe == "attentive":  # token scorer initialised as the captioner's (normal, std 0.02); no bias: softmax
+        # ignores a shift shared by all tokens. A zero head, as the linear probe.
+        return {"score": (rng.standard_normal(dim) * 0.02).astype(np.float32),
+                "w": np.zeros((dim, out), np.float32), "b": np.zeros(out, np.float32)}
     return {"w1": (rng.standard_normal((dim, hidden)) * np.sqrt(2.0 / dim)).astype(np.float32),
             "b1": np.zeros(hidden, np.float32),
             "w2": (rng.standard_normal((hidden, out)) * np.sqrt(1.0 / hidden)).astype(np.float32),
             "b2": np.zeros(out, np.float32)}
 
 
+def attentive_pool(score: jax.Array, x_BND: jax.Array) -> jax.Array:
+    """(B, N, D) tokens -> (B, D): their average weighted by a softmax over the tokens of `x @ score`, the pooling
+    of the captioner's pooled visual token with `pool="scorer"` (`layers.softmax_pool`)."""
+    return layers.softmax_pool(x_BND.astype(jnp.float32) @ score, x_BND)
+
+
 def _apply(params: dict, x: jax.Array) -> jax.Array:
+    if "score" in params:
+        return attentive_pool(params["score"], x) @ params["w"] + params["b"]
     if "w" in params:
         return x @ params["w"] + params["b"]
     return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
@@ -97,8 +125,14 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
 
     Scores are class probabilities (classification), per-class sigmoid scores (multilabel) or values in the
     targets' units (regression). Features (and regression targets) are standardised with training statistics.
+    probe="attentive" takes (N, tokens, D) features (standardised per dimension over all training tokens), the
+    others (N, D).
     """
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    ndim, shape = (3, "(N, tokens, D)") if probe == "attentive" else (2, "(N, D)")
+    if x_train.ndim != ndim or x_eval.ndim != ndim:
+        raise ProbeError(f"--probe={probe} takes features shaped {shape}, not {x_train.shape} and {x_eval.shape}.")
+    axes = tuple(range(x_train.ndim - 1))
+    mean, std = x_train.mean(axis=axes), x_train.std(axis=axes)
     std = np.where(std > 1e-6, std, 1.0)
     x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
     contract = tasks.get_task(task)
@@ -108,7 +142,7 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
         y_std = np.where(y_std > 1e-6, y_std, 1.0)
         y = (y - y_mean) / y_std
     rng = np.random.default_rng(seed)
-    params = jax.tree.map(jnp.asarray, _init(rng, probe, x_train.shape[1], hidden, num_outputs))
+    params = jax.tree.map(jnp.asarray, _init(rng, probe, x_train.shape[-1], hidden, num_outputs))
     tx = optax.adamw(lr, weight_decay=weight_decay)
     opt_state = tx.init(params)
 
@@ -221,7 +255,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, choices=TASKS, help="which targets to fit")
     parser.add_argument("--eval_features", default="", metavar="FILE2.npz",
                         help="score on these features instead of a held-out part of --features")
-    parser.add_argument("--probe", default="linear", choices=PROBES, help="linear layer, 1-hidden-layer MLP or SVM")
+    parser.add_argument("--probe", default="linear", choices=PROBES,
+                        help="linear layer, 1-hidden-layer MLP, SVM, or attentive (learned token pooling + linear "
+                             "layer, on --pool=tokens features)")
     parser.add_argument("--hidden", type=int, default=256, help="--probe=mlp: hidden units (default 256)")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of rows held out (default 0.2)")
     parser.add_argument("--epochs", type=int, default=100, help="passes over the training rows (default 100)")
@@ -251,6 +287,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--svm_c={args.svm_c} must be positive."
     if args.pca < 0:
         return f"--pca={args.pca} must be 0 (off) or a number of components."
+    if args.pca and args.probe == "attentive":
+        return (f"--pca={args.pca} does not apply to --probe=attentive, which reads every token of the "
+                f"--pool=tokens features; leave --pca out (or use it with --probe=linear, mlp or svm).")
     return None
 
 
@@ -267,10 +306,11 @@ def _split(args, features, targets) -> tuple[np.ndarray, ...]:
 
 def run(args: argparse.Namespace) -> dict:
     """Loads, splits, trains and scores; returns the report written to --out."""
-    features, targets, names = load_split(args.features, args.task)
+    tokens = args.probe == "attentive"
+    features, targets, names = load_split(args.features, args.task, tokens=tokens)
     if args.eval_features:
-        x_eval, y_eval, _ = load_split(args.eval_features, args.task)
-        if x_eval.shape[1] != features.shape[1] or y_eval.shape[1:] != targets.shape[1:]:
+        x_eval, y_eval, _ = load_split(args.eval_features, args.task, tokens=tokens)
+        if x_eval.shape[-1] != features.shape[-1] or y_eval.shape[1:] != targets.shape[1:]:
             raise ProbeError(f"--eval_features={args.eval_features} has features {x_eval.shape} and targets "
                              f"{y_eval.shape}, which do not match --features ({features.shape}, {targets.shape}).")
         x_train, y_train = features, targets
@@ -291,10 +331,12 @@ def run(args: argparse.Namespace) -> dict:
         raise ProbeError(f"cannot score the {len(y_eval)} evaluation rows: {e}") from e
     report = {"task": args.task, "probe": args.probe, "features": args.features,
               "eval_features": args.eval_features or None, "holdout": None if args.eval_features else args.holdout,
-              "num_train": len(x_train), "num_eval": len(x_eval), "feature_dim": int(features.shape[1]),
+              "num_train": len(x_train), "num_eval": len(x_eval), "feature_dim": int(features.shape[-1]),
               "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "metrics": result}
     if args.probe == "svm":
         report.update(svm_kernel=args.svm_kernel, svm_c=args.svm_c)
+    if tokens:
+        report["num_tokens"] = int(features.shape[1])
     if args.pca:
         report["pca"] = args.pca
     if grid:

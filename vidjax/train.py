@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import checkpoint, fileio, losses, mixup, optim, preemption, pretrained, sharding, tasks
+from vidjax import checkpoint, fileio, losses, metric_writer, mixup, optim, preemption, pretrained, sharding, tasks
 from vidjax.config_lib import ConfigError, chosen, raise_problems
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
@@ -76,6 +76,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"({task.recipe} is the recipe).")
     if task is not None:
         problems += task.config_problems(config)
+    problems += metric_writer.wandb_problems(config)
     loss = config.loss
     if min(loss.mixup_alpha, loss.cutmix_alpha) < 0 or not (0 <= loss.mixup_prob <= 1 and
                                                            0 <= loss.mixup_switch_prob <= 1):
@@ -667,7 +668,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
     train_step = compile_with_memory_check(config, make_train_step(config, setup, class_weights, pos_weight))
     eval_step = make_eval_step(config, setup)
     batch_sh = sharding.batch_sharding(mesh)
-    writer = MetricWriter(workdir, resume_step=start_step)
+    writer = MetricWriter(workdir, resume_step=start_step, config=config)
 
     # ---- loop ----
     first_loss = last_loss = None

@@ -145,9 +145,7 @@ class Model(nnx.Module):
             scores_BN = jnp.broadcast_to(self.pool_weights[...], hidden_BND.shape[:2])
         else:
             scores_BN = self.pool_scorer(hidden_BND.astype(jnp.float32))[..., 0]
-        weights_BN = jax.nn.softmax(scores_BN.astype(jnp.float32), axis=-1)
-        pooled_BD = jnp.einsum("bn,bnd->bd", weights_BN, hidden_BND.astype(jnp.float32))
-        return pooled_BD[:, None].astype(hidden_BND.dtype)
+        return layers.softmax_pool(scores_BN, hidden_BND)[:, None].astype(hidden_BND.dtype)
 
     def encode(self, video: jax.Array, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Normalised video (B, K*T, H, W, 3) -> (visual tokens (B, S, cross-attention width), bool mask (B, S)).

@@ -1,0 +1,207 @@
+r"""A checkpoint's inference function as one self-describing file for serving: StableHLO via `jax.export`.
+
+  python -m vidjax.export --checkpoint=/work/finetune --out=model.vjx.npz
+  python -m vidjax.export --checkpoint=/ckpt/videomae_b_k400 --out=k400.vjx.npz --platforms=cpu,cuda
+
+--checkpoint is a training workdir (its latest checkpoint), one of its step folders or a `python -m vidjax.convert`
+output, of a model with a head (classification, multi-label or regression). The exported function takes uint8
+video (b, T, S, S, 3), RGB channels-last, at the checkpoint's clip size (T = num_frames, S = image_size), b any
+batch size (a symbolic dimension), and returns float32 logits (b, num_outputs): exactly what
+`vidjax.pretrained.load(DIR)(model.preprocess(video))` returns. The normalisation ((x/255 - mean)/std) is inside
+the function; decoding, sampling frames and cropping are not (do them as the metadata's clip spec says). Logits
+are raw: a server applies softmax (classification), sigmoid (multilabel) or nothing (regression), as the metadata's
+"scores" names. A checkpoint without a head (VideoMAE pre-training, SVT, a backbone, a captioner, a text model) is
+refused with exit status 2: it maps a clip to no outputs; use `python -m vidjax.extract` for its embeddings.
+--platforms lists the backends the function is lowered for (default: this machine's); a function lowered for
+cpu,cuda runs on either.
+
+Writes FILE (atomically: nothing is left at FILE when anything fails) as one uncompressed .npz, readable with
+numpy alone (no pickle):
+  function      uint8 (n,): `jax.export.Exported.serialize()` of f(params, video) -> logits
+  metadata      a 0-d string: JSON with format, vidjax_version, model_name, task, scores, num_outputs,
+                class_names, target_names, clip (num_frames, image_size, short_side, sampling_rate,
+                sampling_rate_recorded, mean, std), input {"shape": ["b", T, S, S, 3], "dtype": "uint8"}, output
+                {"shape": ["b", K], "dtype": "float32"}, platforms, num_params, checkpoint
+  param_00000 ... the weights, in the order the function takes them (a flat list; kept out of the StableHLO, so a
+                large model serialises as small a function as a tiny one)
+  loader.py     a 0-d string: the source of `load_exported` below, to copy into a server
+
+Loading needs jax and numpy, not vidjax: `load_exported` (this module) imports nothing else, and every exported
+file carries its source (`print(np.load(FILE)["loader.py"])`). jax's (de)serialization also needs the flatbuffers
+package, which vidjax installs but jax alone does not: `pip install flatbuffers` where you serve.
+
+    fn, meta = load_exported("model.vjx.npz")
+    logits = fn(uint8_video)            # (b, T, S, S, 3) -> (b, K); names in meta["class_names"]
+
+Exit status 0 written, 2 bad arguments (a missing checkpoint or output folder, a checkpoint without a head, a
+function that does not lower for a requested platform).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import vidjax
+from vidjax import cli, fileio, losses, pretrained
+
+FORMAT = "vidjax.export/1"
+_SCORES = {"classification": "softmax", "multilabel": "sigmoid", "regression": "identity"}
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def load_exported(path):
+    """(fn, metadata) of a `python -m vidjax.export` file: fn(uint8 video (b, T, S, S, 3)) -> float32 logits (b, K).
+
+    Needs only jax, numpy and the standard library (copy it into a server that does not install vidjax)."""
+    import json
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    with np.load(path) as f:
+        metadata = json.loads(str(f["metadata"]))
+        exported = jax.export.deserialize(bytearray(f["function"].tobytes()))
+        params = jax.device_put([f[f"param_{i:05d}"] for i in range(metadata["num_params"])])
+    call = jax.jit(exported.call)
+    return (lambda video: call(params, jnp.asarray(video, jnp.uint8))), metadata
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be exported, or a platform it does not lower for; the message says what to do."""
+
+
+def _headless_message(model, checkpoint: str | None) -> str:
+    if isinstance(model, pretrained.PretrainedCaptioner):
+        kind = "a captioner"
+    elif model.config.get("head") == "pretrain":
+        kind = "a pre-training"
+    elif model.task == "svt":
+        kind = "an SVT self-supervised"
+    else:
+        kind = "a backbone (head 'none')"
+    return (f"--checkpoint={checkpoint} is {kind} checkpoint of {model.model_name} with no classification or "
+            f"regression head, so it has no scores to export. Fine-tune a head on it first "
+            f"(--config.init_from={checkpoint}) and export that run, or take its embeddings with `python -m "
+            f"vidjax.extract --checkpoint={checkpoint} --csv=LIST --out=FEATURES.npz`.")
+
+
+def export(model: pretrained.Pretrained, *, platforms: tuple[str, ...] | None = None,
+           checkpoint: str | None = None) -> tuple[bytes, list[np.ndarray], dict]:
+    """(serialized function, its flat weights, metadata) of a checkpoint with a head; see the module docstring."""
+    where = f"--checkpoint={checkpoint}"
+    if isinstance(model, pretrained.PretrainedCaptioner) or not model.has_head:
+        raise ExportError(_headless_message(model, checkpoint))
+    spec = model.preprocessing
+    t, s = int(model.config.num_frames), int(model.config.image_size)
+    mean, std = tuple(map(float, spec["mean"])), tuple(map(float, spec["std"]))
+    leaves, treedef = jax.tree.flatten(model.params)
+    graphdef = model.graphdef
+
+    def infer(params, video_u8):
+        from flax import nnx
+
+        module = nnx.merge(graphdef, jax.tree.unflatten(treedef, params))
+        return module(losses.normalize_video(video_u8, mean, std))["logits"].astype(jnp.float32)
+
+    b, = jax.export.symbolic_shape("b")
+    args = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+            jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.uint8))
+    try:
+        exported = jax.export.export(jax.jit(infer), platforms=platforms)(*args)
+    except Exception as e:  # noqa: BLE001  (lowering errors come as many types; all mean the same to the user)
+        raise ExportError(f"{where}: the {model.model_name} inference function does not export"
+                          f"{' for ' + ','.join(platforms) if platforms else ''}: {type(e).__name__}: {e}") from e
+    num_outputs = int(model.config.num_classes)
+    metadata = {
+        "format": FORMAT, "vidjax_version": vidjax.__version__, "model_name": model.model_name, "task": model.task,
+        "scores": _SCORES.get(model.task, "identity"), "num_outputs": num_outputs,
+        "class_names": model.class_names, "target_names": model.target_names,
+        # sampling_rate: the checkpoint's frame stride, else the one vidjax.predict decodes with (recorded: false).
+        "clip": {"num_frames": t, "image_size": s, "short_side": int(spec.get("short_side", s)),
+                 "sampling_rate": int(model.sampling_rate or pretrained.DEFAULT_SAMPLING_RATE),
+                 "sampling_rate_recorded": model.sampling_rate is not None, "mean": list(mean), "std": list(std)},
+        "input": {"shape": ["b", t, s, s, 3], "dtype": "uint8", "layout": "RGB channels-last"},
+        "output": {"shape": ["b", num_outputs], "dtype": "float32", "name": "logits"},
+        "platforms": list(exported.platforms), "num_params": len(leaves), "checkpoint": checkpoint,
+    }
+    return bytes(exported.serialize()), [np.asarray(x) for x in leaves], metadata
+
+
+def loader_source() -> str:
+    """`load_exported` as a standalone Python file (it is stored in every exported file as "loader.py")."""
+    return inspect.getsource(load_exported)
+
+
+def write(path: str, function: bytes, params: list[np.ndarray], metadata: dict) -> None:
+    """The .npz of the module docstring, written atomically."""
+    arrays = {"function": np.frombuffer(function, np.uint8), "metadata": np.array(json.dumps(metadata, indent=1)),
+              "loader.py": np.array(loader_source())}
+    arrays.update({f"param_{i:05d}": p for i, p in enumerate(params)})
+    with fileio.atomic_output(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser("python -m vidjax.export", __doc__)
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint (with a head)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the file to write (one .npz)")
+    parser.add_argument("--platforms", default="",
+                        help="comma-separated backends to lower for, e.g. cpu,cuda (default: this machine's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out_dir = os.path.dirname(fileio.user_path(args.out))
+    if not os.path.isdir(out_dir):
+        print(f"error: --out={args.out}: the folder {out_dir} does not exist; create it first or write elsewhere.",
+              file=sys.stderr)
+        return 2
+    if os.path.isdir(fileio.user_path(args.out)):
+        example = os.path.join(args.out, "model.vjx.npz")
+        print(f"error: --out={args.out} is a folder; give a file name, e.g. --out={example}.", file=sys.stderr)
+        return 2
+    if not os.path.exists(fileio.user_path(args.checkpoint)):
+        print(f"error: --checkpoint={args.checkpoint}: no such directory. Give a training workdir, one of its "
+              f"step folders (WORKDIR/checkpoints/<step>) or a `python -m vidjax.convert` output.", file=sys.stderr)
+        return 2
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip()) or None
+    unknown = sorted(set(platforms or ()) - set(PLATFORMS))
+    if unknown:
+        print(f"error: --platforms={args.platforms}: unknown {', '.join(unknown)}; choose from {', '.join(PLATFORMS)} "
+              f"(e.g. --platforms=cpu,cuda).", file=sys.stderr)
+        return 2
+    try:
+        import flatbuffers  # noqa: F401  (jax.export's serialization needs it; jax does not install it)
+    except ImportError:
+        print("error: writing an exported function needs the flatbuffers package, which jax does not install: "
+              "`pip install flatbuffers` (loading the file needs it too).", file=sys.stderr)
+        return 2
+    model = pretrained.load_for_command(args.checkpoint)
+    if model is None:
+        return 2
+    try:
+        function, params, metadata = export(model, platforms=platforms, checkpoint=args.checkpoint)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write(args.out, function, params, metadata)
+    size = os.path.getsize(fileio.user_path(args.out))
+    print(f"Wrote {args.out}: {metadata['model_name']} {metadata['task']}, uint8 video (b, "
+          f"{', '.join(map(str, metadata['input']['shape'][1:]))}) -> float32 logits (b, {metadata['num_outputs']}) "
+          f"for {','.join(metadata['platforms'])}; {len(params)} weight arrays, {size / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
