@@ -49,7 +49,7 @@ def test_shapes_heads_and_errors():
         model.embed(video(frames=8))
     with pytest.raises(ConfigError, match="Unknown model variant 'B/16'.*Mu, Ti, S, M"):
         build(tiny_config(variant="B/16"))
-    with pytest.raises(ConfigError, match="scan must be one of chunked, associative, sequential"):
+    with pytest.raises(ConfigError, match="scan must be one of auto, chunked, associative, sequential"):
         build(tiny_config(scan="parallel"))
     with pytest.raises(ConfigError, match="'classification' or 'none'"):
         build(tiny_config(head="pretrain"))
@@ -106,10 +106,20 @@ def test_bidirectional_mixer_is_forward_plus_flipped_backward():
     assert float(jnp.abs(mixer(h) - mixer.out_proj(forward)).max()) > 1e-2
 
 
+def test_auto_scan_is_sequential_on_cpu_and_chunked_elsewhere(monkeypatch):
+    assert videomamba.default_config().scan == "auto"
+    assert videomamba.resolve_scan("auto") == "sequential"  # the test backend is the CPU
+    assert [videomamba.resolve_scan(s) for s in ("chunked", "associative", "sequential")] == [
+        "chunked", "associative", "sequential"]
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(videomamba.jax, "default_backend", lambda backend=backend: backend)
+        assert videomamba.resolve_scan("auto") == "chunked"
+
+
 def test_scans_agree_on_the_model():
     cfg = tiny_config(scan="sequential")
     reference = run(build(cfg), video())
-    for scan in ("chunked", "associative"):
+    for scan in ("chunked", "associative", "auto"):
         out = run(build(tiny_config(scan=scan)), video())
         for key in ("logits", "last_hidden_state"):
             np.testing.assert_allclose(out[key], reference[key], atol=1e-5, rtol=0, err_msg=f"{scan} {key}")

@@ -166,7 +166,8 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
 
 def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_frames: int, steps: int, warmup: int,
                       dtype: str, scan_chunk: int = 0) -> dict:
-    """Chunked vs unchunked selective scan in one bidirectional VideoMamba block: fwd+bwd memory and time."""
+    """Chunked vs unchunked vs sequential selective scan in one bidirectional VideoMamba block: fwd+bwd memory and
+    time, and the scan "auto" picks on this backend."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -199,9 +200,11 @@ def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_fra
         return {"temp_bytes": int(memory.temp_size_in_bytes), "seconds_fwd_bwd": seconds}
 
     result = {"width": width, "scan_chunk": chunk, "memory_tokens": tokens(frames), "time_tokens": tokens(time_frames),
-              "chunked": measure("chunked"), "associative": measure("associative")}
+              "chunked": measure("chunked"), "associative": measure("associative"),
+              "sequential": measure("sequential"), "auto": videomamba.resolve_scan("auto")}
     result["memory_ratio"] = result["chunked"]["temp_bytes"] / result["associative"]["temp_bytes"]
     result["time_ratio"] = result["chunked"]["seconds_fwd_bwd"] / result["associative"]["seconds_fwd_bwd"]
+    result["sequential_time_ratio"] = result["sequential"]["seconds_fwd_bwd"] / result["chunked"]["seconds_fwd_bwd"]
     return result
 
 
@@ -278,12 +281,13 @@ def main(argv: list[str]) -> None:
                   "batch": _BATCH.value, "time_frames": _TIME_FRAMES.value, "dtype": dtype}
         result.update(bench_mamba_block(_VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _TIME_FRAMES.value,
                                         _STEPS.value, _WARMUP.value, dtype, _SCAN_CHUNK.value))
-        for scan in ("chunked", "associative"):
+        for scan in ("chunked", "associative", "sequential"):
             print(f"{scan:>11}: fwd+bwd temp memory {result[scan]['temp_bytes'] / 2**20:.1f} MiB at "
                   f"{result['memory_tokens']} tokens; {result[scan]['seconds_fwd_bwd'] * 1e3:.1f} ms at "
                   f"{result['time_tokens']} tokens", flush=True)
-        print(f"chunked / associative: memory {result['memory_ratio']:.3f}, time {result['time_ratio']:.2f}",
-              flush=True)
+        print(f"chunked / associative: memory {result['memory_ratio']:.3f}, time {result['time_ratio']:.2f}; "
+              f"sequential / chunked: time {result['sequential_time_ratio']:.2f}; scan='auto' runs "
+              f"{result['auto']} here", flush=True)
         print(json.dumps(result))
         return
     rows = option_rows()
