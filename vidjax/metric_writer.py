@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import jax
 import ml_collections
 
+from vidjax import fileio
+
 WANDB_MODES = ("offline", "online", "disabled")
 WANDB_ID_FILE = "wandb_run_id"
 
@@ -49,7 +51,7 @@ def _start_wandb(workdir: str, block: ml_collections.ConfigDict, config: ml_coll
             run_id = f.read().strip()
     else:
         run_id = uuid.uuid4().hex[:12]  # W&B run ids are any short [a-z0-9] string
-        with open(id_path, "w", encoding="utf-8") as f:
+        with fileio.atomic_output(id_path) as f:
             f.write(run_id + "\n")
     return wandb.init(project=block.project, entity=block.entity or None, name=block.name or None,
                       tags=list(block.tags) or None, mode=block.mode, dir=workdir, id=run_id, resume="allow",

@@ -118,6 +118,13 @@ def _apply(params: dict, x: jax.Array) -> jax.Array:
     return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
 
 
+def _moments(x: np.ndarray, axes: tuple[int, ...] = (0,)) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and standard deviation over `axes` that standardise features or targets with training statistics;
+    a deviation under 1e-6 counts as 1, so a constant column becomes 0 rather than a division by zero."""
+    std = x.std(axis=axes)
+    return x.mean(axis=axes), np.where(std > 1e-6, std, 1.0)
+
+
 def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, *, num_outputs: int,
                 probe: str = "linear", hidden: int = 256, epochs: int = 100, lr: float = 1e-3,
                 weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0) -> np.ndarray:
@@ -131,15 +138,12 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
     ndim, shape = (3, "(N, tokens, D)") if probe == "attentive" else (2, "(N, D)")
     if x_train.ndim != ndim or x_eval.ndim != ndim:
         raise ProbeError(f"--probe={probe} takes features shaped {shape}, not {x_train.shape} and {x_eval.shape}.")
-    axes = tuple(range(x_train.ndim - 1))
-    mean, std = x_train.mean(axis=axes), x_train.std(axis=axes)
-    std = np.where(std > 1e-6, std, 1.0)
+    mean, std = _moments(x_train, axes=tuple(range(x_train.ndim - 1)))
     x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
     contract = tasks.get_task(task)
     y = contract.probe_targets(y_train)
     if contract.probe_standardises_targets:
-        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
-        y_std = np.where(y_std > 1e-6, y_std, 1.0)
+        y_mean, y_std = _moments(y)
         y = (y - y_mean) / y_std
     rng = np.random.default_rng(seed)
     params = jax.tree.map(jnp.asarray, _init(rng, probe, x_train.shape[-1], hidden, num_outputs))
@@ -181,14 +185,12 @@ def train_svm(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.nd
     x_eval shaped as `train_probe`'s: (N, num_outputs) class scores (one-vs-rest decision values; classes absent
     from the training rows score below every other) or values in the targets' units."""
     sklearn = _sklearn("--probe=svm")
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-    std = np.where(std > 1e-6, std, 1.0)
+    mean, std = _moments(x_train)
     x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
     contract = tasks.get_task(task)
     if contract.probe_standardises_targets:  # regression
         y = np.asarray(y_train, np.float64).reshape(len(y_train), -1)
-        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
-        y_std = np.where(y_std > 1e-6, y_std, 1.0)
+        y_mean, y_std = _moments(y)
         y = (y - y_mean) / y_std
         pred = np.stack([sklearn.svm.SVR(kernel=kernel, C=c, gamma=gamma).fit(x_train, y[:, k]).predict(x_eval)
                          for k in range(y.shape[1])], axis=1)
