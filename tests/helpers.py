@@ -10,7 +10,7 @@ from vidjax.metric_writer import read_metrics
 
 # XLA flags of the commands tests run as child processes: tiny jobs, where compiling is most of the time, so their
 # generated code skips LLVM's optimisation passes (a tiny train step compiles in about half the time).
-COMMAND_XLA_FLAGS = "--xla_backend_optimization_level=0"
+COMMAND_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"  # see conftest.py
 
 
 def load_config(name, arg=None):
@@ -86,3 +86,33 @@ def run_steps(config, devices, steps=2):
         state, metrics = step(state, sharding.global_batch(next(batches), batch_sh))
         losses.append(float(metrics["loss"]))
     return losses, state
+
+
+COLABS = pathlib.Path(__file__).parent.parent / "colabs"
+
+
+def run_notebook(name, tmp_path, cell_timeout=150):
+    """Executes colabs/<name>.ipynb top to bottom in a fresh python3 kernel, as a fresh runtime would (cwd and
+    TMPDIR a test folder, VIDJAX_QUICK=1, one CPU device unless the notebook asks for more); fails on the first
+    cell that raises, showing that cell's source and error. The stored notebook must be saved with no outputs."""
+    import os
+    import re
+
+    import nbclient
+    import nbformat
+
+    path = COLABS / f"{name}.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    stored = [cell for cell in notebook.cells if cell.cell_type == "code" and (cell.outputs or cell.execution_count)]
+    assert not stored, f"{path} is saved with outputs: clear them (e.g. jupyter nbconvert --clear-output --inplace)"
+    assert notebook.cells[0].cell_type == "markdown"
+    env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PYTEST_CURRENT_TEST")}
+    env.update(VIDJAX_QUICK="1", XLA_FLAGS=COMMAND_XLA_FLAGS, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=cell_timeout,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    try:
+        client.execute(env=env)
+    except nbclient.exceptions.CellExecutionError as err:
+        raise AssertionError(f"{path.name} failed:\n" + re.sub(r"\x1b\[[0-9;]*m", "", str(err))) from None
+    return notebook

@@ -12,19 +12,76 @@ from absl import app, flags
 from absl.testing import flagsaver
 from helpers import COMMAND_XLA_FLAGS
 
-from vidjax import bench
+from vidjax import bench, bench_profile
 
 
 def test_time_vidjax_reports_step_time_and_flops():
     results = {}
     for mode in ("pretrain", "finetune", "infer"):
         config = bench.bench_config("videomae", "Mu/8", 4, 32, 8, mode, "float32", 10)
-        results[mode] = result = bench.time_vidjax(config, mode, steps=2, warmup=1)
+        results[mode] = result = bench.time_vidjax(config, mode, steps=2, warmup=1, profile=mode == "finetune")
         assert result["seconds_per_step"] > 0 and len(result["step_times"]) == 2
         assert result["clips_per_s"] == 8 / result["seconds_per_step"]
         assert result["compile_s"] > 0 and math.isfinite(result["flops_per_step"]) and result["flops_per_step"] > 0
     # backward costs about twice the forward
     assert results["finetune"]["flops_per_step"] > 2 * results["infer"]["flops_per_step"]
+    # --profile: a fine-tune step's op time lands in every category a ViT step has, and nothing is lost
+    profile = results["finetune"]["profile"]
+    assert set(profile["seconds"]) == set(bench_profile.CATEGORIES)
+    for category in ("GEMM forward", "GEMM dX", "GEMM dW", "attention", "softmax", "norms", "elementwise",
+                     "optimizer update"):
+        assert profile["seconds"][category] > 0, (category, profile)
+    assert profile["total_s"] == pytest.approx(sum(profile["seconds"].values()))
+    assert profile["seconds"]["other"] < 0.05 * profile["total_s"], profile
+    table = bench_profile.markdown(profile, profile, 0.1, 0.1)
+    dw = profile["seconds"]["GEMM dW"]
+    assert f"| GEMM dW | {dw * 1e3:.1f} | {100 * dw / profile['total_s']:.1f} | {dw * 1e3:.1f} |" in table
+    assert table.splitlines()[-1] == "| step time (timed) | 100.0 |  | 100.0 |  | 1.00 |"
+
+
+def test_profile_tells_forward_dx_and_dw_products_and_norms_apart():
+    import jax
+    import jax.numpy as jnp
+
+    def LayerNorm(x):  # noqa: N802  (classified by the emitting function's name, as flax's LayerNorm.__call__)
+        mean = jnp.mean(x, -1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(jnp.var(x, -1, keepdims=True) + 1e-6)
+
+    def loss(w, x):
+        return jnp.sum(LayerNorm(x @ w) ** 2)
+
+    w, x = jnp.ones((24, 40)), jnp.ones((96, 24))
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
+    module, instrs, computations = bench_profile.parse_hlo(text)
+    entry = [i for i in instrs.values() if i.name in _entry_names(text)]
+    categories = [bench_profile.classify_hlo(i, computations, {24 * 40}) for i in entry]
+    assert module.startswith("jit_") and sorted(c for c in categories if c and c.startswith("GEMM")) == [
+        "GEMM dW", "GEMM dX", "GEMM forward"]
+    assert "norms" in categories
+
+
+def _entry_names(text):
+    body = text[text.index("\nENTRY"):]
+    body = body[:body.index("\n}")]
+    return {line.split("=")[0].strip().removeprefix("ROOT ").lstrip("%") for line in body.splitlines()[1:]}
+
+
+@pytest.mark.parametrize("names, shapes, category", [
+    (["aten::addmm", "aten::linear"], [[[784, 384], [384, 1536]], []], "GEMM forward"),
+    (["aten::mm", "AddmmBackward0", "autograd::engine::evaluate_function: AddmmBackward0"],
+     [[[1536, 784], [784, 384]], [], []], "GEMM dW"),  # 1536 x 384 elements: the weight's
+    (["aten::mm", "AddmmBackward0", "autograd::engine::evaluate_function: AddmmBackward0"],
+     [[[784, 1536], [1536, 384]], [], []], "GEMM dX"),
+    (["aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention"], [[], []],
+     "attention"),
+    (["aten::empty", "aten::native_layer_norm_backward", "autograd::engine::evaluate_function: X"], [[], [], []],
+     "norms"),  # an allocation is its caller's
+    (["aten::add_", "aten::_foreach_add_", "Optimizer.step#AdamW.step"], [[], [], []], "optimizer update"),
+    (["aten::copy_", "aten::contiguous"], [[], []], "copies / transposes"),
+    (["aten::_log_softmax", "aten::cross_entropy_loss"], [[], []], "loss"),
+])
+def test_profile_classifies_torch_ops_by_their_callers(names, shapes, category):
+    assert bench_profile._torch_category(names, shapes, {1536 * 384}) == category
 
 
 def run_main(*args):
@@ -71,3 +128,18 @@ def test_command_prints_json_last_line():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"seconds_per_step", "clips_per_s", "compile_s", "flops_per_step"} <= set(result)
     assert result["mode"] == "pretrain" and result["devices"] == 1
+
+
+@pytest.mark.parametrize("kind, peak", [
+    ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12),
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12), ("cpu", None), ("TPU v7x", None),
+    ("NVIDIA H1000", None),
+])
+def test_peak_flops_reads_jax_device_kinds(kind, peak):
+    assert bench.peak_flops(kind) == peak
+
+
+def test_mfu_is_per_device_flops_per_second_over_the_peak():
+    assert bench.mfu(275e12, 2.0, "TPU v4") == pytest.approx(0.5)
+    assert bench.mfu(1e9, 1.0, "cpu") is None

@@ -13,7 +13,6 @@ import pytest
 from vidjax import export, pretrained
 from vidjax.convert.__main__ import convert
 
-
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
 CLASSIFIER = FIXTURES / "videomae_classification_bin" / "source"  # VideoMAE, 4 frames x 32 px, 5 named classes
 PRETRAIN = FIXTURES / "videomae_pretrain" / "source"  # VideoMAE pre-training: no head

@@ -187,3 +187,32 @@ def test_probe_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         probe.main([f"--features={features}", "--task=ranking"])
     assert exit_info.value.code == 2 and "--task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["videomae_k400", "svt_k400", "captioning_charades"])
+def test_every_family_extracts_from_a_random_init(recipe, tmp_path):
+    """pretrained.init gives a runlocal model as load would (with random weights): extract pools the tokens of the
+    video model in it, a VideoMAE pre-training's encoder, an SVT's backbone and a captioner's encoder. (The other
+    families go through colabs/embeddings_and_probes.ipynb.)"""
+    from helpers import load_config
+
+    from vidjax.data import sources, synthetic
+
+    config = load_config(recipe, "runlocal")
+    if recipe == "captioning_charades":
+        config.model.decoder.vocab_size = 64  # a trained captioner's comes from its tokenizer
+    model = pretrained.init(config.model_name, config.model, seed=1, sampling_rate=1)
+    assert model.preprocessing["num_frames"] == config.data.num_frames and model.params
+    clips = synthetic.SyntheticVideoSource(2, num_frames=8, height=32, width=32)
+    listed = synthetic.write_files(clips, tmp_path)
+    arrays, failed = extract.extract(model, sources.CsvVideoSource(listed, root=tmp_path), batch_size=2)
+    assert not failed and arrays["features"].shape[0] == 2 and np.isfinite(arrays["features"]).all()
+    video = model.preprocess(model.read_views(arrays["paths"][0]))
+    module = model.model
+    if recipe == "svt_k400":  # the CLS token of the backbone, which the DINO head reads
+        np.testing.assert_allclose(extract.extract(model, sources.CsvVideoSource(listed, root=tmp_path),
+                                                   pool="cls")[0]["features"][0],
+                                   np.asarray(module(video)["cls"])[0], rtol=1e-4, atol=1e-5)
+    if recipe == "captioning_charades":  # the frozen encoder's tokens, averaged
+        tokens = module.encoder(video)["last_hidden_state"]
+        np.testing.assert_allclose(arrays["features"][0], np.asarray(tokens.mean(axis=1))[0], rtol=1e-4, atol=1e-5)

@@ -242,12 +242,15 @@ def test_evaluate_command_scores_a_workdir_like_the_trainer(tmp_path, pretrained
     config.optimizer.ema_decay = 0.5
     result = train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
     out = tmp_path / "eval" / "test.json"
-    summary = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(out))  # over all 8 devices
+    outputs = {}
+    summary = evaluate.evaluate_checkpoint(config, str(tmp_path / "run"), str(out), outputs=outputs)  # 8 devices
     # The trainer evaluated its EMA weights; so does the command (from the checkpoint it wrote).
     assert summary["eval_top1"] == result["eval_top1"]
     np.testing.assert_allclose(summary["eval_loss"], result["eval_loss"], rtol=1e-5)
     written = json.loads(out.read_text())
     assert written["num_examples"] == 16 and written["eval_top1"] == summary["eval_top1"]
+    assert outputs["scores"].shape == (16, config.model.num_classes) and outputs["label"].shape == (16,)
+    assert summary["eval_top1"] == (outputs["scores"].argmax(1) == outputs["label"]).mean()
     assert (tmp_path / "eval" / "test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A pre-training checkpoint of the same encoder (the end-to-end tests' run below) has no head to evaluate.
     with pytest.raises(config_lib.ConfigError, match="no trained values for .*head/kernel.*pre-training checkpoint"):

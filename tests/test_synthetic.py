@@ -7,6 +7,7 @@ import grain
 import numpy as np
 import pytest
 
+from vidjax.data import synthetic
 from vidjax.data.synthetic import REGRESSION_TARGETS, SPLITS, SyntheticVideoSource, class_names
 
 
@@ -452,7 +453,8 @@ def test_looks_share_backgrounds_and_objects_across_labels_and_splits(monkeypatc
     def looks_of(source):
         backgrounds.clear(), objects.clear()
         elements = [source[i] for i in range(len(source))]
-        keys = [(bg.tobytes(), o.radius, o.shape, o.colour.tobytes()) for bg, o in zip(backgrounds, objects)]
+        keys = [(bg.tobytes(), o.radius, o.shape, o.colour.tobytes())
+                for bg, o in zip(backgrounds, objects, strict=True)]
         starts = {(o.start_y, o.start_x) for o in objects}
         return keys, elements, starts
 
@@ -463,7 +465,7 @@ def test_looks_share_backgrounds_and_objects_across_labels_and_splits(monkeypatc
     if task == "classification":  # every look shows several directions: the look says nothing of the label
         labels = [int(e["label"]) for e in train_elements]
         for look in set(train):
-            assert len({label for key, label in zip(train, labels) if key == look}) >= 3
+            assert len({label for key, label in zip(train, labels, strict=True) if key == look}) >= 3
     one, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, task=task, looks=1))
     assert len(set(one)) == 1
     own, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, task=task))
@@ -476,3 +478,27 @@ def test_looks_repr_and_bad_values():
         SyntheticVideoSource(3, looks=-1)
     with pytest.raises(ValueError, match=r"looks=2 is for the one-object tasks .* not 'multilabel'"):
         SyntheticVideoSource(3, task="multilabel", looks=2)
+
+
+def test_write_files_gives_a_folder_tree_and_lists_the_file_sources_read_back(tmp_path):
+    from vidjax.data import decode, sources
+
+    clips = synthetic.SyntheticVideoSource(9, num_frames=6, height=32, width=48, split="validation")
+    listed = synthetic.write_files(clips, tmp_path / "cls")
+    assert listed == str(tmp_path / "cls" / "validation.csv")
+    from_list = sources.CsvVideoSource(listed, root=tmp_path / "cls")
+    from_folders = sources.FolderVideoSource(tmp_path / "cls")
+    assert [int(from_list[i]["label"]) for i in range(9)] == [int(clips[i]["label"]) for i in range(9)]
+    assert sorted(from_folders.class_names) == sorted(synthetic.class_names(8)) and len(from_folders) == 9
+    element = from_list[4]
+    assert element["path"].endswith("move_left/validation_00004.mp4")
+    decoded = decode.decode_clip(element["path"], num_frames=6, sampling_rate=1)
+    assert decoded.shape == (6, 32, 48, 3)
+    # H.264 (4:2:0 chroma) is close to the clip, not exact; far closer than to another clip.
+    error = np.abs(decoded.astype(int) - clips[4]["video"]).mean()
+    assert error < 16 and error < np.abs(decoded.astype(int) - clips[5]["video"]).mean() / 2
+
+    regression = synthetic.SyntheticVideoSource(3, num_frames=4, height=32, width=32, task="regression")
+    listed = synthetic.write_files(regression, tmp_path / "reg")
+    read = sources.CsvVideoSource(listed, root=tmp_path / "reg", targets=synthetic.REGRESSION_TARGETS)
+    np.testing.assert_allclose(read[2]["targets"], regression[2]["targets"], atol=1e-6)

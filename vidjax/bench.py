@@ -56,12 +56,63 @@ _REMAT = flags.DEFINE_list("remat", ["none"], "Per-block rematerialisation(s) (c
                                               "dots_saveable.")
 _GRAD_ACCUM = flags.DEFINE_list("grad_accum", ["1"], "Micro-batches per step (config.grad_accum_steps); --batch "
                                                      "is the global batch they split.")
+_PROFILE = flags.DEFINE_bool("profile", False, "After timing, run the step under the profiler and print its op time by "
+                                                "category (GEMMs by role, attention, norms, optimizer, copies...), "
+                                                "beside PyTorch's with --compare=torch (vidjax.bench_profile).")
 _SCAN_LAYERS = flags.DEFINE_list("scan_layers", ["false"], "config.model.scan_layers: false (blocks unrolled) or "
                                                            "true (one lax.scan over them).")
 
 # What each controllable option may be, to check --dtype/--remat/--grad_accum/--scan_layers before compiling.
 _CHOICES = {"dtype": ("float32", "bfloat16"), "remat": tuple(REMAT_POLICIES),
             "scan_layers": ("false", "true")}
+
+
+# Peak dense bf16 FLOP/s of one device (a GPU, or a TPU chip as jax counts it) by `jax.Device.device_kind`, from the
+# vendors' data sheets (without structured sparsity): the denominator of MFU. Kinds that only differ by a suffix
+# (memory size, form factor) share an entry: "NVIDIA A100-SXM4-40GB" and "NVIDIA A100 80GB PCIe" are "NVIDIA A100".
+PEAK_BF16_FLOPS = {
+    "NVIDIA H100": 989e12,  # SXM (device kind "NVIDIA H100 80GB HBM3")
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA GH200": 989e12,
+    "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+}
+# Other spellings of a kind above: jax names a v5p chip "TPU v5"; the marketing names of the lite chips.
+_KIND_ALIASES = {"TPU v5": "TPU v5p", "TPU v5e": "TPU v5 lite", "TPU v6e": "TPU v6 lite"}
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """Peak dense bf16 FLOP/s of one device of `device_kind` (`jax.devices()[0].device_kind`), or None when the
+    table (`PEAK_BF16_FLOPS`) has no figure for it (a CPU, an unknown accelerator).
+
+    A kind matches an entry exactly, or starts with it followed by a space or a dash ("NVIDIA H100 80GB HBM3" is
+    "NVIDIA H100"); the longest such entry wins ("NVIDIA H100 PCIe" before "NVIDIA H100").
+    """
+    kind = " ".join(str(device_kind).split())
+    kind = _KIND_ALIASES.get(kind, kind).lower()
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        name = key.lower()
+        if kind == name or kind.startswith((name + " ", name + "-")):
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def mfu(flops_per_step: float, seconds_per_step: float, device_kind: str) -> float | None:
+    """Model FLOPs utilisation of a step: its FLOPs per second per device over the device's peak (`peak_flops`);
+    None when the peak is unknown.
+
+    `flops_per_step` is XLA's cost analysis of the compiled step, as `time_vidjax` reports it: for a step sharded
+    over several devices that is one device's program, so it already counts one device's share.
+    """
+    peak = peak_flops(device_kind)
+    if peak is None or not seconds_per_step > 0:
+        return None
+    return flops_per_step / seconds_per_step / peak
 
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
@@ -98,8 +149,9 @@ def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
-    """Times the trainer's update step (pretrain/finetune) or the jitted forward (infer) on random inputs."""
+def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False) -> dict:
+    """Times the trainer's update step (pretrain/finetune) or the jitted forward (infer) on random inputs; with
+    `profile`, also its op time by category (`bench_profile.profile_jax`) as "profile"."""
     import jax
     import numpy as np
     from flax import nnx
@@ -154,7 +206,13 @@ def time_vidjax(config, mode: str, steps: int, warmup: int) -> dict:
     cost = cost[0] if isinstance(cost, list) else cost
     memory = compiled.memory_analysis()
     seconds, times = _median_time(step, steps, warmup)
-    return {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
+    profiled = {}
+    if profile:
+        from vidjax import bench_profile
+
+        numels = {int(np.prod(p.shape)) for p in jax.tree.leaves(state["params"])}
+        profiled["profile"] = bench_profile.profile_jax(step, compiled.as_text(), numels)
+    return profiled | {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
             "devices": jax.device_count(), "seconds_per_step": seconds, "step_times": times,
             "clips_per_s": config.batch_size / seconds, "compile_s": compile_s,
             "flops_per_step": float(cost.get("flops", float("nan"))), "flops_source": flops_source,
@@ -302,7 +360,7 @@ def main(argv: list[str]) -> None:
                               options["dtype"], _NUM_CLASSES.value, options["remat"], options["grad_accum"],
                               options["scan_layers"])
         row = dict(common, **options)
-        row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value))
+        row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value))
         label = " ".join(f"{k}={str(v).lower()}" for k, v in options.items()) if len(rows) > 1 else ""
         print(f"vidjax{' [' + label + ']' if label else ''}: {_row_line(row)}", flush=True)
         results.append(row)
@@ -318,12 +376,19 @@ def main(argv: list[str]) -> None:
 
         torch_result = time_torch(_MODE.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value,
                                   _STEPS.value, _WARMUP.value, mask_ratio=config.model.mask_ratio,
-                                  num_classes=_NUM_CLASSES.value, threads=_TORCH_THREADS.value)
+                                  num_classes=_NUM_CLASSES.value, threads=_TORCH_THREADS.value,
+                                  profile=_PROFILE.value)
         result["torch"] = {k: v for k, v in torch_result.items() if k not in ("mode", "variant", "frames", "size",
                                                                              "batch")}
         result["speedup_vs_torch"] = torch_result["seconds_per_step"] / result["seconds_per_step"]
         print(f"torch:  {torch_result['seconds_per_step']:.4f} s/step ({torch_result['attn_implementation']}, "
               f"{torch_result['threads']} threads); vidjax speed-up {result['speedup_vs_torch']:.2f}x", flush=True)
+    if _PROFILE.value:
+        from vidjax import bench_profile
+
+        torch_side = result.get("torch", {})
+        print(bench_profile.markdown(result["profile"], torch_side.get("profile"), result["seconds_per_step"],
+                                     torch_side.get("seconds_per_step")), flush=True)
     print(json.dumps(result))
 
 

@@ -81,6 +81,7 @@ def time_torch(
     num_classes: int = 400,
     threads: int | None = None,
     seed: int = 0,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Times `steps` steps of HF VideoMAE on CPU after `warmup` untimed ones; returns the median and all times.
 
@@ -89,6 +90,8 @@ def time_torch(
           "infer" (VideoMAEForVideoClassification, eval forward under torch.inference_mode()).
     threads: if given, torch.set_num_threads(threads) for the run (restored afterwards, since the benchmark
           runs in-process with JAX); otherwise torch's default.
+    profile: also run the step under torch.profiler and return its op time by category as "profile"
+          (`vidjax.bench_profile.profile_torch`).
     """
     # Validate before importing torch so bad arguments get a clear error even without torch installed.
     if mode not in MODES:
@@ -202,12 +205,18 @@ def time_torch(
             step()
             step_times.append(time.perf_counter() - start)
         used_threads = torch.get_num_threads()
+        profiled = {}
+        if profile:
+            from vidjax import bench_profile
+
+            numels = {p.numel() for p in model.parameters()}
+            profiled["profile"] = bench_profile.profile_torch(step, numels)
     finally:
         if threads is not None:
             torch.set_num_threads(prev_threads)
 
     median = statistics.median(step_times)
-    return {
+    return profiled | {
         "framework": "torch",
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,

@@ -80,13 +80,15 @@ def stored_config_argv(argv: list[str]) -> list[str]:
 
 
 def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
-                        explicit_keys: Collection[str] | None = None) -> dict[str, float]:
+                        explicit_keys: Collection[str] | None = None, outputs: dict | None = None) -> dict[str, float]:
     """The eval metrics of `checkpoint` on an eval split, over all devices (every process calls this).
 
     `config` gives the data and settings; None: the config stored with a training checkpoint (`checkpoint` alone
     then reproduces the run's final evaluation). `explicit_keys`: the config keys the user chose (the command line's
     --config.KEY flags); the model, task and the data's clip size and class count follow the checkpoint where these
-    do not say otherwise (`resolve_config`). None: `config` is used as given.
+    do not say otherwise (`resolve_config`). None: `config` is used as given. With `outputs` (a dict), the
+    per-example outputs are left in it as `train.evaluate` leaves them (e.g. "scores" and "label", for per-class
+    figures).
     """
     import jax
 
@@ -140,7 +142,7 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
                "then evaluate that run." if stored.model.get("head") == "pretrain" else
                "Evaluate with the checkpoint's own model (leave config.model unset)."))
     mask_grid = task.mask_grid(setup.abstract_model)
-    outputs: dict = {}
+    outputs = {} if outputs is None else outputs
     summary = train.evaluate(config, setup, train.make_eval_step(config, setup), params, eval_source, mask_grid,
                              metadata={**(stored.metadata or {}),
                                        "target_names": pipeline.target_names(config.data) or None},

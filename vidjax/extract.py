@@ -14,7 +14,8 @@ Pooling (--pool) of the encoder's last hidden state (B, tokens, D):
           fc_norm when it has one (VideoMAE classifiers with mean pooling): exactly the vector its head reads.
   cls     the CLS token (TimeSformer, ViViT with a token classifier, VideoMamba); VideoMAE has none.
   tokens  every token: features (N, tokens, D).
-A VideoMAE pre-training checkpoint runs its encoder on all tokens (no mask), after its final norm.
+A VideoMAE pre-training checkpoint runs its encoder on all tokens (no mask), after its final norm; an SVT training
+run its TimeSformer backbone; a captioner its video encoder.
 
 Writes FILE.npz (atomically): `features` float32 (N, D) or (N, tokens, D), `paths` (N,), `index` (N,) (the
 video's position in the list, counting only files that exist), and `label` / `labels` / `targets` as the list has
@@ -45,9 +46,21 @@ _TARGET_KEYS = tuple(dict.fromkeys(tasks.target_keys().values()))
 _PROGRESS_EVERY_S = 5.0
 
 
+def _tokens_part(model: pretrained.Pretrained) -> str:
+    """Which part of the model gives the tokens: "" the model itself, "encoder" (a VideoMAE pre-training's, or a
+    captioner's video encoder) or "backbone" (SVT's TimeSformer under its DINO head)."""
+    if model.model_name == "svt":
+        return "backbone"
+    return "encoder" if model.model_name == "captioner" or model.config.get("head") == "pretrain" else ""
+
+
+def _video_module(module, part: str):
+    return getattr(module, part) if part else module
+
+
 def has_cls_token(model: pretrained.Pretrained) -> bool:
     """Whether the model's last hidden state starts with a CLS token."""
-    return getattr(model.model, "cls_token", None) is not None
+    return getattr(_video_module(model.model, _tokens_part(model)), "cls_token", None) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +69,18 @@ class _Pool:
 
     pool: str
     cls: bool
-    pretrain: bool
+    part: str  # `_tokens_part`
 
     def __call__(self, module, video):
-        hidden = module.encoder(video) if self.pretrain else module(video)["last_hidden_state"]
+        source = _video_module(module, self.part)
+        hidden = source(video)  # a pre-training VideoMAE's encoder gives the tokens, a model {"last_hidden_state"}
+        hidden = hidden["last_hidden_state"] if isinstance(hidden, dict) else hidden
         if self.pool == "tokens":
             return hidden.astype(jnp.float32)
         if self.pool == "cls":
             return hidden[:, 0].astype(jnp.float32)
         pooled = jnp.mean((hidden[:, 1:] if self.cls else hidden).astype(jnp.float32), axis=1)
-        fc_norm = getattr(module, "fc_norm", None)
+        fc_norm = getattr(source, "fc_norm", None)
         return fc_norm(pooled) if fc_norm is not None else pooled
 
 
@@ -73,11 +88,14 @@ def pool_fn(model: pretrained.Pretrained, pool: str) -> _Pool:
     """`fn(model, video)` for `BatchRunner`: the pooled embedding of each clip (see the module docstring)."""
     if pool not in POOLS:
         raise ValueError(f"--pool={pool!r}; choose one of {', '.join(POOLS)}.")
+    if model.model_name == "captioner" and int(model.config.num_chunks) != 1:
+        raise ValueError(f"this captioner encodes {model.config.num_chunks} chunks per clip "
+                         f"(config.model.num_chunks); extract reads single-chunk captioners' encoders.")
     cls = has_cls_token(model)
     if pool == "cls" and not cls:
         raise ValueError(f"--pool=cls: this {model.model_name} model has no CLS token (its tokens are all patches); "
                          f"use --pool=mean.")
-    return _Pool(pool, cls, model.config.get("head") == "pretrain")
+    return _Pool(pool, cls, _tokens_part(model))
 
 
 class _Decode:

@@ -228,22 +228,34 @@ def _caption_prediction(model: pretrained.PretrainedCaptioner, args: argparse.Na
     return entry, [path, *(f"  window {start:.2f}-{end:.2f} s: {text}" for start, end, text in windows)]
 
 
+def prediction_entry(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str, *,
+                     names: list[str] | None = None, top_k: int = 5, threshold: float = 0.5, num_clips: int = 1,
+                     num_crops: int = 1, window_s: float = 0.0, stride_s: float = 0.0,
+                     sampling_rate: int | None = None) -> dict:
+    """One video's predictions by a checkpoint with a head, as `--json` writes them: {"path", "error": None,
+    "aggregate": `describe` of the mean scores} plus, with `window_s`, "windows": [{"start_s", "end_s",
+    "prediction"}]. `names` default to `output_names(model)`. Raises `decode.VideoDecodeError` as `predict_video`."""
+    task, names = model.task, names or output_names(model)
+    scores, windows = predict_video(model, runner, path, num_clips=num_clips, num_crops=num_crops,
+                                    window_s=window_s, stride_s=stride_s, sampling_rate=sampling_rate)
+    entry = {"path": path, "error": None, "aggregate": describe(task, scores, names, top_k, threshold)}
+    if window_s:
+        entry["windows"] = [{"start_s": start, "end_s": end,
+                             "prediction": describe(task, window_scores, names, top_k, threshold)}
+                            for start, end, window_scores in windows]
+    return entry
+
+
 def _head_prediction(model: pretrained.Pretrained, runner: pretrained.BatchRunner, names: list[str],
                      args: argparse.Namespace, path: str) -> tuple[dict, list[str]]:
     """(JSON entry, text lines) of one video's predictions by a checkpoint with a head."""
-    task = model.task
-    scores, windows = predict_video(model, runner, path, num_clips=args.num_clips, num_crops=args.num_crops,
-                                    window_s=args.window, stride_s=args.stride,
-                                    sampling_rate=args.sampling_rate or None)
-    aggregate = describe(task, scores, names, args.top_k, args.threshold)
-    entry = {"path": path, "error": None, "aggregate": aggregate}
-    text = [path, *format_prediction(task, aggregate)]
-    if args.window:
-        entry["windows"] = []
-        for start, end, window_scores in windows:
-            prediction = describe(task, window_scores, names, args.top_k, args.threshold)
-            entry["windows"].append({"start_s": start, "end_s": end, "prediction": prediction})
-            text += [f"  window {start:.2f}-{end:.2f} s", *format_prediction(task, prediction, indent="    ")]
+    entry = prediction_entry(model, runner, path, names=names, top_k=args.top_k, threshold=args.threshold,
+                             num_clips=args.num_clips, num_crops=args.num_crops, window_s=args.window,
+                             stride_s=args.stride, sampling_rate=args.sampling_rate or None)
+    text = [path, *format_prediction(model.task, entry["aggregate"])]
+    for window in entry.get("windows", []):
+        text += [f"  window {window['start_s']:.2f}-{window['end_s']:.2f} s",
+                 *format_prediction(model.task, window["prediction"], indent="    ")]
     return entry, text
 
 

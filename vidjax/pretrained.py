@@ -7,6 +7,7 @@
     video = model.preprocess(views)                 # -> normalised float32
     logits = model(video)                           # checkpoints with a head: (B, num_outputs)
     out = model(video, mask)                        # VideoMAE pre-training: {"reconstruction", "loss"}
+    baseline = vidjax.pretrained.init("videomae", config.model)   # a config's model, random weights: a probe baseline
 
 A captioner (`vidjax.models.captioner`, e.g. a converted VisionEncoderDecoderModel) loads as a
 `PretrainedCaptioner`: `model(video, input_ids)` gives the decoder's logits, `model.generate(video,
@@ -516,6 +517,28 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     return kind(converted.model_name, config, dict(converted.preprocessing), converted.class_names, graphdef,
                 params, num_tokens, task=loaded.task, target_names=loaded.target_names,
                 sampling_rate=loaded.sampling_rate, **extra)
+
+
+def init(model_name: str, model_config: ml_collections.ConfigDict, *, seed: int = 0,
+         sampling_rate: int | None = None) -> Pretrained | PretrainedCaptioner:
+    """A randomly initialised video model (`model_name` built from `model_config` with `seed`), as `load` gives a
+    checkpoint's: the random-init baseline of probes (what the architecture and the pooling alone carry), and a
+    stand-in where no checkpoint can be made. It reads clips at the model's frames and size with no extra resize
+    (short side = image size), at `sampling_rate` (None: `DEFAULT_SAMPLING_RATE`)."""
+    config = model_config.copy_and_resolve_references()
+    spec = clip_spec(model_name, config)
+    if spec is None:
+        raise ValueError(f"pretrained.init builds video models; {model_name!r} takes no video.")
+    with nnx.use_eager_sharding(False):
+        model = get_model(model_name).Model(config, rngs=nnx.Rngs(seed))
+    graphdef, state = nnx.split(model)
+    params = jax.device_put(nnx.to_pure_dict(state), jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    preprocessing = {"mean": list(spec["mean"]), "std": list(spec["std"]), "num_frames": spec["num_frames"],
+                     "image_size": spec["image_size"], "short_side": spec["image_size"]}
+    num_tokens = getattr(getattr(model, "encoder", None), "num_tokens", None)
+    kind = PretrainedCaptioner if model_name == "captioner" else Pretrained
+    return kind(model_name, config, preprocessing, None, graphdef, params, num_tokens,
+                task=_task_of(model_name, config), sampling_rate=sampling_rate)
 
 
 def load_for_command(path: str) -> Pretrained | None:

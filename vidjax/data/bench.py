@@ -33,7 +33,7 @@ from absl import app, flags
 from PIL import Image
 
 from vidjax import cli
-from vidjax.data import decode, transforms
+from vidjax.data import decode, encode, transforms
 
 METHODS = ("naive", "seek", "seek_sws")
 
@@ -55,12 +55,8 @@ def make_videos(folder: str, num_videos: int, seconds: float = 10.0, fps: int = 
     paths = []
     for i in range(num_videos):
         path = os.path.join(folder, f"bench_{width}x{height}_{fps}fps_{seconds:g}s_gop{gop}_{i:03d}.mp4")
-        if not os.path.exists(path):
-            # Write under a temporary name first so that an interrupted run never leaves a half file to reuse.
-            partial = path + ".partial.mp4"
-            _encode(partial, seed=i, num_frames=round(seconds * fps), fps=fps, width=width, height=height,
-                    gop=gop)
-            os.replace(partial, path)
+        if not os.path.exists(path):  # written under a temporary name: an interrupted run leaves no half file
+            _encode(path, seed=i, num_frames=round(seconds * fps), fps=fps, width=width, height=height, gop=gop)
         paths.append(path)
     return paths
 
@@ -73,20 +69,17 @@ def _encode(path: str, seed: int, num_frames: int, fps: int, width: int, height:
     texture = np.asarray(Image.fromarray(coarse).resize((width + 2 * pad, height + 2 * pad),
                                                         Image.Resampling.BICUBIC))
     block = height // 6
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "23", "preset": "medium"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
+
+    def frames():
         for t in range(num_frames):
             phase = 2 * np.pi * t / num_frames
             dy, dx = int(pad * (1 + np.sin(phase + seed))), int(pad * (1 + np.sin(2 * phase)))
             image = texture[dy : dy + height, dx : dx + width].copy()
             y, x = (3 * t) % (height - block), (7 * t) % (width - block)
             image[y : y + block, x : x + block] = (255, (5 * t) % 256, 40)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            yield image
+
+    encode.write_mp4(path, frames(), fps, gop=gop, crf=23, preset="medium")
 
 
 def naive_decode(path: str, num_frames: int, sampling_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:

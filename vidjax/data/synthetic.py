@@ -58,10 +58,16 @@ Speeds. Objects move 0.05 to 0.15 of the shorter side per frame (1.6 to 4.8 px a
 most a pixel or two per frame, left the direction invisible to a micro ViT over 8 x 8 patches: a Mu-sized
 VideoMAE stayed at chance on 8 directions after 800 steps with speeds from 0.02, and reaches about 75% top-1 in
 the same 800 steps with these (tests/test_finetune.py trains it).
+
+Files. `write_files` writes a source's clips as H.264 mp4 files (`vidjax.data.encode`) with a list, so the file
+sources (class folders, CSV lists), the dataset doctor and the commands that take video files can be tried
+without data of one's own.
 """
 
+import csv
 import math
 import operator
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -502,3 +508,38 @@ class SyntheticVideoSource:
         raw = rng.bit_generator.random_raw(-(-video.size // 8)).view(np.uint8)[: video.size]
         raw &= _NOISE_LEVELS - 1
         video += raw.reshape(video.shape)
+
+
+def write_files(source: SyntheticVideoSource, root: str | os.PathLike, fps: int = 25, crf: int = 18) -> str:
+    """Writes every clip of `source` as an mp4 file under `root`, and a header CSV list of them; returns the list's
+    path, ROOT/<split>.csv, whose paths are relative to ROOT (`CsvVideoSource(list, root=ROOT)` reads it back).
+
+    Classification: ROOT/<class name>/<split>_<index>.mp4, a class-folder tree (`FolderVideoSource(ROOT)`, the
+    `folder` source) with the list's columns `path,label`. Regression: ROOT/<split>/<index>.mp4, columns
+    `path,velocity_x,velocity_y` (`REGRESSION_TARGETS`). Frame size and count are the source's (even sizes);
+    `crf` is the H.264 quality (0 lossless, 18 visually lossless).
+    """
+    from vidjax.data import encode  # PyAV: only writing needs it; generating clips stays numpy alone
+    from vidjax.fileio import atomic_output
+
+    if source.task not in ("classification", "regression"):
+        raise ValueError(f"write_files writes classification and regression sources; this one is {source.task!r}.")
+    root = os.fspath(root)
+    rows = []
+    for index in range(len(source)):
+        element = source[index]
+        if source.task == "classification":
+            relative = os.path.join(source.class_names[int(element["label"])], f"{source.split}_{index:05d}.mp4")
+            rows.append([relative, int(element["label"])])
+        else:
+            relative = os.path.join(source.split, f"{index:05d}.mp4")
+            rows.append([relative, *(f"{v:.6f}" for v in element["targets"])])
+        path = os.path.join(root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        encode.write_mp4(path, element["video"], fps, crf=crf)
+    list_path = os.path.join(root, f"{source.split}.csv")
+    with atomic_output(list_path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "label"] if source.task == "classification" else ["path", *REGRESSION_TARGETS])
+        writer.writerows(rows)
+    return os.path.abspath(list_path)

@@ -1,0 +1,463 @@
+r"""A web page that shows what a checkpoint makes of a video: labels, a per-window timeline, captions, reconstructions.
+
+  python -m vidjax.demo --checkpoint=/work/finetune
+  python -m vidjax.demo --checkpoint=/ckpt/videomae_b_k400 --caption_checkpoint=/ckpt/captioner --port=8080
+  python -m vidjax.demo --checkpoint=/work/videomae_pretrain --share
+
+Serves a Gradio page (needs the demo extra: `pip install 'vidjax[demo]'`) at http://127.0.0.1:PORT (--port,
+default 7860; --host=0.0.0.0 to be reachable from other machines, --share for a temporary public gradio.live link).
+Upload a video, or click one of the bundled examples (clips of the embedded synthetic dataset, written as mp4 at
+start-up into a temporary folder; their names say the true label), then press Predict. What the page shows depends
+on --checkpoint (anything `python -m vidjax.predict` takes):
+
+  classification   the top --top_k classes with their probabilities (default 5)
+  multilabel       the --top_k highest per-class sigmoid scores (the timeline lists the classes over --threshold)
+  regression       each target's value
+  captioner        the caption of the middle window's clip (each window's own in the timeline)
+  pre-training     (a VideoMAE pre-training checkpoint, no head) the masked reconstruction of the middle clip as an
+                   animated GIF: original | masked input | reconstruction, as `python -m vidjax.visualize` draws it
+
+Every prediction is the one `python -m vidjax.predict --window=W --stride=S` makes, W and S being this command's
+--window and --stride: the video is cut into windows of W seconds (default 4; a shorter video is one window), each
+predicted from its centre clip, and the labels are the mean over windows; the timeline table lists each window's
+own top label and score (multi-label: the classes scoring at least --threshold; regression: the values; with a
+captioner: the caption).
+--window=0 predicts the whole video at once and shows no timeline. --caption_checkpoint adds a captioner's caption
+(and a caption per window) next to the labels of --checkpoint.
+
+Scripts can call the page's prediction as the endpoint /predict (video file in, {label: probability} out; values
+for regression):
+
+  from gradio_client import Client, handle_file
+  Client("http://127.0.0.1:7860/").predict(handle_file("clip.mp4"), api_name="/predict")
+
+/analyse returns everything the page shows. A file that is not a video, a corrupt one, or one larger than --max_mb
+megabytes (default 100) gets a message saying what was wrong and what to do, and the server keeps serving.
+
+Exit status: 0 when the server is stopped (Ctrl-C), 2 for bad arguments, a checkpoint that cannot be loaded or
+shows nothing (a backbone without a head), or the demo extra not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from vidjax import cli, predict, pretrained, tasks, visualize
+from vidjax.data import decode, encode, synthetic
+
+DEFAULT_PORT = 7860
+DEFAULT_MAX_MB = 100.0
+EXAMPLE_FPS = 25
+MAX_CAPTION_TOKENS = 30  # predict's default; fewer when the captioner's decoder has fewer positions
+VIDEO_TYPES = "mp4, webm, mkv, mov or avi"
+
+
+class DemoError(ValueError):
+    """A checkpoint or flag the demo cannot serve; the message names the flag and the fix (exit status 2)."""
+
+
+class InputError(ValueError):
+    """An upload the demo cannot predict (none, too large, not a video, corrupt); the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How predictions are made and what the page accepts (the command's flags)."""
+
+    top_k: int = 5
+    threshold: float = 0.5
+    window_s: float = 4.0
+    stride_s: float = 0.0  # 0: the window length
+    num_beams: int = 3
+    max_mb: float = DEFAULT_MAX_MB
+    num_examples: int = 3
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What the page shows for one video; None where the checkpoints give no such output."""
+
+    labels: dict[str, float] | None  # label (or target) -> probability, score or value, best first
+    timeline: list[list[Any]] | None  # one row per window: start_s, end_s, then `Demo.timeline_headers`' columns
+    caption: str | None
+    gif: str | None  # the reconstruction GIF's path
+    note: str  # one line about the prediction: windows, the reconstruction's loss
+
+
+def _gradio():
+    """The gradio package, or a DemoError naming the extra that installs it."""
+    try:
+        import gradio
+    except ImportError as e:
+        raise DemoError(f"the web demo needs Gradio, which is not installed ({e}); install it with "
+                        f"`pip install 'vidjax[demo]'`.") from e
+    return gradio
+
+
+def _example_source(model: pretrained.Pretrained, num_examples: int, num_frames: int, side: int
+                    ) -> synthetic.SyntheticVideoSource:
+    """Embedded-dataset clips of the task the checkpoint does (its class count where the generator has one)."""
+    task = model.task if model.task in synthetic.TASKS else "classification"
+    num_classes = int(model.config.get("num_classes", 0) or synthetic.NUM_CLASSES)
+    if task == "captioning" or not 1 <= num_classes <= synthetic.MAX_CLASSES:
+        num_classes = synthetic.NUM_CLASSES
+    # Wider than tall, so the short-side resize and the centre crop do what they do to a real upload.
+    width = side * 4 // 3 // 2 * 2  # even: H.264 in yuv420p
+    return synthetic.SyntheticVideoSource(num_examples, num_frames=num_frames, height=side, width=width,
+                                          num_classes=num_classes, split="test", task=task)
+
+
+def _example_label(source: synthetic.SyntheticVideoSource, element: dict) -> str:
+    if "captions" in element:
+        return element["captions"][0]
+    if "labels" in element:
+        return " + ".join(n for n, on in zip(source.class_names, element["labels"], strict=True) if on)
+    if "targets" in element:
+        return ", ".join(f"{n} {v:+.2f}" for n, v in zip(source.target_names, element["targets"], strict=True))
+    return source.class_names[int(element["label"])]
+
+
+def write_examples(model: pretrained.Pretrained, folder: str, settings: Settings) -> list[tuple[str, str]]:
+    """[(mp4 path, true label)] of `settings.num_examples` embedded-dataset clips, long enough for two windows and
+    for one clip of the checkpoint, at least 64 px on the short side (the checkpoint's short side if larger)."""
+    p = model.preprocessing
+    rate = model.sampling_rate or pretrained.DEFAULT_SAMPLING_RATE
+    num_frames = max(int(p["num_frames"]) * rate, round(2 * (settings.window_s or 2.0) * EXAMPLE_FPS))
+    side = max(64, int(p.get("short_side") or p["image_size"]) + 1) // 2 * 2
+    source = _example_source(model, settings.num_examples, num_frames, side)
+    examples = []
+    for i in range(len(source)):
+        element = source[i]
+        label = _example_label(source, element)
+        slug = "".join(c if c.isalnum() else "_" for c in label)[:40]
+        path = encode.write_mp4(os.path.join(folder, f"example_{i}_{slug}.mp4"), element["video"], EXAMPLE_FPS)
+        examples.append((path, f"{label} (true label)"))
+    return examples
+
+
+class Demo:
+    """The demo's models and the functions behind its page; `blocks()` builds the page, `launch` serves it."""
+
+    def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None = None,
+                 settings: Settings | None = None, *, checkpoint: str = "", caption_checkpoint: str = ""):
+        if not model.has_head and model.config.get("head") != "pretrain" and not isinstance(
+                model, pretrained.PretrainedCaptioner):
+            raise DemoError(f"--checkpoint={checkpoint} is a backbone checkpoint of {model.model_name} (head "
+                            f"{model.config.get('head')!r}): it has no head to predict with and no decoder to "
+                            f"reconstruct with, so the demo has nothing to show. Fine-tune it first (a config with "
+                            f"config.init_from={checkpoint}), or use `python -m vidjax.extract` for embeddings.")
+        if captioner is None and isinstance(model, pretrained.PretrainedCaptioner):
+            captioner, caption_checkpoint = model, checkpoint
+        if captioner is not None:
+            if not isinstance(captioner, pretrained.PretrainedCaptioner):
+                raise DemoError(f"--caption_checkpoint={caption_checkpoint} is a {captioner.model_name} checkpoint, "
+                                f"not a captioner (vidjax.models.captioner); pass a converted "
+                                f"VisionEncoderDecoderModel or a captioning run, or leave the flag out.")
+            try:
+                _ = captioner.tokenizer  # read now: one without a tokenizer fails here, not at the first upload
+            except (ValueError, ImportError) as e:
+                raise DemoError(f"--caption_checkpoint={caption_checkpoint}: {e}") from e
+        settings = settings or Settings()
+        self.model, self.captioner, self.settings = model, captioner, settings
+        self.checkpoint, self.caption_checkpoint = checkpoint, caption_checkpoint
+        self.has_head = model.has_head
+        self.runner = pretrained.BatchRunner(model, predict.scores_fn(model.task), 8) if self.has_head else None
+        self.names = predict.output_names(model) if self.has_head else []
+        self.folder = tempfile.mkdtemp(prefix="vidjax-demo-")
+        self.examples = write_examples(model, self.folder, settings) if settings.num_examples else []
+
+    # ---------------------------------------------------------------------------------------- what it predicts
+
+    @property
+    def task(self) -> str:
+        """What the page leads with: the head's task, "pretrain" (a reconstruction) or "captioning"."""
+        if self.has_head:
+            return self.model.task
+        return "pretrain" if self.model.config.get("head") == "pretrain" else "captioning"
+
+    def check_upload(self, video: str | None) -> str:
+        """The upload's path; an InputError when there is none or it is over --max_mb."""
+        if not video:
+            raise InputError(f"No video given: upload a video file ({VIDEO_TYPES}) or click one of the examples, "
+                             f"then press Predict.")
+        size_mb = os.path.getsize(video) / 2**20
+        if size_mb > self.settings.max_mb:
+            raise InputError(f"{os.path.basename(video)} is {size_mb:.1f} MB, over this demo's limit of "
+                             f"{self.settings.max_mb:g} MB (--max_mb). Upload a shorter or smaller video (e.g. `ffmpeg "
+                             f"-i in.mp4 -t 30 -vf scale=-2:360 out.mp4`), or restart the demo with a larger --max_mb.")
+        return video
+
+    def _decode_error(self, video: str, e: decode.VideoDecodeError) -> InputError:
+        name = os.path.basename(video)  # the upload's own name, not the server's temporary path
+        return InputError(f"{name} cannot be read as a video: {e.reason.replace(video, name)}. Upload a video file "
+                          f"({VIDEO_TYPES}); if this one plays elsewhere, re-encode it (e.g. `ffmpeg -i in -c:v "
+                          f"libx264 out.mp4`) and try again.")
+
+    def _windows(self) -> dict:
+        return dict(window_s=self.settings.window_s, stride_s=self.settings.stride_s)
+
+    def _head_entry(self, video: str) -> dict:
+        s = self.settings
+        return predict.prediction_entry(self.model, self.runner, video, names=self.names, top_k=s.top_k,
+                                        threshold=s.threshold, **self._windows())
+
+    def _shown(self, prediction: dict) -> dict[str, float]:
+        """label -> value of one `describe` output: the top-k probabilities or scores, or every target's value."""
+        if "values" in prediction:
+            return dict(prediction["values"])
+        score = tasks.get_task(self.model.task).score_name
+        return {row["label"]: row[score] for row in prediction["top_k"]}
+
+    def predict(self, video: str | None) -> dict[str, float]:
+        """The /predict endpoint: label -> probability (multi-label: score; regression: target -> value)."""
+        video = self.check_upload(video)
+        if not self.has_head:
+            raise InputError(f"--checkpoint={self.checkpoint} has no classification or regression head, so /predict "
+                             f"has no labels to give; call /analyse for its "
+                             f"{'reconstruction' if self.task == 'pretrain' else 'caption'}.")
+        try:
+            return self._shown(self._head_entry(video)["aggregate"])
+        except decode.VideoDecodeError as e:
+            raise self._decode_error(video, e) from e
+
+    def _timeline_cells(self, prediction: dict) -> list[Any]:
+        """One window's cells under `timeline_headers`' head columns."""
+        shown = self._shown(prediction)
+        if self.model.task == "regression":
+            return [round(v, 4) for v in shown.values()]
+        best, score = next(iter(shown.items()))
+        if self.model.task == "multilabel":
+            best = ", ".join(row["label"] for row in prediction["above_threshold"]) or "(none)"
+        return [best, round(score, 4)]
+
+    @property
+    def timeline_headers(self) -> list[str]:
+        headers = ["start (s)", "end (s)"]
+        if self.has_head and self.model.task == "regression":
+            headers += self.names
+        elif self.has_head and self.model.task == "multilabel":
+            headers += [f"classes scoring >= {self.settings.threshold:g}", "top score"]
+        elif self.has_head:
+            headers += ["top label", "score"]
+        if self.captioner is not None:
+            headers.append("caption")
+        return headers
+
+    def analyse(self, video: str | None) -> Analysis:
+        """Everything the page shows for one video (the /analyse endpoint)."""
+        video = self.check_upload(video)
+        try:
+            return self._analyse(video)
+        except decode.VideoDecodeError as e:
+            raise self._decode_error(video, e) from e
+
+    def _analyse(self, video: str) -> Analysis:
+        labels = caption = gif = None
+        rows: list[list[Any]] = []
+        notes = []
+        if self.has_head:
+            entry = self._head_entry(video)
+            labels = self._shown(entry["aggregate"])
+            for window in entry.get("windows", []):
+                rows.append([round(window["start_s"], 2), round(window["end_s"], 2),
+                             *self._timeline_cells(window["prediction"])])
+        elif self.task == "pretrain":
+            prefix = tempfile.mkdtemp(dir=self.folder)
+            result = visualize.render(self.model, video, os.path.join(prefix, "reconstruction"))
+            gif = result["gif"]
+            notes.append(f"{result['title']}; loss on the masked patches {result['loss']:.4f}.")
+        if self.captioner is not None:
+            positions = int(self.captioner.config.decoder.n_positions)
+            windows = predict.caption_video(self.captioner, video, num_beams=self.settings.num_beams,
+                                            max_new_tokens=min(MAX_CAPTION_TOKENS, positions - 1), **self._windows())
+            caption = windows[len(windows) // 2][2]  # the middle window's: one clip's caption, as predict writes it
+            if self.settings.window_s:
+                if not rows:
+                    rows = [[round(start, 2), round(end, 2)] for start, end, _ in windows]
+                for row, (_, _, text) in zip(rows, windows, strict=True):
+                    row.append(text)
+        if self.settings.window_s and (self.has_head or self.captioner is not None):
+            notes.insert(0, f"{len(rows)} window{'s' if len(rows) != 1 else ''} of {self.settings.window_s:g} s, "
+                            f"{self.settings.stride_s or self.settings.window_s:g} s apart"
+                            + ("; labels are the mean over windows." if self.has_head else "."))
+        return Analysis(labels, rows or None, caption, gif, " ".join(notes))
+
+    # ------------------------------------------------------------------------------------------------ the page
+
+    def _description(self) -> str:
+        kind = {"classification": f"the top {self.settings.top_k} classes and their probabilities",
+                "multilabel": f"the {self.settings.top_k} highest per-class scores (sigmoid)",
+                "regression": "the value of each target",
+                "pretrain": "the masked reconstruction of the middle clip (VideoMAE pre-training, no head)",
+                "captioning": "the caption of the middle window's clip"}[self.task]
+        caption = (f" Captions by `{self.caption_checkpoint}`." if self.captioner is not None
+                   and self.captioner is not self.model else "")
+        return (f"# vidjax demo\n`{self.checkpoint}`: {self.model.model_name} ({self.task}). Upload a video or pick "
+                f"an example, then press **Predict** to see {kind}.{caption} Uploads up to "
+                f"{self.settings.max_mb:g} MB.")
+
+    def blocks(self):
+        """The Gradio page: upload + examples, then labels / timeline / caption / reconstruction as they apply."""
+        gr = _gradio()
+
+        def on_page(fn):
+            # gr.Error is what Gradio shows on the page (and raises in gradio_client) as the message itself.
+            def wrapped(video):
+                try:
+                    return fn(video)
+                except InputError as e:
+                    raise gr.Error(str(e), title="Cannot predict this file", print_exception=False) from e
+            return wrapped
+
+        with gr.Blocks(title="vidjax demo", analytics_enabled=False) as page:
+            gr.Markdown(self._description())
+            with gr.Row():
+                with gr.Column():
+                    video = gr.Video(label="video", sources=["upload"], elem_id="video")
+                    button = gr.Button("Predict", variant="primary", elem_id="predict")
+                    if self.examples:
+                        gr.Examples([[path] for path, _ in self.examples], inputs=[video],
+                                    example_labels=[label for _, label in self.examples], label="examples")
+                with gr.Column():
+                    outputs = []
+                    if self.has_head and self.model.task == "regression":
+                        outputs.append(gr.JSON(label="values", elem_id="labels"))
+                    elif self.has_head:
+                        outputs.append(gr.Label(num_top_classes=self.settings.top_k, label=f"top {self.settings.top_k}",
+                                                elem_id="labels"))
+                    if self.captioner is not None:
+                        outputs.append(gr.Textbox(label="caption", interactive=False))
+                    if self.task == "pretrain":
+                        outputs.append(gr.Image(label="original | masked input | reconstruction", type="filepath"))
+                    note = gr.Markdown()
+                    timeline = gr.Dataframe(headers=self.timeline_headers, label="timeline (one row per window)",
+                                            interactive=False, visible=bool(self.settings.window_s))
+            outputs += [note, timeline]
+
+            def analyse(path):
+                result = self.analyse(path)
+                shown = [result.labels] if self.has_head else []
+                shown += [result.caption] if self.captioner is not None else []
+                shown += [result.gif] if self.task == "pretrain" else []
+                return (*shown, result.note, result.timeline or [])
+
+            button.click(on_page(analyse), inputs=[video], outputs=outputs, api_name="analyse",
+                         concurrency_id="model", concurrency_limit=1)
+            # /predict for scripts: the same prediction as plain {label: value} JSON, from components the page hides.
+            hidden = gr.Button(visible=False)
+            hidden.click(on_page(self.predict), inputs=[video], outputs=[gr.JSON(visible=False)],
+                         api_name="predict", concurrency_id="model", concurrency_limit=1)
+        return page
+
+    def launch(self, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", share: bool = False, **kwargs):
+        """Builds the page and serves it; blocks until Ctrl-C unless `prevent_thread_lock=True` is passed. Returns
+        the Gradio Blocks (`.close()` stops the server)."""
+        page = self.blocks()
+        page.queue(default_concurrency_limit=1)
+        page.launch(server_name=host, server_port=port, share=share, allowed_paths=[self.folder], show_error=True,
+                    **kwargs)
+        return page
+
+    def cleanup(self) -> None:
+        """Removes the examples and reconstructions written to the demo's temporary folder."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser("python -m vidjax.demo", __doc__)
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint")
+    parser.add_argument("--caption_checkpoint", default="", metavar="DIR",
+                        help="also caption each video with this captioner checkpoint (default: none)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a temporary public gradio.live link (anyone with it can upload)")
+    parser.add_argument("--max_mb", type=float, default=DEFAULT_MAX_MB,
+                        help=f"largest video accepted, in megabytes (default {DEFAULT_MAX_MB:g})")
+    parser.add_argument("--window", type=float, default=4.0, metavar="SECONDS",
+                        help="predict windows of this many seconds, shown as a timeline (default 4; 0: one "
+                             "prediction for the whole video, no timeline)")
+    parser.add_argument("--stride", type=float, default=0.0, metavar="SECONDS",
+                        help="seconds between window starts (default: the window length)")
+    parser.add_argument("--top_k", type=int, default=5, help="classes shown (default 5)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="multi-label: the score at which a class counts as present (default 0.5)")
+    parser.add_argument("--num_beams", type=int, default=3, help="captioner: beam search width (default 3)")
+    parser.add_argument("--examples", type=int, default=3,
+                        help="bundled example clips of the embedded dataset (default 3; 0 for none)")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    if not 0 <= args.port <= 65535:
+        return f"--port={args.port} is not a port number (0 to 65535; 0 picks a free one)."
+    if args.max_mb <= 0:
+        return f"--max_mb={args.max_mb:g} must be positive (megabytes)."
+    if args.window < 0 or args.stride < 0:
+        return "--window and --stride are seconds and cannot be negative."
+    if args.stride and not args.window:
+        return "--stride needs --window (the window length in seconds)."
+    for flag in ("top_k", "num_beams"):
+        if getattr(args, flag) < 1:
+            return f"--{flag}={getattr(args, flag)} must be at least 1."
+    if args.examples < 0:
+        return f"--examples={args.examples} cannot be negative."
+    if not 0.0 < args.threshold < 1.0:
+        return f"--threshold={args.threshold} must be between 0 and 1 (a sigmoid score)."
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    problem = _check_args(args)
+    if problem is None:
+        try:
+            _gradio()  # before loading any checkpoint: a missing extra is the first thing to hear about
+        except DemoError as e:
+            problem = str(e)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    model = pretrained.load_for_command(args.checkpoint)
+    if model is None:
+        return 2
+    captioner = None
+    if args.caption_checkpoint:
+        captioner = pretrained.load_for_command(args.caption_checkpoint)
+        if captioner is None:
+            return 2
+    settings = Settings(top_k=args.top_k, threshold=args.threshold, window_s=args.window, stride_s=args.stride,
+                        num_beams=args.num_beams, max_mb=args.max_mb, num_examples=args.examples)
+    try:
+        demo = Demo(model, captioner, settings, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint)
+    except DemoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        # Gradio's own start-up lines name its Python API (`share=True`); these name this command's flags.
+        page = demo.launch(port=args.port, host=args.host, share=args.share, quiet=True, prevent_thread_lock=True)
+        public = f" and {page.share_url}" if page.share_url else " (--share for a temporary public link)"
+        print(f"Serving the demo of {args.checkpoint} at {page.local_url}{public}; Ctrl-C stops it.", flush=True)
+        page.block_thread()
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick another --port (or --host).",
+              file=sys.stderr)
+        return 2
+    finally:
+        demo.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
