@@ -126,3 +126,34 @@ def test_bf16_trains_the_tiny_model_with_float32_state():
         assert {x.dtype for x in jax.tree.leaves(state["opt_state"])} <= {jnp.dtype("float32"), jnp.dtype("int32")}
     assert np.mean(losses["bfloat16"][-3:]) < losses["bfloat16"][0] - 0.02, losses
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=5e-3)
+
+
+def test_cotangent_boundaries_change_no_gradient(monkeypatch):
+    """On CPU each block input's gradient passes a conditional XLA must write out whole (layers.call_block); the
+    gradients are those of the plain graph, and a NaN reaching a boundary stays non-finite."""
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.norm, self.fc = nnx.LayerNorm(8, rngs=rngs), nnx.Linear(8, 8, rngs=rngs)
+
+        def __call__(self, x, rng=None):
+            return x + self.fc(jax.nn.gelu(self.norm(x)))
+
+    graphdef, state = nnx.split([Block(nnx.Rngs(i)) for i in range(3)])
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+
+    def gradient():  # a new function each time: jax caches traces by function, and the switch is read when tracing
+        def loss(state, x):
+            return jnp.sum(jnp.sin(layers.run_blocks(nnx.merge(graphdef, state), x, None)) ** 2)
+
+        return jax.grad(loss, argnums=(0, 1))
+
+    assert layers.cotangent_boundaries() and "cond" in str(jax.make_jaxpr(gradient())(state, x))
+    with_boundaries = gradient()(state, x)
+    monkeypatch.setattr(layers, "cotangent_boundaries", lambda: False)
+    assert "cond" not in str(jax.make_jaxpr(gradient())(state, x))
+    plain = gradient()(state, x)
+    for a, b in zip(jax.tree.leaves(with_boundaries), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    monkeypatch.undo()
+    poisoned = gradient()(state, x.at[0, 0, 0].set(jnp.nan))[1]
+    assert not np.isfinite(np.asarray(poisoned)).all()

@@ -259,12 +259,49 @@ def shard_batch(tree):
     return jax.tree.map(constrain, tree)
 
 
+@jax.custom_vjp
+def _cotangent_boundary(x: jax.Array) -> jax.Array:
+    """The identity, whose gradient XLA must write out whole: see `call_block`."""
+    return x
+
+
+def _boundary_fwd(x):
+    return x, None
+
+
+def _boundary_bwd(_, g):
+    # A conditional's operands and results are materialised; a predicate XLA cannot fold (x == x is false for NaN)
+    # keeps it a real one. A NaN there poisons the whole cotangent, which is then non-finite either way.
+    first = g.reshape(-1)[0]
+    return (jax.lax.cond(first == first, lambda t: t, lambda t: jnp.full_like(t, jnp.nan), g),)
+
+
+_cotangent_boundary.defvjp(_boundary_fwd, _boundary_bwd)
+
+
+def cotangent_boundaries() -> bool:
+    """Whether `call_block` cuts the backward pass's fusions at block inputs: on the CPU backend only.
+
+    Without it, XLA:CPU fuses the residual stream's gradient (the sum each block's backward adds to) into each of its
+    consumers instead of writing it out, so every LayerNorm backward, reduction and transposed copy further down
+    recomputes the chain of all the blocks above it (fusions of 800 instructions, quadratic in depth; `python -m
+    vidjax.bench --profile` counts them as norms). Writing each block input's gradient out cut a VideoMAE-S/16
+    fine-tune step (16 x 112 px, batch 2) from 1.56 to 1.21 s here (docs/performance.md). GPU and TPU compilers
+    fuse differently and a conditional per block would cost them a launch, so they keep the plain graph.
+    """
+    return jax.default_backend() == "cpu"
+
+
 def call_block(block: nnx.Module, remat: str, *args, **kwargs):
     """`block(*args, **kwargs)` under the rematerialisation policy `remat`, its output batch-sharded (`shard_batch`).
 
     `args` are the activations (arrays or None); `kwargs` are closed over: Python values such as frame counts, and
-    random keys, which carry no gradient.
+    random keys, which carry no gradient. On CPU the gradient reaching each input is written out whole
+    (`cotangent_boundaries`); the values are the same.
     """
+    if cotangent_boundaries():
+        args = tuple(_cotangent_boundary(a) if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
+                     else a for a in args)
     if remat == "none":
         return shard_batch(block(*args, **kwargs))
     run = nnx.remat(lambda module, *a: module(*a, **kwargs), policy=REMAT_POLICIES[remat])
