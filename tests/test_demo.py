@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 from test_predict import make_clip
+from test_predict_caption import write_captioner
 
 from vidjax import demo, predict, pretrained, visualize
 from vidjax.convert.__main__ import convert
@@ -67,20 +68,16 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo_checkpoints")
     convert(from_hf=str(FIXTURES / "videomae_classification_bin" / "source"), out=str(folder / "classifier"))
     convert(from_hf=str(FIXTURES / "videomae_pretrain" / "source"), out=str(folder / "pretrain"))
-    paths = {"classifier": str(folder / "classifier"), "pretrain": str(folder / "pretrain")}
-    try:
-        from test_predict_caption import write_captioner
-    except pytest.skip.Exception:  # no `tokenizers`: the caption checks are skipped, the rest still run
-        return paths
-    return {**paths, "captioner": write_captioner(folder / "captioner", folder / "tokenizer")}
+    return {"classifier": str(folder / "classifier"), "pretrain": str(folder / "pretrain"),
+            "captioner": write_captioner(folder / "captioner", folder / "tokenizer")}  # tokenizers: a test dependency
 
 
 @pytest.fixture(scope="module")
 def classifier_server(checkpoints):
     model = pretrained.load(checkpoints["classifier"])
-    captioner = pretrained.load(checkpoints["captioner"]) if "captioner" in checkpoints else None
+    captioner = pretrained.load(checkpoints["captioner"])
     app, page, client = serve(model, captioner, checkpoint=checkpoints["classifier"],
-                              caption_checkpoint=checkpoints.get("captioner", ""))
+                              caption_checkpoint=checkpoints["captioner"])
     yield app, client
     page.close()
     app.cleanup()
@@ -126,8 +123,6 @@ def test_page_shows_labels_timeline_and_caption(classifier_server, checkpoints, 
     for row, window in zip(rows, expected["windows"], strict=True):
         best = window["prediction"]["top_k"][0]
         assert row[2] == best["label"] and row[3] == pytest.approx(best["probability"], abs=5e-5)
-    if app.captioner is None:
-        pytest.skip("no tokenizers library: the captioner fixture cannot be built")
     assert timeline["headers"] == ["start (s)", "end (s)", "top label", "score", "caption"]
     captions = predict.caption_video(app.captioner, files["good"], window_s=WINDOW, num_beams=3, max_new_tokens=30)
     assert [row[4] for row in rows] == [text for _, _, text in captions]
@@ -233,8 +228,6 @@ def test_multilabel_scores_and_regression_values_are_predicts(task, checkpoints,
 
 def test_a_captioner_checkpoint_alone_shows_its_caption(classifier_server, files):
     captioner = classifier_server[0].captioner  # the server's, already compiled for these shapes
-    if captioner is None:
-        pytest.skip("no tokenizers library: the captioner fixture cannot be built")
     app = demo.Demo(captioner, settings=demo.Settings(window_s=WINDOW, num_examples=1), checkpoint="/ckpt/captioner")
     try:
         result = app.analyse(files["good"])
