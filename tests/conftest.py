@@ -41,6 +41,10 @@ def pytest_configure(config):
         os.environ[_SHARED_CACHE] = directory
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_compilation_cache_max_size", 16 * 2**30)
+    # The commands tests start as child processes (`python -m vidjax.<command>`) keep their compiled programs in
+    # the same folder, never the user's (vidjax.compile_cache), bounded like it so that they lock it too.
+    os.environ["VIDJAX_CACHE_DIR"] = directory
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 * 2**30)
     # Only programs that took a second or more to compile (train steps, whole forwards): caching every eager op's
     # tiny executable cost more than compiling it again (tests/test_timesformer.py, one process: 43 CPU seconds
     # with every program cached, 30 with none cached or with this threshold).
@@ -59,7 +63,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_unconfigure(config):
     if _jax_cache_dir:  # the process that made it, after its workers have finished
         shutil.rmtree(_jax_cache_dir, ignore_errors=True)
-        os.environ.pop(_SHARED_CACHE, None)
+        for name in (_SHARED_CACHE, "VIDJAX_CACHE_DIR", "JAX_COMPILATION_CACHE_MAX_SIZE"):
+            os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="module")

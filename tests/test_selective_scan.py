@@ -1,11 +1,11 @@
-"""Tests for vidjax.ops.selective_scan: the chunked and unchunked scans against the sequential reference."""
+"""Tests for vidjax.ops.selective_scan: the chunked, unchunked and recurrent scans against the sequential reference."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vidjax.ops.selective_scan import selective_scan, selective_scan_sequential
+from vidjax.ops.selective_scan import selective_scan, selective_scan_recurrent, selective_scan_sequential
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -74,6 +74,37 @@ def test_chunked_matches_sequential(length, chunk_size, full, reverse):
         assert_close(g[name], g_ref[name], f"d/d{name}")
 
 
+# The recurrent scan (hand-written backward pass) at every length the tests here use (7, 10, 12, 20, 50, 64, 256),
+# with blocks that do and do not divide the length, a block longer than the sequence, and one step per block.
+@pytest.mark.parametrize("length,block_size,full,reverse", [
+    (64, 8, True, False), (64, 16, False, True), (50, 8, True, True), (50, 16, False, False), (50, 1, True, False),
+    (7, 8, True, False), (7, 3, False, True), (10, 4, True, True), (12, 5, True, False), (20, 64, True, True),
+    (256, 8, True, False), (256, 24, True, True),
+])
+def test_recurrent_matches_sequential(length, block_size, full, reverse):
+    inputs = make_inputs(length + 10 * full + reverse, 2, length, 8, 4, full=full)
+    y_ref, g_ref = value_and_grads(selective_scan_sequential, inputs, delta_softplus=full, reverse=reverse)
+    y, g = value_and_grads(selective_scan_recurrent, inputs, delta_softplus=full, reverse=reverse,
+                           block_size=block_size)
+    assert_close(y, y_ref, "y")
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], f"d/d{name}")
+
+
+def test_recurrent_matches_sequential_at_the_runlocal_shape():
+    """The micro runlocal model's scan: 129 tokens (a partial last block), d_inner 192, N 16, with larger steps
+    (dt up to ~1) so that the decays span many orders of magnitude, both directions, forward and gradients."""
+    inputs = make_inputs(11, 2, 129, 192, 16, full=True)
+    inputs["delta"] = inputs["delta"] + 3.0
+    for reverse in (False, True):
+        y_ref, g_ref = value_and_grads(selective_scan_sequential, inputs, delta_softplus=True, reverse=reverse)
+        y, g = value_and_grads(selective_scan_recurrent, inputs, delta_softplus=True, reverse=reverse)
+        assert_close(y, y_ref, f"y reverse={reverse}")
+        for name in g_ref:
+            assert_close(g[name], g_ref[name], f"d/d{name} reverse={reverse}")
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_unchunked_matches_sequential(reverse):
     inputs = make_inputs(3, 2, 50, 8, 4, full=True)
@@ -105,14 +136,18 @@ def test_matches_explicit_recurrence():
     out = (np.stack(ys, axis=1) + x["u"] * x["D"]) * (x["z"] / (1.0 + np.exp(-x["z"])))
     assert_close(np.asarray(selective_scan_sequential(**inputs, delta_softplus=True)), out, "sequential")
     assert_close(np.asarray(selective_scan(**inputs, delta_softplus=True, chunk_size=5)), out, "chunked")
+    assert_close(np.asarray(selective_scan_recurrent(**inputs, delta_softplus=True, block_size=5)), out, "recurrent")
 
 
-@pytest.mark.parametrize("chunk_size", [16, None])
+@pytest.mark.parametrize("chunk_size", [16, None, "recurrent"])
 def test_bfloat16_inputs_keep_a_float32_state(chunk_size):
     # Small steps (dt ~ 0.001..0.1) make the state integrate over many steps, where a bf16 state would drift.
     inputs = make_inputs(6, 1, 256, 16, 8, full=True)
     low = {n: (x.astype(jnp.bfloat16) if n in ("u", "delta", "B", "C", "z") else x) for n, x in inputs.items()}
-    y = selective_scan(**low, delta_softplus=True, chunk_size=chunk_size)
+    if chunk_size == "recurrent":
+        y = selective_scan_recurrent(**low, delta_softplus=True)
+    else:
+        y = selective_scan(**low, delta_softplus=True, chunk_size=chunk_size)
     assert y.dtype == jnp.bfloat16
     as_f32 = {n: (x.astype(jnp.float32) if x is not None else None) for n, x in low.items()}
     y_ref = np.asarray(selective_scan_sequential(**as_f32, delta_softplus=True))
@@ -131,7 +166,7 @@ def test_bfloat16_inputs_keep_a_float32_state(chunk_size):
     ("u", (10, 8), r"u must be \(batch, length, d_inner\)"),
     ("A", (8,), r"A must be \(d_inner, d_state\).*got shape \(8,\)"),
 ])
-@pytest.mark.parametrize("fn", [selective_scan, selective_scan_sequential])
+@pytest.mark.parametrize("fn", [selective_scan, selective_scan_sequential, selective_scan_recurrent])
 def test_bad_shapes_raise(fn, name, shape, message):
     inputs = make_inputs(7, 2, 10, 8, 4, full=True)
     inputs[name] = jnp.zeros(shape)
@@ -144,3 +179,10 @@ def test_bad_chunk_size_raises(chunk_size):
     inputs = make_inputs(8, 1, 10, 8, 4, full=True)
     with pytest.raises(ValueError, match="chunk_size must be a positive int or None"):
         selective_scan(**inputs, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("block_size", [0, -4, 2.5])
+def test_bad_block_size_raises(block_size):
+    inputs = make_inputs(8, 1, 10, 8, 4, full=True)
+    with pytest.raises(ValueError, match="block_size must be a positive int"):
+        selective_scan_recurrent(**inputs, block_size=block_size)

@@ -49,7 +49,7 @@ def test_shapes_heads_and_errors():
         model.embed(video(frames=8))
     with pytest.raises(ConfigError, match="Unknown model variant 'B/16'.*Mu, Ti, S, M"):
         build(tiny_config(variant="B/16"))
-    with pytest.raises(ConfigError, match="scan must be one of auto, chunked, associative, sequential"):
+    with pytest.raises(ConfigError, match="scan must be one of auto, chunked, associative, sequential, recurrent"):
         build(tiny_config(scan="parallel"))
     with pytest.raises(ConfigError, match="'classification' or 'none'"):
         build(tiny_config(head="pretrain"))
@@ -106,11 +106,11 @@ def test_bidirectional_mixer_is_forward_plus_flipped_backward():
     assert float(jnp.abs(mixer(h) - mixer.out_proj(forward)).max()) > 1e-2
 
 
-def test_auto_scan_is_sequential_on_cpu_and_chunked_elsewhere(monkeypatch):
+def test_auto_scan_is_recurrent_on_cpu_and_chunked_elsewhere(monkeypatch):
     assert videomamba.default_config().scan == "auto"
-    assert videomamba.resolve_scan("auto") == "sequential"  # the test backend is the CPU
-    assert [videomamba.resolve_scan(s) for s in ("chunked", "associative", "sequential")] == [
-        "chunked", "associative", "sequential"]
+    assert videomamba.resolve_scan("auto") == "recurrent"  # the test backend is the CPU
+    assert [videomamba.resolve_scan(s) for s in ("chunked", "associative", "sequential", "recurrent")] == [
+        "chunked", "associative", "sequential", "recurrent"]
     for backend in ("gpu", "tpu"):
         monkeypatch.setattr(videomamba.jax, "default_backend", lambda backend=backend: backend)
         assert videomamba.resolve_scan("auto") == "chunked"
@@ -119,10 +119,26 @@ def test_auto_scan_is_sequential_on_cpu_and_chunked_elsewhere(monkeypatch):
 def test_scans_agree_on_the_model():
     cfg = tiny_config(scan="sequential")
     reference = run(build(cfg), video())
-    for scan in ("chunked", "associative", "auto"):
+    for scan in ("chunked", "associative", "recurrent", "auto"):
         out = run(build(tiny_config(scan=scan)), video())
         for key in ("logits", "last_hidden_state"):
             np.testing.assert_allclose(out[key], reference[key], atol=1e-5, rtol=0, err_msg=f"{scan} {key}")
+
+
+def test_recurrent_scan_gradients_match_the_sequential_scan():
+    """The CPU default (the recurrent scan's hand-written backward pass) against autodiff through the sequential
+    reference: gradients of a loss on the logits for every parameter, the scan's A_log, D and dt_bias included."""
+    grads = {}
+    for scan in ("sequential", "recurrent"):
+        graphdef, params = nnx.split(build(tiny_config(scan=scan)))
+
+        def loss(params, graphdef=graphdef):
+            return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(video())["logits"]))
+
+        grads[scan] = jax.tree.leaves_with_path(jax.jit(jax.grad(loss))(params))
+    for (path, ref), (_, got) in zip(grads["sequential"], grads["recurrent"], strict=True):
+        scale = max(1e-3, float(jnp.abs(ref).max()))
+        np.testing.assert_allclose(got, ref, atol=1e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
 def test_token_order_and_positions():

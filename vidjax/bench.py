@@ -1,14 +1,21 @@
-"""Step-time benchmark of vidjax models, optionally side by side with the Hugging Face PyTorch implementation.
+"""Step-time benchmark of vidjax models, optionally side by side with their PyTorch reference implementation.
 
   python -m vidjax.bench --model=videomae --variant=S/16 --frames=16 --size=112 --batch=2 --mode=pretrain
-  python -m vidjax.bench ... --compare=torch      # also times transformers' VideoMAE in the same process
+  python -m vidjax.bench ... --compare=torch      # also times the PyTorch reference in the same process
+  python -m vidjax.bench --model=timesformer --variant=S/16 --frames=8 --size=112 --mode=finetune --compare=torch
+  python -m vidjax.bench --model=vivit --variant=S/16x2 --frames=16 --size=112 --mode=infer --compare=torch
+  python -m vidjax.bench --model=videomamba --variant=S/16 --frames=8 --size=112 --mode=finetune --compare=torch
   python -m vidjax.bench --mode=mamba_block --variant=S/16 --frames=64 --size=224 --batch=1
 
 
 Pre-train and fine-tune time the trainer's own jitted update step (the code `vidjax.main` runs); infer times
 the jitted forward pass. The last line printed is one JSON object: seconds_per_step (median of the timed
 steps after warm-up), clips_per_s, compile_s, flops_per_step (XLA's cost analysis), and with --compare the
-PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster).
+PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster);
+`--rounds=3` times vidjax and torch in turn three times and reports the median of the three ratios.
+The references (vidjax.bench_torch, random weights sized from the vidjax config): transformers' VideoMAE
+(pretrain, finetune, infer), TimeSformer and ViViT (finetune, infer; ViViT is timed as model 1, joint attention,
+on both sides) and the PyTorch port of official VideoMamba (finetune, infer).
 `temp_bytes` / `argument_bytes` are XLA's per-device memory figures for the compiled step. The memory and
 compile-time controls each take a comma list, and the benchmark runs every combination in one process (so their
 ratios are comparable) and ends with a markdown table and {"rows": [...]}: `--dtype` (float32 | bfloat16 compute;
@@ -48,8 +55,12 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _DTYPE = flags.DEFINE_list("dtype", ["float32"], "Compute dtype(s), float32 or bfloat16 (parameters and optimizer "
                                                  "state stay float32).")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 400, "Classes of the fine-tune/infer head.")
-_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also time the PyTorch reference in the same run.")
+_COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also time the PyTorch reference in the same run "
+                                                         "(vidjax.bench_torch: videomae, timesformer, vivit, "
+                                                         "videomamba).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads for --compare=torch.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "--compare=torch: time vidjax then torch this many times in turn in "
+                                            "this process; speedup_vs_torch is the median of the rounds' ratios.")
 _TIME_FRAMES = flags.DEFINE_integer("time_frames", 8, "--mode=mamba_block: frames for the timing comparison.")
 _SCAN_CHUNK = flags.DEFINE_integer("scan_chunk", 0, "--mode=mamba_block: chunk length (0 = the model default).")
 _REMAT = flags.DEFINE_list("remat", ["none"], "Per-block rematerialisation(s) (config.model.remat): none, full, "
@@ -116,9 +127,11 @@ def mfu(flops_per_step: float, seconds_per_step: float, device_kind: str) -> flo
 
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
-                 num_classes: int, remat: str = "none", grad_accum: int = 1, scan_layers: bool = False):
-    """A trainer config for the benchmark workload (no data source is read)."""
-    from vidjax import config_lib
+                 num_classes: int, remat: str = "none", grad_accum: int = 1, scan_layers: bool = False,
+                 compare: str | None = None):
+    """A trainer config for the benchmark workload (no data source is read). With compare="torch", the model
+    config is the one the PyTorch reference implements (`bench_torch.vidjax_overrides`: ViViT's joint model 1)."""
+    from vidjax import bench_torch, config_lib
     from vidjax.models import get_model
 
     config = config_lib.trainer_config()
@@ -128,6 +141,8 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
     config.model.update(dict(variant=variant, num_frames=frames, image_size=size, dtype=dtype,
                              head="pretrain" if mode == "pretrain" else "classification", num_classes=num_classes,
                              remat=remat, scan_layers=scan_layers))
+    if compare == "torch":
+        config.model.update(bench_torch.vidjax_overrides(model))
     config.data = config_lib.synthetic_data(num_frames=frames, image_size=size, num_classes=num_classes)
     config.batch_size = batch
     config.grad_accum_steps = grad_accum
@@ -224,8 +239,8 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
 
 def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_frames: int, steps: int, warmup: int,
                       dtype: str, scan_chunk: int = 0) -> dict:
-    """Chunked vs unchunked vs sequential selective scan in one bidirectional VideoMamba block: fwd+bwd memory and
-    time, and the scan "auto" picks on this backend."""
+    """Chunked vs unchunked vs sequential vs recurrent selective scan in one bidirectional VideoMamba block: fwd+bwd
+    memory and time, and the scan "auto" picks on this backend."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -259,10 +274,12 @@ def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_fra
 
     result = {"width": width, "scan_chunk": chunk, "memory_tokens": tokens(frames), "time_tokens": tokens(time_frames),
               "chunked": measure("chunked"), "associative": measure("associative"),
-              "sequential": measure("sequential"), "auto": videomamba.resolve_scan("auto")}
+              "sequential": measure("sequential"), "recurrent": measure("recurrent"),
+              "auto": videomamba.resolve_scan("auto")}
     result["memory_ratio"] = result["chunked"]["temp_bytes"] / result["associative"]["temp_bytes"]
     result["time_ratio"] = result["chunked"]["seconds_fwd_bwd"] / result["associative"]["seconds_fwd_bwd"]
     result["sequential_time_ratio"] = result["sequential"]["seconds_fwd_bwd"] / result["chunked"]["seconds_fwd_bwd"]
+    result["recurrent_time_ratio"] = result["recurrent"]["seconds_fwd_bwd"] / result["chunked"]["seconds_fwd_bwd"]
     return result
 
 
@@ -318,11 +335,21 @@ def check_workload_flags() -> None:
     models = video_models()
     if _MODEL.value not in models:
         raise app.UsageError(f"--model={_MODEL.value}: no such model; choose a video model: {', '.join(models)}.")
-    for flag in (_FRAMES, _SIZE, _BATCH, _STEPS, _TIME_FRAMES):
+    for flag in (_FRAMES, _SIZE, _BATCH, _STEPS, _TIME_FRAMES, _ROUNDS):
         if flag.value < 1:
             raise app.UsageError(f"--{flag.name}={flag.value} must be at least 1.")
     if _WARMUP.value < 0 or _SCAN_CHUNK.value < 0:
         raise app.UsageError("--warmup and --scan_chunk cannot be negative.")
+    if _COMPARE.value == "torch":
+        from vidjax import bench_torch  # imports no torch: what is supported is known without it
+
+        try:
+            bench_torch.check_supported(_MODEL.value, _MODE.value)
+        except ValueError as err:
+            raise app.UsageError(str(err)) from None
+        if _TORCH_THREADS.value is not None and _TORCH_THREADS.value < 1:
+            raise app.UsageError(f"--torch_threads={_TORCH_THREADS.value} must be at least 1 (or left unset for "
+                                 f"torch's default).")
 
 
 def main(argv: list[str]) -> None:
@@ -339,7 +366,7 @@ def main(argv: list[str]) -> None:
                   "batch": _BATCH.value, "time_frames": _TIME_FRAMES.value, "dtype": dtype}
         result.update(bench_mamba_block(_VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _TIME_FRAMES.value,
                                         _STEPS.value, _WARMUP.value, dtype, _SCAN_CHUNK.value))
-        for scan in ("chunked", "associative", "sequential"):
+        for scan in ("chunked", "associative", "sequential", "recurrent"):
             print(f"{scan:>11}: fwd+bwd temp memory {result[scan]['temp_bytes'] / 2**20:.1f} MiB at "
                   f"{result['memory_tokens']} tokens; {result[scan]['seconds_fwd_bwd'] * 1e3:.1f} ms at "
                   f"{result['time_tokens']} tokens", flush=True)
@@ -358,7 +385,7 @@ def main(argv: list[str]) -> None:
     for options in rows:
         config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
                               options["dtype"], _NUM_CLASSES.value, options["remat"], options["grad_accum"],
-                              options["scan_layers"])
+                              options["scan_layers"], _COMPARE.value)
         row = dict(common, **options)
         row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value))
         label = " ".join(f"{k}={str(v).lower()}" for k, v in options.items()) if len(rows) > 1 else ""
@@ -370,19 +397,39 @@ def main(argv: list[str]) -> None:
         return
     result = results[0]
     if _COMPARE.value == "torch":
-        if _MODEL.value != "videomae":
-            raise app.UsageError("--compare=torch is available for --model=videomae.")
-        from vidjax.bench_torch import time_torch
+        from vidjax import bench_torch
 
-        torch_result = time_torch(_MODE.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value,
-                                  _STEPS.value, _WARMUP.value, mask_ratio=config.model.mask_ratio,
-                                  num_classes=_NUM_CLASSES.value, threads=_TORCH_THREADS.value,
-                                  profile=_PROFILE.value)
-        result["torch"] = {k: v for k, v in torch_result.items() if k not in ("mode", "variant", "frames", "size",
-                                                                             "batch")}
-        result["speedup_vs_torch"] = torch_result["seconds_per_step"] / result["seconds_per_step"]
-        print(f"torch:  {torch_result['seconds_per_step']:.4f} s/step ({torch_result['attn_implementation']}, "
-              f"{torch_result['threads']} threads); vidjax speed-up {result['speedup_vs_torch']:.2f}x", flush=True)
+        overrides = bench_torch.vidjax_overrides(_MODEL.value)
+        if overrides:
+            result["vidjax_overrides"] = overrides
+            print(f"vidjax {_MODEL.value} timed with {' '.join(f'{k}={v}' for k, v in overrides.items())}, the "
+                  f"model the PyTorch reference implements", flush=True)
+        # Torch on the device vidjax ran on (a GPU: CUDA), and under autocast when vidjax computes in bfloat16.
+        torch_placement = bench_torch.placement(result["backend"], config.model.dtype)
+        rounds = []
+        for number in range(1, _ROUNDS.value + 1):
+            if number > 1:  # vidjax again (recompiled: the same program), then torch: alternating in this process
+                result_again = time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value)
+                vidjax_s = result_again["seconds_per_step"]
+            else:
+                vidjax_s = result["seconds_per_step"]
+            torch_result = bench_torch.time_torch(_MODEL.value, _MODE.value, config.model, _BATCH.value,
+                                                  _STEPS.value, _WARMUP.value, threads=_TORCH_THREADS.value,
+                                                  profile=_PROFILE.value and number == 1, **torch_placement)
+            if number == 1:
+                result["torch"] = {k: v for k, v in torch_result.items()
+                                   if k not in ("model", "mode", "frames", "size", "batch")}
+            rounds.append({"vidjax_seconds_per_step": vidjax_s, "torch_seconds_per_step": torch_result[
+                "seconds_per_step"], "speedup_vs_torch": torch_result["seconds_per_step"] / vidjax_s})
+            print(f"torch:  {torch_result['seconds_per_step']:.4f} s/step ({bench_torch.describe(torch_result)}); "
+                  f"vidjax {vidjax_s:.4f} s/step; speed-up {rounds[-1]['speedup_vs_torch']:.2f}x"
+                  + (f" [round {number} of {_ROUNDS.value}]" if _ROUNDS.value > 1 else ""), flush=True)
+        result["speedup_vs_torch"] = statistics.median(r["speedup_vs_torch"] for r in rounds)
+        if len(rounds) > 1:
+            result["rounds"] = rounds
+            print(f"median of {len(rounds)} alternating rounds: vidjax speed-up {result['speedup_vs_torch']:.2f}x "
+                  f"(vidjax {statistics.median(r['vidjax_seconds_per_step'] for r in rounds):.4f} s/step, torch "
+                  f"{statistics.median(r['torch_seconds_per_step'] for r in rounds):.4f} s/step)", flush=True)
     if _PROFILE.value:
         from vidjax import bench_profile
 

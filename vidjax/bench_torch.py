@@ -1,26 +1,34 @@
-"""PyTorch reference timings for `python -m vidjax.bench --compare=torch`: Hugging Face VideoMAE, random weights.
+"""PyTorch reference timings for `python -m vidjax.bench --compare=torch`, random weights, sized like vidjax.
 
-The model is built from a `transformers.VideoMAEConfig` sized like the vidjax variant, so the comparison is
-like for like: same width/depth/heads, patch 16, tubelet 2, MLP ratio 4, and (for pre-training) the 4-block
-decoder with 90% tube masking. Nothing is downloaded; weights are the library's random init.
+Each model family is compared with its PyTorch reference, built from the vidjax model config being timed (its
+variant resolved through vidjax's own size tables, plus its frames, image size, MLP width, LayerNorm eps, q/k/v
+biases, GELU form), so the comparison is like for like and the two sides cannot drift apart:
 
-torch and transformers are imported lazily inside the functions: vidjax itself never depends on them, so this
-module imports fine without them, and only calling `time_torch` asks for the `vidjax[torch]` extra.
+  videomae     transformers' VideoMAEForPreTraining / VideoMAEForVideoClassification (pretrain, finetune, infer)
+  timesformer  transformers' TimesformerForVideoClassification, divided space-time attention (finetune, infer)
+  vivit        transformers' VivitForVideoClassification: model 1, joint space-time attention over tubelets, the
+               only one Hugging Face ports, so vidjax is timed with `model_type="joint"` (finetune, infer)
+  videomamba   vidjax.torch_ref.videomamba.VisionMamba, a plain PyTorch port of the official model on mamba_ssm's
+               reference scan (finetune, infer); mamba_ssm's CUDA kernels do not run on CPU
+
+`torch_config_kwargs` (pure: no torch) gives the constructor arguments of each reference; `build_torch_model`
+builds it; `time_torch` times it. Nothing is downloaded. torch and transformers are imported lazily inside the
+functions: vidjax itself never depends on them, so this module imports fine without them, and only building a
+model asks for the `vidjax[torch]` extra.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
-from vidjax.models import layers, videomae
+import ml_collections
 
-MODES: tuple[str, ...] = ("pretrain", "finetune", "infer")
-
-# Sized from vidjax's own tables, so the two sides of the comparison cannot drift apart.
-_DECODER_DEPTH = 4
-_TUBELET = 2
+from vidjax.models import layers, videomae, videomamba, vivit
 
 _INSTALL_HINT = (
     "the PyTorch reference benchmark needs torch and transformers: "
@@ -28,31 +36,172 @@ _INSTALL_HINT = (
 )
 
 
-def _import_torch() -> tuple[Any, Any]:
+def _vit_kwargs(cfg: ml_collections.ConfigDict, size: str, patch: int) -> dict[str, Any]:
+    """The transformer sizes shared by the Hugging Face ViT-style video models, from a vidjax ViT config whose
+    variant is `size` (a `layers.VIT_SIZES` name) with `patch` pixel patches; explicit widths and depths win."""
+    dims = layers.vit_dims(f"{size}/{patch}", cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+    return dict(image_size=cfg.image_size, num_channels=3, num_frames=cfg.num_frames, hidden_size=dims["width"],
+                num_hidden_layers=dims["depth"], num_attention_heads=dims["num_heads"],
+                intermediate_size=dims["mlp_dim"], layer_norm_eps=cfg.ln_eps, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0)
+
+
+def _hidden_act(cfg: ml_collections.ConfigDict) -> str:
+    # vidjax's tanh GELU is HF's "gelu_fast" (what HF's ViViT configs name it); otherwise the exact erf GELU.
+    return "gelu_fast" if cfg.approximate_gelu else "gelu"
+
+
+def _videomae_kwargs(cfg: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
+    size, patch = layers.parse_variant(cfg.variant)
+    kwargs = _vit_kwargs(cfg, size, patch) | dict(
+        patch_size=patch, tubelet_size=cfg.tubelet_size, hidden_act="gelu",
+        qkv_bias=cfg.qkv_bias == "qv",  # HF stores it as q/v bias (no k bias), matching the VideoMAE reference
+    )
+    if mode == "pretrain":
+        dec_width, dec_heads = videomae.DECODER_SIZES[size]
+        dec_width, dec_heads = cfg.decoder_width or dec_width, cfg.decoder_heads or dec_heads
+        kwargs.update(
+            decoder_hidden_size=dec_width, decoder_num_hidden_layers=cfg.decoder_depth,
+            decoder_num_attention_heads=dec_heads, decoder_intermediate_size=cfg.decoder_mlp_dim or 4 * dec_width,
+            norm_pix_loss=cfg.norm_pix_loss,
+            # False gives the encoder its final LayerNorm, as in the VideoMAE pre-training encoder and HF's
+            # pre-training checkpoints (mean pooling only matters for the classification head).
+            use_mean_pooling=False,
+        )
+    else:
+        kwargs.update(num_labels=cfg.num_classes, use_mean_pooling=cfg.use_mean_pooling)
+    return kwargs
+
+
+def _timesformer_kwargs(cfg: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
+    del mode
+    if cfg.attention_type == "space_only":
+        # HF returns one logits row per frame for it, not per clip: no like-for-like classification step.
+        raise ValueError("--compare=torch times TimeSformer with attention_type divided_space_time or "
+                         "joint_space_time; Hugging Face's space_only classifies frames, not clips.")
+    size, patch = layers.parse_variant(cfg.variant)
+    return _vit_kwargs(cfg, size, patch) | dict(
+        patch_size=patch, attention_type=cfg.attention_type, qkv_bias=bool(cfg.qkv_bias),
+        # transformers 5 declares drop_path_rate an int and refuses 0.0: no drop path is written 0.
+        hidden_act=_hidden_act(cfg), drop_path_rate=cfg.drop_path or 0, num_labels=cfg.num_classes)
+
+
+def _vivit_kwargs(cfg: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
+    del mode
+    if cfg.model_type != "joint" or vivit.classifier_of(cfg) != "token":
+        raise ValueError(f"--compare=torch times ViViT model 1 (model_type='joint', CLS classifier), the one "
+                         f"Hugging Face ports; the config has model_type={cfg.model_type!r}, classifier="
+                         f"{vivit.classifier_of(cfg)!r}.")
+    size, patch, tubelet = vivit.parse_variant(cfg.variant)
+    return _vit_kwargs(cfg, size, patch) | dict(
+        tubelet_size=[tubelet, patch, patch], qkv_bias=cfg.qkv_bias == "qkv", hidden_act=_hidden_act(cfg),
+        num_labels=cfg.num_classes)
+
+
+def _videomamba_kwargs(cfg: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
+    del mode
+    d = videomamba.dims(cfg)
+    return dict(img_size=cfg.image_size, patch_size=d["patch"], depth=d["depth"], embed_dim=d["width"],
+                num_classes=cfg.num_classes, kernel_size=cfg.tubelet_size, num_frames=cfg.num_frames,
+                norm_epsilon=cfg.rms_eps, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                dt_rank=d["dt_rank"])
+
+
+def _import_transformers() -> tuple[Any, Any]:
     """Imports torch and transformers, turning a missing install into an ImportError that says what to install."""
     try:
         import torch
         import transformers
-        from transformers import VideoMAEConfig  # noqa: F401  (VideoMAE needs a recent transformers)
     except ImportError as err:
         raise ImportError(f"{_INSTALL_HINT} ({err})") from err
     return torch, transformers
 
 
-def _build_model(torch: Any, transformers: Any, cls: Any, config_kwargs: dict[str, Any]) -> tuple[Any, str]:
-    """Builds `cls` with random weights, preferring SDPA attention (the fastest CPU path) over eager.
+def _build_hf(config_name: str, class_names: dict[str, str]) -> Callable[[dict[str, Any], str], tuple[Any, dict]]:
+    """A builder of the Hugging Face model `class_names[mode]` from `transformers.<config_name>(**kwargs)`."""
 
-    Older transformers releases lack SDPA for VideoMAE and raise when it is requested; we then fall back to
-    eager and report which one ran, since it changes the timings noticeably.
-    """
-    config = transformers.VideoMAEConfig(**config_kwargs)
+    def build(kwargs: dict[str, Any], mode: str) -> tuple[Any, dict[str, Any]]:
+        _, transformers = _import_transformers()
+        config_cls, cls = getattr(transformers, config_name), getattr(transformers, class_names[mode])
+        # SDPA is the fastest CPU attention; a model (or an older transformers) without it raises when asked,
+        # and falls back to eager. Which one ran is reported: it changes the timings noticeably.
+        try:
+            model = cls._from_config(config_cls(**kwargs), attn_implementation="sdpa")
+        except (ValueError, ImportError, TypeError):
+            model = cls._from_config(config_cls(**kwargs), attn_implementation="eager")
+        impl = getattr(model.config, "_attn_implementation", None) or "eager"
+        return model, {"attn_implementation": str(impl), "reference": f"transformers.{cls.__name__}"}
+
+    return build
+
+
+def _build_videomamba(kwargs: dict[str, Any], mode: str) -> tuple[Any, dict[str, Any]]:
+    del mode
     try:
-        model = cls._from_config(config, attn_implementation="sdpa")
-    except (ValueError, ImportError, TypeError):
-        config = transformers.VideoMAEConfig(**config_kwargs)
-        model = cls._from_config(config, attn_implementation="eager")
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    return model, str(impl)
+        from vidjax.torch_ref.videomamba import VisionMamba
+    except ImportError as err:
+        raise ImportError(f"{_INSTALL_HINT} ({err})") from err
+    return VisionMamba(**kwargs), {"attn_implementation": None, "scan": "selective_scan_ref (sequential)",
+                                   "reference": "vidjax.torch_ref.videomamba.VisionMamba"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    modes: tuple[str, ...]
+    kwargs: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]  # pure: the reference's constructor args
+    build: Callable[[dict[str, Any], str], tuple[Any, dict[str, Any]]]  # (model, what ran) from those args
+    clip_layout: str  # the reference's input: "BTCHW" (Hugging Face) or "BCTHW" (Conv3d first, the official code)
+    vidjax_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # config.model to match it
+
+
+_FAMILIES: dict[str, _Family] = {
+    "videomae": _Family(("pretrain", "finetune", "infer"), _videomae_kwargs,
+                        _build_hf("VideoMAEConfig", {"pretrain": "VideoMAEForPreTraining",
+                                                     "finetune": "VideoMAEForVideoClassification",
+                                                     "infer": "VideoMAEForVideoClassification"}), "BTCHW"),
+    "timesformer": _Family(("finetune", "infer"), _timesformer_kwargs,
+                           _build_hf("TimesformerConfig", dict.fromkeys(("finetune", "infer"),
+                                                                        "TimesformerForVideoClassification")),
+                           "BTCHW"),
+    "vivit": _Family(("finetune", "infer"), _vivit_kwargs,
+                     _build_hf("VivitConfig", dict.fromkeys(("finetune", "infer"), "VivitForVideoClassification")),
+                     "BTCHW", {"model_type": "joint", "classifier": "token"}),
+    "videomamba": _Family(("finetune", "infer"), _videomamba_kwargs, _build_videomamba, "BCTHW"),
+}
+
+def supported() -> str:
+    """What --compare=torch supports, as one line: model (modes); ..."""
+    return "; ".join(f"--model={name} (--mode={'|'.join(f.modes)})" for name, f in _FAMILIES.items())
+
+
+def check_supported(model: str, mode: str) -> None:
+    """Raises ValueError, naming what is supported, for a model or mode without a PyTorch reference."""
+    if model not in _FAMILIES or mode not in _FAMILIES[model].modes:
+        raise ValueError(f"--compare=torch has no PyTorch reference for --model={model} --mode={mode}; it "
+                         f"supports {supported()}.")
+
+
+def vidjax_overrides(model: str) -> dict[str, Any]:
+    """config.model fields that make the vidjax model the one the reference implements (ViViT: model 1)."""
+    return dict(_FAMILIES[model].vidjax_overrides) if model in _FAMILIES else {}
+
+
+def torch_config_kwargs(model: str, mode: str, model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The reference's constructor arguments (a transformers config's, or VisionMamba's) for the vidjax model
+    `model` built from `model_config` (a `config.model` block) and timed in `mode`. Needs no torch."""
+    check_supported(model, mode)
+    return _FAMILIES[model].kwargs(model_config, mode)
+
+
+def build_torch_model(model: str, mode: str, model_config: ml_collections.ConfigDict,
+                      device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """The PyTorch reference of `model` sized like `model_config`, random weights, float32 parameters on `device`,
+    and what ran ({"attn_implementation": "sdpa" | "eager" | None, "reference": its class, ...})."""
+    kwargs = torch_config_kwargs(model, mode, model_config)
+    module, details = _FAMILIES[model].build(kwargs, mode)
+    import torch
+
+    return module.to(device=device, dtype=torch.float32), details
 
 
 def _tube_mask(torch: Any, batch: int, t_tokens: int, per_frame: int, num_masked: int, gen: Any) -> Any:
@@ -69,136 +218,127 @@ def _tube_mask(torch: Any, batch: int, t_tokens: int, per_frame: int, num_masked
     return spatial[:, None, :].expand(batch, t_tokens, per_frame).reshape(batch, t_tokens * per_frame)
 
 
-def time_torch(
-    mode: str,
-    variant: str,
-    frames: int,
-    size: int,
-    batch: int,
-    steps: int,
-    warmup: int,
-    mask_ratio: float = 0.9,
-    num_classes: int = 400,
-    threads: int | None = None,
-    seed: int = 0,
-    profile: bool = False,
-) -> dict[str, Any]:
-    """Times `steps` steps of HF VideoMAE on CPU after `warmup` untimed ones; returns the median and all times.
-
-    mode: "pretrain" (VideoMAEForPreTraining, tube-masked MSE loss + backward + AdamW step),
-          "finetune" (VideoMAEForVideoClassification, cross-entropy + backward + AdamW step) or
-          "infer" (VideoMAEForVideoClassification, eval forward under torch.inference_mode()).
-    threads: if given, torch.set_num_threads(threads) for the run (restored afterwards, since the benchmark
-          runs in-process with JAX); otherwise torch's default.
-    profile: also run the step under torch.profiler and return its op time by category as "profile"
-          (`vidjax.bench_profile.profile_torch`).
-    """
-    # Validate before importing torch so bad arguments get a clear error even without torch installed.
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}: expected one of {', '.join(MODES)}.")
-    size_name, patch = layers.parse_variant(variant)
-    if frames < _TUBELET or frames % _TUBELET:
-        raise ValueError(f"frames={frames} must be a positive multiple of the tubelet size {_TUBELET}.")
-    if size < patch or size % patch:
-        raise ValueError(f"size={size} must be a positive multiple of the patch size {patch} ({variant}).")
+def check_arguments(model: str, mode: str, model_config: ml_collections.ConfigDict, batch: int, steps: int,
+                    warmup: int, threads: int | None = None) -> None:
+    """Raises ValueError for arguments `time_torch` cannot run, before anything imports torch."""
+    check_supported(model, mode)
     if batch < 1 or steps < 1 or warmup < 0:
         raise ValueError(f"need batch >= 1, steps >= 1, warmup >= 0; got {batch=}, {steps=}, {warmup=}.")
     if threads is not None and threads < 1:
         raise ValueError(f"threads={threads} must be >= 1 (or None for torch's default).")
-    per_frame = (size // patch) ** 2
-    t_tokens = frames // _TUBELET
-    num_masked = int(mask_ratio * per_frame)
-    if mode == "pretrain" and not 0 < num_masked < per_frame:
-        # All-visible gives an empty MSE target (NaN loss); all-masked leaves the encoder no tokens.
-        raise ValueError(
-            f"mask_ratio={mask_ratio} masks {num_masked} of {per_frame} patches per frame; "
-            "pre-training needs at least one masked and one visible patch."
-        )
-    if mode != "pretrain" and num_classes < 1:
-        raise ValueError(f"num_classes={num_classes} must be >= 1.")
-
-    torch, transformers = _import_torch()
-
-    hidden, depth, heads = layers.VIT_SIZES[size_name]
-    config_kwargs: dict[str, Any] = dict(
-        image_size=size,
-        patch_size=patch,
-        num_channels=3,
-        num_frames=frames,
-        tubelet_size=_TUBELET,
-        hidden_size=hidden,
-        num_hidden_layers=depth,
-        num_attention_heads=heads,
-        intermediate_size=4 * hidden,
-        hidden_act="gelu",
-        layer_norm_eps=1e-6,
-        qkv_bias=True,  # HF stores it as q/v bias (no k bias), matching the VideoMAE reference
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    if mode != "pretrain" and model_config.num_classes < 1:
+        raise ValueError(f"num_classes={model_config.num_classes} must be >= 1.")
     if mode == "pretrain":
-        dec_hidden, dec_heads = videomae.DECODER_SIZES[size_name]
-        config_kwargs.update(
-            decoder_hidden_size=dec_hidden,
-            decoder_num_hidden_layers=_DECODER_DEPTH,
-            decoder_num_attention_heads=dec_heads,
-            decoder_intermediate_size=4 * dec_hidden,
-            norm_pix_loss=True,
-            # False gives the encoder its final LayerNorm, as in the VideoMAE pre-training encoder and
-            # HF's pre-training checkpoints (mean pooling only matters for the classification head).
-            use_mean_pooling=False,
-        )
-        model_cls = transformers.VideoMAEForPreTraining
-    else:
-        config_kwargs.update(num_labels=num_classes, use_mean_pooling=True)
-        model_cls = transformers.VideoMAEForVideoClassification
+        kwargs = torch_config_kwargs(model, mode, model_config)
+        per_frame = (kwargs["image_size"] // kwargs["patch_size"]) ** 2
+        num_masked = int(model_config.mask_ratio * per_frame)
+        if not 0 < num_masked < per_frame:
+            # All-visible gives an empty MSE target (NaN loss); all-masked leaves the encoder no tokens.
+            raise ValueError(f"mask_ratio={model_config.mask_ratio} masks {num_masked} of {per_frame} patches per "
+                             f"frame; pre-training needs at least one masked and one visible patch.")
+
+
+def time_torch(
+    model: str,
+    mode: str,
+    model_config: ml_collections.ConfigDict,
+    batch: int,
+    steps: int,
+    warmup: int,
+    threads: int | None = None,
+    seed: int = 0,
+    profile: bool = False,
+    device: str = "cpu",
+    autocast: str | None = None,
+) -> dict[str, Any]:
+    """Times `steps` steps of `model`'s PyTorch reference on `device` after `warmup` untimed ones; returns the
+    median and all times, and what ran.
+
+    model_config: the vidjax `config.model` block being timed (its frames and image size are the clip's).
+    mode: "pretrain" (VideoMAE only: tube-masked MSE loss + backward + AdamW step), "finetune" (cross-entropy +
+          backward + AdamW step) or "infer" (eval forward under torch.inference_mode()).
+    threads: if given, torch.set_num_threads(threads) for the run (restored afterwards, since the benchmark runs
+          in-process with JAX); otherwise torch's default.
+    profile: also run the step under torch.profiler and return its op time by category as "profile"
+          (`vidjax.bench_profile.profile_torch`).
+    device: "cpu" or "cuda" (a GPU: each step ends with torch.cuda.synchronize(), so its wall time is its time).
+    autocast: "bfloat16" or "float16" runs the forward (and loss) under torch.autocast in that dtype, as a mixed
+          precision training script does, parameters and optimizer state in float32; None runs float32.
+    """
+    # Validate before importing torch so bad arguments get a clear error even without torch installed.
+    check_arguments(model, mode, model_config, batch, steps, warmup, threads)
+    if device not in ("cpu", "cuda") or autocast not in (None, "bfloat16", "float16"):
+        raise ValueError(f"device={device!r}, autocast={autocast!r}: the reference runs on 'cpu' or 'cuda', under "
+                         f"autocast None, 'bfloat16' or 'float16'.")
+    torch, _ = _import_transformers()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no GPU (torch.cuda.is_available() is False).")
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    frames, size, num_classes = model_config.num_frames, model_config.image_size, model_config.num_classes
 
     prev_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         torch.manual_seed(seed)
-        model, attn_impl = _build_model(torch, transformers, model_cls, config_kwargs)
-        model = model.to(device="cpu", dtype=torch.float32)
+        module, details = build_torch_model(model, mode, model_config, device)
 
         # Inputs are made once, outside the timed region: we time the model step, not the data pipeline.
         gen = torch.Generator().manual_seed(seed)
-        pixel_values = torch.randn(batch, frames, 3, size, size, generator=gen)
+        clips = torch.randn(batch, frames, 3, size, size, generator=gen)
+        if _FAMILIES[model].clip_layout == "BCTHW":
+            clips = clips.permute(0, 2, 1, 3, 4).contiguous()
+        clips = clips.to(device)
+
+        def mixed_precision() -> Any:
+            if autocast is None:
+                return contextlib.nullcontext()
+            return torch.autocast(device_type=device, dtype=getattr(torch, autocast))
+
+        def logits() -> Any:
+            with mixed_precision():
+                out = module(clips) if _FAMILIES[model].clip_layout == "BCTHW" else module(pixel_values=clips)
+            return getattr(out, "logits", out)
 
         if mode == "infer":
-            model.eval()
+            module.eval()
 
             def step() -> None:
                 with torch.inference_mode():
-                    model(pixel_values=pixel_values)
+                    logits()
+                synchronize()
 
         else:
-            model.train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+            module.train()
+            optimizer = torch.optim.AdamW(module.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
             if mode == "pretrain":
-                mask = _tube_mask(torch, batch, t_tokens, per_frame, num_masked, gen)
+                kwargs = torch_config_kwargs(model, mode, model_config)
+                per_frame = (size // kwargs["patch_size"]) ** 2
+                mask = _tube_mask(torch, batch, frames // kwargs["tubelet_size"], per_frame,
+                                  int(model_config.mask_ratio * per_frame), gen).to(device)
 
                 def loss_fn() -> Any:
-                    return model(pixel_values=pixel_values, bool_masked_pos=mask).loss
+                    with mixed_precision():
+                        return module(pixel_values=clips, bool_masked_pos=mask).loss
 
             else:
-                labels = torch.randint(0, num_classes, (batch,), generator=gen)
+                labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
 
                 def loss_fn() -> Any:
                     # Explicit cross-entropy rather than passing labels, so HF's problem_type inference
                     # can't pick a different loss.
-                    logits = model(pixel_values=pixel_values).logits
-                    return torch.nn.functional.cross_entropy(logits, labels)
+                    return torch.nn.functional.cross_entropy(logits().float(), labels)
 
             def step() -> None:
                 loss = loss_fn()
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                synchronize()
 
         for _ in range(warmup):
             step()
-        # CPU ops run synchronously, so wall time around each step is the step time.
+        # CPU ops run synchronously, and a GPU step ends synchronised: wall time around each step is its time.
         step_times: list[float] = []
         for _ in range(steps):
             start = time.perf_counter()
@@ -209,25 +349,46 @@ def time_torch(
         if profile:
             from vidjax import bench_profile
 
-            numels = {p.numel() for p in model.parameters()}
+            numels = {p.numel() for p in module.parameters()}
             profiled["profile"] = bench_profile.profile_torch(step, numels)
+        num_params = sum(p.numel() for p in module.parameters())
     finally:
         if threads is not None:
             torch.set_num_threads(prev_threads)
 
     median = statistics.median(step_times)
-    return profiled | {
+    versions = {"torch_version": torch.__version__}
+    if details["reference"].startswith("transformers."):
+        import transformers
+
+        versions["transformers_version"] = transformers.__version__
+    return profiled | details | versions | {
         "framework": "torch",
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "attn_implementation": attn_impl,
+        "model": model,
         "mode": mode,
-        "variant": variant,
         "frames": frames,
         "size": size,
         "batch": batch,
+        "num_params": num_params,
+        "device": device,
+        "autocast": autocast,
         "threads": used_threads,
         "seconds_per_step": median,
         "step_times": step_times,
         "clips_per_s": batch / median,
     }
+
+
+def placement(backend: str, dtype: str) -> dict[str, Any]:
+    """`time_torch`'s device and autocast for a vidjax run on jax `backend` computing in `dtype`: CUDA for a GPU
+    run, the CPU otherwise (TPUs have no PyTorch reference here); autocast in the compute dtype unless float32."""
+    return {"device": "cuda" if backend in ("gpu", "cuda") else "cpu",
+            "autocast": None if dtype == "float32" else str(dtype)}
+
+
+def describe(result: dict[str, Any]) -> str:
+    """What a `time_torch` result ran, for the benchmark's one-line summary: attention kernel or scan, threads."""
+    impl = result.get("attn_implementation") or result.get("scan", "?")
+    where = (f"{result['threads']} threads" if result.get("device", "cpu") == "cpu" else result["device"]) + (
+        f", {result['autocast']} autocast" if result.get("autocast") else "")
+    return f"{result['reference']}, {impl}, {where}"

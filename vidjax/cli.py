@@ -6,6 +6,9 @@ with underscores (`--num_classes`; the hyphenated `--num-classes` is accepted to
 `~/cfg.py`, and a mistake on the command line (unknown flag or config key, bad value, missing config file, a
 usage error raised by the program) is one `error:` line naming the fix plus a pointer to `--help`, with exit
 status 2, never a traceback or the whole help text.
+
+Both switch on the persistent compilation cache (vidjax/compile_cache.py) once the command line is parsed, unless
+`--nocompilation_cache` (`--compilation_cache=false`) or VIDJAX_CACHE_DIR=off says not to.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
+from vidjax import compile_cache
 from vidjax.config_lib import ConfigError
 
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+_CACHE_HELP = (f"Keep compiled programs in ${compile_cache.ENV} (default $XDG_CACHE_HOME/vidjax/jax or "
+               f"~/.cache/vidjax/jax) and load them in later runs instead of compiling again; "
+               f"--nocompilation_cache or {compile_cache.ENV}=off turns it off.")
 
 
 def _program(argv: list[str]) -> str:
@@ -121,28 +128,49 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     def wrapped(argv: list[str]) -> NoReturn:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # jax and orbax log routine steps at INFO; --verbosity=0 shows them
+        compile_cache.configure(flags.FLAGS.compilation_cache)
         try:
             status = main(argv)
         except (app.UsageError, ConfigError) as err:
             _fail(str(err), _program(argv))
         sys.exit(status or 0)
 
+    if "compilation_cache" not in flags.FLAGS:
+        flags.DEFINE_bool("compilation_cache", True, _CACHE_HELP)
     app.run(wrapped, flags_parser=parse_flags)
+
+
+def _parse_bool(value: str) -> bool:
+    """An argparse `type` for BOOL flags, spelled as absl spells them: true/false, 1/0, yes/no."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "t", "y"):
+        return True
+    if lowered in ("false", "0", "no", "f", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean: use true or false")
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the vidjax commands: the module docstring shown as written, flags spelled with underscores
     (hyphenated spellings accepted, see `canonical_flags`), and a bad command line answered like the absl
-    programs: one `error:` line and a pointer to --help, exit status 2 (argparse prints its usage block)."""
+    programs: one `error:` line and a pointer to --help, exit status 2 (argparse prints its usage block).
+    Parsing a command line switches the persistent compilation cache on, or off with `--nocompilation_cache`."""
 
     def __init__(self, prog: str, description: str | None = None, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(prog=prog, description=description, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
+        if "--compilation_cache" not in self._option_string_actions:  # added last: listed after the command's own
+            self.add_argument("--compilation_cache", type=_parse_bool, nargs="?", const=True, default=True,
+                              metavar="BOOL", help=_CACHE_HELP)
+            self.add_argument("--nocompilation_cache", dest="compilation_cache", action="store_false",
+                              help=argparse.SUPPRESS)
         args = sys.argv[1:] if args is None else list(args)
-        return super().parse_known_args(canonical_flags(args, lambda name: f"--{name}" in self._option_string_actions),
-                                        namespace)
+        namespace, extras = super().parse_known_args(
+            canonical_flags(args, lambda name: f"--{name}" in self._option_string_actions), namespace)
+        compile_cache.configure(namespace.compilation_cache)
+        return namespace, extras
 
     def error(self, message: str) -> NoReturn:
         _fail(message, self.prog.removeprefix("python -m "))

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from vidjax.config_lib import ConfigError
+from vidjax.ops import attention
 from vidjax.sharding import BATCH_AXES
 
 # ViT sizes: name -> (width, depth, heads). Ti/S/B/L/H as in the ViT and VideoMAE papers; "Mu" (micro) is
@@ -152,7 +153,8 @@ class LayerNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with one fused qkv projection, through `jax.nn.dot_product_attention`.
+    """Multi-head self-attention with one fused qkv projection, through `ops.attention.dot_product_attention`
+    (`implementation`: config.model.attention_impl, "" or None for the platform's default).
 
     `qkv_bias` selects the bias layout: "qv" (VideoMAE: q and v biases, k has none), "qkv" or "none".
     """
@@ -179,7 +181,7 @@ class Attention(nnx.Module):
         self.proj = nnx.Param(out, out_sharding=("heads", "head_dim", "embed"))
         self.proj_bias = _param(rngs, zeros, (dim,), ("embed",))
         self.dtype = dtype
-        self.implementation = implementation
+        self.implementation = attention.check_implementation(implementation)
 
     def _bias(self) -> jax.Array | None:
         if self.qkv_bias_kind == "qv":
@@ -198,7 +200,7 @@ class Attention(nnx.Module):
             qkv = qkv + bias.astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if attend is None:
-            out_BLHK = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+            out_BLHK = attention.dot_product_attention(q, k, v, self.implementation)
         else:
             out_BLHK = attend(q, k, v)
         return jnp.einsum("blhk,hkd->bld", out_BLHK, self.proj[...].astype(dt)) + self.proj_bias[...].astype(dt)

@@ -201,7 +201,7 @@ def default_config() -> ml_collections.ConfigDict:
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
         scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
-        attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
+        attention_impl="",  # "": chosen per platform (ops/attention.py); or "xla", "cudnn", "heads_major"
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -30,7 +30,7 @@ from flax import nnx
 
 from vidjax.config_lib import ConfigError
 from vidjax.models import layers
-from vidjax.ops.selective_scan import selective_scan, selective_scan_sequential
+from vidjax.ops.selective_scan import selective_scan, selective_scan_recurrent, selective_scan_sequential
 from vidjax.patches import grid_shape, patchify
 
 # VideoMamba sizes: name -> (d_model, depth), as registered by the official code (tiny/small/middle). "Mu" is
@@ -42,22 +42,24 @@ VIDEOMAMBA_SIZES: dict[str, tuple[int, int]] = {
     "M": (576, 32),
 }
 
-SCANS = ("auto", "chunked", "associative", "sequential")
+SCANS = ("auto", "chunked", "associative", "sequential", "recurrent")
 
 
 def resolve_scan(scan: str) -> str:
-    """The selective scan a config's `scan` runs here: "auto" is the sequential scan on the CPU backend and the
+    """The selective scan a config's `scan` runs here: "auto" is the recurrent scan on the CPU backend and the
     chunked one elsewhere; any other value is itself.
 
-    On CPU each step of the sequential `lax.scan` touches a (batch, d_inner, N) state that stays in cache, while
-    the associative scans move (batch, K, N, d_inner) tensors through memory once per level: fwd+bwd of one scan at
-    the micro runlocal's shape (batch 32, 129 tokens, d_inner 192, N 16) took 173 ms sequential against 462 ms
-    chunked, and a whole runlocal train step 1.53 s against 3.50 s (docs/performance.md). On accelerators the
-    sequential scan would be hundreds of tiny kernels a layer, so they take the chunked one.
+    On CPU what costs is memory, not the number of steps: the associative scans move (batch, K, N, d_inner) tensors
+    through memory once per level, and autodiff through the sequential `lax.scan` saves every step's state for the
+    backward pass (1.6 GiB of temporaries at the micro runlocal's shape). The recurrent scan keeps one state per
+    block of 8 steps and recomputes the rest in its hand-written backward pass: fwd+bwd of one scan at the micro
+    runlocal's shape (batch 32, 129 tokens, d_inner 192, N 16) took about 0.5x the sequential scan's CPU time
+    (which itself took 173 ms against 462 ms for the chunked one), 0.4x at 65 tokens. On accelerators a step-by-step
+    scan would be hundreds of tiny kernels a layer, so they take the chunked one.
     """
     if scan != "auto":
         return scan
-    return "sequential" if jax.default_backend() == "cpu" else "chunked"
+    return "recurrent" if jax.default_backend() == "cpu" else "chunked"
 
 
 def dims(cfg: ml_collections.ConfigDict) -> dict[str, int]:
@@ -177,6 +179,8 @@ class MambaBranch(nnx.Module):
         args = (x, delta, A, B, C, self.D[...], z_BLD, self.dt_bias[...])
         if scan == "sequential":
             return selective_scan_sequential(*args, delta_softplus=True, reverse=reverse)
+        if scan == "recurrent":
+            return selective_scan_recurrent(*args, delta_softplus=True, reverse=reverse)
         chunk = scan_chunk if scan == "chunked" else None
         return selective_scan(*args, delta_softplus=True, reverse=reverse, chunk_size=chunk)
 
@@ -344,8 +348,9 @@ def default_config() -> ml_collections.ConfigDict:
         dt_rank=0,  # 0 = ceil(width / 16)
         rms_eps=1e-5,
         residual_in_fp32=True,
-        # auto (sequential on CPU, chunked elsewhere: `resolve_scan`) | chunked | associative (one scan over all
-        # tokens) | sequential (step by step, the reference)
+        # auto (recurrent on CPU, chunked elsewhere: `resolve_scan`) | chunked | associative (one scan over all
+        # tokens) | recurrent (step by step, hand-written backward pass: CPUs) | sequential (step by step,
+        # autodiff: the reference)
         scan="auto",
         scan_chunk=64,
         dtype="float32",  # compute dtype; parameters, the scan state and the residual stream stay float32

@@ -35,6 +35,7 @@ from flax import nnx
 
 from vidjax.config_lib import ConfigError
 from vidjax.models import layers
+from vidjax.ops import attention
 from vidjax.patches import grid_shape, patchify
 
 MODEL_TYPES = ("joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product")
@@ -124,10 +125,10 @@ def factorised_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *
     def over_space(x):
         return x.reshape(b * t, n // t, h - half, kd)
 
-    out_time = jax.nn.dot_product_attention(over_time(q[:, :, :half]), over_time(k[:, :, :half]),
-                                            over_time(v[:, :, :half]), implementation=implementation)
-    out_space = jax.nn.dot_product_attention(over_space(q[:, :, half:]), over_space(k[:, :, half:]),
-                                             over_space(v[:, :, half:]), implementation=implementation)
+    out_time = attention.dot_product_attention(over_time(q[:, :, :half]), over_time(k[:, :, :half]),
+                                               over_time(v[:, :, :half]), implementation)
+    out_space = attention.dot_product_attention(over_space(q[:, :, half:]), over_space(k[:, :, half:]),
+                                                over_space(v[:, :, half:]), implementation)
     out_time = _from_time_groups(out_time.reshape(-1, t, half * kd), b).reshape(b, n, half, kd)
     return jnp.concatenate([out_time, out_space.reshape(b, n, h - half, kd)], axis=2)
 
@@ -346,7 +347,7 @@ def default_config() -> ml_collections.ConfigDict:
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
         scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
-        attention_impl="",  # "" = let JAX choose; "cudnn" or "xla" to force one
+        attention_impl="",  # "": chosen per platform (ops/attention.py); or "xla", "cudnn", "heads_major"
         pixel_mean=(0.5, 0.5, 0.5),  # scenic's zero-centring: pixels scaled to [-1, 1]
         pixel_std=(0.5, 0.5, 0.5),
     ))

@@ -1,4 +1,5 @@
-"""Mamba's selective scan (S6) in JAX: a chunked associative scan with recomputation, plus plain references.
+"""Mamba's selective scan (S6) in JAX: a chunked associative scan with recomputation (accelerators), a recurrent
+scan with a hand-written backward pass (CPUs), plus the plain sequential reference.
 
 Semantics are those of mamba_ssm's `selective_scan_ref`, channels-last and with input-dependent B and C shared over
 channels: for every batch element and channel d,
@@ -14,6 +15,10 @@ All of that arithmetic runs in float32 whatever the input dtype; y is returned i
 never materialised; the (batch, N, d_inner) state crosses chunks in a `lax.scan` whose body is rematerialised in
 the backward pass, so the only residuals kept per chunk are the incoming state. Temporary memory is then
 O(L/chunk * d_inner * N + chunk * d_inner * N) instead of O(L * d_inner * N).
+
+`selective_scan_recurrent` runs the recurrence one step at a time and writes its backward pass by hand (the adjoint
+recurrence, run backwards block by block from kept states), never forming an (L, batch, d_inner, N) tensor: on a
+CPU that is what costs, not the number of steps. `selective_scan_sequential` is the autodiff reference for tests.
 """
 
 from __future__ import annotations
@@ -176,4 +181,135 @@ def selective_scan_sequential(u: jax.Array, delta: jax.Array, A: jax.Array, B: j
     time_major = tuple(x.swapaxes(0, 1) for x in (u, delta, B, C))
     h0_BDN = jnp.zeros((batch, d_inner, A.shape[1]), jnp.float32)
     _, y_LBD = jax.lax.scan(step, h0_BDN, time_major, reverse=reverse)
+    return _gate(y_LBD.swapaxes(0, 1), u, D, z).astype(u.dtype)
+
+
+# Steps between the states that `selective_scan_recurrent` keeps for its backward pass (which recomputes the states
+# in between, one block at a time).
+DEFAULT_RECURRENT_BLOCK = 8
+
+
+def _sum_states(x_BND: jax.Array) -> jax.Array:
+    """Sum over the state axis N of (batch, N, d_inner), written as N - 1 adds: XLA:CPU then fuses it with the
+    products that feed it, where a `reduce` over the few states becomes a separate, much slower, library call."""
+    total = x_BND[:, 0]
+    for n in range(1, x_BND.shape[1]):
+        total = total + x_BND[:, n]
+    return total
+
+
+def _recurrence_step(A_ND: jax.Array, h_BND: jax.Array, dt_BD: jax.Array, x_BD: jax.Array,
+                     B_BN: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One step h <- exp(dt * A) * h + dt * x * B of the (batch, N, d_inner) state: (new state, exp(dt * A))."""
+    a_BND = jnp.exp(dt_BD[:, None, :] * A_ND[None])
+    return a_BND * h_BND + (dt_BD * x_BD)[:, None, :] * B_BN[:, :, None], a_BND
+
+
+def _recurrence_forward(dt, x, A_ND, B, C):
+    """y (blocks, K, batch, d_inner) and the state entering every block (blocks, batch, N, d_inner).
+
+    Inputs are time-major in blocks of K steps: dt, x (blocks, K, batch, d_inner), B, C (blocks, K, batch, N).
+    """
+    def block(h_BND, xs):
+        def step(h_BND, xs_t):
+            dt_BD, x_BD, B_BN, C_BN = xs_t
+            h_BND, _ = _recurrence_step(A_ND, h_BND, dt_BD, x_BD, B_BN)
+            return h_BND, _sum_states(h_BND * C_BN[:, :, None])
+
+        h_out, y_KBD = jax.lax.scan(step, h_BND, xs)
+        return h_out, (y_KBD, h_BND)
+
+    batch, d_inner = dt.shape[2], dt.shape[3]
+    h0_BND = jnp.zeros((batch, A_ND.shape[0], d_inner), jnp.float32)
+    _, (y, h_in) = jax.lax.scan(block, h0_BND, (dt, x, B, C))
+    return y, h_in
+
+
+@jax.custom_vjp
+def _recurrence(dt, x, A_ND, B, C):
+    return _recurrence_forward(dt, x, A_ND, B, C)[0]
+
+
+def _recurrence_fwd(dt, x, A_ND, B, C):
+    y, h_in = _recurrence_forward(dt, x, A_ND, B, C)
+    return y, (dt, x, A_ND, B, C, h_in)
+
+
+def _recurrence_bwd(residuals, dy):
+    """The adjoint recurrence g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} (g = dLoss/dh_t), run backwards block by block;
+    each block first recomputes its K states from the state kept at its start, so no (L, batch, N, d_inner) tensor
+    is ever formed."""
+    dt, x, A_ND, B, C, h_in = residuals
+
+    def block(carry, xs):
+        h0_BND, dt_K, x_K, B_K, C_K, dy_K = xs
+
+        def recompute(h_BND, xs_t):
+            h_BND, a_BND = _recurrence_step(A_ND, h_BND, *xs_t)
+            return h_BND, (h_BND, a_BND)
+
+        _, (h_K, a_K) = jax.lax.scan(recompute, h0_BND, (dt_K, x_K, B_K))
+        h_prev_K = jnp.concatenate([h0_BND[None], h_K[:-1]], axis=0)
+
+        def step(carry, xs_t):
+            g_next_BND, dA_BND = carry  # g_next: exp(dt_{t+1} A) * g_{t+1}, the later steps' share of dLoss/dh_t
+            dt_BD, x_BD, B_BN, C_BN, dy_BD, h_BND, h_prev_BND, a_BND = xs_t
+            g_BND = dy_BD[:, None, :] * C_BN[:, :, None] + g_next_BND
+            q_BND = g_BND * h_prev_BND * a_BND  # dLoss/d(dt * A)
+            gB_BD = _sum_states(g_BND * B_BN[:, :, None])
+            d_dt = _sum_states(q_BND * A_ND[None]) + gB_BD * x_BD
+            d_x = gB_BD * dt_BD
+            d_B = jnp.sum(g_BND * (dt_BD * x_BD)[:, None, :], axis=2)
+            d_C = jnp.sum(h_BND * dy_BD[:, None, :], axis=2)
+            # dLoss/dA summed over the batch only at the end: a per-step reduction would be a separate loop.
+            dA_BND = dA_BND + q_BND * dt_BD[:, None, :]
+            return (a_BND * g_BND, dA_BND), (d_dt, d_x, d_B, d_C)
+
+        return jax.lax.scan(step, carry, (dt_K, x_K, B_K, C_K, dy_K, h_K, h_prev_K, a_K), reverse=True)
+
+    carry = (jnp.zeros_like(h_in[0]), jnp.zeros_like(h_in[0]))
+    (_, dA_BND), (d_dt, d_x, d_B, d_C) = jax.lax.scan(block, carry, (h_in, dt, x, B, C, dy), reverse=True)
+    return d_dt, d_x, jnp.sum(dA_BND, axis=0), d_B, d_C
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def selective_scan_recurrent(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
+                             D: jax.Array | None = None, z: jax.Array | None = None,
+                             delta_bias: jax.Array | None = None, *, delta_softplus: bool = False,
+                             reverse: bool = False, block_size: int = DEFAULT_RECURRENT_BLOCK) -> jax.Array:
+    """The same selective scan as `selective_scan`, one step at a time with a hand-written backward pass: for CPUs.
+
+    The forward pass is a `lax.scan` whose step updates the (batch, N, d_inner) state in place and contracts it
+    with C at once, keeping only the state entering every block of `block_size` steps; the backward pass (a
+    `custom_vjp`) runs the adjoint recurrence from the last step to the first, recomputing each block's states
+    from the kept one. Nothing of size (L, batch, N, d_inner) is materialised, in either pass: on a CPU, writing
+    such tensors (first-touch page faults and memory traffic) costs more than the arithmetic, which is why
+    autodiff through the plain sequential scan (which saves every step's state) and the associative scans are
+    slower there. Each step is a few fused loops over the state; on accelerators those would be separate kernel
+    launches per step, so they take the chunked associative scan.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"selective_scan_recurrent: block_size must be a positive int; got {block_size!r}.")
+    batch, length, d_inner = u.shape
+    dt = _discretized_delta(delta, delta_bias, delta_softplus)
+    block_size = min(block_size, length)
+    num_blocks = -(-length // block_size)
+    pad = num_blocks * block_size - length
+
+    def to_blocks(x: jax.Array) -> jax.Array:
+        # (batch, L, F) -> (blocks, K, batch, F), time-major, the steps in scan order. Padded steps come last in
+        # scan order with dt = 0 (decay 1, input 0), so they leave the state as it is; their outputs are dropped.
+        x = x.astype(jnp.float32).swapaxes(0, 1)
+        if reverse:
+            x = jnp.flip(x, axis=0)
+        x = jnp.pad(x, ((0, pad), (0, 0), (0, 0)))
+        return x.reshape(num_blocks, block_size, batch, x.shape[-1])
+
+    y = _recurrence(to_blocks(dt), to_blocks(u), A.astype(jnp.float32).T, to_blocks(B), to_blocks(C))
+    y_LBD = y.reshape(num_blocks * block_size, batch, d_inner)[:length]
+    if reverse:
+        y_LBD = jnp.flip(y_LBD, axis=0)
     return _gate(y_LBD.swapaxes(0, 1), u, D, z).astype(u.dtype)

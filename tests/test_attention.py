@@ -1,0 +1,79 @@
+"""ops.attention: every implementation of config.model.attention_impl computes what jax.nn.dot_product_attention
+computes, alone and inside every model family that uses it (forward and gradients to 1e-5)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_scan_and_precision import loss_fn, tiny_model
+
+from vidjax.config_lib import ConfigError
+from vidjax.ops import attention
+
+
+def _reference(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
+@pytest.mark.parametrize("implementation", ["", "xla", "heads_major"])
+@pytest.mark.parametrize("shape", [(2, 17, 3, 8), (1, 5, 2, 4), (3, 64, 4, 16)])
+def test_attention_equals_jax_forward_and_gradients(implementation, shape):
+    rng = np.random.default_rng(sum(shape))
+    q, k, v, cotangent = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(4))
+
+    def loss(fn):
+        return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent), argnums=(0, 1, 2)))
+
+    value, grads = loss(lambda q, k, v: attention.dot_product_attention(q, k, v, implementation))(q, k, v)
+    ref_value, ref_grads = loss(_reference)(q, k, v)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_heads_major_in_bfloat16_normalises_in_float32_like_jax():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 33, 2, 8)), jnp.bfloat16) for _ in range(3))
+    out = attention.dot_product_attention(q, k, v, "heads_major")
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(np.float32), _reference(q, k, v).astype(np.float32), atol=2e-2)
+
+
+def test_the_default_is_heads_major_on_cpu_cudnn_for_16_bit_on_gpu(monkeypatch):
+    assert attention.resolve("") == attention.resolve(None) == "heads_major"  # the suite runs on CPU
+    assert attention.resolve("xla") == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention.resolve("", jnp.bfloat16, 64) == attention.resolve("", jnp.float16, 128) == "cudnn"
+    # float32, or heads cuDNN's kernel does not take: XLA's.
+    assert attention.resolve("", jnp.float32, 64) == attention.resolve("", jnp.bfloat16, 160) == "xla"
+    assert attention.resolve("", jnp.bfloat16, 36) == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert attention.resolve("", jnp.bfloat16, 64) == "xla"
+
+
+def test_an_unknown_implementation_names_the_choices():
+    with pytest.raises(ConfigError, match=r"attention_impl='flash'.*'heads_major'"):
+        attention.check_implementation("flash")
+    with pytest.raises(ConfigError, match="attention_impl='flash'"):
+        tiny_model("videomae", attention_impl="flash")
+
+
+FAMILY_CASES = [("videomae", {}), ("timesformer", {"attention_type": "divided_space_time"}),
+                ("timesformer", {"attention_type": "joint_space_time"})] + [
+    ("vivit", {"model_type": t}) for t in ("joint", "factorised_encoder", "factorised_self_attention",
+                                           "factorised_dot_product")]
+
+
+@pytest.mark.parametrize(("model_name", "overrides"), FAMILY_CASES,
+                         ids=[f"{m}-{'-'.join(o.values()) or 'default'}" for m, o in FAMILY_CASES])
+def test_every_family_computes_the_same_with_each_implementation(model_name, overrides):
+    """Same parameters: the loss and every gradient of the CPU default (heads_major) equal JAX's XLA path."""
+    results = {}
+    for implementation in ("xla", "heads_major"):
+        graphdef, state = nnx.split(tiny_model(model_name, depth=2, attention_impl=implementation, **overrides))
+        results[implementation] = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
+    (loss, grads), (ref_loss, ref_grads) = results["heads_major"], results["xla"]
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))

@@ -1,0 +1,259 @@
+"""The accelerator benchmark matrix: every model family's training and inference steps in float32 and bfloat16, as
+one table of step time, clips/s, achieved TFLOP/s and MFU, beside the PyTorch reference where one runs here.
+
+  bash scripts/bench_accelerator.sh --out=bench.json        # the full matrix, 16 frames at 224 px
+  bash scripts/bench_accelerator.sh --quick --out=q.json    # the same rows at toy sizes: a CPU check in a minute
+  python -m vidjax.bench_matrix --families=videomae,vivit --dtypes=bfloat16 --batch_per_device=16
+
+Rows (`FAMILIES`, one entry per family): VideoMAE-B/16 pre-train and fine-tune, TimeSformer-B/16, ViViT-B/16x2
+(model 1, joint attention, as the PyTorch reference) and VideoMamba-S/16 inference and fine-tune. Each row is what
+`python -m vidjax.bench` times, through its own functions (`bench.bench_config`, `bench.time_vidjax`,
+`bench_torch.time_torch`), in one process so that jax starts once: the trainer's jitted update step (pre-train,
+fine-tune) or the jitted forward (infer) on random inputs, `--steps` timed after `--warmup`, median reported.
+
+- Global batch: `--batch_per_device` x the devices (the trainer's data-parallel mesh spreads it).
+- TFLOP/s: XLA's cost analysis of one device's compiled step over its median time; MFU: that over the device's
+  peak dense bf16 FLOP/s (`bench.PEAK_BF16_FLOPS`; float32 rows are measured against the same bf16 peak). Blank
+  where the peak is unknown (a CPU, an accelerator missing from the table).
+- Attention: the models' default (`config.model.attention_impl=""`, `vidjax.ops.attention.resolve`): on GPU
+  cuDNN's fused attention for bfloat16 rows (16-bit inputs, head dims up to 128 in multiples of 8), XLA's for
+  float32; heads-major on CPU; XLA's on TPU. A row whose cuDNN attention does not compile is timed again with XLA's
+  and says so.
+- PyTorch (`--torch=on`, the default): the reference (`vidjax.bench_torch`) on the same device (CUDA on a GPU
+  host, the CPU on a CPU one), float32, or under `torch.autocast` in bfloat16 for bfloat16 rows; SDPA attention
+  where transformers has it. The torch columns say why they are empty: torch not installed, no reference for the
+  row, a TPU host, or a torch that sees no GPU.
+
+The table is printed as markdown; `--out` writes it with every figure as JSON ({"rows": [...], "device": ...}).
+Exit status 1 if a row failed (its error is in its row), 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+
+from vidjax import cli
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    model: str
+    variant: str  # the full matrix's
+    modes: tuple[str, ...]
+    quick_variant: str  # --quick: the smallest the model takes, then cut to one block (`QUICK`)
+    frames: int = 16
+    size: int = 224
+
+
+FAMILIES = [
+    Family("videomae", "B/16", ("pretrain", "finetune"), "Mu/8"),
+    Family("timesformer", "B/16", ("infer", "finetune"), "Mu/8"),
+    Family("vivit", "B/16x2", ("infer", "finetune"), "Mu/8x2"),
+    Family("videomamba", "S/16", ("infer", "finetune"), "Mu/8"),
+]
+# --quick: 4 frames at 32 px, one block (and one decoder block), batch 1 per device, 1 step, no warm-up.
+QUICK = dict(frames=4, size=32, batch_per_device=1, steps=1, warmup=0, model=dict(depth=1))
+QUICK_VIDEOMAE = dict(decoder_depth=1)
+
+
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser("python -m vidjax.bench_matrix", __doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="the same rows at toy sizes (4 frames at 32 px, one block, batch 1, 1 step): checks "
+                             "the matrix end to end, on a CPU too; its times mean nothing")
+    parser.add_argument("--out", help="write the rows as JSON to this file")
+    parser.add_argument("--families", default=",".join(f.model for f in FAMILIES),
+                        help="comma list of the families to run (default: all)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma list of compute dtypes (default: both)")
+    parser.add_argument("--batch_per_device", type=int, default=8, help="clips per device per step (default 8)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per row (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling (default 3)")
+    parser.add_argument("--torch", choices=("on", "off"), default="on",
+                        help="time the PyTorch reference beside each row, on the same device (default on)")
+    return parser
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+
+
+def has_reference(model: str, mode: str) -> bool:
+    from vidjax import bench_torch
+
+    try:
+        bench_torch.check_supported(model, mode)
+    except ValueError:
+        return False
+    return True
+
+
+def head_dim(model_config) -> int | None:
+    """The attention head size of a ViT-style `model_config`, or None for a model without attention."""
+    from vidjax.models import layers
+
+    if "attention_impl" not in model_config:
+        return None
+    width, _, heads = layers.VIT_SIZES[str(model_config.variant).split("/")[0]]  # "B/16", ViViT's "B/16x2"
+    width, heads = model_config.get("width") or width, model_config.get("num_heads") or heads
+    return width // heads
+
+
+def torch_note(args, family: Family, mode: str, dtype: str, backend: str) -> str | None:
+    """Why the torch columns of a row stay empty, or None when the reference is timed beside it."""
+    if args.torch == "off":
+        return "off (--torch=off)"
+    if not torch_available():
+        return "torch not installed (pip install 'vidjax[torch]')"
+    if not has_reference(family.model, mode):
+        return "no PyTorch reference for this mode"
+    if backend not in ("cpu", "gpu"):
+        return f"no PyTorch reference on {backend}"
+    if backend == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "torch sees no GPU (a CPU-only torch build?)"
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines() or [""]
+    return f"{type(err).__name__}: {lines[0][:200]}"
+
+
+def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: int, device_kind: str) -> dict:
+    """One row of the matrix: the vidjax step timed as `python -m vidjax.bench` times it, with its achieved TFLOP/s
+    and MFU, and the PyTorch reference beside it (or why not). A failure is the row's "error", not an exception."""
+    from vidjax import bench
+
+    steps, warmup = (QUICK["steps"], QUICK["warmup"]) if args.quick else (args.steps, args.warmup)
+    frames, size = (QUICK["frames"], QUICK["size"]) if args.quick else (family.frames, family.size)
+    per_device = QUICK["batch_per_device"] if args.quick else args.batch_per_device
+    variant = family.quick_variant if args.quick else family.variant
+    reference = has_reference(family.model, mode)
+    config = bench.bench_config(family.model, variant, frames, size, per_device * devices, mode, dtype,
+                                num_classes=400, compare="torch" if reference else None)
+    if args.quick:
+        config.model.update(QUICK["model"], **(QUICK_VIDEOMAE if family.model == "videomae" else {}))
+    row = dict(model=family.model, variant=variant, mode=mode, dtype=dtype, frames=frames, size=size,
+               batch=config.batch_size, devices=devices, device_kind=device_kind)
+    heads = head_dim(config.model)
+    impl = None
+    if heads is not None:
+        from vidjax.ops import attention
+
+        # What the model's default ("") runs here: heads-major on CPU, cuDNN's fused kernel for 16-bit GPU rows
+        # whose heads it takes, XLA's otherwise.
+        impl = attention.resolve(config.model.attention_impl, dtype, heads)
+        row["attention"] = impl
+    try:
+        result = bench.time_vidjax(config, mode, steps, warmup)
+    except Exception as err:  # noqa: BLE001 - one row's failure (cuDNN refusing a shape, out of memory) is reported
+        if impl != "cudnn":
+            return dict(row, error=_one_line(err))
+        config.model.attention_impl = "xla"
+        row["attention"] = f"xla (cudnn failed: {_one_line(err)})"
+        try:
+            result = bench.time_vidjax(config, mode, steps, warmup)
+        except Exception as err2:  # noqa: BLE001
+            return dict(row, error=_one_line(err2))
+    seconds, flops = result["seconds_per_step"], result["flops_per_step"]
+    row.update(seconds_per_step=seconds, clips_per_s=result["clips_per_s"], compile_s=result["compile_s"],
+               flops_per_step=flops, tflops_per_s=flops / seconds / 1e12 if flops == flops else None,
+               mfu=bench.mfu(flops, seconds, device_kind) if flops == flops else None,
+               temp_bytes=result["temp_bytes"], backend=result["backend"])
+    note = torch_note(args, family, mode, dtype, backend)
+    if note:
+        row["torch_note"] = note
+        return row
+    from vidjax import bench_torch
+
+    try:
+        placement = bench_torch.placement(backend, dtype)
+        torch_result = bench_torch.time_torch(family.model, mode, config.model, config.batch_size, steps, warmup,
+                                              **placement)
+    except Exception as err:  # noqa: BLE001 - the vidjax figures stand without it
+        row["torch_note"] = f"failed: {_one_line(err)}"
+        return row
+    row["torch"] = {"seconds_per_step": torch_result["seconds_per_step"], "clips_per_s": torch_result["clips_per_s"],
+                    "device": placement["device"], "autocast": placement["autocast"],
+                    "ran": bench_torch.describe(torch_result)}
+    row["speedup_vs_torch"] = torch_result["seconds_per_step"] / seconds
+    return row
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per row: the vidjax figures, then the PyTorch reference's or why there are none."""
+    lines = ["| model | variant | mode | dtype | clip | batch | attention | s/step | clips/s | TFLOP/s | MFU | "
+             "torch s/step | torch clips/s | vidjax speed-up |", "|" + " --- |" * 14]
+    for r in rows:
+        clip = f"{r['frames']}x{r['size']}"
+        head = f"| {r['model']} | {r['variant']} | {r['mode']} | {r['dtype']} | {clip} | {r['batch']} | "
+        if "error" in r:
+            lines.append(head + f"{r.get('attention', '')} | error: {r['error'].replace('|', '/')} |" + " |" * 7)
+            continue
+        mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        torch = r.get("torch")
+        torch_cells = (f"{torch['seconds_per_step']:.4f} | {torch['clips_per_s']:.2f} | {r['speedup_vs_torch']:.2f}x"
+                       if torch else f"{r.get('torch_note', '')} | | ")
+        lines.append(head + f"{r.get('attention', '')} | {r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | "
+                     f"{_num(r['tflops_per_s'], '.3g')} | {mfu} | {torch_cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    names = [name for name in args.families.split(",") if name]
+    known = {f.model: f for f in FAMILIES}
+    if not names or any(name not in known for name in names):
+        parser.error(f"--families={args.families}: choose from {', '.join(known)}")
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        parser.error(f"--dtypes={args.dtypes}: choose from {', '.join(DTYPES)}")
+    if min(args.batch_per_device, args.steps) < 1 or args.warmup < 0:
+        parser.error("--batch_per_device and --steps must be at least 1, --warmup at least 0")
+
+    import jax
+
+    from vidjax import bench
+
+    device = jax.devices()[0]
+    backend, devices, kind = jax.default_backend(), jax.device_count(), device.device_kind
+    peak = bench.peak_flops(kind)
+    print(f"{devices} x {kind} ({backend}), peak dense bf16 {peak / 1e12:.0f} TFLOP/s per device" if peak else
+          f"{devices} x {kind} ({backend}): no peak FLOP/s known, MFU left blank", flush=True)
+    rows, start = [], time.perf_counter()
+    for family in (known[name] for name in names):
+        for mode in family.modes:
+            for dtype in dtypes:
+                row = run_row(args, family, mode, dtype, backend, devices, kind)
+                rows.append(row)
+                figures = (f"error: {row['error']}" if "error" in row else
+                           f"{row['seconds_per_step']:.4f} s/step, {row['clips_per_s']:.2f} clips/s")
+                print(f"{family.model} {row['variant']} {mode} {dtype}: {figures}", flush=True)
+    table = markdown_table(rows)
+    print(table, flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"device_kind": kind, "backend": backend, "devices": devices, "peak_bf16_flops": peak,
+                       "jax_version": jax.__version__, "quick": args.quick, "torch": args.torch,
+                       "wall_s": time.perf_counter() - start, "rows": rows, "table": table}, f, indent=1)
+        print(f"Wrote {args.out}", flush=True)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
