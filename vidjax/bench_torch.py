@@ -12,7 +12,8 @@ biases, GELU form), so the comparison is like for like and the two sides cannot 
                reference scan (finetune, infer); mamba_ssm's CUDA kernels do not run on CPU
 
 `torch_config_kwargs` (pure: no torch) gives the constructor arguments of each reference; `build_torch_model`
-builds it; `time_torch` times it. Nothing is downloaded. torch and transformers are imported lazily inside the
+builds it; `time_torch` times it, on the CPU or a CUDA GPU (`placement`: where vidjax runs), in float32 or under
+`torch.autocast` for a bfloat16 vidjax run. Nothing is downloaded. torch and transformers are imported lazily inside the
 functions: vidjax itself never depends on them, so this module imports fine without them, and only building a
 model asks for the `vidjax[torch]` extra.
 """
@@ -168,6 +169,7 @@ _FAMILIES: dict[str, _Family] = {
                      "BTCHW", {"model_type": "joint", "classifier": "token"}),
     "videomamba": _Family(("finetune", "infer"), _videomamba_kwargs, _build_videomamba, "BCTHW"),
 }
+
 
 def supported() -> str:
     """What --compare=torch supports, as one line: model (modes); ..."""
