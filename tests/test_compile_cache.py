@@ -1,15 +1,21 @@
 """The commands' persistent compilation cache (vidjax/compile_cache.py): where it lives, how it is turned off, an
-unwritable folder, and a second run of a training command loading its train step from the first run's cache."""
+unwritable folder, and a second run of a training command loading its train step from the first run's cache; the
+trainer's train step compiled on a thread while the state is initialised (train.AheadOfTimeStep)."""
 
 import os
 import pathlib
 import subprocess
 import sys
+import threading
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import pytest
 from helpers import COMMAND_XLA_FLAGS
 
-from vidjax import cli, compile_cache
+from vidjax import cli, compile_cache, train
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -111,3 +117,51 @@ def test_second_run_loads_the_train_step_from_the_cache(tmp_path):
     assert f"(compile cache miss, {cache})" in lines[0], lines
     assert f"(compile cache hit, {cache})" in lines[1], lines
     assert " after start " in lines[1]
+
+
+def test_cache_lookups_are_counted_on_the_thread_that_compiles():
+    compile_cache.watch()
+    main_before, seen = compile_cache.counts(), {}
+
+    def compile_elsewhere():
+        before = compile_cache.counts()
+        jax.jit(lambda x: x * 3 + 1).lower(jax.ShapeDtypeStruct((5, 7), jnp.float32)).compile()
+        after = compile_cache.counts()
+        seen["lookups"] = after["hits"] + after["misses"] - before["hits"] - before["misses"]
+
+    thread = threading.Thread(target=compile_elsewhere)
+    thread.start()
+    thread.join()
+    assert seen["lookups"] == 1
+    assert compile_cache.counts() == main_before
+
+
+def _config():
+    return ml_collections.ConfigDict({"memory_limit_gb": 0.0})
+
+
+def test_ahead_of_time_step_compiles_on_a_thread_and_runs_like_the_jitted_step(capsys):
+    step_fn = jax.jit(lambda state, batch: (state + batch["x"].sum(), {"loss": jnp.sum(state)}))
+    state, batch = jnp.arange(3.0), {"x": jnp.arange(4.0)}
+    step = train.AheadOfTimeStep(_config(), step_fn, jax.ShapeDtypeStruct((3,), jnp.float32), batch)
+    step.wait_lowered()
+    got, expected = step(state, batch), step_fn(state, batch)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1]["loss"], expected[1]["loss"])
+    assert not step._thread.is_alive() and step._thread.daemon
+    assert step.cache.startswith("compile cache ")
+    assert "Memory per device (train step)" in capsys.readouterr().out  # reported once, before the first run
+    step(state, batch)
+    assert "Memory per device" not in capsys.readouterr().out
+
+
+def test_ahead_of_time_step_raises_what_its_compilation_raised_on_the_first_call():
+    def bad(state, batch):
+        return state @ batch["x"], {}  # (3,) @ (4,): a shape error while tracing, on the thread
+
+    step = train.AheadOfTimeStep(_config(), jax.jit(bad), jax.ShapeDtypeStruct((3,), jnp.float32),
+                                 {"x": jnp.ones(4)})
+    step.wait_lowered()  # set even though the lowering failed: a caller waiting on it is not stuck
+    step.abandon()  # what a caller leaving by its own error does: no raise
+    with pytest.raises(TypeError, match="dot_general requires contracting dimensions to have the same shape"):
+        step(jnp.ones(3), {"x": jnp.ones(4)})

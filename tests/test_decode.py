@@ -8,6 +8,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from helpers import ContainerProxy
 
 from vidjax.data import decode, transforms
 from vidjax.data.decode import VideoDecodeError, decode_clip, probe, read_clip, sample_indices
@@ -235,20 +236,8 @@ def test_seek_landing_past_the_clip_falls_back_to_decoding_from_the_start(tmp_pa
     path = make_video(tmp_path / "late.mp4", num_frames=50, options={"qp": "0"}, gop=8)
     open_container = decode._open
 
-    class LateSeeking:
+    class LateSeeking(ContainerProxy):
         """The real container, except that seeks land on the keyframe after the target (a bad index)."""
-
-        def __init__(self, container):
-            self.container = container
-
-        def __getattr__(self, name):
-            return getattr(self.container, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.container.close()
 
         def seek(self, offset, stream=None, backward=True):
             if offset == 0:

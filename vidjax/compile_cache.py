@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 import time
 
 ENV = "VIDJAX_CACHE_DIR"
@@ -33,7 +34,7 @@ OFF = ("", "off")  # values of $VIDJAX_CACHE_DIR that turn the cache off
 MIN_COMPILE_TIME_SECS = 0.5
 
 _warned: set[str] = set()
-_counts = {"hits": 0, "misses": 0}
+_counts = threading.local()  # per thread: jax reports a lookup on the thread that compiles
 _listening = False
 _HIT = "/jax/compilation_cache/cache_hits"
 _REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
@@ -135,17 +136,25 @@ def watch() -> None:
 
     def on_event(event: str, **kwargs) -> None:
         if event == _HIT:
-            _counts["hits"] += 1
+            _thread_counts()["hits"] += 1
         elif event == _REQUEST:  # every lookup; the misses are the lookups that were not hits
-            _counts["misses"] += 1
+            _thread_counts()["lookups"] += 1
 
     jax.monitoring.register_event_listener(on_event)
     _listening = True
 
 
+def _thread_counts() -> dict[str, int]:
+    if not hasattr(_counts, "found"):
+        _counts.found = {"hits": 0, "lookups": 0}
+    return _counts.found
+
+
 def counts() -> dict[str, int]:
-    """{"hits", "misses"}: persistent-cache lookups since `watch` that loaded a compiled program, and that did not."""
-    return {"hits": _counts["hits"], "misses": _counts["misses"] - _counts["hits"]}
+    """{"hits", "misses"}: persistent-cache lookups by this thread since `watch` that loaded a compiled program, and
+    that did not (per thread, so that a compilation on a background thread is told apart from the main thread's)."""
+    found = _thread_counts()
+    return {"hits": found["hits"], "misses": found["lookups"] - found["hits"]}
 
 
 def describe(before: dict[str, int], after: dict[str, int]) -> str:

@@ -48,7 +48,7 @@ from vidjax.convert.common import ConversionError
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
-from vidjax.models import clip_spec, decoding, get_model
+from vidjax.models import ParamKeys, clip_spec, decoding, get_model
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
 DEFAULT_SAMPLING_RATE = 4
@@ -530,7 +530,7 @@ def init(model_name: str, model_config: ml_collections.ConfigDict, *, seed: int 
     if spec is None:
         raise ValueError(f"pretrained.init builds video models; {model_name!r} takes no video.")
     with nnx.use_eager_sharding(False):
-        model = get_model(model_name).Model(config, rngs=nnx.Rngs(seed))
+        model = get_model(model_name).Model(config, rngs=ParamKeys(seed))
     graphdef, state = nnx.split(model)
     params = jax.device_put(nnx.to_pure_dict(state), jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     preprocessing = {"mean": list(spec["mean"]), "std": list(spec["std"]), "num_frames": spec["num_frames"],

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import math
 import os
+import threading
 import time
 from collections.abc import Collection
 
@@ -37,7 +38,7 @@ from vidjax.config_lib import ConfigError, chosen, raise_problems
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter, read_metrics
-from vidjax.models import clip_spec, get_model
+from vidjax.models import ParamKeys, clip_spec, get_model
 from vidjax.tasks import base
 
 
@@ -255,7 +256,7 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
 
     def make_model():
         with nnx.use_eager_sharding(False):
-            return model_module.Model(config.model, rngs=nnx.Rngs(config.seed))
+            return model_module.Model(config.model, rngs=ParamKeys(config.seed))
 
     abstract_model = nnx.eval_shape(make_model)
     graphdef, abstract_params_state = nnx.split(abstract_model)
@@ -402,19 +403,61 @@ def memory_report(config: ml_collections.ConfigDict, compiled, device: jax.Devic
     return report
 
 
-def compile_with_memory_check(config: ml_collections.ConfigDict, train_step):
-    """`train_step`, compiled ahead of time on its first call: the memory report (and check) comes before the first
-    step runs, and the step is compiled once."""
-    compiled = None
+class AheadOfTimeStep:
+    """`train_step` compiled for `state` (arrays or ShapeDtypeStructs with their shardings) and `batch` on a
+    background thread that starts at once, so that the caller initialises or restores the state, loads init_from
+    checkpoints and evaluates the initial weights while XLA compiles (or loads the step from the persistent cache).
+    Calling it waits for the compilation and runs the compiled step; the memory report (and check) comes before the
+    first step runs, and the step is compiled once. Whatever the compilation raised is raised by the first call.
+    A caller leaving by an error first calls `abandon()`: the interpreter must not shut down under a compiling
+    thread."""
 
-    def step(state, batch):
-        nonlocal compiled
-        if compiled is None:
-            compiled = train_step.lower(state, batch).compile()
+    def __init__(self, config: ml_collections.ConfigDict, train_step, state, batch):
+        self._result: dict = {}
+        self._lowered = threading.Event()
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._compile, args=(config, train_step, state, batch),
+                                        name="vidjax-compile-train-step", daemon=True)
+        self._thread.start()
+
+    def _compile(self, config, train_step, state, batch) -> None:
+        try:
+            before = compile_cache.counts()  # this thread's lookups: the train step's alone
+            try:
+                lowered = train_step.lower(state, batch)
+            finally:
+                self._lowered.set()
+            compiled = lowered.compile()
+            self._result["cache"] = compile_cache.describe(before, compile_cache.counts())
             memory_report(config, compiled, jax.local_devices()[0])
-        return compiled(state, batch)
+            self._result["compiled"] = compiled
+        except BaseException as err:  # noqa: BLE001 -- handed to the caller's thread by `wait`
+            self._result["error"] = err
 
-    return step
+    def wait_lowered(self) -> None:
+        """Waits until the step is traced and lowered (Python work, which holds the GIL: starting other Python work
+        before then slows both), after which XLA compiles or loads it without holding the GIL."""
+        self._lowered.wait()
+
+    def abandon(self) -> None:
+        """Waits for the compilation and drops its result (the run is leaving by an error)."""
+        self._thread.join()
+
+    def wait(self):
+        """The compiled step, once it is there; raises what its compilation raised."""
+        self._thread.join()
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result["compiled"]
+
+    @property
+    def cache(self) -> str:
+        """What the persistent compilation cache found for the step (`compile_cache.describe`)."""
+        self.wait()
+        return self._result["cache"]
+
+    def __call__(self, state, batch):
+        return (self._result.get("compiled") or self.wait())(state, batch)
 
 
 def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weights=None, pos_weight=None):
@@ -650,10 +693,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
     train_iter = iter(pipeline.make_dataset(config, "train", train_source, process_index=jax.process_index(),
                                             process_count=jax.process_count(), mask_grid=mask_grid))
     latest = ckpt.latest_step()
+    abstract_state = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
     if latest is not None:
-        target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
         try:
-            latest, state = ckpt.restore_latest(target, train_iter)  # skips damaged steps, with a warning
+            latest, state = ckpt.restore_latest(abstract_state, train_iter)  # skips damaged steps, with a warning
         except (ValueError, KeyError) as err:
             raise ConfigError(
                 f"The checkpoint at step {latest} in {ckpt.path(latest)} does not fit the train state this config "
@@ -662,30 +705,52 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
                 f"start over with new ones use a new --workdir, or --config.init_from={workdir} to fine-tune "
                 f"from it.") from err
         _log(f"Resuming from checkpoint at step {latest} in {ckpt.path(latest)}")
+        start_step = int(jax.device_get(state["step"]))
+        if start_step >= setup.total_steps:
+            _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "
+                 f"Nothing to do (use a new --workdir, or raise --config.total_steps / num_epochs to train on).")
+            ckpt.close()
+            return {"step": start_step, "resumed": True, "trained": False, "state": state}
     else:
-        state = setup.init_state()
-        for target in task.init_targets(config):
-            part, report = pretrained.init_from(target.path, target.model_name, _block(config.model, target.block),
-                                                _subtree(state["params"], target.params), flag=target.flag)
-            state = dict(state, params=_with_subtree(state["params"], target.params, part))
-            _log(f"Initialised {len(report['loaded'])} parameter tensors"
-                 + (f" of {'/'.join(target.params)}/" if target.params else "") + f" from {target.path}; "
-                 f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'}); "
-                 f"{len(report['unused'])} checkpoint tensors unused ({', '.join(report['unused'][:6]) or 'none'})")
-        if "ema_params" in state and task.init_targets(config):
-            state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
-    start_step = int(jax.device_get(state["step"]))
-    if start_step >= setup.total_steps:
-        _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "
-             f"Nothing to do (use a new --workdir, or raise --config.total_steps / num_epochs to train on).")
-        ckpt.close()
-        return {"step": start_step, "resumed": True, "trained": False, "state": state}
+        start_step = 0
 
-    # ---- update step, eval step ----
-    train_step = compile_with_memory_check(config, make_train_step(config, setup, class_weights, pos_weight))
-    eval_step = make_eval_step(config, setup)
+    # ---- update step: compiled on a thread from here on, while the state is initialised and evaluated ----
     batch_sh = sharding.batch_sharding(mesh)
-    writer = MetricWriter(workdir, resume_step=start_step, config=config)
+    first_batch = sharding.global_batch(next(train_iter), batch_sh)
+    train_step = AheadOfTimeStep(config, make_train_step(config, setup, class_weights, pos_weight), abstract_state,
+                                 first_batch)
+    try:
+        if latest is None:
+            train_step.wait_lowered()  # then the state's initialiser compiles (or loads) alongside the step
+            state = setup.init_state()
+            for target in task.init_targets(config):
+                part, report = pretrained.init_from(target.path, target.model_name,
+                                                    _block(config.model, target.block),
+                                                    _subtree(state["params"], target.params), flag=target.flag)
+                state = dict(state, params=_with_subtree(state["params"], target.params, part))
+                _log(f"Initialised {len(report['loaded'])} parameter tensors"
+                     + (f" of {'/'.join(target.params)}/" if target.params else "") + f" from {target.path}; "
+                     f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'}); "
+                     f"{len(report['unused'])} checkpoint tensors unused "
+                     f"({', '.join(report['unused'][:6]) or 'none'})")
+            if "ema_params" in state and task.init_targets(config):
+                state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
+        eval_step = make_eval_step(config, setup)
+        writer = MetricWriter(workdir, resume_step=start_step, config=config)
+        init_summary: dict = {}  # the initial weights' eval metrics, "eval_<name>_init" (`Task.evaluates_init`)
+        if task.evaluates_init and latest is None:
+            init_summary = {f"{key}_init": value for key, value in evaluate(
+                config, setup, eval_step, eval_params(state), eval_source, mask_grid, metadata=metadata,
+                train_source=train_source).items() if key != "eval_decode_failures"}
+            writer.write(start_step, init_summary, split="eval")
+            _log("eval of the initial weights: " + ", ".join(f"{k} {v:.4f}" for k, v in init_summary.items()))
+        elif task.evaluates_init and os.path.exists(writer.path):  # resumed: as the run's start logged them
+            init_summary = {key: value for row in read_metrics(workdir)
+                            if row["step"] == 0 and row["split"] == "eval"
+                            for key, value in row.items() if key.endswith("_init")}
+    except BaseException:
+        train_step.abandon()
+        raise
 
     # ---- loop ----
     first_loss = last_loss = None
@@ -736,27 +801,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
                  + (f" | {decode_failures} videos failed to decode" if decode_failures else ""))
             log_t, log_step = now, step
 
-    init_summary: dict = {}  # the initial weights' eval metrics, "eval_<name>_init" (`Task.evaluates_init`)
-    if task.evaluates_init and latest is None:
-        init_summary = {f"{key}_init": value for key, value in evaluate(
-            config, setup, eval_step, eval_params(state), eval_source, mask_grid, metadata=metadata,
-            train_source=train_source).items() if key != "eval_decode_failures"}
-        writer.write(start_step, init_summary, split="eval")
-        _log("eval of the initial weights: " + ", ".join(f"{k} {v:.4f}" for k, v in init_summary.items()))
-    elif task.evaluates_init and os.path.exists(writer.path):  # resumed: as the run's start logged them
-        init_summary = {key: value for row in read_metrics(workdir) if row["step"] == 0 and row["split"] == "eval"
-                        for key, value in row.items() if key.endswith("_init")}
-
-    compile_t, cache_before = time.perf_counter(), compile_cache.counts()
     for step in range(start_step + 1, setup.total_steps + 1):
-        batch = sharding.global_batch(next(train_iter), batch_sh)
+        if first_batch is not None:  # fetched before the state was initialised, for the step's compilation
+            batch, first_batch = first_batch, None
+        else:
+            batch = sharding.global_batch(next(train_iter), batch_sh)
         state, step_metrics = train_step(state, batch)
         if step == start_step + 1:
             jax.block_until_ready(step_metrics)
             # From process start: what a persistent-cache hit saves shows here, with the start-up around it.
-            _log(f"First step (compilation included) took {time.perf_counter() - compile_t:.1f}s; reached "
-                 f"{compile_cache.seconds_since_start():.1f}s after start "
-                 f"({compile_cache.describe(cache_before, compile_cache.counts())})")
+            _log(f"First step (compilation included) took {time.perf_counter() - train_step.started:.1f}s; reached "
+                 f"{compile_cache.seconds_since_start():.1f}s after start ({train_step.cache})")
             log_t = time.perf_counter()
         if pending is not None:
             handle(*pending)

@@ -335,11 +335,11 @@ def abstract_model(model_name: str, model_config: ml_collections.ConfigDict) -> 
     """The NNX module `model_config` builds, with `jax.ShapeDtypeStruct`s for arrays (nothing allocated)."""
     from flax import nnx
 
-    from vidjax.models import get_model
+    from vidjax.models import ParamKeys, get_model
 
     module = get_model(model_name)
     with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: module.Model(model_config, rngs=nnx.Rngs(0)))
+        return nnx.eval_shape(lambda: module.Model(model_config, rngs=ParamKeys(0)))
 
 
 def abstract_params(model_name: str, model_config: ml_collections.ConfigDict) -> Any:

@@ -9,14 +9,17 @@ from a random window, short side resized to 256, random 224 crop, random flip) t
 path, `grain.MapDataset.source(...).shuffle().repeat().random_map(...).to_iter_dataset().mp_prefetch(workers)`,
 for each method and worker count, side by side in one run:
 
-  naive     open the file, decode every frame to RGB, index the clip, resize, crop, flip (the simple loop).
-  seek      `decode.decode_clip` (seek to the keyframe before the clip, decode up to its last frame, convert only
-            the sampled frames), then the same `transforms` resize, crop and flip.
-  seek_sws  as seek, with the resize done in the colour conversion (`decode_clip(short_side=...)`).
+  naive      open the file, decode every frame to RGB, index the clip, resize, crop, flip (the simple loop).
+  seek       `decode.read_clip(skip_nonref=False)` (seek to the keyframe before the clip, decode every frame up
+             to its last one, convert only the sampled frames), then the same `transforms` resize, crop and flip.
+  seek_sws   as seek, with the resize done in the colour conversion (`read_clip(short_side=...)`).
+  seek_skip  as seek_sws, also leaving undecoded the non-reference frames (most B-frames) that are not sampled
+             (`read_clip`'s default, `skip_nonref=True`): the same frames, fewer decoded.
 
 Prints a table, then one JSON line: clips_per_s[method][workers], speedup_vs_naive[method][workers] (from
 clips/s), cpu_ms_per_clip[method][workers] (CPU time of the per-clip work, which, unlike clips/s, does not depend
-on what else the machine runs) and the mean frames decoded per clip by each method (the work seeking saves).
+on what else the machine runs) and the mean frames decoded per clip by each method (the work seeking and
+skipping save).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from PIL import Image
 from vidjax import cli
 from vidjax.data import decode, encode, transforms
 
-METHODS = ("naive", "seek", "seek_sws")
+METHODS = ("naive", "seek", "seek_sws", "seek_skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,10 +126,11 @@ class LoadClip:
             video, num_decoded = naive_decode(element["path"], r.num_frames, r.sampling_rate, rng)
             video = transforms.resize_short_side(video, r.short_side)
         elif self.method == "seek":
-            clip = decode.read_clip(element["path"], r.num_frames, r.sampling_rate, rng)
+            clip = decode.read_clip(element["path"], r.num_frames, r.sampling_rate, rng, skip_nonref=False)
             video, num_decoded = transforms.resize_short_side(clip.frames, r.short_side), clip.num_decoded
-        elif self.method == "seek_sws":
-            clip = decode.read_clip(element["path"], r.num_frames, r.sampling_rate, rng, short_side=r.short_side)
+        elif self.method in ("seek_sws", "seek_skip"):
+            clip = decode.read_clip(element["path"], r.num_frames, r.sampling_rate, rng, short_side=r.short_side,
+                                    skip_nonref=self.method == "seek_skip")
             video, num_decoded = clip.frames, clip.num_decoded
         else:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
@@ -225,7 +229,7 @@ def define_flags() -> None:
     flags.DEFINE_list("workers", ["1", "2"], "Grain worker counts to time (0 = in this process).")
     flags.DEFINE_integer("read_threads", 1, "grain.ReadOptions.num_threads: clips each process (worker, "
                          "or this one with 0 workers) decodes concurrently.")
-    flags.DEFINE_list("methods", ["naive", "seek", "seek_sws"], "Methods to time.")
+    flags.DEFINE_list("methods", list(METHODS), "Methods to time.")
     flags.DEFINE_integer("seed", 0, "Seed of the clip sampling.")
 
 

@@ -8,6 +8,7 @@ as decoding the whole file from the start would.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import io
 import logging
@@ -140,6 +141,7 @@ def read_clip(
     threads: int = 1,
     name: str | None = None,
     select: Callable[[int], np.ndarray] | None = None,
+    skip_nonref: bool = True,
 ) -> Clip:
     """Decodes a clip sampled as in `sample_indices` from a video file path or its encoded bytes.
 
@@ -158,6 +160,8 @@ def read_clip(
     `select(n)`, when given, replaces `sample_indices`: it gets the number of frames n in [start_s, end_s) and returns
     the sorted indices (0..n-1) to decode, e.g. the frames of SVT's views (`vidjax.data.views`); num_frames,
     sampling_rate, rng and the windows are then unused.
+    `skip_nonref`: leave undecoded the non-reference frames (most B-frames) that no sampled frame is, for
+    H.264, HEVC and MPEG-2/4 (same frames, fewer decoded); False decodes every frame from the keyframe on.
     Raises VideoDecodeError for missing, unreadable or corrupt videos and files without a video stream.
     """
     label = _label(src, name)
@@ -168,7 +172,7 @@ def read_clip(
         meta = _stream_meta(container, stream, label)
         sample = (num_frames, sampling_rate, rng, num_windows, window_index, select)
         indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
-        reader = _FrameReader(container, stream, meta, label)
+        reader = _FrameReader(container, stream, meta, label, skip_nonref)
         chosen, covered = reader.frames_at(indices)
         if chosen is None:
             if covered == 0:
@@ -312,12 +316,30 @@ class _SeekMissed(Exception):
     """The decoder's first frame after a seek lies past the first wanted frame, or carries no timestamp."""
 
 
+class _NoPlan(Exception):
+    """The packets lack what `_FrameReader._skip_scan` needs (timestamps, ...), or the decoder did not give the
+    frames it planned on."""
+
+
+# Packets a frame can be decoded after frames it precedes on screen, plus one: H.264's and HEVC's reorder depth
+# is at most 16 frames.
+_REORDER_PACKETS = 17
+# Codecs whose decoders drop only non-reference frames under skip_frame NONREF, leaving every other frame's
+# pixels as they are (tests/test_decode_skip.py checks them); others decode every frame. VP8 and VP9 are not
+# here: their non-reference frames can still update the entropy context later frames decode with.
+_SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video"})
+
+
 class _FrameReader:
-    """Decodes the frames at given indices from one open stream, counting the frames it decodes."""
+    """Decodes the frames at given indices from one open stream, counting the frames it decodes.
+
+    With `skip_nonref` (and a codec in `_SKIP_NONREF_CODECS`) non-reference frames that no index chooses are
+    not decoded (`_skip_scan`); the frames chosen are the same either way."""
 
     def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                 meta: _StreamMeta, label: str):
+                 meta: _StreamMeta, label: str, skip_nonref: bool = False):
         self.container, self.stream, self.meta, self.label = container, stream, meta, label
+        self.skip_nonref = skip_nonref and stream.codec_context.name in _SKIP_NONREF_CODECS
         self.num_decoded = 0
 
     def frames_at(self, indices: Sequence[int], rewind: bool = False) -> tuple[list[av.VideoFrame] | None, int]:
@@ -328,24 +350,119 @@ class _FrameReader:
         was read before (its decoder may have drained), so seek even when index 0 is wanted.
         """
         wanted = sorted(set(int(i) for i in indices))
-        if wanted[0] > 0:
-            target = self.meta.start + Fraction(wanted[0]) / self.meta.fps
-            try:
-                # backward=True: land on the last keyframe at or before the first wanted frame.
-                self.container.seek(math.floor(target / self.meta.time_base), stream=self.stream, backward=True)
-                chosen, covered = self._scan(wanted, seeked=True)
-            except (_SeekMissed, av.FFmpegError):
-                # Some indexes land past the target (or the format cannot seek): decode from the start instead.
-                self._rewind()
-                chosen, covered = self._scan(wanted, seeked=False)
+        chosen = self._planned(wanted, rewind) if self.skip_nonref else None
+        if chosen is not None:
+            covered = len(wanted)
         else:
-            if rewind:
-                self._rewind()
-            chosen, covered = self._scan(wanted, seeked=False)
+            # The packet plan could not be made (or did not hold): decode every frame, as it read packets first.
+            chosen, covered = self._full(wanted, rewind or self.skip_nonref)
         if chosen is None:
             return None, covered
         by_index = dict(zip(wanted, chosen, strict=True))
         return [by_index[int(i)] for i in indices], covered
+
+    def _full(self, wanted: list[int], rewind: bool) -> tuple[list[av.VideoFrame] | None, int]:
+        """`frames_at` by decoding every frame from the keyframe before the first wanted one."""
+        if wanted[0] > 0:
+            try:
+                self._seek_before(wanted[0])
+                return self._scan(wanted, seeked=True)
+            except (_SeekMissed, av.FFmpegError):
+                # Some indexes land past the target (or the format cannot seek): decode from the start instead.
+                self._rewind()
+                return self._scan(wanted, seeked=False)
+        if rewind:
+            self._rewind()
+        return self._scan(wanted, seeked=False)
+
+    def _seek_before(self, index: int) -> None:
+        target = self.meta.start + Fraction(index) / self.meta.fps
+        # backward=True: land on the last keyframe at or before the first wanted frame.
+        self.container.seek(math.floor(target / self.meta.time_base), stream=self.stream, backward=True)
+
+    def _planned(self, wanted: list[int], rewind: bool) -> list[av.VideoFrame] | None:
+        """`frames_at` decoding only the frames the clip needs and the reference frames they depend on, or None
+        where that plan cannot be made or did not hold (no timestamps, a seek past the clip, corrupt data, an
+        end of stream before the last index): `_full` then decodes as if it had not been tried."""
+        try:
+            if wanted[0] > 0:
+                self._seek_before(wanted[0])
+            elif rewind:
+                self.container.seek(0)
+            return self._skip_scan(wanted, seeked=wanted[0] > 0)
+        except (_NoPlan, _SeekMissed, av.FFmpegError):
+            # A seek past the first wanted frame included: `_full` meets it too, and decodes from the start.
+            return None
+
+    def _skip_scan(self, wanted: list[int], seeked: bool) -> list[av.VideoFrame]:
+        """`_scan`'s choice of frames, decoding only the packets whose frames it chooses and reference frames.
+
+        Demuxes ahead from the current position until no later packet can show a frame by the last wanted
+        time: packets come in decode order, and a frame is decoded at most `_REORDER_PACKETS` - 1 frames after
+        frames it precedes on screen. Index k then picks, from all the packets' timestamps, the greatest at or
+        before its time, exactly as `_scan` does over the decoded frames; those packets decode normally,
+        the others before the last of them with skip_frame NONREF, so the decoder drops them unless they are
+        reference frames (which the chosen ones may need), and no packet after the last chosen one is decoded.
+        """
+        meta = self.meta
+        period = 1 / meta.fps
+        times = [meta.start + k * period + period / 2 for k in wanted]
+        # A packet's frame is shown by time t when pts * time_base <= t, i.e. pts <= floor(t / time_base).
+        limits = [math.floor(t / meta.time_base) for t in times]
+        packets: list[av.Packet] = []
+        beyond, ended = 0, True
+        for packet in self.container.demux(self.stream):
+            if packet.size == 0 and packet.pts is None:
+                continue  # the demuxer's end-of-stream packet
+            if packet.pts is None or packet.size == 0 or packet.is_corrupt:
+                raise _NoPlan
+            packets.append(packet)
+            if packet.pts > limits[-1]:
+                beyond += 1
+                if beyond >= _REORDER_PACKETS:
+                    ended = False
+                    break
+        pts = sorted(p.pts for p in packets)
+        if not pts or len(set(pts)) < len(pts):
+            raise _NoPlan
+        if seeked and not packets[0].is_keyframe:
+            raise _NoPlan  # the decoder may drop or conceal frames up to the next keyframe: leave it to `_scan`
+        if seeked and packets[0].pts > limits[0]:
+            # The keyframe the seek landed on is shown after the first wanted frame: frames before it in
+            # presentation order (open-GOP leading frames) reference the previous GOP and do not decode.
+            raise _SeekMissed
+        picks = [pts[max(bisect.bisect_right(pts, limit) - 1, 0)] for limit in limits]
+        needed = set(picks)
+        last = max(n for n, p in enumerate(packets) if p.pts in needed)
+        context = self.stream.codec_context
+        decoded: dict[int, av.VideoFrame] = {}
+        previous: list[int] = []
+
+        def keep(frames: list[av.VideoFrame]) -> None:
+            for frame in frames:
+                self.num_decoded += 1
+                if frame.pts is None or (previous and frame.pts <= previous[-1]):
+                    raise _NoPlan  # frames out of presentation order: leave the choice to `_scan`
+                previous.append(frame.pts)
+                if frame.pts in needed:
+                    decoded[frame.pts] = frame
+
+        try:
+            for packet in packets[: last + 1]:
+                context.skip_frame = "DEFAULT" if packet.pts in needed else "NONREF"
+                keep(context.decode(packet))
+            context.skip_frame = "DEFAULT"
+            keep(context.decode(None))  # drain the frames the decoder holds back for reordering
+        finally:
+            context.skip_frame = "DEFAULT"
+        if not needed <= decoded.keys():
+            raise _NoPlan
+        if ended and picks[-1] == pts[-1]:
+            # The last index falls on the stream's last frame: it covers it only while still on screen.
+            frame = decoded[pts[-1]]
+            if pts[-1] * meta.time_base + max((frame.duration or 0) * meta.time_base, period) <= times[-1]:
+                raise _NoPlan
+        return [decoded[p] for p in picks]
 
     def _rewind(self) -> None:
         try:

@@ -11,7 +11,31 @@ import pkgutil
 from types import ModuleType
 from typing import Any
 
+import jax
+
 _NOT_MODELS = {"layers", "decoding"}
+
+
+class ParamKeys:
+    """The keys `nnx.Rngs(seed).params()` draws, counted in Python: what every model is built with in vidjax's own
+    commands (`Model(cfg, rngs=ParamKeys(seed))`; `nnx.Rngs` works the same, more slowly under tracing).
+
+    A model draws only `rngs.params()` while it is built (dropout and drop path take an `rng` per call). `nnx.Rngs`
+    keeps its count in a flax Variable, and under tracing (jit, eval_shape) every draw then writes a traced count
+    through `Variable.__setitem__`, whose sharding comparison makes JAX format a ConcretizationError's message:
+    most of the time of building a model under tracing, which every run pays at start-up (0.5 of 0.77 s for the
+    micro runlocal ViT). Here the count is a Python int, so the keys and the parameters are the same and nothing
+    is traced but the draws themselves.
+    """
+
+    def __init__(self, seed: int):
+        self._key = jax.random.key(seed)
+        self._count = 0
+
+    def params(self) -> jax.Array:
+        key = jax.random.fold_in(self._key, self._count)
+        self._count += 1
+        return key
 
 
 def available() -> list[str]:

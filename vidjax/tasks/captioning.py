@@ -35,7 +35,7 @@ from vidjax import fileio, metrics, pretrained
 from vidjax.config_lib import ConfigError, chosen
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline, synthetic
-from vidjax.models import captioner
+from vidjax.models import ParamKeys, captioner
 from vidjax.tasks import base
 from vidjax.tokenizer import CaptionTokenizer, TokenizerError
 
@@ -118,7 +118,7 @@ def _model_problems(model: ml_collections.ConfigDict) -> list[str]:
     model.decoder.vocab_size = model.decoder.vocab_size or 1  # 0 = the tokenizer's, settled later (`resolve`)
     try:
         with nnx.use_eager_sharding(False):
-            nnx.eval_shape(lambda: captioner.Model(model, rngs=nnx.Rngs(0)))
+            nnx.eval_shape(lambda: captioner.Model(model, rngs=ParamKeys(0)))
     except ValueError as err:
         return [str(err)]
     return []

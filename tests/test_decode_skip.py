@@ -1,0 +1,232 @@
+"""Tests for decoding without the non-reference frames a clip does not use (`read_clip(skip_nonref=True)`): the same
+bytes as decoding every frame, on small videos with B-frames written with PyAV."""
+
+import functools
+
+import av
+import numpy as np
+import pytest
+from helpers import ContainerProxy
+from PIL import Image
+from test_decode import decode_all, make_video
+
+from vidjax.data import decode
+from vidjax.data.decode import VideoDecodeError, read_clip
+
+H, W = 48, 64
+NUM_FRAMES = 75  # 3 s at 25 fps
+
+
+def texture_frames(num_frames=NUM_FRAMES, seed=0):
+    """A smooth random texture panned across the frame with a block moving over it (as the data bench's videos):
+    motion the encoder predicts with P- and B-frames."""
+    rng = np.random.default_rng(seed)
+    pad = 16
+    coarse = rng.integers(0, 256, ((H + 2 * pad) // 8, (W + 2 * pad) // 8, 3), dtype=np.uint8)
+    texture = np.asarray(Image.fromarray(coarse).resize((W + 2 * pad, H + 2 * pad), Image.Resampling.BICUBIC))
+    frames = []
+    for t in range(num_frames):
+        phase = 2 * np.pi * t / num_frames
+        dy, dx = int(pad * (1 + np.sin(phase + seed))), int(pad * (1 + np.sin(2 * phase)))
+        image = texture[dy : dy + H, dx : dx + W].copy()
+        y, x = (3 * t) % (H - 8), (7 * t) % (W - 8)
+        image[y : y + 8, x : x + 8] = (255, (5 * t) % 256, 40)
+        frames.append(image)
+    return np.stack(frames)
+
+
+X264_B = {"crf": "23", "bf": "3"}
+# 12 frames in a burst, then gaps: timestamps in ms of a variable-frame-rate file (average 25 fps).
+VFR_MS = sorted({round(1000 * (i / 25) ** 1.2 / (NUM_FRAMES / 25) ** 0.2) for i in range(NUM_FRAMES)})
+VIDEOS = {
+    # name: (codec, options, make_video keywords)
+    "pyramid.mp4": ("libx264", {**X264_B, "b-pyramid": "normal"}, {}),
+    "no_pyramid.mp4": ("libx264", {**X264_B, "b-pyramid": "none"}, {}),
+    "no_bframes.mp4": ("libx264", {"crf": "23", "bf": "0"}, {}),
+    "pyramid.mkv": ("libx264", {**X264_B, "b-pyramid": "normal"}, {}),
+    "vfr.mp4": ("libx264", X264_B, {"pts_ms": VFR_MS}),
+    # Timestamps from 0.7 s: a non-zero start time (and, with B-frames, an mp4 edit list).
+    "late_start.mp4": ("libx264", X264_B, {"pts_ms": [700 + 40 * i for i in range(NUM_FRAMES)]}),
+    "hevc.mp4": ("libx265", {"x265-params": "bframes=4:b-pyramid=1:log-level=error", "crf": "28"}, {}),
+    "mpeg4.avi": ("mpeg4", {"bf": "2", "qscale": "4"}, {}),
+    "mpeg2.mpg": ("mpeg2video", {"bf": "2", "qscale": "4"}, {}),
+}
+
+
+@functools.cache
+def _video_bytes(name):
+    """Each test video, written once per run (kept as bytes: the tmp folders are per test)."""
+    import tempfile
+
+    codec, options, kwargs = VIDEOS[name]
+    frames = texture_frames(len(kwargs.get("pts_ms", range(NUM_FRAMES))))
+    with tempfile.TemporaryDirectory() as folder:
+        path = make_video(f"{folder}/{name}", codec=codec, options=options, frames=frames, gop=25, **kwargs)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+@pytest.fixture
+def video(request, tmp_path):
+    path = tmp_path / request.param
+    path.write_bytes(_video_bytes(request.param))
+    return str(path)
+
+
+def both(path, num_frames, sampling_rate, seed=None, **kwargs):
+    """The clip with skipping and without (random window from `seed`, else the test windows), after checking
+    they hold the same bytes; (skipped, full)."""
+    def rng():
+        return None if seed is None else np.random.default_rng(seed)
+
+    skipped = read_clip(path, num_frames, sampling_rate, rng(), **kwargs)
+    full = read_clip(path, num_frames, sampling_rate, rng(), skip_nonref=False, **kwargs)
+    np.testing.assert_array_equal(skipped.indices, full.indices)
+    assert skipped.frames.dtype == full.frames.dtype and skipped.frames.shape == full.frames.shape
+    np.testing.assert_array_equal(skipped.frames, full.frames)
+    assert (skipped.start_s, skipped.end_s) == (full.start_s, full.end_s)
+    # The plan decodes up to the last chosen packet at most, the full decode up to a frame after the last one.
+    assert skipped.num_decoded <= full.num_decoded
+    return skipped, full
+
+
+@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+def test_skip_nonref_is_byte_identical(video):
+    # Index k is the k-th decoded frame where frames are evenly spaced from the stream start. Not in the AVI: its
+    # B-frame timestamps, guessed by the demuxer, start one frame late (with or without skipping).
+    evenly_spaced = not video.endswith(("vfr.mp4", "late_start.mp4", ".avi"))
+    reference = decode_all(video) if evenly_spaced else None
+    for sampling_rate in (1, 2, 4, 8):
+        rng = np.random.default_rng(sampling_rate)
+        for _ in range(3):  # random windows
+            clip, _ = both(video, 8, sampling_rate, int(rng.integers(1 << 30)))
+            if reference is not None:
+                np.testing.assert_array_equal(clip.frames, reference[clip.indices])
+        both(video, 8, sampling_rate)  # centred window
+        both(video, 4, sampling_rate, num_windows=3, window_index=2)  # last window: ends on the last frame
+    # Windows longer than the video (clamped to its last frame), a window from the first frame, a late range,
+    # and threaded decoding (frame threads must honour the per-packet skip setting).
+    both(video, 16, 8)
+    both(video, 4, 2, start_s=0.0, end_s=0.4)
+    both(video, 4, 3, start_s=2.0)
+    both(video, 4, 4, start_s=2.8)  # past the last frames: clamped
+    one, _ = both(video, 8, 4, 7)
+    two, _ = both(video, 8, 4, 7, threads=2)
+    np.testing.assert_array_equal(two.frames, one.frames)
+    assert two.num_decoded == one.num_decoded
+
+
+@pytest.mark.parametrize("video", ["pyramid.mp4", "no_pyramid.mp4", "hevc.mp4", "mpeg4.avi"], indirect=True)
+def test_skip_nonref_decodes_fewer_frames(video):
+    rng = np.random.default_rng(0)
+    skipped = full = 0
+    for _ in range(8):
+        seed = rng.integers(1 << 30)
+        a, b = both(video, 8, 4, int(seed))
+        skipped, full = skipped + a.num_decoded, full + b.num_decoded
+    assert skipped < 0.9 * full, (skipped, full)
+
+
+def test_skip_nonref_on_a_bench_video(tmp_path):
+    """The data bench's video (x264 preset medium: adaptive B-frames with b-pyramid), at its clip recipe."""
+    from vidjax.data import bench
+
+    (path,) = bench.make_videos(str(tmp_path), 1, seconds=4.0, fps=25, width=64, height=48, gop=50)
+    reference = decode_all(path)
+    skipped = full = 0
+    for seed in range(6):
+        a, b = both(path, 16, 4, seed, short_side=32)
+        skipped, full = skipped + a.num_decoded, full + b.num_decoded
+        np.testing.assert_array_equal(read_clip(path, 16, 4, np.random.default_rng(seed)).frames,
+                                      reference[a.indices])
+    assert skipped < full
+
+
+class NoTimestamps(ContainerProxy):
+    """The real container, except that the packets it demuxes carry no presentation timestamps."""
+
+    def __init__(self, container):
+        super().__init__(container)
+        self.demuxed = 0
+
+    def demux(self, *args, **kwargs):
+        for packet in self.container.demux(*args, **kwargs):
+            self.demuxed += 1
+            packet.pts = None
+            yield packet
+
+
+@pytest.mark.parametrize("video", ["pyramid.mp4"], indirect=True)
+@pytest.mark.parametrize("first_frame", [False, True])
+def test_packets_without_timestamps_fall_back_to_decoding_every_frame(video, monkeypatch, first_frame):
+    """The plan needs every packet's timestamp; without them the clip comes from the full decode, unchanged."""
+    kwargs = {"start_s": 0.0, "end_s": 1.0} if first_frame else {}  # index 0 wanted: no seek before the plan
+    full = read_clip(video, 4, 4, np.random.default_rng(1), skip_nonref=False, **kwargs)
+    opened = []
+    open_container = decode._open
+
+    def open_without_timestamps(src, label):
+        opened.append(NoTimestamps(open_container(src, label)))
+        return opened[-1]
+
+    monkeypatch.setattr(decode, "_open", open_without_timestamps)
+    clip = read_clip(video, 4, 4, np.random.default_rng(1), **kwargs)
+    assert opened[0].demuxed > 0  # the plan was tried
+    np.testing.assert_array_equal(clip.indices, full.indices)
+    np.testing.assert_array_equal(clip.frames, full.frames)
+    assert clip.num_decoded == full.num_decoded  # nothing decoded before the plan gave up
+
+
+def test_codecs_outside_the_list_decode_every_frame(tmp_path):
+    """VP9 (its non-reference frames can update the entropy context) keeps the full decode."""
+    path = make_video(tmp_path / "altref.webm", num_frames=40, codec="libvpx-vp9", frames=texture_frames(40),
+                      options={"crf": "30", "b": "0", "auto-alt-ref": "1", "lag-in-frames": "8"}, gop=10)
+    with av.open(path) as container:
+        assert container.streams.video[0].codec_context.name not in decode._SKIP_NONREF_CODECS
+    clip, full = both(path, 4, 3, 0)
+    assert clip.num_decoded == full.num_decoded
+
+
+def test_truncated_file_gives_the_same_clips_and_errors(tmp_path):
+    """A header promising more frames than are there (moov first, data cut): clips before the cut are the same
+    with skipping, and past it both raise the same error."""
+    path = make_video(tmp_path / "cut.mp4", codec="libx264", options={**X264_B, "b-pyramid": "normal"},
+                      frames=texture_frames(), gop=25, container_options={"movflags": "faststart"})
+    with open(path, "rb") as f:
+        data = f.read()
+    cut = tmp_path / "cut_half.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    decodable = 0
+    with av.open(str(cut)) as container:
+        assert container.streams.video[0].frames == NUM_FRAMES
+        with pytest.raises(av.InvalidDataError):  # the last packet is cut
+            for _ in container.decode(video=0):
+                decodable += 1
+    assert 8 < decodable < NUM_FRAMES - 8
+    for seed in range(3):
+        clip, _ = both(str(cut), 4, 2, seed, end_s=(decodable - 4) / 25)
+        assert clip.indices[-1] < decodable
+    # Windows past the frames that decode: whatever the full decode does (resample, or raise), so does the plan.
+    for kwargs in ({"start_s": 2.5}, {"num_windows": 2, "window_index": 1}, {"start_s": 1.0}):
+        try:
+            full = read_clip(str(cut), 4, 2, skip_nonref=False, **kwargs)
+        except VideoDecodeError as e:
+            with pytest.raises(VideoDecodeError) as skipped:
+                read_clip(str(cut), 4, 2, **kwargs)
+            assert str(skipped.value) == str(e)
+        else:
+            clip = read_clip(str(cut), 4, 2, **kwargs)
+            np.testing.assert_array_equal(clip.indices, full.indices)
+            np.testing.assert_array_equal(clip.frames, full.frames)
+
+
+def test_bench_shows_seek_skip_beside_seek_sws(tmp_path):
+    from vidjax.data import bench
+
+    paths = bench.make_videos(str(tmp_path), 2, seconds=3.0, fps=25, width=64, height=48, gop=50)
+    recipe = bench.Recipe(num_frames=8, sampling_rate=4, short_side=32, crop=24)
+    result = bench.run(paths, recipe, ["seek_sws", "seek_skip"], workers=[0], clips=6)
+    decoded = result["frames_decoded_per_clip"]
+    assert 0 < decoded["seek_skip"] < decoded["seek_sws"]
+    assert result["cpu_ms_per_clip"]["seek_skip"]["0"] > 0
+    assert "seek_skip" in bench.format_table(result)
