@@ -11,8 +11,6 @@ import pkgutil
 from types import ModuleType
 from typing import Any
 
-import jax
-
 _NOT_MODELS = {"layers", "decoding"}
 
 
@@ -29,11 +27,15 @@ class ParamKeys:
     """
 
     def __init__(self, seed: int):
+        import jax  # here: looking a model up by name loads no jax
+
+        self._random = jax.random
         self._key = jax.random.key(seed)
         self._count = 0
 
-    def params(self) -> jax.Array:
-        key = jax.random.fold_in(self._key, self._count)
+    def params(self) -> Any:
+        """The next key, a `jax.Array` of the default PRNG implementation."""
+        key = self._random.fold_in(self._key, self._count)
         self._count += 1
         return key
 
