@@ -116,6 +116,8 @@ def test_second_run_loads_the_train_step_from_the_cache(tmp_path):
         assert any(name.startswith("jit_") for name in os.listdir(cache)), os.listdir(cache)
     assert f"(compile cache miss, {cache})" in lines[0], lines
     assert f"(compile cache hit, {cache})" in lines[1], lines
+    # The train step itself, loaded without tracing (compile_cache.compile_or_load): one entry, used by run two.
+    assert [name.split("-")[0] for name in os.listdir(cache / compile_cache.STEPS_SUBDIR)] == ["train_step"]
     assert " after start " in lines[1]
 
 
@@ -165,3 +167,119 @@ def test_ahead_of_time_step_raises_what_its_compilation_raised_on_the_first_call
     step.abandon()  # what a caller leaving by its own error does: no raise
     with pytest.raises(TypeError, match="dot_general requires contracting dimensions to have the same shape"):
         step(jnp.ones(3), {"x": jnp.ones(4)})
+
+
+@pytest.fixture
+def steps_dir(tmp_path, monkeypatch):
+    """`compile_or_load`'s entries in a folder of the test's own (as under a command that configured the cache)."""
+    directory = tmp_path / "steps"
+    monkeypatch.setattr(compile_cache, "_steps_dir", lambda: str(directory))
+    monkeypatch.setattr(compile_cache, "_warned", set())
+    return directory
+
+
+def _traced_counter():
+    """A jitted step that counts how often it is traced, with its arguments."""
+    traced = []
+
+    def step(state, batch):
+        traced.append(1)
+        return state * 2.0 + batch["x"].sum(), {"loss": jnp.sum(state)}
+
+    state = jnp.arange(6.0).reshape(2, 3)
+    return traced, jax.jit(step, donate_argnums=0), state, {"x": jnp.arange(4.0)}
+
+
+def test_compile_or_load_loads_a_step_without_tracing_it(steps_dir):
+    traced, step, state, batch = _traced_counter()
+    expected = jax.jit(lambda s, b: (s * 2.0 + b["x"].sum(), {"loss": jnp.sum(s)}))(state, batch)
+    lowered = []
+    compiled, found = compile_cache.compile_or_load("step", step, (state, batch), ("config",),
+                                                    on_lowered=lambda: lowered.append(1))
+    assert traced == [1] and lowered == [1] and found.startswith("compile cache")
+    (entry,) = os.listdir(steps_dir)
+    assert entry.startswith("step-") and oct(os.stat(steps_dir / entry).st_mode & 0o777) == "0o644"
+
+    traced, step, _, _ = _traced_counter()  # as in a new process: jit's in-memory cache knows nothing of it
+    loaded, found = compile_cache.compile_or_load("step", step, (state, batch), ("config",),
+                                                  on_lowered=lambda: lowered.append(2))
+    assert traced == [], "a hit must not trace the function"
+    assert lowered == [1, 2] and found.startswith("compile cache hit")
+    out, metrics = loaded(jnp.array(state), batch)  # the donation of the loaded step holds: pass a copy
+    np.testing.assert_array_equal(out, expected[0])
+    np.testing.assert_array_equal(metrics["loss"], expected[1]["loss"])
+    assert loaded.memory_analysis() is not None  # the trainer's memory report reads it
+
+
+def test_compile_or_load_key_covers_its_parts_and_the_arguments(steps_dir):
+    traced, step, state, batch = _traced_counter()
+    compile_cache.compile_or_load("step", step, (state, batch), ("config", np.arange(3.0)))
+    for other in [(("config", np.arange(3.0) + 1), (state, batch)),  # a value computed from the data
+                  (("other config", np.arange(3.0)), (state, batch)),
+                  (("config", np.arange(3.0)), (state.astype(jnp.bfloat16), batch)),
+                  (("config", np.arange(3.0)), (state, {"x": jnp.arange(5.0)}))]:
+        key_parts, args = other
+        compile_cache.compile_or_load("step", step, args, key_parts)
+    assert len(os.listdir(steps_dir)) == 5  # one entry each (jit's in-memory cache spares some of the tracing)
+    key = compile_cache.step_key("step", (state, batch), ("config", np.arange(3.0)))
+    assert key == compile_cache.step_key("step", (jax.ShapeDtypeStruct(state.shape, state.dtype,
+                                                                       sharding=state.sharding), batch),
+                                         ("config", np.arange(3.0)))  # abstract arguments give the same key
+
+
+def test_compile_or_load_replaces_a_damaged_entry(steps_dir, capsys):
+    traced, step, state, batch = _traced_counter()
+    compile_cache.compile_or_load("step", step, (state, batch))
+    (entry,) = steps_dir.iterdir()
+    entry.write_bytes(b"not an executable")
+    compiled, found = compile_cache.compile_or_load("step", step, (state, batch))
+    assert "hit" not in found
+    assert f"warning: the cached step in {entry} did not load" in capsys.readouterr().err
+    np.testing.assert_array_equal(compiled(jnp.array(state), batch)[0], state * 2.0 + 6.0)
+    assert entry.read_bytes() != b"not an executable"  # replaced by the new compilation
+    assert compile_cache.compile_or_load("step", step, (state, batch))[1].startswith("compile cache hit")
+    assert not [p for p in os.listdir(steps_dir) if p.startswith(".")]
+
+
+def test_compile_or_load_keeps_no_executable_jax_loaded_from_its_cache(steps_dir, monkeypatch):
+    # XLA:CPU serialises an executable it deserialised without its compiled functions: such an entry would fail at
+    # its first run, so a step jax's own cache gave is not stored (the next fresh compilation is).
+    calls = iter([{"hits": 0, "misses": 0}, {"hits": 1, "misses": 0}, {"hits": 1, "misses": 0}])
+    monkeypatch.setattr(compile_cache, "counts", lambda: next(calls))
+    traced, step, state, batch = _traced_counter()
+    compiled, found = compile_cache.compile_or_load("step", step, (state, batch))
+    assert found.startswith("compile cache hit") and not steps_dir.exists()
+
+
+def test_compile_or_load_keeps_the_most_recently_used_entries(steps_dir, monkeypatch):
+    monkeypatch.setattr(compile_cache, "MAX_STEP_ENTRIES", 2)
+    traced, step, state, batch = _traced_counter()
+    compile_cache.compile_or_load("step", step, (state, batch), ("a",))
+    first = set(os.listdir(steps_dir))
+    os.utime(steps_dir / first.pop(), (1, 1))  # long unused
+    compile_cache.compile_or_load("step", step, (state, batch), ("b",))
+    compile_cache.compile_or_load("step", step, (state, batch), ("c",))
+    assert len(os.listdir(steps_dir)) == 2
+    entries = set(os.listdir(steps_dir))
+    compile_cache.compile_or_load("step", step, (state, batch), ("a",))
+    assert len(set(os.listdir(steps_dir)) - entries) == 1  # "a" was the one removed: compiled and stored again
+
+
+def test_compile_or_load_without_its_folder_compiles(monkeypatch):
+    monkeypatch.setattr(compile_cache, "_steps_dir", lambda: None)
+    traced, step, state, batch = _traced_counter()
+    found = [compile_cache.compile_or_load("step", step, (state, batch))[1] for _ in range(2)]
+    assert "hit" not in found[1]
+
+
+def test_steps_folder_only_under_a_command_with_a_source_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(compile_cache, "_steps_on", False)
+    assert compile_cache._steps_dir() is None  # a library caller (may patch what the key cannot see)
+    monkeypatch.setattr(compile_cache, "_steps_on", True)
+    monkeypatch.setattr(compile_cache, "active_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", __file__, raising=False)  # python -m / a script
+    assert compile_cache._steps_dir() == str(tmp_path / compile_cache.STEPS_SUBDIR)
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", None, raising=False)  # a notebook, python -c
+    assert compile_cache._steps_dir() is None
+    monkeypatch.setattr(compile_cache, "active_dir", lambda: "gs://bucket/jax")
+    assert compile_cache._steps_dir() is None

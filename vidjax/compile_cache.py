@@ -15,15 +15,27 @@ What is cached is XLA's executable for a program that took `MIN_COMPILE_TIME_SEC
 eval and inference steps), keyed on the program, the devices and jax / XLA versions and flags: a hit runs exactly
 what compiling would have given. The folder grows without bound unless JAX_COMPILATION_CACHE_MAX_SIZE (bytes) is set;
 deleting it is always safe.
+
+jax's key is the lowered program, so a hit still traces and lowers the Python function first: about a second for
+the trainer's step, a quarter of a cached start. `compile_or_load` is the trainer's step one level up: its own
+entries (in `STEPS_SUBDIR` of the folder) are keyed on what the step is built from instead (the caller's config and
+values, the arguments' shapes, dtypes and shardings, the source of every module loaded from outside the Python
+installation, vidjax's included, the installed versions, jax's options, XLA's environment variables and the
+devices), and a hit loads the executable without tracing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
+import zlib
+from collections.abc import Callable, Sequence
 
 ENV = "VIDJAX_CACHE_DIR"
 OFF = ("", "off")  # values of $VIDJAX_CACHE_DIR that turn the cache off
@@ -36,7 +48,12 @@ MIN_COMPILE_TIME_SECS = 0.5
 _warned: set[str] = set()
 _counts = threading.local()  # per thread: jax reports a lookup on the thread that compiles
 _listening = False
+_steps_on = False  # `compile_or_load` keeps its own entries: set by `configure`, which the commands call
 _HIT = "/jax/compilation_cache/cache_hits"
+STEPS_SUBDIR = "vidjax-steps"  # `compile_or_load`'s entries, beside jax's
+MAX_STEP_ENTRIES = 32  # the most recently used are kept (a ViT-B train step's entry is tens of MB on a GPU)
+# Environment variables that change what XLA compiles or how jax traces, part of `compile_or_load`'s key.
+_ENV_PREFIXES = ("XLA_", "JAX_", "LIBTPU_", "TPU_", "NEURON_", "CUDA_", "NVIDIA_TF32")
 _REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
 
 
@@ -97,12 +114,16 @@ def configure(enabled: bool = True) -> str | None:
 
     Returns the folder jax will use, or None for no cache. Call before the first compilation: jax decides whether
     to use the cache then. A cache already configured for jax is kept; an unwritable folder is a warning and no cache.
+    With a cache on, `compile_or_load` keeps its entries too (in this process: the caller is a command).
     """
+    global _steps_on
+    _steps_on = False
     if not enabled:
         _set("jax_enable_compilation_cache", False)
         return None
     existing = _jax_config_dir()
     if existing:
+        _steps_on = True
         return existing
     directory = resolve_dir()
     if directory is None:
@@ -115,6 +136,7 @@ def configure(enabled: bool = True) -> str | None:
     _set("jax_compilation_cache_dir", directory)
     _set("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_SECS)
     _set("jax_persistent_cache_min_entry_size_bytes", -1)  # every program over the time threshold, however small
+    _steps_on = True
     return directory
 
 
@@ -180,3 +202,172 @@ def seconds_since_start() -> float:
         import vidjax
 
         return time.time() - vidjax.IMPORTED_AT
+
+
+def _steps_dir() -> str | None:
+    """The folder of `compile_or_load`'s entries, or None where it does not keep any: in a program that did not
+    start the cache through a command (`configure`: a library caller may patch what the key cannot see), without a
+    persistent cache, in a bucket (jax's own entries serve a pod), over several processes (each compiles its part
+    of a multi-host program), or under a `__main__` without a source file to key on (a notebook, `python -c`)."""
+    import jax
+
+    if not _steps_on:
+        return None
+    directory = active_dir()
+    if directory is None or "://" in directory or jax.process_count() > 1:
+        return None
+    if not getattr(sys.modules.get("__main__"), "__file__", None):
+        return None
+    return os.path.join(directory, STEPS_SUBDIR)
+
+
+def _source_digest() -> list[tuple[str, str]]:
+    """(module, sha256 of its source file) for every loaded module whose file lies outside the Python installation's
+    own folders (the standard library and site-packages, which `_versions` stands for), and for vidjax wherever it
+    is: a checkout, a user's own models and configs, the running script."""
+    import site
+
+    folders = [sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    folders += site.getsitepackages() + [site.getusersitepackages()]
+    installed = tuple({os.path.join(form, "") for path in folders if path
+                       for form in (path, os.path.realpath(path))})
+    digests = []
+    for name, module in sorted(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or not path.endswith(".py") or path.startswith(installed) and not name.startswith("vidjax"):
+            continue
+        try:
+            with open(path, "rb") as f:
+                digests.append((name, hashlib.sha256(f.read()).hexdigest()))
+        except OSError:
+            digests.append((name, "unreadable"))
+    return digests
+
+
+def _versions() -> list[tuple[str, str]]:
+    """(package, version) of every loaded top-level package that states one (jax, jaxlib, flax, optax, numpy, ...)."""
+    return sorted((name, version) for name, module in list(sys.modules.items())
+                  if "." not in name and isinstance(version := getattr(module, "__version__", None), str))
+
+
+def step_key(name: str, args: Sequence, key_parts: Sequence) -> str:
+    """`compile_or_load`'s key (sha256 hex) for the program `name` built from `key_parts` and taking `args`."""
+    import jax
+    import numpy as np
+
+    def describe(value):
+        if isinstance(value, (np.ndarray, jax.Array)):
+            value = np.asarray(value)
+            return ("array", value.shape, str(value.dtype), hashlib.sha256(value.tobytes()).hexdigest())
+        return repr(value)
+
+    def describe_arg(x):
+        return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)), repr(getattr(x, "sharding", None)))
+
+    leaves, tree = jax.tree.flatten(args)
+    devices = [(d.id, d.platform, d.device_kind, d.process_index) for d in jax.devices()]
+    parts = {
+        "name": name,
+        "key_parts": [describe(part) for part in key_parts],
+        "args": (str(tree), [describe_arg(x) for x in leaves]),
+        "devices": (devices, jax.devices()[0].client.platform_version),
+        "jax_options": sorted((option, repr(value)) for option, value in jax.config.values.items()),
+        "environment": sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)),
+        "python": sys.version,
+        "versions": _versions(),
+        "sources": _source_digest(),
+    }
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def compile_or_load(name: str, jitted, args: Sequence, key_parts: Sequence = (),
+                    on_lowered: Callable[[], None] | None = None):
+    """`jitted.lower(*args).compile()`, loaded from this module's own entry when an earlier run compiled the same
+    step: returns (compiled, what the cache found, as `describe` says it).
+
+    `key_parts` must hold every value the function was built from besides the code (a config, values computed from
+    the data); the code, the arguments' shapes, dtypes and shardings, jax's options and the devices are keyed here
+    (`step_key`). A hit skips tracing and lowering; a miss lowers and compiles (through jax's persistent cache) and
+    stores the executable when XLA compiled it in this process (an executable jax loaded from its own cache cannot
+    be stored again: XLA:CPU leaves out its compiled functions). An entry that does not load is a warning, is
+    removed, and the step is compiled. `on_lowered` is called once nothing more holds the GIL for long: after
+    lowering, or at once on a hit.
+    """
+    import jax
+    from jax.experimental import serialize_executable
+
+    watch()
+    directory = _steps_dir()
+    path = None
+    if directory is not None:
+        path = os.path.join(directory, f"{name}-{step_key(name, args, key_parts)}")
+        if os.path.exists(path):
+            if on_lowered is not None:  # loading holds the GIL little: the caller's own work goes on alongside
+                on_lowered()
+            try:
+                with open(path, "rb") as f:
+                    payload, in_tree, out_tree, device_ids = pickle.loads(zlib.decompress(f.read()))
+                by_id = {device.id: device for device in jax.devices()}
+                compiled = serialize_executable.deserialize_and_load(
+                    payload, in_tree, out_tree, execution_devices=[by_id[i] for i in device_ids])
+            except Exception as err:  # noqa: BLE001 -- any damage to the entry: compile instead
+                _warn(f"the cached {name} in {path} did not load ({type(err).__name__}: {str(err)[:200]}); "
+                      f"compiling it again and replacing the entry.")
+                _remove(path)
+            else:
+                try:
+                    os.utime(path)  # recently used: kept by `_prune`
+                except OSError:
+                    pass
+                return compiled, f"compile cache hit, {active_dir()}"
+    before = counts()
+    try:
+        lowered = jitted.lower(*args)
+    finally:
+        if on_lowered is not None:
+            on_lowered()
+    compiled = lowered.compile()
+    found = describe(before, counts())
+    if path is not None and not counts()["hits"] - before["hits"]:
+        _store(path, compiled, serialize_executable)
+    return compiled, found
+
+
+def _store(path: str, compiled, serialize_executable) -> None:
+    """Writes `compiled` to `path` whole or not at all (a temporary file renamed into place)."""
+    tmp = None
+    try:
+        # The devices it runs on, in its order (jax's loader assumes all of them otherwise).
+        device_ids = [device.id for device in compiled._executable._unloaded_executable.device_list]
+        data = zlib.compress(pickle.dumps((*serialize_executable.serialize(compiled), device_ids),
+                                          protocol=pickle.HIGHEST_PROTOCOL), level=1)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".tmp-", delete=False) as f:
+            tmp = f.name
+            f.write(data)
+        os.chmod(tmp, 0o644)  # as jax's entries (the temporary file's own mode is 0600)
+        os.replace(tmp, path)
+        _prune(os.path.dirname(path))
+    except (OSError, ValueError, NotImplementedError, pickle.PicklingError, TypeError, AttributeError) as err:
+        _warn(f"could not keep the compiled {os.path.basename(path).split('-')[0]} in {os.path.dirname(path)} "
+              f"({type(err).__name__}: {str(err)[:200]}); the next run compiles it again.")
+        if tmp is not None:
+            _remove(tmp)
+
+
+def _prune(directory: str) -> None:
+    """Keeps the `MAX_STEP_ENTRIES` most recently used entries (a hit touches its file), removing the others."""
+    try:
+        entries = [entry for entry in os.scandir(directory) if entry.is_file() and not entry.name.startswith(".")]
+    except OSError:
+        return
+    entries.sort(key=lambda entry: entry.stat().st_mtime, reverse=True)
+    for entry in entries[MAX_STEP_ENTRIES:]:
+        _remove(entry.path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

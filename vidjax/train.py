@@ -412,23 +412,22 @@ class AheadOfTimeStep:
     A caller leaving by an error first calls `abandon()`: the interpreter must not shut down under a compiling
     thread."""
 
-    def __init__(self, config: ml_collections.ConfigDict, train_step, state, batch):
+    def __init__(self, config: ml_collections.ConfigDict, train_step, state, batch, key_parts=()):
         self._result: dict = {}
         self._lowered = threading.Event()
         self.started = time.perf_counter()
-        self._thread = threading.Thread(target=self._compile, args=(config, train_step, state, batch),
+        self._thread = threading.Thread(target=self._compile, args=(config, train_step, state, batch, key_parts),
                                         name="vidjax-compile-train-step", daemon=True)
         self._thread.start()
 
-    def _compile(self, config, train_step, state, batch) -> None:
+    def _compile(self, config, train_step, state, batch, key_parts) -> None:
         try:
-            before = compile_cache.counts()  # this thread's lookups: the train step's alone
-            try:
-                lowered = train_step.lower(state, batch)
+            try:  # loaded without tracing when an earlier run compiled the same step (compile_cache.compile_or_load)
+                compiled, self._result["cache"] = compile_cache.compile_or_load(
+                    "train_step", train_step, (state, batch), (config.to_json_best_effort(sort_keys=True), *key_parts),
+                    on_lowered=self._lowered.set)
             finally:
                 self._lowered.set()
-            compiled = lowered.compile()
-            self._result["cache"] = compile_cache.describe(before, compile_cache.counts())
             memory_report(config, compiled, jax.local_devices()[0])
             self._result["compiled"] = compiled
         except BaseException as err:  # noqa: BLE001 -- handed to the caller's thread by `wait`
@@ -718,7 +717,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
     batch_sh = sharding.batch_sharding(mesh)
     first_batch = sharding.global_batch(next(train_iter), batch_sh)
     train_step = AheadOfTimeStep(config, make_train_step(config, setup, class_weights, pos_weight), abstract_state,
-                                 first_batch)
+                                 first_batch, key_parts=(setup.total_steps, setup.steps_per_epoch, class_weights,
+                                                         pos_weight))
     try:
         if latest is None:
             train_step.wait_lowered()  # then the state's initialiser compiles (or loads) alongside the step
