@@ -156,6 +156,25 @@ def test_token_order_and_positions():
                                atol=1e-6)
 
 
+def test_sincos_start_keeps_the_cls_token_live():
+    """A CLS input of exactly zero is dead in a Mamba block: RMSNorm(0) = 0, so z = 0 and the gate silu(z) zeroes the
+    CLS output of every layer, and the head's input is the same for every clip. A sin-cos start leaves the spatial
+    table's CLS row at zero; the CLS token's own N(0, 0.02) draw keeps the CLS live, so the head reads the clip and
+    the gradient reaches every block."""
+    model = build(tiny_config(position_init="sincos"))
+    np.testing.assert_array_equal(model.pos_embed[...][0], 0.0)
+    assert 0.0 < float(jnp.abs(model.cls_token[...]).max()) < 0.1
+    clips = video(batch=4)
+    cls_out = run(model, clips)["last_hidden_state"][:, 0]
+    assert float(jnp.std(cls_out, axis=0).max()) > 1e-3  # differs from clip to clip
+    graphdef, params = nnx.split(model, nnx.Param)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(clips)["logits"] ** 2))(params)
+    for i in range(2):
+        block = [g for path, g in jax.tree_util.tree_leaves_with_path(grads)
+                 if jax.tree_util.keystr(path).startswith(f"['layers'][{i}]")]
+        assert block and sum(float(jnp.sum(g ** 2)) for g in block) > 0.0, i
+
+
 def test_bf16_compute_keeps_fp32_params():
     cfg = tiny_config(dtype="bfloat16")
     model = build(cfg)

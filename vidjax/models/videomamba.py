@@ -7,6 +7,10 @@ its fork of mamba_ssm's mamba_simple.py, "bimamba" path):
   pixels. Tokens are ordered frame by frame, (t, h, w), with one CLS token in front.
 - Positions: a learned spatial table of 1 + H*W rows (the CLS row first) added to every frame, then a learned
   temporal table (one row per frame) added to the patch tokens only; the CLS token gets the spatial CLS row alone.
+  Initialisation follows the reference's, with two deliberate differences: the CLS token is drawn N(0, 0.02)
+  instead of zeros (`Model.__init__` says why), and dt_proj keeps Mamba's own init (weight uniform in
+  +-dt_rank^-0.5, bias for dt log-uniform in [dt_min, dt_max]) where the reference's `segm_init_weights` re-draws
+  it as every nn.Linear, N(0, 0.02) with a zero bias (dt about softplus(0) = 0.69 at the start).
 - Blocks: "add -> norm -> mixer" (the residual is carried separately, in float32 with residual_in_fp32), RMSNorm
   (eps 1e-5), no MLP. The mixer projects to (x, z) of width d_inner = expand * d_model; a forward branch runs a
   causal depthwise conv (kernel 4, bias) + SiLU, projects to (dt, B, C), and runs the selective scan with A =
@@ -267,7 +271,15 @@ class Model(nnx.Module):
         self.patch_embed = layers.Dense(patch_dim, self.width, (None, "embed"), dtype=dtype, kernel_init=conv_init,
                                         rngs=rngs)
         zeros = nnx.initializers.zeros
-        self.cls_token = _param(rngs, zeros, (self.width,), ("embed",))
+        # The CLS token starts at N(0, 0.02), not at the reference's zeros. A CLS input of exactly zero is dead in a
+        # Mamba block: RMSNorm maps it to zero, so z = in_proj(0) = 0 and the gate silu(z) zeroes the CLS output of
+        # every layer; the head then reads a constant, no gradient reaches the blocks, and the CLS only leaves zero
+        # through RMSNorm's 1/sqrt(eps) gradient (about 150 at the micro size), which swamps Adam's second moment.
+        # The reference escapes only through its spatial table's random CLS row, which a sin-cos start
+        # (position_init) leaves at zero; with its own draw the CLS is live either way (a micro model with 16-px
+        # patches, 2 blocks and sin-cos tables, 1000 steps from scratch: eval top-1 0.37 with a live CLS, 0.17 with
+        # a zero one).
+        self.cls_token = _param(rngs, nnx.initializers.truncated_normal(0.02), (self.width,), ("embed",))
         self.pos_embed = _param(rngs, layers.position_init(cfg.position_init, nnx.initializers.truncated_normal(0.02),
                                                            leading=1), (1 + h * w, self.width), ("positions", "embed"))
         self.temporal_pos_embedding = _param(rngs, layers.position_init(cfg.position_init, zeros), (t, self.width),
