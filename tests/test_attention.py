@@ -40,6 +40,21 @@ def test_heads_major_in_bfloat16_normalises_in_float32_like_jax():
     np.testing.assert_allclose(out.astype(np.float32), _reference(q, k, v).astype(np.float32), atol=2e-2)
 
 
+def test_heads_major_gradients_in_bfloat16_keep_the_operand_dtype():
+    """The written-out backward returns bf16 gradients for bf16 operands, close to those of the float32 maths."""
+    rng = np.random.default_rng(1)
+    q, k, v, cotangent = (rng.normal(size=(2, 33, 2, 8)).astype(np.float32) for _ in range(4))
+
+    def grads(fn, dtype):
+        loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * cotangent)  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1, 2))(*(jnp.asarray(x, dtype) for x in (q, k, v)))
+
+    for g, g_ref in zip(grads(lambda *a: attention.dot_product_attention(*a, "heads_major"), jnp.bfloat16),
+                        grads(_reference, jnp.float32), strict=True):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(g.astype(np.float32), g_ref, atol=6e-2, rtol=6e-2)
+
+
 def test_the_default_is_heads_major_on_cpu_cudnn_for_16_bit_on_gpu(monkeypatch):
     assert attention.resolve("") == attention.resolve(None) == "heads_major"  # the suite runs on CPU
     assert attention.resolve("xla") == "xla"

@@ -176,7 +176,7 @@ def classify_hlo(instr: _Instr, computations: dict[str, list[_Instr]], param_num
     if all(i.opcode in _DATA_MOVEMENT for i in body):
         return "copies / transposes"
     innermost = [i.frames[0] for i in body if i.frames]
-    if any("Norm" in fn for _, fn in innermost):
+    if any("Norm" in fn or "layer_norm" in fn for _, fn in innermost):  # flax's LayerNorm, vidjax's layer_norm
         return "norms"
     if any("ttention" in fn for _, fn in innermost):
         return "softmax"

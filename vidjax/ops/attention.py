@@ -12,7 +12,8 @@ layers.Attention) calls `dot_product_attention` with (batch, length, heads, head
   XLA:CPU runs the batched score and value products, and their backward, with strided batch dimensions and
   transposes of the score-sized tensors; moving the heads first once, on the small q/k/v/output tensors, made one
   VideoMAE-S attention (2 x 392 tokens, 6 heads) forward + backward about 30% faster here (docs/performance.md).
-  Same maths, same results to float rounding (tests/test_attention.py).
+  Its backward is written out (a custom VJP) so that no product needs a score-sized operand transposed. Same maths,
+  same results to float rounding (tests/test_attention.py).
 
 A query-blocked form with a custom VJP that recomputes the score blocks (flash style) was measured too and kept
 out: at these lengths (a few hundred tokens) it was no faster on CPU than "heads_major", whose score matrix fits in
@@ -54,11 +55,44 @@ def resolve(implementation: str | None, dtype=jnp.float32, head_dim: int = 64) -
 
 def _heads_major(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
     q_BHLK, k_BHSK, v_BHSK = (jnp.swapaxes(x, 1, 2) for x in (q_BLHK, k_BSHK, v_BSHK))
+    return jnp.swapaxes(_attend_BHLK(q_BHLK, k_BHSK, v_BHSK), 1, 2)
+
+
+def _attend_forward(q_BHLK, k_BHSK, v_BHSK):
+    # The scale goes on the queries, (b, h, l, k), not on the (b, h, l, s) scores: XLA:CPU writes a scalar broadcast
+    # feeding a YNNPACK fusion out whole, once per layer, and reads it again in the backward.
+    q_BHLK = q_BHLK * jnp.asarray(q_BHLK.shape[-1] ** -0.5, q_BHLK.dtype)
     scores_BHLS = jnp.einsum("bhlk,bhsk->bhls", q_BHLK, k_BHSK, preferred_element_type=jnp.float32)
-    # Scaled and normalised in float32 as jax.nn.dot_product_attention does, whatever the compute dtype.
-    scores_BHLS = scores_BHLS * jnp.float32(q_BLHK.shape[-1] ** -0.5)
-    probs_BHLS = jax.nn.softmax(scores_BHLS, axis=-1).astype(v_BSHK.dtype)
-    return jnp.swapaxes(jnp.einsum("bhls,bhsk->bhlk", probs_BHLS, v_BHSK), 1, 2)
+    # Normalised in float32 as jax.nn.dot_product_attention does, whatever the compute dtype.
+    probs_BHLS = jax.nn.softmax(scores_BHLS, axis=-1)
+    out_BHLK = jnp.einsum("bhls,bhsk->bhlk", probs_BHLS.astype(v_BHSK.dtype), v_BHSK)
+    return out_BHLK, (q_BHLK, k_BHSK, v_BHSK, probs_BHLS)
+
+
+@jax.custom_vjp
+def _attend_BHLK(q_BHLK: jax.Array, k_BHSK: jax.Array, v_BHSK: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(k)) v on heads-major operands, with the backward written out (`_attend_backward`)."""
+    return _attend_forward(q_BHLK, k_BHSK, v_BHSK)[0]
+
+
+def _attend_backward(residuals, dout_BHLK):
+    """The attention's backward with every product contracting over tokens taking the small (b, h, l, k) operand
+    transposed, never the (b, h, l, s) one: dK^T = (q/sqrt(k))^T dS and dV^T = dO^T P come out (b, h, k, s) and are
+    transposed back at head size. Left to autodiff, XLA:CPU copies P and dS transposed, score-sized, every layer
+    (about 7% of a VideoMAE-S/16 fine-tune step here, docs/performance.md). Same maths: dS = P (dP - rowsum(dP P))."""
+    q_BHLK, k_BHSK, v_BHSK, probs_BHLS = residuals
+    dtype = v_BHSK.dtype
+    dprobs_BHLS = jnp.einsum("bhlk,bhsk->bhls", dout_BHLK, v_BHSK, preferred_element_type=jnp.float32)
+    dscores_BHLS = probs_BHLS * (dprobs_BHLS - jnp.sum(dprobs_BHLS * probs_BHLS, axis=-1, keepdims=True))
+    dscores_BHLS = dscores_BHLS.astype(dtype)
+    scale = jnp.asarray(q_BHLK.shape[-1] ** -0.5, dtype)
+    dq_BHLK = jnp.einsum("bhls,bhsk->bhlk", dscores_BHLS, k_BHSK) * scale
+    dk_BHKS = jnp.einsum("bhlk,bhls->bhks", q_BHLK, dscores_BHLS)  # q is scaled already
+    dv_BHKS = jnp.einsum("bhlk,bhls->bhks", dout_BHLK, probs_BHLS.astype(dtype))
+    return dq_BHLK, jnp.swapaxes(dk_BHKS, -1, -2), jnp.swapaxes(dv_BHKS, -1, -2)
+
+
+_attend_BHLK.defvjp(_attend_forward, _attend_backward)
 
 
 def dot_product_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,

@@ -165,8 +165,7 @@ class Task:
         them)."""
         return {}, {}
 
-    def after_update(self, config: ml_collections.ConfigDict, setup, state: dict, new_state: dict, carry: dict
-                     ) -> tuple[dict, dict]:
+    def after_update(self, config: ml_collections.ConfigDict, setup, state: dict, carry: dict) -> tuple[dict, dict]:
         """On the device, after the update: (new values of `extra_state`'s entries, scalar metrics to log)."""
         return {}, {}
 

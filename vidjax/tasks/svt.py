@@ -145,8 +145,7 @@ class SVT(base.Task):
         last = jax.tree.map(lambda x: jnp.where(held, jnp.zeros_like(x), x), tree["head"]["last_layer"])
         return {**tree, "head": {**tree["head"], "last_layer": last}}
 
-    def after_update(self, config: ml_collections.ConfigDict, setup, state: dict, new_state: dict, carry: dict
-                     ) -> tuple[dict, dict]:
+    def after_update(self, config: ml_collections.ConfigDict, setup, state: dict, carry: dict) -> tuple[dict, dict]:
         center = losses.update_center(state["center"], carry["teacher_mean"][None], config.svt.center_momentum)
         momentum = self.ema_schedule(config, setup.total_steps)(state["step"])
         return {"center": center}, {"teacher_entropy": carry["teacher_entropy"], "teacher_temp": carry["teacher_temp"],

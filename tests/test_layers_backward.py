@@ -1,0 +1,85 @@
+"""layers.layer_norm and layers.gelu: the backward written out for the CPU backend (`hand_written_backward`) gives
+autodiff's values, alone and inside every model family (forward and gradients to 1e-5)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_attention import FAMILY_CASES
+from test_scan_and_precision import loss_fn, tiny_model
+
+from vidjax.models import layers
+
+
+def _grads(fn, *args):
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=args[0].shape), jnp.float32)
+    loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * cotangent)  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))(*args)
+
+
+@pytest.fixture
+def autodiff(monkeypatch):
+    """Runs the wrapped call with autodiff's backward, as GPU and TPU do."""
+    def run(fn, *args):
+        with monkeypatch.context() as m:
+            m.setattr(layers, "hand_written_backward", lambda: False)
+            return _grads(fn, *args)
+    return run
+
+
+def test_written_out_only_on_cpu(monkeypatch):
+    assert layers.hand_written_backward()  # the suite runs on CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not layers.hand_written_backward()
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 24), (5, 8), (1, 3, 4, 64)])
+def test_layer_norm_backward_equals_autodiff(shape, autodiff):
+    rng = np.random.default_rng(sum(shape))
+    x = jnp.asarray(rng.normal(size=shape) * 3 + 1, jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, shape[-1]), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=shape[-1]), jnp.float32)
+    fn = lambda x, s, b: layers.layer_norm(x, s, b, 1e-6)  # noqa: E731
+    value, grads = _grads(fn, x, scale, bias)
+    ref_value, ref_grads = autodiff(fn, x, scale, bias)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gelu_backward_equals_autodiff_in_both_forms(approximate, autodiff):
+    x = jnp.asarray(np.linspace(-6, 6, 603).reshape(3, 201), jnp.float32)
+    fn = lambda x: layers.gelu(x, approximate)  # noqa: E731
+    value, (grad,) = _grads(fn, x)
+    ref_value, (ref_grad,) = autodiff(fn, x)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_activations_keep_their_dtype_and_float32_parameters_theirs(autodiff):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 9, 32)), jnp.bfloat16)
+    scale, bias = jnp.ones(32, jnp.float32), jnp.zeros(32, jnp.float32)
+    assert layers.layer_norm(x, scale, bias, 1e-6).dtype == layers.gelu(x).dtype == jnp.bfloat16
+    fn = lambda x, s, b: layers.gelu(layers.layer_norm(x, s, b, 1e-6))  # noqa: E731
+    (_, grads), (_, ref_grads) = _grads(fn, x, scale, bias), autodiff(fn, x, scale, bias)
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]
+    for g, g_ref in zip(grads, ref_grads, strict=True):  # the written-out backward computes in float32
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(g_ref, np.float32), rtol=3e-2, atol=3e-2)
+
+
+CASES = FAMILY_CASES + [("videomamba", {})]
+
+
+@pytest.mark.parametrize(("model_name", "overrides"), CASES,
+                         ids=[f"{m}-{'-'.join(o.values()) or 'default'}" for m, o in CASES])
+def test_every_family_computes_the_same_gradients(model_name, overrides, monkeypatch):
+    graphdef, state = nnx.split(tiny_model(model_name, depth=2, **overrides))
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
+    monkeypatch.setattr(layers, "hand_written_backward", lambda: False)
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
