@@ -478,6 +478,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     mix = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
     ema_schedule = task.ema_schedule(config, setup.total_steps)  # a teacher's momentum; None: the constant
     ema_decay = config.optimizer.ema_decay
+    keeps_ema = ema_schedule is not None or bool(ema_decay)
     video_keys = task.video_keys(config, train=True)
     spike_factor, spike_decay, spike_min_steps = (config.loss_spike.factor, config.loss_spike.decay,
                                                   config.loss_spike.min_steps)
@@ -500,15 +501,15 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         (loss, aux), grads = loss_and_grads(loss_fn, graphdef, state["params"], batch, rng, accum_steps, setup.mesh)
         grads = task.hold(config, setup, grads, state["step"])
 
-        def updated_params(opt_state):
-            updates, opt_state = tx.update(grads, opt_state, state["params"])
+        def updated_params():
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             updates = task.hold(config, setup, updates, state["step"])  # no weight decay either
             return jax.tree.map(jnp.add, state["params"], updates), opt_state
 
         def update():
-            params, opt_state = updated_params(state["opt_state"])
+            params, opt_state = updated_params()
             new = {"params": params, "opt_state": opt_state}
-            if ema_schedule is not None or ema_decay:
+            if keeps_ema:
                 decay = ema_schedule(state["step"]) if ema_schedule is not None else ema_decay
                 new["ema_params"] = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
                                                  state["ema_params"], params)
@@ -524,7 +525,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         # One reduction over a stacked vector: a chain of per-leaf `&`s would be copied by XLA into the fusion of
         # every state leaf (leaves x leaves operations; minutes of compile time for a ViT-L).
         params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
-                                           for p in jax.tree.leaves(updated_params(state["opt_state"])[0])]))
+                                           for p in jax.tree.leaves(updated_params()[0])]))
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
         accept = finite
         if spike_factor:
@@ -536,7 +537,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         # A rejected step is skipped: everything but the step counter keeps its old value, so the data order and
         # the random keys of later steps are those of a run without the bad step (and resume stays exact).
         # One conditional, not a select per leaf: XLA would copy the scalar test into every leaf's select fusion.
-        kept_keys = ["params", "opt_state", *(["ema_params"] if ema_schedule is not None or ema_decay else []), *extra]
+        kept_keys = ["params", "opt_state", *(["ema_params"] if keeps_ema else []), *extra]
         kept = jax.lax.cond(accept, lambda: {**update(), **extra}, lambda: {k: state[k] for k in kept_keys})
         new_state = dict(kept, step=state["step"] + 1)
         step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),

@@ -147,7 +147,7 @@ class Mlp(nnx.Module):
         self.approximate_gelu, self.dropout = approximate_gelu, dropout
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        return _dropout(self.fc2(jax.nn.gelu(self.fc1(x), approximate=self.approximate_gelu)), self.dropout, rng)
+        return _dropout(self.fc2(layers.gelu(self.fc1(x), approximate=self.approximate_gelu)), self.dropout, rng)
 
 
 def causal_mask(query_positions: jax.Array, num_keys: int) -> jax.Array:

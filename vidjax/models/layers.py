@@ -143,10 +143,9 @@ def hand_written_backward() -> bool:
 
     Left to autodiff, XLA:CPU splits a LayerNorm's backward into several passes over the activation and a GELU's into
     the derivative of erf's expansion; written out, each is one fused pass over what the forward kept. In one process
-    here (4 alternating rounds) a VideoMAE-S/16 fine-tune step (16 x 112 px, batch 2) took 0.954 s with autodiff's,
-    0.933 s with the GELU's written out, 0.895 s with the LayerNorm's and the attention's (`ops.attention`) and
-    0.86-0.90 s with all three (docs/performance.md). GPU and TPU compilers fuse these backwards on their own, so they
-    keep autodiff's graph.
+    here (4 alternating rounds) a VideoMAE-S/16 fine-tune step (16 x 112 px, batch 2) took 1.030 s with autodiff's
+    backwards and 0.959 s with these two and the attention's (`ops.attention`) written out (docs/performance.md).
+    GPU and TPU compilers fuse these backwards on their own, so they keep autodiff's graph.
     """
     return jax.default_backend() == "cpu"
 
@@ -177,7 +176,7 @@ def _layer_norm_backward(eps, residuals, dy):
     return dx.astype(x.dtype), jnp.sum(dy32 * x_hat, axis=rows), jnp.sum(dy32, axis=rows)
 
 
-_layer_norm_vjp.defvjp(lambda x, scale, bias, eps: _layer_norm_forward(x, scale, bias, eps), _layer_norm_backward)
+_layer_norm_vjp.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
