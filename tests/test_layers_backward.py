@@ -1,5 +1,6 @@
 """layers.layer_norm and layers.gelu: the backward written out for the CPU backend (`hand_written_backward`) gives
-autodiff's values, alone and inside every model family (forward and gradients to 1e-5)."""
+autodiff's values, and layers.project's 2-D form the multi-axis contraction's, alone and inside every model family
+(forward and gradients to 1e-5)."""
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +69,36 @@ def test_bfloat16_activations_keep_their_dtype_and_float32_parameters_theirs(aut
     assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]
     for g, g_ref in zip(grads, ref_grads, strict=True):  # the written-out backward computes in float32
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(g_ref, np.float32), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize(("x_shape", "kernel_shape", "contract"), [
+    ((2, 7, 16), (16, 3, 2, 8), 1),  # attention's qkv (d, 3, heads, head_dim)
+    ((2, 7, 2, 8), (2, 8, 16), 2),   # its output projection (heads, head_dim, d)
+    ((3, 16), (16, 2, 5), 1),        # VideoMamba's in_proj (d, 2, inner), 2-D input
+])
+def test_project_as_a_matrix_product_equals_the_contraction(x_shape, kernel_shape, contract, monkeypatch):
+    rng = np.random.default_rng(len(x_shape) + contract)
+    x, kernel = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (x_shape, kernel_shape))
+    expected_shape = x_shape[:len(x_shape) - contract] + kernel_shape[contract:]
+    cotangent = jnp.asarray(rng.normal(size=expected_shape), jnp.float32)
+
+    def value_and_grads():
+        fn = lambda x, k: jnp.sum(layers.project(x, k, contract) * cotangent)  # noqa: E731
+        return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(x, kernel), layers.project(x, kernel, contract)
+
+    (value, grads), out = value_and_grads()
+    assert out.shape == expected_shape
+    monkeypatch.setattr(layers, "hand_written_backward", lambda: False)
+    (ref_value, ref_grads), ref_out = value_and_grads()
+    letters = "abcdefgh"
+    lhs = letters[:len(x_shape)]
+    rhs = lhs[len(x_shape) - contract:] + letters[len(x_shape):len(x_shape) + len(kernel_shape) - contract]
+    out_spec = lhs[:len(x_shape) - contract] + rhs[contract:]
+    np.testing.assert_allclose(out, jnp.einsum(f"{lhs},{rhs}->{out_spec}", x, kernel), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
 CASES = FAMILY_CASES + [("videomamba", {})]

@@ -138,8 +138,8 @@ def softmax_pool(scores_BN: jax.Array, x_BND: jax.Array) -> jax.Array:
 
 
 def hand_written_backward() -> bool:
-    """Whether LayerNorm and the MLP's GELU run with their backward written out (`layer_norm`, `gelu`): on the CPU
-    backend only.
+    """Whether LayerNorm and the MLP's GELU run with their backward written out (`layer_norm`, `gelu`), and the
+    multi-axis projections as 2-D products (`project`): on the CPU backend only.
 
     Left to autodiff, XLA:CPU splits a LayerNorm's backward into several passes over the activation and a GELU's into
     the derivative of erf's expansion; written out, each is one fused pass over what the forward kept. In one process
@@ -148,6 +148,27 @@ def hand_written_backward() -> bool:
     GPU and TPU compilers fuse these backwards on their own, so they keep autodiff's graph.
     """
     return jax.default_backend() == "cpu"
+
+
+def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
+    """`x` (..., *kernel.shape[:contract]) times `kernel`, contracting x's last `contract` axes with the kernel's
+    first: (..., *kernel.shape[contract:]). The multi-axis projections of attention (x @ qkv (d, 3, h, k), out @ proj
+    (h, k, d)) and VideoMamba's in_proj.
+
+    On the CPU backend (`hand_written_backward`) it is one 2-D product of the flattened operands, reshaped back; given
+    the multi-axis kernel itself, XLA:CPU made a transposed copy of it for the backward's product every step (the
+    dX product's operand) and copied its gradient into the parameter's layout. In one process here (8 alternating
+    rounds) a VideoMAE-S/16 pre-training step (16 x 112 px, batch 2: the encoder sees 80 tokens, so the copies
+    outweighed its products) took 0.268 s with the multi-axis form and 0.248 s with this one; fine-tuning 0.888 ->
+    0.861 s (docs/performance.md). Elsewhere the multi-axis contraction stays: it keeps a kernel sharded over heads
+    sharded through the product.
+    """
+    if not hand_written_backward():
+        return jnp.tensordot(x, kernel, axes=contract)
+    inner = math.prod(kernel.shape[:contract])
+    out = kernel.shape[contract:]
+    y = jnp.dot(x.reshape(*x.shape[:x.ndim - contract], inner), kernel.reshape(inner, math.prod(out)))
+    return y.reshape(*x.shape[:x.ndim - contract], *out)
 
 
 def _layer_norm_forward(x, scale, bias, eps):
@@ -272,7 +293,7 @@ class Attention(nnx.Module):
         """`attend(q, k, v) -> out`, all (b, l, heads, head_dim), replaces plain attention over l when given."""
         dt = self.dtype
         # (b, l, 3, h, k) keeps the projection a plain row-major x @ W; a (3, b, l, h, k) output costs a transpose.
-        qkv = jnp.einsum("bld,dthk->blthk", x_BLD.astype(dt), self.qkv[...].astype(dt))
+        qkv = project(x_BLD.astype(dt), self.qkv[...].astype(dt))
         bias = self._bias()
         if bias is not None:
             qkv = qkv + bias.astype(dt)
@@ -281,7 +302,7 @@ class Attention(nnx.Module):
             out_BLHK = attention.dot_product_attention(q, k, v, self.implementation)
         else:
             out_BLHK = attend(q, k, v)
-        return jnp.einsum("blhk,hkd->bld", out_BLHK, self.proj[...].astype(dt)) + self.proj_bias[...].astype(dt)
+        return project(out_BLHK, self.proj[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
 
 
 class Mlp(nnx.Module):

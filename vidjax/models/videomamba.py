@@ -136,7 +136,7 @@ class XZProjection(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_BLD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        xz = jnp.einsum("bld,dtk->bltk", x_BLD.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        xz = layers.project(x_BLD.astype(self.dtype), self.kernel[...].astype(self.dtype))
         return xz[:, :, 0], xz[:, :, 1]
 
 
