@@ -32,6 +32,44 @@ def test_attention_equals_jax_forward_and_gradients(implementation, shape):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("lengths", [(17, 17), (197, 197), (5, 8), (8, 5)])
+def test_odd_lengths_padded_to_even_equal_the_unpadded_call(lengths):
+    """The padding that lets cuDNN train on odd lengths (one masked zero token, padded query rows cut off),
+    run through XLA's masked attention on this CPU: same values and gradients as the plain call."""
+    rng = np.random.default_rng(lengths[0])
+    (length, length_kv), b, h, k = lengths, 2, 3, 8
+    q, cotangent = (jnp.asarray(rng.normal(size=(b, length, h, k)), jnp.float32) for _ in range(2))
+    kk, v = (jnp.asarray(rng.normal(size=(b, length_kv, h, k)), jnp.float32) for _ in range(2))
+
+    def loss(fn):
+        return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent), argnums=(0, 1, 2)))
+
+    value, grads = loss(lambda q, k, v: attention.padded_to_even(q, k, v, "xla"))(q, kk, v)
+    ref_value, ref_grads = loss(_reference)(q, kk, v)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        assert g.shape == g_ref.shape
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cudnn_gets_even_lengths(monkeypatch):
+    """The cuDNN path pads odd lengths before the kernel sees them (recorded here, then run by XLA on this CPU) and
+    leaves even ones as they are."""
+    calls, plain = [], jax.nn.dot_product_attention
+
+    def recording(q, k, v, implementation=None, **kwargs):
+        calls.append((q.shape[1], k.shape[1], implementation, sorted(kwargs)))
+        return plain(q, k, v, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+    rng = np.random.default_rng(0)
+    for length in (197, 8):
+        q, k, v = (jnp.asarray(rng.normal(size=(2, length, 2, 8)), jnp.float32) for _ in range(3))
+        out = attention.dot_product_attention(q, k, v, "cudnn")
+        np.testing.assert_allclose(out, plain(q, k, v, implementation="xla"), rtol=1e-5, atol=1e-6)
+    assert calls == [(198, 198, "cudnn", ["key_value_seq_lengths", "query_seq_lengths"]), (8, 8, "cudnn", [])]
+
+
 def test_heads_major_in_bfloat16_normalises_in_float32_like_jax():
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 33, 2, 8)), jnp.bfloat16) for _ in range(3))

@@ -142,4 +142,32 @@ def test_peak_flops_reads_jax_device_kinds(kind, peak):
 
 def test_mfu_is_per_device_flops_per_second_over_the_peak():
     assert bench.mfu(275e12, 2.0, "TPU v4") == pytest.approx(0.5)
+    assert bench.mfu(4 * 275e12, 2.0, "TPU v4", devices=4) == pytest.approx(0.5)  # the step's FLOPs, all devices
     assert bench.mfu(1e9, 1.0, "cpu") is None
+
+
+def test_matmul_flops_counts_products_through_calls_loops_branches_and_gradients():
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jnp.ones((3, 4)), jnp.ones((4, 5))
+    one = 2 * 3 * 4 * 5
+    assert bench.matmul_flops(jax.make_jaxpr(lambda a, b: a @ b)(a, b)) == one
+    assert bench.matmul_flops(jax.make_jaxpr(jax.jit(lambda a, b: jnp.tanh(a @ b) + 1))(a, b)) == one  # no elementwise
+
+    def looped(a, b):
+        return jax.lax.scan(lambda c, _: (c, c @ b), a, None, length=7)[1]
+
+    assert bench.matmul_flops(jax.make_jaxpr(looped)(a, b)) == 7 * one
+    branches = jax.make_jaxpr(lambda p, a, b: jax.lax.cond(p, lambda: (a @ b) @ b.T, lambda: a))(True, a, b)
+    assert bench.matmul_flops(branches) == one + 2 * 3 * 5 * 4  # the costlier branch
+    batched = jax.make_jaxpr(lambda x, y: jnp.einsum("bik,bkj->bij", x, y))(jnp.ones((6, 3, 4)), jnp.ones((6, 4, 5)))
+    assert bench.matmul_flops(batched) == 6 * one
+    # Forward and backward of a product: the forward, dA and dB, three times the forward.
+    grad = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(jax.checkpoint(lambda a: a @ b)(a)), argnums=(0, 1)))(a, b)
+    assert bench.matmul_flops(grad) >= 3 * one
+    # A convolution: 2 x outputs x (input features x kernel size); the patch embedding's form.
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((4, 4, 3, 16))
+    conv = jax.make_jaxpr(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w)
+    assert bench.matmul_flops(conv) == 2 * (2 * 2 * 2 * 16) * (3 * 4 * 4)

@@ -53,3 +53,15 @@ def test_head_dims_of_the_matrix_models():
     assert bench_matrix.head_dim(vivit.model) == 64
     mamba = bench.bench_config("videomamba", "S/16", 16, 224, 8, "infer", "bfloat16", num_classes=400)
     assert bench_matrix.head_dim(mamba.model) is None  # no attention
+
+
+def test_bad_families_modes_and_dtypes_are_refused_with_the_choices(capsys):
+    import pytest
+
+    for flag, choices in [("--families=videomae,vit", "videomae, timesformer"), ("--modes=train", "pretrain, finetune"),
+                          ("--dtypes=float16", "float32, bfloat16")]:
+        with pytest.raises(SystemExit) as exit_info:
+            bench_matrix.main([flag, "--quick"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and choices in err, err

@@ -10,7 +10,7 @@
 
 Pre-train and fine-tune time the trainer's own jitted update step (the code `vidjax.main` runs); infer times
 the jitted forward pass. The last line printed is one JSON object: seconds_per_step (median of the timed
-steps after warm-up), clips_per_s, compile_s, flops_per_step (XLA's cost analysis), and with --compare the
+steps after warm-up), clips_per_s, compile_s, flops_per_step (the model's, all devices together), and with --compare the
 PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster);
 `--rounds=3` times vidjax and torch in turn three times and reports the median of the three ratios.
 The references (vidjax.bench_torch, random weights sized from the vidjax config): transformers' VideoMAE
@@ -113,17 +113,16 @@ def peak_flops(device_kind: str) -> float | None:
     return None
 
 
-def mfu(flops_per_step: float, seconds_per_step: float, device_kind: str) -> float | None:
+def mfu(flops_per_step: float, seconds_per_step: float, device_kind: str, devices: int = 1) -> float | None:
     """Model FLOPs utilisation of a step: its FLOPs per second per device over the device's peak (`peak_flops`);
     None when the peak is unknown.
 
-    `flops_per_step` is XLA's cost analysis of the compiled step, as `time_vidjax` reports it: for a step sharded
-    over several devices that is one device's program, so it already counts one device's share.
+    `flops_per_step` is the model's FLOPs for the whole step over all `devices`, as `time_vidjax` reports them.
     """
     peak = peak_flops(device_kind)
     if peak is None or not seconds_per_step > 0:
         return None
-    return flops_per_step / seconds_per_step / peak
+    return flops_per_step / devices / seconds_per_step / peak
 
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
@@ -164,6 +163,48 @@ def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+def matmul_flops(closed_jaxpr) -> float:
+    """The FLOPs of the matrix products (dot_general, convolutions) a traced program runs, 2 per multiply-add, into
+    every called, differentiated and rematerialised sub-program; a scan's body times its length, a conditional's
+    costliest branch, a while loop's body once. Elementwise work is not counted, as model-FLOPs utilisation
+    counts it (it is a few percent of a transformer's FLOPs)."""
+    import math
+
+    from jax.extend import core
+
+    def sub_jaxprs(eqn):
+        for value in eqn.params.values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(item, core.ClosedJaxpr):
+                    yield item.jaxpr
+                elif isinstance(item, core.Jaxpr):
+                    yield item
+
+    def count(jaxpr) -> float:
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name == "dot_general":
+                (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                out = eqn.outvars[0].aval.shape
+                total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+            elif name == "conv_general_dilated":
+                rhs = eqn.invars[1].aval.shape
+                spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, *spatial)
+                per_output = math.prod(rhs[d] for d in spec[1:])
+                total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
+            elif name == "cond":
+                total += max((count(branch.jaxpr) for branch in eqn.params["branches"]), default=0.0)
+            elif name == "scan":
+                total += eqn.params["length"] * count(eqn.params["jaxpr"].jaxpr)
+            else:
+                total += sum(count(sub) for sub in sub_jaxprs(eqn))
+        return total
+
+    return count(closed_jaxpr.jaxpr)
+
+
 def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False) -> dict:
     """Times the trainer's update step (pretrain/finetune) or the jitted forward (infer) on random inputs; with
     `profile`, also its op time by category (`bench_profile.profile_jax`) as "profile"."""
@@ -186,14 +227,19 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
     state = setup.init_state()
 
-    def lower(config, setup):
+    def jitted(config, setup):
+        """The jitted function the row times, with its arguments."""
         if mode == "infer":
             def forward(params, video):
                 model = nnx.merge(setup.graphdef, params)
                 return model(losses.normalize_video(video, m.pixel_mean, m.pixel_std))["logits"]
 
-            return jax.jit(forward).lower(state["params"], batch["video"])
-        return train.make_train_step(config, setup).lower(state, batch)
+            return jax.jit(forward), (state["params"], batch["video"])
+        return train.make_train_step(config, setup), (state, batch)
+
+    def lower(config, setup):
+        fn, args = jitted(config, setup)
+        return fn.lower(*args)
 
     start = time.perf_counter()
     compiled = lower(config, setup).compile()
@@ -209,16 +255,19 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
         def step():
             holder["state"], metrics = compiled(holder["state"], batch)
             return metrics
-    cost, flops_source = compiled.cost_analysis(), "compiled step"
-    if m.get("scan_layers") or config.grad_accum_steps > 1:
-        # XLA's cost analysis counts a loop body once, not once per block or micro-batch: count the FLOPs of the
-        # same step without loops (blocks unrolled, one batch; same parameters) from its lowering, before
-        # optimisation, which is not compiled.
-        unrolled = config.copy_and_resolve_references()
-        unrolled.model.scan_layers, unrolled.grad_accum_steps = False, 1
-        cost = lower(unrolled, train.build(unrolled, config.batch_size, setup.mesh)).cost_analysis()
-        flops_source = "unrolled lowering"
-    cost = cost[0] if isinstance(cost, list) else cost
+    # The model's FLOPs: the matrix products of the same step in its plainest form (`matmul_flops`): blocks
+    # unrolled and one batch (a loop's body would count once), no rematerialisation (recomputed work is not the
+    # model's), attention as plain products (a fused kernel is one opaque call). Counted from the traced program,
+    # not from XLA's cost analysis: on GPU the compiled step's analysis counted 0.05-0.2 of them (its GEMMs are
+    # library calls) and a lowering's returned none.
+    plain = config.copy_and_resolve_references()
+    plain.model.scan_layers, plain.grad_accum_steps = False, 1
+    if plain.model.get("remat"):
+        plain.model.remat = "none"
+    if "attention_impl" in plain.model:
+        plain.model.attention_impl = "xla"
+    fn, args = jitted(plain, train.build(plain, config.batch_size, setup.mesh))
+    flops = matmul_flops(jax.make_jaxpr(fn)(*args))
     memory = compiled.memory_analysis()
     seconds, times = _median_time(step, steps, warmup)
     profiled = {}
@@ -230,7 +279,7 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     return profiled | {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
             "devices": jax.device_count(), "seconds_per_step": seconds, "step_times": times,
             "clips_per_s": config.batch_size / seconds, "compile_s": compile_s,
-            "flops_per_step": float(cost.get("flops", float("nan"))), "flops_source": flops_source,
+            "flops_per_step": flops,
             # XLA's per-device figures for the compiled step: temporaries (activations, gradients in flight) and
             # arguments (parameters, optimizer state, batch).
             "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
@@ -356,6 +405,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     check_workload_flags()
+    if _COMPARE.value == "torch":
+        from vidjax import bench_torch
+
+        bench_torch.share_gpu_memory()
     if _MODE.value == "mamba_block":
         rows = option_rows()
         if len(rows) > 1:

@@ -12,7 +12,8 @@ Rows (`FAMILIES`, one entry per family): VideoMAE-B/16 pre-train and fine-tune, 
 fine-tune) or the jitted forward (infer) on random inputs, `--steps` timed after `--warmup`, median reported.
 
 - Global batch: `--batch_per_device` x the devices (the trainer's data-parallel mesh spreads it).
-- TFLOP/s: XLA's cost analysis of one device's compiled step over its median time; MFU: that over the device's
+- TFLOP/s: the model's FLOPs per step (`bench.time_vidjax`: XLA's cost analysis of the plain step's lowering, no
+  remat, attention as products) per device over the median time; MFU: that over the device's
   peak dense bf16 FLOP/s (`bench.PEAK_BF16_FLOPS`; float32 rows are measured against the same bf16 peak). Blank
   where the peak is unknown (a CPU, an accelerator missing from the table).
 - Attention: the models' default (`config.model.attention_impl=""`, `vidjax.ops.attention.resolve`): on GPU
@@ -71,6 +72,8 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--out", help="write the rows as JSON to this file")
     parser.add_argument("--families", default=",".join(f.model for f in FAMILIES),
                         help="comma list of the families to run (default: all)")
+    parser.add_argument("--modes", default="pretrain,finetune,infer",
+                        help="comma list of the modes to run, of those each family has (default: all)")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma list of compute dtypes (default: both)")
     parser.add_argument("--batch_per_device", type=int, default=8, help="clips per device per step (default 8)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row (default 10)")
@@ -166,8 +169,8 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
             return dict(row, error=_one_line(err2))
     seconds, flops = result["seconds_per_step"], result["flops_per_step"]
     row.update(seconds_per_step=seconds, clips_per_s=result["clips_per_s"], compile_s=result["compile_s"],
-               flops_per_step=flops, tflops_per_s=flops / seconds / 1e12 if flops == flops else None,
-               mfu=bench.mfu(flops, seconds, device_kind) if flops == flops else None,
+               flops_per_step=flops, tflops_per_s=flops / devices / seconds / 1e12 if flops == flops else None,
+               mfu=bench.mfu(flops, seconds, device_kind, devices) if flops == flops else None,
                temp_bytes=result["temp_bytes"], backend=result["backend"])
     note = torch_note(args, family, mode, dtype, backend)
     if note:
@@ -222,9 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [d for d in args.dtypes.split(",") if d]
     if not dtypes or any(d not in DTYPES for d in dtypes):
         parser.error(f"--dtypes={args.dtypes}: choose from {', '.join(DTYPES)}")
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in ("pretrain", "finetune", "infer") for m in modes):
+        parser.error(f"--modes={args.modes}: choose from pretrain, finetune, infer")
     if min(args.batch_per_device, args.steps) < 1 or args.warmup < 0:
         parser.error("--batch_per_device and --steps must be at least 1, --warmup at least 0")
 
+    if args.torch == "on":
+        from vidjax import bench_torch
+
+        bench_torch.share_gpu_memory()
     import jax
 
     from vidjax import bench
@@ -236,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{devices} x {kind} ({backend}): no peak FLOP/s known, MFU left blank", flush=True)
     rows, start = [], time.perf_counter()
     for family in (known[name] for name in names):
-        for mode in family.modes:
+        for mode in (m for m in family.modes if m in modes):
             for dtype in dtypes:
                 row = run_row(args, family, mode, dtype, backend, devices, kind)
                 rows.append(row)

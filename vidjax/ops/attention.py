@@ -7,7 +7,8 @@ layers.Attention) calls `dot_product_attention` with (batch, length, heads, head
 - "" (the default): "heads_major" on the CPU backend; on GPU, cuDNN's fused kernel for 16-bit operands whose head
   size it takes (at most 128, a multiple of 8), else XLA's; on TPU, XLA's. (`jax.nn.dot_product_attention` left to
   itself runs XLA's everywhere, jax 0.10.)
-- "xla" / "cudnn": `jax.nn.dot_product_attention` with that implementation.
+- "xla" / "cudnn": `jax.nn.dot_product_attention` with that implementation; for cuDNN an odd length is padded to
+  an even one and masked (`padded_to_even`), since its kernel has no backward for odd lengths.
 - "heads_major": the two products written with heads before tokens, (b, h, l, k). On (b, l, h, k) operands
   XLA:CPU runs the batched score and value products, and their backward, with strided batch dimensions and
   transposes of the score-sized tensors; moving the heads first once, on the small q/k/v/output tensors, made one
@@ -102,4 +103,24 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Arra
     implementation = resolve(implementation, q_BLHK.dtype, q_BLHK.shape[-1])
     if implementation == "heads_major":
         return _heads_major(q_BLHK, k_BSHK, v_BSHK)
+    if implementation == "cudnn" and (q_BLHK.shape[1] % 2 or k_BSHK.shape[1] % 2):
+        return padded_to_even(q_BLHK, k_BSHK, v_BSHK, implementation)
     return jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, implementation=implementation)
+
+
+def padded_to_even(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array, implementation: str) -> jax.Array:
+    """Attention over odd lengths run at even ones: cuDNN's fused kernel has no backward for an odd query or key
+    length ("Unsupported sequence length Q 1569, KV 1569" for ViViT's 1568 tokens and CLS, 197 for TimeSformer's
+    spatial attention; jax then had to fall back to XLA's unfused attention for training). One zero token is added
+    where a length is odd and masked out through the sequence lengths (cuDNN's padding mask), and the padded query
+    rows are cut off: the same result and gradients as the unpadded call."""
+    b, length, length_kv = q_BLHK.shape[0], q_BLHK.shape[1], k_BSHK.shape[1]
+
+    def even(x, n):
+        return jnp.pad(x, ((0, 0), (0, n % 2), (0, 0), (0, 0))) if n % 2 else x
+
+    out = jax.nn.dot_product_attention(
+        even(q_BLHK, length), even(k_BSHK, length_kv), even(v_BSHK, length_kv), implementation=implementation,
+        query_seq_lengths=jnp.full((b,), length, jnp.int32),
+        key_value_seq_lengths=jnp.full((b,), length_kv, jnp.int32))
+    return out[:, :length]
