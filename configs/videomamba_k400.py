@@ -57,6 +57,8 @@ drawn at a larger scale than the reference's N(0, 0.02), and dt drawn in a wider
 - x_proj 0.2: 0.34
 - x_proj 0.2 with the wider dt: 0.36 for seed 0, but 0.14 for seed 1 and 0.15 at a third of the learning rate
 - x_proj 0.5: 0.20
+- the CLS token in the middle of the sequence (Vim's placement, a scratch patch), reference init: 0.16 for
+  seed 0, 0.14 for seed 1
 So none of these is a from-scratch recipe.
 `--config.needs_init_from=` trains from scratch anyway, e.g. with those settings:
   python -m vidjax.main --config=configs/videomamba_k400.py:runlocal --workdir=/tmp/videomamba_scratch \
