@@ -12,8 +12,8 @@ Rows (`FAMILIES`, one entry per family): VideoMAE-B/16 pre-train and fine-tune, 
 fine-tune) or the jitted forward (infer) on random inputs, `--steps` timed after `--warmup`, median reported.
 
 - Global batch: `--batch_per_device` x the devices (the trainer's data-parallel mesh spreads it).
-- TFLOP/s: the model's FLOPs per step (`bench.time_vidjax`: XLA's cost analysis of the plain step's lowering, no
-  remat, attention as products) per device over the median time; MFU: that over the device's
+- TFLOP/s: the model's FLOPs per step (`bench.matmul_flops` of the plain step as `bench.time_vidjax` traces it: no
+  scan over layers, no remat, attention as products) per device over the median time; MFU: that over the device's
   peak dense bf16 FLOP/s (`bench.PEAK_BF16_FLOPS`; float32 rows are measured against the same bf16 peak). Blank
   where the peak is unknown (a CPU, an accelerator missing from the table).
 - Attention: the models' default (`config.model.attention_impl=""`, `vidjax.ops.attention.resolve`): on GPU
@@ -174,8 +174,8 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
             return dict(row, error=_one_line(err2))
     seconds, flops = result["seconds_per_step"], result["flops_per_step"]
     row.update(seconds_per_step=seconds, clips_per_s=result["clips_per_s"], compile_s=result["compile_s"],
-               flops_per_step=flops, tflops_per_s=flops / devices / seconds / 1e12 if flops == flops else None,
-               mfu=bench.mfu(flops, seconds, device_kind, devices) if flops == flops else None,
+               flops_per_step=flops, tflops_per_s=flops / devices / seconds / 1e12,
+               mfu=bench.mfu(flops, seconds, device_kind, devices),
                temp_bytes=result["temp_bytes"], backend=result["backend"])
     # Printed before the reference runs, so that a slow or failing reference never hides the row's own figures.
     print(f"{family.model} {variant} {mode} {dtype}: {seconds:.4f} s/step, {row['clips_per_s']:.2f} clips/s",
