@@ -156,6 +156,34 @@ def test_token_order_and_positions():
                                atol=1e-6)
 
 
+def test_temporal_first_scans_each_position_frame_by_frame_and_returns_tokens_frame_by_frame():
+    """token_order="temporal_first" only changes the order the scans read: the same parameters run on the permuted
+    sequence, and last_hidden_state comes back in the spatial-first (t, h, w) order."""
+    spatial, temporal = build(tiny_config()), build(tiny_config(token_order="temporal_first"))
+    clip = video(batch=2)
+    b, (t, h, w) = 2, spatial.grid
+    base = spatial.embed(clip)
+    permuted = jnp.concatenate([base[:, :1], jnp.swapaxes(base[:, 1:].reshape(b, t, h * w, 32), 1, 2)
+                                .reshape(b, t * h * w, 32)], axis=1)
+    np.testing.assert_array_equal(temporal.embed(clip), permuted)
+    out = run(temporal, clip)
+    # The reference: the spatial-first model (same parameters) fed the permuted sequence, its output put back in order.
+    spatial.embed = lambda video_BTHWC: permuted
+    expected = spatial(clip)["last_hidden_state"]
+    expected = jnp.concatenate([expected[:, :1], jnp.swapaxes(expected[:, 1:].reshape(b, h * w, t, 32), 1, 2)
+                                .reshape(b, t * h * w, 32)], axis=1)
+    np.testing.assert_allclose(out["last_hidden_state"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out["logits"], run(build(tiny_config()), clip)["logits"], atol=1e-4)  # the order matters
+    with pytest.raises(ConfigError, match="token_order must be one of spatial_first, temporal_first; got 'random'"):
+        build(tiny_config(token_order="random"))
+
+
+def test_x_proj_init_std():
+    for std in (0.02, 0.2):
+        kernel = build(tiny_config(x_proj_init_std=std)).layers[0].mixer.forward_branch.x_proj.kernel[...]
+        assert abs(float(np.std(kernel)) / std - 0.88) < 0.1  # a normal truncated at 2 std keeps 0.88 of it
+
+
 def test_sincos_start_keeps_the_cls_token_live():
     """A CLS input of exactly zero is dead in a Mamba block: RMSNorm(0) = 0, so z = 0 and the gate silu(z) zeroes the
     CLS output of every layer, and the head's input is the same for every clip. A sin-cos start leaves the spatial
@@ -241,9 +269,8 @@ def small_train_config(**overrides):
     config = load_config("videomamba_k400", "runlocal")
     config.model.update(dict(width=32, depth=2, num_frames=4, image_size=32, scan_chunk=16))
     config.data.update(dict(num_frames=4, image_size=32, num_train=32, num_eval=32))
-    # From random weights: the recipe asks for init_from, which these fitting and sharding checks do not need.
     config.update(dict(batch_size=16, total_steps=40, log_every=1, eval_every=0, eval_batches=1,
-                       checkpoint_every=40, figure=False, needs_init_from=""))
+                       checkpoint_every=40, figure=False))
     config.optimizer.base_lr = 2e-3 * 256 / 16  # peak lr 2e-3
     config.optimizer.warmup_epochs = 2
     config.update(overrides)

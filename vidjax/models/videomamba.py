@@ -47,6 +47,10 @@ VIDEOMAMBA_SIZES: dict[str, tuple[int, int]] = {
 }
 
 SCANS = ("auto", "chunked", "associative", "sequential", "recurrent")
+# The order the scans read the patch tokens in (after the CLS token): the reference's spatial-first (frame by frame,
+# each frame's patches row by row) or temporal-first (patch position by position, each position's frames in turn);
+# VideoMamba's paper compares both. The output tokens are frame by frame either way.
+TOKEN_ORDERS = ("spatial_first", "temporal_first")
 
 
 def resolve_scan(scan: str) -> str:
@@ -148,11 +152,11 @@ class MambaBranch(nnx.Module):
     """
 
     def __init__(self, d_inner: int, d_state: int, d_conv: int, dt_rank: int, *, dt_min: float, dt_max: float,
-                 dt_init_floor: float, dtype, rngs: nnx.Rngs):
+                 dt_init_floor: float, x_proj_init_std: float = 0.02, dtype, rngs: nnx.Rngs):
         self.d_state, self.dt_rank = d_state, dt_rank
         self.conv1d = DepthwiseConv1d(d_inner, d_conv, rngs=rngs)
         self.x_proj = layers.Dense(d_inner, dt_rank + 2 * d_state, ("inner", None), use_bias=False, dtype=dtype,
-                                   kernel_init=nnx.initializers.truncated_normal(0.02), rngs=rngs)
+                                   kernel_init=nnx.initializers.truncated_normal(x_proj_init_std), rngs=rngs)
         # Mamba's dt init: weight uniform in +-dt_rank^-0.5; bias = softplus^-1 of dt log-uniform in [dt_min, dt_max].
         bound = dt_rank ** -0.5
         self.dt_proj = layers.Dense(dt_rank, d_inner, (None, "inner"), use_bias=False, dtype=dtype,
@@ -193,15 +197,16 @@ class BiMamba(nnx.Module):
     """The bidirectional Mamba mixer: in_proj -> forward and backward branches -> sum -> out_proj."""
 
     def __init__(self, dim: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int = 0,
-                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, num_layers: int = 1,
-                 scan: str = "auto", scan_chunk: int = 64, dtype=jnp.float32, rngs: nnx.Rngs):
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, x_proj_init_std: float = 0.02,
+                 num_layers: int = 1, scan: str = "auto", scan_chunk: int = 64, dtype=jnp.float32, rngs: nnx.Rngs):
         if scan not in SCANS:
             raise ConfigError(f"VideoMamba scan must be one of {', '.join(SCANS)}; got {scan!r}.")
         d_inner = expand * dim
         dt_rank = dt_rank or math.ceil(dim / 16)
         self.d_inner, self.scan, self.scan_chunk = d_inner, scan, scan_chunk
         self.in_proj = XZProjection(dim, d_inner, dtype=dtype, rngs=rngs)
-        branch = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, dtype=dtype, rngs=rngs)
+        branch = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, x_proj_init_std=x_proj_init_std,
+                      dtype=dtype, rngs=rngs)
         self.forward_branch = MambaBranch(d_inner, d_state, d_conv, dt_rank, **branch)
         self.backward_branch = MambaBranch(d_inner, d_state, d_conv, dt_rank, **branch)
         # The reference re-initialises out_proj as PyTorch's default scaled by 1/sqrt(depth) (GPT-2 style).
@@ -229,11 +234,12 @@ class Block(nnx.Module):
 
     def __init__(self, dim: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int = 0,
                  rms_eps: float = 1e-5, residual_in_fp32: bool = True, drop_path: float = 0.0,
-                 scan: str = "auto", scan_chunk: int = 64, num_layers: int = 1, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 scan: str = "auto", scan_chunk: int = 64, num_layers: int = 1, x_proj_init_std: float = 0.02,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         self.norm = RMSNorm(dim, rms_eps, rngs=rngs)
         self.mixer = BiMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
-                             num_layers=num_layers, scan=scan, scan_chunk=scan_chunk, dtype=dtype, rngs=rngs)
+                             x_proj_init_std=x_proj_init_std, num_layers=num_layers, scan=scan,
+                             scan_chunk=scan_chunk, dtype=dtype, rngs=rngs)
         self.residual_in_fp32 = residual_in_fp32
         self.drop_path = drop_path
         self.dtype = dtype
@@ -260,8 +266,12 @@ class Model(nnx.Module):
         if cfg.head not in ("classification", "none"):
             raise ConfigError(f"config.model.head must be 'classification' or 'none' for VideoMamba, got "
                               f"{cfg.head!r} (VideoMamba has no pre-training decoder in vidjax).")
+        if cfg.token_order not in TOKEN_ORDERS:
+            raise ConfigError(f"config.model.token_order must be one of {', '.join(TOKEN_ORDERS)}; got "
+                              f"{cfg.token_order!r}.")
         d = dims(cfg)
         self.width, self.patch, self.tubelet = d["width"], d["patch"], cfg.tubelet_size
+        self.temporal_first = cfg.token_order == "temporal_first"
         self.grid = token_grid(cfg)
         t, h, w = self.grid
         dtype = jnp.dtype(cfg.dtype)
@@ -291,7 +301,8 @@ class Model(nnx.Module):
         self.layers = nnx.List([
             Block(self.width, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_rank=d["dt_rank"],
                   rms_eps=cfg.rms_eps, residual_in_fp32=cfg.residual_in_fp32, drop_path=rates[i], scan=cfg.scan,
-                  scan_chunk=cfg.scan_chunk, num_layers=depth, dtype=dtype, rngs=rngs)
+                  scan_chunk=cfg.scan_chunk, num_layers=depth, x_proj_init_std=cfg.x_proj_init_std, dtype=dtype,
+                  rngs=rngs)
             for i in range(depth)
         ])
         self.remat = layers.check_remat(cfg.remat)
@@ -307,7 +318,8 @@ class Model(nnx.Module):
                                      rngs=rngs)
 
     def embed(self, video_BTHWC: jax.Array) -> jax.Array:
-        """Tokens (B, 1 + T'*H'*W', D): CLS + spatial CLS row, then patches + spatial + temporal positions."""
+        """Tokens (B, 1 + T'*H'*W', D): CLS + spatial CLS row, then patches + spatial + temporal positions, in the
+        scans' order (config.model.token_order)."""
         t, h, w = self.grid
         expected = (t * self.tubelet, h * self.patch, w * self.patch, 3)
         if tuple(video_BTHWC.shape[1:]) != expected:
@@ -320,6 +332,8 @@ class Model(nnx.Module):
         pos = self.pos_embed[...]
         x = x.astype(jnp.float32) + pos[1:] + self.temporal_pos_embedding[...][:, None]
         cls = jnp.broadcast_to(self.cls_token[...] + pos[0], (b, 1, self.width))
+        if self.temporal_first:  # the scans' order: each patch position's frames in turn
+            x = jnp.swapaxes(x, 1, 2)
         return jnp.concatenate([cls, x.reshape(b, t * h * w, self.width)], axis=1)
 
     def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None
@@ -334,7 +348,13 @@ class Model(nnx.Module):
         residual = residual + layers.drop_path(hidden, self.final_drop_path, final_rng)
         if self.residual_in_fp32:
             residual = residual.astype(jnp.float32)
-        out = {"last_hidden_state": self.norm_f(residual)}
+        tokens = self.norm_f(residual)
+        if self.temporal_first:  # back to frame by frame, the order every consumer of the tokens reads
+            t, h, w = self.grid
+            b, _, width = tokens.shape
+            patches = jnp.swapaxes(tokens[:, 1:].reshape(b, h * w, t, width), 1, 2).reshape(b, t * h * w, width)
+            tokens = jnp.concatenate([tokens[:, :1], patches], axis=1)
+        out = {"last_hidden_state": tokens}
         if self.head_kind == "classification":
             cls = out["last_hidden_state"][:, 0]
             if self.head_dropout and rng is not None:
@@ -357,6 +377,10 @@ def default_config() -> ml_collections.ConfigDict:
         head_dropout=0.0,  # the reference's fc_drop_rate
         drop_path=0.0,
         d_state=16, d_conv=4, expand=2,
+        # The scans' token order (TOKEN_ORDERS): the reference's "spatial_first", or "temporal_first", which puts a
+        # patch position's frames next to each other (the runlocal recipe's, from scratch).
+        token_order="spatial_first",
+        x_proj_init_std=0.02,  # x_proj (dt, B, C) ~ truncated normal(std); the reference's 0.02
         dt_rank=0,  # 0 = ceil(width / 16)
         rms_eps=1e-5,
         residual_in_fp32=True,
