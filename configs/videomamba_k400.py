@@ -51,7 +51,8 @@ ln 8. VideoMamba reads motion, if at all, once it starts fitting the 2,048 clips
 - temporal-first token order: 0.20 / 0.54 / 0.32 (seeds 0 / 1 / 2); with 2-frame tubelets 0.56 / 0.16 (seeds
   0 / 1, 3.7 minutes)
 - temporal-first and x_proj 0.2 (the recipe): 0.45 / 0.47 / 0.63 / 0.25 (seeds 0 / 1 / 2 / 3); with 8,192
-  clips over the same 1,024 steps, 0.14 for seed 3
+  clips over the same 1,024 steps, 0.14 for seed 3; at peak lr 2e-3, 0.27 for seeds 0 and 3
+- temporal-first and x_proj 0.3: 0.42 / 0.11 / 0.43 (seeds 0 / 1 / 3)
 In temporal-first order the depthwise conv (width 4) sees one patch position over consecutive tubelets, so each
 token carries how that spot changes from the first block on; a larger x_proj makes B and C, and with them the
 selective path, larger at the start. Without pretrained weights VideoMamba is still the least reliable of the
