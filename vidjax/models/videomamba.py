@@ -4,7 +4,9 @@ Layout and constants follow the official model (OpenGVLab/VideoMamba, videomamba
 its fork of mamba_ssm's mamba_simple.py, "bimamba" path):
 
 - Patch embedding: a Conv3d with kernel = stride = (tubelet, p, p), here a linear map of (t, h, w, c)-ordered patch
-  pixels. Tokens are ordered frame by frame, (t, h, w), with one CLS token in front.
+  pixels. Tokens are ordered frame by frame, (t, h, w), with one CLS token in front; config.model.token_order
+  "temporal_first" (not the reference's) has the scans read each patch position's frames in turn instead, and
+  puts the output tokens back frame by frame.
 - Positions: a learned spatial table of 1 + H*W rows (the CLS row first) added to every frame, then a learned
   temporal table (one row per frame) added to the patch tokens only; the CLS token gets the spatial CLS row alone.
   Initialisation follows the reference's, with two deliberate differences: the CLS token is drawn N(0, 0.02)
