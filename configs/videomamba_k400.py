@@ -29,7 +29,7 @@ Local run on the embedded dataset (8 x 32 x 32 clips, no data download), from sc
   python -m vidjax.main --config=configs/videomamba_k400.py:runlocal --workdir=/tmp/videomamba_local
 A micro VideoMamba (width 96, 2 blocks) on 4-frame tubelets (33 tokens), with sin-cos starting tables, the scans
 reading each patch position's frames in turn (token_order "temporal_first"), x_proj drawn at N(0, 0.2) and 16
-epochs (1,024 steps at batch 32). On the 2-core CPU it ends at eval top-1 0.449 after 2 min 25 s (seed 0; 3x
+epochs (1,024 steps at batch 32). On the 2-core CPU it ends at eval top-1 0.449 after 1 min 43 s (seed 0; 3x
 chance is 0.375). It does not learn for every seed: of seeds 0 / 1 / 2 / 3, three reach 0.45-0.63 and one 0.25.
 With --config.init_from a converted checkpoint fine-tunes instead, and its own architecture replaces these sizes:
   python -m vidjax.convert --from_videomamba videomamba_t16_in1k_res224.pth --out /ckpt/videomamba_t16_in1k

@@ -128,6 +128,8 @@ def test_command_prints_json_last_line():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"seconds_per_step", "clips_per_s", "compile_s", "flops_per_step"} <= set(result)
     assert result["mode"] == "pretrain" and result["devices"] == 1
+    # The command set the host allocator before jax started (vidjax/host_malloc.py; tests/test_host_malloc.py).
+    assert result["host_malloc"] == ("reuse" if sys.platform == "linux" else "system (not glibc Linux)")
 
 
 @pytest.mark.parametrize("kind, peak", [

@@ -39,7 +39,7 @@ import time
 
 from absl import app, flags
 
-from vidjax import cli
+from vidjax import cli, host_malloc
 from vidjax.convert.common import is_video_config
 from vidjax.models import available, get_model
 from vidjax.models.layers import REMAT_POLICIES
@@ -277,7 +277,8 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
         numels = {int(np.prod(p.shape)) for p in jax.tree.leaves(state["params"])}
         profiled["profile"] = bench_profile.profile_jax(step, compiled.as_text(), numels)
     return profiled | {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
-            "devices": jax.device_count(), "seconds_per_step": seconds, "step_times": times,
+            "devices": jax.device_count(), "host_malloc": host_malloc.state(), "seconds_per_step": seconds,
+            "step_times": times,
             "clips_per_s": config.batch_size / seconds, "compile_s": compile_s,
             "flops_per_step": flops,
             # XLA's per-device figures for the compiled step: temporaries (activations, gradients in flight) and

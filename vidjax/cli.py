@@ -8,7 +8,8 @@ usage error raised by the program) is one `error:` line naming the fix plus a po
 status 2, never a traceback or the whole help text.
 
 Both switch on the persistent compilation cache (vidjax/compile_cache.py) once the command line is parsed, unless
-`--nocompilation_cache` (`--compilation_cache=false`) or VIDJAX_CACHE_DIR=off says not to.
+`--nocompilation_cache` (`--compilation_cache=false`) or VIDJAX_CACHE_DIR=off says not to, and before that set the
+host allocator for XLA:CPU to reuse each step's memory (vidjax/host_malloc.py; VIDJAX_HOST_MALLOC=system does not).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
-from vidjax import compile_cache
+from vidjax import compile_cache, host_malloc
 from vidjax.config_lib import ConfigError
 
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -121,6 +122,16 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(describe_error(err, argv), _program(argv))
 
 
+def configure_runtime(compilation_cache: bool) -> None:
+    """The process settings every command starts with, before jax starts its backend: the host allocator
+    (`host_malloc.configure`; a bad $VIDJAX_HOST_MALLOC is a `ConfigError`), then the compilation cache."""
+    try:
+        host_malloc.configure()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    compile_cache.configure(compilation_cache)
+
+
 def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     """`app.run(main)` for a vidjax absl program: flags parsed by `parse_flags`, absl logging at WARNING unless
     --verbosity is given; a `app.UsageError` or `ConfigError` escaping `main` is one `error:` line with exit 2
@@ -128,8 +139,8 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     def wrapped(argv: list[str]) -> NoReturn:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # jax and orbax log routine steps at INFO; --verbosity=0 shows them
-        compile_cache.configure(flags.FLAGS.compilation_cache)
         try:
+            configure_runtime(flags.FLAGS.compilation_cache)
             status = main(argv)
         except (app.UsageError, ConfigError) as err:
             _fail(str(err), _program(argv))
@@ -169,7 +180,10 @@ class ArgumentParser(argparse.ArgumentParser):
         args = sys.argv[1:] if args is None else list(args)
         namespace, extras = super().parse_known_args(
             canonical_flags(args, lambda name: f"--{name}" in self._option_string_actions), namespace)
-        compile_cache.configure(namespace.compilation_cache)
+        try:
+            configure_runtime(namespace.compilation_cache)
+        except ConfigError as err:
+            self.error(str(err))
         return namespace, extras
 
     def error(self, message: str) -> NoReturn:

@@ -1,0 +1,92 @@
+"""The host allocator under XLA:CPU: one glibc arena that keeps what it frees, so each step reuses its memory.
+
+XLA:CPU allocates an executable's temporaries and outputs afresh on every call and frees them when the call
+returns; the VideoMAE-S/16 pre-training step (16 x 112 px, batch 2) holds 116 MiB of temporaries. glibc's malloc
+serves a request above its mmap threshold (at most 32 MiB) with a fresh `mmap` and hands it back with `munmap` when
+it is freed, and the arenas of the backend's worker threads, whose heaps hold at most 64 MiB, do the same for
+anything larger. So every step faulted its temporaries in again, page by page: 32,700 page faults and about 60 ms
+of kernel time a step for that pre-training step, with the step 12-15% slower than with the memory kept
+(docs/performance.md, "The host allocator").
+
+`configure` sets glibc's malloc, through `mallopt`, to serve every thread from the main arena (M_ARENA_MAX 1),
+which grows with `brk` instead of mapping large blocks (M_MMAP_MAX 0) and is never trimmed (M_TRIM_THRESHOLD -1):
+freed buffers stay mapped and the next step reuses them without a page fault. The cost is that the process keeps
+its peak heap until it exits. The commands call it as they parse their command line (vidjax/cli.py), before jax
+starts its CPU backend: the backend's threads take their arenas when they start, so calling it later changes
+nothing for them, and `configure` then leaves the allocator alone. A program of one's own calls it before its
+first jax computation.
+
+It applies only where XLA:CPU runs the model on glibc Linux: not where VIDJAX_HOST_MALLOC=system, not elsewhere
+than glibc, and not on a host with a GPU or TPU plugin installed unless JAX_PLATFORMS (jax_platforms) says cpu
+(there the model's buffers live on the device and the host's threads decode video, which one arena would
+serialise). `state()` says what was decided, and the benchmark records it with its figures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import os
+import platform
+
+ENV = "VIDJAX_HOST_MALLOC"
+VALUES = ("reuse", "system")  # $VIDJAX_HOST_MALLOC: the default, or glibc's own settings left alone
+
+REUSE = "reuse"
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+_state = "system (not configured)"
+
+
+def state() -> str:
+    """What `configure` decided: "reuse" (one arena that keeps freed memory), or "system (why)"."""
+    return _state
+
+
+def _requested() -> str:
+    value = os.environ.get(ENV, REUSE).strip().lower() or REUSE
+    if value not in VALUES:
+        raise ValueError(f"${ENV}={os.environ[ENV]!r} is not one of {VALUES}: unset it (or set it to {REUSE!r}) to "
+                         f"let XLA:CPU reuse its step memory, or set it to 'system' to leave glibc's malloc as it is.")
+    return value
+
+
+def _accelerator_plugin() -> str | None:
+    """The name of an installed jax GPU/TPU plugin, or None."""
+    for entry in importlib.metadata.entry_points(group="jax_plugins"):
+        return entry.name
+    return "libtpu" if importlib.util.find_spec("libtpu") is not None else None
+
+
+def runs_on_cpu_only(platforms: str, plugin: str | None) -> bool:
+    """Whether XLA:CPU runs the model: `platforms` (jax_platforms, e.g. "cpu" or "cuda,cpu") names the CPU first,
+    or names nothing and no accelerator `plugin` is installed."""
+    first = platforms.split(",")[0].strip()
+    return first == "cpu" or (not first and plugin is None)
+
+
+def configure() -> str:
+    """Sets the allocator policy of the module docstring where it applies; returns `state()`."""
+    global _state
+    import jax
+    from jax._src import xla_bridge
+
+    if _requested() == "system":
+        _state = f"system (${ENV}=system)"
+    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        _state = "system (not glibc Linux)"
+    elif xla_bridge.backends_are_initialized():
+        # Its threads already hold their arenas; changing the policy now would only reach new ones.
+        _state = "system (jax's backend had started)" if _state != REUSE else REUSE
+    elif not runs_on_cpu_only(platforms := jax.config.jax_platforms or "", plugin := _accelerator_plugin()):
+        _state = f"system (jax runs on {platforms or plugin})"
+    else:
+        libc = ctypes.CDLL("libc.so.6")
+        settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+        if all(libc.mallopt(param, value) == 1 for param, value in settings):
+            _state = REUSE
+        else:
+            _state = "system (mallopt refused)"
+    return _state
