@@ -19,6 +19,7 @@ import ctypes, json, resource, threading
 from vidjax import host_malloc
 state = host_malloc.configure()
 libc = ctypes.CDLL("libc.so.6")
+libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KiB pages, whatever the machine's transparent huge page setting
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 size = 96 * 2**20
 def touch():
