@@ -166,6 +166,20 @@ def test_teacher_entropy():
     np.testing.assert_allclose(float(losses.teacher_entropy([jnp.ones((3, 5))], jnp.ones(5))), math.log(5), rtol=1e-6)
 
 
+def test_teacher_batch_entropy_tells_sharp_targets_from_collapse():
+    # Three rows, each one-hot at temperature 0.04 (a gap of 4 in logits: e^-100), on outputs 0, 1, 2 of 4: the
+    # batch-mean is (1/3, 1/3, 1/3, 0), entropy ln 3, while each row's entropy is about 0.
+    spread = jnp.asarray([[4.0, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 4.0, 0]])
+    np.testing.assert_allclose(float(losses.teacher_batch_entropy(spread, jnp.zeros(4))), math.log(3), rtol=1e-5)
+    assert float(losses.teacher_entropy(spread, jnp.zeros(4))) < 1e-6
+    # Every row on output 2 (one dimension taking over): 0; the centre is subtracted first, so a centre that
+    # cancels output 2's lead leaves uniform rows, and the batch entropy is ln 4.
+    collapsed = jnp.asarray([[0, 0, 4.0, 0]] * 3)
+    assert float(losses.teacher_batch_entropy([collapsed[:2], collapsed[2:]], jnp.zeros(4))) < 1e-6
+    np.testing.assert_allclose(float(losses.teacher_batch_entropy(collapsed, jnp.asarray([0, 0, 4.0, 0]))),
+                               math.log(4), rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------------- head
 
 

@@ -137,6 +137,7 @@ def test_exact_resume_and_knn_evaluation(tmp_path, capsys):
     rows = {(r["step"], r["split"]): r for r in read_metrics(cut)}
     for step in range(1, 7):
         assert 0 < rows[(step, "train")]["teacher_entropy"] < np.log(config.model.out_dim)
+        assert 0 < rows[(step, "train")]["teacher_batch_entropy"] <= np.log(config.model.out_dim) + 1e-4
     assert rows[(0, "eval")]["eval_knn_top1_init"] == result["eval_knn_top1_init"]
     assert resumed["eval_knn_top1_init"] == result["eval_knn_top1_init"]
     assert resumed["eval_knn_top1"] == result["eval_knn_top1"]

@@ -472,6 +472,42 @@ def test_looks_share_backgrounds_and_objects_across_labels_and_splits(monkeypatc
     assert len(set(own)) == 8
 
 
+def test_scene_cue_stripes_run_along_the_motion_axis():
+    """scene_cue=True: each clip's background grating runs along its class's motion axis (the wave vector of the
+    stripes, read from a frame's spectrum, is perpendicular to the object's measured velocity), a direction and its
+    opposite share one, and the rest of the look stays the clip's own."""
+    assert [synthetic.scene_orientation(label) for label in range(8)] == [1, 2, 0, 3, 1, 2, 0, 3]
+    assert [synthetic.scene_orientation(label, 4) for label in range(4)] == [1, 0, 1, 0]  # right, up, left, down
+    assert [synthetic.scene_orientation(label, 32) for label in (0, 16)] == [1, 1]  # one axis for both speed bands
+    source = SyntheticVideoSource(32, 4, 64, 64, scene_cue=True)
+    size = 64
+    k = np.fft.fftfreq(size) * size
+    low = (np.abs(k)[:, None] <= 3) & (np.abs(k)[None, :] <= 3)  # the smooth noise's few cycles, and the mean
+    angles = []
+    for index in range(len(source)):
+        video = source[index]["video"]
+        frame = video[0].astype(np.float32).mean(axis=-1)
+        spectrum = np.abs(np.fft.fft2(frame - frame.mean()))
+        spectrum[low] = 0
+        ky, kx = np.unravel_index(np.argmax(spectrum), spectrum.shape)
+        wave = np.array([k[kx], k[ky]])  # cycles across (x right) and down (y down)
+        dx, dy_up = _velocity(video)
+        motion = np.array([dx, -dy_up])  # in image coordinates, y down
+        angles.append(abs(wave @ motion) / (np.linalg.norm(wave) * np.linalg.norm(motion)))
+    assert max(angles) < 0.2, angles  # perpendicular: the stripes run along the motion
+    plain = SyntheticVideoSource(32, 4, 64, 64)
+    assert not np.array_equal(source[0]["video"], plain[0]["video"])
+    assert [int(source[i]["label"]) for i in range(8)] == [int(plain[i]["label"]) for i in range(8)]
+    assert repr(source).endswith("split='train', scene_cue=True)")
+    with pytest.raises(ValueError, match=r"scene_cue=True .* needs task='classification' with looks=0 \(got "
+                                         r"task='regression', looks=0\)"):
+        SyntheticVideoSource(3, task="regression", scene_cue=True)
+    with pytest.raises(ValueError, match=r"got task='classification', looks=2"):
+        SyntheticVideoSource(3, looks=2, scene_cue=True)
+    with pytest.raises(ValueError, match=r"scene_cue must be True or False, got 'yes'"):
+        SyntheticVideoSource(3, scene_cue="yes")
+
+
 def test_looks_repr_and_bad_values():
     assert repr(SyntheticVideoSource(3, looks=2)).endswith("split='train', looks=2)")
     with pytest.raises(ValueError, match=r"looks must be >= 0, got -1"):

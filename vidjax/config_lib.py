@@ -190,6 +190,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         # synthetic only: 0 = every clip its own background and object look; N = each clip one of N fixed looks, drawn
         # independently of its label (1: only the motion and the start tell clips apart)
         synthetic_looks=0,
+        # synthetic only (classification): True = the background's stripes run along the class's motion axis, a scene
+        # cue to the class as Kinetics' scenes are (SVT's runlocal; vidjax/data/synthetic.py)
+        synthetic_scene_cue=False,
         # Classes: 0 = the data's own count (class folders, a names file, a list's labels; the embedded dataset's 8),
         # and the model's head follows it; a positive count must agree with the data.
         num_classes=0, num_frames=16, image_size=224, sampling_rate=1,
@@ -247,8 +250,8 @@ def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *,
     batch 32, `num_epochs` epochs, one warm-up epoch, logs every 25 steps, eval and checkpoint every 256. Tiny models
     take larger steps, so the caller gives the peak learning rate; `variant` is `recipe_variant`'s choice.
     `video_model` is the block that holds the video model's size and clip (a captioner's encoder); None:
-    config.model. The data keeps the recipe's embedded-dataset variant (config.data.synthetic_task and
-    synthetic_looks).
+    config.model. The data keeps the recipe's embedded-dataset variant (config.data.synthetic_task, synthetic_looks
+    and synthetic_scene_cue).
     """
     video = config.model if video_model is None else video_model
     video.variant = variant
@@ -256,10 +259,10 @@ def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *,
     if config.task == "classification":
         config.model.num_classes = 8
     video.drop_path = 0.0
-    synthetic_task, looks = config.data.synthetic_task, config.data.synthetic_looks
+    keep = {key: config.data[key] for key in ("synthetic_task", "synthetic_looks", "synthetic_scene_cue")}
     config.data = synthetic_data(num_frames=num_frames, image_size=image_size, num_classes=8, num_train=2048,
                                  num_eval=256)
-    config.data.synthetic_task, config.data.synthetic_looks = synthetic_task, looks
+    config.data.update(keep)
     config.batch_size, config.num_epochs = batch_size, num_epochs
     config.optimizer.base_lr = peak_lr * config.optimizer.lr_batch_base / batch_size
     config.optimizer.warmup_epochs = 1

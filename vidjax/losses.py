@@ -171,9 +171,22 @@ def teacher_entropy(teacher_logits: jax.Array | Sequence[jax.Array], center: jax
     """Mean entropy (nats) of the teacher's centred, sharpened distributions over all its output rows.
 
     A collapse monitor, as DINO's paper tracks it: log K when the targets are uniform (where centring alone leads),
-    0 when each is one-hot (where sharpening alone leads, one dimension dominating); training that learns stays
-    between.
+    0 when each is one-hot (where sharpening alone leads, one dimension dominating, or a healthy sharp target:
+    `teacher_batch_entropy` tells the two apart); training that learns stays between.
     """
     rows = _rows(teacher_logits, "teacher_logits")
     log_q = jax.nn.log_softmax((rows - center.astype(jnp.float32)) / teacher_temp, axis=-1)
     return jnp.mean(-jnp.sum(jnp.exp(log_q) * log_q, axis=-1))
+
+
+def teacher_batch_entropy(teacher_logits: jax.Array | Sequence[jax.Array], center: jax.Array,
+                          teacher_temp: float | jax.Array = 0.04) -> jax.Array:
+    """Entropy (nats) of the teacher's centred, sharpened distributions averaged over all its output rows.
+
+    The other side of `teacher_entropy`: 0 when every row puts its mass on the same output (one dimension taking
+    over, the collapse), log K when the rows together use every output evenly. Sharp rows spread over many outputs
+    (low `teacher_entropy`, high batch entropy) are what learning looks like.
+    """
+    rows = _rows(teacher_logits, "teacher_logits")
+    mean_q = jnp.mean(jax.nn.softmax((rows - center.astype(jnp.float32)) / teacher_temp, axis=-1), axis=0)
+    return -jnp.sum(mean_q * jnp.log(jnp.maximum(mean_q, jnp.finfo(jnp.float32).tiny)))

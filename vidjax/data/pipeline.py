@@ -82,7 +82,7 @@ def make_source(data: ml_collections.ConfigDict, split: str, class_names: Sequen
             num_examples=data.num_train if train else data.num_eval, num_frames=data.num_frames * data.sampling_rate,
             height=data.image_size, width=data.image_size, num_classes=data.num_classes or synthetic.NUM_CLASSES,
             seed=data.seed, split="train" if train else "validation", task=data.synthetic_task,
-            looks=data.synthetic_looks)
+            looks=data.synthetic_looks, scene_cue=data.synthetic_scene_cue)
     names_file = data.class_names_file or None
     if data.source in ("csv", "charades"):
         key = "train_csv" if train else "eval_csv"

@@ -29,6 +29,14 @@ Appearance, background and start position are independent of the label; labels a
 ``index % num_classes``, so class counts over any source differ by at most one.
 That is the default task, "classification"; three variants carry other targets over the same background and noise.
 
+Scene cue. ``scene_cue=True`` (classification, own looks) ties the background to the class, as a Kinetics scene
+ties to its action (a pool to swimming): the grating's stripes run along the class's motion axis
+(`scene_orientation`: horizontal stripes for right and left, vertical for up and down, one diagonal for each
+diagonal pair), while its period, phase and colours and the rest of the look stay the clip's own. One frame then
+tells the axis (4 ways for the default 8 classes) but not which way along it, which only the motion says. It is the
+setting of SVT's runlocal (`configs/svt_k400.py`): matching views learns a scene that the views share, but not,
+at that scale, a motion direction that nothing in the look hints at.
+
 Tasks. ``task`` picks what the motion encodes and which target the element carries:
 
 * ``"classification"`` (default): the one object above; ``"label"`` int32.
@@ -112,6 +120,10 @@ _COMPASS = {
 # a grating whose phase changes across the image (x) only has vertical stripes.
 _GRATINGS = ((0, 1), (1, 0), (1, 1), (1, -1))
 _GRATING_NAMES = ("vertical", "horizontal", "diagonal", "diagonal")
+# The scene_cue variant's grating per motion axis (0, 45, 90, 135 degrees counter-clockwise from "right"): stripes
+# along the motion. Phase is constant along (x, y) with cycles_y * y + cycles_x * x fixed (y down), so (1, 1) runs
+# up and to the right (45 degrees) and (1, -1) up and to the left (135).
+_AXIS_GRATINGS = (1, 2, 0, 3)
 
 # The captioning variant: direction words per angle (degrees counter-clockwise from "right"), the colour of each
 # corner of the RGB cube (index bits r, g, b), the shape names (in `_Object.shape` order), sizes as ranges of the
@@ -185,6 +197,17 @@ def direction_name(label: int, num_classes: int = NUM_CLASSES) -> str:
     num_classes = _check_caption_classes(num_classes)
     label = _check_int("label", label, 0, num_classes - 1)
     return _DIRECTION_WORDS[360 * label // num_classes]
+
+
+def scene_orientation(label: int, num_classes: int = NUM_CLASSES) -> int:
+    """The background grating of class ``label``'s clips in the ``scene_cue`` variant, as an index into the
+    gratings (vertical, horizontal, and the two diagonal stripes): the stripes run along the class's motion axis,
+    the nearest of 0, 45, 90 and 135 degrees, so a direction and its opposite share one (the module docstring)."""
+    num_classes = _check_int("num_classes", num_classes, 1, MAX_CLASSES)
+    label = _check_int("label", label, 0, num_classes - 1)
+    directions, _ = _class_layout(num_classes)
+    axis = math.floor(8 * (label % directions) / directions + 0.5) % 4  # 45-degree steps (ties up), mod 180
+    return _AXIS_GRATINGS[axis]
 
 
 def _check_caption_classes(num_classes: object) -> int:
@@ -262,6 +285,8 @@ class SyntheticVideoSource:
     (2,) (regression), or ``"label"`` int32 (the direction class) and ``"captions"``, a tuple of
     ``len(CAPTION_TEMPLATES)`` reference sentences (str) in template order (captioning); deterministic in
     ``(seed, split, index)``. ``class_names`` / ``target_names`` name the outputs (None where they do not apply).
+    ``looks`` and ``scene_cue``: how the appearance varies, and whether the background follows the class (the module
+    docstring).
     """
 
     def __init__(
@@ -275,6 +300,7 @@ class SyntheticVideoSource:
         split: str = "train",
         task: str = "classification",
         looks: int = 0,
+        scene_cue: bool = False,
     ):
         self.num_examples = _check_int("num_examples", num_examples, 1)
         self.num_frames = _check_int("num_frames", num_frames, 1)
@@ -292,6 +318,13 @@ class SyntheticVideoSource:
         if self.looks and task not in ("classification", "regression"):
             raise ValueError(f"looks={looks} is for the one-object tasks (classification, regression), not {task!r}, "
                              f"whose objects or captions need a look of their own per clip; use looks=0.")
+        if not isinstance(scene_cue, (bool, np.bool_)):
+            raise ValueError(f"scene_cue must be True or False, got {scene_cue!r} of type {type(scene_cue).__name__}.")
+        self.scene_cue = bool(scene_cue)
+        if self.scene_cue and (task != "classification" or self.looks):
+            raise ValueError(
+                f"scene_cue=True draws the background's stripes from the class, which needs task='classification' "
+                f"with looks=0 (got task={task!r}, looks={self.looks}); leave scene_cue False otherwise.")
         self.split = split
         self.task = task
         self._split_id = SPLITS.index(split)
@@ -307,6 +340,7 @@ class SyntheticVideoSource:
         # Grain checkpoints compare reprs on restore: the default task keeps the repr it always had.
         task = "" if self.task == "classification" else f", task={self.task!r}"
         looks = f", looks={self.looks}" if self.looks else ""
+        looks += ", scene_cue=True" if self.scene_cue else ""
         return (
             f"SyntheticVideoSource(num_examples={self.num_examples}, num_frames={self.num_frames}, "
             f"height={self.height}, width={self.width}, num_classes={self.num_classes}, "
@@ -329,6 +363,8 @@ class SyntheticVideoSource:
         if self.task == "captioning":
             orientation = int(rng.integers(len(_GRATINGS)))  # a caption names it, so it is drawn up front
             video = self._background(rng, orientation)
+        elif self.scene_cue:
+            video = self._background(rng, scene_orientation(index % self.num_classes, self.num_classes))
         else:
             video = self._background(look)
         element = {"video": video}

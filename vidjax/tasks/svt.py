@@ -14,9 +14,9 @@ One step, as SVT's train_ssl.py `train_one_epoch`:
   5. `after_update`: the teacher follows the student with a momentum on a cosine from config.svt.teacher_momentum
      to 1 (the trainer's EMA, `ema_schedule`); the centre is an EMA (config.svt.center_momentum) of the teacher's
      mean output over the global batch.
-The teacher's output entropy (centred and sharpened, `losses.teacher_entropy`) is logged every step: it falls to 0
-when one output dimension takes over and rises to log(out_dim) when the targets turn uniform, the two collapses
-centring and sharpening hold off.
+The teacher's output entropy (centred and sharpened, `losses.teacher_entropy`) is logged every step: it rises to
+log(out_dim) when the targets turn uniform; and the entropy of its batch-mean output (`losses.teacher_batch_entropy`),
+which falls to 0 when one output dimension takes over: the two collapses centring and sharpening hold off.
 
 Evaluation is DINO's weighted k-NN (cosine, config.svt.knn_k neighbours, temperature config.svt.knn_temperature)
 on the teacher backbone's CLS features: the eval split's clips are classified against the training split's, both
@@ -118,6 +118,7 @@ class SVT(base.Task):
         targets = jnp.stack([(t.astype(jnp.float32) - state["center"]) / temp for t in logits], axis=1)
         carry = {"teacher_mean": jnp.mean(jnp.concatenate(logits, axis=0).astype(jnp.float32), axis=0),
                  "teacher_entropy": losses.teacher_entropy(logits, state["center"], temp),
+                 "teacher_batch_entropy": losses.teacher_batch_entropy(logits, state["center"], temp),
                  "teacher_temp": temp}
         return {"teacher_targets": targets}, carry
 
@@ -148,8 +149,9 @@ class SVT(base.Task):
     def after_update(self, config: ml_collections.ConfigDict, setup, state: dict, carry: dict) -> tuple[dict, dict]:
         center = losses.update_center(state["center"], carry["teacher_mean"][None], config.svt.center_momentum)
         momentum = self.ema_schedule(config, setup.total_steps)(state["step"])
-        return {"center": center}, {"teacher_entropy": carry["teacher_entropy"], "teacher_temp": carry["teacher_temp"],
-                                    "teacher_momentum": momentum}
+        return {"center": center}, {"teacher_entropy": carry["teacher_entropy"],
+                                    "teacher_batch_entropy": carry["teacher_batch_entropy"],
+                                    "teacher_temp": carry["teacher_temp"], "teacher_momentum": momentum}
 
     # ---- evaluation ----
     def eval_outputs(self, config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
