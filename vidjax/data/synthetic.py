@@ -340,11 +340,11 @@ class SyntheticVideoSource:
         # Grain checkpoints compare reprs on restore: the default task keeps the repr it always had.
         task = "" if self.task == "classification" else f", task={self.task!r}"
         looks = f", looks={self.looks}" if self.looks else ""
-        looks += ", scene_cue=True" if self.scene_cue else ""
+        scene_cue = ", scene_cue=True" if self.scene_cue else ""
         return (
             f"SyntheticVideoSource(num_examples={self.num_examples}, num_frames={self.num_frames}, "
             f"height={self.height}, width={self.width}, num_classes={self.num_classes}, "
-            f"seed={self.seed}, split={self.split!r}{task}{looks})"
+            f"seed={self.seed}, split={self.split!r}{task}{looks}{scene_cue})"
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
