@@ -19,7 +19,9 @@ Other sources, same flags style (docs/datasets.md has one section each):
                    --config.data.source=array_record --config.data.train_pack=/data/k400/pack ...eval_pack=...
   TFDS             --config.data.source=tfds --config.data.tfds_name=NAME --config.data.tfds_data_dir=DIR
 Check a dataset before a long run: python -m vidjax.data.check --config=configs/videomae_k400.py
-Decoding workers: --config.data.num_workers=N (grain processes per host; 8 by default).
+Decoding workers: --config.data.num_workers=N (grain processes per host; by default one per host core less one).
+Repeated sampling (VideoMAE V2's --num_sample): --config.data.num_samples=4 cuts four clips from each decode.
+The input path's speed on a host: python -m vidjax.data.bench --config=configs/videomae_k400.py (docs/performance.md).
 
 Other sizes: --config=configs/videomae_k400.py:variant=S/16 (S/16, B/16, L/16, H/16).
 

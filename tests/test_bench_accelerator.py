@@ -1,11 +1,12 @@
 """scripts/bench_accelerator.sh --quick: the whole benchmark matrix end to end at toy sizes, on the CPU, without torch
-(vidjax/bench_matrix.py)."""
+(vidjax/bench_matrix.py), with the input bench it runs first on this host for the host cores / chip column."""
 
 import json
 import os
 import pathlib
 import subprocess
 
+import pytest
 from helpers import COMMAND_XLA_FLAGS
 
 from vidjax import bench_matrix
@@ -13,12 +14,29 @@ from vidjax import bench_matrix
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def test_quick_matrix_has_every_row(tmp_path):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `--quick` run of the script, shared: (the process, the matrix JSON's path)."""
+    tmp_path = tmp_path_factory.mktemp("quick")
     out = tmp_path / "bench" / "quick.json"
-    env = dict(os.environ, XLA_FLAGS=COMMAND_XLA_FLAGS, JAX_PLATFORMS="cpu")
+    # TMPDIR: the input bench's generated videos stay in this test's folder.
+    env = dict(os.environ, XLA_FLAGS=COMMAND_XLA_FLAGS, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
+    env.pop("INPUT_BENCH_FLAGS", None)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_accelerator.sh"), "--quick", f"--out={out}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, out
+
+
+def _table(stdout: str) -> list[dict[str, str]]:
+    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+            for line in lines[2:]]
+
+
+def test_quick_matrix_has_every_row(quick_run):
+    proc, out = quick_run
     result = json.loads(out.read_text())
     expected = [(f.model, mode, dtype) for f in bench_matrix.FAMILIES for mode in f.modes
                 for dtype in bench_matrix.DTYPES]
@@ -42,6 +60,66 @@ def test_quick_matrix_has_every_row(tmp_path):
         assert float(cells["s/step"]) > 0 and cells["MFU"] == "", line
 
 
+def test_quick_matrix_prints_host_cores_per_chip_from_this_hosts_input_bench(quick_run):
+    """The column is each row's clips/s per device over the clips/s per core of the data-bench JSON the script
+    wrote next to --out, measured on this host, for one and four clips per decoded video."""
+    proc, out = quick_run
+    result = json.loads(out.read_text())
+    input_file = out.parent / "quick.input.json"
+    measured = json.loads(input_file.read_text())
+    assert measured["cpus"] == len(os.sched_getaffinity(0)) and measured["recipe"]["masks"] is True
+    per_core = {str(r["num_samples"]): r["clips_per_s_per_core"] for r in measured["rows"] if r["loader"] == "vidjax"}
+    assert sorted(per_core) == ["1", "4"] and all(v > 0 for v in per_core.values()), measured
+    summary = result["input_bench"]
+    assert summary["files"] == [str(input_file)]
+    assert summary["hosts"] == [{"file": str(input_file), "cpus": measured["cpus"], "platform": "cpu",
+                                 "devices": measured["devices"]}]
+    assert {k: b["clips_per_s_per_core"] for k, b in summary["per_core"].items()} == per_core
+    assert summary["note"] in proc.stdout and "a check of the arithmetic" in summary["note"]  # 4x32 rows, 16x224 input
+    for row, cells in zip(result["rows"], _table(proc.stdout), strict=True):
+        expected = {k: row["clips_per_s"] / row["devices"] / v for k, v in per_core.items()}
+        assert row["input_cores_per_chip"] == pytest.approx(expected, rel=1e-12), row
+        printed = dict(part.rstrip(")").split(" (k=")[::-1] for part in cells["host cores / chip"].split(" / "))
+        assert {k: float(v) for k, v in printed.items()} == pytest.approx(expected, rel=5e-3), cells
+
+
+def test_host_cores_per_chip_takes_the_best_worker_count_and_prints_a_dash_without_one(quick_run, tmp_path):
+    _, out = quick_run
+    measured = json.loads((out.parent / "quick.input.json").read_text())
+    more_workers = json.loads(json.dumps(measured))
+    for r in more_workers["rows"]:  # the same figures at another worker count, k=1's doubled: k=1 takes it
+        r["workers"] += 2
+        r["clips_per_s_per_core"] *= 2 if r["num_samples"] == 1 else 0.5
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, data in zip(files, (measured, more_workers), strict=True):
+        path.write_text(json.dumps(data))
+    summary = bench_matrix.load_input_bench([str(p) for p in files])
+    base = {r["num_samples"]: r for r in measured["rows"] if r["loader"] == "vidjax"}
+    best = {k: (b["workers"], b["file"], b["clips_per_s_per_core"]) for k, b in summary["per_core"].items()}
+    assert best == {"1": (base[1]["workers"] + 2, str(files[1]), 2 * base[1]["clips_per_s_per_core"]),
+                    "4": (base[4]["workers"], str(files[0]), base[4]["clips_per_s_per_core"])}
+    row = json.loads(out.read_text())["rows"][0]
+    assert bench_matrix.input_cores_per_chip(row, None) is None
+    assert bench_matrix.markdown_table([dict(row, input_cores_per_chip=None)]).splitlines()[2].count("| - |") == 1
+
+
+def test_an_input_bench_file_that_is_not_the_data_benchs_json_is_refused(tmp_path, capsys):
+    """Before jax starts, as a bad command line (status 2), naming the file, what it is and the command to run."""
+    files = {"text.json": ("not json", "is not JSON"),
+             "decoders.json": (json.dumps({"clips_per_s": {"seek": {"2": 1.0}}, "cpus": 2}), "decoder comparison"),
+             "other.json": (json.dumps({"rows": [{"model": "videomae"}]}), "not the data bench's JSON"),
+             "decord.json": (json.dumps({"rows": [{"loader": "decord", "num_samples": 1, "workers": 2}], "recipe": {},
+                                         "cpus": 2, "platform": "cpu"}), "no rows of the vidjax loader")}
+    for name, (text, why) in dict(files, **{"missing.json": (None, "cannot be read")}).items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            bench_matrix.main(["--quick", f"--input_bench={tmp_path / name}"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--input_bench={tmp_path / name}" in err and why in err and "python -m vidjax.data.bench" in err, err
+
+
 def test_head_dims_of_the_matrix_models():
     """The head size that decides cuDNN against XLA attention on GPU (ops.attention.resolve); None without
     attention."""
@@ -56,8 +134,6 @@ def test_head_dims_of_the_matrix_models():
 
 
 def test_bad_families_modes_and_dtypes_are_refused_with_the_choices(capsys):
-    import pytest
-
     for flag, choices in [("--families=videomae,vit", "videomae, timesformer"), ("--modes=train", "pretrain, finetune"),
                           ("--dtypes=float16", "float32, bfloat16")]:
         with pytest.raises(SystemExit) as exit_info:

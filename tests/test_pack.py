@@ -1,15 +1,21 @@
-"""Tests for `python -m vidjax.data.pack` and ArrayRecordVideoSource: round trip, bad files, resume."""
+"""Tests for `python -m vidjax.data.pack` and ArrayRecordVideoSource: round trip, bad files, resume, re-encoding."""
 
+import io
+import json
+import math
 import os
 import pickle
 import subprocess
 import sys
+from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
+from test_decode import make_video as make_test_video
 
 from vidjax.data import pack
+from vidjax.data.decode import probe, read_clip
 from vidjax.data.sources import (
     ArrayRecordVideoSource,
     CharadesSource,
@@ -113,6 +119,9 @@ def test_pack_round_trip_bad_files_and_resume(dataset, tmp_path, capsys):
 
     packed = assert_round_trip(out, root, listing)
     assert packed.class_names is None and "shards=3" in repr(packed)
+    # A verbatim pack (the default) says nothing of re-encoding.
+    assert "reencode" not in json.loads((out / "pack_manifest.json").read_text())
+    assert "re-encoded" not in printed and not (out / "reencode.tsv").exists()
     copy = pickle.loads(pickle.dumps(packed))
     assert copy[4]["data"] == packed[4]["data"]
     # A glob pattern reads the same shards.
@@ -214,3 +223,196 @@ def test_record_round_trip():
         np.testing.assert_array_equal(got[key], value)
     with pytest.raises(ValueError, match="not a vidjax video record"):
         decode_record(b"PK\x03\x04rest")
+
+
+def moving_pattern(num_frames, height, width):
+    """Smooth, mildly coloured waves that move a lot from frame to frame (like camera footage, not noise), so a
+    frame taken one index off differs far more from the right one than the re-encoding's loss does."""
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
+    frames = []
+    for t in range(num_frames):
+        wave = 70 * np.sin(2 * np.pi * (1.5 * xx + 0.7 * yy + 0.23 * t)) + 40 * np.cos(2 * np.pi * (yy - 0.11 * t))
+        frames.append(np.stack([128 + wave, 118 + 0.8 * wave, 140 - 0.6 * wave], -1).clip(0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def make_source(path, width, height, num_frames=40, rate=25, rotation=None, pts_ms=None):
+    """An H.264 video of `moving_pattern` (coded width x height), with a display rotation or millisecond
+    timestamps (variable frame rate) when given."""
+    return make_test_video(path, frames=moving_pattern(num_frames, height, width), num_frames=num_frames, rate=rate,
+                      options={"crf": "18"}, rotation=rotation, pts_ms=pts_ms)
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return 10 * math.log10(255**2 / mse)
+
+
+def frame_times(data_or_path):
+    """Each frame's time from the stream start (seconds, exact, display order), and the keyframe packets'
+    positions among the frames in display order."""
+    with av.open(data_or_path if isinstance(data_or_path, str) else io.BytesIO(data_or_path)) as container:
+        stream = container.streams.video[0]
+        start = stream.start_time or 0
+        packets = [p for p in container.demux(stream) if p.size > 0]
+    pts = sorted(p.pts for p in packets)
+    return [(p - start) * Fraction(stream.time_base) for p in pts], [pts.index(p.pts) for p in packets if p.is_keyframe]
+
+
+# Re-encoded frames must show the same moments as the source: at CRF 23 these smooth sources keep about 40 dB
+# (real footage at short side 256 keeps 42-46 dB), while the neighbouring frame, one index off, is below 25 dB
+# (checked below). 30 dB sits between the two.
+MIN_PSNR_DB = 30.0
+
+
+def test_reencoded_pack_same_frames_at_the_new_size(tmp_path, capsys):
+    root = tmp_path / "videos"
+    root.mkdir()
+    make_source(root / "land.mp4", 96, 64)  # short side 32: 48 x 32
+    make_source(root / "portrait.mp4", 96, 64, rotation=90)  # shown 64 x 96: re-encoded upright, 32 x 48
+    vfr_ms = np.cumsum([0] + [40, 40, 80, 40, 120, 40, 40, 40] * 5)[:40].tolist()
+    make_source(root / "vfr.mkv", 80, 64, pts_ms=vfr_ms)  # 40 x 32, timestamps 40-120 ms apart
+    make_source(root / "odd.mp4", 88, 60)  # 88 * 32 / 60 = 46.9: 47 is odd in yuv420p, so 46 x 32
+    listing = tmp_path / "list.csv"
+    names = ["land.mp4", "portrait.mp4", "vfr.mkv", "odd.mp4"]
+    listing.write_text("path,label\n" + "".join(f"{name},{i % 2}\n" for i, name in enumerate(names)))
+    out = tmp_path / "pack"
+    args = ["--csv", str(listing), "--root", str(root), "--out", str(out), "--reencode_short_side", "32",
+            "--gop", "8", "--workers", "1"]
+    assert pack.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "re-encoding (short side 32, GOP 8, CRF 23, preset medium)" in printed
+    assert "re-encoded 4 videos at short side 32, GOP 8, CRF 23: PSNR mean" in printed
+    assert "MB -> " in printed and "one-time cost" in printed
+
+    manifest = json.loads((out / "pack_manifest.json").read_text())
+    assert {k: manifest["reencode"][k] for k in ("short_side", "gop", "crf", "preset")} == {
+        "short_side": 32, "gop": 8, "crf": 23, "preset": "medium"}
+    result = manifest["reencode_result"]
+    rows = {line.split("\t")[0]: line.split("\t") for line in (out / "reencode.tsv").read_text().splitlines()[1:]}
+    reported = {os.path.basename(path): float(row[1]) for path, row in rows.items()}
+    assert result["videos"] == 4 and result["psnr_db_min"] == min(reported.values())
+    assert result["psnr_db_mean"] == pytest.approx(np.mean(list(reported.values())), abs=1e-3)
+    assert result["packed_bytes"] == sum(int(row[3]) for row in rows.values()) < result["source_bytes"]
+
+    packed = ArrayRecordVideoSource(out)  # the records are still mp4 files: the reader needs nothing new
+    assert len(packed) == 4
+    sizes = {"land.mp4": (32, 48), "portrait.mp4": (48, 32), "vfr.mkv": (32, 40), "odd.mp4": (32, 46)}
+    every_frame = {"select": lambda n: np.arange(n)}
+    for i in range(4):
+        element = packed[i]
+        name = os.path.basename(element["source_path"])
+        source, data = element["source_path"], element["data"]
+        info, new_info = probe(source), probe(data)
+        assert (new_info.fps, new_info.rotation) == (info.fps, 0), name
+        assert (new_info.height, new_info.width) == sizes[name] == pack.reencoded_size(info.height, info.width, 32)
+        # Frame k at k / fps: a constant rate, the source's, whatever the source's timestamps were.
+        times, keyframes = frame_times(data)
+        assert times == [Fraction(k, 25) for k in range(len(times))], name
+        assert keyframes == list(range(0, len(times), 8)), name  # a keyframe every --gop frames exactly
+
+        # Frame k is what read_clip shows for index k of the source (resized as a verbatim pack's
+        # read_clip(short_side=32) resizes it; for the odd case, to the even size), and the PSNR the pack reports
+        # is the test's own over every frame.
+        new = read_clip(data, 0, 0, short_side=32, **every_frame).frames
+        if name == "odd.mp4":
+            assert read_clip(source, 0, 0, short_side=32, **every_frame).frames.shape[1:3] == (32, 47)
+            with av.open(source) as container:
+                reference = np.stack([f.to_ndarray(format="rgb24", width=46, height=32, interpolation="BILINEAR")
+                                      for f in container.decode(video=0)])
+        else:
+            reference = read_clip(source, 0, 0, short_side=32, **every_frame).frames
+        assert new.shape == reference.shape == (len(times), *sizes[name], 3), name
+        if name == "vfr.mkv":  # 40 frames 40-120 ms apart shown at 25 fps: repeated where the source holds one
+            assert new_info.num_frames == len(times) == round(float(vfr_ms[-1] + 40) * 25 / 1000) > 40
+        else:
+            assert new_info.num_frames == info.num_frames == 40, name
+        assert abs(psnr(new, reference) - reported[name]) < 0.5, name
+        assert reported[name] > MIN_PSNR_DB, name
+        if name != "vfr.mkv":
+            assert psnr(new[1:], reference[:-1]) < 25  # one frame off fails the threshold by far
+        if name == "odd.mp4":
+            continue
+        # Clips sampled at the same indices show the same content as the source's at those indices.
+        for window in range(3):
+            clip = read_clip(data, 4, 3, num_windows=3, window_index=window, short_side=32)
+            expected = read_clip(source, 4, 3, num_windows=3, window_index=window, short_side=32)
+            np.testing.assert_array_equal(clip.indices, expected.indices)
+            assert (clip.fps, clip.start_s, clip.end_s) == (expected.fps, expected.start_s, expected.end_s)
+            assert clip.frames.shape == expected.frames.shape
+            assert psnr(clip.frames, expected.frames) > MIN_PSNR_DB, (name, window)
+
+    # Re-running finishes nothing new and reports the same; other settings in the same folder are refused.
+    assert pack.main(args) == 0
+    again = capsys.readouterr().out
+    assert "1 already finished, 0 to write" in again
+    assert printed.splitlines()[-1] == again.splitlines()[-1]
+    assert pack.main([*args[:-4], "--gop", "16", "--workers", "1"]) == 2
+    assert "other re-encoding settings (short side 32, GOP 8" in capsys.readouterr().err
+
+
+def test_reencode_skips_a_video_that_breaks_part_way(tmp_path, capsys):
+    """A file whose first frame decodes (it passes the verbatim check) but that is corrupt later is listed in
+    bad_files.tsv with the frame where it broke, and the rest is packed."""
+    root = tmp_path / "videos"
+    make_video(root / "good.mp4", num_frames=16, size=32)
+    broken = root / "broken.avi"
+    with av.open(str(broken), "w") as container:  # Motion JPEG: every frame on its own, easy to break one
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuvj420p"
+        for image in moving_pattern(20, 32, 48):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = bytearray(broken.read_bytes())
+    with av.open(str(broken)) as container:
+        packets = [p for p in container.demux(video=0) if p.size > 0]
+    for packet in packets[5:8]:
+        data[packet.pos : packet.pos + packet.size] = b"\xff" * packet.size
+    broken.write_bytes(bytes(data))
+    assert pack.check_video(bytes(data)) is None
+    listing = tmp_path / "list.csv"
+    listing.write_text("good.mp4 0\nbroken.avi 1\n")
+    out = tmp_path / "pack"
+    assert pack.main(["--csv", str(listing), "--root", str(root), "--out", str(out), "--reencode_short_side", "16",
+                      "--workers", "1"]) == 1
+    assert "re-encoded 1 videos at short side 16, GOP 64, CRF 23" in capsys.readouterr().out
+    (path, reason), = (line.split("\t") for line in (out / "bad_files.tsv").read_text().splitlines())
+    assert path == str(broken) and reason.startswith("cannot re-encode: corrupt data after frame 4 (Invalid data")
+    assert len(ArrayRecordVideoSource(out)) == 1 and not list(out.glob("*.partial"))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--reencode_short_side", "-256"], "--reencode_short_side must be 0 (store the bytes verbatim) or an even"),
+    (["--reencode_short_side", "255"], "--reencode_short_side must be 0 (store the bytes verbatim) or an even"),
+    (["--reencode_short_side", "256", "--gop", "0"], "--gop must be >= 1 frame between keyframes"),
+    (["--reencode_short_side", "256", "--crf", "52"], "--crf must be in [0, 51]"),
+    (["--gop", "32"], "--gop applies to re-encoding only; add --reencode_short_side=N"),
+])
+def test_reencode_flag_errors(tmp_path, capsys, flags, message):
+    make_video(tmp_path / "a.mp4")
+    listing = tmp_path / "l.csv"
+    listing.write_text("a.mp4 0\n")
+    out = tmp_path / "o"
+    assert pack.main(["--csv", str(listing), "--root", str(tmp_path), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not out.exists()  # nothing written
+
+
+def test_write_mp4_fixed_gop_file_object_and_what_it_encoded():
+    """write_mp4's pieces the re-encoding relies on: a fractional frame rate, a keyframe exactly every `gop`
+    frames without scene-cut keyframes (a cut is forced into the middle of a GOP here), a file object target, and
+    on_decoded seeing exactly what a reader of the file decodes."""
+    from vidjax.data import encode
+
+    frames = moving_pattern(20, 32, 48)
+    frames[11:] = 255 - frames[11:]  # a scene cut at frame 11
+    seen, target = [], io.BytesIO()
+    assert encode.write_mp4(target, frames, Fraction(30000, 1001), gop=6, scenecut=False,
+                            on_decoded=seen.append) is target
+    data = target.getvalue()
+    times, keyframes = frame_times(data)
+    assert times == [Fraction(1001 * k, 30000) for k in range(20)] and keyframes == [0, 6, 12, 18]
+    np.testing.assert_array_equal(np.stack(seen), read_clip(data, 0, 0, select=lambda n: np.arange(n)).frames)

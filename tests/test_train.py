@@ -34,11 +34,13 @@ def tiny_config(**overrides):
     return config
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_exact_resume(tmp_path, capsys, num_workers):
-    """N steps straight vs stopped after k and resumed: bit-identical losses for k+1..N (also with grain workers)."""
+@pytest.mark.parametrize("num_workers,prefetch", [(0, 0), (0, 2), (2, 2)])
+def test_exact_resume(tmp_path, capsys, num_workers, prefetch):
+    """N steps straight vs stopped after k and resumed: bit-identical losses for k+1..N (also with grain workers, and
+    with batches prefetched: the data position saved is that of the batches used, not of those read ahead)."""
     config = tiny_config(total_steps=12, checkpoint_every=4, keep_checkpoints=5)
     config.data.num_workers = num_workers
+    config.data.prefetch = prefetch
     devices = jax.devices()[:1]
     full, cut = tmp_path / "full", tmp_path / "cut"
     train.train_and_evaluate(config, str(full), devices=devices)

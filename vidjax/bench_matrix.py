@@ -25,8 +25,23 @@ fine-tune) or the jitted forward (infer) on random inputs, `--steps` timed after
   where transformers has it. The torch columns say why they are empty: torch not installed, no reference for the
   row, a TPU host, or a torch that sees no GPU.
 
-The table is printed as markdown; `--out` writes it with every figure as JSON ({"rows": [...], "device": ...}).
-Exit status 1 if a row failed (its error is in its row), 2 for a bad command line.
+- Host cores / chip (`--input_bench=FILE[,FILE]`, which scripts/bench_accelerator.sh runs on this host first):
+  how many host CPU cores the input path needs to keep one device busy at the row's clips/s, i.e. the row's
+  clips/s per device over the input path's clips/s per core, for each repeated-sampling count the input bench
+  measured (`k`, its `--num_samples`: k=4 is VideoMAE V2's `--num_sample 4`, four augmented clips per decoded
+  video). The per-core figure is the `vidjax` loader's from `python -m vidjax.data.bench --config=...
+  --json_out=FILE` (the trainer's whole input path to device arrays, over the CPU time of every process it
+  used), at the worker count with the best figure, which the line above the table names. It is one figure for
+  every row: the data bench times a training recipe (VideoMAE's K400 pre-training: decode, short-side resize,
+  multi-scale crop, flip, tube masks). Pre-train rows are that recipe. Fine-tune rows use the same decode + crop
+  path (VideoMAE's fine-tuning recipe adds RandAugment and random erasing on the host, so for it the figure is a
+  lower bound); inference rows are divided by it too (an inference path decodes and resizes the same clips and
+  takes a fixed crop, without the masks). `-` where no input figure was given. A figure is only as good as the
+  match of hosts: the JSON keeps the input bench's host (CPUs, platform) beside this one's.
+
+The table is printed as markdown; `--out` writes it with every figure as JSON ({"rows": [...], "device": ...,
+"input_bench": {...}}). Exit status 1 if a row failed (its error is in its row), 2 for a bad command line (an
+--input_bench file that is not the data bench's JSON included).
 """
 
 from __future__ import annotations
@@ -80,6 +95,10 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling (default 3)")
     parser.add_argument("--torch", choices=("on", "off"), default="on",
                         help="time the PyTorch reference beside each row, on the same device (default on)")
+    parser.add_argument("--input_bench", action="append", default=[], metavar="FILE[,FILE]",
+                        help="JSON of `python -m vidjax.data.bench --config=... --json_out=FILE`, best run on this "
+                             "host: adds each row's host cores per chip (repeatable, or a comma list; the files "
+                             "must time one recipe)")
     return parser
 
 
@@ -200,6 +219,109 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
     return row
 
 
+class InputBenchError(ValueError):
+    """An --input_bench file that cannot give a clips/s-per-core figure; the message names the file and the fix."""
+
+
+_INPUT_BENCH_COMMAND = ("python -m vidjax.data.bench --config=configs/videomae_k400.py --config.data.short_side=256 "
+                        "--num_samples=1,4 --workers=2 --json_out=FILE")
+
+
+def _read_input_bench(path: str) -> dict:
+    """One data-bench JSON, checked for what the cores-per-chip figure needs: `vidjax` rows with clips/s per core,
+    the recipe they ran and the host they ran on."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        what = "cannot be read" if isinstance(err, OSError) else "is not JSON"
+        raise InputBenchError(f"--input_bench={path}: {what} ({_one_line(err)}); give the file that "
+                              f"`{_INPUT_BENCH_COMMAND}` wrote") from None
+    if isinstance(data, dict) and "rows" not in data and "clips_per_s" in data:
+        raise InputBenchError(f"--input_bench={path}: this is the decoder comparison's JSON (the data bench without "
+                              f"--config), which times decoding alone; cores per chip need the whole input path: "
+                              f"`{_INPUT_BENCH_COMMAND}`")
+    if not (isinstance(data, dict) and isinstance(data.get("rows"), list) and isinstance(data.get("recipe"), dict)
+            and "cpus" in data and "platform" in data
+            and all(isinstance(r, dict) and {"loader", "num_samples", "workers"} <= r.keys() for r in data["rows"])):
+        raise InputBenchError(f"--input_bench={path}: not the data bench's JSON (expected \"rows\" of loader, "
+                              f"num_samples, workers, and \"recipe\", \"cpus\", \"platform\"); make one with "
+                              f"`{_INPUT_BENCH_COMMAND}`")
+    rows = [r for r in data["rows"] if r["loader"] == "vidjax"]
+    if not rows:
+        raise InputBenchError(f"--input_bench={path}: no rows of the vidjax loader (only "
+                              f"{sorted({r['loader'] for r in data['rows']})}); make one with `{_INPUT_BENCH_COMMAND}`")
+    if any(not isinstance(r.get("clips_per_s_per_core"), (int, float)) or r["clips_per_s_per_core"] <= 0
+           for r in rows):
+        raise InputBenchError(f"--input_bench={path}: vidjax rows without a positive clips/s per core (the data bench "
+                              f"measures CPU time from /proc, on Linux only): run `{_INPUT_BENCH_COMMAND}` on this "
+                              f"(Linux) host")
+    return data
+
+
+def load_input_bench(paths: list[str]) -> dict:
+    """The input path's best clips/s per core for each repeated-sampling count `k` over the data-bench JSON files
+    `paths`, with the worker count and file each comes from, the recipe and each file's host. The best worker count
+    is taken because the question is how few cores can feed a chip, and the trainer's worker count is a setting."""
+    files = [(path, _read_input_bench(path)) for path in paths]
+    recipes = {json.dumps(data["recipe"], sort_keys=True) for _, data in files}
+    if len(recipes) > 1:
+        raise InputBenchError(f"--input_bench: the files time different recipes ({'; '.join(sorted(recipes))}); "
+                              f"the column divides every row by one recipe's figure: give files of one recipe")
+    best: dict[str, dict] = {}
+    for path, data in files:
+        for r in data["rows"]:
+            if r["loader"] != "vidjax":
+                continue
+            k, per_core = str(r["num_samples"]), float(r["clips_per_s_per_core"])
+            if k not in best or per_core > best[k]["clips_per_s_per_core"]:
+                best[k] = {"clips_per_s_per_core": per_core, "workers": r["workers"], "file": path,
+                           "cpus": data["cpus"], "clips_per_s": r.get("clips_per_s"),
+                           "cpu_ms_per_clip": r.get("cpu_ms_per_clip")}
+    return {"files": list(paths), "recipe": files[0][1]["recipe"],
+            "hosts": [{"file": path, "cpus": data["cpus"], "platform": data["platform"],
+                       "devices": data.get("devices")} for path, data in files],
+            "this_host_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "per_core": dict(sorted(best.items(), key=lambda item: int(item[0])))}
+
+
+def input_cores_per_chip(row: dict, input_bench: dict | None) -> dict[str, float] | None:
+    """{k: host cores per device} of a timed row: its clips/s per device over the input path's clips/s per core
+    with k clips per decoded video. None without an input figure or a timing."""
+    if not input_bench or "clips_per_s" not in row:
+        return None
+    per_device = row["clips_per_s"] / row["devices"]
+    return {k: per_device / best["clips_per_s_per_core"] for k, best in input_bench["per_core"].items()}
+
+
+def input_bench_note(input_bench: dict, rows: list[dict]) -> str:
+    """The line above the table: where the column's divisor comes from, and what makes it a poor match."""
+    recipe = input_bench["recipe"]
+    figures = ", ".join(f"{b['clips_per_s_per_core']:g} with k={k} (workers={b['workers']})"
+                        for k, b in input_bench["per_core"].items())
+    hosts = "; ".join(f"{h['cpus']} CPUs, {h['platform']}" for h in input_bench["hosts"])
+    note = (f"Host cores / chip: row clips/s per device / the input path's clips/s per core ({figures}; "
+            f"{recipe.get('config')}, {recipe.get('num_frames')}x{recipe.get('crop')} clips, "
+            f"{recipe.get('train_crop')} crop{', masks' if recipe.get('masks') else ''}; measured on {hosts}; "
+            f"{', '.join(input_bench['files'])})")
+    if any(h["cpus"] != input_bench["this_host_cpus"] for h in input_bench["hosts"]):
+        note += f". Measured on another host? This one has {input_bench['this_host_cpus']} CPUs"
+    clips = {f"{r['frames']}x{r['size']}" for r in rows} - {f"{recipe.get('num_frames')}x{recipe.get('crop')}"}
+    if clips:
+        note += (f". Rows at {', '.join(sorted(clips))} are divided by the input figure of "
+                 f"{recipe.get('num_frames')}x{recipe.get('crop')} clips: a check of the arithmetic, not a sizing")
+    return note
+
+
+def _cores(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _cores_cell(row: dict) -> str:
+    cores = row.get("input_cores_per_chip")
+    return " / ".join(f"{_cores(v)} (k={k})" for k, v in cores.items()) if cores else "-"
+
+
 def _num(value, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
@@ -207,7 +329,7 @@ def _num(value, fmt: str) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """One line per row: the vidjax figures, then the PyTorch reference's or why there are none."""
     lines = ["| model | variant | mode | dtype | clip | batch | attention | s/step | clips/s | TFLOP/s | MFU | "
-             "torch s/step | torch clips/s | vidjax speed-up |", "|" + " --- |" * 14]
+             "host cores / chip | torch s/step | torch clips/s | vidjax speed-up |", "|" + " --- |" * 15]
     for r in rows:
         clip = f"{r['frames']}x{r['size']}"
         head = f"| {r['model']} | {r['variant']} | {r['mode']} | {r['dtype']} | {clip} | {r['batch']} | "
@@ -219,7 +341,7 @@ def markdown_table(rows: list[dict]) -> str:
         torch_cells = (f"{torch['seconds_per_step']:.4f} | {torch['clips_per_s']:.2f} | {r['speedup_vs_torch']:.2f}x"
                        if torch else f"{r.get('torch_note', '')} | | ")
         lines.append(head + f"{r.get('attention', '')} | {r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | "
-                     f"{_num(r['tflops_per_s'], '.3g')} | {mfu} | {torch_cells} |")
+                     f"{_num(r['tflops_per_s'], '.3g')} | {mfu} | {_cores_cell(r)} | {torch_cells} |")
     return "\n".join(lines)
 
 
@@ -238,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes={args.modes}: choose from pretrain, finetune, infer")
     if min(args.batch_per_device, args.steps) < 1 or args.warmup < 0:
         parser.error("--batch_per_device and --steps must be at least 1, --warmup at least 0")
+    input_files = [path for value in args.input_bench for path in value.split(",") if path]
+    try:  # before jax starts: a wrong file is a bad command line, not a failure after the matrix
+        input_bench = load_input_bench(input_files) if input_files else None
+    except InputBenchError as err:
+        parser.error(str(err))
 
     if args.torch == "on":
         from vidjax import bench_torch
@@ -257,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in (m for m in family.modes if m in modes):
             for dtype in dtypes:
                 row = run_row(args, family, mode, dtype, backend, devices, kind)
+                cores = input_cores_per_chip(row, input_bench)
+                if cores:
+                    row["input_cores_per_chip"] = cores
                 rows.append(row)
                 if "error" in row:
                     print(f"{family.model} {row['variant']} {mode} {dtype}: error: {row['error']}", flush=True)
@@ -264,13 +394,17 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  PyTorch: {row['torch']['seconds_per_step']:.4f} s/step "
                           f"(vidjax {row['speedup_vs_torch']:.2f}x)", flush=True)
     table = markdown_table(rows)
+    if input_bench:
+        input_bench["note"] = input_bench_note(input_bench, rows)
+        print(input_bench["note"], flush=True)
     print(table, flush=True)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump({"device_kind": kind, "backend": backend, "devices": devices, "peak_bf16_flops": peak,
                        "jax_version": jax.__version__, "quick": args.quick, "torch": args.torch,
-                       "wall_s": time.perf_counter() - start, "rows": rows, "table": table}, f, indent=1)
+                       "wall_s": time.perf_counter() - start, "input_bench": input_bench, "rows": rows,
+                       "table": table}, f, indent=1)
         print(f"Wrote {args.out}", flush=True)
     return 1 if any("error" in r for r in rows) else 0
 

@@ -218,7 +218,10 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         # Evaluation views: clips (evenly spaced windows) x crops, predictions averaged over views.
         test_num_clips=1, test_num_crops=1,
         max_decode_attempts=5,  # a video that fails to decode is replaced by another, drawn by the seed
+        # grain worker processes decoding per host: 0 = in the trainer's process (the embedded dataset, tests);
+        # -1 = one per host core less one for the trainer (`pipeline.resolve_num_workers`), files' default.
         num_workers=0, seed=0,
+        prefetch=2,  # global batches a background thread puts on the devices ahead of the step (0 = no thread)
     ))
     unknown = set(overrides) - set(block)
     if unknown:
@@ -276,7 +279,7 @@ def csv_data(train_csv: str, eval_csv: str, root: str, num_classes: int, num_fra
     """A `data` block over VideoMAE-format CSV lists (`path label` per line) of video files."""
     return data_config(source="csv", num_train=0, num_eval=0, num_classes=num_classes, num_frames=num_frames,
                        image_size=image_size, sampling_rate=sampling_rate, train_csv=train_csv, eval_csv=eval_csv,
-                       root=root, short_side=int(image_size * 256 / 224), num_workers=8)
+                       root=root, short_side=int(image_size * 256 / 224), num_workers=-1)
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,20 +1,25 @@
 """The one trainer: pre-training and fine-tuning differ only in the model, loss, data and evals the config picks.
 
 Flow: input (fails fast on missing data) -> mesh -> model (abstract, then a jitted init straight into its
-shardings) -> checkpoint restore or init -> jitted, donated update step -> loop with one-step-late metrics,
-evals, checkpoints, and a reconstruction figure at the end of pre-training.
+shardings) -> checkpoint restore or init -> jitted, donated update step -> loop (its batches put on the devices
+ahead by a prefetch thread) with one-step-late metrics, evals, checkpoints, and a reconstruction figure at the end
+of pre-training.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import datetime
 import math
 import os
+import queue
 import threading
 import time
 from collections.abc import Collection
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -116,6 +121,9 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"factor={spike.factor} 0 (off) or > 1, loss_spike.decay={spike.decay} in (0, 1) and "
                         f"loss_spike.min_steps={spike.min_steps} >= 1.")
     problems += pipeline.data_config_problems(config)
+    if config.data.prefetch < 0:
+        problems.append(f"config.data.prefetch={config.data.prefetch} must be >= 0 (global batches read ahead of "
+                        f"the step; 0 = none).")
     clips = _clips(config)
     if clips is None:
         problems.append(f"config.model_name={config.model_name!r} takes no video; the trainer trains video models.")
@@ -652,6 +660,141 @@ def checkpoint_metadata(config: ml_collections.ConfigDict, train_source) -> dict
     }
 
 
+class GlobalBatches:
+    """The training batches as global jax.Arrays, read up to `depth` batches ahead of the step (config.data.prefetch).
+
+    A daemon thread pulls this process's batches from the grain iterator, assembles each into global arrays
+    (`sharding.global_batch`: the host-to-device copy) and queues up to `depth` of them, so that waiting for the
+    decoders and the transfer overlap the step instead of following it (big_vision's `start_global` pattern).
+    depth 0: no thread; each `next()` reads and transfers its batch.
+
+    The iterator is handed over restored (a checkpoint restore happens before) and from then on only the thread
+    touches it (grain iterators are not thread-safe). It runs ahead of the batches `next()` has returned, so it is
+    not what a checkpoint saves: `position()` is its state just after the last returned batch (the thread records
+    the state after each batch it draws), and a run resumed from it reads exactly the batches this one had not
+    used. The thread stops after `count` batches, what the run needs, so no decode is wasted at the end.
+
+    Whatever the thread raises (a source's ConfigError, StopIteration) is raised by the `next()` that would have
+    returned the batch, as the same exception. `close()` stops the thread (end of training, preemption, an error);
+    a thread still inside a slow read is a daemon and cannot hold up the interpreter's exit.
+    """
+
+    def __init__(self, iterator, batch_sharding, depth: int, count: int):
+        self._iterator, self._sharding = iterator, batch_sharding
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = None
+        if depth > 0 and count > 0:
+            self._position = copy.deepcopy(iterator.get_state())
+            self._queue: queue.Queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._fill, args=(count,), name="vidjax-input-prefetch",
+                                            daemon=True)
+            self._thread.start()
+
+    def _fill(self, count: int) -> None:
+        try:
+            for _ in range(count):
+                if self._stop.is_set():
+                    return
+                batch = sharding.global_batch(next(self._iterator), self._sharding)
+                if not self._put((batch, copy.deepcopy(self._iterator.get_state()))):
+                    return
+        except BaseException as err:  # noqa: BLE001 -- raised in the caller's thread by __next__
+            self._put(_Raised(err))
+
+    def _put(self, item) -> bool:
+        """Queues `item`, waiting for room; False when `close()` came first."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:
+            return sharding.global_batch(next(self._iterator), self._sharding)
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("The input prefetch thread has stopped: more training batches were asked "
+                                       "for than the run needs, or after close(). This is a bug in the trainer's "
+                                       "loop; please report it.") from None
+        if isinstance(item, _Raised):
+            self._error = item.error
+            raise item.error
+        batch, self._position = item
+        return batch
+
+    def position(self):
+        """The data position a checkpoint saves (`Checkpointer.save`'s data_iterator): just after the last batch
+        `next()` returned."""
+        if self._thread is None:
+            return self._iterator
+        return _DataPosition(self._position)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stops the thread and drops the batches it queued (their device memory)."""
+        self._stop.set()
+        if self._thread is None:
+            return
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout_s)
+
+
+@dataclasses.dataclass
+class _Raised:
+    """An exception of the prefetch thread, on its way to the caller."""
+
+    error: BaseException
+
+
+class _DataPosition(grain.DatasetIterator):
+    """A recorded grain iterator state, saved by grain's checkpoint handler as the iterator's own would be."""
+
+    def __init__(self, state: dict):
+        super().__init__()
+        self._state = state
+
+    def __next__(self):
+        raise TypeError("a recorded data position is saved, not iterated")
+
+    def get_state(self) -> dict:
+        return copy.deepcopy(self._state)
+
+    def set_state(self, state: dict) -> None:
+        self._state = copy.deepcopy(state)
+
+
+# The trainer names the settings that feed it faster once the loop waited on input for more than this share of its
+# time at this many logged steps in a row.
+INPUT_BOUND_SHARE, INPUT_BOUND_LOGS = 0.5, 2
+
+
+def input_bound_hint(config: ml_collections.ConfigDict, share: float, step: int) -> str:
+    """The one-time hint of a run whose steps wait on their input: which settings make more batches a second."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"Input is the bottleneck: up to step {step} the step waited on input for {share:.0%} of its time "
+            f"(over {INPUT_BOUND_SHARE:.0%} at {INPUT_BOUND_LOGS} log lines in a row; input_wait_share in "
+            f"metrics.jsonl), and the devices idle meanwhile. Decode in more processes with "
+            f"--config.data.num_workers (now {config.data.num_workers}; this host has {cores} cores), or take "
+            f"several augmented clips from each decoded video with --config.data.num_samples (now "
+            f"{config.data.num_samples}; repeated sampling, batch_size still counts clips).")
+
+
 def _format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
@@ -670,12 +813,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     SIGTERM or SIGINT (vidjax.preemption) stops it at the next step boundary with a checkpoint of that step
     written and waited for; it then returns {"preempted": True, "step": ..., "signal": ...} early, without evals.
     """
-    with preemption.StopOnSignal() as stop:
-        return _train_and_evaluate(config, fileio.user_path(workdir), devices, stop, explicit_keys)
+    with preemption.StopOnSignal() as stop, contextlib.ExitStack() as cleanup:
+        return _train_and_evaluate(config, fileio.user_path(workdir), devices, stop, explicit_keys, cleanup)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None,
-                        stop: preemption.StopOnSignal, explicit_keys: Collection[str] | None) -> dict:
+                        stop: preemption.StopOnSignal, explicit_keys: Collection[str] | None,
+                        cleanup: contextlib.ExitStack) -> dict:
+    """`cleanup` stops what the run starts beside it (the input prefetch thread), however the run ends."""
     if config.get("needs_init_from") and not config.init_from:  # a recipe that cannot start from random weights
         raise ConfigError(config.needs_init_from)
     # ---- input: built first, so a missing dataset fails in seconds, before anything is compiled ----
@@ -765,16 +910,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
         raise
 
     # ---- loop ----
+    batches = GlobalBatches(train_iter, batch_sh, config.data.prefetch, count=setup.total_steps - start_step - 1)
+    cleanup.callback(batches.close)
     first_loss = last_loss = None
     last_good_step = latest
     decode_failures = skipped_steps = skipped_in_a_row = 0
     pending = None  # (step, device metrics): fetched one step late so the host never waits on the device
     log_t, log_step = time.perf_counter(), start_step
+    input_wait = 0.0  # seconds the loop waited for its batches since the last log line
+    input_bound_logs = 0  # logged steps in a row (the first step's aside) that waited on input most of the time
+    hinted = False
     summary: dict = {}
     outputs: dict = {}  # the last eval's per-example outputs
 
-    def handle(step: int, step_metrics) -> None:
-        nonlocal first_loss, last_loss, log_t, log_step, decode_failures, skipped_steps, skipped_in_a_row
+    def handle(step: int, step_metrics, until: float | None = None) -> None:
+        """Logs, writes and checks the metrics of `step`. `until`: when the step's time in the loop ended (for a
+        step handled one late, when the next one's began); now by default."""
+        nonlocal first_loss, last_loss, log_t, log_step, decode_failures, skipped_steps, skipped_in_a_row, \
+            input_wait, input_bound_logs, hinted
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         decode_failures += int(values.pop("decode_failures"))
         values["decode_failures"] = decode_failures  # videos replaced because they did not decode, this run
@@ -802,38 +955,50 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
             first_loss = values["loss"] if first_loss is None else first_loss
             last_loss = values["loss"]
         if step % config.log_every == 0 or step == start_step + 1 or step == setup.total_steps:
-            now = time.perf_counter()
+            now = time.perf_counter() if until is None else until
             steps_per_s = (step - log_step) / max(now - log_t, 1e-9) if step > start_step + 1 else 0.0
-            values.update(steps_per_s=steps_per_s, clips_per_s=steps_per_s * config.batch_size)
+            # The share of the time since the last log line that the loop waited for its batches: near 1, the
+            # accelerator idles for want of input. 0 on the first step's line (compilation), as steps_per_s.
+            share = min(input_wait / max(now - log_t, 1e-9), 1.0) if step > start_step + 1 else 0.0
+            values.update(steps_per_s=steps_per_s, clips_per_s=steps_per_s * config.batch_size,
+                          input_wait_share=share)
             writer.write(step, values)
             eta = (setup.total_steps - step) / steps_per_s if steps_per_s else float("nan")
             _log(f"step {step:>6}/{setup.total_steps} | loss {values['loss']:.4f} | lr {values['lr']:.2e} | "
-                 f"{steps_per_s:6.2f} steps/s | {values['clips_per_s']:7.1f} clips/s | "
+                 f"{steps_per_s:6.2f} steps/s | {values['clips_per_s']:7.1f} clips/s | input {share:4.0%} | "
                  f"ETA {_format_eta(eta) if math.isfinite(eta) else '--'}"
                  + (f" | {decode_failures} videos failed to decode" if decode_failures else ""))
-            log_t, log_step = now, step
+            if step > start_step + 1:
+                input_bound_logs = input_bound_logs + 1 if share > INPUT_BOUND_SHARE else 0
+            if input_bound_logs >= INPUT_BOUND_LOGS and not hinted:
+                hinted = True
+                _log(input_bound_hint(config, share, step))
+            log_t, log_step, input_wait = now, step, 0.0
 
     for step in range(start_step + 1, setup.total_steps + 1):
+        began = time.perf_counter()  # this step's time in the loop begins, the previous one's ends
         if first_batch is not None:  # fetched before the state was initialised, for the step's compilation
             batch, first_batch = first_batch, None
         else:
-            batch = sharding.global_batch(next(train_iter), batch_sh)
+            batch = next(batches)
+        waited = time.perf_counter() - began  # for its batch: the input's share of this step's time
         state, step_metrics = train_step(state, batch)
         if step == start_step + 1:
             jax.block_until_ready(step_metrics)
             # From process start: what a persistent-cache hit saves shows here, with the start-up around it.
             _log(f"First step (compilation included) took {time.perf_counter() - train_step.started:.1f}s; reached "
                  f"{compile_cache.seconds_since_start():.1f}s after start ({train_step.cache})")
-            log_t = time.perf_counter()
+            log_t, input_wait = time.perf_counter(), 0.0
         if pending is not None:
-            handle(*pending)
+            handle(*pending, until=began)
+        input_wait += waited
         pending = (step, step_metrics)
         is_last = step == setup.total_steps
         stopping = stop.requested(step)  # SIGTERM / SIGINT: checkpoint this step and return
         if step % config.checkpoint_every == 0 or is_last or stopping:
             handle(*pending)  # never checkpoint a state that is not finite
             pending = None
-            ckpt.save(step, state, train_iter, config, metadata)
+            ckpt.save(step, state, batches.position(), config, metadata)
             last_good_step = step
         if stopping:
             ckpt.close()  # waits until the checkpoint is complete

@@ -20,6 +20,24 @@ Prints a table, then one JSON line: clips_per_s[method][workers], speedup_vs_nai
 clips/s), cpu_ms_per_clip[method][workers] (CPU time of the per-clip work, which, unlike clips/s, does not depend
 on what else the machine runs) and the mean frames decoded per clip by each method (the work seeking and
 skipping save).
+
+With --config, it times the trainer's whole input path instead, per core, against the loaders people use:
+
+  python -m vidjax.data.bench --config=configs/videomae_k400.py --config.data.short_side=256 \
+      --num_samples=1,4 --compare=decord,torchcodec --workers=2 --rounds=2
+
+The recipe's data settings (frames, sampling rate, short side, crop, flip, masks) run on the bench's files through
+`pipeline.make_dataset` exactly as training does: source, shuffle, decode, crops, repeated sampling
+(`config.data.num_samples`), tube masks, batching of --batch clips, grain's worker processes, then
+`sharding.global_batch` onto the mesh, waited on until the arrays are on the devices. Each loader named in
+--compare runs the same recipe through the same path with only the decode replaced (`DecordPreprocess`:
+VideoMAE's loader, `decord.VideoReader(num_threads=1)` + `get_batch` of the sampled indices, then the same resize,
+crop, flip and masks; `TorchcodecPreprocess` likewise), the same worker count and files, in alternating rounds
+(--rounds; the median is reported). Per (loader, num_samples, workers): clips/s delivered, the CPU seconds every
+process of the tree spent meanwhile (this one, grain's workers; from /proc), and from them CPU ms per delivered
+clip, clips/s per core used, and cores used. vidjax's ratio to each loader is of clips/s.
+Optional extras: `pip install decord` (or `eva-decord`), `pip install torchcodec` (with torch and FFmpeg's shared
+libraries); a loader that does not import is reported as missing, with that command, and the rest run.
 """
 
 from __future__ import annotations
@@ -27,16 +45,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import time
 
 import av
 import grain
 import numpy as np
 from absl import app, flags
+from ml_collections.config_flags import config_flags
 from PIL import Image
 
-from vidjax import cli
-from vidjax.data import decode, encode, transforms
+from vidjax import cli, fileio
+from vidjax.data import decode, encode, pipeline, transforms
 
 METHODS = ("naive", "seek", "seek_sws", "seek_skip")
 
@@ -198,6 +218,262 @@ def run(paths: list[str], recipe: Recipe, methods: list[str], workers: list[int]
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer's whole input path, per core, against other loaders.
+
+LOADERS = ("vidjax", "decord", "torchcodec")
+_INSTALL = {"decord": "pip install decord (or eva-decord)",
+            "torchcodec": "pip install torchcodec (it needs torch and FFmpeg's shared libraries)"}
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU seconds (user + system) that process `pid` (this one) and every process below it have used, from /proc:
+    the work of grain's worker processes included, which the process's own clock does not see. None off Linux."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    root = os.getpid() if pid is None else pid
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # ended while listed
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = int(fields[11]) + int(fields[12])
+    below = {root}
+    grew = True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in below and child not in below:
+                below.add(child)
+                grew = True
+    return sum(cpu.get(p, 0) for p in below) / os.sysconf("SC_CLK_TCK")
+
+
+def _crops_for(data, rng: np.random.Generator, height: int, width: int) -> list[tuple[transforms.Crop, object]]:
+    """The (crop, generator) of each of `num_samples` clips, drawn as `pipeline.Preprocess` draws them."""
+    samples = data.num_samples
+    generators = [rng] if samples == 1 else [np.random.default_rng(int(seed))
+                                             for seed in rng.integers(0, 2**63 - 1, size=samples)]
+    return [(transforms.train_crop(data.train_crop, height, width, data.image_size, g,
+                                   scales=tuple(data.crop_scales), flip=data.flip), g) for g in generators]
+
+
+@dataclasses.dataclass(frozen=True)
+class _OtherDecoder(pipeline.Preprocess):
+    """`pipeline.Preprocess` with the training clip's decode done by another library: the frames at
+    `decode.sample_indices` of the video's frame count (the same draw), resized to the short side, then the same
+    crops, flips, erasing and masks, cut from the resized frames (decode, then crop)."""
+
+    def _frames(self, path: str, indices_of) -> np.ndarray:
+        raise NotImplementedError  # each loader below
+
+    def _decode_cropped(self, src, name, start_s, end_s, rng):
+        d = self.data
+        frames = self._frames(src, lambda count: decode.sample_indices(count, d.num_frames, d.sampling_rate, rng))
+        frames = transforms.resize_short_side(frames, d.short_side or d.image_size)
+        clips = []
+        for crop, g in _crops_for(d, rng, *frames.shape[1:3]):
+            clip = transforms.apply_crop(frames, crop)
+            if d.erase_prob:
+                clip = transforms.random_erasing(clip, g, mean=self.pixel_mean, std=self.pixel_std, prob=d.erase_prob)
+            clips.append(clip)
+        video = np.stack(clips)
+        return np.ascontiguousarray(video if d.num_samples > 1 else video[0], dtype=np.uint8), (np.nan, np.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecordPreprocess(_OtherDecoder):
+    """VideoMAE's (and VideoMAE V2's) loader: `decord.VideoReader(path, num_threads=1)`, `get_batch` of the sampled
+    indices. With `sizes` ((path, (height, width)) pairs: each video's size after the short-side resize) decord
+    resizes in its decoder, as VideoMAE's fine-tuning loader asks it to (`VideoReader(width=, height=)`); without,
+    it decodes at full size and PIL resizes, as its pre-training loader's frames would be."""
+
+    sizes: tuple = ()
+
+    def _frames(self, path, indices_of):
+        import decord  # optional extra: the comparison only
+
+        size = dict(self.sizes).get(path)
+        reader = (decord.VideoReader(path, num_threads=1) if size is None else
+                  decord.VideoReader(path, width=size[1], height=size[0], num_threads=1))
+        return reader.get_batch(list(indices_of(len(reader)))).asnumpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchcodecPreprocess(_OtherDecoder):
+    """PyTorch's decoder: `torchcodec.decoders.VideoDecoder(path, num_ffmpeg_threads=1, dimension_order="NHWC")`,
+    `get_frames_at` the sampled indices."""
+
+    def _frames(self, path, indices_of):
+        from torchcodec.decoders import VideoDecoder  # optional extra: the comparison only
+
+        decoder = VideoDecoder(path, num_ffmpeg_threads=1, dimension_order="NHWC")
+        indices = [int(i) for i in indices_of(decoder.metadata.num_frames)]
+        return decoder.get_frames_at(indices).data.numpy()
+
+
+def missing_loader(loader: str) -> str | None:
+    """Why `loader` cannot run here (with the command that installs it), or None."""
+    try:
+        if loader == "decord":
+            import decord  # noqa: F401  optional extra
+        elif loader == "torchcodec":
+            import torchcodec.decoders  # noqa: F401  optional extra
+    except Exception as err:  # ImportError, or torchcodec's OSError/RuntimeError when FFmpeg's libraries are missing
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:120]} ({_INSTALL[loader]})"
+    return None
+
+
+def path_config(config, paths: list[str], folder: str, *, num_samples: int, workers: int, batch: int):
+    """`config` pointed at the bench's files (a `path label` list in `folder`) with the given repeated sampling,
+    worker count and per-host batch of clips; the recipe's frames, sampling rate, sizes, crop and flip are kept."""
+    # Each video listed several times (each entry a clip from a random window): an epoch then holds whole batches
+    # of videos, and a pre-training eval split (trimmed to whole batches) is not empty.
+    repeats = -(-4 * batch // len(paths))
+    listing = os.path.join(folder, f"bench_list_{len(paths)}x{repeats}.txt")
+    if not os.path.exists(listing):
+        text = "".join(f"{os.path.abspath(p)} {i % 2}\n" for _ in range(repeats) for i, p in enumerate(paths))
+        with open(listing + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(listing + ".tmp", listing)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.update(source="csv", train_csv=listing, eval_csv=listing, root="", num_classes=2,
+                           num_samples=num_samples, num_workers=workers, skip_missing=False)
+        config.batch_size = batch
+        config.init_from = ""
+    return config
+
+
+def time_path(config, source, mask_grid, mesh, preprocess_type, clips: int) -> dict:
+    """Clips/s and CPU of the whole input path: batches of `config.batch_size` clips from `pipeline.make_dataset`,
+    made global arrays on `mesh` and waited on. The CPU is every process of the tree's, over the timed batches."""
+    import jax  # the device side: not needed by the decoder comparison
+
+    from vidjax import sharding
+
+    batch_sh = sharding.batch_sharding(mesh)
+    dataset = pipeline.make_dataset(config, "train", source, mask_grid=mask_grid, preprocess_type=preprocess_type)
+    iterator = iter(dataset)
+    batches = max(1, -(-clips // config.batch_size))
+    try:
+        # Warm-up: worker start-up, imports and the first buffers are not the steady state being measured.
+        for _ in range(max(2, 2 * config.data.num_workers)):
+            jax.block_until_ready(sharding.global_batch(next(iterator), batch_sh))
+        cpu_start, start = tree_cpu_seconds(), time.perf_counter()
+        for _ in range(batches):
+            batch = sharding.global_batch(next(iterator), batch_sh)
+            jax.block_until_ready(batch)
+        elapsed = time.perf_counter() - start
+        cpu_end = tree_cpu_seconds()
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+    delivered = batches * config.batch_size
+    shape = tuple(batch["video"].shape[1:])
+    expected = (config.data.num_frames, config.data.image_size, config.data.image_size, 3)
+    if shape != expected or batch["video"].shape[0] != config.batch_size:
+        raise AssertionError(f"the path delivered videos of shape {batch['video'].shape}, expected "
+                             f"({config.batch_size}, {', '.join(map(str, expected))})")
+    out = {"clips_per_s": delivered / elapsed, "clips": delivered}
+    if cpu_start is not None:
+        cpu = max(cpu_end - cpu_start, 1e-9)
+        out.update(cpu_ms_per_clip=1000 * cpu / delivered, clips_per_s_per_core=delivered / cpu,
+                   cores_used=cpu / elapsed)
+    return out
+
+
+def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_samples: list[int],
+             workers: list[int], batch: int, clips: int, rounds: int, log=print) -> dict:
+    """Every (loader, num_samples, workers) through the trainer's input path, in `rounds` alternating rounds;
+    each figure is the median over rounds. The result is the JSON line's content."""
+    # The trainer's start-up and the model's token grid: not needed by the decoder comparison.
+    import jax
+    from flax import nnx
+
+    from vidjax import tasks, train
+    from vidjax.models import ParamKeys, get_model
+
+    for loader in loaders:
+        if loader not in LOADERS:
+            raise ValueError(f"unknown loader {loader!r}; expected some of {LOADERS}")
+    missing = {loader: why for loader in loaders if (why := missing_loader(loader))}
+    for loader, why in missing.items():
+        log(f"{loader}: not run, {why}")
+    loaders = [loader for loader in loaders if loader not in missing]
+    base = path_config(config, paths, folder, num_samples=num_samples[0], workers=workers[0], batch=batch)
+    base, source, _, mesh = train.prepare(base, explicit_keys=None, devices=jax.local_devices())
+    model = get_model(base.model_name)
+    with nnx.use_eager_sharding(False):  # as train.build: shapes only, no mesh needed
+        abstract = nnx.eval_shape(lambda: model.Model(base.model, rngs=ParamKeys(base.seed)))
+    mask_grid = tasks.get_task(base.task).mask_grid(abstract)
+    short = base.data.short_side or base.data.image_size
+    sizes = []
+    for path in paths:  # decord resizes in its decoder only when told the size: give it, outside the timing
+        info = decode.probe(path)
+        h, w = info.height, info.width
+        sizes.append((os.path.abspath(path), (short, max(1, round(w * short / h))) if h <= w else
+                      (max(1, round(h * short / w)), short)))
+    types = {"vidjax": pipeline.Preprocess, "torchcodec": TorchcodecPreprocess,
+             "decord": lambda **kw: DecordPreprocess(sizes=tuple(sizes), **kw)}
+    runs: dict[tuple[str, int, int], list[dict]] = {}
+    for r in range(rounds):
+        for k in num_samples:
+            for n in workers:
+                order = loaders if r % 2 == 0 else loaders[::-1]  # alternate who goes first
+                for loader in order:
+                    cfg = path_config(base, paths, folder, num_samples=k, workers=n, batch=batch)
+                    result = time_path(cfg, source, mask_grid, mesh, types[loader], clips)
+                    runs.setdefault((loader, k, n), []).append(result)
+                    log(f"round {r + 1}/{rounds} {loader:<10} num_samples={k} workers={n}: "
+                        f"{result['clips_per_s']:.1f} clips/s"
+                        + (f", {result['clips_per_s_per_core']:.1f} clips/s per core, "
+                           f"{result['cpu_ms_per_clip']:.1f} CPU ms/clip, {result['cores_used']:.2f} cores"
+                           if "cpu_ms_per_clip" in result else ""))
+    rows = []
+    for (loader, k, n), results in runs.items():
+        row = {"loader": loader, "num_samples": k, "workers": n, "rounds": len(results)}
+        for key in ("clips_per_s", "clips_per_s_per_core", "cpu_ms_per_clip", "cores_used"):
+            if key in results[0]:
+                row[key] = round(statistics.median(res[key] for res in results), 2)
+        row["clips_per_s_each_round"] = [round(res["clips_per_s"], 2) for res in results]
+        rows.append(row)
+    by = {(row["loader"], row["num_samples"], row["workers"]): row for row in rows}
+    for row in rows:
+        if row["loader"] != "vidjax" and ("vidjax", row["num_samples"], row["workers"]) in by:
+            row["vidjax_speedup"] = round(by["vidjax", row["num_samples"], row["workers"]]["clips_per_s"]
+                                          / row["clips_per_s"], 2)
+    d = base.data
+    with av.open(paths[0]) as container:  # the files' shape: what the figures are per clip of
+        stream = container.streams.video[0]
+        files = {"width": stream.width, "height": stream.height, "fps": float(stream.average_rate or 0),
+                 "frames": stream.frames, "codec": stream.codec_context.name}
+    return {"rows": rows, "missing": missing, "videos": len(paths), "files": files, "batch": batch, "clips": clips,
+            "rounds": rounds, "cpus": len(os.sched_getaffinity(0)), "devices": mesh.size,
+            "platform": mesh.devices.flat[0].platform,
+            "recipe": {"config": base.model_name + "/" + base.task, "num_frames": d.num_frames,
+                       "sampling_rate": d.sampling_rate, "short_side": short, "crop": d.image_size,
+                       "train_crop": d.train_crop, "flip": bool(d.flip), "masks": mask_grid is not None}}
+
+
+def format_path_table(result: dict) -> str:
+    lines = [f"{'loader':<11} {'samples':>7} {'workers':>7} {'clips/s':>9} {'per core':>9} {'CPU ms/clip':>12} "
+             f"{'cores':>6} {'vidjax is':>10}"]
+    for row in result["rows"]:
+        lines.append(f"{row['loader']:<11} {row['num_samples']:>7} {row['workers']:>7} {row['clips_per_s']:>9.1f} "
+                     f"{row.get('clips_per_s_per_core', float('nan')):>9.1f} "
+                     f"{row.get('cpu_ms_per_clip', float('nan')):>12.1f} {row.get('cores_used', float('nan')):>6.2f} "
+                     + (f"{row['vidjax_speedup']:>9.2f}x" if "vidjax_speedup" in row else f"{'':>10}"))
+    return "\n".join(lines)
+
+
 def format_table(result: dict) -> str:
     lines = [f"{'method':<10} {'workers':>7} {'clips/s':>9} {'vs naive':>9} {'CPU ms/clip':>12} "
              f"{'frames decoded/clip':>20}"]
@@ -231,6 +507,17 @@ def define_flags() -> None:
                          "or this one with 0 workers) decodes concurrently.")
     flags.DEFINE_list("methods", list(METHODS), "Methods to time.")
     flags.DEFINE_integer("seed", 0, "Seed of the clip sampling.")
+    config_flags.DEFINE_config_file(
+        "config", None, "A recipe (e.g. configs/videomae_k400.py, with --config.KEY=VALUE overrides): time the "
+        "trainer's whole input path for it, to device arrays, instead of the decoders alone.", lock_config=True)
+    flags.DEFINE_list("num_samples", ["1"], "With --config: clips cut from each decoded video "
+                      "(config.data.num_samples) to time, e.g. 1,4.")
+    flags.DEFINE_list("compare", [], f"With --config: other loaders to run the same recipe through, some of "
+                      f"{', '.join(LOADERS[1:])} (optional extras).")
+    flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).")
+    flags.DEFINE_integer("rounds", 2, "With --config: alternating rounds; figures are medians over them.")
+    flags.DEFINE_string("json_out", "", "Also write the result (the JSON line) to this file, e.g. for "
+                        "`python -m vidjax.bench_matrix --input_bench=FILE` (cores per chip).")
 
 
 def main(argv: list[str]) -> None:
@@ -240,11 +527,20 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     paths = make_videos(opts.dir, opts.videos, opts.seconds, opts.fps, opts.width, opts.height, opts.gop)
     print(f"{len(paths)} videos in {opts.dir} ({time.perf_counter() - start:.1f} s to make or find)")
-    recipe = Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop)
-    result = run(paths, recipe, opts.methods, [int(n) for n in opts.workers], opts.clips, opts.read_threads,
-                 opts.seed)
-    print(format_table(result))
+    if opts.config is not None:
+        result = run_path(opts.config, paths, opts.dir, loaders=["vidjax", *opts.compare],
+                          num_samples=[int(k) for k in opts.num_samples], workers=[int(n) for n in opts.workers],
+                          batch=opts.batch, clips=opts.clips, rounds=opts.rounds)
+        print(format_path_table(result))
+    else:
+        recipe = Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop)
+        result = run(paths, recipe, opts.methods, [int(n) for n in opts.workers], opts.clips, opts.read_threads,
+                     opts.seed)
+        print(format_table(result))
     print(json.dumps(result))
+    if opts.json_out:
+        with fileio.atomic_output(opts.json_out) as f:
+            f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

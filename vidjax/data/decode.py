@@ -20,6 +20,10 @@ from fractions import Fraction
 import av
 import numpy as np
 from av.stream import Discard, Disposition
+from av.video.reformatter import VideoReformatter
+from PIL import Image
+
+from vidjax.data import transforms
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +146,7 @@ def read_clip(
     name: str | None = None,
     select: Callable[[int], np.ndarray] | None = None,
     skip_nonref: bool = True,
+    crops: Callable[[int, int], Sequence[transforms.Crop]] | None = None,
 ) -> Clip:
     """Decodes a clip sampled as in `sample_indices` from a video file path or its encoded bytes.
 
@@ -162,6 +167,11 @@ def read_clip(
     sampling_rate, rng and the windows are then unused.
     `skip_nonref`: leave undecoded the non-reference frames (most B-frames) that no sampled frame is, for
     H.264, HEVC and MPEG-2/4 (same frames, fewer decoded); False decodes every frame from the keyframe on.
+    `crops(height, width)`, when given, gets the size of the frames as resized to `short_side` (upright) and returns
+    k `transforms.Crop`s: `frames` is then (k, T, out_height, out_width, 3), clip j cut by crop j. The box is cut
+    from the decoded picture and resampled once, straight to the output size, in the colour conversion (crop first:
+    only the box's pixels are converted, with no intermediate resized frame); the flip is folded into the cut.
+    Upright 8-bit 4:2:0 frames take that path; others get `transforms.apply_crop` of the resized frames.
     Raises VideoDecodeError for missing, unreadable or corrupt videos and files without a video stream.
     """
     label = _label(src, name)
@@ -186,7 +196,7 @@ def read_clip(
             chosen, _ = reader.frames_at(indices, rewind=True)
             if chosen is None:
                 raise VideoDecodeError(label, "decoded a different number of frames on a second pass")
-        frames = _to_rgb(chosen, short_side)
+        frames = _to_rgb(chosen, short_side) if crops is None else _cropped_rgb(chosen, short_side, crops)
     fps = float(meta.fps)
     return Clip(frames=frames, indices=indices, fps=fps, start_s=int(indices[0]) / fps,
                 end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
@@ -520,19 +530,25 @@ def _rotation(frame: av.VideoFrame) -> int:
     return (0, 90, 180, -90)[round((frame.rotation or 0) / 90) % 4]
 
 
+def _resized_size(frame: av.VideoFrame, short_side: int | None) -> tuple[int, int, int]:
+    """(quarter turns to upright, height, width) of `frame` shown upright and resized so its shorter side is
+    `short_side` (when given), with `transforms.resize_short_side`'s rounding."""
+    quarter_turns = round(_rotation(frame) / 90) % 4
+    shown_h, shown_w = (frame.width, frame.height) if quarter_turns % 2 else (frame.height, frame.width)
+    if short_side is None:
+        return quarter_turns, shown_h, shown_w
+    if shown_h <= shown_w:
+        return quarter_turns, short_side, max(1, round(shown_w * short_side / shown_h))
+    return quarter_turns, max(1, round(shown_h * short_side / shown_w)), short_side
+
+
 def _to_rgb(frames: list[av.VideoFrame], short_side: int | None) -> np.ndarray:
     """Converts frames (the same one may repeat) to upright uint8 RGB, resized to `short_side` if given."""
-    quarter_turns = round(_rotation(frames[0]) / 90) % 4
+    quarter_turns, new_h, new_w = _resized_size(frames[0], short_side)
     width, height = frames[0].width, frames[0].height
     kwargs = {}
     if short_side is not None:
-        # Compute the size in display orientation, with `transforms.resize_short_side`'s rounding, then convert
-        # at the coded orientation (rotation comes after scaling).
-        shown_h, shown_w = (width, height) if quarter_turns % 2 else (height, width)
-        if shown_h <= shown_w:
-            new_h, new_w = short_side, max(1, round(shown_w * short_side / shown_h))
-        else:
-            new_h, new_w = max(1, round(shown_h * short_side / shown_w)), short_side
+        # Convert at the coded orientation (rotation comes after scaling).
         coded_w, coded_h = (new_h, new_w) if quarter_turns % 2 else (new_w, new_h)
         if (coded_w, coded_h) != (width, height):
             kwargs = {"width": coded_w, "height": coded_h, "interpolation": "BILINEAR"}
@@ -544,3 +560,73 @@ def _to_rgb(frames: list[av.VideoFrame], short_side: int | None) -> np.ndarray:
             converted[id(frame)] = np.rot90(rgb, quarter_turns) if quarter_turns else rgb
         out.append(converted[id(frame)])
     return np.stack(out)
+
+
+# Decoded formats `_cropped_rgb` cuts boxes from directly: 8-bit 4:2:0 (H.264/HEVC/VP9/AV1 8-bit, MPEG-4, JPEG range).
+_CROP_FIRST_FORMATS = frozenset({"yuv420p", "yuvj420p"})
+
+
+def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
+    """A view (no copy) of one plane of `frame`, without its row padding."""
+    plane = frame.planes[index]
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+
+
+def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
+                 make_crops: Callable[[int, int], Sequence[transforms.Crop]]) -> np.ndarray:
+    """(k, T, out_h, out_w, 3) uint8 RGB: each crop of `make_crops(height, width)` (boxes in the frames as resized to
+    `short_side`) resampled once from the decoded picture, crop first.
+
+    Only the box (plus the resampling filter's reach, rounded out to whole chroma samples) is converted to RGB, at
+    the decoded size (libswscale's unscaled conversion: the same pixels as converting the whole frame), then PIL
+    resamples the box's exact, fractional extent in the decoded picture to the output size (bilinear, antialiased,
+    as `transforms.apply_crop`), and flips. So each frame is resampled once, from the decoded picture, where the
+    crop of a resized frame resamples twice, and no pixel outside the box is converted. Frames that are rotated
+    for display or not 8-bit 4:2:0 are converted whole first (`_to_rgb`) and cropped with `transforms.apply_crop`.
+    """
+    first = frames[0]
+    quarter_turns, height, width = _resized_size(first, short_side)
+    crops = list(make_crops(height, width))
+    if len({(crop.out_height, crop.out_width) for crop in crops}) != 1:
+        raise ValueError(f"crops must all have one output size, got {crops}")
+    if quarter_turns or first.format.name not in _CROP_FIRST_FORMATS or any(
+            (f.width, f.height, f.format.name) != (first.width, first.height, first.format.name) for f in frames):
+        video = _to_rgb(frames, short_side)
+        return np.stack([transforms.apply_crop(video, crop) for crop in crops])
+    coded_h, coded_w = first.height, first.width
+    scale_y, scale_x = coded_h / height, coded_w / width
+    reformatter = VideoReformatter()  # keeps its libswscale context across calls of the same shapes
+    out = np.empty((len(crops), len(frames), crops[0].out_height, crops[0].out_width, 3), np.uint8)
+    for c, crop in enumerate(crops):
+        if crop.top < 0 or crop.left < 0 or crop.top + crop.height > height or crop.left + crop.width > width:
+            raise ValueError(f"{crop} does not fit in {height}x{width} frames")
+        # The box in decoded pixels, and the even-aligned region around it that covers the filter's support.
+        fy0, fy1 = crop.top * scale_y, (crop.top + crop.height) * scale_y
+        fx0, fx1 = crop.left * scale_x, (crop.left + crop.width) * scale_x
+        reach = 2 + math.ceil(max(scale_y * crop.height / crop.out_height, scale_x * crop.width / crop.out_width))
+        y0, x0 = max(0, math.floor(fy0) - reach) & ~1, max(0, math.floor(fx0) - reach) & ~1
+        y1, x1 = min(coded_h, math.ceil(fy1) + reach), min(coded_w, math.ceil(fx1) + reach)
+        y1, x1 = min(coded_h, y1 + y1 % 2), min(coded_w, x1 + x1 % 2)
+        box = (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0)
+        done: dict[int, int] = {}
+        for t, frame in enumerate(frames):
+            if id(frame) in done:  # a frame repeated to fill a short video: converted once
+                out[c, t] = out[c, done[id(frame)]]
+                continue
+            done[id(frame)] = t
+            region = av.VideoFrame(x1 - x0, y1 - y0, first.format.name)
+            region.colorspace, region.color_range = frame.colorspace, frame.color_range
+            _plane(region, 0)[...] = _plane(frame, 0)[y0:y1, x0:x1]
+            for p in (1, 2):  # chroma: one sample per 2x2 pixels
+                _plane(region, p)[...] = _plane(frame, p)[y0 // 2 : (y1 + 1) // 2, x0 // 2 : (x1 + 1) // 2]
+            rgb = reformatter.reformat(region, format="rgb24", threads=1)
+            plane = rgb.planes[0]  # packed RGB: 3 bytes a pixel, rows padded to line_size
+            pixels = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : 3 * (x1 - x0)]
+            image = Image.fromarray(pixels.reshape(y1 - y0, x1 - x0, 3))
+            if (fy1 - fy0, fx1 - fx0) != (crop.out_height, crop.out_width) or box[:2] != (0, 0) or \
+                    image.size != (crop.out_width, crop.out_height):
+                image = image.resize((crop.out_width, crop.out_height), Image.Resampling.BILINEAR, box=box)
+            if crop.flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            out[c, t] = np.asarray(image)
+    return out

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grain
 import ml_collections
@@ -27,7 +27,7 @@ from vidjax.models import clip_spec
 
 SPLITS = ("train", "eval")
 SOURCES = ("synthetic", "csv", "folder", "charades", "tfds", "array_record")
-TRAIN_CROPS = ("random", "multi_scale", "random_resized")
+TRAIN_CROPS = transforms.TRAIN_CROPS
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +279,10 @@ class Preprocess:
             src = element["path"] if "path" in element else element["data"]
             name = element.get("source_path") if "data" in element else None
             start_s, end_s = float(element.get("start", np.nan)), float(element.get("end", np.nan))
+            if self.train and not d.rand_augment:  # RandAugment works on whole frames, before the crop
+                video, window = self._decode_cropped(src, name, start_s, end_s, rng)
+                out = {"video": video, "index": np.int32(element["index"])}
+                return self._finish(out, element, video, window, rng)
             clips = []
             for window_index in range(1 if self.train else d.test_num_clips):
                 clip = decode.read_clip(src, d.num_frames, d.sampling_rate, rng if self.train else None,
@@ -303,6 +307,11 @@ class Preprocess:
             if len(video) == 1:
                 video = video[0]
         out = {"video": np.ascontiguousarray(video, dtype=np.uint8), "index": np.int32(element["index"])}
+        return self._finish(out, element, video, window, rng)
+
+    def _finish(self, out: dict, element: dict, video: np.ndarray, window: tuple[float, float],
+                rng: np.random.Generator) -> dict:
+        """`out` ({"video", "index"}) with the element's targets, the task's fields and the tube masks."""
         out.update(self._targets(element, window))
         if self.fields is not None:
             out.update(self.fields(element, rng if self.train else None))
@@ -312,6 +321,34 @@ class Preprocess:
             else:
                 out["mask"] = tube_mask(rng, self.mask_grid, self.mask_ratio)
         return out
+
+    def _decode_cropped(self, src, name: str | None, start_s: float, end_s: float,
+                        rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float]]:
+        """A training clip, or `num_samples` of them (k, T, size, size, 3), decoded once and cut crop first, and the
+        time span [start, end) in seconds its frames cover (for labels from annotated spans).
+
+        The crops are drawn as `_augment` draws them (with `num_samples` > 1 from per-sample generators seeded as
+        `transforms.repeated_augment` seeds them), so each clip has the box and flip the decode-then-crop path gives
+        it; the decoder resamples each box once from the decoded picture (`decode.read_clip(crops=...)`)."""
+        d, samples = self.data, self.data.num_samples
+        generators: list[np.random.Generator] = []
+
+        def crops(height: int, width: int) -> list[transforms.Crop]:
+            generators.extend([rng] if samples == 1 else [
+                np.random.default_rng(int(seed)) for seed in rng.integers(0, 2**63 - 1, size=samples)])
+            return [transforms.train_crop(d.train_crop, height, width, d.image_size, g, scales=tuple(d.crop_scales),
+                                          flip=d.flip) for g in generators]
+
+        clip = decode.read_clip(src, d.num_frames, d.sampling_rate, rng,
+                                start_s=None if np.isnan(start_s) else start_s,
+                                end_s=None if np.isnan(end_s) else end_s, short_side=d.short_side or d.image_size,
+                                name=name, crops=crops)
+        video = clip.frames
+        if d.erase_prob:
+            video = np.stack([transforms.random_erasing(v, g, mean=self.pixel_mean, std=self.pixel_std,
+                                                        prob=d.erase_prob) for v, g in zip(video, generators,
+                                                                                           strict=True)])
+        return np.ascontiguousarray(video if samples > 1 else video[0], dtype=np.uint8), (clip.start_s, clip.end_s)
 
     def load_views(self, element: dict, rng: np.random.Generator) -> dict:
         """A training element as the views of `self.views` ({group key: (views, T, size, size, 3)} uint8; see
@@ -347,14 +384,8 @@ class Preprocess:
         d, size = self.data, self.data.image_size
         if d.rand_augment:
             video = transforms.rand_augment(video, d.rand_augment, rng)
-        if d.train_crop == "multi_scale":
-            video = transforms.multi_scale_crop(video, size, rng, scales=tuple(d.crop_scales))
-        elif d.train_crop == "random_resized":
-            video = transforms.random_resized_crop(video, size, rng)
-        else:
-            video = transforms.random_crop(video, size, rng)
-        if d.flip:
-            video = transforms.random_flip(video, rng)
+        video = transforms.apply_crop(video, transforms.train_crop(
+            d.train_crop, video.shape[1], video.shape[2], size, rng, scales=tuple(d.crop_scales), flip=d.flip))
         if d.erase_prob:
             video = transforms.random_erasing(video, rng, mean=self.pixel_mean, std=self.pixel_std,
                                               prob=d.erase_prob)
@@ -396,6 +427,9 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append("config.data.test_num_clips and test_num_crops must be >= 1.")
     if not 0.0 <= d.erase_prob <= 1.0:
         problems.append(f"config.data.erase_prob={d.erase_prob} must be in [0, 1].")
+    if d.num_workers < -1:
+        problems.append(f"config.data.num_workers={d.num_workers} must be >= 0, or -1 for one per host core less "
+                        f"one.")
     if d.num_classes < 0:
         problems.append(f"config.data.num_classes={d.num_classes} must be >= 0 (0 = the data's own count).")
     return problems
@@ -438,7 +472,8 @@ def _flatten_samples(batch: dict) -> dict:
 
 
 def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, process_index: int = 0,
-                 process_count: int = 1, mask_grid: tuple[int, int, int] | None = None) -> grain.IterDataset:
+                 process_count: int = 1, mask_grid: tuple[int, int, int] | None = None,
+                 preprocess_type: Callable[..., Preprocess] = Preprocess) -> grain.IterDataset:
     """Batched grain IterDataset of this process's share; infinite (reshuffled each epoch) for "train".
 
     Shuffling and every random draw are keyed by the *global* element index, and each process then takes every
@@ -447,6 +482,8 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     pre-training evals, a loss estimate, are trimmed instead) so that every process runs the same number of eval
     steps and every video is scored once. With repeated augmentation (`num_samples` k) a training batch holds
     batch_size / k videos, each as k clips; with several eval views, eval videos are (views, T, H, W, 3).
+    `preprocess_type` builds the per-element work (a `Preprocess` subclass): the data benchmark runs other decoders
+    through this same path with it.
     """
     data = config.data
     train = split == "train"
@@ -461,21 +498,31 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     else:
         ds = grain.MapDataset.source(PaddedSource(source, -(-len(source) // config.batch_size) * config.batch_size))
     clips = clip_spec(config.model_name, config.model)
-    preprocess = Preprocess(data=data, source=source, train=train, mask_grid=mask_grid,
+    preprocess = preprocess_type(data=data, source=source, train=train, mask_grid=mask_grid,
                             mask_ratio=config.model.get("mask_ratio", 0.0), pixel_mean=clips["mean"],
                             pixel_std=clips["std"], fields=task.element_fields(config, train),
                             views=task.view_spec(config) if train else None)
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.
-    read = grain.ReadOptions(num_threads=2 if data.num_workers else 4, prefetch_buffer_size=2 * local_batch)
+    workers = resolve_num_workers(data.num_workers)
+    read = grain.ReadOptions(num_threads=2 if workers else 4, prefetch_buffer_size=2 * local_batch)
     it = ds[process_index::process_count].to_iter_dataset(read).batch(local_batch, drop_remainder=True)
     if samples > 1:
         it = it.map(_flatten_samples)
-    if data.num_workers > 0:
+    if workers > 0:
         _absl_flags_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return it
+
+
+def resolve_num_workers(num_workers: int) -> int:
+    """config.data.num_workers made concrete: -1 is one grain worker process per core this process may run on,
+    less one for the trainer's own process (which batches, transfers and drives the accelerator), at least one."""
+    if num_workers >= 0:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def _absl_flags_parsed() -> None:

@@ -79,9 +79,7 @@ def random_crop(video: np.ndarray, size: int | tuple[int, int], rng: np.random.G
     """Crops the same random `size` (int or (h, w)) window from every frame."""
     crop_h, crop_w = _crop_size(size)
     _check_crop(video, crop_h, crop_w)
-    h, w = video.shape[1:3]
-    top = int(rng.integers(0, h - crop_h + 1))
-    left = int(rng.integers(0, w - crop_w + 1))
+    top, left, _, _ = random_crop_box(video.shape[1], video.shape[2], (crop_h, crop_w), rng)
     return video[:, top : top + crop_h, left : left + crop_w]
 
 
@@ -197,6 +195,71 @@ def random_resized_crop(video: np.ndarray, size: int | tuple[int, int], rng: np.
     out_h, out_w = _crop_size(size)
     top, left, h, w = random_resized_crop_box(video.shape[1], video.shape[2], rng, scale=scale, ratio=ratio)
     return _resize_frames(video[:, top : top + h, left : left + w], out_h, out_w, _RESAMPLE[interpolation])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A training crop as a box: drawn before decoding, applied by the decoder (crop first) or to decoded frames.
+
+TRAIN_CROPS = ("random", "multi_scale", "random_resized")
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """One clip's spatial augmentation: the box (top, left, height, width) in the frames as resized to the short
+    side, resized to (out_height, out_width), then flipped left-right when `flip`.
+
+    Drawing it needs only the frame size, so the decoder can cut the box from the decoded picture and resample it
+    once, straight to the output size (`vidjax.data.decode.read_clip(crops=...)`); `apply_crop` applies it to
+    frames already converted, which is what the decoder falls back to."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    out_height: int
+    out_width: int
+    flip: bool = False
+
+
+def random_crop_box(height: int, width: int, size: int | tuple[int, int],
+                    rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w) of `random_crop`."""
+    crop_h, crop_w = _crop_size(size)
+    if crop_h > height or crop_w > width:
+        raise ValueError(f"crop {crop_h}x{crop_w} is larger than the {height}x{width} frames; resize the short side "
+                         "to at least the crop size first")
+    return int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1)), crop_h, crop_w
+
+
+def train_crop(kind: str, height: int, width: int, size: int | tuple[int, int], rng: np.random.Generator, *,
+               scales: Sequence[float] = MULTI_SCALE_CROP_SCALES, flip: bool = True) -> Crop:
+    """The `Crop` of a training clip of `height` x `width` frames: `kind` one of TRAIN_CROPS ("random": a `size`
+    window, "multi_scale": `multi_scale_crop_box`, "random_resized": `random_resized_crop_box`), then, with `flip`,
+    a left-right flip with probability 0.5. It draws from `rng` exactly what the crop function of that kind followed
+    by `random_flip` draws, so `apply_crop` of it gives their clip."""
+    out_h, out_w = _crop_size(size)
+    if kind == "multi_scale":
+        box = multi_scale_crop_box(height, width, (out_h, out_w), rng, scales=scales)
+    elif kind == "random_resized":
+        box = random_resized_crop_box(height, width, rng)
+    elif kind == "random":
+        box = random_crop_box(height, width, (out_h, out_w), rng)
+    else:
+        raise ValueError(f"unknown training crop {kind!r}; expected one of {TRAIN_CROPS}")
+    return Crop(*box, out_h, out_w, flip=bool(flip and rng.random() < 0.5))
+
+
+def apply_crop(video: np.ndarray, crop: Crop) -> np.ndarray:
+    """`crop` applied to decoded (T, H, W, 3) frames: the box, resized (bilinear, PIL's antialiased) when its size
+    differs from the output's, then the flip."""
+    _check_video(video)
+    if crop.top < 0 or crop.left < 0 or crop.top + crop.height > video.shape[1] or \
+            crop.left + crop.width > video.shape[2]:
+        raise ValueError(f"{crop} does not fit in {video.shape[1]}x{video.shape[2]} frames")
+    out = video[:, crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
+    if (crop.height, crop.width) != (crop.out_height, crop.out_width):
+        out = _resize_frames(out, crop.out_height, crop.out_width)
+    return out[:, :, ::-1] if crop.flip else out
 
 
 # ----------------------------------------------------------------------------------------------------------------
