@@ -53,7 +53,7 @@ import os
 import sys
 import time
 
-from vidjax import cli
+from vidjax import cli, config_lib
 
 DTYPES = ("float32", "bfloat16")
 
@@ -281,7 +281,7 @@ def load_input_bench(paths: list[str]) -> dict:
     return {"files": list(paths), "recipe": files[0][1]["recipe"],
             "hosts": [{"file": path, "cpus": data["cpus"], "platform": data["platform"],
                        "devices": data.get("devices")} for path, data in files],
-            "this_host_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "this_host_cpus": config_lib.host_cpus(),
             "per_core": dict(sorted(best.items(), key=lambda item: int(item[0])))}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -13,6 +14,12 @@ _FALSE = {"false", "0", "no"}
 
 class ConfigError(ValueError):
     """A config, flag or data setting that cannot work; the message says which and what to do."""
+
+
+def host_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it, else the machine's count): what the
+    defaults sized by the host (`config.data.num_workers=-1`) and the benchmarks' per-core figures count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def raise_problems(problems: list[str]) -> None:

@@ -29,6 +29,7 @@ from flax import nnx
 from vidjax import (
     checkpoint,
     compile_cache,
+    config_lib,
     fileio,
     losses,
     metric_writer,
@@ -786,7 +787,7 @@ INPUT_BOUND_SHARE, INPUT_BOUND_LOGS = 0.5, 2
 
 def input_bound_hint(config: ml_collections.ConfigDict, share: float, step: int) -> str:
     """The one-time hint of a run whose steps wait on their input: which settings make more batches a second."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = config_lib.host_cpus()
     return (f"Input is the bottleneck: up to step {step} the step waited on input for {share:.0%} of its time "
             f"(over {INPUT_BOUND_SHARE:.0%} at {INPUT_BOUND_LOGS} log lines in a row; input_wait_share in "
             f"metrics.jsonl), and the devices idle meanwhile. Decode in more processes with "

@@ -42,6 +42,7 @@ libraries); a loader that does not import is reported as missing, with that comm
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import os
@@ -55,7 +56,7 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 from PIL import Image
 
-from vidjax import cli, fileio
+from vidjax import cli, config_lib, fileio
 from vidjax.data import decode, encode, pipeline, transforms
 
 METHODS = ("naive", "seek", "seek_sws", "seek_skip")
@@ -210,7 +211,7 @@ def run(paths: list[str], recipe: Recipe, methods: list[str], workers: list[int]
             decoded[method] = round(result["frames_decoded_per_clip"], 1)
     out = {"clips_per_s": clips_per_s, "cpu_ms_per_clip": cpu_ms, "frames_decoded_per_clip": decoded,
            "recipe": dataclasses.asdict(recipe), "videos": len(paths), "clips": clips, "read_threads": read_threads,
-           "cpus": len(os.sched_getaffinity(0))}
+           "cpus": config_lib.host_cpus()}
     if "naive" in clips_per_s:
         out["speedup_vs_naive"] = {
             method: {n: round(v / clips_per_s["naive"][n], 2) for n, v in per_worker.items()}
@@ -255,36 +256,24 @@ def tree_cpu_seconds(pid: int | None = None) -> float | None:
     return sum(cpu.get(p, 0) for p in below) / os.sysconf("SC_CLK_TCK")
 
 
-def _crops_for(data, rng: np.random.Generator, height: int, width: int) -> list[tuple[transforms.Crop, object]]:
-    """The (crop, generator) of each of `num_samples` clips, drawn as `pipeline.Preprocess` draws them."""
-    samples = data.num_samples
-    generators = [rng] if samples == 1 else [np.random.default_rng(int(seed))
-                                             for seed in rng.integers(0, 2**63 - 1, size=samples)]
-    return [(transforms.train_crop(data.train_crop, height, width, data.image_size, g,
-                                   scales=tuple(data.crop_scales), flip=data.flip), g) for g in generators]
-
-
 @dataclasses.dataclass(frozen=True)
-class _OtherDecoder(pipeline.Preprocess):
+class _OtherDecoder(pipeline.Preprocess, abc.ABC):
     """`pipeline.Preprocess` with the training clip's decode done by another library: the frames at
     `decode.sample_indices` of the video's frame count (the same draw), resized to the short side, then the same
-    crops, flips, erasing and masks, cut from the resized frames (decode, then crop)."""
+    crops, flips, erasing and masks (`Preprocess.train_crops`, `erased`), cut from the resized frames (decode, then
+    crop). The bench's files carry no time spans, so the clip's window is not reported."""
 
+    @abc.abstractmethod
     def _frames(self, path: str, indices_of) -> np.ndarray:
-        raise NotImplementedError  # each loader below
+        """uint8 (T, H, W, 3) frames of `path` at `indices_of(number of frames)`."""
 
     def _decode_cropped(self, src, name, start_s, end_s, rng):
         d = self.data
         frames = self._frames(src, lambda count: decode.sample_indices(count, d.num_frames, d.sampling_rate, rng))
         frames = transforms.resize_short_side(frames, d.short_side or d.image_size)
-        clips = []
-        for crop, g in _crops_for(d, rng, *frames.shape[1:3]):
-            clip = transforms.apply_crop(frames, crop)
-            if d.erase_prob:
-                clip = transforms.random_erasing(clip, g, mean=self.pixel_mean, std=self.pixel_std, prob=d.erase_prob)
-            clips.append(clip)
-        video = np.stack(clips)
-        return np.ascontiguousarray(video if d.num_samples > 1 else video[0], dtype=np.uint8), (np.nan, np.nan)
+        crops, generators = self.train_crops(rng, *frames.shape[1:3])
+        clips = np.stack([transforms.apply_crop(frames, crop) for crop in crops])
+        return self.erased(clips, generators), (np.nan, np.nan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,7 +445,7 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
         files = {"width": stream.width, "height": stream.height, "fps": float(stream.average_rate or 0),
                  "frames": stream.frames, "codec": stream.codec_context.name}
     return {"rows": rows, "missing": missing, "videos": len(paths), "files": files, "batch": batch, "clips": clips,
-            "rounds": rounds, "cpus": len(os.sched_getaffinity(0)), "devices": mesh.size,
+            "rounds": rounds, "cpus": config_lib.host_cpus(), "devices": mesh.size,
             "platform": mesh.devices.flat[0].platform,
             "recipe": {"config": base.model_name + "/" + base.task, "num_frames": d.num_frames,
                        "sampling_rate": d.sampling_rate, "short_side": short, "crop": d.image_size,

@@ -9,12 +9,13 @@ as decoding the whole file from the start would.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import io
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 
 import av
@@ -175,11 +176,7 @@ def read_clip(
     Raises VideoDecodeError for missing, unreadable or corrupt videos and files without a video stream.
     """
     label = _label(src, name)
-    with _open(src, label) as container:
-        stream = _video_stream(container, label)
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        meta = _stream_meta(container, stream, label)
+    with _video(src, label, threads) as (container, stream, meta):
         sample = (num_frames, sampling_rate, rng, num_windows, window_index, select)
         indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
         reader = _FrameReader(container, stream, meta, label, skip_nonref)
@@ -202,6 +199,32 @@ def read_clip(
                 end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
 
 
+@contextlib.contextmanager
+def frames_on_grid(src: VideoSource, *, name: str | None = None,
+                   threads: int = 1) -> Iterator[tuple[Fraction, Iterator[av.VideoFrame]]]:
+    """(the stream's frame rate, every frame index 0, 1, ... of the video as `read_clip` shows it): one decoded
+    frame per index, in order, a frame repeated where it stays on screen for several periods and passed over where
+    another replaces it within one (`_FrameReader.on_grid`), decoded once from the start. For writing a video anew
+    on the grid its indices mean (`vidjax.data.pack --reencode_short_side`): a clip sampled at given indices then
+    shows the same moments from either. Raises VideoDecodeError as `read_clip` does, also while iterating."""
+    label = _label(src, name)
+    with _video(src, label, threads) as (container, stream, meta):
+        reader = _FrameReader(container, stream, meta, label)
+        yield meta.fps, (frame for _, frame in reader.on_grid())
+
+
+def upright_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
+    """`frame` as uint8 RGB shown upright (its display rotation applied) at `height` x `width`: resized (bilinear)
+    in the colour conversion at the coded orientation, then rotated."""
+    quarter_turns = round(_rotation(frame) / 90) % 4
+    coded_w, coded_h = (height, width) if quarter_turns % 2 else (width, height)
+    kwargs = {}
+    if (coded_w, coded_h) != (frame.width, frame.height):
+        kwargs = {"width": coded_w, "height": coded_h, "interpolation": "BILINEAR"}
+    rgb = frame.to_ndarray(format="rgb24", **kwargs)
+    return np.rot90(rgb, quarter_turns) if quarter_turns else rgb
+
+
 def probe(src: VideoSource, *, name: str | None = None) -> VideoInfo:
     """Reads a video's frame count, rate, duration, displayed size, rotation, codec and container.
 
@@ -215,7 +238,7 @@ def probe(src: VideoSource, *, name: str | None = None) -> VideoInfo:
         try:
             first = next(iter(container.decode(stream)), None)
         except av.FFmpegError as e:
-            raise VideoDecodeError(label, f"corrupt data before the first frame ({e})") from e
+            raise VideoDecodeError(label, f"corrupt data before the first frame ({_ffmpeg_reason(e)})") from e
         if first is None:
             raise VideoDecodeError(label, "video stream has no decodable frames")
         rotation = _rotation(first)
@@ -253,6 +276,17 @@ def _open(src: VideoSource, label: str) -> av.container.InputContainer:
         raise VideoDecodeError(label, "file does not exist") from None
     except (av.FFmpegError, OSError) as e:
         raise VideoDecodeError(label, f"cannot open ({e})") from e
+
+
+@contextlib.contextmanager
+def _video(src: VideoSource, label: str, threads: int) -> Iterator[tuple[av.container.InputContainer,
+                                                                         av.video.stream.VideoStream, _StreamMeta]]:
+    """The open container, its video stream (decoding with `threads` FFmpeg threads) and the stream's metadata."""
+    with _open(src, label) as container:
+        stream = _video_stream(container, label)
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        yield container, stream, _stream_meta(container, stream, label)
 
 
 def _video_stream(container: av.container.InputContainer, label: str) -> av.video.stream.VideoStream:
@@ -482,13 +516,33 @@ class _FrameReader:
 
     def _scan(self, wanted: list[int], seeked: bool) -> tuple[list[av.VideoFrame] | None, int]:
         """Decodes forward from the current position; index k gets the last frame shown by time k / fps."""
+        chosen: list[av.VideoFrame] = []
+        grid = self.on_grid(wanted[0], seeked)
+        for index, frame in grid:
+            if index == wanted[len(chosen)]:
+                chosen.append(frame)
+                if len(chosen) == len(wanted):
+                    grid.close()
+                    return chosen, len(wanted)
+        return None, self.covered
+
+    def on_grid(self, first: int = 0, seeked: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(k, the frame shown at index k) for k = first, first + 1, ..., decoding forward from the current
+        position: index k gets the last frame shown by start + (k + 1/2) / fps (half a frame of slack absorbs
+        timestamp rounding, e.g. 1/30 s in a 1/12800 time base), so a frame repeats where it stays on screen for
+        several periods and is passed over where another replaces it within one. After the last frame it goes on
+        while that frame is still on screen (its duration, at least a period), then sets `covered`, the frame
+        slots from index 0 the decoded frames cover (0: no frame decoded). `seeked`: the position came from a seek
+        to index `first`; a first frame shown after `first`'s time, or without a timestamp, raises _SeekMissed.
+        Corrupt data raises VideoDecodeError naming the last good frame."""
         meta = self.meta
         period = 1 / meta.fps
-        # Half a frame of slack absorbs timestamp rounding (e.g. 1/30 s in a 1/12800 time base).
-        times = [meta.start + k * period + period / 2 for k in wanted]
-        chosen: list[av.VideoFrame] = []
-        prev: av.VideoFrame | None = None
-        prev_time = prev_end = None
+
+        def time_of(k: int) -> Fraction:
+            return meta.start + k * period + period / 2
+
+        slot, prev, prev_time, prev_end = first, None, None, None
+        self.covered = 0
         try:
             for frame in self.container.decode(self.stream):
                 self.num_decoded += 1
@@ -500,25 +554,29 @@ class _FrameReader:
                     raise _SeekMissed
                 else:
                     time = meta.start
-                if prev is None and seeked and time > times[0]:
+                if prev is None and seeked and time > time_of(first):
                     raise _SeekMissed
-                while len(chosen) < len(wanted) and time > times[len(chosen)]:
+                while time > time_of(slot):
                     # The first frame of an unseeked stream may start a little after index 0's time.
-                    chosen.append(prev if prev is not None else frame)
-                if len(chosen) == len(wanted):
-                    return chosen, len(wanted)
+                    yield slot, prev if prev is not None else frame
+                    slot += 1
                 prev, prev_time = frame, time
                 prev_end = time + max((frame.duration or 0) * meta.time_base, period)
         except av.FFmpegError as e:
             where = "the first frame" if prev_time is None else f"frame {_index_at(prev_time, meta)}"
-            raise VideoDecodeError(self.label, f"corrupt data after {where} ({e})") from e
+            raise VideoDecodeError(self.label, f"corrupt data after {where} ({_ffmpeg_reason(e)})") from e
         if prev is None:
-            return None, 0
-        # End of stream: the last frame stays on screen until prev_end, which may cover the remaining indices.
-        if prev_end > times[-1]:
-            chosen.extend([prev] * (len(wanted) - len(chosen)))
-            return chosen, len(wanted)
-        return None, max(1, round((prev_end - meta.start) * meta.fps))
+            return
+        # End of stream: the last frame stays on screen until prev_end, which may cover more indices.
+        while prev_end > time_of(slot):
+            yield slot, prev
+            slot += 1
+        self.covered = max(1, round((prev_end - meta.start) * meta.fps))
+
+
+def _ffmpeg_reason(err: av.FFmpegError) -> str:
+    """FFmpeg's words for an error, without its error number and the call that failed."""
+    return str(getattr(err, "strerror", None) or err)
 
 
 def _index_at(time: Fraction, meta: _StreamMeta) -> int:
@@ -544,22 +602,12 @@ def _resized_size(frame: av.VideoFrame, short_side: int | None) -> tuple[int, in
 
 def _to_rgb(frames: list[av.VideoFrame], short_side: int | None) -> np.ndarray:
     """Converts frames (the same one may repeat) to upright uint8 RGB, resized to `short_side` if given."""
-    quarter_turns, new_h, new_w = _resized_size(frames[0], short_side)
-    width, height = frames[0].width, frames[0].height
-    kwargs = {}
-    if short_side is not None:
-        # Convert at the coded orientation (rotation comes after scaling).
-        coded_w, coded_h = (new_h, new_w) if quarter_turns % 2 else (new_w, new_h)
-        if (coded_w, coded_h) != (width, height):
-            kwargs = {"width": coded_w, "height": coded_h, "interpolation": "BILINEAR"}
+    _, height, width = _resized_size(frames[0], short_side)
     converted: dict[int, np.ndarray] = {}
-    out = []
     for frame in frames:
         if id(frame) not in converted:
-            rgb = frame.to_ndarray(format="rgb24", **kwargs)
-            converted[id(frame)] = np.rot90(rgb, quarter_turns) if quarter_turns else rgb
-        out.append(converted[id(frame)])
-    return np.stack(out)
+            converted[id(frame)] = upright_rgb(frame, height, width)
+    return np.stack([converted[id(frame)] for frame in frames])
 
 
 # Decoded formats `_cropped_rgb` cuts boxes from directly: 8-bit 4:2:0 (H.264/HEVC/VP9/AV1 8-bit, MPEG-4, JPEG range).
@@ -622,10 +670,9 @@ def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
             rgb = reformatter.reformat(region, format="rgb24", threads=1)
             plane = rgb.planes[0]  # packed RGB: 3 bytes a pixel, rows padded to line_size
             pixels = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : 3 * (x1 - x0)]
-            image = Image.fromarray(pixels.reshape(y1 - y0, x1 - x0, 3))
-            if (fy1 - fy0, fx1 - fx0) != (crop.out_height, crop.out_width) or box[:2] != (0, 0) or \
-                    image.size != (crop.out_width, crop.out_height):
-                image = image.resize((crop.out_width, crop.out_height), Image.Resampling.BILINEAR, box=box)
+            # PIL copies without resampling when the box is the whole region at the output size.
+            image = Image.fromarray(pixels.reshape(y1 - y0, x1 - x0, 3)).resize(
+                (crop.out_width, crop.out_height), Image.Resampling.BILINEAR, box=box)
             if crop.flip:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[c, t] = np.asarray(image)

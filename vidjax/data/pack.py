@@ -24,13 +24,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from fractions import Fraction
 
 import av
 import numpy as np
-from av.stream import Disposition
 
-from vidjax import cli
+from vidjax import cli, config_lib
 from vidjax.data import decode, encode, sources
 
 BAD_FILES_NAME = "bad_files.tsv"
@@ -196,12 +194,10 @@ def reencode_video(data: bytes, short_side: int, *, gop: int = DEFAULT_GOP, crf:
     decoder's and the encoder's threads (0: FFmpeg's default). Raises `decode.VideoDecodeError` where the source
     does not decode to the end (corrupt data part-way, no frames, no frame rate)."""
     label = name or f"<{len(data)} bytes in memory>"
-    info = decode.probe(data, name=label)  # upright size and rotation with read_clip's rounding; raises if bad
-    quarter_turns = round(info.rotation / 90) % 4
+    info = decode.probe(data, name=label)  # upright size with read_clip's rounding; raises if bad
     height, width = reencoded_size(info.height, info.width, short_side)
-    coded_w, coded_h = (height, width) if quarter_turns % 2 else (width, height)
     pending: collections.deque[np.ndarray] = collections.deque()
-    error = {"sse": 0, "frames": 0, "decoded": 0}
+    error = {"sse": 0, "frames": 0}
 
     def compare(decoded: np.ndarray) -> None:
         reference = pending.popleft()
@@ -209,65 +205,23 @@ def reencode_video(data: bytes, short_side: int, *, gop: int = DEFAULT_GOP, crf:
         error["sse"] += int(np.einsum("ijk,ijk->", diff, diff, dtype=np.int64))
         error["frames"] += 1
 
-    def upright(frame: av.VideoFrame) -> np.ndarray:
-        kwargs = {}
-        if (frame.width, frame.height) != (coded_w, coded_h):
-            kwargs = {"width": coded_w, "height": coded_h, "interpolation": "BILINEAR"}
-        rgb = frame.to_ndarray(format="rgb24", **kwargs)
-        return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
-
     try:
-        with av.open(io.BytesIO(data)) as container:
-            # The stream read_clip reads: the first video stream that is not cover art.
-            stream = next(s for s in container.streams.video if not s.disposition & Disposition.attached_pic)
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = threads
-            fps = Fraction(stream.average_rate or stream.guessed_rate or stream.base_rate or 0)
-            if not fps:
-                raise decode.VideoDecodeError(label, "video stream has no frame rate")
-            time_base = Fraction(stream.time_base)
-            start = (stream.start_time or 0) * time_base
+        with decode.frames_on_grid(data, name=label, threads=threads) as (fps, grid):
 
             def frames():
-                """read_clip's choice (`decode._FrameReader._scan`) for indices 0, 1, ... in turn."""
-                slot, previous, previous_time, previous_end, shown = 0, None, None, None, None
-                for frame in container.decode(stream):
-                    error["decoded"] += 1
-                    if frame.pts is not None:
-                        now = frame.pts * time_base
-                    else:
-                        now = start if previous_time is None else previous_time + 1 / fps
-                    # Half a frame of slack, as read_clip: index k is the last frame shown by start + (k + 1/2) / fps.
-                    while now > start + (slot + Fraction(1, 2)) / fps:
-                        chosen = previous if previous is not None else frame  # a late first frame fills in
-                        if shown is None or shown[0] is not chosen:
-                            shown = (chosen, upright(chosen))  # converted once however often it repeats
-                        pending.append(shown[1])
-                        slot += 1
-                        yield shown[1]
-                    previous, previous_time = frame, now
-                    previous_end = now + max((frame.duration or 0) * time_base, 1 / fps)
-                if previous is None:
-                    return
-                # The last frame stays on screen until previous_end, covering read_clip's last indices.
-                last = max(1, round((previous_end - start) * fps))
-                while slot < last:
-                    if shown is None or shown[0] is not previous:
-                        shown = (previous, upright(previous))
+                shown = None
+                for frame in grid:
+                    if shown is None or shown[0] is not frame:  # converted once however often it repeats
+                        shown = (frame, np.ascontiguousarray(decode.upright_rgb(frame, height, width)))
                     pending.append(shown[1])
-                    slot += 1
                     yield shown[1]
 
             out = io.BytesIO()
             encode.write_mp4(out, frames(), fps, gop=gop, crf=crf, preset=preset, scenecut=False, threads=threads,
                              on_decoded=compare)
-    except av.FFmpegError as err:
-        where = f"frame {error['decoded'] - 1}" if error["decoded"] else "the first frame"
-        reason = getattr(err, "strerror", None) or err  # without FFmpeg's error number and `<none>` file name
-        raise decode.VideoDecodeError(label, f"corrupt data after {where} ({reason})") from err
     except decode.VideoDecodeError:
         raise
-    except ValueError as err:  # write_mp4: no frame decoded
+    except (ValueError, av.FFmpegError) as err:  # write_mp4: no frame decoded, or the encoder failed
         raise decode.VideoDecodeError(label, f"cannot re-encode ({err})") from err
     if pending:
         raise decode.VideoDecodeError(label, f"the re-encoded stream gave back {error['frames']} of "
@@ -395,7 +349,7 @@ def pack(args: argparse.Namespace) -> int:
     worker_settings = None
     if reencode is not None:
         # Each process decodes and encodes one video at a time: share the cores among them (0: FFmpeg's default).
-        worker_settings = {**reencode, "threads": max(1, (os.cpu_count() or 1) // processes) if processes > 1 else 0}
+        worker_settings = {**reencode, "threads": max(1, config_lib.host_cpus() // processes) if processes > 1 else 0}
     tasks = [(args.out, name, entries[bounds[s]:bounds[s + 1]], worker_settings)
              for s, name in enumerate(names) if name not in done]
     missing = f" ({len(source.missing_paths)} listed files are missing)" if source.missing_paths else ""

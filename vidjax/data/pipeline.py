@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from vidjax import tasks
-from vidjax.config_lib import ConfigError, raise_problems
+from vidjax.config_lib import ConfigError, host_cpus, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 from vidjax.data import views as views_lib
 from vidjax.models import clip_spec
@@ -330,25 +330,39 @@ class Preprocess:
         The crops are drawn as `_augment` draws them (with `num_samples` > 1 from per-sample generators seeded as
         `transforms.repeated_augment` seeds them), so each clip has the box and flip the decode-then-crop path gives
         it; the decoder resamples each box once from the decoded picture (`decode.read_clip(crops=...)`)."""
-        d, samples = self.data, self.data.num_samples
+        d = self.data
         generators: list[np.random.Generator] = []
 
         def crops(height: int, width: int) -> list[transforms.Crop]:
-            generators.extend([rng] if samples == 1 else [
-                np.random.default_rng(int(seed)) for seed in rng.integers(0, 2**63 - 1, size=samples)])
-            return [transforms.train_crop(d.train_crop, height, width, d.image_size, g, scales=tuple(d.crop_scales),
-                                          flip=d.flip) for g in generators]
+            drawn, chosen = self.train_crops(rng, height, width)
+            generators.extend(chosen)
+            return drawn
 
         clip = decode.read_clip(src, d.num_frames, d.sampling_rate, rng,
                                 start_s=None if np.isnan(start_s) else start_s,
                                 end_s=None if np.isnan(end_s) else end_s, short_side=d.short_side or d.image_size,
                                 name=name, crops=crops)
-        video = clip.frames
+        return self.erased(clip.frames, generators), (clip.start_s, clip.end_s)
+
+    def train_crops(self, rng: np.random.Generator, height: int,
+                    width: int) -> tuple[list[transforms.Crop], list[np.random.Generator]]:
+        """The crops of a training element's `num_samples` clips on `height` x `width` frames, and the generator
+        each clip's later draws (erasing) come from: `rng` itself for one clip, else `transforms.sample_generators`
+        (as `transforms.repeated_augment` seeds them)."""
+        d = self.data
+        generators = [rng] if d.num_samples == 1 else transforms.sample_generators(rng, d.num_samples)
+        return [transforms.train_crop(d.train_crop, height, width, d.image_size, g, scales=tuple(d.crop_scales),
+                                      flip=d.flip) for g in generators], generators
+
+    def erased(self, clips: np.ndarray, generators: Sequence[np.random.Generator]) -> np.ndarray:
+        """(k, T, H, W, 3) cropped clips with random erasing (config.data.erase_prob) drawn from their generators:
+        the element's video, (k, ...) with repeated sampling, else the one clip."""
+        d = self.data
         if d.erase_prob:
-            video = np.stack([transforms.random_erasing(v, g, mean=self.pixel_mean, std=self.pixel_std,
-                                                        prob=d.erase_prob) for v, g in zip(video, generators,
+            clips = np.stack([transforms.random_erasing(v, g, mean=self.pixel_mean, std=self.pixel_std,
+                                                        prob=d.erase_prob) for v, g in zip(clips, generators,
                                                                                            strict=True)])
-        return np.ascontiguousarray(video if samples > 1 else video[0], dtype=np.uint8), (clip.start_s, clip.end_s)
+        return np.ascontiguousarray(clips if d.num_samples > 1 else clips[0], dtype=np.uint8)
 
     def load_views(self, element: dict, rng: np.random.Generator) -> dict:
         """A training element as the views of `self.views` ({group key: (views, T, size, size, 3)} uint8; see
@@ -521,8 +535,7 @@ def resolve_num_workers(num_workers: int) -> int:
     less one for the trainer's own process (which batches, transfers and drives the accelerator), at least one."""
     if num_workers >= 0:
         return num_workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    return max(1, host_cpus() - 1)
 
 
 def _absl_flags_parsed() -> None:

@@ -77,9 +77,8 @@ def _check_crop(video: np.ndarray, crop_h: int, crop_w: int) -> None:
 
 def random_crop(video: np.ndarray, size: int | tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Crops the same random `size` (int or (h, w)) window from every frame."""
-    crop_h, crop_w = _crop_size(size)
-    _check_crop(video, crop_h, crop_w)
-    top, left, _, _ = random_crop_box(video.shape[1], video.shape[2], (crop_h, crop_w), rng)
+    _check_video(video)
+    top, left, crop_h, crop_w = random_crop_box(video.shape[1], video.shape[2], size, rng)
     return video[:, top : top + crop_h, left : left + crop_w]
 
 
@@ -732,5 +731,11 @@ def repeated_augment(video: np.ndarray, augment: Callable[[np.ndarray, np.random
         if num_samples is None or num_samples < 1:
             raise ValueError(f"repeating one clip needs num_samples >= 1, got {num_samples}")
         clips = [video] * num_samples
-    seeds = rng.integers(0, 2**63 - 1, size=len(clips))
-    return np.stack([augment(clip, np.random.default_rng(int(seed))) for clip, seed in zip(clips, seeds, strict=True)])
+    generators = sample_generators(rng, len(clips))
+    return np.stack([augment(clip, g) for clip, g in zip(clips, generators, strict=True)])
+
+
+def sample_generators(rng: np.random.Generator, num_samples: int) -> list[np.random.Generator]:
+    """One generator per repeated sample, each seeded from `rng` (one draw of `num_samples` seeds), so that sample
+    j's augmentation does not depend on how many draws the others make."""
+    return [np.random.default_rng(int(seed)) for seed in rng.integers(0, 2**63 - 1, size=num_samples)]
