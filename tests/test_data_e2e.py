@@ -234,6 +234,27 @@ def test_training_on_files_replaces_and_counts_a_corrupt_video(library, tmp_path
     assert "1 videos failed to decode" in out and "broken.mp4" in caplog.text
 
 
+def test_repeated_sampling_run_resumes_exactly(library, tmp_path, capsys):
+    """Pre-training on files with four clips cut from each decode (VideoMAE V2's num_sample 4), through grain
+    workers and the prefetch thread: stopped after its step-3 checkpoint and resumed, it gives the uninterrupted
+    run's losses bit for bit."""
+    config = tiny_config(batch_size=8, total_steps=6, checkpoint_every=3, keep_checkpoints=5)
+    config.data = data_for("csv", library)
+    config.data.update(num_samples=4, train_crop="multi_scale", num_workers=1, prefetch=2)
+    devices = jax.devices()[:1]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train.train_and_evaluate(config, str(full), devices=devices)
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "6")
+    capsys.readouterr()
+    assert train.train_and_evaluate(config, str(cut), devices=devices)["resumed"]
+    assert "Resuming from checkpoint at step 3" in capsys.readouterr().out
+    a = {r["step"]: r["loss"] for r in read_metrics(full) if r["split"] == "train"}
+    b = {r["step"]: r["loss"] for r in read_metrics(cut) if r["split"] == "train"}
+    assert sorted(b) == list(range(1, 7))
+    assert [a[step] for step in range(4, 7)] == [b[step] for step in range(4, 7)]
+
+
 def test_fine_tuning_on_a_folder_with_multi_view_eval(library, tmp_path):
     config = tiny_config(task="classification", batch_size=3, total_steps=3, checkpoint_every=3)
     config.model.update(head="classification", num_classes=3)
