@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The accelerator benchmark matrix in one command: VideoMAE-B/16 pre-train and fine-tune, TimeSformer-B, ViViT-B and
-# VideoMamba-S inference and fine-tune, float32 and bfloat16, at 16 frames x 224 px on every device of this host;
+# The accelerator benchmark matrix in one command: VideoMAE-B/16 pre-train (VideoMAE's masking and VideoMAE V2's dual
+# masking) and fine-tune, TimeSformer-B, ViViT-B and VideoMamba-S inference and fine-tune, float32 and bfloat16, at 16 frames x 224 px on every device of this host;
 # a markdown table of step time, clips/s, achieved TFLOP/s and MFU, host cores per chip, beside the PyTorch
 # reference where it runs on the same device (vidjax/bench_matrix.py says what each column is).
 #

@@ -16,7 +16,7 @@ import pathlib
 import shutil
 
 HERE = pathlib.Path(__file__).parent
-MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt")
+MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2")
 
 
 def main() -> None:
@@ -30,7 +30,8 @@ def main() -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         for old in out.glob(f"{name}_*"):
-            shutil.rmtree(old)
+            if not any(old.name.startswith(f"{other}_") for other in MAKERS if other.startswith(f"{name}_")):
+                shutil.rmtree(old)  # (videomae_v2_* cases are videomae_v2's, not videomae's)
         out.mkdir(parents=True, exist_ok=True)
         module.make(out)
         print(f"{name}: {sorted(p.name for p in out.glob(f'{name}_*'))}")

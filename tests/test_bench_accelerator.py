@@ -41,7 +41,8 @@ def test_quick_matrix_has_every_row(quick_run):
     expected = [(f.model, mode, dtype) for f in bench_matrix.FAMILIES for mode in f.modes
                 for dtype in bench_matrix.DTYPES]
     assert [(r["model"], r["mode"], r["dtype"]) for r in result["rows"]] == expected
-    assert len(expected) == 16  # VideoMAE pre-train + fine-tune; the three others infer + fine-tune; two dtypes
+    # VideoMAE pre-train (V1 and V2 masking) + fine-tune; the three others infer + fine-tune; two dtypes
+    assert len(expected) == 18 and ("videomae", "pretrain_v2", "bfloat16") in expected
     assert result["peak_bf16_flops"] is None  # a CPU: no peak, so no MFU
     for row in result["rows"]:
         assert "error" not in row, row

@@ -1,8 +1,9 @@
 """Golden-output parity: every fixture written by scripts/make_parity_fixtures.py converts and matches its reference.
 
 Each case holds a random-weight reference model (Hugging Face save_pretrained directory or an official VideoMamba
-file), an input video and the reference's fp32 outputs. The conversion and the vidjax forward pass must agree with
-them to 1e-4 (max abs difference) on every stored output: logits, last hidden state, pre-training loss and pred.
+or VideoMAE / V2 file), an input video (and masks) and the reference's fp32 outputs. The conversion and the vidjax
+forward pass must agree with them to 1e-4 (max abs difference) on every stored output: logits, last hidden state,
+pre-training loss and pred.
 """
 
 import json
@@ -24,18 +25,21 @@ def _is_video_case(case: pathlib.Path) -> bool:
 
 
 CASES = sorted(p.name for p in FIXTURES.iterdir() if _is_video_case(p))
-INPUTS = ("video", "mask")
+INPUTS = ("video", "mask", "decoder_mask")
 
 
 def convert_case(case: pathlib.Path, out: pathlib.Path):
     meta = json.loads((case / "case.json").read_text())
     if meta["convert"] == "hf":
         return convert(from_hf=str(case / "source"), out=str(out))
+    if meta["convert"] == "videomae":  # official VideoMAE / V2 files record no frames, resolution or head count
+        return convert(from_videomae=str(case / "source" / "checkpoint.pth"), out=str(out),
+                       **meta.get("convert_args", {}))
     return convert(from_videomamba=str(case / "source" / "checkpoint.pth"), out=str(out))
 
 
 def test_every_model_has_fixtures():
-    for model in ("videomae", "timesformer", "vivit", "videomamba"):
+    for model in ("videomae", "timesformer", "vivit", "videomamba", "videomae_v2"):
         assert any(c.startswith(f"{model}_") for c in CASES), f"no parity fixture for {model}"
 
 
@@ -44,7 +48,7 @@ def test_converted_outputs_match_reference(case, tmp_path):
     convert_case(FIXTURES / case, tmp_path / "converted")
     model = pretrained.load(tmp_path / "converted")
     io = dict(np.load(FIXTURES / case / "io.npz"))
-    outputs = model.forward(io["video"], io.get("mask"))
+    outputs = model.forward(io["video"], io.get("mask"), io.get("decoder_mask"))
     expected = {k: v for k, v in io.items() if k not in INPUTS}
     assert expected, f"{case} stores no reference outputs"
     for name, want in expected.items():

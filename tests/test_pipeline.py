@@ -30,6 +30,20 @@ def test_same_config_same_batches_and_exact_masks():
     assert not np.array_equal(batches(other_seed, "train", 1)[0]["index"], batch["index"])
 
 
+def test_embedded_clips_with_repeated_sampling_are_k_rows_each_with_their_own_masks():
+    # The embedded dataset is not augmented: each video's num_samples clips are the same clip, masked k ways.
+    config = tiny_config()
+    config.data.num_samples = 4
+    batch = batches(config, "train", 1)[0]
+    assert batch["video"].shape == (8, 4, 32, 32, 3) and batch["mask"].shape == (8, 32)
+    assert batch["decode_failures"].shape == (8,)
+    for first in (0, 4):
+        assert (batch["index"][first:first + 4] == batch["index"][first]).all()
+        assert all(np.array_equal(batch["video"][first], batch["video"][first + i]) for i in range(4))
+        assert len({batch["mask"][first + i].tobytes() for i in range(4)}) > 1
+    assert batch["index"][0] != batch["index"][4]
+
+
 def test_processes_read_disjoint_shares_with_independent_masks():
     config = tiny_config()  # 64 training clips, global batch 8: 4 per process, 8 steps per epoch
     shares = [batches(config, "train", 8, process_index=p, process_count=2) for p in range(2)]

@@ -44,8 +44,9 @@ def dot_dtypes(fn, *args):
 
 @pytest.mark.parametrize("model_name", FAMILIES)
 def test_scan_layers_computes_what_the_unrolled_blocks_compute(model_name):
-    """Same parameters, same loss and gradients, with per-block drop-path rates and keys, under remat (which
-    test_memory shows changes nothing unscanned)."""
+    """Same parameters (stacked: blocks/stacked/... instead of blocks/0/..., layers.to_layout converts), same loss
+    and gradients, with per-block drop-path rates and keys, under remat (which test_memory shows changes nothing
+    unscanned)."""
     overrides = dict(depth=3, drop_path=0.3)
     if model_name == "vivit":
         overrides["model_type"] = "factorised_self_attention"  # its own block type, not layers.Transformer
@@ -53,11 +54,17 @@ def test_scan_layers_computes_what_the_unrolled_blocks_compute(model_name):
     graphdef, state = nnx.split(unrolled)
     reference = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
     scan_graphdef, scan_state = nnx.split(tiny_model(model_name, scan_layers=True, remat="full", **overrides))
-    # The parameter layout is the unrolled one: checkpoints and converted weights serve both.
-    assert jax.tree.structure(scan_state) == jax.tree.structure(state)
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(scan_state), jax.tree.leaves(state), strict=True))
+    pure, scan_pure = nnx.to_pure_dict(state), nnx.to_pure_dict(scan_state)
+    assert jax.tree.structure(scan_pure) != jax.tree.structure(pure)
+    # A seed gives the same parameters, stacked; layers.to_layout converts either way.
+    converted = layers.to_layout(scan_pure, pure)
+    assert jax.tree.structure(converted) == jax.tree.structure(pure)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(pure), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(layers.to_layout(pure, scan_pure)),
+                                                    jax.tree.leaves(scan_pure), strict=True))
     loss, grads = jax.jit(jax.value_and_grad(loss_fn(model_name, scan_graphdef)))(scan_state)
     np.testing.assert_allclose(loss, reference[0], rtol=1e-6)
+    grads = layers.to_layout(nnx.to_pure_dict(grads), pure)
     for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(reference[1]), strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
@@ -81,9 +88,9 @@ def test_scan_layers_trains_sharded_like_unrolled_on_one_device():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
     scanned, state = run_steps(config, jax.devices(), steps=2)
     np.testing.assert_allclose(scanned, reference, rtol=1e-5)
-    qkv = state["params"]["encoder"]["transformer"]["blocks"][0]["attn"]["qkv"]
-    assert qkv.shape == (32, 3, 2, 16)
-    assert qkv.addressable_shards[0].data.shape == (16, 3, 1, 16)  # embed over fsdp, heads over tensor
+    qkv = state["params"]["encoder"]["transformer"]["blocks"]["stacked"]["attn"]["qkv"]
+    assert qkv.shape == (2, 32, 3, 2, 16)  # the blocks stacked along a leading "layers" axis, replicated
+    assert qkv.addressable_shards[0].data.shape == (2, 16, 3, 1, 16)  # embed over fsdp, heads over tensor
 
 
 @pytest.mark.parametrize("widths, eps", [((32, 32, 16), (1e-6,) * 3), ((32,) * 3, (1e-6, 1e-6, 0.5))])

@@ -26,6 +26,19 @@ parameters and optimizer state stay float32), `--remat` (none | full | dots_save
   python -m vidjax.bench --model=videomae --variant=B/16 --dtype=float32,bfloat16 --remat=none,full \
       --scan_layers=false,true
 
+VideoMAE pre-training with VideoMAE V2's dual masking against VideoMAE's, at the same encoder, in one run, with the
+decoder blocks' share of each step (from the step timed again with a one-block decoder):
+
+  python -m vidjax.bench --model=videomae --variant=S/16 --mode=pretrain --decoder_mask=none,run_cell \
+      --decoder_share
+
+What a model too large to run here needs per device: `--compile_only` compiles the step for unallocated state
+under `--mesh` (with simulated devices on a CPU) and reports XLA's per-device memory, running nothing:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m vidjax.bench --model=videomae --variant=g/14 \
+      --frames=16 --size=224 --batch=8 --mode=pretrain --decoder_mask=run_cell --remat=full --scan_layers=true \
+      --mesh=1,8,1 --compile_only
+
 `--mode=mamba_block` compares VideoMamba's chunked selective scan with one unchunked associative scan on a single
 bidirectional block of the variant's width: XLA's temporary memory for forward + backward at --frames (compiled
 only, nothing runs), and the forward + backward time at --time_frames. Ratios are chunked / unchunked.
@@ -72,10 +85,21 @@ _PROFILE = flags.DEFINE_bool("profile", False, "After timing, run the step under
                                                 "beside PyTorch's with --compare=torch (vidjax.bench_profile).")
 _SCAN_LAYERS = flags.DEFINE_list("scan_layers", ["false"], "config.model.scan_layers: false (blocks unrolled) or "
                                                            "true (one lax.scan over them).")
+_DECODER_MASK = flags.DEFINE_list("decoder_mask", ["none"], "--mode=pretrain of videomae: "
+                                  "config.model.decoder_mask_type: none (VideoMAE: the decoder reconstructs every "
+                                  "masked token) or run_cell (VideoMAE V2's dual masking: a running-cell mask "
+                                  "of ratio 0.5 halves the decoder's tokens); none,run_cell times both in one run.")
+_MESH = flags.DEFINE_list("mesh", [], "DATA,FSDP,TENSOR: the device mesh (config.mesh), e.g. 1,8,1 for FSDP over 8 "
+                          "devices; default: data parallel over every device.")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step for abstract (unallocated) state and "
+                                  "report XLA's per-device memory, without running it: what a model too large for "
+                                  "this host (ViT-g on a CPU) needs per device under --mesh.")
+_DECODER_SHARE = flags.DEFINE_bool("decoder_share", False, "--mode=pretrain of videomae: also time each row with a "
+                                   "one-block decoder, and report the decoder blocks' share of the step.")
 
 # What each controllable option may be, to check --dtype/--remat/--grad_accum/--scan_layers before compiling.
 _CHOICES = {"dtype": ("float32", "bfloat16"), "remat": tuple(REMAT_POLICIES),
-            "scan_layers": ("false", "true")}
+            "scan_layers": ("false", "true"), "decoder_mask": ("none", "run_cell")}
 
 
 # Peak dense bf16 FLOP/s of one device (a GPU, or a TPU chip as jax counts it) by `jax.Device.device_kind`, from the
@@ -127,7 +151,7 @@ def mfu(flops_per_step: float, seconds_per_step: float, device_kind: str, device
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
                  num_classes: int, remat: str = "none", grad_accum: int = 1, scan_layers: bool = False,
-                 compare: str | None = None):
+                 compare: str | None = None, decoder_mask: str = "none"):
     """A trainer config for the benchmark workload (no data source is read). With compare="torch", the model
     config is the one the PyTorch reference implements (`bench_torch.vidjax_overrides`: ViViT's joint model 1)."""
     from vidjax import bench_torch, config_lib
@@ -140,6 +164,8 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
     config.model.update(dict(variant=variant, num_frames=frames, image_size=size, dtype=dtype,
                              head="pretrain" if mode == "pretrain" else "classification", num_classes=num_classes,
                              remat=remat, scan_layers=scan_layers))
+    if decoder_mask != "none":
+        config.model.decoder_mask_type = decoder_mask
     if compare == "torch":
         config.model.update(bench_torch.vidjax_overrides(model))
     config.data = config_lib.synthetic_data(num_frames=frames, image_size=size, num_classes=num_classes)
@@ -205,15 +231,18 @@ def matmul_flops(closed_jaxpr) -> float:
     return count(closed_jaxpr.jaxpr)
 
 
-def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False) -> dict:
+def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False, compile_only: bool = False
+                ) -> dict:
     """Times the trainer's update step (pretrain/finetune) or the jitted forward (infer) on random inputs; with
-    `profile`, also its op time by category (`bench_profile.profile_jax`) as "profile"."""
+    `profile`, also its op time by category (`bench_profile.profile_jax`) as "profile". With `compile_only` the
+    step is compiled for abstract state and batch (nothing is allocated or run): the row has compile time, the
+    model's FLOPs and XLA's per-device memory, and no times."""
     import jax
     import numpy as np
     from flax import nnx
 
     from vidjax import losses, sharding, train
-    from vidjax.data.pipeline import tube_mask
+    from vidjax.data.pipeline import running_cell_mask, tube_mask
 
     setup = train.build(config, train_source_len=config.batch_size)
     rng = np.random.default_rng(0)
@@ -224,10 +253,18 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     if mode == "pretrain":
         grid = setup.abstract_model.encoder.grid
         local["mask"] = np.stack([tube_mask(rng, grid, m.mask_ratio) for _ in range(b)])
-    batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
-    state = setup.init_state()
+        if m.get("decoder_mask_type", "none") == "run_cell":  # VideoMAE V2's dual masking, as the pipeline draws it
+            local["decoder_mask"] = np.stack([running_cell_mask(rng, grid, m.decoder_mask_ratio) for _ in range(b)])
+    if compile_only:
+        batch_sh = sharding.batch_sharding(setup.mesh)
+        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in local.items()}
+        state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), setup.abstract_state,
+                             setup.state_shardings)
+    else:
+        batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
+        state = setup.init_state()
 
-    def jitted(config, setup):
+    def jitted(config, setup, state):
         """The jitted function the row times, with its arguments."""
         if mode == "infer":
             def forward(params, video):
@@ -237,12 +274,9 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
             return jax.jit(forward), (state["params"], batch["video"])
         return train.make_train_step(config, setup), (state, batch)
 
-    def lower(config, setup):
-        fn, args = jitted(config, setup)
-        return fn.lower(*args)
-
     start = time.perf_counter()
-    compiled = lower(config, setup).compile()
+    fn, args = jitted(config, setup, state)
+    compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - start
     if mode == "infer":
         params = state["params"]
@@ -266,9 +300,20 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
         plain.model.remat = "none"
     if "attention_impl" in plain.model:
         plain.model.attention_impl = "xla"
-    fn, args = jitted(plain, train.build(plain, config.batch_size, setup.mesh))
+    plain_setup = train.build(plain, config.batch_size, setup.mesh)  # its own parameter layout (blocks unstacked)
+    fn, args = jitted(plain, plain_setup, plain_setup.abstract_state)
     flops = matmul_flops(jax.make_jaxpr(fn)(*args))
     memory = compiled.memory_analysis()
+    memory_figures = {
+        # XLA's per-device figures for the compiled step: temporaries (activations, gradients in flight) and
+        # arguments (parameters, optimizer state, batch).
+        "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
+        "argument_bytes": int(memory.argument_size_in_bytes) if memory else None}
+    common = {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
+              "devices": jax.device_count(), "mesh": dict(setup.mesh.shape), "compile_s": compile_s,
+              "flops_per_step": flops}
+    if compile_only:
+        return common | memory_figures | {"compile_only": True}
     seconds, times = _median_time(step, steps, warmup)
     profiled = {}
     if profile:
@@ -276,15 +321,8 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
 
         numels = {int(np.prod(p.shape)) for p in jax.tree.leaves(state["params"])}
         profiled["profile"] = bench_profile.profile_jax(step, compiled.as_text(), numels)
-    return profiled | {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
-            "devices": jax.device_count(), "host_malloc": host_malloc.state(), "seconds_per_step": seconds,
-            "step_times": times,
-            "clips_per_s": config.batch_size / seconds, "compile_s": compile_s,
-            "flops_per_step": flops,
-            # XLA's per-device figures for the compiled step: temporaries (activations, gradients in flight) and
-            # arguments (parameters, optimizer state, batch).
-            "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
-            "argument_bytes": int(memory.argument_size_in_bytes) if memory else None}
+    return profiled | common | {"host_malloc": host_malloc.state(), "seconds_per_step": seconds, "step_times": times,
+                                "clips_per_s": config.batch_size / seconds} | memory_figures
 
 
 def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_frames: int, steps: int, warmup: int,
@@ -333,13 +371,48 @@ def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_fra
     return result
 
 
+def mesh_flag() -> tuple[int, int, int]:
+    """--mesh as (data, fsdp, tensor)."""
+    try:
+        data, fsdp, tensor = (int(v) for v in _MESH.value)
+    except ValueError:
+        raise app.UsageError(f"--mesh={','.join(_MESH.value)}: give DATA,FSDP,TENSOR, e.g. 1,8,1 (-1 = the rest of "
+                             f"the devices).") from None
+    return data, fsdp, tensor
+
+
+def decoder_share(config, seconds_per_step: float, steps: int, warmup: int) -> dict:
+    """The decoder blocks' share of a VideoMAE pre-training step, from the same step timed with one decoder block:
+    a block costs (t - t_1) / (depth - 1), the blocks depth times that, over t. Attention, norms and MLPs of the
+    blocks count; the decoder's input projection, head and loss (a few percent) stay with the rest."""
+    if config.model_name != "videomae" or config.task != "pretrain":
+        raise app.UsageError("--decoder_share applies to --model=videomae --mode=pretrain.")
+    depth = config.model.decoder_depth
+    if depth < 2:
+        raise app.UsageError(f"--decoder_share needs a decoder of at least 2 blocks; it has {depth}.")
+    one = config.copy_and_resolve_references()
+    one.model.decoder_depth = 1
+    seconds_one = time_vidjax(one, "pretrain", steps, warmup)["seconds_per_step"]
+    per_block = max(seconds_per_step - seconds_one, 0.0) / (depth - 1)
+    return {"seconds_per_step_one_decoder_block": seconds_one,
+            "decoder_blocks_share": depth * per_block / seconds_per_step}
+
+
 def option_rows() -> list[dict]:
-    """Every combination of the comma-listed --dtype, --remat, --grad_accum and --scan_layers, checked."""
+    """Every combination of the comma-listed --dtype, --remat, --grad_accum and --scan_layers (and --decoder_mask
+    when given), checked."""
     import itertools
 
     values = {"dtype": _DTYPE.value, "remat": _REMAT.value, "grad_accum": _GRAD_ACCUM.value,
               "scan_layers": _SCAN_LAYERS.value}
+    if _DECODER_MASK.value != ["none"]:
+        if _MODE.value != "pretrain" or _MODEL.value != "videomae":
+            raise app.UsageError(f"--decoder_mask={','.join(_DECODER_MASK.value)} applies to --model=videomae "
+                                 f"--mode=pretrain.")
+        values["decoder_mask"] = _DECODER_MASK.value
     for name, choices in _CHOICES.items():
+        if name not in values:
+            continue
         bad = [v for v in values[name] if v not in choices]
         if bad or not values[name]:
             raise app.UsageError(f"--{name}={','.join(values[name])}: each value must be one of {', '.join(choices)}.")
@@ -356,21 +429,29 @@ def option_rows() -> list[dict]:
 def _row_line(row: dict) -> str:
     line = (f"{row['seconds_per_step']:.4f} s/step, {row['clips_per_s']:.2f} clips/s, compile {row['compile_s']:.1f}s, "
             f"{row['flops_per_step'] / 1e9:.1f} GFLOP/step")
-    return line + (f", temp memory {row['temp_bytes'] / 2**20:.1f} MiB" if row["temp_bytes"] is not None else "")
+    line += f", temp memory {row['temp_bytes'] / 2**20:.1f} MiB" if row["temp_bytes"] is not None else ""
+    return line + (f", decoder blocks {row['decoder_blocks_share']:.0%} of the step"
+                   if "decoder_blocks_share" in row else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The rows as a markdown table, with step time and memory relative to the first row."""
-    lines = ["| dtype | remat | grad_accum | scan_layers | s/step | clips/s | compile s | temp MiB | args MiB | "
-             "time vs first | temp vs first |", "|" + " --- |" * 11]
+    """The rows as a markdown table, with step time and memory relative to the first row (and the decoder mask and
+    the decoder blocks' share of the step when the rows have them)."""
+    masks = "decoder_mask" in rows[0]
+    shares = "decoder_blocks_share" in rows[0]
+    lines = [f"| {'decoder_mask | ' if masks else ''}dtype | remat | grad_accum | scan_layers | s/step | clips/s | "
+             f"compile s | temp MiB | args MiB | time vs first | temp vs first |{' decoder blocks share |' * shares}",
+             "|" + " --- |" * (11 + masks + shares)]
     first = rows[0]
     for r in rows:
         temp = r["temp_bytes"] / 2**20 if r["temp_bytes"] is not None else float("nan")
         args = r["argument_bytes"] / 2**20 if r["argument_bytes"] is not None else float("nan")
         temp_ratio = r["temp_bytes"] / first["temp_bytes"] if r["temp_bytes"] and first["temp_bytes"] else float("nan")
-        lines.append(f"| {r['dtype']} | {r['remat']} | {r['grad_accum']} | {str(r['scan_layers']).lower()} | "
-                     f"{r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | {r['compile_s']:.1f} | {temp:.1f} | "
-                     f"{args:.1f} | {r['seconds_per_step'] / first['seconds_per_step']:.2f} | {temp_ratio:.2f} |")
+        share = f" {r['decoder_blocks_share']:.2f} |" if shares else ""
+        lines.append(f"| {r['decoder_mask'] + ' | ' if masks else ''}{r['dtype']} | {r['remat']} | {r['grad_accum']} | "
+                     f"{str(r['scan_layers']).lower()} | {r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | "
+                     f"{r['compile_s']:.1f} | {temp:.1f} | {args:.1f} | "
+                     f"{r['seconds_per_step'] / first['seconds_per_step']:.2f} | {temp_ratio:.2f} |" + share)
     return "\n".join(lines)
 
 
@@ -430,6 +511,9 @@ def main(argv: list[str]) -> None:
         print(json.dumps(result))
         return
     rows = option_rows()
+    if _COMPILE_ONLY.value and (_COMPARE.value or _DECODER_SHARE.value or _PROFILE.value or _MODE.value == "infer"):
+        raise app.UsageError("--compile_only compiles a training step and runs nothing: it takes no --compare, "
+                             "--decoder_share, --profile or --mode=infer.")
     if _COMPARE.value and len(rows) > 1:
         raise app.UsageError("--compare=torch times one configuration: give single --dtype/--remat/--grad_accum/"
                              "--scan_layers values.")
@@ -439,12 +523,26 @@ def main(argv: list[str]) -> None:
     for options in rows:
         config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
                               options["dtype"], _NUM_CLASSES.value, options["remat"], options["grad_accum"],
-                              options["scan_layers"], _COMPARE.value)
+                              options["scan_layers"], _COMPARE.value, options.get("decoder_mask", "none"))
         row = dict(common, **options)
-        row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value))
+        if _MESH.value:
+            config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_flag()
+        row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value,
+                               _COMPILE_ONLY.value))
+        if _COMPILE_ONLY.value:
+            print(f"vidjax (compiled only) mesh {row['mesh']}: per device temp {row['temp_bytes'] / 2**30:.3f} GiB, "
+                  f"arguments (state, batch) {row['argument_bytes'] / 2**30:.3f} GiB; compile {row['compile_s']:.1f}s",
+                  flush=True)
+            results.append(row)
+            continue
+        if _DECODER_SHARE.value:
+            row.update(decoder_share(config, row["seconds_per_step"], _STEPS.value, _WARMUP.value))
         label = " ".join(f"{k}={str(v).lower()}" for k, v in options.items()) if len(rows) > 1 else ""
         print(f"vidjax{' [' + label + ']' if label else ''}: {_row_line(row)}", flush=True)
         results.append(row)
+    if _COMPILE_ONLY.value:
+        print(json.dumps({**common, "rows": results}))
+        return
     if len(results) > 1:
         print(markdown_table(results), flush=True)
         print(json.dumps({**common, "rows": results}))

@@ -5,9 +5,10 @@ one table of step time, clips/s, achieved TFLOP/s and MFU, beside the PyTorch re
   bash scripts/bench_accelerator.sh --quick --out=q.json    # the same rows at toy sizes: a CPU check in a minute
   python -m vidjax.bench_matrix --families=videomae,vivit --dtypes=bfloat16 --batch_per_device=16
 
-Rows (`FAMILIES`, one entry per family): VideoMAE-B/16 pre-train and fine-tune, TimeSformer-B/16, ViViT-B/16x2
-(model 1, joint attention, as the PyTorch reference) and VideoMamba-S/16 inference and fine-tune. Each row is what
-`python -m vidjax.bench` times, through its own functions (`bench.bench_config`, `bench.time_vidjax`,
+Rows (`FAMILIES`, one entry per family): VideoMAE-B/16 pre-train (VideoMAE's masking, and VideoMAE V2's dual
+masking as `pretrain_v2`: the same encoder, the decoder on half of the tokens) and fine-tune, TimeSformer-B/16,
+ViViT-B/16x2 (model 1, joint attention, as the PyTorch reference) and VideoMamba-S/16 inference and fine-tune.
+Each row is what `python -m vidjax.bench` times, through its own functions (`bench.bench_config`, `bench.time_vidjax`,
 `bench_torch.time_torch`), in one process so that jax starts once: the trainer's jitted update step (pre-train,
 fine-tune) or the jitted forward (infer) on random inputs, `--steps` timed after `--warmup`, median reported.
 
@@ -69,7 +70,7 @@ class Family:
 
 
 FAMILIES = [
-    Family("videomae", "B/16", ("pretrain", "finetune"), "Mu/8"),
+    Family("videomae", "B/16", ("pretrain", "pretrain_v2", "finetune"), "Mu/8"),
     Family("timesformer", "B/16", ("infer", "finetune"), "Mu/8"),
     Family("vivit", "B/16x2", ("infer", "finetune"), "Mu/8x2"),
     Family("videomamba", "S/16", ("infer", "finetune"), "Mu/8"),
@@ -87,8 +88,9 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--out", help="write the rows as JSON to this file")
     parser.add_argument("--families", default=",".join(f.model for f in FAMILIES),
                         help="comma list of the families to run (default: all)")
-    parser.add_argument("--modes", default="pretrain,finetune,infer",
-                        help="comma list of the modes to run, of those each family has (default: all)")
+    parser.add_argument("--modes", default="pretrain,finetune,infer,pretrain_v2",
+                        help="comma list of the modes to run, of those each family has (default: all; pretrain_v2 is "
+                             "VideoMAE pre-training with VideoMAE V2's dual masking)")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma list of compute dtypes (default: both)")
     parser.add_argument("--batch_per_device", type=int, default=8, help="clips per device per step (default 8)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row (default 10)")
@@ -165,8 +167,11 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
     per_device = QUICK["batch_per_device"] if args.quick else args.batch_per_device
     variant = family.quick_variant if args.quick else family.variant
     reference = has_reference(family.model, mode)
-    config = bench.bench_config(family.model, variant, frames, size, per_device * devices, mode, dtype,
-                                num_classes=400, compare="torch" if reference else None)
+    # pretrain_v2: VideoMAE V2's dual masking (a running-cell decoder mask) on the same encoder as "pretrain".
+    step_mode = "pretrain" if mode == "pretrain_v2" else mode
+    config = bench.bench_config(family.model, variant, frames, size, per_device * devices, step_mode, dtype,
+                                num_classes=400, compare="torch" if reference else None,
+                                decoder_mask="run_cell" if mode == "pretrain_v2" else "none")
     if args.quick:
         config.model.update(QUICK["model"], **(QUICK_VIDEOMAE if family.model == "videomae" else {}))
     row = dict(model=family.model, variant=variant, mode=mode, dtype=dtype, frames=frames, size=size,
@@ -181,14 +186,14 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
         impl = attention.resolve(config.model.attention_impl, dtype, heads)
         row["attention"] = impl
     try:
-        result = bench.time_vidjax(config, mode, steps, warmup)
+        result = bench.time_vidjax(config, step_mode, steps, warmup)
     except Exception as err:  # noqa: BLE001 - one row's failure (cuDNN refusing a shape, out of memory) is reported
         if impl != "cudnn":
             return dict(row, error=_one_line(err))
         config.model.attention_impl = "xla"
         row["attention"] = f"xla (cudnn failed: {_one_line(err)})"
         try:
-            result = bench.time_vidjax(config, mode, steps, warmup)
+            result = bench.time_vidjax(config, step_mode, steps, warmup)
         except Exception as err2:  # noqa: BLE001
             return dict(row, error=_one_line(err2))
     seconds, flops = result["seconds_per_step"], result["flops_per_step"]
@@ -356,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     if not dtypes or any(d not in DTYPES for d in dtypes):
         parser.error(f"--dtypes={args.dtypes}: choose from {', '.join(DTYPES)}")
     modes = [m for m in args.modes.split(",") if m]
-    if not modes or any(m not in ("pretrain", "finetune", "infer") for m in modes):
-        parser.error(f"--modes={args.modes}: choose from pretrain, finetune, infer")
+    if not modes or any(m not in ("pretrain", "finetune", "infer", "pretrain_v2") for m in modes):
+        parser.error(f"--modes={args.modes}: choose from pretrain, finetune, infer, pretrain_v2")
     if min(args.batch_per_device, args.steps) < 1 or args.warmup < 0:
         parser.error("--batch_per_device and --steps must be at least 1, --warmup at least 0")
     input_files = [path for value in args.input_bench for path in value.split(",") if path]

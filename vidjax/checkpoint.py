@@ -30,6 +30,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from vidjax.config_lib import ConfigError
+from vidjax.models import layers
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +115,14 @@ class Checkpointer:
         """Restores the state onto the shardings carried by `abstract_state` (ShapeDtypeStructs with .sharding).
 
         Any mesh works: arrays saved sharded over 8 devices land on the shardings asked for (4 devices, 1, ...).
+        So does either block layout: a state saved with the blocks stacked (config.model.scan_layers: parameters,
+        optimizer moments and EMA under .../blocks/stacked/...) restores into a per-block one (.../blocks/0/...)
+        and the other way round (`layers.to_layout`).
         Raises CorruptCheckpointError when the state read back does not match the checksum saved with it
         (checkpoints written before checksums existed are not checked).
         """
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        target = self._saved_layout(step, abstract_state)
+        items = {"state": ocp.args.StandardRestore(target)}
         # Saved by another number of processes (a pod slice resumed on a smaller one): the data position is
         # carried over by carry_data_position instead of grain's per-process files.
         data_elsewhere = data_iterator is not None and not os.path.exists(os.path.join(
@@ -134,8 +139,28 @@ class Checkpointer:
                                          f"with it (garbled files)")
         if data_elsewhere:
             carry_data_position(os.path.join(self.path(step), "data"), data_iterator)
+        state = restored["state"]
+        if target is not abstract_state:
+            logger.info("Checkpoint %d lays its blocks out the other way (config.model.scan_layers: stacked or "
+                        "per block); converted to this model's layout", step)
+            state = jax.device_put(layers.to_layout(state, abstract_state),
+                                   jax.tree.map(lambda x: x.sharding, abstract_state))
         logger.info("Restored checkpoint %d from %s", step, self.directory)
-        return restored["state"]
+        return state
+
+    def _saved_layout(self, step: int, abstract_state):
+        """`abstract_state`, or where the checkpoint at `step` lays its blocks out the other way (stacked or per
+        block: `layers.abstract_in_layout`), that abstract state in the checkpoint's layout."""
+        try:
+            with ocp.PyTreeCheckpointer() as checkpointer:
+                metadata = checkpointer.metadata(os.path.join(self.path(step), "state")).item_metadata.tree
+            saved = set(layers.flat_params(metadata))
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore itself reports what is wrong
+            return abstract_state
+        if not saved or saved == set(layers.flat_params(abstract_state)):
+            return abstract_state
+        other = layers.abstract_in_layout(abstract_state, saved)
+        return other if set(layers.flat_params(other)) == saved else abstract_state
 
     def restore_latest(self, abstract_state, data_iterator: grain.DatasetIterator | None = None):
         """(step, state) of the newest step that restores, or None when there is no checkpoint.

@@ -143,6 +143,10 @@ def trainer_config() -> ml_collections.ConfigDict:
             regression="mse",  # regression loss: mse | ccc (1 - concordance correlation, averaged over targets)
         ),
         log_every=50,
+        # Classification of Kinetics: "" = evaluate the head's classes as they are; "k400" / "k600" / "k700" = the
+        # head has K710's 710 classes (VideoMAE V2) and the eval split is labelled in that release's classes: its
+        # outputs are mapped there before scoring (vidjax.data.kinetics.label_map, the official 710 -> N maps).
+        eval_label_space="",
         eval_every=0,  # 0 = only at the end
         eval_batches=0,  # 0 = the whole eval split
         checkpoint_every=1000,
@@ -170,11 +174,16 @@ def trainer_config() -> ml_collections.ConfigDict:
         # Per-device memory the compiled train step may use, in GiB, checked before the first step;
         # 0 = the limit the device reports (GPU / TPU; the CPU backend reports none and is not checked).
         memory_limit_gb=0.0,
-        # Logical parameter axis -> mesh axis ("" = replicated). Activations' batch axis uses ("data", "fsdp").
+        # Logical parameter axis -> mesh axis ("" = replicated; a tuple splits over several mesh axes).
         # `inner` is a Mamba block's expanded channel axis, `state` its SSM state axis, `positions` the token axis
         # of learned position tables.
         sharding_rules=dict(embed="fsdp", decoder_embed="fsdp", mlp="tensor", heads="tensor", head_dim="",
-                            classes="", norm="", inner="tensor", state="", positions=""),
+                            classes="", norm="", inner="tensor", state="", positions="",
+                            layers="",  # the leading axis of stacked blocks (config.model.scan_layers)
+                            # Activation axes inside the transformer blocks (vidjax/sharding.py: `constrain`):
+                            # heads and the MLP hidden over "tensor" (Megatron-style), the residual stream whole.
+                            act_batch=("data", "fsdp"), act_length="", act_embed="", act_heads="tensor",
+                            act_head_dim="", act_mlp="tensor"),
     ))
 
 

@@ -9,11 +9,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from vidjax import losses
 from vidjax.config_lib import ConfigError
-from vidjax.models import get_model
+from vidjax.models import get_model, layers
 
 
 def peak_lr(config: ml_collections.ConfigDict) -> float:
@@ -76,9 +77,10 @@ def decay_mask(params):
 # Where each model family keeps its parameters, as paths in the params tree (`nnx.to_pure_dict(nnx.state(model))`).
 # A parameter matching none of these tables is an error: a new layout must be placed here, not guessed.
 
-# The lists of blocks of each model (paths of the lists; their entries are the block indices), in the order the
-# model runs them. ViViT's factorised encoder runs `transformer` (spatial) then `temporal_transformer`, counted as one
-# sequence of blocks.
+# The lists of blocks of each model (paths of the lists; their entries are the block indices, or with
+# config.model.scan_layers one entry `layers.STACKED` whose leaves hold every block along their leading axis), in
+# the order the model runs them. ViViT's factorised encoder runs `transformer` (spatial) then
+# `temporal_transformer`, counted as one sequence of blocks.
 BLOCK_LAYOUTS: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("encoder", "transformer", "blocks"),),  # VideoMAE
     (("transformer", "blocks"),),  # ViViT joint
@@ -124,6 +126,10 @@ def _path_str(path: Sequence[str | int]) -> str:
     return "/".join(map(str, path))
 
 
+def _is_stacked(path: tuple[str | int, ...], stack: tuple[str, ...]) -> bool:
+    return len(path) > len(stack) and path[len(stack)] == layers.STACKED
+
+
 def _block_index(path: tuple[str | int, ...], stack: tuple[str, ...]) -> int:
     entry = path[len(stack)] if len(path) > len(stack) else None
     try:
@@ -139,7 +145,9 @@ def layer_ids(params) -> tuple[Any, int]:
 
     0 for the embedding (everything before the first block), i + 1 for the i-th block of the model's block
     sequence (stacks run one after the other count as one sequence), L + 1 for what follows the blocks (final
-    norm, fc_norm, head, a pre-training decoder). Only the tree's paths are read, so `params` may be abstract.
+    norm, fc_norm, head, a pre-training decoder). A stacked block parameter (config.model.scan_layers: the blocks
+    along its leading axis) gets an int array, the ids of its blocks in order. Only the tree's paths (and stacked
+    leaves' leading sizes) are read, so `params` may be abstract.
     Raises ValueError for a parameter the layout tables above do not place, or for a tree without a known list of
     blocks.
     """
@@ -154,17 +162,26 @@ def layer_ids(params) -> tuple[Any, int]:
             f"the layout of a vidjax model (VideoMAE, TimeSformer, ViViT, VideoMamba: "
             f"{'; '.join(', '.join(map(_path_str, lay)) for lay in BLOCK_LAYOUTS)}). Set "
             f"config.optimizer.layer_decay=1.0, or add the model's layout to BLOCK_LAYOUTS in vidjax/optim.py.")
+    leaves = [leaf for _, leaf in flat]
     offsets, counts = {}, {}
     for stack in layout:
-        indices = {_block_index(p, stack) for p in paths if _starts_with(p, stack)}
+        stacked = {leaf.shape[0] for p, leaf in zip(paths, leaves, strict=True)
+                   if _starts_with(p, stack) and _is_stacked(p, stack)}
+        indices = {_block_index(p, stack) for p in paths if _starts_with(p, stack) and not _is_stacked(p, stack)}
+        if len(stacked) > 1 or (stacked and indices):
+            raise ValueError(f"Layer decay: the blocks under {_path_str(stack)} are stacked with leading sizes "
+                             f"{sorted(stacked)} and listed as {sorted(indices)}; the params tree is inconsistent.")
+        indices |= set(range(next(iter(stacked), 0)))
         if indices != set(range(len(indices))):
             raise ValueError(f"Layer decay: the blocks under {_path_str(stack)} are numbered {sorted(indices)}, "
                              f"not 0..{len(indices) - 1}; the params tree is incomplete.")
         offsets[stack], counts[stack] = sum(counts.values()), len(indices)
     num_blocks = sum(counts.values())
 
-    def layer_id(path: tuple[str | int, ...]) -> int:
+    def layer_id(path: tuple[str | int, ...]) -> int | np.ndarray:
         for stack in layout:
+            if _starts_with(path, stack) and _is_stacked(path, stack):
+                return offsets[stack] + np.arange(counts[stack]) + 1
             if _starts_with(path, stack):
                 return offsets[stack] + _block_index(path, stack) + 1
         if any(_starts_with(path, prefix) for prefix in EMBEDDING_PARAMS):
@@ -185,12 +202,20 @@ def layer_decay_scales(params, decay: float):
     """Learning-rate scale per parameter (a tree of floats like `params`): decay ** (L + 1 - layer id).
 
     The head's scale is 1 and the patch embedding's decay ** (L + 1), as the VideoMAE/BEiT fine-tuning recipes
-    (`optim_factory.get_num_layer_for_vit`); decay 1.0 gives 1.0 everywhere.
+    (`optim_factory.get_num_layer_for_vit`); decay 1.0 gives 1.0 everywhere. A stacked block parameter's scale is a
+    float32 array of its blocks' scales shaped (blocks, 1, ..., 1), to broadcast along its leading axis.
     """
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"Layer decay must be in (0, 1], got {decay}; 1.0 turns it off.")
     ids, num_blocks = layer_ids(params)
-    return jax.tree.map(lambda i: float(decay ** (num_blocks + 1 - i)), ids)
+
+    def scale(i, leaf):
+        if isinstance(i, np.ndarray):
+            values = np.array([float(decay ** (num_blocks + 1 - j)) for j in i.tolist()], np.float32)
+            return values.reshape((-1,) + (1,) * (len(leaf.shape) - 1))
+        return float(decay ** (num_blocks + 1 - i))
+
+    return jax.tree.map(scale, ids, params)
 
 
 def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
@@ -207,7 +232,8 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
     def update_fn(updates, state, params=None):
         del params
         scales = layer_decay_scales(updates, decay)
-        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+        return jax.tree.map(lambda u, s: u * (s.astype(u.dtype) if isinstance(s, np.ndarray) else s), updates,
+                            scales), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -252,13 +278,16 @@ GRAD_CLIP_MODES = ("global", "per_tensor")
 
 def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
     """Clips each gradient tensor on its own to L2 norm `max_norm`: g * min(1, max_norm / (|g| + 1e-6)), DINO's and
-    SVT's `clip_gradients` (utils.py), where optax's `clip_by_global_norm` scales all of them by one factor."""
+    SVT's `clip_gradients` (utils.py), where optax's `clip_by_global_norm` scales all of them by one factor. A
+    stacked block gradient (config.model.scan_layers) is clipped block by block, as the per-block tensors are."""
     def update_fn(updates, state, params=None):
-        def clip(g):
-            norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+        def clip(path, g):
+            stacked = layers.STACKED in (_key_name(k) for k in path)
+            axes = tuple(range(1, g.ndim)) if stacked else None
+            norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32)), axis=axes, keepdims=stacked))
             return (g * jnp.minimum(1.0, max_norm / (norm + 1e-6))).astype(g.dtype)
 
-        return jax.tree.map(clip, updates), state
+        return jax.tree_util.tree_map_with_path(clip, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 

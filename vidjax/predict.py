@@ -30,6 +30,12 @@ hold "caption" (with --window, "windows": [{"start_s", "end_s", "caption"}]) and
 "captioning". A caption is one clip's, so --num_clips and --num_crops must stay 1 (use --window for captions along
 a long video); --top_k and --threshold do not apply.
 
+--label_space=k400 (or k600, k700) names a Kinetics-710 checkpoint's predictions in that release's classes (VideoMAE
+V2's K710 models and distilled students, converted with `python -m vidjax.convert --from_videomae`): the logits of
+the target's classes are selected through the official K710 map (`vidjax.data.kinetics.label_map`), then scored,
+as the official evaluation on K400 does. It needs a checkpoint whose outputs are K710's (its class names, or 710
+unnamed outputs); naming the checkpoint's own label space changes nothing.
+
 Exit status: 0 all videos predicted, 1 some failed, 2 bad arguments, a captioner checkpoint without its tokenizer,
 or a checkpoint without a head (a pre-training or backbone checkpoint: use `python -m vidjax.extract` for
 embeddings or `python -m vidjax.visualize` for reconstructions).
@@ -48,7 +54,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from vidjax import cli, fileio, pretrained, tasks
-from vidjax.data import decode
+from vidjax.data import decode, kinetics
 
 
 def output_names(model: pretrained.Pretrained) -> list[str]:
@@ -64,15 +70,40 @@ def output_names(model: pretrained.Pretrained) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class _Scores:
     task: str
+    columns: tuple[int, ...] | None = None
 
     def __call__(self, model, video):
-        return tasks.get_task(self.task).scores(model(video)["logits"])
+        logits = model(video)["logits"]
+        if self.columns is not None:
+            logits = logits[..., np.asarray(self.columns)]
+        return tasks.get_task(self.task).scores(logits)
 
 
-def scores_fn(task: str) -> _Scores:
+def scores_fn(task: str, columns=None) -> _Scores:
     """Per-clip scores from the model (`Task.scores`): class probabilities, per-class sigmoid scores, or the
-    regressed values. A frozen dataclass, so every runner of a task shares one compilation."""
-    return _Scores(task)
+    regressed values; with `columns`, of those logits only (in that order), e.g. `kinetics.label_map("k710",
+    "k400")`. A frozen dataclass, so every runner of a task (and columns) shares one compilation."""
+    return _Scores(task, None if columns is None else tuple(int(c) for c in columns))
+
+
+def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple[np.ndarray | None, list[str]]:
+    """(logit columns, their names) that score `model`'s predictions in the Kinetics `label_space`: its own
+    outputs (None) when that is its label space, the K710 -> target map's columns for a K710 checkpoint; a
+    ValueError saying why otherwise."""
+    if model.task != "classification":
+        raise ValueError(f"--label_space applies to classification checkpoints; this one's task is {model.task}.")
+    names = model.class_names
+    n = int(model.config.num_classes)
+    own = kinetics.space_of(names) if names else kinetics.space_for(n)
+    if own is None:
+        raise ValueError(f"--label_space={label_space}: the checkpoint's {n} outputs are no Kinetics label space "
+                         f"(K400 / K600 / K700 class names, or K710's, which map to the others).")
+    if own == label_space:
+        return None, list(kinetics.class_names(own))
+    if own != "k710":
+        raise ValueError(f"--label_space={label_space}: the checkpoint's outputs are {own}'s classes; only a K710 "
+                         f"checkpoint maps to K400, K600 or K700.")
+    return kinetics.label_map("k710", label_space), list(kinetics.class_names(label_space))
 
 
 def sliding_windows(duration_s: float, window_s: float, stride_s: float) -> list[tuple[float, float]]:
@@ -169,6 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8,
                         help="clips per forward pass (rounded up to a multiple of the device count; a captioner "
                              "captions this many windows per call, on one device)")
+    parser.add_argument("--label_space", default="", choices=("", *kinetics.SPACES),
+                        help="name a K710 checkpoint's predictions in k400 / k600 / k700 classes, through the "
+                             "official K710 map (default: the checkpoint's own outputs)")
     parser.add_argument("--max_new_tokens", type=int, default=30,
                         help="captioner: the longest caption, in tokens (default 30)")
     parser.add_argument("--num_beams", type=int, default=3,
@@ -196,6 +230,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
 
 def _captioner_problem(model: pretrained.PretrainedCaptioner, args: argparse.Namespace) -> str | None:
     """Why the flags do not fit this captioner, or why it cannot write text; None when captioning can start."""
+    if args.label_space:
+        return f"--label_space={args.label_space}: --checkpoint={args.checkpoint} is a captioner, which has no classes."
     for flag in ("num_clips", "num_crops"):
         if getattr(args, flag) != 1:
             return (f"--{flag}={getattr(args, flag)}: --checkpoint={args.checkpoint} is a captioner, which writes "
@@ -287,10 +323,19 @@ def main(argv: list[str] | None = None) -> int:
               f"vidjax.visualize --checkpoint={args.checkpoint} VIDEO --out=PREFIX`.", file=sys.stderr)
         return 2
     else:
-        runner = pretrained.BatchRunner(model, scores_fn(model.task), args.batch_size)
+        columns, names = None, output_names(model)
+        if args.label_space:
+            try:
+                columns, names = label_space_columns(model, args.label_space)
+            except ValueError as e:
+                print(f"error: --checkpoint={args.checkpoint}: {e}", file=sys.stderr)
+                return 2
+        runner = pretrained.BatchRunner(model, scores_fn(model.task, columns), args.batch_size)
         report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
                   "num_clips": args.num_clips, "num_crops": args.num_crops, **windows, "videos": []}
-        predict_one = functools.partial(_head_prediction, model, runner, output_names(model), args)
+        if args.label_space:
+            report["label_space"] = args.label_space
+        predict_one = functools.partial(_head_prediction, model, runner, names, args)
     failed = 0
     for path in args.videos:
         try:

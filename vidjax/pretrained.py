@@ -48,17 +48,19 @@ from vidjax.convert.common import ConversionError
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
-from vidjax.models import ParamKeys, clip_spec, decoding, get_model
+from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
 DEFAULT_SAMPLING_RATE = 4
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_masked"))
-def _forward(params, video, mask, *, graphdef, num_masked):
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_masked", "num_decoded"))
+def _forward(params, video, mask, decoder_mask=None, *, graphdef, num_masked, num_decoded=None):
     # Module-level, with the graph static: every checkpoint of one architecture shares the compiled function.
     model = nnx.merge(graphdef, params)
-    return model(video) if mask is None else model(video, mask, num_masked=num_masked)
+    if mask is None:
+        return model(video)
+    return model(video, mask, decoder_mask=decoder_mask, num_masked=num_masked, num_decoded=num_decoded)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "fn", "mean", "std"))
@@ -158,8 +160,11 @@ class Pretrained:
                              f"{self.preprocessing['std']}; got {tuple(np.shape(video))}. Use "
                              f"pretrained.load(..., num_frames=, image_size=) to adapt it to other sizes.")
 
-    def forward(self, video, mask=None) -> dict[str, jax.Array]:
-        """Every output of the model: logits / loss / pred / last_hidden_state, as the head provides."""
+    def forward(self, video, mask=None, decoder_mask=None) -> dict[str, jax.Array]:
+        """Every output of the model: logits / loss / pred / last_hidden_state, as the head provides.
+
+        A pre-training checkpoint also takes VideoMAE V2's `decoder_mask` (bool (batch, tokens), True = not decoded,
+        the same count in every row; `pipeline.running_cell_mask`): the outputs then cover the decoded positions."""
         self._check(video)
         if self.config.head == "pretrain" and mask is None:
             raise ValueError("This is a VideoMAE pre-training checkpoint: call it as model(video, mask) with a bool "
@@ -174,7 +179,16 @@ class Pretrained:
             raise ValueError(f"The mask must be bool (batch, {tokens}) with the same number of masked (True) "
                              f"tokens in every row, some masked and some visible; got shape {mask.shape} with "
                              f"{sorted(set(counts.tolist()))} masked per row.")
-        return _forward(self.params, video, jnp.asarray(mask), graphdef=self.graphdef, num_masked=int(counts[0]))
+        if decoder_mask is None:
+            return _forward(self.params, video, jnp.asarray(mask), graphdef=self.graphdef, num_masked=int(counts[0]))
+        decoder_mask = np.asarray(decoder_mask, bool)
+        kept = (~decoder_mask).sum(axis=1) if decoder_mask.ndim == 2 else np.array([-1])
+        if decoder_mask.shape != mask.shape or kept.min() != kept.max() or not 0 < kept[0] <= tokens:
+            raise ValueError(f"The decoder mask must be bool (batch, {tokens}) like the mask, with the same number of "
+                             f"decoded (False) tokens in every row, some decoded; got shape {decoder_mask.shape} "
+                             f"with {sorted(set(kept.tolist()))} decoded per row.")
+        return _forward(self.params, video, jnp.asarray(mask), jnp.asarray(decoder_mask), graphdef=self.graphdef,
+                        num_masked=int(counts[0]), num_decoded=int(kept[0]))
 
     def __call__(self, video, mask=None):
         out = self.forward(video, mask)
@@ -371,7 +385,9 @@ def _read_converted(path: pathlib.Path) -> _Loaded:
     meta_path = path / common.META_FILE
     meta = json.loads(meta_path.read_text())
     config = _model_config(meta["model_name"], meta["model"], str(meta_path))
-    params = _restore_params(path / common.PARAMS_DIR, common.abstract_params(meta["model_name"], config))
+    # On disk per block (blocks/0/...), whatever config.model.scan_layers says: common.write_converted.
+    params = _restore_params(path / common.PARAMS_DIR,
+                             common.abstract_params(meta["model_name"], common.per_block_config(config)))
     flat = {k: np.asarray(v) for k, v in common.flatten_params(params).items()}
     preprocessing = dict(meta["preprocessing"])
     if "image_size" in preprocessing:
@@ -433,7 +449,8 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
     except (ValueError, KeyError) as e:
         raise ConversionError(f"The parameters in {step_dir / 'state'} do not match the model its config "
                               f"describes ({model_name}): {e}") from e
-    flat = {k: np.asarray(v) for k, v in common.flatten_params(params).items()}
+    # Saved in the layout of the run's config.model.scan_layers; read per block, as converted weights are.
+    flat = layers.flat_to_layout({k: np.asarray(v) for k, v in common.flatten_params(params).items()})
 
     data = config.get("data", {})
     preprocessing = dict(meta.get("preprocessing") or {})
@@ -506,7 +523,10 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     model = common.abstract_model(converted.model_name, config)
     num_tokens = getattr(getattr(model, "encoder", None), "num_tokens", None)
     graphdef, abstract = nnx.split(model)
-    params = common.unflatten_params(nnx.to_pure_dict(abstract), converted.params)
+    abstract = nnx.to_pure_dict(abstract)
+    # Per block as read; stacked where config.model.scan_layers builds the blocks stacked.
+    params = common.unflatten_params(abstract, layers.flat_to_layout(converted.params,
+                                                                      common.flatten_params(abstract)))
     params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     directory = pathlib.Path(fileio.user_path(path))
     tokenizer_dir = directory / TOKENIZER_DIR if (directory / TOKENIZER_DIR).is_dir() else None
@@ -582,11 +602,13 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
             raise ConfigError(f"{where} cannot be adapted to {model_config.num_frames} frames x "
                               f"{model_config.image_size} px: {e}") from e
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    # The checkpoint's blocks (per block as read) in the layout of `params` (stacked with config.model.scan_layers).
+    checkpoint_params = layers.flat_to_layout(converted.params, common.flatten_params(params))
     out, report = [], {"loaded": [], "fresh": [], "unused": []}
     mismatched = []
     for key_path, fresh in leaves:
         key = common.path_key(key_path)
-        value = converted.params.get(key)
+        value = checkpoint_params.get(key)
         is_head = key.split("/")[0] == "head"
         if value is None or (is_head and value.shape != fresh.shape):
             report["fresh"].append(key)
@@ -607,7 +629,7 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
                f"checkpoint's values (leave them unset on the command line and the fine-tune takes them), or a "
                f"checkpoint of this architecture." if differing else
                "Use the variant, width and depth of the checkpoint."))
-    report["unused"] = sorted(set(converted.params) - set(report["loaded"]) - set(report["fresh"]))
+    report["unused"] = sorted(set(checkpoint_params) - set(report["loaded"]) - set(report["fresh"]))
     if not report["loaded"]:
         raise ConfigError(f"{where} shares no parameter with the configured model.")
     return jax.tree_util.tree_unflatten(treedef, out), report
@@ -620,7 +642,7 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
 # init_from checkpoint. Frames and resolution are adapted to (position tables interpolated), not taken.
 ARCHITECTURE_EXCLUDES = frozenset({
     "num_frames", "image_size", "head", "num_classes", "head_init_scale", "head_dropout", "use_mean_pooling",
-    "drop_path", "mask_ratio", "norm_pix_loss", "position_init",
+    "drop_path", "mask_ratio", "decoder_mask_type", "decoder_mask_ratio", "norm_pix_loss", "position_init",
     "dtype", "remat", "scan_layers", "scan", "scan_chunk", "attention_impl", "resize_at_runtime"})
 # Model keys an evaluation may set for a trained checkpoint: the clip it sees (position tables interpolated) and how
 # the computation runs; every other key is the checkpoint's.

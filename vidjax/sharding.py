@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -13,10 +17,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vidjax.config_lib import ConfigError
+from vidjax.config_lib import ConfigError, trainer_config
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+
+logger = logging.getLogger(__name__)
+
+# A rule maps a logical axis to one mesh axis ("tensor"), several ("data", "fsdp": the dimension is split over their
+# product, the first one major) or none ("": replicated).
+Rule = str | Sequence[str]
 
 
 def create_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mesh:
@@ -42,8 +52,32 @@ def create_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mes
                          devices=devices)
 
 
-def logical_to_mesh(logical: P, shape: tuple[int, ...], rules: Mapping[str, str], mesh: Mesh) -> P:
-    """Maps a logical PartitionSpec to mesh axes; a dim stays replicated if its axis is taken or does not divide it."""
+def mesh_axes(rule: Rule | None) -> tuple[str, ...]:
+    """A rule's mesh axes: "" or None -> (), "tensor" -> ("tensor",), ("data", "fsdp") -> ("data", "fsdp")."""
+    if not rule:
+        return ()
+    return (rule,) if isinstance(rule, str) else tuple(rule)
+
+
+def _split_axes(rule: Rule | None, sizes: Mapping[str, int]) -> tuple[str, ...]:
+    """The mesh axes of `rule` that split anything on a mesh of `sizes`: present there, with more than one device."""
+    return tuple(axis for axis in mesh_axes(rule) if sizes.get(axis, 1) > 1)
+
+
+def _spec_entry(axes: tuple[str, ...]) -> str | tuple[str, ...]:
+    return axes[0] if len(axes) == 1 else axes
+
+
+_unsplit_logged: set[tuple] = set()  # (path, shape, logical axis): each parameter left whole is logged once
+
+
+def logical_to_mesh(logical: P, shape: tuple[int, ...], rules: Mapping[str, Rule], mesh: Mesh,
+                    path: str = "") -> P:
+    """Maps a logical PartitionSpec to mesh axes; a dim stays replicated if its axis is taken or does not divide it.
+
+    A dim left replicated because its mesh axes do not divide it is logged (a warning, once per parameter `path`,
+    a "/"-joined name such as encoder/blocks/0/attn/qkv): that parameter then takes a full copy on every device.
+    """
     used: set[str] = set()
     out = []
     for dim, name in zip(shape, tuple(logical) + (None,) * (len(shape) - len(logical)), strict=True):
@@ -51,21 +85,106 @@ def logical_to_mesh(logical: P, shape: tuple[int, ...], rules: Mapping[str, str]
             raise ConfigError(f"A parameter has logical axis {name!r}, which config.sharding_rules does not map; "
                               f"give it a mesh axis (one of {MESH_AXES}, or '' to replicate) in the config's "
                               f"sharding_rules (defaults: vidjax/config_lib.trainer_config).")
-        axis = rules.get(name, "") if name else ""
-        if axis and axis not in used and dim % mesh.shape[axis] == 0 and mesh.shape[axis] > 1:
-            used.add(axis)
-            out.append(axis)
-        else:
+        axes = _split_axes(rules.get(name, "") if name else "", mesh.shape)
+        ways = math.prod(mesh.shape[axis] for axis in axes)
+        if not axes or used & set(axes):
             out.append(None)
+        elif dim % ways:
+            key = (path, tuple(shape), name)
+            if key not in _unsplit_logged:
+                _unsplit_logged.add(key)
+                logger.warning("Parameter %s of shape %s stays replicated along its %r axis: its size %d does not "
+                               "divide over mesh axis %s of size %d (config.sharding_rules[%r]).", path or "?",
+                               tuple(shape), name, dim, " x ".join(axes), ways, name)
+            out.append(None)
+        else:
+            used.update(axes)
+            out.append(_spec_entry(axes))
     return P(*out)
 
 
-def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Mapping[str, str]) -> dict:
+def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules: Mapping[str, Rule]) -> dict:
     """NamedShardings (as a pure dict, like the parameters) from the logical names the model's Params declare."""
     specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
     shapes = nnx.to_pure_dict(abstract_state)
-    return jax.tree.map(lambda spec, x: NamedSharding(mesh, logical_to_mesh(spec, x.shape, rules, mesh)),
-                        specs, shapes, is_leaf=lambda x: isinstance(x, P))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, spec, x: NamedSharding(mesh, logical_to_mesh(
+            spec, x.shape, rules, mesh, jax.tree_util.keystr(path, simple=True, separator="/"))),
+        specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+# ---- activations: logical names inside the models, mapped by the same rules at trace time ----
+#
+# Names of activation axes (config.sharding_rules holds their mesh axes beside the parameters'; defaults in
+# vidjax/config_lib.trainer_config):
+#   act_batch     the leading (batch) axis of every activation          ("data", "fsdp")
+#   act_length    the token axis                                         "" (sequence parallelism: a mesh axis here)
+#   act_embed     the model width: the residual stream, block in and out "" (whole on every tensor shard)
+#   act_heads     attention heads of q, k, v and the attention output   "tensor"
+#   act_head_dim  the channels of one head                               ""
+#   act_mlp       the MLP's hidden (expanded) axis                       "tensor"
+# With these defaults a tensor axis gives Megatron-style tensor parallelism: q, k, v and the attention output are
+# split by heads and the MLP's hidden axis over "tensor", while the residual stream is split by batch only.
+
+_ACTIVATION_RULES: contextvars.ContextVar[Mapping[str, Rule] | None] = contextvars.ContextVar(
+    "vidjax_activation_rules", default=None)
+
+
+@functools.cache
+def default_rules() -> dict[str, Rule]:
+    """The default config.sharding_rules (vidjax/config_lib.trainer_config)."""
+    return dict(trainer_config().sharding_rules)
+
+
+@contextlib.contextmanager
+def activation_rules(rules: Mapping[str, Rule] | None) -> Iterator[None]:
+    """`constrain` maps activations' logical axes with `rules` (config.sharding_rules) inside this context;
+    None (and outside any such context): the defaults. Entered where a step is traced (train.in_mesh_context)."""
+    token = _ACTIVATION_RULES.set(None if rules is None else dict(rules))
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
+    """`x` constrained to the sharding its axes' logical names (one per axis, None: replicated) map to through the
+    active rules (`activation_rules`) on the mesh in context (`jax.sharding.use_abstract_mesh`).
+
+    A no-op outside a mesh context or on a one-device mesh. An axis whose mesh axes do not divide it, or are taken
+    by an earlier axis, is left unconstrained (XLA's propagation decides it); a name the rules lack takes its
+    default rule (a config saved before the name existed).
+    """
+    names = tuple(logical_names)
+    if len(names) != x.ndim:
+        raise ValueError(f"constrain: {len(names)} logical names {names} for an array of shape {x.shape}.")
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    rules = _ACTIVATION_RULES.get()
+    rules = default_rules() if rules is None else rules
+    used: set[str] = set()
+    spec = []
+    for dim, name in zip(x.shape, names, strict=True):
+        if name and name not in rules and name not in default_rules():
+            raise ConfigError(f"An activation has logical axis {name!r}, which config.sharding_rules does not map; "
+                              f"give it a mesh axis (one of {MESH_AXES}, or '' to replicate).")
+        axes = _split_axes((rules[name] if name in rules else default_rules()[name]) if name else "", mesh.shape)
+        if not axes:
+            spec.append(None)
+        elif used & set(axes) or dim % math.prod(mesh.shape[axis] for axis in axes):
+            spec.append(P.UNCONSTRAINED)
+        else:
+            used.update(axes)
+            spec.append(_spec_entry(axes))
+    return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def token_names(ndim: int, *last: str | None) -> tuple[str | None, ...]:
+    """Logical names of a token activation with `ndim` axes: act_batch first, `last` the trailing (feature) axes,
+    act_length for the token axes between: token_names(3, "act_embed") == ("act_batch", "act_length", "act_embed")."""
+    lead = ("act_batch",) + ("act_length",) * max(ndim - len(last) - 1, 0)
+    return (lead + tuple(last))[-ndim:] if ndim else ()
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, params_shardings, mesh: Mesh):
@@ -92,11 +211,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def rules_from_config(config: ml_collections.ConfigDict) -> dict[str, str]:
-    rules = dict(config.sharding_rules)
-    bad = {name: axis for name, axis in rules.items() if axis and axis not in MESH_AXES}
+def rules_from_config(config: ml_collections.ConfigDict) -> dict[str, Rule]:
+    """config.sharding_rules checked: each logical axis maps to "", a mesh axis or a tuple of distinct mesh axes."""
+    rules = {name: axis if isinstance(axis, str) else tuple(axis or ())
+             for name, axis in config.sharding_rules.items()}
+    bad = {name: axis for name, axis in rules.items()
+           if any(a not in MESH_AXES for a in mesh_axes(axis)) or len(set(mesh_axes(axis))) < len(mesh_axes(axis))}
     if bad:
-        raise ConfigError(f"config.sharding_rules maps {bad} to unknown mesh axes; valid axes: {MESH_AXES}.")
+        raise ConfigError(f"config.sharding_rules maps {bad} to unknown or repeated mesh axes; valid axes: "
+                          f"{MESH_AXES}.")
     return rules
 
 

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import grain
 import jax
@@ -368,11 +368,11 @@ def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: ja
     return jax.tree.map(lambda x: x / k, total)
 
 
-def in_mesh_context(fn, mesh: jax.sharding.Mesh):
-    """`fn` traced with `mesh` as the abstract mesh in context, so the models' `layers.shard_batch` constraints
-    apply."""
+def in_mesh_context(fn, mesh: jax.sharding.Mesh, rules: Mapping[str, sharding.Rule] | None = None):
+    """`fn` traced with `mesh` as the abstract mesh in context and `rules` (config.sharding_rules; None: the defaults)
+    as the activation rules, so the models' `layers.shard_batch` and `sharding.constrain` constraints apply."""
     def wrapped(*args):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), sharding.activation_rules(rules):
             return fn(*args)
 
     return wrapped
@@ -555,7 +555,8 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         return new_state, step_metrics
 
     batch_sh = sharding.batch_sharding(setup.mesh)
-    return jax.jit(in_mesh_context(train_step, setup.mesh), in_shardings=(setup.state_shardings, batch_sh),
+    return jax.jit(in_mesh_context(train_step, setup.mesh, sharding.rules_from_config(config)),
+                   in_shardings=(setup.state_shardings, batch_sh),
                    out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)), donate_argnums=0)
 
 
@@ -570,7 +571,7 @@ def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
         return task.eval_outputs(config, nnx.merge(setup.graphdef, params), batch)
 
-    return jax.jit(in_mesh_context(eval_step, setup.mesh),
+    return jax.jit(in_mesh_context(eval_step, setup.mesh, sharding.rules_from_config(config)),
                    in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
                    out_shardings=sharding.replicated(setup.mesh))
 

@@ -24,14 +24,16 @@ NEIGHBOURS = 4  # visible patches that estimate a masked patch's mean and std
 
 
 def visible_patch_stats(original: np.ndarray, masked_ids: np.ndarray, tubelet: int, patch: int,
-                        neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+                        neighbours: int = NEIGHBOURS, hidden_ids: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) of each masked token, estimated from the visible tokens only: (M, 1, C) each.
 
     For masked token m at grid position (t', i, j), the `neighbours` visible tokens of the same time slice t'
     nearest to (i, j) (Euclidean distance on the patch grid; ties go to the earlier token) are averaged: the
     estimate is the mean of their per-channel means and the mean of their per-channel (unbiased) stds. A slice
     with no visible token (possible only with masks other than tube masks) borrows from the whole clip's visible
-    tokens, nearest in (t', i, j). Fewer visible candidates than `neighbours`: all of them.
+    tokens, nearest in (t', i, j). Fewer visible candidates than `neighbours`: all of them. `hidden_ids` (default
+    `masked_ids`): every token the model did not see, when it predicts only some (VideoMAE V2's decoder masking).
     """
     t, h, w, c = original.shape
     grid = grid_shape((t, h, w), tubelet, patch)
@@ -40,7 +42,7 @@ def visible_patch_stats(original: np.ndarray, masked_ids: np.ndarray, tubelet: i
     means, stds = tokens.mean(axis=1), tokens.std(axis=1, ddof=1)  # (N, C)
     masked_ids = np.asarray(masked_ids, np.int64)
     visible = np.ones(len(tokens), bool)
-    visible[masked_ids] = False
+    visible[masked_ids if hidden_ids is None else np.asarray(hidden_ids, np.int64)] = False
     if not visible.any():
         raise ValueError("every token is masked; there are no visible patches to estimate statistics from")
     coords = np.stack(np.unravel_index(np.arange(len(tokens)), grid), axis=-1).astype(np.float64)
@@ -67,13 +69,15 @@ def stats_note(norm_pix: bool, true_stats: bool, neighbours: int = NEIGHBOURS) -
 
 def reconstruct(original: np.ndarray, pred: np.ndarray, masked_ids: np.ndarray, tubelet: int, patch: int,
                 norm_pix: bool = True, eps: float = 1e-6, true_stats: bool = False,
-                neighbours: int = NEIGHBOURS) -> np.ndarray:
+                neighbours: int = NEIGHBOURS, hidden_ids: np.ndarray | None = None, fill: float = 0.5) -> np.ndarray:
     """Video (T, H, W, C) in [0, 1]: visible patches from `original`, masked ones from the model's `pred`.
 
     `pred` (M, tubelet*patch*patch*C) holds predictions for the tokens `masked_ids`. With `norm_pix` the
     predictions are normalised patches, mapped back with a per-patch mean and (unbiased) std: the ground truth's
     with `true_stats` (the VideoMAE reference's visualisation, which uses pixels the model never saw), else the
-    estimate of `visible_patch_stats`. Callers should say which in the figure (`stats_note`).
+    estimate of `visible_patch_stats`. Callers should say which in the figure (`stats_note`). `hidden_ids`: the
+    tokens the model did not see when it predicts only some of them (`masked_ids` a subset; VideoMAE V2's decoder
+    masking): the statistics come from the others, and hidden tokens without a prediction are grey (`fill`).
     """
     t, h, w, c = original.shape
     tokens = patchify(np.asarray(original, np.float32), tubelet, patch)
@@ -84,8 +88,10 @@ def reconstruct(original: np.ndarray, pred: np.ndarray, masked_ids: np.ndarray, 
             mean = tokens.mean(axis=1, keepdims=True)[masked_ids]
             std = tokens.std(axis=1, ddof=1, keepdims=True)[masked_ids]
         else:
-            mean, std = visible_patch_stats(original, masked_ids, tubelet, patch, neighbours)
+            mean, std = visible_patch_stats(original, masked_ids, tubelet, patch, neighbours, hidden_ids)
         pred = pred * (std + eps) + mean
+    if hidden_ids is not None:
+        tokens[np.asarray(hidden_ids, np.int64)] = fill
     tokens[masked_ids] = pred
     return np.clip(unpatchify(tokens.reshape(tokens.shape[0], -1), tubelet, patch, t, h, w), 0.0, 1.0)
 

@@ -15,6 +15,14 @@ r"""Converts published video-model (and captioning) checkpoints into vidjax chec
       converted). Gives the TimeSformer backbone (head none; its CLS token is SVT's feature); the DINO projection
       head serves SVT's training only and is left out. Sizes are read from the tensor shapes; a width that is no
       ViT size also needs --num_heads.
+  python -m vidjax.convert --from_videomae FILE --out DST
+      FILE: an official VideoMAE or VideoMAE V2 checkpoint (.pth, as MCG-NJU/VideoMAE and OpenGVLab/VideoMAEv2
+      save them: {"model": ...}, {"module": ...} or a bare state dict): pre-training (encoder + decoder; head
+      pretrain), fine-tuned (fc_norm / mean pooling or norm, head; e.g. the K710 models) or a distilled student.
+      Sizes are read from the tensor shapes; the files record no frame count or resolution (16 x 224 unless
+      --num_frames / --image_size say otherwise), and a width that is no ViT size also needs --num_heads (a decoder
+      width that no official builder uses, --decoder_num_heads). A head of 400 / 600 / 700 / 710 outputs gets the
+      Kinetics label space's class names.
 
 Add --num_frames / --image_size to adapt a video model's checkpoint to another clip length or resolution (learned
 position embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config,
@@ -38,22 +46,30 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--from_hf", metavar="SRC", help="Hugging Face save_pretrained directory")
     src.add_argument("--from_videomamba", metavar="FILE", help="official VideoMamba checkpoint file")
     src.add_argument("--from_svt", metavar="FILE", help="SVT checkpoint file (released or a training checkpoint)")
+    src.add_argument("--from_videomae", metavar="FILE",
+                     help="official VideoMAE / VideoMAE V2 checkpoint file (pre-training, fine-tuned or distilled)")
     parser.add_argument("--out", required=True, metavar="DST", help="output directory (must not exist)")
     parser.add_argument("--num_frames", type=int, default=0, help="adapt to this many frames (0 = keep)")
     parser.add_argument("--image_size", type=int, default=0, help="adapt to this resolution (0 = keep)")
     parser.add_argument("--num_heads", type=int, default=0,
-                        help="--from_svt: attention heads, for a width that is no ViT size (0 = the ViT size "
-                             "table's: 12 for ViT-B)")
+                        help="--from_svt / --from_videomae: attention heads, for a width that is no ViT size (0 = "
+                             "the ViT size table's: 12 for ViT-B)")
+    parser.add_argument("--decoder_num_heads", type=int, default=0,
+                        help="--from_videomae pre-training checkpoints: decoder heads, for a decoder width no "
+                             "official builder uses (0 = the official table's: 192 -> 3, 384 -> 6, 512 -> 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return parser
 
 
 def convert(from_hf: str | None = None, from_videomamba: str | None = None, out: str = "", num_frames: int = 0,
-            image_size: int = 0, overwrite: bool = False, from_svt: str | None = None, num_heads: int = 0
-            ) -> Converted:
+            image_size: int = 0, overwrite: bool = False, from_svt: str | None = None, num_heads: int = 0,
+            from_videomae: str | None = None, decoder_num_heads: int = 0) -> Converted:
     """Converts one checkpoint and writes it to `out`; returns the `Converted` that was written."""
-    if num_heads and not from_svt:
-        raise ConversionError("--num_heads applies to --from_svt only: the other sources record their head count.")
+    if num_heads and not (from_svt or from_videomae):
+        raise ConversionError("--num_heads applies to --from_svt and --from_videomae only: the other sources "
+                              "record their head count.")
+    if decoder_num_heads and not from_videomae:
+        raise ConversionError("--decoder_num_heads applies to --from_videomae only.")
     if from_hf:
         from vidjax.convert.hf import convert_hf_dir
 
@@ -62,6 +78,11 @@ def convert(from_hf: str | None = None, from_videomamba: str | None = None, out:
         from vidjax.convert.svt import convert_svt_file
 
         converted = convert_svt_file(from_svt, num_heads or None)
+    elif from_videomae:
+        from vidjax.convert.videomae import convert_videomae_file
+
+        converted = convert_videomae_file(from_videomae, num_heads or None, decoder_num_heads or None,
+                                          num_frames or None, image_size or None)
     else:
         from vidjax.convert.common import TensorSource, finalize
         from vidjax.convert.videomamba import from_videomamba as convert_videomamba
@@ -82,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         converted = convert(args.from_hf, args.from_videomamba, args.out, args.num_frames, args.image_size,
-                            args.overwrite, from_svt=args.from_svt, num_heads=args.num_heads)
+                            args.overwrite, from_svt=args.from_svt, num_heads=args.num_heads,
+                            from_videomae=args.from_videomae, decoder_num_heads=args.decoder_num_heads)
     except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,7 +123,9 @@ def summary(converted: Converted) -> str:
         left_out = (f"; not converted: {skipped['what']} ({len(skipped['tensors'])} tensors: "
                     f"{', '.join(skipped['tensors'][:4])}{', ...' if len(skipped['tensors']) > 4 else ''})"
                     if skipped else "")
-        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}{left_out}"
+        space = converted.source.get("label_space")
+        labels = f"; label space {space} ({cfg.num_classes} classes, names filled)" if space else ""
+        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}{left_out}{labels}"
     if converted.model_name == "captioner":
         return (f"captioner ({cfg.encoder_name} encoder, GPT-2 decoder of {cfg.decoder.vocab_size} tokens, "
                 f"{n / 1e6:.2f}M params), {video}")

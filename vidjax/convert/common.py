@@ -350,6 +350,20 @@ def abstract_params(model_name: str, model_config: ml_collections.ConfigDict) ->
     return nnx.to_pure_dict(nnx.state(abstract_model(model_name, model_config)))
 
 
+def per_block_config(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`model_config` (a copy) with config.model.scan_layers off in it and in the model blocks nested in it: the
+    model whose parameters have the per-block layout (blocks/0/...) that converted checkpoints keep on disk, whatever
+    layout the run that wrote them used (`vidjax.models.layers.to_layout`)."""
+    config = model_config.copy_and_resolve_references()
+    blocks = [config]
+    while blocks:
+        block = blocks.pop()
+        if "scan_layers" in block:
+            block.scan_layers = False
+        blocks += [value for value in block.values() if isinstance(value, ml_collections.ConfigDict)]
+    return config
+
+
 def unflatten_params(abstract: Any, flat: Mapping[str, np.ndarray], origin: str = "the converter") -> Any:
     """Flat params -> the nested structure of `abstract`, checking that names and shapes match exactly."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
@@ -503,7 +517,7 @@ def write_converted(converted: Converted, dst: str | os.PathLike, *, overwrite: 
                                   f"only replaces an earlier conversion. Choose another --out.")
     for stale in dst.parent.glob(f".{dst.name}.tmp-*") if dst.parent.is_dir() else ():
         shutil.rmtree(stale, ignore_errors=True)  # left by a conversion that was killed mid-write
-    abstract = abstract_params(converted.model_name, converted.model_config)
+    abstract = abstract_params(converted.model_name, per_block_config(converted.model_config))
     params = unflatten_params(abstract, converted.params, converted.source.get("path", "the checkpoint"))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"

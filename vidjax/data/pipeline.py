@@ -3,12 +3,14 @@
 Built on grain's Dataset API. Every random choice is seeded by (config seed, global element index), so the same config
 gives the same batches, and the iterator state saved with a checkpoint resumes mid-epoch exactly. Batches hold
 uint8 videos (normalised on the device, which moves a quarter of the bytes of float32), int32 labels, and for
-pre-training the bool tube mask. Elements that fail to decode are dropped with a warning, never stopping a run.
+pre-training the bool tube mask (and VideoMAE V2's running-cell decoder mask). Elements that fail to decode are
+dropped with a warning, never stopping a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -52,6 +54,42 @@ def tube_mask(rng: np.random.Generator, grid: tuple[int, int, int], mask_ratio: 
     spatial = np.zeros(h * w, dtype=bool)
     spatial[rng.permutation(h * w)[: int(mask_ratio * h * w)]] = True
     return np.tile(spatial, t)
+
+
+DECODER_MASK_TYPES = ("none", "run_cell")  # config.model.decoder_mask_type: VideoMAE V2's decoder masking
+
+
+def running_cell_masks(grid: tuple[int, int, int], mask_ratio: float = 0.5) -> np.ndarray:
+    """Every phase of VideoMAE V2's running-cell decoder mask: bool (4, t*h*w), True = not decoded.
+
+    Each 2x2 cell of a frame hides its first int(4*mask_ratio) positions in the cell's (row-major) order, rotated
+    by one place per time index, so every frame hides the same count and each position is hidden in turn; a mask is
+    one of the 4 starting phases (the official `RunningCellMaskingGenerator`'s precomputed masks).
+    """
+    return _running_cell_phases(tuple(int(v) for v in grid), float(mask_ratio)).copy()
+
+
+def running_cell_mask(rng: np.random.Generator, grid: tuple[int, int, int], mask_ratio: float = 0.5) -> np.ndarray:
+    """Bool (t*h*w,) running-cell decoder mask, True = not decoded: one of `running_cell_masks`, drawn with `rng`."""
+    phases = _running_cell_phases(tuple(int(v) for v in grid), float(mask_ratio))
+    return phases[rng.integers(len(phases))].copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _running_cell_phases(grid: tuple[int, int, int], mask_ratio: float) -> np.ndarray:
+    t, h, w = grid
+    hidden = int(4 * mask_ratio)
+    if not 0 < hidden < 4:
+        raise ValueError(f"decoder_mask_ratio {mask_ratio} hides {hidden} of the 4 tokens of each 2x2 cell; the "
+                         f"running-cell mask needs 1 to 3 (a ratio in [0.25, 1)).")
+    if h % 2 or w % 2:
+        raise ValueError(f"the running-cell decoder mask tiles 2x2 cells, so it needs an even token grid; this clip "
+                         f"has {h}x{w} patches per frame (choose image_size as an even multiple of the patch).")
+    cell = np.arange(4) < hidden  # the cell's queue: `hidden` Trues, then Falses
+    phases = np.stack([np.stack([np.tile(np.roll(cell, -(start + i + 1)).reshape(2, 2), (h // 2, w // 2)).reshape(-1)
+                                 for i in range(t)]).reshape(-1) for start in range(4)])
+    phases.setflags(write=False)
+    return phases
 
 
 def _wrap(key: str, build):
@@ -226,6 +264,8 @@ class Preprocess:
     pixel_std: tuple[float, float, float]
     fields: object = None  # the task's per-element fields (`Task.element_fields`): (element, rng) -> dict
     views: views_lib.ViewSpec | None = None  # training elements as multiple views (`Task.view_spec`)
+    decoder_mask_type: str = "none"  # "run_cell": also a VideoMAE V2 decoder mask per clip (`running_cell_mask`)
+    decoder_mask_ratio: float = 0.5
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
@@ -294,8 +334,8 @@ class Preprocess:
                 window = (clip.start_s, clip.end_s) if window_index == 0 else (window[0], clip.end_s)
             views = np.stack(clips)
         if self.train:
-            if stored_clip:
-                video = views[0]  # the embedded dataset is not augmented
+            if stored_clip:  # the embedded dataset is not augmented: its k samples are the clip k times (own masks)
+                video = views[0] if d.num_samples == 1 else np.repeat(views[0][None], d.num_samples, axis=0)
             elif d.num_samples > 1:
                 video = transforms.repeated_augment(views[0], self._augment, rng, num_samples=d.num_samples)
             else:
@@ -311,7 +351,8 @@ class Preprocess:
 
     def _finish(self, out: dict, element: dict, video: np.ndarray, window: tuple[float, float],
                 rng: np.random.Generator) -> dict:
-        """`out` ({"video", "index"}) with the element's targets, the task's fields and the tube masks."""
+        """`out` ({"video", "index"}) with the element's targets, the task's fields and the tube masks (and with
+        `decoder_mask_type` "run_cell" the decoder masks, drawn after them: the tube masks are those of V1)."""
         out.update(self._targets(element, window))
         if self.fields is not None:
             out.update(self.fields(element, rng if self.train else None))
@@ -320,6 +361,13 @@ class Preprocess:
                 out["mask"] = np.stack([tube_mask(rng, self.mask_grid, self.mask_ratio) for _ in video])
             else:
                 out["mask"] = tube_mask(rng, self.mask_grid, self.mask_ratio)
+            if self.decoder_mask_type == "run_cell":
+                draw = [running_cell_mask(rng, self.mask_grid, self.decoder_mask_ratio)
+                        for _ in range(len(out["mask"]) if out["mask"].ndim == 2 else 1)]
+                out["decoder_mask"] = np.stack(draw) if out["mask"].ndim == 2 else draw[0]
+            elif self.decoder_mask_type not in DECODER_MASK_TYPES:
+                raise ValueError(f"config.model.decoder_mask_type must be one of {DECODER_MASK_TYPES}, got "
+                                 f"{self.decoder_mask_type!r}.")
         return out
 
     def _decode_cropped(self, src, name: str | None, start_s: float, end_s: float,
@@ -478,7 +526,7 @@ def _flatten_samples(batch: dict) -> dict:
     k = batch["video"].shape[1]
     out = {}
     for key, value in batch.items():
-        if key in ("video", "mask", "decode_failures"):
+        if key in ("video", "mask", "decoder_mask", "decode_failures"):
             out[key] = value.reshape(-1, *value.shape[2:])
         else:
             out[key] = np.repeat(value, k, axis=0)
@@ -515,7 +563,9 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     preprocess = preprocess_type(data=data, source=source, train=train, mask_grid=mask_grid,
                             mask_ratio=config.model.get("mask_ratio", 0.0), pixel_mean=clips["mean"],
                             pixel_std=clips["std"], fields=task.element_fields(config, train),
-                            views=task.view_spec(config) if train else None)
+                            views=task.view_spec(config) if train else None,
+                            decoder_mask_type=config.model.get("decoder_mask_type", "none"),
+                            decoder_mask_ratio=config.model.get("decoder_mask_ratio", 0.5))
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.

@@ -270,8 +270,9 @@ class Model(nnx.Module):
         self.remat, self.scan = layers.check_remat(cfg.remat), bool(cfg.scan_layers)
         self.wte = _param(rngs, _INIT_STD, (cfg.vocab_size, cfg.width), (None, "embed"))
         self.wpe = _param(rngs, _INIT_STD, (cfg.n_positions, cfg.width), ("positions", "embed"))
-        self.blocks = nnx.List([Block(cfg, encoder_width=self.cross_attention_width, rngs=rngs)
-                                for _ in range(cfg.depth)])
+        encoder_width = self.cross_attention_width
+        self.blocks = layers.make_blocks(lambda _, rngs: Block(cfg, encoder_width=encoder_width, rngs=rngs),
+                                         [0.0] * cfg.depth, scan=self.scan, rngs=rngs)
         self.ln_f = layers.LayerNorm(cfg.width, cfg.layer_norm_eps, rngs=rngs)
 
     # ---------------------------------------------------------------------------------------------- checks
@@ -396,5 +397,7 @@ def default_config() -> ml_collections.ConfigDict:
         pad_token_id=50256,  # written after a finished sequence's EOS; GPT-2 has none, so EOS by convention
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        scan_layers=False,  # True: one lax.scan over the blocks in training (decoding unrolls them)
+        # True: the blocks built stacked (parameters blocks/stacked/..., leading axis the blocks), one lax.scan over
+        # them for whole sequences; decoding unrolls them, each block's parameters sliced out of the stack
+        scan_layers=False,
     ))

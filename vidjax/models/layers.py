@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,11 @@ from flax import nnx
 
 from vidjax.config_lib import ConfigError
 from vidjax.ops import attention
-from vidjax.sharding import BATCH_AXES
+from vidjax.sharding import BATCH_AXES, constrain, token_names
 
-# ViT sizes: name -> (width, depth, heads). Ti/S/B/L/H as in the ViT and VideoMAE papers; "Mu" (micro) is
-# vidjax's own tiny size for laptop runs and tests.
+# ViT sizes: name -> (width, depth, heads). Ti/S/B/L/H as in the ViT and VideoMAE papers; g (giant, used with
+# patch 14) as in VideoMAE V2 and Zhai et al.'s scaling study; "Mu" (micro) is vidjax's own tiny size for laptop runs
+# and tests.
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "Mu": (96, 4, 3),
     "Ti": (192, 12, 3),
@@ -30,7 +31,10 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "B": (768, 12, 12),
     "L": (1024, 24, 16),
     "H": (1280, 32, 16),
+    "g": (1408, 40, 16),
 }
+# MLP widths that are not 4 x width: ViT-g's is 1408 x 48/11 = 6144 (VideoMAE V2's mlp_ratio=48/11).
+VIT_MLP_DIMS: dict[str, int] = {"g": 6144}
 
 # config.model.remat -> what a block keeps for the backward pass: "none" keeps every activation (fastest, most
 # memory); "full" keeps only the block's input and recomputes the rest; "dots_saveable" keeps matmul outputs and
@@ -290,19 +294,27 @@ class Attention(nnx.Module):
         return None
 
     def __call__(self, x_BLD: jax.Array, attend=None) -> jax.Array:
-        """`attend(q, k, v) -> out`, all (b, l, heads, head_dim), replaces plain attention over l when given."""
+        """`attend(q, k, v) -> out`, all (b, l, heads, head_dim), replaces plain attention over l when given.
+
+        Sharding (`vidjax.sharding.constrain`, config.sharding_rules): q, k, v and the attention output are split as
+        (act_batch, act_length, act_heads, act_head_dim), the output as (act_batch, act_length, act_embed).
+        """
         dt = self.dtype
+        heads = ("act_batch", "act_length", "act_heads", "act_head_dim")
         # (b, l, 3, h, k) keeps the projection a plain row-major x @ W; a (3, b, l, h, k) output costs a transpose.
         qkv = project(x_BLD.astype(dt), self.qkv[...].astype(dt))
         bias = self._bias()
         if bias is not None:
             qkv = qkv + bias.astype(dt)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = constrain(qkv, ("act_batch", "act_length", None, "act_heads", "act_head_dim"))
+        q, k, v = (constrain(qkv[:, :, i], heads) for i in range(3))
         if attend is None:
             out_BLHK = attention.dot_product_attention(q, k, v, self.implementation)
         else:
             out_BLHK = attend(q, k, v)
-        return project(out_BLHK, self.proj[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
+        out_BLHK = constrain(out_BLHK, heads)
+        out_BLD = project(out_BLHK, self.proj[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
+        return constrain(out_BLD, ("act_batch", "act_length", "act_embed"))
 
 
 class Mlp(nnx.Module):
@@ -319,7 +331,10 @@ class Mlp(nnx.Module):
         self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(gelu(self.fc1(x), approximate=self.approximate_gelu))
+        """x (batch, ..., dim) -> the same shape; the hidden activation split as (act_batch, act_length..., act_mlp),
+        the output as (act_batch, act_length..., act_embed) (`vidjax.sharding.constrain`)."""
+        hidden = constrain(self.fc1(x), token_names(x.ndim, "act_mlp"))
+        return constrain(self.fc2(gelu(hidden, approximate=self.approximate_gelu)), token_names(x.ndim, "act_embed"))
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -422,22 +437,127 @@ def _static_layout(block: nnx.Module) -> nnx.GraphDef:
         block.drop_path = rate
 
 
-def run_blocks(blocks: Sequence[nnx.Module], carry, rng: jax.Array | None, *, remat: str = "none",
-               scan: bool = False, first_index: int = 0, **kwargs):
+# A `BlockStack` keeps its blocks under this attribute, so the key of stacked parameters in a params tree is
+# ".../blocks/stacked/..." (each leaf shaped (depth, ...)) where loop mode has ".../blocks/0/...", ".../blocks/1/...".
+STACKED = "stacked"
+# The logical name of the stacked leading axis (config.sharding_rules maps it, to "": replicated).
+STACK_AXIS = "layers"
+
+
+class _LayerKeys:
+    """`rngs.params()` of one block of a `BlockStack`: the keys drawn for it, in order (None: only counts draws)."""
+
+    def __init__(self, keys: jax.Array | None):
+        self._keys, self.count = keys, 0
+
+    def params(self) -> jax.Array:
+        key = jax.random.key(0) if self._keys is None else self._keys[self.count]
+        self.count += 1
+        return key
+
+
+class BlockStack(nnx.Module):
+    """`len(rates)` blocks of one kind built as one module whose parameters have a leading axis of that length
+    (logical name STACK_AXIS), as config.model.scan_layers builds them: `run_blocks` scans over them in place.
+
+    `make_block(rate, rngs)` builds one block with drop-path rate `rate`; it is called once under `nnx.vmap`, with
+    rate 0.0: the per-block rates are kept here (`drop_path_rates`, static) and scanned along, so every block has
+    one graph. Block i gets the keys `rngs.params()` would have given it had the blocks been built one after the
+    other, so a seed gives the parameters of loop mode, stacked. `stack[i]` is block i as a module of its own (its
+    parameters sliced out: a read-only view, e.g. for GPT-2's decoding, which unrolls the blocks).
+    """
+
+    def __init__(self, make_block, rates: Sequence[float], *, rngs):
+        self.drop_path_rates = tuple(float(r) for r in rates)
+        counter = _LayerKeys(None)
+        nnx.eval_shape(lambda: make_block(0.0, counter))  # how many keys a block draws
+        depth, draws = len(self.drop_path_rates), counter.count
+        keys = jnp.stack([rngs.params() for _ in range(depth * draws)]).reshape(depth, draws) if draws else \
+            jnp.zeros((depth, 0))
+        create = nnx.vmap(lambda keys: make_block(0.0, _LayerKeys(keys)), in_axes=0, out_axes=0,
+                          transform_metadata={nnx.PARTITION_NAME: STACK_AXIS})
+        setattr(self, STACKED, create(keys))
+
+    def __len__(self) -> int:
+        return len(self.drop_path_rates)
+
+    def __getitem__(self, i: int) -> nnx.Module:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"block {i} of a stack of {len(self)}")
+        graphdef, state = nnx.split(getattr(self, STACKED))
+        block = nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
+        if hasattr(block, "drop_path"):
+            block.drop_path = self.drop_path_rates[i]
+        return block
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def make_blocks(make_block, rates: Sequence[float], *, scan: bool, rngs) -> nnx.List | BlockStack:
+    """A model's blocks, one per drop-path rate in `rates`: `make_block(rate, rngs)` each, in an `nnx.List` (loop
+    mode: parameters blocks/0/..., blocks/1/...), or with `scan` (config.model.scan_layers) one `BlockStack`
+    (parameters blocks/stacked/... with a leading depth axis; `to_layout` converts between the two)."""
+    rates = [float(r) for r in rates]
+    if scan and rates:
+        return BlockStack(make_block, rates, rngs=rngs)
+    return nnx.List([make_block(r, rngs) for r in rates])
+
+
+def _scan_blocks(graphdef: nnx.GraphDef, stacked, rates: Sequence[float], carry: tuple, rng: jax.Array | None,
+                 remat: str, first_index: int, kwargs: dict, start: int = 0) -> tuple:
+    """One `lax.scan` of the block `graphdef` over the parameters `stacked` (leading axis: the blocks), from block
+    `start` on (then each block's parameters are indexed in place: slicing the first off would copy the others)."""
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    # All-zero rates stay the block's static 0.0: no drop-path draws, as unrolled.
+    rates = jnp.asarray(rates, jnp.float32)[start:] if any(rates[start:]) else None
+    indices = jnp.arange(start, depth)
+
+    def take(index):
+        return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, 0, keepdims=False), stacked)
+
+    def body(carry, xs):
+        state, rate, index = xs
+        block = nnx.merge(graphdef, take(index) if start else state)
+        if rate is not None and hasattr(block, "drop_path"):
+            block.drop_path = nnx.data(rate)
+        key = jax.random.fold_in(rng, first_index + index) if rng is not None else None
+        out = block(*carry, rng=key, **kwargs)
+        return shard_batch(out if isinstance(out, tuple) else (out,)), None
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)  # CSE cannot cross a scan
+    carry, _ = jax.lax.scan(body, carry, (None if start else stacked, rates, indices))
+    return carry
+
+
+def run_blocks(blocks: Sequence[nnx.Module] | BlockStack, carry, rng: jax.Array | None, *, remat: str = "none",
+               scan: bool = False, first_index: int = 0, start: int = 0, **kwargs):
     """Applies `blocks` in order: `carry = block(*carry, rng=fold_in(rng, first_index + i), **kwargs)`.
 
     `carry` is one activation array or a tuple of them (a block then returns a tuple of the same structure).
-    `remat` is the per-block policy (`REMAT_POLICIES`). With `scan=False` the blocks are unrolled: XLA compiles
-    each of them. With `scan=True` (config.model.scan_layers) their parameters are stacked along a new leading axis
-    at call time and one `lax.scan` runs a single copy of the block over them, so XLA compiles one block whatever
-    the depth. The parameters keep their per-block layout, so checkpoints, converted weights and per-layer lr decay
-    are the same either way; the cost is one copy of the blocks' parameters per step. Per-block drop-path rates and
-    random keys are scanned along, so both modes compute the same thing. Scanning needs blocks of one kind and one
-    set of parameter shapes.
+    `remat` is the per-block policy (`REMAT_POLICIES`). `start` skips a `BlockStack`'s first blocks (VideoMamba
+    runs its first layer apart); block i keeps key index first_index + i.
+
+    A `BlockStack` (what `make_blocks` builds with config.model.scan_layers) runs as one `lax.scan` of a single copy
+    of the block over its stacked parameters, read in place: XLA compiles one block whatever the depth, and the
+    gradient comes out stacked like the parameters. Its parameters are laid out blocks/stacked/... (leading axis:
+    the blocks), not blocks/0/...: `to_layout` converts checkpoints and converted weights between the two, and
+    optim's layer decay indexes the stacked axis. A list of blocks is unrolled (XLA compiles each block), or with
+    `scan=True` scanned after stacking its parameters at call time, which copies them every step (no model does
+    this any more: `make_blocks` builds a `BlockStack` when scanning). Either way per-block drop-path rates and
+    random keys are scanned along, so scanning and unrolling compute the same values from the same parameters.
+    Scanning needs blocks of one kind and one set of parameter shapes. Unrolled, on CPU, each block's input
+    gradient is written out whole (`call_block`); a scan's carry is written out between iterations anyway.
     """
-    blocks = list(blocks)
     single = not isinstance(carry, tuple)
     carry = (carry,) if single else carry
+    if isinstance(blocks, BlockStack):
+        graphdef, stacked = nnx.split(getattr(blocks, STACKED))
+        carry = _scan_blocks(graphdef, stacked, blocks.drop_path_rates, carry, rng, remat, first_index, kwargs,
+                             start)
+        return carry[0] if single else carry
+    blocks = list(blocks)
     if not scan or len(blocks) < 2:
         for i, block in enumerate(blocks):
             key = jax.random.fold_in(rng, first_index + i) if rng is not None else None
@@ -454,21 +574,111 @@ def run_blocks(blocks: Sequence[nnx.Module], carry, rng: jax.Array | None, *, re
                               f"{first_index + i} ({type(block).__name__}) differs from block {first_index}; "
                               f"set config.model.scan_layers=False for this model.")
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    rates = jnp.asarray([getattr(block, "drop_path", 0.0) for block in blocks], jnp.float32)
-    indices = jnp.arange(first_index, first_index + len(blocks))
-
-    def body(carry, xs):
-        state, rate, index = xs
-        block = nnx.merge(graphdef, state)
-        if hasattr(block, "drop_path"):
-            block.drop_path = nnx.data(rate)
-        out = block(*carry, rng=jax.random.fold_in(rng, index) if rng is not None else None, **kwargs)
-        return shard_batch(out if isinstance(out, tuple) else (out,)), None
-
-    if remat != "none":
-        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)  # CSE cannot cross a scan
-    carry, _ = jax.lax.scan(body, carry, (stacked, rates, indices))
+    rates = [float(getattr(block, "drop_path", 0.0)) for block in blocks]
+    carry = _scan_blocks(graphdef, stacked, rates, carry, rng, remat, first_index, kwargs)
     return carry[0] if single else carry
+
+
+def _key_str(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def flat_params(tree) -> dict:
+    """{"a/b/0/c": leaf} of a pytree (pure dicts, lists, optax states), as vidjax.convert names parameters."""
+    return {"/".join(_key_str(k) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def flat_to_layout(flat, target=()) -> dict:
+    """Flat parameters (`flat_params` names) with their blocks laid out as the names in `target` are.
+
+    A stacked entry ".../blocks/stacked/x" (leading axis: the blocks) that `target` does not name is split into
+    ".../blocks/0/x", ".../blocks/1/x", ...; a stacked name of `target` is made from those per-block entries when
+    `flat` has all of them (the leading size: the target leaf's, else as many as there are). The empty target gives
+    the per-block layout of checkpoints on disk and converted weights. Other entries pass unchanged.
+    """
+    target = dict.fromkeys(target) if not isinstance(target, dict) else target
+    out = {}
+    for key, value in flat.items():
+        parts = key.split("/")
+        if STACKED not in parts or key in target:
+            out[key] = value
+            continue
+        j = parts.index(STACKED)
+        for i in range(value.shape[0]):
+            out["/".join(parts[:j] + [str(i)] + parts[j + 1:])] = value[i]
+    for key, leaf in target.items():
+        parts = key.split("/")
+        if STACKED not in parts or key in out:
+            continue
+        j = parts.index(STACKED)
+        def name(i, parts=parts, j=j):
+            return "/".join(parts[:j] + [str(i)] + parts[j + 1:])
+
+        depth = getattr(leaf, "shape", (0,))[0] if leaf is not None else 0
+        if not depth:
+            while name(depth) in out:
+                depth += 1
+        names = [name(i) for i in range(depth)]
+        if depth and all(n in out for n in names):
+            values = [out.pop(n) for n in names]
+            stack = jnp.stack if any(isinstance(v, jax.Array) for v in values) else np.stack
+            out[key] = stack(values)
+    return out
+
+
+def to_layout(tree, target):
+    """`tree` (parameters, or any state holding them: optimizer moments, EMA) in the block layout of `target`, a
+    tree of the same structure but for that layout (arrays or ShapeDtypeStructs): stacked where config.model.
+    scan_layers built `target`'s model, per block where not (`flat_to_layout`). Values are the same."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+    names = ["/".join(_key_str(k) for k in path) for path, _ in leaves]
+    flat = flat_to_layout(flat_params(tree), {n: leaf for n, (_, leaf) in zip(names, leaves, strict=True)})
+    missing = [n for n in names if n not in flat]
+    if missing:
+        raise ValueError(f"{len(missing)} entries of the target layout are not in the tree to convert, e.g. "
+                         f"{', '.join(missing[:4])}")
+    return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
+
+
+def _abstract_stack(x: jax.ShapeDtypeStruct, depth: int | None) -> jax.ShapeDtypeStruct:
+    """x with a leading axis of `depth` added (None: its leading axis taken off); a NamedSharding follows."""
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (len(x.shape) - len(sharding.spec))
+        spec = (None, *spec) if depth is not None else spec[1:]
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    shape = (depth, *x.shape) if depth is not None else x.shape[1:]
+    return jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding)
+
+
+def abstract_in_layout(tree, names: Collection[str], prefix: str = ""):
+    """`tree` of ShapeDtypeStructs (a train state: dicts, tuples, named tuples) with its blocks laid out as the flat
+    names `names` (`flat_params` of another tree: a checkpoint's) lay them out: per-block dicts {0: ..., 1: ...}
+    stacked into {STACKED: ...} or the other way round; shardings follow (the stacked axis unsharded)."""
+    def has(name: str) -> bool:
+        return any(n == name or n.startswith(name + "/") for n in names)
+
+    def sub(key) -> str:
+        return f"{prefix}/{key}" if prefix else str(key)
+
+    if isinstance(tree, dict):
+        keys = list(tree)
+        if keys and all(isinstance(k, int) for k in keys) and has(sub(STACKED)) and not has(sub(keys[0])):
+            blocks = [tree[k] for k in sorted(keys)]
+            return {STACKED: jax.tree.map(lambda *xs: _abstract_stack(xs[0], len(xs)), *blocks)}
+        if keys == [STACKED] and has(sub(0)) and not has(sub(STACKED)):
+            depth = jax.tree.leaves(tree[STACKED])[0].shape[0]
+            return {i: jax.tree.map(lambda x: _abstract_stack(x, None), tree[STACKED]) for i in range(depth)}
+        return {k: abstract_in_layout(v, names, sub(k)) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(abstract_in_layout(getattr(tree, f), names, sub(f)) for f in tree._fields))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(abstract_in_layout(v, names, sub(i)) for i, v in enumerate(tree))
+    return tree
 
 
 class Block(nnx.Module):
@@ -486,14 +696,16 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, rng_attn)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, rng_mlp)
+        residual = ("act_batch", "act_length", "act_embed")  # the residual stream (`vidjax.sharding.constrain`)
+        x = constrain(x, residual)
+        x = constrain(x + drop_path(self.attn(self.norm1(x)), self.drop_path, rng_attn), residual)
+        return constrain(x + drop_path(self.mlp(self.norm2(x)), self.drop_path, rng_mlp), residual)
 
 
 class Transformer(nnx.Module):
     """A stack of `Block`s with linearly increasing drop-path rates, as in the ViT/VideoMAE references.
 
-    `scan=True` runs them as one `lax.scan` (see `run_blocks`).
+    `scan=True` builds them stacked (`BlockStack`) and runs them as one `lax.scan` (see `run_blocks`).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
@@ -502,11 +714,11 @@ class Transformer(nnx.Module):
         rates = np.linspace(0.0, drop_path, depth) if depth > 1 else np.array([drop_path])
         self.remat = check_remat(remat)
         self.scan = bool(scan)
-        self.blocks = nnx.List([
-            Block(dim, num_heads, mlp_dim, eps=eps, drop_path=float(r), qkv_bias=qkv_bias, dtype=dtype,
-                  attention_impl=attention_impl, approximate_gelu=approximate_gelu, rngs=rngs)
-            for r in rates
-        ])
+        self.blocks = make_blocks(
+            lambda rate, rngs: Block(dim, num_heads, mlp_dim, eps=eps, drop_path=rate, qkv_bias=qkv_bias,
+                                     dtype=dtype, attention_impl=attention_impl, approximate_gelu=approximate_gelu,
+                                     rngs=rngs),
+            rates, scan=scan, rngs=rngs)
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         return run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan)
@@ -518,5 +730,6 @@ def vit_dims(variant: str, width: int | None = None, depth: int | None = None,
     size, patch = parse_variant(variant)
     w, d, h = VIT_SIZES[size]
     width, depth, num_heads = width or w, depth or d, num_heads or h
-    return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim or 4 * width, patch=patch)
+    default_mlp = VIT_MLP_DIMS.get(size, 4 * w) if width == w else 4 * width
+    return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim or default_mlp, patch=patch)
 

@@ -131,13 +131,12 @@ class Model(nnx.Module):
             self.time_embed = nnx.Param(time_init(None, (cfg.num_frames, self.width)),
                                         out_sharding=("positions", "embed"))
         rates = np.linspace(0.0, cfg.drop_path, dims["depth"]) if dims["depth"] > 1 else np.array([cfg.drop_path])
-        self.blocks = nnx.List([
-            Block(self.width, dims["num_heads"], dims["mlp_dim"], attention_type=cfg.attention_type, eps=cfg.ln_eps,
-                  drop_path=float(r), qkv_bias="qkv" if cfg.qkv_bias else "none",
-                  approximate_gelu=cfg.approximate_gelu, dtype=dtype, attention_impl=cfg.attention_impl or None,
-                  rngs=rngs)
-            for r in rates
-        ])
+        self.blocks = layers.make_blocks(
+            lambda rate, rngs: Block(self.width, dims["num_heads"], dims["mlp_dim"], attention_type=cfg.attention_type,
+                                     eps=cfg.ln_eps, drop_path=rate, qkv_bias="qkv" if cfg.qkv_bias else "none",
+                                     approximate_gelu=cfg.approximate_gelu, dtype=dtype,
+                                     attention_impl=cfg.attention_impl or None, rngs=rngs),
+            rates, scan=cfg.scan_layers, rngs=rngs)
         self.remat = layers.check_remat(cfg.remat)
         self.scan_layers = bool(cfg.scan_layers)
         self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs)
@@ -234,7 +233,9 @@ def default_config() -> ml_collections.ConfigDict:
         drop_path=0.0,
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
+        # True: the blocks built stacked (parameters blocks/stacked/..., leading axis the blocks) and run as one
+        # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
+        scan_layers=False,
         attention_impl="",  # "": chosen per platform (ops/attention.py); or "xla", "cudnn", "heads_major"
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),

@@ -5,6 +5,13 @@ linear map of (t, h, w, c)-ordered patch pixels (a Conv3d with stride = kernel),
 table over the flattened (t, h, w) token index, q/v attention biases without a k bias, exact GELU, and a
 decoder of its own width with its own position table. The encoder sees only the visible tokens.
 
+VideoMAE V2's dual masking (OpenGVLab/VideoMAEv2, `decoder_mask_type="run_cell"`): a second bool mask,
+`decoder_mask` (True = not decoded; the running-cell mask of `data.pipeline.running_cell_mask`), chooses the
+positions the decoder reconstructs. The decoder's input is the encoder's visible tokens followed by one mask token
+at every position the decoder mask leaves (in increasing order, positions the encoder saw included); it predicts
+those positions, and the loss is the per-token MSE averaged over the ones the encoder masked. Without a decoder
+mask the model is VideoMAE (V1): the decoder predicts the encoder-masked tokens, the loss is the mean over them.
+
 Heads: "pretrain" (decoder + reconstruction loss), "classification" (mean over tokens then fc_norm when
 `use_mean_pooling`, else the first token after a final norm, as Hugging Face's `VideoMAEForVideoClassification`
 does) and "none" (the encoder alone, like `VideoMAEModel`). The encoder ends with a LayerNorm for pre-training and
@@ -13,7 +20,8 @@ Hugging Face port (1e-12 in blocks, PyTorch's 1e-5 for fc_norm and the decoder n
 
 Inputs are channels-last float videos `(batch, frames, height, width, 3)`, already normalised with
 `config.pixel_mean/pixel_std`; masks are bool `(batch, tokens)` with True = masked and the same number of masked
-tokens in every sample (`Model.num_masked`).
+tokens in every sample (`Model.num_masked`); decoder masks likewise keep the same number of decoded positions in
+every sample (`Model.num_decoded`).
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidjax.config_lib import ConfigError
 from vidjax.models import layers
 from vidjax.patches import grid_shape, patchify
 
-# Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout).
+# Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout): VideoMAE's
+# for Mu-H (its ViT-H decoder is 640 wide; VideoMAE V2's is 512, which `decoder_width` selects), VideoMAE V2's for g.
 DECODER_SIZES: dict[str, tuple[int, int]] = {
-    "Mu": (64, 2), "Ti": (96, 3), "S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8),
+    "Mu": (64, 2), "Ti": (96, 3), "S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8), "g": (512, 8),
 }
 
 
@@ -95,7 +105,10 @@ class Encoder(nnx.Module):
 class Model(nnx.Module):
     """VideoMAE with a pre-training decoder (`cfg.head == "pretrain"`) or a classification head ("classification").
 
-    Pre-training: `model(video, mask)` -> {"loss", "pred" (B, M, tubelet*p*p*3), "target" (same), "masked_ids"}.
+    Pre-training: `model(video, mask)` -> {"loss", "pred" (B, M, tubelet*p*p*3), "target" (same), "masked_ids",
+    "last_hidden_state"}; with VideoMAE V2's `decoder_mask=` -> {"loss", "pred" (B, N_dec, tubelet*p*p*3), "target"
+    (same), "decoded_ids" (B, N_dec), "loss_mask" (B, N_dec; True where the encoder masked), "masked_ids",
+    "last_hidden_state"}.
     Classification: `model(video)` -> {"logits" (B, num_classes), "last_hidden_state"}.
     No head ("none"): `model(video)` -> {"last_hidden_state" (B, tokens, width)}.
     """
@@ -115,6 +128,7 @@ class Model(nnx.Module):
             if not 0 < self.num_masked < self.encoder.num_tokens:
                 raise ValueError(f"mask_ratio {cfg.mask_ratio} masks {self.num_masked} of "
                                  f"{self.encoder.num_tokens} tokens; choose a ratio that leaves some of each.")
+            self.num_decoded = _num_decoded(cfg, (t, h, w))
             size, _ = layers.parse_variant(cfg.variant)
             dec_width, dec_heads = DECODER_SIZES[size]
             dec_width, dec_heads = cfg.decoder_width or dec_width, cfg.decoder_heads or dec_heads
@@ -139,9 +153,14 @@ class Model(nnx.Module):
             self.head = layers.Dense(width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
                                      rngs=rngs)
 
-    def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None,
-                 num_masked: int | None = None) -> dict[str, jax.Array]:
-        """`num_masked` overrides the config's count for masks made elsewhere (any positions, same count per row)."""
+    def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, decoder_mask: jax.Array | None = None,
+                 rng: jax.Array | None = None, num_masked: int | None = None,
+                 num_decoded: int | None = None) -> dict[str, jax.Array]:
+        """`num_masked` overrides the config's count for masks made elsewhere (any positions, same count per row).
+
+        `decoder_mask` (pre-training; bool (B, tokens), True = not decoded) turns on VideoMAE V2's dual masking, with
+        `num_decoded` (the Falses per row) taken from the config's running-cell mask unless given.
+        """
         if self.head_kind == "none":
             return {"last_hidden_state": self.encoder(video, rng=rng)}
         if self.head_kind == "classification":
@@ -155,16 +174,34 @@ class Model(nnx.Module):
             raise ValueError("The VideoMAE pre-training model needs a bool mask (batch, tokens), True = masked.")
         num_masked = self.num_masked if num_masked is None else num_masked
         visible_ids, masked_ids = split_mask(mask, num_masked)
+        if decoder_mask is not None:
+            num_decoded = self.num_decoded if num_decoded is None else num_decoded
+            if num_decoded is None:
+                raise ValueError("A decoder mask needs its count of decoded (False) positions per row: pass "
+                                 "num_decoded=, or set config.model.decoder_mask_type='run_cell'.")
+            decoded_ids, _ = split_mask(decoder_mask, self.encoder.num_tokens - num_decoded)
+        else:
+            decoded_ids, num_decoded = masked_ids, num_masked
         x_enc = self.encoder(video, visible_ids, rng)
         x = self.encoder_to_decoder(x_enc)
         table = jnp.asarray(layers.sincos_table(self.encoder.num_tokens, self.dec_width)).astype(x.dtype)
         x_vis = x + jnp.take(table, visible_ids, axis=0)
-        x_mask = self.mask_token[...].astype(x.dtype) + jnp.take(table, masked_ids, axis=0)
+        x_mask = self.mask_token[...].astype(x.dtype) + jnp.take(table, decoded_ids, axis=0)
         y = self.decoder(jnp.concatenate([x_vis, x_mask], axis=1))
-        pred = self.decoder_head(self.decoder_norm(y[:, -num_masked:])).astype(jnp.float32)
-        target = _gather(self.pixel_target(video), masked_ids)
-        loss = jnp.mean(jnp.square(pred - target))
-        return {"loss": loss, "pred": pred, "target": target, "masked_ids": masked_ids, "last_hidden_state": x_enc}
+        pred = self.decoder_head(self.decoder_norm(y[:, -num_decoded:])).astype(jnp.float32)
+        target = _gather(self.pixel_target(video), decoded_ids)
+        if decoder_mask is None:
+            loss = jnp.mean(jnp.square(pred - target))
+            return {"loss": loss, "pred": pred, "target": target, "masked_ids": masked_ids,
+                    "last_hidden_state": x_enc}
+        # The official engine's loss: per-token MSE, summed over the decoded tokens the encoder masked, divided by
+        # their count over the whole batch (`bool_masked_pos[~decode_masked_pos]`).
+        loss_mask = jnp.take_along_axis(mask, decoded_ids, axis=1)
+        per_token = jnp.mean(jnp.square(pred - target), axis=-1)
+        count = jnp.sum(loss_mask.astype(jnp.float32))
+        loss = jnp.sum(jnp.where(loss_mask, per_token, 0.0)) / jnp.maximum(count, 1.0)
+        return {"loss": loss, "pred": pred, "target": target, "decoded_ids": decoded_ids, "loss_mask": loss_mask,
+                "masked_ids": masked_ids, "last_hidden_state": x_enc}
 
     def unnormalize(self, video: jax.Array) -> jax.Array:
         """Input-normalised video -> pixels in [0, 1]."""
@@ -180,6 +217,25 @@ class Model(nnx.Module):
         return patchify(pixels, self.encoder.tubelet, self.encoder.patch)
 
 
+def _num_decoded(cfg: ml_collections.ConfigDict, grid: tuple[int, int, int]) -> int | None:
+    """Positions per clip the decoder reconstructs under the config's decoder mask; None: no decoder mask (V1)."""
+    kind, ratio = cfg.get("decoder_mask_type", "none"), cfg.get("decoder_mask_ratio", 0.5)
+    if kind == "none":
+        return None
+    if kind != "run_cell":
+        raise ConfigError(f"config.model.decoder_mask_type must be 'none' or 'run_cell', got {kind!r}.")
+    t, h, w = grid
+    hidden = int(4 * ratio)
+    if not 0 < hidden < 4:
+        raise ConfigError(f"config.model.decoder_mask_ratio={ratio} hides {hidden} of the 4 tokens of each 2x2 cell; "
+                          f"the running-cell decoder mask needs 1 to 3 (a ratio in [0.25, 1)).")
+    if h % 2 or w % 2:
+        raise ConfigError(f"config.model.decoder_mask_type='run_cell' tiles 2x2 cells over the {h}x{w} patches of "
+                          f"each frame, which needs an even number of patches each way; choose image_size as an even "
+                          f"multiple of the patch size, or decoder_mask_type='none'.")
+    return t * h * w * (4 - hidden) // 4
+
+
 def default_config() -> ml_collections.ConfigDict:
     """The model block of a VideoMAE config; configs/ files start from it and set what the recipe says."""
     return ml_collections.ConfigDict(dict(
@@ -188,6 +244,8 @@ def default_config() -> ml_collections.ConfigDict:
         num_frames=16, image_size=224, tubelet_size=2,
         head="pretrain",
         mask_ratio=0.9,
+        decoder_mask_type="none",  # "run_cell": VideoMAE V2's dual masking (data.pipeline.running_cell_mask)
+        decoder_mask_ratio=0.5,  # the running cell's share of positions not decoded (int(4 * ratio) of each 2x2)
         decoder_width=0, decoder_heads=0, decoder_depth=4,  # 0 = the reference's size for the variant
         decoder_mlp_dim=0,  # 0 = 4 x decoder_width
         norm_pix_loss=True,
@@ -200,7 +258,9 @@ def default_config() -> ml_collections.ConfigDict:
         drop_path=0.0,
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
+        # True: the blocks built stacked (parameters .../blocks/stacked/..., leading axis the blocks) and run as one
+        # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
+        scan_layers=False,
         attention_impl="",  # "": chosen per platform (ops/attention.py); or "xla", "cudnn", "heads_major"
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),

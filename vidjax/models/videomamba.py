@@ -300,13 +300,12 @@ class Model(nnx.Module):
         # output, and the final add before norm_f applies the full rate to the last layer's output.
         depth = d["depth"]
         rates = [0.0] + [float(r) for r in np.linspace(0.0, cfg.drop_path, depth)]
-        self.layers = nnx.List([
-            Block(self.width, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_rank=d["dt_rank"],
-                  rms_eps=cfg.rms_eps, residual_in_fp32=cfg.residual_in_fp32, drop_path=rates[i], scan=cfg.scan,
-                  scan_chunk=cfg.scan_chunk, num_layers=depth, x_proj_init_std=cfg.x_proj_init_std, dtype=dtype,
-                  rngs=rngs)
-            for i in range(depth)
-        ])
+        self.layers = layers.make_blocks(
+            lambda rate, rngs: Block(self.width, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                                     dt_rank=d["dt_rank"], rms_eps=cfg.rms_eps, residual_in_fp32=cfg.residual_in_fp32,
+                                     drop_path=rate, scan=cfg.scan, scan_chunk=cfg.scan_chunk, num_layers=depth,
+                                     x_proj_init_std=cfg.x_proj_init_std, dtype=dtype, rngs=rngs),
+            rates[:depth], scan=cfg.scan_layers, rngs=rngs)
         self.remat = layers.check_remat(cfg.remat)
         self.scan_layers = bool(cfg.scan_layers)
         self.final_drop_path = float(cfg.drop_path)
@@ -343,9 +342,12 @@ class Model(nnx.Module):
         if mask is not None:
             raise ValueError("VideoMamba in vidjax has no masked pre-training; call it without a mask.")
         # The first layer takes the embeddings as its residual (no pair yet), so only the others are scanned.
-        hidden, residual = layers.run_blocks(self.layers[:1], (self.embed(video), None), rng, remat=self.remat)
-        hidden, residual = layers.run_blocks(self.layers[1:], (hidden, residual), rng, remat=self.remat,
-                                             scan=self.scan_layers, first_index=1)
+        hidden, residual = layers.run_blocks([self.layers[0]], (self.embed(video), None), rng, remat=self.remat)
+        if isinstance(self.layers, layers.BlockStack):
+            hidden, residual = layers.run_blocks(self.layers, (hidden, residual), rng, remat=self.remat, start=1)
+        else:
+            hidden, residual = layers.run_blocks(self.layers[1:], (hidden, residual), rng, remat=self.remat,
+                                                 scan=self.scan_layers, first_index=1)
         final_rng = jax.random.fold_in(rng, len(self.layers)) if rng is not None else None
         residual = residual + layers.drop_path(hidden, self.final_drop_path, final_rng)
         if self.residual_in_fp32:
@@ -393,7 +395,9 @@ def default_config() -> ml_collections.ConfigDict:
         scan_chunk=64,
         dtype="float32",  # compute dtype; parameters, the scan state and the residual stream stay float32
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        scan_layers=False,  # True: one lax.scan over layers 1.. (compiles one layer; same parameters and maths)
+        # True: the layers built stacked (parameters layers/stacked/..., leading axis the layers) and layers 1.. run
+        # as one lax.scan (compiles one layer; the same maths; layers.to_layout converts checkpoints of either layout)
+        scan_layers=False,
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -242,13 +242,17 @@ class Model(nnx.Module):
                 if sorted(order) != ["space", "time"]:
                     raise ConfigError(f"config.model.attention_order={cfg.attention_order!r}; choose 'space_time' "
                                       f"(the paper: spatial attention first) or 'time_space'.")
-                self.blocks = nnx.List([
-                    FactorisedSelfAttentionBlock(width, dims["num_heads"], dims["mlp_dim"], t=t, order=order,
-                                                 drop_path=float(r), **stack) for r in rates])
+                rngs = stack.pop("rngs")
+                self.blocks = layers.make_blocks(
+                    lambda rate, rngs: FactorisedSelfAttentionBlock(width, dims["num_heads"], dims["mlp_dim"], t=t,
+                                                                    order=order, drop_path=rate, rngs=rngs, **stack),
+                    rates, scan=self.scan_layers, rngs=rngs)
             else:
-                self.blocks = nnx.List([
-                    FactorisedDotProductBlock(width, dims["num_heads"], dims["mlp_dim"], t=t, drop_path=float(r),
-                                              **stack) for r in rates])
+                rngs = stack.pop("rngs")
+                self.blocks = layers.make_blocks(
+                    lambda rate, rngs: FactorisedDotProductBlock(width, dims["num_heads"], dims["mlp_dim"], t=t,
+                                                                 drop_path=rate, rngs=rngs, **stack),
+                    rates, scan=self.scan_layers, rngs=rngs)
         if cfg.model_type == "factorised_encoder":
             self.spatial_norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
             self.temporal_cls_token = nnx.Param(jnp.zeros((width,)), out_sharding=("embed",)) if token else None
@@ -346,7 +350,9 @@ def default_config() -> ml_collections.ConfigDict:
         drop_path=0.0,
         dtype="float32",
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block; same parameters and maths)
+        # True: the blocks built stacked (parameters .../blocks/stacked/..., leading axis the blocks) and run as one
+        # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
+        scan_layers=False,
         attention_impl="",  # "": chosen per platform (ops/attention.py); or "xla", "cudnn", "heads_major"
         pixel_mean=(0.5, 0.5, 0.5),  # scenic's zero-centring: pixels scaled to [-1, 1]
         pixel_std=(0.5, 0.5, 0.5),

@@ -266,6 +266,10 @@ class HeadTask(Task):
         """The loss of each example from its view-averaged scores (B, C) and its targets."""
         raise NotImplementedError
 
+    def eval_columns(self, config: ml_collections.ConfigDict) -> np.ndarray | None:
+        """The head outputs evaluation scores, in the eval split's class order; None = all of them as they are."""
+        return None
+
     def eval_outputs(self, config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
         """{"scores": (B, C or K), "loss": (B,)}, the batch's targets under their key, and its "valid" and
         "decode_failures" rows when it has them, from one view (B, T, H, W, 3) or several (B, V, ...). Over several
@@ -276,6 +280,9 @@ class HeadTask(Task):
         views = video.shape[1] if video.ndim == 6 else 1
         b = video.shape[0]
         logits = model(video.reshape(b * views, *video.shape[-4:]))["logits"].astype(jnp.float32)
+        columns = self.eval_columns(config)
+        if columns is not None:
+            logits = jnp.take(logits, jnp.asarray(columns), axis=-1)
         scores = self.scores(logits.reshape(b, views, -1)).mean(1)
         target = batch[self.target_key]
         return {"scores": scores, "loss": self.per_example_loss(scores, target), self.target_key: target, **passed}

@@ -14,6 +14,7 @@ import optax
 
 from vidjax import metrics
 from vidjax.config_lib import ConfigError
+from vidjax.data import kinetics
 from vidjax.tasks import base
 
 
@@ -64,6 +65,25 @@ class Classification(base.HeadTask):
             return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == label)}
 
         return loss_fn
+
+    def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
+        problems = super().config_problems(config)
+        space = config.get("eval_label_space", "")
+        if space:
+            if space not in ("k400", "k600", "k700"):
+                problems.append(f"config.eval_label_space={space!r}; choose '' (the head's own classes) or k400, "
+                                f"k600 or k700 (a K710 head's outputs mapped to that release's classes).")
+            elif config.model.num_classes != 710:
+                problems.append(f"config.eval_label_space={space!r} maps a K710 head's 710 outputs to {space}'s "
+                                f"classes, but config.model.num_classes={config.model.num_classes}; set it to 710, "
+                                f"or leave eval_label_space empty to score the head's own classes.")
+        return problems
+
+    def eval_columns(self, config: ml_collections.ConfigDict) -> np.ndarray | None:
+        """With config.eval_label_space (k400 / k600 / k700), the K710 outputs of that release's classes, in its
+        order (VideoMAE V2's label_710to*.json), as the official code evaluates its K710 models there."""
+        space = config.get("eval_label_space", "")
+        return kinetics.label_map("k710", space) if space else None
 
     def mix_label_smoothing(self, config: ml_collections.ConfigDict) -> float:
         """The label smoothing mixup applies to the targets it mixes."""

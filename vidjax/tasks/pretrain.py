@@ -1,5 +1,6 @@
-"""Masked pre-training (VideoMAE): the model reconstructs the tubes batch["mask"] hides; its loss is the task's
-only metric, estimated on whole eval batches; the run ends with a reconstruction figure of the first eval clip."""
+"""Masked pre-training (VideoMAE): the model reconstructs the tubes batch["mask"] hides (with VideoMAE V2's dual
+masking, batch["decoder_mask"], only those at the positions it leaves); its loss is the task's only metric,
+estimated on whole eval batches; the run ends with a reconstruction figure of the first eval clip."""
 
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ class Pretrain(base.Task):
     def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,
                 pos_weight: np.ndarray | None = None) -> base.LossFn:
         def masked_reconstruction(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-            return model(batch["video"], batch["mask"], rng=rng)["loss"], {}
+            return model(batch["video"], batch["mask"], decoder_mask=batch.get("decoder_mask"), rng=rng)["loss"], {}
 
         return masked_reconstruction
 
     def eval_outputs(self, config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
         """{"loss": (,)}: the masked reconstruction loss of the batch, and its "decode_failures" rows."""
         passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
-        return {"loss": model(batch["video"], batch["mask"])["loss"], **passed}
+        loss = model(batch["video"], batch["mask"], decoder_mask=batch.get("decoder_mask"))["loss"]
+        return {"loss": loss, **passed}
 
     def split_metrics(self, outputs: dict[str, np.ndarray], context: base.SplitContext) -> dict[str, float]:
         return {"loss": float(np.mean(outputs["loss"]))}
@@ -54,23 +56,32 @@ def write_reconstruction_figure(config: ml_collections.ConfigDict, setup, params
     local = next(iter(ds))
     mean, std = config.model.pixel_mean, config.model.pixel_std
 
-    def predict(params, video, mask):
-        out = nnx.merge(setup.graphdef, params)(losses.normalize_video(video, mean, std), mask)
-        return {"pred": out["pred"][0], "masked_ids": out["masked_ids"][0]}
+    def predict(params, video, mask, decoder_mask):
+        out = nnx.merge(setup.graphdef, params)(losses.normalize_video(video, mean, std), mask,
+                                                decoder_mask=decoder_mask)
+        return {k: out[k][0] for k in ("pred", "masked_ids", "decoded_ids", "loss_mask") if k in out}
 
     # Only clip 0 is returned, replicated, so every process can read it whatever the mesh.
     predict = jax.jit(predict, out_shardings=sharding.replicated(setup.mesh))
     batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
-    out = jax.device_get(predict(params, batch["video"], batch["mask"]))
+    out = jax.device_get(predict(params, batch["video"], batch["mask"], batch.get("decoder_mask")))
     if jax.process_index() != 0:
         return
     encoder = setup.abstract_model.encoder
     original = local["video"][0].astype(np.float32) / 255.0
-    recon = visualize_lib.reconstruct(original, out["pred"], out["masked_ids"], encoder.tubelet, encoder.patch,
-                                      norm_pix=config.model.norm_pix_loss, true_stats=False)
+    if "decoded_ids" in out:  # dual masking: predictions at the decoded positions; the masked ones among them drawn
+        pred, ids = out["pred"][out["loss_mask"]], out["decoded_ids"][out["loss_mask"]]
+    else:
+        pred, ids = out["pred"], out["masked_ids"]
+    recon = visualize_lib.reconstruct(original, pred, ids, encoder.tubelet, encoder.patch,
+                                      norm_pix=config.model.norm_pix_loss, true_stats=False,
+                                      hidden_ids=out["masked_ids"])
     masked = visualize_lib.mask_video(original, local["mask"][0].reshape(mask_grid), encoder.tubelet, encoder.patch)
     title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {config.model.mask_ratio:.0%}; "
              f"{visualize_lib.stats_note(config.model.norm_pix_loss, False)}")
+    if "decoded_ids" in out:
+        title += (f"; decoder mask {config.model.decoder_mask_type} {config.model.decoder_mask_ratio:.0%} (grey: "
+                  f"masked and not decoded)")
     visualize_lib.reconstruction_figure(original, masked, recon, path, title=title)
 
 
