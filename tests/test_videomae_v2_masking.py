@@ -107,7 +107,7 @@ def test_running_cell_masks_equal_the_official_generator(grid, ratio):
 
 
 def test_running_cell_mask_errors():
-    with pytest.raises(ValueError, match="even token grid"):
+    with pytest.raises(ValueError, match="even number of patches"):
         running_cell_masks((2, 3, 4))
     with pytest.raises(ValueError, match="1 to 3"):
         running_cell_masks((2, 4, 4), 0.2)

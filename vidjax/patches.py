@@ -50,3 +50,18 @@ def unpatchify(patches, tubelet: int, patch: int, T: int, H: int, W: int):
     x = patches.reshape(*lead, tp, hp, wp, tubelet, patch, patch, c)
     x = x.transpose(*range(n), n, n + 3, n + 1, n + 4, n + 2, n + 5, n + 6)
     return x.reshape(*lead, T, H, W, c)
+
+
+def running_cell_hidden(grid: tuple[int, int, int], mask_ratio: float) -> int:
+    """How many of each 2x2 cell's tokens VideoMAE V2's running-cell decoder mask hides: int(4 * mask_ratio), once it
+    is known to be 1 to 3 and the grid's frames to tile into whole cells; a ConfigError otherwise."""
+    _, h, w = grid
+    hidden = int(4 * mask_ratio)
+    if not 0 < hidden < 4:
+        raise ConfigError(f"config.model.decoder_mask_ratio={mask_ratio} hides {hidden} of the 4 tokens of each 2x2 "
+                          f"cell; the running-cell decoder mask needs 1 to 3 (a ratio in [0.25, 1)).")
+    if h % 2 or w % 2:
+        raise ConfigError(f"config.model.decoder_mask_type='run_cell' tiles 2x2 cells over the {h}x{w} patches of "
+                          f"each frame, which needs an even number of patches each way; choose image_size as an even "
+                          f"multiple of the patch size, or decoder_mask_type='none'.")
+    return hidden

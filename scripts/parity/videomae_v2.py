@@ -21,6 +21,7 @@ Cases:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 
@@ -33,16 +34,15 @@ TINY = dict(img_size=32, patch_size=8, all_frames=4, tubelet_size=2, qkv_bias=Tr
 GRID = (2, 4, 4)  # (frames / tubelet, 32 / 8, 32 / 8)
 
 
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Every weight random (norms around 1), so no mapping mistake hides behind zeros or ones."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            else:
-                p.copy_(0.2 * noise)
+def _videomae_maker():
+    """scripts/parity/videomae.py (the Hugging Face VideoMAE fixtures), loaded as make_parity_fixtures.py loads it."""
+    spec = importlib.util.spec_from_file_location("parity_videomae", pathlib.Path(__file__).with_name("videomae.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+randomize = _videomae_maker().randomize  # every weight random, norms around 1
 
 
 def write_case(out: pathlib.Path, name: str, state: dict, arrays: dict, convert_args: dict, what: str) -> None:

@@ -26,6 +26,7 @@ from vidjax.config_lib import ConfigError, host_cpus, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 from vidjax.data import views as views_lib
 from vidjax.models import clip_spec
+from vidjax.patches import running_cell_hidden
 
 SPLITS = ("train", "eval")
 SOURCES = ("synthetic", "csv", "folder", "charades", "tfds", "array_record")
@@ -78,13 +79,7 @@ def running_cell_mask(rng: np.random.Generator, grid: tuple[int, int, int], mask
 @functools.lru_cache(maxsize=16)
 def _running_cell_phases(grid: tuple[int, int, int], mask_ratio: float) -> np.ndarray:
     t, h, w = grid
-    hidden = int(4 * mask_ratio)
-    if not 0 < hidden < 4:
-        raise ValueError(f"decoder_mask_ratio {mask_ratio} hides {hidden} of the 4 tokens of each 2x2 cell; the "
-                         f"running-cell mask needs 1 to 3 (a ratio in [0.25, 1)).")
-    if h % 2 or w % 2:
-        raise ValueError(f"the running-cell decoder mask tiles 2x2 cells, so it needs an even token grid; this clip "
-                         f"has {h}x{w} patches per frame (choose image_size as an even multiple of the patch).")
+    hidden = running_cell_hidden(grid, mask_ratio)
     cell = np.arange(4) < hidden  # the cell's queue: `hidden` Trues, then Falses
     phases = np.stack([np.stack([np.tile(np.roll(cell, -(start + i + 1)).reshape(2, 2), (h // 2, w // 2)).reshape(-1)
                                  for i in range(t)]).reshape(-1) for start in range(4)])

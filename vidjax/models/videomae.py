@@ -33,7 +33,7 @@ from flax import nnx
 
 from vidjax.config_lib import ConfigError
 from vidjax.models import layers
-from vidjax.patches import grid_shape, patchify
+from vidjax.patches import grid_shape, patchify, running_cell_hidden
 
 # Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout): VideoMAE's
 # for Mu-H (its ViT-H decoder is 640 wide; VideoMAE V2's is 512, which `decoder_width` selects), VideoMAE V2's for g.
@@ -225,15 +225,7 @@ def _num_decoded(cfg: ml_collections.ConfigDict, grid: tuple[int, int, int]) -> 
     if kind != "run_cell":
         raise ConfigError(f"config.model.decoder_mask_type must be 'none' or 'run_cell', got {kind!r}.")
     t, h, w = grid
-    hidden = int(4 * ratio)
-    if not 0 < hidden < 4:
-        raise ConfigError(f"config.model.decoder_mask_ratio={ratio} hides {hidden} of the 4 tokens of each 2x2 cell; "
-                          f"the running-cell decoder mask needs 1 to 3 (a ratio in [0.25, 1)).")
-    if h % 2 or w % 2:
-        raise ConfigError(f"config.model.decoder_mask_type='run_cell' tiles 2x2 cells over the {h}x{w} patches of "
-                          f"each frame, which needs an even number of patches each way; choose image_size as an even "
-                          f"multiple of the patch size, or decoder_mask_type='none'.")
-    return t * h * w * (4 - hidden) // 4
+    return t * h * w * (4 - running_cell_hidden(grid, ratio)) // 4
 
 
 def default_config() -> ml_collections.ConfigDict:

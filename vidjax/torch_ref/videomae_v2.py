@@ -87,24 +87,13 @@ class Attention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1))
 
 
-class CosAttention(nn.Module):
+class CosAttention(Attention):
+    """The official CosAttention: the same projections, a learned per-head logit scale on cosine similarities."""
+
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_head_dim=None):
-        super().__init__()
-        self.num_heads = num_heads
-        head_dim = attn_head_dim or dim // num_heads
-        all_head_dim = head_dim * self.num_heads
+        super().__init__(dim, num_heads, qkv_bias, qk_scale, attn_head_dim)
         if qk_scale is None:  # DO NOT RENAME [self.scale] (the official comment: no weight decay by name)
             self.scale = nn.Parameter(torch.log(10 * torch.ones((num_heads, 1, 1))), requires_grad=True)
-        else:
-            self.scale = qk_scale
-        self.qkv = nn.Linear(dim, all_head_dim * 3, bias=False)
-        if qkv_bias:
-            self.q_bias = nn.Parameter(torch.zeros(all_head_dim))
-            self.v_bias = nn.Parameter(torch.zeros(all_head_dim))
-        else:
-            self.q_bias = None
-            self.v_bias = None
-        self.proj = nn.Linear(all_head_dim, dim)
 
     def forward(self, x):
         B, N, _ = x.shape
