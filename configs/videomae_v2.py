@@ -17,14 +17,24 @@ WebVid2M and Instagram); any video list works, e.g. Kinetics-400 as for configs/
     --config.data.train_csv=/data/hybrid/train.csv --config.data.eval_csv=/data/k400/val.csv \
     --config.data.root=/data/videos
 
-ViT-g at scale. ViT-g/14 has 1.0 B encoder parameters (16 x 224 px clips: 2,048 tokens, 204 visible). Its step fits
-with whole-block rematerialisation (`config.model.remat="full"`, set here for g as `--with_checkpoint` does), the
-blocks as one layer scan (`config.model.scan_layers=True`: one block compiled, its parameters stacked) and the
-parameters and optimizer state sharded over the data-parallel devices (`config.mesh.fsdp`):
-  8x H100 host:  --config.mesh.data=1 --config.mesh.fsdp=8          (each GPU holds 1/8 of the 12 B of params+Adam)
-  v5p-128:       --config.mesh.data=8 --config.mesh.fsdp=8          (64 chips; fsdp within a host's slice)
-Measure before a long run: `python -m vidjax.bench --config=configs/videomae_v2.py:variant=g/14 --mode=pretrain
---batch=N` reports the compiled step's memory for one device; docs/performance.md has the figures measured so far.
+ViT-g at scale. ViT-g/14 has 1.0 B encoder parameters (16 x 224 px clips: 2,048 tokens, the encoder sees 208, the
+decoder 1,024). Its step fits with whole-block rematerialisation (`config.model.remat="full"`, set here for g as
+`--with_checkpoint` does), the blocks as one layer scan (`config.model.scan_layers=True`: one block compiled, its
+parameters stacked), bf16 compute, and the parameters and optimizer state sharded over the data-parallel devices
+(`config.mesh.fsdp`):
+  8x H100 host:  --config.mesh.data=1 --config.mesh.fsdp=8 --config.model.dtype=bfloat16 --config.batch_size=1024
+                 (128 clips = the official 32 videos x 4 per GPU)
+  v5p-128:       --config.mesh.data=8 --config.mesh.fsdp=8 --config.model.dtype=bfloat16 (64 chips, FSDP within
+                 each group of 8), 128 clips per chip as above: --config.batch_size=8192 (the official 2,048 videos)
+Per device, as the benchmark's memory report gives it for that 8-way FSDP step (XLA:CPU, 8 simulated devices,
+compiled not run; docs/performance.md): state and batch 1.7 GiB, temporaries 31.6 GiB, 33.3 GiB in all at 128 clips
+a device with remat "full" (9.8 GiB at 32 clips; without remat, 13.1 GiB already at 8 clips). Reproduce, or check
+another setting, with:
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m vidjax.bench --model=videomae --variant=g/14 \
+    --frames=16 --size=224 --mode=pretrain --decoder_mask=run_cell --remat=full --scan_layers=true --mesh=1,8,1 \
+    --dtype=bfloat16 --batch=1024 --compile_only
+On the machine itself the trainer logs the same report, and checks it against the device's memory, before the first
+step.
 
 Local run on the embedded generated dataset (micro model, no download, a few minutes on a laptop CPU), and the
 fine-tune from it (configs/videomae_v2_finetune.py's docstring):
