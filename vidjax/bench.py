@@ -385,7 +385,7 @@ def decoder_share(config, seconds_per_step: float, steps: int, warmup: int) -> d
     """The decoder blocks' share of a VideoMAE pre-training step, from the same step timed with one decoder block:
     a block costs (t - t_1) / (depth - 1), the blocks depth times that, over t. Attention, norms and MLPs of the
     blocks count; the decoder's input projection, head and loss (a few percent) stay with the rest."""
-    if config.model_name != "videomae" or config.task != "pretrain":
+    if config.model.get("head") != "pretrain" or "decoder_depth" not in config.model:
         raise app.UsageError("--decoder_share applies to --model=videomae --mode=pretrain.")
     depth = config.model.decoder_depth
     if depth < 2:

@@ -90,7 +90,7 @@ def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple
     """(logit columns, their names) that score `model`'s predictions in the Kinetics `label_space`: its own
     outputs (None) when that is its label space, the K710 -> target map's columns for a K710 checkpoint; a
     ValueError saying why otherwise."""
-    if model.task != "classification":
+    if not tasks.get_task(model.task).kinetics_label_spaces:
         raise ValueError(f"--label_space applies to classification checkpoints; this one's task is {model.task}.")
     names = model.class_names
     n = int(model.config.num_classes)

@@ -98,6 +98,9 @@ class Task:
     synthetic_task: str | None = None  # the embedded dataset's variant that carries those targets
     counts_classes = False  # config.data.num_classes counts the head's outputs, and can be taken from the data
     names_classes = False  # class names index its targets (a folder's subfolders): evaluation keeps the run's order
+    # One class per video from the head's outputs, which can be a Kinetics label space (vidjax.data.kinetics):
+    # `predict --label_space` and config.eval_label_space read a K710 head in K400 / K600 / K700's classes.
+    kinetics_label_spaces = False
     mixes = False  # mixup / cutmix (config.loss) apply
     pads_eval = True  # eval padded to whole batches, every video scored once; False: trimmed to whole batches
     output_kind = "class"  # what one model output is called in predictions ("class N" / "target N")

@@ -24,6 +24,7 @@ class Classification(base.HeadTask):
     synthetic_task = "classification"
     counts_classes = True
     names_classes = True
+    kinetics_label_spaces = True
     mixes = True
     score_name = "probability"
     scores_name = "probabilities"
