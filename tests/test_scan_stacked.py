@@ -2,6 +2,7 @@
 "layers" axis) and scans them in place; layers.to_layout converts parameter trees between that layout and the
 per-block one (blocks/0/..., blocks/1/...) of loop mode, checkpoints and converted weights."""
 
+import math
 import re
 
 import jax
@@ -53,6 +54,45 @@ def test_the_scanned_step_makes_no_copy_of_the_block_parameters():
     concatenate = r"= f32\[6,[0-9,]*\]\{[^}]*\} concatenate\("
     assert re.search(concatenate, stacking.as_text())  # the check sees the copy where there is one
     assert not re.search(concatenate, stacked.as_text())
+
+
+def forward_scan_buffers(hlo: str) -> list[tuple[str, str]]:
+    """(type, operand) of each element of the forward scan's loop state in a compiled gradient's HLO: the `while`
+    of jvp() (not of its transpose) and the tuple it starts from. Its (depth, ...) elements are the scan's inputs
+    (the stacked parameters, entry parameters passed in place) and the residuals it stacks for the backward."""
+    entry = hlo[hlo.index("\nENTRY"):]
+    loop = re.search(r"%\S+ = \(.*\) while\((%[\w.-]+)\).*op_name=\"jit\(loss\)/jvp\(\)/while\"", entry)
+    assert loop, "no forward scan in the compiled gradient"
+    start = re.search(re.escape(loop.group(1)) + r" = \((.*)\) tuple\((.*)\)", entry)
+    types, operands = (re.sub(r"/\*index=\d+\*/", "", text) for text in start.groups())
+    types = re.findall(r"[a-z]+\d*\[[0-9,]*\]", types)
+    operands = [name.strip() for name in operands.split(",")]
+    assert len(types) == len(operands), (types, operands)
+    return list(zip(types, operands, strict=True))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_scan_keeps_no_copy_of_the_block_kernels_for_the_backward(dtype):
+    """What the forward scan stacks for the backward holds no array the size of a block's kernel: the products
+    (layers.project) keep the kernel as stored, which the backward reads from the scan's input in place, not the
+    kernel cast to the compute dtype or reshaped to 2-D, which the scan would stack into a (depth, ...) copy of the
+    blocks' parameters. The check reads the compiled program's loop state; fed the old products (the cast and
+    reshaped kernels kept), it finds bf16[6,128,1024] and f32[6,128,384] buffers there."""
+    sizes = dict(width=128, num_heads=2, mlp_dim=1024, depth=6, attention_type="space_only")
+    model = tiny_model("timesformer", scan_layers=True, dtype=dtype, **sizes)
+    compiled, _ = scanned_gradient(model)
+    hlo = compiled.as_text()
+    entry_parameters = set(re.findall(r"(%[\w.-]+) = \S+ parameter\(", hlo[hlo.index("\nENTRY"):]))
+    kernels = {x.size // 6 for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model))["blocks"])
+               if x.size // 6 >= 128 * 128}  # the kernels, not the biases and norms
+    assert kernels == {128 * 384, 128 * 128, 128 * 1024}
+    buffers = forward_scan_buffers(hlo)
+    inputs = [t for t, operand in buffers if operand in entry_parameters]
+    assert len(inputs) >= 4  # the stacked qkv, proj, fc1 and fc2 kernels go in as they are
+    copies = [(t, operand) for t, operand in buffers if operand not in entry_parameters
+              and re.fullmatch(r"[a-z]+\d*\[6,[0-9,]*\]", t)
+              and math.prod(int(n) for n in t[t.index("[") + 1:-1].split(",")[1:]) in kernels]
+    assert not copies, copies
 
 
 def to_pure(model):

@@ -89,12 +89,12 @@ class SelfAttention(nnx.Module):
 
     def qkv_heads(self, x_BTD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         dt = self.dtype
-        qkv = layers.project(x_BTD.astype(dt), self.qkv[...].astype(dt)) + self.qkv_bias[...].astype(dt)
+        qkv = layers.project(x_BTD.astype(dt), self.qkv[...]) + self.qkv_bias[...].astype(dt)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     def output(self, out_BTHK: jax.Array, rng: jax.Array | None) -> jax.Array:
         dt = self.dtype
-        y = layers.project(out_BTHK.astype(dt), self.proj[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
+        y = layers.project(out_BTHK.astype(dt), self.proj[...], 2) + self.proj_bias[...].astype(dt)
         return _dropout(y, self.resid_dropout, rng)
 
     def __call__(self, x_BTD: jax.Array, mask: jax.Array, rng: jax.Array | None = None) -> jax.Array:
@@ -122,16 +122,16 @@ class CrossAttention(nnx.Module):
     def keys_values(self, enc_BSE: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The encoder tokens' keys and values, each (batch, tokens, heads, head_dim)."""
         dt = self.dtype
-        kv = layers.project(enc_BSE.astype(dt), self.kv[...].astype(dt)) + self.kv_bias[...].astype(dt)
+        kv = layers.project(enc_BSE.astype(dt), self.kv[...]) + self.kv_bias[...].astype(dt)
         return kv[:, :, 0], kv[:, :, 1]
 
     def __call__(self, x_BTD: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array | None,
                  rng: jax.Array | None = None) -> jax.Array:
         dt = self.dtype
         rng_attn, rng_out = _split(rng, 2)
-        q = layers.project(x_BTD.astype(dt), self.q[...].astype(dt)) + self.q_bias[...].astype(dt)
+        q = layers.project(x_BTD.astype(dt), self.q[...]) + self.q_bias[...].astype(dt)
         out = attend(q, keys, values, mask, dropout=self.dropout, rng=rng_attn)
-        y = layers.project(out, self.proj[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
+        y = layers.project(out.astype(dt), self.proj[...], 2) + self.proj_bias[...].astype(dt)
         return _dropout(y, self.resid_dropout, rng_out)
 
 

@@ -128,7 +128,7 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = project(x.astype(self.dtype), self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -154,25 +154,67 @@ def hand_written_backward() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
-    """`x` (..., *kernel.shape[:contract]) times `kernel`, contracting x's last `contract` axes with the kernel's
-    first: (..., *kernel.shape[contract:]). The multi-axis projections of attention (x @ qkv (d, 3, h, k), out @ proj
-    (h, k, d)) and VideoMamba's in_proj.
-
-    On the CPU backend (`hand_written_backward`) it is one 2-D product of the flattened operands, reshaped back; given
-    the multi-axis kernel itself, XLA:CPU made a transposed copy of it for the backward's product every step (the
-    dX product's operand) and copied its gradient into the parameter's layout. In one process here (8 alternating
-    rounds) a VideoMAE-S/16 pre-training step (16 x 112 px, batch 2: the encoder sees 80 tokens, so the copies
-    outweighed its products) took 0.268 s with the multi-axis form and 0.248 s with this one; fine-tuning 0.888 ->
-    0.861 s (docs/performance.md). Elsewhere the multi-axis contraction stays: it keeps a kernel sharded over heads
-    sharded through the product.
-    """
+def _contract(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
+    """x (..., *kernel.shape[:contract]) times `kernel`: one 2-D product of the flattened operands on the CPU backend
+    (`project` says why), the multi-axis contraction elsewhere."""
     if not hand_written_backward():
         return jnp.tensordot(x, kernel, axes=contract)
     inner = math.prod(kernel.shape[:contract])
     out = kernel.shape[contract:]
     y = jnp.dot(x.reshape(*x.shape[:x.ndim - contract], inner), kernel.reshape(inner, math.prod(out)))
     return y.reshape(*x.shape[:x.ndim - contract], *out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _project_vjp(x, kernel, contract):
+    return _contract(x, kernel.astype(x.dtype), contract)
+
+
+def _project_forward(x, kernel, contract):
+    return _contract(x, kernel.astype(x.dtype), contract), (x, kernel)
+
+
+def _project_backward(contract, residuals, dy):
+    """dx = dy . kernel over the output axes, dkernel = x . dy over the leading ones, both from the kernel as stored
+    (cast and reshaped again here: cheap, and it is what keeps the forward from saving a copy)."""
+    x, kernel = residuals
+    k = kernel.astype(x.dtype)
+    lead = x.ndim - contract
+    if hand_written_backward():
+        inner, out = math.prod(kernel.shape[:contract]), math.prod(kernel.shape[contract:])
+        dy2, x2, k2 = dy.reshape(-1, out), x.reshape(-1, inner), k.reshape(inner, out)
+        dx = jax.lax.dot_general(dy2, k2, (((1,), (1,)), ((), ()))).reshape(x.shape)
+        dk = jax.lax.dot_general(x2, dy2, (((0,), (0,)), ((), ()))).reshape(kernel.shape)
+    else:
+        dx = jnp.tensordot(dy, k, axes=(tuple(range(lead, dy.ndim)), tuple(range(contract, k.ndim))))
+        dk = jnp.tensordot(x, dy, axes=(tuple(range(lead)), tuple(range(lead))))
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_project_vjp.defvjp(_project_forward, _project_backward)
+
+
+def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
+    """`x` (..., *kernel.shape[:contract]) times `kernel` cast to x's dtype, contracting x's last `contract` axes with
+    the kernel's first: (..., *kernel.shape[contract:]). Every projection of the shared layers goes through it (Dense,
+    attention's x @ qkv (d, 3, h, k) and out @ proj (h, k, d), VideoMamba's in_proj, GPT-2's); pass the parameter as
+    stored, not cast.
+
+    Its backward is written out (`_project_backward`) so that the forward keeps the kernel *as stored* for it, not
+    the kernel in compute form (cast to bf16, or reshaped to 2-D): inside a scan over stacked blocks
+    (config.model.scan_layers) the stored kernel is the scan's own input, which the backward reads in place, while a
+    cast or reshaped kernel is a new value per block that the scan stacks into a (depth, ...) residual: a copy of
+    the blocks' parameters (tests/test_scan_stacked.py).
+
+    On the CPU backend (`hand_written_backward`) the products are 2-D products of the flattened operands, reshaped
+    back; given the multi-axis kernel itself, XLA:CPU made a transposed copy of it for the backward's product every
+    step (the dX product's operand) and copied its gradient into the parameter's layout. In one process here (8
+    alternating rounds) a VideoMAE-S/16 pre-training step (16 x 112 px, batch 2: the encoder sees 80 tokens, so the
+    copies outweighed its products) took 0.268 s with the multi-axis form and 0.248 s with this one; fine-tuning
+    0.888 -> 0.861 s (docs/performance.md). Elsewhere the multi-axis contraction stays: it keeps a kernel sharded
+    over heads sharded through the product.
+    """
+    return _project_vjp(x, kernel, contract)
 
 
 def _layer_norm_forward(x, scale, bias, eps):
@@ -302,7 +344,7 @@ class Attention(nnx.Module):
         dt = self.dtype
         heads = ("act_batch", "act_length", "act_heads", "act_head_dim")
         # (b, l, 3, h, k) keeps the projection a plain row-major x @ W; a (3, b, l, h, k) output costs a transpose.
-        qkv = project(x_BLD.astype(dt), self.qkv[...].astype(dt))
+        qkv = project(x_BLD.astype(dt), self.qkv[...])
         bias = self._bias()
         if bias is not None:
             qkv = qkv + bias.astype(dt)
@@ -313,7 +355,7 @@ class Attention(nnx.Module):
         else:
             out_BLHK = attend(q, k, v)
         out_BLHK = constrain(out_BLHK, heads)
-        out_BLD = project(out_BLHK, self.proj[...].astype(dt), 2) + self.proj_bias[...].astype(dt)
+        out_BLD = project(out_BLHK.astype(dt), self.proj[...], 2) + self.proj_bias[...].astype(dt)
         return constrain(out_BLD, ("act_batch", "act_length", "act_embed"))
 
 

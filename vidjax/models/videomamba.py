@@ -142,7 +142,7 @@ class XZProjection(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_BLD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        xz = layers.project(x_BLD.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        xz = layers.project(x_BLD.astype(self.dtype), self.kernel[...])
         return xz[:, :, 0], xz[:, :, 1]
 
 
