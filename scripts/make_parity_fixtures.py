@@ -16,7 +16,7 @@ import pathlib
 import shutil
 
 HERE = pathlib.Path(__file__).parent
-MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2")
+MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2", "to_hf")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Helpers shared by the tests: config files, losses from metrics.jsonl, and the sharded-vs-single-device check."""
 
+import os
 import pathlib
 
 import jax
@@ -133,3 +134,51 @@ class ContainerProxy:
 
     def __exit__(self, *exc):
         self.container.close()
+
+
+def seeded_checkpoint(case: dict, out) -> pathlib.Path:
+    """A converted checkpoint (`vidjax.pretrained.load` reads it) of the model a to_hf fixture's case.json describes:
+    case["model_name"] built from its default config updated with case["model"] (nested blocks merged), every
+    weight drawn from `np.random.RandomState(case["seed"])` in parameter-name order (norm scales 1 + 0.2 N(0, 1),
+    the rest 0.2 N(0, 1), so no mapping mistake hides behind zeros or ones). RandomState's stream is frozen, so the
+    same case gives the same bytes on every machine and numpy version: what scripts/parity/to_hf.py exported and
+    recorded transformers' outputs of. case["captions"] builds a word-level tokenizer, saved beside the weights;
+    case["class_names"] names the head's outputs; case["preprocessing"] (mean, std, short_side) the input."""
+    import tempfile
+
+    import ml_collections
+
+    from vidjax.convert import common
+    from vidjax.models import clip_spec, get_model
+    from vidjax.tokenizer import CaptionTokenizer
+
+    def merge(block: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict):
+                merge(block[key], value)
+            else:
+                block[key] = tuple(value) if isinstance(value, list) else value
+
+    name = case["model_name"]
+    module = get_model(name)
+    cfg = module.default_config(case["model"]["encoder_name"]) if name == "captioner" else module.default_config()
+    merge(cfg, case["model"])
+    flat = common.flatten_params(common.abstract_params(name, common.per_block_config(cfg)))
+    rng = np.random.RandomState(case["seed"])
+    params = {}
+    for key in sorted(flat):
+        noise = (0.2 * rng.standard_normal(flat[key].shape)).astype(np.float32)
+        params[key] = noise + np.float32(1.0) if key.endswith("/scale") else noise
+    spec = clip_spec(name, cfg)
+    preprocessing = {}
+    if spec is not None:
+        preprocessing = dict(mean=list(spec["mean"]), std=list(spec["std"]), num_frames=spec["num_frames"],
+                             image_size=spec["image_size"], short_side=spec["image_size"])
+        preprocessing.update(case.get("preprocessing", {}))
+    files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "captions" in case:
+            CaptionTokenizer.build_word_level(case["captions"]).save(tmp)
+            files = {f"tokenizer/{f}": os.path.join(tmp, f) for f in os.listdir(tmp)}
+        converted = common.Converted(name, cfg, params, preprocessing, case.get("class_names"), files=files)
+        return common.write_converted(converted, out)

@@ -1,7 +1,7 @@
 """Command-line plumbing shared by every vidjax command: one flag spelling, one-line errors, exit status 2.
 
 The absl programs (main, evaluate, bench, data.check, data.bench) start with `run(main)`, the argparse ones
-(predict, extract, visualize, probe, convert, data.pack) build an `ArgumentParser`. Either way a flag is spelled
+(predict, extract, visualize, probe, convert, push, data.pack) build an `ArgumentParser`. Either way a flag is spelled
 with underscores (`--num_classes`; the hyphenated `--num-classes` is accepted too), a config file may be given as
 `~/cfg.py`, and a mistake on the command line (unknown flag or config key, bad value, missing config file, a
 usage error raised by the program) is one `error:` line naming the fix plus a pointer to `--help`, with exit

@@ -37,6 +37,8 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
+from vidjax import fileio
+
 ENV = "VIDJAX_CACHE_DIR"
 OFF = ("", "off")  # values of $VIDJAX_CACHE_DIR that turn the cache off
 # Programs that compiled faster than this are compiled again rather than cached: each eager op (an array made on
@@ -63,8 +65,7 @@ def resolve_dir(environ: dict | None = None) -> str | None:
     environ = os.environ if environ is None else environ
     value = environ.get(ENV)
     if value is None:
-        base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return os.path.join(base, "vidjax", "jax")
+        return fileio.user_cache_dir("jax", environ)
     if value.strip().lower() in OFF:
         return None
     if "://" in value:  # a bucket (gs://...), which jax reads and writes itself: shared by the hosts of a pod

@@ -375,7 +375,8 @@ class Demo:
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.demo", __doc__)
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint")
+                        help="training workdir, WORKDIR/checkpoints/<step>, a converted checkpoint, or a Hugging "
+                             "Face Hub name (owner/name[@REV], owner/name/FILE.pth)")
     parser.add_argument("--caption_checkpoint", default="", metavar="DIR",
                         help="also caption each video with this captioner checkpoint (default: none)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on an eval split: `python -m vidjax.evaluate --checkpoint=DIR [--config=CONFIG]`.
 
 DIR is a training workdir (its latest checkpoint; the EMA weights when the run kept them), one of its step
-folders, or a `python -m vidjax.convert` output. A training checkpoint stores the config of its run, so alone it
+folders, a `python -m vidjax.convert` output, or a Hugging Face Hub name (owner/name[@REV], owner/name/FILE.pth;
+converted once into vidjax's cache, vidjax/hub.py). A training checkpoint stores the config of its run, so alone it
 is scored on the eval split it was trained with, exactly as the trainer scored it; `--config.KEY=VALUE` changes any
 value of that config, as for `vidjax.main`, e.g. the multi-view test:
 
@@ -38,7 +39,8 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Config file giving the eval data (and settings), e.g. "
                                     "configs/videomae_finetune_k400.py[:runlocal]; default: the config stored with "
                                     "a training checkpoint", lock_config=True)
-    flags.DEFINE_string("checkpoint", None, "Training workdir, step folder, or converted checkpoint to evaluate.")
+    flags.DEFINE_string("checkpoint", None, "Training workdir, step folder, converted checkpoint or Hugging Face Hub "
+                        "name (owner/name[@REV]) to evaluate.")
     flags.DEFINE_string("out", None, "Write the metrics here as JSON (and the confusion matrix next to it).")
     flags.mark_flags_as_required(["checkpoint"])
 

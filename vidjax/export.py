@@ -1,7 +1,8 @@
-r"""A checkpoint's inference function as one self-describing file for serving: StableHLO via `jax.export`.
+r"""A checkpoint for serving: its inference function as one StableHLO file (`jax.export`), or back to transformers.
 
   python -m vidjax.export --checkpoint=/work/finetune --out=model.vjx.npz
   python -m vidjax.export --checkpoint=/ckpt/videomae_b_k400 --out=k400.vjx.npz --platforms=cpu,cuda
+  python -m vidjax.export --to_hf /work/finetune --out /work/finetune_hf     # a transformers save_pretrained folder
 
 --checkpoint is a training workdir (its latest checkpoint), one of its step folders or a `python -m vidjax.convert`
 output, of a model with a head (classification, multi-label or regression). The exported function takes uint8
@@ -33,8 +34,30 @@ package, which vidjax installs but jax alone does not: `pip install flatbuffers`
     fn, meta = load_exported("model.vjx.npz")
     logits = fn(uint8_video)            # (b, T, S, S, 3) -> (b, K); names in meta["class_names"]
 
+Back to transformers: --to_hf SRC (anything `vidjax.pretrained.load` takes: a converted checkpoint, a training
+workdir or one of its step folders) writes --out DST, a new folder, as transformers' `save_pretrained` would:
+config.json (`architectures`, `model_type`, id2label / label2id from the checkpoint's class names or regression
+targets, problem_type for multi-label and regression heads), model.safetensors, preprocessor_config.json (the
+checkpoint's resize, crop and mean/std), generation_config.json and the tokenizer for a captioner or GPT-2 that has
+one. transformers' own loader reads it, with no vidjax installed:
+
+    model = transformers.AutoModelForVideoClassification.from_pretrained(DST)   # the command names the class
+
+  VideoMAE                   pre-training -> VideoMAEForPreTraining, a head -> VideoMAEForVideoClassification,
+                             no head -> VideoMAEModel
+  TimeSformer                TimesformerForVideoClassification, TimesformerModel
+  ViViT model 1 (joint, CLS) VivitForVideoClassification, VivitModel
+  captioner                  VisionEncoderDecoderModel (a VideoMAE or TimeSformer encoder, GPT-2 decoder, every
+                             encoder token, one chunk)
+  GPT-2                      GPT2LMHeadModel
+The tensors are written through the same tables `python -m vidjax.convert --from_hf` reads, so a converted checkpoint
+gives its original tensors back. What transformers computes slightly differently (a LayerNorm epsilon it fixes,
+TimeSformer space_only's per-frame outputs, ViViT's untrained pooler) is printed as a note. A model no transformers
+class computes (VideoMamba, SVT, ViViT models 2-4 or without a CLS token, VideoMAE V2's dual-masking pre-training,
+a captioner that pools or chunks its visual tokens) is refused with one line and exit status 2.
+
 Exit status 0 written, 2 bad arguments (a missing checkpoint or output folder, a checkpoint without a head, a
-function that does not lower for a requested platform).
+function that does not lower for a requested platform, a model with no transformers class, an existing --out).
 """
 
 from __future__ import annotations
@@ -51,6 +74,9 @@ import numpy as np
 
 import vidjax
 from vidjax import cli, fileio, losses, pretrained
+from vidjax.convert import common, hf
+from vidjax.convert.common import ConversionError, HfCheckpoint
+from vidjax.models import layers
 
 FORMAT = "vidjax.export/1"
 _SCORES = {"classification": "softmax", "multilabel": "sigmoid", "regression": "identity"}
@@ -152,16 +178,63 @@ def write(path: str, function: bytes, params: list[np.ndarray], metadata: dict) 
 
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.export", __doc__)
-    parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint (with a head)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the file to write (one .npz)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="DIR",
+                     help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint (with a head)")
+    src.add_argument("--to_hf", metavar="SRC",
+                     help="write SRC (any checkpoint vidjax.pretrained.load takes) as a transformers save_pretrained "
+                          "folder at --out")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the file to write (one .npz); with --to_hf, the new folder to write")
     parser.add_argument("--platforms", default="",
                         help="comma-separated backends to lower for, e.g. cpu,cuda (default: this machine's)")
     return parser
 
 
+def to_hf(model: pretrained.Pretrained | pretrained.PretrainedCaptioner | pretrained.PretrainedText,
+          out: str) -> tuple[HfCheckpoint, list[str]]:
+    """Writes a loaded checkpoint to the new folder `out` as its transformers class's `save_pretrained` would; returns
+    what was written and the file names. A ConversionError says why a model has no transformers form."""
+    flat = layers.flat_to_layout({k: np.asarray(v) for k, v in common.flatten_params(model.params).items()})
+    preprocessing = dict(getattr(model, "preprocessing", None) or {})
+    task = getattr(model, "task", None)
+    labels = getattr(model, "target_names", None) if task == "regression" else getattr(model, "class_names", None)
+    converted = common.Converted(model.model_name, model.config, flat, preprocessing)
+    checkpoint = hf.to_hf(converted, task=task, labels=labels)
+    return checkpoint, hf.write_hf_dir(checkpoint, preprocessing, fileio.user_path(out),
+                                       tokenizer_dir=getattr(model, "tokenizer_dir", None))
+
+
+def _main_to_hf(args: argparse.Namespace) -> int:
+    where = f"--to_hf={args.to_hf}"
+    if args.platforms:
+        print(f"error: --platforms applies to --checkpoint (a StableHLO file); {where} writes weights, which run "
+              f"anywhere transformers does. Drop --platforms.", file=sys.stderr)
+        return 2
+    try:
+        model = pretrained.load(args.to_hf)
+    except (ValueError, OSError) as e:  # ConversionError and ConfigError are ValueErrors
+        print(f"error: {where}: {e}", file=sys.stderr)
+        return 2
+    try:
+        checkpoint, files = to_hf(model, args.out)
+    except ConversionError as e:
+        print(f"error: {where}: {e}", file=sys.stderr)
+        return 2
+    for note in checkpoint.notes:
+        print(f"note: {note}", file=sys.stderr)
+    labels = checkpoint.config.get("id2label")
+    auto = hf.AUTO_CLASSES[checkpoint.architecture]
+    print(f"Wrote {args.out}: {checkpoint.architecture} ({model.model_name}"
+          f"{f', {len(labels)} labels' if labels else ''}): {', '.join(files)}. Load it with "
+          f"transformers.{auto}.from_pretrained({str(args.out)!r}).")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.to_hf:
+        return _main_to_hf(args)
     out_dir = os.path.dirname(fileio.user_path(args.out))
     if not os.path.isdir(out_dir):
         print(f"error: --out={args.out}: the folder {out_dir} does not exist; create it first or write elsewhere.",

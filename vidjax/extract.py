@@ -3,11 +3,12 @@ r"""Embeddings of every video of a list from any checkpoint, saved to one .npz (
   python -m vidjax.extract --checkpoint=/work/pretrain --csv=/data/train.csv --root=/data/videos --out=train.npz
   python -m vidjax.extract --checkpoint=/ckpt/videomae_b_k400 --csv=val.csv --out=val.npz --pool=cls
 
---checkpoint is a training workdir (its latest checkpoint), one of its step folders or a `python -m vidjax.convert`
-output, with or without a head. --csv is a VideoMAE list (`path label` lines) or a header CSV (path, label or
-labels, start/end, regression columns named by --targets), read by `vidjax.data.sources.CsvVideoSource`. Each
-video gives one clip decoded and centre-cropped as the checkpoint's evaluation does (`Pretrained.read_views`),
-batched through the jitted model on a data mesh over this host's devices; --num_workers threads decode ahead.
+--checkpoint is a training workdir (its latest checkpoint), one of its step folders, a `python -m vidjax.convert`
+output or a Hugging Face Hub name (vidjax/hub.py), with or without a head. --csv is a VideoMAE list (`path label`
+lines) or a header CSV (path, label or labels, start/end, regression columns named by --targets), read by
+`vidjax.data.sources.CsvVideoSource`. Each video gives one clip decoded and centre-cropped as the checkpoint's
+evaluation does (`Pretrained.read_views`), batched through the jitted model on a data mesh over this host's devices;
+--num_workers threads decode ahead.
 
 Pooling (--pool) of the encoder's last hidden state (B, tokens, D):
   mean    the mean over the patch tokens (a CLS token, when the model has one, is left out), then the model's
@@ -165,7 +166,8 @@ def extract(model: pretrained.Pretrained, source, *, pool: str = "mean", batch_s
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.extract", __doc__)
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint")
+                        help="training workdir, WORKDIR/checkpoints/<step>, a converted checkpoint, or a Hugging "
+                             "Face Hub name (owner/name[@REV], owner/name/FILE.pth)")
     parser.add_argument("--csv", required=True, metavar="LIST", help="video list (VideoMAE `path label` or header CSV)")
     parser.add_argument("--root", default="", help="folder that relative paths in the list are joined to")
     parser.add_argument("--out", required=True, metavar="FILE.npz",

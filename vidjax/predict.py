@@ -5,14 +5,16 @@ r"""Predictions for video files from a checkpoint: top-k classes, multi-label sc
   python -m vidjax.predict --checkpoint=/work/finetune long.mp4 --window=2 --stride=1 --json=long.json
   python -m vidjax.predict --checkpoint=/ckpt/captioner clip.mp4 long.mp4 --window=4 --num_beams=3
 
---checkpoint is a training workdir (its latest checkpoint), one of its step folders (WORKDIR/checkpoints/<step>) or
-a `python -m vidjax.convert` output. Each video is decoded and cropped exactly as the checkpoint's evaluation did
-(frames, sampling rate, short-side resize, centre crop): --num_clips evenly spaced clips x --num_crops crops along
-the long side, with the per-view probabilities (softmax; sigmoid for multi-label; raw values for regression)
-averaged. With --window the video is cut into windows of that many seconds, --stride seconds apart (starting at 0,
-as many as fit; a video shorter than one window is one window), each predicted the same way; the video-level lines
-show the mean over windows. --json writes every prediction (full score vectors, top-k, per-window entries and the
-aggregate) to a file, atomically; --json=- prints that JSON on stdout instead of the text, for scripts.
+--checkpoint is a training workdir (its latest checkpoint), one of its step folders (WORKDIR/checkpoints/<step>), a
+`python -m vidjax.convert` output, or a Hugging Face Hub name (`MCG-NJU/videomae-base-finetuned-kinetics`,
+`NAME@REV`, `owner/name/FILE.pth`: converted once into vidjax's cache, vidjax/hub.py). Each video is decoded and
+cropped exactly as the checkpoint's evaluation did (frames, sampling rate, short-side resize, centre crop):
+--num_clips evenly spaced clips x --num_crops crops along the long side, with the per-view probabilities (softmax;
+sigmoid for multi-label; raw values for regression) averaged. With --window the video is cut into windows of that
+many seconds, --stride seconds apart (starting at 0, as many as fit; a video shorter than one window is one window),
+each predicted the same way; the video-level lines show the mean over windows. --json writes every prediction (full
+score vectors, top-k, per-window entries and the aggregate) to a file, atomically; --json=- prints that JSON on
+stdout instead of the text, for scripts.
 
 Output: each video's path, then one indented line per label, `label  probability` (names from the checkpoint,
 else "class N"), best first: the --top_k classes; for multi-label the classes scoring at least --threshold (else a
@@ -181,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.predict", __doc__)
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to predict")
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="training workdir, WORKDIR/checkpoints/<step>, or a converted checkpoint")
+                        help="training workdir, WORKDIR/checkpoints/<step>, a converted checkpoint, or a Hugging "
+                             "Face Hub name (owner/name[@REV], owner/name/FILE.pth)")
     parser.add_argument("--top_k", type=int, default=5, help="classes shown per prediction (default 5)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="multi-label: report the classes whose sigmoid score is at least this (default 0.5)")

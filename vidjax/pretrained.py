@@ -1,8 +1,9 @@
-"""Ready-to-call models from converted checkpoints and training runs: `vidjax.pretrained.load(PATH)`.
+"""Ready-to-call models from converted checkpoints, training runs and Hub names: `vidjax.pretrained.load(PATH)`.
 
     model = vidjax.pretrained.load("/ckpt/videomae-base-finetuned-kinetics")   # a `python -m vidjax.convert` output
     model = vidjax.pretrained.load("/work/my_finetune")      # a training workdir: its latest checkpoint
     model = vidjax.pretrained.load("/work/my_finetune/checkpoints/2000")       # or one step of it
+    model = vidjax.pretrained.load("MCG-NJU/videomae-base-finetuned-kinetics")   # a Hugging Face Hub name (vidjax.hub)
     views = model.read_views("clip.mp4")            # uint8 (views, T, H, W, 3), decoded as the checkpoint expects
     video = model.preprocess(views)                 # -> normalised float32
     logits = model(video)                           # checkpoints with a head: (B, num_outputs)
@@ -41,7 +42,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import config_lib, fileio, losses, sharding
+from vidjax import config_lib, fileio, hub, losses, sharding
 from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
@@ -393,9 +394,11 @@ def _read_converted(path: pathlib.Path) -> _Loaded:
     if "image_size" in preprocessing:
         preprocessing.setdefault("short_side", preprocessing["image_size"])
     converted = common.Converted(meta["model_name"], config, flat, preprocessing, meta.get("class_names"),
-                                 meta.get("source", {}))
+                                 meta.get("source", {}), task=meta.get("task"),
+                                 target_names=meta.get("target_names"))
     rate = preprocessing.get("sampling_rate")
-    return _Loaded(converted, _task_of(meta["model_name"], config), None, int(rate) if rate else None)
+    return _Loaded(converted, converted.task or _task_of(meta["model_name"], config), converted.target_names,
+                   int(rate) if rate else None)
 
 
 def latest_step_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -476,8 +479,9 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
 
 
 def _read(path: str | pathlib.Path) -> _Loaded:
-    """A converted checkpoint (DIR/vidjax.json), a training workdir (its latest step) or one step folder."""
-    path = pathlib.Path(fileio.user_path(path))
+    """A converted checkpoint (DIR/vidjax.json), a training workdir (its latest step) or one step folder; a Hugging
+    Face Hub name that is no local path is converted into vidjax's cache first (`vidjax.hub`)."""
+    path = hub.resolve(path)
     if (path / common.META_FILE).is_file():
         return _read_converted(path)
     if (path / "checkpoints").is_dir():
@@ -506,14 +510,16 @@ def _set_dtype(config: ml_collections.ConfigDict, dtype: str) -> None:
 
 def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
          dtype: str | None = None) -> Pretrained | PretrainedCaptioner | PretrainedText:
-    """Loads a `python -m vidjax.convert` output, a training workdir or a step folder of one.
+    """Loads a `python -m vidjax.convert` output, a training workdir or a step folder of one, or a Hugging Face Hub
+    name (`owner/name[@REV]`, `owner/name/file.pth[@REV]`: converted once into vidjax's cache, see `vidjax.hub`).
 
     A training checkpoint gives its EMA parameters when it saved them, else its parameters; the optimizer state is
     never read. A video model's checkpoint can be adapted to another clip length or resolution; `dtype="bfloat16"`
     computes in bf16 (parameters stay float32). A captioner gives a `PretrainedCaptioner`, a GPT-2 a
     `PretrainedText`; every other model a `Pretrained`.
     """
-    loaded = _read(path)
+    directory = hub.resolve(path)
+    loaded = _read(directory)
     converted = loaded.converted
     if num_frames or image_size:
         converted = common.resize(converted, num_frames, image_size)
@@ -528,7 +534,6 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     params = common.unflatten_params(abstract, layers.flat_to_layout(converted.params,
                                                                       common.flatten_params(abstract)))
     params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    directory = pathlib.Path(fileio.user_path(path))
     tokenizer_dir = directory / TOKENIZER_DIR if (directory / TOKENIZER_DIR).is_dir() else None
     if clip_spec(converted.model_name, config) is None:
         return PretrainedText(converted.model_name, config, graphdef, params, tokenizer_dir)
@@ -537,6 +542,21 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     return kind(converted.model_name, config, dict(converted.preprocessing), converted.class_names, graphdef,
                 params, num_tokens, task=loaded.task, target_names=loaded.target_names,
                 sampling_rate=loaded.sampling_rate, **extra)
+
+
+def as_converted(path: str | pathlib.Path) -> common.Converted:
+    """Any checkpoint `load` takes, as the self-describing form `common.write_converted` writes (vidjax.json +
+    params/ + tokenizer/) and `load` reads back alike, with no training run needed: a run's (EMA) weights, model,
+    task, class and target names, clip settings and tokenizer."""
+    directory = hub.resolve(path)
+    loaded = _read(directory)
+    converted = dataclasses.replace(loaded.converted, task=loaded.task, target_names=loaded.target_names,
+                                    files=dict(loaded.converted.files))
+    tokenizer = directory / TOKENIZER_DIR
+    if tokenizer.is_dir():
+        converted.files.update({f"{TOKENIZER_DIR}/{f.name}": str(f) for f in sorted(tokenizer.iterdir())
+                                if f.is_file()})
+    return converted
 
 
 def init(model_name: str, model_config: ml_collections.ConfigDict, *, seed: int = 0,
@@ -694,11 +714,11 @@ def _training_config(saved: dict, model_config: ml_collections.ConfigDict) -> ml
 
 def read_config(path: str | pathlib.Path) -> CheckpointConfig:
     """The model, task and class names a checkpoint records and, for a training checkpoint, its whole config."""
-    path = pathlib.Path(fileio.user_path(path))
+    path = hub.resolve(path)
     if (path / common.META_FILE).is_file():
         meta = json.loads((path / common.META_FILE).read_text())
         model = _model_config(meta["model_name"], meta["model"], str(path / common.META_FILE))
-        return CheckpointConfig(meta["model_name"], model, _task_of(meta["model_name"], model),
+        return CheckpointConfig(meta["model_name"], model, meta.get("task") or _task_of(meta["model_name"], model),
                                 meta.get("class_names"), None)
     if (path / "checkpoints").is_dir() or _is_step_dir(path):
         step_dir = latest_step_dir(path) if (path / "checkpoints").is_dir() else path

@@ -24,6 +24,12 @@ r"""Converts published video-model (and captioning) checkpoints into vidjax chec
       width that no official builder uses, --decoder_num_heads). A head of 400 / 600 / 700 / 710 outputs gets the
       Kinetics label space's class names.
 
+SRC and FILE may also be Hugging Face Hub names, downloaded through huggingface_hub's cache (its HF_TOKEN,
+HF_ENDPOINT and HF_HUB_OFFLINE apply; pip install 'vidjax[hub]'): a repository for --from_hf
+(`--from_hf MCG-NJU/videomae-base-finetuned-kinetics`), a file inside one for the others (`--from_videomae
+OpenGVLab/VideoMAE2/distill/vit_b_k710_dl_from_giant.pth`), with `@REV` for a branch, tag or commit. A local path
+that exists always wins. (Every command also takes such a name directly as its checkpoint: vidjax/hub.py.)
+
 Add --num_frames / --image_size to adapt a video model's checkpoint to another clip length or resolution (learned
 position embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config,
 preprocessing, class names); load it with `vidjax.pretrained.load(DST)`. Nothing is written to DST unless the
@@ -36,14 +42,15 @@ import argparse
 import logging
 import sys
 
-from vidjax import cli
+from vidjax import cli, hub
+from vidjax.convert import read
 from vidjax.convert.common import ConversionError, Converted, is_video_config, resize, write_converted
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.convert", __doc__)
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from_hf", metavar="SRC", help="Hugging Face save_pretrained directory")
+    src.add_argument("--from_hf", metavar="SRC", help="Hugging Face save_pretrained directory, or a Hub repository")
     src.add_argument("--from_videomamba", metavar="FILE", help="official VideoMamba checkpoint file")
     src.add_argument("--from_svt", metavar="FILE", help="SVT checkpoint file (released or a training checkpoint)")
     src.add_argument("--from_videomae", metavar="FILE",
@@ -70,25 +77,16 @@ def convert(from_hf: str | None = None, from_videomamba: str | None = None, out:
                               "record their head count.")
     if decoder_num_heads and not from_videomae:
         raise ConversionError("--decoder_num_heads applies to --from_videomae only.")
-    if from_hf:
-        from vidjax.convert.hf import convert_hf_dir
-
-        converted = convert_hf_dir(from_hf)
-    elif from_svt:
-        from vidjax.convert.svt import convert_svt_file
-
-        converted = convert_svt_file(from_svt, num_heads or None)
-    elif from_videomae:
-        from vidjax.convert.videomae import convert_videomae_file
-
-        converted = convert_videomae_file(from_videomae, num_heads or None, decoder_num_heads or None,
-                                          num_frames or None, image_size or None)
-    else:
-        from vidjax.convert.common import TensorSource, finalize
-        from vidjax.convert.videomamba import from_videomamba as convert_videomamba
-
-        src = TensorSource.from_file(from_videomamba)
-        converted = finalize(convert_videomamba(src), src, format="videomamba")
+    sources = {"hf": from_hf, "videomamba": from_videomamba, "svt": from_svt, "videomae": from_videomae}
+    given = [(kind, value) for kind, value in sources.items() if value]
+    if len(given) != 1:
+        raise ConversionError(f"Give exactly one of {', '.join(f'--from_{k}' for k in sources)}; got "
+                              f"{len(given) or 'none'}.")
+    kind, source = given[0]
+    # A Hugging Face Hub name (a repository, or a file inside one) is downloaded through huggingface_hub's cache.
+    path = hub.source(source, f"--from_{kind}", file=kind != "hf")
+    converted = read(kind, path, num_heads=num_heads or None, decoder_num_heads=decoder_num_heads or None,
+                     num_frames=num_frames or None, image_size=image_size or None)
     try:
         converted = resize(converted, num_frames or None, image_size or None)
     except ValueError as e:

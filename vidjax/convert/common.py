@@ -291,6 +291,101 @@ class TensorSource:
         return [n for n in self.names() if n not in self.used and not any(s in n for s in ignore)]
 
 
+# ------------------------------------------------------------------------------------- tensor tables (both ways)
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One vidjax parameter and the published tensor(s) it is stored as: one row of a converter's table, read in
+    one direction by `read_tensors` and written in the other by `write_tensors`, so the two cannot drift.
+
+    Reading, each tensor named in `hf` (of shape `shape`) is transposed by `perm` and reshaped to `part`; several
+    tensors (q, k, v) are then stacked along `axis` into one vidjax array. Writing undoes each step exactly.
+    """
+
+    vj: str  # '/'-joined vidjax parameter name
+    hf: tuple[str, ...]  # the published tensor name(s)
+    shape: tuple[int, ...]  # the shape of each published tensor
+    perm: tuple[int, ...] = ()  # () = no transpose
+    part: tuple[int, ...] = ()  # () = the transposed shape
+    axis: int = 0  # where the parts of several tensors are stacked
+
+    def to_vidjax(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        parts = [np.asarray(a).transpose(self.perm) if self.perm else np.asarray(a) for a in arrays]
+        parts = [p.reshape(self.part) if self.part else p for p in parts]
+        return parts[0] if len(parts) == 1 else np.stack(parts, axis=self.axis)
+
+    def to_hf(self, value: np.ndarray) -> dict[str, np.ndarray]:
+        value = np.asarray(value)
+        parts = [value] if len(self.hf) == 1 else list(np.moveaxis(value, self.axis, 0))
+        transposed = tuple(self.shape[i] for i in self.perm) if self.perm else self.shape
+        out = {}
+        for name, part in zip(self.hf, parts, strict=True):
+            part = part.reshape(transposed)
+            out[name] = np.ascontiguousarray(part.transpose(np.argsort(self.perm)) if self.perm else part)
+        return out
+
+
+def linear(vj: str, hf: str, d_in: int, d_out: int, *, bias: bool = True) -> list[Tensor]:
+    """An `nn.Linear` `hf` (weight (out, in), bias) <-> a vidjax Dense `vj` (kernel (in, out), bias)."""
+    rows = [Tensor(f"{vj}/kernel", (f"{hf}.weight",), (d_out, d_in), perm=(1, 0))]
+    return rows + [Tensor(f"{vj}/bias", (f"{hf}.bias",), (d_out,))] if bias else rows
+
+
+def layer_norm(vj: str, hf: str, dim: int) -> list[Tensor]:
+    """An `nn.LayerNorm` `hf` (weight, bias) <-> a vidjax LayerNorm `vj` (scale, bias)."""
+    return [Tensor(f"{vj}/scale", (f"{hf}.weight",), (dim,)), Tensor(f"{vj}/bias", (f"{hf}.bias",), (dim,))]
+
+
+def prefixed(rows: Iterable[Tensor], vj: str = "", hf: str = "") -> list[Tensor]:
+    """`rows` with `vj` before every vidjax name and `hf` before every published name (a part of a larger model)."""
+    return [dataclasses.replace(r, vj=vj + r.vj, hf=tuple(hf + n for n in r.hf)) for r in rows]
+
+
+def read_tensors(src: TensorSource, rows: Iterable[Tensor]) -> dict[str, np.ndarray]:
+    """The vidjax parameters of a table, each read from `src` (shapes checked, tensors marked used)."""
+    return {r.vj: r.to_vidjax([src.take(name, r.shape) for name in r.hf]) for r in rows}
+
+
+def write_tensors(params: Mapping[str, np.ndarray], rows: Iterable[Tensor], what: str) -> dict[str, np.ndarray]:
+    """The published tensors of a table, from vidjax parameters; every parameter must have its row (`what` names
+    the model in the error), so nothing is silently left out."""
+    rows = list(rows)
+    missing = [r.vj for r in rows if r.vj not in params]
+    extra = sorted(set(params) - {r.vj for r in rows})
+    if missing or extra:
+        raise ConversionError(f"The {what} mapping does not fit these parameters: missing {missing[:5]}, no place "
+                              f"for {extra[:5]}{' ...' if len(extra) > 5 else ''}.")
+    out = {}
+    for r in rows:
+        out.update(r.to_hf(params[r.vj]))
+    return out
+
+
+_SAFETENSORS_NAMES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """A .safetensors file of `tensors` (in name order, little-endian, C order), as `safetensors.numpy.save_file`
+    writes it: no torch or safetensors package needed."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        value = np.ascontiguousarray(tensors[name])
+        value = value.astype(value.dtype.newbyteorder("<"), copy=False)
+        header[name] = {"dtype": _SAFETENSORS_NAMES[value.dtype.newbyteorder("=")], "shape": list(value.shape),
+                        "data_offsets": [offset, offset + value.nbytes]}
+        chunks.append(value.tobytes())
+        offset += value.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the reference writer pads it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for chunk in chunks:
+            f.write(chunk)
+
+
 # ------------------------------------------------------------------------------------------- converted models
 
 @dataclasses.dataclass
@@ -305,6 +400,22 @@ class Converted:
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Files written beside the parameters: path relative to the output directory -> file to copy (a tokenizer).
     files: dict[str, str] = dataclasses.field(default_factory=dict)
+    # What a training run's checkpoint knows beyond its head (`vidjax.pretrained.as_converted`): its task
+    # (multilabel and regression share the classification head) and the names of its regression outputs.
+    task: str | None = None
+    target_names: list[str] | None = None
+
+
+@dataclasses.dataclass
+class HfCheckpoint:
+    """A vidjax model in Hugging Face transformers' terms: what its `save_pretrained` writes (`hf.to_hf`)."""
+
+    architecture: str  # the transformers class, e.g. "VideoMAEForVideoClassification"
+    config: dict[str, Any]  # config.json's model fields (`hf.to_hf` adds architectures, labels, dtype)
+    tensors: dict[str, np.ndarray]  # model.safetensors
+    processor: str = "VideoMAEImageProcessor"  # preprocessor_config.json's image_processor_type; "": none (text)
+    generation: dict[str, Any] | None = None  # generation_config.json, when `generate` needs token ids
+    notes: list[str] = dataclasses.field(default_factory=list)  # what transformers computes slightly differently
 
 
 def is_video_config(model_config: ml_collections.ConfigDict) -> bool:
@@ -532,6 +643,7 @@ def write_converted(converted: Converted, dst: str | os.PathLike, *, overwrite: 
         meta = dict(format=FORMAT, model_name=converted.model_name,
                     model=_config_to_json(converted.model_config), preprocessing=converted.preprocessing,
                     class_names=converted.class_names, source=converted.source)
+        meta.update({k: v for k, v in (("task", converted.task), ("target_names", converted.target_names)) if v})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if dst.exists():
             old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"

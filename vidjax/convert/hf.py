@@ -1,12 +1,28 @@
-"""Hugging Face `save_pretrained` directories -> vidjax: dispatch on config.json's `architectures`."""
+"""Hugging Face `save_pretrained` directories -> vidjax (dispatch on config.json's `architectures`), and back.
+
+`convert_hf_dir` reads a directory; `to_hf` maps a vidjax model to its transformers class through the same family
+module (`hf_videomae`, ...), whose one table of tensors serves both directions, and `write_hf_dir` writes what
+`save_pretrained` would: config.json, model.safetensors, preprocessor_config.json, generation_config.json and the
+tokenizer, for transformers' `from_pretrained` (`python -m vidjax.export --to_hf`).
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
 import pathlib
+import shutil
+import uuid
+from typing import Any
 
-from vidjax.convert.common import ConversionError, Converted, TensorSource, finalize
+from vidjax.convert.common import (
+    ConversionError,
+    Converted,
+    HfCheckpoint,
+    TensorSource,
+    finalize,
+    write_safetensors,
+)
 
 _MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner")  # each lists its architectures
 # A tokenizer saved beside the weights (`tokenizer.save_pretrained(SRC)`): copied to DST/tokenizer/ as it is, in
@@ -66,3 +82,112 @@ def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
     converted.files.update({f"{TOKENIZER_DIR}/{name}": str(directory / name) for name in TOKENIZER_FILES
                             if (directory / name).is_file()})
     return finalize(converted, src, format="huggingface", architecture=architecture)
+
+
+# ----------------------------------------------------------------------------------------- back to transformers
+
+_EXPORTERS = {"videomae": "hf_videomae", "timesformer": "hf_timesformer", "vivit": "hf_vivit", "gpt2": "hf_gpt2",
+              "captioner": "hf_captioner"}  # vidjax model -> the module whose `to_hf` writes it
+# vidjax models that no transformers class computes, in words for the error.
+NO_TRANSFORMERS_CLASS = {"videomamba": "a VideoMamba", "svt": "an SVT (a TimeSformer with a DINO projection head)"}
+# The transformers class that loads each architecture vidjax writes (what the docs and the command's message say).
+AUTO_CLASSES = {
+    "VideoMAEForPreTraining": "AutoModelForPreTraining", "VideoMAEForVideoClassification":
+    "AutoModelForVideoClassification", "VideoMAEModel": "AutoModel",
+    "TimesformerForVideoClassification": "AutoModelForVideoClassification", "TimesformerModel": "AutoModel",
+    "VivitForVideoClassification": "AutoModelForVideoClassification", "VivitModel": "AutoModel",
+    "GPT2LMHeadModel": "AutoModelForCausalLM", "VisionEncoderDecoderModel": "VisionEncoderDecoderModel",
+}
+# vidjax task -> transformers' problem_type (the loss `forward(labels=...)` computes; the logits are the same).
+_PROBLEM_TYPES = {"multilabel": "multi_label_classification", "regression": "regression"}
+_WORD_LEVEL_SPECIALS = "special_tokens.json"  # vidjax.tokenizer.CaptionTokenizer.save's special tokens
+
+
+def to_hf(converted: Converted, *, task: str | None = None, labels: list[str] | None = None) -> HfCheckpoint:
+    """A vidjax model (`converted`: name, config, per-block parameters) as the transformers class that computes it.
+
+    `task` (the checkpoint's: classification, multilabel, regression, ...) sets `problem_type`; `labels` name the
+    head's outputs (class names, or regression targets) for `id2label` (LABEL_i when None). A ConversionError says
+    what the model is and why transformers has no class for it.
+    """
+    module = _EXPORTERS.get(converted.model_name)
+    if module is None:
+        what = NO_TRANSFORMERS_CLASS.get(converted.model_name, f"a {converted.model_name}")
+        raise ConversionError(f"this is {what} checkpoint; transformers has no class for it, so it has no "
+                              f"--to_hf form.")
+    checkpoint = importlib.import_module(f"vidjax.convert.{module}").to_hf(converted)
+    config: dict[str, Any] = {"architectures": [checkpoint.architecture], **checkpoint.config}
+    cfg = converted.model_config
+    if cfg.get("head") == "classification":
+        n = int(cfg.num_classes)
+        names = [str(v) for v in labels] if labels and len(labels) == n else [f"LABEL_{i}" for i in range(n)]
+        config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        config["label2id"] = {name: i for i, name in enumerate(names)}
+        problem = _PROBLEM_TYPES.get(task or "", "single_label_classification" if n == 1 else None)
+        if problem:
+            config["problem_type"] = problem
+    config["dtype"] = "float32"
+    checkpoint.config = config
+    return checkpoint
+
+
+def preprocessor_config(processor: str, preprocessing: dict) -> dict[str, Any]:
+    """preprocessor_config.json of `processor` for a checkpoint's preprocessing: resize the short side, centre crop,
+    then (pixels / 255 - mean) / std, which is how vidjax feeds the model (and what `convert_hf_dir` reads back)."""
+    size = int(preprocessing["image_size"])
+    config = dict(image_processor_type=processor, do_resize=True,
+                  size={"shortest_edge": int(preprocessing.get("short_side") or size)}, resample=2,
+                  do_center_crop=True, crop_size={"height": size, "width": size}, do_rescale=True,
+                  rescale_factor=1 / 255, do_normalize=True, image_mean=[float(v) for v in preprocessing["mean"]],
+                  image_std=[float(v) for v in preprocessing["std"]])
+    if processor == "VivitImageProcessor":
+        config["offset"] = False  # its default (true) would also shift the rescaled pixels by -1
+    return config
+
+
+def _tokenizer_files(tokenizer_dir: pathlib.Path, dst: pathlib.Path) -> list[str]:
+    """Copies a checkpoint's tokenizer into a save_pretrained folder; a vidjax word-level one (tokenizer.json +
+    special_tokens.json) gets the tokenizer_config.json transformers' AutoTokenizer reads."""
+    names = [name for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
+    for name in names:
+        shutil.copyfile(tokenizer_dir / name, dst / name)
+    specials = tokenizer_dir / _WORD_LEVEL_SPECIALS
+    if specials.is_file() and "tokenizer_config.json" not in names:
+        tokens = {f"{role}_token": entry["token"] for role, entry in _read_json(specials).items()
+                  if isinstance(entry, dict) and entry.get("token") is not None}
+        (dst / "tokenizer_config.json").write_text(json.dumps(
+            dict(tokenizer_class="PreTrainedTokenizerFast", **tokens), indent=2) + "\n")
+        names.append("tokenizer_config.json")
+    return names
+
+
+def write_hf_dir(checkpoint: HfCheckpoint, preprocessing: dict, dst: str | pathlib.Path, *,
+                 tokenizer_dir: pathlib.Path | None = None) -> list[str]:
+    """Writes `checkpoint` to the new folder `dst` as `save_pretrained` would, atomically (nothing is left at `dst`
+    when anything fails); returns the names of the files written."""
+    dst = pathlib.Path(dst).expanduser().absolute()
+    if dst.is_file() or (dst.is_dir() and any(dst.iterdir())):
+        raise ConversionError(f"{dst} already exists and is not empty; give a new folder.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        files = {"config.json": checkpoint.config}
+        if checkpoint.processor:
+            files["preprocessor_config.json"] = preprocessor_config(checkpoint.processor, preprocessing)
+        if checkpoint.generation:
+            files["generation_config.json"] = checkpoint.generation
+        for name, content in files.items():
+            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        # "pt": the format transformers' loader requires in the header, as save_pretrained writes it.
+        write_safetensors(tmp / "model.safetensors", checkpoint.tensors, {"format": "pt"})
+        names = [*files, "model.safetensors"]
+        if tokenizer_dir is not None:
+            names += _tokenizer_files(pathlib.Path(tokenizer_dir), tmp)
+        if dst.is_dir():
+            dst.rmdir()  # empty (checked above)
+        tmp.rename(dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return names

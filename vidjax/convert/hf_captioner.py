@@ -10,7 +10,8 @@ enc_to_dec_proj when present, with no encoder attention mask. Each part is mappe
 
 Decoding takes its token ids as `generate` does: `decoder_start_token_id` (the first token of every caption), EOS
 and pad from generation_config.json when the directory has one, else from config.json, else the decoder's config;
-pad defaults to EOS. The result is a captioner with visual_tokens "all" and num_chunks 1.
+pad defaults to EOS. The result is a captioner with visual_tokens "all" and num_chunks 1. `to_hf` writes such a
+captioner back, each part through its own family's table.
 """
 
 from __future__ import annotations
@@ -18,12 +19,28 @@ from __future__ import annotations
 import importlib
 
 from vidjax.convert import hf_gpt2
-from vidjax.convert.common import ConversionError, Converted, TensorSource, video_preprocessing
+from vidjax.convert.common import (
+    ConversionError,
+    Converted,
+    HfCheckpoint,
+    Tensor,
+    TensorSource,
+    linear,
+    read_tensors,
+    video_preprocessing,
+    write_tensors,
+)
 from vidjax.models import captioner
 
 ARCHITECTURES = ("VisionEncoderDecoderModel",)
 # Encoder model_type -> (converter module, the architecture it converts the encoder as).
 _ENCODERS = {"videomae": ("hf_videomae", "VideoMAEModel"), "timesformer": ("hf_timesformer", "TimesformerModel")}
+_PARTS = (f"{captioner.ENCODER}/", "decoder/", "enc_to_dec_proj/")  # a captioner's parameters, by part
+
+
+def _projection(enc_width: int, dec_width: int) -> list[Tensor]:
+    """The table of `enc_to_dec_proj`, the Linear from the encoder's width to the decoder's, both directions."""
+    return linear("enc_to_dec_proj", "enc_to_dec_proj", enc_width, dec_width)
 
 
 def _generation_token(hf: dict, name: str) -> int | None:
@@ -76,8 +93,7 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
     params = {f"{captioner.ENCODER}/{k}": v for k, v in encoder.params.items()}
     params.update({f"decoder/{k}": v for k, v in decoder.params.items()})
     if enc_width != dec_width:
-        params["enc_to_dec_proj/kernel"] = src.take("enc_to_dec_proj.weight", (dec_width, enc_width)).T
-        params["enc_to_dec_proj/bias"] = src.take("enc_to_dec_proj.bias", (dec_width,))
+        params.update(read_tensors(src, _projection(enc_width, dec_width)))
     elif src.has("enc_to_dec_proj.weight"):
         raise ConversionError(f"{src.origin} has enc_to_dec_proj although the encoder and decoder are both "
                               f"{enc_width} wide; Hugging Face would not use it. Is config.json the one of these "
@@ -86,3 +102,51 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
     preprocessing = dict(mean=[float(v) for v in pre["mean"]], std=[float(v) for v in pre["std"]],
                          num_frames=int(pre["num_frames"]), image_size=int(pre["image_size"]))
     return Converted("captioner", cfg, params, preprocessing=preprocessing)
+
+
+def _part(params: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def to_hf(converted: Converted) -> HfCheckpoint:
+    """A vidjax captioner -> VisionEncoderDecoderModel (a VideoMAEModel or TimesformerModel and a GPT2LMHeadModel),
+    each part written by its own family's `to_hf`; refused (a ConversionError naming why) where Hugging Face's class
+    cannot compute what the captioner does."""
+    cfg = converted.model_config
+    what = f"this is a captioner with a {cfg.encoder_name} encoder"
+    if cfg.encoder_name not in _ENCODERS:
+        raise ConversionError(f"{what}; transformers has no class for it (vidjax writes VisionEncoderDecoderModel "
+                              f"with a {' or '.join(_ENCODERS)} encoder).")
+    differs = {"visual_tokens": (cfg.visual_tokens, "all"), "num_chunks": (int(cfg.num_chunks), 1)}
+    for key, (value, hf_value) in differs.items():
+        if value != hf_value:
+            raise ConversionError(f"{what} and {key}={value!r}; transformers has no class for it "
+                                  f"(VisionEncoderDecoderModel feeds the decoder every encoder token of one clip: "
+                                  f"{key}={hf_value!r}).")
+    stray = [k for k in converted.params if not k.startswith(_PARTS)]
+    if stray:
+        raise ConversionError(f"{what} with parameters VisionEncoderDecoderModel has no place for: {stray[:4]}.")
+    module_name, _ = _ENCODERS[cfg.encoder_name]
+    encoder = importlib.import_module(f"vidjax.convert.{module_name}").to_hf(
+        Converted(cfg.encoder_name, cfg.encoder, _part(converted.params, f"{captioner.ENCODER}/"), {}))
+    decoder = hf_gpt2.to_hf(Converted("gpt2", cfg.decoder, _part(converted.params, "decoder/"), {}))
+    enc_width, dec_width = encoder.config["hidden_size"], decoder.config["n_embd"]
+    projected = cfg.projection == "linear" or (cfg.projection == "auto" and enc_width != dec_width)
+    if projected != (enc_width != dec_width):
+        raise ConversionError(f"{what} and a projection between encoder and decoder of equal widths ({enc_width}; "
+                              f"projection='linear'); transformers has no class for it (VisionEncoderDecoderModel "
+                              f"projects only when the widths differ).")
+    tensors = {f"encoder.{k}": v for k, v in encoder.tensors.items()}
+    tensors.update({f"decoder.{k}": v for k, v in decoder.tensors.items()})
+    if projected:
+        tensors.update(write_tensors({k: v for k, v in converted.params.items() if k.startswith(_PARTS[2])},
+                                     _projection(enc_width, dec_width), "captioner projection"))
+    tokens = hf_gpt2.special_tokens(cfg.decoder)
+    start = tokens.pop("bos_token_id")
+    config = dict(model_type="vision-encoder-decoder", is_encoder_decoder=True, tie_word_embeddings=False,
+                  encoder=encoder.config, decoder=dict(decoder.config, is_decoder=True, add_cross_attention=True),
+                  decoder_start_token_id=start, **tokens)
+    generation = {k: v for k, v in dict(decoder_start_token_id=start, bos_token_id=start, **tokens).items()
+                  if v is not None}
+    return HfCheckpoint("VisionEncoderDecoderModel", config, tensors, generation=generation,
+                        notes=encoder.notes + decoder.notes)

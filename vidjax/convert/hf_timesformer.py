@@ -3,7 +3,8 @@
 Every tensor of the checkpoint is mapped (a leftover one is an error): the fused qkv Linear (rows ordered
 (q|k|v, head, head_dim)) becomes `Attention.qkv` (D, 3, heads, head_dim), Linear weights (out, in) are transposed,
 and the patch Conv2d (D, 3, p, p) becomes a Dense over (h, w, c)-ordered patch pixels. LayerNorm eps and the GELU
-form come from the config, so converted models match the reference exactly.
+form come from the config, so converted models match the reference exactly. Both directions use one table
+(`tensors`): `to_hf` writes a vidjax TimeSformer back (`python -m vidjax.export --to_hf`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from vidjax.convert.common import ConversionError, Converted, TensorSource
+from vidjax.convert.common import (
+    ConversionError,
+    Converted,
+    HfCheckpoint,
+    Tensor,
+    TensorSource,
+    layer_norm,
+    linear,
+    prefixed,
+    read_tensors,
+    write_tensors,
+)
 from vidjax.models import layers, timesformer
 
 logger = logging.getLogger(__name__)
@@ -97,23 +109,45 @@ def _model_config(hf: dict, architecture: str):
     return cfg, class_names
 
 
-def _linear(src: TensorSource, name: str, d_in: int, d_out: int) -> tuple[np.ndarray, np.ndarray]:
-    return src.take(f"{name}.weight", (d_out, d_in)).T, src.take(f"{name}.bias", (d_out,))
-
-
-def _attention(src: TensorSource, name: str, out: str, cfg, params: dict[str, np.ndarray]) -> None:
-    d, h = cfg.width, cfg.num_heads
+def _attention(d: int, h: int, qkv_bias: bool) -> list[Tensor]:
+    """A TimesformerAttention (fused qkv rows ordered (q|k|v, head, head_dim)) <-> a vidjax Attention."""
     k = d // h
-    params[f"{out}/qkv"] = src.take(f"{name}.attention.qkv.weight", (3 * d, d)).T.reshape(d, 3, h, k)
-    if cfg.qkv_bias:
-        params[f"{out}/qkv_b"] = src.take(f"{name}.attention.qkv.bias", (3 * d,)).reshape(3, h, k)
-    params[f"{out}/proj"] = src.take(f"{name}.output.dense.weight", (d, d)).T.reshape(h, k, d)
-    params[f"{out}/proj_bias"] = src.take(f"{name}.output.dense.bias", (d,))
+    rows = [Tensor("qkv", ("attention.qkv.weight",), (3 * d, d), perm=(1, 0), part=(d, 3, h, k))]
+    if qkv_bias:
+        rows.append(Tensor("qkv_b", ("attention.qkv.bias",), (3 * d,), part=(3, h, k)))
+    return rows + [Tensor("proj", ("output.dense.weight",), (d, d), perm=(1, 0), part=(h, k, d)),
+                   Tensor("proj_bias", ("output.dense.bias",), (d,))]
 
 
-def _norm(src: TensorSource, name: str, out: str, dim: int, params: dict[str, np.ndarray]) -> None:
-    params[f"{out}/scale"] = src.take(f"{name}.weight", (dim,))
-    params[f"{out}/bias"] = src.take(f"{name}.bias", (dim,))
+def tensors(cfg, root: str) -> list[Tensor]:
+    """The table of a TimeSformer with vidjax config `cfg`, both directions; `root` is the backbone's prefix in the
+    checkpoint ("timesformer." under the classifier, "" in a TimesformerModel)."""
+    dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+    d, p, t, mlp = dims["width"], dims["patch"], cfg.num_frames, dims["mlp_dim"]
+    grid = cfg.image_size // p
+    emb = f"{root}embeddings."
+    rows = [Tensor("patch_embed/kernel", (f"{emb}patch_embeddings.projection.weight",), (d, 3, p, p),
+                   perm=(2, 3, 1, 0), part=(p * p * 3, d)),  # (h, w, c) pixel order
+            Tensor("patch_embed/bias", (f"{emb}patch_embeddings.projection.bias",), (d,)),
+            Tensor("cls_token", (f"{emb}cls_token",), (1, 1, d), part=(d,)),
+            Tensor("pos_embed", (f"{emb}position_embeddings",), (1, 1 + grid * grid, d), part=(1 + grid * grid, d))]
+    if cfg.attention_type != "space_only":
+        rows.append(Tensor("time_embed", (f"{emb}time_embeddings",), (1, t, d), part=(t, d)))
+    attention = _attention(d, dims["num_heads"], cfg.qkv_bias)
+    block = []
+    if cfg.attention_type == "divided_space_time":
+        block += layer_norm("temporal_norm", "temporal_layernorm", d)
+        block += prefixed(attention, "temporal_attn/", "temporal_attention.")
+        block += linear("temporal_fc", "temporal_dense", d, d)
+    block += layer_norm("norm1", "layernorm_before", d) + prefixed(attention, "attn/", "attention.")
+    block += layer_norm("norm2", "layernorm_after", d)
+    block += linear("mlp/fc1", "intermediate.dense", d, mlp) + linear("mlp/fc2", "output.dense", mlp, d)
+    for i in range(dims["depth"]):
+        rows += prefixed(block, f"blocks/{i}/", f"{root}encoder.layer.{i}.")
+    rows += layer_norm("norm", f"{root}layernorm", d)
+    if cfg.head == "classification":
+        rows += linear("head", "classifier", d, cfg.num_classes)
+    return rows
 
 
 def from_hf(hf_config: dict, src: TensorSource, architecture: str) -> Converted:
@@ -124,34 +158,7 @@ def from_hf(hf_config: dict, src: TensorSource, architecture: str) -> Converted:
     if cfg.attention_type == "space_only":
         logger.warning("TimeSformer space_only: vidjax averages the frames before the final norm and head, as the "
                        "official code does; Hugging Face returns per-frame outputs (batch x frames) for this variant.")
-    d, p, t = cfg.width, layers.parse_variant(cfg.variant)[1], cfg.num_frames
-    grid = cfg.image_size // p
-    pre = src.prefix_of("embeddings.cls_token")
-    params: dict[str, np.ndarray] = {}
-    conv = src.take(f"{pre}embeddings.patch_embeddings.projection.weight", (d, 3, p, p))
-    params["patch_embed/kernel"] = conv.transpose(2, 3, 1, 0).reshape(p * p * 3, d)  # (h, w, c) pixel order
-    params["patch_embed/bias"] = src.take(f"{pre}embeddings.patch_embeddings.projection.bias", (d,))
-    params["cls_token"] = src.take(f"{pre}embeddings.cls_token", (1, 1, d)).reshape(d)
-    params["pos_embed"] = src.take(f"{pre}embeddings.position_embeddings", (1, 1 + grid * grid, d))[0]
-    if cfg.attention_type != "space_only":
-        params["time_embed"] = src.take(f"{pre}embeddings.time_embeddings", (1, t, d))[0]
-    for i in range(cfg.depth):
-        hf, out = f"{pre}encoder.layer.{i}", f"blocks/{i}"
-        if cfg.attention_type == "divided_space_time":
-            _norm(src, f"{hf}.temporal_layernorm", f"{out}/temporal_norm", d, params)
-            _attention(src, f"{hf}.temporal_attention", f"{out}/temporal_attn", cfg, params)
-            params[f"{out}/temporal_fc/kernel"], params[f"{out}/temporal_fc/bias"] = _linear(
-                src, f"{hf}.temporal_dense", d, d)
-        _norm(src, f"{hf}.layernorm_before", f"{out}/norm1", d, params)
-        _attention(src, f"{hf}.attention", f"{out}/attn", cfg, params)
-        _norm(src, f"{hf}.layernorm_after", f"{out}/norm2", d, params)
-        params[f"{out}/mlp/fc1/kernel"], params[f"{out}/mlp/fc1/bias"] = _linear(
-            src, f"{hf}.intermediate.dense", d, cfg.mlp_dim)
-        params[f"{out}/mlp/fc2/kernel"], params[f"{out}/mlp/fc2/bias"] = _linear(
-            src, f"{hf}.output.dense", cfg.mlp_dim, d)
-    _norm(src, f"{pre}layernorm", "norm", d, params)
-    if cfg.head == "classification":
-        params["head/kernel"], params["head/bias"] = _linear(src, "classifier", d, cfg.num_classes)
+    params = read_tensors(src, tensors(cfg, src.prefix_of("embeddings.cls_token")))
     leftover = src.unused()
     if leftover:
         raise ConversionError(f"{src.origin} has tensors the {architecture} mapping does not use: {leftover[:8]}"
@@ -159,6 +166,33 @@ def from_hf(hf_config: dict, src: TensorSource, architecture: str) -> Converted:
     mean, std = _preprocessing(hf_config.get("_preprocessor_config"))
     return Converted(
         model_name="timesformer", model_config=cfg, params=params,
-        preprocessing={"mean": mean, "std": std, "num_frames": t, "image_size": cfg.image_size},
+        preprocessing={"mean": mean, "std": std, "num_frames": cfg.num_frames, "image_size": cfg.image_size},
         class_names=class_names,
     )
+
+
+def hf_config(cfg) -> dict:
+    """config.json's model fields (TimesformerConfig) of a vidjax TimeSformer config; the inverse of `_model_config`."""
+    dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+    return dict(model_type="timesformer", image_size=int(cfg.image_size), patch_size=dims["patch"], num_channels=3,
+                num_frames=int(cfg.num_frames), hidden_size=dims["width"], num_hidden_layers=dims["depth"],
+                num_attention_heads=dims["num_heads"], intermediate_size=dims["mlp_dim"],
+                hidden_act="gelu_new" if cfg.approximate_gelu else "gelu", hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, initializer_range=0.02, layer_norm_eps=float(cfg.ln_eps),
+                qkv_bias=bool(cfg.qkv_bias), attention_type=cfg.attention_type,
+                # Drop path acts in training only; transformers 5 types this field as an int (its default, 0).
+                drop_path_rate=0)
+
+
+def to_hf(converted: Converted) -> HfCheckpoint:
+    """A vidjax TimeSformer -> TimesformerForVideoClassification (head) or TimesformerModel (no head)."""
+    cfg = converted.model_config
+    classifier = cfg.head == "classification"
+    architecture = ARCHITECTURES[0] if classifier else ARCHITECTURES[1]
+    notes = []
+    if cfg.attention_type == "space_only":
+        notes.append("TimeSformer space_only: transformers returns per-frame outputs (batch x frames) where vidjax "
+                     "averages the frames before the final norm and head.")
+    rows = tensors(cfg, "timesformer." if classifier else "")
+    return HfCheckpoint(architecture, hf_config(cfg), write_tensors(converted.params, rows, "TimeSformer"),
+                        notes=notes)

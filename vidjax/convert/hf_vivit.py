@@ -6,7 +6,9 @@ mapping relies on: the tubelet Conv3d weight is (D, 3, t, p, p) and vidjax's pat
 q/k/v are separate `nn.Linear`s (out, in) that vidjax fuses into one (D, 3, heads, head_dim) kernel. Layers are read
 under the names `save_pretrained` writes (`encoder.layer.N.attention.attention.query`, ...) or under transformers
 5's module names (`layers.N.attention.q_proj`, ...). The pooler of `VivitModel` (dense + tanh on the CLS token) has
-no vidjax counterpart and is left unread. LayerNorm eps and the GELU form come from the config.
+no vidjax counterpart and is left unread. LayerNorm eps and the GELU form come from the config. Both directions use
+one table (`tensors`): `to_hf` writes a vidjax ViViT model 1 back (`python -m vidjax.export --to_hf`), under the
+names `save_pretrained` writes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from vidjax.convert.common import ConversionError, Converted, TensorSource
+from vidjax.convert.common import (
+    ConversionError,
+    Converted,
+    HfCheckpoint,
+    Tensor,
+    TensorSource,
+    layer_norm,
+    linear,
+    prefixed,
+    read_tensors,
+    write_tensors,
+)
 from vidjax.models import layers, vivit
 
 ARCHITECTURES = ("VivitForVideoClassification", "VivitModel")
@@ -47,32 +60,43 @@ def _square(value: Any, name: str) -> int:
     return int(value)
 
 
-def _layer(src: TensorSource, root: str, i: int, dim: int, heads: int, mlp: int, qkv_bias: bool
-           ) -> dict[str, np.ndarray]:
-    """One VivitLayer -> `layers.Block` params (keys relative to the block)."""
-    legacy = src.has(f"{root}encoder.layer.{i}.layernorm_before.weight")
-    prefix = f"{root}encoder.layer.{i}." if legacy else f"{root}layers.{i}."
-    pick = 0 if legacy else 1
-    head_dim = dim // heads
-    out = {"attn/qkv": np.stack([src.take(f"{prefix}{names[pick]}.weight", (dim, dim)).T.reshape(dim, heads, head_dim)
-                                 for names in _QKV], axis=1)}
-    if qkv_bias:
-        out["attn/qkv_b"] = np.stack([src.take(f"{prefix}{names[pick]}.bias", (dim,)).reshape(heads, head_dim)
-                                      for names in _QKV])
+def tensors(cfg, root: str, legacy: bool = True) -> list[Tensor]:
+    """The table of a ViViT model 1 with vidjax config `cfg`, both directions. `root` is the backbone's prefix in the
+    checkpoint ("vivit." under the classifier, "" in a VivitModel); `legacy`: layers under the names
+    `save_pretrained` writes, else transformers 5's module names."""
+    size, patch, tubelet = vivit.parse_variant(cfg.variant)
+    dims = layers.vit_dims(f"{size}/{patch}", cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+    dim, heads, mlp = dims["width"], dims["num_heads"], dims["mlp_dim"]
+    head_dim, pick = dim // heads, 0 if legacy else 1
+    num_tokens = int(np.prod(vivit.token_grid(cfg)))
+    emb = f"{root}embeddings."
+    rows = [Tensor("patch_embed/kernel", (f"{emb}patch_embeddings.projection.weight",),
+                   (dim, 3, tubelet, patch, patch), perm=(2, 3, 4, 1, 0), part=(tubelet * patch * patch * 3, dim)),
+            Tensor("patch_embed/bias", (f"{emb}patch_embeddings.projection.bias",), (dim,)),
+            Tensor("cls_token", (f"{emb}cls_token",), (1, 1, dim), part=(dim,)),
+            Tensor("pos_embed", (f"{emb}position_embeddings",), (1, num_tokens + 1, dim), part=(num_tokens + 1, dim))]
+    rows += layer_norm("norm", f"{root}layernorm", dim)
+    block = [Tensor("attn/qkv", tuple(f"{names[pick]}.weight" for names in _QKV), (dim, dim), perm=(1, 0),
+                    part=(dim, heads, head_dim), axis=1)]
+    if cfg.qkv_bias == "qkv":
+        block.append(Tensor("attn/qkv_b", tuple(f"{names[pick]}.bias" for names in _QKV), (dim,),
+                            part=(heads, head_dim)))
     shapes = {"attn/proj": (dim, dim), "mlp/fc1": (mlp, dim), "mlp/fc2": (dim, mlp)}
     for vj, *hf_names in _LAYER_TENSORS:
-        name = f"{prefix}{hf_names[pick]}"
         if vj.startswith("norm"):
-            out[f"{vj}/scale"] = src.take(f"{name}.weight", (dim,))
-            out[f"{vj}/bias"] = src.take(f"{name}.bias", (dim,))
-            continue
-        kernel = src.take(f"{name}.weight", shapes[vj]).T
-        bias = src.take(f"{name}.bias", (shapes[vj][0],))
-        if vj == "attn/proj":
-            out["attn/proj"], out["attn/proj_bias"] = kernel.reshape(heads, head_dim, dim), bias
+            block += layer_norm(vj, hf_names[pick], dim)
+        elif vj == "attn/proj":
+            block += [Tensor("attn/proj", (f"{hf_names[pick]}.weight",), shapes[vj], perm=(1, 0),
+                             part=(heads, head_dim, dim)),
+                      Tensor("attn/proj_bias", (f"{hf_names[pick]}.bias",), (dim,))]
         else:
-            out[f"{vj}/kernel"], out[f"{vj}/bias"] = kernel, bias
-    return out
+            block += linear(vj, hf_names[pick], shapes[vj][1], shapes[vj][0])
+    for i in range(dims["depth"]):
+        rows += prefixed(block, f"transformer/blocks/{i}/", f"{root}encoder.layer.{i}." if legacy
+                         else f"{root}layers.{i}.")
+    if cfg.head == "classification":
+        rows += linear("head", "classifier", dim, cfg.num_classes)
+    return rows
 
 
 def _preprocessing(hf: dict) -> dict:
@@ -125,33 +149,47 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
         qkv_bias="qkv" if qkv_bias else "none", ln_eps=float(hf.get("layer_norm_eps", 1e-6)),
         approximate_gelu=_GELU_FORMS[act], head_init_scale=1.0,
     ))
-    num_tokens = int(np.prod(vivit.token_grid(cfg)))
-
-    root = src.prefix_of("embeddings.patch_embeddings.projection.weight")
-    emb = f"{root}embeddings."
-    conv = src.take(f"{emb}patch_embeddings.projection.weight", (dim, 3, tubelet, patch, patch))
-    params = {
-        "patch_embed/kernel": conv.transpose(2, 3, 4, 1, 0).reshape(-1, dim),
-        "patch_embed/bias": src.take(f"{emb}patch_embeddings.projection.bias", (dim,)),
-        "cls_token": src.take(f"{emb}cls_token", (1, 1, dim)).reshape(dim),
-        "pos_embed": src.take(f"{emb}position_embeddings", (1, num_tokens + 1, dim))[0],
-        "norm/scale": src.take(f"{root}layernorm.weight", (dim,)),
-        "norm/bias": src.take(f"{root}layernorm.bias", (dim,)),
-    }
-    for i in range(depth):
-        for key, value in _layer(src, root, i, dim, heads, mlp, qkv_bias).items():
-            params[f"transformer/blocks/{i}/{key}"] = value
 
     class_names = None
     if head == "classification":
         if not src.has("classifier.weight"):
             raise ConversionError(f"{src.origin} has no classifier.weight: a VivitForVideoClassification "
                                   f"checkpoint with num_labels=0 has no head; convert it as VivitModel.")
-        num_classes = int(src.tensors["classifier.weight"].shape[0])
-        cfg.num_classes = num_classes
-        params["head/kernel"] = src.take("classifier.weight", (num_classes, dim)).T
-        params["head/bias"] = src.take("classifier.bias", (num_classes,))
+        cfg.num_classes = int(src.tensors["classifier.weight"].shape[0])
         if hf.get("id2label"):
             id2label = {int(k): v for k, v in hf["id2label"].items()}
-            class_names = [id2label.get(i, str(i)) for i in range(num_classes)]
+            class_names = [id2label.get(i, str(i)) for i in range(cfg.num_classes)]
+    root = src.prefix_of("embeddings.patch_embeddings.projection.weight")
+    params = read_tensors(src, tensors(cfg, root, legacy=src.has(f"{root}encoder.layer.0.layernorm_before.weight")))
     return Converted("vivit", cfg, params, preprocessing=_preprocessing(hf), class_names=class_names)
+
+
+def hf_config(cfg) -> dict:
+    """config.json's model fields (VivitConfig) of a vidjax ViViT model 1 config; the inverse of `from_hf`'s."""
+    size, patch, tubelet = vivit.parse_variant(cfg.variant)
+    dims = layers.vit_dims(f"{size}/{patch}", cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+    return dict(model_type="vivit", image_size=int(cfg.image_size), num_frames=int(cfg.num_frames),
+                tubelet_size=[tubelet, patch, patch], num_channels=3, hidden_size=dims["width"],
+                num_hidden_layers=dims["depth"], num_attention_heads=dims["num_heads"],
+                intermediate_size=dims["mlp_dim"], hidden_act="gelu_fast" if cfg.approximate_gelu else "gelu",
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.02,
+                layer_norm_eps=float(cfg.ln_eps), qkv_bias=cfg.qkv_bias == "qkv", pooler_output_size=dims["width"],
+                pooler_act="tanh")
+
+
+def to_hf(converted: Converted) -> HfCheckpoint:
+    """A vidjax ViViT model 1 (joint attention, CLS classifier) -> VivitForVideoClassification or VivitModel."""
+    cfg = converted.model_config
+    if cfg.model_type != "joint":
+        raise ConversionError(f"this is a ViViT with model_type={cfg.model_type!r}; transformers has no class for it "
+                              f"(its Vivit classes implement only model 1, model_type 'joint').")
+    if vivit.classifier_of(cfg) != "token":
+        raise ConversionError("this is a ViViT model 1 without a CLS token (classifier 'gap'); transformers has no "
+                              "class for it (its Vivit classes classify from the CLS token).")
+    classifier = cfg.head == "classification"
+    notes = [] if classifier else [
+        "VivitModel has a pooler (dense + tanh on the CLS token) that vidjax does not train: transformers "
+        "initialises it at random when loading (last_hidden_state is exact; pooler_output is not meaningful)."]
+    rows = tensors(cfg, "vivit." if classifier else "")
+    return HfCheckpoint(ARCHITECTURES[0] if classifier else ARCHITECTURES[1], hf_config(cfg),
+                        write_tensors(converted.params, rows, "ViViT"), processor="VivitImageProcessor", notes=notes)

@@ -31,8 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from vidjax.convert.common import ConversionError, Converted, TensorSource, finalize, read_torch_zip
-from vidjax.convert.hf_timesformer import _linear, _norm
+from vidjax.convert.common import (
+    ConversionError,
+    Converted,
+    TensorSource,
+    finalize,
+    layer_norm,
+    linear,
+    prefixed,
+    read_tensors,
+    read_torch_zip,
+)
 from vidjax.models import layers, timesformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,18 +168,16 @@ def from_svt(src: TensorSource, num_heads: int | None = None) -> Converted:
         "pos_embed": src.take(f"{pre}pos_embed", pos)[0],
         "time_embed": src.take(f"{pre}time_embed", (1, num_frames, d))[0],
     }
+    # A block's norms and Linears (facebookresearch TimeSformer's names); its two attentions are `_attention`'s.
+    block = (layer_norm("temporal_norm", "temporal_norm1", d) + linear("temporal_fc", "temporal_fc", d, d)
+             + layer_norm("norm1", "norm1", d) + layer_norm("norm2", "norm2", d)
+             + linear("mlp/fc1", "mlp.fc1", d, mlp_dim) + linear("mlp/fc2", "mlp.fc2", mlp_dim, d))
     for i in range(depth):
         fb, out = f"{pre}blocks.{i}", f"blocks/{i}"
-        _norm(src, f"{fb}.temporal_norm1", f"{out}/temporal_norm", d, params)
+        params.update(read_tensors(src, prefixed(block, f"{out}/", f"{fb}.")))
         _attention(src, f"{fb}.temporal_attn", f"{out}/temporal_attn", d, heads, params)
-        params[f"{out}/temporal_fc/kernel"], params[f"{out}/temporal_fc/bias"] = _linear(src, f"{fb}.temporal_fc",
-                                                                                         d, d)
-        _norm(src, f"{fb}.norm1", f"{out}/norm1", d, params)
         _attention(src, f"{fb}.attn", f"{out}/attn", d, heads, params)
-        _norm(src, f"{fb}.norm2", f"{out}/norm2", d, params)
-        params[f"{out}/mlp/fc1/kernel"], params[f"{out}/mlp/fc1/bias"] = _linear(src, f"{fb}.mlp.fc1", d, mlp_dim)
-        params[f"{out}/mlp/fc2/kernel"], params[f"{out}/mlp/fc2/bias"] = _linear(src, f"{fb}.mlp.fc2", mlp_dim, d)
-    _norm(src, f"{pre}norm", "norm", d, params)
+    params.update(read_tensors(src, layer_norm("norm", f"{pre}norm", d)))
     preprocessing = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_frames": num_frames,
                      "image_size": side * patch, "sampling_rate": SAMPLING_RATE}
     return Converted("timesformer", cfg, params, preprocessing=preprocessing, class_names=None)
