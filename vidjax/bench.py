@@ -42,12 +42,19 @@ under `--mesh` (with simulated devices on a CPU) and reports XLA's per-device me
 `--mode=mamba_block` compares VideoMamba's chunked selective scan with one unchunked associative scan on a single
 bidirectional block of the variant's width: XLA's temporary memory for forward + backward at --frames (compiled
 only, nothing runs), and the forward + backward time at --time_frames. Ratios are chunked / unchunked.
+
+Scaling curves (`vidjax.bench_sweep`): time and memory of several families and modes over frames, image size or
+batch, with the fitted log-log exponents, a JSON table and a PNG:
+
+  python -m vidjax.bench --sweep=frames --sweep_values=8,16,32,64 --models=videomae,timesformer,vivit,videomamba \
+      --modes=infer,finetune --size=112 --batch=1 --steps=3 --warmup=1 --out=docs/figures/sweep_frames_cpu
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 
 from absl import app, flags
@@ -96,6 +103,18 @@ _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step for a
                                   "this host (ViT-g on a CPU) needs per device under --mesh.")
 _DECODER_SHARE = flags.DEFINE_bool("decoder_share", False, "--mode=pretrain of videomae: also time each row with a "
                                    "one-block decoder, and report the decoder blocks' share of the step.")
+
+_SWEEP = flags.DEFINE_enum("sweep", None, ["frames", "size", "batch"], "Scaling curves (vidjax.bench_sweep): time "
+                           "and memory of each of --models in each of --modes at every --sweep_values of this "
+                           "axis, the other two held at --frames, --size, --batch; with --out, a JSON table and a "
+                           "log-log PNG with the fitted exponents.")
+_SWEEP_VALUES = flags.DEFINE_list("sweep_values", [], "--sweep: the values, e.g. 8,16,32,64 (default: "
+                                  "frames 8,16,32,64; size 112,160,224; batch 1,2,4,8).")
+_MODELS = flags.DEFINE_list("models", [], "--sweep: the families (default: --model), e.g. "
+                            "videomae,timesformer,vivit,videomamba; each at its smallest size (S/16, ViViT S/16x2) "
+                            "unless --variant is given.")
+_MODES = flags.DEFINE_list("modes", [], "--sweep: the modes (default: --mode), e.g. infer,finetune.")
+_OUT = flags.DEFINE_string("out", None, "--sweep: write OUT.json and OUT.png (the curves).")
 
 # What each controllable option may be, to check --dtype/--remat/--grad_accum/--scan_layers before compiling.
 _CHOICES = {"dtype": ("float32", "bfloat16"), "remat": tuple(REMAT_POLICIES),
@@ -483,10 +502,50 @@ def check_workload_flags() -> None:
                                  f"torch's default).")
 
 
+def sweep() -> None:
+    """--sweep: the scaling curves of `vidjax.bench_sweep`, checked flags first."""
+    from vidjax import bench_sweep
+
+    models = _MODELS.value or [_MODEL.value]
+    modes = _MODES.value or [_MODE.value]
+    known = video_models()
+    bad = [m for m in models if m not in known]
+    if bad:
+        raise app.UsageError(f"--models={','.join(models)}: {', '.join(bad)} is no video model; choose from "
+                             f"{', '.join(known)}.")
+    bad = [m for m in modes if m not in ("pretrain", "finetune", "infer")]
+    if bad or ("pretrain" in modes and models != ["videomae"]):
+        raise app.UsageError(f"--modes={','.join(modes)}: give infer, finetune (and pretrain for --models=videomae "
+                             f"alone).")
+    try:
+        values = [int(v) for v in _SWEEP_VALUES.value] or list(bench_sweep.DEFAULT_VALUES[_SWEEP.value])
+        assert min(values) >= 1 and len(values) == len(set(values))
+    except (ValueError, AssertionError):
+        raise app.UsageError(f"--sweep_values={','.join(_SWEEP_VALUES.value)}: give distinct positive integers, e.g. "
+                             f"--sweep_values=8,16,32,64.") from None
+    variant = _VARIANT.value if flags.FLAGS["variant"].present else None
+    result = bench_sweep.run(_SWEEP.value, sorted(values), models, modes, frames=_FRAMES.value, size=_SIZE.value,
+                             batch=_BATCH.value, steps=_STEPS.value, warmup=_WARMUP.value, dtype=_DTYPE.value[0],
+                             num_classes=_NUM_CLASSES.value, variant=variant, compare=_COMPARE.value,
+                             log=lambda line: print(line, flush=True), bench=sys.modules[__name__])
+    print(bench_sweep.markdown(result), flush=True)
+    if _OUT.value:
+        for path in bench_sweep.write(result, _OUT.value, log=lambda line: print(line, flush=True)):
+            print(f"wrote {path}", flush=True)
+    print(json.dumps(result))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     check_workload_flags()
+    if _SWEEP.value:
+        if _COMPARE.value == "torch":
+            from vidjax import bench_torch
+
+            bench_torch.share_gpu_memory()
+        sweep()
+        return
     if _COMPARE.value == "torch":
         from vidjax import bench_torch
 

@@ -179,9 +179,14 @@ def supported() -> str:
 
 def check_supported(model: str, mode: str) -> None:
     """Raises ValueError, naming what is supported, for a model or mode without a PyTorch reference."""
-    if model not in _FAMILIES or mode not in _FAMILIES[model].modes:
+    if not has_reference(model, mode):
         raise ValueError(f"--compare=torch has no PyTorch reference for --model={model} --mode={mode}; it "
                          f"supports {supported()}.")
+
+
+def has_reference(model: str, mode: str) -> bool:
+    """Whether a PyTorch reference times `model` in `mode`."""
+    return model in _FAMILIES and mode in _FAMILIES[model].modes
 
 
 def vidjax_overrides(model: str) -> dict[str, Any]:

@@ -31,8 +31,17 @@ for regression):
   from gradio_client import Client, handle_file
   Client("http://127.0.0.1:7860/").predict(handle_file("clip.mp4"), api_name="/predict")
 
-/analyse returns everything the page shows. A file that is not a video, a corrupt one, or one larger than --max_mb
-megabytes (default 100) gets a message saying what was wrong and what to do, and the server keeps serving.
+/analyse returns everything the page shows. A file that is not a video, a corrupt one, one larger than --max_mb
+megabytes (default 100) or longer than --max_seconds (default 600) gets a message saying what was wrong and what
+to do, and the server keeps serving; the size and duration limits are checked before any frame is decoded (the
+duration from the container's header).
+
+Many users at once: Gradio's queue holds up to --queue_size requests (default 64; one more is told the queue is
+full) and runs --concurrency of them at a time (default 4). Those decode their videos side by side, and the clips
+they are ready to predict at the same moment go through the model together, up to --max_batch clips per call
+(default 16), padded to one of a few fixed batch sizes (powers of 4 up to --max_batch, each compiled once at
+start-up), so a busy server makes fewer, fuller model calls and never compiles while serving. `python
+scripts/load_demo.py` measures it (latency, memory over a run).
 
 Exit status: 0 when the server is stopped (Ctrl-C), 2 for bad arguments, a checkpoint that cannot be loaded or
 shows nothing (a backbone without a head), or the demo extra not installed.
@@ -41,18 +50,27 @@ shows nothing (a backbone without a head), or the demo extra not installed.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import shutil
 import sys
 import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import numpy as np
 
 from vidjax import cli, predict, pretrained, tasks, visualize
 from vidjax.data import decode, encode, synthetic
 
 DEFAULT_PORT = 7860
 DEFAULT_MAX_MB = 100.0
+DEFAULT_MAX_SECONDS = 600.0
+DEFAULT_CONCURRENCY = 4
+DEFAULT_QUEUE_SIZE = 64
+DEFAULT_MAX_BATCH = 16
 EXAMPLE_FPS = 25
 MAX_CAPTION_TOKENS = 30  # predict's default; fewer when the captioner's decoder has fewer positions
 VIDEO_TYPES = "mp4, webm, mkv, mov or avi"
@@ -76,7 +94,11 @@ class Settings:
     stride_s: float = 0.0  # 0: the window length
     num_beams: int = 3
     max_mb: float = DEFAULT_MAX_MB
+    max_seconds: float = DEFAULT_MAX_SECONDS
     num_examples: int = 3
+    concurrency: int = DEFAULT_CONCURRENCY  # requests served at once (Gradio's queue)
+    queue_size: int = DEFAULT_QUEUE_SIZE  # requests waiting at most; one more is refused
+    max_batch: int = DEFAULT_MAX_BATCH  # clips per model call, from all the requests ready at the time
 
 
 @dataclasses.dataclass
@@ -141,6 +163,109 @@ def write_examples(model: pretrained.Pretrained, folder: str, settings: Settings
     return examples
 
 
+def _shown_above(value: float, limit: float) -> str:
+    """`value` with the fewest decimals (at least one) that show it over `limit`: 50 KB against a 0.01 MB limit is
+    "0.05", not "0.0"."""
+    decimals = 1
+    while round(value, decimals) <= limit and decimals < 9:
+        decimals += 1
+    return f"{value:.{decimals}f}"
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    """One request's clips and the rows the model gives for them (None until computed)."""
+
+    clips: list[np.ndarray]
+    rows: list[np.ndarray | None]
+    missing: int
+    error: BaseException | None = None
+
+
+class ClipBatcher:
+    """The model calls of requests served at the same time, made together.
+
+    `run(clips)` has `pretrained.BatchRunner.run`'s signature, so `predict.predict_video` takes it as its runner. A
+    request's clips are read (decoded) in its own thread, up to `max_batch` at a time, then queued; whichever
+    waiting thread finds the model free takes up to `max_batch` queued clips, first come first served across
+    requests, runs them through the model padded to the smallest fixed batch size that holds them (powers of 4 up
+    to `max_batch`, rounded up to a multiple of the device count: a few compilations, never one per request count),
+    and hands each request its rows. It has no thread of its own, so there is nothing to stop. (Gradio's own
+    batching, `batch=True`, does not fit: one corrupt upload fails every request of its batch, and a request here
+    is any number of clips, one per window.)
+    """
+
+    def __init__(self, model: pretrained.Pretrained, fn: Callable, max_batch: int):
+        base = pretrained.BatchRunner(model, fn, max_batch)
+        devices, sizes, size = base.mesh.size, {base.batch_size}, 1
+        while size < max_batch:
+            sizes.add(-(-size // devices) * devices)
+            size *= 4
+        self.runners = []
+        for size in sorted(sizes):
+            runner = copy.copy(base)  # one copy of the weights on the devices, shared by every batch size
+            runner.batch_size = size
+            self.runners.append(runner)
+        self.max_batch = base.batch_size
+        self.clip_shape = (int(model.config.num_frames), int(model.config.image_size), int(model.config.image_size), 3)
+        self.calls = 0  # model calls made; with `clips_run`, how full they were
+        self.clips_run = 0
+        self._queue: list[tuple[_Request, int]] = []
+        self._busy = False
+        self._changed = threading.Condition()
+
+    def warm_up(self) -> None:
+        """Compiles every batch size now, so that no request waits for a compilation."""
+        for runner in self.runners:
+            list(runner.run([np.zeros(self.clip_shape, np.uint8)] * runner.batch_size))
+
+    def run(self, clips: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """One output row per uint8 clip (T, H, W, 3) of `clips`, in order, read `max_batch` clips at a time (the
+        caller's iterator decodes as it is consumed); raises what the model call raised."""
+        chunk: list[np.ndarray] = []
+        for clip in clips:
+            chunk.append(clip)
+            if len(chunk) == self.max_batch:
+                yield from self._rows(chunk)
+                chunk = []
+        if chunk:
+            yield from self._rows(chunk)
+
+    def _rows(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """The rows of one request's clips, computed in calls shared with the other requests waiting then."""
+        request = _Request(clips, [None] * len(clips), len(clips))
+        with self._changed:
+            self._queue.extend((request, i) for i in range(len(request.clips)))
+        while True:
+            with self._changed:
+                while self._busy and request.missing and request.error is None:
+                    self._changed.wait()
+                if not request.missing or request.error is not None:
+                    break
+                self._busy = True
+                taken = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+            rows, error = None, None
+            try:
+                runner = next(r for r in self.runners if r.batch_size >= len(taken))
+                rows = list(runner.run([req.clips[i] for req, i in taken]))
+            except BaseException as e:  # noqa: BLE001  (handed to every request of the call, raised in each)
+                error = e
+            with self._changed:
+                self._busy = False
+                self.calls, self.clips_run = self.calls + 1, self.clips_run + len(taken)
+                for k, (req, i) in enumerate(taken):
+                    if error is not None:
+                        req.error = error
+                    else:
+                        req.rows[i], req.missing = rows[k], req.missing - 1
+                self._queue = [(req, i) for req, i in self._queue if req.error is None]
+                self._changed.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.rows
+
+
 class Demo:
     """The demo's models and the functions behind its page; `blocks()` builds the page, `launch` serves it."""
 
@@ -167,7 +292,7 @@ class Demo:
         self.model, self.captioner, self.settings = model, captioner, settings
         self.checkpoint, self.caption_checkpoint = checkpoint, caption_checkpoint
         self.has_head = model.has_head
-        self.runner = pretrained.BatchRunner(model, predict.scores_fn(model.task), 8) if self.has_head else None
+        self.runner = ClipBatcher(model, predict.scores_fn(model.task), settings.max_batch) if self.has_head else None
         self.names = predict.output_names(model) if self.has_head else []
         self.folder = tempfile.mkdtemp(prefix="vidjax-demo-")
         self.examples = write_examples(model, self.folder, settings) if settings.num_examples else []
@@ -182,15 +307,26 @@ class Demo:
         return "pretrain" if self.model.config.get("head") == "pretrain" else "captioning"
 
     def check_upload(self, video: str | None) -> str:
-        """The upload's path; an InputError when there is none or it is over --max_mb."""
+        """The upload's path; an InputError when there is none, it is over --max_mb or --max_seconds, or it is not
+        a video. Only the container's header and first frame are read: nothing over the limits is decoded."""
         if not video:
             raise InputError(f"No video given: upload a video file ({VIDEO_TYPES}) or click one of the examples, "
                              f"then press Predict.")
+        name, limit_mb = os.path.basename(video), self.settings.max_mb
         size_mb = os.path.getsize(video) / 2**20
-        if size_mb > self.settings.max_mb:
-            raise InputError(f"{os.path.basename(video)} is {size_mb:.1f} MB, over this demo's limit of "
-                             f"{self.settings.max_mb:g} MB (--max_mb). Upload a shorter or smaller video (e.g. `ffmpeg "
-                             f"-i in.mp4 -t 30 -vf scale=-2:360 out.mp4`), or restart the demo with a larger --max_mb.")
+        if size_mb > limit_mb:
+            raise InputError(f"{name} is {_shown_above(size_mb, limit_mb)} MB, over this demo's limit of {limit_mb:g} "
+                             f"MB (--max_mb). Upload a shorter or smaller video (e.g. `ffmpeg -i in.mp4 -t 30 -vf "
+                             f"scale=-2:360 out.mp4`), or restart the demo with a larger --max_mb.")
+        try:
+            duration_s = decode.probe(video).duration_s
+        except decode.VideoDecodeError as e:
+            raise self._decode_error(video, e) from e
+        limit_s = self.settings.max_seconds
+        if duration_s > limit_s:
+            raise InputError(f"{name} is {_shown_above(duration_s, limit_s)} s long, over this demo's limit of "
+                             f"{limit_s:g} s (--max_seconds). Upload a shorter clip (e.g. `ffmpeg -i in.mp4 -t "
+                             f"{limit_s:g} -c copy out.mp4`), or restart the demo with a larger --max_seconds.")
         return video
 
     def _decode_error(self, video: str, e: decode.VideoDecodeError) -> InputError:
@@ -348,18 +484,20 @@ class Demo:
                 return (*shown, result.note, result.timeline or [])
 
             button.click(on_page(analyse), inputs=[video], outputs=outputs, api_name="analyse",
-                         concurrency_id="model", concurrency_limit=1)
+                         concurrency_id="model", concurrency_limit=self.settings.concurrency)
             # /predict for scripts: the same prediction as plain {label: value} JSON, from components the page hides.
             hidden = gr.Button(visible=False)
             hidden.click(on_page(self.predict), inputs=[video], outputs=[gr.JSON(visible=False)],
-                         api_name="predict", concurrency_id="model", concurrency_limit=1)
+                         api_name="predict", concurrency_id="model", concurrency_limit=self.settings.concurrency)
         return page
 
     def launch(self, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", share: bool = False, **kwargs):
         """Builds the page and serves it; blocks until Ctrl-C unless `prevent_thread_lock=True` is passed. Returns
         the Gradio Blocks (`.close()` stops the server)."""
         page = self.blocks()
-        page.queue(default_concurrency_limit=1)
+        if self.runner is not None:
+            self.runner.warm_up()
+        page.queue(default_concurrency_limit=self.settings.concurrency, max_size=self.settings.queue_size)
         page.launch(server_name=host, server_port=port, share=share, allowed_paths=[self.folder], show_error=True,
                     **kwargs)
         return page
@@ -386,6 +524,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="also serve through a temporary public gradio.live link (anyone with it can upload)")
     parser.add_argument("--max_mb", type=float, default=DEFAULT_MAX_MB,
                         help=f"largest video accepted, in megabytes (default {DEFAULT_MAX_MB:g})")
+    parser.add_argument("--max_seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                        help=f"longest video accepted, in seconds (default {DEFAULT_MAX_SECONDS:g})")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help=f"requests served at the same time; they decode side by side and share model calls "
+                             f"(default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--queue_size", type=int, default=DEFAULT_QUEUE_SIZE,
+                        help=f"requests that may wait in the queue; one more is told the queue is full "
+                             f"(default {DEFAULT_QUEUE_SIZE})")
+    parser.add_argument("--max_batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help=f"most clips in one model call, from all the requests ready at once (default "
+                             f"{DEFAULT_MAX_BATCH}; rounded up to a multiple of the device count)")
     parser.add_argument("--window", type=float, default=4.0, metavar="SECONDS",
                         help="predict windows of this many seconds, shown as a timeline (default 4; 0: one "
                              "prediction for the whole video, no timeline)")
@@ -405,11 +554,13 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--port={args.port} is not a port number (0 to 65535; 0 picks a free one)."
     if args.max_mb <= 0:
         return f"--max_mb={args.max_mb:g} must be positive (megabytes)."
+    if args.max_seconds <= 0:
+        return f"--max_seconds={args.max_seconds:g} must be positive (seconds)."
     if args.window < 0 or args.stride < 0:
         return "--window and --stride are seconds and cannot be negative."
     if args.stride and not args.window:
         return "--stride needs --window (the window length in seconds)."
-    for flag in ("top_k", "num_beams"):
+    for flag in ("top_k", "num_beams", "concurrency", "queue_size", "max_batch"):
         if getattr(args, flag) < 1:
             return f"--{flag}={getattr(args, flag)} must be at least 1."
     if args.examples < 0:
@@ -439,7 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         if captioner is None:
             return 2
     settings = Settings(top_k=args.top_k, threshold=args.threshold, window_s=args.window, stride_s=args.stride,
-                        num_beams=args.num_beams, max_mb=args.max_mb, num_examples=args.examples)
+                        num_beams=args.num_beams, max_mb=args.max_mb, max_seconds=args.max_seconds,
+                        num_examples=args.examples, concurrency=args.concurrency, queue_size=args.queue_size,
+                        max_batch=args.max_batch)
     try:
         demo = Demo(model, captioner, settings, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint)
     except DemoError as e:

@@ -3,6 +3,7 @@ r"""Predictions for video files from a checkpoint: top-k classes, multi-label sc
   python -m vidjax.predict --checkpoint=/work/finetune clip.mp4 other.mp4 --top_k=5
   python -m vidjax.predict --checkpoint=/ckpt/videomae_b_k400 clip.mp4 --num_clips=5 --num_crops=3
   python -m vidjax.predict --checkpoint=/work/finetune long.mp4 --window=2 --stride=1 --json=long.json
+  python -m vidjax.predict --checkpoint=/work/finetune two_hours.mp4 --window=4 --jsonl=two_hours.jsonl
   python -m vidjax.predict --checkpoint=/ckpt/captioner clip.mp4 long.mp4 --window=4 --num_beams=3
 
 --checkpoint is a training workdir (its latest checkpoint), one of its step folders (WORKDIR/checkpoints/<step>), a
@@ -15,6 +16,17 @@ many seconds, --stride seconds apart (starting at 0, as many as fit; a video sho
 each predicted the same way; the video-level lines show the mean over windows. --json writes every prediction (full
 score vectors, top-k, per-window entries and the aggregate) to a file, atomically; --json=- prints that JSON on
 stdout instead of the text, for scripts.
+
+Long videos: the windows are read in one forward pass over the file (seeking over gaps between windows), keeping
+only the frames the next window needs, so a 2-hour file takes the memory of a 2-minute one; each window's lines
+print as it is predicted, the video's mean after the last. --jsonl=OUT.jsonl writes one JSON line per window as it
+comes (a header line with the settings, then {"path", "window", "start_s", "end_s", "scores", "prediction"}, or
+"caption"; {"path", "error"} for a video that failed), flushed, to OUT.jsonl.partial, renamed OUT.jsonl when every
+video is done. Run the same command again after an interruption and it resumes: the rows written are kept (a
+line cut short is dropped) and each video goes on from its next window, so the finished file is the one an
+uninterrupted run writes; other settings are refused. A progress line on stderr shows windows done / total (from
+the container's duration) and the time left. --json keeps every window in memory until the end: use --jsonl for
+long videos.
 
 Output: each video's path, then one indented line per label, `label  probability` (names from the checkpoint,
 else "class N"), best first: the --top_k classes; for multi-label the classes scoring at least --threshold (else a
@@ -50,13 +62,18 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
 
 from vidjax import cli, fileio, pretrained, tasks
-from vidjax.data import decode, kinetics
+from vidjax.data import decode, kinetics, transforms
+
+_PROGRESS_EVERY_S = 5.0  # without a terminal, a progress line this often
+Span = tuple[float | None, float | None]  # [start, end) seconds; None: the start or end of the video
 
 
 def output_names(model: pretrained.Pretrained) -> list[str]:
@@ -135,6 +152,35 @@ def _spans(path: str, window_s: float, stride_s: float) -> list[tuple[float | No
     return sliding_windows(decode.probe(path).duration_s, window_s, stride_s or window_s)
 
 
+def window_views(model: pretrained.Pretrained, path: str, spans: list[Span], *,
+                 num_clips: int = 1, num_crops: int = 1, sampling_rate: int | None = None) -> Iterator[np.ndarray]:
+    """uint8 views (num_clips * num_crops, T, S, S, 3) of each span in turn, the same as `model.read_views` of each,
+    read from one forward pass over the file (`decode.read_windows`): memory stays one window's whatever the
+    video's length. The whole video, [(None, None)], is `read_views` itself."""
+    if spans == [(None, None)]:
+        yield model.read_views(path, num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate)
+        return
+    p = model.preprocessing
+    size = int(p["image_size"])
+    rate = next(r for r in (sampling_rate, model.sampling_rate, pretrained.DEFAULT_SAMPLING_RATE) if r is not None)
+    for clips in decode.read_windows(path, spans, int(p["num_frames"]), int(rate), num_clips=num_clips,
+                                     short_side=int(p["short_side"])):
+        # The crops of `pipeline.Preprocess`'s evaluation views.
+        crops = [transforms.multi_view(v, num_crops, size) if num_crops > 1 else transforms.center_crop(v, size)[None]
+                 for v in clips]
+        yield np.ascontiguousarray(np.concatenate(crops), dtype=np.uint8)
+
+
+def window_scores(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str,
+                  spans: list[Span], *, num_clips: int = 1, num_crops: int = 1,
+                  sampling_rate: int | None = None) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
+    """(start_s, end_s, scores averaged over the window's views) of each span in turn, as they are computed."""
+    views = window_views(model, path, spans, num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate)
+    rows = runner.run(view for window in views for view in window)
+    for start, end in spans:
+        yield start, end, np.mean([next(rows) for _ in range(num_clips * num_crops)], axis=0)
+
+
 def predict_video(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str, *, num_clips: int = 1,
                   num_crops: int = 1, window_s: float = 0.0, stride_s: float = 0.0,
                   sampling_rate: int | None = None) -> tuple[np.ndarray, list[tuple]]:
@@ -143,18 +189,28 @@ def predict_video(model: pretrained.Pretrained, runner: pretrained.BatchRunner, 
     Without `window_s` the whole video is the one window, (None, None, scores). Raises `decode.VideoDecodeError`
     when the video (or any window of it) does not decode.
     """
-    spans = _spans(path, window_s, stride_s)
-    views_per_window = num_clips * num_crops
+    windows = list(window_scores(model, runner, path, _spans(path, window_s, stride_s), num_clips=num_clips,
+                                 num_crops=num_crops, sampling_rate=sampling_rate))
+    return np.mean([scores for _, _, scores in windows], axis=0), windows
 
-    def clips() -> Iterator[np.ndarray]:
-        for start, end in spans:
-            yield from model.read_views(path, num_clips=num_clips, num_crops=num_crops, start_s=start, end_s=end,
-                                        sampling_rate=sampling_rate)
 
-    rows = np.stack(list(runner.run(clips())))
-    per_window = rows.reshape(len(spans), views_per_window, -1).mean(axis=1)
-    windows = [(start, end, scores) for (start, end), scores in zip(spans, per_window, strict=True)]
-    return per_window.mean(axis=0), windows
+def caption_windows(model: pretrained.PretrainedCaptioner, path: str, spans: list[Span], *,
+                    sampling_rate: int | None = None, batch_size: int = 8, max_new_tokens: int = 30,
+                    num_beams: int = 3, length_penalty: float = 1.0
+                    ) -> Iterator[tuple[float | None, float | None, str]]:
+    """(start_s, end_s, caption) of each span in turn: `model.caption` of its centre clip, `batch_size` spans per
+    call, yielded as each call finishes."""
+    clips = (views[0] for views in window_views(model, path, spans, sampling_rate=sampling_rate))
+    spans_left = iter(spans)
+    while batch := list(itertools.islice(clips, batch_size)):
+        # Generation compiles once per batch shape: padding with black clips to a power of two (at most batch_size)
+        # bounds the compilations to a few shapes, without decoding a single clip batch_size times over.
+        padded = np.zeros((min(batch_size, 1 << (len(batch) - 1).bit_length()), *batch[0].shape), np.uint8)
+        padded[: len(batch)] = batch
+        captions = model.caption(model.preprocess(padded), max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                 length_penalty=length_penalty)[: len(batch)]
+        for (start, end), text in zip(itertools.islice(spans_left, len(batch)), captions, strict=True):
+            yield start, end, text
 
 
 def caption_video(model: pretrained.PretrainedCaptioner, path: str, *, window_s: float = 0.0, stride_s: float = 0.0,
@@ -165,18 +221,9 @@ def caption_video(model: pretrained.PretrainedCaptioner, path: str, *, window_s:
     Without `window_s` the whole video is the one window, (None, None, caption). Up to `batch_size` windows are
     captioned per call. Raises `decode.VideoDecodeError` when the video (or any window of it) does not decode.
     """
-    spans = _spans(path, window_s, stride_s)
-    clips = (model.read_views(path, start_s=start, end_s=end, sampling_rate=sampling_rate)[0]
-             for start, end in spans)
-    captions: list[str] = []
-    while batch := list(itertools.islice(clips, batch_size)):
-        # Generation compiles once per batch shape: padding with black clips to a power of two (at most batch_size)
-        # bounds the compilations to a few shapes, without decoding a single clip batch_size times over.
-        padded = np.zeros((min(batch_size, 1 << (len(batch) - 1).bit_length()), *batch[0].shape), np.uint8)
-        padded[: len(batch)] = batch
-        captions += model.caption(model.preprocess(padded), max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                  length_penalty=length_penalty)[: len(batch)]
-    return [(start, end, text) for (start, end), text in zip(spans, captions, strict=True)]
+    return list(caption_windows(model, path, _spans(path, window_s, stride_s), sampling_rate=sampling_rate,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                length_penalty=length_penalty))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,6 +241,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --window: seconds between window starts (default: the window length)")
     parser.add_argument("--json", default="", metavar="OUT.json",
                         help="also write every prediction here as JSON; - prints the JSON on stdout instead of text")
+    parser.add_argument("--jsonl", default="", metavar="OUT.jsonl",
+                        help="with --window: write one JSON line per window as it is predicted (OUT.jsonl.partial "
+                             "until every video is done); a run stopped part way resumes from its rows")
     parser.add_argument("--num_clips", type=int, default=1, help="evenly spaced clips per video/window (default 1)")
     parser.add_argument("--num_crops", type=int, default=1,
                         help="crops per clip along the long side (default 1: centre; the published tests use 3)")
@@ -226,6 +276,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--window and --stride are seconds and cannot be negative."
     if args.stride and not args.window:
         return "--stride needs --window (the window length in seconds)."
+    if args.jsonl and not args.window:
+        return "--jsonl writes one row per window: it needs --window=SECONDS (e.g. --window=4)."
+    if args.jsonl and args.json == "-":
+        return "--jsonl and --json=- both write machine output; keep one (--json=FILE may go with --jsonl)."
     if not 0.0 < args.threshold < 1.0:
         return f"--threshold={args.threshold} must be between 0 and 1 (a sigmoid score)."
     return None
@@ -252,19 +306,14 @@ def _captioner_problem(model: pretrained.PretrainedCaptioner, args: argparse.Nam
     return None
 
 
-def _caption_prediction(model: pretrained.PretrainedCaptioner, args: argparse.Namespace, path: str
-                        ) -> tuple[dict, list[str]]:
-    """(JSON entry, text lines) of one video's captions."""
-    windows = caption_video(model, path, window_s=args.window, stride_s=args.stride,
-                            sampling_rate=args.sampling_rate or None, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                            length_penalty=args.length_penalty)
-    entry = {"path": path, "error": None}
-    if not args.window:
-        entry["caption"] = windows[0][2]
-        return entry, [path, f"  caption: {entry['caption']}"]
-    entry["windows"] = [{"start_s": start, "end_s": end, "caption": text} for start, end, text in windows]
-    return entry, [path, *(f"  window {start:.2f}-{end:.2f} s: {text}" for start, end, text in windows)]
+def _caption_rows(model: pretrained.PretrainedCaptioner, args: argparse.Namespace, path: str,
+                  spans: list[tuple[float | None, float | None]], first: int) -> Iterator[dict]:
+    """One video's rows (`--jsonl`'s) of its captions, from window `first` on."""
+    windows = caption_windows(model, path, spans[first:], sampling_rate=args.sampling_rate or None,
+                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                              num_beams=args.num_beams, length_penalty=args.length_penalty)
+    for n, (start, end, text) in enumerate(windows, start=first):
+        yield {"path": path, "window": n, "start_s": start, "end_s": end, "caption": text}
 
 
 def prediction_entry(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str, *,
@@ -285,17 +334,145 @@ def prediction_entry(model: pretrained.Pretrained, runner: pretrained.BatchRunne
     return entry
 
 
-def _head_prediction(model: pretrained.Pretrained, runner: pretrained.BatchRunner, names: list[str],
-                     args: argparse.Namespace, path: str) -> tuple[dict, list[str]]:
-    """(JSON entry, text lines) of one video's predictions by a checkpoint with a head."""
-    entry = prediction_entry(model, runner, path, names=names, top_k=args.top_k, threshold=args.threshold,
-                             num_clips=args.num_clips, num_crops=args.num_crops, window_s=args.window,
-                             stride_s=args.stride, sampling_rate=args.sampling_rate or None)
-    text = [path, *format_prediction(model.task, entry["aggregate"])]
-    for window in entry.get("windows", []):
-        text += [f"  window {window['start_s']:.2f}-{window['end_s']:.2f} s",
-                 *format_prediction(model.task, window["prediction"], indent="    ")]
-    return entry, text
+def _head_rows(model: pretrained.Pretrained, runner: pretrained.BatchRunner, names: list[str],
+               args: argparse.Namespace, path: str, spans: list[tuple[float | None, float | None]],
+               first: int) -> Iterator[dict]:
+    """One video's rows (`--jsonl`'s) by a checkpoint with a head, from window `first` on: each window's averaged
+    "scores" and its `describe`d "prediction"."""
+    windows = window_scores(model, runner, path, spans[first:], num_clips=args.num_clips, num_crops=args.num_crops,
+                            sampling_rate=args.sampling_rate or None)
+    for n, (start, end, scores) in enumerate(windows, start=first):
+        yield {"path": path, "window": n, "start_s": start, "end_s": end,
+               "scores": np.asarray(scores, np.float64).tolist(),
+               "prediction": describe(model.task, scores, names, args.top_k, args.threshold)}
+
+
+class _Progress:
+    """A progress line on stderr: windows done / total, rate and time left; redrawn in place on a terminal, else
+    a line every few seconds and at the end."""
+
+    def __init__(self, label: str, total: int, done: int = 0, out=None):
+        self.label, self.total, self.done, self.out = label, total, done, out or sys.stderr
+        self.resumed, self.start = done, time.perf_counter()
+        self.last = -_PROGRESS_EVERY_S
+        self.tty = self.out.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.perf_counter() - self.start
+        if self.done < self.total and not self.tty and now - self.last < _PROGRESS_EVERY_S:
+            return
+        self.last = now
+        rate = (self.done - self.resumed) / max(now, 1e-9)
+        left = (self.total - self.done) / rate if rate else float("nan")
+        width = 24
+        bar = "#" * (width * self.done // max(self.total, 1))
+        eta = "?" if left != left else f"{int(left) // 60}:{int(left) % 60:02d}"
+        line = (f"{self.label}: [{bar:<{width}}] {self.done}/{self.total} windows, {rate:.1f} windows/s, "
+                f"ETA {eta}")
+        end = "\n" if not self.tty or self.done == self.total else ""
+        print(("\r" if self.tty else "") + line, end=end, file=self.out, flush=True)
+
+
+class _Rows:
+    """`--jsonl`: one JSON line per window, written to OUT.partial and flushed as each comes, renamed to OUT when
+    every video is done. A run that finds OUT.partial (written with the same settings) resumes it: its complete
+    lines are kept (a line cut short by a kill is dropped), and each video goes on from its first missing window;
+    so the finished file is the one an uninterrupted run writes."""
+
+    def __init__(self, path: str, header: dict):
+        self.path = fileio.user_path(path)
+        self.partial = self.path + ".partial"
+        self.header = {"header": header}
+        self.done: dict[str, int] = {}  # windows already written, by video
+        self.errors: dict[str, str] = {}  # videos that failed, with the reason
+        if os.path.exists(self.partial):
+            self._resume()
+        else:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.partial, "w") as f:
+                f.write(json.dumps(self.header) + "\n")
+        self.file = open(self.partial, "a")  # noqa: SIM115  (closed by `finish`)
+
+    def _resume(self) -> None:
+        with open(self.partial, "rb+") as f:
+            data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) < len(data):
+                f.truncate(len(complete))  # the row a kill cut short: written again below
+        lines = complete.decode().splitlines()
+        try:
+            rows = [json.loads(line) for line in lines]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.partial} has a line that is not JSON ({e}); delete it to start again.") from None
+        if not rows or rows[0] != self.header:
+            raise ValueError(f"{self.partial} was started with other settings ({rows[0] if rows else 'empty'}); "
+                             f"pass the same checkpoint and flags to resume it, or delete it to start again.")
+        for row in rows[1:]:
+            if row.get("error"):
+                self.errors[row["path"]] = row["error"]
+            else:
+                self.done[row["path"]] = row["window"] + 1
+
+    def written(self, video: str) -> Iterator[dict]:
+        """The rows of `video` already in the file (read again from disk: nothing is held for the whole run)."""
+        if not self.done.get(video):
+            return
+        with open(self.partial) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("path") == video and "window" in row:
+                    yield row
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def finish(self) -> None:
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+
+def _windowed_video(args: argparse.Namespace, path: str, make_rows, text_of, summarize, out: _Rows | None) -> dict:
+    """One video with --window: its rows made, shown, written (--jsonl) as they come (rows already in --jsonl's
+    file are shown, not made again), and its --json entry. `summarize(mean scores)` gives the video-level
+    (prediction, text lines) of a checkpoint with a head."""
+    spans = _spans(path, args.window, args.stride)
+    first = out.done.get(path, 0) if out else 0
+    progress = _Progress(path, len(spans), first)
+    show = args.json != "-"
+    if show:
+        print(path, flush=True)
+    earlier = out.written(path) if out else iter(())
+    windows, total, count = [], None, 0
+    for row in itertools.chain(earlier, make_rows(path, spans, first)):
+        if row["window"] >= first:
+            if out:
+                out.write(row)
+            progress.step()
+        if show:
+            print("\n".join(text_of(row)), flush=True)
+        if "scores" in row:
+            total = np.asarray(row["scores"]) + (0 if total is None else total)
+            count += 1
+        if args.json:
+            windows.append({k: v for k, v in row.items() if k not in ("path", "window", "scores")})
+    entry = {"path": path, "error": None}
+    if total is not None:
+        entry["aggregate"], text = summarize(total / count)
+        if show:
+            print("\n".join([f"  (mean over {count} windows)", *text]), flush=True)
+    if args.json:
+        entry["windows"] = windows
+    return entry
+
+
+def _window_text(task: str | None, row: dict) -> list[str]:
+    """The text lines of one window's row: a caption's one line, else the window's heading and its labels."""
+    if "caption" in row:
+        return [f"  window {row['start_s']:.2f}-{row['end_s']:.2f} s: {row['caption']}"]
+    return [f"  window {row['start_s']:.2f}-{row['end_s']:.2f} s",
+            *format_prediction(task, row["prediction"], indent="    ")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         return 2
     windows = {"window_s": args.window or None, "stride_s": (args.stride or args.window) or None}
+    summarize = None
     if isinstance(model, pretrained.PretrainedCaptioner):
         problem = _captioner_problem(model, args)
         if problem:
@@ -316,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
                   "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
                   "length_penalty": args.length_penalty, **windows, "videos": []}
-        predict_one = functools.partial(_caption_prediction, model, args)
+        make_rows = functools.partial(_caption_rows, model, args)
     elif not model.has_head:
         kind = "a pre-training" if model.config.get("head") == "pretrain" else "a backbone (head 'none')"
         print(f"error: --checkpoint={args.checkpoint} is {kind} checkpoint of {model.model_name} with no "
@@ -338,19 +516,52 @@ def main(argv: list[str] | None = None) -> int:
                   "num_clips": args.num_clips, "num_crops": args.num_crops, **windows, "videos": []}
         if args.label_space:
             report["label_space"] = args.label_space
-        predict_one = functools.partial(_head_prediction, model, runner, names, args)
+        make_rows = functools.partial(_head_rows, model, runner, names, args)
+
+        def summarize(scores: np.ndarray) -> tuple[dict, list[str]]:
+            prediction = describe(model.task, scores, names, args.top_k, args.threshold)
+            return prediction, format_prediction(model.task, prediction)
+
+    out = None
+    if args.jsonl:
+        header = {k: v for k, v in report.items() if k != "videos"}
+        header.update(top_k=args.top_k, threshold=args.threshold, sampling_rate=args.sampling_rate or None,
+                      batch_size=args.batch_size)
+        try:
+            out = _Rows(args.jsonl, header)
+        except (ValueError, OSError) as e:
+            print(f"error: --jsonl={args.jsonl}: {e}", file=sys.stderr)
+            return 2
     failed = 0
     for path in args.videos:
         try:
-            entry, text = predict_one(path)
+            if out and path in out.errors:
+                raise decode.VideoDecodeError(path, out.errors[path].split(": ", 1)[-1])
+            if args.window:
+                entry = _windowed_video(args, path, make_rows, functools.partial(_window_text, model.task),
+                                        summarize, out)
+            else:
+                (row,) = make_rows(path, [(None, None)], 0)
+                entry = {"path": path, "error": None}
+                if "caption" in row:
+                    entry["caption"] = row["caption"]
+                    text = [path, f"  caption: {row['caption']}"]
+                else:
+                    entry["aggregate"], lines = summarize(np.asarray(row["scores"]))
+                    text = [path, *lines]
+                if args.json != "-":
+                    print("\n".join(text), flush=True)
         except decode.VideoDecodeError as e:
             failed += 1
             print(f"error: {e}; skipped", file=sys.stderr, flush=True)
             report["videos"].append({"path": path, "error": str(e)})
+            if out and path not in out.errors:
+                out.write({"path": path, "error": str(e)})
             continue
-        if args.json != "-":
-            print("\n".join(text), flush=True)
         report["videos"].append(entry)
+    if out:
+        out.finish()
+        print(f"Wrote {args.jsonl}: one row per window of {len(args.videos)} videos.", file=sys.stderr)
     if args.json == "-":
         print(json.dumps(report, indent=1))
     elif args.json:

@@ -213,6 +213,91 @@ def frames_on_grid(src: VideoSource, *, name: str | None = None,
         yield meta.fps, (frame for _, frame in reader.on_grid())
 
 
+# `read_windows` seeks over a gap between windows longer than this, and decodes through a shorter one.
+_SEEK_GAP_S = 10
+
+
+def read_windows(src: VideoSource, spans: Sequence[tuple[float, float]], num_frames: int, sampling_rate: int, *,
+                 num_clips: int = 1, short_side: int | None = None, name: str | None = None,
+                 threads: int = 1) -> Iterator[np.ndarray]:
+    """uint8 RGB frames (num_clips, T, H, W, 3) of each [start_s, end_s) span of `spans` in turn, as `read_clip`
+    (test sampling, `num_windows=num_clips`) would give each, from one pass over the file: sliding windows over a
+    long video.
+
+    The decoder seeks to the keyframe before the first span's first frame (and over gaps of more than
+    `_SEEK_GAP_S` seconds between spans), then decodes forward; it keeps
+    only the decoded frames that a span not yet given still needs, so memory stays that of one span's frames
+    (plus the overlap with the next) whatever the video's length. Spans must start in non-decreasing order.
+    Indices past the frames that really decode (a header that overstates the length) take the last frame that
+    does. Raises VideoDecodeError as `read_clip` does, also while iterating."""
+    label = _label(src, name)
+    if not spans:
+        return
+    with _video(src, label, threads) as (container, stream, meta):
+        def plan(start: float, end: float) -> np.ndarray:
+            return np.stack([_sample(meta.num_frames, meta.fps, start, end, num_frames, sampling_rate, None,
+                                     num_clips, i, None, label) for i in range(num_clips)])
+
+        plans: dict[int, np.ndarray] = {}  # the sampled indices of the spans from the current one on
+
+        def planned(n: int) -> np.ndarray:
+            if n not in plans:
+                plans[n] = plan(*spans[n])
+            return plans[n]
+
+        reader = _FrameReader(container, stream, meta, label)
+        grid = _grid_from(reader, int(planned(0).min()))
+        kept: dict[int, av.VideoFrame] = {}  # decoded frames by index that this or a later span needs
+        last: tuple[int, av.VideoFrame] | None = None
+        for n in range(len(spans)):
+            indices = planned(n)
+            top = int(indices.max())
+            # Frames up to `top` are decoded now: keep those of every span that starts by then.
+            wanted: set[int] = set()
+            m = n
+            while m < len(spans) and planned(m).min() <= top:
+                wanted.update(planned(m).ravel().tolist())
+                m += 1
+            gap = int(indices.min()) - (last[0] if last is not None else 0)
+            if last is not None and gap > _SEEK_GAP_S * meta.fps:
+                grid.close()  # windows far apart: seek over the gap rather than decode it
+                grid = _grid_from(reader, int(indices.min()))
+            while last is None or last[0] < top:
+                item = next(grid, None)
+                if item is None:
+                    break
+                last = item
+                if item[0] in wanted:
+                    kept[item[0]] = item[1]
+            if last is None:
+                raise VideoDecodeError(label, "video stream has no decodable frames")
+            chosen = [kept[int(i)] if i <= last[0] else last[1] for i in indices.ravel()]
+            rgb = _to_rgb(chosen, short_side)
+            yield rgb.reshape(num_clips, num_frames, *rgb.shape[1:])
+            del plans[n]
+            if n + 1 < len(spans):
+                first_needed = int(planned(n + 1).min())
+                kept = {k: f for k, f in kept.items() if k >= first_needed}
+
+
+def _grid_from(reader: _FrameReader, first: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """`reader.on_grid` from index `first`: after a seek to the keyframe before it where one lands in time, else
+    decoding from the start."""
+    if first > 0:
+        try:
+            reader._seek_before(first)
+            grid = reader.on_grid(first, seeked=True)
+            head = next(grid, None)
+        except (_SeekMissed, av.FFmpegError):
+            reader._rewind()
+        else:
+            if head is not None:
+                yield head
+            yield from grid
+            return
+    yield from reader.on_grid(0)
+
+
 def upright_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
     """`frame` as uint8 RGB shown upright (its display rotation applied) at `height` x `width`: resized (bilinear)
     in the colour conversion at the coded orientation, then rotated."""

@@ -1,0 +1,61 @@
+"""`python -m vidjax.bench --sweep=...`: scaling curves over frames, size or batch, with fitted log-log exponents,
+a JSON table and a PNG (vidjax.bench_sweep). Timings are not asserted: this machine is noisy."""
+
+import json
+
+import pytest
+from absl import app, flags
+from absl.testing import flagsaver
+
+from vidjax import bench, bench_sweep
+
+
+def run_main(*args):
+    with flagsaver.flagsaver():
+        flags.FLAGS(["bench", *args])
+        bench.main(["bench"])
+
+
+def test_exponent_is_the_log_log_slope():
+    assert bench_sweep.exponent([8, 16, 32], [1.0, 2.0, 4.0]) == pytest.approx(1.0)
+    assert bench_sweep.exponent([8, 16, 32], [3.0, 12.0, 48.0]) == pytest.approx(2.0)
+    assert bench_sweep.exponent([8, 16, 32, 64], [5.0, 5.0, 5.0, 5.0]) == pytest.approx(0.0)
+    assert bench_sweep.exponent([8, 16], [1.0, None]) is None  # one point: no line
+    assert bench_sweep.exponent([8, 16, 32], [1.0, None, 4.0]) == pytest.approx(1.0)  # the failed point left out
+
+
+def test_sweep_times_each_family_and_mode_and_writes_json_and_png(tmp_path, capsys):
+    """Two families, two points: a row per point with time and the compiled step's memory, an exponent per
+    family and mode, a markdown table, PREFIX.json and a PNG; a point the model refuses (VideoMAE's tubelet of 2
+    frames cannot tile 3 frames) ends its curve with the error in its row, and the larger points are not tried."""
+    run_main("--sweep=frames", "--sweep_values=2,3", "--models=videomamba,videomae", "--modes=infer",
+             "--variant=Mu/8", "--size=32", "--batch=8", "--steps=1", "--warmup=0", "--num_classes=4",
+             f"--out={tmp_path}/curve")
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["axis"] == "frames" and result["values"] == [2, 3]
+    assert result["held"] == {"size": 32, "batch": 8}
+    mamba = [r for r in result["rows"] if r["model"] == "videomamba"]
+    assert [r["frames"] for r in mamba] == [2, 3]
+    assert all(r["seconds_per_step"] > 0 and r["temp_bytes"] > 0 and r["mode"] == "infer" for r in mamba)
+    videomae = [r for r in result["rows"] if r["model"] == "videomae"]
+    assert [r["frames"] for r in videomae] == [2, 3] and "error" not in videomae[0], videomae
+    assert "3" in videomae[1]["error"], videomae[1]
+    fits = {f["model"]: f for f in result["fits"]}
+    assert fits["videomamba"]["points"] == 2 and fits["videomamba"]["time_exponent"] is not None
+    assert fits["videomamba"]["memory_exponent"] == pytest.approx(bench_sweep.exponent(
+        [2, 3], [r["temp_bytes"] for r in mamba]))
+    assert fits["videomae"]["points"] == 1 and fits["videomae"]["time_exponent"] is None
+    assert any(line.startswith("| videomamba Mu/8 | infer | 2 |") for line in out)
+    assert json.loads((tmp_path / "curve.json").read_text()) == result
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep_values=8,0"], "--sweep_values=8,0: give distinct positive integers"),
+    (["--models=videomae,nosuch"], "nosuch is no video model"),
+    (["--modes=infer,pretrain", "--models=vivit"], "give infer, finetune"),
+])
+def test_bad_sweep_flags_are_usage_errors(args, message):
+    with pytest.raises(app.UsageError, match=message):
+        run_main("--sweep=frames", *args)

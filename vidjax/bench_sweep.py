@@ -1,0 +1,200 @@
+"""Scaling curves: how step time and memory grow with the clip's frames, its image size or the batch.
+
+  python -m vidjax.bench --sweep=frames --sweep_values=8,16,32,64 --models=videomae,timesformer,vivit,videomamba \
+      --modes=infer,finetune --size=112 --batch=1 --steps=3 --warmup=1 --out=docs/figures/sweep_frames_cpu
+  python -m vidjax.bench --sweep=size --sweep_values=112,160,224 --models=vivit --modes=finetune --frames=16
+  python -m vidjax.bench --sweep=batch --sweep_values=1,2,4,8 --models=videomae --modes=finetune --compare=torch
+
+Every point is what `python -m vidjax.bench` times at that point (`bench.bench_config`, `bench.time_vidjax`): the
+trainer's jitted update step (finetune, pretrain) or the jitted forward (infer) on random inputs, the median of
+`--steps` after `--warmup`, with the compiled program's memory report (`temp_bytes`: XLA's temporaries for the step,
+activations and gradients in flight; `argument_bytes`: state and batch). With `--compare=torch` the PyTorch
+reference (`bench_torch.time_torch`) runs the same point right after, where it has the family and mode.
+
+A curve stops at the first point that fails (out of memory, or a size the model refuses): its row keeps the error
+and the larger points are not tried. Per family and mode the exponent of each curve is the slope of the least-squares
+line through log(value), log(figure): 1.0 is linear in the swept value, 2.0 quadratic. `--out=PREFIX` writes
+PREFIX.json (points, exponents, host) and PREFIX.png: step time and temporaries against the swept value on log-log
+axes, one line per family and mode (torch dashed), with the exponent in the legend. The picture needs matplotlib
+(`pip install matplotlib`); without it the JSON is still written and the command says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import platform
+from collections.abc import Sequence
+
+AXES = ("frames", "size", "batch")
+# The smallest published size of each family that the curves use unless --variant names one.
+DEFAULT_VARIANTS = {"videomae": "S/16", "timesformer": "S/16", "vivit": "S/16x2", "videomamba": "S/16"}
+DEFAULT_VALUES = {"frames": (8, 16, 32, 64), "size": (112, 160, 224), "batch": (1, 2, 4, 8)}
+
+
+def exponent(values: Sequence[float], figures: Sequence[float | None]) -> float | None:
+    """The slope of the least-squares line through (log value, log figure) over the points that have a positive
+    figure; None with fewer than two."""
+    points = [(math.log(v), math.log(f)) for v, f in zip(values, figures, strict=True) if f and f > 0]
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def run(axis: str, values: Sequence[int], models: Sequence[str], modes: Sequence[str], *, frames: int, size: int,
+        batch: int, steps: int, warmup: int, dtype: str = "float32", num_classes: int = 400,
+        variant: str | None = None, compare: str | None = None, log=print, bench=None) -> dict:
+    """Times every family in `models` in every mode of `modes` at each of `values` of `axis` (the other two held at
+    `frames`, `size`, `batch`); returns {"axis", "values", "rows", "fits", "host"}. `bench` is the module whose
+    `bench_config` and `time_vidjax` time a point (default `vidjax.bench`; the command passes itself, run as
+    __main__)."""
+    import jax
+
+    from vidjax import bench_torch
+
+    if bench is None:
+        from vidjax import bench
+
+    if axis not in AXES:
+        raise ValueError(f"--sweep={axis}: sweep one of {', '.join(AXES)}.")
+    rows, fits = [], []
+    for model in models:
+        model_variant = variant or DEFAULT_VARIANTS.get(model, "S/16")
+        for mode in modes:
+            torch_here = compare == "torch" and bench_torch.has_reference(model, mode)
+            curve = []
+            for value in values:
+                point = {"frames": frames, "size": size, "batch": batch, axis: int(value)}
+                row = {"model": model, "variant": model_variant, "mode": mode, "dtype": dtype, **point}
+                try:
+                    config = bench.bench_config(model, model_variant, point["frames"], point["size"], point["batch"],
+                                                mode, dtype, num_classes, compare=compare if torch_here else None)
+                    timed = bench.time_vidjax(config, mode, steps, warmup)
+                except Exception as err:  # noqa: BLE001 (out of memory, a shape the model refuses): the curve ends
+                    row["error"] = _one_line(err)
+                    log(f"{model} {mode} {axis}={value}: {row['error']}; larger points not tried")
+                    rows.append(row)
+                    break
+                row.update({key: timed[key] for key in ("seconds_per_step", "clips_per_s", "compile_s", "temp_bytes",
+                                                        "argument_bytes", "flops_per_step")})
+                if torch_here:
+                    try:
+                        theirs = bench_torch.time_torch(model, mode, config.model, point["batch"], steps, warmup,
+                                                        **bench_torch.placement(timed["backend"], dtype))
+                        row["torch_seconds_per_step"] = theirs["seconds_per_step"]
+                    except Exception as err:  # noqa: BLE001 (torch out of memory): vidjax's point stands
+                        row["torch_error"] = _one_line(err)
+                temp = f"{row['temp_bytes'] / 2**20:.0f} MiB" if row["temp_bytes"] is not None else "n/a"
+                theirs = row.get("torch_seconds_per_step")
+                log(f"{model} {mode} {axis}={value}: {row['seconds_per_step']:.4f} s/step, {temp} temporaries"
+                    + (f", torch {theirs:.4f} s/step" if theirs is not None else ""))
+                rows.append(row)
+                curve.append(row)
+            xs = [r[axis] for r in curve]
+            fit = {"model": model, "variant": model_variant, "mode": mode, "points": len(curve),
+                   "time_exponent": exponent(xs, [r["seconds_per_step"] for r in curve]),
+                   "memory_exponent": exponent(xs, [r["temp_bytes"] for r in curve])}
+            if torch_here:
+                fit["torch_time_exponent"] = exponent(xs, [r.get("torch_seconds_per_step") for r in curve])
+            fits.append(fit)
+    host = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "cpus": os.cpu_count(), "platform": platform.platform(), "jax_version": jax.__version__}
+    return {"axis": axis, "values": [int(v) for v in values], "held": {k: v for k, v in
+            {"frames": frames, "size": size, "batch": batch}.items() if k != axis}, "rows": rows, "fits": fits,
+            "host": host}
+
+
+def _label(fit: dict, key: str) -> str:
+    value = fit.get(key)
+    return f"{fit['model']} {fit['mode']} (k={value:.2f})" if value is not None else f"{fit['model']} {fit['mode']}"
+
+
+def plot(result: dict, path) -> None:
+    """Step time and temporaries against the swept value, log-log, one line per family and mode (torch dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    axis = result["axis"]
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for fit in result["fits"]:
+        curve = [r for r in result["rows"] if r["model"] == fit["model"] and r["mode"] == fit["mode"]
+                 and "error" not in r]
+        if not curve:
+            continue
+        xs = [r[axis] for r in curve]
+        line, = ax_time.plot(xs, [r["seconds_per_step"] for r in curve], marker="o",
+                             label=_label(fit, "time_exponent"))
+        torch_points = [(r[axis], r["torch_seconds_per_step"]) for r in curve if "torch_seconds_per_step" in r]
+        if torch_points:
+            ax_time.plot(*zip(*torch_points, strict=True), marker="x", linestyle="--", color=line.get_color(),
+                         label=f"torch {_label(fit, 'torch_time_exponent')}")
+        memory = [(r[axis], r["temp_bytes"] / 2**20) for r in curve if r["temp_bytes"]]
+        if memory:
+            ax_mem.plot(*zip(*memory, strict=True), marker="o", color=line.get_color(),
+                        label=_label(fit, "memory_exponent"))
+    held = ", ".join(f"{k} {v}" for k, v in result["held"].items())
+    host = result["host"]
+    where = host["backend"] if host["device"] == host["backend"] else f"{host['backend']} ({host['device']})"
+    for ax, what in ((ax_time, "step time (s)"), (ax_mem, "step temporaries (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(axis)
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"vidjax scaling in {axis} ({held}; {where}); k = fitted log-log exponent")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write(result: dict, prefix: str | os.PathLike, log=print) -> list[str]:
+    """PREFIX.json and, with matplotlib installed, PREFIX.png; returns the paths written."""
+    from vidjax import fileio
+
+    prefix = pathlib.Path(fileio.user_path(str(prefix)))
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    json_path = prefix.with_name(prefix.name + ".json")
+    with fileio.atomic_output(json_path) as f:
+        f.write(json.dumps(result, indent=1) + "\n")
+    written.append(str(json_path))
+    try:
+        import matplotlib  # noqa: F401  (an optional extra: only the picture needs it)
+    except ImportError:
+        log(f"wrote {json_path}; the plot needs matplotlib: pip install matplotlib")
+        return written
+    png_path = prefix.with_name(prefix.name + ".png")
+    with fileio.atomic_output(png_path, "wb") as f:
+        plot(result, f)
+    written.append(str(png_path))
+    return written
+
+
+def markdown(result: dict) -> str:
+    """The exponents as a markdown table (one row per family and mode)."""
+    torch = any("torch_time_exponent" in f for f in result["fits"])
+    lines = [f"| family | mode | points | time exponent | temporaries exponent |{' torch time exponent |' * torch}",
+             "|" + " --- |" * (5 + torch)]
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    for f in result["fits"]:
+        lines.append(f"| {f['model']} {f['variant']} | {f['mode']} | {f['points']} | {fmt(f['time_exponent'])} | "
+                     f"{fmt(f['memory_exponent'])} |" + (f" {fmt(f.get('torch_time_exponent'))} |" if torch else ""))
+    return "\n".join(lines)
