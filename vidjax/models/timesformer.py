@@ -236,7 +236,7 @@ def default_config() -> ml_collections.ConfigDict:
         # True: the blocks built stacked (parameters blocks/stacked/..., leading axis the blocks) and run as one
         # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
         scan_layers=False,
-        attention_impl="",  # "": chosen per platform (ops/attention.py); or "xla", "cudnn", "heads_major"
+        attention_impl="",  # "": per platform and length (ops/attention.IMPLEMENTATIONS, resolve)
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -4,9 +4,10 @@ Every attention of the models (layers.Attention, ViViT's factorised heads, TimeS
 layers.Attention) calls `dot_product_attention` with (batch, length, heads, head_dim) operands, and
 `config.model.attention_impl` picks how it runs:
 
-- "" (the default): "heads_major" on the CPU backend; on GPU, cuDNN's fused kernel for 16-bit operands whose head
-  size it takes (at most 128, a multiple of 8), else XLA's; on TPU, XLA's. (`jax.nn.dot_product_attention` left to
-  itself runs XLA's everywhere, jax 0.10.)
+- "" (the default, `resolve`): on the CPU backend "heads_major", or "blockwise" from `BLOCKWISE_FROM_SCORES` scores
+  per head; on GPU, cuDNN's fused kernel for 16-bit operands whose head size it takes (at most 128, a multiple of
+  8), else XLA's, or "blockwise" at the same length as on CPU; on TPU, XLA's, or "pallas_tpu" from
+  `PALLAS_TPU_FROM_SCORES`. (`jax.nn.dot_product_attention` left to itself runs XLA's everywhere, jax 0.10.)
 - "xla" / "cudnn": `jax.nn.dot_product_attention` with that implementation; for cuDNN an odd length is padded to
   an even one and masked (`padded_to_even`), since its kernel has no backward for odd lengths.
 - "heads_major": the two products written with heads before tokens, (b, h, l, k). On (b, l, h, k) operands
@@ -15,42 +16,65 @@ layers.Attention) calls `dot_product_attention` with (batch, length, heads, head
   VideoMAE-S attention (2 x 392 tokens, 6 heads) forward + backward about 30% faster here (docs/performance.md).
   Its backward is written out (a custom VJP) so that no product needs a score-sized operand transposed. Same maths,
   same results to float rounding (tests/test_attention.py).
-
-A query-blocked form with a custom VJP that recomputes the score blocks (flash style) was measured too and kept
-out: at these lengths (a few hundred tokens) it was no faster on CPU than "heads_major", whose score matrix fits in
-cache; on accelerators cuDNN's fused kernel already does it.
+- "blockwise": FlashAttention-2 written in jnp / lax, for lengths where the score matrix stops being cheap. A scan over
+  key blocks keeps a running row maximum and sum (online softmax), all queries at once, so the forward holds one
+  (b, h, l, block) score block at a time and keeps only the output and each row's log-sum-exp; its backward (a custom
+  VJP) recomputes the score blocks from those. Memory linear in length instead of quadratic; at about 200
+  tokens it is slower on CPU than "heads_major", whose score matrix fits in cache (docs/performance.md, "Attention
+  at length"). Tested in tests/test_attention_blockwise.py.
+- "pallas_tpu": the flash attention kernel jax ships for TPU (`jax.experimental.pallas.ops.tpu.flash_attention`),
+  lengths padded to its 128-token blocks and the padding masked through segment ids.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from vidjax.config_lib import ConfigError
 
-IMPLEMENTATIONS = ("", "xla", "cudnn", "heads_major")
+IMPLEMENTATIONS = ("", "xla", "cudnn", "heads_major", "blockwise", "pallas_tpu")
+
+# Above this many scores per (batch, head), query length x key length, the default on CPU and for GPU float32 is
+# "blockwise" (docs/performance.md, "Attention at length").
+BLOCKWISE_FROM_SCORES = 512 * 512
+# On TPU, the Pallas kernel from this many scores per (batch, head) (unmeasured here: no TPU was lent; the kernel's
+# blocks are 128 tokens, so shorter sequences would be mostly padding).
+PALLAS_TPU_FROM_SCORES = 1024 * 1024
+# Keys per block of "blockwise" (docs/performance.md, "Attention at length").
+BLOCK_KEYS = 128
 
 
 def check_implementation(implementation: str | None) -> str | None:
     """`implementation` ("" or None for the platform default) if it names one, else a ConfigError listing them."""
     if (implementation or "") not in IMPLEMENTATIONS:
         raise ConfigError(f"config.model.attention_impl={implementation!r}; choose one of "
-                          f"{', '.join(repr(i) for i in IMPLEMENTATIONS)} ('' picks per platform: heads_major on "
-                          f"CPU, JAX's choice of cuDNN or XLA on accelerators).")
+                          f"{', '.join(repr(i) for i in IMPLEMENTATIONS)} ('' picks per platform and length: "
+                          f"heads_major or blockwise on CPU; cuDNN, XLA or blockwise on GPU; XLA or pallas_tpu on "
+                          f"TPU).")
     return implementation or None
 
 
-def resolve(implementation: str | None, dtype=jnp.float32, head_dim: int = 64) -> str:
+def resolve(implementation: str | None, dtype=jnp.float32, head_dim: int = 64, length: int = 0,
+            length_kv: int | None = None) -> str:
     """The implementation that runs for `implementation` on the current default backend, for operands of `dtype`
-    with heads of `head_dim`."""
+    with heads of `head_dim`, `length` queries and `length_kv` keys (default: as many as queries; 0: short)."""
     implementation = check_implementation(implementation)
     if implementation is not None:
         return implementation
     backend = jax.default_backend()
+    long = length * (length if length_kv is None else length_kv) >= BLOCKWISE_FROM_SCORES
     if backend == "cpu":
-        return "heads_major"
-    if backend in ("gpu", "cuda") and jnp.dtype(dtype).itemsize == 2 and head_dim <= 128 and head_dim % 8 == 0:
-        return "cudnn"
+        return "blockwise" if long else "heads_major"
+    if backend in ("gpu", "cuda"):
+        if jnp.dtype(dtype).itemsize == 2 and head_dim <= 128 and head_dim % 8 == 0:
+            return "cudnn"
+        return "blockwise" if long else "xla"
+    if backend == "tpu" and (head_dim <= 128 or head_dim % 128 == 0) and (
+            length * (length if length_kv is None else length_kv) >= PALLAS_TPU_FROM_SCORES):
+        return "pallas_tpu"
     return "xla"
 
 
@@ -96,13 +120,134 @@ def _attend_backward(residuals, dout_BHLK):
 _attend_BHLK.defvjp(_attend_forward, _attend_backward)
 
 
+def _blockwise(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
+    q_BHLK, k_BHSK, v_BHSK = (jnp.swapaxes(x, 1, 2) for x in (q_BLHK, k_BSHK, v_BSHK))
+    return jnp.swapaxes(_flash_BHLK(q_BHLK, k_BHSK, v_BHSK, BLOCK_KEYS), 1, 2)
+
+
+def _key_blocks(k_BHSK: jax.Array, v_BHSK: jax.Array, block_keys: int):
+    """Keys and values as (blocks, b, h, block, k), the last block zero-padded, and which keys are real, (blocks,
+    block). The blocks are as even as the length allows, so at most blocks - 1 keys are padding."""
+    length_kv = k_BHSK.shape[2]
+    n = -(-length_kv // block_keys)
+    block = -(-length_kv // n)
+    pad = n * block - length_kv
+
+    def split(x):
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
+        return jnp.moveaxis(x.reshape(*x.shape[:2], n, block, x.shape[-1]), 2, 0)
+
+    valid_NB = (jnp.arange(n * block) < length_kv).reshape(n, block)
+    return split(k_BHSK), split(v_BHSK), valid_NB, pad
+
+
+def _scores(q_BHLK, k_BHBK, valid_B, pad):
+    scores_BHLB = jnp.einsum("bhlk,bhsk->bhls", q_BHLK, k_BHBK, preferred_element_type=jnp.float32)
+    return jnp.where(valid_B, scores_BHLB, -jnp.inf) if pad else scores_BHLB
+
+
+def _flash_forward(q_BHLK, k_BHSK, v_BHSK, block_keys):
+    dtype = v_BHSK.dtype
+    q_BHLK = q_BHLK * jnp.asarray(q_BHLK.shape[-1] ** -0.5, q_BHLK.dtype)  # on the queries, as in _attend_forward
+    k_NBHBK, v_NBHBK, valid_NB, pad = _key_blocks(k_BHSK, v_BHSK, block_keys)
+
+    def step(carry, block):
+        max_BHL, sum_BHL, acc_BHLK = carry
+        k_BHBK, v_BHBK, valid_B = block
+        scores_BHLB = _scores(q_BHLK, k_BHBK, valid_B, pad)
+        new_max_BHL = jnp.maximum(max_BHL, jnp.max(scores_BHLB, axis=-1))
+        probs_BHLB = jnp.exp(scores_BHLB - new_max_BHL[..., None])
+        correction_BHL = jnp.exp(max_BHL - new_max_BHL)
+        sum_BHL = sum_BHL * correction_BHL + jnp.sum(probs_BHLB, axis=-1)
+        acc_BHLK = acc_BHLK * correction_BHL[..., None] + jnp.einsum(
+            "bhls,bhsk->bhlk", probs_BHLB.astype(dtype), v_BHBK, preferred_element_type=jnp.float32)
+        return (new_max_BHL, sum_BHL, acc_BHLK), None
+
+    rows = q_BHLK.shape[:3]
+    init = (jnp.full(rows, -jnp.inf, jnp.float32), jnp.zeros(rows, jnp.float32),
+            jnp.zeros((*rows, v_BHSK.shape[-1]), jnp.float32))
+    (max_BHL, sum_BHL, acc_BHLK), _ = jax.lax.scan(step, init, (k_NBHBK, v_NBHBK, valid_NB))
+    out_BHLK = (acc_BHLK / sum_BHL[..., None]).astype(dtype)
+    logsumexp_BHL = max_BHL + jnp.log(sum_BHL)
+    return out_BHLK, (q_BHLK, k_BHSK, v_BHSK, out_BHLK, logsumexp_BHL)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _flash_BHLK(q_BHLK: jax.Array, k_BHSK: jax.Array, v_BHSK: jax.Array, block_keys: int) -> jax.Array:
+    """softmax(q k^T / sqrt(k)) v on heads-major operands, key block by key block (`_flash_forward`), the backward
+    recomputing each score block from the row log-sum-exp (`_flash_backward`)."""
+    return _flash_forward(q_BHLK, k_BHSK, v_BHSK, block_keys)[0]
+
+
+def _flash_backward(block_keys, residuals, dout_BHLK):
+    """FlashAttention-2's backward over key blocks: per block, P = exp(S - lse), dV = P^T dO, dP = dO V^T,
+    dS = P (dP - rowsum(dO O)), dK = dS^T q, and dQ summed over blocks. As in `_attend_backward`, the products over
+    tokens take the small (b, h, l, k) operand transposed, never a score block."""
+    q_BHLK, k_BHSK, v_BHSK, out_BHLK, logsumexp_BHL = residuals
+    dtype, length_kv = v_BHSK.dtype, k_BHSK.shape[2]
+    k_NBHBK, v_NBHBK, valid_NB, pad = _key_blocks(k_BHSK, v_BHSK, block_keys)
+    delta_BHL = jnp.sum(dout_BHLK.astype(jnp.float32) * out_BHLK.astype(jnp.float32), axis=-1)
+
+    def step(dq_BHLK, block):
+        k_BHBK, v_BHBK, valid_B = block
+        probs_BHLB = jnp.exp(_scores(q_BHLK, k_BHBK, valid_B, pad) - logsumexp_BHL[..., None])
+        dprobs_BHLB = jnp.einsum("bhlk,bhsk->bhls", dout_BHLK, v_BHBK, preferred_element_type=jnp.float32)
+        dscores_BHLB = (probs_BHLB * (dprobs_BHLB - delta_BHL[..., None])).astype(dtype)
+        dq_BHLK = dq_BHLK + jnp.einsum("bhls,bhsk->bhlk", dscores_BHLB, k_BHBK, preferred_element_type=jnp.float32)
+        dk_BHKB = jnp.einsum("bhlk,bhls->bhks", q_BHLK, dscores_BHLB)  # q is scaled already
+        dv_BHKB = jnp.einsum("bhlk,bhls->bhks", dout_BHLK, probs_BHLB.astype(dtype))
+        return dq_BHLK, (dk_BHKB, dv_BHKB)
+
+    dq_BHLK, (dk_NBHKB, dv_NBHKB) = jax.lax.scan(
+        step, jnp.zeros(q_BHLK.shape, jnp.float32), (k_NBHBK, v_NBHBK, valid_NB))
+
+    def keys_major(x_NBHKB):  # (blocks, b, h, k, block) -> (b, h, s, k)
+        x_BHKS = jnp.moveaxis(x_NBHKB, 0, 3).reshape(*x_NBHKB.shape[1:4], -1)
+        return jnp.swapaxes(x_BHKS[..., :length_kv], -1, -2)
+
+    scale = jnp.asarray(q_BHLK.shape[-1] ** -0.5, jnp.float32)
+    return (dq_BHLK * scale).astype(q_BHLK.dtype), keys_major(dk_NBHKB), keys_major(dv_NBHKB)
+
+
+_flash_BHLK.defvjp(_flash_forward, _flash_backward)
+
+
+def _pallas_tpu(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
+    """jax's Pallas flash attention kernel for TPU. Its blocks are 128 tokens and must divide the lengths: both are
+    padded to a multiple of 128, and the padding is kept apart by segment ids (a padded key is in segment 0, which no
+    real query attends to); the padded query rows are cut off. Runs on CPU under
+    `jax.experimental.pallas.tpu.force_tpu_interpret_mode()` (tests/test_attention_blockwise.py)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash  # TPU only; imports Mosaic
+
+    b, length, length_kv, head_dim = q_BLHK.shape[0], q_BLHK.shape[1], k_BSHK.shape[1], q_BLHK.shape[-1]
+    block = pallas_flash.MIN_BLOCK_SIZE
+    padded, padded_kv = -(-length // block) * block, -(-length_kv // block) * block
+
+    def heads_major(x, n, n_padded):
+        return jnp.swapaxes(jnp.pad(x, ((0, 0), (0, n_padded - n), (0, 0), (0, 0))), 1, 2)
+
+    segment_ids = None
+    if padded != length or padded_kv != length_kv:
+        segment_ids = pallas_flash.SegmentIds(
+            q=jnp.broadcast_to(jnp.arange(padded) < length, (b, padded)).astype(jnp.int32),
+            kv=jnp.broadcast_to(jnp.arange(padded_kv) < length_kv, (b, padded_kv)).astype(jnp.int32))
+    out_BHLK = pallas_flash.flash_attention(
+        heads_major(q_BLHK, length, padded), heads_major(k_BSHK, length_kv, padded_kv),
+        heads_major(v_BSHK, length_kv, padded_kv), segment_ids=segment_ids, sm_scale=head_dim ** -0.5)
+    return jnp.swapaxes(out_BHLK, 1, 2)[:, :length]
+
+
 def dot_product_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
                           implementation: str | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(head_dim)) v over (batch, length, heads, head_dim) operands, as
-    `jax.nn.dot_product_attention`, run by `resolve(implementation)`."""
-    implementation = resolve(implementation, q_BLHK.dtype, q_BLHK.shape[-1])
+    `jax.nn.dot_product_attention`, run by `resolve(implementation)` for these operands and lengths."""
+    implementation = resolve(implementation, q_BLHK.dtype, q_BLHK.shape[-1], q_BLHK.shape[1], k_BSHK.shape[1])
     if implementation == "heads_major":
         return _heads_major(q_BLHK, k_BSHK, v_BSHK)
+    if implementation == "blockwise":
+        return _blockwise(q_BLHK, k_BSHK, v_BSHK)
+    if implementation == "pallas_tpu":
+        return _pallas_tpu(q_BLHK, k_BSHK, v_BSHK)
     if implementation == "cudnn" and (q_BLHK.shape[1] % 2 or k_BSHK.shape[1] % 2):
         return padded_to_even(q_BLHK, k_BSHK, v_BSHK, implementation)
     return jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, implementation=implementation)
