@@ -1,5 +1,5 @@
-"""predict over a whole long video: sliding windows read in one streaming pass, in bounded memory, written as JSON
-Lines that a killed run resumes without repeating or losing a window."""
+"""predict and extract over a whole long video: sliding windows read in one streaming pass, in bounded memory,
+written as JSON Lines that a killed run resumes without repeating or losing a window."""
 
 import json
 import os
@@ -82,18 +82,8 @@ def test_long_video_memory_resume_and_output(long_files, tmp_path):
     # (2) killed part way, then run again: it resumes from the rows written.
     out = tmp_path / "resumed.jsonl"
     partial = tmp_path / "resumed.jsonl.partial"
-    child = subprocess.Popen(command(long_files, long_files["long"], out), env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        if partial.exists() and partial.read_bytes().count(b"\n") > 100:
-            break
-        time.sleep(0.005)
-    assert child.poll() is None, "predict finished before it could be killed part way"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    killed = kill_part_way(command(long_files, long_files["long"], out), partial, 100)
     assert not out.exists(), "a killed run must leave only the .partial file"
-    killed = partial.read_bytes()
     before = killed.count(b"\n") - 1
     assert 100 <= before < 600
     # A kill between a row's bytes leaves half a line: the resume drops it (simulated here, as SIGKILL may not).
@@ -109,6 +99,75 @@ def test_long_video_memory_resume_and_output(long_files, tmp_path):
     assert out.read_bytes() == reference.read_bytes()
 
 
+def extract_command(files, folder, out):
+    return [sys.executable, "-m", "vidjax.extract", f"--checkpoint={files['checkpoint']}", f"--folder={folder}",
+            *WINDOW, f"--out={out}"]
+
+
+def class_folder(root, video):
+    """ROOT/clips/<video>: `video` as the one clip of a one-class folder tree."""
+    (root / "clips").mkdir(parents=True)
+    (root / "clips" / os.path.basename(video)).symlink_to(video)
+    return root
+
+
+def read_npz(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data}
+
+
+def kill_part_way(argv, partial, lines):
+    """Starts `argv`, SIGKILLs it once `partial` has more than `lines` lines, and returns its bytes then."""
+    child = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if partial.exists() and partial.read_bytes().count(b"\n") > lines:
+            break
+        time.sleep(0.005)
+    assert child.poll() is None, f"{argv[2]} finished before it could be killed part way"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return partial.read_bytes()
+
+
+def test_extract_windows_memory_resume_and_output(long_files, tmp_path):
+    # (1) one embedding per window of the 20-minute file, in the memory of the 1-minute one.
+    short = class_folder(tmp_path / "short", long_files["short"])
+    long = class_folder(tmp_path / "long", long_files["long"])
+    short_mb = peak_rss_mb(extract_command(long_files, short, tmp_path / "short.npz"))
+    reference = tmp_path / "whole.npz"
+    long_mb = peak_rss_mb(extract_command(long_files, long, reference))
+    print(f"extract peak RSS: 1-minute video {short_mb:.0f} MB, 20-minute video {long_mb:.0f} MB")
+    assert long_mb <= 1.5 * short_mb, (short_mb, long_mb)
+    whole = read_npz(reference)
+    assert whole["features"].shape == (600, 16) and whole["features"].dtype == np.float32
+    assert whole["window"].tolist() == list(range(600)) and set(whole["label"].tolist()) == {0}
+    assert whole["start_s"][:2].tolist() == [0.0, 2.0] and whole["end_s"][-1] == 1200.0
+    assert whole["class_names"].tolist() == ["clips"]
+    assert read_npz(tmp_path / "short.npz")["features"].shape == (30, 16)
+    assert not (tmp_path / "whole.jsonl.partial").exists()  # the .npz holds the rows once written
+
+    # (2) killed part way, with half a row at the end, then run again: it resumes from the rows written.
+    out, partial = tmp_path / "resumed.npz", tmp_path / "resumed.jsonl.partial"
+    killed = kill_part_way(extract_command(long_files, long, out), partial, 100)
+    assert not out.exists(), "a killed run must leave only the .partial file"
+    assert 100 <= killed.count(b"\n") - 1 < 600
+    partial.write_bytes(killed + b'{"path": "' + long_files["long"].encode() + b'", "embedd')  # a cut row
+    again = subprocess.run(extract_command(long_files, long, out), env=env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    before = killed.count(b"\n") - 1  # the complete rows: the run goes on from the next window
+    assert f"{before + 1}/600 windows" in again.stderr and "600/600 windows" in again.stderr
+    assert not partial.exists()
+
+    # (3) the resumed output is the uninterrupted run's: every array, and the index.
+    resumed = read_npz(out)
+    assert resumed.keys() == whole.keys()
+    for key, value in whole.items():
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+    assert json.loads((tmp_path / "resumed.index.json").read_text()) == json.loads(
+        (tmp_path / "whole.index.json").read_text())
+
+
 def test_jsonl_needs_window_and_other_settings_refuse_to_resume(long_files, tmp_path, capsys):
     from vidjax import predict
 
@@ -121,3 +180,25 @@ def test_jsonl_needs_window_and_other_settings_refuse_to_resume(long_files, tmp_
                          f"--jsonl={out}"]) == 2
     err = capsys.readouterr().err
     assert "was started with other settings" in err and "delete it to start again" in err and not out.exists()
+
+
+def test_extract_windows_of_a_segment_flags_and_other_settings(long_files, tmp_path, capsys):
+    from vidjax import extract
+
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"path,label,start,end\n{long_files['short']},1,10,20\n")
+    common = [f"--checkpoint={long_files['checkpoint']}", f"--csv={listed}", *WINDOW]
+    # A row's start/end segment is cut into windows from its start.
+    assert extract.main([*common[:2], "--window=4", "--stride=3", *WINDOW[2:], f"--out={tmp_path / 's.npz'}"]) == 0
+    with np.load(tmp_path / "s.npz") as segment:
+        assert segment["start_s"].tolist() == [10.0, 13.0, 16.0] and segment["end_s"].tolist() == [14.0, 17.0, 20.0]
+        assert segment["label"].tolist() == [1, 1, 1] and segment["features"].shape == (3, 16)
+    assert extract.main([*common, "--pool=tokens", f"--out={tmp_path / 'x.npz'}"]) == 2
+    assert "--window gives one vector per window" in capsys.readouterr().err
+    assert extract.main([*common[:2], "--stride=2", f"--out={tmp_path / 'x.npz'}"]) == 2
+    assert "--stride needs --window" in capsys.readouterr().err
+    (tmp_path / "other.jsonl.partial").write_text('{"header": {"window_s": 9.0}}\n')
+    assert extract.main([*common, f"--out={tmp_path / 'other.npz'}"]) == 2
+    err = capsys.readouterr().err
+    assert "was started with other settings" in err and "delete it to start again" in err
+    assert not (tmp_path / "other.npz").exists()

@@ -11,6 +11,7 @@ from test_decode import make_video
 from test_train import tiny_config
 
 from vidjax import predict, pretrained, train
+from vidjax.windows import sliding_windows
 
 _WORKDIRS: dict = {}
 
@@ -225,9 +226,9 @@ def test_a_raw_hugging_face_folder_gets_the_convert_command(videos, capsys):
 
 
 def test_sliding_windows():
-    assert predict.sliding_windows(2.0, 0.8, 0.5) == [(0.0, 0.8), (0.5, 1.3), (1.0, 1.8)]
-    assert predict.sliding_windows(2.0, 1.0, 1.0) == [(0.0, 1.0), (1.0, 2.0)]
-    assert predict.sliding_windows(0.5, 1.0, 1.0) == [(0.0, 0.5)]  # shorter than a window: one window
+    assert sliding_windows(2.0, 0.8, 0.5) == [(0.0, 0.8), (0.5, 1.3), (1.0, 1.8)]
+    assert sliding_windows(2.0, 1.0, 1.0) == [(0.0, 1.0), (1.0, 2.0)]
+    assert sliding_windows(0.5, 1.0, 1.0) == [(0.0, 0.5)]  # shorter than a window: one window
 
 
 def test_multilabel_and_regression_predictions(cls_run, videos):

@@ -62,18 +62,13 @@ import dataclasses
 import functools
 import itertools
 import json
-import os
 import sys
-import time
 from collections.abc import Iterator
 
 import numpy as np
 
-from vidjax import cli, fileio, pretrained, tasks
-from vidjax.data import decode, kinetics, transforms
-
-_PROGRESS_EVERY_S = 5.0  # without a terminal, a progress line this often
-Span = tuple[float | None, float | None]  # [start, end) seconds; None: the start or end of the video
+from vidjax import cli, fileio, pretrained, tasks, windows
+from vidjax.data import decode, kinetics
 
 
 def output_names(model: pretrained.Pretrained) -> list[str]:
@@ -125,14 +120,6 @@ def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple
     return kinetics.label_map("k710", label_space), list(kinetics.class_names(label_space))
 
 
-def sliding_windows(duration_s: float, window_s: float, stride_s: float) -> list[tuple[float, float]]:
-    """[start, end) windows of `window_s` seconds starting every `stride_s` from 0, as many as fit (at least one)."""
-    if duration_s <= window_s:
-        return [(0.0, duration_s)]
-    count = int(np.floor((duration_s - window_s) / stride_s + 1e-9)) + 1
-    return [(i * stride_s, i * stride_s + window_s) for i in range(count)]
-
-
 def describe(task: str, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
     """A JSON-able prediction from averaged scores (C,): the full vector plus what the task reports
     (`Task.describe`)."""
@@ -144,38 +131,12 @@ def format_prediction(task: str, prediction: dict, indent: str = "  ") -> list[s
     return tasks.get_task(task).format_prediction(prediction, indent)
 
 
-def _spans(path: str, window_s: float, stride_s: float) -> list[tuple[float | None, float | None]]:
-    """The [start, end) seconds `read_views` takes for each window of a video; (None, None), the whole video,
-    without `window_s`."""
-    if not window_s:
-        return [(None, None)]
-    return sliding_windows(decode.probe(path).duration_s, window_s, stride_s or window_s)
-
-
-def window_views(model: pretrained.Pretrained, path: str, spans: list[Span], *,
-                 num_clips: int = 1, num_crops: int = 1, sampling_rate: int | None = None) -> Iterator[np.ndarray]:
-    """uint8 views (num_clips * num_crops, T, S, S, 3) of each span in turn, the same as `model.read_views` of each,
-    read from one forward pass over the file (`decode.read_windows`): memory stays one window's whatever the
-    video's length. The whole video, [(None, None)], is `read_views` itself."""
-    if spans == [(None, None)]:
-        yield model.read_views(path, num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate)
-        return
-    p = model.preprocessing
-    size = int(p["image_size"])
-    rate = next(r for r in (sampling_rate, model.sampling_rate, pretrained.DEFAULT_SAMPLING_RATE) if r is not None)
-    for clips in decode.read_windows(path, spans, int(p["num_frames"]), int(rate), num_clips=num_clips,
-                                     short_side=int(p["short_side"])):
-        # The crops of `pipeline.Preprocess`'s evaluation views.
-        crops = [transforms.multi_view(v, num_crops, size) if num_crops > 1 else transforms.center_crop(v, size)[None]
-                 for v in clips]
-        yield np.ascontiguousarray(np.concatenate(crops), dtype=np.uint8)
-
-
 def window_scores(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str,
-                  spans: list[Span], *, num_clips: int = 1, num_crops: int = 1,
+                  spans: list[windows.Span], *, num_clips: int = 1, num_crops: int = 1,
                   sampling_rate: int | None = None) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
     """(start_s, end_s, scores averaged over the window's views) of each span in turn, as they are computed."""
-    views = window_views(model, path, spans, num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate)
+    views = windows.window_views(model, path, spans, num_clips=num_clips, num_crops=num_crops,
+                                 sampling_rate=sampling_rate)
     rows = runner.run(view for window in views for view in window)
     for start, end in spans:
         yield start, end, np.mean([next(rows) for _ in range(num_clips * num_crops)], axis=0)
@@ -189,18 +150,18 @@ def predict_video(model: pretrained.Pretrained, runner: pretrained.BatchRunner, 
     Without `window_s` the whole video is the one window, (None, None, scores). Raises `decode.VideoDecodeError`
     when the video (or any window of it) does not decode.
     """
-    windows = list(window_scores(model, runner, path, _spans(path, window_s, stride_s), num_clips=num_clips,
-                                 num_crops=num_crops, sampling_rate=sampling_rate))
-    return np.mean([scores for _, _, scores in windows], axis=0), windows
+    rows = list(window_scores(model, runner, path, windows.spans(path, window_s, stride_s), num_clips=num_clips,
+                              num_crops=num_crops, sampling_rate=sampling_rate))
+    return np.mean([scores for _, _, scores in rows], axis=0), rows
 
 
-def caption_windows(model: pretrained.PretrainedCaptioner, path: str, spans: list[Span], *,
+def caption_windows(model: pretrained.PretrainedCaptioner, path: str, spans: list[windows.Span], *,
                     sampling_rate: int | None = None, batch_size: int = 8, max_new_tokens: int = 30,
                     num_beams: int = 3, length_penalty: float = 1.0
                     ) -> Iterator[tuple[float | None, float | None, str]]:
     """(start_s, end_s, caption) of each span in turn: `model.caption` of its centre clip, `batch_size` spans per
     call, yielded as each call finishes."""
-    clips = (views[0] for views in window_views(model, path, spans, sampling_rate=sampling_rate))
+    clips = (views[0] for views in windows.window_views(model, path, spans, sampling_rate=sampling_rate))
     spans_left = iter(spans)
     while batch := list(itertools.islice(clips, batch_size)):
         # Generation compiles once per batch shape: padding with black clips to a power of two (at most batch_size)
@@ -221,7 +182,7 @@ def caption_video(model: pretrained.PretrainedCaptioner, path: str, *, window_s:
     Without `window_s` the whole video is the one window, (None, None, caption). Up to `batch_size` windows are
     captioned per call. Raises `decode.VideoDecodeError` when the video (or any window of it) does not decode.
     """
-    return list(caption_windows(model, path, _spans(path, window_s, stride_s), sampling_rate=sampling_rate,
+    return list(caption_windows(model, path, windows.spans(path, window_s, stride_s), sampling_rate=sampling_rate,
                                 batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                 length_penalty=length_penalty))
 
@@ -272,10 +233,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
             return f"--{flag}={getattr(args, flag)} must be at least 1."
     if args.sampling_rate < 0:
         return f"--sampling_rate={args.sampling_rate} must be positive (or 0 for the checkpoint's)."
-    if args.window < 0 or args.stride < 0:
-        return "--window and --stride are seconds and cannot be negative."
-    if args.stride and not args.window:
-        return "--stride needs --window (the window length in seconds)."
+    problem = windows.flag_problem(args.window, args.stride)
+    if problem:
+        return problem
     if args.jsonl and not args.window:
         return "--jsonl writes one row per window: it needs --window=SECONDS (e.g. --window=4)."
     if args.jsonl and args.json == "-":
@@ -307,12 +267,12 @@ def _captioner_problem(model: pretrained.PretrainedCaptioner, args: argparse.Nam
 
 
 def _caption_rows(model: pretrained.PretrainedCaptioner, args: argparse.Namespace, path: str,
-                  spans: list[tuple[float | None, float | None]], first: int) -> Iterator[dict]:
+                  spans: list[windows.Span], first: int) -> Iterator[dict]:
     """One video's rows (`--jsonl`'s) of its captions, from window `first` on."""
-    windows = caption_windows(model, path, spans[first:], sampling_rate=args.sampling_rate or None,
-                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                              num_beams=args.num_beams, length_penalty=args.length_penalty)
-    for n, (start, end, text) in enumerate(windows, start=first):
+    captions = caption_windows(model, path, spans[first:], sampling_rate=args.sampling_rate or None,
+                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                               num_beams=args.num_beams, length_penalty=args.length_penalty)
+    for n, (start, end, text) in enumerate(captions, start=first):
         yield {"path": path, "window": n, "start_s": start, "end_s": end, "caption": text}
 
 
@@ -324,127 +284,42 @@ def prediction_entry(model: pretrained.Pretrained, runner: pretrained.BatchRunne
     "aggregate": `describe` of the mean scores} plus, with `window_s`, "windows": [{"start_s", "end_s",
     "prediction"}]. `names` default to `output_names(model)`. Raises `decode.VideoDecodeError` as `predict_video`."""
     task, names = model.task, names or output_names(model)
-    scores, windows = predict_video(model, runner, path, num_clips=num_clips, num_crops=num_crops,
-                                    window_s=window_s, stride_s=stride_s, sampling_rate=sampling_rate)
+    scores, per_window = predict_video(model, runner, path, num_clips=num_clips, num_crops=num_crops,
+                                       window_s=window_s, stride_s=stride_s, sampling_rate=sampling_rate)
     entry = {"path": path, "error": None, "aggregate": describe(task, scores, names, top_k, threshold)}
     if window_s:
         entry["windows"] = [{"start_s": start, "end_s": end,
                              "prediction": describe(task, window_scores, names, top_k, threshold)}
-                            for start, end, window_scores in windows]
+                            for start, end, window_scores in per_window]
     return entry
 
 
 def _head_rows(model: pretrained.Pretrained, runner: pretrained.BatchRunner, names: list[str],
-               args: argparse.Namespace, path: str, spans: list[tuple[float | None, float | None]],
+               args: argparse.Namespace, path: str, spans: list[windows.Span],
                first: int) -> Iterator[dict]:
     """One video's rows (`--jsonl`'s) by a checkpoint with a head, from window `first` on: each window's averaged
     "scores" and its `describe`d "prediction"."""
-    windows = window_scores(model, runner, path, spans[first:], num_clips=args.num_clips, num_crops=args.num_crops,
-                            sampling_rate=args.sampling_rate or None)
-    for n, (start, end, scores) in enumerate(windows, start=first):
+    scored = window_scores(model, runner, path, spans[first:], num_clips=args.num_clips, num_crops=args.num_crops,
+                           sampling_rate=args.sampling_rate or None)
+    for n, (start, end, scores) in enumerate(scored, start=first):
         yield {"path": path, "window": n, "start_s": start, "end_s": end,
                "scores": np.asarray(scores, np.float64).tolist(),
                "prediction": describe(model.task, scores, names, args.top_k, args.threshold)}
 
 
-class _Progress:
-    """A progress line on stderr: windows done / total, rate and time left; redrawn in place on a terminal, else
-    a line every few seconds and at the end."""
-
-    def __init__(self, label: str, total: int, done: int = 0, out=None):
-        self.label, self.total, self.done, self.out = label, total, done, out or sys.stderr
-        self.resumed, self.start = done, time.perf_counter()
-        self.last = -_PROGRESS_EVERY_S
-        self.tty = self.out.isatty()
-
-    def step(self) -> None:
-        self.done += 1
-        now = time.perf_counter() - self.start
-        if self.done < self.total and not self.tty and now - self.last < _PROGRESS_EVERY_S:
-            return
-        self.last = now
-        rate = (self.done - self.resumed) / max(now, 1e-9)
-        left = (self.total - self.done) / rate if rate else float("nan")
-        width = 24
-        bar = "#" * (width * self.done // max(self.total, 1))
-        eta = "?" if left != left else f"{int(left) // 60}:{int(left) % 60:02d}"
-        line = (f"{self.label}: [{bar:<{width}}] {self.done}/{self.total} windows, {rate:.1f} windows/s, "
-                f"ETA {eta}")
-        end = "\n" if not self.tty or self.done == self.total else ""
-        print(("\r" if self.tty else "") + line, end=end, file=self.out, flush=True)
-
-
-class _Rows:
-    """`--jsonl`: one JSON line per window, written to OUT.partial and flushed as each comes, renamed to OUT when
-    every video is done. A run that finds OUT.partial (written with the same settings) resumes it: its complete
-    lines are kept (a line cut short by a kill is dropped), and each video goes on from its first missing window;
-    so the finished file is the one an uninterrupted run writes."""
-
-    def __init__(self, path: str, header: dict):
-        self.path = fileio.user_path(path)
-        self.partial = self.path + ".partial"
-        self.header = {"header": header}
-        self.done: dict[str, int] = {}  # windows already written, by video
-        self.errors: dict[str, str] = {}  # videos that failed, with the reason
-        if os.path.exists(self.partial):
-            self._resume()
-        else:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(self.partial, "w") as f:
-                f.write(json.dumps(self.header) + "\n")
-        self.file = open(self.partial, "a")  # noqa: SIM115  (closed by `finish`)
-
-    def _resume(self) -> None:
-        with open(self.partial, "rb+") as f:
-            data = f.read()
-            complete = data[: data.rfind(b"\n") + 1]
-            if len(complete) < len(data):
-                f.truncate(len(complete))  # the row a kill cut short: written again below
-        lines = complete.decode().splitlines()
-        try:
-            rows = [json.loads(line) for line in lines]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.partial} has a line that is not JSON ({e}); delete it to start again.") from None
-        if not rows or rows[0] != self.header:
-            raise ValueError(f"{self.partial} was started with other settings ({rows[0] if rows else 'empty'}); "
-                             f"pass the same checkpoint and flags to resume it, or delete it to start again.")
-        for row in rows[1:]:
-            if row.get("error"):
-                self.errors[row["path"]] = row["error"]
-            else:
-                self.done[row["path"]] = row["window"] + 1
-
-    def written(self, video: str) -> Iterator[dict]:
-        """The rows of `video` already in the file (read again from disk: nothing is held for the whole run)."""
-        if not self.done.get(video):
-            return
-        with open(self.partial) as f:
-            for line in f:
-                row = json.loads(line)
-                if row.get("path") == video and "window" in row:
-                    yield row
-
-    def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-
-    def finish(self) -> None:
-        self.file.close()
-        os.replace(self.partial, self.path)
-
-
-def _windowed_video(args: argparse.Namespace, path: str, make_rows, text_of, summarize, out: _Rows | None) -> dict:
+def _windowed_video(args: argparse.Namespace, path: str, make_rows, text_of, summarize,
+                    out: windows.Rows | None) -> dict:
     """One video with --window: its rows made, shown, written (--jsonl) as they come (rows already in --jsonl's
     file are shown, not made again), and its --json entry. `summarize(mean scores)` gives the video-level
     (prediction, text lines) of a checkpoint with a head."""
-    spans = _spans(path, args.window, args.stride)
+    spans = windows.spans(path, args.window, args.stride)
     first = out.done.get(path, 0) if out else 0
-    progress = _Progress(path, len(spans), first)
+    progress = windows.Progress(path, len(spans), first)
     show = args.json != "-"
     if show:
         print(path, flush=True)
     earlier = out.written(path) if out else iter(())
-    windows, total, count = [], None, 0
+    entries, total, count = [], None, 0
     for row in itertools.chain(earlier, make_rows(path, spans, first)):
         if row["window"] >= first:
             if out:
@@ -456,14 +331,14 @@ def _windowed_video(args: argparse.Namespace, path: str, make_rows, text_of, sum
             total = np.asarray(row["scores"]) + (0 if total is None else total)
             count += 1
         if args.json:
-            windows.append({k: v for k, v in row.items() if k not in ("path", "window", "scores")})
+            entries.append({k: v for k, v in row.items() if k not in ("path", "window", "scores")})
     entry = {"path": path, "error": None}
     if total is not None:
         entry["aggregate"], text = summarize(total / count)
         if show:
             print("\n".join([f"  (mean over {count} windows)", *text]), flush=True)
     if args.json:
-        entry["windows"] = windows
+        entry["windows"] = entries
     return entry
 
 
@@ -484,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     model = pretrained.load_for_command(args.checkpoint)
     if model is None:
         return 2
-    windows = {"window_s": args.window or None, "stride_s": (args.stride or args.window) or None}
+    settings = {"window_s": args.window or None, "stride_s": (args.stride or args.window) or None}
     summarize = None
     if isinstance(model, pretrained.PretrainedCaptioner):
         problem = _captioner_problem(model, args)
@@ -493,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
                   "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
-                  "length_penalty": args.length_penalty, **windows, "videos": []}
+                  "length_penalty": args.length_penalty, **settings, "videos": []}
         make_rows = functools.partial(_caption_rows, model, args)
     elif not model.has_head:
         kind = "a pre-training" if model.config.get("head") == "pretrain" else "a backbone (head 'none')"
@@ -513,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         runner = pretrained.BatchRunner(model, scores_fn(model.task, columns), args.batch_size)
         report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
-                  "num_clips": args.num_clips, "num_crops": args.num_crops, **windows, "videos": []}
+                  "num_clips": args.num_clips, "num_crops": args.num_crops, **settings, "videos": []}
         if args.label_space:
             report["label_space"] = args.label_space
         make_rows = functools.partial(_head_rows, model, runner, names, args)
@@ -528,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         header.update(top_k=args.top_k, threshold=args.threshold, sampling_rate=args.sampling_rate or None,
                       batch_size=args.batch_size)
         try:
-            out = _Rows(args.jsonl, header)
+            out = windows.Rows(args.jsonl, header)
         except (ValueError, OSError) as e:
             print(f"error: --jsonl={args.jsonl}: {e}", file=sys.stderr)
             return 2

@@ -1,0 +1,171 @@
+"""Sliding windows over whole videos, shared by `vidjax.predict` and `vidjax.extract`: the spans, their clips read
+in one streaming pass, a JSON Lines file of one row per window that a killed run resumes, and a progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from vidjax import fileio, pretrained
+from vidjax.data import decode, transforms
+
+PROGRESS_EVERY_S = 5.0  # without a terminal, a progress line this often
+Span = tuple[float | None, float | None]  # [start, end) seconds; None: the start or end of the video
+
+
+def sliding_windows(duration_s: float, window_s: float, stride_s: float) -> list[tuple[float, float]]:
+    """[start, end) windows of `window_s` seconds starting every `stride_s` from 0, as many as fit (at least one)."""
+    if duration_s <= window_s:
+        return [(0.0, duration_s)]
+    count = int(np.floor((duration_s - window_s) / stride_s + 1e-9)) + 1
+    return [(i * stride_s, i * stride_s + window_s) for i in range(count)]
+
+
+def flag_problem(window_s: float, stride_s: float) -> str | None:
+    """What is wrong with the --window / --stride flags of a command, or None."""
+    if window_s < 0 or stride_s < 0:
+        return "--window and --stride are seconds and cannot be negative."
+    if stride_s and not window_s:
+        return "--stride needs --window (the window length in seconds)."
+    return None
+
+
+def spans(path: str, window_s: float, stride_s: float, start_s: float | None = None,
+          end_s: float | None = None) -> list[Span]:
+    """The [start, end) seconds of each window of a video (`sliding_windows`, stride defaulting to the window),
+    or of its [start_s, end_s) segment; [(None, None)], the whole video, without `window_s`. Raises
+    `decode.VideoDecodeError` when the file cannot be probed."""
+    if not window_s:
+        return [(None, None)]
+    duration = decode.probe(path).duration_s
+    start = start_s or 0.0
+    end = duration if end_s is None else min(end_s, duration)
+    return [(start + a, start + b) for a, b in sliding_windows(end - start, window_s, stride_s or window_s)]
+
+
+def window_views(model: pretrained.Pretrained, path: str, spans: list[Span], *,
+                 num_clips: int = 1, num_crops: int = 1, sampling_rate: int | None = None) -> Iterator[np.ndarray]:
+    """uint8 views (num_clips * num_crops, T, S, S, 3) of each span in turn, the same as `model.read_views` of each,
+    read from one forward pass over the file (`decode.read_windows`): memory stays one window's whatever the
+    video's length. The whole video, [(None, None)], is `read_views` itself."""
+    if spans == [(None, None)]:
+        yield model.read_views(path, num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate)
+        return
+    p = model.preprocessing
+    size = int(p["image_size"])
+    rate = next(r for r in (sampling_rate, model.sampling_rate, pretrained.DEFAULT_SAMPLING_RATE) if r is not None)
+    for clips in decode.read_windows(path, spans, int(p["num_frames"]), int(rate), num_clips=num_clips,
+                                     short_side=int(p["short_side"])):
+        # The crops of `pipeline.Preprocess`'s evaluation views.
+        crops = [transforms.multi_view(v, num_crops, size) if num_crops > 1 else transforms.center_crop(v, size)[None]
+                 for v in clips]
+        yield np.ascontiguousarray(np.concatenate(crops), dtype=np.uint8)
+
+
+class Progress:
+    """A progress line on stderr: windows done / total, rate and time left; redrawn in place on a terminal, else
+    a line every few seconds and at the end."""
+
+    def __init__(self, label: str, total: int, done: int = 0, out=None):
+        self.label, self.total, self.done, self.out = label, total, done, out or sys.stderr
+        self.resumed, self.start = done, time.perf_counter()
+        self.last = -PROGRESS_EVERY_S
+        self.tty = self.out.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.perf_counter() - self.start
+        if self.done < self.total and not self.tty and now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        rate = (self.done - self.resumed) / max(now, 1e-9)
+        left = (self.total - self.done) / rate if rate else float("nan")
+        width = 24
+        bar = "#" * (width * self.done // max(self.total, 1))
+        eta = "?" if left != left else f"{int(left) // 60}:{int(left) % 60:02d}"
+        line = (f"{self.label}: [{bar:<{width}}] {self.done}/{self.total} windows, {rate:.1f} windows/s, "
+                f"ETA {eta}")
+        end = "\n" if not self.tty or self.done == self.total else ""
+        print(("\r" if self.tty else "") + line, end=end, file=self.out, flush=True)
+
+
+class Rows:
+    """One JSON line per window, written to OUT.partial and flushed as each comes (`finish` renames it to OUT when
+    every video is done). The first line is {"header": settings}. Each row names its video by `key` (a field of
+    every row: "path", or a list's "index") and, but for a failed video's {key, "error"} row, its "window".
+
+    A run that finds OUT.partial written with the same settings resumes it: its complete lines are kept (a line cut
+    short by a kill is dropped) and `done` says from which window each video goes on, so the finished file is the
+    one an uninterrupted run writes. The file is read line by line, never whole: its rows stay on disk."""
+
+    def __init__(self, path: str, header: dict, key: str = "path"):
+        self.path = fileio.user_path(path)
+        self.partial = self.path + ".partial"
+        self.header, self.key = {"header": header}, key
+        self.done: dict = {}  # windows written, by video
+        self.errors: dict = {}  # videos that failed, with the reason
+        if os.path.exists(self.partial):
+            self._resume()
+        else:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.partial, "w") as f:
+                f.write(json.dumps(self.header) + "\n")
+        self.file = open(self.partial, "a")  # noqa: SIM115  (closed by `close` or `finish`)
+
+    def _resume(self) -> None:
+        complete, header = 0, None
+        with open(self.partial, "rb+") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # the row a kill cut short: written again
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{self.partial} has a line that is not JSON ({e}); delete it to start "
+                                     f"again.") from None
+                complete += len(line)
+                if header is None:
+                    header = row
+                    if header != self.header:
+                        break
+                else:
+                    self._note(row)
+            if header != self.header:
+                raise ValueError(f"{self.partial} was started with other settings ({header or 'empty'}); pass the "
+                                 f"same checkpoint and flags to resume it, or delete it to start again.")
+            f.truncate(complete)
+
+    def _note(self, row: dict) -> None:
+        if row.get("error"):
+            self.errors[row[self.key]] = row["error"]
+        else:
+            self.done[row[self.key]] = row["window"] + 1
+
+    def rows(self) -> Iterator[dict]:
+        """Every row in the file but the header, read again from disk (nothing is held for the whole run)."""
+        with open(self.partial) as f:
+            next(f)
+            for line in f:
+                yield json.loads(line)
+
+    def written(self, video) -> Iterator[dict]:
+        """The window rows of `video` (its `key`) already in the file."""
+        if self.done.get(video):
+            yield from (row for row in self.rows() if row.get(self.key) == video and "window" in row)
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self._note(row)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def finish(self) -> None:
+        self.close()
+        os.replace(self.partial, self.path)
