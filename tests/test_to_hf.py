@@ -54,8 +54,9 @@ def _export(src, out, capsys=None):
 
 # ----------------------------------------------------------------------- a converted checkpoint, back exactly
 
-# Tensors vidjax does not keep: ViViT's pooler (VivitModel's dense + tanh on CLS, no vidjax counterpart).
-NOT_KEPT = ("pooler.dense.weight", "pooler.dense.bias")
+# A vidjax ViViT built without VivitModel's pooler (config.model.pooler off, as the seeded round-trip case) exports
+# a VivitModel whose pooler transformers initialises at random (a converted VivitModel keeps its own).
+POOLER = ("pooler.dense.weight", "pooler.dense.bias")
 # A VideoMAE module's state dict (the .bin source: torch.save(model.state_dict())) names its q/v biases as modules
 # do; save_pretrained, and so --to_hf, as transformers keeps them on disk.
 STATE_DICT_NAMES = {"attention.query.bias": "attention.q_bias", "attention.value.bias": "attention.v_bias"}
@@ -90,6 +91,21 @@ def assert_equivalent_config(original: dict, exported: dict, where: str, archite
     assert set(exported) - set(original) <= EXTRA_KEYS | skip, (where, set(exported) - set(original))
 
 
+def test_a_converted_vivit_model_keeps_its_pooler(tmp_path):
+    """VivitModel's pooler (dense + tanh on the CLS token) comes over as config.model.pooler: "pooler_output" is
+    tanh(W cls + b) of transformers' own last hidden state and tensors (the parity fixture's)."""
+    source = FIXTURES / "vivit_model" / "source"
+    convert(from_hf=str(source), out=str(tmp_path / "vidjax"))
+    model = pretrained.load(tmp_path / "vidjax")
+    io = np.load(FIXTURES / "vivit_model" / "io.npz")
+    out = model.forward(io["video"])  # the normalised input the reference ran
+    hf_tensors = TensorSource.from_hf_dir(source).tensors
+    cls = io["last_hidden_state"][:, 0].astype(np.float64)
+    want = np.tanh(cls @ hf_tensors["pooler.dense.weight"].T.astype(np.float64) + hf_tensors["pooler.dense.bias"])
+    np.testing.assert_allclose(np.asarray(out["last_hidden_state"]), io["last_hidden_state"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["pooler_output"]), want, atol=1e-4)
+
+
 @pytest.mark.parametrize("case", HF_SOURCES)
 def test_a_converted_checkpoint_gives_its_original_tensors_back(case, tmp_path, capsys):
     source = FIXTURES / case / "source"
@@ -102,8 +118,7 @@ def test_a_converted_checkpoint_gives_its_original_tensors_back(case, tmp_path, 
     for name, value in TensorSource.from_hf_dir(source).tensors.items():
         for module_name, saved in STATE_DICT_NAMES.items() if state_dict else ():
             name = name.replace(module_name, saved)
-        if not name.endswith(NOT_KEPT):
-            original[name] = value
+        original[name] = value
     exported = read_safetensors(tmp_path / "hf" / "model.safetensors")
     assert sorted(exported) == sorted(original)
     for name, value in original.items():
@@ -181,7 +196,7 @@ def test_live_transformers_loads_the_exports_without_vidjax(tmp_path):
         loaded[name] = pretrained.load(tmp_path / name / "vidjax")
     report = maker.run_transformers(jobs)
     for (folder, inputs_path, outputs_path), name in zip(jobs, maker.CASES, strict=True):
-        expected_missing = {"missing_keys": list(NOT_KEPT[::-1])} if name == "vivit_model" else {}
+        expected_missing = {"missing_keys": list(POOLER[::-1])} if name == "vivit_model" else {}
         assert report[str(folder)]["load_report"] == expected_missing, (name, report[str(folder)])
         assert (report[str(folder)]["image_processor_max_diff"] or 0) < 1e-5, (name, report[str(folder)])
         assert_outputs_match(loaded[name], {**np.load(inputs_path), **np.load(outputs_path)}, name)

@@ -5,10 +5,10 @@ mapping relies on: the tubelet Conv3d weight is (D, 3, t, p, p) and vidjax's pat
 (t, h, w, c)-ordered tubelet pixels; the CLS token comes first and the position table (1, 1 + tokens, D) covers it;
 q/k/v are separate `nn.Linear`s (out, in) that vidjax fuses into one (D, 3, heads, head_dim) kernel. Layers are read
 under the names `save_pretrained` writes (`encoder.layer.N.attention.attention.query`, ...) or under transformers
-5's module names (`layers.N.attention.q_proj`, ...). The pooler of `VivitModel` (dense + tanh on the CLS token) has
-no vidjax counterpart and is left unread. LayerNorm eps and the GELU form come from the config. Both directions use
-one table (`tensors`): `to_hf` writes a vidjax ViViT model 1 back (`python -m vidjax.export --to_hf`), under the
-names `save_pretrained` writes.
+5's module names (`layers.N.attention.q_proj`, ...). The pooler of `VivitModel` (dense + tanh on the CLS token) is
+kept as the model's `pooler` (config.model.pooler), so its `pooler_output` and its tensors come back. LayerNorm eps
+and the GELU form come from the config. Both directions use one table (`tensors`): `to_hf` writes a vidjax ViViT
+model 1 back (`python -m vidjax.export --to_hf`), under the names `save_pretrained` writes.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ def tensors(cfg, root: str, legacy: bool = True) -> list[Tensor]:
                          else f"{root}layers.{i}.")
     if cfg.head == "classification":
         rows += linear("head", "classifier", dim, cfg.num_classes)
+    if cfg.get("pooler"):
+        rows += linear("pooler", f"{root}pooler.dense", dim, dim)
     return rows
 
 
@@ -160,6 +162,7 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
             id2label = {int(k): v for k, v in hf["id2label"].items()}
             class_names = [id2label.get(i, str(i)) for i in range(cfg.num_classes)]
     root = src.prefix_of("embeddings.patch_embeddings.projection.weight")
+    cfg.pooler = head == "none" and src.has(f"{root}pooler.dense.weight")
     params = read_tensors(src, tensors(cfg, root, legacy=src.has(f"{root}encoder.layer.0.layernorm_before.weight")))
     return Converted("vivit", cfg, params, preprocessing=_preprocessing(hf), class_names=class_names)
 
@@ -187,8 +190,8 @@ def to_hf(converted: Converted) -> HfCheckpoint:
         raise ConversionError("this is a ViViT model 1 without a CLS token (classifier 'gap'); transformers has no "
                               "class for it (its Vivit classes classify from the CLS token).")
     classifier = cfg.head == "classification"
-    notes = [] if classifier else [
-        "VivitModel has a pooler (dense + tanh on the CLS token) that vidjax does not train: transformers "
+    notes = [] if classifier or cfg.get("pooler") else [
+        "VivitModel has a pooler (dense + tanh on the CLS token) that this vidjax model does not have: transformers "
         "initialises it at random when loading (last_hidden_state is exact; pooler_output is not meaningful)."]
     rows = tensors(cfg, "vivit." if classifier else "")
     return HfCheckpoint(ARCHITECTURES[0] if classifier else ARCHITECTURES[1], hf_config(cfg),

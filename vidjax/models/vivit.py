@@ -201,6 +201,8 @@ class Model(nnx.Module):
     `model(video)` -> {"logits" (B, num_classes) float32 with the head, "last_hidden_state"}: after the final
     LayerNorm, (B, 1 + t'h'w', D) for "joint" with a CLS token (Hugging Face's `VivitModel` output), (B, 1 + t', D)
     from the temporal encoder for "factorised_encoder", (B, t'h'w', D) for the others; tokens in (t, h, w) order.
+    With `cfg.pooler` (a headless joint model with a CLS token, as a converted `VivitModel`), also "pooler_output":
+    tanh(dense(CLS)) of the last hidden state, (B, D) float32, as `VivitModel` computes it.
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -262,6 +264,11 @@ class Model(nnx.Module):
                                                            dims["mlp_dim"], remat=self.remat, scan=self.scan_layers,
                                                            **stack)
         self.norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
+        if cfg.get("pooler") and (cfg.head != "none" or self.classifier != "token"):
+            raise ConfigError("config.model.pooler (VivitModel's dense + tanh on the CLS token) needs head='none' and "
+                              "a CLS token (classifier 'token').")
+        self.pooler = (layers.Dense(width, width, ("embed", "embed"), dtype=dtype, rngs=rngs) if cfg.get("pooler")
+                       else None)
         if cfg.head == "classification":
             # head_init_scale 0 gives scenic's zero-initialised classifier.
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
@@ -297,6 +304,8 @@ class Model(nnx.Module):
         out = {"last_hidden_state": x}
         if self.head_kind == "classification":
             out["logits"] = self.head(_pool(x, self.classifier)).astype(jnp.float32)
+        if self.pooler is not None:
+            out["pooler_output"] = jnp.tanh(self.pooler(x[:, 0])).astype(jnp.float32)
         return out
 
 
@@ -343,6 +352,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_frames=32, image_size=224,
         head="classification",
         num_classes=400, head_init_scale=0.0,  # 0 = zero-initialised classifier, as scenic
+        pooler=False,  # head "none": VivitModel's pooler (dense + tanh on the CLS token) -> "pooler_output"
         position_init="reference",  # reference (N(0, 0.02)) | sincos (layers.position_init: for training from scratch)
         qkv_bias="qkv",  # "qkv" or "none" (Hugging Face's qkv_bias=False)
         ln_eps=1e-6,
