@@ -182,6 +182,27 @@ def test_bad_arguments_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stage", ["load_for_command", "launch"])
+def test_ctrl_c_while_starting_exits_0_quietly(stage, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    class Starting:  # a Demo whose launch (warm-up compilation, then serving) is interrupted
+        def __init__(self, *args, **kwargs):
+            pass
+
+        launch = interrupted
+
+        def cleanup(self):
+            pass
+
+    loaded = interrupted if stage == "load_for_command" else (lambda path: object())
+    monkeypatch.setattr(pretrained, "load_for_command", loaded)
+    monkeypatch.setattr(demo, "Demo", Starting)
+    assert demo.main(["--checkpoint=/ckpt"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
 def test_a_backbone_checkpoint_is_refused(checkpoints, capsys):
     import dataclasses
 

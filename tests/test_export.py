@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -87,11 +88,26 @@ def test_export_runs_without_vidjax_and_matches_pretrained(checkpoints, tmp_path
 
 
 def test_export_for_several_platforms(checkpoints, tmp_path, capsys):
-    out = tmp_path / "multi.vjx.npz"
+    out = tmp_path / "new" / "folder" / "multi.vjx.npz"  # missing parent folders are created, as by extract's --out
     assert export.main([f"--checkpoint={checkpoints / 'classifier'}", f"--out={out}", "--platforms=cpu,cuda"]) == 0
     fn, meta = export.load_exported(out)
     assert meta["platforms"] == ["cpu", "cuda"]
     assert np.asarray(fn(np.zeros((2, 4, 32, 32, 3), np.uint8))).shape == (2, 5)
+
+    assert "It runs on cpu or cuda only" in capsys.readouterr().out
+
+    # A file for other machines only: written (it is what was asked), with what it runs on and a warning.
+    other = "tpu" if jax.export.default_export_platform() != "tpu" else "cuda"
+    assert export.main([f"--checkpoint={checkpoints / 'classifier'}", f"--out={tmp_path / 'other.npz'}",
+                        f"--platforms={other}"]) == 0
+    captured = capsys.readouterr()
+    assert f"It runs on {other} only" in captured.out
+    here = jax.export.default_export_platform()
+    assert captured.err == (f"warning: this machine runs {here}, which is not among them: loading "
+                            f"{tmp_path / 'other.npz'} here fails. Add {here} to --platforms "
+                            f"(--platforms={other},{here}) to run it here too.\n")
+    with np.load(tmp_path / "other.npz") as f:
+        assert json.loads(str(f["metadata"]))["platforms"] == [other]
 
     assert export.main([f"--checkpoint={checkpoints / 'classifier'}", f"--out={tmp_path / 'x.npz'}",
                         "--platforms=cpu,gpux"]) == 2
@@ -106,10 +122,6 @@ def test_bad_arguments_exit_2_and_write_nothing(checkpoints, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --checkpoint=") and "no such directory" in err and "vidjax.convert" in err
 
-    assert export.main([f"--checkpoint={checkpoints / 'classifier'}", f"--out={tmp_path / 'nope' / 'm.npz'}"]) == 2
-    err = capsys.readouterr().err
-    assert "--out=" in err and "does not exist" in err and "create it" in err
-
     assert export.main([f"--checkpoint={checkpoints / 'classifier'}", f"--out={tmp_path}"]) == 2
     assert "is a folder" in capsys.readouterr().err
 
@@ -119,6 +131,19 @@ def test_bad_arguments_exit_2_and_write_nothing(checkpoints, tmp_path, capsys):
     assert "pre-training checkpoint" in err and "no classification or regression head" in err
     assert "python -m vidjax.extract" in err and "init_from" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_captioner_is_refused_pointing_at_to_hf(tmp_path, capsys):
+    from test_predict_caption import write_captioner
+
+    captioner = write_captioner(tmp_path / "captioner")
+    assert export.main([f"--checkpoint={captioner}", f"--out={tmp_path / 'c.vjx.npz'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --checkpoint={captioner} is a video captioner (a videomae encoder and a GPT-2 "
+                          f"decoder)"), err
+    assert f"VisionEncoderDecoderModel with `python -m vidjax.export --to_hf={captioner} --out=DST`" in err
+    assert "head" not in err.replace("the scores of a head", "") and "init_from" not in err
+    assert not (tmp_path / "c.vjx.npz").exists()
 
 
 def test_a_failed_write_leaves_the_old_file(checkpoints, tmp_path, monkeypatch):

@@ -110,11 +110,12 @@ def test_extract_cls_token(video_list, tmp_path):
     (tmp_path / "list.txt").write_text("good0.mp4 0\ngood1.mp4 1\n")
     common = [f"--checkpoint={tmp_path / 'timesformer'}", f"--csv={tmp_path / 'list.txt'}", f"--root={video_list}",
               "--sampling_rate=2"]
-    assert extract.main([*common, f"--out={tmp_path / 'cls.npz'}", "--pool=cls"]) == 0
+    # Missing parent folders of --out are created, as by export's --out and predict's --json.
+    assert extract.main([*common, f"--out={tmp_path / 'new' / 'folder' / 'cls.npz'}", "--pool=cls"]) == 0
     assert extract.main([*common, f"--out={tmp_path / 'mean.npz'}"]) == 0
     views = np.concatenate([model.read_views(str(video_list / f"good{i}.mp4"), sampling_rate=2) for i in (0, 1)])
     hidden = np.asarray(model(model.preprocess(views)))  # last_hidden_state: CLS first, then the patch tokens
-    np.testing.assert_allclose(read_npz(tmp_path / "cls.npz")["features"], hidden[:, 0], atol=1e-5)
+    np.testing.assert_allclose(read_npz(tmp_path / "new" / "folder" / "cls.npz")["features"], hidden[:, 0], atol=1e-5)
     np.testing.assert_allclose(read_npz(tmp_path / "mean.npz")["features"], hidden[:, 1:].mean(axis=1), atol=1e-5)
 
 
@@ -151,7 +152,7 @@ def test_probe_learns_the_signal(tmp_path, capsys, task, probe_kind, metric, flo
     report = json.loads((tmp_path / "train.probe.json").read_text())
     assert report["num_train"] == 240 and report["num_eval"] == 60
     assert report["metrics"][metric] > floor, report["metrics"]
-    expected = {"classification": {"top1", "top5", "macro_f1"}, "multilabel": {"mAP"},
+    expected = {"classification": {"top1", "macro_f1"}, "multilabel": {"mAP"},  # no top5 of 4 classes
                 "regression": {"ccc_speed", "ccc_size", "ccc_mean", "mse"}}[task]
     assert set(report["metrics"]) == expected
     assert f"{metric} {report['metrics'][metric]:.4f}" in capsys.readouterr().out
@@ -184,6 +185,15 @@ def test_probe_errors(tmp_path, capsys):
     assert "extract with --pool=mean or --pool=cls" in capsys.readouterr().err
     assert probe.main([f"--features={features}", "--task=classification", "--holdout=1.5"]) == 2
     assert "--holdout=1.5" in capsys.readouterr().err
+    (tmp_path / "list.txt").write_text("path,label\nv0.mp4,0\n")  # a video list instead of its features
+    assert probe.main([f"--features={tmp_path / 'list.txt'}", "--task=classification"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'list.txt'}: not an .npz of features; give the output "
+                                       f"of `python -m vidjax.extract`.\n")
+    np.save(tmp_path / "array.npy", x)
+    assert probe.main([f"--features={tmp_path / 'array.npy'}", "--task=classification"]) == 2
+    assert "array.npy: not an .npz of features" in capsys.readouterr().err
+    assert probe.main(["--features=no_such.npz", "--task=classification"]) == 2
+    assert "no_such.npz: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         probe.main([f"--features={features}", "--task=ranking"])
     assert exit_info.value.code == 2 and "--task" in capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_predict_prints_top_k(cls_run, videos, capsys):
 
 def test_multiview_averages_probabilities(cls_run, videos, tmp_path):
     workdir, _ = cls_run
-    out = tmp_path / "views.json"
+    out = tmp_path / "new" / "folder" / "views.json"  # missing parent folders are created, as by extract's --out
     assert predict.main([f"--checkpoint={workdir}", videos["a"], "--num_clips=2", "--num_crops=3",
                          f"--json={out}"]) == 0
     report = json.loads(out.read_text())

@@ -45,7 +45,7 @@ def test_svm_linear_separates_blobs(tmp_path, capsys):
     report = report_of(tmp_path)
     assert report["metrics"]["top1"] == 1.0 and report["metrics"]["macro_f1"] == 1.0
     assert report["svm_kernel"] == "linear" and report["svm_c"] == 1.0
-    assert set(report["metrics"]) == {"top1", "top5", "macro_f1"}  # the same score() path as the other probes
+    assert set(report["metrics"]) == {"top1", "macro_f1"}  # the same score() path; no top5 with 3 classes
     assert [r["class"] for r in report["per_class"]] == ["a", "b", "c"]
     assert all(r["precision"] == r["recall"] == r["f1"] == 1.0 for r in report["per_class"])
     assert sum(r["support"] for r in report["per_class"]) == report["num_eval"] == 30
@@ -192,3 +192,36 @@ def test_missing_sklearn_names_the_extra(tmp_path, monkeypatch, capsys):
     # The linear probe and the per-class table need no scikit-learn.
     assert probe.main([f"--features={features}", "--task=classification", "--epochs=2"]) == 0
     assert "per_class" in report_of(tmp_path)
+
+
+def test_small_sets_stratify_and_leave_out_what_would_mislead(tmp_path, capsys):
+    # 3 classes of 30, 15 and 5 rows: the 10 held-out rows keep those shares (6, 3, 1) and no top5 is reported.
+    x, _ = blobs(n=50)
+    label = np.repeat([0, 1, 2], [30, 15, 5]).astype(np.int32)
+    features = write_features(tmp_path / "f.npz", x, label=label)
+    assert probe.main([f"--features={features}", "--task=classification", "--epochs=5"]) == 0
+    report = report_of(tmp_path)
+    assert set(report["metrics"]) == {"top1", "macro_f1"}
+    assert [r["support"] for r in report["per_class"]] == [6, 3, 1]
+    assert report["notes"] == ["top5 is not reported: with 3 classes every row would count as correct."]
+    assert "note: top5 is not reported" in capsys.readouterr().out
+    # A class of one row cannot be stratified: a random split, said so; a class with no scored row is left out of
+    # macro_f1, said so.
+    label = np.repeat([0, 1, 2], [30, 19, 1]).astype(np.int32)
+    write_features(tmp_path / "f.npz", x, label=label, class_names=np.array(["a", "b", "c"]))
+    assert probe.main([f"--features={features}", "--task=classification", "--epochs=5"]) == 0
+    notes = report_of(tmp_path)["notes"]
+    assert notes[0] == ("the held-out rows are drawn at random, not stratified by class: class [2] has a single "
+                        "row. Give more rows per class, or --eval_features."), notes
+    assert notes[-1] == ("macro_f1 averages the 2 classes present in the 10 scored rows; 1 of the 3 classes have "
+                         "no scored row and are left out."), notes
+
+
+def test_macro_f1_of_labelled_classes_only():
+    scores = np.eye(3)[[0, 1, 2, 2]]  # class 2 is predicted twice but is never the label
+    labels = [0, 1, 0, 1]
+    assert metrics.macro_f1(scores, labels) == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert metrics.macro_f1(scores, labels, labelled_only=True) == pytest.approx(2 / 3)
+    assert metrics.classification_metrics(scores, labels, small_set=True) == {
+        "top1": 0.5, "macro_f1": pytest.approx(2 / 3)}
+    assert "top5" in metrics.classification_metrics(np.eye(6)[[0, 1]], [0, 1], small_set=True)

@@ -43,8 +43,8 @@ they are ready to predict at the same moment go through the model together, up t
 start-up), so a busy server makes fewer, fuller model calls and never compiles while serving. `python
 scripts/load_demo.py` measures it (latency, memory over a run).
 
-Exit status: 0 when the server is stopped (Ctrl-C), 2 for bad arguments, a checkpoint that cannot be loaded or
-shows nothing (a backbone without a head), or the demo extra not installed.
+Exit status: 0 when stopped with Ctrl-C (while starting or serving), 2 for bad arguments, a checkpoint that cannot
+be loaded or shows nothing (a backbone without a head), or the demo extra not installed.
 """
 
 from __future__ import annotations
@@ -581,6 +581,14 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:  # Ctrl-C while loading or compiling: stopped as asked, as while serving
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Loads the checkpoints, starts the server and blocks until it is stopped; the exit status."""
     model = pretrained.load_for_command(args.checkpoint)
     if model is None:
         return 2

@@ -11,13 +11,15 @@ batch size (a symbolic dimension), and returns float32 logits (b, num_outputs): 
 `vidjax.pretrained.load(DIR)(model.preprocess(video))` returns. The normalisation ((x/255 - mean)/std) is inside
 the function; decoding, sampling frames and cropping are not (do them as the metadata's clip spec says). Logits
 are raw: a server applies softmax (classification), sigmoid (multilabel) or nothing (regression), as the metadata's
-"scores" names. A checkpoint without a head (VideoMAE pre-training, SVT, a backbone, a captioner, a text model) is
-refused with exit status 2: it maps a clip to no outputs; use `python -m vidjax.extract` for its embeddings.
+"scores" names. A checkpoint without a head (VideoMAE pre-training, SVT, a backbone, a text model) is refused with
+exit status 2: it maps a clip to no outputs; use `python -m vidjax.extract` for its embeddings. A captioner is
+refused too: `--to_hf` exports it to transformers' VisionEncoderDecoderModel.
 --platforms lists the backends the function is lowered for (default: this machine's); a function lowered for
-cpu,cuda runs on either.
+cpu,cuda runs on either and on nothing else. The command prints them (they are the metadata's "platforms") and
+warns when this machine's backend is not among them, as a file for --platforms=tpu written on a CPU machine.
 
-Writes FILE (atomically: nothing is left at FILE when anything fails) as one uncompressed .npz, readable with
-numpy alone (no pickle):
+Writes FILE (atomically: nothing is left at FILE when anything fails; missing parent folders are created, as by
+every command's --out) as one uncompressed .npz, readable with numpy alone (no pickle):
   function      uint8 (n,): `jax.export.Exported.serialize()` of f(params, video) -> logits
   metadata      a 0-d string: JSON with format, vidjax_version, model_name, task, scores, num_outputs,
                 class_names, target_names, clip (num_frames, image_size, short_side, sampling_rate,
@@ -56,7 +58,7 @@ TimeSformer space_only's per-frame outputs, ViViT's untrained pooler) is printed
 class computes (VideoMamba, SVT, ViViT models 2-4 or without a CLS token, VideoMAE V2's dual-masking pre-training,
 a captioner that pools or chunks its visual tokens) is refused with one line and exit status 2.
 
-Exit status 0 written, 2 bad arguments (a missing checkpoint or output folder, a checkpoint without a head, a
+Exit status 0 written, 2 bad arguments (a missing checkpoint, a checkpoint without a head, a
 function that does not lower for a requested platform, a model with no transformers class, an existing --out).
 """
 
@@ -107,8 +109,12 @@ class ExportError(ValueError):
 
 def _headless_message(model, checkpoint: str | None) -> str:
     if isinstance(model, pretrained.PretrainedCaptioner):
-        kind = "a captioner"
-    elif model.config.get("head") == "pretrain":
+        encoder = model.config.get("encoder_name", "video")
+        return (f"--checkpoint={checkpoint} is a video captioner (a {encoder} encoder and a GPT-2 decoder): it writes "
+                f"captions, not the scores of a head, so it has no function this export writes. Export it to "
+                f"transformers' VisionEncoderDecoderModel with `python -m vidjax.export --to_hf={checkpoint} "
+                f"--out=DST`, or caption videos with `python -m vidjax.predict --checkpoint={checkpoint} VIDEO`.")
+    if model.config.get("head") == "pretrain":
         kind = "a pre-training"
     elif model.task == "svt":
         kind = "an SVT self-supervised"
@@ -235,11 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.to_hf:
         return _main_to_hf(args)
-    out_dir = os.path.dirname(fileio.user_path(args.out))
-    if not os.path.isdir(out_dir):
-        print(f"error: --out={args.out}: the folder {out_dir} does not exist; create it first or write elsewhere.",
-              file=sys.stderr)
-        return 2
     if os.path.isdir(fileio.user_path(args.out)):
         example = os.path.join(args.out, "model.vjx.npz")
         print(f"error: --out={args.out} is a folder; give a file name, e.g. --out={example}.", file=sys.stderr)
@@ -273,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Wrote {args.out}: {metadata['model_name']} {metadata['task']}, uint8 video (b, "
           f"{', '.join(map(str, metadata['input']['shape'][1:]))}) -> float32 logits (b, {metadata['num_outputs']}) "
           f"for {','.join(metadata['platforms'])}; {len(params)} weight arrays, {size / 2**20:.1f} MiB")
+    here = jax.export.default_export_platform()
+    print(f"It runs on {' or '.join(metadata['platforms'])} only (metadata \"platforms\").")
+    if here not in metadata["platforms"]:
+        print(f"warning: this machine runs {here}, which is not among them: loading {args.out} here fails. Add "
+              f"{here} to --platforms (--platforms={','.join([*metadata['platforms'], here])}) to run it here too.",
+              file=sys.stderr)
     return 0
 
 

@@ -107,24 +107,31 @@ def confusion_matrix(scores, labels) -> np.ndarray:
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).astype(np.int64)
 
 
-def macro_f1(scores, labels) -> float:
-    """Mean per-class F1 of the argmax predictions over classes present in the labels or the predictions."""
+def macro_f1(scores, labels, *, labelled_only: bool = False) -> float:
+    """Mean per-class F1 of the argmax predictions over classes present in the labels or the predictions, or, with
+    `labelled_only`, in the labels alone (a class with no example scores F1 0 whenever it is predicted, which says
+    nothing about it; its false positives still lower the recall of the true classes)."""
     cm = confusion_matrix(scores, labels)
     tp = np.diag(cm).astype(np.float64)
     fp = cm.sum(axis=0) - tp
     fn = cm.sum(axis=1) - tp
-    seen = (tp + fp + fn) > 0
+    seen = (tp + fn) > 0 if labelled_only else (tp + fp + fn) > 0
     return float(np.mean(2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])))
 
 
-def classification_metrics(scores, labels) -> dict[str, float]:
-    """{"top1", "top5", "macro_f1"}; "top5" uses k = min(5, C), so it is 1.0 when there are 5 classes or fewer."""
+def classification_metrics(scores, labels, *, small_set: bool = False) -> dict[str, float]:
+    """{"top1", "top5", "macro_f1"}; "top5" uses k = min(5, C), so it is 1.0 when there are 5 classes or fewer.
+
+    `small_set` (a few held-out rows, as `vidjax.probe` scores): "top5" only when there are more than 5 classes,
+    and "macro_f1" over the classes present in the labels (`macro_f1(labelled_only=True)`).
+    """
     scores, labels = _scores_labels(scores, labels)
-    return {
-        "top1": top_k_accuracy(scores, labels, 1),
-        "top5": top_k_accuracy(scores, labels, min(5, scores.shape[1])),
-        "macro_f1": macro_f1(scores, labels),
-    }
+    num_classes = scores.shape[1]
+    result = {"top1": top_k_accuracy(scores, labels, 1)}
+    if not small_set or num_classes > 5:
+        result["top5"] = top_k_accuracy(scores, labels, min(5, num_classes))
+    result["macro_f1"] = macro_f1(scores, labels, labelled_only=small_set)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ multi-label

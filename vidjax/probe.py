@@ -8,9 +8,12 @@ task: `label` (classification), `labels` (multilabel, multi-hot) or `targets` (r
 on standardised features (mean and std of the training rows; regression targets are standardised the same way and
 mapped back) with AdamW in jax/optax, minibatches drawn by --seed: a linear layer, or one hidden layer of --hidden
 ReLU units (--probe=mlp). It is scored on --eval_features, or else on a held-out fraction (--holdout) of the rows,
-drawn by --seed, with the metrics of `vidjax.metrics`: classification top1 / top5 / macro_f1, multilabel mAP,
-regression ccc_<target> / ccc_mean / mse. The metrics are printed and written to --out (JSON, default
-FEATURES.probe.json). Exit status 0, 2 for bad arguments or features that do not fit the task.
+drawn by --seed (stratified by class for classification, as scikit-learn's StratifiedShuffleSplit draws it), with
+the metrics of `vidjax.metrics`: classification top1 / top5 / macro_f1, multilabel mAP, regression ccc_<target> /
+ccc_mean / mse. Small sets: top5 is reported only with more than 5 classes, and macro_f1 averages the classes
+present in the scored rows; `notes` in --out (and `note:` lines) say what was left out, and when the split could
+not be stratified. The metrics are printed and written to --out (JSON, default FEATURES.probe.json). Exit status
+0, 2 for bad arguments or features that do not fit the task.
 
 --probe=attentive takes the (N, tokens, D) features of `extract --pool=tokens` instead (and only those): each
 clip's tokens are averaged with learned weights, a softmax over the tokens of a linear score of each token (the
@@ -63,10 +66,15 @@ def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarra
     """(features (N, D) float32, or (N, tokens, D) with `tokens` (--probe=attentive), targets, names
     {"class_names", "target_names"}) of an extract output."""
     key = TARGET_KEY[task]
+    not_features = f"{path}: not an .npz of features; give the output of `python -m vidjax.extract`."
     try:
         data = np.load(os.path.expanduser(path))  # `~/feats.npz` as typed
-    except (OSError, ValueError) as e:
-        raise ProbeError(f"{path}: not a features file written by `python -m vidjax.extract` ({e}).") from e
+    except FileNotFoundError as e:
+        raise ProbeError(f"{path}: no such file; give the output of `python -m vidjax.extract`.") from e
+    except (OSError, ValueError, EOFError) as e:  # text (numpy's pickle refusal), a truncated or foreign file
+        raise ProbeError(not_features) from e
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise ProbeError(not_features)
     with data:
         if "features" not in data:
             raise ProbeError(f"{path} has no `features` array; write it with `python -m vidjax.extract`.")
@@ -247,8 +255,24 @@ def per_class_table(rows: list[dict]) -> list[str]:
 
 
 def score(task: str, scores: np.ndarray, targets: np.ndarray, target_names: list[str] | None) -> dict[str, float]:
-    """The task's metrics (`Task.task_metrics`, from `vidjax.metrics`)."""
+    """The task's metrics (`Task.task_metrics`, from `vidjax.metrics`); class indices are scored as the small set
+    they often are here (`metrics.classification_metrics(small_set=True)`: top5 only with more than 5 classes,
+    macro_f1 over the classes present in `targets`)."""
+    if np.ndim(targets) == 1:  # class indices
+        return metrics.classification_metrics(scores, targets, small_set=True)
     return tasks.get_task(task).task_metrics(scores, targets, target_names)
+
+
+def class_notes(num_classes: int, labels: np.ndarray) -> list[str]:
+    """What the classification metrics of these scored labels leave out, and why."""
+    notes = []
+    if num_classes <= 5:
+        notes.append(f"top5 is not reported: with {num_classes} classes every row would count as correct.")
+    absent = num_classes - len(np.unique(labels))
+    if absent:
+        notes.append(f"macro_f1 averages the {num_classes - absent} classes present in the {len(labels)} scored "
+                     f"rows; {absent} of the {num_classes} classes have no scored row and are left out.")
+    return notes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -295,15 +319,43 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _split(args, features, targets) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(features))
+def _split(args, features, targets) -> tuple[tuple[np.ndarray, ...], list[str]]:
+    """((x_train, y_train, x_eval, y_eval), notes): --holdout of the rows drawn by --seed, stratified by class for
+    class indices (scikit-learn's StratifiedShuffleSplit: each class keeps its share on both sides); a random
+    split, with a note saying why, where stratifying cannot be done."""
     n_eval = int(round(args.holdout * len(features)))
     if n_eval < 1 or n_eval >= len(features):
         raise ProbeError(f"--holdout={args.holdout} of {len(features)} rows leaves {n_eval} to score and "
                          f"{len(features) - n_eval} to train; both need at least one (or give --eval_features).")
+    notes = []
+    if np.ndim(targets) == 1:  # class indices
+        problem = _unstratifiable(targets, n_eval)
+        if problem is None:
+            import sklearn.model_selection
+            splitter = sklearn.model_selection.StratifiedShuffleSplit(1, test_size=n_eval, random_state=args.seed)
+            kept, held = next(splitter.split(np.zeros(len(targets)), targets))
+            return (features[kept], targets[kept], features[held], targets[held]), notes
+        notes.append(f"the held-out rows are drawn at random, not stratified by class: {problem}")
+    order = np.random.default_rng(args.seed).permutation(len(features))
     held, kept = order[:n_eval], order[n_eval:]
-    return features[kept], targets[kept], features[held], targets[held]
+    return (features[kept], targets[kept], features[held], targets[held]), notes
+
+
+def _unstratifiable(labels: np.ndarray, n_eval: int) -> str | None:
+    """Why these class labels cannot be split with n_eval held out and every class on both sides, or None."""
+    try:
+        import sklearn.model_selection  # noqa: F401
+    except ImportError:
+        return "stratifying needs scikit-learn (`pip install 'vidjax[probe]'`)."
+    classes, counts = np.unique(labels, return_counts=True)
+    single = classes[counts < 2].tolist()
+    if single:
+        return (f"class{'es' if len(single) > 1 else ''} {single} ha{'ve' if len(single) > 1 else 's'} a single "
+                f"row. Give more rows per class, or --eval_features.")
+    if min(n_eval, len(labels) - n_eval) < len(classes):
+        return (f"{n_eval} held-out and {len(labels) - n_eval} training rows cannot each hold all "
+                f"{len(classes)} classes. Give more rows, another --holdout, or --eval_features.")
+    return None
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -315,9 +367,9 @@ def run(args: argparse.Namespace) -> dict:
         if x_eval.shape[-1] != features.shape[-1] or y_eval.shape[1:] != targets.shape[1:]:
             raise ProbeError(f"--eval_features={args.eval_features} has features {x_eval.shape} and targets "
                              f"{y_eval.shape}, which do not match --features ({features.shape}, {targets.shape}).")
-        x_train, y_train = features, targets
+        x_train, y_train, notes = features, targets, []
     else:
-        x_train, y_train, x_eval, y_eval = _split(args, features, targets)
+        (x_train, y_train, x_eval, y_eval), notes = _split(args, features, targets)
     if targets.ndim == 1:  # class indices
         num_outputs = max(len(names.get("class_names", [])), int(max(y_train.max(), y_eval.max())) + 1)
     else:
@@ -345,6 +397,9 @@ def run(args: argparse.Namespace) -> dict:
         report["grid"] = grid
     if np.ndim(y_eval) == 1:  # class indices
         report["per_class"] = per_class(scores, y_eval, names.get("class_names"))
+        notes += class_notes(num_outputs, y_eval)
+    if notes:
+        report["notes"] = notes
     return report
 
 
@@ -427,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items()) + f"; written to {out}")
     if report.get("per_class"):
         print("\n".join(per_class_table(report["per_class"])))
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     return 0
 
 
