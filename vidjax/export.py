@@ -75,7 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vidjax
-from vidjax import cli, fileio, losses, pretrained
+from vidjax import cli, fileio, losses, pretrained, tasks
 from vidjax.convert import common, hf
 from vidjax.convert.common import ConversionError, HfCheckpoint
 from vidjax.models import layers
@@ -204,7 +204,8 @@ def to_hf(model: pretrained.Pretrained | pretrained.PretrainedCaptioner | pretra
     flat = layers.flat_to_layout({k: np.asarray(v) for k, v in common.flatten_params(model.params).items()})
     preprocessing = dict(getattr(model, "preprocessing", None) or {})
     task = getattr(model, "task", None)
-    labels = getattr(model, "target_names", None) if task == "regression" else getattr(model, "class_names", None)
+    kind = tasks.get_task(task).output_kind if task else "class"  # what one output is called: a class or a target
+    labels = getattr(model, "target_names", None) if kind == "target" else getattr(model, "class_names", None)
     converted = common.Converted(model.model_name, model.config, flat, preprocessing)
     checkpoint = hf.to_hf(converted, task=task, labels=labels)
     return checkpoint, hf.write_hf_dir(checkpoint, preprocessing, fileio.user_path(out),

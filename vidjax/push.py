@@ -35,7 +35,7 @@ import tempfile
 import ml_collections
 
 import vidjax
-from vidjax import cli, fileio, hub, pretrained
+from vidjax import cli, fileio, hub, pretrained, tasks
 from vidjax.config_lib import ConfigError
 from vidjax.convert import hf
 from vidjax.convert.common import ConversionError, Converted, write_converted
@@ -129,7 +129,7 @@ def model_card(converted: Converted, repo_id: str, *, training: ml_collections.C
         lines += ['views = model.read_views("clip.mp4")   # decoded and cropped as the model expects',
                   "out = model(model.preprocess(views))"]
     lines += ["```", ""]
-    if task in ("classification", "multilabel", "regression", "captioning"):
+    if task and tasks.get_task(task).predicts:
         lines += ["```bash", f"python -m vidjax.predict --checkpoint={repo_id} clip.mp4", "```", ""]
     hf_class = transformers_class(converted)
     if hf_class:

@@ -232,6 +232,7 @@ class Task:
         """The label smoothing mixup / cutmix apply to the targets they mix (`mixes` tasks)."""
         return 0.0
 
+    predicts = False  # `python -m vidjax.predict` reads a checkpoint of it (scores a head, or captions)
     probes = False  # `python -m vidjax.probe` fits it on extracted features
     probe_standardises_targets = False  # a probe fits standardised targets and maps its outputs back
 
@@ -253,6 +254,7 @@ def aligned_lines(pairs: list[tuple[str, str]], indent: str) -> list[str]:
 class HeadTask(Task):
     """A task read from a linear head's outputs (config.model.num_classes of them), over one or several views."""
 
+    predicts = True
     probes = True
 
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:

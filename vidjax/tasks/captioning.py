@@ -131,6 +131,7 @@ class Captioning(base.Task):
     synthetic_task = "captioning"
     model_name, recipe = "captioner", "configs/captioning_charades.py"
     output_kind = "caption"
+    predicts = True
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
