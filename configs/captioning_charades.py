@@ -76,7 +76,7 @@ def get_config(arg=None):
         # A micro captioner on the embedded captioning clips: the frozen micro VideoMAE of the runlocal fine-tune
         # (its 64 tokens cross-attended), a 2-block decoder 64 wide over a word-level tokenizer of the captions.
         config_lib.runlocal(config, variant, peak_lr=2e-3, num_epochs=8, video_model=config.model.encoder)
-        config.data.synthetic_task = "captioning"
+        config.data.synthetic_task = "captions"
         config.model.decoder.update(width=64, depth=2, num_heads=4, n_positions=32, embd_dropout=0.0,
                                     attn_dropout=0.0, resid_dropout=0.0)
         config.optimizer.update(b2=0.98, eps=1e-8, weight_decay=0.01, warmup_epochs=0.5)

@@ -2,7 +2,7 @@
 # The accelerator benchmark matrix in one command: VideoMAE-B/16 pre-train (VideoMAE's masking and VideoMAE V2's dual
 # masking) and fine-tune, TimeSformer-B, ViViT-B and VideoMamba-S inference and fine-tune, float32 and bfloat16, at 16 frames x 224 px on every device of this host;
 # a markdown table of step time, clips/s, achieved TFLOP/s and MFU, host cores per chip, beside the PyTorch
-# reference where it runs on the same device (vidjax/bench_matrix.py says what each column is).
+# reference where it runs on the same device (vidjax/bench/matrix.py says what each column is).
 #
 #   scripts/bench_accelerator.sh --out=bench_h100.json      # on a GPU or TPU host
 #   scripts/bench_accelerator.sh --quick --out=/tmp/q.json  # the same rows at toy sizes, about a minute on a CPU
@@ -40,7 +40,7 @@ for arg in "$@"; do
   args+=("$arg")
 done
 if ((!run_input)); then
-  exec "$python" -m vidjax.bench_matrix "${args[@]}"
+  exec "$python" -m vidjax.bench.matrix "${args[@]}"
 fi
 
 if [[ -n "$out" ]]; then
@@ -65,8 +65,8 @@ if ((input_status)); then
   # The matrix still runs (the accelerator time is not wasted), without the column; the exit status says it failed.
   echo "The input bench failed (exit status $input_status, its error above): the matrix runs without the host" \
        "cores / chip column. --no_input_bench skips the input bench." >&2
-  "$python" -m vidjax.bench_matrix "${args[@]}" || status=$?
+  "$python" -m vidjax.bench.matrix "${args[@]}" || status=$?
   exit $((status ? status : 1))
 fi
-"$python" -m vidjax.bench_matrix "${args[@]}" --input_bench="$input_json" || status=$?
+"$python" -m vidjax.bench.matrix "${args[@]}" --input_bench="$input_json" || status=$?
 exit "$status"

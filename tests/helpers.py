@@ -6,7 +6,7 @@ import pathlib
 import jax
 import numpy as np
 
-from vidjax import config_lib, train
+from vidjax import config_lib, tasks, train
 from vidjax.metric_writer import read_metrics
 
 # XLA flags of the commands tests run as child processes: tiny jobs, where compiling is most of the time, so their
@@ -80,7 +80,8 @@ def run_steps(config, devices, steps=2):
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
     mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
-    batches = iter(pipeline.make_dataset(config, "train", source, mask_grid=mask_grid))
+    batches = iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config),
+                                         mask_grid=mask_grid))
     step = train.make_train_step(config, setup)
     state, batch_sh, losses = setup.init_state(), sharding.batch_sharding(mesh), []
     for _ in range(steps):

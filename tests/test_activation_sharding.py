@@ -19,7 +19,7 @@ from flax import nnx
 from helpers import run_steps, tiny_family_config
 from jax.sharding import PartitionSpec as P
 
-from vidjax import sharding, train
+from vidjax import sharding, tasks, train
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline
 from vidjax.models import layers
@@ -55,7 +55,8 @@ def lowered_train_step(config):
     mesh = sharding.create_mesh(config.mesh, jax.devices())
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
-    batch = next(iter(pipeline.make_dataset(config, "train", source, mask_grid=setup.abstract_model.encoder.grid)))
+    batch = next(iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config),
+                                            mask_grid=setup.abstract_model.encoder.grid)))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), setup.abstract_state,
                          setup.state_shardings)
     step = train.make_train_step(config, setup)

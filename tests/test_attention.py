@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import tiny_family_config
 from test_scan_and_precision import loss_fn, tiny_model
 
+from vidjax import platform
 from vidjax.config_lib import ConfigError
 from vidjax.ops import attention
 
@@ -16,7 +18,7 @@ def _reference(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
-@pytest.mark.parametrize("implementation", ["", "xla", "heads_major"])
+@pytest.mark.parametrize("implementation", ["auto_cpu", "xla", "heads_major"])
 @pytest.mark.parametrize("shape", [(2, 17, 3, 8), (1, 5, 2, 4), (3, 64, 4, 16)])
 def test_attention_equals_jax_forward_and_gradients(implementation, shape):
     rng = np.random.default_rng(sum(shape))
@@ -93,23 +95,30 @@ def test_heads_major_gradients_in_bfloat16_keep_the_operand_dtype():
         np.testing.assert_allclose(g.astype(np.float32), g_ref, atol=6e-2, rtol=6e-2)
 
 
-def test_the_default_is_heads_major_on_cpu_cudnn_for_16_bit_on_gpu(monkeypatch):
-    assert attention.resolve("") == attention.resolve(None) == "heads_major"  # the suite runs on CPU
+def test_the_default_is_heads_major_on_cpu_cudnn_for_16_bit_on_gpu():
+    # "auto" (and "", what earlier configs say) is the backend's rule; the rule picks per call.
+    assert attention.resolve("auto") == attention.resolve("") == attention.resolve(None) == "heads_major"  # CPU
     assert attention.resolve("xla") == "xla"
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert attention.resolve("", jnp.bfloat16, 64) == attention.resolve("", jnp.float16, 128) == "cudnn"
+    assert platform.resolve(tiny_family_config("vivit").model, "gpu").attention_impl == "auto_gpu"
+    pick = platform.attention_implementation
+    assert pick("auto_cpu", jnp.float32, 64) == pick("auto_cpu", jnp.bfloat16, 64) == "heads_major"
+    assert pick("auto_gpu", jnp.bfloat16, 64) == pick("auto_gpu", jnp.float16, 128) == "cudnn"
     # float32, or heads cuDNN's kernel does not take: XLA's.
-    assert attention.resolve("", jnp.float32, 64) == attention.resolve("", jnp.bfloat16, 160) == "xla"
-    assert attention.resolve("", jnp.bfloat16, 36) == "xla"
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    assert attention.resolve("", jnp.bfloat16, 64) == "xla"
+    assert pick("auto_gpu", jnp.float32, 64) == pick("auto_gpu", jnp.bfloat16, 160) == "xla"
+    assert pick("auto_gpu", jnp.bfloat16, 36) == "xla"
+    assert pick("auto_tpu", jnp.bfloat16, 64) == "xla"
+    assert attention.resolve("auto", jnp.bfloat16, 64, backend="gpu") == "cudnn"  # a named backend, at set-up
+    for implementation in attention.IMPLEMENTATIONS:  # an implementation runs as itself everywhere
+        assert pick(implementation, jnp.bfloat16, 64) == implementation
 
 
 def test_an_unknown_implementation_names_the_choices():
     with pytest.raises(ConfigError, match=r"attention_impl='flash'.*'heads_major'"):
-        attention.check_implementation("flash")
+        platform.resolve(tiny_family_config("videomae", attention_impl="flash"), "cpu")
     with pytest.raises(ConfigError, match="attention_impl='flash'"):
         tiny_model("videomae", attention_impl="flash")
+    with pytest.raises(ConfigError, match=r"'auto'.*unresolved"):  # "auto" is resolved at set-up, not per call
+        attention.dot_product_attention(*[jnp.ones((1, 4, 2, 8))] * 3, "auto")
 
 
 FAMILY_CASES = [("videomae", {}), ("timesformer", {"attention_type": "divided_space_time"}),

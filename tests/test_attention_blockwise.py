@@ -13,7 +13,7 @@ from test_attention import FAMILY_CASES
 from test_parity import FIXTURES, INPUTS, convert_case
 from test_scan_and_precision import loss_fn, tiny_model
 
-from vidjax import pretrained
+from vidjax import platform, pretrained
 from vidjax.ops import attention
 
 # Keys per block in these tests: small, so that the tiny models' lengths span several blocks and a padded last one.
@@ -105,27 +105,28 @@ def test_blockwise_temporaries_grow_linearly_in_length():
     assert blockwise < 2.3 < 3.5 < plain, (blockwise, plain)
 
 
-def test_the_default_picks_by_length(monkeypatch):
+def test_the_default_picks_by_length():
     long, short = 1024, 256
-    assert attention.resolve("", jnp.float32, 64, short) == attention.resolve("", jnp.float32, 64) == "heads_major"
-    assert attention.resolve("", jnp.float32, 64, long) == "blockwise"
-    assert attention.resolve("", jnp.float32, 64, long, 8) == "heads_major"  # few keys: a small score matrix
-    assert attention.resolve("heads_major", jnp.float32, 64, long) == "heads_major"  # an explicit choice stands
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert attention.resolve("", jnp.bfloat16, 64, long) == attention.resolve("", jnp.bfloat16, 64, short) == "cudnn"
-    assert attention.resolve("", jnp.float32, 64, long) == "blockwise"
-    assert attention.resolve("", jnp.float32, 64, short) == "xla"
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    assert attention.resolve("", jnp.bfloat16, 64, long) == "pallas_tpu"
-    assert attention.resolve("", jnp.bfloat16, 64, short) == attention.resolve("", jnp.bfloat16, 192, long) == "xla"
+    pick = platform.attention_implementation  # a backend's rule, given each call's dtype, head size and lengths
+    assert pick("auto_cpu", jnp.float32, 64, short) == pick("auto_cpu", jnp.float32, 64) == "heads_major"
+    assert pick("auto_cpu", jnp.float32, 64, long) == "blockwise"
+    assert pick("auto_cpu", jnp.float32, 64, long, 8) == "heads_major"  # few keys: a small score matrix
+    assert pick("heads_major", jnp.float32, 64, long) == "heads_major"  # an explicit choice stands
+    assert attention.resolve("auto", jnp.float32, 64, long) == "blockwise"  # "auto" on this (CPU) backend
+    assert pick("auto_gpu", jnp.bfloat16, 64, long) == pick("auto_gpu", jnp.bfloat16, 64, short) == "cudnn"
+    assert pick("auto_gpu", jnp.float32, 64, long) == "blockwise"
+    assert pick("auto_gpu", jnp.float32, 64, short) == "xla"
+    assert pick("auto_tpu", jnp.bfloat16, 64, long) == "pallas_tpu"
+    assert pick("auto_tpu", jnp.bfloat16, 64, short) == pick("auto_tpu", jnp.bfloat16, 192, long) == "xla"
 
 
 def test_the_models_default_runs_blockwise_at_length(monkeypatch):
-    """The length reaches resolve() at trace time: with the threshold at 0, a model's default attention is
-    blockwise."""
-    chosen, resolve = [], attention.resolve
-    monkeypatch.setattr(attention, "resolve", lambda *a, **kw: chosen.append(resolve(*a, **kw)) or chosen[-1])
-    monkeypatch.setattr(attention, "BLOCKWISE_FROM_SCORES", 0)
+    """The length reaches the resolved rule at trace time: with the threshold at 0, a model's default attention
+    is blockwise."""
+    chosen, pick = [], platform.attention_implementation
+    monkeypatch.setattr(platform, "attention_implementation",
+                        lambda *a, **kw: chosen.append(pick(*a, **kw)) or chosen[-1])
+    monkeypatch.setattr(platform, "BLOCKWISE_FROM_SCORES", 0)
     graphdef, state = nnx.split(tiny_model("vivit", depth=1))
     jax.eval_shape(loss_fn("vivit", graphdef), state)
     assert chosen and set(chosen) == {"blockwise"}
@@ -165,10 +166,10 @@ PARITY_CASES = ["videomae_model", "timesformer_divided", "vivit_model"]
 def test_parity_fixtures_hold_with_each_implementation(case, implementation, tmp_path, small_blocks, monkeypatch):
     """tests/test_parity.py's check of one fixture per family with attention, the default resolved to
     `implementation` wherever a model calls attention."""
-    jax.clear_caches()  # the loaded model's jitted forward is cached by its structure, which the choice is not part of
+    jax.clear_caches()  # the loaded model's jitted forward is cached by its structure; the patched rule is not in it
     chosen = []
-    monkeypatch.setattr(attention, "resolve",
-                        lambda given, *_, **__: chosen.append(given or implementation) or chosen[-1])
+    monkeypatch.setattr(platform, "attention_implementation", lambda given, *_, **__: chosen.append(
+        implementation if given in platform.ATTENTION_RULES else given) or chosen[-1])
     convert_case(FIXTURES / case, tmp_path / "converted")
     model = pretrained.load(tmp_path / "converted")
     io = dict(np.load(FIXTURES / case / "io.npz"))

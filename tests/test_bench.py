@@ -12,14 +12,14 @@ from absl import app, flags
 from absl.testing import flagsaver
 from helpers import COMMAND_XLA_FLAGS
 
-from vidjax import bench, bench_profile
+from vidjax.bench import op_profile, step
 
 
 def test_time_vidjax_reports_step_time_and_flops():
     results = {}
     for mode in ("pretrain", "finetune", "infer"):
-        config = bench.bench_config("videomae", "Mu/8", 4, 32, 8, mode, "float32", 10)
-        results[mode] = result = bench.time_vidjax(config, mode, steps=2, warmup=1, profile=mode == "finetune")
+        config = step.bench_config("videomae", "Mu/8", 4, 32, 8, mode, "float32", 10)
+        results[mode] = result = step.time_vidjax(config, mode, steps=2, warmup=1, profile=mode == "finetune")
         assert result["seconds_per_step"] > 0 and len(result["step_times"]) == 2
         assert result["clips_per_s"] == 8 / result["seconds_per_step"]
         assert result["compile_s"] > 0 and math.isfinite(result["flops_per_step"]) and result["flops_per_step"] > 0
@@ -27,13 +27,13 @@ def test_time_vidjax_reports_step_time_and_flops():
     assert results["finetune"]["flops_per_step"] > 2 * results["infer"]["flops_per_step"]
     # --profile: a fine-tune step's op time lands in every category a ViT step has, and nothing is lost
     profile = results["finetune"]["profile"]
-    assert set(profile["seconds"]) == set(bench_profile.CATEGORIES)
+    assert set(profile["seconds"]) == set(op_profile.CATEGORIES)
     for category in ("GEMM forward", "GEMM dX", "GEMM dW", "attention", "softmax", "norms", "elementwise",
                      "optimizer update"):
         assert profile["seconds"][category] > 0, (category, profile)
     assert profile["total_s"] == pytest.approx(sum(profile["seconds"].values()))
     assert profile["seconds"]["other"] < 0.05 * profile["total_s"], profile
-    table = bench_profile.markdown(profile, profile, 0.1, 0.1)
+    table = op_profile.markdown(profile, profile, 0.1, 0.1)
     dw = profile["seconds"]["GEMM dW"]
     assert f"| GEMM dW | {dw * 1e3:.1f} | {100 * dw / profile['total_s']:.1f} | {dw * 1e3:.1f} |" in table
     assert table.splitlines()[-1] == "| step time (timed) | 100.0 |  | 100.0 |  | 1.00 |"
@@ -52,9 +52,9 @@ def test_profile_tells_forward_dx_and_dw_products_and_norms_apart():
 
     w, x = jnp.ones((24, 40)), jnp.ones((96, 24))
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
-    module, instrs, computations = bench_profile.parse_hlo(text)
+    module, instrs, computations = op_profile.parse_hlo(text)
     entry = [i for i in instrs.values() if i.name in _entry_names(text)]
-    categories = [bench_profile.classify_hlo(i, computations, {24 * 40}) for i in entry]
+    categories = [op_profile.classify_hlo(i, computations, {24 * 40}) for i in entry]
     assert module.startswith("jit_") and sorted(c for c in categories if c and c.startswith("GEMM")) == [
         "GEMM dW", "GEMM dX", "GEMM forward"]
     assert "norms" in categories
@@ -81,14 +81,14 @@ def _entry_names(text):
     (["aten::_log_softmax", "aten::cross_entropy_loss"], [[], []], "loss"),
 ])
 def test_profile_classifies_torch_ops_by_their_callers(names, shapes, category):
-    assert bench_profile._torch_category(names, shapes, {1536 * 384}) == category
+    assert op_profile._torch_category(names, shapes, {1536 * 384}) == category
 
 
 def run_main(*args):
     """`python -m vidjax.bench ARGS` in this process (flag values restored afterwards)."""
     with flagsaver.flagsaver():
         flags.FLAGS(["bench", *args])
-        bench.main(["bench"])
+        step.main(["bench"])
 
 
 def test_option_lists_run_every_combination_and_print_a_table(capsys):
@@ -139,13 +139,13 @@ def test_command_prints_json_last_line():
     ("NVIDIA H1000", None),
 ])
 def test_peak_flops_reads_jax_device_kinds(kind, peak):
-    assert bench.peak_flops(kind) == peak
+    assert step.peak_flops(kind) == peak
 
 
 def test_mfu_is_per_device_flops_per_second_over_the_peak():
-    assert bench.mfu(275e12, 2.0, "TPU v4") == pytest.approx(0.5)
-    assert bench.mfu(4 * 275e12, 2.0, "TPU v4", devices=4) == pytest.approx(0.5)  # the step's FLOPs, all devices
-    assert bench.mfu(1e9, 1.0, "cpu") is None
+    assert step.mfu(275e12, 2.0, "TPU v4") == pytest.approx(0.5)
+    assert step.mfu(4 * 275e12, 2.0, "TPU v4", devices=4) == pytest.approx(0.5)  # the step's FLOPs, all devices
+    assert step.mfu(1e9, 1.0, "cpu") is None
 
 
 def test_matmul_flops_counts_products_through_calls_loops_branches_and_gradients():
@@ -154,22 +154,22 @@ def test_matmul_flops_counts_products_through_calls_loops_branches_and_gradients
 
     a, b = jnp.ones((3, 4)), jnp.ones((4, 5))
     one = 2 * 3 * 4 * 5
-    assert bench.matmul_flops(jax.make_jaxpr(lambda a, b: a @ b)(a, b)) == one
-    assert bench.matmul_flops(jax.make_jaxpr(jax.jit(lambda a, b: jnp.tanh(a @ b) + 1))(a, b)) == one  # no elementwise
+    assert step.matmul_flops(jax.make_jaxpr(lambda a, b: a @ b)(a, b)) == one
+    assert step.matmul_flops(jax.make_jaxpr(jax.jit(lambda a, b: jnp.tanh(a @ b) + 1))(a, b)) == one  # no elementwise
 
     def looped(a, b):
         return jax.lax.scan(lambda c, _: (c, c @ b), a, None, length=7)[1]
 
-    assert bench.matmul_flops(jax.make_jaxpr(looped)(a, b)) == 7 * one
+    assert step.matmul_flops(jax.make_jaxpr(looped)(a, b)) == 7 * one
     branches = jax.make_jaxpr(lambda p, a, b: jax.lax.cond(p, lambda: (a @ b) @ b.T, lambda: a))(True, a, b)
-    assert bench.matmul_flops(branches) == one + 2 * 3 * 5 * 4  # the costlier branch
+    assert step.matmul_flops(branches) == one + 2 * 3 * 5 * 4  # the costlier branch
     batched = jax.make_jaxpr(lambda x, y: jnp.einsum("bik,bkj->bij", x, y))(jnp.ones((6, 3, 4)), jnp.ones((6, 4, 5)))
-    assert bench.matmul_flops(batched) == 6 * one
+    assert step.matmul_flops(batched) == 6 * one
     # Forward and backward of a product: the forward, dA and dB, three times the forward.
     grad = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(jax.checkpoint(lambda a: a @ b)(a)), argnums=(0, 1)))(a, b)
-    assert bench.matmul_flops(grad) >= 3 * one
+    assert step.matmul_flops(grad) >= 3 * one
     # A convolution: 2 x outputs x (input features x kernel size); the patch embedding's form.
     x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((4, 4, 3, 16))
     conv = jax.make_jaxpr(lambda x, w: jax.lax.conv_general_dilated(
         x, w, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w)
-    assert bench.matmul_flops(conv) == 2 * (2 * 2 * 2 * 16) * (3 * 4 * 4)
+    assert step.matmul_flops(conv) == 2 * (2 * 2 * 2 * 16) * (3 * 4 * 4)

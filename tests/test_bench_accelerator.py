@@ -1,5 +1,5 @@
 """scripts/bench_accelerator.sh --quick: the whole benchmark matrix end to end at toy sizes, on the CPU, without torch
-(vidjax/bench_matrix.py), with the input bench it runs first on this host for the host cores / chip column."""
+(vidjax/bench/matrix.py), with the input bench it runs first on this host for the host cores / chip column."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from helpers import COMMAND_XLA_FLAGS
 
-from vidjax import bench_matrix
+from vidjax.bench import matrix
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -38,8 +38,8 @@ def _table(stdout: str) -> list[dict[str, str]]:
 def test_quick_matrix_has_every_row(quick_run):
     proc, out = quick_run
     result = json.loads(out.read_text())
-    expected = [(f.model, mode, dtype) for f in bench_matrix.FAMILIES for mode in f.modes
-                for dtype in bench_matrix.DTYPES]
+    expected = [(f.model, mode, dtype) for f in matrix.FAMILIES for mode in f.modes
+                for dtype in matrix.DTYPES]
     assert [(r["model"], r["mode"], r["dtype"]) for r in result["rows"]] == expected
     # VideoMAE pre-train (V1 and V2 masking) + fine-tune; the three others infer + fine-tune; two dtypes
     assert len(expected) == 18 and ("videomae", "pretrain_v2", "bfloat16") in expected
@@ -50,7 +50,7 @@ def test_quick_matrix_has_every_row(quick_run):
         assert row["mfu"] is None, row
         if row["model"] != "videomamba":  # the attention models say which attention ran
             assert row["attention"] == "heads_major", row
-        if not bench_matrix.torch_available():
+        if not matrix.torch_available():
             assert row["torch_note"].startswith("torch not installed") and "torch" not in row, row
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + len(expected) and table == result["table"].splitlines()
@@ -94,14 +94,14 @@ def test_host_cores_per_chip_takes_the_best_worker_count_and_prints_a_dash_witho
     files = [tmp_path / "a.json", tmp_path / "b.json"]
     for path, data in zip(files, (measured, more_workers), strict=True):
         path.write_text(json.dumps(data))
-    summary = bench_matrix.load_input_bench([str(p) for p in files])
+    summary = matrix.load_input_bench([str(p) for p in files])
     base = {r["num_samples"]: r for r in measured["rows"] if r["loader"] == "vidjax"}
     best = {k: (b["workers"], b["file"], b["clips_per_s_per_core"]) for k, b in summary["per_core"].items()}
     assert best == {"1": (base[1]["workers"] + 2, str(files[1]), 2 * base[1]["clips_per_s_per_core"]),
                     "4": (base[4]["workers"], str(files[0]), base[4]["clips_per_s_per_core"])}
     row = json.loads(out.read_text())["rows"][0]
-    assert bench_matrix.input_cores_per_chip(row, None) is None
-    assert bench_matrix.markdown_table([dict(row, input_cores_per_chip=None)]).splitlines()[2].count("| - |") == 1
+    assert matrix.input_cores_per_chip(row, None) is None
+    assert matrix.markdown_table([dict(row, input_cores_per_chip=None)]).splitlines()[2].count("| - |") == 1
 
 
 def test_an_input_bench_file_that_is_not_the_data_benchs_json_is_refused(tmp_path, capsys):
@@ -115,7 +115,7 @@ def test_an_input_bench_file_that_is_not_the_data_benchs_json_is_refused(tmp_pat
         if text is not None:
             (tmp_path / name).write_text(text)
         with pytest.raises(SystemExit) as exit_info:
-            bench_matrix.main(["--quick", f"--input_bench={tmp_path / name}"])
+            matrix.main(["--quick", f"--input_bench={tmp_path / name}"])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert f"--input_bench={tmp_path / name}" in err and why in err and "python -m vidjax.data.bench" in err, err
@@ -124,21 +124,21 @@ def test_an_input_bench_file_that_is_not_the_data_benchs_json_is_refused(tmp_pat
 def test_head_dims_of_the_matrix_models():
     """The head size that decides cuDNN against XLA attention on GPU (ops.attention.resolve); None without
     attention."""
-    from vidjax import bench
+    from vidjax.bench import step
 
-    config = bench.bench_config("videomae", "B/16", 16, 224, 8, "finetune", "bfloat16", num_classes=400)
-    assert bench_matrix.head_dim(config.model) == 64
-    vivit = bench.bench_config("vivit", "B/16x2", 16, 224, 8, "infer", "bfloat16", num_classes=400)
-    assert bench_matrix.head_dim(vivit.model) == 64
-    mamba = bench.bench_config("videomamba", "S/16", 16, 224, 8, "infer", "bfloat16", num_classes=400)
-    assert bench_matrix.head_dim(mamba.model) is None  # no attention
+    config = step.bench_config("videomae", "B/16", 16, 224, 8, "finetune", "bfloat16", num_classes=400)
+    assert matrix.head_dim(config.model) == 64
+    vivit = step.bench_config("vivit", "B/16x2", 16, 224, 8, "infer", "bfloat16", num_classes=400)
+    assert matrix.head_dim(vivit.model) == 64
+    mamba = step.bench_config("videomamba", "S/16", 16, 224, 8, "infer", "bfloat16", num_classes=400)
+    assert matrix.head_dim(mamba.model) is None  # no attention
 
 
 def test_bad_families_modes_and_dtypes_are_refused_with_the_choices(capsys):
     for flag, choices in [("--families=videomae,vit", "videomae, timesformer"), ("--modes=train", "pretrain, finetune"),
                           ("--dtypes=float16", "float32, bfloat16")]:
         with pytest.raises(SystemExit) as exit_info:
-            bench_matrix.main([flag, "--quick"])
+            matrix.main([flag, "--quick"])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert flag in err and choices in err, err

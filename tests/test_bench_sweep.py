@@ -1,5 +1,5 @@
 """`python -m vidjax.bench --sweep=...`: scaling curves over frames, size or batch, with fitted log-log exponents,
-a JSON table and a PNG (vidjax.bench_sweep). Timings are not asserted: this machine is noisy."""
+a JSON table and a PNG (vidjax.bench.sweep). Timings are not asserted: this machine is noisy."""
 
 import json
 
@@ -7,21 +7,21 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from vidjax import bench, bench_sweep
+from vidjax.bench import step, sweep
 
 
 def run_main(*args):
     with flagsaver.flagsaver():
         flags.FLAGS(["bench", *args])
-        bench.main(["bench"])
+        step.main(["bench"])
 
 
 def test_exponent_is_the_log_log_slope():
-    assert bench_sweep.exponent([8, 16, 32], [1.0, 2.0, 4.0]) == pytest.approx(1.0)
-    assert bench_sweep.exponent([8, 16, 32], [3.0, 12.0, 48.0]) == pytest.approx(2.0)
-    assert bench_sweep.exponent([8, 16, 32, 64], [5.0, 5.0, 5.0, 5.0]) == pytest.approx(0.0)
-    assert bench_sweep.exponent([8, 16], [1.0, None]) is None  # one point: no line
-    assert bench_sweep.exponent([8, 16, 32], [1.0, None, 4.0]) == pytest.approx(1.0)  # the failed point left out
+    assert sweep.exponent([8, 16, 32], [1.0, 2.0, 4.0]) == pytest.approx(1.0)
+    assert sweep.exponent([8, 16, 32], [3.0, 12.0, 48.0]) == pytest.approx(2.0)
+    assert sweep.exponent([8, 16, 32, 64], [5.0, 5.0, 5.0, 5.0]) == pytest.approx(0.0)
+    assert sweep.exponent([8, 16], [1.0, None]) is None  # one point: no line
+    assert sweep.exponent([8, 16, 32], [1.0, None, 4.0]) == pytest.approx(1.0)  # the failed point left out
 
 
 def test_sweep_times_each_family_and_mode_and_writes_json_and_png(tmp_path, capsys):
@@ -43,7 +43,7 @@ def test_sweep_times_each_family_and_mode_and_writes_json_and_png(tmp_path, caps
     assert "3" in videomae[1]["error"], videomae[1]
     fits = {f["model"]: f for f in result["fits"]}
     assert fits["videomamba"]["points"] == 2 and fits["videomamba"]["time_exponent"] is not None
-    assert fits["videomamba"]["memory_exponent"] == pytest.approx(bench_sweep.exponent(
+    assert fits["videomamba"]["memory_exponent"] == pytest.approx(sweep.exponent(
         [2, 3], [r["temp_bytes"] for r in mamba]))
     assert fits["videomae"]["points"] == 1 and fits["videomae"]["time_exponent"] is None
     assert any(line.startswith("| videomamba Mu/8 | infer | 2 |") for line in out)
@@ -55,7 +55,25 @@ def test_sweep_times_each_family_and_mode_and_writes_json_and_png(tmp_path, caps
     (["--sweep_values=8,0"], "--sweep_values=8,0: give distinct positive integers"),
     (["--models=videomae,nosuch"], "nosuch is no video model"),
     (["--modes=infer,pretrain", "--models=vivit"], "give infer, finetune"),
+    (["--remat=none,full"], "one --remat"),
+    (["--scan_layers=false,true"], "one --scan_layers"),
 ])
 def test_bad_sweep_flags_are_usage_errors(args, message):
     with pytest.raises(app.UsageError, match=message):
         run_main("--sweep=frames", *args)
+
+
+def test_sweep_fine_tunes_with_remat_over_scanned_layers_in_less_memory(capsys):
+    """--remat=full --scan_layers=true (how long clips fine-tune in bounded memory) reach every point's config: the
+    rows say so, and the compiled step keeps less than the unrolled step without remat (on XLA:CPU remat only holds
+    across a scan over the layers; unrolled, the compiler merges the recomputation back into the forward pass)."""
+    common = ("--sweep=frames", "--sweep_values=8", "--models=videomamba", "--modes=finetune", "--variant=Mu/8",
+              "--size=32", "--batch=8", "--steps=1", "--warmup=0", "--num_classes=4")
+    temps = {}
+    for setting in (("--remat=none", "--scan_layers=false"), ("--remat=full", "--scan_layers=true")):
+        run_main(*common, *setting)
+        (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+        assert "error" not in row, row
+        assert (row["remat"], row["scan_layers"]) == (setting[0].split("=")[1], setting[1] == "--scan_layers=true")
+        temps[setting[0]] = row["temp_bytes"]
+    assert temps["--remat=full"] < temps["--remat=none"], temps

@@ -24,7 +24,7 @@ def tiny_config(**data):
     config.model.encoder.update(width=32, depth=1, num_heads=2, num_frames=4)
     config.model.decoder.update(width=32, depth=1, num_heads=2)
     config.data = config_lib.synthetic_data(num_frames=4, image_size=32, num_train=64, num_eval=16)
-    config.data.update(synthetic_task="captioning", **data)
+    config.data.update(synthetic_task="captions", **data)
     config.batch_size, config.total_steps = 8, 2
     return config
 
@@ -84,7 +84,7 @@ def _small_vocabulary():
 
 def _not_a_captioner():
     config = load_config("videomae_finetune_k400", "runlocal")
-    config.task, config.data.synthetic_task, config.needs_init_from = "captioning", "captioning", ""
+    config.task, config.data.synthetic_task, config.needs_init_from = "captioning", "captions", ""
     return config
 
 
@@ -127,7 +127,7 @@ def test_caption_fields_pick_a_reference_per_visit_and_flag_truncation():
 
 def test_training_batches_carry_token_ids_and_no_strings():
     config, source, _, _ = train.prepare(tiny_config(), devices=jax.devices()[:1])
-    batch = next(iter(pipeline.make_dataset(config, "train", source)))
+    batch = next(iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config))))
     assert set(batch) == {"video", "label", "index", "caption_ids", "caption_mask", "caption_truncated",
                           "decode_failures"}
     assert batch["caption_ids"].shape == (8, config.caption.max_length) and batch["caption_ids"].dtype == np.int32
@@ -141,7 +141,7 @@ def test_loss_is_the_mean_over_real_next_tokens():
     config, source, _, _ = train.prepare(tiny_config(), devices=jax.devices()[:1])
     with nnx.use_eager_sharding(False):
         model = captioner.Model(config.model, rngs=nnx.Rngs(0))
-    batch = next(iter(pipeline.make_dataset(config, "train", source)))
+    batch = next(iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config))))
     batch = dict(batch, video=jnp.asarray(batch["video"], jnp.float32) / 255.0)
     loss, aux = tasks.get_task("captioning").loss_fn(config)(model, batch, None)
 

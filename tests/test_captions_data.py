@@ -32,13 +32,13 @@ from vidjax.tokenizer import GPT2_END_OF_TEXT, CaptionTokenizer, TokenizerError
 
 def _captioning(num_examples=48, **kwargs):
     kwargs = dict(num_frames=6, height=32, width=32) | kwargs
-    return SyntheticVideoSource(num_examples, task="captioning", **kwargs)
+    return SyntheticVideoSource(num_examples, variant="captions", **kwargs)
 
 
 def test_captioning_elements():
     source = _captioning(num_classes=8)
     assert repr(source) == ("SyntheticVideoSource(num_examples=48, num_frames=6, height=32, width=32, num_classes=8, "
-                            "seed=0, split='train', task='captioning')")
+                            "seed=0, split='train', variant='captions')")
     assert source.class_names == synthetic.class_names(8) and source.target_names is None
     for index in (0, 13, 47):
         element = source[index]
@@ -190,23 +190,23 @@ def test_caption_corpus_and_vocabulary():
 @pytest.mark.parametrize("num_classes", [3, 16, 32])
 def test_captioning_needs_nameable_directions(num_classes):
     with pytest.raises(ValueError, match=rf"needs num_classes in \(1, 2, 4, 8\).*got {num_classes}"):
-        SyntheticVideoSource(4, task="captioning", num_classes=num_classes)
+        SyntheticVideoSource(4, variant="captions", num_classes=num_classes)
 
 
 # The other variants are pinned to their bytes as they were before the captioning variant existed (classification's
-# pins are in tests/test_synthetic.py): (task, kwargs, index, video digest, video sum, target digest).
+# pins are in tests/test_synthetic.py): (variant, kwargs, index, video digest, video sum, target digest).
 _VARIANT_PINS = [
-    ("multilabel", dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 0,
+    ("labels", dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 0,
      "2b077ccb9a5d8299", 1287461, "d341569bfd40cfec"),
-    ("multilabel", dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 9,
+    ("labels", dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 9,
      "4bd088084f76115d", 1500775, "e9f23c2166fe683f"),
-    ("multilabel", dict(num_examples=40, num_frames=3, height=17, width=23, num_classes=32, seed=5,
+    ("labels", dict(num_examples=40, num_frames=3, height=17, width=23, num_classes=32, seed=5,
                         split="validation"), 38, "89bace53b85fc828", 402863, "595959f9d853f474"),
-    ("regression", dict(num_examples=10, num_frames=4, height=32, width=32), 5,
+    ("targets", dict(num_examples=10, num_frames=4, height=32, width=32), 5,
      "bcc061f4985d6fef", 1675957, "6f3e8b1f97950594"),
-    ("regression", dict(num_examples=5, num_frames=16, height=112, width=112, seed=2, split="test"), 4,
+    ("targets", dict(num_examples=5, num_frames=16, height=112, width=112, seed=2, split="test"), 4,
      "80a9080e39b91fc9", 78394053, "4028aabae9732858"),
-    ("classification", dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 3,
+    ("label", dict(num_examples=10, num_frames=4, height=32, width=32, num_classes=8), 3,
      "2a5c033f472bc24e", 1708640, "9d9f290527a6be62"),
 ]
 
@@ -215,15 +215,15 @@ def _digest(array) -> str:
     return hashlib.sha256(np.asarray(array).tobytes()).hexdigest()[:16]
 
 
-@pytest.mark.parametrize("task, kwargs, index, video_digest, total, target_digest", _VARIANT_PINS)
-def test_other_variants_are_unchanged(task, kwargs, index, video_digest, total, target_digest):
-    source = SyntheticVideoSource(**kwargs, task=task)
+@pytest.mark.parametrize("variant, kwargs, index, video_digest, total, target_digest", _VARIANT_PINS)
+def test_other_variants_are_unchanged(variant, kwargs, index, video_digest, total, target_digest):
+    source = SyntheticVideoSource(**kwargs, variant=variant)
     element = source[index]
-    target = {"classification": "label", "multilabel": "labels", "regression": "targets"}[task]
+    target = variant  # a variant is named by the target it carries
     assert list(element) == ["video", target, "index"]
     assert _digest(element["video"]) == video_digest and int(element["video"].sum(dtype=np.int64)) == total
     assert _digest(element[target]) == target_digest
-    suffix = "" if task == "classification" else f", task={task!r}"
+    suffix = "" if variant == "label" else f", variant={variant!r}"
     assert repr(source).endswith(f"split={kwargs.get('split', 'train')!r}{suffix})")
 
 

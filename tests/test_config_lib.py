@@ -84,3 +84,19 @@ def test_svt_recipe_is_the_published_one():
     local = load_config("svt_k400", "runlocal")
     assert local.model.backbone.depth == 2 and local.data.source == "synthetic"
     assert train.config_problems(local) == []
+
+
+def test_an_unknown_embedded_dataset_variant_is_a_config_problem():
+    """config.data.synthetic_task names the target the embedded clips carry by its batch key; a task's name there
+    (what it held before the variants were named by their keys) is refused before anything is built, with the
+    choices."""
+    from vidjax.data import pipeline
+
+    config = load_config("videomae_k400", "runlocal")
+    assert pipeline.data_config_problems(config) == []
+    config.data.synthetic_task = "multilabel"
+    (problem,) = pipeline.data_config_problems(config)
+    assert "config.data.synthetic_task='multilabel'; choose one of label, labels, targets, captions" in problem
+    with pytest.raises(ConfigError, match=r"^config.data.synthetic_task='multilabel'; choose one of") as err:
+        config_lib.raise_problems([problem, problem])  # the source of each split finds it too: shown once
+    assert str(err.value) == problem

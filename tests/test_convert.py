@@ -192,7 +192,7 @@ def test_fine_tuning_starts_from_a_converted_checkpoint(tmp_path):
     ("cubic", [-0.086806, 0.21875, 1.430555, 3.152778, 6.78125, 9.434029], [0.091435, 2.125, 8.334492]),
 ])
 def test_resize_grid_matches_pytorch_interpolate(method, up, down):
-    from vidjax.convert.common import resize_grid
+    from vidjax.models.positions import resize_grid
 
     table = np.array([0.0, 1.0, 4.0, 9.0], np.float32)[:, None] * np.array([[1.0, -2.0]], np.float32)
     np.testing.assert_allclose(resize_grid(table, (4,), (6,), method), np.outer(up, [1, -2]), atol=1e-5)

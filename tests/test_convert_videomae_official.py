@@ -3,7 +3,7 @@ VideoMAE V2's dual masking through the converted model, Kinetics label spaces (K
 from shapes and their errors, adaptation to other clip sizes.
 
 The fixtures (scripts/parity/videomae_v2.py; tests/test_parity.py checks each case's outputs) are random-weight
-models of `vidjax.torch_ref.videomae_v2`, saved as the official scripts save them. Other layouts and broken files
+models of `vidjax.bench.torch_ref.videomae_v2`, saved as the official scripts save them. Other layouts and broken files
 are written here without torch (tests/test_svt_convert.py's torch zip writer); the one comparison that runs the
 torch reference at another clip size is skipped without torch.
 """
@@ -180,7 +180,7 @@ def test_adapts_to_other_clip_sizes(tmp_path):
     logits = np.asarray(model.forward(video)["logits"])
     assert logits.shape == (1, 5) and np.isfinite(logits).all()
     torch = pytest.importorskip("torch")  # the official model at that size (it recomputes its sin-cos table)
-    from vidjax.torch_ref.videomae_v2 import VisionTransformer
+    from vidjax.bench.torch_ref.videomae_v2 import VisionTransformer
 
     ref = VisionTransformer(img_size=48, patch_size=8, all_frames=8, tubelet_size=2, qkv_bias=True, num_classes=5,
                             embed_dim=32, depth=2, num_heads=2).eval()

@@ -14,7 +14,7 @@ import pytest
 from test_decode import make_video
 from test_train import tiny_config
 
-from vidjax import config_lib, train
+from vidjax import config_lib, tasks, train
 from vidjax.data import pack, pipeline, sources
 from vidjax.metric_writer import read_metrics
 
@@ -90,8 +90,8 @@ def config_for(kind, library, tfds_dir=None, batch_size=3, **data):
 def read(config, split, n=0, process_index=0, process_count=1, grid=(2, 4, 4)):
     """(source, batches): n batches of the split (0: the whole eval split)."""
     source = pipeline.make_source(config.data, split)
-    it = iter(pipeline.make_dataset(config, split, source, process_index=process_index,
-                                    process_count=process_count, mask_grid=grid))
+    it = iter(pipeline.make_dataset(config, split, source, tasks.get_task(config.task).input_spec(config),
+                                    process_index=process_index, process_count=process_count, mask_grid=grid))
     return source, ([next(it) for _ in range(n)] if n else list(it))
 
 
@@ -165,7 +165,8 @@ def test_file_sources_shard_over_processes_and_resume_mid_epoch(kind, library):
     assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(9))
 
     source = pipeline.make_source(config.data, "train")
-    dataset = pipeline.make_dataset(config, "train", source, mask_grid=(2, 4, 4))
+    dataset = pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config),
+                                    mask_grid=(2, 4, 4))
     it = iter(dataset)
     for _ in range(5):  # into the second epoch
         next(it)

@@ -10,7 +10,7 @@ import pytest
 from helpers import load_config
 from test_train import tiny_config
 
-from vidjax import config_lib, train
+from vidjax import config_lib, evaluators, train
 from vidjax.data import pipeline
 from vidjax.metric_writer import read_metrics
 from vidjax.tasks import get_task
@@ -20,8 +20,7 @@ def task_config(task, **overrides):
     """The tiny VideoMAE with a linear head on the embedded dataset's `task` variant."""
     config = tiny_config(task=task, **overrides)
     config.model.update(head="classification", use_mean_pooling=True)
-    config.data.synthetic_task = "multilabel" if task == "multilabel" else (
-        "regression" if task == "regression" else "classification")
+    config.data.synthetic_task = get_task(task).synthetic_task
     config.model.num_classes = 2 if task == "regression" else config.data.num_classes
     config.optimizer.label_smoothing = 0.0
     return config
@@ -86,22 +85,27 @@ def test_losses_against_hand_computed_values():
     np.testing.assert_allclose(aux["ccc"], expected_ccc, rtol=1e-5)
 
 
+def eval_outputs(task, config, model, batch):
+    """The per-example outputs of one batch from the task's default evaluator (`Evaluator.batch_outputs`)."""
+    return evaluators.get(get_task(task).evaluator)(evaluators.EvalContext(config)).batch_outputs(model, batch)
+
+
 def test_multi_view_eval_averages_probabilities_not_logits():
     # 1 video, 3 views: one very sure of class 0, two fairly sure of class 1. Averaged probabilities pick class 1,
     # averaged logits would pick class 0.
     view_logits = np.array([[20.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 0.0]])
     batch = {"video": jnp.zeros((1, 3, 1, 1, 1, 3)), "label": np.array([2])}
-    out = get_task("classification").eval_outputs(config_of("classification"), FixedLogits(view_logits), batch)
+    out = eval_outputs("classification", config_of("classification"), FixedLogits(view_logits), batch)
     softmax = np.exp(view_logits) / np.exp(view_logits).sum(1, keepdims=True)
     np.testing.assert_allclose(out["scores"][0], softmax.mean(0), rtol=1e-6)
     np.testing.assert_allclose(out["loss"][0], -np.log(softmax.mean(0)[2]), rtol=1e-6)
     assert np.argmax(softmax.mean(0)) == 1 and np.argmax(view_logits.mean(0)) == 0
     assert out["label"].tolist() == [2]
-    multi = get_task("multilabel").eval_outputs(config_of("multilabel"), FixedLogits(view_logits),
-                                {"video": batch["video"], "labels": np.array([[1.0, 0.0, 0.0]])})
+    multi = eval_outputs("multilabel", config_of("multilabel"), FixedLogits(view_logits),
+                         {"video": batch["video"], "labels": np.array([[1.0, 0.0, 0.0]])})
     np.testing.assert_allclose(multi["scores"][0], (1 / (1 + np.exp(-view_logits))).mean(0), rtol=1e-6)
-    reg = get_task("regression").eval_outputs(config_of("regression"), FixedLogits(view_logits),
-                              {"video": batch["video"], "targets": np.zeros((1, 3))})
+    reg = eval_outputs("regression", config_of("regression"), FixedLogits(view_logits),
+                       {"video": batch["video"], "targets": np.zeros((1, 3))})
     np.testing.assert_allclose(reg["scores"][0], view_logits.mean(0), rtol=1e-6)
 
 
@@ -147,8 +151,8 @@ def test_config_mistakes_are_named():
     with pytest.raises(config_lib.ConfigError, match="ema_decay=1.0 must be in"):
         train.check_config(config)
     config = task_config("multilabel")
-    config.data.synthetic_task = "classification"
-    with pytest.raises(config_lib.ConfigError, match="--config.data.synthetic_task=multilabel"):
+    config.data.synthetic_task = "label"
+    with pytest.raises(config_lib.ConfigError, match="--config.data.synthetic_task=labels"):
         train.check_config(config)
     config = task_config("classification")
     config.loss.mixup_prob = 1.5
@@ -208,9 +212,9 @@ def test_eval_is_invariant_to_batch_size_and_devices(tmp_path):
         setup = train.build(cfg, 64, mesh)
         placed = jax.device_put(params, setup.state_shardings["params"])
         source = pipeline.make_source(cfg.data, "eval")
-        out: dict = {}
-        summary = train.evaluate(cfg, setup, train.make_eval_step(cfg, setup), placed, source, None, outputs=out)
-        outs.append((summary, out))
+        (evaluation,) = evaluators.from_config(train.eval_context(cfg, setup, metadata={}, sources={"eval": source}))
+        summary = evaluation.run(placed)
+        outs.append((summary, evaluation.evaluator.outputs))
     (a, out_a), (b, out_b) = outs
     np.testing.assert_allclose(out_a["scores"], out_b["scores"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out_a["label"], out_b["label"])

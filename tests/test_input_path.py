@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from test_decode import make_video
 
-from vidjax import config_lib
+from vidjax import config_lib, tasks
 from vidjax.data import bench, decode, pipeline, sources, transforms
 from vidjax.data.decode import read_clip
 
@@ -180,13 +180,14 @@ def test_repeated_sampling_resumes_exactly(tmp_path, videos):
     paths = [videos[name] for name in ("bframes.mp4", "vp9.webm", "mjpeg.avi")]
     config = file_config(tmp_path, paths, num_samples=4)
     source = sources.CsvVideoSource(config.data.train_csv)
-    dataset = pipeline.make_dataset(config, "train", source, mask_grid=(4, 4, 4))
+    spec = tasks.get_task(config.task).input_spec(config)
+    dataset = pipeline.make_dataset(config, "train", source, spec, mask_grid=(4, 4, 4))
     iterator = iter(dataset)
     for _ in range(2):
         next(iterator)
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(2)]
-    resumed = iter(pipeline.make_dataset(config, "train", source, mask_grid=(4, 4, 4)))
+    resumed = iter(pipeline.make_dataset(config, "train", source, spec, mask_grid=(4, 4, 4)))
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)

@@ -6,9 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vidjax import config_lib
+from vidjax import config_lib, evaluators
 from vidjax.data import kinetics
-from vidjax.tasks import classification
 
 
 @pytest.mark.parametrize("space, count", [("k400", 400), ("k600", 600), ("k700", 700), ("k710", 710)])
@@ -63,12 +62,16 @@ def _config(space: str, num_classes: int = 710) -> ml_collections.ConfigDict:
     return config
 
 
+def _eval_outputs(config, model, batch):
+    """The classification evaluator's per-example outputs of one batch (`Evaluator.batch_outputs`)."""
+    return evaluators.get("classification")(evaluators.EvalContext(config)).batch_outputs(model, batch)
+
+
 def test_eval_scores_k710_outputs_in_k400_order_over_views():
-    task = classification.TASK
     video = jnp.asarray(np.random.default_rng(1).standard_normal((3, 2, 2, 4, 4, 3)), jnp.float32)  # (B, views, ...)
     batch = {"video": video, "label": jnp.asarray([0, 5, 399])}
     model = _K710Head()
-    out = task.eval_outputs(_config("k400"), model, batch)
+    out = _eval_outputs(_config("k400"), model, batch)
     assert out["scores"].shape == (3, 400)
     logits = np.asarray(model(video.reshape(6, *video.shape[2:]))["logits"]).reshape(3, 2, 710)
     mapped = logits[..., kinetics.label_map("k710", "k400")]
@@ -77,13 +80,12 @@ def test_eval_scores_k710_outputs_in_k400_order_over_views():
     np.testing.assert_allclose(np.asarray(out["scores"]), expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(out["loss"]), -np.log(expected[np.arange(3), [0, 5, 399]]), rtol=1e-5)
     # Without a label space the head's 710 classes are scored as they are.
-    assert task.eval_outputs(_config(""), model, batch)["scores"].shape == (3, 710)
+    assert _eval_outputs(_config(""), model, batch)["scores"].shape == (3, 710)
 
 
 def test_eval_label_space_needs_a_k710_head_and_a_known_release():
-    task = classification.TASK
-    assert task.config_problems(_config("k600")) == []
-    (problem,) = task.config_problems(_config("k400", num_classes=8))
+    assert evaluators.config_problems(_config("k600")) == []  # the classification evaluator's label_space
+    (problem,) = evaluators.config_problems(_config("k400", num_classes=8))
     assert "config.model.num_classes=8; set it to 710" in problem
-    (problem,) = task.config_problems(_config("k500"))
+    (problem,) = evaluators.config_problems(_config("k500"))
     assert "config.eval_label_space='k500'" in problem and "k400, k600 or k700" in problem

@@ -1,6 +1,7 @@
-"""layers.layer_norm and layers.gelu: the backward written out for the CPU backend (`hand_written_backward`) gives
-autodiff's values, and layers.project's 2-D form the multi-axis contraction's, alone and inside every model family
-(forward and gradients to 1e-5)."""
+"""layers.layer_norm and layers.gelu: the backward written out (config.model.backward="hand_written", the CPU's
+default) gives autodiff's values, and layers.project's 2-D form (projection_form="flat") the multi-axis
+contraction's, alone and inside every model family (forward and gradients to 1e-5). The values are set directly,
+not the backend."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from flax import nnx
 from test_attention import FAMILY_CASES
 from test_scan_and_precision import loss_fn, tiny_model
 
+from vidjax import platform
 from vidjax.models import layers
 
 
@@ -19,53 +21,49 @@ def _grads(fn, *args):
     return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))(*args)
 
 
-@pytest.fixture
-def autodiff(monkeypatch):
-    """Runs the wrapped call with autodiff's backward, as GPU and TPU do."""
-    def run(fn, *args):
-        with monkeypatch.context() as m:
-            m.setattr(layers, "hand_written_backward", lambda: False)
-            return _grads(fn, *args)
-    return run
-
-
-def test_written_out_only_on_cpu(monkeypatch):
-    assert layers.hand_written_backward()  # the suite runs on CPU
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert not layers.hand_written_backward()
+def test_written_out_only_on_cpu():
+    assert platform.Choices.for_backend("cpu").backward == "hand_written"
+    assert platform.Choices.for_backend("cpu").projection_form == "flat"
+    for backend in ("gpu", "tpu"):
+        assert platform.Choices.for_backend(backend).backward == "autodiff"
+        assert platform.Choices.for_backend(backend).projection_form == "multi_axis"
 
 
 @pytest.mark.parametrize("shape", [(2, 17, 24), (5, 8), (1, 3, 4, 64)])
-def test_layer_norm_backward_equals_autodiff(shape, autodiff):
+def test_layer_norm_backward_equals_autodiff(shape):
     rng = np.random.default_rng(sum(shape))
     x = jnp.asarray(rng.normal(size=shape) * 3 + 1, jnp.float32)
     scale = jnp.asarray(rng.uniform(0.5, 1.5, shape[-1]), jnp.float32)
     bias = jnp.asarray(rng.normal(size=shape[-1]), jnp.float32)
-    fn = lambda x, s, b: layers.layer_norm(x, s, b, 1e-6)  # noqa: E731
-    value, grads = _grads(fn, x, scale, bias)
-    ref_value, ref_grads = autodiff(fn, x, scale, bias)
+    value, grads = _grads(lambda x, s, b: layers.layer_norm(x, s, b, 1e-6, backward="hand_written"), x, scale, bias)
+    ref_value, ref_grads = _grads(lambda x, s, b: layers.layer_norm(x, s, b, 1e-6, backward="autodiff"), x, scale,
+                                  bias)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     for g, g_ref in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("approximate", [False, True])
-def test_gelu_backward_equals_autodiff_in_both_forms(approximate, autodiff):
+def test_gelu_backward_equals_autodiff_in_both_forms(approximate):
     x = jnp.asarray(np.linspace(-6, 6, 603).reshape(3, 201), jnp.float32)
-    fn = lambda x: layers.gelu(x, approximate)  # noqa: E731
-    value, (grad,) = _grads(fn, x)
-    ref_value, (ref_grad,) = autodiff(fn, x)
+    value, (grad,) = _grads(lambda x: layers.gelu(x, approximate, backward="hand_written"), x)
+    ref_value, (ref_grad,) = _grads(lambda x: layers.gelu(x, approximate, backward="autodiff"), x)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
-def test_bfloat16_activations_keep_their_dtype_and_float32_parameters_theirs(autodiff):
+def test_bfloat16_activations_keep_their_dtype_and_float32_parameters_theirs():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(4, 9, 32)), jnp.bfloat16)
     scale, bias = jnp.ones(32, jnp.float32), jnp.zeros(32, jnp.float32)
-    assert layers.layer_norm(x, scale, bias, 1e-6).dtype == layers.gelu(x).dtype == jnp.bfloat16
-    fn = lambda x, s, b: layers.gelu(layers.layer_norm(x, s, b, 1e-6))  # noqa: E731
-    (_, grads), (_, ref_grads) = _grads(fn, x, scale, bias), autodiff(fn, x, scale, bias)
+    for backward in ("hand_written", "autodiff"):
+        assert layers.layer_norm(x, scale, bias, 1e-6, backward=backward).dtype == jnp.bfloat16
+        assert layers.gelu(x, backward=backward).dtype == jnp.bfloat16
+
+    def fn(backward):
+        return lambda x, s, b: layers.gelu(layers.layer_norm(x, s, b, 1e-6, backward=backward), backward=backward)
+
+    (_, grads), (_, ref_grads) = _grads(fn("hand_written"), x, scale, bias), _grads(fn("autodiff"), x, scale, bias)
     assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]
     for g, g_ref in zip(grads, ref_grads, strict=True):  # the written-out backward computes in float32
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(g_ref, np.float32), rtol=3e-2, atol=3e-2)
@@ -76,20 +74,20 @@ def test_bfloat16_activations_keep_their_dtype_and_float32_parameters_theirs(aut
     ((2, 7, 2, 8), (2, 8, 16), 2),   # its output projection (heads, head_dim, d)
     ((3, 16), (16, 2, 5), 1),        # VideoMamba's in_proj (d, 2, inner), 2-D input
 ])
-def test_project_as_a_matrix_product_equals_the_contraction(x_shape, kernel_shape, contract, monkeypatch):
+def test_project_as_a_matrix_product_equals_the_contraction(x_shape, kernel_shape, contract):
     rng = np.random.default_rng(len(x_shape) + contract)
     x, kernel = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (x_shape, kernel_shape))
     expected_shape = x_shape[:len(x_shape) - contract] + kernel_shape[contract:]
     cotangent = jnp.asarray(rng.normal(size=expected_shape), jnp.float32)
 
-    def value_and_grads():
-        fn = lambda x, k: jnp.sum(layers.project(x, k, contract) * cotangent)  # noqa: E731
-        return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(x, kernel), layers.project(x, kernel, contract)
+    def value_and_grads(form):
+        fn = lambda x, k: jnp.sum(layers.project(x, k, contract, form=form) * cotangent)  # noqa: E731
+        return (jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(x, kernel),
+                layers.project(x, kernel, contract, form=form))
 
-    (value, grads), out = value_and_grads()
+    (value, grads), out = value_and_grads("flat")
     assert out.shape == expected_shape
-    monkeypatch.setattr(layers, "hand_written_backward", lambda: False)
-    (ref_value, ref_grads), ref_out = value_and_grads()
+    (ref_value, ref_grads), ref_out = value_and_grads("multi_axis")
     letters = "abcdefgh"
     lhs = letters[:len(x_shape)]
     rhs = lhs[len(x_shape) - contract:] + letters[len(x_shape):len(x_shape) + len(kernel_shape) - contract]
@@ -106,11 +104,16 @@ CASES = FAMILY_CASES + [("videomamba", {})]
 
 @pytest.mark.parametrize(("model_name", "overrides"), CASES,
                          ids=[f"{m}-{'-'.join(o.values()) or 'default'}" for m, o in CASES])
-def test_every_family_computes_the_same_gradients(model_name, overrides, monkeypatch):
-    graphdef, state = nnx.split(tiny_model(model_name, depth=2, **overrides))
+def test_every_family_computes_the_same_gradients(model_name, overrides):
+    """The CPU's values (hand_written, flat) against GPU's and TPU's (autodiff, multi_axis), same parameters."""
+    plain = dict(projection_form="multi_axis") if model_name == "videomamba" else dict(
+        backward="autodiff", projection_form="multi_axis")
+    written = {key: platform.Choices.for_backend("cpu").need(key) for key in plain}
+    assert written != plain
+    graphdef, state = nnx.split(tiny_model(model_name, depth=2, **overrides, **written))
     loss, grads = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
-    monkeypatch.setattr(layers, "hand_written_backward", lambda: False)
-    ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
+    ref_graphdef, _ = nnx.split(tiny_model(model_name, depth=2, **overrides, **plain))
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss_fn(model_name, ref_graphdef)))(state)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))

@@ -124,7 +124,7 @@ def test_recipes_accept_the_memory_keys():
 
 def test_bench_reports_remat_grad_accum_and_memory():
     """--remat / --grad_accum reach the benchmarked step; micro-batches shrink the compiled temporaries."""
-    from vidjax import bench
+    from vidjax.bench import step as bench
 
     results = {}
     for remat, accum in (("none", 1), ("full", 4)):

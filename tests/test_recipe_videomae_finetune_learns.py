@@ -88,7 +88,7 @@ def check_captioning_learned(workdir, result, config):
     blocks = (workdir / "eval_captions.txt").read_text().split("video ")[1:]
     assert len(blocks) == config.data.num_eval
     source = synthetic.SyntheticVideoSource(config.data.num_eval, num_frames=8, height=32, width=32,
-                                            split="validation", task="captioning")
+                                            split="validation", variant="captions")
     names = sorted({synthetic.direction_name(label) for label in range(8)})
     generated = {}
     for block in blocks:

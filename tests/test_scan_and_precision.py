@@ -135,9 +135,10 @@ def test_bf16_trains_the_tiny_model_with_float32_state():
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=5e-3)
 
 
-def test_cotangent_boundaries_change_no_gradient(monkeypatch):
-    """On CPU each block input's gradient passes a conditional XLA must write out whole (layers.call_block); the
-    gradients are those of the plain graph, and a NaN reaching a boundary stays non-finite."""
+def test_cotangent_boundaries_change_no_gradient():
+    """With block_gradients="written_out" (the CPU's default) each block input's gradient passes a conditional XLA
+    must write out whole (layers.call_block); the gradients are those of the plain graph ("fused"), and a NaN
+    reaching a boundary stays non-finite."""
     class Block(nnx.Module):
         def __init__(self, rngs):
             self.norm, self.fc = nnx.LayerNorm(8, rngs=rngs), nnx.Linear(8, 8, rngs=rngs)
@@ -148,19 +149,18 @@ def test_cotangent_boundaries_change_no_gradient(monkeypatch):
     graphdef, state = nnx.split([Block(nnx.Rngs(i)) for i in range(3)])
     x = jax.random.normal(jax.random.key(0), (2, 5, 8))
 
-    def gradient():  # a new function each time: jax caches traces by function, and the switch is read when tracing
+    def gradient(block_gradients):
         def loss(state, x):
-            return jnp.sum(jnp.sin(layers.run_blocks(nnx.merge(graphdef, state), x, None)) ** 2)
+            blocks = nnx.merge(graphdef, state)
+            return jnp.sum(jnp.sin(layers.run_blocks(blocks, x, None, block_gradients=block_gradients)) ** 2)
 
         return jax.grad(loss, argnums=(0, 1))
 
-    assert layers.cotangent_boundaries() and "cond" in str(jax.make_jaxpr(gradient())(state, x))
-    with_boundaries = gradient()(state, x)
-    monkeypatch.setattr(layers, "cotangent_boundaries", lambda: False)
-    assert "cond" not in str(jax.make_jaxpr(gradient())(state, x))
-    plain = gradient()(state, x)
+    assert "cond" in str(jax.make_jaxpr(gradient("written_out"))(state, x))
+    with_boundaries = gradient("written_out")(state, x)
+    assert "cond" not in str(jax.make_jaxpr(gradient("fused"))(state, x))
+    plain = gradient("fused")(state, x)
     for a, b in zip(jax.tree.leaves(with_boundaries), jax.tree.leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    monkeypatch.undo()
-    poisoned = gradient()(state, x.at[0, 0, 0].set(jnp.nan))[1]
+    poisoned = gradient("written_out")(state, x.at[0, 0, 0].set(jnp.nan))[1]
     assert not np.isfinite(np.asarray(poisoned)).all()

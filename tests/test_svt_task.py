@@ -53,7 +53,7 @@ def test_step_compiles_once_with_one_backbone_trace_per_view_shape(monkeypatch):
     mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
-    batches = iter(pipeline.make_dataset(config, "train", source))
+    batches = iter(pipeline.make_dataset(config, "train", source, train.tasks.get_task("svt").input_spec(config)))
     batch = next(batches)
     assert {k: v.shape for k, v in batch.items() if k.startswith("views_")} == {
         "views_2x32": (8, 1, 2, 32, 32, 3), "views_4x32": (8, 1, 4, 32, 32, 3),

@@ -240,7 +240,7 @@ _CLASSIFICATION_PINS = [
 
 @pytest.mark.parametrize("kwargs, index, label, digest, total", _CLASSIFICATION_PINS)
 def test_classification_elements_are_unchanged(kwargs, index, label, digest, total):
-    for source in (SyntheticVideoSource(**kwargs), SyntheticVideoSource(**kwargs, task="classification")):
+    for source in (SyntheticVideoSource(**kwargs), SyntheticVideoSource(**kwargs, variant="label")):
         element = source[index]
         assert set(element) == {"video", "label", "index"}
         assert element["label"] == label
@@ -263,11 +263,11 @@ def _step(masks: np.ndarray) -> np.ndarray:
     return np.array([steps[1] * w / (2 * np.pi), -steps[0] * h / (2 * np.pi)])
 
 
-@pytest.mark.parametrize("task, key, shape, dtype", [("multilabel", "labels", (6,), np.float32),
-                                                     ("regression", "targets", (2,), np.float32)])
+@pytest.mark.parametrize("variant, key, shape, dtype", [("labels", "labels", (6,), np.float32),
+                                                     ("targets", "targets", (2,), np.float32)])
 @pytest.mark.parametrize("num_frames, height, width", [(4, 32, 32), (1, 16, 16), (5, 17, 23), (2, 16, 64)])
-def test_variant_shapes_and_dtypes(task, key, shape, dtype, num_frames, height, width):
-    source = SyntheticVideoSource(9, num_frames=num_frames, height=height, width=width, num_classes=6, task=task)
+def test_variant_shapes_and_dtypes(variant, key, shape, dtype, num_frames, height, width):
+    source = SyntheticVideoSource(9, num_frames=num_frames, height=height, width=width, num_classes=6, variant=variant)
     for index in (0, 4, 8):
         element = source[index]
         assert set(element) == {"video", key, "index"}
@@ -276,10 +276,10 @@ def test_variant_shapes_and_dtypes(task, key, shape, dtype, num_frames, height, 
         assert element["index"].dtype == np.int64 and element["index"] == index
 
 
-@pytest.mark.parametrize("task", ["multilabel", "regression"])
-def test_variants_are_deterministic_in_seed_split_and_index(task):
-    kwargs = dict(num_examples=6, num_frames=3, height=24, width=24, task=task)
-    key = "labels" if task == "multilabel" else "targets"
+@pytest.mark.parametrize("variant", ["labels", "targets"])
+def test_variants_are_deterministic_in_seed_split_and_index(variant):
+    kwargs = dict(num_examples=6, num_frames=3, height=24, width=24, variant=variant)
+    key = variant  # a variant is named by the target it carries
     a = SyntheticVideoSource(**kwargs)
     first = a[4]
     a[1], a[5]  # Interleaved calls must not change later elements.
@@ -302,7 +302,7 @@ def test_variants_are_deterministic_in_seed_split_and_index(task):
 
 @pytest.mark.parametrize("num_classes, most", [(8, 3), (2, 2), (1, 1)])
 def test_multilabel_has_one_to_three_labels(num_classes, most):
-    source = SyntheticVideoSource(120, num_frames=1, height=16, width=16, num_classes=num_classes, task="multilabel")
+    source = SyntheticVideoSource(120, num_frames=1, height=16, width=16, num_classes=num_classes, variant="labels")
     labels = np.stack([source[i]["labels"] for i in range(len(source))])
     assert set(np.unique(labels)) <= {0.0, 1.0}
     counts = labels.sum(axis=1).astype(int)
@@ -313,7 +313,7 @@ def test_multilabel_has_one_to_three_labels(num_classes, most):
 def test_multilabel_objects_move_with_their_classes():
     num_classes, size = 8, 64
     source = SyntheticVideoSource(
-        150, num_frames=8, height=size, width=size, num_classes=num_classes, task="multilabel"
+        150, num_frames=8, height=size, width=size, num_classes=num_classes, variant="labels"
     )
     matches = []
     for i in range(len(source)):
@@ -351,7 +351,7 @@ def _weighted_step(video: np.ndarray) -> np.ndarray:
 
 def test_regression_targets_are_the_rendered_velocity(monkeypatch):
     size, count = 48, 100
-    source = SyntheticVideoSource(count, num_frames=8, height=size, width=size, task="regression")
+    source = SyntheticVideoSource(count, num_frames=8, height=size, width=size, variant="targets")
     elements = [source[i] for i in range(count)]
     targets = np.stack([e["targets"] for e in elements])
     assert targets.dtype == np.float32 and np.abs(targets).max() <= 1.0
@@ -375,7 +375,7 @@ def test_regression_targets_are_the_rendered_velocity(monkeypatch):
 
 
 def test_variant_targets_are_invisible_in_a_single_frame():
-    regression = SyntheticVideoSource(400, num_frames=4, height=32, width=32, task="regression")
+    regression = SyntheticVideoSource(400, num_frames=4, height=32, width=32, variant="targets")
     elements = [regression[i] for i in range(len(regression))]
     targets = np.stack([e["targets"] for e in elements])
     still = np.stack([_first_frame_features(e["video"]) for e in elements])
@@ -392,7 +392,7 @@ def test_variant_targets_are_invisible_in_a_single_frame():
 
     # Which classes a multi-label clip holds: from one frame no better than chance, from the motion of its one object
     # (clips with one object) near perfect.
-    multilabel = SyntheticVideoSource(1200, num_frames=4, height=32, width=32, num_classes=2, task="multilabel")
+    multilabel = SyntheticVideoSource(1200, num_frames=4, height=32, width=32, num_classes=2, variant="labels")
     single = [e for e in (multilabel[i] for i in range(len(multilabel))) if e["labels"].sum() == 1]
     labels = np.array([e["labels"].argmax() for e in single])
     assert len(single) > 400
@@ -405,25 +405,25 @@ def test_variant_targets_are_invisible_in_a_single_frame():
 def test_variant_names_repr_and_unknown_task():
     assert SyntheticVideoSource(3).class_names == class_names(8)
     assert SyntheticVideoSource(3).target_names is None
-    multilabel = SyntheticVideoSource(3, num_classes=4, task="multilabel")
+    multilabel = SyntheticVideoSource(3, num_classes=4, variant="labels")
     assert multilabel.class_names == ["move_right", "move_up", "move_left", "move_down"]
-    regression = SyntheticVideoSource(3, task="regression")
+    regression = SyntheticVideoSource(3, variant="targets")
     assert regression.class_names is None and regression.target_names == list(REGRESSION_TARGETS)
     assert REGRESSION_TARGETS == ("velocity_x", "velocity_y")
-    assert repr(regression).endswith("split='train', task='regression')")
-    assert "task" not in repr(SyntheticVideoSource(3))  # Unchanged, so grain checkpoints still restore.
-    with pytest.raises(ValueError, match=r"task must be one of \('classification', 'multilabel', 'regression', "
-                                         r"'captioning'\), got 'pretrain'"):
-        SyntheticVideoSource(3, task="pretrain")
+    assert repr(regression).endswith("split='train', variant='targets')")
+    assert "variant" not in repr(SyntheticVideoSource(3))  # Unchanged, so grain checkpoints still restore.
+    with pytest.raises(ValueError, match=r"variant must be one of \('label', 'labels', 'targets', 'captions'\) \(the "
+                                         r"target its clips carry\), got 'pretrain'"):
+        SyntheticVideoSource(3, variant="pretrain")
 
 
-@pytest.mark.parametrize("task", ["multilabel", "regression"])
-def test_variants_work_as_grain_sources_and_pickle(task):
-    source = SyntheticVideoSource(8, num_frames=2, height=20, width=20, num_classes=5, seed=3, task=task)
-    key = "labels" if task == "multilabel" else "targets"
+@pytest.mark.parametrize("variant", ["labels", "targets"])
+def test_variants_work_as_grain_sources_and_pickle(variant):
+    source = SyntheticVideoSource(8, num_frames=2, height=20, width=20, num_classes=5, seed=3, variant=variant)
+    key = variant  # a variant is named by the target it carries
     dataset = grain.MapDataset.source(source)
     restored = pickle.loads(pickle.dumps(source))
-    assert repr(restored) == repr(source) and restored.task == task
+    assert repr(restored) == repr(source) and restored.variant == variant
     for index in (0, 7):
         expected = source[index]
         for element in (dataset[index], restored[index]):
@@ -431,8 +431,8 @@ def test_variants_work_as_grain_sources_and_pickle(task):
             np.testing.assert_array_equal(element[key], expected[key])
 
 
-@pytest.mark.parametrize("task", ["classification", "regression"])
-def test_looks_share_backgrounds_and_objects_across_labels_and_splits(monkeypatch, task):
+@pytest.mark.parametrize("variant", ["label", "targets"])
+def test_looks_share_backgrounds_and_objects_across_labels_and_splits(monkeypatch, variant):
     """looks=N: every clip's background and object look (size, shape, colour) is one of N, in every split, each
     look carrying many labels; the start and the motion stay the clip's own; looks=0 gives every clip its own."""
     backgrounds, objects = [], []
@@ -458,17 +458,17 @@ def test_looks_share_backgrounds_and_objects_across_labels_and_splits(monkeypatc
         starts = {(o.start_y, o.start_x) for o in objects}
         return keys, elements, starts
 
-    train, train_elements, starts = looks_of(SyntheticVideoSource(48, 4, 16, 16, task=task, looks=3))
-    validation, _, _ = looks_of(SyntheticVideoSource(24, 4, 16, 16, task=task, looks=3, split="validation"))
+    train, train_elements, starts = looks_of(SyntheticVideoSource(48, 4, 16, 16, variant=variant, looks=3))
+    validation, _, _ = looks_of(SyntheticVideoSource(24, 4, 16, 16, variant=variant, looks=3, split="validation"))
     assert len(set(train)) == 3 and set(validation) <= set(train)
     assert len(starts) == 48  # each clip starts somewhere of its own
-    if task == "classification":  # every look shows several directions: the look says nothing of the label
+    if variant == "label":  # every look shows several directions: the look says nothing of the label
         labels = [int(e["label"]) for e in train_elements]
         for look in set(train):
             assert len({label for key, label in zip(train, labels, strict=True) if key == look}) >= 3
-    one, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, task=task, looks=1))
+    one, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, variant=variant, looks=1))
     assert len(set(one)) == 1
-    own, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, task=task))
+    own, _, _ = looks_of(SyntheticVideoSource(8, 4, 16, 16, variant=variant))
     assert len(set(own)) == 8
 
 
@@ -499,10 +499,10 @@ def test_scene_cue_stripes_run_along_the_motion_axis():
     assert not np.array_equal(source[0]["video"], plain[0]["video"])
     assert [int(source[i]["label"]) for i in range(8)] == [int(plain[i]["label"]) for i in range(8)]
     assert repr(source).endswith("split='train', scene_cue=True)")
-    with pytest.raises(ValueError, match=r"scene_cue=True .* needs task='classification' with looks=0 \(got "
-                                         r"task='regression', looks=0\)"):
-        SyntheticVideoSource(3, task="regression", scene_cue=True)
-    with pytest.raises(ValueError, match=r"got task='classification', looks=2"):
+    with pytest.raises(ValueError, match=r"scene_cue=True .* needs variant='label' with looks=0 \(got "
+                                         r"variant='targets', looks=0\)"):
+        SyntheticVideoSource(3, variant="targets", scene_cue=True)
+    with pytest.raises(ValueError, match=r"got variant='label', looks=2"):
         SyntheticVideoSource(3, looks=2, scene_cue=True)
     with pytest.raises(ValueError, match=r"scene_cue must be True or False, got 'yes'"):
         SyntheticVideoSource(3, scene_cue="yes")
@@ -512,8 +512,8 @@ def test_looks_repr_and_bad_values():
     assert repr(SyntheticVideoSource(3, looks=2)).endswith("split='train', looks=2)")
     with pytest.raises(ValueError, match=r"looks must be >= 0, got -1"):
         SyntheticVideoSource(3, looks=-1)
-    with pytest.raises(ValueError, match=r"looks=2 is for the one-object tasks .* not 'multilabel'"):
-        SyntheticVideoSource(3, task="multilabel", looks=2)
+    with pytest.raises(ValueError, match=r"looks=2 is for the one-object variants .* not 'labels'"):
+        SyntheticVideoSource(3, variant="labels", looks=2)
 
 
 def test_write_files_gives_a_folder_tree_and_lists_the_file_sources_read_back(tmp_path):
@@ -534,7 +534,7 @@ def test_write_files_gives_a_folder_tree_and_lists_the_file_sources_read_back(tm
     error = np.abs(decoded.astype(int) - clips[4]["video"]).mean()
     assert error < 16 and error < np.abs(decoded.astype(int) - clips[5]["video"]).mean() / 2
 
-    regression = synthetic.SyntheticVideoSource(3, num_frames=4, height=32, width=32, task="regression")
+    regression = synthetic.SyntheticVideoSource(3, num_frames=4, height=32, width=32, variant="targets")
     listed = synthetic.write_files(regression, tmp_path / "reg")
     read = sources.CsvVideoSource(listed, root=tmp_path / "reg", targets=synthetic.REGRESSION_TARGETS)
     np.testing.assert_allclose(read[2]["targets"], regression[2]["targets"], atol=1e-6)

@@ -12,6 +12,7 @@ from vidjax import config_lib, sharding, train
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline
 from vidjax.data.pipeline import running_cell_mask, running_cell_masks, tube_mask
+from vidjax.evaluators import reconstruction
 from vidjax.models import videomae
 from vidjax.tasks import pretrain
 
@@ -222,7 +223,8 @@ def test_input_path_emits_decoder_masks():
     phases = {m.tobytes() for m in running_cell_masks(grid)}
     for split in ("train", "eval"):
         source = pipeline.make_source(config.data, split)
-        batch = next(iter(pipeline.make_dataset(config, split, source, mask_grid=grid)))
+        batch = next(iter(pipeline.make_dataset(config, split, source, pretrain.TASK.input_spec(config),
+                                                mask_grid=grid)))
         assert batch["decoder_mask"].shape == batch["mask"].shape == (8, 32)
         assert batch["decoder_mask"].dtype == bool
         assert ((~batch["decoder_mask"]).sum(1) == 16).all()
@@ -230,10 +232,11 @@ def test_input_path_emits_decoder_masks():
     # The tube masks are V1's: the decoder masks are drawn after them.
     v1 = tiny_family_config("videomae")
     source = pipeline.make_source(v1.data, "train")
-    v1_batch = next(iter(pipeline.make_dataset(v1, "train", source, mask_grid=grid)))
+    v1_batch = next(iter(pipeline.make_dataset(v1, "train", source, pretrain.TASK.input_spec(v1), mask_grid=grid)))
     assert "decoder_mask" not in v1_batch
     source = pipeline.make_source(config.data, "train")
-    v2_batch = next(iter(pipeline.make_dataset(config, "train", source, mask_grid=grid)))
+    v2_batch = next(iter(pipeline.make_dataset(config, "train", source, pretrain.TASK.input_spec(config),
+                                               mask_grid=grid)))
     np.testing.assert_array_equal(v2_batch["mask"], v1_batch["mask"])
 
 
@@ -267,7 +270,7 @@ def test_a_train_step_runs_with_decoder_masking(tmp_path):
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
     path = tmp_path / "reconstruction.png"
-    pretrain.write_reconstruction_figure(config, setup, setup.init_state()["params"],
-                                         pipeline.make_source(config.data, "eval"), setup.abstract_model.encoder.grid,
-                                         str(path))
+    reconstruction.write_reconstruction_figure(config, setup, setup.init_state()["params"],
+                                               pipeline.make_source(config.data, "eval"),
+                                               setup.abstract_model.encoder.grid, str(path))
     assert path.stat().st_size > 0

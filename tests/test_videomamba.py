@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 from helpers import load_config, train_losses
 
-from vidjax import train
+from vidjax import platform, train
 from vidjax.config_lib import ConfigError
-from vidjax.convert.common import resize_grid
 from vidjax.models import videomamba
+from vidjax.models.positions import resize_grid
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
 
@@ -49,7 +49,8 @@ def test_shapes_heads_and_errors():
         model.embed(video(frames=8))
     with pytest.raises(ConfigError, match="Unknown model variant 'B/16'.*Mu, Ti, S, M"):
         build(tiny_config(variant="B/16"))
-    with pytest.raises(ConfigError, match="scan must be one of auto, chunked, associative, sequential, recurrent"):
+    with pytest.raises(ConfigError, match="scan='parallel'; choose one of 'auto', 'chunked', 'associative', "
+                                          "'sequential', 'recurrent'"):
         build(tiny_config(scan="parallel"))
     with pytest.raises(ConfigError, match="'classification' or 'none'"):
         build(tiny_config(head="pretrain"))
@@ -106,14 +107,17 @@ def test_bidirectional_mixer_is_forward_plus_flipped_backward():
     assert float(jnp.abs(mixer(h) - mixer.out_proj(forward)).max()) > 1e-2
 
 
-def test_auto_scan_is_recurrent_on_cpu_and_chunked_elsewhere(monkeypatch):
+def test_auto_scan_is_recurrent_on_cpu_and_chunked_elsewhere():
     assert videomamba.default_config().scan == "auto"
     assert videomamba.resolve_scan("auto") == "recurrent"  # the test backend is the CPU
     assert [videomamba.resolve_scan(s) for s in ("chunked", "associative", "sequential", "recurrent")] == [
         "chunked", "associative", "sequential", "recurrent"]
     for backend in ("gpu", "tpu"):
-        monkeypatch.setattr(videomamba.jax, "default_backend", lambda backend=backend: backend)
-        assert videomamba.resolve_scan("auto") == "chunked"
+        assert videomamba.resolve_scan("auto", backend) == "chunked"
+        assert platform.resolve(tiny_config(), backend).scan == "chunked"
+    # The model holds the resolved scan: built from "auto" here, from an explicit value anywhere.
+    assert build(tiny_config()).layers[1].mixer.scan == "recurrent"
+    assert build(platform.resolve(tiny_config(), "gpu")).layers[1].mixer.scan == "chunked"
 
 
 def test_scans_agree_on_the_model():

@@ -9,7 +9,9 @@ status 2, never a traceback or the whole help text.
 
 Both switch on the persistent compilation cache (vidjax/compile_cache.py) once the command line is parsed, unless
 `--nocompilation_cache` (`--compilation_cache=false`) or VIDJAX_CACHE_DIR=off says not to, and before that set the
-host allocator for XLA:CPU to reuse each step's memory (vidjax/host_malloc.py; VIDJAX_HOST_MALLOC=system does not).
+host allocator for XLA:CPU to reuse each step's memory (vidjax/host_malloc.py; VIDJAX_HOST_MALLOC=system does not):
+the one platform choice made here, before jax starts a backend (vidjax/platform.py lists them all; the models' are
+config values, resolved when a model is built).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
+import vidjax
 from vidjax import fileio
 
 ENV = "VIDJAX_CACHE_DIR"
@@ -200,8 +201,6 @@ def seconds_since_start() -> float:
             uptime = float(f.read().split()[0])
         return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
-        import vidjax
-
         return time.time() - vidjax.IMPORTED_AT
 
 

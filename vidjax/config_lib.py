@@ -23,7 +23,9 @@ def host_cpus() -> int:
 
 
 def raise_problems(problems: list[str]) -> None:
-    """One ConfigError for every problem found (none: nothing raised), so that one run shows all there is to fix."""
+    """One ConfigError for every problem found (none: nothing raised), so that one run shows all there is to fix;
+    a problem found twice (a setting every split's source checks) is shown once."""
+    problems = list(dict.fromkeys(problems))
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
@@ -149,6 +151,9 @@ def trainer_config() -> ml_collections.ConfigDict:
         eval_label_space="",
         eval_every=0,  # 0 = only at the end
         eval_batches=0,  # 0 = the whole eval split
+        # The run's evaluations, name -> dict(type, every, split, data, batches, prefix, init, the type's options):
+        # vidjax/evaluators/__init__.py. Empty: one, "eval", the task's evaluator at eval_every over eval_batches.
+        evals={},
         checkpoint_every=1000,
         keep_checkpoints=3,
         # Faults. A step whose loss, gradients or updated parameters are not finite is skipped (parameters,
@@ -202,11 +207,13 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     block = ml_collections.ConfigDict(dict(
         source="synthetic",
         num_train=1024, num_eval=256,  # synthetic only
-        synthetic_task="classification",  # synthetic only: classification | multilabel | regression | captioning
+        # synthetic only: the targets its clips carry, named by their batch key (a task's `synthetic_task`): label (a
+        # motion class) | labels (multi-hot, several objects) | targets (a velocity) | captions
+        synthetic_task="label",
         # synthetic only: 0 = every clip its own background and object look; N = each clip one of N fixed looks, drawn
         # independently of its label (1: only the motion and the start tell clips apart)
         synthetic_looks=0,
-        # synthetic only (classification): True = the background's stripes run along the class's motion axis, a scene
+        # synthetic only (label): True = the background's stripes run along the class's motion axis, a scene
         # cue to the class as Kinetics' scenes are (SVT's runlocal; vidjax/data/synthetic.py)
         synthetic_scene_cue=False,
         # Classes: 0 = the data's own count (class folders, a names file, a list's labels; the embedded dataset's 8),
@@ -275,8 +282,8 @@ def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *,
     video = config.model if video_model is None else video_model
     video.variant = variant
     video.num_frames, video.image_size = num_frames, image_size
-    if config.task == "classification":
-        config.model.num_classes = 8
+    if config.model.get("head") == "classification" and config.model.num_classes == config.data.num_classes:
+        config.model.num_classes = 8  # a head of one output per class of the recipe's data: one per embedded class
     video.drop_path = 0.0
     keep = {key: config.data[key] for key in ("synthetic_task", "synthetic_looks", "synthetic_scene_cue")}
     config.data = synthetic_data(num_frames=num_frames, image_size=image_size, num_classes=8, num_train=2048,

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -124,15 +125,18 @@ def _gradio():
 
 def _example_source(model: pretrained.Pretrained, num_examples: int, num_frames: int, side: int
                     ) -> synthetic.SyntheticVideoSource:
-    """Embedded-dataset clips of the task the checkpoint does (its class count where the generator has one)."""
-    task = model.task if model.task in synthetic.TASKS else "classification"
-    num_classes = int(model.config.get("num_classes", 0) or synthetic.NUM_CLASSES)
-    if task == "captioning" or not 1 <= num_classes <= synthetic.MAX_CLASSES:
-        num_classes = synthetic.NUM_CLASSES
+    """Embedded-dataset clips carrying the targets of the checkpoint's task (`Task.synthetic_task`; the default
+    class labels for a task without targets), of its class count where the generator takes that count."""
+    task = tasks.find_task(model.task or "")
+    variant = {"variant": task.synthetic_task} if task is not None and task.synthetic_task else {}
     # Wider than tall, so the short-side resize and the centre crop do what they do to a real upload.
     width = side * 4 // 3 // 2 * 2  # even: H.264 in yuv420p
-    return synthetic.SyntheticVideoSource(num_examples, num_frames=num_frames, height=side, width=width,
-                                          num_classes=num_classes, split="test", task=task)
+    clips = functools.partial(synthetic.SyntheticVideoSource, num_examples, num_frames=num_frames, height=side,
+                              width=width, split="test", **variant)
+    try:
+        return clips(num_classes=int(model.config.get("num_classes", 0) or synthetic.NUM_CLASSES))
+    except ValueError:  # more classes than the generator has, or a count its captions cannot say in words
+        return clips(num_classes=synthetic.NUM_CLASSES)
 
 
 def _example_label(source: synthetic.SyntheticVideoSource, element: dict) -> str:
@@ -266,45 +270,59 @@ class ClipBatcher:
         return request.rows
 
 
-class Demo:
-    """The demo's models and the functions behind its page; `blocks()` builds the page, `launch` serves it."""
+class ModelRunner:
+    """The demo's model calls: a head's scores through the `ClipBatcher` that concurrent requests share, a
+    captioner's captions, and a pre-training checkpoint's masked reconstruction."""
 
-    def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None = None,
-                 settings: Settings | None = None, *, checkpoint: str = "", caption_checkpoint: str = ""):
-        if not model.has_head and model.config.get("head") != "pretrain" and not isinstance(
-                model, pretrained.PretrainedCaptioner):
-            raise DemoError(f"--checkpoint={checkpoint} is a backbone checkpoint of {model.model_name} (head "
-                            f"{model.config.get('head')!r}): it has no head to predict with and no decoder to "
-                            f"reconstruct with, so the demo has nothing to show. Fine-tune it first (a config with "
-                            f"config.init_from={checkpoint}), or use `python -m vidjax.extract` for embeddings.")
-        if captioner is None and isinstance(model, pretrained.PretrainedCaptioner):
-            captioner, caption_checkpoint = model, checkpoint
-        if captioner is not None:
-            if not isinstance(captioner, pretrained.PretrainedCaptioner):
-                raise DemoError(f"--caption_checkpoint={caption_checkpoint} is a {captioner.model_name} checkpoint, "
-                                f"not a captioner (vidjax.models.captioner); pass a converted "
-                                f"VisionEncoderDecoderModel or a captioning run, or leave the flag out.")
-            try:
-                _ = captioner.tokenizer  # read now: one without a tokenizer fails here, not at the first upload
-            except (ValueError, ImportError) as e:
-                raise DemoError(f"--caption_checkpoint={caption_checkpoint}: {e}") from e
-        settings = settings or Settings()
-        self.model, self.captioner, self.settings = model, captioner, settings
-        self.checkpoint, self.caption_checkpoint = checkpoint, caption_checkpoint
-        self.has_head = model.has_head
-        self.runner = ClipBatcher(model, predict.scores_fn(model.task), settings.max_batch) if self.has_head else None
-        self.names = predict.output_names(model) if self.has_head else []
-        self.folder = tempfile.mkdtemp(prefix="vidjax-demo-")
-        self.examples = write_examples(model, self.folder, settings) if settings.num_examples else []
+    def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None,
+                 max_batch: int):
+        self.model, self.captioner = model, captioner
+        self.batcher = ClipBatcher(model, predict.scores_fn(model.task), max_batch) if model.has_head else None
+        self.names = predict.output_names(model) if model.has_head else []  # the head's outputs
 
-    # ---------------------------------------------------------------------------------------- what it predicts
+    def warm_up(self) -> None:
+        """Compiles the head's batch sizes now, so that no request waits for a compilation."""
+        if self.batcher is not None:
+            self.batcher.warm_up()
+
+    def scores(self, video: str, settings: Settings) -> dict:
+        """The head's `predict.prediction_entry` of the video: its aggregate and, with a window, each window's."""
+        return predict.prediction_entry(self.model, self.batcher, video, names=self.names, top_k=settings.top_k,
+                                        threshold=settings.threshold, window_s=settings.window_s,
+                                        stride_s=settings.stride_s)
+
+    def captions(self, video: str, settings: Settings) -> list[tuple[float | None, float | None, str]]:
+        """The captioner's (start_s, end_s, caption) of each window's centre clip, as `predict` writes them."""
+        positions = int(self.captioner.config.decoder.n_positions)
+        return predict.caption_video(self.captioner, video, num_beams=settings.num_beams,
+                                     max_new_tokens=min(MAX_CAPTION_TOKENS, positions - 1),
+                                     window_s=settings.window_s, stride_s=settings.stride_s)
+
+    def reconstruction(self, video: str, folder: str) -> dict:
+        """`vidjax.visualize.render` of the video's middle clip, its GIF in a new folder under `folder`."""
+        prefix = tempfile.mkdtemp(dir=folder)
+        return visualize.render(self.model, video, os.path.join(prefix, "reconstruction"))
+
+
+class Handlers:
+    """What the page's endpoints do with one request: the upload checked against --max_mb and --max_seconds before
+    any frame is decoded (each refusal an InputError saying what was wrong and what to do), then the runner's outputs
+    read as the checkpoint's task shows them (`Task.shown_scores`, `timeline_columns`, `timeline_cells`)."""
+
+    def __init__(self, runner: ModelRunner, task: tasks.Task, settings: Settings, *, folder: str, checkpoint: str):
+        self.runner, self.task, self.settings = runner, task, settings
+        self.folder, self.checkpoint = folder, checkpoint
+        self.has_head = runner.batcher is not None
+        self.reconstructs = task.demo_output == "reconstruction"
 
     @property
-    def task(self) -> str:
-        """What the page leads with: the head's task, "pretrain" (a reconstruction) or "captioning"."""
+    def timeline_headers(self) -> list[str]:
+        headers = ["start (s)", "end (s)"]
         if self.has_head:
-            return self.model.task
-        return "pretrain" if self.model.config.get("head") == "pretrain" else "captioning"
+            headers += self.task.timeline_columns(self.runner.names, self.settings.threshold)
+        if self.runner.captioner is not None:
+            headers.append("caption")
+        return headers
 
     def check_upload(self, video: str | None) -> str:
         """The upload's path; an InputError when there is none, it is over --max_mb or --max_seconds, or it is not
@@ -335,55 +353,16 @@ class Demo:
                           f"({VIDEO_TYPES}); if this one plays elsewhere, re-encode it (e.g. `ffmpeg -i in -c:v "
                           f"libx264 out.mp4`) and try again.")
 
-    def _windows(self) -> dict:
-        return dict(window_s=self.settings.window_s, stride_s=self.settings.stride_s)
-
-    def _head_entry(self, video: str) -> dict:
-        s = self.settings
-        return predict.prediction_entry(self.model, self.runner, video, names=self.names, top_k=s.top_k,
-                                        threshold=s.threshold, **self._windows())
-
-    def _shown(self, prediction: dict) -> dict[str, float]:
-        """label -> value of one `describe` output: the top-k probabilities or scores, or every target's value."""
-        if "values" in prediction:
-            return dict(prediction["values"])
-        score = tasks.get_task(self.model.task).score_name
-        return {row["label"]: row[score] for row in prediction["top_k"]}
-
     def predict(self, video: str | None) -> dict[str, float]:
         """The /predict endpoint: label -> probability (multi-label: score; regression: target -> value)."""
         video = self.check_upload(video)
         if not self.has_head:
             raise InputError(f"--checkpoint={self.checkpoint} has no classification or regression head, so /predict "
-                             f"has no labels to give; call /analyse for its "
-                             f"{'reconstruction' if self.task == 'pretrain' else 'caption'}.")
+                             f"has no labels to give; call /analyse for its {self.task.demo_output}.")
         try:
-            return self._shown(self._head_entry(video)["aggregate"])
+            return self.task.shown_scores(self.runner.scores(video, self.settings)["aggregate"])
         except decode.VideoDecodeError as e:
             raise self._decode_error(video, e) from e
-
-    def _timeline_cells(self, prediction: dict) -> list[Any]:
-        """One window's cells under `timeline_headers`' head columns."""
-        shown = self._shown(prediction)
-        if self.model.task == "regression":
-            return [round(v, 4) for v in shown.values()]
-        best, score = next(iter(shown.items()))
-        if self.model.task == "multilabel":
-            best = ", ".join(row["label"] for row in prediction["above_threshold"]) or "(none)"
-        return [best, round(score, 4)]
-
-    @property
-    def timeline_headers(self) -> list[str]:
-        headers = ["start (s)", "end (s)"]
-        if self.has_head and self.model.task == "regression":
-            headers += self.names
-        elif self.has_head and self.model.task == "multilabel":
-            headers += [f"classes scoring >= {self.settings.threshold:g}", "top score"]
-        elif self.has_head:
-            headers += ["top label", "score"]
-        if self.captioner is not None:
-            headers.append("caption")
-        return headers
 
     def analyse(self, video: str | None) -> Analysis:
         """Everything the page shows for one video (the /analyse endpoint)."""
@@ -394,53 +373,57 @@ class Demo:
             raise self._decode_error(video, e) from e
 
     def _analyse(self, video: str) -> Analysis:
+        s = self.settings
         labels = caption = gif = None
         rows: list[list[Any]] = []
         notes = []
         if self.has_head:
-            entry = self._head_entry(video)
-            labels = self._shown(entry["aggregate"])
+            entry = self.runner.scores(video, s)
+            labels = self.task.shown_scores(entry["aggregate"])
             for window in entry.get("windows", []):
                 rows.append([round(window["start_s"], 2), round(window["end_s"], 2),
-                             *self._timeline_cells(window["prediction"])])
-        elif self.task == "pretrain":
-            prefix = tempfile.mkdtemp(dir=self.folder)
-            result = visualize.render(self.model, video, os.path.join(prefix, "reconstruction"))
+                             *self.task.timeline_cells(window["prediction"])])
+        elif self.reconstructs:
+            result = self.runner.reconstruction(video, self.folder)
             gif = result["gif"]
             notes.append(f"{result['title']}; loss on the masked patches {result['loss']:.4f}.")
-        if self.captioner is not None:
-            positions = int(self.captioner.config.decoder.n_positions)
-            windows = predict.caption_video(self.captioner, video, num_beams=self.settings.num_beams,
-                                            max_new_tokens=min(MAX_CAPTION_TOKENS, positions - 1), **self._windows())
+        if self.runner.captioner is not None:
+            windows = self.runner.captions(video, s)
             caption = windows[len(windows) // 2][2]  # the middle window's: one clip's caption, as predict writes it
-            if self.settings.window_s:
+            if s.window_s:
                 if not rows:
                     rows = [[round(start, 2), round(end, 2)] for start, end, _ in windows]
                 for row, (_, _, text) in zip(rows, windows, strict=True):
                     row.append(text)
-        if self.settings.window_s and (self.has_head or self.captioner is not None):
-            notes.insert(0, f"{len(rows)} window{'s' if len(rows) != 1 else ''} of {self.settings.window_s:g} s, "
-                            f"{self.settings.stride_s or self.settings.window_s:g} s apart"
+        if s.window_s and (self.has_head or self.runner.captioner is not None):
+            notes.insert(0, f"{len(rows)} window{'s' if len(rows) != 1 else ''} of {s.window_s:g} s, "
+                            f"{s.stride_s or s.window_s:g} s apart"
                             + ("; labels are the mean over windows." if self.has_head else "."))
         return Analysis(labels, rows or None, caption, gif, " ".join(notes))
 
-    # ------------------------------------------------------------------------------------------------ the page
 
-    def _description(self) -> str:
-        kind = {"classification": f"the top {self.settings.top_k} classes and their probabilities",
-                "multilabel": f"the {self.settings.top_k} highest per-class scores (sigmoid)",
-                "regression": "the value of each target",
-                "pretrain": "the masked reconstruction of the middle clip (VideoMAE pre-training, no head)",
-                "captioning": "the caption of the middle window's clip"}[self.task]
-        caption = (f" Captions by `{self.caption_checkpoint}`." if self.captioner is not None
-                   and self.captioner is not self.model else "")
-        return (f"# vidjax demo\n`{self.checkpoint}`: {self.model.model_name} ({self.task}). Upload a video or pick "
-                f"an example, then press **Predict** to see {kind}.{caption} Uploads up to "
-                f"{self.settings.max_mb:g} MB.")
+class Page:
+    """The Gradio page: upload and examples, then what the checkpoints give (labels or values, a caption, a
+    reconstruction), a note and the timeline; its buttons call the handlers as /analyse and /predict."""
+
+    def __init__(self, handlers: Handlers, examples: list[tuple[str, str]], *, checkpoint: str,
+                 caption_checkpoint: str):
+        self.handlers, self.examples = handlers, examples
+        self.checkpoint, self.caption_checkpoint = checkpoint, caption_checkpoint
+
+    def description(self) -> str:
+        h = self.handlers
+        runner, settings = h.runner, h.settings
+        caption = (f" Captions by `{self.caption_checkpoint}`." if runner.captioner is not None
+                   and runner.captioner is not runner.model else "")
+        return (f"# vidjax demo\n`{self.checkpoint}`: {runner.model.model_name} ({runner.model.task}). Upload a video "
+                f"or pick an example, then press **Predict** to see {h.task.demo_description(settings.top_k)}."
+                f"{caption} Uploads up to {settings.max_mb:g} MB.")
 
     def blocks(self):
-        """The Gradio page: upload + examples, then labels / timeline / caption / reconstruction as they apply."""
+        """The Gradio Blocks: upload + examples, then labels / timeline / caption / reconstruction as they apply."""
         gr = _gradio()
+        h, settings = self.handlers, self.handlers.settings
 
         def on_page(fn):
             # gr.Error is what Gradio shows on the page (and raises in gradio_client) as the message itself.
@@ -452,7 +435,7 @@ class Demo:
             return wrapped
 
         with gr.Blocks(title="vidjax demo", analytics_enabled=False) as page:
-            gr.Markdown(self._description())
+            gr.Markdown(self.description())
             with gr.Row():
                 with gr.Column():
                     video = gr.Video(label="video", sources=["upload"], elem_id="video")
@@ -462,41 +445,100 @@ class Demo:
                                     example_labels=[label for _, label in self.examples], label="examples")
                 with gr.Column():
                     outputs = []
-                    if self.has_head and self.model.task == "regression":
+                    if h.has_head and not h.task.ranks_labels:
                         outputs.append(gr.JSON(label="values", elem_id="labels"))
-                    elif self.has_head:
-                        outputs.append(gr.Label(num_top_classes=self.settings.top_k, label=f"top {self.settings.top_k}",
+                    elif h.has_head:
+                        outputs.append(gr.Label(num_top_classes=settings.top_k, label=f"top {settings.top_k}",
                                                 elem_id="labels"))
-                    if self.captioner is not None:
+                    if h.runner.captioner is not None:
                         outputs.append(gr.Textbox(label="caption", interactive=False))
-                    if self.task == "pretrain":
+                    if h.reconstructs:
                         outputs.append(gr.Image(label="original | masked input | reconstruction", type="filepath"))
                     note = gr.Markdown()
-                    timeline = gr.Dataframe(headers=self.timeline_headers, label="timeline (one row per window)",
-                                            interactive=False, visible=bool(self.settings.window_s))
+                    timeline = gr.Dataframe(headers=h.timeline_headers, label="timeline (one row per window)",
+                                            interactive=False, visible=bool(settings.window_s))
             outputs += [note, timeline]
 
             def analyse(path):
-                result = self.analyse(path)
-                shown = [result.labels] if self.has_head else []
-                shown += [result.caption] if self.captioner is not None else []
-                shown += [result.gif] if self.task == "pretrain" else []
+                result = h.analyse(path)
+                shown = [result.labels] if h.has_head else []
+                shown += [result.caption] if h.runner.captioner is not None else []
+                shown += [result.gif] if h.reconstructs else []
                 return (*shown, result.note, result.timeline or [])
 
             button.click(on_page(analyse), inputs=[video], outputs=outputs, api_name="analyse",
-                         concurrency_id="model", concurrency_limit=self.settings.concurrency)
+                         concurrency_id="model", concurrency_limit=settings.concurrency)
             # /predict for scripts: the same prediction as plain {label: value} JSON, from components the page hides.
             hidden = gr.Button(visible=False)
-            hidden.click(on_page(self.predict), inputs=[video], outputs=[gr.JSON(visible=False)],
-                         api_name="predict", concurrency_id="model", concurrency_limit=self.settings.concurrency)
+            hidden.click(on_page(h.predict), inputs=[video], outputs=[gr.JSON(visible=False)],
+                         api_name="predict", concurrency_id="model", concurrency_limit=settings.concurrency)
         return page
+
+
+class Demo:
+    """A checkpoint's demo (and a captioner's, with --caption_checkpoint): the checkpoints checked, the examples
+    written, and its three parts: `runner` (the model calls), `handlers` (each request: limits, refusals, what the
+    task shows) and `page` (the layout). `launch` serves it; `check_upload`, `predict`, `analyse` and
+    `timeline_headers` are the handlers'."""
+
+    def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None = None,
+                 settings: Settings | None = None, *, checkpoint: str = "", caption_checkpoint: str = ""):
+        task = tasks.find_task(model.task or "")
+        # What the task shows (`Task.demo_output`) needs the head the task trains: a pre-training's decoder.
+        fits = task is not None and (task.head is None or model.config.get("head") == task.head)
+        if not fits or task.demo_output is None:
+            raise DemoError(f"--checkpoint={checkpoint} is a backbone checkpoint of {model.model_name} (head "
+                            f"{model.config.get('head')!r}): it has no head to predict with and no decoder to "
+                            f"reconstruct with, so the demo has nothing to show. Fine-tune it first (a config with "
+                            f"config.init_from={checkpoint}), or use `python -m vidjax.extract` for embeddings.")
+        if captioner is None and isinstance(model, pretrained.PretrainedCaptioner):
+            captioner, caption_checkpoint = model, checkpoint
+        if captioner is not None:
+            if not isinstance(captioner, pretrained.PretrainedCaptioner):
+                raise DemoError(f"--caption_checkpoint={caption_checkpoint} is a {captioner.model_name} checkpoint, "
+                                f"not a captioner (vidjax.models.captioner); pass a converted "
+                                f"VisionEncoderDecoderModel or a captioning run, or leave the flag out.")
+            try:
+                _ = captioner.tokenizer  # read now: one without a tokenizer fails here, not at the first upload
+            except (ValueError, ImportError) as e:
+                raise DemoError(f"--caption_checkpoint={caption_checkpoint}: {e}") from e
+        settings = settings or Settings()
+        self.model, self.captioner = model, captioner
+        self.folder = tempfile.mkdtemp(prefix="vidjax-demo-")
+        self.runner = ModelRunner(model, captioner, settings.max_batch)
+        self.handlers = Handlers(self.runner, task, settings, folder=self.folder, checkpoint=checkpoint)
+        self.examples = write_examples(model, self.folder, settings) if settings.num_examples else []
+        self.page = Page(self.handlers, self.examples, checkpoint=checkpoint, caption_checkpoint=caption_checkpoint)
+
+    @property
+    def settings(self) -> Settings:
+        return self.handlers.settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self.handlers.settings = settings
+
+    @property
+    def timeline_headers(self) -> list[str]:
+        return self.handlers.timeline_headers
+
+    def check_upload(self, video: str | None) -> str:
+        return self.handlers.check_upload(video)
+
+    def predict(self, video: str | None) -> dict[str, float]:
+        return self.handlers.predict(video)
+
+    def analyse(self, video: str | None) -> Analysis:
+        return self.handlers.analyse(video)
+
+    def blocks(self):
+        return self.page.blocks()
 
     def launch(self, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", share: bool = False, **kwargs):
         """Builds the page and serves it; blocks until Ctrl-C unless `prevent_thread_lock=True` is passed. Returns
         the Gradio Blocks (`.close()` stops the server)."""
-        page = self.blocks()
-        if self.runner is not None:
-            self.runner.warm_up()
+        page = self.page.blocks()
+        self.runner.warm_up()
         page.queue(default_concurrency_limit=self.settings.concurrency, max_size=self.settings.queue_size)
         page.launch(server_name=host, server_port=port, share=share, allowed_paths=[self.folder], show_error=True,
                     **kwargs)

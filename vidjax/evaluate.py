@@ -15,9 +15,11 @@ needs one. The model is always the checkpoint's: of the model keys only those se
 change the trained model is an error naming both values. The data's class count (0, or not set on the command
 line) must match the checkpoint's head.
 
-Prints the task's metrics (classification: top1, top5, macro_f1; multilabel: mAP; regression: ccc per target,
-ccc_mean, mse; pre-training: the reconstruction loss) and with --out writes them as JSON (and, for
-classification, the confusion matrix as OUT's name with .png). Exit status: 0 done, 2 bad config or checkpoint.
+Runs the evaluators the config names (config.evals, `vidjax.evaluators`; without any, the task's one: "eval"), the
+trainer's own, and prints their metrics (classification: top1, top5, macro_f1; multilabel: mAP; regression: ccc
+per target, ccc_mean, mse; captioning: BLEU, ROUGE-L, CIDEr; SVT: the k-NN's top1 and top5; pre-training: the
+reconstruction loss), each under its prefix (eval_top1); with --out writes them as JSON (and, for classification,
+the confusion matrix as OUT's name with .png). Exit status: 0 done, 2 bad config or checkpoint.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def define_flags() -> None:
 def get_config(checkpoint: str):
     """The config stored with training checkpoint `checkpoint`, as a config file's `get_config` gives one: what
     `--config.KEY=VALUE` flags change when no --config is given (`stored_config_argv`)."""
-    from vidjax import pretrained
+    # here, not at the top: --help answers without loading jax
+    from vidjax import pretrained, tasks
     from vidjax.convert.common import ConversionError
 
     try:
@@ -57,7 +60,7 @@ def get_config(checkpoint: str):
         raise ConfigError(f"--checkpoint={checkpoint}: {err}") from err  # flag parsing reports a ConfigError alone
     if training is None:
         raise ConfigError(_NO_DATA.format(checkpoint=checkpoint))
-    return training
+    return tasks.upgrade_stored_config(training)
 
 
 _NO_DATA = ("--checkpoint={checkpoint} is a converted checkpoint: its vidjax.json records the model but no data to "
@@ -88,13 +91,17 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
     `config` gives the data and settings; None: the config stored with a training checkpoint (`checkpoint` alone
     then reproduces the run's final evaluation). `explicit_keys`: the config keys the user chose (the command line's
     --config.KEY flags); the model, task and the data's clip size and class count follow the checkpoint where these
-    do not say otherwise (`resolve_config`). None: `config` is used as given. With `outputs` (a dict), the
-    per-example outputs are left in it as `train.evaluate` leaves them (e.g. "scores" and "label", for per-class
-    figures).
+    do not say otherwise (`resolve_config`). None: `config` is used as given.
+
+    The evaluations are those the config names (config.evals, `vidjax.evaluators`; a run's config without any: the
+    task's one evaluator, "eval"), each over its split, and the summary holds all of their metrics, each under its
+    prefix ("eval_top1"). With `outputs` (a dict), the first evaluator's per-example outputs are left in it (e.g.
+    "scores" and "label", for per-class figures).
     """
+    # here, not at the top: --help answers without loading jax
     import jax
 
-    from vidjax import fileio, pretrained, sharding, tasks, train
+    from vidjax import evaluators, fileio, pretrained, sharding, tasks, train
     from vidjax.convert.common import ConversionError
     from vidjax.data import pipeline
 
@@ -106,18 +113,16 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
     if config is None:
         if stored.training is None:
             raise ConfigError(_NO_DATA.format(checkpoint=checkpoint))
-        config = stored.training
+        config = tasks.upgrade_stored_config(stored.training)
     config = resolve_config(config, stored, explicit_keys, where)
     problems = train.config_problems(config)
     if config.task not in tasks.available():
         raise_problems(problems)
     task = tasks.get_task(config.task)
-    eval_source = train_source = None
+    eval_source = None
+    names = stored.class_names if task.names_classes else None
     try:
-        names = stored.class_names if task.names_classes else None
         eval_source = pipeline.make_source(config.data, "eval", class_names=names)
-        if task.reference_split:  # e.g. SVT's k-NN: the training split's features are its bank
-            train_source = pipeline.make_source(config.data, "train", class_names=names)
     except (ConfigError, FileNotFoundError) as err:
         problems.append(str(err))
     if eval_source is not None and task.counts_classes:
@@ -129,7 +134,8 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
         problems.append(str(err))
     if mesh is not None:
         problems += pipeline.batch_size_problems(config, jax.process_count(), mesh.size,
-                                                 {"eval": len(eval_source)} if eval_source is not None else None)
+                                                 {"eval": len(eval_source)} if eval_source is not None else None,
+                                                 pads_eval=task.pads_eval)
     raise_problems(problems)
     setup = train.build(config, max(len(eval_source), config.batch_size), mesh)
     params, report = pretrained.init_from(checkpoint, config.model_name, config.model, setup.init_params(),
@@ -143,18 +149,25 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
             + ("A pre-training checkpoint has no classification head: fine-tune it first (--config.init_from), "
                "then evaluate that run." if stored.model.get("head") == "pretrain" else
                "Evaluate with the checkpoint's own model (leave config.model unset)."))
-    mask_grid = task.mask_grid(setup.abstract_model)
-    outputs = {} if outputs is None else outputs
-    summary = train.evaluate(config, setup, train.make_eval_step(config, setup), params, eval_source, mask_grid,
-                             metadata={**(stored.metadata or {}),
-                                       "target_names": pipeline.target_names(config.data) or None},
-                             outputs=outputs, train_source=train_source)
+    context = train.eval_context(config, setup, sources={"eval": eval_source}, class_names=names,
+                                 mask_grid=task.mask_grid(setup.abstract_model),
+                                 metadata={**(stored.metadata or {}),
+                                           "target_names": pipeline.target_names(config.data) or None})
+    scheduled = evaluators.from_config(context)  # the splits any of them reads besides "eval" made and checked
+    summary: dict[str, float] = {}
+    for evaluation in scheduled:
+        summary.update(evaluation.run(params))
+    first = scheduled[0].evaluator.outputs  # per-example outputs of padded evals ({}: a trimmed loss estimate)
+    if outputs is not None:
+        outputs.update(first)
     if out and jax.process_index() == 0:
         with fileio.atomic_output(out) as f:
-            json.dump({"checkpoint": str(checkpoint), "num_examples": len(outputs["loss"]) if outputs else None,
-                       **summary}, f, indent=1)
-        task.evaluation_figure(outputs, summary, getattr(eval_source, "class_names", None),
-                               os.path.splitext(out)[0] + ".png", title=str(checkpoint))
+            json.dump({"checkpoint": str(checkpoint),
+                       "num_examples": len(next(iter(first.values()))) if first else None, **summary}, f, indent=1)
+        stem = os.path.splitext(out)[0]
+        for evaluation in scheduled:  # OUT.png, and OUT_<name>.png for the evaluations after the first
+            evaluation.evaluator.figure(stem + ("" if evaluation is scheduled[0] else f"_{evaluation.name}") + ".png",
+                                        title=str(checkpoint))
     return summary
 
 
@@ -171,6 +184,7 @@ def resolve_config(config: ml_collections.ConfigDict, stored, explicit_keys: Col
     """
     import math
 
+    # here, not at the top: --help answers without loading jax
     import jax
 
     from vidjax import pretrained
@@ -210,7 +224,7 @@ def resolve_config(config: ml_collections.ConfigDict, stored, explicit_keys: Col
 
 def _class_count_problems(config: ml_collections.ConfigDict, eval_source, where: str) -> list[str]:
     """The eval data's classes against the checkpoint's head; config.data.num_classes 0 becomes the head's count."""
-    from vidjax.data import pipeline
+    from vidjax.data import pipeline  # here, not at the top: --help answers without loading jax
 
     head = config.model.num_classes
     count, exact = pipeline.source_classes(eval_source)
@@ -230,7 +244,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from vidjax.convert.common import ConversionError
+    from vidjax.convert.common import ConversionError  # here, not at the top: --help answers without loading jax
 
     try:
         # The flags a person typed (none without --config) are what may differ from the checkpoint's own config.

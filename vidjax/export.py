@@ -81,7 +81,6 @@ from vidjax.convert.common import ConversionError, HfCheckpoint
 from vidjax.models import layers
 
 FORMAT = "vidjax.export/1"
-_SCORES = {"classification": "softmax", "multilabel": "sigmoid", "regression": "identity"}
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
@@ -114,14 +113,8 @@ def _headless_message(model, checkpoint: str | None) -> str:
                 f"captions, not the scores of a head, so it has no function this export writes. Export it to "
                 f"transformers' VisionEncoderDecoderModel with `python -m vidjax.export --to_hf={checkpoint} "
                 f"--out=DST`, or caption videos with `python -m vidjax.predict --checkpoint={checkpoint} VIDEO`.")
-    if model.config.get("head") == "pretrain":
-        kind = "a pre-training"
-    elif model.task == "svt":
-        kind = "an SVT self-supervised"
-    else:
-        kind = "a backbone (head 'none')"
-    return (f"--checkpoint={checkpoint} is {kind} checkpoint of {model.model_name} with no classification or "
-            f"regression head, so it has no scores to export. Fine-tune a head on it first "
+    return (f"--checkpoint={checkpoint} is {tasks.checkpoint_kind(model.task)} checkpoint of {model.model_name} with "
+            f"no classification or regression head, so it has no scores to export. Fine-tune a head on it first "
             f"(--config.init_from={checkpoint}) and export that run, or take its embeddings with `python -m "
             f"vidjax.extract --checkpoint={checkpoint} --csv=LIST --out=FEATURES.npz`.")
 
@@ -153,9 +146,10 @@ def export(model: pretrained.Pretrained, *, platforms: tuple[str, ...] | None = 
         raise ExportError(f"{where}: the {model.model_name} inference function does not export"
                           f"{' for ' + ','.join(platforms) if platforms else ''}: {type(e).__name__}: {e}") from e
     num_outputs = int(model.config.num_classes)
+    task = tasks.find_task(model.task or "")
     metadata = {
         "format": FORMAT, "vidjax_version": vidjax.__version__, "model_name": model.model_name, "task": model.task,
-        "scores": _SCORES.get(model.task, "identity"), "num_outputs": num_outputs,
+        "scores": task.score_function if task is not None else "identity", "num_outputs": num_outputs,
         "class_names": model.class_names, "target_names": model.target_names,
         # sampling_rate: the checkpoint's frame stride, else the one vidjax.predict decodes with (recorded: false).
         "clip": {"num_frames": t, "image_size": s, "short_side": int(spec.get("short_side", s)),
@@ -203,11 +197,11 @@ def to_hf(model: pretrained.Pretrained | pretrained.PretrainedCaptioner | pretra
     what was written and the file names. A ConversionError says why a model has no transformers form."""
     flat = layers.flat_to_layout({k: np.asarray(v) for k, v in common.flatten_params(model.params).items()})
     preprocessing = dict(getattr(model, "preprocessing", None) or {})
-    task = getattr(model, "task", None)
-    kind = tasks.get_task(task).output_kind if task else "class"  # what one output is called: a class or a target
+    task = tasks.find_task(getattr(model, "task", None) or "")
+    kind = task.output_kind if task is not None else "class"  # what one output is called: a class or a target
     labels = getattr(model, "target_names", None) if kind == "target" else getattr(model, "class_names", None)
     converted = common.Converted(model.model_name, model.config, flat, preprocessing)
-    checkpoint = hf.to_hf(converted, task=task, labels=labels)
+    checkpoint = hf.to_hf(converted, problem_type=task.hf_problem_type if task is not None else None, labels=labels)
     return checkpoint, hf.write_hf_dir(checkpoint, preprocessing, fileio.user_path(out),
                                        tokenizer_dir=getattr(model, "tokenizer_dir", None))
 

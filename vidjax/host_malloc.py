@@ -1,12 +1,10 @@
 """The host allocator under XLA:CPU: one glibc arena that keeps what it frees, so each step reuses its memory.
 
-XLA:CPU allocates an executable's temporaries and outputs afresh on every call and frees them when the call
-returns; the VideoMAE-S/16 pre-training step (16 x 112 px, batch 2) holds 116 MiB of temporaries. glibc's malloc
-serves a request above its mmap threshold (at most 32 MiB) with a fresh `mmap` and hands it back with `munmap` when
-it is freed, and the arenas of the backend's worker threads, whose heaps hold at most 64 MiB, do the same for
-anything larger. So every step faulted its temporaries in again, page by page: 32,700 page faults and about 60 ms
-of kernel time a step for that pre-training step, with the step 12-15% slower than with the memory kept
-(docs/performance.md, "The host allocator").
+One of the platform choices (`vidjax.platform`, which says where it applies and the measurements behind it): XLA:CPU
+allocates an executable's temporaries and outputs afresh on every call and frees them when the call returns, and
+glibc's malloc serves a request above its mmap threshold (at most 32 MiB) with a fresh `mmap` and hands it back with
+`munmap` when it is freed (the arenas of the backend's worker threads, whose heaps hold at most 64 MiB, do the same
+for anything larger), so every step faulted its temporaries in again, page by page.
 
 `configure` sets glibc's malloc, through `mallopt`, to serve every thread from the main arena (M_ARENA_MAX 1),
 which grows with `brk` instead of mapping large blocks (M_MMAP_MAX 0) and is never trimmed (M_TRIM_THRESHOLD -1):
@@ -29,6 +27,8 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+
+from vidjax import platform as vidjax_platform
 
 ENV = "VIDJAX_HOST_MALLOC"
 VALUES = ("reuse", "system")  # $VIDJAX_HOST_MALLOC: the default, or glibc's own settings left alone
@@ -62,9 +62,8 @@ def _accelerator_plugin() -> str | None:
 
 def runs_on_cpu_only(platforms: str, plugin: str | None) -> bool:
     """Whether XLA:CPU runs the model: `platforms` (jax_platforms, e.g. "cpu" or "cuda,cpu") names the CPU first,
-    or names nothing and no accelerator `plugin` is installed."""
-    first = platforms.split(",")[0].strip()
-    return first == "cpu" or (not first and plugin is None)
+    or names nothing and no accelerator `plugin` is installed (`vidjax.platform.host_allocator_applies`)."""
+    return vidjax_platform.host_allocator_applies(platforms, plugin)
 
 
 def configure() -> str:

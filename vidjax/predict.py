@@ -74,7 +74,7 @@ from vidjax.data import decode, kinetics
 def output_names(model: pretrained.Pretrained) -> list[str]:
     """Names of the model's outputs: the checkpoint's class or target names, else "class N" / "target N"."""
     n = int(model.config.num_classes)
-    kind = tasks.get_task(model.task).output_kind
+    kind = tasks.readout_of(model.task).output_kind
     names = model.target_names if kind == "target" else model.class_names
     if names and len(names) == n:
         return list(names)
@@ -90,7 +90,7 @@ class _Scores:
         logits = model(video)["logits"]
         if self.columns is not None:
             logits = logits[..., np.asarray(self.columns)]
-        return tasks.get_task(self.task).scores(logits)
+        return tasks.readout_of(self.task).scores(logits)
 
 
 def scores_fn(task: str, columns=None) -> _Scores:
@@ -104,7 +104,7 @@ def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple
     """(logit columns, their names) that score `model`'s predictions in the Kinetics `label_space`: its own
     outputs (None) when that is its label space, the K710 -> target map's columns for a K710 checkpoint; a
     ValueError saying why otherwise."""
-    if not tasks.get_task(model.task).kinetics_label_spaces:
+    if not tasks.readout_of(model.task).kinetics_label_spaces:
         raise ValueError(f"--label_space applies to classification checkpoints; this one's task is {model.task}.")
     names = model.class_names
     n = int(model.config.num_classes)
@@ -123,12 +123,12 @@ def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple
 def describe(task: str, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
     """A JSON-able prediction from averaged scores (C,): the full vector plus what the task reports
     (`Task.describe`)."""
-    return tasks.get_task(task).describe(scores, names, top_k, threshold)
+    return tasks.readout_of(task).describe(scores, names, top_k, threshold)
 
 
 def format_prediction(task: str, prediction: dict, indent: str = "  ") -> list[str]:
     """The text form of `describe`'s output: one `label  value` line per label, names aligned, best first."""
-    return tasks.get_task(task).format_prediction(prediction, indent)
+    return tasks.readout_of(task).format_prediction(prediction, indent)
 
 
 def window_scores(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str,
@@ -371,9 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                   "length_penalty": args.length_penalty, **settings, "videos": []}
         make_rows = functools.partial(_caption_rows, model, args)
     elif not model.has_head:
-        kind = "a pre-training" if model.config.get("head") == "pretrain" else "a backbone (head 'none')"
-        print(f"error: --checkpoint={args.checkpoint} is {kind} checkpoint of {model.model_name} with no "
-              f"classification or regression head, so it has nothing to predict. For embeddings use `python -m "
+        print(f"error: --checkpoint={args.checkpoint} is {tasks.checkpoint_kind(model.task)} checkpoint of "
+              f"{model.model_name} with no classification or regression head, so it has nothing to predict. For "
+              f"embeddings use `python -m "
               f"vidjax.extract --checkpoint={args.checkpoint} --csv=LIST --out=FEATURES.npz` (then `python -m "
               f"vidjax.probe`); to see what a VideoMAE pre-training checkpoint reconstructs use `python -m "
               f"vidjax.visualize --checkpoint={args.checkpoint} VIDEO --out=PREFIX`.", file=sys.stderr)

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import config_lib, fileio, hub, losses, sharding
+from vidjax import config_lib, fileio, hub, losses, platform, sharding
 from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
@@ -50,6 +50,7 @@ from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
 from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers
+from vidjax.tokenizer import CaptionTokenizer
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
 DEFAULT_SAMPLING_RATE = 4
@@ -90,10 +91,6 @@ def load_tokenizer(directory: pathlib.Path | None, where: str):
     if directory is None:
         raise ValueError(f"{where} has no tokenizer: convert a directory holding one (`tokenizer.save_pretrained(SRC)` "
                          f"beside the weights), or turn token ids into text yourself.")
-    try:
-        from vidjax.tokenizer import CaptionTokenizer
-    except ImportError as e:
-        raise ImportError(f"Decoding captions needs vidjax.tokenizer, which this installation lacks ({e}).") from e
     return CaptionTokenizer.from_directory(directory)
 
 
@@ -362,11 +359,13 @@ def _restore_params(directory: pathlib.Path, abstract: Any) -> Any:
 
 
 def _task_of(model_name: str, config: ml_collections.ConfigDict) -> str | None:
-    """The task a checkpoint's model does by itself: its head's, captioning for a captioner; None for a backbone
-    (or a text model)."""
+    """The task a checkpoint that records none does with its model by itself, from the model alone (the tasks, a
+    layer above, are not asked): a pre-training or classification head is named for its task, a captioner
+    captions; None for a backbone (or a text model)."""
     if model_name == "captioner":
         return "captioning"
-    return {"pretrain": "pretrain", "classification": "classification"}.get(config.get("head"))
+    head = config.get("head")
+    return head if head in ("pretrain", "classification") else None
 
 
 def _model_config(model_name: str, model: dict, where: str) -> ml_collections.ConfigDict:
@@ -470,7 +469,7 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
         if names_file and pathlib.Path(names_file).is_file():
             class_names = sources.read_class_names(names_file)
     target_names = meta.get("target_names")
-    if target_names is None and task == "regression" and data.get("targets"):
+    if target_names is None and data.get("targets"):  # the run read regression targets: they name its outputs
         target_names = [t.strip() for t in data["targets"].split(",") if t.strip()]
     converted = common.Converted(model_name, model_config, flat, preprocessing, class_names,
                                  {"path": str(step_dir), "params": key})
@@ -526,7 +525,8 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     config = converted.model_config
     if dtype:
         _set_dtype(config, dtype)
-    model = common.abstract_model(converted.model_name, config)
+    # Built with the platform choices resolved for this backend; `config` keeps "auto" (vidjax/platform.py).
+    model = common.abstract_model(converted.model_name, platform.resolve(config))
     num_tokens = getattr(getattr(model, "encoder", None), "num_tokens", None)
     graphdef, abstract = nnx.split(model)
     abstract = nnx.to_pure_dict(abstract)
@@ -570,7 +570,7 @@ def init(model_name: str, model_config: ml_collections.ConfigDict, *, seed: int 
     if spec is None:
         raise ValueError(f"pretrained.init builds video models; {model_name!r} takes no video.")
     with nnx.use_eager_sharding(False):
-        model = get_model(model_name).Model(config, rngs=ParamKeys(seed))
+        model = get_model(model_name).Model(platform.resolve(config), rngs=ParamKeys(seed))
     graphdef, state = nnx.split(model)
     params = jax.device_put(nnx.to_pure_dict(state), jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     preprocessing = {"mean": list(spec["mean"]), "std": list(spec["std"]), "num_frames": spec["num_frames"],
@@ -663,11 +663,12 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
 ARCHITECTURE_EXCLUDES = frozenset({
     "num_frames", "image_size", "head", "num_classes", "head_init_scale", "head_dropout", "use_mean_pooling",
     "drop_path", "mask_ratio", "decoder_mask_type", "decoder_mask_ratio", "norm_pix_loss", "position_init",
-    "dtype", "remat", "scan_layers", "scan", "scan_chunk", "attention_impl", "resize_at_runtime"})
+    "dtype", "remat", "scan_layers", "scan_chunk", "resize_at_runtime",
+    *platform.FIELDS})  # the platform choices: attention_impl, backward, projection_form, block_gradients, scan
 # Model keys an evaluation may set for a trained checkpoint: the clip it sees (position tables interpolated) and how
 # the computation runs; every other key is the checkpoint's.
 EVALUATION_KEYS = frozenset({"num_frames", "image_size", "drop_path", "head_dropout", "dtype", "remat",
-                             "scan_layers", "scan", "scan_chunk", "attention_impl", "resize_at_runtime"})
+                             "scan_layers", "scan_chunk", "resize_at_runtime", *platform.FIELDS})
 
 
 @dataclasses.dataclass(frozen=True)

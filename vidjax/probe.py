@@ -46,7 +46,7 @@ import optax
 from vidjax import cli, fileio, metrics, tasks
 from vidjax.models import layers
 
-TASKS = tuple(name for name in tasks.available() if tasks.get_task(name).probes)  # the tasks a probe fits
+TASKS = tuple(name for name in tasks.available() if tasks.readout_of(name).probes)  # the tasks a probe fits
 TARGET_KEY = {name: tasks.get_task(name).target_key for name in TASKS}
 PROBES = ("linear", "mlp", "svm", "attentive")
 SVM_KERNELS = ("linear", "rbf")
@@ -148,7 +148,7 @@ def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.
         raise ProbeError(f"--probe={probe} takes features shaped {shape}, not {x_train.shape} and {x_eval.shape}.")
     mean, std = _moments(x_train, axes=tuple(range(x_train.ndim - 1)))
     x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
-    contract = tasks.get_task(task)
+    contract = tasks.readout_of(task)
     y = contract.probe_targets(y_train)
     if contract.probe_standardises_targets:
         y_mean, y_std = _moments(y)
@@ -195,7 +195,7 @@ def train_svm(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.nd
     sklearn = _sklearn("--probe=svm")
     mean, std = _moments(x_train)
     x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
-    contract = tasks.get_task(task)
+    contract = tasks.readout_of(task)
     if contract.probe_standardises_targets:  # regression
         y = np.asarray(y_train, np.float64).reshape(len(y_train), -1)
         y_mean, y_std = _moments(y)
@@ -260,7 +260,7 @@ def score(task: str, scores: np.ndarray, targets: np.ndarray, target_names: list
     macro_f1 over the classes present in `targets`)."""
     if np.ndim(targets) == 1:  # class indices
         return metrics.classification_metrics(scores, targets, small_set=True)
-    return tasks.get_task(task).task_metrics(scores, targets, target_names)
+    return tasks.readout_of(task).task_metrics(scores, targets, target_names)
 
 
 def class_notes(num_classes: int, labels: np.ndarray) -> list[str]:

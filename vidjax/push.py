@@ -45,15 +45,13 @@ CARD = "README.md"
 # Model keys the card's architecture row names where the model has them (a variant names its patch, and sizes left
 # at 0 are the variant's).
 _SIZES = (("width", "width"), ("depth", "depth"), ("num_heads", "heads"), ("tubelet_size", "tubelet"))
-_PIPELINE_TAGS = {"classification": "video-classification", "multilabel": "video-classification",
-                  "captioning": "video-text-to-text"}
 
 
 def transformers_class(converted: Converted) -> str | None:
     """The transformers class `python -m vidjax.export --to_hf` writes this checkpoint as, or None when it has none
     (VideoMamba, SVT, ViViT's factorised models, ...)."""
     try:
-        return hf.to_hf(converted, task=converted.task).architecture
+        return hf.to_hf(converted).architecture
     except ConversionError:
         return None
 
@@ -86,8 +84,8 @@ def dataset_of(training: ml_collections.ConfigDict | None) -> str | None:
         return "/".join(pathlib.PurePath(path).parts[-2:])
 
     return {
-        "synthetic": f"vidjax's embedded synthetic dataset (`vidjax.data.synthetic`, {data.get('synthetic_task')}, "
-                     f"{data.get('num_train')} training clips)",
+        "synthetic": f"vidjax's embedded synthetic dataset (`vidjax.data.synthetic`, clips carrying "
+                     f"`{data.get('synthetic_task')}`, {data.get('num_train')} training clips)",
         "tfds": f"the TFDS dataset `{data.get('tfds_name')}` (split `{data.get('train_split')}`)",
         "csv": f"the video list `{short(data.get('train_csv', ''))}`",
         "charades": f"Charades-style lists (`{short(data.get('train_csv', ''))}`)",
@@ -113,12 +111,11 @@ def model_card(converted: Converted, repo_id: str, *, training: ml_collections.C
     cfg, pre, task = converted.model_config, converted.preprocessing, converted.task
     params = sum(v.size for v in converted.params.values())
     variant = f", variant {cfg.variant}" if cfg.get("variant") else ""
-    what = {"classification": "video classification", "multilabel": "multi-label video classification",
-            "regression": "video regression", "pretrain": "VideoMAE pre-training (masked reconstruction)",
-            "captioning": "video captioning"}.get(task, "video embeddings (a backbone)")
+    contract = tasks.find_task(task or "")  # what the card says of the task (`Task.purpose`, `hub_pipeline_tag`)
+    what = (contract.purpose if contract is not None else "") or "video embeddings (a backbone)"
     meta = ["---", "library_name: vidjax", "tags:", "- vidjax", "- jax", "- flax", "- video"]
-    if task in _PIPELINE_TAGS:
-        meta.append(f"pipeline_tag: {_PIPELINE_TAGS[task]}")
+    if contract is not None and contract.hub_pipeline_tag:
+        meta.append(f"pipeline_tag: {contract.hub_pipeline_tag}")
     if hub_dataset:
         meta += ["datasets:", f"- {hub_dataset}"]
     lines = [*meta, "---", "", f"# {repo_id.split('/')[-1]}", "",
@@ -129,7 +126,7 @@ def model_card(converted: Converted, repo_id: str, *, training: ml_collections.C
         lines += ['views = model.read_views("clip.mp4")   # decoded and cropped as the model expects',
                   "out = model(model.preprocess(views))"]
     lines += ["```", ""]
-    if task and tasks.get_task(task).predicts:
+    if contract is not None and contract.predicts:
         lines += ["```bash", f"python -m vidjax.predict --checkpoint={repo_id} clip.mp4", "```", ""]
     hf_class = transformers_class(converted)
     if hf_class:

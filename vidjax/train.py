@@ -2,8 +2,13 @@
 
 Flow: input (fails fast on missing data) -> mesh -> model (abstract, then a jitted init straight into its
 shardings) -> checkpoint restore or init -> jitted, donated update step -> loop (its batches put on the devices
-ahead by a prefetch thread) with one-step-late metrics, evals, checkpoints, and a reconstruction figure at the end
-of pre-training.
+ahead by a prefetch thread) with one-step-late metrics, checkpoints and the evaluators of config.evals
+(`vidjax.evaluators`, each at its own cadence) -> their figures at the end (a confusion matrix, a reconstruction).
+
+`train_and_evaluate` runs these as named phases: `_set_up` (input, model, shardings, checkpointer, evaluators),
+`_restore` (the latest checkpoint that restores), `_start` (the step compiles on a thread while the state is
+initialised and the initial weights evaluated), `_loop` (steps, `Progress` handling their metrics, checkpoints,
+preemption, `_evaluate`) and `_finish` (figures, summary).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import datetime
 import math
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Collection, Mapping
@@ -30,11 +36,13 @@ from vidjax import (
     checkpoint,
     compile_cache,
     config_lib,
+    evaluators,
     fileio,
     losses,
     metric_writer,
     mixup,
     optim,
+    platform,
     preemption,
     pretrained,
     sharding,
@@ -95,6 +103,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"({task.recipe} is the recipe).")
     if task is not None:
         problems += task.config_problems(config)
+        problems += evaluators.config_problems(config)
     problems += metric_writer.wandb_problems(config)
     loss = config.loss
     if min(loss.mixup_alpha, loss.cutmix_alpha) < 0 or not (0 <= loss.mixup_prob <= 1 and
@@ -252,7 +261,8 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
         problems.append(str(err))
     if mesh is not None:
         problems += pipeline.batch_size_problems(config, jax.process_count(), mesh.size,
-                                                 {split: len(source) for split, source in split_sources.items()})
+                                                 {split: len(source) for split, source in split_sources.items()},
+                                                 pads_eval=task is None or task.pads_eval)
     raise_problems(problems)
     return config, split_sources["train"], split_sources["eval"], mesh
 
@@ -262,10 +272,15 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     mesh = mesh or sharding.create_mesh(config.mesh)
     rules = sharding.rules_from_config(config)
     model_module = get_model(config.model_name)
+    # The platform choices (config.model.attention_impl, backward, ...) resolved once, for this backend: the model is
+    # built from this copy, and `config` keeps "auto", as the checkpoint records it (vidjax/platform.py).
+    model_config = platform.resolve(config.model)
+    for note in platform.notes(config.model):
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
     def make_model():
         with nnx.use_eager_sharding(False):
-            return model_module.Model(config.model, rngs=ParamKeys(config.seed))
+            return model_module.Model(model_config, rngs=ParamKeys(config.seed))
 
     abstract_model = nnx.eval_shape(make_model)
     graphdef, abstract_params_state = nnx.split(abstract_model)
@@ -560,16 +575,16 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
                    out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)), donate_argnums=0)
 
 
-def make_eval_step(config: ml_collections.ConfigDict, setup: Setup):
-    """Jitted eval of one batch: the task's per-example outputs (scores, losses, targets: `Task.eval_outputs`),
-    gathered (replicated) so that every process can compute whole-split metrics."""
+def make_eval_step(config: ml_collections.ConfigDict, setup: Setup, outputs_fn):
+    """Jitted eval of one batch: `outputs_fn(model, batch)`, an evaluator's per-example outputs (scores, losses,
+    targets: `vidjax.evaluators.base.Evaluator.batch_outputs`) of the batch with its videos normalised, gathered
+    (replicated) so that every process can compute whole-split metrics."""
     clips = clip_spec(config.model_name, config.model)
     mean, std = clips["mean"], clips["std"]
-    task = tasks.get_task(config.task)
 
     def eval_step(params, batch):
         batch = dict(batch, video=losses.normalize_video(batch["video"], mean, std))
-        return task.eval_outputs(config, nnx.merge(setup.graphdef, params), batch)
+        return outputs_fn(nnx.merge(setup.graphdef, params), batch)
 
     return jax.jit(in_mesh_context(eval_step, setup.mesh, sharding.rules_from_config(config)),
                    in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)),
@@ -581,57 +596,13 @@ def eval_params(state: dict) -> dict:
     return state.get("ema_params", state["params"])
 
 
-def evaluate(config, setup: Setup, eval_step, params, eval_source, mask_grid, *, metadata: dict | None = None,
-             outputs: dict | None = None, train_source=None) -> dict[str, float]:
-    """Whole-split eval metrics (or over the first config.eval_batches batches), as "eval_<name>".
-
-    The task's `split_metrics` (pretrain: the mean masked-reconstruction loss. classification: loss, top1, top5,
-    macro_f1. multilabel: loss, mAP. regression: loss (MSE), ccc_<target> and ccc_mean, mse. svt: the k-NN's
-    knn_top1 and knn_top5), then always decode_failures: eval videos that did not decode and were replaced by others
-    (their scores stand in the metrics, so a count above 0 says the split was not scored exactly as listed). With
-    `outputs` (a dict), the per-example scores and targets are also left in it (for the confusion matrix).
-    A `Task.reference_split` task also gets the eval outputs of the whole `train_source` (read as an eval split:
-    centre views, no augmentation), e.g. the bank of a k-NN classifier.
-    """
-    task = tasks.get_task(config.task)
-    arrays = split_outputs(config, setup, eval_step, params, eval_source, mask_grid, config.eval_batches)
-    reference = None
-    if task.reference_split:
-        if train_source is None:
-            raise ValueError(f"task {config.task!r} scores the eval split against the training split's outputs: "
-                             f"pass train_source.")
-        reference = split_outputs(config, setup, eval_step, params, train_source, mask_grid, 0)
-    failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else 0
-    result = task.split_metrics(arrays, base.SplitContext(config, eval_source, metadata or {}, reference))
-    if outputs is not None and task.pads_eval:  # per-example outputs (a trimmed eval's losses are per batch)
-        outputs.update(arrays)
-    return {**{f"eval_{k}": float(v) for k, v in result.items()}, "eval_decode_failures": failures}
-
-
-def split_outputs(config, setup: Setup, eval_step, params, source, mask_grid, max_batches: int
-                  ) -> dict[str, np.ndarray]:
-    """The eval step's outputs over `source` read as an eval split (the first `max_batches` batches; 0: all),
-    concatenated, with the padding rows that fill the last global batch removed."""
-    ds = pipeline.make_dataset(config, "eval", source, process_index=jax.process_index(),
-                               process_count=jax.process_count(), mask_grid=mask_grid)
-    batch_sh = sharding.batch_sharding(setup.mesh)
-    gathered: dict[str, list] = {}
-    count = 0
-    for i, local in enumerate(ds):
-        if max_batches and i >= max_batches:
-            break
-        out = jax.device_get(eval_step(params, sharding.global_batch(local, batch_sh)))
-        for key, value in out.items():
-            gathered.setdefault(key, []).append(np.asarray(value))
-        count += 1
-    if count == 0:
-        raise ConfigError(f"The eval split has fewer examples than one batch of {config.batch_size}; "
-                          f"lower config.batch_size or enlarge the eval split.")
-    arrays = {key: np.concatenate([np.atleast_1d(v) for v in values]) for key, values in gathered.items()}
-    if "valid" in arrays:  # the padding that fills the last global batch
-        valid = arrays.pop("valid").astype(bool)
-        arrays = {key: value[valid] for key, value in arrays.items()}
-    return arrays
+def eval_context(config: ml_collections.ConfigDict, setup: Setup, *, metadata: dict, sources: dict,
+                 class_names=None, mask_grid=None, workdir: str | None = None) -> evaluators.EvalContext:
+    """What the evaluators of a run (or of `python -m vidjax.evaluate`) read: the config, the mesh and shardings
+    their steps compile for (`make_eval_step`), the checkpoint metadata and the splits' sources."""
+    return evaluators.EvalContext(config=config, setup=setup, make_step=make_eval_step, metadata=metadata,
+                                  mask_grid=mask_grid, sources=dict(sources), class_names=class_names,
+                                  workdir=workdir)
 
 
 def check_targets(config: ml_collections.ConfigDict, source) -> None:
@@ -822,14 +793,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None,
                         stop: preemption.StopOnSignal, explicit_keys: Collection[str] | None,
                         cleanup: contextlib.ExitStack) -> dict:
-    """`cleanup` stops what the run starts beside it (the input prefetch thread), however the run ends."""
+    """The phases of a run: set-up, restore, start (the step compiles while the state is made and the initial
+    weights evaluated), the loop (with its evaluations), the end. `cleanup` stops what the run starts beside it (the
+    input prefetch thread), however the run ends."""
+    run = _set_up(config, workdir, devices, explicit_keys)
+    latest, state = _restore(run)
+    start_step = int(jax.device_get(state["step"])) if state is not None else 0
+    if start_step >= run.setup.total_steps:
+        _log(f"Training already finished: checkpoint step {start_step} >= total_steps {run.setup.total_steps}. "
+             f"Nothing to do (use a new --workdir, or raise --config.total_steps / num_epochs to train on).")
+        run.ckpt.close()
+        return {"step": start_step, "resumed": True, "trained": False, "state": state}
+    train_step, first_batch, state, writer = _start(run, latest, state, start_step)
+    progress = Progress(run, writer, start_step, latest)
+    state, preempted = _loop(run, train_step, first_batch, state, progress, stop, cleanup)
+    if preempted is not None:
+        return preempted
+    return _finish(run, state, progress, writer)
+
+
+@dataclasses.dataclass
+class Run:
+    """What the set-up of a run builds, and the later phases read."""
+
+    config: ml_collections.ConfigDict  # resolved at start-up (`prepare`): what the checkpoints store
+    workdir: str
+    setup: Setup
+    task: base.Task
+    mask_grid: tuple[int, int, int] | None
+    metadata: dict  # `checkpoint_metadata`
+    class_weights: np.ndarray | None
+    pos_weight: np.ndarray | None
+    ckpt: checkpoint.Checkpointer
+    train_iter: object  # the grain iterator of the training batches (a restore sets its position)
+    abstract_state: dict  # the train state's shapes with their shardings (what a restore fills)
+    evals: list[evaluators.Scheduled]
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: str, devices: list | None,
+            explicit_keys: Collection[str] | None) -> Run:
+    """Input first, so a missing dataset fails in seconds, before anything is compiled; then the model, optimizer and
+    shardings (abstract), the workdir's assets and checkpointer, the training batches and the evaluators."""
     if config.get("needs_init_from") and not config.init_from:  # a recipe that cannot start from random weights
         raise ConfigError(config.needs_init_from)
-    # ---- input: built first, so a missing dataset fails in seconds, before anything is compiled ----
     config, train_source, eval_source, mesh = prepare(config, explicit_keys, devices)
     compile_cache.watch()  # counts the train step's cache lookup for the first step's log line
 
-    # ---- model, optimizer, shardings ----
     setup = build(config, len(train_source), mesh)
     task = tasks.get_task(config.task)
     mask_grid = task.mask_grid(setup.abstract_model)
@@ -844,40 +853,51 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
     metadata = checkpoint_metadata(config, train_source)
     class_weights, pos_weight = task.loss_weights(config, train_source)
 
-    # ---- checkpoint: resume if there is one ----
     os.makedirs(workdir, exist_ok=True)
     task.write_assets(config, train_source, workdir)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-    train_iter = iter(pipeline.make_dataset(config, "train", train_source, process_index=jax.process_index(),
-                                            process_count=jax.process_count(), mask_grid=mask_grid))
-    latest = ckpt.latest_step()
+    train_iter = iter(pipeline.make_dataset(config, "train", train_source, task.input_spec(config),
+                                            process_index=jax.process_index(), process_count=jax.process_count(),
+                                            mask_grid=mask_grid))
     abstract_state = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-    if latest is not None:
-        try:
-            latest, state = ckpt.restore_latest(abstract_state, train_iter)  # skips damaged steps, with a warning
-        except (ValueError, KeyError) as err:
-            raise ConfigError(
-                f"The checkpoint at step {latest} in {ckpt.path(latest)} does not fit the train state this config "
-                f"builds ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Resuming needs the settings the "
-                f"run started with (model, config.optimizer.ema_decay on or off, layer_decay below 1 or not); to "
-                f"start over with new ones use a new --workdir, or --config.init_from={workdir} to fine-tune "
-                f"from it.") from err
-        _log(f"Resuming from checkpoint at step {latest} in {ckpt.path(latest)}")
-        start_step = int(jax.device_get(state["step"]))
-        if start_step >= setup.total_steps:
-            _log(f"Training already finished: checkpoint step {start_step} >= total_steps {setup.total_steps}. "
-                 f"Nothing to do (use a new --workdir, or raise --config.total_steps / num_epochs to train on).")
-            ckpt.close()
-            return {"step": start_step, "resumed": True, "trained": False, "state": state}
-    else:
-        start_step = 0
+    context = eval_context(config, setup, metadata=metadata, sources={"train": train_source, "eval": eval_source},
+                           class_names=getattr(train_source, "class_names", None), mask_grid=mask_grid,
+                           workdir=workdir)
+    return Run(config=config, workdir=workdir, setup=setup, task=task, mask_grid=mask_grid, metadata=metadata,
+               class_weights=class_weights, pos_weight=pos_weight, ckpt=ckpt, train_iter=train_iter,
+               abstract_state=abstract_state, evals=evaluators.from_config(context))
 
-    # ---- update step: compiled on a thread from here on, while the state is initialised and evaluated ----
-    batch_sh = sharding.batch_sharding(mesh)
-    first_batch = sharding.global_batch(next(train_iter), batch_sh)
-    train_step = AheadOfTimeStep(config, make_train_step(config, setup, class_weights, pos_weight), abstract_state,
-                                 first_batch, key_parts=(setup.total_steps, setup.steps_per_epoch, class_weights,
-                                                         pos_weight))
+
+def _restore(run: Run) -> tuple[int | None, dict | None]:
+    """(step, state) of the workdir's latest checkpoint that restores (damaged steps are skipped, with a warning),
+    the training batches' position set to it; (None, None) without one."""
+    latest = run.ckpt.latest_step()
+    if latest is None:
+        return None, None
+    try:
+        latest, state = run.ckpt.restore_latest(run.abstract_state, run.train_iter)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(
+            f"The checkpoint at step {latest} in {run.ckpt.path(latest)} does not fit the train state this config "
+            f"builds ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Resuming needs the settings the "
+            f"run started with (model, config.optimizer.ema_decay on or off, layer_decay below 1 or not); to "
+            f"start over with new ones use a new --workdir, or --config.init_from={run.workdir} to fine-tune "
+            f"from it.") from err
+    _log(f"Resuming from checkpoint at step {latest} in {run.ckpt.path(latest)}")
+    return latest, state
+
+
+def _start(run: Run, latest: int | None, state: dict | None, start_step: int):
+    """(train step, first batch, state, metric writer). The update step compiles on a thread from here on, while a
+    fresh state is initialised (and loaded from the task's init_from checkpoints) and the initial weights are
+    evaluated."""
+    config, setup, task = run.config, run.setup, run.task
+    batch_sh = sharding.batch_sharding(setup.mesh)
+    first_batch = sharding.global_batch(next(run.train_iter), batch_sh)
+    train_step = AheadOfTimeStep(config, make_train_step(config, setup, run.class_weights, run.pos_weight),
+                                 run.abstract_state, first_batch,
+                                 key_parts=(setup.total_steps, setup.steps_per_epoch, run.class_weights,
+                                            run.pos_weight))
     try:
         if latest is None:
             train_step.wait_lowered()  # then the state's initialiser compiles (or loads) alongside the step
@@ -894,89 +914,117 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
                      f"({', '.join(report['unused'][:6]) or 'none'})")
             if "ema_params" in state and task.init_targets(config):
                 state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
-        eval_step = make_eval_step(config, setup)
-        writer = MetricWriter(workdir, resume_step=start_step, config=config)
-        init_summary: dict = {}  # the initial weights' eval metrics, "eval_<name>_init" (`Task.evaluates_init`)
-        if task.evaluates_init and latest is None:
-            init_summary = {f"{key}_init": value for key, value in evaluate(
-                config, setup, eval_step, eval_params(state), eval_source, mask_grid, metadata=metadata,
-                train_source=train_source).items() if key != "eval_decode_failures"}
-            writer.write(start_step, init_summary, split="eval")
-            _log("eval of the initial weights: " + ", ".join(f"{k} {v:.4f}" for k, v in init_summary.items()))
-        elif task.evaluates_init and os.path.exists(writer.path):  # resumed: as the run's start logged them
-            init_summary = {key: value for row in read_metrics(workdir)
-                            if row["step"] == 0 and row["split"] == "eval"
-                            for key, value in row.items() if key.endswith("_init")}
+        writer = MetricWriter(run.workdir, resume_step=start_step, config=config)
+        _evaluate_init(run, state, writer, fresh=latest is None)
     except BaseException:
         train_step.abandon()
         raise
+    return train_step, first_batch, state, writer
 
-    # ---- loop ----
-    batches = GlobalBatches(train_iter, batch_sh, config.data.prefetch, count=setup.total_steps - start_step - 1)
-    cleanup.callback(batches.close)
-    first_loss = last_loss = None
-    last_good_step = latest
-    decode_failures = skipped_steps = skipped_in_a_row = 0
-    pending = None  # (step, device metrics): fetched one step late so the host never waits on the device
-    log_t, log_step = time.perf_counter(), start_step
-    input_wait = 0.0  # seconds the loop waited for its batches since the last log line
-    input_bound_logs = 0  # logged steps in a row (the first step's aside) that waited on input most of the time
-    hinted = False
-    summary: dict = {}
-    outputs: dict = {}  # the last eval's per-example outputs
 
-    def handle(step: int, step_metrics, until: float | None = None) -> None:
+def _evaluate_init(run: Run, state: dict, writer: MetricWriter, fresh: bool) -> None:
+    """The initial weights' metrics of the evaluators that take them (`init`), "<prefix><metric>_init": computed
+    and written at step 0 by a fresh run, read back from metrics.jsonl by a resumed one (as its start logged them)."""
+    for scheduled in run.evals:
+        if not scheduled.init:
+            continue
+        if fresh:
+            writer.write(0, scheduled.run_init(eval_params(state)), split=scheduled.name)
+            _log(f"{scheduled.name} of the initial weights: "
+                 + ", ".join(f"{k} {v:.4f}" for k, v in scheduled.init_result.items()))
+        elif os.path.exists(writer.path):
+            scheduled.init_result = {key: value for row in read_metrics(run.workdir)
+                                     if row["step"] == 0 and row["split"] == scheduled.name
+                                     for key, value in row.items() if key.endswith("_init")}
+
+
+class Progress:
+    """The loop's record of its steps: `handle` logs, writes and checks the metrics of each (one step late, so the
+    host never waits on the device), counting decode failures and skipped updates, timing steps and input waits."""
+
+    def __init__(self, run: Run, writer: MetricWriter, start_step: int, latest: int | None):
+        self.config, self.total_steps, self.ckpt, self.writer = run.config, run.setup.total_steps, run.ckpt, writer
+        self.start_step, self.resumed = start_step, latest is not None
+        self.first_loss = self.last_loss = None
+        self.last_good_step = latest  # the last checkpoint written (or restored)
+        self.decode_failures = self.skipped_steps = self.skipped_in_a_row = 0
+        self.log_t, self.log_step = time.perf_counter(), start_step
+        self.input_wait = 0.0  # seconds the loop waited for its batches since the last log line
+        self.input_bound_logs = 0  # logged steps in a row (the first step's aside) that waited on input mostly
+        self.hinted = False
+
+    def start(self) -> None:
+        """The loop begins: log lines time their steps from now."""
+        self.log_t, self.log_step = time.perf_counter(), self.start_step
+
+    def handle(self, step: int, step_metrics, until: float | None = None) -> None:
         """Logs, writes and checks the metrics of `step`. `until`: when the step's time in the loop ended (for a
         step handled one late, when the next one's began); now by default."""
-        nonlocal first_loss, last_loss, log_t, log_step, decode_failures, skipped_steps, skipped_in_a_row, \
-            input_wait, input_bound_logs, hinted
+        config = self.config
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        decode_failures += int(values.pop("decode_failures"))
-        values["decode_failures"] = decode_failures  # videos replaced because they did not decode, this run
+        self.decode_failures += int(values.pop("decode_failures"))
+        values["decode_failures"] = self.decode_failures  # videos replaced because they did not decode, this run
         finite, skipped = values.pop("finite"), values.pop("skipped")
-        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
-        skipped_steps += int(skipped)
-        values["skipped_steps"] = skipped_steps  # updates skipped (not finite, or a loss spike), this run
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        self.skipped_steps += int(skipped)
+        values["skipped_steps"] = self.skipped_steps  # updates skipped (not finite, or a loss spike), this run
         reason = ("the loss, gradient norm or updated parameters are not finite" if not finite else
                   f"the loss spiked above {config.loss_spike.factor} x its running mean (config.loss_spike)")
-        if skipped_in_a_row > config.max_skipped_steps:
-            ckpt.wait()
-            where = (f"the last good checkpoint is step {last_good_step} in {ckpt.path(last_good_step)}"
-                     if last_good_step is not None else "no checkpoint was written")
-            in_a_row = (f" ({skipped_in_a_row} steps in a row skipped, more than config.max_skipped_steps="
-                        f"{config.max_skipped_steps})" if config.max_skipped_steps else "")
-            raise NonFiniteLossError(
-                f"Training diverged at step {step}: loss {values['loss']}, gradient norm {values['grad_norm']}: "
-                f"{reason}{in_a_row}. Stopping without saving ({where}, left intact). "
-                f"Lower config.optimizer.base_lr, set config.optimizer.grad_clip, or check the input data.")
+        if self.skipped_in_a_row > config.max_skipped_steps:
+            self._diverged(step, values, reason)
         if skipped:
             _log(f"step {step}: update skipped, {reason} (loss {values['loss']}, gradient norm "
-                 f"{values['grad_norm']}); {skipped_in_a_row} in a row, training stops after more than "
+                 f"{values['grad_norm']}); {self.skipped_in_a_row} in a row, training stops after more than "
                  f"config.max_skipped_steps={config.max_skipped_steps}")
         else:
-            first_loss = values["loss"] if first_loss is None else first_loss
-            last_loss = values["loss"]
-        if step % config.log_every == 0 or step == start_step + 1 or step == setup.total_steps:
-            now = time.perf_counter() if until is None else until
-            steps_per_s = (step - log_step) / max(now - log_t, 1e-9) if step > start_step + 1 else 0.0
-            # The share of the time since the last log line that the loop waited for its batches: near 1, the
-            # accelerator idles for want of input. 0 on the first step's line (compilation), as steps_per_s.
-            share = min(input_wait / max(now - log_t, 1e-9), 1.0) if step > start_step + 1 else 0.0
-            values.update(steps_per_s=steps_per_s, clips_per_s=steps_per_s * config.batch_size,
-                          input_wait_share=share)
-            writer.write(step, values)
-            eta = (setup.total_steps - step) / steps_per_s if steps_per_s else float("nan")
-            _log(f"step {step:>6}/{setup.total_steps} | loss {values['loss']:.4f} | lr {values['lr']:.2e} | "
-                 f"{steps_per_s:6.2f} steps/s | {values['clips_per_s']:7.1f} clips/s | input {share:4.0%} | "
-                 f"ETA {_format_eta(eta) if math.isfinite(eta) else '--'}"
-                 + (f" | {decode_failures} videos failed to decode" if decode_failures else ""))
-            if step > start_step + 1:
-                input_bound_logs = input_bound_logs + 1 if share > INPUT_BOUND_SHARE else 0
-            if input_bound_logs >= INPUT_BOUND_LOGS and not hinted:
-                hinted = True
-                _log(input_bound_hint(config, share, step))
-            log_t, log_step, input_wait = now, step, 0.0
+            self.first_loss = values["loss"] if self.first_loss is None else self.first_loss
+            self.last_loss = values["loss"]
+        if step % config.log_every == 0 or step == self.start_step + 1 or step == self.total_steps:
+            self._log_line(step, values, time.perf_counter() if until is None else until)
 
+    def _diverged(self, step: int, values: dict, reason: str) -> None:
+        self.ckpt.wait()
+        where = (f"the last good checkpoint is step {self.last_good_step} in {self.ckpt.path(self.last_good_step)}"
+                 if self.last_good_step is not None else "no checkpoint was written")
+        in_a_row = (f" ({self.skipped_in_a_row} steps in a row skipped, more than config.max_skipped_steps="
+                    f"{self.config.max_skipped_steps})" if self.config.max_skipped_steps else "")
+        raise NonFiniteLossError(
+            f"Training diverged at step {step}: loss {values['loss']}, gradient norm {values['grad_norm']}: "
+            f"{reason}{in_a_row}. Stopping without saving ({where}, left intact). "
+            f"Lower config.optimizer.base_lr, set config.optimizer.grad_clip, or check the input data.")
+
+    def _log_line(self, step: int, values: dict, now: float) -> None:
+        config, first = self.config, step == self.start_step + 1
+        steps_per_s = (step - self.log_step) / max(now - self.log_t, 1e-9) if not first else 0.0
+        # The share of the time since the last log line that the loop waited for its batches: near 1, the
+        # accelerator idles for want of input. 0 on the first step's line (compilation), as steps_per_s.
+        share = min(self.input_wait / max(now - self.log_t, 1e-9), 1.0) if not first else 0.0
+        values.update(steps_per_s=steps_per_s, clips_per_s=steps_per_s * config.batch_size, input_wait_share=share)
+        self.writer.write(step, values)
+        eta = (self.total_steps - step) / steps_per_s if steps_per_s else float("nan")
+        _log(f"step {step:>6}/{self.total_steps} | loss {values['loss']:.4f} | lr {values['lr']:.2e} | "
+             f"{steps_per_s:6.2f} steps/s | {values['clips_per_s']:7.1f} clips/s | input {share:4.0%} | "
+             f"ETA {_format_eta(eta) if math.isfinite(eta) else '--'}"
+             + (f" | {self.decode_failures} videos failed to decode" if self.decode_failures else ""))
+        if not first:
+            self.input_bound_logs = self.input_bound_logs + 1 if share > INPUT_BOUND_SHARE else 0
+        if self.input_bound_logs >= INPUT_BOUND_LOGS and not self.hinted:
+            self.hinted = True
+            _log(input_bound_hint(config, share, step))
+        self.log_t, self.log_step, self.input_wait = now, step, 0.0
+
+
+def _loop(run: Run, train_step, first_batch, state: dict, progress: Progress, stop: preemption.StopOnSignal,
+          cleanup: contextlib.ExitStack) -> tuple[dict, dict | None]:
+    """The steps after progress.start_step to the last: (state, None), or (state, a preemption's result) when
+    SIGTERM / SIGINT stopped it (a checkpoint of that step written first). Each step's metrics are handled one step
+    late (and before a checkpoint: one that is not finite is never saved); the evaluators run when due."""
+    config, setup, ckpt, writer, start_step = run.config, run.setup, run.ckpt, progress.writer, progress.start_step
+    batches = GlobalBatches(run.train_iter, sharding.batch_sharding(setup.mesh), config.data.prefetch,
+                            count=setup.total_steps - start_step - 1)
+    cleanup.callback(batches.close)
+    progress.start()
+    pending = None  # (step, device metrics): fetched one step late so the host never waits on the device
     for step in range(start_step + 1, setup.total_steps + 1):
         began = time.perf_counter()  # this step's time in the loop begins, the previous one's ends
         if first_batch is not None:  # fetched before the state was initialised, for the step's compilation
@@ -990,45 +1038,53 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
             # From process start: what a persistent-cache hit saves shows here, with the start-up around it.
             _log(f"First step (compilation included) took {time.perf_counter() - train_step.started:.1f}s; reached "
                  f"{compile_cache.seconds_since_start():.1f}s after start ({train_step.cache})")
-            log_t, input_wait = time.perf_counter(), 0.0
+            progress.log_t, progress.input_wait = time.perf_counter(), 0.0
         if pending is not None:
-            handle(*pending, until=began)
-        input_wait += waited
+            progress.handle(*pending, until=began)
+        progress.input_wait += waited
         pending = (step, step_metrics)
         is_last = step == setup.total_steps
         stopping = stop.requested(step)  # SIGTERM / SIGINT: checkpoint this step and return
         if step % config.checkpoint_every == 0 or is_last or stopping:
-            handle(*pending)  # never checkpoint a state that is not finite
+            progress.handle(*pending)  # never checkpoint a state that is not finite
             pending = None
-            ckpt.save(step, state, batches.position(), config, metadata)
-            last_good_step = step
+            ckpt.save(step, state, batches.position(), config, run.metadata)
+            progress.last_good_step = step
         if stopping:
             ckpt.close()  # waits until the checkpoint is complete
             writer.close()
             _log(f"Stopped by {stop.name} at step {step}/{setup.total_steps}: checkpoint written to "
                  f"{ckpt.path(step)}. Run the same command again to resume from it.")
-            return {"step": step, "preempted": True, "signal": stop.name, "first_loss": first_loss,
-                    "last_loss": last_loss, "trained": True, "resumed": latest is not None, "state": state}
-        if (config.eval_every and step % config.eval_every == 0) or is_last:
-            outputs = {}
-            summary = evaluate(config, setup, eval_step, eval_params(state), eval_source, mask_grid,
-                               metadata=metadata, outputs=outputs, train_source=train_source)
-            summary.update(init_summary)
-            writer.write(step, summary, split="eval")
-            _log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+            return state, {"step": step, "preempted": True, "signal": stop.name, "first_loss": progress.first_loss,
+                           "last_loss": progress.last_loss, "trained": True, "resumed": progress.resumed,
+                           "state": state}
+        _evaluate(run, state, step, writer)
     if pending is not None:
-        handle(*pending)
+        progress.handle(*pending)
+    return state, None
 
-    # ---- end: the task's figures, summary ----
-    written = task.training_figures(base.TrainingEnd(
-        config=config, setup=setup, params=eval_params(state), eval_source=eval_source, mask_grid=mask_grid,
-        summary=summary, outputs=outputs, class_names=metadata["class_names"], workdir=workdir,
-        step=setup.total_steps))
-    for path in written:
-        _log(f"Wrote {path}")
-    ckpt.close()
+
+def _evaluate(run: Run, state: dict, step: int, writer: MetricWriter) -> None:
+    """Runs the evaluators due at `step` (each at its own cadence, all at the last step) on the weights evaluations
+    use, each writing its row (split: its name) and a log line."""
+    due = [scheduled for scheduled in run.evals if scheduled.due(step, run.setup.total_steps)]
+    for scheduled in due:
+        summary = scheduled.run(eval_params(state))
+        writer.write(step, summary, split=scheduled.name)
+        _log(f"{scheduled.name} at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+
+
+def _finish(run: Run, state: dict, progress: Progress, writer: MetricWriter) -> dict:
+    """The end of a run: the evaluators' figures of their last run, the files closed, the summary (the final
+    metrics of every evaluator beside the train losses)."""
+    params = eval_params(state)
+    for scheduled in run.evals:
+        for path in scheduled.evaluator.figures(params, run.setup.total_steps):
+            _log(f"Wrote {path}")
+    run.ckpt.close()
     writer.close()
-    _log(f"Done: train loss {first_loss:.4f} at step {start_step + 1} -> {last_loss:.4f} at step "
-         f"{setup.total_steps}; metrics in {writer.path}, checkpoints in {ckpt.directory}")
-    return {"step": setup.total_steps, "first_loss": first_loss, "last_loss": last_loss, "trained": True,
-            "resumed": latest is not None, "state": state, **summary}
+    _log(f"Done: train loss {progress.first_loss:.4f} at step {progress.start_step + 1} -> {progress.last_loss:.4f} "
+         f"at step {run.setup.total_steps}; metrics in {writer.path}, checkpoints in {run.ckpt.directory}")
+    summary = {key: value for scheduled in run.evals for key, value in scheduled.last.items()}
+    return {"step": run.setup.total_steps, "first_loss": progress.first_loss, "last_loss": progress.last_loss,
+            "trained": True, "resumed": progress.resumed, "state": state, **summary}

@@ -1,4 +1,4 @@
-"""Parity fixtures for official VideoMAE / VideoMAE V2 files: `vidjax.torch_ref.videomae_v2` with random weights.
+"""Parity fixtures for official VideoMAE / VideoMAE V2 files: `vidjax.bench.torch_ref.videomae_v2` with random weights.
 
 The models are the package's pure-torch re-implementation of the official `PretrainVisionTransformer` and
 `VisionTransformer` (see that module for what it follows line for line), saved as the official scripts save them
@@ -28,7 +28,7 @@ import pathlib
 import numpy as np
 import torch
 
-from vidjax.torch_ref import videomae_v2 as ref
+from vidjax.bench.torch_ref import videomae_v2 as ref
 
 TINY = dict(img_size=32, patch_size=8, all_frames=4, tubelet_size=2, qkv_bias=True)
 GRID = (2, 4, 4)  # (frames / tubelet, 32 / 8, 32 / 8)

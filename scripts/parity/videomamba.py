@@ -1,4 +1,4 @@
-"""Parity fixtures for official VideoMamba: `vidjax.torch_ref.videomamba.VisionMamba` with random weights.
+"""Parity fixtures for official VideoMamba: `vidjax.bench.torch_ref.videomamba.VisionMamba` with random weights.
 
 The model is the package's pure-torch re-implementation of the official `VisionMamba` (see that module for what
 it follows line for line), shared with `python -m vidjax.bench --model=videomamba --compare=torch`.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidjax.torch_ref.videomamba import ImageVisionMamba, VisionMamba
+from vidjax.bench.torch_ref.videomamba import ImageVisionMamba, VisionMamba
 
 
 def randomize(model: VisionMamba, seed: int) -> None:

@@ -30,21 +30,22 @@ def read(kind: str, path: str | os.PathLike, *, num_heads: int | None = None, de
     """Converts the checkpoint at `path` of `kind` (one of KINDS). `num_heads` (svt, videomae) and
     `decoder_num_heads` (videomae) are for widths no official size uses; `num_frames` / `image_size` tell the official
     VideoMAE files the clip size they do not record (the caller adapts the other kinds with `common.resize`)."""
-    # Each converter is imported when asked for: a command converts one kind.
+    # Each converter is imported when asked for (start-up: they load flax and their models); a command converts one
+    # kind.
     if kind == "hf":
-        from vidjax.convert.hf import convert_hf_dir
+        from vidjax.convert.hf import convert_hf_dir  # start-up: as above
 
         return convert_hf_dir(path)
     if kind == "svt":
-        from vidjax.convert.svt import convert_svt_file
+        from vidjax.convert.svt import convert_svt_file  # start-up: as above
 
         return convert_svt_file(path, num_heads)
     if kind == "videomae":
-        from vidjax.convert.videomae import convert_videomae_file
+        from vidjax.convert.videomae import convert_videomae_file  # start-up: as above
 
         return convert_videomae_file(path, num_heads, decoder_num_heads, num_frames, image_size)
     if kind == "videomamba":
-        from vidjax.convert.videomamba import from_videomamba
+        from vidjax.convert.videomamba import from_videomamba  # start-up: as above
 
         src = TensorSource.from_file(path)
         return finalize(from_videomamba(src), src, format="videomamba")

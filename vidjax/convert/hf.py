@@ -98,17 +98,18 @@ AUTO_CLASSES = {
     "VivitForVideoClassification": "AutoModelForVideoClassification", "VivitModel": "AutoModel",
     "GPT2LMHeadModel": "AutoModelForCausalLM", "VisionEncoderDecoderModel": "VisionEncoderDecoderModel",
 }
-# vidjax task -> transformers' problem_type (the loss `forward(labels=...)` computes; the logits are the same).
-_PROBLEM_TYPES = {"multilabel": "multi_label_classification", "regression": "regression"}
 _WORD_LEVEL_SPECIALS = "special_tokens.json"  # vidjax.tokenizer.CaptionTokenizer.save's special tokens
 
 
-def to_hf(converted: Converted, *, task: str | None = None, labels: list[str] | None = None) -> HfCheckpoint:
+def to_hf(converted: Converted, *, problem_type: str | None = None, labels: list[str] | None = None
+          ) -> HfCheckpoint:
     """A vidjax model (`converted`: name, config, per-block parameters) as the transformers class that computes it.
 
-    `task` (the checkpoint's: classification, multilabel, regression, ...) sets `problem_type`; `labels` name the
-    head's outputs (class names, or regression targets) for `id2label` (LABEL_i when None). A ConversionError says
-    what the model is and why transformers has no class for it.
+    `problem_type` is config.json's for a head (the loss transformers' `forward(labels=...)` computes; the logits are
+    the same): the checkpoint's task's (`Task.hf_problem_type`, e.g. "multi_label_classification"), else
+    "single_label_classification" for a head of one output. `labels` name the head's outputs (class names, or
+    regression targets) for `id2label` (LABEL_i when None). A ConversionError says what the model is and why
+    transformers has no class for it.
     """
     module = _EXPORTERS.get(converted.model_name)
     if module is None:
@@ -123,7 +124,7 @@ def to_hf(converted: Converted, *, task: str | None = None, labels: list[str] | 
         names = [str(v) for v in labels] if labels and len(labels) == n else [f"LABEL_{i}" for i in range(n)]
         config["id2label"] = {str(i): name for i, name in enumerate(names)}
         config["label2id"] = {name: i for i, name in enumerate(names)}
-        problem = _PROBLEM_TYPES.get(task or "", "single_label_classification" if n == 1 else None)
+        problem = problem_type or ("single_label_classification" if n == 1 else None)
         if problem:
             config["problem_type"] = problem
     config["dtype"] = "float32"

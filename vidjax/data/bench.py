@@ -340,15 +340,16 @@ def path_config(config, paths: list[str], folder: str, *, num_samples: int, work
     return config
 
 
-def time_path(config, source, mask_grid, mesh, preprocess_type, clips: int) -> dict:
-    """Clips/s and CPU of the whole input path: batches of `config.batch_size` clips from `pipeline.make_dataset`,
-    made global arrays on `mesh` and waited on. The CPU is every process of the tree's, over the timed batches."""
+def time_path(config, source, spec, mask_grid, mesh, preprocess_type, clips: int) -> dict:
+    """Clips/s and CPU of the whole input path: batches of `config.batch_size` clips from `pipeline.make_dataset`
+    (given the task's `pipeline.InputSpec`, `spec`), made global arrays on `mesh` and waited on. The CPU is every
+    process of the tree's, over the timed batches."""
     import jax  # the device side: not needed by the decoder comparison
 
-    from vidjax import sharding
+    from vidjax import sharding  # loads jax: here for the same reason
 
     batch_sh = sharding.batch_sharding(mesh)
-    dataset = pipeline.make_dataset(config, "train", source, mask_grid=mask_grid, preprocess_type=preprocess_type)
+    dataset = pipeline.make_dataset(config, "train", source, spec, mask_grid=mask_grid, preprocess_type=preprocess_type)
     iterator = iter(dataset)
     batches = max(1, -(-clips // config.batch_size))
     try:
@@ -387,8 +388,8 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
     import jax
     from flax import nnx
 
-    from vidjax import tasks, train
-    from vidjax.models import ParamKeys, get_model
+    from vidjax import tasks, train  # the trainer's start-up (jax): not needed by the decoder comparison
+    from vidjax.models import ParamKeys, get_model  # the model's token grid: likewise
 
     for loader in loaders:
         if loader not in LOADERS:
@@ -419,7 +420,8 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
                 order = loaders if r % 2 == 0 else loaders[::-1]  # alternate who goes first
                 for loader in order:
                     cfg = path_config(base, paths, folder, num_samples=k, workers=n, batch=batch)
-                    result = time_path(cfg, source, mask_grid, mesh, types[loader], clips)
+                    result = time_path(cfg, source, tasks.get_task(cfg.task).input_spec(cfg), mask_grid, mesh,
+                                       types[loader], clips)
                     runs.setdefault((loader, k, n), []).append(result)
                     log(f"round {r + 1}/{rounds} {loader:<10} num_samples={k} workers={n}: "
                         f"{result['clips_per_s']:.1f} clips/s"
@@ -476,7 +478,7 @@ def format_table(result: dict) -> str:
 
 
 def define_flags() -> None:
-    """The command line, defined only when this module is the program: `vidjax.bench` (importable in the same
+    """The command line, defined only when this module is the program: `vidjax.bench.step` (importable in the same
     process, e.g. by tests) defines flags of the same names."""
     flags.DEFINE_string("dir", os.path.join(os.environ.get("TMPDIR", "/tmp"), "vidjax_data_bench"),
                         "Folder for the generated videos (reused across runs).")
@@ -506,7 +508,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).")
     flags.DEFINE_integer("rounds", 2, "With --config: alternating rounds; figures are medians over them.")
     flags.DEFINE_string("json_out", "", "Also write the result (the JSON line) to this file, e.g. for "
-                        "`python -m vidjax.bench_matrix --input_bench=FILE` (cores per chip).")
+                        "`python -m vidjax.bench.matrix --input_bench=FILE` (cores per chip).")
 
 
 def main(argv: list[str]) -> None:

@@ -21,7 +21,6 @@ import grain
 import ml_collections
 import numpy as np
 
-from vidjax import tasks
 from vidjax.config_lib import ConfigError, host_cpus, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 from vidjax.data import views as views_lib
@@ -110,11 +109,12 @@ def make_source(data: ml_collections.ConfigDict, split: str, class_names: Sequen
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     train = split == "train"
     if data.source == "synthetic":
+        raise_problems([problem for problem in [_synthetic_variant_problem(data)] if problem])
         return synthetic.SyntheticVideoSource(
             # A clip window: num_frames at sampling_rate (1 in the runlocal recipes: the clip itself).
             num_examples=data.num_train if train else data.num_eval, num_frames=data.num_frames * data.sampling_rate,
             height=data.image_size, width=data.image_size, num_classes=data.num_classes or synthetic.NUM_CLASSES,
-            seed=data.seed, split="train" if train else "validation", task=data.synthetic_task,
+            seed=data.seed, split="train" if train else "validation", variant=data.synthetic_task,
             looks=data.synthetic_looks, scene_cue=data.synthetic_scene_cue)
     names_file = data.class_names_file or None
     if data.source in ("csv", "charades"):
@@ -240,6 +240,30 @@ def resolve_num_classes(data: ml_collections.ConfigDict, split_sources: Mapping[
                       f"--config.data.num_classes, or config.data.class_names_file to a file naming them.")
 
 
+ElementFields = Callable[[dict, np.random.Generator | None], dict]  # a task's fields of one element
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What a task asks of the input path, built by the task (`vidjax.tasks.base.Task.input_spec`) and passed in by
+    whoever makes the datasets (the trainer, the benchmarks): the data layer never looks a task up.
+
+    The default is one clip an element under "video", with the element's own targets, and an eval split padded to
+    whole batches with every video scored once.
+    """
+
+    # Picklable `(element, rng) -> dict` run in the input workers on every training / eval element (rng None for
+    # evaluation), whose fields join the batch; None: nothing to add.
+    train_fields: ElementFields | None = None
+    eval_fields: ElementFields | None = None
+    views: views_lib.ViewSpec | None = None  # training elements cut into several views; None: one clip
+    pads_eval: bool = True  # eval padded to whole global batches (rows marked `valid`); False: trimmed to them
+
+    def fields(self, train: bool) -> ElementFields | None:
+        """The per-element fields of the training (`train`) or the eval split."""
+        return self.train_fields if train else self.eval_fields
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """Per-element work in the grain workers: decode, augment (train) or cut views (eval), targets, tube mask.
@@ -257,8 +281,8 @@ class Preprocess:
     mask_ratio: float
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
-    fields: object = None  # the task's per-element fields (`Task.element_fields`): (element, rng) -> dict
-    views: views_lib.ViewSpec | None = None  # training elements as multiple views (`Task.view_spec`)
+    fields: ElementFields | None = None  # the task's per-element fields (`InputSpec.fields`)
+    views: views_lib.ViewSpec | None = None  # training elements as multiple views (`InputSpec.views`)
     decoder_mask_type: str = "none"  # "run_cell": also a VideoMAE V2 decoder mask per clip (`running_cell_mask`)
     decoder_mask_ratio: float = 0.5
 
@@ -461,9 +485,18 @@ class Preprocess:
 def target_names(data: ml_collections.ConfigDict) -> list[str]:
     """Names of the regression targets: config.data.targets (csv lists), or the embedded dataset's velocities."""
     names = [t.strip() for t in data.targets.split(",") if t.strip()]
-    if not names and data.source == "synthetic" and data.synthetic_task == "regression":
-        names = list(synthetic.REGRESSION_TARGETS)
+    if not names and data.source == "synthetic":
+        names = synthetic_target_names(data.synthetic_task)
     return names
+
+
+def synthetic_target_names(variant: str) -> list[str]:
+    """The targets the embedded dataset's `variant` (config.data.synthetic_task) carries, as its source names them;
+    none for a variant without targets or one it does not have (`make_source` reports that)."""
+    try:
+        return list(synthetic.SyntheticVideoSource(1, variant=variant).target_names or ())
+    except ValueError:
+        return []
 
 
 def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -489,7 +522,17 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"one.")
     if d.num_classes < 0:
         problems.append(f"config.data.num_classes={d.num_classes} must be >= 0 (0 = the data's own count).")
+    if d.source == "synthetic" and _synthetic_variant_problem(d):
+        problems.append(_synthetic_variant_problem(d))
     return problems
+
+
+def _synthetic_variant_problem(data: ml_collections.ConfigDict) -> str | None:
+    if data.synthetic_task in synthetic.VARIANTS:
+        return None
+    return (f"config.data.synthetic_task={data.synthetic_task!r}; choose one of {', '.join(synthetic.VARIANTS)} (the "
+            f"target the embedded clips carry, by its batch key: label for classification, labels for multi-label, "
+            f"targets for regression, captions for captioning).")
 
 
 def check_data_config(config: ml_collections.ConfigDict) -> None:
@@ -528,7 +571,7 @@ def _flatten_samples(batch: dict) -> dict:
     return out
 
 
-def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, process_index: int = 0,
+def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: InputSpec, *, process_index: int = 0,
                  process_count: int = 1, mask_grid: tuple[int, int, int] | None = None,
                  preprocess_type: Callable[..., Preprocess] = Preprocess) -> grain.IterDataset:
     """Batched grain IterDataset of this process's share; infinite (reshuffled each epoch) for "train".
@@ -536,20 +579,21 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     Shuffling and every random draw are keyed by the *global* element index, and each process then takes every
     process_count-th element: the shares are disjoint, and no two processes draw the same crops or masks.
     Evaluation is unshuffled, with fixed seeds, and padded to whole global batches (rows marked `valid` False;
-    pre-training evals, a loss estimate, are trimmed instead) so that every process runs the same number of eval
-    steps and every video is scored once. With repeated augmentation (`num_samples` k) a training batch holds
-    batch_size / k videos, each as k clips; with several eval views, eval videos are (views, T, H, W, 3).
+    `spec.pads_eval` False, e.g. pre-training's loss estimate: trimmed instead) so that every process runs the same
+    number of eval steps and every video is scored once. `spec` is what the task asks of the input path
+    (`Task.input_spec`): its per-element fields and training views. With repeated augmentation (`num_samples` k) a
+    training batch holds batch_size / k videos, each as k clips; with several eval views, eval videos are (views, T,
+    H, W, 3).
     `preprocess_type` builds the per-element work (a `Preprocess` subclass): the data benchmark runs other decoders
     through this same path with it.
     """
     data = config.data
     train = split == "train"
-    task = tasks.get_task(config.task)
     samples = data.num_samples if train else 1
     local_batch = config.batch_size // process_count // samples
     if train:
         ds = grain.MapDataset.source(source).shuffle(seed=data.seed + config.seed).repeat()
-    elif not task.pads_eval:
+    elif not spec.pads_eval:
         ds = grain.MapDataset.source(source)
         ds = ds[: len(ds) - len(ds) % config.batch_size]
     else:
@@ -557,8 +601,8 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, *, proce
     clips = clip_spec(config.model_name, config.model)
     preprocess = preprocess_type(data=data, source=source, train=train, mask_grid=mask_grid,
                             mask_ratio=config.model.get("mask_ratio", 0.0), pixel_mean=clips["mean"],
-                            pixel_std=clips["std"], fields=task.element_fields(config, train),
-                            views=task.view_spec(config) if train else None,
+                            pixel_std=clips["std"], fields=spec.fields(train),
+                            views=spec.views if train else None,
                             decoder_mask_type=config.model.get("decoder_mask_type", "none"),
                             decoder_mask_ratio=config.model.get("decoder_mask_ratio", 0.5))
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
@@ -601,11 +645,11 @@ def largest_batch_size(config: ml_collections.ConfigDict, num_videos: int, proce
 
 
 def batch_size_problems(config: ml_collections.ConfigDict, process_count: int, num_devices: int,
-                        split_sizes: Mapping[str, int] | None = None) -> list[str]:
+                        split_sizes: Mapping[str, int] | None = None, *, pads_eval: bool) -> list[str]:
     """Batch size problems found before anything is compiled: the batch must split evenly over processes and
     devices, and (given `split_sizes`, {"train": videos, ...}) the training split must fill one batch, as must a
-    pre-training eval split (trimmed to whole batches; other evals are padded). Each says the largest size that
-    fits."""
+    trimmed eval split (`pads_eval` False: `InputSpec.pads_eval`, pre-training's; padded evals take any size). Each
+    says the largest size that fits."""
     problems = []
     if config.batch_size % process_count or config.batch_size % num_devices:
         multiple = math.lcm(process_count, num_devices)
@@ -614,7 +658,7 @@ def batch_size_problems(config: ml_collections.ConfigDict, process_count: int, n
                         f"--config.batch_size={max(multiple, config.batch_size // multiple * multiple)}.")
     samples = max(config.data.num_samples, 1)
     for split, size in (split_sizes or {}).items():
-        if split == "eval" and tasks.get_task(config.task).pads_eval:
+        if split == "eval" and pads_eval:
             continue
         videos_a_step = config.batch_size // samples if split == "train" else config.batch_size
         if size >= videos_a_step:
@@ -632,6 +676,6 @@ def batch_size_problems(config: ml_collections.ConfigDict, process_count: int, n
 
 
 def check_batch_size(config: ml_collections.ConfigDict, process_count: int, num_devices: int,
-                     split_sizes: Mapping[str, int] | None = None) -> None:
+                     split_sizes: Mapping[str, int] | None = None, *, pads_eval: bool) -> None:
     """`batch_size_problems` as one ConfigError listing them all."""
-    raise_problems(batch_size_problems(config, process_count, num_devices, split_sizes))
+    raise_problems(batch_size_problems(config, process_count, num_devices, split_sizes, pads_eval=pads_eval))

@@ -27,9 +27,9 @@ single frame is uniform whatever the class, so a single frame carries no class i
 while the whole object is always rendered inside the frame (split across an edge at times).
 Appearance, background and start position are independent of the label; labels are
 ``index % num_classes``, so class counts over any source differ by at most one.
-That is the default task, "classification"; three variants carry other targets over the same background and noise.
+That is the default variant, ``"label"``; three others carry other targets over the same background and noise.
 
-Scene cue. ``scene_cue=True`` (classification, own looks) ties the background to the class, as a Kinetics scene
+Scene cue. ``scene_cue=True`` (the ``"label"`` variant, own looks) ties the background to the class, as a Kinetics scene
 ties to its action (a pool to swimming): the grating's stripes run along the class's motion axis
 (`scene_orientation`: horizontal stripes for right and left, vertical for up and down, one diagonal for each
 diagonal pair), while its period, phase and colours and the rest of the look stay the clip's own. One frame then
@@ -37,20 +37,21 @@ tells the axis (4 ways for the default 8 classes) but not which way along it, wh
 setting of SVT's runlocal (`configs/svt_k400.py`): matching views learns a scene that the views share, but not,
 at that scale, a motion direction that nothing in the look hints at.
 
-Tasks. ``task`` picks what the motion encodes and which target the element carries:
+Variants. ``variant`` picks what the motion encodes and which target the element carries; each variant is named by the
+key of that target (``VARIANTS``), and a task of `vidjax.tasks` names the one it trains on (its `synthetic_task`):
 
-* ``"classification"`` (default): the one object above; ``"label"`` int32.
-* ``"multilabel"``: 1 to 3 objects (the count drawn per clip, at most ``num_classes``), each moving with the
+* ``"label"`` (default): the one object above; ``"label"`` int32, the class.
+* ``"labels"``: 1 to 3 objects (the count drawn per clip, at most ``num_classes``), each moving with the
   motion of a different class drawn at random, with the same direction / speed-band layout as above;
   ``"labels"`` float32 multi-hot (num_classes,). The objects get different colour corners, so each stays
   identifiable when they cross, and are drawn largest first, so a smaller one is never hidden under a larger.
   Colours, sizes, shapes, draw order and positions are independent of the classes: a single frame shows how
   many classes are present (the object count) but not which.
-* ``"regression"``: one object with a continuous velocity, direction uniform on the circle and speed uniform
+* ``"targets"``: one object with a continuous velocity, direction uniform on the circle and speed uniform
   over the whole speed range (0.05 to 0.15 of the shorter side per frame, all bands together); ``"targets"``
   float32 (2,) = (vx, vy) / max speed in [-1, 1], named ``REGRESSION_TARGETS``: the per-frame displacement in
   pixels, x to the right and y up, divided by 0.15 * min(height, width). ``num_classes`` is not used.
-* ``"captioning"``: one object whose every attribute can be said in words, and ``"captions"``, a tuple of
+* ``"captions"``: one object whose every attribute can be said in words, and ``"captions"``, a tuple of
   ``len(CAPTION_TEMPLATES)`` reference sentences saying it, e.g. "a small red disc moves up and to the left quickly
   over diagonal stripes", plus ``"label"`` int32, the direction class. ``num_classes`` is the number of directions
   and must be one of ``CAPTION_NUM_CLASSES`` (1, 2, 4, 8: multiples of 45 degrees, which have names;
@@ -80,12 +81,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from vidjax.fileio import atomic_output
+
 MAX_DIRECTIONS = 16
 MAX_SPEED_BANDS = 4
 MAX_CLASSES = MAX_DIRECTIONS * MAX_SPEED_BANDS
 MIN_SIZE = 16
 SPLITS = ("train", "validation", "test")
-TASKS = ("classification", "multilabel", "regression", "captioning")
+VARIANTS = ("label", "labels", "targets", "captions")  # named by the target key each element carries
+_ONE_OBJECT = ("label", "targets")  # the variants of one moving object, which `looks` may fix
 # The second word of the generators of the `looks` variant's fixed looks (seeded (seed, _LOOK_STREAM, look)).
 _LOOK_STREAM = 7919
 REGRESSION_TARGETS = ("velocity_x", "velocity_y")
@@ -280,10 +284,10 @@ class _Object(NamedTuple):
 class SyntheticVideoSource:
     """Random-access source (grain protocol) of procedurally generated clips whose targets are the motion.
 
-    Elements are ``{"video": uint8 (num_frames, height, width, 3), "index": int64}`` plus, by ``task``,
-    ``"label"`` int32 (classification), ``"labels"`` float32 (num_classes,) (multilabel), ``"targets"`` float32
-    (2,) (regression), or ``"label"`` int32 (the direction class) and ``"captions"``, a tuple of
-    ``len(CAPTION_TEMPLATES)`` reference sentences (str) in template order (captioning); deterministic in
+    Elements are ``{"video": uint8 (num_frames, height, width, 3), "index": int64}`` plus the target ``variant`` names
+    (``VARIANTS``): ``"label"`` int32, ``"labels"`` float32 (num_classes,) (multi-hot), ``"targets"`` float32 (2,),
+    or ``"captions"``, a tuple of ``len(CAPTION_TEMPLATES)`` reference sentences (str) in template order, with
+    ``"label"`` int32 (the direction class); deterministic in
     ``(seed, split, index)``. ``class_names`` / ``target_names`` name the outputs (None where they do not apply).
     ``looks`` and ``scene_cue``: how the appearance varies, and whether the background follows the class (the module
     docstring).
@@ -298,7 +302,7 @@ class SyntheticVideoSource:
         num_classes: int = NUM_CLASSES,
         seed: int = 0,
         split: str = "train",
-        task: str = "classification",
+        variant: str = "label",
         looks: int = 0,
         scene_cue: bool = False,
     ):
@@ -310,41 +314,42 @@ class SyntheticVideoSource:
         self.seed = _check_int("seed", seed, 0)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}; pass one of those to SyntheticVideoSource.")
-        if task == "captioning":
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS} (the target its clips carry), got {variant!r}; pass "
+                             f"one of those to SyntheticVideoSource.")
+        if variant == "captions":
             _check_caption_classes(self.num_classes)
         self.looks = _check_int("looks", looks, 0)
-        if self.looks and task not in ("classification", "regression"):
-            raise ValueError(f"looks={looks} is for the one-object tasks (classification, regression), not {task!r}, "
-                             f"whose objects or captions need a look of their own per clip; use looks=0.")
+        if self.looks and variant not in _ONE_OBJECT:
+            raise ValueError(f"looks={looks} is for the one-object variants {_ONE_OBJECT}, not {variant!r}, whose "
+                             f"objects or captions need a look of their own per clip; use looks=0.")
         if not isinstance(scene_cue, (bool, np.bool_)):
             raise ValueError(f"scene_cue must be True or False, got {scene_cue!r} of type {type(scene_cue).__name__}.")
         self.scene_cue = bool(scene_cue)
-        if self.scene_cue and (task != "classification" or self.looks):
+        if self.scene_cue and (variant != "label" or self.looks):
             raise ValueError(
-                f"scene_cue=True draws the background's stripes from the class, which needs task='classification' "
-                f"with looks=0 (got task={task!r}, looks={self.looks}); leave scene_cue False otherwise.")
+                f"scene_cue=True draws the background's stripes from the class, which needs variant='label' with "
+                f"looks=0 (got variant={variant!r}, looks={self.looks}); leave scene_cue False otherwise.")
         self.split = split
-        self.task = task
+        self.variant = variant
         self._split_id = SPLITS.index(split)
         self._num_directions, self._num_speed_bands = _class_layout(self.num_classes)
-        regression = task == "regression"
-        self.class_names = None if regression else class_names(self.num_classes)
-        self.target_names = list(REGRESSION_TARGETS) if regression else None
+        values = variant == "targets"
+        self.class_names = None if values else class_names(self.num_classes)
+        self.target_names = list(REGRESSION_TARGETS) if values else None
 
     def __len__(self) -> int:
         return self.num_examples
 
     def __repr__(self) -> str:
-        # Grain checkpoints compare reprs on restore: the default task keeps the repr it always had.
-        task = "" if self.task == "classification" else f", task={self.task!r}"
+        # Grain checkpoints compare reprs on restore: the default variant keeps the repr it always had.
+        variant = "" if self.variant == "label" else f", variant={self.variant!r}"
         looks = f", looks={self.looks}" if self.looks else ""
         scene_cue = ", scene_cue=True" if self.scene_cue else ""
         return (
             f"SyntheticVideoSource(num_examples={self.num_examples}, num_frames={self.num_frames}, "
             f"height={self.height}, width={self.width}, num_classes={self.num_classes}, "
-            f"seed={self.seed}, split={self.split!r}{task}{looks}{scene_cue})"
+            f"seed={self.seed}, split={self.split!r}{variant}{looks}{scene_cue})"
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -360,7 +365,7 @@ class SyntheticVideoSource:
         # generator independently of its label, and then made by a generator of (seed, look) alone, the same in every
         # split; the clip's own generator still draws the motion, the start and the noise.
         look = np.random.default_rng([self.seed, _LOOK_STREAM, rng.integers(self.looks)]) if self.looks else rng
-        if self.task == "captioning":
+        if self.variant == "captions":
             orientation = int(rng.integers(len(_GRATINGS)))  # a caption names it, so it is drawn up front
             video = self._background(rng, orientation)
         elif self.scene_cue:
@@ -368,15 +373,15 @@ class SyntheticVideoSource:
         else:
             video = self._background(look)
         element = {"video": video}
-        if self.task == "classification":
+        if self.variant == "label":
             label = index % self.num_classes
             self._draw_object(video, self._new_object(rng, *self._class_velocity(rng, label), look=look))
             element["label"] = np.int32(label)
-        elif self.task == "captioning":
+        elif self.variant == "captions":
             label = index % self.num_classes
             element["label"] = np.int32(label)
             element["captions"] = caption_texts(self._draw_captioned(rng, video, label, orientation))
-        elif self.task == "multilabel":
+        elif self.variant == "labels":
             element["labels"] = self._draw_multilabel(rng, video)
         else:
             element["targets"] = self._draw_regression(rng, video, look)
@@ -550,21 +555,21 @@ def write_files(source: SyntheticVideoSource, root: str | os.PathLike, fps: int 
     """Writes every clip of `source` as an mp4 file under `root`, and a header CSV list of them; returns the list's
     path, ROOT/<split>.csv, whose paths are relative to ROOT (`CsvVideoSource(list, root=ROOT)` reads it back).
 
-    Classification: ROOT/<class name>/<split>_<index>.mp4, a class-folder tree (`FolderVideoSource(ROOT)`, the
-    `folder` source) with the list's columns `path,label`. Regression: ROOT/<split>/<index>.mp4, columns
+    The "label" variant: ROOT/<class name>/<split>_<index>.mp4, a class-folder tree (`FolderVideoSource(ROOT)`, the
+    `folder` source) with the list's columns `path,label`. The "targets" variant: ROOT/<split>/<index>.mp4, columns
     `path,velocity_x,velocity_y` (`REGRESSION_TARGETS`). Frame size and count are the source's (even sizes);
     `crf` is the H.264 quality (0 lossless, 18 visually lossless).
     """
     from vidjax.data import encode  # PyAV: only writing needs it; generating clips stays numpy alone
-    from vidjax.fileio import atomic_output
 
-    if source.task not in ("classification", "regression"):
-        raise ValueError(f"write_files writes classification and regression sources; this one is {source.task!r}.")
+    if source.variant not in _ONE_OBJECT:
+        raise ValueError(f"write_files writes sources of the variants {_ONE_OBJECT} (a class or two values a clip); "
+                         f"this one is {source.variant!r}.")
     root = os.fspath(root)
     rows = []
     for index in range(len(source)):
         element = source[index]
-        if source.task == "classification":
+        if source.variant == "label":
             relative = os.path.join(source.class_names[int(element["label"])], f"{source.split}_{index:05d}.mp4")
             rows.append([relative, int(element["label"])])
         else:
@@ -576,6 +581,6 @@ def write_files(source: SyntheticVideoSource, root: str | os.PathLike, fps: int 
     list_path = os.path.join(root, f"{source.split}.csv")
     with atomic_output(list_path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label"] if source.task == "classification" else ["path", *REGRESSION_TARGETS])
+        writer.writerow(["path", "label"] if source.variant == "label" else ["path", *REGRESSION_TARGETS])
         writer.writerows(rows)
     return os.path.abspath(list_path)

@@ -11,7 +11,7 @@ import pkgutil
 from types import ModuleType
 from typing import Any
 
-_NOT_MODELS = {"layers", "decoding"}
+_NOT_MODELS = {"layers", "decoding", "positions"}
 
 
 class ParamKeys:

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vidjax.models import decoding, get_model, gpt2, layers
+from vidjax import platform
+from vidjax.models import decoding, get_model, gpt2, layers, vivit
 
 ENCODERS = ("videomae", "timesformer", "vivit", "videomamba")  # video models whose tokens a captioner reads
 ENCODER = "encoder"  # the parameter subtree of the encoder
@@ -43,8 +44,6 @@ PROJECTIONS = ("auto", "none", "linear")
 def _has_cls_token(encoder_name: str, cfg: ml_collections.ConfigDict) -> bool:
     """Whether the encoder's `last_hidden_state` starts with a CLS token."""
     if encoder_name == "vivit":
-        from vidjax.models import vivit
-
         return vivit.classifier_of(cfg) == "token"
     return encoder_name in ("timesformer", "videomamba")
 
@@ -105,15 +104,16 @@ class Model(nnx.Module):
                              f"config.model.decoder.cross_attention_width={enc_width}.")
         self.num_tokens, self.encoder_width, self.token_width = num_tokens, enc_width, dec_width
         dtype = jnp.dtype(cfg.decoder.dtype)
+        choices = platform.choices(cfg.decoder, platform.TEXT_FIELDS, where="config.model.decoder")  # its layers'
         pooled = cfg.visual_tokens == "pooled"
         # Zero weights: training starts from the plain mean over tokens.
         self.pool_weights = (nnx.Param(jnp.zeros((num_tokens,), jnp.float32), out_sharding=("positions",))
                              if pooled and cfg.pool == "weights" else None)
         self.pool_scorer = (layers.Dense(enc_width, 1, ("embed", None), kernel_init=nnx.initializers.normal(0.02),
-                                         rngs=rngs) if pooled and cfg.pool == "scorer" else None)
+                                         choices=choices, rngs=rngs) if pooled and cfg.pool == "scorer" else None)
         project = cfg.projection == "linear" or (cfg.projection == "auto" and enc_width != dec_width)
-        self.enc_to_dec_proj = (layers.Dense(enc_width, dec_width, ("embed", "embed"), dtype=dtype, rngs=rngs)
-                                if project else None)
+        self.enc_to_dec_proj = (layers.Dense(enc_width, dec_width, ("embed", "embed"), dtype=dtype, choices=choices,
+                                             rngs=rngs) if project else None)
         decoder_cfg = ml_collections.ConfigDict(cfg.decoder.to_dict())
         decoder_cfg.cross_attention_width = dec_width
         self.decoder = gpt2.Model(decoder_cfg, rngs=rngs)

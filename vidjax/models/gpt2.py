@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vidjax import platform
 from vidjax.models import layers
 
 ACTIVATIONS = ("gelu_new", "gelu")  # tanh-approximated GELU (GPT-2), exact erf GELU
@@ -77,8 +78,9 @@ class SelfAttention(nnx.Module):
     """Causal multi-head self-attention: one fused qkv projection (GPT-2's `c_attn`) and an output projection."""
 
     def __init__(self, width: int, num_heads: int, *, proj_std: float, dropout: float, resid_dropout: float,
-                 dtype, rngs: nnx.Rngs):
+                 dtype, choices: platform.Choices | None = None, rngs: nnx.Rngs):
         head_dim = width // num_heads
+        self.projection_form = platform.given(choices).need("projection_form")
         self.qkv = _param(rngs, _INIT_STD, (width, 3 * width), ("embed", None, "heads", "head_dim"),
                           (width, 3, num_heads, head_dim))
         self.qkv_bias = _zeros((3, num_heads, head_dim), (None, "heads", "head_dim"))
@@ -89,12 +91,14 @@ class SelfAttention(nnx.Module):
 
     def qkv_heads(self, x_BTD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         dt = self.dtype
-        qkv = layers.project(x_BTD.astype(dt), self.qkv[...]) + self.qkv_bias[...].astype(dt)
+        qkv = layers.project(x_BTD.astype(dt), self.qkv[...], form=self.projection_form) + \
+            self.qkv_bias[...].astype(dt)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     def output(self, out_BTHK: jax.Array, rng: jax.Array | None) -> jax.Array:
         dt = self.dtype
-        y = layers.project(out_BTHK.astype(dt), self.proj[...], 2) + self.proj_bias[...].astype(dt)
+        y = layers.project(out_BTHK.astype(dt), self.proj[...], 2, form=self.projection_form) + \
+            self.proj_bias[...].astype(dt)
         return _dropout(y, self.resid_dropout, rng)
 
     def __call__(self, x_BTD: jax.Array, mask: jax.Array, rng: jax.Array | None = None) -> jax.Array:
@@ -107,8 +111,9 @@ class CrossAttention(nnx.Module):
     """Multi-head attention from text queries (`q`, GPT-2's `q_attn`) to encoder keys/values (`kv`, its `c_attn`)."""
 
     def __init__(self, width: int, encoder_width: int, num_heads: int, *, proj_std: float, dropout: float,
-                 resid_dropout: float, dtype, rngs: nnx.Rngs):
+                 resid_dropout: float, dtype, choices: platform.Choices | None = None, rngs: nnx.Rngs):
         head_dim = width // num_heads
+        self.projection_form = platform.given(choices).need("projection_form")
         self.q = _param(rngs, _INIT_STD, (width, width), ("embed", "heads", "head_dim"), (width, num_heads, head_dim))
         self.q_bias = _zeros((num_heads, head_dim), ("heads", "head_dim"))
         self.kv = _param(rngs, _INIT_STD, (encoder_width, 2 * width), ("embed", None, "heads", "head_dim"),
@@ -122,16 +127,18 @@ class CrossAttention(nnx.Module):
     def keys_values(self, enc_BSE: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The encoder tokens' keys and values, each (batch, tokens, heads, head_dim)."""
         dt = self.dtype
-        kv = layers.project(enc_BSE.astype(dt), self.kv[...]) + self.kv_bias[...].astype(dt)
+        kv = layers.project(enc_BSE.astype(dt), self.kv[...], form=self.projection_form) + \
+            self.kv_bias[...].astype(dt)
         return kv[:, :, 0], kv[:, :, 1]
 
     def __call__(self, x_BTD: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array | None,
                  rng: jax.Array | None = None) -> jax.Array:
         dt = self.dtype
         rng_attn, rng_out = _split(rng, 2)
-        q = layers.project(x_BTD.astype(dt), self.q[...]) + self.q_bias[...].astype(dt)
+        form = self.projection_form
+        q = layers.project(x_BTD.astype(dt), self.q[...], form=form) + self.q_bias[...].astype(dt)
         out = attend(q, keys, values, mask, dropout=self.dropout, rng=rng_attn)
-        y = layers.project(out.astype(dt), self.proj[...], 2) + self.proj_bias[...].astype(dt)
+        y = layers.project(out.astype(dt), self.proj[...], 2, form=form) + self.proj_bias[...].astype(dt)
         return _dropout(y, self.resid_dropout, rng_out)
 
 
@@ -139,15 +146,18 @@ class Mlp(nnx.Module):
     """GPT-2's MLP: width -> mlp_dim -> width with GELU between (tanh form for "gelu_new")."""
 
     def __init__(self, width: int, mlp_dim: int, *, approximate_gelu: bool, proj_std: float, dropout: float, dtype,
-                 rngs: nnx.Rngs):
+                 choices: platform.Choices | None = None, rngs: nnx.Rngs):
+        choices = platform.given(choices)
         self.fc1 = layers.Dense(width, mlp_dim, ("embed", "mlp"), dtype=dtype,
-                                kernel_init=nnx.initializers.normal(_INIT_STD), rngs=rngs)
+                                kernel_init=nnx.initializers.normal(_INIT_STD), choices=choices, rngs=rngs)
         self.fc2 = layers.Dense(mlp_dim, width, ("mlp", "embed"), dtype=dtype,
-                                kernel_init=nnx.initializers.normal(proj_std), rngs=rngs)
+                                kernel_init=nnx.initializers.normal(proj_std), choices=choices, rngs=rngs)
         self.approximate_gelu, self.dropout = approximate_gelu, dropout
+        self.backward = choices.need("backward")
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        return _dropout(self.fc2(layers.gelu(self.fc1(x), approximate=self.approximate_gelu)), self.dropout, rng)
+        hidden = layers.gelu(self.fc1(x), approximate=self.approximate_gelu, backward=self.backward)
+        return _dropout(self.fc2(hidden), self.dropout, rng)
 
 
 def causal_mask(query_positions: jax.Array, num_keys: int) -> jax.Array:
@@ -163,22 +173,25 @@ def _key_mask(mask_BS: jax.Array | None) -> jax.Array | None:
 class Block(nnx.Module):
     """Pre-LN GPT-2 block: self-attention, optional cross-attention to encoder tokens, MLP; each a residual branch."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, encoder_width: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, encoder_width: int, choices: platform.Choices | None = None,
+                 rngs: nnx.Rngs):
         width, heads, dtype = cfg.width, cfg.num_heads, jnp.dtype(cfg.dtype)
+        if choices is None:
+            choices = platform.choices(cfg, platform.TEXT_FIELDS)
         proj_std = _INIT_STD / math.sqrt(2 * cfg.depth)  # GPT-2's scaled init of the residual projections
-        self.ln_1 = layers.LayerNorm(width, cfg.layer_norm_eps, rngs=rngs)
+        self.ln_1 = layers.LayerNorm(width, cfg.layer_norm_eps, choices=choices, rngs=rngs)
         self.attn = SelfAttention(width, heads, proj_std=proj_std, dropout=cfg.attn_dropout,
-                                  resid_dropout=cfg.resid_dropout, dtype=dtype, rngs=rngs)
+                                  resid_dropout=cfg.resid_dropout, dtype=dtype, choices=choices, rngs=rngs)
         if cfg.add_cross_attention:
-            self.ln_cross_attn = layers.LayerNorm(width, cfg.layer_norm_eps, rngs=rngs)
+            self.ln_cross_attn = layers.LayerNorm(width, cfg.layer_norm_eps, choices=choices, rngs=rngs)
             self.crossattention = CrossAttention(width, encoder_width, heads, proj_std=proj_std,
                                                  dropout=cfg.attn_dropout, resid_dropout=cfg.resid_dropout,
-                                                 dtype=dtype, rngs=rngs)
+                                                 dtype=dtype, choices=choices, rngs=rngs)
         else:
             self.crossattention = None
-        self.ln_2 = layers.LayerNorm(width, cfg.layer_norm_eps, rngs=rngs)
+        self.ln_2 = layers.LayerNorm(width, cfg.layer_norm_eps, choices=choices, rngs=rngs)
         self.mlp = Mlp(width, cfg.mlp_dim or 4 * width, approximate_gelu=cfg.activation == "gelu_new",
-                       proj_std=proj_std, dropout=cfg.resid_dropout, dtype=dtype, rngs=rngs)
+                       proj_std=proj_std, dropout=cfg.resid_dropout, dtype=dtype, choices=choices, rngs=rngs)
 
     def _cross_and_mlp(self, x, keys, values, encoder_mask, rng_cross, rng_mlp):
         if self.crossattention is not None:
@@ -268,12 +281,17 @@ class Model(nnx.Module):
         self.embd_dropout = cfg.embd_dropout
         self.dtype = jnp.dtype(cfg.dtype)
         self.remat, self.scan = layers.check_remat(cfg.remat), bool(cfg.scan_layers)
+        # The platform values (backward, projection_form, block_gradients; "auto" resolved here unless the config
+        # was resolved at set-up, vidjax/platform.py), handed to every layer.
+        choices = platform.choices(cfg, platform.TEXT_FIELDS)
+        self.block_gradients = choices.block_gradients
         self.wte = _param(rngs, _INIT_STD, (cfg.vocab_size, cfg.width), (None, "embed"))
         self.wpe = _param(rngs, _INIT_STD, (cfg.n_positions, cfg.width), ("positions", "embed"))
         encoder_width = self.cross_attention_width
-        self.blocks = layers.make_blocks(lambda _, rngs: Block(cfg, encoder_width=encoder_width, rngs=rngs),
-                                         [0.0] * cfg.depth, scan=self.scan, rngs=rngs)
-        self.ln_f = layers.LayerNorm(cfg.width, cfg.layer_norm_eps, rngs=rngs)
+        self.blocks = layers.make_blocks(
+            lambda _, rngs: Block(cfg, encoder_width=encoder_width, choices=choices, rngs=rngs), [0.0] * cfg.depth,
+            scan=self.scan, rngs=rngs)
+        self.ln_f = layers.LayerNorm(cfg.width, cfg.layer_norm_eps, choices=choices, rngs=rngs)
 
     # ---------------------------------------------------------------------------------------------- checks
 
@@ -327,7 +345,7 @@ class Model(nnx.Module):
         mask = None if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         enc_mask = None if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask).astype(bool)
         x, *_ = layers.run_blocks(self.blocks, (x, mask, encoder_hidden_states, enc_mask), rng_blocks,
-                                  remat=self.remat, scan=self.scan)
+                                  remat=self.remat, scan=self.scan, block_gradients=self.block_gradients)
         hidden = self.ln_f(x)
         return {"logits": self.logits(hidden), "last_hidden_state": hidden}
 
@@ -400,4 +418,9 @@ def default_config() -> ml_collections.ConfigDict:
         # True: the blocks built stacked (parameters blocks/stacked/..., leading axis the blocks), one lax.scan over
         # them for whole sequences; decoding unrolls them, each block's parameters sliced out of the stack
         scan_layers=False,
+        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
+        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
+        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
+        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
+        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
     ))

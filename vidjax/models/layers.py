@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidjax import platform
 from vidjax.config_lib import ConfigError
 from vidjax.ops import attention
 from vidjax.sharding import BATCH_AXES, constrain, token_names
@@ -119,16 +120,19 @@ def _param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | Non
 
 
 class Dense(nnx.Module):
-    """Linear layer over the last axis with logical axis names on its kernel and bias."""
+    """Linear layer over the last axis with logical axis names on its kernel and bias.
+
+    `choices` (`platform.Choices`, the model's; None: this machine's defaults) gives its `projection_form`."""
 
     def __init__(self, in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, use_bias: bool = True,
-                 dtype=jnp.float32, kernel_init=_xavier, rngs: nnx.Rngs):
+                 dtype=jnp.float32, kernel_init=_xavier, choices: platform.Choices | None = None, rngs: nnx.Rngs):
         self.kernel = _param(rngs, kernel_init, (in_dim, out_dim), names)
         self.bias = _param(rngs, nnx.initializers.zeros, (out_dim,), names[1:]) if use_bias else None
         self.dtype = dtype
+        self.projection_form = platform.given(choices).need("projection_form")
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = project(x.astype(self.dtype), self.kernel[...])
+        y = project(x.astype(self.dtype), self.kernel[...], form=self.projection_form)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -141,23 +145,10 @@ def softmax_pool(scores_BN: jax.Array, x_BND: jax.Array) -> jax.Array:
     return jnp.einsum("bn,bnd->bd", weights_BN, x_BND.astype(jnp.float32))
 
 
-def hand_written_backward() -> bool:
-    """Whether LayerNorm and the MLP's GELU run with their backward written out (`layer_norm`, `gelu`), and the
-    multi-axis projections as 2-D products (`project`): on the CPU backend only.
-
-    Left to autodiff, XLA:CPU splits a LayerNorm's backward into several passes over the activation and a GELU's into
-    the derivative of erf's expansion; written out, each is one fused pass over what the forward kept. In one process
-    here (4 alternating rounds) a VideoMAE-S/16 fine-tune step (16 x 112 px, batch 2) took 1.030 s with autodiff's
-    backwards and 0.959 s with these two and the attention's (`ops.attention`) written out (docs/performance.md).
-    GPU and TPU compilers fuse these backwards on their own, so they keep autodiff's graph.
-    """
-    return jax.default_backend() == "cpu"
-
-
-def _contract(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
-    """x (..., *kernel.shape[:contract]) times `kernel`: one 2-D product of the flattened operands on the CPU backend
-    (`project` says why), the multi-axis contraction elsewhere."""
-    if not hand_written_backward():
+def _contract(x: jax.Array, kernel: jax.Array, contract: int, form: str) -> jax.Array:
+    """x (..., *kernel.shape[:contract]) times `kernel`: one 2-D product of the flattened operands for `form` "flat",
+    the multi-axis contraction for "multi_axis" (`project`)."""
+    if form != "flat":
         return jnp.tensordot(x, kernel, axes=contract)
     inner = math.prod(kernel.shape[:contract])
     out = kernel.shape[contract:]
@@ -165,22 +156,22 @@ def _contract(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
     return y.reshape(*x.shape[:x.ndim - contract], *out)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _project_vjp(x, kernel, contract):
-    return _contract(x, kernel.astype(x.dtype), contract)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _project_vjp(x, kernel, contract, form):
+    return _contract(x, kernel.astype(x.dtype), contract, form)
 
 
-def _project_forward(x, kernel, contract):
-    return _contract(x, kernel.astype(x.dtype), contract), (x, kernel)
+def _project_forward(x, kernel, contract, form):
+    return _contract(x, kernel.astype(x.dtype), contract, form), (x, kernel)
 
 
-def _project_backward(contract, residuals, dy):
+def _project_backward(contract, form, residuals, dy):
     """dx = dy . kernel over the output axes, dkernel = x . dy over the leading ones, both from the kernel as stored
     (cast and reshaped again here: cheap, and it is what keeps the forward from saving a copy)."""
     x, kernel = residuals
     k = kernel.astype(x.dtype)
     lead = x.ndim - contract
-    if hand_written_backward():
+    if form == "flat":
         inner, out = math.prod(kernel.shape[:contract]), math.prod(kernel.shape[contract:])
         dy2, x2, k2 = dy.reshape(-1, out), x.reshape(-1, inner), k.reshape(inner, out)
         dx = jax.lax.dot_general(dy2, k2, (((1,), (1,)), ((), ()))).reshape(x.shape)
@@ -194,7 +185,7 @@ def _project_backward(contract, residuals, dy):
 _project_vjp.defvjp(_project_forward, _project_backward)
 
 
-def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
+def project(x: jax.Array, kernel: jax.Array, contract: int = 1, *, form: str = "multi_axis") -> jax.Array:
     """`x` (..., *kernel.shape[:contract]) times `kernel` cast to x's dtype, contracting x's last `contract` axes with
     the kernel's first: (..., *kernel.shape[contract:]). Every projection of the shared layers goes through it (Dense,
     attention's x @ qkv (d, 3, h, k) and out @ proj (h, k, d), VideoMamba's in_proj, GPT-2's); pass the parameter as
@@ -206,15 +197,11 @@ def project(x: jax.Array, kernel: jax.Array, contract: int = 1) -> jax.Array:
     cast or reshaped kernel is a new value per block that the scan stacks into a (depth, ...) residual: a copy of
     the blocks' parameters (tests/test_scan_stacked.py).
 
-    On the CPU backend (`hand_written_backward`) the products are 2-D products of the flattened operands, reshaped
-    back; given the multi-axis kernel itself, XLA:CPU made a transposed copy of it for the backward's product every
-    step (the dX product's operand) and copied its gradient into the parameter's layout. In one process here (8
-    alternating rounds) a VideoMAE-S/16 pre-training step (16 x 112 px, batch 2: the encoder sees 80 tokens, so the
-    copies outweighed its products) took 0.268 s with the multi-axis form and 0.248 s with this one; fine-tuning
-    0.888 -> 0.861 s (docs/performance.md). Elsewhere the multi-axis contraction stays: it keeps a kernel sharded
-    over heads sharded through the product.
+    `form` (config.model.projection_form, resolved: "flat" on CPU by default, `vidjax.platform` says why) "flat"
+    runs the products as 2-D products of the flattened operands, reshaped back; "multi_axis" as the multi-axis
+    contraction, which keeps a kernel sharded over heads sharded through the product. Same values either way.
     """
-    return _project_vjp(x, kernel, contract)
+    return _project_vjp(x, kernel, contract, platform.check("projection_form", form))
 
 
 def _layer_norm_forward(x, scale, bias, eps):
@@ -246,10 +233,12 @@ def _layer_norm_backward(eps, residuals, dy):
 _layer_norm_vjp.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 
-def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
-    """LayerNorm over the last axis, computed in float32 and returned in x's dtype; the backward is written out where
-    `hand_written_backward()` (same values either way, tests/test_layers_backward.py)."""
-    if hand_written_backward():
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, *,
+               backward: str = "autodiff") -> jax.Array:
+    """LayerNorm over the last axis, computed in float32 and returned in x's dtype; the backward written out for
+    `backward` "hand_written" (config.model.backward, resolved: on CPU by default, `vidjax.platform` says why),
+    autodiff's for "autodiff" (same values either way, tests/test_layers_backward.py)."""
+    if platform.check("backward", backward) == "hand_written":
         return _layer_norm_vjp(x, scale, bias, float(eps))
     return _layer_norm_forward(x, scale, bias, eps)[0]
 
@@ -277,35 +266,40 @@ def _gelu_backward(approximate, x, dy):
 _gelu_vjp.defvjp(lambda x, approximate: (jax.nn.gelu(x, approximate=approximate), x), _gelu_backward)
 
 
-def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
-    """`jax.nn.gelu`, with its backward written out (one fused pass over the saved input, in float32) where
-    `hand_written_backward()`."""
-    if hand_written_backward():
+def gelu(x: jax.Array, approximate: bool = False, *, backward: str = "autodiff") -> jax.Array:
+    """`jax.nn.gelu`, with its backward written out (one fused pass over the saved input, in float32) for `backward`
+    "hand_written", autodiff's for "autodiff" (config.model.backward, as `layer_norm`)."""
+    if platform.check("backward", backward) == "hand_written":
         return _gelu_vjp(x, bool(approximate))
     return jax.nn.gelu(x, approximate=approximate)
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm computed in float32 whatever the compute dtype, with a configurable epsilon (`layer_norm`)."""
+    """LayerNorm computed in float32 whatever the compute dtype, with a configurable epsilon (`layer_norm`); its
+    backward as `choices` (the model's `platform.Choices`; None: this machine's defaults) says."""
 
-    def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, eps: float, *, choices: platform.Choices | None = None, rngs: nnx.Rngs):
         self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",))
         self.bias = _param(rngs, nnx.initializers.zeros, (dim,), ("norm",))
         self.eps = eps
+        self.backward = platform.given(choices).need("backward")
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return layer_norm(x, self.scale[...], self.bias[...], self.eps)
+        return layer_norm(x, self.scale[...], self.bias[...], self.eps, backward=self.backward)
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with one fused qkv projection, through `ops.attention.dot_product_attention`
-    (`implementation`: config.model.attention_impl, "" or None for the platform's default).
+    """Multi-head self-attention with one fused qkv projection, through `ops.attention.dot_product_attention`.
+
+    `choices` (the model's `platform.Choices`; None: this machine's defaults) gives its `implementation`
+    (config.model.attention_impl, resolved: an implementation or a backend's rule, which picks per call by length)
+    and its projections' form.
 
     `qkv_bias` selects the bias layout: "qv" (VideoMAE: q and v biases, k has none), "qkv" or "none".
     """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: str = "qv", dtype=jnp.float32,
-                 implementation: str | None = None, rngs: nnx.Rngs):
+                 choices: platform.Choices | None = None, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f"Attention width {dim} is not divisible by num_heads={num_heads}.")
         head_dim = dim // num_heads
@@ -326,7 +320,9 @@ class Attention(nnx.Module):
         self.proj = nnx.Param(out, out_sharding=("heads", "head_dim", "embed"))
         self.proj_bias = _param(rngs, zeros, (dim,), ("embed",))
         self.dtype = dtype
-        self.implementation = attention.check_implementation(implementation)
+        choices = platform.given(choices)
+        self.implementation = choices.need("attention_impl")
+        self.projection_form = choices.need("projection_form")
 
     def _bias(self) -> jax.Array | None:
         if self.qkv_bias_kind == "qv":
@@ -344,7 +340,7 @@ class Attention(nnx.Module):
         dt = self.dtype
         heads = ("act_batch", "act_length", "act_heads", "act_head_dim")
         # (b, l, 3, h, k) keeps the projection a plain row-major x @ W; a (3, b, l, h, k) output costs a transpose.
-        qkv = project(x_BLD.astype(dt), self.qkv[...])
+        qkv = project(x_BLD.astype(dt), self.qkv[...], form=self.projection_form)
         bias = self._bias()
         if bias is not None:
             qkv = qkv + bias.astype(dt)
@@ -355,7 +351,8 @@ class Attention(nnx.Module):
         else:
             out_BLHK = attend(q, k, v)
         out_BLHK = constrain(out_BLHK, heads)
-        out_BLD = project(out_BLHK.astype(dt), self.proj[...], 2) + self.proj_bias[...].astype(dt)
+        out_BLD = project(out_BLHK.astype(dt), self.proj[...], 2, form=self.projection_form) + \
+            self.proj_bias[...].astype(dt)
         return constrain(out_BLD, ("act_batch", "act_length", "act_embed"))
 
 
@@ -363,20 +360,24 @@ class Mlp(nnx.Module):
     """Two-layer MLP with exact (erf) GELU, as in the PyTorch references (Flax's default is the tanh form).
 
     `approximate_gelu=True` selects the tanh form, for checkpoints whose config says "gelu_new"/"gelu_fast"/
-    "gelu_pytorch_tanh".
+    "gelu_pytorch_tanh". `choices` (the model's `platform.Choices`; None: this machine's defaults) gives the GELU's
+    backward and the projections' form.
     """
 
     def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, approximate_gelu: bool = False,
-                 rngs: nnx.Rngs):
-        self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+                 choices: platform.Choices | None = None, rngs: nnx.Rngs):
+        choices = platform.given(choices)
+        self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, choices=choices, rngs=rngs)
+        self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, choices=choices, rngs=rngs)
         self.approximate_gelu = approximate_gelu
+        self.backward = choices.need("backward")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x (batch, ..., dim) -> the same shape; the hidden activation split as (act_batch, act_length..., act_mlp),
         the output as (act_batch, act_length..., act_embed) (`vidjax.sharding.constrain`)."""
         hidden = constrain(self.fc1(x), token_names(x.ndim, "act_mlp"))
-        return constrain(self.fc2(gelu(hidden, approximate=self.approximate_gelu)), token_names(x.ndim, "act_embed"))
+        out = self.fc2(gelu(hidden, approximate=self.approximate_gelu, backward=self.backward))
+        return constrain(out, token_names(x.ndim, "act_embed"))
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -437,27 +438,16 @@ def _boundary_bwd(_, g):
 _cotangent_boundary.defvjp(_boundary_fwd, _boundary_bwd)
 
 
-def cotangent_boundaries() -> bool:
-    """Whether `call_block` cuts the backward pass's fusions at block inputs: on the CPU backend only.
-
-    Without it, XLA:CPU fuses the residual stream's gradient (the sum each block's backward adds to) into each of its
-    consumers instead of writing it out, so every LayerNorm backward, reduction and transposed copy further down
-    recomputes the chain of all the blocks above it (fusions of 800 instructions, quadratic in depth; `python -m
-    vidjax.bench --profile` counts them as norms). Writing each block input's gradient out cut a VideoMAE-S/16
-    fine-tune step (16 x 112 px, batch 2) from 1.56 to 1.21 s here (docs/performance.md). GPU and TPU compilers
-    fuse differently and a conditional per block would cost them a launch, so they keep the plain graph.
-    """
-    return jax.default_backend() == "cpu"
-
-
-def call_block(block: nnx.Module, remat: str, *args, **kwargs):
+def call_block(block: nnx.Module, remat: str, *args, block_gradients: str = "fused", **kwargs):
     """`block(*args, **kwargs)` under the rematerialisation policy `remat`, its output batch-sharded (`shard_batch`).
 
     `args` are the activations (arrays or None); `kwargs` are closed over: Python values such as frame counts, and
-    random keys, which carry no gradient. On CPU the gradient reaching each input is written out whole
-    (`cotangent_boundaries`); the values are the same.
+    random keys, which carry no gradient. With `block_gradients` "written_out" (config.model.block_gradients,
+    resolved: on CPU by default, `vidjax.platform` says why) the gradient reaching each input passes an identity
+    conditional XLA cannot fold (`_cotangent_boundary`), so it is written out whole instead of fused into its
+    consumers; "fused" leaves the graph plain. The values are the same.
     """
-    if cotangent_boundaries():
+    if platform.check("block_gradients", block_gradients) == "written_out":
         args = tuple(_cotangent_boundary(a) if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
                      else a for a in args)
     if remat == "none":
@@ -574,7 +564,7 @@ def _scan_blocks(graphdef: nnx.GraphDef, stacked, rates: Sequence[float], carry:
 
 
 def run_blocks(blocks: Sequence[nnx.Module] | BlockStack, carry, rng: jax.Array | None, *, remat: str = "none",
-               scan: bool = False, first_index: int = 0, start: int = 0, **kwargs):
+               scan: bool = False, first_index: int = 0, start: int = 0, block_gradients: str = "fused", **kwargs):
     """Applies `blocks` in order: `carry = block(*carry, rng=fold_in(rng, first_index + i), **kwargs)`.
 
     `carry` is one activation array or a tuple of them (a block then returns a tuple of the same structure).
@@ -589,8 +579,9 @@ def run_blocks(blocks: Sequence[nnx.Module] | BlockStack, carry, rng: jax.Array 
     `scan=True` scanned after stacking its parameters at call time, which copies them every step (no model does
     this any more: `make_blocks` builds a `BlockStack` when scanning). Either way per-block drop-path rates and
     random keys are scanned along, so scanning and unrolling compute the same values from the same parameters.
-    Scanning needs blocks of one kind and one set of parameter shapes. Unrolled, on CPU, each block's input
-    gradient is written out whole (`call_block`); a scan's carry is written out between iterations anyway.
+    Scanning needs blocks of one kind and one set of parameter shapes. Unrolled, `block_gradients` (the model's
+    config.model.block_gradients, resolved) "written_out" writes each block's input gradient out whole
+    (`call_block`); a scan's carry is written out between iterations anyway.
     """
     single = not isinstance(carry, tuple)
     carry = (carry,) if single else carry
@@ -603,7 +594,7 @@ def run_blocks(blocks: Sequence[nnx.Module] | BlockStack, carry, rng: jax.Array 
     if not scan or len(blocks) < 2:
         for i, block in enumerate(blocks):
             key = jax.random.fold_in(rng, first_index + i) if rng is not None else None
-            out = call_block(block, remat, *carry, rng=key, **kwargs)
+            out = call_block(block, remat, *carry, rng=key, block_gradients=block_gradients, **kwargs)
             carry = out if isinstance(out, tuple) else (out,)
         return carry[0] if single else carry
     graphdef, _ = nnx.split(blocks[0])
@@ -724,16 +715,17 @@ def abstract_in_layout(tree, names: Collection[str], prefix: str = ""):
 
 
 class Block(nnx.Module):
-    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))); `choices`: the model's
+    `platform.Choices` (None: this machine's defaults)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
-                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None,
+                 qkv_bias: str = "qv", dtype=jnp.float32, choices: platform.Choices | None = None,
                  approximate_gelu: bool = False, rngs: nnx.Rngs):
-        self.norm1 = LayerNorm(dim, eps, rngs=rngs)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=attention_impl,
-                              rngs=rngs)
-        self.norm2 = LayerNorm(dim, eps, rngs=rngs)
-        self.mlp = Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, rngs=rngs)
+        choices = platform.given(choices)
+        self.norm1 = LayerNorm(dim, eps, choices=choices, rngs=rngs)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, choices=choices, rngs=rngs)
+        self.norm2 = LayerNorm(dim, eps, choices=choices, rngs=rngs)
+        self.mlp = Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, choices=choices, rngs=rngs)
         self.drop_path = drop_path
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
@@ -747,23 +739,26 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     """A stack of `Block`s with linearly increasing drop-path rates, as in the ViT/VideoMAE references.
 
-    `scan=True` builds them stacked (`BlockStack`) and runs them as one `lax.scan` (see `run_blocks`).
+    `scan=True` builds them stacked (`BlockStack`) and runs them as one `lax.scan` (see `run_blocks`). `choices`:
+    the model's `platform.Choices` (None: this machine's defaults).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
-                 qkv_bias: str = "qv", dtype=jnp.float32, attention_impl: str | None = None,
+                 qkv_bias: str = "qv", dtype=jnp.float32, choices: platform.Choices | None = None,
                  approximate_gelu: bool = False, remat: str = "none", scan: bool = False, rngs: nnx.Rngs):
         rates = np.linspace(0.0, drop_path, depth) if depth > 1 else np.array([drop_path])
+        choices = platform.given(choices)
         self.remat = check_remat(remat)
         self.scan = bool(scan)
+        self.block_gradients = choices.need("block_gradients")
         self.blocks = make_blocks(
             lambda rate, rngs: Block(dim, num_heads, mlp_dim, eps=eps, drop_path=rate, qkv_bias=qkv_bias,
-                                     dtype=dtype, attention_impl=attention_impl, approximate_gelu=approximate_gelu,
-                                     rngs=rngs),
+                                     dtype=dtype, choices=choices, approximate_gelu=approximate_gelu, rngs=rngs),
             rates, scan=scan, rngs=rngs)
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        return run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan)
+        return run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan,
+                          block_gradients=self.block_gradients)
 
 
 def vit_dims(variant: str, width: int | None = None, depth: int | None = None,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidjax import platform
 from vidjax.models import layers, timesformer
 
 # F.normalize's default eps: the norm is clamped to at least this before dividing.
@@ -80,14 +81,15 @@ class DINOHead(nnx.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, use_bn: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+                 nlayers: int = 3, use_bn: bool = False, dtype=jnp.float32, choices: platform.Choices | None = None,
+                 rngs: nnx.Rngs):
         if nlayers < 1:
             raise ValueError(f"DINOHead needs nlayers >= 1 (the MLP's Linear layers), got {nlayers}.")
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
         names = [("embed", "mlp")] + [("mlp", None)] * (nlayers - 1)
         init = nnx.initializers.normal(0.02)
         self.mlp = nnx.List([
-            layers.Dense(d_in, d_out, axes, dtype=dtype, kernel_init=init, rngs=rngs)
+            layers.Dense(d_in, d_out, axes, dtype=dtype, kernel_init=init, choices=choices, rngs=rngs)
             for d_in, d_out, axes in zip(dims[:-1], dims[1:], names, strict=True)
         ])
         self.norms = nnx.List([BatchNorm(hidden_dim, rngs=rngs) for _ in range(nlayers - 1)]) if use_bn else None
@@ -127,7 +129,9 @@ class Model(nnx.Module):
         self.head = DINOHead(self.backbone.width, int(cfg.out_dim), hidden_dim=int(cfg.head_hidden_dim),
                              bottleneck_dim=int(cfg.head_bottleneck_dim), nlayers=int(cfg.head_layers),
                              use_bn=bool(cfg.get("head_use_bn", False)),
-                             dtype=jnp.dtype(cfg.backbone.dtype), rngs=rngs)
+                             dtype=jnp.dtype(cfg.backbone.dtype),
+                             choices=platform.choices(cfg.backbone, platform.TRANSFORMER_FIELDS,
+                                                      where="config.model.backbone"), rngs=rngs)
 
     def __call__(self, video_BTHWC: jax.Array, *, rng: jax.Array | None = None) -> dict[str, jax.Array]:
         cls_BD = self.backbone(video_BTHWC, rng=rng)["last_hidden_state"][:, 0]

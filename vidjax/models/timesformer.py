@@ -33,7 +33,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vidjax import platform
 from vidjax.models import layers
+from vidjax.models.positions import interpolation_matrix, resize_grid
 from vidjax.patches import grid_shape, patchify
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
@@ -47,23 +49,23 @@ class Block(nnx.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, attention_type: str, eps: float,
-                 drop_path: float, qkv_bias: str, approximate_gelu: bool, dtype, attention_impl: str | None,
-                 rngs: nnx.Rngs):
+                 drop_path: float, qkv_bias: str, approximate_gelu: bool, dtype,
+                 choices: platform.Choices | None = None, rngs: nnx.Rngs):
         self.attention_type = attention_type
         self.drop_path = drop_path
         if attention_type == "divided_space_time":
-            self.temporal_norm = layers.LayerNorm(dim, eps, rngs=rngs)
-            self.temporal_attn = layers.Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype,
-                                                  implementation=attention_impl, rngs=rngs)
+            self.temporal_norm = layers.LayerNorm(dim, eps, choices=choices, rngs=rngs)
+            self.temporal_attn = layers.Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, choices=choices,
+                                                  rngs=rngs)
             # Zero at init as in the reference, so the temporal branch starts as an identity residual and the
             # block starts as the (image-pretrained) spatial ViT block.
             self.temporal_fc = layers.Dense(dim, dim, ("embed", "embed"), dtype=dtype,
-                                            kernel_init=nnx.initializers.zeros, rngs=rngs)
-        self.norm1 = layers.LayerNorm(dim, eps, rngs=rngs)
-        self.attn = layers.Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=attention_impl,
-                                     rngs=rngs)
-        self.norm2 = layers.LayerNorm(dim, eps, rngs=rngs)
-        self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, rngs=rngs)
+                                            kernel_init=nnx.initializers.zeros, choices=choices, rngs=rngs)
+        self.norm1 = layers.LayerNorm(dim, eps, choices=choices, rngs=rngs)
+        self.attn = layers.Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, choices=choices, rngs=rngs)
+        self.norm2 = layers.LayerNorm(dim, eps, choices=choices, rngs=rngs)
+        self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, choices=choices,
+                              rngs=rngs)
 
     def _divided(self, x_BLD: jax.Array, num_frames: int, rng_t, rng_s) -> jax.Array:
         b, _, d = x_BLD.shape
@@ -110,6 +112,9 @@ class Model(nnx.Module):
             raise ValueError(f"config.model.head must be 'classification' or 'none' for TimeSformer, "
                              f"got {cfg.head!r}.")
         dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
+        # The platform values ("auto" resolved here unless the config was resolved at set-up, vidjax/platform.py).
+        choices = platform.choices(cfg, platform.TRANSFORMER_FIELDS)
+        self.block_gradients = choices.block_gradients
         self.width, self.patch = dims["width"], dims["patch"]
         self.attention_type = cfg.attention_type
         self.resize_at_runtime = bool(cfg.resize_at_runtime)
@@ -119,7 +124,7 @@ class Model(nnx.Module):
         # PyTorch's default Conv2d init (kaiming-uniform with a=sqrt(5)) is uniform with variance 1/(3*fan_in).
         conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
         self.patch_embed = layers.Dense(self.patch * self.patch * 3, self.width, (None, "embed"), dtype=dtype,
-                                        kernel_init=conv_init, rngs=rngs)
+                                        kernel_init=conv_init, choices=choices, rngs=rngs)
         table_init = nnx.initializers.truncated_normal(0.02)
         self.cls_token = nnx.Param(table_init(rngs.params(), (self.width,)), out_sharding=("embed",))
         pos_init = layers.position_init(cfg.position_init, table_init, leading=1)
@@ -134,16 +139,15 @@ class Model(nnx.Module):
         self.blocks = layers.make_blocks(
             lambda rate, rngs: Block(self.width, dims["num_heads"], dims["mlp_dim"], attention_type=cfg.attention_type,
                                      eps=cfg.ln_eps, drop_path=rate, qkv_bias="qkv" if cfg.qkv_bias else "none",
-                                     approximate_gelu=cfg.approximate_gelu, dtype=dtype,
-                                     attention_impl=cfg.attention_impl or None, rngs=rngs),
+                                     approximate_gelu=cfg.approximate_gelu, dtype=dtype, choices=choices, rngs=rngs),
             rates, scan=cfg.scan_layers, rngs=rngs)
         self.remat = layers.check_remat(cfg.remat)
         self.scan_layers = bool(cfg.scan_layers)
-        self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs)
+        self.norm = layers.LayerNorm(self.width, cfg.ln_eps, choices=choices, rngs=rngs)
         if cfg.head == "classification":
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
             self.head = layers.Dense(self.width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
-                                     rngs=rngs)
+                                     choices=choices, rngs=rngs)
         else:
             self.head = None
 
@@ -155,8 +159,6 @@ class Model(nnx.Module):
         is kept and the patch rows are resized over the grid. The source rows come from the same PyTorch rule as
         `resize_positions`, so both paths pick the same rows; a gather of rows keeps the values exact.
         """
-        from vidjax.convert.common import interpolation_matrix  # vidjax.convert imports the models
-
         def rows(n_in: int, n_out: int) -> np.ndarray:
             return interpolation_matrix(n_in, n_out, "nearest").argmax(axis=1)
 
@@ -203,7 +205,8 @@ class Model(nnx.Module):
             raise ValueError("TimeSformer has no masked-token mode; call it without a mask.")
         b, t = video.shape[0], video.shape[1]
         x = self.embed(video)
-        x = layers.run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan_layers, num_frames=t)
+        x = layers.run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan_layers,
+                              block_gradients=self.block_gradients, num_frames=t)
         if self.attention_type == "space_only":
             # Frames were independent sequences so far; the official model averages them into one per clip.
             x = jnp.mean(x.reshape(b, t, *x.shape[1:]).astype(jnp.float32), axis=1).astype(x.dtype)
@@ -236,7 +239,13 @@ def default_config() -> ml_collections.ConfigDict:
         # True: the blocks built stacked (parameters blocks/stacked/..., leading axis the blocks) and run as one
         # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
         scan_layers=False,
-        attention_impl="",  # "": per platform and length (ops/attention.IMPLEMENTATIONS, resolve)
+        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
+        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
+        attention_impl="auto",  # auto | auto_cpu | auto_gpu | auto_tpu (a backend's rule, per call by length) |
+        #                         xla | cudnn | heads_major | blockwise | pallas_tpu (ops/attention.py)
+        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
+        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
+        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))
@@ -250,8 +259,6 @@ def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDi
     over the patch grid and the time table over frames, both with PyTorch's legacy nearest rule. Other
     parameters are returned unchanged; equal sizes return the tables unchanged.
     """
-    from vidjax.convert.common import resize_grid
-
     patch = layers.vit_dims(src.variant, src.width)["patch"]
     if layers.vit_dims(dst.variant, dst.width)["patch"] != patch:
         raise ValueError(f"resize_positions cannot change the patch size ({src.variant} -> {dst.variant}).")

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidjax import platform
 from vidjax.config_lib import ConfigError
 from vidjax.models import layers
 from vidjax.patches import grid_shape, patchify, running_cell_hidden
@@ -67,7 +68,10 @@ def _gather(x_BND: jax.Array, ids_BK: jax.Array) -> jax.Array:
 class Encoder(nnx.Module):
     """Tubelet embedding + sin-cos positions + transformer; runs on all tokens or on the visible ones only."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, final_norm: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, final_norm: bool, choices: platform.Choices | None = None,
+                 rngs: nnx.Rngs):
+        if choices is None:
+            choices = platform.choices(cfg, platform.TRANSFORMER_FIELDS)
         dims = layers.vit_dims(cfg.variant, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim)
         self.width, self.patch, self.tubelet = dims["width"], dims["patch"], cfg.tubelet_size
         self.grid = grid_shape((cfg.num_frames, cfg.image_size, cfg.image_size), self.tubelet, self.patch)
@@ -76,12 +80,11 @@ class Encoder(nnx.Module):
         # PyTorch's default Conv3d init (kaiming-uniform with a=sqrt(5)) is uniform with variance 1/(3*fan_in).
         conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
         self.patch_embed = layers.Dense(patch_dim, self.width, (None, "embed"), dtype=dtype, kernel_init=conv_init,
-                                        rngs=rngs)
+                                        choices=choices, rngs=rngs)
         self.transformer = layers.Transformer(
             self.width, dims["depth"], dims["num_heads"], dims["mlp_dim"], eps=cfg.ln_eps, drop_path=cfg.drop_path,
-            qkv_bias=cfg.qkv_bias, dtype=dtype, attention_impl=cfg.attention_impl or None, remat=cfg.remat,
-            scan=cfg.scan_layers, rngs=rngs)
-        self.norm = layers.LayerNorm(self.width, cfg.ln_eps, rngs=rngs) if final_norm else None
+            qkv_bias=cfg.qkv_bias, dtype=dtype, choices=choices, remat=cfg.remat, scan=cfg.scan_layers, rngs=rngs)
+        self.norm = layers.LayerNorm(self.width, cfg.ln_eps, choices=choices, rngs=rngs) if final_norm else None
 
     @property
     def num_tokens(self) -> int:
@@ -118,7 +121,11 @@ class Model(nnx.Module):
             raise ValueError(f"config.model.head must be 'pretrain', 'classification' or 'none', got {cfg.head!r}.")
         self.head_kind = cfg.head
         self.use_mean_pooling = cfg.use_mean_pooling
-        self.encoder = Encoder(cfg, final_norm=cfg.head == "pretrain" or not cfg.use_mean_pooling, rngs=rngs)
+        # The platform values (config.model.attention_impl, backward, ...; "auto" resolved here unless the caller
+        # resolved the config at set-up, vidjax/platform.py), handed to every layer.
+        choices = platform.choices(cfg, platform.TRANSFORMER_FIELDS)
+        self.encoder = Encoder(cfg, final_norm=cfg.head == "pretrain" or not cfg.use_mean_pooling, choices=choices,
+                               rngs=rngs)
         width, dtype = self.encoder.width, jnp.dtype(cfg.dtype)
         t, h, w = self.encoder.grid
         self.pixel_mean = tuple(cfg.pixel_mean)
@@ -134,24 +141,25 @@ class Model(nnx.Module):
             dec_width, dec_heads = cfg.decoder_width or dec_width, cfg.decoder_heads or dec_heads
             self.norm_pix_loss = cfg.norm_pix_loss
             self.encoder_to_decoder = layers.Dense(width, dec_width, ("embed", "decoder_embed"), use_bias=False,
-                                                   dtype=dtype, rngs=rngs)
+                                                   dtype=dtype, choices=choices, rngs=rngs)
             self.mask_token = nnx.Param(0.02 * jax.random.truncated_normal(rngs.params(), -2, 2, (dec_width,)),
                                         out_sharding=("decoder_embed",))
             self.decoder = layers.Transformer(dec_width, cfg.decoder_depth, dec_heads,
                                               cfg.decoder_mlp_dim or 4 * dec_width, eps=cfg.ln_eps,
-                                              qkv_bias=cfg.qkv_bias, dtype=dtype,
-                                              attention_impl=cfg.attention_impl or None, remat=cfg.remat,
+                                              qkv_bias=cfg.qkv_bias, dtype=dtype, choices=choices, remat=cfg.remat,
                                               scan=cfg.scan_layers, rngs=rngs)
-            self.decoder_norm = layers.LayerNorm(dec_width, cfg.decoder_norm_eps or cfg.ln_eps, rngs=rngs)
+            self.decoder_norm = layers.LayerNorm(dec_width, cfg.decoder_norm_eps or cfg.ln_eps, choices=choices,
+                                                 rngs=rngs)
             out_dim = cfg.tubelet_size * self.encoder.patch ** 2 * 3
-            self.decoder_head = layers.Dense(dec_width, out_dim, ("decoder_embed", None), dtype=dtype, rngs=rngs)
+            self.decoder_head = layers.Dense(dec_width, out_dim, ("decoder_embed", None), dtype=dtype,
+                                             choices=choices, rngs=rngs)
             self.dec_width = dec_width
         elif cfg.head == "classification":
             if cfg.use_mean_pooling:
-                self.fc_norm = layers.LayerNorm(width, cfg.fc_norm_eps or cfg.ln_eps, rngs=rngs)
+                self.fc_norm = layers.LayerNorm(width, cfg.fc_norm_eps or cfg.ln_eps, choices=choices, rngs=rngs)
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
             self.head = layers.Dense(width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
-                                     rngs=rngs)
+                                     choices=choices, rngs=rngs)
 
     def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, decoder_mask: jax.Array | None = None,
                  rng: jax.Array | None = None, num_masked: int | None = None,
@@ -253,7 +261,13 @@ def default_config() -> ml_collections.ConfigDict:
         # True: the blocks built stacked (parameters .../blocks/stacked/..., leading axis the blocks) and run as one
         # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
         scan_layers=False,
-        attention_impl="",  # "": per platform and length (ops/attention.IMPLEMENTATIONS, resolve)
+        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
+        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
+        attention_impl="auto",  # auto | auto_cpu | auto_gpu | auto_tpu (a backend's rule, per call by length) |
+        #                         xla | cudnn | heads_major | blockwise | pallas_tpu (ops/attention.py)
+        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
+        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
+        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -34,8 +34,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vidjax import platform
 from vidjax.config_lib import ConfigError
 from vidjax.models import layers
+from vidjax.models.positions import resize_grid
 from vidjax.ops.selective_scan import selective_scan, selective_scan_recurrent, selective_scan_sequential
 from vidjax.patches import grid_shape, patchify
 
@@ -55,21 +57,11 @@ SCANS = ("auto", "chunked", "associative", "sequential", "recurrent")
 TOKEN_ORDERS = ("spatial_first", "temporal_first")
 
 
-def resolve_scan(scan: str) -> str:
-    """The selective scan a config's `scan` runs here: "auto" is the recurrent scan on the CPU backend and the
-    chunked one elsewhere; any other value is itself.
-
-    On CPU what costs is memory, not the number of steps: the associative scans move (batch, K, N, d_inner) tensors
-    through memory once per level, and autodiff through the sequential `lax.scan` saves every step's state for the
-    backward pass (1.6 GiB of temporaries at the micro runlocal's shape). The recurrent scan keeps one state per
-    block of 8 steps and recomputes the rest in its hand-written backward pass: fwd+bwd of one scan at the micro
-    runlocal's shape (batch 32, 129 tokens, d_inner 192, N 16) took about 0.5x the sequential scan's CPU time
-    (which itself took 173 ms against 462 ms for the chunked one), 0.4x at 65 tokens. On accelerators a step-by-step
-    scan would be hundreds of tiny kernels a layer, so they take the chunked one.
-    """
-    if scan != "auto":
-        return scan
-    return "recurrent" if jax.default_backend() == "cpu" else "chunked"
+def resolve_scan(scan: str, backend: str | None = None) -> str:
+    """The selective scan a config's `scan` runs on `backend` (None: this process's): "auto" is the recurrent scan on
+    CPU and the chunked one elsewhere (`vidjax.platform` says why); any other value is itself. For set-up and
+    reports: a model resolves its config once when it is built and its layers hold the concrete scan."""
+    return platform.FIELDS["scan"].resolve(scan, lambda: backend or platform.backend(), "config.model.scan")
 
 
 def dims(cfg: ml_collections.ConfigDict) -> dict[str, int]:
@@ -136,13 +128,14 @@ class XZProjection(nnx.Module):
     channel on different devices.
     """
 
-    def __init__(self, dim: int, d_inner: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, dim: int, d_inner: int, *, dtype, choices: platform.Choices | None = None, rngs: nnx.Rngs):
         self.kernel = _param(rngs, nnx.initializers.truncated_normal(0.02), (dim, 2, d_inner),
                              ("embed", None, "inner"))
         self.dtype = dtype
+        self.projection_form = platform.given(choices).need("projection_form")
 
     def __call__(self, x_BLD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        xz = layers.project(x_BLD.astype(self.dtype), self.kernel[...])
+        xz = layers.project(x_BLD.astype(self.dtype), self.kernel[...], form=self.projection_form)
         return xz[:, :, 0], xz[:, :, 1]
 
 
@@ -154,16 +147,19 @@ class MambaBranch(nnx.Module):
     """
 
     def __init__(self, d_inner: int, d_state: int, d_conv: int, dt_rank: int, *, dt_min: float, dt_max: float,
-                 dt_init_floor: float, x_proj_init_std: float = 0.02, dtype, rngs: nnx.Rngs):
+                 dt_init_floor: float, x_proj_init_std: float = 0.02, dtype,
+                 choices: platform.Choices | None = None, rngs: nnx.Rngs):
+        choices = platform.given(choices)
         self.d_state, self.dt_rank = d_state, dt_rank
         self.conv1d = DepthwiseConv1d(d_inner, d_conv, rngs=rngs)
         self.x_proj = layers.Dense(d_inner, dt_rank + 2 * d_state, ("inner", None), use_bias=False, dtype=dtype,
-                                   kernel_init=nnx.initializers.truncated_normal(x_proj_init_std), rngs=rngs)
+                                   kernel_init=nnx.initializers.truncated_normal(x_proj_init_std),
+                                   choices=choices, rngs=rngs)
         # Mamba's dt init: weight uniform in +-dt_rank^-0.5; bias = softplus^-1 of dt log-uniform in [dt_min, dt_max].
         bound = dt_rank ** -0.5
         self.dt_proj = layers.Dense(dt_rank, d_inner, (None, "inner"), use_bias=False, dtype=dtype,
                                     kernel_init=lambda k, s, d=jnp.float32: jax.random.uniform(k, s, d, -bound, bound),
-                                    rngs=rngs)
+                                    choices=choices, rngs=rngs)
 
         def dt_bias_init(key, shape, dtype=jnp.float32):
             log_dt = jax.random.uniform(key, shape, dtype, math.log(dt_min), math.log(dt_max))
@@ -178,9 +174,11 @@ class MambaBranch(nnx.Module):
 
     def __call__(self, x_BLD: jax.Array, z_BLD: jax.Array, *, reverse: bool, scan: str,
                  scan_chunk: int) -> jax.Array:
-        """y (B, L, d_inner) = scan(conv(x)) * silu(z) + D-skip, run right-to-left when `reverse`; `scan` as the
-        config's (`resolve_scan`)."""
-        scan = resolve_scan(scan)
+        """y (B, L, d_inner) = scan(conv(x)) * silu(z) + D-skip, run right-to-left when `reverse`; `scan` one of the
+        concrete scans (SCANS but "auto", which the mixer resolved when it was built)."""
+        if scan not in SCANS[1:]:
+            raise ConfigError(f"MambaBranch runs one of {', '.join(SCANS[1:])}, got scan={scan!r}: \"auto\" is "
+                              f"resolved when the model is built (vidjax.platform), not per call.")
         x = jax.nn.silu(self.conv1d(x_BLD, reverse=reverse))
         x_dbl = self.x_proj(x)
         dt, B, C = jnp.split(x_dbl, [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
@@ -200,22 +198,27 @@ class BiMamba(nnx.Module):
 
     def __init__(self, dim: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int = 0,
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, x_proj_init_std: float = 0.02,
-                 num_layers: int = 1, scan: str = "auto", scan_chunk: int = 64, dtype=jnp.float32, rngs: nnx.Rngs):
+                 num_layers: int = 1, scan: str = "auto", scan_chunk: int = 64, dtype=jnp.float32,
+                 choices: platform.Choices | None = None, rngs: nnx.Rngs):
+        """`scan`: one of SCANS, "auto" standing for `choices.scan` (the model's resolved config.model.scan; with no
+        `choices`, this machine's default, resolved here as the mixer is built)."""
         if scan not in SCANS:
             raise ConfigError(f"VideoMamba scan must be one of {', '.join(SCANS)}; got {scan!r}.")
+        choices = platform.given(choices)
         d_inner = expand * dim
         dt_rank = dt_rank or math.ceil(dim / 16)
-        self.d_inner, self.scan, self.scan_chunk = d_inner, scan, scan_chunk
-        self.in_proj = XZProjection(dim, d_inner, dtype=dtype, rngs=rngs)
+        self.d_inner, self.scan_chunk = d_inner, scan_chunk
+        self.scan = choices.need("scan") if scan == "auto" else scan
+        self.in_proj = XZProjection(dim, d_inner, dtype=dtype, choices=choices, rngs=rngs)
         branch = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, x_proj_init_std=x_proj_init_std,
-                      dtype=dtype, rngs=rngs)
+                      dtype=dtype, choices=choices, rngs=rngs)
         self.forward_branch = MambaBranch(d_inner, d_state, d_conv, dt_rank, **branch)
         self.backward_branch = MambaBranch(d_inner, d_state, d_conv, dt_rank, **branch)
         # The reference re-initialises out_proj as PyTorch's default scaled by 1/sqrt(depth) (GPT-2 style).
         base = _torch_default_init(d_inner)
         out_init = lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) / math.sqrt(num_layers)  # noqa: E731
         self.out_proj = layers.Dense(d_inner, dim, ("inner", "embed"), use_bias=False, dtype=dtype,
-                                     kernel_init=out_init, rngs=rngs)
+                                     kernel_init=out_init, choices=choices, rngs=rngs)
 
     def __call__(self, hidden_BLD: jax.Array) -> jax.Array:
         x, z = self.in_proj(hidden_BLD)
@@ -237,11 +240,11 @@ class Block(nnx.Module):
     def __init__(self, dim: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int = 0,
                  rms_eps: float = 1e-5, residual_in_fp32: bool = True, drop_path: float = 0.0,
                  scan: str = "auto", scan_chunk: int = 64, num_layers: int = 1, x_proj_init_std: float = 0.02,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, choices: platform.Choices | None = None, rngs: nnx.Rngs):
         self.norm = RMSNorm(dim, rms_eps, rngs=rngs)
         self.mixer = BiMamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
                              x_proj_init_std=x_proj_init_std, num_layers=num_layers, scan=scan,
-                             scan_chunk=scan_chunk, dtype=dtype, rngs=rngs)
+                             scan_chunk=scan_chunk, dtype=dtype, choices=choices, rngs=rngs)
         self.residual_in_fp32 = residual_in_fp32
         self.drop_path = drop_path
         self.dtype = dtype
@@ -272,6 +275,10 @@ class Model(nnx.Module):
             raise ConfigError(f"config.model.token_order must be one of {', '.join(TOKEN_ORDERS)}; got "
                               f"{cfg.token_order!r}.")
         d = dims(cfg)
+        # The platform values (scan, projection_form, block_gradients; "auto" resolved here unless the config was
+        # resolved at set-up, vidjax/platform.py), handed to every layer.
+        choices = platform.choices(cfg, platform.MAMBA_FIELDS)
+        self.block_gradients = choices.block_gradients
         self.width, self.patch, self.tubelet = d["width"], d["patch"], cfg.tubelet_size
         self.temporal_first = cfg.token_order == "temporal_first"
         self.grid = token_grid(cfg)
@@ -281,7 +288,7 @@ class Model(nnx.Module):
         # Conv3d's PyTorch default init for the kernel (the reference leaves the patch embedding at it).
         conv_init = _torch_default_init(patch_dim)
         self.patch_embed = layers.Dense(patch_dim, self.width, (None, "embed"), dtype=dtype, kernel_init=conv_init,
-                                        rngs=rngs)
+                                        choices=choices, rngs=rngs)
         zeros = nnx.initializers.zeros
         # The CLS token starts at N(0, 0.02), not at the reference's zeros. A CLS input of exactly zero is dead in a
         # Mamba block: RMSNorm maps it to zero, so z = in_proj(0) = 0 and the gate silu(z) zeroes the CLS output of
@@ -303,8 +310,8 @@ class Model(nnx.Module):
         self.layers = layers.make_blocks(
             lambda rate, rngs: Block(self.width, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
                                      dt_rank=d["dt_rank"], rms_eps=cfg.rms_eps, residual_in_fp32=cfg.residual_in_fp32,
-                                     drop_path=rate, scan=cfg.scan, scan_chunk=cfg.scan_chunk, num_layers=depth,
-                                     x_proj_init_std=cfg.x_proj_init_std, dtype=dtype, rngs=rngs),
+                                     drop_path=rate, scan=choices.scan, scan_chunk=cfg.scan_chunk, num_layers=depth,
+                                     x_proj_init_std=cfg.x_proj_init_std, dtype=dtype, choices=choices, rngs=rngs),
             rates[:depth], scan=cfg.scan_layers, rngs=rngs)
         self.remat = layers.check_remat(cfg.remat)
         self.scan_layers = bool(cfg.scan_layers)
@@ -316,7 +323,7 @@ class Model(nnx.Module):
         if cfg.head == "classification":
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
             self.head = layers.Dense(self.width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
-                                     rngs=rngs)
+                                     choices=choices, rngs=rngs)
 
     def embed(self, video_BTHWC: jax.Array) -> jax.Array:
         """Tokens (B, 1 + T'*H'*W', D): CLS + spatial CLS row, then patches + spatial + temporal positions, in the
@@ -342,12 +349,13 @@ class Model(nnx.Module):
         if mask is not None:
             raise ValueError("VideoMamba in vidjax has no masked pre-training; call it without a mask.")
         # The first layer takes the embeddings as its residual (no pair yet), so only the others are scanned.
-        hidden, residual = layers.run_blocks([self.layers[0]], (self.embed(video), None), rng, remat=self.remat)
+        run = dict(remat=self.remat, block_gradients=self.block_gradients)
+        hidden, residual = layers.run_blocks([self.layers[0]], (self.embed(video), None), rng, **run)
         if isinstance(self.layers, layers.BlockStack):
-            hidden, residual = layers.run_blocks(self.layers, (hidden, residual), rng, remat=self.remat, start=1)
+            hidden, residual = layers.run_blocks(self.layers, (hidden, residual), rng, start=1, **run)
         else:
-            hidden, residual = layers.run_blocks(self.layers[1:], (hidden, residual), rng, remat=self.remat,
-                                                 scan=self.scan_layers, first_index=1)
+            hidden, residual = layers.run_blocks(self.layers[1:], (hidden, residual), rng, scan=self.scan_layers,
+                                                 first_index=1, **run)
         final_rng = jax.random.fold_in(rng, len(self.layers)) if rng is not None else None
         residual = residual + layers.drop_path(hidden, self.final_drop_path, final_rng)
         if self.residual_in_fp32:
@@ -388,11 +396,15 @@ def default_config() -> ml_collections.ConfigDict:
         dt_rank=0,  # 0 = ceil(width / 16)
         rms_eps=1e-5,
         residual_in_fp32=True,
-        # auto (recurrent on CPU, chunked elsewhere: `resolve_scan`) | chunked | associative (one scan over all
+        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
+        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
+        # The selective scan: auto (recurrent on CPU, chunked elsewhere) | chunked | associative (one scan over all
         # tokens) | recurrent (step by step, hand-written backward pass: CPUs) | sequential (step by step,
         # autodiff: the reference)
         scan="auto",
-        scan_chunk=64,
+        scan_chunk=64,  # tokens per chunk of the chunked scan
+        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
+        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
         dtype="float32",  # compute dtype; parameters, the scan state and the residual stream stay float32
         remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
         # True: the layers built stacked (parameters layers/stacked/..., leading axis the layers) and layers 1.. run
@@ -416,8 +428,6 @@ def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDi
     with PyTorch's bicubic interpolation (align_corners=False) over the H'xW' grid, the CLS row kept as is, and the
     temporal table linearly (align_corners=False) over frames. Tables of equal size are returned unchanged.
     """
-    from vidjax.convert.common import resize_grid
-
     (t_src, h_src, w_src), (t_dst, h_dst, w_dst) = token_grid(src), token_grid(dst)
     out = dict(params)
     if (h_src, w_src) != (h_dst, w_dst):

@@ -33,8 +33,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vidjax import platform
 from vidjax.config_lib import ConfigError
 from vidjax.models import layers
+from vidjax.models.positions import resize_grid
 from vidjax.ops import attention
 from vidjax.patches import grid_shape, patchify
 
@@ -114,8 +116,9 @@ def _from_time_groups(x_GTD: jax.Array, b: int) -> jax.Array:
 
 
 def factorised_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, t: int,
-                                     implementation: str | None = None) -> jax.Array:
-    """Model 4's attention: (B, t*s, H, K) inputs; heads [:H/2] attend over time, heads [H/2:] within a frame."""
+                                     implementation: str = "xla") -> jax.Array:
+    """Model 4's attention: (B, t*s, H, K) inputs; heads [:H/2] attend over time, heads [H/2:] within a frame, each
+    run by `implementation` (`attention.dot_product_attention`: the block's resolved attention_impl)."""
     b, n, h, kd = q.shape
     half = h // 2
 
@@ -137,16 +140,17 @@ class FactorisedSelfAttentionBlock(nnx.Module):
     """Model 3's block: self-attention within each frame and within each location (in `order`), then the MLP."""
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, t: int, order: tuple[str, str], eps: float,
-                 drop_path: float, qkv_bias: str, dtype, attention_impl: str | None, approximate_gelu: bool,
+                 drop_path: float, qkv_bias: str, dtype, choices: platform.Choices | None, approximate_gelu: bool,
                  rngs: nnx.Rngs):
-        attn = functools.partial(layers.Attention, dim, num_heads, qkv_bias=qkv_bias, dtype=dtype,
-                                 implementation=attention_impl, rngs=rngs)
-        self.norm_space = layers.LayerNorm(dim, eps, rngs=rngs)
+        attn = functools.partial(layers.Attention, dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, choices=choices,
+                                 rngs=rngs)
+        self.norm_space = layers.LayerNorm(dim, eps, choices=choices, rngs=rngs)
         self.attn_space = attn()
-        self.norm_time = layers.LayerNorm(dim, eps, rngs=rngs)
+        self.norm_time = layers.LayerNorm(dim, eps, choices=choices, rngs=rngs)
         self.attn_time = attn()
-        self.norm_mlp = layers.LayerNorm(dim, eps, rngs=rngs)
-        self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, rngs=rngs)
+        self.norm_mlp = layers.LayerNorm(dim, eps, choices=choices, rngs=rngs)
+        self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, choices=choices,
+                              rngs=rngs)
         self.t, self.order, self.drop_path = t, order, drop_path
 
     def __call__(self, x_BLD: jax.Array, rng: jax.Array | None = None) -> jax.Array:
@@ -219,15 +223,18 @@ class Model(nnx.Module):
         if cfg.model_type == "factorised_dot_product" and dims["num_heads"] % 2:
             raise ConfigError(f"model_type='factorised_dot_product' splits the heads in two halves (time, space); "
                               f"num_heads={dims['num_heads']} is odd: choose an even config.model.num_heads.")
-        stack = dict(eps=cfg.ln_eps, drop_path=cfg.drop_path, qkv_bias=cfg.qkv_bias, dtype=dtype,
-                     attention_impl=cfg.attention_impl or None, approximate_gelu=cfg.approximate_gelu, rngs=rngs)
+        # The platform values ("auto" resolved here unless the config was resolved at set-up, vidjax/platform.py).
+        choices = platform.choices(cfg, platform.TRANSFORMER_FIELDS)
+        self.block_gradients = choices.block_gradients
+        stack = dict(eps=cfg.ln_eps, drop_path=cfg.drop_path, qkv_bias=cfg.qkv_bias, dtype=dtype, choices=choices,
+                     approximate_gelu=cfg.approximate_gelu, rngs=rngs)
         self.remat = layers.check_remat(cfg.remat)
         self.scan_layers = bool(cfg.scan_layers)
 
         # PyTorch's default Conv3d init (kaiming-uniform with a=sqrt(5)) is uniform with variance 1/(3*fan_in).
         conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
         self.patch_embed = layers.Dense(self.tubelet * self.patch ** 2 * 3, width, (None, "embed"), dtype=dtype,
-                                        kernel_init=conv_init, rngs=rngs)
+                                        kernel_init=conv_init, choices=choices, rngs=rngs)
         self.cls_token = nnx.Param(jnp.zeros((width,)), out_sharding=("embed",)) if token else None
         # Model 2's spatial table covers one frame's patches; the others' cover every token of the clip.
         num_positions = h * w if cfg.model_type == "factorised_encoder" else t * h * w
@@ -256,24 +263,24 @@ class Model(nnx.Module):
                                                                  drop_path=rate, rngs=rngs, **stack),
                     rates, scan=self.scan_layers, rngs=rngs)
         if cfg.model_type == "factorised_encoder":
-            self.spatial_norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
+            self.spatial_norm = layers.LayerNorm(width, cfg.ln_eps, choices=choices, rngs=rngs)
             self.temporal_cls_token = nnx.Param(jnp.zeros((width,)), out_sharding=("embed",)) if token else None
             self.temporal_pos_embed = _learned(rngs, (t + token, width), ("positions", "embed"), 0.02,
                                                cfg.position_init, token)
             self.temporal_transformer = layers.Transformer(width, cfg.temporal_depth, dims["num_heads"],
                                                            dims["mlp_dim"], remat=self.remat, scan=self.scan_layers,
                                                            **stack)
-        self.norm = layers.LayerNorm(width, cfg.ln_eps, rngs=rngs)
+        self.norm = layers.LayerNorm(width, cfg.ln_eps, choices=choices, rngs=rngs)
         if cfg.get("pooler") and (cfg.head != "none" or self.classifier != "token"):
             raise ConfigError("config.model.pooler (VivitModel's dense + tanh on the CLS token) needs head='none' and "
                               "a CLS token (classifier 'token').")
-        self.pooler = (layers.Dense(width, width, ("embed", "embed"), dtype=dtype, rngs=rngs) if cfg.get("pooler")
-                       else None)
+        self.pooler = (layers.Dense(width, width, ("embed", "embed"), dtype=dtype, choices=choices, rngs=rngs)
+                       if cfg.get("pooler") else None)
         if cfg.head == "classification":
             # head_init_scale 0 gives scenic's zero-initialised classifier.
             head_init = nnx.initializers.truncated_normal(0.02 * cfg.head_init_scale)
             self.head = layers.Dense(width, cfg.num_classes, ("embed", "classes"), kernel_init=head_init,
-                                     rngs=rngs)
+                                     choices=choices, rngs=rngs)
 
     def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, rng: jax.Array | None = None
                  ) -> dict[str, jax.Array]:
@@ -299,7 +306,8 @@ class Model(nnx.Module):
             if self.model_type == "joint":
                 x = self.transformer(x, rng_a)
             else:
-                x = layers.run_blocks(self.blocks, x, rng_a, remat=self.remat, scan=self.scan_layers)
+                x = layers.run_blocks(self.blocks, x, rng_a, remat=self.remat, scan=self.scan_layers,
+                                      block_gradients=self.block_gradients)
         x = self.norm(x)
         out = {"last_hidden_state": x}
         if self.head_kind == "classification":
@@ -316,8 +324,6 @@ def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDi
     Tables are interpolated linearly over their token grid ((t, h, w), (h, w) for model 2's spatial table, (t) for
     its temporal table), CLS rows kept as they are; equal grids leave a table unchanged.
     """
-    from vidjax.convert.common import resize_grid
-
     for key in ("model_type", "variant"):
         if src[key] != dst[key]:
             raise ConfigError(f"resize_positions changes frames and image size only; config.model.{key} differs "
@@ -363,7 +369,13 @@ def default_config() -> ml_collections.ConfigDict:
         # True: the blocks built stacked (parameters .../blocks/stacked/..., leading axis the blocks) and run as one
         # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
         scan_layers=False,
-        attention_impl="",  # "": per platform and length (ops/attention.IMPLEMENTATIONS, resolve)
+        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
+        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
+        attention_impl="auto",  # auto | auto_cpu | auto_gpu | auto_tpu (a backend's rule, per call by length) |
+        #                         xla | cudnn | heads_major | blockwise | pallas_tpu (ops/attention.py)
+        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
+        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
+        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
         pixel_mean=(0.5, 0.5, 0.5),  # scenic's zero-centring: pixels scaled to [-1, 1]
         pixel_std=(0.5, 0.5, 0.5),
     ))

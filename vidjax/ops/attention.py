@@ -1,27 +1,23 @@
-"""Scaled dot-product attention for the models, with the implementation chosen per platform.
+"""Scaled dot-product attention for the models, run by the implementation their `attention_impl` picks.
 
 Every attention of the models (layers.Attention, ViViT's factorised heads, TimeSformer's divided attention through
-layers.Attention) calls `dot_product_attention` with (batch, length, heads, head_dim) operands, and
-`config.model.attention_impl` picks how it runs:
+layers.Attention) calls `dot_product_attention` with (batch, length, heads, head_dim) operands and the model's
+resolved `config.model.attention_impl`: an implementation below, or a backend's rule ("auto_cpu", "auto_gpu",
+"auto_tpu"), which picks one per call from the operands' dtype, head size and lengths. Which rule "auto" is on which
+backend, and the measurements behind each rule, are in `vidjax.platform` (`attention_implementation`); "auto" is
+resolved once at set-up, never here.
 
-- "" (the default, `resolve`): on the CPU backend "heads_major", or "blockwise" from `BLOCKWISE_FROM_SCORES` scores
-  per head; on GPU, cuDNN's fused kernel for 16-bit operands whose head size it takes (at most 128, a multiple of
-  8), else XLA's, or "blockwise" at the same length as on CPU; on TPU, XLA's, or "pallas_tpu" from
-  `PALLAS_TPU_FROM_SCORES`. (`jax.nn.dot_product_attention` left to itself runs XLA's everywhere, jax 0.10.)
 - "xla" / "cudnn": `jax.nn.dot_product_attention` with that implementation; for cuDNN an odd length is padded to
   an even one and masked (`padded_to_even`), since its kernel has no backward for odd lengths.
-- "heads_major": the two products written with heads before tokens, (b, h, l, k). On (b, l, h, k) operands
-  XLA:CPU runs the batched score and value products, and their backward, with strided batch dimensions and
-  transposes of the score-sized tensors; moving the heads first once, on the small q/k/v/output tensors, made one
-  VideoMAE-S attention (2 x 392 tokens, 6 heads) forward + backward about 30% faster here (docs/performance.md).
-  Its backward is written out (a custom VJP) so that no product needs a score-sized operand transposed. Same maths,
-  same results to float rounding (tests/test_attention.py).
+- "heads_major": the two products written with heads before tokens, (b, h, l, k): the heads are moved first once,
+  on the small q/k/v/output tensors, rather than the products running with strided batch dimensions and transposes
+  of the score-sized tensors. Its backward is written out (a custom VJP) so that no product needs a score-sized
+  operand transposed. Same maths, same results to float rounding (tests/test_attention.py).
 - "blockwise": FlashAttention-2 written in jnp / lax, for lengths where the score matrix stops being cheap. A scan over
   key blocks keeps a running row maximum and sum (online softmax), all queries at once, so the forward holds one
   (b, h, l, block) score block at a time and keeps only the output and each row's log-sum-exp; its backward (a custom
-  VJP) recomputes the score blocks from those. Memory linear in length instead of quadratic; at about 200
-  tokens it is slower on CPU than "heads_major", whose score matrix fits in cache (docs/performance.md, "Attention
-  at length"). Tested in tests/test_attention_blockwise.py.
+  VJP) recomputes the score blocks from those. Memory linear in length instead of quadratic (docs/performance.md,
+  "Attention at length"). Tested in tests/test_attention_blockwise.py.
 - "pallas_tpu": the flash attention kernel jax ships for TPU (`jax.experimental.pallas.ops.tpu.flash_attention`),
   lengths padded to its 128-token blocks and the padding masked through segment ids.
 """
@@ -33,49 +29,23 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from vidjax.config_lib import ConfigError
+from vidjax import platform
 
-IMPLEMENTATIONS = ("", "xla", "cudnn", "heads_major", "blockwise", "pallas_tpu")
+IMPLEMENTATIONS = platform.ATTENTION_IMPLEMENTATIONS
 
-# Above this many scores per (batch, head), query length x key length, the default on CPU and for GPU float32 is
-# "blockwise" (docs/performance.md, "Attention at length").
-BLOCKWISE_FROM_SCORES = 512 * 512
-# On TPU, the Pallas kernel from this many scores per (batch, head) (unmeasured here: no TPU was lent; the kernel's
-# blocks are 128 tokens, so shorter sequences would be mostly padding).
-PALLAS_TPU_FROM_SCORES = 1024 * 1024
 # Keys per block of "blockwise" (docs/performance.md, "Attention at length").
 BLOCK_KEYS = 128
 
 
-def check_implementation(implementation: str | None) -> str | None:
-    """`implementation` ("" or None for the platform default) if it names one, else a ConfigError listing them."""
-    if (implementation or "") not in IMPLEMENTATIONS:
-        raise ConfigError(f"config.model.attention_impl={implementation!r}; choose one of "
-                          f"{', '.join(repr(i) for i in IMPLEMENTATIONS)} ('' picks per platform and length: "
-                          f"heads_major or blockwise on CPU; cuDNN, XLA or blockwise on GPU; XLA or pallas_tpu on "
-                          f"TPU).")
-    return implementation or None
-
-
 def resolve(implementation: str | None, dtype=jnp.float32, head_dim: int = 64, length: int = 0,
-            length_kv: int | None = None) -> str:
-    """The implementation that runs for `implementation` on the current default backend, for operands of `dtype`
-    with heads of `head_dim`, `length` queries and `length_kv` keys (default: as many as queries; 0: short)."""
-    implementation = check_implementation(implementation)
-    if implementation is not None:
-        return implementation
-    backend = jax.default_backend()
-    long = length * (length if length_kv is None else length_kv) >= BLOCKWISE_FROM_SCORES
-    if backend == "cpu":
-        return "blockwise" if long else "heads_major"
-    if backend in ("gpu", "cuda"):
-        if jnp.dtype(dtype).itemsize == 2 and head_dim <= 128 and head_dim % 8 == 0:
-            return "cudnn"
-        return "blockwise" if long else "xla"
-    if backend == "tpu" and (head_dim <= 128 or head_dim % 128 == 0) and (
-            length * (length if length_kv is None else length_kv) >= PALLAS_TPU_FROM_SCORES):
-        return "pallas_tpu"
-    return "xla"
+            length_kv: int | None = None, backend: str | None = None) -> str:
+    """The implementation that runs for a config's `attention_impl` ("auto", "" or None: `backend`'s rule; None:
+    this process's backend) on operands of `dtype` with heads of `head_dim`, `length` queries and `length_kv` keys
+    (default: as many as queries; 0: short). For set-up and reports (what a run will use); a model's attention
+    calls `platform.attention_implementation` with its resolved value."""
+    value = platform.FIELDS["attention_impl"].resolve(implementation or platform.AUTO, lambda: backend or
+                                                      platform.backend())
+    return platform.attention_implementation(value, dtype, head_dim, length, length_kv)
 
 
 def _heads_major(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
@@ -238,10 +208,13 @@ def _pallas_tpu(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.
 
 
 def dot_product_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
-                          implementation: str | None = None) -> jax.Array:
+                          implementation: str = "xla") -> jax.Array:
     """softmax(q k^T / sqrt(head_dim)) v over (batch, length, heads, head_dim) operands, as
-    `jax.nn.dot_product_attention`, run by `resolve(implementation)` for these operands and lengths."""
-    implementation = resolve(implementation, q_BLHK.dtype, q_BLHK.shape[-1], q_BLHK.shape[1], k_BSHK.shape[1])
+    `jax.nn.dot_product_attention`, run by `implementation`: one of `IMPLEMENTATIONS`, or a resolved rule
+    ("auto_cpu", "auto_gpu", "auto_tpu") that picks one for these operands and lengths
+    (`platform.attention_implementation`; "auto" is resolved at set-up, not here)."""
+    implementation = platform.attention_implementation(implementation, q_BLHK.dtype, q_BLHK.shape[-1],
+                                                       q_BLHK.shape[1], k_BSHK.shape[1])
     if implementation == "heads_major":
         return _heads_major(q_BLHK, k_BSHK, v_BSHK)
     if implementation == "blockwise":

@@ -3,8 +3,9 @@
 A task is what a run trains the model *for*: masked reconstruction, classes, multi-hot labels, regressed values,
 captions.
 Each module defines one `vidjax.tasks.base.Task` subclass and its instance `TASK`; the trainer, `evaluate`,
-`predict` and `probe` call that contract (what a batch must carry, the loss, per-batch eval outputs, whole-split
-metrics, checkpoint metadata, figures and how predictions read) instead of branching on `config.task`.
+`predict` and `probe` call that contract (what a batch must carry, the loss, checkpoint metadata, the evaluator that
+measures it by default, and how predictions read: `readout_of`) instead of branching on `config.task`. How a run
+is measured (per-batch eval outputs, whole-split metrics, figures) is in `vidjax.evaluators`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import pkgutil
 
 from vidjax.config_lib import ConfigError
 from vidjax.tasks.base import Task
+from vidjax.tasks.readout import Readout
 
-_NOT_TASKS = {"base"}
+_NOT_TASKS = {"base", "readout"}
 # Listed in this order, then the others.
 _FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning", "svt")
 
@@ -38,6 +40,30 @@ def find_task(name: str) -> Task | None:
     return get_task(name) if name in available() else None
 
 
+def checkpoint_kind(name: str | None) -> str:
+    """How messages name a checkpoint of the task `name` that has no head to predict with (`Task.checkpoint_kind`,
+    e.g. "a pre-training"); one of no task (a converted backbone), or whose task says nothing, is a backbone's."""
+    task = find_task(name or "")
+    return (task.checkpoint_kind if task is not None else "") or "a backbone (head 'none')"
+
+
+def readout_of(name: str) -> Readout:
+    """How `predict`, `probe` and the demo read a checkpoint of the task `name` (`vidjax.tasks.readout`)."""
+    return get_task(name)
+
+
 def target_keys() -> dict[str, str]:
     """Task name -> the batch key of its targets, for the tasks that have targets."""
     return {name: get_task(name).target_key for name in available() if get_task(name).target_key}
+
+
+def upgrade_stored_config(config):
+    """A training config as a checkpoint of an earlier vidjax stored it, in today's terms, changed in place and
+    returned: its config.data.synthetic_task held a task's name before the embedded dataset's variants were named by
+    the batch key their clips carry; that name becomes the variant the task trains on (`Task.synthetic_task`; a task
+    without one, e.g. pre-training, took the classification clips: "label")."""
+    data = config.get("data")
+    task = find_task(data.get("synthetic_task") or "") if data is not None else None
+    if task is not None:
+        data.synthetic_task = task.synthetic_task or "label"
+    return config

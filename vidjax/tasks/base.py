@@ -2,39 +2,41 @@
 
 A `Task` says, for one value of config.task:
   - what it needs: the model head it trains (`head`), the batch key of its targets (`target_key`), the embedded
-    dataset variant that carries them (`synthetic_task`), whether the data's class count sizes its head
-    (`counts_classes`), whether it takes mixup / cutmix (`mixes`), whether its eval split is padded to whole
-    batches with every video scored (`pads_eval`; else trimmed, a loss estimate), the config mistakes only it
-    can see (`config_problems`), what it settles from the data at start-up (`resolve`), the checkpoints a run
+    dataset variant that carries them, named as those targets (`synthetic_task`), whether the data's class count
+    sizes its head (`counts_classes`), whether it takes mixup / cutmix (`mixes`), whether its eval split is padded
+    to whole batches with every video scored (`pads_eval`; else trimmed, a loss estimate), the config mistakes only
+    it can see (`config_problems`), what it settles from the data at start-up (`resolve`), the checkpoints a run
     starts its parts from (`init_targets`), the per-element fields it adds in the input workers
-    (`element_fields`) and the files it keeps in the workdir (`write_assets`);
+    (`element_fields`), all of which the input path receives as one `input_spec`, and the files it keeps in the
+    workdir (`write_assets`);
   - how it trains: `loss_weights` (class or positive weights from config.loss) and `loss_fn`;
-  - how it evaluates: `eval_outputs` of one batch on device, `split_metrics` of a whole split on the host (given a
-    `SplitContext`), and the figures a run or an evaluation leaves (`training_figures`, `evaluation_figure`);
-  - what a checkpoint records for inference (`metadata`), and how `predict` and `probe` read its outputs
-    (`scores`, `describe`, `format_prediction`, `probe_loss`);
+  - which evaluator measures it when config.evals names none (`evaluator`: a `vidjax.evaluators` type, whose
+    module computes the eval outputs, the whole-split metrics and the figures a run or an evaluation leaves);
+  - what a checkpoint records for inference (`metadata`), and how `predict` and `probe` read its outputs: its
+    readout (`vidjax.tasks.readout.Readout`: `scores`, `describe`, `format_prediction`, `probe_loss`, ...);
+  - how its results are shown and shared: the demo's page (`demo_output`, `demo_description`, `shown_scores`,
+    `timeline_columns` and `timeline_cells`), the commands' messages (`checkpoint_kind`), a pushed model card
+    (`purpose`, `hub_pipeline_tag`) and an export (`score_function`, `hf_problem_type`);
   - for self-supervised tasks that train on several views against a teacher (SVT): the views training elements
     are cut into (`view_spec`) and the batch keys holding videos (`video_keys`), the momentum schedule of a
     teacher kept as the EMA of the weights (`ema_schedule`), state beside parameters and optimizer (`extra_state`),
     work on the device before the loss and after the update (`before_update`, `after_update`), parameters held
-    fixed for a while (`hold`), whole-split metrics that also need the training split's outputs
-    (`reference_split`), and an evaluation of the initial weights (`evaluates_init`).
-The trainer, `evaluate`, `predict` and `probe` call these and never branch on the task's name.
+    fixed for a while (`hold`).
+The trainer and the commands (`evaluate`, `predict`, `probe`, the demo, `export`, `push`) call these and never
+branch on the task's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidjax import metrics
 from vidjax.config_lib import ConfigError
+from vidjax.data import pipeline, views
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -58,34 +60,6 @@ class InitTarget:
         return ".".join(("model", *self.block))
 
 
-@dataclasses.dataclass
-class SplitContext:
-    """What whole-split metrics may read besides the outputs: the run's config, the split's source, the
-    checkpoint metadata (`Task.metadata`, plus "target_names") and, for `Task.reference_split` tasks, the training
-    split's outputs."""
-
-    config: ml_collections.ConfigDict
-    source: Any
-    metadata: dict
-    reference: dict[str, np.ndarray] | None = None  # the training split's eval outputs (`Task.reference_split`)
-
-
-@dataclasses.dataclass
-class TrainingEnd:
-    """What a task's end-of-training figures may draw on: the run's last eval and its model."""
-
-    config: ml_collections.ConfigDict
-    setup: Any  # vidjax.train.Setup
-    params: Any  # the weights evaluations use
-    eval_source: Any
-    mask_grid: tuple[int, int, int] | None
-    summary: dict[str, float]  # the last eval's metrics ("eval_<name>")
-    outputs: dict[str, np.ndarray]  # the last eval's per-example outputs (`split_outputs`)
-    class_names: Sequence[str] | None
-    workdir: str
-    step: int
-
-
 class Task:
     """One value of config.task. Subclasses set the class attributes and override what differs."""
 
@@ -95,7 +69,9 @@ class Task:
     model_name: str | None = None
     recipe: str = ""
     target_key: str | None = None  # the batch key of its targets; None: it has none
-    synthetic_task: str | None = None  # the embedded dataset's variant that carries those targets
+    # The embedded dataset's variant that carries those targets (`vidjax.data.synthetic.VARIANTS`: label | labels |
+    # targets | captions), which config.data.synthetic_task must name on synthetic data.
+    synthetic_task: str | None = None
     counts_classes = False  # config.data.num_classes counts the head's outputs, and can be taken from the data
     names_classes = False  # class names index its targets (a folder's subfolders): evaluation keeps the run's order
     # One class per video from the head's outputs, which can be a Kinetics label space (vidjax.data.kinetics):
@@ -104,9 +80,8 @@ class Task:
     mixes = False  # mixup / cutmix (config.loss) apply
     pads_eval = True  # eval padded to whole batches, every video scored once; False: trimmed to whole batches
     output_kind = "class"  # what one model output is called in predictions ("class N" / "target N")
-    # `split_metrics` also gets the training split's eval outputs (SplitContext.reference; e.g. a k-NN's bank).
-    reference_split = False
-    evaluates_init = False  # a fresh run evaluates its initial weights once, logged as eval_<name>_init at step 0
+    # The `vidjax.evaluators` type of a run's evaluation when config.evals names none (one evaluator, "eval").
+    evaluator = ""
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
@@ -141,13 +116,19 @@ class Task:
         None: one clip a training element, under "video"."""
         return None
 
+    def input_spec(self, config: ml_collections.ConfigDict) -> pipeline.InputSpec:
+        """What the input path gives this task (`pipeline.make_dataset` takes it; `batch_size_problems` its
+        `pads_eval`): the fields of `element_fields`, the views of `view_spec` and whether the eval split is padded
+        (`pads_eval`)."""
+        return pipeline.InputSpec(train_fields=self.element_fields(config, True),
+                                  eval_fields=self.element_fields(config, False), views=self.view_spec(config),
+                                  pads_eval=self.pads_eval)
+
     def video_keys(self, config: ml_collections.ConfigDict, train: bool) -> tuple[str, ...]:
         """The batch keys holding uint8 videos, normalised on the device before the loss or the eval outputs."""
         spec = self.view_spec(config) if train else None
         if spec is None:
             return ("video",)
-        from vidjax.data import views
-
         return tuple(group.key for group in views.view_groups(spec))
 
     # ---- training ----
@@ -190,26 +171,6 @@ class Task:
         """(model, device batch, rng) -> (scalar loss, dict of scalar metrics)."""
         raise NotImplementedError
 
-    # ---- evaluation ----
-    def eval_outputs(self, config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
-        """Per-example outputs of one normalised batch, with its "valid" and "decode_failures" rows passed on."""
-        raise NotImplementedError
-
-    def split_metrics(self, outputs: dict[str, np.ndarray], context: SplitContext) -> dict[str, float]:
-        """Whole-split metrics (names without the "eval_" prefix, "loss" first) from `eval_outputs` gathered over
-        the split, padding rows removed."""
-        raise NotImplementedError
-
-    def training_figures(self, end: TrainingEnd) -> list[str]:
-        """Figures written at the end of training into end.workdir (called on every process; what runs on the
-        devices runs on all of them, process 0 writes); returns the paths written."""
-        return []
-
-    def evaluation_figure(self, outputs: dict[str, np.ndarray], summary: dict[str, float],
-                          class_names: Sequence[str] | None, path: str, title: str) -> bool:
-        """The figure of an evaluation (`python -m vidjax.evaluate --out`) at `path`; False: this task has none."""
-        return False
-
     # ---- what a checkpoint records ----
     def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:
         """The task's part of a checkpoint's metadata: its class and target names."""
@@ -244,6 +205,35 @@ class Task:
         """A probe's training loss on its raw outputs."""
         raise NotImplementedError(f"task {self.name!r} cannot be probed")
 
+    # ---- how its results are shown and shared (the demo, the commands' messages, export, push; issue 41) ----
+    # Outside vidjax/tasks/ nothing compares a task's name (tests/test_task_names.py): these say what differs.
+    # What the demo's page leads with for a checkpoint of it: "scores" (its head's, as `describe` reads them),
+    # "reconstruction" (a masked reconstruction of the middle clip) or "caption"; None: nothing (the demo refuses it).
+    demo_output: str | None = None
+    ranks_labels = True  # the demo charts a result as labels ranked by score; False: a table of each output's value
+    checkpoint_kind = ""  # how messages name a checkpoint of it that has no head to predict with ("a pre-training")
+    purpose = ""  # what a model trained for it does, as a model card says ("video classification"); "": embeddings
+    hub_pipeline_tag: str | None = None  # the Hugging Face Hub `pipeline_tag` of a pushed checkpoint of it
+    hf_problem_type: str | None = None  # transformers' config.json `problem_type` of its head (`export --to_hf`)
+    score_function = "identity"  # what `scores` applies to the head's logits, named for servers (export's "scores")
+
+    def demo_description(self, top_k: int) -> str:
+        """What the demo's page says it shows for a video, e.g. "the caption of the middle window's clip"."""
+        return ""
+
+    def shown_scores(self, prediction: dict) -> dict[str, float]:
+        """label -> value that the demo shows of one `describe` output, best first; {} for a task without a head."""
+        return {}
+
+    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
+        """The demo timeline's columns for one window's prediction, after its start and end (`names`: the outputs';
+        `threshold`: the multi-label presence score)."""
+        return []
+
+    def timeline_cells(self, prediction: dict) -> list:
+        """One window's cells under `timeline_columns`, from its `describe` output."""
+        return []
+
 
 def aligned_lines(pairs: list[tuple[str, str]], indent: str) -> list[str]:
     """`name  value` lines with the names padded to one width."""
@@ -267,39 +257,11 @@ class HeadTask(Task):
                             f"it).")
         return problems
 
-    def per_example_loss(self, scores: jax.Array, target: jax.Array) -> jax.Array:
-        """The loss of each example from its view-averaged scores (B, C) and its targets."""
-        raise NotImplementedError
-
-    def eval_columns(self, config: ml_collections.ConfigDict) -> np.ndarray | None:
-        """The head outputs evaluation scores, in the eval split's class order; None = all of them as they are."""
-        return None
-
-    def eval_outputs(self, config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
-        """{"scores": (B, C or K), "loss": (B,)}, the batch's targets under their key, and its "valid" and
-        "decode_failures" rows when it has them, from one view (B, T, H, W, 3) or several (B, V, ...). Over several
-        views the scores (`scores`) are averaged, as the published multi-view test protocols do (VideoMAE: 5 clips
-        x 3 crops); the loss is then computed from the averaged scores."""
-        video = batch["video"]
-        passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
-        views = video.shape[1] if video.ndim == 6 else 1
-        b = video.shape[0]
-        logits = model(video.reshape(b * views, *video.shape[-4:]))["logits"].astype(jnp.float32)
-        columns = self.eval_columns(config)
-        if columns is not None:
-            logits = jnp.take(logits, jnp.asarray(columns), axis=-1)
-        scores = self.scores(logits.reshape(b, views, -1)).mean(1)
-        target = batch[self.target_key]
-        return {"scores": scores, "loss": self.per_example_loss(scores, target), self.target_key: target, **passed}
-
     def task_metrics(self, scores: np.ndarray, targets: np.ndarray, target_names: Sequence[str] | None
                      ) -> dict[str, float]:
-        """The task's metrics from whole-split scores and targets (`vidjax.metrics`)."""
+        """The task's metrics from whole-split scores and targets (`vidjax.metrics`): what its evaluator and a probe
+        report."""
         raise NotImplementedError
-
-    def split_metrics(self, outputs: dict[str, np.ndarray], context: SplitContext) -> dict[str, float]:
-        result = self.task_metrics(outputs["scores"], outputs[self.target_key], context.metadata.get("target_names"))
-        return {"loss": float(outputs["loss"].mean()), **{k: float(v) for k, v in result.items()}}
 
     score_name = "score"  # one label's value in `describe`
     scores_name = "scores"  # the whole vector's
@@ -317,12 +279,18 @@ class HeadTask(Task):
     def format_prediction(self, prediction: dict, indent: str = "  ") -> list[str]:
         return aligned_lines([(r["label"], f"{r[self.score_name]:.3f}") for r in prediction["top_k"]], indent)
 
+    # ---- how its results are shown (the demo): the top label and its score; subclasses say more ----
+    demo_output = "scores"
 
-def confusion_figure(outputs: dict[str, np.ndarray], class_names: Sequence[str] | None, path: str,
-                     title: str) -> None:
-    """The confusion matrix of whole-split classification outputs, as a PNG at `path`."""
-    metrics.confusion_matrix_figure(metrics.confusion_matrix(outputs["scores"], outputs["label"]), class_names, path,
-                                    title=title)
+    def shown_scores(self, prediction: dict) -> dict[str, float]:
+        return {row["label"]: row[self.score_name] for row in prediction["top_k"]}
+
+    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
+        return ["top label", "score"]
+
+    def timeline_cells(self, prediction: dict) -> list:
+        best, score = next(iter(self.shown_scores(prediction).items()))
+        return [best, round(score, 4)]
 
 
 def label_matrix(source, key: str, num_classes: int) -> np.ndarray:

@@ -3,10 +3,10 @@
 Training is teacher-forced: each video's caption (a random one of its references at every visit, the first for
 evaluation) is tokenised in the input workers as [start] + tokens + [end], cut to config.caption.max_length and
 padded; the loss is the cross-entropy of every real next token (the end token included, padding excluded).
-Evaluation decodes on the device inside the jitted eval step (beam search with config.caption.num_beams, greedy at
-1) and scores the captions on the host against every reference with the COCO caption evaluation
-(`vidjax.metrics.caption_scores`: BLEU-1..4, ROUGE-L, CIDEr-D), beside `bleu4_constant`, the BLEU-4 of always
-answering the most frequent training caption: what a captioner that ignores the video scores.
+Evaluation (`vidjax.evaluators.captioning`) decodes on the device inside the jitted eval step (beam search with
+config.caption.num_beams, greedy at 1) and scores the captions on the host against every reference with the COCO
+caption evaluation (`vidjax.metrics.caption_scores`: BLEU-1..4, ROUGE-L, CIDEr-D), beside `bleu4_constant`, the
+BLEU-4 of always answering the most frequent training caption: what a captioner that ignores the video scores.
 
 The tokenizer is config.data.tokenizer (a Hugging Face tokenizer directory such as GPT-2's), or a word-level one
 built from the training captions; either way it is saved into WORKDIR/tokenizer, which the run's checkpoints then
@@ -102,7 +102,7 @@ class CaptionFields:
         return {"caption_ids": ids[0], "caption_mask": mask[0], "caption_truncated": truncated[0]}
 
 
-def _token_nll(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def token_nll(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(per-token negative log-likelihood (B, L-1), real-token weights (B, L-1), logits) of the teacher-forced
     captions: the model reads tokens 0..L-2 and predicts 1..L-1."""
     ids, mask = batch["caption_ids"], batch["caption_mask"]
@@ -128,10 +128,18 @@ class Captioning(base.Task):
     name = "captioning"
     head = None  # a captioner has no classification head
     target_key = "captions"
-    synthetic_task = "captioning"
+    synthetic_task = "captions"
     model_name, recipe = "captioner", "configs/captioning_charades.py"
     output_kind = "caption"
     predicts = True
+    evaluator = "captioning"
+    # How its results are shown and shared (`base.Task`).
+    demo_output = "caption"
+    purpose = "video captioning"
+    hub_pipeline_tag = "video-text-to-text"
+
+    def demo_description(self, top_k: int) -> str:
+        return "the caption of the middle window's clip"
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
@@ -211,7 +219,7 @@ class Captioning(base.Task):
     def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,
                 pos_weight: np.ndarray | None = None) -> base.LossFn:
         def loss_fn(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-            nll, weights, logits = _token_nll(model, batch, rng)
+            nll, weights, logits = token_nll(model, batch, rng)
             count = jnp.maximum(weights.sum(), 1.0)
             correct = (jnp.argmax(logits, -1) == batch["caption_ids"][:, 1:]) * weights
             return (nll * weights).sum() / count, {
@@ -219,55 +227,6 @@ class Captioning(base.Task):
                 "truncated": jnp.mean(batch["caption_truncated"].astype(jnp.float32))}
 
         return loss_fn
-
-    # ---- evaluation ----
-    def eval_outputs(self, config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
-        """{"tokens": (B, max_length) the generated caption ids, start token first; "loss": (B,) each caption's
-        teacher-forced loss per token; "index", "truncated"}, and the batch's "valid" / "decode_failures" rows."""
-        nll, weights, _ = _token_nll(model, batch, None)
-        cap = config.caption
-        tokens = model.generate(batch["video"], max_new_tokens=int(cap.max_length) - 1, num_beams=int(cap.num_beams),
-                                length_penalty=float(cap.length_penalty))
-        passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
-        return {"tokens": tokens, "loss": (nll * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0),
-                "index": batch["index"], "truncated": batch["caption_truncated"], **passed}
-
-    def split_metrics(self, outputs: dict[str, np.ndarray], context: base.SplitContext) -> dict[str, float]:
-        """loss, bleu1..4, rougeL, cider, bleu4_constant (when the run recorded its constant caption) and
-        captions_truncated (eval captions cut by config.caption.max_length)."""
-        predictions, references = self.captions(outputs, context.config, context.source)
-        result = {"loss": float(np.mean(outputs["loss"])), **metrics.caption_scores(predictions, references)}
-        constant = context.metadata.get("constant_caption")
-        if constant:
-            result["bleu4_constant"] = metrics.caption_scores([constant] * len(references), references)["bleu4"]
-        result["captions_truncated"] = float(np.sum(outputs["truncated"]))
-        return result
-
-    def captions(self, outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict, source
-                 ) -> tuple[list[str], list[tuple[str, ...]]]:
-        """(generated captions, reference captions) of gathered eval outputs."""
-        predictions = tokenizer_for(config).decode_generated(outputs["tokens"], config.model.decoder.eos_token_id)
-        references = [tuple(source[int(i)]["captions"]) for i in outputs["index"]]
-        return predictions, references
-
-    def training_figures(self, end: base.TrainingEnd) -> list[str]:
-        """Not a figure: the last eval's captions beside their references, `config.caption.samples` of them printed
-        and all of them written to WORKDIR/eval_captions.txt."""
-        if jax.process_index() != 0 or not end.outputs:
-            return []
-        predictions, references = self.captions(end.outputs, end.config, end.eval_source)
-        lines = []
-        for i, (prediction, refs) in enumerate(zip(predictions, references, strict=True)):
-            lines += [f"video {int(end.outputs['index'][i])}", f"  generated: {prediction}",
-                      *(f"  reference: {r}" for r in refs)]
-        shown = end.config.caption.samples
-        if shown:
-            print(f"Eval captions at step {end.step} ({min(shown, len(predictions))} of {len(predictions)}):\n"
-                  + "\n".join(lines[: sum(2 + len(r) for r in references[:shown])]), flush=True)
-        path = os.path.join(end.workdir, CAPTIONS_FILE)
-        with fileio.atomic_output(path) as f:
-            f.write("\n".join(lines) + "\n")
-        return [path]
 
     # ---- what a checkpoint records ----
     def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:

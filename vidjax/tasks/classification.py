@@ -1,10 +1,8 @@
 """Classification: one class per video, batch["label"] int (B,); softmax cross-entropy with label smoothing, mixup /
-cutmix soft targets and optional class weights; eval top1, top5, macro_f1 and a confusion matrix."""
+cutmix soft targets and optional class weights; evaluated by `vidjax.evaluators.classification` (top1, top5,
+macro_f1 and a confusion matrix)."""
 
 from __future__ import annotations
-
-import os
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,20 +12,27 @@ import optax
 
 from vidjax import metrics
 from vidjax.config_lib import ConfigError
-from vidjax.data import kinetics
 from vidjax.tasks import base
 
 
 class Classification(base.HeadTask):
     name = "classification"
     target_key = "label"
-    synthetic_task = "classification"
+    synthetic_task = "label"
     counts_classes = True
     names_classes = True
     kinetics_label_spaces = True
     mixes = True
+    evaluator = "classification"
     score_name = "probability"
     scores_name = "probabilities"
+    # How its results are shown and shared (`base.Task`).
+    purpose = "video classification"
+    hub_pipeline_tag = "video-classification"
+    score_function = "softmax"
+
+    def demo_description(self, top_k: int) -> str:
+        return f"the top {top_k} classes and their probabilities"
 
     def loss_weights(self, config: ml_collections.ConfigDict, source):
         """Class weights from config.loss.class_weights; "balanced" is N / (C * count_c) (scikit-learn's; classes
@@ -67,25 +72,6 @@ class Classification(base.HeadTask):
 
         return loss_fn
 
-    def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
-        problems = super().config_problems(config)
-        space = config.get("eval_label_space", "")
-        if space:
-            if space not in ("k400", "k600", "k700"):
-                problems.append(f"config.eval_label_space={space!r}; choose '' (the head's own classes) or k400, "
-                                f"k600 or k700 (a K710 head's outputs mapped to that release's classes).")
-            elif config.model.num_classes != 710:
-                problems.append(f"config.eval_label_space={space!r} maps a K710 head's 710 outputs to {space}'s "
-                                f"classes, but config.model.num_classes={config.model.num_classes}; set it to 710, "
-                                f"or leave eval_label_space empty to score the head's own classes.")
-        return problems
-
-    def eval_columns(self, config: ml_collections.ConfigDict) -> np.ndarray | None:
-        """With config.eval_label_space (k400 / k600 / k700), the K710 outputs of that release's classes, in its
-        order (VideoMAE V2's label_710to*.json), as the official code evaluates its K710 models there."""
-        space = config.get("eval_label_space", "")
-        return kinetics.label_map("k710", space) if space else None
-
     def mix_label_smoothing(self, config: ml_collections.ConfigDict) -> float:
         """The label smoothing mixup applies to the targets it mixes."""
         return config.optimizer.label_smoothing
@@ -93,29 +79,12 @@ class Classification(base.HeadTask):
     def scores(self, logits: jax.Array) -> jax.Array:
         return jax.nn.softmax(logits, axis=-1)
 
-    def per_example_loss(self, scores: jax.Array, target: jax.Array) -> jax.Array:
-        picked = jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
-        return -jnp.log(jnp.maximum(picked, 1e-12))
-
     def task_metrics(self, scores, targets, target_names=None) -> dict[str, float]:
         return metrics.classification_metrics(scores, targets)
 
     def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:
         names = getattr(train_source, "class_names", None)
         return {"class_names": list(names) if names else None, "target_names": None}
-
-    def training_figures(self, end: base.TrainingEnd) -> list[str]:
-        if not end.config.figure or jax.process_index() != 0:
-            return []
-        path = os.path.join(end.workdir, "confusion_matrix.png")
-        base.confusion_figure(end.outputs, end.class_names, path,
-                              title=f"{end.config.model_name} {end.config.model.variant}, step {end.step}, eval "
-                                    f"top-1 {end.summary['eval_top1']:.3f}")
-        return [path]
-
-    def evaluation_figure(self, outputs, summary, class_names: Sequence[str] | None, path: str, title: str) -> bool:
-        base.confusion_figure(outputs, class_names, path, title=f"{title}: top-1 {summary['eval_top1']:.3f}")
-        return True
 
     def probe_targets(self, targets: np.ndarray) -> np.ndarray:
         return np.asarray(targets, np.int32)

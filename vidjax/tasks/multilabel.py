@@ -1,5 +1,6 @@
 """Multi-label tagging: batch["labels"] multi-hot float (B, C); sigmoid binary cross-entropy with optional positive
-weights and mixup / cutmix; eval mAP; predictions list the classes above a threshold."""
+weights and mixup / cutmix; evaluated by `vidjax.evaluators.multilabel` (mAP); predictions list the classes above
+a threshold."""
 
 from __future__ import annotations
 
@@ -17,9 +18,25 @@ from vidjax.tasks import base
 class Multilabel(base.HeadTask):
     name = "multilabel"
     target_key = "labels"
-    synthetic_task = "multilabel"
+    synthetic_task = "labels"
     counts_classes = True
     mixes = True
+    evaluator = "multilabel"
+    # How its results are shown and shared (`base.Task`): the demo's timeline lists the classes over the threshold.
+    purpose = "multi-label video classification"
+    hub_pipeline_tag = "video-classification"
+    hf_problem_type = "multi_label_classification"
+    score_function = "sigmoid"
+
+    def demo_description(self, top_k: int) -> str:
+        return f"the {top_k} highest per-class scores (sigmoid)"
+
+    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
+        return [f"classes scoring >= {threshold:g}", "top score"]
+
+    def timeline_cells(self, prediction: dict) -> list:
+        present = ", ".join(row["label"] for row in prediction["above_threshold"]) or "(none)"
+        return [present, round(prediction["top_k"][0][self.score_name], 4)]
 
     def loss_weights(self, config: ml_collections.ConfigDict, source):
         """Positive weights from config.loss.pos_weight; "balanced" is negatives / positives per class (1 for a class
@@ -48,10 +65,6 @@ class Multilabel(base.HeadTask):
 
     def scores(self, logits: jax.Array) -> jax.Array:
         return jax.nn.sigmoid(logits)
-
-    def per_example_loss(self, scores: jax.Array, target: jax.Array) -> jax.Array:
-        p = jnp.clip(scores, 1e-7, 1 - 1e-7)
-        return -jnp.mean(target * jnp.log(p) + (1 - target) * jnp.log(1 - p), axis=-1)
 
     def task_metrics(self, scores, targets, target_names=None) -> dict[str, float]:
         return metrics.multilabel_metrics(scores, targets)

@@ -1,5 +1,6 @@
 """Regression: batch["targets"] float (B, K), K values per video (valence / arousal, velocities); mean squared error
-or 1 - concordance correlation (config.loss.regression); eval ccc per target, ccc_mean and mse."""
+or 1 - concordance correlation (config.loss.regression); evaluated by `vidjax.evaluators.regression` (ccc per
+target, ccc_mean and mse)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,26 @@ REGRESSION_LOSSES = ("mse", "ccc")
 class Regression(base.HeadTask):
     name = "regression"
     target_key = "targets"
-    synthetic_task = "regression"
+    synthetic_task = "targets"
     output_kind = "target"
     probe_standardises_targets = True
+    evaluator = "regression"
+    # How its results are shown and shared (`base.Task`): each target's value, not a ranking.
+    ranks_labels = False
+    purpose = "video regression"
+    hf_problem_type = "regression"
+
+    def demo_description(self, top_k: int) -> str:
+        return "the value of each target"
+
+    def shown_scores(self, prediction: dict) -> dict[str, float]:
+        return dict(prediction["values"])
+
+    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
+        return list(names)
+
+    def timeline_cells(self, prediction: dict) -> list:
+        return [round(v, 4) for v in prediction["values"].values()]
 
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
         problems = super().config_problems(config)
@@ -50,9 +68,6 @@ class Regression(base.HeadTask):
 
     def scores(self, logits: jax.Array) -> jax.Array:
         return logits
-
-    def per_example_loss(self, scores: jax.Array, target: jax.Array) -> jax.Array:
-        return jnp.mean(jnp.square(scores - target), axis=-1)
 
     def task_metrics(self, scores, targets, target_names=None) -> dict[str, float]:
         return metrics.regression_metrics(scores, targets, target_names)

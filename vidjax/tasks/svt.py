@@ -18,10 +18,11 @@ The teacher's output entropy (centred and sharpened, `losses.teacher_entropy`) i
 log(out_dim) when the targets turn uniform; and the entropy of its batch-mean output (`losses.teacher_batch_entropy`),
 which falls to 0 when one output dimension takes over: the two collapses centring and sharpening hold off.
 
-Evaluation is DINO's weighted k-NN (cosine, config.svt.knn_k neighbours, temperature config.svt.knn_temperature)
-on the teacher backbone's CLS features: the eval split's clips are classified against the training split's, both
-read as eval clips (centre crop, `config.data.num_frames` at `sampling_rate`): `eval_knn_top1`, `eval_knn_top5`.
-A fresh run also scores its random-init teacher once (`eval_knn_top1_init`), so every run shows what training added.
+Evaluation (`vidjax.evaluators.knn`) is DINO's weighted k-NN (cosine, config.svt.knn_k neighbours, temperature
+config.svt.knn_temperature) on the teacher backbone's CLS features: the eval split's clips are classified against
+the training split's, both read as eval clips (centre crop, `config.data.num_frames` at `sampling_rate`):
+`eval_knn_top1`, `eval_knn_top5`. A fresh run also scores its random-init teacher once (`eval_knn_top1_init`), so
+every run shows what training added.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import losses, metrics
+from vidjax import losses
 from vidjax.data import views
 from vidjax.tasks import base
 
@@ -42,8 +43,8 @@ class SVT(base.Task):
     head = None  # the model is `vidjax.models.svt` (backbone + DINO head), not a head choice of a video model
     model_name, recipe = "svt", "configs/svt_k400.py"
     pads_eval = True
-    reference_split = True
-    evaluates_init = True
+    evaluator = "knn"  # vidjax.evaluators.knn: the k-NN of the teacher's features, the initial weights' too
+    checkpoint_kind = "an SVT self-supervised"  # how messages name its checkpoints (`base.Task`)
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
@@ -152,33 +153,6 @@ class SVT(base.Task):
         return {"center": center}, {"teacher_entropy": carry["teacher_entropy"],
                                     "teacher_batch_entropy": carry["teacher_batch_entropy"],
                                     "teacher_temp": carry["teacher_temp"], "teacher_momentum": momentum}
-
-    # ---- evaluation ----
-    def eval_outputs(self, config: ml_collections.ConfigDict, model, batch: dict) -> dict[str, jax.Array]:
-        """{"features": (B, D) the backbone's CLS token after its final norm, "label" when the data has labels},
-        and the batch's "valid" and "decode_failures" rows."""
-        video = batch["video"]
-        if video.ndim == 6:  # several eval views: their features averaged
-            b, v = video.shape[:2]
-            features = model.backbone(video.reshape(b * v, *video.shape[2:]))["last_hidden_state"][:, 0]
-            features = features.astype(jnp.float32).reshape(b, v, -1).mean(1)
-        else:
-            features = model.backbone(video)["last_hidden_state"][:, 0].astype(jnp.float32)
-        passed = {k: batch[k] for k in ("label", "valid", "decode_failures") if k in batch}
-        return {"features": features, **passed}
-
-    def split_metrics(self, outputs: dict[str, np.ndarray], context: base.SplitContext) -> dict[str, float]:
-        bank = context.reference
-        if bank is None or "label" not in outputs or "label" not in bank:
-            raise ValueError("SVT's evaluation is a k-NN classifier: it needs labelled eval and training splits "
-                             "(their `label` column) and the training split's features.")
-        s = context.config.svt
-        num_classes = int(max(context.config.data.num_classes, bank["label"].max() + 1, outputs["label"].max() + 1))
-        scores = metrics.knn_classify(bank["features"], bank["label"].astype(np.int64), outputs["features"],
-                                      num_classes, k=min(int(s.knn_k), len(bank["label"])),
-                                      temperature=s.knn_temperature)
-        return {"knn_top1": metrics.top_k_accuracy(scores, outputs["label"], 1),
-                "knn_top5": metrics.top_k_accuracy(scores, outputs["label"], min(5, num_classes))}
 
 
 def default_config() -> ml_collections.ConfigDict:

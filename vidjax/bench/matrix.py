@@ -3,25 +3,25 @@ one table of step time, clips/s, achieved TFLOP/s and MFU, beside the PyTorch re
 
   bash scripts/bench_accelerator.sh --out=bench.json        # the full matrix, 16 frames at 224 px
   bash scripts/bench_accelerator.sh --quick --out=q.json    # the same rows at toy sizes: a CPU check in a minute
-  python -m vidjax.bench_matrix --families=videomae,vivit --dtypes=bfloat16 --batch_per_device=16
+  python -m vidjax.bench.matrix --families=videomae,vivit --dtypes=bfloat16 --batch_per_device=16
 
 Rows (`FAMILIES`, one entry per family): VideoMAE-B/16 pre-train (VideoMAE's masking, and VideoMAE V2's dual
 masking as `pretrain_v2`: the same encoder, the decoder on half of the tokens) and fine-tune, TimeSformer-B/16,
 ViViT-B/16x2 (model 1, joint attention, as the PyTorch reference) and VideoMamba-S/16 inference and fine-tune.
-Each row is what `python -m vidjax.bench` times, through its own functions (`bench.bench_config`, `bench.time_vidjax`,
-`bench_torch.time_torch`), in one process so that jax starts once: the trainer's jitted update step (pre-train,
+Each row is what `python -m vidjax.bench` times, through its own functions (`step.bench_config`, `step.time_vidjax`,
+`reference.time_torch`), in one process so that jax starts once: the trainer's jitted update step (pre-train,
 fine-tune) or the jitted forward (infer) on random inputs, `--steps` timed after `--warmup`, median reported.
 
 - Global batch: `--batch_per_device` x the devices (the trainer's data-parallel mesh spreads it).
-- TFLOP/s: the model's FLOPs per step (`bench.matmul_flops` of the plain step as `bench.time_vidjax` traces it: no
+- TFLOP/s: the model's FLOPs per step (`step.matmul_flops` of the plain step as `step.time_vidjax` traces it: no
   scan over layers, no remat, attention as products) per device over the median time; MFU: that over the device's
-  peak dense bf16 FLOP/s (`bench.PEAK_BF16_FLOPS`; float32 rows are measured against the same bf16 peak). Blank
+  peak dense bf16 FLOP/s (`step.PEAK_BF16_FLOPS`; float32 rows are measured against the same bf16 peak). Blank
   where the peak is unknown (a CPU, an accelerator missing from the table).
 - Attention: the models' default (`config.model.attention_impl=""`, `vidjax.ops.attention.resolve`): on GPU
   cuDNN's fused attention for bfloat16 rows (16-bit inputs, head dims up to 128 in multiples of 8), XLA's for
   float32; heads-major on CPU; XLA's on TPU. A row whose cuDNN attention does not compile is timed again with XLA's
   and says so.
-- PyTorch (`--torch=on`, the default): the reference (`vidjax.bench_torch`) on the same device (CUDA on a GPU
+- PyTorch (`--torch=on`, the default): the reference (`vidjax.bench.reference`) on the same device (CUDA on a GPU
   host, the CPU on a CPU one), float32, or under `torch.autocast` in bfloat16 for bfloat16 rows; SDPA attention
   where transformers has it. The torch columns say why they are empty: torch not installed, no reference for the
   row, a TPU host, or a torch that sees no GPU.
@@ -81,7 +81,7 @@ QUICK_VIDEOMAE = dict(decoder_depth=1)
 
 
 def _parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser("python -m vidjax.bench_matrix", __doc__)
+    parser = cli.ArgumentParser("python -m vidjax.bench.matrix", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="the same rows at toy sizes (4 frames at 32 px, one block, batch 1, 1 step): checks "
                              "the matrix end to end, on a CPU too; its times mean nothing")
@@ -109,10 +109,10 @@ def torch_available() -> bool:
 
 
 def has_reference(model: str, mode: str) -> bool:
-    from vidjax import bench_torch
+    from vidjax.bench import reference  # imported here, as jax is: --help and a bad command line answer at once
 
     try:
-        bench_torch.check_supported(model, mode)
+        reference.check_supported(model, mode)
     except ValueError:
         return False
     return True
@@ -120,7 +120,7 @@ def has_reference(model: str, mode: str) -> bool:
 
 def head_dim(model_config) -> int | None:
     """The attention head size of a ViT-style `model_config`, or None for a model without attention."""
-    from vidjax.models import layers
+    from vidjax.models import layers  # imported here: it loads flax and jax (--help does not)
 
     if "attention_impl" not in model_config:
         return None
@@ -160,18 +160,20 @@ def _one_line(err: BaseException) -> str:
 def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: int, device_kind: str) -> dict:
     """One row of the matrix: the vidjax step timed as `python -m vidjax.bench` times it, with its achieved TFLOP/s
     and MFU, and the PyTorch reference beside it (or why not). A failure is the row's "error", not an exception."""
-    from vidjax import bench
+    # Imported here, as jax is: --help and a bad command line answer without loading them.
+    from vidjax.bench import reference, step
+    from vidjax.ops import attention
 
     steps, warmup = (QUICK["steps"], QUICK["warmup"]) if args.quick else (args.steps, args.warmup)
     frames, size = (QUICK["frames"], QUICK["size"]) if args.quick else (family.frames, family.size)
     per_device = QUICK["batch_per_device"] if args.quick else args.batch_per_device
     variant = family.quick_variant if args.quick else family.variant
-    reference = has_reference(family.model, mode)
+    torch_sized = has_reference(family.model, mode)  # the vidjax model sized as the reference is
     # pretrain_v2: VideoMAE V2's dual masking (a running-cell decoder mask) on the same encoder as "pretrain".
     step_mode = "pretrain" if mode == "pretrain_v2" else mode
-    config = bench.bench_config(family.model, variant, frames, size, per_device * devices, step_mode, dtype,
-                                num_classes=400, compare="torch" if reference else None,
-                                decoder_mask="run_cell" if mode == "pretrain_v2" else "none")
+    config = step.bench_config(family.model, variant, frames, size, per_device * devices, step_mode, dtype,
+                               num_classes=400, compare="torch" if torch_sized else None,
+                               decoder_mask="run_cell" if mode == "pretrain_v2" else "none")
     if args.quick:
         config.model.update(QUICK["model"], **(QUICK_VIDEOMAE if family.model == "videomae" else {}))
     row = dict(model=family.model, variant=variant, mode=mode, dtype=dtype, frames=frames, size=size,
@@ -179,27 +181,25 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
     heads = head_dim(config.model)
     impl = None
     if heads is not None:
-        from vidjax.ops import attention
-
         # What the model's default ("") runs here: heads-major on CPU, cuDNN's fused kernel for 16-bit GPU rows
         # whose heads it takes, XLA's otherwise.
         impl = attention.resolve(config.model.attention_impl, dtype, heads)
         row["attention"] = impl
     try:
-        result = bench.time_vidjax(config, step_mode, steps, warmup)
+        result = step.time_vidjax(config, step_mode, steps, warmup)
     except Exception as err:  # noqa: BLE001 - one row's failure (cuDNN refusing a shape, out of memory) is reported
         if impl != "cudnn":
             return dict(row, error=_one_line(err))
         config.model.attention_impl = "xla"
         row["attention"] = f"xla (cudnn failed: {_one_line(err)})"
         try:
-            result = bench.time_vidjax(config, step_mode, steps, warmup)
+            result = step.time_vidjax(config, step_mode, steps, warmup)
         except Exception as err2:  # noqa: BLE001
             return dict(row, error=_one_line(err2))
     seconds, flops = result["seconds_per_step"], result["flops_per_step"]
     row.update(seconds_per_step=seconds, clips_per_s=result["clips_per_s"], compile_s=result["compile_s"],
                flops_per_step=flops, tflops_per_s=flops / devices / seconds / 1e12,
-               mfu=bench.mfu(flops, seconds, device_kind, devices),
+               mfu=step.mfu(flops, seconds, device_kind, devices),
                temp_bytes=result["temp_bytes"], backend=result["backend"])
     # Printed before the reference runs, so that a slow or failing reference never hides the row's own figures.
     print(f"{family.model} {variant} {mode} {dtype}: {seconds:.4f} s/step, {row['clips_per_s']:.2f} clips/s",
@@ -208,18 +208,16 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
     if note:
         row["torch_note"] = note
         return row
-    from vidjax import bench_torch
-
     try:
-        placement = bench_torch.placement(backend, dtype)
-        torch_result = bench_torch.time_torch(family.model, mode, config.model, config.batch_size, steps, warmup,
-                                              **placement)
+        placement = reference.placement(backend, dtype)
+        torch_result = reference.time_torch(family.model, mode, config.model, config.batch_size, steps, warmup,
+                                            **placement)
     except Exception as err:  # noqa: BLE001 - the vidjax figures stand without it
         row["torch_note"] = f"failed: {_one_line(err)}"
         return row
     row["torch"] = {"seconds_per_step": torch_result["seconds_per_step"], "clips_per_s": torch_result["clips_per_s"],
                     "device": placement["device"], "autocast": placement["autocast"],
-                    "ran": bench_torch.describe(torch_result)}
+                    "ran": reference.describe(torch_result)}
     row["speedup_vs_torch"] = torch_result["seconds_per_step"] / seconds
     return row
 
@@ -371,17 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     except InputBenchError as err:
         parser.error(str(err))
 
-    if args.torch == "on":
-        from vidjax import bench_torch
-
-        bench_torch.share_gpu_memory()
+    # Imported once the command line is checked: they load jax.
     import jax
 
-    from vidjax import bench
+    from vidjax.bench import reference, step
+
+    if args.torch == "on":
+        reference.share_gpu_memory()
 
     device = jax.devices()[0]
     backend, devices, kind = jax.default_backend(), jax.device_count(), device.device_kind
-    peak = bench.peak_flops(kind)
+    peak = step.peak_flops(kind)
     print(f"{devices} x {kind} ({backend}), peak dense bf16 {peak / 1e12:.0f} TFLOP/s per device" if peak else
           f"{devices} x {kind} ({backend}): no peak FLOP/s known, MFU left blank", flush=True)
     rows, start = [], time.perf_counter()

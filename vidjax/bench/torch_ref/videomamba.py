@@ -21,7 +21,7 @@ paths, keeping the official module structure and parameter names (the state dict
 
 Drop path and head dropout are not implemented (the official defaults for fine-tuning from scratch are 0), so
 train and eval mode compute the same thing. Used by scripts/parity/videomamba.py (fixtures) and
-vidjax.bench_torch (timings); torch is imported here at the top, so only those import this module.
+vidjax.bench.reference (timings); torch is imported here at the top, so only those import this module.
 """
 
 from __future__ import annotations

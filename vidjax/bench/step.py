@@ -13,7 +13,7 @@ the jitted forward pass. The last line printed is one JSON object: seconds_per_s
 steps after warm-up), clips_per_s, compile_s, flops_per_step (the model's, all devices together), and with --compare the
 PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster);
 `--rounds=3` times vidjax and torch in turn three times and reports the median of the three ratios.
-The references (vidjax.bench_torch, random weights sized from the vidjax config): transformers' VideoMAE
+The references (vidjax.bench.reference, random weights sized from the vidjax config): transformers' VideoMAE
 (pretrain, finetune, infer), TimeSformer and ViViT (finetune, infer; ViViT is timed as model 1, joint attention,
 on both sides) and the PyTorch port of official VideoMamba (finetune, infer).
 `temp_bytes` / `argument_bytes` are XLA's per-device memory figures for the compiled step. The memory and
@@ -43,11 +43,16 @@ under `--mesh` (with simulated devices on a CPU) and reports XLA's per-device me
 bidirectional block of the variant's width: XLA's temporary memory for forward + backward at --frames (compiled
 only, nothing runs), and the forward + backward time at --time_frames. Ratios are chunked / unchunked.
 
-Scaling curves (`vidjax.bench_sweep`): time and memory of several families and modes over frames, image size or
+Scaling curves (`vidjax.bench.sweep`): time and memory of several families and modes over frames, image size or
 batch, with the fitted log-log exponents, a JSON table and a PNG:
 
   python -m vidjax.bench --sweep=frames --sweep_values=8,16,32,64 --models=videomae,timesformer,vivit,videomamba \
       --modes=infer,finetune --size=112 --batch=1 --steps=3 --warmup=1 --out=docs/figures/sweep_frames_cpu
+
+Long clips fine-tune in bounded memory with --remat=full --scan_layers=true (one value each in a sweep):
+
+  python -m vidjax.bench --sweep=frames --sweep_values=64,128,256 --models=videomamba --modes=finetune --size=224 \
+      --batch=1 --steps=2 --warmup=1 --remat=full --scan_layers=true --out=docs/figures/sweep_frames_videomamba_long
 """
 
 from __future__ import annotations
@@ -59,9 +64,10 @@ import time
 
 from absl import app, flags
 
-from vidjax import cli, host_malloc
+from vidjax import config_lib, host_malloc
+from vidjax.bench import op_profile, reference, sweep
 from vidjax.convert.common import is_video_config
-from vidjax.models import available, get_model
+from vidjax.models import available, get_model, videomamba
 from vidjax.models.layers import REMAT_POLICIES
 
 _MODEL = flags.DEFINE_string("model", "videomae", "Video model name (a module in vidjax.models that takes clips).")
@@ -76,8 +82,8 @@ _DTYPE = flags.DEFINE_list("dtype", ["float32"], "Compute dtype(s), float32 or b
                                                  "state stay float32).")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 400, "Classes of the fine-tune/infer head.")
 _COMPARE = flags.DEFINE_enum("compare", None, ["torch"], "Also time the PyTorch reference in the same run "
-                                                         "(vidjax.bench_torch: videomae, timesformer, vivit, "
-                                                         "videomamba).")
+                                                         "(vidjax.bench.reference: videomae, timesformer, "
+                                                         "vivit, videomamba).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads for --compare=torch.")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "--compare=torch: time vidjax then torch this many times in turn in "
                                             "this process; speedup_vs_torch is the median of the rounds' ratios.")
@@ -89,7 +95,7 @@ _GRAD_ACCUM = flags.DEFINE_list("grad_accum", ["1"], "Micro-batches per step (co
                                                      "is the global batch they split.")
 _PROFILE = flags.DEFINE_bool("profile", False, "After timing, run the step under the profiler and print its op time by "
                                                 "category (GEMMs by role, attention, norms, optimizer, copies...), "
-                                                "beside PyTorch's with --compare=torch (vidjax.bench_profile).")
+                                                "beside PyTorch's with --compare=torch (vidjax.bench.op_profile).")
 _SCAN_LAYERS = flags.DEFINE_list("scan_layers", ["false"], "config.model.scan_layers: false (blocks unrolled) or "
                                                            "true (one lax.scan over them).")
 _DECODER_MASK = flags.DEFINE_list("decoder_mask", ["none"], "--mode=pretrain of videomae: "
@@ -104,7 +110,7 @@ _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step for a
 _DECODER_SHARE = flags.DEFINE_bool("decoder_share", False, "--mode=pretrain of videomae: also time each row with a "
                                    "one-block decoder, and report the decoder blocks' share of the step.")
 
-_SWEEP = flags.DEFINE_enum("sweep", None, ["frames", "size", "batch"], "Scaling curves (vidjax.bench_sweep): time "
+_SWEEP = flags.DEFINE_enum("sweep", None, ["frames", "size", "batch"], "Scaling curves (vidjax.bench.sweep): time "
                            "and memory of each of --models in each of --modes at every --sweep_values of this "
                            "axis, the other two held at --frames, --size, --batch; with --out, a JSON table and a "
                            "log-log PNG with the fitted exponents.")
@@ -172,10 +178,7 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
                  num_classes: int, remat: str = "none", grad_accum: int = 1, scan_layers: bool = False,
                  compare: str | None = None, decoder_mask: str = "none"):
     """A trainer config for the benchmark workload (no data source is read). With compare="torch", the model
-    config is the one the PyTorch reference implements (`bench_torch.vidjax_overrides`: ViViT's joint model 1)."""
-    from vidjax import bench_torch, config_lib
-    from vidjax.models import get_model
-
+    config is the one the PyTorch reference implements (`reference.vidjax_overrides`: ViViT's joint model 1)."""
     config = config_lib.trainer_config()
     config.model_name = model
     config.task = "pretrain" if mode == "pretrain" else "classification"
@@ -186,7 +189,7 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
     if decoder_mask != "none":
         config.model.decoder_mask_type = decoder_mask
     if compare == "torch":
-        config.model.update(bench_torch.vidjax_overrides(model))
+        config.model.update(reference.vidjax_overrides(model))
     config.data = config_lib.synthetic_data(num_frames=frames, image_size=size, num_classes=num_classes)
     config.batch_size = batch
     config.grad_accum_steps = grad_accum
@@ -253,13 +256,15 @@ def matmul_flops(closed_jaxpr) -> float:
 def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False, compile_only: bool = False
                 ) -> dict:
     """Times the trainer's update step (pretrain/finetune) or the jitted forward (infer) on random inputs; with
-    `profile`, also its op time by category (`bench_profile.profile_jax`) as "profile". With `compile_only` the
+    `profile`, also its op time by category (`op_profile.profile_jax`) as "profile". With `compile_only` the
     step is compiled for abstract state and batch (nothing is allocated or run): the row has compile time, the
     model's FLOPs and XLA's per-device memory, and no times."""
     import jax
     import numpy as np
     from flax import nnx
 
+    # Imported here, not at the top: the trainer loads the input pipeline (grain), which --help and a bad command
+    # line need not wait for.
     from vidjax import losses, sharding, train
     from vidjax.data.pipeline import running_cell_mask, tube_mask
 
@@ -336,10 +341,8 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     seconds, times = _median_time(step, steps, warmup)
     profiled = {}
     if profile:
-        from vidjax import bench_profile
-
         numels = {int(np.prod(p.shape)) for p in jax.tree.leaves(state["params"])}
-        profiled["profile"] = bench_profile.profile_jax(step, compiled.as_text(), numels)
+        profiled["profile"] = op_profile.profile_jax(step, compiled.as_text(), numels)
     return profiled | common | {"host_malloc": host_malloc.state(), "seconds_per_step": seconds, "step_times": times,
                                 "clips_per_s": config.batch_size / seconds} | memory_figures
 
@@ -351,8 +354,6 @@ def bench_mamba_block(variant: str, frames: int, size: int, batch: int, time_fra
     import jax
     import jax.numpy as jnp
     from flax import nnx
-
-    from vidjax.models import videomamba
 
     cfg = videomamba.default_config()
     cfg.variant = variant
@@ -491,10 +492,8 @@ def check_workload_flags() -> None:
     if _WARMUP.value < 0 or _SCAN_CHUNK.value < 0:
         raise app.UsageError("--warmup and --scan_chunk cannot be negative.")
     if _COMPARE.value == "torch":
-        from vidjax import bench_torch  # imports no torch: what is supported is known without it
-
-        try:
-            bench_torch.check_supported(_MODEL.value, _MODE.value)
+        try:  # `reference` imports no torch: what it supports is known without it
+            reference.check_supported(_MODEL.value, _MODE.value)
         except ValueError as err:
             raise app.UsageError(str(err)) from None
         if _TORCH_THREADS.value is not None and _TORCH_THREADS.value < 1:
@@ -502,10 +501,8 @@ def check_workload_flags() -> None:
                                  f"torch's default).")
 
 
-def sweep() -> None:
-    """--sweep: the scaling curves of `vidjax.bench_sweep`, checked flags first."""
-    from vidjax import bench_sweep
-
+def run_sweep() -> None:
+    """--sweep: the scaling curves of `vidjax.bench.sweep`, checked flags first."""
     models = _MODELS.value or [_MODEL.value]
     modes = _MODES.value or [_MODE.value]
     known = video_models()
@@ -518,19 +515,23 @@ def sweep() -> None:
         raise app.UsageError(f"--modes={','.join(modes)}: give infer, finetune (and pretrain for --models=videomae "
                              f"alone).")
     try:
-        values = [int(v) for v in _SWEEP_VALUES.value] or list(bench_sweep.DEFAULT_VALUES[_SWEEP.value])
+        values = [int(v) for v in _SWEEP_VALUES.value] or list(sweep.DEFAULT_VALUES[_SWEEP.value])
         assert min(values) >= 1 and len(values) == len(set(values))
     except (ValueError, AssertionError):
         raise app.UsageError(f"--sweep_values={','.join(_SWEEP_VALUES.value)}: give distinct positive integers, e.g. "
                              f"--sweep_values=8,16,32,64.") from None
+    if len(_REMAT.value) > 1 or len(_SCAN_LAYERS.value) > 1 or len(_DTYPE.value) > 1:
+        raise app.UsageError("--sweep: give one --dtype, one --remat and one --scan_layers (the curve's setting); "
+                             "run the sweep once per setting to compare them.")
     variant = _VARIANT.value if flags.FLAGS["variant"].present else None
-    result = bench_sweep.run(_SWEEP.value, sorted(values), models, modes, frames=_FRAMES.value, size=_SIZE.value,
-                             batch=_BATCH.value, steps=_STEPS.value, warmup=_WARMUP.value, dtype=_DTYPE.value[0],
-                             num_classes=_NUM_CLASSES.value, variant=variant, compare=_COMPARE.value,
-                             log=lambda line: print(line, flush=True), bench=sys.modules[__name__])
-    print(bench_sweep.markdown(result), flush=True)
+    result = sweep.run(_SWEEP.value, sorted(values), models, modes, frames=_FRAMES.value, size=_SIZE.value,
+                       batch=_BATCH.value, steps=_STEPS.value, warmup=_WARMUP.value, dtype=_DTYPE.value[0],
+                       num_classes=_NUM_CLASSES.value, variant=variant, compare=_COMPARE.value,
+                       remat=_REMAT.value[0], scan_layers=_SCAN_LAYERS.value[0] == "true",
+                       log=lambda line: print(line, flush=True), bench=sys.modules[__name__])
+    print(sweep.markdown(result), flush=True)
     if _OUT.value:
-        for path in bench_sweep.write(result, _OUT.value, log=lambda line: print(line, flush=True)):
+        for path in sweep.write(result, _OUT.value, log=lambda line: print(line, flush=True)):
             print(f"wrote {path}", flush=True)
     print(json.dumps(result))
 
@@ -539,17 +540,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     check_workload_flags()
-    if _SWEEP.value:
-        if _COMPARE.value == "torch":
-            from vidjax import bench_torch
-
-            bench_torch.share_gpu_memory()
-        sweep()
-        return
     if _COMPARE.value == "torch":
-        from vidjax import bench_torch
-
-        bench_torch.share_gpu_memory()
+        reference.share_gpu_memory()
+    if _SWEEP.value:
+        run_sweep()
+        return
     if _MODE.value == "mamba_block":
         rows = option_rows()
         if len(rows) > 1:
@@ -608,15 +603,13 @@ def main(argv: list[str]) -> None:
         return
     result = results[0]
     if _COMPARE.value == "torch":
-        from vidjax import bench_torch
-
-        overrides = bench_torch.vidjax_overrides(_MODEL.value)
+        overrides = reference.vidjax_overrides(_MODEL.value)
         if overrides:
             result["vidjax_overrides"] = overrides
             print(f"vidjax {_MODEL.value} timed with {' '.join(f'{k}={v}' for k, v in overrides.items())}, the "
                   f"model the PyTorch reference implements", flush=True)
         # Torch on the device vidjax ran on (a GPU: CUDA), and under autocast when vidjax computes in bfloat16.
-        torch_placement = bench_torch.placement(result["backend"], config.model.dtype)
+        torch_placement = reference.placement(result["backend"], config.model.dtype)
         rounds = []
         for number in range(1, _ROUNDS.value + 1):
             if number > 1:  # vidjax again (recompiled: the same program), then torch: alternating in this process
@@ -624,7 +617,7 @@ def main(argv: list[str]) -> None:
                 vidjax_s = result_again["seconds_per_step"]
             else:
                 vidjax_s = result["seconds_per_step"]
-            torch_result = bench_torch.time_torch(_MODEL.value, _MODE.value, config.model, _BATCH.value,
+            torch_result = reference.time_torch(_MODEL.value, _MODE.value, config.model, _BATCH.value,
                                                   _STEPS.value, _WARMUP.value, threads=_TORCH_THREADS.value,
                                                   profile=_PROFILE.value and number == 1, **torch_placement)
             if number == 1:
@@ -632,7 +625,7 @@ def main(argv: list[str]) -> None:
                                    if k not in ("model", "mode", "frames", "size", "batch")}
             rounds.append({"vidjax_seconds_per_step": vidjax_s, "torch_seconds_per_step": torch_result[
                 "seconds_per_step"], "speedup_vs_torch": torch_result["seconds_per_step"] / vidjax_s})
-            print(f"torch:  {torch_result['seconds_per_step']:.4f} s/step ({bench_torch.describe(torch_result)}); "
+            print(f"torch:  {torch_result['seconds_per_step']:.4f} s/step ({reference.describe(torch_result)}); "
                   f"vidjax {vidjax_s:.4f} s/step; speed-up {rounds[-1]['speedup_vs_torch']:.2f}x"
                   + (f" [round {number} of {_ROUNDS.value}]" if _ROUNDS.value > 1 else ""), flush=True)
         result["speedup_vs_torch"] = statistics.median(r["speedup_vs_torch"] for r in rounds)
@@ -642,13 +635,7 @@ def main(argv: list[str]) -> None:
                   f"(vidjax {statistics.median(r['vidjax_seconds_per_step'] for r in rounds):.4f} s/step, torch "
                   f"{statistics.median(r['torch_seconds_per_step'] for r in rounds):.4f} s/step)", flush=True)
     if _PROFILE.value:
-        from vidjax import bench_profile
-
         torch_side = result.get("torch", {})
-        print(bench_profile.markdown(result["profile"], torch_side.get("profile"), result["seconds_per_step"],
+        print(op_profile.markdown(result["profile"], torch_side.get("profile"), result["seconds_per_step"],
                                      torch_side.get("seconds_per_step")), flush=True)
     print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    cli.run(main)

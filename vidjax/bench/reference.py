@@ -8,7 +8,7 @@ biases, GELU form), so the comparison is like for like and the two sides cannot 
   timesformer  transformers' TimesformerForVideoClassification, divided space-time attention (finetune, infer)
   vivit        transformers' VivitForVideoClassification: model 1, joint space-time attention over tubelets, the
                only one Hugging Face ports, so vidjax is timed with `model_type="joint"` (finetune, infer)
-  videomamba   vidjax.torch_ref.videomamba.VisionMamba, a plain PyTorch port of the official model on mamba_ssm's
+  videomamba   vidjax.bench.torch_ref.videomamba.VisionMamba, a plain PyTorch port of the official model on mamba_ssm's
                reference scan (finetune, infer); mamba_ssm's CUDA kernels do not run on CPU
 
 `torch_config_kwargs` (pure: no torch) gives the constructor arguments of each reference; `build_torch_model`
@@ -30,6 +30,7 @@ from typing import Any
 
 import ml_collections
 
+from vidjax.bench import op_profile
 from vidjax.models import layers, videomae, videomamba, vivit
 
 _INSTALL_HINT = (
@@ -140,11 +141,11 @@ def _build_hf(config_name: str, class_names: dict[str, str]) -> Callable[[dict[s
 def _build_videomamba(kwargs: dict[str, Any], mode: str) -> tuple[Any, dict[str, Any]]:
     del mode
     try:
-        from vidjax.torch_ref.videomamba import VisionMamba
+        from vidjax.bench.torch_ref.videomamba import VisionMamba  # imported here: it imports torch at its top
     except ImportError as err:
         raise ImportError(f"{_INSTALL_HINT} ({err})") from err
     return VisionMamba(**kwargs), {"attn_implementation": None, "scan": "selective_scan_ref (sequential)",
-                                   "reference": "vidjax.torch_ref.videomamba.VisionMamba"}
+                                   "reference": "vidjax.bench.torch_ref.videomamba.VisionMamba"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +269,7 @@ def time_torch(
     threads: if given, torch.set_num_threads(threads) for the run (restored afterwards, since the benchmark runs
           in-process with JAX); otherwise torch's default.
     profile: also run the step under torch.profiler and return its op time by category as "profile"
-          (`vidjax.bench_profile.profile_torch`).
+          (`vidjax.bench.op_profile.profile_torch`).
     device: "cpu" or "cuda" (a GPU: each step ends with torch.cuda.synchronize(), so its wall time is its time).
     autocast: "bfloat16" or "float16" runs the forward (and loss) under torch.autocast in that dtype, as a mixed
           precision training script does, parameters and optimizer state in float32; None runs float32.
@@ -355,10 +356,8 @@ def time_torch(
         used_threads = torch.get_num_threads()
         profiled = {}
         if profile:
-            from vidjax import bench_profile
-
             numels = {p.numel() for p in module.parameters()}
-            profiled["profile"] = bench_profile.profile_torch(step, numels)
+            profiled["profile"] = op_profile.profile_torch(step, numels)
         num_params = sum(p.numel() for p in module.parameters())
     finally:
         if threads is not None:

@@ -5,11 +5,11 @@
   python -m vidjax.bench --sweep=size --sweep_values=112,160,224 --models=vivit --modes=finetune --frames=16
   python -m vidjax.bench --sweep=batch --sweep_values=1,2,4,8 --models=videomae --modes=finetune --compare=torch
 
-Every point is what `python -m vidjax.bench` times at that point (`bench.bench_config`, `bench.time_vidjax`): the
+Every point is what `python -m vidjax.bench` times at that point (`step.bench_config`, `step.time_vidjax`): the
 trainer's jitted update step (finetune, pretrain) or the jitted forward (infer) on random inputs, the median of
 `--steps` after `--warmup`, with the compiled program's memory report (`temp_bytes`: XLA's temporaries for the step,
 activations and gradients in flight; `argument_bytes`: state and batch). With `--compare=torch` the PyTorch
-reference (`bench_torch.time_torch`) runs the same point right after, where it has the family and mode.
+reference (`reference.time_torch`) runs the same point right after, where it has the family and mode.
 
 A curve stops at the first point that fails (out of memory, or a size the model refuses): its row keeps the error
 and the larger points are not tried. Per family and mode the exponent of each curve is the slope of the least-squares
@@ -27,6 +27,9 @@ import os
 import pathlib
 import platform
 from collections.abc import Sequence
+
+from vidjax import fileio
+from vidjax.bench import reference
 
 AXES = ("frames", "size", "batch")
 # The smallest published size of each family that the curves use unless --variant names one.
@@ -55,17 +58,14 @@ def _one_line(err: BaseException) -> str:
 
 def run(axis: str, values: Sequence[int], models: Sequence[str], modes: Sequence[str], *, frames: int, size: int,
         batch: int, steps: int, warmup: int, dtype: str = "float32", num_classes: int = 400,
-        variant: str | None = None, compare: str | None = None, log=print, bench=None) -> dict:
+        variant: str | None = None, compare: str | None = None, remat: str = "none", scan_layers: bool = False,
+        log=print, bench) -> dict:
     """Times every family in `models` in every mode of `modes` at each of `values` of `axis` (the other two held at
-    `frames`, `size`, `batch`); returns {"axis", "values", "rows", "fits", "host"}. `bench` is the module whose
-    `bench_config` and `time_vidjax` time a point (default `vidjax.bench`; the command passes itself, run as
-    __main__)."""
+    `frames`, `size`, `batch`), every point with `remat` and `scan_layers` (config.model's: long clips fine-tune in
+    bounded memory with remat="full", scan_layers=True); returns {"axis", "values", "rows", "fits", "host"}.
+    `bench` is the module whose `bench_config` and `time_vidjax` time a point: `vidjax.bench.step`, the command,
+    which passes itself (it imports this module, so this one does not import it)."""
     import jax
-
-    from vidjax import bench_torch
-
-    if bench is None:
-        from vidjax import bench
 
     if axis not in AXES:
         raise ValueError(f"--sweep={axis}: sweep one of {', '.join(AXES)}.")
@@ -73,14 +73,16 @@ def run(axis: str, values: Sequence[int], models: Sequence[str], modes: Sequence
     for model in models:
         model_variant = variant or DEFAULT_VARIANTS.get(model, "S/16")
         for mode in modes:
-            torch_here = compare == "torch" and bench_torch.has_reference(model, mode)
+            torch_here = compare == "torch" and reference.has_reference(model, mode)
             curve = []
             for value in values:
                 point = {"frames": frames, "size": size, "batch": batch, axis: int(value)}
-                row = {"model": model, "variant": model_variant, "mode": mode, "dtype": dtype, **point}
+                row = {"model": model, "variant": model_variant, "mode": mode, "dtype": dtype, "remat": remat,
+                       "scan_layers": scan_layers, **point}
                 try:
                     config = bench.bench_config(model, model_variant, point["frames"], point["size"], point["batch"],
-                                                mode, dtype, num_classes, compare=compare if torch_here else None)
+                                                mode, dtype, num_classes, remat=remat, scan_layers=scan_layers,
+                                                compare=compare if torch_here else None)
                     timed = bench.time_vidjax(config, mode, steps, warmup)
                 except Exception as err:  # noqa: BLE001 (out of memory, a shape the model refuses): the curve ends
                     row["error"] = _one_line(err)
@@ -91,8 +93,8 @@ def run(axis: str, values: Sequence[int], models: Sequence[str], modes: Sequence
                                                         "argument_bytes", "flops_per_step")})
                 if torch_here:
                     try:
-                        theirs = bench_torch.time_torch(model, mode, config.model, point["batch"], steps, warmup,
-                                                        **bench_torch.placement(timed["backend"], dtype))
+                        theirs = reference.time_torch(model, mode, config.model, point["batch"], steps, warmup,
+                                                      **reference.placement(timed["backend"], dtype))
                         row["torch_seconds_per_step"] = theirs["seconds_per_step"]
                     except Exception as err:  # noqa: BLE001 (torch out of memory): vidjax's point stands
                         row["torch_error"] = _one_line(err)
@@ -164,8 +166,6 @@ def plot(result: dict, path) -> None:
 
 def write(result: dict, prefix: str | os.PathLike, log=print) -> list[str]:
     """PREFIX.json and, with matplotlib installed, PREFIX.png; returns the paths written."""
-    from vidjax import fileio
-
     prefix = pathlib.Path(fileio.user_path(str(prefix)))
     prefix.parent.mkdir(parents=True, exist_ok=True)
     written = []

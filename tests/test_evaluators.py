@@ -1,0 +1,112 @@
+"""Evaluators beside the tasks (vidjax/evaluators/): config.evals runs several, each at its own cadence, over its
+own data, under its own metric prefix; `python -m vidjax.evaluate` runs the same ones on the checkpoint."""
+
+import jax
+import pytest
+from test_finetune import task_config
+
+from vidjax import evaluate, evaluators, train
+from vidjax.config_lib import ConfigError
+from vidjax.metric_writer import read_metrics
+from vidjax.tasks import get_task
+
+HEAD_METRICS = ("loss", "top1", "top5", "macro_f1", "decode_failures")
+
+
+def test_two_evaluators_log_each_at_its_own_cadence_and_prefix(tmp_path):
+    """top-1 on the eval split every 2 steps, and on its two-crop views (another data setting, its first batch)
+    every 3: each writes its own rows (split = its name) at its own steps, plus both at the last; the run's result
+    and `evaluate` on the checkpoint give the same final figures."""
+    config = task_config("classification", total_steps=6, checkpoint_every=6, eval_every=5)
+    config.data.synthetic_task = get_task("classification").synthetic_task
+    config.figure = True
+    config.evals = dict(top1=dict(every=2),
+                        views=dict(type="classification", every=3, data=dict(test_num_crops=2), batches=1,
+                                   prefix="two_view_"))
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    rows = read_metrics(tmp_path)
+    assert {row["split"] for row in rows} == {"train", "top1", "views"}  # no default "eval" evaluator beside them
+    top1 = [row for row in rows if row["split"] == "top1"]
+    views = [row for row in rows if row["split"] == "views"]
+    assert [row["step"] for row in top1] == [2, 4, 6]  # its own every=2, not config.eval_every
+    assert [row["step"] for row in views] == [3, 6]
+    assert all(set(row) == {"step", "split", *(f"top1_{m}" for m in HEAD_METRICS)} for row in top1)
+    assert all(set(row) == {"step", "split", *(f"two_view_{m}" for m in HEAD_METRICS)} for row in views)
+    for name, row in (("top1", top1[-1]), ("two_view", views[-1])):
+        assert 0.0 <= row[f"{name}_top1"] <= 1.0 and row[f"{name}_decode_failures"] == 0
+        assert result[f"{name}_top1"] == row[f"{name}_top1"]
+    # Each evaluator draws its own confusion matrix.
+    assert (tmp_path / "confusion_matrix_top1.png").exists() and (tmp_path / "confusion_matrix_views.png").exists()
+    # The evaluate command runs the evaluators the run's config names, on the same weights.
+    again = evaluate.evaluate_checkpoint(None, str(tmp_path), str(tmp_path / "eval" / "out.json"))
+    assert again == {k: v for k, v in result.items() if k.startswith(("top1_", "two_view_"))}
+    assert (tmp_path / "eval" / "out.png").exists() and (tmp_path / "eval" / "out_views.png").exists()
+
+
+def test_without_config_evals_the_task_gives_one_default_evaluator():
+    config = task_config("classification", eval_every=7, eval_batches=3)
+    assert evaluators.entries(config) == {"eval": {}}
+    (settings,) = [evaluators._settings(config, name, entry) for name, entry in evaluators.entries(config).items()]
+    assert (settings["type"], settings["every"], settings["batches"], settings["prefix"]) == (
+        "classification", 7, 3, "eval_")
+    assert evaluators.config_problems(config) == []
+    assert evaluators.get("knn").evaluates_init and not evaluators.get("classification").evaluates_init
+
+
+def test_scheduled_runs_every_n_steps_and_at_the_last():
+    scheduled = evaluators.Scheduled("x", None, every=3, prefix="x_", init=False)
+    assert [s for s in range(1, 11) if scheduled.due(s, 10)] == [3, 6, 9, 10]
+    assert [s for s in range(1, 11) if evaluators.Scheduled("y", None, 0, "y_", False).due(s, 10)] == [10]
+
+
+def test_config_evals_problems_name_their_keys():
+    config = task_config("classification")
+    config.evals = dict(
+        a=dict(type="nope"),
+        b=dict(type="knn"),
+        c=dict(every=-1, batches=1.5, split="test", colour="red"),
+        d=dict(data=dict(no_such_key=1)),
+        e=dict(prefix="a_"),
+        train=dict(),
+        f=dict(label_space="k500"))
+    config.evals.a.prefix = "a_"
+    problems = "\n".join(evaluators.config_problems(config))
+    assert "config.evals.a.type='nope'; choose one of captioning, classification, knn" in problems
+    assert ("config.evals.b.type='knn' measures a task whose model_name='svt' (config.task='classification' has "
+            "None); its evaluators are classification." in problems), problems
+    assert "config.evals.c.every=-1 must be a whole number >= 0" in problems
+    assert "config.evals.c.batches=1.5" in problems
+    assert "config.evals.c.split='test'; choose one of eval, train" in problems
+    assert "config.evals.c has unknown keys ['colour']" in problems and "classification's label_space" in problems
+    assert "config.evals.d.data: " in problems and "no_such_key" in problems
+    assert "config.evals.e.prefix='a_' must be a string no other evaluation uses (config.evals.a has it)" in problems
+    assert "config.evals.train: 'train' names the training rows" in problems
+    assert "config.evals.f.label_space='k500'; choose ''" in problems
+    with pytest.raises(ConfigError, match="config.evals.a.type='nope'"):
+        train.check_config(config)
+
+
+def test_every_task_has_a_readout_and_a_default_evaluator_that_measures_it():
+    from vidjax import tasks
+    from vidjax.tasks import readout
+
+    for name in tasks.available():
+        task = tasks.get_task(name)
+        assert isinstance(tasks.readout_of(name), readout.Readout)
+        assert evaluators.get(task.evaluator).lacks(task) == {}  # measured by what it is, not by its name
+        if task.probes:  # a head: its scores are measured by its evaluator and by a probe alike
+            assert isinstance(task, readout.HeadReadout)
+
+
+@pytest.mark.parametrize("stored, variant", [("classification", "label"), ("multilabel", "labels"),
+                                             ("regression", "targets"), ("captioning", "captions"),
+                                             ("pretrain", "label"), ("labels", "labels")])
+def test_a_stored_config_of_an_earlier_version_names_its_embedded_variant_in_todays_terms(stored, variant):
+    """Checkpoints written before the embedded dataset's variants were named by their batch keys stored the task's
+    name in config.data.synthetic_task; `evaluate` reads them through `tasks.upgrade_stored_config`, which gives
+    the variant that task trains on (and leaves today's values alone)."""
+    from vidjax import tasks
+
+    config = task_config("classification")
+    config.data.synthetic_task = stored
+    assert tasks.upgrade_stored_config(config) is config and config.data.synthetic_task == variant

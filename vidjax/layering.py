@@ -1,0 +1,73 @@
+"""vidjax's layers, bottom to top: a module imports modules of its own layer or of the layers below, never above.
+
+`tests/test_layering.py` reads every module under vidjax/ and checks each `import` in it (at module level and
+inside functions alike) against `LAYERS`, and that every module is placed here: a new module gets its line below.
+A function-level import of a vidjax module says why on its line or the one above (an optional extra, start-up time
+without jax, ...); one that only dodged an import cycle is a layer problem, fixed by moving code down or passing
+what a lower layer needs in from above (the input path takes a task's `pipeline.InputSpec`; the models resize their
+position tables with `vidjax.models.positions`, which the converters import from them).
+
+Importing `vidjax.a.b` also runs the package `vidjax.a`, so a package's own module (its `__init__`) is placed too, and
+counts for its importers. Modules are named in full; a name ending in "*" places every module whose name starts with
+what precedes it (the benchmarks: `vidjax/bench*.py` and a `vidjax/bench/` package alike; every evaluator of
+`vidjax/evaluators/`), and a full name placed elsewhere wins over such a prefix.
+"""
+
+from __future__ import annotations
+
+# (layer, what it holds, its modules), bottom first.
+LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("foundation", "no model knowledge: config, files, devices and sharding, patches, metrics, losses, text, the "
+     "command line and the process around a run", (
+         "vidjax", "vidjax.layering", "vidjax.config_lib", "vidjax.fileio", "vidjax.sharding", "vidjax.patches",
+         "vidjax.metrics", "vidjax.losses", "vidjax.mixup", "vidjax.tokenizer", "vidjax.cli", "vidjax.compile_cache",
+         "vidjax.host_malloc", "vidjax.distributed", "vidjax.preemption", "vidjax.metric_writer",
+         "vidjax.platform", "vidjax.visualize_lib",
+     )),
+    ("kernels", "numerical ops and the blocks models are built of", (
+        "vidjax.ops", "vidjax.ops.attention", "vidjax.ops.selective_scan", "vidjax.models.layers",
+        "vidjax.models.positions",
+    )),
+    ("models", "the models, looked up by name (`vidjax.models.get_model`), and decoding captions with them", (
+        "vidjax.models", "vidjax.models.captioner", "vidjax.models.decoding", "vidjax.models.gpt2",
+        "vidjax.models.svt", "vidjax.models.timesformer", "vidjax.models.videomae", "vidjax.models.videomamba",
+        "vidjax.models.vivit",
+    )),
+    ("data", "videos to batches: sources, decoding, transforms, views, the embedded dataset, the input pipeline, "
+     "the Kinetics label spaces", (
+         "vidjax.data", "vidjax.data.decode", "vidjax.data.encode", "vidjax.data.kinetics", "vidjax.data.sources",
+         "vidjax.data.synthetic", "vidjax.data.transforms", "vidjax.data.views", "vidjax.data.pipeline",
+     )),
+    ("checkpoints", "reading, converting and loading checkpoints (official and Hugging Face formats, the Hub), and a "
+     "loaded model run over a video's windows", (
+         "vidjax.convert", "vidjax.convert.common", "vidjax.convert.hf", "vidjax.convert.hf_captioner",
+         "vidjax.convert.hf_gpt2", "vidjax.convert.hf_timesformer", "vidjax.convert.hf_videomae",
+         "vidjax.convert.hf_vivit", "vidjax.convert.svt", "vidjax.convert.videomae", "vidjax.convert.videomamba",
+         "vidjax.hub", "vidjax.pretrained", "vidjax.windows",
+     )),
+    ("tasks", "what a run trains a model for (`vidjax.tasks.base.Task`), and the evaluations of its splits", (
+        "vidjax.tasks", "vidjax.tasks.base", "vidjax.tasks.captioning", "vidjax.tasks.classification",
+        "vidjax.tasks.multilabel", "vidjax.tasks.pretrain", "vidjax.tasks.readout", "vidjax.tasks.regression",
+        "vidjax.tasks.svt", "vidjax.evaluators", "vidjax.evaluators.*",
+    )),
+    ("trainer", "the training loop, its optimizer and its checkpoints", (
+        "vidjax.optim", "vidjax.checkpoint", "vidjax.train",
+    )),
+    ("commands", "what `python -m` runs (the benchmarks with their PyTorch references among them)", (
+        "vidjax.main", "vidjax.predict", "vidjax.extract", "vidjax.evaluate", "vidjax.probe", "vidjax.demo",
+        "vidjax.export", "vidjax.push", "vidjax.visualize", "vidjax.convert.__main__", "vidjax.data.bench",
+        "vidjax.data.check", "vidjax.data.pack", "vidjax.bench*",
+    )),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The index in `LAYERS` of the dotted `module` ("vidjax.data.pipeline"), or None where no line places it."""
+    best, best_length = None, -1
+    for index, (_, _, names) in enumerate(LAYERS):
+        for name in names:
+            if name == module:
+                return index
+            if name.endswith("*") and module.startswith(name[:-1]) and len(name) > best_length:
+                best, best_length = index, len(name)
+    return best
