@@ -9,8 +9,9 @@ position tables with `vidjax.models.positions`, which the converters import from
 
 Importing `vidjax.a.b` also runs the package `vidjax.a`, so a package's own module (its `__init__`) is placed too, and
 counts for its importers. Modules are named in full; a name ending in "*" places every module whose name starts with
-what precedes it (the benchmarks: `vidjax/bench*.py` and a `vidjax/bench/` package alike; every evaluator of
-`vidjax/evaluators/`), and a full name placed elsewhere wins over such a prefix.
+what precedes it (the benchmarks: `vidjax/bench*.py` and a `vidjax/bench/` package alike; every model, task and
+evaluator, so that a new one is its own module and nothing else), and a full name placed elsewhere wins over such a
+prefix (`vidjax.models.layers` sits below the models).
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "vidjax.models.positions",
     )),
     ("models", "the models, looked up by name (`vidjax.models.get_model`), and decoding captions with them", (
-        "vidjax.models", "vidjax.models.captioner", "vidjax.models.decoding", "vidjax.models.gpt2",
-        "vidjax.models.svt", "vidjax.models.timesformer", "vidjax.models.videomae", "vidjax.models.videomamba",
-        "vidjax.models.vivit",
+        "vidjax.models", "vidjax.models.*",
     )),
     ("data", "videos to batches: sources, decoding, transforms, views, the embedded dataset, the input pipeline, "
      "the Kinetics label spaces", (
@@ -46,9 +45,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax.hub", "vidjax.pretrained", "vidjax.windows",
      )),
     ("tasks", "what a run trains a model for (`vidjax.tasks.base.Task`), and the evaluations of its splits", (
-        "vidjax.tasks", "vidjax.tasks.base", "vidjax.tasks.captioning", "vidjax.tasks.classification",
-        "vidjax.tasks.multilabel", "vidjax.tasks.pretrain", "vidjax.tasks.readout", "vidjax.tasks.regression",
-        "vidjax.tasks.svt", "vidjax.evaluators", "vidjax.evaluators.*",
+        "vidjax.tasks", "vidjax.tasks.*", "vidjax.evaluators", "vidjax.evaluators.*",
     )),
     ("trainer", "the training loop, its optimizer and its checkpoints", (
         "vidjax.optim", "vidjax.checkpoint", "vidjax.train",
