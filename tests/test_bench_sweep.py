@@ -67,7 +67,7 @@ def test_sweep_fine_tunes_with_remat_over_scanned_layers_in_less_memory(capsys):
     """--remat=full --scan_layers=true (how long clips fine-tune in bounded memory) reach every point's config: the
     rows say so, and the compiled step keeps less than the unrolled step without remat (on XLA:CPU remat only holds
     across a scan over the layers; unrolled, the compiler merges the recomputation back into the forward pass)."""
-    common = ("--sweep=frames", "--sweep_values=8", "--models=videomamba", "--modes=finetune", "--variant=Mu/8",
+    common = ("--sweep=frames", "--sweep_values=4", "--models=videomamba", "--modes=finetune", "--variant=Mu/8",
               "--size=32", "--batch=8", "--steps=1", "--warmup=0", "--num_classes=4")
     temps = {}
     for setting in (("--remat=none", "--scan_layers=false"), ("--remat=full", "--scan_layers=true")):
