@@ -226,13 +226,7 @@ class ClipBatcher:
     def run(self, clips: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """One output row per uint8 clip (T, H, W, 3) of `clips`, in order, read `max_batch` clips at a time (the
         caller's iterator decodes as it is consumed); raises what the model call raised."""
-        chunk: list[np.ndarray] = []
-        for clip in clips:
-            chunk.append(clip)
-            if len(chunk) == self.max_batch:
-                yield from self._rows(chunk)
-                chunk = []
-        if chunk:
+        for chunk in pretrained.batched(clips, self.max_batch):
             yield from self._rows(chunk)
 
     def _rows(self, clips: list[np.ndarray]) -> list[np.ndarray]:

@@ -285,6 +285,19 @@ class PretrainedText:
                                                **search)[0])
 
 
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last one shorter), each taken from the iterable only as it is needed
+    (`itertools.batched` of Python 3.12, which vidjax's 3.11 lacks)."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class BatchRunner:
     """`fn(model, video)` over many uint8 clips, in batches of a fixed size split over this host's devices.
 
@@ -308,14 +321,8 @@ class BatchRunner:
 
     def run(self, clips: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """One output row per uint8 clip (T, H, W, 3) of `clips` (any iterable, consumed batch by batch)."""
-        pending: list[np.ndarray] = []
-        for clip in clips:
-            pending.append(clip)
-            if len(pending) == self.batch_size:
-                yield from self._run(pending)
-                pending = []
-        if pending:
-            yield from self._run(pending)
+        for chunk in batched(clips, self.batch_size):
+            yield from self._run(chunk)
 
     def _run(self, clips: list[np.ndarray]) -> np.ndarray:
         batch = np.zeros((self.batch_size, *clips[0].shape), np.uint8)

@@ -522,8 +522,8 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"one.")
     if d.num_classes < 0:
         problems.append(f"config.data.num_classes={d.num_classes} must be >= 0 (0 = the data's own count).")
-    if d.source == "synthetic" and _synthetic_variant_problem(d):
-        problems.append(_synthetic_variant_problem(d))
+    if d.source == "synthetic" and (problem := _synthetic_variant_problem(d)):
+        problems.append(problem)
     return problems
 
 

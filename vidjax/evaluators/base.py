@@ -10,6 +10,7 @@ every process out). The host then computes whole-split metrics from the outputs 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -67,7 +68,7 @@ class EvalContext:
         return self.make_step(config, self.setup, outputs_fn)
 
 
-class Evaluator:
+class Evaluator(abc.ABC):
     """One evaluation of a run: a split (or another data set) read as an eval split, per-example outputs computed on
     the devices, whole-split metrics on the host. Subclasses set the class attributes and the two methods."""
 
@@ -119,14 +120,14 @@ class Evaluator:
                                                     {"eval": len(self.source)}, pads_eval=self.task.pads_eval))
 
     # ---- what subclasses say ----
+    @abc.abstractmethod
     def batch_outputs(self, model, batch: dict) -> dict[str, jax.Array]:
         """Per-example outputs of one normalised batch (on the devices), its "valid" and "decode_failures" rows
         passed on."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Whole-split metrics ("loss" first, names without a prefix) from the gathered outputs, padding removed."""
-        raise NotImplementedError
 
     def figures(self, params, step: int) -> list[str]:
         """Files written at the end of training into the workdir from the last run (called on every process: what

@@ -3,6 +3,8 @@ several, a per-example loss from the averaged scores, and the task's metrics of 
 
 from __future__ import annotations
 
+import abc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +16,9 @@ from vidjax.evaluators import base
 class HeadEvaluator(base.Evaluator):
     """A head's outputs, read as the task's readout reads them (`Task.scores`, `Task.task_metrics`)."""
 
+    @abc.abstractmethod
     def per_example_loss(self, scores: jax.Array, target: jax.Array) -> jax.Array:
         """The loss of each example from its view-averaged scores (B, C) and its targets."""
-        raise NotImplementedError
 
     def columns(self) -> np.ndarray | None:
         """The head outputs it scores, in the eval split's class order; None = all of them as they are."""
