@@ -116,6 +116,42 @@ def test_skip_nonref_is_byte_identical(video):
     assert two.num_decoded == one.num_decoded
 
 
+# Opened from their headers alone (`decode._open`): mp4 with H.264 whose SPS gives the reorder delay, or HEVC. The
+# others take the full probe: H.264 whose SPS shows no delay (no B-frames: it cannot tell that from "not given"),
+# and every container outside the mp4/mov family.
+HEADER_ONLY = {"pyramid.mp4", "no_pyramid.mp4", "vfr.mp4", "late_start.mp4", "hevc.mp4"}
+
+
+@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+def test_header_only_open_reads_what_the_full_probe_reads(video, monkeypatch):
+    opens = []  # the options of each container opened: {} is the full probe
+    open_with = decode._open_with
+    monkeypatch.setattr(decode, "_open_with", lambda src, label, options: opens.append(options) or
+                        open_with(src, label, options))
+
+    def reads(path):
+        with decode._video(path, path, 1) as (_, stream, meta):
+            out = [meta, stream.codec_context.has_b_frames]
+        for seed in range(4):
+            for sampling_rate in (1, 4):
+                clip = read_clip(path, 8, sampling_rate, np.random.default_rng(seed))
+                out.append((clip.frames.tobytes(), clip.indices.tolist(), clip.num_decoded))
+        clip = read_clip(path, 4, 2, None, num_windows=3, window_index=2, skip_nonref=False)
+        out.append((clip.frames.tobytes(), clip.num_decoded))
+        with decode.frames_on_grid(path) as (fps, frames):
+            out.append((fps, [frame.to_ndarray(format="rgb24").tobytes() for frame in frames]))
+        return out
+
+    fast = reads(video)
+    if video.rsplit("/", 1)[-1] in HEADER_ONLY:
+        assert opens and all(options == decode._HEADER_ONLY for options in opens)
+    else:  # each open tried the headers, then probed
+        assert opens[::2] == [decode._HEADER_ONLY] * (len(opens) // 2) and opens[1::2] == [{}] * (len(opens) // 2)
+    monkeypatch.setattr(decode, "_headers_suffice", lambda container: False)
+    opens.clear()
+    assert reads(video) == fast
+
+
 @pytest.mark.parametrize("video", ["pyramid.mp4", "no_pyramid.mp4", "hevc.mp4", "mpeg4.avi"], indirect=True)
 def test_skip_nonref_decodes_fewer_frames(video):
     rng = np.random.default_rng(0)
