@@ -356,7 +356,7 @@ def _label(src: VideoSource, name: str | None) -> str:
 # delay), about 4 CPU ms of a 640x360 training clip's 50, and decodes them again in every clip that starts there.
 # `_open` first reads only the headers (decoders told to skip every frame, no packets analysed) and keeps that
 # container where the headers say all the decoder and `_stream_meta` need, as they do in the mp4/mov family (frame
-# count, rate, durations and edit lists in the index), for codecs whose decoders take their reorder delay from the
+# count, rate, durations and edit lists in the index; not fragmented files, whose index is empty), for codecs whose decoders take their reorder delay from the
 # stream headers: HEVC, VP8/9, AV1, MPEG-1/2/4 and MJPEG always, H.264 when its SPS gives a delay (bitstream
 # restrictions) or its profile has no B-frames. Any other file is opened again with the full probe: an H.264 stream
 # without the delay in its SPS would otherwise drop its first reordered frames after each seek.
@@ -381,6 +381,8 @@ def _headers_suffice(container: av.container.InputContainer) -> bool:
     videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
     if not videos:
         return False  # let the full probe say what the file holds
+    if not (videos[0].frames > 0 and videos[0].average_rate):
+        return False  # fragmented mp4 (an empty index): the rate and count come from the packets
     context = videos[0].codec_context
     if context.name == "h264":
         return bool(context.has_b_frames) or context.profile in _NO_B_FRAME_PROFILES
