@@ -355,11 +355,11 @@ def _label(src: VideoSource, name: str | None) -> str:
 # Opening a video, FFmpeg's avformat_find_stream_info decodes its first frames (for H.264 up to 7, to guess the reorder
 # delay), about 4 CPU ms of a 640x360 training clip's 50, and decodes them again in every clip that starts there.
 # `_open` first reads only the headers (decoders told to skip every frame, no packets analysed) and keeps that
-# container where the headers say all the decoder and `_stream_meta` need, as they do in the mp4/mov family (frame
-# count, rate, durations and edit lists in the index; not fragmented files, whose index is empty), for codecs whose decoders take their reorder delay from the
-# stream headers: HEVC, VP8/9, AV1, MPEG-1/2/4 and MJPEG always, H.264 when its SPS gives a delay (bitstream
-# restrictions) or its profile has no B-frames. Any other file is opened again with the full probe: an H.264 stream
-# without the delay in its SPS would otherwise drop its first reordered frames after each seek.
+# container where the headers say all the decoder and `_stream_meta` need: the mp4/mov family (frame count, rate,
+# durations and edit lists in the index; not fragmented files, whose index is empty), with codecs whose decoders take
+# their reorder delay from the stream headers: HEVC, VP8/9, AV1, MPEG-1/2/4 and MJPEG always, H.264 when its SPS gives
+# a delay (bitstream restrictions) or its profile has no B-frames. Any other file is opened again with the full probe:
+# an H.264 stream without the delay in its SPS would otherwise drop its first reordered frames after each seek.
 _HEADER_ONLY = {"options": {"skip_frame": "all"}, "container_options": {"analyzeduration": "1"}}
 _HEADER_FORMATS = frozenset({"mov", "mp4"})
 _HEADER_CODECS = frozenset({"hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
