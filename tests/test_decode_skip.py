@@ -49,6 +49,7 @@ VIDEOS = {
     "late_start.mp4": ("libx264", X264_B, {"pts_ms": [700 + 40 * i for i in range(NUM_FRAMES)]}),
     "hevc.mp4": ("libx265", {"x265-params": "bframes=4:b-pyramid=1:log-level=error", "crf": "28"}, {}),
     "mpeg4.avi": ("mpeg4", {"bf": "2", "qscale": "4"}, {}),
+    "mpeg4.mp4": ("mpeg4", {"bf": "2", "qscale": "4"}, {}),  # B-frames, the delay in the VOL header
     "mpeg2.mpg": ("mpeg2video", {"bf": "2", "qscale": "4"}, {}),
     # An AAC track beside the video; a fragmented mp4 (DASH-style: an empty index, the samples in fragments).
     "audio.mp4": ("libx264", X264_B, {"audio": True}),
@@ -119,10 +120,10 @@ def test_skip_nonref_is_byte_identical(video):
     assert two.num_decoded == one.num_decoded
 
 
-# Opened from their headers alone (`decode._open`): mp4 with H.264 whose SPS gives the reorder delay, or HEVC. The
-# others take the full probe: H.264 whose SPS shows no delay (no B-frames: it cannot tell that from "not given"), a
+# Opened from their headers alone (`decode._open`): mp4 with H.264 whose SPS gives the reorder delay, HEVC or
+# MPEG-4. The others take the full probe: H.264 whose SPS shows no delay (no B-frames: it cannot tell that from "not given"), a
 # fragmented mp4 (no frame count in its index), and every container outside the mp4/mov family.
-HEADER_ONLY = {"pyramid.mp4", "no_pyramid.mp4", "vfr.mp4", "late_start.mp4", "hevc.mp4", "audio.mp4"}
+HEADER_ONLY = {"pyramid.mp4", "no_pyramid.mp4", "vfr.mp4", "late_start.mp4", "hevc.mp4", "audio.mp4", "mpeg4.mp4"}
 
 
 @pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
