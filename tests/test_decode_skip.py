@@ -121,8 +121,8 @@ def test_skip_nonref_is_byte_identical(video):
 
 
 # Opened from their headers alone (`decode._open`): mp4 with H.264 whose SPS gives the reorder delay, HEVC or
-# MPEG-4. The others take the full probe: H.264 whose SPS shows no delay (no B-frames: it cannot tell that from "not given"), a
-# fragmented mp4 (no frame count in its index), and every container outside the mp4/mov family.
+# MPEG-4. The others take the full probe: H.264 whose SPS shows no delay (no B-frames: it cannot tell that from "not
+# given"), a fragmented mp4 (no frame count in its index), and every container outside the mp4/mov family.
 HEADER_ONLY = {"pyramid.mp4", "no_pyramid.mp4", "vfr.mp4", "late_start.mp4", "hevc.mp4", "audio.mp4", "mpeg4.mp4"}
 
 
