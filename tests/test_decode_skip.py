@@ -2,6 +2,7 @@
 bytes as decoding every frame, on small videos with B-frames written with PyAV."""
 
 import functools
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -258,6 +259,84 @@ def test_truncated_file_gives_the_same_clips_and_errors(tmp_path):
             clip = read_clip(str(cut), 4, 2, **kwargs)
             np.testing.assert_array_equal(clip.indices, full.indices)
             np.testing.assert_array_equal(clip.frames, full.frames)
+
+
+def one_by_one(path, num_frames, sampling_rate, num_clips, **kwargs):
+    """(frames, indices, start_s, end_s, frames decoded) of each test clip read alone with `read_clip`, stacked."""
+    clips = [read_clip(path, num_frames, sampling_rate, num_windows=num_clips, window_index=i, **kwargs)
+             for i in range(num_clips)]
+    return (np.stack([c.frames for c in clips]), np.stack([c.indices for c in clips]), clips[0].start_s,
+            clips[-1].end_s, sum(c.num_decoded for c in clips))
+
+
+def assert_same_clips(path, num_frames, sampling_rate, num_clips, **kwargs):
+    frames, indices, start_s, end_s, decoded = one_by_one(path, num_frames, sampling_rate, num_clips, **kwargs)
+    together = decode.read_clips(path, num_frames, sampling_rate, num_clips, **kwargs)
+    np.testing.assert_array_equal(together.indices, indices)
+    np.testing.assert_array_equal(together.frames, frames)
+    assert (together.start_s, together.end_s) == (start_s, end_s)
+    return together.num_decoded, decoded
+
+
+@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+def test_read_clips_are_the_test_clips_read_one_by_one(video):
+    fewer = 0
+    for num_clips in (1, 2, 5):
+        together, alone = assert_same_clips(video, 8, 4, num_clips, short_side=32)
+        assert together <= alone
+        fewer += together < alone
+        assert_same_clips(video, 4, 2, num_clips, start_s=0.5, end_s=2.0)
+        assert_same_clips(video, 16, 8, num_clips)  # windows longer than the video: clamped to its last frame
+    if not video.endswith((".avi", ".mpg")):  # the skip plan applies (mp4, mkv): shared frames decoded once
+        assert fewer >= 2
+
+
+def test_read_clips_groups_windows_within_the_span_and_memory_budget(monkeypatch):
+    windows = [np.arange(i * 20, i * 20 + 16) for i in range(5)]  # 16 frames every 20: 96 frames, 80 distinct
+    assert decode._window_groups(windows, Fraction(25), 1) == [[0, 1, 2, 3, 4]]
+    assert decode._window_groups(windows, Fraction(4), 1) == [[0, 1], [2, 3], [4]]  # 10 s at 4 fps: 40 frames
+    monkeypatch.setattr(decode, "_GROUP_BYTES", 40)
+    assert decode._window_groups(windows, Fraction(25), 1) == [[0, 1], [2, 3], [4]]
+    assert decode._window_groups(windows, Fraction(25), 100) == [[0], [1], [2], [3], [4]]  # one window alone
+
+
+@pytest.mark.parametrize("video", ["pyramid.mp4", "mpeg2.mpg"], indirect=True)
+def test_read_clips_split_into_groups_read_the_same(video, monkeypatch):
+    monkeypatch.setattr(decode, "_SEEK_GAP_S", 1)  # 1 s: the 3 s video's 5 windows in several groups
+    assert_same_clips(video, 8, 2, 5)
+    monkeypatch.setattr(decode, "_GROUP_BYTES", 1)  # every window alone
+    together, alone = assert_same_clips(video, 8, 2, 5)
+    assert together == alone
+
+
+def test_read_clips_of_a_cut_file_are_what_each_window_gives(tmp_path):
+    """A header promising more frames than decode: each window resamples (or fails) as `read_clip` alone does."""
+    path = make_video(tmp_path / "cut.mp4", codec="libx264", options={**X264_B, "b-pyramid": "normal"},
+                      frames=texture_frames(), gop=25, container_options={"movflags": "faststart"})
+    with open(path, "rb") as f:
+        data = f.read()
+    cut = tmp_path / "cut_half.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    decodable = 0
+    with av.open(str(cut)) as container, pytest.raises(av.InvalidDataError):
+        for _ in container.decode(video=0):
+            decodable += 1
+    outcomes = []
+    for num_clips, kwargs in ((3, {"end_s": (decodable - 4) / 25}), (3, {}), (2, {"start_s": 1.0}),
+                              (4, {"end_s": 1.2})):
+        try:
+            alone = one_by_one(str(cut), 4, 2, num_clips, **kwargs)
+        except VideoDecodeError as e:
+            with pytest.raises(VideoDecodeError) as together:
+                decode.read_clips(str(cut), 4, 2, num_clips, **kwargs)
+            assert str(together.value) == str(e)
+            outcomes.append("error")
+        else:
+            clips = decode.read_clips(str(cut), 4, 2, num_clips, **kwargs)
+            np.testing.assert_array_equal(clips.indices, alone[1])
+            np.testing.assert_array_equal(clips.frames, alone[0])
+            outcomes.append("clips")
+    assert outcomes[0] == "clips" and "error" in outcomes  # windows before the cut read; past it, the same error
 
 
 def test_bench_shows_seek_skip_beside_seek_sws(tmp_path):

@@ -180,23 +180,97 @@ def read_clip(
         sample = (num_frames, sampling_rate, rng, num_windows, window_index, select)
         indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
         reader = _FrameReader(container, stream, meta, label, skip_nonref)
-        chosen, covered = reader.frames_at(indices)
-        if chosen is None:
-            if covered == 0:
-                raise VideoDecodeError(label, f"expected {meta.num_frames} frames but none decode")
-            # Containers can overstate the frame count (truncated downloads, bad muxers, durations that
-            # include other streams); resample against the frames that really decode instead of failing.
-            log = logger.warning if meta.count_from_header else logger.debug
-            log("video %s: %s %d frames but only %d decode; sampling from those", label,
-                "header lists" if meta.count_from_header else "duration suggests", meta.num_frames, covered)
-            indices = _sample(covered, meta.fps, start_s, end_s, *sample, label)
-            chosen, _ = reader.frames_at(indices, rewind=True)
-            if chosen is None:
-                raise VideoDecodeError(label, "decoded a different number of frames on a second pass")
+        chosen, indices = _frames_of_window(
+            reader, indices, lambda count: _sample(count, meta.fps, start_s, end_s, *sample, label))
         frames = _to_rgb(chosen, short_side) if crops is None else _cropped_rgb(chosen, short_side, crops)
     fps = float(meta.fps)
     return Clip(frames=frames, indices=indices, fps=fps, start_s=int(indices[0]) / fps,
                 end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
+
+
+def read_clips(src: VideoSource, num_frames: int, sampling_rate: int, num_clips: int, *,
+               start_s: float | None = None, end_s: float | None = None, short_side: int | None = None,
+               threads: int = 1, name: str | None = None, skip_nonref: bool = True) -> Clip:
+    """The `num_clips` evenly spaced test clips of a video: `frames` (num_clips, T, H, W, 3) and `indices`
+    (num_clips, T), clip i the one `read_clip(..., num_windows=num_clips, window_index=i)` gives, `start_s` that of
+    the first and `end_s` that of the last. One open, and windows close together (every window of a 10 s
+    Kinetics video) are decoded in one pass over their union: the frames they share, and the reference frames back
+    to a keyframe, are decoded and converted once instead of once per window. A group of windows spans at most
+    `_SEEK_GAP_S` seconds and holds at most `_GROUP_BYTES` of decoded frames; farther windows are reached by seeking.
+    A cut or corrupt file reads each window of a group alone, exactly as `read_clip` would. Raises VideoDecodeError
+    as `read_clip` does."""
+    label = _label(src, name)
+    with _video(src, label, threads) as (container, stream, meta):
+        def window(i: int, count: int) -> np.ndarray:
+            return _sample(count, meta.fps, start_s, end_s, num_frames, sampling_rate, None, num_clips, i, None, label)
+
+        windows = [window(i, meta.num_frames) for i in range(num_clips)]
+        reader = _FrameReader(container, stream, meta, label, skip_nonref)
+        chosen: list[list[av.VideoFrame]] = [[] for _ in windows]
+        rewind = False
+        for group in _window_groups(windows, meta.fps, stream.width * stream.height * 3):
+            union = sorted({int(i) for w in group for i in windows[w]})
+            try:
+                frames, _ = reader.frames_at(union, rewind=rewind)
+            except VideoDecodeError:
+                frames = None  # the error, if it is one, comes again below from the window that meets it
+            rewind = True
+            if frames is None:
+                for w in group:
+                    chosen[w], windows[w] = _frames_of_window(reader, windows[w],
+                                                              lambda count, w=w: window(w, count), rewind=True)
+                continue
+            by_index = dict(zip(union, frames, strict=True))
+            for w in group:
+                chosen[w] = [by_index[int(i)] for i in windows[w]]
+        rgb = _to_rgb([frame for clip in chosen for frame in clip], short_side)  # a shared frame converted once
+    fps = float(meta.fps)
+    indices = np.stack(windows)
+    return Clip(frames=rgb.reshape(num_clips, num_frames, *rgb.shape[1:]), indices=indices, fps=fps,
+                start_s=int(indices[0, 0]) / fps, end_s=(int(indices[-1, -1]) + 1) / fps,
+                num_decoded=reader.num_decoded)
+
+
+# `read_clips` decodes a group of windows in one pass while its decoded frames (at most 3 bytes a pixel) fit in this.
+_GROUP_BYTES = 256 << 20
+
+
+def _window_groups(windows: Sequence[np.ndarray], fps: Fraction, frame_bytes: int) -> list[list[int]]:
+    """Consecutive windows (by position in `windows`, sorted by start) grouped while a group spans at most
+    `_SEEK_GAP_S` seconds and its distinct frames take at most `_GROUP_BYTES`; a window alone always makes a group."""
+    groups: list[list[int]] = []
+    first, distinct = 0, set()
+    for w, indices in enumerate(windows):
+        grown = distinct | {int(i) for i in indices}
+        if groups and (int(indices.max()) - first <= _SEEK_GAP_S * fps and len(grown) * frame_bytes <= _GROUP_BYTES):
+            groups[-1].append(w)
+            distinct = grown
+        else:
+            groups.append([w])
+            first, distinct = int(indices.min()), {int(i) for i in indices}
+    return groups
+
+
+def _frames_of_window(reader: _FrameReader, indices: np.ndarray, resample: Callable[[int], np.ndarray], *,
+                      rewind: bool = False) -> tuple[list[av.VideoFrame], np.ndarray]:
+    """(the decoded frames at `indices`, the indices), or, where the stream ends before the last index (a header
+    that overstates the frame count), those of `resample(frames that do decode)` with a warning."""
+    chosen, covered = reader.frames_at(indices, rewind=rewind)
+    if chosen is not None:
+        return chosen, indices
+    meta, label = reader.meta, reader.label
+    if covered == 0:
+        raise VideoDecodeError(label, f"expected {meta.num_frames} frames but none decode")
+    # Containers can overstate the frame count (truncated downloads, bad muxers, durations that include other
+    # streams); resample against the frames that really decode instead of failing.
+    log = logger.warning if meta.count_from_header else logger.debug
+    log("video %s: %s %d frames but only %d decode; sampling from those", label,
+        "header lists" if meta.count_from_header else "duration suggests", meta.num_frames, covered)
+    indices = resample(covered)
+    chosen, _ = reader.frames_at(indices, rewind=True)
+    if chosen is None:
+        raise VideoDecodeError(label, "decoded a different number of frames on a second pass")
+    return chosen, indices
 
 
 @contextlib.contextmanager

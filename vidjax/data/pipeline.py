@@ -342,16 +342,15 @@ class Preprocess:
                 video, window = self._decode_cropped(src, name, start_s, end_s, rng)
                 out = {"video": video, "index": np.int32(element["index"])}
                 return self._finish(out, element, video, window, rng)
-            clips = []
-            for window_index in range(1 if self.train else d.test_num_clips):
-                clip = decode.read_clip(src, d.num_frames, d.sampling_rate, rng if self.train else None,
-                                        start_s=None if np.isnan(start_s) else start_s,
-                                        end_s=None if np.isnan(end_s) else end_s,
-                                        num_windows=1 if self.train else d.test_num_clips,
-                                        window_index=window_index, short_side=short, name=name)
-                clips.append(clip.frames)
-                window = (clip.start_s, clip.end_s) if window_index == 0 else (window[0], clip.end_s)
-            views = np.stack(clips)
+            span = {"start_s": None if np.isnan(start_s) else start_s, "end_s": None if np.isnan(end_s) else end_s}
+            if self.train:
+                clip = decode.read_clip(src, d.num_frames, d.sampling_rate, rng, short_side=short, name=name, **span)
+                views = clip.frames[None]
+            else:  # the test clips, decoded together where their windows are close
+                clip = decode.read_clips(src, d.num_frames, d.sampling_rate, d.test_num_clips, short_side=short,
+                                         name=name, **span)
+                views = clip.frames
+            window = (clip.start_s, clip.end_s)
         if self.train:
             if stored_clip:  # the embedded dataset is not augmented: its k samples are the clip k times (own masks)
                 video = views[0] if d.num_samples == 1 else np.repeat(views[0][None], d.num_samples, axis=0)
