@@ -349,3 +349,15 @@ def test_bench_shows_seek_skip_beside_seek_sws(tmp_path):
     assert 0 < decoded["seek_skip"] < decoded["seek_sws"]
     assert result["cpu_ms_per_clip"]["seek_skip"]["0"] > 0
     assert "seek_skip" in bench.format_table(result)
+
+
+def test_bench_times_test_clips_one_by_one_and_together(tmp_path):
+    from vidjax.data import bench
+
+    paths = bench.make_videos(str(tmp_path), 2, seconds=3.0, fps=25, width=64, height=48, gop=50)
+    recipe = bench.Recipe(num_frames=8, sampling_rate=4, short_side=32, crop=24)
+    result = bench.run_test_clips(paths, recipe, num_clips=5, rounds=2)
+    decoded = result["frames_decoded_per_video"]
+    assert 0 < decoded["together"] < decoded["one_by_one"]
+    assert len(result["cpu_ms_per_video_each_round"]["together"]) == 2 and result["cpu_ms_per_video"]["together"] > 0
+    assert "together is" in bench.format_test_clips_table(result)

@@ -36,6 +36,12 @@ crop, flip and masks; `TorchcodecPreprocess` likewise), the same worker count an
 (--rounds; the median is reported). Per (loader, num_samples, workers): clips/s delivered, the CPU seconds every
 process of the tree spent meanwhile (this one, grain's workers; from /proc), and from them CPU ms per delivered
 clip, clips/s per core used, and cores used. vidjax's ratio to each loader is of clips/s.
+With --test_clips=K it times the evaluation views' decode instead, in this process: each video's K test clips
+(config.data.test_num_clips) read one window at a time against `decode.read_clips` (one open, one pass over the
+windows), alternating --rounds; CPU ms and frames decoded per video:
+
+  python -m vidjax.data.bench --test_clips=5 --rounds=4
+
 Optional extras: `pip install decord` (or `eva-decord`), `pip install torchcodec` (with torch and FFmpeg's shared
 libraries); a loader that does not import is reported as missing, with that command, and the rest run.
 """
@@ -217,6 +223,46 @@ def run(paths: list[str], recipe: Recipe, methods: list[str], workers: list[int]
             method: {n: round(v / clips_per_s["naive"][n], 2) for n, v in per_worker.items()}
             for method, per_worker in clips_per_s.items() if method != "naive"}
     return out
+
+
+def run_test_clips(paths: list[str], recipe: Recipe, num_clips: int, rounds: int = 2) -> dict:
+    """The evaluation views' decode, in this process: each video's `num_clips` test clips (evenly spaced windows,
+    resized to the short side) read one window at a time (`read_clip(num_windows=, window_index=)` per window, one
+    open and seek each) against together (`decode.read_clips`: one open, one pass over windows close together), in
+    `rounds` alternating rounds over every video. Per way: CPU ms per video (median over rounds) and frames decoded
+    per video. The result is the JSON line's content."""
+    def alone(path: str) -> int:
+        return sum(decode.read_clip(path, recipe.num_frames, recipe.sampling_rate, num_windows=num_clips,
+                                    window_index=i, short_side=recipe.short_side).num_decoded
+                   for i in range(num_clips))
+
+    def together(path: str) -> int:
+        return decode.read_clips(path, recipe.num_frames, recipe.sampling_rate, num_clips,
+                                 short_side=recipe.short_side).num_decoded
+
+    ways = {"one_by_one": alone, "together": together}
+    cpu_ms: dict[str, list[float]] = {way: [] for way in ways}
+    decoded: dict[str, float] = {}
+    for r in range(rounds):
+        for way in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+            start = time.process_time()
+            frames = sum(ways[way](path) for path in paths)
+            cpu_ms[way].append(1000 * (time.process_time() - start) / len(paths))
+            decoded[way] = round(frames / len(paths), 1)
+    medians = {way: round(statistics.median(v), 1) for way, v in cpu_ms.items()}
+    return {"test_clips": num_clips, "cpu_ms_per_video": medians,
+            "cpu_ms_per_video_each_round": {way: [round(x, 1) for x in v] for way, v in cpu_ms.items()},
+            "frames_decoded_per_video": decoded, "speedup": round(medians["one_by_one"] / medians["together"], 2),
+            "recipe": dataclasses.asdict(recipe), "videos": len(paths), "rounds": rounds}
+
+
+def format_test_clips_table(result: dict) -> str:
+    lines = [f"{result['test_clips']} test clips a video: {'way':<11} {'CPU ms/video':>12} {'frames decoded':>15}"]
+    for way, ms in result["cpu_ms_per_video"].items():
+        lines.append(f"{'':<{len(lines[0].split(':')[0]) + 1}} {way:<11} {ms:>12.1f} "
+                     f"{result['frames_decoded_per_video'][way]:>15.1f}")
+    lines.append(f"together is {result['speedup']:.2f}x one by one")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -507,6 +553,9 @@ def define_flags() -> None:
                       f"{', '.join(LOADERS[1:])} (optional extras).")
     flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).")
     flags.DEFINE_integer("rounds", 2, "With --config: alternating rounds; figures are medians over them.")
+    flags.DEFINE_integer("test_clips", 0, "Time the evaluation views' decode instead: this many test clips a video "
+                         "(config.data.test_num_clips), read one window at a time against `decode.read_clips`, "
+                         "in this process, alternating --rounds.")
     flags.DEFINE_string("json_out", "", "Also write the result (the JSON line) to this file, e.g. for "
                         "`python -m vidjax.bench.matrix --input_bench=FILE` (cores per chip).")
 
@@ -523,6 +572,10 @@ def main(argv: list[str]) -> None:
                           num_samples=[int(k) for k in opts.num_samples], workers=[int(n) for n in opts.workers],
                           batch=opts.batch, clips=opts.clips, rounds=opts.rounds)
         print(format_path_table(result))
+    elif opts.test_clips:
+        result = run_test_clips(paths, Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop),
+                                opts.test_clips, opts.rounds)
+        print(format_test_clips_table(result))
     else:
         recipe = Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop)
         result = run(paths, recipe, opts.methods, [int(n) for n in opts.workers], opts.clips, opts.read_threads,
