@@ -193,10 +193,10 @@ def read_clips(src: VideoSource, num_frames: int, sampling_rate: int, num_clips:
                threads: int = 1, name: str | None = None, skip_nonref: bool = True) -> Clip:
     """The `num_clips` evenly spaced test clips of a video: `frames` (num_clips, T, H, W, 3) and `indices`
     (num_clips, T), clip i the one `read_clip(..., num_windows=num_clips, window_index=i)` gives, `start_s` that of
-    the first and `end_s` that of the last. One open, and windows close together (every window of a 10 s
-    Kinetics video) are decoded in one pass over their union: the frames they share, and the reference frames back
-    to a keyframe, are decoded and converted once instead of once per window. A group of windows spans at most
-    `_SEEK_GAP_S` seconds and holds at most `_GROUP_BYTES` of decoded frames; farther windows are reached by seeking.
+    the first and `end_s` that of the last. One open, and windows that overlap (5 test clips of 16 x 4 frames on a
+    10 s video) are decoded in one pass over their union: the frames they share, and the reference frames back to a
+    keyframe, are decoded and converted once instead of once per window (`_window_groups`: a group spans at most
+    `_SEEK_GAP_S` seconds and holds at most `_GROUP_BYTES` of decoded frames); windows apart are reached by seeking.
     A cut or corrupt file reads each window of a group alone, exactly as `read_clip` would. Raises VideoDecodeError
     as `read_clip` does."""
     label = _label(src, name)
@@ -236,18 +236,22 @@ _GROUP_BYTES = 256 << 20
 
 
 def _window_groups(windows: Sequence[np.ndarray], fps: Fraction, frame_bytes: int) -> list[list[int]]:
-    """Consecutive windows (by position in `windows`, sorted by start) grouped while a group spans at most
-    `_SEEK_GAP_S` seconds and its distinct frames take at most `_GROUP_BYTES`; a window alone always makes a group."""
+    """Consecutive windows (by position in `windows`, sorted by start) grouped while each overlaps or adjoins the
+    group so far (the frames between two windows apart are not worth decoding: a seek to the later one's keyframe
+    costs at most that), the group spans at most `_SEEK_GAP_S` seconds and its distinct frames take at most
+    `_GROUP_BYTES`; a window alone always makes a group."""
     groups: list[list[int]] = []
-    first, distinct = 0, set()
+    first = last = 0
+    distinct: set[int] = set()
     for w, indices in enumerate(windows):
         grown = distinct | {int(i) for i in indices}
-        if groups and (int(indices.max()) - first <= _SEEK_GAP_S * fps and len(grown) * frame_bytes <= _GROUP_BYTES):
+        if (groups and int(indices.min()) <= last + 1 and int(indices.max()) - first <= _SEEK_GAP_S * fps
+                and len(grown) * frame_bytes <= _GROUP_BYTES):
             groups[-1].append(w)
-            distinct = grown
+            distinct, last = grown, max(last, int(indices.max()))
         else:
             groups.append([w])
-            first, distinct = int(indices.min()), {int(i) for i in indices}
+            first, last, distinct = int(indices.min()), int(indices.max()), {int(i) for i in indices}
     return groups
 
 
