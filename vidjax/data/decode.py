@@ -447,13 +447,19 @@ _NO_B_FRAME_PROFILES = frozenset({"Baseline", "Constrained Baseline"})
 def _open(src: VideoSource, label: str) -> av.container.InputContainer:
     """The open container, from its headers alone where they suffice (see `_HEADER_ONLY`), else fully probed."""
     container = _open_with(src, label, _HEADER_ONLY)
-    if _headers_suffice(container):
+    try:
+        suffice = _headers_suffice(container)
+    except BaseException:
+        container.close()
+        raise
+    if suffice:
         return container
     container.close()
     return _open_with(src, label, {})
 
 
 def _headers_suffice(container: av.container.InputContainer) -> bool:
+    """Whether `container`, opened with `_HEADER_ONLY`, holds all the decoder and `_stream_meta` need."""
     if not _HEADER_FORMATS & set(container.format.name.split(",")):
         return False
     videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
@@ -462,6 +468,8 @@ def _headers_suffice(container: av.container.InputContainer) -> bool:
     if not (videos[0].frames > 0 and videos[0].average_rate):
         return False  # fragmented mp4 (an empty index): the rate and count come from the packets
     context = videos[0].codec_context
+    if context is None:
+        return False  # a codec this FFmpeg lacks: the full probe, and its error
     if context.name == "h264":
         return bool(context.has_b_frames) or context.profile in _NO_B_FRAME_PROFILES
     return context.name in _HEADER_CODECS
