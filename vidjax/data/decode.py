@@ -462,7 +462,7 @@ def _headers_suffice(container: av.container.InputContainer) -> bool:
     """Whether `container`, opened with `_HEADER_ONLY`, holds all the decoder and `_stream_meta` need."""
     if not _HEADER_FORMATS & set(container.format.name.split(",")):
         return False
-    videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    videos = _video_streams(container)
     if not videos:
         return False  # let the full probe say what the file holds
     if not (videos[0].frames > 0 and videos[0].average_rate):
@@ -499,13 +499,18 @@ def _video(src: VideoSource, label: str, threads: int) -> Iterator[tuple[av.cont
 
 def _video_stream(container: av.container.InputContainer, label: str) -> av.video.stream.VideoStream:
     """The first real video stream (not cover art); every other stream is discarded at the demuxer."""
-    videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    videos = _video_streams(container)
     if not videos:
         raise VideoDecodeError(label, "file has no video stream")
     for stream in container.streams:
         if stream is not videos[0]:
             stream.discard = Discard.all
     return videos[0]
+
+
+def _video_streams(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+    """The container's real video streams: not cover art (attached pictures)."""
+    return [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
 
 
 def _stream_meta(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
