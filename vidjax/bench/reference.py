@@ -25,7 +25,7 @@ import dataclasses
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
@@ -247,19 +247,9 @@ def check_arguments(model: str, mode: str, model_config: ml_collections.ConfigDi
                              f"frame; pre-training needs at least one masked and one visible patch.")
 
 
-def time_torch(
-    model: str,
-    mode: str,
-    model_config: ml_collections.ConfigDict,
-    batch: int,
-    steps: int,
-    warmup: int,
-    threads: int | None = None,
-    seed: int = 0,
-    profile: bool = False,
-    device: str = "cpu",
-    autocast: str | None = None,
-) -> dict[str, Any]:
+def time_torch(model: str, mode: str, model_config: ml_collections.ConfigDict, batch: int, steps: int, warmup: int,
+               threads: int | None = None, seed: int = 0, profile: bool = False, device: str = "cpu",
+               autocast: str | None = None) -> dict[str, Any]:
     """Times `steps` steps of `model`'s PyTorch reference on `device` after `warmup` untimed ones; returns the
     median and all times, and what ran.
 
@@ -282,108 +272,140 @@ def time_torch(
     torch, _ = _import_transformers()
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch sees no GPU (torch.cuda.is_available() is False).")
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    frames, size, num_classes = model_config.num_frames, model_config.image_size, model_config.num_classes
+    with _num_threads(torch, threads):
+        torch.manual_seed(seed)
+        module, details = build_torch_model(model, mode, model_config, device)
+        step = _make_step(torch, module, model, mode, model_config, batch, seed, device, autocast)
+        step_times = _time_steps(step, steps, warmup)
+        used_threads = torch.get_num_threads()
+        numels = [p.numel() for p in module.parameters()]
+        profiled = {"profile": op_profile.profile_torch(step, set(numels))} if profile else {}
+    median = statistics.median(step_times)
+    return profiled | details | _versions(torch, details) | {
+        "framework": "torch", "model": model, "mode": mode, "frames": model_config.num_frames,
+        "size": model_config.image_size, "batch": batch, "num_params": sum(numels), "device": device,
+        "autocast": autocast, "threads": used_threads, "seconds_per_step": median, "step_times": step_times,
+        "clips_per_s": batch / median}
 
-    prev_threads = torch.get_num_threads()
+
+@contextlib.contextmanager
+def _num_threads(torch: Any, threads: int | None) -> Iterator[None]:
+    """torch.set_num_threads(threads) inside the block, torch's own count restored after it (the benchmark runs
+    in-process with JAX); None leaves torch's default."""
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        torch.manual_seed(seed)
-        module, details = build_torch_model(model, mode, model_config, device)
-
-        # Inputs are made once, outside the timed region: we time the model step, not the data pipeline.
-        gen = torch.Generator().manual_seed(seed)
-        clips = torch.randn(batch, frames, 3, size, size, generator=gen)
-        if _FAMILIES[model].clip_layout == "BCTHW":
-            clips = clips.permute(0, 2, 1, 3, 4).contiguous()
-        clips = clips.to(device)
-
-        def mixed_precision() -> Any:
-            if autocast is None:
-                return contextlib.nullcontext()
-            return torch.autocast(device_type=device, dtype=getattr(torch, autocast))
-
-        def logits() -> Any:
-            with mixed_precision():
-                out = module(clips) if _FAMILIES[model].clip_layout == "BCTHW" else module(pixel_values=clips)
-            return getattr(out, "logits", out)
-
-        if mode == "infer":
-            module.eval()
-
-            def step() -> None:
-                with torch.inference_mode():
-                    logits()
-                synchronize()
-
-        else:
-            module.train()
-            optimizer = torch.optim.AdamW(module.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
-            if mode == "pretrain":
-                kwargs = torch_config_kwargs(model, mode, model_config)
-                per_frame = (size // kwargs["patch_size"]) ** 2
-                mask = _tube_mask(torch, batch, frames // kwargs["tubelet_size"], per_frame,
-                                  int(model_config.mask_ratio * per_frame), gen).to(device)
-
-                def loss_fn() -> Any:
-                    with mixed_precision():
-                        return module(pixel_values=clips, bool_masked_pos=mask).loss
-
-            else:
-                labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
-
-                def loss_fn() -> Any:
-                    # Explicit cross-entropy rather than passing labels, so HF's problem_type inference
-                    # can't pick a different loss.
-                    return torch.nn.functional.cross_entropy(logits().float(), labels)
-
-            def step() -> None:
-                loss = loss_fn()
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                synchronize()
-
-        for _ in range(warmup):
-            step()
-        # CPU ops run synchronously, and a GPU step ends synchronised: wall time around each step is its time.
-        step_times: list[float] = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            step_times.append(time.perf_counter() - start)
-        used_threads = torch.get_num_threads()
-        profiled = {}
-        if profile:
-            numels = {p.numel() for p in module.parameters()}
-            profiled["profile"] = op_profile.profile_torch(step, numels)
-        num_params = sum(p.numel() for p in module.parameters())
+        yield
     finally:
         if threads is not None:
-            torch.set_num_threads(prev_threads)
+            torch.set_num_threads(previous)
 
-    median = statistics.median(step_times)
+
+def _make_step(torch: Any, module: Any, model: str, mode: str, model_config: ml_collections.ConfigDict, batch: int,
+               seed: int, device: str, autocast: str | None) -> Callable[[], None]:
+    """The step `time_torch` times: `module`'s `mode` step on random inputs drawn from `seed`, ending synchronised
+    on a GPU. The inputs are made here, once, outside the timed region: we time the model step, not the data
+    pipeline."""
+    layout = _FAMILIES[model].clip_layout
+    gen = torch.Generator().manual_seed(seed)
+    clips = _random_clips(torch, layout, model_config, batch, gen).to(device)
+    mixed_precision = _mixed_precision(torch, device, autocast)
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def logits() -> Any:
+        with mixed_precision():
+            out = module(clips) if layout == "BCTHW" else module(pixel_values=clips)
+        return getattr(out, "logits", out)
+
+    if mode == "infer":
+        module.eval()
+
+        def step() -> None:
+            with torch.inference_mode():
+                logits()
+            synchronize()
+
+        return step
+    if mode == "pretrain":
+        mask = _pretrain_mask(torch, model, model_config, batch, gen).to(device)
+
+        def loss_fn() -> Any:
+            with mixed_precision():
+                return module(pixel_values=clips, bool_masked_pos=mask).loss
+
+    else:
+        labels = torch.randint(0, model_config.num_classes, (batch,), generator=gen).to(device)
+
+        def loss_fn() -> Any:
+            # Explicit cross-entropy rather than passing labels, so HF's problem_type inference
+            # can't pick a different loss.
+            return torch.nn.functional.cross_entropy(logits().float(), labels)
+
+    return _training_step(torch, module, loss_fn, synchronize)
+
+
+def _random_clips(torch: Any, layout: str, model_config: ml_collections.ConfigDict, batch: int, gen: Any) -> Any:
+    """`batch` random clips of the config's frames and size from `gen`, in the reference's `layout`."""
+    size = model_config.image_size
+    clips = torch.randn(batch, model_config.num_frames, 3, size, size, generator=gen)
+    if layout == "BCTHW":
+        clips = clips.permute(0, 2, 1, 3, 4).contiguous()
+    return clips
+
+
+def _mixed_precision(torch: Any, device: str, autocast: str | None) -> Callable[[], Any]:
+    """A fresh context for each forward: torch.autocast in the `autocast` dtype, or none for a float32 run."""
+    if autocast is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device, dtype=getattr(torch, autocast))
+
+
+def _pretrain_mask(torch: Any, model: str, model_config: ml_collections.ConfigDict, batch: int, gen: Any) -> Any:
+    """The tube mask of a pre-training step: `mask_ratio` of each frame's patches, drawn from `gen`."""
+    kwargs = torch_config_kwargs(model, "pretrain", model_config)
+    per_frame = (model_config.image_size // kwargs["patch_size"]) ** 2
+    return _tube_mask(torch, batch, model_config.num_frames // kwargs["tubelet_size"], per_frame,
+                      int(model_config.mask_ratio * per_frame), gen)
+
+
+def _training_step(torch: Any, module: Any, loss_fn: Callable[[], Any],
+                   synchronize: Callable[[], None]) -> Callable[[], None]:
+    """A training step of `module` on `loss_fn`: backward and an AdamW update (VideoMAE's recipe values)."""
+    module.train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step() -> None:
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize()
+
+    return step
+
+
+def _time_steps(step: Callable[[], None], steps: int, warmup: int) -> list[float]:
+    """Seconds of each of `steps` calls of `step`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    # CPU ops run synchronously, and a GPU step ends synchronised: wall time around each step is its time.
+    step_times: list[float] = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        step_times.append(time.perf_counter() - start)
+    return step_times
+
+
+def _versions(torch: Any, details: dict[str, Any]) -> dict[str, str]:
+    """The versions of what ran: torch, and transformers for a Hugging Face reference."""
     versions = {"torch_version": torch.__version__}
     if details["reference"].startswith("transformers."):
         import transformers
 
         versions["transformers_version"] = transformers.__version__
-    return profiled | details | versions | {
-        "framework": "torch",
-        "model": model,
-        "mode": mode,
-        "frames": frames,
-        "size": size,
-        "batch": batch,
-        "num_params": num_params,
-        "device": device,
-        "autocast": autocast,
-        "threads": used_threads,
-        "seconds_per_step": median,
-        "step_times": step_times,
-        "clips_per_s": batch / median,
-    }
+    return versions
 
 
 def share_gpu_memory() -> None:

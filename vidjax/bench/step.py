@@ -536,6 +536,129 @@ def run_sweep() -> None:
     print(json.dumps(result))
 
 
+def run_mamba_block() -> None:
+    """--mode=mamba_block: VideoMamba's selective scans on one block (`bench_mamba_block`), printed and as JSON."""
+    rows = option_rows()
+    if len(rows) > 1:
+        raise app.UsageError("--mode=mamba_block takes one --dtype and no --remat/--grad_accum/--scan_layers "
+                             "lists.")
+    dtype = rows[0]["dtype"]
+    result = {"mode": "mamba_block", "variant": _VARIANT.value, "frames": _FRAMES.value, "size": _SIZE.value,
+              "batch": _BATCH.value, "time_frames": _TIME_FRAMES.value, "dtype": dtype}
+    result.update(bench_mamba_block(_VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _TIME_FRAMES.value,
+                                    _STEPS.value, _WARMUP.value, dtype, _SCAN_CHUNK.value))
+    for scan in ("chunked", "associative", "sequential", "recurrent"):
+        print(f"{scan:>11}: fwd+bwd temp memory {result[scan]['temp_bytes'] / 2**20:.1f} MiB at "
+              f"{result['memory_tokens']} tokens; {result[scan]['seconds_fwd_bwd'] * 1e3:.1f} ms at "
+              f"{result['time_tokens']} tokens", flush=True)
+    print(f"chunked / associative: memory {result['memory_ratio']:.3f}, time {result['time_ratio']:.2f}; "
+          f"sequential / chunked: time {result['sequential_time_ratio']:.2f}; scan='auto' runs "
+          f"{result['auto']} here", flush=True)
+    print(json.dumps(result))
+
+
+def _check_row_flags(rows: list[dict]) -> None:
+    """Raises app.UsageError for --compile_only or --compare=torch with what they cannot time."""
+    if _COMPILE_ONLY.value and (_COMPARE.value or _DECODER_SHARE.value or _PROFILE.value or _MODE.value == "infer"):
+        raise app.UsageError("--compile_only compiles a training step and runs nothing: it takes no --compare, "
+                             "--decoder_share, --profile or --mode=infer.")
+    if _COMPARE.value and len(rows) > 1:
+        raise app.UsageError("--compare=torch times one configuration: give single --dtype/--remat/--grad_accum/"
+                             "--scan_layers values.")
+
+
+def _row_config(options: dict):
+    """The trainer config of one row of `option_rows`, under --mesh when given."""
+    config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
+                          options["dtype"], _NUM_CLASSES.value, options["remat"], options["grad_accum"],
+                          options["scan_layers"], _COMPARE.value, options.get("decoder_mask", "none"))
+    if _MESH.value:
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_flag()
+    return config
+
+
+def _time_row(config, row: dict, label: str) -> dict:
+    """`row` (the workload and its options) completed with vidjax's figures for `config`, and its line printed
+    (`label` names the row among several)."""
+    row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value, _COMPILE_ONLY.value))
+    if _COMPILE_ONLY.value:
+        print(f"vidjax (compiled only) mesh {row['mesh']}: per device temp {row['temp_bytes'] / 2**30:.3f} GiB, "
+              f"arguments (state, batch) {row['argument_bytes'] / 2**30:.3f} GiB; compile {row['compile_s']:.1f}s",
+              flush=True)
+        return row
+    if _DECODER_SHARE.value:
+        row.update(decoder_share(config, row["seconds_per_step"], _STEPS.value, _WARMUP.value))
+    print(f"vidjax{' [' + label + ']' if label else ''}: {_row_line(row)}", flush=True)
+    return row
+
+
+def _torch_round(number: int, result: dict, config, placement: dict) -> dict:
+    """Round `number` of --compare=torch: vidjax (timed again after the first round), then its PyTorch reference
+    on `placement`; the first round's torch figures and profile go into `result` as "torch"."""
+    if number > 1:  # vidjax again (recompiled: the same program), then torch: alternating in this process
+        vidjax_s = time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value)["seconds_per_step"]
+    else:
+        vidjax_s = result["seconds_per_step"]
+    torch_result = reference.time_torch(_MODEL.value, _MODE.value, config.model, _BATCH.value, _STEPS.value,
+                                        _WARMUP.value, threads=_TORCH_THREADS.value,
+                                        profile=_PROFILE.value and number == 1, **placement)
+    if number == 1:
+        result["torch"] = {k: v for k, v in torch_result.items()
+                           if k not in ("model", "mode", "frames", "size", "batch")}
+    torch_s = torch_result["seconds_per_step"]
+    which = f" [round {number} of {_ROUNDS.value}]" if _ROUNDS.value > 1 else ""
+    print(f"torch:  {torch_s:.4f} s/step ({reference.describe(torch_result)}); vidjax {vidjax_s:.4f} s/step; "
+          f"speed-up {torch_s / vidjax_s:.2f}x{which}", flush=True)
+    return {"vidjax_seconds_per_step": vidjax_s, "torch_seconds_per_step": torch_s,
+            "speedup_vs_torch": torch_s / vidjax_s}
+
+
+def compare_torch(result: dict, config) -> None:
+    """--compare=torch: `--rounds` rounds of vidjax then its PyTorch reference, on the device vidjax ran on; the
+    median speed-up (and the rounds, when several) go into `result`."""
+    overrides = reference.vidjax_overrides(_MODEL.value)
+    if overrides:
+        result["vidjax_overrides"] = overrides
+        print(f"vidjax {_MODEL.value} timed with {' '.join(f'{k}={v}' for k, v in overrides.items())}, the "
+              f"model the PyTorch reference implements", flush=True)
+    # Torch on the device vidjax ran on (a GPU: CUDA), and under autocast when vidjax computes in bfloat16.
+    placement = reference.placement(result["backend"], config.model.dtype)
+    rounds = [_torch_round(number, result, config, placement) for number in range(1, _ROUNDS.value + 1)]
+    result["speedup_vs_torch"] = statistics.median(r["speedup_vs_torch"] for r in rounds)
+    if len(rounds) > 1:
+        result["rounds"] = rounds
+        print(f"median of {len(rounds)} alternating rounds: vidjax speed-up {result['speedup_vs_torch']:.2f}x "
+              f"(vidjax {statistics.median(r['vidjax_seconds_per_step'] for r in rounds):.4f} s/step, torch "
+              f"{statistics.median(r['torch_seconds_per_step'] for r in rounds):.4f} s/step)", flush=True)
+
+
+def run_rows() -> None:
+    """The step timings: one row per combination of the option lists, printed, then as JSON; one row alone can
+    be compared with PyTorch (--compare) and profiled (--profile)."""
+    rows = option_rows()
+    _check_row_flags(rows)
+    common = {"model": _MODEL.value, "variant": _VARIANT.value, "mode": _MODE.value, "frames": _FRAMES.value,
+              "size": _SIZE.value, "batch": _BATCH.value}
+    results = []
+    for options in rows:
+        config = _row_config(options)
+        label = " ".join(f"{k}={str(v).lower()}" for k, v in options.items()) if len(rows) > 1 else ""
+        results.append(_time_row(config, dict(common, **options), label))
+    if _COMPILE_ONLY.value or len(results) > 1:
+        if not _COMPILE_ONLY.value:
+            print(markdown_table(results), flush=True)
+        print(json.dumps({**common, "rows": results}))
+        return
+    result = results[0]
+    if _COMPARE.value == "torch":
+        compare_torch(result, config)
+    if _PROFILE.value:
+        torch_side = result.get("torch", {})
+        print(op_profile.markdown(result["profile"], torch_side.get("profile"), result["seconds_per_step"],
+                                  torch_side.get("seconds_per_step")), flush=True)
+    print(json.dumps(result))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -544,98 +667,7 @@ def main(argv: list[str]) -> None:
         reference.share_gpu_memory()
     if _SWEEP.value:
         run_sweep()
-        return
-    if _MODE.value == "mamba_block":
-        rows = option_rows()
-        if len(rows) > 1:
-            raise app.UsageError("--mode=mamba_block takes one --dtype and no --remat/--grad_accum/--scan_layers "
-                                 "lists.")
-        dtype = rows[0]["dtype"]
-        result = {"mode": "mamba_block", "variant": _VARIANT.value, "frames": _FRAMES.value, "size": _SIZE.value,
-                  "batch": _BATCH.value, "time_frames": _TIME_FRAMES.value, "dtype": dtype}
-        result.update(bench_mamba_block(_VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _TIME_FRAMES.value,
-                                        _STEPS.value, _WARMUP.value, dtype, _SCAN_CHUNK.value))
-        for scan in ("chunked", "associative", "sequential", "recurrent"):
-            print(f"{scan:>11}: fwd+bwd temp memory {result[scan]['temp_bytes'] / 2**20:.1f} MiB at "
-                  f"{result['memory_tokens']} tokens; {result[scan]['seconds_fwd_bwd'] * 1e3:.1f} ms at "
-                  f"{result['time_tokens']} tokens", flush=True)
-        print(f"chunked / associative: memory {result['memory_ratio']:.3f}, time {result['time_ratio']:.2f}; "
-              f"sequential / chunked: time {result['sequential_time_ratio']:.2f}; scan='auto' runs "
-              f"{result['auto']} here", flush=True)
-        print(json.dumps(result))
-        return
-    rows = option_rows()
-    if _COMPILE_ONLY.value and (_COMPARE.value or _DECODER_SHARE.value or _PROFILE.value or _MODE.value == "infer"):
-        raise app.UsageError("--compile_only compiles a training step and runs nothing: it takes no --compare, "
-                             "--decoder_share, --profile or --mode=infer.")
-    if _COMPARE.value and len(rows) > 1:
-        raise app.UsageError("--compare=torch times one configuration: give single --dtype/--remat/--grad_accum/"
-                             "--scan_layers values.")
-    common = {"model": _MODEL.value, "variant": _VARIANT.value, "mode": _MODE.value, "frames": _FRAMES.value,
-              "size": _SIZE.value, "batch": _BATCH.value}
-    results = []
-    for options in rows:
-        config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
-                              options["dtype"], _NUM_CLASSES.value, options["remat"], options["grad_accum"],
-                              options["scan_layers"], _COMPARE.value, options.get("decoder_mask", "none"))
-        row = dict(common, **options)
-        if _MESH.value:
-            config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_flag()
-        row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value,
-                               _COMPILE_ONLY.value))
-        if _COMPILE_ONLY.value:
-            print(f"vidjax (compiled only) mesh {row['mesh']}: per device temp {row['temp_bytes'] / 2**30:.3f} GiB, "
-                  f"arguments (state, batch) {row['argument_bytes'] / 2**30:.3f} GiB; compile {row['compile_s']:.1f}s",
-                  flush=True)
-            results.append(row)
-            continue
-        if _DECODER_SHARE.value:
-            row.update(decoder_share(config, row["seconds_per_step"], _STEPS.value, _WARMUP.value))
-        label = " ".join(f"{k}={str(v).lower()}" for k, v in options.items()) if len(rows) > 1 else ""
-        print(f"vidjax{' [' + label + ']' if label else ''}: {_row_line(row)}", flush=True)
-        results.append(row)
-    if _COMPILE_ONLY.value:
-        print(json.dumps({**common, "rows": results}))
-        return
-    if len(results) > 1:
-        print(markdown_table(results), flush=True)
-        print(json.dumps({**common, "rows": results}))
-        return
-    result = results[0]
-    if _COMPARE.value == "torch":
-        overrides = reference.vidjax_overrides(_MODEL.value)
-        if overrides:
-            result["vidjax_overrides"] = overrides
-            print(f"vidjax {_MODEL.value} timed with {' '.join(f'{k}={v}' for k, v in overrides.items())}, the "
-                  f"model the PyTorch reference implements", flush=True)
-        # Torch on the device vidjax ran on (a GPU: CUDA), and under autocast when vidjax computes in bfloat16.
-        torch_placement = reference.placement(result["backend"], config.model.dtype)
-        rounds = []
-        for number in range(1, _ROUNDS.value + 1):
-            if number > 1:  # vidjax again (recompiled: the same program), then torch: alternating in this process
-                result_again = time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value)
-                vidjax_s = result_again["seconds_per_step"]
-            else:
-                vidjax_s = result["seconds_per_step"]
-            torch_result = reference.time_torch(_MODEL.value, _MODE.value, config.model, _BATCH.value,
-                                                  _STEPS.value, _WARMUP.value, threads=_TORCH_THREADS.value,
-                                                  profile=_PROFILE.value and number == 1, **torch_placement)
-            if number == 1:
-                result["torch"] = {k: v for k, v in torch_result.items()
-                                   if k not in ("model", "mode", "frames", "size", "batch")}
-            rounds.append({"vidjax_seconds_per_step": vidjax_s, "torch_seconds_per_step": torch_result[
-                "seconds_per_step"], "speedup_vs_torch": torch_result["seconds_per_step"] / vidjax_s})
-            print(f"torch:  {torch_result['seconds_per_step']:.4f} s/step ({reference.describe(torch_result)}); "
-                  f"vidjax {vidjax_s:.4f} s/step; speed-up {rounds[-1]['speedup_vs_torch']:.2f}x"
-                  + (f" [round {number} of {_ROUNDS.value}]" if _ROUNDS.value > 1 else ""), flush=True)
-        result["speedup_vs_torch"] = statistics.median(r["speedup_vs_torch"] for r in rounds)
-        if len(rounds) > 1:
-            result["rounds"] = rounds
-            print(f"median of {len(rounds)} alternating rounds: vidjax speed-up {result['speedup_vs_torch']:.2f}x "
-                  f"(vidjax {statistics.median(r['vidjax_seconds_per_step'] for r in rounds):.4f} s/step, torch "
-                  f"{statistics.median(r['torch_seconds_per_step'] for r in rounds):.4f} s/step)", flush=True)
-    if _PROFILE.value:
-        torch_side = result.get("torch", {})
-        print(op_profile.markdown(result["profile"], torch_side.get("profile"), result["seconds_per_step"],
-                                     torch_side.get("seconds_per_step")), flush=True)
-    print(json.dumps(result))
+    elif _MODE.value == "mamba_block":
+        run_mamba_block()
+    else:
+        run_rows()

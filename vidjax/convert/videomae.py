@@ -218,6 +218,22 @@ def from_videomae(src: TensorSource, num_heads: int | None = None, decoder_num_h
     _reject_unsupported(src)
     pretrain = any(n.startswith("decoder.") for n in src.names())
     enc = "encoder." if pretrain else ""
+    hf = _encoder_config(src, enc, num_heads, num_frames, image_size)
+    if decoder_num_heads and not pretrain:
+        raise ConversionError(f"decoder_num_heads applies to pre-training checkpoints only; {src.origin} has no "
+                              f"decoder.")
+    architecture, kind, label_space = _head_config(src, hf, pretrain, decoder_num_heads)
+    names = _official_names(enc, hf["num_hidden_layers"], hf.get("decoder_num_hidden_layers", 0))
+    converted = _convert_renamed(src, hf, names, architecture)
+    _set_official_settings(converted, hf, label_space)
+    converted.source = {"kind": kind, "label_space": label_space}
+    return converted
+
+
+def _encoder_config(src: TensorSource, enc: str, num_heads: int | None, num_frames: int | None,
+                    image_size: int | None) -> dict[str, Any]:
+    """The Hugging Face config fields of the encoder, whose tensors are under `enc`: its sizes from their shapes,
+    the head count from the size table or `num_heads`, the clip from `_grid`."""
     conv = _shape(src, f"{enc}patch_embed.proj.weight", 5, "(width, 3, tubelet, patch, patch)")
     width, tubelet, patch = conv[0], conv[2], conv[4]
     if conv[1] != 3 or conv[3] != patch:
@@ -232,8 +248,43 @@ def from_videomae(src: TensorSource, num_heads: int | None = None, decoder_num_h
     heads = _encoder_heads(width, num_heads, src.origin)
     qv_bias = src.has(f"{enc}blocks.0.attn.q_bias")
     frames, size = _grid(src, f"{enc}pos_embed", width, tubelet, patch, num_frames, image_size)
+    return dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=mlp,
+                patch_size=patch, tubelet_size=tubelet, qv_bias=qv_bias, num_frames=frames, image_size=size,
+                layer_norm_eps=LN_EPS, norm_pix_loss=True)
 
-    # Hugging Face name -> official name, for every tensor the model has; the tensors are read under the first.
+
+def _head_config(src: TensorSource, hf: dict[str, Any], pretrain: bool,
+                 decoder_num_heads: int | None) -> tuple[str, str, str | None]:
+    """(Hugging Face architecture, the checkpoint's kind, its Kinetics label space or None) from what the encoder
+    leads to: a decoder, a classification head or nothing; `hf` completed with their fields."""
+    if pretrain:
+        hf["use_mean_pooling"] = False
+        hf.update(_decoder_config(src, decoder_num_heads))
+        return "VideoMAEForPreTraining", "pre-training", None
+    if src.has("head.weight"):
+        hf["use_mean_pooling"] = src.has("fc_norm.weight")
+        if not hf["use_mean_pooling"] and not src.has("norm.weight"):
+            raise ConversionError(f"{src.origin} has a head but neither fc_norm (mean pooling) nor norm (first "
+                                  f"token): the official VisionTransformer has one of them.")
+        hf["num_labels"] = _shape(src, "head.weight", 2, f"(classes, {hf['hidden_size']})")[0]
+        return "VideoMAEForVideoClassification", "fine-tuned", kinetics.space_for(hf["num_labels"])
+    hf["use_mean_pooling"] = not src.has("norm.weight")
+    return "VideoMAEModel", "backbone", None
+
+
+def _decoder_config(src: TensorSource, decoder_num_heads: int | None) -> dict[str, Any]:
+    """The Hugging Face config fields of a pre-training decoder, from its tensors' shapes; the head count from
+    the official builders or `decoder_num_heads`."""
+    width = _shape(src, "decoder.norm.weight", 1, "(decoder_width,)")[0]
+    depth = src.stack_depth("decoder.", "blocks", "norm1.weight")
+    heads = _decoder_heads(width, decoder_num_heads, src.origin)
+    mlp = _shape(src, "decoder.blocks.0.mlp.fc1.weight", 2, f"(mlp_dim, {width})")[0]
+    return dict(decoder_hidden_size=width, decoder_num_hidden_layers=depth, decoder_num_attention_heads=heads,
+                decoder_intermediate_size=mlp)
+
+
+def _official_names(enc: str, depth: int, decoder_depth: int) -> dict[str, str]:
+    """Hugging Face name -> official name, for every tensor the model may have, the encoder's under `enc`."""
     names = {"encoder_to_decoder.weight": "encoder_to_decoder.weight", "mask_token": "mask_token"}
     direct = {f"{enc}patch_embed.proj": "embeddings.patch_embeddings.projection", f"{enc}norm": "layernorm",
               "fc_norm": "fc_norm", "head": "classifier", "decoder.norm": "decoder.norm",
@@ -242,51 +293,32 @@ def from_videomae(src: TensorSource, num_heads: int | None = None, decoder_num_h
         names.update({f"{hf}.{suffix}": f"{official}.{suffix}" for suffix in ("weight", "bias")})
     for i in range(depth):
         names.update(_block_names(f"{enc}blocks.{i}.", f"encoder.layer.{i}."))
+    for i in range(decoder_depth):
+        names.update(_block_names(f"decoder.blocks.{i}.", f"decoder.decoder_layers.{i}."))
+    return names
 
-    hf: dict[str, Any] = dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
-                              intermediate_size=mlp, patch_size=patch, tubelet_size=tubelet, qv_bias=qv_bias,
-                              num_frames=frames, image_size=size, layer_norm_eps=LN_EPS, norm_pix_loss=True)
-    label_space, dwidth = None, 0
-    if decoder_num_heads and not pretrain:
-        raise ConversionError(f"decoder_num_heads applies to pre-training checkpoints only; {src.origin} has no "
-                              f"decoder.")
-    if pretrain:
-        architecture, kind = "VideoMAEForPreTraining", "pre-training"
-        hf["use_mean_pooling"] = False
-        dwidth = _shape(src, "decoder.norm.weight", 1, "(decoder_width,)")[0]
-        ddepth = src.stack_depth("decoder.", "blocks", "norm1.weight")
-        for i in range(ddepth):
-            names.update(_block_names(f"decoder.blocks.{i}.", f"decoder.decoder_layers.{i}."))
-        hf.update(decoder_hidden_size=dwidth, decoder_num_hidden_layers=ddepth,
-                  decoder_num_attention_heads=_decoder_heads(dwidth, decoder_num_heads, src.origin),
-                  decoder_intermediate_size=_shape(src, "decoder.blocks.0.mlp.fc1.weight", 2,
-                                                   f"(mlp_dim, {dwidth})")[0])
-    elif src.has("head.weight"):
-        architecture, kind = "VideoMAEForVideoClassification", "fine-tuned"
-        hf["use_mean_pooling"] = src.has("fc_norm.weight")
-        if not hf["use_mean_pooling"] and not src.has("norm.weight"):
-            raise ConversionError(f"{src.origin} has a head but neither fc_norm (mean pooling) nor norm (first "
-                                  f"token): the official VisionTransformer has one of them.")
-        hf["num_labels"] = _shape(src, "head.weight", 2, f"(classes, {width})")[0]
-        label_space = kinetics.space_for(hf["num_labels"])
-    else:
-        architecture, kind = "VideoMAEModel", "backbone"
-        hf["use_mean_pooling"] = not src.has("norm.weight")
 
+def _renamed_tensors(src: TensorSource, names: dict[str, str], hf: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The file's tensors under their Hugging Face `names`, query, key and value split from each fused qkv."""
     tensors = {}
     for hf_name, official in names.items():
-        if src.has(official):
-            if official.endswith("attn.qkv.weight"):
-                qkv_width = dwidth if official.startswith("decoder.") else width
-                part = ("query", "key", "value").index(hf_name.rsplit(".", 2)[-2])
-                tensors[hf_name] = _split_qkv(src, official, qkv_width)[part]
-            else:
+        if not official.endswith("attn.qkv.weight"):
+            if src.has(official):
                 tensors[hf_name] = src.tensors[official]
-        elif official.endswith("attn.qkv.weight"):
-            qkv_width = dwidth if official.startswith("decoder.") else width
+            continue
+        width = hf["decoder_hidden_size"] if official.startswith("decoder.") else hf["hidden_size"]
+        if not src.has(official):
             raise ConversionError(f"{src.origin} is missing tensor {official!r} (expected shape "
-                                  f"({3 * qkv_width}, {qkv_width})).")
-    named = TensorSource(tensors, src.origin)
+                                  f"({3 * width}, {width})).")
+        part = ("query", "key", "value").index(hf_name.rsplit(".", 2)[-2])
+        tensors[hf_name] = _split_qkv(src, official, width)[part]
+    return tensors
+
+
+def _convert_renamed(src: TensorSource, hf: dict[str, Any], names: dict[str, str], architecture: str) -> Converted:
+    """`from_hf` of the tensors under their Hugging Face `names`; its errors, and the tensors it used, told in the
+    file's own names."""
+    named = TensorSource(_renamed_tensors(src, names, hf), src.origin)
     try:
         converted = from_hf(hf, named, architecture)
     except ConversionError as e:  # the message names the Hugging Face names: give the file's own
@@ -296,19 +328,23 @@ def from_videomae(src: TensorSource, num_heads: int | None = None, decoder_num_h
         raise ConversionError(message) from e
     for name in named.used:
         src.mark_used(names[name])
+    return converted
 
-    cfg = converted.model_config
-    size_name = next((n for n, dims in layers.VIT_SIZES.items() if dims == (width, depth, heads)), None)
+
+def _set_official_settings(converted: Converted, hf: dict[str, Any], label_space: str | None) -> None:
+    """What the official code fixes and no tensor holds: the ViT size's name, LayerNorm eps, head init scale and
+    the recipes' preprocessing; the class names of a Kinetics head."""
+    dims = (hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"])
+    size_name = next((n for n, sizes in layers.VIT_SIZES.items() if sizes == dims), None)
     if size_name is None:
-        size_name = "g" if "g" in layers.VIT_SIZES and width == 1408 else "B"
-    cfg.update(dict(variant=f"{size_name}/{patch}", ln_eps=LN_EPS, fc_norm_eps=LN_EPS, decoder_norm_eps=LN_EPS,
-                    head_init_scale=0.001, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD))
+        size_name = "g" if "g" in layers.VIT_SIZES and dims[0] == 1408 else "B"
+    converted.model_config.update(dict(
+        variant=f"{size_name}/{hf['patch_size']}", ln_eps=LN_EPS, fc_norm_eps=LN_EPS, decoder_norm_eps=LN_EPS,
+        head_init_scale=0.001, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD))
     if label_space:
         converted.class_names = list(kinetics.class_names(label_space))
-    converted.preprocessing = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_frames": frames,
-                               "image_size": size, "sampling_rate": SAMPLING_RATE}
-    converted.source = {"kind": kind, "label_space": label_space}
-    return converted
+    converted.preprocessing = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_frames": hf["num_frames"],
+                               "image_size": hf["image_size"], "sampling_rate": SAMPLING_RATE}
 
 
 def convert_videomae_file(path: str | pathlib.Path, num_heads: int | None = None,
