@@ -92,7 +92,7 @@ def expected_answers(checkpoint: str, paths: list[str], window: float) -> dict[s
         if "values" in aggregate:
             answers[path] = dict(aggregate["values"])
         else:
-            score = tasks.get_task(model.task).score_name
+            score = tasks.readout_of(model.task).score_name
             answers[path] = {row["label"]: row[score] for row in aggregate["top_k"]}
     return answers
 

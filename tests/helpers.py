@@ -68,6 +68,22 @@ def tiny_family_config(model_name, **model_overrides):
     return config
 
 
+def abstract_model(config):
+    """The model config.model describes, as shapes only (what `train.build` makes, without a mesh)."""
+    from flax import nnx
+
+    from vidjax.models import ParamKeys, get_model
+
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: get_model(config.model_name).Model(config.model, rngs=ParamKeys(config.seed)))
+
+
+def input_spec(config):
+    """config.task's input spec (`TrainingSpec.input_spec`) over the model config.model describes: what the trainer
+    hands `pipeline.make_dataset`, masks included."""
+    return tasks.training_of(config.task).input_spec(config, abstract_model(config))
+
+
 def run_steps(config, devices, steps=2):
     """`steps` updates of the trainer's jitted step on the first training batches, over a mesh of `devices`.
 
@@ -79,9 +95,8 @@ def run_steps(config, devices, steps=2):
     mesh = sharding.create_mesh(config.mesh, devices)
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
-    mask_grid = setup.abstract_model.encoder.grid if config.task == "pretrain" else None
-    batches = iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config),
-                                         mask_grid=mask_grid))
+    spec = tasks.training_of(config.task).input_spec(config, setup.abstract_model)
+    batches = iter(pipeline.make_dataset(config, "train", source, spec))
     step = train.make_train_step(config, setup)
     state, batch_sh, losses = setup.init_state(), sharding.batch_sharding(mesh), []
     for _ in range(steps):

@@ -55,8 +55,8 @@ def lowered_train_step(config):
     mesh = sharding.create_mesh(config.mesh, jax.devices())
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
-    batch = next(iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config),
-                                            mask_grid=setup.abstract_model.encoder.grid)))
+    spec = tasks.training_of(config.task).input_spec(config, setup.abstract_model)
+    batch = next(iter(pipeline.make_dataset(config, "train", source, spec)))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), setup.abstract_state,
                          setup.state_shardings)
     step = train.make_train_step(config, setup)

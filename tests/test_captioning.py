@@ -127,7 +127,8 @@ def test_caption_fields_pick_a_reference_per_visit_and_flag_truncation():
 
 def test_training_batches_carry_token_ids_and_no_strings():
     config, source, _, _ = train.prepare(tiny_config(), devices=jax.devices()[:1])
-    batch = next(iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config))))
+    spec = tasks.training_of(config.task).input_spec(config)
+    batch = next(iter(pipeline.make_dataset(config, "train", source, spec)))
     assert set(batch) == {"video", "label", "index", "caption_ids", "caption_mask", "caption_truncated",
                           "decode_failures"}
     assert batch["caption_ids"].shape == (8, config.caption.max_length) and batch["caption_ids"].dtype == np.int32
@@ -141,9 +142,10 @@ def test_loss_is_the_mean_over_real_next_tokens():
     config, source, _, _ = train.prepare(tiny_config(), devices=jax.devices()[:1])
     with nnx.use_eager_sharding(False):
         model = captioner.Model(config.model, rngs=nnx.Rngs(0))
-    batch = next(iter(pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config))))
+    spec = tasks.training_of(config.task).input_spec(config)
+    batch = next(iter(pipeline.make_dataset(config, "train", source, spec)))
     batch = dict(batch, video=jnp.asarray(batch["video"], jnp.float32) / 255.0)
-    loss, aux = tasks.get_task("captioning").loss_fn(config)(model, batch, None)
+    loss, aux = tasks.training_of("captioning").loss_fn(config)(model, batch, None)
 
     ids, mask = batch["caption_ids"], batch["caption_mask"]
     logits = model(batch["video"], jnp.asarray(ids[:, :-1]), attention_mask=jnp.asarray(mask[:, :-1]))["logits"]
@@ -156,7 +158,7 @@ def test_loss_is_the_mean_over_real_next_tokens():
 
     # Whatever sits at padded positions changes nothing.
     noisy = np.where(mask, ids, 7).astype(np.int32)
-    again, _ = tasks.get_task("captioning").loss_fn(config)(model, dict(batch, caption_ids=noisy), None)
+    again, _ = tasks.training_of("captioning").loss_fn(config)(model, dict(batch, caption_ids=noisy), None)
     np.testing.assert_allclose(again, loss, rtol=1e-6)
 
 

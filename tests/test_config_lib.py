@@ -75,11 +75,11 @@ def test_svt_recipe_is_the_published_one():
     s = config.svt
     assert (s.teacher_temp, s.student_temp, s.center_momentum, s.teacher_momentum, s.freeze_last_layer_epochs) == (
         0.04, 0.1, 0.9, 0.996, 1.0)
-    spec = tasks.get_task("svt").view_spec(config)
+    spec = tasks.training_of("svt").view_spec(config)
     assert spec.view_frames == (8,) * 10 and (spec.global_size, spec.local_size) == (224, 96)
     assert (spec.global_scale, spec.local_scale, spec.jitter_p, spec.grayscale_p) == ((0.4, 1.0), (0.05, 0.4), 0.8,
                                                                                       0.2)
-    assert tasks.get_task("svt").view_spec(load_config("svt_k400", "rand_fr")).view_frames == (
+    assert tasks.training_of("svt").view_spec(load_config("svt_k400", "rand_fr")).view_frames == (
         4, 8, 2, 2, 4, 4, 8, 8, 16, 16)
     local = load_config("svt_k400", "runlocal")
     assert local.model.backbone.depth == 2 and local.data.source == "synthetic"

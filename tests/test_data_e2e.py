@@ -11,10 +11,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from helpers import input_spec
 from test_decode import make_video
 from test_train import tiny_config
 
-from vidjax import config_lib, tasks, train
+from vidjax import config_lib, train
 from vidjax.data import pack, pipeline, sources
 from vidjax.metric_writer import read_metrics
 
@@ -87,11 +88,11 @@ def config_for(kind, library, tfds_dir=None, batch_size=3, **data):
     return config
 
 
-def read(config, split, n=0, process_index=0, process_count=1, grid=(2, 4, 4)):
+def read(config, split, n=0, process_index=0, process_count=1):
     """(source, batches): n batches of the split (0: the whole eval split)."""
     source = pipeline.make_source(config.data, split)
-    it = iter(pipeline.make_dataset(config, split, source, tasks.get_task(config.task).input_spec(config),
-                                    process_index=process_index, process_count=process_count, mask_grid=grid))
+    it = iter(pipeline.make_dataset(config, split, source, input_spec(config), process_index=process_index,
+                                    process_count=process_count))
     return source, ([next(it) for _ in range(n)] if n else list(it))
 
 
@@ -165,8 +166,7 @@ def test_file_sources_shard_over_processes_and_resume_mid_epoch(kind, library):
     assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(9))
 
     source = pipeline.make_source(config.data, "train")
-    dataset = pipeline.make_dataset(config, "train", source, tasks.get_task(config.task).input_spec(config),
-                                    mask_grid=(2, 4, 4))
+    dataset = pipeline.make_dataset(config, "train", source, input_spec(config))
     it = iter(dataset)
     for _ in range(5):  # into the second epoch
         next(it)

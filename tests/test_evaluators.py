@@ -8,7 +8,7 @@ from test_finetune import task_config
 from vidjax import evaluate, evaluators, train
 from vidjax.config_lib import ConfigError
 from vidjax.metric_writer import read_metrics
-from vidjax.tasks import get_task
+from vidjax.tasks import training_of
 
 HEAD_METRICS = ("loss", "top1", "top5", "macro_f1", "decode_failures")
 
@@ -18,7 +18,7 @@ def test_two_evaluators_log_each_at_its_own_cadence_and_prefix(tmp_path):
     every 3: each writes its own rows (split = its name) at its own steps, plus both at the last; the run's result
     and `evaluate` on the checkpoint give the same final figures."""
     config = task_config("classification", total_steps=6, checkpoint_every=6, eval_every=5)
-    config.data.synthetic_task = get_task("classification").synthetic_task
+    config.data.synthetic_task = training_of("classification").synthetic_task
     config.figure = True
     config.evals = dict(top1=dict(every=2),
                         views=dict(type="classification", every=3, data=dict(test_num_crops=2), batches=1,
@@ -91,11 +91,11 @@ def test_every_task_has_a_readout_and_a_default_evaluator_that_measures_it():
     from vidjax.tasks import readout
 
     for name in tasks.available():
-        task = tasks.get_task(name)
-        assert isinstance(tasks.readout_of(name), readout.Readout)
-        assert evaluators.get(task.evaluator).lacks(task) == {}  # measured by what it is, not by its name
-        if task.probes:  # a head: its scores are measured by its evaluator and by a probe alike
-            assert isinstance(task, readout.HeadReadout)
+        spec, reads = tasks.training_of(name), tasks.readout_of(name)
+        assert isinstance(reads, readout.Readout)
+        assert evaluators.get(spec.evaluator).lacks(spec) == {}  # measured by what it is, not by its name
+        if reads.probes:  # a head: its scores are measured by its evaluator and by a probe alike
+            assert isinstance(reads, readout.HeadReadout)
 
 
 @pytest.mark.parametrize("stored, variant", [("classification", "label"), ("multilabel", "labels"),

@@ -146,7 +146,7 @@ def test_sigint_asks_once_then_interrupts_and_ignored_signals_stay_ignored():
 def scale_loss_at(monkeypatch, scales):
     """Multiplies the loss of the steps in `scales` (1-based) inside the jitted step: NaN makes the loss and the
     gradients non-finite, a large factor makes a finite spike."""
-    task = type(train.tasks.get_task("pretrain"))
+    task = type(train.tasks.training_of("pretrain"))
     real_batch, real_loss_fn = train.sharding.global_batch, task.loss_fn
     calls = itertools.count(1)
 

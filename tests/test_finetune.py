@@ -13,14 +13,14 @@ from test_train import tiny_config
 from vidjax import config_lib, evaluators, train
 from vidjax.data import pipeline
 from vidjax.metric_writer import read_metrics
-from vidjax.tasks import get_task
+from vidjax.tasks import training_of
 
 
 def task_config(task, **overrides):
     """The tiny VideoMAE with a linear head on the embedded dataset's `task` variant."""
     config = tiny_config(task=task, **overrides)
     config.model.update(head="classification", use_mean_pooling=True)
-    config.data.synthetic_task = get_task(task).synthetic_task
+    config.data.synthetic_task = training_of(task).synthetic_task
     config.model.num_classes = 2 if task == "regression" else config.data.num_classes
     config.optimizer.label_smoothing = 0.0
     return config
@@ -49,13 +49,13 @@ def test_losses_against_hand_computed_values():
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     label = np.array([0, 2])
     ce = -log_softmax[[0, 1], label]
-    loss, aux = get_task("classification").loss_fn(config_of("classification"))(FixedLogits(logits), {"video": video,
+    loss, aux = training_of("classification").loss_fn(config_of("classification"))(FixedLogits(logits), {"video": video,
                                                                                       "label": label}, None)
     np.testing.assert_allclose(loss, ce.mean(), rtol=1e-6)
     assert float(aux["accuracy"]) == 0.5
     # Class weights: PyTorch's weighted mean, sum_i w_(y_i) l_i / sum_i w_(y_i).
     weights = np.array([1.0, 1.0, 3.0], np.float32)
-    loss, _ = get_task("classification").loss_fn(config_of("classification"), class_weights=weights)(
+    loss, _ = training_of("classification").loss_fn(config_of("classification"), class_weights=weights)(
         FixedLogits(logits), {"video": video, "label": label}, None)
     np.testing.assert_allclose(loss, (ce[0] + 3 * ce[1]) / 4, rtol=1e-6)
 
@@ -64,7 +64,7 @@ def test_losses_against_hand_computed_values():
     sig = 1 / (1 + np.exp(-logits))
     pos_weight = np.array([2.0, 1.0, 0.5], np.float32)
     bce = -(pos_weight * labels * np.log(sig) + (1 - labels) * np.log(1 - sig))
-    loss, _ = get_task("multilabel").loss_fn(config_of("multilabel"), pos_weight=pos_weight)(
+    loss, _ = training_of("multilabel").loss_fn(config_of("multilabel"), pos_weight=pos_weight)(
         FixedLogits(logits), {"video": video, "labels": labels}, None)
     np.testing.assert_allclose(loss, bce.mean(), rtol=1e-5)
 
@@ -72,14 +72,14 @@ def test_losses_against_hand_computed_values():
     pred = np.array([[0.0, 1.0], [1.0, 3.0], [2.0, 2.0]])
     target = np.array([[0.5, 1.0], [1.0, 2.0], [1.5, 3.0]])
     batch = {"video": jnp.zeros((3, 1, 1, 1, 3)), "targets": target}
-    loss, aux = get_task("regression").loss_fn(config_of("regression"))(FixedLogits(pred), batch, None)
+    loss, aux = training_of("regression").loss_fn(config_of("regression"))(FixedLogits(pred), batch, None)
     np.testing.assert_allclose(loss, np.mean((pred - target) ** 2), rtol=1e-6)
 
     def ccc(p, t):
         return 2 * np.mean((p - p.mean()) * (t - t.mean())) / (p.var() + t.var() + (p.mean() - t.mean()) ** 2)
 
     expected_ccc = (ccc(pred[:, 0], target[:, 0]) + ccc(pred[:, 1], target[:, 1])) / 2
-    ccc_loss = get_task("regression").loss_fn(config_of("regression", regression="ccc"))
+    ccc_loss = training_of("regression").loss_fn(config_of("regression", regression="ccc"))
     loss, aux = ccc_loss(FixedLogits(pred), batch, None)
     np.testing.assert_allclose(loss, 1 - expected_ccc, rtol=1e-5)
     np.testing.assert_allclose(aux["ccc"], expected_ccc, rtol=1e-5)
@@ -87,7 +87,7 @@ def test_losses_against_hand_computed_values():
 
 def eval_outputs(task, config, model, batch):
     """The per-example outputs of one batch from the task's default evaluator (`Evaluator.batch_outputs`)."""
-    return evaluators.get(get_task(task).evaluator)(evaluators.EvalContext(config)).batch_outputs(model, batch)
+    return evaluators.get(training_of(task).evaluator)(evaluators.EvalContext(config)).batch_outputs(model, batch)
 
 
 def test_multi_view_eval_averages_probabilities_not_logits():
@@ -114,23 +114,23 @@ def test_balanced_and_explicit_weights():
     config.data.num_classes = 3
     config.loss.class_weights = "balanced"
     source = [{"label": np.int32(c)} for c in (0, 0, 0, 1)]  # class 2 has no example
-    class_weights, pos_weight = get_task(config.task).loss_weights(config, source)
+    class_weights, pos_weight = training_of(config.task).loss_weights(config, source)
     np.testing.assert_allclose(class_weights, [4 / (3 * 3), 4 / (3 * 1), 0.0], rtol=1e-6)
     assert pos_weight is None
     config.loss.class_weights = "1,2,3"
-    np.testing.assert_array_equal(get_task(config.task).loss_weights(config, source)[0], [1, 2, 3])
+    np.testing.assert_array_equal(training_of(config.task).loss_weights(config, source)[0], [1, 2, 3])
     for bad in ("1,2", "a,b,c", "1,-2,3"):
         config.loss.class_weights = bad
         with pytest.raises(config_lib.ConfigError, match="config.loss.class_weights"):
-            get_task(config.task).loss_weights(config, source)
+            training_of(config.task).loss_weights(config, source)
     config = task_config("multilabel")
     config.data.num_classes = 3
     config.loss.pos_weight = "balanced"
     source = [{"labels": np.float32(v)} for v in ([1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0])]
-    np.testing.assert_allclose(get_task(config.task).loss_weights(config, source)[1], [1 / 3, 3.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(training_of(config.task).loss_weights(config, source)[1], [1 / 3, 3.0, 1.0], rtol=1e-6)
     config.loss.class_weights = "balanced"
     with pytest.raises(config_lib.ConfigError, match="class_weights applies to task='classification'"):
-        get_task(config.task).loss_weights(config, source)
+        training_of(config.task).loss_weights(config, source)
 
 
 def test_config_mistakes_are_named():

@@ -4,12 +4,14 @@ test_decode_skip.py; here, what is cut from them."""
 
 import numpy as np
 import pytest
+from helpers import input_spec
 from PIL import Image
 from test_decode import make_video
 
-from vidjax import config_lib, tasks
+from vidjax import config_lib
 from vidjax.data import bench, decode, pipeline, sources, transforms
 from vidjax.data.decode import read_clip
+from vidjax.patches import MaskSpec
 
 
 def texture_frames(num_frames=24, h=48, w=64, seed=0):
@@ -122,8 +124,8 @@ def file_config(tmp_path, paths, num_samples=1, **data):
 
 
 def preprocess(config, source):
-    return pipeline.Preprocess(data=config.data, source=source, train=True, mask_grid=(4, 4, 4), mask_ratio=0.75,
-                               pixel_mean=(0.5,) * 3, pixel_std=(0.25,) * 3)
+    return pipeline.Preprocess(data=config.data, source=source, train=True, pixel_mean=(0.5,) * 3,
+                               pixel_std=(0.25,) * 3, masks=MaskSpec((4, 4, 4), 0.75))
 
 
 def test_training_clip_is_cut_crop_first_with_the_same_draws(tmp_path, videos):
@@ -180,14 +182,14 @@ def test_repeated_sampling_resumes_exactly(tmp_path, videos):
     paths = [videos[name] for name in ("bframes.mp4", "vp9.webm", "mjpeg.avi")]
     config = file_config(tmp_path, paths, num_samples=4)
     source = sources.CsvVideoSource(config.data.train_csv)
-    spec = tasks.get_task(config.task).input_spec(config)
-    dataset = pipeline.make_dataset(config, "train", source, spec, mask_grid=(4, 4, 4))
+    spec = input_spec(config)
+    dataset = pipeline.make_dataset(config, "train", source, spec)
     iterator = iter(dataset)
     for _ in range(2):
         next(iterator)
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(2)]
-    resumed = iter(pipeline.make_dataset(config, "train", source, spec, mask_grid=(4, 4, 4)))
+    resumed = iter(pipeline.make_dataset(config, "train", source, spec))
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)

@@ -3,17 +3,17 @@
 import logging
 
 import numpy as np
+from helpers import input_spec
 from test_decode import make_video
 from test_train import tiny_config
 
-from vidjax import tasks
 from vidjax.data import pipeline
 
 
-def batches(config, split, n, process_index=0, process_count=1, grid=(2, 4, 4)):
+def batches(config, split, n, process_index=0, process_count=1):
     source = pipeline.make_source(config.data, split)
-    ds = pipeline.make_dataset(config, split, source, tasks.get_task(config.task).input_spec(config),
-                               process_index=process_index, process_count=process_count, mask_grid=grid)
+    ds = pipeline.make_dataset(config, split, source, input_spec(config), process_index=process_index,
+                               process_count=process_count)
     it = iter(ds)
     return [next(it) for _ in range(n)] if n else list(it)
 

@@ -46,14 +46,14 @@ def test_step_compiles_once_with_one_backbone_trace_per_view_shape(monkeypatch):
 
     monkeypatch.setattr(timesformer.Model, "__call__", record)
     config = tiny_svt_config(global_frames=(2, 4), local_frames=(2, 4, 2))
-    groups = views.view_groups(train.tasks.get_task("svt").view_spec(config))
+    groups = views.view_groups(train.tasks.training_of("svt").view_spec(config))
     assert [g.key for g in groups] == ["views_2x32", "views_4x32", "views_2x16", "views_4x16"]
     from vidjax import sharding
 
     mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
-    batches = iter(pipeline.make_dataset(config, "train", source, train.tasks.get_task("svt").input_spec(config)))
+    batches = iter(pipeline.make_dataset(config, "train", source, train.tasks.training_of("svt").input_spec(config)))
     batch = next(batches)
     assert {k: v.shape for k, v in batch.items() if k.startswith("views_")} == {
         "views_2x32": (8, 1, 2, 32, 32, 3), "views_4x32": (8, 1, 4, 32, 32, 3),
@@ -180,9 +180,9 @@ def test_views_from_a_video_file_decode_only_their_frames(tmp_path):
     config = tiny_svt_config(global_shift=2, local_fraction=4, jitter_p=0.0, grayscale_p=0.0, flip_p=0.0,
                              local_scale=(1.0, 1.0), global_scale=(1.0, 1.0))
     config.data.update(sampling_rate=4, short_side=32)  # a window of 16 of the 64 frames
-    spec = train.tasks.get_task("svt").view_spec(config)
-    preprocess = pipeline.Preprocess(data=config.data, source=None, train=True, mask_grid=None, mask_ratio=0.0,
-                                     pixel_mean=(0.5,) * 3, pixel_std=(0.5,) * 3, views=spec)
+    spec = train.tasks.training_of("svt").view_spec(config)
+    preprocess = pipeline.Preprocess(data=config.data, source=None, train=True, pixel_mean=(0.5,) * 3,
+                                     pixel_std=(0.5,) * 3, views=spec)
     out = preprocess.load({"path": str(path), "index": 0, "label": 1}, np.random.default_rng(3))
     assert out["views_4x32"].shape == (2, 4, 32, 32, 3) and out["views_2x16"].shape == (2, 2, 16, 16, 3)
     expected = views.view_frame_indices(64, spec, np.random.default_rng(3))

@@ -1,6 +1,7 @@
-"""No module outside vidjax/tasks/ branches or looks up on a task's name: the task modules' contract carries what
-differs between tasks (issue 41; `vidjax.tasks.base.Task`), so a new task is one module in vidjax/tasks/ plus its
-config and tests; and what each task declares there is something its readers handle.
+"""No module outside vidjax/tasks/ branches or looks up on a task's name: the task modules' contracts carry what
+differs between tasks (issue 41; each task's training spec, readout and presentation: `vidjax.tasks`), so a new task
+is one module in vidjax/tasks/ plus its config and tests; and what each task declares there is something its readers
+handle.
 
 Every .py file under vidjax/ outside vidjax/tasks/ is read with `ast` (not imported), and every string literal
 equal to the name of a registered task (`vidjax.tasks.available()`) fails, naming file:line, where code decides by
@@ -39,7 +40,9 @@ OTHER_VOCABULARIES = {"head", "head_kind", "model_name", "mode", "modes", "kind"
 
 def task_names() -> set[str]:
     """Every registered task's name, as the registry and each task module spell it."""
-    return {spelling for name in tasks.available() for spelling in (name, tasks.get_task(name).name)}
+    return {spelling for name in tasks.available()
+            for spelling in (name, tasks.training_of(name).name, tasks.readout_of(name).name,
+                             tasks.presentation_of(name).name)}
 
 
 def words(node: ast.AST) -> set[str]:
@@ -131,13 +134,13 @@ def test_the_registry_names_the_tasks():
 def test_each_task_declares_what_the_commands_read_in_terms_they_know():
     """The contract the demo, export and the embedded dataset read instead of the name: values they handle."""
     for name in tasks.available():
-        task = tasks.get_task(name)
-        assert task.demo_output in (None, "scores", "reconstruction", "caption"), name
-        assert bool(task.demo_description(5)) == (task.demo_output is not None), name
-        assert task.score_function in ("softmax", "sigmoid", "identity"), name
-        if task.synthetic_task:  # the embedded dataset's variant that carries the task's targets
-            clips = synthetic.SyntheticVideoSource(1, num_frames=2, height=16, width=16, variant=task.synthetic_task)
-            assert task.target_key in clips[0], name
+        spec, shown = tasks.training_of(name), tasks.presentation_of(name)
+        assert shown.demo_output in (None, "scores", "reconstruction", "caption"), name
+        assert bool(shown.demo_description(5)) == (shown.demo_output is not None), name
+        assert shown.score_function in ("softmax", "sigmoid", "identity"), name
+        if spec.synthetic_task:  # the embedded dataset's variant that carries the task's targets
+            clips = synthetic.SyntheticVideoSource(1, num_frames=2, height=16, width=16, variant=spec.synthetic_task)
+            assert spec.target_key in clips[0], name
 
 
 def test_no_module_outside_tasks_branches_on_a_task_name():
@@ -148,8 +151,8 @@ def test_no_module_outside_tasks_branches_on_a_task_name():
             continue
         for line, name, how in uses(ast.parse(path.read_text(), str(path)), names):
             problems.append(f"{path.relative_to(ROOT)}:{line}: {name!r} {how}")
-    assert not problems, ("Task names outside vidjax/tasks/ (give the task module's contract, vidjax/tasks/base.py, "
-                          "what differs instead):\n" + "\n".join(problems))
+    assert not problems, ("Task names outside vidjax/tasks/ (give the task module's contracts, its TRAINING, READOUT "
+                          "and PRESENTATION, what differs instead):\n" + "\n".join(problems))
 
 
 def test_the_checker_sees_each_kind_of_use():

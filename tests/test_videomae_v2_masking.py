@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import run_steps, tiny_family_config
+from helpers import input_spec, run_steps, tiny_family_config
 
 from vidjax import config_lib, sharding, train
 from vidjax.config_lib import ConfigError
@@ -14,6 +14,7 @@ from vidjax.data import pipeline
 from vidjax.data.pipeline import running_cell_mask, running_cell_masks, tube_mask
 from vidjax.evaluators import reconstruction
 from vidjax.models import videomae
+from vidjax.patches import MaskSpec
 from vidjax.tasks import pretrain
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -223,8 +224,7 @@ def test_input_path_emits_decoder_masks():
     phases = {m.tobytes() for m in running_cell_masks(grid)}
     for split in ("train", "eval"):
         source = pipeline.make_source(config.data, split)
-        batch = next(iter(pipeline.make_dataset(config, split, source, pretrain.TASK.input_spec(config),
-                                                mask_grid=grid)))
+        batch = next(iter(pipeline.make_dataset(config, split, source, input_spec(config))))
         assert batch["decoder_mask"].shape == batch["mask"].shape == (8, 32)
         assert batch["decoder_mask"].dtype == bool
         assert ((~batch["decoder_mask"]).sum(1) == 16).all()
@@ -232,11 +232,10 @@ def test_input_path_emits_decoder_masks():
     # The tube masks are V1's: the decoder masks are drawn after them.
     v1 = tiny_family_config("videomae")
     source = pipeline.make_source(v1.data, "train")
-    v1_batch = next(iter(pipeline.make_dataset(v1, "train", source, pretrain.TASK.input_spec(v1), mask_grid=grid)))
+    v1_batch = next(iter(pipeline.make_dataset(v1, "train", source, input_spec(v1))))
     assert "decoder_mask" not in v1_batch
     source = pipeline.make_source(config.data, "train")
-    v2_batch = next(iter(pipeline.make_dataset(config, "train", source, pretrain.TASK.input_spec(config),
-                                               mask_grid=grid)))
+    v2_batch = next(iter(pipeline.make_dataset(config, "train", source, input_spec(config))))
     np.testing.assert_array_equal(v2_batch["mask"], v1_batch["mask"])
 
 
@@ -244,8 +243,8 @@ def test_repeated_samples_get_one_decoder_mask_each():
     data = config_lib.synthetic_data(num_frames=4, image_size=32, num_train=4, num_eval=4)
     data.num_samples = 3
     grid = (2, 4, 4)
-    preprocess = pipeline.Preprocess(data=data, source=None, train=True, mask_grid=grid, mask_ratio=0.9,
-                                     pixel_mean=(0.5,) * 3, pixel_std=(0.25,) * 3, decoder_mask_type="run_cell")
+    preprocess = pipeline.Preprocess(data=data, source=None, train=True, pixel_mean=(0.5,) * 3,
+                                     pixel_std=(0.25,) * 3, masks=MaskSpec(grid, 0.9, decoder_kind="run_cell"))
     rng = np.random.default_rng(0)
     element = {"video": rng.integers(0, 256, (8, 40, 48, 3), dtype=np.uint8), "index": np.int32(0),
                "label": np.int32(1)}
@@ -270,7 +269,6 @@ def test_a_train_step_runs_with_decoder_masking(tmp_path):
     source = pipeline.make_source(config.data, "train")
     setup = train.build(config, len(source), mesh)
     path = tmp_path / "reconstruction.png"
-    reconstruction.write_reconstruction_figure(config, setup, setup.init_state()["params"],
-                                               pipeline.make_source(config.data, "eval"),
-                                               setup.abstract_model.encoder.grid, str(path))
+    reconstruction.write_reconstruction_figure(config, setup, pretrain.TRAINING, setup.init_state()["params"],
+                                               pipeline.make_source(config.data, "eval"), str(path))
     assert path.stat().st_size > 0

@@ -125,10 +125,10 @@ def _gradio():
 
 def _example_source(model: pretrained.Pretrained, num_examples: int, num_frames: int, side: int
                     ) -> synthetic.SyntheticVideoSource:
-    """Embedded-dataset clips carrying the targets of the checkpoint's task (`Task.synthetic_task`; the default
+    """Embedded-dataset clips carrying the targets of the checkpoint's task (`Presentation.examples`; the default
     class labels for a task without targets), of its class count where the generator takes that count."""
-    task = tasks.find_task(model.task or "")
-    variant = {"variant": task.synthetic_task} if task is not None and task.synthetic_task else {}
+    examples = tasks.presentation_of(model.task).examples if model.task in tasks.available() else None
+    variant = {"variant": examples} if examples else {}
     # Wider than tall, so the short-side resize and the centre crop do what they do to a real upload.
     width = side * 4 // 3 // 2 * 2  # even: H.264 in yuv420p
     clips = functools.partial(synthetic.SyntheticVideoSource, num_examples, num_frames=num_frames, height=side,
@@ -301,19 +301,21 @@ class ModelRunner:
 class Handlers:
     """What the page's endpoints do with one request: the upload checked against --max_mb and --max_seconds before
     any frame is decoded (each refusal an InputError saying what was wrong and what to do), then the runner's outputs
-    read as the checkpoint's task shows them (`Task.shown_scores`, `timeline_columns`, `timeline_cells`)."""
+    read as the checkpoint's task shows them (its presentation: `shown_scores`, `timeline_columns`,
+    `timeline_cells`)."""
 
-    def __init__(self, runner: ModelRunner, task: tasks.Task, settings: Settings, *, folder: str, checkpoint: str):
-        self.runner, self.task, self.settings = runner, task, settings
+    def __init__(self, runner: ModelRunner, presentation: tasks.Presentation, settings: Settings, *, folder: str,
+                 checkpoint: str):
+        self.runner, self.presentation, self.settings = runner, presentation, settings
         self.folder, self.checkpoint = folder, checkpoint
         self.has_head = runner.batcher is not None
-        self.reconstructs = task.demo_output == "reconstruction"
+        self.reconstructs = presentation.demo_output == "reconstruction"
 
     @property
     def timeline_headers(self) -> list[str]:
         headers = ["start (s)", "end (s)"]
         if self.has_head:
-            headers += self.task.timeline_columns(self.runner.names, self.settings.threshold)
+            headers += self.presentation.timeline_columns(self.runner.names, self.settings.threshold)
         if self.runner.captioner is not None:
             headers.append("caption")
         return headers
@@ -352,9 +354,9 @@ class Handlers:
         video = self.check_upload(video)
         if not self.has_head:
             raise InputError(f"--checkpoint={self.checkpoint} has no classification or regression head, so /predict "
-                             f"has no labels to give; call /analyse for its {self.task.demo_output}.")
+                             f"has no labels to give; call /analyse for its {self.presentation.demo_output}.")
         try:
-            return self.task.shown_scores(self.runner.scores(video, self.settings)["aggregate"])
+            return self.presentation.shown_scores(self.runner.scores(video, self.settings)["aggregate"])
         except decode.VideoDecodeError as e:
             raise self._decode_error(video, e) from e
 
@@ -373,10 +375,10 @@ class Handlers:
         notes = []
         if self.has_head:
             entry = self.runner.scores(video, s)
-            labels = self.task.shown_scores(entry["aggregate"])
+            labels = self.presentation.shown_scores(entry["aggregate"])
             for window in entry.get("windows", []):
                 rows.append([round(window["start_s"], 2), round(window["end_s"], 2),
-                             *self.task.timeline_cells(window["prediction"])])
+                             *self.presentation.timeline_cells(window["prediction"])])
         elif self.reconstructs:
             result = self.runner.reconstruction(video, self.folder)
             gif = result["gif"]
@@ -411,7 +413,7 @@ class Page:
         caption = (f" Captions by `{self.caption_checkpoint}`." if runner.captioner is not None
                    and runner.captioner is not runner.model else "")
         return (f"# vidjax demo\n`{self.checkpoint}`: {runner.model.model_name} ({runner.model.task}). Upload a video "
-                f"or pick an example, then press **Predict** to see {h.task.demo_description(settings.top_k)}."
+                f"or pick an example, then press **Predict** to see {h.presentation.demo_description(settings.top_k)}."
                 f"{caption} Uploads up to {settings.max_mb:g} MB.")
 
     def blocks(self):
@@ -439,7 +441,7 @@ class Page:
                                     example_labels=[label for _, label in self.examples], label="examples")
                 with gr.Column():
                     outputs = []
-                    if h.has_head and not h.task.ranks_labels:
+                    if h.has_head and not h.presentation.ranks_labels:
                         outputs.append(gr.JSON(label="values", elem_id="labels"))
                     elif h.has_head:
                         outputs.append(gr.Label(num_top_classes=settings.top_k, label=f"top {settings.top_k}",
@@ -477,10 +479,10 @@ class Demo:
 
     def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None = None,
                  settings: Settings | None = None, *, checkpoint: str = "", caption_checkpoint: str = ""):
-        task = tasks.find_task(model.task or "")
-        # What the task shows (`Task.demo_output`) needs the head the task trains: a pre-training's decoder.
-        fits = task is not None and (task.head is None or model.config.get("head") == task.head)
-        if not fits or task.demo_output is None:
+        presentation = tasks.presentation_of(model.task) if model.task in tasks.available() else None
+        # What the task shows (`Presentation.demo_output`) needs the head it names: a pre-training's decoder.
+        fits = presentation is not None and presentation.demo_head in (None, model.config.get("head"))
+        if not fits or presentation.demo_output is None:
             raise DemoError(f"--checkpoint={checkpoint} is a backbone checkpoint of {model.model_name} (head "
                             f"{model.config.get('head')!r}): it has no head to predict with and no decoder to "
                             f"reconstruct with, so the demo has nothing to show. Fine-tune it first (a config with "
@@ -500,7 +502,7 @@ class Demo:
         self.model, self.captioner = model, captioner
         self.folder = tempfile.mkdtemp(prefix="vidjax-demo-")
         self.runner = ModelRunner(model, captioner, settings.max_batch)
-        self.handlers = Handlers(self.runner, task, settings, folder=self.folder, checkpoint=checkpoint)
+        self.handlers = Handlers(self.runner, presentation, settings, folder=self.folder, checkpoint=checkpoint)
         self.examples = write_examples(model, self.folder, settings) if settings.num_examples else []
         self.page = Page(self.handlers, self.examples, checkpoint=checkpoint, caption_checkpoint=caption_checkpoint)
 

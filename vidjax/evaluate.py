@@ -33,6 +33,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vidjax import fileio
 from vidjax.cli import parse_flags
 from vidjax.config_lib import ConfigError, chosen, command_line_keys, raise_problems
 
@@ -50,17 +51,28 @@ def define_flags() -> None:
 def get_config(checkpoint: str):
     """The config stored with training checkpoint `checkpoint`, as a config file's `get_config` gives one: what
     `--config.KEY=VALUE` flags change when no --config is given (`stored_config_argv`)."""
+    return _training_config(_read_stored(checkpoint), checkpoint)
+
+
+def _read_stored(checkpoint: str):
+    """What `checkpoint` records (`pretrained.read_config`); a file it cannot read is a ConfigError naming the flag."""
     # here, not at the top: --help answers without loading jax
-    from vidjax import pretrained, tasks
+    from vidjax import pretrained
     from vidjax.convert.common import ConversionError
 
     try:
-        training = pretrained.read_config(checkpoint).training
+        return pretrained.read_config(checkpoint)
     except (ConversionError, FileNotFoundError) as err:
         raise ConfigError(f"--checkpoint={checkpoint}: {err}") from err  # flag parsing reports a ConfigError alone
-    if training is None:
+
+
+def _training_config(stored, checkpoint: str) -> ml_collections.ConfigDict:
+    """The config of the run that wrote `checkpoint` (`stored`: what it records); a converted one records none."""
+    from vidjax import tasks  # here, not at the top: --help answers without loading jax
+
+    if stored.training is None:
         raise ConfigError(_NO_DATA.format(checkpoint=checkpoint))
-    return tasks.upgrade_stored_config(training)
+    return tasks.upgrade_stored_config(stored.training)
 
 
 _NO_DATA = ("--checkpoint={checkpoint} is a converted checkpoint: its vidjax.json records the model but no data to "
@@ -101,24 +113,45 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
     # here, not at the top: --help answers without loading jax
     import jax
 
-    from vidjax import evaluators, fileio, pretrained, sharding, tasks, train
-    from vidjax.convert.common import ConversionError
+    from vidjax import evaluators, train
     from vidjax.data import pipeline
 
     where = f"--checkpoint={checkpoint}"
-    try:
-        stored = pretrained.read_config(checkpoint)
-    except (ConversionError, FileNotFoundError) as err:
-        raise ConfigError(f"{where}: {err}") from err
+    stored = _read_stored(checkpoint)
     if config is None:
-        if stored.training is None:
-            raise ConfigError(_NO_DATA.format(checkpoint=checkpoint))
-        config = tasks.upgrade_stored_config(stored.training)
+        config = _training_config(stored, checkpoint)
     config = resolve_config(config, stored, explicit_keys, where)
+    names, eval_source, mesh = _checked_inputs(config, stored, where)
+    setup = train.build(config, max(len(eval_source), config.batch_size), mesh)
+    params = _trained_params(checkpoint, config, stored, setup.init_params(), where)
+    context = train.eval_context(config, setup, sources={"eval": eval_source}, class_names=names,
+                                 metadata={**(stored.metadata or {}),
+                                           "target_names": pipeline.target_names(config.data) or None})
+    scheduled = evaluators.from_config(context)  # the splits any of them reads besides "eval" made and checked
+    summary: dict[str, float] = {}
+    for evaluation in scheduled:
+        summary.update(evaluation.run(params))
+    first = scheduled[0].evaluator.outputs  # per-example outputs of padded evals ({}: a trimmed loss estimate)
+    if outputs is not None:
+        outputs.update(first)
+    if out and jax.process_index() == 0:
+        _write_results(out, checkpoint, scheduled, summary)
+    return summary
+
+
+def _checked_inputs(config: ml_collections.ConfigDict, stored, where: str) -> tuple:
+    """(the class names the eval data takes from the checkpoint, the eval source, the mesh) of `config`; every
+    problem of the config, the data and the mesh raised together, as one ConfigError."""
+    # here, not at the top: --help answers without loading jax
+    import jax
+
+    from vidjax import sharding, tasks, train
+    from vidjax.data import pipeline
+
     problems = train.config_problems(config)
     if config.task not in tasks.available():
         raise_problems(problems)
-    task = tasks.get_task(config.task)
+    task = tasks.training_of(config.task)
     eval_source = None
     names = stored.class_names if task.names_classes else None
     try:
@@ -137,8 +170,15 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
                                                  {"eval": len(eval_source)} if eval_source is not None else None,
                                                  pads_eval=task.pads_eval)
     raise_problems(problems)
-    setup = train.build(config, max(len(eval_source), config.batch_size), mesh)
-    params, report = pretrained.init_from(checkpoint, config.model_name, config.model, setup.init_params(),
+    return names, eval_source, mesh
+
+
+def _trained_params(checkpoint: str, config: ml_collections.ConfigDict, stored, init_params, where: str):
+    """`checkpoint`'s parameters in the model `config` builds (`init_params`: its fresh ones); a ConfigError saying
+    why when the checkpoint has no values for some of them."""
+    from vidjax import pretrained  # here, not at the top: --help answers without loading jax
+
+    params, report = pretrained.init_from(checkpoint, config.model_name, config.model, init_params,
                                           flag="--checkpoint")
     if report["fresh"]:
         differing = pretrained.model_differences(stored.model, config.model, pretrained.EVALUATION_KEYS)
@@ -149,26 +189,19 @@ def evaluate_checkpoint(config, checkpoint: str, out: str | None = None,
             + ("A pre-training checkpoint has no classification head: fine-tune it first (--config.init_from), "
                "then evaluate that run." if stored.model.get("head") == "pretrain" else
                "Evaluate with the checkpoint's own model (leave config.model unset)."))
-    context = train.eval_context(config, setup, sources={"eval": eval_source}, class_names=names,
-                                 mask_grid=task.mask_grid(setup.abstract_model),
-                                 metadata={**(stored.metadata or {}),
-                                           "target_names": pipeline.target_names(config.data) or None})
-    scheduled = evaluators.from_config(context)  # the splits any of them reads besides "eval" made and checked
-    summary: dict[str, float] = {}
-    for evaluation in scheduled:
-        summary.update(evaluation.run(params))
-    first = scheduled[0].evaluator.outputs  # per-example outputs of padded evals ({}: a trimmed loss estimate)
-    if outputs is not None:
-        outputs.update(first)
-    if out and jax.process_index() == 0:
-        with fileio.atomic_output(out) as f:
-            json.dump({"checkpoint": str(checkpoint),
-                       "num_examples": len(next(iter(first.values()))) if first else None, **summary}, f, indent=1)
-        stem = os.path.splitext(out)[0]
-        for evaluation in scheduled:  # OUT.png, and OUT_<name>.png for the evaluations after the first
-            evaluation.evaluator.figure(stem + ("" if evaluation is scheduled[0] else f"_{evaluation.name}") + ".png",
-                                        title=str(checkpoint))
-    return summary
+    return params
+
+
+def _write_results(out: str, checkpoint: str, scheduled: list, summary: dict[str, float]) -> None:
+    """--out: the metrics as JSON, and each evaluation's figure beside it."""
+    first = scheduled[0].evaluator.outputs
+    with fileio.atomic_output(out) as f:
+        json.dump({"checkpoint": str(checkpoint),
+                   "num_examples": len(next(iter(first.values()))) if first else None, **summary}, f, indent=1)
+    stem = os.path.splitext(out)[0]
+    for evaluation in scheduled:  # OUT.png, and OUT_<name>.png for the evaluations after the first
+        evaluation.evaluator.figure(stem + ("" if evaluation is scheduled[0] else f"_{evaluation.name}") + ".png",
+                                    title=str(checkpoint))
 
 
 def resolve_config(config: ml_collections.ConfigDict, stored, explicit_keys: Collection[str] | None,

@@ -146,10 +146,11 @@ def export(model: pretrained.Pretrained, *, platforms: tuple[str, ...] | None = 
         raise ExportError(f"{where}: the {model.model_name} inference function does not export"
                           f"{' for ' + ','.join(platforms) if platforms else ''}: {type(e).__name__}: {e}") from e
     num_outputs = int(model.config.num_classes)
-    task = tasks.find_task(model.task or "")
+    # What the scores apply to the logits (`Presentation.score_function`); a backbone's are the logits themselves.
+    scores = tasks.presentation_of(model.task).score_function if model.task in tasks.available() else "identity"
     metadata = {
         "format": FORMAT, "vidjax_version": vidjax.__version__, "model_name": model.model_name, "task": model.task,
-        "scores": task.score_function if task is not None else "identity", "num_outputs": num_outputs,
+        "scores": scores, "num_outputs": num_outputs,
         "class_names": model.class_names, "target_names": model.target_names,
         # sampling_rate: the checkpoint's frame stride, else the one vidjax.predict decodes with (recorded: false).
         "clip": {"num_frames": t, "image_size": s, "short_side": int(spec.get("short_side", s)),
@@ -197,11 +198,14 @@ def to_hf(model: pretrained.Pretrained | pretrained.PretrainedCaptioner | pretra
     what was written and the file names. A ConversionError says why a model has no transformers form."""
     flat = layers.flat_to_layout({k: np.asarray(v) for k, v in common.flatten_params(model.params).items()})
     preprocessing = dict(getattr(model, "preprocessing", None) or {})
-    task = tasks.find_task(getattr(model, "task", None) or "")
-    kind = task.output_kind if task is not None else "class"  # what one output is called: a class or a target
+    task = getattr(model, "task", None)
+    known = task in tasks.available()
+    # What one output is called (`Readout.output_kind`): a class or a target, whose names label the head.
+    kind = tasks.readout_of(task).output_kind if known else "class"
     labels = getattr(model, "target_names", None) if kind == "target" else getattr(model, "class_names", None)
     converted = common.Converted(model.model_name, model.config, flat, preprocessing)
-    checkpoint = hf.to_hf(converted, problem_type=task.hf_problem_type if task is not None else None, labels=labels)
+    problem_type = tasks.presentation_of(task).hf_problem_type if known else None
+    checkpoint = hf.to_hf(converted, problem_type=problem_type, labels=labels)
     return checkpoint, hf.write_hf_dir(checkpoint, preprocessing, fileio.user_path(out),
                                        tokenizer_dir=getattr(model, "tokenizer_dir", None))
 

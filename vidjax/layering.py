@@ -44,7 +44,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax.convert.hf_vivit", "vidjax.convert.svt", "vidjax.convert.videomae", "vidjax.convert.videomamba",
          "vidjax.hub", "vidjax.pretrained", "vidjax.windows",
      )),
-    ("tasks", "what a run trains a model for (`vidjax.tasks.base.Task`), and the evaluations of its splits", (
+    ("tasks", "what a run trains a model for (each task's training spec, readout and presentation), and the "
+     "evaluations of its splits", (
         "vidjax.tasks", "vidjax.tasks.*", "vidjax.evaluators", "vidjax.evaluators.*",
     )),
     ("trainer", "the training loop, its optimizer and its checkpoints", (

@@ -1,4 +1,5 @@
-"""Video <-> token conversions shared by the models and the figures; works on numpy and jax arrays alike.
+"""Video <-> token conversions shared by the models and the figures (numpy and jax arrays alike), and the masks
+drawn over a model's token grid (`MaskSpec`).
 
 Tokens are ordered (t', h', w') over the tubelet grid and each token's pixels (t, h, w, c): the layout of
 VideoMAE's tubelet embedding and of its reconstruction target.
@@ -6,7 +7,14 @@ VideoMAE's tubelet embedding and of its reconstruction target.
 
 from __future__ import annotations
 
+import dataclasses
+
+import ml_collections
+
 from vidjax.config_lib import ConfigError
+
+MASK_KINDS = ("tube",)  # what the encoder's mask hides: a tube, the same spatial positions at every time index
+DECODER_MASK_KINDS = ("none", "run_cell")  # config.model.decoder_mask_type: VideoMAE V2's decoder masking
 
 
 def grid_shape(shape: tuple[int, ...], tubelet: int, patch: int) -> tuple[int, int, int]:
@@ -65,3 +73,51 @@ def running_cell_hidden(grid: tuple[int, int, int], mask_ratio: float) -> int:
                           f"each frame, which needs an even number of patches each way; choose image_size as an even "
                           f"multiple of the patch size, or decoder_mask_type='none'.")
     return hidden
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """The masks a masked-prediction task has the input path draw for every clip over a model's token grid, and the
+    counts the model reads of them: made once from the config (`of`), given to the pipeline (which draws them,
+    `vidjax.data.pipeline.InputSpec.masks`) and to the model (`num_masked`, `num_decoded`), so both follow one
+    description. Its defaults are the model block's (`vidjax.models.videomae.default_config` takes them)."""
+
+    grid: tuple[int, int, int]  # the model's token grid (t', h', w')
+    ratio: float = 0.9  # config.model.mask_ratio: the share of each frame's positions the encoder's mask hides
+    kind: str = "tube"  # one of MASK_KINDS
+    decoder_kind: str = "none"  # config.model.decoder_mask_type: one of DECODER_MASK_KINDS
+    decoder_ratio: float = 0.5  # config.model.decoder_mask_ratio: the running cell's share of positions not decoded
+
+    def __post_init__(self):
+        if self.kind not in MASK_KINDS:
+            raise ConfigError(f"MaskSpec.kind must be one of {', '.join(MASK_KINDS)}, got {self.kind!r}.")
+        if self.decoder_kind not in DECODER_MASK_KINDS:
+            raise ConfigError(f"config.model.decoder_mask_type must be one of {', '.join(DECODER_MASK_KINDS)}, got "
+                              f"{self.decoder_kind!r}.")
+        tokens = self.grid[0] * self.grid[1] * self.grid[2]
+        if not 0 < self.num_masked < tokens:
+            raise ConfigError(f"config.model.mask_ratio={self.ratio} masks {self.num_masked} of the {tokens} tokens; "
+                              f"choose a ratio that leaves some of each.")
+        _ = self.num_decoded  # a running-cell ratio or grid it cannot tile fails here, naming the setting
+
+    @classmethod
+    def of(cls, model: ml_collections.ConfigDict, grid: tuple[int, int, int]) -> MaskSpec:
+        """The masks config.model (`model`) asks for over `grid`; a key the block lacks takes the default."""
+        return cls(grid=tuple(int(v) for v in grid), ratio=float(model.get("mask_ratio", cls.ratio)),
+                   decoder_kind=model.get("decoder_mask_type", cls.decoder_kind),
+                   decoder_ratio=float(model.get("decoder_mask_ratio", cls.decoder_ratio)))
+
+    @property
+    def num_masked(self) -> int:
+        """Tokens each clip's mask hides: int(ratio * h' * w') spatial positions at each of the t' time indices."""
+        t, h, w = self.grid
+        return int(self.ratio * h * w) * t
+
+    @property
+    def num_decoded(self) -> int | None:
+        """Positions per clip the decoder reconstructs under the decoder mask; None: no decoder mask (it reconstructs
+        the masked tokens)."""
+        if self.decoder_kind == "none":
+            return None
+        t, h, w = self.grid
+        return t * h * w * (4 - running_cell_hidden(self.grid, self.decoder_ratio)) // 4

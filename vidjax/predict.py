@@ -63,7 +63,7 @@ import functools
 import itertools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class _Scores:
 
 
 def scores_fn(task: str, columns=None) -> _Scores:
-    """Per-clip scores from the model (`Task.scores`): class probabilities, per-class sigmoid scores, or the
+    """Per-clip scores from the model (`Readout.scores`): class probabilities, per-class sigmoid scores, or the
     regressed values; with `columns`, of those logits only (in that order), e.g. `kinetics.label_map("k710",
     "k400")`. A frozen dataclass, so every runner of a task (and columns) shares one compilation."""
     return _Scores(task, None if columns is None else tuple(int(c) for c in columns))
@@ -122,7 +122,7 @@ def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple
 
 def describe(task: str, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
     """A JSON-able prediction from averaged scores (C,): the full vector plus what the task reports
-    (`Task.describe`)."""
+    (`Readout.describe`)."""
     return tasks.readout_of(task).describe(scores, names, top_k, threshold)
 
 
@@ -350,6 +350,115 @@ def _window_text(task: str | None, row: dict) -> list[str]:
             *format_prediction(task, row["prediction"], indent="    ")]
 
 
+@dataclasses.dataclass
+class _Plan:
+    """How `main` predicts with one checkpoint: the --json report (its "videos" filled as they are done), each
+    video's rows from a window on (`make_rows(path, spans, first)`), and for a checkpoint with a head the
+    video-level (prediction, text lines) of its mean scores (`summarize`)."""
+
+    report: dict
+    make_rows: Callable[[str, list[windows.Span], int], Iterator[dict]]
+    summarize: Callable[[np.ndarray], tuple[dict, list[str]]] | None = None
+
+
+def _caption_plan(model: pretrained.PretrainedCaptioner, args: argparse.Namespace, settings: dict) -> _Plan:
+    """A captioner's plan: one caption per window."""
+    report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
+              "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
+              "length_penalty": args.length_penalty, **settings, "videos": []}
+    return _Plan(report, functools.partial(_caption_rows, model, args))
+
+
+def _head_plan(model: pretrained.Pretrained, args: argparse.Namespace, settings: dict, columns: np.ndarray | None,
+               names: list[str]) -> _Plan:
+    """The plan of a checkpoint with a head: the scores of its logit `columns` (None: all), shown as `names`."""
+    runner = pretrained.BatchRunner(model, scores_fn(model.task, columns), args.batch_size)
+    report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
+              "num_clips": args.num_clips, "num_crops": args.num_crops, **settings, "videos": []}
+    if args.label_space:
+        report["label_space"] = args.label_space
+
+    def summarize(scores: np.ndarray) -> tuple[dict, list[str]]:
+        prediction = describe(model.task, scores, names, args.top_k, args.threshold)
+        return prediction, format_prediction(model.task, prediction)
+
+    return _Plan(report, functools.partial(_head_rows, model, runner, names, args), summarize)
+
+
+def _plan(model: pretrained.Pretrained, args: argparse.Namespace) -> _Plan | str:
+    """How to predict with `model` under these flags, or why it cannot (the text of an `error:` line)."""
+    settings = {"window_s": args.window or None, "stride_s": (args.stride or args.window) or None}
+    if isinstance(model, pretrained.PretrainedCaptioner):
+        return _captioner_problem(model, args) or _caption_plan(model, args, settings)
+    if not model.has_head:
+        return (f"--checkpoint={args.checkpoint} is {tasks.checkpoint_kind(model.task)} checkpoint of "
+                f"{model.model_name} with no classification or regression head, so it has nothing to predict. For "
+                f"embeddings use `python -m "
+                f"vidjax.extract --checkpoint={args.checkpoint} --csv=LIST --out=FEATURES.npz` (then `python -m "
+                f"vidjax.probe`); to see what a VideoMAE pre-training checkpoint reconstructs use `python -m "
+                f"vidjax.visualize --checkpoint={args.checkpoint} VIDEO --out=PREFIX`.")
+    columns, names = None, output_names(model)
+    if args.label_space:
+        try:
+            columns, names = label_space_columns(model, args.label_space)
+        except ValueError as e:
+            return f"--checkpoint={args.checkpoint}: {e}"
+    return _head_plan(model, args, settings, columns, names)
+
+
+def _jsonl_rows(args: argparse.Namespace, report: dict) -> windows.Rows:
+    """--jsonl's file, opened (or resumed) with its header: the report's settings and the flags that shape rows."""
+    header = {k: v for k, v in report.items() if k != "videos"}
+    header.update(top_k=args.top_k, threshold=args.threshold, sampling_rate=args.sampling_rate or None,
+                  batch_size=args.batch_size)
+    return windows.Rows(args.jsonl, header)
+
+
+def _whole_video(args: argparse.Namespace, path: str, plan: _Plan) -> dict:
+    """One video without --window, the whole video as one window: its text shown, its --json entry."""
+    (row,) = plan.make_rows(path, [(None, None)], 0)
+    entry = {"path": path, "error": None}
+    if "caption" in row:
+        entry["caption"] = row["caption"]
+        text = [path, f"  caption: {row['caption']}"]
+    else:
+        entry["aggregate"], lines = plan.summarize(np.asarray(row["scores"]))
+        text = [path, *lines]
+    if args.json != "-":
+        print("\n".join(text), flush=True)
+    return entry
+
+
+def _video_entry(args: argparse.Namespace, task: str | None, plan: _Plan, out: windows.Rows | None,
+                 path: str) -> dict:
+    """One video predicted, shown and written; its --json entry. A video that does not decode (or did not in the
+    run --jsonl resumes) gets an `error:` line on stderr, an entry naming the error, and a --jsonl row of it."""
+    try:
+        if out and path in out.errors:
+            raise decode.VideoDecodeError(path, out.errors[path].split(": ", 1)[-1])
+        if args.window:
+            return _windowed_video(args, path, plan.make_rows, functools.partial(_window_text, task),
+                                   plan.summarize, out)
+        return _whole_video(args, path, plan)
+    except decode.VideoDecodeError as e:
+        print(f"error: {e}; skipped", file=sys.stderr, flush=True)
+        if out and path not in out.errors:
+            out.write({"path": path, "error": str(e)})
+        return {"path": path, "error": str(e)}
+
+
+def _finish_outputs(args: argparse.Namespace, report: dict, out: windows.Rows | None) -> None:
+    """--jsonl's file completed, and the --json report printed (--json=-) or written."""
+    if out:
+        out.finish()
+        print(f"Wrote {args.jsonl}: one row per window of {len(args.videos)} videos.", file=sys.stderr)
+    if args.json == "-":
+        print(json.dumps(report, indent=1))
+    elif args.json:
+        with fileio.atomic_output(args.json) as f:
+            json.dump(report, f, indent=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     problem = _check_args(args)
@@ -359,89 +468,19 @@ def main(argv: list[str] | None = None) -> int:
     model = pretrained.load_for_command(args.checkpoint)
     if model is None:
         return 2
-    settings = {"window_s": args.window or None, "stride_s": (args.stride or args.window) or None}
-    summarize = None
-    if isinstance(model, pretrained.PretrainedCaptioner):
-        problem = _captioner_problem(model, args)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-        report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
-                  "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
-                  "length_penalty": args.length_penalty, **settings, "videos": []}
-        make_rows = functools.partial(_caption_rows, model, args)
-    elif not model.has_head:
-        print(f"error: --checkpoint={args.checkpoint} is {tasks.checkpoint_kind(model.task)} checkpoint of "
-              f"{model.model_name} with no classification or regression head, so it has nothing to predict. For "
-              f"embeddings use `python -m "
-              f"vidjax.extract --checkpoint={args.checkpoint} --csv=LIST --out=FEATURES.npz` (then `python -m "
-              f"vidjax.probe`); to see what a VideoMAE pre-training checkpoint reconstructs use `python -m "
-              f"vidjax.visualize --checkpoint={args.checkpoint} VIDEO --out=PREFIX`.", file=sys.stderr)
+    plan = _plan(model, args)
+    if isinstance(plan, str):
+        print(f"error: {plan}", file=sys.stderr)
         return 2
-    else:
-        columns, names = None, output_names(model)
-        if args.label_space:
-            try:
-                columns, names = label_space_columns(model, args.label_space)
-            except ValueError as e:
-                print(f"error: --checkpoint={args.checkpoint}: {e}", file=sys.stderr)
-                return 2
-        runner = pretrained.BatchRunner(model, scores_fn(model.task, columns), args.batch_size)
-        report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
-                  "num_clips": args.num_clips, "num_crops": args.num_crops, **settings, "videos": []}
-        if args.label_space:
-            report["label_space"] = args.label_space
-        make_rows = functools.partial(_head_rows, model, runner, names, args)
-
-        def summarize(scores: np.ndarray) -> tuple[dict, list[str]]:
-            prediction = describe(model.task, scores, names, args.top_k, args.threshold)
-            return prediction, format_prediction(model.task, prediction)
-
-    out = None
-    if args.jsonl:
-        header = {k: v for k, v in report.items() if k != "videos"}
-        header.update(top_k=args.top_k, threshold=args.threshold, sampling_rate=args.sampling_rate or None,
-                      batch_size=args.batch_size)
-        try:
-            out = windows.Rows(args.jsonl, header)
-        except (ValueError, OSError) as e:
-            print(f"error: --jsonl={args.jsonl}: {e}", file=sys.stderr)
-            return 2
-    failed = 0
+    try:
+        out = _jsonl_rows(args, plan.report) if args.jsonl else None
+    except (ValueError, OSError) as e:
+        print(f"error: --jsonl={args.jsonl}: {e}", file=sys.stderr)
+        return 2
     for path in args.videos:
-        try:
-            if out and path in out.errors:
-                raise decode.VideoDecodeError(path, out.errors[path].split(": ", 1)[-1])
-            if args.window:
-                entry = _windowed_video(args, path, make_rows, functools.partial(_window_text, model.task),
-                                        summarize, out)
-            else:
-                (row,) = make_rows(path, [(None, None)], 0)
-                entry = {"path": path, "error": None}
-                if "caption" in row:
-                    entry["caption"] = row["caption"]
-                    text = [path, f"  caption: {row['caption']}"]
-                else:
-                    entry["aggregate"], lines = summarize(np.asarray(row["scores"]))
-                    text = [path, *lines]
-                if args.json != "-":
-                    print("\n".join(text), flush=True)
-        except decode.VideoDecodeError as e:
-            failed += 1
-            print(f"error: {e}; skipped", file=sys.stderr, flush=True)
-            report["videos"].append({"path": path, "error": str(e)})
-            if out and path not in out.errors:
-                out.write({"path": path, "error": str(e)})
-            continue
-        report["videos"].append(entry)
-    if out:
-        out.finish()
-        print(f"Wrote {args.jsonl}: one row per window of {len(args.videos)} videos.", file=sys.stderr)
-    if args.json == "-":
-        print(json.dumps(report, indent=1))
-    elif args.json:
-        with fileio.atomic_output(args.json) as f:
-            json.dump(report, f, indent=1)
+        plan.report["videos"].append(_video_entry(args, model.task, plan, out, path))
+    _finish_outputs(args, plan.report, out)
+    failed = sum(entry["error"] is not None for entry in plan.report["videos"])
     if failed:
         print(f"{failed} of {len(args.videos)} videos failed to decode.", file=sys.stderr)
     return 1 if failed else 0

@@ -139,8 +139,8 @@ class Pretrained:
             sampling_rate=int(next(r for r in (sampling_rate, self.sampling_rate, DEFAULT_SAMPLING_RATE)
                                    if r is not None)),
             test_num_clips=num_clips, test_num_crops=num_crops)
-        preprocess = pipeline.Preprocess(data=data, source=None, train=False, mask_grid=None, mask_ratio=0.0,
-                                         pixel_mean=tuple(p["mean"]), pixel_std=tuple(p["std"]))
+        preprocess = pipeline.Preprocess(data=data, source=None, train=False, pixel_mean=tuple(p["mean"]),
+                                         pixel_std=tuple(p["std"]))
         element = {"index": np.int64(0), "start": np.nan if start_s is None else float(start_s),
                    "end": np.nan if end_s is None else float(end_s)}
         if isinstance(src, bytes | bytearray | memoryview):

@@ -47,7 +47,7 @@ from vidjax import cli, fileio, metrics, tasks
 from vidjax.models import layers
 
 TASKS = tuple(name for name in tasks.available() if tasks.readout_of(name).probes)  # the tasks a probe fits
-TARGET_KEY = {name: tasks.get_task(name).target_key for name in TASKS}
+TARGET_KEY = {name: tasks.readout_of(name).target_key for name in TASKS}
 PROBES = ("linear", "mlp", "svm", "attentive")
 SVM_KERNELS = ("linear", "rbf")
 # --grid: the values tried. gamma is a multiple of 1 / (feature dim), the `scale` gamma of standardised features.
@@ -255,7 +255,7 @@ def per_class_table(rows: list[dict]) -> list[str]:
 
 
 def score(task: str, scores: np.ndarray, targets: np.ndarray, target_names: list[str] | None) -> dict[str, float]:
-    """The task's metrics (`Task.task_metrics`, from `vidjax.metrics`); class indices are scored as the small set
+    """The task's metrics (`HeadReadout.task_metrics`, from `vidjax.metrics`); class indices are scored as the small set
     they often are here (`metrics.classification_metrics(small_set=True)`: top5 only with more than 5 classes,
     macro_f1 over the classes present in `targets`)."""
     if np.ndim(targets) == 1:  # class indices

@@ -111,11 +111,13 @@ def model_card(converted: Converted, repo_id: str, *, training: ml_collections.C
     cfg, pre, task = converted.model_config, converted.preprocessing, converted.task
     params = sum(v.size for v in converted.params.values())
     variant = f", variant {cfg.variant}" if cfg.get("variant") else ""
-    contract = tasks.find_task(task or "")  # what the card says of the task (`Task.purpose`, `hub_pipeline_tag`)
-    what = (contract.purpose if contract is not None else "") or "video embeddings (a backbone)"
+    known = task in tasks.available()
+    # What the card says of the task (`Presentation.purpose`, `hub_pipeline_tag`).
+    shown = tasks.presentation_of(task) if known else None
+    what = (shown.purpose if shown is not None else "") or "video embeddings (a backbone)"
     meta = ["---", "library_name: vidjax", "tags:", "- vidjax", "- jax", "- flax", "- video"]
-    if contract is not None and contract.hub_pipeline_tag:
-        meta.append(f"pipeline_tag: {contract.hub_pipeline_tag}")
+    if shown is not None and shown.hub_pipeline_tag:
+        meta.append(f"pipeline_tag: {shown.hub_pipeline_tag}")
     if hub_dataset:
         meta += ["datasets:", f"- {hub_dataset}"]
     lines = [*meta, "---", "", f"# {repo_id.split('/')[-1]}", "",
@@ -126,7 +128,7 @@ def model_card(converted: Converted, repo_id: str, *, training: ml_collections.C
         lines += ['views = model.read_views("clip.mp4")   # decoded and cropped as the model expects',
                   "out = model(model.preprocess(views))"]
     lines += ["```", ""]
-    if contract is not None and contract.predicts:
+    if known and tasks.readout_of(task).predicts:  # `python -m vidjax.predict` reads it
         lines += ["```bash", f"python -m vidjax.predict --checkpoint={repo_id} clip.mp4", "```", ""]
     hf_class = transformers_class(converted)
     if hf_class:

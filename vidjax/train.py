@@ -87,7 +87,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     that one run reports everything there is to fix."""
     problems = []
     try:
-        task = tasks.get_task(config.task)
+        task = tasks.training_of(config.task)
     except ConfigError as err:
         problems.append(str(err))
         task = None
@@ -119,7 +119,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"--config.data.synthetic_task={task.synthetic_task}.")
     mixing = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
     if mixing and task is not None and not task.mixes:
-        mixed = " and ".join(name for name in tasks.available() if tasks.get_task(name).mixes)
+        mixed = " and ".join(name for name in tasks.available() if tasks.training_of(name).mixes)
         problems.append(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to {mixed} fine-tuning, not "
                         f"to task={config.task!r}; set them to 0.")
     if not 0.0 <= config.optimizer.ema_decay < 1.0:
@@ -183,10 +183,10 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     the data, an init_from checkpoint that conflicts) comes out together in one ConfigError, before anything is
     compiled. `explicit_keys` are the config keys the user chose (`config_lib.command_line_keys`; None: a config
     built in Python, all of whose values count as chosen). What was not chosen gives way:
-      - the model's architecture keys, to those of the checkpoints the task starts from (`Task.init_targets`:
+      - the model's architecture keys, to those of the checkpoints the task starts from (`TrainingSpec.init_targets`:
         config.init_from, and a captioner's config.decoder_init for its decoder block; `pretrained.take_model`); a
         chosen key that differs from the checkpoint's is a conflict;
-      - what the task settles from its training data (`Task.resolve`: a captioner's vocabulary and special ids
+      - what the task settles from its training data (`TrainingSpec.resolve`: a captioner's vocabulary and special ids
         follow its tokenizer);
       - for data read from files, config.data.num_classes to the count the data shows;
       - model.num_classes (the head), to the data's class count when that was taken from the data.
@@ -194,7 +194,7 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     """
     config = config.copy_and_resolve_references()
     problems = []
-    task = tasks.find_task(config.task)
+    task = tasks.training_of(config.task) if config.task in tasks.available() else None
     for target in task.init_targets(config) if task is not None else []:
         where = f"{target.flag}={target.path!r}"
         try:
@@ -299,8 +299,8 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
     schedule = optim.make_schedule(config, total_steps, warmup_steps, steps_per_epoch)
     tx = optim.make_optimizer(config, schedule, total_steps)
 
-    task = tasks.get_task(config.task)
-    ema = config.optimizer.ema_decay > 0 or task.ema_schedule(config, total_steps) is not None
+    teacher = tasks.training_of(config.task).teacher
+    ema = config.optimizer.ema_decay > 0 or teacher is not None  # a teacher is the EMA of the weights
 
     def state_from_params(params):
         state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -308,7 +308,8 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
             state["ema_params"] = jax.tree.map(jnp.copy, params)
         if config.loss_spike.factor:  # the loss-spike guard's running mean of accepted losses
             state["loss_stats"] = {"ema": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)}
-        state.update(task.extra_state(config))
+        if teacher is not None:
+            state.update(teacher.extra_state(config))
         return state
 
     def init_state():
@@ -327,7 +328,7 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
         state_shardings["ema_params"] = params_sh
     if config.loss_spike.factor:
         state_shardings["loss_stats"] = {"ema": sharding.replicated(mesh), "count": sharding.replicated(mesh)}
-    for key in abstract_state.keys() - state_shardings.keys():  # the task's extra state
+    for key in abstract_state.keys() - state_shardings.keys():  # the teacher's extra state
         state_shardings[key] = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state[key])
     return Setup(mesh=mesh, graphdef=graphdef, abstract_model=abstract_model, tx=tx,
                  schedule=schedule, state_shardings=state_shardings, abstract_state=abstract_state,
@@ -493,17 +494,19 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     finite, or whose loss spikes (config.loss_spike), is skipped on device (`skipped` = 1 in its metrics); the
     loop counts them and stops after config.max_skipped_steps in a row.
     """
-    task = tasks.get_task(config.task)
-    loss_fn = task.loss_fn(config, class_weights, pos_weight)
+    spec = tasks.training_of(config.task)
+    teacher = spec.teacher
+    loss_fn = spec.loss_fn(config, class_weights, pos_weight)
     graphdef, tx, schedule = setup.graphdef, setup.tx, setup.schedule
     clips = clip_spec(config.model_name, config.model)
     mean, std = clips["mean"], clips["std"]
     base_key = jax.random.key(config.seed)
     mix = config.loss.mixup_alpha > 0 or config.loss.cutmix_alpha > 0
-    ema_schedule = task.ema_schedule(config, setup.total_steps)  # a teacher's momentum; None: the constant
+    # A teacher's momentum; None: the constant config.optimizer.ema_decay.
+    ema_schedule = teacher.ema_schedule(config, setup.total_steps) if teacher is not None else None
     ema_decay = config.optimizer.ema_decay
     keeps_ema = ema_schedule is not None or bool(ema_decay)
-    video_keys = task.video_keys(config, train=True)
+    video_keys = spec.video_keys(config, train=True)
     spike_factor, spike_decay, spike_min_steps = (config.loss_spike.factor, config.loss_spike.decay,
                                                   config.loss_spike.min_steps)
     accum_steps = check_grad_accum(config, setup.mesh)
@@ -511,23 +514,26 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
         batch = dict(batch, **{key: losses.normalize_video(batch[key], mean, std) for key in video_keys})
-        fields, carry = task.before_update(config, setup, state, batch)
-        batch = dict(batch, **fields)
+        if teacher is not None:
+            fields, carry = teacher.before_update(config, setup, state, batch)
+            batch = dict(batch, **fields)
         if mix:
             mix_rng, rng = jax.random.split(rng)
             video, soft = mixup.mix(
-                mix_rng, batch["video"], batch[task.target_key], mixup_alpha=config.loss.mixup_alpha,
+                mix_rng, batch["video"], batch[spec.target_key], mixup_alpha=config.loss.mixup_alpha,
                 cutmix_alpha=config.loss.cutmix_alpha, prob=config.loss.mixup_prob,
-                switch_prob=config.loss.mixup_switch_prob, label_smoothing=task.mix_label_smoothing(config),
+                switch_prob=config.loss.mixup_switch_prob, label_smoothing=spec.mix_label_smoothing(config),
                 num_classes=config.model.num_classes)
             batch = dict(batch, video=video, soft_targets=soft)
 
         (loss, aux), grads = loss_and_grads(loss_fn, graphdef, state["params"], batch, rng, accum_steps, setup.mesh)
-        grads = task.hold(config, setup, grads, state["step"])
+        if teacher is not None:
+            grads = teacher.hold(config, setup, grads, state["step"])
 
         def updated_params():
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-            updates = task.hold(config, setup, updates, state["step"])  # no weight decay either
+            if teacher is not None:
+                updates = teacher.hold(config, setup, updates, state["step"])  # no weight decay either
             return jax.tree.map(jnp.add, state["params"], updates), opt_state
 
         def update():
@@ -539,8 +545,10 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
                                                  state["ema_params"], params)
             return new
 
-        extra, extra_metrics = task.after_update(config, setup, state, carry)
-        aux = {**aux, **extra_metrics}
+        extra = {}
+        if teacher is not None:
+            extra, extra_metrics = teacher.after_update(config, setup, state, carry)
+            aux = {**aux, **extra_metrics}
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         # The updated parameters are checked before the update is made, by a pass that computes them and keeps only
         # their finiteness; the update itself is made inside the conditional below. Made outside and selected by
@@ -597,17 +605,16 @@ def eval_params(state: dict) -> dict:
 
 
 def eval_context(config: ml_collections.ConfigDict, setup: Setup, *, metadata: dict, sources: dict,
-                 class_names=None, mask_grid=None, workdir: str | None = None) -> evaluators.EvalContext:
+                 class_names=None, workdir: str | None = None) -> evaluators.EvalContext:
     """What the evaluators of a run (or of `python -m vidjax.evaluate`) read: the config, the mesh and shardings
     their steps compile for (`make_eval_step`), the checkpoint metadata and the splits' sources."""
     return evaluators.EvalContext(config=config, setup=setup, make_step=make_eval_step, metadata=metadata,
-                                  mask_grid=mask_grid, sources=dict(sources), class_names=class_names,
-                                  workdir=workdir)
+                                  sources=dict(sources), class_names=class_names, workdir=workdir)
 
 
 def check_targets(config: ml_collections.ConfigDict, source) -> None:
     """The training data carries what the task trains on (a list without a `labels` column cannot train multilabel)."""
-    key = tasks.get_task(config.task).target_key
+    key = tasks.training_of(config.task).target_key
     if key is None or not len(source):
         return
     element = source[0]
@@ -625,7 +632,7 @@ def checkpoint_metadata(config: ml_collections.ConfigDict, train_source) -> dict
     return {
         "model_name": config.model_name,
         "task": config.task,
-        **tasks.get_task(config.task).metadata(config, train_source),
+        **tasks.training_of(config.task).metadata(config, train_source),
         "preprocessing": {"mean": list(clips["mean"]), "std": list(clips["std"]),
                           "num_frames": clips["num_frames"], "image_size": clips["image_size"],
                           "sampling_rate": config.data.sampling_rate,
@@ -819,8 +826,7 @@ class Run:
     config: ml_collections.ConfigDict  # resolved at start-up (`prepare`): what the checkpoints store
     workdir: str
     setup: Setup
-    task: base.Task
-    mask_grid: tuple[int, int, int] | None
+    spec: base.TrainingSpec  # the task's
     metadata: dict  # `checkpoint_metadata`
     class_weights: np.ndarray | None
     pos_weight: np.ndarray | None
@@ -840,8 +846,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str, devices: list | Non
     compile_cache.watch()  # counts the train step's cache lookup for the first step's log line
 
     setup = build(config, len(train_source), mesh)
-    task = tasks.get_task(config.task)
-    mask_grid = task.mask_grid(setup.abstract_model)
+    spec = tasks.training_of(config.task)
     num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
     variant = config.model.get("variant") or (f"on {config.model.encoder_name} {config.model.encoder.variant}"
                                                if "encoder_name" in config.model else "")
@@ -851,19 +856,18 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str, devices: list | Non
          f"data={config.data.source} ({len(train_source)} train / {len(eval_source)} eval clips)")
     check_targets(config, train_source)
     metadata = checkpoint_metadata(config, train_source)
-    class_weights, pos_weight = task.loss_weights(config, train_source)
+    class_weights, pos_weight = spec.loss_weights(config, train_source)
 
     os.makedirs(workdir, exist_ok=True)
-    task.write_assets(config, train_source, workdir)
+    spec.write_assets(config, train_source, workdir)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-    train_iter = iter(pipeline.make_dataset(config, "train", train_source, task.input_spec(config),
-                                            process_index=jax.process_index(), process_count=jax.process_count(),
-                                            mask_grid=mask_grid))
+    train_iter = iter(pipeline.make_dataset(config, "train", train_source,
+                                            spec.input_spec(config, setup.abstract_model),
+                                            process_index=jax.process_index(), process_count=jax.process_count()))
     abstract_state = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
     context = eval_context(config, setup, metadata=metadata, sources={"train": train_source, "eval": eval_source},
-                           class_names=getattr(train_source, "class_names", None), mask_grid=mask_grid,
-                           workdir=workdir)
-    return Run(config=config, workdir=workdir, setup=setup, task=task, mask_grid=mask_grid, metadata=metadata,
+                           class_names=getattr(train_source, "class_names", None), workdir=workdir)
+    return Run(config=config, workdir=workdir, setup=setup, spec=spec, metadata=metadata,
                class_weights=class_weights, pos_weight=pos_weight, ckpt=ckpt, train_iter=train_iter,
                abstract_state=abstract_state, evals=evaluators.from_config(context))
 
@@ -891,7 +895,7 @@ def _start(run: Run, latest: int | None, state: dict | None, start_step: int):
     """(train step, first batch, state, metric writer). The update step compiles on a thread from here on, while a
     fresh state is initialised (and loaded from the task's init_from checkpoints) and the initial weights are
     evaluated."""
-    config, setup, task = run.config, run.setup, run.task
+    config, setup, spec = run.config, run.setup, run.spec
     batch_sh = sharding.batch_sharding(setup.mesh)
     first_batch = sharding.global_batch(next(run.train_iter), batch_sh)
     train_step = AheadOfTimeStep(config, make_train_step(config, setup, run.class_weights, run.pos_weight),
@@ -902,7 +906,7 @@ def _start(run: Run, latest: int | None, state: dict | None, start_step: int):
         if latest is None:
             train_step.wait_lowered()  # then the state's initialiser compiles (or loads) alongside the step
             state = setup.init_state()
-            for target in task.init_targets(config):
+            for target in spec.init_targets(config):
                 part, report = pretrained.init_from(target.path, target.model_name,
                                                     _block(config.model, target.block),
                                                     _subtree(state["params"], target.params), flag=target.flag)
@@ -912,7 +916,7 @@ def _start(run: Run, latest: int | None, state: dict | None, start_step: int):
                      f"{len(report['fresh'])} keep their fresh init ({', '.join(report['fresh'][:6]) or 'none'}); "
                      f"{len(report['unused'])} checkpoint tensors unused "
                      f"({', '.join(report['unused'][:6]) or 'none'})")
-            if "ema_params" in state and task.init_targets(config):
+            if "ema_params" in state and spec.init_targets(config):
                 state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
         writer = MetricWriter(run.workdir, resume_step=start_step, config=config)
         _evaluate_init(run, state, writer, fresh=latest is None)

@@ -106,7 +106,7 @@ def to_hf(converted: Converted, *, problem_type: str | None = None, labels: list
     """A vidjax model (`converted`: name, config, per-block parameters) as the transformers class that computes it.
 
     `problem_type` is config.json's for a head (the loss transformers' `forward(labels=...)` computes; the logits are
-    the same): the checkpoint's task's (`Task.hf_problem_type`, e.g. "multi_label_classification"), else
+    the same): the checkpoint's task's (`Presentation.hf_problem_type`, e.g. "multi_label_classification"), else
     "single_label_classification" for a head of one output. `labels` name the head's outputs (class names, or
     regression targets) for `id2label` (LABEL_i when None). A ConversionError says what the model is and why
     transformers has no class for it.

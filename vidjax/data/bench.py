@@ -385,16 +385,16 @@ def path_config(config, paths: list[str], folder: str, *, num_samples: int, work
     return config
 
 
-def time_path(config, source, spec, mask_grid, mesh, preprocess_type, clips: int) -> dict:
+def time_path(config, source, spec, mesh, preprocess_type, clips: int) -> dict:
     """Clips/s and CPU of the whole input path: batches of `config.batch_size` clips from `pipeline.make_dataset`
-    (given the task's `pipeline.InputSpec`, `spec`), made global arrays on `mesh` and waited on. The CPU is every
-    process of the tree's, over the timed batches."""
+    (given the task's `pipeline.InputSpec`, `spec`, masks included), made global arrays on `mesh` and waited on.
+    The CPU is every process of the tree's, over the timed batches."""
     import jax  # the device side: not needed by the decoder comparison
 
     from vidjax import sharding  # loads jax: here for the same reason
 
     batch_sh = sharding.batch_sharding(mesh)
-    dataset = pipeline.make_dataset(config, "train", source, spec, mask_grid=mask_grid, preprocess_type=preprocess_type)
+    dataset = pipeline.make_dataset(config, "train", source, spec, preprocess_type=preprocess_type)
     iterator = iter(dataset)
     batches = max(1, -(-clips // config.batch_size))
     try:
@@ -448,7 +448,8 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
     model = get_model(base.model_name)
     with nnx.use_eager_sharding(False):  # as train.build: shapes only, no mesh needed
         abstract = nnx.eval_shape(lambda: model.Model(base.model, rngs=ParamKeys(base.seed)))
-    mask_grid = tasks.get_task(base.task).mask_grid(abstract)
+    training = tasks.training_of(base.task)
+    masks = training.masks(base, abstract)
     short = base.data.short_side or base.data.image_size
     sizes = []
     for path in paths:  # decord resizes in its decoder only when told the size: give it, outside the timing
@@ -465,8 +466,7 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
                 order = loaders if r % 2 == 0 else loaders[::-1]  # alternate who goes first
                 for loader in order:
                     cfg = path_config(base, paths, folder, num_samples=k, workers=n, batch=batch)
-                    result = time_path(cfg, source, tasks.get_task(cfg.task).input_spec(cfg), mask_grid, mesh,
-                                       types[loader], clips)
+                    result = time_path(cfg, source, training.input_spec(cfg, abstract), mesh, types[loader], clips)
                     runs.setdefault((loader, k, n), []).append(result)
                     log(f"round {r + 1}/{rounds} {loader:<10} num_samples={k} workers={n}: "
                         f"{result['clips_per_s']:.1f} clips/s"
@@ -496,7 +496,7 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
             "platform": mesh.devices.flat[0].platform,
             "recipe": {"config": base.model_name + "/" + base.task, "num_frames": d.num_frames,
                        "sampling_rate": d.sampling_rate, "short_side": short, "crop": d.image_size,
-                       "train_crop": d.train_crop, "flip": bool(d.flip), "masks": mask_grid is not None}}
+                       "train_crop": d.train_crop, "flip": bool(d.flip), "masks": masks is not None}}
 
 
 def format_path_table(result: dict) -> str:

@@ -67,8 +67,8 @@ def run(data, split: str, workers: int = 1, quiet: bool = False, out=sys.stdout)
     data = config_lib.data_config(**{**data.to_dict(), "skip_missing": True})
     source = pipeline.make_source(data, split)
     missing = list(getattr(source, "missing_paths", []))
-    preprocess = pipeline.Preprocess(data=data, source=source, train=False, mask_grid=None, mask_ratio=0.0,
-                                     pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0))
+    preprocess = pipeline.Preprocess(data=data, source=source, train=False, pixel_mean=(0.0, 0.0, 0.0),
+                                     pixel_std=(1.0, 1.0, 1.0))
     counts: collections.Counter = collections.Counter()
     for path in missing:
         counts["missing"] += 1

@@ -25,7 +25,7 @@ from vidjax.config_lib import ConfigError, host_cpus, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 from vidjax.data import views as views_lib
 from vidjax.models import clip_spec
-from vidjax.patches import running_cell_hidden
+from vidjax.patches import MaskSpec, running_cell_hidden
 
 SPLITS = ("train", "eval")
 SOURCES = ("synthetic", "csv", "folder", "charades", "tfds", "array_record")
@@ -56,7 +56,6 @@ def tube_mask(rng: np.random.Generator, grid: tuple[int, int, int], mask_ratio: 
     return np.tile(spatial, t)
 
 
-DECODER_MASK_TYPES = ("none", "run_cell")  # config.model.decoder_mask_type: VideoMAE V2's decoder masking
 
 
 def running_cell_masks(grid: tuple[int, int, int], mask_ratio: float = 0.5) -> np.ndarray:
@@ -245,11 +244,12 @@ ElementFields = Callable[[dict, np.random.Generator | None], dict]  # a task's f
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """What a task asks of the input path, built by the task (`vidjax.tasks.base.Task.input_spec`) and passed in by
-    whoever makes the datasets (the trainer, the benchmarks): the data layer never looks a task up.
+    """What a task asks of the input path, built by the task's training spec (`vidjax.tasks.base.TrainingSpec
+    .input_spec`) and passed in by whoever makes the datasets (the trainer, the evaluators, the benchmarks): the data
+    layer never looks a task up.
 
-    The default is one clip an element under "video", with the element's own targets, and an eval split padded to
-    whole batches with every video scored once.
+    The default is one clip an element under "video", with the element's own targets, no masks, and an eval split
+    padded to whole batches with every video scored once.
     """
 
     # Picklable `(element, rng) -> dict` run in the input workers on every training / eval element (rng None for
@@ -258,6 +258,8 @@ class InputSpec:
     eval_fields: ElementFields | None = None
     views: views_lib.ViewSpec | None = None  # training elements cut into several views; None: one clip
     pads_eval: bool = True  # eval padded to whole global batches (rows marked `valid`); False: trimmed to them
+    # The masks drawn for every clip (batch["mask"], and batch["decoder_mask"] with a decoder mask); None: none.
+    masks: MaskSpec | None = None
 
     def fields(self, train: bool) -> ElementFields | None:
         """The per-element fields of the training (`train`) or the eval split."""
@@ -266,7 +268,7 @@ class InputSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """Per-element work in the grain workers: decode, augment (train) or cut views (eval), targets, tube mask.
+    """Per-element work in the grain workers: decode, augment (train) or cut views (eval), targets, masks.
 
     A video that fails to decode is replaced by another element of the source, drawn from this element's own
     random stream (so the batch stays deterministic), with a warning; `decode_failures` counts the replacements
@@ -277,14 +279,11 @@ class Preprocess:
     data: ml_collections.ConfigDict
     source: object
     train: bool
-    mask_grid: tuple[int, int, int] | None
-    mask_ratio: float
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
     fields: ElementFields | None = None  # the task's per-element fields (`InputSpec.fields`)
     views: views_lib.ViewSpec | None = None  # training elements as multiple views (`InputSpec.views`)
-    decoder_mask_type: str = "none"  # "run_cell": also a VideoMAE V2 decoder mask per clip (`running_cell_mask`)
-    decoder_mask_ratio: float = 0.5
+    masks: MaskSpec | None = None  # the masks drawn per clip (`InputSpec.masks`)
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
@@ -369,23 +368,22 @@ class Preprocess:
 
     def _finish(self, out: dict, element: dict, video: np.ndarray, window: tuple[float, float],
                 rng: np.random.Generator) -> dict:
-        """`out` ({"video", "index"}) with the element's targets, the task's fields and the tube masks (and with
-        `decoder_mask_type` "run_cell" the decoder masks, drawn after them: the tube masks are those of V1)."""
+        """`out` ({"video", "index"}) with the element's targets, the task's fields and the masks of `masks`: a tube
+        mask per clip (and with a "run_cell" decoder mask the decoder masks, drawn after them: the tube masks are
+        those of V1)."""
         out.update(self._targets(element, window))
         if self.fields is not None:
             out.update(self.fields(element, rng if self.train else None))
-        if self.mask_grid is not None:
+        masks = self.masks
+        if masks is not None:
             if video.ndim == 5 and self.train:
-                out["mask"] = np.stack([tube_mask(rng, self.mask_grid, self.mask_ratio) for _ in video])
+                out["mask"] = np.stack([tube_mask(rng, masks.grid, masks.ratio) for _ in video])
             else:
-                out["mask"] = tube_mask(rng, self.mask_grid, self.mask_ratio)
-            if self.decoder_mask_type == "run_cell":
-                draw = [running_cell_mask(rng, self.mask_grid, self.decoder_mask_ratio)
+                out["mask"] = tube_mask(rng, masks.grid, masks.ratio)
+            if masks.decoder_kind == "run_cell":
+                draw = [running_cell_mask(rng, masks.grid, masks.decoder_ratio)
                         for _ in range(len(out["mask"]) if out["mask"].ndim == 2 else 1)]
                 out["decoder_mask"] = np.stack(draw) if out["mask"].ndim == 2 else draw[0]
-            elif self.decoder_mask_type not in DECODER_MASK_TYPES:
-                raise ValueError(f"config.model.decoder_mask_type must be one of {DECODER_MASK_TYPES}, got "
-                                 f"{self.decoder_mask_type!r}.")
         return out
 
     def _decode_cropped(self, src, name: str | None, start_s: float, end_s: float,
@@ -571,7 +569,7 @@ def _flatten_samples(batch: dict) -> dict:
 
 
 def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: InputSpec, *, process_index: int = 0,
-                 process_count: int = 1, mask_grid: tuple[int, int, int] | None = None,
+                 process_count: int = 1,
                  preprocess_type: Callable[..., Preprocess] = Preprocess) -> grain.IterDataset:
     """Batched grain IterDataset of this process's share; infinite (reshuffled each epoch) for "train".
 
@@ -580,9 +578,9 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: In
     Evaluation is unshuffled, with fixed seeds, and padded to whole global batches (rows marked `valid` False;
     `spec.pads_eval` False, e.g. pre-training's loss estimate: trimmed instead) so that every process runs the same
     number of eval steps and every video is scored once. `spec` is what the task asks of the input path
-    (`Task.input_spec`): its per-element fields and training views. With repeated augmentation (`num_samples` k) a
-    training batch holds batch_size / k videos, each as k clips; with several eval views, eval videos are (views, T,
-    H, W, 3).
+    (`TrainingSpec.input_spec`): its per-element fields, training views and masks. With repeated augmentation
+    (`num_samples` k) a training batch holds batch_size / k videos, each as k clips; with several eval views, eval
+    videos are (views, T, H, W, 3).
     `preprocess_type` builds the per-element work (a `Preprocess` subclass): the data benchmark runs other decoders
     through this same path with it.
     """
@@ -598,12 +596,9 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: In
     else:
         ds = grain.MapDataset.source(PaddedSource(source, -(-len(source) // config.batch_size) * config.batch_size))
     clips = clip_spec(config.model_name, config.model)
-    preprocess = preprocess_type(data=data, source=source, train=train, mask_grid=mask_grid,
-                            mask_ratio=config.model.get("mask_ratio", 0.0), pixel_mean=clips["mean"],
-                            pixel_std=clips["std"], fields=spec.fields(train),
-                            views=spec.views if train else None,
-                            decoder_mask_type=config.model.get("decoder_mask_type", "none"),
-                            decoder_mask_ratio=config.model.get("decoder_mask_ratio", 0.5))
+    preprocess = preprocess_type(data=data, source=source, train=train, pixel_mean=clips["mean"],
+                                 pixel_std=clips["std"], fields=spec.fields(train),
+                                 views=spec.views if train else None, masks=spec.masks)
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.

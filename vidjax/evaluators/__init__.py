@@ -10,7 +10,7 @@ Each module here (but `base` and `head`) is one evaluator type with its `Evaluat
   reconstruction  pre-training's masked-reconstruction loss; the reconstruction figure (reconstruction.png)
 
 config.evals names a run's evaluations, each an entry `config.evals.NAME = dict(...)` of these keys (all optional):
-  type     the evaluator; default the task's (`Task.evaluator`)
+  type     the evaluator; default the task's (`TrainingSpec.evaluator`)
   every    steps between its evaluations, 0: only at the end; every evaluator also runs at the last step.
            Default config.eval_every
   split    the split it scores, read as an eval split (centre views, no augmentation): "eval" (default) or "train"
@@ -70,16 +70,15 @@ def entries(config: ml_collections.ConfigDict) -> dict[str, dict]:
 
 def _settings(config: ml_collections.ConfigDict, name: str, entry: Mapping) -> dict:
     """The entry with its common keys' defaults filled in (the type's options left as given)."""
-    task = tasks.get_task(config.task)
-    return {"type": task.evaluator, "every": config.eval_every, "split": "eval", "data": None,
+    return {"type": tasks.training_of(config.task).evaluator, "every": config.eval_every, "split": "eval", "data": None,
             "batches": config.eval_batches, "prefix": f"{name}_", "init": None, **entry}
 
 
 def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     """Mistakes in config.evals (or in the settings of the task's default evaluator), each naming its key."""
-    task = tasks.find_task(config.task)
-    if task is None:
+    if config.task not in tasks.available():
         return []  # the trainer reports the unknown task
+    spec = tasks.training_of(config.task)
     evals = config.get("evals")
     if evals is not None and not isinstance(evals, Mapping | ml_collections.ConfigDict):
         return [f"config.evals must be a dict of name -> evaluator entry, not {type(evals).__name__}."]
@@ -104,9 +103,9 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
             problems.append(f"{where}.type={s['type']!r}; choose one of {', '.join(available())}.")
             continue
         cls = get(s["type"])
-        lacks = cls.lacks(task) if task is not None else {}
+        lacks = cls.lacks(spec)
         if lacks:
-            fits = [kind for kind in available() if not get(kind).lacks(task)]
+            fits = [kind for kind in available() if not get(kind).lacks(spec)]
             needs = " and ".join(f"{key}={need!r} (config.task={config.task!r} has {has!r})"
                                  for key, (need, has) in lacks.items())
             problems.append(f"{where}.type={s['type']!r} measures a task whose {needs}; its evaluators are "

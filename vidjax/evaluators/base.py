@@ -49,8 +49,8 @@ class EvalContext:
     setup: Any = None  # vidjax.train.Setup: mesh, graphdef, parameter shardings, abstract model
     # (config, setup, outputs_fn) -> jitted (params, batch) -> outputs: `vidjax.train.make_eval_step`
     make_step: Callable | None = None
-    metadata: dict = dataclasses.field(default_factory=dict)  # checkpoint metadata (`Task.metadata`), target names
-    mask_grid: tuple[int, int, int] | None = None
+    # checkpoint metadata (`TrainingSpec.metadata`), target names
+    metadata: dict = dataclasses.field(default_factory=dict)
     sources: dict = dataclasses.field(default_factory=dict)  # split -> source of config.data (others made on use)
     class_names: Sequence[str] | None = None  # the class order the splits' sources follow (folder sources)
     workdir: str | None = None  # where end-of-training figures go
@@ -72,17 +72,19 @@ class Evaluator(abc.ABC):
     """One evaluation of a run: a split (or another data set) read as an eval split, per-example outputs computed on
     the devices, whole-split metrics on the host. Subclasses set the class attributes and the two methods."""
 
-    # What it needs of the run's task (`vidjax.tasks.base.Task` attributes and their values), e.g. {"target_key":
-    # "labels"}: it measures every task that has them, so a new task takes an existing evaluator by what it is.
+    # What it needs of the run's task (attributes of its training spec, `vidjax.tasks.base.TrainingSpec`, and their
+    # values), e.g. {"target_key": "labels"}: it measures every task that has them, so a new task takes an existing
+    # evaluator by what it is.
     requires: Mapping[str, Any] = {}
     options: Mapping[str, Any] = {}  # its own config.evals keys and their defaults (None: taken from the config)
     evaluates_init = False  # the default of the entry's `init`: also score the initial weights of a fresh run
 
     @classmethod
-    def lacks(cls, task) -> dict[str, tuple[Any, Any]]:
-        """{attribute: (what it needs, what `task` has)} of the requirements `task` does not meet; {} if it fits."""
-        return {key: (value, getattr(task, key, None)) for key, value in cls.requires.items()
-                if getattr(task, key, None) != value}
+    def lacks(cls, spec: tasks.TrainingSpec) -> dict[str, tuple[Any, Any]]:
+        """{attribute: (what it needs, what the training spec `spec` has)} of the requirements `spec` does not meet;
+        {} if it fits."""
+        return {key: (value, getattr(spec, key, None)) for key, value in cls.requires.items()
+                if getattr(spec, key, None) != value}
 
     def __init__(self, context: EvalContext, *, name: str = "eval", split: str = "eval",
                  data: Mapping[str, Any] | None = None, batches: int = 0, **options):
@@ -92,7 +94,8 @@ class Evaluator(abc.ABC):
         self.context, self.name, self.split, self.batches = context, name, split, int(batches)
         self.data = dict(data or {})
         self.config = with_data(context.config, self.data)  # the run's, or with this evaluator's data
-        self.task = tasks.get_task(context.config.task)
+        self.spec = tasks.training_of(context.config.task)  # what the task trains on: its batches, its masks
+        self.readout = tasks.readout_of(context.config.task)  # how its outputs read
         self.settings = {**self.options, **options}
         self.outputs: dict[str, np.ndarray] = {}  # the last run's per-example outputs (padded evals only)
         self.result: dict[str, float] = {}  # the last run's metrics, unprefixed
@@ -117,7 +120,7 @@ class Evaluator(abc.ABC):
         """Makes the sources it reads and checks the batch against them (start-up: fails before compiling)."""
         mesh = self.context.setup.mesh
         raise_problems(pipeline.batch_size_problems(self.config, jax.process_count(), mesh.size,
-                                                    {"eval": len(self.source)}, pads_eval=self.task.pads_eval))
+                                                    {"eval": len(self.source)}, pads_eval=self.spec.pads_eval))
 
     # ---- what subclasses say ----
     @abc.abstractmethod
@@ -153,9 +156,9 @@ class Evaluator(abc.ABC):
     def gather(self, params, source, max_batches: int) -> dict[str, np.ndarray]:
         """The outputs over `source` read as an eval split (the first `max_batches` batches; 0: all), concatenated,
         with the padding rows that fill the last global batch removed."""
-        ds = pipeline.make_dataset(self.config, "eval", source, self.task.input_spec(self.config),
-                                   process_index=jax.process_index(), process_count=jax.process_count(),
-                                   mask_grid=self.context.mask_grid)
+        ds = pipeline.make_dataset(self.config, "eval", source,
+                                   self.spec.input_spec(self.config, self.context.setup.abstract_model),
+                                   process_index=jax.process_index(), process_count=jax.process_count())
         batch_sh = sharding.batch_sharding(self.context.setup.mesh)
         gathered: dict[str, list] = {}
         count = 0
@@ -183,6 +186,6 @@ class Evaluator(abc.ABC):
         failures = int(arrays["decode_failures"].sum()) if "decode_failures" in arrays else 0
         self.result = {key: float(value) for key, value in self.metrics(arrays).items()}
         # Per-example outputs, for figures (a trimmed eval's losses are per batch).
-        self.outputs = arrays if self.task.pads_eval else {}
+        self.outputs = arrays if self.spec.pads_eval else {}
         yield from self.result.items()
         yield "decode_failures", failures

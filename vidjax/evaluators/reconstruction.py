@@ -1,6 +1,7 @@
 """Masked pre-training (VideoMAE): the masked-reconstruction loss, estimated on whole eval batches (the split is
-trimmed to them: `Task.pads_eval`), as metric loss; the end of training draws the reconstruction of the first eval
-clip (reconstruction.png: original, masked input, reconstruction).
+trimmed to them: `TrainingSpec.pads_eval`), as metric loss; the end of training draws the reconstruction of the first
+eval clip (reconstruction.png: original, masked input, reconstruction). Both mask as the task's input spec does and
+hand the model the spec's counts (`vidjax.tasks.pretrain.reconstruct`).
 
 Options: figure (default config.figure).
 """
@@ -17,6 +18,7 @@ from flax import nnx
 from vidjax import losses, sharding, tasks, visualize_lib
 from vidjax.data import pipeline
 from vidjax.evaluators import base
+from vidjax.tasks.pretrain import reconstruct
 
 
 class Evaluator(base.Evaluator):
@@ -26,7 +28,7 @@ class Evaluator(base.Evaluator):
     def batch_outputs(self, model, batch: dict) -> dict[str, jax.Array]:
         """{"loss": (,)}: the masked reconstruction loss of the batch, and its "decode_failures" rows."""
         passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
-        loss = model(batch["video"], batch["mask"], decoder_mask=batch.get("decoder_mask"))["loss"]
+        loss = reconstruct(model, batch, self.spec.masks(self.config, model))["loss"]
         return {"loss": loss, **passed}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
@@ -36,23 +38,24 @@ class Evaluator(base.Evaluator):
         if not self.setting("figure", self.config.figure):
             return []
         path = os.path.join(self.context.workdir, self.file_name("reconstruction", "png"))
-        write_reconstruction_figure(self.config, self.context.setup, params, self.source, self.context.mask_grid,
-                                    path)
+        write_reconstruction_figure(self.config, self.context.setup, self.spec, params, self.source, path)
         return [path]
 
 
-def write_reconstruction_figure(config: ml_collections.ConfigDict, setup, params, eval_source, mask_grid,
-                                path: str) -> None:
-    """Original / masked input / reconstruction of the first eval clip, as a PNG (written by process 0)."""
-    ds = pipeline.make_dataset(config, "eval", eval_source, tasks.get_task(config.task).input_spec(config),
-                               process_index=jax.process_index(), process_count=jax.process_count(),
-                               mask_grid=mask_grid)
+def write_reconstruction_figure(config: ml_collections.ConfigDict, setup, spec: tasks.TrainingSpec, params,
+                                eval_source, path: str) -> None:
+    """Original / masked input / reconstruction of the first eval clip, masked as the task's training spec `spec`
+    has the input path mask it, as a PNG (written by process 0)."""
+    inputs = spec.input_spec(config, setup.abstract_model)
+    masks = inputs.masks
+    ds = pipeline.make_dataset(config, "eval", eval_source, inputs, process_index=jax.process_index(),
+                               process_count=jax.process_count())
     local = next(iter(ds))
     mean, std = config.model.pixel_mean, config.model.pixel_std
 
     def predict(params, video, mask, decoder_mask):
-        out = nnx.merge(setup.graphdef, params)(losses.normalize_video(video, mean, std), mask,
-                                                decoder_mask=decoder_mask)
+        batch = {"video": losses.normalize_video(video, mean, std), "mask": mask, "decoder_mask": decoder_mask}
+        out = reconstruct(nnx.merge(setup.graphdef, params), batch, masks)
         return {k: out[k][0] for k in ("pred", "masked_ids", "decoded_ids", "loss_mask") if k in out}
 
     # Only clip 0 is returned, replicated, so every process can read it whatever the mesh.
@@ -70,10 +73,9 @@ def write_reconstruction_figure(config: ml_collections.ConfigDict, setup, params
     recon = visualize_lib.reconstruct(original, pred, ids, encoder.tubelet, encoder.patch,
                                       norm_pix=config.model.norm_pix_loss, true_stats=False,
                                       hidden_ids=out["masked_ids"])
-    masked = visualize_lib.mask_video(original, local["mask"][0].reshape(mask_grid), encoder.tubelet, encoder.patch)
-    title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {config.model.mask_ratio:.0%}; "
+    masked = visualize_lib.mask_video(original, local["mask"][0].reshape(masks.grid), encoder.tubelet, encoder.patch)
+    title = (f"{config.model_name} {config.model.variant}, eval clip 0, mask {masks.ratio:.0%}; "
              f"{visualize_lib.stats_note(config.model.norm_pix_loss, False)}")
     if "decoded_ids" in out:
-        title += (f"; decoder mask {config.model.decoder_mask_type} {config.model.decoder_mask_ratio:.0%} (grey: "
-                  f"masked and not decoded)")
+        title += f"; decoder mask {masks.decoder_kind} {masks.decoder_ratio:.0%} (grey: masked and not decoded)"
     visualize_lib.reconstruction_figure(original, masked, recon, path, title=title)

@@ -21,7 +21,9 @@ Hugging Face port (1e-12 in blocks, PyTorch's 1e-5 for fc_norm and the decoder n
 Inputs are channels-last float videos `(batch, frames, height, width, 3)`, already normalised with
 `config.pixel_mean/pixel_std`; masks are bool `(batch, tokens)` with True = masked and the same number of masked
 tokens in every sample (`Model.num_masked`); decoder masks likewise keep the same number of decoded positions in
-every sample (`Model.num_decoded`).
+every sample (`Model.num_decoded`). Both counts are those of `vidjax.patches.MaskSpec`, the one description of the
+masks that the input path draws by and the pre-training task hands the model (`num_masked=`, `num_decoded=`); the
+model's own, from its config, serve a caller that passes none.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ import ml_collections
 from flax import nnx
 
 from vidjax import platform
-from vidjax.config_lib import ConfigError
 from vidjax.models import layers
-from vidjax.patches import grid_shape, patchify, running_cell_hidden
+from vidjax.patches import MaskSpec, grid_shape, patchify
 
 # Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout): VideoMAE's
 # for Mu-H (its ViT-H decoder is 640 wide; VideoMAE V2's is 512, which `decoder_width` selects), VideoMAE V2's for g.
@@ -131,11 +132,8 @@ class Model(nnx.Module):
         self.pixel_mean = tuple(cfg.pixel_mean)
         self.pixel_std = tuple(cfg.pixel_std)
         if cfg.head == "pretrain":
-            self.num_masked = int(cfg.mask_ratio * h * w) * t
-            if not 0 < self.num_masked < self.encoder.num_tokens:
-                raise ValueError(f"mask_ratio {cfg.mask_ratio} masks {self.num_masked} of "
-                                 f"{self.encoder.num_tokens} tokens; choose a ratio that leaves some of each.")
-            self.num_decoded = _num_decoded(cfg, (t, h, w))
+            masks = MaskSpec.of(cfg, (t, h, w))
+            self.num_masked, self.num_decoded = masks.num_masked, masks.num_decoded
             size, _ = layers.parse_variant(cfg.variant)
             dec_width, dec_heads = DECODER_SIZES[size]
             dec_width, dec_heads = cfg.decoder_width or dec_width, cfg.decoder_heads or dec_heads
@@ -164,7 +162,8 @@ class Model(nnx.Module):
     def __call__(self, video: jax.Array, mask: jax.Array | None = None, *, decoder_mask: jax.Array | None = None,
                  rng: jax.Array | None = None, num_masked: int | None = None,
                  num_decoded: int | None = None) -> dict[str, jax.Array]:
-        """`num_masked` overrides the config's count for masks made elsewhere (any positions, same count per row).
+        """`num_masked`: the masked tokens per row of `mask` (the task's `MaskSpec.num_masked`, or the count of masks
+        made elsewhere: any positions, the same count per row); None: the config's.
 
         `decoder_mask` (pre-training; bool (B, tokens), True = not decoded) turns on VideoMAE V2's dual masking, with
         `num_decoded` (the Falses per row) taken from the config's running-cell mask unless given.
@@ -225,17 +224,6 @@ class Model(nnx.Module):
         return patchify(pixels, self.encoder.tubelet, self.encoder.patch)
 
 
-def _num_decoded(cfg: ml_collections.ConfigDict, grid: tuple[int, int, int]) -> int | None:
-    """Positions per clip the decoder reconstructs under the config's decoder mask; None: no decoder mask (V1)."""
-    kind, ratio = cfg.get("decoder_mask_type", "none"), cfg.get("decoder_mask_ratio", 0.5)
-    if kind == "none":
-        return None
-    if kind != "run_cell":
-        raise ConfigError(f"config.model.decoder_mask_type must be 'none' or 'run_cell', got {kind!r}.")
-    t, h, w = grid
-    return t * h * w * (4 - running_cell_hidden(grid, ratio)) // 4
-
-
 def default_config() -> ml_collections.ConfigDict:
     """The model block of a VideoMAE config; configs/ files start from it and set what the recipe says."""
     return ml_collections.ConfigDict(dict(
@@ -243,9 +231,10 @@ def default_config() -> ml_collections.ConfigDict:
         width=0, depth=0, num_heads=0, mlp_dim=0,  # 0 = from the variant
         num_frames=16, image_size=224, tubelet_size=2,
         head="pretrain",
-        mask_ratio=0.9,
-        decoder_mask_type="none",  # "run_cell": VideoMAE V2's dual masking (data.pipeline.running_cell_mask)
-        decoder_mask_ratio=0.5,  # the running cell's share of positions not decoded (int(4 * ratio) of each 2x2)
+        # The masks (`vidjax.patches.MaskSpec`, whose defaults these are): the share of each frame's positions the
+        # encoder's tube mask hides; "run_cell": VideoMAE V2's dual masking (data.pipeline.running_cell_mask), its
+        # share of positions not decoded (int(4 * ratio) of each 2x2 cell).
+        mask_ratio=MaskSpec.ratio, decoder_mask_type=MaskSpec.decoder_kind, decoder_mask_ratio=MaskSpec.decoder_ratio,
         decoder_width=0, decoder_heads=0, decoder_depth=4,  # 0 = the reference's size for the variant
         decoder_mlp_dim=0,  # 0 = 4 x decoder_width
         norm_pix_loss=True,

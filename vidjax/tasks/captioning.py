@@ -36,7 +36,7 @@ from vidjax.config_lib import ConfigError, chosen
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline, synthetic
 from vidjax.models import ParamKeys, captioner
-from vidjax.tasks import base
+from vidjax.tasks import base, presentation, readout
 from vidjax.tokenizer import CaptionTokenizer, TokenizerError
 
 TOKENIZER_DIR = "tokenizer"  # in the workdir, as in a converted checkpoint (pretrained.load reads it)
@@ -87,7 +87,8 @@ def tokenizer_for(config: ml_collections.ConfigDict, train_source=None):
 
 @dataclasses.dataclass(frozen=True)
 class CaptionFields:
-    """The caption fields of one element, made in the input workers: one reference tokenised (`Task.element_fields`).
+    """The caption fields of one element, made in the input workers: one reference tokenised
+    (`TrainingSpec.element_fields`).
 
     caption_ids int32 (L,): [start] + tokens + [end], padded; caption_mask bool (L,): True at real tokens;
     caption_truncated bool: the caption lost its end to max_length."""
@@ -124,22 +125,13 @@ def _model_problems(model: ml_collections.ConfigDict) -> list[str]:
     return []
 
 
-class Captioning(base.Task):
+class Training(base.TrainingSpec):
     name = "captioning"
     head = None  # a captioner has no classification head
     target_key = "captions"
     synthetic_task = "captions"
     model_name, recipe = "captioner", "configs/captioning_charades.py"
-    output_kind = "caption"
-    predicts = True
     evaluator = "captioning"
-    # How its results are shown and shared (`base.Task`).
-    demo_output = "caption"
-    purpose = "video captioning"
-    hub_pipeline_tag = "video-text-to-text"
-
-    def demo_description(self, top_k: int) -> str:
-        return "the caption of the middle window's clip"
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
@@ -238,4 +230,18 @@ class Captioning(base.Task):
         return {"class_names": None, "target_names": None, "constant_caption": metrics.constant_caption(captions)}
 
 
-TASK = Captioning()
+class Readout(readout.Readout):
+    """A caption a video: `predict` and `pretrained.load(...).caption` decode it (`vidjax.models.captioner`)."""
+
+    name = Training.name
+    target_key = Training.target_key
+    output_kind = "caption"
+    predicts = True
+
+
+TRAINING = Training()
+READOUT = Readout()
+PRESENTATION = presentation.Presentation(
+    name=Training.name, demo_output="caption", demo_head=Training.head,
+    description="the caption of the middle window's clip", examples=Training.synthetic_task, purpose="video captioning",
+    hub_pipeline_tag="video-text-to-text")

@@ -12,27 +12,17 @@ import optax
 
 from vidjax import metrics
 from vidjax.config_lib import ConfigError
-from vidjax.tasks import base
+from vidjax.tasks import base, presentation, readout
 
 
-class Classification(base.HeadTask):
+class Training(base.HeadTraining):
     name = "classification"
     target_key = "label"
     synthetic_task = "label"
     counts_classes = True
     names_classes = True
-    kinetics_label_spaces = True
     mixes = True
     evaluator = "classification"
-    score_name = "probability"
-    scores_name = "probabilities"
-    # How its results are shown and shared (`base.Task`).
-    purpose = "video classification"
-    hub_pipeline_tag = "video-classification"
-    score_function = "softmax"
-
-    def demo_description(self, top_k: int) -> str:
-        return f"the top {top_k} classes and their probabilities"
 
     def loss_weights(self, config: ml_collections.ConfigDict, source):
         """Class weights from config.loss.class_weights; "balanced" is N / (C * count_c) (scikit-learn's; classes
@@ -76,15 +66,19 @@ class Classification(base.HeadTask):
         """The label smoothing mixup applies to the targets it mixes."""
         return config.optimizer.label_smoothing
 
+
+class Readout(readout.HeadReadout):
+    name = Training.name
+    target_key = Training.target_key
+    kinetics_label_spaces = True
+    score_name = "probability"
+    scores_name = "probabilities"
+
     def scores(self, logits: jax.Array) -> jax.Array:
         return jax.nn.softmax(logits, axis=-1)
 
     def task_metrics(self, scores, targets, target_names=None) -> dict[str, float]:
         return metrics.classification_metrics(scores, targets)
-
-    def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:
-        names = getattr(train_source, "class_names", None)
-        return {"class_names": list(names) if names else None, "target_names": None}
 
     def probe_targets(self, targets: np.ndarray) -> np.ndarray:
         return np.asarray(targets, np.int32)
@@ -93,4 +87,9 @@ class Classification(base.HeadTask):
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, targets))
 
 
-TASK = Classification()
+TRAINING = Training()
+READOUT = Readout()
+PRESENTATION = presentation.HeadPresentation(
+    name=Training.name, description="the top {top_k} classes and their probabilities", examples=Training.synthetic_task,
+    score_name=Readout.score_name, purpose="video classification", hub_pipeline_tag="video-classification",
+    score_function="softmax")

@@ -4,6 +4,8 @@ a threshold."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,31 +14,16 @@ import optax
 
 from vidjax import losses, metrics
 from vidjax.config_lib import ConfigError
-from vidjax.tasks import base
+from vidjax.tasks import base, presentation, readout
 
 
-class Multilabel(base.HeadTask):
+class Training(base.HeadTraining):
     name = "multilabel"
     target_key = "labels"
     synthetic_task = "labels"
     counts_classes = True
     mixes = True
     evaluator = "multilabel"
-    # How its results are shown and shared (`base.Task`): the demo's timeline lists the classes over the threshold.
-    purpose = "multi-label video classification"
-    hub_pipeline_tag = "video-classification"
-    hf_problem_type = "multi_label_classification"
-    score_function = "sigmoid"
-
-    def demo_description(self, top_k: int) -> str:
-        return f"the {top_k} highest per-class scores (sigmoid)"
-
-    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
-        return [f"classes scoring >= {threshold:g}", "top score"]
-
-    def timeline_cells(self, prediction: dict) -> list:
-        present = ", ".join(row["label"] for row in prediction["above_threshold"]) or "(none)"
-        return [present, round(prediction["top_k"][0][self.score_name], 4)]
 
     def loss_weights(self, config: ml_collections.ConfigDict, source):
         """Positive weights from config.loss.pos_weight; "balanced" is negatives / positives per class (1 for a class
@@ -63,15 +50,16 @@ class Multilabel(base.HeadTask):
 
         return loss_fn
 
+
+class Readout(readout.HeadReadout):
+    name = Training.name
+    target_key = Training.target_key
+
     def scores(self, logits: jax.Array) -> jax.Array:
         return jax.nn.sigmoid(logits)
 
     def task_metrics(self, scores, targets, target_names=None) -> dict[str, float]:
         return metrics.multilabel_metrics(scores, targets)
-
-    def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:
-        names = getattr(train_source, "class_names", None)
-        return {"class_names": list(names) if names else None, "target_names": None}
 
     def describe(self, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
         return {**super().describe(scores, names, top_k, threshold), "threshold": threshold,
@@ -82,10 +70,27 @@ class Multilabel(base.HeadTask):
         if not ranked:
             note = [f"{indent}(no class scores >= {prediction['threshold']:g}; the highest:)"]
             ranked = prediction["top_k"]
-        return note + base.aligned_lines([(r["label"], f"{r['score']:.3f}") for r in ranked], indent)
+        return note + readout.aligned_lines([(r["label"], f"{r['score']:.3f}") for r in ranked], indent)
 
     def probe_loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         return jnp.mean(optax.sigmoid_binary_cross_entropy(outputs, targets))
 
 
-TASK = Multilabel()
+@dataclasses.dataclass(frozen=True)
+class Presentation(presentation.HeadPresentation):
+    """The demo's timeline lists the classes over the threshold."""
+
+    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
+        return [f"classes scoring >= {threshold:g}", "top score"]
+
+    def timeline_cells(self, prediction: dict) -> list:
+        present = ", ".join(row["label"] for row in prediction["above_threshold"]) or "(none)"
+        return [present, round(prediction["top_k"][0][self.score_name], 4)]
+
+
+TRAINING = Training()
+READOUT = Readout()
+PRESENTATION = Presentation(
+    name=Training.name, description="the {top_k} highest per-class scores (sigmoid)", examples=Training.synthetic_task,
+    score_name=Readout.score_name, purpose="multi-label video classification", hub_pipeline_tag="video-classification",
+    hf_problem_type="multi_label_classification", score_function="sigmoid")

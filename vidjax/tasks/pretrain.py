@@ -1,7 +1,12 @@
 """Masked pre-training (VideoMAE): the model reconstructs the tubes batch["mask"] hides (with VideoMAE V2's dual
 masking, batch["decoder_mask"], only those at the positions it leaves); evaluated by
 `vidjax.evaluators.reconstruction`: its loss, estimated on whole eval batches, and at the end of a run a
-reconstruction figure of the first eval clip."""
+reconstruction figure of the first eval clip.
+
+The masks follow one line: config.model (mask_ratio, decoder_mask_type, decoder_mask_ratio) and the model's token
+grid make the `vidjax.patches.MaskSpec` of the input spec (`Training.masks`), by which the input path draws them and
+from which the loss hands the model its counts (`reconstruct`).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +14,47 @@ import jax
 import ml_collections
 import numpy as np
 
-from vidjax.tasks import base
+from vidjax.patches import MaskSpec
+from vidjax.tasks import base, presentation, readout
 
 
-class Pretrain(base.Task):
+def reconstruct(model, batch: dict, masks: MaskSpec, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The model's reconstruction of a batch masked as `masks` describes (its counts of masked and decoded
+    tokens): what the loss and the reconstruction evaluator read."""
+    return model(batch["video"], batch["mask"], decoder_mask=batch.get("decoder_mask"), rng=rng,
+                 num_masked=masks.num_masked, num_decoded=masks.num_decoded)
+
+
+class Training(base.TrainingSpec):
     name = "pretrain"
     head = "pretrain"
     pads_eval = False  # a loss estimate: the eval split is trimmed to whole batches
     evaluator = "reconstruction"
-    # How its results are shown and shared (`base.Task`).
-    demo_output = "reconstruction"
-    checkpoint_kind = "a pre-training"
-    purpose = "VideoMAE pre-training (masked reconstruction)"
 
-    def demo_description(self, top_k: int) -> str:
-        return "the masked reconstruction of the middle clip (VideoMAE pre-training, no head)"
-
-    def mask_grid(self, model) -> tuple[int, int, int]:
-        return model.encoder.grid
+    def masks(self, config: ml_collections.ConfigDict, model) -> MaskSpec:
+        if model is None:
+            raise ValueError("pre-training draws its masks over the model's token grid: pass the model (an abstract "
+                             "one will do) to input_spec.")
+        return MaskSpec.of(config.model, model.encoder.grid)
 
     def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,
                 pos_weight: np.ndarray | None = None) -> base.LossFn:
         def masked_reconstruction(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-            return model(batch["video"], batch["mask"], decoder_mask=batch.get("decoder_mask"), rng=rng)["loss"], {}
+            return reconstruct(model, batch, self.masks(config, model), rng)["loss"], {}
 
         return masked_reconstruction
 
 
-TASK = Pretrain()
+class Readout(readout.Readout):
+    """No head to read: its checkpoints are read through their reconstructions (`python -m vidjax.visualize`, the
+    demo) or their features (`python -m vidjax.extract`)."""
+
+    name = Training.name
+
+
+TRAINING = Training()
+READOUT = Readout()
+PRESENTATION = presentation.Presentation(
+    name=Training.name, demo_output="reconstruction", demo_head=Training.head,
+    description="the masked reconstruction of the middle clip (VideoMAE pre-training, no head)",
+    checkpoint_kind="a pre-training", purpose="VideoMAE pre-training (masked reconstruction)")

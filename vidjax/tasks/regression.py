@@ -4,6 +4,8 @@ target, ccc_mean and mse)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,34 +14,16 @@ import numpy as np
 from vidjax import losses, metrics
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline
-from vidjax.tasks import base
+from vidjax.tasks import base, presentation, readout
 
 REGRESSION_LOSSES = ("mse", "ccc")
 
 
-class Regression(base.HeadTask):
+class Training(base.HeadTraining):
     name = "regression"
     target_key = "targets"
     synthetic_task = "targets"
-    output_kind = "target"
-    probe_standardises_targets = True
     evaluator = "regression"
-    # How its results are shown and shared (`base.Task`): each target's value, not a ranking.
-    ranks_labels = False
-    purpose = "video regression"
-    hf_problem_type = "regression"
-
-    def demo_description(self, top_k: int) -> str:
-        return "the value of each target"
-
-    def shown_scores(self, prediction: dict) -> dict[str, float]:
-        return dict(prediction["values"])
-
-    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
-        return list(names)
-
-    def timeline_cells(self, prediction: dict) -> list:
-        return [round(v, 4) for v in prediction["values"].values()]
 
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
         problems = super().config_problems(config)
@@ -66,23 +50,49 @@ class Regression(base.HeadTask):
 
         return loss_fn
 
+    def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:
+        return {"class_names": None, "target_names": pipeline.target_names(config.data)}
+
+
+class Readout(readout.HeadReadout):
+    name = Training.name
+    target_key = Training.target_key
+    output_kind = "target"
+    probe_standardises_targets = True
+
     def scores(self, logits: jax.Array) -> jax.Array:
         return logits
 
     def task_metrics(self, scores, targets, target_names=None) -> dict[str, float]:
         return metrics.regression_metrics(scores, targets, target_names)
 
-    def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:
-        return {"class_names": None, "target_names": pipeline.target_names(config.data)}
-
     def describe(self, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
         return {"values": {name: float(v) for name, v in zip(names, np.asarray(scores, np.float64), strict=True)}}
 
     def format_prediction(self, prediction: dict, indent: str = "  ") -> list[str]:
-        return base.aligned_lines([(name, f"{value:.4f}") for name, value in prediction["values"].items()], indent)
+        return readout.aligned_lines([(name, f"{value:.4f}") for name, value in prediction["values"].items()], indent)
 
     def probe_loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         return jnp.mean(jnp.square(outputs - targets))
 
 
-TASK = Regression()
+@dataclasses.dataclass(frozen=True)
+class Presentation(presentation.HeadPresentation):
+    """Each target's value, not a ranking."""
+
+    ranks_labels: bool = False
+
+    def shown_scores(self, prediction: dict) -> dict[str, float]:
+        return dict(prediction["values"])
+
+    def timeline_columns(self, names: list[str], threshold: float) -> list[str]:
+        return list(names)
+
+    def timeline_cells(self, prediction: dict) -> list:
+        return [round(v, 4) for v in prediction["values"].values()]
+
+
+TRAINING = Training()
+READOUT = Readout()
+PRESENTATION = Presentation(name=Training.name, description="the value of each target",
+                            examples=Training.synthetic_task, purpose="video regression", hf_problem_type="regression")

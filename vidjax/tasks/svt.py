@@ -4,16 +4,17 @@
 One step, as SVT's train_ssl.py `train_one_epoch`:
   1. the training element arrives as the views of `config.svt` (`vidjax.data.views`: 2 global, N local), grouped
      by shape under "views_{T}x{size}" keys;
-  2. `before_update`: the teacher (state["ema_params"]) runs the global views; its logits, centred by
+  2. `Teacher.before_update`: the teacher (state["ema_params"]) runs the global views; its logits, centred by
      state["center"] and divided by the teacher temperature, become the batch's "teacher_targets" (B, 2, K);
   3. the loss: the student runs every view (one backbone call per view shape) and `losses.dino_loss` averages the
      cross-entropy over every (teacher view, other student view) pair;
   4. the update: per-tensor gradient clipping (config.optimizer.grad_clip 3.0, grad_clip_mode "per_tensor"), the
-     DINO head's last layer held fixed for the first config.svt.freeze_last_layer_epochs (no gradient, no update,
-     no weight decay), AdamW with the weight decay on a cosine (config.optimizer.weight_decay_end);
-  5. `after_update`: the teacher follows the student with a momentum on a cosine from config.svt.teacher_momentum
-     to 1 (the trainer's EMA, `ema_schedule`); the centre is an EMA (config.svt.center_momentum) of the teacher's
-     mean output over the global batch.
+     DINO head's last layer held fixed for the first config.svt.freeze_last_layer_epochs (`Teacher.hold`: no
+     gradient, no update, no weight decay), AdamW with the weight decay on a cosine
+     (config.optimizer.weight_decay_end);
+  5. `Teacher.after_update`: the teacher follows the student with a momentum on a cosine from
+     config.svt.teacher_momentum to 1 (the trainer's EMA, `Teacher.ema_schedule`); the centre is an EMA
+     (config.svt.center_momentum) of the teacher's mean output over the global batch.
 The teacher's output entropy (centred and sharpened, `losses.teacher_entropy`) is logged every step: it rises to
 log(out_dim) when the targets turn uniform; and the entropy of its batch-mean output (`losses.teacher_batch_entropy`),
 which falls to 0 when one output dimension takes over: the two collapses centring and sharpening hold off.
@@ -35,60 +36,43 @@ from flax import nnx
 
 from vidjax import losses
 from vidjax.data import views
-from vidjax.tasks import base
+from vidjax.tasks import base, presentation, readout
 
 
-class SVT(base.Task):
-    name = "svt"
-    head = None  # the model is `vidjax.models.svt` (backbone + DINO head), not a head choice of a video model
-    model_name, recipe = "svt", "configs/svt_k400.py"
-    pads_eval = True
-    evaluator = "knn"  # vidjax.evaluators.knn: the k-NN of the teacher's features, the initial weights' too
-    checkpoint_kind = "an SVT self-supervised"  # how messages name its checkpoints (`base.Task`)
+def view_spec(config: ml_collections.ConfigDict) -> views.ViewSpec:
+    """The views of config.svt: globals of config.data's clip (num_frames at sampling_rate, image_size), locals of
+    svt.local_size; frame counts from svt.global_frames / local_frames (0: num_frames), or the reference's RAND_FR
+    counts with svt.rand_fr."""
+    s, d = config.svt, config.data
+    if s.rand_fr:
+        global_frames, local_frames = views.RAND_FR_GLOBAL_FRAMES, views.RAND_FR_LOCAL_FRAMES
+    else:
+        global_frames = tuple(int(n) or None for n in s.global_frames) or (None, None)
+        local_frames = tuple(int(n) or None for n in s.local_frames) or (None,) * int(s.num_local)
+    return views.ViewSpec(
+        num_frames=d.num_frames, sampling_rate=d.sampling_rate, global_frames=global_frames,
+        local_frames=local_frames, global_size=d.image_size, local_size=s.local_size,
+        global_scale=tuple(s.global_scale), local_scale=tuple(s.local_scale), global_shift=s.global_shift,
+        local_fraction=s.local_fraction, flip_p=s.flip_p, jitter_p=s.jitter_p, brightness=s.brightness,
+        contrast=s.contrast, saturation=s.saturation, hue=s.hue, grayscale_p=s.grayscale_p,
+        interpolation=s.interpolation)
 
-    # ---- what it needs ----
-    def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
-        problems = []
-        if "svt" not in config:
-            problems.append("config.task='svt' needs a config.svt block (views, temperatures, momenta, k-NN): start "
-                            "from configs/svt_k400.py.")
-            return problems
-        try:
-            self.view_spec(config)
-        except ValueError as err:
-            problems.append(f"config.svt: {err}")
-        if config.optimizer.ema_decay:
-            problems.append(f"config.optimizer.ema_decay={config.optimizer.ema_decay}: SVT's teacher is the moving "
-                            f"average, on config.svt.teacher_momentum's cosine; set ema_decay to 0.")
-        if not 0 <= config.svt.teacher_momentum <= 1 or not 0 <= config.svt.center_momentum < 1:
-            problems.append(f"config.svt.teacher_momentum={config.svt.teacher_momentum} must be in [0, 1] and "
-                            f"center_momentum={config.svt.center_momentum} in [0, 1).")
-        if min(config.svt.student_temp, config.svt.teacher_temp, config.svt.warmup_teacher_temp) <= 0:
-            problems.append("config.svt: student_temp, teacher_temp and warmup_teacher_temp must be > 0.")
-        if config.svt.knn_k < 1 or config.svt.knn_temperature <= 0:
-            problems.append(f"config.svt.knn_k={config.svt.knn_k} must be >= 1 and knn_temperature="
-                            f"{config.svt.knn_temperature} > 0.")
-        return problems
 
-    def view_spec(self, config: ml_collections.ConfigDict) -> views.ViewSpec:
-        """The views of config.svt: globals of config.data's clip (num_frames at sampling_rate, image_size),
-        locals of svt.local_size; frame counts from svt.global_frames / local_frames (0: num_frames), or the
-        reference's RAND_FR counts with svt.rand_fr."""
-        s, d = config.svt, config.data
-        if s.rand_fr:
-            global_frames, local_frames = views.RAND_FR_GLOBAL_FRAMES, views.RAND_FR_LOCAL_FRAMES
-        else:
-            global_frames = tuple(int(n) or None for n in s.global_frames) or (None, None)
-            local_frames = tuple(int(n) or None for n in s.local_frames) or (None,) * int(s.num_local)
-        return views.ViewSpec(
-            num_frames=d.num_frames, sampling_rate=d.sampling_rate, global_frames=global_frames,
-            local_frames=local_frames, global_size=d.image_size, local_size=s.local_size,
-            global_scale=tuple(s.global_scale), local_scale=tuple(s.local_scale), global_shift=s.global_shift,
-            local_fraction=s.local_fraction, flip_p=s.flip_p, jitter_p=s.jitter_p, brightness=s.brightness,
-            contrast=s.contrast, saturation=s.saturation, hue=s.hue, grayscale_p=s.grayscale_p,
-            interpolation=s.interpolation)
+def view_list(config: ml_collections.ConfigDict, batch: dict, global_only: bool = False) -> list[jax.Array]:
+    """The views of a batch's group arrays as a list in spec order (globals first), each (B, T, H, W, 3)."""
+    spec = view_spec(config)
+    by_view: dict[int, jax.Array] = {}
+    for group in views.view_groups(spec):
+        for j, view in enumerate(group.views):
+            if not global_only or spec.is_global(view):
+                by_view[view] = batch[group.key][:, j]
+    return [by_view[v] for v in sorted(by_view)]
 
-    # ---- training ----
+
+class Teacher(base.Teacher):
+    """The EMA teacher: its targets from the global views before the loss, the centre and the logged entropies after
+    the update, the DINO head's last layer held fixed at the start."""
+
     def ema_schedule(self, config: ml_collections.ConfigDict, total_steps: int):
         return losses.teacher_momentum_schedule(total_steps, base=config.svt.teacher_momentum)
 
@@ -100,21 +84,10 @@ class SVT(base.Task):
         return losses.teacher_temp_schedule(setup.steps_per_epoch, s.warmup_teacher_temp_epochs,
                                             s.warmup_teacher_temp, s.teacher_temp)(step)
 
-    def _view_list(self, config: ml_collections.ConfigDict, batch: dict, global_only: bool = False
-                   ) -> list[jax.Array]:
-        """The views of a batch's group arrays as a list in spec order (globals first), each (B, T, H, W, 3)."""
-        spec = self.view_spec(config)
-        by_view: dict[int, jax.Array] = {}
-        for group in views.view_groups(spec):
-            for j, view in enumerate(group.views):
-                if not global_only or spec.is_global(view):
-                    by_view[view] = batch[group.key][:, j]
-        return [by_view[v] for v in sorted(by_view)]
-
     def before_update(self, config: ml_collections.ConfigDict, setup, state: dict, batch: dict
                       ) -> tuple[dict, dict]:
         teacher = nnx.merge(setup.graphdef, state["ema_params"])
-        logits = jax.lax.stop_gradient(teacher.views(self._view_list(config, batch, global_only=True)))
+        logits = jax.lax.stop_gradient(teacher.views(view_list(config, batch, global_only=True)))
         temp = self._teacher_temp(config, setup, state["step"])
         targets = jnp.stack([(t.astype(jnp.float32) - state["center"]) / temp for t in logits], axis=1)
         carry = {"teacher_mean": jnp.mean(jnp.concatenate(logits, axis=0).astype(jnp.float32), axis=0),
@@ -122,20 +95,6 @@ class SVT(base.Task):
                  "teacher_batch_entropy": losses.teacher_batch_entropy(logits, state["center"], temp),
                  "teacher_temp": temp}
         return {"teacher_targets": targets}, carry
-
-    def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,
-                pos_weight: np.ndarray | None = None) -> base.LossFn:
-        student_temp = config.svt.student_temp
-
-        def self_distillation(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-            student = model.views(self._view_list(config, batch), rng=rng)
-            targets = batch["teacher_targets"]  # centred and sharpened already: temperature 1, centre 0 here
-            teacher = [targets[:, i] for i in range(targets.shape[1])]
-            loss = losses.dino_loss(student, teacher, jnp.zeros(targets.shape[-1], jnp.float32),
-                                    student_temp=student_temp, teacher_temp=1.0)
-            return loss, {}
-
-        return self_distillation
 
     def hold(self, config: ml_collections.ConfigDict, setup, tree, step: jax.Array):
         """The DINO head's last layer is held fixed for the first svt.freeze_last_layer_epochs epochs (DINO's
@@ -153,6 +112,63 @@ class SVT(base.Task):
         return {"center": center}, {"teacher_entropy": carry["teacher_entropy"],
                                     "teacher_batch_entropy": carry["teacher_batch_entropy"],
                                     "teacher_temp": carry["teacher_temp"], "teacher_momentum": momentum}
+
+
+class Training(base.TrainingSpec):
+    name = "svt"
+    head = None  # the model is `vidjax.models.svt` (backbone + DINO head), not a head choice of a video model
+    model_name, recipe = "svt", "configs/svt_k400.py"
+    pads_eval = True
+    evaluator = "knn"  # vidjax.evaluators.knn: the k-NN of the teacher's features, the initial weights' too
+    teacher = Teacher()
+
+    # ---- what it needs ----
+    def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
+        problems = []
+        if "svt" not in config:
+            problems.append("config.task='svt' needs a config.svt block (views, temperatures, momenta, k-NN): start "
+                            "from configs/svt_k400.py.")
+            return problems
+        try:
+            view_spec(config)
+        except ValueError as err:
+            problems.append(f"config.svt: {err}")
+        if config.optimizer.ema_decay:
+            problems.append(f"config.optimizer.ema_decay={config.optimizer.ema_decay}: SVT's teacher is the moving "
+                            f"average, on config.svt.teacher_momentum's cosine; set ema_decay to 0.")
+        if not 0 <= config.svt.teacher_momentum <= 1 or not 0 <= config.svt.center_momentum < 1:
+            problems.append(f"config.svt.teacher_momentum={config.svt.teacher_momentum} must be in [0, 1] and "
+                            f"center_momentum={config.svt.center_momentum} in [0, 1).")
+        if min(config.svt.student_temp, config.svt.teacher_temp, config.svt.warmup_teacher_temp) <= 0:
+            problems.append("config.svt: student_temp, teacher_temp and warmup_teacher_temp must be > 0.")
+        if config.svt.knn_k < 1 or config.svt.knn_temperature <= 0:
+            problems.append(f"config.svt.knn_k={config.svt.knn_k} must be >= 1 and knn_temperature="
+                            f"{config.svt.knn_temperature} > 0.")
+        return problems
+
+    def view_spec(self, config: ml_collections.ConfigDict) -> views.ViewSpec:
+        return view_spec(config)
+
+    # ---- training ----
+    def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,
+                pos_weight: np.ndarray | None = None) -> base.LossFn:
+        student_temp = config.svt.student_temp
+
+        def self_distillation(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:
+            student = model.views(view_list(config, batch), rng=rng)
+            targets = batch["teacher_targets"]  # centred and sharpened already: temperature 1, centre 0 here
+            teacher = [targets[:, i] for i in range(targets.shape[1])]
+            loss = losses.dino_loss(student, teacher, jnp.zeros(targets.shape[-1], jnp.float32),
+                                    student_temp=student_temp, teacher_temp=1.0)
+            return loss, {}
+
+        return self_distillation
+
+
+class Readout(readout.Readout):
+    """Its checkpoints are read through their features (`python -m vidjax.extract`, the k-NN evaluator)."""
+
+    name = Training.name
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -176,4 +192,6 @@ def default_config() -> ml_collections.ConfigDict:
     ))
 
 
-TASK = SVT()
+TRAINING = Training()
+READOUT = Readout()
+PRESENTATION = presentation.Presentation(name=Training.name, checkpoint_kind="an SVT self-supervised")
