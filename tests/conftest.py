@@ -1,6 +1,8 @@
 """Test set-up: 8 simulated CPU devices, set before jax initialises its backend; one compilation cache per run."""
 
+import json
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -15,6 +17,20 @@ os.environ["XLA_FLAGS"] = (
     " --xla_cpu_use_fusion_emitters=false"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _pin_worker_to_a_core() -> None:
+    """An xdist worker runs on a core of its own when there are cores enough for every worker (the child processes
+    its tests start share that core). Set before jax starts, so XLA's thread pool is sized to the one core. Unpinned,
+    the workers' XLA thread pools (each as large as the machine) took turns on both cores: two concurrent 40-step
+    TimeSformer runlocal loops on 2 cores took 20-25 s each unpinned and 14-16 s pinned."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker.startswith("gw") and 1 < count <= len(cores):
+        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+
+
+_pin_worker_to_a_core()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -52,12 +68,40 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-# The few-minute runs of the runlocal recipes (tests/test_recipe_*_learns.py) go first: `--dist loadfile` hands out
-# files in collection order, so started last they would run on after every other test has finished. pytest-xdist
-# (3.6 on) reorders files by their number of tests, most first, which put these one-test files last: one worker
-# then ran the recipes alone for the last quarter of an hour. Its reordering is turned off in pytest_configure.
+# `--dist loadfile` hands out whole files in collection order, each worker holding two at a time, so the run ends
+# when the last long file does. The files go longest first (the longest-processing-time-first schedule), by the
+# seconds each took in a recorded run (tests/durations.json); a file not recorded there goes after the recorded
+# ones of a minute or more. pytest-xdist's own reordering (3.6 on: by number of tests, most first) put the one-test
+# runlocal recipe files last, and one worker then ran them alone for the last quarter of an hour: it is turned off
+# in pytest_configure. `VIDJAX_RECORD_DURATIONS=1 python -m pytest -n 2 --dist loadfile` writes the figures of the
+# files it ran there.
+_DURATIONS = pathlib.Path(__file__).with_name("durations.json")
+_UNRECORDED = 60.0  # seconds assumed for a file not in durations.json
+_recorded: dict[str, float] = {}  # file -> seconds of this run, summed over its tests' phases (controller only)
+
+
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: not item.path.name.startswith("test_recipe_"))
+    durations = json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}
+    items.sort(key=lambda item: -durations.get(item.path.name, _UNRECORDED))  # stable: a file's tests stay in order
+
+
+def _recording() -> bool:
+    """Whether this process records durations: asked to, and not an xdist worker (the controller sees every
+    worker's reports)."""
+    return bool(os.environ.get("VIDJAX_RECORD_DURATIONS")) and "PYTEST_XDIST_WORKER" not in os.environ
+
+
+def pytest_runtest_logreport(report):
+    if _recording():  # setup, call and teardown each report their own seconds
+        name = pathlib.Path(report.fspath).name
+        _recorded[name] = _recorded.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _recording() and _recorded and exitstatus == 0:  # the files this run ran replace their earlier figures
+        merged = {**(json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}), **_recorded}
+        rounded = {name: round(seconds, 1) for name, seconds in sorted(merged.items(), key=lambda kv: -kv[1])}
+        _DURATIONS.write_text(json.dumps(rounded, indent=1) + "\n")
 
 
 def pytest_unconfigure(config):

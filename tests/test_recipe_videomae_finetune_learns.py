@@ -2,7 +2,10 @@
 the VideoMAE runlocal pre-training (the README's main command, whose outputs are checked on the way), then the
 fine-tune from it; and configs/captioning_charades.py:runlocal, the third command of that chain, captions the
 embedded dataset's clips with the fine-tune's frozen encoder. Without their starting checkpoints the recipes stop at
-once, naming the command. One file per chain, so that the test runner spreads these few-minute runs over its workers.
+once, naming the command. configs/videomae_v2_finetune.py:runlocal is this fine-tune setting for setting
+(tests/test_recipe_videomae_v2_learns.py checks it, and that it starts from a V2 pre-training), so this run shows that
+both fine-tunes learn from a pre-training. One file per chain, so that the test runner spreads these few-minute runs
+over its workers.
 """
 
 import os

@@ -1,7 +1,14 @@
-"""configs/videomae_v2.py:runlocal and configs/videomae_v2_finetune.py:runlocal learn the embedded dataset as their
-docstrings' two commands run them: VideoMAE V2 pre-training with dual masking (tube 0.9 for the encoder, running cell
-0.5 for the decoder), whose reconstruction loss falls, then the fine-tune from it, which reaches 3x chance on the
-held-out clips. One file per chain, so that the test runner spreads these runs over its workers."""
+"""configs/videomae_v2.py:runlocal and configs/videomae_v2_finetune.py:runlocal as their docstrings' two commands run
+them: VideoMAE V2 pre-training with dual masking (tube 0.9 for the encoder, running cell 0.5 for the decoder), whose
+reconstruction loss falls, then the fine-tune, which starts from its encoder.
+
+The V2 fine-tune's runlocal config is the VideoMAE fine-tune's, setting for setting (checked here), and both fine-tune
+the same micro ViT encoder; the 1,024-step run that shows it reaches 3x chance from a pre-training is the VideoMAE
+chain's (tests/test_recipe_videomae_finetune_learns.py), so this file does not repeat it (seeds 0, 1, 2 of the V2
+chain reached 0.86, 0.68 and 0.71 top-1: issue 38's note). One file per chain, so that the test runner spreads these
+runs over its workers."""
+
+import re
 
 import jax
 import numpy as np
@@ -26,7 +33,13 @@ def test_recipes_are_the_official_scripts():
     assert np.isclose(finetune.optimizer.base_lr * finetune.batch_size / finetune.optimizer.lr_batch_base, 1.4e-3)
 
 
-def test_v2_pretrain_then_finetune_runlocal_reaches_three_times_chance(tmp_path, generate_clips_once, capsys):
+def test_v2_finetune_runlocal_is_the_videomae_finetune_runlocal():
+    v2, v1 = load_config("videomae_v2_finetune", "runlocal"), load_config("videomae_finetune_k400", "runlocal")
+    v2.needs_init_from = v1.needs_init_from = ""  # each names its own pre-training command
+    assert v2.to_dict() == v1.to_dict()
+
+
+def test_v2_pretrain_runlocal_learns_and_starts_the_finetune(tmp_path, generate_clips_once, capsys):
     devices = jax.devices()[:1]
     pretraining = load_config("videomae_v2", "runlocal")
     result = train.train_and_evaluate(pretraining, str(tmp_path / "pt"), devices=devices)
@@ -38,9 +51,12 @@ def test_v2_pretrain_then_finetune_runlocal_reaches_three_times_chance(tmp_path,
     assert len(evals) == 2 and evals[-1] < 0.6, evals
     assert (tmp_path / "pt" / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Seeds 0, 1, 2 of this chain reached 0.86, 0.68 and 0.71 top-1 (issue 38's note).
+    # The fine-tune takes every encoder tensor of the V2 pre-training and leaves only its head fresh.
     config = load_config("videomae_v2_finetune", "runlocal")
-    config.init_from = str(tmp_path / "pt")
+    config.init_from, config.total_steps = str(tmp_path / "pt"), 1
     result = train.train_and_evaluate(config, str(tmp_path / "ft"), devices=devices)
-    assert "Initialised" in capsys.readouterr().out  # the encoder came from the V2 pre-training run
-    assert result["eval_top1"] >= 3 / 8, result  # 3x chance over the 8 motion directions, held-out clips
+    said = re.search(r"Initialised (\d+) parameter tensors from \S+; (\d+) keep their fresh init \(([^)]*)\)",
+                     capsys.readouterr().out)
+    assert said and int(said[1]) > 0, said
+    assert all(name.startswith("head") for name in said[3].split(", ")), said[3]
+    assert result["step"] == 1 and np.isfinite(result["eval_loss"]), result
