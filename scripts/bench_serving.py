@@ -32,7 +32,8 @@ import numpy as np
 
 def exported_of_random_model(model_name: str, variant: str, frames: int, size: int, path: str) -> None:
     """Writes `path`: an exported model of `model_name` / `variant` with random weights and a classification head."""
-    from vidjax import export, pretrained  # vidjax: only where a model is built here
+    from vidjax import pretrained  # vidjax: only where a model is built here
+    from vidjax.commands import export  # vidjax: only where a model is built here
     from vidjax.models import get_model
 
     config = get_model(model_name).default_config()
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --batch_sizes={args.batch_sizes} must be positive integers separated by commas, "
               f"--min_calls at least 1 and --seconds not negative.", file=sys.stderr)
         return 2
-    from vidjax.export import load_exported
+    from vidjax.commands.export import load_exported
 
     with tempfile.TemporaryDirectory(prefix="vidjax-serving-") as folder:
         path = args.exported

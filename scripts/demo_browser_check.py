@@ -87,7 +87,8 @@ def check_page(url: str, video: str, screenshot: pathlib.Path, *, chromium: str,
 
 def _serve(checkpoint: str):
     """(url, first example's path, stop function) of the demo for `checkpoint`, served from this process."""
-    from vidjax import demo, pretrained
+    from vidjax import pretrained
+    from vidjax.commands import demo
 
     model = pretrained.load_for_command(checkpoint)
     if model is None:

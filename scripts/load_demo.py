@@ -82,7 +82,8 @@ def write_files(folder: pathlib.Path, max_mb: float, max_seconds: float) -> dict
 
 def expected_answers(checkpoint: str, paths: list[str], window: float) -> dict[str, dict[str, float]]:
     """{path: {label: value}} of the checkpoint run directly on each file, as the demo's /predict gives it."""
-    from vidjax import predict, pretrained, tasks
+    from vidjax import pretrained, tasks
+    from vidjax.commands import predict
 
     model = pretrained.load(checkpoint)
     runner = pretrained.BatchRunner(model, predict.scores_fn(model.task), 8)

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from vidjax import pretrained
-from vidjax.convert.__main__ import convert, main
+from vidjax.commands.convert import convert, main
 from vidjax.convert.common import ConversionError, flatten_params
 from vidjax.models import captioner, decoding
 

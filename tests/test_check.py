@@ -7,7 +7,7 @@ import sys
 from test_decode import make_video
 
 from vidjax import config_lib
-from vidjax.data import check
+from vidjax.commands import data_check
 
 
 def write_list(tmp_path, good_frames=40):
@@ -27,7 +27,7 @@ def test_report_categories_and_exit_status(tmp_path):
     data = config_lib.data_config(source="csv", train_csv=str(path), eval_csv=str(path), root=str(tmp_path),
                                   num_classes=2, num_frames=8, sampling_rate=2, image_size=32)
     out = io.StringIO()
-    assert check.run(data, "train", out=out) == 1
+    assert data_check.run(data, "train", out=out) == 1
     report = out.getvalue()
     status = report.splitlines()
     assert any(line.startswith("ok ") and "good.mp4" in line for line in status)

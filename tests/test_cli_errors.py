@@ -88,7 +88,7 @@ def test_flags_are_spelled_with_underscores_and_hyphens_still_work():
 
 
 def test_argparse_commands_share_the_spelling_and_the_error_line(capsys):
-    from vidjax import predict
+    from vidjax.commands import predict
 
     # --top-k is --top_k: the value is checked (exit 2, one line) rather than rejected as an unknown flag.
     assert predict.main(["--checkpoint=nowhere", "clip.mp4", "--top-k=0"]) == 2

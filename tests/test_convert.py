@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vidjax import pretrained
-from vidjax.convert.__main__ import convert, main
+from vidjax.commands.convert import convert, main
 from vidjax.convert.common import ConversionError, TensorSource, read_safetensors
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"

@@ -16,8 +16,9 @@ import pytest
 from test_decode import make_video
 from test_svt_convert import write_torch_zip
 
-from vidjax import predict, pretrained
-from vidjax.convert.__main__ import convert, main
+from vidjax import pretrained
+from vidjax.commands import predict
+from vidjax.commands.convert import convert, main
 from vidjax.convert.common import ConversionError, read_torch_zip
 from vidjax.convert.videomae import _decoder_heads, _encoder_heads, convert_videomae_file
 from vidjax.data import kinetics

@@ -16,7 +16,8 @@ from test_decode import make_video
 from test_train import tiny_config
 
 from vidjax import config_lib, train
-from vidjax.data import pack, pipeline, sources
+from vidjax.commands import data_pack
+from vidjax.data import pipeline, sources
 from vidjax.metric_writer import read_metrics
 
 CLASSES = ("jump", "run", "walk")
@@ -54,7 +55,7 @@ def library(tmp_path_factory):
     charades_header = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"
     (base / "charades.csv").write_text(charades_header + "".join(
         f"{vid},S,Room,6,7,Yes,script,obj,desc,{acts},0.48\n" for vid, acts in actions))
-    assert pack.main(["--csv", str(base / "list.txt"), "--root", str(videos), "--out", str(base / "pack"),
+    assert data_pack.main(["--csv", str(base / "list.txt"), "--root", str(videos), "--out", str(base / "pack"),
                       "--shards", "2", "--workers", "1"]) == 0
     return base
 

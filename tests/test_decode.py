@@ -537,18 +537,18 @@ def test_random_flip():
 
 
 def test_bench_times_every_method_and_reuses_videos(tmp_path):
-    from vidjax.data import bench
+    from vidjax.commands import data_bench
 
     folder = str(tmp_path / "bench")
-    paths = bench.make_videos(folder, 2, seconds=2.0, fps=15, width=64, height=48, gop=5)
+    paths = data_bench.make_videos(folder, 2, seconds=2.0, fps=15, width=64, height=48, gop=5)
     mtimes = [os.path.getmtime(p) for p in paths]
-    assert bench.make_videos(folder, 2, seconds=2.0, fps=15, width=64, height=48, gop=5) == paths
+    assert data_bench.make_videos(folder, 2, seconds=2.0, fps=15, width=64, height=48, gop=5) == paths
     assert [os.path.getmtime(p) for p in paths] == mtimes  # reused, not re-encoded
     with av.open(paths[0]) as container:
         assert container.streams.video[0].frames == 30
 
-    recipe = bench.Recipe(num_frames=4, sampling_rate=2, short_side=32, crop=24)
-    result = bench.run(paths, recipe, ["naive", "seek", "seek_sws"], workers=[0], clips=3)
+    recipe = data_bench.Recipe(num_frames=4, sampling_rate=2, short_side=32, crop=24)
+    result = data_bench.run(paths, recipe, ["naive", "seek", "seek_sws"], workers=[0], clips=3)
     assert set(result["clips_per_s"]) == {"naive", "seek", "seek_sws"}
     assert all(v["0"] > 0 for v in result["clips_per_s"].values())
     assert all(v["0"] > 0 for v in result["cpu_ms_per_clip"].values())
@@ -556,5 +556,5 @@ def test_bench_times_every_method_and_reuses_videos(tmp_path):
     # The naive loop decodes all 30 frames; seeking decodes the 7-frame window plus part of a 5-frame GOP.
     assert result["frames_decoded_per_clip"]["naive"] == 30
     assert result["frames_decoded_per_clip"]["seek"] <= 7 + 5 + 2
-    table = bench.format_table(result)
+    table = data_bench.format_table(result)
     assert "seek_sws" in table and "naive" in table

@@ -170,9 +170,9 @@ def test_skip_nonref_decodes_fewer_frames(video):
 
 def test_skip_nonref_on_a_bench_video(tmp_path):
     """The data bench's video (x264 preset medium: adaptive B-frames with b-pyramid), at its clip recipe."""
-    from vidjax.data import bench
+    from vidjax.commands import data_bench
 
-    (path,) = bench.make_videos(str(tmp_path), 1, seconds=4.0, fps=25, width=64, height=48, gop=50)
+    (path,) = data_bench.make_videos(str(tmp_path), 1, seconds=4.0, fps=25, width=64, height=48, gop=50)
     reference = decode_all(path)
     skipped = full = 0
     for seed in range(6):
@@ -336,24 +336,24 @@ def test_read_clips_of_a_cut_file_are_what_each_window_gives(tmp_path):
 
 
 def test_bench_shows_seek_skip_beside_seek_sws(tmp_path):
-    from vidjax.data import bench
+    from vidjax.commands import data_bench
 
-    paths = bench.make_videos(str(tmp_path), 2, seconds=3.0, fps=25, width=64, height=48, gop=50)
-    recipe = bench.Recipe(num_frames=8, sampling_rate=4, short_side=32, crop=24)
-    result = bench.run(paths, recipe, ["seek_sws", "seek_skip"], workers=[0], clips=6)
+    paths = data_bench.make_videos(str(tmp_path), 2, seconds=3.0, fps=25, width=64, height=48, gop=50)
+    recipe = data_bench.Recipe(num_frames=8, sampling_rate=4, short_side=32, crop=24)
+    result = data_bench.run(paths, recipe, ["seek_sws", "seek_skip"], workers=[0], clips=6)
     decoded = result["frames_decoded_per_clip"]
     assert 0 < decoded["seek_skip"] < decoded["seek_sws"]
     assert result["cpu_ms_per_clip"]["seek_skip"]["0"] > 0
-    assert "seek_skip" in bench.format_table(result)
+    assert "seek_skip" in data_bench.format_table(result)
 
 
 def test_bench_times_test_clips_one_by_one_and_together(tmp_path):
-    from vidjax.data import bench
+    from vidjax.commands import data_bench
 
-    paths = bench.make_videos(str(tmp_path), 2, seconds=3.0, fps=25, width=64, height=48, gop=50)
-    recipe = bench.Recipe(num_frames=8, sampling_rate=4, short_side=32, crop=24)
-    result = bench.run_test_clips(paths, recipe, num_clips=5, rounds=2)
+    paths = data_bench.make_videos(str(tmp_path), 2, seconds=3.0, fps=25, width=64, height=48, gop=50)
+    recipe = data_bench.Recipe(num_frames=8, sampling_rate=4, short_side=32, crop=24)
+    result = data_bench.run_test_clips(paths, recipe, num_clips=5, rounds=2)
     decoded = result["frames_decoded_per_video"]
     assert 0 < decoded["together"] < decoded["one_by_one"]
     assert len(result["cpu_ms_per_video_each_round"]["together"]) == 2 and result["cpu_ms_per_video"]["together"] > 0
-    assert "together is" in bench.format_test_clips_table(result)
+    assert "together is" in data_bench.format_test_clips_table(result)

@@ -18,8 +18,9 @@ import pytest
 from test_predict import make_clip
 from test_predict_caption import write_captioner
 
-from vidjax import demo, predict, pretrained, visualize
-from vidjax.convert.__main__ import convert
+from vidjax import pretrained
+from vidjax.commands import demo, predict, visualize
+from vidjax.commands.convert import convert
 
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")

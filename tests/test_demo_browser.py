@@ -21,7 +21,7 @@ pytest.importorskip("gradio")
 from test_demo import FIXTURES, serve  # noqa: E402
 
 from vidjax import pretrained  # noqa: E402
-from vidjax.convert.__main__ import convert  # noqa: E402
+from vidjax.commands.convert import convert  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "demo_browser_check.py"

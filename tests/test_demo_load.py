@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from test_predict import make_clip
 
-from vidjax import demo, export, predict, pretrained
-from vidjax.convert.__main__ import convert
+from vidjax import pretrained
+from vidjax.commands import demo, export, predict
+from vidjax.commands.convert import convert
 
 pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")

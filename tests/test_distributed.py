@@ -35,7 +35,7 @@ DEVICES_PER_PROCESS = 2
 # logged lands mid-run (the numbers are those of `python -m vidjax.main`: only the host waits longer).
 SLOW_INPUT_MAIN = ("import sys, time; from vidjax import sharding; real = sharding.global_batch; "
                    "sharding.global_batch = lambda *a: (time.sleep(0.2), real(*a))[1]; "
-                   "from absl import app; from vidjax import cli, main; "
+                   "from absl import app; from vidjax import cli; from vidjax.commands import main; "
                    "app.run(lambda argv: sys.exit(main.main(argv)), flags_parser=cli.parse_flags)")
 
 

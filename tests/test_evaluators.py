@@ -5,7 +5,8 @@ import jax
 import pytest
 from test_finetune import task_config
 
-from vidjax import evaluate, evaluators, train
+from vidjax import evaluators, train
+from vidjax.commands import evaluate
 from vidjax.config_lib import ConfigError
 from vidjax.metric_writer import read_metrics
 from vidjax.tasks import training_of

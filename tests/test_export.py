@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from vidjax import export, pretrained
-from vidjax.convert.__main__ import convert
+from vidjax import pretrained
+from vidjax.commands import export
+from vidjax.commands.convert import convert
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
 CLASSIFIER = FIXTURES / "videomae_classification_bin" / "source"  # VideoMAE, 4 frames x 32 px, 5 named classes

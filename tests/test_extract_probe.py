@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from test_predict import make_clip, trained_workdir
 
-from vidjax import extract, pretrained, probe
-from vidjax.convert.__main__ import convert
+from vidjax import pretrained
+from vidjax.commands import extract, probe
+from vidjax.commands.convert import convert
 
 # A random-weight TimesformerModel (4 frames x 32 px): a CLS token and no head.
 TIMESFORMER = pathlib.Path(__file__).parent / "fixtures" / "parity" / "timesformer_model_divided" / "source"

@@ -68,7 +68,7 @@ def test_damaged_newest_checkpoint_is_skipped(tmp_path, capsys, caplog, monkeypa
 # signal sent after its first step line reliably lands mid-run.
 CHILD = ("import sys, time; from vidjax import sharding; real = sharding.global_batch; "
          "sharding.global_batch = lambda *a: (time.sleep(0.2), real(*a))[1]; "
-         "from absl import app; from vidjax import cli, main; "
+         "from absl import app; from vidjax import cli; from vidjax.commands import main; "
          "app.run(lambda argv: sys.exit(main.main(argv)), flags_parser=cli.parse_flags)")
 
 

@@ -240,7 +240,7 @@ def test_finetune_recipe_is_the_published_one():
 
 
 def test_evaluate_command_scores_a_workdir_like_the_trainer(tmp_path, pretrained_run):
-    from vidjax import evaluate
+    from vidjax.commands import evaluate
 
     config = task_config("classification", total_steps=2, checkpoint_every=2)
     config.optimizer.ema_decay = 0.5

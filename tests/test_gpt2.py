@@ -15,8 +15,8 @@ import pytest
 from flax import nnx
 
 from vidjax import pretrained
+from vidjax.commands.convert import convert, main
 from vidjax.convert import hf_gpt2
-from vidjax.convert.__main__ import convert, main
 from vidjax.convert.common import ConversionError
 from vidjax.models import available, decoding, gpt2
 

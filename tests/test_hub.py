@@ -19,9 +19,10 @@ import pytest
 from hub_server import TOKEN, HubServer
 from test_predict import make_clip, trained_workdir
 
-from vidjax import demo, extract, hub, predict, pretrained, push, train
+from vidjax import hub, pretrained, train
+from vidjax.commands import demo, extract, predict, push
+from vidjax.commands.convert import main as convert_main
 from vidjax.convert import read
-from vidjax.convert.__main__ import main as convert_main
 from vidjax.convert.common import write_converted
 
 ROOT = pathlib.Path(__file__).parent.parent

@@ -9,7 +9,8 @@ from PIL import Image
 from test_decode import make_video
 
 from vidjax import config_lib
-from vidjax.data import bench, decode, pipeline, sources, transforms
+from vidjax.commands import data_bench
+from vidjax.data import decode, pipeline, sources, transforms
 from vidjax.data.decode import read_clip
 from vidjax.patches import MaskSpec
 
@@ -116,7 +117,7 @@ def test_train_crop_draws_as_the_crop_functions(videos):
 
 def file_config(tmp_path, paths, num_samples=1, **data):
     config = config_lib.load_config_file("configs/videomae_k400.py", "runlocal")
-    config = bench.path_config(config, paths, str(tmp_path), num_samples=num_samples, workers=0,
+    config = data_bench.path_config(config, paths, str(tmp_path), num_samples=num_samples, workers=0,
                                batch=4 * num_samples)
     with config.unlocked():
         config.data.update(train_crop="multi_scale", sampling_rate=2, short_side=40, **data)
@@ -200,12 +201,12 @@ def test_repeated_sampling_resumes_exactly(tmp_path, videos):
 
 def test_data_bench_times_the_whole_path_against_decord(tmp_path):
     folder = str(tmp_path / "bench")
-    paths = bench.make_videos(folder, 2, seconds=1.0, fps=15, width=64, height=48, gop=5)
+    paths = data_bench.make_videos(folder, 2, seconds=1.0, fps=15, width=64, height=48, gop=5)
     config = config_lib.load_config_file("configs/videomae_k400.py", "runlocal")
     with config.unlocked():
         config.data.update(sampling_rate=1, train_crop="multi_scale")
     logged = []
-    result = bench.run_path(config, paths, folder, loaders=["vidjax", "decord"], num_samples=[1, 2], workers=[0],
+    result = data_bench.run_path(config, paths, folder, loaders=["vidjax", "decord"], num_samples=[1, 2], workers=[0],
                             batch=8, clips=16, rounds=1, log=logged.append)  # 8 devices in the suite
     rows = {(row["loader"], row["num_samples"]): row for row in result["rows"]}
     assert result["recipe"]["masks"] and result["recipe"]["crop"] == 32
@@ -219,7 +220,7 @@ def test_data_bench_times_the_whole_path_against_decord(tmp_path):
         for k in (1, 2):
             assert rows["decord", k]["vidjax_speedup"] == pytest.approx(
                 rows["vidjax", k]["clips_per_s"] / rows["decord", k]["clips_per_s"], rel=0.02)
-    assert "vidjax" in bench.format_path_table(result)
+    assert "vidjax" in data_bench.format_path_table(result)
     with pytest.raises(ValueError, match="unknown loader"):
-        bench.run_path(config, paths, folder, loaders=["ffcv"], num_samples=[1], workers=[0], batch=4, clips=4,
+        data_bench.run_path(config, paths, folder, loaders=["ffcv"], num_samples=[1], workers=[0], batch=4, clips=4,
                        rounds=1)

@@ -169,7 +169,7 @@ def test_extract_windows_memory_resume_and_output(long_files, tmp_path):
 
 
 def test_jsonl_needs_window_and_other_settings_refuse_to_resume(long_files, tmp_path, capsys):
-    from vidjax import predict
+    from vidjax.commands import predict
 
     assert predict.main([f"--checkpoint={long_files['checkpoint']}", long_files["short"],
                          f"--jsonl={tmp_path / 'x.jsonl'}"]) == 2
@@ -183,7 +183,7 @@ def test_jsonl_needs_window_and_other_settings_refuse_to_resume(long_files, tmp_
 
 
 def test_extract_windows_of_a_segment_flags_and_other_settings(long_files, tmp_path, capsys):
-    from vidjax import extract
+    from vidjax.commands import extract
 
     listed = tmp_path / "list.csv"
     listed.write_text(f"path,label,start,end\n{long_files['short']},1,10,20\n")

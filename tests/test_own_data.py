@@ -16,7 +16,8 @@ from helpers import load_config
 from ml_collections import config_flags
 from test_decode import make_video
 
-from vidjax import config_lib, evaluate, pretrained, train
+from vidjax import config_lib, pretrained, train
+from vidjax.commands import evaluate
 from vidjax.convert import common
 from vidjax.metric_writer import read_metrics
 from vidjax.models import videomae

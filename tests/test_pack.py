@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_decode import make_video as make_test_video
 
-from vidjax.data import pack
+from vidjax.commands import data_pack
 from vidjax.data.decode import probe, read_clip
 from vidjax.data.sources import (
     ArrayRecordVideoSource,
@@ -103,7 +103,7 @@ def assert_round_trip(out, root, listing):
 def test_pack_round_trip_bad_files_and_resume(dataset, tmp_path, capsys):
     root, listing = dataset
     out = tmp_path / "packed"
-    status = pack.main(pack_args(listing, root, out, "--shards", "3", "--workers", "2"))
+    status = data_pack.main(pack_args(listing, root, out, "--shards", "3", "--workers", "2"))
     printed = capsys.readouterr().out
     assert status == 1
     assert "packing 7 videos (1 listed files are missing)" in printed and "3 to write with 2 processes" in printed
@@ -150,7 +150,7 @@ def test_pack_round_trip_bad_files_and_resume(dataset, tmp_path, capsys):
     assert_round_trip(out, root, listing)
 
     # Different input in the same folder is refused rather than mixed in.
-    status = pack.main(pack_args(listing, root, out, "--shards", "2", "--workers", "1"))
+    status = data_pack.main(pack_args(listing, root, out, "--shards", "2", "--workers", "1"))
     assert status == 2
     assert "holds a pack of different input" in capsys.readouterr().err
 
@@ -160,7 +160,7 @@ def test_pack_folder_and_charades_all_good(tmp_path, capsys):
     make_video(tree / "run" / "r1.mp4", shade=5)
     make_video(tree / "jump" / "j1.mp4", shade=50)
     out = tmp_path / "folder_pack"
-    assert pack.main(["--folder", str(tree), "--out", str(out), "--shards", "2", "--workers", "1"]) == 0
+    assert data_pack.main(["--folder", str(tree), "--out", str(out), "--shards", "2", "--workers", "1"]) == 0
     assert "packed 2 of 2 videos into 2 shards" in capsys.readouterr().out
     assert not (out / "bad_files.tsv").exists()
     packed = ArrayRecordVideoSource(out)
@@ -176,7 +176,8 @@ def test_pack_folder_and_charades_all_good(tmp_path, capsys):
                            'AB12C,S1,Bedroom,6,6,Yes,"sits, reads",book,desc,c002 0.00 1.50;c156 0.2 0.3,2.0\n'
                            "ZZ9YX,S2,Hall,5,5,Yes,walks,,desc,,2.0\n")
     out = tmp_path / "charades_pack"
-    assert pack.main(["--charades", str(annotations), "--root", str(root), "--out", str(out), "--shards", "1"]) == 0
+    args = ["--charades", str(annotations), "--root", str(root), "--out", str(out), "--shards", "1"]
+    assert data_pack.main(args) == 0
     packed = ArrayRecordVideoSource(out)
     reference = CharadesSource(annotations, root)
     for i in range(2):
@@ -187,15 +188,15 @@ def test_pack_folder_and_charades_all_good(tmp_path, capsys):
 
 
 def test_pack_errors(tmp_path, capsys):
-    assert pack.main(["--csv", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert data_pack.main(["--csv", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.csv' does not exist" in capsys.readouterr().err
     listing = tmp_path / "l.csv"
     listing.write_text("a.mp4 1\n")
     make_video(tmp_path / "a.mp4")
-    assert pack.main(["--csv", str(listing), "--root", str(tmp_path), "--num-classes", "1", "--out",
+    assert data_pack.main(["--csv", str(listing), "--root", str(tmp_path), "--num-classes", "1", "--out",
                       str(tmp_path / "o")]) == 2
     assert "l.csv:1: label 1 is outside [0, 1)" in capsys.readouterr().err
-    assert pack.main(["--folder", str(tmp_path), "--targets", "x", "--out", str(tmp_path / "o")]) == 2
+    assert data_pack.main(["--folder", str(tmp_path), "--targets", "x", "--out", str(tmp_path / "o")]) == 2
     assert "--targets applies to --csv lists only" in capsys.readouterr().err
 
 
@@ -207,10 +208,10 @@ def test_help_explains_usage():
 
 
 def test_check_video(tmp_path):
-    assert pack.check_video(make_video(tmp_path / "v.mp4").read_bytes()) is None
-    assert pack.check_video(make_audio_only(tmp_path / "a.m4a").read_bytes()) == "no video stream"
-    assert pack.check_video(b"").startswith("PyAV cannot read it")
-    assert pack.check_video(b"not a video at all" * 10).startswith("PyAV cannot read it")
+    assert data_pack.check_video(make_video(tmp_path / "v.mp4").read_bytes()) is None
+    assert data_pack.check_video(make_audio_only(tmp_path / "a.m4a").read_bytes()) == "no video stream"
+    assert data_pack.check_video(b"").startswith("PyAV cannot read it")
+    assert data_pack.check_video(b"not a video at all" * 10).startswith("PyAV cannot read it")
 
 
 def test_record_round_trip():
@@ -279,7 +280,7 @@ def test_reencoded_pack_same_frames_at_the_new_size(tmp_path, capsys):
     out = tmp_path / "pack"
     args = ["--csv", str(listing), "--root", str(root), "--out", str(out), "--reencode_short_side", "32",
             "--gop", "8", "--workers", "1"]
-    assert pack.main(args) == 0
+    assert data_pack.main(args) == 0
     printed = capsys.readouterr().out
     assert "re-encoding (short side 32, GOP 8, CRF 23, preset medium)" in printed
     assert "re-encoded 4 videos at short side 32, GOP 8, CRF 23: PSNR mean" in printed
@@ -305,7 +306,7 @@ def test_reencoded_pack_same_frames_at_the_new_size(tmp_path, capsys):
         source, data = element["source_path"], element["data"]
         info, new_info = probe(source), probe(data)
         assert (new_info.fps, new_info.rotation) == (info.fps, 0), name
-        assert (new_info.height, new_info.width) == sizes[name] == pack.reencoded_size(info.height, info.width, 32)
+        assert (new_info.height, new_info.width) == sizes[name] == data_pack.reencoded_size(info.height, info.width, 32)
         # Frame k at k / fps: a constant rate, the source's, whatever the source's timestamps were.
         times, keyframes = frame_times(data)
         assert times == [Fraction(k, 25) for k in range(len(times))], name
@@ -343,11 +344,11 @@ def test_reencoded_pack_same_frames_at_the_new_size(tmp_path, capsys):
             assert psnr(clip.frames, expected.frames) > MIN_PSNR_DB, (name, window)
 
     # Re-running finishes nothing new and reports the same; other settings in the same folder are refused.
-    assert pack.main(args) == 0
+    assert data_pack.main(args) == 0
     again = capsys.readouterr().out
     assert "1 already finished, 0 to write" in again
     assert printed.splitlines()[-1] == again.splitlines()[-1]
-    assert pack.main([*args[:-4], "--gop", "16", "--workers", "1"]) == 2
+    assert data_pack.main([*args[:-4], "--gop", "16", "--workers", "1"]) == 2
     assert "other re-encoding settings (short side 32, GOP 8" in capsys.readouterr().err
 
 
@@ -371,11 +372,11 @@ def test_reencode_skips_a_video_that_breaks_part_way(tmp_path, capsys):
     for packet in packets[5:8]:
         data[packet.pos : packet.pos + packet.size] = b"\xff" * packet.size
     broken.write_bytes(bytes(data))
-    assert pack.check_video(bytes(data)) is None
+    assert data_pack.check_video(bytes(data)) is None
     listing = tmp_path / "list.csv"
     listing.write_text("good.mp4 0\nbroken.avi 1\n")
     out = tmp_path / "pack"
-    assert pack.main(["--csv", str(listing), "--root", str(root), "--out", str(out), "--reencode_short_side", "16",
+    assert data_pack.main(["--csv", str(listing), "--root", str(root), "--out", str(out), "--reencode_short_side", "16",
                       "--workers", "1"]) == 1
     assert "re-encoded 1 videos at short side 16, GOP 64, CRF 23" in capsys.readouterr().out
     (path, reason), = (line.split("\t") for line in (out / "bad_files.tsv").read_text().splitlines())
@@ -395,7 +396,7 @@ def test_reencode_flag_errors(tmp_path, capsys, flags, message):
     listing = tmp_path / "l.csv"
     listing.write_text("a.mp4 0\n")
     out = tmp_path / "o"
-    assert pack.main(["--csv", str(listing), "--root", str(tmp_path), "--out", str(out), *flags]) == 2
+    assert data_pack.main(["--csv", str(listing), "--root", str(tmp_path), "--out", str(out), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
     assert not out.exists()  # nothing written

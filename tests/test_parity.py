@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vidjax import pretrained
-from vidjax.convert.__main__ import convert
+from vidjax.commands.convert import convert
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
 

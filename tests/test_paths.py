@@ -18,8 +18,9 @@ import pytest
 from helpers import COMMAND_XLA_FLAGS
 from test_predict import make_clip, trained_workdir
 
-from vidjax import evaluate, extract, predict, pretrained, visualize
-from vidjax.convert.__main__ import convert
+from vidjax import pretrained
+from vidjax.commands import evaluate, extract, predict, visualize
+from vidjax.commands.convert import convert
 
 PARITY = pathlib.Path(__file__).parent / "fixtures" / "parity"
 

@@ -10,7 +10,8 @@ import pytest
 from test_decode import make_video
 from test_train import tiny_config
 
-from vidjax import predict, pretrained, train
+from vidjax import pretrained, train
+from vidjax.commands import predict
 from vidjax.windows import sliding_windows
 
 _WORKDIRS: dict = {}

@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 from test_decode import make_video
 
-from vidjax import predict, pretrained
+from vidjax import pretrained
+from vidjax.commands import predict
 from vidjax.convert import common
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.models import captioner

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vidjax import probe
+from vidjax.commands import probe
 
 NUM_CLASSES, NUM_TOKENS, DIM = 4, 64, 8
 MARKER = 0  # the dimension that marks the one token carrying the answer

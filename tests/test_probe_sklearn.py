@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import sklearn.decomposition as sklearn_decomposition  # the test extra installs it
 
-from vidjax import metrics, probe
+from vidjax import metrics
+from vidjax.commands import probe
 
 
 def write_features(path, features, **arrays):

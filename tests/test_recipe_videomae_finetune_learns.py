@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from helpers import load_config, train_losses
 
-from vidjax import evaluate, pretrained, train
+from vidjax import pretrained, train
+from vidjax.commands import evaluate
 from vidjax.config_lib import ConfigError
 from vidjax.data import synthetic
 from vidjax.metric_writer import read_metrics

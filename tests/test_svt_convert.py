@@ -19,9 +19,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from vidjax import extract, pretrained, train
+from vidjax import pretrained, train
+from vidjax.commands import extract
+from vidjax.commands.convert import convert, main
 from vidjax.config_lib import ConfigError
-from vidjax.convert.__main__ import convert, main
 from vidjax.convert.common import ConversionError, read_torch_zip
 
 CASE = pathlib.Path(__file__).parent / "fixtures" / "parity" / "svt_backbone"

@@ -12,7 +12,8 @@ import optax
 import pytest
 from helpers import load_config, run_steps, train_losses
 
-from vidjax import evaluate, losses, optim, train
+from vidjax import losses, optim, train
+from vidjax.commands import evaluate
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline, views
 from vidjax.metric_writer import read_metrics

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from helpers import seeded_checkpoint
 
-from vidjax import export, pretrained
+from vidjax import pretrained
+from vidjax.commands import export
+from vidjax.commands.convert import convert
 from vidjax.convert import hf
-from vidjax.convert.__main__ import convert
 from vidjax.convert.common import TensorSource, read_safetensors
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 from test_predict import make_clip, trained_workdir
 
-from vidjax import visualize, visualize_lib
+from vidjax import visualize_lib
+from vidjax.commands import visualize
 from vidjax.patches import unpatchify
 
 

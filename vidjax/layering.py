@@ -51,10 +51,13 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("trainer", "the training loop, its optimizer and its checkpoints", (
         "vidjax.optim", "vidjax.checkpoint", "vidjax.train",
     )),
-    ("commands", "what `python -m` runs (the benchmarks with their PyTorch references among them)", (
+    ("commands", "what `python -m` runs: each command in `vidjax/commands/` (the benchmarks in `vidjax/bench/`, with "
+     "their PyTorch references), and the entry modules that keep the names people type (`python -m vidjax.predict`, "
+     "`vidjax.data.bench`, `vidjax.convert`), each only importing its command and calling it", (
+        "vidjax.commands", "vidjax.commands.*", "vidjax.bench*",
         "vidjax.main", "vidjax.predict", "vidjax.extract", "vidjax.evaluate", "vidjax.probe", "vidjax.demo",
-        "vidjax.export", "vidjax.push", "vidjax.visualize", "vidjax.convert.__main__", "vidjax.data.bench",
-        "vidjax.data.check", "vidjax.data.pack", "vidjax.bench*",
+        "vidjax.export", "vidjax.push", "vidjax.visualize", "vidjax.data.bench", "vidjax.data.check",
+        "vidjax.data.pack", "vidjax.convert.__main__",
     )),
 )
 

@@ -1,75 +1,8 @@
-"""Command-line entry point: `python -m vidjax.main --config=configs/videomae_k400.py[:args] --workdir=DIR`.
+"""`python -m vidjax.main`: train on a config.
 
-Runs (or resumes) the job the config describes: pre-training or fine-tuning through the one trainer.
-Override any config value with `--config.KEY=VALUE`, e.g. `--config.batch_size=64`; an unknown key is an error.
-`--print_config` prints the config as it resolves after the arguments and overrides, then exits without training
-(no --workdir needed). What each key means: the docstring of each file in configs/ (the recipe and its exact
-command), vidjax/config_lib.py (the trainer, optimizer and data keys), README.md and docs/datasets.md.
+The command is `vidjax.commands.main`; this entry module keeps the name people type."""
 
-Exit codes: 0 done, 2 config or input error, 3 training diverged, 4 stopped by SIGTERM / SIGINT (preemption)
-after writing a checkpoint of the step it stopped at: re-run the same command to resume.
-"""
-
-from __future__ import annotations
-
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-from vidjax import cli, config_lib
-from vidjax.config_lib import ConfigError
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with arguments: configs/videomae_k400.py:runlocal", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and figures; "
-                               "re-running in the same directory resumes.")
-_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the config after the arguments and --config.KEY "
-                                  "overrides, and exit without training (the keys are documented in the configs/ "
-                                  "files' docstrings and vidjax/config_lib.py).")
-flags.mark_flags_as_required(["config"])
-# Multi-host (vidjax/distributed.py): on a TPU pod slice, under SLURM or Open MPI these are detected; elsewhere give
-# all three on every process. Left unset on one machine, nothing is started.
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordinator, the same on "
-                                   "every process (multi-process runs without a detected cluster).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes take part (1 = no distributed "
-                                      "start-up, also on a detected cluster).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes); 0 hosts the "
-                                   "coordinator.")
-_LOCAL_DEVICE_IDS = flags.DEFINE_list("local_device_ids", None, "Local device ids this process drives, e.g. 0 for "
-                                      "one process per GPU (default: all of the host's devices).")
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _PRINT_CONFIG.value:
-        print(_CONFIG.value, end="")
-        return 0
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required: the folder for the run's checkpoints and metrics (re-using one "
-                             "resumes its run).")
-    from vidjax import distributed, train  # imported here so that --help answers without loading jax
-
-    try:
-        # Before anything touches a device: the distributed runtime must be up when the backend starts.
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               [int(i) for i in _LOCAL_DEVICE_IDS.value] if _LOCAL_DEVICE_IDS.value else None)
-        # The flags a person typed win over the init_from checkpoint's architecture and the data's class count.
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                          explicit_keys=config_lib.command_line_keys(flags.FLAGS["config"]))
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except train.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    if result.get("preempted"):
-        print(f"Stopped by {result['signal']} at step {result['step']} with its checkpoint written; run the same "
-              f"command again to resume.", file=sys.stderr)
-        return 4
-    return 0
-
+from vidjax.commands import main
 
 if __name__ == "__main__":
-    cli.run(main)
+    main.run_command()

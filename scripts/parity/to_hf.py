@@ -165,7 +165,7 @@ def export_case(case: dict, workdir: pathlib.Path) -> pathlib.Path:
     sys.path.insert(0, str(ROOT / "tests"))
     import helpers
 
-    from vidjax import export
+    from vidjax.commands import export
 
     checkpoint = helpers.seeded_checkpoint(case, workdir / "vidjax")
     if export.main(["--to_hf", str(checkpoint), "--out", str(workdir / "hf")]):

@@ -12,5 +12,5 @@
               parity oracle (scripts/parity/); each imports torch at its top
 
 This file imports none of them, so that importing one (a parity script's `vidjax.bench.torch_ref`, the matrix's
---help) loads only what it needs. The data benchmark is `python -m vidjax.data.bench` (vidjax/data/bench.py).
+--help) loads only what it needs. The data benchmark is `python -m vidjax.data.bench` (vidjax/commands/data_bench.py).
 """

@@ -1,0 +1,139 @@
+r"""Converts published video-model (and captioning) checkpoints into vidjax checkpoints.
+
+  python -m vidjax.convert --from_hf SRC --out DST
+      SRC: a Hugging Face `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin) of
+      VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel, TimesformerForVideoClassification,
+      TimesformerModel, VivitForVideoClassification or VivitModel; GPT2LMHeadModel or GPT2Model (a captioner's
+      decoder, with or without cross-attention); or a VisionEncoderDecoderModel captioner whose encoder is a
+      VideoMAEModel or TimesformerModel and whose decoder a GPT2LMHeadModel. A tokenizer saved in SRC is copied to
+      DST/tokenizer/.
+  python -m vidjax.convert --from_videomamba FILE --out DST
+      FILE: an official VideoMamba checkpoint (.pth); its sizes are read from the tensor shapes.
+  python -m vidjax.convert --from_svt FILE --out DST
+      FILE: an SVT checkpoint (kahnchana/svt, a self-supervised TimeSformer): the released state dict
+      (kinetics400_vitb_ssl.pth: backbone.* and head.* tensors) or a train_ssl.py checkpoint (its teacher is
+      converted). Gives the TimeSformer backbone (head none; its CLS token is SVT's feature); the DINO projection
+      head serves SVT's training only and is left out. Sizes are read from the tensor shapes; a width that is no
+      ViT size also needs --num_heads.
+  python -m vidjax.convert --from_videomae FILE --out DST
+      FILE: an official VideoMAE or VideoMAE V2 checkpoint (.pth, as MCG-NJU/VideoMAE and OpenGVLab/VideoMAEv2
+      save them: {"model": ...}, {"module": ...} or a bare state dict): pre-training (encoder + decoder; head
+      pretrain), fine-tuned (fc_norm / mean pooling or norm, head; e.g. the K710 models) or a distilled student.
+      Sizes are read from the tensor shapes; the files record no frame count or resolution (16 x 224 unless
+      --num_frames / --image_size say otherwise), and a width that is no ViT size also needs --num_heads (a decoder
+      width that no official builder uses, --decoder_num_heads). A head of 400 / 600 / 700 / 710 outputs gets the
+      Kinetics label space's class names.
+
+SRC and FILE may also be Hugging Face Hub names, downloaded through huggingface_hub's cache (its HF_TOKEN,
+HF_ENDPOINT and HF_HUB_OFFLINE apply; pip install 'vidjax[hub]'): a repository for --from_hf
+(`--from_hf MCG-NJU/videomae-base-finetuned-kinetics`), a file inside one for the others (`--from_videomae
+OpenGVLab/VideoMAE2/distill/vit_b_k710_dl_from_giant.pth`), with `@REV` for a branch, tag or commit. A local path
+that exists always wins. (Every command also takes such a name directly as its checkpoint: vidjax/hub.py.)
+
+Add --num_frames / --image_size to adapt a video model's checkpoint to another clip length or resolution (learned
+position embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config,
+preprocessing, class names); load it with `vidjax.pretrained.load(DST)`. Nothing is written to DST unless the
+conversion succeeds. No torch is needed, for safetensors or for torch zip files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from vidjax import cli, hub
+from vidjax.convert import read
+from vidjax.convert.common import ConversionError, Converted, is_video_config, resize, write_converted
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser("python -m vidjax.convert", __doc__)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from_hf", metavar="SRC", help="Hugging Face save_pretrained directory, or a Hub repository")
+    src.add_argument("--from_videomamba", metavar="FILE", help="official VideoMamba checkpoint file")
+    src.add_argument("--from_svt", metavar="FILE", help="SVT checkpoint file (released or a training checkpoint)")
+    src.add_argument("--from_videomae", metavar="FILE",
+                     help="official VideoMAE / VideoMAE V2 checkpoint file (pre-training, fine-tuned or distilled)")
+    parser.add_argument("--out", required=True, metavar="DST", help="output directory (must not exist)")
+    parser.add_argument("--num_frames", type=int, default=0, help="adapt to this many frames (0 = keep)")
+    parser.add_argument("--image_size", type=int, default=0, help="adapt to this resolution (0 = keep)")
+    parser.add_argument("--num_heads", type=int, default=0,
+                        help="--from_svt / --from_videomae: attention heads, for a width that is no ViT size (0 = "
+                             "the ViT size table's: 12 for ViT-B)")
+    parser.add_argument("--decoder_num_heads", type=int, default=0,
+                        help="--from_videomae pre-training checkpoints: decoder heads, for a decoder width no "
+                             "official builder uses (0 = the official table's: 192 -> 3, 384 -> 6, 512 -> 8)")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    return parser
+
+
+def convert(from_hf: str | None = None, from_videomamba: str | None = None, out: str = "", num_frames: int = 0,
+            image_size: int = 0, overwrite: bool = False, from_svt: str | None = None, num_heads: int = 0,
+            from_videomae: str | None = None, decoder_num_heads: int = 0) -> Converted:
+    """Converts one checkpoint and writes it to `out`; returns the `Converted` that was written."""
+    if num_heads and not (from_svt or from_videomae):
+        raise ConversionError("--num_heads applies to --from_svt and --from_videomae only: the other sources "
+                              "record their head count.")
+    if decoder_num_heads and not from_videomae:
+        raise ConversionError("--decoder_num_heads applies to --from_videomae only.")
+    sources = {"hf": from_hf, "videomamba": from_videomamba, "svt": from_svt, "videomae": from_videomae}
+    given = [(kind, value) for kind, value in sources.items() if value]
+    if len(given) != 1:
+        raise ConversionError(f"Give exactly one of {', '.join(f'--from_{k}' for k in sources)}; got "
+                              f"{len(given) or 'none'}.")
+    kind, source = given[0]
+    # A Hugging Face Hub name (a repository, or a file inside one) is downloaded through huggingface_hub's cache.
+    path = hub.source(source, f"--from_{kind}", file=kind != "hf")
+    converted = read(kind, path, num_heads=num_heads or None, decoder_num_heads=decoder_num_heads or None,
+                     num_frames=num_frames or None, image_size=image_size or None)
+    try:
+        converted = resize(converted, num_frames or None, image_size or None)
+    except ValueError as e:
+        raise ConversionError(f"Cannot adapt the checkpoint to {num_frames or 'its'} frames x "
+                              f"{image_size or 'its'} px: {e}") from e
+    write_converted(converted, out, overwrite=overwrite)
+    return converted
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        converted = convert(args.from_hf, args.from_videomamba, args.out, args.num_frames, args.image_size,
+                            args.overwrite, from_svt=args.from_svt, num_heads=args.num_heads,
+                            from_videomae=args.from_videomae, decoder_num_heads=args.decoder_num_heads)
+    except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Wrote {args.out}: {summary(converted)}.")
+    return 0
+
+
+def summary(converted: Converted) -> str:
+    """One line on what a conversion holds: the model, its size, and what it takes."""
+    cfg, pre = converted.model_config, converted.preprocessing
+    n = sum(v.size for v in converted.params.values())
+    video = (f"{pre['num_frames']} frames x {pre['image_size']} px, input (pixels/255 - {pre['mean']}) / {pre['std']}"
+             if "num_frames" in pre else "")
+    if is_video_config(cfg):
+        skipped = converted.source.get("not_converted") or {}
+        left_out = (f"; not converted: {skipped['what']} ({len(skipped['tensors'])} tensors: "
+                    f"{', '.join(skipped['tensors'][:4])}{', ...' if len(skipped['tensors']) > 4 else ''})"
+                    if skipped else "")
+        space = converted.source.get("label_space")
+        labels = f"; label space {space} ({cfg.num_classes} classes, names filled)" if space else ""
+        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}{left_out}{labels}"
+    if converted.model_name == "captioner":
+        return (f"captioner ({cfg.encoder_name} encoder, GPT-2 decoder of {cfg.decoder.vocab_size} tokens, "
+                f"{n / 1e6:.2f}M params), {video}")
+    if converted.model_name == "gpt2":
+        return (f"gpt2 ({n / 1e6:.2f}M params, vocabulary {cfg.vocab_size}, width {cfg.width}, "
+                f"{'with' if cfg.add_cross_attention else 'without'} cross-attention)")
+    return f"{converted.model_name} ({n / 1e6:.2f}M params)"
+
+
+def run_command() -> NoReturn:
+    """`python -m vidjax.convert`: what its entry module calls."""
+    sys.exit(main())
