@@ -18,8 +18,9 @@ import pytest
 from helpers import COMMAND_XLA_FLAGS, train_losses
 from test_train import tiny_config
 
-from vidjax import checkpoint, distributed, train
+from vidjax import distributed, train
 from vidjax.config_lib import ConfigError
+from vidjax.train import checkpoint
 
 REPO = pathlib.Path(__file__).parent.parent
 CHILD_TIMEOUT_S = 240

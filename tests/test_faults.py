@@ -19,8 +19,9 @@ import pytest
 from helpers import COMMAND_XLA_FLAGS, train_losses
 from test_train import tiny_config
 
-from vidjax import checkpoint, preemption, train
+from vidjax import preemption, train
 from vidjax.metric_writer import read_metrics
+from vidjax.train import checkpoint
 
 TESTS = pathlib.Path(__file__).parent
 

@@ -1,4 +1,4 @@
-"""Hugging Face Hub names wherever a checkpoint is taken (vidjax.hub), and `python -m vidjax.push`.
+"""Hugging Face Hub names wherever a checkpoint is taken (vidjax.pretrained.hub), and `python -m vidjax.push`.
 
 The real huggingface_hub client talks to a small Hub this file starts on 127.0.0.1 (tests/hub_server.py, through
 HF_ENDPOINT), serving repositories written here from the parity fixtures: Hugging Face `save_pretrained` folders (a
@@ -19,11 +19,12 @@ import pytest
 from hub_server import TOKEN, HubServer
 from test_predict import make_clip, trained_workdir
 
-from vidjax import hub, pretrained, train
+from vidjax import pretrained, train
 from vidjax.commands import demo, extract, predict, push
 from vidjax.commands.convert import main as convert_main
 from vidjax.convert import read
 from vidjax.convert.common import write_converted
+from vidjax.pretrained import hub
 
 ROOT = pathlib.Path(__file__).parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "parity"
@@ -93,7 +94,7 @@ def env(server, tmp_path, monkeypatch):
 
 @pytest.fixture
 def conversions(monkeypatch):
-    """How many checkpoints vidjax.hub converted."""
+    """How many checkpoints vidjax.pretrained.hub converted."""
     count = []
 
     def counted(*args, **kwargs):

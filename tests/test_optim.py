@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 from test_train import tiny_config
 
-from vidjax import optim, train
+from vidjax import train
 from vidjax.config_lib import ConfigError
 from vidjax.models import timesformer, videomae, videomamba, vivit
+from vidjax.train import optim
 
 
 def test_weight_decay_only_on_weight_matrices():
@@ -383,7 +384,7 @@ def test_adam_eps_reaches_the_update():
 def test_frozen_captioner_trainer_state_shards_and_checkpoints(tmp_path):
     """train.build + init_state over 8 devices (fsdp 2): the frozen encoder's moments are MaskedNodes in the state
     and in its shardings, the other moments are sharded as their parameter, and the state saves and restores."""
-    from vidjax import checkpoint
+    from vidjax.train import checkpoint
 
     config = tiny_captioner_config(freeze_encoder=True)
     config.mesh.fsdp = 2

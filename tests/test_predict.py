@@ -12,7 +12,7 @@ from test_train import tiny_config
 
 from vidjax import pretrained, train
 from vidjax.commands import predict
-from vidjax.windows import sliding_windows
+from vidjax.pretrained.windows import sliding_windows
 
 _WORKDIRS: dict = {}
 

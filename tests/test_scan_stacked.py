@@ -197,7 +197,7 @@ def test_gpt2_stacked_trains_and_decodes_as_per_block():
 def test_layer_decay_of_stacked_blocks_is_the_per_block_one(model_name, optimizer):
     """Layer decay (and per-tensor clipping) scales a stacked parameter's blocks along its leading axis: two
     optimizer steps give the per-block updates, stacked."""
-    from vidjax import optim
+    from vidjax.train import optim
 
     overrides = dict(depth=3, head="classification") if model_name == "videomae" else dict(depth=3)
     if model_name == "vivit":
@@ -229,7 +229,7 @@ def test_layer_decay_of_stacked_blocks_is_the_per_block_one(model_name, optimize
 
 
 def write_training_checkpoint(workdir, config, params):
-    from vidjax import checkpoint
+    from vidjax.train import checkpoint
 
     ckpt = checkpoint.Checkpointer(str(workdir))
     ckpt.save(1, {"params": params, "step": jnp.ones((), jnp.int32)}, None, config)
@@ -273,7 +273,8 @@ def test_a_checkpoint_of_either_layout_loads_in_the_other(tmp_path, written_scan
 def test_a_train_state_resumes_in_the_other_layout(tmp_path, written_scan):
     """The trainer's whole state (parameters, AdamW moments under layer decay, EMA) saved in one block layout
     restores in the other, sharded over a mesh (FSDP x tensor), with the same values."""
-    from vidjax import checkpoint, sharding, train
+    from vidjax import sharding, train
+    from vidjax.train import checkpoint
 
     def setup_of(scan):
         config = tiny_family_config("videomae", scan_layers=scan, depth=3, head="classification")

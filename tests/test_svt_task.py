@@ -12,12 +12,13 @@ import optax
 import pytest
 from helpers import load_config, run_steps, train_losses
 
-from vidjax import losses, optim, train
+from vidjax import losses, train
 from vidjax.commands import evaluate
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline, views
 from vidjax.metric_writer import read_metrics
 from vidjax.models import timesformer
+from vidjax.train import optim
 
 
 def tiny_svt_config(**svt):

@@ -36,7 +36,7 @@ CONTRACT_MODULES = {"training_of": "vidjax.tasks.base", "readout_of": "vidjax.ta
                     "presentation_of": "vidjax.tasks.presentation"}
 # reader -> the lookups it may make (the others are another reader's).
 READERS = {
-    "vidjax/train.py": {"training_of"},
+    "vidjax/train/__init__.py": {"training_of"},
     "vidjax/commands/data_bench.py": {"training_of"},
     "vidjax/commands/predict.py": {"readout_of"},
     "vidjax/commands/extract.py": {"readout_of"},
@@ -81,7 +81,7 @@ def test_the_demo_export_and_push_never_see_a_training_spec_nor_train_a_presenta
     for reader in ("vidjax/commands/demo.py", "vidjax/commands/export.py", "vidjax/commands/push.py"):
         used, imported = lookups_and_imports(ROOT / reader)
         assert "training_of" not in used and not any(m.startswith("vidjax.tasks.base") for m in imported), reader
-    used, imported = lookups_and_imports(ROOT / "vidjax/train.py")
+    used, imported = lookups_and_imports(ROOT / "vidjax/train/__init__.py")
     assert "presentation_of" not in used and "vidjax.tasks.presentation" not in imported
 
 

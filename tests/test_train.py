@@ -10,8 +10,9 @@ import optax
 import pytest
 from helpers import assert_sharded_matches_single_device, train_losses
 
-from vidjax import checkpoint, config_lib, train
+from vidjax import config_lib, train
 from vidjax.models import videomae
+from vidjax.train import checkpoint
 
 
 def tiny_config(**overrides):

@@ -105,7 +105,7 @@ def trainer_config() -> ml_collections.ConfigDict:
         seed=0,
         task="pretrain",  # pretrain | classification | multilabel | regression | captioning | svt
         # Fine-tuning start: a vidjax training workdir (its latest checkpoint), one of its step folders, a
-        # `python -m vidjax.convert` output or a Hugging Face Hub name (vidjax/hub.py); "" = random init.
+        # `python -m vidjax.convert` output or a Hugging Face Hub name (vidjax/pretrained/hub.py); "" = random init.
         init_from="",
         # Non-empty for recipes that cannot start from random weights: why, and how to get a checkpoint. The trainer
         # stops at start-up with this message when init_from is empty; set it to "" to train from scratch anyway.

@@ -42,14 +42,14 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax.convert", "vidjax.convert.common", "vidjax.convert.hf", "vidjax.convert.hf_captioner",
          "vidjax.convert.hf_gpt2", "vidjax.convert.hf_timesformer", "vidjax.convert.hf_videomae",
          "vidjax.convert.hf_vivit", "vidjax.convert.svt", "vidjax.convert.videomae", "vidjax.convert.videomamba",
-         "vidjax.hub", "vidjax.pretrained", "vidjax.windows",
+         "vidjax.pretrained", "vidjax.pretrained.*",
      )),
     ("tasks", "what a run trains a model for (each task's training spec, readout and presentation), and the "
      "evaluations of its splits", (
         "vidjax.tasks", "vidjax.tasks.*", "vidjax.evaluators", "vidjax.evaluators.*",
     )),
     ("trainer", "the training loop, its optimizer and its checkpoints", (
-        "vidjax.optim", "vidjax.checkpoint", "vidjax.train",
+        "vidjax.train", "vidjax.train.*",
     )),
     ("commands", "what `python -m` runs: each command in `vidjax/commands/` (the benchmarks in `vidjax/bench/`, with "
      "their PyTorch references), and the entry modules that keep the names people type (`python -m vidjax.predict`, "

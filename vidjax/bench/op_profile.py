@@ -46,7 +46,7 @@ _DATA_MOVEMENT = {"copy", "transpose", "bitcast", "reshape", "broadcast", "slice
                   "bitcast-convert", "iota", "reverse", "gather", "scatter"}
 # Instructions that run others (their trace event spans their children's): not counted themselves.
 _CONTAINERS = {"conditional", "while", "call", "async-start", "async-done"}
-_OPTIMIZER_FILES = ("/optax/", "/vidjax/optim.py")
+_OPTIMIZER_FILES = ("/optax/", "/vidjax/train/optim.py")
 _OPTIMIZER_FUNCTIONS = ("train_step", "apply_updates", "clip", "update")
 
 

@@ -28,7 +28,7 @@ SRC and FILE may also be Hugging Face Hub names, downloaded through huggingface_
 HF_ENDPOINT and HF_HUB_OFFLINE apply; pip install 'vidjax[hub]'): a repository for --from_hf
 (`--from_hf MCG-NJU/videomae-base-finetuned-kinetics`), a file inside one for the others (`--from_videomae
 OpenGVLab/VideoMAE2/distill/vit_b_k710_dl_from_giant.pth`), with `@REV` for a branch, tag or commit. A local path
-that exists always wins. (Every command also takes such a name directly as its checkpoint: vidjax/hub.py.)
+that exists always wins. (Every command also takes such a name directly as its checkpoint: vidjax/pretrained/hub.py.)
 
 Add --num_frames / --image_size to adapt a video model's checkpoint to another clip length or resolution (learned
 position embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config,
@@ -43,9 +43,10 @@ import logging
 import sys
 from typing import NoReturn
 
-from vidjax import cli, hub
+from vidjax import cli
 from vidjax.convert import read
 from vidjax.convert.common import ConversionError, Converted, is_video_config, resize, write_converted
+from vidjax.pretrained import hub
 
 
 def _parser() -> argparse.ArgumentParser:

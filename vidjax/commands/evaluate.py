@@ -2,7 +2,7 @@
 
 DIR is a training workdir (its latest checkpoint; the EMA weights when the run kept them), one of its step
 folders, a `python -m vidjax.convert` output, or a Hugging Face Hub name (owner/name[@REV], owner/name/FILE.pth;
-converted once into vidjax's cache, vidjax/hub.py). A training checkpoint stores the config of its run, so alone it
+converted once into vidjax's cache, vidjax/pretrained/hub.py). A training checkpoint stores the config of its run, so alone it
 is scored on the eval split it was trained with, exactly as the trainer scored it; `--config.KEY=VALUE` changes any
 value of that config, as for `vidjax.main`, e.g. the multi-view test:
 

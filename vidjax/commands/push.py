@@ -36,11 +36,12 @@ from typing import NoReturn
 import ml_collections
 
 import vidjax
-from vidjax import cli, fileio, hub, pretrained, tasks
+from vidjax import cli, fileio, pretrained, tasks
 from vidjax.config_lib import ConfigError
 from vidjax.convert import hf
 from vidjax.convert.common import ConversionError, Converted, write_converted
 from vidjax.metric_writer import read_metrics
+from vidjax.pretrained import hub
 
 CARD = "README.md"
 # Model keys the card's architecture row names where the model has them (a variant names its patch, and sizes left

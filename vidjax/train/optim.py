@@ -136,7 +136,7 @@ def _block_index(path: tuple[str | int, ...], stack: tuple[str, ...]) -> int:
         return int(entry)
     except (TypeError, ValueError):
         raise ValueError(f"Layer decay: parameter {_path_str(path)} is under the block list {_path_str(stack)} but "
-                         f"{entry!r} is not a block index; the params tree does not have the layout vidjax.optim "
+                         f"{entry!r} is not a block index; the params tree does not have the layout vidjax.train.optim "
                          f"expects (see BLOCK_LAYOUTS there).") from None
 
 
@@ -161,7 +161,7 @@ def layer_ids(params) -> tuple[Any, int]:
             f"Layer decay: the params tree has the block lists [{', '.join(map(_path_str, found))}], which is not "
             f"the layout of a vidjax model (VideoMAE, TimeSformer, ViViT, VideoMamba: "
             f"{'; '.join(', '.join(map(_path_str, lay)) for lay in BLOCK_LAYOUTS)}). Set "
-            f"config.optimizer.layer_decay=1.0, or add the model's layout to BLOCK_LAYOUTS in vidjax/optim.py.")
+            f"config.optimizer.layer_decay=1.0, or add the model's layout to BLOCK_LAYOUTS in vidjax/train/optim.py.")
     leaves = [leaf for _, leaf in flat]
     offsets, counts = {}, {}
     for stack in layout:
@@ -193,7 +193,7 @@ def layer_ids(params) -> tuple[Any, int]:
             return num_blocks + 1
         raise ValueError(f"Layer decay: no layer id for parameter {_path_str(path)}: it is not an embedding, block "
                          f"or head parameter of a known layout. Place it in the tables of the layer-decay section "
-                         f"of vidjax/optim.py, or set config.optimizer.layer_decay=1.0.")
+                         f"of vidjax/train/optim.py, or set config.optimizer.layer_decay=1.0.")
 
     return jax.tree_util.tree_unflatten(treedef, [layer_id(p) for p in paths]), num_blocks
 

@@ -3,7 +3,7 @@
     model = vidjax.pretrained.load("/ckpt/videomae-base-finetuned-kinetics")   # a `python -m vidjax.convert` output
     model = vidjax.pretrained.load("/work/my_finetune")      # a training workdir: its latest checkpoint
     model = vidjax.pretrained.load("/work/my_finetune/checkpoints/2000")       # or one step of it
-    model = vidjax.pretrained.load("MCG-NJU/videomae-base-finetuned-kinetics")   # a Hugging Face Hub name (vidjax.hub)
+    model = vidjax.pretrained.load("MCG-NJU/videomae-base-finetuned-kinetics")   # a Hugging Face Hub name (vidjax.pretrained.hub)
     views = model.read_views("clip.mp4")            # uint8 (views, T, H, W, 3), decoded as the checkpoint expects
     video = model.preprocess(views)                 # -> normalised float32
     logits = model(video)                           # checkpoints with a head: (B, num_outputs)
@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import config_lib, fileio, hub, losses, platform, sharding
+from vidjax import config_lib, fileio, losses, platform, sharding
 from vidjax.config_lib import ConfigError
 from vidjax.convert import common
 from vidjax.convert.common import ConversionError
@@ -50,6 +50,7 @@ from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
 from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers
+from vidjax.pretrained import hub
 from vidjax.tokenizer import CaptionTokenizer
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
@@ -486,7 +487,7 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
 
 def _read(path: str | pathlib.Path) -> _Loaded:
     """A converted checkpoint (DIR/vidjax.json), a training workdir (its latest step) or one step folder; a Hugging
-    Face Hub name that is no local path is converted into vidjax's cache first (`vidjax.hub`)."""
+    Face Hub name that is no local path is converted into vidjax's cache first (`vidjax.pretrained.hub`)."""
     path = hub.resolve(path)
     if (path / common.META_FILE).is_file():
         return _read_converted(path)
@@ -517,7 +518,7 @@ def _set_dtype(config: ml_collections.ConfigDict, dtype: str) -> None:
 def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
          dtype: str | None = None) -> Pretrained | PretrainedCaptioner | PretrainedText:
     """Loads a `python -m vidjax.convert` output, a training workdir or a step folder of one, or a Hugging Face Hub
-    name (`owner/name[@REV]`, `owner/name/file.pth[@REV]`: converted once into vidjax's cache, see `vidjax.hub`).
+    name (`owner/name[@REV]`, `owner/name/file.pth[@REV]`: converted once into vidjax's cache, see `vidjax.pretrained.hub`).
 
     A training checkpoint gives its EMA parameters when it saved them, else its parameters; the optimizer state is
     never read. A video model's checkpoint can be adapted to another clip length or resolution; `dtype="bfloat16"`

@@ -33,7 +33,6 @@ import numpy as np
 from flax import nnx
 
 from vidjax import (
-    checkpoint,
     compile_cache,
     config_lib,
     evaluators,
@@ -41,7 +40,6 @@ from vidjax import (
     losses,
     metric_writer,
     mixup,
-    optim,
     platform,
     preemption,
     pretrained,
@@ -54,6 +52,7 @@ from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter, read_metrics
 from vidjax.models import ParamKeys, clip_spec, get_model
 from vidjax.tasks import base
+from vidjax.train import checkpoint, optim
 
 
 class NonFiniteLossError(RuntimeError):
