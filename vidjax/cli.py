@@ -134,10 +134,24 @@ def configure_runtime(compilation_cache: bool) -> None:
     compile_cache.configure(compilation_cache)
 
 
+def help_as_main(command: str) -> None:
+    """Makes absl's --help show the module `command`'s docstring and flags: absl shows those of `__main__`, which
+    for `python -m vidjax.NAME` is the entry module (`vidjax/NAME.py`), while the command and its flags live in
+    `vidjax.commands`. Call it once the command's flags are defined."""
+    module = sys.modules[command]
+    main = sys.modules["__main__"]
+    if module is main:
+        return
+    main.__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(command):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)  # absl names __main__'s flags by sys.argv[0]
+
+
 def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     """`app.run(main)` for a vidjax absl program: flags parsed by `parse_flags`, absl logging at WARNING unless
     --verbosity is given; a `app.UsageError` or `ConfigError` escaping `main` is one `error:` line with exit 2
-    (absl would print the whole help after it); otherwise the exit status is what `main` returns."""
+    (absl would print the whole help after it); otherwise the exit status is what `main` returns. --help shows the
+    docstring and flags of `main`'s module (`help_as_main`)."""
     def wrapped(argv: list[str]) -> NoReturn:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # jax and orbax log routine steps at INFO; --verbosity=0 shows them
@@ -150,6 +164,7 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
 
     if "compilation_cache" not in flags.FLAGS:
         flags.DEFINE_bool("compilation_cache", True, _CACHE_HELP)
+    help_as_main(main.__module__)
     app.run(wrapped, flags_parser=parse_flags)
 
 

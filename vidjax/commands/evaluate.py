@@ -2,7 +2,7 @@
 
 DIR is a training workdir (its latest checkpoint; the EMA weights when the run kept them), one of its step
 folders, a `python -m vidjax.convert` output, or a Hugging Face Hub name (owner/name[@REV], owner/name/FILE.pth;
-converted once into vidjax's cache, vidjax/pretrained/hub.py). A training checkpoint stores the config of its run, so alone it
+converted once into vidjax's cache, pretrained/hub.py). A training checkpoint stores the config of its run, so alone it
 is scored on the eval split it was trained with, exactly as the trainer scored it; `--config.KEY=VALUE` changes any
 value of that config, as for `vidjax.main`, e.g. the multi-view test:
 
@@ -35,7 +35,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vidjax import fileio
-from vidjax.cli import parse_flags
+from vidjax.cli import help_as_main, parse_flags
 from vidjax.config_lib import ConfigError, chosen, command_line_keys, raise_problems
 
 
@@ -294,4 +294,5 @@ def main(argv: list[str]) -> int:
 def run_command() -> NoReturn:
     """`python -m vidjax.evaluate`: what its entry module calls."""
     define_flags()
+    help_as_main(__name__)
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=lambda argv: parse_flags(stored_config_argv(argv)))

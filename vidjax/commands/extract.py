@@ -7,7 +7,7 @@ clustering), one per video or one per sliding window of long videos.
   python -m vidjax.extract --checkpoint=/ckpt/videomae_b_k400 --csv=recordings.csv --window=4 --stride=2 --out=w.npz
 
 --checkpoint is a training workdir (its latest checkpoint), one of its step folders, a `python -m vidjax.convert`
-output or a Hugging Face Hub name (vidjax/pretrained/hub.py), with or without a head. --csv is a VideoMAE list (`path label`
+output or a Hugging Face Hub name (pretrained/hub.py), with or without a head. --csv is a VideoMAE list (`path label`
 lines) or a header CSV (path, label or labels, start/end, regression columns named by --targets), read by
 `vidjax.data.sources.CsvVideoSource`; --folder is a class-folder tree ROOT/<class>/.../<video> (labels: the
 sorted class folders, or in the order of --class_names_file), read by `FolderVideoSource`, as `vidjax.data.check`

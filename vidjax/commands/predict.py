@@ -8,7 +8,7 @@ r"""Predictions for video files from a checkpoint: top-k classes, multi-label sc
 
 --checkpoint is a training workdir (its latest checkpoint), one of its step folders (WORKDIR/checkpoints/<step>), a
 `python -m vidjax.convert` output, or a Hugging Face Hub name (`MCG-NJU/videomae-base-finetuned-kinetics`,
-`NAME@REV`, `owner/name/FILE.pth`: converted once into vidjax's cache, vidjax/pretrained/hub.py). Each video is decoded and
+`NAME@REV`, `owner/name/FILE.pth`: converted once into vidjax's cache, pretrained/hub.py). Each video is decoded and
 cropped exactly as the checkpoint's evaluation did (frames, sampling rate, short-side resize, centre crop):
 --num_clips evenly spaced clips x --num_crops crops along the long side, with the per-view probabilities (softmax;
 sigmoid for multi-label; raw values for regression) averaged. With --window the video is cut into windows of that

@@ -3,7 +3,7 @@
     model = vidjax.pretrained.load("/ckpt/videomae-base-finetuned-kinetics")   # a `python -m vidjax.convert` output
     model = vidjax.pretrained.load("/work/my_finetune")      # a training workdir: its latest checkpoint
     model = vidjax.pretrained.load("/work/my_finetune/checkpoints/2000")       # or one step of it
-    model = vidjax.pretrained.load("MCG-NJU/videomae-base-finetuned-kinetics")   # a Hugging Face Hub name (vidjax.pretrained.hub)
+    model = vidjax.pretrained.load("MCG-NJU/videomae-base-finetuned-kinetics")  # a Hub name (pretrained.hub)
     views = model.read_views("clip.mp4")            # uint8 (views, T, H, W, 3), decoded as the checkpoint expects
     video = model.preprocess(views)                 # -> normalised float32
     logits = model(video)                           # checkpoints with a head: (B, num_outputs)
@@ -518,7 +518,7 @@ def _set_dtype(config: ml_collections.ConfigDict, dtype: str) -> None:
 def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
          dtype: str | None = None) -> Pretrained | PretrainedCaptioner | PretrainedText:
     """Loads a `python -m vidjax.convert` output, a training workdir or a step folder of one, or a Hugging Face Hub
-    name (`owner/name[@REV]`, `owner/name/file.pth[@REV]`: converted once into vidjax's cache, see `vidjax.pretrained.hub`).
+    name (`owner/name[@REV]`, `owner/name/file.pth[@REV]`: converted once into vidjax's cache: `pretrained.hub`).
 
     A training checkpoint gives its EMA parameters when it saved them, else its parameters; the optimizer state is
     never read. A video model's checkpoint can be adapted to another clip length or resolution; `dtype="bfloat16"`
