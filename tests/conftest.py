@@ -18,20 +18,6 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-
-def _pin_worker_to_a_core() -> None:
-    """An xdist worker runs on a core of its own when there are cores enough for every worker (the child processes
-    its tests start share that core). Set before jax starts, so XLA's thread pool is sized to the one core. Unpinned,
-    the workers' XLA thread pools (each as large as the machine) took turns on both cores: two concurrent 40-step
-    TimeSformer runlocal loops on 2 cores took 20-25 s each unpinned and 14-16 s pinned."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0))
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if worker.startswith("gw") and 1 < count <= len(cores):
-        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
-
-
-_pin_worker_to_a_core()
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
