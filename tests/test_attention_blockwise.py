@@ -149,7 +149,9 @@ def test_every_family_computes_the_same(model_name, overrides, implementation, s
     captioner's encoder are these families' Attention layer)."""
     results = {}
     for impl in ("xla", implementation):
-        graphdef, state = nnx.split(tiny_model(model_name, depth=2, attention_impl=impl, **overrides))
+        # One block: its attention's input gradient still reaches the patch embedding's, and the test takes less
+        # of compiling and the TPU kernel's interpreter (TimeSformer with it: 9 CPU s, 15 with two blocks).
+        graphdef, state = nnx.split(tiny_model(model_name, depth=1, attention_impl=impl, **overrides))
         with pltpu.force_tpu_interpret_mode():
             results[impl] = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
     (loss, grads), (ref_loss, ref_grads) = results[implementation], results["xla"]

@@ -29,8 +29,10 @@ CHILD_TIMEOUT_S = 240
 # passes) to rtol 1e-5.
 CHILD_XLA_FLAGS = COMMAND_XLA_FLAGS
 # 2 processes x 2 CPU devices, mesh data=2 x fsdp=2 spanning both: parameters and optimizer state are sharded across
-# the processes, so every checkpoint needs both of them.
-TWO_PROCESS_RUN = dict(total_steps=12, checkpoint_every=6, keep_checkpoints=5, mesh=dict(data=2, fsdp=2, tensor=1))
+# the processes, so every checkpoint needs both of them. One encoder block: the runs start up and compile more than
+# they train (the two tests of this run took 45 CPU s, 60 with the tiny model's two blocks).
+TWO_PROCESS_RUN = dict(total_steps=12, checkpoint_every=6, keep_checkpoints=5, mesh=dict(data=2, fsdp=2, tensor=1),
+                       model=dict(depth=1))
 DEVICES_PER_PROCESS = 2
 # `python -m vidjax.main`'s main() with each step's input slowed by 0.2 s, so that a signal sent once a few steps are
 # logged lands mid-run (the numbers are those of `python -m vidjax.main`: only the host waits longer).

@@ -76,8 +76,11 @@ CHILD = ("import sys, time; from vidjax import sharding; real = sharding.global_
 def test_sigterm_checkpoints_exits_4_and_resumes_exactly(tmp_path):
     total = 12
     config_file = tmp_path / "tiny.py"
+    # One encoder block: the three runs start up and compile more than they train (the test took 15.5 CPU s, 18 with
+    # the tiny model's two blocks).
     config_file.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nfrom test_train import tiny_config\n\n\n"
-                           f"def get_config():\n    return tiny_config(total_steps={total}, checkpoint_every=1000)\n")
+                           f"def get_config():\n    return tiny_config(total_steps={total}, checkpoint_every=1000, "
+                           f"model=dict(depth=1))\n")
     # Every run is a child process of one make: one device, the same XLA flags. Runs compared bit for bit must be
     # compiled alike; this process's 8 simulated devices and its flags once made the resumed run's last losses
     # differ from an uninterrupted run here in their last bit.

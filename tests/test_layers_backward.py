@@ -110,9 +110,11 @@ def test_every_family_computes_the_same_gradients(model_name, overrides):
         backward="autodiff", projection_form="multi_axis")
     written = {key: platform.Choices.for_backend("cpu").need(key) for key in plain}
     assert written != plain
-    graphdef, state = nnx.split(tiny_model(model_name, depth=2, **overrides, **written))
+    # One block: every layer kind still runs, and its input gradient still reaches the patch embedding's; compiling
+    # the two programs is the test's time (VideoMamba: 5 CPU s, 9 with two blocks).
+    graphdef, state = nnx.split(tiny_model(model_name, depth=1, **overrides, **written))
     loss, grads = jax.jit(jax.value_and_grad(loss_fn(model_name, graphdef)))(state)
-    ref_graphdef, _ = nnx.split(tiny_model(model_name, depth=2, **overrides, **plain))
+    ref_graphdef, _ = nnx.split(tiny_model(model_name, depth=1, **overrides, **plain))
     ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss_fn(model_name, ref_graphdef)))(state)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True):

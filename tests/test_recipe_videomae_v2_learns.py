@@ -51,12 +51,13 @@ def test_v2_pretrain_runlocal_learns_and_starts_the_finetune(tmp_path, generate_
     assert len(evals) == 2 and evals[-1] < 0.6, evals
     assert (tmp_path / "pt" / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # The fine-tune takes every encoder tensor of the V2 pre-training and leaves only its head fresh.
+    # The fine-tune takes every encoder tensor of the V2 pre-training; only its head and the norm after mean pooling
+    # (fc_norm, in place of the pre-training's final norm, as in the official fine-tune) start fresh.
     config = load_config("videomae_v2_finetune", "runlocal")
     config.init_from, config.total_steps = str(tmp_path / "pt"), 1
     result = train.train_and_evaluate(config, str(tmp_path / "ft"), devices=devices)
     said = re.search(r"Initialised (\d+) parameter tensors from \S+; (\d+) keep their fresh init \(([^)]*)\)",
                      capsys.readouterr().out)
     assert said and int(said[1]) > 0, said
-    assert all(name.startswith("head") for name in said[3].split(", ")), said[3]
+    assert said[3].split(", ") == ["fc_norm/bias", "fc_norm/scale", "head/bias", "head/kernel"], said[3]
     assert result["step"] == 1 and np.isfinite(result["eval_loss"]), result
