@@ -25,6 +25,10 @@ The input path's speed on a host: python -m vidjax.data.bench --config=configs/v
 
 Other sizes: --config=configs/videomae_k400.py:variant=S/16 (S/16, B/16, L/16, H/16).
 
+On a TPU slice add --config.model.dtype=bfloat16; whether the step fits, and libtpu's estimate of its time, come from
+any Linux machine (docs/tpu.md: v5p-128 holds it in 17.6 GiB a chip, about 71 ms a step by that estimate):
+  python -m vidjax.aot --config=configs/videomae_k400.py --topology=v5p-128 --config.model.dtype=bfloat16
+
 Local run on the embedded generated dataset (tiny model, no download, a few minutes on a laptop CPU):
   python -m vidjax.main --config=configs/videomae_k400.py:runlocal --workdir=/tmp/videomae_local
 """

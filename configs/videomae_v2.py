@@ -34,7 +34,9 @@ another setting, with:
     --frames=16 --size=224 --mode=pretrain --decoder_mask=run_cell --remat=full --scan_layers=true --mesh=1,8,1 \
     --dtype=bfloat16 --batch=1024 --compile_only
 On the machine itself the trainer logs the same report, and checks it against the device's memory, before the first
-step.
+step. For a TPU slice, libtpu compiles the step here (docs/tpu.md: v5p-128 holds the g/14 recipe at 8,192 clips in
+36.6 GiB a chip, data parallel):
+  python -m vidjax.aot --config=configs/videomae_v2.py:variant=g/14 --topology=v5p-128 --config.model.dtype=bfloat16
 
 Local run on the embedded generated dataset (micro model, no download, a few minutes on a laptop CPU), and the
 fine-tune from it (configs/videomae_v2_finetune.py's docstring):

@@ -28,6 +28,26 @@ set -euo pipefail
 : "${WORKDIR:?set WORKDIR to a gs:// path every worker can write}"
 REPO="${REPO:-~/vidjax}"
 
+# First, on this machine: the train step compiled for the slice's TPU topology (`python -m vidjax.aot`, which needs
+# `pip install 'vidjax[tpu]'` here, any Linux x86-64 machine), so that a config whose step does not fit the chips'
+# HBM stops now, with what to change, instead of on every host after start-up. The slice's accelerator type comes
+# from gcloud (or ACCELERATOR_TYPE=v5p-128 and the like); SKIP_AOT_CHECK=1 skips the check.
+if [[ "${SKIP_AOT_CHECK:-0}" != 1 ]]; then
+  accelerator="${ACCELERATOR_TYPE:-$(gcloud compute tpus tpu-vm describe "$TPU" --zone="$ZONE" \
+    --format='value(acceleratorType)')}"
+  config_args=()
+  for arg in "$@"; do
+    if [[ "$arg" == --config* ]]; then config_args+=("$arg"); fi
+  done
+  echo "Checking the step on $accelerator before starting the hosts (python -m vidjax.aot; SKIP_AOT_CHECK=1 skips)"
+  status=0
+  python -m vidjax.aot --topology="$accelerator" "${config_args[@]}" || status=$?
+  if [[ $status -ne 0 ]]; then
+    echo "Not starting the hosts: python -m vidjax.aot exited $status for $accelerator (3: the step does not fit)." >&2
+    exit "$status"
+  fi
+fi
+
 args=$(printf ' %q' "$@")
 # \$ is expanded on the worker: the run's process id, so that `tail` follows until it ends and `wait` returns its
 # exit code (4 after a preemption).

@@ -1,7 +1,8 @@
 """ops.attention's attention that never stores the score matrix: "blockwise" (online softmax over key blocks, the
 backward recomputing them) and "pallas_tpu" (jax's TPU flash attention kernel, run here in Pallas interpret mode)
-compute what the plain path computes, alone, in every family with attention and on the parity fixtures (values
-and gradients to 1e-5); the default picks them by length."""
+compute what the plain path computes, alone (at each family's lengths), in every family with attention and on the
+parity fixtures (values and gradients to 1e-5); the default picks them by length. The kernel compiled for TPU for
+real: tests/test_attention_tpu.py."""
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.experimental.pallas import tpu as pltpu
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from test_attention import FAMILY_CASES
 from test_parity import FIXTURES, INPUTS, convert_case
 from test_scan_and_precision import loss_fn, tiny_model
 
-from vidjax import platform, pretrained
+from vidjax import platform, pretrained, sharding
 from vidjax.ops import attention
 
 # Keys per block in these tests: small, so that the tiny models' lengths span several blocks and a padded last one.
@@ -70,12 +73,58 @@ def test_blockwise_at_a_real_length_equals_the_plain_path():
     _assert_equal_to_plain("blockwise", *_operands((1, 197, 6, 64), 197))
 
 
-@pytest.mark.parametrize(("shape", "length_kv"), [((2, 17, 3, 8), 17), ((1, 130, 2, 64), 130), ((2, 9, 2, 16), 30)])
+# (batch, queries, heads, head_dim), keys: under, at and over the kernel's 128-token least block, fewer keys than
+# queries; then each family's lengths at 16 frames (tests/test_attention_tpu.py's `family_shapes`) with fewer clips
+# and heads: ViViT's temporal attention over T/2 and CLS + T/2 tokens, TimeSformer's over T, VideoMAE's visible
+# tokens in pre-training, the spatial attention over a frame's 196 patches with and without CLS, VideoMAE V2's
+# decoder, VideoMAE's and ViViT's joint attention over 1568 tokens and CLS + 1568 (several blocks, the last padded).
+PALLAS_SHAPES = [((2, 17, 3, 8), 17), ((1, 130, 2, 64), 130), ((2, 9, 2, 16), 30), ((2, 8, 2, 64), 8),
+                 ((2, 9, 2, 64), 9), ((2, 16, 2, 64), 16), ((1, 160, 2, 64), 160), ((2, 196, 2, 64), 196),
+                 ((2, 197, 2, 64), 197), ((1, 944, 1, 64), 944), ((1, 1568, 1, 64), 1568), ((1, 1569, 1, 64), 1569)]
+
+
+@pytest.mark.parametrize(("shape", "length_kv"), PALLAS_SHAPES)
 def test_pallas_tpu_kernel_in_interpret_mode_equals_the_plain_path(shape, length_kv):
-    """The TPU kernel run by Pallas's interpreter on this CPU: lengths under, at and over its 128-token block
-    (padded, the padding masked by segment ids), forward and its own backward kernels."""
+    """The TPU kernel run by Pallas's interpreter on this CPU, with the blocks it runs with on a TPU
+    (`attention.pallas_blocks`: the lengths padded to them, the padding masked by segment ids), forward and its own
+    backward kernels."""
     with pltpu.force_tpu_interpret_mode():
         _assert_equal_to_plain("pallas_tpu", *_operands(shape, length_kv))
+
+
+@pytest.mark.parametrize(("shape", "length_kv"), [((2, 197, 2, 64), 197), ((1, 640, 1, 64), 640),
+                                                  ((2, 9, 2, 64), 300)])
+def test_pallas_tpu_kernel_with_small_blocks_equals_the_plain_path(shape, length_kv, monkeypatch):
+    """Blocks of 128: several of them at these lengths, the last padded, queries and keys in different counts."""
+    monkeypatch.setattr(attention, "PALLAS_BLOCK", 128)
+    with pltpu.force_tpu_interpret_mode():
+        _assert_equal_to_plain("pallas_tpu", *_operands(shape, length_kv))
+
+
+def test_pallas_tpu_kernel_under_a_mesh_runs_per_shard_and_equals_the_plain_path():
+    """In the trainer's mesh context (batch over "data", heads over "tensor") the kernel runs per shard in a
+    shard_map, since XLA cannot partition a Mosaic kernel: the same values and gradients. Four of the simulated
+    devices: over all eight, the interpreter's kernels wait on one another for good (jax 0.10.2, 2 cores)."""
+    mesh = sharding.create_mesh({"data": 2, "tensor": 2}, jax.devices()[:4])
+    spec = NamedSharding(mesh, P(sharding.BATCH_AXES, None, "tensor"))
+    q, k, v, cotangent = (jax.device_put(x, spec) for x in _operands((4, 197, 2, 64), 197))
+
+    def in_mesh(fn):
+        def traced(*args):
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                return fn(*args)
+        return traced
+
+    def pallas(*args):
+        return attention.dot_product_attention(*args, "pallas_tpu")
+
+    assert "shard_map" in str(jax.make_jaxpr(in_mesh(pallas))(q, k, v))
+    with pltpu.force_tpu_interpret_mode():
+        value, grads = _value_and_grads(in_mesh(pallas), q, k, v, cotangent)
+    ref_value, ref_grads = _value_and_grads(
+        lambda *a: jax.nn.dot_product_attention(*a, implementation="xla"), q, k, v, cotangent)
+    for x, ref in zip((value, *grads), (ref_value, *ref_grads), strict=True):
+        np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_blockwise_in_bfloat16_keeps_the_dtype_and_normalises_in_float32(small_blocks):

@@ -24,3 +24,6 @@ def test_colab_tpu_on_eight_simulated_devices(tmp_path):
     assert "8 x cpu (cpu)" in printed
     assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over 8 devices" in printed
     assert "clips/s (" in printed and "MFU n/a: no peak figure for 'cpu'" in printed
+    # The step compiled ahead of time for the runtime's devices before training (vidjax.aot's check).
+    assert "train step, bfloat16, on cpu:8 (8 CPU devices): mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in printed
+    assert "HBM per chip      state and batch" in printed

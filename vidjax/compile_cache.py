@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 
 import vidjax
 from vidjax import fileio
+from vidjax.config_lib import ConfigError
 
 ENV = "VIDJAX_CACHE_DIR"
 OFF = ("", "off")  # values of $VIDJAX_CACHE_DIR that turn the cache off
@@ -335,24 +336,141 @@ def compile_or_load(name: str, jitted, args: Sequence, key_parts: Sequence = (),
 
 def _store(path: str, compiled, serialize_executable) -> None:
     """Writes `compiled` to `path` whole or not at all (a temporary file renamed into place)."""
-    tmp = None
     try:
-        # The devices it runs on, in its order (jax's loader assumes all of them otherwise).
-        device_ids = [device.id for device in compiled._executable._unloaded_executable.device_list]
-        data = zlib.compress(pickle.dumps((*serialize_executable.serialize(compiled), device_ids),
+        data = zlib.compress(pickle.dumps(_serialized(compiled, serialize_executable),
                                           protocol=pickle.HIGHEST_PROTOCOL), level=1)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".tmp-", delete=False) as f:
-            tmp = f.name
-            f.write(data)
-        os.chmod(tmp, 0o644)  # as jax's entries (the temporary file's own mode is 0600)
-        os.replace(tmp, path)
+        _write_whole(path, data)
         _prune(os.path.dirname(path))
     except (OSError, ValueError, NotImplementedError, pickle.PicklingError, TypeError, AttributeError) as err:
         _warn(f"could not keep the compiled {os.path.basename(path).split('-')[0]} in {os.path.dirname(path)} "
               f"({type(err).__name__}: {str(err)[:200]}); the next run compiles it again.")
+
+
+def _serialized(compiled, serialize_executable) -> tuple:
+    """(payload, in_tree, out_tree, device ids) of a compiled program: the devices it runs on, in its order (jax's
+    loader assumes all of them otherwise)."""
+    device_ids = [device.id for device in compiled._executable._unloaded_executable.device_list]
+    return (*serialize_executable.serialize(compiled), device_ids)
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """`data` at `path` whole or not at all: a temporary file beside it, renamed into place."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
+                                         delete=False) as f:
+            tmp = f.name
+            f.write(data)
+        os.chmod(tmp, 0o644)  # as jax's entries (the temporary file's own mode is 0600)
+        os.replace(tmp, path)
+    except BaseException:
         if tmp is not None:
             _remove(tmp)
+        raise
+
+
+# ---- steps compiled ahead of time for another machine (`python -m vidjax.aot --save`, `--config.aot_step`) ----
+
+AOT_FORMAT = "vidjax-aot-step-1"
+
+
+def _lowered_digest(lowered) -> str:
+    return hashlib.sha256(lowered.as_text().encode()).hexdigest()
+
+
+def _installed(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _build_header(lowered, devices: Sequence, mesh_shape: dict, config_json: str, where: str) -> dict:
+    import jax
+
+    return {"format": AOT_FORMAT, "jax": jax.__version__, "jaxlib": _installed("jaxlib"),
+            "libtpu": _installed("libtpu"), "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+            "num_devices": len(devices), "mesh": dict(mesh_shape), "where": where,
+            "step": _lowered_digest(lowered), "config": config_json}
+
+
+def save_step(path: str, lowered, compiled, mesh, config_json: str, where: str) -> int:
+    """Writes the compiled step to `path` (whole or not at all) with what it was compiled for: jax's, jaxlib's and
+    libtpu's versions, the devices (platform, kind, count), the mesh, the lowered program's digest and the config
+    (`config_json`); `where` names the slice. Returns the bytes written."""
+    from jax.experimental import serialize_executable
+
+    header = _build_header(lowered, list(mesh.devices.flat), mesh.shape, config_json, where)
+    data = zlib.compress(pickle.dumps((header, _serialized(compiled, serialize_executable)),
+                                      protocol=pickle.HIGHEST_PROTOCOL), level=1)
+    _write_whole(path, data)
+    return len(data)
+
+
+def _differences(saved_json: str, config_json: str) -> list[str]:
+    """The config keys whose values differ between two configs' JSON (dotted, at most 6 named)."""
+    import json
+
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                out.update(flat(item, f"{prefix}{key}."))
+            return out
+        return {prefix[:-1]: value}
+
+    try:
+        saved, now = flat(json.loads(saved_json)), flat(json.loads(config_json))
+    except ValueError:
+        return []
+    keys = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key) and key != "aot_step")
+    return [f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in keys[:6]] + (
+        [f"and {len(keys) - 6} more"] if len(keys) > 6 else [])
+
+
+def load_step(path: str, jitted, args: Sequence, mesh, config_json: str,
+              on_lowered: Callable[[], None] | None = None):
+    """The step saved at `path` by `save_step`, loaded onto `mesh`'s devices, once it is known to be the program
+    `jitted` lowers for `args` (the lowering is compared, so any change of config, code or shapes shows) on devices
+    of the same kind and count, under the same jax, jaxlib and libtpu. A mismatch is a ConfigError of one line that
+    names it; nothing is compiled in its place."""
+    import jax
+    from jax.experimental import serialize_executable
+
+    flag = f"--config.aot_step={path}"
+    try:
+        with open(path, "rb") as f:
+            header, (payload, in_tree, out_tree, device_ids) = pickle.loads(zlib.decompress(f.read()))
+        if header.get("format") != AOT_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}")
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, zlib.error, TypeError) as err:
+        raise ConfigError(f"{flag}: not a step saved by `python -m vidjax.aot --save` ({type(err).__name__}: "
+                          f"{str(err)[:120]}).") from err
+    lowered = jitted.trace(*args).lower()
+    if on_lowered is not None:
+        on_lowered()
+    devices = list(mesh.devices.flat)
+    now = _build_header(lowered, devices, mesh.shape, config_json, "")
+    for key, what in (("jax", "jax"), ("jaxlib", "jaxlib"), ("libtpu", "libtpu")):
+        if header[key] != now[key]:
+            raise ConfigError(f"{flag} was compiled with {what} {header[key]}, this run has {now[key]}: compile it "
+                              f"again here (python -m vidjax.aot ... --save) or install {what}=={header[key]}.")
+    if (header["platform"], header["device_kind"], header["num_devices"], header["mesh"]) != (
+            now["platform"], now["device_kind"], now["num_devices"], now["mesh"]):
+        raise ConfigError(f"{flag} was compiled for {header['where']}: {header['num_devices']} {header['device_kind']} "
+                          f"devices, mesh {header['mesh']}; this run has {now['num_devices']} "
+                          f"{now['device_kind']}, mesh {now['mesh']}: compile it for this slice.")
+    if header["step"] != now["step"]:
+        changed = _differences(header["config"], config_json)
+        raise ConfigError(f"{flag} holds another step than this run's (" + (
+            f"config: {'; '.join(changed)}" if changed else "same config: other code, data shapes or schedule length")
+            + "): compile it again with this run's config.")
+    by_id = {device.id: device for device in jax.devices()}
+    return serialize_executable.deserialize_and_load(payload, in_tree, out_tree,
+                                                     execution_devices=[by_id[i] for i in device_ids])
 
 
 def _prune(directory: str) -> None:

@@ -179,6 +179,9 @@ def trainer_config() -> ml_collections.ConfigDict:
         # Per-device memory the compiled train step may use, in GiB, checked before the first step;
         # 0 = the limit the device reports (GPU / TPU; the CPU backend reports none and is not checked).
         memory_limit_gb=0.0,
+        # A train step compiled ahead of time for this run's slice (`python -m vidjax.aot --save=FILE`): loaded
+        # instead of compiled, once it is known to be this run's step on the same devices and versions; "" = compile.
+        aot_step="",
         # Logical parameter axis -> mesh axis ("" = replicated; a tuple splits over several mesh axes).
         # `inner` is a Mamba block's expanded channel axis, `state` its SSM state axis, `positions` the token axis
         # of learned position tables.

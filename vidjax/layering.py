@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax", "vidjax.layering", "vidjax.config_lib", "vidjax.fileio", "vidjax.sharding", "vidjax.patches",
          "vidjax.metrics", "vidjax.losses", "vidjax.mixup", "vidjax.tokenizer", "vidjax.cli", "vidjax.compile_cache",
          "vidjax.host_malloc", "vidjax.distributed", "vidjax.preemption", "vidjax.metric_writer",
-         "vidjax.platform", "vidjax.visualize_lib",
+         "vidjax.platform", "vidjax.visualize_lib", "vidjax.flops", "vidjax.tpu",
      )),
     ("kernels", "numerical ops and the blocks models are built of", (
         "vidjax.ops", "vidjax.ops.attention", "vidjax.ops.selective_scan", "vidjax.models.layers",
@@ -56,7 +56,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "`vidjax.data.bench`, `vidjax.convert`), each only importing its command and calling it", (
         "vidjax.commands", "vidjax.commands.*", "vidjax.bench*",
         "vidjax.main", "vidjax.predict", "vidjax.extract", "vidjax.evaluate", "vidjax.probe", "vidjax.demo",
-        "vidjax.export", "vidjax.push", "vidjax.visualize", "vidjax.data.bench", "vidjax.data.check",
+        "vidjax.export", "vidjax.push", "vidjax.visualize", "vidjax.aot", "vidjax.data.bench", "vidjax.data.check",
         "vidjax.data.pack", "vidjax.convert.__main__",
     )),
 )

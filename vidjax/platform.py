@@ -44,8 +44,8 @@ process):
   but at about 200 tokens it is slower on CPU than "heads_major", whose score matrix fits in cache, hence the
   threshold of 512 x 512 scores ("Attention at length"). On GPU, cuDNN's fused kernel is the fast path for 16-bit
   operands (the accelerator table); float32 stays on XLA's below the same length. The TPU threshold is not
-  measured (no TPU was lent): the Pallas kernel's blocks are 128 tokens, so shorter sequences would be mostly
-  padding.
+  measured (no TPU was lent): the Pallas kernel pads a sequence to its blocks (128 tokens at the least, 512 above
+  that), so shorter sequences would be mostly padding; docs/tpu.md has libtpu's estimates of it.
 - `backward` (every model with LayerNorm or the MLP's GELU: the ViT families and GPT-2): "auto" -> "hand_written"
   / "autodiff". "hand_written": LayerNorm's and GELU's backward written out (`layers.layer_norm`, `layers.gelu`,
   custom VJPs), each one fused pass over what the forward kept (the input and two numbers a row for LayerNorm, the
@@ -120,8 +120,8 @@ OTHER = "other"  # a backend other than cpu, gpu and tpu, in `Field.auto`
 # Above this many scores per (batch, head), query length x key length, the CPU rule and GPU's rule for float32 run
 # "blockwise" (docs/performance.md, "Attention at length").
 BLOCKWISE_FROM_SCORES = 512 * 512
-# TPU's rule runs "pallas_tpu" from this many scores per (batch, head) (unmeasured: no TPU was lent; the kernel's
-# blocks are 128 tokens, so shorter sequences would be mostly padding).
+# TPU's rule runs "pallas_tpu" from this many scores per (batch, head) (unmeasured: no TPU was lent; the kernel pads a
+# sequence to its blocks, 128 tokens at the least (`attention.pallas_blocks`), so shorter ones would be mostly padding).
 PALLAS_TPU_FROM_SCORES = 1024 * 1024
 
 # What `vidjax.ops.attention.dot_product_attention` can run, and the per-backend rules that pick one of them per call.

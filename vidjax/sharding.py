@@ -48,6 +48,16 @@ def create_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mes
         raise ConfigError(f"config.mesh={sizes} needs {math.prod(sizes.values())} devices, but "
                           f"{len(devices)} are available; set one axis to -1 to take the rest.")
     shape = tuple(sizes[axis] for axis in MESH_AXES)
+    slices = len({getattr(device, "slice_index", 0) or 0 for device in devices})
+    if slices > 1:  # TPU slices over the data-centre network: only the data axis crosses it
+        if sizes["data"] % slices:
+            raise ConfigError(f"config.mesh={sizes} over {slices} TPU slices: the data axis crosses the slices' "
+                              f"network, so config.mesh.data must be a multiple of {slices} (-1 takes the rest).")
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_hybrid_device_mesh((sizes["data"] // slices, sizes["fsdp"], sizes["tensor"]),
+                                                    (slices, 1, 1), devices)
+        return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
                          devices=devices)
 
@@ -155,17 +165,25 @@ def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
     by an earlier axis, is left unconstrained (XLA's propagation decides it); a name the rules lack takes its
     default rule (a config saved before the name existed).
     """
+    spec = activation_spec(x.shape, logical_names)
+    return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
+
+
+def activation_spec(shape: Sequence[int], logical_names: Sequence[str | None]) -> P | None:
+    """The PartitionSpec `constrain` gives an activation of `shape`: each axis's logical name mapped through the
+    active rules on the mesh in context, `P.UNCONSTRAINED` where its mesh axes do not divide it or an earlier axis
+    took them; None outside a mesh context or on a one-device mesh."""
     names = tuple(logical_names)
-    if len(names) != x.ndim:
-        raise ValueError(f"constrain: {len(names)} logical names {names} for an array of shape {x.shape}.")
+    if len(names) != len(shape):
+        raise ValueError(f"constrain: {len(names)} logical names {names} for an array of shape {tuple(shape)}.")
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return x
+        return None
     rules = _ACTIVATION_RULES.get()
     rules = default_rules() if rules is None else rules
     used: set[str] = set()
     spec = []
-    for dim, name in zip(x.shape, names, strict=True):
+    for dim, name in zip(shape, names, strict=True):
         if name and name not in rules and name not in default_rules():
             raise ConfigError(f"An activation has logical axis {name!r}, which config.sharding_rules does not map; "
                               f"give it a mesh axis (one of {MESH_AXES}, or '' to replicate).")
@@ -177,7 +195,7 @@ def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
         else:
             used.update(axes)
             spec.append(_spec_entry(axes))
-    return jax.lax.with_sharding_constraint(x, P(*spec))
+    return P(*spec)
 
 
 def token_names(ndim: int, *last: str | None) -> tuple[str | None, ...]:

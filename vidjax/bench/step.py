@@ -64,9 +64,10 @@ import time
 
 from absl import app, flags
 
-from vidjax import config_lib, host_malloc
+from vidjax import config_lib, host_malloc, tpu
 from vidjax.bench import op_profile, reference, sweep
 from vidjax.convert.common import is_video_config
+from vidjax.flops import matmul_flops  # noqa: F401 -- `step.matmul_flops`, as the matrix and the sweep name it
 from vidjax.models import available, get_model, videomamba
 from vidjax.models.layers import REMAT_POLICIES
 
@@ -137,13 +138,11 @@ PEAK_BF16_FLOPS = {
     "NVIDIA H200": 989e12,
     "NVIDIA GH200": 989e12,
     "NVIDIA A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    # TPU chips (vidjax.tpu.CHIPS; a v3 chip is two jax devices, each half the chip's peak).
+    **{chip.device_kind: chip.peak_bf16_flops / chip.devices_per_chip for chip in tpu.CHIPS.values()},
 }
-# Other spellings of a kind above: jax names a v5p chip "TPU v5"; the marketing names of the lite chips.
-_KIND_ALIASES = {"TPU v5": "TPU v5p", "TPU v5e": "TPU v5 lite", "TPU v6e": "TPU v6 lite"}
+# Other spellings of a kind above: jax names a v5p chip "TPU v5"; the marketing names of the chips.
+_KIND_ALIASES = {"TPU v5p": "TPU v5", "TPU v5e": "TPU v5 lite", "TPU v6e": "TPU v6 lite"}
 
 
 def peak_flops(device_kind: str) -> float | None:
@@ -209,48 +208,6 @@ def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
-
-
-def matmul_flops(closed_jaxpr) -> float:
-    """The FLOPs of the matrix products (dot_general, convolutions) a traced program runs, 2 per multiply-add, into
-    every called, differentiated and rematerialised sub-program; a scan's body times its length, a conditional's
-    costliest branch, a while loop's body once. Elementwise work is not counted, as model-FLOPs utilisation
-    counts it (it is a few percent of a transformer's FLOPs)."""
-    import math
-
-    from jax.extend import core
-
-    def sub_jaxprs(eqn):
-        for value in eqn.params.values():
-            for item in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(item, core.ClosedJaxpr):
-                    yield item.jaxpr
-                elif isinstance(item, core.Jaxpr):
-                    yield item
-
-    def count(jaxpr) -> float:
-        total = 0.0
-        for eqn in jaxpr.eqns:
-            name = eqn.primitive.name
-            if name == "dot_general":
-                (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
-                lhs = eqn.invars[0].aval.shape
-                out = eqn.outvars[0].aval.shape
-                total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
-            elif name == "conv_general_dilated":
-                rhs = eqn.invars[1].aval.shape
-                spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, *spatial)
-                per_output = math.prod(rhs[d] for d in spec[1:])
-                total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
-            elif name == "cond":
-                total += max((count(branch.jaxpr) for branch in eqn.params["branches"]), default=0.0)
-            elif name == "scan":
-                total += eqn.params["length"] * count(eqn.params["jaxpr"].jaxpr)
-            else:
-                total += sum(count(sub) for sub in sub_jaxprs(eqn))
-        return total
-
-    return count(closed_jaxpr.jaxpr)
 
 
 def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False, compile_only: bool = False

@@ -603,7 +603,8 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: In
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.
     workers = resolve_num_workers(data.num_workers)
-    read = grain.ReadOptions(num_threads=2 if workers else 4, prefetch_buffer_size=2 * local_batch)
+    threads = 2 if workers else 4
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * local_batch, threads))
     it = ds[process_index::process_count].to_iter_dataset(read).batch(local_batch, drop_remainder=True)
     if samples > 1:
         it = it.map(_flatten_samples)

@@ -19,7 +19,8 @@ resolved once at set-up, never here.
   VJP) recomputes the score blocks from those. Memory linear in length instead of quadratic (docs/performance.md,
   "Attention at length"). Tested in tests/test_attention_blockwise.py.
 - "pallas_tpu": the flash attention kernel jax ships for TPU (`jax.experimental.pallas.ops.tpu.flash_attention`),
-  lengths padded to its 128-token blocks and the padding masked through segment ids.
+  lengths padded to its blocks (`PALLAS_BLOCK`, `pallas_blocks`) and the padding masked through segment ids; in a
+  `shard_map` under a multi-device mesh, since XLA cannot partition a Mosaic kernel.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-from vidjax import platform
+from vidjax import platform, sharding
 
 IMPLEMENTATIONS = platform.ATTENTION_IMPLEMENTATIONS
 
@@ -182,16 +184,64 @@ def _flash_backward(block_keys, residuals, dout_BHLK):
 _flash_BHLK.defvjp(_flash_forward, _flash_backward)
 
 
+# Tokens per block of "pallas_tpu" (`pallas_blocks`), queries and keys, forward and backward: a longer sequence is
+# padded to a multiple of it, a shorter one is one block (its length rounded up to the kernel's 128). Picked, with no
+# TPU lent, on libtpu's static estimate of each compiled Mosaic kernel (libtpu 0.0.42 for v5p,
+# LIBTPU_INIT_ARGS=--xla_jf_dump_static_llo_profile_to=DIR: cycles, here microseconds at 1.75 GHz), bfloat16, heads
+# of 64, forward + backward; "all" = the same block everywhere. VideoMAE-B/16 at 16 frames (1568 tokens, 12 heads,
+# batch 1) and 4096 tokens (1 head, batch 1):
+#   block   1568 padded to  forward  dK, dV  dQ   others  total  |  4096: total
+#   128     1664            459      486     354  20      1319   |        631
+#   256     1792            179      299     159  23       660   |        265
+#   512     2048            106      232     176  36       550   |        135
+#   1024    2048            (1 head: 41 against 512's 46)        |        124
+# A kernel's grid step costs about 350 cycles besides its block's work, so fewer, larger blocks win despite the
+# padding; 1024 gains little more, pads more (6272 tokens: 7168 against 6656) and needs 4 MiB score blocks in VMEM.
+# Mixed sizes (256 for dQ, 128 keys inside 512) estimated within 5% of all-512 or slower. XLA's cost model cannot rank
+# them: `cost_analysis()["optimal_seconds"]` does not look inside a Mosaic kernel (the forward's declared FLOPs,
+# whatever the blocks, and the backward kernels as nothing), so it sees only the padding and the dQ kernel's copy of a
+# row statistic as wide as its key block: at batch 8 on v5p, 814 us for 128, 1016 for 256, 952 for 512, and XLA's
+# temporaries 429, 504 and 816 MiB (that copy and the padding; linear in tokens all the same).
+PALLAS_BLOCK = 512
+
+
+def pallas_blocks(length: int) -> tuple[int, int]:
+    """(tokens per block, padded length) of "pallas_tpu" for a sequence of `length` (`PALLAS_BLOCK`)."""
+    unit = 128  # the kernel's smallest block (its MIN_BLOCK_SIZE), and the lane width its key blocks must fill
+    block = min(PALLAS_BLOCK, -(-length // unit) * unit)
+    return block, -(-length // block) * block
+
+
 def _pallas_tpu(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
-    """jax's Pallas flash attention kernel for TPU. Its blocks are 128 tokens and must divide the lengths: both are
-    padded to a multiple of 128, and the padding is kept apart by segment ids (a padded key is in segment 0, which no
-    real query attends to); the padded query rows are cut off. Runs on CPU under
-    `jax.experimental.pallas.tpu.force_tpu_interpret_mode()` (tests/test_attention_blockwise.py)."""
+    """jax's Pallas flash attention kernel for TPU (Mosaic). Under a mesh with more than one device (the trainer's
+    mesh context) it runs per shard in a `shard_map`: XLA cannot partition a Mosaic kernel, and compiling one on
+    sharded operands fails ("Mosaic kernels cannot be automatically partitioned"). The shards are those the models
+    constrain q, k and v to (`sharding.activation_spec`: batch over ("data", "fsdp"), heads over "tensor"), the tokens
+    and channels whole on every shard (attention needs every key), an axis its mesh axes do not divide whole too."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return _pallas_tpu_local(q_BLHK, k_BSHK, v_BSHK)
+    # Queries, keys and values alike: the same batch and heads, only their lengths (never split) may differ.
+    spec = sharding.activation_spec(q_BLHK.shape, ("act_batch", None, "act_heads", None))
+    spec = P(*(None if axis is P.UNCONSTRAINED else axis for axis in spec))
+    return jax.shard_map(_pallas_tpu_local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                         check_vma=False)(q_BLHK, k_BSHK, v_BSHK)
+
+
+def _pallas_tpu_local(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
+    """The kernel on one device's operands. Its blocks must divide the lengths: queries and keys are padded to a
+    multiple of their blocks (`pallas_blocks`), and the padding is kept apart by segment ids (a padded key is in
+    segment 0, which no real query attends to); the padded query rows are cut off. Runs on CPU under
+    `jax.experimental.pallas.tpu.force_tpu_interpret_mode()` (tests/test_attention_blockwise.py); compiled for TPU
+    topologies by tests/test_attention_tpu.py."""
     from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash  # TPU only; imports Mosaic
 
     b, length, length_kv, head_dim = q_BLHK.shape[0], q_BLHK.shape[1], k_BSHK.shape[1], q_BLHK.shape[-1]
-    block = pallas_flash.MIN_BLOCK_SIZE
-    padded, padded_kv = -(-length // block) * block, -(-length_kv // block) * block
+    (block, padded), (block_kv, padded_kv) = pallas_blocks(length), pallas_blocks(length_kv)
+    blocks = pallas_flash.BlockSizes(
+        block_q=block, block_k_major=block_kv, block_k=block_kv, block_b=1,
+        block_q_major_dkv=block, block_k_major_dkv=block_kv, block_k_dkv=block_kv, block_q_dkv=block,
+        block_k_major_dq=block_kv, block_k_dq=block_kv, block_q_dq=block)
 
     def heads_major(x, n, n_padded):
         return jnp.swapaxes(jnp.pad(x, ((0, 0), (0, n_padded - n), (0, 0), (0, 0))), 1, 2)
@@ -203,7 +253,8 @@ def _pallas_tpu(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.
             kv=jnp.broadcast_to(jnp.arange(padded_kv) < length_kv, (b, padded_kv)).astype(jnp.int32))
     out_BHLK = pallas_flash.flash_attention(
         heads_major(q_BLHK, length, padded), heads_major(k_BSHK, length_kv, padded_kv),
-        heads_major(v_BSHK, length_kv, padded_kv), segment_ids=segment_ids, sm_scale=head_dim ** -0.5)
+        heads_major(v_BSHK, length_kv, padded_kv), segment_ids=segment_ids, sm_scale=head_dim ** -0.5,
+        block_sizes=blocks)
     return jnp.swapaxes(out_BHLK, 1, 2)[:, :length]
 
 

@@ -266,15 +266,18 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     return config, split_sources["train"], split_sources["eval"], mesh
 
 
-def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sharding.Mesh | None = None) -> Setup:
-    """Mesh, abstract model, optimizer, shardings and a jitted sharded init, without touching any device memory."""
+def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sharding.Mesh | None = None,
+          backend: str | None = None) -> Setup:
+    """Mesh, abstract model, optimizer, shardings and a jitted sharded init, without touching any device memory.
+    `backend` is the platform the model is built for (None: this process's; "tpu" for a TPU slice's devices compiled
+    ahead of time, `vidjax.train.aot`)."""
     mesh = mesh or sharding.create_mesh(config.mesh)
     rules = sharding.rules_from_config(config)
     model_module = get_model(config.model_name)
     # The platform choices (config.model.attention_impl, backward, ...) resolved once, for this backend: the model is
     # built from this copy, and `config` keeps "auto", as the checkpoint records it (vidjax/platform.py).
-    model_config = platform.resolve(config.model)
-    for note in platform.notes(config.model):
+    model_config = platform.resolve(config.model, backend)
+    for note in platform.notes(config.model, backend):
         print(f"note: {note}", file=sys.stderr, flush=True)
 
     def make_model():
@@ -393,22 +396,31 @@ def in_mesh_context(fn, mesh: jax.sharding.Mesh, rules: Mapping[str, sharding.Ru
     return wrapped
 
 
+def memory_figures(compiled) -> dict[str, int]:
+    """XLA's per-device bytes of a compiled program: argument, output, alias (outputs that reuse donated arguments),
+    temp, code, and total_bytes (what it holds at its peak: arguments, outputs not aliased, temporaries and code);
+    {} where the backend has no memory analysis."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {}
+    report = {f"{name}_bytes": int(getattr(analysis, f"{field}_size_in_bytes")) for name, field in
+              (("argument", "argument"), ("output", "output"), ("alias", "alias"), ("temp", "temp"),
+               ("code", "generated_code"))}
+    report["total_bytes"] = (report["argument_bytes"] + report["output_bytes"] - report["alias_bytes"]
+                             + report["temp_bytes"] + report["code_bytes"])
+    return report
+
+
 def memory_report(config: ml_collections.ConfigDict, compiled, device: jax.Device) -> dict[str, int]:
     """Per-device bytes of a compiled step (XLA's memory analysis), logged; a ConfigError when they exceed the limit.
 
     The limit is config.memory_limit_gb when above 0, else what the device reports (GPU / TPU `bytes_limit`; the
     CPU backend reports none, and nothing is checked there).
     """
-    analysis = compiled.memory_analysis()
-    if analysis is None:
+    report = memory_figures(compiled)
+    if not report:
         _log("Memory analysis: not available on this backend.")
         return {}
-    report = {f"{name}_bytes": int(getattr(analysis, f"{field}_size_in_bytes")) for name, field in
-              (("argument", "argument"), ("output", "output"), ("alias", "alias"), ("temp", "temp"),
-               ("code", "generated_code"))}
-    # Donated state is aliased: its outputs reuse the argument buffers.
-    report["total_bytes"] = (report["argument_bytes"] + report["output_bytes"] - report["alias_bytes"]
-                             + report["temp_bytes"] + report["code_bytes"])
     limit = int(config.memory_limit_gb * 2**30) if config.memory_limit_gb > 0 else (
         (device.memory_stats() or {}).get("bytes_limit", 0))
     gib = 2**30
@@ -446,10 +458,17 @@ class AheadOfTimeStep:
 
     def _compile(self, config, train_step, state, batch, key_parts) -> None:
         try:
-            try:  # loaded without tracing when an earlier run compiled the same step (compile_cache.compile_or_load)
-                compiled, self._result["cache"] = compile_cache.compile_or_load(
-                    "train_step", train_step, (state, batch), (config.to_json_best_effort(sort_keys=True), *key_parts),
-                    on_lowered=self._lowered.set)
+            try:
+                if config.get("aot_step"):  # compiled ahead of time for this slice (`python -m vidjax.aot --save`)
+                    mesh = next(iter(jax.tree.leaves(batch))).sharding.mesh
+                    compiled = compile_cache.load_step(config.aot_step, train_step, (state, batch), mesh,
+                                                       config.to_json_best_effort(sort_keys=True),
+                                                       on_lowered=self._lowered.set)
+                    self._result["cache"] = f"compiled ahead of time, {config.aot_step}"
+                else:  # loaded without tracing when an earlier run compiled the same step (compile_or_load)
+                    compiled, self._result["cache"] = compile_cache.compile_or_load(
+                        "train_step", train_step, (state, batch),
+                        (config.to_json_best_effort(sort_keys=True), *key_parts), on_lowered=self._lowered.set)
             finally:
                 self._lowered.set()
             memory_report(config, compiled, jax.local_devices()[0])

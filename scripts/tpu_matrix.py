@@ -1,0 +1,200 @@
+r"""docs/tpu.md's matrix: every recipe compiled ahead of time (`python -m vidjax.aot`'s figures) for the TPU slices
+people train on, at the recipe's published global batch.
+
+  python scripts/tpu_matrix.py                       # every cell not yet in docs/tpu_matrix.json, then the table
+  python scripts/tpu_matrix.py --rows=videomae_b_pt --columns=v5p-128   # some cells (again, with --redo)
+  python scripts/tpu_matrix.py --table_only          # rewrite the table from the JSON
+
+Each cell tries the row's TPU settings, then falls back one step at a time until the step fits the chips' HBM:
+whole-block rematerialisation, then parameters sharded (FSDP over the slice), then micro-batches (gradient
+accumulation) small enough for a chip. The first setting that fits is the cell's, with its figures; a cell where
+none fits says so with the smallest footprint found. Results are kept in docs/tpu_matrix.json (one entry a cell,
+written as each finishes), so an interrupted run goes on where it stopped. The table goes between the markers in
+docs/tpu.md. A compile of a ViT-B step takes about two minutes on a 2-core machine, ViT-g's longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from vidjax import tpu  # noqa: E402
+
+tpu.quiet_libtpu()
+
+JSON = os.path.join(ROOT, "docs", "tpu_matrix.json")
+DOC = os.path.join(ROOT, "docs", "tpu.md")
+BEGIN, END = "<!-- tpu-matrix -->", "<!-- /tpu-matrix -->"
+
+# The TPU settings every row starts from (docs/tpu.md says why): bf16 compute and XLA's attention; the blocks as the
+# recipe has them (unrolled, except ViT-g's layer scan: an unrolled ViT-B step is both faster and smaller on TPU).
+TPU = {"dtype": "bfloat16", "attention_impl": "xla"}
+# (row id, what it is, config file, config argument, overrides beyond TPU)
+ROWS = [
+    ("videomae_s_pt", "VideoMAE-S/16 pre-training", "videomae_k400.py", "variant=S/16", {}),
+    ("videomae_b_pt", "VideoMAE-B/16 pre-training", "videomae_k400.py", None, {}),
+    ("videomae_l_pt", "VideoMAE-L/16 pre-training", "videomae_k400.py", "variant=L/16", {}),
+    ("videomae_h_pt", "VideoMAE-H/16 pre-training", "videomae_k400.py", "variant=H/16", {}),
+    ("videomae_s_ft", "VideoMAE-S/16 fine-tune", "videomae_finetune_k400.py", "variant=S/16", {}),
+    ("videomae_b_ft", "VideoMAE-B/16 fine-tune", "videomae_finetune_k400.py", None, {}),
+    ("videomae_l_ft", "VideoMAE-L/16 fine-tune", "videomae_finetune_k400.py", "variant=L/16", {}),
+    ("videomae_h_ft", "VideoMAE-H/16 fine-tune", "videomae_finetune_k400.py", "variant=H/16", {}),
+    ("v2_g_pt", "VideoMAE V2-g/14 pre-training, dual masking", "videomae_v2.py", "variant=g/14", {}),
+    ("v2_g_ft", "VideoMAE V2-g/14 fine-tune", "videomae_v2_finetune.py", "variant=g/14", {}),
+    ("timesformer_b", "TimeSformer-B/16 (8 x 224)", "timesformer_k400.py", None, {}),
+    ("vivit_b", "ViViT-B/16x2 factorised encoder", "vivit_k400.py", None, {}),
+    ("videomamba_s", "VideoMamba-S/16", "videomamba_k400.py", None, {}),
+    ("svt_b", "SVT ViT-B/16 (TimeSformer)", "svt_k400.py", None, {}),
+    ("captioner_b", "Captioner: VideoMAE-B/16 + GPT-2", "captioning_charades.py", None, {}),
+]
+# (column id, slice name, slices over DCN)
+COLUMNS = [
+    ("v5litepod-1", "v5litepod-1", 1), ("v6e-1", "v6e-1", 1), ("v5litepod-8", "v5litepod-8", 1),
+    ("v4-32", "v4-32", 1), ("v5p-128", "v5p-128", 1), ("v5litepod-256", "v5litepod-256", 1),
+    ("2x v5p-128", "v5p-128", 2),
+]
+
+
+def ladder(config, slice_) -> list[dict]:
+    """The settings a cell tries, in order: the row's, + remat, + FSDP, + micro-batches of at most 8 clips a chip."""
+    blocks = [("model", config.model)] + [(f"model.{key}", config.model[key]) for key in ("encoder", "backbone")
+                                          if key in config.model]
+    remat = next(({f"{where}.remat": "full"} for where, block in blocks if "remat" in block), {})
+    steps = [{}] + ([remat] if remat else [])
+    if slice_.chips > 1:
+        steps.append({**remat, "mesh.data": slice_.num_slices, "mesh.fsdp": -1})
+    per_chip = config.batch_size // slice_.chips
+    accum = 1
+    while per_chip // accum > 8 and per_chip % (accum * 2) == 0:
+        accum *= 2
+    if accum > 1:
+        steps.append({**steps[-1], "grad_accum_steps": accum})
+    return steps
+
+
+def _apply(config, overrides: dict):
+    """A copy of `config` with dotted keys ("model.remat") set."""
+    config = config.copy_and_resolve_references()
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def cell(row, column) -> dict:
+    from vidjax import config_lib
+    from vidjax.commands import aot as aot_command
+    from vidjax.config_lib import ConfigError
+
+    _, _, file, arg, extra = row
+    _, name, slices = column
+    slice_ = tpu.slice_of(name, slices)
+    base = config_lib.load_config_file(os.path.join(ROOT, "configs", file), arg)
+    # The settings go to the block that has them: the model, a captioner's encoder and decoder, SVT's backbone.
+    blocks = [("model", base.model)] + [(f"model.{key}", value) for key, value in base.model.items()
+                                        if hasattr(value, "keys")]
+    base = _apply(base, {**{f"{where}.{key}": value for where, block in blocks for key, value in TPU.items()
+                            if key in block}, **extra})
+    tried = []
+    for settings in ladder(base, slice_):
+        config = _apply(base, settings)
+        started = time.perf_counter()
+        try:
+            out = aot_command.figures(config, slice_, "train")
+        except ConfigError as err:
+            tried.append({"settings": settings, "error": str(err)[:300]})
+            continue
+        out["settings"] = {**extra, **settings}
+        out["wall_s"] = round(time.perf_counter() - started, 1)
+        needs = out["memory"].get("total_bytes") or out["memory"].get("temp_bytes")  # libtpu's refusal: temporaries
+        tried.append({"settings": settings, "total_bytes": needs, "fits": out["fits"]})
+        if out["fits"]:
+            return {**out, "tried": tried}
+    best = min((t for t in tried if "total_bytes" in t), key=lambda t: t["total_bytes"], default=None)
+    return {"fits": False, "tried": tried, "smallest": best, "global_batch": base.batch_size,
+            "slice": slice_.describe()}
+
+
+def _gib(value) -> str:
+    return f"{value / 2**30:.1f}"
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items()) or "bf16"
+
+
+def table(results: dict) -> str:
+    """The matrix as markdown: one row a recipe, one column a slice."""
+    head = "| recipe (global batch) | " + " | ".join(c[0] for c in COLUMNS) + " |"
+    lines = [head, "|" + " --- |" * (len(COLUMNS) + 1)]
+    from vidjax import config_lib
+
+    for row in ROWS:
+        cells = []
+        batch = config_lib.load_config_file(os.path.join(ROOT, "configs", row[2]), row[3]).batch_size
+        for column in COLUMNS:
+            r = results.get(f"{row[0]}@{column[0]}")
+            if r is None:
+                cells.append("not compiled yet")
+                continue
+            if not r["fits"] and not r.get("smallest") and r.get("tried"):
+                cells.append("n/a: " + r["tried"][0].get("error", "")[:90])
+                continue
+            if not r["fits"]:
+                smallest = r.get("smallest") or {}
+                cells.append("does not fit" + (f" ({_gib(smallest['total_bytes'])} GiB at best)"
+                                               if smallest.get("total_bytes") else ""))
+                continue
+            collective = sum(c["bytes"] for c in r["collectives"].values())
+            seconds = r.get("step_s") or 0
+            if seconds > 0:
+                timing = f"{seconds * 1e3:.0f} ms, MFU {r['mfu']:.0%}, {r['clips_per_s']:,.0f} clips/s"
+            else:  # libtpu's cost model gave no usable step time (a negative one, for some programs)
+                timing = "step time not estimated"
+            cells.append(f"fits: {_gib(r['memory']['total_bytes'])} GiB, {timing}, {_gib(collective)} GiB coll.; "
+                         f"{_settings(r['settings'])}")
+        lines.append(f"| {row[1]} ({batch}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_table(results: dict) -> None:
+    with open(DOC) as f:
+        text = f.read()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    with open(DOC, "w") as f:
+        f.write(text[:start] + "\n" + table(results) + "\n" + text[end:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="", help="Comma-separated row ids (default: all).")
+    parser.add_argument("--columns", default="", help="Comma-separated column ids (default: all).")
+    parser.add_argument("--redo", action="store_true", help="Compile cells already in the JSON again.")
+    parser.add_argument("--table_only", action="store_true", help="Only rewrite docs/tpu.md's table.")
+    args = parser.parse_args()
+    results = json.load(open(JSON)) if os.path.exists(JSON) else {}
+    rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    columns = [c for c in COLUMNS if not args.columns or c[0] in args.columns.split(",")]
+    if not args.table_only:
+        for row in rows:
+            for column in columns:
+                key = f"{row[0]}@{column[0]}"
+                if key in results and not args.redo:
+                    continue
+                started = time.perf_counter()
+                results[key] = cell(row, column)
+                print(f"{key}: {'fits' if results[key]['fits'] else 'does not fit'} "
+                      f"({time.perf_counter() - started:.0f} s)", flush=True)
+                with open(JSON + ".tmp", "w") as f:
+                    json.dump(results, f, indent=1, sort_keys=True)
+                os.replace(JSON + ".tmp", JSON)
+    write_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""`python -m vidjax.aot` and `vidjax.train.aot`: the trainer's steps compiled ahead of time for TPU slices by libtpu on
+this CPU-only machine, what the command reports of them, and a saved step loaded by the trainer.
+
+Tiny configs (the VideoMAE runlocal recipe at one block) keep each compile to seconds; nothing here is timed."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zlib
+
+import jax
+import pytest
+from helpers import load_config
+
+from vidjax import compile_cache, tpu, train
+from vidjax.commands import aot as aot_command
+from vidjax.config_lib import ConfigError
+from vidjax.train import aot
+
+pytest.importorskip("libtpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(depth: int = 1, **overrides):
+    config = load_config("videomae_k400", "runlocal")
+    config.model.depth = depth
+    config.total_steps = 4
+    config.data.num_eval = 32
+    config.update_from_flattened_dict(overrides)  # dotted keys: "mesh.fsdp"
+    return config
+
+
+def run_aot(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "vidjax.aot", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+# ---- slices ----
+
+@pytest.mark.parametrize("name, topology, chips, devices", [
+    ("v5p-128", "v5p:4x4x4", 64, 64), ("v5p-8", "v5p:2x2x1", 4, 4), ("v4-32", "v4:2x2x4", 16, 16),
+    ("v5litepod-256", "v5e:16x16", 256, 256), ("v5e-8", "v5e:2x4", 8, 8), ("v6e-64", "v6e:8x8", 64, 64),
+    ("v6e-1", "v6e:1x1", 1, 1), ("v3-8", "v3:2x2", 4, 8), ("v5p:2x2x1", "v5p:2x2x1", 4, 4)])
+def test_cloud_names_and_topologies_give_the_slices_cloud_makes(name, topology, chips, devices):
+    s = tpu.slice_of(name)
+    assert (s.topology, s.chips, s.num_devices) == (topology, chips, devices)
+
+
+def test_libtpu_gives_the_devices_of_a_named_slice_and_of_slices_over_dcn():
+    one = tpu.topology_devices(tpu.slice_of("v6e-1"))
+    assert [d.device_kind for d in one] == ["TPU v6 lite"]
+    two = tpu.topology_devices(tpu.slice_of("v5p-8", num_slices=2))
+    assert len(two) == 8 and [d.slice_index for d in two] == [0] * 4 + [1] * 4
+    from vidjax import sharding
+
+    mesh = sharding.create_mesh({"data": -1, "fsdp": 2, "tensor": 1}, two)
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    # The data axis crosses the slices; the fsdp pairs stay inside one.
+    assert all(len({d.slice_index for d in row}) == 1 for row in mesh.devices.reshape(4, 2))
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        sharding.create_mesh({"data": 1, "fsdp": -1, "tensor": 1}, two)
+
+
+@pytest.mark.parametrize("name", ["v9-8", "v5p-12", "v5p:2x2", "tpu"])
+def test_an_unknown_slice_lists_the_valid_names(name):
+    with pytest.raises(ConfigError, match="(?s)Unknown TPU slice.*v5p-128.*v5litepod-256.*v5p:4x4x4"):
+        tpu.slice_of(name)
+
+
+def test_the_command_refuses_an_unknown_slice_in_one_line_listing_valid_names():
+    result = run_aot("--config=configs/videomae_k400.py:runlocal", "--topology=v9-8")
+    assert result.returncode == aot_command.BAD_INPUT, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "v9-8" in errors[0] and "v5p-128" in errors[0] and "v6e-64" in errors[0], errors
+
+
+# ---- what the compiled step says ----
+
+HLO = """HloModule jit_step
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+}
+
+%body (p: (s32[], f32[256])) -> (s32[], f32[256]) {
+  %all-gather-start.1 = (bf16[64]{0}, bf16[256]{0}) all-gather-start(bf16[64]{0} %x), dimensions={0}
+  %all-gather-done.1 = bf16[256]{0} all-gather-done((bf16[64]{0}, bf16[256]{0}) %all-gather-start.1)
+  %reduce-scatter.2 = f32[64]{0} reduce-scatter(f32[256]{0} %g), dimensions={0}, to_apply=%add
+}
+
+%all-reduce-scatter.7 (input: f32[128]) -> f32[32] {
+  %input = f32[128]{0} parameter(0)
+  %all-reduce.9 = f32[128]{0} all-reduce(%input), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %dynamic-slice.1 = f32[32]{0} dynamic-slice(%all-reduce.9, %offset), dynamic_slice_sizes={32}
+}
+
+%cond (p: (s32[], f32[256])) -> pred[] {
+  %lt = pred[] compare(s32[] %i, s32[] %n), direction=LT
+}
+
+ENTRY %main (x: f32[256]) -> f32[256] {
+  %w = (s32[], f32[256]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  %all-reduce.3 = (f32[10]{0}, f32[6]{0}) all-reduce(f32[10]{0} %a1, f32[6]{0} %a2), to_apply=%add
+  %fusion.4 = f32[32]{0} fusion(f32[128]{0} %g2), kind=kOutput, calls=%all-reduce-scatter.7
+}
+"""
+
+
+def test_collectives_count_loop_bodies_by_their_trip_count_and_async_pairs_once():
+    found = aot.collectives(HLO)
+    assert found["all-gather"] == {"count": 1, "executions": 12.0, "bytes": 12 * 256 * 2}  # the gathered output
+    # The scattered input: a reduce-scatter, and libtpu's all-reduce fused with a slice.
+    assert found["reduce-scatter"] == {"count": 2, "executions": 13.0, "bytes": 12 * 256 * 4 + 128 * 4}
+    assert found["all-reduce"] == {"count": 1, "executions": 1.0, "bytes": 16 * 4}  # a combined all-reduce: both
+    assert set(found) == {"all-gather", "reduce-scatter", "all-reduce"}
+
+
+SCANNED = """HloModule scanned
+
+%fused (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+}
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %f = f32[8]{0} fusion(%x), kind=kLoop, calls=%fused, backend_config={"estimated_cycles":"100"}
+  %c = f32[8]{0} convolution(%a, %b), metadata={op_name="jvp()/dot_general"}, backend_config={"estimated_cycles":"300"}
+}
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %constant.1 = s32[]{:T(128)} constant(12)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %constant.1), direction=LT
+}
+
+ENTRY %main (x: f32[8]) -> f32[8] {
+  %w = (s32[], f32[8]) while(%t), condition=%cond, body=%body
+  %copy.1 = f32[8]{0} copy(%y), backend_config={"estimated_cycles":"50"}
+}
+"""
+
+
+def test_the_estimates_count_a_loop_by_the_bound_its_condition_compares_with():
+    profile = aot.estimated_profile(SCANNED)
+    assert profile["cycles"] == 12 * (100 + 300) + 50 and profile["cycles_once"] == 450
+    assert profile["by_category"] == pytest.approx({"matrix products (convolution fusions)": 3600 / 4850,
+                                                    "elementwise (loop fusions)": 1200 / 4850,
+                                                    "copies and slices": 50 / 4850})
+    assert profile["top"][0] == {"share": pytest.approx(3600 / 4850), "op": "jvp()/dot_general",
+                                 "category": "matrix products (convolution fusions)"}
+
+
+def test_the_local_slice_is_this_process_s_devices():
+    here = tpu.local_slice()
+    assert here.topology == f"cpu:{jax.device_count()}" and tpu.topology_devices(here) == jax.devices()
+
+
+@pytest.fixture(scope="module")
+def v5e_step():
+    """The tiny pre-training step compiled for a v5e 2x2 (4 chips), data parallel."""
+    lowered = aot.lower(tiny(), tpu.slice_of("v5e:2x2"))
+    return lowered, lowered.lowered.compile()
+
+
+def test_the_printed_memory_is_xlas_memory_analysis_of_the_tpu_step(v5e_step):
+    lowered, compiled = v5e_step
+    analysis = compiled.memory_analysis()
+    out = aot_command.report(lowered, compiled, 1.0)
+    assert out["memory"]["argument_bytes"] == analysis.argument_size_in_bytes
+    assert out["memory"]["temp_bytes"] == analysis.temp_size_in_bytes
+    assert out["memory"]["code_bytes"] == analysis.generated_code_size_in_bytes
+    assert out["memory"]["total_bytes"] == (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                                            - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes
+                                            + analysis.generated_code_size_in_bytes)
+    assert out["hbm_bytes"] == 16 * 2**30 and out["fits"] is True
+    assert out["devices"] == 4 and out["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    text = aot_command.table(out)
+    assert f"temporaries {aot_command._gib(analysis.temp_size_in_bytes)}" in text
+    assert f"total {aot_command._gib(out['memory']['total_bytes'])} of 16.00 GiB: fits" in text
+    # The TPU cost model's step time, and MFU from the model's FLOPs over the chips' peak.
+    assert out["cost"]["optimal_seconds"] > 0 and out["step_s"] == out["cost"]["optimal_seconds"]
+    assert out["mfu"] == pytest.approx(out["model_flops"] / 4 / out["step_s"] / tpu.CHIPS["v5e"].peak_bf16_flops)
+    assert out["clips_per_s"] == pytest.approx(32 / out["step_s"])
+    # Data parallel: the gradients are all-reduced, nothing else.
+    assert set(out["collectives"]) == {"all-reduce"}
+    assert out["collectives"]["all-reduce"]["bytes"] >= out["parameter_bytes"]
+    assert out["host_cores_needed"] == pytest.approx(out["clips_per_s"] / aot_command.PER_CORE_CLIPS[1])
+    json.dumps(out)  # --json prints it
+
+
+def test_fsdp_gathers_parameters_and_scatters_gradients_within_three_times_their_bytes():
+    # Two blocks in one layer scan: the loop's collectives and cycles count twice.
+    config = tiny(depth=2, **{"mesh.data": 1, "mesh.fsdp": -1, "model.dtype": "bfloat16", "model.scan_layers": True})
+    lowered = aot.lower(config, tpu.slice_of("v5p:2x2x1"))
+    found = aot_command.report(lowered, lowered.lowered.compile(), 1.0)
+    assert found["profile"]["cycles"] > 1.2 * found["profile"]["cycles_once"]
+    assert found["step_s"] == pytest.approx(found["cost"]["optimal_seconds"] * found["profile"]["cycles"]
+                                            / found["profile"]["cycles_once"])
+    kinds = found["collectives"]
+    assert kinds.get("all-gather", {}).get("bytes", 0) > 0, kinds  # parameters gathered for the forward
+    assert kinds.get("reduce-scatter", {}).get("bytes", 0) > 0, kinds  # gradients scattered to their shards
+    moved = sum(row["bytes"] for row in kinds.values())
+    assert moved <= 3 * found["parameter_bytes"], (moved, found["parameter_bytes"], kinds)
+
+
+@pytest.mark.parametrize("slice_args", [
+    # XLA:CPU compiles it; its memory analysis exceeds the limit standing in for the chips' HBM.
+    ("--topology=cpu:8", "--config.memory_limit_gb=0.001"),
+    # libtpu itself stops the compilation when the temporaries exceed a v5e chip's HBM.
+    ("--topology=v5litepod-1", "--config.batch_size=262144", "--train_examples=100000000")])
+def test_a_step_that_cannot_fit_exits_with_its_code_and_one_line_naming_what_to_change(slice_args):
+    result = run_aot("--config=configs/videomae_k400.py:runlocal", "--config.model.depth=1", *slice_args,
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert result.returncode == aot_command.DOES_NOT_FIT, result.stderr
+    assert "DOES NOT FIT" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--config.batch_size" in errors[0] and "--find_batch" in errors[0], result.stderr
+
+
+# ---- the trainer's own step ----
+
+def test_the_trainer_and_aot_lower_the_same_step_for_cpu_devices(tmp_path):
+    config = tiny()
+    run = train._set_up(config, str(tmp_path / "run"), None, None)
+    try:
+        batch = train.sharding.global_batch(next(run.train_iter), train.sharding.batch_sharding(run.setup.mesh))
+        ours = train.make_train_step(run.config, run.setup, run.class_weights, run.pos_weight)
+        trainer_text = ours.trace(run.abstract_state, batch).lower().as_text()
+    finally:
+        run.train_iter = None
+    lowered = aot.lower(config, tpu.slice_of(f"cpu:{jax.device_count()}"))
+    assert lowered.lowered.as_text() == trainer_text
+
+
+def test_a_saved_step_is_what_the_trainer_runs_and_a_mismatch_is_refused_in_one_line(tmp_path):
+    config = tiny()
+    path = str(tmp_path / "step.aot")
+    lowered = aot.lower(config, tpu.slice_of(f"cpu:{jax.device_count()}"))
+    compiled = lowered.lowered.compile()
+    compile_cache.save_step(path, lowered.lowered, compiled, lowered.setup.mesh,
+                            config.to_json_best_effort(sort_keys=True), "cpu")
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp")]
+
+    loaded = config.copy_and_resolve_references()
+    loaded.aot_step = path
+    result = train.train_and_evaluate(loaded, str(tmp_path / "with"))
+    plain = train.train_and_evaluate(config, str(tmp_path / "without"))
+    assert result["step"] == plain["step"] == 4
+    assert result["eval_loss"] == plain["eval_loss"]  # the loaded program computes what a compiled one does
+
+    other = loaded.copy_and_resolve_references()
+    other.optimizer.base_lr *= 2
+    with pytest.raises(ConfigError, match=r"holds another step than this run's \(config: optimizer.base_lr"):
+        train.train_and_evaluate(other, str(tmp_path / "other"))
+
+    # The file's other checks, on the step as the trainer lowers it.
+    def load():
+        return compile_cache.load_step(path, lowered.jitted, lowered.args, lowered.setup.mesh,
+                                       config.to_json_best_effort(sort_keys=True))
+
+    with open(path, "rb") as f:
+        header, payload = pickle.loads(zlib.decompress(f.read()))
+    with open(path, "wb") as f:
+        f.write(zlib.compress(pickle.dumps((dict(header, jax="0.0.1"), payload))))
+    with pytest.raises(ConfigError, match=r"compiled with jax 0\.0\.1, this run has " + jax.__version__):
+        load()
+    with open(path, "wb") as f:
+        f.write(zlib.compress(pickle.dumps((dict(header, num_devices=64, device_kind="TPU v5", where="v5p-128"),
+                                            payload))))
+    with pytest.raises(ConfigError, match="compiled for v5p-128: 64 TPU v5 devices"):
+        load()
+    with open(path, "wb") as f:
+        f.write(b"not a step")
+    with pytest.raises(ConfigError, match="not a step saved by"):
+        load()
+
+
+# ---- the entry points that meet a TPU ----
+
+GCLOUD = """#!/bin/sh
+echo "$@" >> "$GCLOUD_CALLS"
+"""
+
+
+@pytest.mark.parametrize("limit_gb, fits", [(0.001, False), (64.0, True)])
+def test_the_pod_launch_compiles_the_step_for_the_slice_before_starting_any_host(tmp_path, limit_gb, fits):
+    """scripts/launch_tpu_pod.sh runs `vidjax.aot` for the slice first (here this machine's 8 CPU devices, with a
+    memory limit standing in for the chips' HBM): a step that does not fit stops it before gcloud starts the hosts."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(GCLOUD)  # records what the script asks of gcloud; starts nothing
+    (bin_dir / "gcloud").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GCLOUD_CALLS": str(calls), "TPU": "my-tpu",
+           "ZONE": "us-east5-a", "WORKDIR": "gs://bucket/run", "ACCELERATOR_TYPE": "cpu:8",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run(["bash", "scripts/launch_tpu_pod.sh", "--config=configs/videomae_k400.py:runlocal",
+                             "--config.model.depth=1", f"--config.memory_limit_gb={limit_gb}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    started = calls.read_text() if calls.exists() else ""
+    if fits:
+        assert result.returncode == 0, result.stderr
+        assert "tpu-vm ssh my-tpu" in started and "python -m vidjax.main --workdir=gs://bucket/run" in started
+    else:
+        assert result.returncode == aot_command.DOES_NOT_FIT, result.stderr
+        assert "Not starting the hosts" in result.stderr and "--find_batch" in result.stderr
+        assert started == ""  # no host was started

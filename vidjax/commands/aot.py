@@ -1,0 +1,330 @@
+r"""Compile a recipe's step ahead of time for a TPU slice, on any machine: `python -m vidjax.aot --config=CONFIG
+--topology=SLICE [--num_slices=N] [--config.KEY=VALUE ...]`.
+
+The step is the one the trainer runs (`vidjax.train.aot`: the same `train.build` and `train.make_train_step`, the
+config's mesh, sharding rules, remat, layer scan, micro-batches and dtype), compiled by libtpu for the slice's
+abstract devices: nothing runs and no TPU is needed (`pip install 'vidjax[tpu]'` installs libtpu, the TPU compiler,
+at your jax's version; Linux x86-64). SLICE is Cloud's accelerator type (v5p-128, v4-32, v5litepod-256, v6e-64,
+v3-8), a topology (v5p:4x4x4, v5e:16x16) or cpu[:N] (this machine's CPU devices); `--num_slices=2` joins that many
+slices over the data-centre network, the data axis across them.
+
+  python -m vidjax.aot --config=configs/videomae_k400.py --topology=v5p-128 --config.model.dtype=bfloat16
+  python -m vidjax.aot --config=configs/videomae_v2.py:variant=g/14 --topology=v5p-128 --config.mesh.fsdp=8 \
+      --config.model.dtype=bfloat16 --find_batch
+  python -m vidjax.aot --config=configs/videomae_k400.py:runlocal --topology=v5litepod-1 --json
+
+It prints one table, per chip:
+- HBM: state and batch (the arguments), outputs not aliased to them, temporaries and code, against the chip's HBM,
+  the margin, and whether it fits;
+- the step time libtpu's cost model expects (`optimal_seconds`: a roofline sum over the program's instructions, with
+  no overlap between them; a loop's body, such as a layer scan's, counted by its trip count through libtpu's
+  per-instruction cycle estimates; docs/tpu.md compares it with measured TPU step times), and where it goes (those
+  estimates by kind of instruction, and the largest jax operations);
+- the model's FLOPs per step (`vidjax.bench`'s count) and from them the estimated MFU and clips/s of the slice;
+- the collectives the step runs, by kind, with the bytes each chip moves per step, and their time at the chip's
+  inter-chip bandwidth if nothing overlaps them;
+- the host CPU cores the input path needs to keep up, at the per-core rate of `python -m vidjax.data.bench` (its
+  JSON with --data_bench=FILE, else the rate measured in docs/performance.md: 19.8 clips/s per core, 47.8 with
+  repeated sampling of 4), beside the vCPUs the slice's hosts have.
+
+`--step=eval|infer` compiles the evaluator's step or the forward instead; `--hlo=FILE` writes the compiled program;
+`--find_batch` finds the largest global batch that fits by bisection over compiles (multiples of the batch shards);
+`--json` prints the figures as one JSON object instead; `--save=FILE` writes the compiled train step, which the
+trainer loads on a matching slice with `--config.aot_step=FILE` (refused, in one line, for another slice, config or
+jax/libtpu version).
+
+Exit codes: 0 the step fits, 3 it does not fit (the line says what to change), 2 a bad config or slice name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import NoReturn
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vidjax import cli, tpu
+from vidjax.config_lib import ConfigError
+
+
+def define_flags() -> None:
+    """The command line, defined when the command runs (`run_command`): a test or a notebook that imports this module
+    for `figures` and `table` leaves absl's flags alone."""
+    config_flags.DEFINE_config_file("config", None, "Config file, optionally with arguments: "
+                                    "configs/videomae_k400.py[:runlocal]", lock_config=True)
+    flags.DEFINE_string("topology", None, "The slice: v5p-128, v4-32, v5litepod-256, v6e-64, v3-8 (Cloud's "
+                        "accelerator types), v5p:4x4x4 (a topology) or cpu[:N].")
+    flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-centre network (multi-slice).")
+    flags.DEFINE_enum("step", "train", ["train", "eval", "infer"], "The program: the train step, the default "
+                      "evaluator's step, or the model's forward.")
+    flags.DEFINE_bool("find_batch", False, "Find the largest global batch that fits, by bisection over compiles, "
+                      "and report it (and the table at it).")
+    flags.DEFINE_bool("json", False, "Print the figures as one JSON object instead of the table.")
+    flags.DEFINE_string("save", None, "Write the compiled train step here, for `--config.aot_step` of the trainer "
+                        "on a matching slice.")
+    flags.DEFINE_string("data_bench", None, "JSON written by `python -m vidjax.data.bench --json_out` (or its last "
+                        "line): the input path's clips/s per core on your hosts.")
+    flags.DEFINE_string("hlo", None, "Write the compiled program's HLO text here (libtpu's per-instruction "
+                        "estimates are in its backend_config).")
+    flags.DEFINE_integer("train_examples", 0, "Videos in the training set, for the schedule's constants (default: "
+                         "the config's training list if readable here, else 240,000, about Kinetics-400).")
+    flags.mark_flags_as_required(["config", "topology"])
+
+
+FITS, BAD_INPUT, DOES_NOT_FIT = 0, 2, 3
+# clips/s per CPU core of vidjax's input path at repeated sampling k (docs/performance.md, "The whole input path, per
+# core"): K400 pre-training clips, 2 grain workers, a 2-core machine.
+PER_CORE_CLIPS = {1: 19.8, 4: 47.8}
+GIB = 2**30
+
+
+def per_core_rate(num_samples: int, data_bench: str | None = None) -> tuple[float, str]:
+    """(clips/s per host core of the input path at `num_samples` clips a video, where the figure comes from)."""
+    if data_bench:
+        try:
+            with open(data_bench) as f:
+                lines = [line for line in f.read().splitlines() if line.strip().startswith("{")]
+            rows = json.loads(lines[-1])["rows"]
+        except (OSError, ValueError, KeyError, IndexError) as err:
+            raise ConfigError(f"--data_bench={data_bench}: not the JSON of `python -m vidjax.data.bench` "
+                              f"({type(err).__name__}: {err}).") from err
+        ours = [row for row in rows if row.get("loader") == "vidjax" and "clips_per_s_per_core" in row]
+        best = min(ours, key=lambda row: abs(row["num_samples"] - num_samples), default=None)
+        if best is None:
+            raise ConfigError(f"--data_bench={data_bench} has no vidjax row with clips/s per core.")
+        return best["clips_per_s_per_core"], f"{data_bench}, num_samples {best['num_samples']}"
+    k = max(key for key in PER_CORE_CLIPS if key <= max(num_samples, 1))
+    return PER_CORE_CLIPS[k], f"docs/performance.md's input path, num_samples {k}"
+
+
+def figures(config, slice_, step: str, examples: int = 0, save: str | None = None, data_bench: str | None = None,
+            hlo: str | None = None) -> dict:
+    """Everything the table shows, as one dict (the --json output)."""
+    from vidjax import compile_cache  # here, not at the top: --help answers without loading jax
+    from vidjax.train import aot
+
+    started = time.perf_counter()
+    lowered = aot.lower(config, slice_, step, examples)
+    compiled, refused = aot.compile_or_refuse(lowered)
+    if refused is not None:  # libtpu itself stops at a program whose temporaries exceed the chip's HBM
+        return {**_describe(lowered, time.perf_counter() - started), "fits": False, "refused": refused,
+                "memory": {"temp_bytes": refused["temp_bytes"]}, "hbm_bytes": refused["hbm_bytes"]}
+    out = report(lowered, compiled, time.perf_counter() - started, data_bench)
+    if hlo:
+        with open(hlo, "w") as f:
+            f.write(compiled.as_text())
+    if save:
+        if step != "train":
+            raise ConfigError("--save writes the train step (what --config.aot_step loads): drop --step.")
+        out["saved"] = {"path": save, "bytes": compile_cache.save_step(
+            save, lowered.lowered, compiled, lowered.setup.mesh, config.to_json_best_effort(sort_keys=True),
+            slice_.describe())}
+    return out
+
+
+def _describe(lowered, compile_s: float) -> dict:
+    """What was compiled, for what."""
+    config, slice_ = lowered.config, lowered.slice
+    return {"config": config.model_name + "/" + config.task, "variant": config.model.get("variant", ""),
+            "step": lowered.step, "slice": slice_.describe(), "topology": slice_.topology,
+            "num_slices": slice_.num_slices, "chips": slice_.chips, "devices": slice_.num_devices,
+            "mesh": dict(lowered.setup.mesh.shape), "global_batch": config.batch_size,
+            "per_chip_batch": config.batch_size / slice_.chips, "dtype": config.model.get("dtype", "float32"),
+            "compile_s": round(compile_s, 1), "train_examples": lowered.train_examples}
+
+
+def report(lowered, compiled, compile_s: float, data_bench: str | None = None) -> dict:
+    """The figures of a step `lowered` for a slice (`vidjax.train.aot.lower`) and compiled."""
+    from vidjax.train import aot  # here, not at the top: --help answers without loading jax
+
+    config, slice_ = lowered.config, lowered.slice
+    found = aot.analyse(lowered, compiled)
+    chip = slice_.chip
+    memory, cost = found["memory"], found["cost"]
+    hbm = chip.hbm_bytes if chip else (int(config.memory_limit_gb * GIB) or None)
+    out = {**_describe(lowered, compile_s), "memory": memory, "hbm_bytes": hbm, "cost": cost,
+           "collectives": found["collectives"], "parameter_bytes": found["parameter_bytes"]}
+    out["fits"] = aot.fits_in(memory, hbm) if hbm else None
+    out["margin_bytes"] = hbm - memory["total_bytes"] if hbm and memory else None
+    flops = aot.model_flops(config, lowered)
+    out["model_flops"] = flops
+    out["profile"] = profile = found["profile"]
+    seconds = cost.get("optimal_seconds")
+    if seconds is not None and seconds <= 0:  # seen for some whole-model programs (TimeSformer on v5e): unusable
+        out["cost_problem"] = f"libtpu's cost model gave {seconds:.3g} s"
+        seconds = None
+    if seconds and profile and profile["cycles"] > profile["cycles_once"]:
+        # The cost model's aggregate counts a loop's body once (a layer scan, micro-batches); libtpu's per-instruction
+        # cycle estimates, counted with the loops' trip counts, scale it to the whole step.
+        seconds *= profile["cycles"] / profile["cycles_once"]
+    if chip and chip.ici_bytes_per_s and found["collectives"]:
+        # What the chips' links carry, over their bandwidth: a ring all-reduce sends its bytes about twice.
+        sent = sum(row["bytes"] * (2 if kind == "all-reduce" else 1) for kind, row in found["collectives"].items())
+        out["collective_s"] = sent / chip.ici_bytes_per_s
+    if seconds:
+        out["step_s"] = seconds
+        out["clips_per_s"] = config.batch_size / seconds
+        if chip:
+            out["mfu"] = flops / slice_.chips / seconds / chip.peak_bf16_flops
+        rate, source = per_core_rate(config.data.num_samples, data_bench)
+        out["host_cores_needed"] = out["clips_per_s"] / rate
+        out["host_core_rate"] = {"clips_per_s_per_core": rate, "from": source}
+        if chip:
+            out["host_vcpus"] = chip.host_vcpus * slice_.chips
+    return out
+
+
+def _gib(value) -> str:
+    """Bytes in GiB, or MiB / KiB below a tenth of the next unit."""
+    for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size / 10 or unit == "KiB":
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def _flop(value: float) -> str:
+    for unit, size in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value / 1e6:.3g} MFLOP"
+
+
+def table(out: dict) -> str:
+    """The figures as the command prints them."""
+    memory, hbm = out["memory"], out["hbm_bytes"]
+    lines = [f"{out['config']} {out['variant']} {out['step']} step, {out['dtype']}, on {out['slice']}: mesh "
+             f"{out['mesh']}, global batch {out['global_batch']} ({out['per_chip_batch']:g} per chip); compiled in "
+             f"{out['compile_s']:.0f} s"]
+    if "refused" in out:
+        lines.append(f"  HBM per chip      temporaries {_gib(memory['temp_bytes'])} of {_gib(hbm)} available: DOES NOT "
+                     f"FIT (libtpu stopped the compilation: {out['refused']['message']})")
+        return "\n".join(lines)
+    if memory:
+        unaliased = memory["output_bytes"] - memory["alias_bytes"]
+        verdict = ("" if hbm is None else f" of {_gib(hbm)}: " + (
+            f"fits, margin {_gib(out['margin_bytes'])} ({out['margin_bytes'] / hbm:.0%})" if out["fits"] else
+            f"DOES NOT FIT, {_gib(-out['margin_bytes'])} over"))
+        lines.append(f"  HBM per chip      state and batch {_gib(memory['argument_bytes'])}, outputs not aliased "
+                     f"{_gib(unaliased)}, temporaries {_gib(memory['temp_bytes'])}, code {_gib(memory['code_bytes'])};"
+                     f" total {_gib(memory['total_bytes'])}{verdict}")
+    if "step_s" in out:
+        loops = out["step_s"] != out["cost"].get("optimal_seconds")
+        lines.append(f"  step time         {out['step_s'] * 1e3:.2f} ms (libtpu's cost model"
+                     + (", its loops counted by their trip counts" if loops else "") + f"), "
+                     f"{out['clips_per_s']:,.0f} clips/s for the slice")
+    elif "cost_problem" in out:
+        lines.append(f"  step time         not estimated: {out['cost_problem']}")
+    if out.get("profile"):
+        ranked = sorted(out["profile"]["by_category"].items(), key=lambda item: -item[1])[:5]
+        shares = "; ".join(f"{name} {share:.0%}" for name, share in ranked)
+        top = "; ".join(f"{row['op']} {row['share']:.0%}" for row in out["profile"]["top"][:3])
+        lines.append(f"  where time goes   {shares} (libtpu's per-instruction estimates)")
+        lines.append(f"  largest ops       {top}")
+    per_chip = out["model_flops"] / out["chips"]
+    mfu = f" -> estimated MFU {out['mfu']:.1%}" if "mfu" in out else ""
+    lines.append(f"  model FLOPs       {_flop(per_chip)} per chip a step ({_flop(out['model_flops'])} for the "
+                 f"slice){mfu}")
+    if out["collectives"]:
+        parts = [f"{kind} {row['executions']:g}x {_gib(row['bytes'])}" for kind, row in out["collectives"].items()]
+        ici = (f"; about {out['collective_s'] * 1e3:.1f} ms at the chip's ICI bandwidth if nothing overlaps them "
+               f"(libtpu's per-instruction estimates give them none)" if "collective_s" in out else "")
+        lines.append(f"  collectives       {'; '.join(parts)} per chip a step (parameters "
+                     f"{_gib(out['parameter_bytes'])}){ici}")
+    else:
+        lines.append("  collectives       none")
+    if "host_cores_needed" in out:
+        rate = out["host_core_rate"]
+        have = f"; the slice's hosts have {out['host_vcpus']:,.0f} vCPUs" if "host_vcpus" in out else ""
+        lines.append(f"  host cores        {out['host_cores_needed']:,.0f} to feed it at "
+                     f"{rate['clips_per_s_per_core']:g} clips/s per core ({rate['from']}){have}")
+    return "\n".join(lines)
+
+
+def advice(out: dict) -> str:
+    """The one line a step that does not fit prints: what to change."""
+    needs = out["memory"].get("total_bytes") or out["memory"]["temp_bytes"]
+    return (f"error: the {out['step']} step needs {_gib(needs)} per chip but "
+            f"{out['slice']} has {_gib(out['hbm_bytes'])}: lower --config.batch_size (--find_batch finds the "
+            f"largest that fits), or raise --config.grad_accum_steps, set --config.model.remat=full with "
+            f"--config.model.scan_layers=true, shard parameters with --config.mesh.fsdp=-1 --config.mesh.data=1, "
+            f"use --config.model.dtype=bfloat16, or a larger slice.")
+
+
+def find_batch(config, slice_, step: str, examples: int, log=print) -> int:
+    """The largest global batch (a multiple of the mesh's batch shards) whose step fits the chips' HBM; 0 when not
+    even one batch shard's worth does."""
+    from vidjax import sharding  # here, not at the top: --help answers without loading jax
+    from vidjax.train import aot  # (as above)
+
+    mesh = sharding.create_mesh(config.mesh, tpu.topology_devices(slice_))
+    ways = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES) * config.grad_accum_steps
+    hbm = slice_.chip.hbm_bytes if slice_.chip else int(config.memory_limit_gb * GIB)
+    if not hbm:
+        raise ConfigError("--find_batch on CPU devices needs a limit: --config.memory_limit_gb=GiB.")
+
+    def fits(multiple: int) -> bool:
+        trial = config.copy_and_resolve_references()
+        trial.batch_size = multiple * ways
+        lowered = aot.lower(trial, slice_, step, examples)
+        compiled, refused = aot.compile_or_refuse(lowered)
+        needs = refused["temp_bytes"] if refused else aot.memory_figures(compiled)["total_bytes"]
+        ok = refused is None and needs <= hbm
+        log(f"  batch {trial.batch_size}: {_gib(needs)} per chip, {'fits' if ok else 'does not fit'}")
+        return ok
+
+    low, high = 0, 1
+    while fits(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low * ways
+
+
+def main(argv: list[str]) -> int:
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    slice_ = tpu.slice_of(FLAGS.topology, FLAGS.num_slices)
+    if slice_.chip is not None:
+        # Not through the persistent cache: jax cannot load a TPU executable back without a TPU client, and writing
+        # one only fills the folder (and warns on each read).
+        from vidjax import compile_cache
+
+        compile_cache.configure(False)
+    config = FLAGS.config
+    if FLAGS.find_batch:
+        largest = find_batch(config, slice_, FLAGS.step, FLAGS.train_examples,
+                             log=lambda line: print(line, file=sys.stderr))
+        if not largest:
+            print(f"error: not even one batch shard's worth fits {slice_.describe()}; {advice_short()}",
+                  file=sys.stderr)
+            return DOES_NOT_FIT
+        print(f"Largest global batch that fits {slice_.describe()}: {largest}", file=sys.stderr)
+        config = config.copy_and_resolve_references()
+        config.batch_size = largest
+    out = figures(config, slice_, FLAGS.step, FLAGS.train_examples, FLAGS.save, FLAGS.data_bench, FLAGS.hlo)
+    if FLAGS.find_batch:
+        out["largest_batch"] = config.batch_size
+    print(json.dumps(out, sort_keys=True) if FLAGS.json else table(out))
+    if out["fits"] is False:
+        print(advice(out), file=sys.stderr)
+        return DOES_NOT_FIT
+    return FITS
+
+
+def advice_short() -> str:
+    return ("set --config.model.remat=full with --config.model.scan_layers=true, shard parameters with "
+            "--config.mesh.fsdp=-1 --config.mesh.data=1, use --config.model.dtype=bfloat16, or a larger slice.")
+
+
+def run_command() -> NoReturn:
+    """`python -m vidjax.aot`: what its entry module calls. libtpu's start-up warnings about a TPU it cannot find are
+    silenced first (`tpu.quiet_libtpu`)."""
+    tpu.quiet_libtpu()
+    define_flags()
+    cli.run(main)

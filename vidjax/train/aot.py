@@ -1,0 +1,379 @@
+"""The trainer's steps compiled ahead of time for a slice this machine does not have (`python -m vidjax.aot`).
+
+`lower(config, slice_)` builds what the trainer builds (`train.build`: mesh, abstract model and state, shardings;
+`train.make_train_step`, `make_eval_step`) over the slice's devices (`vidjax.tpu`: abstract TPU devices that libtpu
+compiles for, or this process's CPUs) with the model's platform choices resolved for the slice's platform, and
+lowers it on abstract state and an abstract batch: nothing is allocated. The batch's keys, shapes and dtypes are
+those the input path gives the trainer (`example_batch`: one element of the embedded dataset at the config's clip,
+through `pipeline.make_dataset` with the task's input spec); only the leading axis becomes the global batch. The
+schedule's constants are part of the program: they come from the training set's length (`train_examples`).
+
+`analyse` reads the compiled program: XLA's per-chip memory, the compiler's cost model (FLOPs, bytes,
+`optimal_seconds`: on TPU, libtpu's estimate of the step time, a roofline sum over its instructions), the
+collectives with the bytes each moves per chip and step (loops counted by their trip counts), and the model's own
+FLOPs (`model_flops`: the matrix products of the step in its plainest form, as `vidjax.bench` counts them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vidjax import flops, losses, sharding, tasks, tpu
+from vidjax.config_lib import ConfigError
+from vidjax.data import pipeline, synthetic
+from vidjax.models import clip_spec
+from vidjax.train import Setup, build, eval_context, in_mesh_context, make_eval_step, make_train_step, memory_figures
+
+STEPS = ("train", "eval", "infer")
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+# The training set's length where the config's own data cannot be read here (a recipe's /data/... lists): about
+# Kinetics-400's 240k training videos. Only the schedule's constants depend on it.
+DEFAULT_TRAIN_EXAMPLES = 240_000
+
+
+@dataclasses.dataclass
+class Lowered:
+    """A step lowered for a slice: what was built, and the abstract arguments it takes."""
+
+    config: ml_collections.ConfigDict
+    slice: tpu.Slice
+    step: str
+    setup: Setup
+    jitted: object  # the jitted function the trainer (or evaluator) calls
+    args: tuple  # its abstract arguments, with shardings
+    lowered: object  # jitted.trace(*args).lower()
+    train_examples: int
+
+
+def train_examples(config: ml_collections.ConfigDict, given: int = 0) -> int:
+    """The training set's length the schedule is built from: `given` when positive, else the config's training
+    split when it can be read here, else `DEFAULT_TRAIN_EXAMPLES`."""
+    if given > 0:
+        return given
+    try:
+        return len(pipeline.make_source(config.data, "train"))
+    except (ConfigError, FileNotFoundError, OSError, ValueError):
+        return DEFAULT_TRAIN_EXAMPLES
+
+
+def _embedded(config: ml_collections.ConfigDict, split: str) -> tuple[ml_collections.ConfigDict, object]:
+    """(config whose data is the embedded dataset at the config's clip and targets, one-batch source of `split`)."""
+    small = config.copy_and_resolve_references()
+    d = small.data
+    with small.unlocked():
+        d.source, d.num_train, d.num_eval, d.sampling_rate, d.num_workers = "synthetic", 2, 2, 1, 0
+        # The embedded dataset draws up to synthetic.MAX_CLASSES classes; `example_batch` widens multi-hot targets.
+        d.num_classes = min(d.num_classes or synthetic.NUM_CLASSES, synthetic.MAX_CLASSES)
+        small.batch_size = d.num_samples if split == "train" else 1
+    return small, pipeline.make_source(d, "train" if split == "train" else "eval")
+
+
+def example_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = "train") -> dict[str, np.ndarray]:
+    """One batch of the input path for `split` ("train": one video, as its `num_samples` clips; "eval": one), from
+    the embedded dataset at the config's clip size and targets, through the task's input spec. Multi-hot targets
+    ("labels") have the config's class count, as its data would give them."""
+    small, source = _embedded(config, split)
+    spec = tasks.training_of(config.task).input_spec(small, setup.abstract_model)
+    batch = next(iter(pipeline.make_dataset(small, "train" if split == "train" else "eval", source, spec)))
+    classes = config.data.num_classes or config.model.get("num_classes", 0)
+    if "labels" in batch and classes and batch["labels"].shape[-1] != classes:
+        labels = batch["labels"]
+        batch["labels"] = np.zeros((*labels.shape[:-1], classes), labels.dtype)
+    return batch
+
+
+def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = "train") -> dict:
+    """`example_batch`'s keys, dtypes and trailing shapes with the global batch leading, as ShapeDtypeStructs with
+    the trainer's batch sharding."""
+    example = example_batch(config, setup, split)
+    rows = next(iter(example.values())).shape[0]
+    batch_sh = sharding.batch_sharding(setup.mesh)
+    return {key: jax.ShapeDtypeStruct((value.shape[0] // rows * config.batch_size, *value.shape[1:]), value.dtype,
+                                      sharding=batch_sh) for key, value in example.items()}
+
+
+def abstract_state(setup: Setup) -> dict:
+    """The train state as ShapeDtypeStructs with their shardings."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), setup.abstract_state,
+                        setup.state_shardings)
+
+
+def _check_batch(config: ml_collections.ConfigDict, setup: Setup, where: str) -> None:
+    ways = math.prod(setup.mesh.shape[axis] for axis in sharding.BATCH_AXES)
+    if config.batch_size % ways:
+        fits = config.batch_size // ways * ways or ways
+        raise ConfigError(f"config.batch_size={config.batch_size} does not split over the {ways} batch shards "
+                          f"(data x fsdp) of {where}: use a multiple of {ways}, e.g. --config.batch_size={fits}.")
+
+
+def _infer_step(config: ml_collections.ConfigDict, setup: Setup):
+    """The jitted forward `python -m vidjax.predict` and the readouts run: normalised clips in, the model's outputs
+    out, over the mesh."""
+    clips = clip_spec(config.model_name, config.model)
+    mean, std = clips["mean"], clips["std"]
+
+    def infer(params, video):
+        return nnx.merge(setup.graphdef, params)(losses.normalize_video(video, mean, std))
+
+    return jax.jit(in_mesh_context(infer, setup.mesh, sharding.rules_from_config(config)),
+                   in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)))
+
+
+def jitted_step(config: ml_collections.ConfigDict, setup: Setup, step: str = "train", examples: int = 0):
+    """(jitted, abstract args) of `step` as the trainer builds it for `setup`'s mesh."""
+    if step not in STEPS:
+        raise ConfigError(f"--step={step!r}: one of {', '.join(STEPS)}.")
+    spec = tasks.training_of(config.task)
+    if step == "train":
+        small, source = _embedded(config, "train")
+        class_weights, pos_weight = spec.loss_weights(small, source)
+        return (make_train_step(config, setup, class_weights, pos_weight),
+                (abstract_state(setup), abstract_batch(config, setup, "train")))
+    params = abstract_state(setup)["params"]
+    if step == "infer":
+        video = abstract_batch(config, setup, "eval")["video"]
+        return _infer_step(config, setup), (params, video)
+    from vidjax import evaluators  # the tasks layer's evaluations, as the trainer schedules them
+
+    small, source = _embedded(config, "eval")
+    context = eval_context(config, setup, metadata={}, sources={"train": source, "eval": source})
+    evaluator = evaluators.from_config(context)[0].evaluator
+    return make_eval_step(evaluator.config, setup, evaluator.batch_outputs), (params,
+                                                                             abstract_batch(config, setup, "eval"))
+
+
+def lower(config: ml_collections.ConfigDict, slice_: tpu.Slice, step: str = "train", examples: int = 0) -> Lowered:
+    """`step` of `config` built for `slice_` and lowered on abstract arguments (see the module docstring)."""
+    devices = tpu.topology_devices(slice_)
+    mesh = sharding.create_mesh(config.mesh, devices)
+    examples = train_examples(config, examples)
+    setup = build(config, examples, mesh, backend=slice_.platform)
+    _check_batch(config, setup, slice_.describe())
+    jitted, args = jitted_step(config, setup, step)
+    return Lowered(config=config, slice=slice_, step=step, setup=setup, jitted=jitted, args=args,
+                   lowered=jitted.trace(*args).lower(), train_examples=examples)
+
+
+_OUT_OF_HBM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) "
+                         r"exceeds available HBM \(([\d.]+)([KMGT])\)")
+
+
+def compile_or_refuse(lowered: Lowered) -> tuple[object | None, dict | None]:
+    """(compiled, None), or (None, what libtpu said) when it refused the program for not fitting the chip's HBM: it
+    stops a compilation whose temporaries exceed the memory it has (RESOURCE_EXHAUSTED), and says how much they
+    need ("temp_bytes") and how much there is ("hbm_bytes"). Any other error is raised."""
+    try:
+        return lowered.lowered.compile(), None
+    except jax.errors.JaxRuntimeError as err:
+        message = str(err).strip().splitlines()[0]
+        found = _OUT_OF_HBM.search(message)
+        if "RESOURCE_EXHAUSTED" not in message or not found:
+            raise
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        return None, {"message": message.removeprefix("RESOURCE_EXHAUSTED: "),
+                      "temp_bytes": int(float(found[1]) * unit[found[2]]),
+                      "hbm_bytes": int(float(found[3]) * unit[found[4]])}
+
+
+# ---- what the compiled program says ----
+
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+|c64|c128)\[([\d,]*)\]")
+_BYTES = {"pred": 1, "bf16": 2, "c64": 8, "c128": 16}
+_OPS = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_CALLS = re.compile(r"\b(?:body|condition|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONDITION = re.compile(r"\bcondition=%?([\w.\-]+)")
+_CONSTANT = re.compile(r"= s32\[\][^ ]* constant\((\d+)\)")
+
+
+def _array_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        width = _BYTES.get(dtype) or max(int(re.sub(r"\D", "", dtype)[:2] or 8) // 8, 1)
+        total += width * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def _operands(line: str, start: int) -> str:
+    """The text of the parenthesised operand list opening at `start`."""
+    depth = 0
+    for i in range(start, len(line)):
+        depth += {"(": 1, ")": -1}.get(line[i], 0)
+        if depth == 0:
+            return line[start + 1:i]
+    return line[start + 1:]
+
+
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """({computation: its instruction lines}, {computation: times it runs a step}) of a compiled module's HLO text
+    (`compiled.as_text()`): a loop body runs its trip count times (`trip_count`), anything else called (conditional
+    branches, fusions, reductions' bodies) as often as its caller."""
+    computations: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            current = computations.setdefault(name, [])
+            entry = name if line.startswith("ENTRY") else entry
+        elif current is not None and line.startswith("  "):
+            current.append(line)
+    runs: dict[str, float] = {}
+
+    def trip_count(line: str) -> int:
+        """A while loop's trip count: the compiler's known_trip_count, else the bound its condition compares the
+        counter with (`i < N`, the form lax.scan and fori_loop take); 1 when neither says."""
+        known = _TRIP.search(line)
+        if known:
+            return int(known[1])
+        condition = _CONDITION.search(line)
+        lines = computations.get(condition[1], []) if condition else []
+        bounds = [int(c) for text in lines for c in _CONSTANT.findall(text)]
+        compares = [text for text in lines if " compare(" in text]
+        return bounds[0] if len(bounds) == 1 and len(compares) == 1 and "direction=LT" in compares[0] else 1
+
+    def visit(name: str, times: float) -> None:
+        runs[name] = runs.get(name, 0.0) + times
+        for line in computations.get(name, []):
+            trip = trip_count(line) if " while(" in line else 1
+            for called in _CALLS.findall(line):
+                loop_body = f"body={called}" in line or f"body=%{called}" in line
+                visit(called, times * (trip if loop_body else 1))
+            for group in _BRANCHES.findall(line):
+                for called in group.split(","):
+                    visit(called.strip().lstrip("%"), times)
+
+    if entry is not None:
+        visit(entry, 1.0)
+    return computations, runs
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
+    """{kind: {"count": instructions, "executions": per step, "bytes": per device per step}} of the collectives in a
+    compiled module's HLO text: an instruction in a loop body counts its trip count times, an async pair once (its
+    start). Bytes are the larger of what an instruction takes and what it gives (an all-gather's output, a
+    reduce-scatter's input, an all-reduce's either). libtpu's reduce-scatter is an all-reduce fused with a slice, in
+    a computation named "all-reduce-scatter": counted as a reduce-scatter."""
+    computations, runs = _computations(hlo_text)
+    found: dict[str, dict[str, float]] = {}
+    for name, times in runs.items():
+        for line in computations.get(name, []):
+            match = _OPS.search(line)
+            if not match or "=" not in line[:match.start()]:
+                continue
+            result = _array_bytes(line[line.index("=") + 1:match.start()])
+            operands = _array_bytes(_operands(line, match.end() - 1))
+            moved = max(operands, result - operands) if match[2] else max(operands, result)
+            kind = "reduce-scatter" if match[1] == "all-reduce" and name.startswith("all-reduce-scatter") else match[1]
+            row = found.setdefault(kind, {"count": 0, "executions": 0.0, "bytes": 0.0})
+            row["count"] += 1
+            row["executions"] += times
+            row["bytes"] += moved * times
+    return found
+
+
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_OPCODE = re.compile(r" ([a-z][a-z0-9\-]*)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_KIND = re.compile(r"kind=(k\w+)")
+
+
+def _category(opcode: str, line: str, computations: dict[str, list[str]]) -> str:
+    if opcode.removesuffix("-start") in COLLECTIVES or "all-reduce-scatter" in line:
+        return "collectives"
+    if opcode == "custom-call":
+        return "custom calls (Pallas kernels)"
+    if opcode in ("copy", "copy-start", "transpose", "bitcast", "dynamic-update-slice", "dynamic-slice"):
+        return "copies and slices"
+    if opcode == "convolution" or opcode == "fusion" and any(
+            "convolution(" in inner for called in _CALLS.findall(line) for inner in computations.get(called, [])):
+        return "matrix products (convolution fusions)"
+    kind = _KIND.search(line)
+    return {"kLoop": "elementwise (loop fusions)", "kInput": "reductions (input fusions)",
+            "kOutput": "other output fusions"}.get(kind[1] if kind else "", f"other ({opcode})")
+
+
+def estimated_profile(hlo_text: str, top: int = 12) -> dict:
+    """libtpu's own estimate of each instruction's cycles (the `estimated_cycles` its compiler writes into every
+    scheduled instruction's backend_config), summed per step with loop bodies times their trip counts: the total
+    ("cycles"), the same with every computation counted once ("cycles_once", how the cost model's aggregate
+    `optimal_seconds` counts a loop), the shares by category, and the `top` instructions with their jax op names.
+    {} where the program carries no estimates (a CPU)."""
+    computations, runs = _computations(hlo_text)
+    by_category: dict[str, float] = {}
+    rows, total, once = [], 0.0, 0.0
+    for name, times in runs.items():
+        for line in computations.get(name, []):
+            cycles = _CYCLES.search(line)
+            opcode = _OPCODE.search(line[line.find("=") + 1:]) if "=" in line else None
+            if not cycles or not opcode:
+                continue
+            value = float(cycles[1])
+            category = _category(opcode[1], line, computations)
+            by_category[category] = by_category.get(category, 0.0) + value * times
+            total += value * times
+            once += value
+            op_name = _OP_NAME.search(line)
+            rows.append((value * times, category, op_name[1].removeprefix("jit(wrapped)/") if op_name else opcode[1]))
+    if not total:
+        return {}
+    by_op: dict[tuple[str, str], float] = {}
+    for value, category, op in rows:
+        by_op[category, op] = by_op.get((category, op), 0.0) + value
+    ranked = sorted(by_op.items(), key=lambda kv: -kv[1])[:top]
+    return {"cycles": total, "cycles_once": once,
+            "by_category": {k: v / total for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
+            "top": [{"share": value / total, "category": category, "op": op} for (category, op), value in ranked]}
+
+
+def cost_figures(compiled) -> dict[str, float]:
+    """The compiler's cost model of a compiled program: flops, bytes accessed and, on TPU, optimal_seconds (the step
+    time it expects); {} where the backend gives none."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 -- a backend without a cost model
+        return {}
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return {key.replace(" ", "_"): float(value) for key, value in (cost or {}).items()
+            if key in ("flops", "bytes accessed", "optimal_seconds", "transcendentals")}
+
+
+def model_flops(config: ml_collections.ConfigDict, lowered: Lowered) -> float:
+    """The model's FLOPs of one step, all devices together: the matrix products (`vidjax.flops.matmul_flops`) of the
+    same step with its blocks unrolled, no rematerialisation, one micro-batch and attention as plain products."""
+    plain = config.copy_and_resolve_references()
+    plain.model.scan_layers, plain.grad_accum_steps = False, 1
+    if plain.model.get("remat"):
+        plain.model.remat = "none"
+    for block in (plain.model, plain.model.get("encoder"), plain.model.get("backbone")):
+        if isinstance(block, ml_collections.ConfigDict) and "attention_impl" in block:
+            block.attention_impl = "xla"
+    setup = build(plain, lowered.train_examples, lowered.setup.mesh, backend=lowered.slice.platform)
+    fn, args = jitted_step(plain, setup, lowered.step)
+    return flops.matmul_flops(jax.make_jaxpr(fn)(*args))
+
+
+def parameter_bytes(setup: Setup) -> int:
+    """Bytes of the model's parameters, whole (not per device)."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract_state["params"]))
+
+
+def analyse(lowered: Lowered, compiled) -> dict:
+    """What the compiled step says, per chip: memory (`train.memory_figures`), the cost model, collectives, and
+    the parameters' whole size."""
+    text = compiled.as_text()
+    return {"memory": memory_figures(compiled), "cost": cost_figures(compiled), "collectives": collectives(text),
+            "profile": estimated_profile(text), "parameter_bytes": parameter_bytes(lowered.setup)}
+
+
+def fits_in(figures: Mapping[str, int], hbm_bytes: int) -> bool:
+    return bool(figures) and figures["total_bytes"] <= hbm_bytes
