@@ -67,7 +67,7 @@ from absl import app, flags
 from vidjax import config_lib, host_malloc, tpu
 from vidjax.bench import op_profile, reference, sweep
 from vidjax.convert.common import is_video_config
-from vidjax.flops import matmul_flops  # noqa: F401 -- `step.matmul_flops`, as the matrix and the sweep name it
+from vidjax.flops import matmul_flops, plain_config  # `step.matmul_flops`, as the matrix and the sweep name it
 from vidjax.models import available, get_model, videomamba
 from vidjax.models.layers import REMAT_POLICIES
 
@@ -275,12 +275,7 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     # model's), attention as plain products (a fused kernel is one opaque call). Counted from the traced program,
     # not from XLA's cost analysis: on GPU the compiled step's analysis counted 0.05-0.2 of them (its GEMMs are
     # library calls) and a lowering's returned none.
-    plain = config.copy_and_resolve_references()
-    plain.model.scan_layers, plain.grad_accum_steps = False, 1
-    if plain.model.get("remat"):
-        plain.model.remat = "none"
-    if "attention_impl" in plain.model:
-        plain.model.attention_impl = "xla"
+    plain = plain_config(config)
     plain_setup = train.build(plain, config.batch_size, setup.mesh)  # its own parameter layout (blocks unstacked)
     fn, args = jitted(plain, plain_setup, plain_setup.abstract_state)
     flops = matmul_flops(jax.make_jaxpr(fn)(*args))

@@ -30,7 +30,16 @@ from vidjax import flops, losses, sharding, tasks, tpu
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline, synthetic
 from vidjax.models import clip_spec
-from vidjax.train import Setup, build, eval_context, in_mesh_context, make_eval_step, make_train_step, memory_figures
+from vidjax.train import (
+    Setup,
+    build,
+    checkpoint,
+    eval_context,
+    in_mesh_context,
+    make_eval_step,
+    make_train_step,
+    memory_figures,
+)
 
 STEPS = ("train", "eval", "infer")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -100,12 +109,6 @@ def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str =
                                       sharding=batch_sh) for key, value in example.items()}
 
 
-def abstract_state(setup: Setup) -> dict:
-    """The train state as ShapeDtypeStructs with their shardings."""
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), setup.abstract_state,
-                        setup.state_shardings)
-
-
 def _check_batch(config: ml_collections.ConfigDict, setup: Setup, where: str) -> None:
     ways = math.prod(setup.mesh.shape[axis] for axis in sharding.BATCH_AXES)
     if config.batch_size % ways:
@@ -127,17 +130,18 @@ def _infer_step(config: ml_collections.ConfigDict, setup: Setup):
                    in_shardings=(setup.state_shardings["params"], sharding.batch_sharding(setup.mesh)))
 
 
-def jitted_step(config: ml_collections.ConfigDict, setup: Setup, step: str = "train", examples: int = 0):
+def jitted_step(config: ml_collections.ConfigDict, setup: Setup, step: str = "train"):
     """(jitted, abstract args) of `step` as the trainer builds it for `setup`'s mesh."""
     if step not in STEPS:
         raise ConfigError(f"--step={step!r}: one of {', '.join(STEPS)}.")
     spec = tasks.training_of(config.task)
+    state = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
     if step == "train":
         small, source = _embedded(config, "train")
         class_weights, pos_weight = spec.loss_weights(small, source)
         return (make_train_step(config, setup, class_weights, pos_weight),
-                (abstract_state(setup), abstract_batch(config, setup, "train")))
-    params = abstract_state(setup)["params"]
+                (state, abstract_batch(config, setup, "train")))
+    params = state["params"]
     if step == "infer":
         video = abstract_batch(config, setup, "eval")["video"]
         return _infer_step(config, setup), (params, video)
@@ -350,13 +354,7 @@ def cost_figures(compiled) -> dict[str, float]:
 def model_flops(config: ml_collections.ConfigDict, lowered: Lowered) -> float:
     """The model's FLOPs of one step, all devices together: the matrix products (`vidjax.flops.matmul_flops`) of the
     same step with its blocks unrolled, no rematerialisation, one micro-batch and attention as plain products."""
-    plain = config.copy_and_resolve_references()
-    plain.model.scan_layers, plain.grad_accum_steps = False, 1
-    if plain.model.get("remat"):
-        plain.model.remat = "none"
-    for block in (plain.model, plain.model.get("encoder"), plain.model.get("backbone")):
-        if isinstance(block, ml_collections.ConfigDict) and "attention_impl" in block:
-            block.attention_impl = "xla"
+    plain = flops.plain_config(config)
     setup = build(plain, lowered.train_examples, lowered.setup.mesh, backend=lowered.slice.platform)
     fn, args = jitted_step(plain, setup, lowered.step)
     return flops.matmul_flops(jax.make_jaxpr(fn)(*args))
