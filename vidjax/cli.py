@@ -12,14 +12,27 @@ Both switch on the persistent compilation cache (vidjax/compile_cache.py) once t
 host allocator for XLA:CPU to reuse each step's memory (vidjax/host_malloc.py; VIDJAX_HOST_MALLOC=system does not):
 the one platform choice made here, before jax starts a backend (vidjax/platform.py lists them all; the models' are
 config values, resolved when a model is built).
+
+Interruptions. Every command treats SIGINT (Ctrl-C) and SIGTERM (`kill`, a scheduler's notice) alike: while it runs,
+either raises `Interrupted` in the main thread (`interruptible`, which `run` and `guard` install), and the command
+answers with one line on stderr, `stopped by SIGINT: WHAT WAS KEPT; HOW TO RESUME` (`stopped`), and exit status
+128 + the signal: 130 for SIGINT, 143 for SIGTERM. A command that keeps partial work (a `.partial` file of windows, a
+sweep's points so far, a checkpoint) catches `Interrupted` where it knows what it kept and says so; one that keeps
+nothing gets the generic line from `guard`. A second signal while the command winds down is not caught again (Python's
+default then: Ctrl-C interrupts the wind-down, SIGTERM ends the process). The trainer is the one exception to the
+status: it stops at the next step boundary with a checkpoint of that step and exits 4 (vidjax/preemption.py), which
+the launch scripts and schedulers' requeue logic read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from absl import app, flags, logging
@@ -147,19 +160,99 @@ def help_as_main(command: str) -> None:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)  # absl names __main__'s flags by sys.argv[0]
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while a command ran (`interruptible`): a KeyboardInterrupt, so code that already
+    cleans up after Ctrl-C (`finally`, context managers) does the same for SIGTERM."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports a process the signal ended: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+
+def as_interrupted(err: KeyboardInterrupt) -> Interrupted:
+    """`err` as an `Interrupted`: a plain KeyboardInterrupt (raised by Python's own SIGINT handler) is SIGINT."""
+    return err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+
+
+_INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread; the first one only: its handler
+    then goes back to what it was before the block, so a second signal during the clean-up acts as it would without
+    vidjax. A signal set to be ignored (nohup, a launcher) stays ignored; off the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, object] = {}
+
+    def handle(signum, frame):
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise Interrupted(signum)
+
+    for sig in _INTERRUPT_SIGNALS:
+        current = signal.getsignal(sig)
+        if current is not signal.SIG_IGN:
+            previous[sig] = signal.SIG_DFL if current is None else current
+    try:
+        for sig in previous:
+            signal.signal(sig, handle)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stopped(err: KeyboardInterrupt, kept: str) -> int:
+    """Prints the one line for an interrupted command, `stopped by SIGTERM: KEPT` (what was kept and how to resume
+    or restart) on stderr, and returns the exit status for it (130 for SIGINT, 143 for SIGTERM)."""
+    err = as_interrupted(err)
+    print(f"stopped by {err.name}: {kept}", file=sys.stderr, flush=True)
+    return err.exit_code
+
+
+_NOTHING_KEPT = "nothing was written; run the same command again to start over."
+
+
+def guard(main: Callable[[], int | None]) -> NoReturn:
+    """`sys.exit(main())` for an argparse command, with SIGINT and SIGTERM raising `Interrupted` while it runs; one
+    that escapes `main` (the command kept nothing it could name) is the generic one line and exit 130 or 143."""
+    try:
+        with interruptible():
+            status = main()
+    except KeyboardInterrupt as err:
+        sys.exit(stopped(err, _NOTHING_KEPT))
+    sys.exit(status or 0)
+
+
 def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     """`app.run(main)` for a vidjax absl program: flags parsed by `parse_flags`, absl logging at WARNING unless
     --verbosity is given; a `app.UsageError` or `ConfigError` escaping `main` is one `error:` line with exit 2
     (absl would print the whole help after it); otherwise the exit status is what `main` returns. --help shows the
-    docstring and flags of `main`'s module (`help_as_main`)."""
+    docstring and flags of `main`'s module (`help_as_main`). SIGINT and SIGTERM raise `Interrupted` while `main` runs;
+    one that escapes it is the generic one line and exit 130 or 143 (see the module docstring)."""
     def wrapped(argv: list[str]) -> NoReturn:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # jax and orbax log routine steps at INFO; --verbosity=0 shows them
         try:
             configure_runtime(flags.FLAGS.compilation_cache)
-            status = main(argv)
+            with interruptible():
+                status = main(argv)
         except (app.UsageError, ConfigError) as err:
             _fail(str(err), _program(argv))
+        except KeyboardInterrupt as err:
+            sys.exit(stopped(err, _NOTHING_KEPT))
         sys.exit(status or 0)
 
     if "compilation_cache" not in flags.FLAGS:

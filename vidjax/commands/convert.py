@@ -137,4 +137,4 @@ def summary(converted: Converted) -> str:
 
 def run_command() -> NoReturn:
     """`python -m vidjax.convert`: what its entry module calls."""
-    sys.exit(main())
+    cli.guard(main)

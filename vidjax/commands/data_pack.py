@@ -471,4 +471,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command() -> NoReturn:
     """`python -m vidjax.data.pack`: what its entry module calls."""
-    sys.exit(main())
+    cli.guard(main)

@@ -285,4 +285,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command() -> NoReturn:
     """`python -m vidjax.export`: what its entry module calls."""
-    sys.exit(main())
+    cli.guard(main)

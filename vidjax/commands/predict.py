@@ -490,4 +490,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command() -> NoReturn:
     """`python -m vidjax.predict`: what its entry module calls."""
-    sys.exit(main())
+    cli.guard(main)

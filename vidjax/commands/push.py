@@ -237,4 +237,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command() -> NoReturn:
     """`python -m vidjax.push`: what its entry module calls."""
-    sys.exit(main())
+    cli.guard(main)
