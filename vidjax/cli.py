@@ -4,7 +4,7 @@ The absl programs (main, evaluate, bench, data.check, data.bench) start with `ru
 (predict, extract, visualize, probe, convert, push, data.pack) build an `ArgumentParser`. Either way a flag is spelled
 with underscores (`--num_classes`; the hyphenated `--num-classes` is accepted too), a config file may be given as
 `~/cfg.py`, and a mistake on the command line (unknown flag or config key, bad value, missing config file, a
-usage error raised by the program) is one `error:` line naming the fix plus a pointer to `--help`, with exit
+usage error raised by the program) is one `error:` line naming the fix and ending in a pointer to `--help`, with exit
 status 2, never a traceback or the whole help text.
 
 Both switch on the persistent compilation cache (vidjax/compile_cache.py) once the command line is parsed, unless
@@ -56,7 +56,10 @@ def _program(argv: list[str]) -> str:
 
 
 def _fail(message: str, program: str) -> NoReturn:
-    print(f"error: {message}\nRun `python -m {program} --help` for the flags.", file=sys.stderr)
+    """One line, the message and the pointer to --help, on stderr; exit status 2."""
+    message = " ".join(str(message).split())
+    end = "" if message.endswith((".", "?", "!", ")")) else "."
+    print(f"error: {message}{end} Run `python -m {program} --help` for the flags.", file=sys.stderr)
     sys.exit(2)
 
 
@@ -274,7 +277,7 @@ def _parse_bool(value: str) -> bool:
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the vidjax commands: the module docstring shown as written, flags spelled with underscores
     (hyphenated spellings accepted, see `canonical_flags`), and a bad command line answered like the absl
-    programs: one `error:` line and a pointer to --help, exit status 2 (argparse prints its usage block).
+    programs: one `error:` line ending in a pointer to --help, exit status 2 (argparse prints its usage block).
     Parsing a command line switches the persistent compilation cache on, or off with `--nocompilation_cache`."""
 
     def __init__(self, prog: str, description: str | None = None, **kwargs):
