@@ -178,11 +178,11 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes_exactly(tmp_pa
     started[1][0].send_signal(signal.SIGTERM)
     outputs = _finish(started, exit_code=4)
 
-    stops = [re.findall(r"Stopped by (\w+) at step (\d+) with its checkpoint written", err) for _, err in outputs]
+    stops = [re.findall(r"stopped by (\w+): checkpoint of step (\d+)/12 written", err) for _, err in outputs]
     assert stops[0] == stops[1] and len(stops[0]) == 1, stops  # both stopped, at the same step, named the same
     name, step = stops[0][0][0], int(stops[0][0][1])
     assert name == "SIGTERM" and 2 < step < TWO_PROCESS_RUN["total_steps"], stops
-    assert f"Stopped by SIGTERM at step {step}/12: checkpoint written" in outputs[0][0], outputs[0][0]
+    assert "stopped by" not in outputs[0][0].lower(), outputs[0][0]  # said once, on stderr
     saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
     assert saved == sorted({step} | ({6} if step > 6 else set())), saved
     _assert_complete(workdir / "checkpoints" / str(step))

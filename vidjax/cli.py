@@ -10,7 +10,8 @@ status 2, never a traceback or the whole help text.
 Both switch on the persistent compilation cache (vidjax/compile_cache.py) once the command line is parsed, unless
 `--nocompilation_cache` (`--compilation_cache=false`) or VIDJAX_CACHE_DIR=off says not to, and before that set the
 host allocator for XLA:CPU to reuse each step's memory (vidjax/host_malloc.py; VIDJAX_HOST_MALLOC=system does not):
-the one platform choice made here, before jax starts a backend (vidjax/platform.py lists them all; the models' are
+the one platform choice made here, before jax starts a backend, besides keeping libtpu quiet on a machine that has it
+installed but no TPU chips (vidjax/tpu.py) (vidjax/platform.py lists them all; the models' are
 config values, resolved when a model is built).
 
 Interruptions. Every command treats SIGINT (Ctrl-C) and SIGTERM (`kill`, a scheduler's notice) alike: while it runs,
@@ -26,19 +27,21 @@ the launch scripts and schedulers' requeue logic read.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
-from vidjax import compile_cache, host_malloc
+from vidjax import compile_cache, host_malloc, tpu
 from vidjax.config_lib import ConfigError
 
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -114,6 +117,9 @@ def describe_error(err: BaseException, argv: list[str]) -> str:
     config_errors = [e for e in chain if isinstance(e, ConfigError)]
     if config_errors:  # innermost: config_flags re-raises it with the whole traceback as its message
         return str(config_errors[-1])
+    raised_by_file = _raised_in_config_file(chain[-1], argv)
+    if raised_by_file:
+        return raised_by_file
     for e in chain:
         if isinstance(e, KeyError) and e.args:
             text = str(e.args[0]).replace("\n", " ")
@@ -123,10 +129,32 @@ def describe_error(err: BaseException, argv: list[str]) -> str:
     return str(chain[0])
 
 
+def _raised_in_config_file(err: BaseException, argv: list[str]) -> str | None:
+    """The line for `err` raised by the code of a config file given on the command line (its `get_config`, a
+    KeyError there included, which is not an unknown --config.KEY): the flag, the file's line and the error; None
+    when it came from elsewhere."""
+    files = {}
+    names = _config_file_flags()
+    for arg in argv[1:]:
+        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if sep and name in names:
+            files[os.path.realpath(os.path.expanduser(value.partition(":")[0]))] = arg
+    frames = [frame for frame in traceback.extract_tb(err.__traceback__)
+              if os.path.realpath(frame.filename) in files]
+    if not frames:
+        return None
+    frame = frames[-1]
+    message = repr(err.args[0]) if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
+    return (f"{files[os.path.realpath(frame.filename)]}: the config file's {frame.name} raised "
+            f"{type(err).__name__}: {message} at line {frame.lineno} of {frame.filename} (`{frame.line}`); fix the "
+            f"file, or the argument after its ':'.")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with config mistakes (unknown key, bad value, bad variant) as one-line errors (exit 2).
 
     Use as `app.run(main, flags_parser=parse_flags)`."""
+    tpu.quiet_without_chips()  # before a config file or stored config can start jax's backends
     argv = [argv[0], *canonical_flags(argv[1:], lambda name: name in flags.FLAGS)] if argv else argv
     asks_help = any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:])
     if not asks_help:
@@ -142,11 +170,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def configure_runtime(compilation_cache: bool) -> None:
     """The process settings every command starts with, before jax starts its backend: the host allocator
-    (`host_malloc.configure`; a bad $VIDJAX_HOST_MALLOC is a `ConfigError`), then the compilation cache."""
+    (`host_malloc.configure`; a bad $VIDJAX_HOST_MALLOC is a `ConfigError`), libtpu kept quiet on a machine without
+    TPU chips (`tpu.quiet_without_chips`), then the compilation cache."""
     try:
         host_malloc.configure()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    tpu.quiet_without_chips()
     compile_cache.configure(compilation_cache)
 
 
@@ -193,7 +223,13 @@ _INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def interruptible() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread; the first one only: its handler
     then goes back to what it was before the block, so a second signal during the clean-up acts as it would without
-    vidjax. A signal set to be ignored (nohup, a launcher) stays ignored; off the main thread this does nothing."""
+    vidjax. A signal set to be ignored (nohup, a launcher) stays ignored; off the main thread this does nothing.
+
+    A signal handler's exception is lost where Python drops exceptions: in a garbage-collection callback (jax's
+    `_xla_gc_callback` runs often), a `__del__` or a weakref callback, which print "Exception ignored in ..." and go
+    on. The command would then run to its end as if never signalled. So an `Interrupted` that reaches
+    `sys.unraisablehook` is delivered again: the handler is put back and, 10 ms later from a timer thread,
+    `_thread.interrupt_main` raises the signal once more in the main thread, until it lands in the command's code."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -204,17 +240,31 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, handler)
         raise Interrupted(signum)
 
+    def unraisable(info):
+        if isinstance(info.exc_value, Interrupted) and info.exc_value.signum in previous:
+            signal.signal(info.exc_value.signum, handle)  # runs in the main thread: the one the handler ran in
+            # From another thread, a moment later: raised now, it would land in this hook or the callback again.
+            threading.Timer(0.01, _thread.interrupt_main, (info.exc_value.signum,)).start()
+        else:
+            previous_hook(info)
+
     for sig in _INTERRUPT_SIGNALS:
         current = signal.getsignal(sig)
         if current is not signal.SIG_IGN:
             previous[sig] = signal.SIG_DFL if current is None else current
+    previous_hook = sys.unraisablehook
     try:
         for sig in previous:
             signal.signal(sig, handle)
+        sys.unraisablehook = unraisable
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+_stopped: list[int] = []  # the exit status `stopped` returned in this command, if it did
 
 
 def stopped(err: KeyboardInterrupt, kept: str) -> int:
@@ -222,21 +272,59 @@ def stopped(err: KeyboardInterrupt, kept: str) -> int:
     or restart) on stderr, and returns the exit status for it (130 for SIGINT, 143 for SIGTERM)."""
     err = as_interrupted(err)
     print(f"stopped by {err.name}: {kept}", file=sys.stderr, flush=True)
+    _stopped.append(err.exit_code)
     return err.exit_code
 
 
 _NOTHING_KEPT = "nothing was written; run the same command again to start over."
 
 
+_leave_hooks: list[Callable[[], None]] = []
+
+
+def at_leave(hook: Callable[[], None]) -> None:
+    """Runs `hook` when a stopped command ends through `leave` (which skips `atexit`): the clean-up that must not be
+    skipped, registered by the layer that owns it."""
+    if hook not in _leave_hooks:
+        _leave_hooks.append(hook)
+
+
+def leave(status: int) -> NoReturn:
+    """Ends the process at once with `status`, its output flushed, without the interpreter's teardown: how a command
+    that SIGINT or SIGTERM stopped exits, once its line is printed and what it keeps is written. The signal may have
+    come while XLA compiled on its own threads (`PjRtCompiler::CompileAndLoad` on a thread pool, which the
+    interrupted Python call no longer waits for); the teardown would destroy the PJRT client and its devices under
+    that compile, which then crashes on them (a segmentation fault, exit 139, after the one line). Skipped with the
+    teardown: `atexit` functions; what must still run goes to `at_leave` (the input pipeline's shared memory)."""
+    for hook in _leave_hooks:
+        try:
+            hook()
+        except Exception as err:  # noqa: BLE001 - leaving anyway: a clean-up that fails is reported, not raised
+            print(f"warning: {getattr(hook, '__qualname__', hook)} failed while stopping: {err}", file=sys.stderr)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _finish(status: int | None) -> NoReturn:
+    """The command's exit: `leave` when it stopped for a signal (130 or 143), `sys.exit` otherwise."""
+    if status and _stopped and status == _stopped[-1] and status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        leave(status)
+    sys.exit(status or 0)
+
+
 def guard(main: Callable[[], int | None]) -> NoReturn:
     """`sys.exit(main())` for an argparse command, with SIGINT and SIGTERM raising `Interrupted` while it runs; one
-    that escapes `main` (the command kept nothing it could name) is the generic one line and exit 130 or 143."""
+    that escapes `main` (the command kept nothing it could name) is the generic one line and exit 130 or 143. A
+    command stopped by a signal ends with `leave`."""
+    _stopped.clear()
     try:
         with interruptible():
             status = main()
     except KeyboardInterrupt as err:
-        sys.exit(stopped(err, _NOTHING_KEPT))
-    sys.exit(status or 0)
+        status = stopped(err, _NOTHING_KEPT)
+    _finish(status)
 
 
 def run(main: Callable[[list[str]], int | None]) -> NoReturn:
@@ -244,10 +332,12 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     --verbosity is given; a `app.UsageError` or `ConfigError` escaping `main` is one `error:` line with exit 2
     (absl would print the whole help after it); otherwise the exit status is what `main` returns. --help shows the
     docstring and flags of `main`'s module (`help_as_main`). SIGINT and SIGTERM raise `Interrupted` while `main` runs;
-    one that escapes it is the generic one line and exit 130 or 143 (see the module docstring)."""
+    one that escapes it is the generic one line and exit 130 or 143 (see the module docstring); a command stopped by
+    a signal ends with `leave`."""
     def wrapped(argv: list[str]) -> NoReturn:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # jax and orbax log routine steps at INFO; --verbosity=0 shows them
+        _stopped.clear()
         try:
             configure_runtime(flags.FLAGS.compilation_cache)
             with interruptible():
@@ -255,8 +345,8 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
         except (app.UsageError, ConfigError) as err:
             _fail(str(err), _program(argv))
         except KeyboardInterrupt as err:
-            sys.exit(stopped(err, _NOTHING_KEPT))
-        sys.exit(status or 0)
+            status = stopped(err, _NOTHING_KEPT)
+        _finish(status)
 
     if "compilation_cache" not in flags.FLAGS:
         flags.DEFINE_bool("compilation_cache", True, _CACHE_HELP)

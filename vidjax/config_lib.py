@@ -22,6 +22,14 @@ def host_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def host_memory_bytes() -> int | None:
+    """This host's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def raise_problems(problems: list[str]) -> None:
     """One ConfigError for every problem found (none: nothing raised), so that one run shows all there is to fix;
     a problem found twice (a setting every split's source checks) is shown once."""

@@ -7,6 +7,11 @@ Re-running the same command resumes exactly where it stopped.
 Every process installs Python handlers that only set a flag (a second signal of the same kind acts as it would
 without vidjax, so a second Ctrl-C interrupts at once; a signal a launcher set to be ignored stays ignored).
 
+One process may wait to be asked: `StopOnSignal(armed=False)` passes a signal on to the handler it replaced (under
+a vidjax command `cli.Interrupted`, the start-up stops at once: there is no step to checkpoint yet) until `arm()`;
+the trainer arms it once its first step has run. Several processes always wait for a step boundary: all must stop
+after the same step, whenever the notice came.
+
 One process: `requested` answers whether a signal came.
 
 Several processes (jax.distributed): the signal may reach one process only (one host reclaimed, a `kill` by hand),
@@ -31,9 +36,11 @@ handler cannot be put back from Python, so on exit SIGTERM gets its default acti
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import threading
+from collections.abc import Callable, Iterator
 
 import jax
 
@@ -54,10 +61,13 @@ def _coordination_client():
 
 
 class StopOnSignal:
-    """Context manager: installs the handlers on entry (main thread only), puts the previous ones back on exit."""
+    """Context manager: installs the handlers on entry (main thread only), puts the previous ones back on exit.
 
-    def __init__(self):
+    `armed=False`: with one process, a signal that comes before `arm()` goes on to the previous handler."""
+
+    def __init__(self, armed: bool = True):
         self.received: int | None = None  # the first signal this process received
+        self._armed = armed
         self._previous: dict = {}
         self._keys = f"vidjax/preemption/{next(_runs)}"
         self._posted = False
@@ -65,6 +75,8 @@ class StopOnSignal:
         self._agreed_name: str | None = None
 
     def __enter__(self) -> StopOnSignal:
+        # Decided here, not in the handler (asking jax there could start its backend inside a signal handler).
+        self._armed = self._armed or jax.process_count() > 1
         if threading.current_thread() is threading.main_thread():
             for sig in _SIGNALS:
                 if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored on purpose (nohup, a shell's `&`)
@@ -76,9 +88,37 @@ class StopOnSignal:
             signal.signal(sig, _restorable(handler))
         self._previous.clear()
 
+    @contextlib.contextmanager
+    def second_signal(self, callback: Callable[[int], None] | None) -> Iterator[None]:
+        """Within (the wind-down after a stop was asked for), SIGTERM and SIGINT call `callback(signum)` in the main
+        thread instead of what they would do: a command ends the process from there, rather than have an exception
+        raised inside orbax's wait for the checkpoint (orbax logs it with its traceback, and the interpreter's exit
+        then breaks the save under way with more). None, or off the main thread: nothing changes."""
+        if callback is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = {sig: signal.getsignal(sig) for sig in _SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+        try:
+            for sig in before:
+                signal.signal(sig, lambda signum, frame: callback(signum))
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, _restorable(handler))
+
+    def arm(self) -> None:
+        """From now on a signal asks for a stop at the next step boundary."""
+        self._armed = True
+
     def _handle(self, signum: int, frame) -> None:
-        self.received = self.received or signum
-        signal.signal(signum, _restorable(self._previous.pop(signum)))
+        previous = _restorable(self._previous.pop(signum))
+        signal.signal(signum, previous)
+        if self._armed:
+            self.received = self.received or signum
+        elif callable(previous):  # not armed: as if this handler had not been there
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(signum)
 
     @property
     def name(self) -> str:

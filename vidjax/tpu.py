@@ -17,8 +17,11 @@ device a chip, except on v2/v3, whose two TensorCores are a device each.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import importlib.util
 import math
 import os
+import pathlib
 import re
 
 from vidjax.config_lib import ConfigError
@@ -171,24 +174,43 @@ def local_slice() -> Slice:
     return Slice(f"{chip.generation}:{'x'.join(map(str, shape))}", chip, shape, slices)
 
 
-def quiet_libtpu() -> None:
-    """Silences libtpu's start-up warnings about a TPU it cannot find (accelerator type, worker host names) on a
-    machine without TPU chips, lets several processes load it there, and keeps jax's own backend on the CPU; on a
-    TPU VM nothing changes. Call it
-    before the first `topology_devices` (libtpu reads its environment when it loads)."""
-    try:
-        from jax._src import hardware_utils  # private: counts the local TPU chips from /dev and PCI ids
+def _local_chips() -> int:
+    """How many PCI devices of Google's this machine has: its TPU chips, as jax counts them
+    (`jax._src.hardware_utils`), read here without importing jax; any Google device counts, so a new chip is not
+    taken for none."""
+    count = 0
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            count += pathlib.Path(vendor).read_text().strip() == "0x1ae0"
+        except OSError:
+            continue
+    return count
 
-        local_chips = hardware_utils.num_available_tpu_chips_and_device_id()[0]
-    except Exception:  # noqa: BLE001 -- an older or newer jax without it: assume no chips unless told
-        local_chips = 0
-    if local_chips:
+
+def quiet_without_chips() -> bool:
+    """On a machine with libtpu installed (`pip install 'jax[tpu]'`, the test extra) but no TPU chips, jax still
+    loads libtpu when it starts its backends, and libtpu prints a dozen lines about TPU worker host names and an
+    accelerator type it cannot find before jax goes on with the CPU (or GPU). This gives libtpu those values, so it
+    says nothing, and lets several processes load it (its lock file guards chips there are none of). Nothing
+    changes on a TPU VM, where libtpu is not installed, or where TPU_WORKER_HOSTNAMES is set. Every command calls it
+    before jax starts a backend (`vidjax.cli.configure_runtime`). Returns whether it did anything."""
+    if (os.environ.get("TPU_WORKER_HOSTNAMES") or importlib.util.find_spec("libtpu") is None
+            or _local_chips()):
+        return False
+    os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # any valid type: a compiled topology decides
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    return True
+
+
+def quiet_libtpu() -> None:
+    """`quiet_without_chips`, and jax's own backend kept on the CPU where there are no chips (`python -m vidjax.aot`
+    compiles for TPU topologies there; it runs nothing). Call it before the first `topology_devices` (libtpu reads
+    its environment when it loads)."""
+    if _local_chips():
         return
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # any valid type: the topology asked for decides
-    # Without chips there is nothing to guard: libtpu's lock file would let one process at a time compile.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    quiet_without_chips()
 
 
 def topology_devices(slice_: Slice) -> list:

@@ -51,7 +51,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import sys
 import time
 
 from vidjax import cli, config_lib
@@ -383,19 +382,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{devices} x {kind} ({backend}), peak dense bf16 {peak / 1e12:.0f} TFLOP/s per device" if peak else
           f"{devices} x {kind} ({backend}): no peak FLOP/s known, MFU left blank", flush=True)
     rows, start = [], time.perf_counter()
-    for family in (known[name] for name in names):
-        for mode in (m for m in family.modes if m in modes):
-            for dtype in dtypes:
-                row = run_row(args, family, mode, dtype, backend, devices, kind)
-                cores = input_cores_per_chip(row, input_bench)
-                if cores:
-                    row["input_cores_per_chip"] = cores
-                rows.append(row)
-                if "error" in row:
-                    print(f"{family.model} {row['variant']} {mode} {dtype}: error: {row['error']}", flush=True)
-                elif "torch" in row:
-                    print(f"  PyTorch: {row['torch']['seconds_per_step']:.4f} s/step "
-                          f"(vidjax {row['speedup_vs_torch']:.2f}x)", flush=True)
+    try:
+        for family in (known[name] for name in names):
+            for mode in (m for m in family.modes if m in modes):
+                for dtype in dtypes:
+                    row = run_row(args, family, mode, dtype, backend, devices, kind)
+                    cores = input_cores_per_chip(row, input_bench)
+                    if cores:
+                        row["input_cores_per_chip"] = cores
+                    rows.append(row)
+                    if "error" in row:
+                        print(f"{family.model} {row['variant']} {mode} {dtype}: error: {row['error']}", flush=True)
+                    elif "torch" in row:
+                        print(f"  PyTorch: {row['torch']['seconds_per_step']:.4f} s/step "
+                              f"(vidjax {row['speedup_vs_torch']:.2f}x)", flush=True)
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM (cli.guard): a step may be compiling on XLA's threads
+        cli.leave(cli.stopped(err, f"{len(rows)} row{'s' * (len(rows) != 1)} timed, printed above; nothing "
+                                        f"was written{f' (--out={args.out} is written at the end)' if args.out else ''}"
+                                        f". Run the same command again to time the matrix."))
     table = markdown_table(rows)
     if input_bench:
         input_bench["note"] = input_bench_note(input_bench, rows)
@@ -413,4 +417,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.guard(main)

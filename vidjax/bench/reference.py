@@ -185,6 +185,23 @@ def check_supported(model: str, mode: str) -> None:
                          f"supports {supported()}.")
 
 
+def missing(models: list[str] | tuple[str, ...]) -> str | None:
+    """Why the PyTorch references of `models` cannot run here, one line with the install command, or None: torch
+    (every reference) and transformers (the Hugging Face ones: all but videomamba) imported, as they will be, before
+    anything is timed."""
+    try:
+        import torch  # noqa: F401  (the optional `vidjax[torch]` extra)
+
+        if any(model != "videomamba" for model in models):
+            import transformers  # noqa: F401
+    except Exception as err:  # noqa: BLE001 (ImportError, or a broken install's OSError / RuntimeError)
+        text = str(err).strip().splitlines()
+        return (f"--compare=torch needs torch and transformers, which do not import here ({type(err).__name__}: "
+                f"{text[0][:160] if text else ''}): pip install 'vidjax[torch]' (or pip install torch transformers), "
+                f"or leave --compare out.")
+    return None
+
+
 def has_reference(model: str, mode: str) -> bool:
     """Whether a PyTorch reference times `model` in `mode`."""
     return model in _FAMILIES and mode in _FAMILIES[model].modes

@@ -53,6 +53,11 @@ Long clips fine-tune in bounded memory with --remat=full --scan_layers=true (one
 
   python -m vidjax.bench --sweep=frames --sweep_values=64,128,256 --models=videomamba --modes=finetune --size=224 \
       --batch=1 --steps=2 --warmup=1 --remat=full --scan_layers=true --out=docs/figures/sweep_frames_videomamba_long
+
+Every point of a sweep is checked before the first compiles (a size a model refuses is an error, exit 2); --out's
+JSON is written after each point, and the same command run again after an interruption keeps the points it holds and
+measures the rest. Interrupted (Ctrl-C, SIGTERM), the benchmark prints one line (what was kept) and exits 130 / 143;
+--compare=torch without torch and transformers installed is one line naming `pip install 'vidjax[torch]'`, exit 2.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ import time
 
 from absl import app, flags
 
-from vidjax import config_lib, host_malloc, tpu
+from vidjax import cli, config_lib, host_malloc, tpu
 from vidjax.bench import op_profile, reference, sweep
 from vidjax.convert.common import is_video_config
 from vidjax.flops import matmul_flops, plain_config  # `step.matmul_flops`, as the matrix and the sweep name it
@@ -113,15 +118,16 @@ _DECODER_SHARE = flags.DEFINE_bool("decoder_share", False, "--mode=pretrain of v
 
 _SWEEP = flags.DEFINE_enum("sweep", None, ["frames", "size", "batch"], "Scaling curves (vidjax.bench.sweep): time "
                            "and memory of each of --models in each of --modes at every --sweep_values of this "
-                           "axis, the other two held at --frames, --size, --batch; with --out, a JSON table and a "
-                           "log-log PNG with the fitted exponents.")
+                           "axis, the other two held at --frames, --size, --batch; with --out, a JSON table (written "
+                           "after each point; a rerun resumes from it) and a log-log PNG with the fitted exponents.")
 _SWEEP_VALUES = flags.DEFINE_list("sweep_values", [], "--sweep: the values, e.g. 8,16,32,64 (default: "
                                   "frames 8,16,32,64; size 112,160,224; batch 1,2,4,8).")
 _MODELS = flags.DEFINE_list("models", [], "--sweep: the families (default: --model), e.g. "
                             "videomae,timesformer,vivit,videomamba; each at its smallest size (S/16, ViViT S/16x2) "
                             "unless --variant is given.")
 _MODES = flags.DEFINE_list("modes", [], "--sweep: the modes (default: --mode), e.g. infer,finetune.")
-_OUT = flags.DEFINE_string("out", None, "--sweep: write OUT.json and OUT.png (the curves).")
+_OUT = flags.DEFINE_string("out", None, "--sweep: write OUT.json (after each point: the same command again resumes "
+                           "from it) and OUT.png (the curves).")
 
 # What each controllable option may be, to check --dtype/--remat/--grad_accum/--scan_layers before compiling.
 _CHOICES = {"dtype": ("float32", "bfloat16"), "remat": tuple(REMAT_POLICIES),
@@ -444,17 +450,72 @@ def check_workload_flags() -> None:
     if _WARMUP.value < 0 or _SCAN_CHUNK.value < 0:
         raise app.UsageError("--warmup and --scan_chunk cannot be negative.")
     if _COMPARE.value == "torch":
-        try:  # `reference` imports no torch: what it supports is known without it
-            reference.check_supported(_MODEL.value, _MODE.value)
-        except ValueError as err:
-            raise app.UsageError(str(err)) from None
         if _TORCH_THREADS.value is not None and _TORCH_THREADS.value < 1:
             raise app.UsageError(f"--torch_threads={_TORCH_THREADS.value} must be at least 1 (or left unset for "
                                  f"torch's default).")
+        if not _SWEEP.value:  # a sweep compares the families and modes that have a reference (`run_sweep`)
+            try:  # `reference` imports no torch: what it supports is known without it
+                reference.check_supported(_MODEL.value, _MODE.value)
+            except ValueError as err:
+                raise app.UsageError(str(err)) from None
+            why = reference.missing([_MODEL.value])  # last: it imports torch (as the run will)
+            if why:
+                raise app.UsageError(why)
 
 
-def run_sweep() -> None:
-    """--sweep: the scaling curves of `vidjax.bench.sweep`, checked flags first."""
+def check_point(config) -> None:
+    """Raises ConfigError (or the model's ValueError) for a config the trainer would refuse, before anything
+    compiles: its problems (`train.check_config`) and its model built abstractly, as `train.build` builds it."""
+    from flax import nnx
+
+    # Imported here, as in `time_vidjax`: the trainer loads the input pipeline (grain), which --help need not wait for.
+    from vidjax import platform, train
+    from vidjax.models import ParamKeys  # beside it: the same reason
+
+    train.check_config(config)
+    model_config = platform.resolve(config.model)
+    with nnx.use_eager_sharding(False):
+        nnx.eval_shape(lambda: get_model(config.model_name).Model(model_config, rngs=ParamKeys(config.seed)))
+
+
+def check_sweep_points(axis: str, values: list[int], models: list[str], modes: list[str], variant: str | None
+                       ) -> None:
+    """Raises app.UsageError, naming the points and why, when a model refuses any point of the sweep (a size its
+    patches or tubelets do not divide, a variant it has not): checked for every point before the first compiles."""
+    refused, seen = [], {}
+    for model in models:
+        model_variant = variant or sweep.DEFAULT_VARIANTS.get(model, "S/16")
+        for mode in modes:
+            for value in values:
+                point = {"frames": _FRAMES.value, "size": _SIZE.value, "batch": _BATCH.value, axis: value}
+                key = (model, mode == "pretrain", tuple(point.values()))  # infer and finetune build the same model
+                if key not in seen:
+                    try:
+                        check_point(bench_config(model, model_variant, point["frames"], point["size"], point["batch"],
+                                                 mode, _DTYPE.value[0], _NUM_CLASSES.value, remat=_REMAT.value[0],
+                                                 scan_layers=_SCAN_LAYERS.value[0] == "true",
+                                                 compare=_COMPARE.value if reference.has_reference(model, mode)
+                                                 else None))
+                        seen[key] = None
+                    except (config_lib.ConfigError, ValueError, TypeError) as err:
+                        seen[key] = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                if seen[key] is not None:
+                    refused.append((f"{model} {model_variant} {mode} at {axis}={value}", seen[key]))
+    if refused:
+        (first, why), more = refused[0], len(refused) - 1
+        held = " ".join(f"--{k}={v}" for k, v in (("frames", _FRAMES.value), ("size", _SIZE.value),
+                                                    ("batch", _BATCH.value)) if k != axis)
+        raise app.UsageError(f"--sweep={axis} --sweep_values={','.join(map(str, values))} ({held}): nothing was "
+                             f"run, {len(refused)} point{'s' * (more > 0)} cannot: {first}: {why.rstrip('.')}"
+                             + (f"; and {more} more ({', '.join(p for p, _ in refused[1:4])}"
+                                f"{', ...' if more > 3 else ''})" if more else "")
+                             + ". Choose values (and a --variant) every model takes, or leave those models out.")
+
+
+def run_sweep() -> int:
+    """--sweep: the scaling curves of `vidjax.bench.sweep`, every flag and point checked before the first compiles.
+    With --out, PREFIX.json is rewritten after each point, and a rerun of the same command keeps the points it holds;
+    interrupted, the command says how many points are kept and returns 130 (SIGINT) or 143 (SIGTERM)."""
     models = _MODELS.value or [_MODEL.value]
     modes = _MODES.value or [_MODE.value]
     known = video_models()
@@ -475,17 +536,58 @@ def run_sweep() -> None:
     if len(_REMAT.value) > 1 or len(_SCAN_LAYERS.value) > 1 or len(_DTYPE.value) > 1:
         raise app.UsageError("--sweep: give one --dtype, one --remat and one --scan_layers (the curve's setting); "
                              "run the sweep once per setting to compare them.")
+    option_rows()  # each value known (--dtype, --remat, --scan_layers)
+    values = sorted(values)
     variant = _VARIANT.value if flags.FLAGS["variant"].present else None
-    result = sweep.run(_SWEEP.value, sorted(values), models, modes, frames=_FRAMES.value, size=_SIZE.value,
-                       batch=_BATCH.value, steps=_STEPS.value, warmup=_WARMUP.value, dtype=_DTYPE.value[0],
-                       num_classes=_NUM_CLASSES.value, variant=variant, compare=_COMPARE.value,
-                       remat=_REMAT.value[0], scan_layers=_SCAN_LAYERS.value[0] == "true",
-                       log=lambda line: print(line, flush=True), bench=sys.modules[__name__])
-    print(sweep.markdown(result), flush=True)
+    compared = [m for m in models if any(reference.has_reference(m, mode) for mode in modes)]
+    if _COMPARE.value == "torch" and not compared:
+        raise app.UsageError(f"--compare=torch: no PyTorch reference for --models={','.join(models)} "
+                             f"--modes={','.join(modes)}; it supports {reference.supported()}.")
+    check_sweep_points(_SWEEP.value, values, models, modes, variant)
+    if _COMPARE.value == "torch" and (why := reference.missing(compared)):  # last: it imports torch, as the run will
+        raise app.UsageError(why)
+    options = dict(frames=_FRAMES.value, size=_SIZE.value, batch=_BATCH.value, steps=_STEPS.value,
+                   warmup=_WARMUP.value, dtype=_DTYPE.value[0], num_classes=_NUM_CLASSES.value, variant=variant,
+                   compare=_COMPARE.value, remat=_REMAT.value[0], scan_layers=_SCAN_LAYERS.value[0] == "true")
+    done, saved = None, {"points": 0}
     if _OUT.value:
-        for path in sweep.write(result, _OUT.value, log=lambda line: print(line, flush=True)):
-            print(f"wrote {path}", flush=True)
-    print(json.dumps(result))
+        try:
+            done = sweep.previous(_OUT.value, sweep.settings(_SWEEP.value, values, models, modes, **options),
+                                  sweep.host())
+        except ValueError as err:
+            raise app.UsageError(str(err)) from None
+        if done is not None:
+            count = len(done["rows"])
+            print(f"resuming: {count} point{'s' * (count != 1)} of these settings already in "
+                  f"{sweep.json_path(_OUT.value)} {'are' if count != 1 else 'is'} kept, not measured again"
+                  + (" (the sweep is complete; delete the file to measure it again)" if done.get("complete") else ""),
+                  flush=True)
+
+    def save(partial: dict) -> None:
+        sweep.write_json(partial, _OUT.value)
+        saved["points"] = len(partial["rows"])
+
+    interrupted = None
+    try:
+        result = sweep.run(_SWEEP.value, values, models, modes, **options, log=lambda line: print(line, flush=True),
+                           bench=sys.modules[__name__], done=done, save=save if _OUT.value else None)
+        print(sweep.markdown(result), flush=True)
+        if _OUT.value:
+            for path in sweep.write(result, _OUT.value, log=lambda line: print(line, flush=True)):
+                print(f"wrote {path}", flush=True)
+        print(json.dumps(result), flush=True)
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM (cli.interruptible)
+        interrupted = err
+    if interrupted is None:
+        return 0
+    if _OUT.value:
+        points = saved["points"] or len((done or {}).get("rows", []))
+        kept = (f"{points} point{'s' * (points != 1)} kept in {sweep.json_path(_OUT.value)}; rerun the same command "
+                f"to measure the rest and draw the picture (the kept points are not measured again)")
+    else:
+        kept = ("the points measured are printed above, not kept (no --out); add --out=PREFIX to keep each point as "
+                "it is measured and to resume a rerun")
+    return cli.stopped(interrupted, kept + ".")
 
 
 def run_mamba_block() -> None:
@@ -611,15 +713,21 @@ def run_rows() -> None:
     print(json.dumps(result))
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
+    """The benchmark; returns the exit status (0, or 130 / 143 when SIGINT / SIGTERM stopped it)."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     check_workload_flags()
     if _COMPARE.value == "torch":
         reference.share_gpu_memory()
-    if _SWEEP.value:
-        run_sweep()
-    elif _MODE.value == "mamba_block":
-        run_mamba_block()
-    else:
-        run_rows()
+    try:
+        if _SWEEP.value:
+            return run_sweep()
+        if _MODE.value == "mamba_block":
+            run_mamba_block()
+        else:
+            run_rows()
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM (cli.interruptible): rows are printed, none are kept
+        return cli.stopped(err, "nothing was written (the rows timed so far are printed above); run the same "
+                                "command again to time them all.")
+    return 0

@@ -34,18 +34,32 @@ Add --num_frames / --image_size to adapt a video model's checkpoint to another c
 position embeddings are interpolated). DST gets an orbax checkpoint (params/) and vidjax.json (model config,
 preprocessing, class names); load it with `vidjax.pretrained.load(DST)`. Nothing is written to DST unless the
 conversion succeeds. No torch is needed, for safetensors or for torch zip files.
+
+Every failure is one `error:` line on stderr and exit status 2, nothing written: it names the file and what is wrong
+with it (damaged, cut short, empty, legacy torch format, weights that hold NaN or infinity, a tensor missing or of
+the wrong shape), or, for a checkpoint of another family, the --from_* flag that converts it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import pathlib
 import sys
 from typing import NoReturn
 
 from vidjax import cli
 from vidjax.convert import read
-from vidjax.convert.common import ConversionError, Converted, is_video_config, resize, write_converted
+from vidjax.convert.common import (
+    FAMILIES,
+    ConversionError,
+    Converted,
+    TensorSource,
+    family,
+    is_video_config,
+    resize,
+    write_converted,
+)
 from vidjax.pretrained import hub
 
 
@@ -87,6 +101,8 @@ def convert(from_hf: str | None = None, from_videomamba: str | None = None, out:
     kind, source = given[0]
     # A Hugging Face Hub name (a repository, or a file inside one) is downloaded through huggingface_hub's cache.
     path = hub.source(source, f"--from_{kind}", file=kind != "hf")
+    if kind == "hf" and pathlib.Path(path).expanduser().is_file():
+        raise ConversionError(_hf_file(pathlib.Path(path).expanduser()))
     converted = read(kind, path, num_heads=num_heads or None, decoder_num_heads=decoder_num_heads or None,
                      num_frames=num_frames or None, image_size=image_size or None)
     try:
@@ -96,6 +112,19 @@ def convert(from_hf: str | None = None, from_videomamba: str | None = None, out:
                               f"{image_size or 'its'} px: {e}") from e
     write_converted(converted, out, overwrite=overwrite)
     return converted
+
+
+def _hf_file(path: pathlib.Path) -> str:
+    """Why --from_hf does not take the file `path`, and what to pass: its folder, or the flag of its family."""
+    found = family(TensorSource.from_file(path).tensors)
+    if found in FAMILIES and found != "hf":
+        what, flag = FAMILIES[found]
+        return f"{path} is {what} checkpoint file; convert it with {flag} {path}."
+    if (path.parent / "config.json").is_file():
+        return (f"{path} is a file; --from_hf takes the folder `save_pretrained` wrote: convert it with --from_hf "
+                f"{path.parent}.")
+    return (f"{path} is a file; --from_hf takes the folder `save_pretrained` wrote (config.json beside "
+            f"model.safetensors or pytorch_model.bin).")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,11 +44,19 @@ windows), alternating --rounds; CPU ms and frames decoded per video:
 
 Optional extras: `pip install decord` (or `eva-decord`), `pip install torchcodec` (with torch and FFmpeg's shared
 libraries); a loader that does not import is reported as missing, with that command, and the rest run.
+
+The command line is checked before anything is written (`check_flags`): a value the bench cannot run (no videos, an
+odd frame size, a --dir that is a file, a negative worker count, --compare of a loader it does not know) and a flag
+the chosen benchmark would ignore (--num_samples or --compare without --config, --workers with --test_clips) are one
+`error:` line naming the flag and the fix, exit status 2. Interrupted (Ctrl-C, SIGTERM), it says which videos in
+--dir it keeps (a rerun reuses them) and exits 130 / 143; grain's workers ignore the signal (vidjax/data/bench.py)
+and are stopped by this process, their shared memory released.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import json
 import os
@@ -84,12 +92,23 @@ def make_videos(folder: str, num_videos: int, seconds: float = 10.0, fps: int = 
     """Paths of `num_videos` synthetic H.264 mp4 files in `folder`, encoding those not already there."""
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for i in range(num_videos):
-        path = os.path.join(folder, f"bench_{width}x{height}_{fps}fps_{seconds:g}s_gop{gop}_{i:03d}.mp4")
+    for i, path in enumerate(video_paths(folder, num_videos, seconds, fps, width, height, gop)):
         if not os.path.exists(path):  # written under a temporary name: an interrupted run leaves no half file
-            _encode(path, seed=i, num_frames=round(seconds * fps), fps=fps, width=width, height=height, gop=gop)
+            try:
+                _encode(path, seed=i, num_frames=round(seconds * fps), fps=fps, width=width, height=height, gop=gop)
+            except BaseException:  # an interruption (or a failure) mid-file: the finished files are what is kept
+                with contextlib.suppress(OSError):
+                    os.remove(f"{path}.partial.mp4")  # encode.write_mp4's temporary name
+                raise
         paths.append(path)
     return paths
+
+
+def video_paths(folder: str, num_videos: int, seconds: float = 10.0, fps: int = 30, width: int = 640,
+                height: int = 360, gop: int = 60) -> list[str]:
+    """The names `make_videos` gives its files (their settings in the name: a file is reused only as it was made)."""
+    return [os.path.join(folder, f"bench_{width}x{height}_{fps}fps_{seconds:g}s_gop{gop}_{i:03d}.mp4")
+            for i in range(num_videos)]
 
 
 def _encode(path: str, seed: int, num_frames: int, fps: int, width: int, height: int, gop: int) -> None:
@@ -99,7 +118,7 @@ def _encode(path: str, seed: int, num_frames: int, fps: int, width: int, height:
     coarse = rng.integers(0, 256, ((height + 2 * pad) // 8, (width + 2 * pad) // 8, 3), dtype=np.uint8)
     texture = np.asarray(Image.fromarray(coarse).resize((width + 2 * pad, height + 2 * pad),
                                                         Image.Resampling.BICUBIC))
-    block = height // 6
+    block = min(width, height) // 6
 
     def frames():
         for t in range(num_frames):
@@ -177,9 +196,7 @@ def time_method(paths: list[str], method: str, recipe: Recipe, workers: int, cli
     # time that buffer instead of the decoding; a buffer of two elements per thread keeps the timing steady-state.
     read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
     ds = ds.random_map(LoadClip(method, recipe), seed=seed).to_iter_dataset(read_options)
-    if workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    iterator = iter(ds)
+    iterator = iter(pipeline.in_workers(ds, workers))  # the input path's workers, their shared memory released
     try:
         # Warm-up: worker start-up and imports are not the steady state being measured.
         for _ in range(max(2, 2 * workers)):
@@ -523,68 +540,178 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command line, defined only when this module is the program: `vidjax.bench.step` (importable in the same
-    process, e.g. by tests) defines flags of the same names."""
+    process, e.g. by tests) defines flags of the same names; a test gives its own `flags.FlagValues()`."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string("dir", os.path.join(os.environ.get("TMPDIR", "/tmp"), "vidjax_data_bench"),
-                        "Folder for the generated videos (reused across runs).")
-    flags.DEFINE_integer("videos", 8, "Number of videos.")
-    flags.DEFINE_float("seconds", 10.0, "Length of each video.")
-    flags.DEFINE_integer("fps", 30, "Frame rate of the videos.")
-    flags.DEFINE_integer("width", 640, "Frame width.")
-    flags.DEFINE_integer("height", 360, "Frame height.")
-    flags.DEFINE_integer("gop", 60, "Frames between keyframes (x264 may add more at scene cuts).")
-    flags.DEFINE_integer("frames", 16, "Frames per clip.")
-    flags.DEFINE_integer("sampling_rate", 4, "Frames between sampled frames.")
-    flags.DEFINE_integer("short_side", 256, "Short side after resizing.")
-    flags.DEFINE_integer("crop", 224, "Random crop size.")
-    flags.DEFINE_integer("clips", 64, "Timed clips per method and worker count (after warm-up).")
-    flags.DEFINE_list("workers", ["1", "2"], "Grain worker counts to time (0 = in this process).")
+                        "Folder for the generated videos (reused across runs).", **fv)
+    flags.DEFINE_integer("videos", 8, "Number of videos.", **fv)
+    flags.DEFINE_float("seconds", 10.0, "Length of each video.", **fv)
+    flags.DEFINE_integer("fps", 30, "Frame rate of the videos.", **fv)
+    flags.DEFINE_integer("width", 640, "Frame width.", **fv)
+    flags.DEFINE_integer("height", 360, "Frame height.", **fv)
+    flags.DEFINE_integer("gop", 60, "Frames between keyframes (x264 may add more at scene cuts).", **fv)
+    flags.DEFINE_integer("frames", 16, "Frames per clip.", **fv)
+    flags.DEFINE_integer("sampling_rate", 4, "Frames between sampled frames.", **fv)
+    flags.DEFINE_integer("short_side", 256, "Short side after resizing.", **fv)
+    flags.DEFINE_integer("crop", 224, "Random crop size.", **fv)
+    flags.DEFINE_integer("clips", 64, "Timed clips per method and worker count (after warm-up).", **fv)
+    flags.DEFINE_list("workers", ["1", "2"], "Grain worker counts to time (0 = in this process).", **fv)
     flags.DEFINE_integer("read_threads", 1, "grain.ReadOptions.num_threads: clips each process (worker, "
-                         "or this one with 0 workers) decodes concurrently.")
-    flags.DEFINE_list("methods", list(METHODS), "Methods to time.")
-    flags.DEFINE_integer("seed", 0, "Seed of the clip sampling.")
+                         "or this one with 0 workers) decodes concurrently.", **fv)
+    flags.DEFINE_list("methods", list(METHODS), "Methods to time.", **fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the clip sampling.", **fv)
     config_flags.DEFINE_config_file(
         "config", None, "A recipe (e.g. configs/videomae_k400.py, with --config.KEY=VALUE overrides): time the "
-        "trainer's whole input path for it, to device arrays, instead of the decoders alone.", lock_config=True)
+        "trainer's whole input path for it, to device arrays, instead of the decoders alone.", lock_config=True, **fv)
     flags.DEFINE_list("num_samples", ["1"], "With --config: clips cut from each decoded video "
-                      "(config.data.num_samples) to time, e.g. 1,4.")
+                      "(config.data.num_samples) to time, e.g. 1,4.", **fv)
     flags.DEFINE_list("compare", [], f"With --config: other loaders to run the same recipe through, some of "
-                      f"{', '.join(LOADERS[1:])} (optional extras).")
-    flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).")
-    flags.DEFINE_integer("rounds", 2, "With --config: alternating rounds; figures are medians over them.")
+                      f"{', '.join(LOADERS[1:])} (optional extras).", **fv)
+    flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).", **fv)
+    flags.DEFINE_integer("rounds", 2, "With --config or --test_clips: alternating rounds; figures are medians over "
+                         "them.", **fv)
     flags.DEFINE_integer("test_clips", 0, "Time the evaluation views' decode instead: this many test clips a video "
                          "(config.data.test_num_clips), read one window at a time against `decode.read_clips`, "
-                         "in this process, alternating --rounds.")
+                         "in this process, alternating --rounds.", **fv)
     flags.DEFINE_string("json_out", "", "Also write the result (the JSON line) to this file, e.g. for "
-                        "`python -m vidjax.bench.matrix --input_bench=FILE` (cores per chip).")
+                        "`python -m vidjax.bench.matrix --input_bench=FILE` (cores per chip).", **fv)
 
 
-def main(argv: list[str]) -> None:
+# Which flags each way of running reads (the rest of the flags, the videos' and --json_out, every way reads): a flag
+# given to a way that does not read it is a usage error rather than silently ignored.
+_DECODERS_FLAGS = ("frames", "sampling_rate", "short_side", "crop", "clips", "workers", "read_threads", "methods",
+                   "seed")
+_WAY_FLAGS = {"decoders": _DECODERS_FLAGS,
+              "config": ("clips", "workers", "num_samples", "compare", "batch", "rounds"),
+              "test_clips": ("frames", "sampling_rate", "short_side", "crop", "rounds", "test_clips")}
+_WAY_NAMES = {"decoders": "in the decoder comparison (no --config or --test_clips)", "config": "with --config",
+              "test_clips": "with --test_clips"}
+
+
+def _ints(name: str, values: list[str], minimum: int, example: str) -> list[int]:
+    """A comma-list flag's integers, each at least `minimum`; anything else is a usage error naming the flag."""
+    try:
+        numbers = [int(v) for v in values]
+        if numbers and min(numbers) >= minimum:
+            return numbers
+    except ValueError:
+        pass
+    raise app.UsageError(f"--{name}={','.join(values)}: give integers of at least {minimum}, e.g. --{name}={example}.")
+
+
+def _check_folder(name: str, path: str) -> None:
+    """--dir: a folder, or a path where one can be made (its nearest existing parent a writable folder)."""
+    path = fileio.user_path(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise app.UsageError(f"--{name}={path}: this is a file, not a folder; give a folder for the videos "
+                             f"(it is made if missing), e.g. --{name}=/tmp/vidjax_data_bench.")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise app.UsageError(f"--{name}={path}: cannot write there ({parent} is "
+                             f"{'not a folder' if not os.path.isdir(parent) else 'not writable'}); give a folder "
+                             f"you can write, e.g. --{name}=/tmp/vidjax_data_bench.")
+
+
+def check_flags(opts=flags.FLAGS) -> str:
+    """Checks the command line before anything is written; returns the way it runs ("decoders", "config" or
+    "test_clips"). Raises app.UsageError, one line naming the flag and the fix, for a value the bench cannot run
+    and for a flag the chosen way would ignore."""
+    if opts.config is not None and opts.test_clips:
+        raise app.UsageError(f"--config and --test_clips={opts.test_clips} are two different benchmarks; give one.")
+    way = "config" if opts.config is not None else "test_clips" if opts.test_clips else "decoders"
+    for name in sorted({name for names in _WAY_FLAGS.values() for name in names} - set(_WAY_FLAGS[way])):
+        if opts[name].present:
+            readers = " or ".join(_WAY_NAMES[w] for w, names in _WAY_FLAGS.items() if name in names)
+            raise app.UsageError(f"--{name} applies only {readers}; it would be ignored here: drop it"
+                                 + (" or add --config=RECIPE, e.g. --config=configs/videomae_k400.py."
+                                    if readers == _WAY_NAMES["config"] else "."))
+    if opts.test_clips < 0:
+        raise app.UsageError(f"--test_clips={opts.test_clips}: give the number of test clips a video, e.g. "
+                             f"--test_clips=5 (0, the default: not this benchmark).")
+    _check_folder("dir", opts.dir)
+    if opts.json_out and os.path.isdir(fileio.user_path(opts.json_out)):
+        raise app.UsageError(f"--json_out={opts.json_out} is a folder; give a file, e.g. --json_out=bench.json.")
+    at_least_one = ["videos", "fps", "gop"] + [name for name in ("frames", "sampling_rate", "short_side", "crop",
+                                                                  "clips", "read_threads", "batch", "rounds")
+                                                if name in _WAY_FLAGS[way]]
+    for name in at_least_one:
+        if opts[name].value < 1:
+            raise app.UsageError(f"--{name}={opts[name].value}: give at least 1 (default {opts[name].default}).")
+    if not opts.seconds > 0 or round(opts.seconds * opts.fps) < 1:
+        raise app.UsageError(f"--seconds={opts.seconds:g}: the videos need at least one frame at --fps={opts.fps}; "
+                             f"give a length in seconds, e.g. --seconds=10.")
+    for name in ("width", "height"):
+        value = opts[name].value
+        if value < 16 or value % 2:
+            raise app.UsageError(f"--{name}={value}: give an even size of at least 16 pixels (H.264 in yuv420p "
+                                 f"halves the colour planes), e.g. --width=640 --height=360.")
+    if way == "decoders":
+        if opts.crop > opts.short_side:
+            raise app.UsageError(f"--crop={opts.crop} is larger than --short_side={opts.short_side}: the crop is "
+                                 f"cut from frames resized to that short side; give --crop at most {opts.short_side}.")
+        _ints("workers", opts.workers, 0, "0,1,2")
+        bad = [m for m in opts.methods if m not in METHODS]
+        if bad or not opts.methods:
+            raise app.UsageError(f"--methods={','.join(opts.methods)}: give some of {','.join(METHODS)}.")
+    elif way == "config":
+        _ints("workers", opts.workers, 0, "0,1,2")
+        _ints("num_samples", opts.num_samples, 1, "1,4")
+        bad = [loader for loader in opts.compare if loader not in LOADERS[1:]]
+        if bad:
+            raise app.UsageError(f"--compare={','.join(opts.compare)}: {', '.join(bad)} is no loader the bench "
+                                 f"knows; give some of {','.join(LOADERS[1:])} (vidjax itself always runs).")
+    return way
+
+
+def main(argv: list[str]) -> int:
     opts = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    way = check_flags(opts)
     start = time.perf_counter()
-    paths = make_videos(opts.dir, opts.videos, opts.seconds, opts.fps, opts.width, opts.height, opts.gop)
-    print(f"{len(paths)} videos in {opts.dir} ({time.perf_counter() - start:.1f} s to make or find)")
-    if opts.config is not None:
-        result = run_path(opts.config, paths, opts.dir, loaders=["vidjax", *opts.compare],
-                          num_samples=[int(k) for k in opts.num_samples], workers=[int(n) for n in opts.workers],
-                          batch=opts.batch, clips=opts.clips, rounds=opts.rounds)
-        print(format_path_table(result))
-    elif opts.test_clips:
-        result = run_test_clips(paths, Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop),
-                                opts.test_clips, opts.rounds)
-        print(format_test_clips_table(result))
-    else:
-        recipe = Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop)
-        result = run(paths, recipe, opts.methods, [int(n) for n in opts.workers], opts.clips, opts.read_threads,
-                     opts.seed)
-        print(format_table(result))
+    folder = fileio.user_path(opts.dir)
+    shape = (opts.videos, opts.seconds, opts.fps, opts.width, opts.height, opts.gop)
+    kept = None
+    interrupted = None
+    try:
+        paths = make_videos(folder, *shape)
+        print(f"{len(paths)} videos in {folder} ({time.perf_counter() - start:.1f} s to make or find)", flush=True)
+        kept = (f"the {len(paths)} videos in {folder} are kept (a rerun reuses them, so only the timing runs "
+                f"again); no result was written")
+        if way == "config":
+            result = run_path(opts.config, paths, folder, loaders=["vidjax", *opts.compare],
+                              num_samples=[int(k) for k in opts.num_samples], workers=[int(n) for n in opts.workers],
+                              batch=opts.batch, clips=opts.clips, rounds=opts.rounds,
+                              log=lambda line: print(line, flush=True))
+            table = format_path_table(result)
+        elif way == "test_clips":
+            result = run_test_clips(paths, Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop),
+                                    opts.test_clips, opts.rounds)
+            table = format_test_clips_table(result)
+        else:
+            recipe = Recipe(opts.frames, opts.sampling_rate, opts.short_side, opts.crop)
+            result = run(paths, recipe, opts.methods, [int(n) for n in opts.workers], opts.clips, opts.read_threads,
+                         opts.seed)
+            table = format_table(result)
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM (cli.interruptible): grain's workers are closed by now
+        interrupted = err
+    if interrupted is not None:  # outside the `except`: its traceback (and what the frames hold) can go
+        pipeline.release_shared_memory(interrupted)  # before `cli.leave`, which skips the exit's clean-up
+        if kept is None:  # while making the videos: the finished ones are kept (a half-written one is removed)
+            made = sum(os.path.exists(path) for path in video_paths(folder, *shape))
+            kept = (f"{made} of the {opts.videos} videos are made in {folder} and kept; a rerun makes the rest and "
+                    f"then runs the timing")
+        return cli.stopped(interrupted, kept + ".")
+    print(table)
     print(json.dumps(result))
     if opts.json_out:
         with fileio.atomic_output(opts.json_out) as f:
             f.write(json.dumps(result) + "\n")
+    return 0
 
 
 def run_command() -> NoReturn:

@@ -163,8 +163,7 @@ def check_video(data: bytes) -> str | None:
                 return None
             return "the video stream has no decodable frame"
     except (av.FFmpegError, OSError, ValueError) as err:
-        # strerror drops FFmpeg's error number and the '<none>' file name of an in-memory input.
-        return f"PyAV cannot read it ({getattr(err, 'strerror', None) or err})"
+        return f"PyAV cannot read it ({decode.ffmpeg_reason(err)})"  # "invalid data", not FFmpeg's error number
 
 
 def reencoded_size(height: int, width: int, short_side: int) -> tuple[int, int]:

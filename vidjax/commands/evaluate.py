@@ -19,7 +19,9 @@ Runs the evaluators the config names (config.evals, `vidjax.evaluators`; without
 trainer's own, and prints their metrics (classification: top1, top5, macro_f1; multilabel: mAP; regression: ccc
 per target, ccc_mean, mse; captioning: BLEU, ROUGE-L, CIDEr; SVT: the k-NN's top1 and top5; pre-training: the
 reconstruction loss), each under its prefix (eval_top1); with --out writes them as JSON (and, for classification,
-the confusion matrix as OUT's name with .png). Exit status: 0 done, 2 bad config or checkpoint.
+the confusion matrix as OUT's name with .png). Exit status: 0 done, 2 bad config, checkpoint or --out (a folder,
+an unwritable place: checked before the evaluation starts), 130 / 143 stopped by SIGINT / SIGTERM (one line; --out
+is written whole at the end, so an interrupted evaluation leaves none).
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vidjax import fileio
-from vidjax.cli import help_as_main, parse_flags
+from vidjax import cli, fileio
 from vidjax.config_lib import ConfigError, chosen, command_line_keys, raise_problems
 
 
@@ -149,7 +150,7 @@ def _checked_inputs(config: ml_collections.ConfigDict, stored, where: str) -> tu
     from vidjax import sharding, tasks, train
     from vidjax.data import pipeline
 
-    problems = train.config_problems(config)
+    problems = train.config_problems(config) + train.batch_memory_problems(config)
     if config.task not in tasks.available():
         raise_problems(problems)
     task = tasks.training_of(config.task)
@@ -273,6 +274,23 @@ def _class_count_problems(config: ml_collections.ConfigDict, eval_source, where:
     return []
 
 
+def check_out(out: str) -> None:
+    """A ConfigError unless --out names a file that can be written (checked before the evaluation, which would
+    otherwise fail only at its end): not a folder, under a folder (or where one can be made) this user may write."""
+    path = fileio.user_path(out)
+    if os.path.isdir(path) or out.endswith(os.sep):
+        raise ConfigError(f"--out={out} is a folder; --out names the JSON file to write the metrics to, e.g. "
+                          f"--out={os.path.join(out, 'eval.json')}.")
+    existing = os.path.dirname(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--out={out}: {existing} is a file, so the folder for --out cannot be made; give a path "
+                          f"in a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out={out}: {existing} is not writable by this user; give a path the command can write.")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -280,19 +298,27 @@ def main(argv: list[str]) -> int:
         logging.set_verbosity(logging.WARNING)
     from vidjax.convert.common import ConversionError  # here, not at the top: --help answers without loading jax
 
+    out = flags.FLAGS.out
     try:
+        if out:
+            check_out(out)
         # The flags a person typed (none without --config) are what may differ from the checkpoint's own config.
         explicit = command_line_keys(flags.FLAGS["config"]) if flags.FLAGS.config is not None else set()
-        summary = evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.out, explicit)
+        summary = evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.checkpoint, out, explicit)
     except (ConfigError, ConversionError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        return cli.stopped(err, "the evaluation was not finished and nothing was written" + (
+            f" (--out={out} is written whole, once every metric is in)" if out else "")
+            + "; run the same command again to evaluate.")
     print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     return 0
 
 
 def run_command() -> NoReturn:
-    """`python -m vidjax.evaluate`: what its entry module calls."""
+    """`python -m vidjax.evaluate`: what its entry module calls (`cli.run`: one-line errors, SIGINT and SIGTERM
+    answered with one line and exit 130 or 143)."""
     define_flags()
-    help_as_main(__name__)
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=lambda argv: parse_flags(stored_config_argv(argv)))
+    sys.argv = stored_config_argv(sys.argv)  # --config.KEY overrides without --config: of the checkpoint's config
+    cli.run(main)

@@ -40,8 +40,11 @@ Back to transformers: --to_hf SRC (anything `vidjax.pretrained.load` takes: a co
 workdir or one of its step folders) writes --out DST, a new folder, as transformers' `save_pretrained` would:
 config.json (`architectures`, `model_type`, id2label / label2id from the checkpoint's class names or regression
 targets, problem_type for multi-label and regression heads), model.safetensors, preprocessor_config.json (the
-checkpoint's resize, crop and mean/std), generation_config.json and the tokenizer for a captioner or GPT-2 that has
-one. transformers' own loader reads it, with no vidjax installed:
+checkpoint's resize, crop and mean/std in transformers' keys, and its clip spec in `vidjax_clip`: frames, frame stride,
+short side, crop size, when the checkpoint records its stride, as a training run does; without one, a note says
+vidjax will assume 4), generation_config.json and the tokenizer for a captioner or GPT-2 that has one. `python -m
+vidjax.convert --from_hf` and loading by Hub name read `vidjax_clip` back, so the model reads its clips as it was
+trained to. transformers' own loader reads it, with no vidjax installed:
 
     model = transformers.AutoModelForVideoClassification.from_pretrained(DST)   # the command names the class
 
@@ -199,6 +202,8 @@ def to_hf(model: pretrained.Pretrained | pretrained.PretrainedCaptioner | pretra
     what was written and the file names. A ConversionError says why a model has no transformers form."""
     flat = layers.flat_to_layout({k: np.asarray(v) for k, v in common.flatten_params(model.params).items()})
     preprocessing = dict(getattr(model, "preprocessing", None) or {})
+    if preprocessing and getattr(model, "sampling_rate", None):  # the clip's frame stride, when the checkpoint has one
+        preprocessing["sampling_rate"] = int(model.sampling_rate)
     task = getattr(model, "task", None)
     known = task in tasks.available()
     # What one output is called (`Readout.output_kind`): a class or a target, whose names label the head.
@@ -229,6 +234,10 @@ def _main_to_hf(args: argparse.Namespace) -> int:
         return 2
     for note in checkpoint.notes:
         print(f"note: {note}", file=sys.stderr)
+    if "num_frames" in (getattr(model, "preprocessing", None) or {}) and not getattr(model, "sampling_rate", None):
+        print(f"note: {args.to_hf} records no frame stride, so {args.out} records none either: vidjax reads its clips "
+              f"{pretrained.DEFAULT_SAMPLING_RATE} frames apart; if it was trained at another, pass --sampling_rate "
+              f"to predict and extract.", file=sys.stderr)
     labels = checkpoint.config.get("id2label")
     auto = hf.AUTO_CLASSES[checkpoint.architecture]
     print(f"Wrote {args.out}: {checkpoint.architecture} ({model.model_name}"

@@ -28,7 +28,9 @@ video's position in the list, counting only files that exist), and `label` / `la
 them, plus `class_names` (from --class_names_file, else the checkpoint's) / `target_names` when known; and
 FILE.index.json naming the checkpoint, pooling, rows and the videos that failed (missing or undecodable: reported,
 left out; the progress lines and the summary count them alike, out of every video the list names). Exit status
-0, 1 when some videos failed (the others are still written), 2 for bad arguments.
+0, 1 when some videos failed (the others are still written), 2 for bad arguments (an --out that cannot be written
+among them: a folder, or a path under a file, checked before any video is read), 130 or 143 stopped by SIGINT or
+SIGTERM.
 
 Long videos: --window=SECONDS cuts each video (or the row's start/end segment) into windows of that many seconds,
 --stride seconds apart (starting at 0, as many as fit; a video shorter than one window is one window), as `python
@@ -41,8 +43,11 @@ FILE.jsonl.partial (a settings header line, then {"path", "index", "window", "st
 {"path", "index", "error"} for a video that failed), flushed; the .npz and index are written from it at the end,
 then it is removed. Run the same command again after an interruption and it resumes: the rows written are kept (a
 line cut short is dropped) and each video goes on from its next window, so the .npz is the one an uninterrupted
-run writes; other settings are refused. A progress line on stderr shows each video's windows done / total and the
-time left. --pool=tokens does not apply with --window (one vector per window).
+run writes; other settings are refused. Ctrl-C (SIGINT) or SIGTERM stops a run with one line saying what the file
+kept (`stopped by SIGTERM: kept 37 windows of 2 videos in FILE.jsonl.partial; run the same command again to
+resume`) and exit status 130 (SIGINT) or 143 (SIGTERM); without --window nothing is kept. A progress line on
+stderr shows each video's windows done / total and the time left. --pool=tokens does not apply with --window (one
+vector per window).
 """
 
 from __future__ import annotations
@@ -208,10 +213,13 @@ def _write_windows(model: pretrained.Pretrained, runner: pretrained.BatchRunner,
     progress = windows.Progress(label, len(spans), first)
     views = windows.window_views(model, path, spans[first:], sampling_rate=sampling_rate)
     embeddings = runner.run(view[0] for view in views)
-    for n, (start, end) in enumerate(spans[first:], start=first):
-        out.write({"path": path, "index": index, "window": n, "start_s": start, "end_s": end,
-                   "embedding": next(embeddings).tolist()})
-        progress.step()
+    try:
+        for n, (start, end) in enumerate(spans[first:], start=first):
+            out.write({"path": path, "index": index, "window": n, "start_s": start, "end_s": end,
+                       "embedding": next(embeddings).tolist()})
+            progress.step()
+    finally:
+        progress.close()
 
 
 def extract_windows(model: pretrained.Pretrained, source, out: windows.Rows, *, window_s: float,
@@ -298,7 +306,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--window gives one vector per window: use --pool=mean or --pool=cls with it."
     if args.folder and (args.root or args.targets or args.num_classes):
         return "--root, --targets and --num_classes describe a --csv list; a --folder's classes are its folders."
-    return None
+    stem = args.out[: -len(".npz")]
+    files = (args.out, stem + ".index.json", *((stem + ".jsonl.partial",) if args.window else ()))
+    return windows.output_problem("--out", args.out, "features.npz", files)
 
 
 def _source(args: argparse.Namespace, targets: tuple[str, ...]):
@@ -352,6 +362,23 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as e:
             print(f"error: --out={args.out}: {e}", file=sys.stderr)
             return 2
+        if out.resumed:
+            print(f"Resuming {out.partial}: {out.summary()} already done.", file=sys.stderr)
+    try:
+        return _extract_and_write(args, model, source, out, listed, listing, settings, targets)
+    except KeyboardInterrupt as err:
+        if out is None:
+            raise  # nothing kept: `cli.guard`'s line
+        kept = out.kept()
+        if kept is None:  # stopped after the .npz and index were written
+            return cli.stopped(err, f"{args.out} and its index are complete.")
+        return cli.stopped(err, f"kept {kept}; run the same command again to resume.")
+
+
+def _extract_and_write(args: argparse.Namespace, model: pretrained.Pretrained, source, out: windows.Rows | None,
+                       listed: str, listing: dict, settings: dict, targets: tuple[str, ...]) -> int:
+    """The embeddings extracted (with --window into `out`, then read back) and written: the .npz and its index."""
+    if out:
         failed = extract_windows(model, source, out, window_s=args.window, stride_s=args.stride, pool=args.pool,
                                  batch_size=args.batch_size, sampling_rate=args.sampling_rate or None)
         out.close()

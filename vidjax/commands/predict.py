@@ -24,9 +24,12 @@ comes (a header line with the settings, then {"path", "window", "start_s", "end_
 "caption"; {"path", "error"} for a video that failed), flushed, to OUT.jsonl.partial, renamed OUT.jsonl when every
 video is done. Run the same command again after an interruption and it resumes: the rows written are kept (a
 line cut short is dropped) and each video goes on from its next window, so the finished file is the one an
-uninterrupted run writes; other settings are refused. A progress line on stderr shows windows done / total (from
-the container's duration) and the time left. --json keeps every window in memory until the end: use --jsonl for
-long videos.
+uninterrupted run writes; other settings are refused. Ctrl-C (SIGINT) or SIGTERM stops a run with one line saying
+what the file kept (`stopped by SIGINT: kept 37 windows of 2 videos in OUT.jsonl.partial; run the same command
+again to resume`) and exit status 130 (SIGINT) or 143 (SIGTERM); without --jsonl nothing is kept. The output paths
+(--jsonl, --json) are checked before any video is read: a folder, or a path under a file, is an `error:` line. A
+progress line on stderr shows windows done / total (from the container's duration) and the time left. --json keeps
+every window in memory until the end: use --jsonl for long videos.
 
 Output: each video's path, then one indented line per label, `label  probability` (names from the checkpoint,
 else "class N"), best first: the --top_k classes; for multi-label the classes scoring at least --threshold (else a
@@ -50,9 +53,10 @@ the target's classes are selected through the official K710 map (`vidjax.data.ki
 as the official evaluation on K400 does. It needs a checkpoint whose outputs are K710's (its class names, or 710
 unnamed outputs); naming the checkpoint's own label space changes nothing.
 
-Exit status: 0 all videos predicted, 1 some failed, 2 bad arguments, a captioner checkpoint without its tokenizer,
-or a checkpoint without a head (a pre-training or backbone checkpoint: use `python -m vidjax.extract` for
-embeddings or `python -m vidjax.visualize` for reconstructions).
+Exit status: 0 all videos predicted, 1 some failed, 2 bad arguments (an output path that cannot be written among
+them), a captioner checkpoint without its tokenizer, or a checkpoint without a head (a pre-training or backbone
+checkpoint: use `python -m vidjax.extract` for embeddings or `python -m vidjax.visualize` for reconstructions); 130
+or 143 stopped by SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -244,6 +248,20 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--jsonl and --json=- both write machine output; keep one (--json=FILE may go with --jsonl)."
     if not 0.0 < args.threshold < 1.0:
         return f"--threshold={args.threshold} must be between 0 and 1 (a sigmoid score)."
+    return _output_problem(args)
+
+
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """Why --jsonl's or --json's file cannot be written (`windows.output_problem`), before any video is read."""
+    if args.jsonl:
+        problem = windows.output_problem("--jsonl", args.jsonl, "predictions.jsonl",
+                                         (args.jsonl, args.jsonl + ".partial"))
+        if problem:
+            return problem
+    if args.json and args.json != "-":
+        if args.jsonl and fileio.user_path(args.json) == fileio.user_path(args.jsonl):
+            return f"--json={args.json} and --jsonl={args.jsonl} name one file; give each its own."
+        return windows.output_problem("--json", args.json, "predictions.json")
     return None
 
 
@@ -322,18 +340,21 @@ def _windowed_video(args: argparse.Namespace, path: str, make_rows, text_of, sum
         print(path, flush=True)
     earlier = out.written(path) if out else iter(())
     entries, total, count = [], None, 0
-    for row in itertools.chain(earlier, make_rows(path, spans, first)):
-        if row["window"] >= first:
-            if out:
-                out.write(row)
-            progress.step()
-        if show:
-            print("\n".join(text_of(row)), flush=True)
-        if "scores" in row:
-            total = np.asarray(row["scores"]) + (0 if total is None else total)
-            count += 1
-        if args.json:
-            entries.append({k: v for k, v in row.items() if k not in ("path", "window", "scores")})
+    try:
+        for row in itertools.chain(earlier, make_rows(path, spans, first)):
+            if row["window"] >= first:
+                if out:
+                    out.write(row)
+                progress.step()
+            if show:
+                print("\n".join(text_of(row)), flush=True)
+            if "scores" in row:
+                total = np.asarray(row["scores"]) + (0 if total is None else total)
+                count += 1
+            if args.json:
+                entries.append({k: v for k, v in row.items() if k not in ("path", "window", "scores")})
+    finally:
+        progress.close()
     entry = {"path": path, "error": None}
     if total is not None:
         entry["aggregate"], text = summarize(total / count)
@@ -450,15 +471,28 @@ def _video_entry(args: argparse.Namespace, task: str | None, plan: _Plan, out: w
 
 
 def _finish_outputs(args: argparse.Namespace, report: dict, out: windows.Rows | None) -> None:
-    """--jsonl's file completed, and the --json report printed (--json=-) or written."""
-    if out:
-        out.finish()
-        print(f"Wrote {args.jsonl}: one row per window of {len(args.videos)} videos.", file=sys.stderr)
+    """The --json report printed (--json=-) or written, then --jsonl's file completed: stopped before the rename,
+    the run leaves every row in OUT.jsonl.partial, and running it again writes both from there."""
     if args.json == "-":
         print(json.dumps(report, indent=1))
     elif args.json:
         with fileio.atomic_output(args.json) as f:
             json.dump(report, f, indent=1)
+    if out:
+        out.finish()
+        print(f"Wrote {args.jsonl}: one row per window of {len(args.videos)} videos.", file=sys.stderr)
+
+
+def _stopped(err: KeyboardInterrupt, args: argparse.Namespace, out: windows.Rows | None, done: int) -> int:
+    """The one line of a run stopped by SIGINT or SIGTERM (`cli.stopped`), saying what --jsonl's file kept."""
+    if out is None:
+        return cli.stopped(err, f"predicted {done} of {len(args.videos)} videos; nothing was written (--jsonl="
+                                f"OUT.jsonl keeps each window as it is predicted, and a run stopped part way "
+                                f"resumes from it); run the same command again to start over.")
+    kept = out.kept()
+    if kept is None:  # stopped after the rename
+        return cli.stopped(err, f"{args.jsonl} is complete.")
+    return cli.stopped(err, f"kept {kept}; run the same command again to resume.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,9 +513,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: --jsonl={args.jsonl}: {e}", file=sys.stderr)
         return 2
-    for path in args.videos:
-        plan.report["videos"].append(_video_entry(args, model.task, plan, out, path))
-    _finish_outputs(args, plan.report, out)
+    if out and out.resumed:
+        print(f"Resuming {out.partial}: {out.summary()} already done.", file=sys.stderr)
+    try:
+        for path in args.videos:
+            plan.report["videos"].append(_video_entry(args, model.task, plan, out, path))
+        _finish_outputs(args, plan.report, out)
+    except KeyboardInterrupt as err:
+        if out is None and not args.window:
+            raise  # nothing kept and nothing to suggest: `cli.guard`'s line
+        return _stopped(err, args, out, len(plan.report["videos"]))
     failed = sum(entry["error"] is not None for entry in plan.report["videos"])
     if failed:
         print(f"{failed} of {len(args.videos)} videos failed to decode.", file=sys.stderr)

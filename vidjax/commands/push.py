@@ -18,7 +18,17 @@ vidjax.predict --checkpoint=REPO_ID clip.mp4`).
 --dry_run writes the folder and uploads nothing: to --out (a new folder), else to a new temporary folder, and
 prints where. Without --dry_run, --out keeps a copy of what was uploaded.
 
-Exit status: 0 done, 2 bad arguments, a checkpoint that does not load, or the Hub refusing or unreachable.
+An existing repository is pushed to as it is (a new commit on top of its history); --private makes it private: a new
+one is created private, an existing public one is switched to private before anything is uploaded (or, when the token
+may not change its settings, nothing is uploaded and the one line says so); an existing private one stays private
+either way. --revision=BRANCH commits to that branch, created from main when missing, and the line that reports the
+upload names REPO_ID@BRANCH to load it by; a tag or a name git does not allow for a branch is refused before anything
+is created. REPO_ID, --revision and --dataset are checked before any work.
+
+Exit status: 0 done, 2 bad arguments (REPO_ID, --revision, --dataset), a checkpoint that does not load, or the Hub
+refusing or unreachable (one `error:` line each); 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM, with one line
+saying what was uploaded: nothing before the commit was sent; once it was, all of it or none of it (a Hub commit is
+atomic), and running the same command again pushes the checkpoint again.
 """
 
 from __future__ import annotations
@@ -196,8 +206,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry_run", action="store_true", help="write the folder it would upload, upload nothing")
     parser.add_argument("--out", default="", metavar="FOLDER",
                         help="write the folder here (a new folder; default: a temporary one, removed after an upload)")
-    parser.add_argument("--private", action="store_true", help="create the repository private (when it is new)")
-    parser.add_argument("--revision", default="", metavar="BRANCH", help="branch to commit to (default main)")
+    parser.add_argument("--private", action="store_true",
+                        help="make the repository private: created private when new, switched to private before the "
+                             "upload when it exists and is public")
+    parser.add_argument("--revision", default="", metavar="BRANCH",
+                        help="branch to commit to, created from main when missing (default main)")
     parser.add_argument("--commit_message", default="Upload with python -m vidjax.push", metavar="TEXT",
                         help="the commit's message")
     parser.add_argument("--dataset", default="", metavar="HUB_DATASET",
@@ -205,11 +218,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted_line(progress: hub.Upload | None) -> str:
+    """What an interrupted push kept, in words (`cli.stopped`): nothing before the commit was sent; after, all of it
+    or none of it, a Hub commit being atomic."""
+    again = "run the same command again to push it"
+    if progress is None:  # still writing the folder: the Hub was not asked
+        return f"nothing was uploaded; {again}."
+    repo, rev = progress.repo_id, progress.branch
+    done = [text for flag, text in ((progress.created, f"the repository {repo} was created"),
+                                    (progress.made_private, f"{repo} was made private"),
+                                    (progress.branch_created, f"the branch {rev} was created")) if flag]
+    before = f" ({', '.join(done)})" if done else ""
+    if progress.commit_url:
+        return f"the upload to {repo}@{rev} was done ({progress.commit_url}); nothing more was to do."
+    if not progress.committing:
+        return f"nothing was uploaded to {repo}{before}; {again}."
+    return (f"the upload to {repo}@{rev} was under way{before}: a Hub commit is all or nothing, so the branch holds "
+            f"either all of this checkpoint or none of it (see {hub.web_url(repo, rev)}); {again} (again).")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        hub.repository(args.repo_id)  # before any work: a bad id is a typo
+        hub.repository(args.repo_id)  # before any work: a bad id, branch or dataset is a typo
+        if args.revision:
+            hub.branch(args.revision)
+        if args.dataset:
+            hub.dataset_id(args.dataset)
         if not os.path.exists(fileio.user_path(args.dir)):
             raise FileNotFoundError(f"{args.dir} does not exist; give a training workdir, one of its step folders or "
                                     f"a converted checkpoint.")
@@ -218,20 +254,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scratch = None if args.out else tempfile.mkdtemp(prefix="vidjax-push-")
     out = pathlib.Path(args.out or pathlib.Path(scratch, args.repo_id.split("/")[-1]))
+    progress = None
     try:
         folder = prepare(args.dir, args.repo_id, out, hub_dataset=args.dataset or None)
         if args.dry_run:
             print(f"Wrote {folder}: what `python -m vidjax.push` would upload to {args.repo_id} (nothing uploaded).")
             return 0
+        progress = hub.Upload(args.repo_id)
         url = hub.upload(folder, args.repo_id, private=args.private, revision=args.revision or None,
-                         message=args.commit_message)
+                         message=args.commit_message, progress=progress)
     except (ConversionError, ConfigError, FileNotFoundError) as e:  # hub.HubError is a ConversionError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # cli.Interrupted: SIGINT or SIGTERM
+        return cli.stopped(e, interrupted_line(progress))
     finally:
         if scratch and not args.dry_run:
             shutil.rmtree(scratch, ignore_errors=True)
-    print(f"Uploaded {args.dir} to {args.repo_id}: {url}")
+    where = args.repo_id if progress.branch == hub.DEFAULT_REVISION else f"{args.repo_id}@{progress.branch}"
+    made = (" (created private)" if args.private else " (created)") if progress.created else (
+        " (now private)" if progress.made_private else "")
+    print(f"Uploaded {args.dir} to {args.repo_id}{made}, branch {progress.branch}: {url}. Load it with "
+          f"`vidjax.pretrained.load(\"{where}\")` or --checkpoint={where}.")
     return 0
 
 

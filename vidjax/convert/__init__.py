@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import os
 
-from vidjax.convert.common import ConversionError, Converted, TensorSource, finalize
+from vidjax.convert.common import ConversionError, Converted, TensorSource, checkpoint_file, family, finalize
 
 KINDS = ("hf", "videomamba", "svt", "videomae")  # what `read` converts: a save_pretrained folder, then .pth files
 FILE_KINDS = KINDS[1:]
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """"videomamba", "svt" or "videomae": the official layout a checkpoint file holds, told by its tensor names (a
-    Mamba mixer's A_log; TimeSformer's temporal attention; a ViT patch embedding); None for none of these."""
-    names = TensorSource.from_file(path).names()
-    if any(n.endswith("A_log") for n in names):
-        return "videomamba"
-    if any("temporal_attn." in n or n.endswith("time_embed") for n in names):
-        return "svt"
-    if any(n.endswith("patch_embed.proj.weight") for n in names):
-        return "videomae"
-    return None
+    """"videomamba", "svt" or "videomae": the official layout a checkpoint file holds, told by its tensor names and
+    shapes (`common.family`: a Mamba mixer's A_log; TimeSformer's temporal attention; a Conv3d tubelet embedding);
+    None for none of these."""
+    kind = family(TensorSource.from_file(path).tensors)
+    return kind if kind in FILE_KINDS else None
 
 
 def read(kind: str, path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_heads: int | None = None,
@@ -47,6 +42,6 @@ def read(kind: str, path: str | os.PathLike, *, num_heads: int | None = None, de
     if kind == "videomamba":
         from vidjax.convert.videomamba import from_videomamba  # start-up: as above
 
-        src = TensorSource.from_file(path)
+        src = TensorSource.from_file(checkpoint_file(path, "--from_videomamba"))
         return finalize(from_videomamba(src), src, format="videomamba")
     raise ConversionError(f"Unknown checkpoint kind {kind!r}; vidjax converts {', '.join(KINDS)}.")

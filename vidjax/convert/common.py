@@ -20,6 +20,7 @@ import shutil
 import struct
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,9 @@ class ConversionError(ValueError):
     """A checkpoint that cannot be converted: unsupported, incomplete or inconsistent. The message says which."""
 
 
+_REFETCH = "download or copy it again"  # what to do about a file that is damaged, cut short or empty
+
+
 # ----------------------------------------------------------------------------------------------- reading tensors
 
 _SAFETENSORS_DTYPES = {
@@ -53,9 +57,15 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of a .safetensors file (the format is an 8-byte header length, a JSON header, then the data)."""
     with open(path, "rb") as f:
         raw = f.read()
+    if not raw:
+        raise ConversionError(f"{path} is empty (0 bytes); {_REFETCH}.")
     if len(raw) < 8:
-        raise ConversionError(f"{path} is not a safetensors file (only {len(raw)} bytes).")
+        raise ConversionError(f"{path} is cut short: only {len(raw)} bytes, not even a safetensors header; "
+                              f"{_REFETCH}.")
     (header_len,) = struct.unpack("<Q", raw[:8])
+    if raw[8:9] == b"{" and 8 + header_len > len(raw):
+        raise ConversionError(f"{path} is cut short: its header alone is {header_len} bytes long, the file "
+                              f"{len(raw)}; {_REFETCH}.")
     try:
         header = json.loads(raw[8:8 + header_len])
     except (ValueError, UnicodeDecodeError) as e:
@@ -70,7 +80,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise ConversionError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which vidjax cannot read.")
         start, end = info["data_offsets"]
         if end > len(data):
-            raise ConversionError(f"{path} is truncated: tensor {name!r} ends at byte {end} of {len(data)}.")
+            raise ConversionError(f"{path} is cut short (truncated): tensor {name!r} ends at byte {end} of "
+                                  f"{len(data)}; {_REFETCH}.")
         values = np.frombuffer(data[start:end], dtype=dtype)
         if values.size != int(np.prod(info["shape"])):
             raise ConversionError(f"{path} is damaged: tensor {name!r} has {values.size} values for shape "
@@ -165,23 +176,54 @@ def _materialise(obj):
     return obj
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _not_a_zip(path: str | os.PathLike, error: Exception) -> ConversionError:
+    """Why a checkpoint that zipfile cannot open is unreadable, from its size and first bytes: empty, cut short (a
+    zip whose directory at the end is missing), torch's legacy pickle format, or something else."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if size == 0:
+        return ConversionError(f"{path} is empty (0 bytes); {_REFETCH}.")
+    if head.startswith(_ZIP_MAGIC):
+        return ConversionError(f"{path} is cut short (truncated at {size} bytes): it starts as a torch zip "
+                               f"checkpoint but its end, the zip directory, is missing; {_REFETCH}.")
+    if head[:1] == b"\x80":  # a pickle's PROTO opcode: what torch.save wrote before 1.6
+        return ConversionError(f"{path} is in torch's legacy (pre-1.6) format, which vidjax reads only as zip: "
+                               f"`torch.save(torch.load(FILE), FILE)` once with torch converts it.")
+    if head.startswith(b"version "):  # a Git LFS pointer: the weights were never fetched
+        return ConversionError(f"{path} is a Git LFS pointer ({size} bytes), not the checkpoint: fetch the file "
+                               f"itself (git lfs pull).")
+    return ConversionError(f"{path} is not a torch checkpoint: it is no zip archive ({error}; first bytes "
+                           f"{head!r}).")
+
+
 def read_torch_zip(path: str | os.PathLike) -> Any:
-    """The object saved by `torch.save` (zip format, torch >= 1.6), with tensors as numpy arrays. No torch needed."""
+    """The object saved by `torch.save` (zip format, torch >= 1.6), with tensors as numpy arrays. No torch needed.
+    A file that is empty, cut short or damaged (a failed CRC check) is a ConversionError saying which."""
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
-        raise ConversionError(f"{path} is not a torch zip checkpoint ({e}); files saved with the legacy "
-                              f"(pre-1.6) format need `torch.load` then `torch.save` once.") from e
+        raise _not_a_zip(path, e) from e
     with archive:
         pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if not pkl:
             raise ConversionError(f"{path} is a zip file without data.pkl; it is not a torch checkpoint.")
         prefix = pkl[0][: -len("data.pkl")]
-        with archive.open(pkl[0]) as f:
-            try:
+        try:
+            with archive.open(pkl[0]) as f:
                 obj = _TorchUnpickler(f, archive, prefix).load()
-            except (pickle.UnpicklingError, EOFError, KeyError) as e:
-                raise ConversionError(f"{path} is damaged: cannot unpickle its data ({e}).") from e
+        except ConversionError:
+            raise
+        except zipfile.BadZipFile as e:  # "Bad CRC-32 for file ...", a bad local header, ...: bytes overwritten
+            raise ConversionError(f"{path} is damaged: {e} (its bytes differ from what was saved); "
+                                  f"{_REFETCH}.") from e
+        except (EOFError, zlib.error, OSError) as e:  # an entry whose data stops early
+            raise ConversionError(f"{path} is cut short or damaged: reading it stopped ({e}); {_REFETCH}.") from e
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, IndexError) as e:
+            raise ConversionError(f"{path} is damaged: cannot unpickle its data ({e}); {_REFETCH}.") from e
     return _materialise(obj)
 
 
@@ -193,6 +235,106 @@ def _flatten_tensors(obj, prefix: str = "") -> dict[str, np.ndarray]:
     elif isinstance(obj, np.ndarray):
         out[prefix[:-1]] = obj
     return out
+
+
+def checkpoint_file(path: str | os.PathLike, flag: str = "") -> pathlib.Path:
+    """`path` as a checkpoint file to read (`flag`, e.g. "--from_videomae", names what takes it), or a
+    ConversionError saying that it does not exist or is a folder, and what to pass instead."""
+    path = pathlib.Path(path).expanduser()
+    if path.is_file():
+        return path
+    takes = f"{flag} takes" if flag else "give"
+    if not path.exists():
+        raise ConversionError(f"Checkpoint file {path} does not exist; {takes} one checkpoint file (.pth, "
+                              f".safetensors).")
+    if not path.is_dir():
+        raise ConversionError(f"{path} is not a regular file; {takes} one checkpoint file (.pth, .safetensors).")
+    if (path / META_FILE).is_file():
+        instead = ("it is a converted vidjax checkpoint already: pass it to --checkpoint or "
+                   "vidjax.pretrained.load, there is nothing to convert")
+    elif (path / "config.json").is_file():
+        instead = f"it holds a Hugging Face save_pretrained model: convert the folder with --from_hf {path}"
+    else:
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".bin", ".safetensors"))
+        shown = f"{', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''}"
+        instead = (f"give one of the checkpoint files in it: {shown}" if inside
+                   else "it holds no .pth, .pt, .bin or .safetensors file")
+    raise ConversionError(f"{path} is a folder, not a checkpoint file; {takes} one file: {instead}.")
+
+
+# The families of checkpoint files vidjax converts: (what the file is, in words, and the flag that converts it).
+FAMILIES = {"videomae": ("a VideoMAE", "--from_videomae"), "svt": ("an SVT (TimeSformer)", "--from_svt"),
+            "videomamba": ("a VideoMamba", "--from_videomamba"),
+            "hf": ("a Hugging Face transformers", "--from_hf")}
+
+
+def family(obj: Any) -> str | None:
+    """The family (a key of FAMILIES) whose layout a checkpoint's tensors have, told by their names and shapes
+    (nested dicts are searched): a Mamba mixer's A_log (VideoMamba), TimeSformer's temporal attention or time table
+    (SVT), a Conv3d tubelet embedding `patch_embed.proj` (official VideoMAE), transformers' `embeddings.
+    patch_embeddings` or GPT-2's `wte` (a `save_pretrained` weights file); None for none of these."""
+    tensors = _flatten_tensors(obj) if isinstance(obj, dict) else {}
+    names = list(tensors)
+    if any(n.endswith("A_log") for n in names):
+        return "videomamba"
+    if any("temporal_attn." in n or n.endswith("time_embed") for n in names):
+        return "svt"
+    if any(n.endswith("patch_embed.proj.weight") and tensors[n].ndim == 5 for n in names):
+        return "videomae"
+    if any("embeddings.patch_embeddings." in n or n.endswith("wte.weight") for n in names):
+        return "hf"
+    return None
+
+
+def check_family(obj: Any, kind: str, path: str | os.PathLike) -> None:
+    """A ConversionError when the checkpoint `obj` (read from `path`) is of a family other than `kind`, naming the
+    family and the flag that converts it: one check for every `--from_*` converter."""
+    found = family(obj)
+    if found is None or found == kind:
+        return
+    what, flag = FAMILIES[found]
+    folder = pathlib.Path(path).parent
+    if found != "hf":
+        fix = f"convert it with {flag}"
+    elif (folder / "config.json").is_file():
+        fix = f"convert its folder with {flag} {folder}"
+    else:
+        fix = f"convert the folder `save_pretrained` wrote (config.json beside the weights) with {flag}"
+    raise ConversionError(f"{path} is {what} checkpoint, not {FAMILIES[kind][0]} one; {fix}.")
+
+
+def _is_float(value: np.ndarray) -> bool:
+    return value.dtype.kind in "fc" or value.dtype.name.startswith(("bfloat16", "float8"))
+
+
+def nonfinite(arrays: Mapping[str, Any]) -> list[str]:
+    """The names of the floating-point arrays in `arrays` that hold a NaN or an infinity (one np.isfinite pass)."""
+    bad = []
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if _is_float(value) and not np.isfinite(value).all():
+            bad.append(name)
+    return bad
+
+
+def check_finite(arrays: Mapping[str, Any], origin: str, what: str = "tensors") -> None:
+    """A ConversionError naming the arrays of `arrays` (the first five, and how many) that hold NaN or infinity:
+    weights a model cannot compute with, from a damaged file or a diverged run."""
+    bad = nonfinite(arrays)
+    if not bad:
+        return
+    shown = []
+    for name in bad[:5]:
+        value = np.asarray(arrays[name])
+        shown.append(f"{name} ({int(value.size - np.isfinite(value).sum())} of {value.size} values)")
+    raise ConversionError(f"{origin} has non-finite weights (NaN or infinity) in {len(bad)} of {len(arrays)} "
+                          f"{what}: {', '.join(shown)}{', ...' if len(bad) > 5 else ''}; it is damaged, or was saved "
+                          f"by a training run that diverged: use another copy or an earlier checkpoint.")
+
+
+def read_checkpoint(path: pathlib.Path) -> Any:
+    """The object a checkpoint file holds: a .safetensors file's tensors, or what `torch.save` saved."""
+    return read_safetensors(path) if path.suffix == ".safetensors" else read_torch_zip(path)
 
 
 class TensorSource:
@@ -207,12 +349,8 @@ class TensorSource:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TensorSource:
         """A .safetensors file, or a torch file (.bin/.pth/.pt, nested state dicts flattened with '.')."""
-        path = pathlib.Path(path).expanduser()
-        if not path.is_file():
-            raise ConversionError(f"Checkpoint file {path} does not exist.")
-        if path.suffix == ".safetensors":
-            return cls(read_safetensors(path), str(path))
-        return cls(_flatten_tensors(read_torch_zip(path)), str(path))
+        path = checkpoint_file(path)
+        return cls(_flatten_tensors(read_checkpoint(path)), str(path))
 
     @classmethod
     def from_hf_dir(cls, directory: str | os.PathLike) -> TensorSource:
@@ -511,11 +649,12 @@ def video_preprocessing(converted: Converted) -> Converted:
 
 
 def finalize(converted: Converted, src: TensorSource, **source_info: Any) -> Converted:
-    """Fills in what every converter shares: preprocessing sizes (video models), provenance, and a warning for
-    unread tensors."""
+    """Fills in what every converter shares: preprocessing sizes (video models), provenance, a ConversionError for
+    tensors it read that hold NaN or infinity (`check_finite`), and a warning for unread tensors."""
     if is_video_config(converted.model_config):
         video_preprocessing(converted)
     converted.source = dict(path=src.origin, **source_info)
+    check_finite({name: src.tensors[name] for name in sorted(src.used) if name in src.tensors}, src.origin)
     unused = src.unused(ignore=("position_ids", "num_batches_tracked"))
     if unused:
         logger.warning("%d tensor(s) of %s were not used by the conversion (e.g. %s); they have no counterpart "

@@ -4,12 +4,21 @@
 module (`hf_videomae`, ...), whose one table of tensors serves both directions, and `write_hf_dir` writes what
 `save_pretrained` would: config.json, model.safetensors, preprocessor_config.json, generation_config.json and the
 tokenizer, for transformers' `from_pretrained` (`python -m vidjax.export --to_hf`).
+
+The clip spec travels in preprocessor_config.json: the resize and crop in transformers' own keys (`size`
+{"shortest_edge"}, `crop_size`), and what transformers has no key for, the frame stride, in vidjax's `vidjax_clip`
+({"num_frames", "sampling_rate", "short_side", "image_size"}; transformers' image processors keep an unknown key as an
+attribute and ignore it). It is written when the checkpoint records its stride (a training run does; a checkpoint
+converted from transformers does not), and read back by `convert_hf_dir`, so a model trained at stride 1, exported
+and converted again (or loaded by its Hub name) reads its clips at stride 1. A video checkpoint without it is read at
+`ASSUMED_SAMPLING_RATE` frames apart, which a one-line warning names at conversion.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import pathlib
 import shutil
 import uuid
@@ -30,6 +39,12 @@ _MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captione
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt")
 TOKENIZER_DIR = "tokenizer"
+CLIP_KEY = "vidjax_clip"  # preprocessor_config.json: the clip spec transformers has no key for (the module docstring)
+# The stride a video checkpoint that records none is read at (= vidjax.pretrained.DEFAULT_SAMPLING_RATE, a layer
+# above): the published Kinetics recipes' (VideoMAE 16x4).
+ASSUMED_SAMPLING_RATE = 4
+
+logger = logging.getLogger(__name__)
 
 
 def _converters() -> dict[str, str]:
@@ -81,7 +96,30 @@ def convert_hf_dir(directory: str | pathlib.Path) -> Converted:
     converted = importlib.import_module(f"vidjax.convert.{module_name}").from_hf(hf, src, architecture)
     converted.files.update({f"{TOKENIZER_DIR}/{name}": str(directory / name) for name in TOKENIZER_FILES
                             if (directory / name).is_file()})
-    return finalize(converted, src, format="huggingface", architecture=architecture)
+    converted = finalize(converted, src, format="huggingface", architecture=architecture)
+    return read_clip_spec(converted, hf.get("_preprocessor_config"), directory)
+
+
+def read_clip_spec(converted: Converted, processor: dict | None, directory: pathlib.Path | str) -> Converted:
+    """A video checkpoint's short side and frame stride from its preprocessor config (`CLIP_KEY`, else transformers'
+    `size`); without a stride, a one-line warning naming the one it will be read at. Text models are left as they
+    are."""
+    preprocessing = converted.preprocessing
+    if "num_frames" not in preprocessing:
+        return converted
+    processor = processor or {}
+    clip = processor.get(CLIP_KEY) if isinstance(processor.get(CLIP_KEY), dict) else {}
+    size = processor.get("size") if isinstance(processor.get("size"), dict) else {}
+    short_side = int(clip.get("short_side") or size.get("shortest_edge") or preprocessing["image_size"])
+    if short_side != int(preprocessing["image_size"]):  # the same: the loader's default (no resize before the crop)
+        preprocessing["short_side"] = short_side
+    if clip.get("sampling_rate"):
+        preprocessing["sampling_rate"] = int(clip["sampling_rate"])  # its num_frames restates config.json's
+    else:
+        logger.warning("%s records no frame stride (no %s in preprocessor_config.json): its clips are read %d frames "
+                       "apart, the published Kinetics recipes' stride; if it was trained at another, pass "
+                       "--sampling_rate to predict and extract.", directory, CLIP_KEY, ASSUMED_SAMPLING_RATE)
+    return converted
 
 
 # ----------------------------------------------------------------------------------------- back to transformers
@@ -134,7 +172,8 @@ def to_hf(converted: Converted, *, problem_type: str | None = None, labels: list
 
 def preprocessor_config(processor: str, preprocessing: dict) -> dict[str, Any]:
     """preprocessor_config.json of `processor` for a checkpoint's preprocessing: resize the short side, centre crop,
-    then (pixels / 255 - mean) / std, which is how vidjax feeds the model (and what `convert_hf_dir` reads back)."""
+    then (pixels / 255 - mean) / std, which is how vidjax feeds the model, and the clip spec (`CLIP_KEY`) when the
+    checkpoint records its frame stride (what `convert_hf_dir` reads back)."""
     size = int(preprocessing["image_size"])
     config = dict(image_processor_type=processor, do_resize=True,
                   size={"shortest_edge": int(preprocessing.get("short_side") or size)}, resample=2,
@@ -143,6 +182,10 @@ def preprocessor_config(processor: str, preprocessing: dict) -> dict[str, Any]:
                   image_std=[float(v) for v in preprocessing["std"]])
     if processor == "VivitImageProcessor":
         config["offset"] = False  # its default (true) would also shift the rescaled pixels by -1
+    if preprocessing.get("sampling_rate"):  # the clip spec, frame stride included (the module docstring)
+        config[CLIP_KEY] = {"num_frames": int(preprocessing["num_frames"]),
+                            "sampling_rate": int(preprocessing["sampling_rate"]),
+                            "short_side": config["size"]["shortest_edge"], "image_size": size}
     return config
 
 

@@ -35,12 +35,14 @@ from vidjax.convert.common import (
     ConversionError,
     Converted,
     TensorSource,
+    check_family,
+    checkpoint_file,
     finalize,
     layer_norm,
     linear,
     prefixed,
+    read_checkpoint,
     read_tensors,
-    read_torch_zip,
 )
 from vidjax.models import layers, timesformer
 
@@ -82,10 +84,10 @@ def _model_state(obj: Any, path: pathlib.Path) -> tuple[dict[str, np.ndarray], s
 
 def read_svt(path: str | pathlib.Path) -> tuple[TensorSource, str]:
     """The SVT network's tensors of a file in either layout (see the module docstring), and the layout's name."""
-    path = pathlib.Path(path).expanduser()
-    if not path.is_file():
-        raise ConversionError(f"Checkpoint file {path} does not exist.")
-    state, layout = _model_state(read_torch_zip(path), path)
+    path = checkpoint_file(path, "--from_svt")
+    obj = read_checkpoint(path)
+    check_family(obj, "svt", path)
+    state, layout = _model_state(obj, path)
     origin = f"{path} (teacher)" if layout.startswith("training") else str(path)
     return TensorSource(state, origin), layout
 

@@ -40,7 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from vidjax.convert.common import ConversionError, Converted, TensorSource, finalize, read_torch_zip
+from vidjax.convert.common import (
+    ConversionError,
+    Converted,
+    TensorSource,
+    check_family,
+    check_finite,
+    checkpoint_file,
+    finalize,
+    read_checkpoint,
+)
 from vidjax.convert.hf_videomae import from_hf
 from vidjax.data import kinetics
 from vidjax.models import layers
@@ -76,10 +85,9 @@ def _tensor_names(obj: Any, prefix: str = "") -> list[str]:
 def read_videomae(path: str | pathlib.Path) -> tuple[TensorSource, str]:
     """The model's tensors of an official file, prefixes removed as the official fine-tuning script does, and the
     file's layout ("'model' entry", "'module' entry" or "state dict")."""
-    path = pathlib.Path(path).expanduser()
-    if not path.is_file():
-        raise ConversionError(f"Checkpoint file {path} does not exist.")
-    obj = read_torch_zip(path)
+    path = checkpoint_file(path, "--from_videomae")
+    obj = read_checkpoint(path)
+    check_family(obj, "videomae", path)
     if not isinstance(obj, dict):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict; --from_videomae takes "
                               f"{_EXPECTED}.")
@@ -168,6 +176,7 @@ def _grid(src: TensorSource, pos_name: str, width: int, tubelet: int, patch: int
     frames, size = num_frames or DEFAULT_FRAMES, image_size or DEFAULT_IMAGE_SIZE
     if src.has(pos_name):
         table = np.asarray(src.tensors[pos_name], np.float32).reshape(-1, width)
+        check_finite({pos_name: table}, src.origin)  # before it is told from a learned table by its values
         if not np.allclose(table, layers.sincos_table(table.shape[0], width), atol=1e-5):
             raise ConversionError(f"{src.origin} has a learned position table {pos_name!r} (use_learnable_pos_emb"
                                   f"=True), which vidjax's VideoMAE does not implement (it uses the fixed sin-cos "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidjax.convert.common import ConversionError, Converted, TensorSource
+from vidjax.convert.common import ConversionError, Converted, TensorSource, check_family
 from vidjax.models import videomamba
 
 # The official video_sm datasets normalise with the ImageNet statistics (kinetics_sparse.py, build.py).
@@ -50,6 +50,7 @@ def _branch(src: TensorSource, p: str, suffix: str, d_inner: int, d_state: int, 
 
 def from_videomamba(src: TensorSource) -> Converted:
     """Maps an official VideoMamba classification or backbone checkpoint onto `vidjax.models.videomamba`."""
+    check_family(src.tensors, "videomamba", src.origin)
     pre = src.prefix_of("patch_embed.proj.weight")
     conv = src.tensors[f"{pre}patch_embed.proj.weight"]
     if conv.ndim not in (4, 5) or conv.shape[1] != 3 or conv.shape[-1] != conv.shape[-2]:

@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 
@@ -401,7 +402,7 @@ def probe(src: VideoSource, *, name: str | None = None) -> VideoInfo:
         try:
             first = next(iter(container.decode(stream)), None)
         except av.FFmpegError as e:
-            raise VideoDecodeError(label, f"corrupt data before the first frame ({_ffmpeg_reason(e)})") from e
+            raise VideoDecodeError(label, f"corrupt data before the first frame ({ffmpeg_reason(e)})") from e
         if first is None:
             raise VideoDecodeError(label, "video stream has no decodable frames")
         rotation = _rotation(first)
@@ -483,7 +484,7 @@ def _open_with(src: VideoSource, label: str, options: dict) -> av.container.Inpu
     except FileNotFoundError:
         raise VideoDecodeError(label, "file does not exist") from None
     except (av.FFmpegError, OSError) as e:
-        raise VideoDecodeError(label, f"cannot open ({e})") from e
+        raise VideoDecodeError(label, f"cannot open ({ffmpeg_reason(e)})") from e
 
 
 @contextlib.contextmanager
@@ -539,7 +540,7 @@ def _stream_meta(container: av.container.InputContainer, stream: av.video.stream
             num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
             container.seek(0)
         except av.FFmpegError as e:
-            raise VideoDecodeError(label, f"cannot read packets ({e})") from e
+            raise VideoDecodeError(label, f"cannot read packets ({ffmpeg_reason(e)})") from e
         from_header = False
     if num_frames < 1:
         raise VideoDecodeError(label, "video stream has no frames")
@@ -725,7 +726,7 @@ class _FrameReader:
         try:
             self.container.seek(0)
         except av.FFmpegError as e:
-            raise VideoDecodeError(self.label, f"cannot seek back to the start ({e})") from e
+            raise VideoDecodeError(self.label, f"cannot seek back to the start ({ffmpeg_reason(e)})") from e
 
     def _scan(self, wanted: list[int], seeked: bool) -> tuple[list[av.VideoFrame] | None, int]:
         """Decodes forward from the current position; index k gets the last frame shown by time k / fps."""
@@ -777,7 +778,7 @@ class _FrameReader:
                 prev_end = time + max((frame.duration or 0) * meta.time_base, period)
         except av.FFmpegError as e:
             where = "the first frame" if prev_time is None else f"frame {_index_at(prev_time, meta)}"
-            raise VideoDecodeError(self.label, f"corrupt data after {where} ({_ffmpeg_reason(e)})") from e
+            raise VideoDecodeError(self.label, f"corrupt data after {where} ({ffmpeg_reason(e)})") from e
         if prev is None:
             return
         # End of stream: the last frame stays on screen until prev_end, which may cover more indices.
@@ -787,9 +788,30 @@ class _FrameReader:
         self.covered = max(1, round((prev_end - meta.start) * meta.fps))
 
 
-def _ffmpeg_reason(err: av.FFmpegError) -> str:
-    """FFmpeg's words for an error, without its error number and the call that failed."""
-    return str(getattr(err, "strerror", None) or err)
+# PyAV's error classes in the plain words of an error line; FFmpeg's own (`[Errno 1094995529] Invalid data found
+# when processing input: 'clip.mp4'`) carry an error number that means nothing to a person, and repeat the file name
+# that `VideoDecodeError` already gives.
+_PLAIN_REASONS = (
+    (av.error.InvalidDataError, "invalid data"),
+    (av.error.EOFError, "the file ends early"),
+    (av.error.IsADirectoryError, "it is a folder, not a video file"),
+    (av.error.PermissionError, "permission denied"),
+    (av.error.DecoderNotFoundError, "no decoder for its codec in this FFmpeg build"),
+    (av.error.DemuxerNotFoundError, "a container format this FFmpeg build does not read"),
+    (av.error.PatchWelcomeError, "a feature FFmpeg does not implement"),
+)
+
+
+def ffmpeg_reason(err: BaseException) -> str:
+    """A PyAV (FFmpeg) or OS error in plain words, for an error line that names the file itself: "invalid data"
+    for FFmpeg's AVERROR_INVALIDDATA, else the system's words (`strerror`, first letter lower-case), without the
+    error number, the call that failed or the file name."""
+    for kind, words in _PLAIN_REASONS:
+        if isinstance(err, kind):
+            return words
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(text)).split(": '", 1)[0].strip()
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 
 def _index_at(time: Fraction, meta: _StreamMeta) -> int:

@@ -9,18 +9,27 @@ dropped with a warning, never stopping a run.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import math
+import mmap
+import multiprocessing.util  # noqa: F401  (its exit clean-up registered before `_release_at_exit`'s)
 import os
+import signal
 import threading
+import traceback
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
+from vidjax import cli
 from vidjax.config_lib import ConfigError, host_cpus, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 from vidjax.data import views as views_lib
@@ -608,10 +617,99 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: In
     it = ds[process_index::process_count].to_iter_dataset(read).batch(local_batch, drop_remainder=True)
     if samples > 1:
         it = it.map(_flatten_samples)
-    if workers > 0:
-        _absl_flags_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return it
+    return in_workers(it, workers)
+
+
+def in_workers(ds: grain.IterDataset, workers: int) -> grain.IterDataset:
+    """`ds` run in `workers` grain worker processes (`mp_prefetch`; 0: in this process, `ds` itself), which hand each
+    element over in shared memory; every block of it is unlinked by the process's exit (`release_shared_memory`).
+
+    The input path of the trainer, the evaluators and the data benchmark: any other `mp_prefetch` would leave its
+    last blocks to the resource tracker (`There appear to be N leaked shared_memory objects`)."""
+    if workers <= 0:
+        return ds
+    _absl_flags_parsed()
+    _release_at_exit()
+    return _Released(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_ignore_ctrl_c))
+
+
+# Every element a grain worker hands over is a block of shared memory that this process unlinks when the element's
+# arrays go (`SharedMemoryArray.__del__`, `unlink_on_del`), on grain's own thread pool (`_del_thread_pool`, one
+# thread, FIFO). At exit multiprocessing's clean-up (`multiprocessing.util._exit_function`) terminates that pool (its
+# finalizer, exitpriority 15) before it closes grain's iterators (theirs, 1): the unlinks still queued are dropped
+# (the last element a run consumed, freed just before the end), and the elements read ahead into an iterator's
+# per-worker buffers, or still held, are freed after it (or never), their unlinks refused. All of them are left to
+# the resource tracker. `release_shared_memory` runs at exit before that clean-up.
+_open_iterators: weakref.WeakSet = weakref.WeakSet()  # iterators of `in_workers` datasets, until they are freed
+
+
+class _Released(grain.IterDataset):
+    """`parent` unchanged (its own iterator, so its state and checkpoints are as they were, and no step is added per
+    element), with each iterator noted for `release_shared_memory`."""
+
+    def __init__(self, parent: grain.IterDataset):
+        super().__init__(parent)
+
+    def __iter__(self):
+        iterator = self._parent.__iter__()
+        _open_iterators.add(iterator)
+        return iterator
+
+    def __str__(self) -> str:
+        return "ReleasedAtExit"
+
+    @property
+    def _element_spec(self):
+        return self._parent._element_spec
+
+
+def release_shared_memory(interrupted: BaseException | None = None) -> None:
+    """Unlinks now every block of shared memory grain's worker processes handed this process: the iterators of
+    `in_workers` datasets still open are closed (their workers stopped, the elements read ahead dropped), the
+    consumed elements no longer referenced are freed, grain's unlinking thread is waited for, and the names of
+    those still referenced are unlinked (their memory stays until they go). An interruption (`interrupted`) holds
+    the element the interrupted frames were handling: its traceback is cleared first.
+
+    Runs by itself at the interpreter's exit; a command that ends without it (`cli.leave`, after a signal) calls it
+    first, as the data benchmark does."""
+    if interrupted is not None:
+        traceback.clear_frames(interrupted.__traceback__)
+        interrupted.__traceback__ = None
+        interrupted.__context__ = interrupted.__cause__ = None
+    for iterator in list(_open_iterators):
+        iterator.close()
+    gc.collect()
+    try:  # grain's private parts: another version keeps its own clean-up
+        from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+    except ImportError:
+        return
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        with contextlib.suppress(ValueError):  # a pool already terminated
+            pool.apply(int)  # one thread, FIFO: returns once the unlinks queued before it ran
+    # Elements still referenced (a batch a caller keeps): their names unlinked now, the memory staying mapped until
+    # they go; the interpreter's teardown, which may free them last, no longer can.
+    for obj in gc.get_objects():
+        if (isinstance(obj, SharedMemoryArray) and isinstance(obj.base, mmap.mmap)  # the block's owner, not a view
+                and getattr(obj, "_unlink_on_del", False)):
+            obj._unlink_on_del = False
+            with contextlib.suppress(FileNotFoundError):
+                obj.shm.unlink()
+
+
+@functools.cache
+def _release_at_exit() -> None:
+    """Registers `release_shared_memory` for the interpreter's exit (and `cli.leave`'s), once. `atexit` runs the
+    last registered first, and multiprocessing's clean-up registered when this module imported
+    `multiprocessing.util`: this runs before."""
+    atexit.register(release_shared_memory)
+    cli.at_leave(release_shared_memory)  # a command a signal stopped ends with `cli.leave`, which skips atexit
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+    """In each grain worker process: Ctrl-C reaches the terminal's whole process group, and the command that owns the
+    workers answers it (one line) and stops them; a worker that took it too would print its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def resolve_num_workers(num_workers: int) -> int:

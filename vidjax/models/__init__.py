@@ -1,7 +1,8 @@
 """Video models, looked up by name: `get_model("videomae")` imports `vidjax.models.videomae`.
 
 Every model module exposes the same contract: a `Model(cfg, rngs=...)` NNX module built from `config.model`,
-and `default_config()` giving that model's config block. `clip_spec` says what clips a model takes.
+and `default_config()` giving that model's config block. `clip_spec` says what clips a model takes, and
+`size_problems` what sizes in a block cannot build a model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import importlib
 import pkgutil
 from types import ModuleType
 from typing import Any
+
+from vidjax.config_lib import ConfigError
 
 _NOT_MODELS = {"layers", "decoding", "positions"}
 
@@ -63,3 +66,40 @@ def clip_spec(name: str, cfg: Any) -> dict[str, Any] | None:
         return None
     return dict(num_frames=int(cfg.num_frames), image_size=int(cfg.image_size),
                 mean=tuple(float(v) for v in cfg.pixel_mean), std=tuple(float(v) for v in cfg.pixel_std))
+
+
+# Sizes that must be above 0; the other integer keys of a model block may be 0 (the variant's or the model's default).
+_POSITIVE_SIZES = {"image_size", "num_frames", "tubelet_size", "d_conv", "d_state", "expand", "scan_chunk",
+                   "num_chunks"}
+# (width, heads) pairs of a block: the heads must divide the width (0: the variant's).
+_HEADS = (("width", "num_heads"), ("decoder_width", "decoder_heads"))
+
+
+def size_problems(cfg: Any, where: str = "config.model") -> list[str]:
+    """The sizes of model block `cfg` (and the blocks in it) that cannot build a model, each named by its key: a
+    negative size (0 where 0 has no default), attention heads that do not divide the width (with a ViT variant, the
+    variant's width or heads where the other is set)."""
+    from vidjax.models import layers  # here: looking a model up by name loads no jax
+
+    problems = []
+    for key, value in cfg.items():
+        if hasattr(value, "items"):
+            problems += size_problems(value, f"{where}.{key}")
+        elif isinstance(value, int) and not isinstance(value, bool) and (
+                value < 0 or (value == 0 and key in _POSITIVE_SIZES)):
+            problems.append(f"{where}.{key}={value} must be " + (
+                "above 0." if key in _POSITIVE_SIZES else "0 (the variant's or the model's default) or above."))
+    for width_key, heads_key in _HEADS:
+        width, heads = cfg.get(width_key), cfg.get(heads_key)
+        if not isinstance(width, int) or not isinstance(heads, int) or width < 0 or heads < 0:
+            continue
+        if width_key == "width" and "variant" in cfg and (width == 0) != (heads == 0):
+            try:  # one given: the other is the variant's
+                dims = layers.vit_dims(cfg.variant, width, None, heads)
+                width, heads = dims["width"], dims["num_heads"]
+            except (ConfigError, KeyError, ValueError):
+                pass  # not a ViT variant (or a bad one: reported where the model reads it)
+        if width and heads and width % heads:
+            problems.append(f"{where}.{heads_key}={heads} does not divide {where}.{width_key}={width} (every "
+                            f"attention head takes an equal share of the width): choose heads that divide it.")
+    return problems

@@ -44,7 +44,7 @@ from flax import nnx
 
 from vidjax import config_lib, fileio, losses, platform, sharding
 from vidjax.config_lib import ConfigError
-from vidjax.convert import common
+from vidjax.convert import common, file_kind
 from vidjax.convert.common import ConversionError
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
@@ -485,16 +485,48 @@ def _read_training(step_dir: pathlib.Path) -> _Loaded:
     return _Loaded(converted, task, target_names, None if rate is None else int(rate))
 
 
+_WHAT_LOADS = ("A checkpoint is a folder: one `python -m vidjax.convert` wrote (vidjax.json + params/), a training "
+               "workdir or one of its step folders (WORKDIR/checkpoints/<step>), or a Hugging Face Hub name "
+               "(owner/name).")
+
+
+def _not_a_folder(path: pathlib.Path) -> str:
+    """Why the file `path` is no checkpoint to load, and, for a checkpoint file of a family vidjax converts, the
+    command that converts it."""
+    try:
+        kind = file_kind(path)
+    except ConversionError:
+        kind = None
+    source = path
+    if kind is None and (path.parent / "config.json").is_file():
+        kind, source = "hf", path.parent  # a weights file of a save_pretrained folder: the folder converts
+    convert = (f"; convert it once with `python -m vidjax.convert {common.FAMILIES[kind][1]} {source} --out "
+               f"NEW_DIR` and load NEW_DIR" if kind else "")
+    return f"{path} is a file, not a checkpoint folder{convert}. {_WHAT_LOADS}"
+
+
+def _finite(loaded: _Loaded, where: pathlib.Path) -> _Loaded:
+    """`loaded`, checked to hold no NaN or infinity (one np.isfinite pass over the parameters, once per load): such
+    weights would make every prediction NaN."""
+    common.check_finite(loaded.converted.params, str(where), "parameters")
+    return loaded
+
+
 def _read(path: str | pathlib.Path) -> _Loaded:
     """A converted checkpoint (DIR/vidjax.json), a training workdir (its latest step) or one step folder; a Hugging
     Face Hub name that is no local path is converted into vidjax's cache first (`vidjax.pretrained.hub`)."""
     path = hub.resolve(path)
+    if not path.exists():
+        raise ConversionError(f"{path} does not exist. {_WHAT_LOADS}")
+    if not path.is_dir():
+        raise ConversionError(_not_a_folder(path))
     if (path / common.META_FILE).is_file():
-        return _read_converted(path)
+        return _finite(_read_converted(path), path)
     if (path / "checkpoints").is_dir():
-        return _read_training(latest_step_dir(path))
+        step_dir = latest_step_dir(path)
+        return _finite(_read_training(step_dir), step_dir)
     if _is_step_dir(path):
-        return _read_training(path)
+        return _finite(_read_training(path), path)
     if (path / "config.json").is_file():
         # Conversion writes a new folder (it refuses a non-empty --out): suggest one beside the download.
         raise ConversionError(f"{path} is a Hugging Face checkpoint (config.json), not yet converted for vidjax. "

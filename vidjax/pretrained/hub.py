@@ -50,6 +50,10 @@ DEFAULT_REVISION = "main"
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _NAME = re.compile(rf"(?P<repo>{_PART}/{_PART})(?:/(?P<file>[^@]+))?(?:@(?P<revision>[^@]+))?")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_DATASET = re.compile(rf"(?:{_PART}/)?{_PART}")
+# A git branch name (git check-ref-format, simplified): no spaces or ~^:?*[\\, no '..', '@{', '//', not starting with
+# '-' or '/', not ending with '/', '.' or '.lock'.
+_BRANCH = re.compile(r"(?![-/])(?!.*\.\.)(?!.*@\{)(?!.*//)[^\s~^:?*\[\\]{1,200}(?<![/.])(?<!\.lock)")
 # A `save_pretrained` folder's files that a conversion reads besides the weights (config, preprocessing, generation
 # settings, a tokenizer), and its weights in the order the converter prefers them.
 _HF_FILES = ("config.json", "preprocessor_config.json", "video_preprocessor_config.json", "generation_config.json",
@@ -183,21 +187,100 @@ def checkpoint(name: HubName) -> pathlib.Path:
     return dst
 
 
+def dataset_id(text: str) -> str:
+    """`text` as a Hub dataset id (`name` or `owner/name`, spelled as huggingface_hub's `validate_repo_id` wants), or
+    a HubError saying what one is."""
+    if _DATASET.fullmatch(text) is None or "--" in text or ".." in text or text.endswith(".git"):
+        raise HubError(f"--dataset={text!r} is no Hub dataset id: give name or owner/name (letters, digits, '.', '_', "
+                       f"'-'), e.g. --dataset=kinetics400 or --dataset=my-user/my-videos.")
+    return text
+
+
+def branch(text: str) -> str:
+    """`text` as a branch to commit to (a git branch name that is no commit hash), or a HubError saying what one
+    is."""
+    if _BRANCH.fullmatch(text) is None or _COMMIT.fullmatch(text) or text.startswith("refs/"):
+        raise HubError(f"--revision={text!r} is no branch name: give a branch of the repository (created from "
+                       f"{DEFAULT_REVISION} when missing), e.g. --revision=experiments; letters, digits, '.', '_', "
+                       f"'-' and '/', no '..', spaces or a trailing '/' or '.lock'.")
+    return text
+
+
+def web_url(repo_id: str, revision: str = DEFAULT_REVISION) -> str:
+    """The page of a repository's branch on the Hub HF_ENDPOINT names."""
+    return f"{_endpoint()}/{repo_id}/tree/{urllib.parse.quote(revision, safe='')}"
+
+
+@dataclasses.dataclass
+class Upload:
+    """What `upload` has done so far, for a caller interrupted part way (`python -m vidjax.push` says it): whether it
+    created the repository, made it private, created the branch, sent the commit, and the commit's URL once the Hub
+    answered. A commit is atomic on the Hub: a commit that was sent and not answered is all there or not at all."""
+
+    repo_id: str
+    branch: str = DEFAULT_REVISION
+    created: bool = False
+    made_private: bool = False
+    branch_created: bool = False
+    committing: bool = False
+    commit_url: str | None = None
+
+
 def upload(folder: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-           message: str = "Upload with python -m vidjax.push") -> str:
-    """Uploads `folder` to the Hub model repository `repo_id` (created when missing, `private` then) in one commit
-    of huggingface_hub's upload API, on branch `revision` (default main); returns the commit's URL."""
+           message: str = "Upload with python -m vidjax.push", progress: Upload | None = None) -> str:
+    """Uploads `folder` to the Hub model repository `repo_id` in one commit of huggingface_hub's upload API, on branch
+    `revision` (default main); returns the commit's URL.
+
+    A missing repository is created (`private` then); an existing public one is made private first when `private`
+    (a HubError when the token may not change its settings); an existing private one stays private. A missing branch
+    is created from main before the commit; a tag is refused before anything changes. `progress` records each step
+    as it is done."""
     name = repository(repo_id)
+    rev = branch(revision) if revision else DEFAULT_REVISION
+    progress = progress if progress is not None else Upload(repo_id, rev)
+    progress.branch = rev
     hf = _client(name)
     if _offline():
         raise HubError(f"cannot upload to {repo_id} in offline mode (HF_HUB_OFFLINE is set): unset it, or pass "
                        f"--dry_run to write the folder without uploading.")
     api = hf.HfApi(endpoint=_endpoint(hf))
+    errors = hf.utils
     try:
         with _answers(hf, name, writing=True):
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                     commit_message=message).commit_url
+            try:
+                info = api.model_info(repo_id)
+            except errors.RepositoryNotFoundError:  # missing, or private to another token: creating tells which
+                info = None
+            if info is not None and rev != DEFAULT_REVISION:
+                refs = api.list_repo_refs(repo_id)
+                if rev in {ref.name for ref in refs.tags} and rev not in {ref.name for ref in refs.branches}:
+                    raise HubError(f"--revision={rev}: {rev!r} is a tag of {repo_id}, and commits go to branches: "
+                                   f"give a branch (created from {DEFAULT_REVISION} when missing), or leave "
+                                   f"--revision out for {DEFAULT_REVISION}. Nothing was uploaded.")
+                missing_branch = rev not in {ref.name for ref in refs.branches}
+            else:
+                missing_branch = rev != DEFAULT_REVISION
+            if info is None:
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                progress.created = True
+            elif private and not info.private:
+                try:
+                    api.update_repo_settings(repo_id, private=True)
+                except errors.HfHubHTTPError as e:
+                    status = getattr(e.response, "status_code", None)
+                    raise HubError(f"{repo_id} exists and is public, and --private could not make it private (the Hub "
+                                   f"answered {status}): make it private in its settings on the Hub ({_endpoint(hf)}/"
+                                   f"{repo_id}/settings) and push again, or push without --private. Nothing was "
+                                   f"uploaded.") from e
+                progress.made_private = True
+            if missing_branch:
+                api.create_branch(repo_id, branch=rev, revision=DEFAULT_REVISION, exist_ok=True)
+                progress.branch_created = True
+            progress.committing = True
+            url = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=rev,
+                                    commit_message=message).commit_url
+            progress.commit_url = url
+            return url
     except _Unreachable as why:
         raise HubError(f"cannot reach the Hugging Face Hub to upload to {repo_id} ({why}): check the network and "
                        f"HF_ENDPOINT ({_endpoint(hf)}), or pass --dry_run to write the folder without uploading."
@@ -258,6 +341,9 @@ def _answers(hf: ModuleType, name: HubName, filename: str | None = None, *, writ
         status = getattr(getattr(e, "response", None), "status_code", None)
         if _is_network_error(hf, e):
             raise _Unreachable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from e
+        if writing and status == 401 and "invalid credentials" in str(getattr(e, "server_message", "")).lower():
+            raise HubError(f"the Hugging Face Hub ({_endpoint(hf)}) rejected the token (invalid credentials): set "
+                           f"HF_TOKEN to a valid token with write access, or run `hf auth login`.") from e
         if writing and (isinstance(e, errors.RepositoryNotFoundError) or status in (401, 403)):
             raise HubError(f"the Hugging Face Hub ({_endpoint(hf)}) refused to create or write {name.repo_id} "
                            f"({status}): use a token with write access to {name.repo_id.split('/')[0]} (set HF_TOKEN "
@@ -332,7 +418,12 @@ def _download(hf: ModuleType, name: HubName, commit: str, files: list[str], *, v
                 get(filename)
         return get(META_FILE).parent
     if "config.json" not in files:
-        example = next((f for f in files if f.endswith(_CHECKPOINT_SUFFIXES)), "PATH.pth")
+        example = next((f for f in files if f.endswith(_CHECKPOINT_SUFFIXES)), None)
+        if example is None:
+            shown = f"{', '.join(files[:8])}{', ...' if len(files) > 8 else ''}" if files else "none"
+            raise HubError(f"{name.text} holds nothing vidjax loads at revision {name.rev}: no save_pretrained model "
+                           f"(config.json) and no checkpoint file ({', '.join(_CHECKPOINT_SUFFIXES)}); its files: "
+                           f"{shown}. Check the repository name and revision.")
         raise HubError(f"{name.text} holds no save_pretrained model (no config.json at revision {name.rev}); "
                        f"{_checkpoint_files(files)}: load one as {name.repo_id}/{example}{_at(name)}.")
     config = get("config.json")

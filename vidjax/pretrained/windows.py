@@ -1,5 +1,7 @@
 """Sliding windows over whole videos, shared by `vidjax.predict` and `vidjax.extract`: the spans, their clips read
-in one streaming pass, a JSON Lines file of one row per window that a killed run resumes, and a progress line."""
+in one streaming pass, a JSON Lines file of one row per window that a killed or interrupted run resumes (`Rows`,
+`Rows.kept` for the line of an interrupted run), a progress line, and the check of the output paths made before
+any work (`output_problem`)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,32 @@ def flag_problem(window_s: float, stride_s: float) -> str | None:
         return "--window and --stride are seconds and cannot be negative."
     if stride_s and not window_s:
         return "--stride needs --window (the window length in seconds)."
+    return None
+
+
+def output_problem(flag: str, typed: str, example: str, files: tuple[str, ...] = ()) -> str | None:
+    """Why the file(s) that `--flag=typed` names cannot be written, or None: checked before any work, so that a run
+    never ends, hours in, by failing to write its result. `files` are the paths the command writes (default `typed`
+    itself): none may be a folder, and each one's folder must exist or be one `os.makedirs` can make (its nearest
+    existing ancestor a folder this process may write in). `example` is a file name for the fix, e.g.
+    "predictions.jsonl"."""
+    if typed.endswith(("/", os.sep)):
+        return f"{flag}={typed} names a folder; give a file in it, e.g. {flag}={typed}{example}."
+    path = fileio.user_path(typed)
+    for file in [fileio.user_path(f) for f in files] or [path]:
+        if os.path.isdir(file):
+            if file == path:
+                return (f"{flag}={typed} is a folder; give a file in it, e.g. "
+                        f"{flag}={os.path.join(typed, example)}.")
+            return (f"{flag}={typed}: {file}, which it writes too, is a folder; move it away or choose another "
+                    f"{flag}.")
+        folder = os.path.dirname(file)
+        while not os.path.lexists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            return f"{flag}={typed}: {folder} is a file, not a folder; choose another {flag}."
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"{flag}={typed}: cannot write in {folder} (permission denied); choose another {flag}."
     return None
 
 
@@ -76,6 +104,13 @@ class Progress:
         self.resumed, self.start = done, time.perf_counter()
         self.last = -PROGRESS_EVERY_S
         self.tty = self.out.isatty()
+        self.open_line = False  # a terminal's line drawn without its newline yet
+
+    def close(self) -> None:
+        """Ends a line left open on a terminal (a run stopped part way), so what follows starts a line of its own."""
+        if self.open_line:
+            print(file=self.out, flush=True)
+            self.open_line = False
 
     def step(self) -> None:
         self.done += 1
@@ -92,6 +127,7 @@ class Progress:
                 f"ETA {eta}")
         end = "\n" if not self.tty or self.done == self.total else ""
         print(("\r" if self.tty else "") + line, end=end, file=self.out, flush=True)
+        self.open_line = not end
 
 
 class Rows:
@@ -109,7 +145,8 @@ class Rows:
         self.header, self.key = {"header": header}, key
         self.done: dict = {}  # windows written, by video
         self.errors: dict = {}  # videos that failed, with the reason
-        if os.path.exists(self.partial):
+        self.resumed = os.path.exists(self.partial)  # going on from the rows of a run stopped part way
+        if self.resumed:
             self._resume()
         else:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -166,6 +203,21 @@ class Rows:
     def close(self) -> None:
         self.file.close()
 
+    def summary(self, unit: str = "video") -> str:
+        """What the file holds: "N windows of M videos (and K that failed)", counting `unit`s."""
+        failed = f" (and {len(self.errors)} that failed)" if self.errors else ""
+        return f"{_count(sum(self.done.values()), 'window')} of {_count(len(self.done), unit)}{failed}"
+
+    def kept(self, unit: str = "video") -> str | None:
+        """What the file holds, for the line of a run stopped part way (`cli.stopped`): "`summary` in OUT.partial";
+        None once `finish` has renamed it. Closes it."""
+        self.close()
+        return f"{self.summary(unit)} in {self.partial}" if os.path.exists(self.partial) else None
+
     def finish(self) -> None:
         self.close()
         os.replace(self.partial, self.path)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

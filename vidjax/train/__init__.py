@@ -13,6 +13,7 @@ preemption, `_evaluate`) and `_finish` (figures, summary).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -23,7 +24,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import grain
 import jax
@@ -50,7 +51,7 @@ from vidjax.config_lib import ConfigError, chosen, raise_problems
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter, read_metrics
-from vidjax.models import ParamKeys, clip_spec, get_model
+from vidjax.models import ParamKeys, clip_spec, get_model, size_problems
 from vidjax.tasks import base
 from vidjax.train import checkpoint, optim
 
@@ -133,6 +134,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     if config.data.prefetch < 0:
         problems.append(f"config.data.prefetch={config.data.prefetch} must be >= 0 (global batches read ahead of "
                         f"the step; 0 = none).")
+    problems += size_problems(config.model)
     clips = _clips(config)
     if clips is None:
         problems.append(f"config.model_name={config.model_name!r} takes no video; the trainer trains video models.")
@@ -141,6 +143,30 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
             f"config.data gives {config.data.num_frames} frames of {config.data.image_size}px but config.model "
             f"expects {clips['num_frames']} of {clips['image_size']}px; set both to the same values.")
     return problems
+
+
+def batch_memory_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """config.batch_size against what one host can hold (the trainer's and `vidjax.evaluate`'s start-up): below 1,
+    or one batch of this host's share of it over half of the host's memory (the input pipeline holds a few batches
+    at once, besides everything else), which would fail only when the first batch is allocated. A batch is
+    batch_size uint8 clips in training, batch_size videos of every view in evaluation."""
+    batch = config.batch_size
+    if batch < 1:
+        return [f"config.batch_size={batch} must be 1 or above (clips per step, over all devices and processes)."]
+    memory = config_lib.host_memory_bytes()
+    data = config.data
+    if not memory or min(data.num_frames, data.image_size) < 1:
+        return []
+    views = max(data.get("test_num_clips", 1), 1) * max(data.get("test_num_crops", 1), 1)
+    clip = data.num_frames * data.image_size ** 2 * 3
+    per_host = -(-batch // jax.process_count()) * clip * views
+    if per_host <= memory // 2:
+        return []
+    fits = max(memory // 2 // (clip * views) * jax.process_count(), 1)
+    return [f"config.batch_size={batch} is too large for this host: one batch is {per_host / 2**30:,.1f} GiB of "
+            f"{data.num_frames} x {data.image_size} x {data.image_size} uint8 clips"
+            + (f" ({views} views each in evaluation)" if views > 1 else "")
+            + f" on each host, over half of its {memory / 2**30:,.1f} GiB of memory: lower it to at most {fits:,}."]
 
 
 def _clips(config: ml_collections.ConfigDict) -> dict | None:
@@ -228,6 +254,7 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
     if classifies and head_follows and config.data.num_classes:
         config.model.num_classes = config.data.num_classes
     problems += config_problems(config)
+    problems += batch_memory_problems(config)
 
     split_sources = {}
     for split in pipeline.SPLITS:
@@ -284,7 +311,15 @@ def build(config: ml_collections.ConfigDict, train_source_len: int, mesh: jax.sh
         with nnx.use_eager_sharding(False):
             return model_module.Model(model_config, rngs=ParamKeys(config.seed))
 
-    abstract_model = nnx.eval_shape(make_model)
+    try:
+        abstract_model = nnx.eval_shape(make_model)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        # A size `config_problems` does not know (size_problems checks the common ones): one line, not a traceback.
+        raise ConfigError(f"config.model does not build a {config.model_name} model: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''} Check the config.model sizes set on the "
+                          f"command line (--config.model.*) against the variant's.") from err
     graphdef, abstract_params_state = nnx.split(abstract_model)
 
     # An epoch shows every training video once; with repeated augmentation a step holds batch_size / num_samples
@@ -780,6 +815,8 @@ class _DataPosition(grain.DatasetIterator):
 # The trainer names the settings that feed it faster once the loop waited on input for more than this share of its
 # time at this many logged steps in a row.
 INPUT_BOUND_SHARE, INPUT_BOUND_LOGS = 0.5, 2
+# The progress lines' ETA: the remaining steps at the median time of this many latest steps (the first one excluded).
+ETA_STEPS = 100
 
 
 def input_bound_hint(config: ml_collections.ConfigDict, share: float, step: int) -> str:
@@ -794,11 +831,12 @@ def input_bound_hint(config: ml_collections.ConfigDict, share: float, step: int)
 
 
 def _format_eta(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+    return str(datetime.timedelta(seconds=round(max(seconds, 0))))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None = None,
-                       explicit_keys: Collection[str] | None = None) -> dict:
+                       explicit_keys: Collection[str] | None = None,
+                       on_second_signal: Callable[[int, dict], None] | None = None) -> dict:
     """Runs (or resumes) the job described by `config` in `workdir`.
 
     Returns the final metrics, with the final train state under "state" (params, opt_state, step). The config the
@@ -808,20 +846,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices:
     keys the user chose (`vidjax.main` passes its --config.KEY flags); the others give way to the init_from
     checkpoint's architecture and the data's class count (`prepare`). None: every value counts as chosen.
 
-    SIGTERM or SIGINT (vidjax.preemption) stops it at the next step boundary with a checkpoint of that step
-    written and waited for; it then returns {"preempted": True, "step": ..., "signal": ...} early, without evals.
+    SIGTERM or SIGINT (vidjax.preemption) once the first step has run stops it at the next step boundary with a
+    checkpoint of that step written and waited for; it then returns {"preempted": True, "step": ..., "signal": ...,
+    "checkpoint": its folder} early, without evals. A second signal while it waits calls
+    `on_second_signal(signum, {"step", "total_steps", "last_complete", "checkpoint"})` (the last complete checkpoint
+    and its folder: `python -m vidjax.main` says so in one line and ends the process); without one the result holds
+    "interrupted" (its KeyboardInterrupt) and those keys too (`_wind_down`). Before the first step has run
+    (start-up, compilation), one process handles a signal as it would without the trainer (a vidjax command's
+    `Interrupted`, Python's KeyboardInterrupt for Ctrl-C): nothing has been trained, nothing is checkpointed.
+    Several processes always stop at a step boundary.
     """
-    with preemption.StopOnSignal() as stop, contextlib.ExitStack() as cleanup:
-        return _train_and_evaluate(config, fileio.user_path(workdir), devices, stop, explicit_keys, cleanup)
+    with preemption.StopOnSignal(armed=False) as stop, contextlib.ExitStack() as cleanup:
+        return _train_and_evaluate(config, fileio.user_path(workdir), devices, stop, explicit_keys, cleanup,
+                                   on_second_signal)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices: list | None,
                         stop: preemption.StopOnSignal, explicit_keys: Collection[str] | None,
-                        cleanup: contextlib.ExitStack) -> dict:
+                        cleanup: contextlib.ExitStack, on_second_signal: Callable[[int, dict], None] | None) -> dict:
     """The phases of a run: set-up, restore, start (the step compiles while the state is made and the initial
     weights evaluated), the loop (with its evaluations), the end. `cleanup` stops what the run starts beside it (the
     input prefetch thread), however the run ends."""
     run = _set_up(config, workdir, devices, explicit_keys)
+    run.on_second_signal = on_second_signal
     latest, state = _restore(run)
     start_step = int(jax.device_get(state["step"])) if state is not None else 0
     if start_step >= run.setup.total_steps:
@@ -835,6 +882,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices
     if preempted is not None:
         return preempted
     return _finish(run, state, progress, writer)
+
+
+def check_workdir(workdir: str) -> None:
+    """A ConfigError unless `workdir` is a folder the run can write into, or can be made as one: checked before the
+    set-up, which would otherwise fail (a file of that name, a read-only place) only once the model is built."""
+    path = fileio.user_path(workdir)
+    where = f"--workdir={workdir}"
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{where} is a file ({path}); the workdir is a folder for the run's checkpoints and "
+                          f"metrics: give a folder's path (a new one starts a run, the same one resumes it).")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{where}: {existing} is a file, so no folder can be made under it; give a folder's path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: {existing} is not writable by this user; give a folder the run can write to.")
 
 
 @dataclasses.dataclass
@@ -852,12 +916,14 @@ class Run:
     train_iter: object  # the grain iterator of the training batches (a restore sets its position)
     abstract_state: dict  # the train state's shapes with their shardings (what a restore fills)
     evals: list[evaluators.Scheduled]
+    on_second_signal: Callable[[int, dict], None] | None = None  # `train_and_evaluate`'s
 
 
 def _set_up(config: ml_collections.ConfigDict, workdir: str, devices: list | None,
             explicit_keys: Collection[str] | None) -> Run:
     """Input first, so a missing dataset fails in seconds, before anything is compiled; then the model, optimizer and
     shardings (abstract), the workdir's assets and checkpointer, the training batches and the evaluators."""
+    check_workdir(workdir)
     if config.get("needs_init_from") and not config.init_from:  # a recipe that cannot start from random weights
         raise ConfigError(config.needs_init_from)
     config, train_source, eval_source, mesh = prepare(config, explicit_keys, devices)
@@ -974,16 +1040,29 @@ class Progress:
         self.input_wait = 0.0  # seconds the loop waited for its batches since the last log line
         self.input_bound_logs = 0  # logged steps in a row (the first step's aside) that waited on input mostly
         self.hinted = False
+        # The loop's time per step after the first (which compiles), for the ETA: the median of the latest ones, so
+        # that neither the start-up nor an evaluation or a checkpoint in between sways it.
+        self.step_times: collections.deque[float] = collections.deque(maxlen=ETA_STEPS)
+        self.step_end: float | None = None  # when the last step handled ended its time in the loop
 
     def start(self) -> None:
         """The loop begins: log lines time their steps from now."""
         self.log_t, self.log_step = time.perf_counter(), self.start_step
+
+    def first_step_done(self) -> None:
+        """The first step (and its compilation) is done: the steps' times count from now."""
+        self.log_t, self.input_wait = time.perf_counter(), 0.0
+        self.step_end = self.log_t
 
     def handle(self, step: int, step_metrics, until: float | None = None) -> None:
         """Logs, writes and checks the metrics of `step`. `until`: when the step's time in the loop ended (for a
         step handled one late, when the next one's began); now by default."""
         config = self.config
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        until = time.perf_counter() if until is None else until
+        if step > self.start_step + 1 and self.step_end is not None:
+            self.step_times.append(until - self.step_end)
+        self.step_end = until
         self.decode_failures += int(values.pop("decode_failures"))
         values["decode_failures"] = self.decode_failures  # videos replaced because they did not decode, this run
         finite, skipped = values.pop("finite"), values.pop("skipped")
@@ -1002,7 +1081,7 @@ class Progress:
             self.first_loss = values["loss"] if self.first_loss is None else self.first_loss
             self.last_loss = values["loss"]
         if step % config.log_every == 0 or step == self.start_step + 1 or step == self.total_steps:
-            self._log_line(step, values, time.perf_counter() if until is None else until)
+            self._log_line(step, values, until)
 
     def _diverged(self, step: int, values: dict, reason: str) -> None:
         self.ckpt.wait()
@@ -1023,7 +1102,7 @@ class Progress:
         share = min(self.input_wait / max(now - self.log_t, 1e-9), 1.0) if not first else 0.0
         values.update(steps_per_s=steps_per_s, clips_per_s=steps_per_s * config.batch_size, input_wait_share=share)
         self.writer.write(step, values)
-        eta = (self.total_steps - step) / steps_per_s if steps_per_s else float("nan")
+        eta = (self.total_steps - step) * float(np.median(self.step_times)) if self.step_times else float("nan")
         _log(f"step {step:>6}/{self.total_steps} | loss {values['loss']:.4f} | lr {values['lr']:.2e} | "
              f"{steps_per_s:6.2f} steps/s | {values['clips_per_s']:7.1f} clips/s | input {share:4.0%} | "
              f"ETA {_format_eta(eta) if math.isfinite(eta) else '--'}"
@@ -1054,36 +1133,64 @@ def _loop(run: Run, train_step, first_batch, state: dict, progress: Progress, st
         else:
             batch = next(batches)
         waited = time.perf_counter() - began  # for its batch: the input's share of this step's time
-        state, step_metrics = train_step(state, batch)
         if step == start_step + 1:
-            jax.block_until_ready(step_metrics)
+            try:  # the step's compilation may still run: a signal stops the start-up at once (`stop` not armed)
+                state, step_metrics = train_step(state, batch)
+                jax.block_until_ready(step_metrics)
+            except BaseException:
+                train_step.abandon()
+                raise
+            stop.arm()  # from here a signal stops the run at the next step boundary, with its checkpoint
             # From process start: what a persistent-cache hit saves shows here, with the start-up around it.
             _log(f"First step (compilation included) took {time.perf_counter() - train_step.started:.1f}s; reached "
                  f"{compile_cache.seconds_since_start():.1f}s after start ({train_step.cache})")
-            progress.log_t, progress.input_wait = time.perf_counter(), 0.0
+            progress.first_step_done()
+        else:
+            state, step_metrics = train_step(state, batch)
         if pending is not None:
             progress.handle(*pending, until=began)
         progress.input_wait += waited
         pending = (step, step_metrics)
         is_last = step == setup.total_steps
         stopping = stop.requested(step)  # SIGTERM / SIGINT: checkpoint this step and return
-        if step % config.checkpoint_every == 0 or is_last or stopping:
+        if stopping:
+            return state, _wind_down(run, state, step, pending, batches, progress, stop)
+        if step % config.checkpoint_every == 0 or is_last:
             progress.handle(*pending)  # never checkpoint a state that is not finite
             pending = None
             ckpt.save(step, state, batches.position(), config, run.metadata)
             progress.last_good_step = step
-        if stopping:
-            ckpt.close()  # waits until the checkpoint is complete
-            writer.close()
-            _log(f"Stopped by {stop.name} at step {step}/{setup.total_steps}: checkpoint written to "
-                 f"{ckpt.path(step)}. Run the same command again to resume from it.")
-            return state, {"step": step, "preempted": True, "signal": stop.name, "first_loss": progress.first_loss,
-                           "last_loss": progress.last_loss, "trained": True, "resumed": progress.resumed,
-                           "state": state}
         _evaluate(run, state, step, writer)
     if pending is not None:
         progress.handle(*pending)
     return state, None
+
+
+def _wind_down(run: Run, state: dict, step: int, pending: tuple, batches: GlobalBatches, progress: Progress,
+               stop: preemption.StopOnSignal) -> dict:
+    """SIGTERM / SIGINT asked for a stop after `step`: its metrics handled, its checkpoint written and waited for,
+    the metrics closed. The result says what was kept ("checkpoint": the step folder written), and the caller says
+    it (`python -m vidjax.main`: one line, exit 4). A second signal meanwhile calls `run.on_second_signal(signum,
+    what was kept)` (a command ends the process there); without one it is handled as it would be without the
+    trainer, and the KeyboardInterrupt it raises stops the waiting: "interrupted" then holds it, "last_complete" the
+    checkpoint step complete before and "checkpoint" its folder (orbax renames a step folder into place only once
+    it is whole, so a step cut short is never resumed from)."""
+    result = {"step": step, "total_steps": run.setup.total_steps, "preempted": True, "signal": stop.name,
+              "trained": True, "resumed": progress.resumed, "state": state, "checkpoint": run.ckpt.path(step)}
+    last_complete = progress.last_good_step
+    cut_short = {"step": step, "total_steps": run.setup.total_steps, "last_complete": last_complete,
+                 "checkpoint": run.ckpt.path(last_complete) if last_complete is not None else None}
+    callback = run.on_second_signal
+    try:
+        with stop.second_signal(None if callback is None else lambda signum: callback(signum, cut_short)):
+            progress.handle(*pending)  # never checkpoint a state that is not finite
+            run.ckpt.save(step, state, batches.position(), run.config, run.metadata)
+            run.ckpt.close()  # waits until the checkpoint is complete
+            progress.last_good_step = step
+            progress.writer.close()
+    except KeyboardInterrupt as err:
+        result.update(interrupted=err, **cut_short)
+    return dict(result, first_loss=progress.first_loss, last_loss=progress.last_loss)
 
 
 def _evaluate(run: Run, state: dict, step: int, writer: MetricWriter) -> None:

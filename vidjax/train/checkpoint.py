@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from vidjax.config_lib import ConfigError
 from vidjax.models import layers
@@ -93,7 +94,8 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 3):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        # A step folder left under its temporary name (a process ended while writing it) is removed at the start.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -151,12 +153,16 @@ class Checkpointer:
     def _saved_layout(self, step: int, abstract_state):
         """`abstract_state`, or where the checkpoint at `step` lays its blocks out the other way (stacked or per
         block: `layers.abstract_in_layout`), that abstract state in the checkpoint's layout."""
+        # The item's handler reads the tree's metadata itself: a PyTreeCheckpointer would also look for a step's
+        # _CHECKPOINT_METADATA in the item folder (the manager writes it one level up) and warn on every resume.
+        handler = ocp.PyTreeCheckpointHandler()
         try:
-            with ocp.PyTreeCheckpointer() as checkpointer:
-                metadata = checkpointer.metadata(os.path.join(self.path(step), "state")).item_metadata.tree
+            metadata = handler.metadata(epath.Path(self.path(step)) / "state").tree
             saved = set(layers.flat_params(metadata))
         except Exception:  # noqa: BLE001 - unreadable metadata: the restore itself reports what is wrong
             return abstract_state
+        finally:
+            handler.close()
         if not saved or saved == set(layers.flat_params(abstract_state)):
             return abstract_state
         other = layers.abstract_in_layout(abstract_state, saved)
@@ -210,6 +216,15 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def latest_step(workdir: str) -> int | None:
+    """The newest step folder in `workdir/checkpoints` (complete ones: orbax writes a step under a temporary name
+    and renames it when whole), read from the folder names alone; None without one."""
+    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    steps = [int(name) for name in names if name.isdigit() and os.path.isdir(os.path.join(directory, name))]
+    return max(steps, default=None)
 
 
 def abstract_with_shardings(abstract_state, shardings):
