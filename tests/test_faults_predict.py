@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 from helpers import seeded_checkpoint
-from test_long_video import TINY_VIVIT, WINDOW
+from test_long_video import TINY_VIVIT, WINDOW, write_video
 
 from vidjax import cli
 from vidjax.commands import extract, predict
@@ -19,25 +19,11 @@ from vidjax.data import decode
 from vidjax.pretrained import windows
 
 
-def write_clip(path, seconds, seed):
-    """`seconds` of 32x32 noise at 2 fps (H.264): one window of WINDOW every 2 s."""
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=2, options={"preset": "ultrafast"})
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        for _ in range(2 * seconds):
-            frame = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Two videos of 6 and 4 windows, the same two as a one-class folder tree, and a tiny random classifier."""
     folder = tmp_path_factory.mktemp("faults")
-    videos = [write_clip(folder / "a.mp4", 12, 0), write_clip(folder / "b.mp4", 8, 1)]
+    videos = [write_video(folder / "a.mp4", 12 / 60, seed=0), write_video(folder / "b.mp4", 8 / 60, seed=1)]
     (folder / "tree" / "clips").mkdir(parents=True)
     for video in videos:
         (folder / "tree" / "clips" / os.path.basename(video)).symlink_to(video)

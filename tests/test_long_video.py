@@ -20,15 +20,16 @@ TINY_VIVIT = dict(model_name="vivit", seed=6, class_names=["a", "b", "c", "d"], 
     head="classification", num_classes=4, classifier="token"))
 
 
-def write_video(path, minutes):
-    """`minutes` of 32x32 noise-on-gradient at 2 fps (H.264, every frame different), written fast."""
-    rng = np.random.default_rng(minutes)
+def write_video(path, minutes, seed=None):
+    """`minutes` of 32x32 noise-on-gradient at 2 fps (H.264, every frame different), written fast: one window of
+    WINDOW every 2 s."""
+    rng = np.random.default_rng(minutes if seed is None else seed)
     base = np.linspace(0, 200, SIZE, dtype=np.uint8)[None, :, None]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "g": "20"})
         stream.width = stream.height = SIZE
         stream.pix_fmt = "yuv420p"
-        for _ in range(minutes * 60 * FPS):
+        for _ in range(round(minutes * 60 * FPS)):
             frame = np.clip(base + rng.integers(0, 56, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
