@@ -16,7 +16,8 @@ import pathlib
 import shutil
 
 HERE = pathlib.Path(__file__).parent
-MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2", "to_hf")
+MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2", "to_hf",
+          "vjepa2")
 
 
 def main() -> None:

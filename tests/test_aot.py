@@ -306,3 +306,13 @@ def test_the_pod_launch_compiles_the_step_for_the_slice_before_starting_any_host
         assert result.returncode == aot_command.DOES_NOT_FIT, result.stderr
         assert "Not starting the hosts" in result.stderr and "--find_batch" in result.stderr
         assert started == ""  # no host was started
+
+
+def test_the_example_batch_carries_the_targets_the_task_trains_on():
+    """The embedded dataset stands in for the recipe's data: a captioner's full recipe (Charades, class labels in its
+    data block) is compiled with captions, as it trains (its cell failed on a batch without them)."""
+    config = load_config("captioning_charades")
+    assert config.data.synthetic_task != "captions"
+    small, source = aot._embedded(config, "train")
+    assert small.data.synthetic_task == "captions" and "captions" in source[0]
+    assert aot._embedded(load_config("videomae_finetune_k400"), "train")[0].data.synthetic_task == "label"

@@ -36,13 +36,14 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "the Kinetics label spaces", (
          "vidjax.data", "vidjax.data.decode", "vidjax.data.encode", "vidjax.data.kinetics", "vidjax.data.sources",
          "vidjax.data.synthetic", "vidjax.data.transforms", "vidjax.data.views", "vidjax.data.pipeline",
+         "vidjax.data.multiblock",
      )),
     ("checkpoints", "reading, converting and loading checkpoints (official and Hugging Face formats, the Hub), and a "
      "loaded model run over a video's windows", (
          "vidjax.convert", "vidjax.convert.common", "vidjax.convert.hf", "vidjax.convert.hf_captioner",
          "vidjax.convert.hf_gpt2", "vidjax.convert.hf_timesformer", "vidjax.convert.hf_videomae",
-         "vidjax.convert.hf_vivit", "vidjax.convert.svt", "vidjax.convert.videomae", "vidjax.convert.videomamba",
-         "vidjax.pretrained", "vidjax.pretrained.*",
+         "vidjax.convert.hf_vivit", "vidjax.convert.hf_vjepa2", "vidjax.convert.svt", "vidjax.convert.videomae",
+         "vidjax.convert.videomamba", "vidjax.pretrained", "vidjax.pretrained.*",
      )),
     ("tasks", "what a run trains a model for (each task's training spec, readout and presentation), and the "
      "evaluations of its splits", (

@@ -33,7 +33,8 @@ from vidjax.convert.common import (
     write_safetensors,
 )
 
-_MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner")  # each lists its architectures
+# Each lists its architectures.
+_MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner", "hf_vjepa2")
 # A tokenizer saved beside the weights (`tokenizer.save_pretrained(SRC)`): copied to DST/tokenizer/ as it is, in
 # transformers 5's format (tokenizer.json) and the classic GPT-2 one (vocab.json + merges.txt).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

@@ -72,7 +72,7 @@ def clip_spec(name: str, cfg: Any) -> dict[str, Any] | None:
 _POSITIVE_SIZES = {"image_size", "num_frames", "tubelet_size", "d_conv", "d_state", "expand", "scan_chunk",
                    "num_chunks"}
 # (width, heads) pairs of a block: the heads must divide the width (0: the variant's).
-_HEADS = (("width", "num_heads"), ("decoder_width", "decoder_heads"))
+_HEADS = (("width", "num_heads"), ("decoder_width", "decoder_heads"), ("predictor_width", "predictor_heads"))
 
 
 def size_problems(cfg: Any, where: str = "config.model") -> list[str]:

@@ -288,6 +288,21 @@ class LayerNorm(nnx.Module):
         return layer_norm(x, self.scale[...], self.bias[...], self.eps, backward=self.backward)
 
 
+def rotate(x_BLHK: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotary position embedding of queries or keys (b, l, heads, head_dim): `rope` (cos, sin), each (b or 1, l, r)
+    with r even and at most head_dim, turns every head's first r features in pairs (2i, 2i+1) by the angles whose
+    cosines and sines it holds, x * cos + (-x[2i+1], x[2i]) * sin, in x's dtype; the other features pass unchanged.
+    The model builds the angles (V-JEPA 2's over (t, h, w): `vidjax.models.vjepa2.rope_tables`)."""
+    cos, sin = rope
+    r = cos.shape[-1]
+    x_rot = x_BLHK[..., :r]
+    pairs = x_rot.reshape(*x_rot.shape[:-1], r // 2, 2)
+    swapped = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x_rot.shape)
+    cos, sin = cos[:, :, None, :].astype(x_BLHK.dtype), sin[:, :, None, :].astype(x_BLHK.dtype)
+    out = x_rot * cos + swapped * sin
+    return out if r == x_BLHK.shape[-1] else jnp.concatenate([out, x_BLHK[..., r:]], axis=-1)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with one fused qkv projection, through `ops.attention.dot_product_attention`.
 
@@ -331,8 +346,9 @@ class Attention(nnx.Module):
             return self.qkv_b[...]
         return None
 
-    def __call__(self, x_BLD: jax.Array, attend=None) -> jax.Array:
+    def __call__(self, x_BLD: jax.Array, attend=None, rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """`attend(q, k, v) -> out`, all (b, l, heads, head_dim), replaces plain attention over l when given.
+        `rope` (cos, sin), each (b or 1, l, r): rotary position embeddings turn q and k before attention (`rotate`).
 
         Sharding (`vidjax.sharding.constrain`, config.sharding_rules): q, k, v and the attention output are split as
         (act_batch, act_length, act_heads, act_head_dim), the output as (act_batch, act_length, act_embed).
@@ -346,6 +362,8 @@ class Attention(nnx.Module):
             qkv = qkv + bias.astype(dt)
         qkv = constrain(qkv, ("act_batch", "act_length", None, "act_heads", "act_head_dim"))
         q, k, v = (constrain(qkv[:, :, i], heads) for i in range(3))
+        if rope is not None:
+            q, k = rotate(q, rope), rotate(k, rope)
         if attend is None:
             out_BLHK = attention.dot_product_attention(q, k, v, self.implementation)
         else:
@@ -728,11 +746,13 @@ class Block(nnx.Module):
         self.mlp = Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, choices=choices, rngs=rngs)
         self.drop_path = drop_path
 
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
+                 rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """`rope`: rotary position embeddings for the attention's q and k (`Attention`), or None."""
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
         residual = ("act_batch", "act_length", "act_embed")  # the residual stream (`vidjax.sharding.constrain`)
         x = constrain(x, residual)
-        x = constrain(x + drop_path(self.attn(self.norm1(x)), self.drop_path, rng_attn), residual)
+        x = constrain(x + drop_path(self.attn(self.norm1(x), rope=rope), self.drop_path, rng_attn), residual)
         return constrain(x + drop_path(self.mlp(self.norm2(x)), self.drop_path, rng_mlp), residual)
 
 
@@ -756,9 +776,12 @@ class Transformer(nnx.Module):
                                      dtype=dtype, choices=choices, approximate_gelu=approximate_gelu, rngs=rngs),
             rates, scan=scan, rngs=rngs)
 
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
+                 rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """`rope`: rotary position embeddings every block's attention applies (`Attention`), or None."""
+        kwargs = {} if rope is None else {"rope": rope}
         return run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan,
-                          block_gradients=self.block_gradients)
+                          block_gradients=self.block_gradients, **kwargs)
 
 
 def vit_dims(variant: str, width: int | None = None, depth: int | None = None,

@@ -18,7 +18,8 @@ loads as a `PretrainedText`, whose `.model` is the NNX GPT-2 (to start a caption
 `model.preprocessing` says what the checkpoint expects (mean/std, frames, image size, short side, sampling rate) so
 callers need not guess; `model.task` is "pretrain", "classification", "multilabel", "regression" (None for a
 converted backbone), and `model.class_names` / `model.target_names` name the outputs when the checkpoint has them.
-`model.forward(video, mask)` returns every output of the vidjax model (including "last_hidden_state"). The forward
+`model.forward(video, mask)` returns every output of the vidjax model (including "last_hidden_state"); a V-JEPA 2
+checkpoint's `model.forward(video, context_ids=C, target_ids=T)` adds its predictor's "predictor_output". The forward
 pass is jitted once per architecture and input shape. `BatchRunner` runs a function of the model over many clips in
 fixed-size batches split over this host's devices (used by `vidjax.predict` and `vidjax.extract`).
 """
@@ -64,6 +65,11 @@ def _forward(params, video, mask, decoder_mask=None, *, graphdef, num_masked, nu
     if mask is None:
         return model(video)
     return model(video, mask, decoder_mask=decoder_mask, num_masked=num_masked, num_decoded=num_decoded)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _predict_forward(params, video, context_ids, target_ids, *, graphdef):
+    return nnx.merge(graphdef, params)(video, context_ids, target_ids)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "fn", "mean", "std"))
@@ -159,12 +165,31 @@ class Pretrained:
                              f"{self.preprocessing['std']}; got {tuple(np.shape(video))}. Use "
                              f"pretrained.load(..., num_frames=, image_size=) to adapt it to other sizes.")
 
-    def forward(self, video, mask=None, decoder_mask=None) -> dict[str, jax.Array]:
+    def forward(self, video, mask=None, decoder_mask=None, *, context_ids=None, target_ids=None
+                ) -> dict[str, jax.Array]:
         """Every output of the model: logits / loss / pred / last_hidden_state, as the head provides.
 
         A pre-training checkpoint also takes VideoMAE V2's `decoder_mask` (bool (batch, tokens), True = not decoded,
-        the same count in every row; `pipeline.running_cell_mask`): the outputs then cover the decoded positions."""
+        the same count in every row; `pipeline.running_cell_mask`): the outputs then cover the decoded positions.
+        A V-JEPA 2 checkpoint with its predictor takes `context_ids` and `target_ids` (int (batch, n) token indices,
+        as transformers' `context_mask=[C]`, `target_mask=[T]`) and adds "predictor_output" (the predictor's features
+        at the targets) and "target_hidden_state"."""
         self._check(video)
+        if context_ids is not None or target_ids is not None:
+            if not self.config.get("predictor"):
+                raise ValueError(f"This {self.model_name} checkpoint has no predictor to take context_ids and "
+                                 f"target_ids (a V-JEPA 2 checkpoint converted with its predictor has one).")
+            if context_ids is None or target_ids is None:
+                raise ValueError("The predictor needs both context_ids and target_ids.")
+            ids = [np.asarray(i) for i in (context_ids, target_ids)]
+            if any(i.ndim != 2 or i.shape[0] != np.shape(video)[0] or not np.issubdtype(i.dtype, np.integer)
+                   for i in ids):
+                raise ValueError(f"context_ids and target_ids must be int token indices (batch, n), one row per "
+                                 f"video; got {ids[0].dtype} {ids[0].shape} and {ids[1].dtype} {ids[1].shape} for "
+                                 f"{np.shape(video)[0]} videos.")
+            return _predict_forward(self.params, jnp.asarray(video, jnp.float32), *(jnp.asarray(i, jnp.int32)
+                                                                                     for i in ids),
+                                    graphdef=self.graphdef)
         if self.config.head == "pretrain" and mask is None:
             raise ValueError("This is a VideoMAE pre-training checkpoint: call it as model(video, mask) with a bool "
                              "mask (batch, tokens), True = masked, the same count in every row.")

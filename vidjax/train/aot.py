@@ -79,6 +79,8 @@ def _embedded(config: ml_collections.ConfigDict, split: str) -> tuple[ml_collect
     d = small.data
     with small.unlocked():
         d.source, d.num_train, d.num_eval, d.sampling_rate, d.num_workers = "synthetic", 2, 2, 1, 0
+        # The targets the task trains on (a captioner's captions), whatever the recipe's own data names.
+        d.synthetic_task = tasks.training_of(config.task).synthetic_task or d.synthetic_task
         # The embedded dataset draws up to synthetic.MAX_CLASSES classes; `example_batch` widens multi-hot targets.
         d.num_classes = min(d.num_classes or synthetic.NUM_CLASSES, synthetic.MAX_CLASSES)
         small.batch_size = d.num_samples if split == "train" else 1

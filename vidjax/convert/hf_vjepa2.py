@@ -1,0 +1,165 @@
+"""Hugging Face V-JEPA 2 checkpoints (`VJEPA2Model`, `VJEPA2ForVideoClassification`).
+
+Layout facts this mapping relies on: the tubelet Conv3d weight is (width, 3, tubelet, p, p) and vidjax's patch
+embedding is a linear map of (t, h, w, c)-ordered patch pixels; the encoder's and predictor's q/k/v are separate
+`nn.Linear`s (`attention.query/key/value`, out x in) that vidjax fuses into one (width, 3, heads, head_dim) kernel,
+with biases when config.json's `qkv_bias`; the predictor's mask tokens are stored (num_mask_tokens, 1, 1, width); the
+pooler's self-attention layers have q/k/v/out projections with biases and its cross-attention q/k/v without an output
+projection. There are no position tables (rotary positions). A classifier holds the whole `VJEPA2Model` (predictor
+included) under "vjepa2.".
+
+One table (`tensors`) lists every tensor, so that the writer back to transformers can use it as the reader does.
+"""
+
+from __future__ import annotations
+
+from vidjax.convert.common import (
+    ConversionError,
+    Converted,
+    Tensor,
+    TensorSource,
+    layer_norm,
+    linear,
+    prefixed,
+    read_tensors,
+)
+from vidjax.models import vjepa2
+
+# Architecture -> the vidjax head it is.
+HEADS = {"VJEPA2Model": "none", "VJEPA2ForVideoClassification": "classification"}
+ARCHITECTURES = tuple(HEADS)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # VJEPA2VideoProcessor's defaults
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _qkv(prefix: str, names: tuple[str, str, str], dim: int, heads: int, bias: bool) -> list[Tensor]:
+    """Three `nn.Linear`s q, k, v (named `names` under `prefix`) <-> a vidjax Attention's fused qkv (and qkv_b)."""
+    hd = dim // heads
+    rows = [Tensor("attn/qkv", tuple(f"{prefix}{n}.weight" for n in names), (dim, dim), perm=(1, 0),
+                   part=(dim, heads, hd), axis=1)]
+    if bias:
+        rows.append(Tensor("attn/qkv_b", tuple(f"{prefix}{n}.bias" for n in names), (dim,), part=(heads, hd)))
+    return rows
+
+
+def _block(dim: int, heads: int, mlp: int, qkv_bias: bool) -> list[Tensor]:
+    """One VJEPA2Layer (encoder or predictor) <-> a vidjax Block."""
+    hd = dim // heads
+    a = "attention."
+    rows = _qkv(a, ("query", "key", "value"), dim, heads, qkv_bias)
+    rows += [Tensor("attn/proj", (f"{a}proj.weight",), (dim, dim), perm=(1, 0), part=(heads, hd, dim)),
+             Tensor("attn/proj_bias", (f"{a}proj.bias",), (dim,))]
+    rows += linear("mlp/fc1", "mlp.fc1", dim, mlp) + linear("mlp/fc2", "mlp.fc2", mlp, dim)
+    return rows + layer_norm("norm1", "norm1", dim) + layer_norm("norm2", "norm2", dim)
+
+
+def _pooler_block(dim: int, heads: int) -> list[Tensor]:
+    """One VJEPA2PoolerSelfAttentionLayer <-> a vidjax Block (q/k/v/out biases, MLP 4 x width)."""
+    hd = dim // heads
+    rows = _qkv("self_attn.", ("q_proj", "k_proj", "v_proj"), dim, heads, True)
+    rows += [Tensor("attn/proj", ("self_attn.out_proj.weight",), (dim, dim), perm=(1, 0), part=(heads, hd, dim)),
+             Tensor("attn/proj_bias", ("self_attn.out_proj.bias",), (dim,))]
+    rows += linear("mlp/fc1", "mlp.fc1", dim, 4 * dim) + linear("mlp/fc2", "mlp.fc2", 4 * dim, dim)
+    return rows + layer_norm("norm1", "layer_norm1", dim) + layer_norm("norm2", "layer_norm2", dim)
+
+
+def _cross_block(dim: int, heads: int) -> list[Tensor]:
+    """VJEPA2PoolerCrossAttentionLayer <-> a vidjax `vjepa2.CrossAttentionBlock`."""
+    hd = dim // heads
+    c = "cross_attn."
+    rows = [Tensor("attn/q", (f"{c}q_proj.weight",), (dim, dim), perm=(1, 0), part=(dim, heads, hd)),
+            Tensor("attn/q_bias", (f"{c}q_proj.bias",), (dim,), part=(heads, hd)),
+            Tensor("attn/kv", (f"{c}k_proj.weight", f"{c}v_proj.weight"), (dim, dim), perm=(1, 0),
+                   part=(dim, heads, hd), axis=1),
+            Tensor("attn/kv_bias", (f"{c}k_proj.bias", f"{c}v_proj.bias"), (dim,), part=(heads, hd))]
+    rows += linear("mlp/fc1", "mlp.fc1", dim, 4 * dim) + linear("mlp/fc2", "mlp.fc2", 4 * dim, dim)
+    return rows + layer_norm("norm1", "layer_norm1", dim) + layer_norm("norm2", "layer_norm2", dim)
+
+
+def tensors(cfg, root: str) -> list[Tensor]:
+    """The table of a V-JEPA 2 with vidjax config `cfg`, both directions; `root` is the VJEPA2Model's prefix in the
+    checkpoint ("vjepa2." under a classifier, "" in a VJEPA2Model); the pooler and classifier sit outside it."""
+    d = vjepa2.dims(cfg)
+    dim, heads, patch, tubelet = d["width"], d["num_heads"], d["patch"], cfg.tubelet_size
+    qkv_bias = cfg.qkv_bias == "qkv"
+    e = f"{root}encoder."
+    rows = [Tensor("encoder/patch_embed/kernel", (f"{e}embeddings.patch_embeddings.proj.weight",),
+                   (dim, 3, tubelet, patch, patch), perm=(2, 3, 4, 1, 0), part=(tubelet * patch * patch * 3, dim)),
+            Tensor("encoder/patch_embed/bias", (f"{e}embeddings.patch_embeddings.proj.bias",), (dim,))]
+    block = _block(dim, heads, d["mlp_dim"], qkv_bias)
+    for i in range(d["depth"]):
+        rows += prefixed(block, f"encoder/transformer/blocks/{i}/", f"{e}layer.{i}.")
+    rows += layer_norm("encoder/norm", f"{e}layernorm", dim)
+    if cfg.predictor:
+        p, pw = f"{root}predictor.", cfg.predictor_width
+        rows += linear("predictor/embed", f"{p}embeddings.predictor_embeddings", dim, pw)
+        rows.append(Tensor("predictor/mask_tokens", (f"{p}embeddings.mask_tokens",), (cfg.num_mask_tokens, 1, 1, pw),
+                           part=(cfg.num_mask_tokens, pw)))
+        block = _block(pw, cfg.predictor_heads, cfg.predictor_mlp_dim or 4 * pw, qkv_bias)
+        for i in range(cfg.predictor_depth):
+            rows += prefixed(block, f"predictor/transformer/blocks/{i}/", f"{p}layer.{i}.")
+        rows += layer_norm("predictor/norm", f"{p}layernorm", pw)
+        rows += linear("predictor/proj", f"{p}proj", pw, dim)
+    if cfg.head == "classification":
+        rows.append(Tensor("pooler/query", ("pooler.query_tokens",), (1, 1, dim), part=(dim,)))
+        block = _pooler_block(dim, heads)
+        for i in range(cfg.num_pooler_layers):
+            rows += prefixed(block, f"pooler/blocks/blocks/{i}/", f"pooler.self_attention_layers.{i}.")
+        rows += prefixed(_cross_block(dim, heads), "pooler/cross/", "pooler.cross_attention_layer.")
+        rows += linear("head", "classifier", dim, cfg.num_classes)
+    return rows
+
+
+def _ratio_dim(width: int, ratio: float) -> int:
+    return int(width * ratio)  # nn.Linear(width, int(width * mlp_ratio)), as transformers' VJEPA2MLP
+
+
+def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
+    """Maps a V-JEPA 2 checkpoint onto `vidjax.models.vjepa2`."""
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ConversionError(f"V-JEPA 2 checkpoint uses hidden_act={hf['hidden_act']!r}; vidjax's V-JEPA 2 "
+                              f"implements the exact 'gelu' the published models use.")
+    if hf.get("in_chans", 3) != 3:
+        raise ConversionError(f"V-JEPA 2 checkpoint has in_chans={hf['in_chans']}; vidjax takes RGB video.")
+    head = HEADS[architecture]
+    root = src.prefix_of("encoder.embeddings.patch_embeddings.proj.weight")
+    width, pw = hf.get("hidden_size", 1024), hf.get("pred_hidden_size", 384)
+    cfg = vjepa2.default_config()
+    cfg.update(dict(
+        variant=f"L/{hf.get('patch_size', 16)}", width=width, depth=hf.get("num_hidden_layers", 24),
+        num_heads=hf.get("num_attention_heads", 16), mlp_dim=_ratio_dim(width, hf.get("mlp_ratio", 4.0)),
+        num_frames=hf.get("frames_per_clip", 64), image_size=hf.get("crop_size", 256),
+        tubelet_size=hf.get("tubelet_size", 2), head=head,
+        # A classifier's checkpoint holds the predictor too (transformers builds the whole VJEPA2Model); kept so
+        # that nothing is dropped, unless the file has none.
+        predictor=src.has(f"{root}predictor.layernorm.weight"),
+        predictor_width=pw, predictor_depth=hf.get("pred_num_hidden_layers", 12),
+        predictor_heads=hf.get("pred_num_attention_heads", 12),
+        predictor_mlp_dim=_ratio_dim(pw, hf.get("pred_mlp_ratio", 4.0)),
+        num_mask_tokens=hf.get("pred_num_mask_tokens", 10), num_pooler_layers=hf.get("num_pooler_layers", 3),
+        qkv_bias="qkv" if hf.get("qkv_bias", True) else "none", ln_eps=hf.get("layer_norm_eps", 1e-6),
+    ))
+    class_names = None
+    if head == "classification":
+        labels = hf.get("id2label") or {}
+        num_classes = hf.get("num_labels") or len(labels)
+        if not num_classes and src.has("classifier.bias"):
+            num_classes = src.tensors["classifier.bias"].shape[0]
+        cfg.num_classes = int(num_classes)
+        if labels:
+            id2label = {int(k): v for k, v in labels.items()}
+            class_names = [id2label.get(i, str(i)) for i in range(cfg.num_classes)]
+    params = read_tensors(src, tensors(cfg, root))
+    return Converted("vjepa2", cfg, params, preprocessing=_preprocessing(hf), class_names=class_names)
+
+
+def _preprocessing(hf: dict) -> dict:
+    """The checkpoint's processor's mean/std (ImageNet's, VJEPA2VideoProcessor's defaults, when it has none)."""
+    proc = hf.get("_preprocessor_config") or {}
+    if proc.get("do_normalize", True) and "image_mean" in proc:
+        scale = proc.get("rescale_factor", 1 / 255) if proc.get("do_rescale", True) else 1.0
+        if abs(scale * 255 - 1) > 1e-6:
+            raise ConversionError(f"the processor config rescales by {scale}; vidjax's V-JEPA 2 input is "
+                                  f"(pixels/255 - mean)/std.")
+        return {"mean": [float(v) for v in proc["image_mean"]], "std": [float(v) for v in proc["image_std"]]}
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
