@@ -481,6 +481,20 @@ def prefixed(rows: Iterable[Tensor], vj: str = "", hf: str = "") -> list[Tensor]
     return [dataclasses.replace(r, vj=vj + r.vj, hf=tuple(hf + n for n in r.hf)) for r in rows]
 
 
+def check_video_input(hf: Mapping[str, Any], family: str, *, gelu: Iterable[str] = ("gelu",),
+                      default_act: str = "gelu", channels_key: str = "num_channels") -> None:
+    """A transformers config the vidjax model computes as written: its activation one of the GELU forms `gelu` the
+    model implements, and 3 input channels (RGB video). ConversionError naming the value otherwise."""
+    gelu = tuple(gelu)
+    act = hf.get("hidden_act", default_act)
+    if act not in gelu:
+        forms = f"the exact {gelu[0]!r} the published models use" if len(gelu) == 1 else \
+            f"the GELU forms {', '.join(gelu)}"
+        raise ConversionError(f"{family} checkpoint uses hidden_act={act!r}; vidjax's {family} implements {forms}.")
+    if hf.get(channels_key, 3) != 3:
+        raise ConversionError(f"{family} checkpoint has {channels_key}={hf[channels_key]}; vidjax takes RGB video.")
+
+
 def read_tensors(src: TensorSource, rows: Iterable[Tensor]) -> dict[str, np.ndarray]:
     """The vidjax parameters of a table, each read from `src` (shapes checked, tensors marked used)."""
     return {r.vj: r.to_vidjax([src.take(name, r.shape) for name in r.hf]) for r in rows}

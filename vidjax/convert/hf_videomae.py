@@ -20,6 +20,7 @@ from vidjax.convert.common import (
     HfCheckpoint,
     Tensor,
     TensorSource,
+    check_video_input,
     layer_norm,
     linear,
     prefixed,
@@ -100,11 +101,7 @@ def tensors(cfg, root: str, bias_names: tuple[str, str] = SAVED_BIAS_NAMES) -> l
 
 def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
     """Maps a VideoMAE checkpoint onto `vidjax.models.videomae`."""
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ConversionError(f"VideoMAE checkpoint uses hidden_act={hf['hidden_act']!r}; vidjax's VideoMAE "
-                              f"implements the exact 'gelu' the published models use.")
-    if hf.get("num_channels", 3) != 3:
-        raise ConversionError(f"VideoMAE checkpoint has num_channels={hf['num_channels']}; vidjax takes RGB video.")
+    check_video_input(hf, "VideoMAE")
     dim, depth, heads = hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"]
     mlp, patch, tubelet = hf["intermediate_size"], hf["patch_size"], hf.get("tubelet_size", 2)
     qv_bias = hf.get("qv_bias", hf.get("qkv_bias", True))

@@ -23,6 +23,7 @@ from vidjax.convert.common import (
     HfCheckpoint,
     Tensor,
     TensorSource,
+    check_video_input,
     layer_norm,
     linear,
     prefixed,
@@ -127,12 +128,8 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
     """Maps a ViViT checkpoint onto `vidjax.models.vivit` (model_type "joint", CLS classifier)."""
     if architecture not in ARCHITECTURES:
         raise ConversionError(f"hf_vivit converts {', '.join(ARCHITECTURES)}, not {architecture!r}.")
+    check_video_input(hf, "ViViT", gelu=_GELU_FORMS, default_act="gelu_fast")
     act = hf.get("hidden_act", "gelu_fast")
-    if act not in _GELU_FORMS:
-        raise ConversionError(f"ViViT checkpoint uses hidden_act={act!r}; vidjax implements the GELU forms "
-                              f"{', '.join(_GELU_FORMS)}.")
-    if hf.get("num_channels", 3) != 3:
-        raise ConversionError(f"ViViT checkpoint has num_channels={hf['num_channels']}; vidjax takes RGB video.")
     dim, depth, heads = int(hf["hidden_size"]), int(hf["num_hidden_layers"]), int(hf["num_attention_heads"])
     mlp = int(hf["intermediate_size"])
     tubelet, patch_h, patch_w = (int(v) for v in hf.get("tubelet_size", (2, 16, 16)))

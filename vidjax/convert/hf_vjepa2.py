@@ -18,6 +18,7 @@ from vidjax.convert.common import (
     Converted,
     Tensor,
     TensorSource,
+    check_video_input,
     layer_norm,
     linear,
     prefixed,
@@ -116,11 +117,7 @@ def _ratio_dim(width: int, ratio: float) -> int:
 
 def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
     """Maps a V-JEPA 2 checkpoint onto `vidjax.models.vjepa2`."""
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ConversionError(f"V-JEPA 2 checkpoint uses hidden_act={hf['hidden_act']!r}; vidjax's V-JEPA 2 "
-                              f"implements the exact 'gelu' the published models use.")
-    if hf.get("in_chans", 3) != 3:
-        raise ConversionError(f"V-JEPA 2 checkpoint has in_chans={hf['in_chans']}; vidjax takes RGB video.")
+    check_video_input(hf, "V-JEPA 2", channels_key="in_chans")
     head = HEADS[architecture]
     root = src.prefix_of("encoder.embeddings.patch_embeddings.proj.weight")
     width, pw = hf.get("hidden_size", 1024), hf.get("pred_hidden_size", 384)
