@@ -246,8 +246,11 @@ def _source_digest() -> list[tuple[str, str]]:
 
 
 def _versions() -> list[tuple[str, str]]:
-    """(package, version) of every loaded top-level package that states one (jax, jaxlib, flax, optax, numpy, ...)."""
-    return sorted((name, version) for name, module in list(sys.modules.items())
+    """(package, version) of every loaded top-level package that states one (jax, jaxlib, flax, optax, numpy, ...).
+
+    The trainer computes it on its compile thread while the main thread may import: `sys.modules.copy()` is one C
+    call under the GIL, where `list(sys.modules.items())` could see the dict change size mid-copy and raise."""
+    return sorted((name, version) for name, module in sys.modules.copy().items()
                   if "." not in name and isinstance(version := getattr(module, "__version__", None), str))
 
 
