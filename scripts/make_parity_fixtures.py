@@ -1,6 +1,7 @@
 r"""Writes the golden-output parity fixtures: small random-weight reference models and their outputs.
 
-Needs torch and transformers (`pip install -e '.[torch]'`); run by hand, not in CI, and commit the result:
+Needs torch and transformers (`pip install -e '.[torch]'`), and for vjepa2_official a checkout of
+facebookresearch/vjepa2 named by $VJEPA2_REPO; run by hand, not in CI, and commit the result:
   python scripts/make_parity_fixtures.py                       # every model, into tests/fixtures/parity/
   python scripts/make_parity_fixtures.py --only videomae vivit
 
@@ -17,7 +18,7 @@ import shutil
 
 HERE = pathlib.Path(__file__).parent
 MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2", "to_hf",
-          "vjepa2")
+          "vjepa2", "vjepa2_official")
 
 
 def main() -> None:

@@ -52,7 +52,12 @@ ROWS = [
     ("videomamba_s", "VideoMamba-S/16", "videomamba_k400.py", None, {}),
     ("svt_b", "SVT ViT-B/16 (TimeSformer)", "svt_k400.py", None, {}),
     ("captioner_b", "Captioner: VideoMAE-B/16 + GPT-2", "captioning_charades.py", None, {}),
+    ("vjepa2_l_pt", "V-JEPA 2 ViT-L/16 pre-training (16 x 256)", "vjepa2.py", None, {}),
+    # The eval step of the recipe's evaluator (`vidjax.evaluators.attentive`): the target encoder's tokens, which the
+    # attentive probe is then trained on, on the host's share of them.
+    ("vjepa2_l_probe", "V-JEPA 2 ViT-L/16 attentive-probe evaluation", "vjepa2.py", None, {"step": "eval"}),
 ]
+# The overrides' "step" key: which of `vidjax.train.aot.STEPS` a row compiles ("train" when absent).
 # (column id, slice name, slices over DCN)
 COLUMNS = [
     ("v5litepod-1", "v5litepod-1", 1), ("v6e-1", "v6e-1", 1), ("v5litepod-8", "v5litepod-8", 1),
@@ -91,6 +96,8 @@ def cell(row, column) -> dict:
     from vidjax.config_lib import ConfigError
 
     _, _, file, arg, extra = row
+    extra = dict(extra)
+    step = extra.pop("step", "train")
     _, name, slices = column
     slice_ = tpu.slice_of(name, slices)
     base = config_lib.load_config_file(os.path.join(ROOT, "configs", file), arg)
@@ -100,13 +107,16 @@ def cell(row, column) -> dict:
     base = _apply(base, {**{f"{where}.{key}": value for where, block in blocks for key, value in TPU.items()
                             if key in block}, **extra})
     tried = []
-    for settings in ladder(base, slice_):
+    for settings in ladder(base, slice_) if step == "train" else [{}]:
         config = _apply(base, settings)
         started = time.perf_counter()
         try:
-            out = aot_command.figures(config, slice_, "train")
+            out = aot_command.figures(config, slice_, step)
         except ConfigError as err:
             tried.append({"settings": settings, "error": str(err)[:300]})
+            continue
+        except Exception as err:  # noqa: BLE001 - a program that does not compile is that cell's result, not the run's
+            tried.append({"settings": settings, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         out["settings"] = {**extra, **settings}
         out["wall_s"] = round(time.perf_counter() - started, 1)

@@ -111,6 +111,22 @@ def test_option_lists_run_every_combination_and_print_a_table(capsys):
     assert table[2].endswith("| 1.00 | 1.00 |")  # ratios against the first row
 
 
+def test_encode_compiled_only_reports_the_backbone_memory_and_its_compiler(capsys):
+    """--mode=encode --compile_only: the backbone's forward alone (V-JEPA 2 without its predictor), compiled and not
+    run, with XLA's per-device figures and whose compiler made them; --topology needs --compile_only."""
+    run_main("--model=vjepa2", "--variant=Mu/16", "--frames=4", "--size=32", "--batch=8", "--mode=encode",
+             "--compile_only")
+    out = capsys.readouterr().out.strip().splitlines()
+    row = json.loads(out[-1])["rows"][0]
+    assert row["mode"] == "encode" and row["compile_only"] and "seconds_per_step" not in row
+    assert (row["backend"], row["device_kind"]) == ("cpu", "cpu")
+    assert row["total_bytes"] == (row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"]
+                                  + row["temp_bytes"] + row["code_bytes"]) > 0
+    assert out[-2].startswith("vidjax (compiled only, by XLA:CPU for cpu)")
+    with pytest.raises(app.UsageError, match="--topology=v5litepod-1 compiles for a TPU slice .* add --compile_only"):
+        run_main("--model=vjepa2", "--mode=encode", "--topology=v5litepod-1")
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("dtype", "float16", "--dtype=float16: each value must be one of float32, bfloat16"),
     ("scan_layers", "yes", "--scan_layers=yes: each value must be one of false, true"),

@@ -45,7 +45,7 @@ def test_kinetics_recipe_is_the_published_one():
 
 @pytest.mark.parametrize("name, full, local", [
     ("videomae_k400", "B/16", "Mu/8"), ("videomae_finetune_k400", "B/16", "Mu/8"), ("timesformer_k400", "B/16", "Mu/8"),
-    ("vivit_k400", "B/16x2", "Mu/8x2"), ("videomamba_k400", "S/16", "Mu/8")])
+    ("vivit_k400", "B/16x2", "Mu/8x2"), ("videomamba_k400", "S/16", "Mu/8"), ("vjepa2", "L/16", "Mu/4")])
 def test_variant_is_honoured_with_runlocal(name, full, local):
     """`:runlocal,variant=X` trains X on the embedded dataset; without variant= each form keeps its own size."""
     assert load_config(name).model.variant == full
@@ -84,6 +84,38 @@ def test_svt_recipe_is_the_published_one():
     local = load_config("svt_k400", "runlocal")
     assert local.model.backbone.depth == 2 and local.data.source == "synthetic"
     assert train.config_problems(local) == []
+
+
+def test_vjepa2_recipe_is_the_published_one():
+    """configs/vjepa2.py: V-JEPA 2's ViT-L/16 pre-training as its pretrain-256px-16f.yaml has it; H and g by
+    :variant=; :runlocal a micro model whose config has no problems."""
+    from vidjax import tasks, train
+    from vidjax.data import multiblock
+    from vidjax.models import vjepa2
+
+    config = load_config("vjepa2")
+    m = config.model
+    assert (m.variant, m.num_frames, m.image_size, m.tubelet_size, m.remat, m.num_mask_tokens) == (
+        "L/16", 16, 256, 2, "full", 2)
+    assert (m.predictor_width, m.predictor_depth, m.predictor_heads) == (384, 12, 12)
+    assert vjepa2.dims(load_config("vjepa2", "variant=g/16").model)["num_heads"] == 22
+    data = config.data
+    assert (data.train_crop, tuple(data.resized_crop_area), tuple(data.resized_crop_ratio), data.flip) == (
+        "random_resized", (0.3, 1.0), (0.75, 1.35), False)
+    assert config.batch_size == 3072 and config.optimizer.ema_decay == 0
+    opt = config.optimizer
+    assert opt.base_lr * config.batch_size / opt.lr_batch_base == pytest.approx(5.25e-4)
+    assert opt.warmup_start * 5.25e-4 == pytest.approx(1e-4) and opt.schedule == "wsd"
+    assert (opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.grad_clip) == (0.9, 0.999, 1e-8, 0.04, 0.0)
+    assert tuple(config.vjepa2.ema) == (0.99925, 0.99925) and config.vjepa2.loss_exp == 1.0
+    from vidjax.tasks import vjepa2 as vjepa2_task
+
+    spec = vjepa2_task.mask_spec(config)
+    assert spec.masks == multiblock.VJEPA2_MASKS and spec.grid == (8, 16, 16)
+    assert spec.keep == ((496, 976), (128, 1440))  # the official batch-of-24 minimum's median counts
+    local = load_config("vjepa2", "runlocal")
+    assert local.data.source == "synthetic" and local.total_steps == 0
+    assert train.config_problems(local) == [] and tasks.training_of(local.task).teacher is not None
 
 
 def test_an_unknown_embedded_dataset_variant_is_a_config_problem():

@@ -164,7 +164,7 @@ def test_errors_name_what_is_wrong_and_write_nothing(tmp_path, capsys):
     with pytest.raises(ConversionError, match=r"blocks.1.mlp.fc2.weight"):
         convert(from_videomae=_broken(tmp_path, path, lambda s: s.pop("blocks.1.mlp.fc2.weight")), out=str(dst),
                 **args)
-    with pytest.raises(ConversionError, match="--num_heads applies to --from_svt and --from_videomae only"):
+    with pytest.raises(ConversionError, match="--num_heads applies to --from_svt, --from_videomae and --from_vjepa2"):
         convert(from_hf=str(tmp_path), out=str(dst), num_heads=2)
     assert main(["--from_videomae", str(not_mae), "--out", str(dst)]) == 2
     assert "backbone.fc.weight" in capsys.readouterr().err

@@ -2,13 +2,19 @@
 own data, under its own metric prefix; `python -m vidjax.evaluate` runs the same ones on the checkpoint."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 from test_finetune import task_config
+from test_probe_attentive import one_token_classes
+from test_train import tiny_config
 
-from vidjax import evaluators, train
+from vidjax import evaluators, models, train
 from vidjax.commands import evaluate
 from vidjax.config_lib import ConfigError
 from vidjax.metric_writer import read_metrics
+from vidjax.models import ParamKeys, captioner, svt, videomae, vjepa2
 from vidjax.tasks import training_of
 
 HEAD_METRICS = ("loss", "top1", "top5", "macro_f1", "decode_failures")
@@ -51,7 +57,8 @@ def test_without_config_evals_the_task_gives_one_default_evaluator():
     assert (settings["type"], settings["every"], settings["batches"], settings["prefix"]) == (
         "classification", 7, 3, "eval_")
     assert evaluators.config_problems(config) == []
-    assert evaluators.get("knn").evaluates_init and not evaluators.get("classification").evaluates_init
+    assert evaluators.get("knn").evaluates_init and evaluators.get("attentive").evaluates_init
+    assert not evaluators.get("classification").evaluates_init
 
 
 def test_scheduled_runs_every_n_steps_and_at_the_last():
@@ -69,12 +76,13 @@ def test_config_evals_problems_name_their_keys():
         d=dict(data=dict(no_such_key=1)),
         e=dict(prefix="a_"),
         train=dict(),
-        f=dict(label_space="k500"))
+        f=dict(label_space="k500"),
+        g=dict(type="attentive", bank="test", depth=0, heads=-1, lr=0, weight_decay="big", epochs=2.5, seed="one"))
     config.evals.a.prefix = "a_"
     problems = "\n".join(evaluators.config_problems(config))
-    assert "config.evals.a.type='nope'; choose one of captioning, classification, knn" in problems
+    assert "config.evals.a.type='nope'; choose one of attentive, captioning, classification, knn" in problems
     assert ("config.evals.b.type='knn' measures a task whose model_name='svt' (config.task='classification' has "
-            "None); its evaluators are classification." in problems), problems
+            "None); its evaluators are attentive, classification." in problems), problems
     assert "config.evals.c.every=-1 must be a whole number >= 0" in problems
     assert "config.evals.c.batches=1.5" in problems
     assert "config.evals.c.split='test'; choose one of eval, train" in problems
@@ -83,6 +91,13 @@ def test_config_evals_problems_name_their_keys():
     assert "config.evals.e.prefix='a_' must be a string no other evaluation uses (config.evals.a has it)" in problems
     assert "config.evals.train: 'train' names the training rows" in problems
     assert "config.evals.f.label_space='k500'; choose ''" in problems
+    assert "config.evals.g.bank='test': the probe's training clips come from one of eval, train." in problems
+    assert "config.evals.g.depth=0 must be a whole number >= 1." in problems
+    assert "config.evals.g.heads=-1 must be a whole number >= 0." in problems
+    assert "config.evals.g.epochs=2.5 must be a whole number >= 1." in problems
+    assert "config.evals.g.lr=0 must be a number above 0." in problems
+    assert "config.evals.g.weight_decay='big' must be a number >= 0." in problems
+    assert "config.evals.g.seed='one' must be a whole number (default: config.seed)." in problems
     with pytest.raises(ConfigError, match="config.evals.a.type='nope'"):
         train.check_config(config)
 
@@ -111,3 +126,73 @@ def test_a_stored_config_of_an_earlier_version_names_its_embedded_variant_in_tod
     config = task_config("classification")
     config.data.synthetic_task = stored
     assert tasks.upgrade_stored_config(config) is config and config.data.synthetic_task == variant
+
+
+def test_attentive_probe_on_a_runs_encoder_logs_it_and_its_initial_weights(tmp_path):
+    """The attentive evaluator on a VideoMAE pre-training (its encoder's tokens): the probe's top-1 and top-5 of the
+    trained and (at step 0) the initial weights, each in [0, 1]; `evaluate` on the checkpoint gives the same figures
+    (the same weights, the same probe seed)."""
+    config = tiny_config(total_steps=2, checkpoint_every=2)
+    config.evals = dict(probe=dict(type="attentive", epochs=10))
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    names = {f"probe_attentive_top{k}{init}" for k in (1, 5) for init in ("", "_init")}
+    assert names <= result.keys() and result["probe_decode_failures"] == 0
+    for init in ("", "_init"):
+        assert 0.0 <= result[f"probe_attentive_top1{init}"] <= result[f"probe_attentive_top5{init}"] <= 1.0
+    rows = {row["step"]: row for row in read_metrics(tmp_path) if row["split"] == "probe"}
+    assert sorted(rows) == [0, 2] and rows[0]["probe_attentive_top1_init"] == result["probe_attentive_top1_init"]
+    again = evaluate.evaluate_checkpoint(None, str(tmp_path), str(tmp_path / "eval" / "out.json"))
+    assert {k: again[k] for k in ("probe_attentive_top1", "probe_attentive_top5")} == {
+        k: result[k] for k in ("probe_attentive_top1", "probe_attentive_top5")}
+
+
+def attentive_evaluator(config, **options):
+    return evaluators.get("attentive")(evaluators.EvalContext(config=config), name="probe", **options)
+
+
+def test_attentive_probe_scores_well_on_tokens_that_carry_the_class():
+    """Its metrics on bank and eval tokens where one marked token carries the class (test_probe_attentive): near
+    perfect; a split without labels is refused, naming what is missing."""
+    x, label = one_token_classes(n=200, seed=4)
+    evaluator = attentive_evaluator(task_config("classification"), heads=4)
+    evaluator.bank = {"tokens": x[:160], "label": label[:160]}
+    scores = evaluator.metrics({"tokens": x[160:], "label": label[160:]})
+    assert set(scores) == {"attentive_top1", "attentive_top5"} and scores["attentive_top1"] >= 0.95, scores
+    assert scores["attentive_top5"] == 1.0  # 8 classes (config.data.num_classes), 4 of them used
+    with pytest.raises(ValueError, match="needs labelled 'eval' and 'train' splits"):
+        evaluator.metrics({"tokens": x[160:]})
+    evaluator = attentive_evaluator(task_config("classification"), heads=5)
+    evaluator.bank = {"tokens": x[:160], "label": label[:160]}
+    with pytest.raises(ValueError, match=r"config.evals.probe.heads=5 does not divide the feature dimension 32"):
+        evaluator.metrics({"tokens": x[160:], "label": label[160:]})
+
+
+def test_attentive_probe_reads_each_familys_tokens():
+    """Any encoder: the tokens come from the part `models.tokens_part` names (the one place extract reads too); a
+    V-JEPA 2 model without a head (pre-training's) gives them itself, as model(video)["last_hidden_state"], float32,
+    and several eval views side by side."""
+    assert models.tokens_part("videomae", videomae.default_config()) == "encoder"  # head "pretrain"
+    assert models.tokens_part("svt", svt.default_config()) == "backbone"
+    assert models.tokens_part("captioner", captioner.default_config()) == "encoder"
+    chunked = captioner.default_config()
+    chunked.num_chunks = 2
+    with pytest.raises(ValueError, match="encodes 2 chunks per clip"):
+        models.tokens_part("captioner", chunked)
+    config = task_config("classification")
+    config.model_name = "vjepa2"
+    config.model = vjepa2.default_config()
+    config.model.update(variant="Mu/16", width=32, depth=1, num_heads=2, mlp_dim=64, num_frames=4, image_size=32,
+                        head="none", predictor=False)
+    assert models.tokens_part("vjepa2", config.model) == ""
+    with nnx.use_eager_sharding(False):
+        model = vjepa2.Model(config.model, rngs=ParamKeys(0))
+    video = jax.random.normal(jax.random.key(0), (2, 2, 4, 32, 32, 3))  # 2 clips x 2 views
+    evaluator = attentive_evaluator(config)
+    one = evaluator.batch_outputs(model, {"video": video[:, 0], "label": jnp.array([1, 2])})
+    tokens = model(video[:, 0])["last_hidden_state"]
+    assert one["tokens"].dtype == jnp.float32 and one["tokens"].shape == tokens.shape == (2, 8, 32)
+    np.testing.assert_array_equal(one["tokens"], tokens)
+    np.testing.assert_array_equal(one["label"], [1, 2])
+    both = evaluator.batch_outputs(model, {"video": video})
+    np.testing.assert_allclose(both["tokens"], jnp.concatenate([tokens, model(video[:, 1])["last_hidden_state"]], 1),
+                               atol=1e-5)

@@ -2,8 +2,9 @@
 
 The real huggingface_hub client talks to a small Hub this file starts on 127.0.0.1 (tests/hub_server.py, through
 HF_ENDPOINT), serving repositories written here from the parity fixtures: Hugging Face `save_pretrained` folders (a
-VideoMAE classifier with id2label) and official .pth files (VideoMamba, VideoMAE V2, SVT), written without torch by
-the fixture makers. Each test has its own huggingface_hub and vidjax caches; nothing leaves this machine.
+VideoMAE classifier with id2label, a V-JEPA 2 classifier) and official checkpoint files (VideoMamba, VideoMAE V2, SVT,
+V-JEPA 2), written by the fixture makers. Each test has its own huggingface_hub and vidjax caches; nothing leaves
+this machine.
 """
 
 import json
@@ -36,6 +37,8 @@ PRIVATE = "vidjax-test/private-videomae"
 MAMBA, MAMBA_FILE = "vidjax-test/videomamba", "k400/videomamba_cls.pth"  # no config.json: .pth files only
 V2, V2_FILE = "vidjax-test/videomae2", "distill/vit_tiny_k710_dl.pth"
 SVT, SVT_FILE = "vidjax-test/svt", "kinetics400_vitb_ssl.pth"
+VJEPA2, VJEPA2_SOURCE = "vidjax-test/vjepa2-classifier", FIXTURES / "vjepa2_classification" / "source"
+VJEPA2_OFFICIAL, VJEPA2_FILE = "vidjax-test/vjepa2", "vitl.pt"  # as facebookresearch/vjepa2 names its files
 BERT = "vidjax-test/bert-tiny"
 
 
@@ -59,6 +62,9 @@ def server():
                                MAMBA_FILE: (FIXTURES / "videomamba_cls/source/checkpoint.pth").read_bytes()})
         hub_server.add(V2, {V2_FILE: (FIXTURES / "videomae_v2_distilled/source/checkpoint.pth").read_bytes()})
         hub_server.add(SVT, {SVT_FILE: (FIXTURES / "svt_backbone/source/release.pth").read_bytes()})
+        hub_server.add(VJEPA2, {p.name: p.read_bytes() for p in VJEPA2_SOURCE.iterdir()})
+        hub_server.add(VJEPA2_OFFICIAL, {VJEPA2_FILE: (FIXTURES / "vjepa2_official_pretrain/source/checkpoint.pt"
+                                                       ).read_bytes()})
         hub_server.add(BERT, {"config.json": json.dumps({"architectures": ["BertModel"],
                                                          "model_type": "bert"}).encode(),
                               "model.safetensors": b"\x08" + b"\x00" * 7 + b"{}"})
@@ -190,6 +196,16 @@ def test_load_a_file_inside_a_repository(env, server, tmp_path, monkeypatch, con
     assert new_requests(server, before) == [] and len(conversions) == 1
 
 
+def test_a_vjepa2_repository_by_name(env, server, tmp_path, conversions):
+    """A VJEPA2ForVideoClassification save_pretrained folder: loaded by name, and converted by name."""
+    model = pretrained.load(VJEPA2)
+    assert (model.model_name, model.config.head, model.config.predictor) == ("vjepa2", "classification", True)
+    assert model.class_names == [f"action_{i}" for i in range(5)] and len(conversions) == 1
+    assert_same_params(model, local("hf", VJEPA2_SOURCE, tmp_path))
+    assert convert_main(["--from_hf", VJEPA2, "--out", str(tmp_path / "out")]) == 0
+    assert_same_params(pretrained.load(tmp_path / "out"), model)
+
+
 def test_a_private_repository_needs_a_token(env, server, monkeypatch):
     before = len(server.requests)
     with pytest.raises(hub.HubError) as error:
@@ -293,6 +309,10 @@ CONVERT = {
     "svt": (f"{SVT}/{SVT_FILE}", ["--num_heads=2"], "svt", FIXTURES / "svt_backbone/source/release.pth",
             dict(num_heads=2)),
     "videomamba": (f"{MAMBA}/{MAMBA_FILE}", [], "videomamba", FIXTURES / "videomamba_cls/source/checkpoint.pth", {}),
+    "vjepa2": (f"{VJEPA2_OFFICIAL}/{VJEPA2_FILE}", ["--num_heads=2", "--predictor_num_heads=1",
+                                                    "--checkpoint_key=encoder"],
+               "vjepa2", FIXTURES / "vjepa2_official_pretrain/source/checkpoint.pt",
+               dict(num_heads=2, predictor_num_heads=1, checkpoint_key="encoder")),
 }
 
 

@@ -294,3 +294,18 @@ def test_a_signal_in_a_garbage_collection_callback_is_not_lost(tmp_path):
     assert done.returncode == 143, done.stdout + done.stderr
     assert done.stdout == "" and done.stderr.splitlines() == [
         "stopped by SIGTERM: nothing was written; run the same command again to start over."], done.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_flags_are_parsed_is_the_one_line(tmp_path, signum, code):
+    """A config flag's file runs while absl parses the flags (and imports jax and flax there, as `evaluate`'s stored
+    config does): a signal then is the one line and 130 / 143, not a traceback."""
+    slow = tmp_path / "slow_config.py"
+    slow.write_text("import time\n\n\ndef get_config(arg=None):\n    print('reading the config', flush=True)\n"
+                    "    time.sleep(120)\n")
+    status, output = run(["-m", "vidjax.main", f"--config={slow}", f"--workdir={tmp_path / 'run'}"],
+                         tmp_path / "run.log", child_env(), lambda out: "reading the config" in out, signum)
+    assert status == code, output
+    assert "Traceback" not in output and output.strip().splitlines()[-1] == (
+        f"stopped by {signal.Signals(signum).name}: nothing was written; run the same command again to start over.")
+    assert not (tmp_path / "run").exists()

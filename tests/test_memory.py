@@ -5,6 +5,7 @@ compiled step's memory is reported and checked before the first step."""
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,7 +13,7 @@ from helpers import load_config, run_steps, tiny_family_config
 
 from vidjax import train
 from vidjax.config_lib import ConfigError
-from vidjax.models import get_model, layers
+from vidjax.models import get_model, layers, vjepa2
 
 FAMILIES = ("videomae", "timesformer", "vivit", "videomamba")
 
@@ -140,3 +141,35 @@ def test_bench_reports_remat_grad_accum_and_memory():
         results[accum] = bench.time_vidjax(config, "pretrain", steps=1, warmup=0)
         assert results[accum]["seconds_per_step"] > 0 and results[accum]["argument_bytes"] > 0
     assert 0 < results[4]["temp_bytes"] < 0.6 * results[1]["temp_bytes"]
+
+
+# XLA:CPU hands some fusions to YNNPACK (a dense attention's products and softmax, for one) and does not count what
+# YNNPACK holds inside them; compiled without those fusions, XLA's plan holds every buffer (docs/performance.md,
+# "V-JEPA 2 long clips").
+EVERY_BUFFER_PLANNED = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def encoder_temp_bytes(frames, attention_impl):
+    """XLA's temporaries for V-JEPA 2's encoder (Mu/16 narrowed to one block of 3 heads) on one float32 clip of
+    `frames` x 128 x 128: frames / 2 x 64 tokens. Compiled only."""
+    cfg = vjepa2.default_config()
+    cfg.update(variant="Mu/16", depth=1, predictor=False, num_frames=frames, image_size=128,
+               attention_impl=attention_impl)
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: vjepa2.Model(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, video: nnx.merge(graphdef, state)(video)["last_hidden_state"])
+    video = jax.ShapeDtypeStruct((1, frames, 128, 128, 3), jnp.float32)
+    compiled = forward.lower(state, video).compile(compiler_options=EVERY_BUFFER_PLANNED)
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_long_clip_inference_memory_is_linear_in_frames():
+    """Long clips at bounded memory: at 2,048 and 4,096 tokens the backend's attention rule ("auto": blockwise at
+    these lengths) keeps the encoder's temporaries linear in the frames and below the score matrices a dense
+    attention holds; dense attention's, the check that these figures see score matrices at all, grow fourfold."""
+    scores = 3 * 4096**2 * 4  # one layer's score matrices at 4,096 tokens, 3 heads, float32
+    auto = [encoder_temp_bytes(frames, "auto") for frames in (64, 128)]
+    assert auto[1] < 2.3 * auto[0] and auto[1] < scores / 2, auto
+    dense = [encoder_temp_bytes(frames, "heads_major") for frames in (64, 128)]
+    assert dense[1] > 3.5 * dense[0] and dense[1] > scores, dense

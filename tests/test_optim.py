@@ -38,6 +38,24 @@ def test_warmup_cosine_schedule_and_lr_scaling():
     assert lrs[100] == pytest.approx(1e-5)
 
 
+def test_wsd_schedule_warms_up_from_its_start_holds_then_cools_down():
+    """V-JEPA 2's warm-up / stable / decay: from warmup_start x peak up to the peak, the peak, then linear to min_lr
+    over the last cooldown_epochs."""
+    config = tiny_config(batch_size=256)
+    opt = config.optimizer
+    opt.base_lr, opt.lr_batch_base, opt.min_lr, opt.schedule = 5.25e-4, 256, 1e-6, "wsd"
+    opt.warmup_start, opt.cooldown_epochs = 1e-4 / 5.25e-4, 2.0
+    schedule = optim.make_schedule(config, total_steps=100, warmup_steps=10, steps_per_epoch=10)
+    lrs = np.array([schedule(s) for s in range(101)])
+    assert lrs[0] == pytest.approx(1e-4) and lrs[5] == pytest.approx((1e-4 + 5.25e-4) / 2)
+    assert np.allclose(lrs[10:81], 5.25e-4)  # stable until the cool-down's 20 steps
+    assert lrs[90] == pytest.approx((5.25e-4 + 1e-6) / 2) and lrs[100] == pytest.approx(1e-6)
+    assert (np.diff(lrs[80:]) < 0).all()
+    opt.warmup_start = 2.0
+    with pytest.raises(ConfigError, match="warmup_start in"):
+        optim.make_schedule(config, total_steps=100, warmup_steps=10, steps_per_epoch=10)
+
+
 # ---- layer-wise lr decay ----
 
 def tiny_params(family, **overrides):

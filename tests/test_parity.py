@@ -20,7 +20,8 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
 
 def _is_video_case(case: pathlib.Path) -> bool:
     """Video models' cases; text cases ("kind": "text", GPT-2) are checked by tests/test_gpt2.py, V-JEPA 2's ("kind":
-    "vjepa2", whose inputs include token indices) by tests/test_vjepa2.py."""
+    "vjepa2" and "vjepa2_official", whose inputs include token indices) by tests/test_vjepa2.py and
+    tests/test_vjepa2_convert.py."""
     meta = case / "case.json"
     return meta.is_file() and json.loads(meta.read_text()).get("kind", "video") == "video"
 

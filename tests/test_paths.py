@@ -1,9 +1,9 @@
 """Every loader takes a checkpoint path as a person types it: relative, `./x`, `~/x`, a trailing slash, a symlink.
 
-For a training workdir and a converted checkpoint: vidjax.pretrained.load, config.init_from, and the predict,
-extract, evaluate and visualize commands, run from the directory the relative path is relative to: in this process
-(every spelling) and as the commands a person runs from a shell (a few spellings each: a process start costs
-seconds).
+For a training workdir and converted checkpoints (a TimeSformer, a V-JEPA 2 classifier): vidjax.pretrained.load,
+config.init_from, and the predict, extract, evaluate and visualize commands, run from the directory the relative path
+is relative to: in this process (every spelling) and as the commands a person runs from a shell (a few spellings
+each: a process start costs seconds).
 """
 
 import os
@@ -41,12 +41,14 @@ def runs(tmp_path_factory):
     converted = tmp_path_factory.mktemp("converted")
     convert(from_hf=str(PARITY / "timesformer_divided" / "source"), out=str(converted / "tsf"))
     convert(from_hf=str(PARITY / "videomae_pretrain" / "source"), out=str(converted / "mae"))
+    convert(from_hf=str(PARITY / "vjepa2_classification" / "source"), out=str(converted / "vjepa2"))
     return {"classification": trained_workdir("classification", tmp_path_factory)[0],
             "pretrain": trained_workdir("pretrain", tmp_path_factory)[0],
-            "converted": converted / "tsf", "converted_pretrain": converted / "mae", "clip": clip}
+            "converted": converted / "tsf", "converted_pretrain": converted / "mae",
+            "converted_vjepa2": converted / "vjepa2", "clip": clip}
 
 
-@pytest.mark.parametrize("kind", ["classification", "converted"])
+@pytest.mark.parametrize("kind", ["classification", "converted", "converted_vjepa2"])
 def test_load_init_from_predict_and_extract(runs, kind, monkeypatch, tmp_path, capsys):
     target = pathlib.Path(runs[kind])
     reference = pretrained.load(target)

@@ -273,5 +273,5 @@ def test_the_command_fails_in_one_line(tmp_path):
 
 
 def test_num_heads_belongs_to_svt():
-    with pytest.raises(ConversionError, match="--num_heads applies to --from_svt and --from_videomae only"):
+    with pytest.raises(ConversionError, match="--num_heads applies to --from_svt, --from_videomae and --from_vjepa2"):
         convert(from_hf=str(CASE), out="unused", num_heads=2)

@@ -17,7 +17,9 @@ benchmark mode. A comparison (or `match`) whose other side is about one of those
 `model_name`, `mode`, `modes`, `kind` or `format`: `cfg.head == "pretrain"`, `model.model_name == "svt"`,
 `mode == "pretrain"`) passes, and a literal table or list with a single task name among its others (the converters
 `{"hf": ..., "svt": ...}`, the benchmark modes `m in ("pretrain", "finetune", "infer")`) is about that other
-vocabulary, unless it is compared with something about a task (`config.task in ("pretrain", "other")` fails).
+vocabulary, unless it is compared with something about a task (`config.task in ("pretrain", "other")` fails); so is
+a table or list bound to a name of those vocabularies or of the converters' (`kinds`, `sources`, `families`:
+`KINDS = ("hf", "svt", "vjepa2")`, "svt" and "vjepa2" being checkpoint kinds there).
 Everything else passes: docstrings, messages, comments (not literals at all), and naming a task as a value
 (`config.task = "classification"` in a benchmark's config, `task="pretrain"` as the trainer's default), which
 chooses a task as a config file does rather than branching on one.
@@ -35,7 +37,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vidjax"
 TASKS_DIR = PACKAGE / "tasks"
 # Words naming the vocabularies that share spellings with task names (the module docstring).
-OTHER_VOCABULARIES = {"head", "head_kind", "model_name", "mode", "modes", "kind", "format"}
+OTHER_VOCABULARIES = {"head", "head_kind", "model_name", "mode", "modes", "kind", "format",
+                      "kinds", "sources", "families"}  # the converters' tables of checkpoint kinds
 
 
 def task_names() -> set[str]:
@@ -113,6 +116,13 @@ def uses(tree: ast.AST, names: set[str]) -> list[tuple[int, str, str]]:
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
               and node.args and named(node.args[0])):
             report(node.args[0], "looked up with .get")
+    for node in ast.walk(tree):  # a table or list bound to another vocabulary's name (KINDS = (...)) is its
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if is_other_vocabulary(targets):
+                exempt.update(id(literal) for child in ast.walk(node.value) for literal in members(child))
+                exempt.update(id(key) for child in ast.walk(node.value) if isinstance(child, ast.Dict)
+                              for key in child.keys if key is not None and named(key))
     for node in ast.walk(tree):  # tables and lists of tasks, unless a comparison above already placed them
         if isinstance(node, ast.Dict):
             keys = [key for key in node.keys if key is not None and named(key)]
@@ -174,6 +184,8 @@ if m not in ("pretrain", "finetune") or config.task in ("svt", "other"): pass
 SOURCES = {"hf": 1, "svt": 2}
 config.task = "classification"
 print(f"{name} is not a classification checkpoint", "regression")
+FAMILIES = {"svt": 1, "vjepa2": 2}
+sources = {"svt": from_svt, "vjepa2": from_vjepa2}
 '''
     found = [(line, name, how.split()[0]) for line, name, how in uses(ast.parse(source), task_names())]
     assert found == [(3, "regression", "compared"), (4, "classification", "compared"), (4, "multilabel", "compared"),

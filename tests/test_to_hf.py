@@ -8,6 +8,7 @@
   loaded when the fixture was made (config files and every tensor's sha256), and vidjax's outputs on the recorded
   inputs equal transformers' recorded outputs to 1e-4. Where torch and transformers are installed, the live test runs
   transformers itself on fresh exports.
+- What transformers computes otherwise is exported with a note saying so (V-JEPA 2's predictor and video processor).
 - A model no transformers class computes is refused with one line and exit status 2, as are bad arguments.
 """
 
@@ -35,9 +36,11 @@ def _cases(kind):
                   and json.loads((p / "case.json").read_text()).get("kind", "video") in kind)
 
 
-HF_SOURCES = [c for c in _cases(("video", "captioner", "text")) if (FIXTURES / c / "source" / "config.json").is_file()]
+HF_SOURCES = [c for c in _cases(("video", "captioner", "text", "vjepa2"))
+              if (FIXTURES / c / "source" / "config.json").is_file()]
 ROUND_TRIP = _cases(("to_hf",))
-INPUTS = ("clip", "mask", "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+INPUTS = ("clip", "mask", "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "context_ids",
+          "target_ids")
 
 
 def _maker():
@@ -149,6 +152,8 @@ def vidjax_outputs(model, io: dict) -> dict:
     video = model.preprocess(io["clip"])
     if "decoder_input_ids" in io:
         return model.forward(video, io["decoder_input_ids"], io["decoder_attention_mask"])
+    if "context_ids" in io:  # V-JEPA 2's predictor
+        return model.forward(video, context_ids=io["context_ids"], target_ids=io["target_ids"])
     return model.forward(video, io.get("mask"))
 
 
@@ -223,6 +228,28 @@ def test_multilabel_and_regression_heads_get_their_problem_type(classifier, tmp_
     assert config["problem_type"] == problem
     assert config["id2label"] == {"0": names[1][0], "1": names[1][1]}
     assert config["label2id"] == {names[1][0]: 0, names[1][1]: 1}
+
+
+def test_vjepa2_notes_say_what_transformers_computes_otherwise(tmp_path):
+    """V-JEPA 2 exports whatever transformers computes differently, with one note each: a model built without its
+    predictor (transformers builds one, at random), a predictor on another mask token than transformers' 1, and a
+    short side other than the crop x 256 / 224 (18 px for 16) that VJEPA2VideoProcessor always resizes to."""
+    base = json.loads((FIXTURES / "to_hf_vjepa2_classification" / "case.json").read_text())
+    cases = {
+        "no predictor": (dict(predictor=False), 18, "this checkpoint has no predictor (config.model.predictor off); "
+                         "VJEPA2ForVideoClassification builds one, which transformers initialises at random"),
+        "mask token": (dict(mask_index=0), 18, "transformers' predictor uses mask token 1; this checkpoint's uses 0"),
+        "short side": ({}, 16, "resizes a clip's short side to crop_size x 256 / 224 = 18 px whatever "
+                               "preprocessor_config.json says; this checkpoint's clips are resized to 16 px"),
+        "as transformers computes it": ({}, 18, None),
+    }
+    for name, (model, short_side, note) in cases.items():
+        case = dict(base, model=dict(base["model"], **model), preprocessing=dict(short_side=short_side))
+        loaded = pretrained.load(seeded_checkpoint(case, tmp_path / name / "vidjax"))
+        checkpoint, _ = export.to_hf(loaded, str(tmp_path / name / "hf"))
+        assert len(checkpoint.notes) == (note is not None) and all(note in n for n in checkpoint.notes), (
+            name, checkpoint.notes)
+        assert any(k.startswith("vjepa2.predictor.") for k in checkpoint.tensors) is (name != "no predictor")
 
 
 # -------------------------------------------------------------------------------------------------- refusals

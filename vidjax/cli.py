@@ -337,11 +337,9 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     def wrapped(argv: list[str]) -> NoReturn:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # jax and orbax log routine steps at INFO; --verbosity=0 shows them
-        _stopped.clear()
         try:
             configure_runtime(flags.FLAGS.compilation_cache)
-            with interruptible():
-                status = main(argv)
+            status = main(argv)
         except (app.UsageError, ConfigError) as err:
             _fail(str(err), _program(argv))
         except KeyboardInterrupt as err:
@@ -351,7 +349,14 @@ def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     if "compilation_cache" not in flags.FLAGS:
         flags.DEFINE_bool("compilation_cache", True, _CACHE_HELP)
     help_as_main(main.__module__)
-    app.run(wrapped, flags_parser=parse_flags)
+    _stopped.clear()
+    # The flags are parsed inside too: a config flag's file (or `evaluate`'s stored config) imports jax and flax, and a
+    # signal while it does is the one line and 130 / 143 as well, not a traceback.
+    try:
+        with interruptible():
+            app.run(wrapped, flags_parser=parse_flags)
+    except KeyboardInterrupt as err:
+        _finish(stopped(err, _NOTHING_KEPT))
 
 
 def _parse_bool(value: str) -> bool:

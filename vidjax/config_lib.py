@@ -111,7 +111,7 @@ def trainer_config() -> ml_collections.ConfigDict:
     """Defaults for everything the trainer reads outside `model` and `data`; configs override what they need."""
     return ml_collections.ConfigDict(dict(
         seed=0,
-        task="pretrain",  # pretrain | classification | multilabel | regression | captioning | svt
+        task="pretrain",  # pretrain | classification | multilabel | regression | captioning | svt | vjepa2
         # Fine-tuning start: a vidjax training workdir (its latest checkpoint), one of its step folders, a
         # `python -m vidjax.convert` output or a Hugging Face Hub name (vidjax/pretrained/hub.py); "" = random init.
         init_from="",
@@ -133,7 +133,9 @@ def trainer_config() -> ml_collections.ConfigDict:
             momentum=0.9, nesterov=True,  # sgd
             warmup_epochs=40.0,
             min_lr=1e-5,
-            schedule="cosine",  # cosine (to min_lr) | constant | steps (lr_steps / lr_step_scales)
+            schedule="cosine",  # cosine (to min_lr) | constant | steps (lr_steps / lr_step_scales) | wsd
+            warmup_start=0.0,  # wsd: the warm-up starts at this share of the peak (V-JEPA 2: 1e-4 / 5.25e-4)
+            cooldown_epochs=0.0,  # wsd: the last epochs, a linear decay from the peak to min_lr
             lr_steps=(), lr_step_scales=(),  # steps: from epoch lr_steps[i] on, peak x lr_step_scales[i]
             grad_clip=0.0,  # 0 = no clipping
             grad_clip_mode="global",  # global: one factor for all gradients | per_tensor: each on its own (SVT)
@@ -245,6 +247,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         # Training augmentation.
         train_crop="random",  # random | multi_scale (VideoMAE pre-training) | random_resized (fine-tuning)
         crop_scales=(1.0, 0.875, 0.75, 0.66),  # multi_scale
+        # random_resized: the crop's share of the frame's area, and its width over height (log-uniform), each drawn
+        # in this range (Inception's and VideoMAE fine-tuning's; V-JEPA 2: (0.3, 1.0) and (0.75, 1.35))
+        resized_crop_area=(0.08, 1.0), resized_crop_ratio=(3 / 4, 4 / 3),
         flip=True,
         rand_augment="",  # e.g. "rand-m7-n4-mstd0.5-inc1" (VideoMAE fine-tuning); "" = off
         erase_prob=0.0,  # random erasing probability (VideoMAE fine-tuning: 0.25)

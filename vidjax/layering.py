@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax.convert", "vidjax.convert.common", "vidjax.convert.hf", "vidjax.convert.hf_captioner",
          "vidjax.convert.hf_gpt2", "vidjax.convert.hf_timesformer", "vidjax.convert.hf_videomae",
          "vidjax.convert.hf_vivit", "vidjax.convert.hf_vjepa2", "vidjax.convert.svt", "vidjax.convert.videomae",
-         "vidjax.convert.videomamba", "vidjax.pretrained", "vidjax.pretrained.*",
+         "vidjax.convert.videomamba", "vidjax.convert.vjepa2", "vidjax.pretrained", "vidjax.pretrained.*",
      )),
     ("tasks", "what a run trains a model for (each task's training spec, readout and presentation), and the "
      "evaluations of its splits", (

@@ -1,7 +1,8 @@
 """Round-trip fixtures for `python -m vidjax.export --to_hf`: tiny seeded vidjax models, exported, run by transformers.
 
 One case per vidjax model with a transformers class (VideoMAE pre-training / classification / bare encoder,
-TimeSformer and ViViT with and without a head, the VideoMAE + GPT-2 and TimeSformer + GPT-2 captioners, GPT-2).
+TimeSformer, ViViT and V-JEPA 2 with and without a head, the VideoMAE + GPT-2 and TimeSformer + GPT-2 captioners,
+GPT-2).
 For each, `seeded_checkpoint` (tests/helpers.py) builds the vidjax checkpoint case.json describes, `python -m
 vidjax.export --to_hf` writes it as a save_pretrained folder, and a child process that cannot import vidjax loads
 that folder with transformers' Auto class (`vidjax.convert.hf.AUTO_CLASSES`), normalises a uint8 clip as the
@@ -10,7 +11,8 @@ resize) and records its outputs. Written to out_dir/to_hf_<case>/:
   case.json  "kind": "to_hf", the model, seed, class names (and captions for a tokenizer), the transformers class,
              its load report and the image processor's difference from that normalisation, and "exported": the
              config files as written and every tensor's shape and sha256
-  io.npz     the inputs (clip uint8 channels-last, masks, token ids) and transformers' outputs under vidjax's names
+  io.npz     the inputs (clip uint8 channels-last, masks, token ids, V-JEPA 2's context and target token indices) and
+             transformers' outputs under vidjax's names (V-JEPA 2's predictor_output for those indices)
 tests/test_to_hf.py re-exports the same seeded model, checks that the export is exactly what was loaded here, and that
 vidjax's outputs equal the recorded ones to 1e-4. Run through scripts/make_parity_fixtures.py (needs torch and
 transformers); `run_transformers` is also what the live test runs where they are installed.
@@ -33,6 +35,9 @@ VIDEO = dict(num_frames=4, image_size=16)  # tubelet 2 x patch 8: 2 x 2 x 2 toke
 VIT = dict(variant="Mu/8", width=16, depth=1, num_heads=2, mlp_dim=32, **VIDEO)
 GPT2 = dict(vocab_size=32, n_positions=16, width=16, depth=1, num_heads=2, add_cross_attention=True,
             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+# V-JEPA 2's predictor: heads of 6, every feature rotating (the encoder's heads of 8 leave 2 of them unturned).
+VJEPA2_PREDICTOR = dict(predictor_width=12, predictor_depth=1, predictor_heads=2, predictor_mlp_dim=24,
+                        num_mask_tokens=2)
 CAPTIONS = ["a person opens a door", "someone closes the door and sits down", "a dog runs in the park"]
 CASES = {
     "videomae_pretrain": dict(model_name="videomae", seed=1, model=dict(
@@ -55,6 +60,10 @@ CASES = {
         encoder_name="timesformer", encoder=dict(VIT, width=24, head="none"),
         decoder=dict(GPT2, pad_token_id=2))),
     "gpt2": dict(model_name="gpt2", seed=10, model=dict(GPT2, add_cross_attention=False)),
+    "vjepa2_model": dict(model_name="vjepa2", seed=11, model=dict(VIT, head="none", **VJEPA2_PREDICTOR)),
+    "vjepa2_classification": dict(model_name="vjepa2", seed=12, class_names=["pour", "stir", "cut"], model=dict(
+        VIT, head="classification", num_classes=3, num_pooler_layers=1, qkv_bias="none", ln_eps=1e-5,
+        **VJEPA2_PREDICTOR)),
 }
 BATCH, LENGTH = 2, 6
 # The child process: vidjax made unimportable, transformers loads each exported folder and runs it.
@@ -68,7 +77,8 @@ print(json.dumps(to_hf.transformers_outputs(sys.argv[2:])))
 
 
 def inputs(case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The inputs of a case: a uint8 clip for a video model, a mask for pre-training, token ids for a decoder."""
+    """The inputs of a case: a uint8 clip for a video model, a mask for pre-training, token ids for a decoder, the
+    predictor's context and target token indices for V-JEPA 2 (disjoint, in random order)."""
     out = {}
     if case["model_name"] != "gpt2":
         out["clip"] = rng.integers(0, 256, (BATCH, VIDEO["num_frames"], VIDEO["image_size"], VIDEO["image_size"], 3),
@@ -77,6 +87,9 @@ def inputs(case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
         out["mask"] = np.zeros((BATCH, 8), bool)
         for row in out["mask"]:
             row[rng.choice(8, 4, replace=False)] = True
+    if case["model_name"] == "vjepa2":
+        order = np.stack([rng.permutation(8) for _ in range(BATCH)])
+        out.update(context_ids=order[:, :5], target_ids=order[:, 5:])
     if case["model_name"] in ("captioner", "gpt2"):
         ids = rng.integers(3, GPT2["vocab_size"], (BATCH, LENGTH))
         ids[:, 0] = GPT2["bos_token_id"]
@@ -119,7 +132,8 @@ def transformers_outputs(jobs: list[str]) -> dict:
                 video = (torch.from_numpy(io["clip"]).float() * proc["rescale_factor"]
                          - torch.tensor(proc["image_mean"])) / torch.tensor(proc["image_std"])
                 pixel_values = video.permute(0, 1, 4, 2, 3)  # transformers takes (B, T, C, H, W)
-                if proc["size"]["shortest_edge"] == proc["crop_size"]["height"]:  # no resize: the same input
+                # No resize: the same input (V-JEPA 2's video processor always resizes, to crop_size x 256 / 224).
+                if "image_processor_type" in proc and proc["size"]["shortest_edge"] == proc["crop_size"]["height"]:
                     processor = transformers.AutoImageProcessor.from_pretrained(folder)
                     processed = processor(list(io["clip"][0]), return_tensors="pt")["pixel_values"][0]
                     processor_diff = float((processed - pixel_values[0]).abs().max())
@@ -137,6 +151,10 @@ def transformers_outputs(jobs: list[str]) -> dict:
                 result = model(pixel_values)
                 if "logits" in result:
                     outs["logits"] = result.logits
+                if "context_ids" in io:  # V-JEPA 2's predictor, at the given token indices
+                    outs["predictor_output"] = model.base_model(
+                        pixel_values, context_mask=[torch.from_numpy(io["context_ids"])],
+                        target_mask=[torch.from_numpy(io["target_ids"])]).predictor_output.last_hidden_state
                 outs["last_hidden_state"] = model.base_model(pixel_values).last_hidden_state
         if (pathlib.Path(folder) / "tokenizer_config.json").is_file():
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

@@ -44,7 +44,8 @@ def write_case(out: pathlib.Path, name: str, model, arrays: dict) -> None:
     case = out / name
     model.save_pretrained(case / "source")
     np.savez(case / "io.npz", **{k: np.asarray(v) for k, v in arrays.items()})
-    # "kind": checked by tests/test_vjepa2.py (its inputs include token indices), not by tests/test_parity.py
+    # "kind": checked by tests/test_vjepa2.py (its inputs include token indices), not by tests/test_parity.py; the
+    # source's way back (`export --to_hf`) by tests/test_to_hf.py
     (case / "case.json").write_text(json.dumps(dict(
         convert="hf", kind="vjepa2", reference=f"{type(model).__name__}, transformers {transformers.__version__}, "
                                                f"torch {torch.__version__}, random weights"), indent=1))

@@ -9,10 +9,11 @@
 
 
 Pre-train and fine-tune time the trainer's own jitted update step (the code `vidjax.main` runs); infer times
-the jitted forward pass. The last line printed is one JSON object: seconds_per_step (median of the timed
-steps after warm-up), clips_per_s, compile_s, flops_per_step (the model's, all devices together), and with --compare the
-PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is faster);
-`--rounds=3` times vidjax and torch in turn three times and reports the median of the three ratios.
+the jitted forward pass of the classifier, encode that of the backbone alone (config.model.head="none", no
+predictor beside it; its `last_hidden_state`). The last line printed is one JSON object: seconds_per_step (median
+of the timed steps after warm-up), clips_per_s, compile_s, flops_per_step (the model's, all devices together), and
+with --compare the PyTorch figures and `speedup_vs_torch` (torch seconds / vidjax seconds; above 1 means vidjax is
+faster); `--rounds=3` times vidjax and torch in turn three times and reports the median of the three ratios.
 The references (vidjax.bench.reference, random weights sized from the vidjax config): transformers' VideoMAE
 (pretrain, finetune, infer), TimeSformer and ViViT (finetune, infer; ViViT is timed as model 1, joint attention,
 on both sides) and the PyTorch port of official VideoMamba (finetune, infer).
@@ -38,6 +39,17 @@ under `--mesh` (with simulated devices on a CPU) and reports XLA's per-device me
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m vidjax.bench --model=videomae --variant=g/14 \
       --frames=16 --size=224 --batch=8 --mode=pretrain --decoder_mask=run_cell --remat=full --scan_layers=true \
       --mesh=1,8,1 --compile_only
+
+A long clip's inference memory, compiled only, by the compiler of this machine or, with `--topology` (as
+`python -m vidjax.aot` takes it), by libtpu for a TPU slice; the row says which (`backend`, `device_kind`) and has
+XLA's argument, output, temporary and total bytes per device (docs/performance.md, "V-JEPA 2 long clips"). XLA:CPU
+hands some fusions to YNNPACK (a dense attention's two products and softmax, for one) and does not count what
+YNNPACK holds inside them; XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-dot,-eltwise,-reduce keeps every
+buffer in XLA's plan:
+
+  python -m vidjax.bench --model=vjepa2 --variant=L/16 --mode=encode --frames=64 --size=256 --batch=1 --compile_only
+  python -m vidjax.bench --model=vjepa2 --variant=L/16 --mode=encode --frames=64 --size=256 --batch=1 --compile_only \
+      --topology=v5litepod-1
 
 `--mode=mamba_block` compares VideoMamba's chunked selective scan with one unchunked associative scan on a single
 bidirectional block of the variant's width: XLA's temporary memory for forward + backward at --frames (compiled
@@ -81,7 +93,9 @@ _VARIANT = flags.DEFINE_string("variant", "S/16", "Variant string, e.g. S/16, B/
 _FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip.")
 _SIZE = flags.DEFINE_integer("size", 112, "Frame height and width in pixels.")
 _BATCH = flags.DEFINE_integer("batch", 2, "Global batch size.")
-_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "finetune", "infer", "mamba_block"], "What to time.")
+_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "finetune", "infer", "encode", "mamba_block"],
+                          "What to time: the train step (pretrain, finetune), the classifier's forward (infer), the "
+                          "backbone's forward alone (encode: head none, its last_hidden_state), or mamba_block.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _DTYPE = flags.DEFINE_list("dtype", ["float32"], "Compute dtype(s), float32 or bfloat16 (parameters and optimizer "
@@ -110,9 +124,15 @@ _DECODER_MASK = flags.DEFINE_list("decoder_mask", ["none"], "--mode=pretrain of 
                                   "of ratio 0.5 halves the decoder's tokens); none,run_cell times both in one run.")
 _MESH = flags.DEFINE_list("mesh", [], "DATA,FSDP,TENSOR: the device mesh (config.mesh), e.g. 1,8,1 for FSDP over 8 "
                           "devices; default: data parallel over every device.")
-_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step for abstract (unallocated) state and "
-                                  "report XLA's per-device memory, without running it: what a model too large for "
-                                  "this host (ViT-g on a CPU) needs per device under --mesh.")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step (or forward) for abstract (unallocated) "
+                                  "state and report XLA's per-device memory, without running it: what a model too "
+                                  "large for this host (ViT-g on a CPU) needs per device under --mesh.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "With --compile_only: compile for this TPU slice with libtpu "
+                                "instead of for this machine (v5litepod-1, v6e-1, v5p:2x2x1, ...: the names "
+                                "`python -m vidjax.aot --topology` takes; needs `pip install 'vidjax[tpu]'`).")
+_ATTENTION_IMPL = flags.DEFINE_string("attention_impl", None, "config.model.attention_impl of the ViT families "
+                                      "(default: auto, the backend's rule): one implementation for every attention, "
+                                      "e.g. heads_major (dense) against blockwise (vidjax/platform.py).")
 _DECODER_SHARE = flags.DEFINE_bool("decoder_share", False, "--mode=pretrain of videomae: also time each row with a "
                                    "one-block decoder, and report the decoder blocks' share of the step.")
 
@@ -188,9 +208,11 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
     config.model_name = model
     config.task = "pretrain" if mode == "pretrain" else "classification"
     config.model = get_model(model).default_config()
-    config.model.update(dict(variant=variant, num_frames=frames, image_size=size, dtype=dtype,
-                             head="pretrain" if mode == "pretrain" else "classification", num_classes=num_classes,
-                             remat=remat, scan_layers=scan_layers))
+    head = {"pretrain": "pretrain", "encode": "none"}.get(mode, "classification")
+    config.model.update(dict(variant=variant, num_frames=frames, image_size=size, dtype=dtype, head=head,
+                             num_classes=num_classes, remat=remat, scan_layers=scan_layers))
+    if mode != "pretrain" and "predictor" in config.model:  # V-JEPA 2's predictor: pre-training's, unused here
+        config.model.predictor = False
     if decoder_mask != "none":
         config.model.decoder_mask_type = decoder_mask
     if compare == "torch":
@@ -216,12 +238,15 @@ def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False, compile_only: bool = False
-                ) -> dict:
-    """Times the trainer's update step (pretrain/finetune) or the jitted forward (infer) on random inputs; with
-    `profile`, also its op time by category (`op_profile.profile_jax`) as "profile". With `compile_only` the
-    step is compiled for abstract state and batch (nothing is allocated or run): the row has compile time, the
-    model's FLOPs and XLA's per-device memory, and no times."""
+def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = False, compile_only: bool = False,
+                topology: str | None = None) -> dict:
+    """Times the trainer's update step (pretrain/finetune) or the jitted forward (infer: the logits; encode: the
+    last_hidden_state) on random inputs; with `profile`, also its op time by category (`op_profile.profile_jax`) as
+    "profile". With `compile_only` the step is compiled for abstract state and batch (nothing is allocated or run):
+    the row has compile time, the model's FLOPs and XLA's per-device memory (`train.memory_figures`), and no times;
+    `topology` (a TPU slice's name, `tpu.slice_of`) compiles it for that slice's devices with libtpu, the model's
+    platform choices resolved for TPU, as `vidjax.train.aot` does. The row's `backend` and `device_kind` say whose
+    compiler made the figures."""
     import jax
     import numpy as np
     from flax import nnx
@@ -231,7 +256,10 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     from vidjax import losses, sharding, train
     from vidjax.data.pipeline import running_cell_mask, tube_mask
 
-    setup = train.build(config, train_source_len=config.batch_size)
+    slice_ = tpu.slice_of(topology) if topology else None
+    mesh = sharding.create_mesh(config.mesh, tpu.topology_devices(slice_)) if slice_ else None
+    backend = slice_.platform if slice_ else None
+    setup = train.build(config, train_source_len=config.batch_size, mesh=mesh, backend=backend)
     rng = np.random.default_rng(0)
     b, m = config.batch_size, config.model
     local = {"video": rng.integers(0, 256, (b, m.num_frames, m.image_size, m.image_size, 3), dtype=np.uint8),
@@ -253,10 +281,12 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
 
     def jitted(config, setup, state):
         """The jitted function the row times, with its arguments."""
-        if mode == "infer":
+        if mode in ("infer", "encode"):
+            output = "logits" if mode == "infer" else "last_hidden_state"
+
             def forward(params, video):
                 model = nnx.merge(setup.graphdef, params)
-                return model(losses.normalize_video(video, m.pixel_mean, m.pixel_std))["logits"]
+                return model(losses.normalize_video(video, m.pixel_mean, m.pixel_std))[output]
 
             return jax.jit(forward), (state["params"], batch["video"])
         return train.make_train_step(config, setup), (state, batch)
@@ -265,7 +295,7 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     fn, args = jitted(config, setup, state)
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    if mode == "infer":
+    if mode in ("infer", "encode"):
         params = state["params"]
 
         def step():
@@ -282,18 +312,16 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     # not from XLA's cost analysis: on GPU the compiled step's analysis counted 0.05-0.2 of them (its GEMMs are
     # library calls) and a lowering's returned none.
     plain = plain_config(config)
-    plain_setup = train.build(plain, config.batch_size, setup.mesh)  # its own parameter layout (blocks unstacked)
+    plain_setup = train.build(plain, config.batch_size, setup.mesh, backend)  # its own layout (blocks unstacked)
     fn, args = jitted(plain, plain_setup, plain_setup.abstract_state)
     flops = matmul_flops(jax.make_jaxpr(fn)(*args))
-    memory = compiled.memory_analysis()
-    memory_figures = {
-        # XLA's per-device figures for the compiled step: temporaries (activations, gradients in flight) and
-        # arguments (parameters, optimizer state, batch).
-        "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
-        "argument_bytes": int(memory.argument_size_in_bytes) if memory else None}
-    common = {"framework": "vidjax", "jax_version": jax.__version__, "backend": jax.default_backend(),
-              "devices": jax.device_count(), "mesh": dict(setup.mesh.shape), "compile_s": compile_s,
-              "flops_per_step": flops}
+    # XLA's per-device figures for the compiled step: arguments (parameters, optimizer state, batch), temporaries
+    # (activations, gradients in flight), outputs, and their total.
+    memory_figures = train.memory_figures(compiled) or {"temp_bytes": None, "argument_bytes": None}
+    device = setup.mesh.devices.flat[0]
+    common = {"framework": "vidjax", "jax_version": jax.__version__, "backend": device.platform,
+              "device_kind": device.device_kind, "devices": setup.mesh.devices.size, "mesh": dict(setup.mesh.shape),
+              "compile_s": compile_s, "flops_per_step": flops}
     if compile_only:
         return common | memory_figures | {"compile_only": True}
     seconds, times = _median_time(step, steps, warmup)
@@ -612,10 +640,13 @@ def run_mamba_block() -> None:
 
 
 def _check_row_flags(rows: list[dict]) -> None:
-    """Raises app.UsageError for --compile_only or --compare=torch with what they cannot time."""
-    if _COMPILE_ONLY.value and (_COMPARE.value or _DECODER_SHARE.value or _PROFILE.value or _MODE.value == "infer"):
-        raise app.UsageError("--compile_only compiles a training step and runs nothing: it takes no --compare, "
-                             "--decoder_share, --profile or --mode=infer.")
+    """Raises app.UsageError for --compile_only, --topology or --compare=torch with what they cannot time."""
+    if _COMPILE_ONLY.value and (_COMPARE.value or _DECODER_SHARE.value or _PROFILE.value):
+        raise app.UsageError("--compile_only compiles the step and runs nothing: it takes no --compare, "
+                             "--decoder_share or --profile.")
+    if _TOPOLOGY.value and not _COMPILE_ONLY.value:
+        raise app.UsageError(f"--topology={_TOPOLOGY.value} compiles for a TPU slice this machine does not have: add "
+                             f"--compile_only (nothing runs).")
     if _COMPARE.value and len(rows) > 1:
         raise app.UsageError("--compare=torch times one configuration: give single --dtype/--remat/--grad_accum/"
                              "--scan_layers values.")
@@ -628,17 +659,27 @@ def _row_config(options: dict):
                           options["scan_layers"], _COMPARE.value, options.get("decoder_mask", "none"))
     if _MESH.value:
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_flag()
+    if _ATTENTION_IMPL.value:
+        if "attention_impl" not in config.model:
+            raise app.UsageError(f"--attention_impl: --model={_MODEL.value} has no attention implementation to "
+                                 f"choose.")
+        config.model.attention_impl = _ATTENTION_IMPL.value
     return config
 
 
 def _time_row(config, row: dict, label: str) -> dict:
     """`row` (the workload and its options) completed with vidjax's figures for `config`, and its line printed
     (`label` names the row among several)."""
-    row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value, _COMPILE_ONLY.value))
+    row.update(time_vidjax(config, _MODE.value, _STEPS.value, _WARMUP.value, _PROFILE.value, _COMPILE_ONLY.value,
+                           _TOPOLOGY.value))
     if _COMPILE_ONLY.value:
-        print(f"vidjax (compiled only) mesh {row['mesh']}: per device temp {row['temp_bytes'] / 2**30:.3f} GiB, "
-              f"arguments (state, batch) {row['argument_bytes'] / 2**30:.3f} GiB; compile {row['compile_s']:.1f}s",
-              flush=True)
+        gib = 2**30
+        what = "state, batch" if _MODE.value in ("pretrain", "finetune") else "parameters, clips"
+        compiler = {"cpu": "XLA:CPU", "gpu": "XLA:GPU", "tpu": "libtpu"}.get(row["backend"], row["backend"])
+        print(f"vidjax (compiled only, by {compiler} for {row['device_kind']}) mesh {row['mesh']}: per "
+              f"device arguments ({what}) {row['argument_bytes'] / gib:.3f} GiB, temporaries "
+              f"{row['temp_bytes'] / gib:.3f} GiB, outputs {row['output_bytes'] / gib:.3f} GiB, total "
+              f"{row['total_bytes'] / gib:.3f} GiB; compile {row['compile_s']:.1f}s", flush=True)
         return row
     if _DECODER_SHARE.value:
         row.update(decoder_share(config, row["seconds_per_step"], _STEPS.value, _WARMUP.value))
@@ -693,6 +734,8 @@ def run_rows() -> None:
     _check_row_flags(rows)
     common = {"model": _MODEL.value, "variant": _VARIANT.value, "mode": _MODE.value, "frames": _FRAMES.value,
               "size": _SIZE.value, "batch": _BATCH.value}
+    if _ATTENTION_IMPL.value:
+        common["attention_impl"] = _ATTENTION_IMPL.value
     results = []
     for options in rows:
         config = _row_config(options)

@@ -23,6 +23,13 @@ r"""Converts published video-model (and captioning) checkpoints into vidjax chec
       --num_frames / --image_size say otherwise), and a width that is no ViT size also needs --num_heads (a decoder
       width that no official builder uses, --decoder_num_heads). A head of 400 / 600 / 700 / 710 outputs gets the
       Kinetics label space's class names.
+  python -m vidjax.convert --from_vjepa2 FILE --out DST
+      FILE: an official V-JEPA 2 checkpoint (facebookresearch/vjepa2: the released vitl.pt / vith.pt / vitg.pt /
+      vitg-384.pt, an app/vjepa/train.py checkpoint, or an encoder's bare state dict). Gives the encoder and the
+      predictor (head none): the target encoder, as the official evaluations read it, unless --checkpoint_key=encoder
+      asks for the online one. Sizes are read from the tensor shapes; the files record no clip (read at 16 frames x
+      256 px, 4 frames apart, unless --num_frames / --image_size say otherwise), and widths no official size uses also
+      need --num_heads (--predictor_num_heads for the predictor).
 
 SRC and FILE may also be Hugging Face Hub names, downloaded through huggingface_hub's cache (its HF_TOKEN,
 HF_ENDPOINT and HF_HUB_OFFLINE apply; pip install 'vidjax[hub]'): a repository for --from_hf
@@ -71,29 +78,43 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--from_svt", metavar="FILE", help="SVT checkpoint file (released or a training checkpoint)")
     src.add_argument("--from_videomae", metavar="FILE",
                      help="official VideoMAE / VideoMAE V2 checkpoint file (pre-training, fine-tuned or distilled)")
+    src.add_argument("--from_vjepa2", metavar="FILE",
+                     help="official V-JEPA 2 checkpoint file (pre-training: encoder and predictor; or an encoder's)")
     parser.add_argument("--out", required=True, metavar="DST", help="output directory (must not exist)")
     parser.add_argument("--num_frames", type=int, default=0, help="adapt to this many frames (0 = keep)")
     parser.add_argument("--image_size", type=int, default=0, help="adapt to this resolution (0 = keep)")
     parser.add_argument("--num_heads", type=int, default=0,
-                        help="--from_svt / --from_videomae: attention heads, for a width that is no ViT size (0 = "
-                             "the ViT size table's: 12 for ViT-B)")
+                        help="--from_svt / --from_videomae / --from_vjepa2: attention heads, for a width that is no "
+                             "ViT size (0 = the size table's: 12 for ViT-B, 22 for V-JEPA 2's ViT-g)")
     parser.add_argument("--decoder_num_heads", type=int, default=0,
                         help="--from_videomae pre-training checkpoints: decoder heads, for a decoder width no "
                              "official builder uses (0 = the official table's: 192 -> 3, 384 -> 6, 512 -> 8)")
+    parser.add_argument("--predictor_num_heads", type=int, default=0,
+                        help="--from_vjepa2: predictor heads, for a predictor width no official builder uses (0 = "
+                             "the official 384 -> 12)")
+    parser.add_argument("--checkpoint_key", default="", choices=("", "target_encoder", "encoder"),
+                        help="--from_vjepa2 pre-training checkpoints: the encoder to convert, target_encoder (the EMA "
+                             "encoder the official evaluations read) or encoder (the online one); default: "
+                             "target_encoder, or encoder in a file without one")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return parser
 
 
 def convert(from_hf: str | None = None, from_videomamba: str | None = None, out: str = "", num_frames: int = 0,
             image_size: int = 0, overwrite: bool = False, from_svt: str | None = None, num_heads: int = 0,
-            from_videomae: str | None = None, decoder_num_heads: int = 0) -> Converted:
+            from_videomae: str | None = None, decoder_num_heads: int = 0, from_vjepa2: str | None = None,
+            predictor_num_heads: int = 0, checkpoint_key: str = "") -> Converted:
     """Converts one checkpoint and writes it to `out`; returns the `Converted` that was written."""
-    if num_heads and not (from_svt or from_videomae):
-        raise ConversionError("--num_heads applies to --from_svt and --from_videomae only: the other sources "
-                              "record their head count.")
+    if num_heads and not (from_svt or from_videomae or from_vjepa2):
+        raise ConversionError("--num_heads applies to --from_svt, --from_videomae and --from_vjepa2 only: the other "
+                              "sources record their head count.")
     if decoder_num_heads and not from_videomae:
         raise ConversionError("--decoder_num_heads applies to --from_videomae only.")
-    sources = {"hf": from_hf, "videomamba": from_videomamba, "svt": from_svt, "videomae": from_videomae}
+    for flag, value in (("--predictor_num_heads", predictor_num_heads), ("--checkpoint_key", checkpoint_key)):
+        if value and not from_vjepa2:
+            raise ConversionError(f"{flag} applies to --from_vjepa2 only.")
+    sources = {"hf": from_hf, "videomamba": from_videomamba, "svt": from_svt, "videomae": from_videomae,
+               "vjepa2": from_vjepa2}
     given = [(kind, value) for kind, value in sources.items() if value]
     if len(given) != 1:
         raise ConversionError(f"Give exactly one of {', '.join(f'--from_{k}' for k in sources)}; got "
@@ -104,7 +125,8 @@ def convert(from_hf: str | None = None, from_videomamba: str | None = None, out:
     if kind == "hf" and pathlib.Path(path).expanduser().is_file():
         raise ConversionError(_hf_file(pathlib.Path(path).expanduser()))
     converted = read(kind, path, num_heads=num_heads or None, decoder_num_heads=decoder_num_heads or None,
-                     num_frames=num_frames or None, image_size=image_size or None)
+                     num_frames=num_frames or None, image_size=image_size or None,
+                     predictor_num_heads=predictor_num_heads or None, checkpoint_key=checkpoint_key or None)
     try:
         converted = resize(converted, num_frames or None, image_size or None)
     except ValueError as e:
@@ -133,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         converted = convert(args.from_hf, args.from_videomamba, args.out, args.num_frames, args.image_size,
                             args.overwrite, from_svt=args.from_svt, num_heads=args.num_heads,
-                            from_videomae=args.from_videomae, decoder_num_heads=args.decoder_num_heads)
+                            from_videomae=args.from_videomae, decoder_num_heads=args.decoder_num_heads,
+                            from_vjepa2=args.from_vjepa2, predictor_num_heads=args.predictor_num_heads,
+                            checkpoint_key=args.checkpoint_key)
     except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -154,7 +178,9 @@ def summary(converted: Converted) -> str:
                     if skipped else "")
         space = converted.source.get("label_space")
         labels = f"; label space {space} ({cfg.num_classes} classes, names filled)" if space else ""
-        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}{left_out}{labels}"
+        # An official file's layout: which of its networks was read (SVT's teacher, V-JEPA 2's target encoder, ...)
+        layout = f"; layout: {converted.source['layout']}" if converted.source.get("layout") else ""
+        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}{left_out}{labels}{layout}"
     if converted.model_name == "captioner":
         return (f"captioner ({cfg.encoder_name} encoder, GPT-2 decoder of {cfg.decoder.vocab_size} tokens, "
                 f"{n / 1e6:.2f}M params), {video}")

@@ -64,7 +64,7 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from vidjax import cli, fileio, pretrained, tasks
+from vidjax import cli, fileio, models, pretrained, tasks
 from vidjax.data import decode, sources
 from vidjax.pretrained import windows
 
@@ -72,21 +72,10 @@ POOLS = ("mean", "cls", "tokens")
 _TARGET_KEYS = tuple(dict.fromkeys(tasks.target_keys().values()))
 
 
-def _tokens_part(model: pretrained.Pretrained) -> str:
-    """Which part of the model gives the tokens: "" the model itself, "encoder" (a VideoMAE pre-training's, or a
-    captioner's video encoder) or "backbone" (SVT's TimeSformer under its DINO head)."""
-    if model.model_name == "svt":
-        return "backbone"
-    return "encoder" if model.model_name == "captioner" or model.config.get("head") == "pretrain" else ""
-
-
-def _video_module(module, part: str):
-    return getattr(module, part) if part else module
-
-
 def has_cls_token(model: pretrained.Pretrained) -> bool:
     """Whether the model's last hidden state starts with a CLS token."""
-    return getattr(_video_module(model.model, _tokens_part(model)), "cls_token", None) is not None
+    part = models.tokens_part(model.model_name, model.config)
+    return getattr(models.tokens_module(model.model, part), "cls_token", None) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,18 +84,16 @@ class _Pool:
 
     pool: str
     cls: bool
-    part: str  # `_tokens_part`
+    part: str  # `models.tokens_part`
 
     def __call__(self, module, video):
-        source = _video_module(module, self.part)
-        hidden = source(video)  # a pre-training VideoMAE's encoder gives the tokens, a model {"last_hidden_state"}
-        hidden = hidden["last_hidden_state"] if isinstance(hidden, dict) else hidden
+        hidden = models.video_tokens(module, self.part, video)
         if self.pool == "tokens":
             return hidden.astype(jnp.float32)
         if self.pool == "cls":
             return hidden[:, 0].astype(jnp.float32)
         pooled = jnp.mean((hidden[:, 1:] if self.cls else hidden).astype(jnp.float32), axis=1)
-        fc_norm = getattr(source, "fc_norm", None)
+        fc_norm = getattr(models.tokens_module(module, self.part), "fc_norm", None)
         return fc_norm(pooled) if fc_norm is not None else pooled
 
 
@@ -114,14 +101,12 @@ def pool_fn(model: pretrained.Pretrained, pool: str) -> _Pool:
     """`fn(model, video)` for `BatchRunner`: the pooled embedding of each clip (see the module docstring)."""
     if pool not in POOLS:
         raise ValueError(f"--pool={pool!r}; choose one of {', '.join(POOLS)}.")
-    if model.model_name == "captioner" and int(model.config.num_chunks) != 1:
-        raise ValueError(f"this captioner encodes {model.config.num_chunks} chunks per clip "
-                         f"(config.model.num_chunks); extract reads single-chunk captioners' encoders.")
+    part = models.tokens_part(model.model_name, model.config)
     cls = has_cls_token(model)
     if pool == "cls" and not cls:
         raise ValueError(f"--pool=cls: this {model.model_name} model has no CLS token (its tokens are all patches); "
                          f"use --pool=mean.")
-    return _Pool(pool, cls, _tokens_part(model))
+    return _Pool(pool, cls, part)
 
 
 def _segment(element: dict) -> tuple[float | None, float | None]:

@@ -1,4 +1,4 @@
-r"""Linear or MLP probes on extracted features: how much of a task the embeddings already carry.
+r"""Linear, MLP, SVM or attentive probes on extracted features: how much of a task the embeddings already carry.
 
   python -m vidjax.probe --features=train.npz --task=classification
   python -m vidjax.probe --features=train.npz --eval_features=val.npz --task=regression --probe=mlp
@@ -15,11 +15,15 @@ present in the scored rows; `notes` in --out (and `note:` lines) say what was le
 not be stratified. The metrics are printed and written to --out (JSON, default FEATURES.probe.json). Exit status
 0, 2 for bad arguments or features that do not fit the task.
 
---probe=attentive takes the (N, tokens, D) features of `extract --pool=tokens` instead (and only those): each
-clip's tokens are averaged with learned weights, a softmax over the tokens of a linear score of each token (the
-captioner's `visual_tokens="pooled"`, `pool="scorer"` pooling), and a linear layer reads the average; pooling and
-layer train together, with the flags, loss and scoring of the linear probe. Features are standardised per
-dimension over all training tokens. --grid picks its learning rate; --pca does not apply to it.
+--probe=attentive takes the (N, tokens, D) features of `extract --pool=tokens` instead (and only those): V-JEPA 2's
+attentive probe (`vidjax.evaluators.probes`, which lists its published settings), a learned query token that
+cross-attends with --heads heads to each clip's LayerNorm'ed tokens, a residual MLP, then a linear layer;
+--depth counts the pooler's blocks as V-JEPA 2's `num_probe_blocks` does, the cross-attention block and the
+self-attention blocks over the tokens before it (its evals use 4). Pooler and layer train together with the loss
+and scoring of the linear probe, the learning rate cosine-decayed to 0 over the run as V-JEPA 2 trains it, with
+defaults for small sets (--epochs 30, --lr 1e-2, --weight_decay 1e-2, --batch_size 16). Features are standardised
+per dimension over all training tokens. --grid picks its learning rate; --pca does not apply to it. The `attentive`
+evaluator (`config.evals`, vidjax/evaluators/attentive.py) trains the same probe on a training run's own tokens.
 
 --probe=svm fits scikit-learn's SVC (classification; its one-vs-rest decision values are the scores) or one SVR
 per target (regression) on the standardised features, with --svm_kernel (linear or rbf) and --svm_c; multilabel
@@ -39,17 +43,14 @@ import os
 import sys
 from typing import NoReturn
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from vidjax import cli, fileio, metrics, tasks
-from vidjax.models import layers
+from vidjax.evaluators.probes import DEFAULTS, ProbeError, attentive_heads, moments, train_probe, training_settings
 
 TASKS = tuple(name for name in tasks.available() if tasks.readout_of(name).probes)  # the tasks a probe fits
 TARGET_KEY = {name: tasks.readout_of(name).target_key for name in TASKS}
-PROBES = ("linear", "mlp", "svm", "attentive")
+PROBES = ("linear", "mlp", "svm", "attentive")  # svm: scikit-learn's; the others `vidjax.evaluators.probes`'s
 SVM_KERNELS = ("linear", "rbf")
 # --grid: the values tried. gamma is a multiple of 1 / (feature dim), the `scale` gamma of standardised features.
 GRID_LR = (1e-3, 1e-2, 1e-1)
@@ -57,10 +58,6 @@ GRID_HIDDEN = (64, 256)
 GRID_C = (0.1, 1.0, 10.0, 100.0)
 GRID_GAMMA = (0.1, 1.0, 10.0)
 GRID_VALIDATION = 0.2  # fraction of the training rows --grid scores its candidates on
-
-
-class ProbeError(ValueError):
-    """Features or targets that cannot train the requested probe; the message says which flag or file."""
 
 
 def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -100,83 +97,6 @@ def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarra
     return features, targets, names
 
 
-def _init(rng: np.random.Generator, probe: str, dim: int, hidden: int, out: int) -> dict:
-    if probe == "linear":
-        return {"w": np.zeros((dim, out), np.float32), "b": np.zeros(out, np.float32)}
-    if probe == "attentive":  # token scorer initialised as the captioner's (normal, std 0.02); no bias: softmax
-        # ignores a shift shared by all tokens. A zero head, as the linear probe.
-        return {"score": (rng.standard_normal(dim) * 0.02).astype(np.float32),
-                "w": np.zeros((dim, out), np.float32), "b": np.zeros(out, np.float32)}
-    return {"w1": (rng.standard_normal((dim, hidden)) * np.sqrt(2.0 / dim)).astype(np.float32),
-            "b1": np.zeros(hidden, np.float32),
-            "w2": (rng.standard_normal((hidden, out)) * np.sqrt(1.0 / hidden)).astype(np.float32),
-            "b2": np.zeros(out, np.float32)}
-
-
-def attentive_pool(score: jax.Array, x_BND: jax.Array) -> jax.Array:
-    """(B, N, D) tokens -> (B, D): their average weighted by a softmax over the tokens of `x @ score`, the pooling
-    of the captioner's pooled visual token with `pool="scorer"` (`layers.softmax_pool`)."""
-    return layers.softmax_pool(x_BND.astype(jnp.float32) @ score, x_BND)
-
-
-def _apply(params: dict, x: jax.Array) -> jax.Array:
-    if "score" in params:
-        return attentive_pool(params["score"], x) @ params["w"] + params["b"]
-    if "w" in params:
-        return x @ params["w"] + params["b"]
-    return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-
-
-def _moments(x: np.ndarray, axes: tuple[int, ...] = (0,)) -> tuple[np.ndarray, np.ndarray]:
-    """The mean and standard deviation over `axes` that standardise features or targets with training statistics;
-    a deviation under 1e-6 counts as 1, so a constant column becomes 0 rather than a division by zero."""
-    std = x.std(axis=axes)
-    return x.mean(axis=axes), np.where(std > 1e-6, std, 1.0)
-
-
-def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, *, num_outputs: int,
-                probe: str = "linear", hidden: int = 256, epochs: int = 100, lr: float = 1e-3,
-                weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0) -> np.ndarray:
-    """Trains the probe on (x_train, y_train) and returns its scores on x_eval.
-
-    Scores are class probabilities (classification), per-class sigmoid scores (multilabel) or values in the
-    targets' units (regression). Features (and regression targets) are standardised with training statistics.
-    probe="attentive" takes (N, tokens, D) features (standardised per dimension over all training tokens), the
-    others (N, D).
-    """
-    ndim, shape = (3, "(N, tokens, D)") if probe == "attentive" else (2, "(N, D)")
-    if x_train.ndim != ndim or x_eval.ndim != ndim:
-        raise ProbeError(f"--probe={probe} takes features shaped {shape}, not {x_train.shape} and {x_eval.shape}.")
-    mean, std = _moments(x_train, axes=tuple(range(x_train.ndim - 1)))
-    x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
-    contract = tasks.readout_of(task)
-    y = contract.probe_targets(y_train)
-    if contract.probe_standardises_targets:
-        y_mean, y_std = _moments(y)
-        y = (y - y_mean) / y_std
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(jnp.asarray, _init(rng, probe, x_train.shape[-1], hidden, num_outputs))
-    tx = optax.adamw(lr, weight_decay=weight_decay)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, xb, yb):
-        loss, grads = jax.value_and_grad(lambda p: contract.probe_loss(_apply(p, xb), yb))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    n = len(x_train)
-    batch = min(batch_size, n)
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        # Whole batches only (one compiled shape); the permutation changes which rows sit out each epoch.
-        for start in range(0, n - batch + 1, batch):
-            rows = order[start:start + batch]
-            params, opt_state, _ = step(params, opt_state, x_train[rows], y[rows])
-    scores = np.asarray(contract.scores(_apply(params, jnp.asarray(x_eval))))
-    return scores * y_std + y_mean if contract.probe_standardises_targets else scores
-
-
 def _sklearn(what: str):
     """The sklearn package, or a ProbeError naming the extra that installs it."""
     try:
@@ -194,12 +114,12 @@ def train_svm(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.nd
     x_eval shaped as `train_probe`'s: (N, num_outputs) class scores (one-vs-rest decision values; classes absent
     from the training rows score below every other) or values in the targets' units."""
     sklearn = _sklearn("--probe=svm")
-    mean, std = _moments(x_train)
+    mean, std = moments(x_train)
     x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
     contract = tasks.readout_of(task)
     if contract.probe_standardises_targets:  # regression
         y = np.asarray(y_train, np.float64).reshape(len(y_train), -1)
-        y_mean, y_std = _moments(y)
+        y_mean, y_std = moments(y)
         y = (y - y_mean) / y_std
         pred = np.stack([sklearn.svm.SVR(kernel=kernel, C=c, gamma=gamma).fit(x_train, y[:, k]).predict(x_eval)
                          for k in range(y.shape[1])], axis=1)
@@ -283,14 +203,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_features", default="", metavar="FILE2.npz",
                         help="score on these features instead of a held-out part of --features")
     parser.add_argument("--probe", default="linear", choices=PROBES,
-                        help="linear layer, 1-hidden-layer MLP, SVM, or attentive (learned token pooling + linear "
-                             "layer, on --pool=tokens features)")
+                        help="linear layer, 1-hidden-layer MLP, SVM, or attentive (V-JEPA 2's cross-attention "
+                             "pooler + linear layer, on --pool=tokens features)")
     parser.add_argument("--hidden", type=int, default=256, help="--probe=mlp: hidden units (default 256)")
+    parser.add_argument("--heads", type=int, default=0,
+                        help="--probe=attentive: attention heads, dividing the feature dimension (default 0: 16, or "
+                             "the largest divisor of the dimension below 16)")
+    parser.add_argument("--depth", type=int, default=1,
+                        help="--probe=attentive: the pooler's blocks, self-attention ones then the cross-attention "
+                             "one (default 1; V-JEPA 2's evals: 4)")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of rows held out (default 0.2)")
-    parser.add_argument("--epochs", type=int, default=100, help="passes over the training rows (default 100)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    parser.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    parser.add_argument("--batch_size", type=int, default=256, help="rows per step (default 256)")
+    linear, attentive = (DEFAULTS[kind] for kind in ("linear", "attentive"))
+    for flag, kind, what in (("epochs", int, "passes over the training rows"), ("lr", float, "AdamW learning rate"),
+                             ("weight_decay", float, "AdamW weight decay"), ("batch_size", int, "rows per step")):
+        parser.add_argument(f"--{flag}", type=kind, default=None,
+                            help=f"{what} (default {linear[flag]:g}; --probe=attentive {attentive[flag]:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split, init and batches")
     parser.add_argument("--out", default="", metavar="FILE.json", help="metrics JSON (default FEATURES.probe.json)")
     parser.add_argument("--svm_kernel", default="linear", choices=SVM_KERNELS, help="--probe=svm: kernel (linear)")
@@ -303,9 +230,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
-    for flag in ("hidden", "epochs", "batch_size"):
+    """What is wrong with the flags, or None; fills the training flags left out with the probe's defaults."""
+    vars(args).update(training_settings(args.probe, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                                        batch_size=args.batch_size))
+    for flag in ("hidden", "epochs", "batch_size", "depth"):
         if getattr(args, flag) < 1:
             return f"--{flag}={getattr(args, flag)} must be at least 1."
+    if args.heads < 0:
+        return f"--heads={args.heads} must be 0 (the default) or a number of heads."
     if not args.eval_features and not 0.0 < args.holdout < 1.0:
         return f"--holdout={args.holdout} must be between 0 and 1 (or give --eval_features)."
     if args.lr <= 0 or args.weight_decay < 0:
@@ -363,6 +295,7 @@ def run(args: argparse.Namespace) -> dict:
     """Loads, splits, trains and scores; returns the report written to --out."""
     tokens = args.probe == "attentive"
     features, targets, names = load_split(args.features, args.task, tokens=tokens)
+    heads = attentive_heads(features.shape[-1], args.heads) if tokens else None  # refused before any training
     if args.eval_features:
         x_eval, y_eval, _ = load_split(args.eval_features, args.task, tokens=tokens)
         if x_eval.shape[-1] != features.shape[-1] or y_eval.shape[1:] != targets.shape[1:]:
@@ -391,7 +324,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.probe == "svm":
         report.update(svm_kernel=args.svm_kernel, svm_c=args.svm_c)
     if tokens:
-        report["num_tokens"] = int(features.shape[1])
+        report.update(num_tokens=int(features.shape[1]), heads=heads, depth=args.depth)
     if args.pca:
         report["pca"] = args.pca
     if grid:
@@ -416,8 +349,9 @@ def _fit(args, setting: dict, x_train, y_train, x_eval, num_outputs: int) -> np.
         return train_svm(args.task, x_train, y_train, x_eval, num_outputs=num_outputs, kernel=args.svm_kernel,
                          c=setting["C"], gamma=setting.get("gamma", "scale"))
     return train_probe(args.task, x_train, y_train, x_eval, num_outputs=num_outputs, probe=args.probe,
-                       hidden=setting.get("hidden", args.hidden), epochs=args.epochs, lr=setting["lr"],
-                       weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed)
+                       hidden=setting.get("hidden", args.hidden), heads=args.heads, depth=args.depth,
+                       epochs=args.epochs, lr=setting["lr"], weight_decay=args.weight_decay,
+                       batch_size=args.batch_size, seed=args.seed)
 
 
 def _candidates(args, dim: int) -> list[dict]:

@@ -1,5 +1,5 @@
 """Checkpoint conversion into vidjax: Hugging Face VideoMAE/TimeSformer/ViViT/GPT-2/V-JEPA 2 and official VideoMAE,
-SVT and VideoMamba files. `read` converts one checkpoint in memory (`python -m vidjax.convert` writes it);
+SVT, VideoMamba and V-JEPA 2 files. `read` converts one checkpoint in memory (`python -m vidjax.convert` writes it);
 `file_kind` says which official layout a checkpoint file holds."""
 
 from __future__ import annotations
@@ -8,23 +8,26 @@ import os
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource, checkpoint_file, family, finalize
 
-KINDS = ("hf", "videomamba", "svt", "videomae")  # what `read` converts: a save_pretrained folder, then .pth files
+KINDS = ("hf", "videomamba", "svt", "videomae", "vjepa2")  # what `read` converts: a save_pretrained folder, then files
 FILE_KINDS = KINDS[1:]
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """"videomamba", "svt" or "videomae": the official layout a checkpoint file holds, told by its tensor names and
-    shapes (`common.family`: a Mamba mixer's A_log; TimeSformer's temporal attention; a Conv3d tubelet embedding);
-    None for none of these."""
+    """"videomamba", "svt", "videomae" or "vjepa2": the official layout a checkpoint file holds, told by its tensor
+    names and shapes (`common.family`: a Mamba mixer's A_log; TimeSformer's temporal attention; a Conv3d tubelet
+    embedding, beside a V-JEPA predictor or a qkv bias for V-JEPA 2); None for none of these."""
     kind = family(TensorSource.from_file(path).tensors)
     return kind if kind in FILE_KINDS else None
 
 
 def read(kind: str, path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_heads: int | None = None,
-         num_frames: int | None = None, image_size: int | None = None) -> Converted:
-    """Converts the checkpoint at `path` of `kind` (one of KINDS). `num_heads` (svt, videomae) and
-    `decoder_num_heads` (videomae) are for widths no official size uses; `num_frames` / `image_size` tell the official
-    VideoMAE files the clip size they do not record (the caller adapts the other kinds with `common.resize`)."""
+         num_frames: int | None = None, image_size: int | None = None, predictor_num_heads: int | None = None,
+         checkpoint_key: str | None = None) -> Converted:
+    """Converts the checkpoint at `path` of `kind` (one of KINDS). `num_heads` (svt, videomae, vjepa2),
+    `decoder_num_heads` (videomae) and `predictor_num_heads` (vjepa2) are for widths no official size uses;
+    `num_frames` / `image_size` tell the official VideoMAE and V-JEPA 2 files the clip size they do not record (the
+    caller adapts the other kinds with `common.resize`); `checkpoint_key` picks a V-JEPA 2 pre-training checkpoint's
+    encoder ("target_encoder" or "encoder"; `vidjax.convert.vjepa2`)."""
     # Each converter is imported when asked for (start-up: they load flax and their models); a command converts one
     # kind.
     if kind == "hf":
@@ -39,6 +42,10 @@ def read(kind: str, path: str | os.PathLike, *, num_heads: int | None = None, de
         from vidjax.convert.videomae import convert_videomae_file  # start-up: as above
 
         return convert_videomae_file(path, num_heads, decoder_num_heads, num_frames, image_size)
+    if kind == "vjepa2":
+        from vidjax.convert.vjepa2 import convert_vjepa2_file  # start-up: as above
+
+        return convert_vjepa2_file(path, num_heads, predictor_num_heads, num_frames, image_size, checkpoint_key)
     if kind == "videomamba":
         from vidjax.convert.videomamba import from_videomamba  # start-up: as above
 

@@ -264,22 +264,28 @@ def checkpoint_file(path: str | os.PathLike, flag: str = "") -> pathlib.Path:
 
 # The families of checkpoint files vidjax converts: (what the file is, in words, and the flag that converts it).
 FAMILIES = {"videomae": ("a VideoMAE", "--from_videomae"), "svt": ("an SVT (TimeSformer)", "--from_svt"),
-            "videomamba": ("a VideoMamba", "--from_videomamba"),
+            "videomamba": ("a VideoMamba", "--from_videomamba"), "vjepa2": ("a V-JEPA 2", "--from_vjepa2"),
             "hf": ("a Hugging Face transformers", "--from_hf")}
 
 
 def family(obj: Any) -> str | None:
     """The family (a key of FAMILIES) whose layout a checkpoint's tensors have, told by their names and shapes
     (nested dicts are searched): a Mamba mixer's A_log (VideoMamba), TimeSformer's temporal attention or time table
-    (SVT), a Conv3d tubelet embedding `patch_embed.proj` (official VideoMAE), transformers' `embeddings.
-    patch_embeddings` or GPT-2's `wte` (a `save_pretrained` weights file); None for none of these."""
+    (SVT), a V-JEPA predictor's `predictor_embed`, or a Conv3d tubelet embedding `patch_embed.proj` beside one qkv
+    Linear with a bias (official V-JEPA 2; VideoMAE's qkv has none: its q and v biases are tensors of their own), a
+    Conv3d `patch_embed.proj` otherwise (official VideoMAE), transformers' `embeddings.patch_embeddings` or GPT-2's
+    `wte` (a `save_pretrained` weights file); None for none of these."""
     tensors = _flatten_tensors(obj) if isinstance(obj, dict) else {}
     names = list(tensors)
     if any(n.endswith("A_log") for n in names):
         return "videomamba"
     if any("temporal_attn." in n or n.endswith("time_embed") for n in names):
         return "svt"
-    if any(n.endswith("patch_embed.proj.weight") and tensors[n].ndim == 5 for n in names):
+    tubelets = any(n.endswith("patch_embed.proj.weight") and tensors[n].ndim == 5 for n in names)
+    if any(n.endswith("predictor_embed.weight") for n in names) or (
+            tubelets and any(n.endswith(".attn.qkv.bias") for n in names)):
+        return "vjepa2"
+    if tubelets:
         return "videomae"
     if any("embeddings.patch_embeddings." in n or n.endswith("wte.weight") for n in names):
         return "hf"
@@ -471,6 +477,18 @@ def linear(vj: str, hf: str, d_in: int, d_out: int, *, bias: bool = True) -> lis
     return rows + [Tensor(f"{vj}/bias", (f"{hf}.bias",), (d_out,))] if bias else rows
 
 
+def fused_attention(vj: str, name: str, dim: int, heads: int, *, bias: bool = True) -> list[Tensor]:
+    """An official (timm-style) attention `name`: one qkv `nn.Linear` whose rows are (q|k|v, head, head_dim), with a
+    bias unless `bias` is off, and proj <-> a vidjax `layers.Attention` `vj` (qkv (dim, 3, heads, head_dim), qkv_b,
+    proj, proj_bias)."""
+    hd = dim // heads
+    rows = [Tensor(f"{vj}/qkv", (f"{name}.qkv.weight",), (3 * dim, dim), perm=(1, 0), part=(dim, 3, heads, hd))]
+    if bias:
+        rows.append(Tensor(f"{vj}/qkv_b", (f"{name}.qkv.bias",), (3 * dim,), part=(3, heads, hd)))
+    return rows + [Tensor(f"{vj}/proj", (f"{name}.proj.weight",), (dim, dim), perm=(1, 0), part=(heads, hd, dim)),
+                   Tensor(f"{vj}/proj_bias", (f"{name}.proj.bias",), (dim,))]
+
+
 def layer_norm(vj: str, hf: str, dim: int) -> list[Tensor]:
     """An `nn.LayerNorm` `hf` (weight, bias) <-> a vidjax LayerNorm `vj` (scale, bias)."""
     return [Tensor(f"{vj}/scale", (f"{hf}.weight",), (dim,)), Tensor(f"{vj}/bias", (f"{hf}.bias",), (dim,))]
@@ -479,6 +497,39 @@ def layer_norm(vj: str, hf: str, dim: int) -> list[Tensor]:
 def prefixed(rows: Iterable[Tensor], vj: str = "", hf: str = "") -> list[Tensor]:
     """`rows` with `vj` before every vidjax name and `hf` before every published name (a part of a larger model)."""
     return [dataclasses.replace(r, vj=vj + r.vj, hf=tuple(hf + n for n in r.hf)) for r in rows]
+
+
+def size_tensor(src: TensorSource, name: str, ndim: int, expected: str, model: str, hint: str = "") -> tuple[int, ...]:
+    """The shape of tensor `name` of an official file, which sets a model size; a ConversionError when it is missing
+    or not of rank `ndim`, naming `expected` (the shape `model`, e.g. "the official VideoMAE", has there) and `hint`
+    (what a file of that family holds)."""
+    if not src.has(name):
+        raise ConversionError(f"{src.origin} is missing tensor {name!r} (expected shape {expected})"
+                              f"{f'; expected {hint}' if hint else ''}.")
+    shape = tuple(int(s) for s in src.tensors[name].shape)
+    if len(shape) != ndim:
+        raise ConversionError(f"Tensor {name!r} in {src.origin} has shape {shape}; {model} has shape {expected} "
+                              f"there.")
+    return shape
+
+
+def head_count(width: int, given: int | None, table: Mapping[int, int], origin: str, *, flag: str = "num_heads",
+               part: str = "") -> int:
+    """The attention heads of a stack `width` wide, which no tensor of an official file stores: `given`, checked to
+    divide the width, else the official builders' for that width (`table`); otherwise a ConversionError naming the
+    flag that gives it. `part` names the stack ("decoder", "predictor"; "" for the encoder)."""
+    of = f"{part} " if part else ""
+    if given:
+        if width % given:
+            raise ConversionError(f"{flag}={given} does not divide the {of}width {width} of {origin}.")
+        return given
+    if width not in table:
+        known = ", ".join(f"{w} -> {h} heads" for w, h in sorted(table.items()))
+        what = f"a {part} of width {width}, which no official builder uses" if part else \
+            f"width {width}, which is no ViT size"
+        raise ConversionError(f"{origin} has {what} ({known}), and the number of {of or 'attention '}heads is stored "
+                              f"in no tensor: pass --{flag} ({flag}= in Python).")
+    return table[width]
 
 
 def check_video_input(hf: Mapping[str, Any], family: str, *, gelu: Iterable[str] = ("gelu",),
@@ -567,7 +618,7 @@ class HfCheckpoint:
     architecture: str  # the transformers class, e.g. "VideoMAEForVideoClassification"
     config: dict[str, Any]  # config.json's model fields (`hf.to_hf` adds architectures, labels, dtype)
     tensors: dict[str, np.ndarray]  # model.safetensors
-    processor: str = "VideoMAEImageProcessor"  # preprocessor_config.json's image_processor_type; "": none (text)
+    processor: str = "VideoMAEImageProcessor"  # preprocessor_config.json's image_/video_processor_type; "": none (text)
     generation: dict[str, Any] | None = None  # generation_config.json, when `generate` needs token ids
     notes: list[str] = dataclasses.field(default_factory=list)  # what transformers computes slightly differently
 

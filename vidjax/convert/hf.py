@@ -126,7 +126,7 @@ def read_clip_spec(converted: Converted, processor: dict | None, directory: path
 # ----------------------------------------------------------------------------------------- back to transformers
 
 _EXPORTERS = {"videomae": "hf_videomae", "timesformer": "hf_timesformer", "vivit": "hf_vivit", "gpt2": "hf_gpt2",
-              "captioner": "hf_captioner"}  # vidjax model -> the module whose `to_hf` writes it
+              "captioner": "hf_captioner", "vjepa2": "hf_vjepa2"}  # vidjax model -> the module whose `to_hf` writes it
 # vidjax models that no transformers class computes, in words for the error.
 NO_TRANSFORMERS_CLASS = {"videomamba": "a VideoMamba", "svt": "an SVT (a TimeSformer with a DINO projection head)"}
 # The transformers class that loads each architecture vidjax writes (what the docs and the command's message say).
@@ -136,6 +136,7 @@ AUTO_CLASSES = {
     "TimesformerForVideoClassification": "AutoModelForVideoClassification", "TimesformerModel": "AutoModel",
     "VivitForVideoClassification": "AutoModelForVideoClassification", "VivitModel": "AutoModel",
     "GPT2LMHeadModel": "AutoModelForCausalLM", "VisionEncoderDecoderModel": "VisionEncoderDecoderModel",
+    "VJEPA2ForVideoClassification": "AutoModelForVideoClassification", "VJEPA2Model": "AutoModel",
 }
 _WORD_LEVEL_SPECIALS = "special_tokens.json"  # vidjax.tokenizer.CaptionTokenizer.save's special tokens
 
@@ -172,11 +173,13 @@ def to_hf(converted: Converted, *, problem_type: str | None = None, labels: list
 
 
 def preprocessor_config(processor: str, preprocessing: dict) -> dict[str, Any]:
-    """preprocessor_config.json of `processor` for a checkpoint's preprocessing: resize the short side, centre crop,
-    then (pixels / 255 - mean) / std, which is how vidjax feeds the model, and the clip spec (`CLIP_KEY`) when the
-    checkpoint records its frame stride (what `convert_hf_dir` reads back)."""
+    """preprocessor_config.json of `processor` (an image processor, or a video processor such as V-JEPA 2's, which
+    transformers' AutoVideoProcessor reads from this file too) for a checkpoint's preprocessing: resize the short
+    side, centre crop, then (pixels / 255 - mean) / std, which is how vidjax feeds the model, and the clip spec
+    (`CLIP_KEY`) when the checkpoint records its frame stride (what `convert_hf_dir` reads back)."""
     size = int(preprocessing["image_size"])
-    config = dict(image_processor_type=processor, do_resize=True,
+    kind = "video" if processor.endswith("VideoProcessor") else "image"
+    config = dict(**{f"{kind}_processor_type": processor}, do_resize=True,
                   size={"shortest_edge": int(preprocessing.get("short_side") or size)}, resample=2,
                   do_center_crop=True, crop_size={"height": size, "width": size}, do_rescale=True,
                   rescale_factor=1 / 255, do_normalize=True, image_mean=[float(v) for v in preprocessing["mean"]],

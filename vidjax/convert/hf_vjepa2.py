@@ -8,14 +8,21 @@ pooler's self-attention layers have q/k/v/out projections with biases and its cr
 projection. There are no position tables (rotary positions). A classifier holds the whole `VJEPA2Model` (predictor
 included) under "vjepa2.".
 
-One table (`tensors`) lists every tensor, so that the writer back to transformers can use it as the reader does.
+One table (`tensors`) lists every tensor, read by `from_hf` and written back by `to_hf` (`python -m vidjax.export
+--to_hf`: a `VJEPA2Model` or `VJEPA2ForVideoClassification` folder, with config.json's fields from `hf_config`).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
 from vidjax.convert.common import (
     ConversionError,
     Converted,
+    HfCheckpoint,
     Tensor,
     TensorSource,
     check_video_input,
@@ -23,6 +30,7 @@ from vidjax.convert.common import (
     linear,
     prefixed,
     read_tensors,
+    write_tensors,
 )
 from vidjax.models import vjepa2
 
@@ -31,6 +39,7 @@ HEADS = {"VJEPA2Model": "none", "VJEPA2ForVideoClassification": "classification"
 ARCHITECTURES = tuple(HEADS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # VJEPA2VideoProcessor's defaults
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PROCESSOR = "VJEPA2VideoProcessor"
 
 
 def _qkv(prefix: str, names: tuple[str, str, str], dim: int, heads: int, bias: bool) -> list[Tensor]:
@@ -77,35 +86,51 @@ def _cross_block(dim: int, heads: int) -> list[Tensor]:
     return rows + layer_norm("norm1", "layer_norm1", dim) + layer_norm("norm2", "layer_norm2", dim)
 
 
+def encoder_rows(cfg, block: Callable[[int, int, int], list[Tensor]], patch_embed: str, blocks: str,
+                 norm: str) -> list[Tensor]:
+    """The encoder's rows of a V-JEPA 2 table, under one layout's names: the tubelet Conv3d `patch_embed` (weight,
+    bias), block i under `blocks.format(i)` as `block(width, heads, mlp_dim)` lists it, the final LayerNorm `norm`."""
+    d = vjepa2.dims(cfg)
+    dim, patch, tubelet = d["width"], d["patch"], cfg.tubelet_size
+    rows = [Tensor("encoder/patch_embed/kernel", (f"{patch_embed}.weight",), (dim, 3, tubelet, patch, patch),
+                   perm=(2, 3, 4, 1, 0), part=(tubelet * patch * patch * 3, dim)),
+            Tensor("encoder/patch_embed/bias", (f"{patch_embed}.bias",), (dim,))]
+    one = block(dim, d["num_heads"], d["mlp_dim"])
+    for i in range(d["depth"]):
+        rows += prefixed(one, f"encoder/transformer/blocks/{i}/", blocks.format(i))
+    return rows + layer_norm("encoder/norm", norm, dim)
+
+
+def predictor_rows(cfg, block: Callable[[int, int, int], list[Tensor]], embed: str, mask_tokens: Tensor, blocks: str,
+                   norm: str, proj: str) -> list[Tensor]:
+    """The predictor's rows of a V-JEPA 2 table, under one layout's names: the Linear `embed` from the encoder's
+    width, the row of its mask tokens, block i under `blocks.format(i)`, the LayerNorm `norm`, the Linear `proj`."""
+    dim, pw = vjepa2.dims(cfg)["width"], cfg.predictor_width
+    rows = linear("predictor/embed", embed, dim, pw) + [mask_tokens]
+    one = block(pw, cfg.predictor_heads, cfg.predictor_mlp_dim or 4 * pw)
+    for i in range(cfg.predictor_depth):
+        rows += prefixed(one, f"predictor/transformer/blocks/{i}/", blocks.format(i))
+    return rows + layer_norm("predictor/norm", norm, pw) + linear("predictor/proj", proj, pw, dim)
+
+
 def tensors(cfg, root: str) -> list[Tensor]:
     """The table of a V-JEPA 2 with vidjax config `cfg`, both directions; `root` is the VJEPA2Model's prefix in the
     checkpoint ("vjepa2." under a classifier, "" in a VJEPA2Model); the pooler and classifier sit outside it."""
     d = vjepa2.dims(cfg)
-    dim, heads, patch, tubelet = d["width"], d["num_heads"], d["patch"], cfg.tubelet_size
-    qkv_bias = cfg.qkv_bias == "qkv"
-    e = f"{root}encoder."
-    rows = [Tensor("encoder/patch_embed/kernel", (f"{e}embeddings.patch_embeddings.proj.weight",),
-                   (dim, 3, tubelet, patch, patch), perm=(2, 3, 4, 1, 0), part=(tubelet * patch * patch * 3, dim)),
-            Tensor("encoder/patch_embed/bias", (f"{e}embeddings.patch_embeddings.proj.bias",), (dim,))]
-    block = _block(dim, heads, d["mlp_dim"], qkv_bias)
-    for i in range(d["depth"]):
-        rows += prefixed(block, f"encoder/transformer/blocks/{i}/", f"{e}layer.{i}.")
-    rows += layer_norm("encoder/norm", f"{e}layernorm", dim)
+    dim, heads = d["width"], d["num_heads"]
+    block = functools.partial(_block, qkv_bias=cfg.qkv_bias == "qkv")
+    e, p = f"{root}encoder.", f"{root}predictor."
+    rows = encoder_rows(cfg, block, f"{e}embeddings.patch_embeddings.proj", f"{e}layer.{{}}.", f"{e}layernorm")
     if cfg.predictor:
-        p, pw = f"{root}predictor.", cfg.predictor_width
-        rows += linear("predictor/embed", f"{p}embeddings.predictor_embeddings", dim, pw)
-        rows.append(Tensor("predictor/mask_tokens", (f"{p}embeddings.mask_tokens",), (cfg.num_mask_tokens, 1, 1, pw),
-                           part=(cfg.num_mask_tokens, pw)))
-        block = _block(pw, cfg.predictor_heads, cfg.predictor_mlp_dim or 4 * pw, qkv_bias)
-        for i in range(cfg.predictor_depth):
-            rows += prefixed(block, f"predictor/transformer/blocks/{i}/", f"{p}layer.{i}.")
-        rows += layer_norm("predictor/norm", f"{p}layernorm", pw)
-        rows += linear("predictor/proj", f"{p}proj", pw, dim)
+        n, pw = cfg.num_mask_tokens, cfg.predictor_width
+        mask_tokens = Tensor("predictor/mask_tokens", (f"{p}embeddings.mask_tokens",), (n, 1, 1, pw), part=(n, pw))
+        rows += predictor_rows(cfg, block, f"{p}embeddings.predictor_embeddings", mask_tokens, f"{p}layer.{{}}.",
+                               f"{p}layernorm", f"{p}proj")
     if cfg.head == "classification":
         rows.append(Tensor("pooler/query", ("pooler.query_tokens",), (1, 1, dim), part=(dim,)))
-        block = _pooler_block(dim, heads)
+        one = _pooler_block(dim, heads)
         for i in range(cfg.num_pooler_layers):
-            rows += prefixed(block, f"pooler/blocks/blocks/{i}/", f"pooler.self_attention_layers.{i}.")
+            rows += prefixed(one, f"pooler/blocks/blocks/{i}/", f"pooler.self_attention_layers.{i}.")
         rows += prefixed(_cross_block(dim, heads), "pooler/cross/", "pooler.cross_attention_layer.")
         rows += linear("head", "classifier", dim, cfg.num_classes)
     return rows
@@ -113,6 +138,14 @@ def tensors(cfg, root: str) -> list[Tensor]:
 
 def _ratio_dim(width: int, ratio: float) -> int:
     return int(width * ratio)  # nn.Linear(width, int(width * mlp_ratio)), as transformers' VJEPA2MLP
+
+
+def _mlp_ratio(width: int, mlp_dim: int) -> float:
+    """The mlp_ratio transformers builds an MLP of `mlp_dim` from (`_ratio_dim` of it gives `mlp_dim` back)."""
+    ratio = mlp_dim / width
+    while _ratio_dim(width, ratio) < mlp_dim:  # width * (mlp_dim / width) rounded just below mlp_dim
+        ratio = float(np.nextafter(ratio, np.inf))
+    return ratio
 
 
 def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
@@ -160,3 +193,45 @@ def _preprocessing(hf: dict) -> dict:
                                   f"(pixels/255 - mean)/std.")
         return {"mean": [float(v) for v in proc["image_mean"]], "std": [float(v) for v in proc["image_std"]]}
     return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def hf_config(cfg) -> dict:
+    """config.json's model fields (VJEPA2Config) of a vidjax V-JEPA 2 config; the inverse of `from_hf`'s reading."""
+    d = vjepa2.dims(cfg)
+    pw = int(cfg.predictor_width)
+    return dict(model_type="vjepa2", patch_size=d["patch"], crop_size=int(cfg.image_size),
+                frames_per_clip=int(cfg.num_frames), tubelet_size=int(cfg.tubelet_size), in_chans=3,
+                hidden_size=d["width"], num_hidden_layers=d["depth"], num_attention_heads=d["num_heads"],
+                mlp_ratio=_mlp_ratio(d["width"], d["mlp_dim"]), layer_norm_eps=float(cfg.ln_eps),
+                qkv_bias=cfg.qkv_bias == "qkv", hidden_act="gelu", initializer_range=0.02, drop_path_rate=0.0,
+                attention_probs_dropout_prob=0.0, attention_dropout=0.0, num_pooler_layers=int(cfg.num_pooler_layers),
+                pred_hidden_size=pw, pred_num_hidden_layers=int(cfg.predictor_depth),
+                pred_num_attention_heads=int(cfg.predictor_heads), pred_num_mask_tokens=int(cfg.num_mask_tokens),
+                pred_mlp_ratio=_mlp_ratio(pw, int(cfg.predictor_mlp_dim or 4 * pw)), pred_zero_init_mask_tokens=True)
+
+
+def to_hf(converted: Converted) -> HfCheckpoint:
+    """A vidjax V-JEPA 2 -> VJEPA2ForVideoClassification (head) or VJEPA2Model (no head), the predictor included."""
+    cfg = converted.model_config
+    if cfg.qkv_bias not in ("qkv", "none"):
+        raise ConversionError(f"this V-JEPA 2 has qkv_bias={cfg.qkv_bias!r}; transformers' VJEPA2 has q, k and v "
+                              f"biases or none (qkv_bias 'qkv' or 'none'), so it has no --to_hf form.")
+    architecture = {head: arch for arch, head in HEADS.items()}[cfg.head]
+    root = "vjepa2." if cfg.head == "classification" else ""
+    notes = []
+    if not cfg.predictor:
+        # transformers builds the predictor into every VJEPA2Model: written without it, its tensors start random.
+        notes.append(f"this checkpoint has no predictor (config.model.predictor off); {architecture} builds one, "
+                     f"which transformers initialises at random: its predictor_output is not this model's (its "
+                     f"encoder's outputs{' and logits' if root else ''} are).")
+    elif int(cfg.mask_index) % int(cfg.num_mask_tokens) != 1 % int(cfg.num_mask_tokens):
+        notes.append(f"transformers' predictor uses mask token 1; this checkpoint's uses {int(cfg.mask_index)} "
+                     f"(config.model.mask_index), so transformers' predictor_output differs.")
+    short_side = int(converted.preprocessing.get("short_side") or cfg.image_size)
+    if short_side != int(int(cfg.image_size) * 256 / 224):
+        notes.append(f"transformers' {PROCESSOR} resizes a clip's short side to crop_size x 256 / 224 = "
+                     f"{int(int(cfg.image_size) * 256 / 224)} px whatever preprocessor_config.json says; this "
+                     f"checkpoint's clips are resized to {short_side} px before the {int(cfg.image_size)} px crop, so "
+                     f"the processor's pixels differ from vidjax's (the model's outputs on the same pixels do not).")
+    return HfCheckpoint(architecture, hf_config(cfg), write_tensors(converted.params, tensors(cfg, root), "V-JEPA 2"),
+                        processor=PROCESSOR, notes=notes)

@@ -38,11 +38,14 @@ from vidjax.convert.common import (
     check_family,
     checkpoint_file,
     finalize,
+    fused_attention,
+    head_count,
     layer_norm,
     linear,
     prefixed,
     read_checkpoint,
     read_tensors,
+    size_tensor,
 )
 from vidjax.models import layers, timesformer
 
@@ -50,6 +53,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SAMPLING_RATE = 32  # DATA.SAMPLING_RATE of SVT's 8x32 config
 DROP_PATH = 0.1  # the backbone's drop_path_rate in every SVT model builder
+MODEL = "SVT's TimeSformer"  # what error messages call the model whose tensor shapes they expect
 
 
 def _strip_module(state: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -96,62 +100,26 @@ def _backbone_prefix(src: TensorSource) -> str:
     return "backbone." if any(n.startswith("backbone.") for n in src.names()) else ""
 
 
-def _size_tensor(src: TensorSource, name: str, ndim: int, expected: str) -> tuple[int, ...]:
-    """The shape of a tensor that sets a model size; missing or of the wrong rank is an error naming `expected`."""
-    if not src.has(name):
-        raise ConversionError(f"{src.origin} is missing tensor {name!r} (expected shape {expected}).")
-    shape = tuple(int(s) for s in src.tensors[name].shape)
-    if len(shape) != ndim:
-        raise ConversionError(f"Tensor {name!r} in {src.origin} has shape {shape}; SVT's TimeSformer has shape "
-                              f"{expected} there.")
-    return shape
-
-
-def _num_heads(width: int, num_heads: int | None, origin: str) -> int:
-    if num_heads:
-        if width % num_heads:
-            raise ConversionError(f"num_heads={num_heads} does not divide the width {width} of {origin}.")
-        return num_heads
-    heads = {w: h for w, _, h in layers.VIT_SIZES.values()}.get(width)
-    if heads is None:
-        raise ConversionError(f"{origin} has width {width}, which is no ViT size ("
-                              f"{', '.join(f'{n} {w}' for n, (w, _, _) in layers.VIT_SIZES.items())}), and the "
-                              f"number of attention heads is stored in no tensor: pass --num_heads (num_heads= in "
-                              f"Python).")
-    return heads
-
-
-def _attention(src: TensorSource, name: str, out: str, width: int, heads: int,
-               params: dict[str, np.ndarray]) -> None:
-    """facebookresearch TimeSformer's `Attention` (fused qkv Linear, rows (q|k|v, head, head_dim); proj) ->
-    `layers.Attention`."""
-    d, k = width, width // heads
-    params[f"{out}/qkv"] = src.take(f"{name}.qkv.weight", (3 * d, d)).T.reshape(d, 3, heads, k)
-    params[f"{out}/qkv_b"] = src.take(f"{name}.qkv.bias", (3 * d,)).reshape(3, heads, k)
-    params[f"{out}/proj"] = src.take(f"{name}.proj.weight", (d, d)).T.reshape(heads, k, d)
-    params[f"{out}/proj_bias"] = src.take(f"{name}.proj.bias", (d,))
-
-
 def from_svt(src: TensorSource, num_heads: int | None = None) -> Converted:
     """Maps an SVT network's tensors (`backbone.*` or bare backbone names) onto a timesformer backbone.
 
     `num_heads` is needed only for a width that is no ViT size. Tensors this does not take stay unused in `src`.
     """
     pre = _backbone_prefix(src)
-    conv = _size_tensor(src, f"{pre}patch_embed.proj.weight", 4, "(width, 3, patch, patch)")
+    conv = size_tensor(src, f"{pre}patch_embed.proj.weight", 4, "(width, 3, patch, patch)", MODEL)
     width, patch = conv[0], conv[-1]
     if conv[1:] != (3, patch, patch):
         raise ConversionError(f"Tensor '{pre}patch_embed.proj.weight' in {src.origin} has shape {conv}; SVT's "
                               f"per-frame patch embedding is a Conv2d of shape ({width}, 3, patch, patch).")
-    pos = _size_tensor(src, f"{pre}pos_embed", 3, f"(1, 1 + patches, {width})")
+    pos = size_tensor(src, f"{pre}pos_embed", 3, f"(1, 1 + patches, {width})", MODEL)
     side = int(round((pos[1] - 1) ** 0.5))
     if pos[0] != 1 or pos[2] != width or side < 1 or side * side != pos[1] - 1:
         raise ConversionError(f"Tensor '{pre}pos_embed' in {src.origin} has shape {pos}; expected (1, 1 + n * n, "
                               f"{width}): a CLS row and a square grid of patch rows.")
-    num_frames = _size_tensor(src, f"{pre}time_embed", 3, f"(1, frames, {width})")[1]
+    num_frames = size_tensor(src, f"{pre}time_embed", 3, f"(1, frames, {width})", MODEL)[1]
     depth = src.stack_depth(pre, "blocks", "norm1.weight")
-    mlp_dim = _size_tensor(src, f"{pre}blocks.0.mlp.fc1.weight", 2, f"(mlp_dim, {width})")[0]
-    heads = _num_heads(width, num_heads, src.origin)
+    mlp_dim = size_tensor(src, f"{pre}blocks.0.mlp.fc1.weight", 2, f"(mlp_dim, {width})", MODEL)[0]
+    heads = head_count(width, num_heads, {w: h for w, _, h in layers.VIT_SIZES.values()}, src.origin)
 
     size = next((name for name, dims in layers.VIT_SIZES.items() if dims == (width, depth, heads)), "B")
     cfg = timesformer.default_config()
@@ -170,15 +138,15 @@ def from_svt(src: TensorSource, num_heads: int | None = None) -> Converted:
         "pos_embed": src.take(f"{pre}pos_embed", pos)[0],
         "time_embed": src.take(f"{pre}time_embed", (1, num_frames, d))[0],
     }
-    # A block's norms and Linears (facebookresearch TimeSformer's names); its two attentions are `_attention`'s.
+    # A block's norms and Linears (facebookresearch TimeSformer's names); its two attentions are `fused_attention`'s.
     block = (layer_norm("temporal_norm", "temporal_norm1", d) + linear("temporal_fc", "temporal_fc", d, d)
              + layer_norm("norm1", "norm1", d) + layer_norm("norm2", "norm2", d)
              + linear("mlp/fc1", "mlp.fc1", d, mlp_dim) + linear("mlp/fc2", "mlp.fc2", mlp_dim, d))
     for i in range(depth):
         fb, out = f"{pre}blocks.{i}", f"blocks/{i}"
         params.update(read_tensors(src, prefixed(block, f"{out}/", f"{fb}.")))
-        _attention(src, f"{fb}.temporal_attn", f"{out}/temporal_attn", d, heads, params)
-        _attention(src, f"{fb}.attn", f"{out}/attn", d, heads, params)
+        for attention in ("temporal_attn", "attn"):  # facebookresearch TimeSformer's `Attention`s
+            params.update(read_tensors(src, fused_attention(f"{out}/{attention}", f"{fb}.{attention}", d, heads)))
     params.update(read_tensors(src, layer_norm("norm", f"{pre}norm", d)))
     preprocessing = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_frames": num_frames,
                      "image_size": side * patch, "sampling_rate": SAMPLING_RATE}

@@ -48,7 +48,9 @@ from vidjax.convert.common import (
     check_finite,
     checkpoint_file,
     finalize,
+    head_count,
     read_checkpoint,
+    size_tensor,
 )
 from vidjax.convert.hf_videomae import from_hf
 from vidjax.data import kinetics
@@ -114,41 +116,15 @@ def read_videomae(path: str | pathlib.Path) -> tuple[TensorSource, str]:
 
 
 def _shape(src: TensorSource, name: str, ndim: int, expected: str) -> tuple[int, ...]:
-    if not src.has(name):
-        raise ConversionError(f"{src.origin} is missing tensor {name!r} (expected shape {expected}); expected "
-                              f"{_EXPECTED}.")
-    shape = tuple(int(s) for s in src.tensors[name].shape)
-    if len(shape) != ndim:
-        raise ConversionError(f"Tensor {name!r} in {src.origin} has shape {shape}; the official VideoMAE has "
-                              f"shape {expected} there.")
-    return shape
+    return size_tensor(src, name, ndim, expected, "the official VideoMAE", _EXPECTED)
 
 
 def _encoder_heads(width: int, num_heads: int | None, origin: str) -> int:
-    if num_heads:
-        if width % num_heads:
-            raise ConversionError(f"num_heads={num_heads} does not divide the width {width} of {origin}.")
-        return num_heads
-    table = {**_EXTRA_HEADS, **{w: h for w, _, h in layers.VIT_SIZES.values()}}
-    if width not in table:
-        raise ConversionError(f"{origin} has width {width}, which is no ViT size ("
-                              f"{', '.join(f'{w} -> {h} heads' for w, h in sorted(table.items()))}), and the number "
-                              f"of attention heads is stored in no tensor: pass --num_heads (num_heads= in Python).")
-    return table[width]
+    return head_count(width, num_heads, {**_EXTRA_HEADS, **{w: h for w, _, h in layers.VIT_SIZES.values()}}, origin)
 
 
 def _decoder_heads(width: int, decoder_num_heads: int | None, origin: str) -> int:
-    if decoder_num_heads:
-        if width % decoder_num_heads:
-            raise ConversionError(f"decoder_num_heads={decoder_num_heads} does not divide the decoder width {width} "
-                                  f"of {origin}.")
-        return decoder_num_heads
-    if width not in DECODER_HEADS:
-        raise ConversionError(f"{origin} has a decoder of width {width}, which no official builder uses ("
-                              f"{', '.join(f'{w} -> {h} heads' for w, h in DECODER_HEADS.items())}), and the number "
-                              f"of decoder heads is stored in no tensor: pass --decoder_num_heads "
-                              f"(decoder_num_heads= in Python).")
-    return DECODER_HEADS[width]
+    return head_count(width, decoder_num_heads, DECODER_HEADS, origin, flag="decoder_num_heads", part="decoder")
 
 
 def _reject_unsupported(src: TensorSource) -> None:

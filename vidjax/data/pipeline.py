@@ -57,6 +57,13 @@ def _first_failure(path: str) -> bool:
         return True
 
 
+def crop_settings(data) -> dict:
+    """`transforms.train_crop`'s settings from config.data: the multi-scale crop's scales, the resized crop's area
+    and aspect-ratio ranges, the flip."""
+    return dict(scales=tuple(data.crop_scales), area=tuple(data.get("resized_crop_area", (0.08, 1.0))),
+                ratio=tuple(data.get("resized_crop_ratio", (3 / 4, 4 / 3))), flip=data.flip)
+
+
 def tube_mask(rng: np.random.Generator, grid: tuple[int, int, int], mask_ratio: float) -> np.ndarray:
     """Bool (t*h*w,) mask, True = masked: int(mask_ratio*h*w) spatial positions masked, the same at every t."""
     t, h, w = grid
@@ -424,8 +431,8 @@ class Preprocess:
         (as `transforms.repeated_augment` seeds them)."""
         d = self.data
         generators = [rng] if d.num_samples == 1 else transforms.sample_generators(rng, d.num_samples)
-        return [transforms.train_crop(d.train_crop, height, width, d.image_size, g, scales=tuple(d.crop_scales),
-                                      flip=d.flip) for g in generators], generators
+        return [transforms.train_crop(d.train_crop, height, width, d.image_size, g, **crop_settings(d))
+                for g in generators], generators
 
     def erased(self, clips: np.ndarray, generators: Sequence[np.random.Generator]) -> np.ndarray:
         """(k, T, H, W, 3) cropped clips with random erasing (config.data.erase_prob) drawn from their generators:
@@ -472,7 +479,7 @@ class Preprocess:
         if d.rand_augment:
             video = transforms.rand_augment(video, d.rand_augment, rng)
         video = transforms.apply_crop(video, transforms.train_crop(
-            d.train_crop, video.shape[1], video.shape[2], size, rng, scales=tuple(d.crop_scales), flip=d.flip))
+            d.train_crop, video.shape[1], video.shape[2], size, rng, **crop_settings(d)))
         if d.erase_prob:
             video = transforms.random_erasing(video, rng, mean=self.pixel_mean, std=self.pixel_std,
                                               prob=d.erase_prob)

@@ -231,16 +231,17 @@ def random_crop_box(height: int, width: int, size: int | tuple[int, int],
 
 
 def train_crop(kind: str, height: int, width: int, size: int | tuple[int, int], rng: np.random.Generator, *,
-               scales: Sequence[float] = MULTI_SCALE_CROP_SCALES, flip: bool = True) -> Crop:
+               scales: Sequence[float] = MULTI_SCALE_CROP_SCALES, flip: bool = True,
+               area: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Crop:
     """The `Crop` of a training clip of `height` x `width` frames: `kind` one of TRAIN_CROPS ("random": a `size`
-    window, "multi_scale": `multi_scale_crop_box`, "random_resized": `random_resized_crop_box`), then, with `flip`,
-    a left-right flip with probability 0.5. It draws from `rng` exactly what the crop function of that kind followed
-    by `random_flip` draws, so `apply_crop` of it gives their clip."""
+    window, "multi_scale": `multi_scale_crop_box` of `scales`, "random_resized": `random_resized_crop_box` of
+    `area` and `ratio`), then, with `flip`, a left-right flip with probability 0.5. It draws from `rng` exactly what
+    the crop function of that kind followed by `random_flip` draws, so `apply_crop` of it gives their clip."""
     out_h, out_w = _crop_size(size)
     if kind == "multi_scale":
         box = multi_scale_crop_box(height, width, (out_h, out_w), rng, scales=scales)
     elif kind == "random_resized":
-        box = random_resized_crop_box(height, width, rng)
+        box = random_resized_crop_box(height, width, rng, scale=tuple(area), ratio=tuple(ratio))
     elif kind == "random":
         box = random_crop_box(height, width, (out_h, out_w), rng)
     else:

@@ -1,12 +1,14 @@
 """Evaluators: what a run measures, beside the tasks that say how it trains (big_vision's `evaluators/`).
 
-Each module here (but `base` and `head`) is one evaluator type with its `Evaluator` class (`base.Evaluator`:
+Each module here (but `base`, `head` and `probes`) is one evaluator type with its `Evaluator` class (`base.Evaluator`:
 `Evaluator(context, **entry)`, `.run(params)` yields (metric, value)):
   classification  loss, top1, top5, macro_f1; the confusion matrix (confusion_matrix.png)
   multilabel      loss, mAP
   regression      loss, ccc_<target>, ccc_mean, mse
   captioning      loss, bleu1..4, rougeL, cider, bleu4_constant, captions_truncated; the captions (eval_captions.txt)
   knn             SVT's weighted k-NN on the backbone's features: knn_top1, knn_top5 (and of the initial weights)
+  attentive       V-JEPA 2's attentive probe on any encoder's frozen tokens: attentive_top1, attentive_top5 (and of
+                  the initial weights)
   reconstruction  pre-training's masked-reconstruction loss; the reconstruction figure (reconstruction.png)
 
 config.evals names a run's evaluations, each an entry `config.evals.NAME = dict(...)` of these keys (all optional):
@@ -20,9 +22,10 @@ config.evals names a run's evaluations, each an entry `config.evals.NAME = dict(
   prefix   what its metric names start with; default "NAME_". Its rows in metrics.jsonl have split NAME
            (TensorBoard and W&B: NAME/<prefix><metric>)
   init     also score the initial weights of a fresh run, once, logged at step 0 as <prefix><metric>_init and
-           repeated in its later rows; default the type's (knn: True)
+           repeated in its later rows; default the type's (knn, attentive: True)
 and the type's own options (its module says which: classification's label_space and figure, knn's k, temperature and
-bank, captioning's num_beams, length_penalty and samples, reconstruction's figure). Every evaluator also reports
+bank, attentive's bank and the probe's heads, depth, epochs, lr, weight_decay, batch_size and seed, captioning's
+num_beams, length_penalty and samples, reconstruction's figure). Every evaluator also reports
 <prefix>decode_failures, the videos of its split that did not decode.
 
 Without config.evals a run has one evaluator, "eval", of the task's type, at config.eval_every over
@@ -44,7 +47,7 @@ from vidjax.evaluators.base import SPLITS, EvalContext, Evaluator, with_data
 
 __all__ = ["EvalContext", "Evaluator", "Scheduled", "available", "config_problems", "entries", "from_config", "get"]
 
-_NOT_EVALUATORS = {"base", "head"}
+_NOT_EVALUATORS = {"base", "head", "probes"}
 COMMON_KEYS = ("type", "every", "split", "data", "batches", "prefix", "init")
 DEFAULT_NAME = "eval"
 

@@ -189,3 +189,35 @@ class Evaluator(abc.ABC):
         self.outputs = arrays if self.spec.pads_eval else {}
         yield from self.result.items()
         yield "decode_failures", failures
+
+
+class BankEvaluator(Evaluator):
+    """An evaluator that classifies the scored split's clips against the outputs of a bank split, gathered whole
+    before each run (`bank`): a k-NN's neighbours, a probe's training clips. Subclasses keep "bank" among their
+    options (default "train") and read `self.bank`."""
+
+    bank_role = "the bank"  # what the bank is to it, for its messages ("the neighbours", "the probe's training clips")
+
+    @classmethod
+    def problems(cls, config: ml_collections.ConfigDict, options: Mapping[str, Any], where: str) -> list[str]:
+        if options.get("bank", "train") not in SPLITS:
+            return [f"{where}.bank={options['bank']!r}: {cls.bank_role} come from one of {', '.join(SPLITS)}."]
+        return []
+
+    def check(self) -> None:
+        super().check()
+        self.context.source(self.settings["bank"], self.data)
+
+    def run(self, params) -> Iterator[tuple[str, float]]:
+        """As `Evaluator.run`, the bank's outputs gathered first (all of its split) into `self.bank`."""
+        self.bank = self.gather(params, self.context.source(self.settings["bank"], self.data), 0)
+        yield from super().run(params)
+
+    def num_classes(self, outputs: dict[str, np.ndarray], what: str) -> int:
+        """The classes of the scored and bank splits' labels (at least config.data.num_classes); a ValueError naming
+        `what` (the evaluation) where either split has no `label` column."""
+        if "label" not in outputs or "label" not in self.bank:
+            raise ValueError(f"{what} is a classifier: it needs labelled {self.split!r} and "
+                             f"{self.settings['bank']!r} splits (their `label` column), {self.bank_role} from the "
+                             f"{self.settings['bank']!r} split.")
+        return int(max(self.config.data.num_classes, self.bank["label"].max() + 1, outputs["label"].max() + 1))

@@ -10,32 +10,19 @@ from: "train").
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vidjax import metrics
 from vidjax.evaluators import base
 
 
-class Evaluator(base.Evaluator):
+class Evaluator(base.BankEvaluator):
     requires = {"model_name": "svt"}
     options = {"k": None, "temperature": None, "bank": "train"}
     evaluates_init = True
-
-    @classmethod
-    def problems(cls, config: ml_collections.ConfigDict, options: Mapping[str, Any], where: str) -> list[str]:
-        if options.get("bank", "train") not in base.SPLITS:
-            return [f"{where}.bank={options['bank']!r}: the neighbours come from one of {', '.join(base.SPLITS)}."]
-        return []
-
-    def check(self) -> None:
-        super().check()
-        self.context.source(self.settings["bank"], self.data)
+    bank_role = "the neighbours"
 
     def batch_outputs(self, model, batch: dict) -> dict[str, jax.Array]:
         """{"features": (B, D) the backbone's CLS token after its final norm, "label" when the data has labels},
@@ -50,18 +37,9 @@ class Evaluator(base.Evaluator):
         passed = {k: batch[k] for k in ("label", "valid", "decode_failures") if k in batch}
         return {"features": features, **passed}
 
-    def run(self, params):
-        """As `Evaluator.run`, the bank's features gathered first (all of its split)."""
-        self.bank = self.gather(params, self.context.source(self.settings["bank"], self.data), 0)
-        yield from super().run(params)
-
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        bank = self.bank
-        if "label" not in outputs or "label" not in bank:
-            raise ValueError("SVT's evaluation is a k-NN classifier: it needs labelled eval and training splits "
-                             "(their `label` column) and the training split's features.")
-        s = self.config.svt
-        num_classes = int(max(self.config.data.num_classes, bank["label"].max() + 1, outputs["label"].max() + 1))
+        bank, s = self.bank, self.config.svt
+        num_classes = self.num_classes(outputs, "SVT's k-NN evaluation")
         scores = metrics.knn_classify(bank["features"], bank["label"].astype(np.int64), outputs["features"],
                                       num_classes, k=min(int(self.setting("k", s.knn_k)), len(bank["label"])),
                                       temperature=self.setting("temperature", s.knn_temperature))

@@ -68,6 +68,33 @@ def clip_spec(name: str, cfg: Any) -> dict[str, Any] | None:
                 mean=tuple(float(v) for v in cfg.pixel_mean), std=tuple(float(v) for v in cfg.pixel_std))
 
 
+def tokens_part(model_name: str, cfg: Any) -> str:
+    """Which part of a model `model_name` built from config block `cfg` gives a clip's tokens (B, tokens, D) after its
+    final norm: "" the model itself (its output's "last_hidden_state"), "encoder" (a VideoMAE pre-training's, run on
+    every token with no mask, or a captioner's video encoder) or "backbone" (SVT's TimeSformer under its DINO head).
+    What `python -m vidjax.extract` pools and the `attentive` evaluator probes; a ValueError for a model whose clip is
+    not one token sequence (a captioner encoding several chunks)."""
+    if model_name == "svt":
+        return "backbone"
+    if model_name == "captioner":
+        if int(cfg.num_chunks) != 1:
+            raise ValueError(f"this captioner encodes {cfg.num_chunks} chunks per clip (config.model.num_chunks); "
+                             f"the tokens of a clip are read from single-chunk captioners' encoders.")
+        return "encoder"
+    return "encoder" if cfg.get("head") == "pretrain" else ""
+
+
+def tokens_module(model: Any, part: str) -> Any:
+    """The module of `model` that gives its tokens: `part` of it (`tokens_part`), or the model itself for ""."""
+    return getattr(model, part) if part else model
+
+
+def video_tokens(model: Any, part: str, video: Any) -> Any:
+    """The tokens (B, tokens, D), in the model's dtype, that `part` (`tokens_part`) of `model` gives for `video`."""
+    out = tokens_module(model, part)(video)
+    return out["last_hidden_state"] if isinstance(out, dict) else out
+
+
 # Sizes that must be above 0; the other integer keys of a model block may be 0 (the variant's or the model's default).
 _POSITIVE_SIZES = {"image_size", "num_frames", "tubelet_size", "d_conv", "d_state", "expand", "scan_chunk",
                    "num_chunks"}

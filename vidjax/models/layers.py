@@ -140,7 +140,7 @@ class Dense(nnx.Module):
 
 def softmax_pool(scores_BN: jax.Array, x_BND: jax.Array) -> jax.Array:
     """(B, N, D) tokens -> (B, D) float32: their average weighted by a softmax of `scores_BN` over the tokens, the
-    learned token pooling of the captioner's pooled visual token and of the attentive probe."""
+    learned token pooling of the captioner's pooled visual token."""
     weights_BN = jax.nn.softmax(scores_BN.astype(jnp.float32), axis=-1)
     return jnp.einsum("bn,bnd->bd", weights_BN, x_BND.astype(jnp.float32))
 

@@ -99,7 +99,11 @@ class Encoder(nnx.Module):
         t, h, w = video_BTHWC.shape[1:4]
         return grid_shape((max(t, self.tubelet), h, w), self.tubelet, self.patch)
 
-    def __call__(self, video_BTHWC: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+    def __call__(self, video_BTHWC: jax.Array, rng: jax.Array | None = None, keep_ids: jax.Array | None = None
+                 ) -> jax.Array:
+        """Tokens (B, t*h*w, D) of a clip; with `keep_ids` (int (B, K) flat grid positions), only those tokens
+        (B, K, D), each at its own rotary position: the context encoder of pre-training, which sees the visible
+        tokens alone (the official encoder's `masks` argument)."""
         if video_BTHWC.ndim != 5 or video_BTHWC.shape[-1] != 3:
             raise ValueError(f"V-JEPA 2 expects videos shaped (batch, frames, height, width, 3) channels-last; got "
                              f"{tuple(video_BTHWC.shape)}.")
@@ -107,7 +111,10 @@ class Encoder(nnx.Module):
             video_BTHWC = jnp.tile(video_BTHWC, (1, self.tubelet, 1, 1, 1))
         t, h, w = self.grid(video_BTHWC)
         x = self.patch_embed(patchify(video_BTHWC, self.tubelet, self.patch))
-        rope = rope_tables(jnp.arange(t * h * w)[None], (h, w), self.width // self.num_heads)
+        ids = jnp.arange(t * h * w)[None]
+        if keep_ids is not None:
+            x, ids = _gather(x, keep_ids), keep_ids
+        rope = rope_tables(ids, (h, w), self.width // self.num_heads)
         return self.norm(self.transformer(x, rng, rope=rope))
 
 
@@ -129,11 +136,11 @@ class Predictor(nnx.Module):
         self.norm = layers.LayerNorm(pw, cfg.ln_eps, choices=choices, rngs=rngs)
         self.proj = layers.Dense(pw, width, ("decoder_embed", "embed"), dtype=dtype, choices=choices, rngs=rngs)
 
-    def __call__(self, tokens_BND: jax.Array, context_ids: jax.Array, target_ids: jax.Array,
+    def __call__(self, context_BCD: jax.Array, context_ids: jax.Array, target_ids: jax.Array,
                  grid_hw: tuple[int, int], *, mask_index: int = 1, rng: jax.Array | None = None) -> jax.Array:
-        """Encoder tokens (B, N, D) -> predicted features (B, n_target, D) at `target_ids` (B, n_target), from the
-        tokens at `context_ids` (B, n_context); indices are flat (t, h, w) grid positions, h x w = `grid_hw`."""
-        context = self.embed(_gather(tokens_BND, context_ids))
+        """The encoder's tokens at `context_ids` (B, n_context, D) -> predicted features (B, n_target, D) at
+        `target_ids` (B, n_target); indices are flat (t, h, w) grid positions, h x w = `grid_hw`."""
+        context = self.embed(context_BCD)
         b, n_target = target_ids.shape
         tokens = self.mask_tokens[...]
         token = tokens[mask_index % tokens.shape[0]].astype(context.dtype)
@@ -243,8 +250,8 @@ class Model(nnx.Module):
                 raise ValueError("This V-JEPA 2 model was built without its predictor (config.model.predictor="
                                  "False); it cannot take context_ids / target_ids.")
             _, h, w = self.encoder.grid(video)
-            out["predictor_output"] = self.predictor(x, context_ids, target_ids, (h, w), mask_index=self.mask_index,
-                                                     rng=rng_pred)
+            out["predictor_output"] = self.predictor(_gather(x, context_ids), context_ids, target_ids, (h, w),
+                                                     mask_index=self.mask_index, rng=rng_pred)
             out["target_hidden_state"] = _gather(x, target_ids)
         if self.head_kind == "classification":
             out["logits"] = self.head(self.pooler(x).astype(jnp.float32)).astype(jnp.float32)

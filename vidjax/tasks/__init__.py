@@ -27,7 +27,7 @@ from vidjax.tasks.readout import Readout
 
 _NOT_TASKS = {"base", "readout", "presentation"}
 # Listed in this order, then the others.
-_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning", "svt")
+_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning", "svt", "vjepa2")
 
 
 def available() -> list[str]:

@@ -23,7 +23,7 @@ def peak_lr(config: ml_collections.ConfigDict) -> float:
     return opt.base_lr * config.batch_size / opt.lr_batch_base
 
 
-SCHEDULES = ("cosine", "constant", "steps")
+SCHEDULES = ("cosine", "constant", "steps", "wsd")
 
 
 def make_schedule(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int,
@@ -34,9 +34,24 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int, warmup_st
       constant  the peak until the end
       steps     the peak times lr_step_scales[i] from epoch lr_steps[i] on (SlowFast / TimeSformer's
                 "steps_with_relative_lrs": steps (11, 14) with scales (0.1, 0.01) over 15 epochs)
+      wsd       warm-up, stable, decay (V-JEPA 2's `WSDSchedule`): the warm-up from warmup_start x the peak, the
+                peak, then a linear cool-down to min_lr over the last cooldown_epochs (0: none)
     """
     opt = config.optimizer
     lr = peak_lr(config)
+    if opt.schedule == "wsd":
+        start = float(opt.get("warmup_start", 0.0)) * lr
+        cooldown = min(int(round(float(opt.get("cooldown_epochs", 0.0)) * steps_per_epoch)),
+                       max(total_steps - warmup_steps, 0))
+        if not 0 <= start <= lr or cooldown < 0:
+            raise ConfigError(f"config.optimizer.schedule='wsd' needs warmup_start in [0, 1] (got "
+                              f"{opt.get('warmup_start')}) and cooldown_epochs >= 0 (got "
+                              f"{opt.get('cooldown_epochs')}).")
+        stable_end = total_steps - cooldown
+        return optax.join_schedules(
+            [optax.linear_schedule(start, lr, max(warmup_steps, 1)), optax.constant_schedule(lr),
+             optax.linear_schedule(lr, min(opt.min_lr, lr), max(cooldown, 1))],
+            [warmup_steps, max(stable_end, warmup_steps)])
     if opt.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
