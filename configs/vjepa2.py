@@ -29,8 +29,23 @@ Evaluation: an attentive probe (`vidjax.evaluators.attentive`) on the frozen tar
 training split's clips and scored on the eval split (eval_attentive_top1; eval_attentive_top1_init at the start).
 The released weights instead: python -m vidjax.convert --from_hf facebook/vjepa2-vitl-fpc64-256 --out /tmp/vjepa2_l.
 
-Local run on the embedded generated dataset (micro model, no download, a few minutes on a 2-core CPU):
+Local run on the embedded generated dataset (micro model, no download, about 6 minutes on a 2-core CPU):
   python -m vidjax.main --config=configs/vjepa2.py:runlocal --workdir=/tmp/vjepa2_local
+Mu/4 at 2 blocks on 8 x 32 x 32 clips (token grid 4 x 8 x 8), predictor 2 x 48, batch 32, 4 epochs (256 steps),
+target momentum 0.99 -> 0.999. It pre-trains without collapse: the loss goes 1.05 -> 0.35 while `target_std` stays
+0.68-0.83 (tests/test_recipe_vjepa2_learns.py checks the first epoch). What it does not do at this scale is learn the
+embedded dataset's classes (8 motion directions, chance 0.125): the attentive probe of the trained target encoder
+ends about where the random-init one starts. Measured here (probe defaults, trained on the first 512 or all 2,048
+training clips, scored on the 256 eval clips; init -> trained):
+  as configured: 2-frame tubelets, every clip its own look       0.578 -> 0.613 (512 clips)
+  --config.model.tubelet_size=1                                  0.133 -> 0.176 (512), 0.266 -> 0.230 (2,048)
+  tubelets of 1 and --config.data.synthetic_looks=1 (one look)   0.367 -> 0.453 after 256 steps (2,048),
+                                                                 -> 0.211 after 512 steps
+A 2-frame tubelet's random linear embedding already shows a token's motion (the object moves 1.6-4.8 px a frame
+across 4 px patches), which the probe reads off the random tokens; with 1-frame tubelets a token holds none, and the
+random encoder's attention (rotary positions) still gives the probe some. The latent loss is mostly the background
+(a masked region's texture and grating, which its visible neighbours tell), the object about one token in 64 a frame;
+with one look for every clip, the loss falls to 0.06 and the gain above is the largest seen, and it does not last.
 """
 
 from vidjax import config_lib

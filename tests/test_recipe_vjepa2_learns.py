@@ -1,0 +1,32 @@
+"""configs/vjepa2.py:runlocal pre-trains on the embedded dataset without collapse: the latent prediction loss falls
+while the target encoder's features stay spread, and the run ends with the attentive probe of its frozen target
+encoder beside that of the random-init one.
+
+What this does not show: that the probe gains on the motion classes. On the embedded clips it does not, at this scale
+(configs/vjepa2.py's docstring has the figures), so the test asserts the pre-training's own measures.
+One file per recipe, so that the test runner spreads these few-minute runs over its workers.
+"""
+
+import jax
+import numpy as np
+from helpers import load_config
+
+from vidjax import train
+from vidjax.metric_writer import read_metrics
+
+STD_FLOOR = 0.3  # the layer-normed target features' per-dimension spread; a collapsed encoder gives 0
+
+
+def test_vjepa2_runlocal_predicts_better_without_collapse(tmp_path, generate_clips_once):
+    config = load_config("vjepa2", "runlocal")
+    config.total_steps = 64  # the runlocal's first epoch (its warm-up), which is where the loss halves
+    config.log_every = 8
+    # The probe's bank: 256 of the training clips, not 2,048 (the probe is trained twice, at init and at the end).
+    config.evals = {"eval": dict(type="attentive", data=dict(num_train=256))}
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    rows = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    losses = np.array([r["loss"] for r in rows])
+    spread = np.array([r["target_std"] for r in rows])
+    assert len(rows) == 9 and (spread > STD_FLOOR).all(), spread  # no collapse, at any logged step
+    assert losses[-1] < 0.55 * losses[0], losses  # measured: 1.05 -> 0.46 at step 64
+    assert 0 <= result["eval_attentive_top1_init"] <= 1 and 0 <= result["eval_attentive_top1"] <= 1
