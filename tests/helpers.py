@@ -23,6 +23,29 @@ def train_losses(workdir):
     return {row["step"]: row["loss"] for row in read_metrics(workdir) if row["split"] == "train"}
 
 
+
+def run_then_resume(config, tmp_path, capsys, drop=("4", "6")):
+    """A 6-step run in tmp_path/full (checkpoints every 2 steps), then a copy, tmp_path/cut, without the checkpoints
+    of `drop`, resumed from step 2; asserts the resume and that steps 3-6 log the straight run's losses exactly.
+    Returns (the straight run's result, the resumed run's, full, cut)."""
+    import shutil
+
+    devices = jax.devices()[:1]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    result = train.train_and_evaluate(config, str(full), devices=devices)
+    shutil.copytree(full, cut)
+    for step in drop:
+        shutil.rmtree(cut / "checkpoints" / step)
+    capsys.readouterr()
+    resumed = train.train_and_evaluate(config, str(cut), devices=devices)
+    assert resumed["resumed"] and "Resuming from checkpoint at step 2" in capsys.readouterr().out
+    a, b = train_losses(full), train_losses(cut)
+    assert sorted(b) == list(range(1, 7))
+    for step in range(3, 7):
+        assert a[step] == b[step], (step, a[step], b[step])
+    return result, resumed, full, cut
+
+
 def assert_sharded_matches_single_device(make_config, tmp_path, mesh=(2, 2, 2)):
     """Trains `make_config()` on 1 device and on all 8 with mesh (data, fsdp, tensor); losses agree to rtol 1e-5.
 

@@ -2,15 +2,13 @@
 teacher, centre and held last layer, sharded equals one device, exact resume with the k-NN evaluation, the views
 cut from a video file, and the optimizer pieces SVT adds (per-tensor clipping, a weight decay schedule)."""
 
-import shutil
-
 import av
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import load_config, run_steps, train_losses
+from helpers import load_config, run_steps, run_then_resume
 
 from vidjax import losses, train
 from vidjax.commands import evaluate
@@ -121,21 +119,9 @@ def test_exact_resume_and_knn_evaluation(tmp_path, capsys):
     the k-NN eval of the random-init teacher is logged at step 0 and kept on resume; `evaluate --checkpoint`
     alone reproduces the run's k-NN figures."""
     config = tiny_svt_config()
-    devices = jax.devices()[:1]
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    result = train.train_and_evaluate(config, str(full), devices=devices)
+    result, resumed, full, cut = run_then_resume(config, tmp_path, capsys)
     assert {"eval_knn_top1", "eval_knn_top5", "eval_knn_top1_init", "eval_knn_top5_init"} <= result.keys()
     assert 0 <= result["eval_knn_top1"] <= result["eval_knn_top5"] <= 1
-    shutil.copytree(full, cut)
-    for step in ("4", "6"):
-        shutil.rmtree(cut / "checkpoints" / step)
-    capsys.readouterr()
-    resumed = train.train_and_evaluate(config, str(cut), devices=devices)
-    assert resumed["resumed"] and "Resuming from checkpoint at step 2" in capsys.readouterr().out
-    a, b = train_losses(full), train_losses(cut)
-    assert sorted(b) == list(range(1, 7))
-    for step in range(3, 7):
-        assert a[step] == b[step], (step, a[step], b[step])
     rows = {(r["step"], r["split"]): r for r in read_metrics(cut)}
     for step in range(1, 7):
         assert 0 < rows[(step, "train")]["teacher_entropy"] < np.log(config.model.out_dim)

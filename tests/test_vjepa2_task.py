@@ -2,14 +2,12 @@
 its tokens, the target encoder's features and momentum, the L1 loss, sharded equals one device, exact resume with
 the attentive-probe evaluation, and the config mistakes it names."""
 
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import load_config, run_steps, train_losses
+from helpers import load_config, run_steps, run_then_resume
 
 from vidjax import sharding, tasks, train
 from vidjax.commands import evaluate
@@ -163,21 +161,9 @@ def test_exact_resume_and_attentive_probe_evaluation(tmp_path, capsys):
     run; the attentive probe of the random-init target encoder is logged at step 0 and kept on resume; `evaluate
     --checkpoint` alone reproduces the run's figures."""
     config = tiny_config()
-    devices = jax.devices()[:1]
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    result = train.train_and_evaluate(config, str(full), devices=devices)
+    result, resumed, full, cut = run_then_resume(config, tmp_path, capsys)
     assert {"eval_attentive_top1", "eval_attentive_top5", "eval_attentive_top1_init"} <= result.keys()
     assert 0 <= result["eval_attentive_top1"] <= result["eval_attentive_top5"] <= 1
-    shutil.copytree(full, cut)
-    for step in ("4", "6"):
-        shutil.rmtree(cut / "checkpoints" / step)
-    capsys.readouterr()
-    resumed = train.train_and_evaluate(config, str(cut), devices=devices)
-    assert resumed["resumed"] and "Resuming from checkpoint at step 2" in capsys.readouterr().out
-    a, b = train_losses(full), train_losses(cut)
-    assert sorted(b) == list(range(1, 7))
-    for step in range(3, 7):
-        assert a[step] == b[step], (step, a[step], b[step])
     rows = {(r["step"], r["split"]): r for r in read_metrics(cut)}
     full_rows = {(r["step"], r["split"]): r for r in read_metrics(full)}
     for step in range(3, 7):

@@ -55,6 +55,7 @@ examples with more of both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -208,6 +209,7 @@ def draw_all(rng: np.random.Generator, grid: tuple[int, int, int], masks: Sequen
     return [draw(rng, grid, mask, batch_size, keep=None if keep is None else keep[i]) for i, mask in enumerate(masks)]
 
 
+@functools.lru_cache(maxsize=64)  # 200 simulated batches: once per (grid, mask, batch), not per config read
 def official_keep(grid: tuple[int, int, int], mask: BlockMask, batch_size: int = OFFICIAL_BATCH_SIZE,
                   batches: int = 200, seed: int = 0) -> tuple[int, int]:
     """Fixed (context, target) lengths for `draw(keep=...)`: the medians over `batches` simulated batches of the

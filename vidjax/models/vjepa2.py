@@ -74,7 +74,8 @@ def rope_tables(ids: jax.Array, grid_hw: tuple[int, int], head_dim: int) -> tupl
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def _gather(x_BND: jax.Array, ids_BK: jax.Array) -> jax.Array:
+def gather(x_BND: jax.Array, ids_BK: jax.Array) -> jax.Array:
+    """The tokens (B, K, D) of `x_BND` at the flat grid positions `ids_BK` (B, K)."""
     return jnp.take_along_axis(x_BND, ids_BK[..., None].astype(jnp.int32), axis=1)
 
 
@@ -113,7 +114,7 @@ class Encoder(nnx.Module):
         x = self.patch_embed(patchify(video_BTHWC, self.tubelet, self.patch))
         ids = jnp.arange(t * h * w)[None]
         if keep_ids is not None:
-            x, ids = _gather(x, keep_ids), keep_ids
+            x, ids = gather(x, keep_ids), keep_ids
         rope = rope_tables(ids, (h, w), self.width // self.num_heads)
         return self.norm(self.transformer(x, rng, rope=rope))
 
@@ -250,9 +251,9 @@ class Model(nnx.Module):
                 raise ValueError("This V-JEPA 2 model was built without its predictor (config.model.predictor="
                                  "False); it cannot take context_ids / target_ids.")
             _, h, w = self.encoder.grid(video)
-            out["predictor_output"] = self.predictor(_gather(x, context_ids), context_ids, target_ids, (h, w),
+            out["predictor_output"] = self.predictor(gather(x, context_ids), context_ids, target_ids, (h, w),
                                                      mask_index=self.mask_index, rng=rng_pred)
-            out["target_hidden_state"] = _gather(x, target_ids)
+            out["target_hidden_state"] = gather(x, target_ids)
         if self.head_kind == "classification":
             out["logits"] = self.head(self.pooler(x).astype(jnp.float32)).astype(jnp.float32)
         return out

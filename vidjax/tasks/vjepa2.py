@@ -38,6 +38,7 @@ from flax import nnx
 
 from vidjax.config_lib import ConfigError
 from vidjax.data import multiblock
+from vidjax.models import layers
 from vidjax.models import vjepa2 as vjepa2_model
 from vidjax.patches import grid_shape
 from vidjax.tasks import base, presentation, readout
@@ -77,18 +78,6 @@ class MaskFields:
         return {key: value[0] for key, value in self.spec.draw(rng, 1).items()}
 
 
-def layer_norm(x: jax.Array) -> jax.Array:
-    """Each token's features normalised to mean 0 and variance 1, no scale or bias (the official target norm)."""
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + TARGET_NORM_EPS)
-
-
-def _gather(x_BND: jax.Array, ids_BK: jax.Array) -> jax.Array:
-    return jnp.take_along_axis(x_BND, ids_BK[..., None].astype(jnp.int32), axis=1)
-
-
 def num_pairs(config: ml_collections.ConfigDict) -> int:
     return len(config.vjepa2.masks)
 
@@ -105,8 +94,10 @@ class Teacher(base.Teacher):
     def before_update(self, config: ml_collections.ConfigDict, setup, state: dict, batch: dict
                       ) -> tuple[dict, dict]:
         target_encoder = nnx.merge(setup.graphdef, state["ema_params"]).encoder
-        features = jax.lax.stop_gradient(layer_norm(target_encoder(batch["video"])))
-        fields = {f"target_features_{i}": _gather(features, batch[f"target_ids_{i}"])
+        # Each token's features to mean 0 and variance 1, no scale or bias (the official target norm).
+        features = jax.lax.stop_gradient(layers.layer_norm(target_encoder(batch["video"]).astype(jnp.float32),
+                                                           1.0, 0.0, TARGET_NORM_EPS))
+        fields = {f"target_features_{i}": vjepa2_model.gather(features, batch[f"target_ids_{i}"])
                   for i in range(num_pairs(config))}
         spread = jnp.mean(jnp.std(features.reshape(-1, features.shape[-1]), axis=0))
         return fields, {"target_std": spread}
