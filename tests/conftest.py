@@ -6,9 +6,9 @@ import pathlib
 import shutil
 import tempfile
 
-# XLA:CPU's generated code at LLVM -O1 rather than -O2: most tests compile far more than they run. Measured (CPU
-# seconds, one process): a 4-strategy sharded-equality test 29 -> 23.5, a 60-step TimeSformer runlocal run 46 -> 46
-# (-O0 compiles faster still, but makes that run 71).
+# XLA:CPU's generated code at LLVM -O1 rather than -O2 where a test runs what it compiles many times (the `optimized`
+# marker below). Measured (CPU seconds, one process): a 4-strategy sharded-equality test 29 -> 23.5, a 60-step
+# TimeSformer runlocal run 46 -> 46.
 # XLA:CPU's older loop emitters rather than its MLIR fusion emitters: the same programs compile faster and run as fast.
 # Measured (one process, each after the other): a sharded train test plus a ViViT strategies test 38.6 s -> 31.7 s;
 # 150 TimeSformer runlocal steps 37.8 s -> 36.4 s.
@@ -16,6 +16,14 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1"
     " --xla_cpu_use_fusion_emitters=false"
 ).strip()
+# Most tests compile far more than they run: their programs are compiled with jax's "most optimisations off" (LLVM at
+# -O0 without its expensive passes; the same HLO passes, the same values), and so are those of the commands they start
+# (the variable is inherited). A test marked `optimized` (the runlocal learning runs: a thousand steps of one
+# program) and the commands it starts compile as users' runs do (`pytest_runtest_setup` below). Measured on 2 cores, the
+# suite's files other than the five runlocal recipes, each way in one run of `python -m pytest -n 2 --dist loadfile`:
+# 2,247 worker-seconds -> 1,643; 150 runlocal TimeSformer steps 4.6 steps/s at -O1, 1.95 at -O0.
+_NO_OPTIMISATIONS = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+os.environ[_NO_OPTIMISATIONS] = "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
@@ -26,14 +34,17 @@ _SHARED_CACHE = "VIDJAX_TEST_JAX_CACHE"  # the controller's cache directory, inh
 
 
 def pytest_configure(config):
-    """A persistent compilation cache that lives for this test run only, shared by the xdist workers: many tests
-    build the same tiny configs, in files that run on either worker, and on CPU compiling a train step takes far
-    longer than running it, so each distinct program compiles once per run. A hit loads the executable XLA compiled
-    before (same flags, same simulated devices), so what runs is unchanged. The cache is bounded, which makes jax
-    lock it for each read and write: two processes never see one another's half-written entries. Set here, before
-    any test module is imported: jax decides whether to use the cache at its first compilation."""
+    """The `optimized` marker; a persistent compilation cache that lives for this test run only, shared by the xdist
+    workers: many tests build the same tiny configs, in files that run on either worker, and on CPU compiling a
+    train step takes far longer than running it, so each distinct program compiles once per run. A hit loads the
+    executable XLA compiled before (same flags, same simulated devices), so what runs is unchanged. The cache is
+    bounded, which makes jax lock it for each read and write: two processes never see one another's half-written
+    entries. Set here, before any test module is imported: jax decides whether to use the cache at its first
+    compilation."""
     import jax
 
+    config.addinivalue_line("markers", "optimized: compiled as users' runs are (the test runs its programs far more "
+                                       "than it compiles them: a learning run)")
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's: keep the collection order (see below)
         config.option.loadscopereorder = False
     global _jax_cache_dir
@@ -64,6 +75,16 @@ def pytest_configure(config):
 _DURATIONS = pathlib.Path(__file__).with_name("durations.json")
 _UNRECORDED = 60.0  # seconds assumed for a file not in durations.json
 _recorded: dict[str, float] = {}  # file -> seconds of this run, summed over its tests' phases (controller only)
+
+
+def pytest_runtest_setup(item):
+    """Before the test's fixtures: its programs, and those of the commands it starts, compiled with optimisations
+    (marked `optimized`) or with most of them off (the default here)."""
+    import jax
+
+    optimized = item.get_closest_marker("optimized") is not None
+    jax.config.update("jax_disable_most_optimizations", not optimized)
+    os.environ[_NO_OPTIMISATIONS] = "0" if optimized else "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -22,6 +22,8 @@ from vidjax.config_lib import ConfigError
 from vidjax.data import synthetic
 from vidjax.metric_writer import read_metrics
 
+pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
+
 
 @pytest.mark.parametrize("recipe", ["videomae_finetune_k400", "captioning_charades"])
 def test_runlocal_without_init_from_names_the_commands_that_make_it(tmp_path, recipe):

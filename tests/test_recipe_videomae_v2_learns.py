@@ -12,10 +12,13 @@ import re
 
 import jax
 import numpy as np
+import pytest
 from helpers import load_config, train_losses
 
 from vidjax import train
 from vidjax.metric_writer import read_metrics
+
+pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
 
 
 def test_recipes_are_the_official_scripts():

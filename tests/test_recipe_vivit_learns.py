@@ -4,9 +4,12 @@ One file per recipe, so that the test runner spreads these few-minute runs over 
 """
 
 import jax
+import pytest
 from helpers import load_config
 
 from vidjax import train
+
+pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
 
 
 def test_vivit_runlocal_reaches_three_times_chance(tmp_path, generate_clips_once):

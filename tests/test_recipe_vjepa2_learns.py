@@ -9,10 +9,13 @@ One file per recipe, so that the test runner spreads these few-minute runs over 
 
 import jax
 import numpy as np
+import pytest
 from helpers import load_config
 
 from vidjax import train
 from vidjax.metric_writer import read_metrics
+
+pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
 
 STD_FLOOR = 0.3  # the layer-normed target features' per-dimension spread; a collapsed encoder gives 0
 

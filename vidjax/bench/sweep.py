@@ -195,10 +195,10 @@ def run(axis: str, values: Sequence[int], models: Sequence[str], modes: Sequence
                     timed = bench.time_vidjax(config, mode, steps, warmup)
                 except Exception as err:  # noqa: BLE001 (out of memory, a shape the model refuses): the curve ends
                     row["error"] = _one_line(err)
-                    log(f"{model} {mode} {axis}={value}: {row['error']}; larger points not tried")
                     rows.append(row)
-                    if save is not None:
+                    if save is not None:  # kept before it is printed: a point printed is a point kept
                         save(result(False))
+                    log(f"{model} {mode} {axis}={value}: {row['error']}; larger points not tried")
                     break
                 row.update({key: timed[key] for key in ("seconds_per_step", "clips_per_s", "compile_s", "temp_bytes",
                                                         "argument_bytes", "flops_per_step")})
@@ -209,13 +209,13 @@ def run(axis: str, values: Sequence[int], models: Sequence[str], modes: Sequence
                         row["torch_seconds_per_step"] = theirs["seconds_per_step"]
                     except Exception as err:  # noqa: BLE001 (torch out of memory): vidjax's point stands
                         row["torch_error"] = _one_line(err)
+                rows.append(row)
+                if save is not None:  # kept before it is printed: a signal after the line finds it in the file
+                    save(result(False))
                 temp = f"{row['temp_bytes'] / 2**20:.0f} MiB" if row["temp_bytes"] is not None else "n/a"
                 theirs = row.get("torch_seconds_per_step")
                 log(f"{model} {mode} {axis}={value}: {row['seconds_per_step']:.4f} s/step, {temp} temporaries"
                     + (f", torch {theirs:.4f} s/step" if theirs is not None else ""))
-                rows.append(row)
-                if save is not None:
-                    save(result(False))
     if kept:
         log(f"{kept} point{'s' * (kept != 1)} kept from the earlier run of these settings (not measured again)")
     return result(True)
