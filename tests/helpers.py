@@ -9,9 +9,10 @@ import numpy as np
 from vidjax import config_lib, tasks, train
 from vidjax.metric_writer import read_metrics
 
-# XLA flags of the commands tests run as child processes: tiny jobs, where compiling is most of the time, so their
-# generated code skips LLVM's optimisation passes (a tiny train step compiles in about half the time).
-COMMAND_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"  # see conftest.py
+# XLA flags of the commands tests run as child processes, in place of conftest.py's (which simulate 8 devices): the
+# same loop emitters. The children compile with most optimisations off through the variable conftest.py sets, which
+# they inherit (tiny jobs, where compiling is most of the time).
+COMMAND_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 
 
 def load_config(name, arg=None):
@@ -21,7 +22,6 @@ def load_config(name, arg=None):
 
 def train_losses(workdir):
     return {row["step"]: row["loss"] for row in read_metrics(workdir) if row["split"] == "train"}
-
 
 
 def run_then_resume(config, tmp_path, capsys, drop=("4", "6")):

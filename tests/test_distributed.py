@@ -24,9 +24,9 @@ from vidjax.train import checkpoint
 
 REPO = pathlib.Path(__file__).parent.parent
 CHILD_TIMEOUT_S = 240
-# The children compile without LLVM's optimisation passes (helpers.COMMAND_XLA_FLAGS): they start in about half
-# the time. Their losses are compared with each other's bit for bit, and with this process's (compiled with the
-# passes) to rtol 1e-5.
+# The children compile with most optimisations off, as this process does (conftest.py's variable, inherited): they
+# start in about half the time. Their losses are compared with each other's bit for bit, and with this process's to
+# rtol 1e-5.
 CHILD_XLA_FLAGS = COMMAND_XLA_FLAGS
 # 2 processes x 2 CPU devices, mesh data=2 x fsdp=2 spanning both: parameters and optimizer state are sharded across
 # the processes, so every checkpoint needs both of them. One encoder block: the runs start up and compile more than
