@@ -51,7 +51,9 @@ ROWS = [
     ("vivit_b", "ViViT-B/16x2 factorised encoder", "vivit_k400.py", None, {}),
     ("videomamba_s", "VideoMamba-S/16", "videomamba_k400.py", None, {}),
     ("svt_b", "SVT ViT-B/16 (TimeSformer)", "svt_k400.py", None, {}),
-    ("captioner_b", "Captioner: VideoMAE-B/16 + GPT-2", "captioning_charades.py", None, {}),
+    # GPT-2 small's vocabulary, which the recipe's tokenizer (config.data.tokenizer, not on this machine) settles.
+    ("captioner_b", "Captioner: VideoMAE-B/16 + GPT-2", "captioning_charades.py", None,
+     {"model.decoder.vocab_size": 50257}),
     ("vjepa2_l_pt", "V-JEPA 2 ViT-L/16 pre-training (16 x 256)", "vjepa2.py", None, {}),
     # The eval step of the recipe's evaluator (`vidjax.evaluators.attentive`): the target encoder's tokens, which the
     # attentive probe is then trained on, on the host's share of them.
@@ -134,7 +136,7 @@ def _gib(value) -> str:
 
 
 def _settings(settings: dict) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items()) or "bf16"
+    return ", ".join(["bf16", *(f"{k.split('.')[-1]}={v}" for k, v in settings.items())])
 
 
 def table(results: dict) -> str:

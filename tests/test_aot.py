@@ -316,3 +316,25 @@ def test_the_example_batch_carries_the_targets_the_task_trains_on():
     small, source = aot._embedded(config, "train")
     assert small.data.synthetic_task == "captions" and "captions" in source[0]
     assert aot._embedded(load_config("videomae_finetune_k400"), "train")[0].data.synthetic_task == "label"
+
+
+def test_a_captioner_is_compiled_with_the_vocabulary_its_tokenizer_settles(capsys):
+    """The trainer's start-up settles a captioner's vocabulary from its tokenizer (config.model.decoder.vocab_size 0:
+    the tokenizer's); `vidjax.aot` does the same before building the step (its cell had compiled an empty embedding
+    table), says what it settled, and refuses a tokenizer directory it cannot read in the task's words."""
+    from vidjax.tasks import captioning
+
+    config = load_config("captioning_charades", "runlocal")
+    assert config.model.decoder.vocab_size == 0
+    lowered = aot.lower(config, tpu.slice_of(f"cpu:{jax.device_count()}"))
+    vocab = captioning.tokenizer_for(lowered.config).vocab_size
+    assert lowered.config.model.decoder.vocab_size == vocab > 8
+    assert config.model.decoder.vocab_size == 0  # the caller's config is left alone
+    assert lowered.setup.abstract_state["params"]["decoder"]["wte"].shape[0] == vocab  # the token embedding table
+    assert f"model.decoder.vocab_size 0 -> {vocab}" in capsys.readouterr().err
+
+    published = load_config("captioning_charades")
+    published.data.tokenizer = "/nonexistent/gpt2/tokenizer"
+    with pytest.raises(ConfigError, match="config.data.tokenizer='/nonexistent/gpt2/tokenizer'.*Point it at"):
+        aot.lower(published, tpu.slice_of("v5litepod-1"))
+

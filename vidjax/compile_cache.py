@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import vidjax
-from vidjax import fileio
+from vidjax import config_lib, fileio
 from vidjax.config_lib import ConfigError
 
 ENV = "VIDJAX_CACHE_DIR"
@@ -413,27 +413,6 @@ def save_step(path: str, lowered, compiled, mesh, config_json: str, where: str) 
     return len(data)
 
 
-def _differences(saved_json: str, config_json: str) -> list[str]:
-    """The config keys whose values differ between two configs' JSON (dotted, at most 6 named)."""
-    import json
-
-    def flat(value, prefix=""):
-        if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                out.update(flat(item, f"{prefix}{key}."))
-            return out
-        return {prefix[:-1]: value}
-
-    try:
-        saved, now = flat(json.loads(saved_json)), flat(json.loads(config_json))
-    except ValueError:
-        return []
-    keys = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key) and key != "aot_step")
-    return [f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in keys[:6]] + (
-        [f"and {len(keys) - 6} more"] if len(keys) > 6 else [])
-
-
 def load_step(path: str, jitted, args: Sequence, mesh, config_json: str,
               on_lowered: Callable[[], None] | None = None):
     """The step saved at `path` by `save_step`, loaded onto `mesh`'s devices, once it is known to be the program
@@ -467,7 +446,7 @@ def load_step(path: str, jitted, args: Sequence, mesh, config_json: str,
                           f"devices, mesh {header['mesh']}; this run has {now['num_devices']} "
                           f"{now['device_kind']}, mesh {now['mesh']}: compile it for this slice.")
     if header["step"] != now["step"]:
-        changed = _differences(header["config"], config_json)
+        changed = config_lib.differences(header["config"], config_json, skip=("aot_step",))
         raise ConfigError(f"{flag} holds another step than this run's (" + (
             f"config: {'; '.join(changed)}" if changed else "same config: other code, data shapes or schedule length")
             + "): compile it again with this run's config.")

@@ -321,6 +321,29 @@ def csv_data(train_csv: str, eval_csv: str, root: str, num_classes: int, num_fra
                        root=root, short_side=int(image_size * 256 / 224), num_workers=-1)
 
 
+def differences(before: ml_collections.ConfigDict | str, after: ml_collections.ConfigDict | str,
+                skip: Collection[str] = (), limit: int = 6) -> list[str]:
+    """'key before -> after' for each dotted config key whose value differs between two configs (ConfigDicts or
+    their JSON), sorted, at most `limit` named and then how many more; keys in `skip` are left out."""
+    import json
+
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                out.update(flat(item, f"{prefix}{key}."))
+            return out
+        return {prefix[:-1]: value}
+
+    try:
+        one, two = (flat(json.loads(c) if isinstance(c, str) else c.to_dict()) for c in (before, after))
+    except ValueError:
+        return []
+    keys = sorted(key for key in one.keys() | two.keys() if one.get(key) != two.get(key) and key not in skip)
+    return [f"{key} {one.get(key)!r} -> {two.get(key)!r}" for key in keys[:limit]] + (
+        [f"and {len(keys) - limit} more"] if len(keys) > limit else [])
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file, e.g. `load_config_file("configs/videomae_k400.py", "runlocal")`."""
     import importlib.util

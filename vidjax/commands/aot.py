@@ -121,7 +121,7 @@ def figures(config, slice_, step: str, examples: int = 0, save: str | None = Non
         if step != "train":
             raise ConfigError("--save writes the train step (what --config.aot_step loads): drop --step.")
         out["saved"] = {"path": save, "bytes": compile_cache.save_step(
-            save, lowered.lowered, compiled, lowered.setup.mesh, config.to_json_best_effort(sort_keys=True),
+            save, lowered.lowered, compiled, lowered.setup.mesh, lowered.config.to_json_best_effort(sort_keys=True),
             slice_.describe())}
     return out
 

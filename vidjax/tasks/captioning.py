@@ -69,9 +69,9 @@ def tokenizer_for(config: ml_collections.ConfigDict, train_source=None):
             try:
                 _tokenizers[key] = CaptionTokenizer.from_directory(directory)
             except (TokenizerError, ImportError, OSError) as err:
-                raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r}: {err} Point it at a Hugging "
-                                  f"Face tokenizer directory (tokenizer.json, or GPT-2's vocab.json + merges.txt), "
-                                  f"or set it to '' for a word-level tokenizer built from the training "
+                raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r}: {str(err).rstrip('.')}. Point "
+                                  f"it at a Hugging Face tokenizer directory (tokenizer.json, or GPT-2's vocab.json + "
+                                  f"merges.txt), or set it to '' for a word-level tokenizer built from the training "
                                   f"captions.") from err
         return _tokenizers[key]
     if train_source is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Mapping
 
 import jax
@@ -26,7 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import flops, losses, sharding, tasks, tpu
+from vidjax import config_lib, flops, losses, sharding, tasks, tpu
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline, synthetic
 from vidjax.models import clip_spec
@@ -156,8 +157,32 @@ def jitted_step(config: ml_collections.ConfigDict, setup: Setup, step: str = "tr
                                                                              abstract_batch(config, setup, "eval"))
 
 
+def settled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` with what the task settles from its training data at start-up (`TrainingSpec.resolve`, as
+    `train.prepare` calls it: a captioner's vocabulary and special ids follow its tokenizer), settled against the
+    config's training split when it can be read here, else the embedded dataset's (`_embedded`): a captioner whose
+    config.data.tokenizer is '' then gets the word-level vocabulary of the embedded captions, so a recipe that takes
+    a published decoder's vocabulary sets config.model.decoder.vocab_size (GPT-2 small: 50257) to be compiled at its
+    size. Raises ConfigError with what the task refused (a tokenizer directory that cannot be read)."""
+    config = config.copy_and_resolve_references()
+    try:
+        source, where = pipeline.make_source(config.data, "train"), "its training split"
+    except (ConfigError, FileNotFoundError, OSError, ValueError):
+        source, where = _embedded(config, "train")[1], "the embedded dataset (its own data is not here)"
+    before = config.copy_and_resolve_references()
+    problems = tasks.training_of(config.task).resolve(config, source, None)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    changed = config_lib.differences(before, config, limit=20)
+    if changed:  # on stderr: stdout may be --json
+        print(f"The task settled from {where}: " + ", ".join(changed), file=sys.stderr, flush=True)
+    return config
+
+
 def lower(config: ml_collections.ConfigDict, slice_: tpu.Slice, step: str = "train", examples: int = 0) -> Lowered:
-    """`step` of `config` built for `slice_` and lowered on abstract arguments (see the module docstring)."""
+    """`step` of `config` (`settled`) built for `slice_` and lowered on abstract arguments (see the module
+    docstring)."""
+    config = settled(config)
     devices = tpu.topology_devices(slice_)
     mesh = sharding.create_mesh(config.mesh, devices)
     examples = train_examples(config, examples)
