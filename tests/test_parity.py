@@ -21,7 +21,8 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
 def _is_video_case(case: pathlib.Path) -> bool:
     """Video models' cases; text cases ("kind": "text", GPT-2) are checked by tests/test_gpt2.py, V-JEPA 2's ("kind":
     "vjepa2" and "vjepa2_official", whose inputs include token indices) by tests/test_vjepa2.py and
-    tests/test_vjepa2_convert.py."""
+    tests/test_vjepa2_convert.py, VideoPrism's video-text model ("kind": "videoprism", token ids among its inputs) by
+    tests/test_videoprism.py."""
     meta = case / "case.json"
     return meta.is_file() and json.loads(meta.read_text()).get("kind", "video") == "video"
 
@@ -41,7 +42,7 @@ def convert_case(case: pathlib.Path, out: pathlib.Path):
 
 
 def test_every_model_has_fixtures():
-    for model in ("videomae", "timesformer", "vivit", "videomamba", "videomae_v2"):
+    for model in ("videomae", "timesformer", "vivit", "videomamba", "videomae_v2", "videoprism"):
         assert any(c.startswith(f"{model}_") for c in CASES), f"no parity fixture for {model}"
 
 

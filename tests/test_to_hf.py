@@ -36,7 +36,7 @@ def _cases(kind):
                   and json.loads((p / "case.json").read_text()).get("kind", "video") in kind)
 
 
-HF_SOURCES = [c for c in _cases(("video", "captioner", "text", "vjepa2"))
+HF_SOURCES = [c for c in _cases(("video", "captioner", "text", "vjepa2", "videoprism"))
               if (FIXTURES / c / "source" / "config.json").is_file()]
 ROUND_TRIP = _cases(("to_hf",))
 INPUTS = ("clip", "mask", "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "context_ids",
@@ -74,7 +74,7 @@ NOT_APPLICABLE = {
     "TimesformerModel": {"id2label", "label2id"}, "VivitModel": {"id2label", "label2id"},
     "decoder": {"bos_token_id", "eos_token_id", "pad_token_id"},
 }
-TANH_GELU = {"gelu": False, "gelu_new": True, "gelu_fast": True, "gelu_pytorch_tanh": True}
+TANH_GELU = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_fast": True, "gelu_pytorch_tanh": True}
 EXTRA_KEYS = {"qkv_bias"}  # VideoMAE's q/v-bias switch under transformers 4's name too
 
 

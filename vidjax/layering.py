@@ -42,7 +42,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "loaded model run over a video's windows", (
          "vidjax.convert", "vidjax.convert.common", "vidjax.convert.hf", "vidjax.convert.hf_captioner",
          "vidjax.convert.hf_gpt2", "vidjax.convert.hf_timesformer", "vidjax.convert.hf_videomae",
-         "vidjax.convert.hf_vivit", "vidjax.convert.hf_vjepa2", "vidjax.convert.svt", "vidjax.convert.videomae",
+         "vidjax.convert.hf_vivit", "vidjax.convert.hf_vjepa2", "vidjax.convert.hf_videoprism", "vidjax.convert.svt",
+         "vidjax.convert.videomae",
          "vidjax.convert.videomamba", "vidjax.convert.vjepa2", "vidjax.pretrained", "vidjax.pretrained.*",
      )),
     ("tasks", "what a run trains a model for (each task's training spec, readout and presentation), and the "

@@ -3,10 +3,12 @@ r"""Converts published video-model (and captioning) checkpoints into vidjax chec
   python -m vidjax.convert --from_hf SRC --out DST
       SRC: a Hugging Face `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin) of
       VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel, TimesformerForVideoClassification,
-      TimesformerModel, VivitForVideoClassification, VivitModel, VJEPA2Model (encoder and predictor) or
-      VJEPA2ForVideoClassification; GPT2LMHeadModel or GPT2Model (a captioner's decoder, with or without
-      cross-attention); or a VisionEncoderDecoderModel captioner whose encoder is a VideoMAEModel or
-      TimesformerModel and whose decoder a GPT2LMHeadModel. A tokenizer saved in SRC is copied to DST/tokenizer/.
+      TimesformerModel, VivitForVideoClassification, VivitModel, VJEPA2Model (encoder and predictor),
+      VJEPA2ForVideoClassification, VideoPrismVisionModel, VideoPrismVideoModel,
+      VideoPrismForVideoClassification or VideoPrismClipModel (video and text towers); GPT2LMHeadModel or
+      GPT2Model (a captioner's decoder, with or without cross-attention); or a VisionEncoderDecoderModel captioner
+      whose encoder is a VideoMAEModel or TimesformerModel and whose decoder a GPT2LMHeadModel. A tokenizer saved in
+      SRC is copied to DST/tokenizer/.
   python -m vidjax.convert --from_videomamba FILE --out DST
       FILE: an official VideoMamba checkpoint (.pth); its sizes are read from the tensor shapes.
   python -m vidjax.convert --from_svt FILE --out DST

@@ -239,7 +239,7 @@ def _main_to_hf(args: argparse.Namespace) -> int:
               f"{pretrained.DEFAULT_SAMPLING_RATE} frames apart; if it was trained at another, pass --sampling_rate "
               f"to predict and extract.", file=sys.stderr)
     labels = checkpoint.config.get("id2label")
-    auto = hf.AUTO_CLASSES[checkpoint.architecture]
+    auto = hf.auto_class(checkpoint.architecture)
     print(f"Wrote {args.out}: {checkpoint.architecture} ({model.model_name}"
           f"{f', {len(labels)} labels' if labels else ''}): {', '.join(files)}. Load it with "
           f"transformers.{auto}.from_pretrained({str(args.out)!r}).")

@@ -1,6 +1,6 @@
-"""Checkpoint conversion into vidjax: Hugging Face VideoMAE/TimeSformer/ViViT/GPT-2/V-JEPA 2 and official VideoMAE,
-SVT, VideoMamba and V-JEPA 2 files. `read` converts one checkpoint in memory (`python -m vidjax.convert` writes it);
-`file_kind` says which official layout a checkpoint file holds."""
+"""Checkpoint conversion into vidjax: Hugging Face VideoMAE/TimeSformer/ViViT/GPT-2/V-JEPA 2/VideoPrism and official
+VideoMAE, SVT, VideoMamba and V-JEPA 2 files. `read` converts one checkpoint in memory (`python -m vidjax.convert`
+writes it); `file_kind` says which official layout a checkpoint file holds."""
 
 from __future__ import annotations
 

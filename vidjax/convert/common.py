@@ -489,6 +489,33 @@ def fused_attention(vj: str, name: str, dim: int, heads: int, *, bias: bool = Tr
                    Tensor(f"{vj}/proj_bias", (f"{name}.proj.bias",), (dim,))]
 
 
+def qkv_linears(prefix: str, names: tuple[str, str, str], dim: int, heads: int, bias: bool,
+                vj: str = "attn") -> list[Tensor]:
+    """Three `nn.Linear`s q, k, v (named `names` under `prefix`, out x in) <-> a vidjax `layers.Attention` `vj`'s
+    fused qkv (dim, 3, heads, head_dim), and its qkv_b when `bias`."""
+    hd = dim // heads
+    rows = [Tensor(f"{vj}/qkv", tuple(f"{prefix}{n}.weight" for n in names), (dim, dim), perm=(1, 0),
+                   part=(dim, heads, hd), axis=1)]
+    if bias:
+        rows.append(Tensor(f"{vj}/qkv_b", tuple(f"{prefix}{n}.bias" for n in names), (dim,), part=(heads, hd)))
+    return rows
+
+
+def processor_statistics(processor: Mapping[str, Any] | None, mean: Sequence[float], std: Sequence[float],
+                         family: str) -> tuple[list[float], list[float]]:
+    """The mean and std of input = (pixels/255 - mean) / std that a checkpoint's processor config (image_ or
+    video_preprocessor_config.json) normalises with; `mean` and `std` (the family's own) when it has none or does not
+    normalise. A ConversionError for a rescale other than 1/255, which vidjax's input does not take."""
+    processor = processor or {}
+    if processor.get("do_normalize", True) and "image_mean" in processor:
+        scale = processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0
+        if abs(scale * 255 - 1) > 1e-6:
+            raise ConversionError(f"the processor config rescales by {scale}; vidjax's {family} input is "
+                                  f"(pixels/255 - mean)/std.")
+        return [float(v) for v in processor["image_mean"]], [float(v) for v in processor["image_std"]]
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
 def layer_norm(vj: str, hf: str, dim: int) -> list[Tensor]:
     """An `nn.LayerNorm` `hf` (weight, bias) <-> a vidjax LayerNorm `vj` (scale, bias)."""
     return [Tensor(f"{vj}/scale", (f"{hf}.weight",), (dim,)), Tensor(f"{vj}/bias", (f"{hf}.bias",), (dim,))]

@@ -34,11 +34,13 @@ from vidjax.convert.common import (
 )
 
 # Each lists its architectures.
-_MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner", "hf_vjepa2")
+_MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner", "hf_vjepa2",
+            "hf_videoprism")
 # A tokenizer saved beside the weights (`tokenizer.save_pretrained(SRC)`): copied to DST/tokenizer/ as it is, in
-# transformers 5's format (tokenizer.json) and the classic GPT-2 one (vocab.json + merges.txt).
+# transformers 5's format (tokenizer.json), the classic GPT-2 one (vocab.json + merges.txt) and a sentencepiece model
+# (spiece.model, VideoPrism's T5-style tokenizer).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt")
+                   "vocab.json", "merges.txt", "spiece.model")
 TOKENIZER_DIR = "tokenizer"
 CLIP_KEY = "vidjax_clip"  # preprocessor_config.json: the clip spec transformers has no key for (the module docstring)
 # The stride a video checkpoint that records none is read at (= vidjax.pretrained.DEFAULT_SAMPLING_RATE, a layer
@@ -126,7 +128,8 @@ def read_clip_spec(converted: Converted, processor: dict | None, directory: path
 # ----------------------------------------------------------------------------------------- back to transformers
 
 _EXPORTERS = {"videomae": "hf_videomae", "timesformer": "hf_timesformer", "vivit": "hf_vivit", "gpt2": "hf_gpt2",
-              "captioner": "hf_captioner", "vjepa2": "hf_vjepa2"}  # vidjax model -> the module whose `to_hf` writes it
+              "captioner": "hf_captioner", "vjepa2": "hf_vjepa2",
+              "videoprism": "hf_videoprism"}  # vidjax model -> the module whose `to_hf` writes it
 # vidjax models that no transformers class computes, in words for the error.
 NO_TRANSFORMERS_CLASS = {"videomamba": "a VideoMamba", "svt": "an SVT (a TimeSformer with a DINO projection head)"}
 # The transformers class that loads each architecture vidjax writes (what the docs and the command's message say).
@@ -138,6 +141,15 @@ AUTO_CLASSES = {
     "GPT2LMHeadModel": "AutoModelForCausalLM", "VisionEncoderDecoderModel": "VisionEncoderDecoderModel",
     "VJEPA2ForVideoClassification": "AutoModelForVideoClassification", "VJEPA2Model": "AutoModel",
 }
+# VideoPrism's classes load by their own names (`transformers.VideoPrismClipModel.from_pretrained`); they are not yet
+# among the seeded round-trip cases (tests/test_to_hf.py) that AUTO_CLASSES lists.
+
+
+def auto_class(architecture: str) -> str:
+    """The transformers class that loads a folder of `architecture`: its Auto class, else the class itself."""
+    return AUTO_CLASSES.get(architecture, architecture)
+
+
 _WORD_LEVEL_SPECIALS = "special_tokens.json"  # vidjax.tokenizer.CaptionTokenizer.save's special tokens
 
 

@@ -29,6 +29,8 @@ from vidjax.convert.common import (
     layer_norm,
     linear,
     prefixed,
+    processor_statistics,
+    qkv_linears,
     read_tensors,
     write_tensors,
 )
@@ -42,21 +44,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PROCESSOR = "VJEPA2VideoProcessor"
 
 
-def _qkv(prefix: str, names: tuple[str, str, str], dim: int, heads: int, bias: bool) -> list[Tensor]:
-    """Three `nn.Linear`s q, k, v (named `names` under `prefix`) <-> a vidjax Attention's fused qkv (and qkv_b)."""
-    hd = dim // heads
-    rows = [Tensor("attn/qkv", tuple(f"{prefix}{n}.weight" for n in names), (dim, dim), perm=(1, 0),
-                   part=(dim, heads, hd), axis=1)]
-    if bias:
-        rows.append(Tensor("attn/qkv_b", tuple(f"{prefix}{n}.bias" for n in names), (dim,), part=(heads, hd)))
-    return rows
-
-
 def _block(dim: int, heads: int, mlp: int, qkv_bias: bool) -> list[Tensor]:
     """One VJEPA2Layer (encoder or predictor) <-> a vidjax Block."""
     hd = dim // heads
     a = "attention."
-    rows = _qkv(a, ("query", "key", "value"), dim, heads, qkv_bias)
+    rows = qkv_linears(a, ("query", "key", "value"), dim, heads, qkv_bias)
     rows += [Tensor("attn/proj", (f"{a}proj.weight",), (dim, dim), perm=(1, 0), part=(heads, hd, dim)),
              Tensor("attn/proj_bias", (f"{a}proj.bias",), (dim,))]
     rows += linear("mlp/fc1", "mlp.fc1", dim, mlp) + linear("mlp/fc2", "mlp.fc2", mlp, dim)
@@ -66,7 +58,7 @@ def _block(dim: int, heads: int, mlp: int, qkv_bias: bool) -> list[Tensor]:
 def _pooler_block(dim: int, heads: int) -> list[Tensor]:
     """One VJEPA2PoolerSelfAttentionLayer <-> a vidjax Block (q/k/v/out biases, MLP 4 x width)."""
     hd = dim // heads
-    rows = _qkv("self_attn.", ("q_proj", "k_proj", "v_proj"), dim, heads, True)
+    rows = qkv_linears("self_attn.", ("q_proj", "k_proj", "v_proj"), dim, heads, True)
     rows += [Tensor("attn/proj", ("self_attn.out_proj.weight",), (dim, dim), perm=(1, 0), part=(heads, hd, dim)),
              Tensor("attn/proj_bias", ("self_attn.out_proj.bias",), (dim,))]
     rows += linear("mlp/fc1", "mlp.fc1", dim, 4 * dim) + linear("mlp/fc2", "mlp.fc2", 4 * dim, dim)
@@ -185,14 +177,8 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
 
 def _preprocessing(hf: dict) -> dict:
     """The checkpoint's processor's mean/std (ImageNet's, VJEPA2VideoProcessor's defaults, when it has none)."""
-    proc = hf.get("_preprocessor_config") or {}
-    if proc.get("do_normalize", True) and "image_mean" in proc:
-        scale = proc.get("rescale_factor", 1 / 255) if proc.get("do_rescale", True) else 1.0
-        if abs(scale * 255 - 1) > 1e-6:
-            raise ConversionError(f"the processor config rescales by {scale}; vidjax's V-JEPA 2 input is "
-                                  f"(pixels/255 - mean)/std.")
-        return {"mean": [float(v) for v in proc["image_mean"]], "std": [float(v) for v in proc["image_std"]]}
-    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    mean, std = processor_statistics(hf.get("_preprocessor_config"), IMAGENET_MEAN, IMAGENET_STD, "V-JEPA 2")
+    return {"mean": mean, "std": std}
 
 
 def hf_config(cfg) -> dict:

@@ -276,16 +276,22 @@ def gelu(x: jax.Array, approximate: bool = False, *, backward: str = "autodiff")
 
 class LayerNorm(nnx.Module):
     """LayerNorm computed in float32 whatever the compute dtype, with a configurable epsilon (`layer_norm`); its
-    backward as `choices` (the model's `platform.Choices`; None: this machine's defaults) says."""
+    backward as `choices` (the model's `platform.Choices`; None: this machine's defaults) says.
 
-    def __init__(self, dim: int, eps: float, *, choices: platform.Choices | None = None, rngs: nnx.Rngs):
-        self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",))
+    `scale_offset` is added to the stored scale before use (initialised so the sum starts at 1): 1.0 for the
+    Praxis-style norms of VideoPrism, which store gamma - 1 (transformers' `VideoPrismLayerNorm`: weight + 1)."""
+
+    def __init__(self, dim: int, eps: float, *, choices: platform.Choices | None = None, scale_offset: float = 0.0,
+                 rngs: nnx.Rngs):
+        self.scale = _param(rngs, nnx.initializers.constant(1.0 - scale_offset), (dim,), ("norm",))
         self.bias = _param(rngs, nnx.initializers.zeros, (dim,), ("norm",))
         self.eps = eps
+        self.scale_offset = float(scale_offset)
         self.backward = platform.given(choices).need("backward")
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return layer_norm(x, self.scale[...], self.bias[...], self.eps, backward=self.backward)
+        scale = self.scale[...] + self.scale_offset if self.scale_offset else self.scale[...]
+        return layer_norm(x, scale, self.bias[...], self.eps, backward=self.backward)
 
 
 def rotate(x_BLHK: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -378,23 +384,27 @@ class Mlp(nnx.Module):
     """Two-layer MLP with exact (erf) GELU, as in the PyTorch references (Flax's default is the tanh form).
 
     `approximate_gelu=True` selects the tanh form, for checkpoints whose config says "gelu_new"/"gelu_fast"/
-    "gelu_pytorch_tanh". `choices` (the model's `platform.Choices`; None: this machine's defaults) gives the GELU's
-    backward and the projections' form.
+    "gelu_pytorch_tanh"; `relu=True` a ReLU instead (VideoPrism's text tower). `choices` (the model's
+    `platform.Choices`; None: this machine's defaults) gives the GELU's backward and the projections' form.
     """
 
     def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, approximate_gelu: bool = False,
-                 choices: platform.Choices | None = None, rngs: nnx.Rngs):
+                 relu: bool = False, choices: platform.Choices | None = None, rngs: nnx.Rngs):
         choices = platform.given(choices)
         self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, choices=choices, rngs=rngs)
         self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, choices=choices, rngs=rngs)
         self.approximate_gelu = approximate_gelu
+        self.relu = bool(relu)
         self.backward = choices.need("backward")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x (batch, ..., dim) -> the same shape; the hidden activation split as (act_batch, act_length..., act_mlp),
         the output as (act_batch, act_length..., act_embed) (`vidjax.sharding.constrain`)."""
         hidden = constrain(self.fc1(x), token_names(x.ndim, "act_mlp"))
-        out = self.fc2(gelu(hidden, approximate=self.approximate_gelu, backward=self.backward))
+        if self.relu:
+            out = self.fc2(jax.nn.relu(hidden))
+        else:
+            out = self.fc2(gelu(hidden, approximate=self.approximate_gelu, backward=self.backward))
         return constrain(out, token_names(x.ndim, "act_embed"))
 
 

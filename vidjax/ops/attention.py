@@ -18,6 +18,10 @@ resolved once at set-up, never here.
   (b, h, l, block) score block at a time and keeps only the output and each row's log-sum-exp; its backward (a custom
   VJP) recomputes the score blocks from those. Memory linear in length instead of quadratic (docs/performance.md,
   "Attention at length"). Tested in tests/test_attention_blockwise.py.
+- `capped_attention` (not an implementation to choose: what VideoPrism's attention computes): the scores capped as
+  cap * tanh(scores / cap) before the softmax, and an optional key mask. No fused kernel (cuDNN, Pallas) caps logits,
+  so it is written out in jnp on every platform, scores in float32; VideoPrism's lengths (256 tokens per frame, 16
+  frames, 64 text tokens) keep its score matrix small.
 - "pallas_tpu": the flash attention kernel jax ships for TPU (`jax.experimental.pallas.ops.tpu.flash_attention`),
   lengths padded to its blocks (`PALLAS_BLOCK`, `pallas_blocks`) and the padding masked through segment ids; in a
   `shard_map` under a multi-device mesh, since XLA cannot partition a Mosaic kernel.
@@ -293,3 +297,19 @@ def padded_to_even(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array, impl
         query_seq_lengths=jnp.full((b,), length, jnp.int32),
         key_value_seq_lengths=jnp.full((b,), length_kv, jnp.int32))
     return out[:, :length]
+
+
+def capped_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array, cap: float | None = None,
+                     mask: jax.Array | None = None) -> jax.Array:
+    """softmax(cap * tanh(q k^T / (sqrt(head_dim) cap)) + mask) v over (batch, length, heads, head_dim) operands,
+    scores and softmax in float32 (Gemma's and VideoPrism's attention logit soft-capping; no cap for `cap` None or
+    0). `mask` (bool, broadcastable to (batch, heads, length, length_kv), True = attend) hides keys with the most
+    negative float32, as transformers' eager attention adds its mask, so a row with nothing to attend stays finite."""
+    scores_BHLS = jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSHK,
+                             preferred_element_type=jnp.float32) * (q_BLHK.shape[-1] ** -0.5)
+    if cap:
+        scores_BHLS = cap * jnp.tanh(scores_BHLS / cap)
+    if mask is not None:
+        scores_BHLS = jnp.where(mask, scores_BHLS, jnp.finfo(jnp.float32).min)
+    probs_BHLS = jax.nn.softmax(scores_BHLS, axis=-1)
+    return jnp.einsum("bhls,bshk->blhk", probs_BHLS.astype(v_BSHK.dtype), v_BSHK)

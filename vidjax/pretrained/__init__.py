@@ -12,8 +12,10 @@
 
 A captioner (`vidjax.models.captioner`, e.g. a converted VisionEncoderDecoderModel) loads as a
 `PretrainedCaptioner`: `model(video, input_ids)` gives the decoder's logits, `model.generate(video,
-max_new_tokens=N)` caption token ids, `model.caption(video)` text when the checkpoint holds a tokenizer. A GPT-2
-loads as a `PretrainedText`, whose `.model` is the NNX GPT-2 (to start a captioner's decoder from).
+max_new_tokens=N)` caption token ids, `model.caption(video)` text when the checkpoint holds a tokenizer. A
+video-text model (VideoPrism's "clip" head) loads as a `PretrainedVideoText`: `model.forward(video, input_ids,
+attention_mask)` gives "video_embeds", "text_embeds" and the similarity logits. A GPT-2 loads as a
+`PretrainedText`, whose `.model` is the NNX GPT-2 (to start a captioner's decoder from).
 
 `model.preprocessing` says what the checkpoint expects (mean/std, frames, image size, short side, sampling rate) so
 callers need not guess; `model.task` is "pretrain", "classification", "multilabel", "regression" (None for a
@@ -80,6 +82,11 @@ def _apply_batch(params, video_u8, *, graphdef, fn, mean, std):
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _caption_forward(params, video, input_ids, attention_mask, *, graphdef):
     return nnx.merge(graphdef, params)(video, input_ids, attention_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _text_embeddings(params, input_ids, attention_mask, *, graphdef):
+    return nnx.merge(graphdef, params).text_embeddings(input_ids, attention_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "num_beams", "length_penalty"))
@@ -278,6 +285,51 @@ class PretrainedCaptioner(Pretrained):
         tokenizer = self.tokenizer  # no tokenizer: fail before decoding
         ids = self.generate(video, max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty)
         return tokenizer.decode_generated(ids, self.config.decoder.eos_token_id)
+
+
+def _token_ids(input_ids, attention_mask, limit: int, rows: int | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """Token ids (B, L) and their mask as int32 device arrays, checked: 2-D, at most `limit` long, `rows` of them."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or (rows is not None and ids.shape[0] != rows):
+        raise ValueError(f"input_ids must be int token ids (batch, length){f', {rows} rows' if rows else ''}; got "
+                         f"{ids.dtype} {ids.shape}.")
+    if ids.shape[1] > limit:
+        raise ValueError(f"This text tower takes at most {limit} tokens; got {ids.shape[1]}.")
+    if attention_mask is not None and np.shape(attention_mask) != ids.shape:
+        raise ValueError(f"attention_mask must be shaped like input_ids {ids.shape}; got {np.shape(attention_mask)}.")
+    mask = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    return jnp.asarray(ids, jnp.int32), mask
+
+
+@dataclasses.dataclass
+class PretrainedVideoText(Pretrained):
+    """A loaded video-text model (VideoPrism's `head="clip"`, e.g. a converted VideoPrismClipModel).
+
+        out = model.forward(video, input_ids, attention_mask)  # video_embeds, text_embeds, similarity, logits_per_*
+        logits = model(video, input_ids, attention_mask)       # logits_per_video (Bv, Bt), as transformers'
+        texts = model.text_embeddings(input_ids, attention_mask)  # (Bt, D), L2-normalised
+
+    Texts and videos are batched apart: every video is scored against every text. `tokenizer_dir` is DST/tokenizer/
+    when the conversion found the checkpoint's tokenizer files.
+    """
+
+    tokenizer_dir: pathlib.Path | None = None
+
+    def forward(self, video, input_ids=None, attention_mask=None) -> dict[str, jax.Array]:
+        self._check(video)
+        video = jnp.asarray(video, jnp.float32)
+        if input_ids is None:
+            return _forward(self.params, video, None, graphdef=self.graphdef, num_masked=None)
+        ids, mask = _token_ids(input_ids, attention_mask, int(self.config.max_text_length))
+        return _caption_forward(self.params, video, ids, mask, graphdef=self.graphdef)
+
+    def __call__(self, video, input_ids, attention_mask=None):
+        return self.forward(video, input_ids, attention_mask)["logits_per_video"]
+
+    def text_embeddings(self, input_ids, attention_mask=None) -> jax.Array:
+        """float32 (B, D): the text tower's embeddings of token ids (B, L), `attention_mask` 1 = token."""
+        ids, mask = _token_ids(input_ids, attention_mask, int(self.config.max_text_length))
+        return _text_embeddings(self.params, ids, mask, graphdef=self.graphdef)["text_embeds"]
 
 
 @dataclasses.dataclass
@@ -602,8 +654,9 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     tokenizer_dir = directory / TOKENIZER_DIR if (directory / TOKENIZER_DIR).is_dir() else None
     if clip_spec(converted.model_name, config) is None:
         return PretrainedText(converted.model_name, config, graphdef, params, tokenizer_dir)
-    kind = PretrainedCaptioner if converted.model_name == "captioner" else Pretrained
-    extra = {"tokenizer_dir": tokenizer_dir} if kind is PretrainedCaptioner else {}
+    kind = PretrainedCaptioner if converted.model_name == "captioner" else \
+        PretrainedVideoText if config.get("head") == "clip" else Pretrained
+    extra = {"tokenizer_dir": tokenizer_dir} if kind is not Pretrained else {}
     return kind(converted.model_name, config, dict(converted.preprocessing), converted.class_names, graphdef,
                 params, num_tokens, task=loaded.task, target_names=loaded.target_names,
                 sampling_rate=loaded.sampling_rate, **extra)
