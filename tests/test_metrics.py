@@ -253,3 +253,17 @@ def test_confusion_matrix_figure_failed_write_leaves_nothing(tmp_path, monkeypat
         metrics.confusion_matrix_figure(np.eye(3, dtype=int), None, path)
     assert path.read_bytes() == b"previous figure"
     assert os.listdir(tmp_path) == ["cm.png"]
+
+
+def test_retrieval_recall_and_median_rank_by_hand():
+    # Query 0's item (0) ranks 1st, query 1's (1) 3rd, query 2's (2) 2nd behind a tie broken towards the lower index.
+    similarity = [[0.9, 0.1, 0.2], [0.5, 0.1, 0.3], [0.4, 0.0, 0.4]]
+    got = metrics.retrieval_metrics(similarity, ks=(1, 2, 5))
+    assert got == {"recall_at_1": 1 / 3, "recall_at_2": 2 / 3, "recall_at_5": 1.0, "median_rank": 2.0}
+    # Several queries (captions) per item: targets name each query's item.
+    got = metrics.retrieval_metrics([[0.2, 0.8], [0.9, 0.1], [0.6, 0.4]], targets=[1, 0, 1], ks=(1,))
+    assert got["recall_at_1"] == 2 / 3
+    assert metrics.retrieval_metrics(np.ones((4, 4)), ks=(1,))["recall_at_1"] == 0.25  # only query 0 (ties: index 0)
+    with pytest.raises(ValueError, match="targets must index the 2 items"):
+        metrics.retrieval_metrics([[0.2, 0.8]], targets=[2])
+

@@ -16,6 +16,8 @@ Every metric is computed over all examples of a split at once (never a mean of p
 - CCC, Lin's concordance correlation coefficient per target (the affective-computing / AVEC protocol):
   2 cov(p, t) / (var(p) + var(t) + (mean(p) - mean(t))^2) with population (ddof=0) moments. 1 is perfect
   agreement, 0 for constant predictions; when both are constant and equal the denominator is 0 and CCC is 1.
+- Retrieval (MSR-VTT protocol): recall@k and the median rank of each query's item among the gallery; see
+  `retrieval_metrics`.
 - Captioning (MSR-VTT / COCO protocol): BLEU-1..4, ROUGE-L and CIDEr-D exactly as pycocoevalcap computes them on
   tokenised lower-case text; see `caption_scores`.
 - Weighted k-NN classification of frozen features (DINO / SVT protocol, DINO's eval_knn.py `knn_classifier`):
@@ -93,10 +95,30 @@ def top_k_accuracy(scores, labels, k: int = 1) -> float:
     num_classes = scores.shape[1]
     if not 1 <= k <= num_classes:
         raise ValueError(f"k must be in [1, {num_classes}] for scores {scores.shape}, got k={k}")
+    return float(np.mean(_ranks(scores, labels) < k))
+
+
+def _ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The 0-based rank of each row's true column among its scores, ties broken towards the lower index."""
     true = scores[np.arange(len(labels)), labels][:, None]
-    lower_index = np.arange(num_classes)[None, :] < labels[:, None]
-    rank = ((scores > true) | ((scores == true) & lower_index)).sum(axis=1)
-    return float(np.mean(rank < k))
+    lower_index = np.arange(scores.shape[1])[None, :] < labels[:, None]
+    return ((scores > true) | ((scores == true) & lower_index)).sum(axis=1)
+
+
+def retrieval_metrics(similarity, targets=None, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k and the median rank of queries against a gallery (text-to-video retrieval: captions against
+    videos): `similarity` (queries, items), `targets` (queries,) the index of each query's item (None: query i's is
+    item i, the paired-set protocol of MSR-VTT). Recall@k is the fraction of queries whose item is among their k
+    most similar (ties towards the lower index, as `top_k_accuracy`: a constant similarity finds nothing above
+    chance); median_rank is 1-based. k larger than the gallery counts every query."""
+    similarity = _array(similarity, "similarity", 2, np.float64)
+    targets = np.arange(len(similarity)) if targets is None else _array(targets, "targets", 1, np.int64)
+    if len(targets) != len(similarity) or len(targets) == 0:
+        raise ValueError(f"similarity {similarity.shape} needs one target item per query row, got {len(targets)}")
+    if targets.min() < 0 or targets.max() >= similarity.shape[1]:
+        raise ValueError(f"targets must index the {similarity.shape[1]} items of similarity {similarity.shape}")
+    ranks = _ranks(similarity, targets)
+    return {**{f"recall_at_{k}": float(np.mean(ranks < k)) for k in ks}, "median_rank": float(np.median(ranks) + 1)}
 
 
 def confusion_matrix(scores, labels) -> np.ndarray:
