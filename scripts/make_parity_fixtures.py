@@ -1,7 +1,8 @@
 r"""Writes the golden-output parity fixtures: small random-weight reference models and their outputs.
 
-Needs torch and transformers (`pip install -e '.[torch]'`), and for vjepa2_official a checkout of
-facebookresearch/vjepa2 named by $VJEPA2_REPO; run by hand, not in CI, and commit the result:
+Needs torch and transformers (`pip install -e '.[torch]'`), for vjepa2_official a checkout of facebookresearch/vjepa2
+named by $VJEPA2_REPO, and for videoprism_official a checkout of google-deepmind/videoprism named by $VIDEOPRISM_REPO
+(with einshape installed); run by hand, not in CI, and commit the result:
   python scripts/make_parity_fixtures.py                       # every model, into tests/fixtures/parity/
   python scripts/make_parity_fixtures.py --only videomae vivit
 
@@ -18,7 +19,7 @@ import shutil
 
 HERE = pathlib.Path(__file__).parent
 MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2", "to_hf",
-          "vjepa2", "vjepa2_official", "videoprism")
+          "vjepa2", "vjepa2_official", "videoprism", "videoprism_official")
 
 
 def main() -> None:

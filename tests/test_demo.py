@@ -276,3 +276,61 @@ def test_write_mp4_round_trip_and_odd_sizes_refused(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]  # no partial file left behind
     with pytest.raises(ValueError, match=r"even H and W .* got shape \(47, 64, 3\)"):
         encode.write_mp4(tmp_path / "odd.mp4", frames[:, :47])
+
+
+ZERO_SHOT_LABELS = ["a video of a cat", "a dog running", "cats"]
+
+
+@pytest.fixture(scope="module")
+def zero_shot_checkpoints(tmp_path_factory):
+    """The tiny VideoPrism video-text model (its tokenizer travels) and its vision-only sibling, converted."""
+    folder = tmp_path_factory.mktemp("demo_zero_shot")
+    convert(from_hf=str(FIXTURES / "videoprism_clip" / "source"), out=str(folder / "clip"))
+    convert(from_hf=str(FIXTURES / "videoprism_video" / "source"), out=str(folder / "video"))
+    return {"clip": str(folder / "clip"), "video": str(folder / "video")}
+
+
+def test_labels_option_serves_predicts_zero_shot_scores(zero_shot_checkpoints, files, tmp_path):
+    """--labels on a video-text checkpoint: the server's /predict and /analyse give the labels' zero-shot
+    probabilities exactly as `python -m vidjax.predict --labels` computes them, windows included."""
+    checkpoint = zero_shot_checkpoints["clip"]
+    settings = demo.Settings(window_s=WINDOW, max_mb=MAX_MB, num_examples=0, top_k=2)
+    app = demo.Demo(pretrained.load(checkpoint), settings=settings, checkpoint=checkpoint, labels=ZERO_SHOT_LABELS)
+    port = free_port()
+    page = app.launch(port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        got = client.predict(handle_file(files["good"]), api_name="/predict")
+        labels, note, timeline = client.predict(handle_file(files["good"]), api_name="/analyse")
+    finally:
+        page.close()
+        app.cleanup()
+    out = tmp_path / "predict.json"
+    assert predict.main([f"--checkpoint={checkpoint}", files["good"], f"--window={WINDOW}", f"--json={out}",
+                         f"--labels={';'.join(ZERO_SHOT_LABELS)}", "--top_k=2"]) == 0
+    expected = json.loads(out.read_text())["videos"][0]
+    top = expected["aggregate"]["top_k"]
+    assert list(got) == [row["label"] for row in top] and len(got) == 2
+    np.testing.assert_allclose(list(got.values()), [row["probability"] for row in top], rtol=1e-6)
+    assert labels["label"] == top[0]["label"] and note.startswith("2 windows of 1 s")
+    assert [row[2] for row in timeline["data"]] == [w["prediction"]["top_k"][0]["label"] for w in expected["windows"]]
+
+
+@pytest.mark.parametrize("case", ["vision_only", "without_labels", "too_long"])
+def test_labels_the_checkpoint_cannot_score_are_refused(case, zero_shot_checkpoints, capsys):
+    """One `error:` line and exit 2 through the command (the checkpoint loaded, nothing served)."""
+    checkpoint = zero_shot_checkpoints["video" if case == "vision_only" else "clip"]
+    flags = {"vision_only": ["--labels=cats"], "without_labels": [],
+             "too_long": ["--labels=cats;a video of a cat a video of a cat"]}[case]
+    message = {"vision_only": "no text tower (head 'video'), so it cannot score text",
+               "without_labels": "is a video-text checkpoint of videoprism: it scores videos against text, so give "
+                                 "it labels",
+               "too_long": "the label 'a video of a cat a video of a cat' is 10 tokens, more than the 8"}[case]
+    assert demo.main([f"--checkpoint={checkpoint}", "--examples=0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_an_empty_label_list_is_refused_before_loading(capsys):
+    assert demo.main(["--checkpoint=/nowhere", "--labels= ; "]) == 2
+    assert capsys.readouterr().err.startswith("error: --labels=' ; ' gives an empty label list")

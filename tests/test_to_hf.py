@@ -147,9 +147,11 @@ def test_a_converted_checkpoint_gives_its_original_tensors_back(case, tmp_path, 
 
 def vidjax_outputs(model, io: dict) -> dict:
     """vidjax's outputs on a case's inputs, under the names the fixture records transformers' by."""
-    if "input_ids" in io:
+    if "input_ids" in io and "clip" not in io:
         return {"logits": model(io["input_ids"], io["attention_mask"])}
     video = model.preprocess(io["clip"])
+    if "input_ids" in io:  # a video-text model (VideoPrism's): embeddings and both logits
+        return model.forward(video, io["input_ids"], io["attention_mask"])
     if "decoder_input_ids" in io:
         return model.forward(video, io["decoder_input_ids"], io["decoder_attention_mask"])
     if "context_ids" in io:  # V-JEPA 2's predictor

@@ -111,7 +111,8 @@ def trainer_config() -> ml_collections.ConfigDict:
     """Defaults for everything the trainer reads outside `model` and `data`; configs override what they need."""
     return ml_collections.ConfigDict(dict(
         seed=0,
-        task="pretrain",  # pretrain | classification | multilabel | regression | captioning | svt | vjepa2
+        # pretrain | classification | multilabel | regression | captioning | svt | vjepa2 | contrastive
+        task="pretrain",
         # Fine-tuning start: a vidjax training workdir (its latest checkpoint), one of its step folders, a
         # `python -m vidjax.convert` output or a Hugging Face Hub name (vidjax/pretrained/hub.py); "" = random init.
         init_from="",

@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax.convert", "vidjax.convert.common", "vidjax.convert.hf", "vidjax.convert.hf_captioner",
          "vidjax.convert.hf_gpt2", "vidjax.convert.hf_timesformer", "vidjax.convert.hf_videomae",
          "vidjax.convert.hf_vivit", "vidjax.convert.hf_vjepa2", "vidjax.convert.hf_videoprism", "vidjax.convert.svt",
-         "vidjax.convert.videomae",
+         "vidjax.convert.videomae", "vidjax.convert.videoprism",
          "vidjax.convert.videomamba", "vidjax.convert.vjepa2", "vidjax.pretrained", "vidjax.pretrained.*",
      )),
     ("tasks", "what a run trains a model for (each task's training spec, readout and presentation), and the "
@@ -57,7 +57,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "their PyTorch references), and the entry modules that keep the names people type (`python -m vidjax.predict`, "
      "`vidjax.data.bench`, `vidjax.convert`), each only importing its command and calling it", (
         "vidjax.commands", "vidjax.commands.*", "vidjax.bench*",
-        "vidjax.main", "vidjax.predict", "vidjax.extract", "vidjax.evaluate", "vidjax.probe", "vidjax.demo",
+        "vidjax.main", "vidjax.predict", "vidjax.zeroshot", "vidjax.extract", "vidjax.evaluate", "vidjax.probe",
+        "vidjax.demo",
         "vidjax.export", "vidjax.push", "vidjax.visualize", "vidjax.aot", "vidjax.data.bench", "vidjax.data.check",
         "vidjax.data.pack", "vidjax.convert.__main__",
     )),

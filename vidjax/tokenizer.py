@@ -1,4 +1,5 @@
-"""Caption tokenizers: Hugging Face tokenizer directories (GPT-2's byte-level BPE) and small word-level vocabularies.
+"""Tokenizers: a captioner's (Hugging Face tokenizer directories, GPT-2's byte-level BPE, small word-level
+vocabularies) and a video-text model's text tower's (VideoPrism's unigram `TextTowerTokenizer`).
 
 `CaptionTokenizer` wraps a `tokenizers.Tokenizer` (the Hugging Face `tokenizers` library, the optional extra
 `pip install 'vidjax[caption]'`) together with the ids a captioner needs: start (bos), end (eos), padding (pad) and
@@ -15,6 +16,17 @@ and builds a word-level tokenizer offline from caption text (`build_word_level`)
 and punctuation, with distinct special ids `<pad>` = 0, `<bos>` = 1, `<eos>` = 2, `<unk>` = 3 and the words after
 them, most frequent first. `encode` gives the plain token ids of a text (no special tokens); `encode_batch_padded`
 makes the decoder's training inputs, each caption as [bos] + tokens + [eos], cut to a fixed length and padded.
+
+`TextTowerTokenizer` turns text into a video-text model's input ids exactly as transformers' `VideoPrismTokenizer`
+and `VideoPrismProcessor` do (transformers 5.24): it reads the checkpoint's `tokenizer.json` (a T5-style unigram
+vocabulary: `<pad>` 0, `</s>` 1, `<unk>` 2, no bos) and rebuilds what `VideoPrismTokenizer` rebuilds from it (the
+unigram model with unk id 2, no byte fallback; the file's SentencePiece `Precompiled` normaliser and nothing else;
+whitespace split then `\u2581` metaspace before every word; the file's post-processor, which in the published files
+appends nothing), so the ids match; texts are padded with `<pad>` to a fixed length (the processor pads to
+max_length 64, the published text towers' positions) with an attention mask 1 at tokens. Where the processor cuts
+a longer text short, `encode_padded` raises `TextTooLongError` naming the text and the limit: a label or query cut
+short would be scored as another text, silently. A checkpoint holding only `spiece.model` is refused with the
+command that writes its `tokenizer.json`.
 """
 
 from __future__ import annotations
@@ -42,8 +54,24 @@ WORD_LEVEL_SPECIALS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<
 _ROLES = ("pad", "bos", "eos", "unk")
 
 
+SENTENCEPIECE_FILE = "spiece.model"  # a VideoPrism checkpoint's SentencePiece model, beside its tokenizer.json
+# VideoPrismTokenizer's layout and pre-tokenisation (transformers 5.24, tokenization_videoprism.py).
+TEXT_TOWER_SPECIALS = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
+TEXT_TOWER_UNK_ID = 2
+METASPACE = "\u2581"
+
+
 class TokenizerError(ValueError):
     """A tokenizer directory that is missing, incomplete or unreadable, or a tokenizer without the ids it needs."""
+
+
+class TextTooLongError(ValueError):
+    """A text with more tokens than the text tower has positions (`TextTooLongError.text`, `.length`, `.limit`)."""
+
+    def __init__(self, text: str, length: int, limit: int):
+        super().__init__(f"{text!r} is {length} tokens, more than the text tower's {limit} positions; shorten it "
+                         f"(the processor would cut it to its first {limit} tokens and score another text)")
+        self.text, self.length, self.limit = text, length, limit
 
 
 def _tokenizers():
@@ -51,8 +79,8 @@ def _tokenizers():
     try:
         import tokenizers
     except ImportError as err:
-        raise ImportError("Caption tokenizers need the Hugging Face `tokenizers` library, which is not installed: "
-                          "pip install 'vidjax[caption]'") from err
+        raise ImportError("Tokenizers (a captioner's, a video-text model's) need the Hugging Face `tokenizers` "
+                          "library, which is not installed: pip install 'vidjax[caption]'") from err
     return tokenizers
 
 
@@ -250,6 +278,105 @@ class CaptionTokenizer:
             ids[row, : len(tokens)] = tokens
             mask[row, : len(tokens)] = True
         return ids, mask, truncated
+
+
+class TextTowerTokenizer:
+    """A video-text model's tokenizer: texts -> the text tower's (ids, attention mask), as transformers' VideoPrism
+    tokenizer and processor give them (the module docstring). Build one with `from_directory`."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, pad_id: int, padding_side: str = "right"):
+        if padding_side not in ("right", "left"):
+            raise TokenizerError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self._tokenizer, self.pad_id, self.padding_side = tokenizer, pad_id, padding_side
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> TextTowerTokenizer:
+        """Reads a checkpoint's tokenizer directory (DST/tokenizer/: tokenizer.json, tokenizer_config.json).
+
+        Raises TokenizerError naming the path when the directory or its tokenizer.json is missing (a directory with
+        only spiece.model included) or is not a unigram vocabulary with the pad token; ImportError naming
+        `pip install 'vidjax[caption]'` without the `tokenizers` library."""
+        tk = _tokenizers()
+        directory = fileio.user_path(path)
+        tokenizer_file = os.path.join(directory, TOKENIZER_FILE)
+        if not os.path.isfile(tokenizer_file):
+            found = sorted(os.listdir(directory)) if os.path.isdir(directory) else "no such directory"
+            spm = (f"; it has {SENTENCEPIECE_FILE} only: write tokenizer.json beside it once with `python -c \"from "
+                   f"transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{directory}')"
+                   f".save_pretrained('{directory}')\"`" if SENTENCEPIECE_FILE in found else "")
+            raise TokenizerError(f"tokenizer directory {directory} holds no {TOKENIZER_FILE} (found "
+                                 f"{found or 'nothing'}){spm}")
+        spec = _read_json(tokenizer_file)
+        model = spec.get("model") or {}
+        if model.get("type") != "Unigram" or not isinstance(model.get("vocab"), list):
+            raise TokenizerError(f"{tokenizer_file} holds a {model.get('type')} model; a video-text model's tokenizer "
+                                 f"is a unigram vocabulary (VideoPrismTokenizer's)")
+        try:
+            tokenizer = tk.Tokenizer.from_file(tokenizer_file)  # the added tokens and the post-processor
+        except Exception as err:  # the Rust library raises plain Exception on malformed files
+            raise TokenizerError(f"{tokenizer_file} is not a readable tokenizer file ({err})") from err
+        # What VideoPrismTokenizer.__init__ rebuilds from the file, whatever else the file says.
+        tokenizer.model = tk.models.Unigram([(str(p), float(s)) for p, s in model["vocab"]],
+                                            unk_id=TEXT_TOWER_UNK_ID, byte_fallback=False)
+        charsmap = _precompiled_charsmap(spec.get("normalizer"))
+        tokenizer.normalizer = tk.normalizers.Precompiled(charsmap) if charsmap else None
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence([
+            tk.pre_tokenizers.WhitespaceSplit(),
+            tk.pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True)])
+        tokenizer.decoder = tk.decoders.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True)
+        # Padding and truncation are the call's (transformers sets them per call): a file may carry a saved call's.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        config = _read_hf_config(directory)
+        pad = _token_text(config.get("pad_token"), directory) or TEXT_TOWER_SPECIALS["pad"]
+        pad_id = tokenizer.token_to_id(pad)
+        if pad_id is None:
+            raise TokenizerError(f"the tokenizer in {directory}: its pad token {pad!r} is not in the vocabulary")
+        tokenizer.add_special_tokens([t for t in (pad, *TEXT_TOWER_SPECIALS.values())
+                                      if tokenizer.token_to_id(t) is not None])
+        return cls(tokenizer, pad_id=pad_id, padding_side=str(config.get("padding_side", "right")))
+
+    @property
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        """The wrapped `tokenizers.Tokenizer`."""
+        return self._tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text` before padding: transformers' `tokenizer(text)["input_ids"]`."""
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings, got {text!r} of type {type(text).__name__}")
+        return self._tokenizer.encode(text).ids
+
+    def encode_padded(self, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int32 (n, max_length), attention mask int32 (n, max_length), 1 at tokens) of `texts`, padded with
+        the pad id as `VideoPrismProcessor` pads to max_length. A text of more than `max_length` tokens raises
+        `TextTooLongError` (the processor would cut it short)."""
+        if isinstance(texts, str):
+            raise TypeError(f"texts must be a sequence of strings, got the string {texts!r}")
+        ids = np.full((len(texts), max_length), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), max_length), np.int32)
+        for row, text in enumerate(texts):
+            tokens = self.encode(text)
+            if len(tokens) > max_length:
+                raise TextTooLongError(text, len(tokens), max_length)
+            cols = slice(0, len(tokens)) if self.padding_side == "right" else slice(max_length - len(tokens), None)
+            ids[row, cols] = tokens
+            mask[row, cols] = 1
+        return ids, mask
+
+
+def _precompiled_charsmap(normalizer: dict | None) -> bytes | None:
+    """The SentencePiece charsmap of a tokenizer.json's `Precompiled` normaliser (alone or in a Sequence), as
+    transformers takes it from the file; None without one."""
+    import base64
+
+    if not normalizer:
+        return None
+    parts = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    for part in parts:
+        if part.get("type") == "Precompiled" and part.get("precompiled_charsmap"):
+            return base64.b64decode(part["precompiled_charsmap"])
+    return None
 
 
 def _byte_level_bpe(tk, vocab_file: str, merges_file: str, add_prefix_space: bool) -> tokenizers.Tokenizer:

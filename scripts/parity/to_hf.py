@@ -2,17 +2,21 @@
 
 One case per vidjax model with a transformers class (VideoMAE pre-training / classification / bare encoder,
 TimeSformer, ViViT and V-JEPA 2 with and without a head, the VideoMAE + GPT-2 and TimeSformer + GPT-2 captioners,
-GPT-2).
+GPT-2, VideoPrism's vision model, video model, classifier and video-text model).
 For each, `seeded_checkpoint` (tests/helpers.py) builds the vidjax checkpoint case.json describes, `python -m
 vidjax.export --to_hf` writes it as a save_pretrained folder, and a child process that cannot import vidjax loads
 that folder with transformers' Auto class (`vidjax.convert.hf.AUTO_CLASSES`), normalises a uint8 clip as the
 exported preprocessor_config.json says (and checks that `AutoImageProcessor` does the same where the clip needs no
-resize) and records its outputs. Written to out_dir/to_hf_<case>/:
+resize; a VideoPrism export has no preprocessor config: its clips are rescaled to [0, 1], as VideoPrism's video
+processor does) and records its outputs. transformers' VideoPrism keeps the pooler's query axis in its pooled outputs
+((B, 1, D) video embeddings, (B, 1, classes) logits); they are recorded without it, as vidjax gives them. Written
+to out_dir/to_hf_<case>/:
   case.json  "kind": "to_hf", the model, seed, class names (and captions for a tokenizer), the transformers class,
              its load report and the image processor's difference from that normalisation, and "exported": the
              config files as written and every tensor's shape and sha256
   io.npz     the inputs (clip uint8 channels-last, masks, token ids, V-JEPA 2's context and target token indices) and
-             transformers' outputs under vidjax's names (V-JEPA 2's predictor_output for those indices)
+             transformers' outputs under vidjax's names (V-JEPA 2's predictor_output for those indices; VideoPrism's
+             video_embeds, text_embeds and both logits)
 tests/test_to_hf.py re-exports the same seeded model, checks that the export is exactly what was loaded here, and that
 vidjax's outputs equal the recorded ones to 1e-4. Run through scripts/make_parity_fixtures.py (needs torch and
 transformers); `run_transformers` is also what the live test runs where they are installed.
@@ -38,6 +42,9 @@ GPT2 = dict(vocab_size=32, n_positions=16, width=16, depth=1, num_heads=2, add_c
 # V-JEPA 2's predictor: heads of 6, every feature rotating (the encoder's heads of 8 leave 2 of them unturned).
 VJEPA2_PREDICTOR = dict(predictor_width=12, predictor_depth=1, predictor_heads=2, predictor_mlp_dim=24,
                         num_mask_tokens=2)
+# VideoPrism: patches of 8 (2 x 2 per frame) over the 4 frames, one spatial, temporal and auxiliary block each.
+VIDEOPRISM = dict(variant="Mu/8", width=16, spatial_depth=1, temporal_depth=1, num_heads=2, mlp_dim=32,
+                  num_auxiliary_layers=1, **VIDEO)
 CAPTIONS = ["a person opens a door", "someone closes the door and sits down", "a dog runs in the park"]
 CASES = {
     "videomae_pretrain": dict(model_name="videomae", seed=1, model=dict(
@@ -64,7 +71,17 @@ CASES = {
     "vjepa2_classification": dict(model_name="vjepa2", seed=12, class_names=["pour", "stir", "cut"], model=dict(
         VIT, head="classification", num_classes=3, num_pooler_layers=1, qkv_bias="none", ln_eps=1e-5,
         **VJEPA2_PREDICTOR)),
+    "videoprism_model": dict(model_name="videoprism", seed=13, model=dict(VIDEOPRISM, head="none",
+                                                                          attn_logit_cap=2.0)),
+    "videoprism_video": dict(model_name="videoprism", seed=14, model=dict(VIDEOPRISM, head="video",
+                                                                          l2_normalize=False)),
+    "videoprism_classification": dict(model_name="videoprism", seed=15, class_names=["jump", "swim", "climb"],
+                                      model=dict(VIDEOPRISM, head="classification", num_classes=3, qkv_bias="none",
+                                                 ln_eps=1e-5)),
+    "videoprism_clip": dict(model_name="videoprism", seed=16, model=dict(
+        VIDEOPRISM, head="clip", text_depth=1, vocab_size=32, max_text_length=8)),
 }
+TEXTS = 3  # the video-text model's texts, scored against the BATCH clips
 BATCH, LENGTH = 2, 6
 # The child process: vidjax made unimportable, transformers loads each exported folder and runs it.
 CHILD = """
@@ -77,8 +94,9 @@ print(json.dumps(to_hf.transformers_outputs(sys.argv[2:])))
 
 
 def inputs(case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The inputs of a case: a uint8 clip for a video model, a mask for pre-training, token ids for a decoder, the
-    predictor's context and target token indices for V-JEPA 2 (disjoint, in random order)."""
+    """The inputs of a case: a uint8 clip for a video model, a mask for pre-training, token ids for a decoder or a
+    text tower (right-padded rows among them), the predictor's context and target token indices for V-JEPA 2
+    (disjoint, in random order)."""
     out = {}
     if case["model_name"] != "gpt2":
         out["clip"] = rng.integers(0, 256, (BATCH, VIDEO["num_frames"], VIDEO["image_size"], VIDEO["image_size"], 3),
@@ -97,6 +115,12 @@ def inputs(case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
         mask[1, -2:] = 0  # a right-padded row
         key = "decoder_" if case["model_name"] == "captioner" else ""
         out.update({f"{key}input_ids": ids, f"{key}attention_mask": mask})
+    if case["model"].get("head") == "clip":
+        mask = np.ones((TEXTS, LENGTH), np.int64)
+        mask[1, -2:] = 0
+        mask[2, 2:] = 0
+        ids = rng.integers(1, case["model"]["vocab_size"], (TEXTS, LENGTH)) * mask  # padded with 0, VideoPrism's pad
+        out.update(input_ids=ids, attention_mask=mask)
     return out
 
 
@@ -121,14 +145,18 @@ def transformers_outputs(jobs: list[str]) -> dict:
     auto_classes = json.loads(jobs[0])
     for folder, inputs_path, outputs_path in zip(jobs[1::3], jobs[2::3], jobs[3::3], strict=True):
         config = json.loads((pathlib.Path(folder) / "config.json").read_text())
-        auto = auto_classes[config["architectures"][0]]
+        architecture = config["architectures"][0]
+        auto = auto_classes[architecture]
         model, info = getattr(transformers, auto).from_pretrained(folder, output_loading_info=True)
         model.eval()
         io = dict(np.load(inputs_path))
         outs, processor_diff = {}, None
         with torch.no_grad():
             if "clip" in io:
-                proc = json.loads((pathlib.Path(folder) / "preprocessor_config.json").read_text())
+                # No preprocessor config (VideoPrism): rescale to [0, 1] and no normalisation, its video processor's.
+                proc_path = pathlib.Path(folder) / "preprocessor_config.json"
+                proc = json.loads(proc_path.read_text()) if proc_path.is_file() else dict(
+                    rescale_factor=1 / 255, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
                 video = (torch.from_numpy(io["clip"]).float() * proc["rescale_factor"]
                          - torch.tensor(proc["image_mean"])) / torch.tensor(proc["image_std"])
                 pixel_values = video.permute(0, 1, 4, 2, 3)  # transformers takes (B, T, C, H, W)
@@ -137,7 +165,9 @@ def transformers_outputs(jobs: list[str]) -> dict:
                     processor = transformers.AutoImageProcessor.from_pretrained(folder)
                     processed = processor(list(io["clip"][0]), return_tensors="pt")["pixel_values"][0]
                     processor_diff = float((processed - pixel_values[0]).abs().max())
-            if "mask" in io:
+            if architecture.startswith("VideoPrism"):
+                outs.update(videoprism_outputs(model, architecture, pixel_values, io))
+            elif "mask" in io:
                 result = model(pixel_values, bool_masked_pos=torch.from_numpy(io["mask"]))
                 outs.update(pred=result.logits, loss=result.loss)
             elif "decoder_input_ids" in io:
@@ -164,6 +194,23 @@ def transformers_outputs(jobs: list[str]) -> dict:
                               load_report={k: sorted(v) for k, v in info.items() if v},
                               image_processor_max_diff=processor_diff)
     return report
+
+
+def videoprism_outputs(model, architecture: str, pixel_values, io: dict) -> dict:
+    """A transformers VideoPrism class's outputs under vidjax's names, the pooler's query axis dropped."""
+    import torch
+
+    if architecture == "VideoPrismClipModel":
+        result = model(pixel_values_videos=pixel_values, input_ids=torch.from_numpy(io["input_ids"]),
+                       attention_mask=torch.from_numpy(io["attention_mask"]))
+        return {name: getattr(result, name) for name in ("video_embeds", "text_embeds", "logits_per_video",
+                                                         "logits_per_text")}
+    result = model(pixel_values)
+    if architecture == "VideoPrismVideoModel":  # last_hidden_state: the auxiliary blocks' output, as vidjax's
+        return dict(video_embeds=result.pooler_output[:, 0], last_hidden_state=result.last_hidden_state)
+    if architecture == "VideoPrismForVideoClassification":  # last_hidden_state: the encoder's, as vidjax's
+        return dict(logits=result.logits[:, 0], last_hidden_state=model.vision_model(pixel_values).last_hidden_state)
+    return dict(last_hidden_state=result.last_hidden_state)
 
 
 def run_transformers(jobs: list[tuple[pathlib.Path, pathlib.Path, pathlib.Path]]) -> dict:

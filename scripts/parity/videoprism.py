@@ -7,9 +7,10 @@ embeddings (transformers' pooler_output is (B, 1, D) and the classifier's logits
 kept; vidjax's are (B, D) and (B, classes), stored so here).
 `videoprism_classification`: `VideoPrismForVideoClassification`'s logits and the encoder's last hidden state, without
 q/k/v biases, with another LayerNorm eps and two temporal blocks.
-`videoprism_clip`: `VideoPrismClipModel` on 2 videos and 3 texts of which two are right-padded: video and text
-embeddings and both logits; its folder holds a small `VideoPrismTokenizer` (tokenizer.json), which travels with the
-conversion.
+`videoprism_clip`: `VideoPrismClipModel` on 2 videos and 4 texts (`TEXTS`, stored as "texts"), tokenised by a small
+`VideoPrismTokenizer` (a 40-id unigram vocabulary) with VideoPrismProcessor's text settings (padded to max_length,
+here the tower's 8 positions): the ids and mask, video and text embeddings and both logits; its folder holds the
+tokenizer (tokenizer.json), which travels with the conversion.
 
 Every weight is random (norms' stored gamma - 1 around 0 and biases around 0, at 0.2 N(0, 1)), so no mapping mistake
 hides behind zeros or ones. Run through scripts/make_parity_fixtures.py (needs torch and transformers);
@@ -28,6 +29,7 @@ from transformers import (
     VideoPrismClipModel,
     VideoPrismConfig,
     VideoPrismForVideoClassification,
+    VideoPrismProcessor,
     VideoPrismTokenizer,
     VideoPrismVideoModel,
     VideoPrismVisionConfig,
@@ -40,6 +42,13 @@ VISION = dict(image_size=SIZE, num_frames=FRAMES, tubelet_size=[1, PATCH, PATCH]
               num_auxiliary_layers=1)
 TEXT = dict(vocab_size=40, hidden_size=32, num_attention_heads=2, intermediate_size=48, num_hidden_layers=2,
             max_position_embeddings=8)
+# The clip case's tokenizer pieces ("\u2581" starts a word) and texts: whole words, a word spelt from pieces
+# ("running"), a plural, and an upper-case letter the vocabulary lacks (<unk>); each fits the tower's 8 positions.
+PIECES = ("\u2581a", "\u2581video", "\u2581of", "\u2581cat", "\u2581dog", "\u2581person", "\u2581play", "ing",
+          "\u2581guitar", "\u2581the", "\u2581run", "\u2581red", "\u2581ball", "\u2581in", "\u2581pool",
+          "\u2581swim", "\u2581", "s", "n", "m", "a", "c", "d", "e", "g", "i", "l", "o", "p", "r", "t", "u", "v", "y",
+          "h")
+TEXTS = ("a video of a cat", "a dog running", "cats", "A person playing the guitar")
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
@@ -101,15 +110,25 @@ def make(out: pathlib.Path) -> None:
                               text_config=dict(TEXT, attn_logit_softcapping=3.0))
     model = VideoPrismClipModel(config).eval()
     randomize(model, 4)
-    input_ids = rng.integers(3, TEXT["vocab_size"], (3, 6))
-    attention_mask = np.ones((3, 6), np.int64)
-    attention_mask[1, 4:] = 0
-    attention_mask[2, 2:] = 0
-    input_ids[attention_mask == 0] = 0  # the pad id
+    tokenizer = VideoPrismTokenizer(vocab=clip_vocab(), extra_ids=2)
+    # VideoPrismProcessor's text settings (pad to max_length, truncate), at the tiny tower's length.
+    text = tokenizer(list(TEXTS), return_tensors="np",
+                     **dict(VideoPrismProcessor.text_kwargs, max_length=TEXT["max_position_embeddings"]))
+    input_ids, attention_mask = text["input_ids"], text["attention_mask"]
     with torch.no_grad():
         o = model(_videos(video), torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
     case = write_case(out, "videoprism_clip", model, dict(
-        video=video, input_ids=input_ids, attention_mask=attention_mask, video_embeds=o.video_embeds.numpy(),
-        text_embeds=o.text_embeds.numpy(), logits_per_video=o.logits_per_video.numpy(),
-        logits_per_text=o.logits_per_text.numpy()), "videoprism")
-    VideoPrismTokenizer(extra_ids=2).save_pretrained(case / "source")
+        video=video, texts=np.array(TEXTS), input_ids=input_ids, attention_mask=attention_mask,
+        video_embeds=o.video_embeds.numpy(), text_embeds=o.text_embeds.numpy(),
+        logits_per_video=o.logits_per_video.numpy(), logits_per_text=o.logits_per_text.numpy()), "videoprism")
+    tokenizer.save_pretrained(case / "source")
+
+
+def clip_vocab() -> list[tuple[str, float]]:
+    """A small unigram vocabulary in VideoPrismTokenizer's layout: <pad> 0, </s> 1, <unk> 2, the pieces, then the
+    extra ids in reverse; 40 ids, the tiny text tower's vocab_size. Single characters score lower than words, so
+    words win where both spell a text."""
+    pieces = [(w, -1.0 - 0.1 * i - (3.0 if len(w.strip("\u2581")) <= 1 else 0.0)) for i, w in enumerate(PIECES)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces, ("<extra_id_1>", 0.0), ("<extra_id_0>", 0.0)]
+    assert len(vocab) == TEXT["vocab_size"], len(vocab)
+    return vocab

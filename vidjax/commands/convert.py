@@ -32,11 +32,18 @@ r"""Converts published video-model (and captioning) checkpoints into vidjax chec
       asks for the online one. Sizes are read from the tensor shapes; the files record no clip (read at 16 frames x
       256 px, 4 frames apart, unless --num_frames / --image_size say otherwise), and widths no official size uses also
       need --num_heads (--predictor_num_heads for the predictor).
+  python -m vidjax.convert --from_videoprism FILE --out DST
+      FILE: an official VideoPrism checkpoint (google-deepmind/videoprism: the .npz its load_pretrained_weights
+      reads, e.g. flax_base_f16r288_repeated.npz or flax_lvt_base_f16r288_repeated.npz). The video encoder gives head
+      none (forward()["last_hidden_state"]); an LvT file the video-text model, head clip (video and text embeddings;
+      the files carry no tokenizer). Everything else is read from the arrays' shapes; every array must be read, or
+      the error names it.
 
 SRC and FILE may also be Hugging Face Hub names, downloaded through huggingface_hub's cache (its HF_TOKEN,
 HF_ENDPOINT and HF_HUB_OFFLINE apply; pip install 'vidjax[hub]'): a repository for --from_hf
 (`--from_hf MCG-NJU/videomae-base-finetuned-kinetics`), a file inside one for the others (`--from_videomae
-OpenGVLab/VideoMAE2/distill/vit_b_k710_dl_from_giant.pth`), with `@REV` for a branch, tag or commit. A local path
+OpenGVLab/VideoMAE2/distill/vit_b_k710_dl_from_giant.pth`, `--from_videoprism
+google/videoprism-base-f16r288/flax_base_f16r288_repeated.npz`), with `@REV` for a branch, tag or commit. A local path
 that exists always wins. (Every command also takes such a name directly as its checkpoint: vidjax/pretrained/hub.py.)
 
 Add --num_frames / --image_size to adapt a video model's checkpoint to another clip length or resolution (learned
@@ -82,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="official VideoMAE / VideoMAE V2 checkpoint file (pre-training, fine-tuned or distilled)")
     src.add_argument("--from_vjepa2", metavar="FILE",
                      help="official V-JEPA 2 checkpoint file (pre-training: encoder and predictor; or an encoder's)")
+    src.add_argument("--from_videoprism", metavar="FILE",
+                     help="official VideoPrism checkpoint file (.npz: the video encoder or the LvT video-text model)")
     parser.add_argument("--out", required=True, metavar="DST", help="output directory (must not exist)")
     parser.add_argument("--num_frames", type=int, default=0, help="adapt to this many frames (0 = keep)")
     parser.add_argument("--image_size", type=int, default=0, help="adapt to this resolution (0 = keep)")
@@ -105,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 def convert(from_hf: str | None = None, from_videomamba: str | None = None, out: str = "", num_frames: int = 0,
             image_size: int = 0, overwrite: bool = False, from_svt: str | None = None, num_heads: int = 0,
             from_videomae: str | None = None, decoder_num_heads: int = 0, from_vjepa2: str | None = None,
-            predictor_num_heads: int = 0, checkpoint_key: str = "") -> Converted:
+            predictor_num_heads: int = 0, checkpoint_key: str = "", from_videoprism: str | None = None) -> Converted:
     """Converts one checkpoint and writes it to `out`; returns the `Converted` that was written."""
     if num_heads and not (from_svt or from_videomae or from_vjepa2):
         raise ConversionError("--num_heads applies to --from_svt, --from_videomae and --from_vjepa2 only: the other "
@@ -116,7 +125,7 @@ def convert(from_hf: str | None = None, from_videomamba: str | None = None, out:
         if value and not from_vjepa2:
             raise ConversionError(f"{flag} applies to --from_vjepa2 only.")
     sources = {"hf": from_hf, "videomamba": from_videomamba, "svt": from_svt, "videomae": from_videomae,
-               "vjepa2": from_vjepa2}
+               "vjepa2": from_vjepa2, "videoprism": from_videoprism}
     given = [(kind, value) for kind, value in sources.items() if value]
     if len(given) != 1:
         raise ConversionError(f"Give exactly one of {', '.join(f'--from_{k}' for k in sources)}; got "
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.overwrite, from_svt=args.from_svt, num_heads=args.num_heads,
                             from_videomae=args.from_videomae, decoder_num_heads=args.decoder_num_heads,
                             from_vjepa2=args.from_vjepa2, predictor_num_heads=args.predictor_num_heads,
-                            checkpoint_key=args.checkpoint_key)
+                            checkpoint_key=args.checkpoint_key, from_videoprism=args.from_videoprism)
     except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,10 @@ on --checkpoint (anything `python -m vidjax.predict` takes):
   captioner        the caption of the middle window's clip (each window's own in the timeline)
   pre-training     (a VideoMAE pre-training checkpoint, no head) the masked reconstruction of the middle clip as an
                    animated GIF: original | masked input | reconstruction, as `python -m vidjax.visualize` draws it
+  video-text       (VideoPrism's video-text model, with --labels="a;b;c" or --labels_file) the --top_k of those
+                   free-text labels with their zero-shot probabilities, as `python -m vidjax.predict --labels` (and
+                   `python -m vidjax.zeroshot`) scores them: the softmax over the labels of the cosine of the video's
+                   embedding with each label's, divided by --temperature (default 1)
 
 Every prediction is the one `python -m vidjax.predict --window=W --stride=S` makes, W and S being this command's
 --window and --stride: the video is cut into windows of W seconds (default 4; a shorter video is one window), each
@@ -44,7 +48,9 @@ start-up), so a busy server makes fewer, fuller model calls and never compiles w
 scripts/load_demo.py` measures it (latency, memory over a run).
 
 Exit status: 0 when stopped with Ctrl-C (while starting or serving), 2 for bad arguments, a checkpoint that cannot
-be loaded or shows nothing (a backbone without a head), or the demo extra not installed.
+be loaded or shows nothing (a backbone without a head), or the demo extra not installed; with --labels also 2 for
+an empty label list, a label longer than the text tower, a checkpoint without a text tower, a video-text checkpoint
+without its tokenizer (and a video-text checkpoint given no --labels), each one `error:` line.
 """
 
 from __future__ import annotations
@@ -266,25 +272,33 @@ class ClipBatcher:
 
 
 class ModelRunner:
-    """The demo's model calls: a head's scores through the `ClipBatcher` that concurrent requests share, a
-    captioner's captions, and a pre-training checkpoint's masked reconstruction."""
+    """The demo's model calls: a head's scores (or zero-shot labels' probabilities, given `label_features`, the
+    text tower's embeddings of `labels`) through the `ClipBatcher` that concurrent requests share, a captioner's
+    captions, and a pre-training checkpoint's masked reconstruction."""
 
     def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None,
-                 max_batch: int):
+                 max_batch: int, *, labels: list[str] | None = None, label_features: np.ndarray | None = None,
+                 temperature: float = 1.0):
         self.model, self.captioner = model, captioner
-        self.batcher = ClipBatcher(model, predict.scores_fn(model.task), max_batch) if model.has_head else None
-        self.names = predict.output_names(model) if model.has_head else []  # the head's outputs
+        self.task = predict.ZERO_SHOT_READOUT if labels else model.task  # how the scores are read
+        self.clips = None
+        if labels:
+            self.clips = ClipBatcher(model, pretrained.video_embeds, max_batch)
+        elif model.has_head:
+            self.clips = ClipBatcher(model, predict.scores_fn(model.task), max_batch)
+        self.batcher = pretrained.LabelScores(self.clips, label_features, temperature) if labels else self.clips
+        self.names = list(labels) if labels else predict.output_names(model) if model.has_head else []
 
     def warm_up(self) -> None:
         """Compiles the head's batch sizes now, so that no request waits for a compilation."""
-        if self.batcher is not None:
-            self.batcher.warm_up()
+        if self.clips is not None:
+            self.clips.warm_up()
 
     def scores(self, video: str, settings: Settings) -> dict:
         """The head's `predict.prediction_entry` of the video: its aggregate and, with a window, each window's."""
         return predict.prediction_entry(self.model, self.batcher, video, names=self.names, top_k=settings.top_k,
                                         threshold=settings.threshold, window_s=settings.window_s,
-                                        stride_s=settings.stride_s)
+                                        stride_s=settings.stride_s, task=self.task)
 
     def captions(self, video: str, settings: Settings) -> list[tuple[float | None, float | None, str]]:
         """The captioner's (start_s, end_s, caption) of each window's centre clip, as `predict` writes them."""
@@ -413,7 +427,8 @@ class Page:
         runner, settings = h.runner, h.settings
         caption = (f" Captions by `{self.caption_checkpoint}`." if runner.captioner is not None
                    and runner.captioner is not runner.model else "")
-        return (f"# vidjax demo\n`{self.checkpoint}`: {runner.model.model_name} ({runner.model.task}). Upload a video "
+        kind = f"zero-shot over {len(runner.names)} labels" if runner.task != runner.model.task else runner.model.task
+        return (f"# vidjax demo\n`{self.checkpoint}`: {runner.model.model_name} ({kind}). Upload a video "
                 f"or pick an example, then press **Predict** to see {h.presentation.demo_description(settings.top_k)}."
                 f"{caption} Uploads up to {settings.max_mb:g} MB.")
 
@@ -479,10 +494,23 @@ class Demo:
     `timeline_headers` are the handlers'."""
 
     def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None = None,
-                 settings: Settings | None = None, *, checkpoint: str = "", caption_checkpoint: str = ""):
-        presentation = tasks.presentation_of(model.task) if model.task in tasks.available() else None
-        # What the task shows (`Presentation.demo_output`) needs the head it names: a pre-training's decoder.
-        fits = presentation is not None and presentation.demo_head in (None, model.config.get("head"))
+                 settings: Settings | None = None, *, checkpoint: str = "", caption_checkpoint: str = "",
+                 labels: list[str] | None = None, temperature: float = 1.0):
+        label_features = None
+        if labels is not None:
+            try:
+                label_features = predict.label_features(model, labels, checkpoint)
+            except ValueError as e:
+                raise DemoError(str(e)) from e
+        elif isinstance(model, pretrained.PretrainedVideoText):
+            raise DemoError(f"--checkpoint={checkpoint} is a video-text checkpoint of {model.model_name}: it scores "
+                            f"videos against text, so give it labels, e.g. --labels=\"a dog running;a cat "
+                            f"sleeping\" (or --labels_file=FILE, one per line).")
+        task = predict.ZERO_SHOT_READOUT if labels else model.task
+        presentation = tasks.presentation_of(task) if task in tasks.available() else None
+        # What the task shows (`Presentation.demo_output`) needs the head it names: a pre-training's decoder;
+        # zero-shot labels need the text tower alone (`label_features` checked it).
+        fits = presentation is not None and (bool(labels) or presentation.demo_head in (None, model.config.get("head")))
         if not fits or presentation.demo_output is None:
             raise DemoError(f"--checkpoint={checkpoint} is a backbone checkpoint of {model.model_name} (head "
                             f"{model.config.get('head')!r}): it has no head to predict with and no decoder to "
@@ -502,7 +530,8 @@ class Demo:
         settings = settings or Settings()
         self.model, self.captioner = model, captioner
         self.folder = tempfile.mkdtemp(prefix="vidjax-demo-")
-        self.runner = ModelRunner(model, captioner, settings.max_batch)
+        self.runner = ModelRunner(model, captioner, settings.max_batch, labels=labels,
+                                  label_features=label_features, temperature=temperature)
         self.handlers = Handlers(self.runner, presentation, settings, folder=self.folder, checkpoint=checkpoint)
         self.examples = write_examples(model, self.folder, settings) if settings.num_examples else []
         self.page = Page(self.handlers, self.examples, checkpoint=checkpoint, caption_checkpoint=caption_checkpoint)
@@ -583,6 +612,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="multi-label: the score at which a class counts as present (default 0.5)")
     parser.add_argument("--num_beams", type=int, default=3, help="captioner: beam search width (default 3)")
+    predict.add_label_flags(parser, "show the zero-shot scores of these free-text labels")
     parser.add_argument("--examples", type=int, default=3,
                         help="bundled example clips of the embedded dataset (default 3; 0 for none)")
     return parser
@@ -606,6 +636,13 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--examples={args.examples} cannot be negative."
     if not 0.0 < args.threshold < 1.0:
         return f"--threshold={args.threshold} must be between 0 and 1 (a sigmoid score)."
+    if not args.temperature > 0:
+        return f"--temperature={args.temperature} must be positive."
+    if args.labels or args.labels_file:
+        try:
+            predict.read_labels(args.labels, args.labels_file)
+        except ValueError as e:
+            return str(e)
     return None
 
 
@@ -641,7 +678,9 @@ def _serve(args: argparse.Namespace) -> int:
                         num_examples=args.examples, concurrency=args.concurrency, queue_size=args.queue_size,
                         max_batch=args.max_batch)
     try:
-        demo = Demo(model, captioner, settings, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint)
+        labels = predict.read_labels(args.labels, args.labels_file) if args.labels or args.labels_file else None
+        demo = Demo(model, captioner, settings, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint,
+                    labels=labels, temperature=args.temperature)
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

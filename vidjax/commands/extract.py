@@ -20,12 +20,16 @@ Pooling (--pool) of the encoder's last hidden state (B, tokens, D):
           fc_norm when it has one (VideoMAE classifiers with mean pooling): exactly the vector its head reads.
   cls     the CLS token (TimeSformer, ViViT with a token classifier, VideoMamba); VideoMAE has none.
   tokens  every token: features (N, tokens, D).
+  video   the model's own video embedding, for models that have one: VideoPrism's video and video-text models'
+          attention-pooled, L2-normalised "video_embeds", the vector its text tower is trained against (what
+          `python -m vidjax.zeroshot --features` searches with text).
 A VideoMAE pre-training checkpoint runs its encoder on all tokens (no mask), after its final norm; an SVT training
 run its TimeSformer backbone; a captioner its video encoder.
 
 Writes FILE.npz (atomically): `features` float32 (N, D) or (N, tokens, D), `paths` (N,), `index` (N,) (the
-video's position in the list, counting only files that exist), and `label` / `labels` / `targets` as the list has
-them, plus `class_names` (from --class_names_file, else the checkpoint's) / `target_names` when known; and
+video's position in the list, counting only files that exist), and `label` / `labels` / `targets` / `captions` (with
+--caption_column: each video's captions, ';'-separated) as the list has them, plus `class_names` (from
+--class_names_file, else the checkpoint's) / `target_names` when known; and
 FILE.index.json naming the checkpoint, pooling, rows and the videos that failed (missing or undecodable: reported,
 left out; the progress lines and the summary count them alike, out of every video the list names). Exit status
 0, 1 when some videos failed (the others are still written), 2 for bad arguments (an --out that cannot be written
@@ -68,7 +72,7 @@ from vidjax import cli, fileio, models, pretrained, tasks
 from vidjax.data import decode, sources
 from vidjax.pretrained import windows
 
-POOLS = ("mean", "cls", "tokens")
+POOLS = ("mean", "cls", "tokens", "video")
 _TARGET_KEYS = tuple(dict.fromkeys(tasks.target_keys().values()))
 
 
@@ -97,10 +101,16 @@ class _Pool:
         return fc_norm(pooled) if fc_norm is not None else pooled
 
 
-def pool_fn(model: pretrained.Pretrained, pool: str) -> _Pool:
+def pool_fn(model: pretrained.Pretrained, pool: str):
     """`fn(model, video)` for `BatchRunner`: the pooled embedding of each clip (see the module docstring)."""
     if pool not in POOLS:
         raise ValueError(f"--pool={pool!r}; choose one of {', '.join(POOLS)}.")
+    if pool == "video":
+        if not pretrained.gives_video_embeds(model):
+            raise ValueError(f"--pool=video: this {model.model_name} checkpoint (head {model.config.get('head')!r}) "
+                             f"gives no video embedding (VideoPrism's video and video-text models do); use "
+                             f"--pool=mean.")
+        return pretrained.video_embeds
     part = models.tokens_part(model.model_name, model.config)
     cls = has_cls_token(model)
     if pool == "cls" and not cls:
@@ -149,7 +159,10 @@ def _arrays(rows: list[np.ndarray], kept: list[dict]) -> dict:
               "index": np.array([int(e["index"]) for e in kept], np.int64)}
     for key in _TARGET_KEYS:
         if kept and key in kept[0]:
-            arrays[key] = np.stack([np.asarray(e[key]) for e in kept])
+            if isinstance(kept[0][key], tuple):  # captions: one string per video, ';'-separated as the list has them
+                arrays[key] = np.array([";".join(e[key]) for e in kept])
+            else:
+                arrays[key] = np.stack([np.asarray(e[key]) for e in kept])
     return arrays
 
 
@@ -256,6 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     videos.add_argument("--csv", metavar="LIST", help="video list (VideoMAE `path label` or header CSV)")
     videos.add_argument("--folder", metavar="ROOT", help="class-folder tree ROOT/<class>/.../<video>")
     parser.add_argument("--root", default="", help="folder that relative paths in the list are joined to")
+    parser.add_argument("--caption_column", default="", metavar="NAME",
+                        help="header CSV: the column of each video's captions (';'-separated), e.g. caption; such a "
+                             "list needs no label column (the captions file of `python -m vidjax.zeroshot`)")
     parser.add_argument("--out", required=True, metavar="FILE.npz",
                         help="output features file; FILE.index.json is written beside it")
     parser.add_argument("--pool", default="mean", choices=POOLS, help="how tokens become one vector (default mean)")
@@ -289,8 +305,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return problem
     if args.window and args.pool == "tokens":
         return "--window gives one vector per window: use --pool=mean or --pool=cls with it."
-    if args.folder and (args.root or args.targets or args.num_classes):
-        return "--root, --targets and --num_classes describe a --csv list; a --folder's classes are its folders."
+    if args.folder and (args.root or args.targets or args.num_classes or args.caption_column):
+        return ("--root, --targets, --num_classes and --caption_column describe a --csv list; a --folder's classes "
+                "are its folders.")
     stem = args.out[: -len(".npz")]
     files = (args.out, stem + ".index.json", *((stem + ".jsonl.partial",) if args.window else ()))
     return windows.output_problem("--out", args.out, "features.npz", files)
@@ -302,7 +319,8 @@ def _source(args: argparse.Namespace, targets: tuple[str, ...]):
         names = sources.read_class_names(args.class_names_file) if args.class_names_file else None
         return sources.FolderVideoSource(args.folder, class_names=names, skip_missing=True)
     return sources.CsvVideoSource(args.csv, root=args.root, num_classes=args.num_classes or None, skip_missing=True,
-                                  targets=targets, class_names_file=args.class_names_file or None)
+                                  targets=targets, class_names_file=args.class_names_file or None,
+                                  caption_column=args.caption_column or None)
 
 
 def _index_row(arrays: dict, i: int) -> dict:

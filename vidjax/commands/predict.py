@@ -47,6 +47,16 @@ hold "caption" (with --window, "windows": [{"start_s", "end_s", "caption"}]) and
 "captioning". A caption is one clip's, so --num_clips and --num_crops must stay 1 (use --window for captions along
 a long video); --top_k and --threshold do not apply.
 
+A video-text checkpoint (VideoPrism's video-text model, e.g. a converted VideoPrismClipModel, holding its
+tokenizer/ folder) scores each video against free-text labels instead of classes: --labels="a dog;a cat;a person
+cooking" (separated by ';') or --labels_file=FILE (one label per line); blank labels are dropped. Each label is
+tokenised as transformers' VideoPrismProcessor does and embedded by the text tower; a clip's scores are the softmax
+over the labels of its video embedding's cosine with each label's embedding, divided by --temperature (default 1,
+transformers' default; the official VideoPrism colab uses 0.01, which sharpens the probabilities without changing
+the ranking), averaged over views and windows as for classes, and shown as a classifier's are (the --top_k best, the
+"task" of --json being "classification", with the "labels" and "temperature" used). `python -m vidjax.zeroshot`
+scores the same way and also searches a folder's embeddings with free-text queries.
+
 --label_space=k400 (or k600, k700) names a Kinetics-710 checkpoint's predictions in that release's classes (VideoMAE
 V2's K710 models and distilled students, converted with `python -m vidjax.convert --from_videomae`): the logits of
 the target's classes are selected through the official K710 map (`vidjax.data.kinetics.label_map`), then scored,
@@ -56,7 +66,10 @@ unnamed outputs); naming the checkpoint's own label space changes nothing.
 Exit status: 0 all videos predicted, 1 some failed, 2 bad arguments (an output path that cannot be written among
 them), a captioner checkpoint without its tokenizer, or a checkpoint without a head (a pre-training or backbone
 checkpoint: use `python -m vidjax.extract` for embeddings or `python -m vidjax.visualize` for reconstructions); 130
-or 143 stopped by SIGINT or SIGTERM.
+or 143 stopped by SIGINT or SIGTERM. Also 2, one line naming the label or checkpoint: an empty label list (none
+given, or all blank), a label given twice, a label with more tokens than the text tower's positions (64 for the
+published towers: labels are never cut short), --labels given to a checkpoint without a text tower (a vision-only
+or classifier checkpoint), a video-text checkpoint without --labels or without its tokenizer.
 """
 
 from __future__ import annotations
@@ -75,6 +88,10 @@ import numpy as np
 from vidjax import cli, fileio, pretrained, tasks
 from vidjax.data import decode, kinetics
 from vidjax.pretrained import windows
+from vidjax.tokenizer import TextTooLongError, TokenizerError
+
+# Zero-shot scores are read as a classifier's: a probability per label, ranked (the classification readout).
+ZERO_SHOT_READOUT = "classification"
 
 
 def output_names(model: pretrained.Pretrained) -> list[str]:
@@ -126,6 +143,57 @@ def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple
     return kinetics.label_map("k710", label_space), list(kinetics.class_names(label_space))
 
 
+def read_labels(labels: str = "", labels_file: str = "") -> list[str]:
+    """The labels of --labels ("a;b;c") or --labels_file (one per line), stripped, blank ones dropped. A ValueError
+    naming the flag for both or neither given, an unreadable file, no label left, or a label given twice."""
+    if labels and labels_file:
+        raise ValueError(f"--labels and --labels_file={labels_file} both give labels; use one of them.")
+    if labels_file:
+        try:
+            with open(fileio.user_path(labels_file), encoding="utf-8") as f:
+                given, flag = f.read().splitlines(), f"--labels_file={labels_file}"
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--labels_file={labels_file} cannot be read ({e}); give a text file with one label per "
+                             f"line.") from e
+    else:
+        given, flag = labels.split(";"), f"--labels={labels!r}"
+    names = [name.strip() for name in given if name.strip()]
+    if not names:
+        raise ValueError(f"{flag} gives an empty label list; give at least one label, e.g. --labels=\"a dog "
+                         f"running;a cat sleeping\" (';' between labels) or a --labels_file with one per line.")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{flag} gives {twice[0]!r} twice; give each label once.")
+    return names
+
+
+def label_features(model: pretrained.Pretrained, labels: list[str], checkpoint: str, flag: str = "--labels"
+                   ) -> np.ndarray:
+    """The text tower's embeddings (N, D) of `labels` for zero-shot scoring with `model`. A ValueError naming the
+    checkpoint when it has no text tower (a vision-only or classifier checkpoint) or no tokenizer, and naming the
+    label (and the tower's limit) for a label with more tokens than the tower has positions."""
+    if not isinstance(model, pretrained.PretrainedVideoText):
+        raise ValueError(f"{flag}: --checkpoint={checkpoint} is a {model.model_name} checkpoint with no text tower "
+                         f"(head {model.config.get('head')!r}), so it cannot score text; give a video-text checkpoint "
+                         f"(VideoPrism's video-text model, e.g. a converted google/videoprism-lvt-base-f16r288).")
+    try:
+        return model.text_features(labels)
+    except TextTooLongError as e:
+        raise ValueError(f"{flag}: the label {e.text!r} is {e.length} tokens, more than the {e.limit} the text tower "
+                         f"of --checkpoint={checkpoint} takes; shorten it (labels are never cut short).") from e
+    except (TokenizerError, ImportError, ValueError) as e:
+        raise ValueError(f"--checkpoint={checkpoint}: {e}") from e
+
+
+def label_scores(model: pretrained.Pretrained, labels: list[str], checkpoint: str, batch_size: int, *,
+                 temperature: float = 1.0, runner=None) -> pretrained.LabelScores:
+    """A runner of each clip's zero-shot probabilities over `labels` (`label_features`' errors): `runner` (a
+    `BatchRunner` of `pretrained.video_embeds`, or one with its `run`) made with `batch_size` when not given."""
+    text = label_features(model, labels, checkpoint)
+    runner = runner or pretrained.BatchRunner(model, pretrained.video_embeds, batch_size)
+    return pretrained.LabelScores(runner, text, temperature)
+
+
 def describe(task: str, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
     """A JSON-able prediction from averaged scores (C,): the full vector plus what the task reports
     (`Readout.describe`)."""
@@ -137,7 +205,7 @@ def format_prediction(task: str, prediction: dict, indent: str = "  ") -> list[s
     return tasks.readout_of(task).format_prediction(prediction, indent)
 
 
-def window_scores(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str,
+def window_scores(model: pretrained.Pretrained, runner, path: str,
                   spans: list[windows.Span], *, num_clips: int = 1, num_crops: int = 1,
                   sampling_rate: int | None = None) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
     """(start_s, end_s, scores averaged over the window's views) of each span in turn, as they are computed."""
@@ -148,7 +216,7 @@ def window_scores(model: pretrained.Pretrained, runner: pretrained.BatchRunner, 
         yield start, end, np.mean([next(rows) for _ in range(num_clips * num_crops)], axis=0)
 
 
-def predict_video(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str, *, num_clips: int = 1,
+def predict_video(model: pretrained.Pretrained, runner, path: str, *, num_clips: int = 1,
                   num_crops: int = 1, window_s: float = 0.0, stride_s: float = 0.0,
                   sampling_rate: int | None = None) -> tuple[np.ndarray, list[tuple]]:
     """(video-level scores, [(start_s, end_s, scores) per window]) of one video; views and windows are averaged.
@@ -223,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--label_space", default="", choices=("", *kinetics.SPACES),
                         help="name a K710 checkpoint's predictions in k400 / k600 / k700 classes, through the "
                              "official K710 map (default: the checkpoint's own outputs)")
+    add_label_flags(parser, "score each video against these free-text labels")
     parser.add_argument("--max_new_tokens", type=int, default=30,
                         help="captioner: the longest caption, in tokens (default 30)")
     parser.add_argument("--num_beams", type=int, default=3,
@@ -231,6 +300,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="captioner: beam scores are log-probability sums / length ** this (default 1.0; "
                              "above 1 favours longer captions)")
     return parser
+
+
+def add_label_flags(parser: argparse.ArgumentParser, labels_help: str) -> None:
+    """--labels, --labels_file and --temperature, the zero-shot flags of predict, zeroshot and the demo."""
+    parser.add_argument("--labels", default="", metavar="'A;B;C'",
+                        help=f"video-text checkpoint: {labels_help}, separated by ';'")
+    parser.add_argument("--labels_file", default="", metavar="FILE",
+                        help="video-text checkpoint: the labels, one per line (instead of --labels)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="video-text checkpoint: label probabilities are the softmax of cosine / this (default "
+                             "1, transformers' default; the official colab uses 0.01)")
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
@@ -248,6 +328,13 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--jsonl and --json=- both write machine output; keep one (--json=FILE may go with --jsonl)."
     if not 0.0 < args.threshold < 1.0:
         return f"--threshold={args.threshold} must be between 0 and 1 (a sigmoid score)."
+    if not args.temperature > 0:
+        return f"--temperature={args.temperature} must be positive."
+    if args.labels or args.labels_file:
+        try:
+            read_labels(args.labels, args.labels_file)
+        except ValueError as e:
+            return str(e)
     return _output_problem(args)
 
 
@@ -296,14 +383,15 @@ def _caption_rows(model: pretrained.PretrainedCaptioner, args: argparse.Namespac
         yield {"path": path, "window": n, "start_s": start, "end_s": end, "caption": text}
 
 
-def prediction_entry(model: pretrained.Pretrained, runner: pretrained.BatchRunner, path: str, *,
+def prediction_entry(model: pretrained.Pretrained, runner, path: str, *,
                      names: list[str] | None = None, top_k: int = 5, threshold: float = 0.5, num_clips: int = 1,
                      num_crops: int = 1, window_s: float = 0.0, stride_s: float = 0.0,
-                     sampling_rate: int | None = None) -> dict:
-    """One video's predictions by a checkpoint with a head, as `--json` writes them: {"path", "error": None,
-    "aggregate": `describe` of the mean scores} plus, with `window_s`, "windows": [{"start_s", "end_s",
-    "prediction"}]. `names` default to `output_names(model)`. Raises `decode.VideoDecodeError` as `predict_video`."""
-    task, names = model.task, names or output_names(model)
+                     sampling_rate: int | None = None, task: str | None = None) -> dict:
+    """One video's predictions by a checkpoint with a head (or zero-shot labels: `runner` a `label_scores`, `task`
+    `ZERO_SHOT_READOUT`, `names` the labels), as `--json` writes them: {"path", "error": None, "aggregate":
+    `describe` of the mean scores} plus, with `window_s`, "windows": [{"start_s", "end_s", "prediction"}]. `names`
+    default to `output_names(model)`, `task` to the model's. Raises `decode.VideoDecodeError` as `predict_video`."""
+    task, names = task or model.task, names or output_names(model)
     scores, per_window = predict_video(model, runner, path, num_clips=num_clips, num_crops=num_crops,
                                        window_s=window_s, stride_s=stride_s, sampling_rate=sampling_rate)
     entry = {"path": path, "error": None, "aggregate": describe(task, scores, names, top_k, threshold)}
@@ -314,17 +402,16 @@ def prediction_entry(model: pretrained.Pretrained, runner: pretrained.BatchRunne
     return entry
 
 
-def _head_rows(model: pretrained.Pretrained, runner: pretrained.BatchRunner, names: list[str],
-               args: argparse.Namespace, path: str, spans: list[windows.Span],
-               first: int) -> Iterator[dict]:
-    """One video's rows (`--jsonl`'s) by a checkpoint with a head, from window `first` on: each window's averaged
-    "scores" and its `describe`d "prediction"."""
+def _head_rows(model: pretrained.Pretrained, runner, task: str, names: list[str], args: argparse.Namespace,
+               path: str, spans: list[windows.Span], first: int) -> Iterator[dict]:
+    """One video's rows (`--jsonl`'s) by a checkpoint with a head (or zero-shot labels), from window `first` on:
+    each window's averaged "scores" and its `describe`d (as `task` reads them) "prediction"."""
     scored = window_scores(model, runner, path, spans[first:], num_clips=args.num_clips, num_crops=args.num_crops,
                            sampling_rate=args.sampling_rate or None)
     for n, (start, end, scores) in enumerate(scored, start=first):
         yield {"path": path, "window": n, "start_s": start, "end_s": end,
                "scores": np.asarray(scores, np.float64).tolist(),
-               "prediction": describe(model.task, scores, names, args.top_k, args.threshold)}
+               "prediction": describe(task, scores, names, args.top_k, args.threshold)}
 
 
 def _windowed_video(args: argparse.Namespace, path: str, make_rows, text_of, summarize,
@@ -382,6 +469,7 @@ class _Plan:
     report: dict
     make_rows: Callable[[str, list[windows.Span], int], Iterator[dict]]
     summarize: Callable[[np.ndarray], tuple[dict, list[str]]] | None = None
+    task: str | None = None  # how the rows' scores are read and shown (the checkpoint's task, or zero-shot's)
 
 
 def _caption_plan(model: pretrained.PretrainedCaptioner, args: argparse.Namespace, settings: dict) -> _Plan:
@@ -389,28 +477,45 @@ def _caption_plan(model: pretrained.PretrainedCaptioner, args: argparse.Namespac
     report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
               "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
               "length_penalty": args.length_penalty, **settings, "videos": []}
-    return _Plan(report, functools.partial(_caption_rows, model, args))
+    return _Plan(report, functools.partial(_caption_rows, model, args), task=model.task)
 
 
-def _head_plan(model: pretrained.Pretrained, args: argparse.Namespace, settings: dict, columns: np.ndarray | None,
-               names: list[str]) -> _Plan:
-    """The plan of a checkpoint with a head: the scores of its logit `columns` (None: all), shown as `names`."""
-    runner = pretrained.BatchRunner(model, scores_fn(model.task, columns), args.batch_size)
-    report = {"checkpoint": args.checkpoint, "task": model.task, "model_name": model.model_name,
-              "num_clips": args.num_clips, "num_crops": args.num_crops, **settings, "videos": []}
-    if args.label_space:
-        report["label_space"] = args.label_space
+def _head_plan(model: pretrained.Pretrained, args: argparse.Namespace, settings: dict, runner, task: str,
+               names: list[str], **extra) -> _Plan:
+    """The plan of scores per clip from `runner` (a head's, or zero-shot labels'), read as `task` reads them and
+    shown as `names`; `extra` goes into the report."""
+    report = {"checkpoint": args.checkpoint, "task": task, "model_name": model.model_name,
+              "num_clips": args.num_clips, "num_crops": args.num_crops, **extra, **settings, "videos": []}
 
     def summarize(scores: np.ndarray) -> tuple[dict, list[str]]:
-        prediction = describe(model.task, scores, names, args.top_k, args.threshold)
-        return prediction, format_prediction(model.task, prediction)
+        prediction = describe(task, scores, names, args.top_k, args.threshold)
+        return prediction, format_prediction(task, prediction)
 
-    return _Plan(report, functools.partial(_head_rows, model, runner, names, args), summarize)
+    return _Plan(report, functools.partial(_head_rows, model, runner, task, names, args), summarize, task)
+
+
+def _zero_shot_plan(model: pretrained.Pretrained, args: argparse.Namespace, settings: dict) -> _Plan | str:
+    """The plan of zero-shot labels (--labels, --labels_file), or why this checkpoint cannot score them."""
+    if args.label_space:
+        return f"--label_space={args.label_space} names a classifier's outputs; --labels gives the labels themselves."
+    labels = read_labels(args.labels, args.labels_file)
+    try:
+        runner = label_scores(model, labels, args.checkpoint, args.batch_size, temperature=args.temperature)
+    except ValueError as e:
+        return str(e)
+    return _head_plan(model, args, settings, runner, ZERO_SHOT_READOUT, labels, labels=labels,
+                      temperature=args.temperature)
 
 
 def _plan(model: pretrained.Pretrained, args: argparse.Namespace) -> _Plan | str:
     """How to predict with `model` under these flags, or why it cannot (the text of an `error:` line)."""
     settings = {"window_s": args.window or None, "stride_s": (args.stride or args.window) or None}
+    if args.labels or args.labels_file:
+        return _zero_shot_plan(model, args, settings)
+    if isinstance(model, pretrained.PretrainedVideoText):
+        return (f"--checkpoint={args.checkpoint} is a video-text checkpoint of {model.model_name}: it scores videos "
+                f"against text, so give it labels, e.g. --labels=\"a dog running;a cat sleeping\" (or "
+                f"--labels_file=FILE, one per line).")
     if isinstance(model, pretrained.PretrainedCaptioner):
         return _captioner_problem(model, args) or _caption_plan(model, args, settings)
     if not model.has_head:
@@ -426,7 +531,9 @@ def _plan(model: pretrained.Pretrained, args: argparse.Namespace) -> _Plan | str
             columns, names = label_space_columns(model, args.label_space)
         except ValueError as e:
             return f"--checkpoint={args.checkpoint}: {e}"
-    return _head_plan(model, args, settings, columns, names)
+    runner = pretrained.BatchRunner(model, scores_fn(model.task, columns), args.batch_size)
+    extra = {"label_space": args.label_space} if args.label_space else {}
+    return _head_plan(model, args, settings, runner, model.task, names, **extra)
 
 
 def _jsonl_rows(args: argparse.Namespace, report: dict) -> windows.Rows:
@@ -517,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Resuming {out.partial}: {out.summary()} already done.", file=sys.stderr)
     try:
         for path in args.videos:
-            plan.report["videos"].append(_video_entry(args, model.task, plan, out, path))
+            plan.report["videos"].append(_video_entry(args, plan.task, plan, out, path))
         _finish_outputs(args, plan.report, out)
     except KeyboardInterrupt as err:
         if out is None and not args.window:

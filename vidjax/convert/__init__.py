@@ -1,6 +1,6 @@
 """Checkpoint conversion into vidjax: Hugging Face VideoMAE/TimeSformer/ViViT/GPT-2/V-JEPA 2/VideoPrism and official
-VideoMAE, SVT, VideoMamba and V-JEPA 2 files. `read` converts one checkpoint in memory (`python -m vidjax.convert`
-writes it); `file_kind` says which official layout a checkpoint file holds."""
+VideoMAE, SVT, VideoMamba, V-JEPA 2 and VideoPrism files. `read` converts one checkpoint in memory (`python -m
+vidjax.convert` writes it); `file_kind` says which official layout a checkpoint file holds."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import os
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource, checkpoint_file, family, finalize
 
-KINDS = ("hf", "videomamba", "svt", "videomae", "vjepa2")  # what `read` converts: a save_pretrained folder, then files
+# What `read` converts: a save_pretrained folder, then files.
+KINDS = ("hf", "videomamba", "svt", "videomae", "vjepa2", "videoprism")
 FILE_KINDS = KINDS[1:]
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """"videomamba", "svt", "videomae" or "vjepa2": the official layout a checkpoint file holds, told by its tensor
-    names and shapes (`common.family`: a Mamba mixer's A_log; TimeSformer's temporal attention; a Conv3d tubelet
-    embedding, beside a V-JEPA predictor or a qkv bias for V-JEPA 2); None for none of these."""
+    """"videomamba", "svt", "videomae", "vjepa2" or "videoprism": the official layout a checkpoint file holds, told by
+    its tensor names and shapes (`common.family`: a Mamba mixer's A_log; TimeSformer's temporal attention; a Conv3d
+    tubelet embedding, beside a V-JEPA predictor or a qkv bias for V-JEPA 2; VideoPrism's Flax patch_projection);
+    None for none of these."""
     kind = family(TensorSource.from_file(path).tensors)
     return kind if kind in FILE_KINDS else None
 
@@ -46,6 +48,10 @@ def read(kind: str, path: str | os.PathLike, *, num_heads: int | None = None, de
         from vidjax.convert.vjepa2 import convert_vjepa2_file  # start-up: as above
 
         return convert_vjepa2_file(path, num_heads, predictor_num_heads, num_frames, image_size, checkpoint_key)
+    if kind == "videoprism":
+        from vidjax.convert.videoprism import convert_videoprism_file  # start-up: as above
+
+        return convert_videoprism_file(path)
     if kind == "videomamba":
         from vidjax.convert.videomamba import from_videomamba  # start-up: as above
 

@@ -265,7 +265,7 @@ def checkpoint_file(path: str | os.PathLike, flag: str = "") -> pathlib.Path:
 # The families of checkpoint files vidjax converts: (what the file is, in words, and the flag that converts it).
 FAMILIES = {"videomae": ("a VideoMAE", "--from_videomae"), "svt": ("an SVT (TimeSformer)", "--from_svt"),
             "videomamba": ("a VideoMamba", "--from_videomamba"), "vjepa2": ("a V-JEPA 2", "--from_vjepa2"),
-            "hf": ("a Hugging Face transformers", "--from_hf")}
+            "videoprism": ("a VideoPrism", "--from_videoprism"), "hf": ("a Hugging Face transformers", "--from_hf")}
 
 
 def family(obj: Any) -> str | None:
@@ -274,9 +274,12 @@ def family(obj: Any) -> str | None:
     (SVT), a V-JEPA predictor's `predictor_embed`, or a Conv3d tubelet embedding `patch_embed.proj` beside one qkv
     Linear with a bias (official V-JEPA 2; VideoMAE's qkv has none: its q and v biases are tensors of their own), a
     Conv3d `patch_embed.proj` otherwise (official VideoMAE), transformers' `embeddings.patch_embeddings` or GPT-2's
-    `wte` (a `save_pretrained` weights file); None for none of these."""
+    `wte` (a `save_pretrained` weights file), or the official VideoPrism's Flax `patch_projection/linear/kernel` (a
+    '/'-named .npz); None for none of these."""
     tensors = _flatten_tensors(obj) if isinstance(obj, dict) else {}
     names = list(tensors)
+    if any(n.endswith("patch_projection/linear/kernel") for n in names):
+        return "videoprism"
     if any(n.endswith("A_log") for n in names):
         return "videomamba"
     if any("temporal_attn." in n or n.endswith("time_embed") for n in names):
@@ -338,9 +341,32 @@ def check_finite(arrays: Mapping[str, Any], origin: str, what: str = "tensors") 
                           f"by a training run that diverged: use another copy or an earlier checkpoint.")
 
 
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of a NumPy .npz archive (`np.savez`: the official VideoPrism checkpoints' format), by name; pickled
+    objects are refused, not run. A file that is empty, cut short or damaged is a ConversionError saying which."""
+    if os.path.getsize(path) == 0:
+        raise ConversionError(f"{path} is empty (0 bytes); {_REFETCH}.")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ConversionError(f"{path} holds one .npy array, not an .npz archive of named arrays.")
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except ConversionError:
+        raise
+    except zipfile.BadZipFile as e:
+        raise ConversionError(f"{path} is cut short or damaged: it is no readable .npz (zip) archive ({e}); "
+                              f"{_REFETCH}.") from e
+    except (ValueError, OSError, EOFError, KeyError, zlib.error) as e:
+        raise ConversionError(f"{path} is no readable .npz archive (numpy: {e}); {_REFETCH}.") from e
+
+
 def read_checkpoint(path: pathlib.Path) -> Any:
-    """The object a checkpoint file holds: a .safetensors file's tensors, or what `torch.save` saved."""
-    return read_safetensors(path) if path.suffix == ".safetensors" else read_torch_zip(path)
+    """The object a checkpoint file holds: a .safetensors file's tensors, an .npz archive's arrays, or what
+    `torch.save` saved."""
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    return read_npz(path) if path.suffix == ".npz" else read_torch_zip(path)
 
 
 class TensorSource:

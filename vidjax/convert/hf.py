@@ -140,9 +140,11 @@ AUTO_CLASSES = {
     "VivitForVideoClassification": "AutoModelForVideoClassification", "VivitModel": "AutoModel",
     "GPT2LMHeadModel": "AutoModelForCausalLM", "VisionEncoderDecoderModel": "VisionEncoderDecoderModel",
     "VJEPA2ForVideoClassification": "AutoModelForVideoClassification", "VJEPA2Model": "AutoModel",
+    # AutoModel gives VideoPrismVisionModel for a video model's config (both are "videoprism_vision_model"s), so the
+    # video model loads by its own class.
+    "VideoPrismVisionModel": "AutoModel", "VideoPrismVideoModel": "VideoPrismVideoModel",
+    "VideoPrismForVideoClassification": "AutoModelForVideoClassification", "VideoPrismClipModel": "AutoModel",
 }
-# VideoPrism's classes load by their own names (`transformers.VideoPrismClipModel.from_pretrained`); they are not yet
-# among the seeded round-trip cases (tests/test_to_hf.py) that AUTO_CLASSES lists.
 
 
 def auto_class(architecture: str) -> str:

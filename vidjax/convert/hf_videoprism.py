@@ -13,7 +13,9 @@ buffer (0 .. max - 1) is checked and written back. The vision encoder sits under
 and the classifier, the video model under "video_model." and the text tower under "text_model." in the clip model.
 
 One table (`tensors`) lists every tensor, read by `from_hf` and written back by `to_hf` (`python -m vidjax.export
---to_hf`), with config.json's fields from `hf_config`.
+--to_hf`), with config.json's fields from `hf_config`. transformers' clip model has no learned temperature: reading
+one starts vidjax's `logit_scale` at config.model.temperature_init (`videoprism.initial_logit_scale`), and writing
+one back leaves it out (a trained temperature stays in the vidjax checkpoint).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ HEADS = {"VideoPrismVisionModel": "none", "VideoPrismVideoModel": "video",
 ARCHITECTURES = tuple(HEADS)
 VISION_ACTS = ("gelu_python", "gelu")  # exact GELU (the published configs say "gelu_python")
 POSITION_IDS = "embeddings.position_ids"
+LOGIT_SCALE = "logit_scale"  # vidjax's learned temperature (head "clip"), which transformers' classes do not have
 
 
 def _block(dim: int, heads: int, mlp: int, qkv_bias: bool) -> list[Tensor]:
@@ -180,6 +183,8 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
             id2label = {int(k): v for k, v in labels.items()}
             class_names = [id2label.get(i, str(i)) for i in range(cfg.num_classes)]
     params = read_tensors(src, tensors(cfg, vision_root, outer))
+    if head == "clip":
+        params[LOGIT_SCALE] = videoprism.initial_logit_scale(cfg)
     if text is not None:
         name = f"text_model.{POSITION_IDS}"
         if src.has(name):
@@ -225,7 +230,8 @@ def to_hf(converted: Converted) -> HfCheckpoint:
     architecture = {head: arch for arch, head in HEADS.items()}[cfg.head]
     vision = "video_model.vision_model." if cfg.head == "clip" else "" if cfg.head == "none" else "vision_model."
     outer = "video_model." if cfg.head == "clip" else ""
-    out = write_tensors(converted.params, tensors(cfg, vision, outer), "VideoPrism")
+    params = {key: value for key, value in converted.params.items() if key != LOGIT_SCALE}
+    out = write_tensors(params, tensors(cfg, vision, outer), "VideoPrism")
     if cfg.head == "clip":
         out[f"text_model.{POSITION_IDS}"] = np.arange(int(cfg.max_text_length), dtype=np.int64)[None]
     # VideoPrismProcessor's video processor rescales to [0, 1] and does not normalise: the (0, 1) statistics.

@@ -10,6 +10,8 @@ Each module here (but `base`, `head` and `probes`) is one evaluator type with it
   attentive       V-JEPA 2's attentive probe on any encoder's frozen tokens: attentive_top1, attentive_top5 (and of
                   the initial weights)
   reconstruction  pre-training's masked-reconstruction loss; the reconstruction figure (reconstruction.png)
+  retrieval       video-text retrieval of a video-text model (head "clip"): recall_at_1/5/10 and median_rank of
+                  captions against the split's videos, v2t_ the other way, loss, temperature
 
 config.evals names a run's evaluations, each an entry `config.evals.NAME = dict(...)` of these keys (all optional):
   type     the evaluator; default the task's (`TrainingSpec.evaluator`)

@@ -26,7 +26,13 @@ Zhao et al., ICML 2024 (google-deepmind/videoprism), as transformers' VideoPrism
   input_ids, attention_mask)` gives "video_embeds" (Bv, D), "text_embeds" (Bt, D), "similarity" (Bv, Bt) their
   cosines, and transformers' "logits_per_video" = softmax of the similarity over the videos (axis 0) and
   "logits_per_text" = softmax of its transpose over the texts (axis 0). transformers has no learned temperature (its
-  forward takes an optional `temperature` dividing the similarity, none by default).
+  forward takes an optional `temperature` dividing the similarity, none by default); vidjax's clip model keeps one
+  for training, the parameter `logit_scale` = log(1 / temperature), started at `config.model.temperature_init`
+  (CLIP's 0.07: the official code releases no temperature) and read, capped at MAX_LOGIT_SCALE, by
+  `Model.contrastive_scale` (the contrastive task's loss); the similarities and logits above do not use it.
+- `freeze_encoder` (a head other than "none"): the vision encoder runs without drop path and its output is cut from
+  the gradient; `frozen_prefixes` names its parameters, which the optimizer then leaves alone (the official colab's
+  recipe: an attention-pooler classifier trained on the frozen encoder).
 
 Inputs are channels-last float videos `(batch, frames, height, width, 3)` of exactly `num_frames` x `image_size`
 (the position tables' grid; `resize_positions` adapts a checkpoint to others), normalised with
@@ -64,6 +70,9 @@ HEADS = ("none", "video", "classification", "clip")
 # The pooler's query scale: 1 / softplus(0), so that a zero per-dimension scale scales by 1 / sqrt(head_dim).
 R_SOFTPLUS_0 = 1.442695041
 L2_EPS = 1e-6  # transformers' l2norm: x * rsqrt(sum(x^2) + eps)
+# The learned temperature's logit scale (1 / temperature) is capped at 100, as CLIP's (Radford et al., 2021).
+MAX_LOGIT_SCALE = math.log(100.0)
+ENCODER = "encoder"  # the vision encoder's parameter subtree, which `freeze_encoder` holds fixed
 RESIDUAL = ("act_batch", "act_length", "act_embed")
 
 
@@ -96,6 +105,14 @@ def sinusoid_table(length: int, dim: int) -> np.ndarray:
 def l2_normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + L2_EPS)
+
+
+def initial_logit_scale(cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """The clip model's `logit_scale` before training: log(1 / config.model.temperature_init), float32 ()."""
+    if not cfg.temperature_init > 0:
+        raise ConfigError(f"config.model.temperature_init={cfg.temperature_init} must be > 0 (the contrastive "
+                          f"temperature training starts from; CLIP's 0.07).")
+    return np.asarray(math.log(1.0 / cfg.temperature_init), np.float32)
 
 
 def _lecun(rngs, shape: tuple[int, ...], names: tuple[str | None, ...]) -> nnx.Param:
@@ -252,7 +269,7 @@ class TextEncoder(nnx.Module):
         self.width = width
         std = width ** -0.5
         self.token_embed = nnx.Param(std * jax.random.normal(rngs.params(), (cfg.vocab_size, width)),
-                                     out_sharding=("vocab", "embed"))
+                                     out_sharding=(None, "embed"))
         table = sinusoid_table(cfg.max_text_length, width)
         self.position_table = nnx.Param(jnp.asarray(table), out_sharding=(None, "embed"))
         self.cls_token = nnx.Param(std * jax.random.normal(rngs.params(), (width,)), out_sharding=("embed",))
@@ -305,6 +322,7 @@ class Model(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         self.head_kind = cfg.head
         self.l2 = bool(cfg.l2_normalize)
+        self.freeze_encoder = bool(cfg.freeze_encoder) and cfg.head != "none"
         self.encoder = Encoder(cfg, choices=choices, rngs=rngs)
         pooled = cfg.head != "none"
         self.auxiliary = Stack(width, cfg.num_auxiliary_layers, heads, mlp, cfg=cfg, choices=choices, rngs=rngs) \
@@ -317,13 +335,17 @@ class Model(nnx.Module):
             if cfg.head == "classification" else None
         self.text = TextEncoder(cfg, width, heads, mlp, d["text_depth"], choices=choices, rngs=rngs) \
             if cfg.head == "clip" else None
+        self.logit_scale = nnx.Param(jnp.asarray(initial_logit_scale(cfg)), out_sharding=()) \
+            if cfg.head == "clip" else None
 
     def __call__(self, video: jax.Array, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
                  *, rng: jax.Array | None = None) -> dict[str, jax.Array]:
         rng_enc, rng_aux, rng_text = jax.random.split(rng, 3) if rng is not None else (None, None, None)
-        out = self.encoder(video, rng_enc)
+        out = self.encoder(video, None if self.freeze_encoder else rng_enc)
         if self.pooler is None:
             return out
+        if self.freeze_encoder:
+            out["last_hidden_state"] = jax.lax.stop_gradient(out["last_hidden_state"])
         x = out["last_hidden_state"]
         if self.auxiliary is not None:
             x = out["last_hidden_state"] = self.auxiliary(x, rng_aux)
@@ -341,6 +363,13 @@ class Model(nnx.Module):
         out.update(text)
         out.update(similarities(out["video_embeds"], text["text_embeds"]))
         return out
+
+    def contrastive_scale(self) -> jax.Array:
+        """The learned 1 / temperature the contrastive loss multiplies the similarities by: exp(logit_scale), at
+        most exp(MAX_LOGIT_SCALE) = 100, float32 ()."""
+        if self.logit_scale is None:
+            raise ValueError("This VideoPrism has no learned temperature (config.model.head is not 'clip').")
+        return jnp.exp(jnp.minimum(self.logit_scale[...].astype(jnp.float32), MAX_LOGIT_SCALE))
 
     def text_embeddings(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
                         rng: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -364,8 +393,10 @@ def similarities(video_embeds: jax.Array, text_embeds: jax.Array) -> dict[str, j
 
 
 def frozen_prefixes(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The parameters training keeps fixed: the text tower's sin | cos position table (fixed in the reference)."""
-    return ("text/position_table",) if cfg.head == "clip" else ()
+    """The parameters training keeps fixed: the text tower's sin | cos position table (fixed in the reference), and
+    the vision encoder with `freeze_encoder` (a head other than "none")."""
+    frozen = (ENCODER,) if cfg.get("freeze_encoder") and cfg.head != "none" else ()
+    return frozen + (("text/position_table",) if cfg.head == "clip" else ())
 
 
 def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDict,
@@ -394,6 +425,10 @@ def default_config() -> ml_collections.ConfigDict:
         attn_logit_cap=50.0,  # attention logits capped as cap * tanh(logits / cap); 0 = none
         l2_normalize=True,  # video and text embeddings L2-normalised (transformers' apply_l2norm)
         vocab_size=32000, max_text_length=64,  # the text tower (head "clip")
+        temperature_init=0.07,  # head "clip": the learned contrastive temperature's start (CLIP's)
+        # True: the vision encoder is held fixed (no gradient, no drop path, no update); the pooler, its norm, the
+        # head and the auxiliary blocks and text tower of a "video" / "clip" model train
+        freeze_encoder=False,
         qkv_bias="qkv",  # "qkv" (the reference) or "none"
         ln_eps=1e-6,
         drop_path=0.0,

@@ -54,7 +54,7 @@ from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
 from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers
 from vidjax.pretrained import hub
-from vidjax.tokenizer import CaptionTokenizer
+from vidjax.tokenizer import CaptionTokenizer, TextTowerTokenizer
 
 # A converted checkpoint records no frame stride; the published Kinetics recipes (VideoMAE 16x4) use this one.
 DEFAULT_SAMPLING_RATE = 4
@@ -310,10 +310,42 @@ class PretrainedVideoText(Pretrained):
         texts = model.text_embeddings(input_ids, attention_mask)  # (Bt, D), L2-normalised
 
     Texts and videos are batched apart: every video is scored against every text. `tokenizer_dir` is DST/tokenizer/
-    when the conversion found the checkpoint's tokenizer files.
+    when the conversion found the checkpoint's tokenizer files; with it, texts go in as text:
+
+        ids, mask = model.tokenize(["a dog", "a cat"])      # as VideoPrismProcessor gives them, padded to the tower
+        probs = model.zero_shot(video, ["a dog", "a cat"])  # (Bv, labels): softmax over the labels of similarity
     """
 
     tokenizer_dir: pathlib.Path | None = None
+
+    @functools.cached_property
+    def tokenizer(self) -> TextTowerTokenizer:
+        """The checkpoint's `vidjax.tokenizer.TextTowerTokenizer` (a ValueError when it was converted without one)."""
+        if self.tokenizer_dir is None:
+            raise ValueError(f"This {self.model_name} video-text checkpoint has no tokenizer: convert a folder holding "
+                             f"one (tokenizer.json beside the weights, as `tokenizer.save_pretrained(SRC)` writes it), "
+                             f"or pass token ids to forward() yourself.")
+        return TextTowerTokenizer.from_directory(self.tokenizer_dir)
+
+    @property
+    def max_text_length(self) -> int:
+        """The text tower's positions: the most tokens a text may have (64 for the published towers)."""
+        return int(self.config.max_text_length)
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, attention mask) int32 (len(texts), max_text_length) of `texts`, as transformers' VideoPrism
+        processor tokenises and pads them; a text longer than the tower raises `vidjax.tokenizer.TextTooLongError`."""
+        return self.tokenizer.encode_padded(list(texts), self.max_text_length)
+
+    def text_features(self, texts: list[str]) -> np.ndarray:
+        """float32 (len(texts), D): the text tower's (L2-normalised) embeddings of `texts`."""
+        return np.asarray(self.text_embeddings(*self.tokenize(texts)))
+
+    def zero_shot(self, video, texts: list[str], temperature: float = 1.0) -> np.ndarray:
+        """float32 (Bv, len(texts)): each video's probabilities over `texts`, the softmax over the texts of
+        similarity / `temperature` (transformers' logits_per_text, transposed, at its default of no temperature)."""
+        videos = np.asarray(self.forward(video)["video_embeds"])
+        return text_probabilities(videos, self.text_features(texts), temperature)
 
     def forward(self, video, input_ids=None, attention_mask=None) -> dict[str, jax.Array]:
         self._check(video)
@@ -330,6 +362,41 @@ class PretrainedVideoText(Pretrained):
         """float32 (B, D): the text tower's embeddings of token ids (B, L), `attention_mask` 1 = token."""
         ids, mask = _token_ids(input_ids, attention_mask, int(self.config.max_text_length))
         return _text_embeddings(self.params, ids, mask, graphdef=self.graphdef)["text_embeds"]
+
+
+def text_probabilities(video_embeds: np.ndarray, text_embeds: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """float32 (Bv, Bt): softmax over the texts of video_embeds . text_embeds / temperature, per video."""
+    logits = np.asarray(video_embeds, np.float64) @ np.asarray(text_embeds, np.float64).T / float(temperature)
+    logits -= logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    return (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def video_embeds(module: nnx.Module, video: jax.Array) -> jax.Array:
+    """`fn(model, video)` for `BatchRunner`: a video model's own embedding of each clip, "video_embeds" (VideoPrism's
+    attention-pooled, L2-normalised vector, which its text tower is trained against)."""
+    return module(video)["video_embeds"].astype(jnp.float32)
+
+
+def gives_video_embeds(model: Pretrained) -> bool:
+    """Whether the model's forward pass gives "video_embeds" (worked out from shapes alone, nothing computed)."""
+    t, s = int(model.config.num_frames), int(model.config.image_size)
+    shapes = jax.eval_shape(lambda params, video: nnx.merge(model.graphdef, params)(video), model.params,
+                            jax.ShapeDtypeStruct((1, t, s, s, 3), jnp.float32))
+    return "video_embeds" in shapes
+
+
+class LabelScores:
+    """Zero-shot scores of clips against texts: `run(clips)` has `BatchRunner.run`'s signature (one row per uint8
+    clip), each row the clip's `text_probabilities` over the texts whose embeddings are `text_embeds` (N, D).
+    `runner` is a `BatchRunner` (or one with its `run`) of `video_embeds`."""
+
+    def __init__(self, runner, text_embeds: np.ndarray, temperature: float = 1.0):
+        self.runner, self.text_embeds, self.temperature = runner, np.asarray(text_embeds), float(temperature)
+
+    def run(self, clips: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for row in self.runner.run(clips):
+            yield text_probabilities(row[None], self.text_embeds, self.temperature)[0]
 
 
 @dataclasses.dataclass
@@ -782,6 +849,7 @@ ARCHITECTURE_EXCLUDES = frozenset({
     "num_frames", "image_size", "head", "num_classes", "head_init_scale", "head_dropout", "use_mean_pooling",
     "drop_path", "mask_ratio", "decoder_mask_type", "decoder_mask_ratio", "norm_pix_loss", "position_init",
     "dtype", "remat", "scan_layers", "scan_chunk", "resize_at_runtime",
+    "freeze_encoder", "temperature_init",  # what a run trains (VideoPrism's frozen encoder; its clip temperature)
     *platform.FIELDS})  # the platform choices: attention_impl, backward, projection_form, block_gradients, scan
 # Model keys an evaluation may set for a trained checkpoint: the clip it sees (position tables interpolated) and how
 # the computation runs; every other key is the checkpoint's.

@@ -9,8 +9,8 @@ Every reader of a checkpoint asks this module first: `pretrained.load` / `read_c
 extract, evaluate, demo, export and the trainer's init_from) call `resolve`, `python -m vidjax.convert --from_*`
 calls `source`. A local path that exists always wins. Otherwise a name of this form is a Hub repository holding a
 `save_pretrained` model of an architecture vidjax converts (`vidjax.convert.hf.supported()`), or a checkpoint file
-inside a repository: an official VideoMAE / VideoMAE V2, SVT, VideoMamba or V-JEPA 2 file, its kind told by its tensor
-names (`vidjax.convert.file_kind`). REV is a branch, tag or commit (default main).
+inside a repository: an official VideoMAE / VideoMAE V2, SVT, VideoMamba, V-JEPA 2 or VideoPrism file, its kind told
+by its tensor names (`vidjax.convert.file_kind`). REV is a branch, tag or commit (default main).
 
 Downloads go through `huggingface_hub` (the `hub` extra: `pip install 'vidjax[hub]'`), so its cache ($HF_HOME/hub),
 HF_HUB_OFFLINE, HF_ENDPOINT and tokens (HF_TOKEN, `hf auth login`) apply; only the files a conversion reads are
@@ -177,8 +177,8 @@ def checkpoint(name: HubName) -> pathlib.Path:
     kind = "hf" if name.filename is None else file_kind(path)
     if kind is None:
         raise HubError(f"{name.text} is no checkpoint vidjax converts: its tensors are none of the official VideoMAE "
-                       f"/ VideoMAE V2, SVT, VideoMamba or V-JEPA 2 layouts. Name a file of one of these, or a "
-                       f"repository holding a save_pretrained model of {', '.join(supported())}.")
+                       f"/ VideoMAE V2, SVT, VideoMamba, V-JEPA 2 or VideoPrism layouts. Name a file of one of these, "
+                       f"or a repository holding a save_pretrained model of {', '.join(supported())}.")
     converted = read(kind, path)
     converted.source["hub"] = {"repo_id": name.repo_id, "filename": name.filename, "revision": name.rev,
                                "commit": commit, "endpoint": _endpoint(hf)}

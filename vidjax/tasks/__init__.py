@@ -27,7 +27,7 @@ from vidjax.tasks.readout import Readout
 
 _NOT_TASKS = {"base", "readout", "presentation"}
 # Listed in this order, then the others.
-_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning", "svt", "vjepa2")
+_FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning", "svt", "vjepa2", "contrastive")
 
 
 def available() -> list[str]:

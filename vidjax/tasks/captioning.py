@@ -85,6 +85,31 @@ def tokenizer_for(config: ml_collections.ConfigDict, train_source=None):
     return _tokenizers[key]
 
 
+def caption_data_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """A data config without captions (a source that has none, a list without its caption column), for the tasks
+    that read them (config.task names which)."""
+    source = config.data.source
+    if source not in CAPTION_SOURCES:
+        return [f"config.data.source={source!r} has no captions; config.task={config.task!r} reads them from "
+                f"{', '.join(CAPTION_SOURCES)} (docs/datasets.md)."]
+    if source != "synthetic" and not config.data.caption_column:
+        column = "'script' or 'descriptions'" if source == "charades" else "e.g. 'caption'"
+        return [f"config.task={config.task!r} reads each video's captions from a column of the {source} list, but "
+                f"config.data.caption_column is empty: set --config.data.caption_column ({column})."]
+    return []
+
+
+def save_tokenizer(config: ml_collections.ConfigDict, train_source, workdir: str) -> None:
+    """The run's tokenizer into WORKDIR/tokenizer (process 0), and config.data.tokenizer pointing there
+    (`TrainingSpec.write_assets` of the tasks that tokenise captions)."""
+    tok = tokenizer_for(config, train_source)
+    directory = os.path.join(workdir, TOKENIZER_DIR)
+    if jax.process_index() == 0:
+        tok.save(directory)
+    config.data.tokenizer = directory
+    _tokenizers[("directory", directory)] = tok
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionFields:
     """The caption fields of one element, made in the input workers: one reference tokenised
@@ -135,16 +160,7 @@ class Training(base.TrainingSpec):
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
-        problems = []
-        source = config.data.source
-        if source not in CAPTION_SOURCES:
-            problems.append(f"config.data.source={source!r} has no captions; captions come from "
-                            f"{', '.join(CAPTION_SOURCES)} (docs/datasets.md).")
-        elif source != "synthetic" and not config.data.caption_column:
-            column = "'script' or 'descriptions'" if source == "charades" else "e.g. 'caption'"
-            problems.append(f"config.task='captioning' reads each video's captions from a column of the "
-                            f"{source} list, but config.data.caption_column is empty: set "
-                            f"--config.data.caption_column ({column}).")
+        problems = caption_data_problems(config)
         cap = config.caption
         if cap.max_length < 2 or cap.num_beams < 1 or cap.samples < 0:
             problems.append(f"config.caption: max_length={cap.max_length} must be >= 2 (start and end tokens), "
@@ -199,13 +215,7 @@ class Training(base.TrainingSpec):
         return CaptionFields(tokenizer_for(config), int(config.caption.max_length))
 
     def write_assets(self, config: ml_collections.ConfigDict, train_source, workdir: str) -> None:
-        """The tokenizer into WORKDIR/tokenizer, and config.data.tokenizer pointing there."""
-        tok = tokenizer_for(config, train_source)
-        directory = os.path.join(workdir, TOKENIZER_DIR)
-        if jax.process_index() == 0:
-            tok.save(directory)
-        config.data.tokenizer = directory
-        _tokenizers[("directory", directory)] = tok
+        save_tokenizer(config, train_source, workdir)
 
     # ---- training ----
     def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,

@@ -102,13 +102,16 @@ BLOCK_LAYOUTS: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("transformer", "blocks"), ("temporal_transformer", "blocks")),  # ViViT factorised_encoder
     (("blocks",),),  # TimeSformer; ViViT factorised_self_attention and factorised_dot_product
     (("layers",),),  # VideoMamba
+    (("encoder", "spatial", "blocks"), ("encoder", "temporal", "blocks")),  # VideoPrism's encoder and classifier
+    (("encoder", "spatial", "blocks"), ("encoder", "temporal", "blocks"), ("auxiliary", "blocks")),  # its video model
 )
 # Before the first block: layer id 0.
 EMBEDDING_PARAMS: tuple[tuple[str, ...], ...] = (
     ("patch_embed",), ("cls_token",), ("pos_embed",),  # TimeSformer, ViViT, VideoMamba
     ("time_embed",),  # TimeSformer
     ("temporal_pos_embedding",),  # VideoMamba
-    ("encoder", "patch_embed"),  # VideoMAE (its position table is fixed sin-cos, not a parameter)
+    ("encoder", "patch_embed"),  # VideoMAE (its position table is fixed sin-cos, not a parameter); VideoPrism
+    ("encoder", "spatial_pos_embed"),  # VideoPrism
 )
 # Between two stacks (ViViT factorised_encoder): the spatial encoder's closing norm and the temporal encoder's own
 # CLS token and position table take the id of the last block before the stack they lead into, the slot just below
@@ -117,12 +120,16 @@ BETWEEN_STACK_PARAMS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("spatial_norm",): ("temporal_transformer", "blocks"),
     ("temporal_cls_token",): ("temporal_transformer", "blocks"),
     ("temporal_pos_embed",): ("temporal_transformer", "blocks"),
+    ("encoder", "spatial_norm"): ("encoder", "temporal", "blocks"),  # VideoPrism: the spatial stack's norm, and
+    ("encoder", "temporal_pos_embed"): ("encoder", "temporal", "blocks"),  # the temporal stack's table
+    ("encoder", "temporal_norm"): ("auxiliary", "blocks"),  # its video model's (a classifier's is a head parameter)
 }
 # After the last block: layer id L + 1 (scale 1). VideoMAE's pre-training decoder (mask token included) runs after
 # the encoder, so it counts here too.
 HEAD_PARAMS: tuple[tuple[str, ...], ...] = (
     ("norm",), ("fc_norm",), ("head",), ("norm_f",), ("encoder", "norm"),
     ("encoder_to_decoder",), ("mask_token",), ("decoder",), ("decoder_norm",), ("decoder_head",),
+    ("encoder", "temporal_norm"), ("pooler",), ("pooler_norm",),  # VideoPrism
 )
 
 
@@ -174,7 +181,7 @@ def layer_ids(params) -> tuple[Any, int]:
     if layout is None:
         raise ValueError(
             f"Layer decay: the params tree has the block lists [{', '.join(map(_path_str, found))}], which is not "
-            f"the layout of a vidjax model (VideoMAE, TimeSformer, ViViT, VideoMamba: "
+            f"the layout of a vidjax model (VideoMAE, TimeSformer, ViViT, VideoMamba, VideoPrism: "
             f"{'; '.join(', '.join(map(_path_str, lay)) for lay in BLOCK_LAYOUTS)}). Set "
             f"config.optimizer.layer_decay=1.0, or add the model's layout to BLOCK_LAYOUTS in vidjax/train/optim.py.")
     leaves = [leaf for _, leaf in flat]
@@ -285,7 +292,7 @@ OPTIMIZERS = ("adamw", "sgd")
 # encoder's blocks under "encoder/", a GPT-2 decoder's under "decoder/", neither at the root) have no single block
 # numbering for the BEiT recipe to follow, so layer decay is refused for them when the optimizer is made rather than
 # at the first step's compilation.
-LAYER_DECAY_MODELS = ("videomae", "timesformer", "vivit", "videomamba")
+LAYER_DECAY_MODELS = ("videomae", "timesformer", "vivit", "videomamba", "videoprism")
 
 
 GRAD_CLIP_MODES = ("global", "per_tensor")
