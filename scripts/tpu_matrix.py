@@ -55,6 +55,11 @@ ROWS = [
     ("captioner_b", "Captioner: VideoMAE-B/16 + GPT-2", "captioning_charades.py", None,
      {"model.decoder.vocab_size": 50257}),
     ("vjepa2_l_pt", "V-JEPA 2 ViT-L/16 pre-training (16 x 256)", "vjepa2.py", None, {}),
+    # VideoPrism's video-text model trained contrastively (its first stage), with the published T5 vocabulary of its
+    # text tower (the recipe's tokenizer settles it; not on this machine), and its fine-tune as a classifier.
+    ("videoprism_b_clip", "VideoPrism-B/18 video-text contrastive (16 x 288)", "videoprism.py", "recipe=contrastive",
+     {"model.vocab_size": 32000}),
+    ("videoprism_b_ft", "VideoPrism-B/18 fine-tune (16 x 288)", "videoprism.py", "recipe=finetune", {}),
     # The eval step of the recipe's evaluator (`vidjax.evaluators.attentive`): the target encoder's tokens, which the
     # attentive probe is then trained on, on the host's share of them.
     ("vjepa2_l_probe", "V-JEPA 2 ViT-L/16 attentive-probe evaluation", "vjepa2.py", None, {"step": "eval"}),
