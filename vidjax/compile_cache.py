@@ -233,7 +233,7 @@ def _source_digest() -> list[tuple[str, str]]:
     installed = tuple({os.path.join(form, "") for path in folders if path
                        for form in (path, os.path.realpath(path))})
     digests = []
-    for name, module in sorted(sys.modules.items()):
+    for name, module in sorted(sys.modules.copy().items()):  # one C call; see `_versions`
         path = getattr(module, "__file__", None)
         if not path or not path.endswith(".py") or path.startswith(installed) and not name.startswith("vidjax"):
             continue
