@@ -29,7 +29,7 @@ TINY = dict(variant="Mu/8", width=32, num_heads=2, mlp_dim=64, spatial_depth=1, 
 
 
 def tiny_config(recipe="contrastive", **overrides):
-    """A tiny VideoPrism run of `recipe` on the embedded dataset: width 32, 4 x 32 x 32 clips (patch 8), batch 8."""
+    """A tiny VideoPrism run of `recipe` on the embedded dataset: width 32, 4 x 24 x 24 clips (patch 8), batch 8."""
     config = load_config("videoprism", f"recipe={recipe},runlocal,variant=Mu/8")
     config.model.update(TINY)
     config.data.update(num_train=64, num_eval=16, num_frames=4)
