@@ -184,16 +184,21 @@ def test_skip_nonref_on_a_bench_video(tmp_path):
 
 
 class NoTimestamps(ContainerProxy):
-    """The real container, except that the packets it demuxes carry no presentation timestamps."""
+    """The real container, except that the packets of its first demux (the plan's) carry no presentation
+    timestamps; later demuxes (the full decode after a seek) get them as they are."""
 
     def __init__(self, container):
         super().__init__(container)
         self.demuxed = 0
+        self.calls = 0
 
     def demux(self, *args, **kwargs):
+        self.calls += 1
+        first = self.calls == 1
         for packet in self.container.demux(*args, **kwargs):
-            self.demuxed += 1
-            packet.pts = None
+            self.demuxed += first
+            if first:
+                packet.pts = None
             yield packet
 
 
@@ -357,3 +362,107 @@ def test_bench_times_test_clips_one_by_one_and_together(tmp_path):
     assert 0 < decoded["together"] < decoded["one_by_one"]
     assert len(result["cpu_ms_per_video_each_round"]["together"]) == 2 and result["cpu_ms_per_video"]["together"] > 0
     assert "together is" in data_bench.format_test_clips_table(result)
+
+
+def windows_both(path, spans, num_frames, sampling_rate, num_clips=1):
+    """`read_windows` with skipping and without, after checking that they give the same clips and that each is the
+    `read_clips` of its span; (skipped, full), lists of Clips."""
+    skipped = list(decode.read_windows(path, spans, num_frames, sampling_rate, num_clips=num_clips))
+    full = list(decode.read_windows(path, spans, num_frames, sampling_rate, num_clips=num_clips, skip_nonref=False))
+    assert len(skipped) == len(full) == len(spans)
+    for (start, end), a, b in zip(spans, skipped, full, strict=True):
+        alone = decode.read_clips(path, num_frames, sampling_rate, num_clips, start_s=start, end_s=end)
+        for clip in (a, b):
+            np.testing.assert_array_equal(clip.indices, alone.indices)
+            np.testing.assert_array_equal(clip.frames, alone.frames)
+            assert (clip.start_s, clip.end_s) == (alone.start_s, alone.end_s)
+    decoded = [c.num_decoded for c in skipped]
+    assert decoded == sorted(decoded)  # the pass's count so far
+    return skipped, full
+
+
+@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+def test_sparse_windows_decode_only_what_they_sample(video):
+    """Half-second windows every second, 4 frames 2 apart (predict --window=0.5 --stride=1 --sampling_rate=2): the
+    same clips as each span read alone and as the frame-by-frame pass, from fewer decoded frames (every frame of
+    the file without B-frames is a reference frame: none can be left out)."""
+    spans = [(s, s + 0.5) for s in np.arange(0.0, 2.6, 1.0)]
+    skipped, full = windows_both(video, spans, 4, 2)
+    counts = skipped[-1].num_decoded, full[-1].num_decoded
+    assert counts[0] <= counts[1] if video.endswith("no_bframes.mp4") else counts[0] < 0.9 * counts[1], counts
+
+
+@pytest.mark.parametrize("video", ["pyramid.mp4", "vfr.mp4", "late_start.mp4"], indirect=True)
+def test_dense_and_overlapping_windows_decode_no_more_than_every_frame(video):
+    """Every frame sampled (1-s windows of 25 frames at rate 1, overlapping by half) and two clips a window: no frame
+    is skipped, and the pass decodes no more than the frame-by-frame one."""
+    spans = [(s, s + 1.0) for s in np.arange(0.0, 2.1, 0.5)]
+    skipped, full = windows_both(video, spans, 25, 1)
+    assert skipped[-1].num_decoded <= full[-1].num_decoded
+    skipped, full = windows_both(video, spans, 4, 3, num_clips=2)
+    assert skipped[-1].num_decoded <= full[-1].num_decoded
+
+
+def test_windows_apart_are_reached_by_seeking(monkeypatch):
+    """Windows more than `_SEEK_GAP_S` apart are separate runs, each from a seek; each run decodes only what it
+    samples."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        frames = np.concatenate([texture_frames(), texture_frames(seed=1), texture_frames(seed=2)])  # 9 s
+        path = make_video(f"{folder}/long.mp4", codec="libx264", options=X264_B, frames=frames, gop=25)
+        monkeypatch.setattr(decode, "_SEEK_GAP_S", 2)
+        spans = [(0.0, 1.0), (0.5, 1.5), (5.0, 6.0), (8.0, 9.0)]
+        assert [len(run) for run in decode._runs([np.arange(int(a * 25), int(b * 25)) for a, b in spans],
+                                                 Fraction(25))] == [2, 1, 1]
+        skipped, full = windows_both(path, spans, 6, 3)
+        assert skipped[-1].num_decoded < full[-1].num_decoded < len(frames)
+
+
+@pytest.mark.parametrize("video", ["pyramid.mp4"], indirect=True)
+def test_a_plan_that_fails_part_way_decodes_the_rest_frame_by_frame(video, monkeypatch):
+    """Packets that lose their timestamps after the first second: the windows given before are the plan's, the rest
+    come from the frame-by-frame pass, all of them the same clips."""
+    spans = [(s, s + 0.5) for s in np.arange(0.0, 2.6, 0.5)]
+    expected = [c.frames for c in decode.read_windows(video, spans, 4, 2, skip_nonref=False)]
+    open_container = decode._open
+
+    class LosesTimestamps(ContainerProxy):
+        def demux(self, *args, **kwargs):
+            for n, packet in enumerate(self.container.demux(*args, **kwargs)):
+                if n >= 30:
+                    packet.pts = None
+                yield packet
+
+    monkeypatch.setattr(decode, "_open", lambda src, label: LosesTimestamps(open_container(src, label)))
+    got = list(decode.read_windows(video, spans, 4, 2))
+    for clip, frames in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(clip.frames, frames)
+
+
+def test_windows_of_a_cut_file_fail_as_the_frame_by_frame_pass_does(tmp_path):
+    """A file cut at half: the windows before the cut are given, then the same error with or without the plan."""
+    cut, decodable = cut_video(tmp_path)
+    spans = [(s, s + 0.5) for s in np.arange(0.0, 2.6, 0.5)]
+    results = []
+    for skip in (True, False):
+        clips = []
+        with pytest.raises(VideoDecodeError, match="corrupt data after") as error:
+            for clip in decode.read_windows(str(cut), spans, 4, 2, skip_nonref=skip):
+                clips.append(clip.frames)
+        results.append((clips, str(error.value)))
+    assert len(results[0][0]) == len(results[1][0]) >= 1
+    for a, b in zip(results[0][0], results[1][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert results[0][1] == results[1][1]
+
+
+@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+def test_a_clip_after_a_seek_is_the_frames_a_decode_from_the_start_shows(video):
+    """The clip of [2.0, 2.5) s is the frames a decode from the start shows at its indices (`frames_on_grid`), with and
+    without the plan: an MPEG program stream, whose seeks leave the timestamps off, decodes from the start."""
+    with decode.frames_on_grid(video) as (_, frames):
+        reference = np.stack([frame.to_ndarray(format="rgb24") for frame in frames])
+    for skip in (True, False):
+        clip = read_clip(video, 4, 2, start_s=2.0, end_s=2.5, skip_nonref=skip)
+        np.testing.assert_array_equal(clip.frames, reference[clip.indices])

@@ -9,6 +9,7 @@ as decoding the whole file from the start would.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import dataclasses
 import io
@@ -298,70 +299,109 @@ _SEEK_GAP_S = 10
 
 def read_windows(src: VideoSource, spans: Sequence[tuple[float, float]], num_frames: int, sampling_rate: int, *,
                  num_clips: int = 1, short_side: int | None = None, name: str | None = None,
-                 threads: int = 1) -> Iterator[np.ndarray]:
-    """uint8 RGB frames (num_clips, T, H, W, 3) of each [start_s, end_s) span of `spans` in turn, as `read_clip`
-    (test sampling, `num_windows=num_clips`) would give each, from one pass over the file: sliding windows over a
-    long video.
+                 threads: int = 1, skip_nonref: bool = True) -> Iterator[Clip]:
+    """A `Clip` of each [start_s, end_s) span of `spans` in turn: uint8 RGB `frames` (num_clips, T, H, W, 3) and
+    `indices` (num_clips, T), as `read_clip` (test sampling, `num_windows=num_clips`) would give each, from one pass
+    over the file: sliding windows over a long video. `num_decoded` counts the frames decoded so far in the pass.
 
     The decoder seeks to the keyframe before the first span's first frame (and over gaps of more than
-    `_SEEK_GAP_S` seconds between spans), then decodes forward; it keeps
-    only the decoded frames that a span not yet given still needs, so memory stays that of one span's frames
-    (plus the overlap with the next) whatever the video's length. Spans must start in non-decreasing order.
-    Indices past the frames that really decode (a header that overstates the length) take the last frame that
-    does. Raises VideoDecodeError as `read_clip` does, also while iterating."""
+    `_SEEK_GAP_S` seconds between spans), then decodes forward, with `skip_nonref` (and a codec in
+    `_SKIP_NONREF_CODECS`) only the frames the spans sample and the reference frames they depend on
+    (`_FrameReader.picked`: sparse windows, or sampling_rate > 1, decode a fraction of the frames), else every
+    frame; where that plan does not hold (packets without timestamps, frames out of order, corrupt data) the rest
+    of the run of spans decodes every frame, with the same frames. It keeps only the decoded frames that a span not
+    yet given still needs, so memory stays that of one span's frames (plus the overlap with the next) whatever the
+    video's length. Spans must start in non-decreasing order. Indices past the frames that really decode (a header
+    that overstates the length) take the last frame that does. Raises VideoDecodeError as `read_clip` does, also
+    while iterating."""
     label = _label(src, name)
     if not spans:
         return
     with _video(src, label, threads) as (container, stream, meta):
-        def plan(start: float, end: float) -> np.ndarray:
-            return np.stack([_sample(meta.num_frames, meta.fps, start, end, num_frames, sampling_rate, None,
-                                     num_clips, i, None, label) for i in range(num_clips)])
+        plans = [np.stack([_sample(meta.num_frames, meta.fps, start, end, num_frames, sampling_rate, None, num_clips,
+                                   i, None, label) for i in range(num_clips)]) for start, end in spans]
+        reader = _FrameReader(container, stream, meta, label, skip_nonref)
+        fps = float(meta.fps)
+        for number, run in enumerate(_runs(plans, meta.fps)):
+            for n, chosen in _windows_of_run(reader, plans, run, rewind=number > 0):
+                indices = plans[n]
+                rgb = _to_rgb(chosen, short_side)
+                yield Clip(frames=rgb.reshape(num_clips, num_frames, *rgb.shape[1:]), indices=indices, fps=fps,
+                           start_s=int(indices.min()) / fps, end_s=(int(indices.max()) + 1) / fps,
+                           num_decoded=reader.num_decoded)
 
-        plans: dict[int, np.ndarray] = {}  # the sampled indices of the spans from the current one on
 
-        def planned(n: int) -> np.ndarray:
-            if n not in plans:
-                plans[n] = plan(*spans[n])
-            return plans[n]
+def _runs(plans: Sequence[np.ndarray], fps: Fraction) -> list[list[int]]:
+    """The spans (by number) in runs that one forward pass decodes: a span starting more than `_SEEK_GAP_S` seconds
+    after the last frame of the spans before it starts a run of its own, reached by a seek."""
+    runs: list[list[int]] = []
+    top = None
+    for n, indices in enumerate(plans):
+        if top is None or int(indices.min()) - top > _SEEK_GAP_S * fps:
+            runs.append([])
+        runs[-1].append(n)
+        top = max(top if top is not None else 0, int(indices.max()))
+    return runs
 
-        reader = _FrameReader(container, stream, meta, label)
-        grid = _grid_from(reader, int(planned(0).min()))
-        kept: dict[int, av.VideoFrame] = {}  # decoded frames by index that this or a later span needs
-        last: tuple[int, av.VideoFrame] | None = None
-        for n in range(len(spans)):
-            indices = planned(n)
-            top = int(indices.max())
-            # Frames up to `top` are decoded now: keep those of every span that starts by then.
-            wanted: set[int] = set()
-            m = n
-            while m < len(spans) and planned(m).min() <= top:
-                wanted.update(planned(m).ravel().tolist())
-                m += 1
-            gap = int(indices.min()) - (last[0] if last is not None else 0)
-            if last is not None and gap > _SEEK_GAP_S * meta.fps:
-                grid.close()  # windows far apart: seek over the gap rather than decode it
-                grid = _grid_from(reader, int(indices.min()))
-            while last is None or last[0] < top:
-                item = next(grid, None)
-                if item is None:
-                    break
-                last = item
-                if item[0] in wanted:
-                    kept[item[0]] = item[1]
-            if last is None:
-                raise VideoDecodeError(label, "video stream has no decodable frames")
-            chosen = [kept[int(i)] if i <= last[0] else last[1] for i in indices.ravel()]
-            rgb = _to_rgb(chosen, short_side)
-            yield rgb.reshape(num_clips, num_frames, *rgb.shape[1:])
-            del plans[n]
-            if n + 1 < len(spans):
-                first_needed = int(planned(n + 1).min())
+
+def _windows_of_run(reader: _FrameReader, plans: Sequence[np.ndarray], run: list[int],
+                    rewind: bool) -> Iterator[tuple[int, list[av.VideoFrame]]]:
+    """(n, the decoded frames of span n's indices, flattened) for each span n of `run` in turn, from one forward
+    pass: `reader.picked` where it may skip frames, else (or from where its plan fails) every frame on the grid."""
+    done = 0
+    if reader.skip_nonref:
+        wanted = sorted({int(i) for n in run for i in plans[n].ravel()})
+        try:
+            for item in _spans_of(reader.picked(wanted, rewind), plans, run, reader.label):
+                yield item
+                done += 1
+            return
+        except (_NoPlan, _SeekMissed, av.FFmpegError):
+            pass  # decode the rest of the run frame by frame, which meets a real error again and names it
+    if done < len(run):
+        grid = _grid_from(reader, int(plans[run[done]].min()), rewind=rewind or reader.skip_nonref)
+        yield from _spans_of(grid, plans, run[done:], reader.label)
+
+
+def _spans_of(frames: Iterator[tuple[int, av.VideoFrame]], plans: Sequence[np.ndarray], run: list[int],
+              label: str) -> Iterator[tuple[int, list[av.VideoFrame]]]:
+    """`_windows_of_run` from (index, frame) pairs in increasing index order that cover the run's indices (an index
+    missing between two given is not one of them): span n is given once the pairs reach its last index, and a frame
+    is kept while a span not yet given needs it. Indices past the last pair take its frame."""
+    tops = [int(plans[n].max()) for n in run]
+    needed = {int(i) for n in run for i in plans[n].ravel()}
+    kept: dict[int, av.VideoFrame] = {}
+    last: tuple[int, av.VideoFrame] | None = None
+    pos = 0
+
+    def span(pos: int) -> tuple[int, list[av.VideoFrame]]:
+        n = run[pos]
+        return n, [kept[int(i)] if int(i) in kept else last[1] for i in plans[n].ravel()]
+
+    for index, frame in frames:
+        last = (index, frame)
+        if index in needed:
+            kept[index] = frame
+        while pos < len(run) and index >= tops[pos]:
+            yield span(pos)
+            pos += 1
+            if pos < len(run):
+                first_needed = int(plans[run[pos]].min())
                 kept = {k: f for k, f in kept.items() if k >= first_needed}
+        if pos == len(run):
+            return
+    if last is None:
+        raise VideoDecodeError(label, "video stream has no decodable frames")
+    while pos < len(run):  # the stream ended before these spans' last indices: they take its last frame
+        yield span(pos)
+        pos += 1
 
 
-def _grid_from(reader: _FrameReader, first: int) -> Iterator[tuple[int, av.VideoFrame]]:
+def _grid_from(reader: _FrameReader, first: int, rewind: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
     """`reader.on_grid` from index `first`: after a seek to the keyframe before it where one lands in time, else
-    decoding from the start."""
+    decoding from the start (`rewind`: the stream was read before, so seek back to it even for index 0)."""
+    if first == 0 and rewind:
+        reader._rewind()
     if first > 0:
         try:
             reader._seek_before(first)
@@ -586,6 +626,11 @@ _REORDER_PACKETS = 17
 # pixels as they are (tests/test_decode_skip.py checks them); others decode every frame. VP8 and VP9 are not
 # here: their non-reference frames can still update the entropy context later frames decode with.
 _SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video"})
+# Containers whose seeks leave the packets' timestamps off: the MPEG program stream (.mpg, .vob) seeks by bytes and,
+# where a PES packet carries no timestamp, the demuxer's interpolation then starts from elsewhere than on a read
+# from the start (an MPEG-2 .mpg seeked to frame 52 gave its frames 51, 52, ... the timestamps of 48.5, 49.5, ...).
+# Their clips decode from the start (`_seek_before` raises _SeekMissed), as a seek that misses does.
+_NO_SEEK_FORMATS = frozenset({"mpeg"})
 
 
 class _FrameReader:
@@ -634,6 +679,8 @@ class _FrameReader:
         return self._scan(wanted, seeked=False)
 
     def _seek_before(self, index: int) -> None:
+        if self.container.format.name in _NO_SEEK_FORMATS:
+            raise _SeekMissed
         target = self.meta.start + Fraction(index) / self.meta.fps
         # backward=True: land on the last keyframe at or before the first wanted frame.
         self.container.seek(math.floor(target / self.meta.time_base), stream=self.stream, backward=True)
@@ -669,7 +716,7 @@ class _FrameReader:
         limits = [math.floor(t / meta.time_base) for t in times]
         packets: list[av.Packet] = []
         beyond, ended = 0, True
-        for packet in self.container.demux(self.stream):
+        for packet in self._packets(seeked):
             if packet.size == 0 and packet.pts is None:
                 continue  # the demuxer's end-of-stream packet
             if packet.pts is None or packet.size == 0 or packet.is_corrupt:
@@ -683,8 +730,6 @@ class _FrameReader:
         pts = sorted(p.pts for p in packets)
         if not pts or len(set(pts)) < len(pts):
             raise _NoPlan
-        if seeked and not packets[0].is_keyframe:
-            raise _NoPlan  # the decoder may drop or conceal frames up to the next keyframe: leave it to `_scan`
         if seeked and packets[0].pts > limits[0]:
             # The keyframe the seek landed on is shown after the first wanted frame: frames before it in
             # presentation order (open-GOP leading frames) reference the previous GOP and do not decode.
@@ -722,6 +767,126 @@ class _FrameReader:
                 raise _NoPlan
         return [decoded[p] for p in picks]
 
+    def _packets(self, seeked: bool) -> Iterator[av.Packet]:
+        """The stream's packets from the current position; after a seek (`seeked`), from the first keyframe on. A
+        seek can land a few packets before the keyframe (MPEG program streams seek by bytes): those packets belong
+        to the group of pictures before, whose reference frames the decoder does not have; decoded, they are
+        dropped and leave the decoder's timestamps a few frames off (frames three indices late were seen)."""
+        packets = self.container.demux(self.stream)
+        if seeked:
+            for packet in packets:
+                if packet.is_keyframe or (packet.size == 0 and packet.pts is None):
+                    yield packet
+                    break
+        yield from packets
+
+    def picked(self, wanted: Sequence[int], rewind: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(k, the frame shown at index k) for each k of `wanted` (sorted, distinct) in turn, as `on_grid` gives
+        them, from one forward pass that decodes only the packets whose frames some k picks and, under skip_frame
+        NONREF, the reference frames among the others: `_skip_scan` streamed, so that a long run of windows holds
+        only the packets and frames not yet given. After a seek to the keyframe before the first (or, at index 0
+        with `rewind`, to the start), packets are demuxed ahead; index k picks the greatest timestamp at or before
+        its time once `_REORDER_PACKETS` packets after that time have been seen (or the stream has ended), and a
+        packet goes to the decoder once its fate is known: picked, or passed over (a later packet is shown by the
+        time of the first index that could pick it, or that index picked another). Indices past the last frame
+        take it, as `on_grid`'s do. Raises _NoPlan or _SeekMissed (and FFmpeg's errors) where the plan cannot be
+        made or does not hold; the caller then decodes every frame."""
+        if not wanted:
+            return
+        meta = self.meta
+        period = 1 / meta.fps
+        # A packet's frame is shown by index k's time t when pts * time_base <= t, i.e. pts <= floor(t / time_base).
+        limits = [math.floor((meta.start + k * period + period / 2) / meta.time_base) for k in wanted]
+        seeked = wanted[0] > 0
+        if seeked:
+            try:
+                self._seek_before(wanted[0])
+            except _SeekMissed:  # a container that does not seek: from the start, every frame before passed over
+                seeked, rewind = False, True
+        if rewind and not seeked:
+            self.container.seek(0)
+        context = self.stream.codec_context
+        seen: list[int] = []  # the timestamps of the packets demuxed so far, sorted
+        queue: collections.deque[av.Packet] = collections.deque()  # demuxed, not yet sent to the decoder
+        picks: list[int] = []  # the timestamp each index picks, for the indices decided so far
+        needed: set[int] = set()
+        decoded: dict[int, av.VideoFrame] = {}  # picked frames decoded that an index not yet given may take
+        given = 0  # indices given so far
+        last_out: int | None = None  # the timestamp of the decoder's last frame
+
+        def decide(ended: bool) -> None:
+            while len(picks) < len(wanted):
+                at = bisect.bisect_right(seen, limits[len(picks)])
+                if not ended and len(seen) - at < _REORDER_PACKETS:
+                    return
+                if at == 0:
+                    raise _NoPlan  # no frame by the index's time yet: `on_grid` gives the first one shown
+                picks.append(seen[at - 1])
+                needed.add(seen[at - 1])
+
+        def known(pts: int) -> bool:
+            """Whether the packet at `pts` is known to be picked or passed over."""
+            if pts in needed:
+                return True
+            if not picks:
+                return False
+            first = bisect.bisect_left(limits, pts)  # the first index that could pick it
+            return (first == len(limits) or first < len(picks)
+                    or bisect.bisect_right(seen, limits[first]) > bisect.bisect_right(seen, pts))
+
+        def send(packet: av.Packet | None) -> None:
+            nonlocal last_out
+            if packet is not None:
+                context.skip_frame = "DEFAULT" if packet.pts in needed else "NONREF"
+            try:
+                frames = context.decode(packet)
+            finally:
+                context.skip_frame = "DEFAULT"
+            for frame in frames:
+                self.num_decoded += 1
+                if frame.pts is None or (last_out is not None and frame.pts <= last_out):
+                    raise _NoPlan  # frames out of presentation order: leave the choice to `on_grid`
+                last_out = frame.pts
+                if frame.pts in needed:
+                    decoded[frame.pts] = frame
+
+        def ready() -> Iterator[tuple[int, av.VideoFrame]]:
+            nonlocal given
+            while given < len(picks) and picks[given] in decoded:
+                for pts in [p for p in decoded if p < picks[given]]:
+                    del decoded[pts]  # every index that picks it was given
+                yield wanted[given], decoded[picks[given]]
+                given += 1
+
+        for packet in self._packets(seeked):
+            if packet.size == 0 and packet.pts is None:
+                continue  # the demuxer's end-of-stream packet
+            if packet.pts is None or packet.size == 0 or packet.is_corrupt:
+                raise _NoPlan
+            if seeked and not seen and packet.pts > limits[0]:
+                raise _SeekMissed  # open-GOP leading frames before the keyframe reference the GOP before
+            at = bisect.bisect_left(seen, packet.pts)
+            if at < len(seen) and seen[at] == packet.pts:
+                raise _NoPlan  # two packets at one timestamp
+            seen.insert(at, packet.pts)
+            queue.append(packet)
+            decide(ended=False)
+            while queue and known(queue[0].pts):
+                send(queue.popleft())
+                yield from ready()
+            if len(picks) == len(wanted):
+                break  # every picked packet has been demuxed
+        if not seen:
+            raise _NoPlan
+        decide(ended=True)
+        last = max((n for n, packet in enumerate(queue) if packet.pts in needed), default=-1)
+        for packet in list(queue)[: last + 1]:  # none after the last picked one
+            send(packet)
+        send(None)  # drain the frames the decoder holds back for reordering
+        yield from ready()
+        if given < len(wanted):
+            raise _NoPlan  # a picked frame did not come out of the decoder
+
     def _rewind(self) -> None:
         try:
             self.container.seek(0)
@@ -758,7 +923,9 @@ class _FrameReader:
         slot, prev, prev_time, prev_end = first, None, None, None
         self.covered = 0
         try:
-            for frame in self.container.decode(self.stream):
+            frames = (frame for packet in self._packets(True) for frame in packet.decode()) if seeked \
+                else self.container.decode(self.stream)
+            for frame in frames:
                 self.num_decoded += 1
                 if frame.pts is not None:
                     time = frame.pts * meta.time_base

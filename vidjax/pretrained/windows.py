@@ -87,11 +87,11 @@ def window_views(model: pretrained.Pretrained, path: str, spans: list[Span], *,
     p = model.preprocessing
     size = int(p["image_size"])
     rate = next(r for r in (sampling_rate, model.sampling_rate, pretrained.DEFAULT_SAMPLING_RATE) if r is not None)
-    for clips in decode.read_windows(path, spans, int(p["num_frames"]), int(rate), num_clips=num_clips,
-                                     short_side=int(p["short_side"])):
+    for clip in decode.read_windows(path, spans, int(p["num_frames"]), int(rate), num_clips=num_clips,
+                                    short_side=int(p["short_side"])):
         # The crops of `pipeline.Preprocess`'s evaluation views.
         crops = [transforms.multi_view(v, num_crops, size) if num_crops > 1 else transforms.center_crop(v, size)[None]
-                 for v in clips]
+                 for v in clip.frames]
         yield np.ascontiguousarray(np.concatenate(crops), dtype=np.uint8)
 
 
