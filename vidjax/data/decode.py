@@ -825,14 +825,15 @@ class _FrameReader:
                 needed.add(seen[at - 1])
 
         def known(pts: int) -> bool:
-            """Whether the packet at `pts` is known to be picked or passed over."""
+            """Whether the packet at `pts` is known to be picked or passed over and needed as a reference (a packet
+            shown after every index waits for the end, which sends it only where a picked packet follows it)."""
             if pts in needed:
                 return True
             if not picks:
                 return False
             first = bisect.bisect_left(limits, pts)  # the first index that could pick it
-            return (first == len(limits) or first < len(picks)
-                    or bisect.bisect_right(seen, limits[first]) > bisect.bisect_right(seen, pts))
+            return first < len(limits) and (first < len(picks) or
+                                            bisect.bisect_right(seen, limits[first]) > bisect.bisect_right(seen, pts))
 
         def send(packet: av.Packet | None) -> None:
             nonlocal last_out
