@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax.platform", "vidjax.visualize_lib", "vidjax.flops", "vidjax.tpu",
      )),
     ("kernels", "numerical ops and the blocks models are built of", (
-        "vidjax.ops", "vidjax.ops.attention", "vidjax.ops.selective_scan", "vidjax.models.layers",
+        "vidjax.ops", "vidjax.ops.attention", "vidjax.ops.pixels", "vidjax.ops.selective_scan", "vidjax.models.layers",
         "vidjax.models.positions",
     )),
     ("models", "the models, looked up by name (`vidjax.models.get_model`), and decoding captions with them", (

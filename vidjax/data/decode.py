@@ -1044,39 +1044,87 @@ def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
             (f.width, f.height, f.format.name) != (first.width, first.height, first.format.name) for f in frames):
         video = _to_rgb(frames, short_side)
         return np.stack([transforms.apply_crop(video, crop) for crop in crops])
-    coded_h, coded_w = first.height, first.width
-    scale_y, scale_x = coded_h / height, coded_w / width
     reformatter = VideoReformatter()  # keeps its libswscale context across calls of the same shapes
     out = np.empty((len(crops), len(frames), crops[0].out_height, crops[0].out_width, 3), np.uint8)
     for c, crop in enumerate(crops):
-        if crop.top < 0 or crop.left < 0 or crop.top + crop.height > height or crop.left + crop.width > width:
-            raise ValueError(f"{crop} does not fit in {height}x{width} frames")
-        # The box in decoded pixels, and the even-aligned region around it that covers the filter's support.
-        fy0, fy1 = crop.top * scale_y, (crop.top + crop.height) * scale_y
-        fx0, fx1 = crop.left * scale_x, (crop.left + crop.width) * scale_x
-        reach = 2 + math.ceil(max(scale_y * crop.height / crop.out_height, scale_x * crop.width / crop.out_width))
-        y0, x0 = max(0, math.floor(fy0) - reach) & ~1, max(0, math.floor(fx0) - reach) & ~1
-        y1, x1 = min(coded_h, math.ceil(fy1) + reach), min(coded_w, math.ceil(fx1) + reach)
-        y1, x1 = min(coded_h, y1 + y1 % 2), min(coded_w, x1 + x1 % 2)
-        box = (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0)
+        region = CropRegion.of(first, crop, height, width)
         done: dict[int, int] = {}
         for t, frame in enumerate(frames):
             if id(frame) in done:  # a frame repeated to fill a short video: converted once
                 out[c, t] = out[c, done[id(frame)]]
                 continue
             done[id(frame)] = t
-            region = av.VideoFrame(x1 - x0, y1 - y0, first.format.name)
-            region.colorspace, region.color_range = frame.colorspace, frame.color_range
-            _plane(region, 0)[...] = _plane(frame, 0)[y0:y1, x0:x1]
-            for p in (1, 2):  # chroma: one sample per 2x2 pixels
-                _plane(region, p)[...] = _plane(frame, p)[y0 // 2 : (y1 + 1) // 2, x0 // 2 : (x1 + 1) // 2]
-            rgb = reformatter.reformat(region, format="rgb24", threads=1)
+            # An even-sized picture: libswscale converts odd ones (a region at an odd frame's edge) through its
+            # general scaler, which filters the chroma, where even ones take each chroma sample for its 2 x 2 pixels
+            # (as `vidjax.ops.pixels` does); the last row and column are repeated and then cut off again.
+            region_h, region_w = region.y1 - region.y0, region.x1 - region.x0
+            planes = av.VideoFrame(region_w + region_w % 2, region_h + region_h % 2, first.format.name)
+            planes.colorspace, planes.color_range = frame.colorspace, frame.color_range
+            y, u, v = region.planes(frame)
+            _plane(planes, 0)[...] = np.pad(y, ((0, region_h % 2), (0, region_w % 2)), mode="edge")
+            _plane(planes, 1)[...], _plane(planes, 2)[...] = u, v
+            rgb = reformatter.reformat(planes, format="rgb24", threads=1)
             plane = rgb.planes[0]  # packed RGB: 3 bytes a pixel, rows padded to line_size
-            pixels = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : 3 * (x1 - x0)]
+            pixels = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:region_h, : 3 * region_w]
             # PIL copies without resampling when the box is the whole region at the output size.
-            image = Image.fromarray(pixels.reshape(y1 - y0, x1 - x0, 3)).resize(
-                (crop.out_width, crop.out_height), Image.Resampling.BILINEAR, box=box)
+            image = Image.fromarray(pixels.reshape(region_h, region_w, 3)).resize(
+                (crop.out_width, crop.out_height), Image.Resampling.BILINEAR, box=region.box)
             if crop.flip:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[c, t] = np.asarray(image)
     return out
+
+
+# libswscale's colour matrix for each `VideoFrame.colorspace` (FFmpeg's AVColorSpace) that the device path converts
+# with `vidjax.ops.pixels`: BT.709 (1); BT.601 as BT470BG (5), SMPTE 170M (6) and unspecified (2), which libswscale
+# reads as BT.601.
+_DEVICE_MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}
+
+
+def colour_of(frame: av.VideoFrame) -> tuple[str, bool]:
+    """(matrix, full_range) with which libswscale turns `frame`'s YUV into RGB, for `vidjax.ops.pixels.yuv420_to_rgb`:
+    the stream's matrix (BT.601 where it states none), and full range where it says JPEG range or the format is a
+    "yuvj" one. Raises ValueError for a matrix the device path does not convert (BT.2020, FCC, ...)."""
+    space = int(frame.colorspace)
+    if space not in _DEVICE_MATRICES:
+        raise ValueError(f"colour matrix {space} (FFmpeg's AVColorSpace) has no device conversion; the host path "
+                         f"converts it")
+    return _DEVICE_MATRICES[space], int(frame.color_range) == 2 or frame.format.name.startswith("yuvj")
+
+
+@dataclasses.dataclass(frozen=True)
+class CropRegion:
+    """Where a `transforms.Crop` lies in a decoded 8-bit 4:2:0 picture: the even-aligned region [y0, y1) x [x0, x1)
+    of decoded pixels that holds the crop's box plus the resampling filter's reach, and the box's fractional edges
+    (left, top, right, bottom) in that region's pixels (PIL's `box` order). The host path converts the region's
+    planes and resamples the box (`_cropped_rgb`); the device path sends them (`planes`) and does both on the
+    accelerator (`vidjax.ops.pixels`)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    box: tuple[float, float, float, float]
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame, crop: transforms.Crop, height: int, width: int) -> CropRegion:
+        """The region of `crop`, drawn in the frames as shown at `height` x `width` (resized to the short side),
+        in `frame`'s decoded picture (not rotated for display)."""
+        if crop.top < 0 or crop.left < 0 or crop.top + crop.height > height or crop.left + crop.width > width:
+            raise ValueError(f"{crop} does not fit in {height}x{width} frames")
+        coded_h, coded_w = frame.height, frame.width
+        scale_y, scale_x = coded_h / height, coded_w / width
+        fy0, fy1 = crop.top * scale_y, (crop.top + crop.height) * scale_y
+        fx0, fx1 = crop.left * scale_x, (crop.left + crop.width) * scale_x
+        reach = 2 + math.ceil(max(scale_y * crop.height / crop.out_height, scale_x * crop.width / crop.out_width))
+        y0, x0 = max(0, math.floor(fy0) - reach) & ~1, max(0, math.floor(fx0) - reach) & ~1
+        y1, x1 = min(coded_h, math.ceil(fy1) + reach), min(coded_w, math.ceil(fx1) + reach)
+        y1, x1 = min(coded_h, y1 + y1 % 2), min(coded_w, x1 + x1 % 2)
+        return cls(y0, y1, x0, x1, (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
+
+    def planes(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Views of the region's luma (y1 - y0, x1 - x0) and chroma planes (one sample per 2 x 2 pixels) in
+        `frame`, which must be 8-bit 4:2:0."""
+        y = _plane(frame, 0)[self.y0 : self.y1, self.x0 : self.x1]
+        chroma = (slice(self.y0 // 2, (self.y1 + 1) // 2), slice(self.x0 // 2, (self.x1 + 1) // 2))
+        return y, _plane(frame, 1)[chroma], _plane(frame, 2)[chroma]
