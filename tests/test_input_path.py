@@ -24,14 +24,14 @@ def texture_frames(num_frames=24, h=48, w=64, seed=0):
     return np.stack([big[:h, t : t + w] for t in range(num_frames)])
 
 
-# (file name, make_video keyword arguments, crop-first path taken): the fast path cuts 8-bit 4:2:0 planes; rotated
-# or other formats fall back to converting whole frames.
+# (file name, make_video keyword arguments, crop-first path taken): the fast path cuts 8-bit 4:2:0 planes (turned
+# upright where the file is rotated); other formats fall back to converting whole frames.
 FILES = {
     "bframes.mp4": (dict(options={"crf": "18", "bf": "3"}, gop=8), True),
     "vp9.webm": (dict(codec="libvpx-vp9", options={"lossless": "1"}), True),
     "mjpeg.avi": (dict(codec="mjpeg", options={"q": "2"}), True),  # yuvj420p: full range
     "odd444.mp4": (dict(options={"qp": "0"}, pix_fmt="yuv444p", frames=texture_frames(h=33, w=47)), False),
-    "portrait.mp4": (dict(options={"qp": "0"}, rotation=90), False),
+    "portrait.mp4": (dict(options={"qp": "0"}, rotation=90), True),
 }
 
 

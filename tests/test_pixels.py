@@ -1,7 +1,7 @@
 """Pixels on the device (`vidjax.ops.pixels`, issue 51): a decoded picture's YUV 4:2:0 planes of a crop's region
 (`decode.CropRegion`), converted and resampled by the jitted function, equal the host path's crop
 (`read_clip(crops=...)`: libswscale's conversion, PIL's antialiased resize, the flip) within 40 dB PSNR, with the
-same crop boxes and flips, on BT.601 and BT.709, limited and full range, and odd sizes."""
+same crop boxes and flips, on BT.601 and BT.709, limited and full range, an odd size and a display rotation."""
 
 import functools
 
@@ -23,6 +23,7 @@ FILES = {
     "bt709_limited.mp4": ("libx264", "yuv420p", {"crf": "18", "x264-params": BT709}, (48, 64)),
     "bt709_full.mp4": ("libx264", "yuvj420p", {"crf": "18", "x264-params": BT709 + ":range=pc"}, (48, 64)),
     "odd_size.webm": ("libvpx-vp9", "yuv420p", {"crf": "20", "b": "0"}, (51, 75)),
+    "rotated.mp4": ("libx264", "yuv420p", {"crf": "18"}, (48, 64)),  # shown turned 90 degrees: 64 x 48
 }
 SHORT_SIDE, SIZE = 40, 32
 
@@ -39,7 +40,7 @@ def textured(height, width, num_frames=6):
 def _file(folder, name):
     codec, pix_fmt, options, (height, width) = FILES[name]
     return make_video(f"{folder}/{name}", codec=codec, options=options, pix_fmt=pix_fmt,
-                      frames=textured(height, width))
+                      frames=textured(height, width), rotation=90 if name.startswith("rotated") else None)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,10 @@ def test_device_pixels_equal_the_host_crop_within_40_db(folder, name):
     path = _file(folder, name)
     with av.open(path) as container:
         frames = list(container.decode(video=0))
-    _, height, width = decode._resized_size(frames[0], SHORT_SIDE)
+    quarter_turns, height, width = decode._resized_size(frames[0], SHORT_SIDE)
     assert name != "odd_size.webm" or frames[0].width % 2 == 1  # an odd width, with its half chroma column
+    assert quarter_turns == (1 if name == "rotated.mp4" else 0)
+    assert (height > width) == (name == "rotated.mp4")  # coded 48 x 64: shown portrait only where rotated
     kinds = ("random_resized", "multi_scale", "random")
     crops = [transforms.train_crop(kinds[i % 3], height, width, SIZE, np.random.default_rng(i)) for i in range(6)]
     assert {c.flip for c in crops} == {False, True} and len({(c.height, c.width) for c in crops}) > 2
@@ -74,10 +77,11 @@ def test_device_pixels_equal_the_host_crop_within_40_db(folder, name):
     assert (matrix, full_range) == {"bt709_limited.mp4": ("bt709", False), "bt709_full.mp4": ("bt709", True)}.get(
         name, ("bt601", False))
     for c, crop in enumerate(crops):
-        region = decode.CropRegion.of(frames[0], crop, height, width)
+        picture = decode.upright_planes(frames[0])[0].shape
+        region = decode.CropRegion.of(*picture, crop, height, width)
         left, top, right, bottom = region.box
         for t, frame in enumerate(frames):
-            y, u, v = region.planes(frame)
+            y, u, v = region.planes(*decode.upright_planes(frame))
             device = on_device(y, u, v, jnp.array([top, left, bottom, right]), crop.flip, matrix=matrix,
                                full_range=full_range, out_height=SIZE, out_width=SIZE)
             assert psnr(device, clip.frames[c, t]) >= 40, (crop, t, psnr(device, clip.frames[c, t]))

@@ -1032,22 +1032,27 @@ def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
     the decoded size (libswscale's unscaled conversion: the same pixels as converting the whole frame), then PIL
     resamples the box's exact, fractional extent in the decoded picture to the output size (bilinear, antialiased,
     as `transforms.apply_crop`), and flips. So each frame is resampled once, from the decoded picture, where the
-    crop of a resized frame resamples twice, and no pixel outside the box is converted. Frames that are rotated
-    for display or not 8-bit 4:2:0 are converted whole first (`_to_rgb`) and cropped with `transforms.apply_crop`.
+    crop of a resized frame resamples twice, and no pixel outside the box is converted. A picture rotated for
+    display is cut from its planes turned upright. Frames that are not 8-bit 4:2:0, or rotated at an odd coded size,
+    are converted whole first (`_to_rgb`) and cropped with `transforms.apply_crop`.
     """
     first = frames[0]
     quarter_turns, height, width = _resized_size(first, short_side)
     crops = list(make_crops(height, width))
     if len({(crop.out_height, crop.out_width) for crop in crops}) != 1:
         raise ValueError(f"crops must all have one output size, got {crops}")
-    if quarter_turns or first.format.name not in _CROP_FIRST_FORMATS or any(
+    # A rotated picture is cut upright: its planes turned (`upright_planes`), which keeps each chroma sample on its
+    # 2 x 2 pixels only where the coded size is even.
+    odd = first.width % 2 or first.height % 2
+    if (quarter_turns and odd) or first.format.name not in _CROP_FIRST_FORMATS or any(
             (f.width, f.height, f.format.name) != (first.width, first.height, first.format.name) for f in frames):
         video = _to_rgb(frames, short_side)
         return np.stack([transforms.apply_crop(video, crop) for crop in crops])
     reformatter = VideoReformatter()  # keeps its libswscale context across calls of the same shapes
     out = np.empty((len(crops), len(frames), crops[0].out_height, crops[0].out_width, 3), np.uint8)
     for c, crop in enumerate(crops):
-        region = CropRegion.of(first, crop, height, width)
+        picture_h, picture_w = (first.width, first.height) if quarter_turns % 2 else (first.height, first.width)
+        region = CropRegion.of(picture_h, picture_w, crop, height, width)
         done: dict[int, int] = {}
         for t, frame in enumerate(frames):
             if id(frame) in done:  # a frame repeated to fill a short video: converted once
@@ -1060,7 +1065,7 @@ def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
             region_h, region_w = region.y1 - region.y0, region.x1 - region.x0
             planes = av.VideoFrame(region_w + region_w % 2, region_h + region_h % 2, first.format.name)
             planes.colorspace, planes.color_range = frame.colorspace, frame.color_range
-            y, u, v = region.planes(frame)
+            y, u, v = region.planes(*upright_planes(frame))
             _plane(planes, 0)[...] = np.pad(y, ((0, region_h % 2), (0, region_w % 2)), mode="edge")
             _plane(planes, 1)[...], _plane(planes, 2)[...] = u, v
             rgb = reformatter.reformat(planes, format="rgb24", threads=1)
@@ -1107,12 +1112,12 @@ class CropRegion:
     box: tuple[float, float, float, float]
 
     @classmethod
-    def of(cls, frame: av.VideoFrame, crop: transforms.Crop, height: int, width: int) -> CropRegion:
+    def of(cls, picture_h: int, picture_w: int, crop: transforms.Crop, height: int, width: int) -> CropRegion:
         """The region of `crop`, drawn in the frames as shown at `height` x `width` (resized to the short side),
-        in `frame`'s decoded picture (not rotated for display)."""
+        in the upright decoded picture of `picture_h` x `picture_w` pixels (`upright_planes`)."""
         if crop.top < 0 or crop.left < 0 or crop.top + crop.height > height or crop.left + crop.width > width:
             raise ValueError(f"{crop} does not fit in {height}x{width} frames")
-        coded_h, coded_w = frame.height, frame.width
+        coded_h, coded_w = picture_h, picture_w
         scale_y, scale_x = coded_h / height, coded_w / width
         fy0, fy1 = crop.top * scale_y, (crop.top + crop.height) * scale_y
         fx0, fx1 = crop.left * scale_x, (crop.left + crop.width) * scale_x
@@ -1122,9 +1127,16 @@ class CropRegion:
         y1, x1 = min(coded_h, y1 + y1 % 2), min(coded_w, x1 + x1 % 2)
         return cls(y0, y1, x0, x1, (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
 
-    def planes(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Views of the region's luma (y1 - y0, x1 - x0) and chroma planes (one sample per 2 x 2 pixels) in
-        `frame`, which must be 8-bit 4:2:0."""
-        y = _plane(frame, 0)[self.y0 : self.y1, self.x0 : self.x1]
+    def planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Views of the region in an upright picture's luma `y` and chroma `u`, `v` (one sample per 2 x 2 pixels):
+        (y1 - y0, x1 - x0) and its chroma."""
         chroma = (slice(self.y0 // 2, (self.y1 + 1) // 2), slice(self.x0 // 2, (self.x1 + 1) // 2))
-        return y, _plane(frame, 1)[chroma], _plane(frame, 2)[chroma]
+        return y[self.y0 : self.y1, self.x0 : self.x1], u[chroma], v[chroma]
+
+
+def upright_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of an 8-bit 4:2:0 `frame`'s luma and chroma planes as shown: turned by its display rotation (a coded
+    size that is even keeps each chroma sample on its 2 x 2 pixels)."""
+    quarter_turns = round(_rotation(frame) / 90) % 4
+    planes = tuple(_plane(frame, p) for p in range(3))
+    return tuple(np.rot90(plane, quarter_turns) for plane in planes) if quarter_turns else planes
