@@ -1050,8 +1050,8 @@ def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
         return np.stack([transforms.apply_crop(video, crop) for crop in crops])
     reformatter = VideoReformatter()  # keeps its libswscale context across calls of the same shapes
     out = np.empty((len(crops), len(frames), crops[0].out_height, crops[0].out_width, 3), np.uint8)
+    picture_h, picture_w = (first.width, first.height) if quarter_turns % 2 else (first.height, first.width)
     for c, crop in enumerate(crops):
-        picture_h, picture_w = (first.width, first.height) if quarter_turns % 2 else (first.height, first.width)
         region = CropRegion.of(picture_h, picture_w, crop, height, width)
         done: dict[int, int] = {}
         for t, frame in enumerate(frames):
@@ -1066,7 +1066,12 @@ def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
             planes = av.VideoFrame(region_w + region_w % 2, region_h + region_h % 2, first.format.name)
             planes.colorspace, planes.color_range = frame.colorspace, frame.color_range
             y, u, v = region.planes(*upright_planes(frame))
-            _plane(planes, 0)[...] = np.pad(y, ((0, region_h % 2), (0, region_w % 2)), mode="edge")
+            luma = _plane(planes, 0)
+            luma[:region_h, :region_w] = y
+            if region_h % 2:
+                luma[region_h] = luma[region_h - 1]
+            if region_w % 2:
+                luma[:, region_w] = luma[:, region_w - 1]
             _plane(planes, 1)[...], _plane(planes, 2)[...] = u, v
             rgb = reformatter.reformat(planes, format="rgb24", threads=1)
             plane = rgb.planes[0]  # packed RGB: 3 bytes a pixel, rows padded to line_size
@@ -1117,14 +1122,13 @@ class CropRegion:
         in the upright decoded picture of `picture_h` x `picture_w` pixels (`upright_planes`)."""
         if crop.top < 0 or crop.left < 0 or crop.top + crop.height > height or crop.left + crop.width > width:
             raise ValueError(f"{crop} does not fit in {height}x{width} frames")
-        coded_h, coded_w = picture_h, picture_w
-        scale_y, scale_x = coded_h / height, coded_w / width
+        scale_y, scale_x = picture_h / height, picture_w / width
         fy0, fy1 = crop.top * scale_y, (crop.top + crop.height) * scale_y
         fx0, fx1 = crop.left * scale_x, (crop.left + crop.width) * scale_x
         reach = 2 + math.ceil(max(scale_y * crop.height / crop.out_height, scale_x * crop.width / crop.out_width))
         y0, x0 = max(0, math.floor(fy0) - reach) & ~1, max(0, math.floor(fx0) - reach) & ~1
-        y1, x1 = min(coded_h, math.ceil(fy1) + reach), min(coded_w, math.ceil(fx1) + reach)
-        y1, x1 = min(coded_h, y1 + y1 % 2), min(coded_w, x1 + x1 % 2)
+        y1, x1 = min(picture_h, math.ceil(fy1) + reach), min(picture_w, math.ceil(fx1) + reach)
+        y1, x1 = min(picture_h, y1 + y1 % 2), min(picture_w, x1 + x1 % 2)
         return cls(y0, y1, x0, x1, (fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
 
     def planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
