@@ -11,12 +11,14 @@ import sys
 import zlib
 
 import jax
+import numpy as np
 import pytest
 from helpers import load_config
 
 from vidjax import compile_cache, tpu, train
 from vidjax.commands import aot as aot_command
 from vidjax.config_lib import ConfigError
+from vidjax.data import pipeline
 from vidjax.train import aot
 
 pytest.importorskip("libtpu")
@@ -229,6 +231,33 @@ def test_the_trainer_and_aot_lower_the_same_step_for_cpu_devices(tmp_path):
         trainer_text = ours.trace(run.abstract_state, batch).lower().as_text()
     finally:
         run.train_iter = None
+    lowered = aot.lower(config, tpu.slice_of(f"cpu:{jax.device_count()}"))
+    assert lowered.lowered.as_text() == trainer_text
+
+
+def test_the_trainer_and_aot_lower_the_same_device_pixel_step(tmp_path):
+    """With config.data.pixels="device" and video files, `vidjax.aot` describes the batch the input path sends (the
+    planes, one row a video, in `pipeline.pixel_canvas`; each video's crops) and lowers the trainer's step."""
+    from test_decode import make_video
+
+    lines = []
+    for i in range(4):
+        frames = np.random.default_rng(i).integers(0, 256, (12, 48, 64, 3), dtype=np.uint8)
+        lines.append(f"{make_video(tmp_path / f'v{i}.mp4', frames=frames)} {i % 2}\n")
+    (tmp_path / "list.txt").write_text("".join(lines * 2))
+    config = tiny(**{"batch_size": 8, "data.source": "csv", "data.train_csv": str(tmp_path / "list.txt"),
+                     "data.eval_csv": str(tmp_path / "list.txt"), "data.num_classes": 2, "data.pixels": "device"})
+    run = train._set_up(config, str(tmp_path / "run"), None, None)
+    try:
+        local = next(run.train_iter)
+        batch = train.sharding.global_batch(local, train.sharding.batch_sharding(run.setup.mesh))
+        ours = train.make_train_step(run.config, run.setup, run.class_weights, run.pos_weight)
+        trainer_text = ours.trace(run.abstract_state, batch).lower().as_text()
+    finally:
+        run.train_iter = None
+    assert "video" not in local and local["planes_y"].shape == (8, 8, 64, 64)  # 8 videos of 8 frames, 64 x 64
+    shapes = pipeline.device_pixel_shapes(config)
+    assert {key: (value.shape, value.dtype) for key, value in local.items() if key in shapes} == shapes
     lowered = aot.lower(config, tpu.slice_of(f"cpu:{jax.device_count()}"))
     assert lowered.lowered.as_text() == trainer_text
 

@@ -13,6 +13,7 @@ from absl.testing import flagsaver
 from helpers import COMMAND_XLA_FLAGS
 
 from vidjax.bench import op_profile, step
+from vidjax.data import pipeline
 
 
 def test_time_vidjax_reports_step_time_and_flops():
@@ -125,6 +126,26 @@ def test_encode_compiled_only_reports_the_backbone_memory_and_its_compiler(capsy
     assert out[-2].startswith("vidjax (compiled only, by XLA:CPU for cpu)")
     with pytest.raises(app.UsageError, match="--topology=v5litepod-1 compiles for a TPU slice .* add --compile_only"):
         run_main("--model=vjepa2", "--mode=encode", "--topology=v5litepod-1")
+
+
+def test_pixels_host_and_device_compile_the_step_from_clips_and_from_planes(capsys):
+    """--pixels=host,device: the same training step fed RGB clips and fed a device-pixel batch (the planes in the
+    canvas the recipe's short side gives, each video's crop), the model's FLOPs the same (the pixel products are not
+    the model's); the planes are what the arguments grow by. Only for a training step."""
+    run_main("--variant=Mu/8", "--frames=4", "--size=32", "--batch=8", "--mode=pretrain", "--pixels=host,device",
+             "--compile_only")
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [r["pixels"] for r in rows] == ["host", "device"]
+    assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] > 0
+    config = step.bench_config("videomae", "Mu/8", 4, 32, 8, "pretrain", "float32", 400, pixels="device")
+    rows_, cols = pipeline.pixel_canvas(config.data)
+    assert (config.data.short_side, rows_, cols) == (37, 72, 72)  # 256/224 of 32; 1.5 x 37 + 16, rounded up even
+    planes = 8 * 4 * (rows_ * cols + 2 * (rows_ // 2) * (cols // 2))
+    crops = 8 * (4 * 4 + 1 + 2 * 4 + 2 * 4)  # a box, a flip, the region's size and colour a video
+    per_device = rows[0]["devices"]  # XLA's figures are a device's: the batch is split over the 8 of the suite
+    assert rows[1]["argument_bytes"] - rows[0]["argument_bytes"] == (planes + crops - 8 * 4 * 32 * 32 * 3) // per_device
+    with pytest.raises(app.UsageError, match="--pixels=host,device applies to the training step"):
+        run_main("--mode=infer", "--pixels=host,device")
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -6,6 +6,7 @@ ArrayRecord pack of that list) plus the TFDS fixture. Frame j of every video is 
 textured band, so the decoded levels reveal which frames a clip holds, and crops of one frame differ.
 """
 
+import functools
 import shutil
 
 import jax
@@ -19,6 +20,7 @@ from vidjax import config_lib, train
 from vidjax.commands import data_pack
 from vidjax.data import pipeline, sources
 from vidjax.metric_writer import read_metrics
+from vidjax.ops import pixels
 
 CLASSES = ("jump", "run", "walk")
 NUM_FRAMES, STEP, BAND = 12, 12, 8  # 12 frames at 25 fps = 0.48 s; the bottom BAND rows are noise
@@ -195,6 +197,89 @@ def test_repeated_augmentation_gives_differently_cropped_clips_of_one_video(libr
         for a in (0, 2):
             assert not np.array_equal(batch["video"][a], batch["video"][a + 1])
             assert not np.array_equal(batch["mask"][a], batch["mask"][a + 1])
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def _device_crops(batch, size):
+    return pixels.batch_crops(batch, size, size)
+
+
+def _psnr(a, b):
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return np.inf if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+@pytest.mark.parametrize("samples", [1, 4])
+def test_device_pixel_batches_cut_the_host_crops(library, samples):
+    """config.data.pixels="device": the workers send each video's planes once (the region of its k crops, in the
+    canvas `pipeline.pixel_canvas` sizes) with the crops' boxes and flips; the step's crops (`pixels.batch_crops`)
+    equal the host path's clips within 40 dB, row for row, and everything else in the batch (labels, masks, indices)
+    is the host path's, bit for bit: the same random draws."""
+    host_config = config_for("csv", library, batch_size=8, num_samples=samples, train_crop="multi_scale",
+                             pixels="host")
+    device_config = config_for("csv", library, batch_size=8, num_samples=samples, train_crop="multi_scale",
+                               pixels="device")
+    canvas = pipeline.pixel_canvas(device_config.data)
+    assert canvas == ((64, 64) if samples == 1 else (64, 114))  # 1.5 x the 32-pixel short side, + 16; 16:9 for k > 1
+    _, host = read(host_config, "train", 3)
+    _, device = read(device_config, "train", 3)
+    for want, got in zip(host, device, strict=True):
+        videos = 8 // samples
+        assert "video" not in got and got["planes_y"].shape == (videos, 4, *canvas)
+        assert got["planes_u"].shape == (videos, 4, canvas[0] // 2, canvas[1] // 2)
+        assert got["crop_box"].shape == (videos, samples, 4) and got["crop_flip"].shape == (videos, samples)
+        assert set(got) - set(pixels.PLANE_KEYS) == set(want) - {"video"}
+        for key in set(want) - {"video"}:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        clips = np.asarray(_device_crops({key: got[key] for key in pixels.PLANE_KEYS}, size=32))
+        assert clips.shape == want["video"].shape == (8, 4, 32, 32, 3)
+        for row in range(8):
+            assert _psnr(np.round(clips[row]), want["video"][row]) >= 40, row
+
+
+def test_device_pixels_say_when_the_clips_cannot_take_them(library):
+    embedded = tiny_config()
+    embedded.data.pixels = "device"
+    with pytest.raises(config_lib.ConfigError, match="config.data.pixels='device' cannot cut these training clips: "
+                       "config.data.source='synthetic' holds decoded pixels, not video files. Use "
+                       "--config.data.pixels=host"):
+        pipeline.check_data_config(embedded)
+    erasing = config_for("csv", library, pixels="device", erase_prob=0.25)
+    assert any("random erasing (config.data.erase_prob) works on the RGB crops on the host" in p
+               for p in pipeline.data_config_problems(erasing))
+    erasing.data.pixels = "auto"  # auto falls back to the host wherever the device path cannot go
+    assert pipeline.resolve_pixels(erasing.data, "train", backend="gpu") == "host"
+    files = config_for("csv", library, pixels="auto")
+    assert [pipeline.resolve_pixels(files.data, "train", backend=b) for b in ("cpu", "gpu", "tpu")] == [
+        "host", "device", "device"]
+    assert pipeline.resolve_pixels(files.data, "eval", backend="gpu") == "host"
+    files.data.pixels = "gpu"
+    assert "config.data.pixels='gpu': one of auto, host, device." in pipeline.data_config_problems(files)
+    shared = config_for("csv", library, batch_size=12, num_samples=4, pixels="device")
+    problems = pipeline.batch_size_problems(shared, 1, 4, pads_eval=True)
+    assert problems == ["With device pixels each video's planes are one batch row: config.batch_size=12 / "
+                        "num_samples=4 = 3 videos must divide over the 4 devices: use a multiple of 4, e.g. "
+                        "--config.batch_size=12, or --config.data.pixels=host."]
+
+
+def test_device_pixel_training_resumes_exactly_and_8_devices_equal_1(library, tmp_path, capsys):
+    """Pre-training from device pixels (the clips cut from the planes in the step): stopped after its step-2
+    checkpoint and resumed it gives the uninterrupted run's losses bit for bit, and on 8 simulated devices (each
+    video's planes on one device) the 1-device losses to 1e-5."""
+    config = tiny_config(batch_size=8, total_steps=4, checkpoint_every=2, keep_checkpoints=5)
+    config.data = data_for("csv", library)
+    config.data.update(train_crop="multi_scale", pixels="device")
+    full, cut, eight = tmp_path / "full", tmp_path / "cut", tmp_path / "eight"
+    train.train_and_evaluate(config, str(full), devices=jax.devices()[:1])
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "4")
+    assert train.train_and_evaluate(config, str(cut), devices=jax.devices()[:1])["resumed"]
+    train.train_and_evaluate(config, str(eight), devices=jax.devices())
+    assert len(jax.devices()) == 8
+    a, b, c = ({r["step"]: r["loss"] for r in read_metrics(run) if r["split"] == "train"} for run in (full, cut, eight))
+    assert sorted(a) == sorted(b) == sorted(c) == [1, 2, 3, 4]
+    assert [a[step] for step in (3, 4)] == [b[step] for step in (3, 4)]
+    np.testing.assert_allclose([c[step] for step in a], [a[step] for step in a], rtol=1e-5)
 
 
 def test_multi_view_eval_cuts_clips_and_crops(library):

@@ -206,14 +206,27 @@ def test_data_bench_times_the_whole_path_against_decord(tmp_path):
     with config.unlocked():
         config.data.update(sampling_rate=1, train_crop="multi_scale")
     logged = []
-    result = data_bench.run_path(config, paths, folder, loaders=["vidjax", "decord"], num_samples=[1, 2], workers=[0],
-                            batch=8, clips=16, rounds=1, log=logged.append)  # 8 devices in the suite
+    result = data_bench.run_path(config, paths, folder, loaders=["vidjax", "vidjax_device", "decord"],
+                                 num_samples=[1, 2], workers=[0], batch=16, clips=16, rounds=1,
+                                 log=logged.append)  # 8 devices in the suite: 8 videos a batch at num_samples 2
     rows = {(row["loader"], row["num_samples"]): row for row in result["rows"]}
     assert result["recipe"]["masks"] and result["recipe"]["crop"] == 32
     for k in (1, 2):
         row = rows["vidjax", k]
         assert row["clips_per_s"] > 0 and row["cpu_ms_per_clip"] > 0 and row["cores_used"] > 0
         assert row["clips_per_s_per_core"] == pytest.approx(1000 / row["cpu_ms_per_clip"], rel=0.02)
+    for k in (1, 2):  # the device-pixel path: the planes of each video's crops, and the step's share timed
+        row = rows["vidjax_device", k]
+        assert row["clips_per_s"] > 0 and row["device_ms_per_clip"] > 0
+        assert row["device_ms_per_batch"] == pytest.approx(16 * row["device_ms_per_clip"], rel=0.01)
+        assert row["vidjax_speedup"] == pytest.approx(rows["vidjax", k]["clips_per_s"] / row["clips_per_s"], abs=0.006)
+        assert "device_ms_per_clip" not in rows["vidjax", k]
+    frames = config.data.num_frames
+    assert rows["vidjax", 1]["bytes_per_clip"] > frames * 32 * 32 * 3  # RGB clips, and their labels and masks
+    # One video's planes (a 64 x 64 canvas at k = 1; 64 x 114 shared by its two crops at k = 2), 1.5 bytes a pixel.
+    planes = {1: frames * 64 * 64 * 1.5, 2: frames * 64 * 114 * 1.5 / 2}
+    for k in (1, 2):
+        assert 0 < rows["vidjax_device", k]["bytes_per_clip"] - planes[k] < 1024
     if "decord" in result["missing"]:  # not installable on this platform: said, with the command
         assert "pip install decord" in result["missing"]["decord"]
     else:

@@ -254,6 +254,11 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         flip=True,
         rand_augment="",  # e.g. "rand-m7-n4-mstd0.5-inc1" (VideoMAE fine-tuning); "" = off
         erase_prob=0.0,  # random erasing probability (VideoMAE fine-tuning: 0.25)
+        # Where training clips are converted from YUV, cropped and resized: "host" (the input workers send RGB
+        # crops), "device" (they send the decoded planes of the crops' region, the step does the pixels;
+        # `vidjax.ops.pixels`) or "auto" (the backend's choice, `platform.pixels_rule`, where the clips allow it).
+        pixels="auto",
+        pixel_canvas=(0, 0),  # device pixels: the planes' (rows, columns); (0, 0) = `pipeline.pixel_canvas`'s size
         num_samples=1,  # repeated augmentation: clips per decoded video (batch_size counts clips)
         # Evaluation views: clips (evenly spaced windows) x crops, predictions averaged over views.
         test_num_clips=1, test_num_crops=1,

@@ -184,6 +184,19 @@ TEXT_FIELDS = ("backward", "projection_form", "block_gradients")  # GPT-2 (its o
 MAMBA_FIELDS = ("scan", "projection_form", "block_gradients")  # VideoMamba
 
 
+# Where training clips get their pixels (config.data.pixels; `vidjax.data.pipeline.resolve_pixels`).
+PIXELS = ("auto", "host", "device")
+
+
+def pixels_rule(backend: str) -> str:
+    """config.data.pixels "auto" on `backend`, for training clips that can take either path: "device" on GPU and TPU
+    (the input workers send the decoded planes of the crops' region, half the bytes of RGB a pixel, and skip the
+    colour conversion and the resample: docs/performance.md, "Pixels on the device"), "host" on a CPU, where the
+    step would do the same work on the same cores as the workers, in matrix products rather than libswscale's and
+    PIL's kernels."""
+    return "device" if canonical(backend) in ("gpu", "tpu") else "host"
+
+
 def canonical(backend: str) -> str:
     """A backend name as the fields key it: "cuda" is "gpu"."""
     backend = str(backend).lower()

@@ -122,6 +122,11 @@ _DECODER_MASK = flags.DEFINE_list("decoder_mask", ["none"], "--mode=pretrain of 
                                   "config.model.decoder_mask_type: none (VideoMAE: the decoder reconstructs every "
                                   "masked token) or run_cell (VideoMAE V2's dual masking: a running-cell mask "
                                   "of ratio 0.5 halves the decoder's tokens); none,run_cell times both in one run.")
+_PIXELS = flags.DEFINE_list("pixels", ["host"], "--mode=pretrain|finetune: where the clips' pixels are made "
+                             "(config.data.pixels): host (uint8 RGB clips in the batch) or device (the decoded YUV "
+                             "planes of the crops' region, a 640x360 video's at the recipe's short side, converted "
+                             "and cropped in the step: `vidjax.ops.pixels`); host,device times both in one run, the "
+                             "difference being the device's added step time.")
 _MESH = flags.DEFINE_list("mesh", [], "DATA,FSDP,TENSOR: the device mesh (config.mesh), e.g. 1,8,1 for FSDP over 8 "
                           "devices; default: data parallel over every device.")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Compile the step (or forward) for abstract (unallocated) "
@@ -151,7 +156,7 @@ _OUT = flags.DEFINE_string("out", None, "--sweep: write OUT.json (after each poi
 
 # What each controllable option may be, to check --dtype/--remat/--grad_accum/--scan_layers before compiling.
 _CHOICES = {"dtype": ("float32", "bfloat16"), "remat": tuple(REMAT_POLICIES),
-            "scan_layers": ("false", "true"), "decoder_mask": ("none", "run_cell")}
+            "scan_layers": ("false", "true"), "decoder_mask": ("none", "run_cell"), "pixels": ("host", "device")}
 
 
 # Peak dense bf16 FLOP/s of one device (a GPU, or a TPU chip as jax counts it) by `jax.Device.device_kind`, from the
@@ -201,9 +206,11 @@ def mfu(flops_per_step: float, seconds_per_step: float, device_kind: str, device
 
 def bench_config(model: str, variant: str, frames: int, size: int, batch: int, mode: str, dtype: str,
                  num_classes: int, remat: str = "none", grad_accum: int = 1, scan_layers: bool = False,
-                 compare: str | None = None, decoder_mask: str = "none"):
+                 compare: str | None = None, decoder_mask: str = "none", pixels: str = "host"):
     """A trainer config for the benchmark workload (no data source is read). With compare="torch", the model
-    config is the one the PyTorch reference implements (`reference.vidjax_overrides`: ViViT's joint model 1)."""
+    config is the one the PyTorch reference implements (`reference.vidjax_overrides`: ViViT's joint model 1).
+    `pixels` "device": the batch holds the planes a Kinetics recipe's clip sends (short side 256/224 of the size,
+    multi-scale crops: config.data's pixel settings), `time_vidjax` draws them."""
     config = config_lib.trainer_config()
     config.model_name = model
     config.task = "pretrain" if mode == "pretrain" else "classification"
@@ -218,11 +225,37 @@ def bench_config(model: str, variant: str, frames: int, size: int, batch: int, m
     if compare == "torch":
         config.model.update(reference.vidjax_overrides(model))
     config.data = config_lib.synthetic_data(num_frames=frames, image_size=size, num_classes=num_classes)
+    config.data.pixels = pixels
+    if pixels == "device":
+        config.data.update(short_side=round(size * 256 / 224), train_crop="multi_scale")
     config.batch_size = batch
     config.grad_accum_steps = grad_accum
     config.total_steps = 1000
     config.optimizer.warmup_epochs = 0
     return config
+
+
+def device_pixel_batch(config, rng) -> dict:
+    """A device-pixel batch's planes and crops (`vidjax.ops.pixels.PLANE_KEYS`) for `config`'s clips: random pixels
+    in the canvas `pipeline.pixel_canvas` sizes, each video's region that of a multi-scale crop of a 640x360 video
+    (360 rows of it at the recipe's short side), its box a random square of 0.66-1 of that, half of them flipped."""
+    import numpy as np
+
+    from vidjax.data import pipeline  # the input pipeline loads grain: not for --help or a bad command line
+
+    b, t = config.batch_size, config.model.num_frames
+    rows, cols = pipeline.pixel_canvas(config.data)
+    side = min(rows, cols, 360)
+    boxes = []
+    for _ in range(b):
+        extent = side * rng.uniform(0.66, 1.0)
+        top, left = rng.uniform(0, side - extent, 2)
+        boxes.append([[top, left, top + extent, left + extent]])
+    return {"planes_y": rng.integers(0, 256, (b, t, rows, cols), dtype=np.uint8),
+            "planes_u": rng.integers(0, 256, (b, t, rows // 2, cols // 2), dtype=np.uint8),
+            "planes_v": rng.integers(0, 256, (b, t, rows // 2, cols // 2), dtype=np.uint8),
+            "crop_box": np.asarray(boxes, np.float32), "crop_flip": rng.random((b, 1)) < 0.5,
+            "planes_valid": np.full((b, 2), side, np.int32), "planes_colour": np.zeros((b, 2), np.int32)}
 
 
 def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
@@ -270,8 +303,12 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
         local["mask"] = np.stack([tube_mask(rng, grid, m.mask_ratio) for _ in range(b)])
         if m.get("decoder_mask_type", "none") == "run_cell":  # VideoMAE V2's dual masking, as the pipeline draws it
             local["decoder_mask"] = np.stack([running_cell_mask(rng, grid, m.decoder_mask_ratio) for _ in range(b)])
+    batch_sh = sharding.batch_sharding(setup.mesh)
+    host_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in local.items()}
+    if config.data.pixels == "device":
+        local.pop("video")
+        local.update(device_pixel_batch(config, rng))
     if compile_only:
-        batch_sh = sharding.batch_sharding(setup.mesh)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in local.items()}
         state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), setup.abstract_state,
                              setup.state_shardings)
@@ -279,7 +316,7 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
         batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
         state = setup.init_state()
 
-    def jitted(config, setup, state):
+    def jitted(config, setup, state, batch=batch):
         """The jitted function the row times, with its arguments."""
         if mode in ("infer", "encode"):
             output = "logits" if mode == "infer" else "last_hidden_state"
@@ -313,7 +350,7 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     # library calls) and a lowering's returned none.
     plain = plain_config(config)
     plain_setup = train.build(plain, config.batch_size, setup.mesh, backend)  # its own layout (blocks unstacked)
-    fn, args = jitted(plain, plain_setup, plain_setup.abstract_state)
+    fn, args = jitted(plain, plain_setup, plain_setup.abstract_state, host_batch)  # the model's: no pixel work
     flops = matmul_flops(jax.make_jaxpr(fn)(*args))
     # XLA's per-device figures for the compiled step: arguments (parameters, optimizer state, batch), temporaries
     # (activations, gradients in flight), outputs, and their total.
@@ -411,6 +448,11 @@ def option_rows() -> list[dict]:
 
     values = {"dtype": _DTYPE.value, "remat": _REMAT.value, "grad_accum": _GRAD_ACCUM.value,
               "scan_layers": _SCAN_LAYERS.value}
+    if _PIXELS.value != ["host"]:
+        if _MODE.value not in ("pretrain", "finetune"):
+            raise app.UsageError(f"--pixels={','.join(_PIXELS.value)} applies to the training step (--mode=pretrain or "
+                                 f"finetune).")
+        values["pixels"] = _PIXELS.value
     if _DECODER_MASK.value != ["none"]:
         if _MODE.value != "pretrain" or _MODEL.value != "videomae":
             raise app.UsageError(f"--decoder_mask={','.join(_DECODER_MASK.value)} applies to --model=videomae "
@@ -445,16 +487,17 @@ def markdown_table(rows: list[dict]) -> str:
     the decoder blocks' share of the step when the rows have them)."""
     masks = "decoder_mask" in rows[0]
     shares = "decoder_blocks_share" in rows[0]
-    lines = [f"| {'decoder_mask | ' if masks else ''}dtype | remat | grad_accum | scan_layers | s/step | clips/s | "
+    where = "pixels" in rows[0]
+    lines = [f"| {'pixels | ' if where else ''}{'decoder_mask | ' if masks else ''}dtype | remat | grad_accum | scan_layers | s/step | clips/s | "
              f"compile s | temp MiB | args MiB | time vs first | temp vs first |{' decoder blocks share |' * shares}",
-             "|" + " --- |" * (11 + masks + shares)]
+             "|" + " --- |" * (11 + masks + shares + where)]
     first = rows[0]
     for r in rows:
         temp = r["temp_bytes"] / 2**20 if r["temp_bytes"] is not None else float("nan")
         args = r["argument_bytes"] / 2**20 if r["argument_bytes"] is not None else float("nan")
         temp_ratio = r["temp_bytes"] / first["temp_bytes"] if r["temp_bytes"] and first["temp_bytes"] else float("nan")
         share = f" {r['decoder_blocks_share']:.2f} |" if shares else ""
-        lines.append(f"| {r['decoder_mask'] + ' | ' if masks else ''}{r['dtype']} | {r['remat']} | {r['grad_accum']} | "
+        lines.append(f"| {r['pixels'] + ' | ' if where else ''}{r['decoder_mask'] + ' | ' if masks else ''}{r['dtype']} | {r['remat']} | {r['grad_accum']} | "
                      f"{str(r['scan_layers']).lower()} | {r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | "
                      f"{r['compile_s']:.1f} | {temp:.1f} | {args:.1f} | "
                      f"{r['seconds_per_step'] / first['seconds_per_step']:.2f} | {temp_ratio:.2f} |" + share)
@@ -656,7 +699,8 @@ def _row_config(options: dict):
     """The trainer config of one row of `option_rows`, under --mesh when given."""
     config = bench_config(_MODEL.value, _VARIANT.value, _FRAMES.value, _SIZE.value, _BATCH.value, _MODE.value,
                           options["dtype"], _NUM_CLASSES.value, options["remat"], options["grad_accum"],
-                          options["scan_layers"], _COMPARE.value, options.get("decoder_mask", "none"))
+                          options["scan_layers"], _COMPARE.value, options.get("decoder_mask", "none"),
+                          options.get("pixels", "host"))
     if _MESH.value:
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_flag()
     if _ATTENTION_IMPL.value:

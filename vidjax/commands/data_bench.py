@@ -35,7 +35,11 @@ VideoMAE's loader, `decord.VideoReader(num_threads=1)` + `get_batch` of the samp
 crop, flip and masks; `TorchcodecPreprocess` likewise), the same worker count and files, in alternating rounds
 (--rounds; the median is reported). Per (loader, num_samples, workers): clips/s delivered, the CPU seconds every
 process of the tree spent meanwhile (this one, grain's workers; from /proc), and from them CPU ms per delivered
-clip, clips/s per core used, and cores used. vidjax's ratio to each loader is of clips/s.
+clip, clips/s per core used, cores used and the bytes sent per clip. vidjax's ratio to each loader is of clips/s.
+`--compare=vidjax_device` adds vidjax's own path with the pixels made on the device (`config.data.pixels=device`:
+the workers send the decoded planes of the crops' region, the step converts and crops them; every other loader runs
+with `pixels=host`); its rows add the device's share, `batch_crops` timed on the delivered batch in the model's
+compute dtype (device ms per clip), and the other loaders' rows its ratio to them (`vidjax_device_speedup`).
 With --test_clips=K it times the evaluation views' decode instead, in this process: each video's K test clips
 (config.data.test_num_clips) read one window at a time against `decode.read_clips` (one open, one pass over the
 windows), alternating --rounds; CPU ms and frames decoded per video:
@@ -285,7 +289,9 @@ def format_test_clips_table(result: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # The trainer's whole input path, per core, against other loaders.
 
-LOADERS = ("vidjax", "decord", "torchcodec")
+# "vidjax_device": vidjax's path with config.data.pixels="device" (the planes of the crops' region sent, the pixels
+# made in the step); the others convert and crop on the host (config.data.pixels="host").
+LOADERS = ("vidjax", "vidjax_device", "decord", "torchcodec")
 _INSTALL = {"decord": "pip install decord (or eva-decord)",
             "torchcodec": "pip install torchcodec (it needs torch and FFmpeg's shared libraries)"}
 
@@ -382,9 +388,11 @@ def missing_loader(loader: str) -> str | None:
     return None
 
 
-def path_config(config, paths: list[str], folder: str, *, num_samples: int, workers: int, batch: int):
+def path_config(config, paths: list[str], folder: str, *, num_samples: int, workers: int, batch: int,
+                pixels: str = "host"):
     """`config` pointed at the bench's files (a `path label` list in `folder`) with the given repeated sampling,
-    worker count and per-host batch of clips; the recipe's frames, sampling rate, sizes, crop and flip are kept."""
+    worker count, per-host batch of clips and pixel path; the recipe's frames, sampling rate, sizes, crop and flip
+    are kept."""
     # Each video listed several times (each entry a clip from a random window): an epoch then holds whole batches
     # of videos, and a pre-training eval split (trimmed to whole batches) is not empty.
     repeats = -(-4 * batch // len(paths))
@@ -397,7 +405,7 @@ def path_config(config, paths: list[str], folder: str, *, num_samples: int, work
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.data.update(source="csv", train_csv=listing, eval_csv=listing, root="", num_classes=2,
-                           num_samples=num_samples, num_workers=workers, skip_missing=False)
+                           num_samples=num_samples, num_workers=workers, skip_missing=False, pixels=pixels)
         config.batch_size = batch
         config.init_from = ""
     return config
@@ -430,17 +438,44 @@ def time_path(config, source, spec, mesh, preprocess_type, clips: int) -> dict:
         if close is not None:
             close()
     delivered = batches * config.batch_size
-    shape = tuple(batch["video"].shape[1:])
-    expected = (config.data.num_frames, config.data.image_size, config.data.image_size, 3)
-    if shape != expected or batch["video"].shape[0] != config.batch_size:
-        raise AssertionError(f"the path delivered videos of shape {batch['video'].shape}, expected "
-                             f"({config.batch_size}, {', '.join(map(str, expected))})")
-    out = {"clips_per_s": delivered / elapsed, "clips": delivered}
+    out = {"clips_per_s": delivered / elapsed, "clips": delivered,
+           "bytes_per_clip": sum(value.nbytes for value in batch.values()) / config.batch_size}
+    if "video" in batch:
+        shape = tuple(batch["video"].shape[1:])
+        expected = (config.data.num_frames, config.data.image_size, config.data.image_size, 3)
+        if shape != expected or batch["video"].shape[0] != config.batch_size:
+            raise AssertionError(f"the path delivered videos of shape {batch['video'].shape}, expected "
+                                 f"({config.batch_size}, {', '.join(map(str, expected))})")
+    else:  # device pixels: the step's share of the work, timed on this device's own batch
+        out.update(device_pixel_time(batch, config.data.image_size, config.batch_size,
+                                     config.model.get("dtype", "float32")))
     if cpu_start is not None:
         cpu = max(cpu_end - cpu_start, 1e-9)
         out.update(cpu_ms_per_clip=1000 * cpu / delivered, clips_per_s_per_core=delivered / cpu,
                    cores_used=cpu / elapsed)
     return out
+
+
+def device_pixel_time(batch: dict, size: int, clips: int, dtype: str = "float32", repeats: int = 5) -> dict:
+    """The device's pixel work for a device-pixel `batch` (global arrays): `vidjax.ops.pixels.batch_crops` jitted
+    with `dtype` products (the model's compute dtype, as the train step does), the median of `repeats` calls after
+    one warm-up, in ms per batch and per clip; and a check that it gives the batch's `clips` clips of `size`."""
+    import jax  # the device side: not needed by the decoder comparison
+
+    from vidjax.ops import pixels  # loads jax: here for the same reason
+
+    crops = jax.jit(pixels.batch_crops, static_argnums=(1, 2, 3))
+    planes = {key: batch[key] for key in pixels.PLANE_KEYS}
+    out = jax.block_until_ready(crops(planes, size, size, dtype))
+    if out.shape[0] != clips or out.shape[2:] != (size, size, 3):
+        raise AssertionError(f"the device cut clips of shape {out.shape}, expected ({clips}, T, {size}, {size}, 3)")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(crops(planes, size, size, dtype))
+        times.append(time.perf_counter() - start)
+    ms = 1000 * statistics.median(times)
+    return {"device_ms_per_batch": ms, "device_ms_per_clip": ms / clips}
 
 
 def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_samples: list[int],
@@ -475,7 +510,7 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
         h, w = info.height, info.width
         sizes.append((os.path.abspath(path), (short, max(1, round(w * short / h))) if h <= w else
                       (max(1, round(h * short / w)), short)))
-    types = {"vidjax": pipeline.Preprocess, "torchcodec": TorchcodecPreprocess,
+    types = {"vidjax": pipeline.Preprocess, "vidjax_device": pipeline.Preprocess, "torchcodec": TorchcodecPreprocess,
              "decord": lambda **kw: DecordPreprocess(sizes=tuple(sizes), **kw)}
     runs: dict[tuple[str, int, int], list[dict]] = {}
     for r in range(rounds):
@@ -483,18 +518,23 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
             for n in workers:
                 order = loaders if r % 2 == 0 else loaders[::-1]  # alternate who goes first
                 for loader in order:
-                    cfg = path_config(base, paths, folder, num_samples=k, workers=n, batch=batch)
+                    cfg = path_config(base, paths, folder, num_samples=k, workers=n, batch=batch,
+                                      pixels="device" if loader == "vidjax_device" else "host")
                     result = time_path(cfg, source, training.input_spec(cfg, abstract), mesh, types[loader], clips)
                     runs.setdefault((loader, k, n), []).append(result)
                     log(f"round {r + 1}/{rounds} {loader:<10} num_samples={k} workers={n}: "
                         f"{result['clips_per_s']:.1f} clips/s"
                         + (f", {result['clips_per_s_per_core']:.1f} clips/s per core, "
                            f"{result['cpu_ms_per_clip']:.1f} CPU ms/clip, {result['cores_used']:.2f} cores"
-                           if "cpu_ms_per_clip" in result else ""))
+                           if "cpu_ms_per_clip" in result else "")
+                        + f", {result['bytes_per_clip'] / 1024:.0f} KiB/clip"
+                        + (f", device pixels {result['device_ms_per_clip']:.2f} ms/clip"
+                           if "device_ms_per_clip" in result else ""))
     rows = []
     for (loader, k, n), results in runs.items():
         row = {"loader": loader, "num_samples": k, "workers": n, "rounds": len(results)}
-        for key in ("clips_per_s", "clips_per_s_per_core", "cpu_ms_per_clip", "cores_used"):
+        for key in ("clips_per_s", "clips_per_s_per_core", "cpu_ms_per_clip", "cores_used", "bytes_per_clip",
+                    "device_ms_per_batch", "device_ms_per_clip"):
             if key in results[0]:
                 row[key] = round(statistics.median(res[key] for res in results), 2)
         row["clips_per_s_each_round"] = [round(res["clips_per_s"], 2) for res in results]
@@ -504,6 +544,9 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
         if row["loader"] != "vidjax" and ("vidjax", row["num_samples"], row["workers"]) in by:
             row["vidjax_speedup"] = round(by["vidjax", row["num_samples"], row["workers"]]["clips_per_s"]
                                           / row["clips_per_s"], 2)
+        device = ("vidjax_device", row["num_samples"], row["workers"])
+        if not row["loader"].startswith("vidjax") and device in by:  # the device-pixel path against this loader
+            row["vidjax_device_speedup"] = round(by[device]["clips_per_s"] / row["clips_per_s"], 2)
     d = base.data
     with av.open(paths[0]) as container:  # the files' shape: what the figures are per clip of
         stream = container.streams.video[0]
@@ -518,12 +561,13 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
 
 
 def format_path_table(result: dict) -> str:
-    lines = [f"{'loader':<11} {'samples':>7} {'workers':>7} {'clips/s':>9} {'per core':>9} {'CPU ms/clip':>12} "
-             f"{'cores':>6} {'vidjax is':>10}"]
+    lines = [f"{'loader':<14} {'samples':>7} {'workers':>7} {'clips/s':>9} {'per core':>9} {'CPU ms/clip':>12} "
+             f"{'cores':>6} {'KiB/clip':>9} {'device ms/clip':>15} {'vidjax is':>10}"]
     for row in result["rows"]:
-        lines.append(f"{row['loader']:<11} {row['num_samples']:>7} {row['workers']:>7} {row['clips_per_s']:>9.1f} "
+        lines.append(f"{row['loader']:<14} {row['num_samples']:>7} {row['workers']:>7} {row['clips_per_s']:>9.1f} "
                      f"{row.get('clips_per_s_per_core', float('nan')):>9.1f} "
                      f"{row.get('cpu_ms_per_clip', float('nan')):>12.1f} {row.get('cores_used', float('nan')):>6.2f} "
+                     f"{row['bytes_per_clip'] / 1024:>9.0f} {row.get('device_ms_per_clip', float('nan')):>15.2f} "
                      + (f"{row['vidjax_speedup']:>9.2f}x" if "vidjax_speedup" in row else f"{'':>10}"))
     return "\n".join(lines)
 
@@ -568,7 +612,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_list("num_samples", ["1"], "With --config: clips cut from each decoded video "
                       "(config.data.num_samples) to time, e.g. 1,4.", **fv)
     flags.DEFINE_list("compare", [], f"With --config: other loaders to run the same recipe through, some of "
-                      f"{', '.join(LOADERS[1:])} (optional extras).", **fv)
+                      f"{', '.join(LOADERS[1:])} (vidjax_device: vidjax's path with the pixels made on the device; the others "
+                      f"are optional extras).", **fv)
     flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).", **fv)
     flags.DEFINE_integer("rounds", 2, "With --config or --test_clips: alternating rounds; figures are medians over "
                          "them.", **fv)

@@ -190,6 +190,111 @@ def read_clip(
                 end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
 
 
+@dataclasses.dataclass(frozen=True)
+class PlaneClip:
+    """A training clip for the device-pixel path (`read_planes`): the decoded YUV 4:2:0 planes of the region that
+    holds every crop of the clip, cut from the upright picture and placed at the top-left of a fixed canvas, `y`
+    (T, H, W) and `u`, `v` (T, H / 2, W / 2) uint8 (zeros beyond the region); each crop's `box` (k, 4) float32,
+    (top, left, bottom, right) in the canvas's pixels, and `flip` (k,) bool; the region's `valid` (rows, columns)
+    and its `colour` (index of `vidjax.ops.pixels.MATRIX_NAMES`, full range) (2,) int32. The device turns these
+    into the crops `read_clip(crops=...)` gives (`vidjax.ops.pixels.crops_from_planes`). The rest as `Clip`."""
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    box: np.ndarray
+    flip: np.ndarray
+    valid: np.ndarray
+    colour: np.ndarray
+    indices: np.ndarray
+    fps: float
+    start_s: float
+    end_s: float
+    num_decoded: int
+    scaled: bool = False  # the region did not fit the canvas and was downscaled on the host first
+
+
+def read_planes(src: VideoSource, num_frames: int, sampling_rate: int, rng: np.random.Generator | None = None, *,
+                canvas: tuple[int, int], crops: Callable[[int, int], Sequence[transforms.Crop]],
+                start_s: float | None = None, end_s: float | None = None, short_side: int | None = None,
+                threads: int = 1, name: str | None = None, skip_nonref: bool = True) -> PlaneClip:
+    """`read_clip(..., crops=crops)` for the device-pixel path: the same frames, the same crops drawn, but the
+    planes of the region they cover sent as decoded instead of converted and resampled here (`PlaneClip`).
+
+    `canvas` (rows, columns), both even, is the planes' fixed size. A region larger than it (a video of higher
+    resolution than the canvas was sized for, or k crops spread over a wide frame) is downscaled on the host to
+    fit (PIL's antialiased bilinear resize of each plane), which adds one resample; `PlaneClip.scaled` says so.
+    Frames not in 8-bit 4:2:0 are converted to it by libswscale, and a colour matrix the device does not convert
+    (`colour_of`) is sent as BT.709.
+    """
+    label = _label(src, name)
+    with _video(src, label, threads) as (container, stream, meta):
+        sample = (num_frames, sampling_rate, rng, 1, 0, None)
+        indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
+        reader = _FrameReader(container, stream, meta, label, skip_nonref)
+        chosen, indices = _frames_of_window(
+            reader, indices, lambda count: _sample(count, meta.fps, start_s, end_s, *sample, label))
+        *planes, scaled = _cropped_planes(chosen, short_side, crops, canvas)
+    fps = float(meta.fps)
+    return PlaneClip(*planes, scaled=scaled, indices=indices, fps=fps, start_s=int(indices[0]) / fps,
+                     end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
+
+
+def _device_colour(frame: av.VideoFrame) -> tuple[int, bool]:
+    """(index in `vidjax.ops.pixels.MATRIX_NAMES`, full range) of `frame`; BT.709 for a matrix without a device
+    conversion."""
+    try:
+        matrix, full = colour_of(frame)
+    except ValueError:
+        matrix, full = "bt709", int(frame.color_range) == 2
+    return tuple(_DEVICE_MATRICES_ORDER).index(matrix), full
+
+
+def _cropped_planes(frames: list[av.VideoFrame], short_side: int | None,
+                    make_crops: Callable[[int, int], Sequence[transforms.Crop]], canvas: tuple[int, int]) -> tuple:
+    """`PlaneClip`'s planes, boxes, flips, valid size, colour and `scaled` for `read_planes`."""
+    rows, cols = canvas
+    if rows % 2 or cols % 2 or rows <= 0 or cols <= 0:
+        raise ValueError(f"canvas={canvas}: rows and columns must be positive and even")
+    frames = [f if f.format.name in _CROP_FIRST_FORMATS else f.reformat(format="yuv420p") for f in frames]
+    first = frames[0]
+    quarter_turns, height, width = _resized_size(first, short_side)
+    crops = list(make_crops(height, width))
+    if len({(crop.out_height, crop.out_width) for crop in crops}) != 1:
+        raise ValueError(f"crops must all have one output size, got {crops}")
+    picture_h, picture_w = (first.width, first.height) if quarter_turns % 2 else (first.height, first.width)
+    regions = [CropRegion.of(picture_h, picture_w, crop, height, width) for crop in crops]
+    whole = CropRegion(min(r.y0 for r in regions), max(r.y1 for r in regions), min(r.x0 for r in regions),
+                       max(r.x1 for r in regions), (0.0, 0.0, 0.0, 0.0))
+    region_h, region_w = whole.y1 - whole.y0, whole.x1 - whole.x0
+    scale = min(1.0, rows / region_h, cols / region_w)
+    out_h, out_w = (region_h, region_w) if scale == 1 else (min(rows, round(region_h * scale)),
+                                                            min(cols, round(region_w * scale)))
+    sy, sx = out_h / region_h, out_w / region_w
+    box = np.array([[(r.box[1] + r.y0 - whole.y0) * sy, (r.box[0] + r.x0 - whole.x0) * sx,
+                     (r.box[3] + r.y0 - whole.y0) * sy, (r.box[2] + r.x0 - whole.x0) * sx] for r in regions],
+                   np.float32)
+    y = np.zeros((len(frames), rows, cols), np.uint8)
+    u, v = np.zeros((2, len(frames), rows // 2, cols // 2), np.uint8)
+    chroma_h, chroma_w = (out_h + 1) // 2, (out_w + 1) // 2
+    done: dict[int, int] = {}
+    for t, frame in enumerate(frames):
+        if id(frame) in done:  # a frame repeated to fill a short video: cut once
+            y[t], u[t], v[t] = y[done[id(frame)]], u[done[id(frame)]], v[done[id(frame)]]
+            continue
+        done[id(frame)] = t
+        planes = whole.planes(*upright_planes(frame))
+        if scale < 1:
+            planes = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize(size, Image.Resampling.BILINEAR))
+                      for p, size in zip(planes, [(out_w, out_h), (chroma_w, chroma_h), (chroma_w, chroma_h)],
+                                         strict=True)]
+        y[t, :out_h, :out_w] = planes[0]
+        u[t, :chroma_h, :chroma_w], v[t, :chroma_h, :chroma_w] = planes[1], planes[2]
+    matrix, full = _device_colour(first)
+    return (y, u, v, box, np.array([c.flip for c in crops], bool), np.array([out_h, out_w], np.int32),
+            np.array([matrix, full], np.int32), scale < 1)
+
+
 def read_clips(src: VideoSource, num_frames: int, sampling_rate: int, num_clips: int, *,
                start_s: float | None = None, end_s: float | None = None, short_side: int | None = None,
                threads: int = 1, name: str | None = None, skip_nonref: bool = True) -> Clip:
@@ -1089,6 +1194,7 @@ def _cropped_rgb(frames: list[av.VideoFrame], short_side: int | None,
 # with `vidjax.ops.pixels`: BT.709 (1); BT.601 as BT470BG (5), SMPTE 170M (6) and unspecified (2), which libswscale
 # reads as BT.601.
 _DEVICE_MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}
+_DEVICE_MATRICES_ORDER = ("bt601", "bt709")  # vidjax.ops.pixels.MATRIX_NAMES (the data layer does not import ops)
 
 
 def colour_of(frame: av.VideoFrame) -> tuple[str, bool]:

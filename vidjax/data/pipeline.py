@@ -29,11 +29,12 @@ import grain
 import ml_collections
 import numpy as np
 
-from vidjax import cli
+from vidjax import cli, platform
 from vidjax.config_lib import ConfigError, host_cpus, raise_problems
 from vidjax.data import decode, sources, synthetic, transforms
 from vidjax.data import views as views_lib
 from vidjax.models import clip_spec
+from vidjax.ops.pixels import PLANE_KEYS
 from vidjax.patches import MaskSpec, running_cell_hidden
 
 SPLITS = ("train", "eval")
@@ -300,6 +301,10 @@ class Preprocess:
     fields: ElementFields | None = None  # the task's per-element fields (`InputSpec.fields`)
     views: views_lib.ViewSpec | None = None  # training elements as multiple views (`InputSpec.views`)
     masks: MaskSpec | None = None  # the masks drawn per clip (`InputSpec.masks`)
+    # "device": training clips sent as their decoded planes (`decode.read_planes`, `PLANE_KEYS`) into a canvas of
+    # `canvas` (rows, columns), converted and cropped in the step; "host": RGB crops (`resolve_pixels`)
+    pixels: str = "host"
+    canvas: tuple[int, int] = (0, 0)
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
@@ -323,7 +328,10 @@ class Preprocess:
                     int(element["index"]), err, substitute)
                 element = self.source[substitute]
         video = out.get("video")
-        samples = video.shape[0] if video is not None and video.ndim == 5 and self.train else 1
+        if "crop_box" in out:  # device pixels: one decode, its k crops
+            samples = len(out["crop_box"]) if self.data.num_samples > 1 else 1
+        else:
+            samples = video.shape[0] if video is not None and video.ndim == 5 and self.train else 1
         count = np.zeros(samples, np.int32)
         count[0] = failures  # one count per decoded video, not per augmented sample
         out["decode_failures"] = count if samples > 1 else np.int32(failures)
@@ -353,10 +361,14 @@ class Preprocess:
             src = element["path"] if "path" in element else element["data"]
             name = element.get("source_path") if "data" in element else None
             start_s, end_s = float(element.get("start", np.nan)), float(element.get("end", np.nan))
+            if self.train and self.pixels == "device":
+                out, window = self._decode_planes(src, name, start_s, end_s, rng)
+                out["index"] = np.int32(element["index"])
+                return self._finish(out, element, window, rng, clips=d.num_samples if d.num_samples > 1 else 0)
             if self.train and not d.rand_augment:  # RandAugment works on whole frames, before the crop
                 video, window = self._decode_cropped(src, name, start_s, end_s, rng)
                 out = {"video": video, "index": np.int32(element["index"])}
-                return self._finish(out, element, video, window, rng)
+                return self._finish(out, element, window, rng, clips=len(video) if video.ndim == 5 else 0)
             span = {"start_s": None if np.isnan(start_s) else start_s, "end_s": None if np.isnan(end_s) else end_s}
             if self.train:
                 clip = decode.read_clip(src, d.num_frames, d.sampling_rate, rng, short_side=short, name=name, **span)
@@ -380,20 +392,20 @@ class Preprocess:
             if len(video) == 1:
                 video = video[0]
         out = {"video": np.ascontiguousarray(video, dtype=np.uint8), "index": np.int32(element["index"])}
-        return self._finish(out, element, video, window, rng)
+        return self._finish(out, element, window, rng, clips=len(video) if video.ndim == 5 and self.train else 0)
 
-    def _finish(self, out: dict, element: dict, video: np.ndarray, window: tuple[float, float],
-                rng: np.random.Generator) -> dict:
-        """`out` ({"video", "index"}) with the element's targets, the task's fields and the masks of `masks`: a tube
-        mask per clip (and with a "run_cell" decoder mask the decoder masks, drawn after them: the tube masks are
-        those of V1)."""
+    def _finish(self, out: dict, element: dict, window: tuple[float, float], rng: np.random.Generator, *,
+                clips: int) -> dict:
+        """`out` ({"video", "index"}, or the planes) with the element's targets, the task's fields and the masks of
+        `masks`: a tube mask per clip, stacked for `clips` > 0 (repeated sampling's clips), else one (and with a
+        "run_cell" decoder mask the decoder masks, drawn after them: the tube masks are those of V1)."""
         out.update(self._targets(element, window))
         if self.fields is not None:
             out.update(self.fields(element, rng if self.train else None))
         masks = self.masks
         if masks is not None:
-            if video.ndim == 5 and self.train:
-                out["mask"] = np.stack([tube_mask(rng, masks.grid, masks.ratio) for _ in video])
+            if clips:
+                out["mask"] = np.stack([tube_mask(rng, masks.grid, masks.ratio) for _ in range(clips)])
             else:
                 out["mask"] = tube_mask(rng, masks.grid, masks.ratio)
             if masks.decoder_kind == "run_cell":
@@ -423,6 +435,21 @@ class Preprocess:
                                 end_s=None if np.isnan(end_s) else end_s, short_side=d.short_side or d.image_size,
                                 name=name, crops=crops)
         return self.erased(clip.frames, generators), (clip.start_s, clip.end_s)
+
+    def _decode_planes(self, src, name: str | None, start_s: float, end_s: float,
+                       rng: np.random.Generator) -> tuple[dict, tuple[float, float]]:
+        """A training element for the device-pixel path: the planes of the region its `num_samples` crops cover
+        (`decode.read_planes`), the crops drawn as `_decode_cropped` draws them, as the batch's `PLANE_KEYS`, and the
+        time span its frames cover."""
+        d = self.data
+        clip = decode.read_planes(
+            src, d.num_frames, d.sampling_rate, rng, canvas=self.canvas,
+            crops=lambda height, width: self.train_crops(rng, height, width)[0],
+            start_s=None if np.isnan(start_s) else start_s, end_s=None if np.isnan(end_s) else end_s,
+            short_side=d.short_side or d.image_size, name=name)
+        out = dict(zip(PLANE_KEYS, (clip.y, clip.u, clip.v, clip.box, clip.flip, clip.valid, clip.colour),
+                       strict=True))
+        return out, (clip.start_s, clip.end_s)
 
     def train_crops(self, rng: np.random.Generator, height: int,
                     width: int) -> tuple[list[transforms.Crop], list[np.random.Generator]]:
@@ -537,6 +564,15 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(f"config.data.num_classes={d.num_classes} must be >= 0 (0 = the data's own count).")
     if d.source == "synthetic" and (problem := _synthetic_variant_problem(d)):
         problems.append(problem)
+    try:
+        if d.get("pixels", "host") != "auto":  # "auto" asks the backend, which is not started yet here
+            resolve_pixels(d, "train")
+    except ConfigError as err:
+        problems.append(str(err))
+    rows, cols = (int(v) for v in d.get("pixel_canvas", (0, 0)))
+    if rows < 0 or cols < 0 or bool(rows) != bool(cols):
+        problems.append(f"config.data.pixel_canvas={tuple(d.pixel_canvas)} must be two positive sizes (rows, "
+                        f"columns), or (0, 0) for the size `pipeline.pixel_canvas` chooses.")
     return problems
 
 
@@ -573,15 +609,90 @@ class PaddedSource:
 
 
 def _flatten_samples(batch: dict) -> dict:
-    """(videos, samples, ...) -> (videos * samples, ...): repeated augmentation's clips become batch rows."""
-    k = batch["video"].shape[1]
+    """(videos, samples, ...) -> (videos * samples, ...): repeated augmentation's clips become batch rows. A
+    device-pixel batch keeps one row a video for its planes and crops (the step cuts the k clips of each video,
+    `vidjax.ops.pixels.batch_crops`, in the same order)."""
+    k = batch["video"].shape[1] if "video" in batch else batch["crop_box"].shape[1]
     out = {}
     for key, value in batch.items():
-        if key in ("video", "mask", "decoder_mask", "decode_failures"):
+        if key in PLANE_KEYS:
+            out[key] = value
+        elif key in ("video", "mask", "decoder_mask", "decode_failures"):
             out[key] = value.reshape(-1, *value.shape[2:])
         else:
             out[key] = np.repeat(value, k, axis=0)
     return out
+
+
+# Sources whose elements are already pixels (the embedded dataset's clips, TFDS's decoded videos): nothing to send as
+# planes.
+_PIXEL_SOURCES = ("synthetic", "tfds")
+
+
+def device_pixel_problem(data: ml_collections.ConfigDict, split: str, spec: InputSpec | None = None) -> str | None:
+    """Why `split`'s clips cannot take the device-pixel path, or None: the path cuts crops of decoded files, and
+    does nothing else a training clip may need on the host."""
+    if split != "train":
+        return "evaluation clips are cut on the host (their views and centre crops)"
+    if data.source in _PIXEL_SOURCES:
+        return f"config.data.source={data.source!r} holds decoded pixels, not video files"
+    if data.rand_augment:
+        return "RandAugment (config.data.rand_augment) works on whole RGB frames on the host"
+    if data.erase_prob:
+        return "random erasing (config.data.erase_prob) works on the RGB crops on the host"
+    if spec is not None and spec.views is not None:
+        return "the task's training views (SVT's global and local views) are cut on the host"
+    return None
+
+
+def resolve_pixels(data: ml_collections.ConfigDict, split: str, spec: InputSpec | None = None,
+                   backend: str | None = None) -> str:
+    """"host" or "device": where `split`'s clips are converted and cropped. config.data.pixels "auto" is the
+    backend's choice (`platform.pixels_rule`) where the clips can take the device path (`device_pixel_problem`),
+    else "host"; "device" where they cannot is a ConfigError saying why (training only: evaluation is on the host)."""
+    choice = data.get("pixels", "host")
+    if choice not in platform.PIXELS:
+        raise ConfigError(f"config.data.pixels={choice!r}: one of {', '.join(platform.PIXELS)}.")
+    if choice == "host":
+        return "host"
+    problem = device_pixel_problem(data, split, spec)
+    if choice == "auto":
+        return "host" if problem else platform.pixels_rule(backend or platform.backend())
+    if problem and split == "train":
+        raise ConfigError(f"config.data.pixels='device' cannot cut these training clips: {problem}. Use "
+                          f"--config.data.pixels=host (or auto).")
+    return "host" if problem else "device"
+
+
+def pixel_canvas(data: ml_collections.ConfigDict) -> tuple[int, int]:
+    """The (rows, columns) of the planes a device-pixel clip is sent in: config.data.pixel_canvas, or where it is
+    (0, 0) room for the region of the largest crop at 1.5x the short side (a 360p video at short side 256, the data
+    benchmark's files), each crop's filter reach beside it, in even numbers of pixels; with repeated sampling
+    (num_samples > 1) 16:9 wide, for the k crops' common region. A larger region is downscaled on the host to fit
+    (`decode.read_planes`)."""
+    rows, cols = (int(v) for v in data.get("pixel_canvas", (0, 0)))
+    if rows and cols:
+        return rows + rows % 2, cols + cols % 2
+    short = data.short_side or data.image_size
+    widest = 1.0 if data.train_crop != "random_resized" else max(data.resized_crop_ratio)
+    side = math.ceil(1.5 * short * widest) + 16
+    side += side % 2
+    if data.num_samples == 1:
+        return side, side
+    wide = math.ceil(side * 16 / 9)
+    return side, wide + wide % 2
+
+
+def device_pixel_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each `PLANE_KEYS` entry of a global device-pixel training batch of `config`: one row a
+    video (batch_size / num_samples of them), its planes in `pixel_canvas`, its num_samples crops."""
+    d = config.data
+    videos, k, t = config.batch_size // d.num_samples, d.num_samples, d.num_frames
+    rows, cols = pixel_canvas(d)
+    shapes = ((videos, t, rows, cols), (videos, t, rows // 2, cols // 2), (videos, t, rows // 2, cols // 2),
+              (videos, k, 4), (videos, k), (videos, 2), (videos, 2))
+    dtypes = (np.uint8, np.uint8, np.uint8, np.float32, np.bool_, np.int32, np.int32)
+    return {key: (shape, np.dtype(dtype)) for key, shape, dtype in zip(PLANE_KEYS, shapes, dtypes, strict=True)}
 
 
 def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: InputSpec, *, process_index: int = 0,
@@ -612,9 +723,11 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: In
     else:
         ds = grain.MapDataset.source(PaddedSource(source, -(-len(source) // config.batch_size) * config.batch_size))
     clips = clip_spec(config.model_name, config.model)
+    pixels = resolve_pixels(data, split, spec)
     preprocess = preprocess_type(data=data, source=source, train=train, pixel_mean=clips["mean"],
                                  pixel_std=clips["std"], fields=spec.fields(train),
-                                 views=spec.views if train else None, masks=spec.masks)
+                                 views=spec.views if train else None, masks=spec.masks, pixels=pixels,
+                                 canvas=pixel_canvas(data) if pixels == "device" else (0, 0))
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.
@@ -757,6 +870,15 @@ def batch_size_problems(config: ml_collections.ConfigDict, process_count: int, n
                         f"({process_count}) and of devices ({num_devices}): use a multiple of {multiple}, e.g. "
                         f"--config.batch_size={max(multiple, config.batch_size // multiple * multiple)}.")
     samples = max(config.data.num_samples, 1)
+    videos = config.batch_size // samples
+    with contextlib.suppress(ConfigError):  # a bad config.data.pixels is `data_config_problems`'s to report
+        if samples > 1 and videos % num_devices and resolve_pixels(config.data, "train") == "device":
+            multiple = math.lcm(num_devices, samples * process_count)
+            problems.append(f"With device pixels each video's planes are one batch row: config.batch_size="
+                            f"{config.batch_size} / num_samples={samples} = {videos} videos must divide over the "
+                            f"{num_devices} devices: use a multiple of {multiple}, e.g. --config.batch_size="
+                            f"{max(multiple, config.batch_size // multiple * multiple)}, or "
+                            f"--config.data.pixels=host.")
     for split, size in (split_sizes or {}).items():
         if split == "eval" and pads_eval:
             continue

@@ -52,6 +52,7 @@ from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter, read_metrics
 from vidjax.models import ParamKeys, clip_spec, get_model, size_problems
+from vidjax.ops import pixels
 from vidjax.tasks import base
 from vidjax.train import checkpoint, optim
 
@@ -566,6 +567,10 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
+        if pixels.PLANE_KEYS[0] in batch:  # device pixels: the clips cut from the planes the input path sent
+            video = pixels.batch_crops(batch, config.data.image_size, config.data.image_size,
+                                       jnp.dtype(config.model.get("dtype", "float32")))
+            batch = dict({key: value for key, value in batch.items() if key not in pixels.PLANE_KEYS}, video=video)
         batch = dict(batch, **{key: losses.normalize_video(batch[key], mean, std) for key in video_keys})
         if teacher is not None:
             fields, carry = teacher.before_update(config, setup, state, batch)

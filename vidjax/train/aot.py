@@ -80,6 +80,7 @@ def _embedded(config: ml_collections.ConfigDict, split: str) -> tuple[ml_collect
     d = small.data
     with small.unlocked():
         d.source, d.num_train, d.num_eval, d.sampling_rate, d.num_workers = "synthetic", 2, 2, 1, 0
+        d.pixels = "host"  # the embedded clips are pixels; `abstract_batch` gives a device-pixel run its planes
         # The targets the task trains on (a captioner's captions), whatever the recipe's own data names.
         d.synthetic_task = tasks.training_of(config.task).synthetic_task or d.synthetic_task
         # The embedded dataset draws up to synthetic.MAX_CLASSES classes; `example_batch` widens multi-hot targets.
@@ -104,12 +105,21 @@ def example_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = 
 
 def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = "train") -> dict:
     """`example_batch`'s keys, dtypes and trailing shapes with the global batch leading, as ShapeDtypeStructs with
-    the trainer's batch sharding."""
+    the trainer's batch sharding. Where the config's own training data takes the device-pixel path on the mesh's
+    platform (`pipeline.resolve_pixels`), the clips are the planes and crops that path sends (one row a video), as
+    the trainer's batches would be."""
     example = example_batch(config, setup, split)
     rows = next(iter(example.values())).shape[0]
     batch_sh = sharding.batch_sharding(setup.mesh)
-    return {key: jax.ShapeDtypeStruct((value.shape[0] // rows * config.batch_size, *value.shape[1:]), value.dtype,
-                                      sharding=batch_sh) for key, value in example.items()}
+    out = {key: jax.ShapeDtypeStruct((value.shape[0] // rows * config.batch_size, *value.shape[1:]), value.dtype,
+                                     sharding=batch_sh) for key, value in example.items()}
+    platform_ = setup.mesh.devices.flat[0].platform
+    spec = tasks.training_of(config.task).input_spec(config, setup.abstract_model)
+    if split == "train" and pipeline.resolve_pixels(config.data, "train", spec, backend=platform_) == "device":
+        del out["video"]
+        out.update({key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
+                    for key, (shape, dtype) in pipeline.device_pixel_shapes(config).items()})
+    return out
 
 
 def _check_batch(config: ml_collections.ConfigDict, setup: Setup, where: str) -> None:
