@@ -128,24 +128,30 @@ def test_encode_compiled_only_reports_the_backbone_memory_and_its_compiler(capsy
         run_main("--model=vjepa2", "--mode=encode", "--topology=v5litepod-1")
 
 
-def test_pixels_host_and_device_compile_the_step_from_clips_and_from_planes(capsys):
+def test_pixels_host_and_device_compile_the_step_from_clips_and_from_planes():
     """--pixels=host,device: the same training step fed RGB clips and fed a device-pixel batch (the planes in the
     canvas the recipe's short side gives, each video's crop), the model's FLOPs the same (the pixel products are not
     the model's); the planes are what the arguments grow by. Only for a training step."""
-    run_main("--variant=Mu/8", "--frames=4", "--size=32", "--batch=8", "--mode=pretrain", "--pixels=host,device",
-             "--compile_only")
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
-    assert [r["pixels"] for r in rows] == ["host", "device"]
+    rows = []
+    for pixels in ("host", "device"):
+        config = step.bench_config("videomae", "Mu/8", 4, 32, 8, "pretrain", "float32", 400, pixels=pixels)
+        config.model.update(depth=1, decoder_depth=1)  # compiling is the test's time
+        rows.append(step.time_vidjax(config, "pretrain", steps=1, warmup=0, compile_only=True))
     assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] > 0
-    config = step.bench_config("videomae", "Mu/8", 4, 32, 8, "pretrain", "float32", 400, pixels="device")
     rows_, cols = pipeline.pixel_canvas(config.data)
     assert (config.data.short_side, rows_, cols) == (37, 72, 72)  # 256/224 of 32; 1.5 x 37 + 16, rounded up even
     planes = 8 * 4 * (rows_ * cols + 2 * (rows_ // 2) * (cols // 2))
     crops = 8 * (4 * 4 + 1 + 2 * 4 + 2 * 4)  # a box, a flip, the region's size and colour a video
     per_device = rows[0]["devices"]  # XLA's figures are a device's: the batch is split over the 8 of the suite
-    assert rows[1]["argument_bytes"] - rows[0]["argument_bytes"] == (planes + crops - 8 * 4 * 32 * 32 * 3) // per_device
+    grown = (planes + crops - 8 * 4 * 32 * 32 * 3) // per_device
+    assert rows[1]["argument_bytes"] - rows[0]["argument_bytes"] == grown
     with pytest.raises(app.UsageError, match="--pixels=host,device applies to the training step"):
         run_main("--mode=infer", "--pixels=host,device")
+    with flagsaver.flagsaver():  # the command: a row each, its config's pixels
+        flags.FLAGS(["bench", "--mode=finetune", "--pixels=host,device", "--dtype=bfloat16"])
+        options = step.option_rows()
+        assert [(o["pixels"], o["dtype"]) for o in options] == [("host", "bfloat16"), ("device", "bfloat16")]
+        assert [step._row_config(o).data.pixels for o in options] == ["host", "device"]
 
 
 @pytest.mark.parametrize("flag, value, message", [

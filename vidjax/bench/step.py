@@ -488,8 +488,9 @@ def markdown_table(rows: list[dict]) -> str:
     masks = "decoder_mask" in rows[0]
     shares = "decoder_blocks_share" in rows[0]
     where = "pixels" in rows[0]
-    lines = [f"| {'pixels | ' if where else ''}{'decoder_mask | ' if masks else ''}dtype | remat | grad_accum | scan_layers | s/step | clips/s | "
-             f"compile s | temp MiB | args MiB | time vs first | temp vs first |{' decoder blocks share |' * shares}",
+    lines = [f"| {'pixels | ' if where else ''}{'decoder_mask | ' if masks else ''}dtype | remat | grad_accum | "
+             f"scan_layers | s/step | clips/s | compile s | temp MiB | args MiB | time vs first | temp vs first |"
+             f"{' decoder blocks share |' * shares}",
              "|" + " --- |" * (11 + masks + shares + where)]
     first = rows[0]
     for r in rows:
@@ -497,8 +498,9 @@ def markdown_table(rows: list[dict]) -> str:
         args = r["argument_bytes"] / 2**20 if r["argument_bytes"] is not None else float("nan")
         temp_ratio = r["temp_bytes"] / first["temp_bytes"] if r["temp_bytes"] and first["temp_bytes"] else float("nan")
         share = f" {r['decoder_blocks_share']:.2f} |" if shares else ""
-        lines.append(f"| {r['pixels'] + ' | ' if where else ''}{r['decoder_mask'] + ' | ' if masks else ''}{r['dtype']} | {r['remat']} | {r['grad_accum']} | "
-                     f"{str(r['scan_layers']).lower()} | {r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | "
+        lines.append(f"| {r['pixels'] + ' | ' if where else ''}{r['decoder_mask'] + ' | ' if masks else ''}"
+                     f"{r['dtype']} | {r['remat']} | {r['grad_accum']} | {str(r['scan_layers']).lower()} | "
+                     f"{r['seconds_per_step']:.4f} | {r['clips_per_s']:.2f} | "
                      f"{r['compile_s']:.1f} | {temp:.1f} | {args:.1f} | "
                      f"{r['seconds_per_step'] / first['seconds_per_step']:.2f} | {temp_ratio:.2f} |" + share)
     return "\n".join(lines)

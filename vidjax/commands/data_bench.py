@@ -612,8 +612,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_list("num_samples", ["1"], "With --config: clips cut from each decoded video "
                       "(config.data.num_samples) to time, e.g. 1,4.", **fv)
     flags.DEFINE_list("compare", [], f"With --config: other loaders to run the same recipe through, some of "
-                      f"{', '.join(LOADERS[1:])} (vidjax_device: vidjax's path with the pixels made on the device; the others "
-                      f"are optional extras).", **fv)
+                      f"{', '.join(LOADERS[1:])} (vidjax_device: vidjax's path with the pixels made on the device; "
+                      f"the others are optional extras).", **fv)
     flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).", **fv)
     flags.DEFINE_integer("rounds", 2, "With --config or --test_clips: alternating rounds; figures are medians over "
                          "them.", **fv)
