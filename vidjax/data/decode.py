@@ -177,17 +177,28 @@ def read_clip(
     Upright 8-bit 4:2:0 frames take that path; others get `transforms.apply_crop` of the resized frames.
     Raises VideoDecodeError for missing, unreadable or corrupt videos and files without a video stream.
     """
+    sample = (num_frames, sampling_rate, rng, num_windows, window_index, select)
+    convert = (lambda chosen: _to_rgb(chosen, short_side)) if crops is None else (
+        lambda chosen: _cropped_rgb(chosen, short_side, crops))
+    frames, timing = _read_window(src, name, threads, skip_nonref, sample, start_s, end_s, convert)
+    return Clip(frames, **timing)
+
+
+def _read_window(src: VideoSource, name: str | None, threads: int, skip_nonref: bool, sample: tuple,
+                 start_s: float | None, end_s: float | None, convert: Callable[[list[av.VideoFrame]], object]):
+    """The decode `read_clip` and `read_planes` share: the frames `sample` (`_sample`'s arguments after the range)
+    picks in [start_s, end_s), decoded with the skip plan and handed to `convert`; returns what `convert` gave and
+    the `Clip` fields that time it (indices, fps, start_s, end_s, num_decoded)."""
     label = _label(src, name)
     with _video(src, label, threads) as (container, stream, meta):
-        sample = (num_frames, sampling_rate, rng, num_windows, window_index, select)
         indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
         reader = _FrameReader(container, stream, meta, label, skip_nonref)
         chosen, indices = _frames_of_window(
             reader, indices, lambda count: _sample(count, meta.fps, start_s, end_s, *sample, label))
-        frames = _to_rgb(chosen, short_side) if crops is None else _cropped_rgb(chosen, short_side, crops)
+        converted = convert(chosen)
     fps = float(meta.fps)
-    return Clip(frames=frames, indices=indices, fps=fps, start_s=int(indices[0]) / fps,
-                end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
+    return converted, dict(indices=indices, fps=fps, start_s=int(indices[0]) / fps,
+                           end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,17 +238,10 @@ def read_planes(src: VideoSource, num_frames: int, sampling_rate: int, rng: np.r
     Frames not in 8-bit 4:2:0 are converted to it by libswscale, and a colour matrix the device does not convert
     (`colour_of`) is sent as BT.709.
     """
-    label = _label(src, name)
-    with _video(src, label, threads) as (container, stream, meta):
-        sample = (num_frames, sampling_rate, rng, 1, 0, None)
-        indices = _sample(meta.num_frames, meta.fps, start_s, end_s, *sample, label)
-        reader = _FrameReader(container, stream, meta, label, skip_nonref)
-        chosen, indices = _frames_of_window(
-            reader, indices, lambda count: _sample(count, meta.fps, start_s, end_s, *sample, label))
-        *planes, scaled = _cropped_planes(chosen, short_side, crops, canvas)
-    fps = float(meta.fps)
-    return PlaneClip(*planes, scaled=scaled, indices=indices, fps=fps, start_s=int(indices[0]) / fps,
-                     end_s=(int(indices[-1]) + 1) / fps, num_decoded=reader.num_decoded)
+    sample = (num_frames, sampling_rate, rng, 1, 0, None)
+    (*planes, scaled), timing = _read_window(src, name, threads, skip_nonref, sample, start_s, end_s,
+                                             lambda chosen: _cropped_planes(chosen, short_side, crops, canvas))
+    return PlaneClip(*planes, scaled=scaled, **timing)
 
 
 def _device_colour(frame: av.VideoFrame) -> tuple[int, bool]:
