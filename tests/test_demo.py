@@ -93,6 +93,19 @@ def pretrain_server(checkpoints):
     app.cleanup()
 
 
+def predict_and_analyse(app, video):
+    """(/predict, /analyse) of `video` from `app` served on a free port, then stopped and cleaned up."""
+    port = free_port()
+    page = app.launch(port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        return (client.predict(handle_file(video), api_name="/predict"),
+                client.predict(handle_file(video), api_name="/analyse"))
+    finally:
+        page.close()
+        app.cleanup()
+
+
 def predict_json(checkpoint, video, tmp_path):
     """`python -m vidjax.predict --window=WINDOW --json` of one video: its JSON entry."""
     out = tmp_path / "predict.json"
@@ -296,15 +309,7 @@ def test_labels_option_serves_predicts_zero_shot_scores(zero_shot_checkpoints, f
     checkpoint = zero_shot_checkpoints["clip"]
     settings = demo.Settings(window_s=WINDOW, max_mb=MAX_MB, num_examples=0, top_k=2)
     app = demo.Demo(pretrained.load(checkpoint), settings=settings, checkpoint=checkpoint, labels=ZERO_SHOT_LABELS)
-    port = free_port()
-    page = app.launch(port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        got = client.predict(handle_file(files["good"]), api_name="/predict")
-        labels, note, timeline = client.predict(handle_file(files["good"]), api_name="/analyse")
-    finally:
-        page.close()
-        app.cleanup()
+    got, (labels, note, timeline) = predict_and_analyse(app, files["good"])
     out = tmp_path / "predict.json"
     assert predict.main([f"--checkpoint={checkpoint}", files["good"], f"--window={WINDOW}", f"--json={out}",
                          f"--labels={';'.join(ZERO_SHOT_LABELS)}", "--top_k=2"]) == 0
@@ -334,3 +339,44 @@ def test_labels_the_checkpoint_cannot_score_are_refused(case, zero_shot_checkpoi
 def test_an_empty_label_list_is_refused_before_loading(capsys):
     assert demo.main(["--checkpoint=/nowhere", "--labels= ; "]) == 2
     assert capsys.readouterr().err.startswith("error: --labels=' ; ' gives an empty label list")
+
+
+@pytest.fixture(scope="module")
+def onnx_files(checkpoints, tmp_path_factory):
+    """The classifier exported to ONNX: its logits, and its embeddings (which the demo cannot serve)."""
+    from vidjax.commands import export
+
+    folder = tmp_path_factory.mktemp("demo_onnx")
+    files = {"logits": str(folder / "model.onnx"), "embeddings": str(folder / "enc.onnx")}
+    for output, path in files.items():
+        assert export.main([f"--checkpoint={checkpoints['classifier']}", f"--out={path}", f"--output={output}"]) == 0
+    return files
+
+
+def test_an_onnx_file_is_served_as_its_checkpoint_is(checkpoints, onnx_files, files, tmp_path):
+    """--onnx: the classifier's ONNX file served by ONNX Runtime gives /predict and /analyse what
+    `python -m vidjax.predict` gives for its checkpoint (windows included)."""
+    from vidjax.pretrained import onnx_model
+
+    path = onnx_files["logits"]
+    model, runner = onnx_model.load(path)
+    assert model.params is None and model.class_names == [f"action_{i}" for i in range(5)]
+    settings = demo.Settings(window_s=WINDOW, max_mb=MAX_MB, num_examples=1)
+    app = demo.Demo(model, settings=settings, checkpoint=path, onnx_runner=runner)
+    got, (labels, note, timeline) = predict_and_analyse(app, files["good"])
+    expected = predict_json(checkpoints["classifier"], files["good"], tmp_path)
+    top = expected["aggregate"]["top_k"]
+    assert list(got) == [row["label"] for row in top] and len(got) == 5
+    np.testing.assert_allclose(list(got.values()), [row["probability"] for row in top], atol=1e-5)
+    assert labels["label"] == top[0]["label"] and note.startswith("2 windows of 1 s")
+    assert [row[2] for row in timeline["data"]] == [w["prediction"]["top_k"][0]["label"] for w in expected["windows"]]
+
+
+def test_what_an_onnx_file_cannot_serve_is_one_line(onnx_files, tmp_path, capsys):
+    assert demo.main([f"--onnx={onnx_files['logits']}", "--labels=a;b"]) == 2
+    assert "--onnx serves a classifier's scores alone" in capsys.readouterr().err
+    embeddings = onnx_files["embeddings"]
+    assert demo.main([f"--onnx={embeddings}", "--port=0"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --onnx={embeddings}: it computes embeddings, not a head's")
+    assert demo.main([f"--onnx={tmp_path / 'none.onnx'}", "--port=0"]) == 2
+    assert "no such file; write one with `python -m vidjax.export" in capsys.readouterr().err

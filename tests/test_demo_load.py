@@ -116,17 +116,33 @@ def test_help_states_the_serving_flags_and_bad_values_exit_2(capsys):
         assert message in capsys.readouterr().err
 
 
-def test_bench_serving_prints_a_row_per_batch_size(classifier, tmp_path, capsys):
-    model = pretrained.load(classifier)
-    path = str(tmp_path / "model.vjx.npz")
-    export.write(path, *export.export(model))
-    out = tmp_path / "serving.json"
-    assert script("bench_serving").main([f"--exported={path}", "--batch_sizes=1,3", "--seconds=0",
-                                         f"--json={out}"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[2].startswith("| batch | compile (s) |") and [line.split("|")[1].strip() for line in lines[4:]] == [
-        "1", "3"]
+def test_bench_serving_prints_a_row_per_batch_size_and_runtime(classifier, tmp_path, capsys):
+    """The StableHLO file and the ONNX file of one checkpoint, each alone (--exported) and both from one random model
+    (--model, alternating rounds, the logits compared)."""
     import json
 
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["batch"] for r in rows] == [1, 3] and all(r["clips_per_s"] > 0 and r["calls"] >= 3 for r in rows)
+    from vidjax.commands import onnx_export
+
+    model = pretrained.load(classifier)
+    paths = {"jax": str(tmp_path / "model.vjx.npz"), "onnx": str(tmp_path / "model.onnx")}
+    export.write(paths["jax"], *export.export(model))
+    onnx_export.write(paths["onnx"], onnx_export.export_onnx(model)[0])
+    for runtime, path in paths.items():
+        out = tmp_path / f"{runtime}.json"
+        assert script("bench_serving").main([f"--exported={path}", "--batch_sizes=1,3", "--seconds=0",
+                                             f"--json={out}"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[2].startswith("| runtime | batch | warm-up (s) | ms / call p50 | p95 |")
+        assert [(line.split("|")[1].strip(), line.split("|")[2].strip()) for line in lines[4:]] == [
+            (runtime, "1"), (runtime, "3")]
+        rows = json.loads(out.read_text())["rows"]
+        assert [r["batch"] for r in rows] == [1, 3] and all(r["clips_per_s"] > 0 and r["calls"] >= 3 and
+                                                             r["ms_p95"] >= r["ms_p50"] for r in rows)
+    out = tmp_path / "both.json"
+    assert script("bench_serving").main(["--model=videomae", "--variant=Mu/8", "--frames=2", "--size=16",
+                                         "--runtimes=jax,onnx", "--batch_sizes=1,2", "--seconds=0",
+                                         f"--json={out}"]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["runtime"], r["batch"]) for r in report["rows"]] == [("jax", 1), ("onnx", 1), ("jax", 2), ("onnx", 2)]
+    assert all(r["vs_first_runtime"] > 0 for r in report["rows"]) and report["max_difference"] < 1e-4
+    assert "largest difference between the runtimes' logits" in capsys.readouterr().out

@@ -3,6 +3,7 @@ r"""A web page that shows what a checkpoint makes of a video: labels, a per-wind
   python -m vidjax.demo --checkpoint=/work/finetune
   python -m vidjax.demo --checkpoint=/ckpt/videomae_b_k400 --caption_checkpoint=/ckpt/captioner --port=8080
   python -m vidjax.demo --checkpoint=/work/videomae_pretrain --share
+  python -m vidjax.demo --onnx=model.onnx        # a classifier exported to ONNX, run by ONNX Runtime
 
 Serves a Gradio page (needs the demo extra: `pip install 'vidjax[demo]'`) at http://127.0.0.1:PORT (--port,
 default 7860; --host=0.0.0.0 to be reachable from other machines, --share for a temporary public gradio.live link).
@@ -28,6 +29,11 @@ own top label and score (multi-label: the classes scoring at least --threshold; 
 captioner: the caption).
 --window=0 predicts the whole video at once and shows no timeline. --caption_checkpoint adds a captioner's caption
 (and a caption per window) next to the labels of --checkpoint.
+
+--onnx=FILE serves a classifier exported with `python -m vidjax.export --out=FILE.onnx` (its scores, every window as
+above) with ONNX Runtime (`pip install 'vidjax[onnx]'`; onnxruntime-gpu's CUDA provider where installed): the model
+runs in no jax program and compiles nothing; the clip spec, task and class names come from the file's metadata.
+Nothing else is served from it (no --caption_checkpoint, no --labels).
 
 Scripts can call the page's prediction as the endpoint /predict (video file in, {label: probability} out; values
 for regression):
@@ -72,6 +78,7 @@ import numpy as np
 from vidjax import cli, pretrained, tasks
 from vidjax.commands import predict, visualize
 from vidjax.data import decode, encode, synthetic
+from vidjax.pretrained import onnx_model
 
 DEFAULT_PORT = 7860
 DEFAULT_MAX_MB = 100.0
@@ -206,9 +213,12 @@ class ClipBatcher:
     is any number of clips, one per window.)
     """
 
-    def __init__(self, model: pretrained.Pretrained, fn: Callable, max_batch: int):
-        base = pretrained.BatchRunner(model, fn, max_batch)
-        devices, sizes, size = base.mesh.size, {base.batch_size}, 1
+    def __init__(self, model: pretrained.Pretrained, fn: Callable | None, max_batch: int, *, runner=None):
+        # `runner`: one with BatchRunner's run(clips) and batch_size made elsewhere (an ONNX file's, --onnx) and the
+        # multiple its batch sizes must be (`step`), in place of a BatchRunner of `fn` over the model.
+        base = runner if runner is not None else pretrained.BatchRunner(model, fn, max_batch)
+        devices = runner.step if runner is not None else base.mesh.size
+        sizes, size = {base.batch_size}, 1
         while size < max_batch:
             sizes.add(-(-size // devices) * devices)
             size *= 4
@@ -278,12 +288,14 @@ class ModelRunner:
 
     def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None,
                  max_batch: int, *, labels: list[str] | None = None, label_features: np.ndarray | None = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, onnx_runner: onnx_model.Runner | None = None):
         self.model, self.captioner = model, captioner
         self.task = predict.ZERO_SHOT_READOUT if labels else model.task  # how the scores are read
         self.clips = None
         if labels:
             self.clips = ClipBatcher(model, pretrained.video_embeds, max_batch)
+        elif onnx_runner is not None:  # --onnx: the file's scores, from ONNX Runtime
+            self.clips = ClipBatcher(model, None, max_batch, runner=onnx_runner)
         elif model.has_head:
             self.clips = ClipBatcher(model, predict.scores_fn(model.task), max_batch)
         self.batcher = pretrained.LabelScores(self.clips, label_features, temperature) if labels else self.clips
@@ -495,7 +507,8 @@ class Demo:
 
     def __init__(self, model: pretrained.Pretrained, captioner: pretrained.PretrainedCaptioner | None = None,
                  settings: Settings | None = None, *, checkpoint: str = "", caption_checkpoint: str = "",
-                 labels: list[str] | None = None, temperature: float = 1.0):
+                 labels: list[str] | None = None, temperature: float = 1.0,
+                 onnx_runner: onnx_model.Runner | None = None):
         label_features = None
         if labels is not None:
             try:
@@ -531,7 +544,8 @@ class Demo:
         self.model, self.captioner = model, captioner
         self.folder = tempfile.mkdtemp(prefix="vidjax-demo-")
         self.runner = ModelRunner(model, captioner, settings.max_batch, labels=labels,
-                                  label_features=label_features, temperature=temperature)
+                                  label_features=label_features, temperature=temperature,
+                                  onnx_runner=onnx_runner)
         self.handlers = Handlers(self.runner, presentation, settings, folder=self.folder, checkpoint=checkpoint)
         self.examples = write_examples(model, self.folder, settings) if settings.num_examples else []
         self.page = Page(self.handlers, self.examples, checkpoint=checkpoint, caption_checkpoint=caption_checkpoint)
@@ -580,9 +594,13 @@ class Demo:
 
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.demo", __doc__)
-    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="DIR",
                         help="training workdir, WORKDIR/checkpoints/<step>, a converted checkpoint, or a Hugging "
                              "Face Hub name (owner/name[@REV], owner/name/FILE.pth)")
+    source.add_argument("--onnx", metavar="FILE",
+                        help="serve a classifier's ONNX file (python -m vidjax.export --out=FILE.onnx) with ONNX "
+                             "Runtime instead of a checkpoint with jax")
     parser.add_argument("--caption_checkpoint", default="", metavar="DIR",
                         help="also caption each video with this captioner checkpoint (default: none)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
@@ -643,6 +661,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
             predict.read_labels(args.labels, args.labels_file)
         except ValueError as e:
             return str(e)
+    if args.onnx and (args.caption_checkpoint or args.labels or args.labels_file):
+        return ("--onnx serves a classifier's scores alone; --caption_checkpoint and --labels need checkpoints "
+                "(--checkpoint) served with jax.")
     return None
 
 
@@ -665,7 +686,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """Loads the checkpoints, starts the server and blocks until it is stopped; the exit status."""
-    model = pretrained.load_for_command(args.checkpoint)
+    runner, source = None, args.onnx or args.checkpoint
+    if args.onnx:
+        try:
+            model, runner = onnx_model.load(args.onnx, args.max_batch)
+        except ValueError as e:
+            print(f"error: --onnx={args.onnx}: {e}", file=sys.stderr)
+            return 2
+    else:
+        model = pretrained.load_for_command(args.checkpoint)
     if model is None:
         return 2
     captioner = None
@@ -679,8 +708,8 @@ def _serve(args: argparse.Namespace) -> int:
                         max_batch=args.max_batch)
     try:
         labels = predict.read_labels(args.labels, args.labels_file) if args.labels or args.labels_file else None
-        demo = Demo(model, captioner, settings, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint,
-                    labels=labels, temperature=args.temperature)
+        demo = Demo(model, captioner, settings, checkpoint=source, caption_checkpoint=args.caption_checkpoint,
+                    labels=labels, temperature=args.temperature, onnx_runner=runner)
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -688,7 +717,7 @@ def _serve(args: argparse.Namespace) -> int:
         # Gradio's own start-up lines name its Python API (`share=True`); these name this command's flags.
         page = demo.launch(port=args.port, host=args.host, share=args.share, quiet=True, prevent_thread_lock=True)
         public = f" and {page.share_url}" if page.share_url else " (--share for a temporary public link)"
-        print(f"Serving the demo of {args.checkpoint} at {page.local_url}{public}; Ctrl-C stops it.", flush=True)
+        print(f"Serving the demo of {source} at {page.local_url}{public}; Ctrl-C stops it.", flush=True)
         page.block_thread()
     except OSError as e:  # the port is taken, or the address is not this machine's
         print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick another --port (or --host).",

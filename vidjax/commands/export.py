@@ -1,8 +1,21 @@
-r"""A checkpoint for serving: its inference function as one StableHLO file (`jax.export`), or back to transformers.
+r"""A checkpoint for serving: its inference function as one StableHLO file (`jax.export`) or one ONNX model, or back
+to transformers.
 
   python -m vidjax.export --checkpoint=/work/finetune --out=model.vjx.npz
   python -m vidjax.export --checkpoint=/ckpt/videomae_b_k400 --out=k400.vjx.npz --platforms=cpu,cuda
+  python -m vidjax.export --checkpoint=/work/finetune --out=model.onnx         # ONNX (pip install 'vidjax[onnx]')
+  python -m vidjax.export --checkpoint=/work/pretrain --out=enc.onnx --output=embeddings --float_input
   python -m vidjax.export --to_hf /work/finetune --out /work/finetune_hf     # a transformers save_pretrained folder
+
+ONNX (--out ending in .onnx, or --format=onnx): every video family, with a head (logits), a pre-training checkpoint
+(reconstruction of the masked tubelets, given a mask) or any encoder (embeddings, pooled as `python -m vidjax.extract`
+pools, --pool); uint8 video in with the normalisation inside, or --float_input; batch dynamic; metadata (clip spec,
+class names, what the function is) in the file's metadata_props; weights over --external_data_mb in FILE.data beside
+it. An existing FILE is refused (exit 2), as is a captioner's decoder (its video encoder is exported with
+--output=embeddings). Loading needs onnxruntime alone: `scripts/onnx_predict.py` reads a video with PyAV and prints
+top-5. The whole contract: `vidjax.commands.onnx_export`.
+
+The rest of this text is the StableHLO file (the default format).
 
 --checkpoint is a training workdir (its latest checkpoint), one of its step folders or a `python -m vidjax.convert`
 output, of a model with a head (classification, multi-label or regression). The exported function takes uint8
@@ -62,7 +75,8 @@ class computes (VideoMamba, SVT, ViViT models 2-4 or without a CLS token, VideoM
 a captioner that pools or chunks its visual tokens) is refused with one line and exit status 2.
 
 Exit status 0 written, 2 bad arguments (a missing checkpoint, a checkpoint without a head, a
-function that does not lower for a requested platform, a model with no transformers class, an existing --out).
+function that does not lower for a requested platform, a model with no transformers class, an existing --out for
+--to_hf and ONNX, an ONNX --output the checkpoint does not have, ONNX flags with the StableHLO format).
 """
 
 from __future__ import annotations
@@ -80,6 +94,7 @@ import numpy as np
 
 import vidjax
 from vidjax import cli, fileio, losses, pretrained, tasks
+from vidjax.commands import extract, onnx_export
 from vidjax.convert import common, hf
 from vidjax.convert.common import ConversionError, HfCheckpoint
 from vidjax.models import layers
@@ -193,6 +208,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="the file to write (one .npz); with --to_hf, the new folder to write")
     parser.add_argument("--platforms", default="",
                         help="comma-separated backends to lower for, e.g. cpu,cuda (default: this machine's)")
+    parser.add_argument("--format", default="", choices=("", "vjx", "onnx"),
+                        help="vjx (StableHLO .npz) or onnx (default: onnx for an --out ending in .onnx, else vjx)")
+    parser.add_argument("--output", default="auto", choices=onnx_export.OUTPUTS,
+                        help="ONNX only: what the model computes: logits, reconstruction (pre-training) or "
+                             "embeddings (default auto: the first of these the checkpoint has)")
+    parser.add_argument("--pool", default="", choices=("", *extract.POOLS),
+                        help="ONNX --output=embeddings: pooling as python -m vidjax.extract --pool (default: the "
+                             "model's own video embedding where it has one, else mean)")
+    parser.add_argument("--float_input", action="store_true",
+                        help="ONNX only: take float32 video already normalised, not uint8 (normalisation left out)")
+    parser.add_argument("--external_data_mb", type=float, default=onnx_export.DEFAULT_EXTERNAL_DATA_MB,
+                        help="ONNX only: weights over this many MiB in all go to FILE.data beside FILE (default "
+                             f"{onnx_export.DEFAULT_EXTERNAL_DATA_MB}; one protobuf file holds at most 2 GiB)")
     return parser
 
 
@@ -246,10 +274,48 @@ def _main_to_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_only_flags(args: argparse.Namespace) -> list[str]:
+    """The ONNX flags given with another format."""
+    defaults = _parser().parse_args(["--checkpoint=x", "--out=x"])
+    return [f"--{name}" for name in ("output", "pool", "float_input", "external_data_mb")
+            if getattr(args, name) != getattr(defaults, name)]
+
+
+def _main_onnx(args: argparse.Namespace) -> int:
+    if args.platforms:
+        print("error: --platforms applies to the StableHLO export; an ONNX file runs wherever ONNX Runtime does. "
+              "Drop --platforms.", file=sys.stderr)
+        return 2
+    existing = [p for p in (args.out, f"{args.out}.data") if os.path.exists(fileio.user_path(p))]
+    if existing:
+        print(f"error: --out={args.out}: {existing[0]} exists; remove it or give another file name (an export never "
+              f"overwrites a model a server may be reading).", file=sys.stderr)
+        return 2
+    model = pretrained.load_for_command(args.checkpoint)
+    if model is None:
+        return 2
+    try:
+        ir_model, metadata = onnx_export.export_onnx(model, output=args.output, pool=args.pool or None,
+                                              float_input=args.float_input, checkpoint=args.checkpoint)
+        written = onnx_export.write(args.out, ir_model, external_data_mb=args.external_data_mb)
+    except onnx_export.OnnxExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(onnx_export.describe(written, metadata))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.to_hf:
         return _main_to_hf(args)
+    if args.format == "onnx" or (not args.format and str(args.out).lower().endswith(".onnx")):
+        return _main_onnx(args)
+    wrong = _onnx_only_flags(args)
+    if wrong:
+        print(f"error: {', '.join(wrong)} apply to ONNX files only; give --out=FILE.onnx or --format=onnx, or drop "
+              f"{'them' if len(wrong) > 1 else 'it'}.", file=sys.stderr)
+        return 2
     if os.path.isdir(fileio.user_path(args.out)):
         example = os.path.join(args.out, "model.vjx.npz")
         print(f"error: --out={args.out} is a folder; give a file name, e.g. --out={example}.", file=sys.stderr)

@@ -52,7 +52,7 @@ from vidjax.convert.common import ConversionError
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
-from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers
+from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers, tokens_part
 from vidjax.pretrained import hub
 from vidjax.tokenizer import CaptionTokenizer, TextTowerTokenizer
 
@@ -379,7 +379,13 @@ def video_embeds(module: nnx.Module, video: jax.Array) -> jax.Array:
 
 
 def gives_video_embeds(model: Pretrained) -> bool:
-    """Whether the model's forward pass gives "video_embeds" (worked out from shapes alone, nothing computed)."""
+    """Whether the model's forward pass gives "video_embeds" (worked out from shapes alone, nothing computed). A model
+    whose clip tokens come from a part of it (SVT's backbone, a captioner's encoder: `models.tokens_part`) has none."""
+    try:
+        if tokens_part(model.model_name, model.config):
+            return False
+    except ValueError:  # a captioner encoding several chunks: no one clip's tokens either
+        return False
     t, s = int(model.config.num_frames), int(model.config.image_size)
     shapes = jax.eval_shape(lambda params, video: nnx.merge(model.graphdef, params)(video), model.params,
                             jax.ShapeDtypeStruct((1, t, s, s, 3), jnp.float32))
