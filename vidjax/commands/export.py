@@ -296,7 +296,7 @@ def _main_onnx(args: argparse.Namespace) -> int:
         return 2
     try:
         ir_model, metadata = onnx_export.export_onnx(model, output=args.output, pool=args.pool or None,
-                                              float_input=args.float_input, checkpoint=args.checkpoint)
+                                                     float_input=args.float_input, checkpoint=args.checkpoint)
         written = onnx_export.write(args.out, ir_model, external_data_mb=args.external_data_mb)
     except onnx_export.OnnxExportError as e:
         print(f"error: {e}", file=sys.stderr)
