@@ -57,6 +57,16 @@ therefore not yet 3x chance (issue 50):
   finetune from scratch (recipe=finetune,runlocal), 256 steps                   top-1 0.133 (0.125 at 32 px)
   both with the position tables started sin-cos (TimeSformer's runlocal fix,   contrastive recall@1 0.0039,
   layers.position_init; tried, not kept)                                        finetune top-1 0.125
+  finetune from scratch, 16 epochs (1,024 steps, TimeSformer's and ViViT's     top-1 0.117 at step 256, 0.121 at
+  budget), with the tables started sin-cos and peak lr 1e-3                    512, training loss still ln 8 (the
+                                                                               reference tables and lr 2e-3 too)
+  a logistic regression on the contrastive run's output tokens (after its      top-1 0.156 (train 0.267)
+  auxiliary block, mean over tokens)
+Why motion stays unread, as far as these runs show: VideoPrism patches each frame alone and runs its spatial blocks
+before any temporal one, so no token sees motion until the spatial stage has found the small object by its look
+alone (a 2-4 px disc over a grating). TimeSformer's divided blocks attend over time first, and ViViT's and VideoMAE's
+2-frame tubelets put motion into the patch embedding, which is how those micro runlocal models read direction from
+scratch in about a thousand steps. The published VideoPrism starts its spatial stage from an image model instead.
 """
 
 from vidjax import config_lib

@@ -216,6 +216,7 @@ def test_a_pretraining_checkpoint_exports_its_reconstruction(checkpoints, tmp_pa
                       "--output=embeddings exports its video encoder"),
     ("classifier", ["--platforms=cpu"], "--platforms applies to the StableHLO export"),
     ("pretrain", ["--pool=mean"], "--pool=mean pools embeddings; --checkpoint="),
+    ("pretrain", ["--output=reconstruction", "--pool=tokens"], "exports reconstruction (--output=reconstruction)"),
     ("gpt2", [], "holds a gpt2 text model, which takes no video; give a video model's checkpoint"),
 ])
 def test_what_does_not_export_is_one_line_and_exit_2(checkpoints, tmp_path, capsys, case, flags, message):

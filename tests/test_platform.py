@@ -87,6 +87,20 @@ def test_explicit_values_are_kept():
     assert platform.resolve(legacy, "cpu").attention_impl == "auto_cpu"
 
 
+def test_fixed_choices_win_over_explicit_and_auto_values_in_every_block():
+    caption = captioner.default_config("videomamba")
+    caption.encoder.scan = "chunked"  # explicit: what a GPU run's checkpoint may say
+    fixed = {"scan": "recurrent", "attention_impl": "xla"}
+    resolved = platform.resolve(caption, "gpu", fixed=fixed)
+    assert (resolved.encoder.scan, resolved.encoder.block_gradients) == ("recurrent", "fused")  # the rest: gpu's
+    assert caption.encoder.scan == "chunked"  # the config itself is untouched
+    blockwise = get_model("timesformer").default_config()
+    blockwise.attention_impl = "blockwise"
+    assert platform.resolve(blockwise, "tpu", fixed=fixed).attention_impl == "xla"
+    with pytest.raises(ConfigError, match="scan"):
+        platform.resolve(caption, "cpu", fixed={"scan": "fastest"})  # a fixed value is checked as any other
+
+
 def test_resolve_asks_the_backend_once_and_not_for_explicit_values(monkeypatch):
     asked = []
     monkeypatch.setattr(jax, "default_backend", lambda: asked.append(1) or "cpu")

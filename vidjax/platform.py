@@ -273,12 +273,13 @@ def choices(block: Mapping[str, Any], fields: Iterable[str], backend: str | None
     return Choices(**{name: FIELDS[name].resolve(block.get(name, AUTO), ask, f"{where}.{name}") for name in fields})
 
 
-def resolve(config: Any, backend: str | None = None) -> Any:
+def resolve(config: Any, backend: str | None = None, fixed: dict[str, str] | None = None) -> Any:
     """A copy of `config` (a whole config, whose `model` block is resolved, or a model block) with every platform
     field's "auto" replaced by the concrete value for `backend` (None: this process's backend, asked at most once),
     in the block and in the model blocks nested in it (a captioner's encoder and decoder, SVT's backbone). Explicit
-    values are kept; a value that is not a choice is a ConfigError naming the field and its choices. The copy is
-    what a model is built from; `config` itself keeps "auto", so what a run records runs anywhere."""
+    values are kept; a value that is not a choice is a ConfigError naming the field and its choices. `fixed` sets
+    fields to the given choices wherever they appear, whatever the config says (an export's portable forms). The copy
+    is what a model is built from; `config` itself keeps "auto", so what a run records runs anywhere."""
     import ml_collections
 
     config = config.copy_and_resolve_references()
@@ -289,6 +290,7 @@ def resolve(config: Any, backend: str | None = None) -> Any:
         for key in list(block.keys()):
             value = block[key]
             if key in FIELDS and not isinstance(value, ml_collections.ConfigDict):
+                value = fixed[key] if fixed and key in fixed else value
                 block[key] = FIELDS[key].resolve(value, ask, f"{where}.{key}")
             elif isinstance(value, ml_collections.ConfigDict):
                 walk(value, f"{where}.{key}")

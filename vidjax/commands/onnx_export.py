@@ -51,7 +51,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -159,17 +158,8 @@ PORTABLE = {"attention_impl": "xla", "scan": "recurrent"}
 def portable_module(model):
     """`model`'s module built with `PORTABLE`'s choices; the other platform choices resolved for this backend, as
     `pretrained.load` builds them."""
-    config = model.config.copy_and_resolve_references()
-
-    def plain(block: ml_collections.ConfigDict) -> None:
-        for key in list(block.keys()):
-            if key in PORTABLE:
-                block[key] = PORTABLE[key]
-            elif isinstance(block[key], ml_collections.ConfigDict):
-                plain(block[key])
-
-    plain(config)
-    graphdef, _ = nnx.split(common.abstract_model(model.model_name, platform.resolve(config)))
+    config = platform.resolve(model.config, fixed=PORTABLE)
+    graphdef, _ = nnx.split(common.abstract_model(model.model_name, config))
     return nnx.merge(graphdef, model.params)
 
 
@@ -238,9 +228,10 @@ def export_onnx(model, *, output: str = "auto", pool: str | None = None, float_i
                 checkpoint: str | None = None):
     """(onnx_ir.Model, metadata) of `model`'s function for `output`; see the module docstring."""
     where = f"--checkpoint={checkpoint}" if checkpoint else f"this {model.model_name} model"
+    asked = output
     output = resolve_output(model, output, checkpoint)
     if pool and output != "embeddings":
-        raise OnnxExportError(f"--pool={pool} pools embeddings; {where} exports {output} (--output=auto). Add "
+        raise OnnxExportError(f"--pool={pool} pools embeddings; {where} exports {output} (--output={asked}). Add "
                               f"--output=embeddings, or drop --pool.")
     function = function_of(model, output, pool=pool, float_input=float_input)
     metadata = metadata_of(model, output, function, float_input=float_input, checkpoint=checkpoint)
