@@ -1,7 +1,11 @@
-"""Helpers shared by the tests: config files, losses from metrics.jsonl, and the sharded-vs-single-device check."""
+"""Helpers shared by the tests: config files, losses from metrics.jsonl, the sharded-vs-single-device check, and
+child processes that take Ctrl-C as from a terminal."""
 
+import contextlib
 import os
 import pathlib
+import signal
+import subprocess
 
 import jax
 import numpy as np
@@ -13,6 +17,19 @@ from vidjax.metric_writer import read_metrics
 # same loop emitters. The children compile with most optimisations off through the variable conftest.py sets, which
 # they inherit (tiny jobs, where compiling is most of the time).
 COMMAND_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def popen_interruptible(*args, **kwargs) -> subprocess.Popen:
+    """`subprocess.Popen` for a child a test interrupts with SIGINT: the child starts with SIGINT's default action, as
+    one started from a terminal does, even where the test runner was started with SIGINT ignored (a shell's
+    background job, `pytest ... &`), which a child otherwise inherits and the commands then honour (`cli.guard`
+    leaves an ignored signal ignored, as nohup wants). A signal with a handler is reset to its default at exec, so the
+    runner's own SIGINT gets Python's handler for the moment of the start."""
+    with contextlib.ExitStack() as restore:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            restore.callback(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        return subprocess.Popen(*args, **kwargs)
 
 
 def load_config(name, arg=None):

@@ -22,7 +22,7 @@ import time
 import pytest
 from absl import app, flags
 from absl.testing import flagsaver
-from helpers import COMMAND_XLA_FLAGS
+from helpers import COMMAND_XLA_FLAGS, popen_interruptible
 
 from vidjax import cli
 from vidjax.bench import reference, step, sweep
@@ -102,8 +102,8 @@ def test_data_bench_bad_value_is_one_line_exit_2_and_no_folder(tmp_path):
 def interrupt(args, ready, sig, *, cwd=ROOT, timeout=150, wait=0.5):
     """Runs `python -m ARGS`, sends `sig` once `ready(output so far)` holds; returns (status, stdout, stderr)."""
     env = dict(os.environ, XLA_FLAGS=COMMAND_XLA_FLAGS, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = popen_interruptible([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     out = []
     deadline = time.monotonic() + timeout
     for line in proc.stdout:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pytest
 import test_hub
-from helpers import COMMAND_XLA_FLAGS, seeded_checkpoint
+from helpers import COMMAND_XLA_FLAGS, popen_interruptible, seeded_checkpoint
 from hub_server import TOKEN, HubServer
 from test_long_video import TINY_VIVIT, class_folder, write_video
 
@@ -199,7 +199,8 @@ def trained(files) -> str:
 def run(argv: list[str], log: pathlib.Path, environ: dict, ready=None, signum=None, timeout=240) -> tuple[int, str]:
     """Runs `python ARGV` with its output in `log`; once `ready(output)` holds, sends `signum`. (status, output)."""
     with open(log, "w") as out:
-        child = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        child = popen_interruptible([sys.executable, *argv], cwd=ROOT, env=environ, stdout=out,
+                                    stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     sent = signum is None
     try:
