@@ -31,7 +31,7 @@ X-Request-Id of every error reply):
 Holding a commit, to interrupt an upload at a known point (a child process `python -m vidjax.push`):
 
     server.hold_commits()                  # commit requests now wait once their body has arrived
-    proc = subprocess.Popen([...push...], env=...)
+    proc = helpers.popen_interruptible([...push...], env=...)  # SIGINT as from a terminal
     assert server.commit_started.wait(120)  # the upload is in flight: everything before the commit is done
     proc.send_signal(signal.SIGINT)
     ...

@@ -15,7 +15,7 @@ import grain
 import jax
 import numpy as np
 import pytest
-from helpers import COMMAND_XLA_FLAGS, train_losses
+from helpers import COMMAND_XLA_FLAGS, popen_interruptible, train_losses
 from test_train import tiny_config
 
 from vidjax import distributed, train
@@ -204,7 +204,6 @@ AGREE_ON_A_STEP = """
 import itertools, os, signal, sys, time
 from vidjax import distributed, preemption
 address, pid = sys.argv[1], int(sys.argv[2])
-signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the test runner was started with SIGINT ignored
 distributed.initialize(address, 2, pid)
 for signum, receiver, start, final in ((signal.SIGTERM, 1, 100, None), (signal.SIGINT, 0, 500, None),
                                        (signal.SIGTERM, 0, 900, 905)):
@@ -229,8 +228,8 @@ for signum, receiver, start, final in ((signal.SIGTERM, 1, 100, None), (signal.S
 def test_processes_agree_on_a_step_for_a_notice_to_any_of_them():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", AGREE_ON_A_STEP, address, str(i)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [popen_interruptible([sys.executable, "-c", AGREE_ON_A_STEP, address, str(i)], cwd=REPO, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
         outputs = [proc.communicate(timeout=CHILD_TIMEOUT_S) for proc in procs]
     finally:
