@@ -45,7 +45,8 @@ training clips, scored on the 256 eval clips; init -> trained):
   the scene-cue clips (--config.data.synthetic_scene_cue=True,   random init 0.512 (tubelets of 1), 0.984 (of 2):
   a frame tells the motion's axis, as for VideoPrism's and       no room for a 1.5x gain
   SVT's runlocals)
-  tubelets of 1 with other masks (official BlockMask keys), 256 steps, random init 0.145 (512) each:
+  tubelets of 1 with other masks (official BlockMask keys), 256 steps, random init 0.145 (512) each (the row
+  above's setting, measured again on 2026-11-27; its 0.133 was measured at an earlier commit):
     the published entries with max_temporal_keep 0.5 (the later frames always a target)            -> 0.145
     one 15% block an entry, max_temporal_keep 0.5 (mostly the future from the past)              -> 0.133
     whole frames, 2 and 4 of the 8 (spatial_scale 1, aspect 1, temporal_scale 0.25 and 0.5)      -> 0.160
