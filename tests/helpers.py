@@ -16,7 +16,7 @@ from vidjax.metric_writer import read_metrics
 # XLA flags of the commands tests run as child processes, in place of conftest.py's (which simulate 8 devices): the
 # same loop emitters. The children compile with most optimisations off through the variable conftest.py sets, which
 # they inherit (tiny jobs, where compiling is most of the time).
-COMMAND_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+COMMAND_XLA_FLAGS = os.environ.get("VIDJAX_TEST_LOOP_EMITTERS", "")  # conftest.py's choice for this jaxlib
 
 
 def popen_interruptible(*args, **kwargs) -> subprocess.Popen:

@@ -43,7 +43,7 @@ def data_bench_flags(*args: str) -> flags.FlagValues:
     # values the bench cannot run (tracebacks before)
     (["--config={config}", "--num_samples=abc"], r"--num_samples=abc: give integers of at least 1, e\.g\. "),
     (["--config={config}", "--compare=foo"],
-     r"--compare=foo: foo is no loader .* give some of vidjax_device,decord,torchcodec"),
+     r"--compare=foo: foo is no loader .* give some of vidjax_device,vidjax_nvdec,decord,torchcodec"),
     (["--videos=0"], r"--videos=0: give at least 1"),
     (["--seconds=0"], r"--seconds=0: the videos need at least one frame"),
     (["--seconds=0.01"], r"--seconds=0.01: the videos need at least one frame at --fps=30"),

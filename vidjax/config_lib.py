@@ -259,6 +259,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         # `vidjax.ops.pixels`) or "auto" (the backend's choice, `platform.pixels_rule`, where the clips allow it).
         pixels="auto",
         pixel_canvas=(0, 0),  # device pixels: the planes' (rows, columns); (0, 0) = `pipeline.pixel_canvas`'s size
+        # What decodes the device-pixel path's training clips: "pyav" (libavcodec on the host's cores) or "nvdec"
+        # (the GPU's video engine, `vidjax.data.nvdec`; `pip install 'vidjax[nvdec]'`, an NVIDIA GPU).
+        decoder="pyav",
         num_samples=1,  # repeated augmentation: clips per decoded video (batch_size counts clips)
         # Evaluation views: clips (evenly spaced windows) x crops, predictions averaged over views.
         test_num_clips=1, test_num_crops=1,

@@ -34,8 +34,9 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     )),
     ("data", "videos to batches: sources, decoding, transforms, views, the embedded dataset, the input pipeline, "
      "the Kinetics label spaces", (
-         "vidjax.data", "vidjax.data.decode", "vidjax.data.encode", "vidjax.data.kinetics", "vidjax.data.sources",
-         "vidjax.data.synthetic", "vidjax.data.transforms", "vidjax.data.views", "vidjax.data.pipeline",
+         "vidjax.data", "vidjax.data.decode", "vidjax.data.encode", "vidjax.data.kinetics", "vidjax.data.nvdec",
+         "vidjax.data.sources", "vidjax.data.synthetic", "vidjax.data.transforms", "vidjax.data.views",
+         "vidjax.data.pipeline",
          "vidjax.data.multiblock",
      )),
     ("checkpoints", "reading, converting and loading checkpoints (official and Hugging Face formats, the Hub), and a "

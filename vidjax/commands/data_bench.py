@@ -40,6 +40,8 @@ clip, clips/s per core used, cores used and the bytes sent per clip. vidjax's ra
 the workers send the decoded planes of the crops' region, the step converts and crops them; every other loader runs
 with `pixels=host`); its rows add the device's share, `batch_crops` timed on the delivered batch in the model's
 compute dtype (device ms per clip), and the other loaders' rows its ratio to them (`vidjax_device_speedup`).
+`--compare=vidjax_nvdec` adds the same device-pixel path with its planes decoded by the GPU's video engine
+(`config.data.decoder=nvdec`, `vidjax.data.nvdec`; on a host with an NVIDIA GPU and `pip install 'vidjax[nvdec]'`).
 With --test_clips=K it times the evaluation views' decode instead, in this process: each video's K test clips
 (config.data.test_num_clips) read one window at a time against `decode.read_clips` (one open, one pass over the
 windows), alternating --rounds; CPU ms and frames decoded per video:
@@ -76,7 +78,7 @@ from ml_collections.config_flags import config_flags
 from PIL import Image
 
 from vidjax import cli, config_lib, fileio
-from vidjax.data import decode, encode, pipeline, transforms
+from vidjax.data import decode, encode, nvdec, pipeline, transforms
 
 METHODS = ("naive", "seek", "seek_sws", "seek_skip")
 
@@ -291,7 +293,8 @@ def format_test_clips_table(result: dict) -> str:
 
 # "vidjax_device": vidjax's path with config.data.pixels="device" (the planes of the crops' region sent, the pixels
 # made in the step); the others convert and crop on the host (config.data.pixels="host").
-LOADERS = ("vidjax", "vidjax_device", "decord", "torchcodec")
+# "vidjax_nvdec": the device-pixel path with its planes decoded by the GPU's video engine (config.data.decoder="nvdec").
+LOADERS = ("vidjax", "vidjax_device", "vidjax_nvdec", "decord", "torchcodec")
 _INSTALL = {"decord": "pip install decord (or eva-decord)",
             "torchcodec": "pip install torchcodec (it needs torch and FFmpeg's shared libraries)"}
 
@@ -378,6 +381,8 @@ class TorchcodecPreprocess(_OtherDecoder):
 
 def missing_loader(loader: str) -> str | None:
     """Why `loader` cannot run here (with the command that installs it), or None."""
+    if loader == "vidjax_nvdec":
+        return nvdec.problem()
     try:
         if loader == "decord":
             import decord  # noqa: F401  optional extra
@@ -389,10 +394,10 @@ def missing_loader(loader: str) -> str | None:
 
 
 def path_config(config, paths: list[str], folder: str, *, num_samples: int, workers: int, batch: int,
-                pixels: str = "host"):
+                pixels: str = "host", decoder: str = "pyav"):
     """`config` pointed at the bench's files (a `path label` list in `folder`) with the given repeated sampling,
-    worker count, per-host batch of clips and pixel path; the recipe's frames, sampling rate, sizes, crop and flip
-    are kept."""
+    worker count, per-host batch of clips, pixel path and decoder; the recipe's frames, sampling rate, sizes, crop
+    and flip are kept."""
     # Each video listed several times (each entry a clip from a random window): an epoch then holds whole batches
     # of videos, and a pre-training eval split (trimmed to whole batches) is not empty.
     repeats = -(-4 * batch // len(paths))
@@ -405,7 +410,8 @@ def path_config(config, paths: list[str], folder: str, *, num_samples: int, work
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.data.update(source="csv", train_csv=listing, eval_csv=listing, root="", num_classes=2,
-                           num_samples=num_samples, num_workers=workers, skip_missing=False, pixels=pixels)
+                           num_samples=num_samples, num_workers=workers, skip_missing=False, pixels=pixels,
+                           decoder=decoder)
         config.batch_size = batch
         config.init_from = ""
     return config
@@ -510,7 +516,8 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
         h, w = info.height, info.width
         sizes.append((os.path.abspath(path), (short, max(1, round(w * short / h))) if h <= w else
                       (max(1, round(h * short / w)), short)))
-    types = {"vidjax": pipeline.Preprocess, "vidjax_device": pipeline.Preprocess, "torchcodec": TorchcodecPreprocess,
+    types = {"vidjax": pipeline.Preprocess, "vidjax_device": pipeline.Preprocess, "vidjax_nvdec": pipeline.Preprocess,
+             "torchcodec": TorchcodecPreprocess,
              "decord": lambda **kw: DecordPreprocess(sizes=tuple(sizes), **kw)}
     runs: dict[tuple[str, int, int], list[dict]] = {}
     for r in range(rounds):
@@ -519,7 +526,8 @@ def run_path(config, paths: list[str], folder: str, *, loaders: list[str], num_s
                 order = loaders if r % 2 == 0 else loaders[::-1]  # alternate who goes first
                 for loader in order:
                     cfg = path_config(base, paths, folder, num_samples=k, workers=n, batch=batch,
-                                      pixels="device" if loader == "vidjax_device" else "host")
+                                      pixels="device" if loader in ("vidjax_device", "vidjax_nvdec") else "host",
+                                      decoder="nvdec" if loader == "vidjax_nvdec" else "pyav")
                     result = time_path(cfg, source, training.input_spec(cfg, abstract), mesh, types[loader], clips)
                     runs.setdefault((loader, k, n), []).append(result)
                     log(f"round {r + 1}/{rounds} {loader:<10} num_samples={k} workers={n}: "
@@ -613,7 +621,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "(config.data.num_samples) to time, e.g. 1,4.", **fv)
     flags.DEFINE_list("compare", [], f"With --config: other loaders to run the same recipe through, some of "
                       f"{', '.join(LOADERS[1:])} (vidjax_device: vidjax's path with the pixels made on the device; "
-                      f"the others are optional extras).", **fv)
+                      f"vidjax_nvdec: the same with the GPU's video decoder; the others are optional extras).", **fv)
     flags.DEFINE_integer("batch", 16, "With --config: clips per batch (this host's share).", **fv)
     flags.DEFINE_integer("rounds", 2, "With --config or --test_clips: alternating rounds; figures are medians over "
                          "them.", **fv)

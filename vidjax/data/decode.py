@@ -257,16 +257,30 @@ def _device_colour(frame: av.VideoFrame) -> tuple[int, bool]:
 def _cropped_planes(frames: list[av.VideoFrame], short_side: int | None,
                     make_crops: Callable[[int, int], Sequence[transforms.Crop]], canvas: tuple[int, int]) -> tuple:
     """`PlaneClip`'s planes, boxes, flips, valid size, colour and `scaled` for `read_planes`."""
+    frames = [f if f.format.name in _CROP_FIRST_FORMATS else f.reformat(format="yuv420p") for f in frames]
+    first = frames[0]
+    return cut_planes([id(f) for f in frames], lambda t: upright_planes(frames[t]), (first.height, first.width),
+                      round(_rotation(first) / 90) % 4, _device_colour(first), short_side, make_crops, canvas)
+
+
+def cut_planes(keys: Sequence[object], planes_of: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+               coded: tuple[int, int], quarter_turns: int, colour: tuple[int, bool], short_side: int | None,
+               make_crops: Callable[[int, int], Sequence[transforms.Crop]], canvas: tuple[int, int]) -> tuple:
+    """The device-pixel clip (`PlaneClip`'s planes, boxes, flips, valid size, colour and `scaled`) of a clip's
+    decoded 8-bit 4:2:0 frames, whichever decoder gave them (PyAV here, NVDEC in `vidjax.data.nvdec`).
+
+    Frame t is `planes_of(t)`, its upright (y, u, v) planes; frames with equal `keys[t]` are the same picture (a
+    frame repeated to fill a short video), cut once. `coded` is the decoded (height, width) before the display
+    rotation of `quarter_turns` counter-clockwise turns, `colour` the (index in `vidjax.ops.pixels.MATRIX_NAMES`,
+    full range) the device converts with; `make_crops` and `canvas` as `read_planes` takes them."""
     rows, cols = canvas
     if rows % 2 or cols % 2 or rows <= 0 or cols <= 0:
         raise ValueError(f"canvas={canvas}: rows and columns must be positive and even")
-    frames = [f if f.format.name in _CROP_FIRST_FORMATS else f.reformat(format="yuv420p") for f in frames]
-    first = frames[0]
-    quarter_turns, height, width = _resized_size(first, short_side)
+    height, width = _shown_size(*coded, quarter_turns, short_side)
     crops = list(make_crops(height, width))
     if len({(crop.out_height, crop.out_width) for crop in crops}) != 1:
         raise ValueError(f"crops must all have one output size, got {crops}")
-    picture_h, picture_w = (first.width, first.height) if quarter_turns % 2 else (first.height, first.width)
+    picture_h, picture_w = coded[::-1] if quarter_turns % 2 else coded
     regions = [CropRegion.of(picture_h, picture_w, crop, height, width) for crop in crops]
     whole = CropRegion(min(r.y0 for r in regions), max(r.y1 for r in regions), min(r.x0 for r in regions),
                        max(r.x1 for r in regions), (0.0, 0.0, 0.0, 0.0))
@@ -278,25 +292,24 @@ def _cropped_planes(frames: list[av.VideoFrame], short_side: int | None,
     box = np.array([[(r.box[1] + r.y0 - whole.y0) * sy, (r.box[0] + r.x0 - whole.x0) * sx,
                      (r.box[3] + r.y0 - whole.y0) * sy, (r.box[2] + r.x0 - whole.x0) * sx] for r in regions],
                    np.float32)
-    y = np.zeros((len(frames), rows, cols), np.uint8)
-    u, v = np.zeros((2, len(frames), rows // 2, cols // 2), np.uint8)
+    y = np.zeros((len(keys), rows, cols), np.uint8)
+    u, v = np.zeros((2, len(keys), rows // 2, cols // 2), np.uint8)
     chroma_h, chroma_w = (out_h + 1) // 2, (out_w + 1) // 2
-    done: dict[int, int] = {}
-    for t, frame in enumerate(frames):
-        if id(frame) in done:  # a frame repeated to fill a short video: cut once
-            y[t], u[t], v[t] = y[done[id(frame)]], u[done[id(frame)]], v[done[id(frame)]]
+    done: dict[object, int] = {}
+    for t, key in enumerate(keys):
+        if key in done:  # a frame repeated to fill a short video: cut once
+            y[t], u[t], v[t] = y[done[key]], u[done[key]], v[done[key]]
             continue
-        done[id(frame)] = t
-        planes = whole.planes(*upright_planes(frame))
+        done[key] = t
+        planes = whole.planes(*planes_of(t))
         if scale < 1:
             planes = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize(size, Image.Resampling.BILINEAR))
                       for p, size in zip(planes, [(out_w, out_h), (chroma_w, chroma_h), (chroma_w, chroma_h)],
                                          strict=True)]
         y[t, :out_h, :out_w] = planes[0]
         u[t, :chroma_h, :chroma_w], v[t, :chroma_h, :chroma_w] = planes[1], planes[2]
-    matrix, full = _device_colour(first)
     return (y, u, v, box, np.array([c.flip for c in crops], bool), np.array([out_h, out_w], np.int32),
-            np.array([matrix, full], np.int32), scale < 1)
+            np.array(colour, np.int32), scale < 1)
 
 
 def read_clips(src: VideoSource, num_frames: int, sampling_rate: int, num_clips: int, *,
@@ -544,7 +557,21 @@ def probe(src: VideoSource, *, name: str | None = None) -> VideoInfo:
     Decodes only the first frame (for the rotation, and to check that the stream decodes at all).
     Raises VideoDecodeError like `decode_clip`.
     """
-    label = _label(src, name)
+    with _first_frame(src, _label(src, name)) as (container, stream, meta, first):
+        rotation = _rotation(first)
+        width, height = (first.height, first.width) if rotation % 180 else (first.width, first.height)
+        return VideoInfo(
+            num_frames=meta.num_frames, fps=float(meta.fps), duration_s=float(meta.duration_s), width=width,
+            height=height, rotation=rotation, codec=stream.codec_context.name, container=container.format.name,
+        )
+
+
+@contextlib.contextmanager
+def _first_frame(src: VideoSource, label: str) -> Iterator[tuple[av.container.InputContainer,
+                                                                  av.video.stream.VideoStream, _StreamMeta,
+                                                                  av.VideoFrame]]:
+    """The open container, its video stream, the stream's metadata and its first decoded frame (`probe`,
+    `first_picture`); VideoDecodeError where that frame does not decode."""
     with _open(src, label) as container:
         stream = _video_stream(container, label)
         meta = _stream_meta(container, stream, label)
@@ -554,12 +581,43 @@ def probe(src: VideoSource, *, name: str | None = None) -> VideoInfo:
             raise VideoDecodeError(label, f"corrupt data before the first frame ({ffmpeg_reason(e)})") from e
         if first is None:
             raise VideoDecodeError(label, "video stream has no decodable frames")
-        rotation = _rotation(first)
-        width, height = (first.height, first.width) if rotation % 180 else (first.width, first.height)
-        return VideoInfo(
-            num_frames=meta.num_frames, fps=float(meta.fps), duration_s=float(meta.duration_s), width=width,
-            height=height, rotation=rotation, codec=stream.codec_context.name, container=container.format.name,
-        )
+        yield container, stream, meta, first
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstPicture:
+    """What a decoder other than PyAV (`vidjax.data.nvdec`) needs of a stream, read with PyAV from its headers and
+    first frame (`first_picture`): its frame count and rate (`_StreamMeta`'s), codec, the decoded picture's `coded`
+    (height, width) before the display rotation of `quarter_turns` counter-clockwise turns, whether it is 8-bit
+    4:2:0 (`planar_420`), and the (index in `vidjax.ops.pixels.MATRIX_NAMES`, full range) the device converts it
+    with (`colour`)."""
+
+    num_frames: int
+    fps: Fraction
+    codec: str
+    container: str  # FFmpeg's demuxer names, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    coded: tuple[int, int]
+    quarter_turns: int
+    planar_420: bool
+    colour: tuple[int, bool]
+
+
+def first_picture(src: VideoSource, *, name: str | None = None) -> FirstPicture:
+    """`FirstPicture` of `src`: one open and the first frame decoded, as `probe`. Raises VideoDecodeError as it."""
+    with _first_frame(src, _label(src, name)) as (container, stream, meta, first):
+        return FirstPicture(num_frames=meta.num_frames, fps=meta.fps, codec=stream.codec_context.name,
+                            container=container.format.name, coded=(first.height, first.width),
+                            quarter_turns=round(_rotation(first) / 90) % 4,
+                            planar_420=first.format.name in _CROP_FIRST_FORMATS, colour=_device_colour(first))
+
+
+def sample_frames(num_video_frames: int, fps: Fraction, num_frames: int, sampling_rate: int,
+                  rng: np.random.Generator | None, *, start_s: float | None = None, end_s: float | None = None,
+                  name: str = "") -> np.ndarray:
+    """The frame indices `read_clip` decodes for one clip of a stream of `num_video_frames` frames at `fps`: its
+    `sample_indices` within [start_s, end_s), with the same draws from `rng` (a decoder other than PyAV samples
+    the same frames with it)."""
+    return _sample(num_video_frames, fps, start_s, end_s, num_frames, sampling_rate, rng, 1, 0, None, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1104,12 +1162,18 @@ def _resized_size(frame: av.VideoFrame, short_side: int | None) -> tuple[int, in
     """(quarter turns to upright, height, width) of `frame` shown upright and resized so its shorter side is
     `short_side` (when given), with `transforms.resize_short_side`'s rounding."""
     quarter_turns = round(_rotation(frame) / 90) % 4
-    shown_h, shown_w = (frame.width, frame.height) if quarter_turns % 2 else (frame.height, frame.width)
+    return (quarter_turns, *_shown_size(frame.height, frame.width, quarter_turns, short_side))
+
+
+def _shown_size(coded_h: int, coded_w: int, quarter_turns: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) of a `coded_h` x `coded_w` picture turned `quarter_turns` times and resized so its shorter
+    side is `short_side` (when given), with `transforms.resize_short_side`'s rounding."""
+    shown_h, shown_w = (coded_w, coded_h) if quarter_turns % 2 else (coded_h, coded_w)
     if short_side is None:
-        return quarter_turns, shown_h, shown_w
+        return shown_h, shown_w
     if shown_h <= shown_w:
-        return quarter_turns, short_side, max(1, round(shown_w * short_side / shown_h))
-    return quarter_turns, max(1, round(shown_h * short_side / shown_w)), short_side
+        return short_side, max(1, round(shown_w * short_side / shown_h))
+    return max(1, round(shown_h * short_side / shown_w)), short_side
 
 
 def _to_rgb(frames: list[av.VideoFrame], short_side: int | None) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from vidjax import cli, platform
 from vidjax.config_lib import ConfigError, host_cpus, raise_problems
-from vidjax.data import decode, sources, synthetic, transforms
+from vidjax.data import decode, nvdec, sources, synthetic, transforms
 from vidjax.data import views as views_lib
 from vidjax.models import clip_spec
 from vidjax.ops.pixels import PLANE_KEYS
@@ -305,6 +305,7 @@ class Preprocess:
     # `canvas` (rows, columns), converted and cropped in the step; "host": RGB crops (`resolve_pixels`)
     pixels: str = "host"
     canvas: tuple[int, int] = (0, 0)
+    decoder: str = "pyav"  # what decodes the device-pixel clips: "pyav" or "nvdec" (`resolve_decoder`)
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
@@ -442,7 +443,8 @@ class Preprocess:
         (`decode.read_planes`), the crops drawn as `_decode_cropped` draws them, as the batch's `PLANE_KEYS`, and the
         time span its frames cover."""
         d = self.data
-        clip = decode.read_planes(
+        read = nvdec.read_planes if self.decoder == "nvdec" else decode.read_planes
+        clip = read(
             src, d.num_frames, d.sampling_rate, rng, canvas=self.canvas,
             crops=lambda height, width: self.train_crops(rng, height, width)[0],
             start_s=None if np.isnan(start_s) else start_s, end_s=None if np.isnan(end_s) else end_s,
@@ -569,6 +571,10 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
             resolve_pixels(d, "train")
     except ConfigError as err:
         problems.append(str(err))
+    try:  # "auto" pixels go the device way on a GPU, which is not asked yet here: checked as "device" meanwhile
+        resolve_decoder(d, "host" if d.get("pixels", "host") == "host" else "device")
+    except ConfigError as err:
+        problems.append(str(err))
     rows, cols = (int(v) for v in d.get("pixel_canvas", (0, 0)))
     if rows < 0 or cols < 0 or bool(rows) != bool(cols):
         problems.append(f"config.data.pixel_canvas={tuple(d.pixel_canvas)} must be two positive sizes (rows, "
@@ -664,6 +670,26 @@ def resolve_pixels(data: ml_collections.ConfigDict, split: str, spec: InputSpec 
     return "host" if problem else "device"
 
 
+DECODERS = ("pyav", "nvdec")
+
+
+def resolve_decoder(data: ml_collections.ConfigDict, pixels: str) -> str:
+    """config.data.decoder, checked for training clips going the `pixels` way: "nvdec" decodes into the planes the
+    device-pixel path sends, so it needs that path, the wheel and an NVIDIA GPU's video engine; each lack is a
+    ConfigError that says what to do. Evaluation clips are PyAV's either way."""
+    choice = data.get("decoder", "pyav")
+    if choice not in DECODERS:
+        raise ConfigError(f"config.data.decoder={choice!r}: one of {', '.join(DECODERS)}.")
+    if choice == "nvdec":
+        if pixels != "device":
+            raise ConfigError("config.data.decoder='nvdec' decodes into the planes the device-pixel path sends, but "
+                              f"these training clips go the host way (config.data.pixels={data.get('pixels')!r}); "
+                              "set --config.data.pixels=device.")
+        if why := nvdec.problem():
+            raise ConfigError(f"config.data.decoder='nvdec': {why}. Use --config.data.decoder=pyav here.")
+    return choice
+
+
 def pixel_canvas(data: ml_collections.ConfigDict) -> tuple[int, int]:
     """The (rows, columns) of the planes a device-pixel clip is sent in: config.data.pixel_canvas, or where it is
     (0, 0) room for the region of the largest crop at 1.5x the short side (a 360p video at short side 256, the data
@@ -724,10 +750,11 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, source, spec: In
         ds = grain.MapDataset.source(PaddedSource(source, -(-len(source) // config.batch_size) * config.batch_size))
     clips = clip_spec(config.model_name, config.model)
     pixels = resolve_pixels(data, split, spec)
+    decoder = resolve_decoder(data, pixels) if train else "pyav"
     preprocess = preprocess_type(data=data, source=source, train=train, pixel_mean=clips["mean"],
                                  pixel_std=clips["std"], fields=spec.fields(train),
                                  views=spec.views if train else None, masks=spec.masks, pixels=pixels,
-                                 canvas=pixel_canvas(data) if pixels == "device" else (0, 0))
+                                 canvas=pixel_canvas(data) if pixels == "device" else (0, 0), decoder=decoder)
     ds = ds.random_map(preprocess, seed=data.seed + config.seed + (0 if train else 1))
     # grain's defaults (16 reader threads, 500 buffered elements) oversubscribe the cores when each element is a
     # PyAV decode, and buffer gigabytes of clips; a couple of threads and two batches ahead keep workers busy.
