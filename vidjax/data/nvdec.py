@@ -91,6 +91,23 @@ def problem() -> str | None:
     except Exception as err:  # RuntimeError: no NVIDIA driver, or one without libnvcuvid / libnvidia-encode
         return (f"PyNvVideoCodec finds no NVIDIA GPU driver with its video decoder here (an NVIDIA GPU and its "
                 f"driver's libnvcuvid are needed): {str(err).splitlines()[0][:120]}")
+    return _no_gpu()
+
+
+def _no_gpu() -> str | None:
+    """Why the driver shows this process no GPU (none in the machine, or CUDA_VISIBLE_DEVICES hides them), or None:
+    asked of libcuda itself (cuInit, cuDeviceGetCount), which makes no context."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError as err:
+        return f"the NVIDIA driver's libcuda.so.1 does not load: {err}"
+    count = ctypes.c_int(0)
+    status = cuda.cuInit(0)
+    if status == 0:
+        status = cuda.cuDeviceGetCount(ctypes.byref(count))
+    if status != 0 or count.value == 0:
+        return (f"the NVIDIA driver shows this process no GPU (CUDA error {status}, {count.value} devices; "
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
     return None
 
 
