@@ -46,9 +46,10 @@ logger = logging.getLogger(__name__)
 INSTALL = "pip install 'vidjax[nvdec]'"
 # The clips this process gave to PyAV instead (tests read it), and whether it has said so.
 _STATE: dict = {"fallbacks": 0, "warned": False}
-# Each thread's decoder, reused from clip to clip (`SimpleDecoder.reconfigure_decoder`: creating one costs tens of
-# ms), and the file it is on. One per thread: a grain worker reads its elements on two threads, and a decoder used
-# from two at once fails its pictures and then crashes the process.
+# Each thread's decoder, reused from clip to clip (`SimpleDecoder.reconfigure_decoder`, PyNvVideoCodec's way to
+# keep its decode sessions across files instead of opening new ones), and the file it is on. One per thread: a grain
+# worker reads its elements on two threads, and a decoder used from two at once fails its pictures and then crashes
+# the process.
 _LOCAL = threading.local()
 # The largest picture a decoder is made for: a later file up to this size moves into it, a larger one gets a decoder
 # of its own.
