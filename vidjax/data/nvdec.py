@@ -125,8 +125,7 @@ def read_planes(src: decode.VideoSource, num_frames: int, sampling_rate: int,
     """`decode.read_planes` with the frames decoded by NVDEC: the same frames, crops and `PlaneClip`, from the same
     draws of `rng`. `num_decoded` counts the frames NVDEC handed back (the ones it decoded to reach them stay on the
     GPU). A file NVDEC cannot decode is read by `decode.read_planes` (with `pyav_options`), as the module says."""
-    label = name if name is not None else (os.fspath(src) if not isinstance(src, bytes | bytearray | memoryview)
-                                           else f"<{len(src)} bytes in memory>")
+    label = decode._label(src, name)  # the name PyAV's path gives it in warnings and errors
     picture = decode.first_picture(src, name=name)  # VideoDecodeError for a file PyAV cannot open either
     state = None if rng is None else rng.bit_generator.state
     try:
