@@ -153,16 +153,23 @@ def _forward_and_grads(q, k, v):
     return _forward(q, k, v), _grads(q, k, v)
 
 
+@functools.cache
+def _kernels_of_forward_and_grads(q: tuple[int, ...], kv: tuple[int, ...], dtype) -> list[str]:
+    """`_kernels` of `_forward_and_grads` compiled for these shapes: a shape two cases share (TimeSformer's spatial
+    attention, VideoMAE's visible tokens) compiles once in this process."""
+    return _kernels(_compiled(_forward_and_grads, q, kv, kv, dtype=dtype))
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bfloat16", "float32"])
 @pytest.mark.parametrize("frames", FRAMES)
 @pytest.mark.parametrize("case", list(FAMILY_CONFIGS))
 def test_the_kernel_compiles_for_tpu_at_every_family_shape(case, frames, dtype):
     """Mosaic compiles the forward and the forward + backward: four kernels (the forward, the forward keeping its
     row statistics for the backward, then the dK/dV and the dQ kernels), with the blocks `attention.pallas_blocks`
-    picks. A shape two cases share (TimeSformer's spatial attention, VideoMAE's visible tokens) compiles once."""
+    picks."""
     for (b, length, heads, head_dim), length_kv in family_shapes(frames)[case]:
         q, kv = (b, length, heads, head_dim), (b, length_kv, heads, head_dim)
-        kernels = _kernels(_compiled(_forward_and_grads, q, kv, kv, dtype=dtype))
+        kernels = _kernels_of_forward_and_grads(q, kv, dtype)
         (block, _), (block_kv, _) = attention.pallas_blocks(length), attention.pallas_blocks(length_kv)
         assert len(kernels) == 4, kernels
         assert f"flash_mha_bwd_dkv_block_q_major_{block}_block_q_{block}_block_k_major_{block_kv}" in " ".join(kernels)

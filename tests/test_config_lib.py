@@ -132,3 +132,25 @@ def test_an_unknown_embedded_dataset_variant_is_a_config_problem():
     with pytest.raises(ConfigError, match=r"^config.data.synthetic_task='multilabel'; choose one of") as err:
         config_lib.raise_problems([problem, problem])  # the source of each split finds it too: shown once
     assert str(err.value) == problem
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("resized_crop_area", (1.2, 0.3), "config.data.resized_crop_area=(1.2, 0.3) must be (low, high) with 0 < low <= "
+                                      "high <= 1"),
+    ("resized_crop_ratio", (0.0, -1.0), "config.data.resized_crop_ratio=(0.0, -1.0) must be (low, high) with 0 < "
+                                        "low <= high"),
+    ("crop_scales", (), "config.data.crop_scales=() must be one or more shares of the short side in (0, 1]"),
+    ("crop_scales", (1.0, 0.0), "config.data.crop_scales=(1.0, 0.0) must be one or more shares"),
+    ("short_side", -1, "config.data.short_side=-1 must be >= 0"),
+    ("sampling_rate", -1, "config.data.num_frames=16 must be >= 1 and sampling_rate=-1 >= 0")])
+def test_crop_and_clip_settings_that_would_fail_in_every_worker_are_config_problems(setting, value, message):
+    """Each of these stopped a run at its first clip from files, inside an input worker, with numpy's or math's words
+    ("high - low < 0", "math domain error"), and passed unseen on the embedded dataset, whose clips are not cropped;
+    now a line that names the setting and its range, before anything is built."""
+    from vidjax.data import pipeline
+
+    config = load_config("videomae_k400")
+    assert pipeline.data_config_problems(config) == []
+    config.data[setting] = value
+    (problem,) = pipeline.data_config_problems(config)
+    assert problem.startswith(message), problem

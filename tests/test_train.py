@@ -120,10 +120,37 @@ def test_config_mismatch_errors():
         train.check_config(bad)
     with pytest.raises(config_lib.ConfigError, match="needs 3 devices"):
         train.sharding.create_mesh({"data": 3, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+    # The schedule's counts, all named in one message: a 0 log or checkpoint interval was a ZeroDivisionError at the
+    # first step.
+    with pytest.raises(config_lib.ConfigError) as err:
+        train.check_config(tiny_config(log_every=0, checkpoint_every=-1, keep_checkpoints=0))
+    message = str(err.value)
+    assert "config.log_every=0 must be a whole number >= 1." in message
+    assert "config.checkpoint_every=-1 must be a whole number >= 0 (0: only at the end)." in message
+    assert "config.keep_checkpoints=0 must be a whole number >= 1." in message
+    # Numbers a run would have trained with, wrongly and silently (a negative learning rate, b1 above 1), or failed
+    # on deep in a library (a negative seed in grain's shuffle, a 0 stride in the embedded dataset), and a run of no
+    # steps, which said that a checkpoint that does not exist had finished it.
+    bad = tiny_config(seed=-1, num_epochs=0.0, total_steps=0, memory_limit_gb=-1.0)
+    bad.optimizer.update(base_lr=-1e-3, b1=1.5, warmup_epochs=-1.0)
+    bad.data.sampling_rate = 0
+    with pytest.raises(config_lib.ConfigError) as err:
+        train.check_config(bad)
+    message = str(err.value)
+    assert message.startswith("7 problems with the config"), message
+    for line in ("config.seed=-1 must be a whole number >= 0.",
+                 "config.num_epochs=0.0 gives the run no steps: set it above 0, or config.total_steps.",
+                 "config.memory_limit_gb=-1.0 must be >= 0",
+                 "config.optimizer.base_lr=-0.001 must be in [0, inf)",
+                 "config.optimizer.b1=1.5 must be in [0, 1) (AdamW's first-moment decay).",
+                 "config.optimizer.warmup_epochs=-1.0 must be in [0, inf) (epochs of linear warm-up).",
+                 "config.data.sampling_rate=0 spreads a clip over a whole video"):
+        assert line in message, (line, message)
 
 
 def test_classification_task_trains(tmp_path):
-    config = tiny_config(task="classification", total_steps=8)
+    """A classification run; checkpoint_every=0 saves the last step only."""
+    config = tiny_config(task="classification", total_steps=8, checkpoint_every=0)
     config.model.head = "classification"
     config.model.num_classes = 5
     with pytest.raises(config_lib.ConfigError, match="config.data.num_classes=8 but config.model.num_classes=5"):
@@ -131,6 +158,7 @@ def test_classification_task_trains(tmp_path):
     config.model.num_classes = config.data.num_classes
     result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert 0.0 <= result["eval_top1"] <= 1.0 and np.isfinite(result["eval_loss"])
+    assert os.listdir(tmp_path / "checkpoints") == ["8"]
 
 
 def test_unmapped_logical_axis_is_an_error():

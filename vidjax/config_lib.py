@@ -165,7 +165,7 @@ def trainer_config() -> ml_collections.ConfigDict:
         # The run's evaluations, name -> dict(type, every, split, data, batches, prefix, init, the type's options):
         # vidjax/evaluators/__init__.py. Empty: one, "eval", the task's evaluator at eval_every over eval_batches.
         evals={},
-        checkpoint_every=1000,
+        checkpoint_every=1000,  # 0 = only at the end (and when the run is stopped)
         keep_checkpoints=3,
         # Faults. A step whose loss, gradients or updated parameters are not finite is skipped (parameters,
         # optimizer and EMA state kept; counted as `skipped_steps` in the metrics); training stops with an error

@@ -555,6 +555,13 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
     if d.num_samples < 1 or config.batch_size % d.num_samples:
         problems.append(f"config.data.num_samples={d.num_samples} must be >= 1 and divide config.batch_size="
                         f"{config.batch_size} (the batch counts clips: batch_size / num_samples videos a step).")
+    problems += _crop_problems(d)
+    if d.num_frames < 1 or d.sampling_rate < 0:
+        problems.append(f"config.data.num_frames={d.num_frames} must be >= 1 and sampling_rate={d.sampling_rate} "
+                        f">= 0 (the stride between a clip's frames in the video's frames; 0: spread over the video).")
+    elif d.source == "synthetic" and d.sampling_rate < 1:
+        problems.append("config.data.sampling_rate=0 spreads a clip over a whole video, and the embedded dataset's "
+                        "clips are generated at their length: set it to 1 or more for source='synthetic'.")
     if d.test_num_clips < 1 or d.test_num_crops < 1:
         problems.append("config.data.test_num_clips and test_num_crops must be >= 1.")
     if not 0.0 <= d.erase_prob <= 1.0:
@@ -579,6 +586,26 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
     if rows < 0 or cols < 0 or bool(rows) != bool(cols):
         problems.append(f"config.data.pixel_canvas={tuple(d.pixel_canvas)} must be two positive sizes (rows, "
                         f"columns), or (0, 0) for the size `pipeline.pixel_canvas` chooses.")
+    return problems
+
+
+def _crop_problems(d: ml_collections.ConfigDict) -> list[str]:
+    """The training crop's ranges, which would otherwise fail in every worker's every clip (`crop_settings`)."""
+    problems = []
+    settings = crop_settings(d)
+    area, ratio, scales = settings["area"], settings["ratio"], settings["scales"]
+    if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
+        problems.append(f"config.data.resized_crop_area={area} must be (low, high) with 0 < low <= high <= 1: the "
+                        f"share of the frame's area a random resized crop takes (VideoMAE: (0.08, 1.0)).")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        problems.append(f"config.data.resized_crop_ratio={ratio} must be (low, high) with 0 < low <= high: the crop's "
+                        f"width / height (VideoMAE: (0.75, 1.3333)).")
+    if not scales or not all(0 < scale <= 1 for scale in scales):
+        problems.append(f"config.data.crop_scales={scales} must be one or more shares of the short side in (0, 1] "
+                        f"(the multi-scale crop's, VideoMAE: {transforms.MULTI_SCALE_CROP_SCALES}).")
+    if d.short_side < 0:
+        problems.append(f"config.data.short_side={d.short_side} must be >= 0 (the short side frames are resized "
+                        f"to before the crop; 0: config.data.image_size).")
     return problems
 
 

@@ -123,6 +123,19 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
         mixed = " and ".join(name for name in tasks.available() if tasks.training_of(name).mixes)
         problems.append(f"mixup / cutmix (config.loss.mixup_alpha, cutmix_alpha) apply to {mixed} fine-tuning, not "
                         f"to task={config.task!r}; set them to 0.")
+    for key, least, meaning in (("log_every", 1, ""), ("checkpoint_every", 0, " (0: only at the end)"),
+                                ("keep_checkpoints", 1, ""), ("total_steps", 0, " (0: config.num_epochs decides)"),
+                                ("seed", 0, "")):
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            problems.append(f"config.{key}={value!r} must be a whole number >= {least}{meaning}.")
+    if not config.total_steps and not config.num_epochs > 0:
+        problems.append(f"config.num_epochs={config.num_epochs!r} gives the run no steps: set it above 0, or "
+                        f"config.total_steps.")
+    if config.memory_limit_gb < 0:
+        problems.append(f"config.memory_limit_gb={config.memory_limit_gb} must be >= 0 (0: the limit the device "
+                        f"reports).")
+    problems += optim.optimizer_problems(config)
     if not 0.0 <= config.optimizer.ema_decay < 1.0:
         problems.append(f"config.optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1) (0 = off).")
     spike = config.loss_spike
@@ -1160,7 +1173,7 @@ def _loop(run: Run, train_step, first_batch, state: dict, progress: Progress, st
         stopping = stop.requested(step)  # SIGTERM / SIGINT: checkpoint this step and return
         if stopping:
             return state, _wind_down(run, state, step, pending, batches, progress, stop)
-        if step % config.checkpoint_every == 0 or is_last:
+        if is_last or (config.checkpoint_every and step % config.checkpoint_every == 0):  # 0: at the end only
             progress.handle(*pending)  # never checkpoint a state that is not finite
             pending = None
             ckpt.save(step, state, batches.position(), config, run.metadata)

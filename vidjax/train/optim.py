@@ -25,6 +25,36 @@ def peak_lr(config: ml_collections.ConfigDict) -> float:
 
 SCHEDULES = ("cosine", "constant", "steps", "wsd")
 
+# The optimizer's numbers and the ranges they take: (key, low, high, low included, high included, what it is).
+_RANGES = (("base_lr", 0.0, None, True, False, "the peak learning rate at lr_batch_base clips; 0: the weights stay"),
+           ("lr_batch_base", 0.0, None, False, False, "the batch base_lr is given for"),
+           ("min_lr", 0.0, None, True, False, "the schedule's floor"),
+           ("warmup_epochs", 0.0, None, True, False, "epochs of linear warm-up"),
+           ("b1", 0.0, 1.0, True, False, "AdamW's first-moment decay"),
+           ("b2", 0.0, 1.0, True, False, "AdamW's second-moment decay"),
+           ("eps", 0.0, None, True, False, "AdamW's epsilon"),
+           ("weight_decay", 0.0, None, True, False, "0: none"),
+           ("momentum", 0.0, 1.0, True, False, "SGD's momentum"),
+           ("grad_clip", 0.0, None, True, False, "0: no clipping"),
+           ("label_smoothing", 0.0, 1.0, True, False, "0: none"))
+
+
+def optimizer_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """config.optimizer's numbers outside their ranges, each named with its range (a negative learning rate or a
+    b1 of 1.5 would train, wrongly, without a word)."""
+    problems = []
+    for key, low, high, low_in, high_in, meaning in _RANGES:
+        value = config.optimizer.get(key)
+        if value is None:
+            continue
+        below = value < low if low_in else value <= low
+        above = high is not None and (value > high if high_in else value >= high)
+        if below or above:
+            span = ("[" if low_in else "(") + f"{low:g}, " + (f"{high:g}" if high is not None else "inf") + \
+                ("]" if high_in else ")")
+            problems.append(f"config.optimizer.{key}={value!r} must be in {span} ({meaning}).")
+    return problems
+
 
 def make_schedule(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int,
                   steps_per_epoch: int = 1) -> optax.Schedule:
