@@ -136,8 +136,6 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(f"config.memory_limit_gb={config.memory_limit_gb} must be >= 0 (0: the limit the device "
                         f"reports).")
     problems += optim.optimizer_problems(config)
-    if not 0.0 <= config.optimizer.ema_decay < 1.0:
-        problems.append(f"config.optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1) (0 = off).")
     spike = config.loss_spike
     if config.max_skipped_steps < 0 or not (spike.factor == 0 or spike.factor > 1) or not 0 < spike.decay < 1 \
             or spike.min_steps < 1:

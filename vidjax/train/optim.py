@@ -25,33 +25,32 @@ def peak_lr(config: ml_collections.ConfigDict) -> float:
 
 SCHEDULES = ("cosine", "constant", "steps", "wsd")
 
-# The optimizer's numbers and the ranges they take: (key, low, high, low included, high included, what it is).
-_RANGES = (("base_lr", 0.0, None, True, False, "the peak learning rate at lr_batch_base clips; 0: the weights stay"),
-           ("lr_batch_base", 0.0, None, False, False, "the batch base_lr is given for"),
-           ("min_lr", 0.0, None, True, False, "the schedule's floor"),
-           ("warmup_epochs", 0.0, None, True, False, "epochs of linear warm-up"),
-           ("b1", 0.0, 1.0, True, False, "AdamW's first-moment decay"),
-           ("b2", 0.0, 1.0, True, False, "AdamW's second-moment decay"),
-           ("eps", 0.0, None, True, False, "AdamW's epsilon"),
-           ("weight_decay", 0.0, None, True, False, "0: none"),
-           ("momentum", 0.0, 1.0, True, False, "SGD's momentum"),
-           ("grad_clip", 0.0, None, True, False, "0: no clipping"),
-           ("label_smoothing", 0.0, 1.0, True, False, "0: none"))
+# The optimizer's numbers and their ranges: (key, low, high, whether low itself is allowed, what it is); high (None:
+# no bound) is never allowed.
+_RANGES = (("base_lr", 0.0, None, True, "the peak learning rate at lr_batch_base clips; 0: the weights stay"),
+           ("lr_batch_base", 0.0, None, False, "the batch base_lr is given for"),
+           ("min_lr", 0.0, None, True, "the schedule's floor"),
+           ("warmup_epochs", 0.0, None, True, "epochs of linear warm-up"),
+           ("b1", 0.0, 1.0, True, "AdamW's first-moment decay"),
+           ("b2", 0.0, 1.0, True, "AdamW's second-moment decay"),
+           ("eps", 0.0, None, True, "AdamW's epsilon"),
+           ("weight_decay", 0.0, None, True, "0: none"),
+           ("momentum", 0.0, 1.0, True, "SGD's momentum"),
+           ("grad_clip", 0.0, None, True, "0: no clipping"),
+           ("label_smoothing", 0.0, 1.0, True, "0: none"),
+           ("ema_decay", 0.0, 1.0, True, "0: off"))
 
 
 def optimizer_problems(config: ml_collections.ConfigDict) -> list[str]:
     """config.optimizer's numbers outside their ranges, each named with its range (a negative learning rate or a
     b1 of 1.5 would train, wrongly, without a word)."""
     problems = []
-    for key, low, high, low_in, high_in, meaning in _RANGES:
+    for key, low, high, low_allowed, meaning in _RANGES:
         value = config.optimizer.get(key)
         if value is None:
             continue
-        below = value < low if low_in else value <= low
-        above = high is not None and (value > high if high_in else value >= high)
-        if below or above:
-            span = ("[" if low_in else "(") + f"{low:g}, " + (f"{high:g}" if high is not None else "inf") + \
-                ("]" if high_in else ")")
+        if (value < low if low_allowed else value <= low) or (high is not None and value >= high):
+            span = ("[" if low_allowed else "(") + f"{low:g}, {'inf' if high is None else f'{high:g}'})"
             problems.append(f"config.optimizer.{key}={value!r} must be in {span} ({meaning}).")
     return problems
 
