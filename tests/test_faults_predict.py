@@ -170,6 +170,10 @@ def test_ffmpeg_errors_in_plain_words(tmp_path):
     assert str(caught.value) == f"cannot decode video {str(garbage)!r}: cannot open (invalid data)"
     with pytest.raises(decode.VideoDecodeError, match=r"'.*': cannot open \(it is a folder, not a video file\)$"):
         decode.probe(str(tmp_path))
+    (tmp_path / "empty.mp4").write_bytes(b"")  # an interrupted copy
+    for source in (str(tmp_path / "empty.mp4"), b""):
+        with pytest.raises(decode.VideoDecodeError, match=r": cannot open \(the file is empty: 0 bytes\)$"):
+            decode.probe(source)
     # The mapping, by PyAV's error class; others keep the system's words, without the number and the file name.
     assert decode.ffmpeg_reason(av.error.InvalidDataError(-1094995529, "Invalid data found when processing input",
                                                           "x.mp4")) == "invalid data"

@@ -691,7 +691,18 @@ def _open_with(src: VideoSource, label: str, options: dict) -> av.container.Inpu
     except FileNotFoundError:
         raise VideoDecodeError(label, "file does not exist") from None
     except (av.FFmpegError, OSError) as e:
+        if _empty(src):  # an interrupted copy or download: FFmpeg says only "invalid data"
+            raise VideoDecodeError(label, "cannot open (the file is empty: 0 bytes)") from e
         raise VideoDecodeError(label, f"cannot open ({ffmpeg_reason(e)})") from e
+
+
+def _empty(src: VideoSource) -> bool:
+    if isinstance(src, bytes | bytearray | memoryview):
+        return len(src) == 0
+    try:
+        return os.path.isfile(os.path.expanduser(src)) and os.path.getsize(os.path.expanduser(src)) == 0
+    except (OSError, TypeError):
+        return False
 
 
 @contextlib.contextmanager
