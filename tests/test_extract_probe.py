@@ -148,9 +148,10 @@ def learnable(task, n=300, dim=12, seed=0):
 def test_probe_learns_the_signal(tmp_path, capsys, task, probe_kind, metric, floor):
     x, arrays = learnable(task)
     features = write_features(tmp_path / "train.npz", x, **arrays)
-    assert probe.main([f"--features={features}", f"--task={task}", f"--probe={probe_kind}", "--lr=0.01",
+    assert probe.main([f"--features={features}", f"--probe={probe_kind}", "--lr=0.01",  # the task: the file's
                        "--epochs=60", "--batch_size=64"]) == 0
     report = json.loads((tmp_path / "train.probe.json").read_text())
+    assert report["task"] == task
     assert report["num_train"] == 240 and report["num_eval"] == 60
     assert report["metrics"][metric] > floor, report["metrics"]
     expected = {"classification": {"top1", "macro_f1"}, "multilabel": {"mAP"},  # no top5 of 4 classes
@@ -195,6 +196,17 @@ def test_probe_errors(tmp_path, capsys):
     assert "array.npy: not an .npz of features" in capsys.readouterr().err
     assert probe.main(["--features=no_such.npz", "--task=classification"]) == 2
     assert "no_such.npz: no such file" in capsys.readouterr().err
+    for path, said in (("no_such.npz", "no such file"), (tmp_path / "list.txt", "not an .npz of features")):
+        assert probe.main([f"--features={path}"]) == 2  # no --task: the same lines
+        assert said in capsys.readouterr().err
+    # No --task, and the file holds no targets, or those of two tasks.
+    unlabelled = write_features(tmp_path / "unlabelled.npz", x)
+    assert probe.main([f"--features={unlabelled}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {unlabelled} holds no targets (`label` (classification)")
+    both = write_features(tmp_path / "both.npz", x, targets=np.zeros((20, 1), np.float32), **arrays)
+    assert probe.main([f"--features={both}"]) == 2
+    assert "holds the targets of 2 tasks (classification, regression): choose one with --task." in (
+        capsys.readouterr().err)
     with pytest.raises(SystemExit) as exit_info:
         probe.main([f"--features={features}", "--task=ranking"])
     assert exit_info.value.code == 2 and "--task" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 r"""Linear, MLP, SVM or attentive probes on extracted features: how much of a task the embeddings already carry.
 
-  python -m vidjax.probe --features=train.npz --task=classification
+  python -m vidjax.probe --features=train.npz
   python -m vidjax.probe --features=train.npz --eval_features=val.npz --task=regression --probe=mlp
 
 --features is a `python -m vidjax.extract` output with (N, D) features (--pool=mean or cls) and the targets of the
-task: `label` (classification), `labels` (multilabel, multi-hot) or `targets` (regression). The probe is trained
+task: `label` (classification), `labels` (multilabel, multi-hot) or `targets` (regression); --task says which,
+and without it the probe fits the one kind the file holds. The probe is trained
 on standardised features (mean and std of the training rows; regression targets are standardised the same way and
 mapped back) with AdamW in jax/optax, minibatches drawn by --seed: a linear layer, or one hidden layer of --hidden
 ReLU units (--probe=mlp). It is scored on --eval_features, or else on a held-out fraction (--holdout) of the rows,
@@ -199,7 +200,8 @@ def class_notes(num_classes: int, labels: np.ndarray) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.probe", __doc__)
     parser.add_argument("--features", required=True, metavar="FILE.npz", help="features from python -m vidjax.extract")
-    parser.add_argument("--task", required=True, choices=TASKS, help="which targets to fit")
+    parser.add_argument("--task", default="", choices=("", *TASKS),
+                        help="which targets to fit (default: the one kind of targets --features holds)")
     parser.add_argument("--eval_features", default="", metavar="FILE2.npz",
                         help="score on these features instead of a held-out part of --features")
     parser.add_argument("--probe", default="linear", choices=PROBES,
@@ -291,8 +293,28 @@ def _unstratifiable(labels: np.ndarray, n_eval: int) -> str | None:
     return None
 
 
+def task_of(path: str) -> str:
+    """The task whose targets the extract output `path` holds (`label`, `labels` or `targets`), for a --task left
+    out; a ProbeError when it holds none or several. A file that cannot be read is left to `load_split` to name."""
+    try:
+        with np.load(os.path.expanduser(path)) as data:
+            keys = set(data.files)
+    except (OSError, ValueError, EOFError, AttributeError):  # no file, not an .npz, a bare .npy: load_split says
+        return TASKS[0]
+    held = [task for task in TASKS if TARGET_KEY[task] in keys]
+    if len(held) == 1:
+        return held[0]
+    arrays = " / ".join(f"`{TARGET_KEY[task]}` ({task})" for task in TASKS)
+    if not held:
+        raise ProbeError(f"{path} holds no targets ({arrays}): extract from a CSV list or a class-folder tree, "
+                         f"whose labels it keeps.")
+    raise ProbeError(f"{path} holds the targets of {len(held)} tasks ({', '.join(held)}): choose one with --task.")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Loads, splits, trains and scores; returns the report written to --out."""
+    if not args.task:
+        args.task = task_of(args.features)
     tokens = args.probe == "attentive"
     features, targets, names = load_split(args.features, args.task, tokens=tokens)
     heads = attentive_heads(features.shape[-1], args.heads) if tokens else None  # refused before any training
