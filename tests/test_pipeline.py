@@ -130,6 +130,28 @@ def test_undecodable_videos_are_skipped_not_fatal(tmp_path, caplog):
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
+def test_decode_failures_count_each_broken_video_once_when_a_substitute_is_broken_too(tmp_path, caplog):
+    """Half the videos broken: some replacements draw another broken video before a good one. The count is still
+    the split's broken videos, each once, on its own row."""
+    lines, broken = [], {1, 2, 4}
+    for i in range(6):
+        path = tmp_path / f"clip{i}.mp4"
+        make_video(path, num_frames=12)
+        if i in broken:
+            path.write_bytes(path.read_bytes()[:300])
+        lines.append(f"{path.name} {i % 3}")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    config = tiny_config(batch_size=2)
+    config.data.update(dict(source="csv", train_csv=str(tmp_path / "list.csv"), eval_csv=str(tmp_path / "list.csv"),
+                            root=str(tmp_path), num_classes=3, sampling_rate=2))
+    caplog.set_level(logging.DEBUG, logger=pipeline.__name__)
+    out = batches(config, "eval", 0)
+    attempts = [r for r in caplog.records if r.getMessage().startswith("Skipping element")]
+    assert len(attempts) > len(broken)  # a replacement was broken too (this seed's draws)
+    failures = np.concatenate([b["decode_failures"] for b in out])
+    assert failures.sum() == len(broken) and set(np.flatnonzero(failures)) == broken, failures
+
+
 def test_task_eval_split_is_padded_to_whole_global_batches_and_marks_the_padding():
     config = tiny_config(task="classification")
     config.data.num_eval = 11  # global batch 8: padded to 16, 5 rows marked invalid

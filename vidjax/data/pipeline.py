@@ -288,9 +288,9 @@ class Preprocess:
     """Per-element work in the grain workers: decode, augment (train) or cut views (eval), targets, masks.
 
     A video that fails to decode is replaced by another element of the source, drawn from this element's own
-    random stream (so the batch stays deterministic), with a warning; `decode_failures` counts the replacements
-    and the trainer sums them into its metrics. After `max_decode_attempts` failures in a row the element is
-    dropped.
+    random stream (so the batch stays deterministic), with a warning; `decode_failures` is 1 for an element whose
+    own video failed (0 for the others, a failed substitute included) and the trainer sums them into its metrics.
+    After `max_decode_attempts` failures in a row the element is dropped.
     """
 
     data: ml_collections.ConfigDict
@@ -333,9 +333,12 @@ class Preprocess:
             samples = len(out["crop_box"]) if self.data.num_samples > 1 else 1
         else:
             samples = video.shape[0] if video is not None and video.ndim == 5 and self.train else 1
+        # This element's own video, once, however many substitutes it took: a broken substitute is counted where
+        # it is an element itself, so a split's sum is the number of its videos that did not decode.
+        failed = np.int32(failures > 0)
         count = np.zeros(samples, np.int32)
-        count[0] = failures  # one count per decoded video, not per augmented sample
-        out["decode_failures"] = count if samples > 1 else np.int32(failures)
+        count[0] = failed  # one count per decoded video, not per augmented sample
+        out["decode_failures"] = count if samples > 1 else failed
         if valid is not None:
             out["valid"] = valid
         return out
