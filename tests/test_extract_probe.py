@@ -196,9 +196,15 @@ def test_probe_errors(tmp_path, capsys):
     assert "array.npy: not an .npz of features" in capsys.readouterr().err
     assert probe.main(["--features=no_such.npz", "--task=classification"]) == 2
     assert "no_such.npz: no such file" in capsys.readouterr().err
-    for path, said in (("no_such.npz", "no such file"), (tmp_path / "list.txt", "not an .npz of features")):
+    for path, said in (("no_such.npz", "no such file"), (tmp_path / "list.txt", "not an .npz of features"),
+                       (tmp_path / "array.npy", "not an .npz of features")):
         assert probe.main([f"--features={path}"]) == 2  # no --task: the same lines
         assert said in capsys.readouterr().err
+    (tmp_path / "cut.npz").write_bytes(pathlib.Path(features).read_bytes()[:300])  # a copy cut short
+    for task in ([], ["--task=classification"]):
+        assert probe.main([f"--features={tmp_path / 'cut.npz'}", *task]) == 2
+        assert "cut.npz: a damaged .npz (not a whole zip file); copy it again, or extract again." in (
+            capsys.readouterr().err)
     # No --task, and the file holds no targets, or those of two tasks.
     unlabelled = write_features(tmp_path / "unlabelled.npz", x)
     assert probe.main([f"--features={unlabelled}"]) == 2

@@ -7,6 +7,7 @@ with exit status 2."""
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -178,6 +179,20 @@ def test_retrieval_over_extracted_embeddings_reports_recall(checkpoints, clip, v
                                                                           np.argsort(-similarity[1])[:2]]
     lines = captured.out.splitlines()
     assert lines[0] == "cats" and lines[1].startswith(f"  {query['top_k'][0][0]}")
+
+
+def test_features_that_are_no_whole_npz_are_one_line(tmp_path):
+    np.savez(tmp_path / "whole.npz", features=np.zeros((2, 4), np.float32), paths=np.array(["a.mp4", "b.mp4"]))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:200])  # a copy cut short
+    np.save(tmp_path / "array.npy", np.zeros((2, 4)))
+    (tmp_path / "list.txt").write_text("a.mp4 0\n")
+    for name, said in (("cut.npz", "is a damaged .npz (not a whole zip file); copy it again, or extract again."),
+                       ("array.npy", "cannot be read as an .npz (one .npy array, not an .npz archive)"),
+                       ("list.txt", "cannot be read as an .npz"), ("none.npz", "cannot be read as an .npz")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            zeroshot.read_features(str(tmp_path / name))
+    features, paths = zeroshot.read_features(str(tmp_path / "whole.npz"))
+    assert features.shape == (2, 4) and list(paths) == ["a.mp4", "b.mp4"]
 
 
 @pytest.mark.parametrize("case", ["empty", "blank_file", "twice", "too_long", "vision_only", "no_tokenizer",

@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 from typing import NoReturn
 
 import numpy as np
@@ -70,6 +71,8 @@ def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarra
         data = np.load(os.path.expanduser(path))  # `~/feats.npz` as typed
     except FileNotFoundError as e:
         raise ProbeError(f"{path}: no such file; give the output of `python -m vidjax.extract`.") from e
+    except zipfile.BadZipFile as e:  # cut short by a copy: the zip's directory, at its end, is gone
+        raise ProbeError(f"{path}: a damaged .npz (not a whole zip file); copy it again, or extract again.") from e
     except (OSError, ValueError, EOFError) as e:  # text (numpy's pickle refusal), a truncated or foreign file
         raise ProbeError(not_features) from e
     if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
@@ -299,7 +302,7 @@ def task_of(path: str) -> str:
     try:
         with np.load(os.path.expanduser(path)) as data:
             keys = set(data.files)
-    except (OSError, ValueError, EOFError, AttributeError):  # no file, not an .npz, a bare .npy: load_split says
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile):  # not an .npz of features: load_split says
         return TASKS[0]
     held = [task for task in TASKS if TARGET_KEY[task] in keys]
     if len(held) == 1:

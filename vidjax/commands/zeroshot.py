@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 from typing import NoReturn
 
 import numpy as np
@@ -75,8 +76,11 @@ def read_features(path: str) -> tuple[np.ndarray, list[str]]:
     try:
         with np.load(fileio.user_path(path)) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{flag} cannot be read as an .npz ({e}); give the FILE.npz `python -m vidjax.extract "
+    except zipfile.BadZipFile as e:  # cut short by a copy: the zip's directory, at its end, is gone
+        raise ValueError(f"{flag} is a damaged .npz (not a whole zip file); copy it again, or extract again.") from e
+    except (OSError, ValueError, EOFError, TypeError) as e:  # TypeError: a bare .npy array, not an archive
+        reason = "one .npy array, not an .npz archive" if isinstance(e, TypeError) else str(e)
+        raise ValueError(f"{flag} cannot be read as an .npz ({reason}); give the FILE.npz `python -m vidjax.extract "
                          f"--pool=video` wrote.") from e
     if "features" not in arrays or "paths" not in arrays:
         raise ValueError(f"{flag} holds {sorted(arrays)}, not extract's `features` and `paths`.")
