@@ -152,6 +152,27 @@ def test_decode_failures_count_each_broken_video_once_when_a_substitute_is_broke
     assert failures.sum() == len(broken) and set(np.flatnonzero(failures)) == broken, failures
 
 
+def test_an_eval_split_keeps_every_element_while_any_of_its_videos_decodes(tmp_path, caplog):
+    """Past `max_decode_attempts` failures in a row a training element is dropped, but an evaluation element walks
+    on through the split: dropping it would shift the later batches and leave the last one unscored."""
+    lines, broken = [], {0, 1, 2, 3}
+    for i in range(6):
+        path = tmp_path / f"clip{i}.mp4"
+        make_video(path, num_frames=12)
+        if i in broken:
+            path.write_bytes(path.read_bytes()[:300])
+        lines.append(f"{path.name} {i % 3}")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    config = tiny_config(batch_size=2)
+    config.data.update(dict(source="csv", train_csv=str(tmp_path / "list.csv"), eval_csv=str(tmp_path / "list.csv"),
+                            root=str(tmp_path), num_classes=3, sampling_rate=2, max_decode_attempts=1))
+    out = batches(config, "eval", 0)
+    assert len(out) == 3 and set(np.concatenate([b["index"] for b in out])) <= {4, 5}  # every clip a good video's
+    failures = np.concatenate([b["decode_failures"] for b in out])
+    assert failures.sum() == len(broken) and set(np.flatnonzero(failures)) == broken, failures
+    assert "Dropping element" not in caplog.text
+
+
 def test_task_eval_split_is_padded_to_whole_global_batches_and_marks_the_padding():
     config = tiny_config(task="classification")
     config.data.num_eval = 11  # global batch 8: padded to 16, 5 rows marked invalid

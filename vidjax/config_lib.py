@@ -265,7 +265,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         num_samples=1,  # repeated augmentation: clips per decoded video (batch_size counts clips)
         # Evaluation views: clips (evenly spaced windows) x crops, predictions averaged over views.
         test_num_clips=1, test_num_crops=1,
-        max_decode_attempts=5,  # a video that fails to decode is replaced by another, drawn by the seed
+        # a video that fails to decode is replaced by another, drawn by the seed; a training element whose videos
+        # fail this many times in a row is dropped (an eval element goes on through the split: `pipeline.Preprocess`)
+        max_decode_attempts=5,
         # grain worker processes decoding per host: 0 = in the trainer's process (the embedded dataset, tests);
         # -1 = one per host core less one for the trainer (`pipeline.resolve_num_workers`), files' default.
         num_workers=0, seed=0,

@@ -290,7 +290,8 @@ class Preprocess:
     A video that fails to decode is replaced by another element of the source, drawn from this element's own
     random stream (so the batch stays deterministic), with a warning; `decode_failures` is 1 for an element whose
     own video failed (0 for the others, a failed substitute included) and the trainer sums them into its metrics.
-    After `max_decode_attempts` failures in a row the element is dropped.
+    After `max_decode_attempts` failures in a row a training element is dropped; an evaluation element is dropped
+    only when no video of the split decodes (`_substitute`).
     """
 
     data: ml_collections.ConfigDict
@@ -310,6 +311,7 @@ class Preprocess:
     def __call__(self, element: dict, rng: np.random.Generator) -> dict | None:
         failures = 0
         valid = element.get("valid")
+        own = int(element["index"])
         while True:
             try:
                 out = self.load(element, rng)
@@ -317,13 +319,12 @@ class Preprocess:
             except decode.VideoDecodeError as err:
                 failures += 1
                 first = _first_failure(err.path)
-                if failures >= self.data.max_decode_attempts or len(self.source) < 2:
+                substitute = self._substitute(own, int(element["index"]), failures, rng)
+                if substitute is None:
                     (logger.error if first else logger.debug)(
                         "Dropping element %d: %d videos in a row failed to decode, the last: %s",
                         int(element["index"]), failures, err)
                     return None
-                substitute = int(rng.integers(len(self.source) - 1))
-                substitute += substitute >= int(element["index"])  # never the video that just failed
                 (logger.warning if first else logger.debug)(
                     "Skipping element %d: %s; using element %d in its place (each broken video is named once)",
                     int(element["index"]), err, substitute)
@@ -342,6 +343,22 @@ class Preprocess:
         if valid is not None:
             out["valid"] = valid
         return out
+
+    def _substitute(self, own: int, failed: int, failures: int, rng: np.random.Generator) -> int | None:
+        """The element to decode next in place of element `own`, after `failures` failures, the last of element
+        `failed`; None: drop it. The first `max_decode_attempts` - 1 are drawn from the element's random stream.
+        Past them a training element is dropped (the stream goes on), but an evaluation element goes on through the
+        rest of the split in order: an eval split keeps every element while one of its videos decodes, since a
+        dropped element would shift every later batch, leave the last one unscored, and on several hosts leave one
+        host a batch short of the others."""
+        count = len(self.source)
+        if count < 2:
+            return None
+        if failures < self.data.max_decode_attempts:
+            drawn = int(rng.integers(count - 1))
+            return drawn + (drawn >= failed)  # never the video that just failed
+        step = failures - self.data.max_decode_attempts + 1
+        return None if self.train or step >= count else (own + step) % count
 
     def load(self, element: dict, rng: np.random.Generator) -> dict:
         """One element decoded and transformed, without the decode-failure substitution (raises VideoDecodeError)."""
