@@ -130,10 +130,10 @@ def test_undecodable_videos_are_skipped_not_fatal(tmp_path, caplog):
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
-def test_decode_failures_count_each_broken_video_once_when_a_substitute_is_broken_too(tmp_path, caplog):
-    """Half the videos broken: some replacements draw another broken video before a good one. The count is still
-    the split's broken videos, each once, on its own row."""
-    lines, broken = [], {1, 2, 4}
+def six_clips_some_broken(tmp_path, broken: set[int], **data):
+    """A CSV list of six 12-frame clips (3 classes), those in `broken` cut short, as the train and eval split of a
+    tiny config with `data` overrides."""
+    lines = []
     for i in range(6):
         path = tmp_path / f"clip{i}.mp4"
         make_video(path, num_frames=12)
@@ -143,7 +143,15 @@ def test_decode_failures_count_each_broken_video_once_when_a_substitute_is_broke
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
     config = tiny_config(batch_size=2)
     config.data.update(dict(source="csv", train_csv=str(tmp_path / "list.csv"), eval_csv=str(tmp_path / "list.csv"),
-                            root=str(tmp_path), num_classes=3, sampling_rate=2))
+                            root=str(tmp_path), num_classes=3, sampling_rate=2, **data))
+    return config
+
+
+def test_decode_failures_count_each_broken_video_once_when_a_substitute_is_broken_too(tmp_path, caplog):
+    """Half the videos broken: some replacements draw another broken video before a good one. The count is still
+    the split's broken videos, each once, on its own row."""
+    broken = {1, 2, 4}
+    config = six_clips_some_broken(tmp_path, broken)
     caplog.set_level(logging.DEBUG, logger=pipeline.__name__)
     out = batches(config, "eval", 0)
     attempts = [r for r in caplog.records if r.getMessage().startswith("Skipping element")]
@@ -155,18 +163,8 @@ def test_decode_failures_count_each_broken_video_once_when_a_substitute_is_broke
 def test_an_eval_split_keeps_every_element_while_any_of_its_videos_decodes(tmp_path, caplog):
     """Past `max_decode_attempts` failures in a row a training element is dropped, but an evaluation element walks
     on through the split: dropping it would shift the later batches and leave the last one unscored."""
-    lines, broken = [], {0, 1, 2, 3}
-    for i in range(6):
-        path = tmp_path / f"clip{i}.mp4"
-        make_video(path, num_frames=12)
-        if i in broken:
-            path.write_bytes(path.read_bytes()[:300])
-        lines.append(f"{path.name} {i % 3}")
-    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
-    config = tiny_config(batch_size=2)
-    config.data.update(dict(source="csv", train_csv=str(tmp_path / "list.csv"), eval_csv=str(tmp_path / "list.csv"),
-                            root=str(tmp_path), num_classes=3, sampling_rate=2, max_decode_attempts=1))
-    out = batches(config, "eval", 0)
+    broken = {0, 1, 2, 3}
+    out = batches(six_clips_some_broken(tmp_path, broken, max_decode_attempts=1), "eval", 0)
     assert len(out) == 3 and set(np.concatenate([b["index"] for b in out])) <= {4, 5}  # every clip a good video's
     failures = np.concatenate([b["decode_failures"] for b in out])
     assert failures.sum() == len(broken) and set(np.flatnonzero(failures)) == broken, failures
