@@ -210,7 +210,7 @@ def test_help_explains_usage():
 def test_check_video(tmp_path):
     assert data_pack.check_video(make_video(tmp_path / "v.mp4").read_bytes()) is None
     assert data_pack.check_video(make_audio_only(tmp_path / "a.m4a").read_bytes()) == "no video stream"
-    assert data_pack.check_video(b"") == "the file is empty (0 bytes)"  # an interrupted copy
+    assert data_pack.check_video(b"") == "the file is empty: 0 bytes"  # an interrupted copy
     assert data_pack.check_video(b"not a video at all" * 10).startswith("PyAV cannot read it")
 
 

@@ -156,7 +156,7 @@ def _make_source(args: argparse.Namespace):
 def check_video(data: bytes) -> str | None:
     """Why `data` is not a readable video file (empty, no video stream, undecodable), or None if a frame decodes."""
     if not data:
-        return "the file is empty (0 bytes)"  # an interrupted copy; FFmpeg would say only "invalid data"
+        return decode.EMPTY_FILE  # an interrupted copy; FFmpeg would say only "invalid data"
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:

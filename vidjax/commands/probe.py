@@ -62,10 +62,8 @@ GRID_GAMMA = (0.1, 1.0, 10.0)
 GRID_VALIDATION = 0.2  # fraction of the training rows --grid scores its candidates on
 
 
-def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features (N, D) float32, or (N, tokens, D) with `tokens` (--probe=attentive), targets, names
-    {"class_names", "target_names"}) of an extract output."""
-    key = TARGET_KEY[task]
+def _open_features(path: str) -> np.lib.npyio.NpzFile:
+    """The open .npz archive at `path`; a ProbeError saying what it is instead (missing, cut short, not an .npz)."""
     not_features = f"{path}: not an .npz of features; give the output of `python -m vidjax.extract`."
     try:
         data = np.load(os.path.expanduser(path))  # `~/feats.npz` as typed
@@ -77,7 +75,14 @@ def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarra
         raise ProbeError(not_features) from e
     if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
         raise ProbeError(not_features)
-    with data:
+    return data
+
+
+def load_split(path: str, task: str, *, tokens: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(features (N, D) float32, or (N, tokens, D) with `tokens` (--probe=attentive), targets, names
+    {"class_names", "target_names"}) of an extract output."""
+    key = TARGET_KEY[task]
+    with _open_features(path) as data:
         if "features" not in data:
             raise ProbeError(f"{path} has no `features` array; write it with `python -m vidjax.extract`.")
         features = np.asarray(data["features"], np.float32)
@@ -298,12 +303,9 @@ def _unstratifiable(labels: np.ndarray, n_eval: int) -> str | None:
 
 def task_of(path: str) -> str:
     """The task whose targets the extract output `path` holds (`label`, `labels` or `targets`), for a --task left
-    out; a ProbeError when it holds none or several. A file that cannot be read is left to `load_split` to name."""
-    try:
-        with np.load(os.path.expanduser(path)) as data:
-            keys = set(data.files)
-    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile):  # not an .npz of features: load_split says
-        return TASKS[0]
+    out; a ProbeError when it holds none or several, or is no .npz of features."""
+    with _open_features(path) as data:
+        keys = set(data.files)
     held = [task for task in TASKS if TARGET_KEY[task] in keys]
     if len(held) == 1:
         return held[0]

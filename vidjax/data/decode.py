@@ -692,15 +692,19 @@ def _open_with(src: VideoSource, label: str, options: dict) -> av.container.Inpu
         raise VideoDecodeError(label, "file does not exist") from None
     except (av.FFmpegError, OSError) as e:
         if _empty(src):  # an interrupted copy or download: FFmpeg says only "invalid data"
-            raise VideoDecodeError(label, "cannot open (the file is empty: 0 bytes)") from e
+            raise VideoDecodeError(label, f"cannot open ({EMPTY_FILE})") from e
         raise VideoDecodeError(label, f"cannot open ({ffmpeg_reason(e)})") from e
+
+
+EMPTY_FILE = "the file is empty: 0 bytes"  # why an empty video file cannot be read, in every command's words
 
 
 def _empty(src: VideoSource) -> bool:
     if isinstance(src, bytes | bytearray | memoryview):
         return len(src) == 0
     try:
-        return os.path.isfile(os.path.expanduser(src)) and os.path.getsize(os.path.expanduser(src)) == 0
+        path = os.path.expanduser(src)
+        return os.path.isfile(path) and os.path.getsize(path) == 0
     except (OSError, TypeError):
         return False
 
