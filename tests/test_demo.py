@@ -179,6 +179,61 @@ def test_pretraining_checkpoint_shows_the_reconstruction_gif(pretrain_server, fi
         client.predict(handle_file(files["good"]), api_name="/predict")
 
 
+def serves_its_page(port):
+    """Whether http://127.0.0.1:PORT/ answers 200, asked directly (no proxy from the environment)."""
+    import httpx  # Gradio's own HTTP client, installed with it
+
+    return httpx.get(f"http://127.0.0.1:{port}/", trust_env=False, timeout=30).status_code == 200
+
+
+def test_a_proxy_in_the_environment_does_not_stop_the_server(pretrain_server, monkeypatch):
+    # Gradio checks that its new server answers; a proxy that cannot reach 127.0.0.1 (nothing listens at its port)
+    # must not be asked, and the environment is as it was once the server runs.
+    app, _ = pretrain_server
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("no_proxy", "example.org")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    port = free_port()
+    page = app.launch(port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        assert os.environ["no_proxy"] == "example.org" and "NO_PROXY" not in os.environ
+        assert serves_its_page(port)
+    finally:
+        page.close(verbose=False)
+
+
+def test_a_server_that_answers_late_is_started_again(pretrain_server, monkeypatch):
+    from gradio import networking
+
+    app, _ = pretrain_server
+    checks, real = [], networking.url_ok
+
+    def first_answer_late(url):  # Gradio's check of the first start fails, as when a busy machine answers late
+        checks.append(url)
+        return len(checks) > 1 and real(url)
+
+    monkeypatch.setattr(networking, "url_ok", first_answer_late)
+    port = free_port()
+    page = app.launch(port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        assert len(checks) == 2 and serves_its_page(port)
+    finally:
+        page.close(verbose=False)
+
+
+def test_a_server_that_never_answers_is_one_error_and_leaves_the_port_free(pretrain_server, monkeypatch):
+    from gradio import networking
+
+    app, _ = pretrain_server
+    monkeypatch.setattr(networking, "url_ok", lambda url: False)
+    port = free_port()
+    with pytest.raises(demo.DemoError, match=rf"127.0.0.1:{port}/ did not answer Gradio's check .*3 starts.*busy"):
+        app.launch(port=port, prevent_thread_lock=True, quiet=True)
+    with socket.socket() as s:  # no server left running there
+        s.bind(("127.0.0.1", port))
+
+
 def test_without_gradio_exit_2_naming_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
     assert demo.main(["--checkpoint=/nowhere"]) == 2

@@ -54,14 +54,17 @@ start-up), so a busy server makes fewer, fuller model calls and never compiles w
 scripts/load_demo.py` measures it (latency, memory over a run).
 
 Exit status: 0 when stopped with Ctrl-C (while starting or serving), 2 for bad arguments, a checkpoint that cannot
-be loaded or shows nothing (a backbone without a head), or the demo extra not installed; with --labels also 2 for
-an empty label list, a label longer than the text tower, a checkpoint without a text tower, a video-text checkpoint
-without its tokenizer (and a video-text checkpoint given no --labels), each one `error:` line.
+be loaded or shows nothing (a backbone without a head), the demo extra not installed, a --port that is taken, or a
+server that does not answer Gradio's check that it serves (3 starts; an http_proxy in the environment is never
+asked for the server's own address); with --labels also 2 for an empty label list, a label longer than the text
+tower, a checkpoint without a text tower, a video-text checkpoint without its tokenizer (and a video-text
+checkpoint given no --labels), each one `error:` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -81,6 +84,8 @@ from vidjax.data import decode, encode, synthetic
 from vidjax.pretrained import onnx_model
 
 DEFAULT_PORT = 7860
+LAUNCH_ATTEMPTS = 3  # starts of the server before the demo gives up on it answering
+UNREACHABLE = "localhost is not accessible"  # the words of Gradio's error when its new server did not answer it
 DEFAULT_MAX_MB = 100.0
 DEFAULT_MAX_SECONDS = 600.0
 DEFAULT_CONCURRENCY = 4
@@ -580,13 +585,44 @@ class Demo:
         page = self.page.blocks()
         self.runner.warm_up()
         page.queue(default_concurrency_limit=self.settings.concurrency, max_size=self.settings.queue_size)
-        page.launch(server_name=host, server_port=port, share=share, allowed_paths=[self.folder], show_error=True,
-                    **kwargs)
-        return page
+        for _ in range(LAUNCH_ATTEMPTS):
+            try:
+                with _no_proxy_for(host):
+                    page.launch(server_name=host, server_port=port, share=share, allowed_paths=[self.folder],
+                                show_error=True, **kwargs)
+                return page
+            except ValueError as e:
+                # Gradio asks its own new server for the page once (3 s) and gives up when the answer is late, as
+                # it can be on a busy machine; the server it started is then stopped and started again.
+                page.close(verbose=False)
+                if UNREACHABLE not in str(e) or share:
+                    raise
+        raise DemoError(f"the server started at http://{host}:{port}/ did not answer Gradio's check that it serves "
+                        f"({LAUNCH_ATTEMPTS} starts): the machine may be too busy, or a firewall blocks {host}; "
+                        f"try again, or another --host")
 
     def cleanup(self) -> None:
         """Removes the examples and reconstructions written to the demo's temporary folder."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _no_proxy_for(host: str) -> Iterator[None]:
+    """Adds the server's own addresses to no_proxy while Gradio starts it: Gradio checks that its new server answers
+    with one request, which an http_proxy in the environment would otherwise send to the proxy (a proxy that cannot
+    reach this machine's 127.0.0.1 makes the check fail and the demo refuse to start)."""
+    saved = {name: os.environ.get(name) for name in ("no_proxy", "NO_PROXY")}
+    own = [h for h in (host, "127.0.0.1", "localhost", "::1") if h and h != "0.0.0.0"]
+    listed = [h for value in saved.values() if value for h in value.split(",") if h.strip()]
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = ",".join(dict.fromkeys(listed + own))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -722,6 +758,9 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as e:  # the port is taken, or the address is not this machine's
         print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick another --port (or --host).",
               file=sys.stderr)
+        return 2
+    except DemoError as e:  # the server started but never answered
+        print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         demo.cleanup()
