@@ -158,6 +158,20 @@ def test_the_local_slice_is_this_process_s_devices():
     assert here.topology == f"cpu:{jax.device_count()}" and tpu.topology_devices(here) == jax.devices()
 
 
+def test_a_script_that_imports_vidjax_hears_nothing_from_libtpu_on_a_machine_without_chips():
+    # jax loads libtpu when it starts its backends, and libtpu, finding no chips, prints a dozen lines about TPU
+    # worker host names; `import vidjax` gives it those values first, as the commands do.
+    if tpu._local_chips():
+        pytest.skip("this machine has TPU chips: libtpu has them to talk about")
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("TPU_", "ALLOW_MULTIPLE_LIBTPU", "JAX_PLATFORMS"))}
+    script = "import jax, os, vidjax; print(jax.devices()[0].platform, os.environ['TPU_WORKER_HOSTNAMES'])"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=300)
+    assert run.returncode == 0 and run.stdout.split() == [jax.devices()[0].platform, "localhost"], run.stderr
+    assert run.stderr == ""
+
+
 @pytest.fixture(scope="module")
 def v5e_step():
     """The tiny pre-training step compiled for a v5e 2x2 (4 chips), data parallel."""

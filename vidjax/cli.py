@@ -10,8 +10,8 @@ status 2, never a traceback or the whole help text.
 Both switch on the persistent compilation cache (vidjax/compile_cache.py) once the command line is parsed, unless
 `--nocompilation_cache` (`--compilation_cache=false`) or VIDJAX_CACHE_DIR=off says not to, and before that set the
 host allocator for XLA:CPU to reuse each step's memory (vidjax/host_malloc.py; VIDJAX_HOST_MALLOC=system does not):
-the one platform choice made here, before jax starts a backend, besides keeping libtpu quiet on a machine that has it
-installed but no TPU chips (vidjax/tpu.py) (vidjax/platform.py lists them all; the models' are
+the one platform choice made here, before jax starts a backend (`import vidjax` makes another: libtpu kept quiet on
+a machine that has it installed but no TPU chips, vidjax/tpu.py; vidjax/platform.py lists them all; the models' are
 config values, resolved when a model is built).
 
 Interruptions. Every command treats SIGINT (Ctrl-C) and SIGTERM (`kill`, a scheduler's notice) alike: while it runs,
@@ -41,7 +41,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
-from vidjax import compile_cache, host_malloc, tpu
+from vidjax import compile_cache, host_malloc
 from vidjax.config_lib import ConfigError
 
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
@@ -154,7 +154,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with config mistakes (unknown key, bad value, bad variant) as one-line errors (exit 2).
 
     Use as `app.run(main, flags_parser=parse_flags)`."""
-    tpu.quiet_without_chips()  # before a config file or stored config can start jax's backends
     argv = [argv[0], *canonical_flags(argv[1:], lambda name: name in flags.FLAGS)] if argv else argv
     asks_help = any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:])
     if not asks_help:
@@ -170,13 +169,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def configure_runtime(compilation_cache: bool) -> None:
     """The process settings every command starts with, before jax starts its backend: the host allocator
-    (`host_malloc.configure`; a bad $VIDJAX_HOST_MALLOC is a `ConfigError`), libtpu kept quiet on a machine without
-    TPU chips (`tpu.quiet_without_chips`), then the compilation cache."""
+    (`host_malloc.configure`; a bad $VIDJAX_HOST_MALLOC is a `ConfigError`), then the compilation cache. (libtpu is
+    kept quiet on a machine without TPU chips by `import vidjax` itself: `tpu.quiet_without_chips`.)"""
     try:
         host_malloc.configure()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    tpu.quiet_without_chips()
     compile_cache.configure(compilation_cache)
 
 

@@ -192,8 +192,9 @@ def quiet_without_chips() -> bool:
     loads libtpu when it starts its backends, and libtpu prints a dozen lines about TPU worker host names and an
     accelerator type it cannot find before jax goes on with the CPU (or GPU). This gives libtpu those values, so it
     says nothing, and lets several processes load it (its lock file guards chips there are none of). Nothing
-    changes on a TPU VM, where libtpu is not installed, or where TPU_WORKER_HOSTNAMES is set. Every command calls it
-    before jax starts a backend (`vidjax.cli.configure_runtime`). Returns whether it did anything."""
+    changes on a TPU VM, where libtpu is not installed, or where TPU_WORKER_HOSTNAMES is set. `import vidjax` calls
+    it, so that every command, script and notebook has it before jax starts a backend. Returns whether it did
+    anything."""
     if (os.environ.get("TPU_WORKER_HOSTNAMES") or importlib.util.find_spec("libtpu") is None
             or _local_chips()):
         return False
