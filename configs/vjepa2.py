@@ -39,6 +39,9 @@ ends about where the random-init one starts. Measured here (probe defaults, trai
 training clips, scored on the 256 eval clips; init -> trained):
   as configured: 2-frame tubelets, every clip its own look       0.578 -> 0.613 (512 clips); 0.902 -> 0.914
                                                                  (2,048, after 512 steps)
+  as configured, probes trained on fewer clips (where pre-trained   32 clips: 0.129 -> 0.133, 0.164 -> 0.125
+  features usually gain most), two probe seeds each, 256 steps      64: 0.180 -> 0.156, 0.129 -> 0.109
+  (measured 2026-11-28)                                             128: 0.180 -> 0.168, 0.219 -> 0.180
   --config.model.tubelet_size=1                                  0.133 -> 0.176 (512), 0.266 -> 0.230 (2,048)
   tubelets of 1 and --config.data.synthetic_looks=1 (one look)   0.367 -> 0.453 after 256 steps (2,048),
                                                                  -> 0.211 after 512 steps
