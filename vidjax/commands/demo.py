@@ -608,9 +608,9 @@ class Demo:
 
 @contextlib.contextmanager
 def _no_proxy_for(host: str) -> Iterator[None]:
-    """Adds the server's own addresses to no_proxy while Gradio starts it: Gradio checks that its new server answers
-    with one request, which an http_proxy in the environment would otherwise send to the proxy (a proxy that cannot
-    reach this machine's 127.0.0.1 makes the check fail and the demo refuse to start)."""
+    """Adds the server's own addresses to no_proxy while Gradio starts it: Gradio sends its new server two requests
+    (its start-up events, then the check that the page answers), which an http_proxy in the environment would
+    otherwise get (a proxy that cannot reach this machine's 127.0.0.1 makes the start fail)."""
     saved = {name: os.environ.get(name) for name in ("no_proxy", "NO_PROXY")}
     own = [h for h in (host, "127.0.0.1", "localhost", "::1") if h and h != "0.0.0.0"]
     listed = [h for value in saved.values() if value for h in value.split(",") if h.strip()]
