@@ -148,6 +148,34 @@ def test_sigint_asks_once_then_interrupts_and_ignored_signals_stay_ignored():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_start_up_stop_lost_on_its_way_is_raised_at_the_start_up_s_end():
+    """Before `arm()`, a signal goes on to the handler it replaced. When what that handler raised is lost on its way
+    (Python drops an exception raised in a gc callback, and C code may clear one), `arm()`, the start-up's end,
+    raises it, once; a handler that raises nothing is left alone."""
+    class Lost(KeyboardInterrupt):
+        pass
+
+    def raising(signum, frame):
+        raise Lost(signum)
+
+    inherited = signal.getsignal(signal.SIGINT)
+    try:
+        for previous, raised in ((raising, True), (lambda signum, frame: None, False)):
+            signal.signal(signal.SIGINT, previous)
+            with preemption.StopOnSignal(armed=False) as stop:
+                try:
+                    signal.raise_signal(signal.SIGINT)  # the handler runs before this call returns
+                except Lost:
+                    pass  # dropped, as where a gc callback runs
+                if raised:
+                    with pytest.raises(Lost):
+                        stop.arm()
+                stop.arm()  # once only, and nothing from a handler that raised nothing
+                assert stop.received is None
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
 def scale_loss_at(monkeypatch, scales):
     """Multiplies the loss of the steps in `scales` (1-based) inside the jitted step: NaN makes the loss and the
     gradients non-finite, a large factor makes a finite spike."""

@@ -73,6 +73,7 @@ class StopOnSignal:
         self._posted = False
         self._stop_at: int | None = None
         self._agreed_name: str | None = None
+        self._passed_on: BaseException | None = None  # what the previous handler raised for a signal before `arm()`
 
     def __enter__(self) -> StopOnSignal:
         # Decided here, not in the handler (asking jax there could start its backend inside a signal handler).
@@ -107,8 +108,16 @@ class StopOnSignal:
                 signal.signal(sig, _restorable(handler))
 
     def arm(self) -> None:
-        """From now on a signal asks for a stop at the next step boundary."""
+        """From now on a signal asks for a stop at the next step boundary.
+
+        Raises what the previous handler raised for a signal that came before (a command's `cli.Interrupted`) when
+        that exception never stopped the start-up: Python drops an exception raised where it cannot propagate (a
+        garbage-collection callback, a `__del__`) or that C code clears, and the run would go on as if never
+        signalled; this is the start-up's end, before any step is checkpointed."""
         self._armed = True
+        lost, self._passed_on = self._passed_on, None
+        if lost is not None:
+            raise lost
 
     def _handle(self, signum: int, frame) -> None:
         previous = _restorable(self._previous.pop(signum))
@@ -116,7 +125,11 @@ class StopOnSignal:
         if self._armed:
             self.received = self.received or signum
         elif callable(previous):  # not armed: as if this handler had not been there
-            previous(signum, frame)
+            try:
+                previous(signum, frame)
+            except BaseException as err:
+                self._passed_on = err  # `arm()` raises it again, should it be lost on its way
+                raise
         elif previous == signal.SIG_DFL:
             signal.raise_signal(signum)
 
