@@ -7,8 +7,8 @@ IMPORTED_AT = _time.time()  # where /proc is missing, the start the trainer's "f
 __version__ = "0.1.0"
 
 # With libtpu installed (the test and tpu extras) on a machine without TPU chips, jax's first backend start would
-# print libtpu's dozen lines about TPU worker host names; the commands say this at start-up, and so does any script
-# or notebook that imports vidjax before it runs jax.
+# print libtpu's dozen lines about TPU worker host names. Given those values here, libtpu says nothing in a command,
+# a script or a notebook that imports vidjax before jax starts a backend.
 from vidjax import tpu as _tpu  # noqa: E402
 
 _tpu.quiet_without_chips()
