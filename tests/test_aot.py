@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from vidjax import compile_cache, tpu, train
+from vidjax import compile_cache, platform, tpu, train
 from vidjax.commands import aot as aot_command
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline
@@ -168,7 +168,7 @@ def test_a_script_that_imports_vidjax_hears_nothing_from_libtpu_on_a_machine_wit
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
                          timeout=300)
     assert run.returncode == 0, run.stderr
-    if tpu._local_chips():
+    if platform.tpu_chips():
         assert run.stdout.split() == ["unset"]
     else:
         assert run.stdout.split() == ["localhost"] and run.stderr == ""

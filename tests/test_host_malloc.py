@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from vidjax import cli, host_malloc
+from vidjax import platform as vidjax_platform
 from vidjax.config_lib import ConfigError
 
 # In a fresh interpreter: configure, then malloc and touch 96 MiB twice, each time in a new thread (XLA:CPU's
@@ -68,12 +69,73 @@ def test_configure_leaves_the_allocator_alone_once_jax_has_started(monkeypatch):
     assert host_malloc.configure() in ("system (jax's backend had started)", "system (not glibc Linux)")
 
 
-@pytest.mark.parametrize("platforms, plugin, cpu_only", [
+@pytest.mark.parametrize("platforms, accelerator, cpu_only", [
     ("", None, True), ("cpu", None, True), ("cpu", "xla_cuda12", True), ("", "xla_cuda12", False),
     ("cuda", None, False), ("cuda,cpu", None, False), ("tpu", "libtpu", False), ("", "libtpu", False),
 ])
-def test_only_hosts_where_xla_cpu_runs_the_model_get_the_policy(platforms, plugin, cpu_only):
-    assert host_malloc.runs_on_cpu_only(platforms, plugin) is cpu_only
+def test_only_hosts_where_xla_cpu_runs_the_model_get_the_policy(platforms, accelerator, cpu_only):
+    assert vidjax_platform.host_allocator_applies(platforms, accelerator) is cpu_only
+
+
+def _host(monkeypatch, tmp_path, google_devices: int = 0, other_devices: int = 1, device_files=()):
+    """This process's view of a simulated host, through what the decision reads: PCI devices (`google_devices` of
+    Google's vendor id, the TPU chips, and `other_devices` of another vendor's) and accelerator device files."""
+    pci = tmp_path / f"pci{len(list(tmp_path.glob('pci*')))}"
+    for index in range(google_devices + other_devices):
+        device = pci / f"0000:00:{index + 4:02x}.0"
+        device.mkdir(parents=True)
+        (device / "vendor").write_text(("0x1ae0" if index < google_devices else "0x8086") + "\n")
+    monkeypatch.setattr(vidjax_platform, "PCI_DEVICES", str(pci))
+    files = []
+    for name in device_files:
+        (tmp_path / name).write_text("")
+        files.append(str(tmp_path / name))
+    monkeypatch.setattr(vidjax_platform, "NVIDIA_DEVICE_FILES", tuple(files))
+
+
+def test_libtpu_installed_on_a_machine_without_chips_is_the_cpu_and_gets_the_policy(monkeypatch, tmp_path):
+    # The README's test extra brings libtpu to every machine: jax then runs on the CPU, and the allocator applies.
+    _host(monkeypatch, tmp_path, google_devices=0)
+    assert vidjax_platform.accelerator_on_host("libtpu") is None
+    assert host_malloc.runs_on_cpu_only("", "libtpu")
+    monkeypatch.setattr(host_malloc, "_accelerator_plugin", lambda: "libtpu")
+    assert _configure_before_jax(monkeypatch) == _where_glibc("reuse")
+
+
+def test_a_machine_with_tpu_chips_keeps_the_system_allocator(monkeypatch, tmp_path):
+    _host(monkeypatch, tmp_path, google_devices=4)
+    assert vidjax_platform.tpu_chips(vidjax_platform.PCI_DEVICES) == 4
+    assert vidjax_platform.accelerator_on_host("libtpu") == "libtpu"
+    assert not host_malloc.runs_on_cpu_only("", "libtpu")
+    assert host_malloc.runs_on_cpu_only("cpu", "libtpu")  # JAX_PLATFORMS=cpu on a TPU VM: XLA:CPU runs the model
+    monkeypatch.setattr(host_malloc, "_accelerator_plugin", lambda: "libtpu")
+    assert _configure_before_jax(monkeypatch) == _where_glibc("system (jax runs on libtpu)")
+
+
+def test_a_cuda_plugin_counts_only_where_the_gpu_shows_its_device_files(monkeypatch, tmp_path):
+    _host(monkeypatch, tmp_path)
+    assert vidjax_platform.accelerator_on_host("xla_cuda12") is None
+    _host(monkeypatch, tmp_path, device_files=("nvidiactl",))
+    assert vidjax_platform.accelerator_on_host("xla_cuda12") == "xla_cuda12"
+    assert vidjax_platform.accelerator_on_host("some_new_plugin") == "some_new_plugin"  # unknown: taken as present
+
+
+def _configure_before_jax(monkeypatch) -> str:
+    """`host_malloc.configure()` as a command calls it before jax starts its backend, with jax_platforms unset;
+    mallopt is not called (this test process's allocator stays as it is), its answer taken as accepted."""
+    from jax._src import xla_bridge
+
+    monkeypatch.setattr(host_malloc, "_state", "system (not configured)")
+    monkeypatch.delenv(host_malloc.ENV, raising=False)
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(host_malloc, "_platforms", lambda: "")  # as on a machine where JAX_PLATFORMS is unset
+    monkeypatch.setattr(host_malloc.ctypes, "CDLL", lambda *a: type("Libc", (), {"mallopt": lambda *a: 1})())
+    return host_malloc.configure()
+
+
+def _where_glibc(state: str) -> str:
+    """`state` on glibc Linux, where the policy applies; what `configure` says on any other host."""
+    return state if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else "system (not glibc Linux)"
 
 
 def test_a_bad_setting_is_a_config_error_naming_the_variable_and_its_values(monkeypatch):

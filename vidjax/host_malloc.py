@@ -15,9 +15,11 @@ nothing for them, and `configure` then leaves the allocator alone. A program of 
 first jax computation.
 
 It applies only where XLA:CPU runs the model on glibc Linux: not where VIDJAX_HOST_MALLOC=system, not elsewhere
-than glibc, and not on a host with a GPU or TPU plugin installed unless JAX_PLATFORMS (jax_platforms) says cpu
+than glibc, and not on a host whose GPU or TPU chips jax will use, unless JAX_PLATFORMS (jax_platforms) says cpu
 (there the model's buffers live on the device and the host's threads decode video, which one arena would
-serialise). `state()` says what was decided, and the benchmark records it with its figures.
+serialise). A plugin installed without its chips (libtpu, which the test extra brings, on a machine with no TPU)
+is no accelerator: jax runs on the CPU there, and the policy applies (`vidjax.platform.accelerator_on_host`).
+`state()` says what was decided, and the benchmark records it with its figures.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ def _requested() -> str:
     return value
 
 
+def _platforms() -> str:
+    """jax_platforms as set ($JAX_PLATFORMS or jax.config), "" where unset."""
+    import jax
+
+    return jax.config.jax_platforms or ""
+
+
 def _accelerator_plugin() -> str | None:
     """The name of an installed jax GPU/TPU plugin, or None."""
     for entry in importlib.metadata.entry_points(group="jax_plugins"):
@@ -62,14 +71,14 @@ def _accelerator_plugin() -> str | None:
 
 def runs_on_cpu_only(platforms: str, plugin: str | None) -> bool:
     """Whether XLA:CPU runs the model: `platforms` (jax_platforms, e.g. "cpu" or "cuda,cpu") names the CPU first,
-    or names nothing and no accelerator `plugin` is installed (`vidjax.platform.host_allocator_applies`)."""
-    return vidjax_platform.host_allocator_applies(platforms, plugin)
+    or names nothing and no accelerator is on this host: no `plugin` installed, or its chips absent
+    (`vidjax.platform.host_allocator_applies`, `accelerator_on_host`)."""
+    return vidjax_platform.host_allocator_applies(platforms, vidjax_platform.accelerator_on_host(plugin))
 
 
 def configure() -> str:
     """Sets the allocator policy of the module docstring where it applies; returns `state()`."""
     global _state
-    import jax
     from jax._src import xla_bridge
 
     if _requested() == "system":
@@ -79,7 +88,7 @@ def configure() -> str:
     elif xla_bridge.backends_are_initialized():
         # Its threads already hold their arenas; changing the policy now would only reach new ones.
         _state = "system (jax's backend had started)" if _state != REUSE else REUSE
-    elif not runs_on_cpu_only(platforms := jax.config.jax_platforms or "", plugin := _accelerator_plugin()):
+    elif not runs_on_cpu_only(platforms := _platforms(), plugin := _accelerator_plugin()):
         _state = f"system (jax runs on {platforms or plugin})"
     else:
         libc = ctypes.CDLL("libc.so.6")

@@ -17,13 +17,12 @@ device a chip, except on v2/v3, whose two TensorCores are a device each.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import importlib.util
 import math
 import os
-import pathlib
 import re
 
+from vidjax import platform
 from vidjax.config_lib import ConfigError
 
 
@@ -174,19 +173,6 @@ def local_slice() -> Slice:
     return Slice(f"{chip.generation}:{'x'.join(map(str, shape))}", chip, shape, slices)
 
 
-def _local_chips() -> int:
-    """How many PCI devices of Google's this machine has: its TPU chips, as jax counts them
-    (`jax._src.hardware_utils`), read here without importing jax; any Google device counts, so a new chip is not
-    taken for none."""
-    count = 0
-    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        try:
-            count += pathlib.Path(vendor).read_text().strip() == "0x1ae0"
-        except OSError:
-            continue
-    return count
-
-
 def quiet_without_chips() -> bool:
     """On a machine with libtpu installed (`pip install 'jax[tpu]'`, the test extra) but no TPU chips, jax still
     loads libtpu when it starts its backends, and libtpu prints a dozen lines about TPU worker host names and an
@@ -196,7 +182,7 @@ def quiet_without_chips() -> bool:
     it, so that every command, script and notebook has it before jax starts a backend. Returns whether it did
     anything."""
     if (os.environ.get("TPU_WORKER_HOSTNAMES") or importlib.util.find_spec("libtpu") is None
-            or _local_chips()):
+            or platform.tpu_chips()):
         return False
     os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # any valid type: a compiled topology decides
@@ -208,7 +194,7 @@ def quiet_libtpu() -> None:
     """`quiet_without_chips`, and jax's own backend kept on the CPU where there are no chips (`python -m vidjax.aot`
     compiles for TPU topologies there; it runs nothing). Call it before the first `topology_devices` (libtpu reads
     its environment when it loads)."""
-    if _local_chips():
+    if platform.tpu_chips():
         return
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     quiet_without_chips()
