@@ -99,3 +99,39 @@ def test_argparse_commands_share_the_spelling_and_the_error_line(capsys):
     assert exit_info.value.code == 2 and "usage:" not in err
     assert err.splitlines() == ["error: unrecognized arguments: --bogus. Run `python -m vidjax.predict --help` for "
                                 "the flags."]
+
+
+def test_a_commands_start_checks_in_turn_then_loads(capsys):
+    """`cli.start`, the start of predict's, extract's, probe's, zeroshot's, visualize's and the demo's `main`: the
+    flags parsed, each check in turn (the first problem is the one `error:` line, and nothing after it runs), then the
+    loader, which prints its own line and gives None; either way `main` gets None and returns 2."""
+    parser = cli.ArgumentParser("python -m vidjax.example")
+    parser.add_argument("--n", type=int, default=1)
+    calls = []
+
+    def positive(args):
+        calls.append("positive")
+        return None if args.n > 0 else f"--n={args.n} must be positive."
+
+    def small(args):
+        calls.append("small")
+        return None if args.n < 10 else f"--n={args.n} is too large."
+
+    def load(args):
+        calls.append("load")
+        if args.n == 5:
+            print("error: --n=5: no such model.", file=sys.stderr)
+            return None
+        return f"model {args.n}"
+
+    for argv, err, ran in ((["--n=0"], "error: --n=0 must be positive.\n", ["positive"]),
+                           (["--n=10"], "error: --n=10 is too large.\n", ["positive", "small"]),
+                           (["--n=5"], "error: --n=5: no such model.\n", ["positive", "small", "load"])):
+        calls.clear()
+        assert cli.start(parser, argv, positive, small, load=load) is None
+        assert calls == ran and capsys.readouterr().err == err
+    started = cli.start(parser, ["--n=3"], positive, small, load=load)
+    assert started is not None and started[0].n == 3 and started[1] == "model 3"
+    started = cli.start(parser, ["--n=3"], positive)
+    assert started is not None and started[0].n == 3 and started[1] is None
+    assert capsys.readouterr() == ("", "")

@@ -18,9 +18,10 @@ import pytest
 from test_predict import make_clip
 from test_predict_caption import write_captioner
 
-from vidjax import pretrained
-from vidjax.commands import demo, predict, visualize
+from vidjax import predictions, pretrained
+from vidjax.commands import demo, predict
 from vidjax.commands.convert import convert
+from vidjax.pretrained import reconstruction, windows
 
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")
@@ -138,7 +139,7 @@ def test_page_shows_labels_timeline_and_caption(classifier_server, checkpoints, 
         best = window["prediction"]["top_k"][0]
         assert row[2] == best["label"] and row[3] == pytest.approx(best["probability"], abs=5e-5)
     assert timeline["headers"] == ["start (s)", "end (s)", "top label", "score", "caption"]
-    captions = predict.caption_video(app.captioner, files["good"], window_s=WINDOW, num_beams=3, max_new_tokens=30)
+    captions = windows.caption_video(app.captioner, files["good"], window_s=WINDOW, num_beams=3, max_new_tokens=30)
     assert [row[4] for row in rows] == [text for _, _, text in captions]
     assert caption == captions[1][2] and caption  # the middle window's
 
@@ -170,7 +171,7 @@ def test_pretraining_checkpoint_shows_the_reconstruction_gif(pretrain_server, fi
 
     app, client = pretrain_server
     gif, note, timeline = client.predict(handle_file(files["good"]), api_name="/analyse")
-    expected = visualize.render(app.model, files["good"], str(tmp_path / "expected"))
+    expected = reconstruction.render(app.model, files["good"], str(tmp_path / "expected"))
     assert pathlib.Path(gif).read_bytes() == pathlib.Path(expected["gif"]).read_bytes()
     with Image.open(gif) as image:
         assert image.format == "GIF" and image.n_frames == expected["num_frames"]
@@ -297,8 +298,8 @@ def test_multilabel_scores_and_regression_values_are_predicts(task, checkpoints,
         (_, example_label), = app.examples
     finally:
         app.cleanup()
-    runner = pretrained.BatchRunner(model, predict.scores_fn(task), 8)
-    entry = predict.prediction_entry(model, runner, files["good"], window_s=WINDOW, threshold=0.5)
+    runner = pretrained.BatchRunner(model, predictions.scores_fn(task), 8)
+    entry = predictions.prediction_entry(model, runner, files["good"], window_s=WINDOW, threshold=0.5)
     if task == "regression":
         assert result.labels == pytest.approx(entry["aggregate"]["values"], rel=1e-6)
         assert list(result.labels) == [f"value_{i}" for i in range(5)]
@@ -326,7 +327,7 @@ def test_a_captioner_checkpoint_alone_shows_its_caption(classifier_server, files
             app.predict(files["good"])
     finally:
         app.cleanup()
-    captions = predict.caption_video(captioner, files["good"], window_s=WINDOW, num_beams=3, max_new_tokens=30)
+    captions = windows.caption_video(captioner, files["good"], window_s=WINDOW, num_beams=3, max_new_tokens=30)
     assert result.labels is None and result.gif is None and result.caption == captions[1][2]
     assert [row[2] for row in result.timeline] == [text for _, _, text in captions]
     assert app.timeline_headers == ["start (s)", "end (s)", "caption"]

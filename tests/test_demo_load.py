@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from test_predict import make_clip
 
-from vidjax import pretrained
-from vidjax.commands import demo, export, predict
+from vidjax import predictions, pretrained
+from vidjax.commands import demo, export
 from vidjax.commands.convert import convert
 
 pytest.importorskip("gradio_client")
@@ -54,7 +54,7 @@ def test_200_requests_from_16_clients_all_answered_or_refused_with_steady_memory
 
 def test_requests_waiting_together_share_one_model_call(classifier):
     model = pretrained.load(classifier)
-    fn = predict.scores_fn(model.task)
+    fn = predictions.scores_fn(model.task)
     batcher = demo.ClipBatcher(model, fn, 16)
     sizes = [r.batch_size for r in batcher.runners]  # 1, 4, 16 rounded up to a multiple of the device count
     assert sizes[-1] == 16 and len(sizes) <= 3 and all(size % batcher.runners[0].mesh.size == 0 for size in sizes)
@@ -121,12 +121,12 @@ def test_bench_serving_prints_a_row_per_batch_size_and_runtime(classifier, tmp_p
     (--model, alternating rounds, the logits compared)."""
     import json
 
-    from vidjax.commands import onnx_export
+    from vidjax.pretrained import onnx_export
 
     model = pretrained.load(classifier)
     paths = {"jax": str(tmp_path / "model.vjx.npz"), "onnx": str(tmp_path / "model.onnx")}
     export.write(paths["jax"], *export.export(model))
-    onnx_export.write(paths["onnx"], onnx_export.export_onnx(model)[0])
+    onnx_export.write(paths["onnx"], onnx_export.export_onnx(model, scores=predictions.score_function(model.task))[0])
     for runtime, path in paths.items():
         out = tmp_path / f"{runtime}.json"
         assert script("bench_serving").main([f"--exported={path}", "--batch_sizes=1,3", "--seconds=0",

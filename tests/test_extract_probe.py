@@ -10,6 +10,7 @@ from test_predict import make_clip, trained_workdir
 from vidjax import pretrained
 from vidjax.commands import extract, probe
 from vidjax.commands.convert import convert
+from vidjax.pretrained import pooling
 
 # A random-weight TimesformerModel (4 frames x 32 px): a CLS token and no head.
 TIMESFORMER = pathlib.Path(__file__).parent / "fixtures" / "parity" / "timesformer_model_divided" / "source"
@@ -100,7 +101,7 @@ def test_extract_reads_only_a_rows_segment(tmp_path_factory, video_list, tmp_pat
     segment = model.read_views(str(video_list / "good0.mp4"), start_s=0.0, end_s=0.3)
     whole = model.read_views(str(video_list / "good0.mp4"))
     assert not np.array_equal(segment, whole)
-    runner = pretrained.BatchRunner(model, extract.pool_fn(model, "mean"), 2)
+    runner = pretrained.BatchRunner(model, pooling.pool_fn(model, "mean"), 2)
     expected = np.stack(list(runner.run([segment[0], whole[0]])))
     np.testing.assert_allclose(features, expected, atol=1e-5)
 

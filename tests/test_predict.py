@@ -10,9 +10,9 @@ import pytest
 from test_decode import make_video
 from test_train import tiny_config
 
-from vidjax import pretrained, train
+from vidjax import predictions, pretrained, train
 from vidjax.commands import predict
-from vidjax.pretrained.windows import sliding_windows
+from vidjax.pretrained.windows import predict_video, sliding_windows
 
 _WORKDIRS: dict = {}
 
@@ -113,7 +113,7 @@ def test_load_prefers_metadata_and_ema_params(cls_run, tmp_path):
     assert model.preprocessing["mean"] == [0.5] * 3 and model.preprocessing["short_side"] == 32
     head = model.params["head"]["kernel"]
     np.testing.assert_array_equal(np.asarray(head), trained["head"]["kernel"] * 0.5)
-    assert predict.output_names(model) == names
+    assert predictions.output_names(model) == names
 
 
 def test_predict_prints_top_k(cls_run, videos, capsys):
@@ -122,7 +122,7 @@ def test_predict_prints_top_k(cls_run, videos, capsys):
     blocks = parse_output(capsys.readouterr().out)
     assert list(blocks) == [videos["a"], videos["b"]]
     model = pretrained.load(workdir)
-    names = predict.output_names(model)
+    names = predictions.output_names(model)
     for video in ("a", "b"):
         pairs = blocks[videos[video]]  # one `label  probability` line each
         assert len(pairs) == 5 and all(name in names for name, _ in pairs)
@@ -239,27 +239,27 @@ def test_multilabel_and_regression_predictions(cls_run, videos):
     logits = np.asarray(model(model.preprocess(model.read_views(videos["a"], num_crops=3))))
 
     multilabel = dataclasses.replace(model, task="multilabel")
-    runner = pretrained.BatchRunner(multilabel, predict.scores_fn("multilabel"), 8)
-    scores, _ = predict.predict_video(multilabel, runner, videos["a"], num_crops=3)
+    runner = pretrained.BatchRunner(multilabel, predictions.scores_fn("multilabel"), 8)
+    scores, _ = predict_video(multilabel, runner, videos["a"], num_crops=3)
     np.testing.assert_allclose(scores, (1 / (1 + np.exp(-logits))).mean(axis=0), atol=1e-6)
-    names = predict.output_names(multilabel)
+    names = predictions.output_names(multilabel)
     threshold = float(np.sort(scores)[-3])  # exactly three classes reach it
-    described = predict.describe("multilabel", scores, names, 2, threshold)
+    described = predictions.describe("multilabel", scores, names, 2, threshold)
     assert [r["index"] for r in described["above_threshold"]] == list(np.argsort(-scores, kind="stable")[:3])
     assert len(described["top_k"]) == 2
-    lines = predict.format_prediction("multilabel", described)
+    lines = predictions.format_prediction("multilabel", described)
     assert len(lines) == 3 and lines[0].strip().rsplit(maxsplit=1)[0] == names[int(np.argmax(scores))]
-    lines = predict.format_prediction("multilabel", predict.describe("multilabel", scores, names, 2, 0.99))
+    lines = predictions.format_prediction("multilabel", predictions.describe("multilabel", scores, names, 2, 0.99))
     assert lines[0] == "  (no class scores >= 0.99; the highest:)" and len(lines) == 3
 
     targets = [f"value_{i}" for i in range(8)]
     regression = dataclasses.replace(model, task="regression", target_names=targets)
-    runner = pretrained.BatchRunner(regression, predict.scores_fn("regression"), 8)
-    values, _ = predict.predict_video(regression, runner, videos["a"], num_crops=3)
+    runner = pretrained.BatchRunner(regression, predictions.scores_fn("regression"), 8)
+    values, _ = predict_video(regression, runner, videos["a"], num_crops=3)
     np.testing.assert_allclose(values, logits.mean(axis=0), atol=1e-6)
-    described = predict.describe("regression", values, predict.output_names(regression), 5, 0.5)
+    described = predictions.describe("regression", values, predictions.output_names(regression), 5, 0.5)
     assert list(described["values"]) == targets
-    lines = predict.format_prediction("regression", described)
+    lines = predictions.format_prediction("regression", described)
     assert [line.split() for line in lines[:2]] == [["value_0", f"{values[0]:.4f}"], ["value_1", f"{values[1]:.4f}"]]
     assert len(lines) == 8
 

@@ -1,13 +1,16 @@
 """vidjax.visualize (reconstruction PNG + GIF of a pre-training checkpoint) and the visible-patch statistics."""
 
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
 from test_predict import make_clip, trained_workdir
 
-from vidjax import visualize_lib
+from vidjax import pretrained, visualize_lib
 from vidjax.commands import visualize
 from vidjax.patches import unpatchify
+from vidjax.pretrained import reconstruction
 
 
 def video_of_tokens(tokens, grid, tubelet, patch):
@@ -100,3 +103,23 @@ def test_visualize_refusals(pretrain_run, clip, tmp_path_factory, tmp_path, caps
     assert visualize.main([f"--checkpoint={pretrain_run}", str(bad), f"--out={tmp_path / 'x'}"]) == 1
     assert "cannot decode video" in capsys.readouterr().err
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_the_mask_is_the_checkpoints_own_unless_the_flag_gives_a_ratio(pretrain_run, clip, tmp_path):
+    """Without --mask_ratio the mask follows the checkpoint's `patches.MaskSpec` (config.model.mask_ratio over its
+    token grid, as its pre-training drew masks); a ratio given replaces the spec's."""
+    import dataclasses
+
+    model = pretrained.load(pretrain_run)
+    config = model.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.mask_ratio = 0.75
+    model = dataclasses.replace(model, config=config)
+    masks = reconstruction.mask_spec(model)
+    assert (masks.ratio, masks.grid, masks.num_masked) == (0.75, (2, 4, 4), 24)  # 12 of each frame's 16 patches
+    own = reconstruction.render(model, clip, str(tmp_path / "own"))
+    same = reconstruction.render(model, clip, str(tmp_path / "same"), mask_ratio=0.75)
+    other = reconstruction.render(model, clip, str(tmp_path / "other"), mask_ratio=0.5)
+    assert ", 75% of patches masked;" in own["title"] and ", 50% of patches masked;" in other["title"]
+    gifs = [pathlib.Path(result["gif"]).read_bytes() for result in (own, same, other)]
+    assert gifs[0] == gifs[1] != gifs[2]

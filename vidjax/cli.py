@@ -1,11 +1,12 @@
 """Command-line plumbing shared by every vidjax command: one flag spelling, one-line errors, exit status 2.
 
 The absl programs (main, evaluate, bench, data.check, data.bench) start with `run(main)`, the argparse ones
-(predict, extract, visualize, probe, convert, push, data.pack) build an `ArgumentParser`. Either way a flag is spelled
-with underscores (`--num_classes`; the hyphenated `--num-classes` is accepted too), a config file may be given as
-`~/cfg.py`, and a mistake on the command line (unknown flag or config key, bad value, missing config file, a
-usage error raised by the program) is one `error:` line naming the fix and ending in a pointer to `--help`, with exit
-status 2, never a traceback or the whole help text.
+(predict, extract, visualize, probe, convert, push, data.pack) build an `ArgumentParser`; predict, extract,
+visualize, probe, zeroshot and demo start their `main` with `start` (the flags parsed and checked, then what they
+run on loaded). Either way a flag is spelled with underscores (`--num_classes`; the hyphenated `--num-classes` is
+accepted too), a config file may be given as `~/cfg.py`, and a mistake on the command line (unknown flag or config
+key, bad value, missing config file, a usage error raised by the program) is one `error:` line naming the fix and
+ending in a pointer to `--help`, with exit status 2, never a traceback or the whole help text.
 
 Both switch on the persistent compilation cache (vidjax/compile_cache.py) once the command line is parsed, unless
 `--nocompilation_cache` (`--compilation_cache=false`) or VIDJAX_CACHE_DIR=off says not to, and before that set the
@@ -36,7 +37,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
@@ -394,3 +395,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         _fail(message, self.prog.removeprefix("python -m "))
+
+
+def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+          *checks: Callable[[argparse.Namespace], str | None],
+          load: Callable[[argparse.Namespace], Any] | None = None) -> tuple[argparse.Namespace, Any] | None:
+    """The start of an argparse command's `main`: `argv` parsed by `parser` (a bad command line exits 2 there), each
+    of `checks(args)` in turn, the first problem one returns (the text of the line, or None) printed as one `error:`
+    line on stderr; then `load(args)`, which reads what the command runs on (e.g. `pretrained.load_for_command` of its
+    --checkpoint) and gives None after printing its own `error:` line. Returns (args, what `load` gave, or None
+    without `load`), or None once a line is printed: `main` then returns 2. (The loader is an argument: this module
+    sits below the checkpoints.)"""
+    args = parser.parse_args(argv)
+    for check in checks:
+        problem = check(args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return None
+    if load is None:
+        return args, None
+    loaded = load(args)
+    return None if loaded is None else (args, loaded)

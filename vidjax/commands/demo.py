@@ -78,10 +78,9 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from vidjax import cli, pretrained, tasks
-from vidjax.commands import predict, visualize
+from vidjax import cli, predictions, pretrained, tasks
 from vidjax.data import decode, encode, synthetic
-from vidjax.pretrained import onnx_model
+from vidjax.pretrained import onnx_model, reconstruction, windows, zero_shot
 
 DEFAULT_PORT = 7860
 LAUNCH_ATTEMPTS = 3  # starts of the server before the demo gives up on it answering
@@ -208,7 +207,7 @@ class _Request:
 class ClipBatcher:
     """The model calls of requests served at the same time, made together.
 
-    `run(clips)` has `pretrained.BatchRunner.run`'s signature, so `predict.predict_video` takes it as its runner. A
+    `run(clips)` has `pretrained.BatchRunner.run`'s signature, so `windows.predict_video` takes it as its runner. A
     request's clips are read (decoded) in its own thread, up to `max_batch` at a time, then queued; whichever
     waiting thread finds the model free takes up to `max_batch` queued clips, first come first served across
     requests, runs them through the model padded to the smallest fixed batch size that holds them (powers of 4 up
@@ -295,16 +294,16 @@ class ModelRunner:
                  max_batch: int, *, labels: list[str] | None = None, label_features: np.ndarray | None = None,
                  temperature: float = 1.0, onnx_runner: onnx_model.Runner | None = None):
         self.model, self.captioner = model, captioner
-        self.task = predict.ZERO_SHOT_READOUT if labels else model.task  # how the scores are read
+        self.task = predictions.ZERO_SHOT_READOUT if labels else model.task  # how the scores are read
         self.clips = None
         if labels:
             self.clips = ClipBatcher(model, pretrained.video_embeds, max_batch)
         elif onnx_runner is not None:  # --onnx: the file's scores, from ONNX Runtime
             self.clips = ClipBatcher(model, None, max_batch, runner=onnx_runner)
         elif model.has_head:
-            self.clips = ClipBatcher(model, predict.scores_fn(model.task), max_batch)
+            self.clips = ClipBatcher(model, predictions.scores_fn(model.task), max_batch)
         self.batcher = pretrained.LabelScores(self.clips, label_features, temperature) if labels else self.clips
-        self.names = list(labels) if labels else predict.output_names(model) if model.has_head else []
+        self.names = list(labels) if labels else predictions.output_names(model) if model.has_head else []
 
     def warm_up(self) -> None:
         """Compiles the head's batch sizes now, so that no request waits for a compilation."""
@@ -312,22 +311,23 @@ class ModelRunner:
             self.clips.warm_up()
 
     def scores(self, video: str, settings: Settings) -> dict:
-        """The head's `predict.prediction_entry` of the video: its aggregate and, with a window, each window's."""
-        return predict.prediction_entry(self.model, self.batcher, video, names=self.names, top_k=settings.top_k,
-                                        threshold=settings.threshold, window_s=settings.window_s,
-                                        stride_s=settings.stride_s, task=self.task)
+        """The head's `predictions.prediction_entry` of the video: its aggregate and, with a window, each window's."""
+        return predictions.prediction_entry(self.model, self.batcher, video, names=self.names, top_k=settings.top_k,
+                                            threshold=settings.threshold, window_s=settings.window_s,
+                                            stride_s=settings.stride_s, task=self.task)
 
     def captions(self, video: str, settings: Settings) -> list[tuple[float | None, float | None, str]]:
         """The captioner's (start_s, end_s, caption) of each window's centre clip, as `predict` writes them."""
         positions = int(self.captioner.config.decoder.n_positions)
-        return predict.caption_video(self.captioner, video, num_beams=settings.num_beams,
+        return windows.caption_video(self.captioner, video, num_beams=settings.num_beams,
                                      max_new_tokens=min(MAX_CAPTION_TOKENS, positions - 1),
                                      window_s=settings.window_s, stride_s=settings.stride_s)
 
     def reconstruction(self, video: str, folder: str) -> dict:
-        """`vidjax.visualize.render` of the video's middle clip, its GIF in a new folder under `folder`."""
+        """`pretrained.reconstruction.render` of the video's middle clip (as `python -m vidjax.visualize` draws it,
+        the checkpoint's own masks), its GIF in a new folder under `folder`."""
         prefix = tempfile.mkdtemp(dir=folder)
-        return visualize.render(self.model, video, os.path.join(prefix, "reconstruction"))
+        return reconstruction.render(self.model, video, os.path.join(prefix, "reconstruction"))
 
 
 class Handlers:
@@ -416,12 +416,12 @@ class Handlers:
             gif = result["gif"]
             notes.append(f"{result['title']}; loss on the masked patches {result['loss']:.4f}.")
         if self.runner.captioner is not None:
-            windows = self.runner.captions(video, s)
-            caption = windows[len(windows) // 2][2]  # the middle window's: one clip's caption, as predict writes it
+            captions = self.runner.captions(video, s)
+            caption = captions[len(captions) // 2][2]  # the middle window's: one clip's caption, as predict writes it
             if s.window_s:
                 if not rows:
-                    rows = [[round(start, 2), round(end, 2)] for start, end, _ in windows]
-                for row, (_, _, text) in zip(rows, windows, strict=True):
+                    rows = [[round(start, 2), round(end, 2)] for start, end, _ in captions]
+                for row, (_, _, text) in zip(rows, captions, strict=True):
                     row.append(text)
         if s.window_s and (self.has_head or self.runner.captioner is not None):
             notes.insert(0, f"{len(rows)} window{'s' if len(rows) != 1 else ''} of {s.window_s:g} s, "
@@ -517,14 +517,14 @@ class Demo:
         label_features = None
         if labels is not None:
             try:
-                label_features = predict.label_features(model, labels, checkpoint)
+                label_features = zero_shot.label_features(model, labels, checkpoint)
             except ValueError as e:
                 raise DemoError(str(e)) from e
         elif isinstance(model, pretrained.PretrainedVideoText):
             raise DemoError(f"--checkpoint={checkpoint} is a video-text checkpoint of {model.model_name}: it scores "
                             f"videos against text, so give it labels, e.g. --labels=\"a dog running;a cat "
                             f"sleeping\" (or --labels_file=FILE, one per line).")
-        task = predict.ZERO_SHOT_READOUT if labels else model.task
+        task = predictions.ZERO_SHOT_READOUT if labels else model.task
         presentation = tasks.presentation_of(task) if task in tasks.available() else None
         # What the task shows (`Presentation.demo_output`) needs the head it names: a pre-training's decoder;
         # zero-shot labels need the text tower alone (`label_features` checked it).
@@ -666,7 +666,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="multi-label: the score at which a class counts as present (default 0.5)")
     parser.add_argument("--num_beams", type=int, default=3, help="captioner: beam search width (default 3)")
-    predict.add_label_flags(parser, "show the zero-shot scores of these free-text labels")
+    zero_shot.add_label_flags(parser, "show the zero-shot scores of these free-text labels")
     parser.add_argument("--examples", type=int, default=3,
                         help="bundled example clips of the embedded dataset (default 3; 0 for none)")
     return parser
@@ -694,7 +694,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--temperature={args.temperature} must be positive."
     if args.labels or args.labels_file:
         try:
-            predict.read_labels(args.labels, args.labels_file)
+            zero_shot.read_labels(args.labels, args.labels_file)
         except ValueError as e:
             return str(e)
     if args.onnx and (args.caption_checkpoint or args.labels or args.labels_file):
@@ -703,47 +703,60 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    problem = _check_args(args)
-    if problem is None:
-        try:
-            _gradio()  # before loading any checkpoint: a missing extra is the first thing to hear about
-        except DemoError as e:
-            problem = str(e)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+def _gradio_problem(args: argparse.Namespace) -> str | None:
+    """Why no page can be served (the demo extra not installed), checked before any checkpoint is loaded: a missing
+    extra is the first thing to hear about."""
     try:
-        return _serve(args)
-    except KeyboardInterrupt:  # Ctrl-C while loading or compiling: stopped as asked, as while serving
-        return 0
+        _gradio()
+    except DemoError as e:
+        return str(e)
+    return None
 
 
-def _serve(args: argparse.Namespace) -> int:
-    """Loads the checkpoints, starts the server and blocks until it is stopped; the exit status."""
-    runner, source = None, args.onnx or args.checkpoint
+def _load(args: argparse.Namespace) -> tuple[pretrained.Pretrained, onnx_model.Runner | None,
+                                              pretrained.PretrainedCaptioner | None] | None:
+    """(the model served, the ONNX file's runner with --onnx, the --caption_checkpoint captioner), or None after an
+    `error:` line naming the checkpoint or file that does not load."""
+    runner = None
     if args.onnx:
         try:
             model, runner = onnx_model.load(args.onnx, args.max_batch)
         except ValueError as e:
             print(f"error: --onnx={args.onnx}: {e}", file=sys.stderr)
-            return 2
+            return None
     else:
         model = pretrained.load_for_command(args.checkpoint)
-    if model is None:
-        return 2
+        if model is None:
+            return None
     captioner = None
     if args.caption_checkpoint:
         captioner = pretrained.load_for_command(args.caption_checkpoint)
         if captioner is None:
+            return None
+    return model, runner, captioner
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        started = cli.start(_parser(), argv, _check_args, _gradio_problem, load=_load)
+        if started is None:
             return 2
+        args, (model, runner, captioner) = started
+        return _serve(args, model, runner, captioner)
+    except KeyboardInterrupt:  # Ctrl-C while loading or compiling: stopped as asked, as while serving
+        return 0
+
+
+def _serve(args: argparse.Namespace, model: pretrained.Pretrained, runner: onnx_model.Runner | None,
+           captioner: pretrained.PretrainedCaptioner | None) -> int:
+    """Starts the server of the loaded checkpoints and blocks until it is stopped; the exit status."""
+    source = args.onnx or args.checkpoint
     settings = Settings(top_k=args.top_k, threshold=args.threshold, window_s=args.window, stride_s=args.stride,
                         num_beams=args.num_beams, max_mb=args.max_mb, max_seconds=args.max_seconds,
                         num_examples=args.examples, concurrency=args.concurrency, queue_size=args.queue_size,
                         max_batch=args.max_batch)
     try:
-        labels = predict.read_labels(args.labels, args.labels_file) if args.labels or args.labels_file else None
+        labels = zero_shot.read_labels(args.labels, args.labels_file) if args.labels or args.labels_file else None
         demo = Demo(model, captioner, settings, checkpoint=source, caption_checkpoint=args.caption_checkpoint,
                     labels=labels, temperature=args.temperature, onnx_runner=runner)
     except DemoError as e:

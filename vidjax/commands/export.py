@@ -13,7 +13,7 @@ pools, --pool); uint8 video in with the normalisation inside, or --float_input; 
 class names, what the function is) in the file's metadata_props; weights over --external_data_mb in FILE.data beside
 it. An existing FILE is refused (exit 2), as is a captioner's decoder (its video encoder is exported with
 --output=embeddings). Loading needs onnxruntime alone: `scripts/onnx_predict.py` reads a video with PyAV and prints
-top-5. The whole contract: `vidjax.commands.onnx_export`.
+top-5. The whole contract: `vidjax.pretrained.onnx_export`.
 
 The rest of this text is the StableHLO file (the default format).
 
@@ -93,11 +93,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import vidjax
-from vidjax import cli, fileio, losses, pretrained, tasks
-from vidjax.commands import extract, onnx_export
+from vidjax import cli, fileio, losses, predictions, pretrained, tasks
 from vidjax.convert import common, hf
 from vidjax.convert.common import ConversionError, HfCheckpoint
 from vidjax.models import layers
+from vidjax.pretrained import onnx_export, pooling
 
 FORMAT = "vidjax.export/1"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -165,11 +165,9 @@ def export(model: pretrained.Pretrained, *, platforms: tuple[str, ...] | None = 
         raise ExportError(f"{where}: the {model.model_name} inference function does not export"
                           f"{' for ' + ','.join(platforms) if platforms else ''}: {type(e).__name__}: {e}") from e
     num_outputs = int(model.config.num_classes)
-    # What the scores apply to the logits (`Presentation.score_function`); a backbone's are the logits themselves.
-    scores = tasks.presentation_of(model.task).score_function if model.task in tasks.available() else "identity"
     metadata = {
         "format": FORMAT, "vidjax_version": vidjax.__version__, "model_name": model.model_name, "task": model.task,
-        "scores": scores, "num_outputs": num_outputs,
+        "scores": predictions.score_function(model.task), "num_outputs": num_outputs,
         "class_names": model.class_names, "target_names": model.target_names,
         # sampling_rate: the checkpoint's frame stride, else the one vidjax.predict decodes with (recorded: false).
         "clip": {"num_frames": t, "image_size": s, "short_side": int(spec.get("short_side", s)),
@@ -213,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="auto", choices=onnx_export.OUTPUTS,
                         help="ONNX only: what the model computes: logits, reconstruction (pre-training) or "
                              "embeddings (default auto: the first of these the checkpoint has)")
-    parser.add_argument("--pool", default="", choices=("", *extract.POOLS),
+    parser.add_argument("--pool", default="", choices=("", *pooling.POOLS),
                         help="ONNX --output=embeddings: pooling as python -m vidjax.extract --pool (default: the "
                              "model's own video embedding where it has one, else mean)")
     parser.add_argument("--float_input", action="store_true",
@@ -296,7 +294,8 @@ def _main_onnx(args: argparse.Namespace) -> int:
         return 2
     try:
         ir_model, metadata = onnx_export.export_onnx(model, output=args.output, pool=args.pool or None,
-                                                     float_input=args.float_input, checkpoint=args.checkpoint)
+                                                     float_input=args.float_input, checkpoint=args.checkpoint,
+                                                     scores=predictions.score_function(model.task))
         written = onnx_export.write(args.out, ir_model, external_data_mb=args.external_data_mb)
     except onnx_export.OnnxExportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -57,7 +57,6 @@ vector per window).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -65,58 +64,13 @@ import time
 from typing import NoReturn
 
 import grain
-import jax.numpy as jnp
 import numpy as np
 
-from vidjax import cli, fileio, models, pretrained, tasks
+from vidjax import cli, fileio, pretrained, tasks
 from vidjax.data import decode, sources
-from vidjax.pretrained import windows
+from vidjax.pretrained import pooling, windows
 
-POOLS = ("mean", "cls", "tokens", "video")
 _TARGET_KEYS = tuple(dict.fromkeys(tasks.target_keys().values()))
-
-
-def has_cls_token(model: pretrained.Pretrained) -> bool:
-    """Whether the model's last hidden state starts with a CLS token."""
-    part = models.tokens_part(model.model_name, model.config)
-    return getattr(models.tokens_module(model.model, part), "cls_token", None) is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Pool:
-    """`fn(model, video)` for `BatchRunner`, comparable by value so that equal poolings share one compilation."""
-
-    pool: str
-    cls: bool
-    part: str  # `models.tokens_part`
-
-    def __call__(self, module, video):
-        hidden = models.video_tokens(module, self.part, video)
-        if self.pool == "tokens":
-            return hidden.astype(jnp.float32)
-        if self.pool == "cls":
-            return hidden[:, 0].astype(jnp.float32)
-        pooled = jnp.mean((hidden[:, 1:] if self.cls else hidden).astype(jnp.float32), axis=1)
-        fc_norm = getattr(models.tokens_module(module, self.part), "fc_norm", None)
-        return fc_norm(pooled) if fc_norm is not None else pooled
-
-
-def pool_fn(model: pretrained.Pretrained, pool: str):
-    """`fn(model, video)` for `BatchRunner`: the pooled embedding of each clip (see the module docstring)."""
-    if pool not in POOLS:
-        raise ValueError(f"--pool={pool!r}; choose one of {', '.join(POOLS)}.")
-    if pool == "video":
-        if not pretrained.gives_video_embeds(model):
-            raise ValueError(f"--pool=video: this {model.model_name} checkpoint (head {model.config.get('head')!r}) "
-                             f"gives no video embedding (VideoPrism's video and video-text models do); use "
-                             f"--pool=mean.")
-        return pretrained.video_embeds
-    part = models.tokens_part(model.model_name, model.config)
-    cls = has_cls_token(model)
-    if pool == "cls" and not cls:
-        raise ValueError(f"--pool=cls: this {model.model_name} model has no CLS token (its tokens are all patches); "
-                         f"use --pool=mean.")
-    return _Pool(pool, cls, part)
 
 
 def _segment(element: dict) -> tuple[float | None, float | None]:
@@ -175,7 +129,7 @@ def extract(model: pretrained.Pretrained, source, *, pool: str = "mean", batch_s
     seconds, and at the end) go to `log` (default stderr).
     """
     log = log or sys.stderr
-    runner = pretrained.BatchRunner(model, pool_fn(model, pool), batch_size)
+    runner = pretrained.BatchRunner(model, pooling.pool_fn(model, pool), batch_size)
     read = grain.ReadOptions(num_threads=max(1, num_workers), prefetch_buffer_size=2 * runner.batch_size)
     decoded = grain.MapDataset.source(source).map(_Decode(model, sampling_rate)).to_iter_dataset(read)
     kept: list[dict] = []
@@ -227,7 +181,7 @@ def extract_windows(model: pretrained.Pretrained, source, out: windows.Rows, *, 
     from the rows it has; a video that fails gets one {"path", "index", "error"} row. Returns the failures
     [{"path", "index", "error"}] as `extract` does (missing files first, then in list order)."""
     log = log or sys.stderr
-    runner = pretrained.BatchRunner(model, pool_fn(model, pool), batch_size)
+    runner = pretrained.BatchRunner(model, pooling.pool_fn(model, pool), batch_size)
     failed = _missing(source, log)
     for i in range(len(source)):
         element = source[i]
@@ -274,7 +228,8 @@ def _parser() -> argparse.ArgumentParser:
                              "list needs no label column (the captions file of `python -m vidjax.zeroshot`)")
     parser.add_argument("--out", required=True, metavar="FILE.npz",
                         help="output features file; FILE.index.json is written beside it")
-    parser.add_argument("--pool", default="mean", choices=POOLS, help="how tokens become one vector (default mean)")
+    parser.add_argument("--pool", default="mean", choices=pooling.POOLS,
+                        help="how tokens become one vector (default mean)")
     parser.add_argument("--batch_size", type=int, default=16,
                         help="clips per forward pass (rounded up to a multiple of the device count)")
     parser.add_argument("--num_workers", type=int, default=2,
@@ -313,6 +268,16 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return windows.output_problem("--out", args.out, "features.npz", files)
 
 
+def _listed(args: argparse.Namespace) -> str:
+    """The flag that names the videos, as messages quote it."""
+    return f"--csv={args.csv}" if args.csv else f"--folder={args.folder}"
+
+
+def _targets(args: argparse.Namespace) -> tuple[str, ...]:
+    """The regression columns of --targets."""
+    return tuple(t.strip() for t in args.targets.split(",") if t.strip())
+
+
 def _source(args: argparse.Namespace, targets: tuple[str, ...]):
     # skip_missing: a missing file is one more failure to report, not a reason to extract nothing.
     if args.folder:
@@ -332,27 +297,32 @@ def _index_row(arrays: dict, i: int) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    problem = _check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    listed = f"--csv={args.csv}" if args.csv else f"--folder={args.folder}"
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+def _load(args: argparse.Namespace
+          ) -> tuple[sources.CsvVideoSource | sources.FolderVideoSource, pretrained.Pretrained] | None:
+    """(the list's source, the checkpoint) the flags name, or None after an `error:` line: a list that cannot be
+    read, a checkpoint that does not load or has no --pool of that name."""
     try:
-        source = _source(args, targets)
+        source = _source(args, _targets(args))
     except (FileNotFoundError, ValueError, TypeError) as e:
-        print(f"error: {listed}: {e}", file=sys.stderr)
-        return 2
+        print(f"error: {_listed(args)}: {e}", file=sys.stderr)
+        return None
     model = pretrained.load_for_command(args.checkpoint)
     if model is None:
-        return 2
+        return None
     try:
-        pool_fn(model, args.pool)
+        pooling.pool_fn(model, args.pool)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+    return source, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = cli.start(_parser(), argv, _check_args, load=_load)
+    if started is None:
         return 2
+    args, (source, model) = started
+    listed, targets = _listed(args), _targets(args)
     listing = {"csv": os.path.abspath(args.csv)} if args.csv else {"folder": os.path.abspath(args.folder)}
     settings = {"window_s": args.window or None, "stride_s": (args.stride or args.window) or None}
     out = None

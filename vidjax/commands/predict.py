@@ -85,42 +85,9 @@ from typing import NoReturn
 
 import numpy as np
 
-from vidjax import cli, fileio, pretrained, tasks
+from vidjax import cli, fileio, predictions, pretrained, tasks
 from vidjax.data import decode, kinetics
-from vidjax.pretrained import windows
-from vidjax.tokenizer import TextTooLongError, TokenizerError
-
-# Zero-shot scores are read as a classifier's: a probability per label, ranked (the classification readout).
-ZERO_SHOT_READOUT = "classification"
-
-
-def output_names(model: pretrained.Pretrained) -> list[str]:
-    """Names of the model's outputs: the checkpoint's class or target names, else "class N" / "target N"."""
-    n = int(model.config.num_classes)
-    kind = tasks.readout_of(model.task).output_kind
-    names = model.target_names if kind == "target" else model.class_names
-    if names and len(names) == n:
-        return list(names)
-    return [f"{kind} {i}" for i in range(n)]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Scores:
-    task: str
-    columns: tuple[int, ...] | None = None
-
-    def __call__(self, model, video):
-        logits = model(video)["logits"]
-        if self.columns is not None:
-            logits = logits[..., np.asarray(self.columns)]
-        return tasks.readout_of(self.task).scores(logits)
-
-
-def scores_fn(task: str, columns=None) -> _Scores:
-    """Per-clip scores from the model (`Readout.scores`): class probabilities, per-class sigmoid scores, or the
-    regressed values; with `columns`, of those logits only (in that order), e.g. `kinetics.label_map("k710",
-    "k400")`. A frozen dataclass, so every runner of a task (and columns) shares one compilation."""
-    return _Scores(task, None if columns is None else tuple(int(c) for c in columns))
+from vidjax.pretrained import windows, zero_shot
 
 
 def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple[np.ndarray | None, list[str]]:
@@ -141,124 +108,6 @@ def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple
         raise ValueError(f"--label_space={label_space}: the checkpoint's outputs are {own}'s classes; only a K710 "
                          f"checkpoint maps to K400, K600 or K700.")
     return kinetics.label_map("k710", label_space), list(kinetics.class_names(label_space))
-
-
-def read_labels(labels: str = "", labels_file: str = "") -> list[str]:
-    """The labels of --labels ("a;b;c") or --labels_file (one per line), stripped, blank ones dropped. A ValueError
-    naming the flag for both or neither given, an unreadable file, no label left, or a label given twice."""
-    if labels and labels_file:
-        raise ValueError(f"--labels and --labels_file={labels_file} both give labels; use one of them.")
-    if labels_file:
-        try:
-            with open(fileio.user_path(labels_file), encoding="utf-8") as f:
-                given, flag = f.read().splitlines(), f"--labels_file={labels_file}"
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"--labels_file={labels_file} cannot be read ({e}); give a text file with one label per "
-                             f"line.") from e
-    else:
-        given, flag = labels.split(";"), f"--labels={labels!r}"
-    names = [name.strip() for name in given if name.strip()]
-    if not names:
-        raise ValueError(f"{flag} gives an empty label list; give at least one label, e.g. --labels=\"a dog "
-                         f"running;a cat sleeping\" (';' between labels) or a --labels_file with one per line.")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ValueError(f"{flag} gives {twice[0]!r} twice; give each label once.")
-    return names
-
-
-def label_features(model: pretrained.Pretrained, labels: list[str], checkpoint: str, flag: str = "--labels"
-                   ) -> np.ndarray:
-    """The text tower's embeddings (N, D) of `labels` for zero-shot scoring with `model`. A ValueError naming the
-    checkpoint when it has no text tower (a vision-only or classifier checkpoint) or no tokenizer, and naming the
-    label (and the tower's limit) for a label with more tokens than the tower has positions."""
-    if not isinstance(model, pretrained.PretrainedVideoText):
-        raise ValueError(f"{flag}: --checkpoint={checkpoint} is a {model.model_name} checkpoint with no text tower "
-                         f"(head {model.config.get('head')!r}), so it cannot score text; give a video-text checkpoint "
-                         f"(VideoPrism's video-text model, e.g. a converted google/videoprism-lvt-base-f16r288).")
-    try:
-        return model.text_features(labels)
-    except TextTooLongError as e:
-        raise ValueError(f"{flag}: the label {e.text!r} is {e.length} tokens, more than the {e.limit} the text tower "
-                         f"of --checkpoint={checkpoint} takes; shorten it (labels are never cut short).") from e
-    except (TokenizerError, ImportError, ValueError) as e:
-        raise ValueError(f"--checkpoint={checkpoint}: {e}") from e
-
-
-def label_scores(model: pretrained.Pretrained, labels: list[str], checkpoint: str, batch_size: int, *,
-                 temperature: float = 1.0, runner=None) -> pretrained.LabelScores:
-    """A runner of each clip's zero-shot probabilities over `labels` (`label_features`' errors): `runner` (a
-    `BatchRunner` of `pretrained.video_embeds`, or one with its `run`) made with `batch_size` when not given."""
-    text = label_features(model, labels, checkpoint)
-    runner = runner or pretrained.BatchRunner(model, pretrained.video_embeds, batch_size)
-    return pretrained.LabelScores(runner, text, temperature)
-
-
-def describe(task: str, scores: np.ndarray, names: list[str], top_k: int, threshold: float) -> dict:
-    """A JSON-able prediction from averaged scores (C,): the full vector plus what the task reports
-    (`Readout.describe`)."""
-    return tasks.readout_of(task).describe(scores, names, top_k, threshold)
-
-
-def format_prediction(task: str, prediction: dict, indent: str = "  ") -> list[str]:
-    """The text form of `describe`'s output: one `label  value` line per label, names aligned, best first."""
-    return tasks.readout_of(task).format_prediction(prediction, indent)
-
-
-def window_scores(model: pretrained.Pretrained, runner, path: str,
-                  spans: list[windows.Span], *, num_clips: int = 1, num_crops: int = 1,
-                  sampling_rate: int | None = None) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
-    """(start_s, end_s, scores averaged over the window's views) of each span in turn, as they are computed."""
-    views = windows.window_views(model, path, spans, num_clips=num_clips, num_crops=num_crops,
-                                 sampling_rate=sampling_rate)
-    rows = runner.run(view for window in views for view in window)
-    for start, end in spans:
-        yield start, end, np.mean([next(rows) for _ in range(num_clips * num_crops)], axis=0)
-
-
-def predict_video(model: pretrained.Pretrained, runner, path: str, *, num_clips: int = 1,
-                  num_crops: int = 1, window_s: float = 0.0, stride_s: float = 0.0,
-                  sampling_rate: int | None = None) -> tuple[np.ndarray, list[tuple]]:
-    """(video-level scores, [(start_s, end_s, scores) per window]) of one video; views and windows are averaged.
-
-    Without `window_s` the whole video is the one window, (None, None, scores). Raises `decode.VideoDecodeError`
-    when the video (or any window of it) does not decode.
-    """
-    rows = list(window_scores(model, runner, path, windows.spans(path, window_s, stride_s), num_clips=num_clips,
-                              num_crops=num_crops, sampling_rate=sampling_rate))
-    return np.mean([scores for _, _, scores in rows], axis=0), rows
-
-
-def caption_windows(model: pretrained.PretrainedCaptioner, path: str, spans: list[windows.Span], *,
-                    sampling_rate: int | None = None, batch_size: int = 8, max_new_tokens: int = 30,
-                    num_beams: int = 3, length_penalty: float = 1.0
-                    ) -> Iterator[tuple[float | None, float | None, str]]:
-    """(start_s, end_s, caption) of each span in turn: `model.caption` of its centre clip, `batch_size` spans per
-    call, yielded as each call finishes."""
-    clips = (views[0] for views in windows.window_views(model, path, spans, sampling_rate=sampling_rate))
-    spans_left = iter(spans)
-    while batch := list(itertools.islice(clips, batch_size)):
-        # Generation compiles once per batch shape: padding with black clips to a power of two (at most batch_size)
-        # bounds the compilations to a few shapes, without decoding a single clip batch_size times over.
-        padded = np.zeros((min(batch_size, 1 << (len(batch) - 1).bit_length()), *batch[0].shape), np.uint8)
-        padded[: len(batch)] = batch
-        captions = model.caption(model.preprocess(padded), max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                 length_penalty=length_penalty)[: len(batch)]
-        for (start, end), text in zip(itertools.islice(spans_left, len(batch)), captions, strict=True):
-            yield start, end, text
-
-
-def caption_video(model: pretrained.PretrainedCaptioner, path: str, *, window_s: float = 0.0, stride_s: float = 0.0,
-                  sampling_rate: int | None = None, batch_size: int = 8, max_new_tokens: int = 30,
-                  num_beams: int = 3, length_penalty: float = 1.0) -> list[tuple[float | None, float | None, str]]:
-    """[(start_s, end_s, caption) per window] of one video: `model.caption` of each window's centre clip.
-
-    Without `window_s` the whole video is the one window, (None, None, caption). Up to `batch_size` windows are
-    captioned per call. Raises `decode.VideoDecodeError` when the video (or any window of it) does not decode.
-    """
-    return list(caption_windows(model, path, windows.spans(path, window_s, stride_s), sampling_rate=sampling_rate,
-                                batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                length_penalty=length_penalty))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -291,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--label_space", default="", choices=("", *kinetics.SPACES),
                         help="name a K710 checkpoint's predictions in k400 / k600 / k700 classes, through the "
                              "official K710 map (default: the checkpoint's own outputs)")
-    add_label_flags(parser, "score each video against these free-text labels")
+    zero_shot.add_label_flags(parser, "score each video against these free-text labels")
     parser.add_argument("--max_new_tokens", type=int, default=30,
                         help="captioner: the longest caption, in tokens (default 30)")
     parser.add_argument("--num_beams", type=int, default=3,
@@ -300,17 +149,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="captioner: beam scores are log-probability sums / length ** this (default 1.0; "
                              "above 1 favours longer captions)")
     return parser
-
-
-def add_label_flags(parser: argparse.ArgumentParser, labels_help: str) -> None:
-    """--labels, --labels_file and --temperature, the zero-shot flags of predict, zeroshot and the demo."""
-    parser.add_argument("--labels", default="", metavar="'A;B;C'",
-                        help=f"video-text checkpoint: {labels_help}, separated by ';'")
-    parser.add_argument("--labels_file", default="", metavar="FILE",
-                        help="video-text checkpoint: the labels, one per line (instead of --labels)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="video-text checkpoint: label probabilities are the softmax of cosine / this (default "
-                             "1, transformers' default; the official colab uses 0.01)")
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
@@ -332,7 +170,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--temperature={args.temperature} must be positive."
     if args.labels or args.labels_file:
         try:
-            read_labels(args.labels, args.labels_file)
+            zero_shot.read_labels(args.labels, args.labels_file)
         except ValueError as e:
             return str(e)
     return _output_problem(args)
@@ -376,42 +214,23 @@ def _captioner_problem(model: pretrained.PretrainedCaptioner, args: argparse.Nam
 def _caption_rows(model: pretrained.PretrainedCaptioner, args: argparse.Namespace, path: str,
                   spans: list[windows.Span], first: int) -> Iterator[dict]:
     """One video's rows (`--jsonl`'s) of its captions, from window `first` on."""
-    captions = caption_windows(model, path, spans[first:], sampling_rate=args.sampling_rate or None,
-                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                               num_beams=args.num_beams, length_penalty=args.length_penalty)
+    captions = windows.caption_windows(model, path, spans[first:], sampling_rate=args.sampling_rate or None,
+                                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                       num_beams=args.num_beams, length_penalty=args.length_penalty)
     for n, (start, end, text) in enumerate(captions, start=first):
         yield {"path": path, "window": n, "start_s": start, "end_s": end, "caption": text}
-
-
-def prediction_entry(model: pretrained.Pretrained, runner, path: str, *,
-                     names: list[str] | None = None, top_k: int = 5, threshold: float = 0.5, num_clips: int = 1,
-                     num_crops: int = 1, window_s: float = 0.0, stride_s: float = 0.0,
-                     sampling_rate: int | None = None, task: str | None = None) -> dict:
-    """One video's predictions by a checkpoint with a head (or zero-shot labels: `runner` a `label_scores`, `task`
-    `ZERO_SHOT_READOUT`, `names` the labels), as `--json` writes them: {"path", "error": None, "aggregate":
-    `describe` of the mean scores} plus, with `window_s`, "windows": [{"start_s", "end_s", "prediction"}]. `names`
-    default to `output_names(model)`, `task` to the model's. Raises `decode.VideoDecodeError` as `predict_video`."""
-    task, names = task or model.task, names or output_names(model)
-    scores, per_window = predict_video(model, runner, path, num_clips=num_clips, num_crops=num_crops,
-                                       window_s=window_s, stride_s=stride_s, sampling_rate=sampling_rate)
-    entry = {"path": path, "error": None, "aggregate": describe(task, scores, names, top_k, threshold)}
-    if window_s:
-        entry["windows"] = [{"start_s": start, "end_s": end,
-                             "prediction": describe(task, window_scores, names, top_k, threshold)}
-                            for start, end, window_scores in per_window]
-    return entry
 
 
 def _head_rows(model: pretrained.Pretrained, runner, task: str, names: list[str], args: argparse.Namespace,
                path: str, spans: list[windows.Span], first: int) -> Iterator[dict]:
     """One video's rows (`--jsonl`'s) by a checkpoint with a head (or zero-shot labels), from window `first` on:
     each window's averaged "scores" and its `describe`d (as `task` reads them) "prediction"."""
-    scored = window_scores(model, runner, path, spans[first:], num_clips=args.num_clips, num_crops=args.num_crops,
-                           sampling_rate=args.sampling_rate or None)
+    scored = windows.window_scores(model, runner, path, spans[first:], num_clips=args.num_clips,
+                                   num_crops=args.num_crops, sampling_rate=args.sampling_rate or None)
     for n, (start, end, scores) in enumerate(scored, start=first):
         yield {"path": path, "window": n, "start_s": start, "end_s": end,
                "scores": np.asarray(scores, np.float64).tolist(),
-               "prediction": describe(task, scores, names, args.top_k, args.threshold)}
+               "prediction": predictions.describe(task, scores, names, args.top_k, args.threshold)}
 
 
 def _windowed_video(args: argparse.Namespace, path: str, make_rows, text_of, summarize,
@@ -457,7 +276,7 @@ def _window_text(task: str | None, row: dict) -> list[str]:
     if "caption" in row:
         return [f"  window {row['start_s']:.2f}-{row['end_s']:.2f} s: {row['caption']}"]
     return [f"  window {row['start_s']:.2f}-{row['end_s']:.2f} s",
-            *format_prediction(task, row["prediction"], indent="    ")]
+            *predictions.format_prediction(task, row["prediction"], indent="    ")]
 
 
 @dataclasses.dataclass
@@ -488,8 +307,8 @@ def _head_plan(model: pretrained.Pretrained, args: argparse.Namespace, settings:
               "num_clips": args.num_clips, "num_crops": args.num_crops, **extra, **settings, "videos": []}
 
     def summarize(scores: np.ndarray) -> tuple[dict, list[str]]:
-        prediction = describe(task, scores, names, args.top_k, args.threshold)
-        return prediction, format_prediction(task, prediction)
+        prediction = predictions.describe(task, scores, names, args.top_k, args.threshold)
+        return prediction, predictions.format_prediction(task, prediction)
 
     return _Plan(report, functools.partial(_head_rows, model, runner, task, names, args), summarize, task)
 
@@ -498,12 +317,12 @@ def _zero_shot_plan(model: pretrained.Pretrained, args: argparse.Namespace, sett
     """The plan of zero-shot labels (--labels, --labels_file), or why this checkpoint cannot score them."""
     if args.label_space:
         return f"--label_space={args.label_space} names a classifier's outputs; --labels gives the labels themselves."
-    labels = read_labels(args.labels, args.labels_file)
+    labels = zero_shot.read_labels(args.labels, args.labels_file)
     try:
-        runner = label_scores(model, labels, args.checkpoint, args.batch_size, temperature=args.temperature)
+        runner = zero_shot.label_scores(model, labels, args.checkpoint, args.batch_size, temperature=args.temperature)
     except ValueError as e:
         return str(e)
-    return _head_plan(model, args, settings, runner, ZERO_SHOT_READOUT, labels, labels=labels,
+    return _head_plan(model, args, settings, runner, predictions.ZERO_SHOT_READOUT, labels, labels=labels,
                       temperature=args.temperature)
 
 
@@ -525,13 +344,13 @@ def _plan(model: pretrained.Pretrained, args: argparse.Namespace) -> _Plan | str
                 f"vidjax.extract --checkpoint={args.checkpoint} --csv=LIST --out=FEATURES.npz` (then `python -m "
                 f"vidjax.probe`); to see what a VideoMAE pre-training checkpoint reconstructs use `python -m "
                 f"vidjax.visualize --checkpoint={args.checkpoint} VIDEO --out=PREFIX`.")
-    columns, names = None, output_names(model)
+    columns, names = None, predictions.output_names(model)
     if args.label_space:
         try:
             columns, names = label_space_columns(model, args.label_space)
         except ValueError as e:
             return f"--checkpoint={args.checkpoint}: {e}"
-    runner = pretrained.BatchRunner(model, scores_fn(model.task, columns), args.batch_size)
+    runner = pretrained.BatchRunner(model, predictions.scores_fn(model.task, columns), args.batch_size)
     extra = {"label_space": args.label_space} if args.label_space else {}
     return _head_plan(model, args, settings, runner, model.task, names, **extra)
 
@@ -603,14 +422,10 @@ def _stopped(err: KeyboardInterrupt, args: argparse.Namespace, out: windows.Rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    problem = _check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    started = cli.start(_parser(), argv, _check_args, load=lambda args: pretrained.load_for_command(args.checkpoint))
+    if started is None:
         return 2
-    model = pretrained.load_for_command(args.checkpoint)
-    if model is None:
-        return 2
+    args, model = started
     plan = _plan(model, args)
     if isinstance(plan, str):
         print(f"error: {plan}", file=sys.stderr)

@@ -421,11 +421,10 @@ def _setting_text(setting: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    problem = _check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    started = cli.start(_parser(), argv, _check_args)
+    if started is None:
         return 2
+    args, _ = started
     try:
         report = run(args)
     except ProbeError as e:

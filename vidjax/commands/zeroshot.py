@@ -50,10 +50,9 @@ from typing import NoReturn
 
 import numpy as np
 
-from vidjax import cli, fileio, metrics, pretrained
-from vidjax.commands import predict
+from vidjax import cli, fileio, metrics, predictions, pretrained
 from vidjax.data import decode, sources
-from vidjax.pretrained import windows
+from vidjax.pretrained import windows, zero_shot
 
 CAPTION_COLUMN = "caption"
 RECALL_AT = (1, 5, 10)
@@ -61,12 +60,12 @@ RECALL_AT = (1, 5, 10)
 
 def rank_labels(model: pretrained.Pretrained, runner, path: str, labels: list[str], *, top_k: int = 0,
                 num_clips: int = 1, num_crops: int = 1, sampling_rate: int | None = None) -> dict:
-    """One video scored against `labels` (`runner` from `predict.label_scores`): {"path", "error": None,
+    """One video scored against `labels` (`runner` from `zero_shot.label_scores`): {"path", "error": None,
     "aggregate": {"probabilities": one per label, in their order, "top_k": [{"label", "probability"}, ...] best
     first}}, as predict reports a classifier's. Raises `decode.VideoDecodeError` for a video that does not decode."""
-    return predict.prediction_entry(model, runner, path, names=labels, top_k=top_k or len(labels),
-                                    num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate,
-                                    task=predict.ZERO_SHOT_READOUT)
+    return predictions.prediction_entry(model, runner, path, names=labels, top_k=top_k or len(labels),
+                                        num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate,
+                                        task=predictions.ZERO_SHOT_READOUT)
 
 
 def read_features(path: str) -> tuple[np.ndarray, list[str]]:
@@ -139,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="a video-text checkpoint with its tokenizer (a converted VideoPrismClipModel, or its "
                              "Hub name)")
-    predict.add_label_flags(parser, "free-text labels (with videos) or queries (with --features)")
+    zero_shot.add_label_flags(parser, "free-text labels (with videos) or queries (with --features)")
     parser.add_argument("--features", default="", metavar="FILE.npz",
                         help="search these embeddings (`python -m vidjax.extract --pool=video`) instead of scoring "
                              "videos")
@@ -177,7 +176,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--root joins the paths of --captions; it needs --captions."
     if args.videos or not args.captions or args.labels or args.labels_file:
         try:
-            predict.read_labels(args.labels, args.labels_file)
+            zero_shot.read_labels(args.labels, args.labels_file)
         except ValueError as e:
             return str(e)
     if args.json and args.json != "-":
@@ -187,7 +186,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
 
 def _score_videos(model: pretrained.Pretrained, args: argparse.Namespace, labels: list[str]) -> tuple[dict, int]:
     """Each video's labels ranked and shown; (the report, videos that failed)."""
-    runner = predict.label_scores(model, labels, args.checkpoint, args.batch_size, temperature=args.temperature)
+    runner = zero_shot.label_scores(model, labels, args.checkpoint, args.batch_size, temperature=args.temperature)
     report = {"checkpoint": args.checkpoint, "labels": labels, "temperature": args.temperature, "videos": []}
     failed = 0
     for path in args.videos:
@@ -201,23 +200,19 @@ def _score_videos(model: pretrained.Pretrained, args: argparse.Namespace, labels
             continue
         report["videos"].append(entry)
         if args.json != "-":
-            print("\n".join([path, *predict.format_prediction(predict.ZERO_SHOT_READOUT, entry["aggregate"])]),
-                  flush=True)
+            lines = predictions.format_prediction(predictions.ZERO_SHOT_READOUT, entry["aggregate"])
+            print("\n".join([path, *lines]), flush=True)
     return report, failed
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    problem = _check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    started = cli.start(_parser(), argv, _check_args, load=lambda args: pretrained.load_for_command(args.checkpoint))
+    if started is None:
         return 2
-    model = pretrained.load_for_command(args.checkpoint)
-    if model is None:
-        return 2
+    args, model = started
     try:
         if args.videos:
-            report, failed = _score_videos(model, args, predict.read_labels(args.labels, args.labels_file))
+            report, failed = _score_videos(model, args, zero_shot.read_labels(args.labels, args.labels_file))
         else:
             report, failed = _retrieve(model, args), 0
     except ValueError as e:
@@ -235,14 +230,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _retrieve(model: pretrained.Pretrained, args: argparse.Namespace) -> dict:
     """The --features videos ranked for each query (--labels), and with --captions text-to-video recall; shown."""
-    queries = predict.read_labels(args.labels, args.labels_file) if (args.labels or args.labels_file) else []
+    queries = zero_shot.read_labels(args.labels, args.labels_file) if (args.labels or args.labels_file) else []
     features, paths = read_features(args.features)
     flag = f"--features={args.features}"
     show = args.json != "-"
     top_k = min(args.top_k or 5, len(paths))
     report: dict = {"checkpoint": args.checkpoint, "features": args.features, "videos": len(paths), "queries": []}
     if queries:
-        similarity = _similarity(predict.label_features(model, queries, args.checkpoint), features, flag)
+        similarity = _similarity(zero_shot.label_features(model, queries, args.checkpoint), features, flag)
         for query, row in zip(queries, similarity, strict=True):
             best = np.argsort(-row, kind="stable")[:top_k]
             ranked = [[paths[i], float(row[i])] for i in best]
@@ -252,7 +247,7 @@ def _retrieve(model: pretrained.Pretrained, args: argparse.Namespace) -> dict:
                 print("\n".join([query, *(f"  {p:<{width}}  {s:.4f}" for p, s in ranked)]), flush=True)
     if args.captions:
         texts, targets, left_out = read_captions(args.captions, args.root, paths)
-        captions = predict.label_features(model, texts, args.checkpoint, f"--captions={args.captions}")
+        captions = zero_shot.label_features(model, texts, args.checkpoint, f"--captions={args.captions}")
         similarity = _similarity(captions, features, flag)
         scores = metrics.retrieval_metrics(similarity, targets, RECALL_AT)
         report["retrieval"] = {"captions": len(texts), "left_out": left_out, **scores}

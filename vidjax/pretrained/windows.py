@@ -1,10 +1,13 @@
-"""Sliding windows over whole videos, shared by `vidjax.predict` and `vidjax.extract`: the spans, their clips read
-in one streaming pass, a JSON Lines file of one row per window that a killed or interrupted run resumes (`Rows`,
-`Rows.kept` for the line of an interrupted run), a progress line, and the check of the output paths made before
-any work (`output_problem`)."""
+"""Sliding windows over whole videos, shared by `vidjax.predict`, `vidjax.extract`, `vidjax.zeroshot` and the demo:
+the spans, their clips read in one streaming pass, a loaded model run over them (`window_scores` and
+`predict_video`: a runner's scores averaged over each window's views; `caption_windows` and `caption_video`: a
+captioner's caption of each window's centre clip), a JSON Lines file of one row per window that a killed or
+interrupted run resumes (`Rows`, `Rows.kept` for the line of an interrupted run), a progress line, and the check of
+the output paths made before any work (`output_problem`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -93,6 +96,62 @@ def window_views(model: pretrained.Pretrained, path: str, spans: list[Span], *,
         crops = [transforms.multi_view(v, num_crops, size) if num_crops > 1 else transforms.center_crop(v, size)[None]
                  for v in clip.frames]
         yield np.ascontiguousarray(np.concatenate(crops), dtype=np.uint8)
+
+
+def window_scores(model: pretrained.Pretrained, runner, path: str,
+                  spans: list[Span], *, num_clips: int = 1, num_crops: int = 1,
+                  sampling_rate: int | None = None) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
+    """(start_s, end_s, scores averaged over the window's views) of each span in turn, as they are computed.
+    `runner` is a `pretrained.BatchRunner` (or one with its `run(clips)`) of the scores of a clip."""
+    views = window_views(model, path, spans, num_clips=num_clips, num_crops=num_crops, sampling_rate=sampling_rate)
+    rows = runner.run(view for window in views for view in window)
+    for start, end in spans:
+        yield start, end, np.mean([next(rows) for _ in range(num_clips * num_crops)], axis=0)
+
+
+def predict_video(model: pretrained.Pretrained, runner, path: str, *, num_clips: int = 1,
+                  num_crops: int = 1, window_s: float = 0.0, stride_s: float = 0.0,
+                  sampling_rate: int | None = None) -> tuple[np.ndarray, list[tuple]]:
+    """(video-level scores, [(start_s, end_s, scores) per window]) of one video; views and windows are averaged.
+
+    Without `window_s` the whole video is the one window, (None, None, scores). Raises `decode.VideoDecodeError`
+    when the video (or any window of it) does not decode.
+    """
+    rows = list(window_scores(model, runner, path, spans(path, window_s, stride_s), num_clips=num_clips,
+                              num_crops=num_crops, sampling_rate=sampling_rate))
+    return np.mean([scores for _, _, scores in rows], axis=0), rows
+
+
+def caption_windows(model: pretrained.PretrainedCaptioner, path: str, spans: list[Span], *,
+                    sampling_rate: int | None = None, batch_size: int = 8, max_new_tokens: int = 30,
+                    num_beams: int = 3, length_penalty: float = 1.0
+                    ) -> Iterator[tuple[float | None, float | None, str]]:
+    """(start_s, end_s, caption) of each span in turn: `model.caption` of its centre clip, `batch_size` spans per
+    call, yielded as each call finishes."""
+    clips = (views[0] for views in window_views(model, path, spans, sampling_rate=sampling_rate))
+    spans_left = iter(spans)
+    while batch := list(itertools.islice(clips, batch_size)):
+        # Generation compiles once per batch shape: padding with black clips to a power of two (at most batch_size)
+        # bounds the compilations to a few shapes, without decoding a single clip batch_size times over.
+        padded = np.zeros((min(batch_size, 1 << (len(batch) - 1).bit_length()), *batch[0].shape), np.uint8)
+        padded[: len(batch)] = batch
+        captions = model.caption(model.preprocess(padded), max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                 length_penalty=length_penalty)[: len(batch)]
+        for (start, end), text in zip(itertools.islice(spans_left, len(batch)), captions, strict=True):
+            yield start, end, text
+
+
+def caption_video(model: pretrained.PretrainedCaptioner, path: str, *, window_s: float = 0.0, stride_s: float = 0.0,
+                  sampling_rate: int | None = None, batch_size: int = 8, max_new_tokens: int = 30,
+                  num_beams: int = 3, length_penalty: float = 1.0) -> list[tuple[float | None, float | None, str]]:
+    """[(start_s, end_s, caption) per window] of one video: `model.caption` of each window's centre clip.
+
+    Without `window_s` the whole video is the one window, (None, None, caption). Up to `batch_size` windows are
+    captioned per call. Raises `decode.VideoDecodeError` when the video (or any window of it) does not decode.
+    """
+    return list(caption_windows(model, path, spans(path, window_s, stride_s), sampling_rate=sampling_rate,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                length_penalty=length_penalty))
 
 
 class Progress:

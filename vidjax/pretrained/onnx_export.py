@@ -7,11 +7,12 @@ the file is checked by `onnx.checker`. What it computes (--output; `auto` picks 
                   StableHLO export and `vidjax.pretrained.load(DIR)(model.preprocess(video))` give them
   reconstruction  a VideoMAE / VideoMAE V2 pre-training checkpoint: the decoder's normalised-pixel prediction of the
                   masked tubelets (b, masked, tubelet pixels), given the input "mask" bool (b, tokens), True =
-                  masked, with exactly the metadata's "num_masked" True in every row (the checkpoint's mask ratio)
+                  masked, with exactly the metadata's "num_masked" True in every row (the count of the checkpoint's
+                  own masks, its `patches.MaskSpec`: int(mask_ratio * h' * w') positions at each of the t' times)
   embeddings      any video model (a backbone, SVT, V-JEPA 2, VideoPrism, a pre-training checkpoint's encoder, a
                   captioner's video encoder): one vector per clip (b, D), pooled as `python -m vidjax.extract
-                  --pool` pools (--pool; default "video" where the model has its own video embedding, VideoPrism's,
-                  else "mean"), or every token with --pool=tokens (b, tokens, D)
+                  --pool` pools (`pretrained.pooling`; --pool, default "video" where the model has its own video
+                  embedding, VideoPrism's, else "mean"), or every token with --pool=tokens (b, tokens, D)
 A captioner's GPT-2 decoder is not exported (its beam search over a tokenizer's vocabulary is a loop ONNX serves
 badly): --output=embeddings exports its video encoder, `--to_hf` the whole captioner.
 
@@ -24,7 +25,9 @@ The file's metadata (ONNX `metadata_props`, every value a string): "vidjax" (JSO
 model_name, task, function (the --output), pool, scores, class_names, target_names, clip (num_frames, image_size,
 short_side, sampling_rate, sampling_rate_recorded, mean, std), input (name, shape, dtype, normalised), output (name,
 shape), num_masked, checkpoint), and the same "class_names" (JSON list) and "scores" beside it for readers that want
-one key.
+one key. "scores" says what a reader applies to exported logits (softmax, sigmoid or identity; None for the other
+outputs): the task's `Presentation.score_function`, which the caller passes (`export_onnx(scores=)`, from
+`vidjax.predictions.score_function`), as `convert.hf.to_hf` is passed the task's problem type.
 
 Weights over --external_data_mb (default 1024 MiB in all; 2 GiB is protobuf's limit for one file) go to FILE.data
 beside FILE (ONNX external data, one file); ONNX Runtime loads it from there, so keep the two together. Both are
@@ -55,10 +58,9 @@ import numpy as np
 from flax import nnx
 
 import vidjax
-from vidjax import fileio, losses, platform, pretrained, tasks
-from vidjax.commands import extract
+from vidjax import fileio, losses, platform, pretrained
 from vidjax.convert import common
-from vidjax.pretrained import onnx_model
+from vidjax.pretrained import onnx_model, pooling, reconstruction
 
 FORMAT = "vidjax.onnx/1"
 OUTPUTS = ("auto", "logits", "reconstruction", "embeddings")
@@ -141,13 +143,6 @@ def resolve_output(model, output: str, checkpoint: str | None = None) -> str:
     return output
 
 
-def _mask_count(model) -> int:
-    """Masked tokens per clip of a pre-training checkpoint: its mask ratio of its tokens, as training draws them."""
-    tokens = int(model.num_tokens)
-    ratio = float(model.config.get("mask_ratio", 0.9))
-    return min(tokens - 1, max(1, int(round(tokens * ratio))))
-
-
 # The platform choices (vidjax/platform.py) an export takes whatever the checkpoint or this backend would pick: every
 # attention as XLA's softmax(QK^T)V (the blockwise and Pallas kernels are training and accelerator forms of it), and
 # VideoMamba's scan as the recurrence, the one form jax2onnx converts (the chunked form's associative scan pads with
@@ -182,7 +177,8 @@ def function_of(model, output: str, *, pool: str | None, float_input: bool) -> F
         return Function(lambda v: module(prepare(v))["logits"].astype(jnp.float32), {"video": video}, "logits",
                         [b, k])
     if output == "reconstruction":
-        tokens, masked = int(model.num_tokens), _mask_count(model)
+        # Masked tokens per clip: the count of the checkpoint's own masks, by which its pre-training drew them.
+        tokens, masked = int(model.num_tokens), reconstruction.mask_spec(model).num_masked
 
         def reconstruct(v, mask):
             return module(prepare(v), mask, num_masked=masked)["pred"].astype(jnp.float32)
@@ -194,20 +190,19 @@ def function_of(model, output: str, *, pool: str | None, float_input: bool) -> F
     if pool is None:
         pool = "video" if pretrained.gives_video_embeds(model) else "mean"
     try:
-        pooled = extract.pool_fn(model, pool)
+        pooled = pooling.pool_fn(model, pool)
     except ValueError as e:
         raise OnnxExportError(str(e)) from e
     shape = jax.eval_shape(lambda: pooled(module, jnp.zeros((1, t, s, s, 3), jnp.float32))).shape
     return Function(lambda v: pooled(module, prepare(v)), {"video": video}, "embeddings", [b, *shape[1:]], pool=pool)
 
 
-def metadata_of(model, output: str, function: Function, *, float_input: bool, checkpoint: str | None) -> dict:
-    """The "vidjax" metadata entry (see the module docstring)."""
+def metadata_of(model, output: str, function: Function, *, float_input: bool, checkpoint: str | None,
+                scores: str | None = None) -> dict:
+    """The "vidjax" metadata entry (see the module docstring); `scores` is recorded for a logits export only."""
     p = model.preprocessing
     t, s = (int(d) for d in function.inputs["video"].shape[1:3])
-    known = getattr(model, "task", None) in tasks.available()
-    scores = (tasks.presentation_of(model.task).score_function if known else "identity") if output == "logits" \
-        else None
+    scores = scores if output == "logits" else None
     return {
         "format": FORMAT, "vidjax_version": vidjax.__version__, "model_name": model.model_name,
         "task": getattr(model, "task", None), "function": output, "pool": function.pool, "scores": scores,
@@ -225,16 +220,21 @@ def metadata_of(model, output: str, function: Function, *, float_input: bool, ch
 
 
 def export_onnx(model, *, output: str = "auto", pool: str | None = None, float_input: bool = False,
-                checkpoint: str | None = None):
-    """(onnx_ir.Model, metadata) of `model`'s function for `output`; see the module docstring."""
+                checkpoint: str | None = None, scores: str | None = None):
+    """(onnx_ir.Model, metadata) of `model`'s function for `output`; see the module docstring. `scores` says what a
+    reader applies to exported logits ("softmax", "sigmoid" or "identity": the task's `Presentation.score_function`,
+    `vidjax.predictions.score_function(model.task)`), which a logits export needs."""
     where = f"--checkpoint={checkpoint}" if checkpoint else f"this {model.model_name} model"
     asked = output
     output = resolve_output(model, output, checkpoint)
+    if output == "logits" and scores is None:
+        raise ValueError(f"{where} exports logits: pass scores= (what a reader applies to them, the task's "
+                         f"`Presentation.score_function`: vidjax.predictions.score_function(model.task)).")
     if pool and output != "embeddings":
         raise OnnxExportError(f"--pool={pool} pools embeddings; {where} exports {output} (--output={asked}). Add "
                               f"--output=embeddings, or drop --pool.")
     function = function_of(model, output, pool=pool, float_input=float_input)
-    metadata = metadata_of(model, output, function, float_input=float_input, checkpoint=checkpoint)
+    metadata = metadata_of(model, output, function, float_input=float_input, checkpoint=checkpoint, scores=scores)
     to_onnx = _import_jax2onnx()
     specs = [function.inputs[name] for name in function.inputs]
     try:
