@@ -15,7 +15,7 @@ from vidjax.commands import evaluate
 from vidjax.config_lib import ConfigError
 from vidjax.metric_writer import read_metrics
 from vidjax.models import ParamKeys, captioner, svt, videomae, vjepa2
-from vidjax.tasks import training_of
+from vidjax.tasks import readout_of, training_of
 
 HEAD_METRICS = ("loss", "top1", "top5", "macro_f1", "decode_failures")
 
@@ -53,10 +53,12 @@ def test_two_evaluators_log_each_at_its_own_cadence_and_prefix(tmp_path):
 def test_without_config_evals_the_task_gives_one_default_evaluator():
     config = task_config("classification", eval_every=7, eval_batches=3)
     assert evaluators.entries(config) == {"eval": {}}
-    (settings,) = [evaluators._settings(config, name, entry) for name, entry in evaluators.entries(config).items()]
+    spec = training_of("classification")
+    (settings,) = [evaluators._settings(config, spec, name, entry)
+                   for name, entry in evaluators.entries(config).items()]
     assert (settings["type"], settings["every"], settings["batches"], settings["prefix"]) == (
         "classification", 7, 3, "eval_")
-    assert evaluators.config_problems(config) == []
+    assert evaluators.config_problems(config, spec) == []
     assert evaluators.get("knn").evaluates_init and evaluators.get("attentive").evaluates_init
     assert not evaluators.get("classification").evaluates_init
 
@@ -79,7 +81,7 @@ def test_config_evals_problems_name_their_keys():
         f=dict(label_space="k500"),
         g=dict(type="attentive", bank="test", depth=0, heads=-1, lr=0, weight_decay="big", epochs=2.5, seed="one"))
     config.evals.a.prefix = "a_"
-    problems = "\n".join(evaluators.config_problems(config))
+    problems = "\n".join(evaluators.config_problems(config, training_of("classification")))
     assert "config.evals.a.type='nope'; choose one of attentive, captioning, classification, knn" in problems
     assert ("config.evals.b.type='knn' measures a task whose model_name='svt' (config.task='classification' has "
             "None); its evaluators are attentive, classification." in problems), problems
@@ -112,6 +114,28 @@ def test_every_task_has_a_readout_and_a_default_evaluator_that_measures_it():
         assert evaluators.get(spec.evaluator).lacks(spec) == {}  # measured by what it is, not by its name
         if reads.probes:  # a head: its scores are measured by its evaluator and by a probe alike
             assert isinstance(reads, readout.HeadReadout)
+
+
+def test_an_evaluator_computes_with_the_contracts_the_run_hands_it():
+    """An evaluator imports no task module (tests/test_layering.py): the reconstruction evaluator's loss is the
+    reconstruction of the training spec in its context, and a task without the member an evaluator needs says so."""
+    config = tiny_config()
+    context = train.eval_context(config, None, metadata={}, sources={})
+    assert (context.spec, context.readout) == (training_of(config.task), readout_of(config.task))
+
+    class Fixed(type(context.spec)):
+        def reconstruct(self, config, model, batch, rng=None):
+            return {"loss": jnp.float32(1.5)}
+
+    context.spec = Fixed()
+    out = evaluators.get("reconstruction")(context).batch_outputs(None, {"video": None, "decode_failures": 0})
+    assert out == {"loss": 1.5, "decode_failures": 0}
+    with pytest.raises(NotImplementedError, match="captioning evaluator reads its training spec's caption_losses"):
+        training_of("classification").caption_losses(None, {})
+    with pytest.raises(NotImplementedError, match="'classification' writes no captions"):
+        readout_of("classification").decode_captions(config, np.zeros((1, 3), np.int32))
+    with pytest.raises(NotImplementedError, match="reconstruction evaluator reads its training spec's reconstruct"):
+        training_of("classification").reconstruct(config, None, {})
 
 
 @pytest.mark.parametrize("stored, variant", [("classification", "label"), ("multilabel", "labels"),
@@ -147,7 +171,8 @@ def test_attentive_probe_on_a_runs_encoder_logs_it_and_its_initial_weights(tmp_p
 
 
 def attentive_evaluator(config, **options):
-    return evaluators.get("attentive")(evaluators.EvalContext(config=config), name="probe", **options)
+    context = train.eval_context(config, None, metadata={}, sources={})
+    return evaluators.get("attentive")(context, name="probe", **options)
 
 
 def test_attentive_probe_scores_well_on_tokens_that_carry_the_class():

@@ -87,7 +87,8 @@ def test_losses_against_hand_computed_values():
 
 def eval_outputs(task, config, model, batch):
     """The per-example outputs of one batch from the task's default evaluator (`Evaluator.batch_outputs`)."""
-    return evaluators.get(training_of(task).evaluator)(evaluators.EvalContext(config)).batch_outputs(model, batch)
+    context = train.eval_context(config, None, metadata={}, sources={})  # the task's spec and readout, handed in
+    return evaluators.get(training_of(task).evaluator)(context).batch_outputs(model, batch)
 
 
 def test_multi_view_eval_averages_probabilities_not_logits():

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vidjax import config_lib, evaluators
+from vidjax import config_lib, evaluators, tasks, train
 from vidjax.data import kinetics
 
 
@@ -64,7 +64,8 @@ def _config(space: str, num_classes: int = 710) -> ml_collections.ConfigDict:
 
 def _eval_outputs(config, model, batch):
     """The classification evaluator's per-example outputs of one batch (`Evaluator.batch_outputs`)."""
-    return evaluators.get("classification")(evaluators.EvalContext(config)).batch_outputs(model, batch)
+    context = train.eval_context(config, None, metadata={}, sources={})  # the task's spec and readout, handed in
+    return evaluators.get("classification")(context).batch_outputs(model, batch)
 
 
 def test_eval_scores_k710_outputs_in_k400_order_over_views():
@@ -83,9 +84,13 @@ def test_eval_scores_k710_outputs_in_k400_order_over_views():
     assert _eval_outputs(_config(""), model, batch)["scores"].shape == (3, 710)
 
 
+def _evals_problems(config: ml_collections.ConfigDict) -> list[str]:
+    return evaluators.config_problems(config, tasks.training_of(config.task))
+
+
 def test_eval_label_space_needs_a_k710_head_and_a_known_release():
-    assert evaluators.config_problems(_config("k600")) == []  # the classification evaluator's label_space
-    (problem,) = evaluators.config_problems(_config("k400", num_classes=8))
+    assert _evals_problems(_config("k600")) == []  # the classification evaluator's label_space
+    (problem,) = _evals_problems(_config("k400", num_classes=8))
     assert "config.model.num_classes=8; set it to 710" in problem
-    (problem,) = evaluators.config_problems(_config("k500"))
+    (problem,) = _evals_problems(_config("k500"))
     assert "config.eval_label_space='k500'" in problem and "k400, k600 or k700" in problem

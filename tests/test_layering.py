@@ -142,3 +142,33 @@ def test_the_checker_sees_every_kind_of_import(tmp_path):
     assert found == {("vidjax", False), ("vidjax.data", False), ("vidjax.data.views", False),
                      ("vidjax.models", False), ("vidjax.models.layers", False), ("vidjax", True),
                      ("vidjax.tasks", True), ("vidjax.tasks.base", True)}
+
+
+def task_imports(module: str, path: pathlib.Path) -> list[str]:
+    """"file:line: module" of every import of `vidjax.tasks` or a module under it in the module at `path`."""
+    return [f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{node.lineno}: {target}"
+            for node, target, _ in imports(module, path)
+            if target == "vidjax.tasks" or target.startswith("vidjax.tasks.")]
+
+
+def test_evaluators_import_no_task_module():
+    """An evaluator reads the run's task only through what the run hands it (`EvalContext.spec`, `.readout`: the
+    task's training spec and readout), as big_vision's evaluators are handed their predict functions: no module under
+    vidjax/evaluators/ imports `vidjax.tasks` or a task module, at module level or inside a function."""
+    found = [line for module, path in MODULES.items()
+             if module == "vidjax.evaluators" or module.startswith("vidjax.evaluators.")
+             for line in task_imports(module, path)]
+    assert not found, ("Evaluators importing the tasks (take what they need from the EvalContext instead):\n"
+                       + "\n".join(found))
+
+
+def test_the_task_import_check_sees_every_spelling(tmp_path):
+    """`from vidjax import tasks`, `import vidjax.tasks.x` and a function-level `from vidjax.tasks.x import y` are
+    each found; an evaluator's import of another evaluator is not."""
+    source = ("from vidjax import tasks\nimport vidjax.tasks.captioning\nfrom vidjax.evaluators import base\n\n\n"
+              "def f():\n    from vidjax.tasks.pretrain import Training\n")
+    copy = tmp_path / "captioning.py"
+    copy.write_text(source)
+    found = {(int(line.split(":")[1]), line.split(": ")[1]) for line in task_imports("vidjax.evaluators.x", copy)}
+    assert found == {(1, "vidjax.tasks"), (2, "vidjax.tasks"), (2, "vidjax.tasks.captioning"), (7, "vidjax.tasks"),
+                     (7, "vidjax.tasks.pretrain")}

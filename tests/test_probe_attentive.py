@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vidjax import tasks
 from vidjax.commands import probe
 from vidjax.evaluators import probes
 from vidjax.models import ParamKeys
@@ -89,8 +90,8 @@ def test_the_trained_probe_reads_the_marked_token_wherever_it_is():
     train, clips, clip_label = x[:160], x[160:], label[160:]
 
     def fit():
-        return probes.fit_probe("classification", train, label[:160], num_outputs=NUM_CLASSES, probe="attentive",
-                                heads=4, seed=3)
+        return probes.fit_probe(tasks.readout_of("classification"), train, label[:160], num_outputs=NUM_CLASSES,
+                                probe="attentive", heads=4, seed=3)
 
     fitted = fit()
     scores = fitted.scores(clips)
@@ -189,6 +190,7 @@ def test_refusals(tmp_path, capsys):
     assert not list(tmp_path.glob("*.probe.json"))
     # train_probe itself refuses the wrong layout.
     with pytest.raises(probe.ProbeError, match="takes features shaped"):
-        probe.train_probe("classification", x.mean(axis=1), label, x.mean(axis=1), num_outputs=4, probe="attentive")
+        probe.train_probe(probes.CLASS_LABELS, x.mean(axis=1), label, x.mean(axis=1), num_outputs=4,
+                          probe="attentive")
     with pytest.raises(probe.ProbeError, match="takes features shaped"):
-        probe.train_probe("classification", x, label, x, num_outputs=4, probe="linear")
+        probe.train_probe(probes.CLASS_LABELS, x, label, x, num_outputs=4, probe="linear")

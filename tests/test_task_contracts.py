@@ -3,7 +3,8 @@ trainer, the evaluators, the input path's callers), the readout (predict, extrac
 presentation (the demo, export, push).
 
 The readers' sources are read with `ast` (not imported): the demo, export and push never look up a training spec,
-the trainer never a presentation, predict / extract / probe only readouts; no module outside vidjax/tasks/ reaches
+the trainer never a presentation (it looks up the run's training spec and readout, and hands both to the evaluators,
+which look up none), predict / extract / probe only readouts; no module outside vidjax/tasks/ reaches
 for a task module's TRAINING, READOUT or PRESENTATION past the lookups. At run time every task's three objects are of
 the three types and carry only their own members; the masks of pre-training follow one line from the config to the
 pipeline and the model. And the add-a-task recipe of docs/architecture.md works as written: its example module,
@@ -36,7 +37,7 @@ CONTRACT_MODULES = {"training_of": "vidjax.tasks.base", "readout_of": "vidjax.ta
                     "presentation_of": "vidjax.tasks.presentation"}
 # reader -> the lookups it may make (the others are another reader's).
 READERS = {
-    "vidjax/train/__init__.py": {"training_of"},
+    "vidjax/train/__init__.py": {"training_of", "readout_of"},  # readout_of: the evaluators' (`eval_context`)
     "vidjax/commands/data_bench.py": {"training_of"},
     "vidjax/commands/predict.py": {"readout_of"},
     "vidjax/commands/extract.py": {"readout_of"},
@@ -44,7 +45,8 @@ READERS = {
     "vidjax/commands/demo.py": {"readout_of", "presentation_of"},
     "vidjax/commands/export.py": {"readout_of", "presentation_of"},
     "vidjax/commands/push.py": {"readout_of", "presentation_of"},
-    **{str(path.relative_to(ROOT)): {"training_of", "readout_of"} for path in (PACKAGE / "evaluators").glob("*.py")},
+    # The evaluators look up nothing: the run hands them its task's training spec and readout (`EvalContext`).
+    **{str(path.relative_to(ROOT)): set() for path in (PACKAGE / "evaluators").glob("*.py")},
 }
 
 
@@ -101,9 +103,11 @@ def test_no_module_outside_tasks_takes_a_task_modules_objects_directly():
 # Members one contract's readers read, which the other two must not carry.
 TRAINING_MEMBERS = {"loss_fn", "loss_weights", "input_spec", "masks", "element_fields", "view_spec", "teacher",
                     "config_problems", "resolve", "init_targets", "metadata", "evaluator", "mixes", "pads_eval",
-                    "synthetic_task", "write_assets", "mix_label_smoothing", "ema_schedule", "hold"}
+                    "synthetic_task", "write_assets", "mix_label_smoothing", "ema_schedule", "hold", "reconstruct",
+                    "caption_losses"}
 READOUT_MEMBERS = {"scores", "describe", "format_prediction", "probe_targets", "probe_loss", "predicts", "probes",
-                   "output_kind", "kinetics_label_spaces", "probe_standardises_targets", "task_metrics", "ranked"}
+                   "output_kind", "kinetics_label_spaces", "probe_standardises_targets", "task_metrics", "ranked",
+                   "decode_captions"}
 PRESENTATION_MEMBERS = {"demo_output", "demo_description", "shown_scores", "timeline_columns", "timeline_cells",
                         "ranks_labels", "checkpoint_kind", "purpose", "hub_pipeline_tag", "hf_problem_type",
                         "score_function", "examples"}

@@ -375,7 +375,7 @@ def _fit(args, setting: dict, x_train, y_train, x_eval, num_outputs: int) -> np.
     if args.probe == "svm":
         return train_svm(args.task, x_train, y_train, x_eval, num_outputs=num_outputs, kernel=args.svm_kernel,
                          c=setting["C"], gamma=setting.get("gamma", "scale"))
-    return train_probe(args.task, x_train, y_train, x_eval, num_outputs=num_outputs, probe=args.probe,
+    return train_probe(tasks.readout_of(args.task), x_train, y_train, x_eval, num_outputs=num_outputs, probe=args.probe,
                        hidden=setting.get("hidden", args.hidden), heads=args.heads, depth=args.depth,
                        epochs=args.epochs, lr=setting["lr"], weight_decay=args.weight_decay,
                        batch_size=args.batch_size, seed=args.seed)

@@ -33,6 +33,9 @@ num_beams, length_penalty and samples, reconstruction's figure). Every evaluator
 Without config.evals a run has one evaluator, "eval", of the task's type, at config.eval_every over
 config.eval_batches: metrics eval_<metric> in rows of split "eval", as before evaluators were split from the tasks.
 `python -m vidjax.evaluate` runs the same evaluators on a checkpoint.
+
+Whoever runs them hands them the run task's training spec and readout (`EvalContext.spec`, `.readout`; here, the spec
+to `config_problems`): no module of this package imports a task module.
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
-from vidjax import tasks
 from vidjax.evaluators.base import SPLITS, EvalContext, Evaluator, with_data
 
 __all__ = ["EvalContext", "Evaluator", "Scheduled", "available", "config_problems", "entries", "from_config", "get"]
@@ -73,17 +76,16 @@ def entries(config: ml_collections.ConfigDict) -> dict[str, dict]:
             for name, entry in evals.items()}
 
 
-def _settings(config: ml_collections.ConfigDict, name: str, entry: Mapping) -> dict:
-    """The entry with its common keys' defaults filled in (the type's options left as given)."""
-    return {"type": tasks.training_of(config.task).evaluator, "every": config.eval_every, "split": "eval", "data": None,
+def _settings(config: ml_collections.ConfigDict, spec: Any, name: str, entry: Mapping) -> dict:
+    """The entry with its common keys' defaults filled in (the type's options left as given); the type's default is
+    the evaluator of the task whose training spec is `spec`."""
+    return {"type": spec.evaluator, "every": config.eval_every, "split": "eval", "data": None,
             "batches": config.eval_batches, "prefix": f"{name}_", "init": None, **entry}
 
 
-def config_problems(config: ml_collections.ConfigDict) -> list[str]:
-    """Mistakes in config.evals (or in the settings of the task's default evaluator), each naming its key."""
-    if config.task not in tasks.available():
-        return []  # the trainer reports the unknown task
-    spec = tasks.training_of(config.task)
+def config_problems(config: ml_collections.ConfigDict, spec: Any) -> list[str]:
+    """Mistakes in config.evals (or in the settings of the task's default evaluator) of a run whose task's training
+    spec is `spec`, each naming its key."""
     evals = config.get("evals")
     if evals is not None and not isinstance(evals, Mapping | ml_collections.ConfigDict):
         return [f"config.evals must be a dict of name -> evaluator entry, not {type(evals).__name__}."]
@@ -94,7 +96,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
             problems.append(f"{where} must be a dict (type, every, split, data, batches, prefix, init and the "
                             f"type's options), not {entry!r}.")
             continue
-        s = _settings(config, name, entry)
+        s = _settings(config, spec, name, entry)
         if name == "train":
             problems.append(f"{where}: 'train' names the training rows of metrics.jsonl; name the evaluation "
                             f"otherwise.")
@@ -168,7 +170,7 @@ def from_config(context: EvalContext) -> list[Scheduled]:
     """The evaluations context.config asks for (`entries`), built, their sources made and checked."""
     scheduled = []
     for name, entry in entries(context.config).items():
-        s = _settings(context.config, name, entry)
+        s = _settings(context.config, context.spec, name, entry)
         cls = get(s["type"])
         options = {key: s[key] for key in cls.options if key in s}
         evaluator = cls(context, name=name, split=s["split"], data=s["data"], batches=s["batches"], **options)

@@ -83,7 +83,7 @@ class Evaluator(base.BankEvaluator):
         num_classes = self.num_classes(outputs, "The attentive probe")
         heads = probes.attentive_heads(bank["tokens"].shape[-1], s["heads"], where=f"config.evals.{self.name}.heads")
         scores = probes.train_probe(
-            "classification", bank["tokens"], bank["label"].astype(np.int64), outputs["tokens"],
+            probes.CLASS_LABELS, bank["tokens"], bank["label"].astype(np.int64), outputs["tokens"],
             num_outputs=num_classes, probe="attentive", heads=heads, depth=s["depth"], epochs=s["epochs"],
             lr=s["lr"], weight_decay=s["weight_decay"], batch_size=s["batch_size"],
             seed=int(self.setting("seed", self.config.seed)))

@@ -6,6 +6,13 @@ An evaluator is built as `Evaluator(context, name=..., split=..., data=..., batc
 CLS features), so each says it in `batch_outputs(model, batch)` and the run's `EvalContext.step` compiles that for
 the run's mesh and parameter shardings (`vidjax.train.make_eval_step`: normalised videos in, outputs gathered to
 every process out). The host then computes whole-split metrics from the outputs (`metrics`), never per-batch means.
+
+What an evaluator knows of the run's task is what the run hands it in its `EvalContext`: the task's training spec
+(`spec`: its batches and masks, and what its evaluator computes with it, such as `reconstruct` or `caption_losses`)
+and its readout (`readout`: what the outputs mean, a head's metrics, `decode_captions`), which
+`vidjax.train.eval_context` looks up for the trainer and `python -m vidjax.evaluate`. No module here imports
+`vidjax.tasks` (`tests/test_layering.py` holds them to it), so an evaluator measures any task that has what it
+`requires`, by what it is.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vidjax import sharding, tasks
+from vidjax import sharding
 from vidjax.config_lib import ConfigError, raise_problems
 from vidjax.data import pipeline
 
@@ -46,6 +53,10 @@ class EvalContext:
     """What evaluators read of a run (the trainer's) or of an evaluated checkpoint (`python -m vidjax.evaluate`)."""
 
     config: ml_collections.ConfigDict  # the run's, resolved
+    # The run task's training spec (`vidjax.tasks.base.TrainingSpec`) and readout (`vidjax.tasks.readout.Readout`):
+    # all an evaluator reads of the task.
+    spec: Any
+    readout: Any
     setup: Any = None  # vidjax.train.Setup: mesh, graphdef, parameter shardings, abstract model
     # (config, setup, outputs_fn) -> jitted (params, batch) -> outputs: `vidjax.train.make_eval_step`
     make_step: Callable | None = None
@@ -80,7 +91,7 @@ class Evaluator(abc.ABC):
     evaluates_init = False  # the default of the entry's `init`: also score the initial weights of a fresh run
 
     @classmethod
-    def lacks(cls, spec: tasks.TrainingSpec) -> dict[str, tuple[Any, Any]]:
+    def lacks(cls, spec: Any) -> dict[str, tuple[Any, Any]]:
         """{attribute: (what it needs, what the training spec `spec` has)} of the requirements `spec` does not meet;
         {} if it fits."""
         return {key: (value, getattr(spec, key, None)) for key, value in cls.requires.items()
@@ -94,8 +105,8 @@ class Evaluator(abc.ABC):
         self.context, self.name, self.split, self.batches = context, name, split, int(batches)
         self.data = dict(data or {})
         self.config = with_data(context.config, self.data)  # the run's, or with this evaluator's data
-        self.spec = tasks.training_of(context.config.task)  # what the task trains on: its batches, its masks
-        self.readout = tasks.readout_of(context.config.task)  # how its outputs read
+        self.spec = context.spec  # what the task trains on: its batches, its masks
+        self.readout = context.readout  # how its outputs read
         self.settings = {**self.options, **options}
         self.outputs: dict[str, np.ndarray] = {}  # the last run's per-example outputs (padded evals only)
         self.result: dict[str, float] = {}  # the last run's metrics, unprefixed

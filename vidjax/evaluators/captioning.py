@@ -4,7 +4,8 @@ at 1) and the captions are scored on the host against every reference with the C
 rougeL, cider, bleu4_constant (the BLEU-4 of always answering the most frequent training caption, when the run
 recorded it: what a captioner that ignores the video scores) and captions_truncated (eval captions cut by
 config.caption.max_length). The end of training prints `samples` captions beside their references and writes them
-all to WORKDIR/eval_captions.txt.
+all to WORKDIR/eval_captions.txt. The losses and the captions' words come from the task it was handed: its training
+spec's `caption_losses` and its readout's `decode_captions` (the run's tokenizer).
 
 Options: num_beams, length_penalty, samples (defaults: config.caption's).
 """
@@ -14,12 +15,12 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vidjax import fileio, metrics
 from vidjax.evaluators import base
-from vidjax.tasks import captioning
+
+CAPTIONS_STEM = "eval_captions"  # WORKDIR/eval_captions.txt, eval_captions_NAME.txt for another evaluation NAME
 
 
 class Evaluator(base.Evaluator):
@@ -29,14 +30,14 @@ class Evaluator(base.Evaluator):
     def batch_outputs(self, model, batch: dict) -> dict[str, jax.Array]:
         """{"tokens": (B, max_length) the generated caption ids, start token first; "loss": (B,) each caption's
         teacher-forced loss per token; "index", "truncated"}, and the batch's "valid" / "decode_failures" rows."""
-        nll, weights, _ = captioning.token_nll(model, batch, None)
+        loss = self.spec.caption_losses(model, batch)
         cap = self.config.caption
         tokens = model.generate(batch["video"], max_new_tokens=int(cap.max_length) - 1,
                                 num_beams=int(self.setting("num_beams", cap.num_beams)),
                                 length_penalty=float(self.setting("length_penalty", cap.length_penalty)))
         passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
-        return {"tokens": tokens, "loss": (nll * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0),
-                "index": batch["index"], "truncated": batch["caption_truncated"], **passed}
+        return {"tokens": tokens, "loss": loss, "index": batch["index"], "truncated": batch["caption_truncated"],
+                **passed}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         predictions, references = self.captions(outputs)
@@ -49,9 +50,7 @@ class Evaluator(base.Evaluator):
 
     def captions(self, outputs: dict[str, np.ndarray]) -> tuple[list[str], list[tuple[str, ...]]]:
         """(generated captions, reference captions) of gathered outputs."""
-        config = self.config
-        predictions = captioning.tokenizer_for(config).decode_generated(outputs["tokens"],
-                                                                        config.model.decoder.eos_token_id)
+        predictions = self.readout.decode_captions(self.config, outputs["tokens"])
         references = [tuple(self.source[int(i)]["captions"]) for i in outputs["index"]]
         return predictions, references
 
@@ -70,7 +69,7 @@ class Evaluator(base.Evaluator):
         if shown:
             print(f"Eval captions at step {step} ({min(shown, len(predictions))} of {len(predictions)}):\n"
                   + "\n".join(lines[: sum(2 + len(r) for r in references[:shown])]), flush=True)
-        path = os.path.join(self.context.workdir, self.file_name(os.path.splitext(captioning.CAPTIONS_FILE)[0], "txt"))
+        path = os.path.join(self.context.workdir, self.file_name(CAPTIONS_STEM, "txt"))
         with fileio.atomic_output(path) as f:
             f.write("\n".join(lines) + "\n")
         return [path]

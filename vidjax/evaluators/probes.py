@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vidjax import platform, tasks
+from vidjax import platform
 from vidjax.models import ParamKeys, layers, vjepa2
 
 PROBES = ("linear", "mlp", "attentive")  # the probes `train_probe` fits
@@ -51,6 +52,27 @@ SCORE_ROWS = 256  # rows a trained probe scores at a time
 
 class ProbeError(ValueError):
     """Features or targets that cannot train the requested probe; the message says which flag or file."""
+
+
+class ClassLabels:
+    """How a probe fits one class per clip (integer labels): softmax cross-entropy on its outputs, read as class
+    probabilities. It answers `fit_probe` as a task's readout does (`vidjax.tasks.readout.Readout`'s probe members);
+    the attentive evaluator's probe fits it whatever the run's task, a classifier of the `label` column as V-JEPA 2's
+    evaluation is."""
+
+    probe_standardises_targets = False
+
+    def probe_targets(self, targets: np.ndarray) -> np.ndarray:
+        return np.asarray(targets, np.int32)
+
+    def probe_loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, targets))
+
+    def scores(self, logits: jax.Array) -> jax.Array:
+        return jax.nn.softmax(logits, axis=-1)
+
+
+CLASS_LABELS = ClassLabels()
 
 
 def moments(x: np.ndarray, axes: tuple[int, ...] = (0,)) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +181,7 @@ def _outputs(apply: Callable, params, x: jax.Array) -> jax.Array:
 class FittedProbe:
     """A trained probe and the training statistics it standardises with: `scores(x)` of new features."""
 
-    task: str
+    readout: Any  # what its outputs mean (`scores`): the readout `fit_probe` was given
     apply: Callable  # (params, standardised features) -> outputs
     params: object
     mean: np.ndarray
@@ -175,7 +197,7 @@ class FittedProbe:
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (classification), per-class sigmoid scores (multilabel) or values in the targets'
         units (regression) of features `x`."""
-        scores = np.asarray(tasks.readout_of(self.task).scores(self.outputs(x)))
+        scores = np.asarray(self.readout.scores(self.outputs(x)))
         if self.target_moments is None:
             return scores
         y_mean, y_std = self.target_moments
@@ -188,12 +210,14 @@ def training_settings(probe: str, **given: float | None) -> dict:
     return {key: default if given.get(key) is None else given[key] for key, default in defaults.items()}
 
 
-def fit_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, *, num_outputs: int, probe: str = "linear",
+def fit_probe(readout: Any, x_train: np.ndarray, y_train: np.ndarray, *, num_outputs: int, probe: str = "linear",
               hidden: int = 256, heads: int = 0, depth: int = 1, epochs: int | None = None, lr: float | None = None,
               weight_decay: float | None = None, batch_size: int | None = None, seed: int = 0) -> FittedProbe:
     """Trains `probe` on (x_train, y_train) with AdamW on minibatches drawn by `seed` (whole batches only; the
     attentive probe's learning rate cosine-decays to 0 over the run, as V-JEPA 2's evals). epochs, lr, weight_decay
-    and batch_size left None are the probe's `DEFAULTS`.
+    and batch_size left None are the probe's `DEFAULTS`. `readout` says how it fits and reads the targets: a task's
+    readout (`vidjax.tasks.readout_of(task)`: `probe_targets`, `probe_loss`, `probe_standardises_targets`, `scores`),
+    or `CLASS_LABELS`.
 
     Features (and regression targets) are standardised with training statistics: per dimension over the rows, or for
     probe="attentive", which takes (N, tokens, D) features, over all training tokens. `hidden`: the MLP's units;
@@ -209,10 +233,9 @@ def fit_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, *, num_output
         heads = attentive_heads(x_train.shape[-1], heads)
     mean, std = moments(x_train, axes=tuple(range(x_train.ndim - 1)))
     x_train = (x_train - mean) / std
-    contract = tasks.readout_of(task)
-    y = contract.probe_targets(y_train)
+    y = readout.probe_targets(y_train)
     target_moments = None
-    if contract.probe_standardises_targets:
+    if readout.probe_standardises_targets:
         target_moments = moments(y)
         y = (y - target_moments[0]) / target_moments[1]
     rng = np.random.default_rng(seed)
@@ -231,14 +254,14 @@ def fit_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, *, num_output
             rows = order[start:start + batch]
             opt_state.hyperparams["learning_rate"] = jnp.asarray(schedule(step) if schedule else lr, jnp.float32)
             params, opt_state = _step(params, opt_state, x_train[rows], y[rows], apply=apply,
-                                      loss=contract.probe_loss)
+                                      loss=readout.probe_loss)
             step += 1
-    return FittedProbe(task, apply, params, mean, std, target_moments)
+    return FittedProbe(readout, apply, params, mean, std, target_moments)
 
 
-def train_probe(task: str, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, *, num_outputs: int,
+def train_probe(readout: Any, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, *, num_outputs: int,
                 probe: str = "linear", **settings) -> np.ndarray:
-    """The scores on x_eval (`FittedProbe.scores`) of the probe `fit_probe(task, x_train, y_train, ...)` trains with
-    `settings` (hidden, heads, depth, epochs, lr, weight_decay, batch_size, seed)."""
+    """The scores on x_eval (`FittedProbe.scores`) of the probe `fit_probe(readout, x_train, y_train, ...)` trains
+    with `settings` (hidden, heads, depth, epochs, lr, weight_decay, batch_size, seed)."""
     _check_layout(probe, x_train, x_eval)
-    return fit_probe(task, x_train, y_train, num_outputs=num_outputs, probe=probe, **settings).scores(x_eval)
+    return fit_probe(readout, x_train, y_train, num_outputs=num_outputs, probe=probe, **settings).scores(x_eval)

@@ -1,7 +1,7 @@
 """Masked pre-training (VideoMAE): the masked-reconstruction loss, estimated on whole eval batches (the split is
 trimmed to them: `TrainingSpec.pads_eval`), as metric loss; the end of training draws the reconstruction of the first
 eval clip (reconstruction.png: original, masked input, reconstruction). Both mask as the task's input spec does and
-hand the model the spec's counts (`vidjax.tasks.pretrain.reconstruct`).
+hand the model the spec's counts: the training spec it was handed reconstructs (`TrainingSpec.reconstruct`).
 
 Options: figure (default config.figure).
 """
@@ -15,10 +15,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import losses, sharding, tasks, visualize_lib
+from vidjax import losses, sharding, visualize_lib
 from vidjax.data import pipeline
 from vidjax.evaluators import base
-from vidjax.tasks.pretrain import reconstruct
 
 
 class Evaluator(base.Evaluator):
@@ -28,7 +27,7 @@ class Evaluator(base.Evaluator):
     def batch_outputs(self, model, batch: dict) -> dict[str, jax.Array]:
         """{"loss": (,)}: the masked reconstruction loss of the batch, and its "decode_failures" rows."""
         passed = {k: batch[k] for k in ("valid", "decode_failures") if k in batch}
-        loss = reconstruct(model, batch, self.spec.masks(self.config, model))["loss"]
+        loss = self.spec.reconstruct(self.config, model, batch)["loss"]
         return {"loss": loss, **passed}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
@@ -42,8 +41,8 @@ class Evaluator(base.Evaluator):
         return [path]
 
 
-def write_reconstruction_figure(config: ml_collections.ConfigDict, setup, spec: tasks.TrainingSpec, params,
-                                eval_source, path: str) -> None:
+def write_reconstruction_figure(config: ml_collections.ConfigDict, setup, spec, params, eval_source,
+                                path: str) -> None:
     """Original / masked input / reconstruction of the first eval clip, masked as the task's training spec `spec`
     has the input path mask it, as a PNG (written by process 0)."""
     inputs = spec.input_spec(config, setup.abstract_model)
@@ -55,7 +54,7 @@ def write_reconstruction_figure(config: ml_collections.ConfigDict, setup, spec: 
 
     def predict(params, video, mask, decoder_mask):
         batch = {"video": losses.normalize_video(video, mean, std), "mask": mask, "decoder_mask": decoder_mask}
-        out = reconstruct(nnx.merge(setup.graphdef, params), batch, masks)
+        out = spec.reconstruct(config, nnx.merge(setup.graphdef, params), batch)
         return {k: out[k][0] for k in ("pred", "masked_ids", "decoded_ids", "loss_mask") if k in out}
 
     # Only clip 0 is returned, replicated, so every process can read it whatever the mesh.

@@ -19,6 +19,9 @@ A task is three contracts, each read only by its own readers (`vidjax.tasks`): t
   - how it trains: `loss_weights` (class or positive weights from config.loss), `loss_fn`, `mix_label_smoothing`;
   - which evaluator measures it when config.evals names none (`evaluator`: a `vidjax.evaluators` type, whose
     module computes the eval outputs, the whole-split metrics and the figures a run or an evaluation leaves);
+  - what its evaluator computes with it, on the device, for a task that has it (`reconstruct`: a masked batch's
+    reconstruction with the spec's mask counts; `caption_losses`: each caption's teacher-forced loss); the
+    evaluators are handed the spec (`vidjax.evaluators.base.EvalContext`) and never import a task module;
   - what a checkpoint records for inference (`metadata`);
   - for self-supervised tasks that learn against a teacher kept as the EMA of the weights (SVT; latent prediction
     such as V-JEPA): its `teacher` (a `Teacher`: the momentum schedule, state beside the parameters, work on the
@@ -181,6 +184,21 @@ class TrainingSpec:
     def mix_label_smoothing(self, config: ml_collections.ConfigDict) -> float:
         """The label smoothing mixup / cutmix apply to the targets they mix (`mixes` tasks)."""
         return 0.0
+
+    # ---- what its evaluator computes with it ----
+    def reconstruct(self, config: ml_collections.ConfigDict, model, batch: dict, rng: jax.Array | None = None
+                    ) -> dict[str, jax.Array]:
+        """The model's reconstruction of a batch masked as the input path masks it (batch["mask"], and
+        batch["decoder_mask"] for dual masking), handed the counts of masked and decoded tokens of `masks`: what a
+        masked-prediction task's loss and the reconstruction evaluator read."""
+        raise NotImplementedError(f"task {self.name!r} reconstructs no masked input: the reconstruction evaluator "
+                                  f"reads its training spec's reconstruct")
+
+    def caption_losses(self, model, batch: dict) -> jax.Array:
+        """(B,): each caption's teacher-forced loss per token (its real tokens, padding excluded), what the
+        captioning evaluator reports as its loss."""
+        raise NotImplementedError(f"task {self.name!r} writes no captions: the captioning evaluator reads its "
+                                  f"training spec's caption_losses")
 
     # ---- what a checkpoint records ----
     def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:

@@ -40,7 +40,6 @@ from vidjax.tasks import base, presentation, readout
 from vidjax.tokenizer import CaptionTokenizer, TokenizerError
 
 TOKENIZER_DIR = "tokenizer"  # in the workdir, as in a converted checkpoint (pretrained.load reads it)
-CAPTIONS_FILE = "eval_captions.txt"
 CAPTION_SOURCES = ("synthetic", "csv", "charades")  # the sources that carry captions
 # Decoder keys a run decides rather than taking a GPT-2 checkpoint's: the captioner reads the video through
 # cross-attention, its dropout is the recipe's, and its special ids are the tokenizer's.
@@ -230,6 +229,11 @@ class Training(base.TrainingSpec):
 
         return loss_fn
 
+    # ---- what its evaluator computes with it ----
+    def caption_losses(self, model, batch: dict) -> jax.Array:
+        nll, weights, _ = token_nll(model, batch, None)
+        return (nll * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+
     # ---- what a checkpoint records ----
     def metadata(self, config: ml_collections.ConfigDict, train_source) -> dict:
         """The most frequent training caption (`metrics.constant_caption`), for `bleu4_constant`."""
@@ -247,6 +251,10 @@ class Readout(readout.Readout):
     target_key = Training.target_key
     output_kind = "caption"
     predicts = True
+
+    def decode_captions(self, config: ml_collections.ConfigDict, tokens: np.ndarray) -> list[str]:
+        """Read with the run's tokenizer (`tokenizer_for`), each up to the decoder's end token."""
+        return tokenizer_for(config).decode_generated(tokens, config.model.decoder.eos_token_id)
 
 
 TRAINING = Training()

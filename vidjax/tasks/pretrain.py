@@ -5,7 +5,7 @@ reconstruction figure of the first eval clip.
 
 The masks follow one line: config.model (mask_ratio, decoder_mask_type, decoder_mask_ratio) and the model's token
 grid make the `vidjax.patches.MaskSpec` of the input spec (`Training.masks`), by which the input path draws them and
-from which the loss hands the model its counts (`reconstruct`).
+from which the loss and the reconstruction evaluator hand the model its counts (`Training.reconstruct`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,6 @@ import numpy as np
 
 from vidjax.patches import MaskSpec
 from vidjax.tasks import base, presentation, readout
-
-
-def reconstruct(model, batch: dict, masks: MaskSpec, rng: jax.Array | None = None) -> dict[str, jax.Array]:
-    """The model's reconstruction of a batch masked as `masks` describes (its counts of masked and decoded
-    tokens): what the loss and the reconstruction evaluator read."""
-    return model(batch["video"], batch["mask"], decoder_mask=batch.get("decoder_mask"), rng=rng,
-                 num_masked=masks.num_masked, num_decoded=masks.num_decoded)
 
 
 class Training(base.TrainingSpec):
@@ -37,10 +30,16 @@ class Training(base.TrainingSpec):
                              "one will do) to input_spec.")
         return MaskSpec.of(config.model, model.encoder.grid)
 
+    def reconstruct(self, config: ml_collections.ConfigDict, model, batch: dict, rng: jax.Array | None = None
+                    ) -> dict[str, jax.Array]:
+        masks = self.masks(config, model)
+        return model(batch["video"], batch["mask"], decoder_mask=batch.get("decoder_mask"), rng=rng,
+                     num_masked=masks.num_masked, num_decoded=masks.num_decoded)
+
     def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,
                 pos_weight: np.ndarray | None = None) -> base.LossFn:
         def masked_reconstruction(model, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, dict]:
-            return reconstruct(model, batch, self.masks(config, model), rng)["loss"], {}
+            return self.reconstruct(config, model, batch, rng)["loss"], {}
 
         return masked_reconstruction
 

@@ -7,8 +7,10 @@ are scored against (`target_key`: what a features file carries for a probe), wha
 (`scores`: probabilities, per-class scores or values), how a video's averaged scores read as a prediction
 (`describe`, `format_prediction`, and for a head `score_name`, `scores_name`, `ranked`), whether `predict` and
 `probe` take the task at all (`predicts`, `probes`), whether its head can be read in another Kinetics release's
-classes (`kinetics_label_spaces`), how a probe fits it (`probe_targets`, `probe_loss`, `probe_standardises_targets`)
-and a head's metrics (`task_metrics`). Each task module's READOUT is one; `vidjax.tasks.readout_of(name)` gives it.
+classes (`kinetics_label_spaces`), how a probe fits it (`probe_targets`, `probe_loss`, `probe_standardises_targets`),
+a head's metrics (`task_metrics`) and, for a captioner, how its generated token ids read (`decode_captions`). Each task
+module's READOUT is one; `vidjax.tasks.readout_of(name)` gives it, and the evaluators are handed the run's
+(`vidjax.evaluators.base.EvalContext`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 
@@ -44,6 +47,11 @@ class Readout:
     def format_prediction(self, prediction: dict, indent: str = "  ") -> list[str]:
         """The text form of `describe`'s output, one line per label or value."""
         raise NotImplementedError(f"task {self.name!r} makes no predictions from scores")
+
+    def decode_captions(self, config: ml_collections.ConfigDict, tokens: np.ndarray) -> list[str]:
+        """The captions of generated token ids (N, L), each read up to its end token: what the captioning
+        evaluator scores."""
+        raise NotImplementedError(f"task {self.name!r} writes no captions")
 
     def probe_targets(self, targets: np.ndarray) -> np.ndarray:
         """Targets as a probe trains on them."""

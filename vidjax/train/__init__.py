@@ -104,7 +104,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"({task.recipe} is the recipe).")
     if task is not None:
         problems += task.config_problems(config)
-        problems += evaluators.config_problems(config)
+        problems += evaluators.config_problems(config, task)
     problems += metric_writer.wandb_problems(config)
     loss = config.loss
     if min(loss.mixup_alpha, loss.cutmix_alpha) < 0 or not (0 <= loss.mixup_prob <= 1 and
@@ -675,10 +675,12 @@ def eval_params(state: dict) -> dict:
 
 def eval_context(config: ml_collections.ConfigDict, setup: Setup, *, metadata: dict, sources: dict,
                  class_names=None, workdir: str | None = None) -> evaluators.EvalContext:
-    """What the evaluators of a run (or of `python -m vidjax.evaluate`) read: the config, the mesh and shardings
-    their steps compile for (`make_eval_step`), the checkpoint metadata and the splits' sources."""
-    return evaluators.EvalContext(config=config, setup=setup, make_step=make_eval_step, metadata=metadata,
-                                  sources=dict(sources), class_names=class_names, workdir=workdir)
+    """What the evaluators of a run (or of `python -m vidjax.evaluate`) read: the config, the task's training spec
+    and readout (all they know of the task: they import no task module), the mesh and shardings their steps compile
+    for (`make_eval_step`), the checkpoint metadata and the splits' sources."""
+    return evaluators.EvalContext(config=config, spec=tasks.training_of(config.task),
+                                  readout=tasks.readout_of(config.task), setup=setup, make_step=make_eval_step,
+                                  metadata=metadata, sources=dict(sources), class_names=class_names, workdir=workdir)
 
 
 def check_targets(config: ml_collections.ConfigDict, source) -> None:
