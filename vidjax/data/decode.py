@@ -893,16 +893,10 @@ class _FrameReader:
         """
         meta = self.meta
         period = 1 / meta.fps
-        times = [meta.start + k * period + period / 2 for k in wanted]
-        # A packet's frame is shown by time t when pts * time_base <= t, i.e. pts <= floor(t / time_base).
-        limits = [math.floor(t / meta.time_base) for t in times]
+        times, limits = self._times_and_limits(wanted)
         packets: list[av.Packet] = []
         beyond, ended = 0, True
-        for packet in self._packets(seeked):
-            if packet.size == 0 and packet.pts is None:
-                continue  # the demuxer's end-of-stream packet
-            if packet.pts is None or packet.size == 0 or packet.is_corrupt:
-                raise _NoPlan
+        for packet in self._plannable_packets(seeked):
             packets.append(packet)
             if packet.pts > limits[-1]:
                 beyond += 1
@@ -949,6 +943,24 @@ class _FrameReader:
                 raise _NoPlan
         return [decoded[p] for p in picks]
 
+    def _times_and_limits(self, wanted: Sequence[int]) -> tuple[list[Fraction], list[int]]:
+        """(each index's time, the middle of its frame slot; the greatest timestamp a packet shown by that time can
+        have): a packet's frame is shown by time t when pts * time_base <= t, i.e. pts <= floor(t / time_base)."""
+        meta = self.meta
+        period = 1 / meta.fps
+        times = [meta.start + k * period + period / 2 for k in wanted]
+        return times, [math.floor(t / meta.time_base) for t in times]
+
+    def _plannable_packets(self, seeked: bool) -> Iterator[av.Packet]:
+        """`_packets` a plan of which to decode is made from: the demuxer's end-of-stream packet left out, and
+        _NoPlan at one without a timestamp, empty or corrupt."""
+        for packet in self._packets(seeked):
+            if packet.size == 0 and packet.pts is None:
+                continue  # the demuxer's end-of-stream packet
+            if packet.pts is None or packet.size == 0 or packet.is_corrupt:
+                raise _NoPlan
+            yield packet
+
     def _packets(self, seeked: bool) -> Iterator[av.Packet]:
         """The stream's packets from the current position; after a seek (`seeked`), from the first keyframe on. A
         seek can land a few packets before the keyframe (MPEG program streams seek by bytes): those packets belong
@@ -975,100 +987,32 @@ class _FrameReader:
         made or does not hold; the caller then decodes every frame."""
         if not wanted:
             return
-        meta = self.meta
-        period = 1 / meta.fps
-        # A packet's frame is shown by index k's time t when pts * time_base <= t, i.e. pts <= floor(t / time_base).
-        limits = [math.floor((meta.start + k * period + period / 2) / meta.time_base) for k in wanted]
-        seeked = wanted[0] > 0
+        _, limits = self._times_and_limits(wanted)
+        seeked = self._start_for(wanted[0], rewind)
+        picks = _StreamedPicks(self, wanted, limits)
+        for packet in self._plannable_packets(seeked):
+            if seeked and not picks.seen and packet.pts > limits[0]:
+                raise _SeekMissed  # open-GOP leading frames before the keyframe reference the GOP before
+            picks.demuxed(packet)
+            picks.decide(ended=False)
+            yield from picks.send_known()
+            if picks.all_decided:
+                break  # every picked packet has been demuxed
+        yield from picks.finish()
+
+    def _start_for(self, first: int, rewind: bool) -> bool:
+        """Places the demuxer for a pass from index `first`: at the keyframe before it (returns True: the packets
+        are read from that keyframe on), else at the start where `rewind` asks or the container does not seek, else
+        where it stands (False)."""
+        seeked = first > 0
         if seeked:
             try:
-                self._seek_before(wanted[0])
+                self._seek_before(first)
             except _SeekMissed:  # a container that does not seek: from the start, every frame before passed over
                 seeked, rewind = False, True
         if rewind and not seeked:
             self.container.seek(0)
-        context = self.stream.codec_context
-        seen: list[int] = []  # the timestamps of the packets demuxed so far, sorted
-        queue: collections.deque[av.Packet] = collections.deque()  # demuxed, not yet sent to the decoder
-        picks: list[int] = []  # the timestamp each index picks, for the indices decided so far
-        needed: set[int] = set()
-        decoded: dict[int, av.VideoFrame] = {}  # picked frames decoded that an index not yet given may take
-        given = 0  # indices given so far
-        last_out: int | None = None  # the timestamp of the decoder's last frame
-
-        def decide(ended: bool) -> None:
-            while len(picks) < len(wanted):
-                at = bisect.bisect_right(seen, limits[len(picks)])
-                if not ended and len(seen) - at < _REORDER_PACKETS:
-                    return
-                if at == 0:
-                    raise _NoPlan  # no frame by the index's time yet: `on_grid` gives the first one shown
-                picks.append(seen[at - 1])
-                needed.add(seen[at - 1])
-
-        def known(pts: int) -> bool:
-            """Whether the packet at `pts` is known to be picked or passed over and needed as a reference (a packet
-            shown after every index waits for the end, which sends it only where a picked packet follows it)."""
-            if pts in needed:
-                return True
-            if not picks:
-                return False
-            first = bisect.bisect_left(limits, pts)  # the first index that could pick it
-            return first < len(limits) and (first < len(picks) or
-                                            bisect.bisect_right(seen, limits[first]) > bisect.bisect_right(seen, pts))
-
-        def send(packet: av.Packet | None) -> None:
-            nonlocal last_out
-            if packet is not None:
-                context.skip_frame = "DEFAULT" if packet.pts in needed else "NONREF"
-            try:
-                frames = context.decode(packet)
-            finally:
-                context.skip_frame = "DEFAULT"
-            for frame in frames:
-                self.num_decoded += 1
-                if frame.pts is None or (last_out is not None and frame.pts <= last_out):
-                    raise _NoPlan  # frames out of presentation order: leave the choice to `on_grid`
-                last_out = frame.pts
-                if frame.pts in needed:
-                    decoded[frame.pts] = frame
-
-        def ready() -> Iterator[tuple[int, av.VideoFrame]]:
-            nonlocal given
-            while given < len(picks) and picks[given] in decoded:
-                for pts in [p for p in decoded if p < picks[given]]:
-                    del decoded[pts]  # every index that picks it was given
-                yield wanted[given], decoded[picks[given]]
-                given += 1
-
-        for packet in self._packets(seeked):
-            if packet.size == 0 and packet.pts is None:
-                continue  # the demuxer's end-of-stream packet
-            if packet.pts is None or packet.size == 0 or packet.is_corrupt:
-                raise _NoPlan
-            if seeked and not seen and packet.pts > limits[0]:
-                raise _SeekMissed  # open-GOP leading frames before the keyframe reference the GOP before
-            at = bisect.bisect_left(seen, packet.pts)
-            if at < len(seen) and seen[at] == packet.pts:
-                raise _NoPlan  # two packets at one timestamp
-            seen.insert(at, packet.pts)
-            queue.append(packet)
-            decide(ended=False)
-            while queue and known(queue[0].pts):
-                send(queue.popleft())
-                yield from ready()
-            if len(picks) == len(wanted):
-                break  # every picked packet has been demuxed
-        if not seen:
-            raise _NoPlan
-        decide(ended=True)
-        last = max((n for n, packet in enumerate(queue) if packet.pts in needed), default=-1)
-        for packet in list(queue)[: last + 1]:  # none after the last picked one
-            send(packet)
-        send(None)  # drain the frames the decoder holds back for reordering
-        yield from ready()
-        if given < len(wanted):
-            raise _NoPlan  # a picked frame did not come out of the decoder
+        return seeked
 
     def _rewind(self) -> None:
         try:
@@ -1136,6 +1080,107 @@ class _FrameReader:
             yield slot, prev
             slot += 1
         self.covered = max(1, round((prev_end - meta.start) * meta.fps))
+
+
+class _StreamedPicks:
+    """The state of one `_FrameReader.picked` pass: the packets demuxed so far and those not yet sent to the decoder,
+    the timestamp each index picks once decided, and the picked frames decoded and not yet given.
+
+    A packet goes to the decoder once its fate is known (`known`): picked, or passed over as a possible reference,
+    under skip_frame NONREF. An index is decided once `_REORDER_PACKETS` packets after its time have been seen, or
+    the stream ended; it is given once its frame and every frame before it came out of the decoder."""
+
+    def __init__(self, reader: _FrameReader, wanted: Sequence[int], limits: list[int]):
+        self.reader, self.wanted, self.limits = reader, wanted, limits
+        self.context = reader.stream.codec_context
+        self.seen: list[int] = []  # the timestamps of the packets demuxed so far, sorted
+        self.queue: collections.deque[av.Packet] = collections.deque()  # demuxed, not yet sent to the decoder
+        self.picks: list[int] = []  # the timestamp each index picks, for the indices decided so far
+        self.needed: set[int] = set()
+        self.decoded: dict[int, av.VideoFrame] = {}  # picked frames decoded that an index not yet given may take
+        self.given = 0  # indices given so far
+        self.last_out: int | None = None  # the timestamp of the decoder's last frame
+
+    @property
+    def all_decided(self) -> bool:
+        return len(self.picks) == len(self.wanted)
+
+    def demuxed(self, packet: av.Packet) -> None:
+        """Takes in the next packet of the stream (a plannable one: `_FrameReader._plannable_packets`)."""
+        at = bisect.bisect_left(self.seen, packet.pts)
+        if at < len(self.seen) and self.seen[at] == packet.pts:
+            raise _NoPlan  # two packets at one timestamp
+        self.seen.insert(at, packet.pts)
+        self.queue.append(packet)
+
+    def decide(self, ended: bool) -> None:
+        """Decides the next indices whose pick the packets seen settle (all of them once the stream `ended`)."""
+        while len(self.picks) < len(self.wanted):
+            at = bisect.bisect_right(self.seen, self.limits[len(self.picks)])
+            if not ended and len(self.seen) - at < _REORDER_PACKETS:
+                return
+            if at == 0:
+                raise _NoPlan  # no frame by the index's time yet: `on_grid` gives the first one shown
+            self.picks.append(self.seen[at - 1])
+            self.needed.add(self.seen[at - 1])
+
+    def known(self, pts: int) -> bool:
+        """Whether the packet at `pts` is known to be picked or passed over and needed as a reference (a packet
+        shown after every index waits for the end, which sends it only where a picked packet follows it)."""
+        if pts in self.needed:
+            return True
+        if not self.picks:
+            return False
+        first = bisect.bisect_left(self.limits, pts)  # the first index that could pick it
+        return first < len(self.limits) and (
+            first < len(self.picks)
+            or bisect.bisect_right(self.seen, self.limits[first]) > bisect.bisect_right(self.seen, pts))
+
+    def send(self, packet: av.Packet | None) -> None:
+        """Decodes `packet` (None: drains the decoder), a picked one fully and any other under skip_frame NONREF,
+        keeping the picked frames that come out."""
+        context = self.context
+        if packet is not None:
+            context.skip_frame = "DEFAULT" if packet.pts in self.needed else "NONREF"
+        try:
+            frames = context.decode(packet)
+        finally:
+            context.skip_frame = "DEFAULT"
+        for frame in frames:
+            self.reader.num_decoded += 1
+            if frame.pts is None or (self.last_out is not None and frame.pts <= self.last_out):
+                raise _NoPlan  # frames out of presentation order: leave the choice to `on_grid`
+            self.last_out = frame.pts
+            if frame.pts in self.needed:
+                self.decoded[frame.pts] = frame
+
+    def ready(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(k, its frame) for the next indices whose frames have been decoded, in turn."""
+        while self.given < len(self.picks) and self.picks[self.given] in self.decoded:
+            for pts in [p for p in self.decoded if p < self.picks[self.given]]:
+                del self.decoded[pts]  # every index that picks it was given
+            yield self.wanted[self.given], self.decoded[self.picks[self.given]]
+            self.given += 1
+
+    def send_known(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Sends the queued packets whose fate is known, in order, giving the indices whose frames that decodes."""
+        while self.queue and self.known(self.queue[0].pts):
+            self.send(self.queue.popleft())
+            yield from self.ready()
+
+    def finish(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Once demuxing stops: the indices left decided, the queued packets up to the last picked one sent (none
+        after it), the decoder drained and every index left given; _NoPlan where one of them has no frame."""
+        if not self.seen:
+            raise _NoPlan
+        self.decide(ended=True)
+        last = max((n for n, packet in enumerate(self.queue) if packet.pts in self.needed), default=-1)
+        for packet in list(self.queue)[: last + 1]:  # none after the last picked one
+            self.send(packet)
+        self.send(None)  # drain the frames the decoder holds back for reordering
+        yield from self.ready()
+        if self.given < len(self.wanted):
+            raise _NoPlan  # a picked frame did not come out of the decoder
 
 
 # PyAV's error classes in the plain words of an error line; FFmpeg's own (`[Errno 1094995529] Invalid data found

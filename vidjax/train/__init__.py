@@ -549,6 +549,50 @@ class AheadOfTimeStep:
         return (self._result.get("compiled") or self.wait())(state, batch)
 
 
+def _device_batch(config: ml_collections.ConfigDict, batch: dict, mean, std, video_keys: tuple[str, ...]) -> dict:
+    """The batch a train step computes on: with device pixels, the clips cut from the planes the input path sent
+    (the planes dropped); then the videos under `video_keys` normalised with `mean` and `std`."""
+    if pixels.PLANE_KEYS[0] in batch:
+        video = pixels.batch_crops(batch, config.data.image_size, config.data.image_size,
+                                   jnp.dtype(config.model.get("dtype", "float32")))
+        batch = dict({key: value for key, value in batch.items() if key not in pixels.PLANE_KEYS}, video=video)
+    return dict(batch, **{key: losses.normalize_video(batch[key], mean, std) for key in video_keys})
+
+
+def _mixed(config: ml_collections.ConfigDict, spec: base.TrainingSpec, batch: dict, rng: jax.Array
+           ) -> tuple[dict, jax.Array]:
+    """(the batch with its videos mixed by mixup / cutmix (config.loss) and their targets as `soft_targets`, the key
+    left for the loss)."""
+    mix_rng, rng = jax.random.split(rng)
+    video, soft = mixup.mix(
+        mix_rng, batch["video"], batch[spec.target_key], mixup_alpha=config.loss.mixup_alpha,
+        cutmix_alpha=config.loss.cutmix_alpha, prob=config.loss.mixup_prob,
+        switch_prob=config.loss.mixup_switch_prob, label_smoothing=spec.mix_label_smoothing(config),
+        num_classes=config.model.num_classes)
+    return dict(batch, video=video, soft_targets=soft), rng
+
+
+def _ema(ema_params, params, decay: jax.Array | float):
+    """The exponential moving average `ema_params` moved towards `params` by 1 - `decay`, in its own dtypes."""
+    return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema_params, params)
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether every leaf of `tree` is finite. One reduction over a stacked vector: a chain of per-leaf `&`s would be
+    copied by XLA into the fusion of every state leaf (leaves x leaves operations; minutes of compile time for a
+    ViT-L)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(tree)]))
+
+
+def _unless_spike(accept: jax.Array, spike: ml_collections.ConfigDict, stats: dict, loss: jax.Array
+                  ) -> tuple[jax.Array, dict]:
+    """(`accept`, and `loss` within config.loss_spike's `factor` of the bias-corrected running mean of the losses
+    before it, which the first `min_steps` always are; the running statistics with `loss` taken in)."""
+    running = stats["ema"] / jnp.maximum(1.0 - spike.decay ** stats["count"].astype(jnp.float32), 1e-12)
+    accept &= (stats["count"] < spike.min_steps) | (loss <= spike.factor * running)
+    return accept, {"ema": spike.decay * stats["ema"] + (1.0 - spike.decay) * loss, "count": stats["count"] + 1}
+
+
 def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weights=None, pos_weight=None):
     """The jitted update: normalise on device, mixup / cutmix, loss and grads, optimizer and EMA update; the old
     state is donated.
@@ -572,28 +616,16 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     ema_decay = config.optimizer.ema_decay
     keeps_ema = ema_schedule is not None or bool(ema_decay)
     video_keys = spec.video_keys(config, train=True)
-    spike_factor, spike_decay, spike_min_steps = (config.loss_spike.factor, config.loss_spike.decay,
-                                                  config.loss_spike.min_steps)
     accum_steps = check_grad_accum(config, setup.mesh)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
-        if pixels.PLANE_KEYS[0] in batch:  # device pixels: the clips cut from the planes the input path sent
-            video = pixels.batch_crops(batch, config.data.image_size, config.data.image_size,
-                                       jnp.dtype(config.model.get("dtype", "float32")))
-            batch = dict({key: value for key, value in batch.items() if key not in pixels.PLANE_KEYS}, video=video)
-        batch = dict(batch, **{key: losses.normalize_video(batch[key], mean, std) for key in video_keys})
+        batch = _device_batch(config, batch, mean, std, video_keys)
         if teacher is not None:
             fields, carry = teacher.before_update(config, setup, state, batch)
             batch = dict(batch, **fields)
         if mix:
-            mix_rng, rng = jax.random.split(rng)
-            video, soft = mixup.mix(
-                mix_rng, batch["video"], batch[spec.target_key], mixup_alpha=config.loss.mixup_alpha,
-                cutmix_alpha=config.loss.cutmix_alpha, prob=config.loss.mixup_prob,
-                switch_prob=config.loss.mixup_switch_prob, label_smoothing=spec.mix_label_smoothing(config),
-                num_classes=config.model.num_classes)
-            batch = dict(batch, video=video, soft_targets=soft)
+            batch, rng = _mixed(config, spec, batch, rng)
 
         (loss, aux), grads = loss_and_grads(loss_fn, graphdef, state["params"], batch, rng, accum_steps, setup.mesh)
         if teacher is not None:
@@ -610,8 +642,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
             new = {"params": params, "opt_state": opt_state}
             if keeps_ema:
                 decay = ema_schedule(state["step"]) if ema_schedule is not None else ema_decay
-                new["ema_params"] = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
-                                                 state["ema_params"], params)
+                new["ema_params"] = _ema(state["ema_params"], params, decay)
             return new
 
         extra = {}
@@ -623,18 +654,11 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         # their finiteness; the update itself is made inside the conditional below. Made outside and selected by
         # it, every parameter and moment was copied into the conditional's result (a VideoMAE-S/16 pre-training
         # step here: 0.314 -> 0.268 s, docs/performance.md).
-        # One reduction over a stacked vector: a chain of per-leaf `&`s would be copied by XLA into the fusion of
-        # every state leaf (leaves x leaves operations; minutes of compile time for a ViT-L).
-        params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
-                                           for p in jax.tree.leaves(updated_params()[0])]))
+        params_finite = _all_finite(updated_params()[0])
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
         accept = finite
-        if spike_factor:
-            stats = state["loss_stats"]
-            running = stats["ema"] / jnp.maximum(1.0 - spike_decay ** stats["count"].astype(jnp.float32), 1e-12)
-            accept &= (stats["count"] < spike_min_steps) | (loss <= spike_factor * running)
-            extra["loss_stats"] = {"ema": spike_decay * stats["ema"] + (1.0 - spike_decay) * loss,
-                                   "count": stats["count"] + 1}
+        if config.loss_spike.factor:
+            accept, extra["loss_stats"] = _unless_spike(accept, config.loss_spike, state["loss_stats"], loss)
         # A rejected step is skipped: everything but the step counter keeps its old value, so the data order and
         # the random keys of later steps are those of a run without the bad step (and resume stays exact).
         # One conditional, not a select per leaf: XLA would copy the scalar test into every leaf's select fusion.
@@ -642,8 +666,8 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         kept = jax.lax.cond(accept, lambda: {**update(), **extra}, lambda: {k: state[k] for k in kept_keys})
         new_state = dict(kept, step=state["step"] + 1)
         step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-                   "finite": finite.astype(jnp.float32), "skipped": 1.0 - accept.astype(jnp.float32),
-                   "decode_failures": jnp.sum(batch["decode_failures"]), **aux}
+                        "finite": finite.astype(jnp.float32), "skipped": 1.0 - accept.astype(jnp.float32),
+                        "decode_failures": jnp.sum(batch["decode_failures"]), **aux}
         return new_state, step_metrics
 
     batch_sh = sharding.batch_sharding(setup.mesh)
