@@ -5,9 +5,10 @@ one table of step time, clips/s, achieved TFLOP/s and MFU, beside the PyTorch re
   bash scripts/bench_accelerator.sh --quick --out=q.json    # the same rows at toy sizes: a CPU check in a minute
   python -m vidjax.bench.matrix --families=videomae,vivit --dtypes=bfloat16 --batch_per_device=16
 
-Rows (`FAMILIES`, one entry per family): VideoMAE-B/16 pre-train (VideoMAE's masking, and VideoMAE V2's dual
-masking as `pretrain_v2`: the same encoder, the decoder on half of the tokens) and fine-tune, TimeSformer-B/16,
-ViViT-B/16x2 (model 1, joint attention, as the PyTorch reference) and VideoMamba-S/16 inference and fine-tune.
+Rows (`families()`: every model family whose traits declare a `vidjax.models.Benchmark`, in name order):
+TimeSformer-B/16 inference and fine-tune, VideoMAE-B/16 pre-train (VideoMAE's masking, and VideoMAE V2's dual
+masking as `pretrain_v2`: the same encoder, the decoder on half of the tokens) and fine-tune, and VideoMamba-S/16 and
+ViViT-B/16x2 (model 1, joint attention, as the PyTorch reference) inference and fine-tune.
 Each row is what `python -m vidjax.bench` times, through its own functions (`step.bench_config`, `step.time_vidjax`,
 `reference.time_torch`), in one process so that jax starts once: the trainer's jitted update step (pre-train,
 fine-tune) or the jitted forward (infer) on random inputs, `--steps` timed after `--warmup`, median reported.
@@ -52,31 +53,41 @@ import importlib.util
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 from vidjax import cli, config_lib
+
+if TYPE_CHECKING:  # the model modules load jax, which --help does not
+    from vidjax import models
 
 DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
+    """One family's rows: its model's name and what its traits say the matrix runs of it."""
+
     model: str
-    variant: str  # the full matrix's
-    modes: tuple[str, ...]
-    quick_variant: str  # --quick: the smallest the model takes, then cut to one block (`QUICK`)
+    bench: models.Benchmark  # the variants, the modes, --quick's settings, why no torch figures on a GPU
     frames: int = 16
     size: int = 224
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return self.bench.modes
 
-FAMILIES = [
-    Family("videomae", "B/16", ("pretrain", "pretrain_v2", "finetune"), "Mu/8"),
-    Family("timesformer", "B/16", ("infer", "finetune"), "Mu/8"),
-    Family("vivit", "B/16x2", ("infer", "finetune"), "Mu/8x2"),
-    Family("videomamba", "S/16", ("infer", "finetune"), "Mu/8"),
-]
-# --quick: 4 frames at 32 px, one block (and one decoder block), batch 1 per device, 1 step, no warm-up.
+
+def families() -> list[Family]:
+    """The matrix's families: every model family whose traits declare its benchmark rows, in name order."""
+    from vidjax import models  # imported here: reading the traits loads the model modules, so jax (--help does not)
+
+    return [Family(name, models.traits(name).benchmark) for name in models.available()
+            if models.traits(name).benchmark is not None]
+
+
+# --quick: 4 frames at 32 px, one block (and what the family's `Benchmark.quick_model` adds: one decoder block),
+# batch 1 per device, 1 step, no warm-up.
 QUICK = dict(frames=4, size=32, batch_per_device=1, steps=1, warmup=0, model=dict(depth=1))
-QUICK_VIDEOMAE = dict(decoder_depth=1)
 
 
 def _parser() -> cli.ArgumentParser:
@@ -85,8 +96,7 @@ def _parser() -> cli.ArgumentParser:
                         help="the same rows at toy sizes (4 frames at 32 px, one block, batch 1, 1 step): checks "
                              "the matrix end to end, on a CPU too; its times mean nothing")
     parser.add_argument("--out", help="write the rows as JSON to this file")
-    parser.add_argument("--families", default=",".join(f.model for f in FAMILIES),
-                        help="comma list of the families to run (default: all)")
+    parser.add_argument("--families", help="comma list of the families to run (default: all)")
     parser.add_argument("--modes", default="pretrain,finetune,infer,pretrain_v2",
                         help="comma list of the modes to run, of those each family has (default: all; pretrain_v2 is "
                              "VideoMAE pre-training with VideoMAE V2's dual masking)")
@@ -143,11 +153,8 @@ def torch_note(args, family: Family, mode: str, dtype: str, backend: str) -> str
 
         if not torch.cuda.is_available():
             return "torch sees no GPU (a CPU-only torch build?)"
-        if family.model == "videomamba":
-            # At 16 x 224 that is 3,137 Python steps per direction per block, about 150,000 kernel launches a
-            # forward pass: minutes per row, timing the launches rather than the model.
-            return ("not on GPU: the plain reference scans one token per Python step (mamba_ssm's CUDA kernels are "
-                    "not a dependency); python -m vidjax.bench --model=videomamba --compare=torch still times it")
+        if family.bench.torch_gpu_note:
+            return family.bench.torch_gpu_note
     return None
 
 
@@ -166,7 +173,7 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
     steps, warmup = (QUICK["steps"], QUICK["warmup"]) if args.quick else (args.steps, args.warmup)
     frames, size = (QUICK["frames"], QUICK["size"]) if args.quick else (family.frames, family.size)
     per_device = QUICK["batch_per_device"] if args.quick else args.batch_per_device
-    variant = family.quick_variant if args.quick else family.variant
+    variant = family.bench.quick_variant if args.quick else family.bench.variant
     torch_sized = has_reference(family.model, mode)  # the vidjax model sized as the reference is
     # pretrain_v2: VideoMAE V2's dual masking (a running-cell decoder mask) on the same encoder as "pretrain".
     step_mode = "pretrain" if mode == "pretrain_v2" else mode
@@ -174,7 +181,7 @@ def run_row(args, family: Family, mode: str, dtype: str, backend: str, devices: 
                                num_classes=400, compare="torch" if torch_sized else None,
                                decoder_mask="run_cell" if mode == "pretrain_v2" else "none")
     if args.quick:
-        config.model.update(QUICK["model"], **(QUICK_VIDEOMAE if family.model == "videomae" else {}))
+        config.model.update(QUICK["model"], **family.bench.quick_model)
     row = dict(model=family.model, variant=variant, mode=mode, dtype=dtype, frames=frames, size=size,
                batch=config.batch_size, devices=devices, device_kind=device_kind)
     heads = head_dim(config.model)
@@ -350,8 +357,8 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    names = [name for name in args.families.split(",") if name]
-    known = {f.model: f for f in FAMILIES}
+    known = {f.model: f for f in families()}
+    names = [name for name in (",".join(known) if args.families is None else args.families).split(",") if name]
     if not names or any(name not in known for name in names):
         parser.error(f"--families={args.families}: choose from {', '.join(known)}")
     dtypes = [d for d in args.dtypes.split(",") if d]

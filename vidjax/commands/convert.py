@@ -64,8 +64,8 @@ import pathlib
 import sys
 from typing import NoReturn
 
-from vidjax import cli
-from vidjax.convert import read
+from vidjax import cli, models
+from vidjax.convert import KINDS, SOURCES, read
 from vidjax.convert.common import (
     FAMILIES,
     ConversionError,
@@ -82,15 +82,8 @@ from vidjax.pretrained import hub
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser("python -m vidjax.convert", __doc__)
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from_hf", metavar="SRC", help="Hugging Face save_pretrained directory, or a Hub repository")
-    src.add_argument("--from_videomamba", metavar="FILE", help="official VideoMamba checkpoint file")
-    src.add_argument("--from_svt", metavar="FILE", help="SVT checkpoint file (released or a training checkpoint)")
-    src.add_argument("--from_videomae", metavar="FILE",
-                     help="official VideoMAE / VideoMAE V2 checkpoint file (pre-training, fine-tuned or distilled)")
-    src.add_argument("--from_vjepa2", metavar="FILE",
-                     help="official V-JEPA 2 checkpoint file (pre-training: encoder and predictor; or an encoder's)")
-    src.add_argument("--from_videoprism", metavar="FILE",
-                     help="official VideoPrism checkpoint file (.npz: the video encoder or the LvT video-text model)")
+    for kind, source in SOURCES.items():  # a --from_KIND flag for each kind of checkpoint `vidjax.convert` reads
+        src.add_argument(f"--from_{kind}", metavar=source.metavar, help=source.help)
     parser.add_argument("--out", required=True, metavar="DST", help="output directory (must not exist)")
     parser.add_argument("--num_frames", type=int, default=0, help="adapt to this many frames (0 = keep)")
     parser.add_argument("--image_size", type=int, default=0, help="adapt to this resolution (0 = keep)")
@@ -111,24 +104,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert(from_hf: str | None = None, from_videomamba: str | None = None, out: str = "", num_frames: int = 0,
-            image_size: int = 0, overwrite: bool = False, from_svt: str | None = None, num_heads: int = 0,
-            from_videomae: str | None = None, decoder_num_heads: int = 0, from_vjepa2: str | None = None,
-            predictor_num_heads: int = 0, checkpoint_key: str = "", from_videoprism: str | None = None) -> Converted:
-    """Converts one checkpoint and writes it to `out`; returns the `Converted` that was written."""
-    if num_heads and not (from_svt or from_videomae or from_vjepa2):
-        raise ConversionError("--num_heads applies to --from_svt, --from_videomae and --from_vjepa2 only: the other "
-                              "sources record their head count.")
-    if decoder_num_heads and not from_videomae:
-        raise ConversionError("--decoder_num_heads applies to --from_videomae only.")
-    for flag, value in (("--predictor_num_heads", predictor_num_heads), ("--checkpoint_key", checkpoint_key)):
-        if value and not from_vjepa2:
-            raise ConversionError(f"{flag} applies to --from_vjepa2 only.")
-    sources = {"hf": from_hf, "videomamba": from_videomamba, "svt": from_svt, "videomae": from_videomae,
-               "vjepa2": from_vjepa2, "videoprism": from_videoprism}
-    given = [(kind, value) for kind, value in sources.items() if value]
+# Why an option that only some kinds take (`vidjax.convert.Source.options`) is not needed by the others, where it
+# helps to say.
+_WHY_ONLY = {"num_heads": "the other sources record their head count"}
+
+
+def _flags(kinds: list[str]) -> str:
+    flags = [f"--from_{kind}" for kind in kinds]
+    return flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} and {flags[-1]}"
+
+
+def convert(out: str = "", num_frames: int = 0, image_size: int = 0, overwrite: bool = False, *, num_heads: int = 0,
+            decoder_num_heads: int = 0, predictor_num_heads: int = 0, checkpoint_key: str = "",
+            **sources: str | None) -> Converted:
+    """Converts one checkpoint and writes it to `out`; returns the `Converted` that was written. The checkpoint is
+    given as `from_KIND=PATH` (KIND one of `vidjax.convert.KINDS`: `from_hf=`, `from_videomae=`, ...), as the
+    command's --from_KIND flags give it; the options apply to the kinds that take them (`vidjax.convert.SOURCES`)."""
+    unknown = sorted(set(sources) - {f"from_{kind}" for kind in KINDS})
+    if unknown:
+        raise TypeError(f"convert() got unexpected keyword arguments {', '.join(unknown)}; a checkpoint is given as "
+                        f"one of {', '.join(f'from_{kind}' for kind in KINDS)}.")
+    given = [(kind, sources[f"from_{kind}"]) for kind in KINDS if sources.get(f"from_{kind}")]
+    options = {"num_heads": num_heads, "decoder_num_heads": decoder_num_heads,
+               "predictor_num_heads": predictor_num_heads, "checkpoint_key": checkpoint_key}
+    for option, value in options.items():
+        takers = [kind for kind in KINDS if option in SOURCES[kind].options]
+        if value and not any(kind in takers for kind, _ in given):
+            why = f": {_WHY_ONLY[option]}" if option in _WHY_ONLY else ""
+            raise ConversionError(f"--{option} applies to {_flags(takers)} only{why}.")
     if len(given) != 1:
-        raise ConversionError(f"Give exactly one of {', '.join(f'--from_{k}' for k in sources)}; got "
+        raise ConversionError(f"Give exactly one of {', '.join(f'--from_{k}' for k in KINDS)}; got "
                               f"{len(given) or 'none'}.")
     kind, source = given[0]
     # A Hugging Face Hub name (a repository, or a file inside one) is downloaded through huggingface_hub's cache.
@@ -164,11 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        converted = convert(args.from_hf, args.from_videomamba, args.out, args.num_frames, args.image_size,
-                            args.overwrite, from_svt=args.from_svt, num_heads=args.num_heads,
-                            from_videomae=args.from_videomae, decoder_num_heads=args.decoder_num_heads,
-                            from_vjepa2=args.from_vjepa2, predictor_num_heads=args.predictor_num_heads,
-                            checkpoint_key=args.checkpoint_key, from_videoprism=args.from_videoprism)
+        converted = convert(args.out, args.num_frames, args.image_size, args.overwrite, num_heads=args.num_heads,
+                            decoder_num_heads=args.decoder_num_heads, predictor_num_heads=args.predictor_num_heads,
+                            checkpoint_key=args.checkpoint_key,
+                            **{f"from_{kind}": getattr(args, f"from_{kind}") for kind in KINDS})
     except (ConversionError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -177,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(converted: Converted) -> str:
-    """One line on what a conversion holds: the model, its size, and what it takes."""
+    """One line on what a conversion holds: the model as its family describes it (`models.Traits.describe`) with its
+    size, what it takes, and for a video model what the conversion left out or filled in."""
     cfg, pre = converted.model_config, converted.preprocessing
     n = sum(v.size for v in converted.params.values())
     video = (f"{pre['num_frames']} frames x {pre['image_size']} px, input (pixels/255 - {pre['mean']}) / {pre['std']}"
              if "num_frames" in pre else "")
+    line = f"{converted.model_name} ({models.traits(converted.model_name).describe(cfg, f'{n / 1e6:.2f}M params')})"
     if is_video_config(cfg):
         skipped = converted.source.get("not_converted") or {}
         left_out = (f"; not converted: {skipped['what']} ({len(skipped['tensors'])} tensors: "
@@ -191,14 +197,8 @@ def summary(converted: Converted) -> str:
         labels = f"; label space {space} ({cfg.num_classes} classes, names filled)" if space else ""
         # An official file's layout: which of its networks was read (SVT's teacher, V-JEPA 2's target encoder, ...)
         layout = f"; layout: {converted.source['layout']}" if converted.source.get("layout") else ""
-        return f"{converted.model_name} (head {cfg.head}, {n / 1e6:.2f}M params), {video}{left_out}{labels}{layout}"
-    if converted.model_name == "captioner":
-        return (f"captioner ({cfg.encoder_name} encoder, GPT-2 decoder of {cfg.decoder.vocab_size} tokens, "
-                f"{n / 1e6:.2f}M params), {video}")
-    if converted.model_name == "gpt2":
-        return (f"gpt2 ({n / 1e6:.2f}M params, vocabulary {cfg.vocab_size}, width {cfg.width}, "
-                f"{'with' if cfg.add_cross_attention else 'without'} cross-attention)")
-    return f"{converted.model_name} ({n / 1e6:.2f}M params)"
+        return f"{line}, {video}{left_out}{labels}{layout}"
+    return f"{line}, {video}" if video else line  # a model around a video encoder (a captioner), or a text model
 
 
 def run_command() -> NoReturn:

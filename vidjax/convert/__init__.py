@@ -4,12 +4,35 @@ vidjax.convert` writes it); `file_kind` says which official layout a checkpoint 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource, checkpoint_file, family, finalize
 
-# What `read` converts: a save_pretrained folder, then files.
-KINDS = ("hf", "videomamba", "svt", "videomae", "vjepa2", "videoprism")
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """How `python -m vidjax.convert` offers one kind of checkpoint, as its --from_KIND flag: the flag's metavar and
+    help, and which of `read`'s options (each a flag of the command) the kind takes."""
+
+    metavar: str
+    help: str
+    options: tuple[str, ...] = ()
+
+
+# What `read` converts, in the order the command offers it: a save_pretrained folder, then files.
+SOURCES = {
+    "hf": Source("SRC", "Hugging Face save_pretrained directory, or a Hub repository"),
+    "videomamba": Source("FILE", "official VideoMamba checkpoint file"),
+    "svt": Source("FILE", "SVT checkpoint file (released or a training checkpoint)", ("num_heads",)),
+    "videomae": Source("FILE", "official VideoMAE / VideoMAE V2 checkpoint file (pre-training, fine-tuned or "
+                               "distilled)", ("num_heads", "decoder_num_heads")),
+    "vjepa2": Source("FILE", "official V-JEPA 2 checkpoint file (pre-training: encoder and predictor; or an "
+                             "encoder's)", ("num_heads", "predictor_num_heads", "checkpoint_key")),
+    "videoprism": Source("FILE", "official VideoPrism checkpoint file (.npz: the video encoder or the LvT video-text "
+                                 "model)"),
+}
+KINDS = tuple(SOURCES)
 FILE_KINDS = KINDS[1:]
 
 

@@ -1,20 +1,97 @@
 """Video models, looked up by name: `get_model("videomae")` imports `vidjax.models.videomae`.
 
 Every model module exposes the same contract: a `Model(cfg, rngs=...)` NNX module built from `config.model`,
-and `default_config()` giving that model's config block. `clip_spec` says what clips a model takes, and
-`size_problems` what sizes in a block cannot build a model.
+and `default_config()` giving that model's config block; a module whose family differs from the defaults of `Traits`
+declares how in a module-level `TRAITS` (`traits(name)` reads it), so that the layers above ask the traits and never
+compare family names. `clip_spec` says what clips a model takes, and `size_problems` what sizes in a block cannot
+build a model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
 from vidjax.config_lib import ConfigError
 
 _NOT_MODELS = {"layers", "decoding", "positions"}
+
+
+def _the_model_itself(cfg: Any) -> str:
+    """`Traits.tokens_part`'s default: the model's own output gives the tokens."""
+    del cfg
+    return ""
+
+
+def _head_and_params(cfg: Any, params: str) -> str:
+    """`Traits.describe`'s default: the head a block builds (a video model's), then the parameter count."""
+    return f"head {cfg.head}, {params}" if "head" in cfg else params
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerLayout:
+    """Where a family keeps its parameters, as paths in its params tree (`nnx.to_pure_dict(nnx.state(model))`), for
+    layer-wise learning-rate decay (BEiT / VideoMAE fine-tuning), which numbers them (`vidjax.train.optim.layer_ids`):
+    0 for the embedding, i + 1 for the i-th block, L + 1 for what follows the blocks. A parameter of the tree that
+    none of the family's paths places is an error there, not a guess."""
+
+    # The lists of blocks of each form the family's model takes (paths of the lists, whose entries are the block
+    # indices, or with config.model.scan_layers one entry `layers.STACKED`), each form's lists in the order the model
+    # runs them: stacks run one after the other count as one sequence of blocks.
+    blocks: tuple[tuple[tuple[str, ...], ...], ...]
+    # Before the first block: layer id 0.
+    embedding: tuple[tuple[str, ...], ...] = ()
+    # Between two stacks: the id of the last block before the stack named, the slot just below that stack's first
+    # block (as the embedding takes the slot below the first block).
+    between: Mapping[tuple[str, ...], tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # After the last block (final norm, head, a pre-training decoder): layer id L + 1.
+    head: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A family's rows in the accelerator benchmark matrix (`vidjax.bench.matrix`)."""
+
+    variant: str  # the full matrix's: the published size the rows time
+    modes: tuple[str, ...]  # of the benchmark's: pretrain, pretrain_v2 (VideoMAE V2's dual masking), finetune, infer
+    quick_variant: str  # --quick: the smallest the model takes, then cut to one block
+    quick_model: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # --quick's other model settings
+    # Why the PyTorch reference is not timed beside the rows on a GPU; "": it is.
+    torch_gpu_note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Traits:
+    """What a model family declares about itself (a module-level `TRAITS = models.Traits(...)` in its module; one
+    without takes these defaults), for the layers above it that would otherwise ask for its name. Each field has its
+    readers; a new family sets only the fields where it differs."""
+
+    # How the layers of its model are numbered for layer-wise lr decay (`vidjax.train.optim`); None: the family has
+    # no single numbering of blocks, and layer decay is refused for it when the optimizer is made.
+    layer_layout: LayerLayout | None = None
+    # cfg -> the part of the model that gives a clip's tokens (`tokens_part`, read by `python -m vidjax.extract` and
+    # the attentive probe): "" the model itself, else a submodule's name; a ValueError for a config without one.
+    tokens_part: Callable[[Any], str] = _the_model_itself
+    # The kind of ready model `vidjax.pretrained` builds for a checkpoint: "video" (a `Pretrained`; a video-text or
+    # text model by its config) or "captioner" (a `PretrainedCaptioner`, which captions).
+    ready_model: str = "video"
+    # (cfg, "N.NNM params") -> what `python -m vidjax.convert`'s summary line says of a converted model, in brackets.
+    describe: Callable[[Any, str], str] = _head_and_params
+    # Its rows in the accelerator benchmark matrix; None: not in the matrix.
+    benchmark: Benchmark | None = None
+
+
+def traits(name: str) -> Traits:
+    """The traits model module `name` declares (its `TRAITS`), or the defaults for a module that declares none."""
+    declared = getattr(get_model(name), "TRAITS", Traits())
+    if not isinstance(declared, Traits):
+        raise TypeError(f"vidjax.models.{name}.TRAITS is a {type(declared).__name__}; it must be a "
+                        f"vidjax.models.Traits.")
+    return declared
 
 
 class ParamKeys:
@@ -70,18 +147,12 @@ def clip_spec(name: str, cfg: Any) -> dict[str, Any] | None:
 
 def tokens_part(model_name: str, cfg: Any) -> str:
     """Which part of a model `model_name` built from config block `cfg` gives a clip's tokens (B, tokens, D) after its
-    final norm: "" the model itself (its output's "last_hidden_state"), "encoder" (a VideoMAE pre-training's, run on
-    every token with no mask, or a captioner's video encoder) or "backbone" (SVT's TimeSformer under its DINO head).
-    What `python -m vidjax.extract` pools and the `attentive` evaluator probes; a ValueError for a model whose clip is
-    not one token sequence (a captioner encoding several chunks)."""
-    if model_name == "svt":
-        return "backbone"
-    if model_name == "captioner":
-        if int(cfg.num_chunks) != 1:
-            raise ValueError(f"this captioner encodes {cfg.num_chunks} chunks per clip (config.model.num_chunks); "
-                             f"the tokens of a clip are read from single-chunk captioners' encoders.")
-        return "encoder"
-    return "encoder" if cfg.get("head") == "pretrain" else ""
+    final norm, as its family's traits say (`Traits.tokens_part`): "" the model itself (its output's
+    "last_hidden_state"), or the name of a submodule ("encoder": a VideoMAE pre-training's, run on every token with no
+    mask, or a captioner's video encoder; "backbone": SVT's TimeSformer under its DINO head). What `python -m
+    vidjax.extract` pools and the `attentive` evaluator probes; a ValueError for a model whose clip is not one token
+    sequence (a captioner encoding several chunks)."""
+    return traits(model_name).tokens_part(cfg)
 
 
 def tokens_module(model: Any, part: str) -> Any:

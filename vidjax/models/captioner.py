@@ -32,7 +32,7 @@ import ml_collections
 from flax import nnx
 
 from vidjax import platform
-from vidjax.models import decoding, get_model, gpt2, layers, vivit
+from vidjax.models import Traits, decoding, get_model, gpt2, layers, vivit
 
 ENCODERS = ("videomae", "timesformer", "vivit", "videomamba")  # video models whose tokens a captioner reads
 ENCODER = "encoder"  # the parameter subtree of the encoder
@@ -46,6 +46,24 @@ def _has_cls_token(encoder_name: str, cfg: ml_collections.ConfigDict) -> bool:
     if encoder_name == "vivit":
         return vivit.classifier_of(cfg) == "token"
     return encoder_name in ("timesformer", "videomamba")
+
+
+def _tokens_part(cfg: ml_collections.ConfigDict) -> str:
+    """A clip's tokens are the video encoder's, read from a single-chunk captioner only: with several chunks a clip
+    is no one token sequence."""
+    if int(cfg.num_chunks) != 1:
+        raise ValueError(f"this captioner encodes {cfg.num_chunks} chunks per clip (config.model.num_chunks); "
+                         f"the tokens of a clip are read from single-chunk captioners' encoders.")
+    return "encoder"
+
+
+def _describe(cfg: ml_collections.ConfigDict, params: str) -> str:
+    """What the convert command's summary says of a captioner: its encoder, its decoder's vocabulary, its size."""
+    return f"{cfg.encoder_name} encoder, GPT-2 decoder of {cfg.decoder.vocab_size} tokens, {params}"
+
+
+# Loaded as a `PretrainedCaptioner`, which captions.
+TRAITS = Traits(tokens_part=_tokens_part, ready_model="captioner", describe=_describe)
 
 
 def frozen_prefixes(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -25,11 +25,20 @@ import numpy as np
 from flax import nnx
 
 from vidjax import platform
-from vidjax.models import layers
+from vidjax.models import Traits, layers
 
 ACTIVATIONS = ("gelu_new", "gelu")  # tanh-approximated GELU (GPT-2), exact erf GELU
 _INIT_STD = 0.02  # GPT-2's initializer_range
 _MASKED = float(np.finfo(np.float32).min)
+
+
+def _describe(cfg: ml_collections.ConfigDict, params: str) -> str:
+    """What the convert command's summary says of a GPT-2: its size, vocabulary, width and cross-attention."""
+    return (f"{params}, vocabulary {cfg.vocab_size}, width {cfg.width}, "
+            f"{'with' if cfg.add_cross_attention else 'without'} cross-attention")
+
+
+TRAITS = Traits(describe=_describe)
 
 
 def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -414,13 +423,7 @@ def default_config() -> ml_collections.ConfigDict:
         bos_token_id=50256, eos_token_id=50256,  # eos -1: decoding never stops early
         pad_token_id=50256,  # written after a finished sequence's EOS; GPT-2 has none, so EOS by convention
         dtype="float32",
-        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        # True: the blocks built stacked (parameters blocks/stacked/..., leading axis the blocks), one lax.scan over
-        # them for whole sequences; decoding unrolls them, each block's parameters sliced out of the stack
-        scan_layers=False,
-        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
-        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
-        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
-        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
-        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
+        # remat, scan_layers (decoding unrolls stacked blocks, each block's parameters sliced out of the stack) and the
+        # platform choices
+        **layers.run_defaults(platform.TEXT_FIELDS),
     ))

@@ -11,6 +11,7 @@ import functools
 import math
 import re
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -425,6 +426,25 @@ def check_remat(remat: str) -> str:
         raise ConfigError(f"config.model.remat={remat!r}; choose one of {', '.join(REMAT_POLICIES)} (rematerialise "
                           f"nothing, whole blocks, or everything but matrix multiplies).")
     return remat
+
+
+def run_defaults(platform_fields: Sequence[str]) -> dict[str, Any]:
+    """The keys of a model config block that say how its blocks run, at their defaults, which every family's
+    `default_config()` spreads in (`**layers.run_defaults(platform.TRANSFORMER_FIELDS)`); none changes the maths.
+
+    - `remat` "none": what each block keeps for the backward pass, none | full | dots_saveable (`REMAT_POLICIES`).
+    - `scan_layers` False: True builds the blocks stacked (parameters .../blocks/stacked/..., leading axis the
+      blocks) and runs them as one lax.scan, which compiles one block (`run_blocks`; `to_layout` converts
+      checkpoints of either layout).
+    - each of `platform_fields` (the model's kind's: `platform.TRANSFORMER_FIELDS`, `TEXT_FIELDS`, `MAMBA_FIELDS`)
+      "auto", resolved per backend at set-up; another value picks one way everywhere. vidjax/platform.py says what
+      each value does on which backend, and the A/B behind it (`platform.FIELDS`: attention_impl's backend rules
+      auto_cpu | auto_gpu | auto_tpu and kernels xla | cudnn | heads_major | blockwise | pallas_tpu (ops/attention.py);
+      backward hand_written | autodiff for LayerNorm and GELU; projection_form flat | multi_axis (`project`);
+      block_gradients written_out | fused (`call_block`); VideoMamba's selective scan chunked | associative |
+      sequential | recurrent).
+    """
+    return dict(remat="none", scan_layers=False, **{name: platform.AUTO for name in platform_fields})
 
 
 def shard_batch(tree):

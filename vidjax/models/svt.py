@@ -23,10 +23,13 @@ import ml_collections
 from flax import nnx
 
 from vidjax import platform
-from vidjax.models import layers, timesformer
+from vidjax.models import Traits, layers, timesformer
 
 # F.normalize's default eps: the norm is clamped to at least this before dividing.
 _NORMALIZE_EPS = 1e-12
+
+# A clip's tokens are the TimeSformer backbone's, under the DINO head.
+TRAITS = Traits(tokens_part=lambda cfg: "backbone")
 
 
 class WeightNormDense(nnx.Module):

@@ -34,11 +34,17 @@ import numpy as np
 from flax import nnx
 
 from vidjax import platform
-from vidjax.models import layers
+from vidjax.models import Benchmark, LayerLayout, Traits, layers
 from vidjax.models.positions import interpolation_matrix, resize_grid
 from vidjax.patches import grid_shape, patchify
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+
+TRAITS = Traits(
+    layer_layout=LayerLayout(blocks=((("blocks",),),),
+                             embedding=(("patch_embed",), ("cls_token",), ("pos_embed",), ("time_embed",)),
+                             head=(("norm",), ("head",))),
+    benchmark=Benchmark("B/16", ("infer", "finetune"), "Mu/8"))
 
 
 class Block(nnx.Module):
@@ -235,17 +241,7 @@ def default_config() -> ml_collections.ConfigDict:
         approximate_gelu=False,  # True for checkpoints with hidden_act "gelu_new"/"gelu_fast"/"gelu_pytorch_tanh"
         drop_path=0.0,
         dtype="float32",
-        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        # True: the blocks built stacked (parameters blocks/stacked/..., leading axis the blocks) and run as one
-        # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
-        scan_layers=False,
-        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
-        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
-        attention_impl="auto",  # auto | auto_cpu | auto_gpu | auto_tpu (a backend's rule, per call by length) |
-        #                         xla | cudnn | heads_major | blockwise | pallas_tpu (ops/attention.py)
-        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
-        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
-        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
+        **layers.run_defaults(platform.TRANSFORMER_FIELDS),  # remat, scan_layers and the platform choices
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -34,7 +34,7 @@ import ml_collections
 from flax import nnx
 
 from vidjax import platform
-from vidjax.models import layers
+from vidjax.models import Benchmark, LayerLayout, Traits, layers
 from vidjax.patches import MaskSpec, grid_shape, patchify
 
 # Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout): VideoMAE's
@@ -42,6 +42,22 @@ from vidjax.patches import MaskSpec, grid_shape, patchify
 DECODER_SIZES: dict[str, tuple[int, int]] = {
     "Mu": (64, 2), "Ti": (96, 3), "S": (192, 3), "B": (384, 6), "L": (512, 8), "H": (640, 8), "g": (512, 8),
 }
+
+
+def _tokens_part(cfg: ml_collections.ConfigDict) -> str:
+    """A pre-training model's tokens are its encoder's, run on every token with no mask; a classifier's its own."""
+    return "encoder" if cfg.get("head") == "pretrain" else ""
+
+
+TRAITS = Traits(
+    layer_layout=LayerLayout(
+        blocks=((("encoder", "transformer", "blocks"),),),
+        embedding=(("encoder", "patch_embed"),),  # its position table is fixed sin-cos, not a parameter
+        # The pre-training decoder (mask token included) runs after the encoder, so it counts with the head.
+        head=(("encoder", "norm"), ("fc_norm",), ("head",), ("encoder_to_decoder",), ("mask_token",), ("decoder",),
+              ("decoder_norm",), ("decoder_head",))),
+    tokens_part=_tokens_part,
+    benchmark=Benchmark("B/16", ("pretrain", "pretrain_v2", "finetune"), "Mu/8", quick_model={"decoder_depth": 1}))
 
 
 def normalized_pixel_target(video_BTHWC: jax.Array, tubelet: int, patch: int, eps: float = 1e-6) -> jax.Array:
@@ -246,17 +262,7 @@ def default_config() -> ml_collections.ConfigDict:
         decoder_norm_eps=0.0,  # 0 = ln_eps
         drop_path=0.0,
         dtype="float32",
-        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        # True: the blocks built stacked (parameters .../blocks/stacked/..., leading axis the blocks) and run as one
-        # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
-        scan_layers=False,
-        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
-        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
-        attention_impl="auto",  # auto | auto_cpu | auto_gpu | auto_tpu (a backend's rule, per call by length) |
-        #                         xla | cudnn | heads_major | blockwise | pallas_tpu (ops/attention.py)
-        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
-        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
-        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
+        **layers.run_defaults(platform.TRANSFORMER_FIELDS),  # remat, scan_layers and the platform choices
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

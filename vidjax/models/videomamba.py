@@ -36,7 +36,7 @@ from flax import nnx
 
 from vidjax import platform
 from vidjax.config_lib import ConfigError
-from vidjax.models import layers
+from vidjax.models import Benchmark, LayerLayout, Traits, layers
 from vidjax.models.positions import resize_grid
 from vidjax.ops.selective_scan import selective_scan, selective_scan_recurrent, selective_scan_sequential
 from vidjax.patches import grid_shape, patchify
@@ -55,6 +55,16 @@ SCANS = ("auto", "chunked", "associative", "sequential", "recurrent")
 # each frame's patches row by row) or temporal-first (patch position by position, each position's frames in turn);
 # VideoMamba's paper compares both. The output tokens are frame by frame either way.
 TOKEN_ORDERS = ("spatial_first", "temporal_first")
+
+TRAITS = Traits(
+    layer_layout=LayerLayout(blocks=((("layers",),),),
+                             embedding=(("patch_embed",), ("cls_token",), ("pos_embed",), ("temporal_pos_embedding",)),
+                             head=(("norm_f",), ("head",))),
+    # At 16 x 224 the plain reference's scan is 3,137 Python steps per direction per block, about 150,000 kernel
+    # launches a forward pass: minutes per row, timing the launches rather than the model.
+    benchmark=Benchmark("S/16", ("infer", "finetune"), "Mu/8", torch_gpu_note=(
+        "not on GPU: the plain reference scans one token per Python step (mamba_ssm's CUDA kernels are not a "
+        "dependency); python -m vidjax.bench --model=videomamba --compare=torch still times it")))
 
 
 def resolve_scan(scan: str, backend: str | None = None) -> str:
@@ -396,20 +406,13 @@ def default_config() -> ml_collections.ConfigDict:
         dt_rank=0,  # 0 = ceil(width / 16)
         rms_eps=1e-5,
         residual_in_fp32=True,
-        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
-        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
-        # The selective scan: auto (recurrent on CPU, chunked elsewhere) | chunked | associative (one scan over all
-        # tokens) | recurrent (step by step, hand-written backward pass: CPUs) | sequential (step by step,
-        # autodiff: the reference)
-        scan="auto",
+        # The platform choices, the selective scan's among them: auto (recurrent on CPU, chunked elsewhere) | chunked
+        # | associative (one scan over all tokens) | recurrent (step by step, hand-written backward pass: CPUs) |
+        # sequential (step by step, autodiff: the reference); remat, and scan_layers (layers 1.. run as one lax.scan,
+        # the first apart)
+        **layers.run_defaults(platform.MAMBA_FIELDS),
         scan_chunk=64,  # tokens per chunk of the chunked scan
-        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
-        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
         dtype="float32",  # compute dtype; parameters, the scan state and the residual stream stay float32
-        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        # True: the layers built stacked (parameters layers/stacked/..., leading axis the layers) and layers 1.. run
-        # as one lax.scan (compiles one layer; the same maths; layers.to_layout converts checkpoints of either layout)
-        scan_layers=False,
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

@@ -51,7 +51,7 @@ from flax import nnx
 
 from vidjax import platform
 from vidjax.config_lib import ConfigError
-from vidjax.models import layers
+from vidjax.models import LayerLayout, Traits, layers
 from vidjax.models.positions import resize_grid
 from vidjax.ops import attention
 from vidjax.patches import patchify
@@ -74,6 +74,18 @@ L2_EPS = 1e-6  # transformers' l2norm: x * rsqrt(sum(x^2) + eps)
 MAX_LOGIT_SCALE = math.log(100.0)
 ENCODER = "encoder"  # the vision encoder's parameter subtree, which `freeze_encoder` holds fixed
 RESIDUAL = ("act_batch", "act_length", "act_embed")
+
+TRAITS = Traits(layer_layout=LayerLayout(
+    # The encoder and a classifier; a video model's auxiliary blocks after them.
+    blocks=((("encoder", "spatial", "blocks"), ("encoder", "temporal", "blocks")),
+            (("encoder", "spatial", "blocks"), ("encoder", "temporal", "blocks"), ("auxiliary", "blocks"))),
+    embedding=(("encoder", "patch_embed"), ("encoder", "spatial_pos_embed")),
+    # The spatial stack's norm and the temporal stack's table lead into the temporal stack, the encoder's closing
+    # norm into a video model's auxiliary blocks (a classifier's is a head parameter).
+    between={("encoder", "spatial_norm"): ("encoder", "temporal", "blocks"),
+             ("encoder", "temporal_pos_embed"): ("encoder", "temporal", "blocks"),
+             ("encoder", "temporal_norm"): ("auxiliary", "blocks")},
+    head=(("encoder", "temporal_norm"), ("pooler",), ("pooler_norm",), ("head",))))
 
 
 def dims(cfg: ml_collections.ConfigDict) -> dict[str, int]:
@@ -433,10 +445,7 @@ def default_config() -> ml_collections.ConfigDict:
         ln_eps=1e-6,
         drop_path=0.0,
         dtype="float32",
-        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        scan_layers=False,  # True: each stack's blocks stacked and run as one lax.scan (layers.run_blocks)
-        # Platform choices (vidjax/platform.py): "auto" resolved per backend at set-up; same maths either way.
-        attention_impl="auto", backward="auto", projection_form="auto", block_gradients="auto",
+        **layers.run_defaults(platform.TRANSFORMER_FIELDS),  # remat, scan_layers and the platform choices
         pixel_mean=(0.0, 0.0, 0.0),  # VideoPrism reads pixels in [0, 1]
         pixel_std=(1.0, 1.0, 1.0),
     ))

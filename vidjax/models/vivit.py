@@ -35,7 +35,7 @@ from flax import nnx
 
 from vidjax import platform
 from vidjax.config_lib import ConfigError
-from vidjax.models import layers
+from vidjax.models import Benchmark, LayerLayout, Traits, layers
 from vidjax.models.positions import resize_grid
 from vidjax.ops import attention
 from vidjax.patches import grid_shape, patchify
@@ -43,6 +43,21 @@ from vidjax.patches import grid_shape, patchify
 MODEL_TYPES = ("joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product")
 _CLS_MODEL_TYPES = ("joint", "factorised_encoder")
 _VARIANT_RE = re.compile(r"^([A-Za-z]+)/(\d+)x(\d+)$")
+
+TRAITS = Traits(
+    layer_layout=LayerLayout(
+        # joint; factorised_encoder (the spatial transformer, then the temporal one, counted as one sequence of
+        # blocks); factorised_self_attention and factorised_dot_product
+        blocks=((("transformer", "blocks"),), (("transformer", "blocks"), ("temporal_transformer", "blocks")),
+                (("blocks",),)),
+        embedding=(("patch_embed",), ("cls_token",), ("pos_embed",)),
+        # factorised_encoder: the spatial encoder's closing norm and the temporal encoder's own CLS token and position
+        # table lead into the temporal stack.
+        between={("spatial_norm",): ("temporal_transformer", "blocks"),
+                 ("temporal_cls_token",): ("temporal_transformer", "blocks"),
+                 ("temporal_pos_embed",): ("temporal_transformer", "blocks")},
+        head=(("norm",), ("pooler",), ("head",))),
+    benchmark=Benchmark("B/16x2", ("infer", "finetune"), "Mu/8x2"))
 
 
 def parse_variant(variant: str) -> tuple[str, int, int]:
@@ -365,17 +380,7 @@ def default_config() -> ml_collections.ConfigDict:
         approximate_gelu=True,  # tanh GELU (Flax's nn.gelu, HF "gelu_fast"); False = exact erf GELU
         drop_path=0.0,
         dtype="float32",
-        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        # True: the blocks built stacked (parameters .../blocks/stacked/..., leading axis the blocks) and run as one
-        # lax.scan (compiles one block; the same maths; layers.to_layout converts checkpoints of either layout)
-        scan_layers=False,
-        # Platform choices: "auto" is resolved per backend at set-up (vidjax/platform.py: what each value does on
-        # which backend, and the A/B behind it); the other values pick one way everywhere. Same maths either way.
-        attention_impl="auto",  # auto | auto_cpu | auto_gpu | auto_tpu (a backend's rule, per call by length) |
-        #                         xla | cudnn | heads_major | blockwise | pallas_tpu (ops/attention.py)
-        backward="auto",  # LayerNorm's and GELU's backward: auto (hand_written on CPU) | hand_written | autodiff
-        projection_form="auto",  # auto (flat on CPU) | flat (2-D products) | multi_axis (layers.project)
-        block_gradients="auto",  # auto (written_out on CPU) | written_out | fused (layers.call_block)
+        **layers.run_defaults(platform.TRANSFORMER_FIELDS),  # remat, scan_layers and the platform choices
         pixel_mean=(0.5, 0.5, 0.5),  # scenic's zero-centring: pixels scaled to [-1, 1]
         pixel_std=(0.5, 0.5, 0.5),
     ))

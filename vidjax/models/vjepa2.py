@@ -276,10 +276,7 @@ def default_config() -> ml_collections.ConfigDict:
         ln_eps=1e-6,
         drop_path=0.0,
         dtype="float32",
-        remat="none",  # per block: none | full | dots_saveable (layers.REMAT_POLICIES)
-        scan_layers=False,  # True: blocks stacked and run as one lax.scan (layers.run_blocks)
-        # Platform choices (vidjax/platform.py): "auto" resolved per backend at set-up; same maths either way.
-        attention_impl="auto", backward="auto", projection_form="auto", block_gradients="auto",
+        **layers.run_defaults(platform.TRANSFORMER_FIELDS),  # remat, scan_layers and the platform choices
         pixel_mean=(0.485, 0.456, 0.406),
         pixel_std=(0.229, 0.224, 0.225),
     ))

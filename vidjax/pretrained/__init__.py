@@ -52,7 +52,7 @@ from vidjax.convert.common import ConversionError
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
-from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers, tokens_part
+from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers, tokens_part, traits
 from vidjax.pretrained import hub
 from vidjax.tokenizer import CaptionTokenizer, TextTowerTokenizer
 
@@ -518,9 +518,9 @@ def _restore_params(directory: pathlib.Path, abstract: Any) -> Any:
 
 def _task_of(model_name: str, config: ml_collections.ConfigDict) -> str | None:
     """The task a checkpoint that records none does with its model by itself, from the model alone (the tasks, a
-    layer above, are not asked): a pre-training or classification head is named for its task, a captioner
-    captions; None for a backbone (or a text model)."""
-    if model_name == "captioner":
+    layer above, are not asked): a pre-training or classification head is named for its task, a captioner (its
+    family's ready model) captions; None for a backbone (or a text model)."""
+    if traits(model_name).ready_model == "captioner":
         return "captioning"
     head = config.get("head")
     return head if head in ("pretrain", "classification") else None
@@ -697,6 +697,20 @@ def _set_dtype(config: ml_collections.ConfigDict, dtype: str) -> None:
             _set_dtype(value, dtype)
 
 
+# The ready model of a video model's checkpoint, by the kind its family declares (`vidjax.models.Traits.ready_model`).
+READY_MODELS: dict[str, type[Pretrained]] = {"video": Pretrained, "captioner": PretrainedCaptioner}
+
+
+def _ready_model(model_name: str) -> type[Pretrained]:
+    """The class `load` and `init` build for a checkpoint of video model `model_name`: its family's kind of ready
+    model (a video-text model's config then makes a "video" one a `PretrainedVideoText`)."""
+    kind = traits(model_name).ready_model
+    if kind not in READY_MODELS:
+        raise ValueError(f"vidjax.models.{model_name}.TRAITS.ready_model={kind!r}; vidjax.pretrained builds "
+                         f"{', '.join(map(repr, READY_MODELS))}.")
+    return READY_MODELS[kind]
+
+
 def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size: int | None = None,
          dtype: str | None = None) -> Pretrained | PretrainedCaptioner | PretrainedText:
     """Loads a `python -m vidjax.convert` output, a training workdir or a step folder of one, or a Hugging Face Hub
@@ -704,8 +718,9 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
 
     A training checkpoint gives its EMA parameters when it saved them, else its parameters; the optimizer state is
     never read. A video model's checkpoint can be adapted to another clip length or resolution; `dtype="bfloat16"`
-    computes in bf16 (parameters stay float32). A captioner gives a `PretrainedCaptioner`, a GPT-2 a
-    `PretrainedText`; every other model a `Pretrained`.
+    computes in bf16 (parameters stay float32). A captioner (a family whose traits' ready model is one) gives a
+    `PretrainedCaptioner`, a model that takes no video (GPT-2) a `PretrainedText`; every other model a `Pretrained`
+    (a `PretrainedVideoText` with a video-text head).
     """
     directory = hub.resolve(path)
     loaded = _read(directory)
@@ -727,8 +742,8 @@ def load(path: str | pathlib.Path, *, num_frames: int | None = None, image_size:
     tokenizer_dir = directory / TOKENIZER_DIR if (directory / TOKENIZER_DIR).is_dir() else None
     if clip_spec(converted.model_name, config) is None:
         return PretrainedText(converted.model_name, config, graphdef, params, tokenizer_dir)
-    kind = PretrainedCaptioner if converted.model_name == "captioner" else \
-        PretrainedVideoText if config.get("head") == "clip" else Pretrained
+    kind = _ready_model(converted.model_name)
+    kind = PretrainedVideoText if kind is Pretrained and config.get("head") == "clip" else kind
     extra = {"tokenizer_dir": tokenizer_dir} if kind is not Pretrained else {}
     return kind(converted.model_name, config, dict(converted.preprocessing), converted.class_names, graphdef,
                 params, num_tokens, task=loaded.task, target_names=loaded.target_names,
@@ -767,7 +782,7 @@ def init(model_name: str, model_config: ml_collections.ConfigDict, *, seed: int 
     preprocessing = {"mean": list(spec["mean"]), "std": list(spec["std"]), "num_frames": spec["num_frames"],
                      "image_size": spec["image_size"], "short_side": spec["image_size"]}
     num_tokens = getattr(getattr(model, "encoder", None), "num_tokens", None)
-    kind = PretrainedCaptioner if model_name == "captioner" else Pretrained
+    kind = _ready_model(model_name)
     return kind(model_name, config, preprocessing, None, graphdef, params, num_tokens,
                 task=_task_of(model_name, config), sampling_rate=sampling_rate)
 

@@ -12,9 +12,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from vidjax import losses
+from vidjax import losses, models
 from vidjax.config_lib import ConfigError
-from vidjax.models import get_model, layers
+from vidjax.models import layers
 
 
 def peak_lr(config: ml_collections.ConfigDict) -> float:
@@ -118,48 +118,26 @@ def decay_mask(params):
 
 
 # ---- layer-wise learning-rate decay (BEiT / VideoMAE fine-tuning) ----
-# Where each model family keeps its parameters, as paths in the params tree (`nnx.to_pure_dict(nnx.state(model))`).
-# A parameter matching none of these tables is an error: a new layout must be placed here, not guessed.
+# Where each model family keeps its parameters, as paths in the params tree (`nnx.to_pure_dict(nnx.state(model))`),
+# is what the family declares (`vidjax.models.LayerLayout`, its traits' `layer_layout`). A parameter none of them
+# places is an error: a new layout is declared by its family, not guessed.
 
-# The lists of blocks of each model (paths of the lists; their entries are the block indices, or with
-# config.model.scan_layers one entry `layers.STACKED` whose leaves hold every block along their leading axis), in
-# the order the model runs them. ViViT's factorised encoder runs `transformer` (spatial) then
-# `temporal_transformer`, counted as one sequence of blocks.
-BLOCK_LAYOUTS: tuple[tuple[tuple[str, ...], ...], ...] = (
-    (("encoder", "transformer", "blocks"),),  # VideoMAE
-    (("transformer", "blocks"),),  # ViViT joint
-    (("transformer", "blocks"), ("temporal_transformer", "blocks")),  # ViViT factorised_encoder
-    (("blocks",),),  # TimeSformer; ViViT factorised_self_attention and factorised_dot_product
-    (("layers",),),  # VideoMamba
-    (("encoder", "spatial", "blocks"), ("encoder", "temporal", "blocks")),  # VideoPrism's encoder and classifier
-    (("encoder", "spatial", "blocks"), ("encoder", "temporal", "blocks"), ("auxiliary", "blocks")),  # its video model
-)
-# Before the first block: layer id 0.
-EMBEDDING_PARAMS: tuple[tuple[str, ...], ...] = (
-    ("patch_embed",), ("cls_token",), ("pos_embed",),  # TimeSformer, ViViT, VideoMamba
-    ("time_embed",),  # TimeSformer
-    ("temporal_pos_embedding",),  # VideoMamba
-    ("encoder", "patch_embed"),  # VideoMAE (its position table is fixed sin-cos, not a parameter); VideoPrism
-    ("encoder", "spatial_pos_embed"),  # VideoPrism
-)
-# Between two stacks (ViViT factorised_encoder): the spatial encoder's closing norm and the temporal encoder's own
-# CLS token and position table take the id of the last block before the stack they lead into, the slot just below
-# that stack's first block (as the embedding takes the slot below the first block).
-BETWEEN_STACK_PARAMS: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("spatial_norm",): ("temporal_transformer", "blocks"),
-    ("temporal_cls_token",): ("temporal_transformer", "blocks"),
-    ("temporal_pos_embed",): ("temporal_transformer", "blocks"),
-    ("encoder", "spatial_norm"): ("encoder", "temporal", "blocks"),  # VideoPrism: the spatial stack's norm, and
-    ("encoder", "temporal_pos_embed"): ("encoder", "temporal", "blocks"),  # the temporal stack's table
-    ("encoder", "temporal_norm"): ("auxiliary", "blocks"),  # its video model's (a classifier's is a head parameter)
-}
-# After the last block: layer id L + 1 (scale 1). VideoMAE's pre-training decoder (mask token included) runs after
-# the encoder, so it counts here too.
-HEAD_PARAMS: tuple[tuple[str, ...], ...] = (
-    ("norm",), ("fc_norm",), ("head",), ("norm_f",), ("encoder", "norm"),
-    ("encoder_to_decoder",), ("mask_token",), ("decoder",), ("decoder_norm",), ("decoder_head",),
-    ("encoder", "temporal_norm"), ("pooler",), ("pooler_norm",),  # VideoPrism
-)
+
+def layer_decay_models() -> list[str]:
+    """The model families that declare a layer layout: those layer-wise lr decay numbers the blocks of."""
+    return [name for name in models.available() if models.traits(name).layer_layout is not None]
+
+
+def _layouts() -> tuple[tuple[tuple[tuple[str, ...], ...], ...], tuple[tuple[str, ...], ...],
+                        dict[tuple[str, ...], tuple[str, ...]], tuple[tuple[str, ...], ...]]:
+    """(the block lists of every form of every family, the embedding paths, the paths between stacks, the head
+    paths) over the families' declared layouts: the tree alone tells which form it is (by its block lists)."""
+    declared = [models.traits(name).layer_layout for name in layer_decay_models()]
+    blocks = tuple(dict.fromkeys(form for layout in declared for form in layout.blocks))
+    embedding = tuple(dict.fromkeys(path for layout in declared for path in layout.embedding))
+    between = {path: stack for layout in declared for path, stack in layout.between.items()}
+    head = tuple(dict.fromkeys(path for layout in declared for path in layout.head))
+    return blocks, embedding, between, head
 
 
 def _key_name(entry: Any) -> str | int:
@@ -188,7 +166,7 @@ def _block_index(path: tuple[str | int, ...], stack: tuple[str, ...]) -> int:
     except (TypeError, ValueError):
         raise ValueError(f"Layer decay: parameter {_path_str(path)} is under the block list {_path_str(stack)} but "
                          f"{entry!r} is not a block index; the params tree does not have the layout vidjax.train.optim "
-                         f"expects (see BLOCK_LAYOUTS there).") from None
+                         f"expects (its family's declared `models.LayerLayout`).") from None
 
 
 def layer_ids(params) -> tuple[Any, int]:
@@ -199,20 +177,22 @@ def layer_ids(params) -> tuple[Any, int]:
     norm, fc_norm, head, a pre-training decoder). A stacked block parameter (config.model.scan_layers: the blocks
     along its leading axis) gets an int array, the ids of its blocks in order. Only the tree's paths (and stacked
     leaves' leading sizes) are read, so `params` may be abstract.
-    Raises ValueError for a parameter the layout tables above do not place, or for a tree without a known list of
-    blocks.
+    Raises ValueError for a parameter the families' declared layouts (`models.LayerLayout`) do not place, or for a
+    tree without a known list of blocks.
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [tuple(_key_name(k) for k in path) for path, _ in flat]
-    known_stacks = dict.fromkeys(stack for layout in BLOCK_LAYOUTS for stack in layout)
+    forms, embedding, between, head = _layouts()
+    known_stacks = dict.fromkeys(stack for form in forms for stack in form)
     found = tuple(stack for stack in known_stacks if any(_starts_with(p, stack) for p in paths))
-    layout = next((lay for lay in BLOCK_LAYOUTS if set(lay) == set(found)), None)
+    layout = next((form for form in forms if set(form) == set(found)), None)
     if layout is None:
         raise ValueError(
             f"Layer decay: the params tree has the block lists [{', '.join(map(_path_str, found))}], which is not "
-            f"the layout of a vidjax model (VideoMAE, TimeSformer, ViViT, VideoMamba, VideoPrism: "
-            f"{'; '.join(', '.join(map(_path_str, lay)) for lay in BLOCK_LAYOUTS)}). Set "
-            f"config.optimizer.layer_decay=1.0, or add the model's layout to BLOCK_LAYOUTS in vidjax/train/optim.py.")
+            f"the layout of a vidjax model ({', '.join(layer_decay_models())}: "
+            f"{'; '.join(', '.join(map(_path_str, form)) for form in forms)}). Set "
+            f"config.optimizer.layer_decay=1.0, or declare the model's layout in its module's TRAITS "
+            f"(vidjax.models.LayerLayout).")
     leaves = [leaf for _, leaf in flat]
     offsets, counts = {}, {}
     for stack in layout:
@@ -235,16 +215,16 @@ def layer_ids(params) -> tuple[Any, int]:
                 return offsets[stack] + np.arange(counts[stack]) + 1
             if _starts_with(path, stack):
                 return offsets[stack] + _block_index(path, stack) + 1
-        if any(_starts_with(path, prefix) for prefix in EMBEDDING_PARAMS):
+        if any(_starts_with(path, prefix) for prefix in embedding):
             return 0
-        for prefix, stack in BETWEEN_STACK_PARAMS.items():
+        for prefix, stack in between.items():
             if _starts_with(path, prefix) and stack in offsets:
                 return offsets[stack]
-        if any(_starts_with(path, prefix) for prefix in HEAD_PARAMS):
+        if any(_starts_with(path, prefix) for prefix in head):
             return num_blocks + 1
         raise ValueError(f"Layer decay: no layer id for parameter {_path_str(path)}: it is not an embedding, block "
-                         f"or head parameter of a known layout. Place it in the tables of the layer-decay section "
-                         f"of vidjax/train/optim.py, or set config.optimizer.layer_decay=1.0.")
+                         f"or head parameter of a known layout. Place it in its family's layer layout (the "
+                         f"`models.LayerLayout` of its module's TRAITS), or set config.optimizer.layer_decay=1.0.")
 
     return jax.tree_util.tree_unflatten(treedef, [layer_id(p) for p in paths]), num_blocks
 
@@ -298,7 +278,7 @@ def frozen_prefixes(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
     """Path prefixes (as key tuples) of the parameters the model `config` builds keeps fixed: what its module's
     `frozen_prefixes(config.model)` names ('/'-joined, e.g. a captioner's frozen "encoder"); none for a model
     module without that function."""
-    module = get_model(config.model_name)
+    module = models.get_model(config.model_name)
     names = module.frozen_prefixes(config.model) if hasattr(module, "frozen_prefixes") else ()
     return tuple(tuple(name.split("/")) for name in names)
 
@@ -317,11 +297,6 @@ def frozen_labels(prefixes: Sequence[tuple[str, ...]]) -> Callable[[Any], Any]:
 
 
 OPTIMIZERS = ("adamw", "sgd")
-# The model families whose parameter layouts the layer-decay tables above place. GPT-2 and the captioner (a video
-# encoder's blocks under "encoder/", a GPT-2 decoder's under "decoder/", neither at the root) have no single block
-# numbering for the BEiT recipe to follow, so layer decay is refused for them when the optimizer is made rather than
-# at the first step's compilation.
-LAYER_DECAY_MODELS = ("videomae", "timesformer", "vivit", "videomamba", "videoprism")
 
 
 GRAD_CLIP_MODES = ("global", "per_tensor")
@@ -395,9 +370,12 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
     if not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"config.optimizer.layer_decay must be in (0, 1] (1.0 = off; fine-tuning recipes use "
                           f"values such as 0.75), got {layer_decay}.")
-    if layer_decay < 1.0 and config.model_name not in LAYER_DECAY_MODELS:
+    # A family without a declared layer layout (GPT-2; the captioner, a video encoder's blocks under "encoder/" and a
+    # GPT-2 decoder's under "decoder/", neither at the root) has no single block numbering for the BEiT recipe to
+    # follow: refused here rather than at the first step's compilation.
+    if layer_decay < 1.0 and models.traits(config.model_name).layer_layout is None:
         raise ConfigError(f"config.optimizer.layer_decay={layer_decay}: layer-wise lr decay numbers the blocks of "
-                          f"one video model ({', '.join(LAYER_DECAY_MODELS)}), and model_name="
+                          f"one video model ({', '.join(layer_decay_models())}), and model_name="
                           f"{config.model_name!r} has no such layout. Set config.optimizer.layer_decay=1.0 (a "
                           f"captioner keeps its encoder fixed with config.model.freeze_encoder=True instead).")
     if opt.grad_clip_mode not in GRAD_CLIP_MODES:
