@@ -249,8 +249,11 @@ def test_the_trainer_builds_from_resolved_values_and_keeps_auto_in_the_config():
 
 
 def test_the_host_allocator_rule_is_the_platform_modules():
-    for platforms, plugin in (("", None), ("cpu", "xla_cuda12"), ("", "xla_cuda12"), ("cuda,cpu", None)):
-        assert host_malloc.runs_on_cpu_only(platforms, plugin) is platform.host_allocator_applies(platforms, plugin)
+    for platforms, plugin in (("", None), ("cpu", "xla_cuda12"), ("", "xla_cuda12"), ("cuda,cpu", None),
+                              ("", "libtpu")):
+        accelerator = platform.accelerator_on_host(plugin)  # the plugin where its chips are on this host
+        assert host_malloc.runs_on_cpu_only(platforms, plugin) is platform.host_allocator_applies(platforms,
+                                                                                                 accelerator)
 
 
 def test_remat_without_a_layer_scan_gets_a_note_on_the_cpu_only():
