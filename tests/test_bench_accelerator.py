@@ -135,7 +135,7 @@ def test_head_dims_of_the_matrix_models():
 
 
 def test_bad_families_modes_and_dtypes_are_refused_with_the_choices(capsys):
-    for flag, choices in [("--families=videomae,vit", "timesformer, videomae"), ("--modes=train", "pretrain, finetune"),
+    for flag, choices in [("--families=videomae,vit", "videomae, timesformer"), ("--modes=train", "pretrain, finetune"),
                           ("--dtypes=float16", "float32, bfloat16")]:
         with pytest.raises(SystemExit) as exit_info:
             matrix.main([flag, "--quick"])

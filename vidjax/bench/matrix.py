@@ -78,11 +78,12 @@ class Family:
 
 
 def families() -> list[Family]:
-    """The matrix's families: every model family whose traits declare its benchmark rows, in name order."""
+    """The matrix's families: every model family whose traits declare its benchmark rows, in their places."""
     from vidjax import models  # imported here: reading the traits loads the model modules, so jax (--help does not)
 
-    return [Family(name, models.traits(name).benchmark) for name in models.available()
-            if models.traits(name).benchmark is not None]
+    declared = [Family(name, models.traits(name).benchmark) for name in models.available()
+                if models.traits(name).benchmark is not None]
+    return sorted(declared, key=lambda family: family.bench.place)  # stable: a place's families by name
 
 
 # --quick: 4 frames at 32 px, one block (and what the family's `Benchmark.quick_model` adds: one decoder block),

@@ -62,6 +62,9 @@ class Benchmark:
     quick_model: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # --quick's other model settings
     # Why the PyTorch reference is not timed beside the rows on a GPU; "": it is.
     torch_gpu_note: str = ""
+    # Where the family's rows stand in the matrix, lowest first (its table in docs/performance.md: the pre-training
+    # family, then the others by when they came); families of the same place go in name order.
+    place: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

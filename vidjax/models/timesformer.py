@@ -44,7 +44,7 @@ TRAITS = Traits(
     layer_layout=LayerLayout(blocks=((("blocks",),),),
                              embedding=(("patch_embed",), ("cls_token",), ("pos_embed",), ("time_embed",)),
                              head=(("norm",), ("head",))),
-    benchmark=Benchmark("B/16", ("infer", "finetune"), "Mu/8"))
+    benchmark=Benchmark("B/16", ("infer", "finetune"), "Mu/8", place=1))
 
 
 class Block(nnx.Module):

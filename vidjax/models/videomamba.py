@@ -62,7 +62,7 @@ TRAITS = Traits(
                              head=(("norm_f",), ("head",))),
     # At 16 x 224 the plain reference's scan is 3,137 Python steps per direction per block, about 150,000 kernel
     # launches a forward pass: minutes per row, timing the launches rather than the model.
-    benchmark=Benchmark("S/16", ("infer", "finetune"), "Mu/8", torch_gpu_note=(
+    benchmark=Benchmark("S/16", ("infer", "finetune"), "Mu/8", place=3, torch_gpu_note=(
         "not on GPU: the plain reference scans one token per Python step (mamba_ssm's CUDA kernels are not a "
         "dependency); python -m vidjax.bench --model=videomamba --compare=torch still times it")))
 

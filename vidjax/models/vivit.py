@@ -57,7 +57,7 @@ TRAITS = Traits(
                  ("temporal_cls_token",): ("temporal_transformer", "blocks"),
                  ("temporal_pos_embed",): ("temporal_transformer", "blocks")},
         head=(("norm",), ("pooler",), ("head",))),
-    benchmark=Benchmark("B/16x2", ("infer", "finetune"), "Mu/8x2"))
+    benchmark=Benchmark("B/16x2", ("infer", "finetune"), "Mu/8x2", place=2))
 
 
 def parse_variant(variant: str) -> tuple[str, int, int]:
