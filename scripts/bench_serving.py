@@ -40,10 +40,11 @@ RUNTIMES = ("jax", "onnx")
 def exported_of_random_model(model_name: str, variant: str, frames: int, size: int, folder: str,
                              runtimes: list[str]) -> dict[str, str]:
     """{runtime: path}: a random `model_name` / `variant` with a classification head, exported for each runtime."""
-    from vidjax import predictions, pretrained  # vidjax: only where a model is built here
+    from vidjax import pretrained  # vidjax: only where a model is built here
     from vidjax.commands import export  # vidjax: only where a model is built here
     from vidjax.models import get_model
     from vidjax.pretrained import onnx_export  # vidjax: only where a model is built here
+    from vidjax.tasks import predictions
 
     config = get_model(model_name).default_config()
     config.update(dict(variant=variant, num_frames=frames, image_size=size, head="classification", num_classes=400))

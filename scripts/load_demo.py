@@ -11,8 +11,8 @@ text file, a good clip padded over --max_mb, and a small clip longer than --max_
 each with its own gradio_client, share --requests calls to /predict, taking the files in turn (6 good and 4 bad in
 every 10), each call bounded by --timeout seconds; the run ends when every request has been answered or has timed
 out. Each good answer must equal the checkpoint run directly in this process on the same file
-(`vidjax.predictions.prediction_entry` with the demo's window): the same top labels in the same order, values within
-1e-5. Each bad file must be refused with its message (what was wrong, and the flag). A traceback in the server's
+(`vidjax.tasks.predictions.prediction_entry` with the demo's window): the same top labels in the same order, values
+within 1e-5. Each bad file must be refused with its message (what was wrong, and the flag). A traceback in the server's
 log counts as a server error. The server's resident memory (VmRSS of /proc/PID/status) is read after the first 20
 answers and after the last.
 
@@ -82,7 +82,8 @@ def write_files(folder: pathlib.Path, max_mb: float, max_seconds: float) -> dict
 
 def expected_answers(checkpoint: str, paths: list[str], window: float) -> dict[str, dict[str, float]]:
     """{path: {label: value}} of the checkpoint run directly on each file, as the demo's /predict gives it."""
-    from vidjax import predictions, pretrained, tasks
+    from vidjax import pretrained, tasks
+    from vidjax.tasks import predictions
 
     model = pretrained.load(checkpoint)
     runner = pretrained.BatchRunner(model, predictions.scores_fn(model.task), 8)

@@ -1,7 +1,7 @@
 """No command imports another (`vidjax/commands/__init__.py`): what two commands share is library code in a lower
-layer (`vidjax.predictions`, `vidjax.pretrained.windows`, `vidjax.cli.start`, ...), so each command module can change
-without reaching into the others. Every module under vidjax/commands/ is read with `ast`, not imported; imports at
-module level and inside functions alike."""
+layer (`vidjax.tasks.predictions`, `vidjax.pretrained.windows`, `vidjax.cli.start`, ...), so each command module
+can change without reaching into the others. Every module under vidjax/commands/ is read with `ast`, not imported;
+imports at module level and inside functions alike."""
 
 from __future__ import annotations
 

@@ -18,10 +18,11 @@ import pytest
 from test_predict import make_clip
 from test_predict_caption import write_captioner
 
-from vidjax import predictions, pretrained
+from vidjax import pretrained
 from vidjax.commands import demo, predict
 from vidjax.commands.convert import convert
 from vidjax.pretrained import reconstruction, windows
+from vidjax.tasks import predictions
 
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from test_predict import make_clip
 
-from vidjax import predictions, pretrained
+from vidjax import pretrained
 from vidjax.commands import demo, export
 from vidjax.commands.convert import convert
+from vidjax.tasks import predictions
 
 pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")

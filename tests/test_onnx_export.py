@@ -16,11 +16,12 @@ import onnxruntime as ort
 import pytest
 from test_decode import make_video
 
-from vidjax import predictions, pretrained
+from vidjax import pretrained
 from vidjax.commands import export, predict
 from vidjax.commands.convert import convert
 from vidjax.models import captioner, get_model
 from vidjax.pretrained import onnx_export, pooling, reconstruction
+from vidjax.tasks import predictions
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "parity"
 SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "onnx_predict.py"

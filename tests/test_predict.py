@@ -10,9 +10,10 @@ import pytest
 from test_decode import make_video
 from test_train import tiny_config
 
-from vidjax import predictions, pretrained, train
+from vidjax import pretrained, train
 from vidjax.commands import predict
 from vidjax.pretrained.windows import predict_video, sliding_windows
+from vidjax.tasks import predictions
 
 _WORKDIRS: dict = {}
 

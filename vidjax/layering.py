@@ -50,7 +50,6 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tasks", "what a run trains a model for (each task's training spec, readout and presentation), and the "
      "evaluations of its splits", (
         "vidjax.tasks", "vidjax.tasks.*", "vidjax.evaluators", "vidjax.evaluators.*",
-        "vidjax.predictions",  # a loaded checkpoint's outputs read by its task's readout: what the commands share
     )),
     ("trainer", "the training loop, its optimizer and its checkpoints", (
         "vidjax.train", "vidjax.train.*",

@@ -78,9 +78,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from vidjax import cli, predictions, pretrained, tasks
+from vidjax import cli, pretrained, tasks
 from vidjax.data import decode, encode, synthetic
 from vidjax.pretrained import onnx_model, reconstruction, windows, zero_shot
+from vidjax.tasks import predictions
 
 DEFAULT_PORT = 7860
 LAUNCH_ATTEMPTS = 3  # starts of the server before the demo gives up on it answering

@@ -93,11 +93,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import vidjax
-from vidjax import cli, fileio, losses, predictions, pretrained, tasks
+from vidjax import cli, fileio, losses, pretrained, tasks
 from vidjax.convert import common, hf
 from vidjax.convert.common import ConversionError, HfCheckpoint
 from vidjax.models import layers
 from vidjax.pretrained import onnx_export, pooling
+from vidjax.tasks import predictions
 
 FORMAT = "vidjax.export/1"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")

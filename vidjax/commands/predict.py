@@ -85,9 +85,10 @@ from typing import NoReturn
 
 import numpy as np
 
-from vidjax import cli, fileio, predictions, pretrained, tasks
+from vidjax import cli, fileio, pretrained, tasks
 from vidjax.data import decode, kinetics
 from vidjax.pretrained import windows, zero_shot
+from vidjax.tasks import predictions
 
 
 def label_space_columns(model: pretrained.Pretrained, label_space: str) -> tuple[np.ndarray | None, list[str]]:

@@ -50,9 +50,10 @@ from typing import NoReturn
 
 import numpy as np
 
-from vidjax import cli, fileio, metrics, predictions, pretrained
+from vidjax import cli, fileio, metrics, pretrained
 from vidjax.data import decode, sources
 from vidjax.pretrained import windows, zero_shot
+from vidjax.tasks import predictions
 
 CAPTION_COLUMN = "caption"
 RECALL_AT = (1, 5, 10)

@@ -25,7 +25,7 @@ from vidjax.tasks.base import TrainingSpec
 from vidjax.tasks.presentation import Presentation
 from vidjax.tasks.readout import Readout
 
-_NOT_TASKS = {"base", "readout", "presentation"}
+_NOT_TASKS = {"base", "readout", "presentation", "predictions"}
 # Listed in this order, then the others.
 _FIRST = ("pretrain", "classification", "multilabel", "regression", "captioning", "svt", "vjepa2", "contrastive")
 
