@@ -58,6 +58,9 @@ def pytest_configure(config):
 
     config.addinivalue_line("markers", "optimized: compiled as users' runs are (the test runs its programs far more "
                                        "than it compiles them: a learning run)")
+    config.addinivalue_line("markers", f"{SLOW}: the slow tier (the runlocal recipes' learning runs, heavy compiles, "
+                                       f"long tests that are not the only test of their contract): left out unless "
+                                       f"-m selects it (`-m {SLOW}`: this tier alone; `-m '{SLOW} or not {SLOW}'`: both)")
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's: keep the collection order (see below)
         config.option.loadscopereorder = False
     global _jax_cache_dir
@@ -100,7 +103,28 @@ def pytest_runtest_setup(item):
     os.environ[_NO_OPTIMISATIONS] = "0" if optimized else "1"
 
 
+# Two tiers (docs/architecture.md, "Testing"). The default tier is what the README's test command, and so CI, runs:
+# every test not marked `slow`, within its 15-minute budget on 2 cores, with one short learning run per kind of task
+# (tests/test_learning_smoke.py). The slow tier is the tests marked `slow`, run with `-m slow` before an issue that
+# changes models, tasks, the trainer, the data path or a config is called done. A run given any -m expression selects
+# by it alone.
+SLOW = "slow"
+
+
+def _tier(config, items):
+    """Leaves the slow tier out of a run that gives no -m expression; the deselected tests are reported as such."""
+    if config.option.markexpr:
+        return items
+    kept, slow = [], []
+    for item in items:
+        (slow if item.get_closest_marker(SLOW) else kept).append(item)
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+    return kept
+
+
 def pytest_collection_modifyitems(config, items):
+    items[:] = _tier(config, items)
     durations = json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}
     items.sort(key=lambda item: -durations.get(item.path.name, _UNRECORDED))  # stable: a file's tests stay in order
 

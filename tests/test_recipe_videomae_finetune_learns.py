@@ -22,7 +22,8 @@ from vidjax.config_lib import ConfigError
 from vidjax.data import synthetic
 from vidjax.metric_writer import read_metrics
 
-pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
+# A learning run, compiled as users' runs are; the slow tier (conftest.py).
+pytestmark = [pytest.mark.optimized, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("recipe", ["videomae_finetune_k400", "captioning_charades"])

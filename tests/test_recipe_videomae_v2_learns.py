@@ -18,7 +18,8 @@ from helpers import load_config, train_losses
 from vidjax import train
 from vidjax.metric_writer import read_metrics
 
-pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
+# A learning run, compiled as users' runs are; the slow tier (conftest.py).
+pytestmark = [pytest.mark.optimized, pytest.mark.slow]
 
 
 def test_recipes_are_the_official_scripts():

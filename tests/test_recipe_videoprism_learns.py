@@ -13,7 +13,8 @@ from helpers import load_config
 
 from vidjax import train
 
-pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
+# A learning run, compiled as users' runs are; the slow tier (conftest.py).
+pytestmark = [pytest.mark.optimized, pytest.mark.slow]
 
 
 def test_contrastive_runlocal_retrieves_by_caption_and_its_frozen_encoder_trains_the_pooler_to_three_times_chance(

@@ -9,7 +9,8 @@ from helpers import load_config
 
 from vidjax import train
 
-pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
+# A learning run, compiled as users' runs are; the slow tier (conftest.py).
+pytestmark = [pytest.mark.optimized, pytest.mark.slow]
 
 
 def test_vivit_runlocal_reaches_three_times_chance(tmp_path, generate_clips_once):

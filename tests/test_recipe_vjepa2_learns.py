@@ -15,7 +15,8 @@ from helpers import load_config
 from vidjax import train
 from vidjax.metric_writer import read_metrics
 
-pytestmark = pytest.mark.optimized  # a learning run: compiled as users' runs are (conftest.py)
+# A learning run, compiled as users' runs are; the slow tier (conftest.py).
+pytestmark = [pytest.mark.optimized, pytest.mark.slow]
 
 STD_FLOOR = 0.3  # the layer-normed target features' per-dimension spread; a collapsed encoder gives 0
 

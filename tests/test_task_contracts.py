@@ -38,7 +38,11 @@ CONTRACT_MODULES = {"training_of": "vidjax.tasks.base", "readout_of": "vidjax.ta
 # reader -> the lookups it may make (the others are another reader's).
 READERS = {
     "vidjax/train/__init__.py": {"training_of", "readout_of"},  # readout_of: the evaluators' (`eval_context`)
+    "vidjax/train/aot.py": {"training_of"},  # the trainer's own step, compiled for a TPU slice
+    "vidjax/commands/evaluate.py": {"training_of"},  # its checkpoint's data, as the trainer settles it
     "vidjax/commands/data_bench.py": {"training_of"},
+    # A loaded checkpoint's outputs read by its task (`predict`, `zeroshot`, the demo, export share it).
+    "vidjax/tasks/predictions.py": {"readout_of", "presentation_of"},
     "vidjax/commands/predict.py": {"readout_of"},
     "vidjax/commands/extract.py": {"readout_of"},
     "vidjax/commands/probe.py": {"readout_of"},
@@ -76,6 +80,16 @@ def test_each_reader_looks_up_only_its_contracts(reader):
     others = {CONTRACT_MODULES[name] for name in LOOKUPS - allowed}
     reached = {module for module in imported if any(module.startswith(other) for other in others)}
     assert not reached, f"{reader} imports {sorted(reached)}, another reader's contract"
+
+
+def test_every_module_that_looks_up_a_contract_is_a_listed_reader():
+    """The table above is the whole list (docs/architecture.md's contract table says the same): a new module that
+    looks up a contract is named there, with the contracts it reads."""
+    defining = {PACKAGE / "tasks" / name for name in ("__init__.py", "base.py", "readout.py", "presentation.py")}
+    unlisted = sorted(str(path.relative_to(ROOT)) for path in PACKAGE.rglob("*.py")
+                      if path not in defining and str(path.relative_to(ROOT)) not in READERS
+                      and lookups_and_imports(path)[0])
+    assert not unlisted, f"{unlisted} look up task contracts; list each in READERS with the contracts it reads"
 
 
 def test_the_demo_export_and_push_never_see_a_training_spec_nor_train_a_presentation():
