@@ -60,7 +60,8 @@ def pytest_configure(config):
                                        "than it compiles them: a learning run)")
     config.addinivalue_line("markers", f"{SLOW}: the slow tier (the runlocal recipes' learning runs, heavy compiles, "
                                        f"long tests that are not the only test of their contract): left out unless "
-                                       f"-m selects it (`-m {SLOW}`: this tier alone; `-m '{SLOW} or not {SLOW}'`: both)")
+                                       f"-m selects it (`-m {SLOW}`: this tier alone; `-m '{SLOW} or not {SLOW}'`: "
+                                       f"both)")
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's: keep the collection order (see below)
         config.option.loadscopereorder = False
     global _jax_cache_dir
@@ -86,11 +87,31 @@ def pytest_configure(config):
 # seconds each took in a recorded run (tests/durations.json); a file not recorded there goes after the recorded
 # ones of a minute or more. pytest-xdist's own reordering (3.6 on: by number of tests, most first) put the one-test
 # runlocal recipe files last, and one worker then ran them alone for the last quarter of an hour: it is turned off
-# in pytest_configure. `VIDJAX_RECORD_DURATIONS=1 python -m pytest -n 2 --dist loadfile` writes the figures of the
-# files it ran there.
+# in pytest_configure. A file's seconds are its tier's: durations.json holds {"default": {file: s}, "slow": {...}}
+# (a run with another -m expression orders by the two added). `VIDJAX_RECORD_DURATIONS=1 python -m pytest -n 2
+# --dist loadfile` (and with `-m slow`) writes the figures of the files it ran there, for its tier.
 _DURATIONS = pathlib.Path(__file__).with_name("durations.json")
 _UNRECORDED = 60.0  # seconds assumed for a file not in durations.json
 _recorded: dict[str, float] = {}  # file -> seconds of this run, summed over its tests' phases (controller only)
+
+
+def _tier_name(config) -> str | None:
+    """"default" (no -m), SLOW (-m slow), or None (another expression: both tiers, or a selection of its own)."""
+    expression = (config.option.markexpr or "").strip()
+    return "default" if not expression else SLOW if expression == SLOW else None
+
+
+def _durations(config) -> dict[str, float]:
+    """The recorded seconds of each file in this run's tier (both tiers' added, for another -m expression)."""
+    recorded = json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}
+    tier = _tier_name(config)
+    if tier is not None:
+        return recorded.get(tier, {})
+    both: dict[str, float] = {}
+    for figures in recorded.values():
+        for name, seconds in figures.items():
+            both[name] = both.get(name, 0.0) + seconds
+    return both
 
 
 def pytest_runtest_setup(item):
@@ -125,7 +146,7 @@ def _tier(config, items):
 
 def pytest_collection_modifyitems(config, items):
     items[:] = _tier(config, items)
-    durations = json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}
+    durations = _durations(config)
     items.sort(key=lambda item: -durations.get(item.path.name, _UNRECORDED))  # stable: a file's tests stay in order
 
 
@@ -142,10 +163,12 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _recording() and _recorded and exitstatus == 0:  # the files this run ran replace their earlier figures
-        merged = {**(json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}), **_recorded}
-        rounded = {name: round(seconds, 1) for name, seconds in sorted(merged.items(), key=lambda kv: -kv[1])}
-        _DURATIONS.write_text(json.dumps(rounded, indent=1) + "\n")
+    tier = _tier_name(session.config)
+    if _recording() and _recorded and exitstatus == 0 and tier is not None:  # its files' figures are replaced
+        recorded = json.loads(_DURATIONS.read_text()) if _DURATIONS.exists() else {}
+        merged = {**recorded.get(tier, {}), **_recorded}
+        recorded[tier] = {name: round(seconds, 1) for name, seconds in sorted(merged.items(), key=lambda kv: -kv[1])}
+        _DURATIONS.write_text(json.dumps(recorded, indent=1) + "\n")
 
 
 def pytest_unconfigure(config):

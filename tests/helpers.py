@@ -9,6 +9,7 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from vidjax import config_lib, tasks, train
 from vidjax.metric_writer import read_metrics
@@ -17,6 +18,23 @@ from vidjax.metric_writer import read_metrics
 # same loop emitters. The children compile with most optimisations off through the variable conftest.py sets, which
 # they inherit (tiny jobs, where compiling is most of the time).
 COMMAND_XLA_FLAGS = os.environ.get("VIDJAX_TEST_LOOP_EMITTERS", "")  # conftest.py's choice for this jaxlib
+
+
+def tiered(values, default: int = 1, *, keep=None, unpack: bool = False) -> list:
+    """`values` for `pytest.mark.parametrize` with the first `default` of them (or those in `keep`) in the default
+    tier and the rest in the slow tier (marked `slow`: conftest.py), in their order, the test ids unchanged: the
+    cases past the first check the same contract at more shapes, families or settings. `unpack`: each value is a
+    tuple of several arguments."""
+    cases = []
+    for index, value in enumerate(values):
+        if (index < default) if keep is None else (value in keep):
+            cases.append(value)
+        elif isinstance(value, type(pytest.param(None))):  # already a pytest.param: its own marks and id kept
+            cases.append(pytest.param(*value.values, marks=[*value.marks, pytest.mark.slow], id=value.id))
+        else:
+            cases.append(pytest.param(*value, marks=pytest.mark.slow) if unpack
+                         else pytest.param(value, marks=pytest.mark.slow))
+    return cases
 
 
 def popen_interruptible(*args, **kwargs) -> subprocess.Popen:

@@ -76,6 +76,7 @@ def by_kind(found):
     return kinds
 
 
+@pytest.mark.slow
 def test_tensor_parallel_step_matches_single_device():
     single_losses, single = run_steps(tp_config(), jax.devices()[:1], steps=2)
     config = tp_config()

@@ -181,6 +181,7 @@ def v5e_step():
     return lowered, lowered.lowered.compile()
 
 
+@pytest.mark.slow
 def test_the_printed_memory_is_xlas_memory_analysis_of_the_tpu_step(v5e_step):
     lowered, compiled = v5e_step
     analysis = compiled.memory_analysis()
@@ -207,6 +208,7 @@ def test_the_printed_memory_is_xlas_memory_analysis_of_the_tpu_step(v5e_step):
     json.dumps(out)  # --json prints it
 
 
+@pytest.mark.slow
 def test_fsdp_gathers_parameters_and_scatters_gradients_within_three_times_their_bytes():
     # Two blocks in one layer scan: the loop's collectives and cycles count twice.
     config = tiny(depth=2, **{"mesh.data": 1, "mesh.fsdp": -1, "model.dtype": "bfloat16", "model.scan_layers": True})
@@ -224,7 +226,7 @@ def test_fsdp_gathers_parameters_and_scatters_gradients_within_three_times_their
 
 @pytest.mark.parametrize("slice_args", [
     # XLA:CPU compiles it; its memory analysis exceeds the limit standing in for the chips' HBM.
-    ("--topology=cpu:8", "--config.memory_limit_gb=0.001"),
+    pytest.param(("--topology=cpu:8", "--config.memory_limit_gb=0.001"), marks=pytest.mark.slow),
     # libtpu itself stops the compilation when the temporaries exceed a v5e chip's HBM.
     ("--topology=v5litepod-1", "--config.batch_size=262144", "--train_examples=100000000")])
 def test_a_step_that_cannot_fit_exits_with_its_code_and_one_line_naming_what_to_change(slice_args):
@@ -278,6 +280,7 @@ def test_the_trainer_and_aot_lower_the_same_device_pixel_step(tmp_path):
     assert lowered.lowered.as_text() == trainer_text
 
 
+@pytest.mark.slow
 def test_a_saved_step_is_what_the_trainer_runs_and_a_mismatch_is_refused_in_one_line(tmp_path):
     config = tiny()
     path = str(tmp_path / "step.aot")
@@ -329,6 +332,7 @@ echo "$@" >> "$GCLOUD_CALLS"
 
 
 @pytest.mark.parametrize("limit_gb, fits", [(0.001, False), (64.0, True)])
+@pytest.mark.slow
 def test_the_pod_launch_compiles_the_step_for_the_slice_before_starting_any_host(tmp_path, limit_gb, fits):
     """scripts/launch_tpu_pod.sh runs `vidjax.aot` for the slice first (here this machine's 8 CPU devices, with a
     memory limit standing in for the chips' HBM): a step that does not fit stops it before gcloud starts the hosts."""

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import tiny_family_config
+from helpers import tiered, tiny_family_config
 from test_scan_and_precision import loss_fn, tiny_model
 
 from vidjax import platform
@@ -127,7 +127,7 @@ FAMILY_CASES = [("videomae", {}), ("timesformer", {"attention_type": "divided_sp
                                            "factorised_dot_product")]
 
 
-@pytest.mark.parametrize(("model_name", "overrides"), FAMILY_CASES,
+@pytest.mark.parametrize(("model_name", "overrides"), tiered(FAMILY_CASES, default=2, unpack=True),
                          ids=[f"{m}-{'-'.join(o.values()) or 'default'}" for m, o in FAMILY_CASES])
 def test_every_family_computes_the_same_with_each_implementation(model_name, overrides):
     """Same parameters: the loss and every gradient of the CPU default (heads_major) equal JAX's XLA path."""

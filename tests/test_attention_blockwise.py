@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import tiered
 from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -83,7 +84,9 @@ PALLAS_SHAPES = [((2, 17, 3, 8), 17), ((1, 130, 2, 64), 130), ((2, 9, 2, 16), 30
                  ((2, 197, 2, 64), 197), ((1, 944, 1, 64), 944), ((1, 1568, 1, 64), 1568), ((1, 1569, 1, 64), 1569)]
 
 
-@pytest.mark.parametrize(("shape", "length_kv"), PALLAS_SHAPES)
+@pytest.mark.parametrize(("shape", "length_kv"), [  # the default tier: a short, an unequal and a padded length
+    case if index in (0, 2, 8) else pytest.param(*case, marks=pytest.mark.slow)
+    for index, case in enumerate(PALLAS_SHAPES)])
 def test_pallas_tpu_kernel_in_interpret_mode_equals_the_plain_path(shape, length_kv):
     """The TPU kernel run by Pallas's interpreter on this CPU, with the blocks it runs with on a TPU
     (`attention.pallas_blocks`: the lengths padded to them, the padding masked by segment ids), forward and its own
@@ -92,7 +95,8 @@ def test_pallas_tpu_kernel_in_interpret_mode_equals_the_plain_path(shape, length
         _assert_equal_to_plain("pallas_tpu", *_operands(shape, length_kv))
 
 
-@pytest.mark.parametrize(("shape", "length_kv"), [((2, 197, 2, 64), 197), ((1, 640, 1, 64), 640),
+@pytest.mark.parametrize(("shape", "length_kv"), [pytest.param((2, 197, 2, 64), 197, marks=pytest.mark.slow),
+                                                  pytest.param((1, 640, 1, 64), 640, marks=pytest.mark.slow),
                                                   ((2, 9, 2, 64), 300)])
 def test_pallas_tpu_kernel_with_small_blocks_equals_the_plain_path(shape, length_kv, monkeypatch):
     """Blocks of 128: several of them at these lengths, the last padded, queries and keys in different counts."""
@@ -191,7 +195,9 @@ FAMILY_IMPLEMENTATIONS = [(m, o, "blockwise") for m, o in FAMILY_CASES] + [
     and o.get("attention_type", "divided_space_time") == "divided_space_time"]
 
 
-@pytest.mark.parametrize(("model_name", "overrides", "implementation"), FAMILY_IMPLEMENTATIONS,
+@pytest.mark.parametrize(("model_name", "overrides", "implementation"), [
+    pytest.param(*case, marks=pytest.mark.slow) if case[2] == "pallas_tpu" and case[0] != "vivit" else case
+    for case in FAMILY_IMPLEMENTATIONS],  # the TPU kernel's interpreter: one family by default
                          ids=[f"{m}-{'-'.join(o.values()) or 'default'}-{i}" for m, o, i in FAMILY_IMPLEMENTATIONS])
 def test_every_family_computes_the_same(model_name, overrides, implementation, small_blocks):
     """Same parameters: the loss and every gradient equal JAX's XLA path (VideoMamba has no attention; SVT and the
@@ -212,7 +218,7 @@ def test_every_family_computes_the_same(model_name, overrides, implementation, s
 PARITY_CASES = ["videomae_model", "timesformer_divided", "vivit_model"]
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", tiered(IMPLEMENTATIONS))
 @pytest.mark.parametrize("case", PARITY_CASES)
 def test_parity_fixtures_hold_with_each_implementation(case, implementation, tmp_path, small_blocks, monkeypatch):
     """tests/test_parity.py's check of one fixture per family with attention, the default resolved to

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import tiered
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -97,7 +98,7 @@ def _run(graphdef, state, *inputs, **keywords):
     return nnx.merge(graphdef, state)(*inputs, **keywords)
 
 
-@pytest.mark.parametrize("frames", FRAMES)
+@pytest.mark.parametrize("frames", tiered(FRAMES))
 def test_the_families_call_these_shapes(frames, monkeypatch):
     """`family_shapes` is what the models call: each traced (one block, shapes only) with the attention recorded."""
     calls, plain = [], attention.dot_product_attention
@@ -160,9 +161,15 @@ def _kernels_of_forward_and_grads(q: tuple[int, ...], kv: tuple[int, ...], dtype
     return _kernels(_compiled(_forward_and_grads, q, kv, kv, dtype=dtype))
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bfloat16", "float32"])
-@pytest.mark.parametrize("frames", FRAMES)
-@pytest.mark.parametrize("case", list(FAMILY_CONFIGS))
+# One tiny config per family in the default tier (bfloat16, 16 frames); the other settings and shapes are the slow
+# tier's (helpers.tiered).
+ONE_PER_FAMILY = ("videomae-classification", "timesformer-joint_space_time", "vivit-factorised_encoder")
+
+
+@pytest.mark.parametrize("dtype", tiered([jnp.bfloat16, jnp.float32]), ids=["bfloat16", "float32"])
+@pytest.mark.parametrize("frames", tiered(FRAMES))
+@pytest.mark.parametrize("case", [case if case in ONE_PER_FAMILY else pytest.param(case, marks=pytest.mark.slow)
+                                  for case in FAMILY_CONFIGS])
 def test_the_kernel_compiles_for_tpu_at_every_family_shape(case, frames, dtype):
     """Mosaic compiles the forward and the forward + backward: four kernels (the forward, the forward keeping its
     row statistics for the backward, then the dK/dV and the dQ kernels), with the blocks `attention.pallas_blocks`
@@ -175,7 +182,8 @@ def test_the_kernel_compiles_for_tpu_at_every_family_shape(case, frames, dtype):
         assert f"flash_mha_bwd_dkv_block_q_major_{block}_block_q_{block}_block_k_major_{block_kv}" in " ".join(kernels)
 
 
-@pytest.mark.parametrize(("batch", "length", "length_kv"), [(8, 197, 197), (8, 1568, 1568), (2, 9, 33)])
+@pytest.mark.parametrize(("batch", "length", "length_kv"), tiered([(2, 9, 33), (8, 197, 197), (8, 1568, 1568)],
+                                                                  unpack=True))
 def test_the_kernel_compiles_sharded_over_four_chips(batch, length, length_kv):
     """On v5e:2x2 with the batch over ("data", "fsdp"), and the heads over "tensor", as the trainer's mesh context has
     them: the kernel runs on each chip's share (XLA cannot partition a Mosaic kernel; without the shard_map this
@@ -222,6 +230,7 @@ def _logits(graphdef, state, video):
     return nnx.merge(graphdef, state)(video)["logits"]
 
 
+@pytest.mark.slow  # four ViT-L compiles for a TPU
 def test_vit_l_inference_temporaries_grow_linearly_in_tokens():
     """16 to 128 frames (1,568 to 12,544 tokens): the fitted exponent of the temporaries against the tokens is at most
     1.1 (measured 1.05: 90, 180, 360 and 804 MiB). XLA's attention: 2.0 (181, 652, 4,890 and 9,752 MiB, all 24

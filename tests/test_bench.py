@@ -17,6 +17,7 @@ from vidjax.bench import op_profile, step
 from vidjax.data import pipeline
 
 
+@pytest.mark.slow
 def test_time_vidjax_reports_step_time_and_flops():
     results = {}
     for mode in ("pretrain", "finetune", "infer"):
@@ -96,6 +97,7 @@ def run_main(*args):
         step.main(["bench"])
 
 
+@pytest.mark.slow
 def test_option_lists_run_every_combination_and_print_a_table(capsys):
     """--dtype/--scan_layers (and --remat/--grad_accum) take comma lists: one row each, a table, {"rows": [...]}.
     Inference, the cheapest program to compile: the train steps' timing is test_time_vidjax's."""
@@ -129,6 +131,7 @@ def test_encode_compiled_only_reports_the_backbone_memory_and_its_compiler(capsy
         run_main("--model=vjepa2", "--mode=encode", "--topology=v5litepod-1")
 
 
+@pytest.mark.slow
 def test_pixels_host_and_device_compile_the_step_from_clips_and_from_planes():
     """--pixels=host,device: the same training step fed RGB clips and fed a device-pixel batch (the planes in the
     canvas the recipe's short side gives, each video's crop), the model's FLOPs the same (the pixel products are not

@@ -35,6 +35,7 @@ def _table(stdout: str) -> list[dict[str, str]]:
             for line in lines[2:]]
 
 
+@pytest.mark.slow
 def test_quick_matrix_has_every_row(quick_run):
     proc, out = quick_run
     result = json.loads(out.read_text())
@@ -61,6 +62,7 @@ def test_quick_matrix_has_every_row(quick_run):
         assert float(cells["s/step"]) > 0 and cells["MFU"] == "", line
 
 
+@pytest.mark.slow
 def test_quick_matrix_prints_host_cores_per_chip_from_this_hosts_input_bench(quick_run):
     """The column is each row's clips/s per device over the clips/s per core of the data-bench JSON the script
     wrote next to --out, measured on this host, for one and four clips per decoded video."""
@@ -84,6 +86,7 @@ def test_quick_matrix_prints_host_cores_per_chip_from_this_hosts_input_bench(qui
         assert {k: float(v) for k, v in printed.items()} == pytest.approx(expected, rel=5e-3), cells
 
 
+@pytest.mark.slow
 def test_host_cores_per_chip_takes_the_best_worker_count_and_prints_a_dash_without_one(quick_run, tmp_path):
     _, out = quick_run
     measured = json.loads((out.parent / "quick.input.json").read_text())

@@ -24,6 +24,7 @@ def test_exponent_is_the_log_log_slope():
     assert sweep.exponent([8, 16, 32], [1.0, None, 4.0]) == pytest.approx(1.0)  # the failed point left out
 
 
+@pytest.mark.slow
 def test_sweep_times_each_family_and_mode_and_writes_json_and_png(tmp_path, capsys):
     """Two families, two points: a row per point with time and the compiled step's memory, an exponent per
     family and mode, a markdown table, PREFIX.json and a PNG. (A point a model refuses stops the sweep before anything
@@ -63,6 +64,7 @@ def test_bad_sweep_flags_are_usage_errors(args, message):
         run_main("--sweep=frames", *args)
 
 
+@pytest.mark.slow
 def test_sweep_fine_tunes_with_remat_over_scanned_layers_in_less_memory(capsys):
     """--remat=full --scan_layers=true (how long clips fine-tune in bounded memory) reach every point's config: the
     rows say so, and the compiled step keeps less than the unrolled step without remat (on XLA:CPU remat only holds

@@ -117,6 +117,7 @@ def test_caption_text_matches_hf_tokenizer(converted):
     assert model.caption(io["video"], max_new_tokens=meta["max_new_tokens"]) == meta["captions"]
 
 
+@pytest.mark.slow
 def test_generate_with_one_beam_is_greedy(converted):
     model, io, meta = converted["captioner_wide_encoder"]
     net = model.model

@@ -1,12 +1,14 @@
 """colabs/embeddings_and_probes.ipynb and colabs/colab_tpu.ipynb run top to bottom in a fresh kernel under
 VIDJAX_QUICK=1 (the other two notebooks: test_colabs_training.py)."""
 
+import pytest
 from helpers import run_notebook
 from test_colabs_training import images_of, text_of
 
 ENCODERS = ("VideoMAE", "TimeSformer", "ViViT", "VideoMamba", "SVT", "Captioner encoder")
 
 
+@pytest.mark.slow
 def test_embeddings_and_probes(tmp_path):
     notebook = run_notebook("embeddings_and_probes", tmp_path)
     printed = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")
@@ -18,6 +20,7 @@ def test_embeddings_and_probes(tmp_path):
     assert images_of(notebook) == 1
 
 
+@pytest.mark.slow
 def test_colab_tpu_on_eight_simulated_devices(tmp_path):
     notebook = run_notebook("colab_tpu", tmp_path)
     printed = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")

@@ -3,6 +3,7 @@ here, the embeddings and TPU notebooks in test_colabs_embeddings_tpu.py (two fil
 give each xdist worker two notebooks); and every stored notebook is clean and explains each step."""
 
 import nbformat
+import pytest
 from helpers import COLABS, run_notebook
 
 NOTEBOOKS = ("quickstart", "finetune_your_videos", "embeddings_and_probes", "colab_tpu")
@@ -46,6 +47,7 @@ def test_quickstart(tmp_path):
     assert images_of(notebook) >= 3  # the clips, the reconstruction, the confusion matrix
 
 
+@pytest.mark.slow
 def test_finetune_your_videos(tmp_path):
     notebook = run_notebook("finetune_your_videos", tmp_path)
     printed = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")

@@ -83,6 +83,7 @@ def test_the_loss_is_the_symmetric_info_nce_at_the_learned_temperature():
     assert float(model.contrastive_scale()) == pytest.approx(100.0, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_step_moves_the_temperature_and_keeps_the_text_positions():
     config = tiny_config()
     initial = train.build(config, 64, sharding.create_mesh(config.mesh, jax.devices()[:1])).init_state()
@@ -93,6 +94,7 @@ def test_a_step_moves_the_temperature_and_keeps_the_text_positions():
     assert not np.array_equal(after["text"]["token_embed"], before["text"]["token_embed"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1)], ids=["dp", "dp-fsdp"])
 def test_sharded_matches_one_device(mesh):
     """The similarities are over the global batch: 8 simulated devices give the one-device losses and weights."""
@@ -107,6 +109,7 @@ def test_sharded_matches_one_device(mesh):
                  jax.device_get(eight["params"]), jax.device_get(one["params"]))
 
 
+@pytest.mark.slow
 def test_exact_resume_and_the_retrieval_evaluation(tmp_path, capsys):
     """Stopped after step 2 and resumed: losses and weights bit-identical to the straight run; the retrieval
     metrics are metrics.retrieval_metrics of the split's embeddings; `evaluate --checkpoint` alone reproduces them,
@@ -189,6 +192,7 @@ def test_the_pooler_recipe_holds_the_encoder_fixed():
                                                                jax.tree.leaves(before[part]), strict=True)), part
 
 
+@pytest.mark.slow
 def test_the_finetune_recipe_decays_the_learning_rate_by_layer():
     """configs/videoprism.py:recipe=finetune takes the classification recipe's layer decay, drop path and mixup;
     layer ids run from the patch embedding (0) through the spatial then temporal blocks to the pooler and head."""

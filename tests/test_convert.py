@@ -154,6 +154,7 @@ def test_load_rejects_other_directories(tmp_path):
         pretrained.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_a_converted_checkpoint(tmp_path):
     """config.init_from: encoder tensors copied, adapted to the config's clip; a head of another size starts fresh."""
     import jax

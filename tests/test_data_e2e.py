@@ -262,6 +262,7 @@ def test_device_pixels_say_when_the_clips_cannot_take_them(library):
                         "--config.batch_size=12, or --config.data.pixels=host."]
 
 
+@pytest.mark.slow
 def test_device_pixel_training_resumes_exactly_and_8_devices_equal_1(library, tmp_path, capsys):
     """Pre-training from device pixels (the clips cut from the planes in the step): stopped after its step-2
     checkpoint and resumed it gives the uninterrupted run's losses bit for bit, and on 8 simulated devices (each
@@ -321,6 +322,7 @@ def test_training_on_files_replaces_and_counts_a_corrupt_video(library, tmp_path
     assert "1 videos failed to decode" in out and "broken.mp4" in caplog.text
 
 
+@pytest.mark.slow
 def test_repeated_sampling_run_resumes_exactly(library, tmp_path, capsys):
     """Pre-training on files with four clips cut from each decode (VideoMAE V2's num_sample 4), through grain
     workers and the prefetch thread: stopped after its step-3 checkpoint and resumed, it gives the uninterrupted
@@ -342,6 +344,7 @@ def test_repeated_sampling_run_resumes_exactly(library, tmp_path, capsys):
     assert [a[step] for step in range(4, 7)] == [b[step] for step in range(4, 7)]
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_a_folder_with_multi_view_eval(library, tmp_path):
     config = tiny_config(task="classification", batch_size=3, total_steps=3, checkpoint_every=3)
     config.model.update(head="classification", num_classes=3)

@@ -7,7 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from helpers import ContainerProxy
+from helpers import ContainerProxy, tiered
 from PIL import Image
 from test_decode import decode_all, make_video
 
@@ -56,6 +56,9 @@ VIDEOS = {
     "audio.mp4": ("libx264", X264_B, {"audio": True}),
     "fragmented.mp4": ("libx264", X264_B, {"container_options": {"movflags": "frag_keyframe+empty_moov"}}),
 }
+# The files the default tier checks byte for byte (the others: the slow tier): B-frame pyramids, another codec with
+# B-frames and another container, a non-zero start.
+DEFAULT_TIER_VIDEOS = ("pyramid.mp4", "hevc.mp4", "mpeg2.mpg", "late_start.mp4")
 
 
 @functools.cache
@@ -95,7 +98,7 @@ def both(path, num_frames, sampling_rate, seed=None, **kwargs):
     return skipped, full
 
 
-@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+@pytest.mark.parametrize("video", tiered(VIDEOS, keep=DEFAULT_TIER_VIDEOS), indirect=True)
 def test_skip_nonref_is_byte_identical(video):
     # Index k is the k-th decoded frame where frames are evenly spaced from the stream start. Not in the AVI: its
     # B-frame timestamps, guessed by the demuxer, start one frame late (with or without skipping).
@@ -127,7 +130,7 @@ def test_skip_nonref_is_byte_identical(video):
 HEADER_ONLY = {"pyramid.mp4", "no_pyramid.mp4", "vfr.mp4", "late_start.mp4", "hevc.mp4", "audio.mp4", "mpeg4.mp4"}
 
 
-@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+@pytest.mark.parametrize("video", tiered(VIDEOS, keep=DEFAULT_TIER_VIDEOS), indirect=True)
 def test_header_only_open_reads_what_the_full_probe_reads(video, monkeypatch):
     opens = []  # the options of each container opened: {} is the full probe
     open_with = decode._open_with
@@ -290,7 +293,7 @@ def assert_same_clips(path, num_frames, sampling_rate, num_clips, **kwargs):
     return together.num_decoded, decoded
 
 
-@pytest.mark.parametrize("video", list(VIDEOS), indirect=True)
+@pytest.mark.parametrize("video", tiered(VIDEOS, keep=DEFAULT_TIER_VIDEOS), indirect=True)
 def test_read_clips_are_the_test_clips_read_one_by_one(video):
     for num_clips in (1, 2, 5):  # 32-frame windows on 75 frames: 2 apart (read alone), 5 overlapping (together)
         together, alone = assert_same_clips(video, 8, 4, num_clips, short_side=32)

@@ -410,6 +410,7 @@ def onnx_files(checkpoints, tmp_path_factory):
     return files
 
 
+@pytest.mark.slow
 def test_an_onnx_file_is_served_as_its_checkpoint_is(checkpoints, onnx_files, files, tmp_path):
     """--onnx: the classifier's ONNX file served by ONNX Runtime gives /predict and /analyse what
     `python -m vidjax.predict` gives for its checkpoint (windows included)."""

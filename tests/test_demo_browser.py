@@ -57,6 +57,7 @@ def server(tmp_path_factory):
     app.cleanup()
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_top_5_of_an_uploaded_video(chromium, server):  # chromium first: skip before serving
     app, url, video = server
     proc = subprocess.run([sys.executable, str(SCRIPT), f"--url={url}", f"--video={video}", f"--chromium={chromium}",

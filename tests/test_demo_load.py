@@ -44,6 +44,7 @@ def classifier(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_200_requests_from_16_clients_all_answered_or_refused_with_steady_memory(classifier):
     report = script("load_demo").load_test(classifier, requests=200, clients=16)
     assert report["wrong"] == [], report["wrong"][:5]
@@ -117,6 +118,7 @@ def test_help_states_the_serving_flags_and_bad_values_exit_2(capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_serving_prints_a_row_per_batch_size_and_runtime(classifier, tmp_path, capsys):
     """The StableHLO file and the ONNX file of one checkpoint, each alone (--exported) and both from one random model
     (--model, alternating rounds, the logits compared)."""

@@ -136,6 +136,7 @@ def two_process_run(tmp_path_factory):
     return config_path, tmp / "two"
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_on_one(tmp_path, two_process_run):
     """2 processes x 2 CPU devices (mesh data=2, fsdp=2 spanning both) train the losses of 1 process on 1 device
     over the same global batch; their checkpoint then resumes in 1 process and continues the same losses."""
@@ -163,6 +164,7 @@ def test_two_processes_match_one_process_and_resume_on_one(tmp_path, two_process
         np.testing.assert_allclose(resumed[step], one[step], rtol=1e-5, err_msg=f"step {step}: resumed on 1 process")
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes_exactly(tmp_path, two_process_run):
     """SIGTERM reaches process 1 only (process 0 hosts the coordinator and logs): both processes agree on a step,
     save it together, exit 4; the same 2-process command resumes, and every loss equals the uninterrupted run's

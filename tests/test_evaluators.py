@@ -152,6 +152,7 @@ def test_a_stored_config_of_an_earlier_version_names_its_embedded_variant_in_tod
     assert tasks.upgrade_stored_config(config) is config and config.data.synthetic_task == variant
 
 
+@pytest.mark.slow
 def test_attentive_probe_on_a_runs_encoder_logs_it_and_its_initial_weights(tmp_path):
     """The attentive evaluator on a VideoMAE pre-training (its encoder's tokens): the probe's top-1 and top-5 of the
     trained and (at step 0) the initial weights, each in [0, 1]; `evaluate` on the checkpoint gives the same figures

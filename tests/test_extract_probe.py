@@ -219,7 +219,8 @@ def test_probe_errors(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--task" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe", ["videomae_k400", "svt_k400", "captioning_charades"])
+@pytest.mark.parametrize("recipe", ["videomae_k400", pytest.param("svt_k400", marks=pytest.mark.slow),
+                                    "captioning_charades"])
 def test_every_family_extracts_from_a_random_init(recipe, tmp_path):
     """pretrained.init gives a runlocal model as load would (with random weights): extract pools the tokens of the
     video model in it, a VideoMAE pre-training's encoder, an SVT's backbone and a captioner's encoder. (The other

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import COMMAND_XLA_FLAGS, train_losses
+from helpers import COMMAND_XLA_FLAGS, tiered, train_losses
 from test_train import tiny_config
 
 from vidjax import preemption, train
@@ -32,7 +32,7 @@ def garble(path):
         f.write(b"\x00garbled\xff" * 8)
 
 
-@pytest.mark.parametrize("damage", ["missing", "garbled"])
+@pytest.mark.parametrize("damage", tiered(["missing", "garbled"]))
 def test_damaged_newest_checkpoint_is_skipped(tmp_path, capsys, caplog, monkeypatch, damage):
     """The newest step folder lost or garbled files after it was written: resume from the one before, warned.
 
@@ -73,6 +73,7 @@ CHILD = ("import sys, time; from vidjax import sharding; real = sharding.global_
          "app.run(lambda argv: sys.exit(main.main(argv)), flags_parser=cli.parse_flags)")
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_4_and_resumes_exactly(tmp_path):
     total = 12
     config_file = tmp_path / "tiny.py"

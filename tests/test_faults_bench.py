@@ -259,6 +259,7 @@ def test_sweep_legends_cover_no_point():
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_process_exits_130_without_a_crash_and_resumes(tmp_path):
     """A real process: SIGINT once the first point is measured (the next one compiling on XLA's threads, whose
     teardown under the compile crashed the process, exit 139): one line, 130, the point kept; the rerun keeps it."""

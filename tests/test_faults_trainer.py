@@ -13,7 +13,7 @@ import types
 
 import jax
 import pytest
-from helpers import COMMAND_XLA_FLAGS
+from helpers import COMMAND_XLA_FLAGS, popen_interruptible
 from test_train import tiny_config
 
 from vidjax import cli, sharding, train
@@ -29,6 +29,7 @@ def _send(signum):
     os.kill(os.getpid(), signum)
 
 
+@pytest.mark.slow
 def test_stop_by_signal_then_resume_quietly(tmp_path, capsys, caplog, monkeypatch):
     """SIGTERM once the first step has run: that step's checkpoint, and no stop line from the trainer (the command
     prints the one line). A second signal while the checkpoint is written goes to the caller's callback, not into
@@ -103,8 +104,13 @@ def _env():
 
 
 def _run(args, **kwargs):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(), cwd=REPO,
-                          timeout=300, **kwargs)
+    """The child as from a terminal, with SIGINT's default action whatever the runner's (a background job's runner
+    ignores SIGINT, its children inherit that, and a command leaves an ignored signal ignored: the COMPILE case's
+    SIGINT was then lost and the run went on to its end)."""
+    with popen_interruptible([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=_env(), cwd=REPO, **kwargs) as proc:
+        stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _tiny_config_file(tmp_path, **overrides):

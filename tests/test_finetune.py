@@ -241,6 +241,7 @@ def test_finetune_recipe_is_the_published_one():
 
 
 @pytest.mark.optimized  # the first to ask for pretrained_run, a learning run
+@pytest.mark.slow
 def test_evaluate_command_scores_a_workdir_like_the_trainer(tmp_path, pretrained_run):
     from vidjax.commands import evaluate
 
@@ -320,6 +321,7 @@ def finetune(task, init_from, workdir, steps, num_classes=8):
 
 
 @pytest.mark.optimized  # learning runs: compiled as users' runs are (conftest.py)
+@pytest.mark.slow
 def test_pretrain_then_finetune_multilabel_and_regression_beat_trivial_predictors(pretrained_run, tmp_path):
     config, result = finetune("multilabel", pretrained_run, tmp_path / "multilabel", steps=400, num_classes=4)
     source = pipeline.make_source(config.data, "eval")

@@ -168,6 +168,7 @@ def test_conversion_refuses_what_vidjax_does_not_compute():
         hf_gpt2.model_config({"scale_attn_by_inverse_layer_idx": True})
 
 
+@pytest.mark.slow
 def test_scanned_rematerialised_blocks_and_dropout():
     """scan_layers + remat compute the unrolled blocks' logits and pass gradients to the encoder states; dropout
     runs only with a key."""

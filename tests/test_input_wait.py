@@ -47,6 +47,7 @@ def slow_steps(monkeypatch, seconds):
     monkeypatch.setattr(train.AheadOfTimeStep, "__call__", call)
 
 
+@pytest.mark.slow
 def test_prefetch_gives_the_same_losses_and_every_row_its_input_share(tmp_path):
     """Prefetch on and off: the same losses bit for bit; every logged train row has input_wait_share in [0, 1]."""
     runs = {}

@@ -218,6 +218,7 @@ def run(argv: list[str], log: pathlib.Path, environ: dict, ready=None, signum=No
     return status, output
 
 
+@pytest.mark.slow  # the trainer's stops in the default tier: tests/test_faults_trainer.py
 @pytest.mark.parametrize("name", ROWS)
 def test_interrupted_twice_then_finished(files, name, tmp_path, request):
     row = ROWS[name]

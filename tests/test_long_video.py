@@ -68,6 +68,7 @@ def rows(path):
     return [json.loads(line) for line in open(path)]
 
 
+@pytest.mark.slow
 def test_long_video_memory_resume_and_output(long_files, tmp_path):
     # (1) the 20-minute file in the memory of the 1-minute one.
     short_mb = peak_rss_mb(command(long_files, long_files["short"], tmp_path / "short.jsonl"))
@@ -131,6 +132,7 @@ def kill_part_way(argv, partial, lines):
     return partial.read_bytes()
 
 
+@pytest.mark.slow
 def test_extract_windows_memory_resume_and_output(long_files, tmp_path):
     # (1) one embedding per window of the 20-minute file, in the memory of the 1-minute one.
     short = class_folder(tmp_path / "short", long_files["short"])

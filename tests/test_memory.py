@@ -66,6 +66,7 @@ def test_remat_is_per_block(model_name):
     assert count_remat(model_name, "full") == count_remat(model_name, "dots_saveable") == inner + depth
 
 
+@pytest.mark.slow
 def test_dots_saveable_trains_like_no_remat():
     # One block, rematerialised or not: compiling the two steps is the test's time (6 CPU s, 11 with two blocks).
     reference, _ = run_steps(tiny_family_config("timesformer", depth=1), jax.devices()[:1])
@@ -78,6 +79,7 @@ def test_unknown_remat_policy_is_a_config_error():
         layers.check_remat("some")
 
 
+@pytest.mark.slow
 def test_memory_reported_before_the_first_step_and_checked(tmp_path, capsys):
     config = tiny_family_config("videomae")
     config.update(total_steps=1, checkpoint_every=1, figure=False, eval_batches=1)
@@ -125,6 +127,7 @@ def test_recipes_accept_the_memory_keys():
     train.check_config(config)
 
 
+@pytest.mark.slow
 def test_bench_reports_remat_grad_accum_and_memory():
     """--remat / --grad_accum reach the benchmarked step; micro-batches shrink the compiled temporaries."""
     from vidjax.bench import step as bench

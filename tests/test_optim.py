@@ -399,6 +399,7 @@ def test_adam_eps_reaches_the_update():
         np.testing.assert_allclose(updates["head"]["bias"], -1e-3 * g / (np.abs(g) + eps), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_captioner_trainer_state_shards_and_checkpoints(tmp_path):
     """train.build + init_state over 8 devices (fsdp 2): the frozen encoder's moments are MaskedNodes in the state
     and in its shardings, the other moments are sharded as their parameter, and the state saves and restores."""

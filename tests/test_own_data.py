@@ -83,6 +83,7 @@ def folder_run(folders, converted, tmp_path_factory):
     return workdir, proc.stdout
 
 
+@pytest.mark.slow
 def test_a_class_folder_fine_tunes_from_a_converted_checkpoint_of_another_width(folder_run):
     workdir, out = folder_run
     # The model took the checkpoint's architecture; the classes (and the head) came from the folder tree.
@@ -100,6 +101,7 @@ def test_a_class_folder_fine_tunes_from_a_converted_checkpoint_of_another_width(
     assert len(evals) == 1 and 0.0 <= evals[0]["eval_top1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_with_the_checkpoint_alone_reproduces_the_runs_final_eval(folder_run, tmp_path):
     """`python -m vidjax.evaluate --checkpoint=DIR`: the config stored with the checkpoint gives the model, the data
     and its 3 classes; a --config.KEY flag without --config changes that stored config."""
@@ -116,6 +118,7 @@ def test_evaluate_with_the_checkpoint_alone_reproduces_the_runs_final_eval(folde
     assert evaluate.evaluate_checkpoint(None, str(workdir)) == {k: final[k] for k in keys}
 
 
+@pytest.mark.slow
 def test_evaluate_names_what_a_converted_checkpoint_lacks_and_what_conflicts(converted, folder_run):
     with pytest.raises(config_lib.ConfigError, match=r"--checkpoint=.*converted checkpoint.*no data to evaluate "
                                                      r"on.*--config=FILE"):

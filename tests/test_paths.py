@@ -48,6 +48,7 @@ def runs(tmp_path_factory):
             "converted_vjepa2": converted / "vjepa2", "clip": clip}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classification", "converted", "converted_vjepa2"])
 def test_load_init_from_predict_and_extract(runs, kind, monkeypatch, tmp_path, capsys):
     target = pathlib.Path(runs[kind])
@@ -67,6 +68,7 @@ def test_load_init_from_predict_and_extract(runs, kind, monkeypatch, tmp_path, c
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "converted_pretrain"])
+@pytest.mark.slow
 def test_visualize(runs, kind, monkeypatch, tmp_path, capsys):
     for i, typed in enumerate(spellings(pathlib.Path(runs[kind]), monkeypatch)):
         assert visualize.main([f"--checkpoint={typed}", runs["clip"], f"--out={tmp_path / str(i)}"]) == 0, typed
@@ -74,6 +76,7 @@ def test_visualize(runs, kind, monkeypatch, tmp_path, capsys):
     assert "error" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_and_outputs_under_home(runs, monkeypatch, tmp_path):
     from test_train import tiny_config
 
@@ -86,6 +89,7 @@ def test_evaluate_and_outputs_under_home(runs, monkeypatch, tmp_path):
     assert len(set(scores)) == 1 and (pathlib.Path(runs["classification"]).parent / "eval" / "out.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_commands_from_a_shell(runs, tmp_path):
     """The real commands, run in a home folder with the checkpoints typed as relative, ./, ~/, trailing-slash and
     symlinked paths; outputs and inputs typed the same way."""

@@ -82,6 +82,7 @@ def test_attentive_finds_the_one_token_that_mean_pooling_washes_out(tmp_path, ca
     assert capsys.readouterr().out.startswith("attentive probe, classification, 192 training rows")
 
 
+@pytest.mark.slow
 def test_the_trained_probe_reads_the_marked_token_wherever_it_is():
     """Its predictions follow the marked token: the same whatever the order of the tokens (no positions: a query
     attending to a set) and whatever the noise tokens hold, and the class written into the marked token is the class
@@ -149,6 +150,7 @@ def test_attentive_multilabel(tmp_path):
     assert report["metrics"]["mAP"] >= 0.95 and "per_class" not in report, report["metrics"]
 
 
+@pytest.mark.slow
 def test_attentive_grid_over_lr(tmp_path, capsys):
     x, label = one_token_classes(n=160, seed=2)
     tokens = write_features(tmp_path / "f.npz", x, label=label)

@@ -22,9 +22,6 @@ from vidjax.config_lib import ConfigError
 from vidjax.data import synthetic
 from vidjax.metric_writer import read_metrics
 
-# A learning run, compiled as users' runs are; the slow tier (conftest.py).
-pytestmark = [pytest.mark.optimized, pytest.mark.slow]
-
 
 @pytest.mark.parametrize("recipe", ["videomae_finetune_k400", "captioning_charades"])
 def test_runlocal_without_init_from_names_the_commands_that_make_it(tmp_path, recipe):
@@ -61,6 +58,8 @@ def check_pretraining_learned_and_wrote_its_outputs(workdir, result, config, dev
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.optimized  # a learning run, compiled as users' runs are; the slow tier (conftest.py)
+@pytest.mark.slow
 def test_pretrain_then_finetune_runlocal_reaches_three_times_chance(tmp_path, generate_clips_once, capsys):
     devices = jax.devices()[:1]
     pretraining = load_config("videomae_k400", "runlocal")

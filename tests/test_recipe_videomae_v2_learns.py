@@ -18,9 +18,6 @@ from helpers import load_config, train_losses
 from vidjax import train
 from vidjax.metric_writer import read_metrics
 
-# A learning run, compiled as users' runs are; the slow tier (conftest.py).
-pytestmark = [pytest.mark.optimized, pytest.mark.slow]
-
 
 def test_recipes_are_the_official_scripts():
     pretraining = load_config("videomae_v2")
@@ -43,6 +40,8 @@ def test_v2_finetune_runlocal_is_the_videomae_finetune_runlocal():
     assert v2.to_dict() == v1.to_dict()
 
 
+@pytest.mark.optimized  # a learning run, compiled as users' runs are; the slow tier (conftest.py)
+@pytest.mark.slow
 def test_v2_pretrain_runlocal_learns_and_starts_the_finetune(tmp_path, generate_clips_once, capsys):
     devices = jax.devices()[:1]
     pretraining = load_config("videomae_v2", "runlocal")

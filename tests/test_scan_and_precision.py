@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import run_steps, tiny_family_config
+from helpers import run_steps, tiered, tiny_family_config
 
 from vidjax.config_lib import ConfigError
 from vidjax.data.pipeline import tube_mask
@@ -42,7 +42,7 @@ def dot_dtypes(fn, *args):
     return re.findall(r"\b\w+:(\w+)\[[^\]]*\] = dot_general", str(jax.make_jaxpr(fn)(*args)))
 
 
-@pytest.mark.parametrize("model_name", FAMILIES)
+@pytest.mark.parametrize("model_name", tiered(FAMILIES))
 def test_scan_layers_computes_what_the_unrolled_blocks_compute(model_name):
     """Same parameters (stacked: blocks/stacked/... instead of blocks/0/..., layers.to_layout converts), same loss
     and gradients, with per-block drop-path rates and keys, under remat (which test_memory shows changes nothing
@@ -69,7 +69,7 @@ def test_scan_layers_computes_what_the_unrolled_blocks_compute(model_name):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("model_name", FAMILIES)
+@pytest.mark.parametrize("model_name", tiered(FAMILIES, default=3))
 def test_scanned_program_does_not_grow_with_depth(model_name):
     """Unrolled, each extra block adds its matmuls to the program XLA compiles; scanned, the program stays the same."""
     counts = {}
@@ -81,6 +81,7 @@ def test_scanned_program_does_not_grow_with_depth(model_name):
     assert counts[False, 6] > counts[False, 3] > counts[True, 3], counts
 
 
+@pytest.mark.slow
 def test_scan_layers_trains_sharded_like_unrolled_on_one_device():
     """FSDP + tensor parallel over 8 devices with the blocks scanned: the single-device unrolled losses to 1e-5."""
     reference, _ = run_steps(tiny_family_config("videomae"), jax.devices()[:1], steps=2)
@@ -123,6 +124,7 @@ def test_bf16_computes_in_bf16_with_float32_parameters(model_name):
     assert results["bfloat16"] != results["float32"]  # bf16 rounding really happened
 
 
+@pytest.mark.slow
 def test_bf16_trains_the_tiny_model_with_float32_state():
     """Eight bf16 updates through the trainer: the loss falls as in float32; parameters, gradients (the updates
     are finite and float32) and optimizer state stay float32."""

@@ -38,6 +38,7 @@ def scanned_gradient(model):
     return jax.jit(jax.grad(loss)).lower(state).compile(), block_bytes(state)
 
 
+@pytest.mark.slow
 def test_the_scanned_step_makes_no_copy_of_the_block_parameters():
     """A TimeSformer whose blocks' parameters dwarf its activations: the compiled gradient of the stacked blocks'
     scan needs less scratch memory, by more than one copy of those parameters, than scanning the per-block layout
@@ -108,9 +109,10 @@ def assert_trees_equal(got, want, **tolerance):
 
 
 @pytest.mark.parametrize("model_name, overrides", [
-    ("videomae", {}), ("videomae", dict(head="classification")), ("timesformer", {}), ("vivit", {}),
-    ("vivit", dict(model_type="factorised_encoder", temporal_depth=2)),
-    ("vivit", dict(model_type="factorised_dot_product")), ("videomamba", {}),
+    pytest.param("videomae", {}, marks=pytest.mark.slow), ("videomae", dict(head="classification")),
+    pytest.param("timesformer", {}, marks=pytest.mark.slow), ("vivit", {}),
+    pytest.param("vivit", dict(model_type="factorised_encoder", temporal_depth=2), marks=pytest.mark.slow),
+    ("vivit", dict(model_type="factorised_dot_product")), pytest.param("videomamba", {}, marks=pytest.mark.slow),
 ])
 def test_stacked_blocks_hold_the_loop_parameters_and_compute_the_same(model_name, overrides):
     """Built stacked (blocks/stacked/..., leading axis the blocks, logical name "layers"), a seed gives the loop
@@ -149,6 +151,7 @@ def test_stacked_blocks_hold_the_loop_parameters_and_compute_the_same(model_name
     assert_trees_equal(layers.to_layout(grads_scan, loop_params), grads_loop, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_gpt2_stacked_trains_and_decodes_as_per_block():
     """GPT-2 with stacked blocks: the same logits and gradients for whole sequences, and the same greedy decoding
     (which unrolls the blocks, each sliced out of the stack) with cross-attention."""
@@ -192,7 +195,7 @@ def test_gpt2_stacked_trains_and_decodes_as_per_block():
     ("videomae", dict(name="adamw", grad_clip=0.0)),
     ("vivit", dict(name="adamw", grad_clip=0.01, grad_clip_mode="per_tensor")),
     ("timesformer", dict(name="sgd", momentum=0.9, nesterov=True, grad_clip=1.0, grad_clip_mode="global")),
-    ("videomamba", dict(name="adamw", grad_clip=0.0)),
+    pytest.param("videomamba", dict(name="adamw", grad_clip=0.0), marks=pytest.mark.slow),
 ])
 def test_layer_decay_of_stacked_blocks_is_the_per_block_one(model_name, optimizer):
     """Layer decay (and per-tensor clipping) scales a stacked parameter's blocks along its leading axis: two
@@ -236,7 +239,7 @@ def write_training_checkpoint(workdir, config, params):
     ckpt.close()
 
 
-@pytest.mark.parametrize("written_scan", [False, True])
+@pytest.mark.parametrize("written_scan", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_a_checkpoint_of_either_layout_loads_in_the_other(tmp_path, written_scan):
     """A training checkpoint written with the blocks stacked loads per block and the other way round: as init_from
     of a fine-tune and through pretrained.load (its own layout), with the same values and outputs; converting it
@@ -269,6 +272,7 @@ def test_a_checkpoint_of_either_layout_loads_in_the_other(tmp_path, written_scan
     np.testing.assert_allclose(loaded.model(jnp.asarray(VIDEO))["logits"], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("written_scan", [False, True])
 def test_a_train_state_resumes_in_the_other_layout(tmp_path, written_scan):
     """The trainer's whole state (parameters, AdamW moments under layer decay, EMA) saved in one block layout
@@ -303,6 +307,7 @@ def test_a_train_state_resumes_in_the_other_layout(tmp_path, written_scan):
         assert got.sharding == spec, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_the_trainer_resumes_a_stacked_run_per_block_with_the_same_losses(tmp_path):
     """A pre-training run with its blocks stacked, stopped after its step-4 checkpoint and resumed with
     scan_layers off, logs the losses the uninterrupted stacked run logs (to float rounding: the same maths,

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiered
 
 from vidjax.ops.selective_scan import selective_scan, selective_scan_recurrent, selective_scan_sequential
 
@@ -61,7 +62,8 @@ def assert_close(actual, expected, what: str, rtol: float = 1e-5, atol: float = 
 # Lengths that are (64) and are not (50, 7) multiples of the chunk, each in both directions, with every option
 # (D, z, delta_bias, softplus) and with none: six cases cover each length/direction/options pair at least once.
 @pytest.mark.parametrize("length,chunk_size,full,reverse", [
-    (64, 16, True, False), (64, 16, False, True), (50, 16, True, True), (50, 16, False, False),
+    pytest.param(64, 16, True, False, marks=pytest.mark.slow), (64, 16, False, True),
+    pytest.param(50, 16, True, True, marks=pytest.mark.slow), (50, 16, False, False),
     (7, 16, True, False), (7, 16, False, True),
 ])
 def test_chunked_matches_sequential(length, chunk_size, full, reverse):
@@ -76,11 +78,11 @@ def test_chunked_matches_sequential(length, chunk_size, full, reverse):
 
 # The recurrent scan (hand-written backward pass) at every length the tests here use (7, 10, 12, 20, 50, 64, 256),
 # with blocks that do and do not divide the length, a block longer than the sequence, and one step per block.
-@pytest.mark.parametrize("length,block_size,full,reverse", [
+@pytest.mark.parametrize("length,block_size,full,reverse", tiered([  # the default tier: the first four
     (64, 8, True, False), (64, 16, False, True), (50, 8, True, True), (50, 16, False, False), (50, 1, True, False),
     (7, 8, True, False), (7, 3, False, True), (10, 4, True, True), (12, 5, True, False), (20, 64, True, True),
     (256, 8, True, False), (256, 24, True, True),
-])
+], default=4, unpack=True))
 def test_recurrent_matches_sequential(length, block_size, full, reverse):
     inputs = make_inputs(length + 10 * full + reverse, 2, length, 8, 4, full=full)
     y_ref, g_ref = value_and_grads(selective_scan_sequential, inputs, delta_softplus=full, reverse=reverse)
@@ -139,7 +141,7 @@ def test_matches_explicit_recurrence():
     assert_close(np.asarray(selective_scan_recurrent(**inputs, delta_softplus=True, block_size=5)), out, "recurrent")
 
 
-@pytest.mark.parametrize("chunk_size", [16, None, "recurrent"])
+@pytest.mark.parametrize("chunk_size", tiered([16, None, "recurrent"]))
 def test_bfloat16_inputs_keep_a_float32_state(chunk_size):
     # Small steps (dt ~ 0.001..0.1) make the state integrate over many steps, where a bf16 state would drift.
     inputs = make_inputs(6, 1, 256, 16, 8, full=True)

@@ -51,7 +51,8 @@ def shard_shapes(array):
     return {s.data.shape for s in array.addressable_shards}
 
 
-@pytest.mark.parametrize("model_name", list(BLOCK))
+@pytest.mark.parametrize("model_name", [name if name == "vivit" else pytest.param(name, marks=pytest.mark.slow)
+                                        for name in BLOCK])  # the default tier: one family
 def test_strategies_match_single_device(model_name):
     # VideoMamba: the chunked scan, which scan="auto" runs on the accelerators these strategies are for, in chunks of
     # 4 (65 tokens: 17 chunks, the state carried across them): compiling is the test's time, and a shorter chunk's

@@ -34,6 +34,7 @@ def tiny_svt_config(**svt):
     return config
 
 
+@pytest.mark.slow
 def test_step_compiles_once_with_one_backbone_trace_per_view_shape(monkeypatch):
     """Views of 4 shapes (2 and 4 frames, 32 and 16 px): the student traces the backbone once per shape, the
     teacher once per global shape, and three steps compile the step once."""
@@ -70,6 +71,7 @@ def test_step_compiles_once_with_one_backbone_trace_per_view_shape(monkeypatch):
     assert sorted(traced) == sorted(teacher + student), traced
 
 
+@pytest.mark.slow
 def test_teacher_centre_and_held_last_layer():
     """One epoch of 8 steps with the last layer held for 2: it stays at its init for 2 steps while the rest moves;
     the teacher is the scheduled EMA of the student; the centre moves off zero; entropy is logged."""
@@ -98,6 +100,7 @@ def test_teacher_centre_and_held_last_layer():
     assert np.abs(one["center"]).max() > 0 and np.isfinite(one["center"]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1)], ids=["dp", "fsdp"])
 def test_sharded_matches_one_device(mesh):
     """8 simulated devices (data parallel, fsdp) give the one-device losses, teacher and centre to 1e-5."""
@@ -114,6 +117,7 @@ def test_sharded_matches_one_device(mesh):
     np.testing.assert_allclose(jax.device_get(a), jax.device_get(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_exact_resume_and_knn_evaluation(tmp_path, capsys):
     """Stopped after step 2 and resumed: losses, entropies, teacher and centre bit-identical to the straight run;
     the k-NN eval of the random-init teacher is logged at step 0 and kept on resume; `evaluate --checkpoint`

@@ -161,6 +161,7 @@ def test_space_only_averages_frame_sequences_before_the_norm():
     np.testing.assert_allclose(model(clip)["last_hidden_state"], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resize_positions():
     cfg = tiny_config()
     model = build(cfg)

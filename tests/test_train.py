@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_sharded_matches_single_device, train_losses
+from helpers import assert_sharded_matches_single_device, tiered, train_losses
 
 from vidjax import config_lib, train
 from vidjax.models import videomae
@@ -35,7 +35,7 @@ def tiny_config(**overrides):
     return config
 
 
-@pytest.mark.parametrize("num_workers,prefetch", [(0, 0), (0, 2), (2, 2)])
+@pytest.mark.parametrize("num_workers,prefetch", tiered([(0, 0), (0, 2), (2, 2)], unpack=True))
 def test_exact_resume(tmp_path, capsys, num_workers, prefetch):
     """N steps straight vs stopped after k and resumed: bit-identical losses for k+1..N (also with grain workers, and
     with batches prefetched: the data position saved is that of the batches used, not of those read ahead)."""
@@ -59,6 +59,7 @@ def test_exact_resume(tmp_path, capsys, num_workers, prefetch):
         assert a[step] == b[step], (step, a[step], b[step])
 
 
+@pytest.mark.slow
 def test_sharded_run_matches_single_device(tmp_path):
     state = assert_sharded_matches_single_device(lambda: tiny_config(total_steps=6, checkpoint_every=6), tmp_path,
                                                  mesh=(2, 4, 1))

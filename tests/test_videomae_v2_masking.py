@@ -151,6 +151,7 @@ def test_model_loss_mask_counts_equal_the_official_engine():
         np.testing.assert_array_equal(np.asarray(out["masked_ids"]), np.stack([np.flatnonzero(m) for m in mask]))
 
 
+@pytest.mark.slow
 def test_v2_forward_shapes_loss_and_gradients():
     model = build(tiny_config())
     b, n, p = 3, 32, 2 * 8 * 8 * 3

@@ -188,6 +188,7 @@ def test_x_proj_init_std():
         assert abs(float(np.std(kernel)) / std - 0.88) < 0.1  # a normal truncated at 2 std keeps 0.88 of it
 
 
+@pytest.mark.slow
 def test_sincos_start_keeps_the_cls_token_live():
     """A CLS input of exactly zero is dead in a Mamba block: RMSNorm(0) = 0, so z = 0 and the gate silu(z) zeroes the
     CLS output of every layer, and the head's input is the same for every clip. A sin-cos start leaves the spatial
@@ -281,6 +282,7 @@ def small_train_config(**overrides):
     return config
 
 
+@pytest.mark.slow
 def test_runlocal_recipe_trains(tmp_path):
     """40 steps over 32 clips (20 epochs): the model fits its training clips, the loss falls well below ln 8."""
     config = small_train_config()

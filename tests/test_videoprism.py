@@ -74,6 +74,7 @@ def test_training_keeps_the_text_position_table_fixed(clip):
     np.testing.assert_allclose(table, videoprism.sinusoid_table(*table.shape), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scanned_blocks_compute_what_unrolled_blocks_do(clip):
     """config.model.scan_layers stacks every stack's blocks (spatial, temporal, auxiliary, text) and scans them: the
     same outputs from the same weights."""

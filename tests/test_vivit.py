@@ -140,7 +140,8 @@ def test_inflate_2d(method, tubelet):
         vivit.inflate_2d(kernel_2d, tubelet, "average")
 
 
-@pytest.mark.parametrize("model_type", vivit.MODEL_TYPES)
+@pytest.mark.parametrize("model_type", [
+    pytest.param(kind, marks=pytest.mark.slow) if kind == "factorised_encoder" else kind for kind in vivit.MODEL_TYPES])
 def test_resize_positions(model_type):
     src = tiny_model_config(model_type)
     params = flat_params(build(src))
@@ -193,6 +194,7 @@ def test_configs_resolve():
         load_config("vivit_k400", "model_type=space_time")
 
 
+@pytest.mark.slow  # the trainer's sharding: tests/test_strategies.py
 @pytest.mark.parametrize("model_type", vivit.MODEL_TYPES)
 def test_sharded_steps_match_single_device(model_type):
     """2 steps of the trainer's jitted step on one device and on a (data 2, fsdp 2, tensor 2) mesh of 8: the same

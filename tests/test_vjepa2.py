@@ -106,6 +106,7 @@ def test_shapes_at_16_and_32_frames(frames):
     assert all(np.all(np.isfinite(v)) for v in out.values())
 
 
+@pytest.mark.slow
 def test_scanned_and_rematerialised_blocks_compute_the_same():
     video = jax.random.normal(jax.random.key(1), (1, 4, 32, 32, 3))
     ids = np.arange(8)[None]

@@ -91,6 +91,7 @@ def test_the_context_encoder_sees_only_its_tokens():
                                jnp.take_along_axis(full, order[..., None], axis=1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_target_encoder_targets_and_its_momentum():
     """One step: the targets are the EMA encoder's tokens, layer-normed, at the target indices; the loss is their L1
     distance to the predictor's outputs, averaged over the entries; the EMA moves by the scheduled momentum."""
@@ -128,6 +129,7 @@ def test_the_target_encoder_targets_and_its_momentum():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), one["ema_params"], expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1)], ids=["dp", "fsdp"])
 def test_sharded_matches_one_device(mesh):
     """8 simulated devices (data parallel, fsdp) give the one-device losses and target encoder to 1e-5."""
@@ -156,6 +158,7 @@ def test_config_problems_are_reported_together():
     assert any("needs a config.vjepa2 block" in p for p in train.config_problems(config))
 
 
+@pytest.mark.slow
 def test_exact_resume_and_attentive_probe_evaluation(tmp_path, capsys):
     """Stopped after step 2 and resumed: losses, target spreads and target encoder bit-identical to the straight
     run; the attentive probe of the random-init target encoder is logged at step 0 and kept on resume; `evaluate
