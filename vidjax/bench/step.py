@@ -85,7 +85,7 @@ from vidjax import cli, config_lib, host_malloc, tpu
 from vidjax.bench import op_profile, reference, sweep
 from vidjax.convert.common import is_video_config
 from vidjax.flops import matmul_flops, plain_config  # `step.matmul_flops`, as the matrix and the sweep name it
-from vidjax.models import available, get_model, videomamba
+from vidjax.models import available, get_model, traits, videomamba
 from vidjax.models.layers import REMAT_POLICIES
 
 _MODEL = flags.DEFINE_string("model", "videomae", "Video model name (a module in vidjax.models that takes clips).")
@@ -454,9 +454,9 @@ def option_rows() -> list[dict]:
                                  f"finetune).")
         values["pixels"] = _PIXELS.value
     if _DECODER_MASK.value != ["none"]:
-        if _MODE.value != "pretrain" or _MODEL.value != "videomae":
-            raise app.UsageError(f"--decoder_mask={','.join(_DECODER_MASK.value)} applies to --model=videomae "
-                                 f"--mode=pretrain.")
+        if _MODE.value != "pretrain" or _MODEL.value not in (pretraining := pretraining_models()):
+            raise app.UsageError(f"--decoder_mask={','.join(_DECODER_MASK.value)} applies to "
+                                 f"--model={'|'.join(pretraining)} --mode=pretrain.")
         values["decoder_mask"] = _DECODER_MASK.value
     for name, choices in _CHOICES.items():
         if name not in values:
@@ -509,6 +509,12 @@ def markdown_table(rows: list[dict]) -> str:
 def video_models() -> list[str]:
     """The models this benchmark times: those that take a clip (frames and image size in their config)."""
     return [name for name in available() if is_video_config(get_model(name).default_config())]
+
+
+def pretraining_models() -> list[str]:
+    """The video models whose traits give them a masked pre-training step to time (`Benchmark.modes`)."""
+    return [name for name in video_models()
+            if (bench := traits(name).benchmark) is not None and "pretrain" in bench.modes]
 
 
 def check_workload_flags() -> None:
@@ -597,9 +603,10 @@ def run_sweep() -> int:
         raise app.UsageError(f"--models={','.join(models)}: {', '.join(bad)} is no video model; choose from "
                              f"{', '.join(known)}.")
     bad = [m for m in modes if m not in ("pretrain", "finetune", "infer")]
-    if bad or ("pretrain" in modes and models != ["videomae"]):
-        raise app.UsageError(f"--modes={','.join(modes)}: give infer, finetune (and pretrain for --models=videomae "
-                             f"alone).")
+    pretraining = pretraining_models()
+    if bad or ("pretrain" in modes and not set(models) <= set(pretraining)):
+        raise app.UsageError(f"--modes={','.join(modes)}: give infer, finetune (and pretrain for "
+                             f"--models={','.join(pretraining)} alone).")
     try:
         values = [int(v) for v in _SWEEP_VALUES.value] or list(sweep.DEFAULT_VALUES[_SWEEP.value])
         assert min(values) >= 1 and len(values) == len(set(values))
