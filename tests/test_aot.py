@@ -153,6 +153,80 @@ def test_the_estimates_count_a_loop_by_the_bound_its_condition_compares_with():
                                  "category": "matrix products (convolution fusions)"}
 
 
+_MOSAIC = 'custom_call_target="tpu_custom_call", operand_layout_constraints='
+KERNELS = "\n".join([
+    "HloModule kernels",
+    "",
+    "%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {",
+    f"  %scan.3 = f32[4,1024,256]{{2,1,0:T(8,128)}} custom-call(%u), {_MOSAIC}{{f32[4,1024,256]{{2,1,0}}, "
+    'bf16[4,1024,16]{2,1,0}}, backend_config={"custom_call_config":{"cost_estimate":{"flops":"2000000000",'
+    '"transcendentals":"0","bytes_accessed":"1"}},"bundle_analysis_data":{"estimated_cycles":"175000","flops":"0"}}',
+    '  %f = f32[8]{0} fusion(%x), kind=kLoop, calls=%fused, backend_config={"estimated_cycles":"100"}',
+    "}",
+    "",
+    "%cond (p: (s32[], f32[8])) -> pred[] {",
+    "  %constant.1 = s32[]{:T(128)} constant(12)",
+    "  %i = s32[]{:T(128)} get-tuple-element(%p), index=0",
+    "  ROOT %lt = pred[]{:T(512)} compare(%i, %constant.1), direction=LT",
+    "}",
+    "",
+    "ENTRY %main (x: f32[8]) -> f32[8] {",
+    "  %w = (s32[], f32[8]) while(%t), condition=%cond, body=%body",
+    f"  %too_fast.1 = f32[4,1024,256]{{2,1,0}} custom-call(%y), {_MOSAIC}{{f32[4,1024,256]{{2,1,0}}}}, "
+    'backend_config={"bundle_analysis_data":{"estimated_cycles":"10"}}',
+    f"  %unprofiled.2 = f32[8]{{0}} custom-call(%y), {_MOSAIC}{{f32[8]{{0}}}}, "
+    'backend_config={"estimated_cycles":"7"}',
+    '  %copy.1 = f32[8]{0} copy(%y), backend_config={"estimated_cycles":"50"}',
+    "}",
+    ""])
+
+
+def test_mosaic_kernels_are_estimated_statically_and_an_impossible_estimate_is_unknown_with_its_floor():
+    """The cost model leaves kernels out: each is counted by libtpu's static estimate (its loop's trip count times),
+    held to its floors (HBM bytes over the bandwidth, declared FLOPs over the peak), else unknown with the reason."""
+    chip = tpu.CHIPS["v5p"]
+    found = aot.kernel_estimates(KERNELS, chip)
+    rows = {row["name"]: row for row in found["kernels"]}
+    assert set(rows) == {"scan", "too_fast", "unprofiled"} and found["calls"] == 14
+    scan = rows["scan"]
+    moved = 4 * 1024 * 256 * 4 * 2 + 4 * 1024 * 16 * 2  # its result and operands, once a call
+    assert scan["calls"] == 12 and scan["bytes"] == 12 * moved and scan["flops"] == 12 * 2e9
+    assert scan["seconds"] == pytest.approx(12 * 175000 / chip.clock_hz)
+    assert scan["hbm_floor_s"] == pytest.approx(12 * moved / chip.hbm_bytes_per_s)
+    assert scan["arithmetic_floor_s"] == pytest.approx(12 * 2e9 / chip.peak_bf16_flops)
+    assert max(scan["hbm_floor_s"], scan["arithmetic_floor_s"]) < scan["seconds"]
+    fast = rows["too_fast"]  # 10 cycles for 8 MiB of HBM: faster than the chip's bandwidth allows
+    assert fast["seconds"] is None and "below its HBM bytes over the chip's bandwidth" in fast["reason"]
+    assert rows["unprofiled"]["seconds"] is None and "no static estimate" in rows["unprofiled"]["reason"]
+    assert found["unknown"] == 2 and found["seconds"] == pytest.approx(scan["seconds"])
+    assert found["unknown_floor_s"] == pytest.approx(fast["hbm_floor_s"] + rows["unprofiled"]["hbm_floor_s"])
+    # The profile shares count the kernels by their static estimates; the cost model's loop scale leaves them out.
+    profile = aot.estimated_profile(KERNELS)
+    assert profile["kernel_cycles"] == 12 * 175000 + 10 and profile["cycles_once"] == 100 + 50
+    assert profile["cycles"] == 12 * (175000 + 100) + 10 + 50
+
+
+@pytest.mark.slow
+def test_a_step_with_mosaic_kernels_counts_each_by_its_scaled_static_estimate():
+    """VideoMamba's runlocal on v5p:2x2x1 runs the fused selective-scan kernels (scan "auto" on TPU): the table
+    names each kernel with its static estimate (from a child process's profile at one clip a batch shard, scaled by
+    its bytes here) above its floors, and the step time is the cost model's plus theirs."""
+    config = load_config("videomamba_k400", "runlocal")
+    out = aot_command.figures(config, tpu.slice_of("v5p:2x2x1"), "train")
+    kernels = out["kernels"]
+    names = {row["name"] for row in kernels["kernels"]}
+    assert names == {"selective_scan", "selective_scan_reverse", "selective_scan_backward",
+                     "selective_scan_reverse_backward"}
+    assert kernels["unknown"] == 0 and kernels["calls"] == 4 * config.model.depth
+    for row in kernels["kernels"]:
+        assert row["seconds"] >= max(row["hbm_floor_s"], row["arithmetic_floor_s"]) > 0
+        assert row["profiled_bytes"] < row["bytes"]  # profiled at one clip a batch shard, 8 a chip here
+    assert out["step_s"] == pytest.approx(out["xla_step_s"] + kernels["seconds"])
+    assert "step_s_is_floor" not in out
+    line = aot_command.kernel_line(out)
+    assert "4 kernels" in line and "all 4 unseen by the cost model" in line and "selective_scan_backward x" in line
+
+
 def test_the_local_slice_is_this_process_s_devices():
     here = tpu.local_slice()
     assert here.topology == f"cpu:{jax.device_count()}" and tpu.topology_devices(here) == jax.devices()

@@ -22,7 +22,7 @@ DOCUMENTED = {
     "gpu": dict(attention_impl="auto_gpu", backward="autodiff", projection_form="multi_axis", block_gradients="fused",
                 scan="chunked"),
     "tpu": dict(attention_impl="auto_tpu", backward="autodiff", projection_form="multi_axis", block_gradients="fused",
-                scan="chunked"),
+                scan="pallas"),
 }
 FIELDS_OF = {"videomae": platform.TRANSFORMER_FIELDS, "timesformer": platform.TRANSFORMER_FIELDS,
              "vivit": platform.TRANSFORMER_FIELDS, "videomamba": platform.MAMBA_FIELDS, "gpt2": platform.TEXT_FIELDS}

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import load_config, train_losses
+from helpers import load_config, tiered, train_losses
 
 from vidjax import platform, train
 from vidjax.config_lib import ConfigError
@@ -50,7 +50,7 @@ def test_shapes_heads_and_errors():
     with pytest.raises(ConfigError, match="Unknown model variant 'B/16'.*Mu, Ti, S, M"):
         build(tiny_config(variant="B/16"))
     with pytest.raises(ConfigError, match="scan='parallel'; choose one of 'auto', 'chunked', 'associative', "
-                                          "'sequential', 'recurrent'"):
+                                          "'sequential', 'recurrent', 'pallas'"):
         build(tiny_config(scan="parallel"))
     with pytest.raises(ConfigError, match="'classification' or 'none'"):
         build(tiny_config(head="pretrain"))
@@ -107,14 +107,14 @@ def test_bidirectional_mixer_is_forward_plus_flipped_backward():
     assert float(jnp.abs(mixer(h) - mixer.out_proj(forward)).max()) > 1e-2
 
 
-def test_auto_scan_is_recurrent_on_cpu_and_chunked_elsewhere():
+def test_auto_scan_is_recurrent_on_cpu_the_kernel_on_tpu_and_chunked_on_gpu():
     assert videomamba.default_config().scan == "auto"
     assert videomamba.resolve_scan("auto") == "recurrent"  # the test backend is the CPU
-    assert [videomamba.resolve_scan(s) for s in ("chunked", "associative", "sequential", "recurrent")] == [
-        "chunked", "associative", "sequential", "recurrent"]
-    for backend in ("gpu", "tpu"):
-        assert videomamba.resolve_scan("auto", backend) == "chunked"
-        assert platform.resolve(tiny_config(), backend).scan == "chunked"
+    scans = ("chunked", "associative", "sequential", "recurrent", "pallas")
+    assert [videomamba.resolve_scan(s) for s in scans] == list(scans)
+    for backend, scan in (("gpu", "chunked"), ("tpu", "pallas")):
+        assert videomamba.resolve_scan("auto", backend) == scan
+        assert platform.resolve(tiny_config(), backend).scan == scan
     # The model holds the resolved scan: built from "auto" here, from an explicit value anywhere.
     assert build(tiny_config()).layers[1].mixer.scan == "recurrent"
     assert build(platform.resolve(tiny_config(), "gpu")).layers[1].mixer.scan == "chunked"
@@ -141,6 +141,30 @@ def test_recurrent_scan_gradients_match_the_sequential_scan():
 
         grads[scan] = jax.tree.leaves_with_path(jax.jit(jax.grad(loss))(params))
     for (path, ref), (_, got) in zip(grads["sequential"], grads["recurrent"], strict=True):
+        scale = max(1e-3, float(jnp.abs(ref).max()))
+        np.testing.assert_allclose(got, ref, atol=1e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("scan_layers", tiered([False, True], default=0))
+def test_the_kernel_scan_equals_the_sequential_one_on_the_model_values_and_gradients(scan_layers):
+    """scan="pallas" (the fused TPU kernel, in Pallas's TPU interpreter here) on the whole model: the logits and
+    every parameter's gradient equal the sequential reference's."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    results = {}
+    for scan in ("sequential", "pallas"):
+        graphdef, params = nnx.split(build(tiny_config(scan=scan, depth=2, scan_layers=scan_layers)))
+
+        def loss(params, graphdef=graphdef):
+            logits = nnx.merge(graphdef, params)(video(frames=4))["logits"]
+            return jnp.sum(jnp.sin(logits)), logits
+
+        with pltpu.force_tpu_interpret_mode():
+            results[scan] = jax.jit(jax.grad(loss, has_aux=True))(params)
+    (ref_grads, ref_logits), (grads, logits) = results["sequential"], results["pallas"]
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=0)
+    for (path, ref), (_, got) in zip(jax.tree.leaves_with_path(ref_grads), jax.tree.leaves_with_path(grads),
+                                     strict=True):
         scale = max(1e-3, float(jnp.abs(ref).max()))
         np.testing.assert_allclose(got, ref, atol=1e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 

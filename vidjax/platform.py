@@ -74,8 +74,10 @@ process):
   as norms; `lax.optimization_barrier` does not help, XLA:CPU expands it away before fusing). The fine-tune step
   went from 1.56 to 1.21 s (0.78x, 5 rounds) and compiles faster. GPU and TPU compilers fuse differently, and a
   conditional per block would cost them a launch.
-- `scan` (VideoMamba): "auto" -> "recurrent" / "chunked"; also "associative" and "sequential" (what each is:
-  `vidjax.models.videomamba`).
+- `scan` (VideoMamba): "auto" -> "recurrent" on CPU / "pallas" on TPU / "chunked" elsewhere; also "associative" and
+  "sequential" (what each is: `vidjax.models.videomamba`). "pallas" is the fused kernel of `vidjax.ops.scan_kernel`
+  (Mosaic, the state in on-chip memory); on a GPU it runs the chunked scan, since no GPU has measured a Pallas
+  (Triton) form of the loop against it, and on a CPU it runs only under Pallas's TPU interpreter (for tests).
   Why: on CPU what costs is memory traffic, not the number of steps: the associative scans move (batch, K, N,
   d_inner) tensors through memory once per level, and autodiff through the sequential `lax.scan` saves every step's
   state for the backward pass (1.6 GiB of temporaries at the micro runlocal's shape). The recurrent scan keeps one
@@ -182,8 +184,9 @@ FIELDS: dict[str, Field] = {field.name: field for field in (
           "multi-axis projections as one 2-D product or a multi-axis contraction; 'auto': flat on CPU"),
     Field("block_gradients", ("written_out", "fused"), {"cpu": "written_out", OTHER: "fused"},
           "each block input's gradient written out whole, or left to fusion; 'auto': written_out on CPU"),
-    Field("scan", ("chunked", "associative", "sequential", "recurrent"), {"cpu": "recurrent", OTHER: "chunked"},
-          "VideoMamba's selective scan; 'auto': recurrent on CPU, chunked elsewhere"),
+    Field("scan", ("chunked", "associative", "sequential", "recurrent", "pallas"),
+          {"cpu": "recurrent", "tpu": "pallas", OTHER: "chunked"},
+          "VideoMamba's selective scan; 'auto': recurrent on CPU, the fused Pallas kernel on TPU, chunked elsewhere"),
 )}
 
 # The platform fields of each kind of model (its config block holds them, "auto" by default).

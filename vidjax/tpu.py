@@ -9,8 +9,10 @@ A slice is named three ways, all taken by `slice_of`:
 A name of Cloud's gets the shape Cloud gives that many chips (the smallest side doubled, the last of equal sides
 first: v5p-128 is 64 chips, 4x4x4; v4-32 is 16 chips, 2x2x4; v5litepod-8 is 2x4).
 
-The figures (`CHIPS`) are per chip, from Google's Cloud TPU pages: peak dense bf16 FLOP/s, HBM, inter-chip
-interconnect bandwidth, and the host vCPUs a slice gives each chip (the hosts feed the input pipeline). jax shows one
+The figures (`CHIPS`) are per chip, from Google's Cloud TPU pages: peak dense bf16 FLOP/s, HBM and its bandwidth,
+inter-chip interconnect bandwidth, and the host vCPUs a slice gives each chip (the hosts feed the input
+pipeline); the clock is the peak over the matrix units' width (v6e's is not published: 918 TFLOP/s over four
+256 x 256 MXUs). jax shows one
 device a chip, except on v2/v3, whose two TensorCores are a device each.
 """
 
@@ -41,6 +43,10 @@ class Chip:
     devices_per_chip: int  # jax devices a chip (megacore chips are one)
     chip_config: str = "default"  # libtpu's chip_config_name for its topologies
     ici_bytes_per_s: float | None = None  # inter-chip interconnect bandwidth of one chip (Google's Gbps / 8)
+    hbm_bytes_per_s: float | None = None  # HBM bandwidth of one chip
+    # The TensorCore clock, what libtpu's cycle estimates count: the peak over the matrix units' multiply-adds a
+    # cycle (v5p: 2 cores x 4 MXUs x 128 x 128 x 2 FLOP x 1.75 GHz = 459 TFLOP/s).
+    clock_hz: float | None = None
 
     @property
     def counts_cores(self) -> bool:
@@ -50,11 +56,12 @@ class Chip:
 
 GIB = 2**30
 CHIPS: dict[str, Chip] = {chip.generation: chip for chip in (
-    Chip("v3", ("v3",), "TPU v3", 123e12, 32 * GIB, 24, 2, 2, 2),
-    Chip("v4", ("v4",), "TPU v4", 275e12, 32 * GIB, 60, 3, 2, 1, "megacore", 2400e9 / 8),
-    Chip("v5e", ("v5litepod", "v5e"), "TPU v5 lite", 197e12, 16 * GIB, 28, 2, 1, 1, "default", 1600e9 / 8),
-    Chip("v5p", ("v5p",), "TPU v5", 459e12, 95 * GIB, 52, 3, 2, 1, "megacore", 4800e9 / 8),
-    Chip("v6e", ("v6e",), "TPU v6 lite", 918e12, 32 * GIB, 45, 2, 1, 1, "default", 3584e9 / 8),
+    Chip("v3", ("v3",), "TPU v3", 123e12, 32 * GIB, 24, 2, 2, 2, hbm_bytes_per_s=900e9, clock_hz=940e6),
+    Chip("v4", ("v4",), "TPU v4", 275e12, 32 * GIB, 60, 3, 2, 1, "megacore", 2400e9 / 8, 1200e9, 1050e6),
+    Chip("v5e", ("v5litepod", "v5e"), "TPU v5 lite", 197e12, 16 * GIB, 28, 2, 1, 1, "default", 1600e9 / 8, 819e9,
+         1500e6),
+    Chip("v5p", ("v5p",), "TPU v5", 459e12, 95 * GIB, 52, 3, 2, 1, "megacore", 4800e9 / 8, 2765e9, 1750e6),
+    Chip("v6e", ("v6e",), "TPU v6 lite", 918e12, 32 * GIB, 45, 2, 1, 1, "default", 3584e9 / 8, 1640e9, 1750e6),
 )}
 EXAMPLES = ("v5litepod-1", "v6e-1", "v5litepod-8", "v4-32", "v5p-128", "v5litepod-256", "v6e-64", "v3-8",
             "v5p:4x4x4", "v5e:16x16", "cpu", "cpu:8")
@@ -198,6 +205,30 @@ def quiet_libtpu() -> None:
         return
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     quiet_without_chips()
+
+
+STATIC_PROFILE_FLAG = "--xla_jf_dump_static_llo_profile_to"
+
+
+def static_estimates() -> bool:
+    """Asks libtpu for its static estimate of every instruction it compiles, Mosaic kernels among them (each
+    instruction's `bundle_analysis_data` in the compiled program; `vidjax.train.aot.kernel_estimates` reads them).
+    libtpu makes them when told to write its static LLO profile, so the flag goes into LIBTPU_INIT_ARGS with a
+    per-user directory that is removed when the process exits. It works only before libtpu loads. The profile walks
+    through every loop iteration of the program, so it costs time and memory in proportion to the step's work (a
+    VideoMamba-S step's kernels at 16 clips a chip would take many minutes and tens of GiB): `vidjax.train.aot
+    .profile_kernels` asks for it in a process of its own, on a step of one clip per batch shard."""
+    args = os.environ.get("LIBTPU_INIT_ARGS", "")
+    if STATIC_PROFILE_FLAG in args:
+        return True
+    import atexit
+    import shutil
+    import tempfile
+
+    where = tempfile.mkdtemp(prefix="vidjax-static-llo-")  # libtpu writes only into a directory that exists
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    os.environ["LIBTPU_INIT_ARGS"] = f"{args} {STATIC_PROFILE_FLAG}={where}".strip()
+    return True
 
 
 def topology_devices(slice_: Slice) -> list:

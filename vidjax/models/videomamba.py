@@ -38,6 +38,7 @@ from vidjax import platform
 from vidjax.config_lib import ConfigError
 from vidjax.models import Benchmark, LayerLayout, Traits, layers
 from vidjax.models.positions import resize_grid
+from vidjax.ops.scan_kernel import selective_scan_pallas
 from vidjax.ops.selective_scan import selective_scan, selective_scan_recurrent, selective_scan_sequential
 from vidjax.patches import grid_shape, patchify
 
@@ -50,7 +51,7 @@ VIDEOMAMBA_SIZES: dict[str, tuple[int, int]] = {
     "M": (576, 32),
 }
 
-SCANS = ("auto", "chunked", "associative", "sequential", "recurrent")
+SCANS = ("auto", "chunked", "associative", "sequential", "recurrent", "pallas")
 # The order the scans read the patch tokens in (after the CLS token): the reference's spatial-first (frame by frame,
 # each frame's patches row by row) or temporal-first (patch position by position, each position's frames in turn);
 # VideoMamba's paper compares both. The output tokens are frame by frame either way.
@@ -200,6 +201,13 @@ class MambaBranch(nnx.Module):
         if scan == "recurrent":
             return selective_scan_recurrent(*args, delta_softplus=True, reverse=reverse)
         chunk = scan_chunk if scan == "chunked" else None
+        if scan == "pallas":
+            # The fused kernel where the program is compiled for a TPU (or runs under Pallas's TPU interpreter);
+            # compiled for a GPU, the chunked scan (vidjax.platform says why).
+            kernel = lambda *a: selective_scan_pallas(*a, delta_softplus=True, reverse=reverse)  # noqa: E731
+            chunked = lambda *a: selective_scan(*a, delta_softplus=True, reverse=reverse,  # noqa: E731
+                                                chunk_size=scan_chunk)
+            return jax.lax.platform_dependent(*args, cuda=chunked, rocm=chunked, default=kernel)
         return selective_scan(*args, delta_softplus=True, reverse=reverse, chunk_size=chunk)
 
 
@@ -406,10 +414,10 @@ def default_config() -> ml_collections.ConfigDict:
         dt_rank=0,  # 0 = ceil(width / 16)
         rms_eps=1e-5,
         residual_in_fp32=True,
-        # The platform choices, the selective scan's among them: auto (recurrent on CPU, chunked elsewhere) | chunked
-        # | associative (one scan over all tokens) | recurrent (step by step, hand-written backward pass: CPUs) |
-        # sequential (step by step, autodiff: the reference); remat, and scan_layers (layers 1.. run as one lax.scan,
-        # the first apart)
+        # The platform choices, the selective scan's among them: auto (recurrent on CPU, pallas on TPU, chunked
+        # elsewhere) | pallas (the fused TPU kernel, vidjax/ops/scan_kernel.py) | chunked | associative (one scan
+        # over all tokens) | recurrent (step by step, hand-written backward pass: CPUs) | sequential (step by step,
+        # autodiff: the reference); remat, and scan_layers (layers 1.. run as one lax.scan, the first apart)
         **layers.run_defaults(platform.MAMBA_FIELDS),
         scan_chunk=64,  # tokens per chunk of the chunked scan
         dtype="float32",  # compute dtype; parameters, the scan state and the residual stream stay float32

@@ -17,7 +17,9 @@ FLOPs (`model_flops`: the matrix products of the step in its plainest form, as `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -254,6 +256,16 @@ def _operands(line: str, start: int) -> str:
     return line[start + 1:]
 
 
+def _braced(line: str, start: int) -> str:
+    """The text inside the braces opening at `start`."""
+    depth = 0
+    for i in range(start, len(line)):
+        depth += {"{": 1, "}": -1}.get(line[i], 0)
+        if depth == 0:
+            return line[start + 1:i]
+    return line[start + 1:]
+
+
 def _computations(hlo_text: str) -> tuple[dict[str, list[str]], dict[str, float]]:
     """({computation: its instruction lines}, {computation: times it runs a step}) of a compiled module's HLO text
     (`compiled.as_text()`): a loop body runs its trip count times (`trip_count`), anything else called (conditional
@@ -322,6 +334,11 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
 
 
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_STATIC_CYCLES = re.compile(r'"bundle_analysis_data":\{"estimated_cycles":"(\d+)"')
+_KERNEL = 'custom_call_target="tpu_custom_call"'
+_DECLARED = re.compile(r'"cost_estimate":\{"flops":"(\d+)"')
+_OPERAND_SHAPES = "operand_layout_constraints={"
+_SUFFIX = re.compile(r"\.\d+$")
 _OPCODE = re.compile(r" ([a-z][a-z0-9\-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _KIND = re.compile(r"kind=(k\w+)")
@@ -342,18 +359,204 @@ def _category(opcode: str, line: str, computations: dict[str, list[str]]) -> str
             "kOutput": "other output fusions"}.get(kind[1] if kind else "", f"other ({opcode})")
 
 
-def estimated_profile(hlo_text: str, top: int = 12) -> dict:
-    """libtpu's own estimate of each instruction's cycles (the `estimated_cycles` its compiler writes into every
-    scheduled instruction's backend_config), summed per step with loop bodies times their trip counts: the total
-    ("cycles"), the same with every computation counted once ("cycles_once", how the cost model's aggregate
-    `optimal_seconds` counts a loop), the shares by category, and the `top` instructions with their jax op names.
-    {} where the program carries no estimates (a CPU)."""
+def _kernel_name(line: str) -> str:
+    """A Mosaic kernel's name as its instruction carries it (the pallas_call's name, with the jvp/transpose prefixes
+    of a backward pass), without the instruction's number."""
+    name = line.split("=", 1)[0].replace("ROOT", "").strip().lstrip("%")
+    return _SUFFIX.sub("", name).strip("_").replace("__", "_")
+
+
+def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, float]] | None = None) -> dict:
+    """The Mosaic (Pallas) kernels of a compiled TPU program, which libtpu's cost model leaves out of its step time:
+    for each kernel (by name, its calls a step counted with the loops' trip counts) libtpu's static estimate of its
+    cycles (`bundle_analysis_data`, present when `vidjax.tpu.static_estimates` set its flag before libtpu loaded),
+    the HBM bytes it must at least move (its operands and results, once) and the FLOPs it declares.
+
+    An estimate is kept only if it is physically possible: at least the bytes over the chip's HBM bandwidth and at
+    least the declared arithmetic over the chip's peak (a faster figure would mean more bandwidth or FLOP/s than the
+    chip has: libtpu's static profile has been seen to skip some kernels' loops, docs/tpu.md). A kernel without an
+    estimate, or whose estimate is below either floor, is "unknown" with the reason; its floor is what the step
+    time can be said to include for it. `profiled` (`profile_kernels`) gives the per-call estimates of a kernel the
+    program itself carries none for, each scaled by this program's bytes a call over the profiled one's.
+    {} when the program has no kernels."""
     computations, runs = _computations(hlo_text)
-    by_category: dict[str, float] = {}
-    rows, total, once = [], 0.0, 0.0
+    rows: dict[str, dict] = {}
     for name, times in runs.items():
         for line in computations.get(name, []):
-            cycles = _CYCLES.search(line)
+            if _KERNEL not in line or "=" not in line:
+                continue
+            kernel = _kernel_name(line)
+            row = rows.setdefault(kernel, {"name": kernel, "calls": 0.0, "cycles": 0.0, "bytes": 0.0, "flops": 0.0,
+                                           "without_estimate": 0})
+            cycles, declared = _STATIC_CYCLES.search(line), _DECLARED.search(line)
+            at = line.find(_OPERAND_SHAPES)
+            operands = _braced(line, at + len(_OPERAND_SHAPES) - 1) if at >= 0 else ""
+            result = line[line.index("=") + 1:line.index("custom-call(")]
+            row["calls"] += times
+            row["bytes"] += times * (_array_bytes(result) + _array_bytes(operands))
+            row["flops"] += times * (int(declared[1]) if declared else 0)
+            if cycles:
+                row["cycles"] += times * int(cycles[1])
+            else:
+                row["without_estimate"] += 1
+    if not rows:
+        return {}
+    clock, bandwidth, peak = chip.clock_hz, chip.hbm_bytes_per_s, chip.peak_bf16_flops
+    for row in rows.values():
+        row["hbm_floor_s"] = row["bytes"] / bandwidth
+        row["arithmetic_floor_s"] = row["flops"] / peak
+        floor = max(row["hbm_floor_s"], row["arithmetic_floor_s"])
+        if row.pop("without_estimate"):
+            known = (profiled or {}).get(_plain_name(row["name"]))
+            if not known or not known["bytes"]:
+                row["seconds"], row["reason"] = None, (
+                    "libtpu gave no static estimate" if profiled is None else profiled.get("error") or
+                    "libtpu gave no static estimate of it (the profiled step had no kernel of this name)")
+                continue
+            # Its cycles a byte at one clip a batch shard, times the bytes it moves in this step.
+            row["cycles"] = known["cycles"] / known["bytes"] * row["bytes"]
+            row["profiled_bytes"] = known["bytes"]
+        seconds = row["cycles"] / clock
+        if seconds < floor:
+            which = ("its HBM bytes over the chip's bandwidth" if row["hbm_floor_s"] >= row["arithmetic_floor_s"]
+                     else "its declared FLOPs over the chip's peak")
+            row["seconds"], row["reason"] = None, (
+                f"the static estimate, {seconds * 1e3:.3g} ms, is below {which}, {floor * 1e3:.3g} ms: it cannot "
+                f"be right")
+        else:
+            row["seconds"] = seconds
+    known = [row for row in rows.values() if row["seconds"] is not None]
+    unknown = [row for row in rows.values() if row["seconds"] is None]
+    return {"kernels": sorted(rows.values(), key=lambda row: -(row["seconds"] or 0.0)),
+            "seconds": sum(row["seconds"] for row in known),
+            "unknown": len(unknown),
+            "unknown_floor_s": sum(max(row["hbm_floor_s"], row["arithmetic_floor_s"]) for row in unknown),
+            "calls": sum(row["calls"] for row in rows.values()),
+            "bytes": sum(row["bytes"] for row in rows.values())}
+
+
+def _one_clip_a_shard(config: ml_collections.ConfigDict, mesh) -> ml_collections.ConfigDict:
+    """The same step at one clip per batch shard and no micro-batches: the same kernels on smaller grids."""
+    small = ml_collections.ConfigDict(config.to_dict())
+    small.batch_size = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
+    small.grad_accum_steps = 1
+    return small
+
+
+def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
+    """libtpu's static estimate of the cycles a byte of each Mosaic kernel of `lowered`'s step, in a child process
+    with the static profile on (`vidjax.tpu.static_estimates`, which must be set before libtpu loads).
+
+    The profile walks through every loop iteration of what it profiles, so its time and memory grow with the work:
+    at a recipe's batch it would take far longer than the compile, and whole steps have also been seen to stop
+    libtpu's profiler (an LLO type check on a matrix product of VideoMamba's step, with or without kernels). So the
+    child traces the step at one clip per batch shard (`_one_clip_a_shard`) and compiles each distinct kernel call of
+    it alone, on one chip: nothing but the kernels is profiled. {kernel name: {"cycles", "bytes"}} summed over its
+    calls (a layer scan's by its length), or {"error": why} where the child failed; `kernel_estimates(...,
+    profiled=)` scales them to the full step by the bytes each kernel moves there. A kernel's grid, and with it its
+    cycles, grows with the clips it is given (libtpu's estimates of the selective-scan kernels at 2, 8 and 16 clips:
+    57.4, 228.7, 453.3 us, in proportion)."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    small = _one_clip_a_shard(lowered.config, lowered.setup.mesh)
+    with tempfile.TemporaryDirectory(prefix="vidjax-kernels-") as where:
+        request, answer = os.path.join(where, "request.pkl"), os.path.join(where, "answer.pkl")
+        with open(request, "wb") as f:
+            pickle.dump((small, lowered.slice, lowered.step, lowered.train_examples), f)
+        code = "import sys; from vidjax.train import aot; aot._profile_child(sys.argv[1], sys.argv[2])"
+        try:
+            done = subprocess.run([sys.executable, "-c", code, request, answer], capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return {"error": f"profiling the kernels took over {timeout_s:.0f} s"}
+        if done.returncode or not os.path.exists(answer):
+            lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+            failed = next((line for line in lines if "Check failed" in line or "Error" in line), lines[-1])
+            return {"error": f"profiling the kernels failed (exit {done.returncode}): {failed.strip()[:300]}"}
+        with open(answer, "rb") as f:
+            return pickle.load(f)
+
+
+def _kernel_calls(jaxpr, times: float = 1.0, found: dict | None = None) -> dict:
+    """{(name, operand avals): [the pallas_call equation, calls]} of a jaxpr and the jaxprs inside it, a scan's
+    body counted by its length."""
+    found = {} if found is None else found
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            key = (_pallas_name(eqn), tuple(str(v.aval) for v in eqn.invars))
+            found.setdefault(key, [eqn, 0.0])[1] += times
+            continue
+        inner = times * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    _kernel_calls(sub, inner, found)
+    return found
+
+
+def _profile_child(request: str, answer: str) -> None:
+    """`profile_kernels`'s child: each distinct kernel call of the requested step compiled alone on one chip, with
+    libtpu's static profile on."""
+    import pickle
+
+    tpu.static_estimates()  # before libtpu loads
+    with open(request, "rb") as f:
+        config, slice_, step, examples = pickle.load(f)
+    config = settled(config)
+    devices = tpu.topology_devices(slice_)
+    setup = build(config, examples, sharding.create_mesh(config.mesh, devices), backend=slice_.platform)
+    fn, args = jitted_step(config, setup, step)
+    one_chip = jax.sharding.SingleDeviceSharding(devices[0])
+    totals: dict[str, dict[str, float]] = {}
+    for (name, _), (eqn, calls) in _kernel_calls(jax.make_jaxpr(fn)(*args).jaxpr).items():
+        operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in eqn.invars]
+        kernel = jax.jit(functools.partial(_bind, eqn)).lower(*operands).compile()
+        for row in kernel_estimates(kernel.as_text(), slice_.chip).get("kernels", []):
+            total = totals.setdefault(name, {"cycles": 0.0, "bytes": 0.0})
+            total["cycles"] += calls * row["cycles"]
+            total["bytes"] += calls * row["bytes"]
+    with open(answer, "wb") as f:
+        pickle.dump(totals, f)
+
+
+def _pallas_name(eqn) -> str:
+    """The name a pallas_call equation gives its kernel (its instruction's name in the compiled program)."""
+    named = eqn.params.get("name_and_src_info")
+    return _plain_name(str(getattr(named, "name", None) or eqn.params.get("name") or "pallas_call"))
+
+
+def _bind(eqn, *operands):
+    return eqn.primitive.bind(*operands, **eqn.params)
+
+
+def _plain_name(name: str) -> str:
+    """A kernel's name without the jvp/transpose prefixes a backward pass gives its instruction."""
+    while True:
+        for prefix in ("transpose_", "jvp_", "checkpoint_", "remat_"):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        else:
+            return name.strip("_")
+
+
+def estimated_profile(hlo_text: str, top: int = 12) -> dict:
+    """libtpu's own estimate of each instruction's cycles (the `estimated_cycles` its compiler writes into every
+    scheduled instruction's backend_config; for a Mosaic kernel, which the cost model skips, its static estimate,
+    `kernel_estimates`), summed per step with loop bodies times their trip counts: the total ("cycles"), the
+    instructions but the kernels with every computation counted once ("cycles_once", how the cost model's aggregate
+    `optimal_seconds` counts a loop), the kernels' part of the total ("kernel_cycles"), the shares by category, and
+    the `top` instructions with their jax op names. {} where the program carries no estimates (a CPU)."""
+    computations, runs = _computations(hlo_text)
+    by_category: dict[str, float] = {}
+    rows, total, once, kernels = [], 0.0, 0.0, 0.0
+    for name, times in runs.items():
+        for line in computations.get(name, []):
+            kernel = _KERNEL in line
+            cycles = (_STATIC_CYCLES if kernel else _CYCLES).search(line)
             opcode = _OPCODE.search(line[line.find("=") + 1:]) if "=" in line else None
             if not cycles or not opcode:
                 continue
@@ -361,7 +564,10 @@ def estimated_profile(hlo_text: str, top: int = 12) -> dict:
             category = _category(opcode[1], line, computations)
             by_category[category] = by_category.get(category, 0.0) + value * times
             total += value * times
-            once += value
+            if kernel:
+                kernels += value * times
+            else:
+                once += value
             op_name = _OP_NAME.search(line)
             rows.append((value * times, category, op_name[1].removeprefix("jit(wrapped)/") if op_name else opcode[1]))
     if not total:
@@ -370,7 +576,7 @@ def estimated_profile(hlo_text: str, top: int = 12) -> dict:
     for value, category, op in rows:
         by_op[category, op] = by_op.get((category, op), 0.0) + value
     ranked = sorted(by_op.items(), key=lambda kv: -kv[1])[:top]
-    return {"cycles": total, "cycles_once": once,
+    return {"cycles": total, "cycles_once": once, "kernel_cycles": kernels,
             "by_category": {k: v / total for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
             "top": [{"share": value / total, "category": category, "op": op} for (category, op), value in ranked]}
 
@@ -406,8 +612,12 @@ def analyse(lowered: Lowered, compiled) -> dict:
     """What the compiled step says, per chip: memory (`train.memory_figures`), the cost model, collectives, and
     the parameters' whole size."""
     text = compiled.as_text()
+    chip = lowered.slice.chip
+    kernels = kernel_estimates(text, chip) if chip else {}
+    if kernels and any(row["seconds"] is None for row in kernels["kernels"]):
+        kernels = kernel_estimates(text, chip, profile_kernels(lowered))
     return {"memory": memory_figures(compiled), "cost": cost_figures(compiled), "collectives": collectives(text),
-            "profile": estimated_profile(text), "parameter_bytes": parameter_bytes(lowered.setup)}
+            "profile": estimated_profile(text), "kernels": kernels, "parameter_bytes": parameter_bytes(lowered.setup)}
 
 
 def fits_in(figures: Mapping[str, int], hbm_bytes: int) -> bool:

@@ -1,0 +1,154 @@
+"""The fused selective-scan kernel (`vidjax.ops.scan_kernel`): in Pallas's TPU interpreter on this CPU it computes
+what the plain sequential scan computes, values and gradients at 1e-5 in float32, in both directions, at lengths that
+are not whole tiles, at batch 1 and 3, from bfloat16 inputs with a float32 state, and sharded over 8 devices as on
+one; compiled for TPU for real (Mosaic, on this CPU: nothing runs) at VideoMamba-S's and -M's shapes, forward and
+backward. The model's `scan="pallas"` (and "auto" on TPU) runs it: tests/test_videomamba.py."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import tiered
+from jax.experimental.pallas import tpu as pltpu
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vidjax import platform
+from vidjax.ops import scan_kernel
+from vidjax.ops.selective_scan import selective_scan_sequential
+
+ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def _inputs(batch: int, length: int, d_inner: int, d_state: int, dtype=jnp.float32, seed: int = 0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 8)
+    return (jax.random.normal(k[0], (batch, length, d_inner)).astype(dtype),
+            (0.5 * jax.random.normal(k[1], (batch, length, d_inner))).astype(dtype),
+            -jnp.exp(0.5 * jax.random.normal(k[2], (d_inner, d_state))),
+            jax.random.normal(k[3], (batch, length, d_state)).astype(dtype),
+            jax.random.normal(k[4], (batch, length, d_state)).astype(dtype),
+            jax.random.normal(k[5], (d_inner,)),
+            jax.random.normal(k[6], (batch, length, d_inner)).astype(dtype),
+            0.1 * jax.random.normal(k[7], (d_inner,)))
+
+
+def _loss(scan, *args):
+    y = scan(*args).astype(jnp.float32)
+    return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
+
+
+def _value_and_grads(scan, args):
+    return jax.value_and_grad(functools.partial(_loss, scan), argnums=tuple(range(len(args))))(*args)
+
+
+def _assert_close(got, want, atol=1e-5, rtol=1e-5):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=atol, rtol=rtol)
+
+
+# (batch, length, reverse, time_block): 37 steps are two whole tiles of 16 and 5 more; 3 clips, 1 clip.
+CASES = [(3, 37, True, 16), (1, 37, False, 16), (1, 16, True, 16), (3, 50, False, 32)]
+
+
+@pytest.mark.parametrize("batch,length,reverse,time_block", tiered(CASES, unpack=True))
+def test_the_kernel_equals_the_sequential_scan_values_and_gradients(batch, length, reverse, time_block):
+    args = _inputs(batch, length, 16, 4)
+    options = dict(delta_softplus=True, reverse=reverse)
+    with pltpu.force_tpu_interpret_mode():
+        y, grads = jax.jit(lambda *a: _value_and_grads(functools.partial(
+            scan_kernel.selective_scan_pallas, time_block=time_block, **options), a))(*args)
+    want_y, want_grads = _value_and_grads(functools.partial(selective_scan_sequential, **options), args)
+    _assert_close(y, want_y, atol=1e-4)  # a sum over every output
+    for name, got, want in zip(ARGS, grads, want_grads, strict=True):
+        _assert_close(got, want), name
+
+
+@pytest.mark.slow
+def test_bfloat16_inputs_keep_a_float32_state():
+    """The kernel reads bfloat16 u, dt, B and C and runs its state and arithmetic in float32: its float32 output and
+    gradients equal the sequential scan's on the same values in float32 at 1e-5."""
+    u, delta, A, B, C, *_ = _inputs(2, 40, 128, 16, jnp.bfloat16)
+    dt = jax.nn.softplus(delta.astype(jnp.float32)).astype(jnp.bfloat16)
+    A_ND = A.T
+
+    def kernel(dt, A_ND):
+        return scan_kernel._local_scan(dt, u, A_ND, B, C, reverse=True, time_block=32, widest_channels=128)
+
+    def sequential(dt, A_ND):
+        up = lambda x: x.astype(jnp.float32)  # noqa: E731
+        return selective_scan_sequential(up(u), up(dt), A_ND.T, up(B), up(C), reverse=True)
+
+    with pltpu.force_tpu_interpret_mode():
+        got = jax.jit(lambda *a: jax.value_and_grad(functools.partial(_loss, kernel), argnums=(0, 1))(*a))(dt, A_ND)
+    want = jax.value_and_grad(functools.partial(_loss, sequential), argnums=(0, 1))(dt.astype(jnp.float32), A_ND)
+    with pltpu.force_tpu_interpret_mode():
+        assert kernel(dt, A_ND).dtype == jnp.float32
+    _assert_close(got[0], want[0], atol=1e-3)
+    _assert_close(got[1][0], want[1][0], atol=1e-2, rtol=1e-2)  # d(dt) returned in bfloat16, dt's dtype
+    _assert_close(got[1][1], want[1][1])
+
+
+@pytest.mark.slow
+def test_sharded_over_eight_devices_it_equals_one_device():
+    """Under the trainer's mesh (8 CPU devices, batch over data) the kernel runs per shard in a shard_map."""
+    args = _inputs(8, 24, 16, 4)
+    mesh = jax.make_mesh((8, 1, 1), ("data", "fsdp", "tensor"))
+    scan = functools.partial(scan_kernel.selective_scan_pallas, delta_softplus=True, time_block=16)
+    with pltpu.force_tpu_interpret_mode():
+        alone = jax.jit(lambda *a: _value_and_grads(scan, a))(*args)
+        batch = NamedSharding(mesh, P("data"))
+        placed = [jax.device_put(x, batch if x.ndim == 3 else NamedSharding(mesh, P())) for x in args]
+
+        def sharded(*a):
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                return _value_and_grads(scan, a)
+
+        together = jax.jit(sharded)(*placed)
+    for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+        _assert_close(got, want, atol=1e-4)
+
+
+def test_channel_tiles_are_the_widest_multiple_of_128_lanes_that_divides():
+    assert [scan_kernel.channel_block(d) for d in (384, 768, 1152, 192, 1536, 128)] == [384, 384, 384, 192, 512, 128]
+    assert scan_kernel._tiles(3137, 128) == (128, 25) and scan_kernel._tiles(37, 128) == (48, 1)
+
+
+def test_a_time_block_that_is_not_whole_groups_is_refused():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        scan_kernel.selective_scan_pallas(*_inputs(1, 8, 16, 4), time_block=24)
+
+
+def test_auto_is_the_kernel_on_tpu_only():
+    field = platform.FIELDS["scan"]
+    assert [field.for_backend(b) for b in ("tpu", "cpu", "gpu")] == ["pallas", "recurrent", "chunked"]
+
+
+# ---- compiled for TPU (Mosaic), nothing run ----
+# VideoMamba at 224 px: 196 patches a frame and a CLS token; S: d_inner 768, M: 1152; N 16.
+SHAPES = [(gen, frames, d_inner) for gen in ("v5e", "v5p", "v6e") for frames in (8, 16, 32, 64)
+          for d_inner in (768, 1152)]
+
+
+@pytest.mark.parametrize("generation,frames,d_inner", tiered(SHAPES, unpack=True))
+def test_the_kernel_compiles_for_tpu_forward_and_backward(generation, frames, d_inner):
+    pytest.importorskip("libtpu")
+    from vidjax import tpu
+
+    name = f"{generation}:1x1x1" if generation == "v5p" else f"{generation}:1x1"
+    device = tpu.topology_devices(tpu.slice_of(name))[0]
+    one = jax.sharding.SingleDeviceSharding(device)
+    length = 1 + 196 * frames
+    shapes = [(1, length, d_inner), (1, length, d_inner), (d_inner, 16), (1, length, 16), (1, length, 16),
+              (d_inner,), (1, length, d_inner), (d_inner,)]
+    dtypes = [jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.bfloat16,
+              jnp.float32]
+    args = [jax.ShapeDtypeStruct(s, d, sharding=one) for s, d in zip(shapes, dtypes, strict=True)]
+
+    def step(*a):
+        scan = functools.partial(scan_kernel.selective_scan_pallas, delta_softplus=True, reverse=True)
+        return jax.grad(functools.partial(_loss, scan), argnums=(0, 1, 2, 3, 4))(*a)
+
+    compiled = jax.jit(step).lower(*args).compile()
+    kernels = [line for line in compiled.as_text().splitlines() if 'custom_call_target="tpu_custom_call"' in line]
+    assert len(kernels) == 2  # the forward kernel (its states kept) and the backward one

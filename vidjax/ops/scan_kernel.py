@@ -1,0 +1,319 @@
+"""Mamba's selective scan as one fused Pallas kernel for TPU (Mosaic): `selective_scan_pallas`.
+
+The same recurrence and arguments as `vidjax.ops.selective_scan.selective_scan` (that module's docstring), computed
+so that the (d_state, channels) state never leaves the chip's on-chip memory:
+
+- **Grid** (batch, channel tiles, time tiles). The first two are independent ("parallel": a v4/v5p chip's two
+  TensorCores split them); the time tiles run in order ("arbitrary"), the state carried between them in a VMEM
+  scratch. A reversed scan walks the time tiles from the last and each tile's steps from its last: nothing is
+  flipped in memory.
+- **Inside a tile** a `fori_loop` over its steps: h = exp(dt A) h + (dt u) B, y = sum_n h C, on a (N, channels)
+  state with the channels on the lanes. Each input is read from HBM once and y written once.
+- **Backward** (`jax.custom_vjp`): the forward kernel also writes the state entering every time tile (a
+  (batch, tiles, N, channels) array, 1/`time_block` of the states). The backward kernel walks the tiles in the
+  opposite order; each tile first recomputes its states from the kept one into VMEM, then runs the adjoint
+  recurrence g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} through them, writing d(dt), d(u), d(B), d(C) per step and
+  accumulating d(A) in its output block.
+
+The softplus of delta + bias and the output gate (D u, silu(z)) stay in XLA around the kernel, which fuses them with
+the projections that produce and consume them: the kernel takes dt and returns the scan's y in float32. Its
+arithmetic is float32 whatever the inputs' dtype (bfloat16 inputs are read as such and converted in VMEM).
+
+On a mesh the kernel runs per shard in a `shard_map` (XLA cannot partition a Mosaic kernel): the batch over the
+mesh's batch axes, the channels over "tensor" where that divides them, every step of a sequence on one device.
+Elsewhere than on TPU it runs only under Pallas's TPU interpreter (`jax.experimental.pallas.tpu
+.force_tpu_interpret_mode()`), which is how the tests hold it to `selective_scan_sequential` on a CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from vidjax import sharding
+from vidjax.ops import selective_scan as reference
+
+# Steps a time tile holds. 128 keeps the padding of a 3,137-token VideoMamba sequence at 2% (3,200) and a tile's
+# recomputed states (time_block x N x channel_block float32) at 3 MiB of VMEM in the backward kernel.
+TIME_BLOCK = 128
+# The widest channel tile: the largest multiple of 128 lanes up to this that divides d_inner (384 for VideoMamba's
+# Ti, S and M widths: d_inner 384, 768, 1152). A d_inner that no multiple of 128 divides is one tile.
+MAX_CHANNEL_BLOCK = 512
+# Steps of the in-tile loop read, unrolled and written together: one aligned (GROUP, F) block of each input and
+# output (a bfloat16 block's rows are addressable 16 at a time), and one step's exp overlapping the previous step's
+# dependent multiply-add.
+GROUP = 16
+
+
+def channel_block(d_inner: int, widest: int = MAX_CHANNEL_BLOCK) -> int:
+    """Channels per tile: the largest multiple of 128 up to `widest` that divides `d_inner`, else all of them."""
+    for block in range(min(widest, d_inner) // 128 * 128, 0, -128):
+        if d_inner % block == 0:
+            return block
+    return d_inner
+
+
+def _tiles(length: int, time_block: int) -> tuple[int, int]:
+    """(steps per time tile, number of tiles): a sequence shorter than a tile is one tile of its length rounded up
+    to whole groups of steps (GROUP)."""
+    block = min(time_block, -(-length // GROUP) * GROUP)
+    return block, -(-length // block)
+
+
+def _compiler_params():
+    from jax.experimental.pallas import tpu as pltpu  # TPU only; imports Mosaic
+
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
+
+
+def _group_rows(ref, g, group: int):
+    """Rows [g * group, (g + 1) * group) of a (T, F) block in float32: one aligned load (a single dynamic row of a
+    bfloat16 block is not addressable)."""
+    from jax.experimental import pallas as pl
+
+    return ref[pl.ds(pl.multiple_of(g * group, group), group), :].astype(jnp.float32)
+
+
+def _order(count: int, reverse: bool) -> list[int]:
+    return list(range(count - 1, -1, -1)) if reverse else list(range(count))
+
+
+# ---------------------------------------------------------------------------------------------------------- forward
+def _forward_kernel(dt_ref, u_ref, A_ref, B_ref, C_ref, y_ref, h_in_ref, h_scratch, *, reverse: bool):
+    """One (batch element, channel tile, time tile): dt, u, y (T, Dc); A (N, Dc); B, C (T, N); h_in (N, Dc) the
+    state entering the tile (kept for the backward pass). The steps go in groups of GROUP rows: each group's inputs
+    are read and its outputs written as whole (GROUP, F) blocks, its steps unrolled."""
+    from jax.experimental import pallas as pl
+
+    @pl.when(pl.program_id(2) == 0)
+    def _():
+        h_scratch[...] = jnp.zeros_like(h_scratch)
+
+    h_in_ref[...] = h_scratch[...]
+    A = A_ref[...].astype(jnp.float32)
+    groups = dt_ref.shape[0] // GROUP
+
+    def group(i, h):
+        g = groups - 1 - i if reverse else i
+        dt, u, B, C = (_group_rows(ref, g, GROUP) for ref in (dt_ref, u_ref, B_ref, C_ref))
+        x = dt * u
+        ys = [None] * GROUP
+        for j in _order(GROUP, reverse):
+            h = jnp.exp(dt[j:j + 1] * A) * h + x[j:j + 1] * B[j][:, None]
+            ys[j] = jnp.sum(h * C[j][:, None], axis=0, keepdims=True)
+        y_ref[pl.ds(pl.multiple_of(g * GROUP, GROUP), GROUP), :] = jnp.concatenate(ys, axis=0)
+        return h
+
+    h_scratch[...] = jax.lax.fori_loop(0, groups, group, h_scratch[...])
+
+
+def _forward_call(dt, u, A_ND, B, C, *, reverse: bool, time_block: int, channel_tile: int):
+    """y (batch, L, D) float32 and the states entering each time tile (batch, tiles, N, D); L a multiple of
+    time_block, D of channel_tile."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import tpu as pltpu
+
+    batch, length, d_inner = u.shape
+    d_state = A_ND.shape[0]
+    tiles = length // time_block
+
+    def time(k):
+        return tiles - 1 - k if reverse else k
+
+    seq = pl.BlockSpec((None, time_block, channel_tile), lambda b, d, k: (b, time(k), d))
+    states = pl.BlockSpec((None, time_block, d_state), lambda b, d, k: (b, time(k), 0))
+    per_channel = pl.BlockSpec((d_state, channel_tile), lambda b, d, k: (0, d))
+    boundary = pl.BlockSpec((None, None, d_state, channel_tile), lambda b, d, k: (b, time(k), 0, d))
+    elements = batch * length * d_inner * d_state
+    cost = pl.CostEstimate(flops=7 * elements, transcendentals=elements, bytes_accessed=int(
+        dt.size * dt.dtype.itemsize + u.size * u.dtype.itemsize + 2 * B.size * B.dtype.itemsize
+        + 4 * u.size + 4 * batch * tiles * d_state * d_inner + 4 * A_ND.size))
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, reverse=reverse),
+        grid=(batch, d_inner // channel_tile, tiles),
+        in_specs=[seq, seq, per_channel, states, states],
+        out_specs=[seq, boundary],
+        out_shape=[jax.ShapeDtypeStruct((batch, length, d_inner), jnp.float32),
+                   jax.ShapeDtypeStruct((batch, tiles, d_state, d_inner), jnp.float32)],
+        scratch_shapes=[pltpu.VMEM((d_state, channel_tile), jnp.float32)],
+        compiler_params=_compiler_params(),
+        cost_estimate=cost,
+        name="selective_scan_reverse" if reverse else "selective_scan",
+    )(dt, u, A_ND, B, C)
+
+
+# --------------------------------------------------------------------------------------------------------- backward
+def _backward_kernel(dt_ref, u_ref, A_ref, B_ref, C_ref, h_in_ref, dy_ref,
+                     d_dt_ref, d_u_ref, d_A_ref, d_B_ref, d_C_ref, states, g_scratch, *, reverse: bool):
+    """One (batch element, channel tile, time tile), the tiles in the opposite order to the forward pass.
+
+    `states[s + 1]` is the state after the tile's s-th step in scan order and `states[0]` the state entering it;
+    `g_scratch` carries exp(dt_{t+1} A) g_{t+1} (the later steps' share of dLoss/dh_t) between tiles. d(B) and d(C)
+    are this channel tile's share (summed over tiles outside); d(A) sums over the time tiles in its output block.
+    """
+    from jax.experimental import pallas as pl
+
+    @pl.when(pl.program_id(2) == 0)
+    def _():
+        g_scratch[...] = jnp.zeros_like(g_scratch)
+        d_A_ref[...] = jnp.zeros_like(d_A_ref)
+
+    A = A_ref[...].astype(jnp.float32)
+    groups = dt_ref.shape[0] // GROUP
+    states[0] = h_in_ref[...]
+
+    def scan_position(g, j):
+        """The place in scan order of row j of group g (0 the tile's first step in scan order)."""
+        row = g * GROUP + j
+        return groups * GROUP - 1 - row if reverse else row
+
+    def recompute(i, h):
+        g = groups - 1 - i if reverse else i
+        dt, u, B = (_group_rows(ref, g, GROUP) for ref in (dt_ref, u_ref, B_ref))
+        x = dt * u
+        for j in _order(GROUP, reverse):
+            h = jnp.exp(dt[j:j + 1] * A) * h + x[j:j + 1] * B[j][:, None]
+            states[scan_position(g, j) + 1] = h
+        return h
+
+    jax.lax.fori_loop(0, groups, recompute, h_in_ref[...])
+    # Contractions over the channel lanes as (1, Dc) x (N, Dc)^T products, exact in float32.
+    over_lanes = functools.partial(jax.lax.dot_general, dimension_numbers=(((1,), (1,)), ((), ())),
+                                   precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+
+    def adjoint(i, carry):
+        g_next, d_A = carry
+        g = i if reverse else groups - 1 - i  # the groups in reverse scan order
+        dt, u, B, C, dy = (_group_rows(ref, g, GROUP) for ref in (dt_ref, u_ref, B_ref, C_ref, dy_ref))
+        x = dt * u
+        rows = {name: [None] * GROUP for name in ("d_dt", "d_u", "d_B", "d_C")}
+        for j in _order(GROUP, not reverse):
+            s = scan_position(g, j)
+            h_prev, h = states[s], states[s + 1]
+            a = jnp.exp(dt[j:j + 1] * A)
+            grad = dy[j:j + 1] * C[j][:, None] + g_next
+            q = grad * h_prev * a  # dLoss/d(dt * A)
+            g_b = jnp.sum(grad * B[j][:, None], axis=0, keepdims=True)  # (1, Dc)
+            rows["d_dt"][j] = jnp.sum(q * A, axis=0, keepdims=True) + g_b * u[j:j + 1]
+            rows["d_u"][j] = g_b * dt[j:j + 1]
+            rows["d_B"][j] = over_lanes(x[j:j + 1], grad)  # (1, N)
+            rows["d_C"][j] = over_lanes(dy[j:j + 1], h)
+            d_A = d_A + q * dt[j:j + 1]
+            g_next = a * grad
+        block = pl.ds(pl.multiple_of(g * GROUP, GROUP), GROUP)
+        for name, ref in (("d_dt", d_dt_ref), ("d_u", d_u_ref), ("d_B", d_B_ref), ("d_C", d_C_ref)):
+            ref[block, :] = jnp.concatenate(rows[name], axis=0)
+        return g_next, d_A
+
+    g_next, d_A = jax.lax.fori_loop(0, groups, adjoint, (g_scratch[...], jnp.zeros_like(A)))
+    g_scratch[...] = g_next
+    d_A_ref[...] += d_A
+
+
+def _backward_call(dt, u, A_ND, B, C, h_in, dy, *, reverse: bool, time_block: int, channel_tile: int):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import tpu as pltpu
+
+    batch, length, d_inner = u.shape
+    d_state = A_ND.shape[0]
+    tiles, channel_tiles = length // time_block, d_inner // channel_tile
+
+    def time(k):  # the forward pass's order, reversed
+        return k if reverse else tiles - 1 - k
+
+    seq = pl.BlockSpec((None, time_block, channel_tile), lambda b, d, k: (b, time(k), d))
+    states = pl.BlockSpec((None, time_block, d_state), lambda b, d, k: (b, time(k), 0))
+    per_channel = pl.BlockSpec((d_state, channel_tile), lambda b, d, k: (0, d))
+    boundary = pl.BlockSpec((None, None, d_state, channel_tile), lambda b, d, k: (b, time(k), 0, d))
+    d_A = pl.BlockSpec((None, d_state, channel_tile), lambda b, d, k: (b, 0, d))
+    d_states = pl.BlockSpec((None, None, time_block, d_state), lambda b, d, k: (b, d, time(k), 0))
+    elements = batch * length * d_inner * d_state
+    cost = pl.CostEstimate(flops=22 * elements, transcendentals=2 * elements, bytes_accessed=int(
+        sum(x.size * x.dtype.itemsize for x in (dt, u, B, C, h_in, dy)) + 8 * u.size
+        + 8 * batch * channel_tiles * length * d_state + 4 * batch * A_ND.size))
+    return pl.pallas_call(
+        functools.partial(_backward_kernel, reverse=reverse),
+        grid=(batch, channel_tiles, tiles),
+        in_specs=[seq, seq, per_channel, states, states, boundary, seq],
+        out_specs=[seq, seq, d_A, d_states, d_states],
+        out_shape=[jax.ShapeDtypeStruct((batch, length, d_inner), jnp.float32),
+                   jax.ShapeDtypeStruct((batch, length, d_inner), jnp.float32),
+                   jax.ShapeDtypeStruct((batch, d_state, d_inner), jnp.float32),
+                   jax.ShapeDtypeStruct((batch, channel_tiles, length, d_state), jnp.float32),
+                   jax.ShapeDtypeStruct((batch, channel_tiles, length, d_state), jnp.float32)],
+        scratch_shapes=[pltpu.VMEM((time_block + 1, d_state, channel_tile), jnp.float32),
+                        pltpu.VMEM((d_state, channel_tile), jnp.float32)],
+        compiler_params=_compiler_params(),
+        cost_estimate=cost,
+        name="selective_scan_reverse_backward" if reverse else "selective_scan_backward",
+    )(dt, u, A_ND, B, C, h_in, dy)
+
+
+# ---------------------------------------------------------------------------------------------------- the core op
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _scan(dt, u, A_ND, B, C, reverse, time_block, channel_tile):
+    return _forward_call(dt, u, A_ND, B, C, reverse=reverse, time_block=time_block, channel_tile=channel_tile)[0]
+
+
+def _scan_fwd(dt, u, A_ND, B, C, reverse, time_block, channel_tile):
+    y, h_in = _forward_call(dt, u, A_ND, B, C, reverse=reverse, time_block=time_block, channel_tile=channel_tile)
+    return y, (dt, u, A_ND, B, C, h_in)
+
+
+def _scan_bwd(reverse, time_block, channel_tile, residuals, dy):
+    dt, u, A_ND, B, C, h_in = residuals
+    d_dt, d_u, d_A, d_B, d_C = _backward_call(dt, u, A_ND, B, C, h_in, dy.astype(jnp.float32), reverse=reverse,
+                                              time_block=time_block, channel_tile=channel_tile)
+    return (d_dt.astype(dt.dtype), d_u.astype(u.dtype), jnp.sum(d_A, axis=0).astype(A_ND.dtype),
+            jnp.sum(d_B, axis=1).astype(B.dtype), jnp.sum(d_C, axis=1).astype(C.dtype))
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def _local_scan(dt, u, A_ND, B, C, *, reverse: bool, time_block: int, widest_channels: int):
+    """The kernel on one device's operands: L padded to whole time tiles (padded steps have dt = 0 and u = 0, so
+    they leave the state as it is in either direction; their outputs are cut off)."""
+    length, d_inner = u.shape[1], u.shape[2]
+    block, tiles = _tiles(length, time_block)
+    pad = tiles * block - length
+    if pad:
+        dt, u, B, C = (jnp.pad(x, ((0, 0), (0, pad), (0, 0))) for x in (dt, u, B, C))
+    y = _scan(dt, u, A_ND, B, C, reverse, block, channel_block(d_inner, widest_channels))
+    return y[:, :length] if pad else y
+
+
+def selective_scan_pallas(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
+                          D: jax.Array | None = None, z: jax.Array | None = None,
+                          delta_bias: jax.Array | None = None, *, delta_softplus: bool = False,
+                          reverse: bool = False, time_block: int = TIME_BLOCK,
+                          widest_channels: int = MAX_CHANNEL_BLOCK) -> jax.Array:
+    """The selective scan of `vidjax.ops.selective_scan.selective_scan` (same arguments and result) through the
+    fused TPU kernel; `time_block` steps and up to `widest_channels` channels a tile. Differentiable (its own
+    backward kernel). On a CPU it needs Pallas's TPU interpreter (`force_tpu_interpret_mode`)."""
+    reference._check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if not isinstance(time_block, int) or time_block < GROUP or time_block % GROUP:
+        raise ValueError(f"selective_scan_pallas: time_block must be a positive multiple of {GROUP}; got "
+                         f"{time_block!r}.")
+    dt = reference._discretized_delta(delta, delta_bias, delta_softplus)
+    # u, B and C enter the kernel in their own dtype (bfloat16 halves their reads); dt is float32 (softplus'd here).
+    A_ND = A.astype(jnp.float32).T
+    run = functools.partial(_local_scan, reverse=reverse, time_block=time_block, widest_channels=widest_channels)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        y = run(dt, u, A_ND, B, C)
+    else:
+        seq = _spec(sharding.activation_spec(u.shape, ("act_batch", None, "act_mlp")))
+        states = P(seq[0], None, None)
+        y = jax.shard_map(run, mesh=mesh, in_specs=(seq, seq, P(None, seq[2]), states, states), out_specs=seq,
+                          check_vma=False)(dt, u, A_ND, B, C)
+    return reference._gate(y, u, D, z).astype(u.dtype)
+
+
+def _spec(spec: P) -> P:
+    """A `shard_map` spec from an activation spec: an axis left unconstrained (its mesh axes do not divide it) is
+    whole on every shard."""
+    return P(*(None if axis is P.UNCONSTRAINED else axis for axis in spec))
