@@ -270,3 +270,12 @@ def test_remat_without_a_layer_scan_gets_a_note_on_the_cpu_only():
     assert platform.notes(block("full", True), backend="cpu") == []
     assert platform.notes(block("none", False), backend="cpu") == []
     assert platform.notes(block("dots_saveable", False), backend="gpu") == []
+
+
+def test_the_tpu_scan_kernel_asked_for_on_the_cpu_gets_a_note_saying_how_it_runs_there():
+    import ml_collections
+
+    block = ml_collections.ConfigDict(dict(scan="pallas", remat="none", scan_layers=False))
+    (note,) = platform.notes(block, backend="cpu")
+    assert "runs only under Pallas's TPU interpreter" in note and "config.model.scan='auto'" in note
+    assert platform.notes(block, backend="tpu") == platform.notes(block, backend="gpu") == []

@@ -312,13 +312,21 @@ def resolve(config: Any, backend: str | None = None, fixed: dict[str, str] | Non
 
 def notes(block: Any, backend: str | None = None) -> list[str]:
     """What a run with the model block `block` should know about its settings on `backend` (None: this process's):
-    per-block remat without a layer scan on the CPU, which saves nothing there (the module docstring says why)."""
+    per-block remat without a layer scan on the CPU, which saves nothing there (the module docstring says why), and
+    VideoMamba's TPU kernel asked for on a CPU."""
+    found = []
+    on_cpu = _asker(backend)() == "cpu"
+    if on_cpu and block.get("scan") == "pallas":
+        found.append("config.model.scan='pallas' is the fused TPU kernel: on the CPU backend it runs only under "
+                     "Pallas's TPU interpreter (jax.experimental.pallas.tpu.force_tpu_interpret_mode(), for checking "
+                     "it) and stops with 'Only interpret mode is supported on CPU backend' otherwise; leave "
+                     "config.model.scan='auto' (the recurrent scan on CPU).")
     remat, scanned = block.get("remat", "none"), block.get("scan_layers", False)
-    if remat == "none" or scanned or _asker(backend)() != "cpu":
-        return []
-    return [f"config.model.remat={remat!r} saves no memory on the CPU backend unless config.model.scan_layers=True "
-            f"(XLA:CPU merges an unrolled block's recomputation back into its forward pass); set "
-            f"--config.model.scan_layers=true to keep one block's activations at a time."]
+    if remat == "none" or scanned or not on_cpu:
+        return found
+    return [*found, f"config.model.remat={remat!r} saves no memory on the CPU backend unless "
+            f"config.model.scan_layers=True (XLA:CPU merges an unrolled block's recomputation back into its forward "
+            f"pass); set --config.model.scan_layers=true to keep one block's activations at a time."]
 
 
 def attention_implementation(value: str, dtype, head_dim: int = 64, length: int = 0,

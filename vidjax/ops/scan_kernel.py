@@ -6,18 +6,21 @@ so that the (d_state, channels) state never leaves the chip's on-chip memory:
 - **Grid** (batch, channel tiles, time tiles). The first two are independent ("parallel": a v4/v5p chip's two
   TensorCores split them); the time tiles run in order ("arbitrary"), the state carried between them in a VMEM
   scratch. A reversed scan walks the time tiles from the last and each tile's steps from its last: nothing is
-  flipped in memory.
-- **Inside a tile** a `fori_loop` over its steps: h = exp(dt A) h + (dt u) B, y = sum_n h C, on a (N, channels)
-  state with the channels on the lanes. Each input is read from HBM once and y written once.
+  flipped in memory. The last tile may run past the sequence; its steps there are masked to dt = u = 0 (the state
+  passes through unchanged), so nothing is padded in memory either.
+- **Inside a tile** a `fori_loop` over groups of GROUP steps, each group read as whole (GROUP, F) blocks and its
+  steps unrolled: dt = softplus(delta + bias), h = exp(dt A) h + (dt u) B, y = sum_n h C, on a (N, channels) state
+  with the channels on the lanes. Each input is read from HBM once and y written once.
 - **Backward** (`jax.custom_vjp`): the forward kernel also writes the state entering every time tile (a
   (batch, tiles, N, channels) array, 1/`time_block` of the states). The backward kernel walks the tiles in the
   opposite order; each tile first recomputes its states from the kept one into VMEM, then runs the adjoint
-  recurrence g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} through them, writing d(dt), d(u), d(B), d(C) per step and
-  accumulating d(A) in its output block.
+  recurrence g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} through them, writing d(delta), d(u), d(B), d(C) per step and
+  accumulating d(A) in its output block. What it keeps between the passes is its inputs (delta, u, B and C in
+  their own dtype) and the tile boundary states.
 
-The softplus of delta + bias and the output gate (D u, silu(z)) stay in XLA around the kernel, which fuses them with
-the projections that produce and consume them: the kernel takes dt and returns the scan's y in float32. Its
-arithmetic is float32 whatever the inputs' dtype (bfloat16 inputs are read as such and converted in VMEM).
+The output gate (D u, silu(z)) stays in XLA around the kernel, which fuses it with the projection that consumes it:
+the kernel returns the scan's y in float32. Its arithmetic is float32 whatever the inputs' dtype (bfloat16 inputs
+are read as such and converted in VMEM).
 
 On a mesh the kernel runs per shard in a `shard_map` (XLA cannot partition a Mosaic kernel): the batch over the
 mesh's batch axes, the channels over "tensor" where that divides them, every step of a sequence on one device.
@@ -27,6 +30,7 @@ Elsewhere than on TPU it runs only under Pallas's TPU interpreter (`jax.experime
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -39,9 +43,11 @@ from vidjax.ops import selective_scan as reference
 # Steps a time tile holds. 128 keeps the padding of a 3,137-token VideoMamba sequence at 2% (3,200) and a tile's
 # recomputed states (time_block x N x channel_block float32) at 3 MiB of VMEM in the backward kernel.
 TIME_BLOCK = 128
-# The widest channel tile: the largest multiple of 128 lanes up to this that divides d_inner (384 for VideoMamba's
-# Ti, S and M widths: d_inner 384, 768, 1152). A d_inner that no multiple of 128 divides is one tile.
-MAX_CHANNEL_BLOCK = 512
+# The widest channel tile: the largest multiple of 128 lanes up to this that divides d_inner (VideoMamba's Ti, S and
+# M: d_inner 384, 768, 1152 -> 384, 768, 384). A d_inner that no multiple of 128 divides is one tile. libtpu's static
+# estimate of the S-sized forward kernel: 14.5 us with 768-channel tiles, 18.1 with 384, 20.7 with 256 (2 clips of
+# 512 steps, bf16); the backward kernel about the same at 384 and 768.
+MAX_CHANNEL_BLOCK = 768
 # Steps of the in-tile loop read, unrolled and written together: one aligned (GROUP, F) block of each input and
 # output (a bfloat16 block's rows are addressable 16 at a time), and one step's exp overlapping the previous step's
 # dependent multiply-add.
@@ -58,7 +64,7 @@ def channel_block(d_inner: int, widest: int = MAX_CHANNEL_BLOCK) -> int:
 
 def _tiles(length: int, time_block: int) -> tuple[int, int]:
     """(steps per time tile, number of tiles): a sequence shorter than a tile is one tile of its length rounded up
-    to whole groups of steps (GROUP)."""
+    to whole groups of steps (GROUP). The last tile may run past the sequence: its steps there are masked."""
     block = min(time_block, -(-length // GROUP) * GROUP)
     return block, -(-length // block)
 
@@ -69,23 +75,54 @@ def _compiler_params():
     return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
 
 
-def _group_rows(ref, g, group: int):
-    """Rows [g * group, (g + 1) * group) of a (T, F) block in float32: one aligned load (a single dynamic row of a
-    bfloat16 block is not addressable)."""
-    from jax.experimental import pallas as pl
-
-    return ref[pl.ds(pl.multiple_of(g * group, group), group), :].astype(jnp.float32)
-
-
 def _order(count: int, reverse: bool) -> list[int]:
     return list(range(count - 1, -1, -1)) if reverse else list(range(count))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Scan:
+    """What both kernels are specialised on: the scan's direction, length, tiles and discretisation."""
+
+    reverse: bool
+    length: int
+    time_block: int
+    channel_tile: int
+    softplus: bool
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.length // self.time_block)
+
+    def time(self, k):
+        """The time tile the forward kernel's k-th step of its sequential grid axis reads."""
+        return self.tiles - 1 - k if self.reverse else k
+
+
+def _group(spec: _Scan, tile, g, delta_ref, bias_ref, u_ref, B_ref, C_ref=None, dy_ref=None):
+    """Rows [g * GROUP, (g + 1) * GROUP) of time tile `tile`, in float32, each read as one aligned block (a single
+    dynamic row of a bfloat16 block is not addressable): dt = softplus(delta + bias), u, B, C, dy, and the
+    derivative of dt in delta. A row past the sequence (the last tile's overhang, whose reads are undefined) has
+    dt = u = B = C = dy = 0: such a step leaves the state as it is in either direction and adds nothing."""
+    from jax.experimental import pallas as pl
+
+    rows = pl.ds(pl.multiple_of(g * GROUP, GROUP), GROUP)
+    index = tile * spec.time_block + g * GROUP + jax.lax.broadcasted_iota(jnp.int32, (GROUP, 1), 0)
+    valid = index < spec.length
+
+    def read(ref):
+        return None if ref is None else jnp.where(valid, ref[rows, :].astype(jnp.float32), 0.0)
+
+    raw = read(delta_ref) + bias_ref[...].astype(jnp.float32)
+    dt = jnp.where(valid, jnp.logaddexp(raw, 0.0) if spec.softplus else raw, 0.0)
+    slope = jax.nn.sigmoid(raw) if spec.softplus else None
+    return rows, dt, slope, read(u_ref), read(B_ref), read(C_ref), read(dy_ref)
+
+
 # ---------------------------------------------------------------------------------------------------------- forward
-def _forward_kernel(dt_ref, u_ref, A_ref, B_ref, C_ref, y_ref, h_in_ref, h_scratch, *, reverse: bool):
-    """One (batch element, channel tile, time tile): dt, u, y (T, Dc); A (N, Dc); B, C (T, N); h_in (N, Dc) the
-    state entering the tile (kept for the backward pass). The steps go in groups of GROUP rows: each group's inputs
-    are read and its outputs written as whole (GROUP, F) blocks, its steps unrolled."""
+def _forward_kernel(delta_ref, bias_ref, u_ref, A_ref, B_ref, C_ref, y_ref, h_in_ref, h_scratch, *, spec: _Scan):
+    """One (batch element, channel tile, time tile): delta, u, y (T, Dc); bias (1, Dc); A (N, Dc); B, C (T, N);
+    h_in (N, Dc) the state entering the tile (kept for the backward pass). The steps go in groups of GROUP rows:
+    each group's inputs are read and its outputs written as whole (GROUP, F) blocks, its steps unrolled."""
     from jax.experimental import pallas as pl
 
     @pl.when(pl.program_id(2) == 0)
@@ -94,60 +131,71 @@ def _forward_kernel(dt_ref, u_ref, A_ref, B_ref, C_ref, y_ref, h_in_ref, h_scrat
 
     h_in_ref[...] = h_scratch[...]
     A = A_ref[...].astype(jnp.float32)
-    groups = dt_ref.shape[0] // GROUP
+    groups = spec.time_block // GROUP
+    tile = spec.time(pl.program_id(2))
 
     def group(i, h):
-        g = groups - 1 - i if reverse else i
-        dt, u, B, C = (_group_rows(ref, g, GROUP) for ref in (dt_ref, u_ref, B_ref, C_ref))
+        g = groups - 1 - i if spec.reverse else i
+        rows, dt, _, u, B, C, _ = _group(spec, tile, g, delta_ref, bias_ref, u_ref, B_ref, C_ref)
         x = dt * u
         ys = [None] * GROUP
-        for j in _order(GROUP, reverse):
+        for j in _order(GROUP, spec.reverse):
             h = jnp.exp(dt[j:j + 1] * A) * h + x[j:j + 1] * B[j][:, None]
             ys[j] = jnp.sum(h * C[j][:, None], axis=0, keepdims=True)
-        y_ref[pl.ds(pl.multiple_of(g * GROUP, GROUP), GROUP), :] = jnp.concatenate(ys, axis=0)
+        y_ref[rows, :] = jnp.concatenate(ys, axis=0)
         return h
 
     h_scratch[...] = jax.lax.fori_loop(0, groups, group, h_scratch[...])
 
 
-def _forward_call(dt, u, A_ND, B, C, *, reverse: bool, time_block: int, channel_tile: int):
-    """y (batch, L, D) float32 and the states entering each time tile (batch, tiles, N, D); L a multiple of
-    time_block, D of channel_tile."""
+def _specs(spec: _Scan, d_state: int, backward: bool):
+    """The BlockSpecs: a (T, Dc) block of a (batch, L, D) array, (T, N) of a (batch, L, N) one, (N, Dc) of A, (1, Dc)
+    of the bias, and (N, Dc) of the (batch, tiles, N, D) states; the backward kernel walks the tiles in the
+    opposite order."""
+    from jax.experimental import pallas as pl
+
+    def time(k):
+        return spec.time(spec.tiles - 1 - k) if backward else spec.time(k)
+
+    return dict(
+        seq=pl.BlockSpec((None, spec.time_block, spec.channel_tile), lambda b, d, k: (b, time(k), d)),
+        states=pl.BlockSpec((None, spec.time_block, d_state), lambda b, d, k: (b, time(k), 0)),
+        per_channel=pl.BlockSpec((d_state, spec.channel_tile), lambda b, d, k: (0, d)),
+        bias=pl.BlockSpec((1, spec.channel_tile), lambda b, d, k: (0, d)),
+        boundary=pl.BlockSpec((None, None, d_state, spec.channel_tile), lambda b, d, k: (b, time(k), 0, d)),
+        d_A=pl.BlockSpec((None, d_state, spec.channel_tile), lambda b, d, k: (b, 0, d)),
+        d_states=pl.BlockSpec((None, None, spec.time_block, d_state), lambda b, d, k: (b, d, time(k), 0)))
+
+
+def _forward_call(delta, bias, u, A_ND, B, C, spec: _Scan):
+    """y (batch, L, D) float32 and the states entering each time tile (batch, tiles, N, D)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import tpu as pltpu
 
     batch, length, d_inner = u.shape
     d_state = A_ND.shape[0]
-    tiles = length // time_block
-
-    def time(k):
-        return tiles - 1 - k if reverse else k
-
-    seq = pl.BlockSpec((None, time_block, channel_tile), lambda b, d, k: (b, time(k), d))
-    states = pl.BlockSpec((None, time_block, d_state), lambda b, d, k: (b, time(k), 0))
-    per_channel = pl.BlockSpec((d_state, channel_tile), lambda b, d, k: (0, d))
-    boundary = pl.BlockSpec((None, None, d_state, channel_tile), lambda b, d, k: (b, time(k), 0, d))
+    specs = _specs(spec, d_state, backward=False)
     elements = batch * length * d_inner * d_state
-    cost = pl.CostEstimate(flops=7 * elements, transcendentals=elements, bytes_accessed=int(
-        dt.size * dt.dtype.itemsize + u.size * u.dtype.itemsize + 2 * B.size * B.dtype.itemsize
-        + 4 * u.size + 4 * batch * tiles * d_state * d_inner + 4 * A_ND.size))
+    cost = pl.CostEstimate(flops=7 * elements, transcendentals=elements + 2 * u.size, bytes_accessed=int(
+        delta.size * delta.dtype.itemsize + u.size * u.dtype.itemsize + 2 * B.size * B.dtype.itemsize
+        + 4 * u.size + 4 * batch * spec.tiles * d_state * d_inner + 4 * A_ND.size))
     return pl.pallas_call(
-        functools.partial(_forward_kernel, reverse=reverse),
-        grid=(batch, d_inner // channel_tile, tiles),
-        in_specs=[seq, seq, per_channel, states, states],
-        out_specs=[seq, boundary],
+        functools.partial(_forward_kernel, spec=spec),
+        grid=(batch, d_inner // spec.channel_tile, spec.tiles),
+        in_specs=[specs["seq"], specs["bias"], specs["seq"], specs["per_channel"], specs["states"], specs["states"]],
+        out_specs=[specs["seq"], specs["boundary"]],
         out_shape=[jax.ShapeDtypeStruct((batch, length, d_inner), jnp.float32),
-                   jax.ShapeDtypeStruct((batch, tiles, d_state, d_inner), jnp.float32)],
-        scratch_shapes=[pltpu.VMEM((d_state, channel_tile), jnp.float32)],
+                   jax.ShapeDtypeStruct((batch, spec.tiles, d_state, d_inner), jnp.float32)],
+        scratch_shapes=[pltpu.VMEM((d_state, spec.channel_tile), jnp.float32)],
         compiler_params=_compiler_params(),
         cost_estimate=cost,
-        name="selective_scan_reverse" if reverse else "selective_scan",
-    )(dt, u, A_ND, B, C)
+        name="selective_scan_reverse" if spec.reverse else "selective_scan",
+    )(delta, bias, u, A_ND, B, C)
 
 
 # --------------------------------------------------------------------------------------------------------- backward
-def _backward_kernel(dt_ref, u_ref, A_ref, B_ref, C_ref, h_in_ref, dy_ref,
-                     d_dt_ref, d_u_ref, d_A_ref, d_B_ref, d_C_ref, states, g_scratch, *, reverse: bool):
+def _backward_kernel(delta_ref, bias_ref, u_ref, A_ref, B_ref, C_ref, h_in_ref, dy_ref,
+                     d_delta_ref, d_u_ref, d_A_ref, d_B_ref, d_C_ref, states, g_scratch, *, spec: _Scan):
     """One (batch element, channel tile, time tile), the tiles in the opposite order to the forward pass.
 
     `states[s + 1]` is the state after the tile's s-th step in scan order and `states[0]` the state entering it;
@@ -162,50 +210,56 @@ def _backward_kernel(dt_ref, u_ref, A_ref, B_ref, C_ref, h_in_ref, dy_ref,
         d_A_ref[...] = jnp.zeros_like(d_A_ref)
 
     A = A_ref[...].astype(jnp.float32)
-    groups = dt_ref.shape[0] // GROUP
+    groups = spec.time_block // GROUP
+    tile = spec.time(spec.tiles - 1 - pl.program_id(2))
     states[0] = h_in_ref[...]
 
     def scan_position(g, j):
         """The place in scan order of row j of group g (0 the tile's first step in scan order)."""
         row = g * GROUP + j
-        return groups * GROUP - 1 - row if reverse else row
+        return groups * GROUP - 1 - row if spec.reverse else row
 
     def recompute(i, h):
-        g = groups - 1 - i if reverse else i
-        dt, u, B = (_group_rows(ref, g, GROUP) for ref in (dt_ref, u_ref, B_ref))
+        g = groups - 1 - i if spec.reverse else i
+        _, dt, _, u, B, _, _ = _group(spec, tile, g, delta_ref, bias_ref, u_ref, B_ref)
         x = dt * u
-        for j in _order(GROUP, reverse):
+        for j in _order(GROUP, spec.reverse):
             h = jnp.exp(dt[j:j + 1] * A) * h + x[j:j + 1] * B[j][:, None]
             states[scan_position(g, j) + 1] = h
         return h
 
     jax.lax.fori_loop(0, groups, recompute, h_in_ref[...])
-    # Contractions over the channel lanes as (1, Dc) x (N, Dc)^T products, exact in float32.
-    over_lanes = functools.partial(jax.lax.dot_general, dimension_numbers=(((1,), (1,)), ((), ())),
-                                   precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+
+    def over_lanes(state, row):
+        """sum_d state[n, d] row[d], as an (N, Dc) x (1, Dc)^T product (exact in float32), laid out as a row."""
+        column = jax.lax.dot_general(state, row, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                     preferred_element_type=jnp.float32)
+        return column.reshape(1, -1)
 
     def adjoint(i, carry):
         g_next, d_A = carry
-        g = i if reverse else groups - 1 - i  # the groups in reverse scan order
-        dt, u, B, C, dy = (_group_rows(ref, g, GROUP) for ref in (dt_ref, u_ref, B_ref, C_ref, dy_ref))
+        g = i if spec.reverse else groups - 1 - i  # the groups in reverse scan order
+        rows, dt, slope, u, B, C, dy = _group(spec, tile, g, delta_ref, bias_ref, u_ref, B_ref, C_ref, dy_ref)
         x = dt * u
-        rows = {name: [None] * GROUP for name in ("d_dt", "d_u", "d_B", "d_C")}
-        for j in _order(GROUP, not reverse):
+        out = {name: [None] * GROUP for name in ("d_dt", "d_u", "d_B", "d_C")}
+        for j in _order(GROUP, not spec.reverse):
             s = scan_position(g, j)
             h_prev, h = states[s], states[s + 1]
             a = jnp.exp(dt[j:j + 1] * A)
             grad = dy[j:j + 1] * C[j][:, None] + g_next
             q = grad * h_prev * a  # dLoss/d(dt * A)
             g_b = jnp.sum(grad * B[j][:, None], axis=0, keepdims=True)  # (1, Dc)
-            rows["d_dt"][j] = jnp.sum(q * A, axis=0, keepdims=True) + g_b * u[j:j + 1]
-            rows["d_u"][j] = g_b * dt[j:j + 1]
-            rows["d_B"][j] = over_lanes(x[j:j + 1], grad)  # (1, N)
-            rows["d_C"][j] = over_lanes(dy[j:j + 1], h)
+            out["d_dt"][j] = jnp.sum(q * A, axis=0, keepdims=True) + g_b * u[j:j + 1]
+            out["d_u"][j] = g_b * dt[j:j + 1]
+            out["d_B"][j] = over_lanes(grad, x[j:j + 1])  # (1, N)
+            out["d_C"][j] = over_lanes(h, dy[j:j + 1])
             d_A = d_A + q * dt[j:j + 1]
             g_next = a * grad
-        block = pl.ds(pl.multiple_of(g * GROUP, GROUP), GROUP)
-        for name, ref in (("d_dt", d_dt_ref), ("d_u", d_u_ref), ("d_B", d_B_ref), ("d_C", d_C_ref)):
-            ref[block, :] = jnp.concatenate(rows[name], axis=0)
+        d_dt = jnp.concatenate(out["d_dt"], axis=0)
+        d_delta_ref[rows, :] = d_dt * slope if spec.softplus else d_dt
+        d_u_ref[rows, :] = jnp.concatenate(out["d_u"], axis=0)
+        d_B_ref[rows, :] = jnp.concatenate(out["d_B"], axis=0)
+        d_C_ref[rows, :] = jnp.concatenate(out["d_C"], axis=0)
         return g_next, d_A
 
     g_next, d_A = jax.lax.fori_loop(0, groups, adjoint, (g_scratch[...], jnp.zeros_like(A)))
@@ -213,77 +267,67 @@ def _backward_kernel(dt_ref, u_ref, A_ref, B_ref, C_ref, h_in_ref, dy_ref,
     d_A_ref[...] += d_A
 
 
-def _backward_call(dt, u, A_ND, B, C, h_in, dy, *, reverse: bool, time_block: int, channel_tile: int):
+def _backward_call(delta, bias, u, A_ND, B, C, h_in, dy, spec: _Scan):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import tpu as pltpu
 
     batch, length, d_inner = u.shape
     d_state = A_ND.shape[0]
-    tiles, channel_tiles = length // time_block, d_inner // channel_tile
-
-    def time(k):  # the forward pass's order, reversed
-        return k if reverse else tiles - 1 - k
-
-    seq = pl.BlockSpec((None, time_block, channel_tile), lambda b, d, k: (b, time(k), d))
-    states = pl.BlockSpec((None, time_block, d_state), lambda b, d, k: (b, time(k), 0))
-    per_channel = pl.BlockSpec((d_state, channel_tile), lambda b, d, k: (0, d))
-    boundary = pl.BlockSpec((None, None, d_state, channel_tile), lambda b, d, k: (b, time(k), 0, d))
-    d_A = pl.BlockSpec((None, d_state, channel_tile), lambda b, d, k: (b, 0, d))
-    d_states = pl.BlockSpec((None, None, time_block, d_state), lambda b, d, k: (b, d, time(k), 0))
+    channel_tiles = d_inner // spec.channel_tile
+    specs = _specs(spec, d_state, backward=True)
     elements = batch * length * d_inner * d_state
-    cost = pl.CostEstimate(flops=22 * elements, transcendentals=2 * elements, bytes_accessed=int(
-        sum(x.size * x.dtype.itemsize for x in (dt, u, B, C, h_in, dy)) + 8 * u.size
+    cost = pl.CostEstimate(flops=22 * elements, transcendentals=2 * elements + 4 * u.size, bytes_accessed=int(
+        sum(x.size * x.dtype.itemsize for x in (delta, u, B, C, h_in, dy)) + 8 * u.size
         + 8 * batch * channel_tiles * length * d_state + 4 * batch * A_ND.size))
+    seq, states = specs["seq"], specs["states"]
     return pl.pallas_call(
-        functools.partial(_backward_kernel, reverse=reverse),
-        grid=(batch, channel_tiles, tiles),
-        in_specs=[seq, seq, per_channel, states, states, boundary, seq],
-        out_specs=[seq, seq, d_A, d_states, d_states],
+        functools.partial(_backward_kernel, spec=spec),
+        grid=(batch, channel_tiles, spec.tiles),
+        in_specs=[seq, specs["bias"], seq, specs["per_channel"], states, states, specs["boundary"], seq],
+        out_specs=[seq, seq, specs["d_A"], specs["d_states"], specs["d_states"]],
         out_shape=[jax.ShapeDtypeStruct((batch, length, d_inner), jnp.float32),
                    jax.ShapeDtypeStruct((batch, length, d_inner), jnp.float32),
                    jax.ShapeDtypeStruct((batch, d_state, d_inner), jnp.float32),
                    jax.ShapeDtypeStruct((batch, channel_tiles, length, d_state), jnp.float32),
                    jax.ShapeDtypeStruct((batch, channel_tiles, length, d_state), jnp.float32)],
-        scratch_shapes=[pltpu.VMEM((time_block + 1, d_state, channel_tile), jnp.float32),
-                        pltpu.VMEM((d_state, channel_tile), jnp.float32)],
+        scratch_shapes=[pltpu.VMEM((spec.time_block + 1, d_state, spec.channel_tile), jnp.float32),
+                        pltpu.VMEM((d_state, spec.channel_tile), jnp.float32)],
         compiler_params=_compiler_params(),
         cost_estimate=cost,
-        name="selective_scan_reverse_backward" if reverse else "selective_scan_backward",
-    )(dt, u, A_ND, B, C, h_in, dy)
+        name="selective_scan_reverse_backward" if spec.reverse else "selective_scan_backward",
+    )(delta, bias, u, A_ND, B, C, h_in, dy)
 
 
 # ---------------------------------------------------------------------------------------------------- the core op
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _scan(dt, u, A_ND, B, C, reverse, time_block, channel_tile):
-    return _forward_call(dt, u, A_ND, B, C, reverse=reverse, time_block=time_block, channel_tile=channel_tile)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _scan(delta, bias, u, A_ND, B, C, spec):
+    return _forward_call(delta, bias, u, A_ND, B, C, spec)[0]
 
 
-def _scan_fwd(dt, u, A_ND, B, C, reverse, time_block, channel_tile):
-    y, h_in = _forward_call(dt, u, A_ND, B, C, reverse=reverse, time_block=time_block, channel_tile=channel_tile)
-    return y, (dt, u, A_ND, B, C, h_in)
+def _scan_fwd(delta, bias, u, A_ND, B, C, spec):
+    y, h_in = _forward_call(delta, bias, u, A_ND, B, C, spec)
+    return y, (delta, bias, u, A_ND, B, C, h_in)
 
 
-def _scan_bwd(reverse, time_block, channel_tile, residuals, dy):
-    dt, u, A_ND, B, C, h_in = residuals
-    d_dt, d_u, d_A, d_B, d_C = _backward_call(dt, u, A_ND, B, C, h_in, dy.astype(jnp.float32), reverse=reverse,
-                                              time_block=time_block, channel_tile=channel_tile)
-    return (d_dt.astype(dt.dtype), d_u.astype(u.dtype), jnp.sum(d_A, axis=0).astype(A_ND.dtype),
-            jnp.sum(d_B, axis=1).astype(B.dtype), jnp.sum(d_C, axis=1).astype(C.dtype))
+def _scan_bwd(spec, residuals, dy):
+    delta, bias, u, A_ND, B, C, h_in = residuals
+    d_delta, d_u, d_A, d_B, d_C = _backward_call(delta, bias, u, A_ND, B, C, h_in, dy.astype(jnp.float32), spec)
+    return (d_delta.astype(delta.dtype), jnp.sum(d_delta, axis=(0, 1)).reshape(bias.shape).astype(bias.dtype),
+            d_u.astype(u.dtype), jnp.sum(d_A, axis=0).astype(A_ND.dtype), jnp.sum(d_B, axis=1).astype(B.dtype),
+            jnp.sum(d_C, axis=1).astype(C.dtype))
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def _local_scan(dt, u, A_ND, B, C, *, reverse: bool, time_block: int, widest_channels: int):
-    """The kernel on one device's operands: L padded to whole time tiles (padded steps have dt = 0 and u = 0, so
-    they leave the state as it is in either direction; their outputs are cut off)."""
+def _local_scan(delta, bias, u, A_ND, B, C, *, reverse: bool, softplus: bool, time_block: int,
+                widest_channels: int):
+    """The kernel on one device's operands: y (batch, L, D) float32. bias (1, D) float32."""
     length, d_inner = u.shape[1], u.shape[2]
-    block, tiles = _tiles(length, time_block)
-    pad = tiles * block - length
-    if pad:
-        dt, u, B, C = (jnp.pad(x, ((0, 0), (0, pad), (0, 0))) for x in (dt, u, B, C))
-    y = _scan(dt, u, A_ND, B, C, reverse, block, channel_block(d_inner, widest_channels))
-    return y[:, :length] if pad else y
+    block, _ = _tiles(length, time_block)
+    spec = _Scan(reverse=reverse, length=length, time_block=block,
+                 channel_tile=channel_block(d_inner, widest_channels), softplus=softplus)
+    return _scan(delta, bias, u, A_ND, B, C, spec)
 
 
 def selective_scan_pallas(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
@@ -298,18 +342,22 @@ def selective_scan_pallas(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.A
     if not isinstance(time_block, int) or time_block < GROUP or time_block % GROUP:
         raise ValueError(f"selective_scan_pallas: time_block must be a positive multiple of {GROUP}; got "
                          f"{time_block!r}.")
-    dt = reference._discretized_delta(delta, delta_bias, delta_softplus)
-    # u, B and C enter the kernel in their own dtype (bfloat16 halves their reads); dt is float32 (softplus'd here).
+    d_inner = u.shape[2]
+    # delta, u, B and C enter the kernel in their own dtype (bfloat16 halves their reads and is what the backward
+    # pass keeps); the bias and the softplus are applied in the kernel, in float32.
+    bias = (jnp.zeros((d_inner,), jnp.float32) if delta_bias is None else delta_bias.astype(jnp.float32))
+    bias = bias.reshape(1, d_inner)
     A_ND = A.astype(jnp.float32).T
-    run = functools.partial(_local_scan, reverse=reverse, time_block=time_block, widest_channels=widest_channels)
+    run = functools.partial(_local_scan, reverse=reverse, softplus=delta_softplus, time_block=time_block,
+                            widest_channels=widest_channels)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        y = run(dt, u, A_ND, B, C)
+        y = run(delta, bias, u, A_ND, B, C)
     else:
         seq = _spec(sharding.activation_spec(u.shape, ("act_batch", None, "act_mlp")))
-        states = P(seq[0], None, None)
-        y = jax.shard_map(run, mesh=mesh, in_specs=(seq, seq, P(None, seq[2]), states, states), out_specs=seq,
-                          check_vma=False)(dt, u, A_ND, B, C)
+        per_channel, states = P(None, seq[2]), P(seq[0], None, None)
+        y = jax.shard_map(run, mesh=mesh, in_specs=(seq, per_channel, seq, per_channel, states, states),
+                          out_specs=seq, check_vma=False)(delta, bias, u, A_ND, B, C)
     return reference._gate(y, u, D, z).astype(u.dtype)
 
 
