@@ -209,7 +209,7 @@ def test_mosaic_kernels_are_estimated_statically_and_an_impossible_estimate_is_u
 @pytest.mark.slow
 def test_a_step_with_mosaic_kernels_counts_each_by_its_scaled_static_estimate():
     """VideoMamba's runlocal on v5p:2x2x1 runs the fused selective-scan kernels (scan "auto" on TPU): the table
-    names each kernel with its static estimate (from a child process's profile at one clip a batch shard, scaled by
+    names each kernel with its static estimate (from a child process's profile at two clips a chip, scaled by
     its bytes here) above its floors, and the step time is the cost model's plus theirs."""
     config = load_config("videomamba_k400", "runlocal")
     out = aot_command.figures(config, tpu.slice_of("v5p:2x2x1"), "train")
@@ -220,7 +220,7 @@ def test_a_step_with_mosaic_kernels_counts_each_by_its_scaled_static_estimate():
     assert kernels["unknown"] == 0 and kernels["calls"] == 4 * config.model.depth
     for row in kernels["kernels"]:
         assert row["seconds"] >= max(row["hbm_floor_s"], row["arithmetic_floor_s"]) > 0
-        assert row["profiled_bytes"] < row["bytes"]  # profiled at one clip a batch shard, 8 a chip here
+        assert row["profiled_bytes"] < row["bytes"]  # profiled at two clips a chip (a v5p core each), 8 here
     assert out["step_s"] == pytest.approx(out["xla_step_s"] + kernels["seconds"])
     assert "step_s_is_floor" not in out
     line = aot_command.kernel_line(out)

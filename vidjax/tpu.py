@@ -217,7 +217,7 @@ def static_estimates() -> bool:
     per-user directory that is removed when the process exits. It works only before libtpu loads. The profile walks
     through every loop iteration of the program, so it costs time and memory in proportion to the step's work (a
     VideoMamba-S step's kernels at 16 clips a chip would take many minutes and tens of GiB): `vidjax.train.aot
-    .profile_kernels` asks for it in a process of its own, on a step of one clip per batch shard."""
+    .profile_kernels` asks for it in a process of its own, on a step of a clip or two per batch shard."""
     args = os.environ.get("LIBTPU_INIT_ARGS", "")
     if STATIC_PROFILE_FLAG in args:
         return True

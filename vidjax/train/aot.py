@@ -413,7 +413,7 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
                     "libtpu gave no static estimate" if profiled is None else profiled.get("error") or
                     "libtpu gave no static estimate of it (the profiled step had no kernel of this name)")
                 continue
-            # Its cycles a byte at one clip a batch shard, times the bytes it moves in this step.
+            # Its cycles a byte at a clip or two a batch shard, times the bytes it moves in this step.
             row["cycles"] = known["cycles"] / known["bytes"] * row["bytes"]
             row["profiled_bytes"] = known["bytes"]
         seconds = row["cycles"] / clock
@@ -435,10 +435,15 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
             "bytes": sum(row["bytes"] for row in rows.values())}
 
 
-def _one_clip_a_shard(config: ml_collections.ConfigDict, mesh) -> ml_collections.ConfigDict:
-    """The same step at one clip per batch shard and no micro-batches: the same kernels on smaller grids."""
+def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_collections.ConfigDict:
+    """The same step at a clip per batch shard for each TensorCore a jax device has (two on a v4 or v5p megacore
+    chip, whose cores split a kernel's parallel grid: at one clip a kernel whose only parallel axis is the batch would
+    run on one core, twice the time a clip it has at the recipe's batch), at most the step's own, and no
+    micro-batches: the same kernels on smaller grids."""
+    shards = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
+    per_shard = config.batch_size // shards // config.grad_accum_steps
     small = ml_collections.ConfigDict(config.to_dict())
-    small.batch_size = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
+    small.batch_size = shards * max(1, min(per_shard, chip.cores_per_chip // chip.devices_per_chip))
     small.grad_accum_steps = 1
     return small
 
@@ -450,17 +455,17 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
     The profile walks through every loop iteration of what it profiles, so its time and memory grow with the work:
     at a recipe's batch it would take far longer than the compile, and whole steps have also been seen to stop
     libtpu's profiler (an LLO type check on a matrix product of VideoMamba's step, with or without kernels). So the
-    child traces the step at one clip per batch shard (`_one_clip_a_shard`) and compiles each distinct kernel call of
-    it alone, on one chip: nothing but the kernels is profiled. {kernel name: {"cycles", "bytes"}} summed over its
-    calls (a layer scan's by its length), or {"error": why} where the child failed; `kernel_estimates(...,
-    profiled=)` scales them to the full step by the bytes each kernel moves there. A kernel's grid, and with it its
-    cycles, grows with the clips it is given (libtpu's estimates of the selective-scan kernels at 2, 8 and 16 clips:
-    57.4, 228.7, 453.3 us, in proportion)."""
+    child traces the step at a clip or two per batch shard (`_few_clips_a_shard`) and compiles each distinct kernel
+    call of it alone, on one chip: nothing but the kernels is profiled. {kernel name: {"cycles", "bytes"}} summed
+    over its calls (a layer scan's by its length), or {"error": why} where the child failed;
+    `kernel_estimates(..., profiled=)` scales them to the full step by the bytes each kernel moves there. A kernel's
+    grid, and with it its cycles, grows with the clips it is given (libtpu's estimates of the selective-scan
+    kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
     import pickle
     import subprocess
     import tempfile
 
-    small = _one_clip_a_shard(lowered.config, lowered.setup.mesh)
+    small = _few_clips_a_shard(lowered.config, lowered.setup.mesh, lowered.slice.chip)
     with tempfile.TemporaryDirectory(prefix="vidjax-kernels-") as where:
         request, answer = os.path.join(where, "request.pkl"), os.path.join(where, "answer.pkl")
         with open(request, "wb") as f:
