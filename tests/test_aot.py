@@ -200,6 +200,14 @@ def test_mosaic_kernels_are_estimated_statically_and_an_impossible_estimate_is_u
     assert rows["unprofiled"]["seconds"] is None and "no static estimate" in rows["unprofiled"]["reason"]
     assert found["unknown"] == 2 and found["seconds"] == pytest.approx(scan["seconds"])
     assert found["unknown_floor_s"] == pytest.approx(fast["hbm_floor_s"] + rows["unprofiled"]["hbm_floor_s"])
+    # A kernel the program has no estimate of takes the profiled one's cycles a byte, found by its name or, where its
+    # instruction is named after something else (a jit around it), by its shapes but the batch.
+    (signature,) = rows["unprofiled"]["signatures"]
+    assert signature == "f32[];f32[]"  # an (8,) result and operand: only the leading dimension, dropped
+    profiled = {"names": {}, "signatures": {signature: {"cycles": 1000.0, "bytes": 16.0}}}
+    again = {row["name"]: row for row in aot.kernel_estimates(KERNELS, chip, profiled)["kernels"]}
+    assert again["unprofiled"]["cycles"] == pytest.approx(1000 / 16 * 64)  # 64 bytes here: 8 floats in and out
+    assert again["unprofiled"]["seconds"] == pytest.approx(again["unprofiled"]["cycles"] / chip.clock_hz)
     # The profile shares count the kernels by their static estimates; the cost model's loop scale leaves them out.
     profile = aot.estimated_profile(KERNELS)
     assert profile["kernel_cycles"] == 12 * 175000 + 10 and profile["cycles_once"] == 100 + 50

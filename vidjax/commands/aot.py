@@ -20,6 +20,10 @@ It prints one table, per chip:
   no overlap between them; a loop's body, such as a layer scan's, counted by its trip count through libtpu's
   per-instruction cycle estimates; docs/tpu.md compares it with measured TPU step times), and where it goes (those
   estimates by kind of instruction, and the largest jax operations);
+- the Mosaic (Pallas) kernels the cost model leaves out, each by libtpu's static estimate (taken in a child process
+  at a clip or two a chip, scaled to the step by the kernel's bytes) against its floors, the HBM bytes it moves over
+  the chip's bandwidth and its declared FLOPs over the peak; added to the step time, or shown as unknown with the
+  reason and counted at its floor;
 - the model's FLOPs per step (`vidjax.bench`'s count) and from them the estimated MFU and clips/s of the slice;
 - the collectives the step runs, by kind, with the bytes each chip moves per step, and their time at the chip's
   inter-chip bandwidth if nothing overlaps them;

@@ -366,6 +366,16 @@ def _kernel_name(line: str) -> str:
     return _SUFFIX.sub("", name).strip("_").replace("__", "_")
 
 
+def _kernel_signature(line: str) -> str:
+    """A kernel call's shapes with each array's leading (batch) dimension left out: the same kernel traced at another
+    batch has the same signature, whatever its instruction is named after (a jit around it, a jvp)."""
+    at = line.find(_OPERAND_SHAPES)
+    operands = _braced(line, at + len(_OPERAND_SHAPES) - 1) if at >= 0 else ""
+    result = line[line.index("=") + 1:line.index("custom-call(")]
+    return ";".join(f"{dtype}[{','.join(dims.split(',')[1:])}]" for text in (result, operands)
+                    for dtype, dims in _SHAPE.findall(text))
+
+
 def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, float]] | None = None) -> dict:
     """The Mosaic (Pallas) kernels of a compiled TPU program, which libtpu's cost model leaves out of its step time:
     for each kernel (by name, its calls a step counted with the loops' trip counts) libtpu's static estimate of its
@@ -387,7 +397,9 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
                 continue
             kernel = _kernel_name(line)
             row = rows.setdefault(kernel, {"name": kernel, "calls": 0.0, "cycles": 0.0, "bytes": 0.0, "flops": 0.0,
-                                           "without_estimate": 0})
+                                           "without_estimate": 0, "signatures": []})
+            if _kernel_signature(line) not in row["signatures"]:
+                row["signatures"].append(_kernel_signature(line))
             cycles, declared = _STATIC_CYCLES.search(line), _DECLARED.search(line)
             at = line.find(_OPERAND_SHAPES)
             operands = _braced(line, at + len(_OPERAND_SHAPES) - 1) if at >= 0 else ""
@@ -407,7 +419,7 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
         row["arithmetic_floor_s"] = row["flops"] / peak
         floor = max(row["hbm_floor_s"], row["arithmetic_floor_s"])
         if row.pop("without_estimate"):
-            known = (profiled or {}).get(_plain_name(row["name"]))
+            known = _profiled(profiled or {}, row)
             if not known or not known["bytes"]:
                 row["seconds"], row["reason"] = None, (
                     "libtpu gave no static estimate" if profiled is None else profiled.get("error") or
@@ -435,6 +447,17 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
             "bytes": sum(row["bytes"] for row in rows.values())}
 
 
+def _profiled(profiled: Mapping, row: dict) -> dict | None:
+    """The profile of the kernel `row` describes: by its name, else by the signatures of its calls (summed)."""
+    known = profiled.get("names", {}).get(_plain_name(row["name"]))
+    if known:
+        return known
+    found = [profiled.get("signatures", {}).get(signature) for signature in row["signatures"]]
+    if not found or not all(found):
+        return None
+    return {"cycles": sum(f["cycles"] for f in found), "bytes": sum(f["bytes"] for f in found)}
+
+
 def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_collections.ConfigDict:
     """The same step at a clip per batch shard for each TensorCore a jax device has (two on a v4 or v5p megacore
     chip, whose cores split a kernel's parallel grid: at one clip a kernel whose only parallel axis is the batch would
@@ -456,8 +479,10 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
     at a recipe's batch it would take far longer than the compile, and whole steps have also been seen to stop
     libtpu's profiler (an LLO type check on a matrix product of VideoMamba's step, with or without kernels). So the
     child traces the step at a clip or two per batch shard (`_few_clips_a_shard`) and compiles each distinct kernel
-    call of it alone, on one chip: nothing but the kernels is profiled. {kernel name: {"cycles", "bytes"}} summed
-    over its calls (a layer scan's by its length), or {"error": why} where the child failed;
+    call of it alone, on one chip: nothing but the kernels is profiled. {"names": {kernel name: {"cycles",
+    "bytes"}}, "signatures": {the calls' shapes but their batch: the same}}, summed over the calls (a layer scan's by
+    its length), or {"error": why} where the child failed; a kernel is matched by its name, else by its shapes (its
+    instruction may be named after a jit around it);
     `kernel_estimates(..., profiled=)` scales them to the full step by the bytes each kernel moves there. A kernel's
     grid, and with it its cycles, grows with the clips it is given (libtpu's estimates of the selective-scan
     kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
@@ -515,22 +540,26 @@ def _profile_child(request: str, answer: str) -> None:
     setup = build(config, examples, sharding.create_mesh(config.mesh, devices), backend=slice_.platform)
     fn, args = jitted_step(config, setup, step)
     one_chip = jax.sharding.SingleDeviceSharding(devices[0])
-    totals: dict[str, dict[str, float]] = {}
+    totals: dict[str, dict[str, dict[str, float]]] = {"names": {}, "signatures": {}}
     for (name, _), (eqn, calls) in _kernel_calls(jax.make_jaxpr(fn)(*args).jaxpr).items():
         operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in eqn.invars]
         kernel = jax.jit(functools.partial(_bind, eqn)).lower(*operands).compile()
         for row in kernel_estimates(kernel.as_text(), slice_.chip).get("kernels", []):
-            total = totals.setdefault(name, {"cycles": 0.0, "bytes": 0.0})
-            total["cycles"] += calls * row["cycles"]
-            total["bytes"] += calls * row["bytes"]
+            for kind, key in [("names", name)] + [("signatures", sig) for sig in row["signatures"][:1]]:
+                total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
+                total["cycles"] += calls * row["cycles"]
+                total["bytes"] += calls * row["bytes"]
     with open(answer, "wb") as f:
         pickle.dump(totals, f)
 
 
 def _pallas_name(eqn) -> str:
-    """The name a pallas_call equation gives its kernel (its instruction's name in the compiled program)."""
-    named = eqn.params.get("name_and_src_info")
-    return _plain_name(str(getattr(named, "name", None) or eqn.params.get("name") or "pallas_call"))
+    """The name a pallas_call equation gives its kernel (its instruction's name in the compiled program when the
+    kernel is named; else its kernel function's, which tells a flash-attention forward from its two backward
+    kernels though their operands are the same)."""
+    named = getattr(eqn.params.get("name_and_src_info"), "name", None) or eqn.params.get("name")
+    kernel = getattr(getattr(eqn.params.get("jaxpr"), "debug_info", None), "func_name", None)
+    return _plain_name(str(named if named and named != "pallas_call" else kernel or "pallas_call"))
 
 
 def _bind(eqn, *operands):
