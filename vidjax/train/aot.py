@@ -246,21 +246,11 @@ def _array_bytes(text: str) -> int:
     return total
 
 
-def _operands(line: str, start: int) -> str:
-    """The text of the parenthesised operand list opening at `start`."""
+def _operands(line: str, start: int, brackets: str = "()") -> str:
+    """The text inside the brackets (by default the parenthesised operand list) opening at `start`."""
     depth = 0
     for i in range(start, len(line)):
-        depth += {"(": 1, ")": -1}.get(line[i], 0)
-        if depth == 0:
-            return line[start + 1:i]
-    return line[start + 1:]
-
-
-def _braced(line: str, start: int) -> str:
-    """The text inside the braces opening at `start`."""
-    depth = 0
-    for i in range(start, len(line)):
-        depth += {"{": 1, "}": -1}.get(line[i], 0)
+        depth += {brackets[0]: 1, brackets[1]: -1}.get(line[i], 0)
         if depth == 0:
             return line[start + 1:i]
     return line[start + 1:]
@@ -370,7 +360,7 @@ def _kernel_signature(line: str) -> str:
     """A kernel call's shapes with each array's leading (batch) dimension left out: the same kernel traced at another
     batch has the same signature, whatever its instruction is named after (a jit around it, a jvp)."""
     at = line.find(_OPERAND_SHAPES)
-    operands = _braced(line, at + len(_OPERAND_SHAPES) - 1) if at >= 0 else ""
+    operands = _operands(line, at + len(_OPERAND_SHAPES) - 1, "{}") if at >= 0 else ""
     result = line[line.index("=") + 1:line.index("custom-call(")]
     return ";".join(f"{dtype}[{','.join(dims.split(',')[1:])}]" for text in (result, operands)
                     for dtype, dims in _SHAPE.findall(text))
@@ -402,7 +392,7 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
                 row["signatures"].append(_kernel_signature(line))
             cycles, declared = _STATIC_CYCLES.search(line), _DECLARED.search(line)
             at = line.find(_OPERAND_SHAPES)
-            operands = _braced(line, at + len(_OPERAND_SHAPES) - 1) if at >= 0 else ""
+            operands = _operands(line, at + len(_OPERAND_SHAPES) - 1, "{}") if at >= 0 else ""
             result = line[line.index("=") + 1:line.index("custom-call(")]
             row["calls"] += times
             row["bytes"] += times * (_array_bytes(result) + _array_bytes(operands))
