@@ -174,10 +174,15 @@ def table(results: dict) -> str:
             collective = sum(c["bytes"] for c in r["collectives"].values())
             seconds = r.get("step_s") or 0
             if seconds > 0:
-                floor = "at least " if r.get("step_s_is_floor") else ""
-                timing = f"{floor}{seconds * 1e3:.0f} ms, MFU {r['mfu']:.0%}, {r['clips_per_s']:,.0f} clips/s"
-                if r.get("kernels"):  # the Mosaic kernels' static estimates, which the cost model leaves out
-                    timing += f" (kernels {r['kernels']['seconds'] * 1e3:.0f} ms)"
+                floor, most = ("at least ", "at most ") if r.get("step_s_is_floor") else ("", "")
+                timing = (f"{floor}{seconds * 1e3:.0f} ms, MFU {most}{r['mfu']:.0%}, "
+                          f"{most}{r['clips_per_s']:,.0f} clips/s")
+                kernels = r.get("kernels")
+                if kernels and kernels["unknown"]:  # no usable static estimate: counted at their floors
+                    timing += (f" ({kernels['unknown']} of {len(kernels['kernels'])} kernels unknown, counted at "
+                               f"their floor {kernels['unknown_floor_s'] * 1e3:.0f} ms)")
+                elif kernels:  # the Mosaic kernels' static estimates, which the cost model leaves out
+                    timing += f" (kernels {kernels['seconds'] * 1e3:.0f} ms)"
             else:  # libtpu's cost model gave no usable step time (a negative one, for some programs)
                 timing = "step time not estimated"
             cells.append(f"fits: {_gib(r['memory']['total_bytes'])} GiB, {timing}, {_gib(collective)} GiB coll.; "
