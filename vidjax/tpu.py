@@ -12,8 +12,7 @@ first: v5p-128 is 64 chips, 4x4x4; v4-32 is 16 chips, 2x2x4; v5litepod-8 is 2x4)
 The figures (`CHIPS`) are per chip, from Google's Cloud TPU pages: peak dense bf16 FLOP/s, HBM and its bandwidth,
 inter-chip interconnect bandwidth, and the host vCPUs a slice gives each chip (the hosts feed the input
 pipeline); the clock is the peak over the matrix units' width (v6e's is not published: 918 TFLOP/s over four
-256 x 256 MXUs). jax shows one
-device a chip, except on v2/v3, whose two TensorCores are a device each.
+256 x 256 MXUs). jax shows one device a chip, except on v2/v3, whose two TensorCores are a device each.
 """
 
 from __future__ import annotations
@@ -214,7 +213,7 @@ def static_estimates() -> bool:
     """Asks libtpu for its static estimate of every instruction it compiles, Mosaic kernels among them (each
     instruction's `bundle_analysis_data` in the compiled program; `vidjax.train.aot.kernel_estimates` reads them).
     libtpu makes them when told to write its static LLO profile, so the flag goes into LIBTPU_INIT_ARGS with a
-    per-user directory that is removed when the process exits. It works only before libtpu loads. The profile walks
+    temporary directory that is removed when the process exits. It works only before libtpu loads. The profile walks
     through every loop iteration of the program, so it costs time and memory in proportion to the step's work (a
     VideoMamba-S step's kernels at 16 clips a chip would take many minutes and tens of GiB): `vidjax.train.aot
     .profile_kernels` asks for it in a process of its own, on a step of a clip or two per batch shard."""
