@@ -26,8 +26,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
          "vidjax.platform", "vidjax.visualize_lib", "vidjax.flops", "vidjax.tpu",
      )),
     ("kernels", "numerical ops and the blocks models are built of", (
-        "vidjax.ops", "vidjax.ops.attention", "vidjax.ops.pixels", "vidjax.ops.scan_kernel",
-        "vidjax.ops.selective_scan", "vidjax.models.layers", "vidjax.models.positions",
+        "vidjax.ops", "vidjax.ops.attention", "vidjax.ops.attention_kernel", "vidjax.ops.pixels",
+        "vidjax.ops.scan_kernel", "vidjax.ops.selective_scan", "vidjax.models.layers", "vidjax.models.positions",
     )),
     ("models", "the models, looked up by name (`vidjax.models.get_model`), and decoding captions with them", (
         "vidjax.models", "vidjax.models.*",

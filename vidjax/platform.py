@@ -29,10 +29,11 @@ process):
   - "auto_gpu": "cudnn" for 16-bit operands whose head size cuDNN's fused kernel takes (at most 128, a multiple of
     8); otherwise "xla", or "blockwise" from the same length as on CPU. (`jax.nn.dot_product_attention` left to
     itself runs XLA's everywhere, jax 0.10.)
-  - "auto_tpu": "pallas_tpu" from `PALLAS_TPU_FROM_SCORES` scores per (batch, head) for heads of at most 128 or a
-    multiple of 128, else "xla".
-  - or one implementation for every call: "xla", "cudnn", "heads_major", "blockwise", "pallas_tpu" (how each runs:
-    `vidjax.ops.attention`).
+  - "auto_tpu": "pallas_resident" from `RESIDENT_FROM_SCORES` scores per (batch, head) where it takes the shapes
+    (`resident_attention_takes`: heads that fill 128-lane blocks, keys that fit VMEM); else "pallas_tpu" from
+    `PALLAS_TPU_FROM_SCORES` scores for heads of at most 128 or a multiple of 128; else "xla".
+  - or one implementation for every call: "xla", "cudnn", "heads_major", "blockwise", "pallas_tpu",
+    "pallas_resident" (how each runs: `vidjax.ops.attention`).
   Why: on the (batch, tokens, heads, head_dim) operands `jax.nn.dot_product_attention` takes, XLA:CPU runs the
   score and value products, and their backward, with strided batch dimensions and transposes of score-sized
   tensors; "heads_major" moves the heads first once, on the small q/k/v/output tensors, and writes its backward out
@@ -133,9 +134,13 @@ BLOCKWISE_FROM_SCORES = 512 * 512
 # TPU's rule runs "pallas_tpu" from this many scores per (batch, head) (unmeasured: no TPU was lent; the kernel pads a
 # sequence to its blocks, 128 tokens at the least (`attention.pallas_blocks`), so shorter ones would be mostly padding).
 PALLAS_TPU_FROM_SCORES = 1024 * 1024
+# TPU's rule runs "pallas_resident" (each head's keys and values whole in VMEM, `vidjax.ops.attention_kernel`) from
+# this many scores per (batch, head) where it takes the shapes (`resident_attention_takes`), up to this many keys.
+RESIDENT_FROM_SCORES = 512 * 512
+RESIDENT_MAX_KEYS = 8192
 
 # What `vidjax.ops.attention.dot_product_attention` can run, and the per-backend rules that pick one of them per call.
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "heads_major", "blockwise", "pallas_tpu")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "heads_major", "blockwise", "pallas_tpu", "pallas_resident")
 ATTENTION_RULES = ("auto_cpu", "auto_gpu", "auto_tpu")
 
 
@@ -329,12 +334,22 @@ def notes(block: Any, backend: str | None = None) -> list[str]:
             f"pass); set --config.model.scan_layers=true to keep one block's activations at a time."]
 
 
+def resident_attention_takes(heads: int, head_dim: int, length_kv: int) -> bool:
+    """Whether "pallas_resident" (`vidjax.ops.attention_kernel`) takes `heads` heads of `head_dim` over `length_kv`
+    keys: heads side by side in 128-lane blocks (a size that divides 128, heads x head_dim a multiple of 128) or
+    one head of a multiple of 128 lanes, and keys (padded to 128) whose score rows fit VMEM
+    (`RESIDENT_MAX_KEYS`)."""
+    lanes_ok = head_dim % 128 == 0 or (128 % head_dim == 0 and heads * head_dim % 128 == 0)
+    return heads > 0 and lanes_ok and -(-length_kv // 128) * 128 <= RESIDENT_MAX_KEYS
+
+
 def attention_implementation(value: str, dtype, head_dim: int = 64, length: int = 0,
-                             length_kv: int | None = None) -> str:
-    """The implementation a resolved `attention_impl` value runs for one call on operands of `dtype` with heads of
-    `head_dim`, `length` queries and `length_kv` keys (default: as many as queries; 0: short): an implementation is
-    itself, a rule ("auto_cpu", "auto_gpu", "auto_tpu") picks by these, as the module docstring says. Nothing here
-    asks which backend runs: "auto" is resolved at set-up (`resolve`, `choices`), and is an error here."""
+                             length_kv: int | None = None, heads: int = 0) -> str:
+    """The implementation a resolved `attention_impl` value runs for one call on operands of `dtype` with `heads`
+    heads (0: unknown) of `head_dim`, `length` queries and `length_kv` keys (default: as many as queries; 0: short):
+    an implementation is itself, a rule ("auto_cpu", "auto_gpu", "auto_tpu") picks by these, as the module docstring
+    says. Nothing here asks which backend runs: "auto" is resolved at set-up (`resolve`, `choices`), and is an error
+    here."""
     if value in ATTENTION_IMPLEMENTATIONS:
         return value
     if value not in ATTENTION_RULES:
@@ -352,6 +367,9 @@ def attention_implementation(value: str, dtype, head_dim: int = 64, length: int 
         if jnp.dtype(dtype).itemsize == 2 and head_dim <= 128 and head_dim % 8 == 0:
             return "cudnn"
         return "blockwise" if scores >= BLOCKWISE_FROM_SCORES else "xla"
+    if scores >= RESIDENT_FROM_SCORES and resident_attention_takes(heads, head_dim,
+                                                                   length if length_kv is None else length_kv):
+        return "pallas_resident"
     if (head_dim <= 128 or head_dim % 128 == 0) and scores >= PALLAS_TPU_FROM_SCORES:
         return "pallas_tpu"
     return "xla"

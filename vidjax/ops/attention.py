@@ -25,6 +25,11 @@ resolved once at set-up, never here.
 - "pallas_tpu": the flash attention kernel jax ships for TPU (`jax.experimental.pallas.ops.tpu.flash_attention`),
   lengths padded to its blocks (`PALLAS_BLOCK`, `pallas_blocks`) and the padding masked through segment ids; in a
   `shard_map` under a multi-device mesh, since XLA cannot partition a Mosaic kernel.
+- "pallas_resident": vidjax's TPU kernel (`vidjax.ops.attention_kernel`) for sequences whose keys fit VMEM: each
+  head's keys and values stay on the chip while the query blocks pass, a whole score row at once (no online
+  softmax), one backward kernel; the operands read as the models hold them, heads side by side in 128-lane blocks.
+  Per shard in a `shard_map` like "pallas_tpu"; "pallas_tpu" for shapes it does not take and where the keys do not
+  fit the chip's VMEM.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from vidjax import platform, sharding
+from vidjax.ops import attention_kernel
 
 IMPLEMENTATIONS = platform.ATTENTION_IMPLEMENTATIONS
 
@@ -44,14 +50,14 @@ BLOCK_KEYS = 128
 
 
 def resolve(implementation: str | None, dtype=jnp.float32, head_dim: int = 64, length: int = 0,
-            length_kv: int | None = None, backend: str | None = None) -> str:
+            length_kv: int | None = None, backend: str | None = None, heads: int = 0) -> str:
     """The implementation that runs for a config's `attention_impl` ("auto", "" or None: `backend`'s rule; None:
-    this process's backend) on operands of `dtype` with heads of `head_dim`, `length` queries and `length_kv` keys
-    (default: as many as queries; 0: short). For set-up and reports (what a run will use); a model's attention
-    calls `platform.attention_implementation` with its resolved value."""
+    this process's backend) on operands of `dtype` with `heads` heads (0: unknown) of `head_dim`, `length` queries
+    and `length_kv` keys (default: as many as queries; 0: short). For set-up and reports (what a run will use); a
+    model's attention calls `platform.attention_implementation` with its resolved value."""
     value = platform.FIELDS["attention_impl"].resolve(implementation or platform.AUTO, lambda: backend or
                                                       platform.backend())
-    return platform.attention_implementation(value, dtype, head_dim, length, length_kv)
+    return platform.attention_implementation(value, dtype, head_dim, length, length_kv, heads)
 
 
 def _heads_major(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
@@ -216,19 +222,20 @@ def pallas_blocks(length: int) -> tuple[int, int]:
     return block, -(-length // block) * block
 
 
-def _pallas_tpu(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
-    """jax's Pallas flash attention kernel for TPU (Mosaic). Under a mesh with more than one device (the trainer's
-    mesh context) it runs per shard in a `shard_map`: XLA cannot partition a Mosaic kernel, and compiling one on
-    sharded operands fails ("Mosaic kernels cannot be automatically partitioned"). The shards are those the models
-    constrain q, k and v to (`sharding.activation_spec`: batch over ("data", "fsdp"), heads over "tensor"), the tokens
-    and channels whole on every shard (attention needs every key), an axis its mesh axes do not divide whole too."""
+def _per_shard(local, q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
+    """A Pallas TPU kernel's attention, `local` on one device's operands. Under a mesh with more than one device (the
+    trainer's mesh context) it runs per shard in a `shard_map`: XLA cannot partition a Mosaic kernel, and compiling
+    one on sharded operands fails ("Mosaic kernels cannot be automatically partitioned"). The shards are those the
+    models constrain q, k and v to (`sharding.activation_spec`: batch over ("data", "fsdp"), heads over "tensor"),
+    the tokens and channels whole on every shard (attention needs every key), an axis its mesh axes do not divide
+    whole too."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return _pallas_tpu_local(q_BLHK, k_BSHK, v_BSHK)
+        return local(q_BLHK, k_BSHK, v_BSHK)
     # Queries, keys and values alike: the same batch and heads, only their lengths (never split) may differ.
     spec = sharding.activation_spec(q_BLHK.shape, ("act_batch", None, "act_heads", None))
     spec = P(*(None if axis is P.UNCONSTRAINED else axis for axis in spec))
-    return jax.shard_map(_pallas_tpu_local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
                          check_vma=False)(q_BLHK, k_BSHK, v_BSHK)
 
 
@@ -262,6 +269,17 @@ def _pallas_tpu_local(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -
     return jnp.swapaxes(out_BHLK, 1, 2)[:, :length]
 
 
+def _resident_local(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) -> jax.Array:
+    """"pallas_resident" on one device's operands, or jax's flash kernel ("pallas_tpu") for shapes it does not take
+    (`attention_kernel.supported`) and where a head's keys and their gradients do not fit the chip's VMEM
+    (`attention_kernel.fits`: v4's 16 MiB holds about 2,500 keys)."""
+    heads, head_dim, length_kv = q_BLHK.shape[2], q_BLHK.shape[3], k_BSHK.shape[1]
+    if not attention_kernel.supported(heads, head_dim, length_kv) or not attention_kernel.fits(
+            heads, head_dim, length_kv, q_BLHK.dtype):
+        return _pallas_tpu_local(q_BLHK, k_BSHK, v_BSHK)
+    return attention_kernel.resident_attention(q_BLHK, k_BSHK, v_BSHK)
+
+
 def dot_product_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
                           implementation: str = "xla") -> jax.Array:
     """softmax(q k^T / sqrt(head_dim)) v over (batch, length, heads, head_dim) operands, as
@@ -269,13 +287,15 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Arra
     ("auto_cpu", "auto_gpu", "auto_tpu") that picks one for these operands and lengths
     (`platform.attention_implementation`; "auto" is resolved at set-up, not here)."""
     implementation = platform.attention_implementation(implementation, q_BLHK.dtype, q_BLHK.shape[-1],
-                                                       q_BLHK.shape[1], k_BSHK.shape[1])
+                                                       q_BLHK.shape[1], k_BSHK.shape[1], q_BLHK.shape[2])
     if implementation == "heads_major":
         return _heads_major(q_BLHK, k_BSHK, v_BSHK)
     if implementation == "blockwise":
         return _blockwise(q_BLHK, k_BSHK, v_BSHK)
     if implementation == "pallas_tpu":
-        return _pallas_tpu(q_BLHK, k_BSHK, v_BSHK)
+        return _per_shard(_pallas_tpu_local, q_BLHK, k_BSHK, v_BSHK)
+    if implementation == "pallas_resident":
+        return _per_shard(_resident_local, q_BLHK, k_BSHK, v_BSHK)
     if implementation == "cudnn" and (q_BLHK.shape[1] % 2 or k_BSHK.shape[1] % 2):
         return padded_to_even(q_BLHK, k_BSHK, v_BSHK, implementation)
     return jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, implementation=implementation)
