@@ -173,3 +173,18 @@ def test_a_model_with_the_kernel_computes_what_xla_attention_computes():
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_tpus_rule_picks_the_kernel_where_it_takes_the_heads_and_the_length_pays():
+    """"auto_tpu" (platform.attention_implementation): the kernel from 512 x 512 scores where the heads fill 128-lane
+    blocks; jax's flash kernel for heads it does not take (ViT-H's 80) at length; XLA's for short sequences (the
+    pre-training encoder's 160 visible tokens) and where the heads are unknown."""
+    from vidjax import platform
+
+    def pick(head_dim, length, heads):
+        return platform.attention_implementation("auto_tpu", jnp.bfloat16, head_dim, length, length, heads)
+
+    assert pick(64, 1568, 6) == pick(64, 512, 12) == pick(64, 6272, 16) == "pallas_resident"
+    assert pick(80, 1568, 16) == pick(64, 1568, 3) == pick(64, 1568, 0) == "pallas_tpu"
+    assert pick(64, 160, 12) == pick(64, 400, 12) == "xla"
+    assert pick(64, 9000, 12) == "pallas_tpu"  # keys past RESIDENT_MAX_KEYS
