@@ -208,6 +208,13 @@ def test_mosaic_kernels_are_estimated_statically_and_an_impossible_estimate_is_u
     again = {row["name"]: row for row in aot.kernel_estimates(KERNELS, chip, profiled)["kernels"]}
     assert again["unprofiled"]["cycles"] == pytest.approx(1000 / 16 * 64)  # 64 bytes here: 8 floats in and out
     assert again["unprofiled"]["seconds"] == pytest.approx(again["unprofiled"]["cycles"] / chip.clock_hz)
+    # A profile of the same name but other operands is another kernel (code edited under the child): not used.
+    other = {"names": {"unprofiled": {"cycles": 1000.0, "bytes": 16.0}}, "signatures": {"f32[4];f32[4]": {}}}
+    stale = {row["name"]: row for row in aot.kernel_estimates(KERNELS, chip, other)["kernels"]}["unprofiled"]
+    assert stale["seconds"] is None and "other operands" in stale["reason"]
+    same = dict(other, signatures={signature: {}})
+    assert {row["name"]: row for row in aot.kernel_estimates(KERNELS, chip, same)["kernels"]}["unprofiled"][
+        "cycles"] == pytest.approx(1000 / 16 * 64)
     # The profile shares count the kernels by their static estimates; the cost model's loop scale leaves them out.
     profile = aot.estimated_profile(KERNELS)
     assert profile["kernel_cycles"] == 12 * 175000 + 10 and profile["cycles_once"] == 100 + 50

@@ -409,11 +409,10 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
         row["arithmetic_floor_s"] = row["flops"] / peak
         floor = max(row["hbm_floor_s"], row["arithmetic_floor_s"])
         if row.pop("without_estimate"):
-            known = _profiled(profiled or {}, row)
+            known, why = _profiled(profiled or {}, row)
             if not known or not known["bytes"]:
                 row["seconds"], row["reason"] = None, (
-                    "libtpu gave no static estimate" if profiled is None else profiled.get("error") or
-                    "libtpu gave no static estimate of it (the profiled step had no kernel of this name)")
+                    "libtpu gave no static estimate" if profiled is None else profiled.get("error") or why)
                 continue
             # Its cycles a byte at a clip or two a batch shard, times the bytes it moves in this step.
             row["cycles"] = known["cycles"] / known["bytes"] * row["bytes"]
@@ -437,15 +436,21 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
             "bytes": sum(row["bytes"] for row in rows.values())}
 
 
-def _profiled(profiled: Mapping, row: dict) -> dict | None:
-    """The profile of the kernel `row` describes: by its name, else by the signatures of its calls (summed)."""
+def _profiled(profiled: Mapping, row: dict) -> tuple[dict | None, str]:
+    """The profile of the kernel `row` describes (by its name, else by the signatures of its calls, summed), or None
+    and why not. A kernel of the same name whose operands the profile never saw (none of the row's signatures among
+    the profiled ones) is another kernel: the child process traced other code (the tree edited while it ran)."""
+    signatures = profiled.get("signatures", {})
     known = profiled.get("names", {}).get(_plain_name(row["name"]))
     if known:
-        return known
-    found = [profiled.get("signatures", {}).get(signature) for signature in row["signatures"]]
+        if signatures and not any(signature in signatures for signature in row["signatures"]):
+            return None, ("the profiled kernel of this name has other operands than this step's (its profile traced "
+                          "other code: was the tree edited while vidjax.aot ran?)")
+        return known, ""
+    found = [signatures.get(signature) for signature in row["signatures"]]
     if not found or not all(found):
-        return None
-    return {"cycles": sum(f["cycles"] for f in found), "bytes": sum(f["bytes"] for f in found)}
+        return None, "libtpu gave no static estimate of it (the profiled step had no kernel of this name)"
+    return {"cycles": sum(f["cycles"] for f in found), "bytes": sum(f["bytes"] for f in found)}, ""
 
 
 def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_collections.ConfigDict:
