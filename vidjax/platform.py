@@ -334,13 +334,21 @@ def notes(block: Any, backend: str | None = None) -> list[str]:
             f"pass); set --config.model.scan_layers=true to keep one block's activations at a time."]
 
 
+def resident_attention_lanes(heads: int, head_dim: int) -> int | None:
+    """The lanes a grid step of "pallas_resident" (`vidjax.ops.attention_kernel`) reads for `heads` heads of
+    `head_dim`: 128 holding 128 // head_dim heads side by side (a size that divides 128, heads x head_dim a multiple
+    of 128), or one head of a multiple of 128; None where it takes neither."""
+    if head_dim % 128 == 0:
+        return head_dim
+    if 128 % head_dim == 0 and heads > 0 and heads * head_dim % 128 == 0:
+        return 128
+    return None
+
+
 def resident_attention_takes(heads: int, head_dim: int, length_kv: int) -> bool:
-    """Whether "pallas_resident" (`vidjax.ops.attention_kernel`) takes `heads` heads of `head_dim` over `length_kv`
-    keys: heads side by side in 128-lane blocks (a size that divides 128, heads x head_dim a multiple of 128) or
-    one head of a multiple of 128 lanes, and keys (padded to 128) whose score rows fit VMEM
-    (`RESIDENT_MAX_KEYS`)."""
-    lanes_ok = head_dim % 128 == 0 or (128 % head_dim == 0 and heads * head_dim % 128 == 0)
-    return heads > 0 and lanes_ok and -(-length_kv // 128) * 128 <= RESIDENT_MAX_KEYS
+    """Whether "pallas_resident" takes `heads` heads of `head_dim` over `length_kv` keys: heads in whole lane blocks
+    (`resident_attention_lanes`) and keys (padded to 128) whose score rows fit VMEM (`RESIDENT_MAX_KEYS`)."""
+    return resident_attention_lanes(heads, head_dim) is not None and -(-length_kv // 128) * 128 <= RESIDENT_MAX_KEYS
 
 
 def attention_implementation(value: str, dtype, head_dim: int = 64, length: int = 0,

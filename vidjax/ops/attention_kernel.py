@@ -72,7 +72,7 @@ def vmem_bytes(heads: int, head_dim: int, length_kv: int, dtype) -> int:
     """The VMEM the backward kernel (the larger) needs: the keys and values and their gradients' output blocks
     (double-buffered), the float32 dK and dV accumulators, the keys and values with their padding zeroed, and two
     float32 score blocks (libtpu: 25.7 MiB for 6,272 keys in 128-lane blocks, bfloat16, 128-query blocks)."""
-    shape = _Shape(head_dim=head_dim, lanes=_block_lanes(heads, head_dim) or LANES, length=0,
+    shape = _Shape(head_dim=head_dim, lanes=platform.resident_attention_lanes(heads, head_dim) or LANES, length=0,
                    length_kv=length_kv, scale=1.0)
     size = jnp.dtype(dtype).itemsize
     per_key = shape.lanes * (8 * size + 8 + (2 * size if shape.keys != length_kv else 0)) + 8 * shape.query_block
@@ -89,15 +89,6 @@ def fits(heads: int, head_dim: int, length_kv: int, dtype) -> bool:
     except Exception:  # noqa: BLE001 -- traced for a CPU (interpret mode) or a device Pallas does not know
         capacity = SMALLEST_VMEM
     return vmem_bytes(heads, head_dim, length_kv, dtype) * 5 // 4 <= min(capacity, VMEM_LIMIT)
-
-
-def _block_lanes(heads: int, head_dim: int) -> int | None:
-    """Lanes a grid step reads: 128 holding 128 // head_dim heads, or one head of a multiple of 128."""
-    if head_dim % LANES == 0:
-        return head_dim
-    if LANES % head_dim == 0 and (heads * head_dim) % LANES == 0:
-        return LANES
-    return None
 
 
 def _padded(length: int, unit: int = LANES) -> int:
@@ -152,11 +143,16 @@ def _scaled(shape: _Shape, x, keep=None):
     return ((x32 if keep is None else jnp.where(keep, x32, 0.0)) * shape.scale).astype(x.dtype)
 
 
+def _dot_nt(a, b):
+    """a b^T in float32, contracting both operands' lanes: (rows of a, rows of b)."""
+    precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
+                               precision=precision)
+
+
 def _scores(q_h, k, length_kv: int | None = None):
     """q_h k^T in float32, (queries, keys); with `length_kv`, the keys from there on (padding) at -1e30."""
-    precision = jax.lax.Precision.HIGHEST if q_h.dtype == jnp.float32 else None
-    s = jax.lax.dot_general(q_h, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
-                            precision=precision)
+    s = _dot_nt(q_h, k)
     if length_kv is not None and length_kv < k.shape[0]:
         key = jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
         s = jnp.where(key < length_kv, s, _MASKED)
@@ -241,9 +237,7 @@ def _backward_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, lse_ref, dq_ref, dk_ref
         # Transposed in float32, then cast: a bfloat16 transpose goes through a packed relayout that stops libtpu's
         # static profile (flash attention's backward does the same).
         dv_acc[...] += _dot(p.T, do_h)
-        precision = jax.lax.Precision.HIGHEST if do.dtype == jnp.float32 else None
-        dp = jax.lax.dot_general(do_h, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
-                                 precision=precision)
+        dp = _dot_nt(do_h, v)
         delta = jnp.sum(do_h32 * o, axis=1, keepdims=True)
         ds = p * (dp - delta)
         dq_h = _dot(ds, k)
@@ -335,7 +329,7 @@ def resident_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) 
     `jax.nn.dot_product_attention`; differentiable (its own backward kernel). Shapes must be `supported`."""
     b, length, heads, head_dim = q_BLHK.shape
     length_kv = k_BSHK.shape[1]
-    lanes = _block_lanes(heads, head_dim)
+    lanes = platform.resident_attention_lanes(heads, head_dim)
     if not supported(heads, head_dim, length_kv):
         raise ValueError(f"resident_attention takes heads of a size that divides 128 (with heads x head_dim a "
                          f"multiple of 128) or is a multiple of 128, and at most {MAX_KEYS} keys; got {heads} heads of "

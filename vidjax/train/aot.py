@@ -477,10 +477,9 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
     call of it alone, on one chip: nothing but the kernels is profiled. {"names": {kernel name: {"cycles",
     "bytes"}}, "signatures": {the calls' shapes but their batch: the same}}, summed over the calls (a layer scan's by
     its length), or {"error": why} where the child failed; a kernel is matched by its name, else by its shapes (its
-    instruction may be named after a jit around it);
-    `kernel_estimates(..., profiled=)` scales them to the full step by the bytes each kernel moves there. A kernel's
-    grid, and with it its cycles, grows with the clips it is given (libtpu's estimates of the selective-scan
-    kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
+    instruction may be named after a jit around it). `kernel_estimates(..., profiled=)` scales them to the full step
+    by the bytes each kernel moves there. A kernel's grid, and with it its cycles, grows with the clips it is given
+    (libtpu's estimates of the selective-scan kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
     import pickle
     import subprocess
     import tempfile
