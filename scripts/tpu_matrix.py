@@ -32,9 +32,10 @@ JSON = os.path.join(ROOT, "docs", "tpu_matrix.json")
 DOC = os.path.join(ROOT, "docs", "tpu.md")
 BEGIN, END = "<!-- tpu-matrix -->", "<!-- /tpu-matrix -->"
 
-# The TPU settings every row starts from (docs/tpu.md says why): bf16 compute and XLA's attention; the blocks as the
-# recipe has them (unrolled, except ViT-g's layer scan: an unrolled ViT-B step is both faster and smaller on TPU).
-TPU = {"dtype": "bfloat16", "attention_impl": "xla"}
+# The TPU settings every row starts from (docs/tpu.md says why): bf16 compute, the platform's attention (its rule for
+# TPU: the resident-keys kernel where it takes the shapes; the cells made before issue 70 record "xla"); the blocks as
+# the recipe has them (unrolled, except ViT-g's layer scan: an unrolled ViT-B step is both faster and smaller on TPU).
+TPU = {"dtype": "bfloat16"}
 # (row id, what it is, config file, config argument, overrides beyond TPU)
 ROWS = [
     ("videomae_s_pt", "VideoMAE-S/16 pre-training", "videomae_k400.py", "variant=S/16", {}),
@@ -45,6 +46,8 @@ ROWS = [
     ("videomae_b_ft", "VideoMAE-B/16 fine-tune", "videomae_finetune_k400.py", None, {}),
     ("videomae_l_ft", "VideoMAE-L/16 fine-tune", "videomae_finetune_k400.py", "variant=L/16", {}),
     ("videomae_h_ft", "VideoMAE-H/16 fine-tune", "videomae_finetune_k400.py", "variant=H/16", {}),
+    ("v2_b_pt", "VideoMAE V2-B/16 pre-training, dual masking", "videomae_v2.py", "variant=B/16", {}),
+    ("v2_l_pt", "VideoMAE V2-L/16 pre-training, dual masking", "videomae_v2.py", "variant=L/16", {}),
     ("v2_g_pt", "VideoMAE V2-g/14 pre-training, dual masking", "videomae_v2.py", "variant=g/14", {}),
     ("v2_g_ft", "VideoMAE V2-g/14 fine-tune", "videomae_v2_finetune.py", "variant=g/14", {}),
     ("timesformer_b", "TimeSformer-B/16 (8 x 224)", "timesformer_k400.py", None, {}),
@@ -78,8 +81,9 @@ COLUMNS = [
 ]
 
 
-def ladder(config, slice_) -> list[dict]:
-    """The settings a cell tries, in order: the row's, + remat, + FSDP, + micro-batches of at most 8 clips a chip."""
+def ladder(config, slice_, accumulate: bool = True) -> list[dict]:
+    """The settings a cell tries, in order: the row's, + remat, + FSDP, + micro-batches of at most 8 clips a chip
+    (`accumulate`)."""
     blocks = [("model", config.model)] + [(f"model.{key}", config.model[key]) for key in ("encoder", "backbone")
                                           if key in config.model]
     remat = next(({f"{where}.remat": "full"} for where, block in blocks if "remat" in block), {})
@@ -90,7 +94,7 @@ def ladder(config, slice_) -> list[dict]:
     accum = 1
     while per_chip // accum > 8 and per_chip % (accum * 2) == 0:
         accum *= 2
-    if accum > 1:
+    if accum > 1 and accumulate:
         steps.append({**steps[-1], "grad_accum_steps": accum})
     return steps
 
@@ -100,6 +104,56 @@ def _apply(config, overrides: dict):
     config = config.copy_and_resolve_references()
     config.update_from_flattened_dict(overrides)
     return config
+
+
+# The columns a user starts on (a Colab TPU, a small slice): each cell keeps the recipe's global batch, with the
+# largest micro-batch that fits and gradient accumulation for the rest (`vidjax.aot --find_batch --accumulate`).
+ACCUMULATED = ("v5litepod-1", "v6e-1", "v5litepod-8", "v4-32")
+
+
+def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
+    """A cell of an `ACCUMULATED` column: for each setting of the ladder (as the row's, + remat, + FSDP; each also with
+    the host's pixels where the recipe cuts its clips on the device), the largest micro-batch that fits with the
+    global batch reached by accumulation; the first setting where one fits is the cell's. Where none fits, the cell
+    says what the smallest micro-batch needed."""
+    from vidjax.commands import aot as aot_command
+    from vidjax.config_lib import ConfigError
+
+    tried = []
+    steps = ladder(base, slice_, accumulate=False)
+    if base.data.get("pixels") == "device":
+        # Each setting also with the host's pixels: the whole global batch's input is on the chips for the step, and
+        # a device-pixel batch is the crop regions' planes (VideoMAE's 2,048 clips: 11.3 GiB, more than a v5e chip
+        # has once copied), where RGB clips are 4.7 GiB.
+        steps = [step for settings in steps for step in (settings, {**settings, "data.pixels": "host"})]
+    for settings in steps:
+        config = _apply(base, settings)
+        started = time.perf_counter()
+        measured: dict = {}
+        try:
+            micro, found = aot_command.find_batch(config, slice_, step, 0, log=lambda line: print(line, flush=True),
+                                                  accumulate=True, measured=measured)
+        except ConfigError as err:
+            tried.append({"settings": settings, "error": str(err)[:300]})
+            continue
+        except Exception as err:  # noqa: BLE001 - a program that does not compile is that cell's result
+            tried.append({"settings": settings, "error": f"{type(err).__name__}: {err}"[:300]})
+            continue
+        tried.append({"settings": settings, "measured": measured})
+        if not micro:
+            continue
+        out = aot_command.figures(None, slice_, step, compiled=found)
+        out["settings"] = {**extra, **settings, "grad_accum_steps": config.batch_size // micro}
+        out["micro_batch"] = micro
+        out["attention"] = "platform default"
+        out["wall_s"] = round(time.perf_counter() - started, 1)
+        return {**out, "tried": tried}
+    smallest = min((min(t["measured"].items()) for t in tried if t.get("measured")), key=lambda kv: kv[1],
+                   default=None)
+    return {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe(),
+            "chips": slice_.chips, "attention": "platform default",
+            "smallest": {"micro_batch": smallest[0], "total_bytes": smallest[1]} if smallest else None,
+            "hbm_bytes": slice_.chip.hbm_bytes}
 
 
 def cell(row, column) -> dict:
@@ -118,6 +172,8 @@ def cell(row, column) -> dict:
                                         if hasattr(value, "keys")]
     base = _apply(base, {**{f"{where}.{key}": value for where, block in blocks for key, value in TPU.items()
                             if key in block}, **extra})
+    if step == "train" and column[0] in ACCUMULATED:
+        return accumulated_cell(base, slice_, step, extra)
     tried = []
     for settings in ladder(base, slice_) if step == "train" else [{}]:
         config = _apply(base, settings)
@@ -131,6 +187,7 @@ def cell(row, column) -> dict:
             tried.append({"settings": settings, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         out["settings"] = {**extra, **settings}
+        out["attention"] = "platform default"
         out["wall_s"] = round(time.perf_counter() - started, 1)
         needs = out["memory"].get("total_bytes") or out["memory"].get("temp_bytes")  # libtpu's refusal: temporaries
         tried.append({"settings": settings, "total_bytes": needs, "fits": out["fits"]})
@@ -145,8 +202,11 @@ def _gib(value) -> str:
     return f"{value / 2**30:.1f}"
 
 
-def _settings(settings: dict) -> str:
-    return ", ".join(["bf16", *(f"{k.split('.')[-1]}={v}" for k, v in settings.items())])
+def _settings(settings: dict, cell: dict) -> str:
+    """The settings a cell chose, and XLA's attention for the cells compiled before the platform's default was the
+    resident-keys kernel (issue 70)."""
+    return ", ".join(["bf16", *(f"{k.split('.')[-1]}={v}" for k, v in settings.items()),
+                      *([] if cell.get("attention") else ["XLA attention"])])
 
 
 def table(results: dict) -> str:
@@ -165,6 +225,15 @@ def table(results: dict) -> str:
                 continue
             if not r["fits"] and not r.get("smallest") and r.get("tried"):
                 cells.append("n/a: " + r["tried"][0].get("error", "")[:90])
+                continue
+            if not r["fits"] and (r.get("smallest") or {}).get("micro_batch"):
+                from vidjax.commands import aot as aot_command
+
+                cells.append(aot_command.brief(r))
+                continue
+            if not r["fits"] and not r.get("smallest") and any("does not split" in t.get("error", "")
+                                                                for t in r.get("tried", [])):
+                cells.append(f"n/a: the batch does not split over {tpu.slice_of(column[1], column[2]).chips} chips")
                 continue
             if not r["fits"]:
                 smallest = r.get("smallest") or {}
@@ -185,8 +254,14 @@ def table(results: dict) -> str:
                     timing += f" (kernels {kernels['seconds'] * 1e3:.0f} ms)"
             else:  # libtpu's cost model gave no usable step time (a negative one, for some programs)
                 timing = "step time not estimated"
+            if r.get("micro_batch"):  # an accumulated column: the micro-batch, the hours for the recipe
+                from vidjax.commands import aot as aot_command
+
+                kept = {k: v for k, v in r["settings"].items() if k != "grad_accum_steps"}
+                cells.append(f"{aot_command.brief(r)}; {_settings(kept, r)}")
+                continue
             cells.append(f"fits: {_gib(r['memory']['total_bytes'])} GiB, {timing}, {_gib(collective)} GiB coll.; "
-                         f"{_settings(r['settings'])}")
+                         f"{_settings(r['settings'], r)}")
         lines.append(f"| {row[1]} ({batch}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

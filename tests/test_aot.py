@@ -476,3 +476,25 @@ def test_a_captioner_is_compiled_with_the_vocabulary_its_tokenizer_settles(capsy
     with pytest.raises(ConfigError, match="config.data.tokenizer='/nonexistent/gpt2/tokenizer'.*Point it at"):
         aot.lower(published, tpu.slice_of("v5litepod-1"))
 
+
+
+@pytest.mark.parametrize("allowed", [None, [1, 2, 4, 8, 16, 32, 64, 128, 256]], ids=["any", "divisors"])
+def test_the_largest_fitting_batch_from_an_affine_fit_in_four_measures(allowed):
+    """`--find_batch`'s search (`largest_fitting`): two measures fit memory as a line in the batch, the third is the
+    line's largest fit, the fourth confirms the next does not fit; refusals count as points."""
+    measured = []
+
+    def measure(multiple, fixed=1000, per=100, hbm=20_000):
+        measured.append(multiple)
+        needs = fixed + per * multiple
+        return needs, needs <= hbm
+
+    found = aot_command.largest_fitting(measure, 20_000, allowed)
+    expected = max(m for m in (allowed or range(1, 1000)) if 1000 + 100 * m <= 20_000)
+    assert found == expected and len(measured) <= 4, measured
+    assert measured[-1] > found  # the last one showed the next multiple does not fit
+    # Curved memory: still a batch that fits, the best within the four measures.
+    measured.clear()
+    found = aot_command.largest_fitting(lambda m: measure(m, per=10) if m < 64 else (10**6, False), 20_000, allowed)
+    assert 0 < found < 64 and len(measured) <= 4
+    assert aot_command.largest_fitting(lambda m: (10**6, False), 20_000, allowed) == 0  # not even the first

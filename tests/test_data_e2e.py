@@ -265,8 +265,9 @@ def test_device_pixels_say_when_the_clips_cannot_take_them(library):
 @pytest.mark.slow
 def test_device_pixel_training_resumes_exactly_and_8_devices_equal_1(library, tmp_path, capsys):
     """Pre-training from device pixels (the clips cut from the planes in the step): stopped after its step-2
-    checkpoint and resumed it gives the uninterrupted run's losses bit for bit, and on 8 simulated devices (each
-    video's planes on one device) the 1-device losses to 1e-5."""
+    checkpoint and resumed it gives the uninterrupted run's losses bit for bit, on 8 simulated devices (each
+    video's planes on one device) the 1-device losses to 1e-5, and so do 4 micro-batches accumulated (their clips
+    cut one micro-batch at a time)."""
     config = tiny_config(batch_size=8, total_steps=4, checkpoint_every=2, keep_checkpoints=5)
     config.data = data_for("csv", library)
     config.data.update(train_crop="multi_scale", pixels="device")
@@ -277,10 +278,15 @@ def test_device_pixel_training_resumes_exactly_and_8_devices_equal_1(library, tm
     assert train.train_and_evaluate(config, str(cut), devices=jax.devices()[:1])["resumed"]
     train.train_and_evaluate(config, str(eight), devices=jax.devices())
     assert len(jax.devices()) == 8
-    a, b, c = ({r["step"]: r["loss"] for r in read_metrics(run) if r["split"] == "train"} for run in (full, cut, eight))
-    assert sorted(a) == sorted(b) == sorted(c) == [1, 2, 3, 4]
+    accumulated = tmp_path / "accumulated"
+    config.grad_accum_steps = 4
+    train.train_and_evaluate(config, str(accumulated), devices=jax.devices()[:1])
+    a, b, c, d = ({r["step"]: r["loss"] for r in read_metrics(run) if r["split"] == "train"}
+                  for run in (full, cut, eight, accumulated))
+    assert sorted(a) == sorted(b) == sorted(c) == sorted(d) == [1, 2, 3, 4]
     assert [a[step] for step in (3, 4)] == [b[step] for step in (3, 4)]
     np.testing.assert_allclose([c[step] for step in a], [a[step] for step in a], rtol=1e-5)
+    np.testing.assert_allclose([d[step] for step in a], [a[step] for step in a], rtol=1e-5)
 
 
 def test_multi_view_eval_cuts_clips_and_crops(library):

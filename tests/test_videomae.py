@@ -54,6 +54,44 @@ def test_pretrain_shapes_and_finite_loss():
     np.testing.assert_allclose(float(out["loss"]), float(jnp.mean((out["pred"] - out["target"]) ** 2)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dual", [False, True], ids=["videomae", "v2_dual_masking"])
+def test_pretraining_equals_the_whole_video_form(dual):
+    """The step cuts the video into tokens once, channel by channel, embeds only the visible ones and predicts and
+    compares channel by channel (for TPU's layouts): the same encoder states, predictions, targets and loss as the
+    plain form (every token embedded then picked; the target of the whole video, then picked), to float rounding."""
+    model = build(tiny_config())
+    video = jax.random.normal(jax.random.key(0), (3, 4, 32, 32, 3))
+    mask = masks(model, 3)
+    kwargs = {}
+    if dual:  # decode 10 of the 32 tokens, drawn apart from the encoder's mask
+        rng = np.random.default_rng(1)
+        decoder_mask = np.ones((3, 32), bool)
+        for row in decoder_mask:
+            row[rng.choice(32, 10, replace=False)] = False
+        kwargs = dict(decoder_mask=jnp.asarray(decoder_mask), num_decoded=10)
+    out = model(video, mask, **kwargs)
+
+    visible_ids, masked_ids = videomae.split_mask(mask, model.num_masked)
+    decoded_ids = videomae.split_mask(kwargs["decoder_mask"], 32 - 10)[0] if dual else masked_ids
+    x_enc = model.encoder(video, visible_ids)
+    np.testing.assert_allclose(out["last_hidden_state"], x_enc, rtol=1e-5, atol=1e-6)
+    x = model.encoder_to_decoder(x_enc)
+    table = jnp.asarray(layers.sincos_table(32, model.dec_width))
+    y = model.decoder(jnp.concatenate([x + table[visible_ids], model.mask_token[...] + table[decoded_ids]], 1))
+    pred = model.decoder_head(model.decoder_norm(y[:, -decoded_ids.shape[1]:]))
+    whole = videomae.normalized_pixel_target(model.unnormalize(video), 2, 8)
+    target = jnp.take_along_axis(whole, decoded_ids[..., None], axis=1)
+    np.testing.assert_allclose(out["pred"], pred, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["target"], target, rtol=1e-5, atol=1e-5)
+    per_token = jnp.mean((pred - target) ** 2, axis=-1)
+    if dual:
+        hidden = jnp.take_along_axis(mask, decoded_ids, axis=1)
+        loss = jnp.sum(jnp.where(hidden, per_token, 0.0)) / jnp.sum(hidden)
+    else:
+        loss = jnp.mean(per_token)
+    np.testing.assert_allclose(float(out["loss"]), float(loss), rtol=1e-5)
+
+
 def test_encoder_sees_only_visible_tokens():
     model = build(tiny_config())
     mask = masks(model, 2)

@@ -43,6 +43,27 @@ def patchify(video, tubelet: int, patch: int):
     return x.reshape(*lead, tp * hp * wp, tubelet * patch * patch * c)
 
 
+def patch_planes(video, tubelet: int, patch: int) -> list:
+    """`patchify`'s tokens channel by channel: for each channel of (B, T, H, W, C), (B, T'*H'*W', tubelet*patch*patch),
+    each token's pixels (t, h, w) (`interleave` joins them into `patchify`'s (t, h, w, c)). For accelerators: no
+    array with a trailing axis of C (on a TPU, padded to 128 lanes) is made, and the batch and tubelet axes travel
+    as one."""
+    b, t, h, w, c = video.shape
+    tp, hp, wp = grid_shape((t, h, w), tubelet, patch)
+    planes = []
+    for channel in range(c):
+        x = video[..., channel].reshape(b * tp, tubelet, hp, patch, wp, patch).transpose(0, 2, 4, 1, 3, 5)
+        planes.append(x.reshape(b, tp * hp * wp, tubelet * patch * patch))
+    return planes
+
+
+def interleave(planes: list):
+    """Per-channel token values [(..., P)] * C -> (..., P*C) in `patchify`'s order (pixel, c)."""
+    import jax.numpy as jnp
+
+    return jnp.stack(planes, axis=-1).reshape(*planes[0].shape[:-1], -1)
+
+
 def unpatchify(patches, tubelet: int, patch: int, T: int, H: int, W: int):
     """Inverse of `patchify`: tokens (..., N, tubelet*patch*patch*C) back to (..., T, H, W, C)."""
     *lead, num_tokens, dim = patches.shape

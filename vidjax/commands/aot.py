@@ -25,6 +25,7 @@ It prints one table, per chip:
   the chip's bandwidth and its declared FLOPs over the peak; added to the step time, or shown as unknown with the
   reason and counted at its floor;
 - the model's FLOPs per step (`vidjax.bench`'s count) and from them the estimated MFU and clips/s of the slice;
+- the recipe's steps (its epochs over the training set) and the hours they take at that step time;
 - the collectives the step runs, by kind, with the bytes each chip moves per step, and their time at the chip's
   inter-chip bandwidth if nothing overlaps them;
 - the host CPU cores the input path needs to keep up, at the per-core rate of `python -m vidjax.data.bench` (its
@@ -32,7 +33,9 @@ It prints one table, per chip:
   repeated sampling of 4), beside the vCPUs the slice's hosts have.
 
 `--step=eval|infer` compiles the evaluator's step or the forward instead; `--hlo=FILE` writes the compiled program;
-`--find_batch` finds the largest global batch that fits by bisection over compiles (multiples of the batch shards);
+`--find_batch` finds the largest global batch that fits (multiples of the batch shards; per-chip memory fitted as
+affine in the batch from two compiles, then one or two to confirm), `--find_batch --accumulate` the largest
+micro-batch that reaches the config's global batch by gradient accumulation;
 `--json` prints the figures as one JSON object instead; `--save=FILE` writes the compiled train step, which the
 trainer loads on a matching slice with `--config.aot_step=FILE` (refused, in one line, for another slice, config or
 jax/libtpu version).
@@ -65,8 +68,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-centre network (multi-slice).")
     flags.DEFINE_enum("step", "train", ["train", "eval", "infer"], "The program: the train step, the default "
                       "evaluator's step, or the model's forward.")
-    flags.DEFINE_bool("find_batch", False, "Find the largest global batch that fits, by bisection over compiles, "
-                      "and report it (and the table at it).")
+    flags.DEFINE_bool("find_batch", False, "Find the largest global batch that fits (per-chip memory fitted as "
+                      "affine in the batch from two compiles, its prediction confirmed by one or two more), and "
+                      "report it and the table at it.")
+    flags.DEFINE_bool("accumulate", False, "With --find_batch: keep the config's global batch and find the largest "
+                      "micro-batch that fits, the rest by gradient accumulation (config.grad_accum_steps).")
     flags.DEFINE_bool("json", False, "Print the figures as one JSON object instead of the table.")
     flags.DEFINE_string("save", None, "Write the compiled train step here, for `--config.aot_step` of the trainer "
                         "on a matching slice.")
@@ -106,14 +112,18 @@ def per_core_rate(num_samples: int, data_bench: str | None = None) -> tuple[floa
 
 
 def figures(config, slice_, step: str, examples: int = 0, save: str | None = None, data_bench: str | None = None,
-            hlo: str | None = None) -> dict:
-    """Everything the table shows, as one dict (the --json output)."""
+            hlo: str | None = None, compiled: tuple | None = None) -> dict:
+    """Everything the table shows, as one dict (the --json output). `compiled`: (lowered, compiled) of the step
+    already (`find_batch`'s), instead of `config`'s."""
     from vidjax import compile_cache  # here, not at the top: --help answers without loading jax
     from vidjax.train import aot
 
     started = time.perf_counter()
-    lowered = aot.lower(config, slice_, step, examples)
-    compiled, refused = aot.compile_or_refuse(lowered)
+    if compiled is None:
+        lowered = aot.lower(config, slice_, step, examples)
+        compiled, refused = aot.compile_or_refuse(lowered)
+    else:
+        (lowered, compiled), refused = compiled, None
     if refused is not None:  # libtpu itself stops at a program whose temporaries exceed the chip's HBM
         return {**_describe(lowered, time.perf_counter() - started), "fits": False, "refused": refused,
                 "memory": {"temp_bytes": refused["temp_bytes"]}, "hbm_bytes": refused["hbm_bytes"]}
@@ -180,6 +190,9 @@ def report(lowered, compiled, compile_s: float, data_bench: str | None = None) -
     if seconds:
         out["step_s"] = seconds
         out["clips_per_s"] = config.batch_size / seconds
+        if lowered.step == "train":  # the recipe's schedule at this step time
+            out["total_steps"] = lowered.setup.total_steps
+            out["train_hours"] = lowered.setup.total_steps * seconds / 3600
         if chip:
             out["mfu"] = flops / slice_.chips / seconds / chip.peak_bf16_flops
         rate, source = per_core_rate(config.data.num_samples, data_bench)
@@ -231,6 +244,9 @@ def table(out: dict) -> str:
         lines.append(f"  step time         {floor}{out['step_s'] * 1e3:.2f} ms (libtpu's cost model"
                      + (", its loops counted by their trip counts" if loops else "") + f"{kernels}), "
                      f"{'at most ' if floor else ''}{out['clips_per_s']:,.0f} clips/s for the slice")
+        if out.get("total_steps"):
+            lines.append(f"  the recipe        {out['total_steps']:,} steps ({out['train_examples']:,} training "
+                         f"examples) in {floor}{out['train_hours']:,.1f} hours at this step time")
     elif "cost_problem" in out:
         lines.append(f"  step time         not estimated: {out['cost_problem']}")
     if out.get("kernels"):
@@ -260,6 +276,34 @@ def table(out: dict) -> str:
         lines.append(f"  host cores        {out['host_cores_needed']:,.0f} to feed it at "
                      f"{rate['clips_per_s_per_core']:g} clips/s per core ({rate['from']}){have}")
     return "\n".join(lines)
+
+
+def brief(out: dict) -> str:
+    """One line of a step's figures (a matrix cell, the colab_tpu notebook's answer): whether it fits and in how
+    much HBM a chip, the micro-batch and accumulation (`find_batch(accumulate=True)`), the step time with its MFU and
+    clips/s, and the hours for the recipe's steps; or what it needs beyond the chip's HBM."""
+    smallest = out.get("smallest") or {}
+    if not out.get("fits") and smallest.get("micro_batch") and out.get("chips"):  # find_batch's first micro-batch
+        return (f"does not fit: {max(smallest['micro_batch'] // out['chips'], 1)} clip(s) a chip need "
+                f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}")
+    if not out.get("fits"):
+        needs = out.get("memory", {}).get("total_bytes") or out.get("memory", {}).get("temp_bytes")
+        return "does not fit" + (f": {_gib(needs)} of {_gib(out['hbm_bytes'])} a chip" if needs and
+                                 out.get("hbm_bytes") else "")
+    parts = [f"fits: {_gib(out['memory']['total_bytes'])} a chip"]
+    accum = out.get("settings", {}).get("grad_accum_steps", 1)
+    if accum > 1:
+        parts.append(f"{out['global_batch'] // accum // out['chips']} clips a chip x {accum} accumulated")
+    seconds = out.get("step_s")
+    if seconds and seconds > 0:  # cells made before `report` dropped a negative cost-model time kept theirs
+        floor, most = ("at least ", "at most ") if out.get("step_s_is_floor") else ("", "")
+        parts.append(f"{floor}{seconds * 1e3:,.0f} ms a step, MFU {most}{out['mfu']:.0%}, {most}"
+                     f"{out['clips_per_s']:,.0f} clips/s")
+        if out.get("train_hours"):
+            parts.append(f"{floor}{out['train_hours']:,.0f} h for the recipe's {out['total_steps']:,} steps")
+    else:
+        parts.append("step time not estimated")
+    return "; ".join(parts)
 
 
 def kernel_line(out: dict) -> str:
@@ -292,35 +336,100 @@ def advice(out: dict) -> str:
             f"use --config.model.dtype=bfloat16, or a larger slice.")
 
 
-def find_batch(config, slice_, step: str, examples: int, log=print) -> int:
-    """The largest global batch (a multiple of the mesh's batch shards) whose step fits the chips' HBM; 0 when not
-    even one batch shard's worth does."""
+def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: bool = False,
+               measured: dict | None = None) -> tuple[int, object]:
+    """(the largest global batch, a multiple of the mesh's batch shards, whose step fits the chips' HBM, with that
+    batch's lowered and compiled step for its figures (`figures(compiled=)`)), or (0, None) when not even the first
+    multiple fits; by `largest_fitting` over compiles. `accumulate`: the largest micro-batch instead, the global
+    batch kept at config.batch_size by gradient accumulation (config.grad_accum_steps), among those that divide
+    it. `measured`, where given, gets each batch tried (the micro-batch, with `accumulate`) -> its bytes a chip."""
     from vidjax import sharding  # here, not at the top: --help answers without loading jax
     from vidjax.train import aot  # (as above)
 
     mesh = sharding.create_mesh(config.mesh, tpu.topology_devices(slice_))
-    ways = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES) * config.grad_accum_steps
+    shards = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
+    ways = shards * (1 if accumulate else config.grad_accum_steps)
     hbm = slice_.chip.hbm_bytes if slice_.chip else int(config.memory_limit_gb * GIB)
     if not hbm:
         raise ConfigError("--find_batch on CPU devices needs a limit: --config.memory_limit_gb=GiB.")
+    multiples = None
+    if accumulate:
+        if config.batch_size % shards:
+            raise ConfigError(f"config.batch_size={config.batch_size} does not split over the {shards} batch shards "
+                              f"of {slice_.describe()}.")
+        whole = config.batch_size // shards
+        multiples = [m for m in range(1, whole + 1) if whole % m == 0]
+    kept: dict = {}
 
-    def fits(multiple: int) -> bool:
+    def measure(multiple: int) -> tuple[int, bool]:
         trial = config.copy_and_resolve_references()
-        trial.batch_size = multiple * ways
+        if accumulate:
+            trial.grad_accum_steps = config.batch_size // (multiple * shards)
+        else:
+            trial.batch_size = multiple * ways
         lowered = aot.lower(trial, slice_, step, examples)
         compiled, refused = aot.compile_or_refuse(lowered)
         needs = refused["temp_bytes"] if refused else aot.memory_figures(compiled)["total_bytes"]
         ok = refused is None and needs <= hbm
-        log(f"  batch {trial.batch_size}: {_gib(needs)} per chip, {'fits' if ok else 'does not fit'}")
-        return ok
+        if measured is not None:
+            measured[multiple * shards if accumulate else trial.batch_size] = needs
+        split = f" as {trial.grad_accum_steps} x {multiple * shards}" if accumulate else ""
+        log(f"  batch {trial.batch_size}{split}: {_gib(needs)} per chip, {'fits' if ok else 'does not fit'}")
+        if ok and multiple > kept.get("multiple", 0):
+            kept.update(multiple=multiple, step=(lowered, compiled))
+        return needs, ok
 
-    low, high = 0, 1
-    while fits(high):
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low * ways
+    largest = largest_fitting(measure, hbm, multiples)
+    return (largest * ways, kept["step"]) if largest else (0, None)
+
+
+def largest_fitting(measure, hbm: int, allowed=None, confirm: int = 2) -> int:
+    """The largest of the `allowed` multiples (sorted; None: every positive integer) whose `measure(multiple)` ->
+    (bytes a chip, fits) fits, or 0 when the first does not.
+
+    Per-chip memory is close to affine in the batch (the state, plus the activations of each clip): two measures fit
+    the line, the largest multiple it puts within `hbm` is measured, and at most `confirm` measures in all confirm
+    that (the next multiple does not fit) or correct it. A program libtpu refuses for its size still says what its
+    temporaries need, so every measure is a point of the line. 4 compiles where doubling took 12 (issue 72)."""
+    allowed = sorted(set(allowed)) if allowed else None
+    needs: dict[int, int] = {}
+    fit: set[int] = set()
+
+    def take(multiple: int) -> None:
+        needs[multiple], ok = measure(multiple)
+        if ok:
+            fit.add(multiple)
+
+    def within(low: int, failed: list[int]) -> float:
+        """The multiple the line through the two points nearest the boundary puts at `hbm`."""
+        other = min(failed) if failed else max((m for m in needs if m != low), default=None)
+        if other is None:
+            return low
+        slope = (needs[other] - needs[low]) / (other - low)
+        if slope <= 0:
+            return low if failed else 4.0 * max(needs)  # no growth seen: look further up
+        return low + (hbm - needs[low]) / slope
+
+    first = allowed[0] if allowed else 1
+    take(first)
+    if first not in fit:
+        return 0
+    second = next((m for m in allowed if m >= 4 * first), allowed[-1]) if allowed else 4 * first
+    if second != first:
+        take(second)
+    for _ in range(confirm):
+        low = max(fit)
+        failed = [m for m in needs if m not in fit]
+        limit = min(within(low, failed), min(failed, default=float("inf")) - 1)
+        if allowed:
+            options = [m for m in allowed if low < m <= limit]
+            guess = options[-1] if options else next((m for m in allowed if m > low), None)
+        else:
+            guess = int(limit) if limit >= low + 1 else low + 1
+        if guess is None or guess in needs:
+            break
+        take(guess)
+    return max(fit)
 
 
 def main(argv: list[str]) -> int:
@@ -336,18 +445,23 @@ def main(argv: list[str]) -> int:
         compile_cache.configure(False)
     config = FLAGS.config
     if FLAGS.find_batch:
-        largest = find_batch(config, slice_, FLAGS.step, FLAGS.train_examples,
-                             log=lambda line: print(line, file=sys.stderr))
+        largest, found = find_batch(config, slice_, FLAGS.step, FLAGS.train_examples,
+                                    log=lambda line: print(line, file=sys.stderr), accumulate=FLAGS.accumulate)
         if not largest:
             print(f"error: not even one batch shard's worth fits {slice_.describe()}; {advice_short()}",
                   file=sys.stderr)
             return DOES_NOT_FIT
-        print(f"Largest global batch that fits {slice_.describe()}: {largest}", file=sys.stderr)
-        config = config.copy_and_resolve_references()
-        config.batch_size = largest
-    out = figures(config, slice_, FLAGS.step, FLAGS.train_examples, FLAGS.save, FLAGS.data_bench, FLAGS.hlo)
-    if FLAGS.find_batch:
-        out["largest_batch"] = config.batch_size
+        if FLAGS.accumulate:
+            print(f"Largest micro-batch that fits {slice_.describe()}: {largest} "
+                  f"(--config.grad_accum_steps={config.batch_size // largest} for the global batch "
+                  f"{config.batch_size})", file=sys.stderr)
+        else:
+            print(f"Largest global batch that fits {slice_.describe()}: {largest}", file=sys.stderr)
+        out = figures(None, slice_, FLAGS.step, FLAGS.train_examples, FLAGS.save, FLAGS.data_bench, FLAGS.hlo,
+                      compiled=found)
+        out["largest_batch"] = largest
+    else:
+        out = figures(config, slice_, FLAGS.step, FLAGS.train_examples, FLAGS.save, FLAGS.data_bench, FLAGS.hlo)
     print(json.dumps(out, sort_keys=True) if FLAGS.json else table(out))
     if out["fits"] is False:
         print(advice(out), file=sys.stderr)

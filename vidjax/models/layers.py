@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -132,10 +132,12 @@ class Dense(nnx.Module):
         self.dtype = dtype
         self.projection_form = platform.given(choices).need("projection_form")
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = project(x.astype(self.dtype), self.kernel[...], form=self.projection_form)
+    def __call__(self, x: jax.Array, outputs: Callable | None = None) -> jax.Array:
+        """`outputs`: a reordering of the output axis (a function of arrays over it), made on the weights."""
+        kernel = self.kernel[...] if outputs is None else outputs(self.kernel[...])
+        y = project(x.astype(self.dtype), kernel, form=self.projection_form)
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
+            y = y + (self.bias[...] if outputs is None else outputs(self.bias[...])).astype(self.dtype)
         return y
 
 

@@ -28,6 +28,8 @@ model's own, from its config, serve a caller that passes none.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,7 +37,7 @@ from flax import nnx
 
 from vidjax import platform
 from vidjax.models import Benchmark, LayerLayout, Traits, layers
-from vidjax.patches import MaskSpec, grid_shape, patchify
+from vidjax.patches import MaskSpec, grid_shape, interleave, patch_planes, patchify
 
 # Decoder (width, heads) per encoder size, as in the reference pre-training configs (depth 4 throughout): VideoMAE's
 # for Mu-H (its ViT-H decoder is 640 wide; VideoMAE V2's is 512, which `decoder_width` selects), VideoMAE V2's for g.
@@ -69,6 +71,11 @@ def normalized_pixel_target(video_BTHWC: jax.Array, tubelet: int, patch: int, ep
     mean = jnp.mean(x, axis=2, keepdims=True)
     var = jnp.var(x, axis=2, keepdims=True, ddof=1)
     return ((x - mean) / (jnp.sqrt(var) + eps)).reshape(b, x.shape[1], -1)
+
+
+def _channels_first(values: jax.Array, channels: int) -> jax.Array:
+    """`patchify`'s order of a token's values over the last axis, (pixel, c), as (c, pixel)."""
+    return values.reshape(*values.shape[:-1], -1, channels).swapaxes(-1, -2).reshape(values.shape)
 
 
 def split_mask(mask_BN: jax.Array, num_masked: int) -> tuple[jax.Array, jax.Array]:
@@ -110,15 +117,27 @@ class Encoder(nnx.Module):
 
     def __call__(self, video_BTHWC: jax.Array, visible_ids: jax.Array | None = None,
                  rng: jax.Array | None = None) -> jax.Array:
+        self.check_video(video_BTHWC)
+        return self.encode_patches(patchify(video_BTHWC, self.tubelet, self.patch), visible_ids, rng)
+
+    def check_video(self, video_BTHWC: jax.Array) -> None:
+        """A ValueError unless the video is of the encoder's shape."""
         expected = (self.grid[0] * self.tubelet, self.grid[1] * self.patch, self.grid[2] * self.patch, 3)
         if tuple(video_BTHWC.shape[1:]) != expected:
             raise ValueError(f"VideoMAE expects videos shaped (batch, {', '.join(map(str, expected))}) "
                              f"channels-last; got {tuple(video_BTHWC.shape)}.")
-        x = self.patch_embed(patchify(video_BTHWC, self.tubelet, self.patch))
-        x = x + jnp.asarray(layers.sincos_table(self.num_tokens, self.width)).astype(x.dtype)[None]
+
+    def encode_patches(self, patches_BNP: jax.Array, visible_ids: jax.Array | None = None,
+                       rng: jax.Array | None = None, *, picked: bool = False) -> jax.Array:
+        """The encoder on `patchify`'s tokens (B, tokens, tubelet*p*p*3) of a video, or on those at `visible_ids`
+        (B, K), picked before the embedding (a per-token product: the masked ones cost nothing); `picked`: the
+        patches given are those at `visible_ids` already."""
+        table = jnp.asarray(layers.sincos_table(self.num_tokens, self.width))
         if visible_ids is not None:
-            x = _gather(x, visible_ids)
-        x = self.transformer(x, rng)
+            patches_BNP = patches_BNP if picked else _gather(patches_BNP, visible_ids)
+            table = jnp.take(table, visible_ids, axis=0)
+        x = self.patch_embed(patches_BNP)
+        x = self.transformer(x + table.astype(x.dtype), rng)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -205,26 +224,35 @@ class Model(nnx.Module):
             decoded_ids, _ = split_mask(decoder_mask, self.encoder.num_tokens - num_decoded)
         else:
             decoded_ids, num_decoded = masked_ids, num_masked
-        x_enc = self.encoder(video, visible_ids, rng)
+        # The video cut into tokens once, channel by channel (`patch_planes`), for the encoder's tokens and the
+        # target; the decoder's head predicts channel by channel too (its columns reordered), and the loss compares
+        # them plane by plane.
+        self.encoder.check_video(video)
+        planes = patch_planes(video, self.encoder.tubelet, self.encoder.patch)
+        visible = interleave([_gather(plane, visible_ids) for plane in planes])
+        x_enc = self.encoder.encode_patches(visible, visible_ids, rng, picked=True)
         x = self.encoder_to_decoder(x_enc)
         table = jnp.asarray(layers.sincos_table(self.encoder.num_tokens, self.dec_width)).astype(x.dtype)
         x_vis = x + jnp.take(table, visible_ids, axis=0)
         x_mask = self.mask_token[...].astype(x.dtype) + jnp.take(table, decoded_ids, axis=0)
         y = self.decoder(jnp.concatenate([x_vis, x_mask], axis=1))
-        pred = self.decoder_head(self.decoder_norm(y[:, -num_decoded:])).astype(jnp.float32)
-        target = _gather(self.pixel_target(video), decoded_ids)
+        channels = len(planes)
+        pred = self.decoder_head(self.decoder_norm(y[:, -num_decoded:]), outputs=functools.partial(
+            _channels_first, channels=channels)).astype(jnp.float32)
+        preds = jnp.split(pred, channels, axis=-1)
+        targets = [self.plane_target(_gather(plane, decoded_ids), c) for c, plane in enumerate(planes)]
+        # Each token's squared error, summed over its values plane by plane.
+        squared = sum(jnp.sum(jnp.square(p - t), axis=-1) for p, t in zip(preds, targets, strict=True))
+        out = {"pred": interleave(preds), "target": interleave(targets), "masked_ids": masked_ids,
+               "last_hidden_state": x_enc}
         if decoder_mask is None:
-            loss = jnp.mean(jnp.square(pred - target))
-            return {"loss": loss, "pred": pred, "target": target, "masked_ids": masked_ids,
-                    "last_hidden_state": x_enc}
+            return {"loss": jnp.mean(squared) / pred.shape[-1], **out}
         # The official engine's loss: per-token MSE, summed over the decoded tokens the encoder masked, divided by
         # their count over the whole batch (`bool_masked_pos[~decode_masked_pos]`).
         loss_mask = jnp.take_along_axis(mask, decoded_ids, axis=1)
-        per_token = jnp.mean(jnp.square(pred - target), axis=-1)
         count = jnp.sum(loss_mask.astype(jnp.float32))
-        loss = jnp.sum(jnp.where(loss_mask, per_token, 0.0)) / jnp.maximum(count, 1.0)
-        return {"loss": loss, "pred": pred, "target": target, "decoded_ids": decoded_ids, "loss_mask": loss_mask,
-                "masked_ids": masked_ids, "last_hidden_state": x_enc}
+        loss = jnp.sum(jnp.where(loss_mask, squared / pred.shape[-1], 0.0)) / jnp.maximum(count, 1.0)
+        return {"loss": loss, "decoded_ids": decoded_ids, "loss_mask": loss_mask, **out}
 
     def unnormalize(self, video: jax.Array) -> jax.Array:
         """Input-normalised video -> pixels in [0, 1]."""
@@ -234,10 +262,17 @@ class Model(nnx.Module):
 
     def pixel_target(self, video: jax.Array) -> jax.Array:
         """Reconstruction target for every token: normalised patches, or raw [0, 1] patches without norm_pix_loss."""
-        pixels = self.unnormalize(video)
-        if self.norm_pix_loss:
-            return normalized_pixel_target(pixels, self.encoder.tubelet, self.encoder.patch)
-        return patchify(pixels, self.encoder.tubelet, self.encoder.patch)
+        planes = patch_planes(video, self.encoder.tubelet, self.encoder.patch)
+        return interleave([self.plane_target(plane, c) for c, plane in enumerate(planes)])
+
+    def plane_target(self, plane: jax.Array, channel: int) -> jax.Array:
+        """`pixel_target`'s values of one channel, from that channel's tokens of the input-normalised video
+        (`patch_planes`)."""
+        pixels = plane.astype(jnp.float32) * self.pixel_std[channel] + self.pixel_mean[channel]
+        if not self.norm_pix_loss:
+            return pixels
+        mean = jnp.mean(pixels, axis=-1, keepdims=True)
+        return (pixels - mean) / (jnp.sqrt(jnp.var(pixels, axis=-1, keepdims=True, ddof=1)) + 1e-6)
 
 
 def default_config() -> ml_collections.ConfigDict:

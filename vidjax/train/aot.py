@@ -22,6 +22,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Mapping
 
 import jax
@@ -214,7 +215,7 @@ def compile_or_refuse(lowered: Lowered) -> tuple[object | None, dict | None]:
     stops a compilation whose temporaries exceed the memory it has (RESOURCE_EXHAUSTED), and says how much they
     need ("temp_bytes") and how much there is ("hbm_bytes"). Any other error is raised."""
     try:
-        return lowered.lowered.compile(), None
+        return _compiled_in_thread(lowered.lowered), None
     except jax.errors.JaxRuntimeError as err:
         message = str(err).strip().splitlines()[0]
         found = _OUT_OF_HBM.search(message)
@@ -224,6 +225,26 @@ def compile_or_refuse(lowered: Lowered) -> tuple[object | None, dict | None]:
         return None, {"message": message.removeprefix("RESOURCE_EXHAUSTED: "),
                       "temp_bytes": int(float(found[1]) * unit[found[2]]),
                       "hbm_bytes": int(float(found[3]) * unit[found[4]])}
+
+
+def _compiled_in_thread(lowered):
+    """`lowered.compile()` on a daemon thread that this one waits for: a SIGINT or SIGTERM is then handled at once
+    (a compile takes minutes, and a signal waits for the call it arrives in), and the command that it stops leaves
+    without waiting for the compile (`cli.leave`)."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["compiled"] = lowered.compile()
+        except BaseException as err:  # noqa: BLE001 -- raised in the caller's thread below
+            result["error"] = err
+
+    thread = threading.Thread(target=run, name="vidjax-aot-compile", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["compiled"]
 
 
 # ---- what the compiled program says ----
