@@ -498,3 +498,16 @@ def test_the_largest_fitting_batch_from_an_affine_fit_in_four_measures(allowed):
     found = aot_command.largest_fitting(lambda m: measure(m, per=10) if m < 64 else (10**6, False), 20_000, allowed)
     assert 0 < found < 64 and len(measured) <= 4
     assert aot_command.largest_fitting(lambda m: (10**6, False), 20_000, allowed) == 0  # not even the first
+
+
+def test_the_kernel_profile_step_takes_whole_videos_with_repeated_sampling():
+    """The kernels' profile traces the step at a clip or two a batch shard; with repeated sampling (VideoMAE V2's 4
+    clips a video) a shard takes a whole video's clips, or the per-video arrays do not split over the shards."""
+    from vidjax import sharding
+
+    slice_ = tpu.slice_of("v5p-128")
+    mesh = sharding.create_mesh(tiny().mesh, tpu.topology_devices(slice_))
+    for samples, per_shard in ((1, 2), (4, 4)):
+        config = tiny(**{"data.num_samples": samples, "batch_size": 64 * 16})
+        small = aot._few_clips_a_shard(config, mesh, slice_.chip)
+        assert small.batch_size == 64 * per_shard and small.grad_accum_steps == 1
