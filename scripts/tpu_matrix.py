@@ -121,7 +121,7 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
 
     tried = []
     steps = ladder(base, slice_, accumulate=False)
-    if base.data.get("pixels") == "device":
+    if base.data.get("pixels", "host") != "host":  # "device", or "auto" (the device's on an accelerator)
         # Each setting also with the host's pixels: the whole global batch's input is on the chips for the step, and
         # a device-pixel batch is the crop regions' planes (VideoMAE's 2,048 clips: 11.3 GiB, more than a v5e chip
         # has once copied), where RGB clips are 4.7 GiB.
