@@ -118,7 +118,8 @@ class Encoder(nnx.Module):
     def __call__(self, video_BTHWC: jax.Array, visible_ids: jax.Array | None = None,
                  rng: jax.Array | None = None) -> jax.Array:
         self.check_video(video_BTHWC)
-        return self.encode_patches(patchify(video_BTHWC, self.tubelet, self.patch), visible_ids, rng)
+        patches = patchify(video_BTHWC, self.tubelet, self.patch)
+        return self.encode_patches(patches if visible_ids is None else _gather(patches, visible_ids), visible_ids, rng)
 
     def check_video(self, video_BTHWC: jax.Array) -> None:
         """A ValueError unless the video is of the encoder's shape."""
@@ -127,16 +128,14 @@ class Encoder(nnx.Module):
             raise ValueError(f"VideoMAE expects videos shaped (batch, {', '.join(map(str, expected))}) "
                              f"channels-last; got {tuple(video_BTHWC.shape)}.")
 
-    def encode_patches(self, patches_BNP: jax.Array, visible_ids: jax.Array | None = None,
-                       rng: jax.Array | None = None, *, picked: bool = False) -> jax.Array:
-        """The encoder on `patchify`'s tokens (B, tokens, tubelet*p*p*3) of a video, or on those at `visible_ids`
-        (B, K), picked before the embedding (a per-token product: the masked ones cost nothing); `picked`: the
-        patches given are those at `visible_ids` already."""
+    def encode_patches(self, patches_BKP: jax.Array, position_ids: jax.Array | None = None,
+                       rng: jax.Array | None = None) -> jax.Array:
+        """The encoder on `patchify`'s tokens (B, K, tubelet*p*p*3): every token of a video, or those at
+        `position_ids` (B, K), picked before the embedding (a per-token product: the masked ones cost nothing)."""
         table = jnp.asarray(layers.sincos_table(self.num_tokens, self.width))
-        if visible_ids is not None:
-            patches_BNP = patches_BNP if picked else _gather(patches_BNP, visible_ids)
-            table = jnp.take(table, visible_ids, axis=0)
-        x = self.patch_embed(patches_BNP)
+        if position_ids is not None:
+            table = jnp.take(table, position_ids, axis=0)
+        x = self.patch_embed(patches_BKP)
         x = self.transformer(x + table.astype(x.dtype), rng)
         return self.norm(x) if self.norm is not None else x
 
@@ -230,7 +229,7 @@ class Model(nnx.Module):
         self.encoder.check_video(video)
         planes = patch_planes(video, self.encoder.tubelet, self.encoder.patch)
         visible = interleave([_gather(plane, visible_ids) for plane in planes])
-        x_enc = self.encoder.encode_patches(visible, visible_ids, rng, picked=True)
+        x_enc = self.encoder.encode_patches(visible, visible_ids, rng)
         x = self.encoder_to_decoder(x_enc)
         table = jnp.asarray(layers.sincos_table(self.encoder.num_tokens, self.dec_width)).astype(x.dtype)
         x_vis = x + jnp.take(table, visible_ids, axis=0)
