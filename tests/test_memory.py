@@ -45,6 +45,34 @@ def test_gradient_accumulation_must_divide_the_batch():
             train.check_grad_accum(config, mesh)
 
 
+def test_device_pixel_micro_batches_take_whole_videos_with_their_clips_rows():
+    """A device-pixel batch holds one row a video (its planes, its num_samples crops) and num_samples rows a video for
+    its clips' fields (masks, labels), video-major: each micro-batch takes whole videos with their own clips' rows.
+    The loss here is zero only where every clip's label row is its own video's; a micro-batch count that does not
+    divide the videos is refused with the fix."""
+    videos, samples = 8, 3
+    ids = jnp.arange(videos, dtype=jnp.float32)
+    batch = {"planes_y": jnp.broadcast_to(ids[:, None, None, None], (videos, 1, 2, 2)).astype(jnp.uint8),
+             "crop_box": jnp.zeros((videos, samples, 4)), "crop_flip": jnp.zeros((videos, samples), bool),
+             "labels": jnp.repeat(ids, samples)}  # the video's id on each of its clips' rows
+    model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+
+    def loss_fn(model, micro, key):
+        assert micro["crop_box"].shape[0] * samples == micro["labels"].shape[0]
+        clips = jnp.repeat(micro["planes_y"][:, 0, 0, 0].astype(jnp.float32), samples)
+        miss = jnp.mean((clips - micro["labels"]) ** 2)
+        return miss + 0.0 * model.kernel[...].sum(), {"miss": miss}
+
+    mesh = train.sharding.create_mesh({"data": 2}, jax.devices()[:2])
+    for k in (1, 2, 4):
+        (loss, aux), _ = train.loss_and_grads(loss_fn, graphdef, params, batch, jax.random.key(0), k, mesh)
+        assert float(aux["miss"]) == 0.0, k
+    with pytest.raises(ConfigError, match=r"config.grad_accum_steps=3 must divide the batch's 8 videos \(batch_size "
+                                          r"/ data.num_samples, with device pixels each micro-batch takes whole"):
+        train.loss_and_grads(loss_fn, graphdef, params, batch, jax.random.key(0), 3, mesh)
+
+
 def count_remat(model_name, remat):
     """Rematerialised regions in the traced forward pass of a tiny `model_name` model."""
     config = tiny_family_config(model_name, remat=remat)

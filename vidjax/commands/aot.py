@@ -368,7 +368,10 @@ def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: 
             raise ConfigError(f"config.batch_size={config.batch_size} does not split over the {shards} batch shards "
                               f"of {slice_.describe()}.")
         whole = config.batch_size // shards
-        multiples = [m for m in range(1, whole + 1) if whole % m == 0]
+        # With repeated sampling on device pixels a micro-batch takes whole videos (`train.loss_and_grads`): each
+        # shard's part of it, num_samples clips a video.
+        samples = config.data.num_samples if config.data.get("pixels", "host") != "host" else 1
+        multiples = [m for m in range(1, whole + 1) if whole % m == 0 and m % samples == 0]
     kept: dict = {}
 
     def measure(multiple: int) -> tuple[int, bool]:

@@ -422,13 +422,31 @@ def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: ja
     # micro-batch, so splitting moves no rows between devices. Each is picked inside the loop from the batch folded
     # to (rows / k, k, ...), which is the batch itself: no second copy of the whole batch (11 GiB of device-pixel
     # planes for VideoMAE's published 2,048 clips).
+    # A device-pixel batch has one row a video for its planes and num_samples rows for each of its clips' fields
+    # (masks, labels; video-major): a micro-batch takes whole videos, each with its own clips' rows.
+    samples = batch["crop_box"].shape[1] if pixels.PLANE_KEYS[0] in batch else 1
+    videos = batch["crop_box"].shape[0] if samples > 1 else 0
+    if samples > 1 and videos % k:
+        raise ConfigError(f"config.grad_accum_steps={k} must divide the batch's {videos} videos (batch_size / "
+                          f"data.num_samples, with device pixels each micro-batch takes whole videos): choose k "
+                          f"with {videos} % k == 0, or --config.data.pixels=host.")
     folded_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
-    folded = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-        x.reshape(x.shape[0] // k, k, *x.shape[1:]), folded_spec), batch)
+
+    def fold(x):
+        if samples > 1 and x.shape[0] == videos * samples:  # (videos / k, k, samples, ...): whole videos' clips
+            return jax.lax.with_sharding_constraint(x.reshape(videos // k, k, samples, *x.shape[1:]), folded_spec)
+        return jax.lax.with_sharding_constraint(x.reshape(x.shape[0] // k, k, *x.shape[1:]), folded_spec)
+
+    folded = jax.tree.map(fold, batch)
+    grouped = jax.tree.map(lambda x: samples > 1 and x.shape[0] == videos * samples, batch)
 
     def micro(i):
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-            jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False), folded_spec), folded)
+        def pick(x, group):
+            x = jax.lax.with_sharding_constraint(jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False),
+                                                 folded_spec)
+            return x.reshape(-1, *x.shape[2:]) if group else x
+
+        return jax.tree.map(pick, folded, grouped)
 
     def body(total, i):
         out = grad_fn(params, micro(i), jax.random.fold_in(rng, i))
