@@ -291,12 +291,15 @@ def main() -> int:
                 if key in results and not args.redo:
                     continue
                 started = time.perf_counter()
-                results[key] = cell(row, column)
-                print(f"{key}: {'fits' if results[key]['fits'] else 'does not fit'} "
+                done = cell(row, column)
+                print(f"{key}: {'fits' if done['fits'] else 'does not fit'} "
                       f"({time.perf_counter() - started:.0f} s)", flush=True)
-                with open(JSON + ".tmp", "w") as f:
+                # Read again before writing: runs over other columns may share the file.
+                results = {**(json.load(open(JSON)) if os.path.exists(JSON) else {}), key: done}
+                tmp = f"{JSON}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
                     json.dump(results, f, indent=1, sort_keys=True)
-                os.replace(JSON + ".tmp", JSON)
+                os.replace(tmp, JSON)
     write_table(results)
     return 0
 
