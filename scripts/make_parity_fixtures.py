@@ -19,7 +19,7 @@ import shutil
 
 HERE = pathlib.Path(__file__).parent
 MAKERS = ("videomae", "timesformer", "vivit", "videomamba", "gpt2", "captioner", "svt", "videomae_v2", "to_hf",
-          "vjepa2", "vjepa2_official", "videoprism", "videoprism_official")
+          "vjepa2", "vjepa2_official", "videoprism", "videoprism_official", "clip")
 
 
 def main() -> None:

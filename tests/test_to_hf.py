@@ -19,6 +19,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from flax import nnx
 from helpers import seeded_checkpoint, tiered
 
 from vidjax import pretrained
@@ -152,6 +153,9 @@ def vidjax_outputs(model, io: dict) -> dict:
     if "input_ids" in io and "clip" not in io:
         return {"logits": model(io["input_ids"], io["attention_mask"])}
     video = model.preprocess(io["clip"])
+    if model.model_name == "image_encoder":  # frame by frame: the clip's tokens, and each frame's pooled output
+        images = nnx.merge(model.graphdef, model.params).images(video.reshape(-1, *video.shape[2:]))
+        return dict(images, **model.forward(video))
     if "input_ids" in io:  # a video-text model (VideoPrism's): embeddings and both logits
         return model.forward(video, io["input_ids"], io["attention_mask"])
     if "decoder_input_ids" in io:

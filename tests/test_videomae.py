@@ -175,7 +175,7 @@ def test_attention_has_q_and_v_biases_but_no_k_bias():
     attn = build(tiny_config()).encoder.transformer.blocks[0].attn
     attn.q_bias[...] = jnp.ones_like(attn.q_bias[...])
     attn.v_bias[...] = jnp.ones_like(attn.v_bias[...])
-    bias = np.asarray(attn._bias())
+    bias = np.asarray(attn.qkv_biases())
     assert bias.shape == (3, 2, 16)
     assert (bias[0] == 1).all() and (bias[1] == 0).all() and (bias[2] == 1).all()
     assert not hasattr(attn, "k_bias")

@@ -43,7 +43,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "loaded model run over a video's windows", (
          "vidjax.convert", "vidjax.convert.common", "vidjax.convert.hf", "vidjax.convert.hf_captioner",
          "vidjax.convert.hf_gpt2", "vidjax.convert.hf_timesformer", "vidjax.convert.hf_videomae",
-         "vidjax.convert.hf_vivit", "vidjax.convert.hf_vjepa2", "vidjax.convert.hf_videoprism", "vidjax.convert.svt",
+         "vidjax.convert.hf_vivit", "vidjax.convert.hf_vjepa2", "vidjax.convert.hf_videoprism",
+         "vidjax.convert.hf_clip", "vidjax.convert.svt",
          "vidjax.convert.videomae", "vidjax.convert.videoprism",
          "vidjax.convert.videomamba", "vidjax.convert.vjepa2", "vidjax.pretrained", "vidjax.pretrained.*",
      )),

@@ -2,7 +2,7 @@
 
 One case per vidjax model with a transformers class (VideoMAE pre-training / classification / bare encoder,
 TimeSformer, ViViT and V-JEPA 2 with and without a head, the VideoMAE + GPT-2 and TimeSformer + GPT-2 captioners,
-GPT-2, VideoPrism's vision model, video model, classifier and video-text model).
+GPT-2, VideoPrism's vision model, video model, classifier and video-text model, the CLIP and SigLIP vision towers).
 For each, `seeded_checkpoint` (tests/helpers.py) builds the vidjax checkpoint case.json describes, `python -m
 vidjax.export --to_hf` writes it as a save_pretrained folder, and a child process that cannot import vidjax loads
 that folder with transformers' Auto class (`vidjax.convert.hf.AUTO_CLASSES`), normalises a uint8 clip as the
@@ -45,6 +45,8 @@ VJEPA2_PREDICTOR = dict(predictor_width=12, predictor_depth=1, predictor_heads=2
 # VideoPrism: patches of 8 (2 x 2 per frame) over the 4 frames, one spatial, temporal and auxiliary block each.
 VIDEOPRISM = dict(variant="Mu/8", width=16, spatial_depth=1, temporal_depth=1, num_heads=2, mlp_dim=32,
                   num_auxiliary_layers=1, **VIDEO)
+# The image encoders: patches of 8 (2 x 2 a frame), each of the 4 frames encoded alone.
+IMAGE = dict(variant="Mu/8", width=16, depth=1, num_heads=2, mlp_dim=32, **VIDEO)
 CAPTIONS = ["a person opens a door", "someone closes the door and sits down", "a dog runs in the park"]
 CASES = {
     "videomae_pretrain": dict(model_name="videomae", seed=1, model=dict(
@@ -80,6 +82,12 @@ CASES = {
                                                  ln_eps=1e-5)),
     "videoprism_clip": dict(model_name="videoprism", seed=16, model=dict(
         VIDEOPRISM, head="clip", text_depth=1, vocab_size=32, max_text_length=8)),
+    # The image teachers, frame by frame: CLIP's vision tower with and without its projection, and SigLIP's.
+    "image_encoder_clip": dict(model_name="image_encoder", seed=17, model=dict(IMAGE, kind="clip")),
+    "image_encoder_clip_projection": dict(model_name="image_encoder", seed=18, model=dict(
+        IMAGE, kind="clip", projection_dim=12, ln_eps=1e-6)),
+    "image_encoder_siglip": dict(model_name="image_encoder", seed=19, model=dict(
+        IMAGE, kind="siglip", ln_eps=1e-6, pixel_mean=[0.5, 0.5, 0.5], pixel_std=[0.5, 0.5, 0.5])),
 }
 TEXTS = 3  # the video-text model's texts, scored against the BATCH clips
 BATCH, LENGTH = 2, 6
@@ -163,10 +171,13 @@ def transformers_outputs(jobs: list[str]) -> dict:
                 # No resize: the same input (V-JEPA 2's video processor always resizes, to crop_size x 256 / 224).
                 if "image_processor_type" in proc and proc["size"]["shortest_edge"] == proc["crop_size"]["height"]:
                     processor = transformers.AutoImageProcessor.from_pretrained(folder)
-                    processed = processor(list(io["clip"][0]), return_tensors="pt")["pixel_values"][0]
+                    processed = processor(list(io["clip"][0]), return_tensors="pt")["pixel_values"]
+                    processed = processed[0] if processed.ndim == 5 else processed  # a video's, or its frames
                     processor_diff = float((processed - pixel_values[0]).abs().max())
             if architecture.startswith("VideoPrism"):
                 outs.update(videoprism_outputs(model, architecture, pixel_values, io))
+            elif architecture.startswith(("CLIP", "Siglip")):
+                outs.update(image_tower_outputs(model, architecture, pixel_values))
             elif "mask" in io:
                 result = model(pixel_values, bool_masked_pos=torch.from_numpy(io["mask"]))
                 outs.update(pred=result.logits, loss=result.loss)
@@ -211,6 +222,24 @@ def videoprism_outputs(model, architecture: str, pixel_values, io: dict) -> dict
     if architecture == "VideoPrismForVideoClassification":  # last_hidden_state: the encoder's, as vidjax's
         return dict(logits=result.logits[:, 0], last_hidden_state=model.vision_model(pixel_values).last_hidden_state)
     return dict(last_hidden_state=result.last_hidden_state)
+
+
+def image_tower_outputs(model, architecture: str, pixel_values) -> dict:
+    """A CLIP or SigLIP vision tower run on every frame, under vidjax's names: "last_hidden_state" (B, frames x
+    patches, width), the frames' patch tokens after the final LayerNorm (CLIP's applied here: transformers' last hidden
+    state is before it), and per frame (B x frames, ...) the pooled output or CLIP's projected image embeddings."""
+    b, t = pixel_values.shape[:2]
+    result = model(pixel_values=pixel_values.flatten(0, 1))
+    tokens = result.last_hidden_state
+    if architecture.startswith("CLIP"):
+        tower = getattr(model, "vision_model", model)
+        tokens = tower.post_layernorm(tokens[:, 1:])
+    out = dict(last_hidden_state=tokens.reshape(b, -1, tokens.shape[-1]))
+    if getattr(result, "image_embeds", None) is not None:
+        out["image_embeds"] = result.image_embeds
+    else:
+        out["pooler_output"] = result.pooler_output
+    return out
 
 
 def run_transformers(jobs: list[tuple[pathlib.Path, pathlib.Path, pathlib.Path]]) -> dict:

@@ -35,7 +35,7 @@ from vidjax.convert.common import (
 
 # Each lists its architectures.
 _MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner", "hf_vjepa2",
-            "hf_videoprism")
+            "hf_videoprism", "hf_clip")
 # A tokenizer saved beside the weights (`tokenizer.save_pretrained(SRC)`): copied to DST/tokenizer/ as it is, in
 # transformers 5's format (tokenizer.json), the classic GPT-2 one (vocab.json + merges.txt) and a sentencepiece model
 # (spiece.model, VideoPrism's T5-style tokenizer).
@@ -129,7 +129,8 @@ def read_clip_spec(converted: Converted, processor: dict | None, directory: path
 
 _EXPORTERS = {"videomae": "hf_videomae", "timesformer": "hf_timesformer", "vivit": "hf_vivit", "gpt2": "hf_gpt2",
               "captioner": "hf_captioner", "vjepa2": "hf_vjepa2",
-              "videoprism": "hf_videoprism"}  # vidjax model -> the module whose `to_hf` writes it
+              "videoprism": "hf_videoprism",
+              "image_encoder": "hf_clip"}  # vidjax model -> the module whose `to_hf` writes it
 # vidjax models that no transformers class computes, in words for the error.
 NO_TRANSFORMERS_CLASS = {"videomamba": "a VideoMamba", "svt": "an SVT (a TimeSformer with a DINO projection head)"}
 # The transformers class that loads each architecture vidjax writes (what the docs and the command's message say).
@@ -144,6 +145,8 @@ AUTO_CLASSES = {
     # video model loads by its own class.
     "VideoPrismVisionModel": "AutoModel", "VideoPrismVideoModel": "VideoPrismVideoModel",
     "VideoPrismForVideoClassification": "AutoModelForVideoClassification", "VideoPrismClipModel": "AutoModel",
+    "CLIPVisionModel": "CLIPVisionModel", "CLIPVisionModelWithProjection": "CLIPVisionModelWithProjection",
+    "SiglipVisionModel": "SiglipVisionModel",
 }
 
 

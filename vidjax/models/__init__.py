@@ -86,6 +86,9 @@ class Traits:
     describe: Callable[[Any, str], str] = _head_and_params
     # Its rows in the accelerator benchmark matrix; None: not in the matrix.
     benchmark: Benchmark | None = None
+    # The roles its model takes in unmasked-teacher distillation (`vidjax.models.distill`): "teacher" (it has
+    # `layer_targets`, `target_width` and `target_grid`), "student" (`layer_tokens`, `distill_width`, `distill_grid`).
+    distill: tuple[str, ...] = ()
 
 
 def traits(name: str) -> Traits:

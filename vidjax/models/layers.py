@@ -348,7 +348,8 @@ class Attention(nnx.Module):
         self.implementation = choices.need("attention_impl")
         self.projection_form = choices.need("projection_form")
 
-    def _bias(self) -> jax.Array | None:
+    def qkv_biases(self) -> jax.Array | None:
+        """The (3, heads, head_dim) biases of q, k and v (zeros where the layout has none), or None: no biases."""
         if self.qkv_bias_kind == "qv":
             return jnp.stack([self.q_bias[...], jnp.zeros_like(self.q_bias[...]), self.v_bias[...]])
         if self.qkv_bias_kind == "qkv":
@@ -366,7 +367,7 @@ class Attention(nnx.Module):
         heads = ("act_batch", "act_length", "act_heads", "act_head_dim")
         # (b, l, 3, h, k) keeps the projection a plain row-major x @ W; a (3, b, l, h, k) output costs a transpose.
         qkv = project(x_BLD.astype(dt), self.qkv[...], form=self.projection_form)
-        bias = self._bias()
+        bias = self.qkv_biases()
         if bias is not None:
             qkv = qkv + bias.astype(dt)
         qkv = constrain(qkv, ("act_batch", "act_length", None, "act_heads", "act_head_dim"))
@@ -387,17 +388,20 @@ class Mlp(nnx.Module):
     """Two-layer MLP with exact (erf) GELU, as in the PyTorch references (Flax's default is the tanh form).
 
     `approximate_gelu=True` selects the tanh form, for checkpoints whose config says "gelu_new"/"gelu_fast"/
-    "gelu_pytorch_tanh"; `relu=True` a ReLU instead (VideoPrism's text tower). `choices` (the model's
+    "gelu_pytorch_tanh"; `relu=True` a ReLU instead (VideoPrism's text tower), `quick_gelu=True` OpenAI CLIP's
+    x * sigmoid(1.702 x) ("quick_gelu"). `choices` (the model's
     `platform.Choices`; None: this machine's defaults) gives the GELU's backward and the projections' form.
     """
 
     def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, approximate_gelu: bool = False,
-                 relu: bool = False, choices: platform.Choices | None = None, rngs: nnx.Rngs):
+                 relu: bool = False, quick_gelu: bool = False, choices: platform.Choices | None = None,
+                 rngs: nnx.Rngs):
         choices = platform.given(choices)
         self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, choices=choices, rngs=rngs)
         self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, choices=choices, rngs=rngs)
         self.approximate_gelu = approximate_gelu
         self.relu = bool(relu)
+        self.quick_gelu = bool(quick_gelu)
         self.backward = choices.need("backward")
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -406,6 +410,8 @@ class Mlp(nnx.Module):
         hidden = constrain(self.fc1(x), token_names(x.ndim, "act_mlp"))
         if self.relu:
             out = self.fc2(jax.nn.relu(hidden))
+        elif self.quick_gelu:
+            out = self.fc2(hidden * jax.nn.sigmoid(1.702 * hidden))
         else:
             out = self.fc2(gelu(hidden, approximate=self.approximate_gelu, backward=self.backward))
         return constrain(out, token_names(x.ndim, "act_embed"))
@@ -770,12 +776,13 @@ class Block(nnx.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
                  qkv_bias: str = "qv", dtype=jnp.float32, choices: platform.Choices | None = None,
-                 approximate_gelu: bool = False, rngs: nnx.Rngs):
+                 approximate_gelu: bool = False, quick_gelu: bool = False, rngs: nnx.Rngs):
         choices = platform.given(choices)
         self.norm1 = LayerNorm(dim, eps, choices=choices, rngs=rngs)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, choices=choices, rngs=rngs)
         self.norm2 = LayerNorm(dim, eps, choices=choices, rngs=rngs)
-        self.mlp = Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, choices=choices, rngs=rngs)
+        self.mlp = Mlp(dim, mlp_dim, dtype=dtype, approximate_gelu=approximate_gelu, quick_gelu=quick_gelu,
+                       choices=choices, rngs=rngs)
         self.drop_path = drop_path
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None,
@@ -797,7 +804,8 @@ class Transformer(nnx.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, *, eps: float, drop_path: float = 0.0,
                  qkv_bias: str = "qv", dtype=jnp.float32, choices: platform.Choices | None = None,
-                 approximate_gelu: bool = False, remat: str = "none", scan: bool = False, rngs: nnx.Rngs):
+                 approximate_gelu: bool = False, quick_gelu: bool = False, remat: str = "none", scan: bool = False,
+                 rngs: nnx.Rngs):
         rates = np.linspace(0.0, drop_path, depth) if depth > 1 else np.array([drop_path])
         choices = platform.given(choices)
         self.remat = check_remat(remat)
@@ -805,7 +813,8 @@ class Transformer(nnx.Module):
         self.block_gradients = choices.need("block_gradients")
         self.blocks = make_blocks(
             lambda rate, rngs: Block(dim, num_heads, mlp_dim, eps=eps, drop_path=rate, qkv_bias=qkv_bias,
-                                     dtype=dtype, choices=choices, approximate_gelu=approximate_gelu, rngs=rngs),
+                                     dtype=dtype, choices=choices, approximate_gelu=approximate_gelu,
+                                     quick_gelu=quick_gelu, rngs=rngs),
             rates, scan=scan, rngs=rngs)
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None,
@@ -814,6 +823,26 @@ class Transformer(nnx.Module):
         kwargs = {} if rope is None else {"rope": rope}
         return run_blocks(self.blocks, x, rng, remat=self.remat, scan=self.scan,
                           block_gradients=self.block_gradients, **kwargs)
+
+    def layer_outputs(self, x: jax.Array, rng: jax.Array | None = None, last: int = 1) -> list[jax.Array]:
+        """The outputs of the last `last` blocks, first to last, each block with the key and policy it has in
+        `__call__` (the same values): what a distillation aligns layer by layer. Stacked blocks
+        (config.model.scan_layers) give their last output only."""
+        if last == 1:
+            return [self(x, rng)]
+        if isinstance(self.blocks, BlockStack):
+            raise ConfigError(f"the outputs of the last {last} blocks need them unrolled: set the encoder's "
+                              f"scan_layers=False (or align one layer).")
+        blocks = list(self.blocks)
+        if not 1 <= last <= len(blocks):
+            raise ConfigError(f"the last {last} blocks of a {len(blocks)}-block encoder: choose 1 to {len(blocks)}.")
+        common = dict(remat=self.remat, block_gradients=self.block_gradients)
+        x = run_blocks(blocks[:len(blocks) - last], x, rng, **common)
+        outs = []
+        for i in range(len(blocks) - last, len(blocks)):
+            x = run_blocks([blocks[i]], x, rng, first_index=i, **common)
+            outs.append(x)
+        return outs
 
 
 def vit_dims(variant: str, width: int | None = None, depth: int | None = None,

@@ -59,7 +59,8 @@ TRAITS = Traits(
         head=(("encoder", "norm"), ("fc_norm",), ("head",), ("encoder_to_decoder",), ("mask_token",), ("decoder",),
               ("decoder_norm",), ("decoder_head",))),
     tokens_part=_tokens_part,
-    benchmark=Benchmark("B/16", ("pretrain", "pretrain_v2", "finetune"), "Mu/8", quick_model={"decoder_depth": 1}))
+    benchmark=Benchmark("B/16", ("pretrain", "pretrain_v2", "finetune"), "Mu/8", quick_model={"decoder_depth": 1}),
+    distill=("teacher", "student"))
 
 
 def normalized_pixel_target(video_BTHWC: jax.Array, tubelet: int, patch: int, eps: float = 1e-6) -> jax.Array:
@@ -138,6 +139,38 @@ class Encoder(nnx.Module):
         x = self.patch_embed(patches_BKP)
         x = self.transformer(x + table.astype(x.dtype), rng)
         return self.norm(x) if self.norm is not None else x
+
+
+    def layer_tokens(self, video_BTHWC: jax.Array, visible_ids: jax.Array | None, num_layers: int,
+                     rng: jax.Array | None = None) -> list[jax.Array]:
+        """The last `num_layers` blocks' tokens (B, K, width) at `visible_ids` (B, K; None: every token), each through
+        the final norm when the encoder has one, first to last: what unmasked-teacher distillation aligns (UMT's
+        student applies its `norm` to every returned layer)."""
+        self.check_video(video_BTHWC)
+        patches = patchify(video_BTHWC, self.tubelet, self.patch)
+        table = jnp.asarray(layers.sincos_table(self.num_tokens, self.width))
+        if visible_ids is not None:
+            patches, table = _gather(patches, visible_ids), jnp.take(table, visible_ids, axis=0)
+        x = self.patch_embed(patches)
+        outs = self.transformer.layer_outputs(x + table.astype(x.dtype), rng, last=num_layers)
+        return [self.norm(y) if self.norm is not None else y for y in outs]
+
+    def attention_received(self, video_BTHWC: jax.Array) -> jax.Array:
+        """(B, tokens) float32: the attention each token receives in the last block, averaged over the queries and
+        the heads (a model without a class token has no one query to read it from), summing to 1 over the tokens."""
+        patches = patchify(video_BTHWC, self.tubelet, self.patch)
+        x = self.patch_embed(patches)
+        x = x + jnp.asarray(layers.sincos_table(self.num_tokens, self.width)).astype(x.dtype)
+        blocks = list(self.transformer.blocks)
+        x = layers.run_blocks(blocks[:-1], x, None) if len(blocks) > 1 else x
+        last = blocks[-1]
+        qkv = layers.project(last.norm1(x).astype(last.attn.dtype), last.attn.qkv[...])
+        bias = last.attn.qkv_biases()
+        if bias is not None:
+            qkv = qkv + bias.astype(qkv.dtype)
+        q, k = qkv[:, :, 0].astype(jnp.float32), qkv[:, :, 1].astype(jnp.float32)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+        return jnp.mean(jax.nn.softmax(scores, axis=-1), axis=(1, 2))
 
 
 class Model(nnx.Module):
@@ -252,6 +285,30 @@ class Model(nnx.Module):
         count = jnp.sum(loss_mask.astype(jnp.float32))
         loss = jnp.sum(jnp.where(loss_mask, squared / pred.shape[-1], 0.0)) / jnp.maximum(count, 1.0)
         return {"loss": loss, "decoded_ids": decoded_ids, "loss_mask": loss_mask, **out}
+
+    # ---- unmasked-teacher distillation (`vidjax.models.distill`) ----
+    @property
+    def distill_width(self) -> int:
+        return self.encoder.width
+
+    @property
+    def distill_grid(self) -> tuple[int, int, int]:
+        return self.encoder.grid
+
+    target_width, target_grid = distill_width, distill_grid
+
+    def layer_tokens(self, video: jax.Array, visible_ids: jax.Array, num_layers: int,
+                     rng: jax.Array | None = None) -> list[jax.Array]:
+        """As a student: the encoder's last `num_layers` blocks' tokens at `visible_ids` (`Encoder.layer_tokens`)."""
+        return self.encoder.layer_tokens(video, visible_ids, num_layers, rng)
+
+    def layer_targets(self, video: jax.Array, num_layers: int) -> tuple[jax.Array, jax.Array]:
+        """As a teacher: (the encoder's last `num_layers` blocks' tokens over the whole clip, (num_layers, B, tokens,
+        width); the attention each token receives in the last block (B, t', h' x w'), float32)."""
+        t, h, w = self.encoder.grid
+        tokens = jnp.stack(self.encoder.layer_tokens(video, None, num_layers))
+        attention = self.encoder.attention_received(video).reshape(video.shape[0], t, h * w)
+        return tokens, attention
 
     def unnormalize(self, video: jax.Array) -> jax.Array:
         """Input-normalised video -> pixels in [0, 1]."""
