@@ -17,12 +17,21 @@ its vision tower and projection; `vidjax.models.image_encoder`):
 Fine-tune the student as a VideoMAE-B/16 classifier: configs/videomae_finetune_k400.py with
 --config.init_from=/tmp/umt_b16 (the student's parameters are read; the teacher and the heads are not).
 
-Local run on the embedded dataset (no download): the teacher is the embedded dataset's own fine-tuned classifier.
-  python -m vidjax.main --config=configs/videomae_finetune_k400.py:runlocal --workdir=/tmp/teacher_local
+Local run on the embedded dataset (no download): the teacher is the embedded dataset's own fine-tuned classifier,
+made by the VideoMAE runlocals (pre-training, then its fine-tune).
+  python -m vidjax.main --config=configs/videomae_k400.py:runlocal --workdir=/tmp/pt_local
+  python -m vidjax.main --config=configs/videomae_finetune_k400.py:runlocal --workdir=/tmp/teacher_local \
+    --config.init_from=/tmp/pt_local
   python -m vidjax.main --config=configs/umt.py:runlocal --workdir=/tmp/umt_local \
     --config.distill.teacher=/tmp/teacher_local
-The runlocal student is a micro VideoMAE at the teacher's clip (8 x 32 px, tubelet 2), aligning the teacher's last
-block with attention masking (attention received, the teacher having no class token).
+The runlocal student is a micro VideoMAE at the teacher's clip (8 x 32 px, tubelet 2) that sees 20% of each slice's
+tokens, picked by the attention they receive in the teacher's last block (the teacher has no class token), and aligns
+that block. Measured here (2 cores, beside other work): the teacher classifies the eval split at 0.891 top-1; the
+distillation's loss goes 2.013 -> 0.282 over its 512 steps (5 minutes), and the attentive probe on the student's
+tokens from 0.688 (its random initial weights) to 0.934 top-1 (256 eval clips). Then fine-tune it:
+  python -m vidjax.main --config=configs/videomae_finetune_k400.py:runlocal --workdir=/tmp/ft_umt \
+    --config.init_from=/tmp/umt_local
+(the student's encoder is read, 54 tensors; fc_norm and the head start fresh).
 """
 
 from vidjax import config_lib

@@ -102,6 +102,22 @@ def test_a_student_learns_from_a_frozen_clip_teacher(teacher_dir, tmp_path):
                                  strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
 
+    # The run is its student for a fine-tune (`init_from`): a VideoMAE classifier takes the student's encoder.
+    from flax import nnx
+
+    from vidjax.models import ParamKeys, videomae
+
+    cfg = config.model.student.copy_and_resolve_references()
+    cfg.update(head="classification", use_mean_pooling=True, num_classes=8)
+    with nnx.use_eager_sharding(False):
+        fresh = nnx.to_pure_dict(nnx.state(videomae.Model(cfg, rngs=ParamKeys(1))))
+    fresh = jax.device_put(fresh, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    params, report = pretrained.init_from(tmp_path / "run", "videomae", cfg, fresh)
+    assert "encoder/patch_embed/kernel" in report["loaded"] and len(report["loaded"]) == 2 + 2 * 13  # 13 a block
+    assert sorted(report["fresh"]) == ["fc_norm/bias", "fc_norm/scale", "head/bias", "head/kernel"]
+    np.testing.assert_array_equal(np.asarray(params["encoder"]["patch_embed"]["kernel"]),
+                                  np.asarray(result["state"]["params"]["student"]["encoder"]["patch_embed"]["kernel"]))
+
 
 @pytest.mark.parametrize(("change", "message"), [
     (dict(keep_ratio=0.0), "config.distill.keep_ratio=0.0 is the share of each time slice's tokens"),
@@ -130,3 +146,76 @@ def test_a_teacher_that_is_no_encoder_and_a_grid_that_does_not_match_are_refused
     config.model.student_name = "image_encoder"
     with pytest.raises(ConfigError, match="config.model.student_name='image_encoder' cannot be the student"):
         train.prepare(config, devices=jax.devices()[:1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2)], ids=["dp", "dp_fsdp_tensor"])
+def test_sharded_matches_one_device(teacher_dir, mesh):
+    """8 simulated devices (data parallel; data x fsdp x tensor, the teacher sharded like the student) give the
+    one-device losses and student to 1e-5, and the teacher stays as it was."""
+    from helpers import run_steps
+
+    config = tiny_config(teacher_dir)
+    single, one = run_steps(config, jax.devices()[:1], steps=3)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+    sharded, eight = run_steps(config, jax.devices(), steps=3)
+    np.testing.assert_allclose(sharded, single, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 jax.device_get(eight["params"]["student"]), jax.device_get(one["params"]["student"]))
+
+
+@pytest.mark.slow
+def test_exact_resume(teacher_dir, tmp_path, capsys):
+    """Stopped after its step-2 checkpoint and resumed: the straight run's losses bit for bit (the masks' draws and
+    the teacher included)."""
+    from helpers import run_then_resume
+
+    config = tiny_config(teacher_dir)
+    config.total_steps, config.checkpoint_every, config.keep_checkpoints, config.log_every = 6, 2, 5, 1
+    run_then_resume(config, tmp_path, capsys)
+
+
+def test_a_timesformer_student_runs_a_tube_masks_tokens_and_refuses_other_masks(teacher_dir):
+    """With every position visible, the TimeSformer student's tokens are its own output's, frame by frame (the CLS
+    left out); it takes tube masks, and attention masks (other positions in each frame) are refused."""
+    from flax import nnx
+
+    from vidjax.models import ParamKeys, timesformer
+
+    cfg = timesformer.default_config()
+    cfg.update(variant="Mu/8", width=32, depth=2, num_heads=2, num_frames=4, image_size=32, head="none")
+    with nnx.use_eager_sharding(False):
+        model = timesformer.Model(cfg, rngs=ParamKeys(0))
+    video = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
+    every = jnp.broadcast_to(jnp.arange(64), (2, 64))
+    tokens = model.layer_tokens(video, every, 2)
+    full = model(video)["last_hidden_state"][:, 1:]  # (h, w, t) order
+    frame_major = jnp.swapaxes(full.reshape(2, 16, 4, 32), 1, 2).reshape(2, 64, 32)
+    np.testing.assert_allclose(tokens[-1], frame_major, atol=1e-5)
+    # A tube: positions 1, 5, 6 of every frame.
+    tube = jnp.asarray([[f * 16 + p for f in range(4) for p in (1, 5, 6)]] * 2)
+    kept = model.layer_tokens(video, tube, 1)[0]
+    assert kept.shape == (2, 12, 32) and np.isfinite(np.asarray(kept)).all()
+
+    config = tiny_config(teacher_dir)
+    config.model.student_name = "timesformer"
+    config.model.student = distill.default_config("timesformer").student
+    config.model.student.update(variant="Mu/8", width=32, depth=2, num_heads=2, num_frames=4, image_size=32)
+    with pytest.raises(ConfigError, match="config.distill.mask_type='attention': a timesformer student takes tube "
+                                          "masks only"):
+        train.prepare(config, devices=jax.devices()[:1])
+    config.distill.mask_type = "tube"
+    assert not train.config_problems(config)
+
+
+@pytest.mark.slow
+def test_a_timesformer_student_learns_with_tube_masks(teacher_dir, tmp_path):
+    """The input path's tube masks (the same positions in every frame) feed a TimeSformer student."""
+    config = tiny_config(teacher_dir, mask_type="tube")
+    config.model.student_name = "timesformer"
+    config.model.student = distill.default_config("timesformer").student
+    config.model.student.update(variant="Mu/8", width=32, depth=2, num_heads=2, num_frames=4, image_size=32)
+    config.total_steps = 8
+    train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    losses = train_losses(tmp_path / "run")
+    assert 0.0 < losses[8] < losses[1] <= 4.0

@@ -27,6 +27,12 @@ def _the_model_itself(cfg: Any) -> str:
     return ""
 
 
+def _no_parts(cfg: Any) -> dict:
+    """`Traits.parts`' default: no model of another family inside."""
+    del cfg
+    return {}
+
+
 def _head_and_params(cfg: Any, params: str) -> str:
     """`Traits.describe`'s default: the head a block builds (a video model's), then the parameter count."""
     return f"head {cfg.head}, {params}" if "head" in cfg else params
@@ -89,6 +95,13 @@ class Traits:
     # The roles its model takes in unmasked-teacher distillation (`vidjax.models.distill`): "teacher" (it has
     # `layer_targets`, `target_width` and `target_grid`), "student" (`layer_tokens`, `distill_width`, `distill_grid`).
     distill: tuple[str, ...] = ()
+    # As a student, the masks it can run on (`vidjax.tasks.distill.MASK_TYPES`): a model that drops any tokens
+    # takes them all; one whose attention needs the same positions in every frame (TimeSformer's divided
+    # space-time attention) takes "tube" only.
+    distill_masks: tuple[str, ...] = ()
+    # cfg -> {parameter subtree: (model name, config block)}: the whole models of other families inside it, which
+    # a checkpoint of it also is (a distillation's student: `init_from` and `load` read it as that model; `part_of`).
+    parts: Callable[[Any], Mapping[str, tuple[str, Any]]] = _no_parts
 
 
 def traits(name: str) -> Traits:
@@ -149,6 +162,13 @@ def clip_spec(name: str, cfg: Any) -> dict[str, Any] | None:
         return None
     return dict(num_frames=int(cfg.num_frames), image_size=int(cfg.image_size),
                 mean=tuple(float(v) for v in cfg.pixel_mean), std=tuple(float(v) for v in cfg.pixel_std))
+
+
+def part_of(model_name: str, cfg: Any, wanted: str) -> tuple[str, Any] | None:
+    """(the parameter subtree, its config block) of the one `wanted` model inside a `model_name` model of block
+    `cfg` (`Traits.parts`), or None when it holds none, or several."""
+    found = [(subtree, block) for subtree, (name, block) in traits(model_name).parts(cfg).items() if name == wanted]
+    return found[0] if len(found) == 1 else None
 
 
 def tokens_part(model_name: str, cfg: Any) -> str:

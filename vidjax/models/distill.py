@@ -37,7 +37,12 @@ def _tokens_part(cfg: ml_collections.ConfigDict) -> str:
     return STUDENT
 
 
-TRAITS = Traits(tokens_part=_tokens_part)
+def _parts(cfg: ml_collections.ConfigDict) -> dict:
+    """The student is a whole model of its family: `init_from` and `load` read a distillation's checkpoint as it."""
+    return {STUDENT: (cfg.student_name, cfg.student)}
+
+
+TRAITS = Traits(tokens_part=_tokens_part, parts=_parts)
 
 
 def frozen_prefixes(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -109,11 +114,12 @@ class Model(nnx.Module):
 
 
 def default_config(student_name: str = "videomae", teacher_name: str = "image_encoder") -> ml_collections.ConfigDict:
-    """The model block of a distillation: `student_name`'s and `teacher_name`'s default blocks (a VideoMAE student
-    built with its final norm and no head; a CLIP ViT-B/16 teacher), one aligned layer."""
+    """The model block of a distillation: `student_name`'s and `teacher_name`'s default blocks (the student without a
+    head; a VideoMAE one built with its final norm; a CLIP ViT-B/16 teacher), one aligned layer."""
     student = get_model(student_name).default_config()
-    if student_name == "videomae":
-        student.update(head="none", use_mean_pooling=False)
+    student.head = "none"  # its tokens only; a VideoMAE's encoder keeps its final norm (no mean pooling)
+    if "use_mean_pooling" in student:
+        student.use_mean_pooling = False
     return ml_collections.ConfigDict(dict(
         student_name=student_name, student=student,
         teacher_name=teacher_name, teacher=get_model(teacher_name).default_config(),

@@ -825,24 +825,32 @@ class Transformer(nnx.Module):
                           block_gradients=self.block_gradients, **kwargs)
 
     def layer_outputs(self, x: jax.Array, rng: jax.Array | None = None, last: int = 1) -> list[jax.Array]:
-        """The outputs of the last `last` blocks, first to last, each block with the key and policy it has in
-        `__call__` (the same values): what a distillation aligns layer by layer. Stacked blocks
-        (config.model.scan_layers) give their last output only."""
+        """The outputs of the last `last` blocks, first to last (`last_outputs`): what a distillation aligns."""
         if last == 1:
             return [self(x, rng)]
-        if isinstance(self.blocks, BlockStack):
+        return last_outputs(self.blocks, x, rng, last, remat=self.remat, block_gradients=self.block_gradients)
+
+
+def last_outputs(blocks: Sequence[nnx.Module] | BlockStack, x: jax.Array, rng: jax.Array | None, last: int, *,
+                 remat: str = "none", block_gradients: str = "fused", **kwargs) -> list[jax.Array]:
+    """The outputs of the last `last` of `blocks` run in order on `x` (`run_blocks`, with `kwargs`), first to last,
+    each block with the key and policy it has in one run of them all (the same values). Stacked blocks
+    (config.model.scan_layers) run as one scan, so they give their last output only."""
+    if isinstance(blocks, BlockStack):
+        if last != 1:
             raise ConfigError(f"the outputs of the last {last} blocks need them unrolled: set the encoder's "
                               f"scan_layers=False (or align one layer).")
-        blocks = list(self.blocks)
-        if not 1 <= last <= len(blocks):
-            raise ConfigError(f"the last {last} blocks of a {len(blocks)}-block encoder: choose 1 to {len(blocks)}.")
-        common = dict(remat=self.remat, block_gradients=self.block_gradients)
-        x = run_blocks(blocks[:len(blocks) - last], x, rng, **common)
-        outs = []
-        for i in range(len(blocks) - last, len(blocks)):
-            x = run_blocks([blocks[i]], x, rng, first_index=i, **common)
-            outs.append(x)
-        return outs
+        return [run_blocks(blocks, x, rng, remat=remat, block_gradients=block_gradients, **kwargs)]
+    blocks = list(blocks)
+    if not 1 <= last <= len(blocks):
+        raise ConfigError(f"the last {last} blocks of a {len(blocks)}-block encoder: choose 1 to {len(blocks)}.")
+    common = dict(remat=remat, block_gradients=block_gradients, **kwargs)
+    x = run_blocks(blocks[:len(blocks) - last], x, rng, **common)
+    outs = []
+    for i in range(len(blocks) - last, len(blocks)):
+        x = run_blocks([blocks[i]], x, rng, first_index=i, **common)
+        outs.append(x)
+    return outs
 
 
 def vit_dims(variant: str, width: int | None = None, depth: int | None = None,

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from vidjax import platform
+from vidjax.config_lib import ConfigError
 from vidjax.models import Benchmark, LayerLayout, Traits, layers
 from vidjax.models.positions import interpolation_matrix, resize_grid
 from vidjax.patches import grid_shape, patchify
@@ -44,7 +45,8 @@ TRAITS = Traits(
     layer_layout=LayerLayout(blocks=((("blocks",),),),
                              embedding=(("patch_embed",), ("cls_token",), ("pos_embed",), ("time_embed",)),
                              head=(("norm",), ("head",))),
-    benchmark=Benchmark("B/16", ("infer", "finetune"), "Mu/8", place=1))
+    benchmark=Benchmark("B/16", ("infer", "finetune"), "Mu/8", place=1),
+    distill=("student",), distill_masks=("tube",))
 
 
 class Block(nnx.Module):
@@ -221,6 +223,34 @@ class Model(nnx.Module):
         if self.head is not None:
             out["logits"] = self.head(x[:, 0]).astype(jnp.float32)
         return out
+
+
+    # ---- as a distillation's student (`vidjax.models.distill`): tube masks only ----
+    @property
+    def distill_width(self) -> int:
+        return self.width
+
+    @property
+    def distill_grid(self) -> tuple[int, int, int]:
+        return self.grid
+
+    def layer_tokens(self, video: jax.Array, visible_ids: jax.Array, num_layers: int,
+                     rng: jax.Array | None = None) -> list[jax.Array]:
+        """The last `num_layers` blocks' tokens (B, T x K, width) after the final norm, frame by frame, at
+        `visible_ids` (B, T x K) of a tube mask (the same K positions, in increasing order, in every frame: the
+        groups divided space-time attention runs on), the CLS token left out of them but run with them."""
+        if self.attention_type == "space_only":
+            raise ConfigError("a space-only TimeSformer averages its frames: it gives no tokens per frame to align.")
+        b, t = video.shape[:2]
+        x = self.embed(video)
+        d = x.shape[-1]
+        k = visible_ids.shape[1] // t
+        positions = visible_ids[:, :k]  # the first frame's, which are every frame's under a tube mask
+        kept = jnp.take_along_axis(x[:, 1:].reshape(b, -1, t, d), positions[:, :, None, None], axis=1)
+        x = jnp.concatenate([x[:, :1], kept.reshape(b, k * t, d)], axis=1)
+        outs = layers.last_outputs(self.blocks, x, rng, num_layers, remat=self.remat,
+                                   block_gradients=self.block_gradients, num_frames=t)
+        return [jnp.swapaxes(self.norm(y)[:, 1:].reshape(b, k, t, d), 1, 2).reshape(b, t * k, d) for y in outs]
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -60,7 +60,7 @@ TRAITS = Traits(
               ("decoder_norm",), ("decoder_head",))),
     tokens_part=_tokens_part,
     benchmark=Benchmark("B/16", ("pretrain", "pretrain_v2", "finetune"), "Mu/8", quick_model={"decoder_depth": 1}),
-    distill=("teacher", "student"))
+    distill=("teacher", "student"), distill_masks=("attention", "random", "tube"))
 
 
 def normalized_pixel_target(video_BTHWC: jax.Array, tubelet: int, patch: int, eps: float = 1e-6) -> jax.Array:

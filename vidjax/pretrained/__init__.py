@@ -52,7 +52,7 @@ from vidjax.convert.common import ConversionError
 from vidjax.convert.hf import TOKENIZER_DIR
 from vidjax.data import pipeline, sources
 from vidjax.fileio import atomic_output  # noqa: F401  (re-exported for the commands)
-from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers, tokens_part, traits
+from vidjax.models import ParamKeys, clip_spec, decoding, get_model, layers, part_of, tokens_part, traits
 from vidjax.pretrained import hub
 from vidjax.tokenizer import CaptionTokenizer, TextTowerTokenizer
 
@@ -802,6 +802,19 @@ def load_for_command(path: str) -> Pretrained | None:
     return model
 
 
+def part_converted(converted: common.Converted, model_name: str) -> common.Converted:
+    """`converted` itself, or, where it is another family's model holding one `model_name` model (`models.part_of`:
+    a distillation's student), that model: its block, its parameters (the subtree's, named without it) and the
+    checkpoint's clip."""
+    part = part_of(converted.model_name, converted.model_config, model_name)
+    if converted.model_name == model_name or part is None:
+        return converted
+    subtree, block = part
+    prefix = f"{subtree}/"
+    params = {key[len(prefix):]: value for key, value in converted.params.items() if key.startswith(prefix)}
+    return dataclasses.replace(converted, model_name=model_name, model_config=block, params=params)
+
+
 def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collections.ConfigDict, params: Any, *,
               flag: str = "config.init_from") -> tuple[Any, dict[str, list[str]]]:
     """Fine-tuning start: `params` (a fresh, sharded model state) with every tensor the checkpoint has copied in.
@@ -817,7 +830,7 @@ def init_from(path: str | pathlib.Path, model_name: str, model_config: ml_collec
     decoder). `flag` is how errors name `path` (evaluate's `--checkpoint`).
     """
     where = f"{flag}={str(path)!r}"
-    converted = _read(path).converted
+    converted = part_converted(_read(path).converted, model_name)
     if converted.model_name != model_name:
         raise ConfigError(f"{where} holds a {converted.model_name} checkpoint, but config.model_name is "
                           f"{model_name!r}.")

@@ -32,6 +32,7 @@ import numpy as np
 
 from vidjax.config_lib import ConfigError
 from vidjax.models import distill as distill_model
+from vidjax.models import traits
 from vidjax.models.videomae import split_mask
 from vidjax.patches import MaskSpec
 from vidjax.tasks import base, presentation, readout
@@ -97,6 +98,11 @@ class Training(base.TrainingSpec):
                             f"student sees: give a value in (0, 1] (UMT's 0.2: 80% masked).")
         try:
             distill_model.check_roles(config.model)
+            takes = traits(config.model.student_name).distill_masks
+            if d.mask_type in MASK_TYPES and d.mask_type not in takes and float(d.keep_ratio) < 1.0:
+                problems.append(f"config.distill.mask_type={d.mask_type!r}: a {config.model.student_name} student "
+                                f"takes {' or '.join(takes)} masks only (the tokens its attention can run on): use "
+                                f"--config.distill.mask_type={takes[0]}, or keep_ratio 1.0 for the whole clip.")
             problem = distill_model.grid_problem(config.model)
             if problem:
                 problems.append(problem)

@@ -51,7 +51,7 @@ from vidjax.config_lib import ConfigError, chosen, raise_problems
 from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline
 from vidjax.metric_writer import MetricWriter, read_metrics
-from vidjax.models import ParamKeys, clip_spec, get_model, size_problems
+from vidjax.models import ParamKeys, clip_spec, get_model, part_of, size_problems
 from vidjax.ops import pixels
 from vidjax.tasks import base
 from vidjax.train import checkpoint, optim
@@ -236,6 +236,9 @@ def prepare(config: ml_collections.ConfigDict, explicit_keys: Collection[str] | 
         where = f"{target.flag}={target.path!r}"
         try:
             stored = pretrained.read_config(target.path)
+            part = part_of(stored.model_name, stored.model, target.model_name)
+            if stored.model_name != target.model_name and part is not None:  # e.g. a distillation's student
+                stored = dataclasses.replace(stored, model_name=target.model_name, model=part[1])
             if stored.model_name != target.model_name:
                 raise ConfigError(
                     f"{where} holds a {stored.model_name} checkpoint, but " + (
