@@ -199,6 +199,29 @@ def test_repeated_sampling_resumes_exactly(tmp_path, videos):
             np.testing.assert_array_equal(got[key], want[key])
 
 
+# The data benchmark's figures are rounded to 2 decimals (`data_bench.run_path`): each is within this of its value.
+ROUNDING = 0.005
+
+
+def assert_rounded_quotient(got: float, numerator: float, denominator: float, exact_numerator: bool = False):
+    """`got`, a quotient rounded to 2 decimals, is what the rounded `numerator` / `denominator` allow: the bound
+    follows the rounding of all three, so a small quotient (a slow round on a busy machine) is not held to a relative
+    tolerance its rounding alone exceeds (issue 72: 1 failure in 1,832 tests)."""
+    e = 0.0 if exact_numerator else ROUNDING
+    low = (numerator - e) / (denominator + ROUNDING) - ROUNDING
+    high = (numerator + e) / (denominator - ROUNDING) + ROUNDING
+    assert low <= got <= high, (got, numerator, denominator)
+
+
+def test_rounded_quotients_are_bounded_by_their_rounding():
+    """Clips/s of 0.124 and 0.496 (a busy machine) are reported as 0.12 and 0.5 and their quotient 0.25 as 0.25: 4%
+    from 0.12 / 0.5, which a 2% tolerance refused; the rounding's own bound takes it, and still refuses 0.30."""
+    assert round(0.124 / 0.496, 2) == 0.25 and abs(0.25 / (0.12 / 0.5) - 1) > 0.02
+    assert_rounded_quotient(0.25, 0.12, 0.5)
+    with pytest.raises(AssertionError):
+        assert_rounded_quotient(0.30, 0.12, 0.5)
+
+
 def test_data_bench_times_the_whole_path_against_decord(tmp_path):
     folder = str(tmp_path / "bench")
     paths = data_bench.make_videos(folder, 2, seconds=1.0, fps=15, width=64, height=48, gop=5)
@@ -214,12 +237,12 @@ def test_data_bench_times_the_whole_path_against_decord(tmp_path):
     for k in (1, 2):
         row = rows["vidjax", k]
         assert row["clips_per_s"] > 0 and row["cpu_ms_per_clip"] > 0 and row["cores_used"] > 0
-        assert row["clips_per_s_per_core"] == pytest.approx(1000 / row["cpu_ms_per_clip"], rel=0.02)
+        assert_rounded_quotient(row["clips_per_s_per_core"], 1000, row["cpu_ms_per_clip"], exact_numerator=True)
     for k in (1, 2):  # the device-pixel path: the planes of each video's crops, and the step's share timed
         row = rows["vidjax_device", k]
         assert row["clips_per_s"] > 0 and row["device_ms_per_clip"] > 0
-        assert row["device_ms_per_batch"] == pytest.approx(16 * row["device_ms_per_clip"], rel=0.01)
-        assert row["vidjax_speedup"] == pytest.approx(rows["vidjax", k]["clips_per_s"] / row["clips_per_s"], abs=0.006)
+        assert abs(row["device_ms_per_batch"] - 16 * row["device_ms_per_clip"]) <= ROUNDING * (1 + 16)
+        assert_rounded_quotient(row["vidjax_speedup"], rows["vidjax", k]["clips_per_s"], row["clips_per_s"])
         assert "device_ms_per_clip" not in rows["vidjax", k]
     frames = config.data.num_frames
     assert rows["vidjax", 1]["bytes_per_clip"] > frames * 32 * 32 * 3  # RGB clips, and their labels and masks
@@ -231,8 +254,8 @@ def test_data_bench_times_the_whole_path_against_decord(tmp_path):
         assert "pip install decord" in result["missing"]["decord"]
     else:
         for k in (1, 2):
-            assert rows["decord", k]["vidjax_speedup"] == pytest.approx(
-                rows["vidjax", k]["clips_per_s"] / rows["decord", k]["clips_per_s"], rel=0.02)
+            assert_rounded_quotient(rows["decord", k]["vidjax_speedup"], rows["vidjax", k]["clips_per_s"],
+                                    rows["decord", k]["clips_per_s"])
     assert "vidjax" in data_bench.format_path_table(result)
     with pytest.raises(ValueError, match="unknown loader"):
         data_bench.run_path(config, paths, folder, loaders=["ffcv"], num_samples=[1], workers=[0], batch=4, clips=4,
