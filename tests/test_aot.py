@@ -293,8 +293,23 @@ def test_the_printed_memory_is_xlas_memory_analysis_of_the_tpu_step(v5e_step):
     # Data parallel: the gradients are all-reduced, nothing else.
     assert set(out["collectives"]) == {"all-reduce"}
     assert out["collectives"]["all-reduce"]["bytes"] >= out["parameter_bytes"]
-    assert out["host_cores_needed"] == pytest.approx(out["clips_per_s"] / aot_command.PER_CORE_CLIPS[1])
+    # Generated clips: no decoding rate applies, so no host-cores figure (issue 72: 2,902 cores for the runlocal).
+    assert "host_cores_needed" not in out and "host cores" not in text
     json.dumps(out)  # --json prints it
+
+
+def test_host_cores_are_k400s_decoding_rate_said_so_and_none_for_generated_clips(tmp_path):
+    config = load_config("videomae_k400")
+    cores = aot_command.host_cores(config, 1980.0)
+    assert cores["host_cores_needed"] == pytest.approx(1980.0 / aot_command.PER_CORE_CLIPS[1])
+    assert cores["host_core_rate"]["from"].startswith("K400 videos decoded to 16 x 224 clips, num_samples 1")
+    config.data.num_samples = 4
+    assert aot_command.host_cores(config, 478.0)["host_cores_needed"] == pytest.approx(10.0)
+    runlocal = load_config("videomae_k400", "runlocal")
+    assert aot_command.host_cores(runlocal, 50_000.0) == {}
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": [{"loader": "vidjax", "num_samples": 1, "clips_per_s_per_core": 100.0}]}))
+    assert aot_command.host_cores(runlocal, 500.0, str(bench))["host_cores_needed"] == pytest.approx(5.0)
 
 
 @pytest.mark.slow

@@ -108,7 +108,18 @@ def per_core_rate(num_samples: int, data_bench: str | None = None) -> tuple[floa
             raise ConfigError(f"--data_bench={data_bench} has no vidjax row with clips/s per core.")
         return best["clips_per_s_per_core"], f"{data_bench}, num_samples {best['num_samples']}"
     k = max(key for key in PER_CORE_CLIPS if key <= max(num_samples, 1))
-    return PER_CORE_CLIPS[k], f"docs/performance.md's input path, num_samples {k}"
+    return PER_CORE_CLIPS[k], (f"K400 videos decoded to 16 x 224 clips, num_samples {k}: docs/performance.md's input "
+                               f"path; --data_bench for your own")
+
+
+def host_cores(config, clips_per_s: float, data_bench: str | None = None) -> dict:
+    """{"host_cores_needed", "host_core_rate"}: the host cores that feed `clips_per_s` at the input path's rate per
+    core (`per_core_rate`: a data benchmark's, else K400's decoded 16 x 224 clips); {} for generated clips
+    (config.data.source "synthetic": nothing is decoded, so no decoding rate applies) unless `data_bench` gives one."""
+    if config.data.source == "synthetic" and not data_bench:
+        return {}
+    rate, source = per_core_rate(config.data.num_samples, data_bench)
+    return {"host_cores_needed": clips_per_s / rate, "host_core_rate": {"clips_per_s_per_core": rate, "from": source}}
 
 
 def figures(config, slice_, step: str, examples: int = 0, save: str | None = None, data_bench: str | None = None,
@@ -202,9 +213,7 @@ def report(lowered, compiled, compile_s: float, data_bench: str | None = None) -
             out["train_hours"] = lowered.setup.total_steps * seconds / 3600
         if chip:
             out["mfu"] = flops / slice_.chips / seconds / chip.peak_bf16_flops
-        rate, source = per_core_rate(config.data.num_samples, data_bench)
-        out["host_cores_needed"] = out["clips_per_s"] / rate
-        out["host_core_rate"] = {"clips_per_s_per_core": rate, "from": source}
+        out.update(host_cores(config, out["clips_per_s"], data_bench))
         if chip:
             out["host_vcpus"] = chip.host_vcpus * slice_.chips
     return out
