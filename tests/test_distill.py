@@ -219,3 +219,42 @@ def test_a_timesformer_student_learns_with_tube_masks(teacher_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
     losses = train_losses(tmp_path / "run")
     assert 0.0 < losses[8] < losses[1] <= 4.0
+
+
+@pytest.mark.parametrize("order", ["spatial_first", "temporal_first"])
+def test_a_videomamba_student_scans_the_visible_tokens(order):
+    """With every token visible the VideoMamba student's last tokens are its own output's (the CLS left out), in
+    either scan order; with some dropped, its tokens come back frame by frame in the visible ids' order, the last
+    two blocks' streams each normalised."""
+    from flax import nnx
+
+    from vidjax.models import ParamKeys, videomamba
+
+    cfg = videomamba.default_config()
+    cfg.update(variant="Mu/8", width=32, depth=2, num_frames=4, image_size=32, head="none", scan_chunk=16,
+               token_order=order)
+    with nnx.use_eager_sharding(False):
+        model = videomamba.Model(cfg, rngs=ParamKeys(0))
+    video = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
+    every = jnp.broadcast_to(jnp.arange(64), (2, 64))  # tubelet 1: a 4 x 4 x 4 grid
+    np.testing.assert_allclose(model.layer_tokens(video, every, 1)[0],
+                               model(video)["last_hidden_state"][:, 1:], atol=1e-5)
+    visible = jnp.asarray([[0, 3, 7, 16, 20, 31], [1, 2, 9, 17, 18, 30]])
+    two = model.layer_tokens(video, visible, 2)
+    assert [y.shape for y in two] == [(2, 6, 32), (2, 6, 32)]
+    assert all(np.isfinite(np.asarray(y)).all() for y in two)
+
+
+@pytest.mark.slow
+def test_a_videomamba_student_learns_with_attention_masks(teacher_dir, tmp_path):
+    """configs/umt.py:student=videomamba's micro student (temporal-first scans) on the CLIP teacher's attention
+    masks: its scans run over the kept tokens only."""
+    config = tiny_config(teacher_dir)
+    student = load_config("umt", "runlocal,student=videomamba").model.student
+    student.update(num_frames=4, tubelet_size=1)
+    config.model.student_name, config.model.student = "videomamba", student
+    config.model.num_layers = 2
+    config.total_steps = 8
+    train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    losses = train_losses(tmp_path / "run")
+    assert 0.0 < losses[8] < losses[1] <= 4.0

@@ -831,24 +831,27 @@ class Transformer(nnx.Module):
         return last_outputs(self.blocks, x, rng, last, remat=self.remat, block_gradients=self.block_gradients)
 
 
-def last_outputs(blocks: Sequence[nnx.Module] | BlockStack, x: jax.Array, rng: jax.Array | None, last: int, *,
-                 remat: str = "none", block_gradients: str = "fused", **kwargs) -> list[jax.Array]:
-    """The outputs of the last `last` of `blocks` run in order on `x` (`run_blocks`, with `kwargs`), first to last,
-    each block with the key and policy it has in one run of them all (the same values). Stacked blocks
-    (config.model.scan_layers) run as one scan, so they give their last output only."""
+def last_outputs(blocks: Sequence[nnx.Module] | BlockStack, x, rng: jax.Array | None, last: int, *,
+                 remat: str = "none", block_gradients: str = "fused", first_index: int = 0, start: int = 0,
+                 **kwargs) -> list:
+    """The outputs (carries) of the last `last` of `blocks` run in order on `x` (`run_blocks`, with `kwargs`;
+    `first_index` and `start` as there), first to last, each block with the key and policy it has in one run of them
+    all (the same values). Stacked blocks (config.model.scan_layers) run as one scan, so they give their last output
+    only."""
+    common = dict(remat=remat, block_gradients=block_gradients, **kwargs)
     if isinstance(blocks, BlockStack):
         if last != 1:
             raise ConfigError(f"the outputs of the last {last} blocks need them unrolled: set the encoder's "
                               f"scan_layers=False (or align one layer).")
-        return [run_blocks(blocks, x, rng, remat=remat, block_gradients=block_gradients, **kwargs)]
+        return [run_blocks(blocks, x, rng, first_index=first_index, start=start, **common)]
     blocks = list(blocks)
     if not 1 <= last <= len(blocks):
-        raise ConfigError(f"the last {last} blocks of a {len(blocks)}-block encoder: choose 1 to {len(blocks)}.")
-    common = dict(remat=remat, block_gradients=block_gradients, **kwargs)
-    x = run_blocks(blocks[:len(blocks) - last], x, rng, **common)
+        raise ConfigError(f"the last {last} blocks of a {len(blocks) + first_index}-block encoder: choose 1 to "
+                          f"{len(blocks)}.")
+    x = run_blocks(blocks[:len(blocks) - last], x, rng, first_index=first_index, **common)
     outs = []
     for i in range(len(blocks) - last, len(blocks)):
-        x = run_blocks([blocks[i]], x, rng, first_index=i, **common)
+        x = run_blocks([blocks[i]], x, rng, first_index=first_index + i, **common)
         outs.append(x)
     return outs
 

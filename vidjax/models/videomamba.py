@@ -65,7 +65,8 @@ TRAITS = Traits(
     # launches a forward pass: minutes per row, timing the launches rather than the model.
     benchmark=Benchmark("S/16", ("infer", "finetune"), "Mu/8", place=3, torch_gpu_note=(
         "not on GPU: the plain reference scans one token per Python step (mamba_ssm's CUDA kernels are not a "
-        "dependency); python -m vidjax.bench --model=videomamba --compare=torch still times it")))
+        "dependency); python -m vidjax.bench --model=videomamba --compare=torch still times it")),
+    distill=("student",), distill_masks=("attention", "random", "tube"))
 
 
 def resolve_scan(scan: str, backend: str | None = None) -> str:
@@ -393,6 +394,58 @@ class Model(nnx.Module):
                 cls = jnp.where(keep, cls / (1 - self.head_dropout), 0.0)
             out["logits"] = self.head(cls).astype(jnp.float32)
         return out
+
+
+    # ---- as a distillation's student (`vidjax.models.distill`): any mask ----
+    @property
+    def distill_width(self) -> int:
+        return self.width
+
+    @property
+    def distill_grid(self) -> tuple[int, int, int]:
+        return self.grid
+
+    def layer_tokens(self, video: jax.Array, visible_ids: jax.Array, num_layers: int,
+                     rng: jax.Array | None = None) -> list[jax.Array]:
+        """The last `num_layers` blocks' tokens (B, K, width) at `visible_ids` (B, K; frame by frame, increasing),
+        each the residual stream after its block through norm_f, frame by frame: the CLS token and the visible
+        tokens are scanned, in the scans' order (config.model.token_order), the masked ones dropped, as VideoMamba's
+        masked pre-training does (its videomamba_pretrain.py). With every token visible, the last is `__call__`'s
+        tokens. (The reference aligns the last layer from the residual stream before the last block's output is
+        added, unnormalised, and the class token too; here the stream after it, normalised, and the patches.)"""
+        t, h, w = self.grid
+        tokens = self.embed(video)
+        order = visible_ids
+        if self.temporal_first:  # each position's frames in turn: the visible tokens in that order
+            scan_ids = (visible_ids % (h * w)) * t + visible_ids // (h * w)
+            permutation = jnp.argsort(scan_ids, axis=1)
+            order = jnp.take_along_axis(scan_ids, permutation, axis=1)
+        else:
+            permutation = None
+        kept = jnp.take_along_axis(tokens[:, 1:], order[..., None], axis=1)
+        x = jnp.concatenate([tokens[:, :1], kept], axis=1)
+        run = dict(remat=self.remat, block_gradients=self.block_gradients)
+        depth = len(self.layers)
+        carries = [layers.run_blocks([self.layers[0]], (x, None), rng, **run)]
+        if depth > 1:
+            stacked = isinstance(self.layers, layers.BlockStack)  # keys and skips as `__call__` runs them
+            rest = self.layers if stacked else list(self.layers)[1:]
+            carries = (carries[-1:] if num_layers == depth else []) + layers.last_outputs(
+                rest, carries[-1], rng, min(num_layers, depth - 1), first_index=0 if stacked else 1,
+                start=1 if stacked else 0, **run)
+        outs = []
+        for i, (hidden, residual) in enumerate(carries[-num_layers:]):
+            if i == num_layers - 1:  # the last block's output joins the stream as `__call__` adds it
+                final_rng = jax.random.fold_in(rng, depth) if rng is not None else None
+                hidden = layers.drop_path(hidden, self.final_drop_path, final_rng)
+            stream = hidden if residual is None else residual + hidden
+            if self.residual_in_fp32:
+                stream = stream.astype(jnp.float32)
+            y = self.norm_f(stream)[:, 1:]
+            if permutation is not None:  # back to frame by frame: the visible ids' own order
+                y = jnp.take_along_axis(y, jnp.argsort(permutation, axis=1)[..., None], axis=1)
+            outs.append(y)
+        return outs
 
 
 def default_config() -> ml_collections.ConfigDict:
