@@ -181,3 +181,23 @@ def test_ffmpeg_errors_in_plain_words(tmp_path):
     assert decode.ffmpeg_reason(av.error.ExternalError(-542398533, "Generic error in an external library",
                                                        "x.mp4")) == "generic error in an external library"
     assert decode.ffmpeg_reason(OSError(5, "Input/output error", "x.mp4")) == "input/output error"
+
+
+def test_the_progress_line_is_redrawn_every_2_seconds_and_where_the_run_stopped():
+    """Without a terminal (--jsonl's runs, logs): a line at the first window, then every 2 s of windows, and where
+    the run stops; the pace and time left leave out the first window, which holds the compile (issue 72: one line,
+    `1/598 windows ... ETA 3:32`, for a run stopped at 272 windows of a 9 s file)."""
+    now = [0.0]
+    out = io.StringIO()
+    progress = windows.Progress("a.mp4", 20, out=out, clock=lambda: now[0])
+    now[0] = 3.0  # the first window: the compile
+    progress.step()
+    for _ in range(10):  # then 0.5 s a window
+        now[0] += 0.5
+        progress.step()
+    progress.close()  # stopped at 11 of 20
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ")[1].split(" windows")[0] for line in lines] == ["1/20", "5/20", "9/20", "11/20"]
+    assert lines[0].endswith("? windows/s, ETA ?")  # no pace from the compile's window
+    assert lines[-1].endswith("2.0 windows/s, ETA 0:04")  # 9 windows left at 2 a second
+    assert len(lines) == len(out.getvalue().split("\n")) - 1  # every line ended

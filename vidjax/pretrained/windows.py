@@ -19,7 +19,7 @@ import numpy as np
 from vidjax import fileio, pretrained
 from vidjax.data import decode, transforms
 
-PROGRESS_EVERY_S = 5.0  # without a terminal, a progress line this often
+PROGRESS_EVERY_S = 2.0  # without a terminal, a progress line this often
 Span = tuple[float | None, float | None]  # [start, end) seconds; None: the start or end of the video
 
 
@@ -156,36 +156,52 @@ def caption_video(model: pretrained.PretrainedCaptioner, path: str, *, window_s:
 
 class Progress:
     """A progress line on stderr: windows done / total, rate and time left; redrawn in place on a terminal, else
-    a line every few seconds and at the end."""
+    a line every `PROGRESS_EVERY_S` seconds and at the end, or where it stops part way (`close`). The rate and time
+    left come from the windows after the first, whose time holds the compile (a run's first window is not its pace).
+    `clock` gives seconds (time.perf_counter; a test's own)."""
 
-    def __init__(self, label: str, total: int, done: int = 0, out=None):
+    def __init__(self, label: str, total: int, done: int = 0, out=None, clock=time.perf_counter):
         self.label, self.total, self.done, self.out = label, total, done, out or sys.stderr
-        self.resumed, self.start = done, time.perf_counter()
+        self.clock = clock
+        self.resumed, self.start = done, clock()
+        self.first_s: float | None = None  # when the first window of this run was done
         self.last = -PROGRESS_EVERY_S
+        self.drawn = done  # the count the last line showed
         self.tty = self.out.isatty()
         self.open_line = False  # a terminal's line drawn without its newline yet
 
     def close(self) -> None:
-        """Ends a line left open on a terminal (a run stopped part way), so what follows starts a line of its own."""
+        """Ends the progress of a run stopped part way: a terminal's open line is ended, and a line that shows fewer
+        windows than were done is drawn again, so the last line says how far the run got."""
+        if self.drawn != self.done:
+            self._draw(self.clock() - self.start, end="\n")
         if self.open_line:
             print(file=self.out, flush=True)
             self.open_line = False
 
     def step(self) -> None:
         self.done += 1
-        now = time.perf_counter() - self.start
+        now = self.clock() - self.start
+        if self.first_s is None:
+            self.first_s = now
         if self.done < self.total and not self.tty and now - self.last < PROGRESS_EVERY_S:
             return
-        self.last = now
-        rate = (self.done - self.resumed) / max(now, 1e-9)
-        left = (self.total - self.done) / rate if rate else float("nan")
+        self._draw(now, end="\n" if not self.tty or self.done == self.total else "")
+
+    def _draw(self, now: float, end: str) -> None:
+        self.last, self.drawn = now, self.done
+        paced = self.done - self.resumed - 1  # the windows after the first
+        rate = paced / (now - self.first_s) if paced > 0 and now > self.first_s else None
+        left = (self.total - self.done) / rate if rate else None
         width = 24
         bar = "#" * (width * self.done // max(self.total, 1))
-        eta = "?" if left != left else f"{int(left) // 60}:{int(left) % 60:02d}"
-        line = (f"{self.label}: [{bar:<{width}}] {self.done}/{self.total} windows, {rate:.1f} windows/s, "
-                f"ETA {eta}")
-        end = "\n" if not self.tty or self.done == self.total else ""
-        print(("\r" if self.tty else "") + line, end=end, file=self.out, flush=True)
+        eta = "?" if left is None else f"{int(left) // 60}:{int(left) % 60:02d}"
+        pace = "?" if rate is None else f"{rate:.1f}"
+        line = f"{self.label}: [{bar:<{width}}] {self.done}/{self.total} windows, {pace} windows/s, ETA {eta}"
+        if self.open_line and end:  # a terminal's line redrawn and ended
+            print("\r" + line, file=self.out, flush=True)
+        else:
+            print(("\r" if self.tty else "") + line, end=end, file=self.out, flush=True)
         self.open_line = not end
 
 
