@@ -146,11 +146,8 @@ class Model(nnx.Module):
     def _class_attention(self, before_last: jax.Array) -> jax.Array:
         """CLIP: the class token's attention (B, patches) over the patches in the last block, averaged over heads."""
         last = list(self.transformer.blocks)[-1]
-        attn = last.attn
-        h = last.norm1(before_last).astype(attn.dtype)
-        qkv = layers.project(h, attn.qkv[...].astype(attn.dtype)) + attn.qkv_biases().astype(attn.dtype)
-        weights = _head_attention(qkv[:, 0, 0], qkv[:, :, 1])  # (B, heads, 1 + patches)
-        return weights.mean(axis=1)[:, 1:]
+        weights = last.attn.probabilities(last.norm1(before_last), jnp.array([0]))  # (B, heads, 1, 1 + patches)
+        return weights.mean(axis=1)[:, 0, 1:]
 
     def _summary(self, x: jax.Array, before_last: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
         """(each image's pooled output (B, width), its attention over its patches (B, patches); CLIP's needs

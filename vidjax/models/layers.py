@@ -356,6 +356,18 @@ class Attention(nnx.Module):
             return self.qkv_b[...]
         return None
 
+    def probabilities(self, x_BLD: jax.Array, query_ids: jax.Array | None = None) -> jax.Array:
+        """The softmax weights (B, heads, queries, L), float32, with which the tokens at `query_ids` (None: every
+        token) attend over all L tokens of `x_BLD` (this layer's input, normed): where the layer looks, which a
+        distillation's teacher reads to pick tokens."""
+        qkv = project(x_BLD.astype(self.dtype), self.qkv[...], form=self.projection_form)
+        bias = self.qkv_biases()
+        if bias is not None:
+            qkv = qkv + bias.astype(qkv.dtype)
+        q = qkv[:, :, 0] if query_ids is None else qkv[:, query_ids, 0]
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), qkv[:, :, 1].astype(jnp.float32))
+        return jax.nn.softmax(scores * self.head_dim ** -0.5, axis=-1)
+
     def __call__(self, x_BLD: jax.Array, attend=None, rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """`attend(q, k, v) -> out`, all (b, l, heads, head_dim), replaces plain attention over l when given.
         `rope` (cos, sin), each (b or 1, l, r): rotary position embeddings turn q and k before attention (`rotate`).

@@ -141,36 +141,39 @@ class Encoder(nnx.Module):
         return self.norm(x) if self.norm is not None else x
 
 
-    def layer_tokens(self, video_BTHWC: jax.Array, visible_ids: jax.Array | None, num_layers: int,
-                     rng: jax.Array | None = None) -> list[jax.Array]:
-        """The last `num_layers` blocks' tokens (B, K, width) at `visible_ids` (B, K; None: every token), each through
-        the final norm when the encoder has one, first to last: what unmasked-teacher distillation aligns (UMT's
-        student applies its `norm` to every returned layer)."""
+    def _embedded(self, video_BTHWC: jax.Array, visible_ids: jax.Array | None) -> jax.Array:
+        """The tokens (B, K, width) entering the blocks: the patches at `visible_ids` (None: every one), embedded,
+        with their sin-cos positions."""
         self.check_video(video_BTHWC)
         patches = patchify(video_BTHWC, self.tubelet, self.patch)
         table = jnp.asarray(layers.sincos_table(self.num_tokens, self.width))
         if visible_ids is not None:
             patches, table = _gather(patches, visible_ids), jnp.take(table, visible_ids, axis=0)
         x = self.patch_embed(patches)
-        outs = self.transformer.layer_outputs(x + table.astype(x.dtype), rng, last=num_layers)
-        return [self.norm(y) if self.norm is not None else y for y in outs]
+        return x + table.astype(x.dtype)
 
-    def attention_received(self, video_BTHWC: jax.Array) -> jax.Array:
-        """(B, tokens) float32: the attention each token receives in the last block, averaged over the queries and
-        the heads (a model without a class token has no one query to read it from), summing to 1 over the tokens."""
-        patches = patchify(video_BTHWC, self.tubelet, self.patch)
-        x = self.patch_embed(patches)
-        x = x + jnp.asarray(layers.sincos_table(self.num_tokens, self.width)).astype(x.dtype)
-        blocks = list(self.transformer.blocks)
-        x = layers.run_blocks(blocks[:-1], x, None) if len(blocks) > 1 else x
-        last = blocks[-1]
-        qkv = layers.project(last.norm1(x).astype(last.attn.dtype), last.attn.qkv[...])
-        bias = last.attn.qkv_biases()
-        if bias is not None:
-            qkv = qkv + bias.astype(qkv.dtype)
-        q, k = qkv[:, :, 0].astype(jnp.float32), qkv[:, :, 1].astype(jnp.float32)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
-        return jnp.mean(jax.nn.softmax(scores, axis=-1), axis=(1, 2))
+    def _normed(self, y: jax.Array) -> jax.Array:
+        return self.norm(y) if self.norm is not None else y
+
+    def layer_tokens(self, video_BTHWC: jax.Array, visible_ids: jax.Array | None, num_layers: int,
+                     rng: jax.Array | None = None) -> list[jax.Array]:
+        """The last `num_layers` blocks' tokens (B, K, width) at `visible_ids` (B, K; None: every token), each through
+        the final norm when the encoder has one, first to last: what unmasked-teacher distillation aligns (UMT's
+        student applies its `norm` to every returned layer)."""
+        outs = self.transformer.layer_outputs(self._embedded(video_BTHWC, visible_ids), rng, last=num_layers)
+        return [self._normed(y) for y in outs]
+
+    def layer_targets(self, video_BTHWC: jax.Array, num_layers: int) -> tuple[list[jax.Array], jax.Array]:
+        """(`layer_tokens` over every token, the attention each token receives in the last block (B, tokens),
+        float32, averaged over the queries and the heads (a model without a class token has no one query to read it
+        from), summing to 1 over the tokens), from one run of the blocks."""
+        x = self._embedded(video_BTHWC, None)
+        depth = len(self.transformer.blocks)
+        outs = self.transformer.layer_outputs(x, None, last=min(num_layers + 1, depth))
+        before_last = outs[-2] if len(outs) > 1 else x  # the last block's input
+        last = list(self.transformer.blocks)[-1]
+        received = jnp.mean(last.attn.probabilities(last.norm1(before_last)), axis=(1, 2))
+        return [self._normed(y) for y in outs[-num_layers:]], received
 
 
 class Model(nnx.Module):
@@ -306,9 +309,8 @@ class Model(nnx.Module):
         """As a teacher: (the encoder's last `num_layers` blocks' tokens over the whole clip, (num_layers, B, tokens,
         width); the attention each token receives in the last block (B, t', h' x w'), float32)."""
         t, h, w = self.encoder.grid
-        tokens = jnp.stack(self.encoder.layer_tokens(video, None, num_layers))
-        attention = self.encoder.attention_received(video).reshape(video.shape[0], t, h * w)
-        return tokens, attention
+        tokens, received = self.encoder.layer_targets(video, num_layers)
+        return jnp.stack(tokens), received.reshape(video.shape[0], t, h * w)
 
     def unnormalize(self, video: jax.Array) -> jax.Array:
         """Input-normalised video -> pixels in [0, 1]."""
