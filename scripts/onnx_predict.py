@@ -110,6 +110,28 @@ def predict(session: ort.InferenceSession, meta: dict, video: np.ndarray, top_k:
     return [{"label": names[i], "score": float(scores[i])} for i in best]
 
 
+def reconstruct(session: ort.InferenceSession, meta: dict, video: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A reconstruction file's (`--output=reconstruction`) prediction of the masked tubelets, float32 (b, masked,
+    tubelet pixels), of uint8 clips (b, T, S, S, 3) and their mask bool (b, tokens), True = masked. The model
+    reconstructs exactly the metadata's num_masked tokens a clip: a mask of another shape or count is refused with
+    one line (the file alone would answer it with NaN)."""
+    tokens, masked = meta["mask"]["shape"][-1], meta["num_masked"]
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ or mask.shape != (len(video), tokens):
+        raise ValueError(f"mask must be bool (b, {tokens}), a row of {tokens} tokens for each of the {len(video)} "
+                         f"clips; got {mask.dtype} {mask.shape}")
+    counts = mask.sum(axis=1)
+    wrong = np.flatnonzero(counts != masked)
+    if len(wrong):
+        raise ValueError(f"mask row {wrong[0]} has {counts[wrong[0]]} masked tokens; this model reconstructs exactly "
+                         f"{masked} a clip (its metadata's num_masked)")
+    x = np.asarray(video)
+    if meta["input"]["normalised"]:
+        c = meta["clip"]
+        x = ((x.astype(np.float32) / 255.0 - np.float32(c["mean"])) / np.float32(c["std"])).astype(np.float32)
+    return session.run(None, {meta["input"]["name"]: x, "mask": mask})[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="an ONNX file from python -m vidjax.export --out=FILE.onnx (a classifier)")
@@ -123,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}: {e}", file=sys.stderr)
         return 2
     if meta.get("function") != "logits":
-        print(f"error: {args.model} computes {meta.get('function')}, not a head's logits: export a checkpoint with a "
-              f"head (--output=logits) for top-k.", file=sys.stderr)
+        run = " (run it with this file's `reconstruct`)" if meta.get("function") == "reconstruction" else ""
+        print(f"error: {args.model} computes {meta.get('function')}, not a head's logits{run}: export a checkpoint "
+              f"with a head (--output=logits) for top-k.", file=sys.stderr)
         return 2
     failed = 0
     for path in args.videos:

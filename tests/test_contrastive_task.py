@@ -3,6 +3,7 @@ tokenised in the input path, the symmetric InfoNCE with the learned temperature,
 with the retrieval evaluation, the config mistakes it names; and the VideoPrism training parts beside it (the learned
 temperature through the transformers converter, the frozen encoder of the pooler recipe, layer decay's layout)."""
 
+import json
 import math
 import pathlib
 
@@ -213,3 +214,60 @@ def test_the_finetune_recipe_decays_the_learning_rate_by_layer():
     config.optimizer.layer_decay = 0.75
     losses, _ = run_steps(config, jax.devices()[:1], steps=2)
     assert all(np.isfinite(losses))
+
+
+def test_a_trained_checkpoint_reads_texts_as_its_training_did_in_zeroshot_predict_and_the_api(tmp_path, capsys):
+    """Issue 72 fault 1: the tokenizer a contrastive run saves (the word-level one built from its captions) is read
+    back by zero-shot use with the ids the trainer gave the text tower, [start] + tokens + [end]: the API's
+    `tokenize`, `python -m vidjax.zeroshot` on a video file and `predict --labels` all score (before the fix each
+    refused the checkpoint: "holds a WordLevel model; a video-text model's tokenizer is a unigram vocabulary")."""
+    from test_predict import make_clip
+    from test_zeroshot import expected_scores, parse_ranked
+
+    from vidjax.commands import predict, zeroshot
+    from vidjax.data import synthetic
+
+    config = tiny_config()
+    config.total_steps = 2
+    train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    capsys.readouterr()
+    model = pretrained.load(tmp_path / "run")
+    captions = synthetic.caption_corpus(config.data.num_classes or synthetic.NUM_CLASSES)[:3]
+    ids, mask = model.tokenize(captions)
+    trained = contrastive.captioning.tokenizer_for(config)  # the word-level tokenizer the run built and trained with
+    want_ids, want_mask, _ = trained.encode_batch_padded(captions, config.caption.max_length)
+    assert model.max_text_length == config.caption.max_length and model.tokenizer.framing == "caption"
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(mask, want_mask.astype(np.int32))
+    assert ids[0, 0] == trained.bos_id  # the start token leads
+
+    video = make_clip(tmp_path / "a.mp4", 0)
+    assert zeroshot.main([f"--checkpoint={tmp_path / 'run'}", video, f"--labels={';'.join(captions)}"]) == 0
+    shown = parse_ranked(capsys.readouterr().out)[video]
+    want = expected_scores(model, video, captions)
+    np.testing.assert_allclose(sorted(s for _, s in shown), sorted(want), atol=1e-3)
+    assert predict.main([f"--checkpoint={tmp_path / 'run'}", video, f"--labels={';'.join(captions)}", "--json=-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(report["videos"][0]["aggregate"]["probabilities"], want, atol=1e-5)
+
+
+def test_a_published_towers_tokenizer_frames_training_captions_as_its_processor_does(tmp_path):
+    """Fine-tuning a converted video-text model with its own (unigram) tokenizer: the trainer's caption ids are the
+    ones zero-shot use gives that text (VideoPrism's processor: no start token), and the run's saved copy reads back
+    the same."""
+    from vidjax.tokenizer import TextTowerTokenizer
+
+    config = tiny_config(vocab_size=0)
+    config.data.tokenizer = str(CLIP_CASE / "source")
+    tokenizer = contrastive.captioning.tokenizer_for(config, text_tower=True)
+    assert tokenizer.framing == "processor"
+    fields = contrastive.TRAINING.element_fields(config, train=False)
+    element = fields({"captions": ["a dog running", "cats"]}, None)
+    want, want_mask = TextTowerTokenizer.from_directory(CLIP_CASE / "source").encode_padded(
+        ["a dog running"], config.caption.max_length)
+    np.testing.assert_array_equal(element["caption_ids"], want[0])
+    np.testing.assert_array_equal(element["caption_mask"], want_mask[0].astype(bool))
+    assert not element["caption_truncated"]
+    contrastive.captioning.save_tokenizer(config, None, str(tmp_path), text_tower=True)
+    again = TextTowerTokenizer.from_directory(tmp_path / "tokenizer")
+    np.testing.assert_array_equal(again.encode_padded(["a dog running"], config.caption.max_length)[0], want)

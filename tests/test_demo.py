@@ -10,6 +10,7 @@ checkpoint.
 import json
 import os
 import pathlib
+import signal
 import socket
 import sys
 
@@ -18,7 +19,7 @@ import pytest
 from test_predict import make_clip
 from test_predict_caption import write_captioner
 
-from vidjax import pretrained
+from vidjax import cli, pretrained
 from vidjax.commands import demo, predict
 from vidjax.commands.convert import convert
 from vidjax.pretrained import reconstruction, windows
@@ -253,10 +254,13 @@ def test_bad_arguments_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("stage", ["load_for_command", "launch"])
-def test_ctrl_c_while_starting_exits_0_quietly(stage, monkeypatch, capsys):
+def test_a_signal_while_starting_is_the_one_stop_line_and_130_or_143(stage, signum, monkeypatch, capsys):
+    """The interrupt contract every command keeps (issue 72 fault 5: the demo exited 0, with Gradio's own line while
+    serving); tests/test_interrupts.py's table stops a real server twice."""
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise cli.Interrupted(signum)
 
     class Starting:  # a Demo whose launch (warm-up compilation, then serving) is interrupted
         def __init__(self, *args, **kwargs):
@@ -270,8 +274,8 @@ def test_ctrl_c_while_starting_exits_0_quietly(stage, monkeypatch, capsys):
     loaded = interrupted if stage == "load_for_command" else (lambda path: object())
     monkeypatch.setattr(pretrained, "load_for_command", loaded)
     monkeypatch.setattr(demo, "Demo", Starting)
-    assert demo.main(["--checkpoint=/ckpt"]) == 0
-    assert capsys.readouterr() == ("", "")
+    assert demo.main(["--checkpoint=/ckpt"]) == 128 + signum
+    assert capsys.readouterr() == ("", f"stopped by {signal.Signals(signum).name}: {demo.STOPPED}\n")
 
 
 def test_a_backbone_checkpoint_is_refused(checkpoints, capsys):

@@ -538,3 +538,11 @@ def test_write_files_gives_a_folder_tree_and_lists_the_file_sources_read_back(tm
     listed = synthetic.write_files(regression, tmp_path / "reg")
     read = sources.CsvVideoSource(listed, root=tmp_path / "reg", targets=synthetic.REGRESSION_TARGETS)
     np.testing.assert_allclose(read[2]["targets"], regression[2]["targets"], atol=1e-6)
+
+    captioned = synthetic.SyntheticVideoSource(3, num_frames=4, height=32, width=32, variant="captions")
+    listed = synthetic.write_files(captioned, tmp_path / "cap")
+    read = sources.CsvVideoSource(listed, root=tmp_path / "cap", caption_column=synthetic.CAPTION_COLUMN)
+    assert [tuple(read[i]["captions"]) for i in range(3)] == [tuple(captioned[i]["captions"]) for i in range(3)]
+    assert read[1]["path"].endswith("train/00001.mp4")
+    with pytest.raises(ValueError, match="variants .*'captions'.* this one is 'labels'"):
+        synthetic.write_files(synthetic.SyntheticVideoSource(2, variant="labels"), tmp_path / "multi")

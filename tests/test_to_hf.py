@@ -319,3 +319,46 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["file"]
     with pytest.raises(SystemExit):
         export.main(["--to_hf", str(checkpoint), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x")])
+
+
+# ------------------------------------------------------------- a checkpoint's whole clip spec, out and back in
+
+# One model of each exporting family (issue 72 fault 2: a VideoPrism model lost its normalisation and frame stride).
+SPEC_CASES = ("to_hf_captioner_videomae", "to_hf_image_encoder_clip", "to_hf_timesformer_classification",
+              "to_hf_videomae_pretrain", "to_hf_videoprism_clip", "to_hf_videoprism_video", "to_hf_vivit_model",
+              "to_hf_vjepa2_model")
+CLIP_KEYS = ("num_frames", "image_size", "short_side", "sampling_rate")
+
+
+@pytest.mark.parametrize("case", SPEC_CASES)
+def test_export_then_conversion_keeps_the_whole_clip_spec_and_the_outputs(case, tmp_path, capsys, caplog):
+    """A checkpoint with its own normalisation, short side and frame stride, exported with --to_hf and converted back
+    with --from_hf: the same clip spec (frames, stride, size, short side, mean, std), no warning, and the same
+    outputs on the same uint8 clips to 1e-5."""
+    meta = json.loads((FIXTURES / case / "case.json").read_text())
+    if case == "to_hf_videomae_pretrain":  # VideoMAEForPreTraining fixes its decoder norm's epsilon (the export notes)
+        meta["model"]["decoder_norm_eps"] = 1e-5
+    size = pretrained.load(seeded_checkpoint(meta, tmp_path / "probe")).preprocessing["image_size"]
+    meta["preprocessing"] = dict(meta.get("preprocessing", {}), mean=[0.1, 0.2, 0.3], std=[0.5, 0.6, 0.7],
+                                 short_side=size + 8, sampling_rate=2)
+    original = pretrained.load(seeded_checkpoint(meta, tmp_path / "vidjax"))
+    assert _export(tmp_path / "vidjax", tmp_path / "hf") == 0
+    capsys.readouterr()
+    caplog.clear()
+    convert(from_hf=str(tmp_path / "hf"), out=str(tmp_path / "back"))
+    assert not [r for r in caplog.records if r.levelno >= 30], caplog.text  # no stride assumed
+    back = pretrained.load(tmp_path / "back")
+    assert {key: original.preprocessing[key] for key in ("short_side", "sampling_rate")} == {
+        "short_side": size + 8, "sampling_rate": 2}
+    for key in CLIP_KEYS:
+        assert back.preprocessing[key] == original.preprocessing[key], key
+    for key in ("mean", "std"):
+        np.testing.assert_allclose(back.preprocessing[key], meta["preprocessing"][key], rtol=0, atol=1e-7)
+    assert back.sampling_rate == original.sampling_rate == 2
+
+    io = {k: v for k, v in np.load(FIXTURES / case / "io.npz").items() if k in INPUTS}
+    io["clip"] = np.random.default_rng(0).integers(0, 256, io["clip"].shape, dtype=np.uint8)
+    want, got = vidjax_outputs(original, io), vidjax_outputs(back, io)
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=0, atol=1e-5, err_msg=name)

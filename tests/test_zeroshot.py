@@ -71,8 +71,11 @@ def test_a_tokenizer_folder_without_tokenizer_json_names_the_fix(tmp_path):
     (tmp_path / "spiece.model").write_bytes(b"\x00")
     with pytest.raises(TokenizerError, match="spiece.model only: write tokenizer.json beside it"):
         TextTowerTokenizer.from_directory(tmp_path)
-    with pytest.raises(TokenizerError, match="holds a WordLevel model"):
-        (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordLevel", "vocab": {"a": 0}}}))
+    # Any other tokenizer is read as a vidjax trainer frames captions, [start] + tokens + [end]: one without a start
+    # and an end token is refused naming them.
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1},
+                                                                   "unk_token": "a"}}))
+    with pytest.raises(TokenizerError, match="names no start / end tokens"):
         TextTowerTokenizer.from_directory(tmp_path)
 
 

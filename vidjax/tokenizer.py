@@ -27,6 +27,12 @@ max_length 64, the published text towers' positions) with an attention mask 1 at
 a longer text short, `encode_padded` raises `TextTooLongError` naming the text and the limit: a label or query cut
 short would be scored as another text, silently. A checkpoint holding only `spiece.model` is refused with the
 command that writes its `tokenizer.json`.
+
+A text tower vidjax trained (`vidjax.tasks.contrastive`) reads its texts as the trainer gave them, and the trainer
+reads them through a `TextTowerTokenizer` too, so that the two cannot differ: a unigram vocabulary as the processor
+frames it (above: a published tower fine-tuned), any other tokenizer (the word-level one built from the training
+captions, saved to WORKDIR/tokenizer; a GPT-2 BPE) as `CaptionTokenizer` frames a caption, [start] + tokens + [end]
+(`TextTowerTokenizer.from_caption_tokenizer`). `from_directory` tells the two apart by the file's model.
 """
 
 from __future__ import annotations
@@ -47,14 +53,18 @@ if TYPE_CHECKING:
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS_FILE = "special_tokens.json"  # written by `CaptionTokenizer.save`
 GPT2_FILES = ("vocab.json", "merges.txt")
+SENTENCEPIECE_FILE = "spiece.model"  # a VideoPrism checkpoint's SentencePiece model, beside its tokenizer.json
+# A tokenizer directory's files (`tokenizer.save_pretrained(DIR)`): transformers 5's format (tokenizer.json), the
+# classic GPT-2 one (vocab.json + merges.txt), a sentencepiece model (VideoPrism's T5-style tokenizer), and
+# `CaptionTokenizer.save`'s special tokens.
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   *GPT2_FILES, SENTENCEPIECE_FILE)
 _HF_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # special tokens of a Hugging Face directory
 GPT2_END_OF_TEXT = "<|endoftext|>"
 # The special tokens of `build_word_level`, in id order: pad = 0, bos = 1, eos = 2, unk = 3.
 WORD_LEVEL_SPECIALS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
 _ROLES = ("pad", "bos", "eos", "unk")
 
-
-SENTENCEPIECE_FILE = "spiece.model"  # a VideoPrism checkpoint's SentencePiece model, beside its tokenizer.json
 # VideoPrismTokenizer's layout and pre-tokenisation (transformers 5.24, tokenization_videoprism.py).
 TEXT_TOWER_SPECIALS = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 TEXT_TOWER_UNK_ID = 2
@@ -282,25 +292,40 @@ class CaptionTokenizer:
 
 class TextTowerTokenizer:
     """A video-text model's tokenizer: texts -> the text tower's (ids, attention mask), as transformers' VideoPrism
-    tokenizer and processor give them (the module docstring). Build one with `from_directory`."""
+    tokenizer and processor give them, or as vidjax's trainer gave a tower it trained (the module docstring). Build
+    one with `from_directory` or `from_caption_tokenizer`."""
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, *, pad_id: int, padding_side: str = "right"):
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, pad_id: int, padding_side: str = "right",
+                 caption: CaptionTokenizer | None = None, source: str | None = None):
         if padding_side not in ("right", "left"):
             raise TokenizerError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         self._tokenizer, self.pad_id, self.padding_side = tokenizer, pad_id, padding_side
+        # `caption`: texts framed as a caption, [start] + tokens + [end]; else as the file's post-processor frames them.
+        # `source`: the directory the files came from (`save` copies them).
+        self._caption, self._source = caption, source
+
+    @classmethod
+    def from_caption_tokenizer(cls, tokenizer: CaptionTokenizer, source: str | None = None) -> TextTowerTokenizer:
+        """Texts framed as `tokenizer.encode_batch_padded` frames a caption: [start] + tokens + [end], padded with its
+        pad id on the right (how `vidjax.tasks.contrastive` trains a text tower on any tokenizer but a unigram one)."""
+        return cls(tokenizer.tokenizer, pad_id=tokenizer.pad_id, caption=tokenizer, source=source)
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike) -> TextTowerTokenizer:
-        """Reads a checkpoint's tokenizer directory (DST/tokenizer/: tokenizer.json, tokenizer_config.json).
+        """Reads a checkpoint's tokenizer directory (DST/tokenizer/: tokenizer.json, tokenizer_config.json): a unigram
+        vocabulary as VideoPrismTokenizer reads it, any other tokenizer `CaptionTokenizer.from_directory` reads (a
+        vidjax run's WORKDIR/tokenizer) framed as a caption (`from_caption_tokenizer`).
 
         Raises TokenizerError naming the path when the directory or its tokenizer.json is missing (a directory with
-        only spiece.model included) or is not a unigram vocabulary with the pad token; ImportError naming
+        only spiece.model included), or its tokenizer lacks the ids it needs; ImportError naming
         `pip install 'vidjax[caption]'` without the `tokenizers` library."""
         tk = _tokenizers()
         directory = fileio.user_path(path)
         tokenizer_file = os.path.join(directory, TOKENIZER_FILE)
         if not os.path.isfile(tokenizer_file):
             found = sorted(os.listdir(directory)) if os.path.isdir(directory) else "no such directory"
+            if isinstance(found, list) and all(os.path.isfile(os.path.join(directory, f)) for f in GPT2_FILES):
+                return cls.from_caption_tokenizer(CaptionTokenizer.from_directory(directory), directory)
             spm = (f"; it has {SENTENCEPIECE_FILE} only: write tokenizer.json beside it once with `python -c \"from "
                    f"transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{directory}')"
                    f".save_pretrained('{directory}')\"`" if SENTENCEPIECE_FILE in found else "")
@@ -308,9 +333,11 @@ class TextTowerTokenizer:
                                  f"{found or 'nothing'}){spm}")
         spec = _read_json(tokenizer_file)
         model = spec.get("model") or {}
-        if model.get("type") != "Unigram" or not isinstance(model.get("vocab"), list):
-            raise TokenizerError(f"{tokenizer_file} holds a {model.get('type')} model; a video-text model's tokenizer "
-                                 f"is a unigram vocabulary (VideoPrismTokenizer's)")
+        if model.get("type") != "Unigram":  # a tokenizer vidjax's trainer framed as captions
+            return cls.from_caption_tokenizer(CaptionTokenizer.from_directory(directory), directory)
+        if not isinstance(model.get("vocab"), list):
+            raise TokenizerError(f"{tokenizer_file}: its unigram model has no vocabulary list (model.vocab); write "
+                                 f"the file again with `tokenizer.save_pretrained(DIR)`")
         try:
             tokenizer = tk.Tokenizer.from_file(tokenizer_file)  # the added tokens and the post-processor
         except Exception as err:  # the Rust library raises plain Exception on malformed files
@@ -334,7 +361,35 @@ class TextTowerTokenizer:
             raise TokenizerError(f"the tokenizer in {directory}: its pad token {pad!r} is not in the vocabulary")
         tokenizer.add_special_tokens([t for t in (pad, *TEXT_TOWER_SPECIALS.values())
                                       if tokenizer.token_to_id(t) is not None])
-        return cls(tokenizer, pad_id=pad_id, padding_side=str(config.get("padding_side", "right")))
+        return cls(tokenizer, pad_id=pad_id, padding_side=str(config.get("padding_side", "right")), source=directory)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes the tokenizer to `directory` so that `from_directory` reads the same one back: a caption-framed one
+        as `CaptionTokenizer.save` writes it, a unigram one as the tokenizer files it was read from (`TOKENIZER_FILES`,
+        each written whole)."""
+        directory = fileio.user_path(directory)
+        if self._caption is not None:
+            self._caption.save(directory)
+            return
+        if self._source is None:
+            raise TokenizerError("this unigram tokenizer was not read from a directory; save the files it came from")
+        if os.path.abspath(self._source) == os.path.abspath(directory):
+            return
+        for name in TOKENIZER_FILES:
+            path = os.path.join(self._source, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as src, fileio.atomic_output(os.path.join(directory, name), "wb") as dst:
+                    dst.write(src.read())
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of ids, added tokens included: the size a text tower's embedding needs at least."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def framing(self) -> str:
+        """How texts are framed: "caption" ([start] + tokens + [end]) or "processor" (the file's post-processor)."""
+        return "caption" if self._caption is not None else "processor"
 
     @property
     def tokenizer(self) -> tokenizers.Tokenizer:
@@ -342,10 +397,33 @@ class TextTowerTokenizer:
         return self._tokenizer
 
     def encode(self, text: str) -> list[int]:
-        """The ids of `text` before padding: transformers' `tokenizer(text)["input_ids"]`."""
+        """The ids of `text` before padding: transformers' `tokenizer(text)["input_ids"]`, or [start] + tokens + [end]
+        for a caption-framed tokenizer."""
         if not isinstance(text, str):
             raise TypeError(f"texts must be strings, got {text!r} of type {type(text).__name__}")
+        if self._caption is not None:
+            return [self._caption.bos_id, *self._caption.encode(text), self._caption.eos_id]
         return self._tokenizer.encode(text).ids
+
+    def encode_batch_padded(self, texts: Sequence[str], max_length: int
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A trainer's inputs for `texts` (`vidjax.tasks.captioning.CaptionFields`): (ids int32 (n, max_length), mask
+        bool (n, max_length) True at tokens, truncated bool (n,)), each text's ids cut to `max_length` (a training
+        caption is cut and counted, where `encode_padded` refuses a query), padded on the right."""
+        if isinstance(texts, str):
+            raise TypeError(f"texts must be a sequence of strings, got the string {texts!r}")
+        if self._caption is not None:
+            return self._caption.encode_batch_padded(texts, max_length)
+        ids = np.full((len(texts), max_length), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), max_length), bool)
+        truncated = np.zeros(len(texts), bool)
+        for row, text in enumerate(texts):
+            tokens = self.encode(text)
+            truncated[row] = len(tokens) > max_length
+            tokens = tokens[:max_length]
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = True
+        return ids, mask, truncated
 
     def encode_padded(self, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32 (n, max_length), attention mask int32 (n, max_length), 1 at tokens) of `texts`, padded with

@@ -7,8 +7,8 @@ For each, `seeded_checkpoint` (tests/helpers.py) builds the vidjax checkpoint ca
 vidjax.export --to_hf` writes it as a save_pretrained folder, and a child process that cannot import vidjax loads
 that folder with transformers' Auto class (`vidjax.convert.hf.AUTO_CLASSES`), normalises a uint8 clip as the
 exported preprocessor_config.json says (and checks that `AutoImageProcessor` does the same where the clip needs no
-resize; a VideoPrism export has no preprocessor config: its clips are rescaled to [0, 1], as VideoPrism's video
-processor does) and records its outputs. transformers' VideoPrism keeps the pooler's query axis in its pooled outputs
+resize; a VideoPrism export's video processor rescales to [0, 1] and normalises with the checkpoint's statistics,
+(0, 1) for these) and records its outputs. transformers' VideoPrism keeps the pooler's query axis in its pooled outputs
 ((B, 1, D) video embeddings, (B, 1, classes) logits); they are recorded without it, as vidjax gives them. Written
 to out_dir/to_hf_<case>/:
   case.json  "kind": "to_hf", the model, seed, class names (and captions for a tokenizer), the transformers class,
@@ -161,7 +161,7 @@ def transformers_outputs(jobs: list[str]) -> dict:
         outs, processor_diff = {}, None
         with torch.no_grad():
             if "clip" in io:
-                # No preprocessor config (VideoPrism): rescale to [0, 1] and no normalisation, its video processor's.
+                # No preprocessor config (an export before VideoPrism wrote one): rescale to [0, 1], no normalisation.
                 proc_path = pathlib.Path(folder) / "preprocessor_config.json"
                 proc = json.loads(proc_path.read_text()) if proc_path.is_file() else dict(
                     rescale_factor=1 / 255, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])

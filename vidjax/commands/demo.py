@@ -53,11 +53,12 @@ they are ready to predict at the same moment go through the model together, up t
 start-up), so a busy server makes fewer, fuller model calls and never compiles while serving. `python
 scripts/load_demo.py` measures it (latency, memory over a run).
 
-Exit status: 0 when stopped with Ctrl-C (while starting or serving), 2 for bad arguments, a checkpoint that cannot
-be loaded or shows nothing (a backbone without a head), the demo extra not installed, a --port that is taken, or a
-server that does not answer Gradio's check that it serves (3 starts; an http_proxy in the environment is never
-asked for the server's own address); with --labels also 2 for an empty label list, a label longer than the text
-tower, a checkpoint without a text tower, a video-text checkpoint without its tokenizer (and a video-text
+Exit status: 130 or 143 when stopped by SIGINT (Ctrl-C) or SIGTERM, while starting or serving, with one `stopped by
+...` line (the server closed, its temporary folder removed, nothing else written); 2 for bad arguments, a checkpoint
+that cannot be loaded or shows nothing (a backbone without a head), the demo extra not installed, a --port that is
+taken, or a server that does not answer Gradio's check that it serves (3 starts; an http_proxy in the environment is
+never asked for the server's own address); with --labels also 2 for an empty label list, a label longer than the
+text tower, a checkpoint without a text tower, a video-text checkpoint without its tokenizer (and a video-text
 checkpoint given no --labels), each one `error:` line.
 """
 
@@ -73,6 +74,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -84,6 +86,7 @@ from vidjax.pretrained import onnx_model, reconstruction, windows, zero_shot
 from vidjax.tasks import predictions
 
 DEFAULT_PORT = 7860
+STOPPED = "the server is closed and its temporary files removed; run the same command again to serve the demo."
 LAUNCH_ATTEMPTS = 3  # starts of the server before the demo gives up on it answering
 UNREACHABLE = "localhost is not accessible"  # the words of Gradio's error when its new server did not answer it
 DEFAULT_MAX_MB = 100.0
@@ -580,7 +583,7 @@ class Demo:
     def blocks(self):
         return self.page.blocks()
 
-    def launch(self, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", share: bool = False, **kwargs):
+    def launch(self, *, port: int | None = DEFAULT_PORT, host: str = "127.0.0.1", share: bool = False, **kwargs):
         """Builds the page and serves it; blocks until Ctrl-C unless `prevent_thread_lock=True` is passed. Returns
         the Gradio Blocks (`.close()` stops the server)."""
         page = self.page.blocks()
@@ -640,7 +643,8 @@ def _parser() -> argparse.ArgumentParser:
                              "Runtime instead of a checkpoint with jax")
     parser.add_argument("--caption_checkpoint", default="", metavar="DIR",
                         help="also caption each video with this captioner checkpoint (default: none)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to serve on (default {DEFAULT_PORT}; 0: the first free one from {DEFAULT_PORT} up)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
     parser.add_argument("--share", action="store_true",
@@ -744,8 +748,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args, (model, runner, captioner) = started
         return _serve(args, model, runner, captioner)
-    except KeyboardInterrupt:  # Ctrl-C while loading or compiling: stopped as asked, as while serving
-        return 0
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM while loading, compiling or serving: the one line
+        return cli.stopped(err, STOPPED)
 
 
 def _serve(args: argparse.Namespace, model: pretrained.Pretrained, runner: onnx_model.Runner | None,
@@ -765,10 +769,18 @@ def _serve(args: argparse.Namespace, model: pretrained.Pretrained, runner: onnx_
         return 2
     try:
         # Gradio's own start-up lines name its Python API (`share=True`); these name this command's flags.
-        page = demo.launch(port=args.port, host=args.host, share=args.share, quiet=True, prevent_thread_lock=True)
+        # Port 0 is Gradio's None, its search for a free port (given 0 itself, it checks its server at port 0).
+        page = demo.launch(port=args.port or None, host=args.host, share=args.share, quiet=True,
+                           prevent_thread_lock=True)
         public = f" and {page.share_url}" if page.share_url else " (--share for a temporary public link)"
         print(f"Serving the demo of {source} at {page.local_url}{public}; Ctrl-C stops it.", flush=True)
-        page.block_thread()
+        try:
+            # Not Gradio's `block_thread`, which takes Ctrl-C as a normal end (its own line, exit 0): the signal
+            # reaches `main`, which says it stopped (130 for SIGINT, 143 for SIGTERM).
+            while page.is_running:
+                time.sleep(0.1)
+        finally:
+            page.close(verbose=False)
     except OSError as e:  # the port is taken, or the address is not this machine's
         print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick another --port (or --host).",
               file=sys.stderr)
@@ -783,4 +795,4 @@ def _serve(args: argparse.Namespace, model: pretrained.Pretrained, runner: onnx_
 
 def run_command() -> NoReturn:
     """`python -m vidjax.demo`: what its entry module calls."""
-    sys.exit(main())
+    cli.guard(main)

@@ -9,10 +9,13 @@ r"""Zero-shot use of a video-text checkpoint: videos scored against free-text la
       --root=/data/videos
 
 --checkpoint is a video-text checkpoint (VideoPrism's video-text model: `python -m vidjax.convert --from_hf
-google/videoprism-lvt-base-f16r288 --out DST`, or the Hub name itself) holding its tokenizer (DST/tokenizer/).
-Labels and queries are free text: --labels="a;b;c" (separated by ';') or --labels_file=FILE (one per line); blank
-ones are dropped. Each is tokenised as transformers' VideoPrismProcessor does (`vidjax.tokenizer.TextTowerTokenizer`:
-the same ids, padding and attention mask) and embedded by the text tower. A text longer than the tower's positions
+google/videoprism-lvt-base-f16r288 --out DST`, or the Hub name itself; or the workdir of a contrastive run,
+`python -m vidjax.main --config=configs/videoprism.py:recipe=contrastive`) holding its tokenizer (DST/tokenizer/,
+WORKDIR/tokenizer/). Labels and queries are free text: --labels="a;b;c" (separated by ';') or --labels_file=FILE
+(one per line); blank ones are dropped. Each is tokenised as the text tower was trained to read it
+(`vidjax.tokenizer.TextTowerTokenizer`: a published tower's unigram vocabulary as transformers' VideoPrismProcessor
+does, with the same ids, padding and attention mask; a tower vidjax trained as its trainer did) and embedded by the
+text tower. A text longer than the tower's positions
 (64 tokens for the published towers) is refused, never cut short.
 
 Videos (VIDEO arguments): each is decoded as the checkpoint expects (as `python -m vidjax.predict` does: its frames,

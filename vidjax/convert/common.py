@@ -527,6 +527,17 @@ def qkv_linears(prefix: str, names: tuple[str, str, str], dim: int, heads: int, 
     return rows
 
 
+# preprocessor_config.json's entry for the clip spec transformers has no key for (`vidjax.convert.hf`'s docstring).
+CLIP_KEY = "vidjax_clip"
+
+
+def processor_clip(processor: Mapping[str, Any] | None) -> dict:
+    """The clip spec vidjax wrote into a processor config (`CLIP_KEY`: num_frames, sampling_rate, short_side,
+    image_size), or {} where it has none."""
+    clip = (processor or {}).get(CLIP_KEY)
+    return dict(clip) if isinstance(clip, Mapping) else {}
+
+
 def processor_statistics(processor: Mapping[str, Any] | None, mean: Sequence[float], std: Sequence[float],
                          family: str) -> tuple[list[float], list[float]]:
     """The mean and std of input = (pixels/255 - mean) / std that a checkpoint's processor config (image_ or

@@ -25,24 +25,23 @@ import uuid
 from typing import Any
 
 from vidjax.convert.common import (
+    CLIP_KEY,
     ConversionError,
     Converted,
     HfCheckpoint,
     TensorSource,
     finalize,
+    processor_clip,
     write_safetensors,
 )
+from vidjax.tokenizer import TOKENIZER_FILES
 
 # Each lists its architectures.
 _MODULES = ("hf_videomae", "hf_timesformer", "hf_vivit", "hf_gpt2", "hf_captioner", "hf_vjepa2",
             "hf_videoprism", "hf_clip")
-# A tokenizer saved beside the weights (`tokenizer.save_pretrained(SRC)`): copied to DST/tokenizer/ as it is, in
-# transformers 5's format (tokenizer.json), the classic GPT-2 one (vocab.json + merges.txt) and a sentencepiece model
-# (spiece.model, VideoPrism's T5-style tokenizer).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "spiece.model")
+# A tokenizer saved beside the weights (`tokenizer.save_pretrained(SRC)`, `vidjax.tokenizer.TOKENIZER_FILES`): copied
+# to DST/tokenizer/ as it is.
 TOKENIZER_DIR = "tokenizer"
-CLIP_KEY = "vidjax_clip"  # preprocessor_config.json: the clip spec transformers has no key for (the module docstring)
 # The stride a video checkpoint that records none is read at (= vidjax.pretrained.DEFAULT_SAMPLING_RATE, a layer
 # above): the published Kinetics recipes' (VideoMAE 16x4).
 ASSUMED_SAMPLING_RATE = 4
@@ -111,7 +110,7 @@ def read_clip_spec(converted: Converted, processor: dict | None, directory: path
     if "num_frames" not in preprocessing:
         return converted
     processor = processor or {}
-    clip = processor.get(CLIP_KEY) if isinstance(processor.get(CLIP_KEY), dict) else {}
+    clip = processor_clip(processor)
     size = processor.get("size") if isinstance(processor.get("size"), dict) else {}
     short_side = int(clip.get("short_side") or size.get("shortest_edge") or preprocessing["image_size"])
     if short_side != int(preprocessing["image_size"]):  # the same: the loader's default (no resize before the crop)

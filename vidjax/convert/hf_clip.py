@@ -27,6 +27,7 @@ from vidjax.convert.common import (
     layer_norm,
     linear,
     prefixed,
+    processor_clip,
     processor_statistics,
     qkv_linears,
     read_tensors,
@@ -135,6 +136,11 @@ def from_hf(hf: dict, src: TensorSource, architecture: str) -> Converted:
         (image_encoder.SIGLIP_MEAN, image_encoder.SIGLIP_STD)
     mean, std = processor_statistics(hf.get("_preprocessor_config"), mean, std, FAMILY[kind])
     cfg.pixel_mean, cfg.pixel_std = tuple(mean), tuple(std)
+    # An image tower reads a clip frame by frame: its length is the clip spec's (an export of a vidjax encoder),
+    # config.json has none.
+    frames = processor_clip(hf.get("_preprocessor_config")).get("num_frames")
+    if frames:
+        cfg.num_frames = int(frames)
     return Converted("image_encoder", cfg, params, preprocessing={"mean": mean, "std": std})
 
 

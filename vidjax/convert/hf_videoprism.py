@@ -44,6 +44,7 @@ HEADS = {"VideoPrismVisionModel": "none", "VideoPrismVideoModel": "video",
 ARCHITECTURES = tuple(HEADS)
 VISION_ACTS = ("gelu_python", "gelu")  # exact GELU (the published configs say "gelu_python")
 POSITION_IDS = "embeddings.position_ids"
+PROCESSOR = "LlavaOnevisionVideoProcessor"  # transformers' AutoVideoProcessor for model_type "videoprism"
 LOGIT_SCALE = "logit_scale"  # vidjax's learned temperature (head "clip"), which transformers' classes do not have
 
 
@@ -234,5 +235,8 @@ def to_hf(converted: Converted) -> HfCheckpoint:
     out = write_tensors(params, tensors(cfg, vision, outer), "VideoPrism")
     if cfg.head == "clip":
         out[f"text_model.{POSITION_IDS}"] = np.arange(int(cfg.max_text_length), dtype=np.int64)[None]
-    # VideoPrismProcessor's video processor rescales to [0, 1] and does not normalise: the (0, 1) statistics.
-    return HfCheckpoint(architecture, hf_config(cfg), out, processor="")
+    # The video processor transformers gives a VideoPrism checkpoint (AutoVideoProcessor's for "videoprism"), with the
+    # checkpoint's statistics: (0, 1) for the published towers, whose processor rescales to [0, 1] and does not
+    # normalise; a tower trained at other statistics (ImageNet's, as the runlocal recipes) keeps them, and its clip
+    # spec with them (`hf.preprocessor_config`).
+    return HfCheckpoint(architecture, hf_config(cfg), out, processor=PROCESSOR)

@@ -90,6 +90,8 @@ MIN_SIZE = 16
 SPLITS = ("train", "validation", "test")
 VARIANTS = ("label", "labels", "targets", "captions")  # named by the target key each element carries
 _ONE_OBJECT = ("label", "targets")  # the variants of one moving object, which `looks` may fix
+_WRITABLE = (*_ONE_OBJECT, "captions")  # the variants `write_files` writes as video files and a list
+CAPTION_COLUMN = "caption"  # `write_files`' list column of a clip's captions, ';'-separated
 # The second word of the generators of the `looks` variant's fixed looks (seeded (seed, _LOOK_STREAM, look)).
 _LOOK_STREAM = 7919
 REGRESSION_TARGETS = ("velocity_x", "velocity_y")
@@ -557,14 +559,16 @@ def write_files(source: SyntheticVideoSource, root: str | os.PathLike, fps: int 
 
     The "label" variant: ROOT/<class name>/<split>_<index>.mp4, a class-folder tree (`FolderVideoSource(ROOT)`, the
     `folder` source) with the list's columns `path,label`. The "targets" variant: ROOT/<split>/<index>.mp4, columns
-    `path,velocity_x,velocity_y` (`REGRESSION_TARGETS`). Frame size and count are the source's (even sizes);
-    `crf` is the H.264 quality (0 lossless, 18 visually lossless).
+    `path,velocity_x,velocity_y` (`REGRESSION_TARGETS`). The "captions" variant: ROOT/<split>/<index>.mp4, columns
+    `path,caption`, a clip's reference captions ';'-separated (the captioning lists' layout, which
+    `CsvVideoSource(list, root=ROOT, caption_column="caption")` and `python -m vidjax.zeroshot --captions` read). Frame
+    size and count are the source's (even sizes); `crf` is the H.264 quality (0 lossless, 18 visually lossless).
     """
     from vidjax.data import encode  # PyAV: only writing needs it; generating clips stays numpy alone
 
-    if source.variant not in _ONE_OBJECT:
-        raise ValueError(f"write_files writes sources of the variants {_ONE_OBJECT} (a class or two values a clip); "
-                         f"this one is {source.variant!r}.")
+    if source.variant not in _WRITABLE:
+        raise ValueError(f"write_files writes sources of the variants {_WRITABLE} (a class, two values or captions a "
+                         f"clip); this one is {source.variant!r}.")
     root = os.fspath(root)
     rows = []
     for index in range(len(source)):
@@ -572,6 +576,9 @@ def write_files(source: SyntheticVideoSource, root: str | os.PathLike, fps: int 
         if source.variant == "label":
             relative = os.path.join(source.class_names[int(element["label"])], f"{source.split}_{index:05d}.mp4")
             rows.append([relative, int(element["label"])])
+        elif source.variant == "captions":
+            relative = os.path.join(source.split, f"{index:05d}.mp4")
+            rows.append([relative, ";".join(element["captions"])])
         else:
             relative = os.path.join(source.split, f"{index:05d}.mp4")
             rows.append([relative, *(f"{v:.6f}" for v in element["targets"])])
@@ -581,6 +588,7 @@ def write_files(source: SyntheticVideoSource, root: str | os.PathLike, fps: int 
     list_path = os.path.join(root, f"{source.split}.csv")
     with atomic_output(list_path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label"] if source.variant == "label" else ["path", *REGRESSION_TARGETS])
+        writer.writerow({"label": ["path", "label"], "captions": ["path", CAPTION_COLUMN]}.get(
+            source.variant, ["path", *REGRESSION_TARGETS]))
         writer.writerows(rows)
     return os.path.abspath(list_path)

@@ -8,7 +8,9 @@ the file is checked by `onnx.checker`. What it computes (--output; `auto` picks 
   reconstruction  a VideoMAE / VideoMAE V2 pre-training checkpoint: the decoder's normalised-pixel prediction of the
                   masked tubelets (b, masked, tubelet pixels), given the input "mask" bool (b, tokens), True =
                   masked, with exactly the metadata's "num_masked" True in every row (the count of the checkpoint's
-                  own masks, its `patches.MaskSpec`: int(mask_ratio * h' * w') positions at each of the t' times)
+                  own masks, its `patches.MaskSpec`: int(mask_ratio * h' * w') positions at each of the t' times;
+                  the command's `Wrote` line states it). A row with another count comes out all NaN (ONNX cannot
+                  raise); `scripts/onnx_predict.py`'s `reconstruct` (no jax) refuses it with one line first
   embeddings      any video model (a backbone, SVT, V-JEPA 2, VideoPrism, a pre-training checkpoint's encoder, a
                   captioner's video encoder): one vector per clip (b, D), pooled as `python -m vidjax.extract
                   --pool` pools (`pretrained.pooling`; --pool, default "video" where the model has its own video
@@ -24,9 +26,10 @@ Input "video": uint8 (b, T, S, S, 3), RGB channels-last, at the checkpoint's cli
 The file's metadata (ONNX `metadata_props`, every value a string): "vidjax" (JSON: format, vidjax_version,
 model_name, task, function (the --output), pool, scores, class_names, target_names, clip (num_frames, image_size,
 short_side, sampling_rate, sampling_rate_recorded, mean, std), input (name, shape, dtype, normalised), output (name,
-shape), num_masked, checkpoint), and the same "class_names" (JSON list) and "scores" beside it for readers that want
-one key. "scores" says what a reader applies to exported logits (softmax, sigmoid or identity; None for the other
-outputs): the task's `Presentation.score_function`, which the caller passes (`export_onnx(scores=)`, from
+shape), num_masked, checkpoint, mask (a reconstruction's second input: name, shape, dtype; else null)), and the same
+"class_names" (JSON list) and "scores" beside it for readers that want one key. "scores" says what a reader
+applies to exported logits (softmax, sigmoid or identity; None for the other outputs): the task's
+`Presentation.score_function`, which the caller passes (`export_onnx(scores=)`, from
 `vidjax.predictions.score_function`), as `convert.hf.to_hf` is passed the task's problem type.
 
 Weights over --external_data_mb (default 1024 MiB in all; 2 GiB is protobuf's limit for one file) go to FILE.data
@@ -181,7 +184,11 @@ def function_of(model, output: str, *, pool: str | None, float_input: bool) -> F
         tokens, masked = int(model.num_tokens), reconstruction.mask_spec(model).num_masked
 
         def reconstruct(v, mask):
-            return module(prepare(v), mask, num_masked=masked)["pred"].astype(jnp.float32)
+            pred = module(prepare(v), mask, num_masked=masked)["pred"].astype(jnp.float32)
+            # A row whose mask has another count is all NaN, never a finite answer to another question (the decoder
+            # gathers `masked` positions whatever the mask holds); ONNX has no assertion to raise with.
+            whole = jnp.sum(mask.astype(jnp.int32), axis=-1) == masked
+            return jnp.where(whole[:, None, None], pred, jnp.float32(jnp.nan))
 
         shape = jax.eval_shape(lambda: reconstruct(jnp.zeros((1, t, s, s, 3), video.dtype),
                                                    jnp.arange(tokens)[None] < masked)).shape
@@ -216,6 +223,8 @@ def metadata_of(model, output: str, function: Function, *, float_input: bool, ch
                   "layout": "RGB channels-last", "normalised": bool(float_input)},
         "output": {"name": function.output, "shape": function.output_shape, "dtype": "float32"},
         "num_masked": function.num_masked, "checkpoint": checkpoint,
+        "mask": ({"name": "mask", "shape": ["b", int(function.inputs["mask"].shape[-1])], "dtype": "bool"}
+                 if "mask" in function.inputs else None),
     }
 
 
@@ -244,11 +253,33 @@ def export_onnx(model, *, output: str = "auto", pool: str | None = None, float_i
     except Exception as e:  # noqa: BLE001  (a missing op mapping comes as many types; all mean the same here)
         raise OnnxExportError(f"{where}: the {model.model_name} {output} function does not convert to ONNX: "
                               f"{type(e).__name__}: {e}") from e
+    _drop_unread_initializers(ir_model)
     props = {"vidjax": json.dumps(metadata), "class_names": json.dumps(metadata["class_names"]),
              "scores": str(metadata["scores"])}
     ir_model.metadata_props.update(props)
     ir_model.producer_name, ir_model.producer_version = "vidjax", vidjax.__version__
     return ir_model, metadata
+
+
+def _drop_unread_initializers(ir_model) -> None:
+    """Removes the initializers no node of the model reads: ONNX Runtime warns of each as it loads the file
+    ("Removing initializer ... It is not used by any node"). The trace leaves some read only by nodes it dropped from
+    the graph (a float32 constant's cast to float32), which onnx_ir's RemoveUnusedNodesPass still counts as reads."""
+    import onnx_ir.passes.common  # with jax2onnx (the extra)
+
+    onnx_ir.passes.common.RemoveUnusedNodesPass()(ir_model)
+    graphs = [ir_model.graph]
+    for graph in graphs:  # the main graph, then the bodies of its loops (VideoMamba's scan), theirs, ...
+        kept = frozenset(graph.inputs) | frozenset(graph.outputs)
+        for name, value in list(graph.initializers.items()):
+            if value not in kept and all(use.node.graph is None for use in value.uses()):
+                del graph.initializers[name]
+        for node in graph:
+            for attribute in node.attributes.values():
+                if attribute.type == onnx_ir.AttributeType.GRAPH:
+                    graphs.append(attribute.value)
+                elif attribute.type == onnx_ir.AttributeType.GRAPHS:
+                    graphs.extend(attribute.value)
 
 
 def weight_bytes(ir_model) -> int:
@@ -295,7 +326,8 @@ def describe(written: list[str], metadata: dict) -> str:
     """The command's success line."""
     size = sum(os.path.getsize(p) for p in written) / 2**20
     i, o = metadata["input"], metadata["output"]
-    extra = ' and "mask" bool (b, tokens)' if metadata["function"] == "reconstruction" else ""
+    extra = (f' and "mask" bool (b, tokens) with exactly num_masked={metadata["num_masked"]} True a row (another '
+             f'count gives NaN)' if metadata["function"] == "reconstruction" else "")
     return (f"Wrote {' and '.join(written)}: {metadata['model_name']} {metadata['function']}, {i['dtype']} video "
             f"(b, {', '.join(map(str, i['shape'][1:]))}){extra} -> float32 {o['name']} "
             f"({', '.join(map(str, o['shape']))}); {size:.1f} MiB; opset {OPSET}. Run it with "

@@ -37,7 +37,7 @@ from vidjax.convert.common import ConversionError
 from vidjax.data import pipeline, synthetic
 from vidjax.models import ParamKeys, captioner
 from vidjax.tasks import base, presentation, readout
-from vidjax.tokenizer import CaptionTokenizer, TokenizerError
+from vidjax.tokenizer import CaptionTokenizer, TextTowerTokenizer, TokenizerError
 
 TOKENIZER_DIR = "tokenizer"  # in the workdir, as in a converted checkpoint (pretrained.load reads it)
 CAPTION_SOURCES = ("synthetic", "csv", "charades")  # the sources that carry captions
@@ -47,7 +47,7 @@ _DECODER_KEEPS = frozenset({"add_cross_attention", "cross_attention_width", "emb
                             "resid_dropout", "bos_token_id", "eos_token_id", "pad_token_id"})
 _SPECIAL_IDS = (("bos_token_id", "bos_id"), ("eos_token_id", "eos_id"), ("pad_token_id", "pad_id"))
 
-_tokenizers: dict = {}  # (kind, key) -> CaptionTokenizer: one reading or building per process
+_tokenizers: dict = {}  # (kind, key...) -> a tokenizer: one reading or building per process
 
 
 def training_captions(config: ml_collections.ConfigDict, train_source) -> list[str]:
@@ -57,21 +57,24 @@ def training_captions(config: ml_collections.ConfigDict, train_source) -> list[s
     return [caption for i in range(len(train_source)) for caption in train_source[i]["captions"]]
 
 
-def tokenizer_for(config: ml_collections.ConfigDict, train_source=None):
+def tokenizer_for(config: ml_collections.ConfigDict, train_source=None, text_tower: bool = False):
     """The run's `vidjax.tokenizer.CaptionTokenizer`: config.data.tokenizer's directory, else a word-level tokenizer
-    built from the training captions (of `train_source`, or the source config.data makes). Read or built once per
+    built from the training captions (of `train_source`, or the source config.data makes). `text_tower`: the
+    `vidjax.tokenizer.TextTowerTokenizer` of the same (a video-text model's texts, framed as its zero-shot use reads
+    them: a unigram vocabulary as VideoPrism's processor does, any other as a caption). Read or built once per
     process. Raises ConfigError naming config.data.tokenizer for a directory that cannot be read."""
     if config.data.tokenizer:
         directory = fileio.user_path(config.data.tokenizer)
-        key = ("directory", directory)
+        key = ("directory", directory, text_tower)
         if key not in _tokenizers:
             try:
-                _tokenizers[key] = CaptionTokenizer.from_directory(directory)
+                _tokenizers[key] = (TextTowerTokenizer if text_tower else CaptionTokenizer).from_directory(directory)
             except (TokenizerError, ImportError, OSError) as err:
+                unigram = "a video-text checkpoint's DST/tokenizer (a unigram tokenizer.json), " if text_tower else ""
                 raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r}: {str(err).rstrip('.')}. Point "
-                                  f"it at a Hugging Face tokenizer directory (tokenizer.json, or GPT-2's vocab.json + "
-                                  f"merges.txt), or set it to '' for a word-level tokenizer built from the training "
-                                  f"captions.") from err
+                                  f"it at {unigram}a Hugging Face tokenizer directory (tokenizer.json, or GPT-2's "
+                                  f"vocab.json + merges.txt), or set it to '' for a word-level tokenizer built from "
+                                  f"the training captions.") from err
         return _tokenizers[key]
     if train_source is None:
         train_source = pipeline.make_source(config.data, "train")
@@ -81,7 +84,7 @@ def tokenizer_for(config: ml_collections.ConfigDict, train_source=None):
             _tokenizers[key] = CaptionTokenizer.build_word_level(training_captions(config, train_source))
         except ImportError as err:
             raise ConfigError(str(err)) from err
-    return _tokenizers[key]
+    return TextTowerTokenizer.from_caption_tokenizer(_tokenizers[key]) if text_tower else _tokenizers[key]
 
 
 def caption_data_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -98,15 +101,15 @@ def caption_data_problems(config: ml_collections.ConfigDict) -> list[str]:
     return []
 
 
-def save_tokenizer(config: ml_collections.ConfigDict, train_source, workdir: str) -> None:
-    """The run's tokenizer into WORKDIR/tokenizer (process 0), and config.data.tokenizer pointing there
-    (`TrainingSpec.write_assets` of the tasks that tokenise captions)."""
-    tok = tokenizer_for(config, train_source)
+def save_tokenizer(config: ml_collections.ConfigDict, train_source, workdir: str, text_tower: bool = False) -> None:
+    """The run's tokenizer (`tokenizer_for`) into WORKDIR/tokenizer (process 0), and config.data.tokenizer pointing
+    there (`TrainingSpec.write_assets` of the tasks that tokenise captions)."""
+    tok = tokenizer_for(config, train_source, text_tower)
     directory = os.path.join(workdir, TOKENIZER_DIR)
     if jax.process_index() == 0:
         tok.save(directory)
     config.data.tokenizer = directory
-    _tokenizers[("directory", directory)] = tok
+    _tokenizers[("directory", fileio.user_path(directory), text_tower)] = tok
 
 
 @dataclasses.dataclass(frozen=True)

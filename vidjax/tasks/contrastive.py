@@ -9,10 +9,13 @@ over the captions and of each caption over the videos, the matching pair being t
 one, sharded like every recipe's: the similarities are computed over all of it, so 8 devices give 1's loss (and
 config.grad_accum_steps, which would contrast micro-batches alone, is refused).
 
-Captions are tokenised in the input workers as the captioning task's are (`captioning.CaptionFields`: [start] +
-tokens + [end], cut to config.caption.max_length and padded), with its tokenizer (`captioning.tokenizer_for`:
-config.data.tokenizer's directory, e.g. a converted checkpoint's DST/tokenizer, or a word-level one built from the
-training captions), saved into WORKDIR/tokenizer. The text tower's vocabulary (config.model.vocab_size, 0: the
+Captions are tokenised in the input workers (`captioning.CaptionFields`, cut to config.caption.max_length and
+padded) by the text tower's tokenizer (`captioning.tokenizer_for(text_tower=True)`, a
+`vidjax.tokenizer.TextTowerTokenizer`: config.data.tokenizer's directory, e.g. a converted checkpoint's
+DST/tokenizer, or a word-level one built from the training captions), saved into WORKDIR/tokenizer: the ids a
+trained model's zero-shot use (`python -m vidjax.zeroshot`, `predict --labels`, `Pretrained.tokenize`) reads the
+same tokenizer into. A unigram vocabulary (a published tower) frames each caption as VideoPrism's processor does,
+any other as [start] + tokens + [end]. The text tower's vocabulary (config.model.vocab_size, 0: the
 tokenizer's) follows it. Captions come from any source that carries them (`captioning.CAPTION_SOURCES`: the
 embedded dataset's "captions" variant, csv and Charades lists with config.data.caption_column).
 
@@ -84,7 +87,7 @@ class Training(base.TrainingSpec):
         if config.model_name != self.model_name:
             return []  # config_problems says so
         try:
-            tok = captioning.tokenizer_for(config, train_source)
+            tok = captioning.tokenizer_for(config, train_source, text_tower=True)
         except ConfigError as err:
             return [str(err)]
         model = config.model
@@ -98,11 +101,12 @@ class Training(base.TrainingSpec):
         return []
 
     def write_assets(self, config: ml_collections.ConfigDict, train_source, workdir: str) -> None:
-        captioning.save_tokenizer(config, train_source, workdir)
+        captioning.save_tokenizer(config, train_source, workdir, text_tower=True)
 
     # ---- what the input path gives it ----
     def element_fields(self, config: ml_collections.ConfigDict, train: bool) -> captioning.CaptionFields:
-        return captioning.CaptionFields(captioning.tokenizer_for(config), int(config.caption.max_length))
+        return captioning.CaptionFields(captioning.tokenizer_for(config, text_tower=True),
+                                        int(config.caption.max_length))
 
     # ---- training ----
     def loss_fn(self, config: ml_collections.ConfigDict, class_weights: np.ndarray | None = None,
