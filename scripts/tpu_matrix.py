@@ -130,16 +130,17 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
         config = _apply(base, settings)
         started = time.perf_counter()
         measured: dict = {}
+        inputs: dict = {}
         try:
             micro, found = aot_command.find_batch(config, slice_, step, 0, log=lambda line: print(line, flush=True),
-                                                  accumulate=True, measured=measured)
+                                                  accumulate=True, measured=measured, inputs=inputs)
         except ConfigError as err:
             tried.append({"settings": settings, "error": str(err)[:300]})
             continue
         except Exception as err:  # noqa: BLE001 - a program that does not compile is that cell's result
             tried.append({"settings": settings, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
-        tried.append({"settings": settings, "measured": measured})
+        tried.append({"settings": settings, "measured": measured, "inputs": inputs})
         if not micro:
             continue
         out = aot_command.figures(None, slice_, step, compiled=found)
@@ -148,11 +149,13 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
         out["attention"] = "platform default"
         out["wall_s"] = round(time.perf_counter() - started, 1)
         return {**out, "tried": tried}
-    smallest = min((min(t["measured"].items()) for t in tried if t.get("measured")), key=lambda kv: kv[1],
-                   default=None)
+    # The setting whose first micro-batch needed least, with what of it is the step's input.
+    smallest = min(((*min(t["measured"].items()), t.get("inputs") or {}) for t in tried if t.get("measured")),
+                   key=lambda row: row[1], default=None)
     return {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe(),
             "chips": slice_.chips, "attention": "platform default",
-            "smallest": {"micro_batch": smallest[0], "total_bytes": smallest[1]} if smallest else None,
+            "smallest": {"micro_batch": smallest[0], "total_bytes": smallest[1],
+                         "input_bytes": smallest[2].get(smallest[0])} if smallest else None,
             "hbm_bytes": slice_.chip.hbm_bytes}
 
 

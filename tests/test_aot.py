@@ -541,3 +541,43 @@ def test_the_kernel_profile_step_takes_whole_videos_with_repeated_sampling():
         config = tiny(**{"data.num_samples": samples, "batch_size": 64 * 16})
         small = aot._few_clips_a_shard(config, mesh, slice_.chip)
         assert small.batch_size == 64 * per_shard and small.grad_accum_steps == 1
+
+
+def test_the_docs_model_flops_are_what_vidjax_counts_today():
+    """docs/tpu.md's first command and what it printed (issue 72 fault 6: figures left from older code): the command
+    line read from the doc, its model FLOPs a chip counted again by `vidjax.flops` (the step traced for the slice, no
+    compile) equal the doc's line to the 3 digits it prints, and the doc names the commit it printed at."""
+    import re
+
+    text = open(os.path.join(ROOT, "docs", "tpu.md")).read()
+    command = re.search(r"```bash\n.*?\n(python -m vidjax\.aot .*?)\n```", text, re.S)[1].replace("\\\n", " ")
+    printed = text[text.index("```\nvideomae/"):]
+    assert re.search(r"printed, at commit [0-9a-f]{7}", text)
+    args = dict(arg.lstrip("-").split("=", 1) for arg in command.split()[3:])
+    file, _, arg = args.pop("config").partition(":")
+    config = load_config(os.path.basename(file).removesuffix(".py"), arg or None)
+    slice_ = tpu.slice_of(args.pop("topology"))
+    config.update_from_flattened_dict({key.removeprefix("config."): value for key, value in args.items()})
+    per_chip, whole = re.search(r"model FLOPs +([\d.]+) TFLOP per chip a step \(([\d.]+) TFLOP for the slice\)",
+                                printed).groups()
+    flops = aot.model_flops(config, aot.lower(config, slice_))
+    assert f"{flops / slice_.chips / 1e12:.3g}" == per_chip and f"{flops / 1e12:.3g}" == whole
+
+
+def test_a_cell_where_no_micro_batch_fits_names_the_global_batch_it_holds():
+    """With accumulation the step takes the whole global batch and cuts its micro-batches inside: a chip holds all of
+    it (`aot.input_bytes`, its shard of each batch array), which a cell where not even one clip fits names."""
+    config = load_config("videomae_k400", "runlocal")
+    config.data.pixels = "host"
+    config.grad_accum_steps = 4
+    lowered = aot.lower(config, tpu.slice_of("cpu:2"))
+    batch = lowered.args[-1]
+    video = batch["video"]
+    assert video.shape[0] == config.batch_size  # the global batch, not a micro-batch
+    per_chip = sum(np.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(batch)) // 2
+    assert aot.input_bytes(lowered) == per_chip
+    out = {"fits": False, "chips": 1, "global_batch": 4096, "hbm_bytes": 16 * 2**30,
+           "smallest": {"micro_batch": 1, "total_bytes": int(21.44 * 2**30), "input_bytes": int(9.19 * 2**30)}}
+    assert aot_command.brief(out) == (
+        "does not fit: 1 clip(s) a chip need 21.44 GiB of 16.00 GiB, 9.19 GiB of it the step's input: the whole global "
+        "batch of 4,096 clips, which the step holds while it runs its micro-batches")

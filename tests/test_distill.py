@@ -198,9 +198,7 @@ def test_a_timesformer_student_runs_a_tube_masks_tokens_and_refuses_other_masks(
     assert kept.shape == (2, 12, 32) and np.isfinite(np.asarray(kept)).all()
 
     config = tiny_config(teacher_dir)
-    config.model.student_name = "timesformer"
-    config.model.student = distill.default_config("timesformer").student
-    config.model.student.update(variant="Mu/8", width=32, depth=2, num_heads=2, num_frames=4, image_size=32)
+    student_config(config, "timesformer")
     with pytest.raises(ConfigError, match="config.distill.mask_type='attention': a timesformer student takes tube "
                                           "masks only"):
         train.prepare(config, devices=jax.devices()[:1])
@@ -258,3 +256,72 @@ def test_a_videomamba_student_learns_with_attention_masks(teacher_dir, tmp_path)
     train.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
     losses = train_losses(tmp_path / "run")
     assert 0.0 < losses[8] < losses[1] <= 4.0
+
+
+COMMAND_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_distill import student_config, tiny_config
+
+
+def get_config(arg=None):
+    config = tiny_config({teacher!r})
+    if arg:  # another student family
+        student_config(config, arg)
+    return config
+"""
+
+
+def student_config(config, name: str) -> None:
+    """`config` with a micro student of family `name` (TimeSformer) in place of its VideoMAE one."""
+    config.model.student_name = name
+    config.model.student = distill.default_config(name).student
+    config.model.student.update(variant="Mu/8", width=32, depth=2, num_heads=2, num_frames=4, image_size=32)
+
+
+BAD_COMMANDS = {  # name: (config argument, flags, what the one line says)
+    "not_an_encoder": ("", ["--config.model.teacher_name=gpt2"],
+                       "config.model.teacher_name='gpt2' cannot be the teacher"),
+    "grid": ("", ["--config.model.teacher.image_size=16"],
+             "set --config.model.teacher.num_frames=4 --config.model.teacher.image_size=32"),
+    "keep_ratio": ("", ["--config.distill.keep_ratio=1.5"], "give a value in (0, 1]"),
+    "student_mask": ("timesformer", [], "config.distill.mask_type='attention': a timesformer student takes tube masks "
+                                        "only"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_commands(teacher_dir, tmp_path_factory):
+    """{name: (CompletedProcess, workdir)} of `python -m vidjax.main` on each bad setting, run side by side."""
+    import concurrent.futures
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("bad_commands")
+    config = folder / "tiny_umt.py"
+    config.write_text(COMMAND_CONFIG.format(tests=str(pathlib.Path(__file__).parent), teacher=str(teacher_dir)))
+    env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, JAX_PLATFORMS="cpu")
+
+    def run(name):
+        arg, flags, _ = BAD_COMMANDS[name]
+        workdir = folder / name
+        return name, (subprocess.run(
+            [sys.executable, "-m", "vidjax.main", f"--config={config}{':' + arg if arg else ''}",
+             f"--workdir={workdir}", *flags], cwd=pathlib.Path(__file__).parent.parent, env=env, capture_output=True,
+            text=True, timeout=300), workdir)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return dict(pool.map(run, BAD_COMMANDS))
+
+
+@pytest.mark.parametrize("name", BAD_COMMANDS)
+def test_bad_input_through_the_command_is_one_line_exit_2_and_nothing_written(bad_commands, name):
+    """A teacher that is not an encoder, a teacher grid that cannot match the student's, a keep ratio outside (0, 1],
+    a student family that cannot take the mask: `python -m vidjax.main` says so in one line, exit 2, no workdir."""
+    done, workdir = bad_commands[name]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and BAD_COMMANDS[name][2] in lines[0], done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not workdir.exists()  # nothing written

@@ -302,8 +302,11 @@ def brief(out: dict) -> str:
     clips/s, and the hours for the recipe's steps; or what it needs beyond the chip's HBM."""
     smallest = out.get("smallest") or {}
     if not out.get("fits") and smallest.get("micro_batch") and out.get("chips"):  # find_batch's first micro-batch
+        held = smallest.get("input_bytes")
+        held = (f", {_gib(held)} of it the step's input: the whole global batch of {out['global_batch']:,} clips, "
+                f"which the step holds while it runs its micro-batches" if held and out.get("global_batch") else "")
         return (f"does not fit: {max(smallest['micro_batch'] // out['chips'], 1)} clip(s) a chip need "
-                f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}")
+                f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}{held}")
     if not out.get("fits"):
         needs = out.get("memory", {}).get("total_bytes") or out.get("memory", {}).get("temp_bytes")
         return "does not fit" + (f": {_gib(needs)} of {_gib(out['hbm_bytes'])} a chip" if needs and
@@ -356,12 +359,14 @@ def advice(out: dict) -> str:
 
 
 def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: bool = False,
-               measured: dict | None = None) -> tuple[int, object]:
+               measured: dict | None = None, inputs: dict | None = None) -> tuple[int, object]:
     """(the largest global batch, a multiple of the mesh's batch shards, whose step fits the chips' HBM, with that
     batch's lowered and compiled step for its figures (`figures(compiled=)`)), or (0, None) when not even the first
     multiple fits; by `largest_fitting` over compiles. `accumulate`: the largest micro-batch instead, the global
     batch kept at config.batch_size by gradient accumulation (config.grad_accum_steps), among those that divide
-    it. `measured`, where given, gets each batch tried (the micro-batch, with `accumulate`) -> its bytes a chip."""
+    it. `measured`, where given, gets each batch tried (the micro-batch, with `accumulate`) -> its bytes a chip;
+    `inputs` the same batch -> the bytes a chip of the step's input (`aot.input_bytes`: with `accumulate`, the whole
+    global batch, which the step holds while it runs its micro-batches)."""
     from vidjax import sharding  # here, not at the top: --help answers without loading jax
     from vidjax.train import aot  # (as above)
 
@@ -395,6 +400,8 @@ def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: 
         ok = refused is None and needs <= hbm
         if measured is not None:
             measured[multiple * shards if accumulate else trial.batch_size] = needs
+        if inputs is not None:
+            inputs[multiple * shards if accumulate else trial.batch_size] = aot.input_bytes(lowered)
         split = f" as {trial.grad_accum_steps} x {multiple * shards}" if accumulate else ""
         log(f"  batch {trial.batch_size}{split}: {_gib(needs)} per chip, {'fits' if ok else 'does not fit'}")
         if ok and multiple > kept.get("multiple", 0):

@@ -121,6 +121,10 @@ class Training(base.TrainingSpec):
         """The teacher, from config.distill.teacher (its architecture taken; its clip the run's); the whole model
         from config.init_from when set."""
         targets = super().init_targets(config)
+        try:
+            distill_model.check_roles(config.model)
+        except ConfigError:
+            return targets  # the model's families are the problem (config_problems says so), not the checkpoint
         if config.distill.teacher:
             targets.append(base.InitTarget("config.distill.teacher", config.distill.teacher,
                                            config.model.teacher_name, (distill_model.TEACHER,),

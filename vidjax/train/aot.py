@@ -655,6 +655,17 @@ def model_flops(config: ml_collections.ConfigDict, lowered: Lowered) -> float:
     return flops.matmul_flops(jax.make_jaxpr(fn)(*args))
 
 
+def input_bytes(lowered: Lowered) -> int:
+    """Bytes a chip holds of the step's input (the batch: its whole global batch, with accumulation's micro-batches
+    cut inside the step), by each array's shard on one device."""
+    batch = lowered.args[-1]
+    total = 0
+    for leaf in jax.tree.leaves(batch):
+        shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return int(total)
+
+
 def parameter_bytes(setup: Setup) -> int:
     """Bytes of the model's parameters, whole (not per device)."""
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract_state["params"]))
