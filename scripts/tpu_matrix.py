@@ -71,6 +71,9 @@ ROWS = [
     # The eval step of the recipe's evaluator (`vidjax.evaluators.attentive`): the target encoder's tokens, which the
     # attentive probe is then trained on, on the host's share of them.
     ("vjepa2_l_probe", "V-JEPA 2 ViT-L/16 attentive-probe evaluation", "vjepa2.py", None, {"step": "eval"}),
+    # Unmasked-teacher distillation (configs/umt.py): the frozen CLIP ViT-B/16 teacher runs inside the step.
+    ("umt_b", "UMT-B/16 distillation from CLIP ViT-B/16", "umt.py", None, {}),
+    ("umt_videomamba_m", "VideoMamba-M/16 distillation from CLIP ViT-B/16", "umt.py", "student=videomamba", {}),
 ]
 # The overrides' "step" key: which of `vidjax.train.aot.STEPS` a row compiles ("train" when absent).
 # (column id, slice name, slices over DCN)

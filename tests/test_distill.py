@@ -54,7 +54,7 @@ def test_attention_and_random_masks_have_the_tube_masks_count():
     grid = (4, 4, 4)
     spec = MaskSpec(grid=grid, ratio=0.75)
     attention = jax.random.uniform(jax.random.key(0), (3, 4, 16))
-    config = load_config("umt", "runlocal")
+    config = load_config("umt", "runlocal,student=videomae")
     config.distill.keep_ratio = 0.25
     per_slice = distill_task.masked_per_slice(config, grid)
     mask = np.asarray(distill_task.attention_mask(jax.random.key(1), attention, 16 - per_slice))
@@ -68,7 +68,7 @@ def test_attention_and_random_masks_have_the_tube_masks_count():
 def tiny_config(teacher_dir, **distill_overrides):
     """A 2-block micro VideoMAE student on 4 x 32 px clips, the fixture's CLIP as its per-frame teacher (a 4 x 4 x 4
     grid each), its 2 blocks aligned; batch 8, 4 steps, no evaluation."""
-    config = load_config("umt", "runlocal")
+    config = load_config("umt", "runlocal,student=videomae")
     config.model.teacher_name = "image_encoder"
     config.model.teacher = distill.default_config("videomae", "image_encoder").teacher
     config.model.teacher.update(TEACHER)

@@ -84,7 +84,7 @@ def test_config_evals_problems_name_their_keys():
     problems = "\n".join(evaluators.config_problems(config, training_of("classification")))
     assert "config.evals.a.type='nope'; choose one of attentive, captioning, classification, knn" in problems
     assert ("config.evals.b.type='knn' measures a task whose model_name='svt' (config.task='classification' has "
-            "None); its evaluators are attentive, classification." in problems), problems
+            "None); its evaluators are attentive, classification, linear." in problems), problems
     assert "config.evals.c.every=-1 must be a whole number >= 0" in problems
     assert "config.evals.c.batches=1.5" in problems
     assert "config.evals.c.split='test'; choose one of eval, train" in problems
@@ -222,3 +222,31 @@ def test_attentive_probe_reads_each_familys_tokens():
     both = evaluator.batch_outputs(model, {"video": video})
     np.testing.assert_allclose(both["tokens"], jnp.concatenate([tokens, model(video[:, 1])["last_hidden_state"]], 1),
                                atol=1e-5)
+
+
+def test_linear_probe_on_mean_pooled_tokens_of_a_run_and_of_its_initial_weights(tmp_path):
+    """The linear evaluator: a linear layer on the mean of the encoder's tokens, trained on the bank split; near
+    perfect where the mean carries the class, chance-free figures of the trained and (step 0) the initial weights of a
+    run, which `evaluate` reproduces; the probe's settings checked as the attentive probe's are."""
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, 240)
+    centres = rng.standard_normal((4, 16)) * 3
+    tokens = centres[label][:, None, :] + rng.standard_normal((240, 5, 16))  # 5 noisy tokens around the class centre
+    context = train.eval_context(task_config("classification"), None, metadata={}, sources={})
+    evaluator = evaluators.get("linear")(context, name="lin")
+    evaluator.bank = {"features": tokens[:200].mean(1).astype(np.float32), "label": label[:200]}
+    scores = evaluator.metrics({"features": tokens[200:].mean(1).astype(np.float32), "label": label[200:]})
+    assert set(scores) == {"linear_top1", "linear_top5"} and scores["linear_top1"] >= 0.95, scores
+
+    config = tiny_config(total_steps=2, checkpoint_every=2)
+    config.evals = dict(lin=dict(type="linear", epochs=5))
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    for init in ("", "_init"):
+        assert 0.0 <= result[f"lin_linear_top1{init}"] <= result[f"lin_linear_top5{init}"] <= 1.0
+    again = evaluate.evaluate_checkpoint(None, str(tmp_path), str(tmp_path / "eval" / "out.json"))
+    assert again["lin_linear_top1"] == result["lin_linear_top1"]
+
+    config.evals = dict(lin=dict(type="linear", depth=2, epochs=0))
+    problems = "\n".join(evaluators.config_problems(config, training_of(config.task)))
+    assert "config.evals.lin.epochs=0 must be a whole number >= 1." in problems
+    assert "config.evals.lin has unknown keys ['depth']" in problems, problems

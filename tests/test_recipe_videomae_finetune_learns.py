@@ -4,7 +4,8 @@ fine-tune from it; and configs/captioning_charades.py:runlocal, the third comman
 embedded dataset's clips with the fine-tune's frozen encoder. Without their starting checkpoints the recipes stop at
 once, naming the command. configs/videomae_v2_finetune.py:runlocal is this fine-tune setting for setting
 (tests/test_recipe_videomae_v2_learns.py checks it, and that it starts from a V2 pre-training), so this run shows that
-both fine-tunes learn from a pre-training. One file per chain, so that the test runner spreads these few-minute runs
+both fine-tunes learn from a pre-training. The fine-tune then teaches a distillation (configs/umt.py:runlocal), whose
+student fine-tunes in turn. One file per chain, so that the test runner spreads these few-minute runs
 over its workers.
 """
 
@@ -77,6 +78,28 @@ def test_pretrain_then_finetune_runlocal_reaches_three_times_chance(tmp_path, ge
     result = train.train_and_evaluate(captioning, str(tmp_path / "caption"), devices=devices)
     assert "Initialised" in capsys.readouterr().out  # the frozen encoder came from the fine-tune
     check_captioning_learned(tmp_path / "caption", result, captioning)
+    check_distillation_from_the_finetune(tmp_path, devices, capsys)
+
+
+def check_distillation_from_the_finetune(tmp_path, devices, capsys):
+    """configs/umt.py:runlocal, the chain's fourth command (issue 71): the fine-tune is the frozen teacher of a
+    micro student; with two seeds, the alignment loss falls and a linear probe on the mean of the student's tokens
+    classifies the 256 eval clips at least 1.5x as well as on its random initial weights; the student then
+    fine-tunes through init_from."""
+    for seed in (0, 1):
+        umt = load_config("umt", "runlocal")
+        umt.distill.teacher, umt.seed = str(tmp_path / "ft"), seed
+        assert umt.data.num_eval >= 256
+        result = train.train_and_evaluate(umt, str(tmp_path / f"umt{seed}"), devices=devices)
+        losses = train_losses(tmp_path / f"umt{seed}")
+        assert losses[result["step"]] < 0.5 * losses[1], losses
+        assert result["probe_linear_top1"] >= 1.5 * result["probe_linear_top1_init"], result
+    capsys.readouterr()
+    config = load_config("videomae_finetune_k400" if umt.model.student_name == "videomae" else "videomamba_k400",
+                         "runlocal")
+    config.init_from, config.total_steps = str(tmp_path / "umt0"), 64
+    result = train.train_and_evaluate(config, str(tmp_path / "ft_umt"), devices=devices)
+    assert "Initialised" in capsys.readouterr().out and np.isfinite(result["eval_loss"])  # the student's encoder
 
 
 def direction_said(caption: str, names: list[str]) -> str | None:

@@ -34,3 +34,21 @@ def test_vjepa2_runlocal_predicts_better_without_collapse(tmp_path, generate_cli
     assert len(rows) == 9 and (spread > STD_FLOOR).all(), spread  # no collapse, at any logged step
     assert losses[-1] < 0.55 * losses[0], losses  # measured: 1.05 -> 0.46 at step 64
     assert 0 <= result["eval_attentive_top1_init"] <= 1 and 0 <= result["eval_attentive_top1"] <= 1
+
+
+def test_the_readme_says_what_the_documented_runlocal_prints(tmp_path, generate_clips_once):
+    """The README's V-JEPA 2 probe figures are the ones `python -m vidjax.main --config=configs/vjepa2.py:runlocal`
+    prints (issue 72 fault 3: it quoted other probe sets and run lengths as the command's): its whole run, the probe
+    on all the training clips, the README's two numbers to within 3 of the 256 eval clips (another machine's float
+    rounding can move a clip or two)."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    said = re.search(r"the command prints `eval_attentive_top1_init ([\d.]+)`.*?`eval_attentive_top1 ([\d.]+)`", readme,
+                     re.S)
+    init, trained = float(said[1]), float(said[2])
+    config = load_config("vjepa2", "runlocal")
+    result = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert result["eval_attentive_top1_init"] == pytest.approx(init, abs=3 / 256 + 5e-4), result
+    assert result["eval_attentive_top1"] == pytest.approx(trained, abs=3 / 256 + 5e-4), result

@@ -330,7 +330,8 @@ SPEC_CASES = ("to_hf_captioner_videomae", "to_hf_image_encoder_clip", "to_hf_tim
 CLIP_KEYS = ("num_frames", "image_size", "short_side", "sampling_rate")
 
 
-@pytest.mark.parametrize("case", SPEC_CASES)
+@pytest.mark.parametrize("case", tiered(SPEC_CASES, keep=(  # default tier: the fault's family, a ViT, an image tower
+    "to_hf_videoprism_clip", "to_hf_videomae_pretrain", "to_hf_image_encoder_clip")))
 def test_export_then_conversion_keeps_the_whole_clip_spec_and_the_outputs(case, tmp_path, capsys, caplog):
     """A checkpoint with its own normalisation, short side and frame stride, exported with --to_hf and converted back
     with --from_hf: the same clip spec (frames, stride, size, short side, mean, std), no warning, and the same

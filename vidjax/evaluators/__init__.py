@@ -9,6 +9,8 @@ Each module here (but `base`, `head` and `probes`) is one evaluator type with it
   knn             SVT's weighted k-NN on the backbone's features: knn_top1, knn_top5 (and of the initial weights)
   attentive       V-JEPA 2's attentive probe on any encoder's frozen tokens: attentive_top1, attentive_top5 (and of
                   the initial weights)
+  linear          a linear probe on any encoder's frozen tokens, mean-pooled: linear_top1, linear_top5 (and of the
+                  initial weights)
   reconstruction  pre-training's masked-reconstruction loss; the reconstruction figure (reconstruction.png)
   retrieval       video-text retrieval of a video-text model (head "clip"): recall_at_1/5/10 and median_rank of
                   captions against the split's videos, v2t_ the other way, loss, temperature
@@ -24,10 +26,10 @@ config.evals names a run's evaluations, each an entry `config.evals.NAME = dict(
   prefix   what its metric names start with; default "NAME_". Its rows in metrics.jsonl have split NAME
            (TensorBoard and W&B: NAME/<prefix><metric>)
   init     also score the initial weights of a fresh run, once, logged at step 0 as <prefix><metric>_init and
-           repeated in its later rows; default the type's (knn, attentive: True)
+           repeated in its later rows; default the type's (knn, attentive, linear: True)
 and the type's own options (its module says which: classification's label_space and figure, knn's k, temperature and
-bank, attentive's bank and the probe's heads, depth, epochs, lr, weight_decay, batch_size and seed, captioning's
-num_beams, length_penalty and samples, reconstruction's figure). Every evaluator also reports
+bank, attentive's bank and the probe's heads, depth, epochs, lr, weight_decay, batch_size and seed, linear's the
+same but heads and depth, captioning's num_beams, length_penalty and samples, reconstruction's figure). Every evaluator also reports
 <prefix>decode_failures, the videos of its split that did not decode.
 
 Without config.evals a run has one evaluator, "eval", of the task's type, at config.eval_every over

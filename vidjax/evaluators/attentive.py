@@ -44,7 +44,8 @@ class Evaluator(base.BankEvaluator):
     @classmethod
     def problems(cls, config: ml_collections.ConfigDict, options: Mapping[str, Any], where: str) -> list[str]:
         problems = super().problems(config, options, where)
-        for key, least in (("heads", 0), ("depth", 1), ("epochs", 1), ("batch_size", 1)):
+        for key, least in ((k, n) for k, n in (("heads", 0), ("depth", 1), ("epochs", 1), ("batch_size", 1))
+                           if k in cls.options):  # (a subclass's probe may have no pooler: `linear`)
             value = options.get(key, cls.options[key])
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 problems.append(f"{where}.{key}={value!r} must be a whole number >= {least}.")
