@@ -98,7 +98,8 @@ def check_distillation_from_the_finetune(tmp_path, devices, capsys):
     config = load_config("videomae_finetune_k400" if umt.model.student_name == "videomae" else "videomamba_k400",
                          "runlocal")
     config.init_from, config.total_steps = str(tmp_path / "umt0"), 64
-    result = train.train_and_evaluate(config, str(tmp_path / "ft_umt"), devices=devices)
+    # As `python -m vidjax.main` runs it (no --config.model keys typed): the student's architecture is taken.
+    result = train.train_and_evaluate(config, str(tmp_path / "ft_umt"), devices=devices, explicit_keys=("total_steps",))
     assert "Initialised" in capsys.readouterr().out and np.isfinite(result["eval_loss"])  # the student's encoder
 
 
