@@ -29,8 +29,8 @@ config.evals names a run's evaluations, each an entry `config.evals.NAME = dict(
            repeated in its later rows; default the type's (knn, attentive, linear: True)
 and the type's own options (its module says which: classification's label_space and figure, knn's k, temperature and
 bank, attentive's bank and the probe's heads, depth, epochs, lr, weight_decay, batch_size and seed, linear's the
-same but heads and depth, captioning's num_beams, length_penalty and samples, reconstruction's figure). Every evaluator also reports
-<prefix>decode_failures, the videos of its split that did not decode.
+same but heads and depth, captioning's num_beams, length_penalty and samples, reconstruction's figure). Every
+evaluator also reports <prefix>decode_failures, the videos of its split that did not decode.
 
 Without config.evals a run has one evaluator, "eval", of the task's type, at config.eval_every over
 config.eval_batches: metrics eval_<metric> in rows of split "eval", as before evaluators were split from the tasks.
