@@ -229,6 +229,10 @@ def table(results: dict) -> str:
             if r is None:
                 cells.append("not compiled yet")
                 continue
+            if not r["fits"] and not r.get("smallest") and any("does not split" in t.get("error", "")
+                                                                for t in r.get("tried", [])):
+                cells.append(f"n/a: the batch does not split over {tpu.slice_of(column[1], column[2]).chips} chips")
+                continue
             if not r["fits"] and not r.get("smallest") and r.get("tried"):
                 cells.append("n/a: " + r["tried"][0].get("error", "")[:90])
                 continue
@@ -236,10 +240,6 @@ def table(results: dict) -> str:
                 from vidjax.commands import aot as aot_command
 
                 cells.append(aot_command.brief(r))
-                continue
-            if not r["fits"] and not r.get("smallest") and any("does not split" in t.get("error", "")
-                                                                for t in r.get("tried", [])):
-                cells.append(f"n/a: the batch does not split over {tpu.slice_of(column[1], column[2]).chips} chips")
                 continue
             if not r["fits"]:
                 smallest = r.get("smallest") or {}
