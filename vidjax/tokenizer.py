@@ -278,16 +278,8 @@ class CaptionTokenizer:
             raise ValueError(f"max_length must be >= 2 (a start and an end token), got {max_length}")
         # One text at a time: `encode_batch` starts the library's thread pool, and a process that forks after
         # using it (grain's worker processes) has its parallelism disabled with a warning.
-        ids = np.full((len(texts), max_length), self.pad_id, np.int32)
-        mask = np.zeros((len(texts), max_length), bool)
-        truncated = np.zeros(len(texts), bool)
-        for row, text in enumerate(texts):
-            tokens = [self.bos_id, *self.encode(text), self.eos_id]
-            truncated[row] = len(tokens) > max_length
-            tokens = tokens[:max_length]
-            ids[row, : len(tokens)] = tokens
-            mask[row, : len(tokens)] = True
-        return ids, mask, truncated
+        return _cut_and_padded([[self.bos_id, *self.encode(text), self.eos_id] for text in texts], max_length,
+                               self.pad_id)
 
 
 class TextTowerTokenizer:
@@ -412,18 +404,7 @@ class TextTowerTokenizer:
         caption is cut and counted, where `encode_padded` refuses a query), padded on the right."""
         if isinstance(texts, str):
             raise TypeError(f"texts must be a sequence of strings, got the string {texts!r}")
-        if self._caption is not None:
-            return self._caption.encode_batch_padded(texts, max_length)
-        ids = np.full((len(texts), max_length), self.pad_id, np.int32)
-        mask = np.zeros((len(texts), max_length), bool)
-        truncated = np.zeros(len(texts), bool)
-        for row, text in enumerate(texts):
-            tokens = self.encode(text)
-            truncated[row] = len(tokens) > max_length
-            tokens = tokens[:max_length]
-            ids[row, : len(tokens)] = tokens
-            mask[row, : len(tokens)] = True
-        return ids, mask, truncated
+        return _cut_and_padded([self.encode(text) for text in texts], max_length, self.pad_id)
 
     def encode_padded(self, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32 (n, max_length), attention mask int32 (n, max_length), 1 at tokens) of `texts`, padded with
@@ -441,6 +422,20 @@ class TextTowerTokenizer:
             ids[row, cols] = tokens
             mask[row, cols] = 1
         return ids, mask
+
+
+def _cut_and_padded(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids int32 (n, max_length), mask bool True at tokens, truncated bool (n,)) of token id lists, each cut to
+    `max_length` and padded with `pad_id` on the right."""
+    ids = np.full((len(rows), max_length), pad_id, np.int32)
+    mask = np.zeros((len(rows), max_length), bool)
+    truncated = np.zeros(len(rows), bool)
+    for row, tokens in enumerate(rows):
+        truncated[row] = len(tokens) > max_length
+        tokens = tokens[:max_length]
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = True
+    return ids, mask, truncated
 
 
 def _precompiled_charsmap(normalizer: dict | None) -> bytes | None:
