@@ -25,6 +25,16 @@ Other sizes: --config=configs/videomamba_k400.py:variant=Ti/16 (Ti/16, S/16, M/1
 each with its own script's drop path, epochs and weight decay (Ti: 0.1, 70 epochs, wd 0.1 and RandAugment m5-n2;
 M: 0.8, 50 epochs, wd 0.05, batch 16 GPUs x 32, the same lr).
 
+From a masked (unmasked-teacher) pre-training, `:masked` takes the settings of the reference's
+exp/k400/videomamba_middle_mask/run_f8x224.sh, which reaches K400 82.0 (8x4x3) from the published
+videomamba_m16_k400_mask_pt_f8_res224.pth where the ImageNet start gives 80.6: drop path 0.4, 45 epochs, lr 1e-4 x
+(512 x 2) / 256 = peak 4e-4, layer decay 0.8. It needs --config.init_from: that file (a Hub name; its alignment heads
+are left out), or a distillation of vidjax's own (configs/umt.py:student=videomamba):
+  python -m vidjax.main --config=configs/videomamba_k400.py:variant=M/16,masked --workdir=/tmp/videomamba_m_mask \
+    --config.init_from=OpenGVLab/VideoMamba/videomamba_m16_k400_mask_pt_f8_res224.pth \
+    --config.data.train_csv=/data/k400/train.csv --config.data.eval_csv=/data/k400/val.csv \
+    --config.data.root=/data/k400/videos
+
 Local run on the embedded dataset (8 x 32 x 32 clips, no data download), from scratch:
   python -m vidjax.main --config=configs/videomamba_k400.py:runlocal --workdir=/tmp/videomamba_local
 A micro VideoMamba (width 96, 2 blocks) on 4-frame tubelets (33 tokens), with sin-cos starting tables, the scans
@@ -65,13 +75,18 @@ from vidjax.models import layers, videomamba
 # Per size, from the reference's exp/k400/videomamba_{tiny,small,middle}/run_f8x224.sh: (drop path, epochs, wd);
 # vidjax's micro size Mu takes Ti's.
 RECIPES = {"Mu": (0.1, 70, 0.1), "Ti": (0.1, 70, 0.1), "S": (0.35, 50, 0.05), "M": (0.8, 50, 0.05)}
+# From a masked pre-training (exp/k400/videomamba_middle_mask/run_f8x224.sh): drop path, epochs, base lr, layer decay.
+MASKED = (0.4, 45, 1e-4, 0.8)
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, variant="", runlocal=False)
+    arg = config_lib.parse_arg(arg, variant="", runlocal=False, masked=False)
     variant = config_lib.recipe_variant(arg, "S/16", "Mu/8")
     size, _ = layers.parse_variant(variant, videomamba.VIDEOMAMBA_SIZES)  # a typo'd variant fails here
     drop_path, epochs, weight_decay = RECIPES[size]
+    base_lr, layer_decay = 2e-4, 0.75
+    if arg.masked:
+        drop_path, epochs, base_lr, layer_decay = MASKED
     rand_augment = "rand-m5-n2-mstd0.5-inc1" if size in ("Mu", "Ti") else "rand-m7-n4-mstd0.5-inc1"
     config = config_lib.trainer_config()
     config.model_name = "videomamba"
@@ -95,8 +110,8 @@ def get_config(arg=None):
 
     config.batch_size = 1024  # clips: 512 videos x num_samples 2
     config.num_epochs = epochs
-    config.optimizer.base_lr = 2e-4  # x 1024 / 256: peak 8e-4, as the reference's scaling gives
-    config.optimizer.layer_decay = 0.75
+    config.optimizer.base_lr = base_lr  # x 1024 / 256: peak 8e-4 (4e-4 masked), as the reference's scaling gives
+    config.optimizer.layer_decay = layer_decay
     config.loss.mixup_alpha, config.loss.cutmix_alpha = 0.8, 1.0
     config.optimizer.b1, config.optimizer.b2 = 0.9, 0.999
     config.optimizer.weight_decay = weight_decay
@@ -107,6 +122,11 @@ def get_config(arg=None):
     config.eval_every = 5000
     config.eval_batches = 0
     config.checkpoint_every = 2000
+    if arg.masked:
+        config.needs_init_from = (
+            f"configs/videomamba_k400.py:masked fine-tunes a masked pre-training: add --config.init_from="
+            f"OpenGVLab/VideoMamba/videomamba_m16_k400_mask_pt_f8_res224.pth (with variant=M/16), or the workdir of a "
+            f"distillation (configs/umt.py:student=videomamba), or drop :masked to train {variant} from scratch.")
 
     if arg.runlocal:
         # Same job, shrunk: micro VideoMamba on 8 x 32 x 32 clips of the embedded dataset's 8 classes, from scratch

@@ -148,6 +148,35 @@ def test_a_teacher_that_is_no_encoder_and_a_grid_that_does_not_match_are_refused
         train.prepare(config, devices=jax.devices()[:1])
 
 
+def test_a_teacher_runs_at_the_resolution_that_matches_the_students_grid(teacher_dir):
+    """A student on 48 px clips (a 6x6 grid a frame) with the 32 px tower as its teacher: the refusal names
+    teacher.image_size=48, and with it the teacher starts from the tower's table resized (transformers'
+    interpolate_pos_encoding; tests/test_image_encoder.py checks the outputs against it)."""
+    from flax import nnx
+
+    from vidjax import pretrained
+    from vidjax.models import ParamKeys, image_encoder
+
+    config = tiny_config(teacher_dir)
+    config.model.student.image_size = config.data.image_size = 48
+    with pytest.raises(ConfigError, match=r"set --config.model.teacher.num_frames=4 "
+                                          r"--config.model.teacher.image_size=48"):
+        train.prepare(config, devices=jax.devices()[:1])
+    config.model.teacher.image_size = 48
+    train.prepare(config, devices=jax.devices()[:1])
+    cfg = config.model.teacher
+    with nnx.use_eager_sharding(False):
+        fresh = nnx.to_pure_dict(nnx.state(image_encoder.Model(cfg, rngs=ParamKeys(0))))
+    params, report = pretrained.init_from(teacher_dir, "image_encoder", cfg, fresh)
+    assert not report["fresh"] and not report["unused"]
+    table = np.asarray(pretrained.load(teacher_dir).params["pos_embed"])
+    resized = np.asarray(params["pos_embed"])
+    assert table.shape == (17, 32) and resized.shape == (37, 32)
+    np.testing.assert_array_equal(resized[0], table[0])  # the class row is kept
+    np.testing.assert_allclose(resized, image_encoder.resize_positions(
+        {"pos_embed": table}, pretrained.load(teacher_dir).config, cfg)["pos_embed"], rtol=0, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2)], ids=["dp", "dp_fsdp_tensor"])
 def test_sharded_matches_one_device(teacher_dir, mesh):

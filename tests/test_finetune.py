@@ -271,7 +271,16 @@ def test_videomamba_recipe_uses_the_fine_tuning_options():
     assert (config.loss.mixup_alpha, config.loss.cutmix_alpha, opt.layer_decay) == (0.8, 1.0, 0.75)
     assert (d.rand_augment, d.erase_prob, d.test_num_clips, d.test_num_crops) == ("rand-m7-n4-mstd0.5-inc1", 0.25, 4, 3)
     assert load_config("videomamba_k400", "variant=Ti/16").data.rand_augment == "rand-m5-n2-mstd0.5-inc1"
+    assert not config.needs_init_from
     train.check_config(config)
+    # From a masked pre-training: videomamba_middle_mask/run_f8x224.sh's settings, and init_from is required.
+    masked = load_config("videomamba_k400", "variant=M/16,masked")
+    opt = masked.optimizer
+    assert opt.base_lr * masked.batch_size / opt.lr_batch_base == pytest.approx(4e-4) and opt.layer_decay == 0.8
+    assert (masked.num_epochs, masked.model.drop_path, opt.weight_decay) == (45, 0.4, 0.05)
+    assert "--config.init_from=OpenGVLab/VideoMamba/videomamba_m16_k400_mask_pt_f8_res224.pth" in \
+        masked.needs_init_from
+    train.check_config(masked)
     local = load_config("videomamba_k400", "runlocal")
     assert local.loss.mixup_alpha == 0.0 and local.data.source == "synthetic"
     train.check_config(local)

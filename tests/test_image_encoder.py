@@ -1,6 +1,7 @@
 """The image teachers (`vidjax.models.image_encoder`): CLIP and SigLIP vision towers converted from transformers equal
 it (scripts/parity/clip.py's fixtures: last hidden state, pooled output, the summary's attention over the patches,
-CLIP's projected embeddings, to 1e-4); run frame by frame over a clip they give each frame's image outputs; the
+CLIP's projected embeddings, to 1e-4), and at another resolution their position tables resized as transformers'
+`interpolate_pos_encoding` resizes them; run frame by frame over a clip they give each frame's image outputs; the
 targets a distillation reads come from the last blocks; the conversion's text tower is left out in one line.
 Default tier."""
 
@@ -39,7 +40,7 @@ def test_converted_towers_equal_transformers(case, tmp_path):
     loaded = converted(case, tmp_path)
     io = dict(np.load(FIXTURES / case / "io.npz"))
     outputs = jax.jit(lambda p, x: nnx.merge(loaded.graphdef, p).images(x))(loaded.params, io["images"])
-    expected = {k: v for k, v in io.items() if k != "images"}
+    expected = {k: v for k, v in io.items() if k != "images" and not k.endswith(RESIZED)}
     assert {"last_hidden_state", "pooler_output", "attention"} <= set(expected)
     for name, want in expected.items():
         got = np.asarray(outputs[name])
@@ -48,6 +49,26 @@ def test_converted_towers_equal_transformers(case, tmp_path):
     # SigLIP's probe attends over the patches alone; CLIP's class token over [class, patches], the class dropped.
     total = np.asarray(outputs["attention"]).sum(-1)
     assert np.allclose(total, 1.0, atol=1e-5) if "siglip" in case else np.all(total < 1.0)
+
+
+RESIZED = "_48"  # scripts/parity/clip.py: outputs for 48 px images, the 32 px towers' tables interpolated
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if f"images{RESIZED}" in np.load(FIXTURES / c / "io.npz")])
+def test_a_tower_converted_for_another_resolution_equals_transformers_interpolated_tables(case, tmp_path):
+    """`convert --image_size=48` (and a teacher's config.model.teacher.image_size, through the same resize) gives
+    what transformers computes with interpolate_pos_encoding=True: the table's patch rows resized bicubically."""
+    convert(from_hf=str(FIXTURES / case / "source"), out=str(tmp_path / "converted"), image_size=48)
+    loaded = pretrained.load(tmp_path / "converted")
+    assert loaded.config.image_size == 48
+    io = dict(np.load(FIXTURES / case / "io.npz"))
+    outputs = jax.jit(lambda p, x: nnx.merge(loaded.graphdef, p).images(x))(loaded.params, io[f"images{RESIZED}"])
+    for name in ("last_hidden_state", "pooler_output"):
+        np.testing.assert_allclose(np.asarray(outputs[name]), io[name + RESIZED], rtol=0, atol=1e-4,
+                                   err_msg=f"{case}: {name} at 48 px")
+    with pytest.raises(Exception, match="not a multiple of the patch 8"):
+        convert(from_hf=str(FIXTURES / case / "source"), out=str(tmp_path / "odd"), image_size=44)
+    assert not (tmp_path / "odd").exists()
 
 
 def test_a_whole_clip_model_gives_its_vision_tower_and_says_the_text_tower_is_left_out(tmp_path, caplog):

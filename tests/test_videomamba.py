@@ -294,6 +294,24 @@ def test_converter_infers_the_config_from_shapes():
     np.testing.assert_array_equal(image.params["temporal_pos_embedding"], 0.0)
 
 
+def test_masked_pretraining_file_converts_to_its_encoder_without_the_alignment_heads(caplog):
+    """videomamba_pretrain.py's files: the final norm is `norm` (read as norm_f), the clip_decoder heads are left
+    out in one line, and nothing else is left unread (the parity test checks the encoder's tokens)."""
+    import logging
+
+    from vidjax.convert.common import TensorSource
+    from vidjax.convert.videomamba import from_videomamba
+
+    src = TensorSource.from_file(FIXTURES / "videomamba_mask_pt" / "source" / "checkpoint.pth")
+    with caplog.at_level(logging.INFO, logger="vidjax.convert.videomamba"):
+        converted = from_videomamba(src)
+    assert converted.model_config.head == "none" and not src.unused()
+    np.testing.assert_array_equal(converted.params["norm_f/scale"], src.tensors["model.norm.weight"])
+    assert not [k for k in converted.params if "clip" in k or "decoder" in k]
+    (line,) = [r.getMessage() for r in caplog.records if "alignment heads" in r.getMessage()]
+    assert "its 2 alignment heads (clip_decoder.*" in line and "head 'none'" in line
+
+
 def small_train_config(**overrides):
     config = load_config("videomamba_k400", "runlocal")
     config.model.update(dict(width=32, depth=2, num_frames=4, image_size=32, scan_chunk=16))

@@ -9,6 +9,10 @@ image embeddings (`get_image_features`), with another LayerNorm eps.
 attention-pooling head's) and the head's attention over the patches (its `torch.nn.MultiheadAttention` weights,
 averaged over the heads).
 
+`clip_vision` and `clip_siglip_vision` also hold the outputs for images of another size (`images_48`,
+`last_hidden_state_48`, `pooler_output_48`: 48 px, a 6x6 grid for the 4x4 the tables hold), which transformers
+computes with `interpolate_pos_encoding=True` (the tables resized bicubically, as UMT resizes its teacher's).
+
 Every weight is random (norms around 1), so no mapping mistake hides behind zeros or ones. Images are channels-last
 (B, H, W, 3), normalised. Run through scripts/make_parity_fixtures.py (needs torch and transformers);
 tests/test_image_encoder.py checks the cases.
@@ -32,6 +36,7 @@ from transformers import (
 )
 
 BATCH, SIZE = 2, 32
+RESIZED = 48  # the other resolution: interpolate_pos_encoding
 TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE,
             patch_size=8)
 
@@ -64,15 +69,25 @@ def _clip_outputs(vision, pixels: torch.Tensor) -> dict:
             "attention": out.attentions[-1].mean(dim=1)[:, 0, 1:].numpy()}
 
 
+def _resized_outputs(model, images: np.ndarray) -> dict:
+    """The tower's outputs for `images` of another size than its table's, its position table interpolated."""
+    with torch.no_grad():
+        out = model(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2), interpolate_pos_encoding=True)
+    return {f"images_{RESIZED}": images, f"last_hidden_state_{RESIZED}": out.last_hidden_state.numpy(),
+            f"pooler_output_{RESIZED}": out.pooler_output.numpy()}
+
+
 def make(out: pathlib.Path) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((BATCH, SIZE, SIZE, 3)).astype(np.float32)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    larger = np.random.default_rng(1).standard_normal((BATCH, RESIZED, RESIZED, 3)).astype(np.float32)
 
     vision = CLIPVisionModel(CLIPVisionConfig(**TINY, attn_implementation="eager")).eval()
     randomize(vision, 1)
-    write_case(out, "clip_vision", vision, {"images": images, **_clip_outputs(vision, pixels)})
+    write_case(out, "clip_vision", vision, {"images": images, **_clip_outputs(vision, pixels),
+                                            **_resized_outputs(vision, larger)})
 
     text = dict(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
                 max_position_embeddings=12)
@@ -94,4 +109,5 @@ def make(out: pathlib.Path) -> None:
         _, weights = head.attention(probe, result.last_hidden_state, result.last_hidden_state, need_weights=True)
     write_case(out, "clip_siglip_vision", siglip, {
         "images": images, "last_hidden_state": result.last_hidden_state.numpy(),
-        "pooler_output": result.pooler_output.numpy(), "attention": weights[:, 0].numpy()})
+        "pooler_output": result.pooler_output.numpy(), "attention": weights[:, 0].numpy(),
+        **_resized_outputs(siglip, larger)})

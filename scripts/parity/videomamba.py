@@ -4,8 +4,10 @@ The model is the package's pure-torch re-implementation of the official `VisionM
 it follows line for line), shared with `python -m vidjax.bench --model=videomamba --compare=torch`.
 
 Cases: `videomamba_cls` (tubelet 1, head, saved under {"model": ...} as the official fine-tuned files are),
-`videomamba_backbone_t2` (tubelet 2, 8 frames, no head, saved under {"module": ...}) and `videomamba_image`
-(image_sm's ImageNet model: Conv2d patches, no temporal table; vidjax reads it as a one-frame video model).
+`videomamba_backbone_t2` (tubelet 2, 8 frames, no head, saved under {"module": ...}), `videomamba_image`
+(image_sm's ImageNet model: Conv2d patches, no temporal table; vidjax reads it as a one-frame video model) and
+`videomamba_mask_pt` (the masked pre-training's file: the final norm named `norm`, two `clip_decoder` alignment
+heads, which the conversion leaves out).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidjax.bench.torch_ref.videomamba import ImageVisionMamba, VisionMamba
+from vidjax.bench.torch_ref.videomamba import ImageVisionMamba, MaskPretrainVisionMamba, VisionMamba
 
 
 def randomize(model: VisionMamba, seed: int) -> None:
@@ -88,3 +90,9 @@ def make(out: pathlib.Path) -> None:
     randomize(image, 3)
     video = rng.standard_normal((2, 1, 32, 32, 3)).astype(np.float32)
     write_case(out, "videomamba_image", image, video, key="model")
+
+    masked = MaskPretrainVisionMamba(img_size=32, patch_size=8, depth=2, embed_dim=32, kernel_size=1, num_frames=4,
+                                     clip_output_dim=24, clip_return_layer=2).eval()
+    randomize(masked, 4)
+    video = rng.standard_normal((2, 4, 32, 32, 3)).astype(np.float32)
+    write_case(out, "videomamba_mask_pt", masked, video, key="model")

@@ -7,6 +7,12 @@ embedding is a linear map of (t, h, w, c)-ordered patch pixels; `in_proj` (2*d_i
 conv1d weights are (d_inner, 1, d_conv); `dt_proj.bias` is the scan's delta bias; the backward branch's tensors end
 in `_b`. A checkpoint without `head.*` (pre-training / backbone) converts to head "none".
 
+The masked pre-training's files (videomamba_pretrain.py, e.g. `videomamba_m16_k400_mask_pt_f8_res224.pth`) name the
+final RMSNorm `norm` where the fine-tuning model names it `norm_f`, and add `clip_decoder.i` alignment heads (a
+Linear to the CLIP teacher's width and a LayerNorm, one per aligned layer). They convert to the head-less encoder
+with that norm as `norm_f`; the alignment heads are left out, said in one line, as vidjax's own distillation leaves
+its heads out of the encoder that fine-tuning starts from.
+
 Image checkpoints of the same code (videomamba/image_sm, e.g. the ImageNet-1k models the Kinetics recipes start
 from) have a Conv2d patch embedding and no temporal table: they convert to the equivalent one-frame video model
 (tubelet 1, a zero temporal row), which `vidjax.pretrained.init_from` stretches to any frame count. That is what the
@@ -16,6 +22,8 @@ keeps its zero initialisation.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from vidjax.convert.common import ConversionError, Converted, TensorSource, check_family
@@ -24,6 +32,8 @@ from vidjax.models import videomamba
 # The official video_sm datasets normalise with the ImageNet statistics (kinetics_sparse.py, build.py).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+logger = logging.getLogger(__name__)
 
 
 def _size_name(width: int, depth: int) -> str | None:
@@ -84,6 +94,9 @@ def from_videomamba(src: TensorSource) -> Converted:
         raise ConversionError(f"{src.origin}: pos_embed has {pos.shape[1] - 1} patch rows, not a square grid.")
     num_frames = 1 if is_image else int(temporal.shape[1]) * tubelet
     has_head = src.has(f"{pre}head.weight")
+    # The fine-tuning model's final RMSNorm is `norm_f`; the masked pre-training model's is `norm`.
+    final_norm = f"{pre}norm_f.weight" if src.has(f"{pre}norm_f.weight") or not src.has(f"{pre}norm.weight") \
+        else f"{pre}norm.weight"
 
     size = _size_name(width, depth)
     cfg = videomamba.default_config()
@@ -105,7 +118,7 @@ def from_videomamba(src: TensorSource) -> Converted:
         "pos_embed": src.take(f"{pre}pos_embed", (1, side * side + 1, width))[0],
         "temporal_pos_embedding": (np.zeros((1, width), np.float32) if is_image else
                                    src.take(f"{pre}temporal_pos_embedding", temporal.shape)[0]),
-        "norm_f/scale": src.take(f"{pre}norm_f.weight", (width,)),
+        "norm_f/scale": src.take(final_norm, (width,)),
     }
     for i in range(depth):
         p, dst = f"{pre}layers.{i}.mixer.", f"layers/{i}/"
@@ -119,6 +132,13 @@ def from_videomamba(src: TensorSource) -> Converted:
     if has_head:
         params["head/kernel"] = src.take(f"{pre}head.weight", (cfg.num_classes, width)).T
         params["head/bias"] = src.take(f"{pre}head.bias", (cfg.num_classes,))
+    aligners = sorted(n for n in src.names() if n.startswith(f"{pre}clip_decoder."))
+    if aligners:  # the masked pre-training's alignment heads: not part of the encoder
+        for name in aligners:
+            src.mark_used(name)
+        logger.info("%s is a masked pre-training checkpoint: its %d alignment heads (clip_decoder.*, to the CLIP "
+                    "teacher's width) are left out; the encoder converts with head 'none'.", src.origin,
+                    len({n[len(f"{pre}clip_decoder."):].split(".")[0] for n in aligners}))
 
     preprocessing = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_frames": num_frames,
                      "image_size": side * patch}

@@ -21,6 +21,11 @@ token's attention in the last block).
 The attention map: CLIP's is the class token's attention over the patches in the last block (its softmax over
 [class, patches], the class column dropped), SigLIP's the pooling probe's over the patches; both averaged over the
 heads, as `torch.nn.MultiheadAttention` averages its weights.
+
+Another resolution (`resize_positions`: `convert --image_size`, or a teacher's config.model.teacher.image_size, e.g.
+CLIP-L/14 at 196 px for a /16 student's 14x14 grid at 224, as UMT-L runs it): the position table's patch rows are
+resized bicubically over the grid (align_corners=False), CLIP's class row kept, as transformers'
+`interpolate_pos_encoding` and UMT's teacher loading do.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from vidjax import platform
 from vidjax.models import Traits, layers
+from vidjax.models.positions import resize_grid
 from vidjax.patches import patchify
 
 KINDS = ("clip", "siglip")
@@ -214,6 +221,24 @@ class Model(nnx.Module):
                 y = self.projection(y)
             tokens.append(y.reshape(b, -1, y.shape[-1]))
         return jnp.stack(tokens), attention.astype(jnp.float32).reshape(b, t, -1)
+
+
+def resize_positions(params: dict[str, np.ndarray], src: ml_collections.ConfigDict,
+                     dst: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """Params of a tower built with `src` made valid for `dst`'s image_size (the module docstring); frames need
+    nothing (each is encoded alone). A table of the same grid is returned unchanged."""
+    patch = dims(src)["patch"]
+    if dims(dst)["patch"] != patch:
+        raise ValueError(f"resize_positions cannot change the patch size ({src.variant} -> {dst.variant}).")
+    if dst.image_size % patch:
+        raise ValueError(f"{dst.image_size} px is not a multiple of the patch {patch}: give a multiple of {patch}.")
+    side, new_side = src.image_size // patch, dst.image_size // patch
+    if side == new_side:
+        return dict(params)
+    table = np.asarray(params["pos_embed"], np.float32)
+    extra = 1 if src.kind == "clip" else 0  # CLIP's class row stays as it is
+    resized = resize_grid(table[extra:], (side, side), (new_side, new_side), "cubic")
+    return dict(params, pos_embed=np.concatenate([table[:extra], resized]))
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -217,8 +217,12 @@ class VisionMamba(nn.Module):
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual)
-        return rms_norm_fn(hidden_states, self.norm_f.weight, residual=residual, prenorm=False,
-                           residual_in_fp32=self.residual_in_fp32, eps=self.norm_f.eps)
+        norm = self.final_norm()
+        return rms_norm_fn(hidden_states, norm.weight, residual=residual, prenorm=False,
+                           residual_in_fp32=self.residual_in_fp32, eps=norm.eps)
+
+    def final_norm(self) -> RMSNorm:
+        return self.norm_f
 
     def forward_features(self, x):
         return self.forward_hidden(x)[:, 0, :]
@@ -240,3 +244,31 @@ class ImageVisionMamba(VisionMamba):
         cls_token = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat((cls_token, x), dim=1)
         return self.run_layers(x + self.pos_embed)
+
+
+class LinearDecoder(nn.Module):
+    """videomamba_pretrain.Linear_Decoder's parameters: one alignment head (a Linear to the teacher's width, then a
+    LayerNorm; its output is L2-normalised). Only its state dict is used here: the fixtures hold the encoder."""
+
+    def __init__(self, output_dim=512, embed_dim=576):
+        super().__init__()
+        self.head = nn.Linear(embed_dim, output_dim)
+        self.norm = nn.LayerNorm(output_dim)
+
+
+class MaskPretrainVisionMamba(VisionMamba):
+    """videomamba_pretrain.VisionMamba, the masked (UMT-style) pre-training model, as its state dict stores it: no
+    head, the final RMSNorm named `norm` (not `norm_f`), and one `clip_decoder` alignment head per aligned layer.
+    `forward_hidden` is the encoder with every token visible (the final RMSNorm applied, as its fused final norm
+    computes it); the alignment heads are kept only so that the state dict has the published layout."""
+
+    def __init__(self, img_size=224, patch_size=16, depth=24, embed_dim=192, kernel_size=1, num_frames=8,
+                 clip_output_dim=512, clip_return_layer=1, **kwargs):
+        super().__init__(img_size, patch_size, depth, embed_dim, 0, kernel_size, num_frames, **kwargs)
+        self.norm = self.norm_f
+        del self.norm_f
+        self.clip_decoder = nn.ModuleList([LinearDecoder(clip_output_dim, embed_dim)
+                                           for _ in range(clip_return_layer)])
+
+    def final_norm(self) -> RMSNorm:
+        return self.norm
