@@ -11,7 +11,10 @@ The masked pre-training's files (videomamba_pretrain.py, e.g. `videomamba_m16_k4
 final RMSNorm `norm` where the fine-tuning model names it `norm_f`, and add `clip_decoder.i` alignment heads (a
 Linear to the CLIP teacher's width and a LayerNorm, one per aligned layer). They convert to the head-less encoder
 with that norm as `norm_f`; the alignment heads are left out, said in one line, as vidjax's own distillation leaves
-its heads out of the encoder that fine-tuning starts from.
+its heads out of the encoder that fine-tuning starts from. (With one aligned layer, the published setting, the
+reference aligns the residual stream before the last block, unnormalised, so the last block and `norm` get no
+gradient from that loss: they hold what their initialisation (and any weight decay) left. The official fine-tuning
+starts from them as they are, and so does a fine-tune from the converted file.)
 
 Image checkpoints of the same code (videomamba/image_sm, e.g. the ImageNet-1k models the Kinetics recipes start
 from) have a Conv2d patch embedding and no temporal table: they convert to the equivalent one-frame video model
