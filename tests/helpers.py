@@ -6,6 +6,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -35,6 +36,14 @@ def tiered(values, default: int = 1, *, keep=None, unpack: bool = False) -> list
             cases.append(pytest.param(*value, marks=pytest.mark.slow) if unpack
                          else pytest.param(value, marks=pytest.mark.slow))
     return cases
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment for a repository bash script a test runs (scripts/*.sh call `python`): this interpreter's
+    directory first on PATH, so the script's `python` is the one running the tests even when the environment was not
+    activated (pytest started as `.venv/bin/python -m pytest`), then `extra`."""
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, **extra}
 
 
 def popen_interruptible(*args, **kwargs) -> subprocess.Popen:

@@ -13,7 +13,7 @@ import zlib
 import jax
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import load_config, script_env
 
 from vidjax import compile_cache, platform, tpu, train
 from vidjax.commands import aot as aot_command
@@ -460,9 +460,9 @@ def test_the_pod_launch_compiles_the_step_for_the_slice_before_starting_any_host
     (bin_dir / "gcloud").write_text(GCLOUD)  # records what the script asks of gcloud; starts nothing
     (bin_dir / "gcloud").chmod(0o755)
     calls = tmp_path / "calls"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GCLOUD_CALLS": str(calls), "TPU": "my-tpu",
-           "ZONE": "us-east5-a", "WORKDIR": "gs://bucket/run", "ACCELERATOR_TYPE": "cpu:8",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = script_env(GCLOUD_CALLS=str(calls), TPU="my-tpu", ZONE="us-east5-a", WORKDIR="gs://bucket/run",
+                     ACCELERATOR_TYPE="cpu:8", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"  # the fake gcloud first
     result = subprocess.run(["bash", "scripts/launch_tpu_pod.sh", "--config=configs/videomae_k400.py:runlocal",
                              "--config.model.depth=1", f"--config.memory_limit_gb={limit_gb}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 
 import pytest
-from helpers import COMMAND_XLA_FLAGS
+from helpers import COMMAND_XLA_FLAGS, script_env
 
 from vidjax.bench import matrix
 
@@ -20,7 +20,7 @@ def quick_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("quick")
     out = tmp_path / "bench" / "quick.json"
     # TMPDIR: the input bench's generated videos stay in this test's folder.
-    env = dict(os.environ, XLA_FLAGS=COMMAND_XLA_FLAGS, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
+    env = script_env(XLA_FLAGS=COMMAND_XLA_FLAGS, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
     env.pop("INPUT_BENCH_FLAGS", None)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_accelerator.sh"), "--quick", f"--out={out}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
