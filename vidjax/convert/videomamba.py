@@ -98,8 +98,9 @@ def from_videomamba(src: TensorSource) -> Converted:
     num_frames = 1 if is_image else int(temporal.shape[1]) * tubelet
     has_head = src.has(f"{pre}head.weight")
     # The fine-tuning model's final RMSNorm is `norm_f`; the masked pre-training model's is `norm`.
-    final_norm = f"{pre}norm_f.weight" if src.has(f"{pre}norm_f.weight") or not src.has(f"{pre}norm.weight") \
-        else f"{pre}norm.weight"
+    final_norm = f"{pre}norm_f.weight"
+    if not src.has(final_norm) and src.has(f"{pre}norm.weight"):
+        final_norm = f"{pre}norm.weight"
 
     size = _size_name(width, depth)
     cfg = videomamba.default_config()
