@@ -234,7 +234,8 @@ def table(results: dict) -> str:
                 cells.append(f"n/a: the batch does not split over {tpu.slice_of(column[1], column[2]).chips} chips")
                 continue
             if not r["fits"] and not r.get("smallest") and r.get("tried"):
-                cells.append("n/a: " + r["tried"][0].get("error", "")[:90])
+                # The error's first line names the constraint (a kernel the chip's compiler refuses, say).
+                cells.append("n/a: " + r["tried"][0].get("error", "").splitlines()[0][:160])
                 continue
             if not r["fits"] and (r.get("smallest") or {}).get("micro_batch"):
                 from vidjax.commands import aot as aot_command

@@ -127,16 +127,18 @@ def test_auto_is_the_kernel_on_tpu_only():
 
 # ---- compiled for TPU (Mosaic), nothing run ----
 # VideoMamba at 224 px: 196 patches a frame and a CLS token; S: d_inner 768, M: 1152; N 16.
-SHAPES = [(gen, frames, d_inner) for gen in ("v5e", "v5p", "v6e") for frames in (8, 16, 32, 64)
+# v4 in the default tier too: its Mosaic has no sublane gather, which an (N, 1) -> (1, N) relayout in the backward
+# kernel once needed (the VideoMamba recipes did not compile for v4 slices).
+SHAPES = [(gen, frames, d_inner) for gen in ("v5e", "v5p", "v6e", "v4") for frames in (8, 16, 32, 64)
           for d_inner in (768, 1152)]
 
 
-@pytest.mark.parametrize("generation,frames,d_inner", tiered(SHAPES, unpack=True))
+@pytest.mark.parametrize("generation,frames,d_inner", tiered(SHAPES, keep={SHAPES[0], ("v4", 8, 1152)}, unpack=True))
 def test_the_kernel_compiles_for_tpu_forward_and_backward(generation, frames, d_inner):
     pytest.importorskip("libtpu")
     from vidjax import tpu
 
-    name = f"{generation}:1x1x1" if generation == "v5p" else f"{generation}:1x1"
+    name = f"{generation}:1x1x1" if tpu.CHIPS[generation].dims == 3 else f"{generation}:1x1"
     device = tpu.topology_devices(tpu.slice_of(name))[0]
     one = jax.sharding.SingleDeviceSharding(device)
     length = 1 + 196 * frames

@@ -46,6 +46,9 @@ class Chip:
     # The TensorCore clock, what libtpu's cycle estimates count: the peak over the matrix units' multiply-adds a
     # cycle (v5p: 2 cores x 4 MXUs x 128 x 128 x 2 FLOP x 1.75 GHz = 459 TFLOP/s).
     clock_hz: float | None = None
+    # Whether libtpu's static profile (`static_estimates`) covers the chip: its DMA latency model is for v5e, v5p,
+    # v6e and later ("only supported on VF/VL/GF/GL"), and it stops the process on v3 and v4.
+    static_profile: bool = True
 
     @property
     def counts_cores(self) -> bool:
@@ -55,8 +58,10 @@ class Chip:
 
 GIB = 2**30
 CHIPS: dict[str, Chip] = {chip.generation: chip for chip in (
-    Chip("v3", ("v3",), "TPU v3", 123e12, 32 * GIB, 24, 2, 2, 2, hbm_bytes_per_s=900e9, clock_hz=940e6),
-    Chip("v4", ("v4",), "TPU v4", 275e12, 32 * GIB, 60, 3, 2, 1, "megacore", 2400e9 / 8, 1200e9, 1050e6),
+    Chip("v3", ("v3",), "TPU v3", 123e12, 32 * GIB, 24, 2, 2, 2, hbm_bytes_per_s=900e9, clock_hz=940e6,
+         static_profile=False),
+    Chip("v4", ("v4",), "TPU v4", 275e12, 32 * GIB, 60, 3, 2, 1, "megacore", 2400e9 / 8, 1200e9, 1050e6,
+         static_profile=False),
     Chip("v5e", ("v5litepod", "v5e"), "TPU v5 lite", 197e12, 16 * GIB, 28, 2, 1, 1, "default", 1600e9 / 8, 819e9,
          1500e6),
     Chip("v5p", ("v5p",), "TPU v5", 459e12, 95 * GIB, 52, 3, 2, 1, "megacore", 4800e9 / 8, 2765e9, 1750e6),

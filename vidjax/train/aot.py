@@ -521,7 +521,9 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
             return {"error": f"profiling the kernels took over {timeout_s:.0f} s"}
         if done.returncode or not os.path.exists(answer):
             lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
-            failed = next((line for line in lines if "Check failed" in line or "Error" in line), lines[-1])
+            # libtpu's own fatal line ("F1129 ... ] what failed") where there is one, not the abort that follows it.
+            failed = next((line.split("] ", 1)[-1] for line in lines if re.match(r"F\d{4} ", line)), None) or next(
+                (line for line in lines if "Check failed" in line or "Error" in line), lines[-1])
             return {"error": f"profiling the kernels failed (exit {done.returncode}): {failed.strip()[:300]}"}
         with open(answer, "rb") as f:
             return pickle.load(f)
@@ -678,7 +680,10 @@ def analyse(lowered: Lowered, compiled) -> dict:
     chip = lowered.slice.chip
     kernels = kernel_estimates(text, chip) if chip else {}
     if kernels and any(row["seconds"] is None for row in kernels["kernels"]):
-        kernels = kernel_estimates(text, chip, profile_kernels(lowered))
+        profiled = profile_kernels(lowered) if chip.static_profile else {
+            "error": f"libtpu's static profile does not cover {chip.generation} (its DMA latency model is for v5e, "
+                     f"v5p, v6e and later)"}
+        kernels = kernel_estimates(text, chip, profiled)
     return {"memory": memory_figures(compiled), "cost": cost_figures(compiled), "collectives": collectives(text),
             "profile": estimated_profile(text), "kernels": kernels, "parameter_bytes": parameter_bytes(lowered.setup)}
 
