@@ -30,7 +30,7 @@ process):
     8); otherwise "xla", or "blockwise" from the same length as on CPU. (`jax.nn.dot_product_attention` left to
     itself runs XLA's everywhere, jax 0.10.)
   - "auto_tpu": "pallas_resident" from `RESIDENT_FROM_SCORES` scores per (batch, head) where it takes the shapes
-    (`resident_attention_takes`: heads that fill 128-lane blocks, keys that fit VMEM); else "pallas_tpu" from
+    (`resident_attention_takes`: heads in 128-lane blocks, keys that fit VMEM); else "pallas_tpu" from
     `PALLAS_TPU_FROM_SCORES` scores for heads of at most 128 or a multiple of 128; else "xla".
   - or one implementation for every call: "xla", "cudnn", "heads_major", "blockwise", "pallas_tpu",
     "pallas_resident" (how each runs: `vidjax.ops.attention`).
@@ -336,11 +336,12 @@ def notes(block: Any, backend: str | None = None) -> list[str]:
 
 def resident_attention_lanes(heads: int, head_dim: int) -> int | None:
     """The lanes a grid step of "pallas_resident" (`vidjax.ops.attention_kernel`) reads for `heads` heads of
-    `head_dim`: 128 holding 128 // head_dim heads side by side (a size that divides 128, heads x head_dim a multiple
-    of 128), or one head of a multiple of 128; None where it takes neither."""
+    `head_dim`: 128 holding 128 // head_dim heads side by side (a size that divides 128; where heads x head_dim is not
+    a multiple of 128, the last block is filled with zero heads, as VideoMAE-S's decoder's 3 heads of 64 are), or one
+    head of a multiple of 128; None where it takes neither."""
     if head_dim % 128 == 0:
         return head_dim
-    if 128 % head_dim == 0 and heads > 0 and heads * head_dim % 128 == 0:
+    if 128 % head_dim == 0 and heads > 0:
         return 128
     return None
 

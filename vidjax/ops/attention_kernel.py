@@ -26,11 +26,11 @@ and takes a whole row of scores at once:
   arrays; the rows read from there are zeroed in VMEM (the keys and values once per head group, into scratch), the
   padded keys are masked out of the softmax, and what is written past the arrays is dropped.
 
-`supported` says which shapes it takes (`platform.resident_attention_takes`): heads whose size divides 128 (and heads
-x head_dim a multiple of 128) or is a multiple of 128, at most `MAX_KEYS` keys; `fits` whether their VMEM fits the
-chip traced for. On a mesh it runs per shard in a `shard_map`, like "pallas_tpu". Elsewhere than on TPU it runs only
-under Pallas's TPU interpreter (`jax.experimental.pallas.tpu.force_tpu_interpret_mode()`), which is how
-tests/test_attention_kernel.py holds it to XLA's attention on a CPU. docs/tpu.md has libtpu's estimates of it.
+`supported` says which shapes it takes (`platform.resident_attention_takes`): heads whose size divides 128 (the last
+128-lane block filled with zero heads where they do not fill it) or is a multiple of 128, at most `MAX_KEYS` keys;
+`fits` whether their VMEM fits the chip traced for. On a mesh it runs per shard in a `shard_map`, like "pallas_tpu".
+Elsewhere than on TPU it runs only under Pallas's TPU interpreter (`jax.experimental.pallas.tpu
+.force_tpu_interpret_mode()`), which is how tests/test_attention_kernel.py holds it to XLA's attention on a CPU. docs/tpu.md has libtpu's estimates of it.
 """
 
 from __future__ import annotations
@@ -331,13 +331,20 @@ def resident_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array) 
     length_kv = k_BSHK.shape[1]
     lanes = platform.resident_attention_lanes(heads, head_dim)
     if not supported(heads, head_dim, length_kv):
-        raise ValueError(f"resident_attention takes heads of a size that divides 128 (with heads x head_dim a "
-                         f"multiple of 128) or is a multiple of 128, and at most {MAX_KEYS} keys; got {heads} heads of "
+        raise ValueError(f"resident_attention takes heads of a size that divides 128 or is a multiple of 128, and "
+                         f"at most {MAX_KEYS} keys; got {heads} heads of "
                          f"{head_dim} and {length_kv} keys. Use attention_impl='pallas_tpu' or 'xla' for these.")
+    width = heads * head_dim
+    groups = -(-width // lanes)
     shape = _Shape(head_dim=head_dim, lanes=lanes, length=length, length_kv=length_kv, scale=head_dim ** -0.5,
-                   groups=heads * head_dim // lanes)
+                   groups=groups)
 
     def flat(x):
-        return x.reshape(x.shape[0], x.shape[1], heads * head_dim)
+        # Heads that do not fill the last 128-lane block are joined by zero heads (their scores 0, their output 0),
+        # which the result leaves out again: the padding is a few copies of q, k and v, the kernel a third more work
+        # at 3 heads of 64, against jax's flash kernels for such heads.
+        x = x.reshape(x.shape[0], x.shape[1], width)
+        return jnp.pad(x, ((0, 0), (0, 0), (0, groups * lanes - width))) if groups * lanes != width else x
 
-    return _attention(flat(q_BLHK), flat(k_BSHK), flat(v_BSHK), shape).reshape(q_BLHK.shape)
+    out = _attention(flat(q_BLHK), flat(k_BSHK), flat(v_BSHK), shape)
+    return out[..., :width].reshape(q_BLHK.shape)
