@@ -30,7 +30,8 @@ and takes a whole row of scores at once:
 128-lane block filled with zero heads where they do not fill it) or is a multiple of 128, at most `MAX_KEYS` keys;
 `fits` whether their VMEM fits the chip traced for. On a mesh it runs per shard in a `shard_map`, like "pallas_tpu".
 Elsewhere than on TPU it runs only under Pallas's TPU interpreter (`jax.experimental.pallas.tpu
-.force_tpu_interpret_mode()`), which is how tests/test_attention_kernel.py holds it to XLA's attention on a CPU. docs/tpu.md has libtpu's estimates of it.
+.force_tpu_interpret_mode()`), which is how tests/test_attention_kernel.py holds it to XLA's attention on a CPU.
+docs/tpu.md has libtpu's estimates of it.
 """
 
 from __future__ import annotations
