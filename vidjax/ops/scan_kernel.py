@@ -52,6 +52,13 @@ MAX_CHANNEL_BLOCK = 768
 # output (a bfloat16 block's rows are addressable 16 at a time), and one step's exp overlapping the previous step's
 # dependent multiply-add.
 GROUP = 16
+# The backward kernel's d(B) and d(C), sum_d state[n, d] row[d] for each step, are matrix products laid out either as
+# rows, (1, Dc) x (N, Dc)^T, or as columns, (N, Dc) x (1, Dc)^T, then relaid out as rows (a sublane gather). Which is
+# faster depends on the channel tile: libtpu's static estimates of the backward kernel on v5p (2 clips, bf16, S's
+# d_inner of 768 at 512 steps): 768-channel tiles, columns 56 us against rows 72; 384-channel tiles, rows 76 against
+# columns 91 (VideoMamba-M's 384-channel tiles at 1,569 steps: rows 16% lower). Columns from this tile width, on chips
+# that have the sublane gather (v5e and later; v4's Mosaic refuses it, `_products_as_rows`).
+COLUMN_PRODUCTS_FROM = 768
 
 
 def channel_block(d_inner: int, widest: int = MAX_CHANNEL_BLOCK) -> int:
@@ -67,6 +74,21 @@ def _tiles(length: int, time_block: int) -> tuple[int, int]:
     to whole groups of steps (GROUP). The last tile may run past the sequence: its steps there are masked."""
     block = min(time_block, -(-length // GROUP) * GROUP)
     return block, -(-length // block)
+
+
+def _products_as_rows(channel_tile: int) -> bool:
+    """Whether the backward kernel lays d(B) and d(C) out as rows (`COLUMN_PRODUCTS_FROM`): below that tile width,
+    and on chips whose Mosaic has no sublane gather (v4 and older: "Sublane gather not supported by this TPU
+    generation"), which the chip the program is traced for says (`pltpu.get_tpu_info`, from the mesh's devices)."""
+    if channel_tile < COLUMN_PRODUCTS_FROM:
+        return True
+    from jax.experimental.pallas import tpu as pltpu  # TPU only; imports Mosaic
+
+    try:
+        generation = pltpu.get_tpu_info().generation
+    except Exception:  # noqa: BLE001 -- traced for a CPU (interpret mode) or a device Pallas does not know
+        return False
+    return generation < 5
 
 
 def _compiler_params():
@@ -88,6 +110,7 @@ class _Scan:
     time_block: int
     channel_tile: int
     softplus: bool
+    rows: bool = True  # d(B) and d(C) as row products (`_products_as_rows`)
 
     @property
     def tiles(self) -> int:
@@ -231,12 +254,14 @@ def _backward_kernel(delta_ref, bias_ref, u_ref, A_ref, B_ref, C_ref, h_in_ref, 
     jax.lax.fori_loop(0, groups, recompute, h_in_ref[...])
 
     def over_lanes(state, row):
-        """sum_d state[n, d] row[d] as a (1, N) row: the (1, Dc) x (N, Dc)^T product (exact in float32). Taken
-        as a column, (N, Dc) x (1, Dc)^T, it needs an (N, 1) -> (1, N) relayout, a sublane gather, which v4's
-        Mosaic does not have; this way libtpu's static estimate on v5p is also 16% lower (VideoMamba-M's reverse
-        backward kernel at 2 clips: 653k cycles, from 774k)."""
-        return jax.lax.dot_general(row, state, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
-                                   preferred_element_type=jnp.float32)
+        """sum_d state[n, d] row[d] as a (1, N) row (exact in float32): the (1, Dc) x (N, Dc)^T product, or the
+        (N, Dc) x (1, Dc)^T one relaid out (`COLUMN_PRODUCTS_FROM`)."""
+        if spec.rows:
+            return jax.lax.dot_general(row, state, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                       preferred_element_type=jnp.float32)
+        column = jax.lax.dot_general(state, row, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                     preferred_element_type=jnp.float32)
+        return column.reshape(1, -1)
 
     def adjoint(i, carry):
         g_next, d_A = carry
@@ -327,8 +352,9 @@ def _local_scan(delta, bias, u, A_ND, B, C, *, reverse: bool, softplus: bool, ti
     """The kernel on one device's operands: y (batch, L, D) float32. bias (1, D) float32."""
     length, d_inner = u.shape[1], u.shape[2]
     block, _ = _tiles(length, time_block)
-    spec = _Scan(reverse=reverse, length=length, time_block=block,
-                 channel_tile=channel_block(d_inner, widest_channels), softplus=softplus)
+    tile = channel_block(d_inner, widest_channels)
+    spec = _Scan(reverse=reverse, length=length, time_block=block, channel_tile=tile, softplus=softplus,
+                 rows=_products_as_rows(tile))
     return _scan(delta, bias, u, A_ND, B, C, spec)
 
 
