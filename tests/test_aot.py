@@ -578,6 +578,19 @@ def test_the_docs_model_flops_are_what_vidjax_counts_today():
     assert f"{flops / slice_.chips / 1e12:.3g}" == per_chip and f"{flops / 1e12:.3g}" == whole
 
 
+def test_a_cell_whose_kernels_have_no_estimate_says_why_its_time_is_a_floor():
+    """A v4 cell: libtpu's static profile does not cover v4, so its kernels are counted at their floors, and the
+    cell's "at least" says so."""
+    why = "libtpu's static profile does not cover v4 (its DMA latency model is for v5e, v5p, v6e and later)"
+    out = {"fits": True, "memory": {"total_bytes": 26 * 2**30}, "global_batch": 2048, "chips": 16,
+           "settings": {"grad_accum_steps": 1}, "step_s": 0.387, "step_s_is_floor": True, "mfu": 0.25,
+           "clips_per_s": 5298.0, "kernels": {"unknown": 2, "kernels": [
+               {"name": "a", "seconds": None, "reason": why}, {"name": "b", "seconds": None, "reason": why}]}}
+    assert aot_command.brief(out) == (
+        "fits: 26.00 GiB a chip; at least 387 ms a step, MFU at most 25%, at most 5,298 clips/s; 2 kernel(s) counted "
+        "at their floors: libtpu's static profile does not cover v4")
+
+
 def test_a_cell_where_no_micro_batch_fits_names_the_global_batch_it_holds():
     """With accumulation the step takes the whole global batch and cuts its micro-batches inside: a chip holds all of
     it (`aot.input_bytes`, its shard of each batch array), which a cell where not even one clip fits names."""

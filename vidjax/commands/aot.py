@@ -323,6 +323,10 @@ def brief(out: dict) -> str:
                      f"{out['clips_per_s']:,.0f} clips/s")
         if out.get("train_hours"):
             parts.append(f"{floor}{out['train_hours']:,.0f} h for the recipe's {out['total_steps']:,} steps")
+        kernels = out.get("kernels") or {}
+        if floor and kernels.get("unknown"):  # why "at least": the kernels without an estimate, and the first reason
+            why = next(row.get("reason", "") for row in kernels["kernels"] if row.get("seconds") is None)
+            parts.append(f"{kernels['unknown']} kernel(s) counted at their floors: {why.split(' (')[0]}")
     else:
         parts.append("step time not estimated")
     return "; ".join(parts)
