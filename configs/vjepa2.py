@@ -36,8 +36,10 @@ target momentum 0.99 -> 0.999. It pre-trains without collapse: the loss goes 1.0
 0.68-0.83 (tests/test_recipe_vjepa2_learns.py checks the first epoch). What it does not do at this scale is learn the
 embedded dataset's classes (8 motion directions, chance 0.125): the attentive probe of the trained target encoder
 ends about where the random-init one starts. The command prints (at the end, with the initial weights' figure
-beside it) eval_attentive_top1_init 0.910 -> eval_attentive_top1 0.902: the probe trained on all 2,048 training
-clips, after the runlocal's 256 steps (measured 2026-11-29; tests/test_recipe_vjepa2_learns.py runs it). The others
+beside it) eval_attentive_top1_init 0.914 -> eval_attentive_top1 0.887 with jax 0.10.2 (0.930 -> 0.930 with 0.10.1,
+0.906 -> 0.914 with 0.10.0: each release rounds the 256 CPU steps differently): the probe trained on all 2,048
+training clips, after the runlocal's 256 steps (measured 2026-11-29; tests/test_recipe_vjepa2_learns.py runs it and
+checks the README's figures). The others
 measured here (probe defaults, trained on the first 512 clips, --config.evals.eval.data.num_train=512, or all
 2,048, scored on the 256 eval clips; init -> trained):
   as configured: 2-frame tubelets, every clip its own look       0.578 -> 0.613 (512 clips); 0.902 -> 0.914

@@ -41,16 +41,26 @@ def test_the_readme_says_what_the_documented_runlocal_prints(tmp_path):
     prints (issue 72 fault 3: it quoted other probe sets and run lengths as the command's): the command itself, run
     as a user runs it (its own process, none of the test runner's XLA flags: in-process on the runner's 8 simulated
     devices the 256 steps round differently and the trained probe ended at 0.945), the probe on all the training
-    clips; the README's two numbers to within 3 of the 256 eval clips."""
+    clips. Both figures lie in the README's range; where the README names the installed jax release, they are its
+    pair for that release to within 3 of the 256 eval clips (each release rounds the CPU steps differently: the
+    trained probe read 0.887, 0.930 and 0.914 with jax 0.10.2, 0.10.1 and 0.10.0)."""
     import os
     import pathlib
     import re
     import subprocess
     import sys
 
+    import jax
+
     root = pathlib.Path(__file__).parent.parent
-    said = re.search(r"the command prints `eval_attentive_top1_init ([\d.]+)`.*?`eval_attentive_top1 ([\d.]+)`",
-                     (root / "README.md").read_text(), re.S)
+    readme = " ".join((root / "README.md").read_text().split())
+    said = re.search(r"the command prints `eval_attentive_top1_init` .*?and `eval_attentive_top1` .*?both between "
+                     r"([\d.]+) and ([\d.]+)(.*?)The random", readme)
+    assert said, "the README's V-JEPA 2 section no longer states the runlocal's probe range"
+    low, high = float(said[1]), float(said[2])
+    pairs = {version: (float(init), float(trained)) for init, trained, version in
+             re.findall(r"([\d.]+) and ([\d.]+) with (?:jax )?([\d.]+\d)", said[3])}
+    assert pairs, said[3]
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTEST_CURRENT_TEST")}
     done = subprocess.run([sys.executable, "-m", "vidjax.main", "--config=configs/vjepa2.py:runlocal",
                            f"--workdir={tmp_path / 'run'}"], cwd=root, env=env, capture_output=True, text=True,
@@ -59,5 +69,8 @@ def test_the_readme_says_what_the_documented_runlocal_prints(tmp_path):
     printed = re.findall(r"eval_attentive_top1 ([\d.]+).*eval_attentive_top1_init ([\d.]+)", done.stdout)
     assert printed, done.stdout[-3000:]
     trained, init = (float(v) for v in printed[-1])
-    assert init == pytest.approx(float(said[1]), abs=3 / 256 + 5e-4), done.stdout[-2000:]
-    assert trained == pytest.approx(float(said[2]), abs=3 / 256 + 5e-4), done.stdout[-2000:]
+    assert low <= init <= high and low <= trained <= high, (init, trained, done.stdout[-2000:])
+    if jax.__version__ in pairs:
+        said_init, said_trained = pairs[jax.__version__]
+        assert init == pytest.approx(said_init, abs=3 / 256 + 5e-4), done.stdout[-2000:]
+        assert trained == pytest.approx(said_trained, abs=3 / 256 + 5e-4), done.stdout[-2000:]
