@@ -61,6 +61,40 @@ def test_reuse_serves_a_freed_block_again_without_page_faults(monkeypatch):
     assert system["faults"][1] > pages // 2, system  # glibc's default: a fresh mapping, faulted in again
 
 
+# In a fresh interpreter under a policy: 1,536 blocks of 64 KiB (below glibc's mmap threshold: the heap's) touched
+# and freed, with a block allocated after them kept, so the freed 96 MiB is in the middle of the heap, which free()
+# never gives back; then `release`.
+_RELEASE_PROBE = r"""
+import ctypes, json
+from vidjax import host_malloc
+state = host_malloc.configure()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+blocks = [libc.malloc(64 * 2**10) for _ in range(1536)]
+for block in blocks:
+    ctypes.memset(block, 1, 64 * 2**10)
+kept = libc.malloc(4096)
+before = host_malloc._resident_bytes()
+for block in blocks:
+    libc.free(block)
+freed = before - host_malloc._resident_bytes()
+print(json.dumps({"state": state, "freed": freed, "released": host_malloc.release()}))
+"""
+
+
+@pytest.mark.parametrize("policy", ["reuse", "system"])
+def test_release_gives_the_heaps_freed_pages_back_under_either_policy(policy):
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":  # malloc_trim is glibc's: elsewhere None
+        assert host_malloc.release() is None
+        return
+    proc = subprocess.run([sys.executable, "-c", _RELEASE_PROBE], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VIDJAX_HOST_MALLOC": policy, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["freed"] < 32 * 2**20, found  # free() kept (most of) the 96 MiB resident
+    assert found["released"] > 80 * 2**20, found  # release() gave it back
+
+
 def test_configure_leaves_the_allocator_alone_once_jax_has_started(monkeypatch):
     jnp.ones(1).block_until_ready()  # this process's backend is up: its threads hold their arenas
     monkeypatch.setattr(host_malloc, "_state", "system (not configured)")

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vidjax import config_lib, flops, losses, sharding, tasks, tpu
+from vidjax import config_lib, flops, host_malloc, losses, sharding, tasks, tpu
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline, synthetic
 from vidjax.models import clip_spec
@@ -213,7 +213,8 @@ _OUT_OF_HBM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) "
 def compile_or_refuse(lowered: Lowered) -> tuple[object | None, dict | None]:
     """(compiled, None), or (None, what libtpu said) when it refused the program for not fitting the chip's HBM: it
     stops a compilation whose temporaries exceed the memory it has (RESOURCE_EXHAUSTED), and says how much they
-    need ("temp_bytes") and how much there is ("hbm_bytes"). Any other error is raised."""
+    need ("temp_bytes") and how much there is ("hbm_bytes"). Any other error is raised. The compiler's working set
+    goes back to the system when it returns (`host_malloc.release`): the next compile's does not come on top of it."""
     try:
         return _compiled_in_thread(lowered.lowered), None
     except jax.errors.JaxRuntimeError as err:
@@ -242,6 +243,7 @@ def _compiled_in_thread(lowered):
     thread = threading.Thread(target=run, name="vidjax-aot-compile", daemon=True)
     thread.start()
     thread.join()
+    host_malloc.release()
     if "error" in result:
         raise result["error"]
     return result["compiled"]
