@@ -163,6 +163,34 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
             "hbm_bytes": slice_.chip.hbm_bytes}
 
 
+def eval_cell(base, slice_, step: str, extra: dict) -> dict:
+    """A cell of an `ACCUMULATED` column for a step that is no training step (an evaluation's): it runs the recipe's
+    batch where that fits, else the largest batch that does (`vidjax.aot --find_batch`), the evaluation going through
+    its clips in more steps of it."""
+    from vidjax.commands import aot as aot_command
+    from vidjax.config_lib import ConfigError
+
+    started = time.perf_counter()
+    measured: dict = {}
+    try:
+        batch, found = aot_command.find_batch(base, slice_, step, 0, log=lambda line: print(line, flush=True),
+                                              measured=measured)
+    except ConfigError as err:
+        return {"fits": False, "tried": [{"settings": {}, "error": str(err)[:300]}], "global_batch": base.batch_size,
+                "slice": slice_.describe()}
+    if not batch:
+        first = min(measured)
+        return {"fits": False, "tried": [{"settings": {}, "measured": measured}], "global_batch": base.batch_size,
+                "slice": slice_.describe(), "chips": slice_.chips, "hbm_bytes": slice_.chip.hbm_bytes,
+                "smallest": {"micro_batch": first, "total_bytes": measured[first]}}
+    if batch >= base.batch_size:  # the recipe's own batch fits: its figures
+        batch, found = base.batch_size, None
+    out = aot_command.figures(_apply(base, {"batch_size": batch}), slice_, step, compiled=found)
+    out.update(settings=dict(extra), attention="platform default", eval_batch=batch, recipe_batch=base.batch_size,
+               wall_s=round(time.perf_counter() - started, 1))
+    return out
+
+
 def cell(row, column) -> dict:
     from vidjax import config_lib
     from vidjax.commands import aot as aot_command
@@ -181,6 +209,8 @@ def cell(row, column) -> dict:
                             if key in block}, **extra})
     if step == "train" and column[0] in ACCUMULATED:
         return accumulated_cell(base, slice_, step, extra)
+    if column[0] in ACCUMULATED:
+        return eval_cell(base, slice_, step, extra)
     tried = []
     for settings in ladder(base, slice_) if step == "train" else [{}]:
         config = _apply(base, settings)
@@ -268,8 +298,11 @@ def table(results: dict) -> str:
                 kept = {k: v for k, v in r["settings"].items() if k != "grad_accum_steps"}
                 cells.append(f"{aot_command.brief(r)}; {_settings(kept, r)}")
                 continue
-            cells.append(f"fits: {_gib(r['memory']['total_bytes'])} GiB, {timing}, {_gib(collective)} GiB coll.; "
-                         f"{_settings(r['settings'], r)}")
+            smaller = (f" at {r['eval_batch']:,} clips a step ({r['eval_batch'] // r['chips']} a chip), the recipe's "
+                     f"{r['recipe_batch']:,} in {-(-r['recipe_batch'] // r['eval_batch'])} steps"
+                     if r.get("eval_batch", 0) < r.get("recipe_batch", 0) else "")
+            cells.append(f"fits{smaller}: {_gib(r['memory']['total_bytes'])} GiB, {timing}, {_gib(collective)} GiB "
+                         f"coll.; {_settings(r['settings'], r)}")
         lines.append(f"| {row[1]} ({batch}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
