@@ -171,21 +171,25 @@ def eval_cell(base, slice_, step: str, extra: dict) -> dict:
     from vidjax.config_lib import ConfigError
 
     started = time.perf_counter()
-    measured: dict = {}
+    batch = base.batch_size
     try:
-        batch, found = aot_command.find_batch(base, slice_, step, 0, log=lambda line: print(line, flush=True),
-                                              measured=measured)
-    except ConfigError as err:
-        return {"fits": False, "tried": [{"settings": {}, "error": str(err)[:300]}], "global_batch": base.batch_size,
-                "slice": slice_.describe()}
-    if not batch:
-        first = min(measured)
-        return {"fits": False, "tried": [{"settings": {}, "measured": measured}], "global_batch": base.batch_size,
-                "slice": slice_.describe(), "chips": slice_.chips, "hbm_bytes": slice_.chip.hbm_bytes,
-                "smallest": {"micro_batch": first, "total_bytes": measured[first]}}
-    if batch >= base.batch_size:  # the recipe's own batch fits: its figures
-        batch, found = base.batch_size, None
-    out = aot_command.figures(_apply(base, {"batch_size": batch}), slice_, step, compiled=found)
+        out = aot_command.figures(base, slice_, step)  # the recipe's own batch, where it fits
+    except ConfigError:  # it does not split over the slice's batch shards: find_batch takes multiples of them
+        out = {"fits": False}
+    if not out["fits"]:
+        measured: dict = {}
+        try:
+            batch, found = aot_command.find_batch(base, slice_, step, 0, log=lambda line: print(line, flush=True),
+                                                  measured=measured)
+        except ConfigError as err:
+            return {"fits": False, "tried": [{"settings": {}, "error": str(err)[:300]}],
+                    "global_batch": base.batch_size, "slice": slice_.describe()}
+        if not batch:
+            first = min(measured)
+            return {"fits": False, "tried": [{"settings": {}, "measured": measured}], "global_batch": base.batch_size,
+                    "slice": slice_.describe(), "chips": slice_.chips, "hbm_bytes": slice_.chip.hbm_bytes,
+                    "smallest": {"micro_batch": first, "total_bytes": measured[first]}}
+        out = aot_command.figures(None, slice_, step, compiled=found)
     out.update(settings=dict(extra), attention="platform default", eval_batch=batch, recipe_batch=base.batch_size,
                wall_s=round(time.perf_counter() - started, 1))
     return out
