@@ -101,6 +101,24 @@ def test_teacher_centre_and_held_last_layer():
 
 
 @pytest.mark.slow
+def test_accumulation_runs_the_teacher_per_micro_batch_and_equals_one_big_batch():
+    """2 micro-batches of 4: the teacher runs inside the accumulation loop on each micro-batch alone, and the losses,
+    the student, the teacher and the centre (from the mean of the micro-batches' mean outputs) are one big batch's to
+    1e-5. Without the head's batch norm, whose statistics are the micro-batch's under accumulation, and with SGD:
+    AdamW turns float noise into whole steps where a gradient is zero in exact arithmetic (the keys' bias, which
+    softmax ignores)."""
+    config = tiny_svt_config()
+    config.model.head_use_bn, config.optimizer.name, config.optimizer.weight_decay_end = False, "sgd", -1
+    single, one = run_steps(config, jax.devices()[:1], steps=3)
+    config.grad_accum_steps = 2
+    accum, two = run_steps(config, jax.devices()[:1], steps=3)
+    np.testing.assert_allclose(accum, single, rtol=1e-5)
+    one, two = jax.device_get(one), jax.device_get(two)
+    for key in ("center", "params", "ema_params"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), two[key], one[key])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1)], ids=["dp", "fsdp"])
 def test_sharded_matches_one_device(mesh):
     """8 simulated devices (data parallel, fsdp) give the one-device losses, teacher and centre to 1e-5."""

@@ -130,6 +130,23 @@ def test_the_target_encoder_targets_and_its_momentum():
 
 
 @pytest.mark.slow
+def test_accumulation_runs_the_target_encoder_per_micro_batch_and_equals_one_big_batch():
+    """2 micro-batches of 4: the target encoder runs inside the accumulation loop on each micro-batch alone (its
+    tokens for the whole batch no longer sit beside the step), and the losses, the context encoder and the target
+    encoder are one big batch's to 1e-5. With SGD: AdamW turns float noise into whole steps where a gradient is zero
+    in exact arithmetic (the keys' bias, which softmax ignores)."""
+    config = tiny_config()
+    config.optimizer.name = "sgd"
+    single, one = run_steps(config, jax.devices()[:1], steps=3)
+    config.grad_accum_steps = 2
+    accum, two = run_steps(config, jax.devices()[:1], steps=3)
+    np.testing.assert_allclose(accum, single, rtol=1e-5)
+    one, two = jax.device_get(one), jax.device_get(two)
+    for key in ("params", "ema_params"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), two[key], one[key])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (1, 8, 1)], ids=["dp", "fsdp"])
 def test_sharded_matches_one_device(mesh):
     """8 simulated devices (data parallel, fsdp) give the one-device losses and target encoder to 1e-5."""

@@ -82,8 +82,9 @@ class Teacher(abc.ABC):
     def before_update(self, config: ml_collections.ConfigDict, setup, state: dict, batch: dict
                       ) -> tuple[dict, dict]:
         """On the device, before the loss: (fields added to the batch the loss sees, a carry for `after_update`).
-        `batch` holds the normalised videos; the fields must have the batch's leading axis (micro-batches split
-        them)."""
+        Called once a micro-batch, inside the train step's accumulation loop (config.grad_accum_steps), with that
+        micro-batch (its normalised videos): the fields have its leading axis, and `after_update` gets the carry's
+        values averaged over the micro-batches (the whole batch's where they are means over its examples)."""
         return {}, {}
 
     def after_update(self, config: ml_collections.ConfigDict, setup, state: dict, carry: dict) -> tuple[dict, dict]:

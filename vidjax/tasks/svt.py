@@ -16,8 +16,9 @@ One step, as SVT's train_ssl.py `train_one_epoch`:
      config.svt.teacher_momentum to 1 (the trainer's EMA, `Teacher.ema_schedule`); the centre is an EMA
      (config.svt.center_momentum) of the teacher's mean output over the global batch.
 The teacher's output entropy (centred and sharpened, `losses.teacher_entropy`) is logged every step: it rises to
-log(out_dim) when the targets turn uniform; and the entropy of its batch-mean output (`losses.teacher_batch_entropy`),
-which falls to 0 when one output dimension takes over: the two collapses centring and sharpening hold off.
+log(out_dim) when the targets turn uniform; and the entropy of its batch-mean output (`losses.teacher_batch_entropy`;
+with config.grad_accum_steps, the mean of each micro-batch's), which falls to 0 when one output dimension takes over:
+the two collapses centring and sharpening hold off.
 
 Evaluation (`vidjax.evaluators.knn`) is DINO's weighted k-NN (cosine, config.svt.knn_k neighbours, temperature
 config.svt.knn_temperature) on the teacher backbone's CLS features: the eval split's clips are classified against

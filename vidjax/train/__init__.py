@@ -404,21 +404,17 @@ def check_grad_accum(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
 
 
 def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: jax.Array, accum_steps: int,
-                   mesh: jax.sharding.Mesh, prepare=None):
+                   mesh: jax.sharding.Mesh):
     """((loss, aux), grads) of the whole batch, computed over `accum_steps` micro-batches in a `lax.scan`.
 
     Loss, metrics and gradients are the means over micro-batches: for losses that are means over equal-sized
     examples (pre-training, classification without class weights, multilabel, MSE) that is one big batch's value;
     class-weighted cross-entropy and the CCC loss are normalised per micro-batch instead. Micro-batch i gets the
-    random key fold_in(rng, i) (drop path and mixing differ from one big batch). `prepare`, where given, takes
-    (micro-batch, key) to (what the loss reads, the key left for the loss): the clips cut from the planes
-    (`_device_batch`) and mixup / cutmix (`_mixed`) are made one micro-batch at a time, so that accumulation bounds
-    their memory too (mixing the whole batch first kept all of it in float32 beside the step: a VideoMAE-S/16
-    fine-tune on one v6e chip needed 21 GiB at 2 clips a micro-batch and at 8 alike).
+    random key fold_in(rng, i) (drop path and mixing differ from one big batch). `loss_fn(model, micro, key)` takes
+    the micro-batch as the batch holds it: the train step's makes its clips, its teacher's targets and its mixing
+    there (`make_train_step`), so that accumulation bounds their memory too.
     """
     def loss_of(p, micro, key):
-        if prepare is not None:
-            micro, key = prepare(micro, key)
         return loss_fn(nnx.merge(graphdef, p), micro, key)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
@@ -624,6 +620,11 @@ def _unless_spike(accept: jax.Array, spike: ml_collections.ConfigDict, stats: di
     return accept, {"ema": spike.decay * stats["ema"] + (1.0 - spike.decay) * loss, "count": stats["count"] + 1}
 
 
+# The metrics key under which the train step's micro-batches hand their teacher's carry (`Teacher.before_update`)
+# out of the accumulation loop to `Teacher.after_update`; it is never logged.
+TEACHER_CARRY = "__teacher_carry__"
+
+
 def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weights=None, pos_weight=None):
     """The jitted update: normalise on device, mixup / cutmix, loss and grads, optimizer and EMA update; the old
     state is donated.
@@ -649,25 +650,27 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     video_keys = spec.video_keys(config, train=True)
     accum_steps = check_grad_accum(config, setup.mesh)
 
-    def prepare(batch):
-        return _device_batch(config, batch, mean, std, video_keys)
-
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
-        # The clips are made and mixed per micro-batch (each with its own key, as the published recipes mix each
-        # GPU's batch), unless a teacher reads the whole batch's clips first.
-        if teacher is not None:
-            batch = prepare(batch)
-            fields, carry = teacher.before_update(config, setup, state, batch)
-            batch = dict(batch, **fields)
 
-        def per_micro(micro, key):
-            if teacher is None:
-                micro = prepare(micro)
-            return _mixed(config, spec, micro, key) if mix else (micro, key)
+        def micro_loss(model, micro, key):
+            """The loss of one micro-batch (`loss_and_grads`), everything it reads made from it alone: its clips
+            (cut from the planes with device pixels; normalised), its teacher's targets and its mixing with its own
+            key (as the published recipes mix each GPU's batch). Made from the whole batch first, they sat beside the
+            step in float32: a VideoMAE-S/16 fine-tune on one v6e chip needed 21 GiB at 2 clips a micro-batch and at
+            8 alike. The teacher's carry leaves as metrics under TEACHER_CARRY (their mean over micro-batches)."""
+            micro, carry = _device_batch(config, micro, mean, std, video_keys), {}
+            if teacher is not None:
+                fields, carry = teacher.before_update(config, setup, state, micro)
+                micro = dict(micro, **fields)
+            if mix:
+                micro, key = _mixed(config, spec, micro, key)
+            loss, aux = loss_fn(model, micro, key)
+            return loss, {**aux, TEACHER_CARRY: carry}
 
-        (loss, aux), grads = loss_and_grads(loss_fn, graphdef, state["params"], batch, rng, accum_steps, setup.mesh,
-                                            prepare=per_micro)
+        (loss, aux), grads = loss_and_grads(micro_loss, graphdef, state["params"], batch, rng, accum_steps,
+                                            setup.mesh)
+        carry = aux.pop(TEACHER_CARRY)
         if teacher is not None:
             grads = teacher.hold(config, setup, grads, state["step"])
 
