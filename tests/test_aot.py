@@ -606,5 +606,5 @@ def test_a_cell_where_no_micro_batch_fits_names_the_global_batch_it_holds():
     out = {"fits": False, "chips": 1, "global_batch": 4096, "hbm_bytes": 16 * 2**30,
            "smallest": {"micro_batch": 1, "total_bytes": int(21.44 * 2**30), "input_bytes": int(9.19 * 2**30)}}
     assert aot_command.brief(out) == (
-        "does not fit: 1 clip(s) a chip need 21.44 GiB of 16.00 GiB, 9.19 GiB of it the step's input: the whole global "
+        "does not fit: 1 clip a chip needs 21.44 GiB of 16.00 GiB, 9.19 GiB of it the step's input: the whole global "
         "batch of 4,096 clips, which the step holds while it runs its micro-batches")

@@ -296,6 +296,10 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def _clips(n: int) -> str:
+    return f"{n:,} clip{'' if n == 1 else 's'}"
+
+
 def brief(out: dict) -> str:
     """One line of a step's figures (a matrix cell, the colab_tpu notebook's answer): whether it fits and in how
     much HBM a chip, the micro-batch and accumulation (`find_batch(accumulate=True)`), the step time with its MFU and
@@ -305,7 +309,8 @@ def brief(out: dict) -> str:
         held = smallest.get("input_bytes")
         held = (f", {_gib(held)} of it the step's input: the whole global batch of {out['global_batch']:,} clips, "
                 f"which the step holds while it runs its micro-batches" if held and out.get("global_batch") else "")
-        return (f"does not fit: {max(smallest['micro_batch'] // out['chips'], 1)} clip(s) a chip need "
+        clips = max(smallest['micro_batch'] // out['chips'], 1)
+        return (f"does not fit: {_clips(clips)} a chip need{'s' if clips == 1 else ''} "
                 f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}{held}")
     if not out.get("fits"):
         needs = out.get("memory", {}).get("total_bytes") or out.get("memory", {}).get("temp_bytes")
@@ -314,7 +319,7 @@ def brief(out: dict) -> str:
     parts = [f"fits: {_gib(out['memory']['total_bytes'])} a chip"]
     accum = out.get("settings", {}).get("grad_accum_steps", 1)
     if accum > 1:
-        parts.append(f"{out['global_batch'] // accum // out['chips']} clips a chip x {accum} accumulated")
+        parts.append(f"{_clips(out['global_batch'] // accum // out['chips'])} a chip x {accum} accumulated")
     seconds = out.get("step_s")
     if seconds and seconds > 0:  # cells made before `report` dropped a negative cost-model time kept theirs
         floor, most = ("at least ", "at most ") if out.get("step_s_is_floor") else ("", "")
