@@ -297,6 +297,7 @@ def table(out: dict) -> str:
 
 
 def _clips(n: int) -> str:
+    """"1 clip", "2 clips", "1,024 clips"."""
     return f"{n:,} clip{'' if n == 1 else 's'}"
 
 

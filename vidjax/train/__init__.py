@@ -411,8 +411,8 @@ def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: ja
     examples (pre-training, classification without class weights, multilabel, MSE) that is one big batch's value;
     class-weighted cross-entropy and the CCC loss are normalised per micro-batch instead. Micro-batch i gets the
     random key fold_in(rng, i) (drop path and mixing differ from one big batch). `loss_fn(model, micro, key)` takes
-    the micro-batch as the batch holds it: the train step's makes its clips, its teacher's targets and its mixing
-    there (`make_train_step`), so that accumulation bounds their memory too.
+    the micro-batch as the batch holds it: the train step's loss makes the micro-batch's clips, its teacher's targets
+    and its mixing from it (`make_train_step`), so that accumulation bounds their memory too.
     """
     def loss_of(p, micro, key):
         return loss_fn(nnx.merge(graphdef, p), micro, key)
