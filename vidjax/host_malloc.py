@@ -83,7 +83,7 @@ def configure() -> str:
 
     if _requested() == "system":
         _state = f"system (${ENV}=system)"
-    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    elif not on_glibc_linux():
         _state = "system (not glibc Linux)"
     elif xla_bridge.backends_are_initialized():
         # Its threads already hold their arenas; changing the policy now would only reach new ones.
@@ -100,6 +100,11 @@ def configure() -> str:
     return _state
 
 
+def on_glibc_linux() -> bool:
+    """Whether this process's malloc is glibc's on Linux, which `configure` and `release` act on."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -112,7 +117,7 @@ def release() -> int | None:
     compiler's working set is large (SVT's ViT-B step for a v4-32 slice: 21 GB at its peak, 14 GB of it freed and
     still resident when the compile returned), and the next compile's came on top of it: `--find_batch`'s second
     compile ran out of a 24 GB machine's memory."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc_linux():
         return None
     before = _resident_bytes()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
