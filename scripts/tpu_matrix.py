@@ -117,9 +117,9 @@ ACCUMULATED = ("v5litepod-1", "v6e-1", "v5litepod-8", "v4-32")
 
 def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
     """A cell of an `ACCUMULATED` column: for each setting of the ladder (as the row's, + remat, + FSDP; each also with
-    the host's pixels where the recipe cuts its clips on the device), the largest micro-batch that fits with the
-    global batch reached by accumulation; the first setting where one fits is the cell's. Where none fits, the cell
-    says what the smallest micro-batch needed."""
+    the host's pixels where the recipe cuts its clips on the device; last, the most frugal of them with the global
+    batch in host memory), the largest micro-batch that fits with the global batch reached by accumulation; the first
+    setting where one fits is the cell's. Where none fits, the cell says what the smallest micro-batch needed."""
     from vidjax.commands import aot as aot_command
     from vidjax.config_lib import ConfigError
 
@@ -130,6 +130,9 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
         # a device-pixel batch is the crop regions' planes (VideoMAE's 2,048 clips: 11.3 GiB, more than a v5e chip
         # has once copied), where RGB clips are 4.7 GiB.
         steps = [step for settings in steps for step in (settings, {**settings, "data.pixels": "host"})]
+    # Last, the most frugal of them with the global batch in host memory, a micro-batch at a time on the chips: the
+    # step's input then takes no HBM (V2-B's 4,096 clips are 9.2 GiB a v5e chip would hold beside its step).
+    steps.append({**steps[-1], "batch_memory": "host"})
     for settings in steps:
         config = _apply(base, settings)
         started = time.perf_counter()

@@ -165,9 +165,9 @@ def run_steps(config, devices, steps=2):
     spec = tasks.training_of(config.task).input_spec(config, setup.abstract_model)
     batches = iter(pipeline.make_dataset(config, "train", source, spec))
     step = train.make_train_step(config, setup)
-    state, batch_sh, losses = setup.init_state(), sharding.batch_sharding(mesh), []
+    state, put, losses = setup.init_state(), train.batch_putter(config, mesh), []
     for _ in range(steps):
-        state, metrics = step(state, sharding.global_batch(next(batches), batch_sh))
+        state, metrics = step(state, put(next(batches)))
         losses.append(float(metrics["loss"]))
     return losses, state
 

@@ -607,4 +607,13 @@ def test_a_cell_where_no_micro_batch_fits_names_the_global_batch_it_holds():
            "smallest": {"micro_batch": 1, "total_bytes": int(21.44 * 2**30), "input_bytes": int(9.19 * 2**30)}}
     assert aot_command.brief(out) == (
         "does not fit: 1 clip a chip needs 21.44 GiB of 16.00 GiB, 9.19 GiB of it the step's input: the whole global "
-        "batch of 4,096 clips, which the step holds while it runs its micro-batches")
+        "batch of 4,096 clips, which the step holds while it runs its micro-batches (--config.batch_memory=host "
+        "keeps it in host memory)")
+    # Kept in host memory (config.batch_memory="host"), the batch is folded into its micro-batches there, and a chip
+    # holds none of it as an argument: it copies one micro-batch at a time.
+    config.batch_memory = "host"
+    lowered = aot.lower(config, tpu.slice_of("cpu:2"))
+    batch = lowered.args[-1]
+    assert batch["video"].shape == (4, config.batch_size // 4, *video.shape[1:])
+    assert {leaf.sharding.memory_kind for leaf in jax.tree.leaves(batch)} == {"pinned_host"}
+    assert aot.input_bytes(lowered) == 0

@@ -158,6 +158,23 @@ def test_pixels_host_and_device_compile_the_step_from_clips_and_from_planes():
         assert [step._row_config(o).data.pixels for o in options] == ["host", "device"]
 
 
+def test_a_batch_in_host_memory_leaves_the_chips_arguments():
+    """config.batch_memory="host" compiled by libtpu for a v5e chip: the step takes its batch folded into 4
+    micro-batches in host memory, and a chip's arguments shrink by at least the batch's bytes (their tiled layout
+    pads the uint8 clips); the model's FLOPs are the same."""
+    rows = []
+    for memory in ("device", "host"):
+        config = step.bench_config("videomae", "Mu/8", 4, 32, 64, "pretrain", "float32", 400, grad_accum=4)
+        config.model.update(depth=1, decoder_depth=1)  # compiling is the test's time
+        config.batch_memory = memory
+        rows.append(step.time_vidjax(config, "pretrain", steps=1, warmup=0, compile_only=True,
+                                     topology="v5litepod-1"))
+    assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] > 0
+    tokens = 4 // 2 * (32 // 8) ** 2
+    batch = 64 * (4 * 32 * 32 * 3 + 4 + 4 + tokens)  # clips, labels, decode failures, masks
+    assert rows[0]["argument_bytes"] - rows[1]["argument_bytes"] >= batch
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("dtype", "float16", "--dtype=float16: each value must be one of float32, bfloat16"),
     ("scan_layers", "yes", "--scan_layers=yes: each value must be one of false, true"),

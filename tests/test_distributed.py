@@ -165,6 +165,20 @@ def test_two_processes_match_one_process_and_resume_on_one(tmp_path, two_process
 
 
 @pytest.mark.slow
+def test_two_processes_with_the_batch_in_host_memory_train_the_same_losses(tmp_path, two_process_run):
+    """config.batch_memory="host" with 2 micro-batches: each process folds its part of the global batch into them, in
+    pinned host memory, and the step copies one micro-batch at a time to the 4 devices; the losses are those of the
+    batch on the devices in one piece (mean-over-examples losses: accumulation gives one batch's)."""
+    _, two_dir = two_process_run
+    config_path = _write_config(tmp_path / "host.py", **TWO_PROCESS_RUN, grad_accum_steps=2, batch_memory="host")
+    _run_processes(config_path, tmp_path / "host", num_processes=2, devices_per_process=DEVICES_PER_PROCESS)
+    host, one_piece = train_losses(tmp_path / "host"), train_losses(two_dir)
+    assert sorted(host) == sorted(one_piece) == list(range(1, 13))
+    for step in one_piece:
+        np.testing.assert_allclose(host[step], one_piece[step], rtol=1e-5, err_msg=f"step {step}")
+
+
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_all_at_one_step_and_resumes_exactly(tmp_path, two_process_run):
     """SIGTERM reaches process 1 only (process 0 hosts the coordinator and logs): both processes agree on a step,
     save it together, exit 4; the same 2-process command resumes, and every loss equals the uninterrupted run's

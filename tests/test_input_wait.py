@@ -121,14 +121,15 @@ def batch_iterator(num_batches=None):
     return iter(ds.map(lambda i: {"x": np.int32(i)}).to_iter_dataset().batch(8))
 
 
-def one_device_sharding():
-    return sharding.batch_sharding(sharding.create_mesh(tiny_config().mesh, jax.devices()[:1]))
+def one_device_put():
+    config = tiny_config()
+    return train.batch_putter(config, sharding.create_mesh(config.mesh, jax.devices()[:1]))
 
 
 def test_position_is_just_after_the_last_batch_returned():
     """What a checkpoint saves: the iterator's state after the batches `next()` returned, though the thread has
     read further; an iterator set to it continues with the next unconsumed batch."""
-    batches = train.GlobalBatches(batch_iterator(), one_device_sharding(), depth=3, count=100)
+    batches = train.GlobalBatches(batch_iterator(), one_device_put(), depth=3, count=100)
     try:
         assert batches.position().get_state() == batch_iterator().get_state()
         for _ in range(4):
@@ -147,13 +148,13 @@ def test_position_is_just_after_the_last_batch_returned():
 
 
 def test_the_thread_stops_after_count_batches_and_on_close_with_a_full_queue():
-    batches = train.GlobalBatches(batch_iterator(), one_device_sharding(), depth=2, count=3)
+    batches = train.GlobalBatches(batch_iterator(), one_device_put(), depth=2, count=3)
     assert [int(next(batches)["x"][0]) for _ in range(3)] == [0, 8, 16]
     with pytest.raises(RuntimeError, match="more training batches were asked for than the run needs"):
         next(batches)
     batches.close()
 
-    batches = train.GlobalBatches(batch_iterator(), one_device_sharding(), depth=2, count=100)
+    batches = train.GlobalBatches(batch_iterator(), one_device_put(), depth=2, count=100)
     time.sleep(0.2)  # queue full, the thread waiting to put its third batch
     started = time.perf_counter()
     batches.close()
@@ -161,7 +162,7 @@ def test_the_thread_stops_after_count_batches_and_on_close_with_a_full_queue():
 
 
 def test_the_end_of_the_data_reaches_the_caller_as_stop_iteration():
-    batches = train.GlobalBatches(batch_iterator(num_batches=2), one_device_sharding(), depth=2, count=10)
+    batches = train.GlobalBatches(batch_iterator(num_batches=2), one_device_put(), depth=2, count=10)
     try:
         assert len([next(batches) for _ in range(2)]) == 2
         for _ in range(2):  # and again: the error stays

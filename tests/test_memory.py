@@ -36,6 +36,33 @@ def test_gradient_accumulation_equals_one_big_batch():
     assert_trees_close(accum["opt_state"], one["opt_state"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_batch_in_host_memory_trains_as_one_on_the_chips(k):
+    """config.batch_memory="host": the global batch stays in pinned host memory, folded into its micro-batches, each
+    copied to the chips when the loop reaches it. The same rows make each micro-batch as from a batch on the chips, so
+    the losses and the state after two steps are the same (k micro-batches on a 2-way data mesh)."""
+    config = tiny_family_config("videomae", depth=1)
+    config.grad_accum_steps = k
+    chips_losses, chips = run_steps(config, jax.devices()[:2], steps=2)
+    config.batch_memory = "host"
+    mesh = train.sharding.create_mesh(config.mesh, jax.devices()[:2])
+    folded = train.batch_putter(config, mesh)({"x": np.arange(8 * 3).reshape(8, 3)})["x"]
+    assert folded.shape == (k, 8 // k, 3) and folded.sharding.memory_kind == "pinned_host"
+    np.testing.assert_array_equal(np.asarray(folded)[-1], np.arange(24).reshape(8 // k, k, 3)[:, -1])
+    host_losses, host = run_steps(config, jax.devices()[:2], steps=2)
+    np.testing.assert_allclose(host_losses, chips_losses, rtol=1e-6)
+    assert_trees_close(host["params"], chips["params"], rtol=1e-6)
+    assert_trees_close(host["opt_state"], chips["opt_state"], rtol=1e-6)
+
+
+def test_batch_memory_is_device_or_host():
+    config = tiny_family_config("videomae")
+    config.batch_memory = "hbm"
+    with pytest.raises(ConfigError, match=r"config.batch_memory='hbm': 'device' \(the step's global batch on the "
+                                          r"chips\) or 'host'"):
+        train.host_batch(config)
+
+
 def test_gradient_accumulation_must_divide_the_batch():
     config = tiny_family_config("videomae")
     mesh = train.sharding.create_mesh({"data": 2}, jax.devices()[:2])
@@ -68,9 +95,22 @@ def test_device_pixel_micro_batches_take_whole_videos_with_their_clips_rows():
     for k in (1, 2, 4):
         (loss, aux), _ = train.loss_and_grads(loss_fn, graphdef, params, batch, jax.random.key(0), k, mesh)
         assert float(aux["miss"]) == 0.0, k
+        # The same micro-batches from a batch folded into them in host memory (config.batch_memory="host").
+        folded = train.batch_putter(config_with(k, "host"), mesh)(jax.tree.map(np.asarray, batch))
+        (loss, aux), _ = train.loss_and_grads(loss_fn, graphdef, params, folded, jax.random.key(0), k, mesh,
+                                              in_host_memory=True)
+        assert float(aux["miss"]) == 0.0, k
     with pytest.raises(ConfigError, match=r"config.grad_accum_steps=3 must divide the batch's 8 videos \(batch_size "
                                           r"/ data.num_samples, with device pixels each micro-batch takes whole"):
         train.loss_and_grads(loss_fn, graphdef, params, batch, jax.random.key(0), 3, mesh)
+    with pytest.raises(ConfigError, match=r"config.grad_accum_steps=4 must divide the batch's 2 videos"):
+        train.fold_micro_batches(jax.tree.map(lambda x: np.asarray(x)[:2 * x.shape[0] // videos], batch), 4)
+
+
+def config_with(k, batch_memory):
+    config = tiny_family_config("videomae")
+    config.grad_accum_steps, config.batch_memory, config.batch_size = k, batch_memory, 8
+    return config
 
 
 def count_remat(model_name, remat):

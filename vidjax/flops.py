@@ -48,11 +48,11 @@ def matmul_flops(closed_jaxpr) -> float:
 
 def plain_config(config):
     """A copy of a trainer config whose step is in its plainest form, the one model FLOPs are counted on: blocks
-    unrolled (a loop's body would count once), one micro-batch, no rematerialisation (recomputed work is not the
-    model's) and attention as plain products (a fused kernel is one opaque call), in the model block and in the
-    video models nested in it (a captioner's encoder, SVT's backbone)."""
+    unrolled (a loop's body would count once), one micro-batch on the chips, no rematerialisation (recomputed work is
+    not the model's) and attention as plain products (a fused kernel is one opaque call), in the model block and in
+    the video models nested in it (a captioner's encoder, SVT's backbone)."""
     plain = config.copy_and_resolve_references()
-    plain.model.scan_layers, plain.grad_accum_steps = False, 1
+    plain.model.scan_layers, plain.grad_accum_steps, plain.batch_memory = False, 1, "device"
     for block in (plain.model, plain.model.get("encoder"), plain.model.get("backbone")):
         if block is None or not hasattr(block, "keys"):
             continue

@@ -229,6 +229,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def host_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A batch folded into micro-batches (micro-batch, rows, ...; `train.fold_micro_batches`) in pinned host memory:
+    each micro-batch's rows split over data and fsdp, as `batch_sharding` splits a batch on the chips."""
+    return NamedSharding(mesh, P(None, BATCH_AXES), memory_kind="pinned_host")
+
+
 def rules_from_config(config: ml_collections.ConfigDict) -> dict[str, Rule]:
     """config.sharding_rules checked: each logical axis maps to "", a mesh axis or a tuple of distinct mesh axes."""
     rules = {name: axis if isinstance(axis, str) else tuple(axis or ())

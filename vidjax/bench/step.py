@@ -308,12 +308,15 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
     if config.data.pixels == "device":
         local.pop("video")
         local.update(device_pixel_batch(config, rng))
+    if mode not in ("infer", "encode") and train.host_batch(config):  # as the trainer puts it: `train.batch_putter`
+        local = train.fold_micro_batches(local, train.check_grad_accum(config, setup.mesh))
+        batch_sh = sharding.host_batch_sharding(setup.mesh)
     if compile_only:
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in local.items()}
         state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), setup.abstract_state,
                              setup.state_shardings)
     else:
-        batch = sharding.global_batch(local, sharding.batch_sharding(setup.mesh))
+        batch = sharding.global_batch(local, batch_sh)
         state = setup.init_state()
 
     def jitted(config, setup, state, batch=batch):

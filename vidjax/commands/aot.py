@@ -309,7 +309,8 @@ def brief(out: dict) -> str:
     if not out.get("fits") and smallest.get("micro_batch") and out.get("chips"):  # find_batch's first micro-batch
         held = smallest.get("input_bytes")
         held = (f", {_gib(held)} of it the step's input: the whole global batch of {out['global_batch']:,} clips, "
-                f"which the step holds while it runs its micro-batches" if held and out.get("global_batch") else "")
+                f"which the step holds while it runs its micro-batches (--config.batch_memory=host keeps it in host "
+                f"memory)" if held and out.get("global_batch") else "")
         clips = max(smallest['micro_batch'] // out['chips'], 1)
         return (f"does not fit: {_clips(clips)} a chip need{'s' if clips == 1 else ''} "
                 f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}{held}")
@@ -363,7 +364,8 @@ def advice(out: dict) -> str:
     needs = out["memory"].get("total_bytes") or out["memory"]["temp_bytes"]
     return (f"error: the {out['step']} step needs {_gib(needs)} per chip but "
             f"{out['slice']} has {_gib(out['hbm_bytes'])}: lower --config.batch_size (--find_batch finds the "
-            f"largest that fits), or raise --config.grad_accum_steps, set --config.model.remat=full with "
+            f"largest that fits), or raise --config.grad_accum_steps with --config.batch_memory=host (the batch in "
+            f"host memory, a micro-batch at a time on the chips), set --config.model.remat=full with "
             f"--config.model.scan_layers=true, shard parameters with --config.mesh.fsdp=-1 --config.mesh.data=1, "
             f"use --config.model.dtype=bfloat16, or a larger slice.")
 

@@ -403,8 +403,59 @@ def check_grad_accum(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
     return k
 
 
+def host_batch(config: ml_collections.ConfigDict) -> bool:
+    """Whether the train step's batch stays in host memory (config.batch_memory), once the setting is known."""
+    where = config.get("batch_memory", "device")
+    if where not in ("device", "host"):
+        raise ConfigError(f"config.batch_memory={where!r}: 'device' (the step's global batch on the chips) or 'host' "
+                          f"(pinned host memory, each micro-batch copied to the chips as the step reaches it, so a "
+                          f"chip holds one micro-batch's input with config.grad_accum_steps > 1).")
+    return where == "host"
+
+
+def _videos(batch: Mapping) -> tuple[int, int]:
+    """(clips a video, videos) of a batch with device pixels' repeated sampling, which has one row a video for its
+    planes and num_samples rows for each of its clips' fields (masks, labels; video-major); (1, 0) otherwise."""
+    samples = batch["crop_box"].shape[1] if pixels.PLANE_KEYS[0] in batch else 1
+    return samples, (batch["crop_box"].shape[0] if samples > 1 else 0)
+
+
+def _check_whole_videos(k: int, samples: int, videos: int) -> None:
+    if samples > 1 and videos % k:
+        raise ConfigError(f"config.grad_accum_steps={k} must divide the batch's {videos} videos (batch_size / "
+                          f"data.num_samples, with device pixels each micro-batch takes whole videos): choose k "
+                          f"with {videos} % k == 0, or --config.data.pixels=host.")
+
+
+def fold_micro_batches(batch: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """This process's batch as (k, rows / k, ...) arrays whose [i] is micro-batch i, the rows `loss_and_grads` picks
+    for it from a batch on the chips (rows i, i + k, ...; with device pixels' repeated sampling, whole videos with
+    their clips' rows): the layout of config.batch_memory="host". One copy, on the host."""
+    samples, videos = _videos(batch)
+    _check_whole_videos(k, samples, videos)
+
+    def fold(x):
+        x = np.asarray(x)
+        group = samples if samples > 1 and x.shape[0] == videos * samples else 1
+        x = x.reshape(x.shape[0] // (k * group), k, group, *x.shape[1:])
+        return np.ascontiguousarray(x.swapaxes(0, 1)).reshape(k, -1, *x.shape[3:])
+
+    return {key: fold(value) for key, value in batch.items()}
+
+
+def batch_putter(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                 ) -> Callable[[Mapping[str, np.ndarray]], dict[str, jax.Array]]:
+    """This process's batch -> the train step's global batch: on the chips split over the batch shards, or with
+    config.batch_memory="host" folded into its micro-batches (`fold_micro_batches`) in pinned host memory."""
+    if host_batch(config):
+        k, folded = check_grad_accum(config, mesh), sharding.host_batch_sharding(mesh)
+        return lambda local: sharding.global_batch(fold_micro_batches(local, k), folded)
+    on_chips = sharding.batch_sharding(mesh)
+    return lambda local: sharding.global_batch(local, on_chips)
+
+
 def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: jax.Array, accum_steps: int,
-                   mesh: jax.sharding.Mesh):
+                   mesh: jax.sharding.Mesh, in_host_memory: bool = False):
     """((loss, aux), grads) of the whole batch, computed over `accum_steps` micro-batches in a `lax.scan`.
 
     Loss, metrics and gradients are the means over micro-batches: for losses that are means over equal-sized
@@ -413,26 +464,47 @@ def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: ja
     random key fold_in(rng, i) (drop path and mixing differ from one big batch). `loss_fn(model, micro, key)` takes
     the micro-batch as the batch holds it: the train step's loss makes the micro-batch's clips, its teacher's targets
     and its mixing from it (`make_train_step`), so that accumulation bounds their memory too.
+
+    `in_host_memory`: the batch is in pinned host memory, folded into its micro-batches (`fold_micro_batches`, the
+    same rows for each); micro-batch i is its [i], copied to the chips when the loop reaches it.
     """
     def loss_of(p, micro, key):
         return loss_fn(nnx.merge(graphdef, p), micro, key)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
-    if accum_steps == 1:
-        return grad_fn(params, batch, rng)
     k = accum_steps
+    if in_host_memory:
+        on_chips = sharding.batch_sharding(mesh)
+
+        def micro(i):
+            return jax.tree.map(lambda x: jax.device_put(jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
+                                                         on_chips), batch)
+    elif k == 1:
+        return grad_fn(params, batch, rng)
+    else:
+        micro = _micro_batches_on_chips(batch, k, mesh)
+    if k == 1:
+        return grad_fn(params, micro(0), rng)
+
+    def body(total, i):
+        out = grad_fn(params, micro(i), jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, total, out), None
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, micro(0), rng))
+    total, _ = jax.lax.scan(body, zeros, jnp.arange(k))
+    return jax.tree.map(lambda x: x / k, total)
+
+
+def _micro_batches_on_chips(batch: dict, k: int, mesh: jax.sharding.Mesh) -> Callable[[jax.Array], dict]:
+    """i -> micro-batch i of a batch on the chips (`loss_and_grads`), picked from it inside the loop."""
     # Micro-batch i takes rows i, i + k, i + 2k, ...: every device's block of the batch holds an equal part of each
     # micro-batch, so splitting moves no rows between devices. Each is picked inside the loop from the batch folded
     # to (rows / k, k, ...), which is the batch itself: no second copy of the whole batch (11 GiB of device-pixel
     # planes for VideoMAE's published 2,048 clips).
     # A device-pixel batch has one row a video for its planes and num_samples rows for each of its clips' fields
     # (masks, labels; video-major): a micro-batch takes whole videos, each with its own clips' rows.
-    samples = batch["crop_box"].shape[1] if pixels.PLANE_KEYS[0] in batch else 1
-    videos = batch["crop_box"].shape[0] if samples > 1 else 0
-    if samples > 1 and videos % k:
-        raise ConfigError(f"config.grad_accum_steps={k} must divide the batch's {videos} videos (batch_size / "
-                          f"data.num_samples, with device pixels each micro-batch takes whole videos): choose k "
-                          f"with {videos} % k == 0, or --config.data.pixels=host.")
+    samples, videos = _videos(batch)
+    _check_whole_videos(k, samples, videos)
     folded_spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
 
     def fold(x):
@@ -451,13 +523,7 @@ def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: ja
 
         return jax.tree.map(pick, folded, grouped)
 
-    def body(total, i):
-        out = grad_fn(params, micro(i), jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, total, out), None
-
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, micro(0), rng))
-    total, _ = jax.lax.scan(body, zeros, jnp.arange(k))
-    return jax.tree.map(lambda x: x / k, total)
+    return micro
 
 
 def in_mesh_context(fn, mesh: jax.sharding.Mesh, rules: Mapping[str, sharding.Rule] | None = None):
@@ -508,7 +574,8 @@ def memory_report(config: ml_collections.ConfigDict, compiled, device: jax.Devic
             f"The train step needs {report['total_bytes'] / gib:.2f} GiB per device ({report['temp_bytes'] / gib:.2f} "
             f"GiB of temporaries) but {device.device_kind} has {limit / gib:.2f} GiB"
             f"{' (config.memory_limit_gb)' if config.memory_limit_gb > 0 else ''}. To fit: raise "
-            f"config.grad_accum_steps (micro-batches), set config.model.remat='full' or 'dots_saveable', shard "
+            f"config.grad_accum_steps (micro-batches; with config.batch_memory='host' the batch waits in host memory, "
+            f"one micro-batch at a time on the device), set config.model.remat='full' or 'dots_saveable', shard "
             f"parameters with config.mesh.fsdp, use config.model.dtype='bfloat16', or lower config.batch_size.")
     return report
 
@@ -649,9 +716,14 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
     keeps_ema = ema_schedule is not None or bool(ema_decay)
     video_keys = spec.video_keys(config, train=True)
     accum_steps = check_grad_accum(config, setup.mesh)
+    in_host_memory = host_batch(config)
+    batch_sh = sharding.host_batch_sharding(setup.mesh) if in_host_memory else sharding.batch_sharding(setup.mesh)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_key, state["step"])
+        failures = batch["decode_failures"]
+        if in_host_memory:  # counted on the chips
+            failures = jax.device_put(failures, batch_sh.with_memory_kind("device"))
 
         def micro_loss(model, micro, key):
             """The loss of one micro-batch (`loss_and_grads`), everything it reads made from it alone: its clips
@@ -669,7 +741,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
             return loss, {**aux, TEACHER_CARRY: carry}
 
         (loss, aux), grads = loss_and_grads(micro_loss, graphdef, state["params"], batch, rng, accum_steps,
-                                            setup.mesh)
+                                            setup.mesh, in_host_memory)
         carry = aux.pop(TEACHER_CARRY)
         if teacher is not None:
             grads = teacher.hold(config, setup, grads, state["step"])
@@ -710,10 +782,9 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         new_state = dict(kept, step=state["step"] + 1)
         step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
                         "finite": finite.astype(jnp.float32), "skipped": 1.0 - accept.astype(jnp.float32),
-                        "decode_failures": jnp.sum(batch["decode_failures"]), **aux}
+                        "decode_failures": jnp.sum(failures), **aux}
         return new_state, step_metrics
 
-    batch_sh = sharding.batch_sharding(setup.mesh)
     return jax.jit(in_mesh_context(train_step, setup.mesh, sharding.rules_from_config(config)),
                    in_shardings=(setup.state_shardings, batch_sh),
                    out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)), donate_argnums=0)
@@ -781,9 +852,10 @@ def checkpoint_metadata(config: ml_collections.ConfigDict, train_source) -> dict
 class GlobalBatches:
     """The training batches as global jax.Arrays, read up to `depth` batches ahead of the step (config.data.prefetch).
 
-    A daemon thread pulls this process's batches from the grain iterator, assembles each into global arrays
-    (`sharding.global_batch`: the host-to-device copy) and queues up to `depth` of them, so that waiting for the
-    decoders and the transfer overlap the step instead of following it (big_vision's `start_global` pattern).
+    A daemon thread pulls this process's batches from the grain iterator, assembles each into global arrays (`put`,
+    `batch_putter`: the host-to-device copy, or into pinned host memory) and queues up to `depth` of them, so that
+    waiting for the decoders and the transfer overlap the step instead of following it (big_vision's `start_global`
+    pattern).
     depth 0: no thread; each `next()` reads and transfers its batch.
 
     The iterator is handed over restored (a checkpoint restore happens before) and from then on only the thread
@@ -797,8 +869,9 @@ class GlobalBatches:
     a thread still inside a slow read is a daemon and cannot hold up the interpreter's exit.
     """
 
-    def __init__(self, iterator, batch_sharding, depth: int, count: int):
-        self._iterator, self._sharding = iterator, batch_sharding
+    def __init__(self, iterator, put: Callable[[Mapping[str, np.ndarray]], dict[str, jax.Array]], depth: int,
+                 count: int):
+        self._iterator, self._put_batch = iterator, put
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = None
@@ -814,7 +887,7 @@ class GlobalBatches:
             for _ in range(count):
                 if self._stop.is_set():
                     return
-                batch = sharding.global_batch(next(self._iterator), self._sharding)
+                batch = self._put_batch(next(self._iterator))
                 if not self._put((batch, copy.deepcopy(self._iterator.get_state()))):
                     return
         except BaseException as err:  # noqa: BLE001 -- raised in the caller's thread by __next__
@@ -837,7 +910,7 @@ class GlobalBatches:
         if self._error is not None:
             raise self._error
         if self._thread is None:
-            return sharding.global_batch(next(self._iterator), self._sharding)
+            return self._put_batch(next(self._iterator))
         while True:
             try:
                 item = self._queue.get(timeout=0.1)
@@ -1065,8 +1138,7 @@ def _start(run: Run, latest: int | None, state: dict | None, start_step: int):
     fresh state is initialised (and loaded from the task's init_from checkpoints) and the initial weights are
     evaluated."""
     config, setup, spec = run.config, run.setup, run.spec
-    batch_sh = sharding.batch_sharding(setup.mesh)
-    first_batch = sharding.global_batch(next(run.train_iter), batch_sh)
+    first_batch = batch_putter(config, setup.mesh)(next(run.train_iter))
     train_step = AheadOfTimeStep(config, make_train_step(config, setup, run.class_weights, run.pos_weight),
                                  run.abstract_state, first_batch,
                                  key_parts=(setup.total_steps, setup.steps_per_epoch, run.class_weights,
@@ -1206,7 +1278,7 @@ def _loop(run: Run, train_step, first_batch, state: dict, progress: Progress, st
     SIGTERM / SIGINT stopped it (a checkpoint of that step written first). Each step's metrics are handled one step
     late (and before a checkpoint: one that is not finite is never saved); the evaluators run when due."""
     config, setup, ckpt, writer, start_step = run.config, run.setup, run.ckpt, progress.writer, progress.start_step
-    batches = GlobalBatches(run.train_iter, sharding.batch_sharding(setup.mesh), config.data.prefetch,
+    batches = GlobalBatches(run.train_iter, batch_putter(config, setup.mesh), config.data.prefetch,
                             count=setup.total_steps - start_step - 1)
     cleanup.callback(batches.close)
     progress.start()

@@ -37,8 +37,10 @@ from vidjax.models import clip_spec
 from vidjax.train import (
     Setup,
     build,
+    check_grad_accum,
     checkpoint,
     eval_context,
+    host_batch,
     in_mesh_context,
     make_eval_step,
     make_train_step,
@@ -122,6 +124,10 @@ def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str =
         del out["video"]
         out.update({key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
                     for key, (shape, dtype) in pipeline.device_pixel_shapes(config).items()})
+    if split == "train" and host_batch(config):  # folded into micro-batches in host memory
+        k, folded = check_grad_accum(config, setup.mesh), sharding.host_batch_sharding(setup.mesh)
+        out = {key: jax.ShapeDtypeStruct((k, value.shape[0] // k, *value.shape[1:]), value.dtype, sharding=folded)
+               for key, value in out.items()}
     return out
 
 
@@ -661,10 +667,13 @@ def model_flops(config: ml_collections.ConfigDict, lowered: Lowered) -> float:
 
 def input_bytes(lowered: Lowered) -> int:
     """Bytes a chip holds of the step's input (the batch: its whole global batch, with accumulation's micro-batches
-    cut inside the step), by each array's shard on one device."""
+    cut inside the step), by each array's shard on one device; none of a batch in host memory
+    (config.batch_memory="host")."""
     batch = lowered.args[-1]
     total = 0
     for leaf in jax.tree.leaves(batch):
+        if getattr(getattr(leaf, "sharding", None), "memory_kind", None) in ("pinned_host", "unpinned_host"):
+            continue
         shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
         total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
     return int(total)
