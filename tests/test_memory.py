@@ -46,13 +46,35 @@ def test_a_batch_in_host_memory_trains_as_one_on_the_chips(k):
     chips_losses, chips = run_steps(config, jax.devices()[:2], steps=2)
     config.batch_memory = "host"
     mesh = train.sharding.create_mesh(config.mesh, jax.devices()[:2])
-    folded = train.batch_putter(config, mesh)({"x": np.arange(8 * 3).reshape(8, 3)})["x"]
-    assert folded.shape == (k, 8 // k, 3) and folded.sharding.memory_kind == "pinned_host"
-    np.testing.assert_array_equal(np.asarray(folded)[-1], np.arange(24).reshape(8 // k, k, 3)[:, -1])
+    folded = train.batch_putter(config, mesh)({"x": np.arange(8 * 2 * 3, dtype=np.int32).reshape(8, 2, 3)})["x"]
+    assert folded.rows.shape == (k, 8 // k, 8, 128) and folded.rows.sharding.memory_kind == "pinned_host"
+    assert folded.row_shape == (2, 3)  # micro-batch k - 1: rows k - 1, 2k - 1, ..., zero-padded to a tile
+    np.testing.assert_array_equal(np.asarray(folded.rows)[-1].reshape(8 // k, -1)[:, :6],
+                                  np.arange(48).reshape(8 // k, k, 6)[:, -1])
     host_losses, host = run_steps(config, jax.devices()[:2], steps=2)
     np.testing.assert_allclose(host_losses, chips_losses, rtol=1e-6)
     assert_trees_close(host["params"], chips["params"], rtol=1e-6)
     assert_trees_close(host["opt_state"], chips["opt_state"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "bool", "bfloat16", "int32", "float32"])
+def test_a_folded_batch_gives_each_micro_batch_its_rows_back(dtype):
+    """A batch array kept in host memory is folded into micro-batches with each row's elements packed into a whole
+    TPU tile of 32-bit words (15 elements padded); micro-batch i comes back on the chips as rows i, i + k, ... in
+    their own shape and dtype, bit for bit."""
+    import ml_dtypes
+
+    k, rows = 4, 8
+    values = np.random.default_rng(0).normal(size=(rows, 3, 5)) * 100
+    x = values > 0 if dtype == "bool" else values.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    folded = train.fold_micro_batches({"x": x}, k)["x"]
+    assert folded.rows.shape == (k, rows // k, 8, 128) and folded.rows.dtype.itemsize == 4  # one tile of words
+    on_chips = train.sharding.batch_sharding(train.sharding.create_mesh({"data": 2}, jax.devices()[:2]))
+    for i in range(k):
+        micro = jax.jit(lambda rows, i=i: train.Folded(rows, folded.row_shape, folded.dtype).micro_batch(i, on_chips))(
+            folded.rows)
+        assert micro.dtype == x.dtype and micro.shape == (rows // k, 3, 5)
+        np.testing.assert_array_equal(np.asarray(micro), x[i::k])
 
 
 def test_batch_memory_is_device_or_host():

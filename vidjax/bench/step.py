@@ -312,11 +312,11 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
         local = train.fold_micro_batches(local, train.check_grad_accum(config, setup.mesh))
         batch_sh = sharding.host_batch_sharding(setup.mesh)
     if compile_only:
-        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in local.items()}
+        batch = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh), local)
         state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), setup.abstract_state,
                              setup.state_shardings)
     else:
-        batch = sharding.global_batch(local, batch_sh)
+        batch = jax.tree.map(lambda v: jax.make_array_from_process_local_data(batch_sh, v), local)
         state = setup.init_state()
 
     def jitted(config, setup, state, batch=batch):

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import queue
@@ -427,29 +428,85 @@ def _check_whole_videos(k: int, samples: int, videos: int) -> None:
                           f"with {videos} % k == 0, or --config.data.pixels=host.")
 
 
-def fold_micro_batches(batch: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
-    """This process's batch as (k, rows / k, ...) arrays whose [i] is micro-batch i, the rows `loss_and_grads` picks
-    for it from a batch on the chips (rows i, i + k, ...; with device pixels' repeated sampling, whole videos with
-    their clips' rows): the layout of config.batch_memory="host". One copy, on the host."""
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["rows"], meta_fields=["row_shape", "dtype"])
+@dataclasses.dataclass(frozen=True)
+class Folded:
+    """One array of a batch kept in host memory (config.batch_memory="host"): `rows` (k, rows / k, lanes, 128) of
+    32-bit words, whose [i] is micro-batch i's rows; `row_shape` and `dtype` are a row's own. A row's elements are
+    flattened, zero-padded and cut into `pieces` (4 of a byte type, 2 of a 16-bit one) of lanes x 128, and word
+    (l, c) holds element (l, c) of each piece. libtpu then copies a micro-batch out of host memory in place and
+    unpacks it with shifts in its own tiles. Kept as (k, rows, 16, 224, 224, 3) uint8, or flattened, the batch's
+    byte tiles were not the ones the slice's reader takes, and the whole batch was relaid out through the chips'
+    memory first (V2-B's 4,096 clips on one v5e chip: 20 GiB at one clip a micro-batch)."""
+    rows: object
+    row_shape: tuple[int, ...]
+    dtype: str
+
+    @staticmethod
+    def tiles(row_shape: tuple[int, ...], dtype) -> tuple[int, int]:
+        """(the pieces of a row a word holds, a row's lanes of 128 words: a multiple of 8, a TPU tile's)."""
+        pieces = 4 // np.dtype(dtype).itemsize
+        return pieces, -(-math.prod(row_shape) // (pieces * 128 * 8)) * 8
+
+    @staticmethod
+    def word_dtype(dtype) -> np.dtype:
+        return np.dtype(dtype) if np.dtype(dtype).itemsize == 4 else np.dtype(np.uint32)
+
+    @classmethod
+    def of(cls, folded: np.ndarray) -> Folded:
+        """`folded` (k, rows / k, *row_shape) as words."""
+        folded = np.asarray(folded, jax.dtypes.canonicalize_dtype(folded.dtype))  # as jax holds it: 64-bit to 32
+        k, m, row_shape = *folded.shape[:2], tuple(folded.shape[2:])
+        pieces, lanes = cls.tiles(row_shape, folded.dtype)
+        flat = folded.reshape(k, m, -1)
+        if flat.shape[-1] != pieces * lanes * 128:
+            flat = np.pad(flat, ((0, 0), (0, 0), (0, pieces * lanes * 128 - flat.shape[-1])))
+        words = np.moveaxis(flat.reshape(k, m, pieces, lanes, 128), 2, -1)  # little-endian: piece j at bits 8j
+        return cls(np.ascontiguousarray(words).view(cls.word_dtype(folded.dtype)).reshape(k, m, lanes, 128),
+                   row_shape, folded.dtype.name)
+
+    def micro_batch(self, i, on_chips: jax.sharding.NamedSharding) -> jax.Array:
+        """Micro-batch i on the chips, its rows in their own shape and dtype."""
+        words = jax.device_put(jax.lax.dynamic_index_in_dim(self.rows, i, keepdims=False), on_chips)
+        dtype = np.dtype(self.dtype)
+        pieces, _ = self.tiles(self.row_shape, dtype)
+        rows = words
+        if pieces > 1:
+            bits = 32 // pieces
+            unsigned = jnp.uint8 if bits == 8 else jnp.uint16
+            rows = jnp.concatenate([((words >> (bits * j)) & ((1 << bits) - 1)).astype(unsigned)
+                                    for j in range(pieces)], axis=1)
+            if dtype != np.bool_ and dtype != unsigned:
+                rows = jax.lax.bitcast_convert_type(rows, dtype)
+        m = words.shape[0]
+        rows = rows.reshape(m, -1)[:, :math.prod(self.row_shape)].reshape(m, *self.row_shape)
+        return rows != 0 if dtype == np.bool_ else rows
+
+
+def fold_micro_batches(batch: Mapping[str, np.ndarray], k: int) -> dict[str, Folded]:
+    """This process's batch folded into k micro-batches (`Folded`), micro-batch i taking the rows `loss_and_grads`
+    picks for it from a batch on the chips (rows i, i + k, ...; with device pixels' repeated sampling, whole videos
+    with their clips' rows): the layout of config.batch_memory="host". One copy, on the host."""
     samples, videos = _videos(batch)
     _check_whole_videos(k, samples, videos)
 
     def fold(x):
         x = np.asarray(x)
         group = samples if samples > 1 and x.shape[0] == videos * samples else 1
-        x = x.reshape(x.shape[0] // (k * group), k, group, *x.shape[1:])
-        return np.ascontiguousarray(x.swapaxes(0, 1)).reshape(k, -1, *x.shape[3:])
+        folded = x.reshape(x.shape[0] // (k * group), k, group, -1).swapaxes(0, 1)
+        return Folded.of(folded.reshape(k, x.shape[0] // k, *x.shape[1:]))
 
     return {key: fold(value) for key, value in batch.items()}
 
 
 def batch_putter(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                 ) -> Callable[[Mapping[str, np.ndarray]], dict[str, jax.Array]]:
+                 ) -> Callable[[Mapping[str, np.ndarray]], dict]:
     """This process's batch -> the train step's global batch: on the chips split over the batch shards, or with
     config.batch_memory="host" folded into its micro-batches (`fold_micro_batches`) in pinned host memory."""
     if host_batch(config):
         k, folded = check_grad_accum(config, mesh), sharding.host_batch_sharding(mesh)
-        return lambda local: sharding.global_batch(fold_micro_batches(local, k), folded)
+        return lambda local: jax.tree.map(lambda rows: jax.make_array_from_process_local_data(folded, rows),
+                                          fold_micro_batches(local, k))
     on_chips = sharding.batch_sharding(mesh)
     return lambda local: sharding.global_batch(local, on_chips)
 
@@ -466,7 +523,7 @@ def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: ja
     and its mixing from it (`make_train_step`), so that accumulation bounds their memory too.
 
     `in_host_memory`: the batch is in pinned host memory, folded into its micro-batches (`fold_micro_batches`, the
-    same rows for each); micro-batch i is its [i], copied to the chips when the loop reaches it.
+    same rows for each); micro-batch i is copied to the chips when the loop reaches it.
     """
     def loss_of(p, micro, key):
         return loss_fn(nnx.merge(graphdef, p), micro, key)
@@ -477,8 +534,7 @@ def loss_and_grads(loss_fn, graphdef: nnx.GraphDef, params, batch: dict, rng: ja
         on_chips = sharding.batch_sharding(mesh)
 
         def micro(i):
-            return jax.tree.map(lambda x: jax.device_put(jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
-                                                         on_chips), batch)
+            return {key: folded.micro_batch(i, on_chips) for key, folded in batch.items()}
     elif k == 1:
         return grad_fn(params, batch, rng)
     else:
@@ -723,7 +779,7 @@ def make_train_step(config: ml_collections.ConfigDict, setup: Setup, class_weigh
         rng = jax.random.fold_in(base_key, state["step"])
         failures = batch["decode_failures"]
         if in_host_memory:  # counted on the chips
-            failures = jax.device_put(failures, batch_sh.with_memory_kind("device"))
+            failures = jax.device_put(failures.rows, batch_sh.with_memory_kind("device"))
 
         def micro_loss(model, micro, key):
             """The loss of one micro-batch (`loss_and_grads`), everything it reads made from it alone: its clips

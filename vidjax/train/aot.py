@@ -35,6 +35,7 @@ from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline, synthetic
 from vidjax.models import clip_spec
 from vidjax.train import (
+    Folded,
     Setup,
     build,
     check_grad_accum,
@@ -126,7 +127,9 @@ def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str =
                     for key, (shape, dtype) in pipeline.device_pixel_shapes(config).items()})
     if split == "train" and host_batch(config):  # folded into micro-batches in host memory
         k, folded = check_grad_accum(config, setup.mesh), sharding.host_batch_sharding(setup.mesh)
-        out = {key: jax.ShapeDtypeStruct((k, value.shape[0] // k, *value.shape[1:]), value.dtype, sharding=folded)
+        out = {key: Folded(jax.ShapeDtypeStruct((k, value.shape[0] // k, Folded.tiles(value.shape[1:], value.dtype)[1],
+                                                 128), Folded.word_dtype(value.dtype), sharding=folded),
+                           tuple(value.shape[1:]), np.dtype(value.dtype).name)
                for key, value in out.items()}
     return out
 
@@ -485,16 +488,16 @@ def _profiled(profiled: Mapping, row: dict) -> tuple[dict | None, str]:
 def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_collections.ConfigDict:
     """The same step at a clip per batch shard for each TensorCore a jax device has (two on a v4 or v5p megacore
     chip, whose cores split a kernel's parallel grid: at one clip a kernel whose only parallel axis is the batch would
-    run on one core, twice the time a clip it has at the recipe's batch), at most the step's own, and no
-    micro-batches: the same kernels on smaller grids. With repeated sampling (config.data.num_samples clips a video)
-    a shard takes a whole video's clips: the batch's per-video arrays split over the shards too."""
+    run on one core, twice the time a clip it has at the recipe's batch), at most the step's own, no micro-batches and
+    the batch on the chips: the same kernels on smaller grids. With repeated sampling (config.data.num_samples clips a
+    video) a shard takes a whole video's clips: the batch's per-video arrays split over the shards too."""
     shards = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
     per_shard = config.batch_size // shards // config.grad_accum_steps
     samples = max(1, config.data.get("num_samples", 1))
     clips = -(-max(1, chip.cores_per_chip // chip.devices_per_chip) // samples) * samples
     small = ml_collections.ConfigDict(config.to_dict())
     small.batch_size = shards * max(1, min(per_shard, clips))
-    small.grad_accum_steps = 1
+    small.grad_accum_steps, small.batch_memory = 1, "device"
     return small
 
 
