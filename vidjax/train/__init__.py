@@ -461,7 +461,7 @@ class Folded:
         flat = folded.reshape(k, m, -1)
         if flat.shape[-1] != pieces * lanes * 128:
             flat = np.pad(flat, ((0, 0), (0, 0), (0, pieces * lanes * 128 - flat.shape[-1])))
-        words = np.moveaxis(flat.reshape(k, m, pieces, lanes, 128), 2, -1)  # little-endian: piece j at bits 8j
+        words = np.moveaxis(flat.reshape(k, m, pieces, lanes, 128), 2, -1)  # little-endian: piece j from bit 32j/pieces
         return cls(np.ascontiguousarray(words).view(cls.word_dtype(folded.dtype)).reshape(k, m, lanes, 128),
                    row_shape, folded.dtype.name)
 
@@ -486,7 +486,7 @@ class Folded:
 def fold_micro_batches(batch: Mapping[str, np.ndarray], k: int) -> dict[str, Folded]:
     """This process's batch folded into k micro-batches (`Folded`), micro-batch i taking the rows `loss_and_grads`
     picks for it from a batch on the chips (rows i, i + k, ...; with device pixels' repeated sampling, whole videos
-    with their clips' rows): the layout of config.batch_memory="host". One copy, on the host."""
+    with their clips' rows): the layout of config.batch_memory="host". Two copies on the host: the fold, the packing."""
     samples, videos = _videos(batch)
     _check_whole_videos(k, samples, videos)
 
