@@ -453,17 +453,19 @@ class Folded:
         return np.dtype(dtype) if np.dtype(dtype).itemsize == 4 else np.dtype(np.uint32)
 
     @classmethod
-    def of(cls, folded: np.ndarray) -> Folded:
-        """`folded` (k, rows / k, *row_shape) as words."""
-        folded = np.asarray(folded, jax.dtypes.canonicalize_dtype(folded.dtype))  # as jax holds it: 64-bit to 32
-        k, m, row_shape = *folded.shape[:2], tuple(folded.shape[2:])
-        pieces, lanes = cls.tiles(row_shape, folded.dtype)
-        flat = folded.reshape(k, m, -1)
-        if flat.shape[-1] != pieces * lanes * 128:
-            flat = np.pad(flat, ((0, 0), (0, 0), (0, pieces * lanes * 128 - flat.shape[-1])))
-        words = np.moveaxis(flat.reshape(k, m, pieces, lanes, 128), 2, -1)  # little-endian: piece j from bit 32j/pieces
-        return cls(np.ascontiguousarray(words).view(cls.word_dtype(folded.dtype)).reshape(k, m, lanes, 128),
-                   row_shape, folded.dtype.name)
+    def of(cls, x: np.ndarray, k: int, group: int = 1) -> Folded:
+        """`x` (rows, *row_shape) folded into k micro-batches, micro-batch i taking runs i, i + k, ... of `group`
+        rows, as words: one copy of `x` (two where a row is not whole tiles: the padding first)."""
+        x = np.asarray(x, jax.dtypes.canonicalize_dtype(x.dtype))  # as jax holds it: 64-bit to 32
+        row_shape = tuple(x.shape[1:])
+        pieces, lanes = cls.tiles(row_shape, x.dtype)
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != pieces * lanes * 128:
+            flat = np.pad(flat, ((0, 0), (0, pieces * lanes * 128 - flat.shape[1])))
+        runs = flat.reshape(x.shape[0] // (k * group), k, group, pieces, lanes, 128)
+        # (k, runs, group, lanes, 128, pieces), little-endian: piece j from bit 32j / pieces of a word.
+        words = np.ascontiguousarray(runs.transpose(1, 0, 2, 4, 5, 3)).view(cls.word_dtype(x.dtype))
+        return cls(words.reshape(k, x.shape[0] // k, lanes, 128), row_shape, x.dtype.name)
 
     def micro_batch(self, i, on_chips: jax.sharding.NamedSharding) -> jax.Array:
         """Micro-batch i on the chips, its rows in their own shape and dtype."""
@@ -486,17 +488,11 @@ class Folded:
 def fold_micro_batches(batch: Mapping[str, np.ndarray], k: int) -> dict[str, Folded]:
     """This process's batch folded into k micro-batches (`Folded`), micro-batch i taking the rows `loss_and_grads`
     picks for it from a batch on the chips (rows i, i + k, ...; with device pixels' repeated sampling, whole videos
-    with their clips' rows): the layout of config.batch_memory="host". Two copies on the host: the fold, the packing."""
+    with their clips' rows): the layout of config.batch_memory="host", made in one copy on the host."""
     samples, videos = _videos(batch)
     _check_whole_videos(k, samples, videos)
-
-    def fold(x):
-        x = np.asarray(x)
-        group = samples if samples > 1 and x.shape[0] == videos * samples else 1
-        folded = x.reshape(x.shape[0] // (k * group), k, group, -1).swapaxes(0, 1)
-        return Folded.of(folded.reshape(k, x.shape[0] // k, *x.shape[1:]))
-
-    return {key: fold(value) for key, value in batch.items()}
+    return {key: Folded.of(value, k, samples if samples > 1 and len(value) == videos * samples else 1)
+            for key, value in batch.items()}
 
 
 def batch_putter(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
