@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vidjax import tpu  # noqa: E402
+from vidjax import config_lib, tpu  # noqa: E402
 
 tpu.quiet_libtpu()
 
@@ -88,8 +88,7 @@ COLUMNS = [
 def ladder(config, slice_, accumulate: bool = True) -> list[dict]:
     """The settings a cell tries, in order: the row's, + remat, + FSDP, + micro-batches of at most 8 clips a chip
     (`accumulate`)."""
-    blocks = [("model", config.model)] + [(f"model.{key}", config.model[key]) for key in ("encoder", "backbone")
-                                          if key in config.model]
+    blocks = [(f"model.{key}".rstrip("."), block) for key, block in config_lib.video_blocks(config.model)]
     remat = next(({f"{where}.remat": "full"} for where, block in blocks if "remat" in block), {})
     steps = [{}] + ([remat] if remat else [])
     if slice_.chips > 1:
@@ -199,7 +198,6 @@ def eval_cell(base, slice_, step: str, extra: dict) -> dict:
 
 
 def cell(row, column) -> dict:
-    from vidjax import config_lib
     from vidjax.commands import aot as aot_command
     from vidjax.config_lib import ConfigError
 

@@ -523,6 +523,17 @@ def test_a_captioner_is_compiled_with_the_vocabulary_its_tokenizer_settles(capsy
 
 
 
+def test_a_model_with_its_video_model_nested_is_described_by_that_model_s_dtype_and_variant():
+    """SVT keeps its dtype and variant in its TimeSformer's block (config.model.backbone): the figures say the
+    precision the step computes in (its matrix cells had read "float32" for a bfloat16 step)."""
+    config = load_config("svt_k400", "runlocal")
+    config.model.backbone.dtype = "bfloat16"
+    assert "dtype" not in config.model and "variant" not in config.model
+    described = aot_command._describe(aot.lower(config, tpu.slice_of(f"cpu:{jax.device_count()}")), 0.0)
+    assert described["dtype"] == "bfloat16"
+    assert described["variant"] == config.model.backbone.variant != ""
+
+
 @pytest.mark.parametrize("allowed", [None, [1, 2, 4, 8, 16, 32, 64, 128, 256]], ids=["any", "divisors"])
 def test_the_largest_fitting_batch_from_an_affine_fit_in_four_measures(allowed):
     """`--find_batch`'s search (`largest_fitting`): two measures fit memory as a line in the batch, the third is the

@@ -298,6 +298,14 @@ def recipe_variant(arg: ml_collections.ConfigDict, full: str, local: str) -> str
     return arg.variant or (local if arg.runlocal else full)
 
 
+def video_blocks(model: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(where under config.model, block) of a trainer's model block and of the video models' blocks nested in it:
+    ("", the model block) first, then "encoder" (a captioner's video encoder) and "backbone" (SVT's TimeSformer under
+    its DINO head) where present. The blocks that hold the step's dtype, remat and attention."""
+    return [("", model)] + [(key, model[key]) for key in ("encoder", "backbone")
+                            if key in model and hasattr(model[key], "keys")]
+
+
 def runlocal(config: ml_collections.ConfigDict, variant: str, peak_lr: float, *, num_frames: int = 8,
              image_size: int = 32, batch_size: int = 32, num_epochs: float = 8,
              video_model: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:

@@ -7,6 +7,8 @@ import math
 
 from jax.extend import core
 
+from vidjax import config_lib
+
 
 def matmul_flops(closed_jaxpr) -> float:
     """The FLOPs of the matrix products (dot_general, convolutions) a traced program runs, 2 per multiply-add, into
@@ -53,9 +55,7 @@ def plain_config(config):
     the video models nested in it (a captioner's encoder, SVT's backbone)."""
     plain = config.copy_and_resolve_references()
     plain.model.scan_layers, plain.grad_accum_steps, plain.batch_memory = False, 1, "device"
-    for block in (plain.model, plain.model.get("encoder"), plain.model.get("backbone")):
-        if block is None or not hasattr(block, "keys"):
-            continue
+    for _, block in config_lib.video_blocks(plain.model):
         if block.get("remat"):
             block.remat = "none"
         if "attention_impl" in block:

@@ -54,7 +54,7 @@ from typing import NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
-from vidjax import cli, tpu
+from vidjax import cli, config_lib, tpu
 from vidjax.config_lib import ConfigError
 
 
@@ -154,11 +154,15 @@ def figures(config, slice_, step: str, examples: int = 0, save: str | None = Non
 def _describe(lowered, compile_s: float) -> dict:
     """What was compiled, for what."""
     config, slice_ = lowered.config, lowered.slice
-    return {"config": config.model_name + "/" + config.task, "variant": config.model.get("variant", ""),
+    # The model's, or where it has none, the video model's nested in it (SVT's backbone, a captioner's encoder).
+    blocks = config_lib.video_blocks(config.model)
+    dtype = next((block.dtype for _, block in blocks if "dtype" in block), "float32")
+    variant = next((block.variant for _, block in blocks if block.get("variant")), "")
+    return {"config": config.model_name + "/" + config.task, "variant": variant,
             "step": lowered.step, "slice": slice_.describe(), "topology": slice_.topology,
             "num_slices": slice_.num_slices, "chips": slice_.chips, "devices": slice_.num_devices,
             "mesh": dict(lowered.setup.mesh.shape), "global_batch": config.batch_size,
-            "per_chip_batch": config.batch_size / slice_.chips, "dtype": config.model.get("dtype", "float32"),
+            "per_chip_batch": config.batch_size / slice_.chips, "dtype": dtype,
             "compile_s": round(compile_s, 1), "train_examples": lowered.train_examples}
 
 
