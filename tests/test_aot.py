@@ -521,6 +521,15 @@ def test_a_captioner_is_compiled_with_the_vocabulary_its_tokenizer_settles(capsy
     with pytest.raises(ConfigError, match="config.data.tokenizer='/nonexistent/gpt2/tokenizer'.*Point it at"):
         aot.lower(published, tpu.slice_of("v5litepod-1"))
 
+    # The published recipe, whose word-level tokenizer would be built from Charades' training captions (not here),
+    # at GPT-2 small's vocabulary: its step's batch is built on the embedded captions (the matrix's cell had failed
+    # reading /data/charades for the batch's input spec).
+    published = load_config("captioning_charades")
+    published.model.decoder.vocab_size = 50257
+    lowered = aot.lower(published, tpu.slice_of("v5litepod-1"))
+    assert lowered.setup.abstract_state["params"]["decoder"]["wte"].shape[0] == 50257
+    assert lowered.args[1]["caption_ids"].shape[0] == published.batch_size
+
 
 
 def test_a_model_with_its_video_model_nested_is_described_by_that_model_s_dtype_and_variant():

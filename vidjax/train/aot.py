@@ -120,7 +120,9 @@ def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str =
     out = {key: jax.ShapeDtypeStruct((value.shape[0] // rows * config.batch_size, *value.shape[1:]), value.dtype,
                                      sharding=batch_sh) for key, value in example.items()}
     platform_ = setup.mesh.devices.flat[0].platform
-    spec = tasks.training_of(config.task).input_spec(config, setup.abstract_model)
+    # The task's input spec as `example_batch` builds it, on the embedded dataset: a spec built on the config's own
+    # data would read it (a captioner's word-level tokenizer, from training captions not on this machine).
+    spec = tasks.training_of(config.task).input_spec(_embedded(config, split)[0], setup.abstract_model)
     if split == "train" and pipeline.resolve_pixels(config.data, "train", spec, backend=platform_) == "device":
         del out["video"]
         out.update({key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
