@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 import zlib
 
 import jax
@@ -541,6 +542,27 @@ def test_a_model_with_its_video_model_nested_is_described_by_that_model_s_dtype_
     described = aot_command._describe(aot.lower(config, tpu.slice_of(f"cpu:{jax.device_count()}")), 0.0)
     assert described["dtype"] == "bfloat16"
     assert described["variant"] == config.model.backbone.variant != ""
+
+
+@pytest.mark.parametrize("message, needs, hbm", [
+    ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. 17.50G of 15.75G "
+     "hbm required for HLO temporaries (13.25G) exceeds available HBM (12.50G).", 13.25, 12.5),
+    ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory in memory "
+     "space hbm. Used 15.91G of 15.75G hbm. Exceeded hbm capacity by 164.20M.\n\nTotal hbm usage >= 16.16G:", 15.91,
+     15.75)], ids=["temporaries", "used"])
+def test_both_of_libtpus_refusals_for_size_are_read_as_does_not_fit(monkeypatch, message, needs, hbm):
+    """libtpu refuses a program too large for the chip in two forms; each is a measure of `find_batch`'s line (the
+    second, unread, ended VideoMAE-L fine-tune's first settings on v5litepod-8 as errors). Other errors are raised."""
+    def refuse(_):
+        raise jax.errors.JaxRuntimeError(message)
+
+    monkeypatch.setattr(aot, "_compiled_in_thread", refuse)
+    compiled, refused = aot.compile_or_refuse(types.SimpleNamespace(lowered=None))
+    assert compiled is None
+    assert refused["temp_bytes"] == int(needs * 2**30) and refused["hbm_bytes"] == int(hbm * 2**30)
+    message = message.replace("RESOURCE_EXHAUSTED", "INTERNAL")
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        aot.compile_or_refuse(types.SimpleNamespace(lowered=None))
 
 
 @pytest.mark.parametrize("allowed", [None, [1, 2, 4, 8, 16, 32, 64, 128, 256]], ids=["any", "divisors"])

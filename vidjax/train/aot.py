@@ -217,20 +217,24 @@ def lower(config: ml_collections.ConfigDict, slice_: tpu.Slice, step: str = "tra
                    lowered=jitted.trace(*args).lower(), train_examples=examples)
 
 
-_OUT_OF_HBM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) "
-                         r"exceeds available HBM \(([\d.]+)([KMGT])\)")
+# libtpu's two ways of refusing a program too large for the chip: its temporaries alone beyond the HBM left beside
+# the arguments, or (CompileTimeHbmOom) all that the program uses, "Used 15.91G of 15.75G hbm".
+_OUT_OF_HBM = (re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) "
+                          r"exceeds available HBM \(([\d.]+)([KMGT])\)"),
+               re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm"))
 
 
 def compile_or_refuse(lowered: Lowered) -> tuple[object | None, dict | None]:
     """(compiled, None), or (None, what libtpu said) when it refused the program for not fitting the chip's HBM: it
     stops a compilation whose temporaries exceed the memory it has (RESOURCE_EXHAUSTED), and says how much they
-    need ("temp_bytes") and how much there is ("hbm_bytes"). Any other error is raised. The compiler's working set
-    goes back to the system when it returns (`host_malloc.release`): the next compile's does not come on top of it."""
+    need ("temp_bytes"; where it gives all the program uses instead, that) and how much there is ("hbm_bytes").
+    Any other error is raised. The compiler's working set goes back to the system when it returns
+    (`host_malloc.release`): the next compile's does not come on top of it."""
     try:
         return _compiled_in_thread(lowered.lowered), None
     except jax.errors.JaxRuntimeError as err:
         message = str(err).strip().splitlines()[0]
-        found = _OUT_OF_HBM.search(message)
+        found = next((m for m in (pattern.search(message) for pattern in _OUT_OF_HBM) if m), None)
         if "RESOURCE_EXHAUSTED" not in message or not found:
             raise
         unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
