@@ -532,7 +532,6 @@ def test_a_captioner_is_compiled_with_the_vocabulary_its_tokenizer_settles(capsy
     assert lowered.args[1]["caption_ids"].shape[0] == published.batch_size
 
 
-
 def test_a_model_with_its_video_model_nested_is_described_by_that_model_s_dtype_and_variant():
     """SVT keeps its dtype and variant in its TimeSformer's block (config.model.backbone): the figures say the
     precision the step computes in (its matrix cells had read "float32" for a bfloat16 step)."""

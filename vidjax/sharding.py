@@ -247,7 +247,8 @@ def rules_from_config(config: ml_collections.ConfigDict) -> dict[str, Rule]:
     return rules
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assembles this process's slice of the batch into global arrays (works on one CPU and on a pod)."""
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for key, value in local_batch.items()}
+def global_batch(local_batch, sharding: NamedSharding):
+    """Assembles this process's slice of the batch (a dict of host arrays, or any pytree of them: a batch folded for
+    host memory, `train.Folded`) into global arrays of the same structure (works on one CPU and on a pod)."""
+    return jax.tree.map(lambda value: jax.make_array_from_process_local_data(sharding, np.asarray(value)),
+                        local_batch)

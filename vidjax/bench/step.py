@@ -316,7 +316,7 @@ def time_vidjax(config, mode: str, steps: int, warmup: int, profile: bool = Fals
         state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), setup.abstract_state,
                              setup.state_shardings)
     else:
-        batch = jax.tree.map(lambda v: jax.make_array_from_process_local_data(batch_sh, v), local)
+        batch = sharding.global_batch(local, batch_sh)
         state = setup.init_state()
 
     def jitted(config, setup, state, batch=batch):

@@ -501,8 +501,7 @@ def batch_putter(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
     config.batch_memory="host" folded into its micro-batches (`fold_micro_batches`) in pinned host memory."""
     if host_batch(config):
         k, folded = check_grad_accum(config, mesh), sharding.host_batch_sharding(mesh)
-        return lambda local: jax.tree.map(lambda rows: jax.make_array_from_process_local_data(folded, rows),
-                                          fold_micro_batches(local, k))
+        return lambda local: sharding.global_batch(fold_micro_batches(local, k), folded)
     on_chips = sharding.batch_sharding(mesh)
     return lambda local: sharding.global_batch(local, on_chips)
 

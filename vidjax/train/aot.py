@@ -95,10 +95,12 @@ def _embedded(config: ml_collections.ConfigDict, split: str) -> tuple[ml_collect
     return small, pipeline.make_source(d, "train" if split == "train" else "eval")
 
 
-def example_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = "train") -> dict[str, np.ndarray]:
-    """One batch of the input path for `split` ("train": one video, as its `num_samples` clips; "eval": one), from
-    the embedded dataset at the config's clip size and targets, through the task's input spec. Multi-hot targets
-    ("labels") have the config's class count, as its data would give them."""
+def example_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = "train"
+                  ) -> tuple[dict[str, np.ndarray], pipeline.InputSpec]:
+    """(one batch of the input path for `split` ("train": one video, as its `num_samples` clips; "eval": one), the
+    task's input spec it went through), from the embedded dataset at the config's clip size and targets: a spec built
+    on the config's own data would read it (a captioner's word-level tokenizer, from training captions not on this
+    machine). Multi-hot targets ("labels") have the config's class count, as its data would give them."""
     small, source = _embedded(config, split)
     spec = tasks.training_of(config.task).input_spec(small, setup.abstract_model)
     batch = next(iter(pipeline.make_dataset(small, "train" if split == "train" else "eval", source, spec)))
@@ -106,7 +108,7 @@ def example_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = 
     if "labels" in batch and classes and batch["labels"].shape[-1] != classes:
         labels = batch["labels"]
         batch["labels"] = np.zeros((*labels.shape[:-1], classes), labels.dtype)
-    return batch
+    return batch, spec
 
 
 def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str = "train") -> dict:
@@ -114,15 +116,12 @@ def abstract_batch(config: ml_collections.ConfigDict, setup: Setup, split: str =
     the trainer's batch sharding. Where the config's own training data takes the device-pixel path on the mesh's
     platform (`pipeline.resolve_pixels`), the clips are the planes and crops that path sends (one row a video), as
     the trainer's batches would be."""
-    example = example_batch(config, setup, split)
+    example, spec = example_batch(config, setup, split)
     rows = next(iter(example.values())).shape[0]
     batch_sh = sharding.batch_sharding(setup.mesh)
     out = {key: jax.ShapeDtypeStruct((value.shape[0] // rows * config.batch_size, *value.shape[1:]), value.dtype,
                                      sharding=batch_sh) for key, value in example.items()}
     platform_ = setup.mesh.devices.flat[0].platform
-    # The task's input spec as `example_batch` builds it, on the embedded dataset: a spec built on the config's own
-    # data would read it (a captioner's word-level tokenizer, from training captions not on this machine).
-    spec = tasks.training_of(config.task).input_spec(_embedded(config, split)[0], setup.abstract_model)
     if split == "train" and pipeline.resolve_pixels(config.data, "train", spec, backend=platform_) == "device":
         del out["video"]
         out.update({key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
