@@ -147,14 +147,9 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
             tried.append({"settings": settings, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         tried.append({"settings": settings, "measured": measured, "inputs": inputs})
-        if not micro:
-            continue
-        out = aot_command.figures(None, slice_, step, compiled=found)
-        out["settings"] = {**extra, **settings, "grad_accum_steps": config.batch_size // micro}
-        out["micro_batch"] = micro
-        out["attention"] = "platform default"
-        out["wall_s"] = round(time.perf_counter() - started, 1)
-        return {**out, "tried": tried}
+        if micro:
+            return {**_micro_batch_figures(config, slice_, step, found, micro, {**extra, **settings}, started),
+                    "tried": tried}
     # The setting whose first micro-batch needed least, with what of it is the step's input.
     smallest = min(((*min(t["measured"].items()), t.get("inputs") or {}) for t in tried if t.get("measured")),
                    key=lambda row: row[1], default=None)
@@ -163,6 +158,42 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
             "smallest": {"micro_batch": smallest[0], "total_bytes": smallest[1],
                          "input_bytes": smallest[2].get(smallest[0])} if smallest else None,
             "hbm_bytes": slice_.chip.hbm_bytes}
+
+
+def _micro_batch_figures(config, slice_, step: str, found, micro: int, settings: dict, started: float) -> dict:
+    """A filled `accumulated_cell`: the figures of the step `find_batch` compiled at the micro-batch `micro`."""
+    from vidjax.commands import aot as aot_command
+
+    out = aot_command.figures(None, slice_, step, compiled=found)
+    out["settings"] = {**settings, "grad_accum_steps": config.batch_size // micro}
+    out["micro_batch"] = micro
+    out["attention"] = "platform default"
+    out["wall_s"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def confirmed_cell(old: dict, base, slice_, step: str, extra: dict) -> dict:
+    """`old`, a filled cell of an `ACCUMULATED` column, with its setting's search taken up where it stopped
+    (`--confirm`): its measures are points of the line (those above its micro-batch did not fit), and the search goes
+    on until the micro-batch after the largest that fits is shown not to (`largest_fitting`; before, a search of four
+    compiles could stop short of it). The settings before its own are not tried again: not even their first
+    micro-batch fit, which the longer search does not change. Where its micro-batch is still the largest, the cell
+    keeps its figures."""
+    from vidjax.commands import aot as aot_command
+
+    last = old["tried"][-1]
+    measured = {int(key): needs for key, needs in last["measured"].items()}
+    inputs = {int(key): needs for key, needs in (last.get("inputs") or {}).items()}
+    known = {key: (needs, key <= old["micro_batch"]) for key, needs in measured.items()}
+    config = _apply(base, last["settings"])
+    started = time.perf_counter()
+    micro, found = aot_command.find_batch(config, slice_, step, 0, log=lambda line: print(line, flush=True),
+                                          accumulate=True, measured=measured, inputs=inputs, known=known)
+    tried = [*old["tried"][:-1], {"settings": last["settings"], "measured": measured, "inputs": inputs}]
+    if found is None:  # the earlier micro-batch is the largest, now shown by the next
+        return {**old, "tried": tried}
+    return {**_micro_batch_figures(config, slice_, step, found, micro, {**extra, **last["settings"]}, started),
+            "tried": tried}
 
 
 def eval_cell(base, slice_, step: str, extra: dict) -> dict:
@@ -197,7 +228,7 @@ def eval_cell(base, slice_, step: str, extra: dict) -> dict:
     return out
 
 
-def cell(row, column) -> dict:
+def cell(row, column, old: dict | None = None) -> dict:
     from vidjax.commands import aot as aot_command
     from vidjax.config_lib import ConfigError
 
@@ -213,6 +244,8 @@ def cell(row, column) -> dict:
     base = _apply(base, {**{f"{where}.{key}": value for where, block in blocks for key, value in TPU.items()
                             if key in block}, **extra})
     if step == "train" and column[0] in ACCUMULATED:
+        if old is not None:
+            return confirmed_cell(old, base, slice_, step, extra)
         return accumulated_cell(base, slice_, step, extra)
     if column[0] in ACCUMULATED:
         return eval_cell(base, slice_, step, extra)
@@ -325,20 +358,28 @@ def main() -> int:
     parser.add_argument("--rows", default="", help="Comma-separated row ids (default: all).")
     parser.add_argument("--columns", default="", help="Comma-separated column ids (default: all).")
     parser.add_argument("--redo", action="store_true", help="Compile cells already in the JSON again.")
+    parser.add_argument("--confirm", action="store_true",
+                        help="Take up the micro-batch search of the small columns' filled training cells where it "
+                             "stopped, until the next micro-batch is shown not to fit.")
     parser.add_argument("--table_only", action="store_true", help="Only rewrite docs/tpu.md's table.")
     args = parser.parse_args()
     results = json.load(open(JSON)) if os.path.exists(JSON) else {}
     rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
     columns = [c for c in COLUMNS if not args.columns or c[0] in args.columns.split(",")]
-    todo = [(row, column) for row in rows for column in columns
-            if args.redo or f"{row[0]}@{column[0]}" not in results] if not args.table_only else []
+    if args.confirm:
+        todo = [(row, column) for row in rows for column in columns
+                if results.get(f"{row[0]}@{column[0]}", {}).get("micro_batch")]
+    else:
+        todo = [(row, column) for row in rows for column in columns
+                if args.redo or f"{row[0]}@{column[0]}" not in results] if not args.table_only else []
     if len(todo) > 1:
         # One process a cell: what a compile freed stays partly resident (6.5 GB after SVT's v4-32 step, 21 GB at its
         # peak), so cells run in one process ran a 24 GB machine out of memory. A cell that fails is reported, and
         # the others run.
         for row, column in todo:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), f"--rows={row[0]}",
-                                   f"--columns={column[0]}", *(["--redo"] if args.redo else [])])
+                                   f"--columns={column[0]}", *(["--redo"] if args.redo else []),
+                                   *(["--confirm"] if args.confirm else [])])
             if done.returncode:
                 print(f"{row[0]}@{column[0]}: its process ended with code {done.returncode}", flush=True)
         results = json.load(open(JSON)) if os.path.exists(JSON) else {}
@@ -346,7 +387,7 @@ def main() -> int:
         (row, column), = todo
         key = f"{row[0]}@{column[0]}"
         started = time.perf_counter()
-        done = cell(row, column)
+        done = cell(row, column, results[key] if args.confirm else None)
         print(f"{key}: {'fits' if done['fits'] else 'does not fit'} ({time.perf_counter() - started:.0f} s)",
               flush=True)
         # Read again before writing: runs over other columns may share the file.

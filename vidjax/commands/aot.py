@@ -375,14 +375,17 @@ def advice(out: dict) -> str:
 
 
 def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: bool = False,
-               measured: dict | None = None, inputs: dict | None = None) -> tuple[int, object]:
+               measured: dict | None = None, inputs: dict | None = None,
+               known: dict | None = None) -> tuple[int, object]:
     """(the largest global batch, a multiple of the mesh's batch shards, whose step fits the chips' HBM, with that
     batch's lowered and compiled step for its figures (`figures(compiled=)`)), or (0, None) when not even the first
     multiple fits; by `largest_fitting` over compiles. `accumulate`: the largest micro-batch instead, the global
     batch kept at config.batch_size by gradient accumulation (config.grad_accum_steps), among those that divide
     it. `measured`, where given, gets each batch tried (the micro-batch, with `accumulate`) -> its bytes a chip;
     `inputs` the same batch -> the bytes a chip of the step's input (`aot.input_bytes`: with `accumulate`, the whole
-    global batch, which the step holds while it runs its micro-batches)."""
+    global batch, which the step holds while it runs its micro-batches). `known`: batches an earlier search measured,
+    keyed as `measured` is, -> (bytes a chip, fits): not compiled again; where the largest that fits is one of them,
+    the step returned is None (its figures are the earlier search's)."""
     from vidjax import sharding  # here, not at the top: --help answers without loading jax
     from vidjax.train import aot  # (as above)
 
@@ -424,23 +427,35 @@ def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: 
             kept.update(multiple=multiple, step=(lowered, compiled))
         return needs, ok
 
-    largest = largest_fitting(measure, hbm, multiples)
-    return (largest * ways, kept["step"]) if largest else (0, None)
+    per = shards if accumulate else ways  # a `measured` key over the multiple it is of
+    largest = largest_fitting(measure, hbm, multiples, known={key // per: fits for key, fits in (known or {}).items()})
+    if not largest:
+        return 0, None
+    return largest * ways, kept["step"] if kept.get("multiple") == largest else None
 
 
-def largest_fitting(measure, hbm: int, allowed=None, confirm: int = 2) -> int:
+def largest_fitting(measure, hbm: int, allowed=None, most: int = 8, known: dict | None = None) -> int:
     """The largest of the `allowed` multiples (sorted; None: every positive integer) whose `measure(multiple)` ->
-    (bytes a chip, fits) fits, or 0 when the first does not.
+    (bytes a chip, fits) fits, or 0 when the first does not. `known`: multiples measured before -> (bytes, fits),
+    not measured again (a search taken up where an earlier one stopped).
 
     Per-chip memory is close to affine in the batch (the state, plus the activations of each clip): two measures fit
-    the line, the largest multiple it puts within `hbm` is measured, and at most `confirm` measures in all confirm
-    that (the next multiple does not fit) or correct it. A program libtpu refuses for its size still says what its
-    temporaries need, so every measure is a point of the line. 4 compiles where doubling took 12 (issue 72)."""
+    the line, and the largest multiple it puts within `hbm` is measured. Near the limit it is not (libtpu
+    rematerializes to fit, so the curve flattens; a refusal jumps), so the search goes on until the multiple after
+    the largest that fits is shown not to fit. While none has failed, each measure is the line's largest fit through
+    the two largest measures, or the next multiple where the line puts none further. Once one has failed, the
+    boundary lies between, and the measures alternate the line's guess with the (geometric) middle of the multiples
+    left, so every second measure at least halves them. A program libtpu refuses for its size still says what its
+    temporaries need, so every measure is a point of a line. At most `most` measures; memory affine in the batch
+    takes 4, where doubling took 12 (issue 72)."""
     allowed = sorted(set(allowed)) if allowed else None
     needs: dict[int, int] = {}
     fit: set[int] = set()
+    measures = 0
 
     def take(multiple: int) -> None:
+        nonlocal measures
+        measures += 1
         needs[multiple], ok = measure(multiple)
         if ok:
             fit.add(multiple)
@@ -455,24 +470,39 @@ def largest_fitting(measure, hbm: int, allowed=None, confirm: int = 2) -> int:
             return low if failed else 4.0 * max(needs)  # no growth seen: look further up
         return low + (hbm - needs[low]) / slope
 
+    for multiple, (bytes_, ok) in (known or {}).items():  # each a point of the lines, as if measured here
+        needs[multiple] = bytes_
+        if ok:
+            fit.add(multiple)
     first = allowed[0] if allowed else 1
-    take(first)
+    if first not in needs:
+        take(first)
     if first not in fit:
         return 0
     second = next((m for m in allowed if m >= 4 * first), allowed[-1]) if allowed else 4 * first
-    if second != first:
+    if second not in needs:
         take(second)
-    for _ in range(confirm):
+    halve = False  # the next measure takes the middle of the multiples left, not the line's guess
+    while measures < most:
         low = max(fit)
-        failed = [m for m in needs if m not in fit]
-        limit = min(within(low, failed), min(failed, default=float("inf")) - 1)
+        failed = [m for m in needs if m not in fit and m > low]
+        high = min(failed, default=None)
         if allowed:
-            options = [m for m in allowed if low < m <= limit]
-            guess = options[-1] if options else next((m for m in allowed if m > low), None)
+            left = [m for m in allowed if low < m and (high is None or m < high)]
+        else:  # the integers in (low, high), as a range
+            left = range(low + 1, high if high is not None else 2**62)
+        if not left:
+            break  # the multiple after `low` does not fit, or `low` is the last: confirmed
+        if halve:
+            middle = math.sqrt(low * high)
+            guess = min(left, key=lambda m: abs(m - middle)) if allowed else min(max(round(middle), left[0]), left[-1])
         else:
-            guess = int(limit) if limit >= low + 1 else low + 1
-        if guess is None or guess in needs:
-            break
+            limit = within(low, failed)
+            if allowed:
+                guess = max((m for m in left if m <= limit), default=left[0])
+            else:
+                guess = min(max(int(limit), left[0]), left[-1])
+        halve = high is not None and not halve
         take(guess)
     return max(fit)
 
