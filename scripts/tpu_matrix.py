@@ -8,9 +8,9 @@ people train on, at the recipe's published global batch.
 Each cell tries the row's TPU settings, then falls back one step at a time until the step fits the chips' HBM:
 whole-block rematerialisation, then parameters sharded (FSDP over the slice), then micro-batches (gradient
 accumulation) small enough for a chip. The first setting that fits is the cell's, with its figures; a cell where
-none fits says so with the smallest footprint found. Results are kept in docs/tpu_matrix.json (one entry a cell,
-written as each finishes), so an interrupted run goes on where it stopped. The table goes between the markers in
-docs/tpu.md. A compile of a ViT-B step takes about two minutes on a 2-core machine, ViT-g's longer.
+none fits says so with what its first micro-batch needed (`smallest_need`). Results are kept in
+docs/tpu_matrix.json (one entry a cell, written as each finishes), so an interrupted run goes on where it stopped.
+The table goes between the markers in docs/tpu.md. A compile of a ViT-B step takes about two minutes on a 2-core machine, ViT-g's longer.
 """
 
 from __future__ import annotations
@@ -150,14 +150,25 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
         if micro:
             return {**_micro_batch_figures(config, slice_, step, found, micro, {**extra, **settings}, started),
                     "tried": tried}
-    # The setting whose first micro-batch needed least, with what of it is the step's input.
-    smallest = min(((*min(t["measured"].items()), t.get("inputs") or {}) for t in tried if t.get("measured")),
-                   key=lambda row: row[1], default=None)
     return {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe(),
-            "chips": slice_.chips, "attention": "platform default",
-            "smallest": {"micro_batch": smallest[0], "total_bytes": smallest[1],
-                         "input_bytes": smallest[2].get(smallest[0])} if smallest else None,
+            "chips": slice_.chips, "attention": "platform default", "smallest": smallest_need(tried),
             "hbm_bytes": slice_.chip.hbm_bytes}
+
+
+def smallest_need(tried: list[dict]) -> dict | None:
+    """What the first micro-batch of a cell where none fits needed, with what of it is the step's input, and in which
+    setting: the most frugal (the ladder's last, the global batch in host memory) where it was measured, else the one
+    that needed least. Near the limit a refusal's figure is where libtpu gave up, not what the step needs, so the
+    least figure can be a setting that still holds the batch on the chips (VideoMAE-H/16 fine-tune on v5litepod-1:
+    15.99 GiB with it, 16.00 without), and the cell would advise what was tried."""
+    measured = [t for t in tried if t.get("measured")]
+    if not measured:
+        return None
+    frugal = measured[-1] if measured[-1]["settings"].get("batch_memory") == "host" else None
+    best = frugal or min(measured, key=lambda t: min(t["measured"].items())[1])
+    micro, total = min(best["measured"].items())
+    return {"micro_batch": int(micro), "total_bytes": total, "input_bytes": (best.get("inputs") or {}).get(micro),
+            "settings": best["settings"]}
 
 
 def _micro_batch_figures(config, slice_, step: str, found, micro: int, settings: dict, started: float) -> dict:

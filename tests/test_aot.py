@@ -673,6 +673,19 @@ def test_a_cell_whose_kernels_have_no_estimate_says_why_its_time_is_a_floor():
         "at their floors: libtpu's static profile does not cover v4")
 
 
+def test_a_cell_refused_within_the_chip_s_hbm_says_libtpu_refuses_it_and_in_which_setting():
+    """libtpu gives a program less than the chip's HBM (15.75 GiB of a v5e chip's 16), so a refusal's figure can read
+    as within it: the cell says libtpu refused it, and the setting (the most frugal) it was refused in."""
+    out = {"fits": False, "chips": 1, "global_batch": 1024, "hbm_bytes": 16 * 2**30,
+           "smallest": {"micro_batch": 1, "total_bytes": 17182128640, "input_bytes": 0,
+                        "settings": {"batch_memory": "host", "data.pixels": "host", "model.remat": "full"}}}
+    assert aot_command.brief(out) == (
+        "does not fit: 1 clip a chip needs 16.00 GiB of 16.00 GiB with batch_memory=host, pixels=host, remat=full, "
+        "which libtpu refuses: it keeps part of the chip's HBM for itself")
+    out["smallest"].update(total_bytes=int(21.39 * 2**30), settings={})
+    assert aot_command.brief(out) == "does not fit: 1 clip a chip needs 21.39 GiB of 16.00 GiB"
+
+
 def test_a_cell_where_no_micro_batch_fits_names_the_global_batch_it_holds():
     """With accumulation the step takes the whole global batch and cuts its micro-batches inside: a chip holds all of
     it (`aot.input_bytes`, its shard of each batch array), which a cell where not even one clip fits names."""

@@ -316,8 +316,15 @@ def brief(out: dict) -> str:
                 f"which the step holds while it runs its micro-batches (--config.batch_memory=host keeps it in host "
                 f"memory)" if held and out.get("global_batch") else "")
         clips = max(smallest['micro_batch'] // out['chips'], 1)
+        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in
+                             sorted((smallest.get("settings") or {}).items()))
+        # libtpu gives a program less than the chip's HBM (15.75 GiB of a v5e chip's 16): a refusal's figure can
+        # read as within it.
+        refused = (", which libtpu refuses: it keeps part of the chip's HBM for itself"
+                   if round(smallest["total_bytes"] / GIB, 2) <= round(out["hbm_bytes"] / GIB, 2) else "")
         return (f"does not fit: {_clips(clips)} a chip need{'s' if clips == 1 else ''} "
-                f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}{held}")
+                f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}"
+                f"{f' with {settings}' if settings else ''}{refused}{held}")
     if not out.get("fits"):
         needs = out.get("memory", {}).get("total_bytes") or out.get("memory", {}).get("temp_bytes")
         return "does not fit" + (f": {_gib(needs)} of {_gib(out['hbm_bytes'])} a chip" if needs and
