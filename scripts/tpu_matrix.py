@@ -10,7 +10,8 @@ whole-block rematerialisation, then parameters sharded (FSDP over the slice), th
 accumulation) small enough for a chip. The first setting that fits is the cell's, with its figures; a cell where
 none fits says so with what its first micro-batch needed (`smallest_need`). Results are kept in
 docs/tpu_matrix.json (one entry a cell, written as each finishes), so an interrupted run goes on where it stopped.
-The table goes between the markers in docs/tpu.md. A compile of a ViT-B step takes about two minutes on a 2-core machine, ViT-g's longer.
+The table goes between the markers in docs/tpu.md. A compile of a ViT-B step takes about two minutes on a 2-core
+machine, ViT-g's longer.
 """
 
 from __future__ import annotations
@@ -165,8 +166,11 @@ def smallest_need(tried: list[dict]) -> dict | None:
     if not measured:
         return None
     frugal = measured[-1] if measured[-1]["settings"].get("batch_memory") == "host" else None
-    best = frugal or min(measured, key=lambda t: min(t["measured"].items())[1])
-    micro, total = min(best["measured"].items())
+    def first(t: dict) -> tuple[str | int, int]:  # (the smallest micro-batch measured, its bytes); JSON keys are text
+        return min(t["measured"].items(), key=lambda item: int(item[0]))
+
+    best = frugal or min(measured, key=lambda t: first(t)[1])
+    micro, total = first(best)
     return {"micro_batch": int(micro), "total_bytes": total, "input_bytes": (best.get("inputs") or {}).get(micro),
             "settings": best["settings"]}
 
