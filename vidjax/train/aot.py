@@ -478,6 +478,9 @@ def _profiled(profiled: Mapping, row: dict) -> tuple[dict | None, str]:
     and why not. A kernel of the same name whose operands the profile never saw (none of the row's signatures among
     the profiled ones) is another kernel: the child process traced other code (the tree edited while it ran)."""
     signatures = profiled.get("signatures", {})
+    failed = profiled.get("errors", {}).get(_plain_name(row["name"]))
+    if failed:  # (a kernel with calls of several shapes, one of them unprofiled: its sum would read low)
+        return None, failed
     known = profiled.get("names", {}).get(_plain_name(row["name"]))
     if known:
         if signatures and not any(signature in signatures for signature in row["signatures"]):
@@ -507,42 +510,76 @@ def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_coll
 
 
 def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
-    """libtpu's static estimate of the cycles a byte of each Mosaic kernel of `lowered`'s step, in a child process
-    with the static profile on (`vidjax.tpu.static_estimates`, which must be set before libtpu loads).
+    """libtpu's static estimate of the cycles a byte of each Mosaic kernel of `lowered`'s step, each distinct kernel
+    call compiled in a child process of its own with the static profile on (`vidjax.tpu.static_estimates`, which
+    must be set before libtpu loads).
 
     The profile walks through every loop iteration of what it profiles, so its time and memory grow with the work:
     at a recipe's batch it would take far longer than the compile, and whole steps have also been seen to stop
-    libtpu's profiler (an LLO type check on a matrix product of VideoMamba's step, with or without kernels). So the
-    child traces the step at a clip or two per batch shard (`_few_clips_a_shard`) and compiles each distinct kernel
-    call of it alone, on one chip: nothing but the kernels is profiled. {"names": {kernel name: {"cycles",
-    "bytes"}}, "signatures": {the calls' shapes but their batch: the same}}, summed over the calls (a layer scan's by
-    its length), or {"error": why} where the child failed; a kernel is matched by its name, else by its shapes (its
-    instruction may be named after a jit around it). `kernel_estimates(..., profiled=)` scales them to the full step
-    by the bytes each kernel moves there. A kernel's grid, and with it its cycles, grows with the clips it is given
-    (libtpu's estimates of the selective-scan kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
+    libtpu's profiler (an LLO type check on a matrix product of VideoMamba's step, with or without kernels). So each
+    child traces the step at a clip or two per batch shard (`_few_clips_a_shard`) and compiles one distinct kernel
+    call of it alone, on one chip: nothing but that kernel is profiled. One child a kernel, because one kernel's
+    profile can stop its process (v5e's profiler lacks an instruction of the selective scan's last, partial time
+    tile) or take most of a machine's memory (VideoMamba-Ti's backward scan at 2 clips: 13 GB, which a process does
+    not give back for the next kernel): the others keep their estimates. {"names": {kernel name: {"cycles",
+    "bytes"}}, "signatures": {the calls' shapes but their batch: the same}, "errors": {kernel name: why its profile
+    failed}}, summed over the calls (a layer scan's by its length), or {"error": why} where the step could not be
+    traced; a kernel is matched by its name, else by its shapes (its instruction may be named after a jit around
+    it). `kernel_estimates(..., profiled=)` scales them to the full step by the bytes each kernel moves there. A
+    kernel's grid, and with it its cycles, grows with the clips it is given (libtpu's estimates of the
+    selective-scan kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
     import pickle
     import subprocess
     import tempfile
 
     small = _few_clips_a_shard(lowered.config, lowered.setup.mesh, lowered.slice.chip)
+    totals: dict[str, dict] = {"names": {}, "signatures": {}, "errors": {}}
     with tempfile.TemporaryDirectory(prefix="vidjax-kernels-") as where:
-        request, answer = os.path.join(where, "request.pkl"), os.path.join(where, "answer.pkl")
+        request, listing = os.path.join(where, "request.pkl"), os.path.join(where, "kernels.pkl")
         with open(request, "wb") as f:
             pickle.dump((small, lowered.slice, lowered.step, lowered.train_examples), f)
-        code = "import sys; from vidjax.train import aot; aot._profile_child(sys.argv[1], sys.argv[2])"
-        try:
-            done = subprocess.run([sys.executable, "-c", code, request, answer], capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            return {"error": f"profiling the kernels took over {timeout_s:.0f} s"}
-        if done.returncode or not os.path.exists(answer):
-            lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
-            # libtpu's own fatal line ("F1129 ... ] what failed") where there is one, not the abort that follows it.
-            failed = next((line.split("] ", 1)[-1] for line in lines if re.match(r"F\d{4} ", line)), None) or next(
-                (line for line in lines if "Check failed" in line or "Error" in line), lines[-1])
-            return {"error": f"profiling the kernels failed (exit {done.returncode}): {failed.strip()[:300]}"}
-        with open(answer, "rb") as f:
-            return pickle.load(f)
+        code = "import sys; from vidjax.train import aot; aot._profile_child(*sys.argv[1:])"
+        which, names = 0, None
+        while names is None or which < len(names):
+            answer = os.path.join(where, f"answer{which}.pkl")
+            why = None
+            try:
+                done = subprocess.run([sys.executable, "-c", code, request, listing, str(which), answer],
+                                      capture_output=True, text=True, timeout=timeout_s, check=False)
+                if done.returncode or not os.path.exists(answer):
+                    why = _child_failure(done)
+            except subprocess.TimeoutExpired:
+                why = f"profiling the kernel took over {timeout_s:.0f} s"
+            if names is None:  # the first child lists the step's kernels before it compiles its own
+                if not os.path.exists(listing):
+                    why = (why or "it listed no kernels").replace("profiling the kernel", "tracing the step", 1)
+                    return {"error": why}
+                with open(listing, "rb") as f:
+                    names = pickle.load(f)
+            if why:
+                totals["errors"][names[which]] = why
+            else:
+                with open(answer, "rb") as f:
+                    for kind, rows in pickle.load(f).items():
+                        for key, row in rows.items():
+                            total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
+                            total["cycles"] += row["cycles"]
+                            total["bytes"] += row["bytes"]
+            which += 1
+    return totals
+
+
+def _child_failure(done) -> str:
+    """Why a profiling child failed: libtpu's own fatal line ("F1129 ... ] what failed") where there is one, not the
+    abort that follows it; a kill without a word is most likely the machine's memory running out."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    if not lines and done.returncode == -9:
+        return ("profiling the kernel failed (exit -9, killed: most likely this machine's memory ran out; libtpu's "
+                "profile grows with the kernel's work)")
+    lines = lines or ["no output"]
+    failed = next((line.split("] ", 1)[-1] for line in lines if re.match(r"F\d{4} ", line)), None) or next(
+        (line for line in lines if "Check failed" in line or "Error" in line), lines[-1])
+    return f"profiling the kernel failed (exit {done.returncode}): {failed.strip()[:300]}"
 
 
 def _kernel_calls(jaxpr, times: float = 1.0, found: dict | None = None) -> dict:
@@ -563,9 +600,10 @@ def _kernel_calls(jaxpr, times: float = 1.0, found: dict | None = None) -> dict:
     return found
 
 
-def _profile_child(request: str, answer: str) -> None:
-    """`profile_kernels`'s child: each distinct kernel call of the requested step compiled alone on one chip, with
-    libtpu's static profile on."""
+def _profile_child(request: str, listing: str, which: str, answer: str) -> None:
+    """`profile_kernels`'s child: the requested step traced, its distinct kernel calls' names written to `listing`
+    (where it is not there yet), and the `which`-th of them compiled alone on one chip with libtpu's static profile
+    on; its estimates to `answer`."""
     import pickle
 
     tpu.static_estimates()  # before libtpu loads
@@ -575,16 +613,21 @@ def _profile_child(request: str, answer: str) -> None:
     devices = tpu.topology_devices(slice_)
     setup = build(config, examples, sharding.create_mesh(config.mesh, devices), backend=slice_.platform)
     fn, args = jitted_step(config, setup, step)
+    calls = list(_kernel_calls(jax.make_jaxpr(fn)(*args).jaxpr).items())
+    if not os.path.exists(listing):
+        with open(listing + ".part", "wb") as f:
+            pickle.dump([name for (name, _), _ in calls], f)
+        os.replace(listing + ".part", listing)
+    (name, _), (eqn, times) = calls[int(which)]
     one_chip = jax.sharding.SingleDeviceSharding(devices[0])
+    operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in eqn.invars]
+    kernel = jax.jit(functools.partial(_bind, eqn)).lower(*operands).compile()
     totals: dict[str, dict[str, dict[str, float]]] = {"names": {}, "signatures": {}}
-    for (name, _), (eqn, calls) in _kernel_calls(jax.make_jaxpr(fn)(*args).jaxpr).items():
-        operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in eqn.invars]
-        kernel = jax.jit(functools.partial(_bind, eqn)).lower(*operands).compile()
-        for row in kernel_estimates(kernel.as_text(), slice_.chip).get("kernels", []):
-            for kind, key in [("names", name)] + [("signatures", sig) for sig in row["signatures"][:1]]:
-                total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
-                total["cycles"] += calls * row["cycles"]
-                total["bytes"] += calls * row["bytes"]
+    for row in kernel_estimates(kernel.as_text(), slice_.chip).get("kernels", []):
+        for kind, key in [("names", name)] + [("signatures", sig) for sig in row["signatures"][:1]]:
+            total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
+            total["cycles"] += times * row["cycles"]
+            total["bytes"] += times * row["bytes"]
     with open(answer, "wb") as f:
         pickle.dump(totals, f)
 
