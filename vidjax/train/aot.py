@@ -556,6 +556,8 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
                     return {"error": why}
                 with open(listing, "rb") as f:
                     names = pickle.load(f)
+                if not names:
+                    break
             if why:
                 totals["errors"][names[which]] = why
             else:
@@ -618,6 +620,8 @@ def _profile_child(request: str, listing: str, which: str, answer: str) -> None:
         with open(listing + ".part", "wb") as f:
             pickle.dump([name for (name, _), _ in calls], f)
         os.replace(listing + ".part", listing)
+    if int(which) >= len(calls):  # (a step without kernels: nothing to profile)
+        return
     (name, _), (eqn, times) = calls[int(which)]
     one_chip = jax.sharding.SingleDeviceSharding(devices[0])
     operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in eqn.invars]
