@@ -646,17 +646,21 @@ def test_the_search_goes_on_until_the_multiple_after_the_largest_fit_does_not_fi
     assert again and not set(again) & set(earlier), again
 
 
-def test_the_kernel_profile_step_takes_whole_videos_with_repeated_sampling():
-    """The kernels' profile traces the step at a clip or two a batch shard; with repeated sampling (VideoMAE V2's 4
-    clips a video) a shard takes a whole video's clips, or the per-video arrays do not split over the shards."""
+def test_the_kernel_profile_step_takes_a_clip_a_core_without_repeated_sampling():
+    """The kernels' profile traces the step at a clip per TensorCore of each batch shard (two on a v5p chip, one on
+    v6e) and without repeated sampling: with VideoMAE V2's 4 clips a video a shard would take a whole video's clips
+    (the per-video arrays split over the shards), and the profile's time and memory grow with the clips."""
     from vidjax import sharding
 
-    slice_ = tpu.slice_of("v5p-128")
-    mesh = sharding.create_mesh(tiny().mesh, tpu.topology_devices(slice_))
-    for samples, per_shard in ((1, 2), (4, 4)):
-        config = tiny(**{"data.num_samples": samples, "batch_size": 64 * 16})
-        small = aot._few_clips_a_shard(config, mesh, slice_.chip)
-        assert small.batch_size == 64 * per_shard and small.grad_accum_steps == 1
+    for name, per_shard in (("v5p-128", 2), ("v6e-8", 1)):
+        slice_ = tpu.slice_of(name)
+        mesh = sharding.create_mesh(tiny().mesh, tpu.topology_devices(slice_))
+        shards = slice_.chips
+        for samples in (1, 4):
+            config = tiny(**{"data.num_samples": samples, "batch_size": shards * 16, "grad_accum_steps": 2})
+            small = aot._few_clips_a_shard(config, mesh, slice_.chip)
+            assert small.batch_size == shards * per_shard and small.grad_accum_steps == 1
+            assert small.data.num_samples == 1
 
 
 def test_the_docs_model_flops_are_what_vidjax_counts_today():
