@@ -245,23 +245,39 @@ def test_a_step_with_mosaic_kernels_counts_each_by_its_scaled_static_estimate():
 
 
 @pytest.mark.slow
-def test_each_kernel_is_profiled_in_a_process_of_its_own_and_a_failed_one_says_why():
-    """Each distinct kernel is profiled in a child of its own, so a profile that stops its process (libtpu's v5e
-    profiler lacks an instruction of the selective scan's partial last time tile at 384-channel tiles) or runs the
-    machine out of memory costs that kernel's estimate, not the step's other kernels': on v5e each of the four scan
-    kernels is counted at its floor with libtpu's own line, on v6e the same step's four are estimated."""
+def test_kernels_with_a_partial_last_tile_are_profiled_on_their_whole_tile_twins_each_in_a_process_of_its_own():
+    """libtpu's v5e profiler lacks an instruction of the selective scan's partial last time tile (it stops its
+    process: "Unsupported llo instruction: kScalarMultiplyHighU32"). Each distinct kernel is profiled in a child of
+    its own, one whose last tile is partial on its whole-tile twin (`scan_kernel.whole_tiles`), and counted for the
+    step's own bytes and shapes: on v5e the four scan kernels of a step whose 129 tokens end in a partial tile are
+    all estimated, each saying what was profiled."""
     config = load_config("videomamba_k400", "runlocal")
     # VideoMamba-Ti's width (384-channel tiles), bf16, 129 tokens: two time tiles of 128, the last one partial.
     config.model.update(variant="Ti/16", depth=1, tubelet_size=1, image_size=64, dtype="bfloat16")
     config.data.image_size = 64
-    lowered = aot.lower(config, tpu.slice_of("v5litepod-1"))
-    profiled = aot.profile_kernels(lowered)
-    assert set(profiled["errors"]) == {"selective_scan", "selective_scan_reverse", "selective_scan_backward",
-                                       "selective_scan_reverse_backward"}
-    for why in profiled["errors"].values():
-        assert why.startswith("profiling the kernel failed (exit -6): ") and "Unsupported llo instruction" in why
-    out = aot_command.figures(config, tpu.slice_of("v6e-1"), "train")
-    assert out["kernels"]["unknown"] == 0 and len(out["kernels"]["kernels"]) == 4
+    out = aot_command.figures(config, tpu.slice_of("v5litepod-1"), "train")
+    kernels = out["kernels"]
+    assert {row["name"] for row in kernels["kernels"]} == {
+        "selective_scan", "selective_scan_reverse", "selective_scan_backward", "selective_scan_reverse_backward"}
+    assert kernels["unknown"] == 0 and "step_s_is_floor" not in out
+    for row in kernels["kernels"]:
+        assert row["seconds"] >= max(row["hbm_floor_s"], row["arithmetic_floor_s"]) > 0
+        assert row["profiled_on"].startswith("its whole-tile twin") and row["signatures"][0].startswith(
+            ("f32[129,384]", "(f32[129,384]"))
+
+
+def test_a_failed_profiling_child_says_libtpus_own_line_or_that_memory_ran_out():
+    """Why a kernel's profiling child failed: libtpu's fatal line, not the abort after it; a silent kill is named
+    as the machine's memory running out."""
+    def done(code, stderr):
+        return subprocess.CompletedProcess([], code, "", stderr)
+
+    fatal = ("W1129 12:00:00.1 1 x.cc:1] a warning\nF1129 12:00:00.2 1 llo_evaluator.cc:86] Static LLO profiling "
+             "of _bind.1 failed: UNIMPLEMENTED: Unsupported llo instruction\n*** SIGABRT received ***\n")
+    assert aot._child_failure(done(-6, fatal)) == ("profiling the kernel failed (exit -6): Static LLO profiling of "
+                                                  "_bind.1 failed: UNIMPLEMENTED: Unsupported llo instruction")
+    assert "most likely this machine's memory ran out" in aot._child_failure(done(-9, ""))
+    assert aot._child_failure(done(1, "Traceback\nValueError: bad\n")).endswith("(exit 1): ValueError: bad")
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """The fused selective-scan kernel (`vidjax.ops.scan_kernel`): in Pallas's TPU interpreter on this CPU it computes
 what the plain sequential scan computes, values and gradients at 1e-5 in float32, in both directions, at lengths that
-are not whole tiles, at batch 1 and 3, from bfloat16 inputs with a float32 state, and sharded over 8 devices as on
-one; compiled for TPU for real (Mosaic, on this CPU: nothing runs) at VideoMamba-S's and -M's shapes, forward and
-backward. The model's `scan="pallas"` (and "auto" on TPU) runs it: tests/test_videomamba.py."""
+are not whole tiles (and padded to whole tiles, vidjax.aot's profiling twin, the same), at batch 1 and 3, from
+bfloat16 inputs with a float32 state, and sharded over 8 devices as on one; compiled for TPU for real (Mosaic, on
+this CPU: nothing runs) at VideoMamba-S's and -M's shapes, forward and backward. The model's `scan="pallas"` (and
+"auto" on TPU) runs it: tests/test_videomamba.py."""
 
 import functools
 
@@ -112,6 +113,29 @@ def test_sharded_over_eight_devices_it_equals_one_device():
         together = jax.jit(sharded)(*placed)
     for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
         _assert_close(got, want, atol=1e-4)
+
+
+def test_whole_tiles_pads_the_sequence_to_whole_tiles_and_computes_the_same_values_and_gradients():
+    """`scan_kernel.whole_tiles`, the twin vidjax.aot profiles where libtpu's profiler stops on a partial last tile:
+    37 steps enter the kernels as 48 (three tiles of 16), the result and gradients those of the 37 steps."""
+    from vidjax.train import aot
+
+    args = _inputs(1, 37, 16, 4)
+    scan = functools.partial(scan_kernel.selective_scan_pallas, time_block=16, delta_softplus=True, reverse=True)
+    with pltpu.force_tpu_interpret_mode():
+        y, grads = jax.jit(lambda *a: _value_and_grads(scan, a))(*args)
+        with scan_kernel.whole_tiles():
+            calls = aot._kernel_calls(jax.make_jaxpr(lambda *a: _value_and_grads(scan, a))(*args).jaxpr)
+            twin_y, twin_grads = jax.jit(lambda *a: _value_and_grads(scan, a))(*args)
+    assert sorted(name for name, _ in calls) == ["selective_scan_reverse", "selective_scan_reverse_backward"]
+    for (_, avals), (eqn, _) in calls.items():
+        assert "bf16" not in avals[0] and avals[0].endswith("[1,48,16]") and not aot._partial_blocks(eqn)
+        assert aot._aval_signature(eqn).split(";")[0] == "f32[48,16]"
+    _assert_close(twin_y, y, atol=1e-6)
+    for name, got, want in zip(ARGS, twin_grads, grads, strict=True):
+        _assert_close(got, want, atol=1e-6), name
+    plain = aot._kernel_calls(jax.make_jaxpr(lambda *a: _value_and_grads(scan, a))(*args).jaxpr)
+    assert all(aot._partial_blocks(eqn) for eqn, _ in plain.values())
 
 
 def test_channel_tiles_are_the_widest_multiple_of_128_lanes_that_divides():

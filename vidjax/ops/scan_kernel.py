@@ -7,7 +7,8 @@ so that the (d_state, channels) state never leaves the chip's on-chip memory:
   TensorCores split them); the time tiles run in order ("arbitrary"), the state carried between them in a VMEM
   scratch. A reversed scan walks the time tiles from the last and each tile's steps from its last: nothing is
   flipped in memory. The last tile may run past the sequence; its steps there are masked to dt = u = 0 (the state
-  passes through unchanged), so nothing is padded in memory either.
+  passes through unchanged), so nothing is padded in memory either (but under `whole_tiles`, libtpu's static
+  profile's twin of the kernel).
 - **Inside a tile** a `fori_loop` over groups of GROUP steps, each group read as whole (GROUP, F) blocks and its
   steps unrolled: dt = softplus(delta + bias), h = exp(dt A) h + (dt u) B, y = sum_n h C, on a (N, channels) state
   with the channels on the lanes. Each input is read from HBM once and y written once.
@@ -30,6 +31,7 @@ Elsewhere than on TPU it runs only under Pallas's TPU interpreter (`jax.experime
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -59,6 +61,25 @@ GROUP = 16
 # columns 91 (VideoMamba-M's 384-channel tiles at 1,569 steps: rows 16% lower). Columns from this tile width, on chips
 # that have the sublane gather (v5e and later; v4's Mosaic refuses it, `_products_as_rows`).
 COLUMN_PRODUCTS_FROM = 768
+
+
+_WHOLE_TILES = [False]
+
+
+@contextlib.contextmanager
+def whole_tiles():
+    """Within it, the kernels are traced on their sequences padded to whole time tiles, for libtpu's static profile
+    only (`vidjax.aot`): its profiler stops on a kernel whose last time tile is partial ("Unsupported llo
+    instruction: kScalarMultiplyHighU32", v5e at 384- and 768-channel tiles, v6e at 768). The twin computes the
+    same steps (a tile's rows past the sequence are computed and masked either way; `spec.length` stays the
+    sequence's) and moves only the overhang's rows more: libtpu's estimates of the two on v5p, whose profiler takes
+    both, agree within 1% (S's forward and backward kernels, 768 channels, and Ti's reversed ones at 1,569 steps:
+    the twin 0.1-0.8% lower). Training never pads: the padding would cost a copy of each input."""
+    _WHOLE_TILES[0] = True
+    try:
+        yield
+    finally:
+        _WHOLE_TILES[0] = False
 
 
 def channel_block(d_inner: int, widest: int = MAX_CHANNEL_BLOCK) -> int:
@@ -351,11 +372,15 @@ def _local_scan(delta, bias, u, A_ND, B, C, *, reverse: bool, softplus: bool, ti
                 widest_channels: int):
     """The kernel on one device's operands: y (batch, L, D) float32. bias (1, D) float32."""
     length, d_inner = u.shape[1], u.shape[2]
-    block, _ = _tiles(length, time_block)
+    block, tiles = _tiles(length, time_block)
     tile = channel_block(d_inner, widest_channels)
     spec = _Scan(reverse=reverse, length=length, time_block=block, channel_tile=tile, softplus=softplus,
                  rows=_products_as_rows(tile))
-    return _scan(delta, bias, u, A_ND, B, C, spec)
+    overhang = tiles * block - length
+    if not (_WHOLE_TILES[0] and overhang):
+        return _scan(delta, bias, u, A_ND, B, C, spec)
+    delta, u, B, C = (jnp.pad(x, ((0, 0), (0, overhang), (0, 0))) for x in (delta, u, B, C))
+    return _scan(delta, bias, u, A_ND, B, C, spec)[:, :length]
 
 
 def selective_scan_pallas(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,

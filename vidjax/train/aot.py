@@ -34,6 +34,7 @@ from vidjax import config_lib, flops, host_malloc, losses, sharding, tasks, tpu
 from vidjax.config_lib import ConfigError
 from vidjax.data import pipeline, synthetic
 from vidjax.models import clip_spec
+from vidjax.ops import scan_kernel
 from vidjax.train import (
     Folded,
     Setup,
@@ -454,6 +455,9 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
             # Its cycles a byte at a clip or two a batch shard, times the bytes it moves in this step.
             row["cycles"] = known["cycles"] / known["bytes"] * row["bytes"]
             row["profiled_bytes"] = known["bytes"]
+            if known.get("whole_tiles"):
+                row["profiled_on"] = ("its whole-tile twin (`scan_kernel.whole_tiles`: libtpu's profiler stops on "
+                                      "a partial last tile)")
         seconds = row["cycles"] / clock
         if seconds < floor:
             which = ("its HBM bytes over the chip's bandwidth" if row["hbm_floor_s"] >= row["arithmetic_floor_s"]
@@ -490,7 +494,8 @@ def _profiled(profiled: Mapping, row: dict) -> tuple[dict | None, str]:
     found = [signatures.get(signature) for signature in row["signatures"]]
     if not found or not all(found):
         return None, "libtpu gave no static estimate of it (the profiled step had no kernel of this name)"
-    return {"cycles": sum(f["cycles"] for f in found), "bytes": sum(f["bytes"] for f in found)}, ""
+    return {"cycles": sum(f["cycles"] for f in found), "bytes": sum(f["bytes"] for f in found),
+            "whole_tiles": any(f.get("whole_tiles") for f in found)}, ""
 
 
 def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_collections.ConfigDict:
@@ -521,16 +526,19 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
     at a recipe's batch it would take far longer than the compile, and whole steps have also been seen to stop
     libtpu's profiler (an LLO type check on a matrix product of VideoMamba's step, with or without kernels). So each
     child traces the step at a clip or two per batch shard (`_few_clips_a_shard`) and compiles one distinct kernel
-    call of it alone, on one chip: nothing but that kernel is profiled. One child a kernel, because one kernel's
-    profile can stop its process (v5e's profiler lacks an instruction of the selective scan's last, partial time
-    tile) or take most of a machine's memory (VideoMamba-Ti's backward scan at 2 clips: 13 GB, which a process does
-    not give back for the next kernel): the others keep their estimates. {"names": {kernel name: {"cycles",
-    "bytes"}}, "signatures": {the calls' shapes but their batch: the same}, "errors": {kernel name: why its profile
-    failed}}, summed over the calls (a layer scan's by its length), or {"error": why} where the step could not be
-    traced; a kernel is matched by its name, else by its shapes (its instruction may be named after a jit around
-    it). `kernel_estimates(..., profiled=)` scales them to the full step by the bytes each kernel moves there. A
-    kernel's grid, and with it its cycles, grows with the clips it is given (libtpu's estimates of the
-    selective-scan kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
+    call of it alone, on one chip: nothing but that kernel is profiled. A kernel whose last block is partial is
+    profiled on its whole-tile twin where it has one (`_whole_tile_twin`: v5e's and v6e's profilers lack an
+    instruction of the selective scan's partial last time tile), its cycles counted for its own bytes. One child a
+    kernel, because one kernel's profile can stop its process (libtpu's profiler aborts on what it does not
+    support) or take most of a machine's memory (VideoMamba-Ti's backward scan at 2 clips: 13 GB, which a process
+    does not give back for the next kernel): the others keep their estimates. {"names": {kernel name: {"cycles",
+    "bytes", and "whole_tiles" where a twin's}}, "signatures": {the calls' shapes but their batch: the same},
+    "errors": {kernel name: why its profile failed}}, summed over the calls (a layer scan's by its length), or
+    {"error": why} where the step could not be traced; a kernel is matched by its name, else by its shapes (its
+    instruction may be named after a jit around it). `kernel_estimates(..., profiled=)` scales them to the full step
+    by the bytes each kernel moves there. A kernel's grid, and with it its cycles, grows with the clips it is given
+    (libtpu's estimates of the selective-scan kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in
+    proportion)."""
     import pickle
     import subprocess
     import tempfile
@@ -570,6 +578,8 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
                             total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
                             total["cycles"] += row["cycles"]
                             total["bytes"] += row["bytes"]
+                            if row.get("whole_tiles"):
+                                total["whole_tiles"] = True
             which += 1
     return totals
 
@@ -626,17 +636,68 @@ def _profile_child(request: str, listing: str, which: str, answer: str) -> None:
     if int(which) >= len(calls):  # (a step without kernels: nothing to profile)
         return
     (name, _), (eqn, times) = calls[int(which)]
+    twin = _whole_tile_twin(config, setup, step, int(which), name) if _partial_blocks(eqn) else None
     one_chip = jax.sharding.SingleDeviceSharding(devices[0])
-    operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in eqn.invars]
-    kernel = jax.jit(functools.partial(_bind, eqn)).lower(*operands).compile()
+    operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in (twin or eqn).invars]
+    kernel = jax.jit(functools.partial(_bind, twin or eqn)).lower(*operands).compile()
     totals: dict[str, dict[str, dict[str, float]]] = {"names": {}, "signatures": {}}
     for row in kernel_estimates(kernel.as_text(), slice_.chip).get("kernels", []):
-        for kind, key in [("names", name)] + [("signatures", sig) for sig in row["signatures"][:1]]:
+        signature, moved = row["signatures"][:1], row["bytes"]
+        if twin:  # its cycles, for the kernel's own operands: their bytes, their shapes
+            signature, moved = [_aval_signature(eqn)], moved * _aval_bytes(eqn) / _aval_bytes(twin)
+        for kind, key in [("names", name)] + [("signatures", sig) for sig in signature]:
             total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
             total["cycles"] += times * row["cycles"]
-            total["bytes"] += times * row["bytes"]
+            total["bytes"] += times * moved
+            if twin:
+                total["whole_tiles"] = True
     with open(answer, "wb") as f:
         pickle.dump(totals, f)
+
+
+def _partial_blocks(eqn) -> bool:
+    """Whether a pallas_call's grid runs its last block of some operand or result past the array's end."""
+    for mapping in eqn.params["grid_mapping"].block_mappings:
+        for block, size in zip(mapping.block_shape, mapping.array_aval.shape, strict=True):
+            block = getattr(block, "block_size", block)
+            if isinstance(block, int) and size % block:
+                return True
+    return False
+
+
+def _whole_tile_twin(config, setup, step: str, which: int, name: str):
+    """The `which`-th kernel call of the step traced again under `scan_kernel.whole_tiles` (its sequence padded
+    to whole tiles: libtpu's static profiler stops on a partial last tile on v5e and v6e), or None where that trace
+    has no such kernel there or its blocks are still partial (a kernel that does not pad)."""
+    jax.clear_caches()  # (the step's jits would give back the unpadded trace)
+    with scan_kernel.whole_tiles():
+        fn, args = jitted_step(config, setup, step)
+        calls = list(_kernel_calls(jax.make_jaxpr(fn)(*args).jaxpr).items())
+    if which >= len(calls) or calls[which][0][0] != name or _partial_blocks(calls[which][1][0]):
+        return None
+    return calls[which][1][0]
+
+
+def _aval_bytes(eqn) -> int:
+    return sum(math.prod(v.aval.shape) * v.aval.dtype.itemsize for v in (*eqn.outvars, *eqn.invars))
+
+
+def _hlo_type(dtype) -> str:
+    """An array dtype as HLO spells it (f32, bf16, s32, pred, ...)."""
+    name = np.dtype(dtype).name
+    if name == "bool":
+        return "pred"
+    if name == "bfloat16" or name.startswith("float8_"):
+        return name.replace("bfloat", "bf").replace("float8_", "f8")
+    return re.sub(r"^(u?)(int|float|complex)(\d+)$",
+                  lambda m: ("u" if m[1] else {"int": "s", "float": "f", "complex": "c"}[m[2]]) + m[3], name)
+
+
+def _aval_signature(eqn) -> str:
+    """`_kernel_signature` of a pallas_call equation from its avals: its results' and operands' shapes, each
+    without its leading (batch) dimension."""
+    return ";".join(f"{_hlo_type(v.aval.dtype)}[{','.join(map(str, v.aval.shape[1:]))}]"
+                    for v in (*eqn.outvars, *eqn.invars))
 
 
 def _pallas_name(eqn) -> str:
