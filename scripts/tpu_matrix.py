@@ -4,6 +4,7 @@ people train on, at the recipe's published global batch.
   python scripts/tpu_matrix.py                       # every cell not yet in docs/tpu_matrix.json, then the table
   python scripts/tpu_matrix.py --rows=videomae_b_pt --columns=v5p-128   # some cells (again, with --redo)
   python scripts/tpu_matrix.py --table_only          # rewrite the table from the JSON
+  python scripts/tpu_matrix.py --rows=videomamba_s --columns=v6e-1 --refigure   # a filled cell's figures again
 
 Each cell tries the row's TPU settings, then falls back one step at a time until the step fits the chips' HBM:
 whole-block rematerialisation, then parameters sharded (FSDP over the slice), then micro-batches (gradient
@@ -211,6 +212,26 @@ def confirmed_cell(old: dict, base, slice_, step: str, extra: dict) -> dict:
             "tried": tried}
 
 
+def refigured_cell(old: dict, base, slice_, step: str, extra: dict) -> dict:
+    """`old`, a filled cell of an `ACCUMULATED` column, compiled again at its own setting and micro-batch for its
+    figures, with no search (`--refigure`): where what `vidjax.aot` estimates has changed since it was taken (its
+    kernels counted at their floors then: a profile libtpu stopped on, which their whole-tile twins now take)."""
+    from vidjax.train import aot
+
+    last = old["tried"][-1]
+    config = _apply(base, last["settings"])
+    config.grad_accum_steps = config.batch_size // old["micro_batch"]
+    started = time.perf_counter()
+    lowered = aot.lower(config, slice_, step)
+    compiled, refused = aot.compile_or_refuse(lowered)
+    if refused is not None:
+        print(f"  its micro-batch of {old['micro_batch']} is refused now ({refused['message'][:200]}); the cell is "
+              "kept", flush=True)
+        return old
+    return {**_micro_batch_figures(config, slice_, step, (lowered, compiled), old["micro_batch"],
+                                   {**extra, **last["settings"]}, started), "tried": old["tried"]}
+
+
 def eval_cell(base, slice_, step: str, extra: dict) -> dict:
     """A cell of an `ACCUMULATED` column for a step that is no training step (an evaluation's): it runs the recipe's
     batch where that fits, else the largest batch that does (`vidjax.aot --find_batch`), the evaluation going through
@@ -243,7 +264,7 @@ def eval_cell(base, slice_, step: str, extra: dict) -> dict:
     return out
 
 
-def cell(row, column, old: dict | None = None) -> dict:
+def cell(row, column, old: dict | None = None, refigure: bool = False) -> dict:
     from vidjax.commands import aot as aot_command
     from vidjax.config_lib import ConfigError
 
@@ -260,7 +281,7 @@ def cell(row, column, old: dict | None = None) -> dict:
                             if key in block}, **extra})
     if step == "train" and column[0] in ACCUMULATED:
         if old is not None:
-            return confirmed_cell(old, base, slice_, step, extra)
+            return (refigured_cell if refigure else confirmed_cell)(old, base, slice_, step, extra)
         return accumulated_cell(base, slice_, step, extra)
     if column[0] in ACCUMULATED:
         return eval_cell(base, slice_, step, extra)
@@ -376,12 +397,15 @@ def main() -> int:
     parser.add_argument("--confirm", action="store_true",
                         help="Take up the micro-batch search of the small columns' filled training cells where it "
                              "stopped, until the next micro-batch is shown not to fit.")
+    parser.add_argument("--refigure", action="store_true",
+                        help="Compile the small columns' filled training cells again at their own micro-batch, "
+                             "without a search, for their figures (what vidjax.aot estimates changed since).")
     parser.add_argument("--table_only", action="store_true", help="Only rewrite docs/tpu.md's table.")
     args = parser.parse_args()
     results = json.load(open(JSON)) if os.path.exists(JSON) else {}
     rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
     columns = [c for c in COLUMNS if not args.columns or c[0] in args.columns.split(",")]
-    if args.confirm:
+    if args.confirm or args.refigure:
         todo = [(row, column) for row in rows for column in columns
                 if results.get(f"{row[0]}@{column[0]}", {}).get("micro_batch")]
     else:
@@ -394,7 +418,8 @@ def main() -> int:
         for row, column in todo:
             done = subprocess.run([sys.executable, os.path.abspath(__file__), f"--rows={row[0]}",
                                    f"--columns={column[0]}", *(["--redo"] if args.redo else []),
-                                   *(["--confirm"] if args.confirm else [])])
+                                   *(["--confirm"] if args.confirm else []),
+                                   *(["--refigure"] if args.refigure else [])])
             if done.returncode:
                 print(f"{row[0]}@{column[0]}: its process ended with code {done.returncode}", flush=True)
         results = json.load(open(JSON)) if os.path.exists(JSON) else {}
@@ -402,7 +427,7 @@ def main() -> int:
         (row, column), = todo
         key = f"{row[0]}@{column[0]}"
         started = time.perf_counter()
-        done = cell(row, column, results[key] if args.confirm else None)
+        done = cell(row, column, results[key] if args.confirm or args.refigure else None, args.refigure)
         print(f"{key}: {'fits' if done['fits'] else 'does not fit'} ({time.perf_counter() - started:.0f} s)",
               flush=True)
         # Read again before writing: runs over other columns may share the file.
