@@ -75,11 +75,11 @@ def whole_tiles():
     sequence's) and moves only the overhang's rows more: libtpu's estimates of the two on v5p, whose profiler takes
     both, agree within 1% (S's forward and backward kernels, 768 channels, and Ti's reversed ones at 1,569 steps:
     the twin 0.1-0.8% lower). Training never pads: the padding would cost a copy of each input."""
-    _WHOLE_TILES[0] = True
+    before, _WHOLE_TILES[0] = _WHOLE_TILES[0], True
     try:
         yield
     finally:
-        _WHOLE_TILES[0] = False
+        _WHOLE_TILES[0] = before
 
 
 def channel_block(d_inner: int, widest: int = MAX_CHANNEL_BLOCK) -> int:
