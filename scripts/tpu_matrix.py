@@ -116,6 +116,18 @@ def _apply(config, overrides: dict):
 ACCUMULATED = ("v5litepod-1", "v6e-1", "v5litepod-8", "v4-32")
 
 
+def _frugal_ladder(base, slice_) -> list[dict]:
+    """The ladder without accumulation, each setting also with the host's pixels where the recipe cuts its clips on
+    the device: the last is the most frugal."""
+    steps = ladder(base, slice_, accumulate=False)
+    if base.data.get("pixels", "host") != "host":  # "device", or "auto" (the device's on an accelerator)
+        # Each setting also with the host's pixels: the whole global batch's input is on the chips for the step, and
+        # a device-pixel batch is the crop regions' planes (VideoMAE's 2,048 clips: 11.3 GiB, more than a v5e chip
+        # has once copied), where RGB clips are 4.7 GiB.
+        steps = [step for settings in steps for step in (settings, {**settings, "data.pixels": "host"})]
+    return steps
+
+
 def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
     """A cell of an `ACCUMULATED` column: for each setting of the ladder (as the row's, + remat, + FSDP; each also with
     the host's pixels where the recipe cuts its clips on the device; last, the most frugal of them with the global
@@ -125,12 +137,7 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
     from vidjax.config_lib import ConfigError
 
     tried = []
-    steps = ladder(base, slice_, accumulate=False)
-    if base.data.get("pixels", "host") != "host":  # "device", or "auto" (the device's on an accelerator)
-        # Each setting also with the host's pixels: the whole global batch's input is on the chips for the step, and
-        # a device-pixel batch is the crop regions' planes (VideoMAE's 2,048 clips: 11.3 GiB, more than a v5e chip
-        # has once copied), where RGB clips are 4.7 GiB.
-        steps = [step for settings in steps for step in (settings, {**settings, "data.pixels": "host"})]
+    steps = _frugal_ladder(base, slice_)
     # Last, the most frugal of them with the global batch in host memory, a micro-batch at a time on the chips: the
     # step's input then takes no HBM (V2-B's 4,096 clips are 9.2 GiB a v5e chip would hold beside its step).
     steps.append({**steps[-1], "batch_memory": "host"})
@@ -155,6 +162,58 @@ def accumulated_cell(base, slice_, step: str, extra: dict) -> dict:
     return {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe(),
             "chips": slice_.chips, "attention": "platform default", "smallest": smallest_need(tried),
             "hbm_bytes": slice_.chip.hbm_bytes}
+
+
+def whole_batch_cell(base, slice_, step: str, extra: dict, coupled: str) -> dict:
+    """A cell of an `ACCUMULATED` column for a recipe whose loss couples a batch's examples (`TrainingSpec.
+    batch_coupled`: a contrastive loss contrasts each with the others), which micro-batches would change, so that the
+    trainer refuses gradient accumulation for it: the recipe's global batch at once, with the first setting of the
+    ladder where it fits. The most frugal setting is compiled first: where the batch does not fit with it, it fits
+    with none, and the cell gives what it needed, with the largest batch that fits at once (`vidjax.aot
+    --find_batch`): a smaller contrastive batch, another recipe, which the cell says."""
+    from vidjax.commands import aot as aot_command
+    from vidjax.config_lib import ConfigError
+
+    steps = _frugal_ladder(base, slice_)
+    tried: list[dict] = []
+    started = time.perf_counter()
+
+    def compiled(settings: dict) -> dict | None:
+        """The figures of the recipe's batch at once with `settings`, or None where it does not compile (the batch
+        does not split over the slice's batch shards, say): `tried` gets what it needed, or the error."""
+        try:
+            out = aot_command.figures(_apply(base, settings), slice_, step)
+        except ConfigError as err:
+            tried.append({"settings": settings, "error": str(err)[:300]})
+            return None
+        except Exception as err:  # noqa: BLE001 - a program that does not compile is that cell's result
+            tried.append({"settings": settings, "error": f"{type(err).__name__}: {err}"[:300]})
+            return None
+        needs = out["memory"].get("total_bytes") or out["memory"].get("temp_bytes")  # libtpu's refusal: temporaries
+        tried.append({"settings": settings, "total_bytes": needs, "fits": out["fits"]})
+        return {**out, "settings": {**extra, **settings}}
+
+    frugal = compiled(steps[-1])  # where the batch does not fit with the most frugal setting, it fits with none
+    if frugal is None:
+        return {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe()}
+    if frugal["fits"]:  # the ladder's first setting that fits is the cell's
+        chosen = next((out for out in map(compiled, steps[:-1]) if out is not None and out["fits"]), frugal)
+        return {**chosen, "attention": "platform default", "tried": tried,
+                "wall_s": round(time.perf_counter() - started, 1)}
+    cell = {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe(),
+            "chips": slice_.chips, "hbm_bytes": slice_.chip.hbm_bytes, "attention": "platform default",
+            "batch_coupled": coupled, "recipe_bytes": tried[0]["total_bytes"], "largest": None}
+    measured: dict = {}
+    config = _apply(base, steps[-1])
+    batch, found = aot_command.find_batch(config, slice_, step, 0, log=lambda line: print(line, flush=True),
+                                          measured=measured)
+    tried[0]["measured"] = measured
+    if batch:
+        largest = aot_command.figures(None, slice_, step, compiled=found)
+        largest.pop("train_hours", None)  # the recipe's steps at another batch: not the recipe's hours
+        cell["largest"] = {**largest, "settings": {**extra, **steps[-1]}}
+    cell["wall_s"] = round(time.perf_counter() - started, 1)
+    return cell
 
 
 def smallest_need(tried: list[dict]) -> dict | None:
@@ -279,6 +338,11 @@ def cell(row, column, old: dict | None = None, refigure: bool = False) -> dict:
                                         if hasattr(value, "keys")]
     base = _apply(base, {**{f"{where}.{key}": value for where, block in blocks for key, value in TPU.items()
                             if key in block}, **extra})
+    from vidjax.train import aot
+
+    coupled = aot.batch_coupled(base) if step == "train" else ""
+    if coupled and column[0] in ACCUMULATED:
+        return whole_batch_cell(base, slice_, step, extra, coupled)
     if step == "train" and column[0] in ACCUMULATED:
         if old is not None:
             return (refigured_cell if refigure else confirmed_cell)(old, base, slice_, step, extra)
@@ -286,7 +350,7 @@ def cell(row, column, old: dict | None = None, refigure: bool = False) -> dict:
     if column[0] in ACCUMULATED:
         return eval_cell(base, slice_, step, extra)
     tried = []
-    for settings in ladder(base, slice_) if step == "train" else [{}]:
+    for settings in ladder(base, slice_, accumulate=not coupled) if step == "train" else [{}]:
         config = _apply(base, settings)
         started = time.perf_counter()
         try:
@@ -333,6 +397,11 @@ def table(results: dict) -> str:
             r = results.get(f"{row[0]}@{column[0]}")
             if r is None:
                 cells.append("not compiled yet")
+                continue
+            if not r["fits"] and r.get("batch_coupled") and "largest" in r:  # no accumulation: what fits at once
+                from vidjax.commands import aot as aot_command
+
+                cells.append(aot_command.brief(r))
                 continue
             if not r["fits"] and not r.get("smallest") and any("does not split" in t.get("error", "")
                                                                 for t in r.get("tried", [])):

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 import types
@@ -780,3 +781,75 @@ def test_a_micro_batch_search_taken_up_compiles_only_the_micro_batches_it_had_no
     micro, found = aot_command.find_batch(config, slice_, "train", 0, log=lambda line: None, accumulate=True,
                                           known={2: (2**30, True), 4: (2**31, True), 8: (2**40, False)})
     assert (micro, found, lowered) == (4, None, [])  # shown before: 4 fits and 8 does not
+
+
+def test_a_loss_that_couples_its_batch_is_refused_accumulation_by_aot_as_by_the_trainer():
+    """A contrastive loss contrasts each video with every caption of its batch: micro-batches would be another
+    recipe, so the trainer refuses config.grad_accum_steps for it, and `vidjax.aot` refuses to compile such a step
+    (in the same words) or to search for a micro-batch: a compiled step the trainer would not run is no answer."""
+    config = load_config("videoprism", "recipe=contrastive,runlocal,variant=Mu/8")
+    config.grad_accum_steps = 2
+    said = "config.grad_accum_steps=2: config.task='contrastive' does not accumulate (it contrasts each video"
+    assert any(problem.startswith(said) for problem in train.config_problems(config))
+    with pytest.raises(ConfigError, match=r"^" + re.escape(said)):
+        aot.lower(config, tpu.slice_of("cpu:2"))
+    config.grad_accum_steps = 1
+    with pytest.raises(ConfigError, match="--accumulate: config.task='contrastive' does not accumulate .*"
+                                          "--find_batch alone gives the largest batch that fits at once"):
+        aot_command.find_batch(config, tpu.slice_of("v5litepod-1"), "train", 0, accumulate=True)
+    # Tasks whose gradients are the mean of their examples' accumulate.
+    config = tiny(grad_accum_steps=2)
+    assert not any("does not accumulate" in problem for problem in train.config_problems(config))
+
+
+def test_the_matrix_gives_a_contrastive_recipe_its_batch_at_once_or_the_largest_that_fits(monkeypatch):
+    """A matrix cell on a chip for a recipe that does not accumulate: the most frugal setting first; where the
+    recipe's batch does not fit with it, the cell says what it needed and why no accumulation, with the largest batch
+    that fits at once (`find_batch` without accumulation); where it fits, the ladder's first setting that fits."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "scripts"))
+    import tpu_matrix
+
+    def flatten(tree, prefix=""):
+        for key, value in tree.items():
+            yield from flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+
+    needs = {(): 30.0, ("model.remat",): 20.0}  # GiB of the recipe's batch a setting needs
+    tried, searched = [], []
+
+    def rematerialised(config) -> bool:
+        return any(key.endswith("remat") and value == "full" for key, value in flatten(config.to_dict()))
+
+    def figures(config, slice_, step, compiled=None):
+        if config is None:  # find_batch's step
+            return {"fits": True, "memory": {"total_bytes": 15 * 2**30}, "global_batch": 64, "chips": 1,
+                    "settings": {}, "step_s": 2.0, "mfu": 0.2, "clips_per_s": 32.0, "train_hours": 9.0}
+        key = ("model.remat",) if rematerialised(config) else ()
+        tried.append(key)
+        gib = needs[key]
+        return {"fits": gib <= 16, "memory": {"total_bytes" if gib <= 16 else "temp_bytes": int(gib * 2**30)}}
+
+    def find_batch(config, slice_, step, examples, log=print, accumulate=False, measured=None, **_):
+        assert not accumulate
+        searched.append(rematerialised(config))
+        measured[64] = 15 * 2**30
+        return 64, ("lowered", "compiled")
+
+    monkeypatch.setattr(aot_command, "figures", figures)
+    monkeypatch.setattr(aot_command, "find_batch", find_batch)
+    base = load_config("videoprism", "recipe=contrastive,runlocal,variant=Mu/8")
+    base.data.pixels = "host"
+    slice_ = tpu.slice_of("v5litepod-1")
+    coupled = "it contrasts each video with every caption of its batch"
+    cell = tpu_matrix.whole_batch_cell(base, slice_, "train", {}, coupled)
+    assert tried == [("model.remat",)] and searched == [True]  # the most frugal only, then the search with it
+    assert not cell["fits"] and cell["largest"]["global_batch"] == 64 and "train_hours" not in cell["largest"]
+    assert aot_command.brief(cell) == (
+        f"does not fit: the recipe's {base.batch_size} clips at once need 20.00 GiB of 16.00 GiB a chip, and its loss "
+        f"does not accumulate ({coupled}); the largest batch that fits at once, 64 clips (another recipe): 15.00 GiB "
+        f"a chip; 2,000 ms a step, MFU 20%, 32 clips/s")
+    assert "does not accumulate" in tpu_matrix.table({"videoprism_b_clip@v5litepod-1": cell})
+    # Where the batch fits the most frugal setting, the ladder's first setting that fits is the cell's.
+    needs.update({(): 12.0, ("model.remat",): 10.0})
+    tried.clear()
+    cell = tpu_matrix.whole_batch_cell(base, slice_, "train", {}, coupled)
+    assert tried == [("model.remat",), ()] and cell["fits"] and cell["settings"] == {}

@@ -118,7 +118,7 @@ def test_no_module_outside_tasks_takes_a_task_modules_objects_directly():
 TRAINING_MEMBERS = {"loss_fn", "loss_weights", "input_spec", "masks", "element_fields", "view_spec", "teacher",
                     "config_problems", "resolve", "init_targets", "metadata", "evaluator", "mixes", "pads_eval",
                     "synthetic_task", "write_assets", "mix_label_smoothing", "ema_schedule", "hold", "reconstruct",
-                    "caption_losses"}
+                    "caption_losses", "batch_coupled", "accumulation_problem"}
 READOUT_MEMBERS = {"scores", "describe", "format_prediction", "probe_targets", "probe_loss", "predicts", "probes",
                    "output_kind", "kinetics_label_spaces", "probe_standardises_targets", "task_metrics", "ranked",
                    "decode_captions"}

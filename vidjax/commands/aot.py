@@ -308,8 +308,20 @@ def _clips(n: int) -> str:
 def brief(out: dict) -> str:
     """One line of a step's figures (a matrix cell, the colab_tpu notebook's answer): whether it fits and in how
     much HBM a chip, the micro-batch and accumulation (`find_batch(accumulate=True)`), the step time with its MFU and
-    clips/s, and the hours for the recipe's steps; or what it needs beyond the chip's HBM."""
+    clips/s, and the hours for the recipe's steps; or what it needs beyond the chip's HBM (for a recipe that does not
+    accumulate, `TrainingSpec.batch_coupled`, with the largest batch that fits at once)."""
     smallest = out.get("smallest") or {}
+    if not out.get("fits") and out.get("batch_coupled"):  # no accumulation (a contrastive loss): what fits at once
+        needs = out.get("recipe_bytes")
+        text = (f"does not fit: the recipe's {_clips(out['global_batch'])} at once"
+                + (f" need {_gib(needs)} of {_gib(out['hbm_bytes'])} a chip" if needs else "")
+                + f", and its loss does not accumulate ({out['batch_coupled']})")
+        largest = out.get("largest")
+        if not largest:
+            return text + "; not even one batch shard's worth fits"
+        at_once = brief({key: value for key, value in largest.items() if key != "train_hours"})
+        return (text + f"; the largest batch that fits at once, {_clips(largest['global_batch'])} (another "
+                f"recipe): {at_once.removeprefix('fits: ')}")
     if not out.get("fits") and smallest.get("micro_batch") and out.get("chips"):  # find_batch's first micro-batch
         held = smallest.get("input_bytes")
         held = (f", {_gib(held)} of it the step's input: the whole global batch of {out['global_batch']:,} clips, "
@@ -396,6 +408,11 @@ def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: 
     from vidjax import sharding  # here, not at the top: --help answers without loading jax
     from vidjax.train import aot  # (as above)
 
+    coupled = aot.batch_coupled(config) if accumulate and step == "train" else ""
+    if coupled:
+        raise ConfigError(f"--accumulate: config.task={config.task!r} does not accumulate ({coupled}): its "
+                          f"micro-batches would be another recipe. --find_batch alone gives the largest batch that "
+                          f"fits at once.")
     mesh = sharding.create_mesh(config.mesh, tpu.topology_devices(slice_))
     shards = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
     ways = shards * (1 if accumulate else config.grad_accum_steps)

@@ -115,11 +115,22 @@ class TrainingSpec:
     # The `vidjax.evaluators` type of a run's evaluation when config.evals names none (one evaluator, "eval").
     evaluator = ""
     teacher: Teacher | None = None  # the EMA teacher it learns against; None: none
+    # Why micro-batches would change its loss, for a loss that couples a batch's examples (a contrastive one contrasts
+    # each with all the others); "": gradient accumulation (config.grad_accum_steps) gives the whole batch's gradients.
+    batch_coupled = ""
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
         """Mistakes in `config` that only this task can see, each naming the flag that fixes it."""
         return []
+
+    def accumulation_problem(self, config: ml_collections.ConfigDict) -> str | None:
+        """Why config.grad_accum_steps cannot be used (`batch_coupled`), or None. The trainer and `vidjax.aot` both
+        refuse such a config: a compiled step it would not run is no answer."""
+        if not self.batch_coupled or config.grad_accum_steps == 1:
+            return None
+        return (f"config.grad_accum_steps={config.grad_accum_steps}: config.task={self.name!r} does not accumulate "
+                f"({self.batch_coupled}); set it to 1 (a smaller config.batch_size, or more devices, for memory).")
 
     def init_targets(self, config: ml_collections.ConfigDict) -> list[InitTarget]:
         """The checkpoints the run starts from: config.init_from, the whole model's, when set."""

@@ -7,7 +7,7 @@ learned 1 / temperature (`Model.contrastive_scale`: exp of the parameter `logit_
 config.model.temperature_init), are the logits of a symmetric InfoNCE: the mean of the cross-entropy of each video
 over the captions and of each caption over the videos, the matching pair being the target. The batch is the global
 one, sharded like every recipe's: the similarities are computed over all of it, so 8 devices give 1's loss (and
-config.grad_accum_steps, which would contrast micro-batches alone, is refused).
+config.grad_accum_steps, which would contrast micro-batches alone, is refused: `batch_coupled`).
 
 Captions are tokenised in the input workers (`captioning.CaptionFields`, cut to config.caption.max_length and
 padded) by the text tower's tokenizer (`captioning.tokenizer_for(text_tower=True)`, a
@@ -59,6 +59,8 @@ class Training(base.TrainingSpec):
     synthetic_task = "captions"
     pads_eval = True  # retrieval ranks every eval video against every caption
     evaluator = "retrieval"
+    batch_coupled = ("it contrasts each video with every caption of its batch, and micro-batches would contrast "
+                     "fewer")
 
     # ---- what it needs ----
     def config_problems(self, config: ml_collections.ConfigDict) -> list[str]:
@@ -69,10 +71,6 @@ class Training(base.TrainingSpec):
         elif limit and max_length > limit:
             problems.append(f"config.caption.max_length={max_length} exceeds the text tower's "
                             f"config.model.max_text_length={limit} tokens; lower it.")
-        if config.grad_accum_steps != 1:
-            problems.append(f"config.grad_accum_steps={config.grad_accum_steps}: the contrastive loss contrasts each "
-                            f"video with every caption of its batch, and micro-batches would contrast fewer; set it "
-                            f"to 1 (a smaller config.batch_size, or more devices, for memory).")
         if config.data.num_samples != 1:
             problems.append(f"config.data.num_samples={config.data.num_samples}: repeated clips of one video would be "
                             f"each other's negatives in the contrastive loss; set it to 1.")

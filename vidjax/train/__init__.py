@@ -104,6 +104,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
                         f"{config.model_name!r}: set --config.model_name={task.model_name} with its model block "
                         f"({task.recipe} is the recipe).")
     if task is not None:
+        problems += [problem for problem in [task.accumulation_problem(config)] if problem]
         problems += task.config_problems(config)
         problems += evaluators.config_problems(config, task)
     problems += metric_writer.wandb_problems(config)

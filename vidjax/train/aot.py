@@ -181,13 +181,24 @@ def jitted_step(config: ml_collections.ConfigDict, setup: Setup, step: str = "tr
                                                                              abstract_batch(config, setup, "eval"))
 
 
+def batch_coupled(config: ml_collections.ConfigDict) -> str:
+    """Why config.task's loss does not accumulate (`TrainingSpec.batch_coupled`: a contrastive loss contrasts each
+    example with the rest of its batch), "" where it does: a micro-batch search (`vidjax.aot --find_batch
+    --accumulate`, docs/tpu.md's matrix) asks first."""
+    return tasks.training_of(config.task).batch_coupled
+
+
 def settled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of `config` with what the task settles from its training data at start-up (`TrainingSpec.resolve`, as
     `train.prepare` calls it: a captioner's vocabulary and special ids follow its tokenizer), settled against the
     config's training split when it can be read here, else the embedded dataset's (`_embedded`): a captioner whose
     config.data.tokenizer is '' then gets the word-level vocabulary of the embedded captions, so a recipe that takes
     a published decoder's vocabulary sets config.model.decoder.vocab_size (GPT-2 small: 50257) to be compiled at its
-    size. Raises ConfigError with what the task refused (a tokenizer directory that cannot be read)."""
+    size. Raises ConfigError with what the task refused (a tokenizer directory that cannot be read, gradient
+    accumulation for a loss that couples a batch's examples: `TrainingSpec.accumulation_problem`)."""
+    refused = tasks.training_of(config.task).accumulation_problem(config)
+    if refused:
+        raise ConfigError(refused)
     config = config.copy_and_resolve_references()
     try:
         source, where = pipeline.make_source(config.data, "train"), "its training split"
