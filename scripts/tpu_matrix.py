@@ -380,8 +380,8 @@ def _gib(value) -> str:
 def _settings(settings: dict, cell: dict) -> str:
     """The settings a cell chose, and XLA's attention for the cells compiled before the platform's default was the
     resident-keys kernel (issue 70)."""
-    return ", ".join(["bf16", *(f"{k.split('.')[-1]}={v}" for k, v in settings.items()),
-                      *([] if cell.get("attention") else ["XLA attention"])])
+    shown = dict.fromkeys(f"{k.split('.')[-1]}={v}" for k, v in settings.items())  # data. and model.num_frames: one
+    return ", ".join(["bf16", *shown, *([] if cell.get("attention") else ["XLA attention"])])
 
 
 def table(results: dict) -> str:
