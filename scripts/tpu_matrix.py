@@ -168,50 +168,44 @@ def whole_batch_cell(base, slice_, step: str, extra: dict, coupled: str) -> dict
     """A cell of an `ACCUMULATED` column for a recipe whose loss couples a batch's examples (`TrainingSpec.
     batch_coupled`: a contrastive loss contrasts each with the others), which micro-batches would change, so that the
     trainer refuses gradient accumulation for it: the recipe's global batch at once, with the first setting of the
-    ladder where it fits. The most frugal setting is compiled first: where the batch does not fit with it, it fits
-    with none, and the cell gives what it needed, with the largest batch that fits at once (`vidjax.aot
-    --find_batch`): a smaller contrastive batch, another recipe, which the cell says."""
+    ladder where it fits. The most frugal setting is searched first (`vidjax.aot --find_batch`, up to the recipe's
+    batch): where the recipe's batch fits with it, the settings before it are compiled at that batch in the ladder's
+    order and the first that fits is the cell's; where it does not, it fits with none, and the cell gives the largest
+    batch that fits at once (a smaller contrastive batch, another recipe, which the cell says) and what the batch
+    after it needed."""
     from vidjax.commands import aot as aot_command
     from vidjax.config_lib import ConfigError
 
     steps = _frugal_ladder(base, slice_)
-    tried: list[dict] = []
     started = time.perf_counter()
-
-    def compiled(settings: dict) -> dict | None:
-        """The figures of the recipe's batch at once with `settings`, or None where it does not compile (the batch
-        does not split over the slice's batch shards, say): `tried` gets what it needed, or the error."""
-        try:
+    measured: dict = {}
+    tried: list[dict] = [{"settings": steps[-1], "measured": measured}]
+    try:
+        batch, found = aot_command.find_batch(_apply(base, steps[-1]), slice_, step, 0, measured=measured,
+                                              log=lambda line: print(line, flush=True), up_to=base.batch_size)
+    except ConfigError as err:  # the batch does not split over the slice's batch shards
+        return {"fits": False, "tried": [{"settings": steps[-1], "error": str(err)[:300]}],
+                "global_batch": base.batch_size, "slice": slice_.describe()}
+    frugal = aot_command.figures(None, slice_, step, compiled=found) if batch else None
+    if batch == base.batch_size:  # the recipe's batch fits: the ladder's first setting where it does
+        chosen = {**frugal, "settings": {**extra, **steps[-1]}}
+        for settings in steps[:-1]:
             out = aot_command.figures(_apply(base, settings), slice_, step)
-        except ConfigError as err:
-            tried.append({"settings": settings, "error": str(err)[:300]})
-            return None
-        except Exception as err:  # noqa: BLE001 - a program that does not compile is that cell's result
-            tried.append({"settings": settings, "error": f"{type(err).__name__}: {err}"[:300]})
-            return None
-        needs = out["memory"].get("total_bytes") or out["memory"].get("temp_bytes")  # libtpu's refusal: temporaries
-        tried.append({"settings": settings, "total_bytes": needs, "fits": out["fits"]})
-        return {**out, "settings": {**extra, **settings}}
-
-    frugal = compiled(steps[-1])  # where the batch does not fit with the most frugal setting, it fits with none
-    if frugal is None:
-        return {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe()}
-    if frugal["fits"]:  # the ladder's first setting that fits is the cell's
-        chosen = next((out for out in map(compiled, steps[:-1]) if out is not None and out["fits"]), frugal)
+            needs = out["memory"].get("total_bytes") or out["memory"].get("temp_bytes")  # a refusal: temporaries
+            tried.append({"settings": settings, "total_bytes": needs, "fits": out["fits"]})
+            if out["fits"]:
+                chosen = {**out, "settings": {**extra, **settings}}
+                break
         return {**chosen, "attention": "platform default", "tried": tried,
                 "wall_s": round(time.perf_counter() - started, 1)}
+    above = min((b for b in measured if b > batch), default=None)  # the batch after the largest that fits
     cell = {"fits": False, "tried": tried, "global_batch": base.batch_size, "slice": slice_.describe(),
             "chips": slice_.chips, "hbm_bytes": slice_.chip.hbm_bytes, "attention": "platform default",
-            "batch_coupled": coupled, "recipe_bytes": tried[0]["total_bytes"], "largest": None}
-    measured: dict = {}
-    config = _apply(base, steps[-1])
-    batch, found = aot_command.find_batch(config, slice_, step, 0, log=lambda line: print(line, flush=True),
-                                          measured=measured)
-    tried[0]["measured"] = measured
-    if batch:
-        largest = aot_command.figures(None, slice_, step, compiled=found)
-        largest.pop("train_hours", None)  # the recipe's steps at another batch: not the recipe's hours
-        cell["largest"] = {**largest, "settings": {**extra, **steps[-1]}}
+            "batch_coupled": coupled, "refused": {"batch": above, "total_bytes": measured[above]} if above else None,
+            "largest": None}
+    if frugal is not None:
+        frugal.pop("train_hours", None)  # the recipe's steps at another batch: not the recipe's hours
+        cell["largest"] = {**frugal, "settings": {**extra, **steps[-1]}}
     cell["wall_s"] = round(time.perf_counter() - started, 1)
     return cell
 

@@ -803,9 +803,10 @@ def test_a_loss_that_couples_its_batch_is_refused_accumulation_by_aot_as_by_the_
 
 
 def test_the_matrix_gives_a_contrastive_recipe_its_batch_at_once_or_the_largest_that_fits(monkeypatch):
-    """A matrix cell on a chip for a recipe that does not accumulate: the most frugal setting first; where the
-    recipe's batch does not fit with it, the cell says what it needed and why no accumulation, with the largest batch
-    that fits at once (`find_batch` without accumulation); where it fits, the ladder's first setting that fits."""
+    """A matrix cell on a chip for a recipe that does not accumulate: the most frugal setting searched first, up to
+    the recipe's batch (never compiling a batch far beyond the chip); where the recipe's batch does not fit, the cell
+    says why no accumulation, with the largest batch that fits at once and what the batch after it needed; where it
+    fits, the ladder's first setting that fits at the recipe's batch."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, "scripts"))
     import tpu_matrix
 
@@ -813,43 +814,54 @@ def test_the_matrix_gives_a_contrastive_recipe_its_batch_at_once_or_the_largest_
         for key, value in tree.items():
             yield from flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
 
-    needs = {(): 30.0, ("model.remat",): 20.0}  # GiB of the recipe's batch a setting needs
-    tried, searched = [], []
-
     def rematerialised(config) -> bool:
         return any(key.endswith("remat") and value == "full" for key, value in flatten(config.to_dict()))
 
-    def figures(config, slice_, step, compiled=None):
-        if config is None:  # find_batch's step
-            return {"fits": True, "memory": {"total_bytes": 15 * 2**30}, "global_batch": 64, "chips": 1,
-                    "settings": {}, "step_s": 2.0, "mfu": 0.2, "clips_per_s": 32.0, "train_hours": 9.0}
-        key = ("model.remat",) if rematerialised(config) else ()
-        tried.append(key)
-        gib = needs[key]
-        return {"fits": gib <= 16, "memory": {"total_bytes" if gib <= 16 else "temp_bytes": int(gib * 2**30)}}
+    base = load_config("videoprism", "recipe=contrastive,runlocal,variant=Mu/8")
+    base.data.pixels, base.batch_size = "host", 512
+    largest = {"found": 64}
+    at_recipe, searched = [], []
 
-    def find_batch(config, slice_, step, examples, log=print, accumulate=False, measured=None, **_):
-        assert not accumulate
+    def figures(config, slice_, step, compiled=None):
+        if config is None:  # the search's step
+            return {"fits": True, "memory": {"total_bytes": 15 * 2**30}, "global_batch": compiled, "chips": 1,
+                    "settings": {}, "step_s": 2.0, "mfu": 0.2, "clips_per_s": 32.0, "train_hours": 9.0}
+        at_recipe.append((config.batch_size, rematerialised(config)))
+        return {"fits": True, "memory": {"total_bytes": 12 * 2**30}, "global_batch": config.batch_size}
+
+    def find_batch(config, slice_, step, examples, log=print, accumulate=False, measured=None, up_to=0, **_):
+        assert not accumulate and up_to == base.batch_size
         searched.append(rematerialised(config))
-        measured[64] = 15 * 2**30
-        return 64, ("lowered", "compiled")
+        measured.update({1: 2**30, 4: 2 * 2**30, largest["found"]: 15 * 2**30})
+        if largest["found"] < up_to:
+            measured[largest["found"] + 8] = 17 * 2**30
+        return largest["found"], largest["found"]
 
     monkeypatch.setattr(aot_command, "figures", figures)
     monkeypatch.setattr(aot_command, "find_batch", find_batch)
-    base = load_config("videoprism", "recipe=contrastive,runlocal,variant=Mu/8")
-    base.data.pixels = "host"
     slice_ = tpu.slice_of("v5litepod-1")
     coupled = "it contrasts each video with every caption of its batch"
     cell = tpu_matrix.whole_batch_cell(base, slice_, "train", {}, coupled)
-    assert tried == [("model.remat",)] and searched == [True]  # the most frugal only, then the search with it
+    assert searched == [True] and at_recipe == []  # the most frugal setting (remat) searched; nothing else compiled
     assert not cell["fits"] and cell["largest"]["global_batch"] == 64 and "train_hours" not in cell["largest"]
     assert aot_command.brief(cell) == (
-        f"does not fit: the recipe's {base.batch_size} clips at once need 20.00 GiB of 16.00 GiB a chip, and its loss "
-        f"does not accumulate ({coupled}); the largest batch that fits at once, 64 clips (another recipe): 15.00 GiB "
-        f"a chip; 2,000 ms a step, MFU 20%, 32 clips/s")
+        f"does not fit: the recipe's {base.batch_size} clips at once do not (72 clips already need 17.00 GiB of "
+        f"16.00 GiB a chip), and its loss does not accumulate ({coupled}); the largest batch that fits at once, 64 "
+        f"clips (another recipe): 15.00 GiB a chip; 2,000 ms a step, MFU 20%, 32 clips/s")
     assert "does not accumulate" in tpu_matrix.table({"videoprism_b_clip@v5litepod-1": cell})
-    # Where the batch fits the most frugal setting, the ladder's first setting that fits is the cell's.
-    needs.update({(): 12.0, ("model.remat",): 10.0})
-    tried.clear()
+    # Where the recipe's batch fits the most frugal setting, the ladder's first setting that fits it is the cell's.
+    largest["found"] = base.batch_size
+    searched.clear()
     cell = tpu_matrix.whole_batch_cell(base, slice_, "train", {}, coupled)
-    assert tried == [("model.remat",), ()] and cell["fits"] and cell["settings"] == {}
+    assert searched == [True] and at_recipe == [(base.batch_size, False)]
+    assert cell["fits"] and cell["settings"] == {} and cell["global_batch"] == base.batch_size
+
+
+def test_a_search_up_to_the_recipe_s_batch_never_compiles_a_larger_one():
+    """`find_batch(up_to=)` (the matrix's cells for a recipe that does not accumulate): the largest global batch that
+    fits, at most the recipe's; where the recipe's fits, that is the answer, and nothing above it is compiled."""
+    config = tiny(**{"batch_size": 8, "data.pixels": "host", "memory_limit_gb": 64.0})
+    measured: dict = {}
+    batch, found = aot_command.find_batch(config, tpu.slice_of("cpu:2"), "train", 0, log=lambda line: None,
+                                          measured=measured, up_to=8)
+    assert batch == 8 and found is not None and max(measured) == 8

@@ -312,9 +312,11 @@ def brief(out: dict) -> str:
     accumulate, `TrainingSpec.batch_coupled`, with the largest batch that fits at once)."""
     smallest = out.get("smallest") or {}
     if not out.get("fits") and out.get("batch_coupled"):  # no accumulation (a contrastive loss): what fits at once
-        needs = out.get("recipe_bytes")
-        text = (f"does not fit: the recipe's {_clips(out['global_batch'])} at once"
-                + (f" need {_gib(needs)} of {_gib(out['hbm_bytes'])} a chip" if needs else "")
+        refused = out.get("refused") or {}
+        text = (f"does not fit: the recipe's {_clips(out['global_batch'])} at once do not"
+                + (f" ({_clips(refused['batch'])} already need{'s' if refused['batch'] == 1 else ''} "
+                   f"{_gib(refused['total_bytes'])} of "
+                   f"{_gib(out['hbm_bytes'])} a chip)" if refused.get("batch") else "")
                 + f", and its loss does not accumulate ({out['batch_coupled']})")
         largest = out.get("largest")
         if not largest:
@@ -395,7 +397,7 @@ def advice(out: dict) -> str:
 
 def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: bool = False,
                measured: dict | None = None, inputs: dict | None = None,
-               known: dict | None = None) -> tuple[int, object]:
+               known: dict | None = None, up_to: int = 0) -> tuple[int, object]:
     """(the largest global batch, a multiple of the mesh's batch shards, whose step fits the chips' HBM, with that
     batch's lowered and compiled step for its figures (`figures(compiled=)`)), or (0, None) when not even the first
     multiple fits; by `largest_fitting` over compiles. `accumulate`: the largest micro-batch instead, the global
@@ -404,7 +406,10 @@ def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: 
     `inputs` the same batch -> the bytes a chip of the step's input (`aot.input_bytes`: with `accumulate`, the whole
     global batch, which the step holds while it runs its micro-batches). `known`: batches an earlier search measured,
     keyed as `measured` is, -> (bytes a chip, fits): not compiled again; where the largest that fits is one of them,
-    the step returned is None (its figures are the earlier search's)."""
+    the step returned is None (its figures are the earlier search's). `up_to`: no global batch above it is tried
+    (without `accumulate`): a search whose answer is the recipe's batch where that fits, and otherwise the largest
+    that does, with the batch after it shown not to, never compiling a batch far beyond the chips (VideoPrism-B's
+    contrastive step of 512 clips on one v5e chip had not been refused after 27 minutes of libtpu's compile)."""
     from vidjax import sharding  # here, not at the top: --help answers without loading jax
     from vidjax.train import aot  # (as above)
 
@@ -429,6 +434,8 @@ def find_batch(config, slice_, step: str, examples: int, log=print, accumulate: 
         # shard's part of it, num_samples clips a video.
         samples = config.data.num_samples if config.data.get("pixels", "host") != "host" else 1
         multiples = [m for m in range(1, whole + 1) if whole % m == 0 and m % samples == 0]
+    elif up_to:
+        multiples = list(range(1, up_to // ways + 1))
     kept: dict = {}
 
     def measure(multiple: int) -> tuple[int, bool]:
