@@ -395,7 +395,8 @@ def table(results: dict) -> str:
             if not r["fits"] and r.get("batch_coupled") and "largest" in r:  # no accumulation: what fits at once
                 from vidjax.commands import aot as aot_command
 
-                cells.append(aot_command.brief(r))
+                cells.append(aot_command.brief(r) + (f"; {_settings(r['largest']['settings'], r)}"
+                                                     if r["largest"] else ""))
                 continue
             if not r["fits"] and not r.get("smallest") and any("does not split" in t.get("error", "")
                                                                 for t in r.get("tried", [])):
