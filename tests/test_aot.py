@@ -849,6 +849,9 @@ def test_the_matrix_gives_a_contrastive_recipe_its_batch_at_once_or_the_largest_
         f"16.00 GiB a chip), and its loss does not accumulate ({coupled}); the largest batch that fits at once, 64 "
         f"clips (another recipe): 15.00 GiB a chip; 2,000 ms a step, MFU 20%, 32 clips/s")
     assert "does not accumulate" in tpu_matrix.table({"videoprism_b_clip@v5litepod-1": cell})
+    cell["refused"]["total_bytes"] = int(15.99 * 2**30)  # refused within the chip's HBM: libtpu keeps some
+    assert "(72 clips already need 15.99 GiB of 16.00 GiB a chip, which libtpu refuses: it keeps part of the HBM " \
+           "for itself)" in aot_command.brief(cell)
     # Where the recipe's batch fits the most frugal setting, the ladder's first setting that fits it is the cell's.
     largest["found"] = base.batch_size
     searched.clear()

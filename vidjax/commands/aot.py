@@ -313,10 +313,12 @@ def brief(out: dict) -> str:
     smallest = out.get("smallest") or {}
     if not out.get("fits") and out.get("batch_coupled"):  # no accumulation (a contrastive loss): what fits at once
         refused = out.get("refused") or {}
+        within = (refused.get("batch") and round(refused["total_bytes"] / GIB, 2) <= round(out["hbm_bytes"] / GIB, 2))
         text = (f"does not fit: the recipe's {_clips(out['global_batch'])} at once do not"
                 + (f" ({_clips(refused['batch'])} already need{'s' if refused['batch'] == 1 else ''} "
-                   f"{_gib(refused['total_bytes'])} of "
-                   f"{_gib(out['hbm_bytes'])} a chip)" if refused.get("batch") else "")
+                   f"{_gib(refused['total_bytes'])} of {_gib(out['hbm_bytes'])} a chip"
+                   f"{', which libtpu refuses: it keeps part of the HBM for itself' if within else ''})"
+                   if refused.get("batch") else "")
                 + f", and its loss does not accumulate ({out['batch_coupled']})")
         largest = out.get("largest")
         if not largest:
