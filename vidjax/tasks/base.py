@@ -126,7 +126,7 @@ class TrainingSpec:
 
     def accumulation_problem(self, config: ml_collections.ConfigDict) -> str | None:
         """Why config.grad_accum_steps cannot be used (`batch_coupled`), or None. The trainer and `vidjax.aot` both
-        refuse such a config: a compiled step it would not run is no answer."""
+        refuse such a config: a compiled step the trainer would not run is no answer."""
         if not self.batch_coupled or config.grad_accum_steps == 1:
             return None
         return (f"config.grad_accum_steps={config.grad_accum_steps}: config.task={self.name!r} does not accumulate "
