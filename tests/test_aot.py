@@ -267,6 +267,35 @@ def test_kernels_with_a_partial_last_tile_are_profiled_on_their_whole_tile_twins
             ("f32[129,384]", "(f32[129,384]"))
 
 
+@pytest.mark.slow
+def test_a_long_clip_s_kernels_are_profiled_on_shorter_twins_and_counted_for_their_own_grid():
+    """libtpu's profile walks every step of a kernel's grid and its memory grows with them (VideoMamba-S's backward
+    scan at 64 frames: killed at 21.6 GB), so a kernel with more sequential grid steps than `most_steps` is profiled
+    on two twins at fewer frames and counted for its own grid by the line through their cycles: within 2% of its
+    own profile, each kernel saying what it was profiled on."""
+    config = load_config("videomamba_k400", "runlocal")
+    # VideoMamba-Ti's width, 80 frames of 16 tokens: 1,281 steps, 11 time tiles, the last partial.
+    config.model.update(variant="Ti/16", depth=1, tubelet_size=1, image_size=64, dtype="bfloat16", num_frames=80)
+    config.data.update(image_size=64, num_frames=80)
+    lowered = aot.lower(config, tpu.slice_of("v5litepod-1"), "train")
+    twins, own = aot.profile_kernels(lowered, most_steps=6), aot.profile_kernels(lowered, most_steps=100)
+    assert not twins["errors"] and not own["errors"]
+    assert set(twins["names"]) == set(own["names"]) == {
+        "selective_scan", "selective_scan_reverse", "selective_scan_backward", "selective_scan_reverse_backward"}
+    for name, row in twins["names"].items():
+        assert row["bytes"] == pytest.approx(own["names"][name]["bytes"], rel=1e-6)  # the kernel's own bytes
+        assert row["cycles"] == pytest.approx(own["names"][name]["cycles"], rel=0.02)
+        assert row["shorter"].startswith("its twins at 40 and 20 frames of the clip's 80 (6 and 3 of its 11 ")
+        assert "shorter" not in own["names"][name]
+    compiled, refused = aot.compile_or_refuse(lowered)
+    assert refused is None
+    rows = aot.kernel_estimates(compiled.as_text(), lowered.slice.chip, profiled=twins)["kernels"]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["seconds"] >= max(row["hbm_floor_s"], row["arithmetic_floor_s"]) > 0
+        assert row["profiled_on"].startswith(twins["names"][row["name"]]["shorter"] + "; its whole-tile twin")
+
+
 def test_a_failed_profiling_child_says_libtpus_own_line_or_that_memory_ran_out():
     """Why a kernel's profiling child failed: libtpu's fatal line, not the abort after it; a silent kill is named
     as the machine's memory running out."""

@@ -54,6 +54,16 @@ COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "coll
 # The training set's length where the config's own data cannot be read here (a recipe's /data/... lists): about
 # Kinetics-400's 240k training videos. Only the schedule's constants depend on it.
 DEFAULT_TRAIN_EXAMPLES = 240_000
+# The most sequential grid steps (a scan's time tiles) of one kernel call libtpu's static profile is given
+# (`profile_kernels`): the profile walks every step and its memory grows with them. VideoMamba-S's backward scan at
+# 64 frames, 99 time tiles of one clip, was killed at 21.6 GB on a 24 GB machine; at 8 frames, 13 tiles, it takes a
+# few. A longer kernel is profiled on two twins at fewer frames, its cycles counted for its own grid by the line
+# through theirs: its steps do the same work whatever the sequence (the v5e estimates of S's scan kernels at 8 frames
+# over those at 64, a byte each, forward, reversed and reversed backward: 1.077, 1.077 and 1.054, the overhang of a
+# partial last tile, 6% of 13 tiles and 1% of 99; by the grid's steps instead, 1.025, 1.026 and 1.004), and the line
+# takes in what a kernel spends once (VideoMamba-Ti's four at 80 frames, 11 tiles, from twins at 40 and 20 frames:
+# within 1.0% of their own profiles; in proportion to one twin at 10 frames, up to 17% over).
+MOST_PROFILED_STEPS = 32
 
 
 @dataclasses.dataclass
@@ -466,9 +476,12 @@ def kernel_estimates(hlo_text: str, chip, profiled: Mapping[str, Mapping[str, fl
             # Its cycles a byte at a clip or two a batch shard, times the bytes it moves in this step.
             row["cycles"] = known["cycles"] / known["bytes"] * row["bytes"]
             row["profiled_bytes"] = known["bytes"]
+            on = [known["shorter"]] if known.get("shorter") else []
             if known.get("whole_tiles"):
-                row["profiled_on"] = ("its whole-tile twin (`scan_kernel.whole_tiles`: libtpu's profiler stops on "
-                                      "a partial last tile)")
+                on.append("its whole-tile twin (`scan_kernel.whole_tiles`: libtpu's profiler stops on a partial last "
+                          "tile)")
+            if on:
+                row["profiled_on"] = "; ".join(on)
         seconds = row["cycles"] / clock
         if seconds < floor:
             which = ("its HBM bytes over the chip's bandwidth" if row["hbm_floor_s"] >= row["arithmetic_floor_s"]
@@ -506,7 +519,8 @@ def _profiled(profiled: Mapping, row: dict) -> tuple[dict | None, str]:
     if not found or not all(found):
         return None, "libtpu gave no static estimate of it (the profiled step had no kernel of this name)"
     return {"cycles": sum(f["cycles"] for f in found), "bytes": sum(f["bytes"] for f in found),
-            "whole_tiles": any(f.get("whole_tiles") for f in found)}, ""
+            "whole_tiles": any(f.get("whole_tiles") for f in found),
+            "shorter": next((f["shorter"] for f in found if f.get("shorter")), None)}, ""
 
 
 def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_collections.ConfigDict:
@@ -528,7 +542,7 @@ def _few_clips_a_shard(config: ml_collections.ConfigDict, mesh, chip) -> ml_coll
     return small
 
 
-def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
+def profile_kernels(lowered: Lowered, timeout_s: float = 1800, most_steps: int = 0) -> dict:
     """libtpu's static estimate of the cycles a byte of each Mosaic kernel of `lowered`'s step, each distinct kernel
     call compiled in a child process of its own with the static profile on (`vidjax.tpu.static_estimates`, which
     must be set before libtpu loads).
@@ -539,12 +553,14 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
     child traces the step at a clip or two per batch shard (`_few_clips_a_shard`) and compiles one distinct kernel
     call of it alone, on one chip: nothing but that kernel is profiled. A kernel whose last block is partial is
     profiled on its whole-tile twin where it has one (`_whole_tile_twin`: v5e's and v6e's profilers lack an
-    instruction of the selective scan's partial last time tile), its cycles counted for its own bytes. One child a
+    instruction of the selective scan's partial last time tile), its cycles counted for its own bytes; one whose
+    grid has more than `most_steps` (`MOST_PROFILED_STEPS`) sequential steps, a long clip's scan, on two twins at
+    fewer frames (`_shorter_twins`), its cycles counted for its own grid's steps by the line through theirs. One child a
     kernel, because one kernel's profile can stop its process (libtpu's profiler aborts on what it does not
     support) or take most of a machine's memory (VideoMamba-Ti's backward scan at 2 clips: 13 GB, which a process
     does not give back for the next kernel): the others keep their estimates. {"names": {kernel name: {"cycles",
-    "bytes", and "whole_tiles" where a twin's}}, "signatures": {the calls' shapes but their batch: the same},
-    "errors": {kernel name: why its profile failed}}, summed over the calls (a layer scan's by its length), or
+    "bytes", and "whole_tiles" or "shorter" where a twin's}}, "signatures": {the calls' shapes but their batch: the
+    same}, "errors": {kernel name: why its profile failed}}, summed over the calls (a layer scan's by its length), or
     {"error": why} where the step could not be traced; a kernel is matched by its name, else by its shapes (its
     instruction may be named after a jit around it). `kernel_estimates(..., profiled=)` scales them to the full step
     by the bytes each kernel moves there. A kernel's grid, and with it its cycles, grows with the clips it is given
@@ -566,7 +582,8 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
             answer = os.path.join(where, f"answer{which}.pkl")
             why = None
             try:
-                done = subprocess.run([sys.executable, "-c", code, request, listing, str(which), answer],
+                done = subprocess.run([sys.executable, "-c", code, request, listing, str(which), answer,
+                                       str(most_steps or MOST_PROFILED_STEPS)],
                                       capture_output=True, text=True, timeout=timeout_s, check=False)
                 if done.returncode or not os.path.exists(answer):
                     why = _child_failure(done)
@@ -591,6 +608,8 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800) -> dict:
                             total["bytes"] += row["bytes"]
                             if row.get("whole_tiles"):
                                 total["whole_tiles"] = True
+                            if row.get("shorter"):
+                                total["shorter"] = row["shorter"]
             which += 1
     return totals
 
@@ -626,10 +645,11 @@ def _kernel_calls(jaxpr, times: float = 1.0, found: dict | None = None) -> dict:
     return found
 
 
-def _profile_child(request: str, listing: str, which: str, answer: str) -> None:
+def _profile_child(request: str, listing: str, which: str, answer: str, most_steps: str = "") -> None:
     """`profile_kernels`'s child: the requested step traced, its distinct kernel calls' names written to `listing`
     (where it is not there yet), and the `which`-th of them compiled alone on one chip with libtpu's static profile
-    on; its estimates to `answer`."""
+    on (on its shorter twins where its grid has more than `most_steps` sequential steps, `_shorter_twins`); its
+    estimates to `answer`."""
     import pickle
 
     tpu.static_estimates()  # before libtpu loads
@@ -647,23 +667,106 @@ def _profile_child(request: str, listing: str, which: str, answer: str) -> None:
     if int(which) >= len(calls):  # (a step without kernels: nothing to profile)
         return
     (name, _), (eqn, times) = calls[int(which)]
-    twin = _whole_tile_twin(config, setup, step, int(which), name) if _partial_blocks(eqn) else None
+    most = int(most_steps or MOST_PROFILED_STEPS)
+    traces = [(eqn, config, setup)]
+    shorter = _shorter_twins(config, examples, setup.mesh, slice_, step, int(which), name, eqn, most) if (
+        _sequential_steps(eqn) > most) else []
+    traces = shorter or traces
     one_chip = jax.sharding.SingleDeviceSharding(devices[0])
-    operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in (twin or eqn).invars]
-    kernel = jax.jit(functools.partial(_bind, twin or eqn)).lower(*operands).compile()
+    profiles = []  # (the call's grid steps, cycles, bytes, whether on its whole-tile twin, signatures), a trace each
+    for call, traced, traced_setup in traces:
+        twin = _whole_tile_twin(traced, traced_setup, step, int(which), name) if _partial_blocks(call) else None
+        profiled = twin or call
+        operands = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, sharding=one_chip) for v in profiled.invars]
+        kernel = jax.jit(functools.partial(_bind, profiled)).lower(*operands).compile()
+        rows = kernel_estimates(kernel.as_text(), slice_.chip).get("kernels", [])
+        if rows:  # (one kernel, the call's: its bytes for the call's own operands where a twin's)
+            moved = rows[0]["bytes"] * _aval_bytes(call) / _aval_bytes(profiled)
+            profiles.append((_grid_steps(call), rows[0]["cycles"], moved, twin is not None, rows[0]["signatures"]))
+    if not profiles:
+        return _write(answer, {"names": {}, "signatures": {}})
+    steps, cycles, moved, whole, signatures = profiles[0]
+    if shorter:  # the kernel's own grid: the line through the twins' (steps, cycles), or in proportion to one's
+        fit = (profiles[0][1] - profiles[1][1]) / (profiles[0][0] - profiles[1][0]) if len(profiles) > 1 else 0.0
+        per_step = fit if fit > 0 else cycles / steps
+        cycles, moved = cycles + per_step * (_grid_steps(eqn) - steps), _aval_bytes(eqn) / _aval_bytes(
+            shorter[0][0]) * moved
     totals: dict[str, dict[str, dict[str, float]]] = {"names": {}, "signatures": {}}
-    for row in kernel_estimates(kernel.as_text(), slice_.chip).get("kernels", []):
-        signature, moved = row["signatures"][:1], row["bytes"]
-        if twin:  # its cycles, for the kernel's own operands: their bytes, their shapes
-            signature, moved = [_aval_signature(eqn)], moved * _aval_bytes(eqn) / _aval_bytes(twin)
-        for kind, key in [("names", name)] + [("signatures", sig) for sig in signature]:
-            total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
-            total["cycles"] += times * row["cycles"]
-            total["bytes"] += times * moved
-            if twin:
-                total["whole_tiles"] = True
-    with open(answer, "wb") as f:
-        pickle.dump(totals, f)
+    signature = [_aval_signature(eqn)] if (shorter or whole) else signatures[:1]
+    for kind, key in [("names", name)] + [("signatures", sig) for sig in signature]:
+        total = totals[kind].setdefault(key, {"cycles": 0.0, "bytes": 0.0})
+        total["cycles"] += times * cycles
+        total["bytes"] += times * moved
+        if whole:
+            total["whole_tiles"] = True
+        if shorter:
+            total["shorter"] = _shorter_words(eqn, config, shorter[:len(profiles)])
+    _write(answer, totals)
+
+
+def _write(path: str, value) -> None:
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump(value, f)
+
+
+def _grid_steps(eqn) -> int:
+    """The steps of a pallas_call's grid."""
+    return math.prod(eqn.params["grid_mapping"].grid)
+
+
+def _sequential_steps(eqn) -> int:
+    """The steps of a pallas_call's grid that run in order (its "arbitrary" dimensions: a scan's time tiles), which
+    libtpu's static profile walks one after another; every step where the kernel does not say."""
+    params = eqn.params.get("compiler_params")
+    params = params.get("mosaic", params) if isinstance(params, Mapping) else params
+    semantics = getattr(params, "dimension_semantics", None) or ()
+    grid = eqn.params["grid_mapping"].grid
+    if len(semantics) != len(grid):
+        return math.prod(grid)
+    return math.prod(size for size, kind in zip(grid, semantics, strict=True) if "arbitrary" in str(kind).lower())
+
+
+def _shorter_twins(config, examples: int, mesh, slice_, step: str, which: int, name: str, eqn, most: int) -> list:
+    """[(the `which`-th kernel call of the step traced again at fewer frames, its config, its setup)]: two twins of
+    a kernel whose grid has more than `most` (`MOST_PROFILED_STEPS`) sequential steps, the clip's frames
+    (config.model.num_frames, and the data's) divided by the least power of two that brings them to at most `most`,
+    and by twice that, the line through their cycles giving the kernel's at its own grid's steps (a grid step's
+    cycles and the kernel's fixed ones); one where the frames do not divide twice; none where the model has no
+    frames to divide so, or those traces have no such kernel there."""
+    frames = config.model.get("num_frames")
+    tubelet = config.model.get("tubelet_size", 1) or 1
+    if not isinstance(frames, int):
+        return []
+    factor = 2 ** max(0, math.ceil(math.log2(_sequential_steps(eqn) / most)))
+    twins = []
+    for divide in (factor, 2 * factor):
+        if divide == 1 or frames % divide or (frames // divide) % tubelet:
+            break
+        short = ml_collections.ConfigDict(config.to_dict())
+        short.model.num_frames = frames // divide
+        if short.data.get("num_frames") == frames:
+            short.data.num_frames = frames // divide
+        jax.clear_caches()
+        setup = build(short, examples, mesh, backend=slice_.platform)
+        fn, args = jitted_step(short, setup, step)
+        calls = list(_kernel_calls(jax.make_jaxpr(fn)(*args).jaxpr).items())
+        # (at least two sequential steps: a sequence within one tile has a tile of its own length, other work a step)
+        if which >= len(calls) or calls[which][0][0] != name or not 2 <= _sequential_steps(calls[which][1][0]) <= most:
+            break
+        twins.append((calls[which][1][0], short, setup))
+    return twins
+
+
+def _shorter_words(eqn, config, twins: list) -> str:
+    """What a kernel profiled on its shorter twins (`_shorter_twins`) was profiled on, for its row."""
+    frames = " and ".join(str(short.model.num_frames) for _, short, _ in twins)
+    steps = " and ".join(str(_sequential_steps(call)) for call, _, _ in twins)
+    how = "the line through their cycles" if len(twins) > 1 else "its cycles in proportion"
+    return (f"its twin{'s' if len(twins) > 1 else ''} at {frames} frames of the clip's {config.model.num_frames} "
+            f"({steps} of its {_sequential_steps(eqn)} sequential grid steps: libtpu's profile walks them all, and "
+            f"its memory grows with them), counted for its {_grid_steps(eqn)} grid steps by {how}")
 
 
 def _partial_blocks(eqn) -> bool:
