@@ -62,7 +62,8 @@ DEFAULT_TRAIN_EXAMPLES = 240_000
 # over those at 64, a byte each, forward, reversed and reversed backward: 1.077, 1.077 and 1.054, the overhang of a
 # partial last tile, 6% of 13 tiles and 1% of 99; by the grid's steps instead, 1.025, 1.026 and 1.004), and the line
 # takes in what a kernel spends once (VideoMamba-Ti's four at 80 frames, 11 tiles, from twins at 40 and 20 frames:
-# within 1.0% of their own profiles; in proportion to one twin at 10 frames, up to 17% over).
+# within 1.0% of their own profiles; in proportion to one twin at 10 frames, up to 17% over; S's three that v5e
+# profiled whole at 64 frames, from twins at 16 and 8: the same cycles a byte to the last digit, docs/tpu.md).
 MOST_PROFILED_STEPS = 32
 
 
