@@ -305,6 +305,12 @@ def _clips(n: int) -> str:
     return f"{n:,} clip{'' if n == 1 else 's'}"
 
 
+def _refused_within(needs: int, hbm: int) -> bool:
+    """Whether a refused program's figure reads as within the chip's HBM as printed: libtpu gives a program less
+    than the chip has (15.75 GiB of a v5e chip's 16)."""
+    return round(needs / GIB, 2) <= round(hbm / GIB, 2)
+
+
 def brief(out: dict) -> str:
     """One line of a step's figures (a matrix cell, the colab_tpu notebook's answer): whether it fits and in how
     much HBM a chip, the micro-batch and accumulation (`find_batch(accumulate=True)`), the step time with its MFU and
@@ -313,7 +319,7 @@ def brief(out: dict) -> str:
     smallest = out.get("smallest") or {}
     if not out.get("fits") and out.get("batch_coupled"):  # no accumulation (a contrastive loss): what fits at once
         refused = out.get("refused") or {}
-        within = (refused.get("batch") and round(refused["total_bytes"] / GIB, 2) <= round(out["hbm_bytes"] / GIB, 2))
+        within = refused.get("batch") and _refused_within(refused["total_bytes"], out["hbm_bytes"])
         text = (f"does not fit: the recipe's {_clips(out['global_batch'])} at once do not"
                 + (f" ({_clips(refused['batch'])} already need{'s' if refused['batch'] == 1 else ''} "
                    f"{_gib(refused['total_bytes'])} of {_gib(out['hbm_bytes'])} a chip"
@@ -334,10 +340,8 @@ def brief(out: dict) -> str:
         clips = max(smallest['micro_batch'] // out['chips'], 1)
         settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in
                              sorted((smallest.get("settings") or {}).items()))
-        # libtpu gives a program less than the chip's HBM (15.75 GiB of a v5e chip's 16): a refusal's figure can
-        # read as within it.
         refused = (", which libtpu refuses: it keeps part of the chip's HBM for itself"
-                   if round(smallest["total_bytes"] / GIB, 2) <= round(out["hbm_bytes"] / GIB, 2) else "")
+                   if _refused_within(smallest["total_bytes"], out["hbm_bytes"]) else "")
         return (f"does not fit: {_clips(clips)} a chip need{'s' if clips == 1 else ''} "
                 f"{_gib(smallest['total_bytes'])} of {_gib(out['hbm_bytes'])}"
                 f"{f' with {settings}' if settings else ''}{refused}{held}")

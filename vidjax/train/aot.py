@@ -669,10 +669,9 @@ def _profile_child(request: str, listing: str, which: str, answer: str, most_ste
         return
     (name, _), (eqn, times) = calls[int(which)]
     most = int(most_steps or MOST_PROFILED_STEPS)
-    traces = [(eqn, config, setup)]
     shorter = _shorter_twins(config, examples, setup.mesh, slice_, step, int(which), name, eqn, most) if (
         _sequential_steps(eqn) > most) else []
-    traces = shorter or traces
+    traces = shorter or [(eqn, config, setup)]
     one_chip = jax.sharding.SingleDeviceSharding(devices[0])
     profiles = []  # (the call's grid steps, cycles, bytes, whether on its whole-tile twin, signatures), a trace each
     for call, traced, traced_setup in traces:
