@@ -218,6 +218,12 @@ def test_mosaic_kernels_are_estimated_statically_and_an_impossible_estimate_is_u
     same = dict(other, signatures={signature: {}})
     assert {row["name"]: row for row in aot.kernel_estimates(KERNELS, chip, same)["kernels"]}["unprofiled"][
         "cycles"] == pytest.approx(1000 / 16 * 64)
+    # A kernel whose profiling child failed says why, also where its jaxpr name is not its instruction's (jax's
+    # flash attention: "flash_attention_dkv_kernel" traced, "flash_mha_bwd_dkv_block_..." compiled).
+    killed = "profiling the kernel failed (exit -9, killed: most likely this machine's memory ran out)"
+    failed = dict(profiled, errors={"unprofiled_kernel": killed}, errors_by_signature={signature: killed})
+    assert {row["name"]: row for row in aot.kernel_estimates(KERNELS, chip, failed)["kernels"]}["unprofiled"][
+        "reason"] == killed
     # The profile shares count the kernels by their static estimates; the cost model's loop scale leaves them out.
     profile = aot.estimated_profile(KERNELS)
     assert profile["kernel_cycles"] == 12 * 175000 + 10 and profile["cycles_once"] == 100 + 50

@@ -507,7 +507,9 @@ def _profiled(profiled: Mapping, row: dict) -> tuple[dict | None, str]:
     and why not. A kernel of the same name whose operands the profile never saw (none of the row's signatures among
     the profiled ones) is another kernel: the child process traced other code (the tree edited while it ran)."""
     signatures = profiled.get("signatures", {})
-    failed = profiled.get("errors", {}).get(_plain_name(row["name"]))
+    by_signature = profiled.get("errors_by_signature", {})  # (a kernel's jaxpr name need not be its instruction's)
+    failed = profiled.get("errors", {}).get(_plain_name(row["name"])) or next(
+        (by_signature[signature] for signature in row["signatures"] if signature in by_signature), None)
     if failed:  # (a kernel with calls of several shapes, one of them unprofiled: its sum would read low)
         return None, failed
     known = profiled.get("names", {}).get(_plain_name(row["name"]))
@@ -561,18 +563,19 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800, most_steps: int =
     support) or take most of a machine's memory (VideoMamba-Ti's backward scan at 2 clips: 13 GB, which a process
     does not give back for the next kernel): the others keep their estimates. {"names": {kernel name: {"cycles",
     "bytes", and "whole_tiles" or "shorter" where a twin's}}, "signatures": {the calls' shapes but their batch: the
-    same}, "errors": {kernel name: why its profile failed}}, summed over the calls (a layer scan's by its length), or
-    {"error": why} where the step could not be traced; a kernel is matched by its name, else by its shapes (its
-    instruction may be named after a jit around it). `kernel_estimates(..., profiled=)` scales them to the full step
-    by the bytes each kernel moves there. A kernel's grid, and with it its cycles, grows with the clips it is given
-    (libtpu's estimates of the selective-scan kernels at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in
-    proportion)."""
+    same}, "errors": {kernel name: why its profile failed}, "errors_by_signature": {its calls' shapes: the same}},
+    summed over the calls (a layer scan's by its length), or {"error": why} where the step could not be traced; a
+    kernel is matched by its name, else by its shapes (its instruction may be named after a jit around it, or after
+    its block sizes: jax's flash attention's "flash_attention_dkv_kernel" is "flash_mha_bwd_dkv_block_..." compiled).
+    `kernel_estimates(..., profiled=)` scales them to the full step by the bytes each kernel moves there. A kernel's
+    grid, and with it its cycles, grows with the clips it is given (libtpu's estimates of the selective-scan kernels
+    at 2, 8 and 16 clips: 57.4, 228.7, 453.3 us, in proportion)."""
     import pickle
     import subprocess
     import tempfile
 
     small = _few_clips_a_shard(lowered.config, lowered.setup.mesh, lowered.slice.chip)
-    totals: dict[str, dict] = {"names": {}, "signatures": {}, "errors": {}}
+    totals: dict[str, dict] = {"names": {}, "signatures": {}, "errors": {}, "errors_by_signature": {}}
     with tempfile.TemporaryDirectory(prefix="vidjax-kernels-") as where:
         request, listing = os.path.join(where, "request.pkl"), os.path.join(where, "kernels.pkl")
         with open(request, "wb") as f:
@@ -599,7 +602,8 @@ def profile_kernels(lowered: Lowered, timeout_s: float = 1800, most_steps: int =
                 if not names:
                     break
             if why:
-                totals["errors"][names[which]] = why
+                name, signature = names[which]
+                totals["errors"][name] = totals["errors_by_signature"][signature] = why
             else:
                 with open(answer, "rb") as f:
                     for kind, rows in pickle.load(f).items():
@@ -647,10 +651,10 @@ def _kernel_calls(jaxpr, times: float = 1.0, found: dict | None = None) -> dict:
 
 
 def _profile_child(request: str, listing: str, which: str, answer: str, most_steps: str = "") -> None:
-    """`profile_kernels`'s child: the requested step traced, its distinct kernel calls' names written to `listing`
-    (where it is not there yet), and the `which`-th of them compiled alone on one chip with libtpu's static profile
-    on (on its shorter twins where its grid has more than `most_steps` sequential steps, `_shorter_twins`); its
-    estimates to `answer`."""
+    """`profile_kernels`'s child: the requested step traced, its distinct kernel calls' names and shapes
+    (`_aval_signature`) written to `listing` (where it is not there yet), and the `which`-th of them compiled alone
+    on one chip with libtpu's static profile on (on its shorter twins where its grid has more than `most_steps`
+    sequential steps, `_shorter_twins`); its estimates to `answer`."""
     import pickle
 
     tpu.static_estimates()  # before libtpu loads
@@ -663,7 +667,7 @@ def _profile_child(request: str, listing: str, which: str, answer: str, most_ste
     calls = list(_kernel_calls(jax.make_jaxpr(fn)(*args).jaxpr).items())
     if not os.path.exists(listing):
         with open(listing + ".part", "wb") as f:
-            pickle.dump([name for (name, _), _ in calls], f)
+            pickle.dump([(name, _aval_signature(eqn)) for (name, _), (eqn, _) in calls], f)
         os.replace(listing + ".part", listing)
     if int(which) >= len(calls):  # (a step without kernels: nothing to profile)
         return
